@@ -1,0 +1,114 @@
+//! The admin endpoint, on its own listener: health, readiness, Prometheus metrics and the route table.
+//!
+//! Owns the admin HTTP surface only; it reads state through the small APIs of `routes` and `metrics`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, Instrument};
+
+use crate::metrics::Metrics;
+use crate::routes::RouteHandle;
+
+/// What the admin endpoint reports on.
+#[derive(Clone)]
+pub struct AdminState {
+    pub routes: RouteHandle,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Serves the admin endpoint on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
+    let state = Arc::new(state);
+    loop {
+        let (stream, peer) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    error!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let state = state.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(
+            async move {
+                let svc = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(handle(&state, req)) }
+                });
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => if let Err(e) = r { debug!(error = %e, "admin connection error") },
+                    _ = shutdown.cancelled() => {}
+                }
+            }
+            .instrument(tracing::debug_span!("admin_conn", %peer)),
+        );
+    }
+}
+
+fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            if state.routes.is_loaded() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no route table loaded yet\n",
+                )
+            }
+        }
+        "/metrics" => {
+            let mut resp = Response::new(Full::new(Bytes::from(state.metrics.encode())));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            resp
+        }
+        "/api/routes" => {
+            let body =
+                serde_json::to_vec_pretty(&state.routes.snapshot().to_json()).unwrap_or_default();
+            let mut resp = Response::new(Full::new(Bytes::from(body)));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}

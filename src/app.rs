@@ -1,0 +1,171 @@
+//! Wiring: builds the route handle, metrics, route sources, proxy and admin servers from a [`Config`], runs
+//! them on already-bound listeners, and shuts them down in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::control::{self, file};
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::routes::RouteHandle;
+
+/// Why reveille could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Routes(#[from] file::FileError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// The listeners reveille serves on. Tests bind `127.0.0.1:0` and pass them in.
+pub struct Listeners {
+    pub http: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses of `config`.
+    pub async fn bind(config: &Config) -> Result<Self, StartError> {
+        let http = TcpListener::bind(config.http)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.http,
+                what: "http",
+                source,
+            })?;
+        let admin = TcpListener::bind(config.admin)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.admin,
+                what: "admin",
+                source,
+            })?;
+        Ok(Self { http, admin })
+    }
+}
+
+/// A started reveille.
+pub struct Running {
+    pub http_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub routes: RouteHandle,
+    pub metrics: Arc<Metrics>,
+    proxy: Arc<Proxy>,
+    /// Stops accepting and starts the drain.
+    shutdown: CancellationToken,
+    /// Stops the admin endpoint and route watchers, once the drain is over.
+    background: CancellationToken,
+    accept: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Loads the route sources and starts serving. Fails (and serves nothing) if the initial routes are invalid.
+pub async fn start(config: &Config, listeners: Listeners) -> Result<Running, StartError> {
+    let routes = RouteHandle::new();
+    let metrics = Arc::new(Metrics::new());
+    let background = CancellationToken::new();
+    let mut tasks = Vec::new();
+
+    if let Some(path) = &config.routes {
+        let text = std::fs::read_to_string(path).map_err(|source| file::FileError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let table = file::parse(path, &text)?;
+        info!(path = %path.display(), routes = table.route_count(), services = table.service_count(), "routes file loaded");
+        control::install(&routes, &metrics, table);
+        metrics.reload("file", true);
+        let watcher = file::FileWatcher::new(path.clone(), routes.clone(), metrics.clone());
+        tasks.push(tokio::spawn(watcher.run(Some(text), background.clone())));
+    }
+
+    let http_addr = listeners
+        .http
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: config.http,
+            what: "http",
+            source,
+        })?;
+    let admin_addr = listeners
+        .admin
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: config.admin,
+            what: "admin",
+            source,
+        })?;
+
+    let admin_state = AdminState {
+        routes: routes.clone(),
+        metrics: metrics.clone(),
+    };
+    tasks.push(tokio::spawn(admin::serve(
+        listeners.admin,
+        admin_state,
+        background.clone(),
+    )));
+
+    let proxy = Proxy::new(routes.clone(), metrics.clone(), config.proxy.clone());
+    let shutdown = CancellationToken::new();
+    let accept = tokio::spawn(proxy.clone().serve(listeners.http, shutdown.clone()));
+    info!(http = %http_addr, admin = %admin_addr, "listening");
+
+    Ok(Running {
+        http_addr,
+        admin_addr,
+        routes,
+        metrics,
+        proxy,
+        shutdown,
+        background,
+        accept,
+        tasks,
+    })
+}
+
+impl Running {
+    /// A token that, when cancelled, starts the shutdown (same as [`Running::shutdown`]).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Starts the shutdown: stop accepting, let connections finish.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits for the shutdown to be requested, then for in-flight work to finish, at most `grace`. Returns
+    /// false if connections were still open when the grace period ran out.
+    pub async fn wait(self, grace: Duration) -> bool {
+        self.shutdown.cancelled().await;
+        let _ = self.accept.await;
+        info!(grace = %humantime::format_duration(grace), "shutting down: no longer accepting, draining connections");
+        let drained = tokio::time::timeout(grace, self.proxy.drained())
+            .await
+            .is_ok();
+        if !drained {
+            warn!("grace period over with connections still open; closing them");
+        }
+        self.background.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        drained
+    }
+}

@@ -1,0 +1,310 @@
+//! Configuration: the `reveille.toml` file, command-line flags, and how they combine (flags win).
+//!
+//! Owns parsing and defaults; produces a [`Config`] the rest of the program takes as plain values.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::proxy::Settings;
+
+/// A problem with the configuration; reported before anything starts.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("no route source: give --routes FILE or set `routes` in the [server] section of the config file")]
+    NoRouteSource,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The configuration in force, after file and flags are combined.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Plain-HTTP listener of the proxy.
+    pub http: SocketAddr,
+    /// Admin listener (health, metrics, API).
+    pub admin: SocketAddr,
+    /// Routes file, watched for changes.
+    pub routes: Option<PathBuf>,
+    /// Runtime worker threads; 0 = one per core.
+    pub threads: usize,
+    pub log_format: LogFormat,
+    /// `tracing` filter directives, e.g. `info` or `info,reveille::access=off`.
+    pub log_level: String,
+    /// Time in-flight requests get to finish after SIGTERM/SIGINT.
+    pub shutdown_grace: Duration,
+    /// Data-path limits and timeouts.
+    pub proxy: Settings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            http: ([0, 0, 0, 0], 8080).into(),
+            admin: ([127, 0, 0, 1], 9090).into(),
+            routes: None,
+            threads: 0,
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            shutdown_grace: Duration::from_secs(30),
+            proxy: Settings::default(),
+        }
+    }
+}
+
+/// `reveille.toml`. Every key is optional; see `config/reveille.toml` for the documented example.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub log: LogSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+    #[serde(default)]
+    pub upstream: UpstreamSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    pub http: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    /// Relative paths are relative to the config file's directory.
+    pub routes: Option<PathBuf>,
+    pub threads: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub shutdown_grace: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    pub format: Option<LogFormat>,
+    pub level: Option<String>,
+    pub access_log: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    #[serde(default, with = "humantime_serde")]
+    pub header_read_timeout: Option<Duration>,
+    pub max_header_size: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    pub max_connections: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub response_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub pool_idle_timeout: Option<Duration>,
+    pub pool_max_idle_per_backend: Option<usize>,
+}
+
+impl ConfigFile {
+    /// Reads a config file; relative paths in it are made relative to its directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let mut file: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        if let (Some(routes), Some(dir)) = (&file.server.routes, path.parent()) {
+            if routes.is_relative() {
+                file.server.routes = Some(dir.join(routes));
+            }
+        }
+        Ok(file)
+    }
+}
+
+/// Command-line overrides; `None` keeps the file's value (or the default).
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Overrides {
+    /// Address of the plain-HTTP proxy listener [default: 0.0.0.0:8080]
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// Address of the admin listener (health, metrics, API) [default: 127.0.0.1:9090]
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+    /// Routes file to load and watch
+    #[arg(long, value_name = "FILE")]
+    pub routes: Option<PathBuf>,
+    /// Worker threads; 0 = one per core, 1 = a single-threaded runtime [default: 0]
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Log format [default: text]
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info` or `debug,hyper=info` (RUST_LOG also works) [default: info]
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Write an access-log line per request [default: true]
+    #[arg(long, value_name = "BOOL")]
+    pub access_log: Option<bool>,
+    /// Time allowed to receive a request head (slowloris protection) [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Option<Duration>,
+    /// Largest request head accepted, in bytes; larger gets 431 [default: 65536]
+    #[arg(long, value_name = "BYTES")]
+    pub max_header_size: Option<usize>,
+    /// Close client connections idle this long [default: 60s]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Client connections served at once [default: 10000]
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Time allowed to connect to a backend before trying the next [default: 5s]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Option<Duration>,
+    /// Time allowed for a backend's response headers; past it, 504 [default: 60s]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub response_timeout: Option<Duration>,
+    /// Keep unused pooled backend connections this long [default: 90s]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub pool_idle_timeout: Option<Duration>,
+    /// Idle pooled connections kept per backend [default: 64]
+    #[arg(long, value_name = "N")]
+    pub pool_max_idle_per_backend: Option<usize>,
+    /// Time in-flight requests get to finish on SIGTERM/SIGINT [default: 30s]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Option<Duration>,
+}
+
+impl Config {
+    /// Combines defaults, an optional config file and flags (in rising precedence).
+    pub fn resolve(file: Option<&Path>, flags: &Overrides) -> Result<Self, ConfigError> {
+        let file = match file {
+            Some(p) => ConfigFile::load(p)?,
+            None => ConfigFile::default(),
+        };
+        let d = Config::default();
+        let s = Settings::default();
+        let cfg = Config {
+            http: flags.http.or(file.server.http).unwrap_or(d.http),
+            admin: flags.admin.or(file.server.admin).unwrap_or(d.admin),
+            routes: flags.routes.clone().or(file.server.routes),
+            threads: flags.threads.or(file.server.threads).unwrap_or(d.threads),
+            log_format: flags.log_format.or(file.log.format).unwrap_or(d.log_format),
+            log_level: flags
+                .log_level
+                .clone()
+                .or(file.log.level)
+                .unwrap_or(d.log_level),
+            shutdown_grace: flags
+                .shutdown_grace
+                .or(file.server.shutdown_grace)
+                .unwrap_or(d.shutdown_grace),
+            proxy: Settings {
+                header_read_timeout: flags
+                    .header_read_timeout
+                    .or(file.limits.header_read_timeout)
+                    .unwrap_or(s.header_read_timeout),
+                max_header_size: flags
+                    .max_header_size
+                    .or(file.limits.max_header_size)
+                    .unwrap_or(s.max_header_size),
+                idle_timeout: flags
+                    .idle_timeout
+                    .or(file.limits.idle_timeout)
+                    .unwrap_or(s.idle_timeout),
+                max_connections: flags
+                    .max_connections
+                    .or(file.limits.max_connections)
+                    .unwrap_or(s.max_connections),
+                connect_timeout: flags
+                    .connect_timeout
+                    .or(file.upstream.connect_timeout)
+                    .unwrap_or(s.connect_timeout),
+                response_timeout: flags
+                    .response_timeout
+                    .or(file.upstream.response_timeout)
+                    .unwrap_or(s.response_timeout),
+                pool_idle_timeout: flags
+                    .pool_idle_timeout
+                    .or(file.upstream.pool_idle_timeout)
+                    .unwrap_or(s.pool_idle_timeout),
+                pool_max_idle_per_backend: flags
+                    .pool_max_idle_per_backend
+                    .or(file.upstream.pool_max_idle_per_backend)
+                    .unwrap_or(s.pool_max_idle_per_backend),
+                access_log: flags
+                    .access_log
+                    .or(file.log.access_log)
+                    .unwrap_or(s.access_log),
+            },
+        };
+        if cfg.routes.is_none() {
+            return Err(ConfigError::NoRouteSource);
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_paths_are_relative_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reveille.toml");
+        std::fs::write(
+            &path,
+            "[server]\nhttp = \"127.0.0.1:1000\"\nroutes = \"r.toml\"\n[limits]\nidle_timeout = \"5s\"\n",
+        )
+        .unwrap();
+        let flags = Overrides {
+            http: Some("127.0.0.1:2000".parse().unwrap()),
+            ..Default::default()
+        };
+        let cfg = Config::resolve(Some(&path), &flags).unwrap();
+        assert_eq!(cfg.http.port(), 2000);
+        assert_eq!(cfg.routes.unwrap(), dir.path().join("r.toml"));
+        assert_eq!(cfg.proxy.idle_timeout, Duration::from_secs(5));
+        assert_eq!(
+            cfg.proxy.connect_timeout,
+            Settings::default().connect_timeout
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_routes_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reveille.toml");
+        std::fs::write(&path, "[server]\nhtp = \"127.0.0.1:1000\"\n").unwrap();
+        let e = Config::resolve(Some(&path), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field") && e.contains("htp"), "{e}");
+        let e = Config::resolve(None, &Overrides::default()).unwrap_err();
+        assert!(matches!(e, ConfigError::NoRouteSource));
+    }
+}

@@ -1,0 +1,356 @@
+//! The routes file (`config/routes.toml`): parsing with line numbers, and watching it for changes.
+//!
+//! ```toml
+//! [services.acme]
+//! backends = ["127.0.0.1:8081", "http://127.0.0.1:8082"]
+//!
+//! [routes]
+//! "acme.example.com" = "acme"
+//! "*.acme.example.com" = "acme"
+//! ```
+//!
+//! A file that does not parse or validate is rejected whole: the previous table stays in force (or, at start,
+//! reveille refuses to start). Every problem is reported with its line.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use notify::Watcher;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use toml::Spanned;
+use tracing::{debug, error, info, warn, Instrument};
+
+use crate::metrics::Metrics;
+use crate::routes::{Backend, HostPattern, RouteError, RouteHandle, RouteTable};
+
+/// How often the file's metadata is checked even without a file-system event: a safety net for file systems
+/// and editors that notify poorly. Events normally apply a change in a few milliseconds.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Events come in bursts (truncate, write, close, rename); wait this long for the burst to end.
+const DEBOUNCE: Duration = Duration::from_millis(30);
+
+/// A problem in a routes file.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("cannot read routes file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("routes file {path} is not valid TOML: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("routes file {path} is invalid:\n{}", format_located(.errors))]
+    Invalid { path: PathBuf, errors: Vec<Located> },
+}
+
+/// A route error with the line it comes from (1-based; 0 when unknown).
+#[derive(Debug, Clone)]
+pub struct Located {
+    pub line: usize,
+    pub error: RouteError,
+}
+
+fn format_located(errors: &[Located]) -> String {
+    errors
+        .iter()
+        .map(|e| {
+            if e.line > 0 {
+                format!("  line {}: {}", e.line, e.error)
+            } else {
+                format!("  {}", e.error)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[derive(Deserialize)]
+struct RoutesFile {
+    #[serde(default)]
+    services: BTreeMap<String, Spanned<ServiceEntry>>,
+    #[serde(default)]
+    routes: BTreeMap<String, Spanned<String>>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Deserialize)]
+struct ServiceEntry {
+    #[serde(default)]
+    backends: Vec<Spanned<String>>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, toml::Value>,
+}
+
+/// Parses and validates routes-file text. `path` is only used in messages.
+pub fn parse(path: &Path, text: &str) -> Result<RouteTable, FileError> {
+    let file: RoutesFile = toml::from_str(text).map_err(|e| FileError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let line_of = |offset: usize| {
+        text[..offset.min(text.len())]
+            .bytes()
+            .filter(|b| *b == b'\n')
+            .count()
+            + 1
+    };
+    for key in file.unknown.keys() {
+        warn!(path = %path.display(), key, "unknown top-level key in routes file ignored");
+    }
+
+    let mut errors = Vec::new();
+    let mut builder = RouteTable::builder();
+    for (name, entry) in &file.services {
+        let line = line_of(entry.span().start);
+        let entry = entry.get_ref();
+        for key in entry.unknown.keys() {
+            warn!(path = %path.display(), line, service = %name, key, "unknown service field ignored");
+        }
+        let mut backends = Vec::with_capacity(entry.backends.len());
+        for b in &entry.backends {
+            match Backend::parse(b.get_ref()) {
+                Ok(b) => backends.push(b),
+                Err(error) => errors.push(Located {
+                    line: line_of(b.span().start),
+                    error,
+                }),
+            }
+        }
+        if backends.len() == entry.backends.len() {
+            if let Err(error) = builder.service(name, backends) {
+                errors.push(Located { line, error });
+            }
+        }
+    }
+    let mut route_lines = BTreeMap::new();
+    for (host, service) in &file.routes {
+        let line = line_of(service.span().start);
+        match HostPattern::parse(host) {
+            Ok(pattern) => {
+                route_lines.insert(pattern.to_string(), line);
+                builder.route(pattern, service.get_ref());
+            }
+            Err(error) => errors.push(Located { line, error }),
+        }
+    }
+    match builder.build() {
+        Ok(table) if errors.is_empty() => Ok(table),
+        Ok(_) => Err(FileError::Invalid {
+            path: path.to_owned(),
+            errors,
+        }),
+        Err(build_errors) => {
+            for error in build_errors {
+                let line = match &error {
+                    RouteError::UnknownService { host, .. }
+                    | RouteError::DuplicateRoute { host } => {
+                        route_lines.get(host).copied().unwrap_or(0)
+                    }
+                    _ => 0,
+                };
+                errors.push(Located { line, error });
+            }
+            errors.sort_by_key(|e| e.line);
+            Err(FileError::Invalid {
+                path: path.to_owned(),
+                errors,
+            })
+        }
+    }
+}
+
+/// Reads and validates a routes file.
+pub fn load(path: &Path) -> Result<RouteTable, FileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Watches a routes file and installs each valid new version.
+pub struct FileWatcher {
+    path: PathBuf,
+    routes: RouteHandle,
+    metrics: Arc<Metrics>,
+}
+
+/// What identifies a version of the file cheaply, before reading it.
+#[derive(PartialEq, Eq, Clone, Copy, Debug)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Some(Stamp {
+        modified: meta.modified().ok(),
+        len: meta.len(),
+        inode,
+    })
+}
+
+fn fingerprint(text: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+impl FileWatcher {
+    pub fn new(path: PathBuf, routes: RouteHandle, metrics: Arc<Metrics>) -> Self {
+        Self {
+            path,
+            routes,
+            metrics,
+        }
+    }
+
+    /// Runs until `shutdown`. `applied_text` is the content already in force (loaded at start), so the first
+    /// event for an unchanged file is not reported as a reload.
+    pub async fn run(self, applied_text: Option<String>, shutdown: CancellationToken) {
+        let span = tracing::info_span!("routes_file", path = %self.path.display());
+        self.run_inner(applied_text, shutdown)
+            .instrument(span)
+            .await
+    }
+
+    async fn run_inner(self, applied_text: Option<String>, shutdown: CancellationToken) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        // Watch the directory, not the file: editors and config managers replace files by rename, and
+        // Kubernetes swaps a symlink, which a watch on the file itself would miss.
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if res.is_ok() {
+                let _ = tx.send(());
+            }
+        })
+        .and_then(|mut w| {
+            w.watch(&dir, notify::RecursiveMode::NonRecursive)
+                .map(|()| w)
+        });
+        let _watcher = match watcher {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(error = %e, "cannot watch the routes file's directory; falling back to polling every {POLL_INTERVAL:?}");
+                None
+            }
+        };
+
+        let mut last_stamp = stamp(&self.path);
+        let mut last_seen = applied_text.as_deref().map(fingerprint);
+        let mut poll = tokio::time::interval(POLL_INTERVAL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                ev = rx.recv() => {
+                    if ev.is_none() { return; }
+                    // Let the burst settle, then drain it.
+                    tokio::time::sleep(DEBOUNCE).await;
+                    while rx.try_recv().is_ok() {}
+                }
+                _ = poll.tick() => {
+                    let now = stamp(&self.path);
+                    if now == last_stamp { continue; }
+                }
+            }
+            last_stamp = stamp(&self.path);
+            self.reload(&mut last_seen);
+        }
+    }
+
+    /// Reads the file; if its content differs from the last version seen (applied or rejected), validates and
+    /// installs it or reports why not.
+    fn reload(&self, last_seen: &mut Option<u64>) {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) => {
+                // A rename-in-progress can make the file briefly absent; the next event or poll retries.
+                debug!(error = %e, "routes file not readable right now");
+                return;
+            }
+        };
+        let fp = fingerprint(&text);
+        if *last_seen == Some(fp) {
+            return;
+        }
+        *last_seen = Some(fp);
+        match parse(&self.path, &text) {
+            Ok(table) => {
+                info!(
+                    routes = table.route_count(),
+                    services = table.service_count(),
+                    "routes file reloaded"
+                );
+                super::install(&self.routes, &self.metrics, table);
+                self.metrics.reload("file", true);
+            }
+            Err(e) => {
+                error!("{e}; keeping the previous route table");
+                self.metrics.reload("file", false);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errs(text: &str) -> String {
+        parse(Path::new("r.toml"), text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn valid_file() {
+        let t = parse(
+            Path::new("r.toml"),
+            r#"
+[services.a]
+backends = ["127.0.0.1:1", "http://127.0.0.1:2"]
+[routes]
+"A.example.com" = "a"
+"*.example.com" = "a"
+"#,
+        )
+        .unwrap();
+        assert_eq!(t.route_count(), 2);
+        assert_eq!(t.lookup("a.example.com").unwrap().name(), "a");
+    }
+
+    #[test]
+    fn errors_carry_lines() {
+        let e = errs("[services.a]\nbackends = [\"127.0.0.1:1\"]\n[routes]\n\"x.com\" = \"a\"\n\"y.com\" = \"b\"\n");
+        assert!(
+            e.contains("line 5") && e.contains("undefined service \"b\""),
+            "{e}"
+        );
+        let e = errs("[services.a]\nbackends = [\"nope\"]\n");
+        assert!(e.contains("line 2") && e.contains("missing port"), "{e}");
+        let e = errs("[services.a]\nbackends = [\"127.0.0.1:1\"]\n[routes]\n\"a b\" = \"a\"\n");
+        assert!(
+            e.contains("line 4") && e.contains("invalid hostname"),
+            "{e}"
+        );
+        let e = errs("[services.a\n");
+        assert!(e.contains("line 1") && e.contains("not valid TOML"), "{e}");
+        let e = errs("[services.a]\nbackends = \"127.0.0.1:1\"\n");
+        assert!(e.contains("line 2"), "{e}");
+        let e = errs("[services.a]\nbackends = []\n");
+        assert!(e.contains("no backends"), "{e}");
+    }
+}

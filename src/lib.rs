@@ -1,0 +1,26 @@
+//! # reveille
+//!
+//! An edge reverse proxy for multi-tenant container platforms: routes requests by hostname to tenant services,
+//! with routes that change live.
+//!
+//! # Layout
+//!
+//! - [`routes`]: the routing model and the immutable route table snapshot (`ArcSwap`), hostname matching.
+//! - [`control`]: route sources — loading, validating and watching the routes file — that install new tables.
+//! - [`proxy`]: the data path — connections, HTTP/1.1 and h2c, forwarding, upgrades, limits and timeouts.
+//! - [`admin`]: the admin listener — `/healthz`, `/readyz`, `/metrics`, `/api/routes`.
+//! - [`metrics`]: Prometheus metric definitions and exposition.
+//! - [`config`]: the config file, command-line overrides, defaults.
+//! - [`telemetry`]: logging setup (text or JSON).
+//! - [`app`]: wiring it all together on bound listeners, and orderly shutdown.
+//!
+//! `main.rs` only parses the command line, sets up logging and the runtime, and maps errors to exit codes.
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod control;
+pub mod metrics;
+pub mod proxy;
+pub mod routes;
+pub mod telemetry;

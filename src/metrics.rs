@@ -1,0 +1,272 @@
+//! Prometheus metrics: one registry for the process, with typed handles so the request path only increments
+//! atomics (per-service handles are cached on the [`crate::routes::Service`] itself).
+//!
+//! Owns metric names, help texts and the text exposition; does not decide when things are counted.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceClassLabels {
+    service: String,
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    source: &'static str,
+    result: &'static str,
+}
+
+/// Why an upstream attempt failed; the label of `reveille_upstream_errors_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    /// The backend refused the TCP connection.
+    ConnectRefused,
+    /// The TCP connection did not complete within the connect timeout.
+    ConnectTimeout,
+    /// Any other connect failure (unreachable, DNS...).
+    ConnectOther,
+    /// No response headers within the response timeout.
+    ResponseTimeout,
+    /// The backend broke the HTTP exchange (closed early, sent garbage).
+    Protocol,
+}
+
+impl UpstreamErrorKind {
+    pub const ALL: [Self; 5] = [
+        Self::ConnectRefused,
+        Self::ConnectTimeout,
+        Self::ConnectOther,
+        Self::ResponseTimeout,
+        Self::Protocol,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ConnectRefused => "connect_refused",
+            Self::ConnectTimeout => "connect_timeout",
+            Self::ConnectOther => "connect_other",
+            Self::ResponseTimeout => "response_timeout",
+            Self::Protocol => "protocol",
+        }
+    }
+}
+
+/// Requests that no service answered; the label of `reveille_unrouted_requests_total`.
+#[derive(Clone, Copy, Debug)]
+pub enum Unrouted {
+    UnknownHost,
+    BadHost,
+}
+
+/// Per-service counters by status class, resolved once per service.
+#[derive(Debug, Clone)]
+pub struct ServiceStats {
+    by_class: [Counter; 5],
+}
+
+impl ServiceStats {
+    /// Counts one response with this status.
+    #[inline]
+    pub fn record(&self, status: u16) {
+        let idx = (status / 100).clamp(1, 5) as usize - 1;
+        self.by_class[idx].inc();
+    }
+}
+
+/// All of reveille's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<ServiceClassLabels, Counter>,
+    unrouted: [Counter; 2],
+    duration: Histogram,
+    open_connections: Gauge,
+    connections: Counter,
+    header_timeouts: Counter,
+    upstream_errors: [Counter; 5],
+    routes: Gauge,
+    services: Gauge,
+    reloads: Family<ReloadLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("reveille");
+        let requests = Family::<ServiceClassLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by service and status class",
+            requests.clone(),
+        );
+
+        let unrouted_family = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "unrouted_requests",
+            "Requests answered without a service: unknown host (404) or missing/malformed Host (400)",
+            unrouted_family.clone(),
+        );
+        let unrouted = ["unknown_host", "bad_host"]
+            .map(|kind| unrouted_family.get_or_create(&KindLabels { kind }).clone());
+
+        let duration = Histogram::new([
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0, 60.0,
+        ]);
+        registry.register(
+            "request_duration_seconds",
+            "Time from request received to response headers sent",
+            duration.clone(),
+        );
+
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Client connections currently open",
+            open_connections.clone(),
+        );
+        let connections = Counter::default();
+        registry.register(
+            "connections",
+            "Client connections accepted",
+            connections.clone(),
+        );
+        let header_timeouts = Counter::default();
+        registry.register(
+            "header_timeouts",
+            "Client connections closed because request headers did not arrive in time",
+            header_timeouts.clone(),
+        );
+
+        let upstream_family = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Failed upstream attempts, by kind",
+            upstream_family.clone(),
+        );
+        let upstream_errors = UpstreamErrorKind::ALL.map(|k| {
+            upstream_family
+                .get_or_create(&KindLabels { kind: k.as_str() })
+                .clone()
+        });
+
+        let routes = Gauge::default();
+        registry.register("routes", "Routes in the table in force", routes.clone());
+        let services = Gauge::default();
+        registry.register(
+            "services",
+            "Services in the table in force",
+            services.clone(),
+        );
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "route_reloads",
+            "Route table loads, by source and result",
+            reloads.clone(),
+        );
+
+        Self {
+            registry,
+            requests,
+            unrouted,
+            duration,
+            open_connections,
+            connections,
+            header_timeouts,
+            upstream_errors,
+            routes,
+            services,
+            reloads,
+        }
+    }
+
+    /// Creates the handles for one service; called once per service per table (see `Service::stats`).
+    pub fn service_stats(&self, service: &str) -> ServiceStats {
+        let by_class = ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
+            self.requests
+                .get_or_create(&ServiceClassLabels {
+                    service: service.to_string(),
+                    class,
+                })
+                .clone()
+        });
+        ServiceStats { by_class }
+    }
+
+    #[inline]
+    pub fn unrouted(&self, why: Unrouted) {
+        self.unrouted[why as usize].inc();
+    }
+
+    #[inline]
+    pub fn observe_duration(&self, d: Duration) {
+        self.duration.observe(d.as_secs_f64());
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections.inc();
+        self.open_connections.inc();
+    }
+
+    pub fn connection_closed(&self) {
+        self.open_connections.dec();
+    }
+
+    pub fn header_timeout(&self) {
+        self.header_timeouts.inc();
+    }
+
+    #[inline]
+    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+        let idx = UpstreamErrorKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(0);
+        self.upstream_errors[idx].inc();
+    }
+
+    pub fn table_installed(&self, routes: usize, services: usize) {
+        self.routes.set(routes as i64);
+        self.services.set(services as i64);
+    }
+
+    pub fn reload(&self, source: &'static str, ok: bool) {
+        self.reloads
+            .get_or_create(&ReloadLabels {
+                source,
+                result: if ok { "ok" } else { "failed" },
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

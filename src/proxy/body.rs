@@ -1,0 +1,162 @@
+//! Body types of the data path. Bodies are streamed frame by frame in both directions; nothing here buffers a
+//! whole body.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use parking_lot::Mutex;
+
+/// The body sent upstream.
+///
+/// A request with a body is put in a shared slot that the upstream attempt only takes from when it starts
+/// sending the body. If the connection to a backend fails first (refused, timed out), the body is still in the
+/// slot and the request can go to the next backend without having buffered anything.
+pub(crate) enum RequestBody {
+    Empty,
+    Streaming {
+        slot: Arc<Mutex<Option<Incoming>>>,
+        body: Option<Incoming>,
+        hint: SizeHint,
+    },
+}
+
+/// The shared slot of a request body (see [`RequestBody`]).
+pub(crate) struct BodySlot {
+    slot: Arc<Mutex<Option<Incoming>>>,
+    hint: SizeHint,
+}
+
+impl BodySlot {
+    /// `None` when the body is empty: such requests are always retryable.
+    pub(crate) fn new(body: Incoming) -> Option<Self> {
+        if body.is_end_stream() {
+            return None;
+        }
+        let hint = body.size_hint();
+        Some(Self {
+            slot: Arc::new(Mutex::new(Some(body))),
+            hint,
+        })
+    }
+
+    /// A body for one upstream attempt.
+    pub(crate) fn attempt(&self) -> RequestBody {
+        RequestBody::Streaming {
+            slot: self.slot.clone(),
+            body: None,
+            hint: self.hint.clone(),
+        }
+    }
+
+    /// True while no attempt has started reading the body, so another attempt can still send it.
+    pub(crate) fn is_intact(&self) -> bool {
+        self.slot.lock().is_some()
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Streaming { slot, body, .. } => {
+                if body.is_none() {
+                    *body = slot.lock().take();
+                }
+                match body {
+                    Some(b) => Pin::new(b).poll_frame(cx),
+                    None => Poll::Ready(None),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Streaming { body: Some(b), .. } => b.is_end_stream(),
+            RequestBody::Streaming { .. } => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Streaming { body: Some(b), .. } => b.size_hint(),
+            RequestBody::Streaming { hint, .. } => hint.clone(),
+        }
+    }
+}
+
+/// The body sent to the client: an upstream's streamed body, or a short text reveille wrote itself. Carries a
+/// guard that is released when the body is finished or dropped, which is when a request stops being "in flight".
+pub(crate) struct ResponseBody<G> {
+    kind: Kind,
+    _guard: Option<G>,
+}
+
+enum Kind {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl<G> ResponseBody<G> {
+    pub(crate) fn upstream(body: Incoming, guard: G) -> Self {
+        Self {
+            kind: Kind::Upstream(body),
+            _guard: Some(guard),
+        }
+    }
+
+    pub(crate) fn full(bytes: impl Into<Bytes>, guard: Option<G>) -> Self {
+        let b = bytes.into();
+        Self {
+            kind: Kind::Full(if b.is_empty() { None } else { Some(b) }),
+            _guard: guard,
+        }
+    }
+}
+
+impl<G: Unpin> Body for ResponseBody<G> {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let res = match &mut this.kind {
+            Kind::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+        };
+        if let Poll::Ready(None) = res {
+            // Release the guard as soon as the body ends, not when hyper gets round to dropping it.
+            this._guard = None;
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Upstream(b) => b.is_end_stream(),
+            Kind::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Upstream(b) => b.size_hint(),
+            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}

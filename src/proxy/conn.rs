@@ -1,0 +1,366 @@
+//! One client connection: protocol detection (HTTP/1.1 or h2c prior knowledge), the header-read and idle
+//! timers, and graceful shutdown.
+//!
+//! hyper's own `header_read_timeout` also runs while an HTTP/1.1 connection waits for its next request, so it
+//! would cap the keep-alive idle time at the header timeout. reveille keeps the two apart: [`ConnState`] knows
+//! whether the connection is idle, reading a request head, or busy, and [`Watchdog`] applies the matching limit.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::{Proxy, ProxyService, SpanExecutor};
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What the watchdog and the request path share about one connection.
+pub(crate) struct ConnState {
+    epoch: Instant,
+    /// Requests whose response has not finished (0 or 1 for HTTP/1.1, any number for h2).
+    in_flight: AtomicU32,
+    /// When the first bytes of the next request head arrived, in ms since `epoch` plus one; 0 = not reading a
+    /// head. Only tracked for HTTP/1.1.
+    head_started: AtomicU64,
+    /// When `in_flight` last dropped to zero, in ms since `epoch`.
+    idle_since: AtomicU64,
+    track_heads: AtomicBool,
+}
+
+impl ConnState {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            in_flight: AtomicU32::new(0),
+            head_started: AtomicU64::new(0),
+            idle_since: AtomicU64::new(0),
+            track_heads: AtomicBool::new(false),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn on_bytes_read(&self) {
+        if self.track_heads.load(Ordering::Relaxed)
+            && self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_started.load(Ordering::Relaxed) == 0
+        {
+            self.head_started
+                .store(self.now_ms() + 1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Held from the moment a request is handed to reveille until its response body is done (or dropped).
+pub(crate) struct InFlight(Arc<ConnState>);
+
+impl InFlight {
+    pub(crate) fn new(state: &Arc<ConnState>) -> Self {
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        state.head_started.store(0, Ordering::Relaxed);
+        Self(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.idle_since.store(self.0.now_ms(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// The client socket, replaying the bytes read during protocol detection and noting when a request head
+/// starts to arrive.
+pub(crate) struct ConnIo {
+    inner: TcpStream,
+    prefix: Bytes,
+    state: Arc<ConnState>,
+}
+
+impl AsyncRead for ConnIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.state.on_bytes_read();
+        }
+        res
+    }
+}
+
+impl AsyncWrite for ConnIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Reads until the first bytes tell HTTP/1.x from the h2 preface. Returns whether it is h2, and what was read.
+async fn detect(stream: &mut TcpStream) -> io::Result<(bool, Bytes)> {
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let n = buf.len().min(H2_PREFACE.len());
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok((false, buf.freeze()));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok((true, buf.freeze()));
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Expiry {
+    Idle,
+    HeaderTimeout,
+}
+
+/// Fires when the connection has been idle for `idle`, or has spent `header` reading one request head.
+struct Watchdog {
+    state: Arc<ConnState>,
+    idle_ms: u64,
+    header_ms: u64,
+    sleep: Pin<Box<Sleep>>,
+    /// Deadline the sleep is set to, in ms since the connection's epoch.
+    armed_ms: u64,
+}
+
+impl Watchdog {
+    fn new(state: Arc<ConnState>, idle: Duration, header: Duration) -> Self {
+        let epoch = state.epoch;
+        Self {
+            state,
+            idle_ms: idle.as_millis() as u64,
+            header_ms: header.as_millis() as u64,
+            sleep: Box::pin(tokio::time::sleep_until(epoch)),
+            armed_ms: 0,
+        }
+    }
+
+    fn arm(&mut self, deadline_ms: u64) {
+        if deadline_ms != self.armed_ms {
+            self.armed_ms = deadline_ms;
+            self.sleep
+                .as_mut()
+                .reset(self.state.epoch + Duration::from_millis(deadline_ms));
+        }
+    }
+}
+
+impl Future for Watchdog {
+    type Output = Expiry;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Expiry> {
+        loop {
+            let s = &self.state;
+            let now = s.now_ms();
+            let (deadline, expiry) = if s.in_flight.load(Ordering::Relaxed) > 0 {
+                // Busy: upstream timeouts apply, not ours. Look again later (or on the next wake-up).
+                let d = if self.armed_ms > now {
+                    self.armed_ms
+                } else {
+                    now + self.idle_ms.max(1000)
+                };
+                (d, None)
+            } else {
+                match s.head_started.load(Ordering::Relaxed) {
+                    0 => (
+                        s.idle_since.load(Ordering::Relaxed) + self.idle_ms,
+                        Some(Expiry::Idle),
+                    ),
+                    started => (started - 1 + self.header_ms, Some(Expiry::HeaderTimeout)),
+                }
+            };
+            if let Some(e) = expiry {
+                if now >= deadline {
+                    return Poll::Ready(e);
+                }
+            }
+            self.arm(deadline);
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // The sleep fired: re-evaluate with fresh state (the deadline may have moved on).
+            self.armed_ms = 0;
+        }
+    }
+}
+
+/// What hyper's HTTP/1 and HTTP/2 connections have in common for us.
+trait ServerConn: Future<Output = Result<(), hyper::Error>> {
+    fn graceful(self: Pin<&mut Self>);
+}
+
+type Io = TokioIo<ConnIo>;
+
+impl ServerConn for hyper::server::conn::http1::UpgradeableConnection<Io, ProxyService> {
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl ServerConn for hyper::server::conn::http2::Connection<Io, ProxyService, SpanExecutor> {
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Serves one accepted connection until it closes, times out, or shutdown completes it.
+pub(crate) async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    proxy: Arc<Proxy>,
+    shutdown: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) {
+    let metrics = proxy.metrics.clone();
+    metrics.connection_opened();
+    let _closed = scopeguard(move || metrics.connection_closed());
+
+    let settings = &proxy.settings;
+    let detected = tokio::select! {
+        r = tokio::time::timeout(settings.header_read_timeout, detect(&mut stream)) => r,
+        _ = shutdown.cancelled() => return,
+    };
+    let (is_h2, prefix) = match detected {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            debug!(error = %e, "connection closed before a request");
+            return;
+        }
+        Err(_) => {
+            debug!("no request within the header timeout");
+            proxy.metrics.header_timeout();
+            return;
+        }
+    };
+
+    let state = Arc::new(ConnState::new());
+    if !is_h2 {
+        state.track_heads.store(true, Ordering::Relaxed);
+        // The head began arriving during detection.
+        state.head_started.store(1, Ordering::Relaxed);
+    }
+    let io = TokioIo::new(ConnIo {
+        inner: stream,
+        prefix,
+        state: state.clone(),
+    });
+    let service = ProxyService::new(proxy.clone(), peer, state.clone());
+    let dog = Watchdog::new(state, settings.idle_timeout, settings.header_read_timeout);
+    let result = if is_h2 {
+        drive(
+            proxy.h2.serve_connection(io, service),
+            dog,
+            &proxy,
+            shutdown,
+        )
+        .await
+    } else {
+        drive(
+            proxy.h1.serve_connection(io, service).with_upgrades(),
+            dog,
+            &proxy,
+            shutdown,
+        )
+        .await
+    };
+    if let Err(e) = result {
+        // Client resets and half-finished requests are routine at an edge proxy: debug, not warn.
+        debug!(error = %e, "connection ended with an error");
+    }
+}
+
+async fn drive<C: ServerConn>(
+    conn: C,
+    dog: Watchdog,
+    proxy: &Proxy,
+    shutdown: CancellationToken,
+) -> Result<(), hyper::Error> {
+    tokio::pin!(conn);
+    tokio::pin!(dog);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            biased;
+            res = conn.as_mut() => return res,
+            expiry = dog.as_mut(), if !closing => match expiry {
+                Expiry::Idle => {
+                    debug!("idle timeout");
+                    closing = true;
+                    conn.as_mut().graceful();
+                }
+                Expiry::HeaderTimeout => {
+                    debug!("request headers not received in time; closing");
+                    proxy.metrics.header_timeout();
+                    return Ok(());
+                }
+            },
+            _ = shutdown.cancelled(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful();
+            }
+        }
+    }
+}
+
+/// Runs `f` on drop.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}

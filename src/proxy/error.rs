@@ -1,0 +1,59 @@
+//! Why a request could not be forwarded, and what the client is told.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// Who is at fault, in pingora's terms: decides the status class and keeps logs and metrics honest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The client sent something reveille cannot route (4xx).
+    Downstream,
+    /// A backend failed (5xx).
+    Upstream,
+}
+
+/// A request that reveille answers itself instead of forwarding.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("missing or malformed Host header")]
+    BadHost,
+    #[error("no route for host {host:?}")]
+    UnknownHost { host: String },
+    #[error("no backend of service {service:?} could be reached")]
+    AllBackendsFailed { service: String },
+    #[error("service {service:?} did not answer within {}", humantime::format_duration(*.timeout))]
+    UpstreamTimeout { service: String, timeout: Duration },
+    #[error("service {service:?} failed to answer: {reason}")]
+    UpstreamProtocol { service: String, reason: String },
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadHost => StatusCode::BAD_REQUEST,
+            Self::UnknownHost { .. } => StatusCode::NOT_FOUND,
+            Self::AllBackendsFailed { .. } | Self::UpstreamProtocol { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn fault(&self) -> Fault {
+        match self {
+            Self::BadHost | Self::UnknownHost { .. } => Fault::Downstream,
+            _ => Fault::Upstream,
+        }
+    }
+
+    /// The plain-text body the client gets: status line, then the reason.
+    pub fn body(&self) -> String {
+        let status = self.status();
+        format!(
+            "{} {}: {self}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        )
+    }
+}

@@ -1,0 +1,224 @@
+//! The data path: accepts client connections, routes each request by hostname and forwards it to a backend.
+//!
+//! Owns connection handling (`conn`), request forwarding (`handler`), header rewriting (`headers`) and body
+//! streaming (`body`). Reads the route table through [`RouteHandle`] and never changes it; knows nothing of
+//! where routes come from.
+
+mod body;
+mod conn;
+mod error;
+mod handler;
+mod headers;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info_span, Instrument};
+
+pub use error::ProxyError;
+
+use crate::metrics::Metrics;
+use crate::routes::RouteHandle;
+use body::{RequestBody, ResponseBody};
+use conn::{ConnState, InFlight};
+
+/// Limits and timeouts of the data path. Every field has a `serve` flag and a config-file key.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Time allowed for a client to send a complete request head (slowloris protection).
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted (HTTP/1.1), or header list (h2); larger gets 431.
+    pub max_header_size: usize,
+    /// How long a client connection may sit with no request before it is closed.
+    pub idle_timeout: Duration,
+    /// Client connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// Time allowed to open a TCP connection to a backend before trying the next one.
+    pub connect_timeout: Duration,
+    /// Time allowed for a backend to send response headers: past it, 504.
+    pub response_timeout: Duration,
+    /// How long an unused pooled backend connection is kept.
+    pub pool_idle_timeout: Duration,
+    /// Pooled idle connections kept per backend.
+    pub pool_max_idle_per_backend: usize,
+    /// Write an access-log line per request.
+    pub access_log: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_size: 64 * 1024,
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(60),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_backend: 64,
+            access_log: true,
+        }
+    }
+}
+
+/// Everything a request needs, shared by all connections of one listener.
+pub struct Proxy {
+    routes: RouteHandle,
+    metrics: Arc<Metrics>,
+    settings: Settings,
+    client: Client<HttpConnector, RequestBody>,
+    h1: http1::Builder,
+    h2: http2::Builder<SpanExecutor>,
+    /// `X-Forwarded-Proto` for requests of this listener.
+    proto: HeaderValue,
+    /// Connections and upgraded tunnels, so shutdown can wait for them.
+    tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    pub fn new(routes: RouteHandle, metrics: Arc<Metrics>, settings: Settings) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(settings.pool_idle_timeout)
+            .pool_max_idle_per_host(settings.pool_max_idle_per_backend)
+            // Keep the client's Host header: reveille routes by it and backends usually need it too.
+            .set_host(false)
+            .build(connector);
+
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .keep_alive(true)
+            // reveille's own watchdog applies the header timeout (see `conn`), so hyper's stays off.
+            .header_read_timeout(None)
+            .max_buf_size(settings.max_header_size.max(8192))
+            .max_header_size(settings.max_header_size);
+        let mut h2 = http2::Builder::new(SpanExecutor);
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(settings.max_header_size.min(u32::MAX as usize) as u32)
+            .max_concurrent_streams(256);
+
+        Arc::new(Self {
+            routes,
+            metrics,
+            settings,
+            client,
+            h1,
+            h2,
+            proto: HeaderValue::from_static("http"),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    /// Accepts connections on `listener` until `shutdown` is cancelled, then stops accepting (the listener is
+    /// dropped) and asks every open connection to finish its in-flight requests and close. Returns when the
+    /// listener is closed; use [`Proxy::drained`] to wait for the connections.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        let limit = Arc::new(Semaphore::new(self.settings.max_connections.max(1)));
+        loop {
+            let permit = tokio::select! {
+                p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = shutdown.cancelled() => break,
+            };
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = shutdown.cancelled() => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning; the backlog holds clients meanwhile.
+                    error!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let span = info_span!("conn", %peer);
+            self.tasks.spawn(
+                conn::serve(stream, peer, self.clone(), shutdown.clone(), permit).instrument(span),
+            );
+        }
+    }
+
+    /// Waits until every connection and upgraded tunnel has ended.
+    pub async fn drained(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// Spawns hyper's background tasks (h2 streams) inside the current span, so their logs carry the connection's
+/// fields.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SpanExecutor;
+
+impl<F> hyper::rt::Executor<F> for SpanExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(fut.in_current_span());
+    }
+}
+
+/// The hyper service of one connection.
+#[derive(Clone)]
+pub(crate) struct ProxyService {
+    proxy: Arc<Proxy>,
+    /// The client's IP as an `X-Forwarded-For` value, formatted once per connection.
+    peer_ip: HeaderValue,
+    conn: Arc<ConnState>,
+}
+
+impl ProxyService {
+    fn new(proxy: Arc<Proxy>, peer: SocketAddr, conn: Arc<ConnState>) -> Self {
+        let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or(HeaderValue::from_static("unknown"));
+        Self {
+            proxy,
+            peer_ip,
+            conn,
+        }
+    }
+}
+
+type Response = http::Response<ResponseBody<InFlight>>;
+
+impl hyper::service::Service<http::Request<Incoming>> for ProxyService {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Self::Error>> + Send>>;
+
+    fn call(&self, req: http::Request<Incoming>) -> Self::Future {
+        let guard = InFlight::new(&self.conn);
+        let this = self.clone();
+        Box::pin(async move { Ok(handler::handle(&this, req, guard).await) })
+    }
+}

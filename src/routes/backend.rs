@@ -1,0 +1,128 @@
+//! Backend addresses: `host:port` or `http://host:port`, parsed once when a table is built so the request path
+//! only copies a ready `Authority`.
+
+use std::sync::Arc;
+
+use http::uri::Authority;
+
+use super::RouteError;
+
+/// One upstream address of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// What the request URI to the backend is built from.
+    authority: Authority,
+    /// The address as the operator wrote it, for logs, metrics and the admin API.
+    display: Arc<str>,
+}
+
+impl Backend {
+    /// Parses `host:port` or `http://host:port` (port 80 by default with the scheme). Anything else — another
+    /// scheme, a path, user info, a missing port — is an error naming the reason.
+    pub fn parse(raw: &str) -> Result<Self, RouteError> {
+        let bad = |reason: &str| RouteError::BadBackend {
+            addr: raw.to_string(),
+            reason: reason.to_string(),
+        };
+        let trimmed = raw.trim();
+        let (rest, default_port) = if let Some(rest) = trimmed.strip_prefix("http://") {
+            (rest, Some(80))
+        } else if trimmed.contains("://") {
+            return Err(bad("only http:// backends are supported"));
+        } else {
+            (trimmed, None)
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.is_empty() {
+            return Err(bad("empty address"));
+        }
+        if rest.contains('/') || rest.contains('?') || rest.contains('#') {
+            return Err(bad("a backend is host:port, without a path"));
+        }
+        if rest.contains('@') {
+            return Err(bad("user info is not allowed"));
+        }
+        let authority: Authority = rest.parse().map_err(|e| bad(&format!("{e}")))?;
+        if authority.host().is_empty() {
+            return Err(bad("missing host"));
+        }
+        let authority = match (authority.port_u16(), default_port) {
+            (Some(0), _) => return Err(bad("port 0")),
+            (Some(_), _) => authority,
+            (None, Some(p)) => format!("{}:{p}", authority.host())
+                .parse()
+                .map_err(|e| bad(&format!("{e}")))?,
+            (None, None) => return Err(bad("missing port (write host:port)")),
+        };
+        Ok(Self {
+            authority,
+            display: Arc::from(trimmed),
+        })
+    }
+
+    /// `host:port` to connect to.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// The address as configured.
+    pub fn as_str(&self) -> &str {
+        &self.display
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.display)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses() {
+        assert_eq!(
+            Backend::parse("10.0.0.5:8080")
+                .unwrap()
+                .authority()
+                .as_str(),
+            "10.0.0.5:8080"
+        );
+        assert_eq!(
+            Backend::parse("http://10.0.0.6:8080")
+                .unwrap()
+                .authority()
+                .as_str(),
+            "10.0.0.6:8080"
+        );
+        assert_eq!(
+            Backend::parse("http://app.internal")
+                .unwrap()
+                .authority()
+                .as_str(),
+            "app.internal:80"
+        );
+        assert_eq!(
+            Backend::parse("http://[::1]:81/")
+                .unwrap()
+                .authority()
+                .as_str(),
+            "[::1]:81"
+        );
+        for bad in [
+            "",
+            "10.0.0.5",
+            "https://a:1",
+            "a:1/x",
+            "u@a:1",
+            "a:0",
+            "a:99999",
+            "a b:1",
+            "http://",
+        ] {
+            assert!(Backend::parse(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The route table: which service answers a hostname, and which backends serve a service.
+//!
+//! Owns the routing model shared by every route source (file now, etcd later): hostname patterns
+//! ([`HostPattern`]), backend addresses ([`Backend`]), services ([`Service`]) and the immutable
+//! [`RouteTable`] snapshot built from them. It does not know where routes come from (that is `control/`) nor
+//! how requests are forwarded (that is `proxy/`).
+//!
+//! Readers get the table through [`RouteHandle`], an `ArcSwap`: a lookup never takes a lock, and a reload
+//! builds a whole new table and swaps it in, so a request sees either the old table or the new one, never a mix.
+
+mod backend;
+mod host;
+mod table;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+pub use backend::Backend;
+pub use host::{normalize_request_host, HostPattern};
+pub use table::{RouteTable, RouteTableBuilder, Service};
+
+/// Errors in route definitions. Every variant names the offending item, so a log line is enough to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("invalid hostname {host:?}: {reason}")]
+    BadHostname { host: String, reason: String },
+    #[error("invalid backend address {addr:?}: {reason}")]
+    BadBackend { addr: String, reason: String },
+    #[error("invalid service name {name:?}: {reason}")]
+    BadServiceName { name: String, reason: String },
+    #[error("service {service:?} has no backends")]
+    NoBackends { service: String },
+    #[error("route {host:?} points to undefined service {service:?}")]
+    UnknownService { host: String, service: String },
+    #[error("route {host:?} is defined twice (hostnames are case-insensitive)")]
+    DuplicateRoute { host: String },
+    #[error("service {service:?} is defined twice")]
+    DuplicateService { service: String },
+}
+
+/// Checks a service name: it becomes a metric label and (later) an etcd key, so keep it to a safe alphabet.
+pub fn validate_service_name(name: &str) -> Result<(), RouteError> {
+    let bad = |reason: &str| RouteError::BadServiceName {
+        name: name.to_string(),
+        reason: reason.to_string(),
+    };
+    if name.is_empty() {
+        return Err(bad("empty"));
+    }
+    if name.len() > 128 {
+        return Err(bad("longer than 128 characters"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(bad(&format!(
+            "invalid character {c:?} (use letters, digits, '-', '_' and '.')"
+        )));
+    }
+    Ok(())
+}
+
+/// The live route table, shared by the proxy (reads) and the route sources (writes).
+#[derive(Clone)]
+pub struct RouteHandle {
+    current: Arc<ArcSwap<RouteTable>>,
+    /// Set once a route source has installed its first table: `/readyz` answers 200 from then on.
+    loaded: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Default for RouteHandle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RouteHandle {
+    /// An empty table, not yet marked loaded.
+    pub fn new() -> Self {
+        Self {
+            current: Arc::new(ArcSwap::from_pointee(RouteTable::empty())),
+            loaded: Arc::default(),
+        }
+    }
+
+    /// The current snapshot. Cheap; hold it for the duration of one lookup, not across awaits.
+    pub fn load(&self) -> arc_swap::Guard<Arc<RouteTable>> {
+        self.current.load()
+    }
+
+    /// The current snapshot as an owned `Arc`.
+    pub fn snapshot(&self) -> Arc<RouteTable> {
+        self.current.load_full()
+    }
+
+    /// Installs a new table atomically and marks the handle loaded.
+    pub fn store(&self, table: RouteTable) {
+        self.current.store(Arc::new(table));
+        self.loaded
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// True once a first table has been installed.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
