@@ -21,11 +21,7 @@ use crate::routes::RouteHandle;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind {
-        addr: SocketAddr,
-        what: &'static str,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, what: &'static str, source: std::io::Error },
     #[error(transparent)]
     Routes(#[from] file::FileError),
     #[error(transparent)]
@@ -41,20 +37,16 @@ pub struct Listeners {
 impl Listeners {
     /// Binds the addresses of `config`.
     pub async fn bind(config: &Config) -> Result<Self, StartError> {
-        let http = TcpListener::bind(config.http)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.http,
-                what: "http",
-                source,
-            })?;
-        let admin = TcpListener::bind(config.admin)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.admin,
-                what: "admin",
-                source,
-            })?;
+        let http = TcpListener::bind(config.http).await.map_err(|source| StartError::Bind {
+            addr: config.http,
+            what: "http",
+            source,
+        })?;
+        let admin = TcpListener::bind(config.admin).await.map_err(|source| StartError::Bind {
+            addr: config.admin,
+            what: "admin",
+            source,
+        })?;
         Ok(Self { http, admin })
     }
 }
@@ -82,61 +74,33 @@ pub async fn start(config: &Config, listeners: Listeners) -> Result<Running, Sta
     let mut tasks = Vec::new();
 
     if let Some(path) = &config.routes {
-        let text = std::fs::read_to_string(path).map_err(|source| file::FileError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let watcher = file::FileWatcher::new(path.clone(), routes.clone(), metrics.clone());
+        let text =
+            std::fs::read_to_string(path).map_err(|source| file::FileError::Read { path: path.clone(), source })?;
         let table = file::parse(path, &text)?;
         info!(path = %path.display(), routes = table.route_count(), services = table.service_count(), "routes file loaded");
         control::install(&routes, &metrics, table);
         metrics.reload("file", true);
-        let watcher = file::FileWatcher::new(path.clone(), routes.clone(), metrics.clone());
         tasks.push(tokio::spawn(watcher.run(Some(text), background.clone())));
     }
 
-    let http_addr = listeners
-        .http
-        .local_addr()
-        .map_err(|source| StartError::Bind {
-            addr: config.http,
-            what: "http",
-            source,
-        })?;
-    let admin_addr = listeners
-        .admin
-        .local_addr()
-        .map_err(|source| StartError::Bind {
-            addr: config.admin,
-            what: "admin",
-            source,
-        })?;
+    let http_addr =
+        listeners.http.local_addr().map_err(|source| StartError::Bind { addr: config.http, what: "http", source })?;
+    let admin_addr = listeners.admin.local_addr().map_err(|source| StartError::Bind {
+        addr: config.admin,
+        what: "admin",
+        source,
+    })?;
 
-    let admin_state = AdminState {
-        routes: routes.clone(),
-        metrics: metrics.clone(),
-    };
-    tasks.push(tokio::spawn(admin::serve(
-        listeners.admin,
-        admin_state,
-        background.clone(),
-    )));
+    let admin_state = AdminState { routes: routes.clone(), metrics: metrics.clone() };
+    tasks.push(tokio::spawn(admin::serve(listeners.admin, admin_state, background.clone())));
 
     let proxy = Proxy::new(routes.clone(), metrics.clone(), config.proxy.clone());
     let shutdown = CancellationToken::new();
     let accept = tokio::spawn(proxy.clone().serve(listeners.http, shutdown.clone()));
     info!(http = %http_addr, admin = %admin_addr, "listening");
 
-    Ok(Running {
-        http_addr,
-        admin_addr,
-        routes,
-        metrics,
-        proxy,
-        shutdown,
-        background,
-        accept,
-        tasks,
-    })
+    Ok(Running { http_addr, admin_addr, routes, metrics, proxy, shutdown, background, accept, tasks })
 }
 
 impl Running {
@@ -156,9 +120,7 @@ impl Running {
         self.shutdown.cancelled().await;
         let _ = self.accept.await;
         info!(grace = %humantime::format_duration(grace), "shutting down: no longer accepting, draining connections");
-        let drained = tokio::time::timeout(grace, self.proxy.drained())
-            .await
-            .is_ok();
+        let drained = tokio::time::timeout(grace, self.proxy.drained()).await.is_ok();
         if !drained {
             warn!("grace period over with connections still open; closing them");
         }

@@ -14,10 +14,7 @@ use crate::proxy::Settings;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path} is invalid: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("no route source: give --routes FILE or set `routes` in the [server] section of the config file")]
@@ -128,14 +125,9 @@ pub struct UpstreamSection {
 impl ConfigFile {
     /// Reads a config file; relative paths in it are made relative to its directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        let mut file: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let mut file: ConfigFile =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
         if let (Some(routes), Some(dir)) = (&file.server.routes, path.parent()) {
             if routes.is_relative() {
                 file.server.routes = Some(dir.join(routes));
@@ -213,36 +205,17 @@ impl Config {
             routes: flags.routes.clone().or(file.server.routes),
             threads: flags.threads.or(file.server.threads).unwrap_or(d.threads),
             log_format: flags.log_format.or(file.log.format).unwrap_or(d.log_format),
-            log_level: flags
-                .log_level
-                .clone()
-                .or(file.log.level)
-                .unwrap_or(d.log_level),
-            shutdown_grace: flags
-                .shutdown_grace
-                .or(file.server.shutdown_grace)
-                .unwrap_or(d.shutdown_grace),
+            log_level: flags.log_level.clone().or(file.log.level).unwrap_or(d.log_level),
+            shutdown_grace: flags.shutdown_grace.or(file.server.shutdown_grace).unwrap_or(d.shutdown_grace),
             proxy: Settings {
                 header_read_timeout: flags
                     .header_read_timeout
                     .or(file.limits.header_read_timeout)
                     .unwrap_or(s.header_read_timeout),
-                max_header_size: flags
-                    .max_header_size
-                    .or(file.limits.max_header_size)
-                    .unwrap_or(s.max_header_size),
-                idle_timeout: flags
-                    .idle_timeout
-                    .or(file.limits.idle_timeout)
-                    .unwrap_or(s.idle_timeout),
-                max_connections: flags
-                    .max_connections
-                    .or(file.limits.max_connections)
-                    .unwrap_or(s.max_connections),
-                connect_timeout: flags
-                    .connect_timeout
-                    .or(file.upstream.connect_timeout)
-                    .unwrap_or(s.connect_timeout),
+                max_header_size: flags.max_header_size.or(file.limits.max_header_size).unwrap_or(s.max_header_size),
+                idle_timeout: flags.idle_timeout.or(file.limits.idle_timeout).unwrap_or(s.idle_timeout),
+                max_connections: flags.max_connections.or(file.limits.max_connections).unwrap_or(s.max_connections),
+                connect_timeout: flags.connect_timeout.or(file.upstream.connect_timeout).unwrap_or(s.connect_timeout),
                 response_timeout: flags
                     .response_timeout
                     .or(file.upstream.response_timeout)
@@ -255,10 +228,7 @@ impl Config {
                     .pool_max_idle_per_backend
                     .or(file.upstream.pool_max_idle_per_backend)
                     .unwrap_or(s.pool_max_idle_per_backend),
-                access_log: flags
-                    .access_log
-                    .or(file.log.access_log)
-                    .unwrap_or(s.access_log),
+                access_log: flags.access_log.or(file.log.access_log).unwrap_or(s.access_log),
             },
         };
         if cfg.routes.is_none() {
@@ -281,18 +251,12 @@ mod tests {
             "[server]\nhttp = \"127.0.0.1:1000\"\nroutes = \"r.toml\"\n[limits]\nidle_timeout = \"5s\"\n",
         )
         .unwrap();
-        let flags = Overrides {
-            http: Some("127.0.0.1:2000".parse().unwrap()),
-            ..Default::default()
-        };
+        let flags = Overrides { http: Some("127.0.0.1:2000".parse().unwrap()), ..Default::default() };
         let cfg = Config::resolve(Some(&path), &flags).unwrap();
         assert_eq!(cfg.http.port(), 2000);
         assert_eq!(cfg.routes.unwrap(), dir.path().join("r.toml"));
         assert_eq!(cfg.proxy.idle_timeout, Duration::from_secs(5));
-        assert_eq!(
-            cfg.proxy.connect_timeout,
-            Settings::default().connect_timeout
-        );
+        assert_eq!(cfg.proxy.connect_timeout, Settings::default().connect_timeout);
     }
 
     #[test]
@@ -300,9 +264,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("reveille.toml");
         std::fs::write(&path, "[server]\nhtp = \"127.0.0.1:1000\"\n").unwrap();
-        let e = Config::resolve(Some(&path), &Overrides::default())
-            .unwrap_err()
-            .to_string();
+        let e = Config::resolve(Some(&path), &Overrides::default()).unwrap_err().to_string();
         assert!(e.contains("unknown field") && e.contains("htp"), "{e}");
         let e = Config::resolve(None, &Overrides::default()).unwrap_err();
         assert!(matches!(e, ConfigError::NoRouteSource));

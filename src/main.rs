@@ -9,11 +9,7 @@ use reveille::config::{Config, ConfigFile, Overrides};
 use reveille::control::file;
 
 #[derive(Parser)]
-#[command(
-    name = "reveille",
-    version,
-    about = "Edge reverse proxy for multi-tenant container platforms"
-)]
+#[command(name = "reveille", version, about = "Edge reverse proxy for multi-tenant container platforms")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -58,16 +54,9 @@ fn serve(config_path: Option<PathBuf>, flags: Overrides) -> ExitCode {
     };
     let _log = reveille::telemetry::init(config.log_format, &config.log_level);
     let runtime = match config.threads {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        0 => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
     };
     let runtime = match runtime {
         Ok(r) => r,

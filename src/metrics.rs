@@ -45,13 +45,8 @@ pub enum UpstreamErrorKind {
 }
 
 impl UpstreamErrorKind {
-    pub const ALL: [Self; 5] = [
-        Self::ConnectRefused,
-        Self::ConnectTimeout,
-        Self::ConnectOther,
-        Self::ResponseTimeout,
-        Self::Protocol,
-    ];
+    pub const ALL: [Self; 5] =
+        [Self::ConnectRefused, Self::ConnectTimeout, Self::ConnectOther, Self::ResponseTimeout, Self::Protocol];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -117,11 +112,7 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("reveille");
         let requests = Family::<ServiceClassLabels, Counter>::default();
-        registry.register(
-            "requests",
-            "Requests answered, by service and status class",
-            requests.clone(),
-        );
+        registry.register("requests", "Requests answered, by service and status class", requests.clone());
 
         let unrouted_family = Family::<KindLabels, Counter>::default();
         registry.register(
@@ -129,12 +120,11 @@ impl Metrics {
             "Requests answered without a service: unknown host (404) or missing/malformed Host (400)",
             unrouted_family.clone(),
         );
-        let unrouted = ["unknown_host", "bad_host"]
-            .map(|kind| unrouted_family.get_or_create(&KindLabels { kind }).clone());
+        let unrouted =
+            ["unknown_host", "bad_host"].map(|kind| unrouted_family.get_or_create(&KindLabels { kind }).clone());
 
         let duration = Histogram::new([
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            30.0, 60.0,
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
         ]);
         registry.register(
             "request_duration_seconds",
@@ -143,17 +133,9 @@ impl Metrics {
         );
 
         let open_connections = Gauge::default();
-        registry.register(
-            "open_connections",
-            "Client connections currently open",
-            open_connections.clone(),
-        );
+        registry.register("open_connections", "Client connections currently open", open_connections.clone());
         let connections = Counter::default();
-        registry.register(
-            "connections",
-            "Client connections accepted",
-            connections.clone(),
-        );
+        registry.register("connections", "Client connections accepted", connections.clone());
         let header_timeouts = Counter::default();
         registry.register(
             "header_timeouts",
@@ -162,31 +144,16 @@ impl Metrics {
         );
 
         let upstream_family = Family::<KindLabels, Counter>::default();
-        registry.register(
-            "upstream_errors",
-            "Failed upstream attempts, by kind",
-            upstream_family.clone(),
-        );
-        let upstream_errors = UpstreamErrorKind::ALL.map(|k| {
-            upstream_family
-                .get_or_create(&KindLabels { kind: k.as_str() })
-                .clone()
-        });
+        registry.register("upstream_errors", "Failed upstream attempts, by kind", upstream_family.clone());
+        let upstream_errors =
+            UpstreamErrorKind::ALL.map(|k| upstream_family.get_or_create(&KindLabels { kind: k.as_str() }).clone());
 
         let routes = Gauge::default();
         registry.register("routes", "Routes in the table in force", routes.clone());
         let services = Gauge::default();
-        registry.register(
-            "services",
-            "Services in the table in force",
-            services.clone(),
-        );
+        registry.register("services", "Services in the table in force", services.clone());
         let reloads = Family::<ReloadLabels, Counter>::default();
-        registry.register(
-            "route_reloads",
-            "Route table loads, by source and result",
-            reloads.clone(),
-        );
+        registry.register("route_reloads", "Route table loads, by source and result", reloads.clone());
 
         Self {
             registry,
@@ -206,12 +173,7 @@ impl Metrics {
     /// Creates the handles for one service; called once per service per table (see `Service::stats`).
     pub fn service_stats(&self, service: &str) -> ServiceStats {
         let by_class = ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
-            self.requests
-                .get_or_create(&ServiceClassLabels {
-                    service: service.to_string(),
-                    class,
-                })
-                .clone()
+            self.requests.get_or_create(&ServiceClassLabels { service: service.to_string(), class }).clone()
         });
         ServiceStats { by_class }
     }
@@ -241,10 +203,7 @@ impl Metrics {
 
     #[inline]
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
-        let idx = UpstreamErrorKind::ALL
-            .iter()
-            .position(|k| *k == kind)
-            .unwrap_or(0);
+        let idx = UpstreamErrorKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
         self.upstream_errors[idx].inc();
     }
 
@@ -254,12 +213,7 @@ impl Metrics {
     }
 
     pub fn reload(&self, source: &'static str, ok: bool) {
-        self.reloads
-            .get_or_create(&ReloadLabels {
-                source,
-                result: if ok { "ok" } else { "failed" },
-            })
-            .inc();
+        self.reloads.get_or_create(&ReloadLabels { source, result: if ok { "ok" } else { "failed" } }).inc();
     }
 
     /// The Prometheus text exposition of every metric.

@@ -73,30 +73,21 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             if state.routes.is_loaded() {
                 text(StatusCode::OK, "ready\n")
             } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no route table loaded yet\n",
-                )
+                text(StatusCode::SERVICE_UNAVAILABLE, "no route table loaded yet\n")
             }
         }
         "/metrics" => {
             let mut resp = Response::new(Full::new(Bytes::from(state.metrics.encode())));
             resp.headers_mut().insert(
                 CONTENT_TYPE,
-                http::HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
+                http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
             );
             resp
         }
         "/api/routes" => {
-            let body =
-                serde_json::to_vec_pretty(&state.routes.snapshot().to_json()).unwrap_or_default();
+            let body = serde_json::to_vec_pretty(&state.routes.snapshot().to_json()).unwrap_or_default();
             let mut resp = Response::new(Full::new(Bytes::from(body)));
-            resp.headers_mut().insert(
-                CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            );
+            resp.headers_mut().insert(CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
             resp
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -106,9 +97,6 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    resp.headers_mut().insert(CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
 }

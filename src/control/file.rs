@@ -37,10 +37,7 @@ const DEBOUNCE: Duration = Duration::from_millis(30);
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     #[error("cannot read routes file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("routes file {path} is not valid TOML: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("routes file {path} is invalid:\n{}", format_located(.errors))]
@@ -57,13 +54,7 @@ pub struct Located {
 fn format_located(errors: &[Located]) -> String {
     errors
         .iter()
-        .map(|e| {
-            if e.line > 0 {
-                format!("  line {}: {}", e.line, e.error)
-            } else {
-                format!("  {}", e.error)
-            }
-        })
+        .map(|e| if e.line > 0 { format!("  line {}: {}", e.line, e.error) } else { format!("  {}", e.error) })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -88,17 +79,9 @@ struct ServiceEntry {
 
 /// Parses and validates routes-file text. `path` is only used in messages.
 pub fn parse(path: &Path, text: &str) -> Result<RouteTable, FileError> {
-    let file: RoutesFile = toml::from_str(text).map_err(|e| FileError::Parse {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })?;
-    let line_of = |offset: usize| {
-        text[..offset.min(text.len())]
-            .bytes()
-            .filter(|b| *b == b'\n')
-            .count()
-            + 1
-    };
+    let file: RoutesFile =
+        toml::from_str(text).map_err(|e| FileError::Parse { path: path.to_owned(), message: e.to_string() })?;
+    let line_of = |offset: usize| text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1;
     for key in file.unknown.keys() {
         warn!(path = %path.display(), key, "unknown top-level key in routes file ignored");
     }
@@ -115,10 +98,7 @@ pub fn parse(path: &Path, text: &str) -> Result<RouteTable, FileError> {
         for b in &entry.backends {
             match Backend::parse(b.get_ref()) {
                 Ok(b) => backends.push(b),
-                Err(error) => errors.push(Located {
-                    line: line_of(b.span().start),
-                    error,
-                }),
+                Err(error) => errors.push(Located { line: line_of(b.span().start), error }),
             }
         }
         if backends.len() == entry.backends.len() {
@@ -140,15 +120,11 @@ pub fn parse(path: &Path, text: &str) -> Result<RouteTable, FileError> {
     }
     match builder.build() {
         Ok(table) if errors.is_empty() => Ok(table),
-        Ok(_) => Err(FileError::Invalid {
-            path: path.to_owned(),
-            errors,
-        }),
+        Ok(_) => Err(FileError::Invalid { path: path.to_owned(), errors }),
         Err(build_errors) => {
             for error in build_errors {
                 let line = match &error {
-                    RouteError::UnknownService { host, .. }
-                    | RouteError::DuplicateRoute { host } => {
+                    RouteError::UnknownService { host, .. } | RouteError::DuplicateRoute { host } => {
                         route_lines.get(host).copied().unwrap_or(0)
                     }
                     _ => 0,
@@ -156,20 +132,14 @@ pub fn parse(path: &Path, text: &str) -> Result<RouteTable, FileError> {
                 errors.push(Located { line, error });
             }
             errors.sort_by_key(|e| e.line);
-            Err(FileError::Invalid {
-                path: path.to_owned(),
-                errors,
-            })
+            Err(FileError::Invalid { path: path.to_owned(), errors })
         }
     }
 }
 
 /// Reads and validates a routes file.
 pub fn load(path: &Path) -> Result<RouteTable, FileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| FileError::Read { path: path.to_owned(), source })?;
     parse(path, &text)
 }
 
@@ -178,6 +148,10 @@ pub struct FileWatcher {
     path: PathBuf,
     routes: RouteHandle,
     metrics: Arc<Metrics>,
+    events: tokio::sync::mpsc::UnboundedReceiver<()>,
+    /// Kept alive for as long as we watch; `None` when the platform watch failed and we only poll.
+    _watcher: Option<notify::RecommendedWatcher>,
+    stamp: Option<Stamp>,
 }
 
 /// What identifies a version of the file cheaply, before reading it.
@@ -194,11 +168,7 @@ fn stamp(path: &Path) -> Option<Stamp> {
     let inode = std::os::unix::fs::MetadataExt::ino(&meta);
     #[cfg(not(unix))]
     let inode = 0;
-    Some(Stamp {
-        modified: meta.modified().ok(),
-        len: meta.len(),
-        inode,
-    })
+    Some(Stamp { modified: meta.modified().ok(), len: meta.len(), inode })
 }
 
 fn fingerprint(text: &str) -> u64 {
@@ -208,28 +178,13 @@ fn fingerprint(text: &str) -> u64 {
 }
 
 impl FileWatcher {
+    /// Starts watching right away, before the caller reads the file for its first table, so no change made
+    /// after that read can be missed.
     pub fn new(path: PathBuf, routes: RouteHandle, metrics: Arc<Metrics>) -> Self {
-        Self {
-            path,
-            routes,
-            metrics,
-        }
-    }
-
-    /// Runs until `shutdown`. `applied_text` is the content already in force (loaded at start), so the first
-    /// event for an unchanged file is not reported as a reload.
-    pub async fn run(self, applied_text: Option<String>, shutdown: CancellationToken) {
-        let span = tracing::info_span!("routes_file", path = %self.path.display());
-        self.run_inner(applied_text, shutdown)
-            .instrument(span)
-            .await
-    }
-
-    async fn run_inner(self, applied_text: Option<String>, shutdown: CancellationToken) {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel::<()>();
         // Watch the directory, not the file: editors and config managers replace files by rename, and
         // Kubernetes swaps a symlink, which a watch on the file itself would miss.
-        let dir = match self.path.parent() {
+        let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
             _ => PathBuf::from("."),
         };
@@ -238,37 +193,43 @@ impl FileWatcher {
                 let _ = tx.send(());
             }
         })
-        .and_then(|mut w| {
-            w.watch(&dir, notify::RecursiveMode::NonRecursive)
-                .map(|()| w)
-        });
-        let _watcher = match watcher {
+        .and_then(|mut w| w.watch(&dir, notify::RecursiveMode::NonRecursive).map(|()| w));
+        let watcher = match watcher {
             Ok(w) => Some(w),
             Err(e) => {
-                warn!(error = %e, "cannot watch the routes file's directory; falling back to polling every {POLL_INTERVAL:?}");
+                warn!(path = %path.display(), error = %e, "cannot watch the routes file's directory; polling every {POLL_INTERVAL:?} instead");
                 None
             }
         };
+        let stamp = stamp(&path);
+        Self { path, routes, metrics, events, _watcher: watcher, stamp }
+    }
 
-        let mut last_stamp = stamp(&self.path);
+    /// Runs until `shutdown`. `applied_text` is the content already in force (loaded at start), so the first
+    /// event for an unchanged file is not reported as a reload.
+    pub async fn run(self, applied_text: Option<String>, shutdown: CancellationToken) {
+        let span = tracing::info_span!("routes_file", path = %self.path.display());
+        self.run_inner(applied_text, shutdown).instrument(span).await
+    }
+
+    async fn run_inner(mut self, applied_text: Option<String>, shutdown: CancellationToken) {
         let mut last_seen = applied_text.as_deref().map(fingerprint);
         let mut poll = tokio::time::interval(POLL_INTERVAL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                ev = rx.recv() => {
+                ev = self.events.recv() => {
                     if ev.is_none() { return; }
                     // Let the burst settle, then drain it.
                     tokio::time::sleep(DEBOUNCE).await;
-                    while rx.try_recv().is_ok() {}
+                    while self.events.try_recv().is_ok() {}
                 }
                 _ = poll.tick() => {
-                    let now = stamp(&self.path);
-                    if now == last_stamp { continue; }
+                    if stamp(&self.path) == self.stamp { continue; }
                 }
             }
-            last_stamp = stamp(&self.path);
+            self.stamp = stamp(&self.path);
             self.reload(&mut last_seen);
         }
     }
@@ -291,11 +252,7 @@ impl FileWatcher {
         *last_seen = Some(fp);
         match parse(&self.path, &text) {
             Ok(table) => {
-                info!(
-                    routes = table.route_count(),
-                    services = table.service_count(),
-                    "routes file reloaded"
-                );
+                info!(routes = table.route_count(), services = table.service_count(), "routes file reloaded");
                 super::install(&self.routes, &self.metrics, table);
                 self.metrics.reload("file", true);
             }
@@ -335,17 +292,11 @@ backends = ["127.0.0.1:1", "http://127.0.0.1:2"]
     #[test]
     fn errors_carry_lines() {
         let e = errs("[services.a]\nbackends = [\"127.0.0.1:1\"]\n[routes]\n\"x.com\" = \"a\"\n\"y.com\" = \"b\"\n");
-        assert!(
-            e.contains("line 5") && e.contains("undefined service \"b\""),
-            "{e}"
-        );
+        assert!(e.contains("line 5") && e.contains("undefined service \"b\""), "{e}");
         let e = errs("[services.a]\nbackends = [\"nope\"]\n");
         assert!(e.contains("line 2") && e.contains("missing port"), "{e}");
         let e = errs("[services.a]\nbackends = [\"127.0.0.1:1\"]\n[routes]\n\"a b\" = \"a\"\n");
-        assert!(
-            e.contains("line 4") && e.contains("invalid hostname"),
-            "{e}"
-        );
+        assert!(e.contains("line 4") && e.contains("invalid hostname"), "{e}");
         let e = errs("[services.a\n");
         assert!(e.contains("line 1") && e.contains("not valid TOML"), "{e}");
         let e = errs("[services.a]\nbackends = \"127.0.0.1:1\"\n");

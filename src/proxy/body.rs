@@ -17,11 +17,7 @@ use parking_lot::Mutex;
 /// slot and the request can go to the next backend without having buffered anything.
 pub(crate) enum RequestBody {
     Empty,
-    Streaming {
-        slot: Arc<Mutex<Option<Incoming>>>,
-        body: Option<Incoming>,
-        hint: SizeHint,
-    },
+    Streaming { slot: Arc<Mutex<Option<Incoming>>>, body: Option<Incoming>, hint: SizeHint },
 }
 
 /// The shared slot of a request body (see [`RequestBody`]).
@@ -37,19 +33,12 @@ impl BodySlot {
             return None;
         }
         let hint = body.size_hint();
-        Some(Self {
-            slot: Arc::new(Mutex::new(Some(body))),
-            hint,
-        })
+        Some(Self { slot: Arc::new(Mutex::new(Some(body))), hint })
     }
 
     /// A body for one upstream attempt.
     pub(crate) fn attempt(&self) -> RequestBody {
-        RequestBody::Streaming {
-            slot: self.slot.clone(),
-            body: None,
-            hint: self.hint.clone(),
-        }
+        RequestBody::Streaming { slot: self.slot.clone(), body: None, hint: self.hint.clone() }
     }
 
     /// True while no attempt has started reading the body, so another attempt can still send it.
@@ -62,10 +51,7 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Streaming { slot, body, .. } => {
@@ -111,18 +97,12 @@ enum Kind {
 
 impl<G> ResponseBody<G> {
     pub(crate) fn upstream(body: Incoming, guard: G) -> Self {
-        Self {
-            kind: Kind::Upstream(body),
-            _guard: Some(guard),
-        }
+        Self { kind: Kind::Upstream(body), _guard: Some(guard) }
     }
 
     pub(crate) fn full(bytes: impl Into<Bytes>, guard: Option<G>) -> Self {
         let b = bytes.into();
-        Self {
-            kind: Kind::Full(if b.is_empty() { None } else { Some(b) }),
-            _guard: guard,
-        }
+        Self { kind: Kind::Full(if b.is_empty() { None } else { Some(b) }), _guard: guard }
     }
 }
 
@@ -130,10 +110,7 @@ impl<G: Unpin> Body for ResponseBody<G> {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let res = match &mut this.kind {
             Kind::Upstream(b) => Pin::new(b).poll_frame(cx),

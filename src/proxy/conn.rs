@@ -60,8 +60,7 @@ impl ConnState {
             && self.in_flight.load(Ordering::Relaxed) == 0
             && self.head_started.load(Ordering::Relaxed) == 0
         {
-            self.head_started
-                .store(self.now_ms() + 1, Ordering::Relaxed);
+            self.head_started.store(self.now_ms() + 1, Ordering::Relaxed);
         }
     }
 }
@@ -94,11 +93,7 @@ pub(crate) struct ConnIo {
 }
 
 impl AsyncRead for ConnIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if !self.prefix.is_empty() {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
@@ -115,11 +110,7 @@ impl AsyncRead for ConnIo {
 }
 
 impl AsyncWrite for ConnIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_write_vectored(
@@ -188,9 +179,7 @@ impl Watchdog {
     fn arm(&mut self, deadline_ms: u64) {
         if deadline_ms != self.armed_ms {
             self.armed_ms = deadline_ms;
-            self.sleep
-                .as_mut()
-                .reset(self.state.epoch + Duration::from_millis(deadline_ms));
+            self.sleep.as_mut().reset(self.state.epoch + Duration::from_millis(deadline_ms));
         }
     }
 }
@@ -204,18 +193,11 @@ impl Future for Watchdog {
             let now = s.now_ms();
             let (deadline, expiry) = if s.in_flight.load(Ordering::Relaxed) > 0 {
                 // Busy: upstream timeouts apply, not ours. Look again later (or on the next wake-up).
-                let d = if self.armed_ms > now {
-                    self.armed_ms
-                } else {
-                    now + self.idle_ms.max(1000)
-                };
+                let d = if self.armed_ms > now { self.armed_ms } else { now + self.idle_ms.max(1000) };
                 (d, None)
             } else {
                 match s.head_started.load(Ordering::Relaxed) {
-                    0 => (
-                        s.idle_since.load(Ordering::Relaxed) + self.idle_ms,
-                        Some(Expiry::Idle),
-                    ),
+                    0 => (s.idle_since.load(Ordering::Relaxed) + self.idle_ms, Some(Expiry::Idle)),
                     started => (started - 1 + self.header_ms, Some(Expiry::HeaderTimeout)),
                 }
             };
@@ -289,29 +271,13 @@ pub(crate) async fn serve(
         // The head began arriving during detection.
         state.head_started.store(1, Ordering::Relaxed);
     }
-    let io = TokioIo::new(ConnIo {
-        inner: stream,
-        prefix,
-        state: state.clone(),
-    });
+    let io = TokioIo::new(ConnIo { inner: stream, prefix, state: state.clone() });
     let service = ProxyService::new(proxy.clone(), peer, state.clone());
     let dog = Watchdog::new(state, settings.idle_timeout, settings.header_read_timeout);
     let result = if is_h2 {
-        drive(
-            proxy.h2.serve_connection(io, service),
-            dog,
-            &proxy,
-            shutdown,
-        )
-        .await
+        drive(proxy.h2.serve_connection(io, service), dog, &proxy, shutdown).await
     } else {
-        drive(
-            proxy.h1.serve_connection(io, service).with_upgrades(),
-            dog,
-            &proxy,
-            shutdown,
-        )
-        .await
+        drive(proxy.h1.serve_connection(io, service).with_upgrades(), dog, &proxy, shutdown).await
     };
     if let Err(e) = result {
         // Client resets and half-finished requests are routine at an edge proxy: debug, not warn.

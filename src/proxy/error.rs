@@ -33,9 +33,7 @@ impl ProxyError {
         match self {
             Self::BadHost => StatusCode::BAD_REQUEST,
             Self::UnknownHost { .. } => StatusCode::NOT_FOUND,
-            Self::AllBackendsFailed { .. } | Self::UpstreamProtocol { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            Self::AllBackendsFailed { .. } | Self::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -50,10 +48,6 @@ impl ProxyError {
     /// The plain-text body the client gets: status line, then the reason.
     pub fn body(&self) -> String {
         let status = self.status();
-        format!(
-            "{} {}: {self}\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or("")
-        )
+        format!("{} {}: {self}\n", status.as_u16(), status.canonical_reason().unwrap_or(""))
     }
 }

@@ -20,59 +20,29 @@ use crate::metrics::{Unrouted, UpstreamErrorKind};
 use crate::routes::{normalize_request_host, Backend, Service};
 
 /// Handles one request end to end. Never fails: errors become responses.
-pub(super) async fn handle(
-    svc: &ProxyService,
-    req: Request<Incoming>,
-    guard: InFlight,
-) -> Response {
+pub(super) async fn handle(svc: &ProxyService, req: Request<Incoming>, guard: InFlight) -> Response {
     let start = Instant::now();
     let proxy = &*svc.proxy;
 
     // HTTP/2 carries the host in `:authority` (and absolute-form HTTP/1.1 in the URI); otherwise `Host`.
     let raw_host: Option<Cow<'_, str>> = match req.uri().authority() {
         Some(a) => Some(Cow::Borrowed(a.as_str())),
-        None => req
-            .headers()
-            .get(HOST)
-            .and_then(|v| v.to_str().ok())
-            .map(Cow::Borrowed),
+        None => req.headers().get(HOST).and_then(|v| v.to_str().ok()).map(Cow::Borrowed),
     };
     let Some(host) = raw_host.as_deref().and_then(normalize_request_host) else {
         proxy.metrics.unrouted(Unrouted::BadHost);
         let err = ProxyError::BadHost;
-        log_access(
-            svc,
-            &req,
-            raw_host.as_deref().unwrap_or("-"),
-            err.status(),
-            start,
-            "-",
-            "-",
-        );
+        log_access(svc, &req, raw_host.as_deref().unwrap_or("-"), err.status(), start, "-", "-");
         return error_response(&err, guard);
     };
     let service = proxy.routes.load().lookup(&host).cloned();
     let Some(service) = service else {
         proxy.metrics.unrouted(Unrouted::UnknownHost);
-        let err = ProxyError::UnknownHost {
-            host: host.into_owned(),
-        };
-        log_access(
-            svc,
-            &req,
-            raw_host.as_deref().unwrap_or("-"),
-            err.status(),
-            start,
-            "-",
-            "-",
-        );
+        let err = ProxyError::UnknownHost { host: host.into_owned() };
+        log_access(svc, &req, raw_host.as_deref().unwrap_or("-"), err.status(), start, "-", "-");
         return error_response(&err, guard);
     };
-    let host_for_log = if proxy.settings.access_log {
-        host.into_owned()
-    } else {
-        String::new()
-    };
+    let host_for_log = if proxy.settings.access_log { host.into_owned() } else { String::new() };
     drop(raw_host);
 
     let method = req.method().clone();
@@ -82,9 +52,7 @@ pub(super) async fn handle(
         Err((err, backend)) => (error_response(&err, guard), backend),
     };
     let status = response.status();
-    service
-        .stats(|n| proxy.metrics.service_stats(n))
-        .record(status.as_u16());
+    service.stats(|n| proxy.metrics.service_stats(n)).record(status.as_u16());
     proxy.metrics.observe_duration(start.elapsed());
     if proxy.settings.access_log {
         info!(
@@ -134,11 +102,7 @@ async fn forward(
     mut req: Request<Incoming>,
 ) -> Result<(Upstream, Backend), (ProxyError, Option<Backend>)> {
     let proxy = &*svc.proxy;
-    let upgrade = if req.version() == Version::HTTP_11 {
-        upgrade_requested(req.headers())
-    } else {
-        None
-    };
+    let upgrade = if req.version() == Version::HTTP_11 { upgrade_requested(req.headers()) } else { None };
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
 
     let (parts, body) = req.into_parts();
@@ -148,10 +112,7 @@ async fn forward(
         Some(h) => Some(h.clone()),
         None => {
             // HTTP/2: backends speak HTTP/1.1 and need a Host header.
-            let h = parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+            let h = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
             if let Some(h) = &h {
                 headers.insert(HOST, h.clone());
             }
@@ -160,11 +121,7 @@ async fn forward(
     };
     strip_hop_by_hop(&mut headers, upgrade.as_ref());
     add_forwarded(&mut headers, &svc.peer_ip, &proxy.proto, forwarded_host);
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
     let body = BodySlot::new(body);
 
     let n = service.backends().len();
@@ -179,10 +136,7 @@ async fn forward(
         uri.path_and_query = Some(path.clone());
         let uri = Uri::from_parts(uri).map_err(|e| {
             (
-                ProxyError::UpstreamProtocol {
-                    service: service.name().into(),
-                    reason: e.to_string(),
-                },
+                ProxyError::UpstreamProtocol { service: service.name().into(), reason: e.to_string() },
                 Some(backend.clone()),
             )
         })?;
@@ -195,25 +149,15 @@ async fn forward(
         *upstream_req.uri_mut() = uri;
         *upstream_req.version_mut() = Version::HTTP_11;
         // Only copy the headers when another attempt may need them.
-        *upstream_req.headers_mut() = if is_last {
-            headers.take().unwrap_or_default()
-        } else {
-            headers.clone().unwrap_or_default()
-        };
+        *upstream_req.headers_mut() =
+            if is_last { headers.take().unwrap_or_default() } else { headers.clone().unwrap_or_default() };
 
         last_backend = Some(backend.clone());
-        let sent = tokio::time::timeout(
-            proxy.settings.response_timeout,
-            proxy.client.request(upstream_req),
-        )
-        .await;
+        let sent = tokio::time::timeout(proxy.settings.response_timeout, proxy.client.request(upstream_req)).await;
         match sent {
             Ok(Ok(mut resp)) => {
-                let tunnel = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    client_upgrade.take()
-                } else {
-                    None
-                };
+                let tunnel =
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS { client_upgrade.take() } else { None };
                 let backend_upgrade = tunnel.map(|client| (client, hyper::upgrade::on(&mut resp)));
                 if let Some((client, backend_side)) = backend_upgrade {
                     spawn_tunnel(svc, service, client, backend_side);
@@ -232,35 +176,16 @@ async fn forward(
                 proxy.metrics.upstream_error(UpstreamErrorKind::Protocol);
                 debug!(service = service.name(), backend = backend.as_str(), error = %source_chain(&e), "backend failed");
                 let reason = source_chain(&e);
-                return Err((
-                    ProxyError::UpstreamProtocol {
-                        service: service.name().into(),
-                        reason,
-                    },
-                    last_backend,
-                ));
+                return Err((ProxyError::UpstreamProtocol { service: service.name().into(), reason }, last_backend));
             }
             Err(_) => {
-                proxy
-                    .metrics
-                    .upstream_error(UpstreamErrorKind::ResponseTimeout);
+                proxy.metrics.upstream_error(UpstreamErrorKind::ResponseTimeout);
                 let timeout = proxy.settings.response_timeout;
-                return Err((
-                    ProxyError::UpstreamTimeout {
-                        service: service.name().into(),
-                        timeout,
-                    },
-                    last_backend,
-                ));
+                return Err((ProxyError::UpstreamTimeout { service: service.name().into(), timeout }, last_backend));
             }
         }
     }
-    Err((
-        ProxyError::AllBackendsFailed {
-            service: service.name().into(),
-        },
-        last_backend,
-    ))
+    Err((ProxyError::AllBackendsFailed { service: service.name().into() }, last_backend))
 }
 
 /// Copies bytes both ways between the client and the backend once both sides have switched protocols.
@@ -298,11 +223,8 @@ fn finish_response(upstream: Upstream, guard: InFlight) -> Response {
     let (mut parts, body) = upstream.into_parts();
     // hyper writes the version we give; the client speaks HTTP/1.1 or h2 whatever the backend spoke.
     parts.version = Version::HTTP_11;
-    let upgrade = if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        upgrade_requested(&parts.headers)
-    } else {
-        None
-    };
+    let upgrade =
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS { upgrade_requested(&parts.headers) } else { None };
     strip_hop_by_hop(&mut parts.headers, upgrade.as_ref());
     http::Response::from_parts(parts, ResponseBody::upstream(body, guard))
 }
@@ -310,10 +232,7 @@ fn finish_response(upstream: Upstream, guard: InFlight) -> Response {
 fn error_response(err: &ProxyError, guard: InFlight) -> Response {
     let mut resp = http::Response::new(ResponseBody::full(err.body(), Some(guard)));
     *resp.status_mut() = err.status();
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
 }
 

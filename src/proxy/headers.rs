@@ -1,8 +1,6 @@
 //! Header rewriting between client and backend: hop-by-hop removal (RFC 9110 §7.6.1) and `X-Forwarded-*`.
 
-use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
-};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -39,22 +37,11 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderV
         }
         headers.remove(CONNECTION);
     }
-    for name in [
-        &KEEP_ALIVE,
-        &TE,
-        &TRAILER,
-        &TRANSFER_ENCODING,
-        &UPGRADE,
-        &PROXY_CONNECTION,
-    ] {
+    for name in [&KEEP_ALIVE, &TE, &TRAILER, &TRANSFER_ENCODING, &UPGRADE, &PROXY_CONNECTION] {
         headers.remove(name);
     }
     // Proxy-Authorization, Proxy-Authenticate and friends are for the hop they were sent on.
-    let proxy_named: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("proxy-"))
-        .cloned()
-        .collect();
+    let proxy_named: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with("proxy-")).cloned().collect();
     for name in proxy_named {
         headers.remove(name);
     }
@@ -78,11 +65,7 @@ pub(crate) fn add_forwarded(
         (None, _) => client_ip.clone(),
         (Some(first), None) => join(&[first.as_bytes()], client_ip),
         (Some(_), Some(_)) => {
-            let all: Vec<&[u8]> = headers
-                .get_all(&X_FORWARDED_FOR)
-                .iter()
-                .map(HeaderValue::as_bytes)
-                .collect();
+            let all: Vec<&[u8]> = headers.get_all(&X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes).collect();
             join(&all, client_ip)
         }
     };
@@ -94,8 +77,7 @@ pub(crate) fn add_forwarded(
 }
 
 fn join(prior: &[&[u8]], client_ip: &HeaderValue) -> HeaderValue {
-    let mut out =
-        Vec::with_capacity(prior.iter().map(|p| p.len() + 2).sum::<usize>() + client_ip.len());
+    let mut out = Vec::with_capacity(prior.iter().map(|p| p.len() + 2).sum::<usize>() + client_ip.len());
     for p in prior {
         out.extend_from_slice(p);
         out.extend_from_slice(b", ");
@@ -146,10 +128,7 @@ mod tests {
         h.append(&X_FORWARDED_FOR, "1.1.1.1".parse().unwrap());
         h.append(&X_FORWARDED_FOR, "2.2.2.2".parse().unwrap());
         add_forwarded(&mut h, &ip, &proto, Some(HeaderValue::from_static("a.com")));
-        assert_eq!(
-            h.get(&X_FORWARDED_FOR).unwrap(),
-            "1.1.1.1, 2.2.2.2, 10.1.1.1"
-        );
+        assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "1.1.1.1, 2.2.2.2, 10.1.1.1");
         assert_eq!(h.get(&X_FORWARDED_HOST).unwrap(), "a.com");
         assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);
     }

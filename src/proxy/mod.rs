@@ -90,9 +90,7 @@ pub struct Proxy {
 
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Proxy")
-            .field("settings", &self.settings)
-            .finish_non_exhaustive()
+        f.debug_struct("Proxy").field("settings", &self.settings).finish_non_exhaustive()
     }
 }
 
@@ -160,9 +158,7 @@ impl Proxy {
             };
             let _ = stream.set_nodelay(true);
             let span = info_span!("conn", %peer);
-            self.tasks.spawn(
-                conn::serve(stream, peer, self.clone(), shutdown.clone(), permit).instrument(span),
-            );
+            self.tasks.spawn(conn::serve(stream, peer, self.clone(), shutdown.clone(), permit).instrument(span));
         }
     }
 
@@ -199,13 +195,8 @@ pub(crate) struct ProxyService {
 
 impl ProxyService {
     fn new(proxy: Arc<Proxy>, peer: SocketAddr, conn: Arc<ConnState>) -> Self {
-        let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
-            .unwrap_or(HeaderValue::from_static("unknown"));
-        Self {
-            proxy,
-            peer_ip,
-            conn,
-        }
+        let peer_ip = HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+        Self { proxy, peer_ip, conn }
     }
 }
 

@@ -20,10 +20,7 @@ impl Backend {
     /// Parses `host:port` or `http://host:port` (port 80 by default with the scheme). Anything else — another
     /// scheme, a path, user info, a missing port — is an error naming the reason.
     pub fn parse(raw: &str) -> Result<Self, RouteError> {
-        let bad = |reason: &str| RouteError::BadBackend {
-            addr: raw.to_string(),
-            reason: reason.to_string(),
-        };
+        let bad = |reason: &str| RouteError::BadBackend { addr: raw.to_string(), reason: reason.to_string() };
         let trimmed = raw.trim();
         let (rest, default_port) = if let Some(rest) = trimmed.strip_prefix("http://") {
             (rest, Some(80))
@@ -49,15 +46,10 @@ impl Backend {
         let authority = match (authority.port_u16(), default_port) {
             (Some(0), _) => return Err(bad("port 0")),
             (Some(_), _) => authority,
-            (None, Some(p)) => format!("{}:{p}", authority.host())
-                .parse()
-                .map_err(|e| bad(&format!("{e}")))?,
+            (None, Some(p)) => format!("{}:{p}", authority.host()).parse().map_err(|e| bad(&format!("{e}")))?,
             (None, None) => return Err(bad("missing port (write host:port)")),
         };
-        Ok(Self {
-            authority,
-            display: Arc::from(trimmed),
-        })
+        Ok(Self { authority, display: Arc::from(trimmed) })
     }
 
     /// `host:port` to connect to.
@@ -83,45 +75,11 @@ mod tests {
 
     #[test]
     fn parses() {
-        assert_eq!(
-            Backend::parse("10.0.0.5:8080")
-                .unwrap()
-                .authority()
-                .as_str(),
-            "10.0.0.5:8080"
-        );
-        assert_eq!(
-            Backend::parse("http://10.0.0.6:8080")
-                .unwrap()
-                .authority()
-                .as_str(),
-            "10.0.0.6:8080"
-        );
-        assert_eq!(
-            Backend::parse("http://app.internal")
-                .unwrap()
-                .authority()
-                .as_str(),
-            "app.internal:80"
-        );
-        assert_eq!(
-            Backend::parse("http://[::1]:81/")
-                .unwrap()
-                .authority()
-                .as_str(),
-            "[::1]:81"
-        );
-        for bad in [
-            "",
-            "10.0.0.5",
-            "https://a:1",
-            "a:1/x",
-            "u@a:1",
-            "a:0",
-            "a:99999",
-            "a b:1",
-            "http://",
-        ] {
+        assert_eq!(Backend::parse("10.0.0.5:8080").unwrap().authority().as_str(), "10.0.0.5:8080");
+        assert_eq!(Backend::parse("http://10.0.0.6:8080").unwrap().authority().as_str(), "10.0.0.6:8080");
+        assert_eq!(Backend::parse("http://app.internal").unwrap().authority().as_str(), "app.internal:80");
+        assert_eq!(Backend::parse("http://[::1]:81/").unwrap().authority().as_str(), "[::1]:81");
+        for bad in ["", "10.0.0.5", "https://a:1", "a:1/x", "u@a:1", "a:0", "a:99999", "a b:1", "http://"] {
             assert!(Backend::parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }

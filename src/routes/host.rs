@@ -23,9 +23,7 @@ pub fn normalize_request_host(raw: &str) -> Option<Cow<'_, str>> {
     if host.starts_with('[') {
         // IPv6 literal: keep as is (lowercased), brackets included, so it can be routed if an operator wants.
         if !host.ends_with(']')
-            || !host[1..host.len() - 1]
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+            || !host[1..host.len() - 1].bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
         {
             return None;
         }
@@ -81,10 +79,7 @@ impl HostPattern {
     /// Parses a route key. Accepts an exact name or `*.` followed by a name; a port or a trailing dot is an error
     /// here (unlike in requests), because a route key that looks like it has one is a typo worth reporting.
     pub fn parse(raw: &str) -> Result<Self, RouteError> {
-        let bad = |reason: &str| RouteError::BadHostname {
-            host: raw.to_string(),
-            reason: reason.to_string(),
-        };
+        let bad = |reason: &str| RouteError::BadHostname { host: raw.to_string(), reason: reason.to_string() };
         if raw.is_empty() {
             return Err(bad("empty hostname"));
         }
@@ -96,14 +91,10 @@ impl HostPattern {
             return Err(bad("longer than 253 characters"));
         }
         if name.contains('*') {
-            return Err(bad(
-                "a wildcard is only allowed as the whole first label, as in *.example.com",
-            ));
+            return Err(bad("a wildcard is only allowed as the whole first label, as in *.example.com"));
         }
         if name.contains(':') {
-            return Err(bad(
-                "a route hostname takes no port (requests match whatever port they used)",
-            ));
+            return Err(bad("a route hostname takes no port (requests match whatever port they used)"));
         }
         for label in name.split('.') {
             if label.is_empty() {
@@ -112,19 +103,12 @@ impl HostPattern {
             if label.len() > 63 {
                 return Err(bad("label longer than 63 characters"));
             }
-            if let Some(c) = label
-                .chars()
-                .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
-            {
+            if let Some(c) = label.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
                 return Err(bad(&format!("invalid character {c:?}")));
             }
         }
         let name = name.to_ascii_lowercase();
-        Ok(if wild {
-            Self::Wildcard(name)
-        } else {
-            Self::Exact(name)
-        })
+        Ok(if wild { Self::Wildcard(name) } else { Self::Exact(name) })
     }
 }
 
@@ -143,27 +127,12 @@ mod tests {
 
     #[test]
     fn request_hosts() {
-        assert_eq!(
-            normalize_request_host("Example.COM").as_deref(),
-            Some("example.com")
-        );
-        assert!(matches!(
-            normalize_request_host("example.com"),
-            Some(Cow::Borrowed("example.com"))
-        ));
-        assert_eq!(
-            normalize_request_host("example.com:8080").as_deref(),
-            Some("example.com")
-        );
-        assert_eq!(
-            normalize_request_host("example.com.").as_deref(),
-            Some("example.com")
-        );
+        assert_eq!(normalize_request_host("Example.COM").as_deref(), Some("example.com"));
+        assert!(matches!(normalize_request_host("example.com"), Some(Cow::Borrowed("example.com"))));
+        assert_eq!(normalize_request_host("example.com:8080").as_deref(), Some("example.com"));
+        assert_eq!(normalize_request_host("example.com.").as_deref(), Some("example.com"));
         assert_eq!(normalize_request_host("[::1]:80").as_deref(), Some("[::1]"));
-        assert_eq!(
-            normalize_request_host("127.0.0.1:80").as_deref(),
-            Some("127.0.0.1")
-        );
+        assert_eq!(normalize_request_host("127.0.0.1:80").as_deref(), Some("127.0.0.1"));
         assert_eq!(normalize_request_host(""), None);
         assert_eq!(normalize_request_host(":80"), None);
         assert_eq!(normalize_request_host("a b"), None);
@@ -175,21 +144,10 @@ mod tests {
 
     #[test]
     fn patterns() {
-        assert_eq!(
-            HostPattern::parse("Acme.Example.com").unwrap(),
-            HostPattern::Exact("acme.example.com".into())
-        );
-        assert_eq!(
-            HostPattern::parse("*.example.com").unwrap(),
-            HostPattern::Wildcard("example.com".into())
-        );
-        for bad in [
-            "", "*", "*.", "a.*.com", "a..b", ".a", "a.", "a:80", "a b", "x*.a.com",
-        ] {
-            assert!(
-                HostPattern::parse(bad).is_err(),
-                "{bad:?} should be rejected"
-            );
+        assert_eq!(HostPattern::parse("Acme.Example.com").unwrap(), HostPattern::Exact("acme.example.com".into()));
+        assert_eq!(HostPattern::parse("*.example.com").unwrap(), HostPattern::Wildcard("example.com".into()));
+        for bad in ["", "*", "*.", "a.*.com", "a..b", ".a", "a.", "a:80", "a b", "x*.a.com"] {
+            assert!(HostPattern::parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }
 }

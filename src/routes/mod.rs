@@ -41,23 +41,15 @@ pub enum RouteError {
 
 /// Checks a service name: it becomes a metric label and (later) an etcd key, so keep it to a safe alphabet.
 pub fn validate_service_name(name: &str) -> Result<(), RouteError> {
-    let bad = |reason: &str| RouteError::BadServiceName {
-        name: name.to_string(),
-        reason: reason.to_string(),
-    };
+    let bad = |reason: &str| RouteError::BadServiceName { name: name.to_string(), reason: reason.to_string() };
     if name.is_empty() {
         return Err(bad("empty"));
     }
     if name.len() > 128 {
         return Err(bad("longer than 128 characters"));
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
-        return Err(bad(&format!(
-            "invalid character {c:?} (use letters, digits, '-', '_' and '.')"
-        )));
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
+        return Err(bad(&format!("invalid character {c:?} (use letters, digits, '-', '_' and '.')")));
     }
     Ok(())
 }
@@ -79,10 +71,7 @@ impl Default for RouteHandle {
 impl RouteHandle {
     /// An empty table, not yet marked loaded.
     pub fn new() -> Self {
-        Self {
-            current: Arc::new(ArcSwap::from_pointee(RouteTable::empty())),
-            loaded: Arc::default(),
-        }
+        Self { current: Arc::new(ArcSwap::from_pointee(RouteTable::empty())), loaded: Arc::default() }
     }
 
     /// The current snapshot. Cheap; hold it for the duration of one lookup, not across awaits.
@@ -98,8 +87,7 @@ impl RouteHandle {
     /// Installs a new table atomically and marks the handle loaded.
     pub fn store(&self, table: RouteTable) {
         self.current.store(Arc::new(table));
-        self.loaded
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.loaded.store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// True once a first table has been installed.

@@ -26,12 +26,7 @@ pub struct Service {
 impl Service {
     /// Builds a service; `name` must already be validated.
     pub fn new(name: &str, backends: Vec<Backend>) -> Self {
-        Self {
-            name: Arc::from(name),
-            backends: backends.into(),
-            cursor: AtomicUsize::new(0),
-            stats: OnceLock::new(),
-        }
+        Self { name: Arc::from(name), backends: backends.into(), cursor: AtomicUsize::new(0), stats: OnceLock::new() }
     }
 
     pub fn name(&self) -> &str {
@@ -50,11 +45,7 @@ impl Service {
     /// a refused connection moves on to the next backend.
     pub fn rotation(&self) -> impl Iterator<Item = &Backend> + '_ {
         let n = self.backends.len();
-        let start = if n > 1 {
-            self.cursor.fetch_add(1, Ordering::Relaxed) % n
-        } else {
-            0
-        };
+        let start = if n > 1 { self.cursor.fetch_add(1, Ordering::Relaxed) % n } else { 0 };
         (0..n).map(move |i| &self.backends[(start + i) % n])
     }
 
@@ -75,11 +66,7 @@ pub struct RouteTable {
 
 impl RouteTable {
     pub fn empty() -> Self {
-        Self {
-            exact: FastMap::default(),
-            wildcard: FastMap::default(),
-            services: BTreeMap::new(),
-        }
+        Self { exact: FastMap::default(), wildcard: FastMap::default(), services: BTreeMap::new() }
     }
 
     pub fn builder() -> RouteTableBuilder {
@@ -121,10 +108,7 @@ impl RouteTable {
     /// All routes as `(pattern, service name)`, sorted by pattern.
     pub fn routes(&self) -> BTreeMap<String, &str> {
         let exact = self.exact.iter().map(|(h, s)| (h.to_string(), s.name()));
-        let wild = self
-            .wildcard
-            .iter()
-            .map(|(h, s)| (format!("*.{h}"), s.name()));
+        let wild = self.wildcard.iter().map(|(h, s)| (format!("*.{h}"), s.name()));
         exact.chain(wild).collect()
     }
 
@@ -144,14 +128,7 @@ impl RouteTable {
             services: self
                 .services
                 .iter()
-                .map(|(n, s)| {
-                    (
-                        &**n,
-                        ServiceView {
-                            backends: s.backends.iter().map(Backend::as_str).collect(),
-                        },
-                    )
-                })
+                .map(|(n, s)| (&**n, ServiceView { backends: s.backends.iter().map(Backend::as_str).collect() }))
                 .collect(),
         };
         serde_json::to_value(view).unwrap_or_default()
@@ -170,17 +147,12 @@ impl RouteTableBuilder {
     pub fn service(&mut self, name: &str, backends: Vec<Backend>) -> Result<&mut Self, RouteError> {
         validate_service_name(name)?;
         if backends.is_empty() {
-            return Err(RouteError::NoBackends {
-                service: name.to_string(),
-            });
+            return Err(RouteError::NoBackends { service: name.to_string() });
         }
         if self.services.contains_key(name) {
-            return Err(RouteError::DuplicateService {
-                service: name.to_string(),
-            });
+            return Err(RouteError::DuplicateService { service: name.to_string() });
         }
-        self.services
-            .insert(Arc::from(name), Arc::new(Service::new(name, backends)));
+        self.services.insert(Arc::from(name), Arc::new(Service::new(name, backends)));
         Ok(self)
     }
 
@@ -194,16 +166,10 @@ impl RouteTableBuilder {
     /// file in one pass.
     pub fn build(self) -> Result<RouteTable, Vec<RouteError>> {
         let mut errors = Vec::new();
-        let mut table = RouteTable {
-            services: self.services,
-            ..RouteTable::empty()
-        };
+        let mut table = RouteTable { services: self.services, ..RouteTable::empty() };
         for (pattern, service) in self.routes {
             let Some(svc) = table.services.get(service.as_str()) else {
-                errors.push(RouteError::UnknownService {
-                    host: pattern.to_string(),
-                    service,
-                });
+                errors.push(RouteError::UnknownService { host: pattern.to_string(), service });
                 continue;
             };
             let (map, key) = match &pattern {
@@ -211,9 +177,7 @@ impl RouteTableBuilder {
                 HostPattern::Wildcard(h) => (&mut table.wildcard, h),
             };
             if map.insert(key.as_str().into(), svc.clone()).is_some() {
-                errors.push(RouteError::DuplicateRoute {
-                    host: pattern.to_string(),
-                });
+                errors.push(RouteError::DuplicateRoute { host: pattern.to_string() });
             }
         }
         if errors.is_empty() {
@@ -231,8 +195,7 @@ mod tests {
     fn table(routes: &[(&str, &str)]) -> RouteTable {
         let mut b = RouteTable::builder();
         for name in ["a", "b", "c", "d"] {
-            b.service(name, vec![Backend::parse("127.0.0.1:1").unwrap()])
-                .unwrap();
+            b.service(name, vec![Backend::parse("127.0.0.1:1").unwrap()]).unwrap();
         }
         for (h, s) in routes {
             b.route(HostPattern::parse(h).unwrap(), s);
@@ -246,12 +209,8 @@ mod tests {
 
     #[test]
     fn precedence() {
-        let t = table(&[
-            ("x.example.com", "a"),
-            ("*.example.com", "b"),
-            ("*.deep.example.com", "c"),
-            ("example.com", "d"),
-        ]);
+        let t =
+            table(&[("x.example.com", "a"), ("*.example.com", "b"), ("*.deep.example.com", "c"), ("example.com", "d")]);
         assert_eq!(name(&t, "x.example.com"), Some("a"));
         assert_eq!(name(&t, "y.example.com"), Some("b"));
         assert_eq!(name(&t, "a.b.example.com"), Some("b"));
@@ -266,8 +225,7 @@ mod tests {
     #[test]
     fn build_errors_are_all_reported() {
         let mut b = RouteTable::builder();
-        b.service("a", vec![Backend::parse("127.0.0.1:1").unwrap()])
-            .unwrap();
+        b.service("a", vec![Backend::parse("127.0.0.1:1").unwrap()]).unwrap();
         b.route(HostPattern::parse("x.com").unwrap(), "a");
         b.route(HostPattern::parse("X.com").unwrap(), "a");
         b.route(HostPattern::parse("y.com").unwrap(), "nope");
@@ -280,14 +238,11 @@ mod tests {
     #[test]
     fn round_robin_rotates_and_covers_all() {
         let mut b = RouteTable::builder();
-        let backends =
-            ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"].map(|a| Backend::parse(a).unwrap());
+        let backends = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"].map(|a| Backend::parse(a).unwrap());
         b.service("a", backends.to_vec()).unwrap();
         let t = b.build().unwrap();
         let svc = t.service("a").unwrap();
-        let firsts: Vec<_> = (0..3)
-            .map(|_| svc.rotation().next().unwrap().as_str().to_string())
-            .collect();
+        let firsts: Vec<_> = (0..3).map(|_| svc.rotation().next().unwrap().as_str().to_string()).collect();
         assert_eq!(firsts, ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
         let all: Vec<_> = svc.rotation().map(|b| b.as_str()).collect();
         assert_eq!(all, ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);

@@ -1,0 +1,105 @@
+//! Hot reload of the routes file: a valid change applies within a second without dropping connections; an
+//! invalid one is logged, counted, and the previous table stays in force.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_change_applies_within_a_second() {
+    let (a, b) = (Backend::echo("a").await, Backend::echo("b").await);
+    let proxy = TestProxy::start(&routes_file(&[("a", vec![a.addr])], &[("app.test", "a")])).await;
+    assert_eq!(get(proxy.http, "app.test", "/").await.backend(), "a");
+
+    // Move app.test to b and add a new host, by atomic rename.
+    let changed = Instant::now();
+    proxy.write_routes(&routes_file(
+        &[("a", vec![a.addr]), ("b", vec![b.addr])],
+        &[("app.test", "b"), ("new.test", "a")],
+    ));
+    eventually(Duration::from_secs(1), "app.test served by b", || async {
+        get(proxy.http, "app.test", "/").await.text.contains("\"b\"")
+    })
+    .await;
+    eprintln!("applied after {:?}", changed.elapsed());
+    assert_eq!(get(proxy.http, "new.test", "/").await.backend(), "a");
+
+    // In-place write (truncate + write), as an editor without atomic save does.
+    std::fs::write(&proxy.routes_path, routes_file(&[("a", vec![a.addr])], &[("only.test", "a")])).unwrap();
+    eventually(Duration::from_secs(1), "app.test removed", || async {
+        get(proxy.http, "app.test", "/").await.status == StatusCode::NOT_FOUND
+    })
+    .await;
+    assert_eq!(get(proxy.http, "only.test", "/").await.backend(), "a");
+    assert!(proxy.metric("reveille_route_reloads_total{source=\"file\",result=\"ok\"}").await >= 3.0);
+    assert_eq!(proxy.metric("reveille_routes").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_change_is_rejected_and_previous_table_kept() {
+    let a = Backend::echo("a").await;
+    let good = routes_file(&[("a", vec![a.addr])], &[("app.test", "a")]);
+    let proxy = TestProxy::start(&good).await;
+
+    let bad_versions = [
+        "[services.a\nbackends = 1\n".to_string(),       // not TOML
+        format!("{good}\"other.test\" = \"missing\"\n"), // undefined service
+        "[services.a]\nbackends = [\"no-port\"]\n[routes]\n\"app.test\" = \"a\"\n".into(), // bad address
+    ];
+    for (i, bad) in bad_versions.iter().enumerate() {
+        proxy.write_routes(bad);
+        eventually(Duration::from_secs(2), "failed reload counted", || async {
+            proxy.metric("reveille_route_reloads_total{source=\"file\",result=\"failed\"}").await == (i + 1) as f64
+        })
+        .await;
+        let got = get(proxy.http, "app.test", "/").await;
+        assert_eq!(got.status, StatusCode::OK, "previous table must stay in force after bad version {i}");
+        assert_eq!(got.backend(), "a");
+        assert_eq!(get(proxy.http, "other.test", "/").await.status, StatusCode::NOT_FOUND);
+    }
+
+    // Fixing the file applies again.
+    proxy.write_routes(&routes_file(&[("a", vec![a.addr])], &[("fixed.test", "a")]));
+    eventually(Duration::from_secs(1), "fixed file applied", || async {
+        get(proxy.http, "fixed.test", "/").await.status == StatusCode::OK
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_does_not_drop_open_connections() {
+    let (a, b) = (Backend::echo("a").await, Backend::echo("b").await);
+    let proxy = TestProxy::start(&routes_file(&[("a", vec![a.addr])], &[("app.test", "a")])).await;
+
+    // A keep-alive connection and a request in flight across the reload.
+    let stream = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let slow = sender.send_request(http::Request::get("/sleep/400").header("host", "app.test").body(full("")).unwrap());
+    let reload = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        proxy.write_routes(&routes_file(&[("b", vec![b.addr])], &[("app.test", "b")]));
+    };
+    let (resp, ()) = tokio::join!(slow, reload);
+    let resp = resp.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "in-flight request survives the reload");
+    use http_body_util::BodyExt;
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("\"a\""));
+
+    // The same connection keeps working and now reaches the new table.
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        sender.ready().await.expect("the connection stays open across the reload");
+        let req = http::Request::get("/").header("host", "app.test").body(full("")).unwrap();
+        let body = sender.send_request(req).await.unwrap().into_body().collect().await.unwrap().to_bytes();
+        if String::from_utf8_lossy(&body).contains("\"b\"") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the new table was not applied within a second");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,269 @@
+//! Test support: real backends and a real reveille on port 0, with short builders so each test reads like a
+//! sentence (see linkerd2-proxy's tests). Nothing here sleeps to "let things start": servers are bound before
+//! they are handed over, and waits poll a condition with a deadline.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use reveille::app::{self, Listeners, Running};
+use reveille::config::Config;
+use reveille::proxy::Settings;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+pub type Handler =
+    Arc<dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<BoxBody>> + Send>> + Send + Sync>;
+
+pub fn full(b: impl Into<Bytes>) -> BoxBody {
+    Full::new(b.into()).map_err(|e| match e {}).boxed()
+}
+
+/// A backend HTTP server on 127.0.0.1:0 (HTTP/1.1 with upgrades), counting the requests it serves.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    stop: CancellationToken,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Backend {
+    /// Serves every request with `handler`.
+    pub async fn start(handler: Handler) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let stop = CancellationToken::new();
+        let (h, s) = (hits.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    a = listener.accept() => a.unwrap(),
+                    _ = s.cancelled() => return,
+                };
+                let (handler, hits, s) = (handler.clone(), h.clone(), s.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        hits.fetch_add(1, Ordering::SeqCst);
+                        let fut = handler(req);
+                        async move { Ok::<_, Infallible>(fut.await) }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades();
+                    tokio::select! { _ = conn => {}, _ = s.cancelled() => {} }
+                });
+            }
+        });
+        Backend { addr, hits, stop }
+    }
+
+    /// Answers every request with a JSON description of it: `{"backend": name, "method", "path", "headers"}`.
+    /// `/sleep/<ms>` waits that long first.
+    pub async fn echo(name: &str) -> Backend {
+        let name = name.to_string();
+        Backend::start(Arc::new(move |req: Request<Incoming>| {
+            let name = name.clone();
+            Box::pin(async move {
+                if let Some(ms) = req.uri().path().strip_prefix("/sleep/") {
+                    tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+                }
+                let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+                for (k, v) in req.headers() {
+                    headers.entry(k.to_string()).or_default().push(v.to_str().unwrap_or("?").to_string());
+                }
+                let body = serde_json::json!({
+                    "backend": name,
+                    "method": req.method().as_str(),
+                    "path": req.uri().to_string(),
+                    "version": format!("{:?}", req.version()),
+                    "headers": headers,
+                });
+                let mut resp = Response::new(full(body.to_string()));
+                resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
+                resp
+            })
+        }))
+        .await
+    }
+
+    /// Answers every request with 200 and `body`.
+    pub async fn fixed(body: &'static str) -> Backend {
+        Backend::start(Arc::new(move |_req| Box::pin(async move { Response::new(full(body)) }))).await
+    }
+}
+
+/// An address on which nothing listens (bound, then closed): connections to it are refused.
+pub async fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A running in-process reveille on port 0 with its routes file in a temp dir.
+pub struct TestProxy {
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    pub routes_path: PathBuf,
+    running: Option<Running>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestProxy {
+    pub async fn start(routes: &str) -> TestProxy {
+        Self::start_with(routes, Settings { access_log: false, ..Settings::default() }).await
+    }
+
+    pub async fn start_with(routes: &str, settings: Settings) -> TestProxy {
+        let dir = tempfile::tempdir().unwrap();
+        let routes_path = dir.path().join("routes.toml");
+        std::fs::write(&routes_path, routes).unwrap();
+        let config = Config {
+            http: "127.0.0.1:0".parse().unwrap(),
+            admin: "127.0.0.1:0".parse().unwrap(),
+            routes: Some(routes_path.clone()),
+            proxy: settings,
+            ..Config::default()
+        };
+        let listeners = Listeners::bind(&config).await.unwrap();
+        let running = app::start(&config, listeners).await.unwrap();
+        TestProxy { http: running.http_addr, admin: running.admin_addr, routes_path, running: Some(running), _dir: dir }
+    }
+
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().unwrap()
+    }
+
+    /// Replaces the routes file atomically (write + rename), as config managers do.
+    pub fn write_routes(&self, text: &str) {
+        let tmp = self.routes_path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.routes_path).unwrap();
+    }
+
+    /// Shuts down and waits for the drain.
+    pub async fn stop(mut self, grace: Duration) -> bool {
+        let running = self.running.take().unwrap();
+        running.shutdown();
+        running.wait(grace).await
+    }
+
+    pub async fn admin_get(&self, path: &str) -> (StatusCode, String) {
+        let r = send(self.admin, Request::get(path).header("host", "admin").body(full("")).unwrap()).await;
+        (r.status, r.text)
+    }
+
+    /// The value of one sample line of /metrics (`name{labels}` exactly as exposed), or 0.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, text) = self.admin_get("/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(r) = &self.running {
+            r.shutdown();
+        }
+    }
+}
+
+/// What a test looks at in a response.
+#[derive(Debug)]
+pub struct Got {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub text: String,
+}
+
+impl Got {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+
+    /// The echo backend's name.
+    pub fn backend(&self) -> String {
+        self.json()["backend"].as_str().unwrap().to_string()
+    }
+}
+
+/// Sends one request on a new HTTP/1.1 connection and reads the whole response.
+pub async fn send(addr: SocketAddr, req: Request<BoxBody>) -> Got {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    Got { status: parts.status, headers: parts.headers, text: String::from_utf8_lossy(&bytes).into_owned() }
+}
+
+/// `GET path` with `Host: host` through the proxy.
+pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Got {
+    send(addr, Request::get(path).header("host", host).body(full("")).unwrap()).await
+}
+
+/// Polls `f` until it returns true, failing the test after `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A routes file with one service per `(name, backends)` and the given routes.
+pub fn routes_file(services: &[(&str, Vec<SocketAddr>)], routes: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    for (name, backends) in services {
+        let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+        out.push_str(&format!("[services.{name}]\nbackends = [{}]\n", list.join(", ")));
+    }
+    out.push_str("[routes]\n");
+    for (host, svc) in routes {
+        out.push_str(&format!("\"{host}\" = \"{svc}\"\n"));
+    }
+    out
+}
+
+/// Writes raw bytes on a new connection and reads until the server closes it or `timeout` passes.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(timeout, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn executor() -> TokioExecutor {
+    TokioExecutor::new()
+}
