@@ -34,14 +34,10 @@ fn table_sizes() -> &'static [usize] {
 /// A table of `tenants` tenants, each with an exact and a wildcard route to one shared service.
 fn build_table(tenants: usize) -> RouteTable {
     let mut b = RouteTable::builder();
-    b.service("svc", vec![Backend::parse("127.0.0.1:1").unwrap()])
-        .unwrap();
+    b.service("svc", vec![Backend::parse("127.0.0.1:1").unwrap()]).unwrap();
     for i in 0..tenants {
         b.route(HostPattern::parse(&format!("t{i}.example.com")).unwrap(), "svc");
-        b.route(
-            HostPattern::parse(&format!("*.t{i}.example.com")).unwrap(),
-            "svc",
-        );
+        b.route(HostPattern::parse(&format!("*.t{i}.example.com")).unwrap(), "svc");
     }
     b.build().unwrap()
 }
@@ -52,9 +48,7 @@ fn keys(tenants: usize, host: impl Fn(usize) -> String) -> Vec<String> {
     let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
     (0..KEYS)
         .map(|_| {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
             host((state >> 33) as usize % tenants)
         })
         .collect()
@@ -68,15 +62,13 @@ fn bench_lookups(
     hosts: &[String],
     expect_hit: bool,
 ) {
-    assert!(hosts
-        .iter()
-        .all(|h| table.lookup(h).is_some() == expect_hit));
+    assert!(hosts.iter().all(|h| table.lookup(h).is_some() == expect_hit));
     let mask = hosts.len() - 1;
     let mut i = 0;
     c.bench_function(id, |b| {
         b.iter(|| {
             i = (i + 1) & mask;
-            table.lookup(black_box(&hosts[i])).is_some()
+            table.lookup(black_box(&hosts[i]))
         })
     });
 }
@@ -86,35 +78,13 @@ fn lookup(c: &mut Criterion) {
     for &tenants in table_sizes() {
         let started = Instant::now();
         let table = build_table(tenants);
-        eprintln!(
-            "built a table of {tenants} tenants ({} routes) in {:.2?}",
-            table.route_count(),
-            started.elapsed()
-        );
+        eprintln!("built a table of {tenants} tenants ({} routes) in {:.2?}", table.route_count(), started.elapsed());
         let exact = keys(tenants, |k| format!("t{k}.example.com"));
         let wildcard = keys(tenants, |k| format!("a.b.t{k}.example.com"));
-        let miss = vec!["nobody.example.org".to_string(); 1];
-        bench_lookups(
-            &mut group,
-            BenchmarkId::new("exact_hit", tenants),
-            &table,
-            &exact,
-            true,
-        );
-        bench_lookups(
-            &mut group,
-            BenchmarkId::new("wildcard_hit", tenants),
-            &table,
-            &wildcard,
-            true,
-        );
-        bench_lookups(
-            &mut group,
-            BenchmarkId::new("miss", tenants),
-            &table,
-            &miss,
-            false,
-        );
+        let miss = ["nobody.example.org".to_string()];
+        bench_lookups(&mut group, BenchmarkId::new("exact_hit", tenants), &table, &exact, true);
+        bench_lookups(&mut group, BenchmarkId::new("wildcard_hit", tenants), &table, &wildcard, true);
+        bench_lookups(&mut group, BenchmarkId::new("miss", tenants), &table, &miss, false);
         drop(table);
     }
     group.finish();
@@ -122,10 +92,10 @@ fn lookup(c: &mut Criterion) {
 
 fn normalize(c: &mut Criterion) {
     c.bench_function("normalize_request_host/mixed_case_with_port", |b| {
-        b.iter(|| normalize_request_host(black_box("Tenant-42.Example.com:8080")).is_some())
+        b.iter(|| normalize_request_host(black_box("Tenant-42.Example.com:8080")))
     });
     c.bench_function("normalize_request_host/already_normal", |b| {
-        b.iter(|| normalize_request_host(black_box("tenant-42.example.com")).is_some())
+        b.iter(|| normalize_request_host(black_box("tenant-42.example.com")))
     });
 }
 
