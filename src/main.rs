@@ -23,7 +23,7 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
         #[command(flatten)]
-        flags: Overrides,
+        flags: Box<Overrides>,
     },
     /// Validate a config file and/or a routes file, print what is wrong, exit 0 (valid) or 1.
     Check {
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config_path: Option<PathBuf>, flags: Overrides) -> ExitCode {
+fn serve(config_path: Option<PathBuf>, flags: Box<Overrides>) -> ExitCode {
     let config = match Config::resolve(config_path.as_deref(), &flags) {
         Ok(c) => c,
         Err(e) => {

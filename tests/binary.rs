@@ -22,6 +22,8 @@ struct Proc {
     child: Child,
     http: SocketAddr,
     admin: SocketAddr,
+    /// Every stdout line after the "listening" one.
+    log: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Drop for Proc {
@@ -52,8 +54,10 @@ impl Proc {
             }
         };
         // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Proc { child, http, admin }
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| sink.lock().unwrap().push(l)));
+        Proc { child, http, admin, log }
     }
 
     fn signal(&self, sig: &str) {
@@ -183,6 +187,7 @@ async fn one_gib_upload_passes_with_flat_memory() {
     let routes = dir.path().join("routes.toml");
     std::fs::write(&routes, routes_file(&[("up", vec![backend.addr])], &[("up.test", "up")])).unwrap();
     let proc = Proc::start(&routes, &["--access-log", "false"]);
+    assert_eq!(get(proc.admin, "admin", "/readyz").await.status, StatusCode::OK);
     // Warm up so the baseline includes the runtime, pools and buffers.
     assert_eq!(get(proc.http, "up.test", "/").await.status, StatusCode::OK);
     let baseline = proc.peak_rss_kib();
@@ -204,5 +209,71 @@ async fn one_gib_upload_passes_with_flat_memory() {
     let peak = proc.peak_rss_kib();
     eprintln!("reveille peak RSS: {baseline} KiB before, {peak} KiB after a 1 GiB upload");
     assert!(peak < baseline + 64 * 1024, "memory grew by {} KiB for a 1 GiB upload", peak - baseline);
-    let _ = proc.admin;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_lines_in_json_and_text() {
+    let backend = Backend::echo("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    std::fs::write(&routes, routes_file(&[("acme", vec![backend.addr])], &[("app.test", "acme")])).unwrap();
+
+    let proc = Proc::start(&routes, &[]);
+    assert_eq!(get(proc.http, "App.Test:80", "/hello?x=1").await.status, StatusCode::OK);
+    assert_eq!(get(proc.http, "other.test", "/").await.status, StatusCode::NOT_FOUND);
+    let access = |proc: &Proc, n: usize| {
+        let log = proc.log.clone();
+        async move {
+            let mut found = Vec::new();
+            eventually(Duration::from_secs(5), "access log lines", || {
+                found = log
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                    .filter(|v| v["target"] == "reveille::access")
+                    .collect::<Vec<_>>();
+                let done = found.len() >= n;
+                async move { done }
+            })
+            .await;
+            found
+        }
+    };
+    let lines = access(&proc, 2).await;
+    let ok = &lines[0];
+    assert_eq!(ok["host"], "app.test");
+    assert_eq!(ok["method"], "GET");
+    assert_eq!(ok["path"], "/hello?x=1");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["service"], "acme");
+    assert_eq!(ok["backend"], backend.addr.to_string());
+    assert!(ok["duration_ms"].as_f64().unwrap() >= 0.0);
+    assert_eq!(lines[1]["status"], 404);
+    assert_eq!(lines[1]["host"], "other.test");
+    drop(proc);
+
+    // Text format: one line with the same fields.
+    let mut child = Command::new(BIN)
+        .args(["serve", "--routes"])
+        .arg(&routes)
+        .args(["--http", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--log-format", "text"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let listening = loop {
+        let l = lines.next().unwrap().unwrap();
+        if l.contains("listening") {
+            break l;
+        }
+    };
+    let http: SocketAddr = listening.split("http=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    assert_eq!(get(http, "app.test", "/text").await.status, StatusCode::OK);
+    let line = lines.find(|l| l.as_ref().unwrap().contains("reveille::access")).unwrap().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    for field in ["host=app.test", "method=GET", "path=\"/text\"", "status=200", "service=\"acme\"", "duration_ms="] {
+        assert!(line.contains(field), "{field} missing in {line}");
+    }
 }

@@ -38,7 +38,7 @@ impl BodySlot {
 
     /// A body for one upstream attempt.
     pub(crate) fn attempt(&self) -> RequestBody {
-        RequestBody::Streaming { slot: self.slot.clone(), body: None, hint: self.hint.clone() }
+        RequestBody::Streaming { slot: self.slot.clone(), body: None, hint: self.hint }
     }
 
     /// True while no attempt has started reading the body, so another attempt can still send it.
@@ -78,7 +78,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
             RequestBody::Streaming { body: Some(b), .. } => b.size_hint(),
-            RequestBody::Streaming { hint, .. } => hint.clone(),
+            RequestBody::Streaming { hint, .. } => *hint,
         }
     }
 }

@@ -1,0 +1,25 @@
+# Sourced by the scripts in this folder: the Debian packages each task needs, and a function to install the
+# missing ones (as root, or through sudo).
+
+# Needed to build reveille.
+BUILD_PACKAGES=()
+# Needed to run the test suite (besides the build packages).
+TEST_PACKAGES=()
+# Needed to run the load benchmark.
+BENCH_PACKAGES=(wrk nginx haproxy)
+
+need_packages() {
+    local missing=() p
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null || { echo "need root or sudo to install: ${missing[*]}" >&2; return 1; }
+        sudo="sudo"
+    fi
+    echo "installing: ${missing[*]}" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
