@@ -32,14 +32,14 @@ pub(super) async fn handle(svc: &ProxyService, req: Request<Incoming>, guard: In
     let Some(host) = raw_host.as_deref().and_then(normalize_request_host) else {
         proxy.metrics.unrouted(Unrouted::BadHost);
         let err = ProxyError::BadHost;
-        log_access(svc, &req, raw_host.as_deref().unwrap_or("-"), err.status(), start, "-", "-");
+        log_access(svc, &req, raw_host.as_deref().unwrap_or("-"), err.status(), start);
         return error_response(&err, guard);
     };
     let service = proxy.routes.load().lookup(&host).cloned();
     let Some(service) = service else {
         proxy.metrics.unrouted(Unrouted::UnknownHost);
         let err = ProxyError::UnknownHost { host: host.into_owned() };
-        log_access(svc, &req, raw_host.as_deref().unwrap_or("-"), err.status(), start, "-", "-");
+        log_access(svc, &req, raw_host.as_deref().unwrap_or("-"), err.status(), start);
         return error_response(&err, guard);
     };
     let host_for_log = if proxy.settings.access_log { host.into_owned() } else { String::new() };
@@ -55,41 +55,40 @@ pub(super) async fn handle(svc: &ProxyService, req: Request<Incoming>, guard: In
     service.stats(|n| proxy.metrics.service_stats(n)).record(status.as_u16());
     proxy.metrics.observe_duration(start.elapsed());
     if proxy.settings.access_log {
-        info!(
-            target: "reveille::access",
-            host = %host_for_log,
-            method = %method,
-            path = path.as_ref().map_or("", |p| p.as_str()),
-            status = status.as_u16(),
-            duration_ms = millis(start),
-            service = service.name(),
-            backend = backend.as_ref().map_or("-", |b| b.as_str()),
-        );
+        let path = path.as_ref().map_or("", |p| p.as_str());
+        let backend = backend.as_ref().map_or("-", |b| b.as_str());
+        access_log(&host_for_log, &method, path, status, start, service.name(), backend);
     }
     response
 }
 
-fn log_access(
-    svc: &ProxyService,
-    req: &Request<Incoming>,
+fn log_access(svc: &ProxyService, req: &Request<Incoming>, host: &str, status: StatusCode, start: Instant) {
+    if svc.proxy.settings.access_log {
+        let path = req.uri().path_and_query().map_or("", |p| p.as_str());
+        access_log(host, req.method(), path, status, start, "-", "-");
+    }
+}
+
+/// The access-log event: one per request, target `reveille::access`.
+fn access_log(
     host: &str,
+    method: &Method,
+    path: &str,
     status: StatusCode,
     start: Instant,
     service: &str,
     backend: &str,
 ) {
-    if svc.proxy.settings.access_log {
-        info!(
-            target: "reveille::access",
-            host,
-            method = %req.method(),
-            path = req.uri().path_and_query().map_or("", |p| p.as_str()),
-            status = status.as_u16(),
-            duration_ms = millis(start),
-            service,
-            backend,
-        );
-    }
+    info!(
+        target: "reveille::access",
+        host,
+        method = %method,
+        path,
+        status = status.as_u16(),
+        duration_ms = millis(start),
+        service,
+        backend,
+    );
 }
 
 type Upstream = http::Response<Incoming>;
