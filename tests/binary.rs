@@ -273,7 +273,8 @@ async fn access_log_lines_in_json_and_text() {
     let line = lines.find(|l| l.as_ref().unwrap().contains("reveille::access")).unwrap().unwrap();
     let _ = child.kill();
     let _ = child.wait();
-    for field in ["host=\"app.test\"", "method=GET", "path=\"/text\"", "status=200", "service=\"acme\"", "duration_ms="] {
+    for field in ["host=\"app.test\"", "method=GET", "path=\"/text\"", "status=200", "service=\"acme\"", "duration_ms="]
+    {
         assert!(line.contains(field), "{field} missing in {line}");
     }
 }
