@@ -103,3 +103,36 @@ async fn reload_does_not_drop_open_connections() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_configmap_symlink_swap_is_seen() {
+    // The layout a ConfigMap volume has: routes.toml -> ..data/routes.toml, ..data -> ..v1 (a directory).
+    let (a, b) = (Backend::echo("a").await, Backend::echo("b").await);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir(root.join("..v1")).unwrap();
+    std::fs::write(root.join("..v1/routes.toml"), routes_file(&[("a", vec![a.addr])], &[("app.test", "a")])).unwrap();
+    std::os::unix::fs::symlink("..v1", root.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/routes.toml", root.join("routes.toml")).unwrap();
+
+    let config = reveille::config::Config {
+        http: "127.0.0.1:0".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        routes: Some(root.join("routes.toml")),
+        proxy: reveille::proxy::Settings { access_log: false, ..Default::default() },
+        ..Default::default()
+    };
+    let running = reveille::app::start(&config, reveille::app::Listeners::bind(&config).await.unwrap()).await.unwrap();
+    assert_eq!(get(running.http_addr, "app.test", "/").await.backend(), "a");
+
+    // The kubelet writes a new directory and swaps ..data atomically with a rename.
+    std::fs::create_dir(root.join("..v2")).unwrap();
+    std::fs::write(root.join("..v2/routes.toml"), routes_file(&[("b", vec![b.addr])], &[("app.test", "b")])).unwrap();
+    std::os::unix::fs::symlink("..v2", root.join("..data_tmp")).unwrap();
+    std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+    eventually(Duration::from_secs(2), "swap applied", || async {
+        get(running.http_addr, "app.test", "/").await.text.contains("\"b\"")
+    })
+    .await;
+    running.shutdown();
+}

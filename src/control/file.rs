@@ -188,8 +188,19 @@ impl FileWatcher {
             Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
             _ => PathBuf::from("."),
         };
+        let name = path.file_name().map(|n| n.to_owned()).unwrap_or_default();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
+            // Only events about our file, or about Kubernetes' `..data` symlink swap: other files in a busy
+            // directory must not cause a re-read each time they change.
+            let relevant = res.is_ok_and(|ev| {
+                ev.paths.is_empty()
+                    || ev
+                        .paths
+                        .iter()
+                        .filter_map(|p| p.file_name())
+                        .any(|n| n == name || n.to_string_lossy().starts_with(".."))
+            });
+            if relevant {
                 let _ = tx.send(());
             }
         })
