@@ -39,7 +39,7 @@ fn build_table(tenants: usize) -> RouteTable {
         b.route(HostPattern::parse(&format!("t{i}.example.com")).unwrap(), "svc");
         b.route(HostPattern::parse(&format!("*.t{i}.example.com")).unwrap(), "svc");
     }
-    b.build().unwrap()
+    b.build_table().unwrap()
 }
 
 /// `KEYS` hosts for pseudo-randomly chosen tenants, formatted by `host`.
@@ -62,7 +62,7 @@ fn bench_lookups(
     hosts: &[String],
     expect_hit: bool,
 ) {
-    assert!(hosts.iter().all(|h| table.lookup(h).is_some() == expect_hit));
+    assert!(hosts.iter().all(|h| table.find(h).is_some() == expect_hit));
     let mask = hosts.len() - 1;
     let mut i = 0;
     c.bench_function(id, |b| {

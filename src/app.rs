@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
-use crate::control::{self, file};
+use crate::control::{file, Composer, Source};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::routes::RouteHandle;
@@ -72,14 +72,19 @@ pub async fn start(config: &Config, listeners: Listeners) -> Result<Running, Sta
     let metrics = Arc::new(Metrics::new());
     let background = CancellationToken::new();
     let mut tasks = Vec::new();
+    let mut sources = Vec::new();
+    if config.routes.is_some() {
+        sources.push(Source::File);
+    }
+    let composer = Composer::new(routes.clone(), metrics.clone(), &sources);
 
     if let Some(path) = &config.routes {
-        let watcher = file::FileWatcher::new(path.clone(), routes.clone(), metrics.clone());
+        let watcher = file::FileWatcher::new(path.clone(), composer.clone(), metrics.clone());
         let text =
             std::fs::read_to_string(path).map_err(|source| file::FileError::Read { path: path.clone(), source })?;
-        let table = file::parse(path, &text)?;
-        info!(path = %path.display(), routes = table.route_count(), services = table.service_count(), "routes file loaded");
-        control::install(&routes, &metrics, table);
+        let set = file::parse(path, &text)?;
+        info!(path = %path.display(), routes = set.routes.len(), services = set.services.len(), "routes file loaded");
+        composer.replace(Source::File, set);
         metrics.reload("file", true);
         tasks.push(tokio::spawn(watcher.run(Some(text), background.clone())));
     }

@@ -129,13 +129,8 @@ fn check(config_path: Option<PathBuf>, routes: Option<PathBuf>) -> ExitCode {
         return ExitCode::FAILURE;
     };
     match file::load(&routes_path) {
-        Ok(table) => {
-            println!(
-                "{}: ok ({} routes, {} services)",
-                routes_path.display(),
-                table.route_count(),
-                table.service_count()
-            );
+        Ok(set) => {
+            println!("{}: ok ({} routes, {} services)", routes_path.display(), set.routes.len(), set.services.len());
             ExitCode::SUCCESS
         }
         Err(e) => {

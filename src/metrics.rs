@@ -64,6 +64,8 @@ impl UpstreamErrorKind {
 pub enum Unrouted {
     UnknownHost,
     BadHost,
+    /// A route exists but its service does not (503).
+    MissingService,
 }
 
 /// Per-service counters by status class, resolved once per service.
@@ -85,7 +87,7 @@ impl ServiceStats {
 pub struct Metrics {
     registry: Registry,
     requests: Family<ServiceClassLabels, Counter>,
-    unrouted: [Counter; 2],
+    unrouted: [Counter; 3],
     duration: Histogram,
     open_connections: Gauge,
     connections: Counter,
@@ -117,11 +119,11 @@ impl Metrics {
         let unrouted_family = Family::<KindLabels, Counter>::default();
         registry.register(
             "unrouted_requests",
-            "Requests answered without a service: unknown host (404) or missing/malformed Host (400)",
+            "Requests answered without a service: unknown host (404), missing/malformed Host (400), route to an undefined service (503)",
             unrouted_family.clone(),
         );
-        let unrouted =
-            ["unknown_host", "bad_host"].map(|kind| unrouted_family.get_or_create(&KindLabels { kind }).clone());
+        let unrouted = ["unknown_host", "bad_host", "missing_service"]
+            .map(|kind| unrouted_family.get_or_create(&KindLabels { kind }).clone());
 
         let duration = Histogram::new([
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,

@@ -66,6 +66,12 @@ async fn readyz_is_503_until_a_table_is_loaded() {
     assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(get(addr, "admin", "/healthz").await.status, StatusCode::OK);
     routes.store(reveille::routes::RouteTable::empty());
+    assert_eq!(
+        get(addr, "admin", "/readyz").await.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a table alone is not readiness"
+    );
+    routes.mark_ready();
     assert_eq!(get(addr, "admin", "/readyz").await.status, StatusCode::OK);
     stop.cancel();
 }

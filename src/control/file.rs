@@ -24,8 +24,9 @@ use tokio_util::sync::CancellationToken;
 use toml::Spanned;
 use tracing::{debug, error, info, warn, Instrument};
 
+use super::compose::{Composer, Source};
 use crate::metrics::Metrics;
-use crate::routes::{Backend, HostPattern, RouteError, RouteHandle, RouteTable};
+use crate::routes::{HostPattern, RouteError, RouteSet, RouteTable, ServiceSpec};
 
 /// How often the file's metadata is checked even without a file-system event: a safety net for file systems
 /// and editors that notify poorly. Events normally apply a change in a few milliseconds.
@@ -62,23 +63,15 @@ fn format_located(errors: &[Located]) -> String {
 #[derive(Deserialize)]
 struct RoutesFile {
     #[serde(default)]
-    services: BTreeMap<String, Spanned<ServiceEntry>>,
+    services: BTreeMap<String, Spanned<ServiceSpec<Spanned<String>>>>,
     #[serde(default)]
     routes: BTreeMap<String, Spanned<String>>,
     #[serde(flatten)]
     unknown: BTreeMap<String, toml::Value>,
 }
 
-#[derive(Deserialize)]
-struct ServiceEntry {
-    #[serde(default)]
-    backends: Vec<Spanned<String>>,
-    #[serde(flatten)]
-    unknown: BTreeMap<String, toml::Value>,
-}
-
 /// Parses and validates routes-file text. `path` is only used in messages.
-pub fn parse(path: &Path, text: &str) -> Result<RouteTable, FileError> {
+pub fn parse(path: &Path, text: &str) -> Result<RouteSet, FileError> {
     let file: RoutesFile =
         toml::from_str(text).map_err(|e| FileError::Parse { path: path.to_owned(), message: e.to_string() })?;
     let line_of = |offset: usize| text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1;
@@ -90,21 +83,15 @@ pub fn parse(path: &Path, text: &str) -> Result<RouteTable, FileError> {
     let mut builder = RouteTable::builder();
     for (name, entry) in &file.services {
         let line = line_of(entry.span().start);
-        let entry = entry.get_ref();
-        for key in entry.unknown.keys() {
+        let spec = entry.get_ref();
+        for key in spec.unknown.keys() {
             warn!(path = %path.display(), line, service = %name, key, "unknown service field ignored");
         }
-        let mut backends = Vec::with_capacity(entry.backends.len());
-        for b in &entry.backends {
-            match Backend::parse(b.get_ref()) {
-                Ok(b) => backends.push(b),
-                Err(error) => errors.push(Located { line: line_of(b.span().start), error }),
-            }
-        }
-        if backends.len() == entry.backends.len() {
-            if let Err(error) = builder.service(name, backends) {
-                errors.push(Located { line, error });
-            }
+        let added =
+            spec.to_service(name).and_then(|svc| builder.insert_service(svc).map(|_| ()).map_err(|e| (None, e)));
+        if let Err((backend, error)) = added {
+            let line = backend.map_or(line, |i| line_of(spec.backends[i].span().start));
+            errors.push(Located { line, error });
         }
     }
     let mut route_lines = BTreeMap::new();
@@ -138,7 +125,7 @@ pub fn parse(path: &Path, text: &str) -> Result<RouteTable, FileError> {
 }
 
 /// Reads and validates a routes file.
-pub fn load(path: &Path) -> Result<RouteTable, FileError> {
+pub fn load(path: &Path) -> Result<RouteSet, FileError> {
     let text = std::fs::read_to_string(path).map_err(|source| FileError::Read { path: path.to_owned(), source })?;
     parse(path, &text)
 }
@@ -146,7 +133,7 @@ pub fn load(path: &Path) -> Result<RouteTable, FileError> {
 /// Watches a routes file and installs each valid new version.
 pub struct FileWatcher {
     path: PathBuf,
-    routes: RouteHandle,
+    composer: Arc<Composer>,
     metrics: Arc<Metrics>,
     events: tokio::sync::mpsc::UnboundedReceiver<()>,
     /// Kept alive for as long as we watch; `None` when the platform watch failed and we only poll.
@@ -180,7 +167,7 @@ fn fingerprint(text: &str) -> u64 {
 impl FileWatcher {
     /// Starts watching right away, before the caller reads the file for its first table, so no change made
     /// after that read can be missed.
-    pub fn new(path: PathBuf, routes: RouteHandle, metrics: Arc<Metrics>) -> Self {
+    pub fn new(path: PathBuf, composer: Arc<Composer>, metrics: Arc<Metrics>) -> Self {
         let (tx, events) = tokio::sync::mpsc::unbounded_channel::<()>();
         // Watch the directory, not the file: editors and config managers replace files by rename, and
         // Kubernetes swaps a symlink, which a watch on the file itself would miss.
@@ -213,7 +200,7 @@ impl FileWatcher {
             }
         };
         let stamp = stamp(&path);
-        Self { path, routes, metrics, events, _watcher: watcher, stamp }
+        Self { path, composer, metrics, events, _watcher: watcher, stamp }
     }
 
     /// Runs until `shutdown`. `applied_text` is the content already in force (loaded at start), so the first
@@ -262,9 +249,10 @@ impl FileWatcher {
         }
         *last_seen = Some(fp);
         match parse(&self.path, &text) {
-            Ok(table) => {
-                info!(routes = table.route_count(), services = table.service_count(), "routes file reloaded");
-                super::install(&self.routes, &self.metrics, table);
+            Ok(set) => {
+                let (routes, services) = (set.routes.len(), set.services.len());
+                let changed = self.composer.replace(Source::File, set);
+                info!(routes, services, changed, "routes file reloaded");
                 self.metrics.reload("file", true);
             }
             Err(e) => {
@@ -296,8 +284,8 @@ backends = ["127.0.0.1:1", "http://127.0.0.1:2"]
 "#,
         )
         .unwrap();
-        assert_eq!(t.route_count(), 2);
-        assert_eq!(t.lookup("a.example.com").unwrap().name(), "a");
+        assert_eq!(t.routes.len(), 2);
+        assert_eq!(t.to_table().find("a.example.com").unwrap().name(), "a");
     }
 
     #[test]

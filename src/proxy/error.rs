@@ -11,6 +11,8 @@ pub enum Fault {
     Downstream,
     /// A backend failed (5xx).
     Upstream,
+    /// reveille's own configuration cannot serve the request (5xx).
+    Internal,
 }
 
 /// A request that reveille answers itself instead of forwarding.
@@ -20,6 +22,8 @@ pub enum ProxyError {
     BadHost,
     #[error("no route for host {host:?}")]
     UnknownHost { host: String },
+    #[error("host {host:?} is routed to service {service:?}, which does not exist")]
+    MissingService { host: String, service: String },
     #[error("no backend of service {service:?} could be reached")]
     AllBackendsFailed { service: String },
     #[error("service {service:?} did not answer within {}", humantime::format_duration(*.timeout))]
@@ -35,12 +39,15 @@ impl ProxyError {
             Self::UnknownHost { .. } => StatusCode::NOT_FOUND,
             Self::AllBackendsFailed { .. } | Self::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::MissingService { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     pub fn fault(&self) -> Fault {
         match self {
             Self::BadHost | Self::UnknownHost { .. } => Fault::Downstream,
+            // The operator's configuration is incomplete: neither the client's fault nor a backend's.
+            Self::MissingService { .. } => Fault::Internal,
             _ => Fault::Upstream,
         }
     }

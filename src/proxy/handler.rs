@@ -17,7 +17,7 @@ use super::conn::InFlight;
 use super::headers::{add_forwarded, strip_hop_by_hop, upgrade_requested};
 use super::{ProxyError, ProxyService, Response};
 use crate::metrics::{Unrouted, UpstreamErrorKind};
-use crate::routes::{normalize_request_host, Backend, Service};
+use crate::routes::{normalize_request_host, Backend, Lookup, Service};
 
 /// Handles one request end to end. Never fails: errors become responses.
 pub(super) async fn handle(svc: &ProxyService, req: Request<Incoming>, guard: InFlight) -> Response {
@@ -35,12 +35,27 @@ pub(super) async fn handle(svc: &ProxyService, req: Request<Incoming>, guard: In
         log_access(svc, &req, raw_host.as_deref().unwrap_or("-"), err.status(), start);
         return error_response(&err, guard);
     };
-    let service = proxy.routes.load().lookup(&host).cloned();
-    let Some(service) = service else {
-        proxy.metrics.unrouted(Unrouted::UnknownHost);
-        let err = ProxyError::UnknownHost { host: host.into_owned() };
-        log_access(svc, &req, raw_host.as_deref().unwrap_or("-"), err.status(), start);
-        return error_response(&err, guard);
+    let found = match proxy.routes.load().lookup(&host) {
+        Lookup::Found(s) => Ok(s.clone()),
+        Lookup::MissingService(name) => Err(Some(name.clone())),
+        Lookup::NoRoute => Err(None),
+    };
+    let service = match found {
+        Ok(s) => s,
+        Err(missing) => {
+            let err = match missing {
+                Some(service) => {
+                    proxy.metrics.unrouted(Unrouted::MissingService);
+                    ProxyError::MissingService { host: host.into_owned(), service: service.to_string() }
+                }
+                None => {
+                    proxy.metrics.unrouted(Unrouted::UnknownHost);
+                    ProxyError::UnknownHost { host: host.into_owned() }
+                }
+            };
+            log_access(svc, &req, raw_host.as_deref().unwrap_or("-"), err.status(), start);
+            return error_response(&err, guard);
+        }
     };
     let host_for_log = if proxy.settings.access_log { host.into_owned() } else { String::new() };
     drop(raw_host);

@@ -2,7 +2,7 @@
 //!
 //! Owns the routing model shared by every route source (file now, etcd later): hostname patterns
 //! ([`HostPattern`]), backend addresses ([`Backend`]), services ([`Service`]) and the immutable
-//! [`RouteTable`] snapshot built from them. It does not know where routes come from (that is `control/`) nor
+//! [`RouteTable`] snapshot built from them, and [`RouteSet`], what one source defines. It does not know where routes come from (that is `control/`) nor
 //! how requests are forwarded (that is `proxy/`).
 //!
 //! Readers get the table through [`RouteHandle`], an `ArcSwap`: a lookup never takes a lock, and a reload
@@ -10,6 +10,8 @@
 
 mod backend;
 mod host;
+mod shard;
+mod spec;
 mod table;
 
 use std::sync::Arc;
@@ -18,7 +20,8 @@ use arc_swap::ArcSwap;
 
 pub use backend::Backend;
 pub use host::{normalize_request_host, HostPattern};
-pub use table::{RouteTable, RouteTableBuilder, Service};
+pub use spec::{RouteSpec, ServiceSpec};
+pub use table::{Lookup, RouteSet, RouteSetBuilder, RouteTable, Service};
 
 /// Errors in route definitions. Every variant names the offending item, so a log line is enough to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,7 +61,7 @@ pub fn validate_service_name(name: &str) -> Result<(), RouteError> {
 #[derive(Clone)]
 pub struct RouteHandle {
     current: Arc<ArcSwap<RouteTable>>,
-    /// Set once a route source has installed its first table: `/readyz` answers 200 from then on.
+    /// Set once every configured route source has loaded: `/readyz` answers 200 from then on.
     loaded: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -84,13 +87,17 @@ impl RouteHandle {
         self.current.load_full()
     }
 
-    /// Installs a new table atomically and marks the handle loaded.
+    /// Installs a new table atomically.
     pub fn store(&self, table: RouteTable) {
         self.current.store(Arc::new(table));
+    }
+
+    /// Marks the table complete: every configured route source has loaded once.
+    pub fn mark_ready(&self) {
         self.loaded.store(true, std::sync::atomic::Ordering::Release);
     }
 
-    /// True once a first table has been installed.
+    /// True once every configured route source has loaded once.
     pub fn is_loaded(&self) -> bool {
         self.loaded.load(std::sync::atomic::Ordering::Acquire)
     }

@@ -1,22 +1,22 @@
-//! The immutable route table snapshot and its builder.
+//! The immutable route table snapshot, the validated route sets it is made from, and the builder that checks a
+//! set.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 
+use super::shard::ShardMap;
 use super::{validate_service_name, Backend, HostPattern, RouteError};
 use crate::metrics::ServiceStats;
 
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
-/// A named set of backends. Shared (`Arc`) by every route that points to it.
+/// A named set of backends.
 #[derive(Debug)]
 pub struct Service {
     name: Arc<str>,
     backends: Box<[Backend]>,
-    /// Round-robin cursor. Lives in the snapshot, so a reload restarts the rotation; that is harmless.
+    /// Round-robin cursor. Lives with the definition, so redefining a service restarts the rotation.
     cursor: AtomicUsize,
     /// Per-service metric handles, resolved on the first request so idle services cost no series and the
     /// request path only touches atomics.
@@ -33,12 +33,13 @@ impl Service {
         &self.name
     }
 
-    pub fn name_arc(&self) -> &Arc<str> {
-        &self.name
-    }
-
     pub fn backends(&self) -> &[Backend] {
         &self.backends
+    }
+
+    /// True when both define the same thing (used to skip no-op changes).
+    pub fn same_definition(&self, other: &Service) -> bool {
+        self.name == other.name && self.backends == other.backends
     }
 
     /// The backends in the order this request should try them: round-robin start, then the others in turn, so
@@ -55,32 +56,72 @@ impl Service {
     }
 }
 
-/// One consistent view of all routes and services. Never mutated once built.
+/// What a hostname resolves to.
 #[derive(Debug)]
+pub enum Lookup<'a> {
+    Found(&'a Arc<Service>),
+    /// A route exists but names a service that is not defined (possible with etcd, where keys change one by
+    /// one): the host is known, so the answer is 503, not 404.
+    MissingService(&'a Arc<str>),
+    NoRoute,
+}
+
+/// One consistent view of all routes and services. Never mutated once published: a change clones it (cheaply,
+/// see [`ShardMap`]) and publishes the clone.
+#[derive(Debug, Clone)]
 pub struct RouteTable {
-    exact: FastMap<Box<str>, Arc<Service>>,
-    /// Keyed by the suffix after `*.`.
-    wildcard: FastMap<Box<str>, Arc<Service>>,
-    services: BTreeMap<Arc<str>, Arc<Service>>,
+    /// Host → service name.
+    exact: ShardMap<Arc<str>>,
+    /// Suffix after `*.` → service name.
+    wildcard: ShardMap<Arc<str>>,
+    services: ShardMap<Arc<Service>>,
 }
 
 impl RouteTable {
     pub fn empty() -> Self {
-        Self { exact: FastMap::default(), wildcard: FastMap::default(), services: BTreeMap::new() }
+        Self::with_expected(0, 0)
     }
 
-    pub fn builder() -> RouteTableBuilder {
-        RouteTableBuilder::default()
+    /// An empty table laid out for about this many routes and services.
+    pub fn with_expected(routes: usize, services: usize) -> Self {
+        Self {
+            exact: ShardMap::with_expected(routes),
+            wildcard: ShardMap::with_expected(routes / 4),
+            services: ShardMap::with_expected(services),
+        }
+    }
+
+    pub fn builder() -> RouteSetBuilder {
+        RouteSetBuilder::default()
     }
 
     /// Finds the service for a normalised request host (see [`super::normalize_request_host`]): the exact route
     /// if there is one, else the longest matching wildcard. `O(labels)` hash lookups, whatever the table size.
     #[inline]
-    pub fn lookup(&self, host: &str) -> Option<&Arc<Service>> {
+    pub fn lookup(&self, host: &str) -> Lookup<'_> {
+        match self.route_target(host) {
+            Some(name) => match self.services.get(name) {
+                Some(s) => Lookup::Found(s),
+                None => Lookup::MissingService(name),
+            },
+            None => Lookup::NoRoute,
+        }
+    }
+
+    /// Shorthand for tests and tools: the service a host reaches, if any.
+    pub fn find(&self, host: &str) -> Option<&Arc<Service>> {
+        match self.lookup(host) {
+            Lookup::Found(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    #[inline]
+    fn route_target(&self, host: &str) -> Option<&Arc<str>> {
         if let Some(s) = self.exact.get(host) {
             return Some(s);
         }
-        if self.wildcard.is_empty() {
+        if self.wildcard.len() == 0 {
             return None;
         }
         let mut rest = host;
@@ -91,6 +132,34 @@ impl RouteTable {
             }
         }
         None
+    }
+
+    /// Sets (`Some`) or removes (`None`) one route.
+    pub fn set_route(&mut self, pattern: &HostPattern, service: Option<Arc<str>>) {
+        let (map, key) = match pattern {
+            HostPattern::Exact(h) => (&mut self.exact, h),
+            HostPattern::Wildcard(h) => (&mut self.wildcard, h),
+        };
+        match service {
+            Some(s) => {
+                map.insert(Arc::from(key.as_str()), s);
+            }
+            None => {
+                map.remove(key);
+            }
+        }
+    }
+
+    /// Sets (`Some`) or removes (`None`) one service.
+    pub fn set_service(&mut self, name: &str, service: Option<Arc<Service>>) {
+        match service {
+            Some(s) => {
+                self.services.insert(Arc::from(name), s);
+            }
+            None => {
+                self.services.remove(name);
+            }
+        }
     }
 
     pub fn route_count(&self) -> usize {
@@ -107,12 +176,13 @@ impl RouteTable {
 
     /// All routes as `(pattern, service name)`, sorted by pattern.
     pub fn routes(&self) -> BTreeMap<String, &str> {
-        let exact = self.exact.iter().map(|(h, s)| (h.to_string(), s.name()));
-        let wild = self.wildcard.iter().map(|(h, s)| (format!("*.{h}"), s.name()));
+        let exact = self.exact.iter().map(|(h, s)| (h.to_string(), &**s));
+        let wild = self.wildcard.iter().map(|(h, s)| (format!("*.{h}"), &**s));
         exact.chain(wild).collect()
     }
 
-    /// The table as the admin API shows it.
+    /// The table as the admin API shows it. Routes whose service does not exist are also listed under
+    /// `missing_services`.
     pub fn to_json(&self) -> serde_json::Value {
         #[derive(Serialize)]
         struct ServiceView<'a> {
@@ -122,37 +192,69 @@ impl RouteTable {
         struct View<'a> {
             routes: BTreeMap<String, &'a str>,
             services: BTreeMap<&'a str, ServiceView<'a>>,
+            missing_services: BTreeMap<String, &'a str>,
         }
+        let routes = self.routes();
+        let missing_services =
+            routes.iter().filter(|(_, s)| self.services.get(s).is_none()).map(|(h, s)| (h.clone(), *s)).collect();
         let view = View {
-            routes: self.routes(),
+            routes,
             services: self
                 .services
                 .iter()
                 .map(|(n, s)| (&**n, ServiceView { backends: s.backends.iter().map(Backend::as_str).collect() }))
                 .collect(),
+            missing_services,
         };
         serde_json::to_value(view).unwrap_or_default()
     }
 }
 
-/// Collects services and routes, checking each as it comes, then produces a [`RouteTable`].
+/// A complete, validated set of routes and services from one source (the routes file, or etcd).
+#[derive(Debug, Clone, Default)]
+pub struct RouteSet {
+    pub routes: BTreeMap<HostPattern, Arc<str>>,
+    pub services: BTreeMap<Arc<str>, Arc<Service>>,
+}
+
+impl RouteSet {
+    /// A table holding exactly this set.
+    pub fn to_table(&self) -> RouteTable {
+        let mut t = RouteTable::with_expected(self.routes.len(), self.services.len());
+        for (p, s) in &self.routes {
+            t.set_route(p, Some(s.clone()));
+        }
+        for (n, s) in &self.services {
+            t.set_service(n, Some(s.clone()));
+        }
+        t
+    }
+}
+
+/// Collects services and routes, checking each as it comes, then checks the whole (every route's service is
+/// defined, no duplicates) and produces a [`RouteSet`].
 #[derive(Default)]
-pub struct RouteTableBuilder {
+pub struct RouteSetBuilder {
     services: BTreeMap<Arc<str>, Arc<Service>>,
     routes: Vec<(HostPattern, String)>,
 }
 
-impl RouteTableBuilder {
+impl RouteSetBuilder {
     /// Adds a service. Fails on a bad name, a duplicate or an empty backend list.
     pub fn service(&mut self, name: &str, backends: Vec<Backend>) -> Result<&mut Self, RouteError> {
         validate_service_name(name)?;
         if backends.is_empty() {
             return Err(RouteError::NoBackends { service: name.to_string() });
         }
-        if self.services.contains_key(name) {
-            return Err(RouteError::DuplicateService { service: name.to_string() });
+        self.insert_service(Service::new(name, backends))
+    }
+
+    /// Adds an already validated service (see [`super::ServiceSpec::to_service`]). Fails on a duplicate.
+    pub fn insert_service(&mut self, service: Service) -> Result<&mut Self, RouteError> {
+        if self.services.contains_key(service.name()) {
+            return Err(RouteError::DuplicateService { service: service.name().to_string() });
         }
-        self.services.insert(Arc::from(name), Arc::new(Service::new(name, backends)));
+        self.services.insert(Arc::from(service.name()), Arc::new(service));
         Ok(self)
     }
 
@@ -162,29 +264,32 @@ impl RouteTableBuilder {
         self
     }
 
-    /// Resolves routes to services. Returns every problem found, not just the first, so an operator fixes a
-    /// file in one pass.
-    pub fn build(self) -> Result<RouteTable, Vec<RouteError>> {
+    /// Checks the whole set. Returns every problem found, not just the first, so an operator fixes a file in
+    /// one pass.
+    pub fn build(self) -> Result<RouteSet, Vec<RouteError>> {
         let mut errors = Vec::new();
-        let mut table = RouteTable { services: self.services, ..RouteTable::empty() };
+        let mut set = RouteSet { services: self.services, routes: BTreeMap::new() };
         for (pattern, service) in self.routes {
-            let Some(svc) = table.services.get(service.as_str()) else {
+            let Some((name, _)) = set.services.get_key_value(service.as_str()) else {
                 errors.push(RouteError::UnknownService { host: pattern.to_string(), service });
                 continue;
             };
-            let (map, key) = match &pattern {
-                HostPattern::Exact(h) => (&mut table.exact, h),
-                HostPattern::Wildcard(h) => (&mut table.wildcard, h),
-            };
-            if map.insert(key.as_str().into(), svc.clone()).is_some() {
-                errors.push(RouteError::DuplicateRoute { host: pattern.to_string() });
+            let name = name.clone();
+            let host = pattern.to_string();
+            if set.routes.insert(pattern, name).is_some() {
+                errors.push(RouteError::DuplicateRoute { host });
             }
         }
         if errors.is_empty() {
-            Ok(table)
+            Ok(set)
         } else {
             Err(errors)
         }
+    }
+
+    /// [`Self::build`], then a table of the set.
+    pub fn build_table(self) -> Result<RouteTable, Vec<RouteError>> {
+        self.build().map(|s| s.to_table())
     }
 }
 
@@ -200,11 +305,11 @@ mod tests {
         for (h, s) in routes {
             b.route(HostPattern::parse(h).unwrap(), s);
         }
-        b.build().unwrap()
+        b.build_table().unwrap()
     }
 
     fn name<'t>(t: &'t RouteTable, host: &str) -> Option<&'t str> {
-        t.lookup(host).map(|s| s.name())
+        t.find(host).map(|s| s.name())
     }
 
     #[test]
@@ -220,6 +325,17 @@ mod tests {
         assert_eq!(name(&t, "example.com"), Some("d"));
         assert_eq!(name(&t, "other.com"), None);
         assert_eq!(name(&t, "xexample.com"), None);
+    }
+
+    #[test]
+    fn missing_service_is_distinguished_from_no_route() {
+        let mut t = table(&[("x.com", "a")]);
+        t.set_route(&HostPattern::parse("y.com").unwrap(), Some(Arc::from("ghost")));
+        assert!(matches!(t.lookup("y.com"), Lookup::MissingService(n) if &**n == "ghost"));
+        assert!(matches!(t.lookup("z.com"), Lookup::NoRoute));
+        t.set_service("a", None);
+        assert!(matches!(t.lookup("x.com"), Lookup::MissingService(_)));
+        assert_eq!(t.to_json()["missing_services"]["x.com"], "a");
     }
 
     #[test]
@@ -240,7 +356,7 @@ mod tests {
         let mut b = RouteTable::builder();
         let backends = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"].map(|a| Backend::parse(a).unwrap());
         b.service("a", backends.to_vec()).unwrap();
-        let t = b.build().unwrap();
+        let t = b.build_table().unwrap();
         let svc = t.service("a").unwrap();
         let firsts: Vec<_> = (0..3).map(|_| svc.rotation().next().unwrap().as_str().to_string()).collect();
         assert_eq!(firsts, ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
