@@ -9,7 +9,7 @@ use std::sync::Arc;
 type FastMap<V> = HashMap<Arc<str>, V, foldhash::fast::RandomState>;
 
 /// Seed of the shard-picking hash: fixed, so it does not depend on the process (shards are only a layout).
-const SHARD_SEED: u64 = 0x5eed_0f_7ab1e;
+const SHARD_SEED: u64 = 0x05ee_d0f7_ab1e;
 
 #[derive(Clone, Debug)]
 pub(crate) struct ShardMap<V> {
