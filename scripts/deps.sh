@@ -2,9 +2,9 @@
 # missing ones (as root, or through sudo).
 
 # Needed to build reveille.
-BUILD_PACKAGES=()
+BUILD_PACKAGES=(protobuf-compiler)
 # Needed to run the test suite (besides the build packages).
-TEST_PACKAGES=()
+TEST_PACKAGES=(etcd-server)
 # Needed to run the load benchmark.
 BENCH_PACKAGES=(wrk nginx haproxy)
 

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
+use crate::control::etcd::EtcdWatcher;
 use crate::control::{file, Composer, Source};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
@@ -76,6 +77,9 @@ pub async fn start(config: &Config, listeners: Listeners) -> Result<Running, Sta
     if config.routes.is_some() {
         sources.push(Source::File);
     }
+    if config.etcd.is_some() {
+        sources.push(Source::Etcd);
+    }
     let composer = Composer::new(routes.clone(), metrics.clone(), &sources);
 
     if let Some(path) = &config.routes {
@@ -87,6 +91,12 @@ pub async fn start(config: &Config, listeners: Listeners) -> Result<Running, Sta
         composer.replace(Source::File, set);
         metrics.reload("file", true);
         tasks.push(tokio::spawn(watcher.run(Some(text), background.clone())));
+    }
+    if let Some(etcd) = &config.etcd {
+        // Not awaited: reveille serves (the file's routes, or 404s) and reports not-ready until etcd has
+        // loaded, instead of refusing to start when etcd is briefly unreachable.
+        let watcher = EtcdWatcher::new(etcd.clone(), composer.clone(), metrics.clone());
+        tasks.push(tokio::spawn(watcher.run(background.clone())));
     }
 
     let http_addr =

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::control::etcd::EtcdConfig;
 use crate::proxy::Settings;
 
 /// A problem with the configuration; reported before anything starts.
@@ -17,7 +18,7 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path} is invalid: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("no route source: give --routes FILE or set `routes` in the [server] section of the config file")]
+    #[error("no route source: give --routes FILE and/or --etcd URL (or `routes` in [server], `endpoints` in [etcd])")]
     NoRouteSource,
 }
 
@@ -39,6 +40,8 @@ pub struct Config {
     pub admin: SocketAddr,
     /// Routes file, watched for changes.
     pub routes: Option<PathBuf>,
+    /// etcd route source, if configured.
+    pub etcd: Option<EtcdConfig>,
     /// Runtime worker threads; 0 = one per core.
     pub threads: usize,
     pub log_format: LogFormat,
@@ -56,6 +59,7 @@ impl Default for Config {
             http: ([0, 0, 0, 0], 8080).into(),
             admin: ([127, 0, 0, 1], 9090).into(),
             routes: None,
+            etcd: None,
             threads: 0,
             log_format: LogFormat::Text,
             log_level: "info".into(),
@@ -77,6 +81,23 @@ pub struct ConfigFile {
     pub limits: LimitsSection,
     #[serde(default)]
     pub upstream: UpstreamSection,
+    #[serde(default)]
+    pub etcd: EtcdSection,
+}
+
+/// `[etcd]`: the etcd route source. Relative paths are relative to the config file's directory.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdSection {
+    pub endpoints: Option<Vec<String>>,
+    pub prefix: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,18 +149,75 @@ impl ConfigFile {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         let mut file: ConfigFile =
             toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
-        if let (Some(routes), Some(dir)) = (&file.server.routes, path.parent()) {
-            if routes.is_relative() {
-                file.server.routes = Some(dir.join(routes));
+        if let Some(dir) = path.parent() {
+            let e = &mut file.etcd;
+            for p in [&mut file.server.routes, &mut e.ca, &mut e.cert, &mut e.key].into_iter().flatten() {
+                if p.is_relative() {
+                    *p = dir.join(&*p);
+                }
             }
         }
         Ok(file)
     }
 }
 
+/// How to reach etcd, on the command line (`serve` and the operator commands share these).
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct EtcdFlags {
+    /// etcd endpoints, comma-separated (e.g. http://127.0.0.1:2379)
+    #[arg(long = "etcd", global = true, value_name = "URL[,URL...]", value_delimiter = ',', env = "REVEILLE_ETCD")]
+    pub endpoints: Option<Vec<String>>,
+    /// Key prefix of reveille's keys in etcd [default: /reveille/]
+    #[arg(long = "etcd-prefix", global = true, value_name = "PREFIX")]
+    pub prefix: Option<String>,
+    /// etcd user (with --etcd-password)
+    #[arg(long = "etcd-user", global = true, value_name = "USER")]
+    pub user: Option<String>,
+    /// etcd password
+    #[arg(
+        long = "etcd-password",
+        global = true,
+        value_name = "PASSWORD",
+        env = "REVEILLE_ETCD_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+    /// CA certificate (PEM) for TLS to etcd
+    #[arg(long = "etcd-ca", global = true, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS to etcd
+    #[arg(long = "etcd-cert", global = true, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS to etcd
+    #[arg(long = "etcd-key", global = true, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+}
+
+impl EtcdFlags {
+    /// Combines flags (winning) with a config file's `[etcd]`; `None` when no endpoint is given anywhere.
+    pub fn resolve(&self, file: &EtcdSection) -> Option<EtcdConfig> {
+        let endpoints = self.endpoints.clone().or(file.endpoints.clone())?;
+        let mut c = EtcdConfig::new(endpoints);
+        if let Some(p) = self.prefix.clone().or(file.prefix.clone()) {
+            c.prefix = crate::control::etcd::Keys::new(&p).prefix().to_string();
+        }
+        c.user = self.user.clone().or(file.user.clone());
+        c.password = self.password.clone().or(file.password.clone());
+        c.ca = self.ca.clone().or(file.ca.clone());
+        c.cert = self.cert.clone().or(file.cert.clone());
+        c.key = self.key.clone().or(file.key.clone());
+        if let Some(t) = file.timeout {
+            c.timeout = t;
+        }
+        Some(c)
+    }
+}
+
 /// Command-line overrides; `None` keeps the file's value (or the default).
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct Overrides {
+    #[command(flatten)]
+    pub etcd: EtcdFlags,
     /// Address of the plain-HTTP proxy listener [default: 0.0.0.0:8080]
     #[arg(long, value_name = "ADDR")]
     pub http: Option<SocketAddr>,
@@ -203,6 +281,7 @@ impl Config {
             http: flags.http.or(file.server.http).unwrap_or(d.http),
             admin: flags.admin.or(file.server.admin).unwrap_or(d.admin),
             routes: flags.routes.clone().or(file.server.routes),
+            etcd: flags.etcd.resolve(&file.etcd),
             threads: flags.threads.or(file.server.threads).unwrap_or(d.threads),
             log_format: flags.log_format.or(file.log.format).unwrap_or(d.log_format),
             log_level: flags.log_level.clone().or(file.log.level).unwrap_or(d.log_level),
@@ -231,7 +310,7 @@ impl Config {
                 access_log: flags.access_log.or(file.log.access_log).unwrap_or(s.access_log),
             },
         };
-        if cfg.routes.is_none() {
+        if cfg.routes.is_none() && cfg.etcd.is_none() {
             return Err(ConfigError::NoRouteSource);
         }
         Ok(cfg)

@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use reveille::app::{self, Listeners};
-use reveille::config::{Config, ConfigFile, Overrides};
+use reveille::config::{Config, ConfigFile, EtcdFlags, Overrides};
+use reveille::control::etcd::EtcdConfig;
 use reveille::control::file;
+use reveille::control::ops::Ops;
 
 #[derive(Parser)]
 #[command(name = "reveille", version, about = "Edge reverse proxy for multi-tenant container platforms")]
@@ -25,6 +27,26 @@ enum Command {
         #[command(flatten)]
         flags: Box<Overrides>,
     },
+    /// Manage routes in etcd (hostname -> service).
+    Route {
+        #[command(subcommand)]
+        command: RouteCommand,
+        #[command(flatten)]
+        etcd: EtcdFlags,
+        /// Config file whose [etcd] section to use (flags override it).
+        #[arg(long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+    },
+    /// Manage services in etcd (name -> backends).
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+        #[command(flatten)]
+        etcd: EtcdFlags,
+        /// Config file whose [etcd] section to use (flags override it).
+        #[arg(long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+    },
     /// Validate a config file and/or a routes file, print what is wrong, exit 0 (valid) or 1.
     Check {
         /// Config file to check (and the routes file it names).
@@ -36,11 +58,48 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum RouteCommand {
+    /// Point HOST (e.g. acme.example.com or *.acme.example.com) at SERVICE.
+    Set {
+        host: String,
+        service: String,
+        /// Write even if SERVICE is not defined (the route answers 503 until it is).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove the route for HOST.
+    Rm { host: String },
+    /// List routes.
+    Ls,
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Define service NAME with its backends (host:port or http://host:port).
+    Set {
+        name: String,
+        #[arg(long = "backend", value_name = "ADDR", required = true)]
+        backends: Vec<String>,
+    },
+    /// Remove service NAME.
+    Rm {
+        name: String,
+        /// Remove even if routes point to it (they answer 503 until it is defined again).
+        #[arg(long)]
+        force: bool,
+    },
+    /// List services.
+    Ls,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, flags } => serve(config, flags),
         Command::Check { config, routes } => check(config, routes),
+        Command::Route { command, etcd, config } => operate(config, etcd, Op::Route(command)),
+        Command::Service { command, etcd, config } => operate(config, etcd, Op::Service(command)),
     }
 }
 
@@ -102,6 +161,45 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+enum Op {
+    Route(RouteCommand),
+    Service(ServiceCommand),
+}
+
+/// Runs one operator command against etcd; prints what it did, or why not (exit 1).
+fn operate(config_path: Option<PathBuf>, flags: EtcdFlags, op: Op) -> ExitCode {
+    let section = match config_path.as_deref().map(ConfigFile::load).transpose() {
+        Ok(file) => file.map(|f| f.etcd).unwrap_or_default(),
+        Err(e) => {
+            eprintln!("reveille: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let etcd = flags.resolve(&section).unwrap_or_else(|| EtcdConfig::new(vec!["http://127.0.0.1:2379".into()]));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let result = runtime.block_on(async {
+        let mut ops = Ops::connect(&etcd).await?;
+        match op {
+            Op::Route(RouteCommand::Set { host, service, force }) => ops.route_set(&host, &service, force).await,
+            Op::Route(RouteCommand::Rm { host }) => ops.route_rm(&host).await,
+            Op::Route(RouteCommand::Ls) => ops.route_ls().await,
+            Op::Service(ServiceCommand::Set { name, backends }) => ops.service_set(&name, &backends).await,
+            Op::Service(ServiceCommand::Rm { name, force }) => ops.service_rm(&name, force).await,
+            Op::Service(ServiceCommand::Ls) => ops.service_ls().await,
+        }
+    });
+    match result {
+        Ok(out) => {
+            println!("{}", out.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("reveille: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -96,6 +96,11 @@ pub struct Metrics {
     routes: Gauge,
     services: Gauge,
     reloads: Family<ReloadLabels, Counter>,
+    etcd_connected: Gauge,
+    etcd_revision: Gauge,
+    etcd_events: Counter,
+    etcd_rejected: Counter,
+    etcd_resyncs: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -157,6 +162,25 @@ impl Metrics {
         let reloads = Family::<ReloadLabels, Counter>::default();
         registry.register("route_reloads", "Route table loads, by source and result", reloads.clone());
 
+        let etcd_connected = Gauge::default();
+        registry.register("etcd_connected", "1 while the etcd watch is established, else 0", etcd_connected.clone());
+        let etcd_revision = Gauge::default();
+        registry.register("etcd_revision", "Last etcd revision applied", etcd_revision.clone());
+        let etcd_events = Counter::default();
+        registry.register(
+            "etcd_events_applied",
+            "Route and service changes applied from etcd watch events",
+            etcd_events.clone(),
+        );
+        let etcd_rejected = Counter::default();
+        registry.register(
+            "etcd_rejected_values",
+            "etcd values rejected (bad JSON, bad hostname, bad backend...)",
+            etcd_rejected.clone(),
+        );
+        let etcd_resyncs = Counter::default();
+        registry.register("etcd_resyncs", "Full re-lists of etcd after a broken watch", etcd_resyncs.clone());
+
         Self {
             registry,
             requests,
@@ -169,6 +193,11 @@ impl Metrics {
             routes,
             services,
             reloads,
+            etcd_connected,
+            etcd_revision,
+            etcd_events,
+            etcd_rejected,
+            etcd_resyncs,
         }
     }
 
@@ -216,6 +245,26 @@ impl Metrics {
 
     pub fn reload(&self, source: &'static str, ok: bool) {
         self.reloads.get_or_create(&ReloadLabels { source, result: if ok { "ok" } else { "failed" } }).inc();
+    }
+
+    pub fn etcd_connected(&self, up: bool) {
+        self.etcd_connected.set(up as i64);
+    }
+
+    pub fn etcd_revision(&self, revision: i64) {
+        self.etcd_revision.set(revision);
+    }
+
+    pub fn etcd_events(&self, n: u64) {
+        self.etcd_events.inc_by(n);
+    }
+
+    pub fn etcd_rejected(&self) {
+        self.etcd_rejected.inc();
+    }
+
+    pub fn etcd_resync(&self) {
+        self.etcd_resyncs.inc();
     }
 
     /// The Prometheus text exposition of every metric.

@@ -6,6 +6,8 @@
 //! requests are routed (that is `routes/`) or proxied (`proxy/`).
 
 pub mod compose;
+pub mod etcd;
 pub mod file;
+pub mod ops;
 
 pub use compose::{Change, Composer, Source};

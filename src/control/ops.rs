@@ -1,0 +1,159 @@
+//! Operator commands against etcd (`reveille route ...`, `reveille service ...`): each validates before it
+//! writes, writes one JSON value per key, and says what it did.
+//!
+//! Existing values are merged, not overwritten: fields this version does not know (written by a newer
+//! reveille or by hand) survive a `set`.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, DeleteOptions, Txn, TxnOp};
+use serde_json::{Map, Value};
+
+use super::etcd::{connect, list, within, EtcdConfig, EtcdError, Keys};
+use crate::routes::{validate_service_name, HostPattern, RouteError, ServiceSpec};
+
+/// Why an operator command did nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    #[error(transparent)]
+    Invalid(#[from] RouteError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    NotFound(String),
+}
+
+impl From<etcd_client::Error> for OpsError {
+    fn from(e: etcd_client::Error) -> Self {
+        OpsError::Etcd(EtcdError::Request(e))
+    }
+}
+
+/// A connection to etcd for operator commands.
+pub struct Ops {
+    client: Client,
+    keys: Keys,
+    timeout: Duration,
+}
+
+impl Ops {
+    pub async fn connect(config: &EtcdConfig) -> Result<Self, OpsError> {
+        let client = connect(config).await?;
+        Ok(Self { client, keys: config.keys(), timeout: config.timeout })
+    }
+
+    /// The value at `key` as a JSON object (empty if absent or not an object).
+    async fn object(&mut self, key: &str) -> Result<Option<Map<String, Value>>, OpsError> {
+        let resp = within(self.timeout, self.client.get(key, None)).await?;
+        Ok(resp.kvs().first().map(|kv| match serde_json::from_slice::<Value>(kv.value()) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
+        }))
+    }
+
+    /// `route set HOST SERVICE`: refuses a service that does not exist unless `force`. The check and the write
+    /// are one transaction, so the service cannot disappear in between.
+    pub async fn route_set(&mut self, host: &str, service: &str, force: bool) -> Result<String, OpsError> {
+        let pattern = HostPattern::parse(host)?;
+        validate_service_name(service)?;
+        let key = self.keys.route(&pattern.to_string());
+        let previous = self.object(&key).await?;
+        let old_service = previous.as_ref().and_then(|m| m.get("service")).and_then(Value::as_str).map(str::to_string);
+        let mut value = previous.unwrap_or_default();
+        value.insert("service".into(), Value::String(service.into()));
+        let put = TxnOp::put(key.clone(), Value::Object(value).to_string(), None);
+        if force {
+            within(self.timeout, self.client.txn(Txn::new().and_then(vec![put]))).await?;
+        } else {
+            let exists = Compare::version(self.keys.service(service), CompareOp::Greater, 0);
+            let resp = within(self.timeout, self.client.txn(Txn::new().when(vec![exists]).and_then(vec![put]))).await?;
+            if !resp.succeeded() {
+                return Err(OpsError::Refused(format!(
+                    "service {service:?} does not exist: define it first with `reveille service set {service} --backend ADDR`, or use --force"
+                )));
+            }
+        }
+        Ok(match old_service {
+            Some(old) if old == service => format!("route {pattern} -> {service} (unchanged)"),
+            Some(old) => format!("route {pattern} -> {service} (was {old})"),
+            None => format!("route {pattern} -> {service} (new)"),
+        })
+    }
+
+    pub async fn route_rm(&mut self, host: &str) -> Result<String, OpsError> {
+        let pattern = HostPattern::parse(host)?;
+        let resp = within(self.timeout, self.client.delete(self.keys.route(&pattern.to_string()), None)).await?;
+        if resp.deleted() == 0 {
+            return Err(OpsError::NotFound(format!("no route for {pattern}")));
+        }
+        Ok(format!("route {pattern} removed"))
+    }
+
+    pub async fn route_ls(&mut self) -> Result<String, OpsError> {
+        let (routes, services) = list(&mut self.client, &self.keys, self.timeout).await?;
+        let width = routes.keys().map(String::len).max().unwrap_or(4).max(4);
+        let mut out = format!("{:width$}  SERVICE\n", "HOST");
+        for (host, value) in &routes {
+            let service = value.get("service").and_then(Value::as_str).unwrap_or("?");
+            let note = if services.contains_key(service) { "" } else { "  (service not defined: answers 503)" };
+            let _ = writeln!(out, "{host:width$}  {service}{note}");
+        }
+        Ok(out)
+    }
+
+    /// `service set NAME --backend ADDR...`: validated like the routes file; other fields of an existing value
+    /// are kept.
+    pub async fn service_set(&mut self, name: &str, backends: &[String]) -> Result<String, OpsError> {
+        let spec = ServiceSpec { backends: backends.to_vec(), unknown: Default::default() };
+        spec.to_service(name).map_err(|(_, e)| e)?;
+        let key = self.keys.service(name);
+        let previous = self.object(&key).await?;
+        let existed = previous.is_some();
+        let mut value = previous.unwrap_or_default();
+        value.insert("backends".into(), Value::Array(backends.iter().map(|b| Value::String(b.clone())).collect()));
+        within(self.timeout, self.client.put(key, Value::Object(value).to_string(), None)).await?;
+        Ok(format!("service {name}: {} ({})", backends.join(", "), if existed { "updated" } else { "new" }))
+    }
+
+    /// `service rm NAME`: refused while routes point to it, unless `force` (those routes then answer 503).
+    pub async fn service_rm(&mut self, name: &str, force: bool) -> Result<String, OpsError> {
+        validate_service_name(name)?;
+        let (routes, _) = list(&mut self.client, &self.keys, self.timeout).await?;
+        let users: Vec<&str> = routes
+            .iter()
+            .filter(|(_, v)| v.get("service").and_then(Value::as_str) == Some(name))
+            .map(|(h, _)| h.as_str())
+            .collect();
+        if !users.is_empty() && !force {
+            return Err(OpsError::Refused(format!(
+                "service {name:?} is used by {} route(s): {}; remove them first, or use --force (they will answer 503)",
+                users.len(),
+                users.join(", ")
+            )));
+        }
+        let resp = within(self.timeout, self.client.delete(self.keys.service(name), None::<DeleteOptions>)).await?;
+        if resp.deleted() == 0 {
+            return Err(OpsError::NotFound(format!("no service {name:?}")));
+        }
+        Ok(format!("service {name} removed"))
+    }
+
+    pub async fn service_ls(&mut self) -> Result<String, OpsError> {
+        let (routes, services) = list(&mut self.client, &self.keys, self.timeout).await?;
+        let width = services.keys().map(String::len).max().unwrap_or(7).max(7);
+        let mut out = format!("{:width$}  ROUTES  BACKENDS\n", "SERVICE");
+        for (name, value) in &services {
+            let backends: Vec<&str> = value
+                .get("backends")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let n = routes.values().filter(|v| v.get("service").and_then(Value::as_str) == Some(name)).count();
+            let _ = writeln!(out, "{name:width$}  {n:>6}  {}", backends.join(", "));
+        }
+        Ok(out)
+    }
+}
