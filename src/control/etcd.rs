@@ -72,19 +72,25 @@ pub const DEFAULT_PREFIX: &str = "/reveille/";
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
     #[error("cannot reach etcd at {endpoints}: {source}")]
-    Connect { endpoints: String, source: etcd_client::Error },
+    Connect { endpoints: String, source: Box<etcd_client::Error> },
     #[error("etcd at {endpoints} did not answer within {}", humantime::format_duration(*.timeout))]
     Unreachable { endpoints: String, timeout: Duration },
     #[error("etcd did not answer within {}", humantime::format_duration(*.0))]
     Timeout(Duration),
     #[error("etcd request failed: {0}")]
-    Request(#[from] etcd_client::Error),
+    Request(Box<etcd_client::Error>),
     #[error("cannot read {path}: {source}")]
     ReadFile { path: PathBuf, source: std::io::Error },
     #[error("invalid etcd settings: {0}")]
     Config(String),
     #[error("etcd watch ended: {0}")]
     WatchEnded(String),
+}
+
+impl From<etcd_client::Error> for EtcdError {
+    fn from(e: etcd_client::Error) -> Self {
+        EtcdError::Request(Box::new(e))
+    }
 }
 
 /// Connects (and authenticates) to etcd, within `config.timeout`.
@@ -120,14 +126,14 @@ pub async fn connect(config: &EtcdConfig) -> Result<Client, EtcdError> {
     let connecting = Client::connect(&config.endpoints, Some(options));
     let mut client = match tokio::time::timeout(config.timeout, connecting).await {
         Ok(Ok(c)) => c,
-        Ok(Err(source)) => return Err(EtcdError::Connect { endpoints, source }),
+        Ok(Err(source)) => return Err(EtcdError::Connect { endpoints, source: Box::new(source) }),
         Err(_) => return Err(EtcdError::Unreachable { endpoints, timeout: config.timeout }),
     };
     // The channel connects lazily: make one cheap request so "unreachable" is reported as such, here.
     let probe = client.get(config.prefix.as_str(), Some(GetOptions::new().with_prefix().with_count_only()));
     match tokio::time::timeout(config.timeout, probe).await {
         Ok(Ok(_)) => Ok(client),
-        Ok(Err(source)) => Err(EtcdError::Connect { endpoints, source }),
+        Ok(Err(source)) => Err(EtcdError::Connect { endpoints, source: Box::new(source) }),
         Err(_) => Err(EtcdError::Unreachable { endpoints, timeout: config.timeout }),
     }
 }

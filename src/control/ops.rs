@@ -28,7 +28,7 @@ pub enum OpsError {
 
 impl From<etcd_client::Error> for OpsError {
     fn from(e: etcd_client::Error) -> Self {
-        OpsError::Etcd(EtcdError::Request(e))
+        OpsError::Etcd(EtcdError::from(e))
     }
 }
 
