@@ -3,6 +3,8 @@
 //! they are handed over, and waits poll a condition with a deadline.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod etcd;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -143,6 +145,26 @@ impl TestProxy {
             proxy: settings,
             ..Config::default()
         };
+        Self::start_config(config, dir, routes_path).await
+    }
+
+    /// A reveille with etcd as its (only) route source. Returns once started, not once etcd has loaded.
+    pub async fn start_etcd(endpoint: &str) -> TestProxy {
+        let dir = tempfile::tempdir().unwrap();
+        let mut etcd = reveille::control::etcd::EtcdConfig::new(vec![endpoint.to_string()]);
+        etcd.timeout = Duration::from_secs(2);
+        let config = Config {
+            http: "127.0.0.1:0".parse().unwrap(),
+            admin: "127.0.0.1:0".parse().unwrap(),
+            etcd: Some(etcd),
+            proxy: Settings { access_log: false, ..Settings::default() },
+            ..Config::default()
+        };
+        let routes_path = dir.path().join("unused.toml");
+        Self::start_config(config, dir, routes_path).await
+    }
+
+    async fn start_config(config: Config, dir: tempfile::TempDir, routes_path: PathBuf) -> TestProxy {
         let listeners = Listeners::bind(&config).await.unwrap();
         let running = app::start(&config, listeners).await.unwrap();
         TestProxy { http: running.http_addr, admin: running.admin_addr, routes_path, running: Some(running), _dir: dir }
