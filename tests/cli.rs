@@ -1,0 +1,112 @@
+//! The operator CLI against a real etcd: `reveille route|service set|rm|ls`.
+
+mod support;
+
+use std::process::Command;
+
+use support::etcd::Etcd;
+
+const BIN: &str = env!("CARGO_BIN_EXE_reveille");
+
+fn reveille(etcd: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).args(["--etcd", etcd]).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn value(etcd: &Etcd, key: &str) -> Option<serde_json::Value> {
+    let resp = etcd.client().await.get(key, None).await.unwrap();
+    resp.kvs().first().map(|kv| serde_json::from_slice(kv.value()).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_and_service_commands() {
+    let etcd = Etcd::start().await;
+    let url = etcd.url.as_str();
+
+    // A route to a service that does not exist is refused, unless forced.
+    let (code, _, err) = reveille(url, &["route", "set", "acme.example.com", "acme"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("service \"acme\" does not exist"), "{err}");
+    assert_eq!(value(&etcd, "/reveille/routes/acme.example.com").await, None);
+
+    // Bad input never reaches etcd.
+    let (code, _, err) = reveille(url, &["service", "set", "acme", "--backend", "10.0.0.5"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("missing port"), "{err}");
+    let (code, _, err) = reveille(url, &["route", "set", "bad host", "acme"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid hostname"), "{err}");
+    assert_eq!(value(&etcd, "/reveille/services/acme").await, None);
+
+    let (code, out, err) =
+        reveille(url, &["service", "set", "acme", "--backend", "10.0.0.5:8080", "--backend", "http://10.0.0.6:8080"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("service acme: 10.0.0.5:8080, http://10.0.0.6:8080 (new)"), "{out}");
+    assert_eq!(
+        value(&etcd, "/reveille/services/acme").await.unwrap(),
+        serde_json::json!({"backends": ["10.0.0.5:8080", "http://10.0.0.6:8080"]})
+    );
+
+    let (code, out, _) = reveille(url, &["route", "set", "Acme.Example.com", "acme"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("route acme.example.com -> acme (new)"), "{out}");
+    assert_eq!(
+        value(&etcd, "/reveille/routes/acme.example.com").await.unwrap(),
+        serde_json::json!({"service": "acme"})
+    );
+    let (code, _, _) = reveille(url, &["route", "set", "*.acme.example.com", "acme"]);
+    assert_eq!(code, 0);
+    let (code, out, _) = reveille(url, &["route", "set", "ghost.example.com", "ghost", "--force"]);
+    assert_eq!(code, 0, "{out}");
+
+    let (code, out, _) = reveille(url, &["route", "ls"]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert!(lines[1].starts_with("*.acme.example.com") && lines[1].ends_with("acme"), "{out}");
+    assert!(lines[3].starts_with("ghost.example.com") && lines[3].contains("not defined"), "{out}");
+    let (_, out, _) = reveille(url, &["service", "ls"]);
+    assert!(out.lines().any(|l| l.starts_with("acme") && l.contains(" 2 ") && l.contains("10.0.0.5:8080")), "{out}");
+
+    // Fields another tool wrote survive a `set`.
+    etcd.put("/reveille/services/acme", r#"{"backends": ["10.0.0.5:8080"], "container": "acme-app"}"#).await;
+    let (code, out, _) = reveille(url, &["service", "set", "acme", "--backend", "10.0.0.7:8080"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("(updated)"), "{out}");
+    assert_eq!(
+        value(&etcd, "/reveille/services/acme").await.unwrap(),
+        serde_json::json!({"backends": ["10.0.0.7:8080"], "container": "acme-app"})
+    );
+
+    // A service in use is not removed without --force.
+    let (code, _, err) = reveille(url, &["service", "rm", "acme"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("used by 2 route(s)"), "{err}");
+    assert!(value(&etcd, "/reveille/services/acme").await.is_some());
+
+    let (code, out, _) = reveille(url, &["route", "rm", "acme.example.com"]);
+    assert_eq!((code, out.trim()), (0, "route acme.example.com removed"));
+    let (code, _, err) = reveille(url, &["route", "rm", "acme.example.com"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no route for acme.example.com"), "{err}");
+    let (code, _, _) = reveille(url, &["service", "rm", "acme", "--force"]);
+    assert_eq!(code, 0);
+    assert_eq!(value(&etcd, "/reveille/services/acme").await, None);
+
+    // A custom prefix keeps things apart.
+    let (code, _, _) = reveille(url, &["service", "set", "x", "--backend", "127.0.0.1:1", "--etcd-prefix", "/other"]);
+    assert_eq!(code, 0);
+    assert!(value(&etcd, "/other/services/x").await.is_some());
+}
+
+#[test]
+fn unreachable_etcd_is_a_clear_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (code, _, err) = reveille(&format!("http://127.0.0.1:{port}"), &["route", "ls"]);
+    assert_eq!(code, 1);
+    assert!(err.contains(&format!("cannot reach etcd at http://127.0.0.1:{port}")), "{err}");
+}
