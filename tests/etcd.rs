@@ -330,3 +330,63 @@ async fn file_and_etcd_together_etcd_wins() {
     .await;
     running.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_to_etcd() {
+    let etcd = Etcd::start_with(true, &[]).await;
+    let a = Backend::echo("a").await;
+    etcd.put("/reveille/services/a", &service_json(&[a.addr])).await;
+    etcd.put("/reveille/routes/tls.test", &route_json("a")).await;
+    let files = etcd.tls.as_ref().unwrap();
+    let mut cfg = reveille::control::etcd::EtcdConfig::new(vec![etcd.url.clone()]);
+    cfg.ca = Some(files.ca.clone());
+    cfg.cert = Some(files.client_cert.clone());
+    cfg.key = Some(files.client_key.clone());
+    cfg.timeout = Duration::from_secs(2);
+    let proxy = TestProxy::start_etcd_config(cfg.clone()).await;
+    ready(&proxy).await;
+    served_by(&proxy, "tls.test", "a").await;
+    etcd.put("/reveille/routes/later.test", &route_json("a")).await;
+    served_by(&proxy, "later.test", "a").await;
+
+    // Without the client certificate, etcd refuses: a clear error, not a hang.
+    cfg.cert = None;
+    cfg.key = None;
+    let err =
+        reveille::control::etcd::connect(&cfg).await.err().expect("etcd must refuse a client without a certificate");
+    assert!(err.to_string().contains(&etcd.url), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_and_an_expired_token() {
+    // Tokens live one second: by the time the link is cut and restored, reveille's token has long expired.
+    let mut etcd = Etcd::start_with(false, &["--auth-token-ttl", "1"]).await;
+    let a = Backend::echo("a").await;
+    etcd.put("/reveille/services/a", &service_json(&[a.addr])).await;
+    etcd.put("/reveille/routes/auth.test", &route_json("a")).await;
+    etcd.enable_auth("s3cret").await;
+
+    let mut link = Forwarder::start(format!("127.0.0.1:{}", etcd.port()).parse().unwrap()).await;
+    let mut cfg = reveille::control::etcd::EtcdConfig::new(vec![format!("http://{}", link.addr)]);
+    cfg.user = Some("root".into());
+    cfg.password = Some("s3cret".into());
+    cfg.timeout = Duration::from_secs(2);
+    let proxy = TestProxy::start_etcd_config(cfg.clone()).await;
+    ready(&proxy).await;
+    served_by(&proxy, "auth.test", "a").await;
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    link.cut();
+    eventually(Duration::from_secs(10), "disconnect noticed", || async {
+        proxy.metric("reveille_etcd_connected").await == 0.0
+    })
+    .await;
+    etcd.put("/reveille/routes/auth2.test", &route_json("a")).await;
+    link.restore().await;
+    served_by(&proxy, "auth2.test", "a").await;
+
+    // A wrong password is reported as such.
+    cfg.password = Some("wrong".into());
+    let err = reveille::control::etcd::connect(&cfg).await.err().expect("wrong password must fail");
+    assert!(err.to_string().to_lowercase().contains("authentication failed"), "{err}");
+}

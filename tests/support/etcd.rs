@@ -17,6 +17,17 @@ pub struct Etcd {
     peer_port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    extra: Vec<String>,
+    /// With TLS: where the CA, and the client certificate and key for mutual TLS, are.
+    pub tls: Option<TlsFiles>,
+    /// With auth enabled: root's password, needed by the test's own client.
+    auth: Option<String>,
+}
+
+pub struct TlsFiles {
+    pub ca: std::path::PathBuf,
+    pub client_cert: std::path::PathBuf,
+    pub client_key: std::path::PathBuf,
 }
 
 fn free_port() -> u16 {
@@ -25,20 +36,71 @@ fn free_port() -> u16 {
 
 impl Etcd {
     pub async fn start() -> Etcd {
+        Self::start_with(false, &[]).await
+    }
+
+    /// `tls`: serve HTTPS with a fresh CA and require client certificates. `extra`: more etcd flags.
+    pub async fn start_with(tls: bool, extra: &[&str]) -> Etcd {
         assert!(
             std::path::Path::new(ETCD).exists(),
             "{ETCD} not found: install Debian's etcd-server (scripts/test does)"
         );
         let (client_port, peer_port) = (free_port(), free_port());
+        let dir = tempfile::tempdir().unwrap();
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let tls = tls.then(|| {
+            let files = make_certs(dir.path());
+            extra.extend([
+                "--cert-file".into(),
+                dir.path().join("server.pem").display().to_string(),
+                "--key-file".into(),
+                dir.path().join("server-key.pem").display().to_string(),
+                "--trusted-ca-file".into(),
+                files.ca.display().to_string(),
+                "--client-cert-auth".into(),
+            ]);
+            files
+        });
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let mut etcd = Etcd {
-            url: format!("http://127.0.0.1:{client_port}"),
+            url: format!("{scheme}://127.0.0.1:{client_port}"),
             client_port,
             peer_port,
-            dir: tempfile::tempdir().unwrap(),
+            dir,
             child: None,
+            extra,
+            tls,
+            auth: None,
         };
         etcd.spawn().await;
         etcd
+    }
+
+    fn options(&self) -> Option<etcd_client::ConnectOptions> {
+        let mut o = etcd_client::ConnectOptions::new();
+        if let Some(t) = &self.tls {
+            let tls = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(std::fs::read(&t.ca).unwrap()))
+                .identity(etcd_client::Identity::from_pem(
+                    std::fs::read(&t.client_cert).unwrap(),
+                    std::fs::read(&t.client_key).unwrap(),
+                ));
+            o = o.with_tls(tls);
+        }
+        if let Some(p) = &self.auth {
+            o = o.with_user("root", p.clone());
+        }
+        Some(o)
+    }
+
+    /// Creates `root` (with `password`) and turns authentication on.
+    pub async fn enable_auth(&mut self, password: &str) {
+        let mut c = self.client().await;
+        c.role_add("root").await.unwrap();
+        c.user_add("root", password, None).await.unwrap();
+        c.user_grant_role("root", "root").await.unwrap();
+        c.auth_enable().await.unwrap();
+        self.auth = Some(password.to_string());
     }
 
     async fn spawn(&mut self) {
@@ -50,6 +112,7 @@ impl Etcd {
             .args(["--listen-client-urls", &self.url, "--advertise-client-urls", &self.url])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("t={peer}")])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -58,7 +121,7 @@ impl Etcd {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Ok(mut c)) =
-                tokio::time::timeout(Duration::from_secs(1), Client::connect([&self.url], None)).await
+                tokio::time::timeout(Duration::from_secs(1), Client::connect([&self.url], self.options())).await
             {
                 if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), c.get("probe", None)).await {
                     return;
@@ -85,7 +148,7 @@ impl Etcd {
     }
 
     pub async fn client(&self) -> Client {
-        Client::connect([&self.url], None).await.unwrap()
+        Client::connect([&self.url], self.options()).await.unwrap()
     }
 
     pub fn port(&self) -> u16 {
@@ -157,4 +220,43 @@ async fn forward(listener: TcpListener, target: SocketAddr, link: CancellationTo
             }
         });
     }
+}
+
+/// A CA, a server certificate for 127.0.0.1/localhost and a client certificate, as PEM files in `dir`.
+fn make_certs(dir: &std::path::Path) -> TlsFiles {
+    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "reveille test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf = |names: Vec<rcgen::SanType>, usages: Vec<ExtendedKeyUsagePurpose>, stem: &str| {
+        let mut p = CertificateParams::default();
+        p.subject_alt_names = names;
+        p.distinguished_name.push(rcgen::DnType::CommonName, stem);
+        p.extended_key_usages = usages;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        p.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
+        std::fs::write(dir.join(format!("{stem}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{stem}-key.pem")), key.serialize_pem()).unwrap();
+    };
+    // etcd also uses its server certificate as a client (its gRPC gateway dials itself): both usages.
+    leaf(
+        vec![
+            rcgen::SanType::IpAddress([127, 0, 0, 1].into()),
+            rcgen::SanType::DnsName("localhost".try_into().unwrap()),
+        ],
+        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+        "server",
+    );
+    leaf(
+        vec![rcgen::SanType::DnsName("reveille".try_into().unwrap())],
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
+        "client",
+    );
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    TlsFiles { ca: dir.join("ca.pem"), client_cert: dir.join("client.pem"), client_key: dir.join("client-key.pem") }
 }
