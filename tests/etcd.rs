@@ -390,3 +390,34 @@ async fn auth_and_an_expired_token() {
     let err = reveille::control::etcd::connect(&cfg).await.err().expect("wrong password must fail");
     assert!(err.to_string().to_lowercase().contains("authentication failed"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_table_is_listed_in_pages_at_one_revision() {
+    let etcd = Etcd::start().await;
+    let a = Backend::echo("a").await;
+    etcd.put("/reveille/services/a", &service_json(&[a.addr])).await;
+    let mut client = etcd.client().await;
+    let n = 12_000; // more than two pages
+    for chunk in (0..n).collect::<Vec<_>>().chunks(128) {
+        let ops: Vec<TxnOp> = chunk
+            .iter()
+            .map(|i| TxnOp::put(format!("/reveille/routes/t{i}.bulk.test"), route_json("a"), None))
+            .collect();
+        client.txn(Txn::new().and_then(ops)).await.unwrap();
+    }
+    let proxy = TestProxy::start_etcd(&etcd.url).await;
+    ready(&proxy).await;
+    assert_eq!(proxy.metric("reveille_routes").await, n as f64);
+    for i in [0, 4_999, 5_000, 5_001, 11_999] {
+        assert_eq!(get(proxy.http, &format!("t{i}.bulk.test"), "/").await.backend(), "a", "route {i}");
+    }
+    let (code, out) = {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_reveille"))
+            .args(["route", "ls", "--etcd", &etcd.url])
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    assert_eq!(code, Some(0));
+    assert_eq!(out.lines().count(), n + 1, "header plus every route");
+}

@@ -149,6 +149,45 @@ pub async fn within<T>(
     }
 }
 
+/// Keys per page when listing: a large table is read in pages at one revision, so no response approaches gRPC's
+/// message size limit.
+const PAGE: i64 = 5_000;
+/// Largest gRPC message accepted from etcd (a page of listing, or one watch response).
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// Lists `[start, end)` at one revision, page by page. Returns the revision and every key/value.
+pub async fn list_range(
+    client: &Client,
+    start: &str,
+    end: &str,
+    timeout: Duration,
+) -> Result<(i64, Vec<KeyValue>), EtcdError> {
+    let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
+    let mut from = start.as_bytes().to_vec();
+    let mut revision = 0;
+    let mut all = Vec::new();
+    loop {
+        let mut options = GetOptions::new().with_range(end).with_limit(PAGE);
+        if revision > 0 {
+            options = options.with_revision(revision);
+        }
+        let mut resp = within(timeout, kv.get(from.clone(), Some(options))).await?;
+        if revision == 0 {
+            revision = resp.header().map_or(0, |h| h.revision());
+        }
+        let page = resp.take_kvs();
+        let full = page.len() as i64 == PAGE;
+        if let Some(last) = page.last() {
+            from = last.key().to_vec();
+            from.push(0);
+        }
+        all.extend(page);
+        if !full {
+            return Ok((revision, all));
+        }
+    }
+}
+
 /// The key schema under one prefix.
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -336,7 +375,8 @@ impl EtcdWatcher {
         *backoff = BACKOFF_MIN;
 
         let options = WatchOptions::new().with_range(end).with_start_revision(revision + 1).with_progress_notify();
-        let (_watcher, mut stream) = client.watch(start, Some(options)).await?;
+        let mut watch_client = client.watch_client().max_decoding_message_size(MAX_MESSAGE);
+        let (_watcher, mut stream) = watch_client.watch(start, Some(options)).await?;
         loop {
             let Some(resp) = stream.message().await? else {
                 return Err(EtcdError::WatchEnded("stream closed by etcd".into()));
@@ -427,10 +467,10 @@ pub async fn list(
     timeout: Duration,
 ) -> Result<(BTreeMap<String, serde_json::Value>, BTreeMap<String, serde_json::Value>), EtcdError> {
     let (start, end) = keys.watched_range();
-    let resp = within(timeout, client.get(start, Some(GetOptions::new().with_range(end)))).await?;
+    let (_, kvs) = list_range(client, &start, &end, timeout).await?;
     let mut routes = BTreeMap::new();
     let mut services = BTreeMap::new();
-    for kv in resp.kvs() {
+    for kv in &kvs {
         let key = kv.key_str().unwrap_or_default();
         let value = serde_json::from_slice(kv.value())
             .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(kv.value()).into()));
