@@ -132,6 +132,9 @@ struct Machine {
     cpu: String,
     etcd: String,
     reveille: String,
+    /// The commit benchmarked, with `(modified)` when `src/` differs from it.
+    revision: String,
+    load_start: String,
 }
 
 impl Machine {
@@ -149,7 +152,28 @@ impl Machine {
             // "etcd Version: 3.4.23"
             etcd: first_line(Command::new(ETCD).arg("--version")).replace("Version: ", ""),
             reveille: first_line(Command::new(env!("CARGO_BIN_EXE_reveille")).arg("--version")),
+            revision: git_revision(),
+            load_start: load_average(),
         }
+    }
+}
+
+fn load_average() -> String {
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    loadavg.split_whitespace().next().unwrap_or("?").to_string()
+}
+
+fn git_revision() -> String {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let head = first_line(Command::new("git").args(["-C", dir, "rev-parse", "--short", "HEAD"]));
+    let dirty = Command::new("git")
+        .args(["-C", dir, "diff", "--quiet", "HEAD", "--", "src", "Cargo.toml", "Cargo.lock"])
+        .status()
+        .is_ok_and(|s| !s.success());
+    if dirty {
+        format!("{head} (src/ modified)")
+    } else {
+        head
     }
 }
 
@@ -293,11 +317,22 @@ fn start_reveille(lab: &Lab, tag: &str, timeout: Duration) -> Result<(Reveille, 
         if let Ok(Some(status)) = proc.child.try_wait() {
             return Err(format!("reveille exited ({status}) before it was ready; its log:\n{}", read_log(&proc.log)));
         }
+        // etcd errors are retried forever with backoff; five in a row before the first load will not go away.
+        let log = read_log(&proc.log);
+        if log.matches("etcd watch interrupted").count() >= 5 {
+            return Err(format!(
+                "reveille not ready after {:.1}s: the etcd load failed 5 times; {}\nits log:\n{}",
+                spawned.elapsed().as_secs_f64(),
+                log_error(&log),
+                tail(&log, 20)
+            ));
+        }
         if Instant::now() > deadline {
             return Err(format!(
-                "reveille not ready after {}s; its log:\n{}",
+                "reveille not ready after {}s; {}\nits log:\n{}",
                 timeout.as_secs(),
-                tail(&read_log(&proc.log), 20)
+                log_error(&log),
+                tail(&log, 20)
             ));
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -313,6 +348,17 @@ fn start_reveille(lab: &Lab, tag: &str, timeout: Duration) -> Result<(Reveille, 
         routes: metric(admin, "reveille_routes"),
     };
     Ok((Reveille { proc, http }, load))
+}
+
+/// The `error=` field of the last warning or error in a log, cut to its message.
+fn log_error(log: &str) -> String {
+    let Some(line) = log.lines().rev().find(|l| l.contains(" WARN ") || l.contains(" ERROR ")) else {
+        return "no warning logged".into();
+    };
+    let error = line.split_once("error=").map_or(line, |(_, e)| e);
+    let error = error.split(", details:").next().unwrap_or(error);
+    let error = error.split(" retry_in=").next().unwrap_or(error);
+    format!("last error: {}", error.trim())
 }
 
 fn tail(log: &str, n: usize) -> String {
@@ -618,6 +664,8 @@ struct Propagation {
     polls: Vec<f64>,
     /// Duration of the put itself, µs.
     put_us: Vec<f64>,
+    /// Put started → switched response read, µs (the put's own commit included).
+    end_to_end_us: Vec<f64>,
     timeouts: usize,
     /// Responses that were neither the old answer nor the new one.
     unexpected: usize,
@@ -639,6 +687,8 @@ struct Phase {
     rtt: Rtt,
     changes: Vec<(ChangeKind, Propagation)>,
     reconnects: usize,
+    /// etcd's "took too long" warnings during the changes.
+    etcd_slow: usize,
 }
 
 struct Bench<'a> {
@@ -731,6 +781,7 @@ impl Bench<'_> {
                     result.samples_us.push(d.as_secs_f64() * 1e6);
                     result.polls.push(polls as f64);
                     result.put_us.push(put_us);
+                    result.end_to_end_us.push(put_us + d.as_secs_f64() * 1e6);
                 }
                 None => result.timeouts += 1,
             }
@@ -775,7 +826,7 @@ impl Bench<'_> {
             changes.push((kind, p));
         }
         self.reset().map_err(|e| format!("resetting the routes: {e}"))?;
-        Ok(Phase { routes, rtt, changes, reconnects: conn.reconnects })
+        Ok(Phase { routes, rtt, changes, reconnects: conn.reconnects, etcd_slow: 0 })
     }
 }
 
@@ -812,13 +863,16 @@ fn run() -> bool {
     // 1. Baseline: no routes.
     println!("initial load, 0 routes, {} run(s)", settings.loads);
     loads.push(initial_loads(&lab, 0, &settings, &mut logs, false).0);
+    if let Some(e) = &loads[0].error {
+        failures.push(format!("initial load of 0 routes: {e}"));
+    }
 
     // 2. 10 routes.
     rt.block_on(preload(&bench.client, 0, SMALL)).expect("preload 10 routes");
     println!("propagation, {SMALL} routes, {} change(s) of each kind", settings.changes);
     match start_reveille(&lab, "10", settings.ready_timeout) {
         Ok((reveille, _)) => {
-            match bench.phase(&reveille, SMALL) {
+            match measure_phase(&mut bench, &lab, &reveille, SMALL) {
                 Ok(p) => phases.push(p),
                 Err(e) => failures.push(format!("{SMALL} routes: {e}")),
             }
@@ -842,14 +896,11 @@ fn run() -> bool {
     if let Some(e) = &big.error {
         failures.push(format!("initial load of {n} routes: {e}"));
     }
-    if let Some(e) = &loads[0].error {
-        failures.push(format!("initial load of 0 routes: {e}"));
-    }
 
     // 5. Propagation with the big table.
     if let Some(reveille) = last {
         println!("propagation, {n} routes, {} change(s) of each kind", settings.changes);
-        match bench.phase(&reveille, n) {
+        match measure_phase(&mut bench, &lab, &reveille, n) {
             Ok(p) => phases.push(p),
             Err(e) => failures.push(format!("{n} routes: {e}")),
         }
@@ -867,6 +918,15 @@ fn run() -> bool {
     drop(bench);
     drop(lab);
     failures.is_empty()
+}
+
+/// [`Bench::phase`], counting etcd's slow-request warnings meanwhile.
+fn measure_phase(bench: &mut Bench, lab: &Lab, reveille: &Reveille, routes: usize) -> Result<Phase, String> {
+    let slow = |lab: &Lab| lab.etcd_log().matches("took too long").count();
+    let before = slow(lab);
+    let mut phase = bench.phase(reveille, routes)?;
+    phase.etcd_slow = slow(lab) - before;
+    Ok(phase)
 }
 
 /// `settings.loads` starts of reveille on the current etcd contents. Stops at the first failure. With `keep`,
@@ -906,6 +966,7 @@ fn initial_loads(
             Err(e) => {
                 println!("  run {run}: FAILED: {e}");
                 result.error = Some(format!("run {run}: {}", e.lines().next().unwrap_or("")));
+                // The full message went to stdout above; the log is printed at the end.
                 logs.push((format!("initial load, {routes} routes, run {run} (failed)"), e));
                 break;
             }
@@ -968,8 +1029,15 @@ fn report(
     let mut md = String::new();
     let _ = writeln!(md, "### etcd route source benchmark, {}", machine.date);
     let _ = writeln!(md);
-    let _ = writeln!(md, "- CPU: {} × {} (shared VM, nothing pinned)", machine.nproc, machine.cpu);
-    let _ = writeln!(md, "- {}, {}", machine.reveille, machine.etcd);
+    let _ = writeln!(
+        md,
+        "- CPU: {} × {} (shared VM, nothing pinned); load average (1 min) at start {}, at end {}",
+        machine.nproc,
+        machine.cpu,
+        machine.load_start,
+        load_average()
+    );
+    let _ = writeln!(md, "- {} at commit {}; {}", machine.reveille, machine.revision, machine.etcd);
     let _ = writeln!(
         md,
         "- one etcd (single member, temp data dir) for the whole run; routes preloaded with txns of {TXN_OPS} puts, \
@@ -996,14 +1064,14 @@ fn report(
     let _ = writeln!(
         md,
         "| routes loaded | change | n | p50 | p90 | p99 | max | timeouts | poll RTT 404 p50 / p99 | proxied 200 RTT p50 | \
-         polls per change p50 | put p50 |"
+         polls per change p50 | put p50 | put start → served p50 / p99 |"
     );
-    let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for phase in phases {
         for (kind, p) in &phase.changes {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {:.0} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {:.0} | {} | {} / {} |",
                 phase.routes,
                 kind.describe(),
                 p.samples_us.len(),
@@ -1017,6 +1085,8 @@ fn report(
                 format_us(percentile(&phase.rtt.routed_us, 50.0)),
                 percentile(&p.polls, 50.0),
                 format_us(percentile(&p.put_us, 50.0)),
+                format_us(percentile(&p.end_to_end_us, 50.0)),
+                format_us(percentile(&p.end_to_end_us, 99.0)),
             );
         }
     }
@@ -1034,11 +1104,14 @@ fn report(
         let rss: Vec<f64> = l.runs.iter().map(|r| r.rss_kib as f64).collect();
         let hwm: Vec<f64> = l.runs.iter().map(|r| r.hwm_kib as f64).collect();
         let cpu: Vec<f64> = l.runs.iter().map(|r| r.cpu_secs).collect();
-        let all: Vec<String> = ready.iter().map(|r| format!("{r:.3}")).collect();
-        let routes = l.runs.last().and_then(|r| r.routes).map_or("?".into(), |r| r.to_string());
-        let mut all = all.join(", ");
+        let mut all = ready.iter().map(|r| format!("{r:.3} s")).collect::<Vec<_>>().join(", ");
         if let Some(e) = &l.error {
-            let _ = write!(all, " FAILED: {}", e.replace('|', "/"));
+            let _ = write!(all, "{}FAILED: {}", if all.is_empty() { "" } else { "; " }, e.replace('|', "/"));
+        }
+        let routes = l.runs.last().and_then(|r| r.routes).map_or("—".into(), |r| r.to_string());
+        if l.runs.is_empty() {
+            let _ = writeln!(md, "| {} | 0 | — | {all} | — | — | — | {routes} |", l.routes);
+            continue;
         }
         let _ = writeln!(
             md,
@@ -1103,6 +1176,13 @@ fn report(
                 );
             }
         }
+        if phase.etcd_slow > 0 {
+            let _ = writeln!(
+                md,
+                "- {} routes: etcd logged {} \"took too long\" warning(s) during the changes",
+                phase.routes, phase.etcd_slow
+            );
+        }
         if phase.reconnects > 0 {
             let _ = writeln!(
                 md,
@@ -1112,7 +1192,10 @@ fn report(
         }
     }
     let slow = etcd_log.lines().filter(|l| l.contains("took too long")).count();
-    let _ = writeln!(md, "- etcd log: {slow} \"took too long\" warning(s)");
+    for line in etcd_log.lines().filter(|l| l.contains("took too long")).take(3) {
+        println!("etcd: {line}");
+    }
+    let _ = writeln!(md, "- etcd log, whole run: {slow} \"took too long\" warning(s)");
     for f in failures {
         let _ = writeln!(md, "- FAILURE: {}", f.lines().next().unwrap_or(""));
     }

@@ -133,6 +133,7 @@ impl Running {
     /// false if connections were still open when the grace period ran out.
     pub async fn wait(self, grace: Duration) -> bool {
         self.shutdown.cancelled().await;
+        self.routes.mark_draining();
         let _ = self.accept.await;
         info!(grace = %humantime::format_duration(grace), "shutting down: no longer accepting, draining connections");
         let drained = tokio::time::timeout(grace, self.proxy.drained()).await.is_ok();

@@ -18,6 +18,8 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path} is invalid: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
     #[error("no route source: give --routes FILE and/or --etcd URL (or `routes` in [server], `endpoints` in [etcd])")]
     NoRouteSource,
 }
@@ -129,6 +131,8 @@ pub struct LimitsSection {
     #[serde(default, with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
     pub max_connections: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub tunnel_idle_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -251,6 +255,9 @@ pub struct Overrides {
     /// Client connections served at once [default: 10000]
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Close a WebSocket (or other upgraded connection) idle this long [default: 1h]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub tunnel_idle_timeout: Option<Duration>,
     /// Time allowed to connect to a backend before trying the next [default: 5s]
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub connect_timeout: Option<Duration>,
@@ -307,11 +314,32 @@ impl Config {
                     .pool_max_idle_per_backend
                     .or(file.upstream.pool_max_idle_per_backend)
                     .unwrap_or(s.pool_max_idle_per_backend),
+                tunnel_idle_timeout: flags
+                    .tunnel_idle_timeout
+                    .or(file.limits.tunnel_idle_timeout)
+                    .unwrap_or(s.tunnel_idle_timeout),
                 access_log: flags.access_log.or(file.log.access_log).unwrap_or(s.access_log),
             },
         };
         if cfg.routes.is_none() && cfg.etcd.is_none() {
             return Err(ConfigError::NoRouteSource);
+        }
+        let p = &cfg.proxy;
+        for (name, d) in [
+            ("header_read_timeout", p.header_read_timeout),
+            ("idle_timeout", p.idle_timeout),
+            ("connect_timeout", p.connect_timeout),
+            ("response_timeout", p.response_timeout),
+            ("tunnel_idle_timeout", p.tunnel_idle_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Invalid(format!("{name} must be greater than zero")));
+            }
+        }
+        if p.max_connections == 0 || p.max_header_size < 1024 {
+            return Err(ConfigError::Invalid(
+                "max_connections must be at least 1 and max_header_size at least 1024".into(),
+            ));
         }
         Ok(cfg)
     }

@@ -70,10 +70,12 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
-            if state.routes.is_loaded() {
+            if state.routes.is_ready() {
                 text(StatusCode::OK, "ready\n")
+            } else if state.routes.is_loaded() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "no route table loaded yet\n")
+                text(StatusCode::SERVICE_UNAVAILABLE, "route sources not loaded yet\n")
             }
         }
         "/metrics" => {

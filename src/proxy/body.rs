@@ -2,6 +2,7 @@
 //! whole body.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -9,20 +10,30 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 /// The body sent upstream.
 ///
 /// A request with a body is put in a shared slot that the upstream attempt only takes from when it starts
 /// sending the body. If the connection to a backend fails first (refused, timed out), the body is still in the
-/// slot and the request can go to the next backend without having buffered anything.
+/// slot and the request can go to the next backend without having buffered anything. The slot also records
+/// when the body has been sent in full (the response timeout starts then, not while a client uploads) and
+/// whether the client broke off the upload (its fault, not the backend's).
 pub(crate) enum RequestBody {
     Empty,
-    Streaming { slot: Arc<Mutex<Option<Incoming>>>, body: Option<Incoming>, hint: SizeHint },
+    Streaming { shared: Arc<Shared>, body: Option<Incoming>, hint: SizeHint },
+}
+
+pub(crate) struct Shared {
+    slot: Mutex<Option<Incoming>>,
+    sent: AtomicBool,
+    client_failed: AtomicBool,
+    sent_notify: Notify,
 }
 
 /// The shared slot of a request body (see [`RequestBody`]).
 pub(crate) struct BodySlot {
-    slot: Arc<Mutex<Option<Incoming>>>,
+    shared: Arc<Shared>,
     hint: SizeHint,
 }
 
@@ -33,17 +44,54 @@ impl BodySlot {
             return None;
         }
         let hint = body.size_hint();
-        Some(Self { slot: Arc::new(Mutex::new(Some(body))), hint })
+        let shared = Arc::new(Shared {
+            slot: Mutex::new(Some(body)),
+            sent: AtomicBool::new(false),
+            client_failed: AtomicBool::new(false),
+            sent_notify: Notify::new(),
+        });
+        Some(Self { shared, hint })
     }
 
     /// A body for one upstream attempt.
     pub(crate) fn attempt(&self) -> RequestBody {
-        RequestBody::Streaming { slot: self.slot.clone(), body: None, hint: self.hint }
+        RequestBody::Streaming { shared: self.shared.clone(), body: None, hint: self.hint }
     }
 
     /// True while no attempt has started reading the body, so another attempt can still send it.
     pub(crate) fn is_intact(&self) -> bool {
-        self.slot.lock().is_some()
+        self.shared.slot.lock().is_some()
+    }
+
+    /// The length, when the client declared it.
+    pub(crate) fn exact_len(&self) -> Option<u64> {
+        self.hint.exact()
+    }
+
+    /// True when reading the client's body failed (the client went away mid-upload).
+    pub(crate) fn client_failed(&self) -> bool {
+        self.shared.client_failed.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the whole body has been handed to the backend connection (or reading it failed).
+    pub(crate) async fn sent(&self) {
+        loop {
+            let notified = self.shared.sent_notify.notified();
+            if self.shared.sent.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Shared {
+    fn finish(&self, client_failed: bool) {
+        if client_failed {
+            self.client_failed.store(true, Ordering::Release);
+        }
+        self.sent.store(true, Ordering::Release);
+        self.sent_notify.notify_waiters();
     }
 }
 
@@ -54,14 +102,20 @@ impl Body for RequestBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
-            RequestBody::Streaming { slot, body, .. } => {
+            RequestBody::Streaming { shared, body, .. } => {
                 if body.is_none() {
-                    *body = slot.lock().take();
+                    *body = shared.slot.lock().take();
                 }
-                match body {
-                    Some(b) => Pin::new(b).poll_frame(cx),
-                    None => Poll::Ready(None),
+                let Some(b) = body else { return Poll::Ready(None) };
+                let res = Pin::new(&mut *b).poll_frame(cx);
+                match &res {
+                    Poll::Ready(None) => shared.finish(false),
+                    Poll::Ready(Some(Err(_))) => shared.finish(true),
+                    // hyper stops polling once `is_end_stream` says so: the last frame is the end.
+                    Poll::Ready(Some(Ok(_))) if b.is_end_stream() => shared.finish(false),
+                    _ => {}
                 }
+                res
             }
         }
     }

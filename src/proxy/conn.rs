@@ -4,6 +4,10 @@
 //! hyper's own `header_read_timeout` also runs while an HTTP/1.1 connection waits for its next request, so it
 //! would cap the keep-alive idle time at the header timeout. reveille keeps the two apart: [`ConnState`] knows
 //! whether the connection is idle, reading a request head, or busy, and [`Watchdog`] applies the matching limit.
+//! An h2 connection gets the header timeout until its first stream opens.
+//!
+//! [`ConnState`] also holds the connection's slot (the `max_connections` permit and the open-connections gauge):
+//! an upgraded connection (WebSocket) keeps it for as long as its tunnel lives.
 
 use std::future::Future;
 use std::io;
@@ -27,9 +31,27 @@ use super::{Proxy, ProxyService, SpanExecutor};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// A connection's place in the `max_connections` limit and the open-connections gauge, released on drop.
+pub(crate) struct Slot {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.metrics.connection_closed();
+    }
+}
+
+/// How long an idle connection that was asked to close (GOAWAY sent) may take before it is dropped: an h2
+/// client that never acknowledges must not keep its slot.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 /// What the watchdog and the request path share about one connection.
 pub(crate) struct ConnState {
     epoch: Instant,
+    /// Held by the connection task, its requests and its tunnel, if upgraded.
+    _slot: Slot,
     /// Requests whose response has not finished (0 or 1 for HTTP/1.1, any number for h2).
     in_flight: AtomicU32,
     /// When the first bytes of the next request head arrived, in ms since `epoch` plus one; 0 = not reading a
@@ -41,9 +63,10 @@ pub(crate) struct ConnState {
 }
 
 impl ConnState {
-    fn new() -> Self {
+    fn new(slot: Slot) -> Self {
         Self {
             epoch: Instant::now(),
+            _slot: slot,
             in_flight: AtomicU32::new(0),
             head_started: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
@@ -241,11 +264,10 @@ pub(crate) async fn serve(
     peer: SocketAddr,
     proxy: Arc<Proxy>,
     shutdown: CancellationToken,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 ) {
-    let metrics = proxy.metrics.clone();
-    metrics.connection_opened();
-    let _closed = scopeguard(move || metrics.connection_closed());
+    proxy.metrics.connection_opened();
+    let state = Arc::new(ConnState::new(Slot { _permit: permit, metrics: proxy.metrics.clone() }));
 
     let settings = &proxy.settings;
     let detected = tokio::select! {
@@ -265,12 +287,10 @@ pub(crate) async fn serve(
         }
     };
 
-    let state = Arc::new(ConnState::new());
-    if !is_h2 {
-        state.track_heads.store(true, Ordering::Relaxed);
-        // The head began arriving during detection.
-        state.head_started.store(1, Ordering::Relaxed);
-    }
+    // HTTP/1.1: the head began arriving during detection. h2: the first stream must open within the header
+    // timeout (later streams are covered by the idle timeout).
+    state.head_started.store(1, Ordering::Relaxed);
+    state.track_heads.store(!is_h2, Ordering::Relaxed);
     let io = TokioIo::new(ConnIo { inner: stream, prefix, state: state.clone() });
     let service = ProxyService::new(proxy.clone(), peer, state.clone());
     let dog = Watchdog::new(state, settings.idle_timeout, settings.header_read_timeout);
@@ -294,6 +314,10 @@ async fn drive<C: ServerConn>(
     tokio::pin!(conn);
     tokio::pin!(dog);
     let mut closing = false;
+    // Armed when an idle connection was asked to close: past it, the connection is dropped.
+    let hard_close = tokio::time::sleep(Duration::MAX / 4);
+    tokio::pin!(hard_close);
+    let mut hard_armed = false;
     loop {
         tokio::select! {
             biased;
@@ -303,6 +327,8 @@ async fn drive<C: ServerConn>(
                     debug!("idle timeout");
                     closing = true;
                     conn.as_mut().graceful();
+                    hard_close.as_mut().reset(Instant::now() + CLOSE_GRACE);
+                    hard_armed = true;
                 }
                 Expiry::HeaderTimeout => {
                     debug!("request headers not received in time; closing");
@@ -314,19 +340,14 @@ async fn drive<C: ServerConn>(
                 closing = true;
                 conn.as_mut().graceful();
             }
-        }
-    }
-}
-
-/// Runs `f` on drop.
-fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
+            _ = hard_close.as_mut(), if hard_armed => {
+                if dog.state.in_flight.load(Ordering::Relaxed) == 0 {
+                    debug!("peer did not close after GOAWAY; dropping the connection");
+                    return Ok(());
+                }
+                // A request slipped in: let it finish, look again later.
+                hard_close.as_mut().reset(Instant::now() + CLOSE_GRACE);
             }
         }
     }
-    Guard(Some(f))
 }

@@ -28,14 +28,22 @@ pub enum ProxyError {
     AllBackendsFailed { service: String },
     #[error("service {service:?} did not answer within {}", humantime::format_duration(*.timeout))]
     UpstreamTimeout { service: String, timeout: Duration },
-    #[error("service {service:?} failed to answer: {reason}")]
-    UpstreamProtocol { service: String, reason: String },
+    /// The detail goes to the log, not to the client.
+    #[error("service {service:?} failed to answer")]
+    UpstreamProtocol { service: String },
+    #[error("the client closed the connection before sending the whole request")]
+    ClientAborted,
+    #[error("method not allowed")]
+    MethodNotAllowed,
 }
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadHost => StatusCode::BAD_REQUEST,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            // nginx's "client closed request": only ever seen in logs and metrics, the client is gone.
+            Self::ClientAborted => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
             Self::UnknownHost { .. } => StatusCode::NOT_FOUND,
             Self::AllBackendsFailed { .. } | Self::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -45,7 +53,9 @@ impl ProxyError {
 
     pub fn fault(&self) -> Fault {
         match self {
-            Self::BadHost | Self::UnknownHost { .. } => Fault::Downstream,
+            Self::BadHost | Self::UnknownHost { .. } | Self::ClientAborted | Self::MethodNotAllowed => {
+                Fault::Downstream
+            }
             // The operator's configuration is incomplete: neither the client's fault nor a backend's.
             Self::MissingService { .. } => Fault::Internal,
             _ => Fault::Upstream,

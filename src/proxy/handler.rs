@@ -5,17 +5,16 @@ use std::borrow::Cow;
 use std::error::Error as _;
 use std::time::Instant;
 
-use http::header::{CONTENT_TYPE, HOST};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, TRANSFER_ENCODING, UPGRADE};
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use tracing::{debug, info, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use super::body::{BodySlot, RequestBody, ResponseBody};
 use super::conn::InFlight;
 use super::headers::{add_forwarded, strip_hop_by_hop, upgrade_requested};
-use super::{ProxyError, ProxyService, Response};
+use super::{tunnel, ProxyError, ProxyService, Response};
 use crate::metrics::{Unrouted, UpstreamErrorKind};
 use crate::routes::{normalize_request_host, Backend, Lookup, Service};
 
@@ -23,6 +22,19 @@ use crate::routes::{normalize_request_host, Backend, Lookup, Service};
 pub(super) async fn handle(svc: &ProxyService, req: Request<Incoming>, guard: InFlight) -> Response {
     let start = Instant::now();
     let proxy = &*svc.proxy;
+
+    if req.method() == Method::CONNECT {
+        // reveille forwards to its own backends only; it is not a tunnel to arbitrary hosts.
+        let err = ProxyError::MethodNotAllowed;
+        log_access(svc, &req, "-", err.status(), start);
+        return error_response(&err, guard);
+    }
+    if req.headers().get_all(HOST).iter().nth(1).is_some() {
+        proxy.metrics.unrouted(Unrouted::BadHost);
+        let err = ProxyError::BadHost;
+        log_access(svc, &req, "-", err.status(), start);
+        return error_response(&err, guard);
+    }
 
     // HTTP/2 carries the host in `:authority` (and absolute-form HTTP/1.1 in the URI); otherwise `Host`.
     let raw_host: Option<Cow<'_, str>> = match req.uri().authority() {
@@ -122,38 +134,41 @@ async fn forward(
     let (parts, body) = req.into_parts();
     let method: Method = parts.method;
     let mut headers: HeaderMap = parts.headers;
-    let forwarded_host = match headers.get(HOST) {
-        Some(h) => Some(h.clone()),
-        None => {
-            // HTTP/2: backends speak HTTP/1.1 and need a Host header.
-            let h = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
-            if let Some(h) = &h {
-                headers.insert(HOST, h.clone());
-            }
-            h
+    // One authority for routing and for the backend: when the request target carries one (HTTP/2
+    // `:authority`, HTTP/1.1 absolute-form), it replaces whatever `Host` said (RFC 9112 §3.2.2).
+    if let Some(a) = parts.uri.authority() {
+        if let Ok(h) = HeaderValue::from_str(a.as_str()) {
+            headers.insert(HOST, h);
         }
-    };
+    }
+    let forwarded_host = headers.get(HOST).cloned();
+    if parts.version == Version::HTTP_2 {
+        join_cookies(&mut headers);
+    }
+    // A body of unknown length would otherwise be dropped for methods like GET; say it is chunked.
+    let body = BodySlot::new(body);
+    let chunked = body.as_ref().is_some_and(|b| b.exact_len().is_none()) && !headers.contains_key(CONTENT_LENGTH);
     strip_hop_by_hop(&mut headers, upgrade.as_ref());
+    if chunked {
+        headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+    }
     add_forwarded(&mut headers, &svc.peer_ip, &proxy.proto, forwarded_host);
     let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let body = BodySlot::new(body);
 
     let n = service.backends().len();
     let mut headers = Some(headers);
     let mut client_upgrade = client_upgrade;
     let mut last_backend = None;
+    let timeout = proxy.settings.response_timeout;
     for (i, backend) in service.rotation().enumerate() {
         let is_last = i + 1 == n;
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(Scheme::HTTP);
         uri.authority = Some(backend.authority().clone());
         uri.path_and_query = Some(path.clone());
-        let uri = Uri::from_parts(uri).map_err(|e| {
-            (
-                ProxyError::UpstreamProtocol { service: service.name().into(), reason: e.to_string() },
-                Some(backend.clone()),
-            )
-        })?;
+        let Ok(uri) = Uri::from_parts(uri) else {
+            return Err((ProxyError::UpstreamProtocol { service: service.name().into() }, Some(backend.clone())));
+        };
         let attempt_body = match &body {
             Some(b) => b.attempt(),
             None => RequestBody::Empty,
@@ -167,18 +182,31 @@ async fn forward(
             if is_last { headers.take().unwrap_or_default() } else { headers.clone().unwrap_or_default() };
 
         last_backend = Some(backend.clone());
-        let sent = tokio::time::timeout(proxy.settings.response_timeout, proxy.client.request(upstream_req)).await;
+        // The response timeout counts from the end of the request body, not from its start: a slow upload is
+        // the client's time, not the backend's.
+        let deadline = async {
+            if let Some(b) = &body {
+                b.sent().await;
+            }
+            tokio::time::sleep(timeout).await;
+        };
+        let sent = tokio::select! {
+            r = proxy.client.request(upstream_req) => Some(r),
+            () = deadline => None,
+        };
         match sent {
-            Ok(Ok(mut resp)) => {
+            Some(Ok(mut resp)) => {
                 let tunnel =
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS { client_upgrade.take() } else { None };
-                let backend_upgrade = tunnel.map(|client| (client, hyper::upgrade::on(&mut resp)));
-                if let Some((client, backend_side)) = backend_upgrade {
-                    spawn_tunnel(svc, service, client, backend_side);
+                if let Some(client) = tunnel {
+                    let backend_side = hyper::upgrade::on(&mut resp);
+                    let span = tracing::info_span!("tunnel", service = service.name());
+                    let run = tunnel::run(client, backend_side, proxy.settings.tunnel_idle_timeout, svc.conn.clone());
+                    proxy.tasks.spawn(run.instrument(span));
                 }
                 return Ok((resp, backend.clone()));
             }
-            Ok(Err(e)) if e.is_connect() => {
+            Some(Err(e)) if e.is_connect() => {
                 let kind = classify_connect(&e);
                 proxy.metrics.upstream_error(kind);
                 debug!(service = service.name(), backend = backend.as_str(), error = %source_chain(&e), kind = kind.as_str(), "backend unreachable");
@@ -186,46 +214,22 @@ async fn forward(
                     break;
                 }
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
+                if body.as_ref().is_some_and(BodySlot::client_failed) {
+                    debug!(service = service.name(), error = %source_chain(&e), "client went away during the upload");
+                    return Err((ProxyError::ClientAborted, last_backend));
+                }
                 proxy.metrics.upstream_error(UpstreamErrorKind::Protocol);
-                debug!(service = service.name(), backend = backend.as_str(), error = %source_chain(&e), "backend failed");
-                let reason = source_chain(&e);
-                return Err((ProxyError::UpstreamProtocol { service: service.name().into(), reason }, last_backend));
+                warn!(service = service.name(), backend = backend.as_str(), error = %source_chain(&e), "backend failed to answer");
+                return Err((ProxyError::UpstreamProtocol { service: service.name().into() }, last_backend));
             }
-            Err(_) => {
+            None => {
                 proxy.metrics.upstream_error(UpstreamErrorKind::ResponseTimeout);
-                let timeout = proxy.settings.response_timeout;
                 return Err((ProxyError::UpstreamTimeout { service: service.name().into(), timeout }, last_backend));
             }
         }
     }
     Err((ProxyError::AllBackendsFailed { service: service.name().into() }, last_backend))
-}
-
-/// Copies bytes both ways between the client and the backend once both sides have switched protocols.
-fn spawn_tunnel(
-    svc: &ProxyService,
-    service: &Service,
-    client: hyper::upgrade::OnUpgrade,
-    backend: hyper::upgrade::OnUpgrade,
-) {
-    let span = tracing::info_span!("tunnel", service = service.name());
-    svc.proxy.tasks.spawn(
-        async move {
-            match tokio::try_join!(client, backend) {
-                Ok((client, backend)) => {
-                    let mut client = TokioIo::new(client);
-                    let mut backend = TokioIo::new(backend);
-                    match tokio::io::copy_bidirectional(&mut client, &mut backend).await {
-                        Ok((up, down)) => debug!(bytes_up = up, bytes_down = down, "tunnel closed"),
-                        Err(e) => debug!(error = %e, "tunnel ended with an error"),
-                    }
-                }
-                Err(e) => debug!(error = %e, "upgrade failed"),
-            }
-        }
-        .instrument(span),
-    );
 }
 
 /// Elapsed milliseconds, rounded to the microsecond so log lines stay short.
@@ -237,10 +241,27 @@ fn finish_response(upstream: Upstream, guard: InFlight) -> Response {
     let (mut parts, body) = upstream.into_parts();
     // hyper writes the version we give; the client speaks HTTP/1.1 or h2 whatever the backend spoke.
     parts.version = Version::HTTP_11;
+    // Only a 101 keeps the upgrade headers, whether or not the backend repeated `Connection: upgrade`.
     let upgrade =
-        if parts.status == StatusCode::SWITCHING_PROTOCOLS { upgrade_requested(&parts.headers) } else { None };
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS { parts.headers.get(UPGRADE).cloned() } else { None };
+    if parts.headers.contains_key(TRANSFER_ENCODING) {
+        // The backend framed the body with chunks; a Content-Length beside it is wrong and would truncate it.
+        parts.headers.remove(CONTENT_LENGTH);
+    }
     strip_hop_by_hop(&mut parts.headers, upgrade.as_ref());
     http::Response::from_parts(parts, ResponseBody::upstream(body, guard))
+}
+
+/// HTTP/2 lets clients split `Cookie` into several fields; HTTP/1.1 backends expect one (RFC 9113 §8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(COOKIE).iter();
+    if values.nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers.get_all(COOKIE).iter().map(HeaderValue::as_bytes).collect();
+    if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(COOKIE, v);
+    }
 }
 
 fn error_response(err: &ProxyError, guard: InFlight) -> Response {

@@ -1,6 +1,6 @@
 //! Header rewriting between client and backend: hop-by-hop removal (RFC 9110 §7.6.1) and `X-Forwarded-*`.
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -8,10 +8,14 @@ pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwa
 pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Whether the message asks for a protocol upgrade (`Connection: upgrade` plus an `Upgrade` header); returns
-/// the `Upgrade` value to pass on.
+/// Whether the message asks for a WebSocket upgrade (`Connection: upgrade` plus `Upgrade: websocket`);
+/// returns the `Upgrade` value to pass on. Other protocols (notably `h2c`, a known way to smuggle requests past
+/// a proxy) are not passed: their upgrade headers are stripped like any hop-by-hop header.
 pub(crate) fn upgrade_requested(headers: &HeaderMap) -> Option<HeaderValue> {
     let upgrade = headers.get(UPGRADE)?;
+    if !upgrade.to_str().is_ok_and(|u| u.split(',').any(|p| p.trim().eq_ignore_ascii_case("websocket"))) {
+        return None;
+    }
     let asks = headers
         .get_all(CONNECTION)
         .iter()
@@ -33,7 +37,10 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderV
             .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
             .collect();
         for name in named {
-            headers.remove(name);
+            // `Connection: host` must not make the request lose its Host.
+            if name != HOST {
+                headers.remove(name);
+            }
         }
         headers.remove(CONNECTION);
     }

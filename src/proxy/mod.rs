@@ -9,6 +9,7 @@ mod conn;
 mod error;
 mod handler;
 mod headers;
+mod tunnel;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -54,6 +55,8 @@ pub struct Settings {
     pub pool_idle_timeout: Duration,
     /// Pooled idle connections kept per backend.
     pub pool_max_idle_per_backend: usize,
+    /// Close an upgraded connection (WebSocket) when no byte has moved either way for this long.
+    pub tunnel_idle_timeout: Duration,
     /// Write an access-log line per request.
     pub access_log: bool,
 }
@@ -69,6 +72,7 @@ impl Default for Settings {
             response_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_backend: 64,
+            tunnel_idle_timeout: Duration::from_secs(3600),
             access_log: true,
         }
     }
@@ -114,12 +118,16 @@ impl Proxy {
             .keep_alive(true)
             // reveille's own watchdog applies the header timeout (see `conn`), so hyper's stays off.
             .header_read_timeout(None)
-            .max_buf_size(settings.max_header_size.max(8192))
             .max_header_size(settings.max_header_size);
         let mut h2 = http2::Builder::new(SpanExecutor);
         h2.timer(TokioTimer::new())
             .max_header_list_size(settings.max_header_size.min(u32::MAX as usize) as u32)
-            .max_concurrent_streams(256);
+            .max_concurrent_streams(128)
+            // Bound what one slow-reading client can make reveille buffer per stream.
+            .max_send_buf_size(256 * 1024)
+            // Notice vanished h2 peers.
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20));
 
         Arc::new(Self {
             routes,
@@ -190,6 +198,7 @@ pub(crate) struct ProxyService {
     proxy: Arc<Proxy>,
     /// The client's IP as an `X-Forwarded-For` value, formatted once per connection.
     peer_ip: HeaderValue,
+    /// The connection's shared state; an upgraded tunnel keeps it (and so the connection's slot).
     conn: Arc<ConnState>,
 }
 

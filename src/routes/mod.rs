@@ -63,6 +63,8 @@ pub struct RouteHandle {
     current: Arc<ArcSwap<RouteTable>>,
     /// Set once every configured route source has loaded: `/readyz` answers 200 from then on.
     loaded: Arc<std::sync::atomic::AtomicBool>,
+    /// Set when shutdown starts: `/readyz` answers 503 again so load balancers stop sending traffic.
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for RouteHandle {
@@ -74,7 +76,11 @@ impl Default for RouteHandle {
 impl RouteHandle {
     /// An empty table, not yet marked loaded.
     pub fn new() -> Self {
-        Self { current: Arc::new(ArcSwap::from_pointee(RouteTable::empty())), loaded: Arc::default() }
+        Self {
+            current: Arc::new(ArcSwap::from_pointee(RouteTable::empty())),
+            loaded: Arc::default(),
+            draining: Arc::default(),
+        }
     }
 
     /// The current snapshot. Cheap; hold it for the duration of one lookup, not across awaits.
@@ -100,5 +106,15 @@ impl RouteHandle {
     /// True once every configured route source has loaded once.
     pub fn is_loaded(&self) -> bool {
         self.loaded.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Marks the process as shutting down.
+    pub fn mark_draining(&self) {
+        self.draining.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Loaded and not shutting down: what `/readyz` reports.
+    pub fn is_ready(&self) -> bool {
+        self.is_loaded() && !self.draining.load(std::sync::atomic::Ordering::Acquire)
     }
 }

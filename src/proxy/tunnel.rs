@@ -1,0 +1,93 @@
+//! Upgraded connections (WebSocket): bytes copied both ways between client and backend until either side
+//! closes, the tunnel has been idle too long, or the process stops.
+//!
+//! A tunnel keeps its client connection's slot (see `conn::Slot`), so open WebSockets count against
+//! `max_connections` and in `reveille_open_connections`.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::conn::ConnState;
+
+/// Runs one tunnel to its end. `_conn` is held so the connection's slot stays taken while the tunnel lives.
+pub(crate) async fn run(client: OnUpgrade, backend: OnUpgrade, idle: Duration, _conn: Arc<ConnState>) {
+    let (client, backend) = match tokio::try_join!(client, backend) {
+        Ok(pair) => pair,
+        Err(e) => {
+            debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let epoch = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let mut client = Tracked { inner: TokioIo::new(client), last: last.clone(), epoch };
+    let mut backend: TokioIo<Upgraded> = TokioIo::new(backend);
+    let idle_ms = idle.as_millis() as u64;
+    let watch = async {
+        loop {
+            let deadline = last.load(Ordering::Relaxed) + idle_ms;
+            let now = epoch.elapsed().as_millis() as u64;
+            if now >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(deadline - now)).await;
+        }
+    };
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut backend) => match r {
+            Ok((up, down)) => debug!(bytes_up = up, bytes_down = down, "tunnel closed"),
+            Err(e) => debug!(error = %e, "tunnel ended with an error"),
+        },
+        _ = watch => debug!(idle = ?idle, "tunnel idle; closing"),
+    }
+}
+
+/// The client side of a tunnel, noting when bytes last moved in either direction.
+struct Tracked<T> {
+    inner: T,
+    last: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+impl<T> Tracked<T> {
+    fn touch(&self) {
+        self.last.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        res
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        res
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
