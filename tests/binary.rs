@@ -155,6 +155,12 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_0() {
     })
     .await;
     proc.signal("TERM");
+    // While draining, readiness says so, so a load balancer stops sending new clients.
+    let admin = proc.admin;
+    eventually(Duration::from_secs(2), "readyz 503 while draining", || async {
+        get(admin, "admin", "/readyz").await.status == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
 
     // New connections are refused soon after the signal...
     eventually(Duration::from_secs(2), "listener closed", || async {
