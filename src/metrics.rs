@@ -3,13 +3,17 @@
 //!
 //! Owns metric names, help texts and the text exposition; does not decide when things are counted.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -83,12 +87,63 @@ impl ServiceStats {
     }
 }
 
+/// A latency histogram updated with atomics only: prometheus-client's own takes a write lock per observation,
+/// which every worker thread would contend on. Per-bucket counts (not cumulative; the encoder sums them), the
+/// sum kept in microseconds.
+#[derive(Debug, Clone)]
+struct LatencyHistogram(Arc<HistogramInner>);
+
+#[derive(Debug)]
+struct HistogramInner {
+    bounds: Box<[f64]>,
+    counts: Box<[AtomicU64]>,
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+impl std::ops::Deref for LatencyHistogram {
+    type Target = HistogramInner;
+    fn deref(&self) -> &HistogramInner {
+        &self.0
+    }
+}
+
+impl LatencyHistogram {
+    fn new(bounds: &[f64]) -> Self {
+        let bounds: Box<[f64]> = bounds.iter().copied().chain(std::iter::once(f64::MAX)).collect();
+        let counts = bounds.iter().map(|_| AtomicU64::new(0)).collect();
+        Self(Arc::new(HistogramInner { bounds, counts, sum_us: AtomicU64::new(0), count: AtomicU64::new(0) }))
+    }
+
+    #[inline]
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = self.bounds.iter().position(|b| secs <= *b).unwrap_or(self.bounds.len() - 1);
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let buckets: Vec<(f64, u64)> =
+            self.bounds.iter().zip(self.counts.iter()).map(|(b, c)| (*b, c.load(Ordering::Relaxed))).collect();
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        encoder.encode_histogram::<NoLabelSet>(sum, self.count.load(Ordering::Relaxed), &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
 /// All of reveille's metrics.
 pub struct Metrics {
     registry: Registry,
     requests: Family<ServiceClassLabels, Counter>,
     unrouted: [Counter; 3],
-    duration: Histogram,
+    duration: LatencyHistogram,
     open_connections: Gauge,
     connections: Counter,
     header_timeouts: Counter,
@@ -130,7 +185,7 @@ impl Metrics {
         let unrouted = ["unknown_host", "bad_host", "missing_service"]
             .map(|kind| unrouted_family.get_or_create(&KindLabels { kind }).clone());
 
-        let duration = Histogram::new([
+        let duration = LatencyHistogram::new(&[
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
         ]);
         registry.register(
@@ -216,7 +271,7 @@ impl Metrics {
 
     #[inline]
     pub fn observe_duration(&self, d: Duration) {
-        self.duration.observe(d.as_secs_f64());
+        self.duration.observe(d);
     }
 
     pub fn connection_opened(&self) {
@@ -273,5 +328,30 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_exposition_is_cumulative() {
+        let m = Metrics::new();
+        for ms in [0, 3, 3, 40, 70_000] {
+            m.observe_duration(Duration::from_millis(ms));
+        }
+        let text = m.encode();
+        for line in [
+            "reveille_request_duration_seconds_count 5",
+            "reveille_request_duration_seconds_bucket{le=\"0.0005\"} 1",
+            "reveille_request_duration_seconds_bucket{le=\"0.005\"} 3",
+            "reveille_request_duration_seconds_bucket{le=\"0.05\"} 4",
+            "reveille_request_duration_seconds_bucket{le=\"60.0\"} 4",
+            "reveille_request_duration_seconds_bucket{le=\"+Inf\"} 5",
+            "reveille_request_duration_seconds_sum 70.046",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
     }
 }
