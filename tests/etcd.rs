@@ -397,7 +397,8 @@ async fn large_table_is_listed_in_pages_at_one_revision() {
     let a = Backend::echo("a").await;
     etcd.put("/reveille/services/a", &service_json(&[a.addr])).await;
     let mut client = etcd.client().await;
-    let n = 12_000; // more than two pages
+    // 70,000 routes: a single listing would be ~4.7 MB, past gRPC's default 4 MiB message limit.
+    let n = 70_000;
     for chunk in (0..n).collect::<Vec<_>>().chunks(128) {
         let ops: Vec<TxnOp> = chunk
             .iter()
@@ -408,7 +409,7 @@ async fn large_table_is_listed_in_pages_at_one_revision() {
     let proxy = TestProxy::start_etcd(&etcd.url).await;
     ready(&proxy).await;
     assert_eq!(proxy.metric("reveille_routes").await, n as f64);
-    for i in [0, 4_999, 5_000, 5_001, 11_999] {
+    for i in [0, 4_999, 5_000, 5_001, 69_999] {
         assert_eq!(get(proxy.http, &format!("t{i}.bulk.test"), "/").await.backend(), "a", "route {i}");
     }
     let (code, out) = {

@@ -354,13 +354,10 @@ impl EtcdWatcher {
 
     /// One connection: list, apply, watch until something breaks.
     async fn session(&self, n: u64, backoff: &mut Duration) -> Result<(), EtcdError> {
-        let mut client = connect(&self.config).await?;
+        let client = connect(&self.config).await?;
         let (start, end) = self.keys.watched_range();
-        let listing =
-            within(self.config.timeout, client.get(start.clone(), Some(GetOptions::new().with_range(end.clone()))))
-                .await?;
-        let revision = listing.header().map_or(0, |h| h.revision());
-        let set = self.list_to_set(listing.kvs());
+        let (revision, kvs) = list_range(&client, &start, &end, self.config.timeout).await?;
+        let set = self.list_to_set(&kvs);
         let (routes, services) = (set.routes.len(), set.services.len());
         let changed = self.composer.replace(Source::Etcd, set);
         self.metrics.etcd_connected(true);
