@@ -59,7 +59,7 @@ async fn h2_connection_without_a_stream_is_closed_after_the_header_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websockets_hold_their_connection_slot_and_idle_ones_are_closed() {
-    let backend = support_ws_echo().await;
+    let backend = Backend::websocket_echo().await;
     let s = Settings { max_connections: 2, tunnel_idle_timeout: Duration::from_millis(800), ..settings() };
     let proxy = TestProxy::start_with(&routes_file(&[("ws", vec![backend.addr])], &[("ws.test", "ws")]), s).await;
 
@@ -87,42 +87,6 @@ async fn websockets_hold_their_connection_slot_and_idle_ones_are_closed() {
     // ws1, active all along, still works.
     ws1.send(Message::text("still here")).await.unwrap();
     assert_eq!(ws1.next().await.unwrap().unwrap(), Message::text("echo: still here"));
-}
-
-/// The WebSocket echo backend of tests/websocket.rs (a plain GET gets 400).
-async fn support_ws_echo() -> Backend {
-    use hyper_util::rt::TokioIo;
-    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-    use tokio_tungstenite::tungstenite::protocol::Role;
-    use tokio_tungstenite::WebSocketStream;
-    Backend::start(Arc::new(|mut req: Request<Incoming>| {
-        Box::pin(async move {
-            let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
-                let mut r = Response::new(full("not a websocket request"));
-                *r.status_mut() = StatusCode::BAD_REQUEST;
-                return r;
-            };
-            let upgrade = hyper::upgrade::on(&mut req);
-            tokio::spawn(async move {
-                let io = TokioIo::new(upgrade.await.unwrap());
-                let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
-                while let Some(Ok(msg)) = ws.next().await {
-                    if let Message::Text(t) = msg {
-                        if ws.send(Message::text(format!("echo: {t}"))).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            });
-            let mut r = Response::new(full(""));
-            *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            r.headers_mut().insert("connection", "upgrade".parse().unwrap());
-            r.headers_mut().insert("upgrade", "websocket".parse().unwrap());
-            r.headers_mut().insert("sec-websocket-accept", derive_accept_key(key.as_bytes()).parse().unwrap());
-            r
-        })
-    }))
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

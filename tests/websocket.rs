@@ -2,55 +2,14 @@
 
 mod support;
 
-use std::sync::Arc;
-
 use futures::{SinkExt, StreamExt};
-use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use http::{Request, StatusCode};
 use support::*;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
-
-/// A backend that upgrades every request to a WebSocket that echoes what it receives, prefixed with "echo: ".
-async fn ws_echo_backend() -> Backend {
-    Backend::start(Arc::new(|mut req: Request<Incoming>| {
-        Box::pin(async move {
-            let key = req.headers().get("sec-websocket-key").cloned();
-            let Some(key) = key else {
-                let mut r = Response::new(full("not a websocket request"));
-                *r.status_mut() = StatusCode::BAD_REQUEST;
-                return r;
-            };
-            let upgrade = hyper::upgrade::on(&mut req);
-            tokio::spawn(async move {
-                let io = TokioIo::new(upgrade.await.unwrap());
-                let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
-                while let Some(Ok(msg)) = ws.next().await {
-                    match msg {
-                        Message::Text(t) => ws.send(Message::text(format!("echo: {t}"))).await.unwrap(),
-                        Message::Binary(b) => ws.send(Message::binary(b)).await.unwrap(),
-                        Message::Close(_) => break,
-                        _ => {}
-                    }
-                }
-            });
-            let mut r = Response::new(full(""));
-            *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            r.headers_mut().insert("connection", "upgrade".parse().unwrap());
-            r.headers_mut().insert("upgrade", "websocket".parse().unwrap());
-            r.headers_mut().insert("sec-websocket-accept", derive_accept_key(key.as_bytes()).parse().unwrap());
-            r
-        })
-    }))
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_echo_through_the_proxy() {
-    let backend = ws_echo_backend().await;
+    let backend = Backend::websocket_echo().await;
     let proxy = TestProxy::start(&routes_file(&[("chat", vec![backend.addr])], &[("chat.test", "chat")])).await;
 
     let stream = tokio::net::TcpStream::connect(proxy.http).await.unwrap();

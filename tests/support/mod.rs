@@ -108,6 +108,48 @@ impl Backend {
         .await
     }
 
+    /// Upgrades every WebSocket request to a socket that echoes text prefixed with "echo: " and binary as is;
+    /// a plain request gets 400.
+    pub async fn websocket_echo() -> Backend {
+        use futures::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        use tokio_tungstenite::tungstenite::Message;
+        use tokio_tungstenite::WebSocketStream;
+        Backend::start(Arc::new(|mut req: Request<Incoming>| {
+            Box::pin(async move {
+                let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+                    let mut r = Response::new(full("not a websocket request"));
+                    *r.status_mut() = StatusCode::BAD_REQUEST;
+                    return r;
+                };
+                let upgrade = hyper::upgrade::on(&mut req);
+                tokio::spawn(async move {
+                    let io = TokioIo::new(upgrade.await.unwrap());
+                    let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+                    while let Some(Ok(msg)) = ws.next().await {
+                        let reply = match msg {
+                            Message::Text(t) => Message::text(format!("echo: {t}")),
+                            Message::Binary(b) => Message::binary(b),
+                            Message::Close(_) => break,
+                            _ => continue,
+                        };
+                        if ws.send(reply).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let mut r = Response::new(full(""));
+                *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                r.headers_mut().insert("connection", "upgrade".parse().unwrap());
+                r.headers_mut().insert("upgrade", "websocket".parse().unwrap());
+                r.headers_mut().insert("sec-websocket-accept", derive_accept_key(key.as_bytes()).parse().unwrap());
+                r
+            })
+        }))
+        .await
+    }
+
     /// Answers every request with 200 and `body`.
     pub async fn fixed(body: &'static str) -> Backend {
         Backend::start(Arc::new(move |_req| Box::pin(async move { Response::new(full(body)) }))).await
