@@ -4,7 +4,7 @@
 # Needed to build reveille.
 BUILD_PACKAGES=(protobuf-compiler)
 # Needed to run the test suite (besides the build packages).
-TEST_PACKAGES=(etcd-server)
+TEST_PACKAGES=(etcd-server busybox-static)
 # Needed to run the load benchmark.
 BENCH_PACKAGES=(wrk nginx haproxy)
 

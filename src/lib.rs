@@ -8,6 +8,7 @@
 //! - [`routes`]: the routing model and the immutable route table snapshot (`ArcSwap`), hostname matching.
 //! - [`control`]: route sources — loading, validating and watching the routes file — that install new tables.
 //! - [`proxy`]: the data path — connections, HTTP/1.1 and h2c, forwarding, upgrades, limits and timeouts.
+//! - [`runtime`]: the container runtime — start, stop, pause and inspect tenant containers (Docker Engine API).
 //! - [`admin`]: the admin listener — `/healthz`, `/readyz`, `/metrics`, `/api/routes`.
 //! - [`metrics`]: Prometheus metric definitions and exposition.
 //! - [`config`]: the config file, command-line overrides, defaults.
@@ -23,4 +24,5 @@ pub mod control;
 pub mod metrics;
 pub mod proxy;
 pub mod routes;
+pub mod runtime;
 pub mod telemetry;

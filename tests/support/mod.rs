@@ -3,6 +3,7 @@
 //! they are handed over, and waits poll a condition with a deadline.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod docker;
 pub mod etcd;
 
 use std::collections::BTreeMap;

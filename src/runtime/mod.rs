@@ -1,0 +1,224 @@
+//! The container runtime: starting, stopping, pausing and inspecting tenant containers through the Docker
+//! Engine API (bollard).
+//!
+//! Owns talking to Docker and turning its answers into a few plain states and errors. It does not decide when
+//! a tenant should wake or sleep (that is `passivation/`), and it never creates or removes containers: the
+//! platform does, reveille only starts and stops them.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bollard::errors::Error as DockerError;
+use bollard::query_parameters::{EventsOptionsBuilder, StopContainerOptionsBuilder};
+use bollard::Docker;
+use futures_util::{Stream, StreamExt};
+
+/// Why a runtime operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// Docker cannot be reached at all: wakes fail fast with 503, running tenants are unaffected.
+    #[error("container runtime unavailable ({endpoint}): {reason}")]
+    Unavailable { endpoint: String, reason: String },
+    #[error("no such container {0:?}")]
+    NoSuchContainer(String),
+    #[error("docker refused to {action} container {container:?}: {reason}")]
+    Refused { action: &'static str, container: String, reason: String },
+    #[error("docker did not answer within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+}
+
+/// What a container is doing, as far as reveille cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerState {
+    Running,
+    Paused,
+    /// Created or exited: `docker start` brings it back.
+    Stopped,
+    Restarting,
+    /// Being removed, or dead: cannot be started.
+    Dead,
+}
+
+/// The result of inspecting a container.
+#[derive(Debug, Clone)]
+pub struct ContainerInfo {
+    pub state: ContainerState,
+    /// The container's address on the requested network (or its first network).
+    pub ip: Option<IpAddr>,
+    /// Exit code of the last run, when stopped.
+    pub exit_code: Option<i64>,
+    /// Docker's error for the last start, if any.
+    pub error: Option<String>,
+}
+
+/// A container lifecycle event from Docker's event stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerEvent {
+    /// The container's name (without the leading `/`).
+    pub container: String,
+    /// Docker's action: `start`, `die`, `stop`, `pause`, `unpause`, `health_status: healthy`...
+    pub action: String,
+}
+
+/// A connection to one Docker Engine.
+#[derive(Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+    endpoint: String,
+    timeout: Duration,
+}
+
+impl DockerRuntime {
+    /// Connects to `endpoint` (`unix:///path`, `tcp://host:port` or `http://host:port`), or to `DOCKER_HOST` / the
+    /// local socket when `None`, and agrees on an API version. Fails fast when Docker does not answer.
+    pub async fn connect(endpoint: Option<&str>, timeout: Duration) -> Result<Self, RuntimeError> {
+        let name = endpoint
+            .map(str::to_string)
+            .or_else(|| std::env::var("DOCKER_HOST").ok())
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+        let unavailable = |reason: String| RuntimeError::Unavailable { endpoint: name.clone(), reason };
+        let secs = timeout.as_secs().max(1);
+        let docker = match endpoint {
+            None => Docker::connect_with_defaults(),
+            Some(e) if e.starts_with("unix://") || e.starts_with('/') => {
+                Docker::connect_with_unix(e, secs, bollard::API_DEFAULT_VERSION)
+            }
+            Some(e) => Docker::connect_with_http(e, secs, bollard::API_DEFAULT_VERSION),
+        }
+        .map_err(|e| unavailable(e.to_string()))?;
+        let docker = match tokio::time::timeout(timeout, docker.negotiate_version()).await {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => return Err(unavailable(e.to_string())),
+            Err(_) => return Err(unavailable(format!("no answer within {}", humantime::format_duration(timeout)))),
+        };
+        Ok(Self { docker, endpoint: name, timeout })
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Inspects a container; `network` picks which network's address to report.
+    pub async fn inspect(&self, container: &str, network: Option<&str>) -> Result<ContainerInfo, RuntimeError> {
+        let info = self
+            .call(
+                "inspect",
+                container,
+                self.docker.inspect_container(container, None::<bollard::query_parameters::InspectContainerOptions>),
+            )
+            .await?;
+        let st = info.state.unwrap_or_default();
+        use bollard::models::ContainerStateStatusEnum as S;
+        let state = match st.status {
+            Some(S::RUNNING) => ContainerState::Running,
+            Some(S::PAUSED) => ContainerState::Paused,
+            Some(S::RESTARTING) => ContainerState::Restarting,
+            Some(S::REMOVING) | Some(S::DEAD) => ContainerState::Dead,
+            _ => ContainerState::Stopped,
+        };
+        let networks = info.network_settings.and_then(|n| n.networks).unwrap_or_default();
+        let ip = pick_network(&networks, network)
+            .and_then(|n| n.ip_address.as_deref())
+            .filter(|ip| !ip.is_empty())
+            .and_then(|ip| ip.parse().ok());
+        let error = st.error.filter(|e| !e.is_empty());
+        let exit_code = if state == ContainerState::Stopped { st.exit_code } else { None };
+        Ok(ContainerInfo { state, ip, exit_code, error })
+    }
+
+    /// Starts a stopped container. Already running is not an error.
+    pub async fn start(&self, container: &str) -> Result<(), RuntimeError> {
+        self.call(
+            "start",
+            container,
+            self.docker.start_container(container, None::<bollard::query_parameters::StartContainerOptions>),
+        )
+        .await
+    }
+
+    /// Stops a container, giving it `grace` to exit before Docker kills it. Already stopped is not an error.
+    pub async fn stop(&self, container: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let options = StopContainerOptionsBuilder::new().t(grace.as_secs().min(i32::MAX as u64) as i32).build();
+        // The stop itself may take `grace`: allow for it on top of the usual timeout.
+        let call = self.docker.stop_container(container, Some(options));
+        match tokio::time::timeout(self.timeout + grace, call).await {
+            Ok(r) => self.classify("stop", container, r),
+            Err(_) => Err(RuntimeError::Timeout(self.timeout + grace)),
+        }
+    }
+
+    pub async fn pause(&self, container: &str) -> Result<(), RuntimeError> {
+        self.call("pause", container, self.docker.pause_container(container)).await
+    }
+
+    pub async fn unpause(&self, container: &str) -> Result<(), RuntimeError> {
+        self.call("unpause", container, self.docker.unpause_container(container)).await
+    }
+
+    /// Lifecycle events of containers. The request is made when the stream is first polled; `since` (a
+    /// time) has Docker replay what happened from then on, so a subscriber that re-subscribes after a broken
+    /// connection, or subscribes just after acting, misses nothing. The stream ends (or yields an error) when
+    /// the connection to Docker breaks.
+    pub fn events(
+        &self,
+        since: Option<std::time::SystemTime>,
+    ) -> impl Stream<Item = Result<ContainerEvent, RuntimeError>> + Send + 'static {
+        let filters = HashMap::from([("type", vec!["container"])]);
+        let mut options = EventsOptionsBuilder::new().filters(&filters);
+        if let Some(t) = since.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()) {
+            options = options.since(&t.as_secs().to_string());
+        }
+        let options = options.build();
+        let endpoint = self.endpoint.clone();
+        self.docker.events(Some(options)).map(move |r| match r {
+            Ok(ev) => {
+                let actor = ev.actor.unwrap_or_default();
+                let name = actor.attributes.unwrap_or_default().remove("name").unwrap_or_default();
+                Ok(ContainerEvent { container: name, action: ev.action.unwrap_or_default() })
+            }
+            Err(e) => Err(RuntimeError::Unavailable { endpoint: endpoint.clone(), reason: e.to_string() }),
+        })
+    }
+
+    async fn call<T: Default>(
+        &self,
+        action: &'static str,
+        container: &str,
+        fut: impl std::future::Future<Output = Result<T, DockerError>>,
+    ) -> Result<T, RuntimeError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => self.classify(action, container, r),
+            Err(_) => Err(RuntimeError::Timeout(self.timeout)),
+        }
+    }
+
+    fn classify<T>(&self, action: &'static str, container: &str, r: Result<T, DockerError>) -> Result<T, RuntimeError>
+    where
+        T: Default,
+    {
+        match r {
+            Ok(v) => Ok(v),
+            // 304: already started / already stopped.
+            Err(DockerError::DockerResponseServerError { status_code: 304, .. }) => Ok(T::default()),
+            Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {
+                Err(RuntimeError::NoSuchContainer(container.to_string()))
+            }
+            Err(DockerError::DockerResponseServerError { message, .. }) => {
+                Err(RuntimeError::Refused { action, container: container.to_string(), reason: message })
+            }
+            Err(e) => Err(RuntimeError::Unavailable { endpoint: self.endpoint.clone(), reason: e.to_string() }),
+        }
+    }
+}
+
+fn pick_network<'a>(
+    networks: &'a HashMap<String, bollard::models::EndpointSettings>,
+    wanted: Option<&str>,
+) -> Option<&'a bollard::models::EndpointSettings> {
+    match wanted {
+        Some(w) => networks.get(w),
+        // "First network": the map has no order, so take the first by name, which is stable.
+        None => networks.iter().min_by(|a, b| a.0.cmp(b.0)).map(|(_, v)| v),
+    }
+}
