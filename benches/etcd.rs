@@ -37,24 +37,21 @@
 //! `ETCD_BENCH_ROUTES` (100000), `ETCD_BENCH_LOADS` (3), `ETCD_BENCH_READY_TIMEOUT` (60, seconds),
 //! `ETCD_BENCH_INTERVAL_MS` (20), `ETCD_BENCH_POLL_GAP_US` (0).
 
-use std::convert::Infallible;
+mod common;
+
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::str::FromStr;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use common::{
+    clock_ticks_per_sec, cpu_model, cpu_ticks, env_or, first_line, format_us, free_ports, median, nproc, print_log,
+    proc_status, read_log, start_backend, status_kib, utc_date, write_report, KillOnDrop,
+};
 use etcd_client::{Client, DeleteOptions, GetOptions, Txn, TxnOp};
-use http_body_util::Full;
-use hyper::header::CONTENT_TYPE;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::Response;
-use hyper_util::rt::TokioIo;
 use tokio::runtime::Runtime;
 
 const ETCD: &str = "/usr/bin/etcd";
@@ -119,13 +116,6 @@ impl Settings {
     }
 }
 
-fn env_or<T: FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) => v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a valid value")),
-        Err(_) => default,
-    }
-}
-
 struct Machine {
     date: String,
     nproc: String,
@@ -139,16 +129,10 @@ struct Machine {
 
 impl Machine {
     fn describe() -> Self {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let cpu = cpuinfo
-            .lines()
-            .find_map(|l| l.strip_prefix("model name"))
-            .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
-            .unwrap_or_else(|| "unknown".into());
         Self {
-            date: first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
-            nproc: first_line(&mut Command::new("nproc")),
-            cpu,
+            date: utc_date(),
+            nproc: nproc(),
+            cpu: cpu_model(),
             // "etcd Version: 3.4.23"
             etcd: first_line(Command::new(ETCD).arg("--version")).replace("Version: ", ""),
             reveille: first_line(Command::new(env!("CARGO_BIN_EXE_reveille")).arg("--version")),
@@ -177,41 +161,18 @@ fn git_revision() -> String {
     }
 }
 
-fn first_line(cmd: &mut Command) -> String {
-    let Ok(out) = cmd.stdin(Stdio::null()).output() else {
-        return "unknown".into();
-    };
-    let text = [out.stdout, out.stderr]
-        .iter()
-        .map(|b| String::from_utf8_lossy(b).into_owned())
-        .find(|s| !s.trim().is_empty())
-        .unwrap_or_default();
-    text.lines().next().unwrap_or("unknown").trim().to_string()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().unwrap().port()
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // Processes
 
-/// A child process, killed and reaped when dropped (also while unwinding from a panic).
+/// A child process, killed and reaped when dropped (also while unwinding from a panic), and its log.
 struct Proc {
-    child: Child,
+    child: KillOnDrop,
     log: PathBuf,
 }
 
 impl Proc {
     fn pid(&self) -> u32 {
         self.child.id()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -226,7 +187,7 @@ impl Lab {
     /// Starts etcd on free loopback ports with a data dir under a new temp dir, and waits until it answers.
     fn start(rt: &Runtime) -> Lab {
         let dir = tempfile::Builder::new().prefix("reveille-etcd-bench-").tempdir().expect("create a temp dir");
-        let (client_port, peer_port) = (free_port(), free_port());
+        let [client_port, peer_port] = free_ports();
         let url = format!("http://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
         let log = dir.path().join("etcd.log");
@@ -242,7 +203,7 @@ impl Lab {
             .stderr(file)
             .spawn()
             .expect("start etcd");
-        let mut lab = Lab { etcd: Some(Proc { child, log }), etcd_url: url, dir };
+        let mut lab = Lab { etcd: Some(Proc { child: KillOnDrop(child), log }), etcd_url: url, dir };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let probe = rt.block_on(async {
@@ -269,10 +230,6 @@ impl Lab {
     }
 }
 
-fn read_log(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
 /// A running reveille and its ports.
 struct Reveille {
     proc: Proc,
@@ -294,7 +251,7 @@ struct Load {
 /// Spawns reveille on etcd and waits for `/readyz` 200, polling every 5 ms. Memory and CPU time are read right
 /// after. On failure, the process is killed and the error carries its log.
 fn start_reveille(lab: &Lab, tag: &str, timeout: Duration) -> Result<(Reveille, Load), String> {
-    let (http, admin) = (free_port(), free_port());
+    let [http, admin] = free_ports();
     let log = lab.dir.path().join(format!("reveille-{tag}.log"));
     let file = File::create(&log).expect("create a log file");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_reveille"));
@@ -308,7 +265,7 @@ fn start_reveille(lab: &Lab, tag: &str, timeout: Duration) -> Result<(Reveille, 
         .stderr(file);
     let spawned = Instant::now();
     let child = cmd.spawn().map_err(|e| format!("cannot start reveille: {e}"))?;
-    let mut proc = Proc { child, log };
+    let mut proc = Proc { child: KillOnDrop(child), log };
     let deadline = spawned + timeout;
     loop {
         if matches!(http_once(admin, "/readyz"), Some((200, _))) {
@@ -339,7 +296,7 @@ fn start_reveille(lab: &Lab, tag: &str, timeout: Duration) -> Result<(Reveille, 
     }
     let ready = spawned.elapsed();
     let pid = proc.pid();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let status = proc_status(pid);
     let load = Load {
         ready,
         rss_kib: status_kib(&status, "VmRSS:").unwrap_or(0),
@@ -366,19 +323,9 @@ fn tail(log: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-fn status_kib(status: &str, field: &str) -> Option<u64> {
-    status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// User + system CPU time of a process so far.
 fn cpu_secs(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name start at field 3 (state); utime is 14, stime 15.
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    let ticks: f64 = first_line(Command::new("getconf").arg("CLK_TCK")).parse().unwrap_or(100.0);
-    Some((utime + stime) as f64 / ticks)
+    Some(cpu_ticks(pid)? as f64 / clock_ticks_per_sec())
 }
 
 /// A gauge from reveille's `/metrics`.
@@ -392,54 +339,6 @@ fn metric(admin: u16, name: &str) -> Option<f64> {
         let mut words = l.split_whitespace();
         (words.next() == Some(name)).then(|| words.next()?.parse().ok()).flatten()
     })
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// The backends
-
-/// Starts a backend answering every request 200 with `body`, on its own thread (single-threaded tokio
-/// runtime), and returns its port.
-fn start_backend(body: &'static [u8]) -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a backend");
-    listener.set_nonblocking(true).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::Builder::new()
-        .name(format!("backend-{port}"))
-        .spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("backend runtime")
-                .block_on(serve_backend(listener, body));
-        })
-        .unwrap();
-    port
-}
-
-async fn serve_backend(listener: std::net::TcpListener, body: &'static [u8]) {
-    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                eprintln!("backend: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(async move {
-            let svc = service_fn(move |_req| async move {
-                Ok::<_, Infallible>(
-                    Response::builder()
-                        .header(CONTENT_TYPE, "text/plain")
-                        .body(Full::new(Bytes::from_static(body)))
-                        .unwrap(),
-                )
-            });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
-        });
-    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -914,7 +813,7 @@ fn run() -> bool {
     let report = report(&machine, &settings, preload_secs, &loads, &phases, &failures, &etcd_log);
     println!("\n{report}");
     print_logs(&logs);
-    write_report(&report);
+    write_report("etcd-bench.md", &report);
     drop(bench);
     drop(lab);
     failures.is_empty()
@@ -989,36 +888,12 @@ fn percentile(values: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn median(values: &[f64]) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-    }
-}
-
 /// Share of changes already visible to the first request sent after the put returned.
 fn first_poll_pct(polls: &[f64]) -> f64 {
     if polls.is_empty() {
         return f64::NAN;
     }
     polls.iter().filter(|&&p| p <= 1.0).count() as f64 * 100.0 / polls.len() as f64
-}
-
-fn format_us(us: f64) -> String {
-    if us.is_nan() {
-        "n/a".into()
-    } else if us >= 1000.0 {
-        format!("{:.2} ms", us / 1000.0)
-    } else {
-        format!("{us:.0} µs")
-    }
 }
 
 fn mib(kib: f64) -> String {
@@ -1222,26 +1097,6 @@ fn report(
 /// What reveille logged (at `warn`), per instance.
 fn print_logs(logs: &[(String, String)]) {
     for (name, log) in logs {
-        let lines: Vec<_> = log.lines().filter(|l| !l.trim().is_empty()).collect();
-        if lines.is_empty() {
-            println!("reveille log ({name}): empty");
-            continue;
-        }
-        println!("reveille log ({name}): {} line(s); the first ones:", lines.len());
-        for line in lines.iter().take(10) {
-            println!("    {line}");
-        }
-    }
-}
-
-/// Writes the report to `target/etcd-bench.md` (or under `CARGO_TARGET_DIR`).
-fn write_report(report: &str) {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    let path = target.join("etcd-bench.md");
-    match std::fs::write(&path, report) {
-        Ok(()) => println!("report written to {}", path.display()),
-        Err(e) => println!("could not write {}: {e}", path.display()),
+        print_log(&format!("reveille log ({name})"), log);
     }
 }

@@ -21,24 +21,21 @@
 //! `LOAD_CONNECTIONS` (50), `LOAD_PROXIES` (`reveille,nginx,haproxy`), `LOAD_PROXY_CPU` (0),
 //! `LOAD_CLIENT_CPU` (1).
 
-use std::convert::Infallible;
+mod common;
+
 use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::str::FromStr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::header::CONTENT_TYPE;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::Response;
-use hyper_util::rt::TokioIo;
+use common::{
+    clock_ticks_per_sec, cpu_model, cpu_ticks, env_or, first_line, format_us, free_ports, median, nproc, print_log,
+    proc_status, read_log, start_backend, status_kib, utc_date, write_report, KillOnDrop,
+};
 
 /// The `Host` every request carries; every proxy routes it to the backend.
 const HOST: &str = "bench.local";
@@ -69,9 +66,9 @@ fn main() {
         println!("load: skipped, cannot pin to CPU {}: {e}", settings.client_cpu);
         return;
     }
-    let backend = start_backend();
+    let backend = start_backend(BODY);
     let mut lab = Lab::new();
-    let ports = free_ports(4);
+    let ports: [u16; 4] = free_ports();
     let mut proxies = Vec::new();
     for name in &settings.proxies {
         let proxy = match *name {
@@ -89,7 +86,7 @@ fn main() {
     let report = report(&machine, &settings, &proxies);
     println!("\n{report}");
     print_proxy_logs(&proxies);
-    write_report(&report);
+    write_report("load-bench.md", &report);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -142,13 +139,6 @@ impl Settings {
     }
 }
 
-fn env_or<T: FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) => v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a valid value")),
-        Err(_) => default,
-    }
-}
-
 struct Tools {
     wrk: PathBuf,
     nginx: PathBuf,
@@ -189,41 +179,21 @@ struct Machine {
 
 impl Machine {
     fn describe(tools: &Tools) -> Self {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let cpu = cpuinfo
-            .lines()
-            .find_map(|l| l.strip_prefix("model name"))
-            .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
-            .unwrap_or_else(|| "unknown".into());
         let versions = vec![
-            ("reveille", first_line(Command::new(env!("CARGO_BIN_EXE_reveille")).arg("--version"))),
-            ("nginx", first_line(Command::new(&tools.nginx).arg("-v"))),
-            ("haproxy", first_line(Command::new(&tools.haproxy).arg("-v"))),
-            ("wrk", first_line(Command::new(&tools.wrk).arg("-v"))),
+            ("reveille", version(Command::new(env!("CARGO_BIN_EXE_reveille")).arg("--version"))),
+            ("nginx", version(Command::new(&tools.nginx).arg("-v"))),
+            ("haproxy", version(Command::new(&tools.haproxy).arg("-v"))),
+            ("wrk", version(Command::new(&tools.wrk).arg("-v"))),
         ];
-        Self {
-            date: first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
-            nproc: first_line(&mut Command::new("nproc")),
-            cpu,
-            versions,
-        }
+        Self { date: utc_date(), nproc: nproc(), cpu: cpu_model(), versions }
     }
 }
 
-/// The first line a command prints (stdout, else stderr: `nginx -v` uses stderr), without URLs and
-/// copyright notices.
-fn first_line(cmd: &mut Command) -> String {
-    let Ok(out) = cmd.stdin(Stdio::null()).output() else {
-        return "unknown".into();
-    };
-    let text = [out.stdout, out.stderr]
-        .iter()
-        .map(|b| String::from_utf8_lossy(b).into_owned())
-        .find(|s| !s.trim().is_empty())
-        .unwrap_or_default();
-    let line = text.lines().next().unwrap_or("unknown");
+/// The first line a command prints (see [`first_line`]), without URLs and copyright notices.
+fn version(cmd: &mut Command) -> String {
+    let line = first_line(cmd);
     // "nginx version: nginx/1.22.1", "HAProxy version 2.6.12 2023/03/20 - https://haproxy.org/"
-    let line = line.split_once("version: ").map_or(line, |(_, v)| v);
+    let line = line.split_once("version: ").map_or(line.as_str(), |(_, v)| v);
     let line = line.split(" - http").next().unwrap_or(line);
     let line = line.split(" Copyright").next().unwrap_or(line);
     line.replace(" version ", " ").trim().to_string()
@@ -242,61 +212,6 @@ fn pin_all_threads(tools: &Tools, cpu: usize) -> Result<(), String> {
     }
 }
 
-/// `n` distinct free ports on 127.0.0.1 (bound together, then released: another process could take one in
-/// between, which would show as a proxy failing to start).
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> =
-        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")).collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// The backend
-
-/// Starts the backend on its own thread (single-threaded tokio runtime) and returns its port.
-fn start_backend() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the backend");
-    listener.set_nonblocking(true).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::Builder::new()
-        .name("backend".into())
-        .spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("backend runtime")
-                .block_on(serve_backend(listener));
-        })
-        .unwrap();
-    port
-}
-
-async fn serve_backend(listener: std::net::TcpListener) {
-    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                eprintln!("backend: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(async move {
-            let svc = service_fn(|_req| async {
-                Ok::<_, Infallible>(
-                    Response::builder()
-                        .header(CONTENT_TYPE, "text/plain")
-                        .body(Full::new(Bytes::from_static(BODY)))
-                        .unwrap(),
-                )
-            });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
-        });
-    }
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // The proxies
 
@@ -304,18 +219,8 @@ async fn serve_backend(listener: std::net::TcpListener) {
 /// and reaps every child, then removes the directory.
 struct Lab {
     // Field order is drop order: children before the directory they write into.
-    children: Vec<Guard>,
+    children: Vec<KillOnDrop>,
     dir: tempfile::TempDir,
-}
-
-/// A child process that is killed when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A running proxy and what was measured through it.
@@ -353,7 +258,7 @@ impl Lab {
         cmd.stdin(Stdio::null()).stdout(file.try_clone().unwrap()).stderr(file);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let pid = child.id();
-        self.children.push(Guard(child));
+        self.children.push(KillOnDrop(child));
         let child = &mut self.children.last_mut().unwrap().0;
         for &(port, path) in ready {
             let deadline = Instant::now() + Duration::from_secs(20);
@@ -475,10 +380,6 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
     let mut head = [0u8; 12]; // "HTTP/1.1 200"
     stream.read_exact(&mut head).ok()?;
     std::str::from_utf8(&head[9..]).ok()?.parse().ok()
-}
-
-fn read_log(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -606,7 +507,7 @@ fn run_wrk(tools: &Tools, s: &Settings, proxy: &Proxy, seconds: u64, ticks_per_s
     if let (Some(a), Some(b)) = (ticks_before, ticks_after) {
         run.proxy_cpu_pct = (b - a) as f64 / ticks_per_sec / wall * 100.0;
     }
-    run.proxy_rss_kib = rss_kib(proxy.pid);
+    run.proxy_rss_kib = status_kib(&proc_status(proxy.pid), "VmRSS:");
     run.cpu_busy_pct = (busy_pct(cpus_before.0, cpus_after.0), busy_pct(cpus_before.1, cpus_after.1));
     run
 }
@@ -660,23 +561,6 @@ fn parse_duration_us(s: &str) -> Option<f64> {
     Some(value * scale)
 }
 
-/// User + system CPU time of a process so far, in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name start at field 3 (state); utime is 14, stime 15.
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
-/// Resident memory of a process, from `/proc/<pid>/status`.
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// `(busy, total)` clock ticks of one CPU since boot, from `/proc/stat` (idle and iowait count as not busy).
 fn cpu_times(cpu: usize) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
@@ -694,44 +578,16 @@ fn busy_pct(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> f64 {
     }
 }
 
-fn clock_ticks_per_sec() -> f64 {
-    first_line(Command::new("getconf").arg("CLK_TCK")).parse().unwrap_or(100.0)
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // Reporting
-
-fn median(mut values: Vec<f64>) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
-}
-
-fn format_us(us: f64) -> String {
-    if us >= 1000.0 {
-        format!("{:.2} ms", us / 1000.0)
-    } else {
-        format!("{us:.0} µs")
-    }
-}
 
 /// The markdown report: machine, settings, the results table and the per-round numbers.
 fn report(machine: &Machine, s: &Settings, proxies: &[Proxy]) -> String {
     let medians: Vec<(f64, f64, f64)> = proxies
         .iter()
         .map(|p| {
-            (
-                median(p.runs.iter().map(|r| r.requests_per_sec).collect()),
-                median(p.runs.iter().map(|r| r.p99_us).collect()),
-                median(p.runs.iter().map(|r| r.proxy_cpu_pct).collect()),
-            )
+            let med = |f: fn(&Run) -> f64| median(&p.runs.iter().map(f).collect::<Vec<_>>());
+            (med(|r| r.requests_per_sec), med(|r| r.p99_us), med(|r| r.proxy_cpu_pct))
         })
         .collect();
     let nginx = proxies.iter().position(|p| p.name == "nginx").map(|i| medians[i]);
@@ -783,27 +639,6 @@ fn report(machine: &Machine, s: &Settings, proxies: &[Proxy]) -> String {
 /// Shows what each proxy logged (reveille at `warn`, nginx's error log at `warn`, haproxy's stderr).
 fn print_proxy_logs(proxies: &[Proxy]) {
     for p in proxies {
-        let log = read_log(&p.log);
-        let lines: Vec<_> = log.lines().filter(|l| !l.trim().is_empty()).collect();
-        if lines.is_empty() {
-            println!("{} log: empty", p.name);
-            continue;
-        }
-        println!("{} log: {} line(s); the first ones:", p.name, lines.len());
-        for line in lines.iter().take(10) {
-            println!("    {line}");
-        }
-    }
-}
-
-/// Writes the report to `target/load-bench.md` (or under `CARGO_TARGET_DIR`).
-fn write_report(report: &str) {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    let path = target.join("load-bench.md");
-    match std::fs::write(&path, report) {
-        Ok(()) => println!("report written to {}", path.display()),
-        Err(e) => println!("could not write {}: {e}", path.display()),
+        print_log(&format!("{} log", p.name), &read_log(&p.log));
     }
 }
