@@ -265,3 +265,32 @@ async fn backend_that_does_not_accept_is_skipped_after_the_connect_timeout() {
     assert_eq!(proxy.metric("reveille_upstream_errors_total{kind=\"connect_timeout\"}").await, 1.0);
     drop(listener);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_h2_client_that_ignores_goaway_is_dropped() {
+    let a = Backend::echo("a").await;
+    let s = Settings { idle_timeout: Duration::from_millis(300), ..settings() };
+    let proxy = TestProxy::start_with(&routes_file(&[("a", vec![a.addr])], &[("a.test", "a")]), s).await;
+    let mut c = TcpStream::connect(proxy.http).await.unwrap();
+    // Preface, empty SETTINGS, then one GET on stream 1 (HPACK: :method GET, :scheme http, :path /,
+    // :authority "a.test"). After that the client reads but never answers anything: no SETTINGS ack, no PING ack.
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00".to_vec();
+    let block = b"\x82\x86\x84\x41\x06a.test";
+    out.extend_from_slice(&[0, 0, block.len() as u8, 0x01, 0x05, 0, 0, 0, 1]);
+    out.extend_from_slice(block);
+    c.write_all(&out).await.unwrap();
+    let start = Instant::now();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), c.read_to_end(&mut buf))
+        .await
+        .expect("connection must be dropped")
+        .ok();
+    let waited = start.elapsed();
+    assert_eq!(a.hits.load(Ordering::SeqCst), 1, "the request was served");
+    assert!(waited >= Duration::from_millis(300), "closed before the idle timeout: {waited:?}");
+    assert!(waited < Duration::from_secs(10), "kept for {waited:?}");
+    eventually(Duration::from_secs(2), "slot released", || async {
+        proxy.metric("reveille_open_connections").await == 0.0
+    })
+    .await;
+}
