@@ -15,8 +15,10 @@ use crate::config::Config;
 use crate::control::etcd::EtcdWatcher;
 use crate::control::{file, Composer, Source};
 use crate::metrics::Metrics;
+use crate::passivation::{NetProbe, Passivator};
 use crate::proxy::Proxy;
 use crate::routes::RouteHandle;
+use crate::runtime::LazyDocker;
 
 /// Why reveille could not start.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +60,7 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     pub routes: RouteHandle,
     pub metrics: Arc<Metrics>,
+    pub passivator: Arc<Passivator>,
     proxy: Arc<Proxy>,
     /// Stops accepting and starts the drain.
     shutdown: CancellationToken,
@@ -107,15 +110,40 @@ pub async fn start(config: &Config, listeners: Listeners) -> Result<Running, Sta
         source,
     })?;
 
-    let admin_state = AdminState { routes: routes.clone(), metrics: metrics.clone() };
+    // Passivation: Docker is only contacted once a service names a container.
+    let runtime = Arc::new(LazyDocker::new(config.passivation.docker.clone(), config.passivation.docker_timeout));
+    let (status_tx, status_rx) = match &config.etcd {
+        Some(_) => {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
+    let passivator =
+        Passivator::new(config.passivation.clone(), runtime, Arc::new(NetProbe::default()), &metrics, status_tx);
+    tasks.push(tokio::spawn(passivator.clone().run(routes.clone(), background.clone())));
+    if let (Some(etcd), Some(rx)) = (&config.etcd, status_rx) {
+        let writer = crate::passivation::status::run(
+            etcd.clone(),
+            config.passivation.node.clone(),
+            rx,
+            passivator.clone(),
+            config.activity_interval,
+            background.clone(),
+        );
+        tasks.push(tokio::spawn(writer));
+    }
+
+    let admin_state =
+        AdminState { routes: routes.clone(), metrics: metrics.clone(), passivator: Some(passivator.clone()) };
     tasks.push(tokio::spawn(admin::serve(listeners.admin, admin_state, background.clone())));
 
-    let proxy = Proxy::new(routes.clone(), metrics.clone(), config.proxy.clone());
+    let proxy = Proxy::new(routes.clone(), metrics.clone(), config.proxy.clone(), passivator.clone());
     let shutdown = CancellationToken::new();
     let accept = tokio::spawn(proxy.clone().serve(listeners.http, shutdown.clone()));
     info!(http = %http_addr, admin = %admin_addr, "listening");
 
-    Ok(Running { http_addr, admin_addr, routes, metrics, proxy, shutdown, background, accept, tasks })
+    Ok(Running { http_addr, admin_addr, routes, metrics, passivator, proxy, shutdown, background, accept, tasks })
 }
 
 impl Running {

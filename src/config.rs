@@ -53,6 +53,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Data-path limits and timeouts.
     pub proxy: Settings,
+    /// Passivation defaults and the Docker endpoint.
+    pub passivation: crate::passivation::Settings,
+    /// How often the last access time of active tenants is written to etcd.
+    pub activity_interval: Duration,
 }
 
 impl Default for Config {
@@ -67,6 +71,8 @@ impl Default for Config {
             log_level: "info".into(),
             shutdown_grace: Duration::from_secs(30),
             proxy: Settings::default(),
+            passivation: crate::passivation::Settings::default(),
+            activity_interval: Duration::from_secs(5),
         }
     }
 }
@@ -85,6 +91,37 @@ pub struct ConfigFile {
     pub upstream: UpstreamSection,
     #[serde(default)]
     pub etcd: EtcdSection,
+    #[serde(default)]
+    pub passivation: PassivationSection,
+}
+
+/// `[passivation]`: defaults for passivated services (each can override the first four) and the Docker
+/// endpoint.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassivationSection {
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub wake_timeout: Option<Duration>,
+    pub max_held: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub page_after: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub stop_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub probe_interval: Option<Duration>,
+    pub status_path: Option<String>,
+    /// Replaces the built-in "starting" page; relative to the config file's directory.
+    pub page_template: Option<PathBuf>,
+    /// `unix:///var/run/docker.sock`, `tcp://host:2375`...
+    pub docker: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub docker_timeout: Option<Duration>,
+    /// This instance's name in etcd status keys [default: the host name].
+    pub node: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub activity_interval: Option<Duration>,
 }
 
 /// `[etcd]`: the etcd route source. Relative paths are relative to the config file's directory.
@@ -155,7 +192,8 @@ impl ConfigFile {
             toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
         if let Some(dir) = path.parent() {
             let e = &mut file.etcd;
-            for p in [&mut file.server.routes, &mut e.ca, &mut e.cert, &mut e.key].into_iter().flatten() {
+            let page = &mut file.passivation.page_template;
+            for p in [&mut file.server.routes, &mut e.ca, &mut e.cert, &mut e.key, page].into_iter().flatten() {
                 if p.is_relative() {
                     *p = dir.join(&*p);
                 }
@@ -273,6 +311,16 @@ pub struct Overrides {
     /// Time in-flight requests get to finish on SIGTERM/SIGINT [default: 30s]
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Option<Duration>,
+    /// Docker Engine endpoint for passivated services (unix:///path or tcp://host:port) [default: DOCKER_HOST,
+    /// else unix:///var/run/docker.sock]
+    #[arg(long, value_name = "URI")]
+    pub docker: Option<String>,
+    /// Default idle time before a passivated tenant is stopped; 0 = never [default: 15m]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub passivation_idle_timeout: Option<Duration>,
+    /// Default time a request waits for its tenant to wake; past it, 504 [default: 60s]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub wake_timeout: Option<Duration>,
 }
 
 impl Config {
@@ -320,7 +368,12 @@ impl Config {
                     .unwrap_or(s.tunnel_idle_timeout),
                 access_log: flags.access_log.or(file.log.access_log).unwrap_or(s.access_log),
             },
+            passivation: resolve_passivation(&file.passivation, flags)?,
+            activity_interval: file.passivation.activity_interval.unwrap_or(d.activity_interval),
         };
+        if cfg.activity_interval.is_zero() {
+            return Err(ConfigError::Invalid("activity_interval must be greater than zero".into()));
+        }
         if cfg.routes.is_none() && cfg.etcd.is_none() {
             return Err(ConfigError::NoRouteSource);
         }
@@ -343,6 +396,56 @@ impl Config {
         }
         Ok(cfg)
     }
+}
+
+fn resolve_passivation(
+    file: &PassivationSection,
+    flags: &Overrides,
+) -> Result<crate::passivation::Settings, ConfigError> {
+    let d = crate::passivation::Settings::default();
+    let page = match &file.page_template {
+        Some(path) => crate::passivation::Page::load(path).map_err(ConfigError::Invalid)?,
+        None => d.page,
+    };
+    let s = crate::passivation::Settings {
+        idle_timeout: flags.passivation_idle_timeout.or(file.idle_timeout).unwrap_or(d.idle_timeout),
+        wake_timeout: flags.wake_timeout.or(file.wake_timeout).unwrap_or(d.wake_timeout),
+        max_held: file.max_held.unwrap_or(d.max_held),
+        page_after: file.page_after.unwrap_or(d.page_after),
+        stop_timeout: file.stop_timeout.unwrap_or(d.stop_timeout),
+        probe_interval: file.probe_interval.unwrap_or(d.probe_interval),
+        status_path: file.status_path.clone().unwrap_or(d.status_path),
+        page,
+        docker: flags.docker.clone().or(file.docker.clone()),
+        docker_timeout: file.docker_timeout.unwrap_or(d.docker_timeout),
+        node: file.node.clone().unwrap_or(d.node),
+    };
+    for (name, v) in [
+        ("wake_timeout", s.wake_timeout),
+        ("probe_interval", s.probe_interval),
+        ("docker_timeout", s.docker_timeout),
+    ] {
+        if v.is_zero() {
+            return Err(ConfigError::Invalid(format!("[passivation] {name} must be greater than zero")));
+        }
+    }
+    if s.max_held == 0 {
+        return Err(ConfigError::Invalid("[passivation] max_held must be at least 1".into()));
+    }
+    if !s.status_path.starts_with('/') || s.status_path.len() < 2 {
+        return Err(ConfigError::Invalid(format!(
+            "[passivation] status_path {:?} must be a path starting with '/'",
+            s.status_path
+        )));
+    }
+    if let Some(d) = &s.docker {
+        if !(d.starts_with("unix://") || d.starts_with('/') || d.starts_with("tcp://") || d.starts_with("http://")) {
+            return Err(ConfigError::Invalid(format!(
+                "docker endpoint {d:?}: use unix:///path/to/docker.sock, tcp://host:port or http://host:port"
+            )));
+        }
+    }
+    Ok(s)
 }
 
 #[cfg(test)]

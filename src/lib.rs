@@ -9,7 +9,9 @@
 //! - [`control`]: route sources — loading, validating and watching the routes file — that install new tables.
 //! - [`proxy`]: the data path — connections, HTTP/1.1 and h2c, forwarding, upgrades, limits and timeouts.
 //! - [`runtime`]: the container runtime — start, stop, pause and inspect tenant containers (Docker Engine API).
-//! - [`admin`]: the admin listener — `/healthz`, `/readyz`, `/metrics`, `/api/routes`.
+//! - [`passivation`]: wake-on-request and idle stop of tenant containers — per-tenant state machines, held
+//!   requests, readiness probes, the "starting" page, etcd status keys.
+//! - [`admin`]: the admin listener — `/healthz`, `/readyz`, `/metrics`, `/api/routes`, `/api/services`.
 //! - [`metrics`]: Prometheus metric definitions and exposition.
 //! - [`config`]: the config file, command-line overrides, defaults.
 //! - [`telemetry`]: logging setup (text or JSON).
@@ -22,6 +24,7 @@ pub mod app;
 pub mod config;
 pub mod control;
 pub mod metrics;
+pub mod passivation;
 pub mod proxy;
 pub mod routes;
 pub mod runtime;

@@ -138,9 +138,147 @@ impl EncodeMetric for LatencyHistogram {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceResultLabels {
+    service: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceActionLabels {
+    service: String,
+    action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+/// A phase of a wake, for `reveille_wake_phase_seconds`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WakePhase {
+    /// The Docker start (or unpause) call itself.
+    StartCall,
+    /// From the wake's start until Docker reports the container running.
+    Running,
+    /// From the wake's start until the first successful readiness probe.
+    Ready,
+    /// From the first held request (or the wake request) until the tenant is ready.
+    Total,
+}
+
+impl WakePhase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::StartCall => "start_call",
+            Self::Running => "running",
+            Self::Ready => "ready",
+            Self::Total => "total",
+        }
+    }
+}
+
+/// Metrics of passivation: wakes, holds, stops, and how many tenants are in each state.
+#[derive(Clone)]
+pub struct PassivationMetrics {
+    wakes: Family<ServiceResultLabels, Counter>,
+    phases: Family<PhaseLabels, prometheus_client::metrics::histogram::Histogram>,
+    held: Gauge,
+    rejected: Family<ReasonLabels, Counter>,
+    stops: Family<ServiceActionLabels, Counter>,
+    stop_failures: Family<ServiceLabels, Counter>,
+    tenants: Family<StateLabels, Gauge>,
+}
+
+impl PassivationMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let wakes = Family::<ServiceResultLabels, Counter>::default();
+        registry.register("wakes", "Tenant wakes, by service and result (ok, failed, timeout, unavailable)", wakes.clone());
+        let phases = Family::<PhaseLabels, prometheus_client::metrics::histogram::Histogram>::new_with_constructor(
+            || {
+                prometheus_client::metrics::histogram::Histogram::new([
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                ])
+            },
+        );
+        registry.register(
+            "wake_phase_seconds",
+            "Duration of wake phases: start_call (Docker start/unpause call), running (until Docker reports it \
+             running), ready (until the first successful probe), total (from the first held request)",
+            phases.clone(),
+        );
+        let held = Gauge::default();
+        registry.register("held_requests", "Requests currently held while their tenant wakes", held.clone());
+        let rejected = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "rejected_holds",
+            "Held requests answered with an error, by reason (overflow, timeout, failed, unavailable, removed)",
+            rejected.clone(),
+        );
+        let stops = Family::<ServiceActionLabels, Counter>::default();
+        registry.register("stops", "Idle tenants stopped or paused, by service and action", stops.clone());
+        let stop_failures = Family::<ServiceLabels, Counter>::default();
+        registry.register("stop_failures", "Failed attempts to stop or pause an idle tenant", stop_failures.clone());
+        let tenants = Family::<StateLabels, Gauge>::default();
+        registry.register("tenants", "Passivated tenants, by state", tenants.clone());
+        Self { wakes, phases, held, rejected, stops, stop_failures, tenants }
+    }
+
+    pub fn wake(&self, service: &str, result: &'static str) {
+        self.wakes.get_or_create(&ServiceResultLabels { service: service.to_string(), result }).inc();
+    }
+
+    pub fn phase(&self, phase: WakePhase, d: Duration) {
+        self.phases.get_or_create(&PhaseLabels { phase: phase.as_str() }).observe(d.as_secs_f64());
+    }
+
+    pub fn held(&self, delta: i64) {
+        self.held.inc_by(delta);
+    }
+
+    pub fn rejected(&self, reason: &'static str) {
+        self.rejected.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    pub fn stopped(&self, service: &str, action: &'static str) {
+        self.stops.get_or_create(&ServiceActionLabels { service: service.to_string(), action }).inc();
+    }
+
+    pub fn stop_failed(&self, service: &str) {
+        self.stop_failures.get_or_create(&ServiceLabels { service: service.to_string() }).inc();
+    }
+
+    /// A tenant moved from state `from` (`None`: it is new) to `to` (`None`: it is gone).
+    pub fn transition(&self, from: Option<&'static str>, to: Option<&'static str>) {
+        if let Some(f) = from {
+            self.tenants.get_or_create(&StateLabels { state: f }).dec();
+        }
+        if let Some(t) = to {
+            self.tenants.get_or_create(&StateLabels { state: t }).inc();
+        }
+    }
+}
+
 /// All of reveille's metrics.
 pub struct Metrics {
     registry: Registry,
+    passivation: PassivationMetrics,
     requests: Family<ServiceClassLabels, Counter>,
     unrouted: [Counter; 3],
     duration: LatencyHistogram,
@@ -235,9 +373,11 @@ impl Metrics {
         );
         let etcd_resyncs = Counter::default();
         registry.register("etcd_resyncs", "Full re-lists of etcd after a broken watch", etcd_resyncs.clone());
+        let passivation = PassivationMetrics::register(&mut registry);
 
         Self {
             registry,
+            passivation,
             requests,
             unrouted,
             duration,
@@ -320,6 +460,10 @@ impl Metrics {
 
     pub fn etcd_resync(&self) {
         self.etcd_resyncs.inc();
+    }
+
+    pub fn passivation(&self) -> &PassivationMetrics {
+        &self.passivation
     }
 
     /// The Prometheus text exposition of every metric.

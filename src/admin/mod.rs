@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, Instrument};
 
 use crate::metrics::Metrics;
+use crate::passivation::Passivator;
 use crate::routes::RouteHandle;
 
 /// What the admin endpoint reports on.
@@ -25,6 +26,8 @@ use crate::routes::RouteHandle;
 pub struct AdminState {
     pub routes: RouteHandle,
     pub metrics: Arc<Metrics>,
+    /// Passivated services, for `/api/services`.
+    pub passivator: Option<Arc<Passivator>>,
 }
 
 /// Serves the admin endpoint on `listener` until `shutdown`.
@@ -64,6 +67,9 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
 }
 
 fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Some(rest) = req.uri().path().strip_prefix("/api/services/") {
+        return service_command(state, req.method(), rest);
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
@@ -92,8 +98,59 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             resp.headers_mut().insert(CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
             resp
         }
+        "/api/services" => {
+            let table = state.routes.snapshot();
+            let view = match &state.passivator {
+                Some(p) => p.services_json(&table),
+                None => serde_json::json!({ "services": {} }),
+            };
+            json(StatusCode::OK, &view)
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// `POST /api/services/<name>/wake` and `POST /api/services/<name>/sleep`.
+fn service_command(state: &AdminState, method: &Method, rest: &str) -> Response<Full<Bytes>> {
+    let Some((name, command)) = rest.split_once('/') else {
+        return text(StatusCode::NOT_FOUND, "not found: use /api/services/<name>/wake or /sleep\n");
+    };
+    if !matches!(command, "wake" | "sleep") {
+        return text(StatusCode::NOT_FOUND, "not found: use /api/services/<name>/wake or /sleep\n");
+    }
+    if method != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
+    }
+    let table = state.routes.snapshot();
+    let Some(service) = table.service(name) else {
+        return json(StatusCode::NOT_FOUND, &serde_json::json!({ "error": format!("no service {name:?}") }));
+    };
+    let tenant = state.passivator.as_ref().and_then(|p| p.tenant(service));
+    let Some(tenant) = tenant else {
+        let error = format!("service {name:?} has no container: it is not passivated");
+        return json(StatusCode::CONFLICT, &serde_json::json!({ "error": error }));
+    };
+    match command {
+        "wake" => tenant.request_wake(),
+        _ => {
+            if let Err(active) = tenant.request_sleep() {
+                let error = format!("service {name:?} has {active} request(s) or connection(s) in progress");
+                return json(StatusCode::CONFLICT, &serde_json::json!({ "error": error }));
+            }
+        }
+    }
+    json(
+        StatusCode::ACCEPTED,
+        &serde_json::json!({ "service": name, "command": command, "state": tenant.phase().as_str() }),
+    )
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -231,8 +231,18 @@ impl Keys {
         format!("{}services/{name}", self.prefix)
     }
 
-    /// The key range holding routes and services, and nothing that changes often (`status/` and `activity/`
-    /// sort after it): `[<prefix>routes/, <prefix>services0)`.
+    /// `<prefix>status/<name>`: a passivated service's state, written by reveille.
+    pub fn status(&self, name: &str) -> String {
+        format!("{}status/{name}", self.prefix)
+    }
+
+    /// `<prefix>activity/<name>`: when a passivated service last had a request, written by reveille.
+    pub fn activity(&self, name: &str) -> String {
+        format!("{}activity/{name}", self.prefix)
+    }
+
+    /// The key range holding routes and services, and nothing that changes often (`activity/` sorts before
+    /// it, `status/` after): `[<prefix>routes/, <prefix>services0)`.
     pub fn watched_range(&self) -> (String, String) {
         (self.routes(), format!("{}services0", self.prefix))
     }

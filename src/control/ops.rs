@@ -107,7 +107,7 @@ impl Ops {
     /// `service set NAME --backend ADDR...`: validated like the routes file; other fields of an existing value
     /// are kept.
     pub async fn service_set(&mut self, name: &str, backends: &[String]) -> Result<String, OpsError> {
-        let spec = ServiceSpec { backends: backends.to_vec(), unknown: Default::default() };
+        let spec = ServiceSpec { backends: backends.to_vec(), ..Default::default() };
         spec.to_service(name).map_err(|(_, e)| e)?;
         let key = self.keys.service(name);
         let previous = self.object(&key).await?;

@@ -89,13 +89,20 @@ impl ConnState {
 }
 
 /// Held from the moment a request is handed to reveille until its response body is done (or dropped).
-pub(crate) struct InFlight(Arc<ConnState>);
+/// For a passivated service it also carries the tenant's activity guard, so the tenant counts as active until
+/// the response body is done.
+pub(crate) struct InFlight(Arc<ConnState>, Option<crate::passivation::Activity>);
 
 impl InFlight {
     pub(crate) fn new(state: &Arc<ConnState>) -> Self {
         state.in_flight.fetch_add(1, Ordering::Relaxed);
         state.head_started.store(0, Ordering::Relaxed);
-        Self(state.clone())
+        Self(state.clone(), None)
+    }
+
+    pub(crate) fn with_activity(mut self, activity: crate::passivation::Activity) -> Self {
+        self.1 = Some(activity);
+        self
     }
 }
 

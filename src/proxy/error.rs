@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use crate::passivation::Refusal;
+
 /// Who is at fault, in pingora's terms: decides the status class and keeps logs and metrics honest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -35,6 +37,9 @@ pub enum ProxyError {
     ClientAborted,
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// A passivated service could not be woken in time, or not at all.
+    #[error("service {service:?} is not available: {refusal}")]
+    Wake { service: String, refusal: Refusal },
 }
 
 impl ProxyError {
@@ -48,6 +53,17 @@ impl ProxyError {
             Self::AllBackendsFailed { .. } | Self::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::MissingService { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Wake { refusal: Refusal::Timeout { .. }, .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Wake { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Seconds for `Retry-After`, where trying again soon can work.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::Wake { refusal: Refusal::Overflow { .. } | Refusal::Removed, .. } => Some(2),
+            Self::Wake { refusal: Refusal::Failed { .. } | Refusal::Unavailable { .. }, .. } => Some(5),
+            _ => None,
         }
     }
 

@@ -5,7 +5,9 @@ use std::borrow::Cow;
 use std::error::Error as _;
 use std::time::Instant;
 
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, TRANSFER_ENCODING, UPGRADE};
+use http::header::{
+    ACCEPT, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, RETRY_AFTER, TRANSFER_ENCODING, UPGRADE, VARY,
+};
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use hyper::body::Incoming;
@@ -16,6 +18,7 @@ use super::conn::InFlight;
 use super::headers::{add_forwarded, strip_hop_by_hop, upgrade_requested};
 use super::{tunnel, ProxyError, ProxyService, Response};
 use crate::metrics::{Unrouted, UpstreamErrorKind};
+use crate::passivation::{Activity, PageValues, Phase, Refusal};
 use crate::routes::{normalize_request_host, Backend, Lookup, Service};
 
 /// Handles one request end to end. Never fails: errors become responses.
@@ -69,14 +72,54 @@ pub(super) async fn handle(svc: &ProxyService, req: Request<Incoming>, guard: In
             return error_response(&err, guard);
         }
     };
-    let host_for_log = if proxy.settings.access_log { host.into_owned() } else { String::new() };
+    let status_path = &proxy.passivator.settings().status_path;
+    if req.uri().path() == status_path.as_str() && matches!(*req.method(), Method::GET | Method::HEAD) {
+        let response = status_response(svc, &service, guard);
+        log_access(svc, &req, &host, response.status(), start);
+        return response;
+    }
+    let host = host.into_owned();
     drop(raw_host);
 
     let method = req.method().clone();
     let path = req.uri().path_and_query().cloned();
-    let (response, backend) = match forward(svc, &service, req).await {
+    let mut guard = guard;
+    let mut target = None;
+    let mut activity = None;
+    if let Some(tenant) = proxy.passivator.tenant(&service) {
+        let page = wants_page(&req);
+        match tenant.admit(page).await {
+            Ok((backend, a)) => {
+                target = backend;
+                activity = Some(a.clone());
+                guard = guard.with_activity(a);
+            }
+            Err(Refusal::Starting) => {
+                let response = starting_page(svc, &service, &host, tenant.phase().as_str(), guard);
+                log_access(svc, &req, &host, response.status(), start);
+                return response;
+            }
+            Err(refusal) => {
+                let err = ProxyError::Wake { service: service.name().to_string(), refusal };
+                let response = error_response(&err, guard);
+                service.stats(|n| proxy.metrics.service_stats(n)).record(response.status().as_u16());
+                if proxy.settings.access_log {
+                    let path = path.as_ref().map_or("", |p| p.as_str());
+                    access_log(&host, &method, path, response.status(), start, service.name(), "-");
+                }
+                return response;
+            }
+        }
+    }
+    let (response, backend) = match forward(svc, &service, target.as_ref(), activity, req).await {
         Ok((resp, backend)) => (finish_response(resp, guard), Some(backend)),
-        Err((err, backend)) => (error_response(&err, guard), backend),
+        Err((err, backend)) => {
+            if let (ProxyError::AllBackendsFailed { .. }, Some(tenant)) = (&err, proxy.passivator.get(service.name())) {
+                // The container may have died under us: have its state checked.
+                tenant.suspect();
+            }
+            (error_response(&err, guard), backend)
+        }
     };
     let status = response.status();
     service.stats(|n| proxy.metrics.service_stats(n)).record(status.as_u16());
@@ -84,7 +127,7 @@ pub(super) async fn handle(svc: &ProxyService, req: Request<Incoming>, guard: In
     if proxy.settings.access_log {
         let path = path.as_ref().map_or("", |p| p.as_str());
         let backend = backend.as_ref().map_or("-", |b| b.as_str());
-        access_log(&host_for_log, &method, path, status, start, service.name(), backend);
+        access_log(&host, &method, path, status, start, service.name(), backend);
     }
     response
 }
@@ -125,6 +168,8 @@ type Upstream = http::Response<Incoming>;
 async fn forward(
     svc: &ProxyService,
     service: &Service,
+    target: Option<&Backend>,
+    activity: Option<Activity>,
     mut req: Request<Incoming>,
 ) -> Result<(Upstream, Backend), (ProxyError, Option<Backend>)> {
     let proxy = &*svc.proxy;
@@ -155,12 +200,18 @@ async fn forward(
     add_forwarded(&mut headers, &svc.peer_ip, &proxy.proto, forwarded_host);
     let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
 
-    let n = service.backends().len();
+    // A passivated service without fixed backends has one: its container's address.
+    let backends = match target {
+        Some(b) => Backends::One(std::iter::once(b)),
+        None => Backends::Rotation(service.rotation()),
+    };
+    let n = if target.is_some() { 1 } else { service.backends().len() };
     let mut headers = Some(headers);
     let mut client_upgrade = client_upgrade;
+    let mut activity = activity;
     let mut last_backend = None;
     let timeout = proxy.settings.response_timeout;
-    for (i, backend) in service.rotation().enumerate() {
+    for (i, backend) in backends.enumerate() {
         let is_last = i + 1 == n;
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(Scheme::HTTP);
@@ -201,7 +252,13 @@ async fn forward(
                 if let Some(client) = tunnel {
                     let backend_side = hyper::upgrade::on(&mut resp);
                     let span = tracing::info_span!("tunnel", service = service.name());
-                    let run = tunnel::run(client, backend_side, proxy.settings.tunnel_idle_timeout, svc.conn.clone());
+                    let run = tunnel::run(
+                        client,
+                        backend_side,
+                        proxy.settings.tunnel_idle_timeout,
+                        svc.conn.clone(),
+                        activity.take(),
+                    );
                     proxy.tasks.spawn(run.instrument(span));
                 }
                 return Ok((resp, backend.clone()));
@@ -230,6 +287,89 @@ async fn forward(
         }
     }
     Err((ProxyError::AllBackendsFailed { service: service.name().into() }, last_backend))
+}
+
+/// The backends one request may try.
+enum Backends<'a, R> {
+    One(std::iter::Once<&'a Backend>),
+    Rotation(R),
+}
+
+impl<'a, R: Iterator<Item = &'a Backend>> Iterator for Backends<'a, R> {
+    type Item = &'a Backend;
+    fn next(&mut self) -> Option<&'a Backend> {
+        match self {
+            Backends::One(i) => i.next(),
+            Backends::Rotation(r) => r.next(),
+        }
+    }
+}
+
+/// A `GET` for a page a browser shows (not a script, image, XHR or upgrade): the only kind of request that may
+/// get the "starting" page instead of waiting.
+fn wants_page(req: &Request<Incoming>) -> bool {
+    if req.method() != Method::GET || req.headers().contains_key(UPGRADE) {
+        return false;
+    }
+    let h = req.headers();
+    let header = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+    if let Some(dest) = header("sec-fetch-dest") {
+        if !matches!(dest, "document" | "iframe") {
+            return false;
+        }
+    }
+    if header("x-requested-with").is_some() {
+        return false;
+    }
+    h.get_all(ACCEPT).iter().filter_map(|v| v.to_str().ok()).any(|v| {
+        v.split(',').any(|t| t.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("text/html")))
+    })
+}
+
+/// The "starting" page: 503, never cached, reloads itself once the tenant is ready.
+fn starting_page(svc: &ProxyService, service: &Service, host: &str, state: &str, guard: InFlight) -> Response {
+    let settings = svc.proxy.passivator.settings();
+    let html = settings.page.render(&PageValues {
+        service: service.name(),
+        host,
+        state,
+        status_path: &settings.status_path,
+        retry_after: PAGE_RETRY_AFTER,
+    });
+    let mut resp = http::Response::new(ResponseBody::full(html, Some(guard)));
+    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(RETRY_AFTER, HeaderValue::from(PAGE_RETRY_AFTER));
+    h.insert(VARY, HeaderValue::from_static("Accept"));
+    resp
+}
+
+/// `Retry-After` of the starting page, in seconds (the page itself reloads sooner, when ready).
+const PAGE_RETRY_AFTER: u64 = 2;
+
+/// `GET <status_path>` on a routed host: the state of its service, for the starting page and for tools.
+fn status_response(svc: &ProxyService, service: &std::sync::Arc<Service>, guard: InFlight) -> Response {
+    let (state, error) = match svc.proxy.passivator.tenant(service) {
+        Some(t) => {
+            let st = t.phase();
+            let error = if st == Phase::Failed { t.last_error() } else { None };
+            (st.as_str(), error)
+        }
+        None => ("running", None),
+    };
+    let body = serde_json::json!({
+        "service": service.name(),
+        "state": state,
+        "ready": state == "running",
+        "error": error,
+    });
+    let mut resp = http::Response::new(ResponseBody::full(body.to_string(), Some(guard)));
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 /// Elapsed milliseconds, rounded to the microsecond so log lines stay short.
@@ -268,6 +408,10 @@ fn error_response(err: &ProxyError, guard: InFlight) -> Response {
     let mut resp = http::Response::new(ResponseBody::full(err.body(), Some(guard)));
     *resp.status_mut() = err.status();
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    if let Some(secs) = err.retry_after() {
+        resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+        resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
     resp
 }
 

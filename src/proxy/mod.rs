@@ -32,6 +32,7 @@ use tracing::{error, info_span, Instrument};
 pub use error::ProxyError;
 
 use crate::metrics::Metrics;
+use crate::passivation::Passivator;
 use crate::routes::RouteHandle;
 use body::{RequestBody, ResponseBody};
 use conn::{ConnState, InFlight};
@@ -82,6 +83,8 @@ impl Default for Settings {
 pub struct Proxy {
     routes: RouteHandle,
     metrics: Arc<Metrics>,
+    /// Passivated services' tenants: asked for a backend before forwarding.
+    passivator: Arc<Passivator>,
     settings: Settings,
     client: Client<HttpConnector, RequestBody>,
     h1: http1::Builder,
@@ -99,7 +102,7 @@ impl std::fmt::Debug for Proxy {
 }
 
 impl Proxy {
-    pub fn new(routes: RouteHandle, metrics: Arc<Metrics>, settings: Settings) -> Arc<Self> {
+    pub fn new(routes: RouteHandle, metrics: Arc<Metrics>, settings: Settings, passivator: Arc<Passivator>) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(settings.connect_timeout));
@@ -132,6 +135,7 @@ impl Proxy {
         Arc::new(Self {
             routes,
             metrics,
+            passivator,
             settings,
             client,
             h1,

@@ -19,8 +19,15 @@ use tracing::debug;
 
 use super::conn::ConnState;
 
-/// Runs one tunnel to its end. `_conn` is held so the connection's slot stays taken while the tunnel lives.
-pub(crate) async fn run(client: OnUpgrade, backend: OnUpgrade, idle: Duration, _conn: Arc<ConnState>) {
+/// Runs one tunnel to its end. `_conn` is held so the connection's slot stays taken while the tunnel lives, and
+/// `_activity` so a passivated tenant is never stopped under an open WebSocket.
+pub(crate) async fn run(
+    client: OnUpgrade,
+    backend: OnUpgrade,
+    idle: Duration,
+    _conn: Arc<ConnState>,
+    _activity: Option<crate::passivation::Activity>,
+) {
     let (client, backend) = match tokio::try_join!(client, backend) {
         Ok(pair) => pair,
         Err(e) => {

@@ -17,6 +17,14 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// A backend at a socket address (a container's address, found at run time).
+    pub fn from_addr(addr: std::net::SocketAddr) -> Self {
+        let text = addr.to_string();
+        // A formatted socket address is always a valid authority.
+        let authority = text.parse().unwrap_or_else(|_| Authority::from_static("0.0.0.0:1"));
+        Self { authority, display: Arc::from(text) }
+    }
+
     /// Parses `host:port` or `http://host:port` (port 80 by default with the scheme). Anything else — another
     /// scheme, a path, user info, a missing port — is an error naming the reason.
     pub fn parse(raw: &str) -> Result<Self, RouteError> {

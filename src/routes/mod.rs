@@ -20,7 +20,7 @@ use arc_swap::ArcSwap;
 
 pub use backend::Backend;
 pub use host::{normalize_request_host, HostPattern};
-pub use spec::{RouteSpec, ServiceSpec};
+pub use spec::{ContainerSpec, IdleAction, RouteSpec, ServiceSpec};
 pub use table::{Lookup, RouteSet, RouteSetBuilder, RouteTable, Service};
 
 /// Errors in route definitions. Every variant names the offending item, so a log line is enough to fix it.
@@ -40,6 +40,8 @@ pub enum RouteError {
     DuplicateRoute { host: String },
     #[error("service {service:?} is defined twice")]
     DuplicateService { service: String },
+    #[error("service {service:?}: {reason}")]
+    BadField { service: String, reason: String },
 }
 
 /// Checks a service name: it becomes a metric label and (later) an etcd key, so keep it to a safe alphabet.
@@ -65,6 +67,8 @@ pub struct RouteHandle {
     loaded: Arc<std::sync::atomic::AtomicBool>,
     /// Set when shutdown starts: `/readyz` answers 503 again so load balancers stop sending traffic.
     draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Bumped on every store, so other parts (passivation) can follow the table without polling it.
+    version: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Default for RouteHandle {
@@ -80,6 +84,7 @@ impl RouteHandle {
             current: Arc::new(ArcSwap::from_pointee(RouteTable::empty())),
             loaded: Arc::default(),
             draining: Arc::default(),
+            version: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
     }
 
@@ -96,6 +101,12 @@ impl RouteHandle {
     /// Installs a new table atomically.
     pub fn store(&self, table: RouteTable) {
         self.current.store(Arc::new(table));
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    /// A receiver that sees a change after every [`Self::store`].
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.version.subscribe()
     }
 
     /// Marks the table complete: every configured route source has loaded once.

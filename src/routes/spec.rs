@@ -3,6 +3,7 @@
 
 use std::borrow::Borrow;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::de::IgnoredAny;
 use serde::Deserialize;
@@ -16,9 +17,89 @@ use super::{validate_service_name, Backend, RouteError, Service};
 pub struct ServiceSpec<S = String> {
     #[serde(default = "Vec::new")]
     pub backends: Vec<S>,
+    /// The Docker container (name or id) serving this service; reveille starts and stops it.
+    #[serde(default)]
+    pub container: Option<String>,
+    /// The container port to reach (and to probe). Without `backends`, the backend is the container's address
+    /// on its network and this port.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Which of the container's networks to take its address from (default: the first).
+    #[serde(default)]
+    pub network: Option<String>,
+    /// Stop (or pause) the container after this long without activity; `"0"` = never.
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    /// How long a request waits for the container to become ready.
+    #[serde(default, with = "humantime_serde")]
+    pub wake_timeout: Option<Duration>,
+    /// Readiness is a `GET` of this path answering below 500; without it, a successful TCP connect.
+    #[serde(default)]
+    pub health_path: Option<String>,
+    #[serde(default)]
+    pub idle_action: Option<IdleAction>,
+    /// Requests held per service while it wakes; past it, 503.
+    #[serde(default)]
+    pub max_held: Option<usize>,
+    /// How long a browser page request is held before it gets the "starting" page.
+    #[serde(default, with = "humantime_serde")]
+    pub page_after: Option<Duration>,
     /// Fields this version does not know: accepted (forward compatibility), reported as warnings.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, IgnoredAny>,
+}
+
+impl<S> Default for ServiceSpec<S> {
+    fn default() -> Self {
+        Self {
+            backends: Vec::new(),
+            container: None,
+            port: None,
+            network: None,
+            idle_timeout: None,
+            wake_timeout: None,
+            health_path: None,
+            idle_action: None,
+            max_held: None,
+            page_after: None,
+            unknown: BTreeMap::new(),
+        }
+    }
+}
+
+/// What happens to an idle tenant's container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdleAction {
+    /// `docker stop`: frees memory; the next wake is a full start.
+    #[default]
+    Stop,
+    /// `docker pause`: keeps memory; the next wake is an unpause (milliseconds).
+    Pause,
+}
+
+impl IdleAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdleAction::Stop => "stop",
+            IdleAction::Pause => "pause",
+        }
+    }
+}
+
+/// A service backed by a container that reveille starts on demand and stops when idle. Unset fields take the
+/// `[passivation]` defaults of the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSpec {
+    pub container: String,
+    pub port: Option<u16>,
+    pub network: Option<String>,
+    pub idle_timeout: Option<Duration>,
+    pub wake_timeout: Option<Duration>,
+    pub health_path: Option<String>,
+    pub idle_action: IdleAction,
+    pub max_held: Option<usize>,
+    pub page_after: Option<Duration>,
 }
 
 /// A route value in etcd: `{"service": "acme"}`.
@@ -40,10 +121,62 @@ impl<S: Borrow<str>> ServiceSpec<S> {
             .enumerate()
             .map(|(i, b)| Backend::parse(b.borrow()).map_err(|e| (Some(i), e)))
             .collect::<Result<Vec<_>, _>>()?;
-        if backends.is_empty() {
+        let container = self.container_spec(name).map_err(|e| (None, e))?;
+        if backends.is_empty() && !container.as_ref().is_some_and(|c| c.port.is_some()) {
             return Err((None, RouteError::NoBackends { service: name.to_string() }));
         }
-        Ok(Service::new(name, backends))
+        Ok(Service::with_container(name, backends, container))
+    }
+
+    fn container_spec(&self, name: &str) -> Result<Option<ContainerSpec>, RouteError> {
+        let bad = |reason: String| RouteError::BadField { service: name.to_string(), reason };
+        let Some(container) = &self.container else {
+            let set = [
+                ("port", self.port.is_some()),
+                ("network", self.network.is_some()),
+                ("idle_timeout", self.idle_timeout.is_some()),
+                ("wake_timeout", self.wake_timeout.is_some()),
+                ("health_path", self.health_path.is_some()),
+                ("idle_action", self.idle_action.is_some()),
+                ("max_held", self.max_held.is_some()),
+                ("page_after", self.page_after.is_some()),
+            ];
+            if let Some((field, _)) = set.iter().find(|(_, set)| *set) {
+                return Err(bad(format!("`{field}` needs `container`")));
+            }
+            return Ok(None);
+        };
+        if container.is_empty()
+            || container.len() > 255
+            || !container.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(bad(format!("invalid container name {container:?}")));
+        }
+        if self.port == Some(0) {
+            return Err(bad("`port` must be 1-65535".into()));
+        }
+        if let Some(p) = &self.health_path {
+            if !p.starts_with('/') || p.contains(|c: char| c.is_ascii_whitespace() || c.is_ascii_control()) {
+                return Err(bad(format!("`health_path` {p:?} must be a path starting with '/'")));
+            }
+        }
+        if self.wake_timeout == Some(Duration::ZERO) {
+            return Err(bad("`wake_timeout` must be more than 0".into()));
+        }
+        if self.max_held == Some(0) {
+            return Err(bad("`max_held` must be at least 1".into()));
+        }
+        Ok(Some(ContainerSpec {
+            container: container.clone(),
+            port: self.port,
+            network: self.network.clone(),
+            idle_timeout: self.idle_timeout,
+            wake_timeout: self.wake_timeout,
+            health_path: self.health_path.clone(),
+            idle_action: self.idle_action.unwrap_or_default(),
+            max_held: self.max_held,
+            page_after: self.page_after,
+        }))
     }
 }
 
@@ -53,13 +186,42 @@ mod tests {
 
     #[test]
     fn json_service_with_unknown_fields() {
-        let spec: ServiceSpec = serde_json::from_str(r#"{"backends": ["127.0.0.1:1"], "container": "x"}"#).unwrap();
-        assert_eq!(spec.unknown.keys().collect::<Vec<_>>(), ["container"]);
+        let spec: ServiceSpec = serde_json::from_str(r#"{"backends": ["127.0.0.1:1"], "colour": "x"}"#).unwrap();
+        assert_eq!(spec.unknown.keys().collect::<Vec<_>>(), ["colour"]);
         assert_eq!(spec.to_service("a").unwrap().backends().len(), 1);
         assert!(serde_json::from_str::<ServiceSpec>(r#"{"backends": "127.0.0.1:1"}"#).is_err(), "wrong type");
         let spec: ServiceSpec = serde_json::from_str(r#"{"backends": ["nope"]}"#).unwrap();
         assert!(matches!(spec.to_service("a"), Err((Some(0), RouteError::BadBackend { .. }))));
         let spec: ServiceSpec = serde_json::from_str(r#"{"backends": []}"#).unwrap();
         assert!(matches!(spec.to_service("a"), Err((None, RouteError::NoBackends { .. }))));
+    }
+
+    #[test]
+    fn container_fields() {
+        let parse = |j: &str| serde_json::from_str::<ServiceSpec>(j).unwrap().to_service("a");
+        let svc = parse(r#"{"container": "acme-web", "port": 8080, "idle_timeout": "15m", "idle_action": "pause"}"#)
+            .unwrap();
+        assert!(svc.backends().is_empty());
+        let c = svc.container().unwrap();
+        assert_eq!(c.container, "acme-web");
+        assert_eq!(c.port, Some(8080));
+        assert_eq!(c.idle_timeout, Some(Duration::from_secs(900)));
+        assert_eq!(c.idle_action, IdleAction::Pause);
+        let never = parse(r#"{"container": "c", "port": 1, "idle_timeout": "0"}"#).unwrap();
+        assert_eq!(never.container().unwrap().idle_timeout, Some(Duration::ZERO));
+        // A container with explicit backends needs no port.
+        assert!(parse(r#"{"container": "c", "backends": ["127.0.0.1:9"]}"#).is_ok());
+        for (bad, why) in [
+            (r#"{"container": "c"}"#, "no port, no backends"),
+            (r#"{"port": 80, "backends": ["127.0.0.1:9"]}"#, "port without container"),
+            (r#"{"container": "a b", "port": 80}"#, "bad container name"),
+            (r#"{"container": "c", "port": 80, "health_path": "health"}"#, "relative health path"),
+            (r#"{"container": "c", "port": 80, "max_held": 0}"#, "max_held 0"),
+            (r#"{"container": "c", "port": 80, "wake_timeout": "0"}"#, "wake_timeout 0"),
+        ] {
+            assert!(parse(bad).is_err(), "{why}");
+        }
+        assert!(serde_json::from_str::<ServiceSpec>(r#"{"container": "c", "idle_timeout": "soon"}"#).is_err());
+        assert!(serde_json::from_str::<ServiceSpec>(r#"{"container": "c", "idle_action": "freeze"}"#).is_err());
     }
 }

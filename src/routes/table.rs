@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use serde::Serialize;
 
 use super::shard::ShardMap;
-use super::{validate_service_name, Backend, HostPattern, RouteError};
+use super::{validate_service_name, Backend, ContainerSpec, HostPattern, RouteError};
 use crate::metrics::ServiceStats;
 
 /// A named set of backends.
@@ -21,12 +21,31 @@ pub struct Service {
     /// Per-service metric handles, resolved on the first request so idle services cost no series and the
     /// request path only touches atomics.
     stats: OnceLock<ServiceStats>,
+    /// Set when a container serves this service and reveille passivates it.
+    container: Option<Box<ContainerSpec>>,
 }
 
 impl Service {
     /// Builds a service; `name` must already be validated.
     pub fn new(name: &str, backends: Vec<Backend>) -> Self {
-        Self { name: Arc::from(name), backends: backends.into(), cursor: AtomicUsize::new(0), stats: OnceLock::new() }
+        Self::with_container(name, backends, None)
+    }
+
+    /// Builds a service that may be backed by a container; `name` must already be validated. Without
+    /// `backends`, the container's address is the backend.
+    pub fn with_container(name: &str, backends: Vec<Backend>, container: Option<ContainerSpec>) -> Self {
+        Self {
+            name: Arc::from(name),
+            backends: backends.into(),
+            cursor: AtomicUsize::new(0),
+            stats: OnceLock::new(),
+            container: container.map(Box::new),
+        }
+    }
+
+    /// The container that serves this service, when it is passivated.
+    pub fn container(&self) -> Option<&ContainerSpec> {
+        self.container.as_deref()
     }
 
     pub fn name(&self) -> &str {
@@ -39,7 +58,7 @@ impl Service {
 
     /// True when both define the same thing (used to skip no-op changes).
     pub fn same_definition(&self, other: &Service) -> bool {
-        self.name == other.name && self.backends == other.backends
+        self.name == other.name && self.backends == other.backends && self.container == other.container
     }
 
     /// The backends in the order this request should try them: round-robin start, then the others in turn, so
@@ -174,6 +193,11 @@ impl RouteTable {
         self.services.get(name)
     }
 
+    /// Every service, in no particular order.
+    pub fn services(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<Service>)> {
+        self.services.iter()
+    }
+
     /// All routes as `(pattern, service name)`, sorted by pattern.
     pub fn routes(&self) -> BTreeMap<String, &str> {
         let exact = self.exact.iter().map(|(h, s)| (h.to_string(), &**s));
@@ -187,6 +211,8 @@ impl RouteTable {
         #[derive(Serialize)]
         struct ServiceView<'a> {
             backends: Vec<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            container: Option<&'a str>,
         }
         #[derive(Serialize)]
         struct View<'a> {
@@ -202,7 +228,10 @@ impl RouteTable {
             services: self
                 .services
                 .iter()
-                .map(|(n, s)| (&**n, ServiceView { backends: s.backends.iter().map(Backend::as_str).collect() }))
+                .map(|(n, s)| {
+                    let backends = s.backends.iter().map(Backend::as_str).collect();
+                    (&**n, ServiceView { backends, container: s.container().map(|c| c.container.as_str()) })
+                })
                 .collect(),
             missing_services,
         };

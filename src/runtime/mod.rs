@@ -6,7 +6,9 @@
 //! platform does, reveille only starts and stops them.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::time::Duration;
 
 use bollard::errors::Error as DockerError;
@@ -43,6 +45,10 @@ pub enum ContainerState {
 /// The result of inspecting a container.
 #[derive(Debug, Clone)]
 pub struct ContainerInfo {
+    /// Docker's full id.
+    pub id: String,
+    /// The container's name, without the leading `/`.
+    pub name: String,
     pub state: ContainerState,
     /// The container's address on the requested network (or its first network).
     pub ip: Option<IpAddr>,
@@ -55,6 +61,8 @@ pub struct ContainerInfo {
 /// A container lifecycle event from Docker's event stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerEvent {
+    /// The container's full id.
+    pub id: String,
     /// The container's name (without the leading `/`).
     pub container: String,
     /// Docker's action: `start`, `die`, `stop`, `pause`, `unpause`, `health_status: healthy`...
@@ -124,7 +132,9 @@ impl DockerRuntime {
             .and_then(|ip| ip.parse().ok());
         let error = st.error.filter(|e| !e.is_empty());
         let exit_code = if state == ContainerState::Stopped { st.exit_code } else { None };
-        Ok(ContainerInfo { state, ip, exit_code, error })
+        let id = info.id.unwrap_or_default();
+        let name = info.name.unwrap_or_default().trim_start_matches('/').to_string();
+        Ok(ContainerInfo { id, name, state, ip, exit_code, error })
     }
 
     /// Starts a stopped container. Already running is not an error.
@@ -175,7 +185,8 @@ impl DockerRuntime {
             Ok(ev) => {
                 let actor = ev.actor.unwrap_or_default();
                 let name = actor.attributes.unwrap_or_default().remove("name").unwrap_or_default();
-                Ok(ContainerEvent { container: name, action: ev.action.unwrap_or_default() })
+                let id = actor.id.unwrap_or_default();
+                Ok(ContainerEvent { id, container: name, action: ev.action.unwrap_or_default() })
             }
             Err(e) => Err(RuntimeError::Unavailable { endpoint: endpoint.clone(), reason: e.to_string() }),
         })
@@ -209,6 +220,78 @@ impl DockerRuntime {
             }
             Err(e) => Err(RuntimeError::Unavailable { endpoint: self.endpoint.clone(), reason: e.to_string() }),
         }
+    }
+}
+
+/// A boxed runtime call.
+pub type RuntimeFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, RuntimeError>> + Send + 'a>>;
+/// A boxed stream of container events.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<ContainerEvent, RuntimeError>> + Send>>;
+
+/// What passivation needs of a container runtime. [`LazyDocker`] is the real one; unit tests of the
+/// passivation state machine use a scripted fake.
+pub trait ContainerRuntime: Send + Sync + 'static {
+    fn inspect<'a>(&'a self, container: &'a str, network: Option<&'a str>) -> RuntimeFuture<'a, ContainerInfo>;
+    fn start<'a>(&'a self, container: &'a str) -> RuntimeFuture<'a, ()>;
+    fn stop<'a>(&'a self, container: &'a str, grace: Duration) -> RuntimeFuture<'a, ()>;
+    fn pause<'a>(&'a self, container: &'a str) -> RuntimeFuture<'a, ()>;
+    fn unpause<'a>(&'a self, container: &'a str) -> RuntimeFuture<'a, ()>;
+    /// Container lifecycle events from now on; ends or errors when the connection breaks.
+    fn events(&self) -> RuntimeFuture<'_, EventStream>;
+    /// Where the runtime is, for messages.
+    fn endpoint(&self) -> &str;
+}
+
+/// A Docker runtime that connects on first use and, until a connection has succeeded, tries again on every
+/// call: reveille starts (and serves its static routes) while Docker is down, and wakes answer "unavailable"
+/// at once instead of hanging.
+pub struct LazyDocker {
+    endpoint: Option<String>,
+    name: String,
+    timeout: Duration,
+    docker: tokio::sync::OnceCell<DockerRuntime>,
+}
+
+impl LazyDocker {
+    /// `endpoint` as for [`DockerRuntime::connect`]; `timeout` bounds every call.
+    pub fn new(endpoint: Option<String>, timeout: Duration) -> Self {
+        let name = endpoint
+            .clone()
+            .or_else(|| std::env::var("DOCKER_HOST").ok())
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+        Self { endpoint, name, timeout, docker: tokio::sync::OnceCell::new() }
+    }
+
+    async fn get(&self) -> Result<&DockerRuntime, RuntimeError> {
+        self.docker.get_or_try_init(|| DockerRuntime::connect(self.endpoint.as_deref(), self.timeout)).await
+    }
+}
+
+impl ContainerRuntime for LazyDocker {
+    fn inspect<'a>(&'a self, container: &'a str, network: Option<&'a str>) -> RuntimeFuture<'a, ContainerInfo> {
+        Box::pin(async move { self.get().await?.inspect(container, network).await })
+    }
+    fn start<'a>(&'a self, container: &'a str) -> RuntimeFuture<'a, ()> {
+        Box::pin(async move { self.get().await?.start(container).await })
+    }
+    fn stop<'a>(&'a self, container: &'a str, grace: Duration) -> RuntimeFuture<'a, ()> {
+        Box::pin(async move { self.get().await?.stop(container, grace).await })
+    }
+    fn pause<'a>(&'a self, container: &'a str) -> RuntimeFuture<'a, ()> {
+        Box::pin(async move { self.get().await?.pause(container).await })
+    }
+    fn unpause<'a>(&'a self, container: &'a str) -> RuntimeFuture<'a, ()> {
+        Box::pin(async move { self.get().await?.unpause(container).await })
+    }
+    fn events(&self) -> RuntimeFuture<'_, EventStream> {
+        Box::pin(async move {
+            let docker = self.get().await?;
+            let stream: EventStream = Box::pin(docker.events(None));
+            Ok(stream)
+        })
+    }
+    fn endpoint(&self) -> &str {
+        &self.name
     }
 }
 

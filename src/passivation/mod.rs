@@ -1,0 +1,342 @@
+//! Passivation: tenants' containers are stopped (or paused) when idle and started again by the first request
+//! that needs them. See `LIFECYCLE.md` in this folder for the states and transitions.
+//!
+//! Owns the per-tenant state machines ([`Tenant`]), the registry that keeps them in step with the route table
+//! ([`Passivator`]), readiness probes, the "starting" page, and the operator's view (admin API, etcd status
+//! keys). Talks to Docker only through [`ContainerRuntime`]; the proxy asks [`Tenant::admit`] for a backend and
+//! holds the [`Activity`] guard it gets for as long as the request or upgraded connection lasts.
+
+mod page;
+mod probe;
+pub mod status;
+mod tenant;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub use page::{Page, PageValues};
+pub use probe::{NetProbe, Probe};
+pub use tenant::{Activity, Phase, Refusal, Tenant};
+
+use crate::metrics::{Metrics, PassivationMetrics};
+use crate::routes::{RouteHandle, RouteTable, Service};
+use crate::runtime::ContainerRuntime;
+
+/// Defaults and knobs of passivation (`[passivation]` in the config). Per-service fields override the first
+/// four.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Stop a tenant after this long without activity; zero = never.
+    pub idle_timeout: Duration,
+    /// How long a request waits for its tenant to become ready: past it, 504.
+    pub wake_timeout: Duration,
+    /// Requests held per tenant while it wakes: past it, 503.
+    pub max_held: usize,
+    /// How long a browser page request is held before it gets the "starting" page.
+    pub page_after: Duration,
+    /// Time `docker stop` gives the container before killing it.
+    pub stop_timeout: Duration,
+    /// Time between readiness probes while a tenant wakes.
+    pub probe_interval: Duration,
+    /// The path, on every routed host, that tells a tenant's state (the starting page polls it).
+    pub status_path: String,
+    /// The "starting" page template.
+    pub page: Page,
+    /// The Docker endpoint (`unix:///...`, `tcp://...`); `None` = `DOCKER_HOST` or the local socket.
+    pub docker: Option<String>,
+    /// Time allowed for one Docker API call.
+    pub docker_timeout: Duration,
+    /// This instance's name in the etcd status keys.
+    pub node: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(15 * 60),
+            wake_timeout: Duration::from_secs(60),
+            max_held: 1000,
+            page_after: Duration::from_secs(1),
+            stop_timeout: Duration::from_secs(10),
+            probe_interval: Duration::from_millis(25),
+            status_path: "/__reveille/status".into(),
+            page: Page::default(),
+            docker: None,
+            docker_timeout: Duration::from_secs(10),
+            node: default_node_name(),
+        }
+    }
+}
+
+/// The host name, for the `node` field of the etcd status keys.
+pub fn default_node_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "reveille".into())
+}
+
+/// A change operators should see, sent to the etcd status writer.
+#[derive(Debug, Clone)]
+pub enum StatusUpdate {
+    State { service: Arc<str>, state: Phase, since: SystemTime },
+}
+
+/// What every tenant shares.
+pub(crate) struct Shared {
+    settings: Settings,
+    runtime: Arc<dyn ContainerRuntime>,
+    probe: Arc<dyn Probe>,
+    metrics: PassivationMetrics,
+    status: Option<mpsc::UnboundedSender<StatusUpdate>>,
+}
+
+/// The registry of passivated tenants, one per service that names a container. Kept in step with the route
+/// table: a new service gets a tenant (and its container is adopted), a removed one loses it.
+pub struct Passivator {
+    shared: Arc<Shared>,
+    tenants: ArcSwap<HashMap<Arc<str>, Arc<Tenant>>>,
+    /// Serialises changes to `tenants`.
+    write: Mutex<()>,
+    /// Signalled when the first tenant appears (the Docker event stream is only opened when needed).
+    changed: Notify,
+    cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for Passivator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Passivator").field("tenants", &self.tenants.load().len()).finish_non_exhaustive()
+    }
+}
+
+impl Passivator {
+    /// `status`: where transitions are sent for the etcd status keys, if etcd is configured.
+    pub fn new(
+        settings: Settings,
+        runtime: Arc<dyn ContainerRuntime>,
+        probe: Arc<dyn Probe>,
+        metrics: &Metrics,
+        status: Option<mpsc::UnboundedSender<StatusUpdate>>,
+    ) -> Arc<Self> {
+        let shared = Arc::new(Shared { settings, runtime, probe, metrics: metrics.passivation().clone(), status });
+        Arc::new(Self {
+            shared,
+            tenants: ArcSwap::from_pointee(HashMap::new()),
+            write: Mutex::new(()),
+            changed: Notify::new(),
+            cancel: CancellationToken::new(),
+        })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.shared.settings
+    }
+
+    /// The tenant of a passivated service (`None` for a plain one). The request path: one hash lookup.
+    #[inline]
+    pub fn tenant(&self, service: &Arc<Service>) -> Option<Arc<Tenant>> {
+        service.container()?;
+        if let Some(t) = self.tenants.load().get(service.name()) {
+            if t.serves(service) {
+                return Some(t.clone());
+            }
+        }
+        Some(self.ensure(service))
+    }
+
+    /// The tenant of a service by name.
+    pub fn get(&self, name: &str) -> Option<Arc<Tenant>> {
+        self.tenants.load().get(name).cloned()
+    }
+
+    /// Creates or updates the tenant of `service`.
+    fn ensure(&self, service: &Arc<Service>) -> Arc<Tenant> {
+        let _w = self.write.lock();
+        let mut map = HashMap::clone(&self.tenants.load());
+        let tenant = self.upsert(&mut map, service);
+        self.tenants.store(Arc::new(map));
+        self.changed.notify_waiters();
+        tenant
+    }
+
+    fn upsert(&self, map: &mut HashMap<Arc<str>, Arc<Tenant>>, service: &Arc<Service>) -> Arc<Tenant> {
+        let container = service.container().map(|c| c.container.as_str());
+        if let Some(t) = map.get(service.name()) {
+            if t.service().container().map(|c| c.container.as_str()) == container {
+                if !t.serves(service) {
+                    t.update(service.clone());
+                }
+                return t.clone();
+            }
+            // Another container: a different tenant. The old one's held requests are answered 503.
+            t.cancel.cancel();
+        }
+        let t = Tenant::spawn(service.clone(), self.shared.clone(), self.cancel.child_token());
+        map.insert(Arc::from(service.name()), t.clone());
+        t
+    }
+
+    /// Brings the tenants in line with `table`.
+    pub fn reconcile(&self, table: &RouteTable) {
+        let _w = self.write.lock();
+        let current = self.tenants.load();
+        let mut map = HashMap::with_capacity(current.len());
+        let mut unchanged = true;
+        for (name, service) in table.services() {
+            if service.container().is_none() {
+                continue;
+            }
+            if let Some(t) = current.get(name) {
+                map.insert(name.clone(), t.clone());
+            }
+            let same = map.get(name).is_some_and(|t| t.serves(service));
+            if !same {
+                unchanged = false;
+                self.upsert(&mut map, service);
+            }
+        }
+        for (name, t) in current.iter() {
+            if !map.contains_key(name) {
+                unchanged = false;
+                info!(service = %name, "service removed or no longer passivated: its container is left as it is");
+                t.cancel.cancel();
+            }
+        }
+        if !unchanged || map.len() != current.len() {
+            self.tenants.store(Arc::new(map));
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Follows the route table and Docker's events until `cancel`.
+    pub async fn run(self: Arc<Self>, routes: RouteHandle, cancel: CancellationToken) {
+        let mut versions = routes.subscribe();
+        self.reconcile(&routes.load());
+        let events = tokio::spawn(self.clone().follow_events(cancel.clone()));
+        loop {
+            tokio::select! {
+                r = versions.changed() => {
+                    if r.is_err() {
+                        break;
+                    }
+                    self.reconcile(&routes.load());
+                }
+                () = cancel.cancelled() => break,
+            }
+        }
+        self.cancel.cancel();
+        let _ = events.await;
+    }
+
+    /// Docker's container events, dispatched to the tenants they concern. When the stream breaks, it is
+    /// reopened with backoff and every tenant re-inspects its container (events may have been missed).
+    async fn follow_events(self: Arc<Self>, cancel: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            while self.tenants.load().is_empty() {
+                let changed = self.changed.notified();
+                if !self.tenants.load().is_empty() {
+                    break;
+                }
+                tokio::select! {
+                    () = changed => {}
+                    () = cancel.cancelled() => return,
+                }
+            }
+            match self.shared.runtime.events().await {
+                Ok(mut stream) => {
+                    debug!("following Docker events");
+                    backoff = Duration::from_millis(100);
+                    for t in self.tenants.load().values() {
+                        t.notify_resync();
+                    }
+                    loop {
+                        let next = tokio::select! {
+                            n = stream.next() => n,
+                            () = cancel.cancelled() => return,
+                        };
+                        match next {
+                            Some(Ok(ev)) => {
+                                if !matches!(ev.action.as_str(), "start" | "die" | "pause" | "unpause" | "destroy") {
+                                    continue;
+                                }
+                                for t in self.tenants.load().values() {
+                                    if t.matches(&ev.id, &ev.container) {
+                                        t.notify_event();
+                                    }
+                                }
+                            }
+                            Some(Err(e)) => {
+                                warn!(error = %e, "Docker event stream broken; reconnecting");
+                                break;
+                            }
+                            None => {
+                                debug!("Docker event stream ended; reconnecting");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => debug!(error = %e, "cannot follow Docker events"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = cancel.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Every service of `table` as the admin API shows it, passivated or not.
+    pub fn services_json(&self, table: &RouteTable) -> Value {
+        let tenants = self.tenants.load();
+        let mut out = serde_json::Map::new();
+        for (name, service) in table.services() {
+            let backends: Vec<&str> = service.backends().iter().map(|b| b.as_str()).collect();
+            let mut v = json!({ "backends": backends });
+            match (service.container(), tenants.get(name)) {
+                (Some(spec), Some(t)) => {
+                    let st = t.state.lock();
+                    let failure = st.failure.as_ref().map(|(r, _)| r.to_string());
+                    v["container"] = json!(spec.container);
+                    v["state"] = json!(st.phase.as_str());
+                    v["since"] = json!(status::rfc3339(st.since));
+                    v["in_flight"] = json!(st.active);
+                    v["last_activity"] = json!(st.last_activity.map(status::rfc3339));
+                    v["last_error"] = json!(failure);
+                    drop(st);
+                    v["held"] = json!(t.held());
+                    v["idle_action"] = json!(spec.idle_action.as_str());
+                    let idle = spec.idle_timeout.unwrap_or(self.shared.settings.idle_timeout);
+                    v["idle_timeout"] = json!(humantime::format_duration(idle).to_string());
+                }
+                (Some(spec), None) => {
+                    v["container"] = json!(spec.container);
+                    v["state"] = json!(Phase::Unknown.as_str());
+                }
+                (None, _) => v["state"] = json!("running"),
+            }
+            out.insert(name.to_string(), v);
+        }
+        json!({ "services": out })
+    }
+
+    /// Snapshot of tenants with their last activity, for the etcd activity keys.
+    pub(crate) fn activity(&self) -> Vec<(Arc<str>, Option<SystemTime>)> {
+        self.tenants.load().values().map(|t| (t.name.clone(), t.state.lock().last_activity)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

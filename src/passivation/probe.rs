@@ -1,0 +1,61 @@
+//! Readiness probes: is the woken application really accepting requests?
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use http::header::{HOST, USER_AGENT};
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::routes::Backend;
+
+/// Answers "is this backend ready?" once.
+pub trait Probe: Send + Sync + 'static {
+    fn ready<'a>(
+        &'a self,
+        target: &'a Backend,
+        health_path: Option<&'a str>,
+    ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
+}
+
+/// The real probe: a TCP connect, or with a health path an HTTP `GET` that must answer below 500.
+#[derive(Debug, Clone)]
+pub struct NetProbe {
+    /// Time allowed for one probe.
+    pub timeout: Duration,
+}
+
+impl Default for NetProbe {
+    fn default() -> Self {
+        Self { timeout: Duration::from_secs(1) }
+    }
+}
+
+impl Probe for NetProbe {
+    fn ready<'a>(
+        &'a self,
+        target: &'a Backend,
+        health_path: Option<&'a str>,
+    ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
+        Box::pin(async move {
+            let attempt = async {
+                let stream = TcpStream::connect(target.authority().as_str()).await.ok()?;
+                let Some(path) = health_path else { return Some(true) };
+                let _ = stream.set_nodelay(true);
+                let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
+                let conn = tokio::spawn(conn);
+                let req = http::Request::get(path)
+                    .header(HOST, target.authority().as_str())
+                    .header(USER_AGENT, "reveille-probe")
+                    .body(Empty::<bytes::Bytes>::new())
+                    .ok()?;
+                let resp = send.send_request(req).await.ok();
+                conn.abort();
+                Some(resp?.status().as_u16() < 500)
+            };
+            matches!(tokio::time::timeout(self.timeout, attempt).await, Ok(Some(true)))
+        })
+    }
+}

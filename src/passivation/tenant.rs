@@ -1,0 +1,765 @@
+//! One passivated tenant: its state, the requests held while it wakes, its activity count, and the task that
+//! drives its lifecycle (see `LIFECYCLE.md`).
+//!
+//! Concurrency: the request path only touches [`State`] under a short lock (take an activity guard, read the
+//! backend, or queue itself and ask for a wake). Every Docker call and every phase change is made by the
+//! tenant's single driver task, so two wakes or a wake and a stop can never overlap.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use super::{Shared, StatusUpdate};
+use crate::metrics::WakePhase;
+use crate::routes::{Backend, ContainerSpec, IdleAction, Service};
+use crate::runtime::{ContainerInfo, ContainerState, RuntimeError};
+
+/// Where a tenant is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Not inspected yet (reveille just started, or Docker has been unreachable since).
+    Unknown,
+    Running,
+    Starting,
+    Stopping,
+    Stopped,
+    Paused,
+    /// The last wake failed; the next request tries again (after a short cool-down).
+    Failed,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Unknown => "unknown",
+            Phase::Running => "running",
+            Phase::Starting => "starting",
+            Phase::Stopping => "stopping",
+            Phase::Stopped => "stopped",
+            Phase::Paused => "paused",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+/// Why a request for a sleeping tenant was not forwarded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// A browser page request waited `page_after`: it gets the "starting" page.
+    #[error("still starting")]
+    Starting,
+    #[error("too many requests are waiting for it to start (max_held = {max})")]
+    Overflow { max: usize },
+    #[error("it did not become ready within {}", humantime::format_duration(*.after))]
+    Timeout { after: Duration },
+    #[error("it failed to start: {reason}")]
+    Failed { reason: Arc<str> },
+    #[error("container runtime unavailable: {reason}")]
+    Unavailable { reason: Arc<str> },
+    #[error("it was removed from the configuration while the request waited")]
+    Removed,
+}
+
+impl Refusal {
+    /// The `reveille_rejected_holds_total` label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Starting => "page",
+            Refusal::Overflow { .. } => "overflow",
+            Refusal::Timeout { .. } => "timeout",
+            Refusal::Failed { .. } => "failed",
+            Refusal::Unavailable { .. } => "unavailable",
+            Refusal::Removed => "removed",
+        }
+    }
+
+    fn from_runtime(e: RuntimeError) -> Self {
+        match e {
+            RuntimeError::Unavailable { .. } | RuntimeError::Timeout(_) => {
+                Refusal::Unavailable { reason: e.to_string().into() }
+            }
+            RuntimeError::NoSuchContainer(_) | RuntimeError::Refused { .. } => {
+                Refusal::Failed { reason: e.to_string().into() }
+            }
+        }
+    }
+}
+
+/// A failed wake answers at once, without another Docker start, for this long: a crashing container is not
+/// restarted by every request of a retry storm.
+pub(super) const FAILURE_COOLDOWN: Duration = Duration::from_secs(1);
+
+/// What a held request is told when the wake ends: the backend to use (`None`: the service's own backends).
+type Outcome = Result<Option<Backend>, Refusal>;
+
+/// Messages to the driver task.
+#[derive(Debug)]
+pub(super) enum Msg {
+    /// A wake was asked for (`wake_pending` is set).
+    Wake,
+    /// Passivate now if idle (admin `sleep`).
+    Sleep,
+    /// The last activity guard was released while the driver waited for it.
+    Idle,
+    /// Docker reported something about this container.
+    Event,
+    /// The Docker event stream was (re)connected: events may have been missed.
+    Resync,
+}
+
+pub(super) struct State {
+    pub(super) phase: Phase,
+    /// Wall-clock time of the last phase change.
+    pub(super) since: SystemTime,
+    /// The container's address while running (when the service has no fixed backends).
+    backend: Option<Backend>,
+    /// Requests in flight and open upgraded connections.
+    pub(super) active: usize,
+    /// When the last activity guard was released; the idle timer counts from here.
+    last_release: Instant,
+    /// Wall-clock time of the last request start or end.
+    pub(super) last_activity: Option<SystemTime>,
+    /// Held requests, in arrival order.
+    queue: VecDeque<oneshot::Sender<Outcome>>,
+    /// A wake has been asked for and not finished.
+    wake_pending: bool,
+    /// When the wake was asked for (the start of `total`).
+    wake_requested_at: Option<Instant>,
+    /// The last wake failure and when it happened.
+    pub(super) failure: Option<(Refusal, Instant)>,
+    /// The driver waits for `active` to reach 0.
+    idle_waiter: bool,
+    /// Docker's id and name for the container, learnt on inspect, to match events.
+    identity: Option<(String, String)>,
+}
+
+/// One passivated service.
+pub struct Tenant {
+    pub(super) name: Arc<str>,
+    service: ArcSwap<Service>,
+    pub(super) state: Mutex<State>,
+    tx: mpsc::UnboundedSender<Msg>,
+    shared: Arc<Shared>,
+    pub(super) cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for Tenant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tenant").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// Held while a request is in flight or an upgraded connection is open: a tenant with any is never stopped for
+/// idleness. Cloning takes another guard.
+pub struct Activity(Arc<Tenant>);
+
+impl Clone for Activity {
+    fn clone(&self) -> Self {
+        self.0.state.lock().active += 1;
+        Activity(self.0.clone())
+    }
+}
+
+impl Drop for Activity {
+    fn drop(&mut self) {
+        let mut st = self.0.state.lock();
+        st.active -= 1;
+        st.last_activity = Some(SystemTime::now());
+        if st.active == 0 {
+            st.last_release = Instant::now();
+            if st.idle_waiter {
+                st.idle_waiter = false;
+                let _ = self.0.tx.send(Msg::Idle);
+            }
+        }
+    }
+}
+
+/// Counts a request in `reveille_held_requests` while it waits.
+struct HeldGauge<'a>(&'a Shared);
+
+impl Drop for HeldGauge<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.held(-1);
+    }
+}
+
+impl Tenant {
+    /// Creates the tenant and spawns its driver; `cancel` stops the driver.
+    pub(super) fn spawn(service: Arc<Service>, shared: Arc<Shared>, cancel: CancellationToken) -> Arc<Self> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let state = State {
+            phase: Phase::Unknown,
+            since: SystemTime::now(),
+            backend: None,
+            active: 0,
+            last_release: Instant::now(),
+            last_activity: None,
+            queue: VecDeque::new(),
+            wake_pending: false,
+            wake_requested_at: None,
+            failure: None,
+            idle_waiter: false,
+            identity: None,
+        };
+        shared.metrics.transition(None, Some(Phase::Unknown.as_str()));
+        let tenant = Arc::new(Tenant {
+            name: Arc::from(service.name()),
+            service: ArcSwap::new(service),
+            state: Mutex::new(state),
+            tx,
+            shared,
+            cancel,
+        });
+        let span = info_span!("tenant", service = %tenant.name);
+        tokio::spawn(tenant.clone().drive(rx).instrument(span));
+        tenant
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The service definition in force.
+    pub fn service(&self) -> Arc<Service> {
+        self.service.load_full()
+    }
+
+    /// True when `service` is the very definition this tenant runs on (the request path's cheap check).
+    #[inline]
+    pub(super) fn serves(&self, service: &Arc<Service>) -> bool {
+        Arc::ptr_eq(&self.service.load(), service)
+    }
+
+    /// Takes a new definition of the same container.
+    pub(super) fn update(&self, service: Arc<Service>) {
+        self.service.store(service);
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.state.lock().phase
+    }
+
+    fn spec_of(service: &Service) -> Option<&ContainerSpec> {
+        service.container()
+    }
+
+    fn idle_timeout(&self, spec: &ContainerSpec) -> Duration {
+        spec.idle_timeout.unwrap_or(self.shared.settings.idle_timeout)
+    }
+
+    fn wake_timeout(&self, spec: &ContainerSpec) -> Duration {
+        spec.wake_timeout.unwrap_or(self.shared.settings.wake_timeout)
+    }
+
+    /// Requests held at most while this tenant wakes.
+    pub fn max_held(&self) -> usize {
+        self.service().container().and_then(|c| c.max_held).unwrap_or(self.shared.settings.max_held)
+    }
+
+    /// How long a browser page request waits before it gets the "starting" page.
+    pub fn page_after(&self) -> Duration {
+        self.service().container().and_then(|c| c.page_after).unwrap_or(self.shared.settings.page_after)
+    }
+
+    /// The request path: takes an activity guard and returns the backend to forward to (`None`: use the
+    /// service's own backends), waking the tenant first if it is not running. A browser page request
+    /// (`page` = true) waits at most `page_after`, then gets [`Refusal::Starting`].
+    pub async fn admit(self: &Arc<Self>, page: bool) -> Result<(Option<Backend>, Activity), Refusal> {
+        let (activity, rx) = {
+            let mut st = self.state.lock();
+            st.active += 1;
+            st.last_activity = Some(SystemTime::now());
+            let activity = Activity(self.clone());
+            if st.phase == Phase::Running {
+                let backend = st.backend.clone();
+                drop(st);
+                return Ok((backend, activity));
+            }
+            if st.phase == Phase::Failed && !st.wake_pending {
+                if let Some((refusal, at)) = &st.failure {
+                    if at.elapsed() < FAILURE_COOLDOWN && matches!(refusal, Refusal::Failed { .. }) {
+                        let refusal = refusal.clone();
+                        drop(st);
+                        drop(activity);
+                        self.shared.metrics.rejected(refusal.reason());
+                        return Err(refusal);
+                    }
+                }
+            }
+            let max = self.max_held();
+            if st.queue.len() >= max {
+                // Clients that gave up free their place.
+                st.queue.retain(|tx| !tx.is_closed());
+                if st.queue.len() >= max {
+                    drop(st);
+                    drop(activity);
+                    let refusal = Refusal::Overflow { max };
+                    self.shared.metrics.rejected(refusal.reason());
+                    return Err(refusal);
+                }
+            }
+            let (tx, rx) = oneshot::channel();
+            st.queue.push_back(tx);
+            if !st.wake_pending {
+                st.wake_pending = true;
+                st.wake_requested_at = Some(Instant::now());
+                let _ = self.tx.send(Msg::Wake);
+            }
+            (activity, rx)
+        };
+        self.shared.metrics.held(1);
+        let _held = HeldGauge(&self.shared);
+        let timeout = self.service().container().map_or(self.shared.settings.wake_timeout, |c| self.wake_timeout(c));
+        let page_after = if page { Some(self.page_after()) } else { None };
+        let outcome = tokio::select! {
+            r = rx => r.unwrap_or(Err(Refusal::Removed)),
+            () = tokio::time::sleep(timeout) => Err(Refusal::Timeout { after: timeout }),
+            () = sleep_opt(page_after) => Err(Refusal::Starting),
+        };
+        match outcome {
+            Ok(backend) => Ok((backend, activity)),
+            Err(refusal) => {
+                if refusal != Refusal::Starting {
+                    self.shared.metrics.rejected(refusal.reason());
+                }
+                Err(refusal)
+            }
+        }
+    }
+
+    /// Asks for a wake without a request (admin `wake`). No-op while running or already waking.
+    pub fn request_wake(&self) {
+        let mut st = self.state.lock();
+        if st.phase != Phase::Running && !st.wake_pending {
+            st.wake_pending = true;
+            st.wake_requested_at = Some(Instant::now());
+            let _ = self.tx.send(Msg::Wake);
+        }
+    }
+
+    /// Asks the driver to passivate now. Refused (returns the count) while requests or connections are active.
+    pub fn request_sleep(&self) -> Result<(), usize> {
+        let st = self.state.lock();
+        if st.active > 0 {
+            return Err(st.active);
+        }
+        let _ = self.tx.send(Msg::Sleep);
+        Ok(())
+    }
+
+    /// A request could not reach the tenant's backend: have the container's state checked.
+    pub fn suspect(&self) {
+        let _ = self.tx.send(Msg::Event);
+    }
+
+    /// The reason of the last failed wake, if the last wake failed.
+    pub fn last_error(&self) -> Option<String> {
+        self.state.lock().failure.as_ref().map(|(r, _)| r.to_string())
+    }
+
+    /// Docker reported something about this container.
+    pub(super) fn notify_event(&self) {
+        let _ = self.tx.send(Msg::Event);
+    }
+
+    pub(super) fn notify_resync(&self) {
+        let _ = self.tx.send(Msg::Resync);
+    }
+
+    /// True when a Docker event about `id`/`name` concerns this tenant's container.
+    pub(super) fn matches(&self, id: &str, name: &str) -> bool {
+        let st = self.state.lock();
+        if let Some((known_id, known_name)) = &st.identity {
+            return known_id == id || known_name == name;
+        }
+        drop(st);
+        let service = self.service();
+        service.container().is_some_and(|c| c.container == name || (c.container.len() >= 12 && id.starts_with(&c.container)))
+    }
+
+    /// Held requests right now (clients that gave up excluded).
+    pub fn held(&self) -> usize {
+        self.state.lock().queue.iter().filter(|tx| !tx.is_closed()).count()
+    }
+
+    fn set_phase(&self, st: &mut State, phase: Phase) {
+        if st.phase == phase {
+            return;
+        }
+        debug!(from = st.phase.as_str(), to = phase.as_str(), "tenant state");
+        self.shared.metrics.transition(Some(st.phase.as_str()), Some(phase.as_str()));
+        st.phase = phase;
+        st.since = SystemTime::now();
+        if let Some(sink) = &self.shared.status {
+            let _ = sink.send(StatusUpdate::State { service: self.name.clone(), state: phase, since: st.since });
+        }
+    }
+
+    // ---- the driver -------------------------------------------------------------------------------------
+
+    async fn drive(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Msg>) {
+        const BACKOFF_MIN: Duration = Duration::from_millis(500);
+        const BACKOFF_MAX: Duration = Duration::from_secs(30);
+        let mut backoff = BACKOFF_MIN;
+        // Adopt whatever the container is doing now; a running one starts its idle timer here.
+        if self.refresh().await.is_err() {
+            backoff = BACKOFF_MIN;
+        }
+        loop {
+            if self.cancel.is_cancelled() {
+                break;
+            }
+            if self.take_wake() {
+                self.wake(&mut rx).await;
+                continue;
+            }
+            let (phase, timer) = {
+                let mut st = self.state.lock();
+                let timer = match st.phase {
+                    Phase::Unknown => Some(backoff),
+                    Phase::Running => {
+                        let service = self.service();
+                        let idle = Self::spec_of(&service).map_or(Duration::ZERO, |s| self.idle_timeout(s));
+                        if idle.is_zero() {
+                            None
+                        } else if st.active > 0 {
+                            st.idle_waiter = true;
+                            None
+                        } else {
+                            Some((st.last_release + idle).saturating_duration_since(Instant::now()))
+                        }
+                    }
+                    _ => None,
+                };
+                (st.phase, timer)
+            };
+            let msg = tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => break,
+                m = rx.recv() => match m {
+                    Some(m) => Some(m),
+                    None => break,
+                },
+                () = sleep_opt(timer) => None,
+            };
+            match msg {
+                None if phase == Phase::Unknown => {
+                    backoff = if self.refresh().await.is_ok() { BACKOFF_MIN } else { (backoff * 2).min(BACKOFF_MAX) };
+                }
+                None if phase == Phase::Running => self.passivate(false).await,
+                None | Some(Msg::Wake | Msg::Idle) => {}
+                Some(Msg::Sleep) => self.passivate(true).await,
+                Some(Msg::Event | Msg::Resync) => {
+                    let _ = self.refresh().await;
+                }
+            }
+        }
+        let mut st = self.state.lock();
+        for tx in st.queue.drain(..) {
+            let _ = tx.send(Err(Refusal::Removed));
+        }
+        self.shared.metrics.transition(Some(st.phase.as_str()), None);
+    }
+
+    /// True when a wake must run now. A wake asked for while running is answered at once.
+    fn take_wake(&self) -> bool {
+        let mut st = self.state.lock();
+        if !st.wake_pending {
+            return false;
+        }
+        if st.phase == Phase::Running {
+            st.wake_pending = false;
+            st.wake_requested_at = None;
+            let backend = st.backend.clone();
+            for tx in st.queue.drain(..) {
+                let _ = tx.send(Ok(backend.clone()));
+            }
+            return false;
+        }
+        true
+    }
+
+    /// Inspects the container and takes its state as the tenant's (adoption at startup, events, resyncs).
+    async fn refresh(&self) -> Result<(), RuntimeError> {
+        let service = self.service();
+        let Some(spec) = Self::spec_of(&service) else { return Ok(()) };
+        let info = match self.shared.runtime.inspect(&spec.container, spec.network.as_deref()).await {
+            Ok(info) => info,
+            Err(e @ RuntimeError::NoSuchContainer(_)) => {
+                warn!(container = %spec.container, "no such container");
+                let mut st = self.state.lock();
+                st.backend = None;
+                st.failure = Some((Refusal::from_runtime(e), Instant::now()));
+                self.set_phase(&mut st, Phase::Failed);
+                return Ok(());
+            }
+            Err(e) => {
+                debug!(error = %e, "cannot inspect the container");
+                return Err(e);
+            }
+        };
+        let backend = container_backend(&service, spec, &info);
+        let mut st = self.state.lock();
+        st.identity = Some((info.id.clone(), info.name.clone()));
+        match info.state {
+            ContainerState::Running => match backend {
+                Ok(backend) => {
+                    st.backend = backend;
+                    if st.phase != Phase::Running {
+                        if st.active == 0 {
+                            st.last_release = Instant::now();
+                        }
+                        info!(container = %spec.container, "container is running: adopted");
+                        self.set_phase(&mut st, Phase::Running);
+                    }
+                }
+                Err(refusal) => {
+                    st.backend = None;
+                    st.failure = Some((refusal, Instant::now()));
+                    self.set_phase(&mut st, Phase::Failed);
+                }
+            },
+            ContainerState::Paused => {
+                st.backend = None;
+                self.set_phase(&mut st, Phase::Paused);
+            }
+            ContainerState::Stopped | ContainerState::Restarting | ContainerState::Dead => {
+                st.backend = None;
+                if st.phase != Phase::Failed {
+                    self.set_phase(&mut st, Phase::Stopped);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts (or unpauses) the container, waits until it accepts connections, and releases the held requests
+    /// in arrival order; or fails them all with the reason.
+    async fn wake(&self, rx: &mut mpsc::UnboundedReceiver<Msg>) {
+        let service = self.service();
+        let Some(spec) = Self::spec_of(&service) else { return };
+        let timeout = self.wake_timeout(spec);
+        let started = Instant::now();
+        let requested = {
+            let mut st = self.state.lock();
+            self.set_phase(&mut st, Phase::Starting);
+            st.wake_requested_at.unwrap_or(started)
+        };
+        let span = info_span!("wake", container = %spec.container);
+        let outcome = async {
+            info!("waking");
+            let r = tokio::time::timeout(timeout, self.bring_up(&service, spec, rx, started)).await;
+            match r {
+                Ok(r) => r,
+                Err(_) => Err(Refusal::Timeout { after: timeout }),
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        let metrics = &self.shared.metrics;
+        let mut st = self.state.lock();
+        st.wake_pending = false;
+        st.wake_requested_at = None;
+        match &outcome {
+            Ok(backend) => {
+                st.backend = backend.clone();
+                st.failure = None;
+                if st.active == 0 {
+                    st.last_release = Instant::now();
+                }
+                self.set_phase(&mut st, Phase::Running);
+                metrics.wake(&self.name, "ok");
+                metrics.phase(WakePhase::Total, requested.elapsed());
+                span.in_scope(|| info!(ms = requested.elapsed().as_millis() as u64, held = st.queue.len(), "ready"));
+            }
+            Err(refusal) => {
+                st.backend = None;
+                st.failure = Some((refusal.clone(), Instant::now()));
+                self.set_phase(&mut st, Phase::Failed);
+                metrics.wake(&self.name, refusal.reason());
+                span.in_scope(|| warn!(error = %refusal, held = st.queue.len(), "wake failed"));
+            }
+        }
+        for tx in st.queue.drain(..) {
+            let _ = tx.send(outcome.clone());
+        }
+    }
+
+    async fn bring_up(
+        &self,
+        service: &Service,
+        spec: &ContainerSpec,
+        rx: &mut mpsc::UnboundedReceiver<Msg>,
+        started: Instant,
+    ) -> Outcome {
+        let rt = &*self.shared.runtime;
+        let metrics = &self.shared.metrics;
+        let interval = self.shared.settings.probe_interval;
+        let (name, network) = (spec.container.as_str(), spec.network.as_deref());
+        let inspect = || async { rt.inspect(name, network).await.map_err(Refusal::from_runtime) };
+
+        let info = inspect().await?;
+        let call = Instant::now();
+        match info.state {
+            ContainerState::Running => {}
+            ContainerState::Paused => rt.unpause(name).await.map_err(Refusal::from_runtime)?,
+            ContainerState::Stopped | ContainerState::Restarting => {
+                rt.start(name).await.map_err(Refusal::from_runtime)?
+            }
+            ContainerState::Dead => return Err(Refusal::Failed { reason: "the container is dead or being removed".into() }),
+        }
+        metrics.phase(WakePhase::StartCall, call.elapsed());
+
+        let mut info = inspect().await?;
+        loop {
+            match info.state {
+                ContainerState::Running => break,
+                ContainerState::Stopped | ContainerState::Dead => return Err(exited(&info)),
+                ContainerState::Paused | ContainerState::Restarting => {
+                    tokio::time::sleep(interval).await;
+                    info = inspect().await?;
+                }
+            }
+        }
+        metrics.phase(WakePhase::Running, started.elapsed());
+        {
+            let mut st = self.state.lock();
+            st.identity = Some((info.id.clone(), info.name.clone()));
+        }
+        let backend = container_backend(service, spec, &info)?;
+        let target = match (&backend, service.backends().first()) {
+            (Some(b), _) | (None, Some(b)) => b.clone(),
+            (None, None) => return Err(Refusal::Failed { reason: "the service has no address to probe".into() }),
+        };
+
+        // Probe every `interval` until the application answers; Docker's events (or, every 20 probes, an
+        // inspect) tell if the container died meanwhile, so a crash fails the wake at once.
+        let mut probes: u32 = 0;
+        loop {
+            let next = Instant::now() + interval;
+            if self.shared.probe.ready(&target, spec.health_path.as_deref()).await {
+                break;
+            }
+            probes += 1;
+            if probes % 20 == 0 {
+                let info = inspect().await?;
+                if info.state != ContainerState::Running {
+                    return Err(exited(&info));
+                }
+            }
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep_until(next) => break,
+                    m = rx.recv() => match m {
+                        Some(Msg::Event) => {
+                            let info = inspect().await?;
+                            if info.state != ContainerState::Running {
+                                return Err(exited(&info));
+                            }
+                        }
+                        Some(_) => {}
+                        None => return Err(Refusal::Removed),
+                    },
+                }
+            }
+        }
+        metrics.phase(WakePhase::Ready, started.elapsed());
+        Ok(backend)
+    }
+
+    /// Stops (or pauses) the container if the tenant is idle: past its idle timeout, or at once when `forced`
+    /// (admin `sleep`). Never while a request or connection is active, or a wake is pending.
+    async fn passivate(&self, forced: bool) {
+        let service = self.service();
+        let Some(spec) = Self::spec_of(&service) else { return };
+        {
+            let mut st = self.state.lock();
+            if st.phase != Phase::Running || st.active > 0 || st.wake_pending {
+                return;
+            }
+            let idle = self.idle_timeout(spec);
+            if !forced && (idle.is_zero() || st.last_release.elapsed() < idle) {
+                return;
+            }
+            self.set_phase(&mut st, Phase::Stopping);
+        }
+        let action = spec.idle_action;
+        let span = info_span!("passivate", container = %spec.container, action = action.as_str());
+        let rt = &*self.shared.runtime;
+        let result = async {
+            match action {
+                IdleAction::Stop => rt.stop(&spec.container, self.shared.settings.stop_timeout).await,
+                IdleAction::Pause => rt.pause(&spec.container).await,
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        match result {
+            Ok(()) => {
+                let mut st = self.state.lock();
+                st.backend = None;
+                let to = if action == IdleAction::Pause { Phase::Paused } else { Phase::Stopped };
+                self.set_phase(&mut st, to);
+                self.shared.metrics.stopped(&self.name, action.as_str());
+                span.in_scope(|| info!(forced, "idle: {}", if action == IdleAction::Pause { "paused" } else { "stopped" }));
+            }
+            Err(e) => {
+                self.shared.metrics.stop_failed(&self.name);
+                span.in_scope(|| warn!(error = %e, "could not passivate; will try again after another idle period"));
+                {
+                    let mut st = self.state.lock();
+                    st.last_release = Instant::now();
+                    self.set_phase(&mut st, Phase::Running);
+                }
+                let _ = self.refresh().await;
+            }
+        }
+    }
+}
+
+/// The backend of a running container: `Some(address:port)` when the service has no fixed backends,
+/// `None` when it has (they are used as they are).
+fn container_backend(service: &Service, spec: &ContainerSpec, info: &ContainerInfo) -> Result<Option<Backend>, Refusal> {
+    if !service.backends().is_empty() {
+        return Ok(None);
+    }
+    let Some(port) = spec.port else {
+        return Err(Refusal::Failed { reason: "the service has neither `backends` nor `port`".into() });
+    };
+    match info.ip {
+        Some(ip) => Ok(Some(Backend::from_addr((ip, port).into()))),
+        None => Err(Refusal::Failed {
+            reason: match &spec.network {
+                Some(n) => format!("the container has no address on network {n:?}").into(),
+                None => "the container has no network address".into(),
+            },
+        }),
+    }
+}
+
+fn exited(info: &ContainerInfo) -> Refusal {
+    let mut reason = match info.exit_code {
+        Some(code) => format!("the container exited with code {code}"),
+        None => "the container stopped".to_string(),
+    };
+    if let Some(e) = &info.error {
+        reason.push_str(": ");
+        reason.push_str(e);
+    }
+    Refusal::Failed { reason: reason.into() }
+}
+
+async fn sleep_opt(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
