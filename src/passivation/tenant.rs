@@ -160,6 +160,12 @@ impl std::fmt::Debug for Tenant {
 /// idleness. Cloning takes another guard.
 pub struct Activity(Arc<Tenant>);
 
+impl std::fmt::Debug for Activity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Activity").field(&self.0.name).finish()
+    }
+}
+
 impl Clone for Activity {
     fn clone(&self) -> Self {
         self.0.state.lock().active += 1;
@@ -556,10 +562,13 @@ impl Tenant {
         let span = info_span!("wake", container = %spec.container);
         let outcome = async {
             info!("waking");
-            let r = tokio::time::timeout(timeout, self.bring_up(&service, spec, rx, started)).await;
-            match r {
-                Ok(r) => r,
-                Err(_) => Err(Refusal::Timeout { after: timeout }),
+            let bring_up = tokio::time::timeout(timeout, self.bring_up(&service, spec, rx, started));
+            tokio::select! {
+                r = bring_up => match r {
+                    Ok(r) => r,
+                    Err(_) => Err(Refusal::Timeout { after: timeout }),
+                },
+                () = self.cancel.cancelled() => Err(Refusal::Removed),
             }
         }
         .instrument(span.clone())

@@ -1,0 +1,420 @@
+//! The tenant state machine against a scripted runtime, on tokio's paused clock: the timers (idle, wake
+//! timeout, page_after) are exercised exactly and instantly. The real-Docker tests are in `tests/passivation.rs`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use super::*;
+use crate::routes::{Backend, ContainerSpec, IdleAction, Service};
+use crate::runtime::{ContainerEvent, ContainerInfo, ContainerState, EventStream, RuntimeError, RuntimeFuture};
+
+#[derive(Debug)]
+struct Script {
+    state: ContainerState,
+    /// When the current run started (for `ready_after`).
+    started_at: Option<Instant>,
+    /// The application accepts connections this long after a start (`None`: never).
+    ready_after: Option<Duration>,
+    /// The container exits with this code right after starting.
+    exit_on_start: Option<i64>,
+    start_delay: Duration,
+    stop_delay: Duration,
+    unavailable: bool,
+    calls: Vec<&'static str>,
+}
+
+#[derive(Clone)]
+struct Fake(Arc<Mutex<Script>>);
+
+impl Fake {
+    fn new(state: ContainerState) -> Self {
+        Fake(Arc::new(Mutex::new(Script {
+            state,
+            started_at: if state == ContainerState::Running { Some(Instant::now()) } else { None },
+            ready_after: Some(Duration::from_millis(300)),
+            exit_on_start: None,
+            start_delay: Duration::from_millis(50),
+            stop_delay: Duration::from_millis(100),
+            unavailable: false,
+            calls: Vec::new(),
+        })))
+    }
+
+    fn count(&self, call: &str) -> usize {
+        self.0.lock().calls.iter().filter(|c| **c == call).count()
+    }
+
+    fn check(&self, call: &'static str) -> Result<(), RuntimeError> {
+        let mut s = self.0.lock();
+        if s.unavailable {
+            return Err(RuntimeError::Unavailable { endpoint: "fake".into(), reason: "socket gone".into() });
+        }
+        s.calls.push(call);
+        Ok(())
+    }
+}
+
+impl ContainerRuntime for Fake {
+    fn inspect<'a>(&'a self, _: &'a str, _: Option<&'a str>) -> RuntimeFuture<'a, ContainerInfo> {
+        Box::pin(async move {
+            self.check("inspect")?;
+            let s = self.0.lock();
+            let running = s.state == ContainerState::Running;
+            Ok(ContainerInfo {
+                id: "0123456789abcdef".into(),
+                name: "ctr".into(),
+                state: s.state,
+                ip: running.then(|| IpAddr::from([10, 0, 0, 1])),
+                exit_code: if s.state == ContainerState::Stopped { s.exit_on_start } else { None },
+                error: None,
+            })
+        })
+    }
+    fn start<'a>(&'a self, _: &'a str) -> RuntimeFuture<'a, ()> {
+        Box::pin(async move {
+            self.check("start")?;
+            let delay = self.0.lock().start_delay;
+            tokio::time::sleep(delay).await;
+            let mut s = self.0.lock();
+            if s.exit_on_start.is_some() {
+                s.state = ContainerState::Stopped;
+            } else {
+                s.state = ContainerState::Running;
+                s.started_at = Some(Instant::now());
+            }
+            Ok(())
+        })
+    }
+    fn stop<'a>(&'a self, _: &'a str, _: Duration) -> RuntimeFuture<'a, ()> {
+        Box::pin(async move {
+            self.check("stop")?;
+            let delay = self.0.lock().stop_delay;
+            tokio::time::sleep(delay).await;
+            self.0.lock().state = ContainerState::Stopped;
+            Ok(())
+        })
+    }
+    fn pause<'a>(&'a self, _: &'a str) -> RuntimeFuture<'a, ()> {
+        Box::pin(async move {
+            self.check("pause")?;
+            self.0.lock().state = ContainerState::Paused;
+            Ok(())
+        })
+    }
+    fn unpause<'a>(&'a self, _: &'a str) -> RuntimeFuture<'a, ()> {
+        Box::pin(async move {
+            self.check("unpause")?;
+            self.0.lock().state = ContainerState::Running;
+            Ok(())
+        })
+    }
+    fn events(&self) -> RuntimeFuture<'_, EventStream> {
+        Box::pin(async move {
+            let stream: EventStream =
+                Box::pin(futures_util::stream::pending::<Result<ContainerEvent, RuntimeError>>());
+            Ok(stream)
+        })
+    }
+    fn endpoint(&self) -> &str {
+        "fake"
+    }
+}
+
+impl Probe for Fake {
+    fn ready<'a>(
+        &'a self,
+        _: &'a Backend,
+        _: Option<&'a str>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>> {
+        Box::pin(async move {
+            let s = self.0.lock();
+            match (s.state, s.started_at, s.ready_after) {
+                (ContainerState::Running, Some(at), Some(after)) => at.elapsed() >= after,
+                _ => false,
+            }
+        })
+    }
+}
+
+fn spec(f: impl FnOnce(&mut ContainerSpec)) -> Arc<Service> {
+    let mut c = ContainerSpec {
+        container: "ctr".into(),
+        port: Some(8080),
+        network: None,
+        idle_timeout: Some(Duration::from_secs(600)),
+        wake_timeout: Some(Duration::from_secs(30)),
+        health_path: None,
+        idle_action: IdleAction::Stop,
+        max_held: None,
+        page_after: None,
+    };
+    f(&mut c);
+    Arc::new(Service::with_container("acme", vec![], Some(c)))
+}
+
+fn passivator(fake: &Fake) -> Arc<Passivator> {
+    let metrics = Metrics::new();
+    Passivator::new(Settings::default(), Arc::new(fake.clone()), Arc::new(fake.clone()), &metrics, None)
+}
+
+/// Lets the driver run until everything waits on the (paused) clock.
+async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn phase_becomes(t: &Tenant, want: Phase) {
+    for _ in 0..10_000 {
+        if t.phase() == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("phase stayed {:?}, wanted {want:?}", t.phase());
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_start_for_many_requests_released_in_arrival_order() {
+    let fake = Fake::new(ContainerState::Stopped);
+    let p = passivator(&fake);
+    let t = p.tenant(&spec(|_| {})).unwrap();
+    settle().await;
+    assert_eq!(t.phase(), Phase::Stopped);
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let begin = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let (t, order) = (t.clone(), order.clone());
+        tasks.push(tokio::spawn(async move {
+            let (backend, _activity) = t.admit(false).await.expect("served");
+            order.lock().push(i);
+            backend
+        }));
+        tokio::task::yield_now().await;
+    }
+    for task in tasks {
+        let backend = task.await.unwrap().expect("the container's address");
+        assert_eq!(backend.as_str(), "10.0.0.1:8080");
+    }
+    assert_eq!(fake.count("start"), 1, "single flight");
+    assert_eq!(*order.lock(), (0..50).collect::<Vec<_>>(), "released in arrival order");
+    // Ready 300 ms after the start, found by a probe at most one interval (25 ms) later.
+    let took = begin.elapsed();
+    assert!(took >= Duration::from_millis(350) && took <= Duration::from_millis(400), "{took:?}");
+    assert_eq!(t.phase(), Phase::Running);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_timer_counts_from_the_last_release() {
+    let fake = Fake::new(ContainerState::Running);
+    let p = passivator(&fake);
+    let t = p.tenant(&spec(|c| c.idle_timeout = Some(Duration::from_secs(60)))).unwrap();
+    phase_becomes(&t, Phase::Running).await; // adopted
+    let (_, activity) = t.admit(false).await.unwrap();
+    let ws = activity.clone(); // e.g. an upgraded connection
+    drop(activity);
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(t.phase(), Phase::Running, "never stopped while a guard is held");
+    assert_eq!(fake.count("stop"), 0);
+    drop(ws);
+    tokio::time::sleep(Duration::from_secs(59)).await;
+    assert_eq!(t.phase(), Phase::Running);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    phase_becomes(&t, Phase::Stopped).await;
+    assert_eq!(fake.count("stop"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn zero_idle_timeout_never_stops() {
+    let fake = Fake::new(ContainerState::Running);
+    let p = passivator(&fake);
+    let t = p.tenant(&spec(|c| c.idle_timeout = Some(Duration::ZERO))).unwrap();
+    phase_becomes(&t, Phase::Running).await;
+    tokio::time::sleep(Duration::from_secs(86_400)).await;
+    assert_eq!(t.phase(), Phase::Running);
+    assert_eq!(fake.count("stop"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_during_stopping_is_held_and_starts_it_again() {
+    let fake = Fake::new(ContainerState::Running);
+    fake.0.lock().stop_delay = Duration::from_secs(5);
+    let p = passivator(&fake);
+    let t = p.tenant(&spec(|c| c.idle_timeout = Some(Duration::from_secs(10)))).unwrap();
+    phase_becomes(&t, Phase::Running).await;
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(t.phase(), Phase::Stopping);
+    let begin = Instant::now();
+    let (backend, _a) = t.admit(false).await.expect("served once the stop is over");
+    assert!(backend.is_some());
+    assert!(begin.elapsed() >= Duration::from_secs(4), "waited for the stop: {:?}", begin.elapsed());
+    assert_eq!((fake.count("stop"), fake.count("start")), (1, 1));
+    assert_eq!(t.phase(), Phase::Running);
+}
+
+#[tokio::test(start_paused = true)]
+async fn wake_timeout_answers_timeout() {
+    let fake = Fake::new(ContainerState::Stopped);
+    fake.0.lock().ready_after = None;
+    let p = passivator(&fake);
+    let t = p.tenant(&spec(|c| c.wake_timeout = Some(Duration::from_secs(5)))).unwrap();
+    let begin = Instant::now();
+    let err = t.admit(false).await.unwrap_err();
+    assert_eq!(err, Refusal::Timeout { after: Duration::from_secs(5) });
+    assert!(begin.elapsed() >= Duration::from_secs(5));
+    phase_becomes(&t, Phase::Failed).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_container_that_exits_fails_the_wake_at_once() {
+    let fake = Fake::new(ContainerState::Stopped);
+    fake.0.lock().exit_on_start = Some(3);
+    let p = passivator(&fake);
+    let t = p.tenant(&spec(|_| {})).unwrap();
+    let begin = Instant::now();
+    let err = t.admit(false).await.unwrap_err();
+    assert!(matches!(&err, Refusal::Failed { reason } if reason.contains("code 3")), "{err:?}");
+    assert!(begin.elapsed() < Duration::from_secs(1), "{:?}", begin.elapsed());
+    // Within the cool-down a new request gets the same answer without another start.
+    let again = t.admit(false).await.unwrap_err();
+    assert_eq!(again, err);
+    assert_eq!(fake.count("start"), 1);
+    // After it, the next request tries again.
+    tokio::time::sleep(tenant::FAILURE_COOLDOWN).await;
+    fake.0.lock().exit_on_start = None;
+    assert!(t.admit(false).await.is_ok());
+    assert_eq!(fake.count("start"), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_while_probing_is_seen_through_events() {
+    let fake = Fake::new(ContainerState::Stopped);
+    fake.0.lock().ready_after = None;
+    let p = passivator(&fake);
+    let t = p.tenant(&spec(|_| {})).unwrap();
+    let waiter = {
+        let t = t.clone();
+        tokio::spawn(async move { t.admit(false).await })
+    };
+    phase_becomes(&t, Phase::Starting).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    {
+        let mut s = fake.0.lock();
+        s.state = ContainerState::Stopped;
+        s.exit_on_start = Some(137);
+    }
+    let begin = Instant::now();
+    t.notify_event();
+    let err = waiter.await.unwrap().unwrap_err();
+    assert!(matches!(&err, Refusal::Failed { reason } if reason.contains("137")), "{err:?}");
+    assert!(begin.elapsed() < Duration::from_millis(30), "{:?}", begin.elapsed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn hold_overflow_and_clients_that_give_up() {
+    let fake = Fake::new(ContainerState::Stopped);
+    fake.0.lock().ready_after = Some(Duration::from_secs(10));
+    let p = passivator(&fake);
+    let t = p.tenant(&spec(|c| c.max_held = Some(3))).unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let t = t.clone();
+        held.push(tokio::spawn(async move { t.admit(false).await.map(|(b, _)| b) }));
+    }
+    settle().await;
+    assert_eq!(t.held(), 3);
+    assert_eq!(t.admit(false).await.unwrap_err(), Refusal::Overflow { max: 3 });
+    // A client that gives up frees its place.
+    held.pop().unwrap().abort();
+    settle().await;
+    let t2 = t.clone();
+    let fourth = tokio::spawn(async move { t2.admit(false).await.map(|(b, _)| b) });
+    for h in held {
+        assert!(h.await.unwrap().is_ok());
+    }
+    assert!(fourth.await.unwrap().is_ok());
+    assert_eq!(fake.count("start"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn browser_requests_get_the_page_after_page_after() {
+    let fake = Fake::new(ContainerState::Stopped);
+    fake.0.lock().ready_after = Some(Duration::from_secs(5));
+    let p = passivator(&fake);
+    let t = p.tenant(&spec(|c| c.page_after = Some(Duration::from_millis(700)))).unwrap();
+    let begin = Instant::now();
+    assert_eq!(t.admit(true).await.unwrap_err(), Refusal::Starting);
+    assert_eq!(begin.elapsed(), Duration::from_millis(700));
+    assert_eq!(t.held(), 0, "the page request no longer waits");
+    assert_eq!(t.phase(), Phase::Starting, "the wake goes on");
+    // A non-page request is held until ready.
+    assert!(t.admit(false).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn runtime_unavailable_fails_wakes_fast_and_spares_running_tenants() {
+    let fake = Fake::new(ContainerState::Stopped);
+    fake.0.lock().unavailable = true;
+    let p = passivator(&fake);
+    let t = p.tenant(&spec(|_| {})).unwrap();
+    let begin = Instant::now();
+    let err = t.admit(false).await.unwrap_err();
+    assert!(matches!(err, Refusal::Unavailable { .. }), "{err:?}");
+    assert!(begin.elapsed() < Duration::from_millis(10));
+    // Docker comes back: the next request wakes it (no cool-down for an unreachable runtime).
+    fake.0.lock().unavailable = false;
+    assert!(t.admit(false).await.is_ok());
+    // Docker goes away again: the running tenant keeps serving.
+    fake.0.lock().unavailable = true;
+    for _ in 0..10 {
+        assert!(t.admit(false).await.is_ok());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn pause_mode_pauses_and_unpauses() {
+    let fake = Fake::new(ContainerState::Running);
+    let p = passivator(&fake);
+    let t = p
+        .tenant(&spec(|c| {
+            c.idle_action = IdleAction::Pause;
+            c.idle_timeout = Some(Duration::from_secs(30));
+        }))
+        .unwrap();
+    phase_becomes(&t, Phase::Running).await;
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    phase_becomes(&t, Phase::Paused).await;
+    assert_eq!((fake.count("pause"), fake.count("stop")), (1, 0));
+    assert!(t.admit(false).await.is_ok());
+    assert_eq!((fake.count("unpause"), fake.count("start")), (1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn sleep_is_refused_while_active_and_removal_answers_held_requests() {
+    let fake = Fake::new(ContainerState::Running);
+    let p = passivator(&fake);
+    let svc = spec(|_| {});
+    let t = p.tenant(&svc).unwrap();
+    phase_becomes(&t, Phase::Running).await;
+    let (_, a) = t.admit(false).await.unwrap();
+    assert_eq!(t.request_sleep(), Err(1));
+    drop(a);
+    assert_eq!(t.request_sleep(), Ok(()));
+    phase_becomes(&t, Phase::Stopped).await;
+
+    // A held request whose service disappears is answered, not left hanging.
+    fake.0.lock().ready_after = None;
+    let waiter = {
+        let t = t.clone();
+        tokio::spawn(async move { t.admit(false).await.map(|(b, _)| b) })
+    };
+    phase_becomes(&t, Phase::Starting).await;
+    p.reconcile(&crate::routes::RouteTable::empty());
+    assert_eq!(waiter.await.unwrap().unwrap_err(), Refusal::Removed);
+    assert!(p.get("acme").is_none());
+}
