@@ -420,11 +420,9 @@ fn resolve_passivation(
         docker_timeout: file.docker_timeout.unwrap_or(d.docker_timeout),
         node: file.node.clone().unwrap_or(d.node),
     };
-    for (name, v) in [
-        ("wake_timeout", s.wake_timeout),
-        ("probe_interval", s.probe_interval),
-        ("docker_timeout", s.docker_timeout),
-    ] {
+    for (name, v) in
+        [("wake_timeout", s.wake_timeout), ("probe_interval", s.probe_interval), ("docker_timeout", s.docker_timeout)]
+    {
         if v.is_zero() {
             return Err(ConfigError::Invalid(format!("[passivation] {name} must be greater than zero")));
         }

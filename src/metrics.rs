@@ -209,14 +209,17 @@ pub struct PassivationMetrics {
 impl PassivationMetrics {
     fn register(registry: &mut Registry) -> Self {
         let wakes = Family::<ServiceResultLabels, Counter>::default();
-        registry.register("wakes", "Tenant wakes, by service and result (ok, failed, timeout, unavailable)", wakes.clone());
-        let phases = Family::<PhaseLabels, prometheus_client::metrics::histogram::Histogram>::new_with_constructor(
-            || {
+        registry.register(
+            "wakes",
+            "Tenant wakes, by service and result (ok, failed, timeout, unavailable)",
+            wakes.clone(),
+        );
+        let phases =
+            Family::<PhaseLabels, prometheus_client::metrics::histogram::Histogram>::new_with_constructor(|| {
                 prometheus_client::metrics::histogram::Histogram::new([
                     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                 ])
-            },
-        );
+            });
         registry.register(
             "wake_phase_seconds",
             "Duration of wake phases: start_call (Docker start/unpause call), running (until Docker reports it \

@@ -388,7 +388,9 @@ impl Tenant {
         }
         drop(st);
         let service = self.service();
-        service.container().is_some_and(|c| c.container == name || (c.container.len() >= 12 && id.starts_with(&c.container)))
+        service
+            .container()
+            .is_some_and(|c| c.container == name || (c.container.len() >= 12 && id.starts_with(&c.container)))
     }
 
     /// Held requests right now (clients that gave up excluded).
@@ -623,7 +625,9 @@ impl Tenant {
             ContainerState::Stopped | ContainerState::Restarting => {
                 rt.start(name).await.map_err(Refusal::from_runtime)?
             }
-            ContainerState::Dead => return Err(Refusal::Failed { reason: "the container is dead or being removed".into() }),
+            ContainerState::Dead => {
+                return Err(Refusal::Failed { reason: "the container is dead or being removed".into() })
+            }
         }
         metrics.phase(WakePhase::StartCall, call.elapsed());
 
@@ -718,7 +722,9 @@ impl Tenant {
                 let to = if action == IdleAction::Pause { Phase::Paused } else { Phase::Stopped };
                 self.set_phase(&mut st, to);
                 self.shared.metrics.stopped(&self.name, action.as_str());
-                span.in_scope(|| info!(forced, "idle: {}", if action == IdleAction::Pause { "paused" } else { "stopped" }));
+                span.in_scope(|| {
+                    info!(forced, "idle: {}", if action == IdleAction::Pause { "paused" } else { "stopped" })
+                });
             }
             Err(e) => {
                 self.shared.metrics.stop_failed(&self.name);
@@ -736,7 +742,11 @@ impl Tenant {
 
 /// The backend of a running container: `Some(address:port)` when the service has no fixed backends,
 /// `None` when it has (they are used as they are).
-fn container_backend(service: &Service, spec: &ContainerSpec, info: &ContainerInfo) -> Result<Option<Backend>, Refusal> {
+fn container_backend(
+    service: &Service,
+    spec: &ContainerSpec,
+    info: &ContainerInfo,
+) -> Result<Option<Backend>, Refusal> {
     if !service.backends().is_empty() {
         return Ok(None);
     }

@@ -114,8 +114,7 @@ impl ContainerRuntime for Fake {
     }
     fn events(&self) -> RuntimeFuture<'_, EventStream> {
         Box::pin(async move {
-            let stream: EventStream =
-                Box::pin(futures_util::stream::pending::<Result<ContainerEvent, RuntimeError>>());
+            let stream: EventStream = Box::pin(futures_util::stream::pending::<Result<ContainerEvent, RuntimeError>>());
             Ok(stream)
         })
     }

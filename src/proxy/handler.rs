@@ -321,9 +321,10 @@ fn wants_page(req: &Request<Incoming>) -> bool {
     if header("x-requested-with").is_some() {
         return false;
     }
-    h.get_all(ACCEPT).iter().filter_map(|v| v.to_str().ok()).any(|v| {
-        v.split(',').any(|t| t.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("text/html")))
-    })
+    h.get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("text/html"))))
 }
 
 /// The "starting" page: 503, never cached, reloads itself once the tenant is ready.

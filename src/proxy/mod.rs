@@ -102,7 +102,12 @@ impl std::fmt::Debug for Proxy {
 }
 
 impl Proxy {
-    pub fn new(routes: RouteHandle, metrics: Arc<Metrics>, settings: Settings, passivator: Arc<Passivator>) -> Arc<Self> {
+    pub fn new(
+        routes: RouteHandle,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+        passivator: Arc<Passivator>,
+    ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(settings.connect_timeout));

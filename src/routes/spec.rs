@@ -199,8 +199,8 @@ mod tests {
     #[test]
     fn container_fields() {
         let parse = |j: &str| serde_json::from_str::<ServiceSpec>(j).unwrap().to_service("a");
-        let svc = parse(r#"{"container": "acme-web", "port": 8080, "idle_timeout": "15m", "idle_action": "pause"}"#)
-            .unwrap();
+        let svc =
+            parse(r#"{"container": "acme-web", "port": 8080, "idle_timeout": "15m", "idle_action": "pause"}"#).unwrap();
         assert!(svc.backends().is_empty());
         let c = svc.container().unwrap();
         assert_eq!(c.container, "acme-web");

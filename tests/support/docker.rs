@@ -41,7 +41,9 @@ impl TestImage {
             "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\nENTRYPOINT [\"/bin/busybox\"]\n",
         )
         .unwrap();
-        docker(&["build", "-q", "-t", &tag, dir.path().to_str().unwrap()]);
+        // No cache: concurrent tests build the same layers, and one test removing its image must not pull a
+        // cached parent layer from under another's build ("unknown parent image ID").
+        docker(&["build", "--no-cache", "-q", "-t", &tag, dir.path().to_str().unwrap()]);
         TestImage { tag }
     }
 
@@ -57,6 +59,93 @@ impl TestImage {
     /// A container serving /www over HTTP on port 8080.
     pub fn web(&self) -> TestContainer {
         self.container(&["httpd", "-f", "-p", "8080", "-h", "/www"])
+    }
+
+    /// A container that runs `script` with busybox `sh`, then serves /www on port 8080 and exits at once on
+    /// `docker stop` (PID 1 ignores SIGTERM unless it traps it).
+    pub fn web_after(&self, script: &str) -> TestContainer {
+        let cmd = format!("trap 'exit 0' TERM; {script} httpd -f -p 8080 -h /www & wait");
+        self.container(&["sh", "-c", &cmd])
+    }
+
+    /// A container that runs but never listens, and exits at once on `docker stop`.
+    pub fn idle(&self) -> TestContainer {
+        self.container(&["sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"])
+    }
+}
+
+/// How many times Docker reports `event` for `container` since `since` (Unix seconds).
+pub fn event_count(container: &str, event: &str, since: u64) -> usize {
+    let until = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1;
+    let out = docker(&[
+        "events",
+        "--since",
+        &since.to_string(),
+        "--until",
+        &until.to_string(),
+        "--filter",
+        &format!("container={container}"),
+        "--filter",
+        &format!("event={event}"),
+        "--format",
+        "{{.Action}}",
+    ]);
+    out.lines().filter(|l| !l.trim().is_empty()).count()
+}
+
+/// Runs a docker CLI command that must succeed.
+pub fn docker_cli(args: &[&str]) -> String {
+    docker(args)
+}
+
+/// A Unix-socket forwarder in front of the Docker socket that can be cut (every connection dropped, new ones
+/// refused) and restored: "Docker is unreachable" without touching the real engine.
+pub struct DockerSocketProxy {
+    pub path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl DockerSocketProxy {
+    pub fn start() -> DockerSocketProxy {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("docker.sock");
+        let mut p = DockerSocketProxy { path, _dir: dir, task: None };
+        p.restore();
+        p
+    }
+
+    /// The endpoint to give reveille.
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+
+    pub fn cut(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+
+    pub fn restore(&mut self) {
+        self.cut();
+        let listener = tokio::net::UnixListener::bind(&self.path).unwrap();
+        self.task = Some(tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else { return };
+                conns.spawn(async move {
+                    let Ok(mut docker) = tokio::net::UnixStream::connect("/var/run/docker.sock").await else { return };
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut docker).await;
+                });
+            }
+        }));
+    }
+}
+
+impl Drop for DockerSocketProxy {
+    fn drop(&mut self) {
+        self.cut();
     }
 }
 

@@ -191,6 +191,35 @@ impl TestProxy {
         Self::start_config(config, dir, routes_path).await
     }
 
+    /// A reveille on `routes`, with `config` adjusted by `f` first (passivation settings, etcd...).
+    pub async fn start_custom(routes: &str, f: impl FnOnce(&mut Config)) -> TestProxy {
+        let dir = tempfile::tempdir().unwrap();
+        let routes_path = dir.path().join("routes.toml");
+        std::fs::write(&routes_path, routes).unwrap();
+        let mut config = Config {
+            http: "127.0.0.1:0".parse().unwrap(),
+            admin: "127.0.0.1:0".parse().unwrap(),
+            routes: Some(routes_path.clone()),
+            proxy: Settings { access_log: false, ..Settings::default() },
+            ..Config::default()
+        };
+        f(&mut config);
+        Self::start_config(config, dir, routes_path).await
+    }
+
+    /// `POST path` on the admin listener.
+    pub async fn admin_post(&self, path: &str) -> (StatusCode, String) {
+        let r = send(self.admin, Request::post(path).header("host", "admin").body(full("")).unwrap()).await;
+        (r.status, r.text)
+    }
+
+    /// One service's entry of `/api/services`.
+    pub async fn service_view(&self, name: &str) -> serde_json::Value {
+        let (_, text) = self.admin_get("/api/services").await;
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["services"][name].clone()
+    }
+
     /// A reveille with etcd as its (only) route source. Returns once started, not once etcd has loaded.
     pub async fn start_etcd(endpoint: &str) -> TestProxy {
         let mut etcd = reveille::control::etcd::EtcdConfig::new(vec![endpoint.to_string()]);
