@@ -76,11 +76,12 @@ enum RouteCommand {
 
 #[derive(Subcommand)]
 enum ServiceCommand {
-    /// Define service NAME with its backends (host:port or http://host:port).
+    /// Define or change service NAME: its backends (host:port or http://host:port) and/or the container that
+    /// serves it. Fields not given keep their current value.
     Set {
         name: String,
-        #[arg(long = "backend", value_name = "ADDR", required = true)]
-        backends: Vec<String>,
+        #[command(flatten)]
+        fields: ServiceFields,
     },
     /// Remove service NAME.
     Rm {
@@ -91,6 +92,72 @@ enum ServiceCommand {
     },
     /// List services.
     Ls,
+}
+
+/// The fields of `service set`.
+#[derive(clap::Args)]
+struct ServiceFields {
+    /// A backend address (repeat for several)
+    #[arg(long = "backend", value_name = "ADDR")]
+    backends: Vec<String>,
+    /// Docker container (name or id) that reveille starts on demand and stops when idle
+    #[arg(long, value_name = "NAME")]
+    container: Option<String>,
+    /// Container port (the backend is the container's address and this port)
+    #[arg(long, value_name = "PORT")]
+    port: Option<u16>,
+    /// Container network to take the address from [default: the first]
+    #[arg(long, value_name = "NETWORK")]
+    network: Option<String>,
+    /// Stop the container after this long without requests; 0 = never
+    #[arg(long, value_name = "DURATION")]
+    idle_timeout: Option<String>,
+    /// How long a request waits for the container to be ready
+    #[arg(long, value_name = "DURATION")]
+    wake_timeout: Option<String>,
+    /// Readiness probe path (GET answering below 500) instead of a TCP connect
+    #[arg(long, value_name = "PATH")]
+    health_path: Option<String>,
+    /// What to do when idle
+    #[arg(long, value_name = "ACTION", value_parser = ["stop", "pause"])]
+    idle_action: Option<String>,
+    /// Requests held while it starts
+    #[arg(long, value_name = "N")]
+    max_held: Option<usize>,
+    /// How long browsers wait before the "starting" page
+    #[arg(long, value_name = "DURATION")]
+    page_after: Option<String>,
+}
+
+impl ServiceFields {
+    fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        use serde_json::Value;
+        let mut m = serde_json::Map::new();
+        if !self.backends.is_empty() {
+            m.insert("backends".into(), Value::from(self.backends.clone()));
+        }
+        let strings = [
+            ("container", &self.container),
+            ("network", &self.network),
+            ("idle_timeout", &self.idle_timeout),
+            ("wake_timeout", &self.wake_timeout),
+            ("health_path", &self.health_path),
+            ("idle_action", &self.idle_action),
+            ("page_after", &self.page_after),
+        ];
+        for (k, v) in strings {
+            if let Some(v) = v {
+                m.insert(k.into(), Value::from(v.clone()));
+            }
+        }
+        if let Some(p) = self.port {
+            m.insert("port".into(), Value::from(p));
+        }
+        if let Some(n) = self.max_held {
+            m.insert("max_held".into(), Value::from(n));
+        }
+        m
+    }
 }
 
 fn main() -> ExitCode {
@@ -186,7 +253,7 @@ fn operate(config_path: Option<PathBuf>, flags: EtcdFlags, op: Op) -> ExitCode {
             Op::Route(RouteCommand::Set { host, service, force }) => ops.route_set(&host, &service, force).await,
             Op::Route(RouteCommand::Rm { host }) => ops.route_rm(&host).await,
             Op::Route(RouteCommand::Ls) => ops.route_ls().await,
-            Op::Service(ServiceCommand::Set { name, backends }) => ops.service_set(&name, &backends).await,
+            Op::Service(ServiceCommand::Set { name, fields }) => ops.service_set(&name, fields.to_json()).await,
             Op::Service(ServiceCommand::Rm { name, force }) => ops.service_rm(&name, force).await,
             Op::Service(ServiceCommand::Ls) => ops.service_ls().await,
         }

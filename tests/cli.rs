@@ -82,6 +82,25 @@ async fn route_and_service_commands() {
         serde_json::json!({"backends": ["10.0.0.7:8080"], "container": "acme-app"})
     );
 
+    // A passivated service: container fields are validated and merged like the rest.
+    let args = ["service", "set", "web", "--container", "web-1", "--port", "8080", "--idle-timeout", "5m"];
+    let (code, out, err) = reveille(url, &args);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("container web-1") && out.contains("(new)"), "{out}");
+    let (code, _, err) = reveille(url, &["service", "set", "web", "--idle-timeout", "soon"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid value") && err.contains("soon"), "{err}");
+    let (code, _, err) = reveille(url, &["service", "set", "web", "--health-path", "health"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("health_path"), "{err}");
+    assert_eq!(
+        value(&etcd, "/reveille/services/web").await.unwrap(),
+        serde_json::json!({"container": "web-1", "port": 8080, "idle_timeout": "5m"}),
+        "a refused change writes nothing"
+    );
+    let (_, out, _) = reveille(url, &["service", "ls"]);
+    assert!(out.lines().any(|l| l.starts_with("web") && l.contains("[container web-1:8080]")), "{out}");
+
     // A service in use is not removed without --force.
     let (code, _, err) = reveille(url, &["service", "rm", "acme"]);
     assert_eq!(code, 1);

@@ -104,18 +104,36 @@ impl Ops {
         Ok(out)
     }
 
-    /// `service set NAME --backend ADDR...`: validated like the routes file; other fields of an existing value
-    /// are kept.
-    pub async fn service_set(&mut self, name: &str, backends: &[String]) -> Result<String, OpsError> {
-        let spec = ServiceSpec { backends: backends.to_vec(), ..Default::default() };
-        spec.to_service(name).map_err(|(_, e)| e)?;
+    /// `service set NAME [--backend ADDR...] [--container C --port N ...]`: the given fields are merged into the
+    /// existing value (other fields are kept), and the result is validated like the routes file before it is
+    /// written.
+    pub async fn service_set(&mut self, name: &str, fields: Map<String, Value>) -> Result<String, OpsError> {
+        validate_service_name(name)?;
+        if fields.is_empty() {
+            return Err(OpsError::Refused("nothing to set: give --backend and/or --container with --port".into()));
+        }
         let key = self.keys.service(name);
         let previous = self.object(&key).await?;
         let existed = previous.is_some();
         let mut value = previous.unwrap_or_default();
-        value.insert("backends".into(), Value::Array(backends.iter().map(|b| Value::String(b.clone())).collect()));
-        within(self.timeout, self.client.put(key, Value::Object(value).to_string(), None)).await?;
-        Ok(format!("service {name}: {} ({})", backends.join(", "), if existed { "updated" } else { "new" }))
+        for (k, v) in fields {
+            if v.is_null() {
+                value.remove(&k);
+            } else {
+                value.insert(k, v);
+            }
+        }
+        let merged = Value::Object(value);
+        let spec: ServiceSpec = serde_json::from_value(merged.clone())
+            .map_err(|e| OpsError::Refused(format!("service {name}: invalid value: {e}")))?;
+        let service = spec.to_service(name).map_err(|(_, e)| e)?;
+        within(self.timeout, self.client.put(key, merged.to_string(), None)).await?;
+        let what = match (service.backends(), service.container()) {
+            (b, Some(c)) if b.is_empty() => format!("container {}", c.container),
+            (b, Some(c)) => format!("{} (container {})", join(b), c.container),
+            (b, None) => join(b),
+        };
+        Ok(format!("service {name}: {what} ({})", if existed { "updated" } else { "new" }))
     }
 
     /// `service rm NAME`: refused while routes point to it, unless `force` (those routes then answer 503).
@@ -152,8 +170,21 @@ impl Ops {
                 .map(|a| a.iter().filter_map(Value::as_str).collect())
                 .unwrap_or_default();
             let n = routes.values().filter(|v| v.get("service").and_then(Value::as_str) == Some(name)).count();
-            let _ = writeln!(out, "{name:width$}  {n:>6}  {}", backends.join(", "));
+            let container = value.get("container").and_then(Value::as_str);
+            let mut shown = backends.join(", ");
+            if let Some(c) = container {
+                let port = value.get("port").and_then(Value::as_u64).map(|p| format!(":{p}")).unwrap_or_default();
+                if !shown.is_empty() {
+                    shown.push(' ');
+                }
+                shown.push_str(&format!("[container {c}{port}]"));
+            }
+            let _ = writeln!(out, "{name:width$}  {n:>6}  {shown}");
         }
         Ok(out)
     }
+}
+
+fn join(backends: &[crate::routes::Backend]) -> String {
+    backends.iter().map(|b| b.as_str()).collect::<Vec<_>>().join(", ")
 }

@@ -96,6 +96,10 @@ impl Refusal {
 /// restarted by every request of a retry storm.
 pub(super) const FAILURE_COOLDOWN: Duration = Duration::from_secs(1);
 
+/// Probe interval during the first [`FAST_PROBING`] of a wake.
+const FAST_PROBE: Duration = Duration::from_millis(5);
+const FAST_PROBING: Duration = Duration::from_secs(1);
+
 /// What a held request is told when the wake ends: the backend to use (`None`: the service's own backends).
 type Outcome = Result<Option<Backend>, Refusal>;
 
@@ -556,15 +560,16 @@ impl Tenant {
         let Some(spec) = Self::spec_of(&service) else { return };
         let timeout = self.wake_timeout(spec);
         let started = Instant::now();
-        let requested = {
+        let (requested, known) = {
             let mut st = self.state.lock();
+            let known = st.phase;
             self.set_phase(&mut st, Phase::Starting);
-            st.wake_requested_at.unwrap_or(started)
+            (st.wake_requested_at.unwrap_or(started), known)
         };
         let span = info_span!("wake", container = %spec.container);
         let outcome = async {
             info!("waking");
-            let bring_up = tokio::time::timeout(timeout, self.bring_up(&service, spec, rx, started));
+            let bring_up = tokio::time::timeout(timeout, self.bring_up(&service, spec, rx, started, known));
             tokio::select! {
                 r = bring_up => match r {
                     Ok(r) => r,
@@ -610,6 +615,7 @@ impl Tenant {
         spec: &ContainerSpec,
         rx: &mut mpsc::UnboundedReceiver<Msg>,
         started: Instant,
+        known: Phase,
     ) -> Outcome {
         let rt = &*self.shared.runtime;
         let metrics = &self.shared.metrics;
@@ -617,17 +623,34 @@ impl Tenant {
         let (name, network) = (spec.container.as_str(), spec.network.as_deref());
         let inspect = || async { rt.inspect(name, network).await.map_err(Refusal::from_runtime) };
 
-        let info = inspect().await?;
+        // When reveille itself stopped or paused the container (or saw it so), it acts at once; otherwise, or if
+        // that knowledge turns out stale, it asks Docker first.
+        let assumed = match known {
+            Phase::Stopped => Some(ContainerState::Stopped),
+            Phase::Paused => Some(ContainerState::Paused),
+            _ => None,
+        };
+        let state = match assumed {
+            Some(s) => s,
+            None => inspect().await?.state,
+        };
         let call = Instant::now();
-        match info.state {
-            ContainerState::Running => {}
-            ContainerState::Paused => rt.unpause(name).await.map_err(Refusal::from_runtime)?,
-            ContainerState::Stopped | ContainerState::Restarting => {
-                rt.start(name).await.map_err(Refusal::from_runtime)?
+        let act = |state: ContainerState| async move {
+            match state {
+                ContainerState::Running => Ok(()),
+                ContainerState::Paused => rt.unpause(name).await.map_err(Refusal::from_runtime),
+                ContainerState::Stopped | ContainerState::Restarting => {
+                    rt.start(name).await.map_err(Refusal::from_runtime)
+                }
+                ContainerState::Dead => {
+                    Err(Refusal::Failed { reason: "the container is dead or being removed".into() })
+                }
             }
-            ContainerState::Dead => {
-                return Err(Refusal::Failed { reason: "the container is dead or being removed".into() })
-            }
+        };
+        match act(state).await {
+            Ok(()) => {}
+            Err(Refusal::Failed { .. }) if assumed.is_some() => act(inspect().await?.state).await?,
+            Err(e) => return Err(e),
         }
         metrics.phase(WakePhase::StartCall, call.elapsed());
 
@@ -653,11 +676,15 @@ impl Tenant {
             (None, None) => return Err(Refusal::Failed { reason: "the service has no address to probe".into() }),
         };
 
-        // Probe every `interval` until the application answers; Docker's events (or, every 20 probes, an
-        // inspect) tell if the container died meanwhile, so a crash fails the wake at once.
+        // Probe until the application answers: every 5 ms during the first second (a refused connect costs
+        // microseconds, and most applications are ready within it), then every `probe_interval`. Docker's events
+        // (or, every 20 probes, an inspect) tell if the container died meanwhile, so a crash fails the wake at
+        // once.
+        let probing = Instant::now();
         let mut probes: u32 = 0;
         loop {
-            let next = Instant::now() + interval;
+            let gap = if probing.elapsed() < FAST_PROBING { interval.min(FAST_PROBE) } else { interval };
+            let next = Instant::now() + gap;
             if self.shared.probe.ready(&target, spec.health_path.as_deref()).await {
                 break;
             }
