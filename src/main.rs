@@ -81,7 +81,7 @@ enum ServiceCommand {
     Set {
         name: String,
         #[command(flatten)]
-        fields: ServiceFields,
+        fields: Box<ServiceFields>,
     },
     /// Remove service NAME.
     Rm {

@@ -129,7 +129,7 @@ impl Ops {
         let service = spec.to_service(name).map_err(|(_, e)| e)?;
         within(self.timeout, self.client.put(key, merged.to_string(), None)).await?;
         let what = match (service.backends(), service.container()) {
-            (b, Some(c)) if b.is_empty() => format!("container {}", c.container),
+            ([], Some(c)) => format!("container {}", c.container),
             (b, Some(c)) => format!("{} (container {})", join(b), c.container),
             (b, None) => join(b),
         };
