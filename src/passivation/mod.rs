@@ -144,13 +144,14 @@ impl Passivator {
     }
 
     /// The tenant of a passivated service (`None` for a plain one). The request path: one hash lookup.
+    ///
+    /// Only [`Self::reconcile`] changes an existing tenant's definition: a request may hold an older table
+    /// snapshot than the latest reconcile, and must not roll the tenant back to it.
     #[inline]
     pub fn tenant(&self, service: &Arc<Service>) -> Option<Arc<Tenant>> {
         service.container()?;
         if let Some(t) = self.tenants.load().get(service.name()) {
-            if t.serves(service) {
-                return Some(t.clone());
-            }
+            return Some(t.clone());
         }
         Some(self.ensure(service))
     }
@@ -160,9 +161,12 @@ impl Passivator {
         self.tenants.load().get(name).cloned()
     }
 
-    /// Creates or updates the tenant of `service`.
+    /// Creates the tenant of `service` if there is none yet (a request that came before the reconcile).
     fn ensure(&self, service: &Arc<Service>) -> Arc<Tenant> {
         let _w = self.write.lock();
+        if let Some(t) = self.tenants.load().get(service.name()) {
+            return t.clone();
+        }
         let mut map = HashMap::clone(&self.tenants.load());
         let tenant = self.upsert(&mut map, service);
         self.tenants.store(Arc::new(map));

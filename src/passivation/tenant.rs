@@ -110,7 +110,8 @@ pub(super) enum Msg {
     Wake,
     /// Passivate now if idle (admin `sleep`).
     Sleep,
-    /// The last activity guard was released while the driver waited for it.
+    /// The last activity guard was released while the driver waited for it, or the definition changed: the
+    /// driver recomputes its idle timer.
     Idle,
     /// Docker reported something about this container.
     Event,
@@ -251,6 +252,8 @@ impl Tenant {
     /// Takes a new definition of the same container.
     pub(super) fn update(&self, service: Arc<Service>) {
         self.service.store(service);
+        // The driver recomputes its idle timer with the new definition.
+        let _ = self.tx.send(Msg::Idle);
     }
 
     pub fn phase(&self) -> Phase {

@@ -417,3 +417,38 @@ async fn sleep_is_refused_while_active_and_removal_answers_held_requests() {
     assert_eq!(waiter.await.unwrap().unwrap_err(), Refusal::Removed);
     assert!(p.get("acme").is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn reconcile_updates_in_place_and_replaces_on_a_new_container() {
+    let fake = Fake::new(ContainerState::Running);
+    let p = passivator(&fake);
+    let table = |svc: &Arc<Service>| {
+        let mut t = crate::routes::RouteTable::empty();
+        t.set_service("acme", Some(svc.clone()));
+        t
+    };
+    let v1 = spec(|_| {});
+    p.reconcile(&table(&v1));
+    let t1 = p.get("acme").expect("created by the reconcile");
+    phase_becomes(&t1, Phase::Running).await;
+
+    // A new idle timeout: same tenant (same state, same container), new definition.
+    let v2 = spec(|c| c.idle_timeout = Some(Duration::from_secs(5)));
+    p.reconcile(&table(&v2));
+    let t2 = p.get("acme").unwrap();
+    assert!(Arc::ptr_eq(&t1, &t2));
+    assert!(t2.serves(&v2));
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    phase_becomes(&t2, Phase::Stopped).await;
+
+    // A request holding the older snapshot does not roll the definition back.
+    let _ = p.tenant(&v1);
+    assert!(t2.serves(&v2));
+
+    // Another container: another tenant.
+    let v3 = spec(|c| c.container = "other".into());
+    p.reconcile(&table(&v3));
+    let t3 = p.get("acme").unwrap();
+    assert!(!Arc::ptr_eq(&t2, &t3));
+    assert!(t2.cancel.is_cancelled());
+}
