@@ -407,3 +407,24 @@ async fn etcd_gets_status_and_activity_keys() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_path_decides_readiness() {
+    let image = TestImage::build();
+    // httpd listens at once, but its health CGI answers 503 until /www/ready exists, 1.5 s after the start.
+    let script = concat!(
+        "mkdir -p /www/cgi-bin; ",
+        "printf '#!/bin/busybox sh\\nif [ -f /www/ready ]; then printf \"Status: 200 OK\\\\r\\\\n\\\\r\\\\nup\"; ",
+        "else printf \"Status: 503 Service Unavailable\\\\r\\\\n\\\\r\\\\ndown\"; fi\\n' > /www/cgi-bin/health; ",
+        "chmod +x /www/cgi-bin/health; (sleep 1.5; touch /www/ready) & "
+    );
+    let web = image.web_after(script);
+    let fields = container_fields(&web, "health_path = \"/cgi-bin/health\"\nidle_timeout = \"0\"");
+    let proxy = TestProxy::start(&routes(&[("web", fields)])).await;
+    state_becomes(&proxy, "web", "stopped").await;
+    let begin = Instant::now();
+    let got = get(proxy.http, "web.test", "/cgi-bin/health").await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+    assert_eq!(got.text, "up", "forwarded only once the health check passed");
+    assert!(begin.elapsed() >= Duration::from_millis(1500), "{:?}", begin.elapsed());
+}
