@@ -477,4 +477,42 @@ mod tests {
         let e = Config::resolve(None, &Overrides::default()).unwrap_err();
         assert!(matches!(e, ConfigError::NoRouteSource));
     }
+
+    #[test]
+    fn passivation_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reveille.toml");
+        std::fs::write(dir.path().join("page.html"), "<p>{{host}} wakes</p><script>{{status_path}}</script>").unwrap();
+        std::fs::write(dir.path().join("bad.html"), "<p>no way to know when ready</p>").unwrap();
+        let text = |page: &str| {
+            format!(
+                "[server]\nroutes = \"r.toml\"\n[passivation]\nidle_timeout = \"0\"\nmax_held = 5\n\
+                 page_template = \"{page}\"\ndocker = \"unix:///run/d.sock\"\n"
+            )
+        };
+        std::fs::write(&path, text("page.html")).unwrap();
+        let flags = Overrides { wake_timeout: Some(Duration::from_secs(7)), ..Default::default() };
+        let cfg = Config::resolve(Some(&path), &flags).unwrap();
+        let p = &cfg.passivation;
+        assert_eq!((p.idle_timeout, p.wake_timeout, p.max_held), (Duration::ZERO, Duration::from_secs(7), 5));
+        assert_eq!(p.docker.as_deref(), Some("unix:///run/d.sock"));
+        let html = p.page.render(&crate::passivation::PageValues {
+            service: "s",
+            host: "h.test",
+            state: "starting",
+            status_path: "/st",
+            retry_after: 1,
+        });
+        assert_eq!(html, "<p>h.test wakes</p><script>/st</script>");
+
+        std::fs::write(&path, text("bad.html")).unwrap();
+        let e = Config::resolve(Some(&path), &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("status_path"), "{e}");
+        std::fs::write(&path, text("missing.html")).unwrap();
+        let e = Config::resolve(Some(&path), &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("cannot read"), "{e}");
+        let flags = Overrides { docker: Some("ftp://x".into()), routes: Some("r.toml".into()), ..Default::default() };
+        let e = Config::resolve(None, &flags).unwrap_err().to_string();
+        assert!(e.contains("docker endpoint"), "{e}");
+    }
 }
