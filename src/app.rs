@@ -40,7 +40,7 @@ pub struct Listeners {
 impl Listeners {
     /// Binds the addresses of `config`.
     pub async fn bind(config: &Config) -> Result<Self, StartError> {
-        let http = TcpListener::bind(config.http).await.map_err(|source| StartError::Bind {
+        let http = listen(config.http, LISTEN_BACKLOG).map_err(|source| StartError::Bind {
             addr: config.http,
             what: "http",
             source,
@@ -52,6 +52,18 @@ impl Listeners {
         })?;
         Ok(Self { http, admin })
     }
+}
+
+/// The proxy's listen backlog. std's default (128) drops connections when thousands of clients arrive at once,
+/// e.g. a burst of requests for a waking tenant; the kernel caps this at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` with `SO_REUSEADDR` (a restart does not wait for old connections in TIME_WAIT) and `backlog`.
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// A started reveille.

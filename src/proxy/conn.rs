@@ -128,6 +128,11 @@ impl AsyncRead for ConnIo {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // Free the detection buffer now, not when the connection ends: an idle or held connection
+                // should not keep 4 KiB it will never read again.
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
