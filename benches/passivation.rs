@@ -46,7 +46,7 @@
 //!    `PASSIVATION_BENCH_HELD` (10,000) TCP connections each send `GET /` with `Host: slow.bench.test` and
 //!    `Connection: close` (one tokio task each): the first alone (it triggers the wake), then the rest in
 //!    batches of `PASSIVATION_BENCH_BATCH` (100), each batch sent (connected and written) before the next
-//!    starts, 2 ms apart. Batches must stay below reveille's listen backlog (128 when written, reported), or
+//!    starts, 2 ms apart. Batches must stay below reveille's listen backlog (4096; it was std's 128 when this was written), or
 //!    dropped SYNs are retried a second later and the ramp outlasts the hold. When reveille's
 //!    `reveille_held_requests` gauge shows them all, the same wrk command runs against `plain` for
 //!    `PASSIVATION_BENCH_WRK_HELD_SECONDS` (3) while they are held; the report says whether wrk ended before the
