@@ -133,8 +133,8 @@ fn service_command(state: &AdminState, method: &Method, rest: &str) -> Response<
     match command {
         "wake" => tenant.request_wake(),
         _ => {
-            if let Err(active) = tenant.request_sleep() {
-                let error = format!("service {name:?} has {active} request(s) or connection(s) in progress");
+            if let Err(why) = tenant.request_sleep() {
+                let error = format!("service {name:?} cannot sleep now: {why}");
                 return json(StatusCode::CONFLICT, &serde_json::json!({ "error": error }));
             }
         }

@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 
 pub use page::{Page, PageValues};
 pub use probe::{NetProbe, Probe};
-pub use tenant::{Activity, Phase, Refusal, Tenant};
+pub use tenant::{Activity, Phase, Refusal, SleepRefused, Tenant};
 
 use crate::metrics::{Metrics, PassivationMetrics};
 use crate::routes::{RouteHandle, RouteTable, Service};
@@ -337,8 +337,17 @@ impl Passivator {
     }
 
     /// Snapshot of tenants with their last activity, for the etcd activity keys.
+    /// A tenant with an open request or WebSocket is in use now, whenever its last request started.
     pub(crate) fn activity(&self) -> Vec<(Arc<str>, Option<SystemTime>)> {
-        self.tenants.load().values().map(|t| (t.name.clone(), t.state.lock().last_activity)).collect()
+        let now = SystemTime::now();
+        self.tenants
+            .load()
+            .values()
+            .map(|t| {
+                let st = t.state.lock();
+                (t.name.clone(), if st.active > 0 { Some(now) } else { st.last_activity })
+            })
+            .collect()
     }
 }
 

@@ -92,9 +92,21 @@ impl Refusal {
     }
 }
 
+/// Why an admin `sleep` was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SleepRefused {
+    #[error("it has {0} request(s) or connection(s) in progress")]
+    Active(usize),
+    #[error("it is {} (try again once it is running)", .0.as_str())]
+    Phase(Phase),
+}
+
 /// A failed wake answers at once, without another Docker start, for this long: a crashing container is not
 /// restarted by every request of a retry storm.
 pub(super) const FAILURE_COOLDOWN: Duration = Duration::from_secs(1);
+
+/// How often a `failed` tenant's container is inspected again.
+const FAILED_RECHECK: Duration = Duration::from_secs(5);
 
 /// Probe interval during the first [`FAST_PROBING`] of a wake.
 const FAST_PROBE: Duration = Duration::from_millis(5);
@@ -110,12 +122,12 @@ pub(super) enum Msg {
     Wake,
     /// Passivate now if idle (admin `sleep`).
     Sleep,
-    /// The last activity guard was released while the driver waited for it, or the definition changed: the
-    /// driver recomputes its idle timer.
+    /// The last activity guard was released while the driver waited for it: the driver recomputes its idle
+    /// timer.
     Idle,
     /// Docker reported something about this container.
     Event,
-    /// The Docker event stream was (re)connected: events may have been missed.
+    /// The Docker event stream was (re)connected (events may have been missed), or the definition changed.
     Resync,
 }
 
@@ -252,8 +264,9 @@ impl Tenant {
     /// Takes a new definition of the same container.
     pub(super) fn update(&self, service: Arc<Service>) {
         self.service.store(service);
-        // The driver recomputes its idle timer with the new definition.
-        let _ = self.tx.send(Msg::Idle);
+        // The driver re-inspects the container (the backend address may have changed with `port`, `network`
+        // or `backends`) and recomputes its idle timer with the new definition.
+        let _ = self.tx.send(Msg::Resync);
     }
 
     pub fn phase(&self) -> Phase {
@@ -286,6 +299,10 @@ impl Tenant {
     /// service's own backends), waking the tenant first if it is not running. A browser page request
     /// (`page` = true) waits at most `page_after`, then gets [`Refusal::Starting`].
     pub async fn admit(self: &Arc<Self>, page: bool) -> Result<(Option<Backend>, Activity), Refusal> {
+        if self.cancel.is_cancelled() {
+            // Removed from the configuration just now: its driver is gone.
+            return Err(Refusal::Removed);
+        }
         let (activity, rx) = {
             let mut st = self.state.lock();
             st.active += 1;
@@ -359,13 +376,20 @@ impl Tenant {
     }
 
     /// Asks the driver to passivate now. Refused (returns the count) while requests or connections are active.
-    pub fn request_sleep(&self) -> Result<(), usize> {
+    pub fn request_sleep(&self) -> Result<(), SleepRefused> {
         let st = self.state.lock();
         if st.active > 0 {
-            return Err(st.active);
+            return Err(SleepRefused::Active(st.active));
         }
-        let _ = self.tx.send(Msg::Sleep);
-        Ok(())
+        match st.phase {
+            Phase::Running => {
+                let _ = self.tx.send(Msg::Sleep);
+                Ok(())
+            }
+            // Already asleep, or going to sleep.
+            Phase::Stopped | Phase::Paused | Phase::Stopping => Ok(()),
+            phase => Err(SleepRefused::Phase(phase)),
+        }
     }
 
     /// A request could not reach the tenant's backend: have the container's state checked.
@@ -440,6 +464,9 @@ impl Tenant {
                 let mut st = self.state.lock();
                 let timer = match st.phase {
                     Phase::Unknown => Some(backoff),
+                    // A wake that timed out may have left the container running (an app slower than
+                    // `wake_timeout`): look again now and then, so it is adopted (and later stopped when idle).
+                    Phase::Failed => Some(FAILED_RECHECK),
                     Phase::Running => {
                         let service = self.service();
                         let idle = Self::spec_of(&service).map_or(Duration::ZERO, |s| self.idle_timeout(s));
@@ -470,6 +497,9 @@ impl Tenant {
                     backoff = if self.refresh().await.is_ok() { BACKOFF_MIN } else { (backoff * 2).min(BACKOFF_MAX) };
                 }
                 None if phase == Phase::Running => self.passivate(false).await,
+                None if phase == Phase::Failed => {
+                    let _ = self.refresh().await;
+                }
                 None | Some(Msg::Wake | Msg::Idle) => {}
                 Some(Msg::Sleep) => self.passivate(true).await,
                 Some(Msg::Event | Msg::Resync) => {
@@ -662,7 +692,13 @@ impl Tenant {
             match info.state {
                 ContainerState::Running => break,
                 ContainerState::Stopped | ContainerState::Dead => return Err(exited(&info)),
-                ContainerState::Paused | ContainerState::Restarting => {
+                // Restarting right after our start: it exited and Docker's restart policy is at work.
+                ContainerState::Restarting => {
+                    return Err(Refusal::Failed {
+                        reason: format!("{} (Docker is restarting it)", exited(&info)).into(),
+                    })
+                }
+                ContainerState::Paused => {
                     tokio::time::sleep(interval).await;
                     info = inspect().await?;
                 }

@@ -401,7 +401,7 @@ async fn sleep_is_refused_while_active_and_removal_answers_held_requests() {
     let t = p.tenant(&svc).unwrap();
     phase_becomes(&t, Phase::Running).await;
     let (_, a) = t.admit(false).await.unwrap();
-    assert_eq!(t.request_sleep(), Err(1));
+    assert_eq!(t.request_sleep(), Err(SleepRefused::Active(1)));
     drop(a);
     assert_eq!(t.request_sleep(), Ok(()));
     phase_becomes(&t, Phase::Stopped).await;
@@ -451,4 +451,51 @@ async fn reconcile_updates_in_place_and_replaces_on_a_new_container() {
     let t3 = p.get("acme").unwrap();
     assert!(!Arc::ptr_eq(&t2, &t3));
     assert!(t2.cancel.is_cancelled());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wake_that_timed_out_is_adopted_later_and_stopped_when_idle() {
+    let fake = Fake::new(ContainerState::Stopped);
+    fake.0.lock().ready_after = Some(Duration::from_secs(8));
+    let p = passivator(&fake);
+    let t = p
+        .tenant(&spec(|c| {
+            c.wake_timeout = Some(Duration::from_secs(5));
+            c.idle_timeout = Some(Duration::from_secs(60));
+        }))
+        .unwrap();
+    assert!(matches!(t.admit(false).await, Err(Refusal::Timeout { .. })));
+    phase_becomes(&t, Phase::Failed).await;
+    // The container kept running: the periodic re-inspection adopts it, and the idle timer then stops it.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    phase_becomes(&t, Phase::Running).await;
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    phase_becomes(&t, Phase::Stopped).await;
+    assert_eq!(fake.count("stop"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_port_is_used_at_once_and_sleep_is_refused_while_waking() {
+    let fake = Fake::new(ContainerState::Running);
+    let p = passivator(&fake);
+    let table = |svc: &Arc<Service>| {
+        let mut t = crate::routes::RouteTable::empty();
+        t.set_service("acme", Some(svc.clone()));
+        t
+    };
+    p.reconcile(&table(&spec(|_| {})));
+    let t = p.get("acme").unwrap();
+    phase_becomes(&t, Phase::Running).await;
+    p.reconcile(&table(&spec(|c| c.port = Some(9090))));
+    settle().await;
+    let (backend, _a) = t.admit(false).await.unwrap();
+    assert_eq!(backend.unwrap().as_str(), "10.0.0.1:9090");
+    drop(_a);
+
+    assert_eq!(t.request_sleep(), Ok(()));
+    phase_becomes(&t, Phase::Stopped).await;
+    fake.0.lock().ready_after = Some(Duration::from_secs(3));
+    t.request_wake();
+    phase_becomes(&t, Phase::Starting).await;
+    assert_eq!(t.request_sleep(), Err(SleepRefused::Phase(Phase::Starting)));
 }
