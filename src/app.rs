@@ -16,9 +16,12 @@ use crate::control::etcd::EtcdWatcher;
 use crate::control::{file, Composer, Source};
 use crate::metrics::Metrics;
 use crate::passivation::{NetProbe, Passivator};
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, Redirect};
 use crate::routes::RouteHandle;
 use crate::runtime::LazyDocker;
+use crate::tls::dir::DirWatcher;
+use crate::tls::etcd::CertWatcher;
+use crate::tls::{CertStore, TlsAcceptor};
 
 /// Why reveille could not start.
 #[derive(Debug, thiserror::Error)]
@@ -29,11 +32,15 @@ pub enum StartError {
     Routes(#[from] file::FileError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// The listeners reveille serves on. Tests bind `127.0.0.1:0` and pass them in.
 pub struct Listeners {
     pub http: TcpListener,
+    /// The HTTPS listener, when `config.https` is set.
+    pub https: Option<TcpListener>,
     pub admin: TcpListener,
 }
 
@@ -45,12 +52,18 @@ impl Listeners {
             what: "http",
             source,
         })?;
+        let https = match config.https {
+            Some(addr) => {
+                Some(listen(addr, LISTEN_BACKLOG).map_err(|source| StartError::Bind { addr, what: "https", source })?)
+            }
+            None => None,
+        };
         let admin = TcpListener::bind(config.admin).await.map_err(|source| StartError::Bind {
             addr: config.admin,
             what: "admin",
             source,
         })?;
-        Ok(Self { http, admin })
+        Ok(Self { http, https, admin })
     }
 }
 
@@ -69,7 +82,11 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 /// A started reveille.
 pub struct Running {
     pub http_addr: SocketAddr,
+    /// The HTTPS listener's address, when there is one.
+    pub https_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
+    /// The certificates in force, when there is an HTTPS listener.
+    pub certs: Option<Arc<CertStore>>,
     pub routes: RouteHandle,
     pub metrics: Arc<Metrics>,
     pub passivator: Arc<Passivator>,
@@ -78,7 +95,8 @@ pub struct Running {
     shutdown: CancellationToken,
     /// Stops the admin endpoint and route watchers, once the drain is over.
     background: CancellationToken,
-    accept: JoinHandle<()>,
+    /// The accept loops (HTTP, and HTTPS if any).
+    accept: Vec<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -150,12 +168,61 @@ pub async fn start(config: &Config, listeners: Listeners) -> Result<Running, Sta
         AdminState { routes: routes.clone(), metrics: metrics.clone(), passivator: Some(passivator.clone()) };
     tasks.push(tokio::spawn(admin::serve(listeners.admin, admin_state, background.clone())));
 
-    let proxy = Proxy::new(routes.clone(), metrics.clone(), config.proxy.clone(), passivator.clone());
-    let shutdown = CancellationToken::new();
-    let accept = tokio::spawn(proxy.clone().serve(listeners.http, shutdown.clone()));
-    info!(http = %http_addr, admin = %admin_addr, "listening");
+    // TLS: the certificates are loaded before the HTTPS listener serves its first handshake.
+    let https_addr = match &listeners.https {
+        Some(l) => Some(l.local_addr().map_err(|source| StartError::Bind {
+            addr: config.https.unwrap_or(config.http),
+            what: "https",
+            source,
+        })?),
+        None => None,
+    };
+    let mut tls = None;
+    if https_addr.is_some() {
+        let store = CertStore::new(config.tls.default_cert.clone(), metrics.tls().clone());
+        if let Some(dir) = &config.tls.certs_dir {
+            let mut watcher = DirWatcher::new(dir.clone(), store.clone(), metrics.tls().clone());
+            let n = watcher.load()?;
+            info!(dir = %dir.display(), certificates = n, "certificates directory loaded");
+            tasks.push(tokio::spawn(watcher.run(background.clone())));
+        }
+        if let (Some(etcd), true) = (&config.etcd, config.tls.etcd) {
+            let watcher = CertWatcher::new(etcd.clone(), store.clone(), metrics.tls().clone());
+            tasks.push(tokio::spawn(watcher.run(background.clone())));
+        }
+        let acceptor = TlsAcceptor::new(store.clone(), metrics.tls().clone(), config.tls.handshake_timeout)?;
+        tls = Some((store, Arc::new(acceptor)));
+    } else if config.tls.certs_dir.is_some() {
+        warn!("a certificates directory is configured but no HTTPS listener (--https): it is not loaded");
+    }
 
-    Ok(Running { http_addr, admin_addr, routes, metrics, passivator, proxy, shutdown, background, accept, tasks })
+    let redirect =
+        Redirect { all: config.tls.redirect, port: config.tls.redirect_port.or(https_addr.map(|a| a.port())) };
+    let proxy = Proxy::new(routes.clone(), metrics.clone(), config.proxy.clone(), passivator.clone(), redirect);
+    let shutdown = CancellationToken::new();
+    let mut accept = vec![tokio::spawn(proxy.clone().serve(listeners.http, None, shutdown.clone()))];
+    if let (Some(listener), Some((_, acceptor))) = (listeners.https, &tls) {
+        accept.push(tokio::spawn(proxy.clone().serve(listener, Some(acceptor.clone()), shutdown.clone())));
+    }
+    match https_addr {
+        Some(https) => info!(http = %http_addr, https = %https, admin = %admin_addr, "listening"),
+        None => info!(http = %http_addr, admin = %admin_addr, "listening"),
+    }
+
+    Ok(Running {
+        http_addr,
+        https_addr,
+        admin_addr,
+        certs: tls.map(|(store, _)| store),
+        routes,
+        metrics,
+        passivator,
+        proxy,
+        shutdown,
+        background,
+        accept,
+        tasks,
+    })
 }
 
 impl Running {
@@ -174,7 +241,9 @@ impl Running {
     pub async fn wait(self, grace: Duration) -> bool {
         self.shutdown.cancelled().await;
         self.routes.mark_draining();
-        let _ = self.accept.await;
+        for a in self.accept {
+            let _ = a.await;
+        }
         info!(grace = %humantime::format_duration(grace), "shutting down: no longer accepting, draining connections");
         let drained = tokio::time::timeout(grace, self.proxy.drained()).await.is_ok();
         if !drained {

@@ -38,6 +38,10 @@ pub enum LogFormat {
 pub struct Config {
     /// Plain-HTTP listener of the proxy.
     pub http: SocketAddr,
+    /// HTTPS listener of the proxy, if any.
+    pub https: Option<SocketAddr>,
+    /// Certificates and redirects.
+    pub tls: crate::tls::Settings,
     /// Admin listener (health, metrics, API).
     pub admin: SocketAddr,
     /// Routes file, watched for changes.
@@ -63,6 +67,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             http: ([0, 0, 0, 0], 8080).into(),
+            https: None,
+            tls: crate::tls::Settings::default(),
             admin: ([127, 0, 0, 1], 9090).into(),
             routes: None,
             etcd: None,
@@ -93,6 +99,26 @@ pub struct ConfigFile {
     pub etcd: EtcdSection,
     #[serde(default)]
     pub passivation: PassivationSection,
+    #[serde(default)]
+    pub tls: TlsSection,
+}
+
+/// `[tls]`: certificates and HTTPS redirects (the listener itself is `https` in `[server]`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Certificates directory; relative to the config file's directory.
+    pub certs: Option<PathBuf>,
+    /// Load certificates from etcd's `<prefix>certs/` too [default: true when etcd is configured].
+    pub etcd: Option<bool>,
+    /// Certificate (by name) for clients without SNI or asking for an unknown name.
+    pub default_cert: Option<String>,
+    /// Redirect plain-HTTP requests of every service to HTTPS.
+    pub redirect: Option<bool>,
+    /// Port written in redirect locations [default: the HTTPS listener's].
+    pub redirect_port: Option<u16>,
+    #[serde(default, with = "humantime_serde")]
+    pub handshake_timeout: Option<Duration>,
 }
 
 /// `[passivation]`: defaults for passivated services (each can override the first four) and the Docker
@@ -143,6 +169,7 @@ pub struct EtcdSection {
 #[serde(deny_unknown_fields)]
 pub struct ServerSection {
     pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
     /// Relative paths are relative to the config file's directory.
     pub routes: Option<PathBuf>,
@@ -193,7 +220,8 @@ impl ConfigFile {
         if let Some(dir) = path.parent() {
             let e = &mut file.etcd;
             let page = &mut file.passivation.page_template;
-            for p in [&mut file.server.routes, &mut e.ca, &mut e.cert, &mut e.key, page].into_iter().flatten() {
+            let certs = &mut file.tls.certs;
+            for p in [&mut file.server.routes, &mut e.ca, &mut e.cert, &mut e.key, page, certs].into_iter().flatten() {
                 if p.is_relative() {
                     *p = dir.join(&*p);
                 }
@@ -263,6 +291,19 @@ pub struct Overrides {
     /// Address of the plain-HTTP proxy listener [default: 0.0.0.0:8080]
     #[arg(long, value_name = "ADDR")]
     pub http: Option<SocketAddr>,
+    /// Address of the HTTPS proxy listener (needs certificates: --certs or etcd) [default: none]
+    #[arg(long, value_name = "ADDR")]
+    pub https: Option<SocketAddr>,
+    /// Directory of certificates (NAME.crt + NAME.key, or NAME.pem holding both), watched
+    #[arg(long, value_name = "DIR")]
+    pub certs: Option<PathBuf>,
+    /// Certificate (by name) for TLS clients without SNI or asking for an unknown name [default: none, such
+    /// handshakes fail with unrecognized_name]
+    #[arg(long, value_name = "NAME")]
+    pub default_cert: Option<String>,
+    /// Redirect plain-HTTP requests of every service to HTTPS (308) [default: false]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub https_redirect: Option<bool>,
     /// Address of the admin listener (health, metrics, API) [default: 127.0.0.1:9090]
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
@@ -332,8 +373,18 @@ impl Config {
         };
         let d = Config::default();
         let s = Settings::default();
+        let t = crate::tls::Settings::default();
         let cfg = Config {
             http: flags.http.or(file.server.http).unwrap_or(d.http),
+            https: flags.https.or(file.server.https),
+            tls: crate::tls::Settings {
+                certs_dir: flags.certs.clone().or(file.tls.certs),
+                etcd: file.tls.etcd.unwrap_or(t.etcd),
+                default_cert: flags.default_cert.clone().or(file.tls.default_cert),
+                redirect: flags.https_redirect.or(file.tls.redirect).unwrap_or(t.redirect),
+                redirect_port: file.tls.redirect_port,
+                handshake_timeout: file.tls.handshake_timeout.unwrap_or(t.handshake_timeout),
+            },
             admin: flags.admin.or(file.server.admin).unwrap_or(d.admin),
             routes: flags.routes.clone().or(file.server.routes),
             etcd: flags.etcd.resolve(&file.etcd),
@@ -376,6 +427,14 @@ impl Config {
         }
         if cfg.routes.is_none() && cfg.etcd.is_none() {
             return Err(ConfigError::NoRouteSource);
+        }
+        if cfg.https.is_some() && cfg.tls.certs_dir.is_none() && !(cfg.etcd.is_some() && cfg.tls.etcd) {
+            return Err(ConfigError::Invalid(
+                "the HTTPS listener needs certificates: give --certs DIR (`certs` in [tls]) or etcd".into(),
+            ));
+        }
+        if cfg.tls.handshake_timeout.is_zero() {
+            return Err(ConfigError::Invalid("handshake_timeout must be greater than zero".into()));
         }
         let p = &cfg.proxy;
         for (name, d) in [

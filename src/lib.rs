@@ -1,13 +1,16 @@
 //! # reveille
 //!
 //! An edge reverse proxy for multi-tenant container platforms: routes requests by hostname to tenant services,
-//! with routes that change live.
+//! with routes that change live, terminating TLS, and waking tenants' containers on demand.
 //!
 //! # Layout
 //!
 //! - [`routes`]: the routing model and the immutable route table snapshot (`ArcSwap`), hostname matching.
 //! - [`control`]: route sources — loading, validating and watching the routes file — that install new tables.
-//! - [`proxy`]: the data path — connections, HTTP/1.1 and h2c, forwarding, upgrades, limits and timeouts.
+//! - [`proxy`]: the data path — connections (plain or TLS), HTTP/1.1 and h2, forwarding, upgrades, HTTPS
+//!   redirects, limits and timeouts.
+//! - [`tls`]: TLS termination — certificates from a directory and etcd as an `ArcSwap` snapshot, SNI selection,
+//!   hot reload, the handshake.
 //! - [`runtime`]: the container runtime — start, stop, pause and inspect tenant containers (Docker Engine API).
 //! - [`passivation`]: wake-on-request and idle stop of tenant containers — per-tenant state machines, held
 //!   requests, readiness probes, the "starting" page, etcd status keys.
@@ -29,3 +32,4 @@ pub mod proxy;
 pub mod routes;
 pub mod runtime;
 pub mod telemetry;
+pub mod tls;

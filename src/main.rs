@@ -8,7 +8,7 @@ use reveille::app::{self, Listeners};
 use reveille::config::{Config, ConfigFile, EtcdFlags, Overrides};
 use reveille::control::etcd::EtcdConfig;
 use reveille::control::file;
-use reveille::control::ops::Ops;
+use reveille::control::ops::{Ops, OpsError};
 
 #[derive(Parser)]
 #[command(name = "reveille", version, about = "Edge reverse proxy for multi-tenant container platforms")]
@@ -41,6 +41,16 @@ enum Command {
     Service {
         #[command(subcommand)]
         command: ServiceCommand,
+        #[command(flatten)]
+        etcd: EtcdFlags,
+        /// Config file whose [etcd] section to use (flags override it).
+        #[arg(long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+    },
+    /// Manage TLS certificates in etcd.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
         #[command(flatten)]
         etcd: EtcdFlags,
         /// Config file whose [etcd] section to use (flags override it).
@@ -94,6 +104,25 @@ enum ServiceCommand {
     Ls,
 }
 
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Store certificate NAME (checked first: the chain parses and the key matches). The names it serves come
+    /// from its subject alternative names.
+    Put {
+        name: String,
+        /// Certificate chain, PEM, leaf first
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+        /// Private key, PEM [default: the --cert file, if it holds the key too]
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+    },
+    /// List certificates: names served and expiry.
+    Ls,
+    /// Remove certificate NAME.
+    Rm { name: String },
+}
+
 /// The fields of `service set`.
 #[derive(clap::Args)]
 struct ServiceFields {
@@ -127,6 +156,12 @@ struct ServiceFields {
     /// How long browsers wait before the "starting" page
     #[arg(long, value_name = "DURATION")]
     page_after: Option<String>,
+    /// Redirect plain-HTTP requests to HTTPS (true/false; unset follows the global setting)
+    #[arg(long, value_name = "BOOL")]
+    https_redirect: Option<bool>,
+    /// Strict-Transport-Security value for responses over HTTPS, e.g. "max-age=31536000"
+    #[arg(long, value_name = "VALUE")]
+    hsts: Option<String>,
 }
 
 impl ServiceFields {
@@ -144,6 +179,7 @@ impl ServiceFields {
             ("health_path", &self.health_path),
             ("idle_action", &self.idle_action),
             ("page_after", &self.page_after),
+            ("hsts", &self.hsts),
         ];
         for (k, v) in strings {
             if let Some(v) = v {
@@ -156,6 +192,9 @@ impl ServiceFields {
         if let Some(n) = self.max_held {
             m.insert("max_held".into(), Value::from(n));
         }
+        if let Some(b) = self.https_redirect {
+            m.insert("https_redirect".into(), Value::from(b));
+        }
         m
     }
 }
@@ -167,6 +206,7 @@ fn main() -> ExitCode {
         Command::Check { config, routes } => check(config, routes),
         Command::Route { command, etcd, config } => operate(config, etcd, Op::Route(command)),
         Command::Service { command, etcd, config } => operate(config, etcd, Op::Service(command)),
+        Command::Cert { command, etcd, config } => operate(config, etcd, Op::Cert(command)),
     }
 }
 
@@ -234,6 +274,7 @@ async fn wait_for_signal() {
 enum Op {
     Route(RouteCommand),
     Service(ServiceCommand),
+    Cert(CertCommand),
 }
 
 /// Runs one operator command against etcd; prints what it did, or why not (exit 1).
@@ -256,6 +297,20 @@ fn operate(config_path: Option<PathBuf>, flags: EtcdFlags, op: Op) -> ExitCode {
             Op::Service(ServiceCommand::Set { name, fields }) => ops.service_set(&name, fields.to_json()).await,
             Op::Service(ServiceCommand::Rm { name, force }) => ops.service_rm(&name, force).await,
             Op::Service(ServiceCommand::Ls) => ops.service_ls().await,
+            Op::Cert(CertCommand::Put { name, cert, key }) => {
+                let read = |p: &PathBuf| {
+                    std::fs::read_to_string(p)
+                        .map_err(|e| OpsError::Refused(format!("cannot read {}: {e}", p.display())))
+                };
+                let cert_pem = read(&cert)?;
+                let key_pem = match &key {
+                    Some(k) => read(k)?,
+                    None => cert_pem.clone(),
+                };
+                ops.cert_put(&name, &cert_pem, &key_pem).await
+            }
+            Op::Cert(CertCommand::Ls) => ops.cert_ls().await,
+            Op::Cert(CertCommand::Rm { name }) => ops.cert_rm(&name).await,
         }
     });
     match result {

@@ -278,10 +278,102 @@ impl PassivationMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: &'static str,
+}
+
+/// Days until the earliest certificate expiry, computed when scraped (a stored value would go stale).
+#[derive(Debug, Clone, Default)]
+struct ExpiryDays(Arc<std::sync::atomic::AtomicI64>);
+
+/// `ExpiryDays` value meaning "no certificate loaded".
+const NO_EXPIRY: i64 = i64::MIN;
+
+impl EncodeMetric for ExpiryDays {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        match self.0.load(Ordering::Relaxed) {
+            NO_EXPIRY => Ok(()),
+            at => encoder.encode_gauge(&((at - crate::tls::cert::now()) as f64 / 86_400.0)),
+        }
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+}
+
+/// Metrics of TLS termination: certificates in force, their expiry, handshakes.
+#[derive(Clone, Debug)]
+pub struct TlsMetrics {
+    certificates: Gauge,
+    expiry_days: ExpiryDays,
+    expiry_timestamp: Gauge,
+    rejected: Family<SourceLabels, Counter>,
+    handshakes: Counter,
+    failures: Family<ReasonLabels, Counter>,
+}
+
+impl TlsMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let certificates = Gauge::default();
+        registry.register("tls_certificates", "TLS certificates loaded and in force", certificates.clone());
+        let expiry_days = ExpiryDays(Arc::new(std::sync::atomic::AtomicI64::new(NO_EXPIRY)));
+        registry.register(
+            "tls_certificate_expiry_days",
+            "Days until the earliest expiry among the certificates in force (negative: expired)",
+            expiry_days.clone(),
+        );
+        let expiry_timestamp = Gauge::default();
+        registry.register(
+            "tls_certificate_earliest_expiry_timestamp_seconds",
+            "Unix time of the earliest expiry among the certificates in force (0: none loaded)",
+            expiry_timestamp.clone(),
+        );
+        let rejected = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "tls_certificate_errors",
+            "Certificates rejected (unreadable, malformed, key mismatch), by source (dir, etcd)",
+            rejected.clone(),
+        );
+        let handshakes = Counter::default();
+        registry.register("tls_handshakes", "TLS handshakes completed", handshakes.clone());
+        let failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed, by reason (unrecognized_name, protocol_version, incompatible, \
+             client_alert, invalid, timeout, closed, other)",
+            failures.clone(),
+        );
+        Self { certificates, expiry_days, expiry_timestamp, rejected, handshakes, failures }
+    }
+
+    /// The certificates in force changed: `count` of them, the earliest expiring at `earliest` (epoch seconds).
+    pub fn certificates(&self, count: usize, earliest: Option<i64>) {
+        self.certificates.set(count as i64);
+        self.expiry_days.0.store(earliest.unwrap_or(NO_EXPIRY), Ordering::Relaxed);
+        self.expiry_timestamp.set(earliest.unwrap_or(0));
+    }
+
+    pub fn rejected(&self, source: &'static str) {
+        self.rejected.get_or_create(&SourceLabels { source }).inc();
+    }
+
+    #[inline]
+    pub fn handshake(&self) {
+        self.handshakes.inc();
+    }
+
+    pub fn handshake_failed(&self, reason: &'static str) {
+        self.failures.get_or_create(&ReasonLabels { reason }).inc();
+    }
+}
+
 /// All of reveille's metrics.
 pub struct Metrics {
     registry: Registry,
     passivation: PassivationMetrics,
+    tls: TlsMetrics,
     requests: Family<ServiceClassLabels, Counter>,
     unrouted: [Counter; 3],
     duration: LatencyHistogram,
@@ -377,10 +469,12 @@ impl Metrics {
         let etcd_resyncs = Counter::default();
         registry.register("etcd_resyncs", "Full re-lists of etcd after a broken watch", etcd_resyncs.clone());
         let passivation = PassivationMetrics::register(&mut registry);
+        let tls = TlsMetrics::register(&mut registry);
 
         Self {
             registry,
             passivation,
+            tls,
             requests,
             unrouted,
             duration,
@@ -467,6 +561,10 @@ impl Metrics {
 
     pub fn passivation(&self) -> &PassivationMetrics {
         &self.passivation
+    }
+
+    pub fn tls(&self) -> &TlsMetrics {
+        &self.tls
     }
 
     /// The Prometheus text exposition of every metric.

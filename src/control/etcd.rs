@@ -241,6 +241,21 @@ impl Keys {
         format!("{}activity/{name}", self.prefix)
     }
 
+    /// `<prefix>certs/<name>`: a TLS certificate chain and its key.
+    pub fn cert(&self, name: &str) -> String {
+        format!("{}certs/{name}", self.prefix)
+    }
+
+    /// The key range of certificates: `[<prefix>certs/, <prefix>certs0)`.
+    pub fn certs_range(&self) -> (String, String) {
+        (format!("{}certs/", self.prefix), format!("{}certs0", self.prefix))
+    }
+
+    /// The certificate name of a key in [`Keys::certs_range`].
+    pub fn cert_name<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(self.prefix.as_str())?.strip_prefix("certs/")
+    }
+
     /// The key range holding routes and services, and nothing that changes often (`activity/` sorts before
     /// it, `status/` after): `[<prefix>routes/, <prefix>services0)`.
     pub fn watched_range(&self) -> (String, String) {
@@ -325,6 +340,82 @@ pub struct EtcdWatcher {
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(3);
 
+/// How a watch session ended: its error, and whether it had loaded its keys (which resets the backoff).
+#[derive(Debug)]
+pub struct SessionEnd {
+    pub error: EtcdError,
+    pub loaded: bool,
+}
+
+/// Runs watch sessions one after the other until `shutdown`: a session that ends (etcd restarted, leader lost,
+/// revision compacted, token expired, even a panic inside the etcd client) is followed by another, after a
+/// backoff that grows while sessions fail before loading anything. `ended` is called after each session.
+pub async fn supervise<F, Fut>(what: &str, mut session: F, ended: impl Fn(), shutdown: CancellationToken)
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = Result<(), SessionEnd>>,
+{
+    let mut backoff = BACKOFF_MIN;
+    let mut sessions = 0u64;
+    loop {
+        // A panic inside the etcd client (it asserts on some server answers) must not end the watcher.
+        let run = std::panic::AssertUnwindSafe(session(sessions)).catch_unwind();
+        let result = tokio::select! {
+            r = run => r.unwrap_or_else(|_| Err(SessionEnd {
+                error: EtcdError::WatchEnded("etcd client panicked".into()),
+                loaded: false,
+            })),
+            _ = shutdown.cancelled() => return,
+        };
+        ended();
+        sessions += 1;
+        let end = match result {
+            Ok(()) => return,
+            Err(e) => e,
+        };
+        if end.loaded {
+            backoff = BACKOFF_MIN;
+        }
+        warn!(error = %end.error, retry_in = ?backoff, "etcd watch of {what} interrupted; keeping what is in force and reconnecting");
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Opens a watch of `[start, end)` from `revision + 1` (the revision a listing was made at).
+pub async fn watch_from(
+    client: &Client,
+    start: String,
+    end: String,
+    revision: i64,
+) -> Result<(etcd_client::Watcher, etcd_client::WatchStream), EtcdError> {
+    let options = WatchOptions::new().with_range(end).with_start_revision(revision + 1).with_progress_notify();
+    let mut watch_client = client.watch_client().max_decoding_message_size(MAX_MESSAGE);
+    Ok(watch_client.watch(start, Some(options)).await?)
+}
+
+/// The next watch response; an error when the stream closes or etcd cancels the watch (`from` is the revision
+/// the watch started after, for the message).
+pub async fn next_response(
+    stream: &mut etcd_client::WatchStream,
+    from: i64,
+) -> Result<etcd_client::WatchResponse, EtcdError> {
+    let Some(resp) = stream.message().await? else {
+        return Err(EtcdError::WatchEnded("stream closed by etcd".into()));
+    };
+    if resp.canceled() {
+        let reason = match resp.compact_revision() {
+            0 => resp.cancel_reason().to_string(),
+            c => format!("revision {} compacted (now {c})", from + 1),
+        };
+        return Err(EtcdError::WatchEnded(format!("canceled: {reason}")));
+    }
+    Ok(resp)
+}
+
 impl EtcdWatcher {
     pub fn new(config: EtcdConfig, composer: Arc<Composer>, metrics: Arc<Metrics>) -> Self {
         let keys = config.keys();
@@ -338,32 +429,17 @@ impl EtcdWatcher {
     }
 
     async fn run_inner(self, shutdown: CancellationToken) {
-        let mut backoff = BACKOFF_MIN;
-        let mut sessions = 0u64;
-        loop {
-            // A panic inside the etcd client (it asserts on some server answers) must not end the watcher.
-            let session = std::panic::AssertUnwindSafe(self.session(sessions, &mut backoff)).catch_unwind();
-            let result = tokio::select! {
-                r = session => r.unwrap_or_else(|_| Err(EtcdError::WatchEnded("etcd client panicked".into()))),
-                _ = shutdown.cancelled() => return,
-            };
-            self.metrics.etcd_connected(false);
-            sessions += 1;
-            let e = match result {
-                Ok(()) => return,
-                Err(e) => e,
-            };
-            warn!(error = %e, retry_in = ?backoff, "etcd watch interrupted; serving the last table and reconnecting");
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = shutdown.cancelled() => return,
-            }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-        }
+        let this = &self;
+        supervise("routes", |n| this.session(n), || this.metrics.etcd_connected(false), shutdown).await
+    }
+
+    async fn session(&self, n: u64) -> Result<(), SessionEnd> {
+        let mut loaded = false;
+        self.session_inner(n, &mut loaded).await.map_err(|error| SessionEnd { error, loaded })
     }
 
     /// One connection: list, apply, watch until something breaks.
-    async fn session(&self, n: u64, backoff: &mut Duration) -> Result<(), EtcdError> {
+    async fn session_inner(&self, n: u64, loaded: &mut bool) -> Result<(), EtcdError> {
         let client = connect(&self.config).await?;
         let (start, end) = self.keys.watched_range();
         let (revision, kvs) = list_range(&client, &start, &end, self.config.timeout).await?;
@@ -379,22 +455,11 @@ impl EtcdWatcher {
             info!(revision, routes, services, changed, "etcd routes resynced after reconnecting");
         }
         // A successful load resets the backoff.
-        *backoff = BACKOFF_MIN;
+        *loaded = true;
 
-        let options = WatchOptions::new().with_range(end).with_start_revision(revision + 1).with_progress_notify();
-        let mut watch_client = client.watch_client().max_decoding_message_size(MAX_MESSAGE);
-        let (_watcher, mut stream) = watch_client.watch(start, Some(options)).await?;
+        let (_watcher, mut stream) = watch_from(&client, start, end, revision).await?;
         loop {
-            let Some(resp) = stream.message().await? else {
-                return Err(EtcdError::WatchEnded("stream closed by etcd".into()));
-            };
-            if resp.canceled() {
-                let reason = match resp.compact_revision() {
-                    0 => resp.cancel_reason().to_string(),
-                    c => format!("revision {} compacted (now {c})", revision + 1),
-                };
-                return Err(EtcdError::WatchEnded(format!("canceled: {reason}")));
-            }
+            let resp = next_response(&mut stream, revision).await?;
             let rev = resp.header().map_or(0, |h| h.revision());
             if resp.events().is_empty() {
                 self.metrics.etcd_revision(rev);

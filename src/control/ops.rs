@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use super::etcd::{connect, list, within, EtcdConfig, EtcdError, Keys};
 use crate::routes::{validate_service_name, HostPattern, RouteError, ServiceSpec};
+use crate::tls::etcd::CertValue;
 
 /// Why an operator command did nothing.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,8 @@ pub enum OpsError {
     Refused(String),
     #[error("{0}")]
     NotFound(String),
+    #[error(transparent)]
+    Cert(#[from] crate::tls::etcd::CertValueError),
 }
 
 impl From<etcd_client::Error> for OpsError {
@@ -182,6 +185,68 @@ impl Ops {
             let _ = writeln!(out, "{name:width$}  {n:>6}  {shown}");
         }
         Ok(out)
+    }
+}
+
+impl Ops {
+    /// `cert put NAME --cert FILE --key FILE`: the pair is checked (parses, key matches the certificate) before
+    /// it is written as `{"cert": ..., "key": ...}`.
+    pub async fn cert_put(&mut self, name: &str, cert_pem: &str, key_pem: &str) -> Result<String, OpsError> {
+        let key = self.keys.cert(name);
+        let value = serde_json::to_vec(&CertValue { cert: cert_pem.into(), key: key_pem.into() })
+            .map_err(|e| OpsError::Refused(e.to_string()))?;
+        let cert = crate::tls::etcd::parse_value(name, &key, &value, None)?;
+        let now = crate::tls::cert::now();
+        let existed = !within(self.timeout, self.client.get(key.as_str(), None)).await?.kvs().is_empty();
+        within(self.timeout, self.client.put(key, value, None)).await?;
+        let mut out = format!(
+            "certificate {name}: {} until {} ({})",
+            cert.names_display(),
+            crate::tls::cert::format_time(cert.not_after),
+            if existed { "replaced" } else { "new" }
+        );
+        if cert.expired(now) {
+            out.push_str("\nwarning: this certificate has already expired");
+        }
+        Ok(out)
+    }
+
+    /// `cert ls`: every certificate in etcd with its names and expiry; values that do not load are shown with
+    /// the reason.
+    pub async fn cert_ls(&mut self) -> Result<String, OpsError> {
+        let (start, end) = self.keys.certs_range();
+        let (_, kvs) = super::etcd::list_range(&self.client, &start, &end, self.timeout).await?;
+        let now = crate::tls::cert::now();
+        let mut rows = Vec::new();
+        for kv in &kvs {
+            let key = String::from_utf8_lossy(kv.key());
+            let Some(name) = self.keys.cert_name(&key) else { continue };
+            let row = match crate::tls::etcd::parse_value(name, &key, kv.value(), None) {
+                Ok(c) => {
+                    let days = (c.not_after - now).div_euclid(86_400);
+                    let left = if c.expired(now) { "EXPIRED".to_string() } else { format!("{days}d") };
+                    (name.to_string(), crate::tls::cert::format_time(c.not_after), left, c.names_display())
+                }
+                Err(e) => (name.to_string(), "-".into(), "INVALID".into(), e.to_string()),
+            };
+            rows.push(row);
+        }
+        let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(4).max(4);
+        let mut out = format!("{:width$}  {:20}  {:>7}  NAMES\n", "NAME", "EXPIRES", "LEFT");
+        for (name, expires, left, names) in rows {
+            let _ = writeln!(out, "{name:width$}  {expires:20}  {left:>7}  {names}");
+        }
+        Ok(out)
+    }
+
+    /// `cert rm NAME`.
+    pub async fn cert_rm(&mut self, name: &str) -> Result<String, OpsError> {
+        crate::tls::etcd::validate_name(name)?;
+        let resp = within(self.timeout, self.client.delete(self.keys.cert(name), None)).await?;
+        if resp.deleted() == 0 {
+            return Err(OpsError::NotFound(format!("no certificate {name:?}")));
+        }
+        Ok(format!("certificate {name} removed"))
     }
 }
 

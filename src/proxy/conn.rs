@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::{Proxy, ProxyService, SpanExecutor};
+use crate::tls::TlsAcceptor;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -114,15 +115,15 @@ impl Drop for InFlight {
     }
 }
 
-/// The client socket, replaying the bytes read during protocol detection and noting when a request head
-/// starts to arrive.
-pub(crate) struct ConnIo {
-    inner: TcpStream,
+/// The client socket (TCP, or TLS over TCP), replaying the bytes read during protocol detection and noting when
+/// a request head starts to arrive.
+pub(crate) struct ConnIo<S> {
+    inner: S,
     prefix: Bytes,
     state: Arc<ConnState>,
 }
 
-impl AsyncRead for ConnIo {
+impl<S: AsyncRead + Unpin> AsyncRead for ConnIo<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if !self.prefix.is_empty() {
             let n = self.prefix.len().min(buf.remaining());
@@ -144,7 +145,7 @@ impl AsyncRead for ConnIo {
     }
 }
 
-impl AsyncWrite for ConnIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
@@ -167,7 +168,7 @@ impl AsyncWrite for ConnIo {
 }
 
 /// Reads until the first bytes tell HTTP/1.x from the h2 preface. Returns whether it is h2, and what was read.
-async fn detect(stream: &mut TcpStream) -> io::Result<(bool, Bytes)> {
+async fn detect<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<(bool, Bytes)> {
     let mut buf = BytesMut::with_capacity(4096);
     loop {
         if stream.read_buf(&mut buf).await? == 0 {
@@ -256,46 +257,87 @@ trait ServerConn: Future<Output = Result<(), hyper::Error>> {
     fn graceful(self: Pin<&mut Self>);
 }
 
-type Io = TokioIo<ConnIo>;
+type Io<S> = TokioIo<ConnIo<S>>;
 
-impl ServerConn for hyper::server::conn::http1::UpgradeableConnection<Io, ProxyService> {
+/// What a client connection is read from and written to.
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for S {}
+
+impl<S: Stream> ServerConn for hyper::server::conn::http1::UpgradeableConnection<Io<S>, ProxyService> {
     fn graceful(self: Pin<&mut Self>) {
         self.graceful_shutdown();
     }
 }
 
-impl ServerConn for hyper::server::conn::http2::Connection<Io, ProxyService, SpanExecutor> {
+impl<S: Stream> ServerConn for hyper::server::conn::http2::Connection<Io<S>, ProxyService, SpanExecutor> {
     fn graceful(self: Pin<&mut Self>) {
         self.graceful_shutdown();
     }
 }
 
-/// Serves one accepted connection until it closes, times out, or shutdown completes it.
+/// Serves one accepted connection until it closes, times out, or shutdown completes it. With `tls`, the
+/// connection starts with a handshake, and ALPN (when the client offered it) decides between h2 and HTTP/1.1.
 pub(crate) async fn serve(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     proxy: Arc<Proxy>,
+    tls: Option<Arc<TlsAcceptor>>,
     shutdown: CancellationToken,
     permit: OwnedSemaphorePermit,
 ) {
     proxy.metrics.connection_opened();
     let state = Arc::new(ConnState::new(Slot { _permit: permit, metrics: proxy.metrics.clone() }));
-
-    let settings = &proxy.settings;
-    let detected = tokio::select! {
-        r = tokio::time::timeout(settings.header_read_timeout, detect(&mut stream)) => r,
+    let Some(acceptor) = tls else {
+        return serve_http(stream, None, false, peer, proxy, state, shutdown).await;
+    };
+    let handshake = tokio::select! {
+        r = acceptor.accept(stream) => r,
         _ = shutdown.cancelled() => return,
     };
-    let (is_h2, prefix) = match detected {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => {
-            debug!(error = %e, "connection closed before a request");
-            return;
+    match handshake {
+        Ok(stream) => {
+            let h2 = match stream.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Some(true),
+                Some(_) => Some(false),
+                // No ALPN: look at the first bytes, as on the plain listener.
+                None => None,
+            };
+            serve_http(stream, h2, true, peer, proxy, state, shutdown).await
         }
-        Err(_) => {
-            debug!("no request within the header timeout");
-            proxy.metrics.header_timeout();
-            return;
+        Err(e) => debug!(reason = e.reason(), error = %e, "TLS handshake failed"),
+    }
+}
+
+/// Serves HTTP on an established stream. `h2`: the protocol, when ALPN chose it; `None` detects it.
+async fn serve_http<S: Stream>(
+    mut stream: S,
+    h2: Option<bool>,
+    tls: bool,
+    peer: SocketAddr,
+    proxy: Arc<Proxy>,
+    state: Arc<ConnState>,
+    shutdown: CancellationToken,
+) {
+    let settings = &proxy.settings;
+    let (is_h2, prefix) = match h2 {
+        Some(h2) => (h2, Bytes::new()),
+        None => {
+            let detected = tokio::select! {
+                r = tokio::time::timeout(settings.header_read_timeout, detect(&mut stream)) => r,
+                _ = shutdown.cancelled() => return,
+            };
+            match detected {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
+                    debug!(error = %e, "connection closed before a request");
+                    return;
+                }
+                Err(_) => {
+                    debug!("no request within the header timeout");
+                    proxy.metrics.header_timeout();
+                    return;
+                }
+            }
         }
     };
 
@@ -304,7 +346,7 @@ pub(crate) async fn serve(
     state.head_started.store(1, Ordering::Relaxed);
     state.track_heads.store(!is_h2, Ordering::Relaxed);
     let io = TokioIo::new(ConnIo { inner: stream, prefix, state: state.clone() });
-    let service = ProxyService::new(proxy.clone(), peer, state.clone());
+    let service = ProxyService::new(proxy.clone(), peer, state.clone(), tls);
     let dog = Watchdog::new(state, settings.idle_timeout, settings.header_read_timeout);
     let result = if is_h2 {
         drive(proxy.h2.serve_connection(io, service), dog, &proxy, shutdown).await

@@ -5,8 +5,11 @@ use std::borrow::Cow;
 use std::error::Error as _;
 use std::time::Instant;
 
+use bytes::Bytes;
+
 use http::header::{
-    ACCEPT, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, RETRY_AFTER, TRANSFER_ENCODING, UPGRADE, VARY,
+    ACCEPT, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, LOCATION, RETRY_AFTER,
+    STRICT_TRANSPORT_SECURITY, TRANSFER_ENCODING, UPGRADE, VARY,
 };
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
@@ -72,6 +75,15 @@ pub(super) async fn handle(svc: &ProxyService, req: Request<Incoming>, guard: In
             return error_response(&err, guard);
         }
     };
+    if !svc.tls && service.https().redirect.unwrap_or(proxy.redirect.all) && !is_acme_challenge(&req) {
+        let response = https_redirect(&host, proxy.redirect.port, req.uri(), guard);
+        service.stats(|n| proxy.metrics.service_stats(n)).record(response.status().as_u16());
+        if proxy.settings.access_log {
+            let path = req.uri().path_and_query().map_or("", |p| p.as_str());
+            access_log(&host, req.method(), path, response.status(), start, service.name(), "-");
+        }
+        return response;
+    }
     let status_path = &proxy.passivator.settings().status_path;
     if req.uri().path() == status_path.as_str() && matches!(*req.method(), Method::GET | Method::HEAD) {
         let response = status_response(svc, &service, guard);
@@ -121,6 +133,13 @@ pub(super) async fn handle(svc: &ProxyService, req: Request<Incoming>, guard: In
             (error_response(&err, guard), backend)
         }
     };
+    let mut response = response;
+    if svc.tls {
+        if let Some(hsts) = &service.https().hsts {
+            // The backend's own policy, if it sends one, wins.
+            response.headers_mut().entry(STRICT_TRANSPORT_SECURITY).or_insert_with(|| hsts.clone());
+        }
+    }
     let status = response.status();
     service.stats(|n| proxy.metrics.service_stats(n)).record(status.as_u16());
     proxy.metrics.observe_duration(start.elapsed());
@@ -197,7 +216,7 @@ async fn forward(
     if chunked {
         headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
     }
-    add_forwarded(&mut headers, &svc.peer_ip, &proxy.proto, forwarded_host);
+    add_forwarded(&mut headers, &svc.peer_ip, svc.proto(), forwarded_host);
     let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
 
     // A passivated service without fixed backends has one: its container's address.
@@ -370,6 +389,27 @@ fn status_response(svc: &ProxyService, service: &std::sync::Arc<Service>, guard:
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// ACME HTTP-01 challenges must stay reachable over plain HTTP, or a certificate could never be issued.
+fn is_acme_challenge(req: &Request<Incoming>) -> bool {
+    req.uri().path().starts_with("/.well-known/acme-challenge/")
+}
+
+/// `308 Permanent Redirect` to the same host, path and query over HTTPS (308 keeps the method and body).
+fn https_redirect(host: &str, port: Option<u16>, uri: &Uri, guard: InFlight) -> Response {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = match port {
+        Some(p) if p != 443 => format!("https://{host}:{p}{path}"),
+        _ => format!("https://{host}{path}"),
+    };
+    let mut resp = http::Response::new(ResponseBody::full(Bytes::new(), Some(guard)));
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    // The host was checked and the path came from a parsed URI: always a valid header value.
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(LOCATION, v);
+    }
     resp
 }
 

@@ -34,6 +34,7 @@ pub use error::ProxyError;
 use crate::metrics::Metrics;
 use crate::passivation::Passivator;
 use crate::routes::RouteHandle;
+use crate::tls::TlsAcceptor;
 use body::{RequestBody, ResponseBody};
 use conn::{ConnState, InFlight};
 
@@ -89,10 +90,21 @@ pub struct Proxy {
     client: Client<HttpConnector, RequestBody>,
     h1: http1::Builder,
     h2: http2::Builder<SpanExecutor>,
-    /// `X-Forwarded-Proto` for requests of this listener.
-    proto: HeaderValue,
+    /// HTTPS redirects of plain-HTTP requests; `None` when no service can ask for one.
+    redirect: Redirect,
+    /// Client connections served at once, over every listener.
+    limit: Arc<Semaphore>,
     /// Connections and upgraded tunnels, so shutdown can wait for them.
     tasks: TaskTracker,
+}
+
+/// How plain-HTTP requests are redirected to HTTPS.
+#[derive(Debug, Clone, Default)]
+pub struct Redirect {
+    /// Redirect every service's requests (a service's `https_redirect = false` opts out).
+    pub all: bool,
+    /// The port written in `Location`; `None` (or 443) writes none.
+    pub port: Option<u16>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -107,6 +119,7 @@ impl Proxy {
         metrics: Arc<Metrics>,
         settings: Settings,
         passivator: Arc<Passivator>,
+        redirect: Redirect,
     ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -137,6 +150,7 @@ impl Proxy {
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));
 
+        let settings_limit = settings.max_connections.max(1);
         Arc::new(Self {
             routes,
             metrics,
@@ -145,16 +159,23 @@ impl Proxy {
             client,
             h1,
             h2,
-            proto: HeaderValue::from_static("http"),
+            redirect,
+            limit: Arc::new(Semaphore::new(settings_limit)),
             tasks: TaskTracker::new(),
         })
     }
 
     /// Accepts connections on `listener` until `shutdown` is cancelled, then stops accepting (the listener is
-    /// dropped) and asks every open connection to finish its in-flight requests and close. Returns when the
-    /// listener is closed; use [`Proxy::drained`] to wait for the connections.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
-        let limit = Arc::new(Semaphore::new(self.settings.max_connections.max(1)));
+    /// dropped) and asks every open connection to finish its in-flight requests and close. With `tls`, each
+    /// connection starts with a TLS handshake (in its own task). Returns when the listener is closed; use
+    /// [`Proxy::drained`] to wait for the connections.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Option<Arc<TlsAcceptor>>,
+        shutdown: CancellationToken,
+    ) {
+        let limit = self.limit.clone();
         loop {
             let permit = tokio::select! {
                 p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
@@ -174,8 +195,9 @@ impl Proxy {
                 }
             };
             let _ = stream.set_nodelay(true);
-            let span = info_span!("conn", %peer);
-            self.tasks.spawn(conn::serve(stream, peer, self.clone(), shutdown.clone(), permit).instrument(span));
+            let span = info_span!("conn", %peer, tls = tls.is_some());
+            let conn = conn::serve(stream, peer, self.clone(), tls.clone(), shutdown.clone(), permit);
+            self.tasks.spawn(conn.instrument(span));
         }
     }
 
@@ -209,12 +231,25 @@ pub(crate) struct ProxyService {
     peer_ip: HeaderValue,
     /// The connection's shared state; an upgraded tunnel keeps it (and so the connection's slot).
     conn: Arc<ConnState>,
+    /// The connection arrived over TLS.
+    tls: bool,
 }
 
 impl ProxyService {
-    fn new(proxy: Arc<Proxy>, peer: SocketAddr, conn: Arc<ConnState>) -> Self {
+    fn new(proxy: Arc<Proxy>, peer: SocketAddr, conn: Arc<ConnState>, tls: bool) -> Self {
         let peer_ip = HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-        Self { proxy, peer_ip, conn }
+        Self { proxy, peer_ip, conn, tls }
+    }
+
+    /// `X-Forwarded-Proto` of this connection's requests.
+    fn proto(&self) -> &'static HeaderValue {
+        static HTTP: HeaderValue = HeaderValue::from_static("http");
+        static HTTPS: HeaderValue = HeaderValue::from_static("https");
+        if self.tls {
+            &HTTPS
+        } else {
+            &HTTP
+        }
     }
 }
 

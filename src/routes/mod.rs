@@ -20,7 +20,7 @@ use arc_swap::ArcSwap;
 
 pub use backend::Backend;
 pub use host::{normalize_request_host, HostPattern};
-pub use spec::{ContainerSpec, IdleAction, RouteSpec, ServiceSpec};
+pub use spec::{ContainerSpec, HttpsPolicy, IdleAction, RouteSpec, ServiceSpec};
 pub use table::{Lookup, RouteSet, RouteSetBuilder, RouteTable, Service};
 
 /// Errors in route definitions. Every variant names the offending item, so a log line is enough to fix it.

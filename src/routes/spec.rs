@@ -44,6 +44,12 @@ pub struct ServiceSpec<S = String> {
     /// How long a browser page request is held before it gets the "starting" page.
     #[serde(default, with = "humantime_serde")]
     pub page_after: Option<Duration>,
+    /// Redirect plain-HTTP requests to HTTPS (308); unset follows the global `[tls] redirect`.
+    #[serde(default)]
+    pub https_redirect: Option<bool>,
+    /// `Strict-Transport-Security` value added to responses sent over HTTPS, e.g. `max-age=31536000`.
+    #[serde(default)]
+    pub hsts: Option<String>,
     /// Fields this version does not know: accepted (forward compatibility), reported as warnings.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, IgnoredAny>,
@@ -62,6 +68,8 @@ impl<S> Default for ServiceSpec<S> {
             idle_action: None,
             max_held: None,
             page_after: None,
+            https_redirect: None,
+            hsts: None,
             unknown: BTreeMap::new(),
         }
     }
@@ -102,6 +110,15 @@ pub struct ContainerSpec {
     pub page_after: Option<Duration>,
 }
 
+/// How a service is served over HTTPS.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HttpsPolicy {
+    /// Redirect plain HTTP to HTTPS; `None` follows the global setting.
+    pub redirect: Option<bool>,
+    /// `Strict-Transport-Security` for responses over HTTPS.
+    pub hsts: Option<http::HeaderValue>,
+}
+
 /// A route value in etcd: `{"service": "acme"}`.
 #[derive(Debug, Deserialize)]
 pub struct RouteSpec {
@@ -125,7 +142,22 @@ impl<S: Borrow<str>> ServiceSpec<S> {
         if backends.is_empty() && !container.as_ref().is_some_and(|c| c.port.is_some()) {
             return Err((None, RouteError::NoBackends { service: name.to_string() }));
         }
-        Ok(Service::with_container(name, backends, container))
+        let https = HttpsPolicy { redirect: self.https_redirect, hsts: self.hsts_value(name).map_err(|e| (None, e))? };
+        Ok(Service::with_container(name, backends, container).with_https(https))
+    }
+
+    fn hsts_value(&self, name: &str) -> Result<Option<http::HeaderValue>, RouteError> {
+        let Some(v) = &self.hsts else { return Ok(None) };
+        let bad = |why: &str| RouteError::BadField { service: name.to_string(), reason: format!("`hsts` {v:?} {why}") };
+        let has_max_age = v.split(';').any(|d| {
+            d.trim()
+                .split_once('=')
+                .is_some_and(|(k, n)| k.trim().eq_ignore_ascii_case("max-age") && n.trim().parse::<u64>().is_ok())
+        });
+        if !has_max_age {
+            return Err(bad("needs a `max-age=<seconds>` directive"));
+        }
+        http::HeaderValue::from_str(v).map(Some).map_err(|_| bad("is not a valid header value"))
     }
 
     fn container_spec(&self, name: &str) -> Result<Option<ContainerSpec>, RouteError> {

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use serde::Serialize;
 
 use super::shard::ShardMap;
-use super::{validate_service_name, Backend, ContainerSpec, HostPattern, RouteError};
+use super::{validate_service_name, Backend, ContainerSpec, HostPattern, HttpsPolicy, RouteError};
 use crate::metrics::ServiceStats;
 
 /// A named set of backends.
@@ -23,6 +23,7 @@ pub struct Service {
     stats: OnceLock<ServiceStats>,
     /// Set when a container serves this service and reveille passivates it.
     container: Option<Box<ContainerSpec>>,
+    https: HttpsPolicy,
 }
 
 impl Service {
@@ -40,7 +41,19 @@ impl Service {
             cursor: AtomicUsize::new(0),
             stats: OnceLock::new(),
             container: container.map(Box::new),
+            https: HttpsPolicy::default(),
         }
+    }
+
+    /// Sets how the service is served over HTTPS (redirect, HSTS).
+    pub fn with_https(mut self, https: HttpsPolicy) -> Self {
+        self.https = https;
+        self
+    }
+
+    /// How the service is served over HTTPS.
+    pub fn https(&self) -> &HttpsPolicy {
+        &self.https
     }
 
     /// The container that serves this service, when it is passivated.
@@ -58,7 +71,10 @@ impl Service {
 
     /// True when both define the same thing (used to skip no-op changes).
     pub fn same_definition(&self, other: &Service) -> bool {
-        self.name == other.name && self.backends == other.backends && self.container == other.container
+        self.name == other.name
+            && self.backends == other.backends
+            && self.container == other.container
+            && self.https == other.https
     }
 
     /// The backends in the order this request should try them: round-robin start, then the others in turn, so
