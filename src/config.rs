@@ -574,4 +574,37 @@ mod tests {
         let e = Config::resolve(None, &flags).unwrap_err().to_string();
         assert!(e.contains("docker endpoint"), "{e}");
     }
+
+    #[test]
+    fn tls_section_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reveille.toml");
+        std::fs::write(
+            &path,
+            "[server]\nroutes = \"r.toml\"\nhttps = \"127.0.0.1:8443\"\n[tls]\ncerts = \"certs\"\n\
+             default_cert = \"main\"\nredirect_port = 443\nhandshake_timeout = \"3s\"\n",
+        )
+        .unwrap();
+        let flags = Overrides { https_redirect: Some(true), ..Default::default() };
+        let cfg = Config::resolve(Some(&path), &flags).unwrap();
+        assert_eq!(cfg.https, Some("127.0.0.1:8443".parse().unwrap()));
+        let t = &cfg.tls;
+        assert_eq!(t.certs_dir.as_deref(), Some(dir.path().join("certs").as_path()));
+        assert_eq!(t.default_cert.as_deref(), Some("main"));
+        assert!(t.redirect);
+        assert_eq!((t.redirect_port, t.handshake_timeout), (Some(443), Duration::from_secs(3)));
+
+        // An HTTPS listener with no certificate source at all is refused.
+        let flags = Overrides {
+            https: Some("127.0.0.1:0".parse().unwrap()),
+            routes: Some("r.toml".into()),
+            ..Default::default()
+        };
+        let e = Config::resolve(None, &flags).unwrap_err().to_string();
+        assert!(e.contains("needs certificates"), "{e}");
+        // etcd alone is a source.
+        let mut flags = flags;
+        flags.etcd.endpoints = Some(vec!["http://127.0.0.1:2379".into()]);
+        assert!(Config::resolve(None, &flags).is_ok());
+    }
 }

@@ -111,10 +111,11 @@ enum CertCommand {
     Put {
         name: String,
         /// Certificate chain, PEM, leaf first
-        #[arg(long, value_name = "FILE")]
+        // Own ids: the global etcd flags already use `cert` and `key` (for --etcd-cert, --etcd-key).
+        #[arg(long = "cert", id = "cert_file", value_name = "FILE")]
         cert: PathBuf,
         /// Private key, PEM [default: the --cert file, if it holds the key too]
-        #[arg(long, value_name = "FILE")]
+        #[arg(long = "key", id = "key_file", value_name = "FILE")]
         key: Option<PathBuf>,
     },
     /// List certificates: names served and expiry.

@@ -229,6 +229,21 @@ mod tests {
     }
 
     #[test]
+    fn https_fields() {
+        let parse = |j: &str| serde_json::from_str::<ServiceSpec>(j).unwrap().to_service("a");
+        let svc =
+            parse(r#"{"backends": ["127.0.0.1:1"], "https_redirect": true, "hsts": "max-age=600; preload"}"#).unwrap();
+        assert_eq!(svc.https().redirect, Some(true));
+        assert_eq!(svc.https().hsts.as_ref().unwrap(), "max-age=600; preload");
+        assert_eq!(parse(r#"{"backends": ["127.0.0.1:1"]}"#).unwrap().https(), &HttpsPolicy::default());
+        for bad in [r#""includeSubDomains""#, r#""max-age=soon""#, r#""max-age=1\n""#] {
+            let e = parse(&format!(r#"{{"backends": ["127.0.0.1:1"], "hsts": {bad}}}"#)).unwrap_err().1;
+            assert!(e.to_string().contains("hsts"), "{bad}: {e}");
+        }
+        assert!(serde_json::from_str::<ServiceSpec>(r#"{"https_redirect": "yes"}"#).is_err());
+    }
+
+    #[test]
     fn container_fields() {
         let parse = |j: &str| serde_json::from_str::<ServiceSpec>(j).unwrap().to_service("a");
         let svc =

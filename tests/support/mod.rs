@@ -5,6 +5,7 @@
 
 pub mod docker;
 pub mod etcd;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
