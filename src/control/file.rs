@@ -219,17 +219,9 @@ impl FileWatcher {
         let mut poll = tokio::time::interval(POLL_INTERVAL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                ev = self.events.recv() => {
-                    if ev.is_none() { return; }
-                    // Let the burst settle, then drain it.
-                    tokio::time::sleep(DEBOUNCE).await;
-                    while self.events.try_recv().is_ok() {}
-                }
-                _ = poll.tick() => {
-                    if stamp(&self.path) == self.stamp { continue; }
-                }
+            let (path, seen) = (&self.path, self.stamp);
+            if !super::next_change(&mut self.events, &mut poll, DEBOUNCE, &shutdown, || stamp(path) != seen).await {
+                return;
             }
             self.stamp = stamp(&self.path);
             self.reload(&mut last_seen).await;

@@ -11,3 +11,35 @@ pub mod file;
 pub mod ops;
 
 pub use compose::{Change, Composer, Source};
+
+use std::time::Duration;
+
+/// Waits for the next change of a watched file or directory: a file-system event (then lets the burst settle
+/// for `debounce` and drains it), or a `poll` tick for which `changed` says so (the safety net for file systems
+/// that notify poorly). Returns false at shutdown, or when the event source is gone.
+pub(crate) async fn next_change(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
+    poll: &mut tokio::time::Interval,
+    debounce: Duration,
+    shutdown: &tokio_util::sync::CancellationToken,
+    mut changed: impl FnMut() -> bool,
+) -> bool {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            ev = events.recv() => {
+                if ev.is_none() {
+                    return false;
+                }
+                tokio::time::sleep(debounce).await;
+                while events.try_recv().is_ok() {}
+                return true;
+            }
+            _ = poll.tick() => {
+                if changed() {
+                    return true;
+                }
+            }
+        }
+    }
+}

@@ -201,17 +201,10 @@ impl DirWatcher {
         let mut poll = tokio::time::interval(POLL_INTERVAL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                ev = self.events.recv() => {
-                    if ev.is_none() { return; }
-                    tokio::time::sleep(DEBOUNCE).await;
-                    while self.events.try_recv().is_ok() {}
-                }
-                _ = poll.tick() => {
-                    let unchanged = self.loader.as_ref().is_some_and(|l| stamp(&l.dir) == l.stamp);
-                    if unchanged { continue; }
-                }
+            let loader = &self.loader;
+            let changed = || !loader.as_ref().is_some_and(|l| stamp(&l.dir) == l.stamp);
+            if !crate::control::next_change(&mut self.events, &mut poll, DEBOUNCE, &shutdown, changed).await {
+                return;
             }
             let Some(mut loader) = self.loader.take() else { return };
             // Reading and parsing happen off the request threads.
