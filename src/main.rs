@@ -65,6 +65,9 @@ enum Command {
         /// Routes file to check.
         #[arg(long, value_name = "FILE")]
         routes: Option<PathBuf>,
+        /// Certificates directory to check (each pair parses, keys match; names and expiry are listed).
+        #[arg(long, value_name = "DIR")]
+        certs: Option<PathBuf>,
     },
 }
 
@@ -204,7 +207,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, flags } => serve(config, flags),
-        Command::Check { config, routes } => check(config, routes),
+        Command::Check { config, routes, certs } => check(config, routes, certs),
         Command::Route { command, etcd, config } => operate(config, etcd, Op::Route(command)),
         Command::Service { command, etcd, config } => operate(config, etcd, Op::Service(command)),
         Command::Cert { command, etcd, config } => operate(config, etcd, Op::Cert(command)),
@@ -326,14 +329,18 @@ fn operate(config_path: Option<PathBuf>, flags: EtcdFlags, op: Op) -> ExitCode {
     }
 }
 
-fn check(config_path: Option<PathBuf>, routes: Option<PathBuf>) -> ExitCode {
+fn check(config_path: Option<PathBuf>, routes: Option<PathBuf>, certs: Option<PathBuf>) -> ExitCode {
     let mut routes_path = routes;
+    let mut certs_path = certs;
     if let Some(path) = &config_path {
         match ConfigFile::load(path) {
             Ok(file) => {
                 println!("{}: ok", path.display());
                 if routes_path.is_none() {
                     routes_path = file.server.routes;
+                }
+                if certs_path.is_none() {
+                    certs_path = file.tls.certs;
                 }
             }
             Err(e) => {
@@ -342,14 +349,55 @@ fn check(config_path: Option<PathBuf>, routes: Option<PathBuf>) -> ExitCode {
             }
         }
     }
+    let certs_ok = match &certs_path {
+        Some(dir) => check_certs(dir),
+        None => true,
+    };
     let Some(routes_path) = routes_path else {
-        if config_path.is_some() {
-            return ExitCode::SUCCESS;
+        if config_path.is_some() || certs_path.is_some() {
+            return if certs_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE };
         }
-        println!("nothing to check: give --config FILE and/or --routes FILE");
+        println!("nothing to check: give --config FILE, --routes FILE and/or --certs DIR");
         return ExitCode::FAILURE;
     };
-    match file::load(&routes_path) {
+    if !certs_ok {
+        // Still report the routes file's problems below, but fail.
+        let _ = check_routes(&routes_path);
+        return ExitCode::FAILURE;
+    }
+    check_routes(&routes_path)
+}
+
+/// Prints every certificate of `dir` (names, expiry) or why it does not load. True when all load.
+fn check_certs(dir: &std::path::Path) -> bool {
+    let now = reveille::tls::cert::now();
+    match reveille::tls::dir::check(dir) {
+        Ok(results) => {
+            let mut ok = true;
+            for (name, result) in results {
+                match result {
+                    Ok(c) => {
+                        let expired = if c.expired(now) { " EXPIRED" } else { "" };
+                        let until = reveille::tls::cert::format_time(c.not_after);
+                        println!("certificate {name}: ok, {} until {until}{expired}", c.names_display());
+                    }
+                    Err(e) => {
+                        ok = false;
+                        println!("certificate {name}: {e}");
+                    }
+                }
+            }
+            ok
+        }
+        Err(e) => {
+            println!("{e}");
+            false
+        }
+    }
+}
+
+fn check_routes(routes_path: &std::path::Path) -> ExitCode {
+    match file::load(routes_path) {
         Ok(set) => {
             println!("{}: ok ({} routes, {} services)", routes_path.display(), set.routes.len(), set.services.len());
             ExitCode::SUCCESS

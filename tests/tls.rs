@@ -468,6 +468,10 @@ async fn cert_cli_validates_writes_lists_and_removes() {
     assert_eq!(v["key"], good.key_pem.as_str());
     assert!(client.get("/reveille/certs/bad", None).await.unwrap().kvs().is_empty(), "nothing written");
 
+    let expired = ca.issue_until(&["old.test"], 2021);
+    std::fs::write(p("old.pem"), format!("{}{}", expired.cert_pem, expired.key_pem)).unwrap();
+    let (ok, out) = cli(&ep, &["cert", "put", "old", "--cert", &p("old.pem")]);
+    assert!(ok && out.contains("already expired"), "an expired pair is stored, with a warning: {out}");
     etcd.put("/reveille/certs/junk", "{}").await;
     let (ok, out) = cli(&ep, &["cert", "ls"]);
     assert!(ok, "{out}");
@@ -475,9 +479,35 @@ async fn cert_cli_validates_writes_lists_and_removes() {
     assert!(line("shop").contains("2090-01-01T00:00:00Z") && line("shop").contains("*.shop.test"), "{out}");
     assert!(line("combined").contains("x.test"), "{out}");
     assert!(line("junk").contains("INVALID"), "{out}");
+    assert!(line("old").contains("EXPIRED") && line("old").contains("2021-01-01"), "{out}");
 
     let (ok, out) = cli(&ep, &["cert", "rm", "shop"]);
     assert!(ok && out.contains("removed"), "{out}");
     let (ok, out) = cli(&ep, &["cert", "rm", "shop"]);
     assert!(!ok && out.contains("no certificate"), "{out}");
+}
+
+#[test]
+fn check_reports_each_certificate_of_a_directory() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    ca.issue_until(&["a.test", "*.a.test"], 2090).write_pair(dir.path(), "good");
+    let other = ca.issue(&["b.test"]);
+    std::fs::write(dir.path().join("bad.crt"), &other.cert_pem).unwrap();
+    std::fs::write(dir.path().join("bad.key"), ca.issue(&["c.test"]).key_pem).unwrap();
+    std::fs::write(dir.path().join("lonely.key"), &other.key_pem).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(BIN).args(args).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (ok, out) = run(&["check", "--certs", dir.path().to_str().unwrap()]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("certificate good: ok, a.test, *.a.test until 2090-01-01T00:00:00Z"), "{out}");
+    assert!(out.contains("certificate bad: the private key does not match the certificate"), "{out}");
+    assert!(out.contains("certificate lonely:") && out.contains("has no certificate"), "{out}");
+    std::fs::remove_file(dir.path().join("bad.key")).unwrap();
+    std::fs::remove_file(dir.path().join("lonely.key")).unwrap();
+    std::fs::remove_file(dir.path().join("bad.crt")).unwrap();
+    let (ok, out) = run(&["check", "--certs", dir.path().to_str().unwrap()]);
+    assert!(ok, "{out}");
 }

@@ -120,6 +120,19 @@ fn load_pair(name: &str, files: &Files, previous: Option<&Arc<Certificate>>) -> 
     }
 }
 
+/// A certificate, or why it did not load.
+pub type CertResult = Result<Arc<Certificate>, CertError>;
+
+/// Loads every pair of `dir` without installing anything (for `reveille check`): each name with its
+/// certificate or the reason it does not load.
+pub fn check(dir: &Path) -> Result<Vec<(String, CertResult)>, TlsError> {
+    let (pairs, problems) = group(dir).map_err(|source| TlsError::Dir { path: dir.to_path_buf(), source })?;
+    let mut out: Vec<_> = problems.into_iter().map(|(name, e)| (name, Err(e))).collect();
+    out.extend(pairs.iter().map(|(name, files)| (name.clone(), load_pair(name, files, None))));
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
 /// What identifies the directory's state cheaply: every entry's name, size, modification time and inode.
 type Stamp = Vec<(OsString, u64, Option<SystemTime>, u64)>;
 
