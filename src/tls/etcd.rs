@@ -97,22 +97,34 @@ impl CertWatcher {
         let (start, end) = self.keys.certs_range();
         let (revision, kvs) = etcd::list_range(&client, &start, &end, self.config.timeout).await?;
         let previous = self.store.source(Source::Etcd);
+        // Parsing thousands of certificates takes a while: keep it off the threads that serve requests.
+        let (keys, prior) = (self.keys.clone(), previous.clone());
+        let parsed = tokio::task::spawn_blocking(move || {
+            kvs.iter()
+                .filter_map(|kv| {
+                    let key = String::from_utf8_lossy(kv.key()).into_owned();
+                    let name = keys.cert_name(&key)?.to_string();
+                    let result = parse_value(&name, &key, kv.value(), prior.get(&name));
+                    Some((name, key, result))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| EtcdError::WatchEnded(format!("certificate parsing failed: {e}")))?;
         let mut set = BTreeMap::new();
-        for kv in &kvs {
-            let key = String::from_utf8_lossy(kv.key());
-            let Some(name) = self.keys.cert_name(&key) else { continue };
-            let before = previous.get(name);
-            match parse_value(name, &key, kv.value(), before) {
+        for (name, key, result) in parsed {
+            let before = previous.get(&name);
+            match result {
                 Ok(c) => {
                     if !before.is_some_and(|b| Arc::ptr_eq(b, &c)) {
                         log_loaded(&c, before.is_some());
                     }
-                    set.insert(name.to_string(), c);
+                    set.insert(name, c);
                 }
                 Err(e) => {
                     self.reject(&key, &e, before);
                     if let Some(b) = before {
-                        set.insert(name.to_string(), b.clone());
+                        set.insert(name, b.clone());
                     }
                 }
             }
