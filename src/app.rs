@@ -21,7 +21,10 @@ use crate::routes::RouteHandle;
 use crate::runtime::LazyDocker;
 use crate::tls::dir::DirWatcher;
 use crate::tls::etcd::CertWatcher;
-use crate::tls::{CertStore, TlsAcceptor};
+use crate::tls::{CertStore, Source as CertSource, TlsAcceptor};
+
+/// How often the certificate snapshot is checked for a certificate that became valid or expired.
+const CERT_REFRESH: Duration = Duration::from_secs(30);
 
 /// Why reveille could not start.
 #[derive(Debug, thiserror::Error)]
@@ -164,10 +167,6 @@ pub async fn start(config: &Config, listeners: Listeners) -> Result<Running, Sta
         tasks.push(tokio::spawn(writer));
     }
 
-    let admin_state =
-        AdminState { routes: routes.clone(), metrics: metrics.clone(), passivator: Some(passivator.clone()) };
-    tasks.push(tokio::spawn(admin::serve(listeners.admin, admin_state, background.clone())));
-
     // TLS: the certificates are loaded before the HTTPS listener serves its first handshake.
     let https_addr = match &listeners.https {
         Some(l) => Some(l.local_addr().map_err(|source| StartError::Bind {
@@ -179,14 +178,18 @@ pub async fn start(config: &Config, listeners: Listeners) -> Result<Running, Sta
     };
     let mut tls = None;
     if https_addr.is_some() {
-        let store = CertStore::new(config.tls.default_cert.clone(), metrics.tls().clone());
+        // Readiness waits for etcd's certificates too: a replica must not take traffic it would refuse.
+        let etcd_certs = config.etcd.is_some() && config.tls.etcd;
+        let awaited: &[CertSource] = if etcd_certs { &[CertSource::Etcd] } else { &[] };
+        let store = CertStore::new(config.tls.default_cert.clone(), metrics.tls().clone(), awaited);
+        tasks.push(tokio::spawn(store.clone().run_refresh(CERT_REFRESH, background.clone())));
         if let Some(dir) = &config.tls.certs_dir {
             let mut watcher = DirWatcher::new(dir.clone(), store.clone(), metrics.tls().clone());
             let n = watcher.load()?;
             info!(dir = %dir.display(), certificates = n, "certificates directory loaded");
             tasks.push(tokio::spawn(watcher.run(background.clone())));
         }
-        if let (Some(etcd), true) = (&config.etcd, config.tls.etcd) {
+        if let (Some(etcd), true) = (&config.etcd, etcd_certs) {
             let watcher = CertWatcher::new(etcd.clone(), store.clone(), metrics.tls().clone());
             tasks.push(tokio::spawn(watcher.run(background.clone())));
         }
@@ -195,6 +198,17 @@ pub async fn start(config: &Config, listeners: Listeners) -> Result<Running, Sta
     } else if config.tls.certs_dir.is_some() {
         warn!("a certificates directory is configured but no HTTPS listener (--https): it is not loaded");
     }
+    if config.tls.redirect && https_addr.is_none() {
+        warn!("HTTPS redirects are on but this reveille has no HTTPS listener: TLS must be terminated in front of it, or clients will loop");
+    }
+
+    let admin_state = AdminState {
+        routes: routes.clone(),
+        metrics: metrics.clone(),
+        passivator: Some(passivator.clone()),
+        certs: tls.as_ref().map(|(store, _)| store.clone()),
+    };
+    tasks.push(tokio::spawn(admin::serve(listeners.admin, admin_state, background.clone())));
 
     let redirect =
         Redirect { all: config.tls.redirect, port: config.tls.redirect_port.or(https_addr.map(|a| a.port())) };

@@ -304,6 +304,10 @@ pub struct Overrides {
     /// Redirect plain-HTTP requests of every service to HTTPS (308) [default: false]
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub https_redirect: Option<bool>,
+    /// Port written in HTTPS redirects, when clients reach HTTPS on another port than the listener's (e.g. 443
+    /// mapped to 8443); 443 writes none [default: the HTTPS listener's port]
+    #[arg(long, value_name = "PORT")]
+    pub https_redirect_port: Option<u16>,
     /// Address of the admin listener (health, metrics, API) [default: 127.0.0.1:9090]
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
@@ -382,7 +386,7 @@ impl Config {
                 etcd: file.tls.etcd.unwrap_or(t.etcd),
                 default_cert: flags.default_cert.clone().or(file.tls.default_cert),
                 redirect: flags.https_redirect.or(file.tls.redirect).unwrap_or(t.redirect),
-                redirect_port: file.tls.redirect_port,
+                redirect_port: flags.https_redirect_port.or(file.tls.redirect_port),
                 handshake_timeout: file.tls.handshake_timeout.unwrap_or(t.handshake_timeout),
             },
             admin: flags.admin.or(file.server.admin).unwrap_or(d.admin),

@@ -342,7 +342,7 @@ impl TlsMetrics {
         registry.register(
             "tls_handshake_failures",
             "TLS handshakes that failed, by reason (unrecognized_name, protocol_version, incompatible, \
-             client_alert, invalid, timeout, closed, other)",
+             no_application_protocol, client_alert, invalid, timeout, closed, other)",
             failures.clone(),
         );
         Self { certificates, expiry_days, expiry_timestamp, rejected, handshakes, failures }

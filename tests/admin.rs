@@ -58,7 +58,7 @@ async fn readyz_is_503_until_a_table_is_loaded() {
     let stop = CancellationToken::new();
     tokio::spawn(admin::serve(
         listener,
-        AdminState { routes: routes.clone(), metrics: Arc::new(Metrics::new()), passivator: None },
+        AdminState { routes: routes.clone(), metrics: Arc::new(Metrics::new()), passivator: None, certs: None },
         stop.clone(),
     ));
 

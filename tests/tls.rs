@@ -63,7 +63,8 @@ async fn sni_picks_exact_then_most_specific_wildcard_then_latest_expiry_then_def
     let (proxy, https) = start_tls(&routes, dir.path(), |c| c.tls.default_cert = Some("fallback".into())).await;
     assert_eq!(served(https, Some("api.example.test")).await.unwrap(), exact.der, "exact name first");
     assert_eq!(served(https, Some("www.example.test")).await.unwrap(), wild.der, "wildcard");
-    assert_eq!(served(https, Some("x.eu.example.test")).await.unwrap(), deeper.der, "most specific wildcard");
+    assert_eq!(served(https, Some("x.eu.example.test")).await.unwrap(), deeper.der, "the parent's wildcard");
+    assert_eq!(served(https, Some("a.b.example.test")).await.unwrap(), fallback.der, "a wildcard covers one label");
     assert_eq!(served(https, Some("dup.test")).await.unwrap(), dup_new.der, "the one that expires last");
     assert_eq!(served(https, None).await.unwrap(), fallback.der, "no SNI: the default");
     assert_eq!(served(https, Some("unknown.org")).await.unwrap(), fallback.der, "unknown name: the default");
@@ -133,6 +134,20 @@ async fn h2_by_alpn_http11_and_forwarded_proto() {
         assert_eq!(got.json()["headers"]["x-forwarded-proto"][0], "https");
     }
 
+    // TLS 1.2 too.
+    let tls12 = ca.client_with(&[&rustls::version::TLS12], &["h2", "http/1.1"]);
+    let stream = connect(&tls12, https, Some("app.test")).await.unwrap();
+    assert_eq!(stream.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+    let got = exchange2(&mut h2(stream).await, Request::get("https://app.test/tls12").body(full("")).unwrap()).await;
+    assert_eq!(got.json()["path"], "/tls12");
+    let stream = connect(&ca.client(&[]), https, Some("app.test")).await.unwrap();
+    assert_eq!(stream.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+
+    // Only protocols reveille does not speak: refused with no_application_protocol (RFC 7301).
+    let err = connect(&ca.client(&["spdy/3", "acme-tls/1"]), https, Some("app.test")).await.unwrap_err();
+    assert_eq!(alert_of(&err), Some(rustls::AlertDescription::NoApplicationProtocol), "{err}");
+    assert_eq!(proxy.metric("reveille_tls_handshake_failures_total{reason=\"no_application_protocol\"}").await, 1.0);
+
     // No ALPN at all: HTTP/1.1.
     let stream = connect(&ca.client(&[]), https, Some("app.test")).await.unwrap();
     assert_eq!(stream.get_ref().1.alpn_protocol(), None);
@@ -142,7 +157,7 @@ async fn h2_by_alpn_http11_and_forwarded_proto() {
     // The plain listener still says http.
     let got = get(proxy.http, "app.test", "/plain").await;
     assert_eq!(got.json()["headers"]["x-forwarded-proto"][0], "http");
-    assert_eq!(proxy.metric("reveille_requests_total{service=\"app\",class=\"2xx\"}").await, 14.0);
+    assert_eq!(proxy.metric("reveille_requests_total{service=\"app\",class=\"2xx\"}").await, 15.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,6 +204,10 @@ async fn https_redirect_per_service_and_global_with_hsts() {
     let post = Request::post("/form").header("host", "secure.test").body(full("x=1")).unwrap();
     let got = send(proxy.http, post).await;
     assert_eq!(got.status, StatusCode::PERMANENT_REDIRECT, "308 keeps the method: POST is redirected too");
+    let raw =
+        raw_exchange(proxy.http, b"OPTIONS * HTTP/1.1\r\nHost: secure.test\r\n\r\n", Duration::from_millis(500)).await;
+    let location = format!("location: https://secure.test:{}/\r\n", https.port());
+    assert!(raw.starts_with("HTTP/1.1 308") && raw.contains(&location), "{raw}");
     // ACME HTTP-01 challenges stay on plain HTTP.
     let got = get(proxy.http, "secure.test", "/.well-known/acme-challenge/tok").await;
     assert_eq!(got.status, StatusCode::OK);
@@ -245,33 +264,43 @@ async fn certificates_directory_hot_reload_keeps_connections_and_rejects_broken_
     // ...and the connection opened before goes on.
     assert_eq!(exchange1(&mut open, get_req("app.test", "/")).await.status, StatusCode::OK);
 
-    // A key that does not match: rejected, counted, v2 stays.
+    // A key that does not match: rejected (once the files have settled), counted, v2 stays.
+    let errors = || async { proxy.metric("reveille_tls_certificate_errors_total{source=\"dir\"}").await };
+    let before = errors().await;
     let other = ca.issue(&["app.test"]);
     write_atomic(&dir.path().join("app.key"), &other.key_pem);
-    eventually(WAIT, "the mismatched pair counted", || async {
-        proxy.metric("reveille_tls_certificate_errors_total{source=\"dir\"}").await == 1.0
-    })
-    .await;
+    eventually(WAIT, "the mismatched pair counted", || async { errors().await > before }).await;
     assert_eq!(served(https, Some("app.test")).await.unwrap(), v2.der);
-    // Garbage: rejected too, once, v2 stays.
+    // Garbage: rejected too, v2 stays.
+    let before = errors().await;
     write_atomic(&dir.path().join("app.crt"), "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n");
-    eventually(WAIT, "the garbage counted", || async {
-        proxy.metric("reveille_tls_certificate_errors_total{source=\"dir\"}").await == 2.0
-    })
-    .await;
+    eventually(WAIT, "the garbage counted", || async { errors().await > before }).await;
     assert_eq!(served(https, Some("app.test")).await.unwrap(), v2.der);
     assert_eq!(exchange1(&mut open, get_req("app.test", "/")).await.status, StatusCode::OK);
 
-    // Fixed: served again. Then removed: the name is no longer served.
+    // Fixed: served again, and the unchanged broken state is not reported again meanwhile.
     let v3 = ca.issue(&["app.test"]);
     v3.write_pair(dir.path(), "app");
     eventually(WAIT, "v3 served", || async { served(https, Some("app.test")).await.ok() == Some(v3.der.clone()) })
         .await;
+    let settled = errors().await;
+
+    // One file holding both, replaced in place.
+    let v4 = ca.issue(&["combined.test"]);
+    let v5 = ca.issue(&["combined.test"]);
+    write_atomic(&dir.path().join("combined.pem"), &format!("{}{}", v4.cert_pem, v4.key_pem));
+    eventually(WAIT, "v4 served", || async { served(https, Some("combined.test")).await.ok() == Some(v4.der.clone()) })
+        .await;
+    write_atomic(&dir.path().join("combined.pem"), &format!("{}{}", v5.cert_pem, v5.key_pem));
+    eventually(WAIT, "v5 served", || async { served(https, Some("combined.test")).await.ok() == Some(v5.der.clone()) })
+        .await;
+
+    // Removing the certificate file removes the certificate, even with its key left behind.
     std::fs::remove_file(dir.path().join("app.crt")).unwrap();
-    std::fs::remove_file(dir.path().join("app.key")).unwrap();
     eventually(WAIT, "the removed certificate gone", || async { served(https, Some("app.test")).await.is_err() }).await;
-    assert_eq!(proxy.metric("reveille_tls_certificates").await, 0.0);
-    assert_eq!(proxy.metric("reveille_tls_certificate_errors_total{source=\"dir\"}").await, 2.0);
+    assert_eq!(proxy.metric("reveille_tls_certificates").await, 1.0);
+    assert_eq!(errors().await, settled, "a leftover key is not an error");
+    assert_eq!(exchange1(&mut open, get_req("app.test", "/")).await.status, StatusCode::OK, "still open");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,6 +327,7 @@ async fn certificates_from_etcd_hot_reload_and_rejects() {
         served(https, Some("app.test")).await.ok() == Some(v1.der.clone())
     })
     .await;
+    eventually(WAIT, "ready", || async { proxy.admin_get("/readyz").await.0 == StatusCode::OK }).await;
     let mut open = h2(connect(&client, https, Some("app.test")).await.unwrap()).await;
     let req = || Request::get("https://app.test/").body(full("")).unwrap();
     eventually(WAIT, "the etcd route", || {

@@ -28,6 +28,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Passivated services, for `/api/services`.
     pub passivator: Option<Arc<Passivator>>,
+    /// The HTTPS listener's certificates, when there is one: `/readyz` waits for their first load.
+    pub certs: Option<Arc<crate::tls::CertStore>>,
 }
 
 /// Serves the admin endpoint on `listener` until `shutdown`.
@@ -76,8 +78,11 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
-            if state.routes.is_ready() {
+            let certs_ready = state.certs.as_ref().map_or(true, |c| c.is_ready());
+            if state.routes.is_ready() && certs_ready {
                 text(StatusCode::OK, "ready\n")
+            } else if state.routes.is_ready() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "certificates not loaded yet\n")
             } else if state.routes.is_loaded() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
             } else {

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 /// Waits for the next change of a watched file or directory: a file-system event (then lets the burst settle
 /// for `debounce` and drains it), or a `poll` tick for which `changed` says so (the safety net for file systems
-/// that notify poorly). Returns false at shutdown, or when the event source is gone.
+/// that notify poorly, and the only way left when the watch could not be set up and `events` is closed).
+/// Returns false at shutdown.
 pub(crate) async fn next_change(
     events: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
     poll: &mut tokio::time::Interval,
@@ -24,12 +25,14 @@ pub(crate) async fn next_change(
     shutdown: &tokio_util::sync::CancellationToken,
     mut changed: impl FnMut() -> bool,
 ) -> bool {
+    let mut watching = true;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return false,
-            ev = events.recv() => {
+            ev = events.recv(), if watching => {
                 if ev.is_none() {
-                    return false;
+                    watching = false;
+                    continue;
                 }
                 tokio::time::sleep(debounce).await;
                 while events.try_recv().is_ok() {}

@@ -399,7 +399,8 @@ fn is_acme_challenge(req: &Request<Incoming>) -> bool {
 
 /// `308 Permanent Redirect` to the same host, path and query over HTTPS (308 keeps the method and body).
 fn https_redirect(host: &str, port: Option<u16>, uri: &Uri, guard: InFlight) -> Response {
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    // `OPTIONS *` and the like have no path to keep.
+    let path = uri.path_and_query().map(|p| p.as_str()).filter(|p| p.starts_with('/')).unwrap_or("/");
     let location = match port {
         Some(p) if p != 443 => format!("https://{host}:{p}{path}"),
         _ => format!("https://{host}{path}"),

@@ -57,6 +57,8 @@ fn classify(e: &io::Error) -> &'static str {
             ) => "protocol_version",
             Error::PeerIncompatible(_) => "incompatible",
             Error::AlertReceived(_) => "client_alert",
+            // The client offered ALPN protocols, none of them HTTP (RFC 7301: refuse).
+            Error::NoApplicationProtocol => "no_application_protocol",
             Error::InvalidMessage(_) | Error::PeerMisbehaved(_) | Error::InappropriateHandshakeMessage { .. } => {
                 "invalid"
             }
@@ -85,7 +87,8 @@ impl std::fmt::Debug for TlsAcceptor {
 }
 
 impl TlsAcceptor {
-    /// TLS 1.3 and 1.2 only, rustls's default (safe) cipher suites and groups, ALPN `h2` then `http/1.1`.
+    /// TLS 1.3 and 1.2 only, rustls's default (safe) cipher suites and groups, ALPN `h2`, then `http/1.1` (or
+    /// `http/1.0`).
     /// A client gets `timeout` to complete the handshake.
     pub fn new(store: Arc<CertStore>, metrics: TlsMetrics, timeout: Duration) -> Result<Self, TlsError> {
         let mut config = ServerConfig::builder_with_provider(provider().clone())
@@ -93,7 +96,7 @@ impl TlsAcceptor {
             .map_err(TlsError::Config)?
             .with_no_client_auth()
             .with_cert_resolver(store.clone());
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
         config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
         config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(TlsError::Config)?;
         // No 0-RTT: early data can be replayed, and reveille cannot know which requests are safe to replay.

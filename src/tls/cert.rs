@@ -82,6 +82,20 @@ impl fmt::Debug for Certificate {
 }
 
 impl Certificate {
+    /// A copy, for tests that adjust validity dates.
+    #[cfg(test)]
+    pub(crate) fn clone_for_test(&self) -> Certificate {
+        Certificate {
+            name: self.name.clone(),
+            origin: self.origin.clone(),
+            key: self.key.clone(),
+            names: self.names.clone(),
+            not_before: self.not_before,
+            not_after: self.not_after,
+            fingerprint: self.fingerprint,
+        }
+    }
+
     /// Whether it has expired at `now` (seconds since the epoch).
     pub fn expired(&self, now: i64) -> bool {
         self.not_after < now

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use notify::Watcher;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn, Instrument};
+use tracing::{debug, error, info, warn, Instrument};
 
 use super::cert::{self, log_loaded, CertError, Certificate, Origin};
 use super::store::{CertStore, Source};
@@ -37,8 +37,14 @@ struct Files {
     key: Option<PathBuf>,
 }
 
-/// The directory's certificates by name, and the names whose files do not form a pair.
-type Grouped = (BTreeMap<String, Files>, Vec<(String, CertError)>);
+/// The directory's files, by certificate name.
+struct Grouped {
+    pairs: BTreeMap<String, Files>,
+    /// Names whose files are ambiguous: the previous certificate of that name stays.
+    problems: Vec<(String, CertError)>,
+    /// Key files without a certificate file.
+    orphans: Vec<(String, PathBuf)>,
+}
 
 /// Groups the directory's files by certificate name.
 fn group(dir: &Path) -> std::io::Result<Grouped> {
@@ -68,6 +74,7 @@ fn group(dir: &Path) -> std::io::Result<Grouped> {
     }
     let mut pairs = BTreeMap::new();
     let mut problems = Vec::new();
+    let mut orphans = Vec::new();
     for (name, f) in found {
         match (f.crt, f.pem, f.key) {
             (Some(crt), Some(pem), _) => problems.push((
@@ -81,14 +88,12 @@ fn group(dir: &Path) -> std::io::Result<Grouped> {
             (Some(cert), None, key) | (None, Some(cert), key) => {
                 pairs.insert(name, Files { cert, key });
             }
-            (None, None, Some(key)) => problems.push((
-                name.clone(),
-                CertError::Layout(format!("{} has no certificate ({name}.crt or {name}.pem)", key.display())),
-            )),
+            // The certificate file is gone (or not written yet): the certificate is removed, not kept.
+            (None, None, Some(key)) => orphans.push((name, key)),
             (None, None, None) => {}
         }
     }
-    Ok((pairs, problems))
+    Ok(Grouped { pairs, problems, orphans })
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, CertError> {
@@ -126,9 +131,13 @@ pub type CertResult = Result<Arc<Certificate>, CertError>;
 /// Loads every pair of `dir` without installing anything (for `reveille check`): each name with its
 /// certificate or the reason it does not load.
 pub fn check(dir: &Path) -> Result<Vec<(String, CertResult)>, TlsError> {
-    let (pairs, problems) = group(dir).map_err(|source| TlsError::Dir { path: dir.to_path_buf(), source })?;
-    let mut out: Vec<_> = problems.into_iter().map(|(name, e)| (name, Err(e))).collect();
-    out.extend(pairs.iter().map(|(name, files)| (name.clone(), load_pair(name, files, None))));
+    let g = group(dir).map_err(|source| TlsError::Dir { path: dir.to_path_buf(), source })?;
+    let mut out: Vec<_> = g.problems.into_iter().map(|(name, e)| (name, Err(e))).collect();
+    out.extend(g.orphans.into_iter().map(|(name, key)| {
+        let e = CertError::Layout(format!("{} has no certificate ({name}.crt or {name}.pem)", key.display()));
+        (name, Err(e))
+    }));
+    out.extend(g.pairs.iter().map(|(name, files)| (name.clone(), load_pair(name, files, None))));
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
@@ -169,9 +178,11 @@ struct DirLoader {
     store: Arc<CertStore>,
     metrics: TlsMetrics,
     stamp: Option<Stamp>,
-    /// Names whose last rejected input had this fingerprint (of the file names and sizes, and the error), so an
-    /// unchanged broken pair is reported once, not at every rescan.
-    reported: HashMap<String, String>,
+    /// Names whose last reported problem had this signature (of the files' sizes and times, and the error), so
+    /// an unchanged broken pair is reported once, not at every rescan. 0: an orphan key.
+    reported: HashMap<String, u64>,
+    /// A pair failed to load while its files were still changing: load again after [`SETTLE`].
+    unsettled: bool,
 }
 
 impl DirWatcher {
@@ -191,7 +202,8 @@ impl DirWatcher {
                 None
             }
         };
-        let loader = DirLoader { dir: dir.clone(), store, metrics, stamp: None, reported: HashMap::new() };
+        let loader =
+            DirLoader { dir: dir.clone(), store, metrics, stamp: None, reported: HashMap::new(), unsettled: false };
         Self { loader: Some(loader), events, _watcher: watcher, dir }
     }
 
@@ -215,8 +227,18 @@ impl DirWatcher {
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let loader = &self.loader;
+            let unsettled = loader.as_ref().is_some_and(|l| l.unsettled);
             let changed = || !loader.as_ref().is_some_and(|l| stamp(&l.dir) == l.stamp);
-            if !crate::control::next_change(&mut self.events, &mut poll, DEBOUNCE, &shutdown, changed).await {
+            let next = crate::control::next_change(&mut self.events, &mut poll, DEBOUNCE, &shutdown, changed);
+            let go = if unsettled {
+                tokio::select! {
+                    go = next => go,
+                    _ = tokio::time::sleep(SETTLE) => true,
+                }
+            } else {
+                next.await
+            };
+            if !go {
                 return;
             }
             let Some(mut loader) = self.loader.take() else { return };
@@ -245,16 +267,27 @@ impl DirWatcher {
 impl DirLoader {
     fn load(&mut self) -> Result<usize, TlsError> {
         self.stamp = stamp(&self.dir);
-        let (pairs, problems) = group(&self.dir).map_err(|source| TlsError::Dir { path: self.dir.clone(), source })?;
+        self.unsettled = false;
+        let g = group(&self.dir).map_err(|source| TlsError::Dir { path: self.dir.clone(), source })?;
         let previous = self.store.source(Source::Dir);
         let mut next = BTreeMap::new();
-        for (name, err) in problems {
-            self.reject(&name, &err, previous.get(&name));
+        let mut seen = Vec::new();
+        for (name, err) in g.problems {
+            self.reject(&name, &err, previous.get(&name), 0);
             if let Some(p) = previous.get(&name) {
-                next.insert(name, p.clone());
+                next.insert(name.clone(), p.clone());
             }
+            seen.push(name);
         }
-        for (name, files) in &pairs {
+        for (name, key) in g.orphans {
+            if self.reported.get(&name) != Some(&0) {
+                warn!(name = %name, key = %key.display(), "key file without a certificate file ({name}.crt or {name}.pem): ignored");
+                self.reported.insert(name.clone(), 0);
+            }
+            seen.push(name);
+        }
+        for (name, files) in &g.pairs {
+            seen.push(name.clone());
             let before = previous.get(name);
             match load_pair(name, files, before) {
                 Ok(c) => {
@@ -265,42 +298,77 @@ impl DirLoader {
                     next.insert(name.clone(), c);
                 }
                 Err(e) => {
-                    self.reject(name, &e, before);
+                    // A pair being replaced file by file (a new certificate beside the old key) is not an
+                    // error yet: look again once the files have settled.
+                    if recently_modified(files) {
+                        debug!(name = %name, error = %e, "certificate files changed moments ago; looking again shortly");
+                        self.unsettled = true;
+                    } else {
+                        self.reject(name, &e, before, signature(files, &e));
+                    }
                     if let Some(p) = before {
                         next.insert(name.clone(), p.clone());
                     }
                 }
             }
         }
+        self.reported.retain(|name, _| seen.contains(name));
         for (name, c) in &previous {
             if !next.contains_key(name) {
                 info!(name = %name, origin = %c.origin, "certificate removed");
-                self.reported.remove(name);
             }
         }
         let count = next.len();
         let unchanged = previous.len() == next.len()
             && previous.iter().zip(next.iter()).all(|((a, x), (b, y))| a == b && Arc::ptr_eq(x, y));
-        if !unchanged || count == 0 {
+        if !unchanged || !self.store.is_loaded(Source::Dir) {
             self.store.replace(Source::Dir, next);
         }
         Ok(count)
     }
 
-    fn reject(&mut self, name: &str, err: &CertError, kept: Option<&Arc<Certificate>>) {
-        let message = err.to_string();
-        if self.reported.get(name) == Some(&message) {
+    /// Reports a rejected pair once per version of its files (`signature`): an unchanged broken pair is not
+    /// reported again at every rescan, a different broken version is.
+    fn reject(&mut self, name: &str, err: &CertError, kept: Option<&Arc<Certificate>>, signature: u64) {
+        let signature = signature.max(1);
+        if self.reported.get(name) == Some(&signature) {
             return;
         }
         self.metrics.rejected(Source::Dir.as_str());
         match kept {
             Some(k) => {
-                error!(dir = %self.dir.display(), name, error = %message, "certificate rejected; the previous one stays in force (from {})", k.origin)
+                error!(dir = %self.dir.display(), name, error = %err, "certificate rejected; the previous one stays in force (from {})", k.origin)
             }
-            None => error!(dir = %self.dir.display(), name, error = %message, "certificate rejected"),
+            None => error!(dir = %self.dir.display(), name, error = %err, "certificate rejected"),
         }
-        self.reported.insert(name.to_string(), message);
+        self.reported.insert(name.to_string(), signature);
     }
+}
+
+/// How long after a change a broken pair is given to settle (its other file to be written) before it is
+/// reported.
+const SETTLE: Duration = Duration::from_secs(2);
+
+fn recently_modified(files: &Files) -> bool {
+    let now = SystemTime::now();
+    [Some(&files.cert), files.key.as_ref()].into_iter().flatten().any(|p| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| now.duration_since(t).map_or(true, |age| age < SETTLE))
+    })
+}
+
+/// Identifies one version of a pair's files and its error.
+fn signature(files: &Files, err: &CertError) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    err.to_string().hash(&mut h);
+    for p in [Some(&files.cert), files.key.as_ref()].into_iter().flatten() {
+        if let Ok(m) = std::fs::metadata(p) {
+            (m.len(), m.modified().ok()).hash(&mut h);
+        }
+    }
+    h.finish()
 }
 
 #[cfg(test)]
@@ -314,12 +382,13 @@ mod tests {
             std::fs::write(dir.path().join(f), "").unwrap();
         }
         std::fs::create_dir(dir.path().join("sub.pem")).unwrap();
-        let (pairs, problems) = group(dir.path()).unwrap();
-        assert_eq!(pairs.keys().collect::<Vec<_>>(), ["a", "b", "c"]);
-        assert_eq!(pairs["a"].key.as_deref(), Some(dir.path().join("a.key").as_path()));
-        assert_eq!(pairs["b"].key, None);
-        assert_eq!(pairs["c"].cert, dir.path().join("c.pem"));
-        let names: Vec<_> = problems.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["d", "e"]);
+        let g = group(dir.path()).unwrap();
+        assert_eq!(g.pairs.keys().collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(g.pairs["a"].key.as_deref(), Some(dir.path().join("a.key").as_path()));
+        assert_eq!(g.pairs["b"].key, None);
+        assert_eq!(g.pairs["c"].cert, dir.path().join("c.pem"));
+        let names: Vec<_> = g.problems.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["e"]);
+        assert_eq!(g.orphans.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["d"]);
     }
 }

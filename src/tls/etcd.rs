@@ -31,8 +31,9 @@ pub struct CertValue {
 pub enum CertValueError {
     #[error("invalid certificate name {0:?} (letters, digits, '-', '_' and '.')")]
     Name(String),
+    /// The reason only, never the value: it holds a private key.
     #[error("value is not {{\"cert\": \"PEM\", \"key\": \"PEM\"}}: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(String),
     #[error(transparent)]
     Cert(#[from] CertError),
 }
@@ -50,6 +51,26 @@ pub fn validate_name(name: &str) -> Result<(), CertValueError> {
     }
 }
 
+/// Why a value is not a certificate object, without quoting it: serde's messages can include the value (a
+/// double-encoded JSON string would put the private key in the logs).
+fn json_reason(value: &[u8], e: &serde_json::Error) -> String {
+    let kind = match serde_json::from_slice::<serde_json::Value>(value) {
+        Err(_) => return format!("not JSON (line {}, column {})", e.line(), e.column()),
+        Ok(serde_json::Value::Object(m)) => {
+            return match (m.get("cert"), m.get("key")) {
+                (Some(serde_json::Value::String(_)), Some(serde_json::Value::String(_))) => "unexpected content".into(),
+                (None, _) => "no \"cert\" field".into(),
+                (_, None) => "no \"key\" field".into(),
+                _ => "\"cert\" and \"key\" must be strings".into(),
+            };
+        }
+        Ok(serde_json::Value::String(_)) => "a JSON string (encoded twice?)",
+        Ok(serde_json::Value::Array(_)) => "a JSON array",
+        Ok(_) => "a JSON scalar",
+    };
+    format!("{kind}, not an object")
+}
+
 /// Parses the value of `key` (certificate `name`), reusing `previous` when the value has not changed.
 pub fn parse_value(
     name: &str,
@@ -58,7 +79,7 @@ pub fn parse_value(
     previous: Option<&Arc<Certificate>>,
 ) -> Result<Arc<Certificate>, CertValueError> {
     validate_name(name)?;
-    let v: CertValue = serde_json::from_slice(value)?;
+    let v: CertValue = serde_json::from_slice(value).map_err(|e| CertValueError::Json(json_reason(value, &e)))?;
     if let Some(p) = previous {
         if p.fingerprint == cert::fingerprint(v.cert.as_bytes(), v.key.as_bytes()) {
             return Ok(p.clone());
@@ -73,12 +94,14 @@ pub struct CertWatcher {
     keys: Keys,
     store: Arc<CertStore>,
     metrics: TlsMetrics,
+    /// The revision of each key's last rejected value, so a resync does not report (and count) it again.
+    reported: parking_lot::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 impl CertWatcher {
     pub fn new(config: EtcdConfig, store: Arc<CertStore>, metrics: TlsMetrics) -> Self {
         let keys = config.keys();
-        Self { config, keys, store, metrics }
+        Self { config, keys, store, metrics, reported: Default::default() }
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
@@ -105,14 +128,14 @@ impl CertWatcher {
                     let key = String::from_utf8_lossy(kv.key()).into_owned();
                     let name = keys.cert_name(&key)?.to_string();
                     let result = parse_value(&name, &key, kv.value(), prior.get(&name));
-                    Some((name, key, result))
+                    Some((name, key, kv.mod_revision(), result))
                 })
                 .collect::<Vec<_>>()
         })
         .await
         .map_err(|e| EtcdError::WatchEnded(format!("certificate parsing failed: {e}")))?;
         let mut set = BTreeMap::new();
-        for (name, key, result) in parsed {
+        for (name, key, revision, result) in parsed {
             let before = previous.get(&name);
             match result {
                 Ok(c) => {
@@ -122,7 +145,7 @@ impl CertWatcher {
                     set.insert(name, c);
                 }
                 Err(e) => {
-                    self.reject(&key, &e, before);
+                    self.reject(&key, &e, before, revision);
                     if let Some(b) = before {
                         set.insert(name, b.clone());
                     }
@@ -141,38 +164,89 @@ impl CertWatcher {
         let (_watcher, mut stream) = etcd::watch_from(&client, start, end, revision).await?;
         loop {
             let resp = etcd::next_response(&mut stream, revision).await?;
+            // One response is one revision (a transaction may hold many keys): parse its values off the request
+            // threads, then apply them in one snapshot.
+            let mut events = Vec::new();
             for ev in resp.events() {
                 let Some(kv) = ev.kv() else { continue };
-                let key = String::from_utf8_lossy(kv.key());
-                let Some(name) = self.keys.cert_name(&key) else { continue };
-                match ev.event_type() {
-                    EventType::Put => {
-                        let before = self.store.source(Source::Etcd).get(name).cloned();
-                        match parse_value(name, &key, kv.value(), before.as_ref()) {
-                            Ok(c) => {
-                                if !before.as_ref().is_some_and(|b| Arc::ptr_eq(b, &c)) {
-                                    log_loaded(&c, before.is_some());
-                                    self.store.update(Source::Etcd, name, Some(c));
-                                }
-                            }
-                            Err(e) => self.reject(&key, &e, before.as_ref()),
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                let Some(name) = self.keys.cert_name(&key).map(str::to_string) else { continue };
+                let value = match ev.event_type() {
+                    EventType::Put => Some(kv.value().to_vec()),
+                    EventType::Delete => None,
+                };
+                events.push((name, key, kv.mod_revision(), value));
+            }
+            if events.is_empty() {
+                continue;
+            }
+            let current = self.store.source(Source::Etcd);
+            let parsed = tokio::task::spawn_blocking(move || {
+                events
+                    .into_iter()
+                    .map(|(name, key, revision, value)| {
+                        let result = value.map(|v| parse_value(&name, &key, &v, current.get(&name)));
+                        (name, key, revision, result)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| EtcdError::WatchEnded(format!("certificate parsing failed: {e}")))?;
+            let current = self.store.source(Source::Etcd);
+            let mut changes = Vec::new();
+            for (name, key, revision, result) in parsed {
+                let before = current.get(&name);
+                match result {
+                    None => {
+                        info!(key = %key, "certificate removed");
+                        changes.push((name, None));
+                    }
+                    Some(Ok(c)) => {
+                        if !before.is_some_and(|b| Arc::ptr_eq(b, &c)) {
+                            log_loaded(&c, before.is_some());
+                            changes.push((name, Some(c)));
                         }
                     }
-                    EventType::Delete => {
-                        info!(key = %key, "certificate removed");
-                        self.store.update(Source::Etcd, name, None);
-                    }
+                    Some(Err(e)) => self.reject(&key, &e, before, revision),
                 }
+            }
+            if !changes.is_empty() {
+                self.store.update(Source::Etcd, changes);
             }
             debug!(revision = resp.header().map_or(0, |h| h.revision()), "etcd certificate changes applied");
         }
     }
 
-    fn reject(&self, key: &str, e: &CertValueError, kept: Option<&Arc<Certificate>>) {
+    fn reject(&self, key: &str, e: &CertValueError, kept: Option<&Arc<Certificate>>, revision: i64) {
+        if self.reported.lock().insert(key.to_string(), revision) == Some(revision) {
+            return;
+        }
         self.metrics.rejected(Source::Etcd.as_str());
         match kept {
             Some(_) => error!(key, error = %e, "certificate rejected; the previous one stays in force"),
             None => error!(key, error = %e, "certificate rejected"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_errors_never_quote_the_value() {
+        let secret = "-----BEGIN PRIVATE KEY-----\nSECRET\n-----END PRIVATE KEY-----";
+        let inner = serde_json::json!({"cert": "x", "key": secret}).to_string();
+        let twice = serde_json::to_vec(&inner).unwrap();
+        for (value, expect) in [
+            (twice, "encoded twice"),
+            (serde_json::json!({"cert": "x", "key": 3, "k": secret}).to_string().into_bytes(), "must be strings"),
+            (serde_json::json!({"cert": secret}).to_string().into_bytes(), "no \"key\""),
+            (format!("{{\"cert\": \"{}", secret.replace('\n', "\\n")).into_bytes(), "not JSON"),
+        ] {
+            let e = parse_value("a", "/r/certs/a", &value, None).unwrap_err().to_string();
+            assert!(e.contains(expect), "{e}");
+            assert!(!e.contains("SECRET"), "{e}");
         }
     }
 }

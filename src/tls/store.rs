@@ -1,10 +1,12 @@
 //! The certificates in force: one immutable [`Snapshot`] behind an `ArcSwap`, rebuilt whenever a source (the
 //! certificates directory, etcd) changes, and read by every handshake without a lock.
 //!
-//! Selection by SNI: the exact name first, then the most specific (longest) matching wildcard, the same rule
-//! as routes; when several certificates serve the chosen name, the one that expires last. No SNI, or a name no
-//! certificate serves: the default certificate if one is configured, else none (the handshake is refused with
-//! an `unrecognized_name` alert).
+//! Selection by SNI: the exact name first, then the wildcard that covers it. Unlike routes, a certificate
+//! wildcard covers exactly one label (RFC 6125 §6.4.3, and what every client checks): `*.example.com` serves
+//! `a.example.com`, never `a.b.example.com`, so the most specific wildcard that can serve a name is the one for
+//! its parent. When several certificates serve the chosen name, one valid now is preferred, then the one that
+//! expires last. No SNI, or a name no certificate serves: the default certificate if one is configured, else
+//! none (the handshake is refused with an `unrecognized_name` alert).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -14,7 +16,7 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use super::cert::{format_time, now, Certificate};
 use crate::metrics::TlsMetrics;
@@ -47,8 +49,13 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    fn build(sources: &BTreeMap<Source, BTreeMap<String, Arc<Certificate>>>, default_name: Option<&str>) -> Self {
+    fn build(
+        sources: &BTreeMap<Source, BTreeMap<String, Arc<Certificate>>>,
+        default_name: Option<&str>,
+        now: i64,
+    ) -> Self {
         let mut snap = Snapshot::default();
+        let preferred = |a: &Certificate, b: &Certificate| preferred(a, b, now);
         for cert in sources.values().flat_map(|s| s.values()) {
             snap.certs.push(cert.clone());
             for name in &cert.names {
@@ -79,13 +86,9 @@ impl Snapshot {
             if let Some(c) = self.exact.get(name.as_ref()) {
                 return Some(c);
             }
-            if !self.wildcard.is_empty() {
-                let mut rest = name.as_ref();
-                while let Some(dot) = rest.find('.') {
-                    rest = &rest[dot + 1..];
-                    if let Some(c) = self.wildcard.get(rest) {
-                        return Some(c);
-                    }
+            if let Some((_, parent)) = name.split_once('.') {
+                if let Some(c) = self.wildcard.get(parent) {
+                    return Some(c);
                 }
             }
         }
@@ -107,10 +110,17 @@ impl Snapshot {
     }
 }
 
-/// Whether `a` should serve a name that `b` also serves: the one that expires last; on a tie, a stable order
-/// (etcd over the directory, then by name) so the choice does not flip between rebuilds.
-fn preferred(a: &Certificate, b: &Certificate) -> bool {
-    (a.not_after, &a.origin, &a.name) > (b.not_after, &b.origin, &b.name)
+/// Whether `a` should serve a name that `b` also serves: one valid at `now` (a renewal staged before its
+/// `not_before` waits; an expired one yields to a valid one), then the one that expires last; on a tie, a stable
+/// order (etcd over the directory, then by name) so the choice does not flip between rebuilds.
+fn preferred(a: &Certificate, b: &Certificate, now: i64) -> bool {
+    let valid = |c: &Certificate| c.not_before <= now && now <= c.not_after;
+    (valid(a), a.not_after, &a.origin, &a.name) > (valid(b), b.not_after, &b.origin, &b.name)
+}
+
+/// The next time (after `now`) a certificate becomes valid or expires: the choice may change then.
+fn next_boundary(certs: &[Arc<Certificate>], now: i64) -> i64 {
+    certs.iter().flat_map(|c| [c.not_before, c.not_after + 1]).filter(|t| *t > now).min().unwrap_or(i64::MAX)
 }
 
 /// SNI host names are case-insensitive and may carry a trailing dot.
@@ -129,6 +139,10 @@ pub struct CertStore {
     current: ArcSwap<Snapshot>,
     default_name: Option<String>,
     metrics: TlsMetrics,
+    /// When the snapshot must be rebuilt because a certificate becomes valid or expires (epoch seconds).
+    boundary: std::sync::atomic::AtomicI64,
+    /// Sources whose first load is still awaited (readiness).
+    pending: Mutex<Vec<Source>>,
 }
 
 impl std::fmt::Debug for CertStore {
@@ -138,14 +152,50 @@ impl std::fmt::Debug for CertStore {
 }
 
 impl CertStore {
-    /// An empty store. `default_name` names the certificate served without SNI or for an unknown name.
-    pub fn new(default_name: Option<String>, metrics: TlsMetrics) -> Arc<Self> {
+    /// An empty store. `default_name` names the certificate served without SNI or for an unknown name;
+    /// `awaited` are the sources that must have loaded once before the store counts as ready.
+    pub fn new(default_name: Option<String>, metrics: TlsMetrics, awaited: &[Source]) -> Arc<Self> {
         Arc::new(Self {
             sources: Mutex::new(BTreeMap::new()),
             current: ArcSwap::from_pointee(Snapshot::default()),
             default_name,
             metrics,
+            boundary: std::sync::atomic::AtomicI64::new(i64::MAX),
+            pending: Mutex::new(awaited.to_vec()),
         })
+    }
+
+    /// Whether `source` has contributed a set (even an empty one) since the start.
+    pub fn is_loaded(&self, source: Source) -> bool {
+        self.sources.lock().contains_key(&source)
+    }
+
+    /// Every awaited source has loaded once.
+    pub fn is_ready(&self) -> bool {
+        self.pending.lock().is_empty()
+    }
+
+    /// Rebuilds the snapshot if a certificate became valid or expired since it was built. Cheap otherwise.
+    pub fn refresh(&self) {
+        if now() >= self.boundary.load(std::sync::atomic::Ordering::Relaxed) {
+            let sources = self.sources.lock();
+            self.publish(&sources);
+        }
+    }
+
+    /// Calls [`CertStore::refresh`] every `every` until `shutdown`.
+    pub async fn run_refresh(
+        self: Arc<Self>,
+        every: std::time::Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.refresh(),
+                _ = shutdown.cancelled() => return,
+            }
+        }
     }
 
     /// The snapshot in force.
@@ -168,38 +218,42 @@ impl CertStore {
         let mut sources = self.sources.lock();
         sources.insert(source, certs);
         self.publish(&sources);
+        self.pending.lock().retain(|s| *s != source);
     }
 
-    /// Adds, replaces (`Some`) or removes (`None`) one certificate of `source`.
-    pub fn update(&self, source: Source, name: &str, cert: Option<Arc<Certificate>>) {
+    /// Adds or replaces (`Some`) and removes (`None`) certificates of `source`, in one snapshot.
+    pub fn update(&self, source: Source, changes: Vec<(String, Option<Arc<Certificate>>)>) {
         let mut sources = self.sources.lock();
         let set = sources.entry(source).or_default();
-        match cert {
-            Some(c) => {
-                set.insert(name.to_string(), c);
-            }
-            None => {
-                set.remove(name);
+        for (name, cert) in changes {
+            match cert {
+                Some(c) => {
+                    set.insert(name, c);
+                }
+                None => {
+                    set.remove(&name);
+                }
             }
         }
         self.publish(&sources);
     }
 
     fn publish(&self, sources: &BTreeMap<Source, BTreeMap<String, Arc<Certificate>>>) {
-        let snap = Snapshot::build(sources, self.default_name.as_deref());
+        let now = now();
+        let snap = Snapshot::build(sources, self.default_name.as_deref(), now);
+        self.boundary.store(next_boundary(&snap.certs, now), std::sync::atomic::Ordering::Relaxed);
         if let Some(name) = &self.default_name {
             if snap.default.is_none() && !snap.certs.is_empty() {
                 warn!(default_cert = %name, "the default certificate is not loaded: clients without SNI or with an unknown name are refused");
             }
         }
         self.metrics.certificates(snap.certs.len(), snap.earliest_expiry());
-        let now = now();
         if let Some(c) = snap.certs.iter().min_by_key(|c| c.not_after) {
             if c.expired(now) {
                 warn!(name = %c.name, origin = %c.origin, not_after = %format_time(c.not_after), "a certificate in force has expired");
             }
         }
-        info!(certificates = snap.certs.len(), "certificates in force");
+        debug!(certificates = snap.certs.len(), "certificates in force");
         self.current.store(Arc::new(snap));
     }
 }
@@ -231,7 +285,11 @@ mod tests {
     }
 
     fn store(default: Option<&str>) -> Arc<CertStore> {
-        CertStore::new(default.map(String::from), crate::metrics::Metrics::new().tls().clone())
+        CertStore::new(default.map(String::from), crate::metrics::Metrics::new().tls().clone(), &[])
+    }
+
+    fn one(name: &str, cert: Arc<Certificate>) -> Vec<(String, Option<Arc<Certificate>>)> {
+        vec![(name.to_string(), Some(cert))]
     }
 
     fn pick(s: &CertStore, sni: Option<&str>) -> Option<String> {
@@ -255,15 +313,43 @@ mod tests {
         assert_eq!(pick(&s, Some("API.Example.com.")).as_deref(), Some("exact"));
         assert_eq!(pick(&s, Some("www.example.com")).as_deref(), Some("wild"));
         assert_eq!(pick(&s, Some("x.eu.example.com")).as_deref(), Some("deeper"));
+        assert_eq!(pick(&s, Some("a.b.example.com")).as_deref(), Some("fallback"), "a wildcard covers one label");
+        assert_eq!(pick(&s, Some("y.x.eu.example.com")).as_deref(), Some("fallback"));
         assert_eq!(pick(&s, Some("example.com")).as_deref(), Some("fallback"), "a wildcard does not cover its apex");
         assert_eq!(pick(&s, None).as_deref(), Some("fallback"));
         assert_eq!(pick(&s, Some("other.org")).as_deref(), Some("fallback"));
     }
 
     #[test]
+    fn valid_now_beats_a_staged_renewal_until_its_time_comes() {
+        let s = store(None);
+        let current = cert("current", &["a.test"], 2_000_000_000);
+        let mut staged = (*cert("staged", &["a.test"], 2_100_000_000)).clone_for_test();
+        staged.not_before = now() + 1;
+        s.update(Source::Dir, vec![("current".into(), Some(current)), ("staged".into(), Some(Arc::new(staged)))]);
+        assert_eq!(pick(&s, Some("a.test")).as_deref(), Some("current"), "not valid yet: waits");
+        s.refresh();
+        assert_eq!(pick(&s, Some("a.test")).as_deref(), Some("current"), "nothing changed yet");
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        s.refresh();
+        assert_eq!(pick(&s, Some("a.test")).as_deref(), Some("staged"), "valid now, expires later");
+    }
+
+    #[test]
+    fn ready_once_every_awaited_source_loaded() {
+        let s = CertStore::new(None, crate::metrics::Metrics::new().tls().clone(), &[Source::Etcd]);
+        assert!(!s.is_ready());
+        s.replace(Source::Dir, BTreeMap::new());
+        assert!(!s.is_ready(), "the directory is not what is awaited");
+        s.replace(Source::Etcd, BTreeMap::new());
+        assert!(s.is_ready(), "an empty etcd listing counts as loaded");
+        assert!(store(None).is_ready(), "nothing awaited");
+    }
+
+    #[test]
     fn no_default_means_none() {
         let s = store(None);
-        s.update(Source::Etcd, "a", Some(cert("a", &["a.test"], 2_000_000_000)));
+        s.update(Source::Etcd, one("a", cert("a", &["a.test"], 2_000_000_000)));
         assert_eq!(pick(&s, Some("a.test")).as_deref(), Some("a"));
         assert_eq!(pick(&s, Some("b.test")), None);
         assert_eq!(pick(&s, None), None);
@@ -272,11 +358,11 @@ mod tests {
     #[test]
     fn latest_expiry_wins_and_removal_falls_back() {
         let s = store(None);
-        s.update(Source::Dir, "old", Some(cert("old", &["a.test"], 1_900_000_000)));
-        s.update(Source::Etcd, "new", Some(cert("new", &["a.test"], 2_000_000_000)));
-        s.update(Source::Dir, "older", Some(cert("older", &["a.test"], 1_800_000_000)));
+        s.update(Source::Dir, one("old", cert("old", &["a.test"], 1_900_000_000)));
+        s.update(Source::Etcd, one("new", cert("new", &["a.test"], 2_000_000_000)));
+        s.update(Source::Dir, one("older", cert("older", &["a.test"], 1_800_000_000)));
         assert_eq!(pick(&s, Some("a.test")).as_deref(), Some("new"));
-        s.update(Source::Etcd, "new", None);
+        s.update(Source::Etcd, vec![("new".into(), None)]);
         assert_eq!(pick(&s, Some("a.test")).as_deref(), Some("old"));
         assert_eq!(s.load().certificates().len(), 2);
         assert_eq!(s.load().earliest_expiry(), Some(1_800_000_000));

@@ -80,11 +80,20 @@ impl TestCa {
 
     /// A client that verifies the server against this CA.
     pub fn client(&self, alpn: &[&str]) -> tokio_rustls::TlsConnector {
+        self.client_with(rustls::DEFAULT_VERSIONS, alpn)
+    }
+
+    /// A client limited to `versions`.
+    pub fn client_with(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        alpn: &[&str],
+    ) -> tokio_rustls::TlsConnector {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.cert.der().clone()).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
