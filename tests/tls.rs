@@ -303,6 +303,38 @@ async fn certificates_directory_hot_reload_keeps_connections_and_rejects_broken_
     assert_eq!(exchange1(&mut open, get_req("app.test", "/")).await.status, StatusCode::OK, "still open");
 }
 
+/// A Kubernetes TLS secret mounted as a volume: `tls.crt` and `tls.key` are symlinks through `..data`, a
+/// symlink to a timestamped directory that the kubelet swaps atomically on update.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_secret_volume_swap() {
+    use std::os::unix::fs::symlink;
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let version = |n: &str, cert: &TestCert| {
+        std::fs::create_dir(d.join(n)).unwrap();
+        std::fs::write(d.join(n).join("tls.crt"), &cert.cert_pem).unwrap();
+        std::fs::write(d.join(n).join("tls.key"), &cert.key_pem).unwrap();
+    };
+    let v1 = ca.issue(&["k8s.test"]);
+    version("..2026_11_22_a", &v1);
+    symlink("..2026_11_22_a", d.join("..data")).unwrap();
+    symlink("..data/tls.crt", d.join("tls.crt")).unwrap();
+    symlink("..data/tls.key", d.join("tls.key")).unwrap();
+    let (_proxy, https) = start_tls("[routes]\n", d, |_| {}).await;
+    assert_eq!(served(https, Some("k8s.test")).await.unwrap(), v1.der);
+
+    let v2 = ca.issue(&["k8s.test"]);
+    version("..2026_11_22_b", &v2);
+    symlink("..2026_11_22_b", d.join("..data_tmp")).unwrap();
+    std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+    eventually(WAIT, "the swapped secret served", || async {
+        served(https, Some("k8s.test")).await.ok() == Some(v2.der.clone())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_from_etcd_hot_reload_and_rejects() {
     let etcd = etcd::Etcd::start().await;
