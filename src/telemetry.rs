@@ -10,9 +10,13 @@ use crate::config::LogFormat;
 /// `RUST_LOG`, when set, takes precedence over `level`.
 pub fn init(format: LogFormat, level: &str) -> WorkerGuard {
     let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let env = std::env::var("RUST_LOG").ok().filter(|s| !s.trim().is_empty());
+    let filter = env
+        .iter()
+        .map(String::as_str)
+        .chain([level, "info"])
+        .find_map(|spec| EnvFilter::try_new(quiet_rustls(spec)).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi);
     match format {
@@ -20,4 +24,24 @@ pub fn init(format: LogFormat, level: &str) -> WorkerGuard {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init(),
     }
     guard
+}
+
+/// rustls warns about what clients send (e.g. an IP address as SNI): one line per handshake that any client can
+/// cause. Unless the filter says otherwise about rustls, only its errors are logged; reveille logs handshake
+/// failures itself (at debug, with the reason, and in the metrics).
+fn quiet_rustls(spec: &str) -> String {
+    if spec.contains("rustls") {
+        spec.to_string()
+    } else {
+        format!("{spec},rustls=error")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rustls_is_quiet_unless_asked() {
+        assert_eq!(super::quiet_rustls("info"), "info,rustls=error");
+        assert_eq!(super::quiet_rustls("debug,rustls=warn"), "debug,rustls=warn");
+    }
 }

@@ -183,13 +183,15 @@ impl FileWatcher {
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             // Only events about our file, or about Kubernetes' `..data` symlink swap: other files in a busy
             // directory must not cause a re-read each time they change.
+            // Not accesses: reveille's own reads of the file would trigger the next reload, forever.
             let relevant = res.is_ok_and(|ev| {
-                ev.paths.is_empty()
-                    || ev
-                        .paths
-                        .iter()
-                        .filter_map(|p| p.file_name())
-                        .any(|n| n == name || n.to_string_lossy().starts_with(".."))
+                !ev.kind.is_access()
+                    && (ev.paths.is_empty()
+                        || ev
+                            .paths
+                            .iter()
+                            .filter_map(|p| p.file_name())
+                            .any(|n| n == name || n.to_string_lossy().starts_with("..")))
             });
             if relevant {
                 let _ = tx.send(());

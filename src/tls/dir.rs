@@ -190,7 +190,8 @@ impl DirWatcher {
     pub fn new(dir: PathBuf, store: Arc<CertStore>, metrics: TlsMetrics) -> Self {
         let (tx, events) = tokio::sync::mpsc::unbounded_channel();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
+            // Not accesses: reveille's own reads of the files would trigger the next reload, forever.
+            if res.is_ok_and(|ev| !ev.kind.is_access()) {
                 let _ = tx.send(());
             }
         })
