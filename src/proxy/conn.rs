@@ -121,6 +121,9 @@ pub(crate) struct ConnIo<S> {
     inner: S,
     prefix: Bytes,
     state: Arc<ConnState>,
+    /// Offer vectored writes to hyper. Off for TLS: rustls makes one record per slice, so a response's head
+    /// and body would go out as two records (two AEAD operations); hyper then gathers them into one buffer.
+    vectored: bool,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for ConnIo<S> {
@@ -157,7 +160,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.vectored && self.inner.is_write_vectored()
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -345,7 +348,7 @@ async fn serve_http<S: Stream>(
     // timeout (later streams are covered by the idle timeout).
     state.head_started.store(1, Ordering::Relaxed);
     state.track_heads.store(!is_h2, Ordering::Relaxed);
-    let io = TokioIo::new(ConnIo { inner: stream, prefix, state: state.clone() });
+    let io = TokioIo::new(ConnIo { inner: stream, prefix, state: state.clone(), vectored: !tls });
     let service = ProxyService::new(proxy.clone(), peer, state.clone(), tls);
     let dog = Watchdog::new(state, settings.idle_timeout, settings.header_read_timeout);
     let result = if is_h2 {
