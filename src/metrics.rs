@@ -294,13 +294,18 @@ impl EncodeMetric for ExpiryDays {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         match self.0.load(Ordering::Relaxed) {
             NO_EXPIRY => Ok(()),
-            at => encoder.encode_gauge(&((at - crate::tls::cert::now()) as f64 / 86_400.0)),
+            at => encoder.encode_gauge(&((at - unix_now()) as f64 / 86_400.0)),
         }
     }
 
     fn metric_type(&self) -> MetricType {
         MetricType::Gauge
     }
+}
+
+/// Seconds since the Unix epoch, now.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Metrics of TLS termination: certificates in force, their expiry, handshakes.
