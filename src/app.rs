@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::passivation::{NetProbe, Passivator};
 use crate::proxy::{Proxy, Redirect};
 use crate::routes::RouteHandle;
-use crate::runtime::LazyDocker;
+use crate::runtime::{ContainerRuntime, LazyDocker};
 use crate::tls::dir::DirWatcher;
 use crate::tls::etcd::CertWatcher;
 use crate::tls::{CertStore, Source as CertSource, TlsAcceptor};
@@ -103,8 +103,20 @@ pub struct Running {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Loads the route sources and starts serving. Fails (and serves nothing) if the initial routes are invalid.
-pub async fn start(config: &Config, listeners: Listeners) -> Result<Running, StartError> {
+/// The container runtime the binary passivates tenants with: the Docker Engine of `[passivation] docker`,
+/// contacted only once a service names a container.
+pub fn docker(config: &Config) -> Arc<dyn ContainerRuntime> {
+    Arc::new(LazyDocker::new(config.passivation.docker.clone(), config.passivation.docker_timeout))
+}
+
+/// Loads the route sources and starts serving, waking and stopping tenants through `runtime` (the binary
+/// passes [`docker`]; tests may pass a scripted runtime). Fails (and serves nothing) if the initial routes are
+/// invalid.
+pub async fn start(
+    config: &Config,
+    listeners: Listeners,
+    runtime: Arc<dyn ContainerRuntime>,
+) -> Result<Running, StartError> {
     let routes = RouteHandle::new();
     let metrics = Arc::new(Metrics::new());
     let background = CancellationToken::new();
@@ -143,8 +155,6 @@ pub async fn start(config: &Config, listeners: Listeners) -> Result<Running, Sta
         source,
     })?;
 
-    // Passivation: Docker is only contacted once a service names a container.
-    let runtime = Arc::new(LazyDocker::new(config.passivation.docker.clone(), config.passivation.docker_timeout));
     let (status_tx, status_rx) = match &config.etcd {
         Some(_) => {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

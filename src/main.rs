@@ -238,7 +238,7 @@ fn serve(config_path: Option<PathBuf>, flags: Box<Overrides>) -> ExitCode {
     runtime.block_on(async move {
         let started = async {
             let listeners = Listeners::bind(&config).await?;
-            app::start(&config, listeners).await
+            app::start(&config, listeners, app::docker(&config)).await
         };
         let running = match started.await {
             Ok(r) => r,

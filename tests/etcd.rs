@@ -312,7 +312,13 @@ async fn file_and_etcd_together_etcd_wins() {
         proxy: reveille::proxy::Settings { access_log: false, ..Default::default() },
         ..Default::default()
     };
-    let running = reveille::app::start(&config, reveille::app::Listeners::bind(&config).await.unwrap()).await.unwrap();
+    let running = reveille::app::start(
+        &config,
+        reveille::app::Listeners::bind(&config).await.unwrap(),
+        reveille::app::docker(&config),
+    )
+    .await
+    .unwrap();
     let http = running.http_addr;
     eventually(Duration::from_secs(5), "etcd loaded", || async {
         get(http, "etcd-only.test", "/").await.status == StatusCode::OK

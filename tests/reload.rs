@@ -122,7 +122,13 @@ async fn kubernetes_configmap_symlink_swap_is_seen() {
         proxy: reveille::proxy::Settings { access_log: false, ..Default::default() },
         ..Default::default()
     };
-    let running = reveille::app::start(&config, reveille::app::Listeners::bind(&config).await.unwrap()).await.unwrap();
+    let running = reveille::app::start(
+        &config,
+        reveille::app::Listeners::bind(&config).await.unwrap(),
+        reveille::app::docker(&config),
+    )
+    .await
+    .unwrap();
     assert_eq!(get(running.http_addr, "app.test", "/").await.backend(), "a");
 
     // The kubelet writes a new directory and swaps ..data atomically with a rename.

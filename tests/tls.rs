@@ -484,7 +484,8 @@ async fn an_unreadable_certificates_directory_fails_the_start() {
     };
     std::fs::write(dir.path().join("routes.toml"), "[routes]\n").unwrap();
     let listeners = reveille::app::Listeners::bind(&config).await.unwrap();
-    let err = reveille::app::start(&config, listeners).await.err().expect("refused to start");
+    let err =
+        reveille::app::start(&config, listeners, reveille::app::docker(&config)).await.err().expect("refused to start");
     assert!(err.to_string().contains("missing"), "{err}");
 }
 

@@ -5,6 +5,7 @@
 
 pub mod docker;
 pub mod etcd;
+pub mod runtime;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -53,7 +54,11 @@ impl Drop for Backend {
 impl Backend {
     /// Serves every request with `handler`.
     pub async fn start(handler: Handler) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), handler)
+    }
+
+    /// Serves every request on `listener` with `handler`.
+    pub fn start_on(listener: TcpListener, handler: Handler) -> Backend {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let stop = CancellationToken::new();
@@ -241,9 +246,39 @@ impl TestProxy {
         Self::start_config(config, dir, routes_path).await
     }
 
+    /// A reveille on `routes` that wakes and stops tenants through `runtime` instead of Docker.
+    pub async fn start_with_runtime(
+        routes: &str,
+        f: impl FnOnce(&mut Config),
+        runtime: Arc<dyn reveille::runtime::ContainerRuntime>,
+    ) -> TestProxy {
+        let dir = tempfile::tempdir().unwrap();
+        let routes_path = dir.path().join("routes.toml");
+        std::fs::write(&routes_path, routes).unwrap();
+        let mut config = Config {
+            http: "127.0.0.1:0".parse().unwrap(),
+            admin: "127.0.0.1:0".parse().unwrap(),
+            routes: Some(routes_path.clone()),
+            proxy: Settings { access_log: false, ..Settings::default() },
+            ..Config::default()
+        };
+        f(&mut config);
+        Self::start_runtime(config, dir, routes_path, runtime).await
+    }
+
     async fn start_config(config: Config, dir: tempfile::TempDir, routes_path: PathBuf) -> TestProxy {
+        let runtime = app::docker(&config);
+        Self::start_runtime(config, dir, routes_path, runtime).await
+    }
+
+    async fn start_runtime(
+        config: Config,
+        dir: tempfile::TempDir,
+        routes_path: PathBuf,
+        runtime: Arc<dyn reveille::runtime::ContainerRuntime>,
+    ) -> TestProxy {
         let listeners = Listeners::bind(&config).await.unwrap();
-        let running = app::start(&config, listeners).await.unwrap();
+        let running = app::start(&config, listeners, runtime).await.unwrap();
         TestProxy { http: running.http_addr, admin: running.admin_addr, routes_path, running: Some(running), _dir: dir }
     }
 

@@ -1,0 +1,93 @@
+//! Passivation end to end without Docker: the real proxy listener, the real tenant driver and readiness probe,
+//! and a scripted container runtime whose "containers" are in-process servers that listen only while running.
+//! The same paths against the real Docker Engine are in `tests/passivation.rs`.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use reveille::runtime::ContainerState;
+use support::runtime::ScriptedRuntime;
+use support::{eventually, get, TestProxy};
+
+const LONG: Duration = Duration::from_secs(10);
+
+fn routes(container: &str, port: u16, extra: &str) -> String {
+    format!("[services.app]\ncontainer = \"{container}\"\nport = {port}\n{extra}\n[routes]\n\"app.test\" = \"app\"\n")
+}
+
+async fn state_becomes(proxy: &TestProxy, want: &str) {
+    eventually(LONG, &format!("app to be {want}"), || async { proxy.service_view("app").await["state"] == want }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sleeping_tenant_is_woken_once_for_concurrent_requests_and_serves_them() {
+    let runtime = ScriptedRuntime::new();
+    let port = runtime.add_stopped("app-ctr", Duration::from_millis(300)).await;
+    let proxy = TestProxy::start_with_runtime(
+        &routes("app-ctr", port, "idle_timeout = \"0\""),
+        |_| {},
+        Arc::new(runtime.clone()),
+    )
+    .await;
+    state_becomes(&proxy, "stopped").await;
+    assert_eq!(runtime.count("app-ctr", "start"), 0);
+
+    let requests: Vec<_> = (0..20).map(|_| tokio::spawn(get(proxy.http, "app.test", "/"))).collect();
+    for r in requests {
+        let got = r.await.unwrap();
+        assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+        assert_eq!(got.text, "hello from app-ctr");
+    }
+    assert_eq!(runtime.count("app-ctr", "start"), 1, "one start for all held requests");
+    assert_eq!(runtime.state("app-ctr"), Some(ContainerState::Running));
+    let view = proxy.service_view("app").await;
+    assert_eq!(view["state"], "running");
+    assert_eq!(view["container"], "app-ctr");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tenant_is_stopped_then_woken_again_by_the_next_request() {
+    let runtime = ScriptedRuntime::new();
+    let port = runtime.add_stopped("idle-ctr", Duration::from_millis(50)).await;
+    let proxy = TestProxy::start_with_runtime(
+        &routes("idle-ctr", port, "idle_timeout = \"1s\""),
+        |_| {},
+        Arc::new(runtime.clone()),
+    )
+    .await;
+    state_becomes(&proxy, "stopped").await;
+
+    let got = get(proxy.http, "app.test", "/").await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+    assert_eq!(runtime.count("idle-ctr", "start"), 1);
+
+    // Nobody uses it: the driver stops it after the idle timeout.
+    state_becomes(&proxy, "stopped").await;
+    assert_eq!(runtime.count("idle-ctr", "stop"), 1);
+    assert_eq!(runtime.state("idle-ctr"), Some(ContainerState::Stopped));
+    let refused = tokio::net::TcpStream::connect(("127.0.0.1", port)).await;
+    assert!(refused.is_err(), "the stopped container's application still listens");
+
+    let got = get(proxy.http, "app.test", "/").await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+    assert_eq!(got.text, "hello from idle-ctr");
+    assert_eq!(runtime.count("idle-ctr", "start"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_that_never_becomes_ready_answers_504_at_the_wake_timeout() {
+    let runtime = ScriptedRuntime::new();
+    let port = runtime.add_stopped("slow-ctr", Duration::from_secs(3600)).await;
+    let fields = "idle_timeout = \"0\"\nwake_timeout = \"500ms\"";
+    let proxy =
+        TestProxy::start_with_runtime(&routes("slow-ctr", port, fields), |_| {}, Arc::new(runtime.clone())).await;
+    state_becomes(&proxy, "stopped").await;
+
+    let got = get(proxy.http, "app.test", "/").await;
+    assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT, "{}", got.text);
+    assert!(got.text.contains("app"), "{}", got.text);
+    assert_eq!(runtime.count("slow-ctr", "start"), 1);
+}
