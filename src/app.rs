@@ -17,6 +17,7 @@ use crate::control::{file, Composer, Source};
 use crate::metrics::Metrics;
 use crate::passivation::{NetProbe, Passivator};
 use crate::proxy::{Proxy, Redirect};
+use crate::readiness::Readiness;
 use crate::routes::RouteHandle;
 use crate::runtime::{ContainerRuntime, LazyDocker};
 use crate::tls::dir::DirWatcher;
@@ -93,6 +94,8 @@ pub struct Running {
     pub routes: RouteHandle,
     pub metrics: Arc<Metrics>,
     pub passivator: Arc<Passivator>,
+    /// What `/readyz` reports; marked draining at shutdown.
+    readiness: Readiness,
     proxy: Arc<Proxy>,
     /// Stops accepting and starts the drain.
     shutdown: CancellationToken,
@@ -128,7 +131,8 @@ pub async fn start(
     if config.etcd.is_some() {
         sources.push(Source::Etcd);
     }
-    let composer = Composer::new(routes.clone(), metrics.clone(), &sources);
+    let readiness = Readiness::new();
+    let composer = Composer::new(routes.clone(), metrics.clone(), &sources, readiness.gate("route sources"));
 
     if let Some(path) = &config.routes {
         let watcher = file::FileWatcher::new(path.clone(), composer.clone(), metrics.clone());
@@ -191,7 +195,12 @@ pub async fn start(
         // Readiness waits for etcd's certificates too: a replica must not take traffic it would refuse.
         let etcd_certs = config.etcd.is_some() && config.tls.etcd;
         let awaited: &[CertSource] = if etcd_certs { &[CertSource::Etcd] } else { &[] };
-        let store = CertStore::new(config.tls.default_cert.clone(), metrics.tls().clone(), awaited);
+        let store = CertStore::new(
+            config.tls.default_cert.clone(),
+            metrics.tls().clone(),
+            awaited,
+            readiness.gate("certificates"),
+        );
         tasks.push(tokio::spawn(store.clone().run_refresh(CERT_REFRESH, background.clone())));
         if let Some(dir) = &config.tls.certs_dir {
             let mut watcher = DirWatcher::new(dir.clone(), store.clone(), metrics.tls().clone());
@@ -216,7 +225,7 @@ pub async fn start(
         routes: routes.clone(),
         metrics: metrics.clone(),
         passivator: Some(passivator.clone()),
-        certs: tls.as_ref().map(|(store, _)| store.clone()),
+        readiness: readiness.clone(),
     };
     tasks.push(tokio::spawn(admin::serve(listeners.admin, admin_state, background.clone())));
 
@@ -241,6 +250,7 @@ pub async fn start(
         routes,
         metrics,
         passivator,
+        readiness,
         proxy,
         shutdown,
         background,
@@ -264,7 +274,7 @@ impl Running {
     /// false if connections were still open when the grace period ran out.
     pub async fn wait(self, grace: Duration) -> bool {
         self.shutdown.cancelled().await;
-        self.routes.mark_draining();
+        self.readiness.mark_draining();
         for a in self.accept {
             let _ = a.await;
         }

@@ -29,6 +29,7 @@ pub mod control;
 pub mod metrics;
 pub mod passivation;
 pub mod proxy;
+pub mod readiness;
 pub mod routes;
 pub mod runtime;
 pub mod telemetry;

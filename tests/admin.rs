@@ -7,6 +7,7 @@ use std::sync::Arc;
 use http::StatusCode;
 use reveille::admin::{self, AdminState};
 use reveille::metrics::Metrics;
+use reveille::readiness::Readiness;
 use reveille::routes::RouteHandle;
 use support::*;
 use tokio_util::sync::CancellationToken;
@@ -55,10 +56,12 @@ async fn readyz_is_503_until_a_table_is_loaded() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let routes = RouteHandle::new();
+    let readiness = Readiness::new();
+    let loaded = readiness.gate("route sources");
     let stop = CancellationToken::new();
     tokio::spawn(admin::serve(
         listener,
-        AdminState { routes: routes.clone(), metrics: Arc::new(Metrics::new()), passivator: None, certs: None },
+        AdminState { routes: routes.clone(), metrics: Arc::new(Metrics::new()), passivator: None, readiness },
         stop.clone(),
     ));
 
@@ -71,7 +74,7 @@ async fn readyz_is_503_until_a_table_is_loaded() {
         StatusCode::SERVICE_UNAVAILABLE,
         "a table alone is not readiness"
     );
-    routes.mark_ready();
+    loaded.open();
     assert_eq!(get(addr, "admin", "/readyz").await.status, StatusCode::OK);
     stop.cancel();
 }

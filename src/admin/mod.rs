@@ -19,6 +19,7 @@ use tracing::{debug, error, Instrument};
 
 use crate::metrics::Metrics;
 use crate::passivation::Passivator;
+use crate::readiness::{self, Readiness};
 use crate::routes::RouteHandle;
 
 /// What the admin endpoint reports on.
@@ -28,8 +29,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Passivated services, for `/api/services`.
     pub passivator: Option<Arc<Passivator>>,
-    /// The HTTPS listener's certificates, when there is one: `/readyz` waits for their first load.
-    pub certs: Option<Arc<crate::tls::CertStore>>,
+    /// What `/readyz` reports.
+    pub readiness: Readiness,
 }
 
 /// Serves the admin endpoint on `listener` until `shutdown`.
@@ -77,18 +78,13 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" => {
-            let certs_ready = state.certs.as_ref().map_or(true, |c| c.is_ready());
-            if state.routes.is_ready() && certs_ready {
-                text(StatusCode::OK, "ready\n")
-            } else if state.routes.is_ready() {
-                text(StatusCode::SERVICE_UNAVAILABLE, "certificates not loaded yet\n")
-            } else if state.routes.is_loaded() {
-                text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
-            } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "route sources not loaded yet\n")
+        "/readyz" => match state.readiness.state() {
+            readiness::State::Ready => text(StatusCode::OK, "ready\n"),
+            readiness::State::Draining => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+            readiness::State::Waiting(what) => {
+                text(StatusCode::SERVICE_UNAVAILABLE, format!("{what} not loaded yet\n"))
             }
-        }
+        },
         "/metrics" => {
             let mut resp = Response::new(Full::new(Bytes::from(state.metrics.encode())));
             resp.headers_mut().insert(
@@ -158,8 +154,8 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> 
     resp
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
     resp

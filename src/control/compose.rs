@@ -13,6 +13,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::metrics::Metrics;
+use crate::readiness::Gate;
 use crate::routes::{HostPattern, RouteHandle, RouteSet, RouteTable, Service};
 
 /// Where a definition comes from. Later in this list wins.
@@ -43,6 +44,8 @@ pub struct Composer {
     state: Mutex<State>,
     routes: RouteHandle,
     metrics: Arc<Metrics>,
+    /// Opened once every configured source has loaded.
+    loaded: Gate,
 }
 
 struct State {
@@ -56,13 +59,13 @@ struct State {
 const PRECEDENCE: [Source; 2] = [Source::Etcd, Source::File];
 
 impl Composer {
-    /// `sources`: the configured sources; readiness waits for all of them.
-    pub fn new(routes: RouteHandle, metrics: Arc<Metrics>, sources: &[Source]) -> Arc<Self> {
+    /// `sources`: the configured sources; `loaded` is opened once all of them have loaded.
+    pub fn new(routes: RouteHandle, metrics: Arc<Metrics>, sources: &[Source], loaded: Gate) -> Arc<Self> {
         let mut expected = [false; 2];
         for s in sources {
             expected[*s as usize] = true;
         }
-        Arc::new(Self { state: Mutex::new(State { sets: [None, None], expected }), routes, metrics })
+        Arc::new(Self { state: Mutex::new(State { sets: [None, None], expected }), routes, metrics, loaded })
     }
 
     pub fn routes(&self) -> &RouteHandle {
@@ -153,7 +156,7 @@ impl Composer {
         self.routes.store(table);
         let ready = state.expected.iter().zip(&state.sets).all(|(expected, set)| !expected || set.is_some());
         if ready {
-            self.routes.mark_ready();
+            self.loaded.open();
         }
     }
 }
@@ -207,11 +210,16 @@ mod tests {
 
     #[test]
     fn etcd_wins_over_file_and_falls_back_when_removed() {
-        let c = Composer::new(RouteHandle::new(), Arc::new(Metrics::new()), &[Source::File, Source::Etcd]);
+        let c = Composer::new(
+            RouteHandle::new(),
+            Arc::new(Metrics::new()),
+            &[Source::File, Source::Etcd],
+            Gate::detached(),
+        );
         c.replace(Source::File, set(&[("a.test", "a"), ("b.test", "b")], &[("a", 1), ("b", 2)]));
-        assert!(!c.routes.is_loaded(), "not ready before etcd loaded");
+        assert!(!c.loaded.is_open(), "not ready before etcd loaded");
         c.replace(Source::Etcd, set(&[("a.test", "b")], &[("b", 3)]));
-        assert!(c.routes.is_loaded());
+        assert!(c.loaded.is_open());
         assert_eq!(port_of(&c, "a.test").as_deref(), Some("127.0.0.1:3"), "etcd route and etcd service");
         assert_eq!(port_of(&c, "b.test").as_deref(), Some("127.0.0.1:3"), "file route, etcd service");
 
@@ -223,7 +231,7 @@ mod tests {
 
     #[test]
     fn replace_keeps_unchanged_service_instances() {
-        let c = Composer::new(RouteHandle::new(), Arc::new(Metrics::new()), &[Source::Etcd]);
+        let c = Composer::new(RouteHandle::new(), Arc::new(Metrics::new()), &[Source::Etcd], Gate::detached());
         c.replace(Source::Etcd, set(&[("a.test", "a")], &[("a", 1)]));
         let before = c.routes.snapshot().service("a").unwrap().clone();
         let n = c.replace(Source::Etcd, set(&[("a.test", "a"), ("x.test", "a")], &[("a", 1)]));

@@ -63,10 +63,6 @@ pub fn validate_service_name(name: &str) -> Result<(), RouteError> {
 #[derive(Clone)]
 pub struct RouteHandle {
     current: Arc<ArcSwap<RouteTable>>,
-    /// Set once every configured route source has loaded: `/readyz` answers 200 from then on.
-    loaded: Arc<std::sync::atomic::AtomicBool>,
-    /// Set when shutdown starts: `/readyz` answers 503 again so load balancers stop sending traffic.
-    draining: Arc<std::sync::atomic::AtomicBool>,
     /// Bumped on every store, so other parts (passivation) can follow the table without polling it.
     version: Arc<tokio::sync::watch::Sender<u64>>,
 }
@@ -78,12 +74,10 @@ impl Default for RouteHandle {
 }
 
 impl RouteHandle {
-    /// An empty table, not yet marked loaded.
+    /// An empty table.
     pub fn new() -> Self {
         Self {
             current: Arc::new(ArcSwap::from_pointee(RouteTable::empty())),
-            loaded: Arc::default(),
-            draining: Arc::default(),
             version: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
     }
@@ -107,25 +101,5 @@ impl RouteHandle {
     /// A receiver that sees a change after every [`Self::store`].
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.version.subscribe()
-    }
-
-    /// Marks the table complete: every configured route source has loaded once.
-    pub fn mark_ready(&self) {
-        self.loaded.store(true, std::sync::atomic::Ordering::Release);
-    }
-
-    /// True once every configured route source has loaded once.
-    pub fn is_loaded(&self) -> bool {
-        self.loaded.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// Marks the process as shutting down.
-    pub fn mark_draining(&self) {
-        self.draining.store(true, std::sync::atomic::Ordering::Release);
-    }
-
-    /// Loaded and not shutting down: what `/readyz` reports.
-    pub fn is_ready(&self) -> bool {
-        self.is_loaded() && !self.draining.load(std::sync::atomic::Ordering::Acquire)
     }
 }

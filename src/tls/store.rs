@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 
 use super::cert::{format_time, now, Certificate};
 use crate::metrics::TlsMetrics;
+use crate::readiness::Gate;
 use crate::routes::HostPattern;
 
 /// Where certificates come from; each source's set is replaced or updated on its own.
@@ -141,8 +142,10 @@ pub struct CertStore {
     metrics: TlsMetrics,
     /// When the snapshot must be rebuilt because a certificate becomes valid or expires (epoch seconds).
     boundary: std::sync::atomic::AtomicI64,
-    /// Sources whose first load is still awaited (readiness).
+    /// Sources whose first load is still awaited.
     pending: Mutex<Vec<Source>>,
+    /// Opened once every awaited source has loaded (readiness).
+    loaded: Gate,
 }
 
 impl std::fmt::Debug for CertStore {
@@ -153,8 +156,12 @@ impl std::fmt::Debug for CertStore {
 
 impl CertStore {
     /// An empty store. `default_name` names the certificate served without SNI or for an unknown name;
-    /// `awaited` are the sources that must have loaded once before the store counts as ready.
-    pub fn new(default_name: Option<String>, metrics: TlsMetrics, awaited: &[Source]) -> Arc<Self> {
+    /// `awaited` are the sources that must have loaded once before the store counts as ready: `loaded` is
+    /// opened then.
+    pub fn new(default_name: Option<String>, metrics: TlsMetrics, awaited: &[Source], loaded: Gate) -> Arc<Self> {
+        if awaited.is_empty() {
+            loaded.open();
+        }
         Arc::new(Self {
             sources: Mutex::new(BTreeMap::new()),
             current: ArcSwap::from_pointee(Snapshot::default()),
@@ -162,6 +169,7 @@ impl CertStore {
             metrics,
             boundary: std::sync::atomic::AtomicI64::new(i64::MAX),
             pending: Mutex::new(awaited.to_vec()),
+            loaded,
         })
     }
 
@@ -172,7 +180,7 @@ impl CertStore {
 
     /// Every awaited source has loaded once.
     pub fn is_ready(&self) -> bool {
-        self.pending.lock().is_empty()
+        self.loaded.is_open()
     }
 
     /// Rebuilds the snapshot if a certificate became valid or expired since it was built. Cheap otherwise.
@@ -218,7 +226,11 @@ impl CertStore {
         let mut sources = self.sources.lock();
         sources.insert(source, certs);
         self.publish(&sources);
-        self.pending.lock().retain(|s| *s != source);
+        let mut pending = self.pending.lock();
+        pending.retain(|s| *s != source);
+        if pending.is_empty() {
+            self.loaded.open();
+        }
     }
 
     /// Adds or replaces (`Some`) and removes (`None`) certificates of `source`, in one snapshot.
@@ -285,7 +297,7 @@ mod tests {
     }
 
     fn store(default: Option<&str>) -> Arc<CertStore> {
-        CertStore::new(default.map(String::from), crate::metrics::Metrics::new().tls().clone(), &[])
+        CertStore::new(default.map(String::from), crate::metrics::Metrics::new().tls().clone(), &[], Gate::detached())
     }
 
     fn one(name: &str, cert: Arc<Certificate>) -> Vec<(String, Option<Arc<Certificate>>)> {
@@ -337,7 +349,7 @@ mod tests {
 
     #[test]
     fn ready_once_every_awaited_source_loaded() {
-        let s = CertStore::new(None, crate::metrics::Metrics::new().tls().clone(), &[Source::Etcd]);
+        let s = CertStore::new(None, crate::metrics::Metrics::new().tls().clone(), &[Source::Etcd], Gate::detached());
         assert!(!s.is_ready());
         s.replace(Source::Dir, BTreeMap::new());
         assert!(!s.is_ready(), "the directory is not what is awaited");
