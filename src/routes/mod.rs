@@ -1,13 +1,13 @@
 //! The route table: which service answers a hostname, and which backends serve a service.
 //!
-//! Owns the routing model shared by every route source (file now, etcd later): hostname patterns
-//! ([`HostPattern`]), backend addresses ([`Backend`]), services ([`Service`]) and the immutable
-//! [`RouteTable`] snapshot built from them, and [`RouteSet`], what one source defines. It does not know where routes come from (that is `control/`) nor
-//! how requests are forwarded (that is `proxy/`).
+//! Owns the routing model shared by every route source (the routes file and etcd): hostname patterns
+//! ([`HostPattern`]), backend addresses ([`Backend`]), services ([`Service`], with their container and HTTPS
+//! policy), the immutable [`RouteTable`] snapshot built from them, and [`RouteSet`], what one source defines.
+//! It does not know where routes come from (that is `control/`), how requests are forwarded (`proxy/`) or
+//! whether the process is ready (`readiness`).
 //!
 //! Readers get the table through [`RouteHandle`], an `ArcSwap`: a lookup never takes a lock, and a reload
 //! builds a whole new table and swaps it in, so a request sees either the old table or the new one, never a mix.
-
 mod backend;
 mod host;
 mod shard;
