@@ -18,6 +18,16 @@ fn routes(container: &str, port: u16, extra: &str) -> String {
     format!("[services.app]\ncontainer = \"{container}\"\nport = {port}\n{extra}\n[routes]\n\"app.test\" = \"app\"\n")
 }
 
+/// A reveille whose service `app` (`app.test`) is the scripted container `container`, stopped, whose
+/// application listens `ready_after` after each start; once reveille has seen it stopped.
+async fn start(runtime: &ScriptedRuntime, container: &str, ready_after: Duration, fields: &str) -> (TestProxy, u16) {
+    let port = runtime.add_stopped(container, ready_after).await;
+    let proxy =
+        TestProxy::start_with_runtime(&routes(container, port, fields), |_| {}, Arc::new(runtime.clone())).await;
+    state_becomes(&proxy, "stopped").await;
+    (proxy, port)
+}
+
 async fn state_becomes(proxy: &TestProxy, want: &str) {
     eventually(LONG, &format!("app to be {want}"), || async { proxy.service_view("app").await["state"] == want }).await;
 }
@@ -25,14 +35,7 @@ async fn state_becomes(proxy: &TestProxy, want: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sleeping_tenant_is_woken_once_for_concurrent_requests_and_serves_them() {
     let runtime = ScriptedRuntime::new();
-    let port = runtime.add_stopped("app-ctr", Duration::from_millis(300)).await;
-    let proxy = TestProxy::start_with_runtime(
-        &routes("app-ctr", port, "idle_timeout = \"0\""),
-        |_| {},
-        Arc::new(runtime.clone()),
-    )
-    .await;
-    state_becomes(&proxy, "stopped").await;
+    let (proxy, _) = start(&runtime, "app-ctr", Duration::from_millis(300), "idle_timeout = \"0\"").await;
     assert_eq!(runtime.count("app-ctr", "start"), 0);
 
     let requests: Vec<_> = (0..20).map(|_| tokio::spawn(get(proxy.http, "app.test", "/"))).collect();
@@ -51,14 +54,7 @@ async fn a_sleeping_tenant_is_woken_once_for_concurrent_requests_and_serves_them
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_tenant_is_stopped_then_woken_again_by_the_next_request() {
     let runtime = ScriptedRuntime::new();
-    let port = runtime.add_stopped("idle-ctr", Duration::from_millis(50)).await;
-    let proxy = TestProxy::start_with_runtime(
-        &routes("idle-ctr", port, "idle_timeout = \"1s\""),
-        |_| {},
-        Arc::new(runtime.clone()),
-    )
-    .await;
-    state_becomes(&proxy, "stopped").await;
+    let (proxy, port) = start(&runtime, "idle-ctr", Duration::from_millis(50), "idle_timeout = \"1s\"").await;
 
     let got = get(proxy.http, "app.test", "/").await;
     assert_eq!(got.status, StatusCode::OK, "{}", got.text);
@@ -80,11 +76,8 @@ async fn an_idle_tenant_is_stopped_then_woken_again_by_the_next_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_that_never_becomes_ready_answers_504_at_the_wake_timeout() {
     let runtime = ScriptedRuntime::new();
-    let port = runtime.add_stopped("slow-ctr", Duration::from_secs(3600)).await;
     let fields = "idle_timeout = \"0\"\nwake_timeout = \"500ms\"";
-    let proxy =
-        TestProxy::start_with_runtime(&routes("slow-ctr", port, fields), |_| {}, Arc::new(runtime.clone())).await;
-    state_becomes(&proxy, "stopped").await;
+    let (proxy, _) = start(&runtime, "slow-ctr", Duration::from_secs(3600), fields).await;
 
     let got = get(proxy.http, "app.test", "/").await;
     assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT, "{}", got.text);

@@ -184,33 +184,12 @@ impl TestProxy {
     }
 
     pub async fn start_with(routes: &str, settings: Settings) -> TestProxy {
-        let dir = tempfile::tempdir().unwrap();
-        let routes_path = dir.path().join("routes.toml");
-        std::fs::write(&routes_path, routes).unwrap();
-        let config = Config {
-            http: "127.0.0.1:0".parse().unwrap(),
-            admin: "127.0.0.1:0".parse().unwrap(),
-            routes: Some(routes_path.clone()),
-            proxy: settings,
-            ..Config::default()
-        };
-        Self::start_config(config, dir, routes_path).await
+        Self::start_custom(routes, |c| c.proxy = settings).await
     }
 
     /// A reveille on `routes`, with `config` adjusted by `f` first (passivation settings, etcd...).
     pub async fn start_custom(routes: &str, f: impl FnOnce(&mut Config)) -> TestProxy {
-        let dir = tempfile::tempdir().unwrap();
-        let routes_path = dir.path().join("routes.toml");
-        std::fs::write(&routes_path, routes).unwrap();
-        let mut config = Config {
-            http: "127.0.0.1:0".parse().unwrap(),
-            admin: "127.0.0.1:0".parse().unwrap(),
-            routes: Some(routes_path.clone()),
-            proxy: Settings { access_log: false, ..Settings::default() },
-            ..Config::default()
-        };
-        f(&mut config);
-        Self::start_config(config, dir, routes_path).await
+        Self::start_routes(routes, f, None).await
     }
 
     /// `POST path` on the admin listener.
@@ -252,6 +231,15 @@ impl TestProxy {
         f: impl FnOnce(&mut Config),
         runtime: Arc<dyn reveille::runtime::ContainerRuntime>,
     ) -> TestProxy {
+        Self::start_routes(routes, f, Some(runtime)).await
+    }
+
+    /// A reveille on a routes file holding `routes`, `config` adjusted by `f`, with `runtime` or Docker.
+    async fn start_routes(
+        routes: &str,
+        f: impl FnOnce(&mut Config),
+        runtime: Option<Arc<dyn reveille::runtime::ContainerRuntime>>,
+    ) -> TestProxy {
         let dir = tempfile::tempdir().unwrap();
         let routes_path = dir.path().join("routes.toml");
         std::fs::write(&routes_path, routes).unwrap();
@@ -263,6 +251,7 @@ impl TestProxy {
             ..Config::default()
         };
         f(&mut config);
+        let runtime = runtime.unwrap_or_else(|| app::docker(&config));
         Self::start_runtime(config, dir, routes_path, runtime).await
     }
 
