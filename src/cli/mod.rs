@@ -1,5 +1,5 @@
 //! The command line: clap's definitions of every subcommand and flag, and the commands that are not `serve`:
-//! the operator commands against etcd (`route`, `service`, `cert`; `ops`) and `check` (`check`).
+//! the operator commands against etcd (`route`, `service`, `cert`, in `ops`) and `check` (in `check`).
 //!
 //! `main.rs` parses, dispatches and runs `serve`; the route sources (`control`) and certificates (`tls`) know
 //! nothing of the command line: the commands here call their parsing and validation.

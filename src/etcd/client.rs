@@ -250,3 +250,42 @@ impl Connection {
         self.generation
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    impl Etcd {
+        /// Makes `client` the one in force, as a connect would.
+        async fn install(&self, client: Client) -> Connection {
+            let mut generation = self.inner.connecting.lock().await;
+            *generation += 1;
+            let connection = Connection { client, generation: *generation };
+            *self.inner.current.lock() = Some(connection.clone());
+            connection
+        }
+    }
+
+    #[tokio::test]
+    async fn only_the_client_that_failed_is_given_up() {
+        // Nothing listens there: a call that tried to connect would fail.
+        let nowhere = "http://127.0.0.1:1";
+        let mut config = EtcdConfig::new(vec![nowhere.into()]);
+        config.timeout = Duration::from_millis(200);
+        let etcd = Etcd::new(config);
+        // Without auth, the client connects lazily: no request is made here.
+        let lazy = || Client::connect([nowhere], None);
+
+        let first = etcd.install(lazy().await.unwrap()).await;
+        assert_eq!(etcd.client().await.unwrap().generation, first.generation, "shared, not reconnected");
+        etcd.failed(&first);
+        assert!(etcd.client().await.is_err(), "a failed client is replaced by a new connection");
+
+        let second = etcd.install(lazy().await.unwrap()).await;
+        // A consumer that saw the same outage late reports the old client: the new one stays.
+        etcd.failed(&first);
+        assert_eq!(etcd.client().await.unwrap().generation, second.generation);
+        etcd.failed(&second);
+        assert!(etcd.client().await.is_err());
+    }
+}
