@@ -133,6 +133,8 @@ pub async fn start(
     }
     let readiness = Readiness::new();
     let composer = Composer::new(routes.clone(), metrics.clone(), &sources, readiness.gate("route sources"));
+    // One etcd client for the route watcher, the certificate watcher and the status writer.
+    let etcd = config.etcd.clone().map(crate::etcd::Etcd::new);
 
     if let Some(path) = &config.routes {
         let watcher = file::FileWatcher::new(path.clone(), composer.clone(), metrics.clone());
@@ -144,7 +146,7 @@ pub async fn start(
         metrics.reload("file", true);
         tasks.push(tokio::spawn(watcher.run(Some(text), background.clone())));
     }
-    if let Some(etcd) = &config.etcd {
+    if let Some(etcd) = &etcd {
         // Not awaited: reveille serves (the file's routes, or 404s) and reports not-ready until etcd has
         // loaded, instead of refusing to start when etcd is briefly unreachable.
         let watcher = EtcdWatcher::new(etcd.clone(), composer.clone(), metrics.clone());
@@ -169,7 +171,7 @@ pub async fn start(
     let passivator =
         Passivator::new(config.passivation.clone(), runtime, Arc::new(NetProbe::default()), &metrics, status_tx);
     tasks.push(tokio::spawn(passivator.clone().run(routes.clone(), background.clone())));
-    if let (Some(etcd), Some(rx)) = (&config.etcd, status_rx) {
+    if let (Some(etcd), Some(rx)) = (&etcd, status_rx) {
         let writer = crate::passivation::status::run(
             etcd.clone(),
             config.passivation.node.clone(),
@@ -208,7 +210,7 @@ pub async fn start(
             info!(dir = %dir.display(), certificates = n, "certificates directory loaded");
             tasks.push(tokio::spawn(watcher.run(background.clone())));
         }
-        if let (Some(etcd), true) = (&config.etcd, etcd_certs) {
+        if let (Some(etcd), true) = (&etcd, etcd_certs) {
             let watcher = CertWatcher::new(etcd.clone(), store.clone(), metrics.tls().clone());
             tasks.push(tokio::spawn(watcher.run(background.clone())));
         }

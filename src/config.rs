@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::control::etcd::EtcdConfig;
+use crate::etcd::EtcdConfig;
 use crate::proxy::Settings;
 
 /// A problem with the configuration; reported before anything starts.
@@ -269,7 +269,7 @@ impl EtcdFlags {
         let endpoints = self.endpoints.clone().or(file.endpoints.clone())?;
         let mut c = EtcdConfig::new(endpoints);
         if let Some(p) = self.prefix.clone().or(file.prefix.clone()) {
-            c.prefix = crate::control::etcd::Keys::new(&p).prefix().to_string();
+            c.prefix = crate::etcd::Keys::new(&p).prefix().to_string();
         }
         c.user = self.user.clone().or(file.user.clone());
         c.password = self.password.clone().or(file.password.clone());

@@ -302,7 +302,7 @@ async fn file_and_etcd_together_etcd_wins() {
         ),
     )
     .unwrap();
-    let mut etcd_cfg = reveille::control::etcd::EtcdConfig::new(vec![etcd.url.clone()]);
+    let mut etcd_cfg = reveille::etcd::EtcdConfig::new(vec![etcd.url.clone()]);
     etcd_cfg.timeout = Duration::from_secs(2);
     let config = reveille::config::Config {
         http: "127.0.0.1:0".parse().unwrap(),
@@ -344,7 +344,7 @@ async fn mutual_tls_to_etcd() {
     etcd.put("/reveille/services/a", &service_json(&[a.addr])).await;
     etcd.put("/reveille/routes/tls.test", &route_json("a")).await;
     let files = etcd.tls.as_ref().unwrap();
-    let mut cfg = reveille::control::etcd::EtcdConfig::new(vec![etcd.url.clone()]);
+    let mut cfg = reveille::etcd::EtcdConfig::new(vec![etcd.url.clone()]);
     cfg.ca = Some(files.ca.clone());
     cfg.cert = Some(files.client_cert.clone());
     cfg.key = Some(files.client_key.clone());
@@ -358,8 +358,7 @@ async fn mutual_tls_to_etcd() {
     // Without the client certificate, etcd refuses: a clear error, not a hang.
     cfg.cert = None;
     cfg.key = None;
-    let err =
-        reveille::control::etcd::connect(&cfg).await.err().expect("etcd must refuse a client without a certificate");
+    let err = reveille::etcd::connect(&cfg).await.err().expect("etcd must refuse a client without a certificate");
     assert!(err.to_string().contains(&etcd.url), "{err}");
 }
 
@@ -373,7 +372,7 @@ async fn auth_and_an_expired_token() {
     etcd.enable_auth("s3cret").await;
 
     let mut link = Forwarder::start(format!("127.0.0.1:{}", etcd.port()).parse().unwrap()).await;
-    let mut cfg = reveille::control::etcd::EtcdConfig::new(vec![format!("http://{}", link.addr)]);
+    let mut cfg = reveille::etcd::EtcdConfig::new(vec![format!("http://{}", link.addr)]);
     cfg.user = Some("root".into());
     cfg.password = Some("s3cret".into());
     cfg.timeout = Duration::from_secs(2);
@@ -393,7 +392,7 @@ async fn auth_and_an_expired_token() {
 
     // A wrong password is reported as such.
     cfg.password = Some("wrong".into());
-    let err = reveille::control::etcd::connect(&cfg).await.err().expect("wrong password must fail");
+    let err = reveille::etcd::connect(&cfg).await.err().expect("wrong password must fail");
     assert!(err.to_string().to_lowercase().contains("authentication failed"), "{err}");
 }
 

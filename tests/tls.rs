@@ -345,7 +345,7 @@ async fn certificates_from_etcd_hot_reload_and_rejects() {
     let v1 = ca.issue(&["app.test"]);
     etcd.put("/reveille/certs/app", &v1.etcd_value()).await;
 
-    let mut config = reveille::control::etcd::EtcdConfig::new(vec![etcd.url.clone()]);
+    let mut config = reveille::etcd::EtcdConfig::new(vec![etcd.url.clone()]);
     config.timeout = Duration::from_secs(2);
     let proxy = TestProxy::start_custom("", move |c| {
         c.routes = None;

@@ -10,7 +10,8 @@
 //! ```
 //!
 //! A file that does not parse or validate is rejected whole: the previous table stays in force (or, at start,
-//! reveille refuses to start). Every problem is reported with its line.
+//! reveille refuses to start). Every problem is reported with its line. Waiting for the file to change (events,
+//! polling) is `crate::fswatch`'s; this module decides which events concern the file and when it really changed.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -18,13 +19,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use notify::Watcher;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use toml::Spanned;
 use tracing::{debug, error, info, warn, Instrument};
 
 use super::compose::{Composer, Source};
+use crate::fswatch::FsWatch;
 use crate::metrics::Metrics;
 use crate::routes::{HostPattern, RouteError, RouteSet, RouteTable, ServiceSpec};
 
@@ -139,9 +140,7 @@ pub struct FileWatcher {
     path: PathBuf,
     composer: Arc<Composer>,
     metrics: Arc<Metrics>,
-    events: tokio::sync::mpsc::UnboundedReceiver<()>,
-    /// Kept alive for as long as we watch; `None` when the platform watch failed and we only poll.
-    _watcher: Option<notify::RecommendedWatcher>,
+    watch: FsWatch,
     stamp: Option<Stamp>,
 }
 
@@ -172,7 +171,6 @@ impl FileWatcher {
     /// Starts watching right away, before the caller reads the file for its first table, so no change made
     /// after that read can be missed.
     pub fn new(path: PathBuf, composer: Arc<Composer>, metrics: Arc<Metrics>) -> Self {
-        let (tx, events) = tokio::sync::mpsc::unbounded_channel::<()>();
         // Watch the directory, not the file: editors and config managers replace files by rename, and
         // Kubernetes swaps a symlink, which a watch on the file itself would miss.
         let dir = match path.parent() {
@@ -180,33 +178,22 @@ impl FileWatcher {
             _ => PathBuf::from("."),
         };
         let name = path.file_name().map(|n| n.to_owned()).unwrap_or_default();
-        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            // Only events about our file, or about Kubernetes' `..data` symlink swap: other files in a busy
-            // directory must not cause a re-read each time they change.
-            // Not accesses: reveille's own reads of the file would trigger the next reload, forever.
-            let relevant = res.is_ok_and(|ev| {
-                !ev.kind.is_access()
-                    && (ev.paths.is_empty()
-                        || ev
-                            .paths
-                            .iter()
-                            .filter_map(|p| p.file_name())
-                            .any(|n| n == name || n.to_string_lossy().starts_with("..")))
-            });
-            if relevant {
-                let _ = tx.send(());
-            }
-        })
-        .and_then(|mut w| w.watch(&dir, notify::RecursiveMode::NonRecursive).map(|()| w));
-        let watcher = match watcher {
-            Ok(w) => Some(w),
-            Err(e) => {
-                warn!(path = %path.display(), error = %e, "cannot watch the routes file's directory; polling every {POLL_INTERVAL:?} instead");
-                None
-            }
+        // Only events about our file, or about Kubernetes' `..data` symlink swap: other files in a busy
+        // directory must not cause a re-read each time they change.
+        let relevant = move |ev: &notify::Event| {
+            ev.paths.is_empty()
+                || ev
+                    .paths
+                    .iter()
+                    .filter_map(|p| p.file_name())
+                    .any(|n| n == name || n.to_string_lossy().starts_with(".."))
         };
+        let watch = FsWatch::new(&dir, relevant, POLL_INTERVAL, DEBOUNCE).unwrap_or_else(|e| {
+            warn!(path = %path.display(), error = %e, "cannot watch the routes file's directory; polling every {POLL_INTERVAL:?} instead");
+            FsWatch::polling(POLL_INTERVAL, DEBOUNCE)
+        });
         let stamp = stamp(&path);
-        Self { path, composer, metrics, events, _watcher: watcher, stamp }
+        Self { path, composer, metrics, watch, stamp }
     }
 
     /// Runs until `shutdown`. `applied_text` is the content already in force (loaded at start), so the first
@@ -218,11 +205,9 @@ impl FileWatcher {
 
     async fn run_inner(mut self, applied_text: Option<String>, shutdown: CancellationToken) {
         let mut last_seen = applied_text.as_deref().map(fingerprint);
-        let mut poll = tokio::time::interval(POLL_INTERVAL);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let (path, seen) = (&self.path, self.stamp);
-            if !super::next_change(&mut self.events, &mut poll, DEBOUNCE, &shutdown, || stamp(path) != seen).await {
+            if !self.watch.next_change(&shutdown, || stamp(path) != seen).await {
                 return;
             }
             self.stamp = stamp(&self.path);

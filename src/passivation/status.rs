@@ -3,7 +3,8 @@
 //! tenant is used.
 //!
 //! Written by one background task fed through a channel: the request path and the tenant drivers never wait
-//! for etcd. Writes that fail (etcd down) are kept, the latest per key, and retried after a reconnect.
+//! for etcd. Writes that fail (etcd down) are kept, the latest per key, and retried after a reconnect. The
+//! client is the process's shared one (`crate::etcd::Etcd`); the key names are `crate::etcd::Keys`'.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::{Passivator, StatusUpdate};
-use crate::control::etcd::{connect, within, EtcdConfig};
+use crate::etcd::{within, Etcd};
 
 /// RFC 3339 with milliseconds and an explicit offset (`2026-11-22T03:16:09.123+00:00`).
 pub fn rfc3339(t: SystemTime) -> String {
@@ -28,15 +29,15 @@ pub fn rfc3339(t: SystemTime) -> String {
 
 /// Runs the writer until `cancel`. `passivator` is read every `interval` for activity.
 pub async fn run(
-    config: EtcdConfig,
+    etcd: Etcd,
     node: String,
     mut updates: mpsc::UnboundedReceiver<StatusUpdate>,
     passivator: Arc<Passivator>,
     interval: Duration,
     cancel: CancellationToken,
 ) {
-    let keys = config.keys();
-    let mut client = None;
+    let keys = etcd.keys().clone();
+    let timeout = etcd.config().timeout;
     // Latest value per key not yet written.
     let mut pending: BTreeMap<String, String> = BTreeMap::new();
     let mut written_activity: HashMap<Arc<str>, SystemTime> = HashMap::new();
@@ -72,22 +73,19 @@ pub async fn run(
         if pending.is_empty() || tokio::time::Instant::now() < retry_at {
             continue;
         }
-        if client.is_none() {
-            match connect(&config).await {
-                Ok(c) => client = Some(c),
-                Err(e) => {
-                    debug!(error = %e, "status writer: etcd unreachable; will retry");
-                    retry_at = tokio::time::Instant::now() + Duration::from_secs(2);
-                    continue;
-                }
+        let mut connection = match etcd.client().await {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(error = %e, "status writer: etcd unreachable; will retry");
+                retry_at = tokio::time::Instant::now() + Duration::from_secs(2);
+                continue;
             }
-        }
-        let Some(c) = client.as_mut() else { continue };
+        };
         while let Some((key, value)) = pending.pop_first() {
-            if let Err(e) = within(config.timeout, c.put(key.clone(), value.clone(), None)).await {
+            if let Err(e) = within(timeout, connection.client.put(key.clone(), value.clone(), None)).await {
                 warn!(error = %e, key, "status writer: etcd write failed; will retry");
                 pending.insert(key, value);
-                client = None;
+                etcd.failed(&connection);
                 retry_at = tokio::time::Instant::now() + Duration::from_secs(2);
                 break;
             }

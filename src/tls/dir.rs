@@ -7,7 +7,8 @@
 //! The names a certificate serves come from its subject alternative names. Files whose name starts with `.`
 //! and subdirectories are ignored (Kubernetes secret volumes keep their real files in `..data/`, and the
 //! visible names are symlinks to them, which are followed). A pair that does not load is reported with its
-//! files and reason, counted, and the previous version of `NAME` (if any) stays in force.
+//! files and reason, counted, and the previous version of `NAME` (if any) stays in force. Waiting for the
+//! directory to change (events, polling) is `crate::fswatch`'s.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
@@ -15,13 +16,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use notify::Watcher;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
 
 use super::cert::{self, log_loaded, CertError, Certificate, Origin};
 use super::store::{CertStore, Source};
 use super::TlsError;
+use crate::fswatch::FsWatch;
 use crate::metrics::TlsMetrics;
 
 /// A safety net for file systems that notify poorly; events normally apply a change within milliseconds.
@@ -167,8 +168,7 @@ fn stamp(dir: &Path) -> Option<Stamp> {
 pub struct DirWatcher {
     /// `None` only while a reload runs on the blocking pool.
     loader: Option<DirLoader>,
-    events: tokio::sync::mpsc::UnboundedReceiver<()>,
-    _watcher: Option<notify::RecommendedWatcher>,
+    watch: FsWatch,
     dir: PathBuf,
 }
 
@@ -188,24 +188,14 @@ struct DirLoader {
 impl DirWatcher {
     /// Starts watching `dir` (before the first load, so no change can slip between the two).
     pub fn new(dir: PathBuf, store: Arc<CertStore>, metrics: TlsMetrics) -> Self {
-        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
-        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            // Not accesses: reveille's own reads of the files would trigger the next reload, forever.
-            if res.is_ok_and(|ev| !ev.kind.is_access()) {
-                let _ = tx.send(());
-            }
-        })
-        .and_then(|mut w| w.watch(&dir, notify::RecursiveMode::NonRecursive).map(|()| w));
-        let watcher = match watcher {
-            Ok(w) => Some(w),
-            Err(e) => {
-                warn!(dir = %dir.display(), error = %e, "cannot watch the certificates directory; polling every {POLL_INTERVAL:?} instead");
-                None
-            }
-        };
+        // Every file of the directory matters (a certificate, its key, Kubernetes' `..data` swap).
+        let watch = FsWatch::new(&dir, |_| true, POLL_INTERVAL, DEBOUNCE).unwrap_or_else(|e| {
+            warn!(dir = %dir.display(), error = %e, "cannot watch the certificates directory; polling every {POLL_INTERVAL:?} instead");
+            FsWatch::polling(POLL_INTERVAL, DEBOUNCE)
+        });
         let loader =
             DirLoader { dir: dir.clone(), store, metrics, stamp: None, reported: HashMap::new(), unsettled: false };
-        Self { loader: Some(loader), events, _watcher: watcher, dir }
+        Self { loader: Some(loader), watch, dir }
     }
 
     /// Loads the directory (at start). Fails only if the directory cannot be read; bad pairs are reported and
@@ -224,13 +214,11 @@ impl DirWatcher {
     }
 
     async fn run_inner(mut self, shutdown: CancellationToken) {
-        let mut poll = tokio::time::interval(POLL_INTERVAL);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let loader = &self.loader;
             let unsettled = loader.as_ref().is_some_and(|l| l.unsettled);
             let changed = || !loader.as_ref().is_some_and(|l| stamp(&l.dir) == l.stamp);
-            let next = crate::control::next_change(&mut self.events, &mut poll, DEBOUNCE, &shutdown, changed);
+            let next = self.watch.next_change(&shutdown, changed);
             let go = if unsettled {
                 tokio::select! {
                     go = next => go,

@@ -1,20 +1,22 @@
 //! Certificates from etcd: `<prefix>certs/<name>` → `{"cert": "PEM chain", "key": "PEM key"}`.
 //!
-//! Listed at one revision, then watched from the next, like routes (and with the same reconnect and resync on a
-//! broken watch). A value that does not load is reported with its key and reason, counted, and the previous
-//! certificate of that key (if any) stays in force. Deleting the key removes the certificate.
+//! Owns what a certificate value is ([`CertValue`], [`parse_value`]) and the [`CertWatcher`], a [`Sink`] of the
+//! shared session loop (`crate::etcd`, which lists, watches, reconnects and resyncs, as for routes). Values are
+//! parsed on the blocking pool, off the threads that serve requests. A value that does not load is reported
+//! with its key and reason, once per revision, counted, and the previous certificate of that key (if any) stays
+//! in force. Deleting the key removes the certificate. The operator commands that write these keys are `cli`'s.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use etcd_client::EventType;
+use etcd_client::{Event, EventType, KeyValue};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, Instrument};
 
 use super::cert::{self, log_loaded, CertError, Certificate, Origin};
 use super::store::{CertStore, Source};
-use crate::control::etcd::{self as etcd, EtcdConfig, EtcdError, Keys, SessionEnd};
+use crate::etcd::{Etcd, EtcdError, Keys, Sink};
 use crate::metrics::TlsMetrics;
 
 /// The JSON value of a certificate key.
@@ -90,7 +92,7 @@ pub fn parse_value(
 
 /// Keeps the etcd part of the certificate store in step with etcd, until shutdown.
 pub struct CertWatcher {
-    config: EtcdConfig,
+    etcd: Etcd,
     keys: Keys,
     store: Arc<CertStore>,
     metrics: TlsMetrics,
@@ -99,26 +101,32 @@ pub struct CertWatcher {
 }
 
 impl CertWatcher {
-    pub fn new(config: EtcdConfig, store: Arc<CertStore>, metrics: TlsMetrics) -> Self {
-        let keys = config.keys();
-        Self { config, keys, store, metrics, reported: Default::default() }
+    pub fn new(etcd: Etcd, store: Arc<CertStore>, metrics: TlsMetrics) -> Self {
+        let keys = etcd.keys().clone();
+        Self { etcd, keys, store, metrics, reported: Default::default() }
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        let span = tracing::info_span!("etcd_certs", endpoints = %self.config.endpoints.join(","), prefix = %self.keys.prefix());
-        let this = &self;
-        etcd::supervise("certificates", |n| this.session(n), || {}, shutdown).instrument(span).await
+        let config = self.etcd.config();
+        let span =
+            tracing::info_span!("etcd_certs", endpoints = %config.endpoints.join(","), prefix = %self.keys.prefix());
+        crate::etcd::watch(&self.etcd, "certificates", self.keys.certs_range(), &self, shutdown).instrument(span).await
     }
 
-    async fn session(&self, n: u64) -> Result<(), SessionEnd> {
-        let mut loaded = false;
-        self.session_inner(n, &mut loaded).await.map_err(|error| SessionEnd { error, loaded })
+    fn reject(&self, key: &str, e: &CertValueError, kept: Option<&Arc<Certificate>>, revision: i64) {
+        if self.reported.lock().insert(key.to_string(), revision) == Some(revision) {
+            return;
+        }
+        self.metrics.rejected(Source::Etcd.as_str());
+        match kept {
+            Some(_) => error!(key, error = %e, "certificate rejected; the previous one stays in force"),
+            None => error!(key, error = %e, "certificate rejected"),
+        }
     }
+}
 
-    async fn session_inner(&self, n: u64, loaded: &mut bool) -> Result<(), EtcdError> {
-        let client = etcd::connect(&self.config).await?;
-        let (start, end) = self.keys.certs_range();
-        let (revision, kvs) = etcd::list_range(&client, &start, &end, self.config.timeout).await?;
+impl Sink for CertWatcher {
+    async fn replace(&self, revision: i64, kvs: Vec<KeyValue>, first: bool) -> Result<(), EtcdError> {
         let previous = self.store.source(Source::Etcd);
         // Parsing thousands of certificates takes a while: keep it off the threads that serve requests.
         let (keys, prior) = (self.keys.clone(), previous.clone());
@@ -154,78 +162,66 @@ impl CertWatcher {
         }
         let count = set.len();
         self.store.replace(Source::Etcd, set);
-        *loaded = true;
-        if n == 0 {
+        if first {
             info!(revision, certificates = count, "etcd certificates loaded");
         } else {
             info!(revision, certificates = count, "etcd certificates resynced after reconnecting");
         }
-
-        let (_watcher, mut stream) = etcd::watch_from(&client, start, end, revision).await?;
-        loop {
-            let resp = etcd::next_response(&mut stream, revision).await?;
-            // One response is one revision (a transaction may hold many keys): parse its values off the request
-            // threads, then apply them in one snapshot.
-            let mut events = Vec::new();
-            for ev in resp.events() {
-                let Some(kv) = ev.kv() else { continue };
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                let Some(name) = self.keys.cert_name(&key).map(str::to_string) else { continue };
-                let value = match ev.event_type() {
-                    EventType::Put => Some(kv.value().to_vec()),
-                    EventType::Delete => None,
-                };
-                events.push((name, key, kv.mod_revision(), value));
-            }
-            if events.is_empty() {
-                continue;
-            }
-            let current = self.store.source(Source::Etcd);
-            let parsed = tokio::task::spawn_blocking(move || {
-                events
-                    .into_iter()
-                    .map(|(name, key, revision, value)| {
-                        let result = value.map(|v| parse_value(&name, &key, &v, current.get(&name)));
-                        (name, key, revision, result)
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .await
-            .map_err(|e| EtcdError::WatchEnded(format!("certificate parsing failed: {e}")))?;
-            let current = self.store.source(Source::Etcd);
-            let mut changes = Vec::new();
-            for (name, key, revision, result) in parsed {
-                let before = current.get(&name);
-                match result {
-                    None => {
-                        info!(key = %key, "certificate removed");
-                        changes.push((name, None));
-                    }
-                    Some(Ok(c)) => {
-                        if !before.is_some_and(|b| Arc::ptr_eq(b, &c)) {
-                            log_loaded(&c, before.is_some());
-                            changes.push((name, Some(c)));
-                        }
-                    }
-                    Some(Err(e)) => self.reject(&key, &e, before, revision),
-                }
-            }
-            if !changes.is_empty() {
-                self.store.update(Source::Etcd, changes);
-            }
-            debug!(revision = resp.header().map_or(0, |h| h.revision()), "etcd certificate changes applied");
-        }
+        Ok(())
     }
 
-    fn reject(&self, key: &str, e: &CertValueError, kept: Option<&Arc<Certificate>>, revision: i64) {
-        if self.reported.lock().insert(key.to_string(), revision) == Some(revision) {
-            return;
+    /// One response is one revision (a transaction may hold many keys): its values are parsed off the request
+    /// threads, then applied in one snapshot.
+    async fn update(&self, revision: i64, events: &[Event]) -> Result<(), EtcdError> {
+        let mut batch = Vec::new();
+        for ev in events {
+            let Some(kv) = ev.kv() else { continue };
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let Some(name) = self.keys.cert_name(&key).map(str::to_string) else { continue };
+            let value = match ev.event_type() {
+                EventType::Put => Some(kv.value().to_vec()),
+                EventType::Delete => None,
+            };
+            batch.push((name, key, kv.mod_revision(), value));
         }
-        self.metrics.rejected(Source::Etcd.as_str());
-        match kept {
-            Some(_) => error!(key, error = %e, "certificate rejected; the previous one stays in force"),
-            None => error!(key, error = %e, "certificate rejected"),
+        if batch.is_empty() {
+            return Ok(());
         }
+        let current = self.store.source(Source::Etcd);
+        let parsed = tokio::task::spawn_blocking(move || {
+            batch
+                .into_iter()
+                .map(|(name, key, revision, value)| {
+                    let result = value.map(|v| parse_value(&name, &key, &v, current.get(&name)));
+                    (name, key, revision, result)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| EtcdError::WatchEnded(format!("certificate parsing failed: {e}")))?;
+        let current = self.store.source(Source::Etcd);
+        let mut changes = Vec::new();
+        for (name, key, revision, result) in parsed {
+            let before = current.get(&name);
+            match result {
+                None => {
+                    info!(key = %key, "certificate removed");
+                    changes.push((name, None));
+                }
+                Some(Ok(c)) => {
+                    if !before.is_some_and(|b| Arc::ptr_eq(b, &c)) {
+                        log_loaded(&c, before.is_some());
+                        changes.push((name, Some(c)));
+                    }
+                }
+                Some(Err(e)) => self.reject(&key, &e, before, revision),
+            }
+        }
+        if !changes.is_empty() {
+            self.store.update(Source::Etcd, changes);
+        }
+        debug!(revision, "etcd certificate changes applied");
+        Ok(())
     }
 }
 

@@ -207,12 +207,12 @@ impl TestProxy {
 
     /// A reveille with etcd as its (only) route source. Returns once started, not once etcd has loaded.
     pub async fn start_etcd(endpoint: &str) -> TestProxy {
-        let mut etcd = reveille::control::etcd::EtcdConfig::new(vec![endpoint.to_string()]);
+        let mut etcd = reveille::etcd::EtcdConfig::new(vec![endpoint.to_string()]);
         etcd.timeout = Duration::from_secs(2);
         Self::start_etcd_config(etcd).await
     }
 
-    pub async fn start_etcd_config(etcd: reveille::control::etcd::EtcdConfig) -> TestProxy {
+    pub async fn start_etcd_config(etcd: reveille::etcd::EtcdConfig) -> TestProxy {
         let dir = tempfile::tempdir().unwrap();
         let config = Config {
             http: "127.0.0.1:0".parse().unwrap(),

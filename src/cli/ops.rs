@@ -1,16 +1,18 @@
-//! Operator commands against etcd (`reveille route ...`, `reveille service ...`): each validates before it
-//! writes, writes one JSON value per key, and says what it did.
+//! Operator commands against etcd (`reveille route ...`, `reveille service ...`, `reveille cert ...`): each
+//! validates before it writes (with the same rules as the proxy: `routes` for routes and services, `tls` for
+//! certificates), writes one JSON value per key, and says what it did. Keys are `crate::etcd::Keys`'.
 //!
 //! Existing values are merged, not overwritten: fields this version does not know (written by a newer
 //! reveille or by hand) survive a `set`.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, DeleteOptions, Txn, TxnOp};
 use serde_json::{Map, Value};
 
-use super::etcd::{connect, list, within, EtcdConfig, EtcdError, Keys};
+use crate::etcd::{connect, list_range, within, EtcdConfig, EtcdError, KeyKind, Keys};
 use crate::routes::{validate_service_name, HostPattern, RouteError, ServiceSpec};
 use crate::tls::etcd::CertValue;
 
@@ -215,7 +217,7 @@ impl Ops {
     /// the reason.
     pub async fn cert_ls(&mut self) -> Result<String, OpsError> {
         let (start, end) = self.keys.certs_range();
-        let (_, kvs) = super::etcd::list_range(&self.client, &start, &end, self.timeout).await?;
+        let (_, kvs) = list_range(&self.client, &start, &end, self.timeout).await?;
         let now = crate::tls::cert::now();
         let mut rows = Vec::new();
         for kv in &kvs {
@@ -248,6 +250,33 @@ impl Ops {
         }
         Ok(format!("certificate {name} removed"))
     }
+}
+
+/// Reads every route and service under the prefix: `(routes, services)` as raw JSON values.
+async fn list(
+    client: &mut Client,
+    keys: &Keys,
+    timeout: Duration,
+) -> Result<(BTreeMap<String, Value>, BTreeMap<String, Value>), EtcdError> {
+    let (start, end) = keys.watched_range();
+    let (_, kvs) = list_range(client, &start, &end, timeout).await?;
+    let mut routes = BTreeMap::new();
+    let mut services = BTreeMap::new();
+    for kv in &kvs {
+        let key = kv.key_str().unwrap_or_default();
+        let value = serde_json::from_slice(kv.value())
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(kv.value()).into()));
+        match keys.kind(key) {
+            KeyKind::Route(h) => {
+                routes.insert(h.to_string(), value);
+            }
+            KeyKind::Service(n) => {
+                services.insert(n.to_string(), value);
+            }
+            KeyKind::Other => {}
+        }
+    }
+    Ok((routes, services))
 }
 
 fn join(backends: &[crate::routes::Backend]) -> String {

@@ -1,0 +1,89 @@
+//! `reveille check`: validates a config file, a routes file and/or a certificates directory without starting
+//! anything, prints what is wrong, and says so in the exit code.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::config::ConfigFile;
+use crate::control::file;
+
+/// Validates a config file and/or a routes file and/or a certificates directory: 0 when all are valid, else 1.
+pub fn check(config_path: Option<PathBuf>, routes: Option<PathBuf>, certs: Option<PathBuf>) -> ExitCode {
+    let mut routes_path = routes;
+    let mut certs_path = certs;
+    if let Some(path) = &config_path {
+        match ConfigFile::load(path) {
+            Ok(file) => {
+                println!("{}: ok", path.display());
+                if routes_path.is_none() {
+                    routes_path = file.server.routes;
+                }
+                if certs_path.is_none() {
+                    certs_path = file.tls.certs;
+                }
+            }
+            Err(e) => {
+                println!("{e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let certs_ok = match &certs_path {
+        Some(dir) => check_certs(dir),
+        None => true,
+    };
+    let Some(routes_path) = routes_path else {
+        if config_path.is_some() || certs_path.is_some() {
+            return if certs_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+        }
+        println!("nothing to check: give --config FILE, --routes FILE and/or --certs DIR");
+        return ExitCode::FAILURE;
+    };
+    if !certs_ok {
+        // Still report the routes file's problems below, but fail.
+        let _ = check_routes(&routes_path);
+        return ExitCode::FAILURE;
+    }
+    check_routes(&routes_path)
+}
+
+/// Prints every certificate of `dir` (names, expiry) or why it does not load. True when all load.
+fn check_certs(dir: &std::path::Path) -> bool {
+    let now = crate::tls::cert::now();
+    match crate::tls::dir::check(dir) {
+        Ok(results) => {
+            let mut ok = true;
+            for (name, result) in results {
+                match result {
+                    Ok(c) => {
+                        let expired = if c.expired(now) { " EXPIRED" } else { "" };
+                        let until = crate::tls::cert::format_time(c.not_after);
+                        println!("certificate {name}: ok, {} until {until}{expired}", c.names_display());
+                    }
+                    Err(e) => {
+                        ok = false;
+                        println!("certificate {name}: {e}");
+                    }
+                }
+            }
+            ok
+        }
+        Err(e) => {
+            println!("{e}");
+            false
+        }
+    }
+}
+
+fn check_routes(routes_path: &std::path::Path) -> ExitCode {
+    match file::load(routes_path) {
+        Ok(set) => {
+            println!("{}: ok ({} routes, {} services)", routes_path.display(), set.routes.len(), set.services.len());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

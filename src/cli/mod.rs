@@ -1,0 +1,268 @@
+//! The command line: clap's definitions of every subcommand and flag, and the commands that are not `serve`:
+//! the operator commands against etcd (`route`, `service`, `cert`, in `ops`) and `check` (in `check`).
+//!
+//! `main.rs` parses, dispatches and runs `serve`; the route sources (`control`) and certificates (`tls`) know
+//! nothing of the command line: the commands here call their parsing and validation.
+
+mod check;
+pub mod ops;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{ConfigFile, EtcdFlags, Overrides};
+use crate::etcd::EtcdConfig;
+use ops::{Ops, OpsError};
+
+pub use check::check;
+
+#[derive(Parser)]
+#[command(name = "reveille", version, about = "Edge reverse proxy for multi-tenant container platforms")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    Serve {
+        /// Config file (TOML); flags override it.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        flags: Box<Overrides>,
+    },
+    /// Manage routes in etcd (hostname -> service).
+    Route {
+        #[command(subcommand)]
+        command: RouteCommand,
+        #[command(flatten)]
+        etcd: EtcdFlags,
+        /// Config file whose [etcd] section to use (flags override it).
+        #[arg(long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+    },
+    /// Manage services in etcd (name -> backends).
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+        #[command(flatten)]
+        etcd: EtcdFlags,
+        /// Config file whose [etcd] section to use (flags override it).
+        #[arg(long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+    },
+    /// Manage TLS certificates in etcd.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+        #[command(flatten)]
+        etcd: EtcdFlags,
+        /// Config file whose [etcd] section to use (flags override it).
+        #[arg(long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file and/or a routes file, print what is wrong, exit 0 (valid) or 1.
+    Check {
+        /// Config file to check (and the routes file it names).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Routes file to check.
+        #[arg(long, value_name = "FILE")]
+        routes: Option<PathBuf>,
+        /// Certificates directory to check (each pair parses, keys match; names and expiry are listed).
+        #[arg(long, value_name = "DIR")]
+        certs: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RouteCommand {
+    /// Point HOST (e.g. acme.example.com or *.acme.example.com) at SERVICE.
+    Set {
+        host: String,
+        service: String,
+        /// Write even if SERVICE is not defined (the route answers 503 until it is).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove the route for HOST.
+    Rm { host: String },
+    /// List routes.
+    Ls,
+}
+
+#[derive(Subcommand)]
+pub enum ServiceCommand {
+    /// Define or change service NAME: its backends (host:port or http://host:port) and/or the container that
+    /// serves it. Fields not given keep their current value.
+    Set {
+        name: String,
+        #[command(flatten)]
+        fields: Box<ServiceFields>,
+    },
+    /// Remove service NAME.
+    Rm {
+        name: String,
+        /// Remove even if routes point to it (they answer 503 until it is defined again).
+        #[arg(long)]
+        force: bool,
+    },
+    /// List services.
+    Ls,
+}
+
+#[derive(Subcommand)]
+pub enum CertCommand {
+    /// Store certificate NAME (checked first: the chain parses and the key matches). The names it serves come
+    /// from its subject alternative names.
+    Put {
+        name: String,
+        /// Certificate chain, PEM, leaf first
+        // Own ids: the global etcd flags already use `cert` and `key` (for --etcd-cert, --etcd-key).
+        #[arg(long = "cert", id = "cert_file", value_name = "FILE")]
+        cert: PathBuf,
+        /// Private key, PEM [default: the --cert file, if it holds the key too]
+        #[arg(long = "key", id = "key_file", value_name = "FILE")]
+        key: Option<PathBuf>,
+    },
+    /// List certificates: names served and expiry.
+    Ls,
+    /// Remove certificate NAME.
+    Rm { name: String },
+}
+
+/// The fields of `service set`.
+#[derive(clap::Args)]
+pub struct ServiceFields {
+    /// A backend address (repeat for several)
+    #[arg(long = "backend", value_name = "ADDR")]
+    pub backends: Vec<String>,
+    /// Docker container (name or id) that reveille starts on demand and stops when idle
+    #[arg(long, value_name = "NAME")]
+    pub container: Option<String>,
+    /// Container port (the backend is the container's address and this port)
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Container network to take the address from [default: the first]
+    #[arg(long, value_name = "NETWORK")]
+    pub network: Option<String>,
+    /// Stop the container after this long without requests; 0 = never
+    #[arg(long, value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+    /// How long a request waits for the container to be ready
+    #[arg(long, value_name = "DURATION")]
+    pub wake_timeout: Option<String>,
+    /// Readiness probe path (GET answering below 500) instead of a TCP connect
+    #[arg(long, value_name = "PATH")]
+    pub health_path: Option<String>,
+    /// What to do when idle
+    #[arg(long, value_name = "ACTION", value_parser = ["stop", "pause"])]
+    pub idle_action: Option<String>,
+    /// Requests held while it starts
+    #[arg(long, value_name = "N")]
+    pub max_held: Option<usize>,
+    /// How long browsers wait before the "starting" page
+    #[arg(long, value_name = "DURATION")]
+    pub page_after: Option<String>,
+    /// Redirect plain-HTTP requests to HTTPS (true/false; unset follows the global setting)
+    #[arg(long, value_name = "BOOL")]
+    pub https_redirect: Option<bool>,
+    /// Strict-Transport-Security value for responses over HTTPS, e.g. "max-age=31536000"
+    #[arg(long, value_name = "VALUE")]
+    pub hsts: Option<String>,
+}
+
+impl ServiceFields {
+    /// The fields given, as the JSON object merged into the service's value.
+    pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        use serde_json::Value;
+        let mut m = serde_json::Map::new();
+        if !self.backends.is_empty() {
+            m.insert("backends".into(), Value::from(self.backends.clone()));
+        }
+        let strings = [
+            ("container", &self.container),
+            ("network", &self.network),
+            ("idle_timeout", &self.idle_timeout),
+            ("wake_timeout", &self.wake_timeout),
+            ("health_path", &self.health_path),
+            ("idle_action", &self.idle_action),
+            ("page_after", &self.page_after),
+            ("hsts", &self.hsts),
+        ];
+        for (k, v) in strings {
+            if let Some(v) = v {
+                m.insert(k.into(), Value::from(v.clone()));
+            }
+        }
+        if let Some(p) = self.port {
+            m.insert("port".into(), Value::from(p));
+        }
+        if let Some(n) = self.max_held {
+            m.insert("max_held".into(), Value::from(n));
+        }
+        if let Some(b) = self.https_redirect {
+            m.insert("https_redirect".into(), Value::from(b));
+        }
+        m
+    }
+}
+
+/// An operator command and its arguments.
+pub enum Op {
+    Route(RouteCommand),
+    Service(ServiceCommand),
+    Cert(CertCommand),
+}
+
+/// Runs one operator command against etcd; prints what it did, or why not (exit 1).
+pub fn operate(config_path: Option<PathBuf>, flags: EtcdFlags, op: Op) -> ExitCode {
+    let section = match config_path.as_deref().map(ConfigFile::load).transpose() {
+        Ok(file) => file.map(|f| f.etcd).unwrap_or_default(),
+        Err(e) => {
+            eprintln!("reveille: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let etcd = flags.resolve(&section).unwrap_or_else(|| EtcdConfig::new(vec!["http://127.0.0.1:2379".into()]));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let result = runtime.block_on(async {
+        let mut ops = Ops::connect(&etcd).await?;
+        match op {
+            Op::Route(RouteCommand::Set { host, service, force }) => ops.route_set(&host, &service, force).await,
+            Op::Route(RouteCommand::Rm { host }) => ops.route_rm(&host).await,
+            Op::Route(RouteCommand::Ls) => ops.route_ls().await,
+            Op::Service(ServiceCommand::Set { name, fields }) => ops.service_set(&name, fields.to_json()).await,
+            Op::Service(ServiceCommand::Rm { name, force }) => ops.service_rm(&name, force).await,
+            Op::Service(ServiceCommand::Ls) => ops.service_ls().await,
+            Op::Cert(CertCommand::Put { name, cert, key }) => {
+                let read = |p: &PathBuf| {
+                    std::fs::read_to_string(p)
+                        .map_err(|e| OpsError::Refused(format!("cannot read {}: {e}", p.display())))
+                };
+                let cert_pem = read(&cert)?;
+                let key_pem = match &key {
+                    Some(k) => read(k)?,
+                    None => cert_pem.clone(),
+                };
+                ops.cert_put(&name, &cert_pem, &key_pem).await
+            }
+            Op::Cert(CertCommand::Ls) => ops.cert_ls().await,
+            Op::Cert(CertCommand::Rm { name }) => ops.cert_rm(&name).await,
+        }
+    });
+    match result {
+        Ok(out) => {
+            println!("{}", out.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("reveille: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
