@@ -1,9 +1,11 @@
 //! One passivated tenant: its state, the requests held while it wakes, its activity count, and the task that
 //! drives its lifecycle (see `LIFECYCLE.md`).
 //!
-//! Concurrency: the request path only touches [`State`] under a short lock (take an activity guard, read the
-//! backend, or queue itself and ask for a wake). Every Docker call and every phase change is made by the
-//! tenant's single driver task, so two wakes or a wake and a stop can never overlap.
+//! Concurrency: the request path only touches the tenant's state under a short lock (take an activity guard,
+//! read the backend, or queue itself and ask for a wake). Every Docker call and every phase change is made by the
+//! tenant's single driver task, so two wakes or a wake and a stop can never overlap. The state stays private to
+//! this file: the operator's views (admin API, status endpoint, etcd activity) read a [`Snapshot`]. How a tenant
+//! looks over HTTP is `http.rs`'s; the etcd keys are `status.rs`'s.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -72,7 +72,7 @@ impl ProxyError {
         }
     }
 
-    /// Who is at fault. It picks the error counter (see [`Self::metric`]).
+    /// Who is at fault. It picks the error counter the error adds to (see `metric`).
     pub fn fault(&self) -> Fault {
         match self {
             Self::BadHost | Self::UnknownHost { .. } | Self::ClientAborted | Self::MethodNotAllowed => {
