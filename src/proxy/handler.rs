@@ -97,8 +97,8 @@ impl RequestCtx {
                 error_response(&err, guard)
             }
         };
-        if let (true, true, Some(service)) = (svc.tls, self.forwarded, &self.service) {
-            if let Some(hsts) = &service.https().hsts {
+        if svc.tls && self.forwarded {
+            if let Some(hsts) = self.service.as_ref().and_then(|s| s.https().hsts.as_ref()) {
                 // The backend's own policy, if it sends one, wins.
                 response.headers_mut().entry(STRICT_TRANSPORT_SECURITY).or_insert_with(|| hsts.clone());
             }
