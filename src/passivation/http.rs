@@ -95,11 +95,12 @@ impl Passivator {
 
     /// Every service of `table` as the admin API's `/api/services` shows it, passivated or not.
     pub fn services_json(&self, table: &RouteTable) -> Value {
+        let tenants = self.tenants.load();
         let mut out = serde_json::Map::new();
         for (name, service) in table.services() {
             let backends: Vec<&str> = service.backends().iter().map(|b| b.as_str()).collect();
             let mut v = json!({ "backends": backends });
-            match (service.container(), self.get(name)) {
+            match (service.container(), tenants.get(name)) {
                 (Some(spec), Some(t)) => {
                     let snap = t.snapshot();
                     v["container"] = json!(spec.container);
