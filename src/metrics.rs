@@ -1,8 +1,12 @@
 //! Prometheus metrics: one registry for the process, with typed handles so the request path only increments
 //! atomics (per-service handles are cached on the [`crate::routes::Service`] itself).
 //!
-//! Owns metric names, help texts and the text exposition; does not decide when things are counted.
+//! Owns metric names, help texts and the text exposition; does not decide when things are counted, nor what a
+//! label value means. It imports nothing from the rest of the crate: the modules that count pass their own
+//! vocabulary as label values (`&'static str`, or an enum implementing [`LabelValue`], such as the proxy's
+//! unrouted and upstream error kinds).
 
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,43 +37,37 @@ struct ReloadLabels {
     result: &'static str,
 }
 
-/// Why an upstream attempt failed; the label of `reveille_upstream_errors_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UpstreamErrorKind {
-    /// The backend refused the TCP connection.
-    ConnectRefused,
-    /// The TCP connection did not complete within the connect timeout.
-    ConnectTimeout,
-    /// Any other connect failure (unreachable, DNS...).
-    ConnectOther,
-    /// No response headers within the response timeout.
-    ResponseTimeout,
-    /// The backend broke the HTTP exchange (closed early, sent garbage).
-    Protocol,
+/// A label whose values are a closed set, defined by the module that counts (the proxy's unrouted kinds and
+/// upstream error kinds): metrics exposes it without knowing the type.
+pub trait LabelValue: Copy + 'static {
+    /// Every value. Their series are created together, so each is exposed (at 0) before its first count.
+    const ALL: &'static [Self];
+    /// The value as exposed.
+    fn as_label(self) -> &'static str;
+    /// The position of `self` in [`Self::ALL`].
+    fn index(self) -> usize;
 }
 
-impl UpstreamErrorKind {
-    pub const ALL: [Self; 5] =
-        [Self::ConnectRefused, Self::ConnectTimeout, Self::ConnectOther, Self::ResponseTimeout, Self::Protocol];
+/// One counter per value of `L`, all created up front: counting is an index and an atomic add, no lookup.
+#[derive(Debug, Clone)]
+pub struct LabeledCounters<L> {
+    counters: Box<[Counter]>,
+    _label: PhantomData<fn(L)>,
+}
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ConnectRefused => "connect_refused",
-            Self::ConnectTimeout => "connect_timeout",
-            Self::ConnectOther => "connect_other",
-            Self::ResponseTimeout => "response_timeout",
-            Self::Protocol => "protocol",
+impl<L: LabelValue> LabeledCounters<L> {
+    fn new(family: &Family<KindLabels, Counter>) -> Self {
+        let counters =
+            L::ALL.iter().map(|v| family.get_or_create(&KindLabels { kind: v.as_label() }).clone()).collect();
+        Self { counters, _label: PhantomData }
+    }
+
+    #[inline]
+    pub fn inc(&self, value: L) {
+        if let Some(c) = self.counters.get(value.index()) {
+            c.inc();
         }
     }
-}
-
-/// Requests that no service answered; the label of `reveille_unrouted_requests_total`.
-#[derive(Clone, Copy, Debug)]
-pub enum Unrouted {
-    UnknownHost,
-    BadHost,
-    /// A route exists but its service does not (503).
-    MissingService,
 }
 
 /// Per-service counters by status class, resolved once per service.
@@ -170,30 +168,6 @@ struct StateLabels {
     state: &'static str,
 }
 
-/// A phase of a wake, for `reveille_wake_phase_seconds`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WakePhase {
-    /// The Docker start (or unpause) call itself.
-    StartCall,
-    /// From the wake's start until Docker reports the container running.
-    Running,
-    /// From the wake's start until the first successful readiness probe.
-    Ready,
-    /// From the first held request (or the wake request) until the tenant is ready.
-    Total,
-}
-
-impl WakePhase {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::StartCall => "start_call",
-            Self::Running => "running",
-            Self::Ready => "ready",
-            Self::Total => "total",
-        }
-    }
-}
-
 /// Metrics of passivation: wakes, holds, stops, and how many tenants are in each state.
 #[derive(Clone)]
 pub struct PassivationMetrics {
@@ -247,8 +221,9 @@ impl PassivationMetrics {
         self.wakes.get_or_create(&ServiceResultLabels { service: service.to_string(), result }).inc();
     }
 
-    pub fn phase(&self, phase: WakePhase, d: Duration) {
-        self.phases.get_or_create(&PhaseLabels { phase: phase.as_str() }).observe(d.as_secs_f64());
+    /// One wake phase (`start_call`, `running`, `ready`, `total`) took `d`.
+    pub fn phase(&self, phase: &'static str, d: Duration) {
+        self.phases.get_or_create(&PhaseLabels { phase }).observe(d.as_secs_f64());
     }
 
     pub fn held(&self, delta: i64) {
@@ -380,12 +355,12 @@ pub struct Metrics {
     passivation: PassivationMetrics,
     tls: TlsMetrics,
     requests: Family<ServiceClassLabels, Counter>,
-    unrouted: [Counter; 3],
+    unrouted: Family<KindLabels, Counter>,
     duration: LatencyHistogram,
     open_connections: Gauge,
     connections: Counter,
     header_timeouts: Counter,
-    upstream_errors: [Counter; 5],
+    upstream_errors: Family<KindLabels, Counter>,
     routes: Gauge,
     services: Gauge,
     reloads: Family<ReloadLabels, Counter>,
@@ -414,14 +389,12 @@ impl Metrics {
         let requests = Family::<ServiceClassLabels, Counter>::default();
         registry.register("requests", "Requests answered, by service and status class", requests.clone());
 
-        let unrouted_family = Family::<KindLabels, Counter>::default();
+        let unrouted = Family::<KindLabels, Counter>::default();
         registry.register(
             "unrouted_requests",
             "Requests answered without a service: unknown host (404), missing/malformed Host (400), route to an undefined service (503)",
-            unrouted_family.clone(),
+            unrouted.clone(),
         );
-        let unrouted = ["unknown_host", "bad_host", "missing_service"]
-            .map(|kind| unrouted_family.get_or_create(&KindLabels { kind }).clone());
 
         let duration = LatencyHistogram::new(&[
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -443,10 +416,8 @@ impl Metrics {
             header_timeouts.clone(),
         );
 
-        let upstream_family = Family::<KindLabels, Counter>::default();
-        registry.register("upstream_errors", "Failed upstream attempts, by kind", upstream_family.clone());
-        let upstream_errors =
-            UpstreamErrorKind::ALL.map(|k| upstream_family.get_or_create(&KindLabels { kind: k.as_str() }).clone());
+        let upstream_errors = Family::<KindLabels, Counter>::default();
+        registry.register("upstream_errors", "Failed upstream attempts, by kind", upstream_errors.clone());
 
         let routes = Gauge::default();
         registry.register("routes", "Routes in the table in force", routes.clone());
@@ -506,9 +477,9 @@ impl Metrics {
         ServiceStats { by_class }
     }
 
-    #[inline]
-    pub fn unrouted(&self, why: Unrouted) {
-        self.unrouted[why as usize].inc();
+    /// The counters of `reveille_unrouted_requests_total`, one per kind of `L`.
+    pub fn unrouted<L: LabelValue>(&self) -> LabeledCounters<L> {
+        LabeledCounters::new(&self.unrouted)
     }
 
     #[inline]
@@ -529,10 +500,9 @@ impl Metrics {
         self.header_timeouts.inc();
     }
 
-    #[inline]
-    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
-        let idx = UpstreamErrorKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
-        self.upstream_errors[idx].inc();
+    /// The counters of `reveille_upstream_errors_total`, one per kind of `L`.
+    pub fn upstream_errors<L: LabelValue>(&self) -> LabeledCounters<L> {
+        LabeledCounters::new(&self.upstream_errors)
     }
 
     pub fn table_installed(&self, routes: usize, services: usize) {
@@ -603,5 +573,35 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
+    }
+
+    #[derive(Clone, Copy)]
+    enum Kind {
+        A,
+        B,
+    }
+
+    impl LabelValue for Kind {
+        const ALL: &'static [Self] = &[Kind::A, Kind::B];
+        fn as_label(self) -> &'static str {
+            match self {
+                Kind::A => "a",
+                Kind::B => "b",
+            }
+        }
+        fn index(self) -> usize {
+            self as usize
+        }
+    }
+
+    #[test]
+    fn labeled_counters_expose_every_value_from_the_start() {
+        let m = Metrics::new();
+        let counters = m.upstream_errors::<Kind>();
+        counters.inc(Kind::B);
+        counters.inc(Kind::B);
+        let text = m.encode();
+        assert!(text.contains("reveille_upstream_errors_total{kind=\"a\"} 0"), "{text}");
+        assert!(text.contains("reveille_upstream_errors_total{kind=\"b\"} 2"), "{text}");
     }
 }

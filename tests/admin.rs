@@ -38,7 +38,7 @@ async fn health_ready_metrics_and_routes() {
     for series in [
         "reveille_requests_total{service=\"acme\",class=\"2xx\"} 3",
         "reveille_unrouted_requests_total{kind=\"unknown_host\"} 1",
-        "reveille_request_duration_seconds_count 3",
+        "reveille_request_duration_seconds_count 4", // the 404 is timed too
         "reveille_routes 2",
         "reveille_services 1",
         "reveille_route_reloads_total{source=\"file\",result=\"ok\"} 1",

@@ -1,11 +1,19 @@
 //! Passivation: tenants' containers are stopped (or paused) when idle and started again by the first request
 //! that needs them. See `LIFECYCLE.md` in this folder for the states and transitions.
 //!
-//! Owns the per-tenant state machines ([`Tenant`]), the registry that keeps them in step with the route table
-//! ([`Passivator`]), readiness probes, the "starting" page, and the operator's view (admin API, etcd status
-//! keys). Talks to Docker only through [`ContainerRuntime`]; the proxy asks [`Tenant::admit`] for a backend and
-//! holds the [`Activity`] guard it gets for as long as the request or upgraded connection lasts.
+//! Owns, next to each other:
+//! - the request side: [`Tenant::admit`] gives the proxy a backend (waking the tenant first if needed) and an
+//!   [`Activity`] guard the proxy holds for as long as the request or upgraded connection lasts;
+//! - the lifecycle: per-tenant state machines driven by one task each (`tenant`), readiness probes (`probe`),
+//!   and the registry that keeps tenants in step with the route table and Docker's events ([`Passivator`]);
+//! - the HTTP face (`http`): the page decision ([`wants_page`]), the "starting" page (`page`), the status
+//!   endpoint and the admin API's services view, all read from a tenant's [`Snapshot`];
+//! - the etcd status and activity keys (`status`).
+//!
+//! Talks to Docker only through [`ContainerRuntime`]. Does not route, forward, write access-log lines or count
+//! requests: the proxy does, around the small API above.
 
+mod http;
 mod page;
 mod probe;
 pub mod status;
@@ -18,14 +26,14 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
-use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+pub use self::http::wants_page;
 pub use page::{Page, PageValues};
 pub use probe::{NetProbe, Probe};
-pub use tenant::{Activity, Phase, Refusal, SleepRefused, Tenant};
+pub use tenant::{Activity, Phase, Refusal, SleepRefused, Snapshot, Tenant, WakePhase};
 
 use crate::metrics::{Metrics, PassivationMetrics};
 use crate::routes::{RouteHandle, RouteTable, Service};
@@ -302,40 +310,6 @@ impl Passivator {
         }
     }
 
-    /// Every service of `table` as the admin API shows it, passivated or not.
-    pub fn services_json(&self, table: &RouteTable) -> Value {
-        let tenants = self.tenants.load();
-        let mut out = serde_json::Map::new();
-        for (name, service) in table.services() {
-            let backends: Vec<&str> = service.backends().iter().map(|b| b.as_str()).collect();
-            let mut v = json!({ "backends": backends });
-            match (service.container(), tenants.get(name)) {
-                (Some(spec), Some(t)) => {
-                    let st = t.state.lock();
-                    let failure = st.failure.as_ref().map(|(r, _)| r.to_string());
-                    v["container"] = json!(spec.container);
-                    v["state"] = json!(st.phase.as_str());
-                    v["since"] = json!(status::rfc3339(st.since));
-                    v["in_flight"] = json!(st.active);
-                    v["last_activity"] = json!(st.last_activity.map(status::rfc3339));
-                    v["last_error"] = json!(failure);
-                    drop(st);
-                    v["held"] = json!(t.held());
-                    v["idle_action"] = json!(spec.idle_action.as_str());
-                    let idle = spec.idle_timeout.unwrap_or(self.shared.settings.idle_timeout);
-                    v["idle_timeout"] = json!(humantime::format_duration(idle).to_string());
-                }
-                (Some(spec), None) => {
-                    v["container"] = json!(spec.container);
-                    v["state"] = json!(Phase::Unknown.as_str());
-                }
-                (None, _) => v["state"] = json!("running"),
-            }
-            out.insert(name.to_string(), v);
-        }
-        json!({ "services": out })
-    }
-
     /// Snapshot of tenants with their last activity, for the etcd activity keys.
     /// A tenant with an open request or WebSocket is in use now, whenever its last request started.
     pub(crate) fn activity(&self) -> Vec<(Arc<str>, Option<SystemTime>)> {
@@ -344,8 +318,8 @@ impl Passivator {
             .load()
             .values()
             .map(|t| {
-                let st = t.state.lock();
-                (t.name.clone(), if st.active > 0 { Some(now) } else { st.last_activity })
+                let snap = t.snapshot();
+                (t.name.clone(), if snap.in_flight > 0 { Some(now) } else { snap.last_activity })
             })
             .collect()
     }

@@ -3,6 +3,9 @@
 //! The template is HTML with `{{service}}`, `{{host}}`, `{{state}}`, `{{status_path}}` and `{{retry_after}}`
 //! placeholders (values are HTML-escaped). The default one polls the status path and reloads when the tenant is
 //! ready; operators can replace it with a file (`page_template` in `[passivation]`).
+//!
+//! Owns the template and its rendering only; when a request gets the page, and the response around it, are
+//! decided in `http.rs`.
 
 use std::path::Path;
 use std::sync::Arc;

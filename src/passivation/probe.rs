@@ -1,4 +1,8 @@
 //! Readiness probes: is the woken application really accepting requests?
+//!
+//! Owns the [`Probe`] trait the wake loop calls and [`NetProbe`], the real one (a TCP connect, or an HTTP `GET`
+//! of the service's `health_path`). It does not decide when to probe nor what a failure means: the tenant's
+//! driver does.
 
 use std::future::Future;
 use std::pin::Pin;

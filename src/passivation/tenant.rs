@@ -1,9 +1,11 @@
 //! One passivated tenant: its state, the requests held while it wakes, its activity count, and the task that
 //! drives its lifecycle (see `LIFECYCLE.md`).
 //!
-//! Concurrency: the request path only touches [`State`] under a short lock (take an activity guard, read the
-//! backend, or queue itself and ask for a wake). Every Docker call and every phase change is made by the
-//! tenant's single driver task, so two wakes or a wake and a stop can never overlap.
+//! Concurrency: the request path only touches the tenant's state under a short lock (take an activity guard,
+//! read the backend, or queue itself and ask for a wake). Every Docker call and every phase change is made by the
+//! tenant's single driver task, so two wakes or a wake and a stop can never overlap. The state stays private to
+//! this file: the operator's views (admin API, status endpoint, etcd activity) read a [`Snapshot`]. How a tenant
+//! looks over HTTP is `http.rs`'s; the etcd keys are `status.rs`'s.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -17,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::{Shared, StatusUpdate};
-use crate::metrics::WakePhase;
 use crate::routes::{Backend, ContainerSpec, IdleAction, Service};
 use crate::runtime::{ContainerInfo, ContainerState, RuntimeError};
 
@@ -92,6 +93,47 @@ impl Refusal {
     }
 }
 
+/// A phase of a wake; the label of `reveille_wake_phase_seconds`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WakePhase {
+    /// The Docker start (or unpause) call itself.
+    StartCall,
+    /// From the wake's start until Docker reports the container running.
+    Running,
+    /// From the wake's start until the first successful readiness probe.
+    Ready,
+    /// From the first held request (or the wake request) until the tenant is ready.
+    Total,
+}
+
+impl WakePhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::StartCall => "start_call",
+            Self::Running => "running",
+            Self::Ready => "ready",
+            Self::Total => "total",
+        }
+    }
+}
+
+/// A tenant as it is at one moment, for the operator's views (admin API, status endpoint, etcd activity keys):
+/// read under the tenant's lock once, then used without it.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub phase: Phase,
+    /// Wall-clock time of the last phase change.
+    pub since: SystemTime,
+    /// Requests in flight and open upgraded connections.
+    pub in_flight: usize,
+    /// Wall-clock time of the last request start or end.
+    pub last_activity: Option<SystemTime>,
+    /// Why the last wake (or inspect) failed; cleared by the next successful wake.
+    pub last_error: Option<Refusal>,
+    /// Requests held while the tenant wakes (clients that gave up excluded).
+    pub held: usize,
+}
+
 /// Why an admin `sleep` was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SleepRefused {
@@ -131,18 +173,18 @@ pub(super) enum Msg {
     Resync,
 }
 
-pub(super) struct State {
-    pub(super) phase: Phase,
+struct State {
+    phase: Phase,
     /// Wall-clock time of the last phase change.
-    pub(super) since: SystemTime,
+    since: SystemTime,
     /// The container's address while running (when the service has no fixed backends).
     backend: Option<Backend>,
     /// Requests in flight and open upgraded connections.
-    pub(super) active: usize,
+    active: usize,
     /// When the last activity guard was released; the idle timer counts from here.
     last_release: Instant,
     /// Wall-clock time of the last request start or end.
-    pub(super) last_activity: Option<SystemTime>,
+    last_activity: Option<SystemTime>,
     /// Held requests, in arrival order.
     queue: VecDeque<oneshot::Sender<Outcome>>,
     /// A wake has been asked for and not finished.
@@ -150,7 +192,7 @@ pub(super) struct State {
     /// When the wake was asked for (the start of `total`).
     wake_requested_at: Option<Instant>,
     /// The last wake failure and when it happened.
-    pub(super) failure: Option<(Refusal, Instant)>,
+    failure: Option<(Refusal, Instant)>,
     /// The driver waits for `active` to reach 0.
     idle_waiter: bool,
     /// Docker's id and name for the container, learnt on inspect, to match events.
@@ -161,7 +203,7 @@ pub(super) struct State {
 pub struct Tenant {
     pub(super) name: Arc<str>,
     service: ArcSwap<Service>,
-    pub(super) state: Mutex<State>,
+    state: Mutex<State>,
     tx: mpsc::UnboundedSender<Msg>,
     shared: Arc<Shared>,
     pub(super) cancel: CancellationToken,
@@ -397,9 +439,17 @@ impl Tenant {
         let _ = self.tx.send(Msg::Event);
     }
 
-    /// The reason of the last failed wake, if the last wake failed.
-    pub fn last_error(&self) -> Option<String> {
-        self.state.lock().failure.as_ref().map(|(r, _)| r.to_string())
+    /// The tenant's state now, read under one short lock.
+    pub fn snapshot(&self) -> Snapshot {
+        let st = self.state.lock();
+        Snapshot {
+            phase: st.phase,
+            since: st.since,
+            in_flight: st.active,
+            last_activity: st.last_activity,
+            last_error: st.failure.as_ref().map(|(r, _)| r.clone()),
+            held: st.queue.iter().filter(|tx| !tx.is_closed()).count(),
+        }
     }
 
     /// Docker reported something about this container.
@@ -626,7 +676,7 @@ impl Tenant {
                 }
                 self.set_phase(&mut st, Phase::Running);
                 metrics.wake(&self.name, "ok");
-                metrics.phase(WakePhase::Total, requested.elapsed());
+                metrics.phase(WakePhase::Total.as_str(), requested.elapsed());
                 span.in_scope(|| info!(ms = requested.elapsed().as_millis() as u64, held = st.queue.len(), "ready"));
             }
             Err(refusal) => {
@@ -685,7 +735,7 @@ impl Tenant {
             Err(Refusal::Failed { .. }) if assumed.is_some() => act(inspect().await?.state).await?,
             Err(e) => return Err(e),
         }
-        metrics.phase(WakePhase::StartCall, call.elapsed());
+        metrics.phase(WakePhase::StartCall.as_str(), call.elapsed());
 
         let mut info = inspect().await?;
         loop {
@@ -704,7 +754,7 @@ impl Tenant {
                 }
             }
         }
-        metrics.phase(WakePhase::Running, started.elapsed());
+        metrics.phase(WakePhase::Running.as_str(), started.elapsed());
         {
             let mut st = self.state.lock();
             st.identity = Some((info.id.clone(), info.name.clone()));
@@ -750,7 +800,7 @@ impl Tenant {
                 }
             }
         }
-        metrics.phase(WakePhase::Ready, started.elapsed());
+        metrics.phase(WakePhase::Ready.as_str(), started.elapsed());
         Ok(backend)
     }
 

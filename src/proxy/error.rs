@@ -1,9 +1,14 @@
-//! Why a request could not be forwarded, and what the client is told.
+//! Why a request could not be forwarded, what the client is told, and which metric says so.
+//!
+//! Owns the proxy's error vocabulary: [`ProxyError`], its source ([`Fault`]), and the label values of the
+//! proxy's error counters ([`Unrouted`], [`UpstreamErrorKind`]). It does not build responses nor count: the
+//! handler's single exit does both, from what an error says here.
 
 use std::time::Duration;
 
 use http::StatusCode;
 
+use crate::metrics::LabelValue;
 use crate::passivation::Refusal;
 
 /// Who is at fault, in pingora's terms: decides the status class and keeps logs and metrics honest.
@@ -67,6 +72,7 @@ impl ProxyError {
         }
     }
 
+    /// Who is at fault. It picks the error counter the error adds to (see `metric`).
     pub fn fault(&self) -> Fault {
         match self {
             Self::BadHost | Self::UnknownHost { .. } | Self::ClientAborted | Self::MethodNotAllowed => {
@@ -78,9 +84,151 @@ impl ProxyError {
         }
     }
 
+    /// The error counter this error adds to, beside the per-service and latency metrics every response gets.
+    /// Downstream and internal errors met before a service was found count as unrouted; upstream errors count
+    /// by kind when the request ended on one. A failed connect is counted by the attempt that met it (the next
+    /// backend may still answer), and a refused wake by passivation, so neither counts here.
+    pub(super) fn metric(&self) -> Option<ErrorMetric> {
+        match self.fault() {
+            Fault::Downstream | Fault::Internal => match self {
+                Self::BadHost => Some(ErrorMetric::Unrouted(Unrouted::BadHost)),
+                Self::UnknownHost { .. } => Some(ErrorMetric::Unrouted(Unrouted::UnknownHost)),
+                Self::MissingService { .. } => Some(ErrorMetric::Unrouted(Unrouted::MissingService)),
+                _ => None,
+            },
+            Fault::Upstream => match self {
+                Self::UpstreamTimeout { .. } => Some(ErrorMetric::Upstream(UpstreamErrorKind::ResponseTimeout)),
+                Self::UpstreamProtocol { .. } => Some(ErrorMetric::Upstream(UpstreamErrorKind::Protocol)),
+                _ => None,
+            },
+        }
+    }
+
     /// The plain-text body the client gets: status line, then the reason.
     pub fn body(&self) -> String {
         let status = self.status();
         format!("{} {}: {self}\n", status.as_u16(), status.canonical_reason().unwrap_or(""))
+    }
+}
+
+/// An error counter and its label, as [`ProxyError::metric`] decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ErrorMetric {
+    /// `reveille_unrouted_requests_total`.
+    Unrouted(Unrouted),
+    /// `reveille_upstream_errors_total`.
+    Upstream(UpstreamErrorKind),
+}
+
+/// Requests that no service answered; the label of `reveille_unrouted_requests_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unrouted {
+    UnknownHost,
+    BadHost,
+    /// A route exists but its service does not (503).
+    MissingService,
+}
+
+impl LabelValue for Unrouted {
+    const ALL: &'static [Self] = &[Self::UnknownHost, Self::BadHost, Self::MissingService];
+
+    fn as_label(self) -> &'static str {
+        match self {
+            Self::UnknownHost => "unknown_host",
+            Self::BadHost => "bad_host",
+            Self::MissingService => "missing_service",
+        }
+    }
+
+    #[inline]
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Why an upstream attempt failed; the label of `reveille_upstream_errors_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    /// The backend refused the TCP connection.
+    ConnectRefused,
+    /// The TCP connection did not complete within the connect timeout.
+    ConnectTimeout,
+    /// Any other connect failure (unreachable, DNS...).
+    ConnectOther,
+    /// No response headers within the response timeout.
+    ResponseTimeout,
+    /// The backend broke the HTTP exchange (closed early, sent garbage).
+    Protocol,
+}
+
+impl UpstreamErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ConnectRefused => "connect_refused",
+            Self::ConnectTimeout => "connect_timeout",
+            Self::ConnectOther => "connect_other",
+            Self::ResponseTimeout => "response_timeout",
+            Self::Protocol => "protocol",
+        }
+    }
+}
+
+impl LabelValue for UpstreamErrorKind {
+    const ALL: &'static [Self] =
+        &[Self::ConnectRefused, Self::ConnectTimeout, Self::ConnectOther, Self::ResponseTimeout, Self::Protocol];
+
+    fn as_label(self) -> &'static str {
+        self.as_str()
+    }
+
+    #[inline]
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_indexes_match_their_position() {
+        for (i, v) in Unrouted::ALL.iter().enumerate() {
+            assert_eq!(v.index(), i);
+        }
+        for (i, v) in UpstreamErrorKind::ALL.iter().enumerate() {
+            assert_eq!(v.index(), i);
+        }
+    }
+
+    #[test]
+    fn the_source_of_an_error_picks_its_counter() {
+        let host = || "h".to_string();
+        let service = || "s".to_string();
+        assert_eq!(
+            ProxyError::UnknownHost { host: host() }.metric(),
+            Some(ErrorMetric::Unrouted(Unrouted::UnknownHost))
+        );
+        assert_eq!(ProxyError::BadHost.metric(), Some(ErrorMetric::Unrouted(Unrouted::BadHost)));
+        assert_eq!(
+            ProxyError::MissingService { host: host(), service: service() }.metric(),
+            Some(ErrorMetric::Unrouted(Unrouted::MissingService))
+        );
+        assert_eq!(
+            ProxyError::UpstreamTimeout { service: service(), timeout: Duration::from_secs(1) }.metric(),
+            Some(ErrorMetric::Upstream(UpstreamErrorKind::ResponseTimeout))
+        );
+        assert_eq!(
+            ProxyError::UpstreamProtocol { service: service() }.metric(),
+            Some(ErrorMetric::Upstream(UpstreamErrorKind::Protocol))
+        );
+        for uncounted in [
+            ProxyError::MethodNotAllowed,
+            ProxyError::ClientAborted,
+            ProxyError::AllBackendsFailed { service: service() },
+            ProxyError::Wake { service: service(), refusal: Refusal::Removed },
+        ] {
+            assert_eq!(uncounted.metric(), None, "{uncounted}");
+        }
     }
 }

@@ -1,15 +1,24 @@
-//! Forwarding one request: route by host, rewrite headers, try backends in round-robin order, stream the
-//! response back, and hand upgraded connections (WebSocket) to a tunnel.
+//! One request, one way through: route by host, answer what reveille answers itself (HTTPS redirect, errors,
+//! and passivation's status endpoint and starting page, built by `passivation`), or rewrite headers, try the
+//! backends in round-robin order, stream the response back and hand upgraded connections (WebSocket) to a
+//! tunnel.
+//!
+//! Every response leaves through one exit, [`RequestCtx::finish`]: the per-service status counter, the
+//! request-duration histogram, the error counters (chosen by the error's source, see [`ProxyError::metric`])
+//! and exactly one access-log line (target `reveille::access`) are written there and nowhere else. Connect
+//! failures are the exception by design: they are counted per attempt, as they happen, because a request may
+//! fail over and still succeed.
 
 use std::borrow::Cow;
 use std::error::Error as _;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 
 use http::header::{
-    ACCEPT, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, LOCATION, RETRY_AFTER,
-    STRICT_TRANSPORT_SECURITY, TRANSFER_ENCODING, UPGRADE, VARY,
+    CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, LOCATION, RETRY_AFTER, STRICT_TRANSPORT_SECURITY,
+    TRANSFER_ENCODING, UPGRADE,
 };
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
@@ -18,28 +27,114 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::body::{BodySlot, RequestBody, ResponseBody};
 use super::conn::InFlight;
+use super::error::{ErrorMetric, UpstreamErrorKind};
 use super::headers::{add_forwarded, strip_hop_by_hop, upgrade_requested};
 use super::{tunnel, ProxyError, ProxyService, Response};
-use crate::metrics::{Unrouted, UpstreamErrorKind};
-use crate::passivation::{Activity, PageValues, Phase, Refusal};
+use crate::passivation::{wants_page, Activity, Refusal};
 use crate::routes::{normalize_request_host, Backend, Lookup, Service};
 
 /// Handles one request end to end. Never fails: errors become responses.
 pub(super) async fn handle(svc: &ProxyService, req: Request<Incoming>, guard: InFlight) -> Response {
-    let start = Instant::now();
+    let mut ctx = RequestCtx::new(svc.proxy.settings.access_log, &req);
+    let outcome = respond(svc, &mut ctx, req, guard).await;
+    ctx.finish(svc, outcome)
+}
+
+/// What one request leaves for the exit, filled in as it goes: when it began, what it asked for, which
+/// service and backend it reached. How it ended is the [`Outcome`] beside it.
+struct RequestCtx {
+    start: Instant,
+    /// The method and target, for the access log; copied only when the log is on, so the hot path copies
+    /// nothing otherwise.
+    line: Option<(Method, Option<PathAndQuery>)>,
+    /// The host for the access log (normalised once routed, as sent when it could not be); kept only when the
+    /// log is on.
+    host: Option<Box<str>>,
+    /// The service the host is routed to: the request is counted and logged under it.
+    service: Option<Arc<Service>>,
+    /// The backend of the last forwarding attempt.
+    backend: Option<Backend>,
+    /// The request went to the forwarding phase: whatever its response, it gets the service's HSTS policy.
+    forwarded: bool,
+}
+
+/// How a request ended: a response to send, or an error the exit turns into one (with the connection's
+/// in-flight guard, which the response body holds until it is sent).
+type Outcome = Result<Response, (ProxyError, InFlight)>;
+
+impl RequestCtx {
+    fn new(access_log: bool, req: &Request<Incoming>) -> Self {
+        Self {
+            start: Instant::now(),
+            line: access_log.then(|| (req.method().clone(), req.uri().path_and_query().cloned())),
+            host: None,
+            service: None,
+            backend: None,
+            forwarded: false,
+        }
+    }
+
+    /// Keeps `host` for the access log, when there is one.
+    fn log_host(&mut self, host: Option<&str>) {
+        if self.line.is_some() {
+            self.host = host.map(Box::from);
+        }
+    }
+
+    /// The one exit, whatever the outcome (pingora's `logging` phase): builds the error response, counts the
+    /// error by its source, adds HSTS, records the service's status counter and the request duration, and
+    /// writes the request's one access-log line.
+    fn finish(self, svc: &ProxyService, outcome: Outcome) -> Response {
+        let proxy = &*svc.proxy;
+        let mut response = match outcome {
+            Ok(response) => response,
+            Err((err, guard)) => {
+                match err.metric() {
+                    Some(ErrorMetric::Unrouted(kind)) => proxy.unrouted.inc(kind),
+                    Some(ErrorMetric::Upstream(kind)) => proxy.upstream_errors.inc(kind),
+                    None => {}
+                }
+                error_response(&err, guard)
+            }
+        };
+        if svc.tls && self.forwarded {
+            if let Some(hsts) = self.service.as_ref().and_then(|s| s.https().hsts.as_ref()) {
+                // The backend's own policy, if it sends one, wins.
+                response.headers_mut().entry(STRICT_TRANSPORT_SECURITY).or_insert_with(|| hsts.clone());
+            }
+        }
+        let status = response.status();
+        if let Some(service) = &self.service {
+            service.stats(|n| proxy.metrics.service_stats(n)).record(status.as_u16());
+        }
+        proxy.metrics.observe_duration(self.start.elapsed());
+        if let Some((method, path)) = &self.line {
+            info!(
+                target: "reveille::access",
+                host = self.host.as_deref().unwrap_or("-"),
+                method = %method,
+                path = path.as_ref().map_or("", |p| p.as_str()),
+                status = status.as_u16(),
+                duration_ms = millis(self.start),
+                service = self.service.as_ref().map_or("-", |s| s.name()),
+                backend = self.backend.as_ref().map_or("-", |b| b.as_str()),
+            );
+        }
+        response
+    }
+}
+
+/// The request's phases up to its response: checks, routing, what reveille answers itself (HTTPS redirect,
+/// status endpoint), passivation (wake, starting page), forwarding. Leaves metrics and logs to the exit.
+async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, req: Request<Incoming>, guard: InFlight) -> Outcome {
     let proxy = &*svc.proxy;
 
     if req.method() == Method::CONNECT {
         // reveille forwards to its own backends only; it is not a tunnel to arbitrary hosts.
-        let err = ProxyError::MethodNotAllowed;
-        log_access(svc, &req, "-", err.status(), start);
-        return error_response(&err, guard);
+        return Err((ProxyError::MethodNotAllowed, guard));
     }
     if req.headers().get_all(HOST).iter().nth(1).is_some() {
-        proxy.metrics.unrouted(Unrouted::BadHost);
-        let err = ProxyError::BadHost;
-        log_access(svc, &req, "-", err.status(), start);
-        return error_response(&err, guard);
+        return Err((ProxyError::BadHost, guard));
     }
 
     // HTTP/2 carries the host in `:authority` (and absolute-form HTTP/1.1 in the URI); otherwise `Host`.
@@ -48,149 +143,80 @@ pub(super) async fn handle(svc: &ProxyService, req: Request<Incoming>, guard: In
         None => req.headers().get(HOST).and_then(|v| v.to_str().ok()).map(Cow::Borrowed),
     };
     let Some(host) = raw_host.as_deref().and_then(normalize_request_host) else {
-        proxy.metrics.unrouted(Unrouted::BadHost);
-        let err = ProxyError::BadHost;
-        log_access(svc, &req, raw_host.as_deref().unwrap_or("-"), err.status(), start);
-        return error_response(&err, guard);
+        ctx.log_host(raw_host.as_deref());
+        return Err((ProxyError::BadHost, guard));
     };
-    let found = match proxy.routes.load().lookup(&host) {
-        Lookup::Found(s) => Ok(s.clone()),
-        Lookup::MissingService(name) => Err(Some(name.clone())),
-        Lookup::NoRoute => Err(None),
-    };
-    let service = match found {
-        Ok(s) => s,
-        Err(missing) => {
-            let err = match missing {
-                Some(service) => {
-                    proxy.metrics.unrouted(Unrouted::MissingService);
-                    ProxyError::MissingService { host: host.into_owned(), service: service.to_string() }
-                }
-                None => {
-                    proxy.metrics.unrouted(Unrouted::UnknownHost);
-                    ProxyError::UnknownHost { host: host.into_owned() }
-                }
-            };
-            log_access(svc, &req, raw_host.as_deref().unwrap_or("-"), err.status(), start);
-            return error_response(&err, guard);
+    let service = match proxy.routes.load().lookup(&host) {
+        Lookup::Found(s) => s.clone(),
+        Lookup::MissingService(name) => {
+            ctx.log_host(raw_host.as_deref());
+            let err = ProxyError::MissingService { host: host.into_owned(), service: name.to_string() };
+            return Err((err, guard));
+        }
+        Lookup::NoRoute => {
+            ctx.log_host(raw_host.as_deref());
+            return Err((ProxyError::UnknownHost { host: host.into_owned() }, guard));
         }
     };
-    if !svc.tls && service.https().redirect.unwrap_or(proxy.redirect.all) && !is_acme_challenge(&req) {
-        let response = https_redirect(&host, proxy.redirect.port, req.uri(), guard);
-        service.stats(|n| proxy.metrics.service_stats(n)).record(response.status().as_u16());
-        if proxy.settings.access_log {
-            let path = req.uri().path_and_query().map_or("", |p| p.as_str());
-            access_log(&host, req.method(), path, response.status(), start, service.name(), "-");
-        }
-        return response;
-    }
-    let status_path = &proxy.passivator.settings().status_path;
-    if req.uri().path() == status_path.as_str() && matches!(*req.method(), Method::GET | Method::HEAD) {
-        let response = status_response(svc, &service, guard);
-        log_access(svc, &req, &host, response.status(), start);
-        return response;
-    }
-    let host = host.into_owned();
-    drop(raw_host);
+    ctx.log_host(Some(&host));
+    let service = &*ctx.service.insert(service);
 
-    let method = req.method().clone();
-    let path = req.uri().path_and_query().cloned();
+    if !svc.tls && service.https().redirect.unwrap_or(proxy.redirect.all) && !is_acme_challenge(&req) {
+        return Ok(https_redirect(&host, proxy.redirect.port, req.uri(), guard));
+    }
+    let passivator = &proxy.passivator;
+    if passivator.is_status_request(&req) {
+        return Ok(with_guard(passivator.status_response(service), guard));
+    }
+
     let mut guard = guard;
     let mut target = None;
     let mut activity = None;
-    if let Some(tenant) = proxy.passivator.tenant(&service) {
-        let page = wants_page(&req);
-        match tenant.admit(page).await {
+    if let Some(tenant) = passivator.tenant(service) {
+        match tenant.admit(wants_page(&req)).await {
             Ok((backend, a)) => {
                 target = backend;
                 activity = Some(a.clone());
                 guard = guard.with_activity(a);
             }
-            Err(Refusal::Starting) => {
-                let response = starting_page(svc, &service, &host, tenant.phase().as_str(), guard);
-                log_access(svc, &req, &host, response.status(), start);
-                return response;
-            }
-            Err(refusal) => {
-                let err = ProxyError::Wake { service: service.name().to_string(), refusal };
-                let response = error_response(&err, guard);
-                service.stats(|n| proxy.metrics.service_stats(n)).record(response.status().as_u16());
-                if proxy.settings.access_log {
-                    let path = path.as_ref().map_or("", |p| p.as_str());
-                    access_log(&host, &method, path, response.status(), start, service.name(), "-");
-                }
-                return response;
-            }
+            Err(Refusal::Starting) => return Ok(with_guard(passivator.starting_page(&tenant, &host), guard)),
+            Err(refusal) => return Err((ProxyError::Wake { service: service.name().to_string(), refusal }, guard)),
         }
     }
-    let (response, backend) = match forward(svc, &service, target.as_ref(), activity, req).await {
-        Ok((resp, backend)) => (finish_response(resp, guard), Some(backend)),
-        Err((err, backend)) => {
-            if let (ProxyError::AllBackendsFailed { .. }, Some(tenant)) = (&err, proxy.passivator.get(service.name())) {
+    drop(host);
+    drop(raw_host);
+
+    ctx.forwarded = true;
+    match forward(svc, service, target.as_ref(), activity, req, &mut ctx.backend).await {
+        Ok(upstream) => Ok(finish_response(upstream, guard)),
+        Err(err) => {
+            if let (ProxyError::AllBackendsFailed { .. }, Some(tenant)) = (&err, passivator.get(service.name())) {
                 // The container may have died under us: have its state checked.
                 tenant.suspect();
             }
-            (error_response(&err, guard), backend)
+            Err((err, guard))
         }
-    };
-    let mut response = response;
-    if svc.tls {
-        if let Some(hsts) = &service.https().hsts {
-            // The backend's own policy, if it sends one, wins.
-            response.headers_mut().entry(STRICT_TRANSPORT_SECURITY).or_insert_with(|| hsts.clone());
-        }
-    }
-    let status = response.status();
-    service.stats(|n| proxy.metrics.service_stats(n)).record(status.as_u16());
-    proxy.metrics.observe_duration(start.elapsed());
-    if proxy.settings.access_log {
-        let path = path.as_ref().map_or("", |p| p.as_str());
-        let backend = backend.as_ref().map_or("-", |b| b.as_str());
-        access_log(&host, &method, path, status, start, service.name(), backend);
-    }
-    response
-}
-
-fn log_access(svc: &ProxyService, req: &Request<Incoming>, host: &str, status: StatusCode, start: Instant) {
-    if svc.proxy.settings.access_log {
-        let path = req.uri().path_and_query().map_or("", |p| p.as_str());
-        access_log(host, req.method(), path, status, start, "-", "-");
     }
 }
 
-/// The access-log event: one per request, target `reveille::access`.
-fn access_log(
-    host: &str,
-    method: &Method,
-    path: &str,
-    status: StatusCode,
-    start: Instant,
-    service: &str,
-    backend: &str,
-) {
-    info!(
-        target: "reveille::access",
-        host,
-        method = %method,
-        path,
-        status = status.as_u16(),
-        duration_ms = millis(start),
-        service,
-        backend,
-    );
+/// A response reveille wrote itself (passivation's pages), with the guard its body holds.
+fn with_guard(response: http::Response<String>, guard: InFlight) -> Response {
+    response.map(|body| ResponseBody::full(body, Some(guard)))
 }
 
 type Upstream = http::Response<Incoming>;
 
 /// Sends the request to the service's backends in rotation until one answers. A backend that cannot be
-/// connected to is skipped; nothing was sent to it, so the next one gets the same request.
+/// connected to is skipped (and counted, by attempt); nothing was sent to it, so the next one gets the same
+/// request. `last_backend` tells the exit which backend the last attempt went to.
 async fn forward(
     svc: &ProxyService,
     service: &Service,
     target: Option<&Backend>,
     activity: Option<Activity>,
     mut req: Request<Incoming>,
-) -> Result<(Upstream, Backend), (ProxyError, Option<Backend>)> {
+    last_backend: &mut Option<Backend>,
+) -> Result<Upstream, ProxyError> {
     let proxy = &*svc.proxy;
     let upgrade = if req.version() == Version::HTTP_11 { upgrade_requested(req.headers()) } else { None };
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
@@ -228,7 +254,6 @@ async fn forward(
     let mut headers = Some(headers);
     let mut client_upgrade = client_upgrade;
     let mut activity = activity;
-    let mut last_backend = None;
     let timeout = proxy.settings.response_timeout;
     for (i, backend) in backends.enumerate() {
         let is_last = i + 1 == n;
@@ -236,8 +261,9 @@ async fn forward(
         uri.scheme = Some(Scheme::HTTP);
         uri.authority = Some(backend.authority().clone());
         uri.path_and_query = Some(path.clone());
+        *last_backend = Some(backend.clone());
         let Ok(uri) = Uri::from_parts(uri) else {
-            return Err((ProxyError::UpstreamProtocol { service: service.name().into() }, Some(backend.clone())));
+            return Err(ProxyError::UpstreamProtocol { service: service.name().into() });
         };
         let attempt_body = match &body {
             Some(b) => b.attempt(),
@@ -251,7 +277,6 @@ async fn forward(
         *upstream_req.headers_mut() =
             if is_last { headers.take().unwrap_or_default() } else { headers.clone().unwrap_or_default() };
 
-        last_backend = Some(backend.clone());
         // The response timeout counts from the end of the request body, not from its start: a slow upload is
         // the client's time, not the backend's.
         let deadline = async {
@@ -280,11 +305,11 @@ async fn forward(
                     );
                     proxy.tasks.spawn(run.instrument(span));
                 }
-                return Ok((resp, backend.clone()));
+                return Ok(resp);
             }
             Some(Err(e)) if e.is_connect() => {
                 let kind = classify_connect(&e);
-                proxy.metrics.upstream_error(kind);
+                proxy.upstream_errors.inc(kind);
                 debug!(service = service.name(), backend = backend.as_str(), error = %source_chain(&e), kind = kind.as_str(), "backend unreachable");
                 if body.as_ref().is_some_and(|b| !b.is_intact()) {
                     break;
@@ -293,19 +318,15 @@ async fn forward(
             Some(Err(e)) => {
                 if body.as_ref().is_some_and(BodySlot::client_failed) {
                     debug!(service = service.name(), error = %source_chain(&e), "client went away during the upload");
-                    return Err((ProxyError::ClientAborted, last_backend));
+                    return Err(ProxyError::ClientAborted);
                 }
-                proxy.metrics.upstream_error(UpstreamErrorKind::Protocol);
                 warn!(service = service.name(), backend = backend.as_str(), error = %source_chain(&e), "backend failed to answer");
-                return Err((ProxyError::UpstreamProtocol { service: service.name().into() }, last_backend));
+                return Err(ProxyError::UpstreamProtocol { service: service.name().into() });
             }
-            None => {
-                proxy.metrics.upstream_error(UpstreamErrorKind::ResponseTimeout);
-                return Err((ProxyError::UpstreamTimeout { service: service.name().into(), timeout }, last_backend));
-            }
+            None => return Err(ProxyError::UpstreamTimeout { service: service.name().into(), timeout }),
         }
     }
-    Err((ProxyError::AllBackendsFailed { service: service.name().into() }, last_backend))
+    Err(ProxyError::AllBackendsFailed { service: service.name().into() })
 }
 
 /// The backends one request may try.
@@ -322,74 +343,6 @@ impl<'a, R: Iterator<Item = &'a Backend>> Iterator for Backends<'a, R> {
             Backends::Rotation(r) => r.next(),
         }
     }
-}
-
-/// A `GET` for a page a browser shows (not a script, image, XHR or upgrade): the only kind of request that may
-/// get the "starting" page instead of waiting.
-fn wants_page(req: &Request<Incoming>) -> bool {
-    if req.method() != Method::GET || req.headers().contains_key(UPGRADE) {
-        return false;
-    }
-    let h = req.headers();
-    let header = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
-    if let Some(dest) = header("sec-fetch-dest") {
-        if !matches!(dest, "document" | "iframe") {
-            return false;
-        }
-    }
-    if header("x-requested-with").is_some() {
-        return false;
-    }
-    h.get_all(ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|t| t.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("text/html"))))
-}
-
-/// The "starting" page: 503, never cached, reloads itself once the tenant is ready.
-fn starting_page(svc: &ProxyService, service: &Service, host: &str, state: &str, guard: InFlight) -> Response {
-    let settings = svc.proxy.passivator.settings();
-    let html = settings.page.render(&PageValues {
-        service: service.name(),
-        host,
-        state,
-        status_path: &settings.status_path,
-        retry_after: PAGE_RETRY_AFTER,
-    });
-    let mut resp = http::Response::new(ResponseBody::full(html, Some(guard)));
-    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(RETRY_AFTER, HeaderValue::from(PAGE_RETRY_AFTER));
-    h.insert(VARY, HeaderValue::from_static("Accept"));
-    resp
-}
-
-/// `Retry-After` of the starting page, in seconds (the page itself reloads sooner, when ready).
-const PAGE_RETRY_AFTER: u64 = 2;
-
-/// `GET <status_path>` on a routed host: the state of its service, for the starting page and for tools.
-fn status_response(svc: &ProxyService, service: &std::sync::Arc<Service>, guard: InFlight) -> Response {
-    let (state, error) = match svc.proxy.passivator.tenant(service) {
-        Some(t) => {
-            let st = t.phase();
-            let error = if st == Phase::Failed { t.last_error() } else { None };
-            (st.as_str(), error)
-        }
-        None => ("running", None),
-    };
-    let body = serde_json::json!({
-        "service": service.name(),
-        "state": state,
-        "ready": state == "running",
-        "error": error,
-    });
-    let mut resp = http::Response::new(ResponseBody::full(body.to_string(), Some(guard)));
-    let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
 }
 
 /// ACME HTTP-01 challenges must stay reachable over plain HTTP, or a certificate could never be issued.

@@ -1,8 +1,12 @@
 //! The data path: accepts client connections, routes each request by hostname and forwards it to a backend.
 //!
-//! Owns connection handling (`conn`), request forwarding (`handler`), header rewriting (`headers`) and body
-//! streaming (`body`). Reads the route table through [`RouteHandle`] and never changes it; knows nothing of
-//! where routes come from.
+//! Owns connection handling (`conn`), the request's way through and its single exit (`handler`: metrics and
+//! the access-log line of every response are written there), the error vocabulary and the label values of its
+//! error counters (`error`), header rewriting (`headers`), body streaming (`body`) and upgraded connections
+//! (`tunnel`). Reads the route table through [`RouteHandle`] and never changes it; knows nothing of where
+//! routes come from. For passivated services it calls passivation's small API ([`Passivator::tenant`],
+//! `Tenant::admit`, the page decision, the status endpoint and starting page responses) and knows nothing of
+//! the lifecycle behind it. TLS handshakes are `tls`'s; metric names and exposition are `metrics`'.
 
 mod body;
 mod conn;
@@ -29,9 +33,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info_span, Instrument};
 
-pub use error::ProxyError;
+pub use error::{Fault, ProxyError, Unrouted, UpstreamErrorKind};
 
-use crate::metrics::Metrics;
+use crate::metrics::{LabeledCounters, Metrics};
 use crate::passivation::Passivator;
 use crate::routes::RouteHandle;
 use crate::tls::TlsAcceptor;
@@ -84,6 +88,10 @@ impl Default for Settings {
 pub struct Proxy {
     routes: RouteHandle,
     metrics: Arc<Metrics>,
+    /// `reveille_unrouted_requests_total`, by the proxy's kinds.
+    unrouted: LabeledCounters<Unrouted>,
+    /// `reveille_upstream_errors_total`, by the proxy's kinds.
+    upstream_errors: LabeledCounters<UpstreamErrorKind>,
     /// Passivated services' tenants: asked for a backend before forwarding.
     passivator: Arc<Passivator>,
     settings: Settings,
@@ -153,6 +161,8 @@ impl Proxy {
         let settings_limit = settings.max_connections.max(1);
         Arc::new(Self {
             routes,
+            unrouted: metrics.unrouted(),
+            upstream_errors: metrics.upstream_errors(),
             metrics,
             passivator,
             settings,

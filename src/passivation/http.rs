@@ -1,0 +1,158 @@
+//! Passivation's HTTP face: what clients and operators see of a tenant's lifecycle.
+//!
+//! Owns the "is this a browser navigation" decision ([`wants_page`]), the "starting" page response, the status
+//! endpoint (`GET <status_path>` on every routed host) and the admin API's `/api/services` view. Everything here
+//! reads a tenant through [`Tenant::snapshot`] and never changes it. Responses carry a plain `String` body: the
+//! proxy wraps it in its own body type, writes the access-log line and counts the metrics; nothing here does.
+
+use std::sync::Arc;
+
+use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, UPGRADE, VARY};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+
+use super::status::rfc3339;
+use super::{PageValues, Passivator, Phase, Tenant};
+use crate::routes::{RouteTable, Service};
+
+/// `Retry-After` of the starting page, in seconds (the page itself reloads sooner, when ready).
+const PAGE_RETRY_AFTER: u64 = 2;
+
+/// A `GET` for a page a browser shows (not a script, image, XHR or upgrade): the only kind of request that may
+/// get the "starting" page instead of waiting.
+pub fn wants_page<B>(req: &Request<B>) -> bool {
+    if req.method() != Method::GET || req.headers().contains_key(UPGRADE) {
+        return false;
+    }
+    let h = req.headers();
+    let header = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+    if let Some(dest) = header("sec-fetch-dest") {
+        if !matches!(dest, "document" | "iframe") {
+            return false;
+        }
+    }
+    if header("x-requested-with").is_some() {
+        return false;
+    }
+    h.get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("text/html"))))
+}
+
+impl Passivator {
+    /// True for `GET` or `HEAD` of the status path: the proxy answers it with [`Self::status_response`] on
+    /// every routed host, instead of forwarding it.
+    #[inline]
+    pub fn is_status_request<B>(&self, req: &Request<B>) -> bool {
+        req.uri().path() == self.settings().status_path.as_str() && matches!(*req.method(), Method::GET | Method::HEAD)
+    }
+
+    /// The status endpoint: the state of `service`, for the starting page's polling and for tools. A service
+    /// that is not passivated is always `running`.
+    pub fn status_response(&self, service: &Arc<Service>) -> Response<String> {
+        let (state, error) = match self.tenant(service) {
+            Some(t) => {
+                let snap = t.snapshot();
+                let error = match snap.phase {
+                    Phase::Failed => snap.last_error.map(|r| r.to_string()),
+                    _ => None,
+                };
+                (snap.phase.as_str(), error)
+            }
+            None => ("running", None),
+        };
+        let body = json!({
+            "service": service.name(),
+            "state": state,
+            "ready": state == "running",
+            "error": error,
+        });
+        let mut resp = Response::new(body.to_string());
+        no_store(resp.headers_mut(), "application/json");
+        resp
+    }
+
+    /// The "starting" page for a browser whose tenant was not ready within `page_after`: 503, never cached,
+    /// reloads itself once the tenant is ready.
+    pub fn starting_page(&self, tenant: &Tenant, host: &str) -> Response<String> {
+        let settings = self.settings();
+        let html = settings.page.render(&PageValues {
+            service: tenant.name(),
+            host,
+            state: tenant.phase().as_str(),
+            status_path: &settings.status_path,
+            retry_after: PAGE_RETRY_AFTER,
+        });
+        let mut resp = Response::new(html);
+        *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        let h = resp.headers_mut();
+        no_store(h, "text/html; charset=utf-8");
+        h.insert(RETRY_AFTER, HeaderValue::from(PAGE_RETRY_AFTER));
+        h.insert(VARY, HeaderValue::from_static("Accept"));
+        resp
+    }
+
+    /// Every service of `table` as the admin API's `/api/services` shows it, passivated or not.
+    pub fn services_json(&self, table: &RouteTable) -> Value {
+        let tenants = self.tenants.load();
+        let mut out = serde_json::Map::new();
+        for (name, service) in table.services() {
+            let backends: Vec<&str> = service.backends().iter().map(|b| b.as_str()).collect();
+            let mut v = json!({ "backends": backends });
+            match (service.container(), tenants.get(name)) {
+                (Some(spec), Some(t)) => {
+                    let snap = t.snapshot();
+                    v["container"] = json!(spec.container);
+                    v["state"] = json!(snap.phase.as_str());
+                    v["since"] = json!(rfc3339(snap.since));
+                    v["in_flight"] = json!(snap.in_flight);
+                    v["last_activity"] = json!(snap.last_activity.map(rfc3339));
+                    v["last_error"] = json!(snap.last_error.map(|r| r.to_string()));
+                    v["held"] = json!(snap.held);
+                    v["idle_action"] = json!(spec.idle_action.as_str());
+                    let idle = spec.idle_timeout.unwrap_or(self.settings().idle_timeout);
+                    v["idle_timeout"] = json!(humantime::format_duration(idle).to_string());
+                }
+                (Some(spec), None) => {
+                    v["container"] = json!(spec.container);
+                    v["state"] = json!(Phase::Unknown.as_str());
+                }
+                (None, _) => v["state"] = json!("running"),
+            }
+            out.insert(name.to_string(), v);
+        }
+        json!({ "services": out })
+    }
+}
+
+fn no_store(h: &mut HeaderMap, content_type: &'static str) {
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: Method, headers: &[(&str, &str)]) -> Request<()> {
+        let mut r = Request::builder().method(method).uri("/");
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.body(()).unwrap()
+    }
+
+    #[test]
+    fn only_browser_navigations_want_the_page() {
+        let html = ("accept", "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8");
+        assert!(wants_page(&req(Method::GET, &[html])));
+        assert!(wants_page(&req(Method::GET, &[html, ("sec-fetch-dest", "iframe")])));
+        assert!(!wants_page(&req(Method::POST, &[html])));
+        assert!(!wants_page(&req(Method::GET, &[("accept", "application/json")])));
+        assert!(!wants_page(&req(Method::GET, &[])));
+        assert!(!wants_page(&req(Method::GET, &[html, ("sec-fetch-dest", "image")])));
+        assert!(!wants_page(&req(Method::GET, &[html, ("x-requested-with", "XMLHttpRequest")])));
+        assert!(!wants_page(&req(Method::GET, &[html, ("upgrade", "websocket")])));
+    }
+}

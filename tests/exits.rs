@@ -1,0 +1,183 @@
+//! Every response leaves the proxy through one exit: whether it was forwarded, answered 404 for an unknown
+//! host, redirected to HTTPS, answered by the status endpoint, given the "starting" page or refused because
+//! the tenant did not wake in time, it adds exactly one observation to `reveille_request_duration_seconds`
+//! and writes exactly one access-log line, with its service wherever one was routed.
+//!
+//! The access log is captured for real: a `tracing` subscriber installed for this test binary records every
+//! `reveille::access` event. The passivated tenant needs no Docker: its runtime endpoint is a Unix socket that
+//! accepts connections and never answers, so a wake never ends and the tenant stays asleep.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use http::{Request, StatusCode};
+use support::{full, get, send, Backend, Got, TestProxy};
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::Layer;
+
+/// One access-log event's fields, as strings.
+type Line = BTreeMap<String, String>;
+
+/// Records `reveille::access` events and ignores everything else.
+struct Capture;
+
+impl<S: tracing::Subscriber> Layer<S> for Capture {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>, _: Context<'_, S>) -> bool {
+        metadata.target() == "reveille::access"
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        struct Fields(Line);
+        impl Visit for Fields {
+            fn record_str(&mut self, field: &Field, value: &str) {
+                self.0.insert(field.name().to_string(), value.to_string());
+            }
+            fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+                self.0.insert(field.name().to_string(), format!("{value:?}"));
+            }
+        }
+        let mut fields = Fields(Line::new());
+        event.record(&mut fields);
+        access_log().lock().unwrap().push(fields.0);
+    }
+}
+
+/// The access-log lines of this test binary so far; the first call installs the capturing subscriber.
+fn access_log() -> &'static Mutex<Vec<Line>> {
+    static LOG: OnceLock<Mutex<Vec<Line>>> = OnceLock::new();
+    static INSTALL: OnceLock<()> = OnceLock::new();
+    INSTALL.get_or_init(|| {
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(Capture))
+            .expect("no other subscriber in this test binary");
+    });
+    LOG.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// The access-log lines of requests to `host` with target `path`.
+fn lines_for(host: &str, path: &str) -> Vec<Line> {
+    access_log()
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.get("host").map(String::as_str) == Some(host) && l.get("path").map(String::as_str) == Some(path))
+        .cloned()
+        .collect()
+}
+
+/// A Docker endpoint that accepts connections and never answers: every runtime call hangs (until the
+/// runtime's own timeout), so a wake never completes.
+async fn silent_docker(dir: &std::path::Path) -> String {
+    let path = dir.join("docker.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    format!("unix://{}", path.display())
+}
+
+const DURATION_COUNT: &str = "reveille_request_duration_seconds_count";
+
+/// Sends `request()` and checks it added one duration observation and one access-log line for `host` and
+/// `path`, with `status` and `service`.
+async fn one_exit(
+    proxy: &TestProxy,
+    host: &str,
+    path: &str,
+    status: StatusCode,
+    service: &str,
+    request: impl std::future::Future<Output = Got>,
+) -> Got {
+    let before = proxy.metric(DURATION_COUNT).await;
+    let got = request.await;
+    assert_eq!(got.status, status, "{host}{path}: {}", got.text);
+    let after = proxy.metric(DURATION_COUNT).await;
+    assert_eq!(after - before, 1.0, "{host}{path}: one observation in the request-duration histogram");
+
+    let lines = lines_for(host, path);
+    assert_eq!(lines.len(), 1, "{host}{path}: one access-log line, got {lines:?}");
+    let line = &lines[0];
+    assert_eq!(line["status"], status.as_u16().to_string(), "{line:?}");
+    assert_eq!(line["service"], service, "{line:?}");
+    assert_eq!(line["method"], "GET", "{line:?}");
+    assert!(line.contains_key("duration_ms") && line.contains_key("backend"), "{line:?}");
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_is_timed_and_logged_once_with_its_service() {
+    access_log();
+    let app = Backend::echo("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let docker = silent_docker(dir.path()).await;
+    let routes = format!(
+        "[services.app]\nbackends = [\"{app}\"]\n\
+         [services.secure]\nbackends = [\"{app}\"]\nhttps_redirect = true\n\
+         [services.sleepy]\ncontainer = \"reveille-exits-sleepy\"\nport = 8080\n\
+         page_after = \"50ms\"\nwake_timeout = \"300ms\"\nidle_timeout = \"0\"\n\
+         [routes]\n\"app.exits.test\" = \"app\"\n\"secure.exits.test\" = \"secure\"\n\
+         \"sleepy.exits.test\" = \"sleepy\"\n",
+        app = app.addr
+    );
+    let proxy = TestProxy::start_custom(&routes, |c| {
+        c.proxy.access_log = true;
+        c.passivation.docker = Some(docker);
+        c.passivation.docker_timeout = Duration::from_secs(60);
+    })
+    .await;
+
+    // Forwarded.
+    let got = one_exit(&proxy, "app.exits.test", "/forwarded", StatusCode::OK, "app", async {
+        get(proxy.http, "app.exits.test", "/forwarded").await
+    })
+    .await;
+    assert_eq!(got.backend(), "app");
+    let line = &lines_for("app.exits.test", "/forwarded")[0];
+    assert_eq!(line["backend"], app.addr.to_string(), "{line:?}");
+
+    // Unknown host: no service.
+    one_exit(&proxy, "nobody.exits.test", "/unknown", StatusCode::NOT_FOUND, "-", async {
+        get(proxy.http, "nobody.exits.test", "/unknown").await
+    })
+    .await;
+
+    // HTTPS redirect, from the service's policy.
+    let got = one_exit(&proxy, "secure.exits.test", "/redirected", StatusCode::PERMANENT_REDIRECT, "secure", async {
+        get(proxy.http, "secure.exits.test", "/redirected").await
+    })
+    .await;
+    assert_eq!(got.headers["location"], "https://secure.exits.test/redirected");
+
+    // The status endpoint of a routed host.
+    let got = one_exit(&proxy, "sleepy.exits.test", "/__reveille/status", StatusCode::OK, "sleepy", async {
+        get(proxy.http, "sleepy.exits.test", "/__reveille/status").await
+    })
+    .await;
+    assert_eq!(got.json()["ready"], false, "{}", got.text);
+
+    // A browser navigation to a tenant that is not ready within `page_after`: the starting page.
+    let got = one_exit(&proxy, "sleepy.exits.test", "/page", StatusCode::SERVICE_UNAVAILABLE, "sleepy", async {
+        let req = Request::get("/page")
+            .header("host", "sleepy.exits.test")
+            .header("accept", "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8")
+            .body(full(""))
+            .unwrap();
+        send(proxy.http, req).await
+    })
+    .await;
+    assert!(got.headers["content-type"].to_str().unwrap().starts_with("text/html"), "{:?}", got.headers);
+    assert!(got.text.contains("sleepy.exits.test"), "{}", got.text);
+
+    // Any other request waits for the wake, which does not end in time: refused.
+    let got = one_exit(&proxy, "sleepy.exits.test", "/refused", StatusCode::GATEWAY_TIMEOUT, "sleepy", async {
+        get(proxy.http, "sleepy.exits.test", "/refused").await
+    })
+    .await;
+    assert!(got.text.contains("did not become ready"), "{}", got.text);
+}
