@@ -7,17 +7,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use reveille::app::{self, Listeners};
-use reveille::cli::{self, Cli, Command, Op};
+use reveille::cli::{self, Cli, Command};
 use reveille::config::{Config, Overrides};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, flags } => serve(config, flags),
-        Command::Check { config, routes, certs } => cli::check(config, routes, certs),
-        Command::Route { command, etcd, config } => cli::operate(config, etcd, Op::Route(command)),
-        Command::Service { command, etcd, config } => cli::operate(config, etcd, Op::Service(command)),
-        Command::Cert { command, etcd, config } => cli::operate(config, etcd, Op::Cert(command)),
+        Command::Tool(tool) => cli::run(tool),
     }
 }
 

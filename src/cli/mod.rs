@@ -5,7 +5,7 @@
 //! nothing of the command line: the commands here call their parsing and validation.
 
 mod check;
-pub mod ops;
+mod ops;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,7 +16,7 @@ use crate::config::{ConfigFile, EtcdFlags, Overrides};
 use crate::etcd::EtcdConfig;
 use ops::{Ops, OpsError};
 
-pub use check::check;
+use check::check;
 
 #[derive(Parser)]
 #[command(name = "reveille", version, about = "Edge reverse proxy for multi-tenant container platforms")]
@@ -35,6 +35,13 @@ pub enum Command {
         #[command(flatten)]
         flags: Box<Overrides>,
     },
+    #[command(flatten)]
+    Tool(Tool),
+}
+
+/// The commands other than `serve`, which [`run`] carries out.
+#[derive(Subcommand)]
+pub enum Tool {
     /// Manage routes in etcd (hostname -> service).
     Route {
         #[command(subcommand)]
@@ -212,15 +219,25 @@ impl ServiceFields {
     }
 }
 
+/// Runs a command other than `serve`: prints what it did or what is wrong; the exit code says which.
+pub fn run(tool: Tool) -> ExitCode {
+    match tool {
+        Tool::Check { config, routes, certs } => check(config, routes, certs),
+        Tool::Route { command, etcd, config } => operate(config, etcd, Op::Route(command)),
+        Tool::Service { command, etcd, config } => operate(config, etcd, Op::Service(command)),
+        Tool::Cert { command, etcd, config } => operate(config, etcd, Op::Cert(command)),
+    }
+}
+
 /// An operator command and its arguments.
-pub enum Op {
+enum Op {
     Route(RouteCommand),
     Service(ServiceCommand),
     Cert(CertCommand),
 }
 
 /// Runs one operator command against etcd; prints what it did, or why not (exit 1).
-pub fn operate(config_path: Option<PathBuf>, flags: EtcdFlags, op: Op) -> ExitCode {
+fn operate(config_path: Option<PathBuf>, flags: EtcdFlags, op: Op) -> ExitCode {
     let section = match config_path.as_deref().map(ConfigFile::load).transpose() {
         Ok(file) => file.map(|f| f.etcd).unwrap_or_default(),
         Err(e) => {
