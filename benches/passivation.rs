@@ -98,7 +98,7 @@ use common::{
     cpu_model, env_or, first_line, format_us, free_ports, median, nproc, print_log, proc_status, read_log,
     start_backend, status_kib, utc_date, write_report, KillOnDrop,
 };
-use reveille::runtime::{ContainerState, DockerRuntime};
+use reveille::{ContainerState, DockerRuntime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 

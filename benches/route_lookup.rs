@@ -18,7 +18,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use reveille::routes::{normalize_request_host, Backend, HostPattern, RouteTable};
+use reveille::{normalize_request_host, Backend, HostPattern, RouteTable};
 
 /// Number of lookup keys each hit benchmark cycles through (a power of two).
 const KEYS: usize = 4096;

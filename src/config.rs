@@ -86,7 +86,7 @@ impl Default for Config {
 /// `reveille.toml`. Every key is optional; see `config/reveille.toml` for the documented example.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ConfigFile {
+pub(crate) struct ConfigFile {
     #[serde(default)]
     pub server: ServerSection,
     #[serde(default)]
@@ -106,7 +106,7 @@ pub struct ConfigFile {
 /// `[tls]`: certificates and HTTPS redirects (the listener itself is `https` in `[server]`).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TlsSection {
+pub(crate) struct TlsSection {
     /// Certificates directory; relative to the config file's directory.
     pub certs: Option<PathBuf>,
     /// Load certificates from etcd's `<prefix>certs/` too [default: true when etcd is configured].
@@ -125,7 +125,7 @@ pub struct TlsSection {
 /// endpoint.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PassivationSection {
+pub(crate) struct PassivationSection {
     #[serde(default, with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -167,7 +167,7 @@ pub struct EtcdSection {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ServerSection {
+pub(crate) struct ServerSection {
     pub http: Option<SocketAddr>,
     pub https: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
@@ -180,7 +180,7 @@ pub struct ServerSection {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LogSection {
+pub(crate) struct LogSection {
     pub format: Option<LogFormat>,
     pub level: Option<String>,
     pub access_log: Option<bool>,
@@ -188,7 +188,7 @@ pub struct LogSection {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LimitsSection {
+pub(crate) struct LimitsSection {
     #[serde(default, with = "humantime_serde")]
     pub header_read_timeout: Option<Duration>,
     pub max_header_size: Option<usize>,
@@ -201,7 +201,7 @@ pub struct LimitsSection {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UpstreamSection {
+pub(crate) struct UpstreamSection {
     #[serde(default, with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -213,7 +213,7 @@ pub struct UpstreamSection {
 
 impl ConfigFile {
     /// Reads a config file; relative paths in it are made relative to its directory.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         let mut file: ConfigFile =
             toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;

@@ -14,7 +14,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
 /// A watch of one directory's changes.
-pub struct FsWatch {
+pub(crate) struct FsWatch {
     /// One `()` per relevant event; closed when the watch could not be set up.
     events: UnboundedReceiver<()>,
     /// Kept alive for as long as we watch; `None` when the platform watch failed and we only poll.
@@ -31,7 +31,7 @@ impl FsWatch {
     /// Starts watching `dir` right away (before the caller's first load, so no change can slip between the
     /// two). `relevant` picks the events that matter (access events never do). On error, the caller reports it
     /// and falls back to [`FsWatch::polling`].
-    pub fn new(
+    pub(crate) fn new(
         dir: &Path,
         relevant: impl Fn(&notify::Event) -> bool + Send + 'static,
         poll_every: Duration,
@@ -48,14 +48,18 @@ impl FsWatch {
     }
 
     /// No file-system events: only the poll.
-    pub fn polling(poll_every: Duration, debounce: Duration) -> Self {
+    pub(crate) fn polling(poll_every: Duration, debounce: Duration) -> Self {
         let (_, events) = tokio::sync::mpsc::unbounded_channel();
         Self { events, _watcher: None, poll_every, poll: None, debounce }
     }
 
     /// Waits for the next change: a relevant event (then lets the burst settle and drains it), or a poll tick
     /// for which `changed` says so. Returns false at shutdown.
-    pub async fn next_change(&mut self, shutdown: &CancellationToken, mut changed: impl FnMut() -> bool) -> bool {
+    pub(crate) async fn next_change(
+        &mut self,
+        shutdown: &CancellationToken,
+        mut changed: impl FnMut() -> bool,
+    ) -> bool {
         let poll_every = self.poll_every;
         let poll = self.poll.get_or_insert_with(|| {
             let mut poll = tokio::time::interval(poll_every);

@@ -5,42 +5,72 @@
 //!
 //! # Layout
 //!
-//! - [`routes`]: the routing model and the immutable route table snapshot (`ArcSwap`), hostname matching.
-//! - [`control`]: route sources — the routes file and etcd's route and service keys — combined into the table in
+//! - `routes`: the routing model and the immutable route table snapshot (`ArcSwap`), hostname matching.
+//! - `control`: route sources — the routes file and etcd's route and service keys — combined into the table in
 //!   force.
-//! - [`etcd`]: the one etcd client of the process, the key schema, and the list-then-watch session loop that
+//! - `etcd`: the one etcd client of the process, the key schema, and the list-then-watch session loop that
 //!   routes and certificates consume.
-//! - [`fswatch`]: waiting for a file or directory to change (notify events, polling), for the routes file and
+//! - `fswatch`: waiting for a file or directory to change (notify events, polling), for the routes file and
 //!   the certificates directory.
-//! - [`proxy`]: the data path — connections (plain or TLS), HTTP/1.1 and h2, forwarding, upgrades, HTTPS
-//!   redirects, limits and timeouts.
-//! - [`tls`]: TLS termination — certificates from a directory and etcd as an `ArcSwap` snapshot, SNI selection,
+//! - `proxy`: the data path — connections (plain or TLS), HTTP/1.1 and h2, forwarding, upgrades, HTTPS
+//!   redirects, limits and timeouts; one exit per request that counts it and writes its access-log line.
+//! - `tls`: TLS termination — certificates from a directory and etcd as an `ArcSwap` snapshot, SNI selection,
 //!   hot reload, the handshake.
-//! - [`runtime`]: the container runtime — start, stop, pause and inspect tenant containers (Docker Engine API).
-//! - [`passivation`]: wake-on-request and idle stop of tenant containers — per-tenant state machines, held
-//!   requests, readiness probes, the "starting" page, etcd status keys.
-//! - [`admin`]: the admin listener — `/healthz`, `/readyz`, `/metrics`, `/api/routes`, `/api/services`.
-//! - [`metrics`]: Prometheus metric definitions and exposition.
-//! - [`config`]: the config file, command-line overrides, defaults.
-//! - [`cli`]: the command line's definitions, the operator commands (`route`, `service`, `cert`) and `check`.
-//! - [`telemetry`]: logging setup (text or JSON).
-//! - [`app`]: wiring it all together on bound listeners, and orderly shutdown.
+//! - `runtime`: the container runtime — start, stop, pause and inspect tenant containers (Docker Engine API).
+//! - `passivation`: wake-on-request and idle stop of tenant containers — per-tenant state machines, held
+//!   requests, readiness probes, its HTTP face (browser page decision, "starting" page, status endpoint, admin
+//!   view), etcd status keys.
+//! - `readiness`: the gates `/readyz` waits for (route sources, certificates) and the draining flag.
+//! - `admin`: the admin listener — `/healthz`, `/readyz`, `/metrics`, `/api/routes`, `/api/services`.
+//! - `metrics`: Prometheus metric definitions and exposition.
+//! - `config`: the config file, command-line overrides, defaults.
+//! - `cli`: the command line's definitions, the operator commands (`route`, `service`, `cert`) and `check`.
+//! - `telemetry`: logging setup (text or JSON).
+//! - `app`: wiring it all together on bound listeners, and orderly shutdown.
 //!
-//! `main.rs` only parses the command line, sets up logging and the runtime, dispatches to [`cli`] or
-//! [`app`], and maps errors to exit codes.
+//! `main.rs` only parses the command line, sets up logging and the runtime, dispatches to `cli` or
+//! `app`, and maps errors to exit codes.
+//!
+//! The modules are private: a module reaches another only through what that one declares `pub(crate)`, and
+//! `scripts/check-modules` (run by CI) fails on an import cycle between them. The crate's public face is the
+//! short list of re-exports below — what the binary, the tests, the labs and the benches use — so
+//! `unreachable_pub` flags anything else declared `pub`.
 
-pub mod admin;
-pub mod app;
-pub mod cli;
-pub mod config;
-pub mod control;
-pub mod etcd;
-pub mod fswatch;
-pub mod metrics;
-pub mod passivation;
-pub mod proxy;
-pub mod readiness;
-pub mod routes;
-pub mod runtime;
-pub mod telemetry;
-pub mod tls;
+mod admin;
+mod app;
+mod cli;
+mod config;
+mod control;
+mod etcd;
+mod fswatch;
+mod metrics;
+mod passivation;
+mod proxy;
+mod readiness;
+mod routes;
+mod runtime;
+mod telemetry;
+mod tls;
+
+// What the binary runs: the command line, logging, and the proxy on bound listeners.
+pub use app::{docker, start, Listeners, Running, StartError};
+pub use cli::{run as run_tool, Cli, Command};
+pub use config::{Config, Overrides};
+pub use telemetry::init as init_logging;
+
+// The settings a `Config` is made of, for tests and labs that build one.
+pub use etcd::{EtcdConfig, EtcdError};
+pub use passivation::Settings as PassivationSettings;
+pub use proxy::Settings as ProxySettings;
+pub use tls::Settings as TlsSettings;
+
+// Parts that tests, labs and benches drive on their own.
+pub use admin::{serve as serve_admin, AdminState};
+pub use etcd::connect as etcd_connect;
+pub use metrics::Metrics;
+pub use readiness::Readiness;
+pub use routes::{normalize_request_host, Backend, HostPattern, RouteHandle, RouteTable};
+pub use runtime::{
+    ContainerEvent, ContainerInfo, ContainerRuntime, ContainerState, DockerRuntime, EventStream, RuntimeError,
+    RuntimeFuture,
+};

@@ -6,15 +6,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use reveille::app::{self, Listeners};
-use reveille::cli::{self, Cli, Command};
-use reveille::config::{Config, Overrides};
+use reveille::{Cli, Command, Config, Listeners, Overrides};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, flags } => serve(config, flags),
-        Command::Tool(tool) => cli::run(tool),
+        Command::Tool(tool) => reveille::run_tool(*tool),
     }
 }
 
@@ -26,7 +24,7 @@ fn serve(config_path: Option<PathBuf>, flags: Box<Overrides>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let _log = reveille::telemetry::init(config.log_format, &config.log_level);
+    let _log = reveille::init_logging(config.log_format, &config.log_level);
     let runtime = match config.threads {
         1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
         0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
@@ -42,7 +40,7 @@ fn serve(config_path: Option<PathBuf>, flags: Box<Overrides>) -> ExitCode {
     runtime.block_on(async move {
         let started = async {
             let listeners = Listeners::bind(&config).await?;
-            app::start(&config, listeners, app::docker(&config)).await
+            reveille::start(&config, listeners, reveille::docker(&config)).await
         };
         let running = match started.await {
             Ok(r) => r,

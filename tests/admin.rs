@@ -5,10 +5,7 @@ mod support;
 use std::sync::Arc;
 
 use http::StatusCode;
-use reveille::admin::{self, AdminState};
-use reveille::metrics::Metrics;
-use reveille::readiness::Readiness;
-use reveille::routes::RouteHandle;
+use reveille::{AdminState, Metrics, Readiness, RouteHandle};
 use support::*;
 use tokio_util::sync::CancellationToken;
 
@@ -59,7 +56,7 @@ async fn readyz_is_503_until_a_table_is_loaded() {
     let readiness = Readiness::new();
     let loaded = readiness.gate("route sources");
     let stop = CancellationToken::new();
-    tokio::spawn(admin::serve(
+    tokio::spawn(reveille::serve_admin(
         listener,
         AdminState { routes: routes.clone(), metrics: Arc::new(Metrics::new()), passivator: None, readiness },
         stop.clone(),
@@ -68,7 +65,7 @@ async fn readyz_is_503_until_a_table_is_loaded() {
     let got = get(addr, "admin", "/readyz").await;
     assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(get(addr, "admin", "/healthz").await.status, StatusCode::OK);
-    routes.store(reveille::routes::RouteTable::empty());
+    routes.store(reveille::RouteTable::empty());
     assert_eq!(
         get(addr, "admin", "/readyz").await.status,
         StatusCode::SERVICE_UNAVAILABLE,

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::{Request, StatusCode};
-use reveille::proxy::Settings;
+use reveille::ProxySettings as Settings;
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

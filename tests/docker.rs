@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use reveille::runtime::{ContainerState, DockerRuntime, RuntimeError};
+use reveille::{ContainerState, DockerRuntime, RuntimeError};
 use support::docker::TestImage;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

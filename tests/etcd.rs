@@ -292,34 +292,14 @@ async fn file_and_etcd_together_etcd_wins() {
     let (f, e) = (Backend::echo("file").await, Backend::echo("etcd").await);
     etcd.put("/reveille/services/shared", &service_json(&[e.addr])).await;
     etcd.put("/reveille/routes/etcd-only.test", &route_json("shared")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let routes = dir.path().join("routes.toml");
-    std::fs::write(
-        &routes,
-        routes_file(
-            &[("shared", vec![f.addr]), ("fileonly", vec![f.addr])],
-            &[("file-only.test", "fileonly"), ("both.test", "shared")],
-        ),
-    )
-    .unwrap();
-    let mut etcd_cfg = reveille::etcd::EtcdConfig::new(vec![etcd.url.clone()]);
+    let routes = routes_file(
+        &[("shared", vec![f.addr]), ("fileonly", vec![f.addr])],
+        &[("file-only.test", "fileonly"), ("both.test", "shared")],
+    );
+    let mut etcd_cfg = reveille::EtcdConfig::new(vec![etcd.url.clone()]);
     etcd_cfg.timeout = Duration::from_secs(2);
-    let config = reveille::config::Config {
-        http: "127.0.0.1:0".parse().unwrap(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        routes: Some(routes),
-        etcd: Some(etcd_cfg),
-        proxy: reveille::proxy::Settings { access_log: false, ..Default::default() },
-        ..Default::default()
-    };
-    let running = reveille::app::start(
-        &config,
-        reveille::app::Listeners::bind(&config).await.unwrap(),
-        reveille::app::docker(&config),
-    )
-    .await
-    .unwrap();
-    let http = running.http_addr;
+    let proxy = TestProxy::start_custom(&routes, |c| c.etcd = Some(etcd_cfg)).await;
+    let http = proxy.http;
     eventually(Duration::from_secs(5), "etcd loaded", || async {
         get(http, "etcd-only.test", "/").await.status == StatusCode::OK
     })
@@ -334,7 +314,7 @@ async fn file_and_etcd_together_etcd_wins() {
         got.status == StatusCode::OK && got.backend() == "file"
     })
     .await;
-    running.shutdown();
+    drop(proxy);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,7 +324,7 @@ async fn mutual_tls_to_etcd() {
     etcd.put("/reveille/services/a", &service_json(&[a.addr])).await;
     etcd.put("/reveille/routes/tls.test", &route_json("a")).await;
     let files = etcd.tls.as_ref().unwrap();
-    let mut cfg = reveille::etcd::EtcdConfig::new(vec![etcd.url.clone()]);
+    let mut cfg = reveille::EtcdConfig::new(vec![etcd.url.clone()]);
     cfg.ca = Some(files.ca.clone());
     cfg.cert = Some(files.client_cert.clone());
     cfg.key = Some(files.client_key.clone());
@@ -358,7 +338,7 @@ async fn mutual_tls_to_etcd() {
     // Without the client certificate, etcd refuses: a clear error, not a hang.
     cfg.cert = None;
     cfg.key = None;
-    let err = reveille::etcd::connect(&cfg).await.err().expect("etcd must refuse a client without a certificate");
+    let err = reveille::etcd_connect(&cfg).await.err().expect("etcd must refuse a client without a certificate");
     assert!(err.to_string().contains(&etcd.url), "{err}");
 }
 
@@ -372,7 +352,7 @@ async fn auth_and_an_expired_token() {
     etcd.enable_auth("s3cret").await;
 
     let mut link = Forwarder::start(format!("127.0.0.1:{}", etcd.port()).parse().unwrap()).await;
-    let mut cfg = reveille::etcd::EtcdConfig::new(vec![format!("http://{}", link.addr)]);
+    let mut cfg = reveille::EtcdConfig::new(vec![format!("http://{}", link.addr)]);
     cfg.user = Some("root".into());
     cfg.password = Some("s3cret".into());
     cfg.timeout = Duration::from_secs(2);
@@ -392,7 +372,7 @@ async fn auth_and_an_expired_token() {
 
     // A wrong password is reported as such.
     cfg.password = Some("wrong".into());
-    let err = reveille::etcd::connect(&cfg).await.err().expect("wrong password must fail");
+    let err = reveille::etcd_connect(&cfg).await.err().expect("wrong password must fail");
     assert!(err.to_string().to_lowercase().contains("authentication failed"), "{err}");
 }
 

@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use reveille::proxy::Settings;
+use reveille::ProxySettings as Settings;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

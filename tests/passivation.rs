@@ -375,7 +375,7 @@ async fn etcd_gets_status_and_activity_keys() {
     let endpoint = format!("http://127.0.0.1:{}", etcd.port());
     let proxy = TestProxy::start_custom("", |c| {
         c.routes = None;
-        let mut e = reveille::etcd::EtcdConfig::new(vec![endpoint]);
+        let mut e = reveille::EtcdConfig::new(vec![endpoint]);
         e.timeout = Duration::from_secs(2);
         c.etcd = Some(e);
         c.activity_interval = Duration::from_millis(200);

@@ -115,21 +115,9 @@ async fn kubernetes_configmap_symlink_swap_is_seen() {
     std::os::unix::fs::symlink("..v1", root.join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/routes.toml", root.join("routes.toml")).unwrap();
 
-    let config = reveille::config::Config {
-        http: "127.0.0.1:0".parse().unwrap(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        routes: Some(root.join("routes.toml")),
-        proxy: reveille::proxy::Settings { access_log: false, ..Default::default() },
-        ..Default::default()
-    };
-    let running = reveille::app::start(
-        &config,
-        reveille::app::Listeners::bind(&config).await.unwrap(),
-        reveille::app::docker(&config),
-    )
-    .await
-    .unwrap();
-    assert_eq!(get(running.http_addr, "app.test", "/").await.backend(), "a");
+    // The routes file is the ConfigMap's link, not the one the test proxy writes.
+    let proxy = TestProxy::start_custom("", |c| c.routes = Some(root.join("routes.toml"))).await;
+    assert_eq!(get(proxy.http, "app.test", "/").await.backend(), "a");
 
     // The kubelet writes a new directory and swaps ..data atomically with a rename.
     std::fs::create_dir(root.join("..v2")).unwrap();
@@ -137,8 +125,8 @@ async fn kubernetes_configmap_symlink_swap_is_seen() {
     std::os::unix::fs::symlink("..v2", root.join("..data_tmp")).unwrap();
     std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
     eventually(Duration::from_secs(2), "swap applied", || async {
-        get(running.http_addr, "app.test", "/").await.text.contains("\"b\"")
+        get(proxy.http, "app.test", "/").await.text.contains("\"b\"")
     })
     .await;
-    running.shutdown();
+    drop(proxy);
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use http::{Request, StatusCode};
-use reveille::config::Config;
+use reveille::Config;
 use support::tls::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -345,7 +345,7 @@ async fn certificates_from_etcd_hot_reload_and_rejects() {
     let v1 = ca.issue(&["app.test"]);
     etcd.put("/reveille/certs/app", &v1.etcd_value()).await;
 
-    let mut config = reveille::etcd::EtcdConfig::new(vec![etcd.url.clone()]);
+    let mut config = reveille::EtcdConfig::new(vec![etcd.url.clone()]);
     config.timeout = Duration::from_secs(2);
     let proxy = TestProxy::start_custom("", move |c| {
         c.routes = None;
@@ -479,13 +479,12 @@ async fn an_unreadable_certificates_directory_fails_the_start() {
         https: Some("127.0.0.1:0".parse().unwrap()),
         admin: "127.0.0.1:0".parse().unwrap(),
         routes: Some(dir.path().join("routes.toml")),
-        tls: reveille::tls::Settings { certs_dir: Some(dir.path().join("missing")), ..Default::default() },
+        tls: reveille::TlsSettings { certs_dir: Some(dir.path().join("missing")), ..Default::default() },
         ..Config::default()
     };
     std::fs::write(dir.path().join("routes.toml"), "[routes]\n").unwrap();
-    let listeners = reveille::app::Listeners::bind(&config).await.unwrap();
-    let err =
-        reveille::app::start(&config, listeners, reveille::app::docker(&config)).await.err().expect("refused to start");
+    let listeners = reveille::Listeners::bind(&config).await.unwrap();
+    let err = reveille::start(&config, listeners, reveille::docker(&config)).await.err().expect("refused to start");
     assert!(err.to_string().contains("missing"), "{err}");
 }
 

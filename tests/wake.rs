@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
-use reveille::runtime::ContainerState;
+use reveille::ContainerState;
 use support::runtime::ScriptedRuntime;
 use support::{eventually, get, TestProxy};
 

@@ -8,7 +8,7 @@ use crate::config::ConfigFile;
 use crate::control::file;
 
 /// Validates a config file and/or a routes file and/or a certificates directory: 0 when all are valid, else 1.
-pub fn check(config_path: Option<PathBuf>, routes: Option<PathBuf>, certs: Option<PathBuf>) -> ExitCode {
+pub(super) fn check(config_path: Option<PathBuf>, routes: Option<PathBuf>, certs: Option<PathBuf>) -> ExitCode {
     let mut routes_path = routes;
     let mut certs_path = certs;
     if let Some(path) = &config_path {

@@ -36,7 +36,7 @@ pub enum Command {
         flags: Box<Overrides>,
     },
     #[command(flatten)]
-    Tool(Tool),
+    Tool(Box<Tool>),
 }
 
 /// The commands other than `serve`, which [`run`] carries out.

@@ -18,7 +18,7 @@ use crate::tls::etcd::CertValue;
 
 /// Why an operator command did nothing.
 #[derive(Debug, thiserror::Error)]
-pub enum OpsError {
+pub(super) enum OpsError {
     #[error(transparent)]
     Etcd(#[from] EtcdError),
     #[error(transparent)]
@@ -38,14 +38,14 @@ impl From<etcd_client::Error> for OpsError {
 }
 
 /// A connection to etcd for operator commands.
-pub struct Ops {
+pub(super) struct Ops {
     client: Client,
     keys: Keys,
     timeout: Duration,
 }
 
 impl Ops {
-    pub async fn connect(config: &EtcdConfig) -> Result<Self, OpsError> {
+    pub(super) async fn connect(config: &EtcdConfig) -> Result<Self, OpsError> {
         let client = connect(config).await?;
         Ok(Self { client, keys: config.keys(), timeout: config.timeout })
     }
@@ -61,7 +61,7 @@ impl Ops {
 
     /// `route set HOST SERVICE`: refuses a service that does not exist unless `force`. The check and the write
     /// are one transaction, so the service cannot disappear in between.
-    pub async fn route_set(&mut self, host: &str, service: &str, force: bool) -> Result<String, OpsError> {
+    pub(super) async fn route_set(&mut self, host: &str, service: &str, force: bool) -> Result<String, OpsError> {
         let pattern = HostPattern::parse(host)?;
         validate_service_name(service)?;
         let key = self.keys.route(&pattern.to_string());
@@ -88,7 +88,7 @@ impl Ops {
         })
     }
 
-    pub async fn route_rm(&mut self, host: &str) -> Result<String, OpsError> {
+    pub(super) async fn route_rm(&mut self, host: &str) -> Result<String, OpsError> {
         let pattern = HostPattern::parse(host)?;
         let resp = within(self.timeout, self.client.delete(self.keys.route(&pattern.to_string()), None)).await?;
         if resp.deleted() == 0 {
@@ -97,7 +97,7 @@ impl Ops {
         Ok(format!("route {pattern} removed"))
     }
 
-    pub async fn route_ls(&mut self) -> Result<String, OpsError> {
+    pub(super) async fn route_ls(&mut self) -> Result<String, OpsError> {
         let (routes, services) = list(&mut self.client, &self.keys, self.timeout).await?;
         let width = routes.keys().map(String::len).max().unwrap_or(4).max(4);
         let mut out = format!("{:width$}  SERVICE\n", "HOST");
@@ -112,7 +112,7 @@ impl Ops {
     /// `service set NAME [--backend ADDR...] [--container C --port N ...]`: the given fields are merged into the
     /// existing value (other fields are kept), and the result is validated like the routes file before it is
     /// written.
-    pub async fn service_set(&mut self, name: &str, fields: Map<String, Value>) -> Result<String, OpsError> {
+    pub(super) async fn service_set(&mut self, name: &str, fields: Map<String, Value>) -> Result<String, OpsError> {
         validate_service_name(name)?;
         if fields.is_empty() {
             return Err(OpsError::Refused("nothing to set: give --backend and/or --container with --port".into()));
@@ -142,7 +142,7 @@ impl Ops {
     }
 
     /// `service rm NAME`: refused while routes point to it, unless `force` (those routes then answer 503).
-    pub async fn service_rm(&mut self, name: &str, force: bool) -> Result<String, OpsError> {
+    pub(super) async fn service_rm(&mut self, name: &str, force: bool) -> Result<String, OpsError> {
         validate_service_name(name)?;
         let (routes, _) = list(&mut self.client, &self.keys, self.timeout).await?;
         let users: Vec<&str> = routes
@@ -164,7 +164,7 @@ impl Ops {
         Ok(format!("service {name} removed"))
     }
 
-    pub async fn service_ls(&mut self) -> Result<String, OpsError> {
+    pub(super) async fn service_ls(&mut self) -> Result<String, OpsError> {
         let (routes, services) = list(&mut self.client, &self.keys, self.timeout).await?;
         let width = services.keys().map(String::len).max().unwrap_or(7).max(7);
         let mut out = format!("{:width$}  ROUTES  BACKENDS\n", "SERVICE");
@@ -193,7 +193,7 @@ impl Ops {
 impl Ops {
     /// `cert put NAME --cert FILE --key FILE`: the pair is checked (parses, key matches the certificate) before
     /// it is written as `{"cert": ..., "key": ...}`.
-    pub async fn cert_put(&mut self, name: &str, cert_pem: &str, key_pem: &str) -> Result<String, OpsError> {
+    pub(super) async fn cert_put(&mut self, name: &str, cert_pem: &str, key_pem: &str) -> Result<String, OpsError> {
         let key = self.keys.cert(name);
         let value = serde_json::to_vec(&CertValue { cert: cert_pem.into(), key: key_pem.into() })
             .map_err(|e| OpsError::Refused(e.to_string()))?;
@@ -215,7 +215,7 @@ impl Ops {
 
     /// `cert ls`: every certificate in etcd with its names and expiry; values that do not load are shown with
     /// the reason.
-    pub async fn cert_ls(&mut self) -> Result<String, OpsError> {
+    pub(super) async fn cert_ls(&mut self) -> Result<String, OpsError> {
         let (start, end) = self.keys.certs_range();
         let (_, kvs) = list_range(&self.client, &start, &end, self.timeout).await?;
         let now = crate::tls::cert::now();
@@ -242,7 +242,7 @@ impl Ops {
     }
 
     /// `cert rm NAME`.
-    pub async fn cert_rm(&mut self, name: &str) -> Result<String, OpsError> {
+    pub(super) async fn cert_rm(&mut self, name: &str) -> Result<String, OpsError> {
         crate::tls::etcd::validate_name(name)?;
         let resp = within(self.timeout, self.client.delete(self.keys.cert(name), None)).await?;
         if resp.deleted() == 0 {

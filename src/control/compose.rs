@@ -18,29 +18,20 @@ use crate::routes::{HostPattern, RouteHandle, RouteSet, RouteTable, Service};
 
 /// Where a definition comes from. Later in this list wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     File = 0,
     Etcd = 1,
 }
 
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::File => "file",
-            Source::Etcd => "etcd",
-        }
-    }
-}
-
 /// One key of a source set, changed: `None` deletes it.
 #[derive(Debug, Clone)]
-pub enum Change {
+pub(crate) enum Change {
     Route(HostPattern, Option<Arc<str>>),
     Service(Arc<str>, Option<Arc<Service>>),
 }
 
 /// The single writer of the route table.
-pub struct Composer {
+pub(crate) struct Composer {
     state: Mutex<State>,
     routes: RouteHandle,
     metrics: Arc<Metrics>,
@@ -60,7 +51,7 @@ const PRECEDENCE: [Source; 2] = [Source::Etcd, Source::File];
 
 impl Composer {
     /// `sources`: the configured sources; `loaded` is opened once all of them have loaded.
-    pub fn new(routes: RouteHandle, metrics: Arc<Metrics>, sources: &[Source], loaded: Gate) -> Arc<Self> {
+    pub(crate) fn new(routes: RouteHandle, metrics: Arc<Metrics>, sources: &[Source], loaded: Gate) -> Arc<Self> {
         let mut expected = [false; 2];
         for s in sources {
             expected[*s as usize] = true;
@@ -68,12 +59,8 @@ impl Composer {
         Arc::new(Self { state: Mutex::new(State { sets: [None, None], expected }), routes, metrics, loaded })
     }
 
-    pub fn routes(&self) -> &RouteHandle {
-        &self.routes
-    }
-
     /// Replaces everything `source` defines with `set`. Returns the number of keys that changed.
-    pub fn replace(&self, source: Source, mut set: RouteSet) -> usize {
+    pub(crate) fn replace(&self, source: Source, mut set: RouteSet) -> usize {
         let mut state = self.state.lock();
         let old = state.sets[source as usize].take().unwrap_or_default();
         let mut routes = BTreeSet::new();
@@ -116,7 +103,7 @@ impl Composer {
 
     /// Applies a batch of changes to `source`'s set (which must have been loaded by [`Self::replace`]) and
     /// publishes them together. Returns the number of changes.
-    pub fn update(&self, source: Source, changes: Vec<Change>) -> usize {
+    pub(crate) fn update(&self, source: Source, changes: Vec<Change>) -> usize {
         let mut state = self.state.lock();
         let set = state.sets[source as usize].get_or_insert_with(RouteSet::default);
         for c in &changes {
@@ -147,7 +134,7 @@ impl Composer {
     }
 
     /// The set `source` last handed over, if it has loaded.
-    pub fn source_set(&self, source: Source) -> Option<RouteSet> {
+    pub(crate) fn source_set(&self, source: Source) -> Option<RouteSet> {
         self.state.lock().sets[source as usize].clone()
     }
 

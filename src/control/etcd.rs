@@ -24,7 +24,7 @@ use crate::routes::{HostPattern, RouteError, RouteSet, RouteSpec, Service, Servi
 
 /// Why an etcd value was not applied.
 #[derive(Debug, thiserror::Error)]
-pub enum ValueError {
+pub(crate) enum ValueError {
     #[error("key is not UTF-8")]
     KeyNotUtf8,
     #[error("value is not valid JSON for this key: {0}")]
@@ -35,13 +35,13 @@ pub enum ValueError {
 
 /// A parsed `put`.
 #[derive(Debug)]
-pub enum Parsed {
+pub(crate) enum Parsed {
     Route(HostPattern, Arc<str>),
     Service(Arc<str>, Arc<Service>),
 }
 
 /// Parses one key/value pair. `Ok(None)`: a key of another part of reveille, not ours.
-pub fn parse_kv(keys: &Keys, key: &[u8], value: &[u8]) -> Result<Option<Parsed>, ValueError> {
+pub(crate) fn parse_kv(keys: &Keys, key: &[u8], value: &[u8]) -> Result<Option<Parsed>, ValueError> {
     let key = std::str::from_utf8(key).map_err(|_| ValueError::KeyNotUtf8)?;
     match keys.kind(key) {
         KeyKind::Route(host) => {
@@ -76,7 +76,7 @@ fn deletion(keys: &Keys, key: &[u8]) -> Option<Change> {
 }
 
 /// Keeps the etcd part of the route table in step with etcd, until shutdown.
-pub struct EtcdWatcher {
+pub(crate) struct EtcdWatcher {
     etcd: Etcd,
     keys: Keys,
     composer: Arc<Composer>,
@@ -84,12 +84,12 @@ pub struct EtcdWatcher {
 }
 
 impl EtcdWatcher {
-    pub fn new(etcd: Etcd, composer: Arc<Composer>, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(etcd: Etcd, composer: Arc<Composer>, metrics: Arc<Metrics>) -> Self {
         let keys = etcd.keys().clone();
         Self { etcd, keys, composer, metrics }
     }
 
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         let config = self.etcd.config();
         let span = tracing::info_span!("etcd", endpoints = %config.endpoints.join(","), prefix = %self.keys.prefix());
         crate::etcd::watch(&self.etcd, "routes", self.keys.watched_range(), &self, shutdown).instrument(span).await

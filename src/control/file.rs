@@ -72,7 +72,7 @@ struct RoutesFile {
 }
 
 /// Parses and validates routes-file text. `path` is only used in messages.
-pub fn parse(path: &Path, text: &str) -> Result<RouteSet, FileError> {
+pub(crate) fn parse(path: &Path, text: &str) -> Result<RouteSet, FileError> {
     let file: RoutesFile =
         toml::from_str(text).map_err(|e| FileError::Parse { path: path.to_owned(), message: e.to_string() })?;
     // Line starts, once: a line number is then a binary search, so a file of a million routes parses in
@@ -130,13 +130,13 @@ pub fn parse(path: &Path, text: &str) -> Result<RouteSet, FileError> {
 }
 
 /// Reads and validates a routes file.
-pub fn load(path: &Path) -> Result<RouteSet, FileError> {
+pub(crate) fn load(path: &Path) -> Result<RouteSet, FileError> {
     let text = std::fs::read_to_string(path).map_err(|source| FileError::Read { path: path.to_owned(), source })?;
     parse(path, &text)
 }
 
 /// Watches a routes file and installs each valid new version.
-pub struct FileWatcher {
+pub(crate) struct FileWatcher {
     path: PathBuf,
     composer: Arc<Composer>,
     metrics: Arc<Metrics>,
@@ -170,7 +170,7 @@ fn fingerprint(text: &str) -> u64 {
 impl FileWatcher {
     /// Starts watching right away, before the caller reads the file for its first table, so no change made
     /// after that read can be missed.
-    pub fn new(path: PathBuf, composer: Arc<Composer>, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(path: PathBuf, composer: Arc<Composer>, metrics: Arc<Metrics>) -> Self {
         // Watch the directory, not the file: editors and config managers replace files by rename, and
         // Kubernetes swaps a symlink, which a watch on the file itself would miss.
         let dir = match path.parent() {
@@ -198,7 +198,7 @@ impl FileWatcher {
 
     /// Runs until `shutdown`. `applied_text` is the content already in force (loaded at start), so the first
     /// event for an unchanged file is not reported as a reload.
-    pub async fn run(self, applied_text: Option<String>, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, applied_text: Option<String>, shutdown: CancellationToken) {
         let span = tracing::info_span!("routes_file", path = %self.path.display());
         self.run_inner(applied_text, shutdown).instrument(span).await
     }

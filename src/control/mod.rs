@@ -8,8 +8,8 @@
 //! It does not know how requests are routed (that is `routes/`) or proxied (`proxy/`), how to talk to etcd or
 //! watch files (`etcd/`, `fswatch`), nor the operator commands that write routes (`cli/`).
 
-pub mod compose;
-pub mod etcd;
-pub mod file;
+pub(crate) mod compose;
+pub(crate) mod etcd;
+pub(crate) mod file;
 
-pub use compose::{Change, Composer, Source};
+pub(crate) use compose::{Composer, Source};

@@ -46,7 +46,7 @@ impl EtcdConfig {
     }
 }
 
-pub const DEFAULT_PREFIX: &str = "/reveille/";
+pub(crate) const DEFAULT_PREFIX: &str = "/reveille/";
 
 /// Errors talking to etcd.
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +119,7 @@ pub async fn connect(config: &EtcdConfig) -> Result<Client, EtcdError> {
 }
 
 /// Runs an etcd request within `limit`.
-pub async fn within<T>(
+pub(crate) async fn within<T>(
     limit: Duration,
     fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, EtcdError> {
@@ -136,7 +136,7 @@ const PAGE: i64 = 5_000;
 pub(super) const MAX_MESSAGE: usize = 64 << 20;
 
 /// Lists `[start, end)` at one revision, page by page. Returns the revision and every key/value.
-pub async fn list_range(
+pub(crate) async fn list_range(
     client: &Client,
     start: &str,
     end: &str,
@@ -176,7 +176,7 @@ pub async fn list_range(
 /// when two consumers see the same outage, the second does not throw away the client the first has already
 /// replaced, and a consumer whose own watch is fine keeps it.
 #[derive(Clone)]
-pub struct Etcd {
+pub(crate) struct Etcd {
     inner: Arc<Inner>,
 }
 
@@ -192,30 +192,30 @@ struct Inner {
 
 /// A client handed out by [`Etcd::client`], with the generation that tells [`Etcd::failed`] which one it is.
 #[derive(Clone)]
-pub struct Connection {
+pub(crate) struct Connection {
     pub client: Client,
     generation: u64,
 }
 
 impl Etcd {
     /// Does not connect: the first [`Etcd::client`] does.
-    pub fn new(config: EtcdConfig) -> Self {
+    pub(crate) fn new(config: EtcdConfig) -> Self {
         let keys = config.keys();
         let inner =
             Inner { config, keys, current: parking_lot::Mutex::new(None), connecting: tokio::sync::Mutex::new(0) };
         Self { inner: Arc::new(inner) }
     }
 
-    pub fn config(&self) -> &EtcdConfig {
+    pub(crate) fn config(&self) -> &EtcdConfig {
         &self.inner.config
     }
 
-    pub fn keys(&self) -> &Keys {
+    pub(crate) fn keys(&self) -> &Keys {
         &self.inner.keys
     }
 
     /// The client in force, connecting (and authenticating) first if there is none.
-    pub async fn client(&self) -> Result<Connection, EtcdError> {
+    pub(crate) async fn client(&self) -> Result<Connection, EtcdError> {
         if let Some(c) = self.inner.current.lock().clone() {
             return Ok(c);
         }
@@ -233,7 +233,7 @@ impl Etcd {
 
     /// Reports that `connection` failed: if it is still the client in force, the next [`Etcd::client`] replaces
     /// it. Consumers that hold it (a watch still running) keep using it.
-    pub fn failed(&self, connection: &Connection) {
+    pub(crate) fn failed(&self, connection: &Connection) {
         self.failed_generation(connection.generation);
     }
 

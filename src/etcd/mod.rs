@@ -16,6 +16,7 @@ mod client;
 mod keys;
 mod session;
 
-pub use client::{connect, list_range, within, Connection, Etcd, EtcdConfig, EtcdError, DEFAULT_PREFIX};
-pub use keys::{KeyKind, Keys};
-pub use session::{watch, Sink};
+pub use client::{connect, EtcdConfig, EtcdError};
+pub(crate) use client::{list_range, within, Etcd};
+pub(crate) use keys::{KeyKind, Keys};
+pub(crate) use session::{watch, Sink};

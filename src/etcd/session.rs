@@ -18,7 +18,7 @@ use tracing::warn;
 use super::client::{list_range, Etcd, EtcdError, MAX_MESSAGE};
 
 /// A consumer of a watched key range: what it is given of etcd, in order.
-pub trait Sink: Sync {
+pub(crate) trait Sink: Sync {
     /// Every key/value of the range at `revision`: the sink's whole state from etcd, replacing the previous
     /// one. `first`: this is the watcher's first session; later ones follow a broken watch (a resync).
     fn replace(
@@ -40,7 +40,13 @@ pub trait Sink: Sync {
 }
 
 /// Keeps `sink` in step with `[start, end)` until `shutdown`. `what` names the range in log lines.
-pub async fn watch<S: Sink>(etcd: &Etcd, what: &str, range: (String, String), sink: &S, shutdown: CancellationToken) {
+pub(crate) async fn watch<S: Sink>(
+    etcd: &Etcd,
+    what: &str,
+    range: (String, String),
+    sink: &S,
+    shutdown: CancellationToken,
+) {
     let range = &range;
     supervise(what, |n| session(etcd, range, sink, n), || sink.ended(), shutdown).await
 }

@@ -20,7 +20,7 @@ const PAGE_RETRY_AFTER: u64 = 2;
 
 /// A `GET` for a page a browser shows (not a script, image, XHR or upgrade): the only kind of request that may
 /// get the "starting" page instead of waiting.
-pub fn wants_page<B>(req: &Request<B>) -> bool {
+pub(crate) fn wants_page<B>(req: &Request<B>) -> bool {
     if req.method() != Method::GET || req.headers().contains_key(UPGRADE) {
         return false;
     }

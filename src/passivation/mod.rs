@@ -16,7 +16,7 @@
 mod http;
 mod page;
 mod probe;
-pub mod status;
+pub(crate) mod status;
 mod tenant;
 
 use std::collections::HashMap;
@@ -30,10 +30,10 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-pub use self::http::wants_page;
-pub use page::{Page, PageValues};
-pub use probe::{NetProbe, Probe};
-pub use tenant::{Activity, Phase, Refusal, SleepRefused, Snapshot, Tenant, WakePhase};
+pub(crate) use self::http::wants_page;
+pub(crate) use page::{Page, PageValues};
+pub(crate) use probe::{NetProbe, Probe};
+pub(crate) use tenant::{Activity, Phase, Refusal, Tenant};
 
 use crate::metrics::{Metrics, PassivationMetrics};
 use crate::routes::{RouteHandle, RouteTable, Service};
@@ -86,7 +86,7 @@ impl Default for Settings {
 }
 
 /// The host name, for the `node` field of the etcd status keys.
-pub fn default_node_name() -> String {
+pub(crate) fn default_node_name() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())

@@ -26,7 +26,7 @@ pub trait Probe: Send + Sync + 'static {
 
 /// The real probe: a TCP connect, or with a health path an HTTP `GET` that must answer below 500.
 #[derive(Debug, Clone)]
-pub struct NetProbe {
+pub(crate) struct NetProbe {
     /// Time allowed for one probe.
     pub timeout: Duration,
 }

@@ -19,7 +19,7 @@ use super::{Passivator, StatusUpdate};
 use crate::etcd::{within, Etcd};
 
 /// RFC 3339 with milliseconds and an explicit offset (`2026-11-22T03:16:09.123+00:00`).
-pub fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     let s = humantime::format_rfc3339_millis(t).to_string();
     match s.strip_suffix('Z') {
         Some(base) => format!("{base}+00:00"),
@@ -28,7 +28,7 @@ pub fn rfc3339(t: SystemTime) -> String {
 }
 
 /// Runs the writer until `cancel`. `passivator` is read every `interval` for activity.
-pub async fn run(
+pub(crate) async fn run(
     etcd: Etcd,
     node: String,
     mut updates: mpsc::UnboundedReceiver<StatusUpdate>,

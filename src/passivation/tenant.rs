@@ -95,7 +95,7 @@ impl Refusal {
 
 /// A phase of a wake; the label of `reveille_wake_phase_seconds`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WakePhase {
+pub(crate) enum WakePhase {
     /// The Docker start (or unpause) call itself.
     StartCall,
     /// From the wake's start until Docker reports the container running.
@@ -107,7 +107,7 @@ pub enum WakePhase {
 }
 
 impl WakePhase {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::StartCall => "start_call",
             Self::Running => "running",

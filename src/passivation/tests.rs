@@ -9,6 +9,7 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use super::*;
+use crate::passivation::tenant::SleepRefused;
 use crate::routes::{Backend, ContainerSpec, IdleAction, Service};
 use crate::runtime::{ContainerEvent, ContainerInfo, ContainerState, EventStream, RuntimeError, RuntimeFuture};
 

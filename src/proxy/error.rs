@@ -13,7 +13,7 @@ use crate::passivation::Refusal;
 
 /// Who is at fault, in pingora's terms: decides the status class and keeps logs and metrics honest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
+pub(crate) enum Fault {
     /// The client sent something reveille cannot route (4xx).
     Downstream,
     /// A backend failed (5xx).
@@ -24,7 +24,7 @@ pub enum Fault {
 
 /// A request that reveille answers itself instead of forwarding.
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     #[error("missing or malformed Host header")]
     BadHost,
     #[error("no route for host {host:?}")]
@@ -48,7 +48,7 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::BadHost => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -64,7 +64,7 @@ impl ProxyError {
     }
 
     /// Seconds for `Retry-After`, where trying again soon can work.
-    pub fn retry_after(&self) -> Option<u64> {
+    pub(crate) fn retry_after(&self) -> Option<u64> {
         match self {
             Self::Wake { refusal: Refusal::Overflow { .. } | Refusal::Removed, .. } => Some(2),
             Self::Wake { refusal: Refusal::Failed { .. } | Refusal::Unavailable { .. }, .. } => Some(5),
@@ -73,7 +73,7 @@ impl ProxyError {
     }
 
     /// Who is at fault. It picks the error counter the error adds to (see `metric`).
-    pub fn fault(&self) -> Fault {
+    pub(crate) fn fault(&self) -> Fault {
         match self {
             Self::BadHost | Self::UnknownHost { .. } | Self::ClientAborted | Self::MethodNotAllowed => {
                 Fault::Downstream
@@ -105,7 +105,7 @@ impl ProxyError {
     }
 
     /// The plain-text body the client gets: status line, then the reason.
-    pub fn body(&self) -> String {
+    pub(crate) fn body(&self) -> String {
         let status = self.status();
         format!("{} {}: {self}\n", status.as_u16(), status.canonical_reason().unwrap_or(""))
     }
@@ -122,7 +122,7 @@ pub(super) enum ErrorMetric {
 
 /// Requests that no service answered; the label of `reveille_unrouted_requests_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unrouted {
+pub(crate) enum Unrouted {
     UnknownHost,
     BadHost,
     /// A route exists but its service does not (503).
@@ -148,7 +148,7 @@ impl LabelValue for Unrouted {
 
 /// Why an upstream attempt failed; the label of `reveille_upstream_errors_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UpstreamErrorKind {
+pub(crate) enum UpstreamErrorKind {
     /// The backend refused the TCP connection.
     ConnectRefused,
     /// The TCP connection did not complete within the connect timeout.
@@ -162,7 +162,7 @@ pub enum UpstreamErrorKind {
 }
 
 impl UpstreamErrorKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::ConnectRefused => "connect_refused",
             Self::ConnectTimeout => "connect_timeout",

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info_span, Instrument};
 
-pub use error::{Fault, ProxyError, Unrouted, UpstreamErrorKind};
+pub(crate) use error::{ProxyError, Unrouted, UpstreamErrorKind};
 
 use crate::metrics::{LabeledCounters, Metrics};
 use crate::passivation::Passivator;
@@ -85,7 +85,7 @@ impl Default for Settings {
 }
 
 /// Everything a request needs, shared by all connections of one listener.
-pub struct Proxy {
+pub(crate) struct Proxy {
     routes: RouteHandle,
     metrics: Arc<Metrics>,
     /// `reveille_unrouted_requests_total`, by the proxy's kinds.
@@ -108,7 +108,7 @@ pub struct Proxy {
 
 /// How plain-HTTP requests are redirected to HTTPS.
 #[derive(Debug, Clone, Default)]
-pub struct Redirect {
+pub(crate) struct Redirect {
     /// Redirect every service's requests (a service's `https_redirect = false` opts out).
     pub all: bool,
     /// The port written in `Location`; `None` (or 443) writes none.
@@ -122,7 +122,7 @@ impl std::fmt::Debug for Proxy {
 }
 
 impl Proxy {
-    pub fn new(
+    pub(crate) fn new(
         routes: RouteHandle,
         metrics: Arc<Metrics>,
         settings: Settings,
@@ -179,7 +179,7 @@ impl Proxy {
     /// dropped) and asks every open connection to finish its in-flight requests and close. With `tls`, each
     /// connection starts with a TLS handshake (in its own task). Returns when the listener is closed; use
     /// [`Proxy::drained`] to wait for the connections.
-    pub async fn serve(
+    pub(crate) async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         tls: Option<Arc<TlsAcceptor>>,
@@ -212,7 +212,7 @@ impl Proxy {
     }
 
     /// Waits until every connection and upgraded tunnel has ended.
-    pub async fn drained(&self) {
+    pub(crate) async fn drained(&self) {
         self.tasks.close();
         self.tasks.wait().await;
     }

@@ -20,8 +20,9 @@ use arc_swap::ArcSwap;
 
 pub use backend::Backend;
 pub use host::{normalize_request_host, HostPattern};
-pub use spec::{ContainerSpec, HttpsPolicy, IdleAction, RouteSpec, ServiceSpec};
-pub use table::{Lookup, RouteSet, RouteSetBuilder, RouteTable, Service};
+pub(crate) use spec::{ContainerSpec, HttpsPolicy, IdleAction, RouteSpec, ServiceSpec};
+pub use table::RouteTable;
+pub(crate) use table::{Lookup, RouteSet, Service};
 
 /// Errors in route definitions. Every variant names the offending item, so a log line is enough to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,7 +46,7 @@ pub enum RouteError {
 }
 
 /// Checks a service name: it becomes a metric label and (later) an etcd key, so keep it to a safe alphabet.
-pub fn validate_service_name(name: &str) -> Result<(), RouteError> {
+pub(crate) fn validate_service_name(name: &str) -> Result<(), RouteError> {
     let bad = |reason: &str| RouteError::BadServiceName { name: name.to_string(), reason: reason.to_string() };
     if name.is_empty() {
         return Err(bad("empty"));

@@ -14,7 +14,7 @@ use super::{validate_service_name, Backend, RouteError, Service};
 ///
 /// `S` is `String`, or `toml::Spanned<String>` where the file wants line numbers in its errors.
 #[derive(Debug, Deserialize)]
-pub struct ServiceSpec<S = String> {
+pub(crate) struct ServiceSpec<S = String> {
     #[serde(default = "Vec::new")]
     pub backends: Vec<S>,
     /// The Docker container (name or id) serving this service; reveille starts and stops it.
@@ -121,7 +121,7 @@ pub struct HttpsPolicy {
 
 /// A route value in etcd: `{"service": "acme"}`.
 #[derive(Debug, Deserialize)]
-pub struct RouteSpec {
+pub(crate) struct RouteSpec {
     pub service: String,
     #[serde(flatten)]
     pub unknown: BTreeMap<String, IgnoredAny>,
@@ -130,7 +130,7 @@ pub struct RouteSpec {
 impl<S: Borrow<str>> ServiceSpec<S> {
     /// Validates the definition of service `name`. On error, also says which backend (by index) was wrong, so
     /// the file source can point at its line.
-    pub fn to_service(&self, name: &str) -> Result<Service, (Option<usize>, RouteError)> {
+    pub(crate) fn to_service(&self, name: &str) -> Result<Service, (Option<usize>, RouteError)> {
         validate_service_name(name).map_err(|e| (None, e))?;
         let backends = self
             .backends

@@ -245,7 +245,7 @@ pub trait ContainerRuntime: Send + Sync + 'static {
 /// A Docker runtime that connects on first use and, until a connection has succeeded, tries again on every
 /// call: reveille starts (and serves its static routes) while Docker is down, and wakes answer "unavailable"
 /// at once instead of hanging.
-pub struct LazyDocker {
+pub(crate) struct LazyDocker {
     endpoint: Option<String>,
     name: String,
     timeout: Duration,
@@ -254,7 +254,7 @@ pub struct LazyDocker {
 
 impl LazyDocker {
     /// `endpoint` as for [`DockerRuntime::connect`]; `timeout` bounds every call.
-    pub fn new(endpoint: Option<String>, timeout: Duration) -> Self {
+    pub(crate) fn new(endpoint: Option<String>, timeout: Duration) -> Self {
         let name = endpoint
             .clone()
             .or_else(|| std::env::var("DOCKER_HOST").ok())

@@ -24,7 +24,7 @@ const SESSION_CACHE: usize = 20_000;
 
 /// Why a handshake did not complete; `reason()` is the metric label.
 #[derive(Debug, thiserror::Error)]
-pub enum HandshakeError {
+pub(crate) enum HandshakeError {
     #[error("no certificate for server name {0:?}")]
     UnrecognizedName(Option<String>),
     #[error("handshake not completed within {0:?}")]
@@ -34,7 +34,7 @@ pub enum HandshakeError {
 }
 
 impl HandshakeError {
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             HandshakeError::UnrecognizedName(_) => "unrecognized_name",
             HandshakeError::Timeout(_) => "timeout",
@@ -73,7 +73,7 @@ fn classify(e: &io::Error) -> &'static str {
 }
 
 /// Accepts TLS connections for one HTTPS listener.
-pub struct TlsAcceptor {
+pub(crate) struct TlsAcceptor {
     store: Arc<CertStore>,
     config: Arc<ServerConfig>,
     metrics: TlsMetrics,
@@ -90,7 +90,7 @@ impl TlsAcceptor {
     /// TLS 1.3 and 1.2 only, rustls's default (safe) cipher suites and groups, ALPN `h2`, then `http/1.1` (or
     /// `http/1.0`).
     /// A client gets `timeout` to complete the handshake.
-    pub fn new(store: Arc<CertStore>, metrics: TlsMetrics, timeout: Duration) -> Result<Self, TlsError> {
+    pub(crate) fn new(store: Arc<CertStore>, metrics: TlsMetrics, timeout: Duration) -> Result<Self, TlsError> {
         let mut config = ServerConfig::builder_with_provider(provider().clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(TlsError::Config)?
@@ -105,7 +105,7 @@ impl TlsAcceptor {
     }
 
     /// Runs the handshake on `io`, within the handshake timeout. Counts the result.
-    pub async fn accept<IO>(&self, io: IO) -> Result<TlsStream<IO>, HandshakeError>
+    pub(crate) async fn accept<IO>(&self, io: IO) -> Result<TlsStream<IO>, HandshakeError>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {

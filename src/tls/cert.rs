@@ -16,7 +16,7 @@ use crate::routes::HostPattern;
 
 /// Why a certificate/key pair was not loaded.
 #[derive(Debug, thiserror::Error)]
-pub enum CertError {
+pub(crate) enum CertError {
     #[error("no certificate (-----BEGIN CERTIFICATE-----) found")]
     NoCertificate,
     #[error("the certificate PEM is malformed: {0}")]
@@ -118,12 +118,12 @@ impl Certificate {
 }
 
 /// Seconds since the Unix epoch, now.
-pub fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Formats seconds since the epoch as RFC 3339 (`2027-01-31T12:00:00Z`).
-pub fn format_time(secs: i64) -> String {
+pub(crate) fn format_time(secs: i64) -> String {
     let t = match u64::try_from(secs) {
         Ok(s) => UNIX_EPOCH + std::time::Duration::from_secs(s),
         Err(_) => return secs.to_string(),
@@ -133,7 +133,7 @@ pub fn format_time(secs: i64) -> String {
 
 /// Parses and checks a certificate chain (leaf first) and its private key, both PEM. `key_pem` may be the same
 /// text as `cert_pem` (one file holding both).
-pub fn parse(name: &str, origin: Origin, cert_pem: &[u8], key_pem: &[u8]) -> Result<Certificate, CertError> {
+pub(crate) fn parse(name: &str, origin: Origin, cert_pem: &[u8], key_pem: &[u8]) -> Result<Certificate, CertError> {
     let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| CertError::CertPem(e.to_string()))?;
@@ -167,7 +167,7 @@ pub fn parse(name: &str, origin: Origin, cert_pem: &[u8], key_pem: &[u8]) -> Res
 }
 
 /// A hash of a PEM pair.
-pub fn fingerprint(cert_pem: &[u8], key_pem: &[u8]) -> u64 {
+pub(crate) fn fingerprint(cert_pem: &[u8], key_pem: &[u8]) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     cert_pem.hash(&mut h);

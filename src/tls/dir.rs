@@ -127,11 +127,11 @@ fn load_pair(name: &str, files: &Files, previous: Option<&Arc<Certificate>>) -> 
 }
 
 /// A certificate, or why it did not load.
-pub type CertResult = Result<Arc<Certificate>, CertError>;
+pub(crate) type CertResult = Result<Arc<Certificate>, CertError>;
 
 /// Loads every pair of `dir` without installing anything (for `reveille check`): each name with its
 /// certificate or the reason it does not load.
-pub fn check(dir: &Path) -> Result<Vec<(String, CertResult)>, TlsError> {
+pub(crate) fn check(dir: &Path) -> Result<Vec<(String, CertResult)>, TlsError> {
     let g = group(dir).map_err(|source| TlsError::Dir { path: dir.to_path_buf(), source })?;
     let mut out: Vec<_> = g.problems.into_iter().map(|(name, e)| (name, Err(e))).collect();
     out.extend(g.orphans.into_iter().map(|(name, key)| {
@@ -165,7 +165,7 @@ fn stamp(dir: &Path) -> Option<Stamp> {
 }
 
 /// Loads the certificates directory into the store and keeps it in step.
-pub struct DirWatcher {
+pub(crate) struct DirWatcher {
     /// `None` only while a reload runs on the blocking pool.
     loader: Option<DirLoader>,
     watch: FsWatch,
@@ -187,7 +187,7 @@ struct DirLoader {
 
 impl DirWatcher {
     /// Starts watching `dir` (before the first load, so no change can slip between the two).
-    pub fn new(dir: PathBuf, store: Arc<CertStore>, metrics: TlsMetrics) -> Self {
+    pub(crate) fn new(dir: PathBuf, store: Arc<CertStore>, metrics: TlsMetrics) -> Self {
         // Every file of the directory matters (a certificate, its key, Kubernetes' `..data` swap).
         let watch = FsWatch::new(&dir, |_| true, POLL_INTERVAL, DEBOUNCE).unwrap_or_else(|e| {
             warn!(dir = %dir.display(), error = %e, "cannot watch the certificates directory; polling every {POLL_INTERVAL:?} instead");
@@ -200,7 +200,7 @@ impl DirWatcher {
 
     /// Loads the directory (at start). Fails only if the directory cannot be read; bad pairs are reported and
     /// skipped.
-    pub fn load(&mut self) -> Result<usize, TlsError> {
+    pub(crate) fn load(&mut self) -> Result<usize, TlsError> {
         match self.loader.as_mut() {
             Some(l) => l.load(),
             None => Ok(0),
@@ -208,7 +208,7 @@ impl DirWatcher {
     }
 
     /// Reloads on every change until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         let span = tracing::info_span!("certs_dir", dir = %self.dir.display());
         self.run_inner(shutdown).instrument(span).await
     }

@@ -21,7 +21,7 @@ use crate::metrics::TlsMetrics;
 
 /// The JSON value of a certificate key.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct CertValue {
+pub(crate) struct CertValue {
     /// The chain, leaf first, PEM.
     pub cert: String,
     /// The private key, PEM.
@@ -30,7 +30,7 @@ pub struct CertValue {
 
 /// Why an etcd certificate value was not loaded.
 #[derive(Debug, thiserror::Error)]
-pub enum CertValueError {
+pub(crate) enum CertValueError {
     #[error("invalid certificate name {0:?} (letters, digits, '-', '_' and '.')")]
     Name(String),
     /// The reason only, never the value: it holds a private key.
@@ -41,7 +41,7 @@ pub enum CertValueError {
 }
 
 /// Checks a certificate name (the last part of its key).
-pub fn validate_name(name: &str) -> Result<(), CertValueError> {
+pub(crate) fn validate_name(name: &str) -> Result<(), CertValueError> {
     let ok = !name.is_empty()
         && name.len() <= 253
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
@@ -74,7 +74,7 @@ fn json_reason(value: &[u8], e: &serde_json::Error) -> String {
 }
 
 /// Parses the value of `key` (certificate `name`), reusing `previous` when the value has not changed.
-pub fn parse_value(
+pub(crate) fn parse_value(
     name: &str,
     key: &str,
     value: &[u8],
@@ -91,7 +91,7 @@ pub fn parse_value(
 }
 
 /// Keeps the etcd part of the certificate store in step with etcd, until shutdown.
-pub struct CertWatcher {
+pub(crate) struct CertWatcher {
     etcd: Etcd,
     keys: Keys,
     store: Arc<CertStore>,
@@ -101,12 +101,12 @@ pub struct CertWatcher {
 }
 
 impl CertWatcher {
-    pub fn new(etcd: Etcd, store: Arc<CertStore>, metrics: TlsMetrics) -> Self {
+    pub(crate) fn new(etcd: Etcd, store: Arc<CertStore>, metrics: TlsMetrics) -> Self {
         let keys = etcd.keys().clone();
         Self { etcd, keys, store, metrics, reported: Default::default() }
     }
 
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         let config = self.etcd.config();
         let span =
             tracing::info_span!("etcd_certs", endpoints = %config.endpoints.join(","), prefix = %self.keys.prefix());

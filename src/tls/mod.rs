@@ -9,9 +9,9 @@
 //! One crypto provider (ring) serves the whole process: rustls here, and tonic's TLS to etcd.
 
 mod accept;
-pub mod cert;
-pub mod dir;
-pub mod etcd;
+pub(crate) mod cert;
+pub(crate) mod dir;
+pub(crate) mod etcd;
 mod store;
 
 use std::path::PathBuf;
@@ -20,12 +20,11 @@ use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
 
-pub use accept::{HandshakeError, TlsAcceptor};
-pub use cert::{CertError, Certificate, Origin};
-pub use store::{CertStore, Snapshot, Source};
+pub(crate) use accept::TlsAcceptor;
+pub(crate) use store::{CertStore, Source};
 
 /// The crypto provider of every TLS connection reveille makes or accepts.
-pub fn provider() -> &'static Arc<CryptoProvider> {
+pub(crate) fn provider() -> &'static Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
 }

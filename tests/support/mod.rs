@@ -24,9 +24,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use reveille::app::{self, Listeners, Running};
-use reveille::config::Config;
-use reveille::proxy::Settings;
+use reveille::{Config, ContainerRuntime, Listeners, ProxySettings as Settings, Running};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -207,12 +205,12 @@ impl TestProxy {
 
     /// A reveille with etcd as its (only) route source. Returns once started, not once etcd has loaded.
     pub async fn start_etcd(endpoint: &str) -> TestProxy {
-        let mut etcd = reveille::etcd::EtcdConfig::new(vec![endpoint.to_string()]);
+        let mut etcd = reveille::EtcdConfig::new(vec![endpoint.to_string()]);
         etcd.timeout = Duration::from_secs(2);
         Self::start_etcd_config(etcd).await
     }
 
-    pub async fn start_etcd_config(etcd: reveille::etcd::EtcdConfig) -> TestProxy {
+    pub async fn start_etcd_config(etcd: reveille::EtcdConfig) -> TestProxy {
         let dir = tempfile::tempdir().unwrap();
         let config = Config {
             http: "127.0.0.1:0".parse().unwrap(),
@@ -229,7 +227,7 @@ impl TestProxy {
     pub async fn start_with_runtime(
         routes: &str,
         f: impl FnOnce(&mut Config),
-        runtime: Arc<dyn reveille::runtime::ContainerRuntime>,
+        runtime: Arc<dyn ContainerRuntime>,
     ) -> TestProxy {
         Self::start_routes(routes, f, Some(runtime)).await
     }
@@ -238,7 +236,7 @@ impl TestProxy {
     async fn start_routes(
         routes: &str,
         f: impl FnOnce(&mut Config),
-        runtime: Option<Arc<dyn reveille::runtime::ContainerRuntime>>,
+        runtime: Option<Arc<dyn ContainerRuntime>>,
     ) -> TestProxy {
         let dir = tempfile::tempdir().unwrap();
         let routes_path = dir.path().join("routes.toml");
@@ -251,12 +249,12 @@ impl TestProxy {
             ..Config::default()
         };
         f(&mut config);
-        let runtime = runtime.unwrap_or_else(|| app::docker(&config));
+        let runtime = runtime.unwrap_or_else(|| reveille::docker(&config));
         Self::start_runtime(config, dir, routes_path, runtime).await
     }
 
     async fn start_config(config: Config, dir: tempfile::TempDir, routes_path: PathBuf) -> TestProxy {
-        let runtime = app::docker(&config);
+        let runtime = reveille::docker(&config);
         Self::start_runtime(config, dir, routes_path, runtime).await
     }
 
@@ -264,10 +262,10 @@ impl TestProxy {
         config: Config,
         dir: tempfile::TempDir,
         routes_path: PathBuf,
-        runtime: Arc<dyn reveille::runtime::ContainerRuntime>,
+        runtime: Arc<dyn ContainerRuntime>,
     ) -> TestProxy {
         let listeners = Listeners::bind(&config).await.unwrap();
-        let running = app::start(&config, listeners, runtime).await.unwrap();
+        let running = reveille::start(&config, listeners, runtime).await.unwrap();
         TestProxy { http: running.http_addr, admin: running.admin_addr, routes_path, running: Some(running), _dir: dir }
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use reveille::runtime::{
+use reveille::{
     ContainerEvent, ContainerInfo, ContainerRuntime, ContainerState, EventStream, RuntimeError, RuntimeFuture,
 };
 use tokio::net::TcpListener;
