@@ -27,16 +27,15 @@ use std::process::Command;
 use std::time::Duration;
 
 use testkit::backend::start_backend;
-use testkit::env::{choose, env_or};
 use testkit::machine::{cpu_model, nproc, utc_date, version};
 use testkit::ports::free_ports;
 use testkit::process::read_log;
 use testkit::procfs::clock_ticks_per_sec;
-use testkit::report::{print_log, write_report};
+use testkit::report::{heading, print_log, write_report};
 use testkit::stats::{format_us, median};
 use testkit::wrk::{WrkErrors, WrkReport};
 
-use crate::onecore::{self, describe_usage, pin_all_threads, pinned, Lab, NginxSite, Usage};
+use crate::onecore::{self, describe_usage, pin_all_threads, pinned, Lab, NginxSite, Rounds, Usage};
 
 /// The `Host` every request carries; every proxy routes it to the backend.
 const HOST: &str = "bench.local";
@@ -47,20 +46,18 @@ const BODY: &[u8; 100] =
 
 const PROXY_NAMES: [&str; 3] = ["reveille", "nginx", "haproxy"];
 
-pub(crate) fn main() {
-    let tools = match Tools::find() {
-        Ok(t) => t,
-        Err(missing) => {
-            println!("load: skipped, not found on PATH (or in /usr/sbin, /sbin): {}", missing.join(", "));
-            return;
-        }
+/// Runs the lab; false if a measurement failed.
+pub(crate) fn main() -> bool {
+    let Some([wrk, nginx, haproxy, taskset]) = onecore::find_tools("load", ["wrk", "nginx", "haproxy", "taskset"])
+    else {
+        return true;
     };
-    let settings = Settings::from_env();
+    let tools = Tools { wrk, nginx, haproxy, taskset };
+    let settings = settings();
     // Before pinning ourselves: `nproc` follows the affinity of the process that runs it.
     let machine = Machine::describe(&tools);
-    if let Err(e) = pin_all_threads(&tools.taskset, settings.client_cpu) {
-        println!("load: skipped, cannot pin to CPU {}: {e}", settings.client_cpu);
-        return;
+    if !pin_all_threads("load", &tools.taskset, settings.client_cpu) {
+        return true;
     }
     let backend = start_backend(BODY);
     let mut lab = Lab::new("reveille-load-");
@@ -83,47 +80,25 @@ pub(crate) fn main() {
     println!("\n{report}");
     print_proxy_logs(&proxies);
     write_report("load-bench.md", &report);
+    true
 }
 
 // ---------------------------------------------------------------------------------------------------------
 // Settings, tools, machine
 
-struct Settings {
-    rounds: usize,
-    seconds: u64,
-    warmup: u64,
-    connections: usize,
-    proxy_cpu: usize,
-    client_cpu: usize,
-    proxies: Vec<&'static str>,
+/// Rounds, durations, connections, CPUs and the proxies (`LOAD_PROXIES`).
+type Settings = Rounds;
+
+fn settings() -> Settings {
+    Rounds::from_env("LOAD", (5, 10, 3), &PROXY_NAMES)
 }
 
-impl Settings {
-    fn from_env() -> Self {
-        let proxies = choose("LOAD_PROXIES", &PROXY_NAMES);
-        Self {
-            rounds: env_or("LOAD_ROUNDS", 5),
-            seconds: env_or("LOAD_SECONDS", 10),
-            warmup: env_or("LOAD_WARMUP", 3),
-            connections: env_or("LOAD_CONNECTIONS", 50),
-            proxy_cpu: env_or("LOAD_PROXY_CPU", 0),
-            client_cpu: env_or("LOAD_CLIENT_CPU", 1),
-            proxies,
-        }
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "wrk -t1 -c{c} -d{s}s --latency, {r} round(s) after a {w}s warm-up per proxy; \
-             proxy on CPU {pc}, wrk + backend on CPU {cc}",
-            c = self.connections,
-            s = self.seconds,
-            r = self.rounds,
-            w = self.warmup,
-            pc = self.proxy_cpu,
-            cc = self.client_cpu,
-        )
-    }
+fn describe(s: &Settings) -> String {
+    let Rounds { rounds, seconds, warmup, connections, proxy_cpu, client_cpu, .. } = s;
+    format!(
+        "wrk -t1 -c{connections} -d{seconds}s --latency, {rounds} round(s) after a {warmup}s warm-up per proxy; \
+         proxy on CPU {proxy_cpu}, wrk + backend on CPU {client_cpu}"
+    )
 }
 
 struct Tools {
@@ -131,14 +106,6 @@ struct Tools {
     nginx: PathBuf,
     haproxy: PathBuf,
     taskset: PathBuf,
-}
-
-impl Tools {
-    /// Finds every tool, or returns the names of the missing ones.
-    fn find() -> Result<Self, Vec<&'static str>> {
-        let [wrk, nginx, haproxy, taskset] = onecore::find_tools(["wrk", "nginx", "haproxy", "taskset"])?;
-        Ok(Self { wrk, nginx, haproxy, taskset })
-    }
 }
 
 struct Machine {
@@ -233,7 +200,7 @@ struct Run {
 /// Warm-up for each proxy, then `rounds` interleaved measured runs.
 fn measure(tools: &Tools, s: &Settings, proxies: &mut [Proxy]) {
     let ticks_per_sec = clock_ticks_per_sec();
-    println!("{}", s.describe());
+    println!("{}", describe(s));
     for p in proxies.iter() {
         let run = run_wrk(tools, s, p, s.warmup, ticks_per_sec);
         println!("warm-up   {:<9} {}", p.name, summary(&run));
@@ -285,13 +252,11 @@ fn report(machine: &Machine, s: &Settings, proxies: &[Proxy]) -> String {
         _ => "n/a".to_string(),
     };
 
-    let mut md = String::new();
-    let _ = writeln!(md, "### Load benchmark, {}", machine.date);
-    let _ = writeln!(md);
+    let mut md = heading("Load benchmark", &machine.date);
     let _ = writeln!(md, "- CPU: {} × {}", machine.nproc, machine.cpu);
     let versions: Vec<_> = machine.versions.iter().map(|(_, v)| v.as_str()).collect();
     let _ = writeln!(md, "- versions: {}", versions.join("; "));
-    let _ = writeln!(md, "- {}", s.describe());
+    let _ = writeln!(md, "- {}", describe(s));
     let _ = writeln!(md, "- backend: in-process hyper HTTP/1.1 server, 100-byte 200 response");
     let _ = writeln!(md);
     let _ = writeln!(

@@ -30,9 +30,12 @@ const USAGE: &str = "usage: reveille-lab load|tls|etcd|passivation";
 
 fn main() {
     let lab = std::env::args().nth(1).unwrap_or_default();
-    match lab.as_str() {
+    let ok = match lab.as_str() {
         // Inside the passivation lab's `slow` container: be its HTTP server.
-        passivation::CONTAINER_BACKEND_ARG => passivation::container_backend(),
+        passivation::CONTAINER_BACKEND_ARG => {
+            passivation::container_backend();
+            true
+        }
         "load" => load::main(),
         "tls" => tls::main(),
         "etcd" => etcd::main(),
@@ -41,6 +44,10 @@ fn main() {
             eprintln!("{USAGE}");
             std::process::exit(2);
         }
+    };
+    // A lab returns after its children, containers and temp files are gone: exiting now leaks nothing.
+    if !ok {
+        std::process::exit(1);
     }
 }
 

@@ -8,17 +8,54 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use testkit::env::{choose, env_or};
 use testkit::process::{find_tool, read_log, KillOnDrop};
 use testkit::procfs::{busy_pct, cpu_ticks, cpu_times, proc_status, status_kib};
 
-/// Finds every tool, or returns the names of the missing ones.
-pub(crate) fn find_tools<const N: usize>(names: [&'static str; N]) -> Result<[PathBuf; N], Vec<&'static str>> {
+/// The settings both one-core labs take, from `<PREFIX>_ROUNDS`, `_SECONDS`, `_WARMUP`, `_CONNECTIONS` (50),
+/// `_PROXY_CPU` (0), `_CLIENT_CPU` (1) and `_PROXIES` (all).
+pub(crate) struct Rounds {
+    /// Measured rounds, each running every proxy (and measurement) once, interleaved.
+    pub(crate) rounds: usize,
+    /// Seconds per measured run.
+    pub(crate) seconds: u64,
+    /// Seconds of the warm-up run per proxy (and measurement).
+    pub(crate) warmup: u64,
+    /// wrk's connections.
+    pub(crate) connections: usize,
+    /// The CPU the proxy under test is pinned to.
+    pub(crate) proxy_cpu: usize,
+    /// The CPU of the clients, the backend and this process.
+    pub(crate) client_cpu: usize,
+    /// The proxies measured, in this order.
+    pub(crate) proxies: Vec<&'static str>,
+}
+
+impl Rounds {
+    /// Reads the settings; `defaults` are (rounds, seconds, warm-up seconds), `proxies` the known ones.
+    pub(crate) fn from_env(prefix: &str, defaults: (usize, u64, u64), proxies: &[&'static str]) -> Self {
+        let var = |name: &str| format!("{prefix}_{name}");
+        Self {
+            rounds: env_or(&var("ROUNDS"), defaults.0),
+            seconds: env_or(&var("SECONDS"), defaults.1),
+            warmup: env_or(&var("WARMUP"), defaults.2),
+            connections: env_or(&var("CONNECTIONS"), 50),
+            proxy_cpu: env_or(&var("PROXY_CPU"), 0),
+            client_cpu: env_or(&var("CLIENT_CPU"), 1),
+            proxies: choose(&var("PROXIES"), proxies),
+        }
+    }
+}
+
+/// Finds every tool; `None` after saying which are missing (the lab is skipped).
+pub(crate) fn find_tools<const N: usize>(lab: &str, names: [&'static str; N]) -> Option<[PathBuf; N]> {
     let found = names.map(find_tool);
     let missing: Vec<_> = names.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(n, _)| *n).collect();
     if !missing.is_empty() {
-        return Err(missing);
+        println!("{lab}: skipped, not found on PATH (or in /usr/sbin, /sbin): {}", missing.join(", "));
+        return None;
     }
-    Ok(found.map(Option::unwrap))
+    Some(found.map(Option::unwrap))
 }
 
 /// `taskset -c <cpu> <program>`.
@@ -28,17 +65,17 @@ pub(crate) fn pinned(taskset: &Path, cpu: usize, program: impl AsRef<OsStr>) -> 
     cmd
 }
 
-/// Pins every thread of this process (and so every thread it starts later) to `cpu`.
-pub(crate) fn pin_all_threads(taskset: &Path, cpu: usize) -> Result<(), String> {
-    let out = Command::new(taskset)
-        .args(["-a", "-cp", &cpu.to_string(), &std::process::id().to_string()])
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
+/// Pins every thread of this process (and so every thread it starts later) to `cpu`; false after saying why
+/// it cannot (the lab is skipped).
+pub(crate) fn pin_all_threads(lab: &str, taskset: &Path, cpu: usize) -> bool {
+    let out = Command::new(taskset).args(["-a", "-cp", &cpu.to_string(), &std::process::id().to_string()]).output();
+    let error = match out {
+        Ok(out) if out.status.success() => return true,
+        Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        Err(e) => e.to_string(),
+    };
+    println!("{lab}: skipped, cannot pin to CPU {cpu}: {error}");
+    false
 }
 
 /// The child processes and their temporary directory. Dropping it (also while unwinding from a panic) kills

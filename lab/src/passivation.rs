@@ -94,12 +94,12 @@ use bytes::Bytes;
 use reveille::runtime::{ContainerState, DockerRuntime};
 use testkit::backend::{serve_fixed, start_backend};
 use testkit::docker::{docker, BusyboxImage, BUSYBOX};
-use testkit::env::env_or;
+use testkit::env::{env_at_least, env_or};
 use testkit::machine::{cpu_model, first_line, git_revision, nproc, utc_date};
 use testkit::ports::free_ports;
 use testkit::process::{read_log, KillOnDrop};
 use testkit::procfs::{listen_backlog, listen_overflows, nofile_limit, open_fds, proc_status, status_kib};
-use testkit::report::{print_log, write_report};
+use testkit::report::{heading, print_log, write_report};
 use testkit::stats::{format_us, median, percentile};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
@@ -130,20 +130,18 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 /// How long reveille may take to report a state.
 const STATE_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub(crate) fn main() {
+/// Runs the lab; false if a measurement failed. Returns only after reveille is killed and the containers,
+/// image and temp dir are removed.
+pub(crate) fn main() -> bool {
     if !Path::new(BUSYBOX).exists() {
         println!("passivation: skipped, {BUSYBOX} not found (install Debian's busybox-static)");
-        return;
+        return true;
     }
     if let Err(e) = docker(&["version", "--format", "{{.Server.Version}}"]) {
         println!("passivation: skipped, Docker is not usable: {e}");
-        return;
+        return true;
     }
-    // `run` returns only after reveille is killed and the containers, image and temp dir are removed.
-    let ok = run();
-    if !ok {
-        std::process::exit(1);
-    }
+    run()
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -173,7 +171,7 @@ impl SlowServer {
     fn describe(self) -> &'static str {
         match self {
             SlowServer::Bench => {
-                "this bench binary as a hyper HTTP/1.1 server (listen backlog 16384, capped by somaxconn)"
+                "this lab binary as a hyper HTTP/1.1 server (listen backlog 16384, capped by somaxconn)"
             }
             SlowServer::Busybox => "`busybox httpd -f -p 8080 -h /www` (listen backlog 9)",
         }
@@ -182,25 +180,20 @@ impl SlowServer {
 
 impl Settings {
     fn from_env() -> Self {
-        let s = Self {
-            rounds: env_or("PASSIVATION_BENCH_ROUNDS", 20),
+        Self {
+            rounds: env_at_least("PASSIVATION_BENCH_ROUNDS", 20, 1),
             warmup: env_or("PASSIVATION_BENCH_WARMUP", 1),
-            held: env_or("PASSIVATION_BENCH_HELD", 10_000),
-            batch: env_or("PASSIVATION_BENCH_BATCH", 100),
+            held: env_at_least("PASSIVATION_BENCH_HELD", 10_000, 1),
+            batch: env_at_least("PASSIVATION_BENCH_BATCH", 100, 1),
             ready_delay: env_or("PASSIVATION_BENCH_READY_DELAY", 6),
-            wrk_seconds: env_or("PASSIVATION_BENCH_WRK_SECONDS", 5),
-            wrk_held_seconds: env_or("PASSIVATION_BENCH_WRK_HELD_SECONDS", 3),
+            wrk_seconds: env_at_least("PASSIVATION_BENCH_WRK_SECONDS", 5, 1),
+            wrk_held_seconds: env_at_least("PASSIVATION_BENCH_WRK_HELD_SECONDS", 3, 1),
             slow_server: match std::env::var("PASSIVATION_BENCH_SLOW_SERVER").as_deref() {
                 Err(_) | Ok("bench") => SlowServer::Bench,
                 Ok("busybox") => SlowServer::Busybox,
                 Ok(other) => panic!("PASSIVATION_BENCH_SLOW_SERVER={other:?}: use bench or busybox"),
             },
-        };
-        assert!(s.rounds > 0, "PASSIVATION_BENCH_ROUNDS must be at least 1");
-        assert!(s.held > 0, "PASSIVATION_BENCH_HELD must be at least 1");
-        assert!(s.batch > 0, "PASSIVATION_BENCH_BATCH must be at least 1");
-        assert!(s.wrk_seconds > 0 && s.wrk_held_seconds > 0, "wrk durations must be at least 1 s");
-        s
+        }
     }
 }
 
@@ -1156,9 +1149,7 @@ fn secs(d: Option<Duration>) -> String {
 }
 
 fn report(machine: &Machine, s: &Settings, cold: &ColdStart, held: &Held, failures: &[String]) -> String {
-    let mut md = String::new();
-    let _ = writeln!(md, "### Passivation benchmark, {}", machine.date);
-    let _ = writeln!(md);
+    let mut md = heading("Passivation benchmark", &machine.date);
     let _ = writeln!(
         md,
         "- CPU: {} × {} (shared VM, nothing pinned); kernel {}",

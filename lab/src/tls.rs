@@ -84,19 +84,20 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, HandshakeKind};
 use testkit::backend::start_backend;
-use testkit::env::{choose, env_or, list};
+use testkit::env::{env_or, list};
 use testkit::machine::{cpu_model, first_line_matching, locked_version, nproc, utc_date, version};
 use testkit::ports::free_ports;
 use testkit::process::read_log;
 use testkit::procfs::clock_ticks_per_sec;
-use testkit::report::{print_log, write_report};
+use testkit::report::{heading, print_log, write_report};
 use testkit::stats::{counts, format_us, median, percentile};
 use testkit::tls::ServerCheck;
+use testkit::wrk::WrkErrors;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 use tokio_rustls::TlsConnector;
 
-use crate::onecore::{self, describe_usage, pin_all_threads, pinned, Lab, NginxSite, Usage};
+use crate::onecore::{self, describe_usage, pin_all_threads, pinned, Lab, NginxSite, Rounds, Usage};
 
 /// The name in the certificate, the SNI of the handshake client and the `Host` of every request.
 const HOST: &str = "bench.test";
@@ -113,20 +114,16 @@ const PROXY_NAMES: [&str; 2] = ["reveille", "nginx"];
 /// Time allowed for one exchange (connect, handshake, request, response) of the handshake client.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(crate) fn main() {
-    let tools = match Tools::find() {
-        Ok(t) => t,
-        Err(missing) => {
-            println!("tls: skipped, not found on PATH (or in /usr/sbin, /sbin): {}", missing.join(", "));
-            return;
-        }
+/// Runs the lab; false if a measurement failed.
+pub(crate) fn main() -> bool {
+    let Some(tools) = Tools::find() else {
+        return true;
     };
     let settings = Settings::from_env();
     // Before pinning ourselves: `nproc` follows the affinity of the process that runs it.
     let machine = Machine::describe(&tools);
-    if let Err(e) = pin_all_threads(&tools.taskset, settings.client_cpu) {
-        println!("tls: skipped, cannot pin to CPU {}: {e}", settings.client_cpu);
-        return;
+    if !pin_all_threads("tls", &tools.taskset, settings.client_cpu) {
+        return true;
     }
     // The runtime of the handshake client: this (pinned) thread, nothing else.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("client runtime");
@@ -168,6 +165,7 @@ pub(crate) fn main() {
     println!("\n{report}");
     print_proxy_logs(&proxies);
     write_report("tls-bench.md", &report);
+    true
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -197,24 +195,26 @@ impl Measure {
 }
 
 struct Settings {
-    rounds: usize,
-    seconds: u64,
-    warmup: u64,
-    connections: usize,
+    /// Rounds, durations, wrk's connections, CPUs, the proxies.
+    common: Rounds,
     concurrency: usize,
     /// TLS 1.3 for the handshake client (else TLS 1.2).
     tls13: bool,
     /// Whether the handshake client checks the server's handshake signature under load.
     check_signatures: bool,
     measures: Vec<Measure>,
-    proxy_cpu: usize,
-    client_cpu: usize,
-    proxies: Vec<&'static str>,
+}
+
+impl std::ops::Deref for Settings {
+    type Target = Rounds;
+
+    fn deref(&self) -> &Rounds {
+        &self.common
+    }
 }
 
 impl Settings {
     fn from_env() -> Self {
-        let proxies = choose("TLS_PROXIES", &PROXY_NAMES);
         let wanted = std::env::var("TLS_MEASURE").unwrap_or_else(|_| "full,keepalive".into());
         let wanted: Vec<_> = list(&wanted).collect();
         for w in &wanted {
@@ -235,17 +235,11 @@ impl Settings {
             v => panic!("TLS_CLIENT_VERIFY={v:?}: 0 or 1"),
         };
         Self {
-            rounds: env_or("TLS_ROUNDS", 5),
-            seconds: env_or("TLS_SECONDS", 8),
-            warmup: env_or("TLS_WARMUP", 2),
-            connections: env_or("TLS_CONNECTIONS", 50),
+            common: Rounds::from_env("TLS", (5, 8, 2), &PROXY_NAMES),
             concurrency: env_or("TLS_HANDSHAKE_CONCURRENCY", 50),
             tls13,
             check_signatures,
             measures,
-            proxy_cpu: env_or("TLS_PROXY_CPU", 0),
-            client_cpu: env_or("TLS_CLIENT_CPU", 1),
-            proxies,
         }
     }
 
@@ -278,11 +272,11 @@ struct Tools {
 }
 
 impl Tools {
-    /// Finds every tool, or returns the names of the missing ones.
-    fn find() -> Result<Self, Vec<&'static str>> {
-        let [wrk, nginx, taskset] = onecore::find_tools(["wrk", "nginx", "taskset"])?;
+    /// Finds every tool; `None` after saying which are missing.
+    fn find() -> Option<Self> {
+        let [wrk, nginx, taskset] = onecore::find_tools("tls", ["wrk", "nginx", "taskset"])?;
         let nginx_version = parse_nginx_version(&version(Command::new(&nginx).arg("-v")));
-        Ok(Self { wrk, nginx, taskset, nginx_version })
+        Some(Self { wrk, nginx, taskset, nginx_version })
     }
 }
 
@@ -685,46 +679,40 @@ struct Run {
 /// Errors of a run: wrk's, or the handshake client's.
 #[derive(Default, Clone, Copy)]
 struct Errors {
-    /// wrk's "Non-2xx or 3xx responses", or the handshake client's unexpected responses.
-    response: u64,
-    connect: u64,
+    /// wrk's own; for the handshake client, `non_2xx_3xx` counts its unexpected responses and `write` its I/O
+    /// errors.
+    wrk: WrkErrors,
     /// Handshake client only.
     handshake: u64,
-    read: u64,
-    write: u64,
-    timeout: u64,
 }
 
 impl Errors {
     fn count(&mut self, f: Failure) {
         match f {
-            Failure::Connect => self.connect += 1,
+            Failure::Connect => self.wrk.connect += 1,
             Failure::Handshake => self.handshake += 1,
-            Failure::Io => self.write += 1,
-            Failure::Response => self.response += 1,
-            Failure::Timeout => self.timeout += 1,
+            Failure::Io => self.wrk.write += 1,
+            Failure::Response => self.wrk.non_2xx_3xx += 1,
+            Failure::Timeout => self.wrk.timeout += 1,
         }
     }
 
     fn add(&mut self, o: &Errors) {
-        self.response += o.response;
-        self.connect += o.connect;
+        self.wrk.add(&o.wrk);
         self.handshake += o.handshake;
-        self.read += o.read;
-        self.write += o.write;
-        self.timeout += o.timeout;
     }
 }
 
 impl std::fmt::Display for Errors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let w = &self.wrk;
         f.write_str(&counts(&[
-            ("response", self.response),
-            ("connect", self.connect),
+            ("response", w.non_2xx_3xx),
+            ("connect", w.connect),
             ("handshake", self.handshake),
-            ("read", self.read),
-            ("write", self.write),
-            ("timeout", self.timeout),
+            ("read", w.read),
+            ("write", w.write),
+            ("timeout", w.timeout),
         ]))
     }
 }
@@ -806,19 +794,11 @@ fn run_wrk(tools: &Tools, s: &Settings, proxy: &Proxy, seconds: u64) -> Run {
     let mut cmd = pinned(&tools.taskset, s.client_cpu, &tools.wrk);
     cmd.args(testkit::wrk::args(s.connections, seconds, HOST, &format!("https://127.0.0.1:{}/", proxy.port)));
     let wrk = testkit::wrk::run(&mut cmd).unwrap_or_else(|e| panic!("{}: {e}", proxy.name));
-    let e = wrk.errors;
     Run {
         per_sec: wrk.requests_per_sec,
         p99_us: wrk.p99_us,
         count: wrk.requests,
-        errors: Errors {
-            response: e.non_2xx_3xx,
-            connect: e.connect,
-            read: e.read,
-            write: e.write,
-            timeout: e.timeout,
-            ..Errors::default()
-        },
+        errors: Errors { wrk: wrk.errors, handshake: 0 },
         ..Run::default()
     }
 }
@@ -853,9 +833,7 @@ fn report(machine: &Machine, s: &Settings, cert: &BenchCert, proxies: &[Proxy]) 
         Some(b) if b > 0.0 && !x.is_nan() => format!("{:.2}", x / b),
         _ => "n/a".to_string(),
     };
-    let mut md = String::new();
-    let _ = writeln!(md, "### TLS benchmark, {}", machine.date);
-    let _ = writeln!(md);
+    let mut md = heading("TLS benchmark", &machine.date);
     let _ = writeln!(md, "- CPU: {} × {}", machine.nproc, machine.cpu);
     let _ = writeln!(md, "- versions: {}", machine.versions.join("; "));
     let _ = writeln!(md, "- {}", s.describe());

@@ -11,6 +11,13 @@ pub fn env_or<T: FromStr>(name: &str, default: T) -> T {
     }
 }
 
+/// [`env_or`], and panics if the value is below `min`.
+pub fn env_at_least<T: FromStr + PartialOrd + std::fmt::Display>(name: &str, default: T, min: T) -> T {
+    let value = env_or(name, default);
+    assert!(value >= min, "{name} must be at least {min}");
+    value
+}
+
 /// The non-empty, trimmed items of a comma-separated list.
 pub fn list(s: &str) -> impl Iterator<Item = &str> {
     s.split(',').map(str::trim).filter(|w| !w.is_empty())

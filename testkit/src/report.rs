@@ -4,6 +4,11 @@ use std::path::PathBuf;
 
 use crate::machine::workspace_root;
 
+/// A report's start: its heading (`### <title>, <date>`) and a blank line.
+pub fn heading(title: &str, date: &str) -> String {
+    format!("### {title}, {date}\n\n")
+}
+
 /// Prints `title`, how many non-blank lines `log` has, and the first 10 of them.
 pub fn print_log(title: &str, log: &str) {
     let lines: Vec<_> = log.lines().filter(|l| !l.trim().is_empty()).collect();
