@@ -5,7 +5,7 @@
 BUILD_PACKAGES=(protobuf-compiler)
 # Needed to run the test suite (besides the build packages).
 TEST_PACKAGES=(etcd-server busybox-static)
-# Needed to run the load benchmark.
+# Needed to run the load labs (lab/) and ./scripts/bench.
 BENCH_PACKAGES=(wrk nginx haproxy)
 
 need_packages() {

@@ -2,11 +2,10 @@
 //! with Debian's static busybox (`busybox-static`). Every image and container has a unique name and is removed
 //! on drop.
 
-use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-const BUSYBOX: &str = "/bin/busybox";
+use testkit::docker::BusyboxImage;
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
@@ -14,10 +13,9 @@ fn unique(kind: &str) -> String {
     format!("reveille-test-{kind}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst))
 }
 
+/// Runs a docker CLI command that must succeed: its trimmed stdout.
 fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().expect("the docker CLI must be installed");
-    assert!(out.status.success(), "docker {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    testkit::docker::docker(args).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A `FROM scratch` image holding busybox and `/www/index.html` ("hello from <tag>").
@@ -27,23 +25,10 @@ pub struct TestImage {
 
 impl TestImage {
     pub fn build() -> TestImage {
-        assert!(
-            Path::new(BUSYBOX).exists(),
-            "{BUSYBOX} not found: install Debian's busybox-static (scripts/test does)"
-        );
         let tag = unique("image");
         let dir = tempfile::tempdir().unwrap();
-        std::fs::copy(BUSYBOX, dir.path().join("busybox")).unwrap();
-        std::fs::create_dir(dir.path().join("www")).unwrap();
-        std::fs::write(dir.path().join("www/index.html"), format!("hello from {tag}\n")).unwrap();
-        std::fs::write(
-            dir.path().join("Dockerfile"),
-            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\nENTRYPOINT [\"/bin/busybox\"]\n",
-        )
-        .unwrap();
-        // No cache: concurrent tests build the same layers, and one test removing its image must not pull a
-        // cached parent layer from under another's build ("unknown parent image ID").
-        docker(&["build", "--no-cache", "-q", "-t", &tag, dir.path().to_str().unwrap()]);
+        let image = BusyboxImage { tag: &tag, overlay: false, no_cache: true };
+        image.build(dir.path()).unwrap_or_else(|e| panic!("building the test image: {e}"));
         TestImage { tag }
     }
 

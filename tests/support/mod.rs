@@ -331,12 +331,7 @@ impl Got {
 
 /// Sends one request on a new HTTP/1.1 connection and reads the whole response.
 pub async fn send(addr: SocketAddr, req: Request<BoxBody>) -> Got {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
-    tokio::spawn(conn);
-    let resp = sender.send_request(req).await.unwrap();
-    let (parts, body) = resp.into_parts();
-    let bytes = body.collect().await.unwrap().to_bytes();
+    let (parts, bytes) = testkit::http::send(addr, req).await.unwrap().into_parts();
     Got { status: parts.status, headers: parts.headers, text: String::from_utf8_lossy(&bytes).into_owned() }
 }
 

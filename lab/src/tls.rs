@@ -2,10 +2,10 @@
 //! backend, with the same certificate: new (full) TLS handshakes per second, and requests per second over TLS
 //! keep-alive connections.
 //!
-//! Run with `cargo bench --bench tls`. Needs `wrk`, `nginx` and `taskset`; without them it says which is
+//! Run with `cargo run --release -p reveille-lab -- tls`. Needs `wrk`, `nginx` and `taskset`; without them it says which is
 //! missing and exits 0. Only 127.0.0.1 is used.
 //!
-//! Layout, as in `benches/load.rs`, on a machine with at least two CPUs:
+//! Layout, as in the `load` lab, on a machine with at least two CPUs:
 //!
 //! - CPU 0 (`TLS_PROXY_CPU`): the proxy under test, started with `taskset -c 0`, single-threaded
 //!   (`--threads 1`; `worker_processes 1` with `master_process off`).
@@ -71,34 +71,33 @@
 //! `TLS_CLIENT_VERIFY` (0), `TLS_MEASURE` (`full,keepalive`; `resumed` can be added), `TLS_PROXIES`
 //! (`reveille,nginx`), `TLS_PROXY_CPU` (0), `TLS_CLIENT_CPU` (1).
 
-// Not every shared helper is used here.
-#[allow(dead_code)]
-mod common;
-
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
 use std::fmt::Write as _;
-use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{
-    clock_ticks_per_sec, cpu_model, cpu_ticks, env_or, first_line, format_us, free_ports, median, nproc, print_log,
-    proc_status, read_log, start_backend, status_kib, utc_date, write_report, KillOnDrop,
-};
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::Resumption;
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, HandshakeKind, SignatureScheme};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, HandshakeKind};
+use testkit::backend::start_backend;
+use testkit::env::{env_or, list};
+use testkit::machine::{cpu_model, first_line_matching, locked_version, nproc, utc_date, version};
+use testkit::ports::free_ports;
+use testkit::process::read_log;
+use testkit::procfs::clock_ticks_per_sec;
+use testkit::report::{heading, print_log, write_report};
+use testkit::stats::{counts, format_us, median, percentile};
+use testkit::tls::ServerCheck;
+use testkit::wrk::WrkErrors;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 use tokio_rustls::TlsConnector;
+
+use crate::onecore::{self, describe_usage, pin_all_threads, pinned, Lab, NginxSite, Rounds, Usage};
 
 /// The name in the certificate, the SNI of the handshake client and the `Host` of every request.
 const HOST: &str = "bench.test";
@@ -115,30 +114,21 @@ const PROXY_NAMES: [&str; 2] = ["reveille", "nginx"];
 /// Time allowed for one exchange (connect, handshake, request, response) of the handshake client.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn main() {
-    // `cargo test --benches` runs this binary without `--bench`: do not start a three-minute benchmark then.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("tls: skipped outside `cargo bench` (run `cargo bench --bench tls`)");
-        return;
-    }
-    let tools = match Tools::find() {
-        Ok(t) => t,
-        Err(missing) => {
-            println!("tls: skipped, not found on PATH (or in /usr/sbin, /sbin): {}", missing.join(", "));
-            return;
-        }
+/// Runs the lab; false if a measurement failed.
+pub(crate) fn main() -> bool {
+    let Some(tools) = Tools::find() else {
+        return true;
     };
     let settings = Settings::from_env();
     // Before pinning ourselves: `nproc` follows the affinity of the process that runs it.
     let machine = Machine::describe(&tools);
-    if let Err(e) = pin_all_threads(&tools, settings.client_cpu) {
-        println!("tls: skipped, cannot pin to CPU {}: {e}", settings.client_cpu);
-        return;
+    if !pin_all_threads("tls", &tools.taskset, settings.client_cpu) {
+        return true;
     }
     // The runtime of the handshake client: this (pinned) thread, nothing else.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("client runtime");
     let backend = start_backend(BODY);
-    let mut lab = Lab::new();
+    let mut lab = Lab::new("reveille-tls-");
     let cert = BenchCert::generate();
     let certs_dir = lab.path("certs");
     std::fs::create_dir_all(&certs_dir).unwrap();
@@ -175,6 +165,7 @@ fn main() {
     println!("\n{report}");
     print_proxy_logs(&proxies);
     write_report("tls-bench.md", &report);
+    true
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -204,30 +195,26 @@ impl Measure {
 }
 
 struct Settings {
-    rounds: usize,
-    seconds: u64,
-    warmup: u64,
-    connections: usize,
+    /// Rounds, durations, wrk's connections, CPUs, the proxies.
+    common: Rounds,
     concurrency: usize,
     /// TLS 1.3 for the handshake client (else TLS 1.2).
     tls13: bool,
     /// Whether the handshake client checks the server's handshake signature under load.
     check_signatures: bool,
     measures: Vec<Measure>,
-    proxy_cpu: usize,
-    client_cpu: usize,
-    proxies: Vec<&'static str>,
+}
+
+impl std::ops::Deref for Settings {
+    type Target = Rounds;
+
+    fn deref(&self) -> &Rounds {
+        &self.common
+    }
 }
 
 impl Settings {
     fn from_env() -> Self {
-        let wanted = std::env::var("TLS_PROXIES").unwrap_or_else(|_| PROXY_NAMES.join(","));
-        let proxies: Vec<_> = list(&wanted)
-            .map(|w| {
-                PROXY_NAMES.into_iter().find(|n| *n == w).unwrap_or_else(|| panic!("TLS_PROXIES: unknown proxy {w:?}"))
-            })
-            .collect();
-        assert!(!proxies.is_empty(), "TLS_PROXIES names no proxy");
         let wanted = std::env::var("TLS_MEASURE").unwrap_or_else(|_| "full,keepalive".into());
         let wanted: Vec<_> = list(&wanted).collect();
         for w in &wanted {
@@ -248,17 +235,11 @@ impl Settings {
             v => panic!("TLS_CLIENT_VERIFY={v:?}: 0 or 1"),
         };
         Self {
-            rounds: env_or("TLS_ROUNDS", 5),
-            seconds: env_or("TLS_SECONDS", 8),
-            warmup: env_or("TLS_WARMUP", 2),
-            connections: env_or("TLS_CONNECTIONS", 50),
+            common: Rounds::from_env("TLS", (5, 8, 2), &PROXY_NAMES),
             concurrency: env_or("TLS_HANDSHAKE_CONCURRENCY", 50),
             tls13,
             check_signatures,
             measures,
-            proxy_cpu: env_or("TLS_PROXY_CPU", 0),
-            client_cpu: env_or("TLS_CLIENT_CPU", 1),
-            proxies,
         }
     }
 
@@ -282,11 +263,6 @@ impl Settings {
     }
 }
 
-/// The non-empty, trimmed items of a comma-separated list.
-fn list(s: &str) -> impl Iterator<Item = &str> {
-    s.split(',').map(str::trim).filter(|w| !w.is_empty())
-}
-
 struct Tools {
     wrk: PathBuf,
     nginx: PathBuf,
@@ -296,29 +272,12 @@ struct Tools {
 }
 
 impl Tools {
-    /// Finds every tool, or returns the names of the missing ones.
-    fn find() -> Result<Self, Vec<&'static str>> {
-        let names = ["wrk", "nginx", "taskset"];
-        let found: Vec<_> = names.iter().map(|n| find_tool(n)).collect();
-        let missing: Vec<_> = names.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(n, _)| *n).collect();
-        if !missing.is_empty() {
-            return Err(missing);
-        }
-        let mut found = found.into_iter().flatten();
-        let mut next = || found.next().unwrap();
-        let (wrk, nginx, taskset) = (next(), next(), next());
+    /// Finds every tool; `None` after saying which are missing.
+    fn find() -> Option<Self> {
+        let [wrk, nginx, taskset] = onecore::find_tools("tls", ["wrk", "nginx", "taskset"])?;
         let nginx_version = parse_nginx_version(&version(Command::new(&nginx).arg("-v")));
-        Ok(Self { wrk, nginx, taskset, nginx_version })
+        Some(Self { wrk, nginx, taskset, nginx_version })
     }
-}
-
-/// Looks for an executable on `PATH`, then in the sbin directories a non-root `PATH` often lacks.
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
 }
 
 struct Machine {
@@ -340,7 +299,7 @@ impl Machine {
         let versions = vec![
             format!(
                 "{} (rustls {}, ring)",
-                version(Command::new(env!("CARGO_BIN_EXE_reveille")).arg("--version")),
+                version(Command::new(crate::reveille_bin()).arg("--version")),
                 locked_version("rustls")
             ),
             format!("{nginx} ({openssl})"),
@@ -350,54 +309,11 @@ impl Machine {
     }
 }
 
-/// The first line a command prints (see [`first_line`]), without URLs and copyright notices.
-fn version(cmd: &mut Command) -> String {
-    let line = first_line(cmd);
-    // "nginx version: nginx/1.22.1", "wrk debian/4.1.0-3+b2 [epoll] Copyright (C) 2012 Will Glozer"
-    let line = line.split_once("version: ").map_or(line.as_str(), |(_, v)| v);
-    let line = line.split(" - http").next().unwrap_or(line);
-    let line = line.split(" Copyright").next().unwrap_or(line);
-    line.replace(" version ", " ").trim().to_string()
-}
-
-/// The first line of a command's output (stdout and stderr) that contains `needle`, trimmed; "" if none.
-fn first_line_matching(cmd: &mut Command, needle: &str) -> String {
-    let Ok(out) = cmd.stdin(Stdio::null()).output() else {
-        return String::new();
-    };
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    text.lines().find(|l| l.contains(needle)).unwrap_or_default().trim().to_string()
-}
-
 /// "nginx/1.22.1" → (1, 22, 1); (0, 0, 0) if it cannot be read.
 fn parse_nginx_version(v: &str) -> (u32, u32, u32) {
     let v = v.rsplit('/').next().unwrap_or_default();
     let mut parts = v.split('.').map(|p| p.trim().parse().unwrap_or(0));
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0))
-}
-
-/// A package's version in `Cargo.lock`, "?" if it is not there once.
-fn locked_version(package: &str) -> String {
-    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).unwrap_or_default();
-    let needle = format!("name = \"{package}\"\nversion = \"");
-    let mut found = lock.match_indices(&needle).map(|(i, _)| &lock[i + needle.len()..]);
-    match (found.next(), found.next()) {
-        (Some(rest), None) => rest.split('"').next().unwrap_or("?").to_string(),
-        _ => "?".into(),
-    }
-}
-
-/// Pins every thread of this process (and so every thread it starts later) to `cpu`.
-fn pin_all_threads(tools: &Tools, cpu: usize) -> Result<(), String> {
-    let out = Command::new(&tools.taskset)
-        .args(["-a", "-cp", &cpu.to_string(), &std::process::id().to_string()])
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -434,60 +350,6 @@ impl BenchCert {
     }
 }
 
-/// Accepts exactly one server certificate (no path building), and checks the handshake signature made with its
-/// key if `check_signatures`.
-#[derive(Debug)]
-struct PinnedCert {
-    leaf_der: Vec<u8>,
-    algorithms: WebPkiSupportedAlgorithms,
-    check_signatures: bool,
-}
-
-impl ServerCertVerifier for PinnedCert {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if end_entity.as_ref() == self.leaf_der.as_slice() {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General("the server presented another certificate".into()))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        if !self.check_signatures {
-            return Ok(HandshakeSignatureValid::assertion());
-        }
-        verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        if !self.check_signatures {
-            return Ok(HandshakeSignatureValid::assertion());
-        }
-        verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
 /// The handshake client's configurations.
 struct Clients {
     /// Checks everything it can (the pinned certificate and the handshake signature), resumption disabled: for
@@ -496,20 +358,15 @@ struct Clients {
     /// Resumption disabled: every handshake is a full one.
     full: TlsConnector,
     provider: Arc<CryptoProvider>,
-    verifier: Arc<PinnedCert>,
+    /// The pinned leaf, with the signature checked or not as `TLS_CLIENT_VERIFY` says.
+    verifier: Arc<ServerCheck>,
     tls13: bool,
 }
 
 impl Clients {
     fn new(cert: &BenchCert, s: &Settings) -> Self {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = |check_signatures| {
-            Arc::new(PinnedCert {
-                leaf_der: cert.leaf_der.clone(),
-                algorithms: provider.signature_verification_algorithms,
-                check_signatures,
-            })
-        };
+        let verifier = |check_signatures| ServerCheck::pinned(&provider, cert.leaf_der.clone(), check_signatures);
         let checked = connector(&provider, &verifier(true), s.tls13, Resumption::disabled());
         let verifier = verifier(s.check_signatures);
         let full = connector(&provider, &verifier, s.tls13, Resumption::disabled());
@@ -526,7 +383,7 @@ impl Clients {
 /// A client configuration: TLS 1.3 or 1.2 only, ALPN `http/1.1`, the pinned certificate.
 fn connector(
     provider: &Arc<CryptoProvider>,
-    verifier: &Arc<PinnedCert>,
+    verifier: &Arc<ServerCheck>,
     tls13: bool,
     resumption: Resumption,
 ) -> TlsConnector {
@@ -671,14 +528,6 @@ async fn handshake_load(
 // ---------------------------------------------------------------------------------------------------------
 // The proxies
 
-/// The child processes and their temporary directory. Dropping it (also while unwinding from a panic) kills
-/// and reaps every child, then removes the directory.
-struct Lab {
-    // Field order is drop order: children before the directory they write into.
-    children: Vec<KillOnDrop>,
-    dir: tempfile::TempDir,
-}
-
 /// A running proxy and what was measured through it.
 struct Proxy {
     name: &'static str,
@@ -696,58 +545,13 @@ struct Proxy {
 }
 
 impl Proxy {
+    fn new(name: &'static str, port: u16, admin: Option<u16>, pid: u32, log: PathBuf) -> Self {
+        Self { name, port, admin, pid, log, negotiated: String::new(), resuming: Vec::new(), runs: Vec::new() }
+    }
+
     fn runs(&self, m: Measure) -> impl Iterator<Item = &Run> {
         self.runs.iter().filter(move |(k, _)| *k == m).map(|(_, r)| r)
     }
-}
-
-impl Lab {
-    fn new() -> Self {
-        Self {
-            children: Vec::new(),
-            dir: tempfile::Builder::new().prefix("reveille-tls-").tempdir().expect("create a temp dir"),
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn write(&self, name: &str, contents: &str) -> PathBuf {
-        let path = self.path(name);
-        std::fs::write(&path, contents).expect("write a temp file");
-        path
-    }
-
-    /// Spawns `cmd` with stdout and stderr going to `<name>.log`, then waits until `ready` (checked every
-    /// 50 ms, for up to 20 s) returns true.
-    fn start(&mut self, name: &'static str, mut cmd: Command, mut ready: impl FnMut() -> bool) -> (u32, PathBuf) {
-        let log = self.path(&format!("{name}.log"));
-        let file = File::create(&log).expect("create a log file");
-        cmd.stdin(Stdio::null()).stdout(file.try_clone().unwrap()).stderr(file);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        let pid = child.id();
-        self.children.push(KillOnDrop(child));
-        let child = &mut self.children.last_mut().unwrap().0;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !ready() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("{name} exited ({status}) before it was ready:\n{}", read_log(&log));
-            }
-            if Instant::now() > deadline {
-                panic!("{name} not ready after 20s:\n{}", read_log(&log));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        (pid, log)
-    }
-}
-
-/// `taskset -c <cpu> <program>`.
-fn pinned(tools: &Tools, cpu: usize, program: impl AsRef<OsStr>) -> Command {
-    let mut cmd = Command::new(&tools.taskset);
-    cmd.arg("-c").arg(cpu.to_string()).arg(program);
-    cmd
 }
 
 /// What starting the proxies and measuring them needs.
@@ -771,112 +575,38 @@ impl Bench<'_> {
     fn start_reveille(&self, lab: &mut Lab, backend: u16, ports: [u16; 4]) -> Proxy {
         let (tools, s) = (self.tools, self.s);
         let [http, https, admin, _] = ports;
-        let routes = lab.write(
-            "routes.toml",
-            &format!("[services.bench]\nbackends = [\"127.0.0.1:{backend}\"]\n[routes]\n\"{HOST}\" = \"bench\"\n"),
-        );
-        let mut cmd = pinned(tools, s.proxy_cpu, env!("CARGO_BIN_EXE_reveille"));
-        cmd.arg("serve")
-            .arg("--routes")
-            .arg(&routes)
-            .args(["--http", &format!("127.0.0.1:{http}")])
-            .args(["--https", &format!("127.0.0.1:{https}")])
+        let mut cmd = onecore::reveille(lab, &tools.taskset, s.proxy_cpu, HOST, backend, http, admin);
+        cmd.args(["--https", &format!("127.0.0.1:{https}")])
             .arg("--certs")
             .arg(lab.path("certs"))
-            .args(["--default-cert", CERT_NAME])
-            .args(["--admin", &format!("127.0.0.1:{admin}")])
-            .args(["--threads", "1", "--access-log", "false", "--log-level", "warn"]);
+            .args(["--default-cert", CERT_NAME]);
         let (pid, log) = lab.start("reveille", cmd, || {
-            http_get(admin, "/readyz").is_some_and(|(status, _)| status == 200) && self.tls_ready(https)
+            onecore::get(admin, "127.0.0.1", "/readyz").is_some_and(|(status, _)| status == 200)
+                && self.tls_ready(https)
         });
-        Proxy {
-            name: "reveille",
-            port: https,
-            admin: Some(admin),
-            pid,
-            log,
-            negotiated: String::new(),
-            resuming: Vec::new(),
-            runs: Vec::new(),
-        }
+        Proxy::new("reveille", https, Some(admin), pid, log)
     }
 
     fn start_nginx(&self, lab: &mut Lab, backend: u16, port: u16, chain: &Path, key: &Path) -> Proxy {
         let (tools, s) = (self.tools, self.s);
-        let prefix = lab.path("nginx");
-        std::fs::create_dir_all(&prefix).unwrap();
-        let p = prefix.display();
         // `http2 on;` exists since nginx 1.25.1, which deprecates `listen ... http2`.
         let (listen_http2, http2_on) =
-            if tools.nginx_version >= (1, 25, 1) { ("", "\n        http2 on;") } else { (" http2", "") };
-        let conf = format!(
-            "worker_processes 1;
-daemon off;
-master_process off;
-pid {p}/nginx.pid;
-error_log {p}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {p}/client_body;
-    proxy_temp_path {p}/proxy;
-    fastcgi_temp_path {p}/fastcgi;
-    uwsgi_temp_path {p}/uwsgi;
-    scgi_temp_path {p}/scgi;
-    keepalive_requests 1000000;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    ssl_session_cache shared:SSL:10m;
-    ssl_session_tickets on;
-    upstream bench {{
-        server 127.0.0.1:{backend};
-        keepalive 64;
-        keepalive_requests 1000000;
-    }}
-    server {{
-        listen 127.0.0.1:{port} ssl{listen_http2} default_server;{http2_on}
-        server_name {HOST};
-        ssl_certificate {chain};
-        ssl_certificate_key {key};
-        location / {{
-            proxy_pass http://bench;
-            proxy_http_version 1.1;
-            proxy_set_header Connection \"\";
-        }}
-    }}
-}}
-",
-            chain = chain.display(),
-            key = key.display(),
-        );
-        let conf_path = lab.write("nginx/nginx.conf", &conf);
-        let mut cmd = pinned(tools, s.proxy_cpu, &tools.nginx);
-        cmd.arg("-p").arg(&prefix).arg("-c").arg(&conf_path).arg("-e").arg(prefix.join("error.log"));
+            if tools.nginx_version >= (1, 25, 1) { ("", "        http2 on;\n") } else { (" http2", "") };
+        let site = NginxSite {
+            host: HOST,
+            backend,
+            listen: format!("127.0.0.1:{port} ssl{listen_http2} default_server"),
+            http: "    ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_session_cache shared:SSL:10m;\n    ssl_session_tickets on;\n",
+            server: format!(
+                "{http2_on}        ssl_certificate {};\n        ssl_certificate_key {};\n",
+                chain.display(),
+                key.display()
+            ),
+        };
+        let (cmd, log) = onecore::nginx(lab, &tools.taskset, &tools.nginx, s.proxy_cpu, &site);
         let (pid, _) = lab.start("nginx", cmd, || self.tls_ready(port));
-        let log = prefix.join("error.log");
-        Proxy {
-            name: "nginx",
-            port,
-            admin: None,
-            pid,
-            log,
-            negotiated: String::new(),
-            resuming: Vec::new(),
-            runs: Vec::new(),
-        }
+        Proxy::new("nginx", port, None, pid, log)
     }
-}
-
-/// `GET path` on 127.0.0.1:port over plain HTTP/1.1 with `Connection: close`: the status and the body (with
-/// the head), or `None` if there is no answer.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    let status = text.get(9..12)?.parse().ok()?;
-    Some((status, text))
 }
 
 /// reveille's handshake counters, from its metrics.
@@ -889,7 +619,8 @@ struct ServerHandshakes {
 
 impl ServerHandshakes {
     fn read(admin: u16) -> Option<Self> {
-        let (_, text) = http_get(admin, "/metrics")?;
+        let (_, body) = onecore::get(admin, "127.0.0.1", "/metrics")?;
+        let text = String::from_utf8_lossy(&body);
         let value = |line: &str| line.rsplit(' ').next().and_then(|v| v.trim().parse::<f64>().ok());
         let done = text.lines().find(|l| l.starts_with("reveille_tls_handshakes_total ")).and_then(value)?;
         let mut failed = BTreeMap::new();
@@ -941,72 +672,48 @@ struct Run {
     wrong_kind: u64,
     /// reveille's handshakes counted during the run.
     server_handshakes: Option<ServerHandshakes>,
-    /// CPU time the proxy used, as a share of one CPU over the run.
-    proxy_cpu_pct: f64,
-    /// How busy the proxy's CPU and the client's CPU were over the run, all processes included.
-    cpu_busy_pct: (f64, f64),
-    /// The proxy's resident memory after the run, in KiB.
-    proxy_rss_kib: Option<u64>,
+    usage: Usage,
     errors: Errors,
 }
 
 /// Errors of a run: wrk's, or the handshake client's.
 #[derive(Default, Clone, Copy)]
 struct Errors {
-    /// wrk's "Non-2xx or 3xx responses", or the handshake client's unexpected responses.
-    response: u64,
-    connect: u64,
+    /// wrk's own; for the handshake client, `non_2xx_3xx` counts its unexpected responses and `write` its I/O
+    /// errors.
+    wrk: WrkErrors,
     /// Handshake client only.
     handshake: u64,
-    read: u64,
-    write: u64,
-    timeout: u64,
 }
 
 impl Errors {
     fn count(&mut self, f: Failure) {
         match f {
-            Failure::Connect => self.connect += 1,
+            Failure::Connect => self.wrk.connect += 1,
             Failure::Handshake => self.handshake += 1,
-            Failure::Io => self.write += 1,
-            Failure::Response => self.response += 1,
-            Failure::Timeout => self.timeout += 1,
+            Failure::Io => self.wrk.write += 1,
+            Failure::Response => self.wrk.non_2xx_3xx += 1,
+            Failure::Timeout => self.wrk.timeout += 1,
         }
     }
 
-    fn total(&self) -> u64 {
-        self.response + self.connect + self.handshake + self.read + self.write + self.timeout
-    }
-
     fn add(&mut self, o: &Errors) {
-        self.response += o.response;
-        self.connect += o.connect;
+        self.wrk.add(&o.wrk);
         self.handshake += o.handshake;
-        self.read += o.read;
-        self.write += o.write;
-        self.timeout += o.timeout;
     }
 }
 
 impl std::fmt::Display for Errors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.total())?;
-        let parts: Vec<_> = [
-            ("response", self.response),
-            ("connect", self.connect),
+        let w = &self.wrk;
+        f.write_str(&counts(&[
+            ("response", w.non_2xx_3xx),
+            ("connect", w.connect),
             ("handshake", self.handshake),
-            ("read", self.read),
-            ("write", self.write),
-            ("timeout", self.timeout),
-        ]
-        .iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(k, n)| format!("{k} {n}"))
-        .collect();
-        if !parts.is_empty() {
-            write!(f, " ({})", parts.join(", "))?;
-        }
-        Ok(())
+            ("read", w.read),
+            ("write", w.write),
+            ("timeout", w.timeout),
+        ]))
     }
 }
 
@@ -1037,10 +744,7 @@ impl Bench<'_> {
     fn run_one(&self, proxy: &Proxy, m: Measure, seconds: u64, ticks_per_sec: f64) -> Run {
         let (s, clients) = (self.s, self.clients);
         let handshakes_before = proxy.admin.and_then(ServerHandshakes::read);
-        let ticks_before = cpu_ticks(proxy.pid);
-        let cpus_before = (cpu_times(s.proxy_cpu), cpu_times(s.client_cpu));
-        let started = Instant::now();
-        let mut run = match m {
+        let (mut run, usage) = onecore::measure(proxy.pid, (s.proxy_cpu, s.client_cpu), ticks_per_sec, || match m {
             Measure::KeepAlive => run_wrk(self.tools, s, proxy, seconds),
             Measure::Full | Measure::Resumed => {
                 let (connectors, want) = match m {
@@ -1049,26 +753,18 @@ impl Bench<'_> {
                 };
                 let duration = Duration::from_secs(seconds);
                 let (tally, elapsed) = self.rt.block_on(handshake_load(&connectors, proxy.port, duration, want));
-                let mut latencies = tally.latencies_us;
-                latencies.sort_unstable();
+                let latencies: Vec<f64> = tally.latencies_us.iter().map(|&us| f64::from(us)).collect();
                 Run {
                     per_sec: tally.ok as f64 / elapsed.as_secs_f64(),
-                    p99_us: percentile(&latencies, 0.99),
+                    p99_us: percentile(&latencies, 99.0),
                     count: tally.ok,
                     wrong_kind: tally.wrong_kind,
                     errors: tally.errors,
                     ..Run::default()
                 }
             }
-        };
-        let wall = started.elapsed().as_secs_f64();
-        let ticks_after = cpu_ticks(proxy.pid);
-        let cpus_after = (cpu_times(s.proxy_cpu), cpu_times(s.client_cpu));
-        if let (Some(a), Some(b)) = (ticks_before, ticks_after) {
-            run.proxy_cpu_pct = (b - a) as f64 / ticks_per_sec / wall * 100.0;
-        }
-        run.proxy_rss_kib = status_kib(&proc_status(proxy.pid), "VmRSS:");
-        run.cpu_busy_pct = (busy_pct(cpus_before.0, cpus_after.0), busy_pct(cpus_before.1, cpus_after.1));
+        });
+        run.usage = usage;
         if let (Some(a), Some(b)) = (handshakes_before, proxy.admin.and_then(ServerHandshakes::read)) {
             run.server_handshakes = Some(b.since(&a));
         }
@@ -1079,13 +775,10 @@ impl Bench<'_> {
 fn summary(m: Measure, run: &Run) -> String {
     let unit = if m == Measure::KeepAlive { "req/s " } else { "conn/s" };
     let mut line = format!(
-        "{:>8.0} {unit} p99 {:>9}  proxy {:>3.0}% CPU, {:>6} MiB  CPUs busy {:>3.0}% / {:>3.0}%  errors {}",
+        "{:>8.0} {unit} p99 {:>9}  proxy {}  errors {}",
         run.per_sec,
         format_us(run.p99_us),
-        run.proxy_cpu_pct,
-        run.proxy_rss_kib.map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
-        run.cpu_busy_pct.0,
-        run.cpu_busy_pct.1,
+        describe_usage(&run.usage),
         run.errors
     );
     if m != Measure::KeepAlive && run.wrong_kind > 0 {
@@ -1097,104 +790,16 @@ fn summary(m: Measure, run: &Run) -> String {
     line
 }
 
-/// The `q` quantile of sorted values (nearest rank); NaN for none.
-fn percentile(sorted: &[u32], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len());
-    f64::from(sorted[rank - 1])
-}
-
 fn run_wrk(tools: &Tools, s: &Settings, proxy: &Proxy, seconds: u64) -> Run {
-    let mut cmd = pinned(tools, s.client_cpu, &tools.wrk);
-    cmd.args([
-        "-t1",
-        &format!("-c{}", s.connections),
-        &format!("-d{seconds}s"),
-        "--latency",
-        "-H",
-        &format!("Host: {HOST}"),
-        &format!("https://127.0.0.1:{}/", proxy.port),
-    ]);
-    let out = cmd.output().expect("run wrk");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    parse_wrk(&stdout).unwrap_or_else(|| {
-        panic!(
-            "cannot read wrk's output for {} ({}):\n{stdout}\n{}",
-            proxy.name,
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
-/// Reads "Requests/sec:", the "99%" line of `--latency`, "N requests in", "Socket errors:" and
-/// "Non-2xx or 3xx responses:".
-fn parse_wrk(out: &str) -> Option<Run> {
-    let mut run = Run::default();
-    let (mut rps, mut p99) = (None, None);
-    for line in out.lines().map(str::trim) {
-        if let Some(v) = line.strip_prefix("Requests/sec:") {
-            rps = v.trim().parse().ok();
-        } else if let Some(v) = line.strip_prefix("99%") {
-            p99 = parse_duration_us(v.trim());
-        } else if let Some((n, _)) = line.split_once(" requests in ") {
-            run.count = n.trim().parse().ok()?;
-        } else if let Some(v) = line.strip_prefix("Non-2xx or 3xx responses:") {
-            run.errors.response = v.trim().parse().ok()?;
-        } else if let Some(v) = line.strip_prefix("Socket errors:") {
-            // "connect 0, read 0, write 0, timeout 0"
-            for part in v.split(',') {
-                let mut words = part.split_whitespace();
-                let (Some(kind), Some(n)) = (words.next(), words.next()) else {
-                    continue;
-                };
-                let n: u64 = n.parse().ok()?;
-                match kind {
-                    "connect" => run.errors.connect = n,
-                    "read" => run.errors.read = n,
-                    "write" => run.errors.write = n,
-                    "timeout" => run.errors.timeout = n,
-                    _ => {}
-                }
-            }
-        }
-    }
-    run.per_sec = rps?;
-    run.p99_us = p99?;
-    Some(run)
-}
-
-/// wrk's durations: "635.00us", "2.51ms", "1.02s", "1.50m", "1.00h".
-fn parse_duration_us(s: &str) -> Option<f64> {
-    let split = s.find(|c: char| c.is_ascii_alphabetic())?;
-    let value: f64 = s[..split].parse().ok()?;
-    let scale = match &s[split..] {
-        "us" => 1.0,
-        "ms" => 1e3,
-        "s" => 1e6,
-        "m" => 60e6,
-        "h" => 3600e6,
-        _ => return None,
-    };
-    Some(value * scale)
-}
-
-/// `(busy, total)` clock ticks of one CPU since boot, from `/proc/stat` (idle and iowait count as not busy).
-fn cpu_times(cpu: usize) -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().find(|l| l.split_whitespace().next() == Some(&format!("cpu{cpu}")))?;
-    let ticks: Vec<u64> = line.split_whitespace().skip(1).map(|t| t.parse().unwrap_or(0)).collect();
-    let total: u64 = ticks.iter().take(8).sum(); // user nice system idle iowait irq softirq steal
-    let idle = ticks.get(3)? + ticks.get(4)?;
-    Some((total - idle, total))
-}
-
-fn busy_pct(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> f64 {
-    match (before, after) {
-        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => (b1 - b0) as f64 / (t1 - t0) as f64 * 100.0,
-        _ => f64::NAN,
+    let mut cmd = pinned(&tools.taskset, s.client_cpu, &tools.wrk);
+    cmd.args(testkit::wrk::args(s.connections, seconds, HOST, &format!("https://127.0.0.1:{}/", proxy.port)));
+    let wrk = testkit::wrk::run(&mut cmd).unwrap_or_else(|e| panic!("{}: {e}", proxy.name));
+    Run {
+        per_sec: wrk.requests_per_sec,
+        p99_us: wrk.p99_us,
+        count: wrk.requests,
+        errors: Errors { wrk: wrk.errors, handshake: 0 },
+        ..Run::default()
     }
 }
 
@@ -1215,10 +820,10 @@ fn medians(p: &Proxy, m: Measure) -> Medians {
     let med = |f: fn(&Run) -> f64| median(&p.runs(m).map(f).collect::<Vec<_>>());
     Medians {
         per_sec: med(|r| r.per_sec),
-        per_cpu_sec: med(|r| r.per_sec / (r.proxy_cpu_pct / 100.0)),
+        per_cpu_sec: med(|r| r.per_sec / (r.usage.proxy_cpu_pct / 100.0)),
         p99_us: med(|r| r.p99_us),
-        proxy_cpu_pct: med(|r| r.proxy_cpu_pct),
-        busy: (med(|r| r.cpu_busy_pct.0), med(|r| r.cpu_busy_pct.1)),
+        proxy_cpu_pct: med(|r| r.usage.proxy_cpu_pct),
+        busy: (med(|r| r.usage.cpu_busy_pct.0), med(|r| r.usage.cpu_busy_pct.1)),
     }
 }
 
@@ -1228,9 +833,7 @@ fn report(machine: &Machine, s: &Settings, cert: &BenchCert, proxies: &[Proxy]) 
         Some(b) if b > 0.0 && !x.is_nan() => format!("{:.2}", x / b),
         _ => "n/a".to_string(),
     };
-    let mut md = String::new();
-    let _ = writeln!(md, "### TLS benchmark, {}", machine.date);
-    let _ = writeln!(md);
+    let mut md = heading("TLS benchmark", &machine.date);
     let _ = writeln!(md, "- CPU: {} × {}", machine.nproc, machine.cpu);
     let _ = writeln!(md, "- versions: {}", machine.versions.join("; "));
     let _ = writeln!(md, "- {}", s.describe());
@@ -1274,7 +877,7 @@ fn report(machine: &Machine, s: &Settings, cert: &BenchCert, proxies: &[Proxy]) 
             if wrong > 0 {
                 let _ = write!(errors, "; {wrong} not {}", m.name());
             }
-            let rss = p.runs(m).last().and_then(|r| r.proxy_rss_kib);
+            let rss = p.runs(m).last().and_then(|r| r.usage.proxy_rss_kib);
             let _ = writeln!(
                 md,
                 "| {} | {:.0} | {} | {} | {} | {:.0}% | {:.0} | {} | {:.0}% / {:.0}% | {} | {} |",

@@ -1,14 +1,14 @@
 //! Passivation benchmark: what waking a stopped container through reveille costs over starting it directly, and
 //! what holding 10,000 requests for a waking container costs reveille.
 //!
-//! Run with `cargo bench --bench passivation`. Needs Docker (`docker version` must reach a daemon) and
+//! Run with `cargo run --release -p reveille-lab -- passivation`. Needs Docker (`docker version` must reach a daemon) and
 //! `/bin/busybox` (Debian's busybox-static); without them it says so and exits 0. `wrk` (`/usr/bin/wrk`) is
 //! needed for the latency part of the second benchmark only: without it that part is skipped and the report
 //! says so. Only 127.0.0.1 and the containers' addresses on the Docker bridge are contacted. Nothing is
 //! pinned: reveille, Docker, the containers, wrk and this process share the machine's CPUs.
 //!
 //! Setup: no image can be pulled, so the image is built `FROM scratch` with `/bin/busybox` and
-//! `/www/index.html` (`hello from <tag>`), as `tests/support/docker.rs` does, plus (see 2.) this bench binary
+//! `/www/index.html` (`hello from <tag>`), by testkit's builder as for the integration tests, plus (see 2.) this lab binary
 //! at `/bin/bench-backend` with the shared libraries `ldd` lists for it. Two containers are created from it
 //! (the setup never starts them): `web`, running `sh -c 'trap "exit 0" TERM; httpd -f -p 8080 -h /www & wait'`
 //! (the trap makes `docker stop` fast), and `slow`, running `sh -c 'trap "exit 0" TERM; sleep
@@ -79,30 +79,31 @@
 //! wrk run during the hold), `PASSIVATION_BENCH_WRK_SECONDS` (5), `PASSIVATION_BENCH_WRK_HELD_SECONDS` (3),
 //! `PASSIVATION_BENCH_SLOW_SERVER` (`bench` or `busybox`).
 
-// Not every shared helper is used here (the CPU-time ones are the other benches').
-#[allow(dead_code)]
-mod common;
-
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{
-    cpu_model, env_or, first_line, format_us, free_ports, median, nproc, print_log, proc_status, read_log,
-    start_backend, status_kib, utc_date, write_report, KillOnDrop,
-};
+use bytes::Bytes;
 use reveille::{ContainerState, DockerRuntime};
+use testkit::backend::{serve_fixed, start_backend};
+use testkit::docker::{docker, BusyboxImage, BUSYBOX};
+use testkit::env::{env_at_least, env_or};
+use testkit::machine::{cpu_model, first_line, git_revision, nproc, utc_date};
+use testkit::ports::free_ports;
+use testkit::process::{read_log, KillOnDrop};
+use testkit::procfs::{listen_backlog, listen_overflows, nofile_limit, open_fds, proc_status, status_kib};
+use testkit::report::{heading, print_log, write_report};
+use testkit::stats::{format_us, median, percentile};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 
-const BUSYBOX: &str = "/bin/busybox";
 const WRK: &str = "/usr/bin/wrk";
 const WEB: &str = "web";
 const SLOW: &str = "slow";
@@ -112,7 +113,7 @@ const PLAIN_HOST: &str = "plain.bench.test";
 const CONTAINER_PORT: u16 = 8080;
 const PLAIN_BODY: &[u8] = b"ok\n";
 /// The argument that makes this binary the `slow` container's HTTP server.
-const CONTAINER_BACKEND_ARG: &str = "--container-backend";
+pub(crate) const CONTAINER_BACKEND_ARG: &str = "--container-backend";
 /// Where the image holds this binary.
 const CONTAINER_BACKEND_PATH: &str = "/bin/bench-backend";
 /// The listen backlog of that server (the kernel caps it at the container's `net.core.somaxconn`).
@@ -129,30 +130,18 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 /// How long reveille may take to report a state.
 const STATE_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn main() {
-    // Inside the `slow` container: be its HTTP server.
-    if std::env::args().nth(1).as_deref() == Some(CONTAINER_BACKEND_ARG) {
-        container_backend();
-        return;
-    }
-    // `cargo test --benches` runs this binary without `--bench`: do not start containers then.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("passivation: skipped outside `cargo bench` (run `cargo bench --bench passivation`)");
-        return;
-    }
+/// Runs the lab; false if a measurement failed. Returns only after reveille is killed and the containers,
+/// image and temp dir are removed.
+pub(crate) fn main() -> bool {
     if !Path::new(BUSYBOX).exists() {
         println!("passivation: skipped, {BUSYBOX} not found (install Debian's busybox-static)");
-        return;
+        return true;
     }
     if let Err(e) = docker(&["version", "--format", "{{.Server.Version}}"]) {
         println!("passivation: skipped, Docker is not usable: {e}");
-        return;
+        return true;
     }
-    // `run` returns only after reveille is killed and the containers, image and temp dir are removed.
-    let ok = run();
-    if !ok {
-        std::process::exit(1);
-    }
+    run()
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -182,7 +171,7 @@ impl SlowServer {
     fn describe(self) -> &'static str {
         match self {
             SlowServer::Bench => {
-                "this bench binary as a hyper HTTP/1.1 server (listen backlog 16384, capped by somaxconn)"
+                "this lab binary as a hyper HTTP/1.1 server (listen backlog 16384, capped by somaxconn)"
             }
             SlowServer::Busybox => "`busybox httpd -f -p 8080 -h /www` (listen backlog 9)",
         }
@@ -191,25 +180,20 @@ impl SlowServer {
 
 impl Settings {
     fn from_env() -> Self {
-        let s = Self {
-            rounds: env_or("PASSIVATION_BENCH_ROUNDS", 20),
+        Self {
+            rounds: env_at_least("PASSIVATION_BENCH_ROUNDS", 20, 1),
             warmup: env_or("PASSIVATION_BENCH_WARMUP", 1),
-            held: env_or("PASSIVATION_BENCH_HELD", 10_000),
-            batch: env_or("PASSIVATION_BENCH_BATCH", 100),
+            held: env_at_least("PASSIVATION_BENCH_HELD", 10_000, 1),
+            batch: env_at_least("PASSIVATION_BENCH_BATCH", 100, 1),
             ready_delay: env_or("PASSIVATION_BENCH_READY_DELAY", 6),
-            wrk_seconds: env_or("PASSIVATION_BENCH_WRK_SECONDS", 5),
-            wrk_held_seconds: env_or("PASSIVATION_BENCH_WRK_HELD_SECONDS", 3),
+            wrk_seconds: env_at_least("PASSIVATION_BENCH_WRK_SECONDS", 5, 1),
+            wrk_held_seconds: env_at_least("PASSIVATION_BENCH_WRK_HELD_SECONDS", 3, 1),
             slow_server: match std::env::var("PASSIVATION_BENCH_SLOW_SERVER").as_deref() {
                 Err(_) | Ok("bench") => SlowServer::Bench,
                 Ok("busybox") => SlowServer::Busybox,
                 Ok(other) => panic!("PASSIVATION_BENCH_SLOW_SERVER={other:?}: use bench or busybox"),
             },
-        };
-        assert!(s.rounds > 0, "PASSIVATION_BENCH_ROUNDS must be at least 1");
-        assert!(s.held > 0, "PASSIVATION_BENCH_HELD must be at least 1");
-        assert!(s.batch > 0, "PASSIVATION_BENCH_BATCH must be at least 1");
-        assert!(s.wrk_seconds > 0 && s.wrk_held_seconds > 0, "wrk durations must be at least 1 s");
-        s
+        }
     }
 }
 
@@ -234,7 +218,7 @@ impl Machine {
             nproc: nproc(),
             cpu: cpu_model(),
             kernel: first_line(Command::new("uname").arg("-r")),
-            reveille: first_line(Command::new(env!("CARGO_BIN_EXE_reveille")).arg("--version")),
+            reveille: first_line(Command::new(crate::reveille_bin()).arg("--version")),
             revision: git_revision(),
             docker: docker(&["version", "--format", "{{.Server.Version}}"]).unwrap_or_else(|_| "unknown".into()),
             // "BusyBox v1.35.0 (Debian 1:1.35.0-4+deb12u1+b1) multi-call binary."
@@ -245,36 +229,8 @@ impl Machine {
     }
 }
 
-fn git_revision() -> String {
-    let dir = env!("CARGO_MANIFEST_DIR");
-    let head = first_line(Command::new("git").args(["-C", dir, "rev-parse", "--short", "HEAD"]));
-    let dirty = Command::new("git")
-        .args(["-C", dir, "diff", "--quiet", "HEAD", "--", "src", "Cargo.toml", "Cargo.lock"])
-        .status()
-        .is_ok_and(|s| !s.success());
-    if dirty {
-        format!("{head} (src/ modified)")
-    } else {
-        head
-    }
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // Docker: the image and containers, removed on drop
-
-/// Runs the docker CLI: its trimmed stdout, or why it failed.
-fn docker(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run the docker CLI: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(format!("docker {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
 
 /// The image and containers made for this run. Dropping it (also while unwinding from a panic) removes every
 /// container, then the image.
@@ -290,19 +246,12 @@ impl DockerThings {
     fn build_image(&mut self, dir: &Path, backend: bool) -> Result<String, String> {
         let tag = format!("reveille-bench-image-{}", std::process::id());
         let ctx = dir.join("image");
-        std::fs::create_dir_all(ctx.join("www")).map_err(|e| e.to_string())?;
-        std::fs::copy(BUSYBOX, ctx.join("busybox")).map_err(|e| format!("copy {BUSYBOX}: {e}"))?;
-        std::fs::write(ctx.join("www/index.html"), format!("hello from {tag}\n")).map_err(|e| e.to_string())?;
-        let mut dockerfile = String::from("FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\n");
         if backend {
-            copy_self(&ctx.join("backend"))?;
-            dockerfile.push_str("COPY backend/ /\n");
+            copy_self(&ctx.join("overlay"))?;
         }
-        dockerfile.push_str("ENTRYPOINT [\"/bin/busybox\"]\n");
-        std::fs::write(ctx.join("Dockerfile"), dockerfile).map_err(|e| e.to_string())?;
         // Registered before the build: a half-built image is removed as well.
         self.image = Some(tag.clone());
-        docker(&["build", "-q", "-t", &tag, ctx.to_str().unwrap()])?;
+        BusyboxImage { tag: &tag, overlay: backend, no_cache: false }.build(&ctx)?;
         Ok(tag)
     }
 
@@ -367,30 +316,14 @@ fn container_script(server: SlowServer, delay: Option<u64>) -> String {
 /// The `slow` container's HTTP server (this binary run with [`CONTAINER_BACKEND_ARG`] in the container):
 /// answers every request 200 with `/www/index.html` on port 8080, with a listen backlog large enough for
 /// thousands of connections at once.
-fn container_backend() {
+pub(crate) fn container_backend() {
     let page: &'static [u8] = Vec::leak(std::fs::read("/www/index.html").expect("read /www/index.html"));
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(async move {
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         socket.set_reuseaddr(true).expect("SO_REUSEADDR");
         socket.bind(SocketAddr::from(([0, 0, 0, 0], CONTAINER_PORT))).expect("bind :8080");
-        let listener = socket.listen(CONTAINER_BACKEND_BACKLOG).expect("listen");
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req| async move {
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
-                        bytes::Bytes::from_static(page),
-                    )))
-                });
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
-            });
-        }
+        serve_fixed(socket.listen(CONTAINER_BACKEND_BACKLOG).expect("listen"), page, None).await
     });
 }
 
@@ -444,7 +377,7 @@ fn start_reveille(lab: &mut Lab, web: &str, slow: &str, plain: u16, s: &Settings
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg("ulimit -n 65536 2>/dev/null || ulimit -n \"$(ulimit -Hn)\"; exec \"$0\" \"$@\"")
-        .arg(env!("CARGO_BIN_EXE_reveille"))
+        .arg(crate::reveille_bin())
         .arg("serve")
         .arg("--routes")
         .arg(&routes)
@@ -482,25 +415,11 @@ fn start_reveille(lab: &mut Lab, web: &str, slow: &str, plain: u16, s: &Settings
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// A minimal blocking HTTP/1.1 client for the admin API: one request per connection
+// The admin API, from blocking code
 
 /// `METHOD path` on 127.0.0.1:port with `Connection: close`: `(status, body)`; `None` if there is no answer.
-fn http_request(port: u16, method: &str, path: &str) -> Option<(u16, Vec<u8>)> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let length = if method == "POST" { "Content-Length: 0\r\n" } else { "" };
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{length}Connection: close\r\n\r\n").ok()?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).ok()?;
-    let end = find(&raw, b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    let body = raw.split_off(end + 4);
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked")
-    });
-    Some((status, if chunked { dechunk(&body)? } else { body }))
+fn http_request(port: u16, method: &str, path: &str) -> Option<(u16, Bytes)> {
+    testkit::http::fetch(port, method, "127.0.0.1", path, Duration::from_secs(10))
 }
 
 /// The payload of a chunked body.
@@ -884,89 +803,11 @@ struct WrkRun {
 
 /// `wrk -t1 -c10 -d<seconds>s --latency -H 'Host: plain.bench.test'` against reveille.
 fn run_wrk(port: u16, seconds: u64) -> Result<WrkRun, String> {
-    let out = Command::new(WRK)
-        .args(["-t1", &format!("-c{WRK_CONNECTIONS}"), &format!("-d{seconds}s"), "--latency", "-H"])
-        .arg(format!("Host: {PLAIN_HOST}"))
-        .arg(format!("http://127.0.0.1:{port}/"))
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run wrk: {e}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    parse_wrk(&stdout).ok_or_else(|| {
-        format!("cannot read wrk's output ({}):\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr))
-    })
-}
-
-/// Reads "Requests/sec:", the "50%" and "99%" lines of `--latency`, "Socket errors:" and "Non-2xx or 3xx
-/// responses:".
-fn parse_wrk(out: &str) -> Option<WrkRun> {
-    let (mut rps, mut p50, mut p99, mut errors) = (None, None, None, 0u64);
-    for line in out.lines().map(str::trim) {
-        if let Some(v) = line.strip_prefix("Requests/sec:") {
-            rps = v.trim().parse().ok();
-        } else if let Some(v) = line.strip_prefix("50%") {
-            p50 = parse_duration_us(v.trim());
-        } else if let Some(v) = line.strip_prefix("99%") {
-            p99 = parse_duration_us(v.trim());
-        } else if let Some(v) = line.strip_prefix("Non-2xx or 3xx responses:") {
-            errors += v.trim().parse::<u64>().ok()?;
-        } else if let Some(v) = line.strip_prefix("Socket errors:") {
-            // "connect 0, read 0, write 0, timeout 0"
-            for part in v.split(',') {
-                errors += part.split_whitespace().nth(1)?.parse::<u64>().ok()?;
-            }
-        }
-    }
-    Some(WrkRun { rps: rps?, p50_us: p50?, p99_us: p99?, errors })
-}
-
-/// wrk's durations: "635.00us", "2.51ms", "1.02s", "1.50m", "1.00h".
-fn parse_duration_us(s: &str) -> Option<f64> {
-    let split = s.find(|c: char| c.is_ascii_alphabetic())?;
-    let value: f64 = s[..split].parse().ok()?;
-    let scale = match &s[split..] {
-        "us" => 1.0,
-        "ms" => 1e3,
-        "s" => 1e6,
-        "m" => 60e6,
-        "h" => 3600e6,
-        _ => return None,
-    };
-    Some(value * scale)
-}
-
-/// The soft `Max open files` of a process, from `/proc/<pid>/limits` (`self` for this one).
-fn nofile_limit(pid: &str) -> Option<u64> {
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    let soft = line["Max open files".len()..].split_whitespace().next()?;
-    if soft == "unlimited" {
-        Some(u64::MAX)
-    } else {
-        soft.parse().ok()
-    }
-}
-
-/// `TcpExt: ListenOverflows` of this network namespace (loopback included): connections dropped because a
-/// listen queue was full.
-fn listen_overflows() -> Option<u64> {
-    let netstat = std::fs::read_to_string("/proc/net/netstat").ok()?;
-    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
-    let (names, values) = (lines.next()?, lines.next()?);
-    let i = names.split_whitespace().position(|n| n == "ListenOverflows")?;
-    values.split_whitespace().nth(i)?.parse().ok()
-}
-
-/// The backlog of the socket listening on 127.0.0.1:`port` (`Send-Q` of `ss -ltn`).
-fn listen_backlog(port: u16) -> Option<u32> {
-    let out = Command::new("ss").args(["-Hltn", &format!("sport = :{port}")]).output().ok()?;
-    // "LISTEN 0 128 127.0.0.1:39111 0.0.0.0:*"
-    String::from_utf8_lossy(&out.stdout).split_whitespace().nth(2)?.parse().ok()
-}
-
-/// Open file descriptors of a process (`self` for this one).
-fn open_fds(pid: &str) -> Option<usize> {
-    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+    let mut cmd = Command::new(WRK);
+    cmd.args(testkit::wrk::args(WRK_CONNECTIONS, seconds, PLAIN_HOST, &format!("http://127.0.0.1:{port}/")));
+    let wrk = testkit::wrk::run(&mut cmd)?;
+    let p50_us = wrk.p50_us.ok_or("wrk printed no 50% latency")?;
+    Ok(WrkRun { rps: wrk.requests_per_sec, p50_us, p99_us: wrk.p99_us, errors: wrk.errors.total() })
 }
 
 /// One reading of the sampler thread.
@@ -1299,17 +1140,6 @@ fn run() -> bool {
 // ---------------------------------------------------------------------------------------------------------
 // Reporting
 
-/// Nearest-rank percentile (`p` = 100 gives the maximum).
-fn percentile(values: &[f64], p: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 fn mib(kib: Option<u64>) -> String {
     kib.map_or("?".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
 }
@@ -1319,9 +1149,7 @@ fn secs(d: Option<Duration>) -> String {
 }
 
 fn report(machine: &Machine, s: &Settings, cold: &ColdStart, held: &Held, failures: &[String]) -> String {
-    let mut md = String::new();
-    let _ = writeln!(md, "### Passivation benchmark, {}", machine.date);
-    let _ = writeln!(md);
+    let mut md = heading("Passivation benchmark", &machine.date);
     let _ = writeln!(
         md,
         "- CPU: {} × {} (shared VM, nothing pinned); kernel {}",

@@ -1,7 +1,7 @@
 //! etcd route source benchmark: how fast a change written to etcd reaches the proxy, and what loading 100,000
 //! routes from etcd costs.
 //!
-//! Run with `cargo bench --bench etcd`. Needs `/usr/bin/etcd` (Debian's etcd-server); without it, it says so and
+//! Run with `cargo run --release -p reveille-lab -- etcd`. Needs `/usr/bin/etcd` (Debian's etcd-server); without it, it says so and
 //! exits 0. Only 127.0.0.1 is used. Nothing is pinned: the proxy, etcd and this process share the machine's CPUs.
 //!
 //! Setup: one etcd on free loopback ports with a temporary data dir, for the whole run; two in-process backends
@@ -37,24 +37,26 @@
 //! `ETCD_BENCH_ROUTES` (100000), `ETCD_BENCH_LOADS` (3), `ETCD_BENCH_READY_TIMEOUT` (60, seconds),
 //! `ETCD_BENCH_INTERVAL_MS` (20), `ETCD_BENCH_POLL_GAP_US` (0).
 
-mod common;
-
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::{self, Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{
-    clock_ticks_per_sec, cpu_model, cpu_ticks, env_or, first_line, format_us, free_ports, median, nproc, print_log,
-    proc_status, read_log, start_backend, status_kib, utc_date, write_report, KillOnDrop,
-};
+use bytes::Bytes;
 use etcd_client::{Client, DeleteOptions, GetOptions, Txn, TxnOp};
+use testkit::backend::start_backend;
+use testkit::env::{env_at_least, env_or};
+use testkit::etcd::{Etcd, ETCD};
+use testkit::http::{block_on, fetch, KeepAlive};
+use testkit::machine::{cpu_model, first_line, git_revision, load_average, nproc, utc_date};
+use testkit::ports::free_ports;
+use testkit::process::{read_log, tail, KillOnDrop};
+use testkit::procfs::{cpu_secs, proc_status, status_kib};
+use testkit::report::{heading, print_log, write_report};
+use testkit::stats::{format_us, median, percentile};
 use tokio::runtime::Runtime;
 
-const ETCD: &str = "/usr/bin/etcd";
 const PREFIX: &str = "/reveille/";
 const BODY_1: &[u8] = b"bench backend 1\n";
 const BODY_2: &[u8] = b"bench backend 2\n";
@@ -70,21 +72,14 @@ const RTT_SAMPLES: usize = 1000;
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 const SMALL: usize = 10;
 
-fn main() {
-    // `cargo test --benches` runs this binary without `--bench`: do not start etcd and load 100k routes then.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("etcd: skipped outside `cargo bench` (run `cargo bench --bench etcd`)");
-        return;
-    }
+/// Runs the lab; false if a measurement failed. Returns only after every child is killed and the temp dir
+/// removed.
+pub(crate) fn main() -> bool {
     if !Path::new(ETCD).exists() {
         println!("etcd: skipped, {ETCD} not found (install Debian's etcd-server)");
-        return;
+        return true;
     }
-    // `run` returns only after every child is killed and the temp dir removed; exit codes come after that.
-    let ok = run();
-    if !ok {
-        std::process::exit(1);
-    }
+    run()
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -101,18 +96,15 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> Self {
-        let s = Self {
-            changes: env_or("ETCD_BENCH_CHANGES", 300),
-            routes: env_or("ETCD_BENCH_ROUTES", 100_000),
-            loads: env_or("ETCD_BENCH_LOADS", 3),
+        Self {
+            changes: env_at_least("ETCD_BENCH_CHANGES", 300, 1),
             ready_timeout: Duration::from_secs(env_or("ETCD_BENCH_READY_TIMEOUT", 60)),
+            // More than the small table's routes.
+            routes: env_at_least("ETCD_BENCH_ROUTES", 100_000, SMALL + 1),
             interval: Duration::from_millis(env_or("ETCD_BENCH_INTERVAL_MS", 20)),
+            loads: env_at_least("ETCD_BENCH_LOADS", 3, 1),
             poll_gap: Duration::from_micros(env_or("ETCD_BENCH_POLL_GAP_US", 0)),
-        };
-        assert!(s.changes > 0, "ETCD_BENCH_CHANGES must be at least 1");
-        assert!(s.loads > 0, "ETCD_BENCH_LOADS must be at least 1");
-        assert!(s.routes > SMALL, "ETCD_BENCH_ROUTES must be more than {SMALL}");
-        s
+        }
     }
 }
 
@@ -135,29 +127,10 @@ impl Machine {
             cpu: cpu_model(),
             // "etcd Version: 3.4.23"
             etcd: first_line(Command::new(ETCD).arg("--version")).replace("Version: ", ""),
-            reveille: first_line(Command::new(env!("CARGO_BIN_EXE_reveille")).arg("--version")),
+            reveille: first_line(Command::new(crate::reveille_bin()).arg("--version")),
             revision: git_revision(),
             load_start: load_average(),
         }
-    }
-}
-
-fn load_average() -> String {
-    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    loadavg.split_whitespace().next().unwrap_or("?").to_string()
-}
-
-fn git_revision() -> String {
-    let dir = env!("CARGO_MANIFEST_DIR");
-    let head = first_line(Command::new("git").args(["-C", dir, "rev-parse", "--short", "HEAD"]));
-    let dirty = Command::new("git")
-        .args(["-C", dir, "diff", "--quiet", "HEAD", "--", "src", "Cargo.toml", "Cargo.lock"])
-        .status()
-        .is_ok_and(|s| !s.success());
-    if dirty {
-        format!("{head} (src/ modified)")
-    } else {
-        head
     }
 }
 
@@ -176,57 +149,22 @@ impl Proc {
     }
 }
 
-/// The run's temp dir and etcd. Field order is drop order: etcd before the directory it writes into.
+/// The run's temp dir and etcd. Field order is drop order: etcd before the directory reveille logs into.
 struct Lab {
-    etcd: Option<Proc>,
-    etcd_url: String,
+    etcd: Etcd,
     dir: tempfile::TempDir,
 }
 
 impl Lab {
     /// Starts etcd on free loopback ports with a data dir under a new temp dir, and waits until it answers.
     fn start(rt: &Runtime) -> Lab {
+        let etcd = rt.block_on(Etcd::start());
         let dir = tempfile::Builder::new().prefix("reveille-etcd-bench-").tempdir().expect("create a temp dir");
-        let [client_port, peer_port] = free_ports();
-        let url = format!("http://127.0.0.1:{client_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
-        let log = dir.path().join("etcd.log");
-        let file = File::create(&log).expect("create etcd.log");
-        let child = Command::new(ETCD)
-            .args(["--name", "bench", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("bench={peer}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("start etcd");
-        let mut lab = Lab { etcd: Some(Proc { child: KillOnDrop(child), log }), etcd_url: url, dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let probe = rt.block_on(async {
-                let mut c = tokio::time::timeout(Duration::from_secs(1), Client::connect([&lab.etcd_url], None))
-                    .await
-                    .ok()?
-                    .ok()?;
-                tokio::time::timeout(Duration::from_secs(1), c.get("probe", None)).await.ok()?.ok()
-            });
-            if probe.is_some() {
-                return lab;
-            }
-            let etcd = lab.etcd.as_mut().unwrap();
-            if let Ok(Some(status)) = etcd.child.try_wait() {
-                panic!("etcd exited ({status}) before it answered:\n{}", read_log(&etcd.log));
-            }
-            assert!(Instant::now() < deadline, "etcd did not start within 20s:\n{}", read_log(&etcd.log));
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        Lab { etcd, dir }
     }
 
     fn etcd_log(&self) -> String {
-        self.etcd.as_ref().map(|e| read_log(&e.log)).unwrap_or_default()
+        self.etcd.log()
     }
 }
 
@@ -254,9 +192,9 @@ fn start_reveille(lab: &Lab, tag: &str, timeout: Duration) -> Result<(Reveille, 
     let [http, admin] = free_ports();
     let log = lab.dir.path().join(format!("reveille-{tag}.log"));
     let file = File::create(&log).expect("create a log file");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_reveille"));
+    let mut cmd = Command::new(crate::reveille_bin());
     cmd.arg("serve")
-        .args(["--etcd", &lab.etcd_url])
+        .args(["--etcd", &lab.etcd.url])
         .args(["--http", &format!("127.0.0.1:{http}")])
         .args(["--admin", &format!("127.0.0.1:{admin}")])
         .args(["--access-log", "false", "--log-level", "warn"])
@@ -318,16 +256,6 @@ fn log_error(log: &str) -> String {
     format!("last error: {}", error.trim())
 }
 
-fn tail(log: &str, n: usize) -> String {
-    let lines: Vec<_> = log.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// User + system CPU time of a process so far.
-fn cpu_secs(pid: u32) -> Option<f64> {
-    Some(cpu_ticks(pid)? as f64 / clock_ticks_per_sec())
-}
-
 /// A gauge from reveille's `/metrics`.
 fn metric(admin: u16, name: &str) -> Option<f64> {
     let (status, body) = http_once(admin, "/metrics")?;
@@ -342,151 +270,30 @@ fn metric(admin: u16, name: &str) -> Option<f64> {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// A minimal blocking HTTP/1.1 client: one kept-alive connection, one request at a time
+// HTTP from this (blocking) thread
 
-struct HttpConn {
-    port: u16,
-    stream: Option<TcpStream>,
-    buf: Vec<u8>,
-    reconnects: usize,
+/// One request on a new connection (`Connection: close`); `None` if there is no answer (not listening yet).
+fn http_once(port: u16, path: &str) -> Option<(u16, Bytes)> {
+    fetch(port, "GET", "127.0.0.1", path, Duration::from_secs(5))
 }
+
+/// The poll connection: one kept-alive HTTP/1.1 connection, one request at a time, from this thread.
+struct HttpConn(KeepAlive);
 
 impl HttpConn {
     fn new(port: u16) -> Self {
-        Self { port, stream: None, buf: Vec::with_capacity(8192), reconnects: 0 }
-    }
-
-    fn connect(&mut self) -> io::Result<()> {
-        let stream = TcpStream::connect(("127.0.0.1", self.port))?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        self.stream = Some(stream);
-        self.buf.clear();
-        Ok(())
+        Self(KeepAlive::new(port, Duration::from_secs(5)))
     }
 
     /// `GET path` with this `Host`: `(status, body)`. If the kept-alive connection turns out closed, connects
     /// again once and retries.
-    fn get(&mut self, host: &str, path: &str) -> io::Result<(u16, Vec<u8>)> {
-        if self.stream.is_some() {
-            match self.exchange(host, path) {
-                Ok(r) => return Ok(r),
-                Err(_) => self.reconnects += 1,
-            }
-        }
-        self.connect()?;
-        self.exchange(host, path)
+    fn get(&mut self, host: &str, path: &str) -> Result<(u16, Bytes), String> {
+        block_on(self.0.get(host, path)).map_err(|e| e.to_string())
     }
 
-    fn exchange(&mut self, host: &str, path: &str) -> io::Result<(u16, Vec<u8>)> {
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
-        let result = self.exchange_inner(request.as_bytes());
-        if result.is_err() {
-            self.stream = None;
-        }
-        result
+    fn reconnects(&self) -> usize {
+        self.0.reconnects
     }
-
-    fn exchange_inner(&mut self, request: &[u8]) -> io::Result<(u16, Vec<u8>)> {
-        self.stream.as_mut().ok_or_else(|| bad("not connected"))?.write_all(request)?;
-        let head = loop {
-            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
-                break self.buf.drain(..i + 4).collect::<Vec<u8>>();
-            }
-            self.fill()?;
-        };
-        let head = String::from_utf8_lossy(&head).into_owned();
-        let mut lines = head.split("\r\n");
-        // "HTTP/1.1 200 OK"
-        let status: u16 = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad("bad status line"))?;
-        let (mut length, mut chunked, mut close) = (None, false, false);
-        for line in lines {
-            let Some((name, value)) = line.split_once(':') else { continue };
-            let (name, value) = (name.trim().to_ascii_lowercase(), value.trim().to_ascii_lowercase());
-            match name.as_str() {
-                "content-length" => length = Some(value.parse::<usize>().map_err(|_| bad("bad content-length"))?),
-                "transfer-encoding" => chunked = value.contains("chunked"),
-                "connection" => close = value.contains("close"),
-                _ => {}
-            }
-        }
-        let body = if chunked {
-            let mut body = Vec::new();
-            loop {
-                let line = self.line()?;
-                let size = line.split(';').next().unwrap_or("").trim();
-                let size = usize::from_str_radix(size, 16).map_err(|_| bad("bad chunk size"))?;
-                if size == 0 {
-                    // Trailers, if any, up to the empty line.
-                    while !self.line()?.is_empty() {}
-                    break;
-                }
-                body.extend(self.take(size)?);
-                self.take(2)?;
-            }
-            body
-        } else if let Some(n) = length {
-            self.take(n)?
-        } else if status == 204 || status == 304 || status < 200 {
-            Vec::new()
-        } else {
-            // Delimited by the end of the connection.
-            while self.fill().is_ok() {}
-            close = true;
-            std::mem::take(&mut self.buf)
-        };
-        if close {
-            self.stream = None;
-        }
-        Ok((status, body))
-    }
-
-    fn fill(&mut self) -> io::Result<()> {
-        let mut chunk = [0u8; 8192];
-        let n = self.stream.as_mut().ok_or_else(|| bad("not connected"))?.read(&mut chunk)?;
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"));
-        }
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(())
-    }
-
-    fn take(&mut self, n: usize) -> io::Result<Vec<u8>> {
-        while self.buf.len() < n {
-            self.fill()?;
-        }
-        Ok(self.buf.drain(..n).collect())
-    }
-
-    fn line(&mut self) -> io::Result<String> {
-        loop {
-            if let Some(i) = find(&self.buf, b"\r\n") {
-                let line: Vec<u8> = self.buf.drain(..i + 2).collect();
-                return Ok(String::from_utf8_lossy(&line[..i]).into_owned());
-            }
-            self.fill()?;
-        }
-    }
-}
-
-fn bad(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what.to_string())
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// One request on a new connection (`Connection: close`); `None` if there is no answer (not listening yet).
-fn http_once(port: u16, path: &str) -> Option<(u16, Vec<u8>)> {
-    let mut conn = HttpConn::new(port);
-    conn.connect().ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    conn.exchange_inner(request.as_bytes()).ok()
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -725,7 +532,7 @@ impl Bench<'_> {
             changes.push((kind, p));
         }
         self.reset().map_err(|e| format!("resetting the routes: {e}"))?;
-        Ok(Phase { routes, rtt, changes, reconnects: conn.reconnects, etcd_slow: 0 })
+        Ok(Phase { routes, rtt, changes, reconnects: conn.reconnects(), etcd_slow: 0 })
     }
 }
 
@@ -746,8 +553,8 @@ fn run() -> bool {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     let backends = (start_backend(BODY_1), start_backend(BODY_2));
     let lab = Lab::start(&rt);
-    println!("etcd {} at {}; backends 127.0.0.1:{} and :{}", machine.etcd, lab.etcd_url, backends.0, backends.1);
-    let client = rt.block_on(Client::connect([&lab.etcd_url], None)).expect("connect to etcd");
+    println!("etcd {} at {}; backends 127.0.0.1:{} and :{}", machine.etcd, lab.etcd.url, backends.0, backends.1);
+    let client = rt.block_on(Client::connect([&lab.etcd.url], None)).expect("connect to etcd");
     let mut bench = Bench { rt: &rt, client, settings: &settings };
     let mut failures: Vec<String> = Vec::new();
     let mut phases: Vec<Phase> = Vec::new();
@@ -877,17 +684,6 @@ fn initial_loads(
 // ---------------------------------------------------------------------------------------------------------
 // Reporting
 
-/// Nearest-rank percentile (`p` = 100 gives the maximum).
-fn percentile(values: &[f64], p: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 /// Share of changes already visible to the first request sent after the put returned.
 fn first_poll_pct(polls: &[f64]) -> f64 {
     if polls.is_empty() {
@@ -909,9 +705,7 @@ fn report(
     failures: &[String],
     etcd_log: &str,
 ) -> String {
-    let mut md = String::new();
-    let _ = writeln!(md, "### etcd route source benchmark, {}", machine.date);
-    let _ = writeln!(md);
+    let mut md = heading("etcd route source benchmark", &machine.date);
     let _ = writeln!(
         md,
         "- CPU: {} × {} (shared VM, nothing pinned); load average (1 min) at start {}, at end {}",

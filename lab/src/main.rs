@@ -1,0 +1,87 @@
+//! reveille's load labs: programs, not benchmarks. Each drives real processes (reveille, nginx, HAProxy, wrk,
+//! etcd, Docker) on loopback and prints a markdown report, also written under `target/`.
+//!
+//! `cargo run --release -p reveille-lab -- load|tls|etcd|passivation`. Each lab's method and tunables are in
+//! its module's header. The reveille binary measured is the workspace's, built with the same profile as this
+//! one (see [`reveille_bin`]).
+//!
+//! # Layout
+//! - [`load`]: reveille against nginx and HAProxy on one core each, driven by wrk.
+//! - [`tls`]: reveille against nginx terminating TLS: new handshakes per second, requests over keep-alive.
+//! - [`etcd`]: how fast a change in etcd reaches the proxy, and what loading 100,000 routes costs.
+//! - [`passivation`]: waking a stopped container through reveille against starting it directly; 10,000 held
+//!   requests.
+//! - [`onecore`]: what `load` and `tls` share: the proxy on one pinned CPU, the clients on another, nginx.
+//!
+//! Helpers shared with the integration tests (wrk, percentiles, the HTTP client, etcd, the busybox image, ...)
+//! are in the `testkit` crate.
+
+mod etcd;
+mod load;
+mod onecore;
+mod passivation;
+mod tls;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+const USAGE: &str = "usage: reveille-lab load|tls|etcd|passivation";
+
+fn main() {
+    let lab = std::env::args().nth(1).unwrap_or_default();
+    let ok = match lab.as_str() {
+        // Inside the passivation lab's `slow` container: be its HTTP server.
+        passivation::CONTAINER_BACKEND_ARG => {
+            passivation::container_backend();
+            true
+        }
+        "load" => load::main(),
+        "tls" => tls::main(),
+        "etcd" => etcd::main(),
+        "passivation" => passivation::main(),
+        _ => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    // A lab returns after its children, containers and temp files are gone: exiting now leaks nothing.
+    if !ok {
+        std::process::exit(1);
+    }
+}
+
+/// The reveille binary the labs start: `REVEILLE_BIN` if set, else `reveille` next to this executable. Run by
+/// `cargo run`, this first has cargo build it with this executable's profile, so it is never stale (building a
+/// package's library, as this crate does, does not build its binary).
+pub(crate) fn reveille_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("REVEILLE_BIN") {
+            return PathBuf::from(bin);
+        }
+        let exe = std::env::current_exe().expect("current_exe");
+        let dir = exe.parent().expect("the executable's directory").to_path_buf();
+        if let Some(cargo) = std::env::var_os("CARGO") {
+            let profile = match dir.file_name().and_then(|n| n.to_str()) {
+                Some("debug") => "dev",
+                Some(other) => other,
+                None => "release",
+            };
+            let status = Command::new(cargo)
+                .args(["build", "--quiet", "--package", "reveille", "--bin", "reveille", "--profile", profile])
+                .current_dir(testkit::machine::workspace_root())
+                .status();
+            if !status.as_ref().is_ok_and(|s| s.success()) {
+                eprintln!("could not build the reveille binary ({status:?})");
+                std::process::exit(1);
+            }
+        }
+        let bin = dir.join("reveille");
+        if !bin.is_file() {
+            eprintln!("{} not found: build it with `cargo build --release -p reveille`", bin.display());
+            std::process::exit(1);
+        }
+        bin
+    })
+}

@@ -1,0 +1,260 @@
+//! What the `load` and `tls` labs share: each proxy under test runs single-threaded on one pinned CPU while the
+//! clients and the backend run on another; the child processes live in one temp dir; nginx gets the same
+//! configuration apart from TLS; and every run records the proxy's CPU use and both CPUs' load.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use testkit::env::{choose, env_or};
+use testkit::process::{find_tool, read_log, KillOnDrop};
+use testkit::procfs::{busy_pct, cpu_ticks, cpu_times, proc_status, status_kib};
+
+/// The settings both one-core labs take, from `<PREFIX>_ROUNDS`, `_SECONDS`, `_WARMUP`, `_CONNECTIONS` (50),
+/// `_PROXY_CPU` (0), `_CLIENT_CPU` (1) and `_PROXIES` (all).
+pub(crate) struct Rounds {
+    /// Measured rounds, each running every proxy (and measurement) once, interleaved.
+    pub(crate) rounds: usize,
+    /// Seconds per measured run.
+    pub(crate) seconds: u64,
+    /// Seconds of the warm-up run per proxy (and measurement).
+    pub(crate) warmup: u64,
+    /// wrk's connections.
+    pub(crate) connections: usize,
+    /// The CPU the proxy under test is pinned to.
+    pub(crate) proxy_cpu: usize,
+    /// The CPU of the clients, the backend and this process.
+    pub(crate) client_cpu: usize,
+    /// The proxies measured, in this order.
+    pub(crate) proxies: Vec<&'static str>,
+}
+
+impl Rounds {
+    /// Reads the settings; `defaults` are (rounds, seconds, warm-up seconds), `proxies` the known ones.
+    pub(crate) fn from_env(prefix: &str, defaults: (usize, u64, u64), proxies: &[&'static str]) -> Self {
+        let var = |name: &str| format!("{prefix}_{name}");
+        Self {
+            rounds: env_or(&var("ROUNDS"), defaults.0),
+            seconds: env_or(&var("SECONDS"), defaults.1),
+            warmup: env_or(&var("WARMUP"), defaults.2),
+            connections: env_or(&var("CONNECTIONS"), 50),
+            proxy_cpu: env_or(&var("PROXY_CPU"), 0),
+            client_cpu: env_or(&var("CLIENT_CPU"), 1),
+            proxies: choose(&var("PROXIES"), proxies),
+        }
+    }
+}
+
+/// Finds every tool; `None` after saying which are missing (the lab is skipped).
+pub(crate) fn find_tools<const N: usize>(lab: &str, names: [&'static str; N]) -> Option<[PathBuf; N]> {
+    let found = names.map(find_tool);
+    let missing: Vec<_> = names.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(n, _)| *n).collect();
+    if !missing.is_empty() {
+        println!("{lab}: skipped, not found on PATH (or in /usr/sbin, /sbin): {}", missing.join(", "));
+        return None;
+    }
+    Some(found.map(Option::unwrap))
+}
+
+/// `taskset -c <cpu> <program>`.
+pub(crate) fn pinned(taskset: &Path, cpu: usize, program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = Command::new(taskset);
+    cmd.arg("-c").arg(cpu.to_string()).arg(program);
+    cmd
+}
+
+/// Pins every thread of this process (and so every thread it starts later) to `cpu`; false after saying why
+/// it cannot (the lab is skipped).
+pub(crate) fn pin_all_threads(lab: &str, taskset: &Path, cpu: usize) -> bool {
+    let out = Command::new(taskset).args(["-a", "-cp", &cpu.to_string(), &std::process::id().to_string()]).output();
+    let error = match out {
+        Ok(out) if out.status.success() => return true,
+        Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        Err(e) => e.to_string(),
+    };
+    println!("{lab}: skipped, cannot pin to CPU {cpu}: {error}");
+    false
+}
+
+/// The child processes and their temporary directory. Dropping it (also while unwinding from a panic) kills
+/// and reaps every child, then removes the directory.
+pub(crate) struct Lab {
+    // Field order is drop order: children before the directory they write into.
+    children: Vec<KillOnDrop>,
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    /// A new temp dir named `<prefix>XXXXXX`.
+    pub(crate) fn new(prefix: &str) -> Self {
+        Self {
+            children: Vec::new(),
+            dir: tempfile::Builder::new().prefix(prefix).tempdir().expect("create a temp dir"),
+        }
+    }
+
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub(crate) fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, contents).expect("write a temp file");
+        path
+    }
+
+    /// Spawns `cmd` with stdout and stderr going to `<name>.log`, then waits until `ready` (checked every
+    /// 50 ms, for up to 20 s) returns true. Returns the child's pid and its log.
+    pub(crate) fn start(&mut self, name: &str, mut cmd: Command, mut ready: impl FnMut() -> bool) -> (u32, PathBuf) {
+        let log = self.path(&format!("{name}.log"));
+        let file = File::create(&log).expect("create a log file");
+        cmd.stdin(Stdio::null()).stdout(file.try_clone().unwrap()).stderr(file);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let pid = child.id();
+        self.children.push(KillOnDrop(child));
+        let child = &mut self.children.last_mut().unwrap().0;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ready() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{name} exited ({status}) before it was ready:\n{}", read_log(&log));
+            }
+            if Instant::now() > deadline {
+                panic!("{name} not ready after 20s:\n{}", read_log(&log));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (pid, log)
+    }
+}
+
+/// `GET path` on 127.0.0.1:port with this `Host`: the status and body, `None` without an answer within 2 s.
+pub(crate) fn get(port: u16, host: &str, path: &str) -> Option<(u16, bytes::Bytes)> {
+    testkit::http::fetch(port, "GET", host, path, Duration::from_secs(2))
+}
+
+/// reveille on CPU `cpu`, single-threaded, without access log, routing `host` to `backend` (`routes.toml` in
+/// the lab's dir): `serve --routes .. --http .. --admin .. --threads 1 --access-log false --log-level warn`.
+/// The caller adds its own flags.
+pub(crate) fn reveille(
+    lab: &Lab,
+    taskset: &Path,
+    cpu: usize,
+    host: &str,
+    backend: u16,
+    http: u16,
+    admin: u16,
+) -> Command {
+    let routes = lab.write(
+        "routes.toml",
+        &format!("[services.bench]\nbackends = [\"127.0.0.1:{backend}\"]\n[routes]\n\"{host}\" = \"bench\"\n"),
+    );
+    let mut cmd = pinned(taskset, cpu, crate::reveille_bin());
+    cmd.arg("serve")
+        .arg("--routes")
+        .arg(&routes)
+        .args(["--http", &format!("127.0.0.1:{http}")])
+        .args(["--admin", &format!("127.0.0.1:{admin}")])
+        .args(["--threads", "1", "--access-log", "false", "--log-level", "warn"]);
+    cmd
+}
+
+/// How nginx is set up beyond the shared part.
+pub(crate) struct NginxSite<'a> {
+    pub(crate) host: &'a str,
+    pub(crate) backend: u16,
+    /// What follows `listen` (`127.0.0.1:<port>`, then `ssl ...` for TLS).
+    pub(crate) listen: String,
+    /// Lines added to the `http` block (TLS settings).
+    pub(crate) http: &'a str,
+    /// Lines added to the `server` block (certificate, `http2 on`).
+    pub(crate) server: String,
+}
+
+/// nginx on CPU `cpu` with one worker and no master process, under `<lab>/nginx`: its command and its error
+/// log. keepalive_requests: nginx closes a keep-alive connection after 1000 requests by default; reveille and
+/// haproxy do not, so the limit is lifted on both sides to compare like with like.
+pub(crate) fn nginx(lab: &Lab, taskset: &Path, nginx: &Path, cpu: usize, site: &NginxSite<'_>) -> (Command, PathBuf) {
+    let prefix = lab.path("nginx");
+    std::fs::create_dir_all(&prefix).unwrap();
+    let p = prefix.display();
+    let NginxSite { host, backend, listen, http, server } = site;
+    let conf = format!(
+        "worker_processes 1;
+daemon off;
+master_process off;
+pid {p}/nginx.pid;
+error_log {p}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {p}/client_body;
+    proxy_temp_path {p}/proxy;
+    fastcgi_temp_path {p}/fastcgi;
+    uwsgi_temp_path {p}/uwsgi;
+    scgi_temp_path {p}/scgi;
+    keepalive_requests 1000000;
+{http}    upstream bench {{
+        server 127.0.0.1:{backend};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen {listen};
+        server_name {host};
+{server}        location / {{
+            proxy_pass http://bench;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }}
+    }}
+}}
+"
+    );
+    let conf_path = lab.write("nginx/nginx.conf", &conf);
+    let mut cmd = pinned(taskset, cpu, nginx);
+    cmd.arg("-p").arg(&prefix).arg("-c").arg(&conf_path).arg("-e").arg(prefix.join("error.log"));
+    (cmd, prefix.join("error.log"))
+}
+
+/// What a run cost the machine.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct Usage {
+    /// CPU time the proxy used, as a share of one CPU over the run.
+    pub(crate) proxy_cpu_pct: f64,
+    /// How busy the proxy's CPU and the client's CPU were over the run, all processes included (this shows
+    /// when something else on the machine competed for them).
+    pub(crate) cpu_busy_pct: (f64, f64),
+    /// The proxy's resident memory after the run, in KiB.
+    pub(crate) proxy_rss_kib: Option<u64>,
+}
+
+/// Runs `f` and measures what it cost the proxy `pid` (pinned to `proxy_cpu`) and the two CPUs.
+pub(crate) fn measure<T>(pid: u32, cpus: (usize, usize), ticks_per_sec: f64, f: impl FnOnce() -> T) -> (T, Usage) {
+    let ticks_before = cpu_ticks(pid);
+    let cpus_before = (cpu_times(cpus.0), cpu_times(cpus.1));
+    let started = Instant::now();
+    let result = f();
+    let wall = started.elapsed().as_secs_f64();
+    let ticks_after = cpu_ticks(pid);
+    let cpus_after = (cpu_times(cpus.0), cpu_times(cpus.1));
+    let mut usage = Usage::default();
+    if let (Some(a), Some(b)) = (ticks_before, ticks_after) {
+        usage.proxy_cpu_pct = (b - a) as f64 / ticks_per_sec / wall * 100.0;
+    }
+    usage.proxy_rss_kib = status_kib(&proc_status(pid), "VmRSS:");
+    usage.cpu_busy_pct = (busy_pct(cpus_before.0, cpus_after.0), busy_pct(cpus_before.1, cpus_after.1));
+    (result, usage)
+}
+
+/// The part of a run's summary line about the proxy process and the CPUs.
+pub(crate) fn describe_usage(u: &Usage) -> String {
+    format!(
+        "{:>3.0}% CPU, {:>6} MiB  CPUs busy {:>3.0}% / {:>3.0}%",
+        u.proxy_cpu_pct,
+        u.proxy_rss_kib.map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
+        u.cpu_busy_pct.0,
+        u.cpu_busy_pct.1
+    )
+}

@@ -1,0 +1,32 @@
+//! Helpers shared by reveille's load labs (`lab/`) and its integration tests (`tests/support/`): what both
+//! need to run real processes on loopback and read what they did. It owns no proxy logic and does not depend on
+//! reveille, so reveille's tests can depend on it without a cycle.
+//!
+//! # Layout
+//! - [`env`]: settings from environment variables.
+//! - [`machine`]: the machine, tool versions and the commit a report describes.
+//! - [`procfs`]: `/proc` readings (memory, CPU time, fds, listen queues).
+//! - [`process`]: child processes killed on drop, finding tools, log files.
+//! - [`ports`]: free loopback ports.
+//! - [`stats`]: medians, percentiles, formatting of durations.
+//! - [`report`]: writing a report under `target/`, showing logs.
+//! - [`backend`]: the in-process backend, a hyper server answering a fixed body.
+//! - [`http`]: a hyper HTTP/1.1 client, async and blocking.
+//! - [`wrk`]: running wrk and reading its output.
+//! - [`etcd`]: a throwaway etcd on free loopback ports.
+//! - [`docker`]: the docker CLI and the `FROM scratch` busybox image.
+//! - [`tls`]: a rustls server-certificate check for test clients.
+
+pub mod backend;
+pub mod docker;
+pub mod env;
+pub mod etcd;
+pub mod http;
+pub mod machine;
+pub mod ports;
+pub mod process;
+pub mod procfs;
+pub mod report;
+pub mod stats;
+pub mod tls;
+pub mod wrk;
