@@ -1,5 +1,6 @@
-//! Wiring: builds the route handle, metrics, route sources, proxy and admin servers from a [`Config`], runs
-//! them on already-bound listeners, and shuts them down in order.
+//! Wiring: builds the route handle, metrics, readiness, the one etcd client, route sources, certificates,
+//! passivation (on the container runtime it is given), proxy and admin servers from a [`Config`], runs them on
+//! already-bound listeners, and shuts them down in order. Holds no logic of its own beyond that order.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,6 +1,8 @@
 //! Configuration: the `reveille.toml` file, command-line flags, and how they combine (flags win).
 //!
-//! Owns parsing and defaults; produces a [`Config`] the rest of the program takes as plain values.
+//! Owns parsing and defaults; produces a [`Config`] the rest of the program takes as plain values, built from
+//! each concern's own settings (`proxy`, `tls`, `passivation`, `etcd`). The command line's definitions are
+//! `cli`'s; this module supplies the flags `serve` and the etcd commands share.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -4,16 +4,17 @@
 //! and writes exactly one access-log line, with its service wherever one was routed.
 //!
 //! The access log is captured for real: a `tracing` subscriber installed for this test binary records every
-//! `reveille::access` event. The passivated tenant needs no Docker: its runtime endpoint is a Unix socket that
-//! accepts connections and never answers, so a wake never ends and the tenant stays asleep.
+//! `reveille::access` event. The passivated tenant needs no Docker: a scripted runtime starts its "container",
+//! whose application never becomes ready, so a wake never ends in time.
 
 mod support;
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use http::{Request, StatusCode};
+use support::runtime::ScriptedRuntime;
 use support::{full, get, send, Backend, Got, TestProxy};
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -68,20 +69,6 @@ fn lines_for(host: &str, path: &str) -> Vec<Line> {
         .collect()
 }
 
-/// A Docker endpoint that accepts connections and never answers: every runtime call hangs (until the
-/// runtime's own timeout), so a wake never completes.
-async fn silent_docker(dir: &std::path::Path) -> String {
-    let path = dir.join("docker.sock");
-    let listener = tokio::net::UnixListener::bind(&path).unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            held.push(stream);
-        }
-    });
-    format!("unix://{}", path.display())
-}
-
 const DURATION_COUNT: &str = "reveille_request_duration_seconds_count";
 
 /// Sends `request()` and checks it added one duration observation and one access-log line for `host` and
@@ -114,23 +101,18 @@ async fn one_exit(
 async fn every_response_is_timed_and_logged_once_with_its_service() {
     access_log();
     let app = Backend::echo("app").await;
-    let dir = tempfile::tempdir().unwrap();
-    let docker = silent_docker(dir.path()).await;
+    let runtime = ScriptedRuntime::new();
+    let port = runtime.add_stopped("reveille-exits-sleepy", Duration::from_secs(3600)).await;
     let routes = format!(
         "[services.app]\nbackends = [\"{app}\"]\n\
          [services.secure]\nbackends = [\"{app}\"]\nhttps_redirect = true\n\
-         [services.sleepy]\ncontainer = \"reveille-exits-sleepy\"\nport = 8080\n\
+         [services.sleepy]\ncontainer = \"reveille-exits-sleepy\"\nport = {port}\n\
          page_after = \"50ms\"\nwake_timeout = \"300ms\"\nidle_timeout = \"0\"\n\
          [routes]\n\"app.exits.test\" = \"app\"\n\"secure.exits.test\" = \"secure\"\n\
          \"sleepy.exits.test\" = \"sleepy\"\n",
         app = app.addr
     );
-    let proxy = TestProxy::start_custom(&routes, |c| {
-        c.proxy.access_log = true;
-        c.passivation.docker = Some(docker);
-        c.passivation.docker_timeout = Duration::from_secs(60);
-    })
-    .await;
+    let proxy = TestProxy::start_with_runtime(&routes, |c| c.proxy.access_log = true, Arc::new(runtime)).await;
 
     // Forwarded.
     let got = one_exit(&proxy, "app.exits.test", "/forwarded", StatusCode::OK, "app", async {

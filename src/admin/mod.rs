@@ -1,6 +1,9 @@
-//! The admin endpoint, on its own listener: health, readiness, Prometheus metrics and the route table.
+//! The admin endpoint, on its own listener: health, readiness, Prometheus metrics, the route table, and the
+//! passivated services (their view and the wake/sleep commands).
 //!
-//! Owns the admin HTTP surface only; it reads state through the small APIs of `routes` and `metrics`.
+//! Owns the admin HTTP surface only: routing admin requests and shaping their answers. It reads state through
+//! the small APIs of `routes`, `metrics`, `readiness` (what `/readyz` says) and `passivation` (whose HTTP face
+//! builds the services view); it decides nothing about them.
 
 use std::convert::Infallible;
 use std::sync::Arc;
