@@ -102,7 +102,7 @@ pub enum Lookup<'a> {
 }
 
 /// One consistent view of all routes and services. Never mutated once published: a change clones it (cheaply,
-/// see [`ShardMap`]) and publishes the clone.
+/// see `ShardMap`) and publishes the clone.
 #[derive(Debug, Clone)]
 pub struct RouteTable {
     /// Host → service name.

@@ -228,8 +228,8 @@ pub type RuntimeFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, RuntimeErr
 /// A boxed stream of container events.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<ContainerEvent, RuntimeError>> + Send>>;
 
-/// What passivation needs of a container runtime. [`LazyDocker`] is the real one; unit tests of the
-/// passivation state machine use a scripted fake.
+/// What passivation needs of a container runtime. `LazyDocker` is the real one (what `app::docker` returns);
+/// the passivation state machine's unit tests and the end-to-end tests without Docker use scripted ones.
 pub trait ContainerRuntime: Send + Sync + 'static {
     fn inspect<'a>(&'a self, container: &'a str, network: Option<&'a str>) -> RuntimeFuture<'a, ContainerInfo>;
     fn start<'a>(&'a self, container: &'a str) -> RuntimeFuture<'a, ()>;
