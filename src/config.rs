@@ -199,6 +199,18 @@ pub(crate) struct LimitsSection {
     pub max_connections: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     pub tunnel_idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub body_timeout: Option<Duration>,
+    /// Bytes per second; 0 = none.
+    pub min_body_rate: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    pub min_body_rate_grace: Option<Duration>,
+    pub request_buffer_size: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub send_timeout: Option<Duration>,
+    /// "0" = no limit.
+    #[serde(default, with = "humantime_serde")]
+    pub request_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -211,6 +223,8 @@ pub(crate) struct UpstreamSection {
     #[serde(default, with = "humantime_serde")]
     pub pool_idle_timeout: Option<Duration>,
     pub pool_max_idle_per_backend: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub read_timeout: Option<Duration>,
 }
 
 impl ConfigFile {
@@ -343,6 +357,29 @@ pub struct Overrides {
     /// Close a WebSocket (or other upgraded connection) idle this long [default: 1h]
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub tunnel_idle_timeout: Option<Duration>,
+    /// Answer 408 when a client sends no byte of its request body for this long [default: 60s]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub body_timeout: Option<Duration>,
+    /// Answer 408 when a request body streams to a backend slower than this many bytes/s on average, after
+    /// --min-body-rate-grace; 0 = no minimum [default: 240]
+    #[arg(long, value_name = "BYTES_PER_SEC")]
+    pub min_body_rate: Option<u64>,
+    /// Time a streaming request body gets before --min-body-rate applies [default: 5s]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub min_body_rate_grace: Option<Duration>,
+    /// Read request bodies up to this size whole before taking a backend connection; larger ones have this
+    /// much read first, then stream; 0 = stream at once [default: 65536]
+    #[arg(long, value_name = "BYTES")]
+    pub request_buffer_size: Option<usize>,
+    /// Disconnect a client that reads nothing of its response for this long [default: 60s]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub send_timeout: Option<Duration>,
+    /// Limit on one request's total time, head to last response byte; 0 = none [default: 0]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub request_timeout: Option<Duration>,
+    /// Cut a response when its backend sends no byte of the body for this long [default: 60s]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub upstream_read_timeout: Option<Duration>,
     /// Time allowed to connect to a backend before trying the next [default: 5s]
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub connect_timeout: Option<Duration>,
@@ -423,6 +460,26 @@ impl Config {
                     .tunnel_idle_timeout
                     .or(file.limits.tunnel_idle_timeout)
                     .unwrap_or(s.tunnel_idle_timeout),
+                body_timeout: flags.body_timeout.or(file.limits.body_timeout).unwrap_or(s.body_timeout),
+                min_body_rate: flags.min_body_rate.or(file.limits.min_body_rate).unwrap_or(s.min_body_rate),
+                min_body_rate_grace: flags
+                    .min_body_rate_grace
+                    .or(file.limits.min_body_rate_grace)
+                    .unwrap_or(s.min_body_rate_grace),
+                request_buffer_size: flags
+                    .request_buffer_size
+                    .or(file.limits.request_buffer_size)
+                    .unwrap_or(s.request_buffer_size),
+                upstream_read_timeout: flags
+                    .upstream_read_timeout
+                    .or(file.upstream.read_timeout)
+                    .unwrap_or(s.upstream_read_timeout),
+                send_timeout: flags.send_timeout.or(file.limits.send_timeout).unwrap_or(s.send_timeout),
+                request_timeout: flags
+                    .request_timeout
+                    .or(file.limits.request_timeout)
+                    .or(s.request_timeout)
+                    .filter(|d| !d.is_zero()),
                 access_log: flags.access_log.or(file.log.access_log).unwrap_or(s.access_log),
             },
             passivation: resolve_passivation(&file.passivation, flags)?,
@@ -449,6 +506,9 @@ impl Config {
             ("connect_timeout", p.connect_timeout),
             ("response_timeout", p.response_timeout),
             ("tunnel_idle_timeout", p.tunnel_idle_timeout),
+            ("body_timeout", p.body_timeout),
+            ("upstream_read_timeout", p.upstream_read_timeout),
+            ("send_timeout", p.send_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::Invalid(format!("{name} must be greater than zero")));

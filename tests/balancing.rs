@@ -49,7 +49,7 @@ async fn refused_backend_is_skipped_even_with_a_body() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn all_backends_down_is_502_naming_the_service() {
+async fn all_backends_down_is_502_naming_nothing_internal() {
     let proxy = TestProxy::start(&routes_file(
         &[("tenant-x", vec![dead_addr().await, dead_addr().await])],
         &[("app.test", "tenant-x")],
@@ -57,7 +57,8 @@ async fn all_backends_down_is_502_naming_the_service() {
     .await;
     let got = get(proxy.http, "app.test", "/").await;
     assert_eq!(got.status, StatusCode::BAD_GATEWAY);
-    assert!(got.text.contains("tenant-x"), "{}", got.text);
+    // The client learns what happened, not the service's name or its backends' addresses (the log has them).
+    assert_eq!(got.text, "502 Bad Gateway: the service could not be reached\n");
     assert_eq!(got.headers["content-type"], "text/plain; charset=utf-8");
     assert_eq!(proxy.metric("reveille_upstream_errors_total{kind=\"connect_refused\"}").await, 2.0);
     assert_eq!(proxy.metric("reveille_requests_total{service=\"tenant-x\",class=\"5xx\"}").await, 1.0);
@@ -73,7 +74,7 @@ async fn slow_backend_is_504() {
     let started = std::time::Instant::now();
     let got = get(proxy.http, "app.test", "/sleep/3000").await;
     assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT);
-    assert!(got.text.contains("slowpoke"), "{}", got.text);
+    assert_eq!(got.text, "504 Gateway Timeout: the service did not answer in time\n");
     assert!(started.elapsed() < Duration::from_secs(3), "answered before the backend did");
     assert_eq!(proxy.metric("reveille_upstream_errors_total{kind=\"response_timeout\"}").await, 1.0);
     // A fast request on the same service still works.
@@ -95,6 +96,6 @@ async fn backend_that_closes_without_answering_is_502() {
     let proxy = TestProxy::start(&routes_file(&[("rude", vec![addr])], &[("app.test", "rude")])).await;
     let got = get(proxy.http, "app.test", "/").await;
     assert_eq!(got.status, StatusCode::BAD_GATEWAY, "{}", got.text);
-    assert!(got.text.contains("rude"));
+    assert_eq!(got.text, "502 Bad Gateway: the service failed to answer\n");
     assert_eq!(proxy.metric("reveille_upstream_errors_total{kind=\"protocol\"}").await, 1.0);
 }

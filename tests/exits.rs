@@ -161,5 +161,5 @@ async fn every_response_is_timed_and_logged_once_with_its_service() {
         get(proxy.http, "sleepy.exits.test", "/refused").await
     })
     .await;
-    assert!(got.text.contains("did not become ready"), "{}", got.text);
+    assert!(got.text.contains("did not start in time"), "{}", got.text);
 }

@@ -158,14 +158,14 @@ async fn a_request_during_stopping_is_held_and_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wake_timeout_answers_504_naming_the_service() {
+async fn wake_timeout_answers_504() {
     let image = TestImage::build();
     let ctr = image.idle(); // runs, never listens
     let proxy = TestProxy::start(&routes(&[("slow", container_fields(&ctr, "wake_timeout = \"1s\""))])).await;
     let begin = Instant::now();
     let got = get(proxy.http, "slow.test", "/").await;
     assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT, "{}", got.text);
-    assert!(got.text.contains("\"slow\"") && got.text.contains("within 1s"), "{}", got.text);
+    assert_eq!(got.text, "504 Gateway Timeout: the service did not start in time\n");
     assert!(begin.elapsed() >= Duration::from_secs(1));
     assert_eq!(proxy.metric("reveille_rejected_holds_total{reason=\"timeout\"}").await, 1.0);
     state_becomes(&proxy, "slow", "failed").await;
@@ -180,7 +180,8 @@ async fn a_container_that_exits_at_once_answers_503_fast() {
     let begin = Instant::now();
     let got = get(proxy.http, "crash.test", "/").await;
     assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE, "{}", got.text);
-    assert!(got.text.contains("exited with code 3"), "{}", got.text);
+    // The client is told the service could not start; the container's exit code is the operator's to see.
+    assert_eq!(got.text, "503 Service Unavailable: the service could not be started\n");
     assert!(got.headers.contains_key("retry-after"));
     // Far from the 60 s wake timeout.
     assert!(begin.elapsed() < Duration::from_secs(10), "{:?}", begin.elapsed());
@@ -205,7 +206,7 @@ async fn hold_overflow_answers_503_with_retry_after() {
     let begin = Instant::now();
     let got = get(proxy.http, "busy.test", "/").await;
     assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE, "{}", got.text);
-    assert!(got.text.contains("max_held = 2"), "{}", got.text);
+    assert!(got.text.contains("too many requests are waiting"), "{}", got.text);
     assert_eq!(got.headers["retry-after"], "2");
     assert!(begin.elapsed() < Duration::from_secs(1));
     for h in held {
@@ -311,7 +312,8 @@ async fn docker_unreachable_fails_wakes_fast_and_spares_running_tenants() {
     let begin = Instant::now();
     let got = get(proxy.http, "down.test", "/index.html").await;
     assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE, "{}", got.text);
-    assert!(got.text.contains("container runtime unavailable"), "{}", got.text);
+    // Nothing internal reaches the client: no socket path, no Docker error.
+    assert_eq!(got.text, "503 Service Unavailable: the service could not be started\n");
     assert!(begin.elapsed() < Duration::from_secs(2), "{:?}", begin.elapsed());
     for _ in 0..20 {
         assert_eq!(get(proxy.http, "up.test", "/index.html").await.status, StatusCode::OK, "running tenant unaffected");

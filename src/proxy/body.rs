@@ -1,83 +1,340 @@
-//! Body types of the data path. Bodies are streamed frame by frame in both directions; nothing here buffers a
-//! whole body.
+//! Body types of the data path, and the timers that keep a body from holding a slot forever.
+//!
+//! A request body is read under [`BodyLimits`]: no byte from the client for `idle` fails it (408), and so does
+//! a body streamed to a backend slower than `min_rate` once `grace` has passed (408, Kestrel's rule). Only the
+//! time reveille waits on the client counts: while a slow backend is not reading, the client is not to blame.
+//! Small bodies are read whole before a backend connection is taken ([`BodySlot::read`]), as nginx does, so a
+//! slow upload costs reveille a buffer, not a tenant's worker; larger ones stream frame by frame after their
+//! buffered first part, with flat memory. A response body fails when the backend sends no byte for the
+//! upstream read timeout, and when the request's total time limit passes.
 
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
+use tracing::warn;
 
-/// The body sent upstream.
+use super::conn::InFlight;
+use super::error::UpstreamErrorKind;
+use crate::routes::{Backend, Service};
+
+/// How a client's request body must arrive.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyLimits {
+    /// Longest wait for the next byte.
+    pub idle: Duration,
+    /// Slowest average rate (bytes/s) while the body streams to a backend; 0 = none.
+    pub min_rate: u64,
+    /// Waiting time before the rate is enforced.
+    pub grace: Duration,
+    /// Bodies up to this size are read whole before a backend is contacted; larger ones have this much read
+    /// first, then stream. 0 = stream from the first byte.
+    pub buffer: usize,
+}
+
+/// Why a body failed. The client-side kinds are also recorded in the request's [`BodySlot`], so the handler
+/// can answer with the right status.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyError {
+    #[error("no byte of the request body for {}", humantime::format_duration(*.0))]
+    ClientIdle(Duration),
+    #[error("request body slower than {0} bytes/s")]
+    ClientTooSlow(u64),
+    #[error("reading the request body: {0}")]
+    Client(#[source] hyper::Error),
+    #[error("no byte of the response body from the backend for {}", humantime::format_duration(*.0))]
+    UpstreamIdle(Duration),
+    #[error("the request's time limit passed")]
+    Deadline,
+    #[error("reading the response body: {0}")]
+    Upstream(#[source] hyper::Error),
+}
+
+/// How reading a client's body failed, as the handler answers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientFailure {
+    /// The client went away (499, for logs only).
+    Aborted,
+    /// The body's framing was invalid, e.g. a bad chunk size (400).
+    Malformed,
+    /// No byte for the idle timeout (408).
+    Idle,
+    /// Slower than the minimum rate (408).
+    TooSlow,
+}
+
+impl ClientFailure {
+    fn of(e: &BodyError) -> Self {
+        match e {
+            BodyError::ClientIdle(_) => Self::Idle,
+            BodyError::ClientTooSlow(_) => Self::TooSlow,
+            BodyError::Client(e) if is_malformed(e) => Self::Malformed,
+            _ => Self::Aborted,
+        }
+    }
+
+    fn code(self) -> u8 {
+        self as u8 + 1
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        [Self::Aborted, Self::Malformed, Self::Idle, Self::TooSlow].get(usize::from(code).checked_sub(1)?).copied()
+    }
+}
+
+/// hyper reports a bad chunk size, an overlong chunk extension and the like as `InvalidData`/`InvalidInput`
+/// I/O errors of the body; a vanished client as `UnexpectedEof`, a reset, or an h2 stream error.
+fn is_malformed(e: &hyper::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(io.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput);
+        }
+        src = s.source();
+    }
+    false
+}
+
+/// Times the waits of one body: fires when no frame has come for `idle` while the body was being waited on,
+/// or when a rate limit or a fixed deadline is passed. The sleep is allocated at the first wait only, so a body
+/// that arrives with its head costs no timer.
+struct Stall {
+    idle: Duration,
+    /// When the current wait began.
+    waiting_since: Option<Instant>,
+    /// Total time spent waiting before the current wait.
+    waited: Duration,
+    bytes: u64,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+/// What fired.
+enum Expired {
+    Idle,
+    TooSlow,
+    Deadline,
+}
+
+impl Stall {
+    fn new(idle: Duration) -> Self {
+        Self { idle, waiting_since: None, waited: Duration::ZERO, bytes: 0, sleep: None }
+    }
+
+    fn on_frame(&mut self, frame: &Frame<Bytes>) {
+        if let Some(since) = self.waiting_since.take() {
+            self.waited += since.elapsed();
+        }
+        if let Some(d) = frame.data_ref() {
+            self.bytes += d.len() as u64;
+        }
+    }
+
+    /// The body is not ready: arm the timer for the earliest limit and poll it.
+    fn on_pending(
+        &mut self,
+        cx: &mut Context<'_>,
+        rate: Option<(u64, Duration)>,
+        deadline: Option<Instant>,
+    ) -> Poll<Expired> {
+        let since = *self.waiting_since.get_or_insert_with(Instant::now);
+        let mut at = (since + self.idle, Expired::Idle);
+        if let Some((rate, grace)) = rate.filter(|(r, _)| *r > 0) {
+            // Waiting time the bytes so far allow, at the minimum rate; never less than the grace.
+            let allowed = grace.max(Duration::from_secs_f64(self.bytes as f64 / rate as f64));
+            let t = since + allowed.saturating_sub(self.waited);
+            if t < at.0 {
+                at = (t, Expired::TooSlow);
+            }
+        }
+        if let Some(d) = deadline.filter(|d| *d < at.0) {
+            at = (d, Expired::Deadline);
+        }
+        let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at.0)));
+        if sleep.deadline() != at.0 {
+            sleep.as_mut().reset(at.0);
+        }
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(at.1),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// The client's body as it is read: its buffered first part, then the rest from the connection, under the
+/// limits.
+pub(crate) struct ClientBody {
+    prefix: Option<Bytes>,
+    inner: Incoming,
+    stall: Stall,
+    /// The minimum rate and its grace, once the body streams to a backend.
+    rate: Option<(u64, Duration)>,
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        if let Some(p) = this.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(p))));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.stall.on_frame(&frame);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Client(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match this.stall.on_pending(cx, this.rate, None) {
+                Poll::Ready(Expired::TooSlow) => {
+                    Poll::Ready(Some(Err(BodyError::ClientTooSlow(this.rate.map_or(0, |r| r.0)))))
+                }
+                Poll::Ready(_) => Poll::Ready(Some(Err(BodyError::ClientIdle(this.stall.idle)))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut hint = self.inner.size_hint();
+        if let Some(p) = &self.prefix {
+            let n = p.len() as u64;
+            hint.set_lower(hint.lower() + n);
+            if let Some(u) = hint.upper() {
+                hint.set_upper(u + n);
+            }
+        }
+        hint
+    }
+}
+
+/// A request's body, once read as far as [`BodySlot::read`] reads it.
 ///
-/// A request with a body is put in a shared slot that the upstream attempt only takes from when it starts
-/// sending the body. If the connection to a backend fails first (refused, timed out), the body is still in the
-/// slot and the request can go to the next backend without having buffered anything. The slot also records
-/// when the body has been sent in full (the response timeout starts then, not while a client uploads) and
-/// whether the client broke off the upload (its fault, not the backend's).
-pub(crate) enum RequestBody {
-    Empty,
-    Streaming { shared: Arc<Shared>, body: Option<Incoming>, hint: SizeHint },
+/// A body read whole is kept and sent again to every backend tried. A longer one is put in a shared slot that
+/// an upstream attempt only takes from when it starts sending the body: if the connection to a backend fails
+/// first (refused, timed out), the body is still in the slot and the request can go to the next backend. The
+/// slot also records when the body has been sent in full (the response timeout starts then, not while a client
+/// uploads) and how reading it failed, if it did.
+pub(crate) enum BodySlot {
+    Whole { data: Bytes, trailers: Option<HeaderMap> },
+    Streamed { shared: Arc<Shared>, hint: SizeHint },
 }
 
 pub(crate) struct Shared {
-    slot: Mutex<Option<Incoming>>,
+    slot: Mutex<Option<ClientBody>>,
     sent: AtomicBool,
-    client_failed: AtomicBool,
+    /// A [`ClientFailure`] code; 0 = none.
+    failure: AtomicU8,
     sent_notify: Notify,
 }
 
-/// The shared slot of a request body (see [`RequestBody`]).
-pub(crate) struct BodySlot {
-    shared: Arc<Shared>,
-    hint: SizeHint,
-}
-
 impl BodySlot {
-    /// `None` when the body is empty: such requests are always retryable.
-    pub(crate) fn new(body: Incoming) -> Option<Self> {
+    /// Reads the first `limits.buffer` bytes of `body` (all of a body that fits). `Ok(None)` when the body is
+    /// empty: such requests are always retryable.
+    pub(crate) async fn read(body: Incoming, limits: &BodyLimits) -> Result<Option<Self>, ClientFailure> {
         if body.is_end_stream() {
-            return None;
+            return Ok(None);
         }
+        let mut body = ClientBody { prefix: None, inner: body, stall: Stall::new(limits.idle), rate: None };
+        let mut data = Gather::default();
+        let mut trailers = None;
+        let complete = loop {
+            if body.is_end_stream() {
+                break true;
+            }
+            if limits.buffer == 0 || data.len() > limits.buffer {
+                // Too big to hold whole (or holding is off): the rest streams.
+                break false;
+            }
+            match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+                None => break true,
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(chunk) => data.push(chunk),
+                    Err(frame) => {
+                        // Trailers end the body.
+                        trailers = frame.into_trailers().ok();
+                        break true;
+                    }
+                },
+                Some(Err(e)) => return Err(ClientFailure::of(&e)),
+            }
+        };
+        let data = data.finish();
+        if complete {
+            return Ok(Some(Self::Whole { data, trailers }));
+        }
+        body.prefix = (!data.is_empty()).then_some(data);
+        body.rate = Some((limits.min_rate, limits.grace));
         let hint = body.size_hint();
         let shared = Arc::new(Shared {
             slot: Mutex::new(Some(body)),
             sent: AtomicBool::new(false),
-            client_failed: AtomicBool::new(false),
+            failure: AtomicU8::new(0),
             sent_notify: Notify::new(),
         });
-        Some(Self { shared, hint })
+        Ok(Some(Self::Streamed { shared, hint }))
     }
 
     /// A body for one upstream attempt.
     pub(crate) fn attempt(&self) -> RequestBody {
-        RequestBody::Streaming { shared: self.shared.clone(), body: None, hint: self.hint }
+        match self {
+            Self::Whole { data, trailers } => {
+                RequestBody::Whole { data: Some(data.clone()), trailers: trailers.clone() }
+            }
+            Self::Streamed { shared, hint } => {
+                RequestBody::Streaming { shared: shared.clone(), body: None, hint: *hint }
+            }
+        }
     }
 
-    /// True while no attempt has started reading the body, so another attempt can still send it.
+    /// True while another attempt can still send the body: always for a body read whole, and for a streamed
+    /// one while no attempt has started reading it.
     pub(crate) fn is_intact(&self) -> bool {
-        self.shared.slot.lock().is_some()
+        match self {
+            Self::Whole { .. } => true,
+            Self::Streamed { shared, .. } => shared.slot.lock().is_some(),
+        }
     }
 
-    /// The length, when the client declared it.
+    /// The length, when it is known: the client declared it, or the body was read whole (and has no trailers,
+    /// which need chunked framing).
     pub(crate) fn exact_len(&self) -> Option<u64> {
-        self.hint.exact()
+        match self {
+            Self::Whole { data, trailers: None } => Some(data.len() as u64),
+            Self::Whole { .. } => None,
+            Self::Streamed { hint, .. } => hint.exact(),
+        }
     }
 
-    /// True when reading the client's body failed (the client went away mid-upload).
-    pub(crate) fn client_failed(&self) -> bool {
-        self.shared.client_failed.load(Ordering::Acquire)
+    /// How reading the client's body failed, if it did.
+    pub(crate) fn client_failure(&self) -> Option<ClientFailure> {
+        match self {
+            Self::Whole { .. } => None,
+            Self::Streamed { shared, .. } => ClientFailure::from_code(shared.failure.load(Ordering::Acquire)),
+        }
     }
 
     /// Resolves once the whole body has been handed to the backend connection (or reading it failed).
     pub(crate) async fn sent(&self) {
+        let Self::Streamed { shared, .. } = self else { return };
         loop {
-            let notified = self.shared.sent_notify.notified();
-            if self.shared.sent.load(Ordering::Acquire) {
+            let notified = shared.sent_notify.notified();
+            if shared.sent.load(Ordering::Acquire) {
                 return;
             }
             notified.await;
@@ -85,23 +342,64 @@ impl BodySlot {
     }
 }
 
+/// The chunks read so far, as one buffer; copies only from the second chunk on.
+#[derive(Default)]
+struct Gather {
+    first: Bytes,
+    joined: Option<BytesMut>,
+}
+
+impl Gather {
+    fn len(&self) -> usize {
+        self.joined.as_ref().map_or(self.first.len(), BytesMut::len)
+    }
+
+    fn push(&mut self, chunk: Bytes) {
+        match &mut self.joined {
+            Some(j) => j.extend_from_slice(&chunk),
+            None if self.first.is_empty() => self.first = chunk,
+            None => {
+                let mut j = BytesMut::with_capacity(self.first.len() + chunk.len());
+                j.extend_from_slice(&self.first);
+                j.extend_from_slice(&chunk);
+                self.joined = Some(j);
+            }
+        }
+    }
+
+    fn finish(self) -> Bytes {
+        self.joined.map_or(self.first, BytesMut::freeze)
+    }
+}
+
 impl Shared {
-    fn finish(&self, client_failed: bool) {
-        if client_failed {
-            self.client_failed.store(true, Ordering::Release);
+    fn finish(&self, failure: Option<ClientFailure>) {
+        if let Some(f) = failure {
+            self.failure.store(f.code(), Ordering::Release);
         }
         self.sent.store(true, Ordering::Release);
         self.sent_notify.notify_waiters();
     }
 }
 
+/// The body sent upstream for one attempt.
+pub(crate) enum RequestBody {
+    Empty,
+    Whole { data: Option<Bytes>, trailers: Option<HeaderMap> },
+    Streaming { shared: Arc<Shared>, body: Option<ClientBody>, hint: SizeHint },
+}
+
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Whole { data, trailers } => match data.take() {
+                Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
+                None => Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t)))),
+            },
             RequestBody::Streaming { shared, body, .. } => {
                 if body.is_none() {
                     *body = shared.slot.lock().take();
@@ -109,10 +407,10 @@ impl Body for RequestBody {
                 let Some(b) = body else { return Poll::Ready(None) };
                 let res = Pin::new(&mut *b).poll_frame(cx);
                 match &res {
-                    Poll::Ready(None) => shared.finish(false),
-                    Poll::Ready(Some(Err(_))) => shared.finish(true),
+                    Poll::Ready(None) => shared.finish(None),
+                    Poll::Ready(Some(Err(e))) => shared.finish(Some(ClientFailure::of(e))),
                     // hyper stops polling once `is_end_stream` says so: the last frame is the end.
-                    Poll::Ready(Some(Ok(_))) if b.is_end_stream() => shared.finish(false),
+                    Poll::Ready(Some(Ok(_))) if b.is_end_stream() => shared.finish(None),
                     _ => {}
                 }
                 res
@@ -123,6 +421,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Empty => true,
+            RequestBody::Whole { data, trailers } => data.is_none() && trailers.is_none(),
             RequestBody::Streaming { body: Some(b), .. } => b.is_end_stream(),
             RequestBody::Streaming { .. } => false,
         }
@@ -131,62 +430,121 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Whole { data, trailers: None } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            RequestBody::Whole { .. } => SizeHint::default(),
             RequestBody::Streaming { body: Some(b), .. } => b.size_hint(),
             RequestBody::Streaming { hint, .. } => *hint,
         }
     }
 }
 
-/// The body sent to the client: an upstream's streamed body, or a short text reveille wrote itself. Carries a
-/// guard that is released when the body is finished or dropped, which is when a request stops being "in flight".
-pub(crate) struct ResponseBody<G> {
+/// The body sent to the client: an upstream's streamed body, or a short text reveille wrote itself. Carries the
+/// request's in-flight guard, released when the body is finished or dropped, which is when a request stops
+/// being "in flight".
+pub(crate) struct ResponseBody {
     kind: Kind,
-    _guard: Option<G>,
+    guard: Option<InFlight>,
 }
 
 enum Kind {
-    Upstream(Incoming),
+    Upstream(Upstream),
     Full(Option<Bytes>),
 }
 
-impl<G> ResponseBody<G> {
-    pub(crate) fn upstream(body: Incoming, guard: G) -> Self {
-        Self { kind: Kind::Upstream(body), _guard: Some(guard) }
+/// A backend's response body and what watches it.
+struct Upstream {
+    body: Incoming,
+    stall: Stall,
+    /// The request's total time limit, if one is set.
+    deadline: Option<Instant>,
+    /// Named in the log line when the backend stalls.
+    service: Option<Arc<Service>>,
+    backend: Option<Backend>,
+}
+
+impl ResponseBody {
+    /// A backend's body; it fails when the backend sends nothing for `idle`, or at `deadline`.
+    pub(crate) fn upstream(body: Incoming, guard: InFlight, idle: Duration, deadline: Option<Instant>) -> Self {
+        let up = Upstream { body, stall: Stall::new(idle), deadline, service: None, backend: None };
+        Self { kind: Kind::Upstream(up), guard: Some(guard) }
     }
 
-    pub(crate) fn full(bytes: impl Into<Bytes>, guard: Option<G>) -> Self {
+    pub(crate) fn full(bytes: impl Into<Bytes>, guard: Option<InFlight>) -> Self {
         let b = bytes.into();
-        Self { kind: Kind::Full(if b.is_empty() { None } else { Some(b) }), _guard: guard }
+        Self { kind: Kind::Full(if b.is_empty() { None } else { Some(b) }), guard }
+    }
+
+    /// Names the service and backend a stall is logged with.
+    pub(crate) fn set_origin(&mut self, service: Option<Arc<Service>>, backend: Option<Backend>) {
+        if let Kind::Upstream(up) = &mut self.kind {
+            up.service = service;
+            up.backend = backend;
+        }
+    }
+
+    /// Why the backend's body is given up, logged and counted once.
+    fn give_up(up: &Upstream, guard: Option<&InFlight>, expired: Expired) -> BodyError {
+        let err = match expired {
+            Expired::Deadline => BodyError::Deadline,
+            _ => BodyError::UpstreamIdle(up.stall.idle),
+        };
+        warn!(
+            service = up.service.as_ref().map_or("-", |s| s.name()),
+            backend = up.backend.as_ref().map_or("-", |b| b.as_str()),
+            "{err}; closing the client's response"
+        );
+        if let (Some(g), Expired::Idle) = (guard, &expired) {
+            g.metrics().upstream_errors::<UpstreamErrorKind>().inc(UpstreamErrorKind::BodyTimeout);
+        }
+        err
     }
 }
 
-impl<G: Unpin> Body for ResponseBody<G> {
+impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let res = match &mut this.kind {
-            Kind::Upstream(b) => Pin::new(b).poll_frame(cx),
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream(up) => {
+                if up.deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Poll::Ready(Some(Err(Self::give_up(up, this.guard.as_ref(), Expired::Deadline))));
+                }
+                match Pin::new(&mut up.body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        up.stall.on_frame(&frame);
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Upstream(e)))),
+                    Poll::Ready(None) => Poll::Ready(None),
+                    Poll::Pending => match up.stall.on_pending(cx, None, up.deadline) {
+                        Poll::Ready(expired) => Poll::Ready(Some(Err(Self::give_up(up, this.guard.as_ref(), expired)))),
+                        Poll::Pending => Poll::Pending,
+                    },
+                }
+            }
         };
         if let Poll::Ready(None) = res {
             // Release the guard as soon as the body ends, not when hyper gets round to dropping it.
-            this._guard = None;
+            this.guard = None;
         }
         res
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Upstream(b) => b.is_end_stream(),
+            Kind::Upstream(up) => up.body.is_end_stream(),
             Kind::Full(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Upstream(b) => b.size_hint(),
+            Kind::Upstream(up) => up.body.size_hint(),
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }

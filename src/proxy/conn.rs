@@ -52,7 +52,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 pub(crate) struct ConnState {
     epoch: Instant,
     /// Held by the connection task, its requests and its tunnel, if upgraded.
-    _slot: Slot,
+    slot: Slot,
     /// Requests whose response has not finished (0 or 1 for HTTP/1.1, any number for h2).
     in_flight: AtomicU32,
     /// When the first bytes of the next request head arrived, in ms since `epoch` plus one; 0 = not reading a
@@ -60,6 +60,9 @@ pub(crate) struct ConnState {
     head_started: AtomicU64,
     /// When `in_flight` last dropped to zero, in ms since `epoch`.
     idle_since: AtomicU64,
+    /// Since when a write to the client has been waiting for the socket, in ms since `epoch` plus one; 0 = not
+    /// waiting.
+    write_blocked: AtomicU64,
     track_heads: AtomicBool,
 }
 
@@ -67,16 +70,28 @@ impl ConnState {
     fn new(slot: Slot) -> Self {
         Self {
             epoch: Instant::now(),
-            _slot: slot,
+            slot,
             in_flight: AtomicU32::new(0),
             head_started: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
+            write_blocked: AtomicU64::new(0),
             track_heads: AtomicBool::new(false),
         }
     }
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Notes whether a write to the client could proceed; a client that reads nothing is found by the watchdog.
+    #[inline]
+    fn on_write<T>(&self, res: &Poll<T>) {
+        let blocked = self.write_blocked.load(Ordering::Relaxed);
+        match res {
+            Poll::Pending if blocked == 0 => self.write_blocked.store(self.now_ms() + 1, Ordering::Relaxed),
+            Poll::Ready(_) if blocked != 0 => self.write_blocked.store(0, Ordering::Relaxed),
+            _ => {}
+        }
     }
 
     fn on_bytes_read(&self) {
@@ -104,6 +119,10 @@ impl InFlight {
     pub(crate) fn with_activity(mut self, activity: crate::passivation::Activity) -> Self {
         self.1 = Some(activity);
         self
+    }
+
+    pub(crate) fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.0.slot.metrics
     }
 }
 
@@ -150,20 +169,26 @@ impl<S: AsyncRead + Unpin> AsyncRead for ConnIo<S> {
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.state.on_write(&res);
+        res
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.state.on_write(&res);
+        res
     }
     fn is_write_vectored(&self) -> bool {
         self.vectored && self.inner.is_write_vectored()
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let res = Pin::new(&mut self.inner).poll_flush(cx);
+        self.state.on_write(&res);
+        res
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
@@ -191,25 +216,30 @@ async fn detect<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<(bool, Bytes
 enum Expiry {
     Idle,
     HeaderTimeout,
+    /// The client read nothing of a response for the send timeout.
+    SendTimeout,
 }
 
-/// Fires when the connection has been idle for `idle`, or has spent `header` reading one request head.
+/// Fires when the connection has been idle for `idle`, has spent `header` reading one request head, or has
+/// waited `send` for a client to read its response.
 struct Watchdog {
     state: Arc<ConnState>,
     idle_ms: u64,
     header_ms: u64,
+    send_ms: u64,
     sleep: Pin<Box<Sleep>>,
     /// Deadline the sleep is set to, in ms since the connection's epoch.
     armed_ms: u64,
 }
 
 impl Watchdog {
-    fn new(state: Arc<ConnState>, idle: Duration, header: Duration) -> Self {
+    fn new(state: Arc<ConnState>, idle: Duration, header: Duration, send: Duration) -> Self {
         let epoch = state.epoch;
         Self {
             state,
             idle_ms: idle.as_millis() as u64,
             header_ms: header.as_millis() as u64,
+            send_ms: send.as_millis() as u64,
             sleep: Box::pin(tokio::time::sleep_until(epoch)),
             armed_ms: 0,
         }
@@ -231,9 +261,15 @@ impl Future for Watchdog {
             let s = &self.state;
             let now = s.now_ms();
             let (deadline, expiry) = if s.in_flight.load(Ordering::Relaxed) > 0 {
-                // Busy: upstream timeouts apply, not ours. Look again later (or on the next wake-up).
-                let d = if self.armed_ms > now { self.armed_ms } else { now + self.idle_ms.max(1000) };
-                (d, None)
+                match s.write_blocked.load(Ordering::Relaxed) {
+                    // Busy: the body and upstream timeouts apply, not ours. Look again later (nothing wakes the
+                    // watchdog when a write starts to wait, so it looks at least every `send`).
+                    0 => {
+                        let every = self.idle_ms.min(self.send_ms).max(1000);
+                        (if self.armed_ms > now { self.armed_ms } else { now + every }, None)
+                    }
+                    since => (since - 1 + self.send_ms, Some(Expiry::SendTimeout)),
+                }
             } else {
                 match s.head_started.load(Ordering::Relaxed) {
                     0 => (s.idle_since.load(Ordering::Relaxed) + self.idle_ms, Some(Expiry::Idle)),
@@ -350,7 +386,7 @@ async fn serve_http<S: Stream>(
     state.track_heads.store(!is_h2, Ordering::Relaxed);
     let io = TokioIo::new(ConnIo { inner: stream, prefix, state: state.clone(), vectored: !tls });
     let service = ProxyService::new(proxy.clone(), peer, state.clone(), tls);
-    let dog = Watchdog::new(state, settings.idle_timeout, settings.header_read_timeout);
+    let dog = Watchdog::new(state, settings.idle_timeout, settings.header_read_timeout, settings.send_timeout);
     let result = if is_h2 {
         drive(proxy.h2.serve_connection(io, service), dog, &proxy, shutdown).await
     } else {
@@ -390,6 +426,10 @@ async fn drive<C: ServerConn>(
                 Expiry::HeaderTimeout => {
                     debug!("request headers not received in time; closing");
                     proxy.metrics.header_timeout();
+                    return Ok(());
+                }
+                Expiry::SendTimeout => {
+                    debug!("the client read nothing of its response within the send timeout; closing");
                     return Ok(());
                 }
             },

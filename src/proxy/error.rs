@@ -40,6 +40,15 @@ pub(crate) enum ProxyError {
     UpstreamProtocol { service: String },
     #[error("the client closed the connection before sending the whole request")]
     ClientAborted,
+    /// The body's framing was invalid (a bad chunk size line, say).
+    #[error("malformed request body")]
+    BadBody,
+    /// The client stopped sending its body, or sent it slower than the minimum rate.
+    #[error("request body not received in time: {reason}")]
+    BodyTimeout { reason: &'static str },
+    /// The request's total time limit passed before a response began.
+    #[error("service {service:?} did not complete the request within {}", humantime::format_duration(*.limit))]
+    RequestTimeout { service: String, limit: Duration },
     #[error("method not allowed")]
     MethodNotAllowed,
     /// A passivated service could not be woken in time, or not at all.
@@ -50,13 +59,14 @@ pub(crate) enum ProxyError {
 impl ProxyError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            Self::BadHost => StatusCode::BAD_REQUEST,
+            Self::BadHost | Self::BadBody => StatusCode::BAD_REQUEST,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             // nginx's "client closed request": only ever seen in logs and metrics, the client is gone.
             Self::ClientAborted => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
             Self::UnknownHost { .. } => StatusCode::NOT_FOUND,
             Self::AllBackendsFailed { .. } | Self::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
-            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamTimeout { .. } | Self::RequestTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::MissingService { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Wake { refusal: Refusal::Timeout { .. }, .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Wake { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -75,9 +85,12 @@ impl ProxyError {
     /// Who is at fault. It picks the error counter the error adds to (see `metric`).
     pub(crate) fn fault(&self) -> Fault {
         match self {
-            Self::BadHost | Self::UnknownHost { .. } | Self::ClientAborted | Self::MethodNotAllowed => {
-                Fault::Downstream
-            }
+            Self::BadHost
+            | Self::UnknownHost { .. }
+            | Self::ClientAborted
+            | Self::BadBody
+            | Self::BodyTimeout { .. }
+            | Self::MethodNotAllowed => Fault::Downstream,
             // The operator's configuration is incomplete: neither the client's fault nor a backend's.
             Self::MissingService { .. } => Fault::Internal,
             _ => Fault::Upstream,
@@ -97,17 +110,50 @@ impl ProxyError {
                 _ => None,
             },
             Fault::Upstream => match self {
-                Self::UpstreamTimeout { .. } => Some(ErrorMetric::Upstream(UpstreamErrorKind::ResponseTimeout)),
+                Self::UpstreamTimeout { .. } | Self::RequestTimeout { .. } => {
+                    Some(ErrorMetric::Upstream(UpstreamErrorKind::ResponseTimeout))
+                }
                 Self::UpstreamProtocol { .. } => Some(ErrorMetric::Upstream(UpstreamErrorKind::Protocol)),
                 _ => None,
             },
         }
     }
 
-    /// The plain-text body the client gets: status line, then the reason.
+    /// The plain-text body the client gets: status line, then a reason that names nothing internal (no
+    /// service, backend address, container or Docker detail: those are in the log, see [`Self::logged`]).
     pub(crate) fn body(&self) -> String {
         let status = self.status();
-        format!("{} {}: {self}\n", status.as_u16(), status.canonical_reason().unwrap_or(""))
+        format!("{} {}: {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""), self.public_reason())
+    }
+
+    fn public_reason(&self) -> std::borrow::Cow<'static, str> {
+        let reason = match self {
+            // The client's own input, echoed: nothing of reveille's.
+            Self::BadHost | Self::UnknownHost { .. } | Self::MethodNotAllowed | Self::BadBody => {
+                return self.to_string().into()
+            }
+            Self::BodyTimeout { .. } => "request body not received in time",
+            Self::ClientAborted => "request incomplete",
+            Self::MissingService { .. } => "this host is not served at the moment",
+            Self::AllBackendsFailed { .. } => "the service could not be reached",
+            Self::UpstreamTimeout { .. } | Self::RequestTimeout { .. } => "the service did not answer in time",
+            Self::UpstreamProtocol { .. } => "the service failed to answer",
+            Self::Wake { refusal, .. } => match refusal {
+                Refusal::Overflow { .. } => "too many requests are waiting for the service to start",
+                Refusal::Timeout { .. } => "the service did not start in time",
+                Refusal::Removed => "the service was removed",
+                Refusal::Starting | Refusal::Failed { .. } | Refusal::Unavailable { .. } => {
+                    "the service could not be started"
+                }
+            },
+        };
+        reason.into()
+    }
+
+    /// Whether the exit logs this error at `warn`: every 502, 503 and 504 reveille answers itself, so an
+    /// operator sees why without turning on debug logs. Client errors are routine at an edge: debug.
+    pub(crate) fn logged(&self) -> bool {
+        matches!(self.fault(), Fault::Upstream | Fault::Internal)
     }
 }
 
@@ -159,6 +205,8 @@ pub(crate) enum UpstreamErrorKind {
     ResponseTimeout,
     /// The backend broke the HTTP exchange (closed early, sent garbage).
     Protocol,
+    /// The backend stopped sending its response body for the upstream read timeout.
+    BodyTimeout,
 }
 
 impl UpstreamErrorKind {
@@ -169,13 +217,20 @@ impl UpstreamErrorKind {
             Self::ConnectOther => "connect_other",
             Self::ResponseTimeout => "response_timeout",
             Self::Protocol => "protocol",
+            Self::BodyTimeout => "body_timeout",
         }
     }
 }
 
 impl LabelValue for UpstreamErrorKind {
-    const ALL: &'static [Self] =
-        &[Self::ConnectRefused, Self::ConnectTimeout, Self::ConnectOther, Self::ResponseTimeout, Self::Protocol];
+    const ALL: &'static [Self] = &[
+        Self::ConnectRefused,
+        Self::ConnectTimeout,
+        Self::ConnectOther,
+        Self::ResponseTimeout,
+        Self::Protocol,
+        Self::BodyTimeout,
+    ];
 
     fn as_label(self) -> &'static str {
         self.as_str()

@@ -25,18 +25,28 @@ use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use tracing::{debug, info, warn, Instrument};
 
-use super::body::{BodySlot, RequestBody, ResponseBody};
+use super::body::{BodySlot, ClientFailure, RequestBody, ResponseBody};
 use super::conn::InFlight;
 use super::error::{ErrorMetric, UpstreamErrorKind};
 use super::headers::{add_forwarded, strip_hop_by_hop, upgrade_requested};
-use super::{tunnel, ProxyError, ProxyService, Response};
+use super::{tunnel, ProxyError, ProxyService, Response, Settings};
 use crate::passivation::{wants_page, Activity, Refusal};
 use crate::routes::{normalize_request_host, Backend, Lookup, Service};
 
 /// Handles one request end to end. Never fails: errors become responses.
 pub(super) async fn handle(svc: &ProxyService, req: Request<Incoming>, guard: InFlight) -> Response {
     let mut ctx = RequestCtx::new(svc.proxy.settings.access_log, &req);
-    let outcome = respond(svc, &mut ctx, req, guard).await;
+    let outcome = match svc.proxy.settings.request_timeout {
+        None => respond(svc, &mut ctx, req, guard).await,
+        Some(limit) => match tokio::time::timeout(limit, respond(svc, &mut ctx, req, guard)).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                let service = ctx.service.as_ref().map_or_else(String::new, |s| s.name().to_string());
+                // The request's own guard went with the abandoned future: its error response takes a new one.
+                Err((ProxyError::RequestTimeout { service, limit }, InFlight::new(&svc.conn)))
+            }
+        },
+    };
     ctx.finish(svc, outcome)
 }
 
@@ -94,6 +104,16 @@ impl RequestCtx {
                     Some(ErrorMetric::Upstream(kind)) => proxy.upstream_errors.inc(kind),
                     None => {}
                 }
+                if err.logged() {
+                    warn!(
+                        service = self.service.as_ref().map_or("-", |s| s.name()),
+                        backend = self.backend.as_ref().map_or("-", |b| b.as_str()),
+                        status = err.status().as_u16(),
+                        "{err}"
+                    );
+                } else {
+                    debug!(status = err.status().as_u16(), "{err}");
+                }
                 error_response(&err, guard)
             }
         };
@@ -120,6 +140,8 @@ impl RequestCtx {
                 backend = self.backend.as_ref().map_or("-", |b| b.as_str()),
             );
         }
+        // A backend that stalls mid-body is logged with its service and address.
+        response.body_mut().set_origin(self.service, self.backend);
         response
     }
 }
@@ -188,7 +210,7 @@ async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, req: Request<Incoming
 
     ctx.forwarded = true;
     match forward(svc, service, target.as_ref(), activity, req, &mut ctx.backend).await {
-        Ok(upstream) => Ok(finish_response(upstream, guard)),
+        Ok(upstream) => Ok(finish_response(upstream, guard, &proxy.settings, ctx.start)),
         Err(err) => {
             if let (ProxyError::AllBackendsFailed { .. }, Some(tenant)) = (&err, passivator.get(service.name())) {
                 // The container may have died under us: have its state checked.
@@ -235,8 +257,12 @@ async fn forward(
     if parts.version == Version::HTTP_2 {
         join_cookies(&mut headers);
     }
+    // Small bodies are read whole before any backend is contacted; a slow client holds none of its workers.
+    let body = match BodySlot::read(body, &proxy.body_limits).await {
+        Ok(b) => b,
+        Err(failure) => return Err(client_failure(failure)),
+    };
     // A body of unknown length would otherwise be dropped for methods like GET; say it is chunked.
-    let body = BodySlot::new(body);
     let chunked = body.as_ref().is_some_and(|b| b.exact_len().is_none()) && !headers.contains_key(CONTENT_LENGTH);
     strip_hop_by_hop(&mut headers, upgrade.as_ref());
     if chunked {
@@ -316,9 +342,9 @@ async fn forward(
                 }
             }
             Some(Err(e)) => {
-                if body.as_ref().is_some_and(BodySlot::client_failed) {
-                    debug!(service = service.name(), error = %source_chain(&e), "client went away during the upload");
-                    return Err(ProxyError::ClientAborted);
+                if let Some(failure) = body.as_ref().and_then(BodySlot::client_failure) {
+                    debug!(service = service.name(), error = %source_chain(&e), "the client's upload failed");
+                    return Err(client_failure(failure));
                 }
                 warn!(service = service.name(), backend = backend.as_str(), error = %source_chain(&e), "backend failed to answer");
                 return Err(ProxyError::UpstreamProtocol { service: service.name().into() });
@@ -372,7 +398,19 @@ fn millis(start: Instant) -> f64 {
     start.elapsed().as_micros() as f64 / 1000.0
 }
 
-fn finish_response(upstream: Upstream, guard: InFlight) -> Response {
+/// The answer to a client whose body could not be read.
+fn client_failure(failure: ClientFailure) -> ProxyError {
+    match failure {
+        ClientFailure::Aborted => ProxyError::ClientAborted,
+        ClientFailure::Malformed => ProxyError::BadBody,
+        ClientFailure::Idle => ProxyError::BodyTimeout { reason: "no byte within the body timeout" },
+        ClientFailure::TooSlow => ProxyError::BodyTimeout { reason: "slower than the minimum body rate" },
+    }
+}
+
+/// The backend's response as the client gets it. Its body is watched: no byte for the upstream read timeout,
+/// or the request's total time passing, ends it.
+fn finish_response(upstream: Upstream, guard: InFlight, settings: &Settings, start: Instant) -> Response {
     let (mut parts, body) = upstream.into_parts();
     // hyper writes the version we give; the client speaks HTTP/1.1 or h2 whatever the backend spoke.
     parts.version = Version::HTTP_11;
@@ -384,7 +422,8 @@ fn finish_response(upstream: Upstream, guard: InFlight) -> Response {
         parts.headers.remove(CONTENT_LENGTH);
     }
     strip_hop_by_hop(&mut parts.headers, upgrade.as_ref());
-    http::Response::from_parts(parts, ResponseBody::upstream(body, guard))
+    let deadline = settings.request_timeout.map(|t| tokio::time::Instant::from_std(start + t));
+    http::Response::from_parts(parts, ResponseBody::upstream(body, guard, settings.upstream_read_timeout, deadline))
 }
 
 /// HTTP/2 lets clients split `Cookie` into several fields; HTTP/1.1 backends expect one (RFC 9113 §8.2.3).

@@ -39,7 +39,7 @@ use crate::metrics::{LabeledCounters, Metrics};
 use crate::passivation::Passivator;
 use crate::routes::RouteHandle;
 use crate::tls::TlsAcceptor;
-use body::{RequestBody, ResponseBody};
+use body::{BodyLimits, RequestBody, ResponseBody};
 use conn::{ConnState, InFlight};
 
 /// Limits and timeouts of the data path. Every field has a `serve` flag and a config-file key.
@@ -63,6 +63,23 @@ pub struct Settings {
     pub pool_max_idle_per_backend: usize,
     /// Close an upgraded connection (WebSocket) when no byte has moved either way for this long.
     pub tunnel_idle_timeout: Duration,
+    /// No byte of a request body from the client for this long: 408, and the backend connection is released.
+    pub body_timeout: Duration,
+    /// Slowest average rate, in bytes/s, at which a request body may stream to a backend once
+    /// `min_body_rate_grace` has passed; slower gets 408. 0 = no minimum.
+    pub min_body_rate: u64,
+    /// Time a streaming request body gets before the minimum rate applies.
+    pub min_body_rate_grace: Duration,
+    /// Request bodies up to this size are read whole before a backend connection is taken; larger ones have
+    /// this much read first, then stream. 0 = stream from the first byte.
+    pub request_buffer_size: usize,
+    /// No byte of a backend's response body for this long: the client's response is cut (its status line has
+    /// gone out) and both connections are closed.
+    pub upstream_read_timeout: Duration,
+    /// A client that reads nothing of its response for this long is disconnected.
+    pub send_timeout: Duration,
+    /// Total time one request may take, from its head to its response's last byte; `None` = no limit.
+    pub request_timeout: Option<Duration>,
     /// Write an access-log line per request.
     pub access_log: bool,
 }
@@ -79,6 +96,13 @@ impl Default for Settings {
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_backend: 64,
             tunnel_idle_timeout: Duration::from_secs(3600),
+            body_timeout: Duration::from_secs(60),
+            min_body_rate: 240,
+            min_body_rate_grace: Duration::from_secs(5),
+            request_buffer_size: 64 * 1024,
+            upstream_read_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            request_timeout: None,
             access_log: true,
         }
     }
@@ -95,6 +119,8 @@ pub(crate) struct Proxy {
     /// Passivated services' tenants: asked for a backend before forwarding.
     passivator: Arc<Passivator>,
     settings: Settings,
+    /// How request bodies must arrive, from `settings`.
+    body_limits: BodyLimits,
     client: Client<HttpConnector, RequestBody>,
     h1: http1::Builder,
     h2: http2::Builder<SpanExecutor>,
@@ -165,6 +191,12 @@ impl Proxy {
             upstream_errors: metrics.upstream_errors(),
             metrics,
             passivator,
+            body_limits: BodyLimits {
+                idle: settings.body_timeout,
+                min_rate: settings.min_body_rate,
+                grace: settings.min_body_rate_grace,
+                buffer: settings.request_buffer_size,
+            },
             settings,
             client,
             h1,
@@ -263,7 +295,7 @@ impl ProxyService {
     }
 }
 
-type Response = http::Response<ResponseBody<InFlight>>;
+type Response = http::Response<ResponseBody>;
 
 impl hyper::service::Service<http::Request<Incoming>> for ProxyService {
     type Response = Response;
