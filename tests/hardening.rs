@@ -201,7 +201,8 @@ async fn client_abort_mid_upload_is_not_a_backend_error() {
     let proxy = TestProxy::start(&routes_file(&[("up", vec![backend.addr])], &[("up.test", "up")])).await;
     let mut c = TcpStream::connect(proxy.http).await.unwrap();
     c.write_all(b"POST / HTTP/1.1\r\nHost: up.test\r\nContent-Length: 100000\r\n\r\n").await.unwrap();
-    c.write_all(&[7u8; 20_000]).await.unwrap();
+    // More than the request buffer, so the body streams to the backend.
+    c.write_all(&[7u8; 80_000]).await.unwrap();
     eventually(Duration::from_secs(5), "request reached the backend", || async {
         backend.hits.load(Ordering::SeqCst) == 1
     })

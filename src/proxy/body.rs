@@ -211,14 +211,13 @@ impl Body for ClientBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        let mut hint = self.inner.size_hint();
-        if let Some(p) = &self.prefix {
-            let n = p.len() as u64;
-            hint.set_lower(hint.lower() + n);
-            if let Some(u) = hint.upper() {
-                hint.set_upper(u + n);
-            }
+        let inner = self.inner.size_hint();
+        let Some(n) = self.prefix.as_ref().map(|p| p.len() as u64) else { return inner };
+        let mut hint = SizeHint::new();
+        if let Some(u) = inner.upper() {
+            hint.set_upper(u + n);
         }
+        hint.set_lower(inner.lower() + n);
         hint
     }
 }
