@@ -4,11 +4,12 @@
 //! each concern's own settings (`proxy`, `tls`, `passivation`, `etcd`). The command line's definitions are
 //! `cli`'s; this module supplies the flags `serve` and the etcd commands share.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
 
 use crate::etcd::EtcdConfig;
 use crate::proxy::Settings;
@@ -178,6 +179,23 @@ pub(crate) struct ServerSection {
     pub threads: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     pub shutdown_grace: Option<Duration>,
+    /// CIDRs or addresses of the proxies in front of reveille.
+    #[serde(default, deserialize_with = "de_trusted_proxies")]
+    pub trusted_proxies: Option<Vec<IpNet>>,
+}
+
+/// `trusted_proxies` in the file; a bad entry is an error that names it (and, through toml, its line).
+fn de_trusted_proxies<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<IpNet>>, D::Error> {
+    let list = Vec::<String>::deserialize(d)?;
+    list.iter().map(|s| parse_trusted_proxy(s)).collect::<Result<_, _>>().map(Some).map_err(serde::de::Error::custom)
+}
+
+/// A trusted proxy: a CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a bare address, which is a network of one.
+fn parse_trusted_proxy(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("trusted proxy {s:?} is not a CIDR (like 10.0.0.0/8 or 2001:db8::/32) or an IP address"))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -330,6 +348,10 @@ pub struct Overrides {
     /// Routes file to load and watch
     #[arg(long, value_name = "FILE")]
     pub routes: Option<PathBuf>,
+    /// Proxies in front of reveille (CIDRs or addresses), whose X-Forwarded-*, Forwarded and X-Real-IP are kept
+    /// and extended; anyone else's are replaced [default: none]
+    #[arg(long, value_name = "CIDR[,CIDR...]", value_delimiter = ',', value_parser = parse_trusted_proxy)]
+    pub trusted_proxies: Option<Vec<IpNet>>,
     /// Worker threads; 0 = one per core, 1 = a single-threaded runtime [default: 0]
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -481,6 +503,11 @@ impl Config {
                     .or(s.request_timeout)
                     .filter(|d| !d.is_zero()),
                 access_log: flags.access_log.or(file.log.access_log).unwrap_or(s.access_log),
+                trusted_proxies: flags
+                    .trusted_proxies
+                    .clone()
+                    .or(file.server.trusted_proxies)
+                    .unwrap_or(s.trusted_proxies),
             },
             passivation: resolve_passivation(&file.passivation, flags)?,
             activity_interval: file.passivation.activity_interval.unwrap_or(d.activity_interval),
@@ -672,5 +699,46 @@ mod tests {
         let mut flags = flags;
         flags.etcd.endpoints = Some(vec!["http://127.0.0.1:2379".into()]);
         assert!(Config::resolve(None, &flags).is_ok());
+    }
+
+    #[test]
+    fn trusted_proxies_key_and_flag() {
+        /// `serve`'s flags on a command line of their own.
+        #[derive(clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            flags: Overrides,
+        }
+        let parse = |args: &[&str]| <Serve as clap::Parser>::try_parse_from(["serve"].iter().chain(args));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reveille.toml");
+        std::fs::write(
+            &path,
+            "[server]\nroutes = \"r.toml\"\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\", \"::1\"]\n",
+        )
+        .unwrap();
+        let cfg = Config::resolve(Some(&path), &Overrides::default()).unwrap();
+        let list: Vec<String> = cfg.proxy.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(list, ["10.0.0.0/8", "192.0.2.7/32", "::1/128"]);
+        assert!(Config::resolve(None, &Overrides { routes: Some("r.toml".into()), ..Default::default() })
+            .unwrap()
+            .proxy
+            .trusted_proxies
+            .is_empty());
+
+        // The flag wins over the file.
+        let flags = parse(&["--trusted-proxies", "172.16.0.0/12,2001:db8::/32"]).unwrap().flags;
+        let cfg = Config::resolve(Some(&path), &flags).unwrap();
+        let list: Vec<String> = cfg.proxy.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(list, ["172.16.0.0/12", "2001:db8::/32"]);
+
+        // A bad entry is refused, by name, in the file and on the command line.
+        std::fs::write(&path, "[server]\nroutes = \"r.toml\"\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.300/8\"]\n")
+            .unwrap();
+        let e = Config::resolve(Some(&path), &Overrides::default()).unwrap_err();
+        assert!(matches!(e, ConfigError::Parse { .. }), "{e:?}");
+        assert!(e.to_string().contains("trusted proxy \"10.0.0.300/8\""), "{e}");
+        let e = parse(&["--trusted-proxies", "10.0.0.0/8,lan"]).err().unwrap();
+        assert!(e.to_string().contains("trusted proxy \"lan\""), "{e}");
     }
 }

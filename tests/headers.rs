@@ -1,37 +1,71 @@
-//! Header rewriting: X-Forwarded-*, hop-by-hop removal in both directions, Host kept.
+//! Header rewriting: forwarding headers (replaced from clients, extended from trusted proxies), hop-by-hop
+//! removal in both directions, Host kept.
 
 mod support;
 
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
+use reveille::ProxySettings as Settings;
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forwarded_headers_are_set_and_appended() {
+async fn forwarded_headers_are_set() {
     let a = Backend::echo("a").await;
     let proxy = TestProxy::start(&routes_file(&[("a", vec![a.addr])], &[("app.test", "a")])).await;
 
     let got = get(proxy.http, "app.test:8080", "/").await;
     let h = &got.json()["headers"];
     assert_eq!(h["x-forwarded-for"][0], "127.0.0.1");
+    assert_eq!(h["x-real-ip"][0], "127.0.0.1");
     assert_eq!(h["x-forwarded-proto"][0], "http");
     assert_eq!(h["x-forwarded-host"][0], "app.test:8080");
     assert_eq!(h["host"][0], "app.test:8080");
+    assert!(h.get("forwarded").is_none(), "{h}");
+}
 
-    // A prior chain is appended to; a client-supplied proto is replaced.
-    let req = Request::get("/")
+/// A request whose forwarding headers claim it comes from 6.6.6.6 over HTTPS.
+fn forged() -> Request<BoxBody> {
+    Request::get("/")
         .header("host", "app.test")
-        .header("x-forwarded-for", "203.0.113.7")
-        .header("x-forwarded-for", "198.51.100.2")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("forwarded", "for=6.6.6.6")
+        .header("x-real-ip", "6.6.6.6")
         .header("x-forwarded-proto", "https")
+        .header("x-forwarded-port", "443")
         .body(full(""))
-        .unwrap();
-    let got = send(proxy.http, req).await;
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_of_untrusted_clients_are_replaced() {
+    let a = Backend::echo("a").await;
+    let proxy = TestProxy::start(&routes_file(&[("a", vec![a.addr])], &[("app.test", "a")])).await;
+
+    let got = send(proxy.http, forged()).await;
     let h = &got.json()["headers"];
-    assert_eq!(h["x-forwarded-for"].as_array().unwrap().len(), 1);
-    assert_eq!(h["x-forwarded-for"][0], "203.0.113.7, 198.51.100.2, 127.0.0.1");
-    assert_eq!(h["x-forwarded-proto"][0], "http");
+    assert_eq!(h["x-forwarded-for"], serde_json::json!(["127.0.0.1"]));
+    assert_eq!(h["x-real-ip"], serde_json::json!(["127.0.0.1"]));
+    assert_eq!(h["x-forwarded-proto"], serde_json::json!(["http"]));
+    assert!(h.get("forwarded").is_none(), "{h}");
+    assert!(h.get("x-forwarded-port").is_none(), "{h}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_of_trusted_proxies_are_extended() {
+    let a = Backend::echo("a").await;
+    let trusted =
+        Settings { trusted_proxies: vec!["127.0.0.0/8".parse().unwrap()], access_log: false, ..Settings::default() };
+    let proxy = TestProxy::start_with(&routes_file(&[("a", vec![a.addr])], &[("app.test", "a")]), trusted).await;
+
+    let got = send(proxy.http, forged()).await;
+    let h = &got.json()["headers"];
+    assert_eq!(h["x-forwarded-for"], serde_json::json!(["6.6.6.6, 127.0.0.1"]));
+    assert_eq!(h["x-real-ip"], serde_json::json!(["6.6.6.6"]));
+    assert_eq!(h["forwarded"], serde_json::json!(["for=6.6.6.6, for=127.0.0.1;proto=http"]));
+    assert_eq!(h["x-forwarded-proto"], serde_json::json!(["https"]));
+    assert_eq!(h["x-forwarded-port"], serde_json::json!(["443"]));
+    assert_eq!(h["x-forwarded-host"], serde_json::json!(["app.test"]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

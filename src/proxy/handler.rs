@@ -268,7 +268,7 @@ async fn forward(
     if chunked {
         headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
     }
-    add_forwarded(&mut headers, &svc.peer_ip, svc.proto(), forwarded_host);
+    add_forwarded(&mut headers, &svc.peer, &proxy.settings.trusted_proxies, svc.proto(), forwarded_host);
     let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
 
     // A passivated service without fixed backends has one: its container's address.

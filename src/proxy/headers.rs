@@ -1,12 +1,19 @@
-//! Header rewriting between client and backend: hop-by-hop removal (RFC 9110 §7.6.1) and `X-Forwarded-*`.
+//! Header rewriting between client and backend: hop-by-hop removal (RFC 9110 §7.6.1) and the forwarding
+//! headers (`X-Forwarded-*`, `X-Real-IP`, `Forwarded`), which only peers in `trusted_proxies` may supply.
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use std::net::IpAddr;
+
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, FORWARDED, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
+use ipnet::IpNet;
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Whether the message asks for a WebSocket upgrade (`Connection: upgrade` plus `Upgrade: websocket`);
 /// returns the `Upgrade` value to pass on. Other protocols (notably `h2c`, a known way to smuggle requests past
@@ -48,50 +55,145 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderV
         headers.remove(name);
     }
     // Proxy-Authorization, Proxy-Authenticate and friends are for the hop they were sent on.
-    let proxy_named: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with("proxy-")).cloned().collect();
-    for name in proxy_named {
-        headers.remove(name);
-    }
+    remove_where(headers, |k| k.as_str().starts_with("proxy-"));
     if let Some(u) = upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(UPGRADE, u.clone());
     }
 }
 
-/// Appends the client address to `X-Forwarded-For` and sets `X-Forwarded-Proto` and `X-Forwarded-Host`.
-/// `client_ip` is prepared once per connection, so the usual case (no incoming `X-Forwarded-For`) does not
-/// allocate.
-pub(crate) fn add_forwarded(
-    headers: &mut HeaderMap,
-    client_ip: &HeaderValue,
-    proto: &HeaderValue,
-    host: Option<HeaderValue>,
-) {
-    let mut prior = headers.get_all(&X_FORWARDED_FOR).iter();
-    let xff = match (prior.next(), prior.next()) {
-        (None, _) => client_ip.clone(),
-        (Some(first), None) => join(&[first.as_bytes()], client_ip),
-        (Some(_), Some(_)) => {
-            let all: Vec<&[u8]> = headers.get_all(&X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes).collect();
-            join(&all, client_ip)
-        }
-    };
-    headers.insert(X_FORWARDED_FOR.clone(), xff);
-    headers.insert(X_FORWARDED_PROTO.clone(), proto.clone());
-    if let Some(host) = host {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
+/// The connection's peer as the forwarding headers need it, prepared once per connection.
+#[derive(Clone, Debug)]
+pub(crate) struct Peer {
+    /// The peer's address; an IPv4-mapped IPv6 address (an IPv4 client of a dual-stack listener) as IPv4.
+    ip: IpAddr,
+    /// `ip` as a header value.
+    value: HeaderValue,
+    /// The peer is in `trusted_proxies`: the forwarding headers it sends are kept and extended.
+    trusted: bool,
+}
+
+impl Peer {
+    pub(crate) fn new(ip: IpAddr, trusted_proxies: &[IpNet]) -> Self {
+        let ip = ip.to_canonical();
+        // An address always formats as a valid header value.
+        let value = HeaderValue::try_from(ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+        Self { ip, value, trusted: is_trusted(trusted_proxies, ip) }
     }
 }
 
-fn join(prior: &[&[u8]], client_ip: &HeaderValue) -> HeaderValue {
-    let mut out = Vec::with_capacity(prior.iter().map(|p| p.len() + 2).sum::<usize>() + client_ip.len());
+/// Whether `ip` is in one of `nets`; an IPv4-mapped IPv6 address matches the IPv4 networks too.
+fn is_trusted(nets: &[IpNet], ip: IpAddr) -> bool {
+    let canonical = ip.to_canonical();
+    nets.iter().any(|n| n.contains(&ip) || n.contains(&canonical))
+}
+
+/// Headers that tell the backend who the client is and how it came in: any `X-Forwarded-*`, `Forwarded` and
+/// `X-Real-IP`. Only a trusted proxy may send them.
+fn is_forwarding(name: &HeaderName) -> bool {
+    name.as_str().starts_with("x-forwarded-") || *name == FORWARDED || *name == X_REAL_IP
+}
+
+/// Sets the forwarding headers. From an untrusted peer, the forwarding headers it sent are dropped first (an
+/// app must not learn the client's address from the client), then `X-Forwarded-For` and `X-Real-IP` name the
+/// peer, and `X-Forwarded-Proto` and `X-Forwarded-Host` are set. From a trusted proxy they are kept and
+/// extended: the peer is appended to `X-Forwarded-For` (and to `Forwarded`, when there is one),
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` are set only if absent, and `X-Real-IP` names the client found by
+/// [`real_ip`]. `peer` is prepared once per connection, so the usual case (untrusted, no forwarding headers)
+/// does not allocate.
+pub(crate) fn add_forwarded(
+    headers: &mut HeaderMap,
+    peer: &Peer,
+    trusted_proxies: &[IpNet],
+    proto: &HeaderValue,
+    host: Option<HeaderValue>,
+) {
+    if !peer.trusted {
+        remove_where(headers, is_forwarding);
+        headers.insert(X_FORWARDED_FOR.clone(), peer.value.clone());
+        headers.insert(X_FORWARDED_PROTO.clone(), proto.clone());
+        if let Some(host) = host {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
+        headers.insert(X_REAL_IP.clone(), peer.value.clone());
+        return;
+    }
+    append_to_list(headers, &X_FORWARDED_FOR, &peer.value);
+    if headers.contains_key(FORWARDED) {
+        append_to_list(headers, &FORWARDED, &forwarded_element(peer.ip, proto));
+    }
+    headers.entry(&X_FORWARDED_PROTO).or_insert_with(|| proto.clone());
+    if let Some(host) = host {
+        headers.entry(&X_FORWARDED_HOST).or_insert(host);
+    }
+    let real = real_ip(headers.get(&X_FORWARDED_FOR), peer, trusted_proxies);
+    headers.insert(X_REAL_IP.clone(), real);
+}
+
+/// The client's address behind trusted proxies: walking `X-Forwarded-For` from the right (each proxy appends
+/// the address it saw), the first address outside `trusted_proxies`; the leftmost when all are trusted; the
+/// peer when there are none. An entry that is not an IP address stops the walk, and the last trusted address
+/// walked is taken: whatever stands left of it was written by someone no trusted proxy vouches for.
+fn real_ip(xff: Option<&HeaderValue>, peer: &Peer, trusted_proxies: &[IpNet]) -> HeaderValue {
+    let mut client = None;
+    for entry in xff.map(HeaderValue::as_bytes).unwrap_or_default().rsplit(|&b| b == b',') {
+        let Some(ip) = std::str::from_utf8(entry).ok().and_then(|e| e.trim().parse::<IpAddr>().ok()) else {
+            break;
+        };
+        let ip = ip.to_canonical();
+        client = Some(ip);
+        if !is_trusted(trusted_proxies, ip) {
+            break;
+        }
+    }
+    match client {
+        Some(ip) if ip != peer.ip => HeaderValue::try_from(ip.to_string()).unwrap_or_else(|_| peer.value.clone()),
+        _ => peer.value.clone(),
+    }
+}
+
+/// A `Forwarded` element for the peer, `for=<ip>;proto=<proto>`; an IPv6 address bracketed and quoted as
+/// RFC 7239 §6 requires.
+fn forwarded_element(ip: IpAddr, proto: &HeaderValue) -> HeaderValue {
+    let proto = proto.to_str().unwrap_or("http");
+    let element = match ip {
+        IpAddr::V4(ip) => format!("for={ip};proto={proto}"),
+        IpAddr::V6(ip) => format!("for=\"[{ip}]\";proto={proto}"),
+    };
+    HeaderValue::try_from(element).unwrap_or(HeaderValue::from_static("for=unknown"))
+}
+
+/// Appends `value` to the comma-separated list in header `name`, leaving one field.
+fn append_to_list(headers: &mut HeaderMap, name: &HeaderName, value: &HeaderValue) {
+    let mut prior = headers.get_all(name).iter();
+    let list = match (prior.next(), prior.next()) {
+        (None, _) => value.clone(),
+        (Some(first), None) => join(&[first.as_bytes()], value),
+        (Some(_), Some(_)) => {
+            let all: Vec<&[u8]> = headers.get_all(name).iter().map(HeaderValue::as_bytes).collect();
+            join(&all, value)
+        }
+    };
+    headers.insert(name.clone(), list);
+}
+
+fn join(prior: &[&[u8]], last: &HeaderValue) -> HeaderValue {
+    let mut out = Vec::with_capacity(prior.iter().map(|p| p.len() + 2).sum::<usize>() + last.len());
     for p in prior {
         out.extend_from_slice(p);
         out.extend_from_slice(b", ");
     }
-    out.extend_from_slice(client_ip.as_bytes());
+    out.extend_from_slice(last.as_bytes());
     // Built from valid header values and ", ": always valid.
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| client_ip.clone())
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| last.clone())
+}
+
+/// Removes every header whose name satisfies `pred`; allocates only when one does.
+fn remove_where(headers: &mut HeaderMap, pred: impl Fn(&HeaderName) -> bool) {
+    let names: Vec<HeaderName> = headers.keys().filter(|k| pred(k)).cloned().collect();
+    for name in names {
+        headers.remove(name);
+    }
 }
 
 #[cfg(test)]
@@ -124,19 +226,123 @@ mod tests {
         assert_eq!(h.get(UPGRADE).unwrap(), "websocket");
     }
 
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(*name, HeaderValue::from_static(value));
+        }
+        h
+    }
+
+    /// `add_forwarded` for a request from `peer` over plain HTTP to `app.test`.
+    fn forward(h: &mut HeaderMap, peer: &str, trusted: &[IpNet]) {
+        let peer = Peer::new(peer.parse().unwrap(), trusted);
+        add_forwarded(h, &peer, trusted, &HeaderValue::from_static("http"), Some(HeaderValue::from_static("app.test")));
+    }
+
+    fn get<'a>(h: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+        h.get_all(name).iter().map(|v| v.to_str().unwrap()).collect()
+    }
+
     #[test]
-    fn forwarded_for_appends() {
-        let ip = HeaderValue::from_static("10.1.1.1");
-        let proto = HeaderValue::from_static("http");
+    fn untrusted_peer_forged_headers_are_replaced() {
+        let mut h = headers(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "7.7.7.7"),
+            ("forwarded", "for=6.6.6.6;proto=https"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "bank.test"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "/admin"),
+            ("x-forwarded-server", "edge"),
+            ("x-forwardedness", "kept"),
+        ]);
+        forward(&mut h, "192.0.2.10", &nets(&["10.0.0.0/8"]));
+        assert_eq!(get(&h, "x-forwarded-for"), ["192.0.2.10"]);
+        assert_eq!(get(&h, "x-real-ip"), ["192.0.2.10"]);
+        assert_eq!(get(&h, "x-forwarded-proto"), ["http"]);
+        assert_eq!(get(&h, "x-forwarded-host"), ["app.test"]);
+        assert_eq!(get(&h, "x-forwardedness"), ["kept"]);
+        for gone in ["forwarded", "x-forwarded-port", "x-forwarded-prefix", "x-forwarded-server"] {
+            assert!(!h.contains_key(gone), "{gone}: {h:?}");
+        }
+        assert_eq!(h.len(), 5, "{h:?}");
+
+        // No list at all trusts no one; an IPv6 peer is written as is.
+        let mut h = headers(&[("x-forwarded-for", "6.6.6.6")]);
+        forward(&mut h, "2001:db8::7", &[]);
+        assert_eq!(get(&h, "x-forwarded-for"), ["2001:db8::7"]);
+        assert_eq!(get(&h, "x-real-ip"), ["2001:db8::7"]);
+    }
+
+    #[test]
+    fn trusted_peer_headers_are_extended() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let mut h = headers(&[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-for", "198.51.100.2"),
+            ("forwarded", "for=203.0.113.7"),
+            ("forwarded", "for=198.51.100.2;proto=https"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-port", "443"),
+        ]);
+        forward(&mut h, "10.0.0.2", &trusted);
+        assert_eq!(get(&h, "x-forwarded-for"), ["203.0.113.7, 198.51.100.2, 10.0.0.2"]);
+        assert_eq!(get(&h, "forwarded"), ["for=203.0.113.7, for=198.51.100.2;proto=https, for=10.0.0.2;proto=http"]);
+        assert_eq!(get(&h, "x-real-ip"), ["198.51.100.2"]);
+        assert_eq!(get(&h, "x-forwarded-proto"), ["https"]);
+        assert_eq!(get(&h, "x-forwarded-port"), ["443"]);
+        assert_eq!(get(&h, "x-forwarded-host"), ["app.test"], "set when absent");
+
+        // Nothing sent: the same headers as from an untrusted peer, and no `Forwarded` of reveille's own.
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, &ip, &proto, None);
-        assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "10.1.1.1");
-        let mut h = HeaderMap::new();
-        h.append(&X_FORWARDED_FOR, "1.1.1.1".parse().unwrap());
-        h.append(&X_FORWARDED_FOR, "2.2.2.2".parse().unwrap());
-        add_forwarded(&mut h, &ip, &proto, Some(HeaderValue::from_static("a.com")));
-        assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "1.1.1.1, 2.2.2.2, 10.1.1.1");
-        assert_eq!(h.get(&X_FORWARDED_HOST).unwrap(), "a.com");
-        assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);
+        forward(&mut h, "10.0.0.2", &trusted);
+        assert_eq!(get(&h, "x-forwarded-for"), ["10.0.0.2"]);
+        assert_eq!(get(&h, "x-real-ip"), ["10.0.0.2"]);
+        assert_eq!(get(&h, "x-forwarded-proto"), ["http"]);
+        assert!(!h.contains_key(FORWARDED));
+    }
+
+    #[test]
+    fn ipv6_peers_and_mapped_ipv4() {
+        let trusted = nets(&["2001:db8::/32", "10.0.0.0/8"]);
+        let mut h = headers(&[("x-forwarded-for", "2001:db8:ffff::9, 2001:db8::5"), ("forwarded", "for=unknown")]);
+        forward(&mut h, "2001:db8::1", &trusted);
+        assert_eq!(get(&h, "forwarded"), ["for=unknown, for=\"[2001:db8::1]\";proto=http"]);
+        // Every hop is trusted: the leftmost is the client.
+        assert_eq!(get(&h, "x-real-ip"), ["2001:db8:ffff::9"]);
+
+        // An IPv4 client of a dual-stack listener matches IPv4 networks and is written as IPv4.
+        let mut h = headers(&[("x-forwarded-for", "::ffff:203.0.113.7")]);
+        forward(&mut h, "::ffff:10.0.0.2", &trusted);
+        assert_eq!(get(&h, "x-forwarded-for"), ["::ffff:203.0.113.7, 10.0.0.2"]);
+        assert_eq!(get(&h, "x-real-ip"), ["203.0.113.7"]);
+        let peer = Peer::new("::ffff:192.0.2.1".parse().unwrap(), &trusted);
+        assert!(!peer.trusted);
+        assert_eq!(peer.value, "192.0.2.1");
+    }
+
+    #[test]
+    fn real_ip_walks_past_trusted_hops_and_stops_at_garbage() {
+        let trusted = nets(&["10.0.0.0/8", "192.168.0.0/16", "172.16.0.9/32"]);
+        let real = |xff: &'static str| {
+            let mut h = headers(&[("x-forwarded-for", xff)]);
+            forward(&mut h, "10.0.0.2", &trusted);
+            h.get("x-real-ip").unwrap().to_str().unwrap().to_string()
+        };
+        // The rightmost untrusted address, not the leftmost one the client may have made up.
+        assert_eq!(real("6.6.6.6, 198.51.100.9, 192.168.1.1, 172.16.0.9, 10.0.0.5"), "198.51.100.9");
+        assert_eq!(real("198.51.100.9,10.0.0.5"), "198.51.100.9");
+        assert_eq!(real("192.168.1.1, 10.0.0.5"), "192.168.1.1");
+        // Garbage (ports included) is not believed, nor anything left of it: the last trusted hop is taken.
+        assert_eq!(real("198.51.100.9, bogus, 10.0.0.5"), "10.0.0.5");
+        assert_eq!(real("198.51.100.9, 203.0.113.1:4000"), "10.0.0.2");
+        assert_eq!(real(""), "10.0.0.2");
     }
 }

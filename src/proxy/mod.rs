@@ -27,6 +27,7 @@ use hyper::server::conn::{http1, http2};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -41,8 +42,9 @@ use crate::routes::RouteHandle;
 use crate::tls::TlsAcceptor;
 use body::{BodyLimits, RequestBody, ResponseBody};
 use conn::{ConnState, InFlight};
+use headers::Peer;
 
-/// Limits and timeouts of the data path. Every field has a `serve` flag and a config-file key.
+/// Limits, timeouts and trust of the data path. Every field has a `serve` flag and a config-file key.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Time allowed for a client to send a complete request head (slowloris protection).
@@ -82,6 +84,10 @@ pub struct Settings {
     pub request_timeout: Option<Duration>,
     /// Write an access-log line per request.
     pub access_log: bool,
+    /// Peers (networks) whose forwarding headers (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`) are kept and
+    /// extended. Any other peer's are replaced, so a client cannot choose the address a backend sees. Empty:
+    /// trust no one.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl Default for Settings {
@@ -104,6 +110,7 @@ impl Default for Settings {
             send_timeout: Duration::from_secs(60),
             request_timeout: None,
             access_log: true,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -269,8 +276,9 @@ where
 #[derive(Clone)]
 pub(crate) struct ProxyService {
     proxy: Arc<Proxy>,
-    /// The client's IP as an `X-Forwarded-For` value, formatted once per connection.
-    peer_ip: HeaderValue,
+    /// The peer's address for the forwarding headers, and whether it is a trusted proxy; decided once per
+    /// connection.
+    peer: Peer,
     /// The connection's shared state; an upgraded tunnel keeps it (and so the connection's slot).
     conn: Arc<ConnState>,
     /// The connection arrived over TLS.
@@ -279,8 +287,8 @@ pub(crate) struct ProxyService {
 
 impl ProxyService {
     fn new(proxy: Arc<Proxy>, peer: SocketAddr, conn: Arc<ConnState>, tls: bool) -> Self {
-        let peer_ip = HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-        Self { proxy, peer_ip, conn, tls }
+        let peer = Peer::new(peer.ip(), &proxy.settings.trusted_proxies);
+        Self { proxy, peer, conn, tls }
     }
 
     /// `X-Forwarded-Proto` of this connection's requests.
