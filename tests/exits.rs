@@ -23,12 +23,14 @@ use tracing_subscriber::Layer;
 /// One access-log event's fields, as strings.
 type Line = BTreeMap<String, String>;
 
-/// Records `reveille::access` events and ignores everything else.
+/// Records `reveille::access` events and reveille's warnings (with their target under `_target`), and ignores
+/// everything else.
 struct Capture;
 
 impl<S: tracing::Subscriber> Layer<S> for Capture {
     fn enabled(&self, metadata: &tracing::Metadata<'_>, _: Context<'_, S>) -> bool {
         metadata.target() == "reveille::access"
+            || (metadata.target().starts_with("reveille") && *metadata.level() <= tracing::Level::WARN)
     }
 
     fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
@@ -42,6 +44,7 @@ impl<S: tracing::Subscriber> Layer<S> for Capture {
             }
         }
         let mut fields = Fields(Line::new());
+        fields.0.insert("_target".into(), event.metadata().target().to_string());
         event.record(&mut fields);
         access_log().lock().unwrap().push(fields.0);
     }
@@ -64,12 +67,24 @@ fn lines_for(host: &str, path: &str) -> Vec<Line> {
         .lock()
         .unwrap()
         .iter()
+        .filter(|l| l["_target"] == "reveille::access")
         .filter(|l| l.get("host").map(String::as_str) == Some(host) && l.get("path").map(String::as_str) == Some(path))
         .cloned()
         .collect()
 }
 
 const DURATION_COUNT: &str = "reveille_request_duration_seconds_count";
+
+/// reveille's warnings that name `service`.
+fn warnings_for(service: &str) -> Vec<Line> {
+    access_log()
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l["_target"] != "reveille::access" && l.get("service").map(String::as_str) == Some(service))
+        .cloned()
+        .collect()
+}
 
 /// Sends `request()` and checks it added one duration observation and one access-log line for `host` and
 /// `path`, with `status` and `service`.
@@ -162,4 +177,33 @@ async fn every_response_is_timed_and_logged_once_with_its_service() {
     })
     .await;
     assert!(got.text.contains("did not start in time"), "{}", got.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cause_of_a_502_or_504_is_logged_at_warn_and_not_told_to_the_client() {
+    access_log();
+    let dead = support::dead_addr().await;
+    let runtime = ScriptedRuntime::new();
+    let port = runtime.add_stopped("reveille-exits-drowsy", Duration::from_secs(3600)).await;
+    let routes = format!(
+        "[services.dead]\nbackends = [\"{dead}\"]\n\
+         [services.drowsy]\ncontainer = \"reveille-exits-drowsy\"\nport = {port}\n\
+         wake_timeout = \"300ms\"\nidle_timeout = \"0\"\n\
+         [routes]\n\"dead.warn.test\" = \"dead\"\n\"drowsy.warn.test\" = \"drowsy\"\n"
+    );
+    let proxy = TestProxy::start_with_runtime(&routes, |c| c.proxy.access_log = true, Arc::new(runtime)).await;
+
+    let got = get(proxy.http, "dead.warn.test", "/").await;
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY);
+    assert!(!got.text.contains("dead") && !got.text.contains(&dead.to_string()), "{}", got.text);
+    let warns = warnings_for("dead");
+    assert_eq!(warns.len(), 1, "{warns:?}");
+    assert_eq!(warns[0]["backend"], dead.to_string(), "{warns:?}");
+    assert!(warns[0]["message"].contains("could be reached"), "{warns:?}");
+
+    let got = get(proxy.http, "drowsy.warn.test", "/").await;
+    assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(!got.text.contains("drowsy") && !got.text.contains("300ms"), "{}", got.text);
+    let warns = warnings_for("drowsy");
+    assert!(warns.iter().any(|w| w["message"].contains("within 300ms")), "{warns:?}");
 }

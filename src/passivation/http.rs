@@ -55,7 +55,8 @@ impl Passivator {
             Some(t) => {
                 let snap = t.snapshot();
                 let error = match snap.phase {
-                    Phase::Failed => snap.last_error.map(|r| r.to_string()),
+                    // Public: the kind of failure only; the detail is the admin API's.
+                    Phase::Failed => snap.last_error.map(|r| r.public_reason()),
                     _ => None,
                 };
                 (snap.phase.as_str(), error)

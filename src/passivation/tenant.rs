@@ -69,6 +69,19 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// What a client may be told: the kind of refusal, with no container, runtime or Docker detail (those are
+    /// for the log and the admin API).
+    pub fn public_reason(&self) -> &'static str {
+        match self {
+            Refusal::Overflow { .. } => "too many requests are waiting for the service to start",
+            Refusal::Timeout { .. } => "the service did not start in time",
+            Refusal::Removed => "the service was removed",
+            Refusal::Starting | Refusal::Failed { .. } | Refusal::Unavailable { .. } => {
+                "the service could not be started"
+            }
+        }
+    }
+
     /// The `reveille_rejected_holds_total` label.
     pub fn reason(&self) -> &'static str {
         match self {

@@ -138,14 +138,7 @@ impl ProxyError {
             Self::AllBackendsFailed { .. } => "the service could not be reached",
             Self::UpstreamTimeout { .. } | Self::RequestTimeout { .. } => "the service did not answer in time",
             Self::UpstreamProtocol { .. } => "the service failed to answer",
-            Self::Wake { refusal, .. } => match refusal {
-                Refusal::Overflow { .. } => "too many requests are waiting for the service to start",
-                Refusal::Timeout { .. } => "the service did not start in time",
-                Refusal::Removed => "the service was removed",
-                Refusal::Starting | Refusal::Failed { .. } | Refusal::Unavailable { .. } => {
-                    "the service could not be started"
-                }
-            },
+            Self::Wake { refusal, .. } => refusal.public_reason(),
         };
         reason.into()
     }
