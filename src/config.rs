@@ -620,6 +620,34 @@ mod tests {
     }
 
     #[test]
+    fn body_and_stall_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reveille.toml");
+        std::fs::write(
+            &path,
+            "[server]\nroutes = \"r.toml\"\n[limits]\nbody_timeout = \"7s\"\nmin_body_rate = 0\n\
+             request_buffer_size = 0\nrequest_timeout = \"0\"\nsend_timeout = \"9s\"\n\
+             [upstream]\nread_timeout = \"11s\"\n",
+        )
+        .unwrap();
+        let cfg = Config::resolve(Some(&path), &Overrides::default()).unwrap();
+        let p = &cfg.proxy;
+        assert_eq!((p.body_timeout, p.send_timeout, p.upstream_read_timeout), (secs(7), secs(9), secs(11)));
+        assert_eq!((p.min_body_rate, p.request_buffer_size, p.request_timeout), (0, 0, None));
+        assert_eq!(p.min_body_rate_grace, Settings::default().min_body_rate_grace);
+        let flags = Overrides { request_timeout: Some(secs(30)), body_timeout: Some(secs(1)), ..Default::default() };
+        let cfg = Config::resolve(Some(&path), &flags).unwrap();
+        assert_eq!((cfg.proxy.request_timeout, cfg.proxy.body_timeout), (Some(secs(30)), secs(1)));
+        let flags = Overrides { upstream_read_timeout: Some(Duration::ZERO), ..Default::default() };
+        let e = Config::resolve(Some(&path), &flags).unwrap_err().to_string();
+        assert!(e.contains("upstream_read_timeout"), "{e}");
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
     fn unknown_keys_and_missing_routes_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("reveille.toml");

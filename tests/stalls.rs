@@ -364,3 +364,27 @@ async fn slow_uploads_do_not_take_a_two_worker_tenant_down() {
     }
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_h2_upload_gets_408_on_its_stream() {
+    let r = reader().await;
+    let s = Settings { body_timeout: Duration::from_millis(500), ..settings() };
+    let proxy = TestProxy::start_with(&routes_file(&[("up", vec![r.backend.addr])], &[("up.test", "up")]), s).await;
+    let stream = TcpStream::connect(proxy.http).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(executor(), TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    // One byte, then a body that never continues nor ends.
+    let body = futures::stream::once(async {
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(Bytes::from_static(b"x")))
+    })
+    .chain(futures::stream::pending());
+    let req = Request::post("http://up.test/").body(BodyExt::boxed(StreamBody::new(body))).unwrap();
+    let start = Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req)).await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+    assert!(start.elapsed() >= Duration::from_millis(400), "{:?}", start.elapsed());
+    assert_eq!(r.backend.hits.load(Ordering::SeqCst), 0);
+    // The connection itself stays usable for other streams.
+    let req = Request::get("http://up.test/").body(full("")).unwrap();
+    assert_eq!(sender.send_request(req).await.unwrap().status(), StatusCode::OK);
+}
