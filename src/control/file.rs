@@ -434,6 +434,11 @@ backends = ["127.0.0.1:1", "http://127.0.0.1:2"]
         assert_eq!(t.set.to_table().find("a.example.com").unwrap().name(), "a");
         assert!(!t.allow_empty);
         assert!(t.warning().is_none());
+
+        let t = parse(Path::new("r.toml"), "[services.w]\ncontainer = \"w-1\"\nport = 80\nstop_timeout = \"2s\"\n")
+            .unwrap();
+        let w = t.set.services.values().next().unwrap().container().unwrap().clone();
+        assert_eq!(w.stop_timeout, Some(Duration::from_secs(2)));
     }
 
     #[test]
