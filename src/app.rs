@@ -138,14 +138,9 @@ pub async fn start(
     let etcd = config.etcd.clone().map(crate::etcd::Etcd::new);
 
     if let Some(path) = &config.routes {
-        let watcher = file::FileWatcher::new(path.clone(), composer.clone(), metrics.clone());
-        let text =
-            std::fs::read_to_string(path).map_err(|source| file::FileError::Read { path: path.clone(), source })?;
-        let set = file::parse(path, &text)?;
-        info!(path = %path.display(), routes = set.routes.len(), services = set.services.len(), "routes file loaded");
-        composer.replace(Source::File, set);
-        metrics.reload("file", true);
-        tasks.push(tokio::spawn(watcher.run(Some(text), background.clone())));
+        let mut watcher = file::FileWatcher::new(path.clone(), composer.clone(), metrics.clone());
+        watcher.load()?;
+        tasks.push(tokio::spawn(watcher.run(background.clone())));
     }
     if let Some(etcd) = &etcd {
         // Not awaited: reveille serves (the file's routes, or 404s) and reports not-ready until etcd has

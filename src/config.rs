@@ -124,7 +124,7 @@ pub(crate) struct TlsSection {
     pub handshake_timeout: Option<Duration>,
 }
 
-/// `[passivation]`: defaults for passivated services (each can override the first four) and the Docker
+/// `[passivation]`: defaults for passivated services (each can override the first five) and the Docker
 /// endpoint.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -136,6 +136,7 @@ pub(crate) struct PassivationSection {
     pub max_held: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     pub page_after: Option<Duration>,
+    /// `docker stop`'s grace for services without their own [default: the container's own `StopTimeout`].
     #[serde(default, with = "humantime_serde")]
     pub stop_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -564,7 +565,7 @@ fn resolve_passivation(
         wake_timeout: flags.wake_timeout.or(file.wake_timeout).unwrap_or(d.wake_timeout),
         max_held: file.max_held.unwrap_or(d.max_held),
         page_after: file.page_after.unwrap_or(d.page_after),
-        stop_timeout: file.stop_timeout.unwrap_or(d.stop_timeout),
+        stop_timeout: file.stop_timeout.or(d.stop_timeout),
         probe_interval: file.probe_interval.unwrap_or(d.probe_interval),
         status_path: file.status_path.clone().unwrap_or(d.status_path),
         page,
@@ -676,6 +677,7 @@ mod tests {
         let p = &cfg.passivation;
         assert_eq!((p.idle_timeout, p.wake_timeout, p.max_held), (Duration::ZERO, Duration::from_secs(7), 5));
         assert_eq!(p.docker.as_deref(), Some("unix:///run/d.sock"));
+        assert_eq!(p.stop_timeout, None, "unset: each container's own");
         let html = p.page.render(&crate::passivation::PageValues {
             service: "s",
             host: "h.test",
@@ -684,6 +686,10 @@ mod tests {
             retry_after: 1,
         });
         assert_eq!(html, "<p>h.test wakes</p><script>/st</script>");
+
+        std::fs::write(&path, format!("{}stop_timeout = \"3s\"\n", text("page.html"))).unwrap();
+        let cfg = Config::resolve(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(cfg.passivation.stop_timeout, Some(Duration::from_secs(3)));
 
         std::fs::write(&path, text("bad.html")).unwrap();
         let e = Config::resolve(Some(&path), &Overrides::default()).unwrap_err().to_string();

@@ -424,7 +424,11 @@ impl Metrics {
         let services = Gauge::default();
         registry.register("services", "Services in the table in force", services.clone());
         let reloads = Family::<ReloadLabels, Counter>::default();
-        registry.register("route_reloads", "Route table loads, by source and result", reloads.clone());
+        registry.register(
+            "route_reloads",
+            "Route table loads, by source and result (ok; failed, empty, missing: refused, the last table kept)",
+            reloads.clone(),
+        );
 
         let etcd_connected = Gauge::default();
         registry.register("etcd_connected", "1 while the etcd watch is established, else 0", etcd_connected.clone());
@@ -510,8 +514,9 @@ impl Metrics {
         self.services.set(services as i64);
     }
 
-    pub fn reload(&self, source: &'static str, ok: bool) {
-        self.reloads.get_or_create(&ReloadLabels { source, result: if ok { "ok" } else { "failed" } }).inc();
+    /// Counts one load of a route source: `result` is `ok`, or why that version was refused.
+    pub fn reload(&self, source: &'static str, result: &'static str) {
+        self.reloads.get_or_create(&ReloadLabels { source, result }).inc();
     }
 
     pub fn etcd_connected(&self, up: bool) {

@@ -116,6 +116,18 @@ fn check_reports_problems_with_lines_and_exit_codes() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("unknown field") && out.contains("bogus"), "{out}");
 
+    // A file without routes is valid, with a warning: a running reveille would refuse it over routes.
+    let empty = dir.path().join("empty.toml");
+    std::fs::write(&empty, "").unwrap();
+    let (code, out) = run(&["check", "--routes", empty.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ok (0 routes, 0 services)") && out.contains("warning:"), "{out}");
+    assert!(out.contains("allow_empty = true"), "{out}");
+    std::fs::write(&empty, "allow_empty = true\n").unwrap();
+    let (code, out) = run(&["check", "--routes", empty.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("warning"), "{out}");
+
     // The repository's example files are valid.
     let root = env!("CARGO_MANIFEST_DIR");
     let (code, out) = run(&["check", "--config", &format!("{root}/config/reveille.toml")]);
@@ -138,6 +150,28 @@ fn serve_refuses_to_start_on_an_invalid_routes_file() {
         run(&["serve", "--routes", "/nonexistent/routes.toml", "--http", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
     assert_ne!(code, 0);
     assert!(out.contains("cannot read routes file"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_routes_file_is_refused_with_an_error() {
+    let backend = Backend::echo("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    std::fs::write(&routes, routes_file(&[("a", vec![backend.addr])], &[("app.test", "a"), ("www.test", "a")]))
+        .unwrap();
+    let proc = Proc::start(&routes, &["--access-log", "false"]);
+    std::fs::File::create(&routes).unwrap();
+    let log = proc.log.clone();
+    eventually(Duration::from_secs(5), "the refusal logged at error", || {
+        let found =
+            log.lock().unwrap().iter().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).any(|v| {
+                let message = v["message"].as_str().unwrap_or_default();
+                v["level"] == "ERROR" && message.contains("defines no routes (0 bytes") && message.contains("2 routes")
+            });
+        async move { found }
+    })
+    .await;
+    assert_eq!(get(proc.http, "app.test", "/").await.backend(), "a", "the last table stays in force");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -87,6 +87,8 @@ async fn route_and_service_commands() {
     let (code, out, err) = reveille(url, &args);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("container web-1") && out.contains("(new)"), "{out}");
+    let (code, _, err) = reveille(url, &["service", "set", "web", "--stop-timeout", "2s"]);
+    assert_eq!(code, 0, "{err}");
     let (code, _, err) = reveille(url, &["service", "set", "web", "--idle-timeout", "soon"]);
     assert_eq!(code, 1);
     assert!(err.contains("invalid value") && err.contains("soon"), "{err}");
@@ -95,7 +97,7 @@ async fn route_and_service_commands() {
     assert!(err.contains("health_path"), "{err}");
     assert_eq!(
         value(&etcd, "/reveille/services/web").await.unwrap(),
-        serde_json::json!({"container": "web-1", "port": 8080, "idle_timeout": "5m"}),
+        serde_json::json!({"container": "web-1", "port": 8080, "idle_timeout": "5m", "stop_timeout": "2s"}),
         "a refused change writes nothing"
     );
     let (_, out, _) = reveille(url, &["service", "ls"]);

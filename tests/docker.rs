@@ -67,8 +67,8 @@ async fn lifecycle_of_a_real_container() {
     rt.unpause(&web.name).await.unwrap();
     assert_eq!(rt.inspect(&web.name, None).await.unwrap().state, ContainerState::Running);
 
-    rt.stop(&web.name, Duration::from_secs(1)).await.unwrap();
-    rt.stop(&web.name, Duration::from_secs(1)).await.expect("stopping a stopped container is not an error");
+    rt.stop(&web.name, Some(Duration::from_secs(1))).await.unwrap();
+    rt.stop(&web.name, None).await.expect("stopping a stopped container is not an error");
     let info = rt.inspect(&web.name, None).await.unwrap();
     assert_eq!(info.state, ContainerState::Stopped);
     assert_eq!(web.docker_state(), "exited");
@@ -76,6 +76,30 @@ async fn lifecycle_of_a_real_container() {
     rt.start(&web.name).await.unwrap();
     assert!(rt.inspect(&web.name, Some("bridge")).await.unwrap().ip.is_some());
     assert_eq!(rt.inspect(&web.name, Some("no-such-network")).await.unwrap().ip, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_waits_the_given_grace_or_the_containers_own_and_the_call_allows_for_it() {
+    let image = TestImage::build();
+    // PID 1 (busybox httpd) ignores SIGTERM: every stop lasts its whole grace, then Docker kills it.
+    let web = image.container_with(&["--stop-timeout", "3"], &["httpd", "-f", "-p", "8080", "-h", "/www"]);
+    // A per-call timeout shorter than the grace, on an explicit endpoint (bollard's own request timeout is then
+    // that short too): the stop call must still be allowed the grace.
+    let rt = DockerRuntime::connect(Some("unix:///var/run/docker.sock"), Duration::from_secs(1)).await.unwrap();
+
+    rt.start(&web.name).await.unwrap();
+    let begin = Instant::now();
+    rt.stop(&web.name, None).await.expect("the call allows for the container's own 3 s");
+    let own = begin.elapsed();
+    assert!(own >= Duration::from_millis(2900), "Docker waited the container's own 3 s: {own:?}");
+
+    rt.start(&web.name).await.unwrap();
+    let begin = Instant::now();
+    rt.stop(&web.name, Some(Duration::from_secs(1))).await.unwrap();
+    let given = begin.elapsed();
+    eprintln!("stop with the container's own 3 s: {own:?}; with a given 1 s: {given:?}");
+    assert!(given + Duration::from_secs(1) < own, "the given 1 s replaced the container's 3 s: {given:?}");
+    assert_eq!(web.docker_state(), "exited");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -142,12 +142,10 @@ async fn an_open_websocket_keeps_the_tenant_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_during_stopping_is_held_and_served() {
     let image = TestImage::build();
-    // Ignores SIGTERM: `docker stop` takes the whole stop timeout (2 s), a wide window to arrive in.
+    // Ignores SIGTERM: `docker stop` takes the whole stop timeout (the service's 2 s), a wide window to arrive in.
     let web = image.container(&["sh", "-c", "trap '' TERM; httpd -f -p 8080 -h /www"]);
-    let proxy = TestProxy::start_custom(&routes(&[("web", container_fields(&web, "idle_timeout = \"1s\""))]), |c| {
-        c.passivation.stop_timeout = Duration::from_secs(2);
-    })
-    .await;
+    let fields = container_fields(&web, "idle_timeout = \"1s\"\nstop_timeout = \"2s\"");
+    let proxy = TestProxy::start(&routes(&[("web", fields)])).await;
     assert_eq!(get(proxy.http, "web.test", "/index.html").await.status, StatusCode::OK);
     state_becomes(&proxy, "web", "stopping").await;
     let got = get(proxy.http, "web.test", "/index.html").await;
@@ -155,6 +153,24 @@ async fn a_request_during_stopping_is_held_and_served() {
     assert_eq!(web.docker_state(), "running");
     assert_eq!(proxy.metric("reveille_stops_total{service=\"web\",action=\"stop\"}").await, 1.0);
     assert_eq!(proxy.metric("reveille_wakes_total{service=\"web\",result=\"ok\"}").await, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_containers_own_stop_timeout_is_used_by_default() {
+    let image = TestImage::build();
+    // busybox httpd as PID 1 ignores SIGTERM, so only the kill after the stop timeout ends it: with the
+    // container's own 1 s instead of a 10 s default, the idle stop takes about a second.
+    let web = image.container_with(&["--stop-timeout", "1"], &["httpd", "-f", "-p", "8080", "-h", "/www"]);
+    let proxy = TestProxy::start(&routes(&[("web", container_fields(&web, "idle_timeout = \"1s\""))])).await;
+    assert_eq!(get(proxy.http, "web.test", "/index.html").await.status, StatusCode::OK);
+    state_becomes(&proxy, "web", "stopping").await;
+    let stopping = Instant::now();
+    state_becomes(&proxy, "web", "stopped").await;
+    let took = stopping.elapsed();
+    eprintln!("idle stop took {took:?}");
+    assert!(took < Duration::from_secs(8), "the container's 1 s stop timeout was not used: {took:?}");
+    let exit = support::docker::docker_cli(&["inspect", "-f", "{{.State.ExitCode}}", &web.name]);
+    assert_eq!(exit, "137", "killed after the grace: PID 1 ignored SIGTERM");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 //! Hot reload of the routes file: a valid change applies within a second without dropping connections; an
-//! invalid one is logged, counted, and the previous table stays in force.
+//! invalid one is logged, counted, and the previous table stays in force. So does a version without routes (a
+//! truncating write seen halfway) and a missing file, unless the file says `allow_empty = true`.
 
 mod support;
 
@@ -67,6 +68,104 @@ async fn invalid_change_is_rejected_and_previous_table_kept() {
         get(proxy.http, "fixed.test", "/").await.status == StatusCode::OK
     })
     .await;
+}
+
+/// `reveille_route_reloads_total{source="file",result=...}`.
+async fn reloads(proxy: &TestProxy, result: &str) -> f64 {
+    proxy.metric(&format!("reveille_route_reloads_total{{source=\"file\",result=\"{result}\"}}")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_file_is_refused_and_the_table_kept() {
+    let (a, b) = (Backend::echo("a").await, Backend::echo("b").await);
+    let two = routes_file(&[("a", vec![a.addr])], &[("app.test", "a"), ("www.test", "a")]);
+    let proxy = TestProxy::start(&two).await;
+
+    // `cat new > routes.toml` seen between the truncation and the write.
+    std::fs::File::create(&proxy.routes_path).unwrap();
+    eventually(Duration::from_secs(2), "the empty version refused", || async { reloads(&proxy, "empty").await == 1.0 })
+        .await;
+    for host in ["app.test", "www.test"] {
+        let got = get(proxy.http, host, "/").await;
+        assert_eq!(got.status, StatusCode::OK, "{host} still routed");
+        assert_eq!(got.backend(), "a");
+    }
+    assert_eq!(proxy.metric("reveille_routes").await, 2.0);
+    assert_eq!(reloads(&proxy, "ok").await, 1.0, "only the initial load");
+
+    // Cut before its routes: services but no routes is refused too.
+    proxy.write_routes(&routes_file(&[("a", vec![a.addr])], &[]));
+    eventually(Duration::from_secs(2), "the services-only version refused", || async {
+        reloads(&proxy, "empty").await == 2.0
+    })
+    .await;
+    assert_eq!(get(proxy.http, "app.test", "/").await.backend(), "a");
+
+    // The write completes: the new version applies.
+    std::fs::write(&proxy.routes_path, routes_file(&[("b", vec![b.addr])], &[("app.test", "b")])).unwrap();
+    eventually(Duration::from_secs(2), "the new version applied", || async {
+        get(proxy.http, "app.test", "/").await.text.contains("\"b\"")
+    })
+    .await;
+    assert_eq!(get(proxy.http, "www.test", "/").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(reloads(&proxy, "ok").await, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_file_keeps_the_table_until_it_reappears() {
+    let (a, b) = (Backend::echo("a").await, Backend::echo("b").await);
+    let proxy = TestProxy::start(&routes_file(&[("a", vec![a.addr])], &[("app.test", "a")])).await;
+
+    std::fs::remove_file(&proxy.routes_path).unwrap();
+    eventually(Duration::from_secs(2), "the missing file counted", || async {
+        reloads(&proxy, "missing").await == 1.0
+    })
+    .await;
+    assert_eq!(get(proxy.http, "app.test", "/").await.backend(), "a", "still routed");
+
+    // Recreated with a change: applied.
+    std::fs::write(&proxy.routes_path, routes_file(&[("b", vec![b.addr])], &[("app.test", "b")])).unwrap();
+    eventually(Duration::from_secs(2), "the recreated file applied", || async {
+        get(proxy.http, "app.test", "/").await.text.contains("\"b\"")
+    })
+    .await;
+
+    // Renamed away and back: the table stays throughout, and the same content is not re-applied.
+    let away = proxy.routes_path.with_extension("away");
+    std::fs::rename(&proxy.routes_path, &away).unwrap();
+    eventually(Duration::from_secs(2), "the second disappearance counted", || async {
+        reloads(&proxy, "missing").await == 2.0
+    })
+    .await;
+    assert_eq!(get(proxy.http, "app.test", "/").await.backend(), "b");
+    let ok = reloads(&proxy, "ok").await;
+    std::fs::rename(&away, &proxy.routes_path).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await; // past the poll interval
+    assert_eq!(get(proxy.http, "app.test", "/").await.backend(), "b");
+    assert_eq!(reloads(&proxy, "ok").await, ok, "unchanged content is not reloaded");
+    assert_eq!(reloads(&proxy, "missing").await, 2.0, "counted once per disappearance");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_empty_really_empties_the_table() {
+    let a = Backend::echo("a").await;
+    // At startup an empty file is accepted (with a warning): there is no table to protect.
+    let proxy = TestProxy::start("").await;
+    assert_eq!(get(proxy.http, "app.test", "/").await.status, StatusCode::NOT_FOUND);
+
+    proxy.write_routes(&routes_file(&[("a", vec![a.addr])], &[("app.test", "a"), ("www.test", "a")]));
+    eventually(Duration::from_secs(2), "routes applied", || async {
+        get(proxy.http, "app.test", "/").await.status == StatusCode::OK
+    })
+    .await;
+
+    proxy.write_routes("# emptied on purpose\nallow_empty = true\n");
+    eventually(Duration::from_secs(2), "the table emptied", || async { proxy.metric("reveille_routes").await == 0.0 })
+        .await;
+    for host in ["app.test", "www.test", "other.test"] {
+        assert_eq!(get(proxy.http, host, "/").await.status, StatusCode::NOT_FOUND, "{host}");
+    }
+    assert_eq!(reloads(&proxy, "empty").await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -693,7 +693,7 @@ fn measure_direct(rt: &Runtime, dock: &DockerRuntime, admin: u16, container: &st
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     });
-    let stopped = rt.block_on(dock.stop(container, Duration::from_secs(5))).map_err(|e| format!("stop: {e}"));
+    let stopped = rt.block_on(dock.stop(container, Some(Duration::from_secs(5)))).map_err(|e| format!("stop: {e}"));
     let measured = measured?;
     stopped?;
     wait_state(admin, WEB, "stopped")?;

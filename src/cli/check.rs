@@ -77,8 +77,12 @@ fn check_certs(dir: &std::path::Path) -> bool {
 
 fn check_routes(routes_path: &std::path::Path) -> ExitCode {
     match file::load(routes_path) {
-        Ok(set) => {
-            println!("{}: ok ({} routes, {} services)", routes_path.display(), set.routes.len(), set.services.len());
+        Ok(loaded) => {
+            let counts = loaded.counts();
+            println!("{}: ok ({} routes, {} services)", routes_path.display(), counts.routes, counts.services);
+            if let Some(warning) = loaded.warning() {
+                println!("warning: {warning}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -163,6 +163,9 @@ pub struct ServiceFields {
     /// How long a request waits for the container to be ready
     #[arg(long, value_name = "DURATION")]
     pub wake_timeout: Option<String>,
+    /// How long `docker stop` waits before killing the container [default: the container's own]
+    #[arg(long, value_name = "DURATION")]
+    pub stop_timeout: Option<String>,
     /// Readiness probe path (GET answering below 500) instead of a TCP connect
     #[arg(long, value_name = "PATH")]
     pub health_path: Option<String>,
@@ -196,6 +199,7 @@ impl ServiceFields {
             ("network", &self.network),
             ("idle_timeout", &self.idle_timeout),
             ("wake_timeout", &self.wake_timeout),
+            ("stop_timeout", &self.stop_timeout),
             ("health_path", &self.health_path),
             ("idle_action", &self.idle_action),
             ("page_after", &self.page_after),

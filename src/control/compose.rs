@@ -6,6 +6,10 @@
 //! over the file** when both define the same hostname or service name) and publishes a new table in one swap,
 //! so a batch is never seen half-applied. Only the changed keys are touched: the table's shards are shared with
 //! the previous snapshot.
+//!
+//! The composer applies whatever a source hands over, an empty set included. Guarding against a set emptied by
+//! accident is the source's own business, about its own contribution: the routes file refuses a version without
+//! routes (see `file`), while etcd's deletions are explicit and applied as they come.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -12,6 +12,24 @@
 //! A file that does not parse or validate is rejected whole: the previous table stays in force (or, at start,
 //! reveille refuses to start). Every problem is reported with its line. Waiting for the file to change (events,
 //! polling) is `crate::fswatch`'s; this module decides which events concern the file and when it really changed.
+//!
+//! # An emptied file is refused
+//!
+//! A truncating write (`cat new > routes.toml`, many config managers) read halfway looks like a file without
+//! routes, and applying it would take every tenant down. So while reveille runs:
+//!
+//! - a version that defines **no routes** is refused while the file in force defines some, and a version that
+//!   defines **nothing at all** (no routes, no services) is refused while the file in force defines anything (a
+//!   services-only file, whose services etcd's routes use);
+//! - a file that is **missing** (deleted, or renamed away and not back yet) is refused the same way; when it
+//!   reappears it is read again.
+//!
+//! Refused means logged at `error`, counted (`reveille_route_reloads_total{source="file"}` with `result`
+//! `empty` or `missing`) and the last table kept. The operator who really means it says so in the file itself,
+//! with the top-level key `allow_empty = true`: the intent travels with the content, and a truncated file cannot
+//! carry it (a top-level key must come before the first table, so it is also the first thing a prefix loses).
+//! At startup there is no table to protect: a file without routes is accepted, with a warning. The rule is about
+//! the file's own contribution: routes from etcd neither excuse an empty file nor are touched by one.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -22,7 +40,7 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use toml::Spanned;
-use tracing::{debug, error, info, warn, Instrument};
+use tracing::{error, info, warn, Instrument};
 
 use super::compose::{Composer, Source};
 use crate::fswatch::FsWatch;
@@ -44,6 +62,41 @@ pub enum FileError {
     Parse { path: PathBuf, message: String },
     #[error("routes file {path} is invalid:\n{}", format_located(.errors))]
     Invalid { path: PathBuf, errors: Vec<Located> },
+    #[error(
+        "routes file {path} defines no routes ({bytes} bytes, {services} services) but the file in force defines \
+         {previous}: refused as a likely truncated or half-written file (to really remove every route, write \
+         `allow_empty = true` at the top of the file)"
+    )]
+    Empty { path: PathBuf, bytes: usize, services: usize, previous: Counts },
+    #[error(
+        "routes file {path} is missing; the file in force defined {previous} (to really remove every route, \
+         write a file with `allow_empty = true` instead of deleting it)"
+    )]
+    Missing { path: PathBuf, previous: Counts },
+}
+
+impl FileError {
+    /// The `result` label of `reveille_route_reloads_total` for a version refused for this reason.
+    fn result(&self) -> &'static str {
+        match self {
+            FileError::Empty { .. } => "empty",
+            FileError::Missing { .. } => "missing",
+            FileError::Read { .. } | FileError::Parse { .. } | FileError::Invalid { .. } => "failed",
+        }
+    }
+}
+
+/// How much a version of the file defines: what the emptiness rule compares.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub routes: usize,
+    pub services: usize,
+}
+
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} routes and {} services", self.routes, self.services)
+    }
 }
 
 /// A route error with the line it comes from (1-based; 0 when unknown).
@@ -63,6 +116,9 @@ fn format_located(errors: &[Located]) -> String {
 
 #[derive(Deserialize)]
 struct RoutesFile {
+    /// The operator really means a file without routes (see the module docs).
+    #[serde(default)]
+    allow_empty: bool,
     #[serde(default)]
     services: BTreeMap<String, Spanned<ServiceSpec<Spanned<String>>>>,
     #[serde(default)]
@@ -71,8 +127,46 @@ struct RoutesFile {
     unknown: BTreeMap<String, toml::Value>,
 }
 
+/// A valid version of the routes file.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    pub set: RouteSet,
+    /// `allow_empty = true`: a version without routes is applied even over one with routes.
+    pub allow_empty: bool,
+}
+
+impl Loaded {
+    pub(crate) fn counts(&self) -> Counts {
+        Counts { routes: self.set.routes.len(), services: self.set.services.len() }
+    }
+
+    /// Whether this version must be refused in place of a file in force that defines `previous` (see the module
+    /// docs): no routes where there were some, or nothing at all where there was something.
+    fn empties(&self, previous: Counts) -> bool {
+        let now = self.counts();
+        !self.allow_empty && now.routes == 0 && (previous.routes > 0 || (now.services == 0 && previous.services > 0))
+    }
+
+    /// What an operator should hear about this version's emptiness, if anything: a file without routes that does
+    /// not say `allow_empty = true`, or one that says it while defining routes (so a half-written version of it
+    /// would be applied).
+    pub(crate) fn warning(&self) -> Option<&'static str> {
+        match (self.set.routes.is_empty(), self.allow_empty) {
+            (true, false) => Some(
+                "the routes file defines no routes, so it serves no host; once routes are in force, a version \
+                 without routes is refused (the last table kept) unless the file says `allow_empty = true`",
+            ),
+            (false, true) => Some(
+                "the routes file says `allow_empty = true` but defines routes: remove the key once the table is \
+                 emptied, or a truncated version of this file would be applied",
+            ),
+            _ => None,
+        }
+    }
+}
+
 /// Parses and validates routes-file text. `path` is only used in messages.
-pub(crate) fn parse(path: &Path, text: &str) -> Result<RouteSet, FileError> {
+pub(crate) fn parse(path: &Path, text: &str) -> Result<Loaded, FileError> {
     let file: RoutesFile =
         toml::from_str(text).map_err(|e| FileError::Parse { path: path.to_owned(), message: e.to_string() })?;
     // Line starts, once: a line number is then a binary search, so a file of a million routes parses in
@@ -111,7 +205,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<RouteSet, FileError> {
         }
     }
     match builder.build() {
-        Ok(table) if errors.is_empty() => Ok(table),
+        Ok(set) if errors.is_empty() => Ok(Loaded { set, allow_empty: file.allow_empty }),
         Ok(_) => Err(FileError::Invalid { path: path.to_owned(), errors }),
         Err(build_errors) => {
             for error in build_errors {
@@ -130,7 +224,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<RouteSet, FileError> {
 }
 
 /// Reads and validates a routes file.
-pub(crate) fn load(path: &Path) -> Result<RouteSet, FileError> {
+pub(crate) fn load(path: &Path) -> Result<Loaded, FileError> {
     let text = std::fs::read_to_string(path).map_err(|source| FileError::Read { path: path.to_owned(), source })?;
     parse(path, &text)
 }
@@ -142,6 +236,12 @@ pub(crate) struct FileWatcher {
     metrics: Arc<Metrics>,
     watch: FsWatch,
     stamp: Option<Stamp>,
+    /// The fingerprint of the last content read (applied or refused), so an unchanged file is not re-applied.
+    last_seen: Option<u64>,
+    /// What the version in force defines, for the emptiness rule.
+    applied: Counts,
+    /// Why the last read failed (the file missing, unreadable); reported once, until it reads again.
+    unreadable: Option<std::io::ErrorKind>,
 }
 
 /// What identifies a version of the file cheaply, before reading it.
@@ -168,7 +268,7 @@ fn fingerprint(text: &str) -> u64 {
 }
 
 impl FileWatcher {
-    /// Starts watching right away, before the caller reads the file for its first table, so no change made
+    /// Starts watching right away, before [`Self::load`] reads the file for the first table, so no change made
     /// after that read can be missed.
     pub(crate) fn new(path: PathBuf, composer: Arc<Composer>, metrics: Arc<Metrics>) -> Self {
         // Watch the directory, not the file: editors and config managers replace files by rename, and
@@ -193,68 +293,119 @@ impl FileWatcher {
             FsWatch::polling(POLL_INTERVAL, DEBOUNCE)
         });
         let stamp = stamp(&path);
-        Self { path, composer, metrics, watch, stamp }
+        Self { path, composer, metrics, watch, stamp, last_seen: None, applied: Counts::default(), unreadable: None }
     }
 
-    /// Runs until `shutdown`. `applied_text` is the content already in force (loaded at start), so the first
-    /// event for an unchanged file is not reported as a reload.
-    pub(crate) async fn run(self, applied_text: Option<String>, shutdown: CancellationToken) {
+    /// Loads the file for the first table. Unreadable or invalid is an error (reveille does not start); a file
+    /// without routes is accepted, with a warning: there is no previous table to protect yet.
+    pub(crate) fn load(&mut self) -> Result<(), FileError> {
+        let path = &self.path;
+        let text = std::fs::read_to_string(path).map_err(|source| FileError::Read { path: path.clone(), source })?;
+        let loaded = parse(path, &text)?;
+        if let Some(warning) = loaded.warning() {
+            warn!(path = %path.display(), "{warning}");
+        }
+        let counts = loaded.counts();
+        info!(path = %path.display(), routes = counts.routes, services = counts.services, "routes file loaded");
+        self.install(loaded);
+        self.last_seen = Some(fingerprint(&text));
+        Ok(())
+    }
+
+    /// Runs until `shutdown`.
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         let span = tracing::info_span!("routes_file", path = %self.path.display());
-        self.run_inner(applied_text, shutdown).instrument(span).await
+        self.run_inner(shutdown).instrument(span).await
     }
 
-    async fn run_inner(mut self, applied_text: Option<String>, shutdown: CancellationToken) {
-        let mut last_seen = applied_text.as_deref().map(fingerprint);
+    async fn run_inner(mut self, shutdown: CancellationToken) {
         loop {
             let (path, seen) = (&self.path, self.stamp);
             if !self.watch.next_change(&shutdown, || stamp(path) != seen).await {
                 return;
             }
             self.stamp = stamp(&self.path);
-            self.reload(&mut last_seen).await;
+            self.reload().await;
         }
     }
 
-    /// Reads the file; if its content differs from the last version seen (applied or rejected), validates and
+    /// Hands a version to the composer and remembers what it defines.
+    fn install(&mut self, loaded: Loaded) -> usize {
+        self.applied = loaded.counts();
+        let changed = self.composer.replace(Source::File, loaded.set);
+        self.metrics.reload("file", "ok");
+        changed
+    }
+
+    /// Logs and counts a version that is not applied; the table in force stays.
+    fn refuse(&self, e: &FileError) {
+        error!("{e}; the last route table stays in force");
+        self.metrics.reload("file", e.result());
+    }
+
+    /// Reads the file; if its content differs from the last version seen (applied or refused), validates and
     /// installs it or reports why not.
-    async fn reload(&self, last_seen: &mut Option<u64>) {
+    async fn reload(&mut self) {
         // Reading and parsing a large file takes a while: keep it off the threads that serve requests.
         let path = self.path.clone();
-        let seen = *last_seen;
+        let seen = self.last_seen;
         let work = tokio::task::spawn_blocking(move || {
             let text = std::fs::read_to_string(&path)?;
             let fp = fingerprint(&text);
             if seen == Some(fp) {
-                return Ok((fp, None));
+                return Ok((fp, text.len(), None));
             }
-            Ok::<_, std::io::Error>((fp, Some(parse(&path, &text))))
+            Ok::<_, std::io::Error>((fp, text.len(), Some(parse(&path, &text))))
         });
-        let (fp, parsed) = match work.await {
+        let (fp, bytes, parsed) = match work.await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                // A rename-in-progress can make the file briefly absent; the next event or poll retries.
-                debug!(error = %e, "routes file not readable right now");
-                return;
-            }
+            Ok(Err(e)) => return self.unreadable(e),
             Err(e) => {
                 error!(error = %e, "routes file reload task failed");
                 return;
             }
         };
-        *last_seen = Some(fp);
-        let Some(parsed) = parsed else { return };
-        match parsed {
-            Ok(set) => {
-                let (routes, services) = (set.routes.len(), set.services.len());
-                let changed = self.composer.replace(Source::File, set);
-                info!(routes, services, changed, "routes file reloaded");
-                self.metrics.reload("file", true);
-            }
-            Err(e) => {
-                error!("{e}; keeping the previous route table");
-                self.metrics.reload("file", false);
-            }
+        if self.unreadable.take().is_some() {
+            info!("routes file readable again");
         }
+        self.last_seen = Some(fp);
+        let Some(parsed) = parsed else { return };
+        let previous = self.applied;
+        let checked = parsed.and_then(|loaded| {
+            if loaded.empties(previous) {
+                let (path, services) = (self.path.clone(), loaded.set.services.len());
+                return Err(FileError::Empty { path, bytes, services, previous });
+            }
+            Ok(loaded)
+        });
+        match checked {
+            Ok(loaded) => {
+                if let Some(warning) = loaded.warning() {
+                    warn!("{warning}");
+                }
+                let counts = loaded.counts();
+                if counts.routes == 0 && previous.routes > 0 {
+                    warn!(removed = previous.routes, "`allow_empty = true`: every route of the routes file is removed");
+                }
+                let changed = self.install(loaded);
+                info!(routes = counts.routes, services = counts.services, changed, "routes file reloaded");
+            }
+            Err(e) => self.refuse(&e),
+        }
+    }
+
+    /// A read that failed: the file missing (deleted, or renamed away and not back yet) or unreadable. Reported
+    /// once until the file reads again; the table in force stays.
+    fn unreadable(&mut self, e: std::io::Error) {
+        if self.unreadable.replace(e.kind()) == Some(e.kind()) {
+            return;
+        }
+        let path = self.path.clone();
+        let e = match e.kind() {
+            std::io::ErrorKind::NotFound => FileError::Missing { path, previous: self.applied },
+            _ => FileError::Read { path, source: e },
+        };
+        self.refuse(&e);
     }
 }
 
@@ -279,8 +430,44 @@ backends = ["127.0.0.1:1", "http://127.0.0.1:2"]
 "#,
         )
         .unwrap();
-        assert_eq!(t.routes.len(), 2);
-        assert_eq!(t.to_table().find("a.example.com").unwrap().name(), "a");
+        assert_eq!(t.set.routes.len(), 2);
+        assert_eq!(t.set.to_table().find("a.example.com").unwrap().name(), "a");
+        assert!(!t.allow_empty);
+        assert!(t.warning().is_none());
+
+        let t = parse(Path::new("r.toml"), "[services.w]\ncontainer = \"w-1\"\nport = 80\nstop_timeout = \"2s\"\n")
+            .unwrap();
+        let w = t.set.services.values().next().unwrap().container().unwrap().clone();
+        assert_eq!(w.stop_timeout, Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn a_version_without_routes_is_refused_unless_allowed() {
+        let load = |text: &str| parse(Path::new("r.toml"), text).unwrap();
+        let counts = |routes, services| Counts { routes, services };
+        let blank = load("");
+        let services_only = load("[services.a]\nbackends = [\"127.0.0.1:1\"]\n");
+        let allowed = load("allow_empty = true\n");
+        let full = load("[services.a]\nbackends = [\"127.0.0.1:1\"]\n[routes]\n\"a.test\" = \"a\"\n");
+
+        assert!(blank.empties(counts(2, 1)), "truncated to nothing");
+        assert!(services_only.empties(counts(2, 1)), "cut before its routes");
+        assert!(blank.empties(counts(0, 1)), "nothing at all, over a services-only file");
+        assert!(!services_only.empties(counts(0, 1)), "a services-only file stays editable");
+        assert!(!blank.empties(counts(0, 0)), "nothing to protect");
+        assert!(!full.empties(counts(5, 5)));
+        assert!(!allowed.empties(counts(2, 1)), "the operator means it");
+
+        assert!(blank.warning().unwrap().contains("allow_empty = true"));
+        assert!(allowed.warning().is_none());
+        let kept =
+            load("allow_empty = true\n[services.a]\nbackends = [\"127.0.0.1:1\"]\n[routes]\n\"a.test\" = \"a\"\n");
+        assert!(kept.warning().unwrap().contains("remove the key"));
+        assert!(errs("allow_empty = \"yes\"\n").contains("not valid TOML"));
+
+        let e = FileError::Empty { path: "r.toml".into(), bytes: 0, services: 0, previous: counts(2, 1) };
+        let e = e.to_string();
+        assert!(e.contains("defines no routes (0 bytes") && e.contains("2 routes") && e.contains("allow_empty"), "{e}");
     }
 
     #[test]

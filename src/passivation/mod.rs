@@ -40,7 +40,7 @@ use crate::routes::{RouteHandle, RouteTable, Service};
 use crate::runtime::ContainerRuntime;
 
 /// Defaults and knobs of passivation (`[passivation]` in the config). Per-service fields override the first
-/// four.
+/// five.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Stop a tenant after this long without activity; zero = never.
@@ -51,8 +51,10 @@ pub struct Settings {
     pub max_held: usize,
     /// How long a browser page request is held before it gets the "starting" page.
     pub page_after: Duration,
-    /// Time `docker stop` gives the container before killing it.
-    pub stop_timeout: Duration,
+    /// Time `docker stop` gives the container before killing it, for services without their own
+    /// `stop_timeout`. `None`: the container's own `StopTimeout` (Compose's `stop_grace_period`), so the
+    /// platform's choice is kept.
+    pub stop_timeout: Option<Duration>,
     /// Time between readiness probes while a tenant wakes.
     pub probe_interval: Duration,
     /// The path, on every routed host, that tells a tenant's state (the starting page polls it).
@@ -74,7 +76,7 @@ impl Default for Settings {
             wake_timeout: Duration::from_secs(60),
             max_held: 1000,
             page_after: Duration::from_secs(1),
-            stop_timeout: Duration::from_secs(10),
+            stop_timeout: None,
             probe_interval: Duration::from_millis(25),
             status_path: "/__reveille/status".into(),
             page: Page::default(),

@@ -340,6 +340,11 @@ impl Tenant {
         spec.wake_timeout.unwrap_or(self.shared.settings.wake_timeout)
     }
 
+    /// `None`: Docker uses the container's own stop timeout.
+    fn stop_timeout(&self, spec: &ContainerSpec) -> Option<Duration> {
+        spec.stop_timeout.or(self.shared.settings.stop_timeout)
+    }
+
     /// Requests held at most while this tenant wakes.
     pub fn max_held(&self) -> usize {
         self.service().container().and_then(|c| c.max_held).unwrap_or(self.shared.settings.max_held)
@@ -838,7 +843,7 @@ impl Tenant {
         let rt = &*self.shared.runtime;
         let result = async {
             match action {
-                IdleAction::Stop => rt.stop(&spec.container, self.shared.settings.stop_timeout).await,
+                IdleAction::Stop => rt.stop(&spec.container, self.stop_timeout(spec)).await,
                 IdleAction::Pause => rt.pause(&spec.container).await,
             }
         }

@@ -26,6 +26,8 @@ struct Script {
     stop_delay: Duration,
     unavailable: bool,
     calls: Vec<&'static str>,
+    /// The grace of each stop call.
+    graces: Vec<Option<Duration>>,
 }
 
 #[derive(Clone)]
@@ -42,6 +44,7 @@ impl Fake {
             stop_delay: Duration::from_millis(100),
             unavailable: false,
             calls: Vec::new(),
+            graces: Vec::new(),
         })))
     }
 
@@ -90,9 +93,10 @@ impl ContainerRuntime for Fake {
             Ok(())
         })
     }
-    fn stop<'a>(&'a self, _: &'a str, _: Duration) -> RuntimeFuture<'a, ()> {
+    fn stop<'a>(&'a self, _: &'a str, grace: Option<Duration>) -> RuntimeFuture<'a, ()> {
         Box::pin(async move {
             self.check("stop")?;
+            self.0.lock().graces.push(grace);
             let delay = self.0.lock().stop_delay;
             tokio::time::sleep(delay).await;
             self.0.lock().state = ContainerState::Stopped;
@@ -147,6 +151,7 @@ fn spec(f: impl FnOnce(&mut ContainerSpec)) -> Arc<Service> {
         network: None,
         idle_timeout: Some(Duration::from_secs(600)),
         wake_timeout: Some(Duration::from_secs(30)),
+        stop_timeout: None,
         health_path: None,
         idle_action: IdleAction::Stop,
         max_held: None,
@@ -157,8 +162,12 @@ fn spec(f: impl FnOnce(&mut ContainerSpec)) -> Arc<Service> {
 }
 
 fn passivator(fake: &Fake) -> Arc<Passivator> {
+    passivator_with(fake, Settings::default())
+}
+
+fn passivator_with(fake: &Fake, settings: Settings) -> Arc<Passivator> {
     let metrics = Metrics::new();
-    Passivator::new(Settings::default(), Arc::new(fake.clone()), Arc::new(fake.clone()), &metrics, None)
+    Passivator::new(settings, Arc::new(fake.clone()), Arc::new(fake.clone()), &metrics, None)
 }
 
 /// Lets the driver run until everything waits on the (paused) clock.
@@ -240,6 +249,8 @@ async fn zero_idle_timeout_never_stops() {
     assert_eq!(fake.count("stop"), 0);
 }
 
+/// A long stop (a container that ignores SIGTERM and has a long grace) holds the request, which is served as soon
+/// as the tenant is started again.
 #[tokio::test(start_paused = true)]
 async fn a_request_during_stopping_is_held_and_starts_it_again() {
     let fake = Fake::new(ContainerState::Running);
@@ -255,6 +266,26 @@ async fn a_request_during_stopping_is_held_and_starts_it_again() {
     assert!(begin.elapsed() >= Duration::from_secs(4), "waited for the stop: {:?}", begin.elapsed());
     assert_eq!((fake.count("stop"), fake.count("start")), (1, 1));
     assert_eq!(t.phase(), Phase::Running);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stop_grace_is_the_services_else_the_global_else_the_containers_own() {
+    // (global `[passivation] stop_timeout`, the service's, what the runtime is asked for)
+    let cases = [
+        (None, None, None),
+        (Some(Duration::from_secs(10)), None, Some(Duration::from_secs(10))),
+        (None, Some(Duration::from_secs(2)), Some(Duration::from_secs(2))),
+        (Some(Duration::from_secs(10)), Some(Duration::from_secs(2)), Some(Duration::from_secs(2))),
+    ];
+    for (global, own, want) in cases {
+        let fake = Fake::new(ContainerState::Running);
+        let p = passivator_with(&fake, Settings { stop_timeout: global, ..Settings::default() });
+        let t = p.tenant(&spec(|c| c.stop_timeout = own)).unwrap();
+        phase_becomes(&t, Phase::Running).await;
+        t.request_sleep().expect("idle");
+        phase_becomes(&t, Phase::Stopped).await;
+        assert_eq!(fake.0.lock().graces, [want], "global {global:?}, service {own:?}");
+    }
 }
 
 #[tokio::test(start_paused = true)]

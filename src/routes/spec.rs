@@ -33,6 +33,10 @@ pub(crate) struct ServiceSpec<S = String> {
     /// How long a request waits for the container to become ready.
     #[serde(default, with = "humantime_serde")]
     pub wake_timeout: Option<Duration>,
+    /// How long `docker stop` waits for the container to exit before killing it; unset follows
+    /// `[passivation] stop_timeout`, and without that the container's own `StopTimeout`.
+    #[serde(default, with = "humantime_serde")]
+    pub stop_timeout: Option<Duration>,
     /// Readiness is a `GET` of this path answering below 500; without it, a successful TCP connect.
     #[serde(default)]
     pub health_path: Option<String>,
@@ -64,6 +68,7 @@ impl<S> Default for ServiceSpec<S> {
             network: None,
             idle_timeout: None,
             wake_timeout: None,
+            stop_timeout: None,
             health_path: None,
             idle_action: None,
             max_held: None,
@@ -104,6 +109,8 @@ pub struct ContainerSpec {
     pub network: Option<String>,
     pub idle_timeout: Option<Duration>,
     pub wake_timeout: Option<Duration>,
+    /// `docker stop`'s grace; `None` = `[passivation] stop_timeout`, else the container's own.
+    pub stop_timeout: Option<Duration>,
     pub health_path: Option<String>,
     pub idle_action: IdleAction,
     pub max_held: Option<usize>,
@@ -168,6 +175,7 @@ impl<S: Borrow<str>> ServiceSpec<S> {
                 ("network", self.network.is_some()),
                 ("idle_timeout", self.idle_timeout.is_some()),
                 ("wake_timeout", self.wake_timeout.is_some()),
+                ("stop_timeout", self.stop_timeout.is_some()),
                 ("health_path", self.health_path.is_some()),
                 ("idle_action", self.idle_action.is_some()),
                 ("max_held", self.max_held.is_some()),
@@ -204,6 +212,7 @@ impl<S: Borrow<str>> ServiceSpec<S> {
             network: self.network.clone(),
             idle_timeout: self.idle_timeout,
             wake_timeout: self.wake_timeout,
+            stop_timeout: self.stop_timeout,
             health_path: self.health_path.clone(),
             idle_action: self.idle_action.unwrap_or_default(),
             max_held: self.max_held,
@@ -254,6 +263,9 @@ mod tests {
         assert_eq!(c.port, Some(8080));
         assert_eq!(c.idle_timeout, Some(Duration::from_secs(900)));
         assert_eq!(c.idle_action, IdleAction::Pause);
+        assert_eq!(c.stop_timeout, None, "unset: the global default, else the container's own");
+        let grace = parse(r#"{"container": "c", "port": 1, "stop_timeout": "2s"}"#).unwrap();
+        assert_eq!(grace.container().unwrap().stop_timeout, Some(Duration::from_secs(2)));
         let never = parse(r#"{"container": "c", "port": 1, "idle_timeout": "0"}"#).unwrap();
         assert_eq!(never.container().unwrap().idle_timeout, Some(Duration::ZERO));
         // A container with explicit backends needs no port.
@@ -261,6 +273,7 @@ mod tests {
         for (bad, why) in [
             (r#"{"container": "c"}"#, "no port, no backends"),
             (r#"{"port": 80, "backends": ["127.0.0.1:9"]}"#, "port without container"),
+            (r#"{"stop_timeout": "5s", "backends": ["127.0.0.1:9"]}"#, "stop_timeout without container"),
             (r#"{"container": "a b", "port": 80}"#, "bad container name"),
             (r#"{"container": "c", "port": 80, "health_path": "health"}"#, "relative health path"),
             (r#"{"container": "c", "port": 80, "max_held": 0}"#, "max_held 0"),

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bollard::errors::Error as DockerError;
-use bollard::query_parameters::{EventsOptionsBuilder, StopContainerOptionsBuilder};
+use bollard::query_parameters::{EventsOptionsBuilder, InspectContainerOptions, StopContainerOptionsBuilder};
 use bollard::Docker;
 use futures_util::{Stream, StreamExt};
 
@@ -69,6 +69,11 @@ pub struct ContainerEvent {
     pub action: String,
 }
 
+/// Docker's stop timeout for a container that sets none (the daemon's default).
+const DOCKER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stop is allowed to take for a container whose `StopTimeout` is negative ("wait for ever").
+const UNBOUNDED_STOP: Duration = Duration::from_secs(3600);
+
 /// A connection to one Docker Engine.
 #[derive(Clone)]
 pub struct DockerRuntime {
@@ -110,11 +115,7 @@ impl DockerRuntime {
     /// Inspects a container; `network` picks which network's address to report.
     pub async fn inspect(&self, container: &str, network: Option<&str>) -> Result<ContainerInfo, RuntimeError> {
         let info = self
-            .call(
-                "inspect",
-                container,
-                self.docker.inspect_container(container, None::<bollard::query_parameters::InspectContainerOptions>),
-            )
+            .call("inspect", container, self.docker.inspect_container(container, None::<InspectContainerOptions>))
             .await?;
         let st = info.state.unwrap_or_default();
         use bollard::models::ContainerStateStatusEnum as S;
@@ -147,15 +148,40 @@ impl DockerRuntime {
         .await
     }
 
-    /// Stops a container, giving it `grace` to exit before Docker kills it. Already stopped is not an error.
-    pub async fn stop(&self, container: &str, grace: Duration) -> Result<(), RuntimeError> {
-        let options = StopContainerOptionsBuilder::new().t(grace.as_secs().min(i32::MAX as u64) as i32).build();
-        // The stop itself may take `grace`: allow for it on top of the usual timeout.
-        let call = self.docker.stop_container(container, Some(options));
-        match tokio::time::timeout(self.timeout + grace, call).await {
+    /// Stops a container: Docker sends its stop signal (the image's `StopSignal`, else SIGTERM) and kills it
+    /// if it has not exited after `grace` (rounded up to whole seconds), or, when `None`, after the container's
+    /// own `StopTimeout` (what Compose's `stop_grace_period` sets; Docker's default is 10 s). Already stopped is
+    /// not an error.
+    pub async fn stop(&self, container: &str, grace: Option<Duration>) -> Result<(), RuntimeError> {
+        let mut options = StopContainerOptionsBuilder::new();
+        let grace = match grace {
+            Some(grace) => {
+                let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+                options = options.t(secs.min(i32::MAX as u64) as i32);
+                Duration::from_secs(secs)
+            }
+            None => self.own_stop_timeout(container).await?,
+        };
+        // The stop itself takes up to `grace`: allow for it on top of the usual timeout, in bollard's own request
+        // timeout too (a second more, so that ours is the one that fires).
+        let limit = self.timeout + grace;
+        let docker = self.docker.clone().with_timeout(limit + Duration::from_secs(1));
+        match tokio::time::timeout(limit, docker.stop_container(container, Some(options.build()))).await {
             Ok(r) => self.classify("stop", container, r),
-            Err(_) => Err(RuntimeError::Timeout(self.timeout + grace)),
+            Err(_) => Err(RuntimeError::Timeout(limit)),
         }
+    }
+
+    /// How long Docker waits for `container` to stop when not told: its `StopTimeout`, else Docker's default.
+    async fn own_stop_timeout(&self, container: &str) -> Result<Duration, RuntimeError> {
+        let info = self
+            .call("inspect", container, self.docker.inspect_container(container, None::<InspectContainerOptions>))
+            .await?;
+        Ok(match info.config.and_then(|c| c.stop_timeout) {
+            None => DOCKER_STOP_TIMEOUT,
+            Some(secs) if secs < 0 => UNBOUNDED_STOP,
+            Some(secs) => Duration::from_secs(secs as u64),
+        })
     }
 
     pub async fn pause(&self, container: &str) -> Result<(), RuntimeError> {
@@ -233,7 +259,8 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<ContainerEvent, RuntimeE
 pub trait ContainerRuntime: Send + Sync + 'static {
     fn inspect<'a>(&'a self, container: &'a str, network: Option<&'a str>) -> RuntimeFuture<'a, ContainerInfo>;
     fn start<'a>(&'a self, container: &'a str) -> RuntimeFuture<'a, ()>;
-    fn stop<'a>(&'a self, container: &'a str, grace: Duration) -> RuntimeFuture<'a, ()>;
+    /// Stops a container, killing it after `grace`; `None` leaves the grace to the container's own settings.
+    fn stop<'a>(&'a self, container: &'a str, grace: Option<Duration>) -> RuntimeFuture<'a, ()>;
     fn pause<'a>(&'a self, container: &'a str) -> RuntimeFuture<'a, ()>;
     fn unpause<'a>(&'a self, container: &'a str) -> RuntimeFuture<'a, ()>;
     /// Container lifecycle events from now on; ends or errors when the connection breaks.
@@ -274,7 +301,7 @@ impl ContainerRuntime for LazyDocker {
     fn start<'a>(&'a self, container: &'a str) -> RuntimeFuture<'a, ()> {
         Box::pin(async move { self.get().await?.start(container).await })
     }
-    fn stop<'a>(&'a self, container: &'a str, grace: Duration) -> RuntimeFuture<'a, ()> {
+    fn stop<'a>(&'a self, container: &'a str, grace: Option<Duration>) -> RuntimeFuture<'a, ()> {
         Box::pin(async move { self.get().await?.stop(container, grace).await })
     }
     fn pause<'a>(&'a self, container: &'a str) -> RuntimeFuture<'a, ()> {

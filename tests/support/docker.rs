@@ -34,8 +34,16 @@ impl TestImage {
 
     /// Creates (does not start) a container running `busybox <args...>`.
     pub fn container(&self, args: &[&str]) -> TestContainer {
+        self.container_with(&[], args)
+    }
+
+    /// Creates (does not start) a container with `docker create` options (e.g. `--stop-timeout 1`) running
+    /// `busybox <args...>`.
+    pub fn container_with(&self, options: &[&str], args: &[&str]) -> TestContainer {
         let name = unique("ctr");
-        let mut create = vec!["create", "--name", &name, &self.tag];
+        let mut create = vec!["create", "--name", &name];
+        create.extend_from_slice(options);
+        create.push(&self.tag);
         create.extend_from_slice(args);
         docker(&create);
         TestContainer { name }

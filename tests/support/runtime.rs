@@ -143,7 +143,7 @@ impl ContainerRuntime for ScriptedRuntime {
         })
     }
 
-    fn stop<'a>(&'a self, container: &'a str, _grace: Duration) -> RuntimeFuture<'a, ()> {
+    fn stop<'a>(&'a self, container: &'a str, _grace: Option<Duration>) -> RuntimeFuture<'a, ()> {
         Box::pin(async move {
             self.record(container, "stop")?;
             {
