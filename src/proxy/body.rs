@@ -130,6 +130,15 @@ impl Stall {
         Self { idle, waiting_since: None, waited: Duration::ZERO, bytes: 0, sleep: None }
     }
 
+    /// Forgets the waits and bytes so far (a wait in progress starts again now).
+    fn restart(&mut self) {
+        self.waited = Duration::ZERO;
+        self.bytes = 0;
+        if self.waiting_since.is_some() {
+            self.waiting_since = Some(Instant::now());
+        }
+    }
+
     fn on_frame(&mut self, frame: &Frame<Bytes>) {
         if let Some(since) = self.waiting_since.take() {
             self.waited += since.elapsed();
@@ -278,6 +287,9 @@ impl BodySlot {
             return Ok(Some(Self::Whole { data, trailers }));
         }
         body.prefix = (!data.is_empty()).then_some(data);
+        // The rate is measured from here, where a backend connection starts to wait on the client: a quick
+        // first part earns no credit for trickling the rest.
+        body.stall.restart();
         body.rate = Some((limits.min_rate, limits.grace));
         let hint = body.size_hint();
         let shared = Arc::new(Shared {
