@@ -51,6 +51,10 @@ fn main() {
     }
 }
 
+/// `sh -c RAISE_NOFILE <program> <args>...` raises the soft `RLIMIT_NOFILE` to 65536 (to the hard limit if that
+/// is lower), then becomes `<program>` (`exec "$0" "$@"`), so the child's pid is the program's.
+pub(crate) const RAISE_NOFILE: &str = "ulimit -n 65536 2>/dev/null || ulimit -n \"$(ulimit -Hn)\"; exec \"$0\" \"$@\"";
+
 /// The reveille binary the labs start: `REVEILLE_BIN` if set, else `reveille` next to this executable. Run by
 /// `cargo run`, this first has cargo build it with this executable's profile, so it is never stale (building a
 /// package's library, as this crate does, does not build its binary).
