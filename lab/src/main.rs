@@ -1,9 +1,9 @@
 //! reveille's load labs: programs, not benchmarks. Each drives real processes (reveille, nginx, HAProxy, wrk,
 //! etcd, Docker) on loopback and prints a markdown report, also written under `target/`.
 //!
-//! `cargo run --release -p reveille-lab -- load|tls|etcd|passivation`. Each lab's method and tunables are in
-//! its module's header. The reveille binary measured is the workspace's, built with the same profile as this
-//! one (see [`reveille_bin`]).
+//! `cargo run --release -p reveille-lab -- load|tls|etcd|passivation|attack`. Each lab's method and tunables
+//! are in its module's header. The reveille binary measured is the workspace's, built with the same profile as
+//! this one (see [`reveille_bin`]).
 //!
 //! # Layout
 //! - [`load`]: reveille against nginx and HAProxy on one core each, driven by wrk.
@@ -11,11 +11,14 @@
 //! - [`etcd`]: how fast a change in etcd reaches the proxy, and what loading 100,000 routes costs.
 //! - [`passivation`]: waking a stopped container through reveille against starting it directly; 10,000 held
 //!   requests.
+//! - [`attack`]: a bystander's requests while hostile clients or a stalling backend hold reveille's
+//!   connections, with the slow-client protections off and on.
 //! - [`onecore`]: what `load` and `tls` share: the proxy on one pinned CPU, the clients on another, nginx.
 //!
 //! Helpers shared with the integration tests (wrk, percentiles, the HTTP client, etcd, the busybox image, ...)
 //! are in the `testkit` crate.
 
+mod attack;
 mod etcd;
 mod load;
 mod onecore;
@@ -26,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-const USAGE: &str = "usage: reveille-lab load|tls|etcd|passivation";
+const USAGE: &str = "usage: reveille-lab load|tls|etcd|passivation|attack";
 
 fn main() {
     let lab = std::env::args().nth(1).unwrap_or_default();
@@ -40,6 +43,7 @@ fn main() {
         "tls" => tls::main(),
         "etcd" => etcd::main(),
         "passivation" => passivation::main(),
+        "attack" => attack::main(),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);
