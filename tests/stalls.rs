@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,8 +12,6 @@ use futures::StreamExt;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use reveille::ProxySettings as Settings;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -182,22 +179,7 @@ async fn stalling_backend(sent: usize) -> (std::net::SocketAddr, tokio::sync::mp
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(8);
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else { return };
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let head = "HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n";
-                s.write_all(head.as_bytes()).await.unwrap();
-                s.write_all(&vec![b'a'; sent]).await.unwrap();
-                // Wait for reveille to give up (EOF or reset).
-                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
-                let _ = tx.send(()).await;
-            });
-        }
-    });
+    tokio::spawn(testkit::backend::serve_stalling(listener, sent, Some(tx)));
     (addr, rx)
 }
 
@@ -290,24 +272,9 @@ async fn a_client_that_reads_nothing_is_disconnected_after_the_send_timeout() {
 /// A backend like a sync gunicorn or a small puma: `workers` connections served at a time, one request each
 /// (`Connection: close`), the rest waiting in the listen backlog.
 async fn few_workers(workers: usize) -> std::net::SocketAddr {
-    let listener = Arc::new(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    for _ in 0..workers {
-        let listener = listener.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((s, _)) = listener.accept().await else { return };
-                let svc = service_fn(|req: Request<Incoming>| async move {
-                    let n = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
-                    Ok::<_, Infallible>(Response::new(full(n.to_string())))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .keep_alive(false)
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            }
-        });
-    }
+    tokio::spawn(testkit::backend::serve_few_workers(listener, workers));
     addr
 }
 

@@ -149,7 +149,7 @@ fn start(lab: &mut Lab, name: &'static str, cmd: Command, ready: &[(u16, &str)])
 }
 
 fn start_reveille(lab: &mut Lab, tools: &Tools, s: &Settings, backend: u16, port: u16, admin: u16) -> Proxy {
-    let cmd = onecore::reveille(lab, &tools.taskset, s.proxy_cpu, HOST, backend, port, admin);
+    let cmd = onecore::reveille(lab, &tools.taskset, s.proxy_cpu, &[(HOST, backend)], port, admin);
     start(lab, "reveille", cmd, &[(admin, "/readyz"), (port, "/")])
 }
 

@@ -1,9 +1,9 @@
 //! reveille's load labs: programs, not benchmarks. Each drives real processes (reveille, nginx, HAProxy, wrk,
 //! etcd, Docker) on loopback and prints a markdown report, also written under `target/`.
 //!
-//! `cargo run --release -p reveille-lab -- load|tls|etcd|passivation`. Each lab's method and tunables are in
-//! its module's header. The reveille binary measured is the workspace's, built with the same profile as this
-//! one (see [`reveille_bin`]).
+//! `cargo run --release -p reveille-lab -- load|tls|etcd|passivation|attack`. Each lab's method and tunables
+//! are in its module's header. The reveille binary measured is the workspace's, built with the same profile as
+//! this one (see [`reveille_bin`]).
 //!
 //! # Layout
 //! - [`load`]: reveille against nginx and HAProxy on one core each, driven by wrk.
@@ -11,11 +11,14 @@
 //! - [`etcd`]: how fast a change in etcd reaches the proxy, and what loading 100,000 routes costs.
 //! - [`passivation`]: waking a stopped container through reveille against starting it directly; 10,000 held
 //!   requests.
+//! - [`attack`]: a bystander's requests while hostile clients or a stalling backend hold reveille's
+//!   connections, with the slow-client protections off and on.
 //! - [`onecore`]: what `load` and `tls` share: the proxy on one pinned CPU, the clients on another, nginx.
 //!
 //! Helpers shared with the integration tests (wrk, percentiles, the HTTP client, etcd, the busybox image, ...)
 //! are in the `testkit` crate.
 
+mod attack;
 mod etcd;
 mod load;
 mod onecore;
@@ -26,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-const USAGE: &str = "usage: reveille-lab load|tls|etcd|passivation";
+const USAGE: &str = "usage: reveille-lab load|tls|etcd|passivation|attack";
 
 fn main() {
     let lab = std::env::args().nth(1).unwrap_or_default();
@@ -40,6 +43,7 @@ fn main() {
         "tls" => tls::main(),
         "etcd" => etcd::main(),
         "passivation" => passivation::main(),
+        "attack" => attack::main(),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);
@@ -50,6 +54,10 @@ fn main() {
         std::process::exit(1);
     }
 }
+
+/// `sh -c RAISE_NOFILE <program> <args>...` raises the soft `RLIMIT_NOFILE` to 65536 (to the hard limit if that
+/// is lower), then becomes `<program>` (`exec "$0" "$@"`), so the child's pid is the program's.
+pub(crate) const RAISE_NOFILE: &str = "ulimit -n 65536 2>/dev/null || ulimit -n \"$(ulimit -Hn)\"; exec \"$0\" \"$@\"";
 
 /// The reveille binary the labs start: `REVEILLE_BIN` if set, else `reveille` next to this executable. Run by
 /// `cargo run`, this first has cargo build it with this executable's profile, so it is never stale (building a

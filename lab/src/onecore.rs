@@ -1,8 +1,10 @@
-//! What the `load` and `tls` labs share: each proxy under test runs single-threaded on one pinned CPU while the
-//! clients and the backend run on another; the child processes live in one temp dir; nginx gets the same
-//! configuration apart from TLS; and every run records the proxy's CPU use and both CPUs' load.
+//! What the `load` and `tls` labs share (`attack` uses part of it): each proxy under test runs single-threaded
+//! on one pinned CPU while the clients and the backend run on another; the child processes live in one temp
+//! dir; nginx gets the same configuration apart from TLS; and every run records the proxy's CPU use and both
+//! CPUs' load.
 
 use std::ffi::OsStr;
+use std::fmt::Write as _;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -134,24 +136,30 @@ pub(crate) fn get(port: u16, host: &str, path: &str) -> Option<(u16, bytes::Byte
     testkit::http::fetch(port, "GET", host, path, Duration::from_secs(2))
 }
 
-/// reveille on CPU `cpu`, single-threaded, without access log, routing `host` to `backend` (`routes.toml` in
-/// the lab's dir): `serve --routes .. --http .. --admin .. --threads 1 --access-log false --log-level warn`.
-/// The caller adds its own flags.
+/// reveille on CPU `cpu`, single-threaded, without access log, routing each `(host, backend port)` of `routes`
+/// to a service of its own (`routes.toml` in the lab's dir), its soft `RLIMIT_NOFILE` raised
+/// ([`crate::RAISE_NOFILE`]): `serve --routes .. --http .. --admin .. --threads 1 --access-log false --log-level
+/// warn`. The caller adds its own flags.
 pub(crate) fn reveille(
     lab: &Lab,
     taskset: &Path,
     cpu: usize,
-    host: &str,
-    backend: u16,
+    routes: &[(&str, u16)],
     http: u16,
     admin: u16,
 ) -> Command {
-    let routes = lab.write(
-        "routes.toml",
-        &format!("[services.bench]\nbackends = [\"127.0.0.1:{backend}\"]\n[routes]\n\"{host}\" = \"bench\"\n"),
-    );
-    let mut cmd = pinned(taskset, cpu, crate::reveille_bin());
-    cmd.arg("serve")
+    let mut services = String::new();
+    let mut table = String::from("[routes]\n");
+    for (i, (host, backend)) in routes.iter().enumerate() {
+        let _ = writeln!(services, "[services.s{i}]\nbackends = [\"127.0.0.1:{backend}\"]");
+        let _ = writeln!(table, "\"{host}\" = \"s{i}\"");
+    }
+    let routes = lab.write("routes.toml", &(services + &table));
+    let mut cmd = pinned(taskset, cpu, "sh");
+    cmd.arg("-c")
+        .arg(crate::RAISE_NOFILE)
+        .arg(crate::reveille_bin())
+        .arg("serve")
         .arg("--routes")
         .arg(&routes)
         .args(["--http", &format!("127.0.0.1:{http}")])

@@ -99,6 +99,7 @@ use testkit::machine::{cpu_model, first_line, git_revision, nproc, utc_date};
 use testkit::ports::free_ports;
 use testkit::process::{read_log, KillOnDrop};
 use testkit::procfs::{listen_backlog, listen_overflows, nofile_limit, open_fds, proc_status, status_kib};
+use testkit::prometheus::sample;
 use testkit::report::{heading, print_log, write_report};
 use testkit::stats::{format_us, median, percentile};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -373,10 +374,9 @@ fn start_reveille(lab: &mut Lab, web: &str, slow: &str, plain: u16, s: &Settings
     let [http, admin] = free_ports();
     let log = lab.dir.path().join("reveille.log");
     let file = File::create(&log).map_err(|e| e.to_string())?;
-    // `exec "$0" "$@"`: the shell becomes reveille, so the child's pid is reveille's.
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
-        .arg("ulimit -n 65536 2>/dev/null || ulimit -n \"$(ulimit -Hn)\"; exec \"$0\" \"$@\"")
+        .arg(crate::RAISE_NOFILE)
         .arg(crate::reveille_bin())
         .arg("serve")
         .arg("--routes")
@@ -492,23 +492,6 @@ fn metrics_text(admin: u16) -> Option<String> {
     }
 }
 
-/// The value of the sample `name{labels}` in Prometheus text; every label given must match.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
-        let rest = line.strip_prefix(name)?;
-        let (label_text, value) = match rest.strip_prefix('{') {
-            Some(r) => r.split_once('}')?,
-            None if rest.starts_with(' ') => ("", rest),
-            None => return None,
-        };
-        let matches = labels.iter().all(|(k, v)| label_text.split(',').any(|kv| kv.trim() == format!("{k}=\"{v}\"")));
-        if !matches {
-            return None;
-        }
-        value.split_whitespace().next()?.parse().ok()
-    })
-}
-
 const PHASES: [&str; 4] = ["start_call", "running", "ready", "total"];
 
 /// `(sum, count)` of `reveille_wake_phase_seconds` per phase, in [`PHASES`] order.
@@ -519,8 +502,8 @@ fn phase_totals(admin: u16) -> Vec<(f64, f64)> {
         .map(|p| {
             let labels = [("phase", *p)];
             (
-                metric(&text, "reveille_wake_phase_seconds_sum", &labels).unwrap_or(f64::NAN),
-                metric(&text, "reveille_wake_phase_seconds_count", &labels).unwrap_or(f64::NAN),
+                sample(&text, "reveille_wake_phase_seconds_sum", &labels).unwrap_or(f64::NAN),
+                sample(&text, "reveille_wake_phase_seconds_count", &labels).unwrap_or(f64::NAN),
             )
         })
         .collect()
@@ -782,7 +765,7 @@ fn cold_start(rt: &Runtime, dock: &DockerRuntime, rev: &Reveille, container: &st
     result.phases = phase_means(&before, &phase_totals(rev.admin));
     let text = metrics_text(rev.admin).unwrap_or_default();
     for r in ["ok", "failed", "timeout", "unavailable"] {
-        if let Some(v) = metric(&text, "reveille_wakes_total", &[("service", WEB), ("result", r)]) {
+        if let Some(v) = sample(&text, "reveille_wakes_total", &[("service", WEB), ("result", r)]) {
             result.wakes.push((r, v));
         }
     }
@@ -822,7 +805,7 @@ fn sampler(admin: u16, pid: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHand
     std::thread::spawn(move || {
         let mut samples = Vec::new();
         while !stop.load(Ordering::Relaxed) {
-            let held = metrics_text(admin).and_then(|t| metric(&t, "reveille_held_requests", &[]));
+            let held = metrics_text(admin).and_then(|t| sample(&t, "reveille_held_requests", &[]));
             samples.push(Sample {
                 held,
                 rss_kib: status_kib(&proc_status(pid), "VmRSS:"),
@@ -1003,7 +986,7 @@ fn held_requests(rt: &Runtime, dock: &DockerRuntime, rev: &Reveille, container: 
     // Wait for the gauge to show them all, then load `plain` while they are held.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let held = metrics_text(rev.admin).and_then(|t| metric(&t, "reveille_held_requests", &[]));
+        let held = metrics_text(rev.admin).and_then(|t| sample(&t, "reveille_held_requests", &[]));
         if held == Some(h.used as f64) {
             h.all_held_after = Some(first_sent.elapsed());
             break;

@@ -575,7 +575,7 @@ impl Bench<'_> {
     fn start_reveille(&self, lab: &mut Lab, backend: u16, ports: [u16; 4]) -> Proxy {
         let (tools, s) = (self.tools, self.s);
         let [http, https, admin, _] = ports;
-        let mut cmd = onecore::reveille(lab, &tools.taskset, s.proxy_cpu, HOST, backend, http, admin);
+        let mut cmd = onecore::reveille(lab, &tools.taskset, s.proxy_cpu, &[(HOST, backend)], http, admin);
         cmd.args(["--https", &format!("127.0.0.1:{https}")])
             .arg("--certs")
             .arg(lab.path("certs"))

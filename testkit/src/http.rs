@@ -1,4 +1,4 @@
-//! A hyper HTTP/1.1 client: one request on a new connection ([`send`], [`fetch`] for blocking code), or a
+//! A hyper HTTP/1.1 client: one request on a new connection ([`send`], [`send_close`], [`fetch`] for blocking code), or a
 //! kept-alive connection ([`KeepAlive`]). Clients that measure bytes on the wire (a TLS handshake client, the
 //! held requests of the passivation lab) write their own requests instead.
 
@@ -45,18 +45,23 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
     RUNTIME.with(|rt| rt.block_on(f))
 }
 
-/// `METHOD path` with `Host: host` and `Connection: close` on a new connection to 127.0.0.1:port, from
-/// blocking code: the status and body, or `None` if there is no answer within `timeout`.
-pub fn fetch(port: u16, method: &str, host: &str, path: &str, timeout: Duration) -> Option<(u16, Bytes)> {
+/// `METHOD path` with `Host: host` and `Connection: close` on a new connection to `addr`: the whole response.
+pub async fn send_close(addr: SocketAddr, method: &str, host: &str, path: &str) -> Result<Response<Bytes>, Error> {
     let req = Request::builder()
         .method(method)
         .uri(path)
         .header(HOST, host)
         .header(CONNECTION, "close")
-        .body(Empty::<Bytes>::new())
-        .ok()?;
+        .body(Empty::<Bytes>::new())?;
+    send(addr, req).await
+}
+
+/// [`send_close`] to 127.0.0.1:port, from blocking code: the status and body, or `None` if there is no answer
+/// within `timeout`.
+pub fn fetch(port: u16, method: &str, host: &str, path: &str, timeout: Duration) -> Option<(u16, Bytes)> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let resp = block_on(async { tokio::time::timeout(timeout, send(addr, req)).await }).ok()?.ok()?;
+    let resp =
+        block_on(async { tokio::time::timeout(timeout, send_close(addr, method, host, path)).await }).ok()?.ok()?;
     Some((resp.status().as_u16(), resp.into_body()))
 }
 

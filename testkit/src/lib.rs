@@ -10,8 +10,10 @@
 //! - [`ports`]: free loopback ports.
 //! - [`stats`]: medians, percentiles, formatting of durations.
 //! - [`report`]: writing a report under `target/`, showing logs.
-//! - [`backend`]: the in-process backend, a hyper server answering a fixed body.
+//! - [`backend`]: the in-process backends: a hyper server answering a fixed body, a few-workers backend, a
+//!   backend that stalls mid-body.
 //! - [`http`]: a hyper HTTP/1.1 client, async and blocking.
+//! - [`prometheus`]: reading a sample from reveille's `/metrics`.
 //! - [`wrk`]: running wrk and reading its output.
 //! - [`etcd`]: a throwaway etcd on free loopback ports.
 //! - [`docker`]: the docker CLI and the `FROM scratch` busybox image.
@@ -26,6 +28,7 @@ pub mod machine;
 pub mod ports;
 pub mod process;
 pub mod procfs;
+pub mod prometheus;
 pub mod report;
 pub mod stats;
 pub mod tls;
