@@ -338,7 +338,8 @@ async fn a_stalled_h2_upload_gets_408_on_its_stream() {
     let s = Settings { body_timeout: Duration::from_millis(500), ..settings() };
     let proxy = TestProxy::start_with(&routes_file(&[("up", vec![r.backend.addr])], &[("up.test", "up")]), s).await;
     let stream = TcpStream::connect(proxy.http).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(executor(), TokioIo::new(stream)).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(executor(), hyper_util::rt::TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
     // One byte, then a body that never continues nor ends.
     let body = futures::stream::once(async {
