@@ -230,6 +230,9 @@ pub(crate) struct LimitsSection {
     /// "0" = no limit.
     #[serde(default, with = "humantime_serde")]
     pub request_timeout: Option<Duration>,
+    /// "0" = never cut.
+    #[serde(default, with = "humantime_serde")]
+    pub overload_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -397,6 +400,10 @@ pub struct Overrides {
     /// Disconnect a client that reads nothing of its response for this long [default: 60s]
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub send_timeout: Option<Duration>,
+    /// While fewer than a tenth of --max-connections are free, cut idle, request-head, request-body and send
+    /// waits to this; 0 = never [default: 2s]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub overload_timeout: Option<Duration>,
     /// Limit on one request's total time, head to last response byte; 0 = none [default: 0]
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub request_timeout: Option<Duration>,
@@ -503,6 +510,7 @@ impl Config {
                     .or(file.limits.request_timeout)
                     .or(s.request_timeout)
                     .filter(|d| !d.is_zero()),
+                overload_timeout: flags.overload_timeout.or(file.limits.overload_timeout).unwrap_or(s.overload_timeout),
                 access_log: flags.access_log.or(file.log.access_log).unwrap_or(s.access_log),
                 trusted_proxies: flags
                     .trusted_proxies

@@ -360,6 +360,8 @@ pub struct Metrics {
     open_connections: Gauge,
     connections: Counter,
     header_timeouts: Counter,
+    overloaded: Gauge,
+    shed: Counter,
     upstream_errors: Family<KindLabels, Counter>,
     routes: Gauge,
     services: Gauge,
@@ -415,6 +417,18 @@ impl Metrics {
             "Client connections closed because request headers did not arrive in time",
             header_timeouts.clone(),
         );
+        let overloaded = Gauge::default();
+        registry.register(
+            "overloaded",
+            "1 while nearly every connection slot is taken and client waits are cut to the overload timeout",
+            overloaded.clone(),
+        );
+        let shed = Counter::default();
+        registry.register(
+            "connections_shed",
+            "Client connections closed at the overload timeout: idle, or slow to send a request head or body",
+            shed.clone(),
+        );
 
         let upstream_errors = Family::<KindLabels, Counter>::default();
         registry.register("upstream_errors", "Failed upstream attempts, by kind", upstream_errors.clone());
@@ -461,6 +475,8 @@ impl Metrics {
             open_connections,
             connections,
             header_timeouts,
+            overloaded,
+            shed,
             upstream_errors,
             routes,
             services,
@@ -502,6 +518,14 @@ impl Metrics {
 
     pub fn header_timeout(&self) {
         self.header_timeouts.inc();
+    }
+
+    pub fn set_overloaded(&self, on: bool) {
+        self.overloaded.set(i64::from(on));
+    }
+
+    pub fn connection_shed(&self) {
+        self.shed.inc();
     }
 
     /// The counters of `reveille_upstream_errors_total`, one per kind of `L`.

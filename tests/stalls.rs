@@ -356,3 +356,55 @@ async fn a_stalled_h2_upload_gets_408_on_its_stream() {
     let req = Request::get("http://up.test/").body(full("")).unwrap();
     assert_eq!(sender.send_request(req).await.unwrap().status(), StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_pressure_slow_clients_are_cut_to_the_overload_timeout() {
+    let r = reader().await;
+    let s = Settings {
+        max_connections: 10,
+        overload_timeout: Duration::from_millis(300),
+        header_read_timeout: Duration::from_secs(30),
+        body_timeout: Duration::from_secs(30),
+        idle_timeout: Duration::from_secs(30),
+        min_body_rate: 0,
+        ..settings()
+    };
+    let proxy = TestProxy::start_with(&routes_file(&[("up", vec![r.backend.addr])], &[("up.test", "up")]), s).await;
+    let stalled_body = || async {
+        let mut c = TcpStream::connect(proxy.http).await.unwrap();
+        c.write_all(b"POST / HTTP/1.1\r\nHost: up.test\r\nContent-Length: 1000\r\n\r\nx").await.unwrap();
+        c
+    };
+    // Half the slots taken by slow clients of every kind: no pressure, nobody is cut.
+    let mut held = Vec::new();
+    held.push(TcpStream::connect(proxy.http).await.unwrap()); // silent
+    let mut partial = TcpStream::connect(proxy.http).await.unwrap();
+    partial.write_all(b"GET / HTTP/1.1\r\nHost: up").await.unwrap();
+    held.push(partial);
+    for _ in 0..3 {
+        held.push(stalled_body().await);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(proxy.metric("reveille_open_connections").await, 5.0);
+    assert_eq!(proxy.metric("reveille_overloaded").await, 0.0);
+
+    // Every slot taken: the slow ones are cut within the overload timeout, and a new client gets in.
+    for _ in 0..5 {
+        held.push(stalled_body().await);
+    }
+    let start = Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(5), get(proxy.http, "up.test", "/")).await;
+    assert_eq!(got.expect("served despite the full slots").status, StatusCode::OK);
+    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+    // The five that had waited long were cut at once (the five newest may outlive the pressure: once a fifth of
+    // the slots is free again, the normal limits are back).
+    eventually(Duration::from_secs(5), "the long-waiting slow clients cut", || async {
+        proxy.metric("reveille_connections_shed_total").await >= 5.0
+    })
+    .await;
+    for mut c in held.drain(..5) {
+        let (_, closed) = read_until_closed(&mut c, Duration::from_secs(2)).await;
+        assert!(closed);
+    }
+    assert_eq!(r.backend.hits.load(Ordering::SeqCst), 1, "only the bystander reached the backend");
+}

@@ -1,8 +1,9 @@
 //! Body types of the data path, and the timers that keep a body from holding a slot forever.
 //!
 //! A request body is read under [`BodyLimits`]: no byte from the client for `idle` fails it (408), and so does
-//! a body streamed to a backend slower than `min_rate` once `grace` has passed (408, Kestrel's rule). Only the
-//! time reveille waits on the client counts: while a slow backend is not reading, the client is not to blame.
+//! a body slower than `min_rate` once `grace` has passed (408, Kestrel's rule), measured while it is read into
+//! reveille and again from when it streams to a backend. Only the time reveille waits on the client counts:
+//! while a slow backend is not reading, the client is not to blame.
 //! Small bodies are read whole before a backend connection is taken ([`BodySlot::read`]), as nginx does, so a
 //! slow upload costs reveille a buffer, not a tenant's worker; larger ones stream frame by frame after their
 //! buffered first part, with flat memory. A response body fails when the backend sends no byte for the
@@ -24,7 +25,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 use tracing::warn;
 
-use super::conn::InFlight;
+use super::conn::{ConnState, InFlight};
 use super::error::UpstreamErrorKind;
 use crate::routes::{Backend, Service};
 
@@ -33,7 +34,7 @@ use crate::routes::{Backend, Service};
 pub(crate) struct BodyLimits {
     /// Longest wait for the next byte.
     pub idle: Duration,
-    /// Slowest average rate (bytes/s) while the body streams to a backend; 0 = none.
+    /// Slowest average rate (bytes/s); 0 = none.
     pub min_rate: u64,
     /// Waiting time before the rate is enforced.
     pub grace: Duration,
@@ -185,8 +186,25 @@ pub(crate) struct ClientBody {
     prefix: Option<Bytes>,
     inner: Incoming,
     stall: Stall,
-    /// The minimum rate and its grace, once the body streams to a backend.
+    /// The minimum rate and its grace.
     rate: Option<(u64, Duration)>,
+    /// Told when the body waits on the client: under pressure, the connection's watchdog cuts long waits.
+    conn: Arc<ConnState>,
+}
+
+impl ClientBody {
+    /// Tells the connection the wait is over, if one was on.
+    fn end_wait(&mut self) {
+        if self.stall.waiting_since.is_some() {
+            self.conn.body_waiting(false);
+        }
+    }
+}
+
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        self.end_wait();
+    }
 }
 
 impl Body for ClientBody {
@@ -198,7 +216,13 @@ impl Body for ClientBody {
         if let Some(p) = this.prefix.take() {
             return Poll::Ready(Some(Ok(Frame::data(p))));
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let res = Pin::new(&mut this.inner).poll_frame(cx);
+        match &res {
+            Poll::Pending if this.stall.waiting_since.is_none() => this.conn.body_waiting(true),
+            Poll::Pending => {}
+            Poll::Ready(_) => this.end_wait(),
+        }
+        match res {
             Poll::Ready(Some(Ok(frame))) => {
                 this.stall.on_frame(&frame);
                 Poll::Ready(Some(Ok(frame)))
@@ -254,11 +278,17 @@ pub(crate) struct Shared {
 impl BodySlot {
     /// Reads the first `limits.buffer` bytes of `body` (all of a body that fits). `Ok(None)` when the body is
     /// empty: such requests are always retryable.
-    pub(crate) async fn read(body: Incoming, limits: &BodyLimits) -> Result<Option<Self>, ClientFailure> {
+    pub(crate) async fn read(
+        body: Incoming,
+        limits: &BodyLimits,
+        conn: &Arc<ConnState>,
+    ) -> Result<Option<Self>, ClientFailure> {
         if body.is_end_stream() {
             return Ok(None);
         }
-        let mut body = ClientBody { prefix: None, inner: body, stall: Stall::new(limits.idle), rate: None };
+        let rate = Some((limits.min_rate, limits.grace));
+        let mut body =
+            ClientBody { prefix: None, inner: body, stall: Stall::new(limits.idle), rate, conn: conn.clone() };
         let mut data = Gather::default();
         let mut trailers = None;
         let complete = loop {
@@ -287,10 +317,9 @@ impl BodySlot {
             return Ok(Some(Self::Whole { data, trailers }));
         }
         body.prefix = (!data.is_empty()).then_some(data);
-        // The rate is measured from here, where a backend connection starts to wait on the client: a quick
-        // first part earns no credit for trickling the rest.
+        // The rate is measured again from here, where a backend connection starts to wait on the client: a
+        // quick first part earns no credit for trickling the rest.
         body.stall.restart();
-        body.rate = Some((limits.min_rate, limits.grace));
         let hint = body.size_hint();
         let shared = Arc::new(Shared {
             slot: Mutex::new(Some(body)),

@@ -63,6 +63,9 @@ pub(crate) struct ConnState {
     /// Since when a write to the client has been waiting for the socket, in ms since `epoch` plus one; 0 = not
     /// waiting.
     write_blocked: AtomicU64,
+    /// Since when a request body has been waiting for the client's next bytes, in ms since `epoch` plus one;
+    /// 0 = not waiting. With h2, the last stream to start or stop waiting sets it.
+    body_wait: AtomicU64,
     track_heads: AtomicBool,
 }
 
@@ -75,6 +78,7 @@ impl ConnState {
             head_started: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
             write_blocked: AtomicU64::new(0),
+            body_wait: AtomicU64::new(0),
             track_heads: AtomicBool::new(false),
         }
     }
@@ -92,6 +96,11 @@ impl ConnState {
             Poll::Ready(_) if blocked != 0 => self.write_blocked.store(0, Ordering::Relaxed),
             _ => {}
         }
+    }
+
+    /// A request body starts (or stops) waiting for the client.
+    pub(crate) fn body_waiting(&self, waiting: bool) {
+        self.body_wait.store(if waiting { self.now_ms() + 1 } else { 0 }, Ordering::Relaxed);
     }
 
     fn on_bytes_read(&self) {
@@ -212,18 +221,94 @@ async fn detect<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<(bool, Bytes
     }
 }
 
+/// Whether nearly every connection slot is taken. While it is, the waits a client imposes (idle keep-alive,
+/// request head, request body, not reading its response) are cut to the overload timeout, so a flood of slow
+/// clients turns over in seconds instead of holding every slot for a minute each (Envoy's overload manager
+/// does the same with `reduce_timeouts`). Re-evaluated at each accept: on when fewer than a tenth of the slots
+/// are free, off again once a fifth are.
+pub(crate) struct Pressure {
+    high: AtomicBool,
+    /// Woken when pressure rises, so connections apply the shorter limits at once.
+    rose: tokio::sync::Notify,
+    slots: usize,
+    /// The cut, in ms; 0 = never cut.
+    cap_ms: u64,
+}
+
+impl Pressure {
+    pub(crate) fn new(slots: usize, cap: Duration) -> Self {
+        Self { high: AtomicBool::new(false), rose: tokio::sync::Notify::new(), slots, cap_ms: cap.as_millis() as u64 }
+    }
+
+    /// Takes note of the free slots.
+    pub(crate) fn update(&self, free: usize, metrics: &crate::metrics::Metrics) {
+        if self.cap_ms == 0 {
+            return;
+        }
+        let was = self.high.load(Ordering::Relaxed);
+        let high = if was { free < (self.slots / 5).max(1) } else { free < (self.slots / 10).max(1) };
+        if high != was {
+            self.high.store(high, Ordering::Relaxed);
+            metrics.set_overloaded(high);
+            if high {
+                tracing::warn!(
+                    free,
+                    slots = self.slots,
+                    "nearly every connection slot is taken: client waits are cut to the overload timeout"
+                );
+                self.rose.notify_waiters();
+            } else {
+                tracing::info!(free, slots = self.slots, "connection slots available again: normal timeouts");
+            }
+        }
+    }
+
+    fn is_high(&self) -> bool {
+        self.high.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once pressure is high and the overload timeout has passed since `since`: a connection still
+    /// waiting for its client's first bytes or TLS handshake then is cut. Never resolves with the cut off.
+    async fn cut_after(&self, since: Instant) {
+        if self.cap_ms == 0 {
+            return std::future::pending().await;
+        }
+        loop {
+            let rose = self.rose.notified();
+            tokio::pin!(rose);
+            rose.as_mut().enable();
+            if self.is_high() {
+                return tokio::time::sleep_until(since + Duration::from_millis(self.cap_ms)).await;
+            }
+            rose.await;
+        }
+    }
+
+    /// `ms`, cut to the overload timeout while pressure is high.
+    fn cap(&self, ms: u64) -> u64 {
+        if self.is_high() {
+            ms.min(self.cap_ms)
+        } else {
+            ms
+        }
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Expiry {
     Idle,
     HeaderTimeout,
     /// The client read nothing of a response for the send timeout.
     SendTimeout,
+    /// Under pressure: a request body waited on the client for the overload timeout.
+    SlowBody,
 }
 
 /// Fires when the connection has been idle for `idle`, has spent `header` reading one request head, or has
 /// waited `send` for a client to read its response.
-struct Watchdog {
+struct Watchdog<'a> {
     state: Arc<ConnState>,
+    pressure: &'a Pressure,
     idle_ms: u64,
     header_ms: u64,
     send_ms: u64,
@@ -232,11 +317,12 @@ struct Watchdog {
     armed_ms: u64,
 }
 
-impl Watchdog {
-    fn new(state: Arc<ConnState>, idle: Duration, header: Duration, send: Duration) -> Self {
+impl<'a> Watchdog<'a> {
+    fn new(state: Arc<ConnState>, pressure: &'a Pressure, idle: Duration, header: Duration, send: Duration) -> Self {
         let epoch = state.epoch;
         Self {
             state,
+            pressure,
             idle_ms: idle.as_millis() as u64,
             header_ms: header.as_millis() as u64,
             send_ms: send.as_millis() as u64,
@@ -253,27 +339,31 @@ impl Watchdog {
     }
 }
 
-impl Future for Watchdog {
+impl Future for Watchdog<'_> {
     type Output = Expiry;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Expiry> {
         loop {
             let s = &self.state;
             let now = s.now_ms();
+            let p = self.pressure;
             let (deadline, expiry) = if s.in_flight.load(Ordering::Relaxed) > 0 {
+                let body_wait = s.body_wait.load(Ordering::Relaxed);
                 match s.write_blocked.load(Ordering::Relaxed) {
+                    0 if body_wait != 0 && p.is_high() => (body_wait - 1 + p.cap_ms, Some(Expiry::SlowBody)),
                     // Busy: the body and upstream timeouts apply, not ours. Look again later (nothing wakes the
-                    // watchdog when a write starts to wait, so it looks at least every `send`).
+                    // watchdog when a write or a body starts to wait, so it looks at least every `send`, and
+                    // every overload timeout under pressure).
                     0 => {
-                        let every = self.idle_ms.min(self.send_ms).max(1000);
-                        (if self.armed_ms > now { self.armed_ms } else { now + every }, None)
+                        let every = p.cap(self.idle_ms.min(self.send_ms)).max(100);
+                        (if self.armed_ms > now { self.armed_ms.min(now + every) } else { now + every }, None)
                     }
-                    since => (since - 1 + self.send_ms, Some(Expiry::SendTimeout)),
+                    since => (since - 1 + p.cap(self.send_ms), Some(Expiry::SendTimeout)),
                 }
             } else {
                 match s.head_started.load(Ordering::Relaxed) {
-                    0 => (s.idle_since.load(Ordering::Relaxed) + self.idle_ms, Some(Expiry::Idle)),
-                    started => (started - 1 + self.header_ms, Some(Expiry::HeaderTimeout)),
+                    0 => (s.idle_since.load(Ordering::Relaxed) + p.cap(self.idle_ms), Some(Expiry::Idle)),
+                    started => (started - 1 + p.cap(self.header_ms), Some(Expiry::HeaderTimeout)),
                 }
             };
             if let Some(e) = expiry {
@@ -331,6 +421,11 @@ pub(crate) async fn serve(
     };
     let handshake = tokio::select! {
         r = acceptor.accept(stream) => r,
+        () = proxy.pressure.cut_after(state.epoch) => {
+            debug!("under pressure, the TLS handshake took longer than the overload timeout; closing");
+            proxy.metrics.connection_shed();
+            return;
+        }
         _ = shutdown.cancelled() => return,
     };
     match handshake {
@@ -363,6 +458,11 @@ async fn serve_http<S: Stream>(
         None => {
             let detected = tokio::select! {
                 r = tokio::time::timeout(settings.header_read_timeout, detect(&mut stream)) => r,
+                () = proxy.pressure.cut_after(state.epoch) => {
+                    debug!("under pressure, no request within the overload timeout; closing");
+                    proxy.metrics.connection_shed();
+                    return;
+                }
                 _ = shutdown.cancelled() => return,
             };
             match detected {
@@ -386,7 +486,13 @@ async fn serve_http<S: Stream>(
     state.track_heads.store(!is_h2, Ordering::Relaxed);
     let io = TokioIo::new(ConnIo { inner: stream, prefix, state: state.clone(), vectored: !tls });
     let service = ProxyService::new(proxy.clone(), peer, state.clone(), tls);
-    let dog = Watchdog::new(state, settings.idle_timeout, settings.header_read_timeout, settings.send_timeout);
+    let dog = Watchdog::new(
+        state,
+        &proxy.pressure,
+        settings.idle_timeout,
+        settings.header_read_timeout,
+        settings.send_timeout,
+    );
     let result = if is_h2 {
         drive(proxy.h2.serve_connection(io, service), dog, &proxy, shutdown).await
     } else {
@@ -400,7 +506,7 @@ async fn serve_http<S: Stream>(
 
 async fn drive<C: ServerConn>(
     conn: C,
-    dog: Watchdog,
+    dog: Watchdog<'_>,
     proxy: &Proxy,
     shutdown: CancellationToken,
 ) -> Result<(), hyper::Error> {
@@ -418,6 +524,9 @@ async fn drive<C: ServerConn>(
             expiry = dog.as_mut(), if !closing => match expiry {
                 Expiry::Idle => {
                     debug!("idle timeout");
+                    if proxy.pressure.is_high() {
+                        proxy.metrics.connection_shed();
+                    }
                     closing = true;
                     conn.as_mut().graceful();
                     hard_close.as_mut().reset(Instant::now() + CLOSE_GRACE);
@@ -426,6 +535,14 @@ async fn drive<C: ServerConn>(
                 Expiry::HeaderTimeout => {
                     debug!("request headers not received in time; closing");
                     proxy.metrics.header_timeout();
+                    if proxy.pressure.is_high() {
+                        proxy.metrics.connection_shed();
+                    }
+                    return Ok(());
+                }
+                Expiry::SlowBody => {
+                    debug!("under pressure, a request body waited on the client for the overload timeout; closing");
+                    proxy.metrics.connection_shed();
                     return Ok(());
                 }
                 Expiry::SendTimeout => {
@@ -433,6 +550,8 @@ async fn drive<C: ServerConn>(
                     return Ok(());
                 }
             },
+            // Pressure rose: the watchdog is polled again on the next turn and applies the shorter limits.
+            _ = proxy.pressure.rose.notified(), if !closing => {}
             _ = shutdown.cancelled(), if !closing => {
                 closing = true;
                 conn.as_mut().graceful();

@@ -258,7 +258,7 @@ async fn forward(
         join_cookies(&mut headers);
     }
     // Small bodies are read whole before any backend is contacted; a slow client holds none of its workers.
-    let body = match BodySlot::read(body, &proxy.body_limits).await {
+    let body = match BodySlot::read(body, &proxy.body_limits, &svc.conn).await {
         Ok(b) => b,
         Err(failure) => return Err(client_failure(failure)),
     };

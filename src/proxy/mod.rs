@@ -41,7 +41,7 @@ use crate::passivation::Passivator;
 use crate::routes::RouteHandle;
 use crate::tls::TlsAcceptor;
 use body::{BodyLimits, RequestBody, ResponseBody};
-use conn::{ConnState, InFlight};
+use conn::{ConnState, InFlight, Pressure};
 use headers::Peer;
 
 /// Limits, timeouts and trust of the data path. Every field has a `serve` flag and a config-file key.
@@ -82,6 +82,9 @@ pub struct Settings {
     pub send_timeout: Duration,
     /// Total time one request may take, from its head to its response's last byte; `None` = no limit.
     pub request_timeout: Option<Duration>,
+    /// While fewer than a tenth of `max_connections` are free, idle keep-alive, request-head, request-body and
+    /// send waits are cut to this. Zero = never.
+    pub overload_timeout: Duration,
     /// Write an access-log line per request.
     pub access_log: bool,
     /// Peers (networks) whose forwarding headers (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`) are kept and
@@ -109,6 +112,7 @@ impl Default for Settings {
             upstream_read_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
             request_timeout: None,
+            overload_timeout: Duration::from_secs(2),
             access_log: true,
             trusted_proxies: Vec::new(),
         }
@@ -135,6 +139,8 @@ pub(crate) struct Proxy {
     redirect: Redirect,
     /// Client connections served at once, over every listener.
     limit: Arc<Semaphore>,
+    /// How close `limit` is to exhausted.
+    pressure: Pressure,
     /// Connections and upgraded tunnels, so shutdown can wait for them.
     tasks: TaskTracker,
 }
@@ -192,24 +198,27 @@ impl Proxy {
             .keep_alive_timeout(Duration::from_secs(20));
 
         let settings_limit = settings.max_connections.max(1);
+        let pressure = Pressure::new(settings_limit, settings.overload_timeout);
+        let body_limits = BodyLimits {
+            idle: settings.body_timeout,
+            min_rate: settings.min_body_rate,
+            grace: settings.min_body_rate_grace,
+            buffer: settings.request_buffer_size,
+        };
         Arc::new(Self {
             routes,
             unrouted: metrics.unrouted(),
             upstream_errors: metrics.upstream_errors(),
             metrics,
             passivator,
-            body_limits: BodyLimits {
-                idle: settings.body_timeout,
-                min_rate: settings.min_body_rate,
-                grace: settings.min_body_rate_grace,
-                buffer: settings.request_buffer_size,
-            },
             settings,
+            body_limits,
             client,
             h1,
             h2,
             redirect,
             limit: Arc::new(Semaphore::new(settings_limit)),
+            pressure,
             tasks: TaskTracker::new(),
         })
     }
@@ -226,10 +235,18 @@ impl Proxy {
     ) {
         let limit = self.limit.clone();
         loop {
-            let permit = tokio::select! {
-                p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                _ = shutdown.cancelled() => break,
+            let permit = match limit.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(tokio::sync::TryAcquireError::Closed) => break,
+                Err(tokio::sync::TryAcquireError::NoPermits) => {
+                    self.pressure.update(0, &self.metrics);
+                    tokio::select! {
+                        p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
             };
+            self.pressure.update(limit.available_permits(), &self.metrics);
             let accepted = tokio::select! {
                 a = listener.accept() => a,
                 _ = shutdown.cancelled() => break,
