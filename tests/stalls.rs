@@ -408,3 +408,32 @@ async fn under_pressure_slow_clients_are_cut_to_the_overload_timeout() {
     }
     assert_eq!(r.backend.hits.load(Ordering::SeqCst), 1, "only the bystander reached the backend");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_pressure_a_backend_stalling_mid_body_is_cut_to_the_overload_timeout() {
+    let (stalled, _released) = stalling_backend(10).await;
+    let healthy = Backend::echo("healthy").await;
+    let s = Settings {
+        max_connections: 4,
+        overload_timeout: Duration::from_millis(300),
+        upstream_read_timeout: Duration::from_secs(30),
+        ..settings()
+    };
+    let routes = routes_file(
+        &[("stall", vec![stalled]), ("ok", vec![healthy.addr])],
+        &[("stall.test", "stall"), ("ok.test", "ok")],
+    );
+    let proxy = TestProxy::start_with(&routes, s).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut c = TcpStream::connect(proxy.http).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: stall.test\r\n\r\n").await.unwrap();
+        held.push(c);
+    }
+    let start = Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(5), get(proxy.http, "ok.test", "/")).await;
+    assert_eq!(got.expect("served despite the pinned slots").status, StatusCode::OK);
+    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+    assert!(proxy.metric("reveille_connections_shed_total").await >= 1.0);
+    drop(held);
+}

@@ -20,11 +20,11 @@
 //!
 //! Each attack runs twice, each time against a new reveille (and new stalling and two-worker backends):
 //! - **OFF**: `--body-timeout 1000h --min-body-rate 0 --request-buffer-size 0 --upstream-read-timeout 1000h
-//!   --send-timeout 1000h`, i.e. reveille before these protections;
+//!   --send-timeout 1000h --overload-timeout 0`, i.e. reveille before these protections;
 //! - **ON**: the defaults, except `--body-timeout` and `--upstream-read-timeout`, whose 60 s defaults would not
-//!   fire within the run: both are `ATTACK_TIMEOUT` (5 s). `--min-body-rate` (240 B/s after 5 s) and
-//!   `--request-buffer-size` (65536) keep their defaults, as does `--send-timeout` (60 s, which no attack
-//!   here exercises).
+//!   fire within the run: both are `ATTACK_TIMEOUT` (5 s). `--min-body-rate` (240 B/s after 5 s),
+//!   `--request-buffer-size` (65536) and `--overload-timeout` (2 s, once fewer than a tenth of the slots are
+//!   free) keep their defaults, as does `--send-timeout` (60 s, which no attack here exercises).
 //!
 //! A run: reveille is started and ready (`/readyz` and a `GET /` on the healthy tenant answer 200). **Baseline**:
 //! the bystander alone for `ATTACK_BASELINE` (5) seconds. Then the attackers start, all at once; they are in
@@ -123,7 +123,7 @@ const BACKEND_BACKLOG: u32 = 2048;
 /// Bytes the stalling backend sends of its 100,000-byte body.
 const STALL_SENT: usize = 10;
 /// reveille before the protections.
-const OFF_FLAGS: [&str; 10] = [
+const OFF_FLAGS: [&str; 12] = [
     "--body-timeout",
     "1000h",
     "--min-body-rate",
@@ -134,6 +134,8 @@ const OFF_FLAGS: [&str; 10] = [
     "1000h",
     "--send-timeout",
     "1000h",
+    "--overload-timeout",
+    "0",
 ];
 /// The `kind` labels of `reveille_upstream_errors_total`.
 const UPSTREAM_ERROR_KINDS: [&str; 6] =
@@ -696,8 +698,8 @@ fn report(date: &str, machine: &str, s: &Settings, runs: &[Run]) -> String {
     let _ = writeln!(
         md,
         "- ON: defaults, except `{}`: the 60 s defaults would not fire within a {} s attack, so both are \
-         shortened to {} s (`--min-body-rate 240` after 5 s, `--request-buffer-size 65536` and `--send-timeout \
-         60s` are the defaults)",
+         shortened to {} s (`--min-body-rate 240` after 5 s, `--request-buffer-size 65536`, `--overload-timeout 2s` \
+         and `--send-timeout 60s` are the defaults)",
         Protection::On.flags(s).join(" "),
         s.attack.as_secs(),
         s.timeout.as_secs()

@@ -229,13 +229,15 @@ impl Body for ClientBody {
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Client(e)))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match this.stall.on_pending(cx, this.rate, None) {
-                Poll::Ready(Expired::TooSlow) => {
-                    Poll::Ready(Some(Err(BodyError::ClientTooSlow(this.rate.map_or(0, |r| r.0)))))
+            Poll::Pending => {
+                match this.stall.on_pending(cx, this.rate.map(|(r, g)| (r, this.conn.rate_grace(g))), None) {
+                    Poll::Ready(Expired::TooSlow) => {
+                        Poll::Ready(Some(Err(BodyError::ClientTooSlow(this.rate.map_or(0, |r| r.0)))))
+                    }
+                    Poll::Ready(_) => Poll::Ready(Some(Err(BodyError::ClientIdle(this.stall.idle)))),
+                    Poll::Pending => Poll::Pending,
                 }
-                Poll::Ready(_) => Poll::Ready(Some(Err(BodyError::ClientIdle(this.stall.idle)))),
-                Poll::Pending => Poll::Pending,
-            },
+            }
         }
     }
 
@@ -542,6 +544,16 @@ impl ResponseBody {
     }
 }
 
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let (Kind::Upstream(up), Some(g)) = (&self.kind, &self.guard) {
+            if up.stall.waiting_since.is_some() {
+                g.conn().upstream_waiting(false);
+            }
+        }
+    }
+}
+
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BodyError;
@@ -554,7 +566,16 @@ impl Body for ResponseBody {
                 if up.deadline.is_some_and(|d| Instant::now() >= d) {
                     return Poll::Ready(Some(Err(Self::give_up(up, this.guard.as_ref(), Expired::Deadline))));
                 }
-                match Pin::new(&mut up.body).poll_frame(cx) {
+                let res = Pin::new(&mut up.body).poll_frame(cx);
+                if let Some(g) = &this.guard {
+                    // Under pressure, the connection's watchdog cuts a backend that keeps the body waiting.
+                    match &res {
+                        Poll::Pending if up.stall.waiting_since.is_none() => g.conn().upstream_waiting(true),
+                        Poll::Ready(_) if up.stall.waiting_since.is_some() => g.conn().upstream_waiting(false),
+                        _ => {}
+                    }
+                }
+                match res {
                     Poll::Ready(Some(Ok(frame))) => {
                         up.stall.on_frame(&frame);
                         Poll::Ready(Some(Ok(frame)))

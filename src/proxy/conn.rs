@@ -66,11 +66,15 @@ pub(crate) struct ConnState {
     /// Since when a request body has been waiting for the client's next bytes, in ms since `epoch` plus one;
     /// 0 = not waiting. With h2, the last stream to start or stop waiting sets it.
     body_wait: AtomicU64,
+    /// The same for a response body waiting on its backend.
+    upstream_wait: AtomicU64,
+    /// Whether the connection slots are nearly exhausted.
+    pressure: Arc<Pressure>,
     track_heads: AtomicBool,
 }
 
 impl ConnState {
-    fn new(slot: Slot) -> Self {
+    fn new(slot: Slot, pressure: Arc<Pressure>) -> Self {
         Self {
             epoch: Instant::now(),
             slot,
@@ -79,6 +83,8 @@ impl ConnState {
             idle_since: AtomicU64::new(0),
             write_blocked: AtomicU64::new(0),
             body_wait: AtomicU64::new(0),
+            upstream_wait: AtomicU64::new(0),
+            pressure,
             track_heads: AtomicBool::new(false),
         }
     }
@@ -101,6 +107,16 @@ impl ConnState {
     /// A request body starts (or stops) waiting for the client.
     pub(crate) fn body_waiting(&self, waiting: bool) {
         self.body_wait.store(if waiting { self.now_ms() + 1 } else { 0 }, Ordering::Relaxed);
+    }
+
+    /// A response body starts (or stops) waiting for its backend.
+    pub(crate) fn upstream_waiting(&self, waiting: bool) {
+        self.upstream_wait.store(if waiting { self.now_ms() + 1 } else { 0 }, Ordering::Relaxed);
+    }
+
+    /// The minimum body rate's grace, cut to the overload timeout while the slots are nearly exhausted.
+    pub(crate) fn rate_grace(&self, grace: Duration) -> Duration {
+        Duration::from_millis(self.pressure.cap(grace.as_millis() as u64))
     }
 
     fn on_bytes_read(&self) {
@@ -132,6 +148,10 @@ impl InFlight {
 
     pub(crate) fn metrics(&self) -> &crate::metrics::Metrics {
         &self.0.slot.metrics
+    }
+
+    pub(crate) fn conn(&self) -> &ConnState {
+        &self.0
     }
 }
 
@@ -300,8 +320,9 @@ enum Expiry {
     HeaderTimeout,
     /// The client read nothing of a response for the send timeout.
     SendTimeout,
-    /// Under pressure: a request body waited on the client for the overload timeout.
-    SlowBody,
+    /// Under pressure: a request body waited on its client, or a response body on its backend, for the
+    /// overload timeout.
+    Shed,
 }
 
 /// Fires when the connection has been idle for `idle`, has spent `header` reading one request head, or has
@@ -348,9 +369,13 @@ impl Future for Watchdog<'_> {
             let now = s.now_ms();
             let p = self.pressure;
             let (deadline, expiry) = if s.in_flight.load(Ordering::Relaxed) > 0 {
-                let body_wait = s.body_wait.load(Ordering::Relaxed);
+                // The longest wait on either side, when there is one.
+                let wait = match (s.body_wait.load(Ordering::Relaxed), s.upstream_wait.load(Ordering::Relaxed)) {
+                    (0, w) | (w, 0) => w,
+                    (a, b) => a.min(b),
+                };
                 match s.write_blocked.load(Ordering::Relaxed) {
-                    0 if body_wait != 0 && p.is_high() => (body_wait - 1 + p.cap_ms, Some(Expiry::SlowBody)),
+                    0 if wait != 0 && p.is_high() => (wait - 1 + p.cap_ms, Some(Expiry::Shed)),
                     // Busy: the body and upstream timeouts apply, not ours. Look again later (nothing wakes the
                     // watchdog when a write or a body starts to wait, so it looks at least every `send`, and
                     // every overload timeout under pressure).
@@ -415,7 +440,8 @@ pub(crate) async fn serve(
     permit: OwnedSemaphorePermit,
 ) {
     proxy.metrics.connection_opened();
-    let state = Arc::new(ConnState::new(Slot { _permit: permit, metrics: proxy.metrics.clone() }));
+    let slot = Slot { _permit: permit, metrics: proxy.metrics.clone() };
+    let state = Arc::new(ConnState::new(slot, proxy.pressure.clone()));
     let Some(acceptor) = tls else {
         return serve_http(stream, None, false, peer, proxy, state, shutdown).await;
     };
@@ -540,8 +566,8 @@ async fn drive<C: ServerConn>(
                     }
                     return Ok(());
                 }
-                Expiry::SlowBody => {
-                    debug!("under pressure, a request body waited on the client for the overload timeout; closing");
+                Expiry::Shed => {
+                    debug!("under pressure, a body waited on its client or backend for the overload timeout; closing");
                     proxy.metrics.connection_shed();
                     return Ok(());
                 }

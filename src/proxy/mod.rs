@@ -140,7 +140,7 @@ pub(crate) struct Proxy {
     /// Client connections served at once, over every listener.
     limit: Arc<Semaphore>,
     /// How close `limit` is to exhausted.
-    pressure: Pressure,
+    pressure: Arc<Pressure>,
     /// Connections and upgraded tunnels, so shutdown can wait for them.
     tasks: TaskTracker,
 }
@@ -198,7 +198,7 @@ impl Proxy {
             .keep_alive_timeout(Duration::from_secs(20));
 
         let settings_limit = settings.max_connections.max(1);
-        let pressure = Pressure::new(settings_limit, settings.overload_timeout);
+        let pressure = Arc::new(Pressure::new(settings_limit, settings.overload_timeout));
         let body_limits = BodyLimits {
             idle: settings.body_timeout,
             min_rate: settings.min_body_rate,
