@@ -1,10 +1,12 @@
-//! One client connection: protocol detection (HTTP/1.1 or h2c prior knowledge), the header-read and idle
-//! timers, and graceful shutdown.
+//! One client connection: protocol detection (HTTP/1.1 or h2c prior knowledge), the header-read, idle and
+//! send timers, shedding slow connections when the slots run out ([`Pressure`]), and graceful shutdown.
 //!
 //! hyper's own `header_read_timeout` also runs while an HTTP/1.1 connection waits for its next request, so it
 //! would cap the keep-alive idle time at the header timeout. reveille keeps the two apart: [`ConnState`] knows
 //! whether the connection is idle, reading a request head, or busy, and [`Watchdog`] applies the matching limit.
-//! An h2 connection gets the header timeout until its first stream opens.
+//! An h2 connection gets the header timeout until its first stream opens. While a request is in flight the
+//! watchdog only watches for a client that reads nothing (`send_timeout`) and, under pressure, for a body that
+//! waits on its client or its backend; the bodies' own timers are `body`'s.
 //!
 //! [`ConnState`] also holds the connection's slot (the `max_connections` permit and the open-connections gauge):
 //! an upgraded connection (WebSocket) keeps it for as long as its tunnel lives.
