@@ -149,6 +149,13 @@ impl Stall {
         }
     }
 
+    /// The body is not ready, and someone else keeps time: only note since when.
+    fn note_wait(&mut self) {
+        if self.waiting_since.is_none() {
+            self.waiting_since = Some(Instant::now());
+        }
+    }
+
     /// The body is not ready: arm the timer for the earliest limit and poll it.
     fn on_pending(
         &mut self,
@@ -504,12 +511,26 @@ struct Upstream {
     /// Named in the log line when the backend stalls.
     service: Option<Arc<Service>>,
     backend: Option<Backend>,
+    /// HTTP/1.1: the body is polled by its connection's task, whose watchdog enforces the idle limit (from
+    /// the connection's `upstream_wait`), so no timer per response is needed. h2 streams keep their own.
+    watched: bool,
+    /// The stall was logged and counted.
+    reported: bool,
 }
 
 impl ResponseBody {
     /// A backend's body; it fails when the backend sends nothing for `idle`, or at `deadline`.
     pub(crate) fn upstream(body: Incoming, guard: InFlight, idle: Duration, deadline: Option<Instant>) -> Self {
-        let up = Upstream { body, stall: Stall::new(idle), deadline, service: None, backend: None };
+        let watched = guard.conn().is_h1();
+        let up = Upstream {
+            body,
+            stall: Stall::new(idle),
+            deadline,
+            service: None,
+            backend: None,
+            watched,
+            reported: false,
+        };
         Self { kind: Kind::Upstream(up), guard: Some(guard) }
     }
 
@@ -527,11 +548,12 @@ impl ResponseBody {
     }
 
     /// Why the backend's body is given up, logged and counted once.
-    fn give_up(up: &Upstream, guard: Option<&InFlight>, expired: Expired) -> BodyError {
+    fn give_up(up: &mut Upstream, guard: Option<&InFlight>, expired: Expired) -> BodyError {
         let err = match expired {
             Expired::Deadline => BodyError::Deadline,
             _ => BodyError::UpstreamIdle(up.stall.idle),
         };
+        up.reported = true;
         warn!(
             service = up.service.as_ref().map_or("-", |s| s.name()),
             backend = up.backend.as_ref().map_or("-", |b| b.as_str()),
@@ -546,9 +568,13 @@ impl ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if let (Kind::Upstream(up), Some(g)) = (&self.kind, &self.guard) {
-            if up.stall.waiting_since.is_some() {
+        if let (Kind::Upstream(up), Some(g)) = (&mut self.kind, &self.guard) {
+            if let Some(since) = up.stall.waiting_since {
                 g.conn().upstream_waiting(false);
+                if up.watched && !up.reported && since.elapsed() >= up.stall.idle {
+                    // The connection's watchdog cut the response at the idle limit.
+                    Self::give_up(up, Some(g), Expired::Idle);
+                }
             }
         }
     }
@@ -582,6 +608,10 @@ impl Body for ResponseBody {
                     }
                     Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Upstream(e)))),
                     Poll::Ready(None) => Poll::Ready(None),
+                    Poll::Pending if up.watched && up.deadline.is_none() => {
+                        up.stall.note_wait();
+                        Poll::Pending
+                    }
                     Poll::Pending => match up.stall.on_pending(cx, None, up.deadline) {
                         Poll::Ready(expired) => Poll::Ready(Some(Err(Self::give_up(up, this.guard.as_ref(), expired)))),
                         Poll::Pending => Poll::Pending,

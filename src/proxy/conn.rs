@@ -111,6 +111,11 @@ impl ConnState {
         self.body_wait.store(if waiting { self.now_ms() + 1 } else { 0 }, Ordering::Relaxed);
     }
 
+    /// HTTP/1.1 (not h2): one request at a time, its bodies polled by the connection's own task.
+    pub(crate) fn is_h1(&self) -> bool {
+        self.track_heads.load(Ordering::Relaxed)
+    }
+
     /// A response body starts (or stops) waiting for its backend.
     pub(crate) fn upstream_waiting(&self, waiting: bool) {
         self.upstream_wait.store(if waiting { self.now_ms() + 1 } else { 0 }, Ordering::Relaxed);
@@ -325,6 +330,8 @@ enum Expiry {
     /// Under pressure: a request body waited on its client, or a response body on its backend, for the
     /// overload timeout.
     Shed,
+    /// HTTP/1.1: the response body waited on its backend for the upstream read timeout.
+    UpstreamIdle,
 }
 
 /// Fires when the connection has been idle for `idle`, has spent `header` reading one request head, or has
@@ -335,13 +342,15 @@ struct Watchdog<'a> {
     idle_ms: u64,
     header_ms: u64,
     send_ms: u64,
+    read_ms: u64,
     sleep: Pin<Box<Sleep>>,
     /// Deadline the sleep is set to, in ms since the connection's epoch.
     armed_ms: u64,
 }
 
 impl<'a> Watchdog<'a> {
-    fn new(state: Arc<ConnState>, pressure: &'a Pressure, idle: Duration, header: Duration, send: Duration) -> Self {
+    fn new(state: Arc<ConnState>, pressure: &'a Pressure, settings: &super::Settings) -> Self {
+        let (idle, header, send) = (settings.idle_timeout, settings.header_read_timeout, settings.send_timeout);
         let epoch = state.epoch;
         Self {
             state,
@@ -349,12 +358,19 @@ impl<'a> Watchdog<'a> {
             idle_ms: idle.as_millis() as u64,
             header_ms: header.as_millis() as u64,
             send_ms: send.as_millis() as u64,
+            read_ms: settings.upstream_read_timeout.as_millis() as u64,
             sleep: Box::pin(tokio::time::sleep_until(epoch)),
             armed_ms: 0,
         }
     }
 
-    fn arm(&mut self, deadline_ms: u64) {
+    /// Sets the timer for `deadline_ms`, unless it is already set to fire before it (and after `now_ms`):
+    /// then it is kept, and on firing the state is looked at again. Deadlines move with every request;
+    /// an occasional early wake-up costs less than resetting a timer each time.
+    fn arm(&mut self, deadline_ms: u64, now_ms: u64) {
+        if self.armed_ms > now_ms && self.armed_ms <= deadline_ms {
+            return;
+        }
         if deadline_ms != self.armed_ms {
             self.armed_ms = deadline_ms;
             self.sleep.as_mut().reset(self.state.epoch + Duration::from_millis(deadline_ms));
@@ -371,21 +387,38 @@ impl Future for Watchdog<'_> {
             let now = s.now_ms();
             let p = self.pressure;
             let (deadline, expiry) = if s.in_flight.load(Ordering::Relaxed) > 0 {
-                // The longest wait on either side, when there is one.
-                let wait = match (s.body_wait.load(Ordering::Relaxed), s.upstream_wait.load(Ordering::Relaxed)) {
-                    (0, w) | (w, 0) => w,
-                    (a, b) => a.min(b),
-                };
-                match s.write_blocked.load(Ordering::Relaxed) {
-                    0 if wait != 0 && p.is_high() => (wait - 1 + p.cap_ms, Some(Expiry::Shed)),
-                    // Busy: the body and upstream timeouts apply, not ours. Look again later (nothing wakes the
-                    // watchdog when a write or a body starts to wait, so it looks at least every `send`, and
-                    // every overload timeout under pressure).
-                    0 => {
-                        let every = p.cap(self.idle_ms.min(self.send_ms)).max(100);
-                        (if self.armed_ms > now { self.armed_ms.min(now + every) } else { now + every }, None)
+                // The earliest of: a client not reading; a response body waiting on its backend (HTTP/1.1, whose
+                // bodies keep no timer of their own, or anyone under pressure); a request body waiting on its
+                // client, under pressure.
+                let mut next: Option<(u64, Expiry)> = None;
+                let mut consider = |at: u64, e: Expiry| {
+                    if next.as_ref().map_or(true, |(n, _)| at < *n) {
+                        next = Some((at, e));
                     }
-                    since => (since - 1 + p.cap(self.send_ms), Some(Expiry::SendTimeout)),
+                };
+                let blocked = s.write_blocked.load(Ordering::Relaxed);
+                if blocked != 0 {
+                    consider(blocked - 1 + p.cap(self.send_ms), Expiry::SendTimeout);
+                }
+                let upstream = s.upstream_wait.load(Ordering::Relaxed);
+                if upstream != 0 && p.is_high() {
+                    consider(upstream - 1 + p.cap_ms.min(self.read_ms), Expiry::Shed);
+                } else if upstream != 0 && s.is_h1() {
+                    consider(upstream - 1 + self.read_ms, Expiry::UpstreamIdle);
+                }
+                let body = s.body_wait.load(Ordering::Relaxed);
+                if body != 0 && p.is_high() {
+                    consider(body - 1 + p.cap_ms, Expiry::Shed);
+                }
+                match next {
+                    Some((at, e)) => (at, Some(e)),
+                    // Busy: the body and upstream timeouts apply, not ours. Look again later (nothing wakes the
+                    // watchdog when a write or a body starts to wait on another task, so it looks at least
+                    // every `send`, and every overload timeout under pressure).
+                    None => {
+                        let every = p.cap(self.idle_ms.min(self.send_ms)).max(100);
+                        (now + every, None)
+                    }
                 }
             } else {
                 match s.head_started.load(Ordering::Relaxed) {
@@ -398,7 +431,7 @@ impl Future for Watchdog<'_> {
                     return Poll::Ready(e);
                 }
             }
-            self.arm(deadline);
+            self.arm(deadline, now);
             if self.sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
@@ -514,13 +547,7 @@ async fn serve_http<S: Stream>(
     state.track_heads.store(!is_h2, Ordering::Relaxed);
     let io = TokioIo::new(ConnIo { inner: stream, prefix, state: state.clone(), vectored: !tls });
     let service = ProxyService::new(proxy.clone(), peer, state.clone(), tls);
-    let dog = Watchdog::new(
-        state,
-        &proxy.pressure,
-        settings.idle_timeout,
-        settings.header_read_timeout,
-        settings.send_timeout,
-    );
+    let dog = Watchdog::new(state, &proxy.pressure, settings);
     let result = if is_h2 {
         drive(proxy.h2.serve_connection(io, service), dog, &proxy, shutdown).await
     } else {
@@ -571,6 +598,11 @@ async fn drive<C: ServerConn>(
                 Expiry::Shed => {
                     debug!("under pressure, a body waited on its client or backend for the overload timeout; closing");
                     proxy.metrics.connection_shed();
+                    return Ok(());
+                }
+                Expiry::UpstreamIdle => {
+                    // The response body, dropped with the connection, logs and counts it with its service.
+                    debug!("the backend sent no body byte within the upstream read timeout; closing");
                     return Ok(());
                 }
                 Expiry::SendTimeout => {
