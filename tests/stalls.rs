@@ -437,3 +437,40 @@ async fn under_pressure_a_backend_stalling_mid_body_is_cut_to_the_overload_timeo
     assert!(proxy.metric("reveille_connections_shed_total").await >= 1.0);
     drop(held);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_slot_taken_the_longest_waiting_client_makes_room_for_a_newcomer() {
+    let r = reader().await;
+    // A long overload timeout: only eviction can explain a quick answer.
+    let s = Settings {
+        max_connections: 4,
+        overload_timeout: Duration::from_secs(30),
+        header_read_timeout: Duration::from_secs(30),
+        body_timeout: Duration::from_secs(30),
+        min_body_rate: 0,
+        ..settings()
+    };
+    let proxy = TestProxy::start_with(&routes_file(&[("up", vec![r.backend.addr])], &[("up.test", "up")]), s).await;
+    let mut oldest = TcpStream::connect(proxy.http).await.unwrap(); // silent from the start
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        let mut c = TcpStream::connect(proxy.http).await.unwrap();
+        c.write_all(b"POST / HTTP/1.1\r\nHost: up.test\r\nContent-Length: 1000\r\n\r\nx").await.unwrap();
+        others.push(c);
+    }
+    eventually(Duration::from_secs(3), "every slot taken", || async {
+        proxy.metric("reveille_open_connections").await == 4.0
+    })
+    .await;
+    let start = Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(5), get(proxy.http, "up.test", "/")).await;
+    assert_eq!(got.expect("the newcomer is served").status, StatusCode::OK);
+    assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
+    // The one that had waited longest went; the others are still there.
+    let (_, closed) = read_until_closed(&mut oldest, Duration::from_secs(2)).await;
+    assert!(closed, "the longest-waiting connection was evicted");
+    assert_eq!(proxy.metric("reveille_connections_shed_total").await, 1.0);
+    assert_eq!(proxy.metric("reveille_open_connections").await, 3.0);
+    drop(others);
+}

@@ -40,11 +40,21 @@ pub(crate) struct Slot {
     metrics: Arc<crate::metrics::Metrics>,
 }
 
+impl Drop for ConnState {
+    fn drop(&mut self) {
+        self.pressure.conns.lock().remove(&self.id);
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         self.metrics.connection_closed();
     }
 }
+
+/// Eviction spares connections that have waited less than this: a newcomer that has not yet sent its request is
+/// not evicted by the next one.
+const EVICT_AFTER_MS: u64 = 50;
 
 /// How long an idle connection that was asked to close (GOAWAY sent) may take before it is dropped: an h2
 /// client that never acknowledges must not keep its slot.
@@ -72,12 +82,29 @@ pub(crate) struct ConnState {
     upstream_wait: AtomicU64,
     /// Whether the connection slots are nearly exhausted.
     pressure: Arc<Pressure>,
+    /// This connection's key in `pressure`'s registry.
+    id: u64,
+    /// Cancelled to evict the connection when a newcomer needs its slot (see [`Pressure::evict_one`]).
+    evicted: CancellationToken,
+    /// Upgraded to a tunnel: doing work, never evicted.
+    upgraded: AtomicBool,
     track_heads: AtomicBool,
 }
 
 impl ConnState {
-    fn new(slot: Slot, pressure: Arc<Pressure>) -> Self {
+    /// A new connection's state, entered in `pressure`'s registry.
+    fn register(slot: Slot, pressure: Arc<Pressure>) -> Arc<Self> {
+        let id = pressure.next_id.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(Self::new(slot, pressure, id));
+        state.pressure.conns.lock().insert(id, Arc::downgrade(&state));
+        state
+    }
+
+    fn new(slot: Slot, pressure: Arc<Pressure>, id: u64) -> Self {
         Self {
+            id,
+            evicted: CancellationToken::new(),
+            upgraded: AtomicBool::new(false),
             epoch: Instant::now(),
             slot,
             in_flight: AtomicU32::new(0),
@@ -93,6 +120,33 @@ impl ConnState {
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The connection now carries a tunnel (WebSocket): it is doing work and is never evicted.
+    pub(crate) fn upgraded(&self) {
+        self.upgraded.store(true, Ordering::Relaxed);
+    }
+
+    /// How long the connection has been waiting on its client (for a first request, a request head, the rest
+    /// of a body, or to read its response) or on a backend gone quiet mid-body; `None` while it is doing work.
+    fn waiting_ms(&self) -> Option<u64> {
+        if self.upgraded.load(Ordering::Relaxed) || self.evicted.is_cancelled() {
+            return None;
+        }
+        let since = if self.in_flight.load(Ordering::Relaxed) == 0 {
+            match self.head_started.load(Ordering::Relaxed) {
+                0 => self.idle_since.load(Ordering::Relaxed),
+                started => started - 1,
+            }
+        } else {
+            [&self.body_wait, &self.upstream_wait, &self.write_blocked]
+                .iter()
+                .map(|a| a.load(Ordering::Relaxed))
+                .filter(|&t| t != 0)
+                .min()?
+                - 1
+        };
+        Some(self.now_ms().saturating_sub(since))
     }
 
     /// Notes whether a write to the client could proceed; a client that reads nothing is found by the watchdog.
@@ -254,6 +308,9 @@ async fn detect<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<(bool, Bytes
 /// does the same with `reduce_timeouts`). Re-evaluated at each accept: on when fewer than a tenth of the slots
 /// are free, off again once a fifth are.
 pub(crate) struct Pressure {
+    /// Every open connection, so that one waiting on its client can be evicted for a newcomer.
+    conns: parking_lot::Mutex<std::collections::HashMap<u64, std::sync::Weak<ConnState>>>,
+    next_id: AtomicU64,
     high: AtomicBool,
     /// Woken when pressure rises, so connections apply the shorter limits at once.
     rose: tokio::sync::Notify,
@@ -264,7 +321,14 @@ pub(crate) struct Pressure {
 
 impl Pressure {
     pub(crate) fn new(slots: usize, cap: Duration) -> Self {
-        Self { high: AtomicBool::new(false), rose: tokio::sync::Notify::new(), slots, cap_ms: cap.as_millis() as u64 }
+        Self {
+            conns: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            next_id: AtomicU64::new(0),
+            high: AtomicBool::new(false),
+            rose: tokio::sync::Notify::new(),
+            slots,
+            cap_ms: cap.as_millis() as u64,
+        }
     }
 
     /// Takes note of the free slots.
@@ -287,6 +351,31 @@ impl Pressure {
             } else {
                 tracing::info!(free, slots = self.slots, "connection slots available again: normal timeouts");
             }
+        }
+    }
+
+    /// Every slot is taken and a client waits for one: evicts the connection that has waited longest on its
+    /// client (or on a quiet backend), if one has waited at least [`EVICT_AFTER`], so the newcomer is served
+    /// at once instead of after the attacker's next timeout. Connections doing work (a request waiting for its
+    /// response head, a response flowing, a tunnel) are never evicted. Returns whether one was.
+    pub(crate) fn evict_one(&self) -> bool {
+        if self.cap_ms == 0 {
+            return false;
+        }
+        // Look at them outside the lock: dropping the last reference to a connection takes the lock again.
+        let conns: Vec<std::sync::Weak<ConnState>> = self.conns.lock().values().cloned().collect();
+        let victim = conns
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .filter_map(|c| c.waiting_ms().filter(|&w| w >= EVICT_AFTER_MS).map(|w| (w, c)))
+            .max_by_key(|(w, _)| *w);
+        match victim {
+            Some((waited_ms, c)) => {
+                debug!(waited_ms, "every slot taken: evicting the connection that waited longest");
+                c.evicted.cancel();
+                true
+            }
+            None => false,
         }
     }
 
@@ -476,7 +565,7 @@ pub(crate) async fn serve(
 ) {
     proxy.metrics.connection_opened();
     let slot = Slot { _permit: permit, metrics: proxy.metrics.clone() };
-    let state = Arc::new(ConnState::new(slot, proxy.pressure.clone()));
+    let state = ConnState::register(slot, proxy.pressure.clone());
     let Some(acceptor) = tls else {
         return serve_http(stream, None, false, peer, proxy, state, shutdown).await;
     };
@@ -484,6 +573,10 @@ pub(crate) async fn serve(
         r = acceptor.accept(stream) => r,
         () = proxy.pressure.cut_after(state.epoch) => {
             debug!("under pressure, the TLS handshake took longer than the overload timeout; closing");
+            proxy.metrics.connection_shed();
+            return;
+        }
+        () = state.evicted.cancelled() => {
             proxy.metrics.connection_shed();
             return;
         }
@@ -521,6 +614,10 @@ async fn serve_http<S: Stream>(
                 r = tokio::time::timeout(settings.header_read_timeout, detect(&mut stream)) => r,
                 () = proxy.pressure.cut_after(state.epoch) => {
                     debug!("under pressure, no request within the overload timeout; closing");
+                    proxy.metrics.connection_shed();
+                    return;
+                }
+                () = state.evicted.cancelled() => {
                     proxy.metrics.connection_shed();
                     return;
                 }
@@ -565,6 +662,7 @@ async fn drive<C: ServerConn>(
     proxy: &Proxy,
     shutdown: CancellationToken,
 ) -> Result<(), hyper::Error> {
+    let evicted = dog.state.evicted.clone();
     tokio::pin!(conn);
     tokio::pin!(dog);
     let mut closing = false;
@@ -610,6 +708,10 @@ async fn drive<C: ServerConn>(
                     return Ok(());
                 }
             },
+            () = evicted.cancelled() => {
+                proxy.metrics.connection_shed();
+                return Ok(());
+            }
             // Pressure rose: the watchdog is polled again on the next turn and applies the shorter limits.
             _ = proxy.pressure.rose.notified(), if !closing => {}
             _ = shutdown.cancelled(), if !closing => {

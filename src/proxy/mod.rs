@@ -236,17 +236,10 @@ impl Proxy {
         let limit = self.limit.clone();
         loop {
             let permit = match limit.clone().try_acquire_owned() {
-                Ok(p) => p,
+                Ok(p) => Some(p),
                 Err(tokio::sync::TryAcquireError::Closed) => break,
-                Err(tokio::sync::TryAcquireError::NoPermits) => {
-                    self.pressure.update(0, &self.metrics);
-                    tokio::select! {
-                        p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                        _ = shutdown.cancelled() => break,
-                    }
-                }
+                Err(tokio::sync::TryAcquireError::NoPermits) => None,
             };
-            self.pressure.update(limit.available_permits(), &self.metrics);
             let accepted = tokio::select! {
                 a = listener.accept() => a,
                 _ = shutdown.cancelled() => break,
@@ -260,6 +253,20 @@ impl Proxy {
                     continue;
                 }
             };
+            let permit = match permit {
+                Some(p) => p,
+                None => {
+                    // Every slot is taken and a client is here: make room by evicting one that keeps its slot
+                    // waiting, if there is one; else it waits for a slot, as in the backlog.
+                    self.pressure.update(0, &self.metrics);
+                    self.pressure.evict_one();
+                    tokio::select! {
+                        p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            };
+            self.pressure.update(limit.available_permits(), &self.metrics);
             let _ = stream.set_nodelay(true);
             let span = info_span!("conn", %peer, tls = tls.is_some());
             let conn = conn::serve(stream, peer, self.clone(), tls.clone(), shutdown.clone(), permit);

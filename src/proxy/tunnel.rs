@@ -28,6 +28,7 @@ pub(crate) async fn run(
     _conn: Arc<ConnState>,
     _activity: Option<crate::passivation::Activity>,
 ) {
+    _conn.upgraded();
     let (client, backend) = match tokio::try_join!(client, backend) {
         Ok(pair) => pair,
         Err(e) => {
