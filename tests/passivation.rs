@@ -308,6 +308,31 @@ async fn pause_mode_pauses_and_unpauses() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_then_stop_frees_the_container_and_the_next_wake_starts_it() {
+    let image = TestImage::build();
+    let web = image.web_after("");
+    let fields = container_fields(
+        &web,
+        "idle_timeout = \"1s\"\nidle_action = \"pause\"\nstop_after = \"2s\"\nstop_timeout = \"1s\"",
+    );
+    let proxy = TestProxy::start(&routes(&[("web", fields)])).await;
+    assert_eq!(get(proxy.http, "web.test", "/index.html").await.status, StatusCode::OK);
+    state_becomes(&proxy, "web", "paused").await;
+    assert_eq!(web.docker_state(), "paused");
+    state_becomes(&proxy, "web", "stopped").await;
+    assert_eq!(web.docker_state(), "exited", "stopped after stop_after, its memory freed");
+    assert_eq!(proxy.metric("reveille_stops_total{service=\"web\",action=\"pause\"}").await, 1.0);
+    assert_eq!(proxy.metric("reveille_stops_total{service=\"web\",action=\"stop\"}").await, 1.0);
+    let since = now_secs();
+    let got = get(proxy.http, "web.test", "/index.html").await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+    // Started from `exited` (Docker's own stop of a paused container unpauses it first, in the same second as
+    // `since`, so unpause events are not counted here).
+    assert_eq!(event_count(&web.name, "start", since), 1, "started again");
+    assert_eq!(web.docker_state(), "running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_unreachable_fails_wakes_fast_and_spares_running_tenants() {
     let image = TestImage::build();
     let up = image.web_after("");

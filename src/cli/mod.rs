@@ -172,6 +172,9 @@ pub struct ServiceFields {
     /// What to do when idle
     #[arg(long, value_name = "ACTION", value_parser = ["stop", "pause"])]
     pub idle_action: Option<String>,
+    /// With --idle-action pause: stop the paused container after this much more idleness
+    #[arg(long, value_name = "DURATION")]
+    pub stop_after: Option<String>,
     /// Requests held while it starts
     #[arg(long, value_name = "N")]
     pub max_held: Option<usize>,
@@ -202,6 +205,7 @@ impl ServiceFields {
             ("stop_timeout", &self.stop_timeout),
             ("health_path", &self.health_path),
             ("idle_action", &self.idle_action),
+            ("stop_after", &self.stop_after),
             ("page_after", &self.page_after),
             ("hsts", &self.hsts),
         ];

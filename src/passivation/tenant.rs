@@ -190,6 +190,8 @@ struct State {
     phase: Phase,
     /// Wall-clock time of the last phase change.
     since: SystemTime,
+    /// The same, monotonic: a paused tenant's `stop_after` counts from it.
+    phase_at: Instant,
     /// The container's address while running (when the service has no fixed backends).
     backend: Option<Backend>,
     /// Requests in flight and open upgraded connections.
@@ -276,6 +278,7 @@ impl Tenant {
         let state = State {
             phase: Phase::Unknown,
             since: SystemTime::now(),
+            phase_at: Instant::now(),
             backend: None,
             active: 0,
             last_release: Instant::now(),
@@ -505,6 +508,7 @@ impl Tenant {
         self.shared.metrics.transition(Some(st.phase.as_str()), Some(phase.as_str()));
         st.phase = phase;
         st.since = SystemTime::now();
+        st.phase_at = Instant::now();
         if let Some(sink) = &self.shared.status {
             let _ = sink.send(StatusUpdate::State { service: self.name.clone(), state: phase, since: st.since });
         }
@@ -547,6 +551,13 @@ impl Tenant {
                             Some((st.last_release + idle).saturating_duration_since(Instant::now()))
                         }
                     }
+                    // Pause, then stop: a paused tenant is stopped after `stop_after` more.
+                    Phase::Paused => {
+                        let service = self.service();
+                        Self::spec_of(&service)
+                            .and_then(|s| s.stop_after)
+                            .map(|after| (st.phase_at + after).saturating_duration_since(Instant::now()))
+                    }
                     _ => None,
                 };
                 (st.phase, timer)
@@ -565,6 +576,7 @@ impl Tenant {
                     backoff = if self.refresh().await.is_ok() { BACKOFF_MIN } else { (backoff * 2).min(BACKOFF_MAX) };
                 }
                 None if phase == Phase::Running => self.passivate(false).await,
+                None if phase == Phase::Paused => self.stop_paused().await,
                 None if phase == Phase::Failed => {
                     let _ = self.refresh().await;
                 }
@@ -869,6 +881,41 @@ impl Tenant {
                     self.set_phase(&mut st, Phase::Running);
                 }
                 let _ = self.refresh().await;
+            }
+        }
+    }
+}
+
+impl Tenant {
+    /// Pause, then stop: stops a container that has stayed paused for its service's `stop_after`, freeing its
+    /// memory. The next wake is then a start instead of an unpause. A wake asked for meanwhile waits for the
+    /// stop to finish (the tenant is `stopping`), as with any stop.
+    async fn stop_paused(&self) {
+        let service = self.service();
+        let Some(spec) = Self::spec_of(&service) else { return };
+        let Some(after) = spec.stop_after else { return };
+        {
+            let mut st = self.state.lock();
+            if st.phase != Phase::Paused || st.wake_pending || st.phase_at.elapsed() < after {
+                return;
+            }
+            self.set_phase(&mut st, Phase::Stopping);
+        }
+        let span = info_span!("passivate", container = %spec.container, action = "stop");
+        let result = self.shared.runtime.stop(&spec.container, self.stop_timeout(spec)).instrument(span.clone()).await;
+        let mut st = self.state.lock();
+        match result {
+            Ok(()) => {
+                st.backend = None;
+                self.set_phase(&mut st, Phase::Stopped);
+                self.shared.metrics.stopped(&self.name, "stop");
+                span.in_scope(|| info!(after = %humantime::format_duration(after), "paused long enough: stopped"));
+            }
+            Err(e) => {
+                self.shared.metrics.stop_failed(&self.name);
+                span.in_scope(|| warn!(error = %e, "could not stop the paused container; it stays paused"));
+                // Try again after another `stop_after`.
+                self.set_phase(&mut st, Phase::Paused);
             }
         }
     }

@@ -154,6 +154,7 @@ fn spec(f: impl FnOnce(&mut ContainerSpec)) -> Arc<Service> {
         stop_timeout: None,
         health_path: None,
         idle_action: IdleAction::Stop,
+        stop_after: None,
         max_held: None,
         page_after: None,
     };
@@ -423,6 +424,57 @@ async fn pause_mode_pauses_and_unpauses() {
     assert_eq!((fake.count("pause"), fake.count("stop")), (1, 0));
     assert!(t.admit(false).await.is_ok());
     assert_eq!((fake.count("unpause"), fake.count("start")), (1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn pause_then_stop_after_stop_after_and_the_next_wake_starts() {
+    let fake = Fake::new(ContainerState::Running);
+    let p = passivator(&fake);
+    let t = p
+        .tenant(&spec(|c| {
+            c.idle_action = IdleAction::Pause;
+            c.idle_timeout = Some(Duration::from_secs(30));
+            c.stop_after = Some(Duration::from_secs(60));
+        }))
+        .unwrap();
+    phase_becomes(&t, Phase::Running).await;
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    phase_becomes(&t, Phase::Paused).await;
+    assert_eq!((fake.count("pause"), fake.count("stop")), (1, 0));
+    // Still paused just before `stop_after`...
+    tokio::time::sleep(Duration::from_secs(55)).await;
+    settle().await;
+    assert_eq!(t.snapshot().phase, Phase::Paused);
+    // ...stopped after it.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    phase_becomes(&t, Phase::Stopped).await;
+    assert_eq!(fake.count("stop"), 1);
+    // The next wake is a start, not an unpause.
+    assert!(t.admit(false).await.is_ok());
+    assert_eq!((fake.count("unpause"), fake.count("start")), (0, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wake_from_pause_before_stop_after_unpauses_and_is_not_stopped() {
+    let fake = Fake::new(ContainerState::Running);
+    let p = passivator(&fake);
+    let t = p
+        .tenant(&spec(|c| {
+            c.idle_action = IdleAction::Pause;
+            c.idle_timeout = Some(Duration::from_secs(30));
+            c.stop_after = Some(Duration::from_secs(60));
+        }))
+        .unwrap();
+    phase_becomes(&t, Phase::Running).await;
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    phase_becomes(&t, Phase::Paused).await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(t.admit(false).await.is_ok());
+    assert_eq!(fake.count("unpause"), 1);
+    // Running again: `stop_after` no longer applies; only a new idle period pauses it.
+    tokio::time::sleep(Duration::from_secs(45)).await;
+    settle().await;
+    assert_eq!(fake.count("stop"), 0);
 }
 
 #[tokio::test(start_paused = true)]

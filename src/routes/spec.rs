@@ -42,6 +42,10 @@ pub(crate) struct ServiceSpec<S = String> {
     pub health_path: Option<String>,
     #[serde(default)]
     pub idle_action: Option<IdleAction>,
+    /// With `idle_action = "pause"`: stop the paused container after this much more idleness, freeing its
+    /// memory; unset = it stays paused.
+    #[serde(default, with = "humantime_serde")]
+    pub stop_after: Option<Duration>,
     /// Requests held per service while it wakes; past it, 503.
     #[serde(default)]
     pub max_held: Option<usize>,
@@ -71,6 +75,7 @@ impl<S> Default for ServiceSpec<S> {
             stop_timeout: None,
             health_path: None,
             idle_action: None,
+            stop_after: None,
             max_held: None,
             page_after: None,
             https_redirect: None,
@@ -113,6 +118,8 @@ pub struct ContainerSpec {
     pub stop_timeout: Option<Duration>,
     pub health_path: Option<String>,
     pub idle_action: IdleAction,
+    /// With [`IdleAction::Pause`]: a paused container is stopped after this much more idleness.
+    pub stop_after: Option<Duration>,
     pub max_held: Option<usize>,
     pub page_after: Option<Duration>,
 }
@@ -178,6 +185,7 @@ impl<S: Borrow<str>> ServiceSpec<S> {
                 ("stop_timeout", self.stop_timeout.is_some()),
                 ("health_path", self.health_path.is_some()),
                 ("idle_action", self.idle_action.is_some()),
+                ("stop_after", self.stop_after.is_some()),
                 ("max_held", self.max_held.is_some()),
                 ("page_after", self.page_after.is_some()),
             ];
@@ -206,6 +214,14 @@ impl<S: Borrow<str>> ServiceSpec<S> {
         if self.max_held == Some(0) {
             return Err(bad("`max_held` must be at least 1".into()));
         }
+        if let Some(after) = self.stop_after {
+            if self.idle_action != Some(IdleAction::Pause) {
+                return Err(bad("`stop_after` needs `idle_action = \"pause\"`".into()));
+            }
+            if after.is_zero() {
+                return Err(bad("`stop_after` must be more than 0".into()));
+            }
+        }
         Ok(Some(ContainerSpec {
             container: container.clone(),
             port: self.port,
@@ -215,6 +231,7 @@ impl<S: Borrow<str>> ServiceSpec<S> {
             stop_timeout: self.stop_timeout,
             health_path: self.health_path.clone(),
             idle_action: self.idle_action.unwrap_or_default(),
+            stop_after: self.stop_after,
             max_held: self.max_held,
             page_after: self.page_after,
         }))
@@ -264,6 +281,15 @@ mod tests {
         assert_eq!(c.idle_timeout, Some(Duration::from_secs(900)));
         assert_eq!(c.idle_action, IdleAction::Pause);
         assert_eq!(c.stop_timeout, None, "unset: the global default, else the container's own");
+        let paused = parse(r#"{"container": "c", "port": 1, "idle_action": "pause", "stop_after": "30m"}"#).unwrap();
+        assert_eq!(paused.container().unwrap().stop_after, Some(Duration::from_secs(1800)));
+        for bad in [
+            r#"{"container": "c", "port": 1, "stop_after": "30m"}"#,
+            r#"{"container": "c", "port": 1, "idle_action": "pause", "stop_after": "0"}"#,
+            r#"{"backends": ["127.0.0.1:1"], "stop_after": "30m"}"#,
+        ] {
+            assert!(matches!(parse(bad), Err((None, RouteError::BadField { .. }))), "{bad}");
+        }
         let grace = parse(r#"{"container": "c", "port": 1, "stop_timeout": "2s"}"#).unwrap();
         assert_eq!(grace.container().unwrap().stop_timeout, Some(Duration::from_secs(2)));
         let never = parse(r#"{"container": "c", "port": 1, "idle_timeout": "0"}"#).unwrap();
