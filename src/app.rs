@@ -235,9 +235,10 @@ pub async fn start(
     if let (Some(listener), Some((_, acceptor))) = (listeners.https, &tls) {
         accept.push(tokio::spawn(proxy.clone().serve(listener, Some(acceptor.clone()), shutdown.clone())));
     }
+    let node = &config.passivation.node;
     match https_addr {
-        Some(https) => info!(http = %http_addr, https = %https, admin = %admin_addr, "listening"),
-        None => info!(http = %http_addr, admin = %admin_addr, "listening"),
+        Some(https) => info!(node, http = %http_addr, https = %https, admin = %admin_addr, "listening"),
+        None => info!(node, http = %http_addr, admin = %admin_addr, "listening"),
     }
 
     Ok(Running {

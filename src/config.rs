@@ -432,6 +432,9 @@ pub struct Overrides {
     /// Default idle time before a passivated tenant is stopped; 0 = never [default: 15m]
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub passivation_idle_timeout: Option<Duration>,
+    /// This replica's name, in etcd status keys and logs [default: the host name]
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
     /// Default time a request waits for its tenant to wake; past it, 504 [default: 60s]
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub wake_timeout: Option<Duration>,
@@ -579,7 +582,7 @@ fn resolve_passivation(
         page,
         docker: flags.docker.clone().or(file.docker.clone()),
         docker_timeout: file.docker_timeout.unwrap_or(d.docker_timeout),
-        node: file.node.clone().unwrap_or(d.node),
+        node: flags.node.clone().or(file.node.clone()).unwrap_or(d.node),
     };
     for (name, v) in
         [("wake_timeout", s.wake_timeout), ("probe_interval", s.probe_interval), ("docker_timeout", s.docker_timeout)]
@@ -587,6 +590,12 @@ fn resolve_passivation(
         if v.is_zero() {
             return Err(ConfigError::Invalid(format!("[passivation] {name} must be greater than zero")));
         }
+    }
+    if s.node.is_empty() || s.node.contains(|c: char| c == '/' || c.is_whitespace() || c.is_control()) {
+        return Err(ConfigError::Invalid(format!(
+            "node name {:?} must be non-empty, without '/', spaces or control characters (it is part of etcd keys)",
+            s.node
+        )));
     }
     if s.max_held == 0 {
         return Err(ConfigError::Invalid("[passivation] max_held must be at least 1".into()));
@@ -650,6 +659,20 @@ mod tests {
         let flags = Overrides { upstream_read_timeout: Some(Duration::ZERO), ..Default::default() };
         let e = Config::resolve(Some(&path), &flags).unwrap_err().to_string();
         assert!(e.contains("upstream_read_timeout"), "{e}");
+    }
+
+    #[test]
+    fn node_flag_wins_and_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reveille.toml");
+        std::fs::write(&path, "[server]\nroutes = \"r.toml\"\n[passivation]\nnode = \"edge-1\"\n").unwrap();
+        let cfg = Config::resolve(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(cfg.passivation.node, "edge-1");
+        let flags = Overrides { node: Some("edge-2".into()), ..Default::default() };
+        assert_eq!(Config::resolve(Some(&path), &flags).unwrap().passivation.node, "edge-2");
+        let flags = Overrides { node: Some("a/b".into()), ..Default::default() };
+        let e = Config::resolve(Some(&path), &flags).unwrap_err().to_string();
+        assert!(e.contains("node name"), "{e}");
     }
 
     fn secs(n: u64) -> Duration {
