@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::control::etcd::EtcdWatcher;
 use crate::control::{file, Composer, Source};
@@ -157,26 +158,22 @@ pub async fn start(
         source,
     })?;
 
-    let (status_tx, status_rx) = match &config.etcd {
-        Some(_) => {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            (Some(tx), Some(rx))
-        }
-        None => (None, None),
-    };
-    let passivator =
-        Passivator::new(config.passivation.clone(), runtime, Arc::new(NetProbe::default()), &metrics, status_tx);
-    tasks.push(tokio::spawn(passivator.clone().run(routes.clone(), background.clone())));
-    if let (Some(etcd), Some(rx)) = (&etcd, status_rx) {
-        let writer = crate::passivation::status::run(
+    // With etcd, this replica is one of a cluster (of one, or more): it coordinates wakes and stops with the
+    // others. Without, it decides alone.
+    let cluster = etcd.as_ref().map(|etcd| {
+        Cluster::new(
             etcd.clone(),
-            config.passivation.node.clone(),
-            rx,
-            passivator.clone(),
+            &config.passivation.node,
+            config.cluster.clone(),
             config.activity_interval,
-            background.clone(),
-        );
-        tasks.push(tokio::spawn(writer));
+            metrics.cluster().clone(),
+        )
+    });
+    let passivator =
+        Passivator::new(config.passivation.clone(), runtime, Arc::new(NetProbe::default()), &metrics, cluster.clone());
+    tasks.push(tokio::spawn(passivator.clone().run(routes.clone(), background.clone())));
+    if let Some(cluster) = cluster {
+        tasks.push(tokio::spawn(cluster.run(background.clone())));
     }
 
     // TLS: the certificates are loaded before the HTTPS listener serves its first handshake.

@@ -62,8 +62,10 @@ pub struct Config {
     pub proxy: Settings,
     /// Passivation defaults and the Docker endpoint.
     pub passivation: crate::passivation::Settings,
-    /// How often the last access time of active tenants is written to etcd.
+    /// How often each replica writes its use of the tenants that changed to etcd.
     pub activity_interval: Duration,
+    /// Coordination of several replicas through etcd (used whenever etcd is configured).
+    pub cluster: crate::cluster::Settings,
 }
 
 impl Default for Config {
@@ -82,6 +84,7 @@ impl Default for Config {
             proxy: Settings::default(),
             passivation: crate::passivation::Settings::default(),
             activity_interval: Duration::from_secs(5),
+            cluster: crate::cluster::Settings::default(),
         }
     }
 }
@@ -104,6 +107,21 @@ pub(crate) struct ConfigFile {
     pub passivation: PassivationSection,
     #[serde(default)]
     pub tls: TlsSection,
+    #[serde(default)]
+    pub cluster: ClusterSection,
+}
+
+/// `[cluster]`: how replicas that share an etcd coordinate.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ClusterSection {
+    /// The replica's etcd lease: a dead replica's activity stops counting, and a dead decider is replaced,
+    /// after this long [default: 10s].
+    #[serde(default, with = "humantime_serde")]
+    pub lease_ttl: Option<Duration>,
+    /// How long a stop waits for a replica that uses the tenant to veto it [default: 250ms].
+    #[serde(default, with = "humantime_serde")]
+    pub stop_veto: Option<Duration>,
 }
 
 /// `[tls]`: certificates and HTTPS redirects (the listener itself is `https` in `[server]`).
@@ -432,9 +450,16 @@ pub struct Overrides {
     /// Default idle time before a passivated tenant is stopped; 0 = never [default: 15m]
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub passivation_idle_timeout: Option<Duration>,
-    /// This replica's name, in etcd status keys and logs [default: the host name]
+    /// This replica's name, in etcd status keys, logs and metrics [default: the host name]
     #[arg(long, value_name = "NAME")]
     pub node: Option<String>,
+    /// The replica's etcd lease: after its death, its activity stops counting and another replica decides
+    /// idle stops, within this [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Option<Duration>,
+    /// How often each replica writes its use of tenants to etcd [default: 5s]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub activity_interval: Option<Duration>,
     /// Default time a request waits for its tenant to wake; past it, 504 [default: 60s]
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub wake_timeout: Option<Duration>,
@@ -522,10 +547,22 @@ impl Config {
                     .unwrap_or(s.trusted_proxies),
             },
             passivation: resolve_passivation(&file.passivation, flags)?,
-            activity_interval: file.passivation.activity_interval.unwrap_or(d.activity_interval),
+            activity_interval: flags
+                .activity_interval
+                .or(file.passivation.activity_interval)
+                .unwrap_or(d.activity_interval),
+            cluster: crate::cluster::Settings {
+                lease_ttl: flags.lease_ttl.or(file.cluster.lease_ttl).unwrap_or(d.cluster.lease_ttl),
+                stop_veto: file.cluster.stop_veto.unwrap_or(d.cluster.stop_veto),
+            },
         };
         if cfg.activity_interval.is_zero() {
             return Err(ConfigError::Invalid("activity_interval must be greater than zero".into()));
+        }
+        if cfg.cluster.lease_ttl < Duration::from_secs(2) {
+            return Err(ConfigError::Invalid(
+                "cluster lease_ttl must be at least 2s (etcd grants no shorter lease)".into(),
+            ));
         }
         if cfg.routes.is_none() && cfg.etcd.is_none() {
             return Err(ConfigError::NoRouteSource);

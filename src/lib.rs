@@ -17,9 +17,11 @@
 //! - `tls`: TLS termination — certificates from a directory and etcd as an `ArcSwap` snapshot, SNI selection,
 //!   hot reload, the handshake.
 //! - `runtime`: the container runtime — start, stop, pause and inspect tenant containers (Docker Engine API).
+//! - `cluster`: several replicas through etcd — leases and replica keys, the decider lock, batched activity
+//!   per tenant and replica, compare-and-swap of tenants' status keys.
 //! - `passivation`: wake-on-request and idle stop of tenant containers — per-tenant state machines, held
 //!   requests, readiness probes, its HTTP face (browser page decision, "starting" page, status endpoint, admin
-//!   view), etcd status keys.
+//!   view), and the cluster rules it follows when there are several replicas.
 //! - `readiness`: the gates `/readyz` waits for (route sources, certificates) and the draining flag.
 //! - `admin`: the admin listener — `/healthz`, `/readyz`, `/metrics`, `/api/routes`, `/api/services`.
 //! - `metrics`: Prometheus metric definitions and exposition.
@@ -39,6 +41,7 @@
 mod admin;
 mod app;
 mod cli;
+mod cluster;
 mod config;
 mod control;
 mod etcd;
@@ -59,6 +62,7 @@ pub use config::{Config, Overrides};
 pub use telemetry::init as init_logging;
 
 // The settings a `Config` is made of, for tests and labs that build one.
+pub use cluster::Settings as ClusterSettings;
 pub use etcd::{EtcdConfig, EtcdError};
 pub use passivation::Settings as PassivationSettings;
 pub use proxy::Settings as ProxySettings;

@@ -254,6 +254,76 @@ impl PassivationMetrics {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WriteLabels {
+    kind: &'static str,
+    result: &'static str,
+}
+
+/// Metrics of the cluster's coordination through etcd.
+#[derive(Clone, Debug)]
+pub struct ClusterMetrics {
+    node: Family<NodeLabels, Gauge>,
+    decider: Gauge,
+    leader_changes: Counter,
+    writes: Family<WriteLabels, Counter>,
+    conflicts: Counter,
+}
+
+impl ClusterMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let node = Family::<NodeLabels, Gauge>::default();
+        registry.register("node_info", "This replica's node name (`serve --node`), as a label; always 1", node.clone());
+        let decider = Gauge::default();
+        registry.register(
+            "cluster_decider",
+            "1 while this replica decides idle stops for the cluster",
+            decider.clone(),
+        );
+        let leader_changes = Counter::default();
+        registry.register(
+            "cluster_leader_changes",
+            "Times this replica became, or stopped being, the one that decides idle stops",
+            leader_changes.clone(),
+        );
+        let writes = Family::<WriteLabels, Counter>::default();
+        registry.register(
+            "cluster_writes",
+            "etcd coordination writes, by kind (status, activity, lease, decider) and result (ok, error)",
+            writes.clone(),
+        );
+        let conflicts = Counter::default();
+        registry.register(
+            "cluster_cas_conflicts",
+            "Status transitions refused because another replica changed the status first",
+            conflicts.clone(),
+        );
+        Self { node, decider, leader_changes, writes, conflicts }
+    }
+
+    pub fn node(&self, node: &str) {
+        self.node.get_or_create(&NodeLabels { node: node.to_string() }).set(1);
+    }
+
+    pub fn decider(&self, on: bool) {
+        self.decider.set(i64::from(on));
+        self.leader_changes.inc();
+    }
+
+    pub fn write(&self, kind: &'static str, ok: bool) {
+        self.writes.get_or_create(&WriteLabels { kind, result: if ok { "ok" } else { "error" } }).inc();
+    }
+
+    pub fn conflict(&self) {
+        self.conflicts.inc();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabels {
     source: &'static str,
 }
@@ -354,6 +424,7 @@ pub struct Metrics {
     registry: Registry,
     passivation: PassivationMetrics,
     tls: TlsMetrics,
+    cluster: ClusterMetrics,
     requests: Family<ServiceClassLabels, Counter>,
     unrouted: Family<KindLabels, Counter>,
     duration: LatencyHistogram,
@@ -464,11 +535,13 @@ impl Metrics {
         registry.register("etcd_resyncs", "Full re-lists of etcd after a broken watch", etcd_resyncs.clone());
         let passivation = PassivationMetrics::register(&mut registry);
         let tls = TlsMetrics::register(&mut registry);
+        let cluster = ClusterMetrics::register(&mut registry);
 
         Self {
             registry,
             passivation,
             tls,
+            cluster,
             requests,
             unrouted,
             duration,
@@ -569,6 +642,10 @@ impl Metrics {
 
     pub fn tls(&self) -> &TlsMetrics {
         &self.tls
+    }
+
+    pub fn cluster(&self) -> &ClusterMetrics {
+        &self.cluster
     }
 
     /// The Prometheus text exposition of every metric.

@@ -446,7 +446,10 @@ async fn etcd_gets_status_and_activity_keys() {
     })
     .await;
     eventually(LONG, "activity key written", || async {
-        read("/reveille/activity/web").await.is_some_and(|v| v.ends_with("+00:00") && v.starts_with("20"))
+        read("/reveille/cluster/activity/web/node-a").await.is_some_and(|v| {
+            let v: serde_json::Value = serde_json::from_str(&v).unwrap();
+            v["last"].as_str().is_some_and(|t| t.ends_with("+00:00") && t.starts_with("20")) && v["busy"] == false
+        })
     })
     .await;
 }

@@ -4,12 +4,24 @@
 //!   `control::etcd`, written by `reveille route`.
 //! - `<prefix>services/<name>` → `{"backends": [...], ...}`, read by `control::etcd`, written by
 //!   `reveille service`.
-//! - `<prefix>status/<name>` and `<prefix>activity/<name>`: a passivated service's state and last use,
-//!   written by `passivation::status`.
+//! - `<prefix>status/<name>` → `{"state", "since", "node"}`: a passivated service's state, changed by
+//!   compare-and-swap transactions (`cluster`).
+//! - `<prefix>cluster/replicas/<node>`, `<prefix>cluster/decider` and `<prefix>cluster/activity/<name>/<node>`:
+//!   the replicas alive, the one that decides idle stops, and each replica's use of each tenant, all under the
+//!   writing replica's lease (`cluster`).
 //! - `<prefix>certs/<name>` → `{"cert": "PEM chain", "key": "PEM key"}`, read by `tls::etcd`, written by
 //!   `reveille cert`.
 //!
 //! What the values mean is for those modules; this one only names keys and ranges.
+
+/// What a key under `<prefix>cluster/` is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClusterKey<'a> {
+    Replica(&'a str),
+    Decider,
+    Activity { service: &'a str, node: &'a str },
+    Other,
+}
 
 /// The key schema under one prefix.
 #[derive(Debug, Clone)]
@@ -59,9 +71,51 @@ impl Keys {
         format!("{}status/{name}", self.prefix)
     }
 
-    /// `<prefix>activity/<name>`: when a passivated service last had a request, written by reveille.
-    pub fn activity(&self, name: &str) -> String {
-        format!("{}activity/{name}", self.prefix)
+    /// The key range of status keys: `[<prefix>status/, <prefix>status0)`.
+    pub fn status_range(&self) -> (String, String) {
+        (format!("{}status/", self.prefix), format!("{}status0", self.prefix))
+    }
+
+    /// The service name of a key in [`Keys::status_range`].
+    pub fn status_name<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(self.prefix.as_str())?.strip_prefix("status/")
+    }
+
+    /// The key range of the cluster's keys (replicas, decider, activity): `[<prefix>cluster/, <prefix>cluster0)`.
+    pub fn cluster_range(&self) -> (String, String) {
+        (format!("{}cluster/", self.prefix), format!("{}cluster0", self.prefix))
+    }
+
+    /// `<prefix>cluster/replicas/<node>`: a live replica, under its lease.
+    pub fn replica(&self, node: &str) -> String {
+        format!("{}cluster/replicas/{node}", self.prefix)
+    }
+
+    /// `<prefix>cluster/decider`: the node that decides idle stops, under its lease.
+    pub fn decider(&self) -> String {
+        format!("{}cluster/decider", self.prefix)
+    }
+
+    /// `<prefix>cluster/activity/<name>/<node>`: a replica's use of a tenant, under its lease.
+    pub fn activity(&self, name: &str, node: &str) -> String {
+        format!("{}cluster/activity/{name}/{node}", self.prefix)
+    }
+
+    /// What a key in [`Keys::cluster_range`] is.
+    pub fn cluster_kind<'k>(&self, key: &'k str) -> ClusterKey<'k> {
+        let Some(rest) = key.strip_prefix(self.prefix.as_str()).and_then(|r| r.strip_prefix("cluster/")) else {
+            return ClusterKey::Other;
+        };
+        if rest == "decider" {
+            return ClusterKey::Decider;
+        }
+        if let Some(node) = rest.strip_prefix("replicas/") {
+            return ClusterKey::Replica(node);
+        }
+        if let Some((service, node)) = rest.strip_prefix("activity/").and_then(|r| r.rsplit_once('/')) {
+            return ClusterKey::Activity { service, node };
+        }
+        ClusterKey::Other
     }
 
     /// `<prefix>certs/<name>`: a TLS certificate chain and its key.
@@ -115,8 +169,14 @@ mod tests {
         for inside in ["/reveille/routes/a", "/reveille/services/z"] {
             assert!(inside >= start.as_str() && inside < end.as_str(), "{inside}");
         }
-        for outside in ["/reveille/status/a", "/reveille/activity/a", "/reveille/certs/a"] {
+        for outside in ["/reveille/status/a", "/reveille/cluster/activity/a/n", "/reveille/certs/a"] {
             assert!(!(outside >= start.as_str() && outside < end.as_str()), "{outside}");
         }
+        assert_eq!(k.cluster_kind(&k.activity("acme", "n1")), ClusterKey::Activity { service: "acme", node: "n1" });
+        assert_eq!(k.cluster_kind(&k.replica("n1")), ClusterKey::Replica("n1"));
+        assert_eq!(k.cluster_kind(&k.decider()), ClusterKey::Decider);
+        assert_eq!(k.status_name(&k.status("acme")), Some("acme"));
+        let (start, end) = k.cluster_range();
+        assert!(k.activity("a", "b") > start && k.activity("a", "b") < end && k.status("a") > end);
     }
 }

@@ -18,5 +18,5 @@ mod session;
 
 pub use client::{connect, EtcdConfig, EtcdError};
 pub(crate) use client::{list_range, within, Etcd};
-pub(crate) use keys::{KeyKind, Keys};
+pub(crate) use keys::{ClusterKey, KeyKind, Keys};
 pub(crate) use session::{watch, Sink};

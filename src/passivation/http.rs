@@ -11,8 +11,8 @@ use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, UPGRADE, VA
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
-use super::status::rfc3339;
 use super::{PageValues, Passivator, Phase, Tenant};
+use crate::cluster::rfc3339;
 use crate::routes::{RouteTable, Service};
 
 /// `Retry-After` of the starting page, in seconds (the page itself reloads sooner, when ready).
@@ -97,6 +97,7 @@ impl Passivator {
     /// Every service of `table` as the admin API's `/api/services` shows it, passivated or not.
     pub fn services_json(&self, table: &RouteTable) -> Value {
         let tenants = self.tenants.load();
+        let cluster = self.cluster().map(|c| (c, c.view()));
         let mut out = serde_json::Map::new();
         for (name, service) in table.services() {
             let backends: Vec<&str> = service.backends().iter().map(|b| b.as_str()).collect();
@@ -114,6 +115,16 @@ impl Passivator {
                     v["idle_action"] = json!(spec.idle_action.as_str());
                     let idle = spec.idle_timeout.unwrap_or(self.settings().idle_timeout);
                     v["idle_timeout"] = json!(humantime::format_duration(idle).to_string());
+                    if let Some((c, view)) = &cluster {
+                        // The cluster-wide status key, and which replicas hold activity for the tenant.
+                        let status = c
+                            .status(name)
+                            .map(|s| json!({ "state": s.state, "node": s.node, "since": s.since.map(rfc3339) }));
+                        v["cluster"] = json!({
+                            "status": status,
+                            "activity": view.activity.get(&**name).cloned().unwrap_or_default(),
+                        });
+                    }
                 }
                 (Some(spec), None) => {
                     v["container"] = json!(spec.container);
@@ -123,7 +134,10 @@ impl Passivator {
             }
             out.insert(name.to_string(), v);
         }
-        json!({ "services": out })
+        match cluster {
+            Some((_, view)) => json!({ "services": out, "cluster": view }),
+            None => json!({ "services": out }),
+        }
     }
 }
 

@@ -8,7 +8,9 @@
 //!   and the registry that keeps tenants in step with the route table and Docker's events ([`Passivator`]);
 //! - the HTTP face (`http`): the page decision ([`wants_page`]), the "starting" page (`page`), the status
 //!   endpoint and the admin API's services view, all read from a tenant's [`Snapshot`];
-//! - the etcd status and activity keys (`status`).
+//! - with several replicas (etcd configured), the cluster rules (`tenant/coordination.rs`): one start per wake,
+//!   idle stops decided by one replica and vetoed by any that uses the tenant, status changes by
+//!   compare-and-swap — all through [`Cluster`], which owns the etcd side.
 //!
 //! Talks to Docker only through [`ContainerRuntime`]. Does not route, forward, write access-log lines or count
 //! requests: the proxy does, around the small API above.
@@ -16,17 +18,16 @@
 mod http;
 mod page;
 mod probe;
-pub(crate) mod status;
 mod tenant;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -35,6 +36,7 @@ pub(crate) use page::{Page, PageValues};
 pub(crate) use probe::{NetProbe, Probe};
 pub(crate) use tenant::{Activity, Phase, Refusal, Tenant};
 
+use crate::cluster::{self, Cluster, Use};
 use crate::metrics::{Metrics, PassivationMetrics};
 use crate::routes::{RouteHandle, RouteTable, Service};
 use crate::runtime::ContainerRuntime;
@@ -97,19 +99,14 @@ pub(crate) fn default_node_name() -> String {
         .unwrap_or_else(|| "reveille".into())
 }
 
-/// A change operators should see, sent to the etcd status writer.
-#[derive(Debug, Clone)]
-pub enum StatusUpdate {
-    State { service: Arc<str>, state: Phase, since: SystemTime },
-}
-
 /// What every tenant shares.
 pub(crate) struct Shared {
     settings: Settings,
     runtime: Arc<dyn ContainerRuntime>,
     probe: Arc<dyn Probe>,
     metrics: PassivationMetrics,
-    status: Option<mpsc::UnboundedSender<StatusUpdate>>,
+    /// The cluster, when etcd is configured (even with one replica).
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// The registry of passivated tenants, one per service that names a container. Kept in step with the route
@@ -131,22 +128,38 @@ impl std::fmt::Debug for Passivator {
 }
 
 impl Passivator {
-    /// `status`: where transitions are sent for the etcd status keys, if etcd is configured.
-    pub fn new(
+    /// `cluster`: the replicas' coordination, when etcd is configured. Without it, this replica decides alone.
+    pub(crate) fn new(
         settings: Settings,
         runtime: Arc<dyn ContainerRuntime>,
         probe: Arc<dyn Probe>,
         metrics: &Metrics,
-        status: Option<mpsc::UnboundedSender<StatusUpdate>>,
+        cluster: Option<Arc<Cluster>>,
     ) -> Arc<Self> {
-        let shared = Arc::new(Shared { settings, runtime, probe, metrics: metrics.passivation().clone(), status });
-        Arc::new(Self {
+        let shared = Arc::new(Shared {
+            settings,
+            runtime,
+            probe,
+            metrics: metrics.passivation().clone(),
+            cluster: cluster.clone(),
+        });
+        let passivator = Arc::new(Self {
             shared,
             tenants: ArcSwap::from_pointee(HashMap::new()),
             write: Mutex::new(()),
             changed: Notify::new(),
             cancel: CancellationToken::new(),
-        })
+        });
+        if let Some(c) = &cluster {
+            let weak = Arc::downgrade(&passivator);
+            c.set_activity_source(Box::new(move || weak.upgrade().map(|p| p.activity()).unwrap_or_default()));
+        }
+        passivator
+    }
+
+    /// The cluster, when etcd is configured.
+    pub(crate) fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.shared.cluster.as_ref()
     }
 
     pub fn settings(&self) -> &Settings {
@@ -238,6 +251,7 @@ impl Passivator {
         let mut versions = routes.subscribe();
         self.reconcile(&routes.load());
         let events = tokio::spawn(self.clone().follow_events(cancel.clone()));
+        let mut cluster_events = self.shared.cluster.as_ref().and_then(|c| c.take_events());
         loop {
             tokio::select! {
                 r = versions.changed() => {
@@ -246,6 +260,18 @@ impl Passivator {
                     }
                     self.reconcile(&routes.load());
                 }
+                Some(ev) = async { cluster_events.as_mut()?.recv().await } => match ev {
+                    cluster::Event::Status(name) => {
+                        if let Some(t) = self.get(&name) {
+                            t.notify_cluster();
+                        }
+                    }
+                    cluster::Event::Cluster => {
+                        for t in self.tenants.load().values() {
+                            t.notify_cluster();
+                        }
+                    }
+                },
                 () = cancel.cancelled() => break,
             }
         }
@@ -312,16 +338,15 @@ impl Passivator {
         }
     }
 
-    /// Snapshot of tenants with their last activity, for the etcd activity keys.
-    /// A tenant with an open request or WebSocket is in use now, whenever its last request started.
-    pub(crate) fn activity(&self) -> Vec<(Arc<str>, Option<SystemTime>)> {
-        let now = SystemTime::now();
+    /// This replica's use of each tenant, for the cluster's activity keys: the last request start or end, and
+    /// whether a request or WebSocket is open now.
+    pub(crate) fn activity(&self) -> Vec<(Arc<str>, Use)> {
         self.tenants
             .load()
             .values()
             .map(|t| {
                 let snap = t.snapshot();
-                (t.name.clone(), if snap.in_flight > 0 { Some(now) } else { snap.last_activity })
+                (t.name.clone(), Use { last: snap.last_activity, busy: snap.in_flight > 0 })
             })
             .collect()
     }

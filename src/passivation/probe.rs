@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use crate::routes::Backend;
 
 /// Answers "is this backend ready?" once.
-pub trait Probe: Send + Sync + 'static {
+pub(crate) trait Probe: Send + Sync + 'static {
     fn ready<'a>(
         &'a self,
         target: &'a Backend,

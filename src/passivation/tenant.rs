@@ -18,9 +18,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use super::{Shared, StatusUpdate};
+use super::Shared;
 use crate::routes::{Backend, ContainerSpec, IdleAction, Service};
 use crate::runtime::{ContainerInfo, ContainerState, RuntimeError};
+
+mod coordination;
+
+use coordination::StartClaim;
 
 /// Where a tenant is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,6 +188,8 @@ pub(super) enum Msg {
     Event,
     /// The Docker event stream was (re)connected (events may have been missed), or the definition changed.
     Resync,
+    /// The tenant's status key changed in etcd, or this replica's place in the cluster did.
+    Cluster,
 }
 
 struct State {
@@ -482,6 +488,10 @@ impl Tenant {
         let _ = self.tx.send(Msg::Resync);
     }
 
+    pub(super) fn notify_cluster(&self) {
+        let _ = self.tx.send(Msg::Cluster);
+    }
+
     /// True when a Docker event about `id`/`name` concerns this tenant's container.
     pub(super) fn matches(&self, id: &str, name: &str) -> bool {
         let st = self.state.lock();
@@ -509,9 +519,6 @@ impl Tenant {
         st.phase = phase;
         st.since = SystemTime::now();
         st.phase_at = Instant::now();
-        if let Some(sink) = &self.shared.status {
-            let _ = sink.send(StatusUpdate::State { service: self.name.clone(), state: phase, since: st.since });
-        }
     }
 
     // ---- the driver -------------------------------------------------------------------------------------
@@ -548,15 +555,22 @@ impl Tenant {
                             st.idle_waiter = true;
                             None
                         } else {
-                            Some((st.last_release + idle).saturating_duration_since(Instant::now()))
+                            let local = (st.last_release + idle).saturating_duration_since(Instant::now());
+                            // With several replicas: only the decider stops, and the others' use counts too.
+                            self.cluster_idle_timer(local, idle)
                         }
                     }
                     // Pause, then stop: a paused tenant is stopped after `stop_after` more.
                     Phase::Paused => {
                         let service = self.service();
-                        Self::spec_of(&service)
-                            .and_then(|s| s.stop_after)
-                            .map(|after| (st.phase_at + after).saturating_duration_since(Instant::now()))
+                        Self::spec_of(&service).and_then(|s| s.stop_after).and_then(|after| {
+                            let left = (st.phase_at + after).saturating_duration_since(Instant::now());
+                            if self.cluster().is_some_and(|c| !c.is_decider()) {
+                                None
+                            } else {
+                                Some(left)
+                            }
+                        })
                     }
                     _ => None,
                 };
@@ -585,6 +599,7 @@ impl Tenant {
                 Some(Msg::Event | Msg::Resync) => {
                     let _ = self.refresh().await;
                 }
+                Some(Msg::Cluster) => self.on_cluster().await,
             }
         }
         let mut st = self.state.lock();
@@ -635,6 +650,9 @@ impl Tenant {
         let mut st = self.state.lock();
         st.identity = Some((info.id.clone(), info.name.clone()));
         match info.state {
+            // Another replica is starting it: adopted once that replica's probe has passed (its status says
+            // `running`), not before the application listens.
+            ContainerState::Running if st.phase != Phase::Running && self.peer_starting(spec) => {}
             ContainerState::Running => match backend {
                 Ok(backend) => {
                     st.backend = backend;
@@ -663,6 +681,9 @@ impl Tenant {
                 }
             }
         }
+        let phase = st.phase;
+        drop(st);
+        self.observe(phase, spec);
         Ok(())
     }
 
@@ -680,9 +701,10 @@ impl Tenant {
             (st.wake_requested_at.unwrap_or(started), known)
         };
         let span = info_span!("wake", container = %spec.container);
+        let mut claim = None;
         let outcome = async {
             info!("waking");
-            let bring_up = tokio::time::timeout(timeout, self.bring_up(&service, spec, rx, started, known));
+            let bring_up = tokio::time::timeout(timeout, self.bring_up(&service, spec, rx, started, known, &mut claim));
             tokio::select! {
                 r = bring_up => match r {
                     Ok(r) => r,
@@ -693,32 +715,42 @@ impl Tenant {
         }
         .instrument(span.clone())
         .await;
-        let metrics = &self.shared.metrics;
-        let mut st = self.state.lock();
-        st.wake_pending = false;
-        st.wake_requested_at = None;
-        match &outcome {
-            Ok(backend) => {
-                st.backend = backend.clone();
-                st.failure = None;
-                if st.active == 0 {
-                    st.last_release = Instant::now();
+        {
+            let metrics = &self.shared.metrics;
+            let mut st = self.state.lock();
+            st.wake_pending = false;
+            st.wake_requested_at = None;
+            match &outcome {
+                Ok(backend) => {
+                    st.backend = backend.clone();
+                    st.failure = None;
+                    if st.active == 0 {
+                        st.last_release = Instant::now();
+                    }
+                    self.set_phase(&mut st, Phase::Running);
+                    metrics.wake(&self.name, "ok");
+                    metrics.phase(WakePhase::Total.as_str(), requested.elapsed());
+                    span.in_scope(|| {
+                        info!(ms = requested.elapsed().as_millis() as u64, held = st.queue.len(), "ready")
+                    });
                 }
-                self.set_phase(&mut st, Phase::Running);
-                metrics.wake(&self.name, "ok");
-                metrics.phase(WakePhase::Total.as_str(), requested.elapsed());
-                span.in_scope(|| info!(ms = requested.elapsed().as_millis() as u64, held = st.queue.len(), "ready"));
+                Err(refusal) => {
+                    st.backend = None;
+                    st.failure = Some((refusal.clone(), Instant::now()));
+                    self.set_phase(&mut st, Phase::Failed);
+                    metrics.wake(&self.name, refusal.reason());
+                    span.in_scope(|| warn!(error = %refusal, held = st.queue.len(), "wake failed"));
+                }
             }
-            Err(refusal) => {
-                st.backend = None;
-                st.failure = Some((refusal.clone(), Instant::now()));
-                self.set_phase(&mut st, Phase::Failed);
-                metrics.wake(&self.name, refusal.reason());
-                span.in_scope(|| warn!(error = %refusal, held = st.queue.len(), "wake failed"));
+            for tx in st.queue.drain(..) {
+                let _ = tx.send(outcome.clone());
             }
         }
-        for tx in st.queue.drain(..) {
-            let _ = tx.send(outcome.clone());
+        // The cluster learns the outcome (its watchers among the other replicas release their held requests).
+        match claim {
+            Some(StartClaim::Mine(rev)) => self.settle(rev, if outcome.is_ok() { "running" } else { "failed" }).await,
+            _ if outcome.is_ok() => self.observe(Phase::Running, spec),
+            _ => {}
         }
     }
 
@@ -729,6 +761,7 @@ impl Tenant {
         rx: &mut mpsc::UnboundedReceiver<Msg>,
         started: Instant,
         known: Phase,
+        claim: &mut Option<StartClaim>,
     ) -> Outcome {
         let rt = &*self.shared.runtime;
         let metrics = &self.shared.metrics;
@@ -736,16 +769,25 @@ impl Tenant {
         let (name, network) = (spec.container.as_str(), spec.network.as_deref());
         let inspect = || async { rt.inspect(name, network).await.map_err(Refusal::from_runtime) };
 
+        // With several replicas, the start is claimed cluster-wide first: one replica starts the container,
+        // the others wait for it and only probe.
+        let claimed = self.claim_start(spec, rx).await?;
+        let already_up = matches!(claimed, StartClaim::AlreadyUp);
+        *claim = Some(claimed);
+
         // When reveille itself stopped or paused the container (or saw it so), it acts at once; otherwise, or if
-        // that knowledge turns out stale, it asks Docker first.
+        // that knowledge turns out stale, it asks Docker first. Another replica may have changed it: then always
+        // ask.
         let assumed = match known {
+            _ if self.cluster().is_some() => None,
             Phase::Stopped => Some(ContainerState::Stopped),
             Phase::Paused => Some(ContainerState::Paused),
             _ => None,
         };
-        let state = match assumed {
-            Some(s) => s,
-            None => inspect().await?.state,
+        let state = match (already_up, assumed) {
+            (true, _) => ContainerState::Running,
+            (false, Some(s)) => s,
+            (false, None) => inspect().await?.state,
         };
         let call = Instant::now();
         let act = |state: ContainerState| async move {
@@ -848,8 +890,16 @@ impl Tenant {
             if !forced && (idle.is_zero() || st.last_release.elapsed() < idle) {
                 return;
             }
+            if !self.cluster_allows_stop(idle, forced) {
+                return;
+            }
             self.set_phase(&mut st, Phase::Stopping);
         }
+        let Some(claim) = self.claim_stop(spec).await else {
+            let mut st = self.state.lock();
+            self.stop_abandoned(&mut st, self.idle_timeout(spec));
+            return;
+        };
         let action = spec.idle_action;
         let span = info_span!("passivate", container = %spec.container, action = action.as_str());
         let rt = &*self.shared.runtime;
@@ -863,14 +913,19 @@ impl Tenant {
         .await;
         match result {
             Ok(()) => {
-                let mut st = self.state.lock();
-                st.backend = None;
                 let to = if action == IdleAction::Pause { Phase::Paused } else { Phase::Stopped };
-                self.set_phase(&mut st, to);
+                {
+                    let mut st = self.state.lock();
+                    st.backend = None;
+                    self.set_phase(&mut st, to);
+                }
                 self.shared.metrics.stopped(&self.name, action.as_str());
                 span.in_scope(|| {
                     info!(forced, "idle: {}", if action == IdleAction::Pause { "paused" } else { "stopped" })
                 });
+                if let Some(rev) = claim {
+                    self.settle(rev, to.as_str()).await;
+                }
             }
             Err(e) => {
                 self.shared.metrics.stop_failed(&self.name);
@@ -899,10 +954,22 @@ impl Tenant {
             if st.phase != Phase::Paused || st.wake_pending || st.phase_at.elapsed() < after {
                 return;
             }
+            if self.cluster().is_some_and(|c| !c.is_decider()) {
+                return;
+            }
             self.set_phase(&mut st, Phase::Stopping);
         }
+        let Some(claim) = self.claim_stop(spec).await else {
+            // Tried again after another `stop_after`.
+            let mut st = self.state.lock();
+            self.set_phase(&mut st, Phase::Paused);
+            return;
+        };
         let span = info_span!("passivate", container = %spec.container, action = "stop");
         let result = self.shared.runtime.stop(&spec.container, self.stop_timeout(spec)).instrument(span.clone()).await;
+        if let (Ok(()), Some(rev)) = (&result, claim) {
+            self.settle(rev, "stopped").await;
+        }
         let mut st = self.state.lock();
         match result {
             Ok(()) => {

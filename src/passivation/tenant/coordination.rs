@@ -1,0 +1,278 @@
+//! The cluster rules of a tenant, when etcd is configured (see "Several replicas" in `LIFECYCLE.md`):
+//!
+//! - a wake first moves the status key to `starting` for this replica by compare-and-swap; a replica that
+//!   finds another one starting (or stopping) the container waits for it instead of starting it again;
+//! - an idle stop is decided only by the decider, only when no replica has used the tenant within its idle
+//!   timeout, and only after moving the status to `stopping`; any replica that uses the tenant then vetoes
+//!   the stop (moves the status back to `running`) within `stop_veto`;
+//! - a replica that sees another one stop the tenant holds its requests until the stop is over, then wakes it;
+//! - with etcd unreachable, wakes go on without a claim and nothing is stopped.
+//!
+//! The etcd side (watches, transactions, leases) is `crate::cluster`'s; this file only applies the rules to the
+//! tenant's state.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::{Msg, Phase, Refusal, State, Tenant};
+use crate::cluster::{Cluster, TenantStatus, Transition};
+use crate::routes::ContainerSpec;
+use crate::runtime::ContainerState;
+
+/// The longest a status transition may take on the wake path before the wake goes on without it.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest a settling transition (after the Docker call) may take.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a replica waiting for another one's start or stop looks again on its own.
+const WAIT_RECHECK: Duration = Duration::from_millis(500);
+
+/// What a wake may do after [`Tenant::claim_start`].
+#[derive(Debug)]
+pub(super) enum StartClaim {
+    /// This replica moved the status to `starting` (at this revision): it starts the container.
+    Mine(i64),
+    /// No claim could be made (no cluster, or etcd unreachable): it starts the container anyway.
+    Unclaimed,
+    /// Another replica started it and Docker runs it: only the readiness probe is left.
+    AlreadyUp,
+}
+
+impl Tenant {
+    pub(super) fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.shared.cluster.as_ref()
+    }
+
+    /// True when another live replica is starting or stopping the container, as far as this one knows.
+    fn peer_at_work(&self, c: &Cluster, s: &TenantStatus, spec: &ContainerSpec) -> bool {
+        s.node != c.node() && s.transitional() && c.alive(&s.node, s.seen) && s.seen.elapsed() < self.wake_timeout(spec)
+    }
+
+    /// Before a wake's Docker call: claims the start cluster-wide, or waits while another replica starts or
+    /// stops the container. Never refuses for etcd's sake: unreachable, the wake goes on unclaimed.
+    pub(super) async fn claim_start(
+        &self,
+        spec: &ContainerSpec,
+        rx: &mut mpsc::UnboundedReceiver<Msg>,
+    ) -> Result<StartClaim, Refusal> {
+        let Some(c) = self.cluster() else { return Ok(StartClaim::Unclaimed) };
+        let mut waited = false;
+        loop {
+            if !c.connected() || !c.statuses_loaded() {
+                debug!("etcd unreachable: starting without a cluster-wide claim");
+                return Ok(StartClaim::Unclaimed);
+            }
+            let current = c.status(&self.name);
+            if let Some(s) = current.as_ref().filter(|s| self.peer_at_work(c, s, spec)) {
+                if s.state == "starting" && self.docker_runs(spec).await? {
+                    info!(node = %s.node, "another replica started it: probing it from here");
+                    return Ok(StartClaim::AlreadyUp);
+                }
+                if !waited {
+                    info!(node = %s.node, state = %s.state, "another replica is at work on the container: waiting for it");
+                    waited = true;
+                }
+                tokio::select! {
+                    m = rx.recv() => if m.is_none() { return Err(Refusal::Removed) },
+                    () = tokio::time::sleep(WAIT_RECHECK) => {}
+                }
+                continue;
+            }
+            if current.as_ref().is_some_and(|s| s.state == "running") && self.docker_runs(spec).await? {
+                return Ok(StartClaim::AlreadyUp);
+            }
+            let expect = current.as_ref().map(|s| s.revision);
+            match c.transition(&self.name, expect, "starting", SystemTime::now(), CLAIM_TIMEOUT).await {
+                Ok(Transition::Done(rev)) => {
+                    info!("start claimed for the cluster");
+                    return Ok(StartClaim::Mine(rev));
+                }
+                Ok(Transition::Conflict(now)) => {
+                    debug!(now = ?now.map(|s| (s.state, s.node)), "status changed meanwhile: looking again");
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot claim the start in etcd: starting without a claim");
+                    return Ok(StartClaim::Unclaimed);
+                }
+            }
+        }
+    }
+
+    async fn docker_runs(&self, spec: &ContainerSpec) -> Result<bool, Refusal> {
+        let info = self.shared.runtime.inspect(&spec.container, spec.network.as_deref()).await;
+        Ok(info.map_err(Refusal::from_runtime)?.state == ContainerState::Running)
+    }
+
+    /// After a claimed start or stop: moves the status from the claim's revision to `state`. A failure is
+    /// logged; the next observation repairs the key.
+    pub(super) async fn settle(&self, claim: i64, state: &str) {
+        let Some(c) = self.cluster() else { return };
+        match c.transition(&self.name, Some(claim), state, SystemTime::now(), SETTLE_TIMEOUT).await {
+            Ok(Transition::Done(_)) => {}
+            Ok(Transition::Conflict(now)) => {
+                debug!(state, now = ?now.map(|s| (s.state, s.node)), "status changed by another replica meanwhile")
+            }
+            Err(e) => warn!(error = %e, state, "cannot write the tenant's status to etcd"),
+        }
+    }
+
+    /// The idle stop's cluster check, before the stop is claimed: this replica must decide stops, and no other
+    /// replica may have used the tenant within `idle` (or be using it). `forced` (admin `sleep`) skips both;
+    /// the veto still applies.
+    pub(super) fn cluster_allows_stop(&self, idle: Duration, forced: bool) -> bool {
+        let Some(c) = self.cluster() else { return true };
+        if forced {
+            return true;
+        }
+        if !c.is_decider() {
+            return false;
+        }
+        let remote = c.remote_use(&self.name);
+        !remote.busy && remote.last.map_or(true, |l| l.elapsed().unwrap_or_default() >= idle)
+    }
+
+    /// The idle timer of a running tenant (`local`: from this replica's own use), pushed back by the other
+    /// replicas' use. `None`: this replica does not decide stops (it is told when that changes).
+    pub(super) fn cluster_idle_timer(&self, local: Duration, idle: Duration) -> Option<Duration> {
+        let Some(c) = self.cluster() else { return Some(local) };
+        if !c.is_decider() {
+            return None;
+        }
+        let remote = c.remote_use(&self.name);
+        if remote.busy {
+            return Some(c.activity_interval());
+        }
+        let remote_left = remote.last.map_or(Duration::ZERO, |l| idle.saturating_sub(l.elapsed().unwrap_or_default()));
+        Some(local.max(remote_left))
+    }
+
+    /// Claims a stop cluster-wide (status → `stopping`), then gives the other replicas `stop_veto` to refuse
+    /// it. Returns the claim's revision, or `None` when the stop must not happen (claim refused, vetoed, a
+    /// request arrived here meanwhile, or etcd unreachable: nothing is stopped without etcd).
+    pub(super) async fn claim_stop(&self, spec: &ContainerSpec) -> Option<Option<i64>> {
+        let Some(c) = self.cluster() else { return Some(None) };
+        if !c.connected() || !c.statuses_loaded() {
+            debug!("etcd unreachable: no stop");
+            return None;
+        }
+        let current = c.status(&self.name);
+        if current.as_ref().is_some_and(|s| self.peer_at_work(c, s, spec)) {
+            return None;
+        }
+        let expect = current.as_ref().map(|s| s.revision);
+        let rev = match c.transition(&self.name, expect, "stopping", SystemTime::now(), CLAIM_TIMEOUT).await {
+            Ok(Transition::Done(rev)) => rev,
+            Ok(Transition::Conflict(_)) => return None,
+            Err(e) => {
+                debug!(error = %e, "cannot claim the stop in etcd: not stopping");
+                return None;
+            }
+        };
+        if c.peers() > 0 {
+            tokio::time::sleep(c.settings().stop_veto).await;
+        }
+        let vetoed = c.status(&self.name).map(|s| s.revision) != Some(rev);
+        let wanted_here = {
+            let st = self.state.lock();
+            st.active > 0 || st.wake_pending
+        };
+        if vetoed {
+            let by = c.status(&self.name).map(|s| s.node).unwrap_or_default();
+            info!(by = %by, "stop vetoed: another replica uses the tenant");
+            return None;
+        }
+        if wanted_here {
+            self.settle(rev, "running").await;
+            return None;
+        }
+        Some(Some(rev))
+    }
+
+    /// A stop did not happen: back to `running`, and the idle check is tried again after `retry` (not at once,
+    /// or a refused claim would loop).
+    pub(super) fn stop_abandoned(&self, st: &mut State, idle: Duration) {
+        let retry = idle.min(Duration::from_secs(2));
+        let now = Instant::now();
+        st.last_release = now.checked_sub(idle.saturating_sub(retry)).unwrap_or(now);
+        self.set_phase(st, Phase::Running);
+    }
+
+    /// The status key changed (another replica's transition, or a resync), or this replica's place in the
+    /// cluster did: follow it.
+    pub(super) async fn on_cluster(&self) {
+        let Some(c) = self.cluster() else { return };
+        let Some(s) = c.status(&self.name) else { return };
+        if s.node == c.node() {
+            return;
+        }
+        let service = self.service();
+        let Some(spec) = service.container() else { return };
+        let idle = self.idle_timeout(spec);
+        let phase = self.phase();
+        match s.state.as_str() {
+            "stopping" if phase == Phase::Running => {
+                let in_use = {
+                    let st = self.state.lock();
+                    st.active > 0 || st.wake_pending || (!idle.is_zero() && st.last_release.elapsed() < idle)
+                };
+                if in_use {
+                    info!(node = %s.node, "vetoing a stop: the tenant is in use on this replica");
+                    self.settle(s.revision, "running").await;
+                } else {
+                    // Hold requests from now on, until the stop is over and a wake can start it again.
+                    let mut st = self.state.lock();
+                    st.backend = None;
+                    self.set_phase(&mut st, Phase::Stopping);
+                }
+            }
+            // Docker is the truth: a status may be stale (written before an etcd outage), so look.
+            "stopped" | "paused" if matches!(phase, Phase::Running | Phase::Stopping | Phase::Unknown) => {
+                debug!(node = %s.node, state = %s.state, "stopped by another replica? asking Docker");
+                let _ = self.refresh().await;
+            }
+            "running" if phase != Phase::Running && phase != Phase::Starting => {
+                let _ = self.refresh().await;
+            }
+            _ => {}
+        }
+    }
+
+    /// True when another live replica is starting the container: a running container is not adopted before it
+    /// answers that replica's probe (its `running` status says so).
+    pub(super) fn peer_starting(&self, spec: &ContainerSpec) -> bool {
+        let Some(c) = self.cluster() else { return false };
+        c.status(&self.name).is_some_and(|s| s.state == "starting" && self.peer_at_work(c, &s, spec))
+    }
+
+    /// This replica saw the container settled in `phase` (an inspect): repairs the status key if it is missing
+    /// or says otherwise — unless another live replica is at work on it. In the background: never delays the
+    /// tenant.
+    pub(super) fn observe(&self, phase: Phase, spec: &ContainerSpec) {
+        let Some(c) = self.cluster() else { return };
+        if !c.connected() || !c.statuses_loaded() {
+            return;
+        }
+        let state = match phase {
+            Phase::Running => "running",
+            Phase::Stopped => "stopped",
+            Phase::Paused => "paused",
+            _ => return,
+        };
+        let current = c.status(&self.name);
+        let repair = match &current {
+            None => true,
+            Some(s) if s.transitional() => !self.peer_at_work(c, s, spec),
+            Some(s) => s.state != state,
+        };
+        if !repair {
+            return;
+        }
+        let (c, name, expect) = (c.clone(), self.name.clone(), current.map(|s| s.revision));
+        tokio::spawn(async move {
+            let _ = c.transition(&name, expect, state, SystemTime::now(), SETTLE_TIMEOUT).await;
+        });
+    }
+}
