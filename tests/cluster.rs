@@ -35,10 +35,14 @@ impl Drop for Replica {
 impl Replica {
     fn start(etcd: &support::etcd::Etcd, node: &str, extra: &[&str]) -> Replica {
         let url = format!("http://127.0.0.1:{}", etcd.port());
+        let mut defaults = vec!["--lease-ttl", "2s"];
+        if !extra.contains(&"--activity-interval") {
+            defaults.extend(["--activity-interval", "200ms"]);
+        }
         let mut child = Command::new(BIN)
             .args(["serve", "--etcd", &url, "--node", node])
             .args(["--http", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--log-format", "json"])
-            .args(["--lease-ttl", "2s", "--activity-interval", "200ms"])
+            .args(defaults)
             .args(extra)
             .env("RUST_LOG", std::env::var("CLUSTER_LOG").unwrap_or("info,reveille::access=off".into()))
             .stdout(Stdio::piped())
@@ -324,4 +328,31 @@ async fn with_etcd_down_replicas_serve_and_wake_but_stop_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_that_uses_the_tenant_vetoes_a_stop_the_decider_claimed() {
+    let etcd = support::etcd::Etcd::start().await;
+    let image = TestImage::build();
+    let web = image.web_after("");
+    define(&etcd, &web, ", \"idle_timeout\": \"1s\"").await;
+    // Activity is published every 60 s: the decider does not know the others use the tenant, and claims stops
+    // that only a veto can refuse.
+    let replicas = three(&etcd, &["--activity-interval", "60s"]).await;
+    let boss = decider(&etcd).await.unwrap();
+    let deciding = replicas.iter().find(|r| r.node == boss).unwrap();
+    let other = replicas.iter().find(|r| r.node != boss).unwrap();
+    let since = unix_now();
+
+    let begin = Instant::now();
+    while begin.elapsed() < Duration::from_secs(4) {
+        let got = get(other.http, "web.test", "/index.html").await;
+        assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(event_count(&web.name, "die", since), 0, "stopped while in use: {:?}", actions(&web, since));
+    assert!(other.log_has("vetoing a stop"), "{} vetoed", other.node);
+    assert!(deciding.log_has("stop vetoed"), "{} saw the veto", deciding.node);
+    // The vetoes are the only thing that kept it running: idle everywhere, it is stopped.
+    eventually(LONG, "stopped once idle everywhere", || async { web.docker_state() == "exited" }).await;
 }

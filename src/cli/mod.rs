@@ -1,5 +1,6 @@
 //! The command line: clap's definitions of every subcommand and flag, and the commands that are not `serve`:
-//! the operator commands against etcd (`route`, `service`, `cert`, in `ops`) and `check` (in `check`).
+//! the operator commands against etcd (`route`, `service`, `cert`, `status`, in `ops`) and `check` (in
+//! `check`).
 //!
 //! `main.rs` parses, dispatches and runs `serve`; the route sources (`control`) and certificates (`tls`) know
 //! nothing of the command line: the commands here call their parsing and validation.
@@ -66,6 +67,18 @@ pub enum Tool {
     Cert {
         #[command(subcommand)]
         command: CertCommand,
+        #[command(flatten)]
+        etcd: EtcdFlags,
+        /// Config file whose [etcd] section to use (flags override it).
+        #[arg(long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+    },
+    /// Show the cluster as etcd holds it: replicas (node, lease, who decides idle stops) and, per tenant, its
+    /// state and which replicas use it. Needs no replica to be reachable.
+    Status {
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         etcd: EtcdFlags,
         /// Config file whose [etcd] section to use (flags override it).
@@ -234,6 +247,7 @@ pub fn run(tool: Tool) -> ExitCode {
         Tool::Route { command, etcd, config } => operate(config, etcd, Op::Route(command)),
         Tool::Service { command, etcd, config } => operate(config, etcd, Op::Service(command)),
         Tool::Cert { command, etcd, config } => operate(config, etcd, Op::Cert(command)),
+        Tool::Status { json, etcd, config } => operate(config, etcd, Op::Status { json }),
     }
 }
 
@@ -242,6 +256,7 @@ enum Op {
     Route(RouteCommand),
     Service(ServiceCommand),
     Cert(CertCommand),
+    Status { json: bool },
 }
 
 /// Runs one operator command against etcd; prints what it did, or why not (exit 1).
@@ -278,6 +293,7 @@ fn operate(config_path: Option<PathBuf>, flags: EtcdFlags, op: Op) -> ExitCode {
             }
             Op::Cert(CertCommand::Ls) => ops.cert_ls().await,
             Op::Cert(CertCommand::Rm { name }) => ops.cert_rm(&name).await,
+            Op::Status { json } => ops.status(json).await,
         }
     });
     match result {

@@ -279,6 +279,17 @@ async fn list(
     Ok((routes, services))
 }
 
+impl Ops {
+    /// `status`: the cluster as etcd holds it (replicas, decider, tenants' state and activity).
+    pub(super) async fn status(&mut self, json: bool) -> Result<String, OpsError> {
+        let status = crate::cluster::read_status(&self.client, &self.keys, self.timeout).await?;
+        if json {
+            return serde_json::to_string_pretty(&status).map_err(|e| OpsError::Refused(e.to_string()));
+        }
+        Ok(status.render())
+    }
+}
+
 fn join(backends: &[crate::routes::Backend]) -> String {
     backends.iter().map(|b| b.as_str()).collect::<Vec<_>>().join(", ")
 }

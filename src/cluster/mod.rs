@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-pub(crate) use view::ClusterView;
+pub(crate) use view::{read as read_status, ClusterView};
 
 use crate::etcd::{within, ClusterKey, Etcd, EtcdError, Keys, Sink};
 use crate::metrics::ClusterMetrics;
@@ -612,8 +612,7 @@ impl Cluster {
             }
             ClusterKey::Decider => st.decider_node = Some(kv.value_str().unwrap_or_default().to_string()),
             ClusterKey::Activity { service, node } => {
-                let Ok(v) = serde_json::from_slice::<UseValue>(kv.value()) else { return };
-                let u = Use { last: v.last.as_deref().and_then(parse_time), busy: v.busy };
+                let Some(u) = parse_use(kv.value()) else { return };
                 st.activity.entry(service.to_string()).or_default().insert(node.to_string(), u);
             }
             ClusterKey::Other => {}
@@ -658,6 +657,11 @@ impl OlderThan for Option<&TenantStatus> {
     fn is_none_or_older(&self, revision: i64) -> bool {
         self.map_or(true, |s| s.revision < revision)
     }
+}
+
+fn parse_use(value: &[u8]) -> Option<Use> {
+    let v: UseValue = serde_json::from_slice(value).ok()?;
+    Some(Use { last: v.last.as_deref().and_then(parse_time), busy: v.busy })
 }
 
 fn parse_status(kv: &KeyValue) -> Option<TenantStatus> {

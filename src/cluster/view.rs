@@ -85,3 +85,131 @@ pub(super) fn build(
         activity,
     }
 }
+
+/// A tenant as `reveille status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct TenantView {
+    pub(crate) state: Option<String>,
+    /// The replica that wrote the state.
+    pub(crate) node: Option<String>,
+    pub(crate) since: Option<String>,
+    /// The replicas that hold activity for it.
+    pub(crate) activity: Vec<ActivityView>,
+}
+
+/// The whole cluster, read from etcd by `reveille status` (no replica needs to be reachable).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ClusterStatus {
+    pub(crate) decider: Option<String>,
+    pub(crate) replicas: Vec<ReplicaView>,
+    pub(crate) tenants: BTreeMap<String, TenantView>,
+}
+
+/// Lists the status keys and the cluster keys (two listings) and puts them together.
+pub(crate) async fn read(
+    client: &etcd_client::Client,
+    keys: &crate::etcd::Keys,
+    timeout: std::time::Duration,
+) -> Result<ClusterStatus, crate::etcd::EtcdError> {
+    use crate::etcd::ClusterKey;
+    let (start, end) = keys.cluster_range();
+    let (_, cluster) = crate::etcd::list_range(client, &start, &end, timeout).await?;
+    let (start, end) = keys.status_range();
+    let (_, statuses) = crate::etcd::list_range(client, &start, &end, timeout).await?;
+    let mut replicas = HashMap::new();
+    let mut decider = None;
+    let mut activity: HashMap<String, HashMap<String, Use>> = HashMap::new();
+    for kv in &cluster {
+        let Ok(key) = kv.key_str() else { continue };
+        match keys.cluster_kind(key) {
+            ClusterKey::Replica(node) => {
+                replicas.insert(node.to_string(), (kv.lease(), kv.value_str().unwrap_or_default().to_string()));
+            }
+            ClusterKey::Decider => decider = Some(kv.value_str().unwrap_or_default().to_string()),
+            ClusterKey::Activity { service, node } => {
+                if let Some(u) = super::parse_use(kv.value()) {
+                    activity.entry(service.to_string()).or_default().insert(node.to_string(), u);
+                }
+            }
+            ClusterKey::Other => {}
+        }
+    }
+    let view = build("", &replicas, decider.as_deref(), None, &activity, false);
+    let mut tenants: BTreeMap<String, TenantView> = BTreeMap::new();
+    for kv in &statuses {
+        let Some(name) = kv.key_str().ok().and_then(|k| keys.status_name(k)) else { continue };
+        let s = super::parse_status(kv);
+        tenants.insert(
+            name.to_string(),
+            TenantView {
+                state: s.as_ref().map(|s| s.state.clone()),
+                node: s.as_ref().map(|s| s.node.clone()),
+                since: s.and_then(|s| s.since).map(rfc3339),
+                activity: Vec::new(),
+            },
+        );
+    }
+    for (service, list) in view.activity {
+        tenants
+            .entry(service)
+            .or_insert_with(|| TenantView { state: None, node: None, since: None, activity: Vec::new() })
+            .activity = list;
+    }
+    Ok(ClusterStatus { decider, replicas: view.replicas, tenants })
+}
+
+impl ClusterStatus {
+    /// The text `reveille status` prints.
+    pub(crate) fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "REPLICAS ({}; idle stops decided by {})",
+            self.replicas.len(),
+            self.decider.as_deref().unwrap_or("nobody")
+        );
+        let width = self.replicas.iter().map(|r| r.node.len()).max().unwrap_or(4).max(4);
+        let _ = writeln!(out, "{:width$}  {:16}  {:29}  DECIDES", "NODE", "LEASE", "STARTED");
+        for r in &self.replicas {
+            let decides = if r.decider { "yes" } else { "no" };
+            let _ = writeln!(
+                out,
+                "{:width$}  {:16}  {:29}  {decides}",
+                r.node,
+                r.lease,
+                r.started.as_deref().unwrap_or("-")
+            );
+        }
+        let _ = writeln!(out, "\nTENANTS ({})", self.tenants.len());
+        let width = self.tenants.keys().map(String::len).max().unwrap_or(7).max(7);
+        let _ = writeln!(
+            out,
+            "{:width$}  {:9}  {:8}  {:29}  ACTIVITY (replica: last use)",
+            "SERVICE", "STATE", "BY", "SINCE"
+        );
+        for (name, t) in &self.tenants {
+            let activity: Vec<String> = t
+                .activity
+                .iter()
+                .map(|a| {
+                    let last = a.last.as_deref().unwrap_or("-");
+                    if a.busy {
+                        format!("{}: busy now", a.node)
+                    } else {
+                        format!("{}: {last}", a.node)
+                    }
+                })
+                .collect();
+            let activity = if activity.is_empty() { "-".to_string() } else { activity.join(", ") };
+            let _ = writeln!(
+                out,
+                "{name:width$}  {:9}  {:8}  {:29}  {activity}",
+                t.state.as_deref().unwrap_or("-"),
+                t.node.as_deref().unwrap_or("-"),
+                t.since.as_deref().unwrap_or("-"),
+            );
+        }
+        out
+    }
+}
