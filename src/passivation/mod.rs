@@ -8,18 +8,21 @@
 //!   and the registry that keeps tenants in step with the route table and Docker's events ([`Passivator`]);
 //! - the HTTP face (`http`): the page decision ([`wants_page`]), the "starting" page (`page`), the status
 //!   endpoint and the admin API's services view, all read from a tenant's [`Snapshot`];
-//! - the etcd status and activity keys (`status`).
+//! - the etcd status and activity keys (`status`);
+//! - the Docker hosts (`hosts`): each tenant's calls go to the host its service names (`docker_host`), each
+//!   host in use has its own event stream, and a host that is down fails only its own tenants' wakes.
 //!
-//! Talks to Docker only through [`ContainerRuntime`]. Does not route, forward, write access-log lines or count
-//! requests: the proxy does, around the small API above.
+//! Talks to Docker only through [`ContainerRuntime`]s, one per host ([`Runtimes`]). Does not route, forward,
+//! write access-log lines or count requests: the proxy does, around the small API above.
 
+mod hosts;
 mod http;
 mod page;
 mod probe;
 pub(crate) mod status;
 mod tenant;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -28,7 +31,7 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 pub(crate) use self::http::wants_page;
 pub(crate) use page::{Page, PageValues};
@@ -37,7 +40,8 @@ pub(crate) use tenant::{Activity, Phase, Refusal, Tenant};
 
 use crate::metrics::{Metrics, PassivationMetrics};
 use crate::routes::{RouteHandle, RouteTable, Service};
-use crate::runtime::ContainerRuntime;
+use crate::runtime::{ContainerRuntime, DockerEndpoint, Runtimes};
+use hosts::{DockerHost, DockerHosts};
 
 /// Defaults and knobs of passivation (`[passivation]` in the config). Per-service fields override the first
 /// five.
@@ -61,8 +65,11 @@ pub struct Settings {
     pub status_path: String,
     /// The "starting" page template.
     pub page: Page,
-    /// The Docker endpoint (`unix:///...`, `tcp://...`); `None` = `DOCKER_HOST` or the local socket.
+    /// The default Docker host's endpoint (`unix:///...`, `tcp://...`); `None` = `DOCKER_HOST` or the local
+    /// socket.
     pub docker: Option<String>,
+    /// The other Docker hosts (`[docker.hosts.<name>]`), by name; a service picks one with `docker_host`.
+    pub docker_hosts: BTreeMap<String, DockerEndpoint>,
     /// Time allowed for one Docker API call.
     pub docker_timeout: Duration,
     /// This instance's name in the etcd status keys.
@@ -81,6 +88,7 @@ impl Default for Settings {
             status_path: "/__reveille/status".into(),
             page: Page::default(),
             docker: None,
+            docker_hosts: BTreeMap::new(),
             docker_timeout: Duration::from_secs(10),
             node: default_node_name(),
         }
@@ -106,7 +114,7 @@ pub enum StatusUpdate {
 /// What every tenant shares.
 pub(crate) struct Shared {
     settings: Settings,
-    runtime: Arc<dyn ContainerRuntime>,
+    hosts: DockerHosts,
     probe: Arc<dyn Probe>,
     metrics: PassivationMetrics,
     status: Option<mpsc::UnboundedSender<StatusUpdate>>,
@@ -131,15 +139,18 @@ impl std::fmt::Debug for Passivator {
 }
 
 impl Passivator {
-    /// `status`: where transitions are sent for the etcd status keys, if etcd is configured.
+    /// `runtimes`: the Docker hosts by name (one runtime is the default host alone). `status`: where transitions
+    /// are sent for the etcd status keys, if etcd is configured.
     pub fn new(
         settings: Settings,
-        runtime: Arc<dyn ContainerRuntime>,
+        runtimes: impl Into<Runtimes>,
         probe: Arc<dyn Probe>,
         metrics: &Metrics,
         status: Option<mpsc::UnboundedSender<StatusUpdate>>,
     ) -> Arc<Self> {
-        let shared = Arc::new(Shared { settings, runtime, probe, metrics: metrics.passivation().clone(), status });
+        let metrics = metrics.passivation().clone();
+        let hosts = DockerHosts::new(&runtimes.into(), &metrics);
+        let shared = Arc::new(Shared { settings, hosts, probe, metrics, status });
         Arc::new(Self {
             shared,
             tenants: ArcSwap::from_pointee(HashMap::new()),
@@ -185,15 +196,17 @@ impl Passivator {
     }
 
     fn upsert(&self, map: &mut HashMap<Arc<str>, Arc<Tenant>>, service: &Arc<Service>) -> Arc<Tenant> {
-        let container = service.container().map(|c| c.container.as_str());
+        // A tenant is one container on one Docker host.
+        let container = service.container().map(|c| (c.container.as_str(), c.docker_host()));
         if let Some(t) = map.get(service.name()) {
-            if t.service().container().map(|c| c.container.as_str()) == container {
+            if t.service().container().map(|c| (c.container.as_str(), c.docker_host())) == container {
                 if !t.serves(service) {
                     t.update(service.clone());
                 }
                 return t.clone();
             }
-            // Another container: a different tenant. The old one's held requests are answered 503.
+            // Another container (or another host): a different tenant. The old one's held requests are answered
+            // 503.
             t.cancel.cancel();
         }
         let t = Tenant::spawn(service.clone(), self.shared.clone(), self.cancel.child_token());
@@ -233,11 +246,15 @@ impl Passivator {
         }
     }
 
-    /// Follows the route table and Docker's events until `cancel`.
+    /// Follows the route table and each Docker host's events until `cancel`.
     pub async fn run(self: Arc<Self>, routes: RouteHandle, cancel: CancellationToken) {
         let mut versions = routes.subscribe();
         self.reconcile(&routes.load());
-        let events = tokio::spawn(self.clone().follow_events(cancel.clone()));
+        let mut events = tokio::task::JoinSet::new();
+        for host in self.shared.hosts.all() {
+            let span = tracing::info_span!("docker_host", host = %host.name, endpoint = %host.endpoint());
+            events.spawn(self.clone().follow_events(host.clone(), cancel.clone()).instrument(span));
+        }
         loop {
             tokio::select! {
                 r = versions.changed() => {
@@ -250,17 +267,20 @@ impl Passivator {
             }
         }
         self.cancel.cancel();
-        let _ = events.await;
+        while events.join_next().await.is_some() {}
     }
 
-    /// Docker's container events, dispatched to the tenants they concern. When the stream breaks, it is
-    /// reopened with backoff and every tenant re-inspects its container (events may have been missed).
-    async fn follow_events(self: Arc<Self>, cancel: CancellationToken) {
+    /// One Docker host's container events, dispatched to the tenants on that host they concern. The stream is
+    /// opened once a tenant runs on the host; when it breaks, it is reopened with backoff and every tenant of
+    /// the host re-inspects its container (events may have been missed).
+    async fn follow_events(self: Arc<Self>, host: Arc<DockerHost>, cancel: CancellationToken) {
+        let on_host = |t: &Arc<Tenant>| Arc::ptr_eq(t.host(), &host);
+        let metrics = &self.shared.metrics;
         let mut backoff = Duration::from_millis(100);
         loop {
-            while self.tenants.load().is_empty() {
+            while !self.tenants.load().values().any(on_host) {
                 let changed = self.changed.notified();
-                if !self.tenants.load().is_empty() {
+                if self.tenants.load().values().any(on_host) {
                     break;
                 }
                 tokio::select! {
@@ -268,11 +288,11 @@ impl Passivator {
                     () = cancel.cancelled() => return,
                 }
             }
-            match self.shared.runtime.events().await {
+            match host.events().await {
                 Ok(mut stream) => {
                     debug!("following Docker events");
                     backoff = Duration::from_millis(100);
-                    for t in self.tenants.load().values() {
+                    for t in self.tenants.load().values().filter(|t| on_host(t)) {
                         t.notify_resync();
                     }
                     loop {
@@ -285,13 +305,14 @@ impl Passivator {
                                 if !matches!(ev.action.as_str(), "start" | "die" | "pause" | "unpause" | "destroy") {
                                     continue;
                                 }
-                                for t in self.tenants.load().values() {
+                                for t in self.tenants.load().values().filter(|t| on_host(t)) {
                                     if t.matches(&ev.id, &ev.container) {
                                         t.notify_event();
                                     }
                                 }
                             }
                             Some(Err(e)) => {
+                                metrics.docker_host(&host.name, false);
                                 warn!(error = %e, "Docker event stream broken; reconnecting");
                                 break;
                             }
@@ -304,6 +325,7 @@ impl Passivator {
                 }
                 Err(e) => debug!(error = %e, "cannot follow Docker events"),
             }
+            metrics.docker_event_reconnect(&host.name);
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
                 () = cancel.cancelled() => return,

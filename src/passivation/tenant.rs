@@ -18,9 +18,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use super::{Shared, StatusUpdate};
+use super::{DockerHost, Shared, StatusUpdate};
 use crate::routes::{Backend, ContainerSpec, IdleAction, Service};
-use crate::runtime::{ContainerInfo, ContainerState, RuntimeError};
+use crate::runtime::{ContainerInfo, ContainerRuntime, ContainerState, RuntimeError};
 
 /// Where a tenant is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,6 +221,8 @@ pub struct Tenant {
     state: Mutex<State>,
     tx: mpsc::UnboundedSender<Msg>,
     shared: Arc<Shared>,
+    /// The Docker host its container runs on (its service's `docker_host`).
+    host: Arc<DockerHost>,
     pub(super) cancel: CancellationToken,
 }
 
@@ -291,7 +293,9 @@ impl Tenant {
             identity: None,
         };
         shared.metrics.transition(None, Some(Phase::Unknown.as_str()));
+        let host = shared.host(service.container().and_then(|c| c.docker_host.as_deref()));
         let tenant = Arc::new(Tenant {
+            host,
             name: Arc::from(service.name()),
             service: ArcSwap::new(service),
             state: Mutex::new(state),
@@ -306,6 +310,16 @@ impl Tenant {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The Docker host its container runs on.
+    pub(super) fn host(&self) -> &Arc<DockerHost> {
+        &self.host
+    }
+
+    /// The runtime of its Docker host: every Docker call of this tenant goes through it.
+    fn runtime(&self) -> &dyn ContainerRuntime {
+        &*self.host
     }
 
     /// The service definition in force.
@@ -616,7 +630,7 @@ impl Tenant {
     async fn refresh(&self) -> Result<(), RuntimeError> {
         let service = self.service();
         let Some(spec) = Self::spec_of(&service) else { return Ok(()) };
-        let info = match self.shared.runtime.inspect(&spec.container, spec.network.as_deref()).await {
+        let info = match self.runtime().inspect(&spec.container, spec.network.as_deref()).await {
             Ok(info) => info,
             Err(e @ RuntimeError::NoSuchContainer(_)) => {
                 warn!(container = %spec.container, "no such container");
@@ -705,7 +719,7 @@ impl Tenant {
                     st.last_release = Instant::now();
                 }
                 self.set_phase(&mut st, Phase::Running);
-                metrics.wake(&self.name, "ok");
+                metrics.wake(&self.name, &self.host.name, "ok");
                 metrics.phase(WakePhase::Total.as_str(), requested.elapsed());
                 span.in_scope(|| info!(ms = requested.elapsed().as_millis() as u64, held = st.queue.len(), "ready"));
             }
@@ -713,7 +727,7 @@ impl Tenant {
                 st.backend = None;
                 st.failure = Some((refusal.clone(), Instant::now()));
                 self.set_phase(&mut st, Phase::Failed);
-                metrics.wake(&self.name, refusal.reason());
+                metrics.wake(&self.name, &self.host.name, refusal.reason());
                 span.in_scope(|| warn!(error = %refusal, held = st.queue.len(), "wake failed"));
             }
         }
@@ -730,7 +744,7 @@ impl Tenant {
         started: Instant,
         known: Phase,
     ) -> Outcome {
-        let rt = &*self.shared.runtime;
+        let rt = self.runtime();
         let metrics = &self.shared.metrics;
         let interval = self.shared.settings.probe_interval;
         let (name, network) = (spec.container.as_str(), spec.network.as_deref());
@@ -852,7 +866,7 @@ impl Tenant {
         }
         let action = spec.idle_action;
         let span = info_span!("passivate", container = %spec.container, action = action.as_str());
-        let rt = &*self.shared.runtime;
+        let rt = self.runtime();
         let result = async {
             match action {
                 IdleAction::Stop => rt.stop(&spec.container, self.stop_timeout(spec)).await,
@@ -902,7 +916,7 @@ impl Tenant {
             self.set_phase(&mut st, Phase::Stopping);
         }
         let span = info_span!("passivate", container = %spec.container, action = "stop");
-        let result = self.shared.runtime.stop(&spec.container, self.stop_timeout(spec)).instrument(span.clone()).await;
+        let result = self.runtime().stop(&spec.container, self.stop_timeout(spec)).instrument(span.clone()).await;
         let mut st = self.state.lock();
         match result {
             Ok(()) => {
