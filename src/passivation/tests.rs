@@ -615,12 +615,13 @@ async fn each_tenant_uses_its_docker_host_and_a_host_down_fails_only_its_tenants
     let probe = Arc::new(AnyReady(vec![default.clone(), second.clone()]));
     let p = Passivator::new(Settings::default(), runtimes, probe, &metrics, None);
     let on_default = p.tenant(&spec(|_| {})).unwrap();
-    let on_second = p.tenant(&Arc::new(Service::with_container(
-        "other",
-        vec![],
-        spec(|c| c.docker_host = Some("second".into())).container().cloned(),
-    )))
-    .unwrap();
+    let on_second = p
+        .tenant(&Arc::new(Service::with_container(
+            "other",
+            vec![],
+            spec(|c| c.docker_host = Some("second".into())).container().cloned(),
+        )))
+        .unwrap();
 
     let begin = Instant::now();
     let err = on_default.admit(false).await.unwrap_err();
