@@ -2,7 +2,8 @@
 //! TCP, through a forwarder in the test (127.0.0.1:port → /var/run/docker.sock) that counts the connections it
 //! accepts: a tenant on that host is woken and stopped through it, while a tenant on the default host goes to
 //! the socket directly. With the forwarder gone (or a host on a closed port), only that host's tenants answer
-//! 503, at once. A routes file naming an unknown host is refused and the previous definition kept.
+//! 503, at once. A routes file naming an unknown host is refused and the previous definition kept. An
+//! `https://` host is reached with its client certificate, through a TLS-terminating forwarder that requires one.
 //!
 //! Every test builds its own `FROM scratch` busybox image and uniquely named containers, removed on drop.
 
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use reveille::DockerEndpoint;
+use reveille::{ClientTls, DockerEndpoint};
 use support::docker::{TestContainer, TestImage};
 use support::{eventually, get, TestProxy};
 use tokio::net::{TcpListener, UnixStream};
@@ -83,6 +84,63 @@ impl TcpForwarder {
 impl Drop for TcpForwarder {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Docker behind TLS with client certificates (Docker's `--tlsverify`): terminates TLS for the server
+/// certificate of `localhost`, requires a client certificate signed by the client CA, then forwards to the
+/// Docker socket. Counts the connections whose client certificate was verified.
+struct TlsForwarder {
+    addr: SocketAddr,
+    verified: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TlsForwarder {
+    async fn start(server: &support::tls::TestCert, clients: &support::tls::TestCa) -> TlsForwarder {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(clients.cert_pem().as_bytes()).unwrap()).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .unwrap();
+        let chain = CertificateDer::pem_slice_iter(server.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+        let key = PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let verified = Arc::new(AtomicUsize::new(0));
+        let count = verified.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                let (acceptor, count) = (acceptor.clone(), count.clone());
+                conns.spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                    if tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty()) {
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let Ok(mut docker) = UnixStream::connect("/var/run/docker.sock").await else { return };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut docker).await;
+                });
+            }
+        });
+        TlsForwarder { addr, verified, task }
+    }
+}
+
+impl Drop for TlsForwarder {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -253,4 +311,41 @@ async fn an_unknown_docker_host_in_the_routes_file_keeps_the_previous_definition
     state_becomes(&proxy, "web", "running").await; // adopted through the second host
     assert!(forwarder.accepted() > 0);
     assert_eq!(proxy.metric(failed).await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_host_is_reached_with_its_client_certificate() {
+    let image = TestImage::build();
+    let web = image.web_after("");
+    let (server_ca, client_ca) = (support::tls::TestCa::new(), support::tls::TestCa::new());
+    let forwarder = TlsForwarder::start(&server_ca.issue(&["localhost"]), &client_ca).await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = client_ca.issue(&["reveille-client"]);
+    let files = [("ca.pem", server_ca.cert_pem()), ("cert.pem", client.cert_pem), ("key.pem", client.key_pem)];
+    for (name, pem) in files {
+        std::fs::write(dir.path().join(name), pem).unwrap();
+    }
+    let endpoint = DockerEndpoint {
+        uri: Some(format!("https://localhost:{}", forwarder.addr.port())),
+        tls: Some(ClientTls {
+            ca: dir.path().join("ca.pem"),
+            cert: dir.path().join("cert.pem"),
+            key: dir.path().join("key.pem"),
+        }),
+    };
+    endpoint.check().expect("a valid https endpoint");
+    let r = routes(&[("web", &web, "idle_timeout = \"1s\"\ndocker_host = \"secure\"")]);
+    let proxy = TestProxy::start_custom(&r, |c| {
+        c.passivation.docker_hosts.insert("secure".into(), endpoint);
+    })
+    .await;
+    state_becomes(&proxy, "web", "stopped").await;
+    let got = get(proxy.http, "web.test", "/index.html").await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+    assert_eq!(web.docker_state(), "running");
+    state_becomes(&proxy, "web", "stopped").await;
+    assert_eq!(web.docker_state(), "exited");
+    let verified = forwarder.verified.load(Ordering::SeqCst);
+    assert!(verified >= 3, "inspect, start and stop over TLS with a verified client certificate: {verified}");
+    assert_eq!(proxy.metric("reveille_wakes_by_host_total{host=\"secure\",result=\"ok\"}").await, 1.0);
 }
