@@ -219,7 +219,7 @@ impl PassivationMetrics {
         let docker_errors = Family::<HostLabels, Counter>::default();
         registry.register(
             "docker_unavailable",
-            "Docker calls that failed because the host was unreachable or did not answer in time, by host",
+            "Docker calls (and event streams) that failed because the host was unreachable or did not answer in time",
             docker_errors.clone(),
         );
         let event_reconnects = Family::<HostLabels, Counter>::default();

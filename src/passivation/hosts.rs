@@ -56,8 +56,16 @@ impl ContainerRuntime for DockerHost {
     fn unpause<'a>(&'a self, container: &'a str) -> RuntimeFuture<'a, ()> {
         Box::pin(async move { self.record(self.runtime.unpause(container).await) })
     }
+    /// A stream handed over says nothing yet (the request is made when it is first polled): only a failure to
+    /// open one counts here; the follower notes the first event, or the stream breaking.
     fn events(&self) -> RuntimeFuture<'_, EventStream> {
-        Box::pin(async move { self.record(self.runtime.events().await) })
+        Box::pin(async move {
+            let r = self.runtime.events().await;
+            if r.is_err() {
+                self.metrics.docker_host(&self.name, false);
+            }
+            r
+        })
     }
     fn endpoint(&self) -> &str {
         self.runtime.endpoint()

@@ -295,6 +295,7 @@ impl Passivator {
                     for t in self.tenants.load().values().filter(|t| on_host(t)) {
                         t.notify_resync();
                     }
+                    let mut first = true;
                     loop {
                         let next = tokio::select! {
                             n = stream.next() => n,
@@ -302,6 +303,9 @@ impl Passivator {
                         };
                         match next {
                             Some(Ok(ev)) => {
+                                if std::mem::take(&mut first) {
+                                    metrics.docker_host(&host.name, true);
+                                }
                                 if !matches!(ev.action.as_str(), "start" | "die" | "pause" | "unpause" | "destroy") {
                                     continue;
                                 }
