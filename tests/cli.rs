@@ -158,6 +158,8 @@ async fn service_set_docker_host_is_checked_against_the_config() {
     assert_eq!(code, 1);
     assert!(err.contains("docker host name \"a b\""), "{err}");
     assert_eq!(value(&etcd, "/reveille/services/web").await.unwrap()["docker_host"], "second");
+    let (_, out, _) = reveille(url, &["service", "ls"]);
+    assert!(out.lines().any(|l| l.starts_with("web") && l.contains("[container web-1:8080 on second]")), "{out}");
 
     // Without --config, any well-formed name: the proxies check it against their own config.
     let (code, _, err) = reveille(url, &["service", "set", "web", "--docker-host", "third"]);

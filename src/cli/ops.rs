@@ -187,7 +187,13 @@ impl Ops {
                 if !shown.is_empty() {
                     shown.push(' ');
                 }
-                shown.push_str(&format!("[container {c}{port}]"));
+                let host = value
+                    .get("docker_host")
+                    .and_then(Value::as_str)
+                    .filter(|h| *h != crate::runtime::DEFAULT_HOST)
+                    .map(|h| format!(" on {h}"))
+                    .unwrap_or_default();
+                shown.push_str(&format!("[container {c}{port}{host}]"));
             }
             let _ = writeln!(out, "{name:width$}  {n:>6}  {shown}");
         }
