@@ -20,8 +20,9 @@ use crate::metrics::Metrics;
 use crate::passivation::{NetProbe, Passivator};
 use crate::proxy::{Proxy, Redirect};
 use crate::readiness::Readiness;
+use crate::routes::DockerHostNames;
 use crate::routes::RouteHandle;
-use crate::runtime::{ContainerRuntime, LazyDocker};
+use crate::runtime::{DockerEndpoint, LazyDocker, Runtimes};
 use crate::tls::dir::DirWatcher;
 use crate::tls::etcd::CertWatcher;
 use crate::tls::{CertStore, Source as CertSource, TlsAcceptor};
@@ -108,20 +109,27 @@ pub struct Running {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// The container runtime the binary passivates tenants with: the Docker Engine of `[passivation] docker`,
-/// contacted only once a service names a container.
-pub fn docker(config: &Config) -> Arc<dyn ContainerRuntime> {
-    Arc::new(LazyDocker::new(config.passivation.docker.clone(), config.passivation.docker_timeout))
+/// The container runtimes the binary passivates tenants with: the default Docker Engine (`--docker`,
+/// `[passivation] docker`) and each of `[docker.hosts]`, each contacted only once a service needs it.
+pub fn docker(config: &Config) -> Runtimes {
+    let p = &config.passivation;
+    let default = LazyDocker::new(DockerEndpoint::plain(p.docker.clone()), p.docker_timeout);
+    let mut runtimes = Runtimes::single(Arc::new(default));
+    for (name, endpoint) in &p.docker_hosts {
+        runtimes = runtimes.with(name.clone(), Arc::new(LazyDocker::new(endpoint.clone(), p.docker_timeout)));
+    }
+    runtimes
 }
 
-/// Loads the route sources and starts serving, waking and stopping tenants through `runtime` (the binary
-/// passes [`docker`]; tests may pass a scripted runtime). Fails (and serves nothing) if the initial routes are
-/// invalid.
+/// Loads the route sources and starts serving, waking and stopping tenants through `runtimes` (the binary
+/// passes [`docker`]; tests may pass a scripted runtime, which is then the default host). A service may only
+/// name a Docker host `runtimes` has. Fails (and serves nothing) if the initial routes are invalid.
 pub async fn start(
     config: &Config,
     listeners: Listeners,
-    runtime: Arc<dyn ContainerRuntime>,
+    runtimes: impl Into<Runtimes>,
 ) -> Result<Running, StartError> {
+    let runtimes = runtimes.into();
     let routes = RouteHandle::new();
     let metrics = Arc::new(Metrics::new());
     let background = CancellationToken::new();
@@ -134,7 +142,8 @@ pub async fn start(
         sources.push(Source::Etcd);
     }
     let readiness = Readiness::new();
-    let composer = Composer::new(routes.clone(), metrics.clone(), &sources, readiness.gate("route sources"));
+    let hosts = DockerHostNames::known(runtimes.names());
+    let composer = Composer::new(routes.clone(), metrics.clone(), &sources, readiness.gate("route sources"), hosts);
     // One etcd client for the route watcher, the certificate watcher and the status writer.
     let etcd = config.etcd.clone().map(crate::etcd::Etcd::new);
 
@@ -170,7 +179,7 @@ pub async fn start(
         )
     });
     let passivator =
-        Passivator::new(config.passivation.clone(), runtime, Arc::new(NetProbe::default()), &metrics, cluster.clone());
+        Passivator::new(config.passivation.clone(), runtimes, Arc::new(NetProbe::default()), &metrics, cluster.clone());
     tasks.push(tokio::spawn(passivator.clone().run(routes.clone(), background.clone())));
     if let Some(cluster) = cluster {
         tasks.push(tokio::spawn(cluster.run(background.clone())));

@@ -4,6 +4,7 @@
 //! each concern's own settings (`proxy`, `tls`, `passivation`, `etcd`). The command line's definitions are
 //! `cli`'s; this module supplies the flags `serve` and the etcd commands share.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,6 +14,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::etcd::EtcdConfig;
 use crate::proxy::Settings;
+use crate::runtime::{check_host_name, ClientTls, DockerEndpoint, DEFAULT_HOST};
 
 /// A problem with the configuration; reported before anything starts.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +111,8 @@ pub(crate) struct ConfigFile {
     pub tls: TlsSection,
     #[serde(default)]
     pub cluster: ClusterSection,
+    #[serde(default)]
+    pub docker: DockerSection,
 }
 
 /// `[cluster]`: how replicas that share an etcd coordinate.
@@ -122,6 +126,26 @@ pub(crate) struct ClusterSection {
     /// How long a stop waits for a replica that uses the tenant to veto it [default: 250ms].
     #[serde(default, with = "humantime_serde")]
     pub stop_veto: Option<Duration>,
+}
+
+/// `[docker]`: the Docker hosts besides the default one (`--docker`, `[passivation] docker`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DockerSection {
+    /// `[docker.hosts.<name>]`: a service runs on one with `docker_host = "<name>"`.
+    #[serde(default)]
+    pub hosts: BTreeMap<String, DockerHostSection>,
+}
+
+/// `[docker.hosts.<name>]`: where that Docker Engine is. TLS files are relative to the config file's directory.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DockerHostSection {
+    /// `unix:///path`, `tcp://host:port`, `http://host:port` or `https://host:port` (with `ca`, `cert`, `key`).
+    pub endpoint: String,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 /// `[tls]`: certificates and HTTPS redirects (the listener itself is `https` in `[server]`).
@@ -277,7 +301,9 @@ impl ConfigFile {
             let e = &mut file.etcd;
             let page = &mut file.passivation.page_template;
             let certs = &mut file.tls.certs;
-            for p in [&mut file.server.routes, &mut e.ca, &mut e.cert, &mut e.key, page, certs].into_iter().flatten() {
+            let hosts = file.docker.hosts.values_mut().flat_map(|h| [&mut h.ca, &mut h.cert, &mut h.key]);
+            let paths = [&mut file.server.routes, &mut e.ca, &mut e.cert, &mut e.key, page, certs].into_iter();
+            for p in paths.chain(hosts).flatten() {
                 if p.is_relative() {
                     *p = dir.join(&*p);
                 }
@@ -546,7 +572,7 @@ impl Config {
                     .or(file.server.trusted_proxies)
                     .unwrap_or(s.trusted_proxies),
             },
-            passivation: resolve_passivation(&file.passivation, flags)?,
+            passivation: resolve_passivation(&file.passivation, &file.docker, flags)?,
             activity_interval: flags
                 .activity_interval
                 .or(file.passivation.activity_interval)
@@ -601,6 +627,7 @@ impl Config {
 
 fn resolve_passivation(
     file: &PassivationSection,
+    docker: &DockerSection,
     flags: &Overrides,
 ) -> Result<crate::passivation::Settings, ConfigError> {
     let d = crate::passivation::Settings::default();
@@ -618,6 +645,7 @@ fn resolve_passivation(
         status_path: file.status_path.clone().unwrap_or(d.status_path),
         page,
         docker: flags.docker.clone().or(file.docker.clone()),
+        docker_hosts: docker_hosts(docker)?,
         docker_timeout: file.docker_timeout.unwrap_or(d.docker_timeout),
         node: flags.node.clone().or(file.node.clone()).unwrap_or(d.node),
     };
@@ -643,14 +671,38 @@ fn resolve_passivation(
             s.status_path
         )));
     }
-    if let Some(d) = &s.docker {
-        if !(d.starts_with("unix://") || d.starts_with('/') || d.starts_with("tcp://") || d.starts_with("http://")) {
-            return Err(ConfigError::Invalid(format!(
-                "docker endpoint {d:?}: use unix:///path/to/docker.sock, tcp://host:port or http://host:port"
-            )));
-        }
+    if s.docker.as_deref().is_some_and(|d| d.starts_with("https://")) {
+        return Err(ConfigError::Invalid(format!(
+            "the default docker endpoint {:?} is https, which needs client certificates: define it as a named \
+             host in [docker.hosts.<name>] with `ca`, `cert` and `key`",
+            s.docker.as_deref().unwrap_or_default()
+        )));
     }
+    DockerEndpoint::plain(s.docker.clone()).check().map_err(|e| ConfigError::Invalid(e.to_string()))?;
     Ok(s)
+}
+
+/// `[docker.hosts.<name>]`, checked: names, endpoints, and TLS files (readable, and only with https).
+pub(crate) fn docker_hosts(docker: &DockerSection) -> Result<BTreeMap<String, DockerEndpoint>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for (name, h) in &docker.hosts {
+        let invalid = |e: &dyn std::fmt::Display| ConfigError::Invalid(format!("[docker.hosts.{name}] {e}"));
+        check_host_name(name).map_err(|e| invalid(&e))?;
+        if name == DEFAULT_HOST {
+            return Err(invalid(&"`default` is the host of --docker / [passivation] docker: pick another name"));
+        }
+        let tls = match (&h.ca, &h.cert, &h.key) {
+            (None, None, None) => None,
+            (Some(ca), Some(cert), Some(key)) => {
+                Some(ClientTls { ca: ca.clone(), cert: cert.clone(), key: key.clone() })
+            }
+            _ => return Err(invalid(&"`ca`, `cert` and `key` go together (all three, for an https:// endpoint)")),
+        };
+        let endpoint = DockerEndpoint { uri: Some(h.endpoint.clone()), tls };
+        endpoint.check().map_err(|e| invalid(&e))?;
+        out.insert(name.clone(), endpoint);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -768,6 +820,74 @@ mod tests {
         let flags = Overrides { docker: Some("ftp://x".into()), routes: Some("r.toml".into()), ..Default::default() };
         let e = Config::resolve(None, &flags).unwrap_err().to_string();
         assert!(e.contains("docker endpoint"), "{e}");
+    }
+
+    #[test]
+    fn docker_hosts_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reveille.toml");
+        for f in ["ca.pem", "cert.pem", "key.pem"] {
+            std::fs::write(dir.path().join(f), "pem").unwrap();
+        }
+        let write = |hosts: &str| {
+            std::fs::write(
+                &path,
+                format!("[server]\nroutes = \"r.toml\"\n[passivation]\ndocker = \"unix:///run/d.sock\"\n{hosts}"),
+            )
+            .unwrap()
+        };
+        write(
+            "[docker.hosts.second]\nendpoint = \"tcp://127.0.0.1:2375\"\n\
+             [docker.hosts.dc2]\nendpoint = \"https://docker-2.lan:2376\"\nca = \"ca.pem\"\ncert = \"cert.pem\"\n\
+             key = \"key.pem\"\n",
+        );
+        let cfg = Config::resolve(Some(&path), &Overrides::default()).unwrap();
+        let p = &cfg.passivation;
+        assert_eq!(p.docker.as_deref(), Some("unix:///run/d.sock"), "the default host stays");
+        assert_eq!(p.docker_hosts.keys().collect::<Vec<_>>(), ["dc2", "second"]);
+        assert_eq!(p.docker_hosts["second"], DockerEndpoint::plain(Some("tcp://127.0.0.1:2375".into())));
+        let tls = p.docker_hosts["dc2"].tls.as_ref().unwrap();
+        assert_eq!(tls.ca, dir.path().join("ca.pem"), "relative to the config file");
+        assert_eq!(tls.key, dir.path().join("key.pem"));
+        // The flag still picks the default host.
+        let flags = Overrides { docker: Some("tcp://10.0.0.9:2375".into()), ..Default::default() };
+        assert_eq!(
+            Config::resolve(Some(&path), &flags).unwrap().passivation.docker.as_deref(),
+            Some("tcp://10.0.0.9:2375")
+        );
+
+        let refused = |hosts: &str| {
+            write(hosts);
+            Config::resolve(Some(&path), &Overrides::default()).unwrap_err().to_string()
+        };
+        let cases = [
+            ("[docker.hosts.default]\nendpoint = \"tcp://h:1\"\n", "`default` is the host of --docker"),
+            ("[docker.hosts.\"a b\"]\nendpoint = \"tcp://h:1\"\n", "docker host name \"a b\""),
+            ("[docker.hosts.\"a/b\"]\nendpoint = \"tcp://h:1\"\n", "docker host name \"a/b\""),
+            ("[docker.hosts.\"\"]\nendpoint = \"tcp://h:1\"\n", "docker host name \"\""),
+            ("[docker.hosts.x]\nendpoint = \"ftp://h:1\"\n", "[docker.hosts.x] docker endpoint \"ftp://h:1\": use"),
+            ("[docker.hosts.x]\nendpoint = \"tcp://h\"\n", "needs host:port"),
+            ("[docker.hosts.x]\nendpoint = \"https://h:2376\"\n", "needs `ca`, `cert` and `key`"),
+            ("[docker.hosts.x]\nendpoint = \"https://h:2376\"\nca = \"ca.pem\"\n", "go together"),
+            (
+                "[docker.hosts.x]\nendpoint = \"tcp://h:2376\"\nca = \"ca.pem\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n",
+                "only for https://",
+            ),
+            (
+                "[docker.hosts.x]\nendpoint = \"https://h:2376\"\nca = \"ca.pem\"\ncert = \"cert.pem\"\nkey = \"no.pem\"\n",
+                "cannot read key",
+            ),
+            ("[docker.hosts.x]\nendpoint = \"tcp://h:1\"\nport = 2\n", "unknown field `port`"),
+            ("[docker.hosts.x]\nca = \"ca.pem\"\n", "missing field `endpoint`"),
+        ];
+        for (hosts, want) in cases {
+            let e = refused(hosts);
+            assert!(e.contains(want), "{hosts}: {e}");
+        }
+        let flags =
+            Overrides { docker: Some("https://h:2376".into()), routes: Some("r.toml".into()), ..Default::default() };
+        let e = Config::resolve(None, &flags).unwrap_err().to_string();
+        assert!(e.contains("define it as a named host"), "{e}");
     }
 
     #[test]

@@ -75,6 +75,6 @@ pub use metrics::Metrics;
 pub use readiness::Readiness;
 pub use routes::{normalize_request_host, Backend, HostPattern, RouteHandle, RouteTable};
 pub use runtime::{
-    ContainerEvent, ContainerInfo, ContainerRuntime, ContainerState, DockerRuntime, EventStream, RuntimeError,
-    RuntimeFuture,
+    ClientTls, ContainerEvent, ContainerInfo, ContainerRuntime, ContainerState, DockerEndpoint, DockerRuntime,
+    EndpointError, EventStream, RuntimeError, RuntimeFuture, Runtimes, DEFAULT_HOST,
 };

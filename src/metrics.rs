@@ -143,6 +143,17 @@ struct ServiceResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HostResultLabels {
+    host: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HostLabels {
+    host: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceActionLabels {
     service: String,
     action: &'static str,
@@ -168,10 +179,15 @@ struct StateLabels {
     state: &'static str,
 }
 
-/// Metrics of passivation: wakes, holds, stops, and how many tenants are in each state.
+/// Metrics of passivation: wakes, holds, stops, how many tenants are in each state, and each Docker host's
+/// health.
 #[derive(Clone)]
 pub struct PassivationMetrics {
     wakes: Family<ServiceResultLabels, Counter>,
+    wakes_by_host: Family<HostResultLabels, Counter>,
+    host_up: Family<HostLabels, Gauge>,
+    docker_errors: Family<HostLabels, Counter>,
+    event_reconnects: Family<HostLabels, Counter>,
     phases: Family<PhaseLabels, prometheus_client::metrics::histogram::Histogram>,
     held: Gauge,
     rejected: Family<ReasonLabels, Counter>,
@@ -187,6 +203,30 @@ impl PassivationMetrics {
             "wakes",
             "Tenant wakes, by service and result (ok, failed, timeout, unavailable)",
             wakes.clone(),
+        );
+        let wakes_by_host = Family::<HostResultLabels, Counter>::default();
+        registry.register(
+            "wakes_by_host",
+            "Tenant wakes, by Docker host and result (ok, failed, timeout, unavailable, removed)",
+            wakes_by_host.clone(),
+        );
+        let host_up = Family::<HostLabels, Gauge>::default();
+        registry.register(
+            "docker_host_up",
+            "1 when the last call or event stream to this Docker host worked, 0 when it was unreachable",
+            host_up.clone(),
+        );
+        let docker_errors = Family::<HostLabels, Counter>::default();
+        registry.register(
+            "docker_unavailable",
+            "Docker calls (and event streams) that failed because the host was unreachable or did not answer in time",
+            docker_errors.clone(),
+        );
+        let event_reconnects = Family::<HostLabels, Counter>::default();
+        registry.register(
+            "docker_event_reconnects",
+            "Times a Docker host's event stream broke (or could not be opened) and was reopened, by host",
+            event_reconnects.clone(),
         );
         let phases =
             Family::<PhaseLabels, prometheus_client::metrics::histogram::Histogram>::new_with_constructor(|| {
@@ -214,11 +254,39 @@ impl PassivationMetrics {
         registry.register("stop_failures", "Failed attempts to stop or pause an idle tenant", stop_failures.clone());
         let tenants = Family::<StateLabels, Gauge>::default();
         registry.register("tenants", "Passivated tenants, by state", tenants.clone());
-        Self { wakes, phases, held, rejected, stops, stop_failures, tenants }
+        Self {
+            wakes,
+            wakes_by_host,
+            host_up,
+            docker_errors,
+            event_reconnects,
+            phases,
+            held,
+            rejected,
+            stops,
+            stop_failures,
+            tenants,
+        }
     }
 
-    pub fn wake(&self, service: &str, result: &'static str) {
+    /// A wake of `service`, whose container is on Docker host `host`, ended with `result`.
+    pub fn wake(&self, service: &str, host: &str, result: &'static str) {
         self.wakes.get_or_create(&ServiceResultLabels { service: service.to_string(), result }).inc();
+        self.wakes_by_host.get_or_create(&HostResultLabels { host: host.to_string(), result }).inc();
+    }
+
+    /// A call to (or the event stream of) Docker host `host` worked (`true`) or found it unreachable.
+    pub fn docker_host(&self, host: &str, up: bool) {
+        let labels = HostLabels { host: host.to_string() };
+        self.host_up.get_or_create(&labels).set(i64::from(up));
+        if !up {
+            self.docker_errors.get_or_create(&labels).inc();
+        }
+    }
+
+    /// Docker host `host`'s event stream broke or could not be opened; it is reopened.
+    pub fn docker_event_reconnect(&self, host: &str) {
+        self.event_reconnects.get_or_create(&HostLabels { host: host.to_string() }).inc();
     }
 
     /// One wake phase (`start_call`, `running`, `ready`, `total`) took `d`.

@@ -128,6 +128,30 @@ fn check_reports_problems_with_lines_and_exit_codes() {
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains("warning"), "{out}");
 
+    // With a config file, a service's `docker_host` must be one of its Docker hosts (by line); the hosts
+    // themselves are checked too.
+    let hosts = "[server]\nroutes = \"hosts.toml\"\n[docker.hosts.second]\nendpoint = \"tcp://127.0.0.1:2375\"\n";
+    std::fs::write(&cfg, hosts).unwrap();
+    let routes = |host: &str| {
+        format!(
+            "[services.a]\ncontainer = \"a-1\"\nport = 80\ndocker_host = \"{host}\"\n[routes]\n\"a.test\" = \"a\"\n"
+        )
+    };
+    std::fs::write(dir.path().join("hosts.toml"), routes("second")).unwrap();
+    let (code, out) = run(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    std::fs::write(dir.path().join("hosts.toml"), routes("third")).unwrap();
+    let (code, out) = run(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("line 1") && out.contains("unknown `docker_host` \"third\" (configured: default, second)"),
+        "{out}"
+    );
+    std::fs::write(&cfg, hosts.replace("tcp://127.0.0.1:2375", "ftp://x:1")).unwrap();
+    let (code, out) = run(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("[docker.hosts.second] docker endpoint \"ftp://x:1\""), "{out}");
+
     // The repository's example files are valid.
     let root = env!("CARGO_MANIFEST_DIR");
     let (code, out) = run(&["check", "--config", &format!("{root}/config/reveille.toml")]);

@@ -131,3 +131,43 @@ fn unreachable_etcd_is_a_clear_error() {
     assert_eq!(code, 1);
     assert!(err.contains(&format!("cannot reach etcd at http://127.0.0.1:{port}")), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_set_docker_host_is_checked_against_the_config() {
+    let etcd = Etcd::start().await;
+    let url = etcd.url.as_str();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("reveille.toml");
+    std::fs::write(&config, "[docker.hosts.second]\nendpoint = \"tcp://127.0.0.1:2375\"\n").unwrap();
+    let config = config.to_str().unwrap();
+
+    let args = ["service", "set", "web", "--container", "web-1", "--port", "8080", "--docker-host", "second"];
+    let (code, out, err) = reveille(url, &[&args[..], &["--config", config]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("container web-1 on docker host second (new)"), "{out}");
+    assert_eq!(
+        value(&etcd, "/reveille/services/web").await.unwrap(),
+        serde_json::json!({"container": "web-1", "port": 8080, "docker_host": "second"})
+    );
+
+    // A host the config does not define is refused, and nothing is written.
+    let (code, _, err) = reveille(url, &["service", "set", "web", "--docker-host", "third", "--config", config]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown `docker_host` \"third\" (configured: default, second)"), "{err}");
+    let (code, _, err) = reveille(url, &["service", "set", "web", "--docker-host", "a b"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("docker host name \"a b\""), "{err}");
+    assert_eq!(value(&etcd, "/reveille/services/web").await.unwrap()["docker_host"], "second");
+    let (_, out, _) = reveille(url, &["service", "ls"]);
+    assert!(out.lines().any(|l| l.starts_with("web") && l.contains("[container web-1:8080 on second]")), "{out}");
+
+    // Without --config, any well-formed name: the proxies check it against their own config.
+    let (code, _, err) = reveille(url, &["service", "set", "web", "--docker-host", "third"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(value(&etcd, "/reveille/services/web").await.unwrap()["docker_host"], "third");
+    // `docker_host` needs a container.
+    let (code, _, err) =
+        reveille(url, &["service", "set", "api", "--backend", "127.0.0.1:1", "--docker-host", "second"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("`docker_host` needs `container`"), "{err}");
+}

@@ -409,3 +409,40 @@ async fn large_table_is_listed_in_pages_at_one_revision() {
     assert_eq!(code, Some(0));
     assert_eq!(out.lines().count(), n + 1, "header plus every route");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_naming_an_unknown_docker_host_keeps_its_previous_value() {
+    let etcd = Etcd::start().await;
+    let a = Backend::echo("a").await;
+    let value = |container: &str, host: &str| {
+        serde_json::json!({ "backends": [a.addr.to_string()], "container": container, "docker_host": host }).to_string()
+    };
+    etcd.put("/reveille/services/acme", &value("reveille-etcd-hosts-1", "default")).await;
+    let proxy = TestProxy::start_etcd(&etcd.url).await;
+    ready(&proxy).await;
+    let view = proxy.service_view("acme").await;
+    assert_eq!(
+        (view["container"].as_str(), view["docker_host"].as_str()),
+        (Some("reveille-etcd-hosts-1"), Some("default"))
+    );
+
+    // This reveille has no Docker host "second": the value is rejected, the previous one stays.
+    etcd.put("/reveille/services/acme", &value("reveille-etcd-hosts-2", "second")).await;
+    eventually(Duration::from_secs(5), "rejection counted", || async {
+        proxy.metric("reveille_etcd_rejected_values_total").await == 1.0
+    })
+    .await;
+    let view = proxy.service_view("acme").await;
+    assert_eq!(
+        (view["container"].as_str(), view["docker_host"].as_str()),
+        (Some("reveille-etcd-hosts-1"), Some("default"))
+    );
+
+    // A known host is taken.
+    etcd.put("/reveille/services/acme", &value("reveille-etcd-hosts-3", "default")).await;
+    eventually(Duration::from_secs(5), "the valid value applied", || async {
+        proxy.service_view("acme").await["container"] == "reveille-etcd-hosts-3"
+    })
+    .await;
+    assert_eq!(proxy.metric("reveille_etcd_rejected_values_total").await, 1.0);
+}

@@ -6,15 +6,23 @@ use std::process::ExitCode;
 
 use crate::config::ConfigFile;
 use crate::control::file;
+use crate::routes::DockerHostNames;
 
 /// Validates a config file and/or a routes file and/or a certificates directory: 0 when all are valid, else 1.
 pub(super) fn check(config_path: Option<PathBuf>, routes: Option<PathBuf>, certs: Option<PathBuf>) -> ExitCode {
     let mut routes_path = routes;
     let mut certs_path = certs;
+    // With a config file, a service's `docker_host` must be one of its hosts; without, any name.
+    let mut hosts = DockerHostNames::Any;
     if let Some(path) = &config_path {
         match ConfigFile::load(path) {
             Ok(file) => {
+                if let Err(e) = crate::config::docker_hosts(&file.docker) {
+                    println!("{}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
                 println!("{}: ok", path.display());
+                hosts = DockerHostNames::known(file.docker.hosts.keys().map(String::as_str));
                 if routes_path.is_none() {
                     routes_path = file.server.routes;
                 }
@@ -41,10 +49,10 @@ pub(super) fn check(config_path: Option<PathBuf>, routes: Option<PathBuf>, certs
     };
     if !certs_ok {
         // Still report the routes file's problems below, but fail.
-        let _ = check_routes(&routes_path);
+        let _ = check_routes(&routes_path, &hosts);
         return ExitCode::FAILURE;
     }
-    check_routes(&routes_path)
+    check_routes(&routes_path, &hosts)
 }
 
 /// Prints every certificate of `dir` (names, expiry) or why it does not load. True when all load.
@@ -75,8 +83,8 @@ fn check_certs(dir: &std::path::Path) -> bool {
     }
 }
 
-fn check_routes(routes_path: &std::path::Path) -> ExitCode {
-    match file::load(routes_path) {
+fn check_routes(routes_path: &std::path::Path, hosts: &DockerHostNames) -> ExitCode {
+    match file::load(routes_path, hosts) {
         Ok(loaded) => {
             let counts = loaded.counts();
             println!("{}: ok ({} routes, {} services)", routes_path.display(), counts.routes, counts.services);

@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{ConfigFile, EtcdFlags, Overrides};
 use crate::etcd::EtcdConfig;
+use crate::routes::DockerHostNames;
 use ops::{Ops, OpsError};
 
 use check::check;
@@ -170,6 +171,10 @@ pub struct ServiceFields {
     /// Container network to take the address from [default: the first]
     #[arg(long, value_name = "NETWORK")]
     pub network: Option<String>,
+    /// Docker host the container runs on, a `[docker.hosts.<name>]` of the config (checked when --config is
+    /// given) [default: default]
+    #[arg(long, value_name = "NAME")]
+    pub docker_host: Option<String>,
     /// Stop the container after this long without requests; 0 = never
     #[arg(long, value_name = "DURATION")]
     pub idle_timeout: Option<String>,
@@ -213,6 +218,7 @@ impl ServiceFields {
         let strings = [
             ("container", &self.container),
             ("network", &self.network),
+            ("docker_host", &self.docker_host),
             ("idle_timeout", &self.idle_timeout),
             ("wake_timeout", &self.wake_timeout),
             ("stop_timeout", &self.stop_timeout),
@@ -261,8 +267,12 @@ enum Op {
 
 /// Runs one operator command against etcd; prints what it did, or why not (exit 1).
 fn operate(config_path: Option<PathBuf>, flags: EtcdFlags, op: Op) -> ExitCode {
-    let section = match config_path.as_deref().map(ConfigFile::load).transpose() {
-        Ok(file) => file.map(|f| f.etcd).unwrap_or_default(),
+    let (section, hosts) = match config_path.as_deref().map(ConfigFile::load).transpose() {
+        Ok(Some(f)) => {
+            let hosts = DockerHostNames::known(f.docker.hosts.keys().map(String::as_str));
+            (f.etcd, hosts)
+        }
+        Ok(None) => Default::default(),
         Err(e) => {
             eprintln!("reveille: {e}");
             return ExitCode::FAILURE;
@@ -276,7 +286,7 @@ fn operate(config_path: Option<PathBuf>, flags: EtcdFlags, op: Op) -> ExitCode {
             Op::Route(RouteCommand::Set { host, service, force }) => ops.route_set(&host, &service, force).await,
             Op::Route(RouteCommand::Rm { host }) => ops.route_rm(&host).await,
             Op::Route(RouteCommand::Ls) => ops.route_ls().await,
-            Op::Service(ServiceCommand::Set { name, fields }) => ops.service_set(&name, fields.to_json()).await,
+            Op::Service(ServiceCommand::Set { name, fields }) => ops.service_set(&name, fields.to_json(), &hosts).await,
             Op::Service(ServiceCommand::Rm { name, force }) => ops.service_rm(&name, force).await,
             Op::Service(ServiceCommand::Ls) => ops.service_ls().await,
             Op::Cert(CertCommand::Put { name, cert, key }) => {

@@ -13,7 +13,7 @@ use etcd_client::{Client, Compare, CompareOp, DeleteOptions, Txn, TxnOp};
 use serde_json::{Map, Value};
 
 use crate::etcd::{connect, list_range, within, EtcdConfig, EtcdError, KeyKind, Keys};
-use crate::routes::{validate_service_name, HostPattern, RouteError, ServiceSpec};
+use crate::routes::{validate_service_name, ContainerSpec, DockerHostNames, HostPattern, RouteError, ServiceSpec};
 use crate::tls::etcd::CertValue;
 
 /// Why an operator command did nothing.
@@ -111,8 +111,13 @@ impl Ops {
 
     /// `service set NAME [--backend ADDR...] [--container C --port N ...]`: the given fields are merged into the
     /// existing value (other fields are kept), and the result is validated like the routes file before it is
-    /// written.
-    pub(super) async fn service_set(&mut self, name: &str, fields: Map<String, Value>) -> Result<String, OpsError> {
+    /// written (its `docker_host` against `hosts`, the config's Docker hosts when `--config` is given).
+    pub(super) async fn service_set(
+        &mut self,
+        name: &str,
+        fields: Map<String, Value>,
+        hosts: &DockerHostNames,
+    ) -> Result<String, OpsError> {
         validate_service_name(name)?;
         if fields.is_empty() {
             return Err(OpsError::Refused("nothing to set: give --backend and/or --container with --port".into()));
@@ -131,11 +136,11 @@ impl Ops {
         let merged = Value::Object(value);
         let spec: ServiceSpec = serde_json::from_value(merged.clone())
             .map_err(|e| OpsError::Refused(format!("service {name}: invalid value: {e}")))?;
-        let service = spec.to_service(name).map_err(|(_, e)| e)?;
+        let service = spec.to_service(name, hosts).map_err(|(_, e)| e)?;
         within(self.timeout, self.client.put(key, merged.to_string(), None)).await?;
         let what = match (service.backends(), service.container()) {
-            ([], Some(c)) => format!("container {}", c.container),
-            (b, Some(c)) => format!("{} (container {})", join(b), c.container),
+            ([], Some(c)) => format!("container {}{}", c.container, on_host(c)),
+            (b, Some(c)) => format!("{} (container {}{})", join(b), c.container, on_host(c)),
             (b, None) => join(b),
         };
         Ok(format!("service {name}: {what} ({})", if existed { "updated" } else { "new" }))
@@ -182,7 +187,13 @@ impl Ops {
                 if !shown.is_empty() {
                     shown.push(' ');
                 }
-                shown.push_str(&format!("[container {c}{port}]"));
+                let host = value
+                    .get("docker_host")
+                    .and_then(Value::as_str)
+                    .filter(|h| *h != crate::runtime::DEFAULT_HOST)
+                    .map(|h| format!(" on {h}"))
+                    .unwrap_or_default();
+                shown.push_str(&format!("[container {c}{port}{host}]"));
             }
             let _ = writeln!(out, "{name:width$}  {n:>6}  {shown}");
         }
@@ -292,4 +303,12 @@ impl Ops {
 
 fn join(backends: &[crate::routes::Backend]) -> String {
     backends.iter().map(|b| b.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// " on docker host X" for a container off the default host.
+fn on_host(c: &ContainerSpec) -> String {
+    match &c.docker_host {
+        Some(h) if h != crate::runtime::DEFAULT_HOST => format!(" on docker host {h}"),
+        _ => String::new(),
+    }
 }

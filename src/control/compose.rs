@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 
 use crate::metrics::Metrics;
 use crate::readiness::Gate;
-use crate::routes::{HostPattern, RouteHandle, RouteSet, RouteTable, Service};
+use crate::routes::{DockerHostNames, HostPattern, RouteHandle, RouteSet, RouteTable, Service};
 
 /// Where a definition comes from. Later in this list wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +41,8 @@ pub(crate) struct Composer {
     metrics: Arc<Metrics>,
     /// Opened once every configured source has loaded.
     loaded: Gate,
+    /// The Docker hosts services may name: each source validates its definitions against them.
+    docker_hosts: DockerHostNames,
 }
 
 struct State {
@@ -54,13 +56,26 @@ struct State {
 const PRECEDENCE: [Source; 2] = [Source::Etcd, Source::File];
 
 impl Composer {
-    /// `sources`: the configured sources; `loaded` is opened once all of them have loaded.
-    pub(crate) fn new(routes: RouteHandle, metrics: Arc<Metrics>, sources: &[Source], loaded: Gate) -> Arc<Self> {
+    /// `sources`: the configured sources; `loaded` is opened once all of them have loaded. `docker_hosts`: the
+    /// names a service's `docker_host` may take (a definition naming another is invalid, like any bad value).
+    pub(crate) fn new(
+        routes: RouteHandle,
+        metrics: Arc<Metrics>,
+        sources: &[Source],
+        loaded: Gate,
+        docker_hosts: DockerHostNames,
+    ) -> Arc<Self> {
         let mut expected = [false; 2];
         for s in sources {
             expected[*s as usize] = true;
         }
-        Arc::new(Self { state: Mutex::new(State { sets: [None, None], expected }), routes, metrics, loaded })
+        let state = Mutex::new(State { sets: [None, None], expected });
+        Arc::new(Self { state, routes, metrics, loaded, docker_hosts })
+    }
+
+    /// The Docker host names the sources validate `docker_host` against.
+    pub(crate) fn docker_hosts(&self) -> &DockerHostNames {
+        &self.docker_hosts
     }
 
     /// Replaces everything `source` defines with `set`. Returns the number of keys that changed.
@@ -206,6 +221,7 @@ mod tests {
             Arc::new(Metrics::new()),
             &[Source::File, Source::Etcd],
             Gate::detached(),
+            DockerHostNames::Any,
         );
         c.replace(Source::File, set(&[("a.test", "a"), ("b.test", "b")], &[("a", 1), ("b", 2)]));
         assert!(!c.loaded.is_open(), "not ready before etcd loaded");
@@ -222,7 +238,13 @@ mod tests {
 
     #[test]
     fn replace_keeps_unchanged_service_instances() {
-        let c = Composer::new(RouteHandle::new(), Arc::new(Metrics::new()), &[Source::Etcd], Gate::detached());
+        let c = Composer::new(
+            RouteHandle::new(),
+            Arc::new(Metrics::new()),
+            &[Source::Etcd],
+            Gate::detached(),
+            DockerHostNames::Any,
+        );
         c.replace(Source::Etcd, set(&[("a.test", "a")], &[("a", 1)]));
         let before = c.routes.snapshot().service("a").unwrap().clone();
         let n = c.replace(Source::Etcd, set(&[("a.test", "a"), ("x.test", "a")], &[("a", 1)]));

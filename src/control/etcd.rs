@@ -20,7 +20,7 @@ use tracing::{debug, info, warn, Instrument};
 use super::compose::{Change, Composer, Source};
 use crate::etcd::{Etcd, EtcdError, KeyKind, Keys, Sink};
 use crate::metrics::Metrics;
-use crate::routes::{HostPattern, RouteError, RouteSet, RouteSpec, Service, ServiceSpec};
+use crate::routes::{DockerHostNames, HostPattern, RouteError, RouteSet, RouteSpec, Service, ServiceSpec};
 
 /// Why an etcd value was not applied.
 #[derive(Debug, thiserror::Error)]
@@ -40,8 +40,14 @@ pub(crate) enum Parsed {
     Service(Arc<str>, Arc<Service>),
 }
 
-/// Parses one key/value pair. `Ok(None)`: a key of another part of reveille, not ours.
-pub(crate) fn parse_kv(keys: &Keys, key: &[u8], value: &[u8]) -> Result<Option<Parsed>, ValueError> {
+/// Parses one key/value pair; a service's `docker_host` must be one of `hosts`. `Ok(None)`: a key of another
+/// part of reveille, not ours.
+pub(crate) fn parse_kv(
+    keys: &Keys,
+    key: &[u8],
+    value: &[u8],
+    hosts: &DockerHostNames,
+) -> Result<Option<Parsed>, ValueError> {
     let key = std::str::from_utf8(key).map_err(|_| ValueError::KeyNotUtf8)?;
     match keys.kind(key) {
         KeyKind::Route(host) => {
@@ -58,7 +64,7 @@ pub(crate) fn parse_kv(keys: &Keys, key: &[u8], value: &[u8]) -> Result<Option<P
             for field in spec.unknown.keys() {
                 warn!(key, field, "unknown field in etcd service value ignored");
             }
-            let service = spec.to_service(name).map_err(|(_, e)| e)?;
+            let service = spec.to_service(name, hosts).map_err(|(_, e)| e)?;
             Ok(Some(Parsed::Service(Arc::from(name), Arc::new(service))))
         }
         KeyKind::Other => Ok(None),
@@ -101,7 +107,7 @@ impl EtcdWatcher {
         let previous = self.composer.source_set(Source::Etcd).unwrap_or_default();
         let mut set = RouteSet::default();
         for kv in kvs {
-            match parse_kv(&self.keys, kv.key(), kv.value()) {
+            match parse_kv(&self.keys, kv.key(), kv.value(), self.composer.docker_hosts()) {
                 Ok(Some(Parsed::Route(p, s))) => {
                     set.routes.insert(p, s);
                 }
@@ -160,7 +166,7 @@ impl Sink for EtcdWatcher {
         for ev in events {
             let Some(kv) = ev.kv() else { continue };
             match ev.event_type() {
-                EventType::Put => match parse_kv(&self.keys, kv.key(), kv.value()) {
+                EventType::Put => match parse_kv(&self.keys, kv.key(), kv.value(), self.composer.docker_hosts()) {
                     Ok(Some(Parsed::Route(p, s))) => changes.push(Change::Route(p, Some(s))),
                     Ok(Some(Parsed::Service(n, s))) => changes.push(Change::Service(n, Some(s))),
                     Ok(None) => {}
@@ -195,15 +201,22 @@ mod tests {
     #[test]
     fn values() {
         let k = Keys::new("/r/");
+        let any = DockerHostNames::Any;
         assert!(
-            matches!(parse_kv(&k, b"/r/routes/A.com", br#"{"service":"s"}"#), Ok(Some(Parsed::Route(HostPattern::Exact(h), _))) if h == "a.com")
+            matches!(parse_kv(&k, b"/r/routes/A.com", br#"{"service":"s"}"#, &any), Ok(Some(Parsed::Route(HostPattern::Exact(h), _))) if h == "a.com")
         );
-        assert!(matches!(parse_kv(&k, b"/r/routes/a.com", br#"{"service":"s","extra":1}"#), Ok(Some(_))));
-        assert!(parse_kv(&k, b"/r/routes/a.com", br#"{"service":1}"#).is_err());
-        assert!(parse_kv(&k, b"/r/routes/a.com", b"not json").is_err());
-        assert!(parse_kv(&k, b"/r/routes/a b", br#"{"service":"s"}"#).is_err());
-        assert!(parse_kv(&k, b"/r/services/s", br#"{"backends":["127.0.0.1:1"]}"#).unwrap().is_some());
-        assert!(parse_kv(&k, b"/r/services/s", br#"{"backends":["nope"]}"#).is_err());
-        assert!(parse_kv(&k, b"/r/status/s", b"whatever").unwrap().is_none());
+        assert!(matches!(parse_kv(&k, b"/r/routes/a.com", br#"{"service":"s","extra":1}"#, &any), Ok(Some(_))));
+        assert!(parse_kv(&k, b"/r/routes/a.com", br#"{"service":1}"#, &any).is_err());
+        assert!(parse_kv(&k, b"/r/routes/a.com", b"not json", &any).is_err());
+        assert!(parse_kv(&k, b"/r/routes/a b", br#"{"service":"s"}"#, &any).is_err());
+        assert!(parse_kv(&k, b"/r/services/s", br#"{"backends":["127.0.0.1:1"]}"#, &any).unwrap().is_some());
+        assert!(parse_kv(&k, b"/r/services/s", br#"{"backends":["nope"]}"#, &any).is_err());
+        assert!(parse_kv(&k, b"/r/status/s", b"whatever", &any).unwrap().is_none());
+        // A Docker host the config does not define is a bad value.
+        let known = DockerHostNames::known(["second"]);
+        let svc = |host: &str| format!(r#"{{"container":"c","port":80,"docker_host":"{host}"}}"#);
+        assert!(parse_kv(&k, b"/r/services/s", svc("second").as_bytes(), &known).unwrap().is_some());
+        let e = parse_kv(&k, b"/r/services/s", svc("third").as_bytes(), &known).unwrap_err();
+        assert!(e.to_string().contains("unknown `docker_host` \"third\""), "{e}");
     }
 }

@@ -45,7 +45,7 @@ use tracing::{error, info, warn, Instrument};
 use super::compose::{Composer, Source};
 use crate::fswatch::FsWatch;
 use crate::metrics::Metrics;
-use crate::routes::{HostPattern, RouteError, RouteSet, RouteTable, ServiceSpec};
+use crate::routes::{DockerHostNames, HostPattern, RouteError, RouteSet, RouteTable, ServiceSpec};
 
 /// How often the file's metadata is checked even without a file-system event: a safety net for file systems
 /// and editors that notify poorly. Events normally apply a change in a few milliseconds.
@@ -165,8 +165,9 @@ impl Loaded {
     }
 }
 
-/// Parses and validates routes-file text. `path` is only used in messages.
-pub(crate) fn parse(path: &Path, text: &str) -> Result<Loaded, FileError> {
+/// Parses and validates routes-file text; a service's `docker_host` must be one of `hosts`. `path` is only
+/// used in messages.
+pub(crate) fn parse(path: &Path, text: &str, hosts: &DockerHostNames) -> Result<Loaded, FileError> {
     let file: RoutesFile =
         toml::from_str(text).map_err(|e| FileError::Parse { path: path.to_owned(), message: e.to_string() })?;
     // Line starts, once: a line number is then a binary search, so a file of a million routes parses in
@@ -187,7 +188,7 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Loaded, FileError> {
             warn!(path = %path.display(), line, service = %name, key, "unknown service field ignored");
         }
         let added =
-            spec.to_service(name).and_then(|svc| builder.insert_service(svc).map(|_| ()).map_err(|e| (None, e)));
+            spec.to_service(name, hosts).and_then(|svc| builder.insert_service(svc).map(|_| ()).map_err(|e| (None, e)));
         if let Err((backend, error)) = added {
             let line = backend.map_or(line, |i| line_of(spec.backends[i].span().start));
             errors.push(Located { line, error });
@@ -224,9 +225,9 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<Loaded, FileError> {
 }
 
 /// Reads and validates a routes file.
-pub(crate) fn load(path: &Path) -> Result<Loaded, FileError> {
+pub(crate) fn load(path: &Path, hosts: &DockerHostNames) -> Result<Loaded, FileError> {
     let text = std::fs::read_to_string(path).map_err(|source| FileError::Read { path: path.to_owned(), source })?;
-    parse(path, &text)
+    parse(path, &text, hosts)
 }
 
 /// Watches a routes file and installs each valid new version.
@@ -301,7 +302,7 @@ impl FileWatcher {
     pub(crate) fn load(&mut self) -> Result<(), FileError> {
         let path = &self.path;
         let text = std::fs::read_to_string(path).map_err(|source| FileError::Read { path: path.clone(), source })?;
-        let loaded = parse(path, &text)?;
+        let loaded = parse(path, &text, self.composer.docker_hosts())?;
         if let Some(warning) = loaded.warning() {
             warn!(path = %path.display(), "{warning}");
         }
@@ -349,13 +350,14 @@ impl FileWatcher {
         // Reading and parsing a large file takes a while: keep it off the threads that serve requests.
         let path = self.path.clone();
         let seen = self.last_seen;
+        let hosts = self.composer.docker_hosts().clone();
         let work = tokio::task::spawn_blocking(move || {
             let text = std::fs::read_to_string(&path)?;
             let fp = fingerprint(&text);
             if seen == Some(fp) {
                 return Ok((fp, text.len(), None));
             }
-            Ok::<_, std::io::Error>((fp, text.len(), Some(parse(&path, &text))))
+            Ok::<_, std::io::Error>((fp, text.len(), Some(parse(&path, &text, &hosts))))
         });
         let (fp, bytes, parsed) = match work.await {
             Ok(Ok(r)) => r,
@@ -414,7 +416,7 @@ mod tests {
     use super::*;
 
     fn errs(text: &str) -> String {
-        parse(Path::new("r.toml"), text).unwrap_err().to_string()
+        parse(Path::new("r.toml"), text, &DockerHostNames::Any).unwrap_err().to_string()
     }
 
     #[test]
@@ -428,6 +430,7 @@ backends = ["127.0.0.1:1", "http://127.0.0.1:2"]
 "A.example.com" = "a"
 "*.example.com" = "a"
 "#,
+            &DockerHostNames::Any,
         )
         .unwrap();
         assert_eq!(t.set.routes.len(), 2);
@@ -435,15 +438,19 @@ backends = ["127.0.0.1:1", "http://127.0.0.1:2"]
         assert!(!t.allow_empty);
         assert!(t.warning().is_none());
 
-        let t = parse(Path::new("r.toml"), "[services.w]\ncontainer = \"w-1\"\nport = 80\nstop_timeout = \"2s\"\n")
-            .unwrap();
+        let t = parse(
+            Path::new("r.toml"),
+            "[services.w]\ncontainer = \"w-1\"\nport = 80\nstop_timeout = \"2s\"\n",
+            &DockerHostNames::Any,
+        )
+        .unwrap();
         let w = t.set.services.values().next().unwrap().container().unwrap().clone();
         assert_eq!(w.stop_timeout, Some(Duration::from_secs(2)));
     }
 
     #[test]
     fn a_version_without_routes_is_refused_unless_allowed() {
-        let load = |text: &str| parse(Path::new("r.toml"), text).unwrap();
+        let load = |text: &str| parse(Path::new("r.toml"), text, &DockerHostNames::Any).unwrap();
         let counts = |routes, services| Counts { routes, services };
         let blank = load("");
         let services_only = load("[services.a]\nbackends = [\"127.0.0.1:1\"]\n");

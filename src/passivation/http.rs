@@ -106,6 +106,7 @@ impl Passivator {
                 (Some(spec), Some(t)) => {
                     let snap = t.snapshot();
                     v["container"] = json!(spec.container);
+                    v["docker_host"] = json!(spec.docker_host());
                     v["state"] = json!(snap.phase.as_str());
                     v["since"] = json!(rfc3339(snap.since));
                     v["in_flight"] = json!(snap.in_flight);
@@ -128,6 +129,7 @@ impl Passivator {
                 }
                 (Some(spec), None) => {
                     v["container"] = json!(spec.container);
+                    v["docker_host"] = json!(spec.docker_host());
                     v["state"] = json!(Phase::Unknown.as_str());
                 }
                 (None, _) => v["state"] = json!("running"),

@@ -11,16 +11,19 @@
 //! - with several replicas (etcd configured), the cluster rules (`tenant/coordination.rs`): one start per wake,
 //!   idle stops decided by one replica and vetoed by any that uses the tenant, status changes by
 //!   compare-and-swap — all through [`Cluster`], which owns the etcd side.
+//! - the Docker hosts (`hosts`): each tenant's calls go to the host its service names (`docker_host`), each
+//!   host in use has its own event stream, and a host that is down fails only its own tenants' wakes.
 //!
-//! Talks to Docker only through [`ContainerRuntime`]. Does not route, forward, write access-log lines or count
-//! requests: the proxy does, around the small API above.
+//! Talks to Docker only through [`ContainerRuntime`]s, one per host ([`Runtimes`]). Does not route, forward,
+//! write access-log lines or count requests: the proxy does, around the small API above.
 
+mod hosts;
 mod http;
 mod page;
 mod probe;
 mod tenant;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +32,7 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 pub(crate) use self::http::wants_page;
 pub(crate) use page::{Page, PageValues};
@@ -39,7 +42,8 @@ pub(crate) use tenant::{Activity, Phase, Refusal, Tenant};
 use crate::cluster::{self, Cluster, Use};
 use crate::metrics::{Metrics, PassivationMetrics};
 use crate::routes::{RouteHandle, RouteTable, Service};
-use crate::runtime::ContainerRuntime;
+use crate::runtime::{ContainerRuntime, DockerEndpoint, Runtimes};
+use hosts::{DockerHost, DockerHosts};
 
 /// Defaults and knobs of passivation (`[passivation]` in the config). Per-service fields override the first
 /// five.
@@ -63,8 +67,11 @@ pub struct Settings {
     pub status_path: String,
     /// The "starting" page template.
     pub page: Page,
-    /// The Docker endpoint (`unix:///...`, `tcp://...`); `None` = `DOCKER_HOST` or the local socket.
+    /// The default Docker host's endpoint (`unix:///...`, `tcp://...`); `None` = `DOCKER_HOST` or the local
+    /// socket.
     pub docker: Option<String>,
+    /// The other Docker hosts (`[docker.hosts.<name>]`), by name; a service picks one with `docker_host`.
+    pub docker_hosts: BTreeMap<String, DockerEndpoint>,
     /// Time allowed for one Docker API call.
     pub docker_timeout: Duration,
     /// This instance's name in the etcd status keys.
@@ -83,6 +90,7 @@ impl Default for Settings {
             status_path: "/__reveille/status".into(),
             page: Page::default(),
             docker: None,
+            docker_hosts: BTreeMap::new(),
             docker_timeout: Duration::from_secs(10),
             node: default_node_name(),
         }
@@ -102,7 +110,7 @@ pub(crate) fn default_node_name() -> String {
 /// What every tenant shares.
 pub(crate) struct Shared {
     settings: Settings,
-    runtime: Arc<dyn ContainerRuntime>,
+    hosts: DockerHosts,
     probe: Arc<dyn Probe>,
     metrics: PassivationMetrics,
     /// The cluster, when etcd is configured (even with one replica).
@@ -128,21 +136,18 @@ impl std::fmt::Debug for Passivator {
 }
 
 impl Passivator {
-    /// `cluster`: the replicas' coordination, when etcd is configured. Without it, this replica decides alone.
+    /// `runtimes`: the Docker hosts by name (one runtime is the default host alone). `cluster`: the replicas'
+    /// coordination, when etcd is configured; without it, this replica decides alone.
     pub(crate) fn new(
         settings: Settings,
-        runtime: Arc<dyn ContainerRuntime>,
+        runtimes: impl Into<Runtimes>,
         probe: Arc<dyn Probe>,
         metrics: &Metrics,
         cluster: Option<Arc<Cluster>>,
     ) -> Arc<Self> {
-        let shared = Arc::new(Shared {
-            settings,
-            runtime,
-            probe,
-            metrics: metrics.passivation().clone(),
-            cluster: cluster.clone(),
-        });
+        let metrics = metrics.passivation().clone();
+        let hosts = DockerHosts::new(&runtimes.into(), &metrics);
+        let shared = Arc::new(Shared { settings, hosts, probe, metrics, cluster: cluster.clone() });
         let passivator = Arc::new(Self {
             shared,
             tenants: ArcSwap::from_pointee(HashMap::new()),
@@ -198,15 +203,17 @@ impl Passivator {
     }
 
     fn upsert(&self, map: &mut HashMap<Arc<str>, Arc<Tenant>>, service: &Arc<Service>) -> Arc<Tenant> {
-        let container = service.container().map(|c| c.container.as_str());
+        // A tenant is one container on one Docker host.
+        let container = service.container().map(|c| (c.container.as_str(), c.docker_host()));
         if let Some(t) = map.get(service.name()) {
-            if t.service().container().map(|c| c.container.as_str()) == container {
+            if t.service().container().map(|c| (c.container.as_str(), c.docker_host())) == container {
                 if !t.serves(service) {
                     t.update(service.clone());
                 }
                 return t.clone();
             }
-            // Another container: a different tenant. The old one's held requests are answered 503.
+            // Another container (or another host): a different tenant. The old one's held requests are answered
+            // 503.
             t.cancel.cancel();
         }
         let t = Tenant::spawn(service.clone(), self.shared.clone(), self.cancel.child_token());
@@ -246,11 +253,15 @@ impl Passivator {
         }
     }
 
-    /// Follows the route table and Docker's events until `cancel`.
+    /// Follows the route table and each Docker host's events until `cancel`.
     pub async fn run(self: Arc<Self>, routes: RouteHandle, cancel: CancellationToken) {
         let mut versions = routes.subscribe();
         self.reconcile(&routes.load());
-        let events = tokio::spawn(self.clone().follow_events(cancel.clone()));
+        let mut events = tokio::task::JoinSet::new();
+        for host in self.shared.hosts.all() {
+            let span = tracing::info_span!("docker_host", host = %host.name, endpoint = %host.endpoint());
+            events.spawn(self.clone().follow_events(host.clone(), cancel.clone()).instrument(span));
+        }
         let mut cluster_events = self.shared.cluster.as_ref().and_then(|c| c.take_events());
         loop {
             tokio::select! {
@@ -276,17 +287,20 @@ impl Passivator {
             }
         }
         self.cancel.cancel();
-        let _ = events.await;
+        while events.join_next().await.is_some() {}
     }
 
-    /// Docker's container events, dispatched to the tenants they concern. When the stream breaks, it is
-    /// reopened with backoff and every tenant re-inspects its container (events may have been missed).
-    async fn follow_events(self: Arc<Self>, cancel: CancellationToken) {
+    /// One Docker host's container events, dispatched to the tenants on that host they concern. The stream is
+    /// opened once a tenant runs on the host; when it breaks, it is reopened with backoff and every tenant of
+    /// the host re-inspects its container (events may have been missed).
+    async fn follow_events(self: Arc<Self>, host: Arc<DockerHost>, cancel: CancellationToken) {
+        let on_host = |t: &Arc<Tenant>| Arc::ptr_eq(t.host(), &host);
+        let metrics = &self.shared.metrics;
         let mut backoff = Duration::from_millis(100);
         loop {
-            while self.tenants.load().is_empty() {
+            while !self.tenants.load().values().any(on_host) {
                 let changed = self.changed.notified();
-                if !self.tenants.load().is_empty() {
+                if self.tenants.load().values().any(on_host) {
                     break;
                 }
                 tokio::select! {
@@ -294,13 +308,14 @@ impl Passivator {
                     () = cancel.cancelled() => return,
                 }
             }
-            match self.shared.runtime.events().await {
+            match host.events().await {
                 Ok(mut stream) => {
                     debug!("following Docker events");
                     backoff = Duration::from_millis(100);
-                    for t in self.tenants.load().values() {
+                    for t in self.tenants.load().values().filter(|t| on_host(t)) {
                         t.notify_resync();
                     }
+                    let mut first = true;
                     loop {
                         let next = tokio::select! {
                             n = stream.next() => n,
@@ -308,16 +323,20 @@ impl Passivator {
                         };
                         match next {
                             Some(Ok(ev)) => {
+                                if std::mem::take(&mut first) {
+                                    metrics.docker_host(&host.name, true);
+                                }
                                 if !matches!(ev.action.as_str(), "start" | "die" | "pause" | "unpause" | "destroy") {
                                     continue;
                                 }
-                                for t in self.tenants.load().values() {
+                                for t in self.tenants.load().values().filter(|t| on_host(t)) {
                                     if t.matches(&ev.id, &ev.container) {
                                         t.notify_event();
                                     }
                                 }
                             }
                             Some(Err(e)) => {
+                                metrics.docker_host(&host.name, false);
                                 warn!(error = %e, "Docker event stream broken; reconnecting");
                                 break;
                             }
@@ -330,6 +349,7 @@ impl Passivator {
                 }
                 Err(e) => debug!(error = %e, "cannot follow Docker events"),
             }
+            metrics.docker_event_reconnect(&host.name);
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
                 () = cancel.cancelled() => return,

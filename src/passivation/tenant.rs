@@ -18,9 +18,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use super::Shared;
+use super::{DockerHost, Shared};
 use crate::routes::{Backend, ContainerSpec, IdleAction, Service};
-use crate::runtime::{ContainerInfo, ContainerState, RuntimeError};
+use crate::runtime::{ContainerInfo, ContainerRuntime, ContainerState, RuntimeError};
 
 mod coordination;
 
@@ -227,6 +227,8 @@ pub struct Tenant {
     state: Mutex<State>,
     tx: mpsc::UnboundedSender<Msg>,
     shared: Arc<Shared>,
+    /// The Docker host its container runs on (its service's `docker_host`).
+    host: Arc<DockerHost>,
     pub(super) cancel: CancellationToken,
 }
 
@@ -297,7 +299,9 @@ impl Tenant {
             identity: None,
         };
         shared.metrics.transition(None, Some(Phase::Unknown.as_str()));
+        let host = shared.host(service.container().and_then(|c| c.docker_host.as_deref()));
         let tenant = Arc::new(Tenant {
+            host,
             name: Arc::from(service.name()),
             service: ArcSwap::new(service),
             state: Mutex::new(state),
@@ -312,6 +316,16 @@ impl Tenant {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The Docker host its container runs on.
+    pub(super) fn host(&self) -> &Arc<DockerHost> {
+        &self.host
+    }
+
+    /// The runtime of its Docker host: every Docker call of this tenant goes through it.
+    fn runtime(&self) -> &dyn ContainerRuntime {
+        &*self.host
     }
 
     /// The service definition in force.
@@ -631,7 +645,7 @@ impl Tenant {
     async fn refresh(&self) -> Result<(), RuntimeError> {
         let service = self.service();
         let Some(spec) = Self::spec_of(&service) else { return Ok(()) };
-        let info = match self.shared.runtime.inspect(&spec.container, spec.network.as_deref()).await {
+        let info = match self.runtime().inspect(&spec.container, spec.network.as_deref()).await {
             Ok(info) => info,
             Err(e @ RuntimeError::NoSuchContainer(_)) => {
                 warn!(container = %spec.container, "no such container");
@@ -728,7 +742,7 @@ impl Tenant {
                         st.last_release = Instant::now();
                     }
                     self.set_phase(&mut st, Phase::Running);
-                    metrics.wake(&self.name, "ok");
+                    metrics.wake(&self.name, &self.host.name, "ok");
                     metrics.phase(WakePhase::Total.as_str(), requested.elapsed());
                     span.in_scope(|| {
                         info!(ms = requested.elapsed().as_millis() as u64, held = st.queue.len(), "ready")
@@ -738,7 +752,7 @@ impl Tenant {
                     st.backend = None;
                     st.failure = Some((refusal.clone(), Instant::now()));
                     self.set_phase(&mut st, Phase::Failed);
-                    metrics.wake(&self.name, refusal.reason());
+                    metrics.wake(&self.name, &self.host.name, refusal.reason());
                     span.in_scope(|| warn!(error = %refusal, held = st.queue.len(), "wake failed"));
                 }
             }
@@ -763,7 +777,7 @@ impl Tenant {
         known: Phase,
         claim: &mut Option<StartClaim>,
     ) -> Outcome {
-        let rt = &*self.shared.runtime;
+        let rt = self.runtime();
         let metrics = &self.shared.metrics;
         let interval = self.shared.settings.probe_interval;
         let (name, network) = (spec.container.as_str(), spec.network.as_deref());
@@ -902,7 +916,7 @@ impl Tenant {
         };
         let action = spec.idle_action;
         let span = info_span!("passivate", container = %spec.container, action = action.as_str());
-        let rt = &*self.shared.runtime;
+        let rt = self.runtime();
         let result = async {
             match action {
                 IdleAction::Stop => rt.stop(&spec.container, self.stop_timeout(spec)).await,
@@ -966,7 +980,7 @@ impl Tenant {
             return;
         };
         let span = info_span!("passivate", container = %spec.container, action = "stop");
-        let result = self.shared.runtime.stop(&spec.container, self.stop_timeout(spec)).instrument(span.clone()).await;
+        let result = self.runtime().stop(&spec.container, self.stop_timeout(spec)).instrument(span.clone()).await;
         if let (Ok(()), Some(rev)) = (&result, claim) {
             self.settle(rev, "stopped").await;
         }

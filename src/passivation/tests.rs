@@ -149,6 +149,7 @@ fn spec(f: impl FnOnce(&mut ContainerSpec)) -> Arc<Service> {
         container: "ctr".into(),
         port: Some(8080),
         network: None,
+        docker_host: None,
         idle_timeout: Some(Duration::from_secs(600)),
         wake_timeout: Some(Duration::from_secs(30)),
         stop_timeout: None,
@@ -582,4 +583,66 @@ async fn a_new_port_is_used_at_once_and_sleep_is_refused_while_waking() {
     t.request_wake();
     phase_becomes(&t, Phase::Starting).await;
     assert_eq!(t.request_sleep(), Err(SleepRefused::Phase(Phase::Starting)));
+}
+
+/// Ready when any of the fakes' applications is (tenants on several scripted hosts share one probe).
+struct AnyReady(Vec<Fake>);
+
+impl Probe for AnyReady {
+    fn ready<'a>(
+        &'a self,
+        b: &'a Backend,
+        p: Option<&'a str>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>> {
+        Box::pin(async move {
+            for f in &self.0 {
+                if f.ready(b, p).await {
+                    return true;
+                }
+            }
+            false
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_tenant_uses_its_docker_host_and_a_host_down_fails_only_its_tenants() {
+    let default = Fake::new(ContainerState::Stopped);
+    let second = Fake::new(ContainerState::Stopped);
+    default.0.lock().unavailable = true;
+    let metrics = Metrics::new();
+    let runtimes = Runtimes::single(Arc::new(default.clone())).with("second", Arc::new(second.clone()));
+    let probe = Arc::new(AnyReady(vec![default.clone(), second.clone()]));
+    let p = Passivator::new(Settings::default(), runtimes, probe, &metrics, None);
+    let on_default = p.tenant(&spec(|_| {})).unwrap();
+    let on_second = p
+        .tenant(&Arc::new(Service::with_container(
+            "other",
+            vec![],
+            spec(|c| c.docker_host = Some("second".into())).container().cloned(),
+        )))
+        .unwrap();
+
+    let begin = Instant::now();
+    let err = on_default.admit(false).await.unwrap_err();
+    assert!(matches!(err, Refusal::Unavailable { .. }), "{err:?}");
+    assert!(begin.elapsed() < Duration::from_millis(10), "fast: {:?}", begin.elapsed());
+    assert!(on_second.admit(false).await.is_ok(), "the other host's tenant wakes");
+    assert_eq!((second.count("start"), default.count("start")), (1, 0), "each tenant's calls go to its own host");
+
+    let text = metrics.encode();
+    for line in [
+        "reveille_docker_host_up{host=\"default\"} 0",
+        "reveille_docker_host_up{host=\"second\"} 1",
+        "reveille_wakes_by_host_total{host=\"default\",result=\"unavailable\"} 1",
+        "reveille_wakes_by_host_total{host=\"second\",result=\"ok\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+    }
+    assert!(text.lines().any(|l| l.starts_with("reveille_docker_unavailable_total{host=\"default\"} ")), "{text}");
+
+    // The default host comes back: its tenant wakes too.
+    default.0.lock().unavailable = false;
+    assert!(on_default.admit(false).await.is_ok());
+    assert_eq!(default.count("start"), 1);
 }

@@ -20,7 +20,7 @@ use arc_swap::ArcSwap;
 
 pub use backend::Backend;
 pub use host::{normalize_request_host, HostPattern};
-pub(crate) use spec::{ContainerSpec, HttpsPolicy, IdleAction, RouteSpec, ServiceSpec};
+pub(crate) use spec::{ContainerSpec, DockerHostNames, HttpsPolicy, IdleAction, RouteSpec, ServiceSpec};
 pub use table::RouteTable;
 pub(crate) use table::{Lookup, RouteSet, Service};
 

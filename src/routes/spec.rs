@@ -2,13 +2,15 @@
 //! (JSON) share these structs, so a field added later exists in both sources at once.
 
 use std::borrow::Borrow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use super::{validate_service_name, Backend, RouteError, Service};
+use crate::runtime::DEFAULT_HOST;
 
 /// A service definition: `{"backends": [...]}` in etcd, `[services.<name>] backends = [...]` in the file.
 ///
@@ -27,6 +29,9 @@ pub(crate) struct ServiceSpec<S = String> {
     /// Which of the container's networks to take its address from (default: the first).
     #[serde(default)]
     pub network: Option<String>,
+    /// The Docker host the container runs on (a `[docker.hosts.<name>]` of the config); unset = `default`.
+    #[serde(default)]
+    pub docker_host: Option<String>,
     /// Stop (or pause) the container after this long without activity; `"0"` = never.
     #[serde(default, with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
@@ -70,6 +75,7 @@ impl<S> Default for ServiceSpec<S> {
             container: None,
             port: None,
             network: None,
+            docker_host: None,
             idle_timeout: None,
             wake_timeout: None,
             stop_timeout: None,
@@ -112,6 +118,8 @@ pub struct ContainerSpec {
     pub container: String,
     pub port: Option<u16>,
     pub network: Option<String>,
+    /// The Docker host it runs on, as written; `None` = [`DEFAULT_HOST`] (see [`Self::docker_host`]).
+    pub docker_host: Option<String>,
     pub idle_timeout: Option<Duration>,
     pub wake_timeout: Option<Duration>,
     /// `docker stop`'s grace; `None` = `[passivation] stop_timeout`, else the container's own.
@@ -122,6 +130,42 @@ pub struct ContainerSpec {
     pub stop_after: Option<Duration>,
     pub max_held: Option<usize>,
     pub page_after: Option<Duration>,
+}
+
+impl ContainerSpec {
+    /// The name of the Docker host the container runs on.
+    pub fn docker_host(&self) -> &str {
+        self.docker_host.as_deref().unwrap_or(DEFAULT_HOST)
+    }
+}
+
+/// The Docker host names a service's `docker_host` may take: the configured hosts when serving, or any name
+/// where the config is not known (`reveille check` of a lone routes file, `service set` without `--config`).
+#[derive(Debug, Clone, Default)]
+pub(crate) enum DockerHostNames {
+    #[default]
+    Any,
+    Known(Arc<BTreeSet<String>>),
+}
+
+impl DockerHostNames {
+    /// The given names; [`DEFAULT_HOST`] is always one of them.
+    pub(crate) fn known<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut set: BTreeSet<String> = names.into_iter().map(str::to_string).collect();
+        set.insert(DEFAULT_HOST.to_string());
+        Self::Known(Arc::new(set))
+    }
+
+    fn check(&self, host: &str) -> Result<(), String> {
+        crate::runtime::check_host_name(host).map_err(|e| e.to_string())?;
+        match self {
+            Self::Known(set) if !set.contains(host) => Err(format!(
+                "unknown `docker_host` {host:?} (configured: {})",
+                set.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// How a service is served over HTTPS.
@@ -142,9 +186,13 @@ pub(crate) struct RouteSpec {
 }
 
 impl<S: Borrow<str>> ServiceSpec<S> {
-    /// Validates the definition of service `name`. On error, also says which backend (by index) was wrong, so
-    /// the file source can point at its line.
-    pub(crate) fn to_service(&self, name: &str) -> Result<Service, (Option<usize>, RouteError)> {
+    /// Validates the definition of service `name`; its `docker_host` must be one of `hosts`. On error, also says
+    /// which backend (by index) was wrong, so the file source can point at its line.
+    pub(crate) fn to_service(
+        &self,
+        name: &str,
+        hosts: &DockerHostNames,
+    ) -> Result<Service, (Option<usize>, RouteError)> {
         validate_service_name(name).map_err(|e| (None, e))?;
         let backends = self
             .backends
@@ -152,7 +200,7 @@ impl<S: Borrow<str>> ServiceSpec<S> {
             .enumerate()
             .map(|(i, b)| Backend::parse(b.borrow()).map_err(|e| (Some(i), e)))
             .collect::<Result<Vec<_>, _>>()?;
-        let container = self.container_spec(name).map_err(|e| (None, e))?;
+        let container = self.container_spec(name, hosts).map_err(|e| (None, e))?;
         if backends.is_empty() && !container.as_ref().is_some_and(|c| c.port.is_some()) {
             return Err((None, RouteError::NoBackends { service: name.to_string() }));
         }
@@ -174,12 +222,13 @@ impl<S: Borrow<str>> ServiceSpec<S> {
         http::HeaderValue::from_str(v).map(Some).map_err(|_| bad("is not a valid header value"))
     }
 
-    fn container_spec(&self, name: &str) -> Result<Option<ContainerSpec>, RouteError> {
+    fn container_spec(&self, name: &str, hosts: &DockerHostNames) -> Result<Option<ContainerSpec>, RouteError> {
         let bad = |reason: String| RouteError::BadField { service: name.to_string(), reason };
         let Some(container) = &self.container else {
             let set = [
                 ("port", self.port.is_some()),
                 ("network", self.network.is_some()),
+                ("docker_host", self.docker_host.is_some()),
                 ("idle_timeout", self.idle_timeout.is_some()),
                 ("wake_timeout", self.wake_timeout.is_some()),
                 ("stop_timeout", self.stop_timeout.is_some()),
@@ -199,6 +248,9 @@ impl<S: Borrow<str>> ServiceSpec<S> {
             || !container.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         {
             return Err(bad(format!("invalid container name {container:?}")));
+        }
+        if let Some(host) = &self.docker_host {
+            hosts.check(host).map_err(bad)?;
         }
         if self.port == Some(0) {
             return Err(bad("`port` must be 1-65535".into()));
@@ -226,6 +278,7 @@ impl<S: Borrow<str>> ServiceSpec<S> {
             container: container.clone(),
             port: self.port,
             network: self.network.clone(),
+            docker_host: self.docker_host.clone(),
             idle_timeout: self.idle_timeout,
             wake_timeout: self.wake_timeout,
             stop_timeout: self.stop_timeout,
@@ -246,17 +299,17 @@ mod tests {
     fn json_service_with_unknown_fields() {
         let spec: ServiceSpec = serde_json::from_str(r#"{"backends": ["127.0.0.1:1"], "colour": "x"}"#).unwrap();
         assert_eq!(spec.unknown.keys().collect::<Vec<_>>(), ["colour"]);
-        assert_eq!(spec.to_service("a").unwrap().backends().len(), 1);
+        assert_eq!(spec.to_service("a", &DockerHostNames::Any).unwrap().backends().len(), 1);
         assert!(serde_json::from_str::<ServiceSpec>(r#"{"backends": "127.0.0.1:1"}"#).is_err(), "wrong type");
         let spec: ServiceSpec = serde_json::from_str(r#"{"backends": ["nope"]}"#).unwrap();
-        assert!(matches!(spec.to_service("a"), Err((Some(0), RouteError::BadBackend { .. }))));
+        assert!(matches!(spec.to_service("a", &DockerHostNames::Any), Err((Some(0), RouteError::BadBackend { .. }))));
         let spec: ServiceSpec = serde_json::from_str(r#"{"backends": []}"#).unwrap();
-        assert!(matches!(spec.to_service("a"), Err((None, RouteError::NoBackends { .. }))));
+        assert!(matches!(spec.to_service("a", &DockerHostNames::Any), Err((None, RouteError::NoBackends { .. }))));
     }
 
     #[test]
     fn https_fields() {
-        let parse = |j: &str| serde_json::from_str::<ServiceSpec>(j).unwrap().to_service("a");
+        let parse = |j: &str| serde_json::from_str::<ServiceSpec>(j).unwrap().to_service("a", &DockerHostNames::Any);
         let svc =
             parse(r#"{"backends": ["127.0.0.1:1"], "https_redirect": true, "hsts": "max-age=600; preload"}"#).unwrap();
         assert_eq!(svc.https().redirect, Some(true));
@@ -271,7 +324,7 @@ mod tests {
 
     #[test]
     fn container_fields() {
-        let parse = |j: &str| serde_json::from_str::<ServiceSpec>(j).unwrap().to_service("a");
+        let parse = |j: &str| serde_json::from_str::<ServiceSpec>(j).unwrap().to_service("a", &DockerHostNames::Any);
         let svc =
             parse(r#"{"container": "acme-web", "port": 8080, "idle_timeout": "15m", "idle_action": "pause"}"#).unwrap();
         assert!(svc.backends().is_empty());
@@ -309,5 +362,27 @@ mod tests {
         }
         assert!(serde_json::from_str::<ServiceSpec>(r#"{"container": "c", "idle_timeout": "soon"}"#).is_err());
         assert!(serde_json::from_str::<ServiceSpec>(r#"{"container": "c", "idle_action": "freeze"}"#).is_err());
+    }
+
+    #[test]
+    fn docker_host_field() {
+        let known = DockerHostNames::known(["second"]);
+        let parse =
+            |j: &str, hosts: &DockerHostNames| serde_json::from_str::<ServiceSpec>(j).unwrap().to_service("a", hosts);
+        let svc = parse(r#"{"container": "c", "port": 1, "docker_host": "second"}"#, &known).unwrap();
+        assert_eq!(svc.container().unwrap().docker_host(), "second");
+        let svc = parse(r#"{"container": "c", "port": 1}"#, &known).unwrap();
+        assert_eq!(svc.container().unwrap().docker_host(), DEFAULT_HOST);
+        assert!(parse(r#"{"container": "c", "port": 1, "docker_host": "default"}"#, &known).is_ok());
+        let e = parse(r#"{"container": "c", "port": 1, "docker_host": "third"}"#, &known).unwrap_err().1;
+        assert_eq!(e.to_string(), "service \"a\": unknown `docker_host` \"third\" (configured: default, second)",);
+        // Without the config, any well-formed name.
+        assert!(parse(r#"{"container": "c", "port": 1, "docker_host": "third"}"#, &DockerHostNames::Any).is_ok());
+        for bad in [r#""a b""#, r#""""#, r#""x/y""#] {
+            let j = format!(r#"{{"container": "c", "port": 1, "docker_host": {bad}}}"#);
+            assert!(parse(&j, &DockerHostNames::Any).is_err(), "{bad}");
+        }
+        let e = parse(r#"{"backends": ["127.0.0.1:1"], "docker_host": "second"}"#, &known).unwrap_err().1;
+        assert!(e.to_string().contains("`docker_host` needs `container`"), "{e}");
     }
 }

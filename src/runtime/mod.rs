@@ -4,6 +4,11 @@
 //! Owns talking to Docker and turning its answers into a few plain states and errors. It does not decide when
 //! a tenant should wake or sleep (that is `passivation/`), and it never creates or removes containers: the
 //! platform does, reveille only starts and stops them.
+//!
+//! Several Docker hosts (`hosts`): each has its own [`DockerEndpoint`] (unix socket, plain TCP, or HTTPS with
+//! client certificates) and its own lazily connected [`LazyDocker`]; [`Runtimes`] names them.
+
+mod hosts;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -15,6 +20,9 @@ use bollard::errors::Error as DockerError;
 use bollard::query_parameters::{EventsOptionsBuilder, InspectContainerOptions, StopContainerOptionsBuilder};
 use bollard::Docker;
 use futures_util::{Stream, StreamExt};
+
+pub(crate) use hosts::check_host_name;
+pub use hosts::{ClientTls, DockerEndpoint, EndpointError, Runtimes, DEFAULT_HOST};
 
 /// Why a runtime operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -86,18 +94,30 @@ impl DockerRuntime {
     /// Connects to `endpoint` (`unix:///path`, `tcp://host:port` or `http://host:port`), or to `DOCKER_HOST` / the
     /// local socket when `None`, and agrees on an API version. Fails fast when Docker does not answer.
     pub async fn connect(endpoint: Option<&str>, timeout: Duration) -> Result<Self, RuntimeError> {
-        let name = endpoint
-            .map(str::to_string)
-            .or_else(|| std::env::var("DOCKER_HOST").ok())
-            .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+        Self::connect_to(&DockerEndpoint::plain(endpoint.map(str::to_string)), timeout).await
+    }
+
+    /// Connects to `endpoint`, `https://` ones with their client certificates, and agrees on an API version.
+    /// Fails fast when Docker does not answer.
+    pub async fn connect_to(endpoint: &DockerEndpoint, timeout: Duration) -> Result<Self, RuntimeError> {
+        let name = endpoint.display();
         let unavailable = |reason: String| RuntimeError::Unavailable { endpoint: name.clone(), reason };
         let secs = timeout.as_secs().max(1);
-        let docker = match endpoint {
-            None => Docker::connect_with_defaults(),
-            Some(e) if e.starts_with("unix://") || e.starts_with('/') => {
+        let docker = match (endpoint.uri.as_deref(), &endpoint.tls) {
+            (None, _) => Docker::connect_with_defaults(),
+            (Some(e), _) if e.starts_with("unix://") || e.starts_with('/') => {
                 Docker::connect_with_unix(e, secs, bollard::API_DEFAULT_VERSION)
             }
-            Some(e) => Docker::connect_with_http(e, secs, bollard::API_DEFAULT_VERSION),
+            (Some(e), Some(tls)) if endpoint.is_https() => {
+                // bollard's client-certificate resolver uses the process-wide rustls provider: make sure there
+                // is one (reveille's own TLS passes its provider explicitly and needs none).
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                Docker::connect_with_ssl(e, &tls.key, &tls.cert, &tls.ca, secs, bollard::API_DEFAULT_VERSION)
+            }
+            (Some(_), None) if endpoint.is_https() => {
+                return Err(unavailable("https needs a client certificate (ca, cert, key)".into()))
+            }
+            (Some(e), _) => Docker::connect_with_http(e, secs, bollard::API_DEFAULT_VERSION),
         }
         .map_err(|e| unavailable(e.to_string()))?;
         let docker = match tokio::time::timeout(timeout, docker.negotiate_version()).await {
@@ -273,24 +293,21 @@ pub trait ContainerRuntime: Send + Sync + 'static {
 /// call: reveille starts (and serves its static routes) while Docker is down, and wakes answer "unavailable"
 /// at once instead of hanging.
 pub(crate) struct LazyDocker {
-    endpoint: Option<String>,
+    endpoint: DockerEndpoint,
     name: String,
     timeout: Duration,
     docker: tokio::sync::OnceCell<DockerRuntime>,
 }
 
 impl LazyDocker {
-    /// `endpoint` as for [`DockerRuntime::connect`]; `timeout` bounds every call.
-    pub(crate) fn new(endpoint: Option<String>, timeout: Duration) -> Self {
-        let name = endpoint
-            .clone()
-            .or_else(|| std::env::var("DOCKER_HOST").ok())
-            .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+    /// `endpoint` as for [`DockerRuntime::connect_to`]; `timeout` bounds every call.
+    pub(crate) fn new(endpoint: DockerEndpoint, timeout: Duration) -> Self {
+        let name = endpoint.display();
         Self { endpoint, name, timeout, docker: tokio::sync::OnceCell::new() }
     }
 
     async fn get(&self) -> Result<&DockerRuntime, RuntimeError> {
-        self.docker.get_or_try_init(|| DockerRuntime::connect(self.endpoint.as_deref(), self.timeout)).await
+        self.docker.get_or_try_init(|| DockerRuntime::connect_to(&self.endpoint, self.timeout)).await
     }
 }
 

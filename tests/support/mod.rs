@@ -24,7 +24,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use reveille::{Config, ContainerRuntime, Listeners, ProxySettings as Settings, Running};
+use reveille::{Config, ContainerRuntime, Listeners, ProxySettings as Settings, Running, Runtimes};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -249,8 +249,8 @@ impl TestProxy {
             ..Config::default()
         };
         f(&mut config);
-        let runtime = runtime.unwrap_or_else(|| reveille::docker(&config));
-        Self::start_runtime(config, dir, routes_path, runtime).await
+        let runtimes = runtime.map_or_else(|| reveille::docker(&config), Runtimes::single);
+        Self::start_runtime(config, dir, routes_path, runtimes).await
     }
 
     async fn start_config(config: Config, dir: tempfile::TempDir, routes_path: PathBuf) -> TestProxy {
@@ -262,10 +262,10 @@ impl TestProxy {
         config: Config,
         dir: tempfile::TempDir,
         routes_path: PathBuf,
-        runtime: Arc<dyn ContainerRuntime>,
+        runtimes: Runtimes,
     ) -> TestProxy {
         let listeners = Listeners::bind(&config).await.unwrap();
-        let running = reveille::start(&config, listeners, runtime).await.unwrap();
+        let running = reveille::start(&config, listeners, runtimes).await.unwrap();
         TestProxy { http: running.http_addr, admin: running.admin_addr, routes_path, running: Some(running), _dir: dir }
     }
 

@@ -76,6 +76,11 @@ impl TestCa {
         self.issue_until(names, 2099)
     }
 
+    /// The CA's own certificate, PEM.
+    pub fn cert_pem(&self) -> String {
+        self.cert.pem()
+    }
+
     /// A client that verifies the server against this CA.
     pub fn client(&self, alpn: &[&str]) -> tokio_rustls::TlsConnector {
         self.client_with(rustls::DEFAULT_VERSIONS, alpn)

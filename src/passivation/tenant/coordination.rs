@@ -102,7 +102,7 @@ impl Tenant {
     }
 
     async fn docker_runs(&self, spec: &ContainerSpec) -> Result<bool, Refusal> {
-        let info = self.shared.runtime.inspect(&spec.container, spec.network.as_deref()).await;
+        let info = self.runtime().inspect(&spec.container, spec.network.as_deref()).await;
         Ok(info.map_err(Refusal::from_runtime)?.state == ContainerState::Running)
     }
 
