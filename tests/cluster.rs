@@ -22,6 +22,7 @@ struct Replica {
     node: String,
     child: Child,
     http: SocketAddr,
+    admin: SocketAddr,
     log: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
@@ -50,17 +51,17 @@ impl Replica {
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let http = loop {
+        let (http, admin) = loop {
             let line = lines.next().expect("reveille exited before listening").unwrap();
             let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
             if v["message"] == "listening" {
-                break v["http"].as_str().unwrap().parse().unwrap();
+                break (v["http"].as_str().unwrap().parse().unwrap(), v["admin"].as_str().unwrap().parse().unwrap());
             }
         };
         let log = Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = log.clone();
         std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| sink.lock().unwrap().push(l)));
-        Replica { node: node.to_string(), child, http, log }
+        Replica { node: node.to_string(), child, http, admin, log }
     }
 
     /// SIGKILL: a crash, with no lease revoked.
@@ -355,4 +356,83 @@ async fn a_replica_that_uses_the_tenant_vetoes_a_stop_the_decider_claimed() {
     assert!(deciding.log_has("stop vetoed"), "{} saw the veto", deciding.node);
     // The vetoes are the only thing that kept it running: idle everywhere, it is stopped.
     eventually(LONG, "stopped once idle everywhere", || async { web.docker_state() == "exited" }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn operators_see_replicas_decider_and_activity_in_status_and_the_admin_api() {
+    let etcd = support::etcd::Etcd::start().await;
+    let image = TestImage::build();
+    let web = image.web_after("");
+    define(&etcd, &web, "").await;
+    let replicas = three(&etcd, &[]).await;
+    let boss = decider(&etcd).await.unwrap();
+    assert_eq!(get(replicas[1].http, "web.test", "/index.html").await.status, StatusCode::OK);
+    eventually(LONG, "activity of n2 published, the request over", || async {
+        keys(&etcd, "/reveille/cluster/activity/web/n2").await.iter().any(|(_, v)| v.contains("\"busy\":false"))
+    })
+    .await;
+    eventually(LONG, "status running", || async { status(&etcd).await["state"] == "running" }).await;
+
+    // `reveille status` reads etcd only.
+    let url = format!("http://127.0.0.1:{}", etcd.port());
+    let out = Command::new(BIN).args(["status", "--etcd", &url]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(&format!("REPLICAS (3; idle stops decided by {boss})")), "{text}");
+    for n in ["n1", "n2", "n3"] {
+        assert!(text.lines().any(|l| l.starts_with(n)), "{n} listed:\n{text}");
+    }
+    let line = text.lines().find(|l| l.starts_with("web ")).unwrap_or_else(|| panic!("web listed:\n{text}"));
+    assert!(line.contains("running") && line.contains("n2: 20"), "{line}");
+    let out = Command::new(BIN).args(["status", "--json", "--etcd", &url]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["decider"], boss.as_str());
+    assert_eq!(v["replicas"].as_array().unwrap().len(), 3);
+    assert_eq!(v["tenants"]["web"]["state"], "running");
+    assert!(v["tenants"]["web"]["activity"].as_array().unwrap().iter().any(|a| a["node"] == "n2"), "{v}");
+
+    // The admin API of any replica: the same cluster, and per tenant its status and activity.
+    let admin = get(replicas[0].admin, "localhost", "/api/services").await.json();
+    assert_eq!(admin["cluster"]["node"], "n1");
+    assert_eq!(admin["cluster"]["decider_node"], boss.as_str());
+    assert_eq!(admin["cluster"]["decider"], boss == "n1");
+    assert_eq!(admin["cluster"]["replicas"].as_array().unwrap().len(), 3, "{admin}");
+    let web_view = &admin["services"]["web"]["cluster"];
+    assert_eq!(web_view["status"]["state"], "running", "{admin}");
+    assert!(web_view["activity"].as_array().unwrap().iter().any(|a| a["node"] == "n2"), "{admin}");
+    // Metrics carry the node and the decider.
+    let metrics = get(replicas[0].admin, "localhost", "/metrics").await.text;
+    assert!(metrics.contains("reveille_node_info{node=\"n1\"} 1"), "{metrics}");
+    let deciding = if boss == "n1" { 1 } else { 0 };
+    assert!(metrics.contains(&format!("reveille_cluster_decider {deciding}")), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_paused_by_the_decider_is_unpaused_by_another_replica_then_stopped_after_stop_after() {
+    let etcd = support::etcd::Etcd::start().await;
+    let image = TestImage::build();
+    let web = image.web_after("");
+    define(&etcd, &web, ", \"idle_timeout\": \"1s\", \"idle_action\": \"pause\", \"stop_after\": \"3s\"").await;
+    let replicas = three(&etcd, &[]).await;
+    let boss = decider(&etcd).await.unwrap();
+    let other = replicas.iter().find(|r| r.node != boss).unwrap();
+    let since = unix_now();
+    assert_eq!(get(other.http, "web.test", "/index.html").await.status, StatusCode::OK);
+    eventually(LONG, "paused", || async { web.docker_state() == "paused" }).await;
+    eventually(LONG, "status paused", || async { status(&etcd).await["state"] == "paused" }).await;
+    // Every replica follows: a request on a non-deciding one unpauses it.
+    for r in &replicas {
+        eventually(LONG, "paused everywhere", || async {
+            get(r.http, "web.test", "/__reveille/status").await.json()["state"] == "paused"
+        })
+        .await;
+    }
+    let got = get(other.http, "web.test", "/index.html").await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+    assert_eq!(event_count(&web.name, "unpause", since), 1);
+    assert_eq!(event_count(&web.name, "start", since), 1, "unpaused, not started again");
+    // Paused again, then stopped by the decider after `stop_after`.
+    eventually(LONG, "stopped after stop_after", || async { web.docker_state() == "exited" }).await;
+    eventually(LONG, "status stopped", || async { status(&etcd).await["state"] == "stopped" }).await;
+    assert_eq!(status(&etcd).await["node"], boss.as_str());
 }
