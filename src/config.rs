@@ -764,6 +764,27 @@ mod tests {
         assert!(e.contains("node name"), "{e}");
     }
 
+    #[test]
+    fn cluster_section_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reveille.toml");
+        let text = "[server]\nroutes = \"r.toml\"\n[cluster]\nlease_ttl = \"4s\"\nstop_veto = \"100ms\"\n\
+                    [passivation]\nactivity_interval = \"1s\"\n";
+        std::fs::write(&path, text).unwrap();
+        let cfg = Config::resolve(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(cfg.cluster.lease_ttl, secs(4));
+        assert_eq!(cfg.cluster.stop_veto, Duration::from_millis(100));
+        assert_eq!(cfg.activity_interval, secs(1));
+        let flags = Overrides { lease_ttl: Some(secs(3)), activity_interval: Some(secs(2)), ..Default::default() };
+        let cfg = Config::resolve(Some(&path), &flags).unwrap();
+        assert_eq!((cfg.cluster.lease_ttl, cfg.activity_interval), (secs(3), secs(2)));
+        let flags = Overrides { lease_ttl: Some(secs(1)), ..Default::default() };
+        let e = Config::resolve(Some(&path), &flags).unwrap_err().to_string();
+        assert!(e.contains("lease_ttl"), "{e}");
+        std::fs::write(&path, "[server]\nroutes = \"r.toml\"\n[cluster]\nleases = 1\n").unwrap();
+        assert!(Config::resolve(Some(&path), &Overrides::default()).is_err(), "unknown key refused");
+    }
+
     fn secs(n: u64) -> Duration {
         Duration::from_secs(n)
     }
