@@ -182,6 +182,12 @@ async fn one_start_per_wake_across_three_replicas() {
         dump(&replicas);
     }
     assert_eq!(claimed, 1, "one claim");
+    // The node names the replica in its wake log lines.
+    let starter = replicas.iter().find(|r| r.log_has("start claimed for the cluster")).unwrap();
+    let line = starter.log.lock().unwrap().iter().find(|l| l.contains("start claimed")).cloned().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["span"]["node"], starter.node.as_str(), "{line}");
+    assert_eq!(v["span"]["service"], "web", "{line}");
     assert_eq!(waited, 2, "the two others waited for it");
     assert_eq!(web.docker_state(), "running");
 }

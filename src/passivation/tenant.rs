@@ -309,7 +309,7 @@ impl Tenant {
             shared,
             cancel,
         });
-        let span = info_span!("tenant", service = %tenant.name);
+        let span = info_span!("tenant", service = %tenant.name, node = %tenant.shared.settings.node);
         tokio::spawn(tenant.clone().drive(rx).instrument(span));
         tenant
     }
@@ -714,7 +714,8 @@ impl Tenant {
             self.set_phase(&mut st, Phase::Starting);
             (st.wake_requested_at.unwrap_or(started), known)
         };
-        let span = info_span!("wake", container = %spec.container);
+        let span =
+            info_span!("wake", service = %self.name, container = %spec.container, node = %self.shared.settings.node);
         let mut claim = None;
         let outcome = async {
             info!("waking");
@@ -915,7 +916,13 @@ impl Tenant {
             return;
         };
         let action = spec.idle_action;
-        let span = info_span!("passivate", container = %spec.container, action = action.as_str());
+        let span = info_span!(
+            "passivate",
+            service = %self.name,
+            container = %spec.container,
+            action = action.as_str(),
+            node = %self.shared.settings.node
+        );
         let rt = self.runtime();
         let result = async {
             match action {
@@ -979,7 +986,13 @@ impl Tenant {
             self.set_phase(&mut st, Phase::Paused);
             return;
         };
-        let span = info_span!("passivate", container = %spec.container, action = "stop");
+        let span = info_span!(
+            "passivate",
+            service = %self.name,
+            container = %spec.container,
+            action = "stop",
+            node = %self.shared.settings.node
+        );
         let result = self.runtime().stop(&spec.container, self.stop_timeout(spec)).instrument(span.clone()).await;
         if let (Ok(()), Some(rev)) = (&result, claim) {
             self.settle(rev, "stopped").await;
