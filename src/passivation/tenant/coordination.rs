@@ -204,12 +204,16 @@ impl Tenant {
     /// cluster did: follow it.
     pub(super) async fn on_cluster(&self) {
         let Some(c) = self.cluster() else { return };
-        let Some(s) = c.status(&self.name) else { return };
+        let service = self.service();
+        let Some(spec) = service.container() else { return };
+        let Some(s) = c.status(&self.name) else {
+            // No status yet (a new tenant, or this replica just joined): write what Docker said.
+            self.observe(self.phase(), spec);
+            return;
+        };
         if s.node == c.node() {
             return;
         }
-        let service = self.service();
-        let Some(spec) = service.container() else { return };
         let idle = self.idle_timeout(spec);
         let phase = self.phase();
         match s.state.as_str() {
