@@ -442,3 +442,21 @@ async fn a_tenant_paused_by_the_decider_is_unpaused_by_another_replica_then_stop
     eventually(LONG, "status stopped", || async { status(&etcd).await["state"] == "stopped" }).await;
     assert_eq!(status(&etcd).await["node"], boss.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_replica_with_the_same_node_name_waits_until_the_name_is_free() {
+    let etcd = support::etcd::Etcd::start().await;
+    let mut first = Replica::start(&etcd, "twin", &[]);
+    eventually(LONG, "the first joined", || async { first.log_has("joined the cluster") }).await;
+    let second = Replica::start(&etcd, "twin", &[]);
+    eventually(LONG, "the second refused", || async { second.log_has("another live replica is named") }).await;
+    assert!(!second.log_has("joined the cluster"));
+    assert_eq!(keys(&etcd, "/reveille/cluster/replicas/").await.len(), 1);
+
+    // The first dies: once its lease is gone, the second takes the name.
+    first.kill();
+    eventually(LONG, "the second joined", || async { second.log_has("joined the cluster") }).await;
+    let replicas = keys(&etcd, "/reveille/cluster/replicas/").await;
+    assert_eq!(replicas.len(), 1, "{replicas:?}");
+    assert_eq!(decider(&etcd).await.as_deref(), Some("twin"));
+}

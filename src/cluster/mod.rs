@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, info_span, warn, Instrument};
 
 pub(crate) use view::{read as read_status, ClusterView};
 
@@ -139,6 +139,8 @@ pub(crate) enum ClusterError {
     Etcd(#[from] EtcdError),
     #[error("this replica has no live etcd lease")]
     NoLease,
+    #[error("another live replica is named {0:?} (give each replica its own --node); waiting until the name is free")]
+    NodeTaken(String),
 }
 
 #[derive(Default)]
@@ -416,8 +418,17 @@ impl Cluster {
             match self.hold_lease(&cancel).await {
                 Ok(()) => return,
                 Err(e) => {
+                    if self.state.lock().lease.is_some() {
+                        // It had joined: a new outage starts the backoff over.
+                        backoff = Duration::from_millis(100);
+                    }
                     self.lost_lease();
-                    warn!(error = %e, retry_in = ?backoff, "etcd lease lost or not granted: this replica stops no tenant until it has one again");
+                    match e {
+                        ClusterError::NodeTaken(_) => error!(error = %e, "cannot join the cluster"),
+                        e => {
+                            warn!(error = %e, retry_in = ?backoff, "etcd lease lost or not granted: this replica stops no tenant until it has one again")
+                        }
+                    }
                 }
             }
             tokio::select! {
@@ -456,8 +467,16 @@ impl Cluster {
             let granted_at = Instant::now();
             let mut kv = client.kv_client();
             let value = serde_json::json!({ "node": &*self.node, "lease": format!("{lease:x}"), "started": rfc3339(self.started) });
-            within(timeout, kv.put(self.keys.replica(&self.node), value.to_string(), Some(PutOptions::new().with_lease(lease))))
-                .await?;
+            // The node name is the replica's identity in every key: taken only if no live replica has it (a
+            // replica restarted under the same name waits for its old lease to expire).
+            let key = self.keys.replica(&self.node);
+            let join = Txn::new()
+                .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key.as_str(), value.to_string(), Some(PutOptions::new().with_lease(lease)))]);
+            if !within(timeout, kv.txn(join)).await?.succeeded() {
+                let _ = within(timeout, leases.revoke(lease)).await;
+                return Err(ClusterError::NodeTaken(self.node.to_string()));
+            }
             self.metrics.write("lease", true);
             {
                 let mut st = self.state.lock();
