@@ -45,8 +45,9 @@
 //!    etcd's own `etcd_mvcc_put_total` and `etcd_mvcc_txn_total` deltas (its `/metrics` on the client port),
 //!    every writer included. The bound the issue states: a replica writes at most one key per tenant it used
 //!    per interval, never one per request. Over a load of D seconds, which overlaps at most ⌈D ÷ interval⌉ + 1
-//!    intervals, a replica writes at most min(tenants × (⌈D ÷ interval⌉ + 1), its requests) keys: the
-//!    reported bound, checked (more keys is a failure). With the hosts rotated in order, a replica changes
+//!    intervals, a replica writes at most min(tenants × (⌈D ÷ interval⌉ + 1), its requests + connections ×
+//!    (⌈D ÷ interval⌉ + 1)) keys (a request in flight at a publication is written busy, then again once
+//!    done): the reported bound, checked (more keys is a failure). With the hosts rotated in order, a replica changes
 //!    min(tenants, req/s × interval) tenants per interval, so the long-run rate is that ÷ interval keys/s, in
 //!    transactions of ≤ 100 keys. wrk timeouts are reported, not failures: the shared `busybox httpd` listens
 //!    with a backlog of 9, so the report gives the container's `TcpExtListenOverflows` (read from
@@ -833,8 +834,8 @@ fn writes_part(ctx: &Ctx, lab: &mut Lab) -> Part {
         "Load per replica: `wrk -t1 -c{} -d{}s`, Host rotated over all tenants in order; low rate: a `delay()` per \
          request aiming at a tenth of that replica's full rate. Counted from the load's start to 1 interval + \
          0.5 s after its end (its last publication included), rates ÷ the load's seconds D. Bound: keys ≤ \
-         min(tenants × (⌈D ÷ interval⌉ + 1), requests) — one key per tenant used per interval, never one per \
-         request. Long-run bound: min(tenants, req/s × interval) ÷ interval keys/s, in transactions of ≤ \
+         min(tenants × T, requests + connections × T), T = ⌈D ÷ interval⌉ + 1 intervals overlapped — one key \
+         per tenant used per interval (two if a request was in flight at a publication), never one per request. Long-run bound: min(tenants, req/s × interval) ÷ interval keys/s, in transactions of ≤ \
          {ACTIVITY_TXN} keys.",
         s.connections, s.seconds
     );
@@ -921,7 +922,8 @@ fn writes_part(ctx: &Ctx, lab: &mut Lab) -> Part {
                 let c = &w.counters[k];
                 let requests = w.wrk[k].as_ref().map_or(f64::NAN, |x| x.requests as f64);
                 let intervals = (w.seconds / iv.as_secs_f64()).ceil() + 1.0;
-                let bound = (s.tenants as f64 * intervals).min(requests);
+                // A request in flight at a publication is written busy, then again once done.
+                let bound = (s.tenants as f64 * intervals).min(requests + (s.connections as f64) * intervals);
                 let long_run = (s.tenants as f64).min(rps * iv.as_secs_f64()) / iv.as_secs_f64();
                 let keys = w.seen.keys(r);
                 if keys as f64 > bound {
