@@ -9,7 +9,8 @@
 //! share the machine's CPUs.
 //!
 //! Setup: one etcd (testkit's throwaway launcher: free loopback ports, temp data dir) for the whole run; each
-//! part below uses its own key prefix (`--etcd-prefix /lab-<part>/`), so no part sees another's keys. The image
+//! run of replicas below has its own key prefix (`--etcd-prefix`: `/lab-writes-<interval>/`,
+//! `/lab-failover-<ttl>/`, `/lab-cold/`, `/lab-wake/`), so none sees another's keys. The image
 //! is built `FROM scratch` with `/bin/busybox` and `/www/index.html` (`hello from <tag>`), by testkit's builder
 //! as in the passivation lab; every container runs `sh -c 'trap "exit 0" TERM; httpd -f -p 8080 -h /www &
 //! wait'` (the trap makes `docker stop` fast). A replica is the reveille binary started as `reveille serve
@@ -129,8 +130,8 @@ use testkit::wrk::WrkReport;
 use tokio::runtime::Runtime;
 
 use crate::passivation::{
-    direct_start, http_request, is_hello, metrics_text, phase_means, phase_totals, read_reply, send_get,
-    service_state, wait_state, web_script, DockerThings, Machine, CONTAINER_PORT, SETTLE, STATE_TIMEOUT, WRK,
+    direct_start, http_request, is_hello, metrics_text, phase_means, phase_totals, read_reply, send_get, service_state,
+    wait_state, web_script, DockerThings, Machine, CONTAINER_PORT, SETTLE, STATE_TIMEOUT, WRK,
 };
 
 const PARTS: [&str; 4] = ["writes", "failover", "cold", "wake"];
@@ -570,8 +571,12 @@ async fn watch_activity(client: &mut Client, prefix: &str) -> Result<Arc<Mutex<A
                 let Ok(k) = kv.key_str() else { continue };
                 let node = k.rsplit('/').next().unwrap_or("").to_string();
                 *s.keys.entry(node.clone()).or_default() += 1;
-                s.revisions.entry(node).or_default().entry(kv.mod_revision()).or_insert_with(|| (Instant::now(), 0)).1 +=
-                    1;
+                s.revisions
+                    .entry(node)
+                    .or_default()
+                    .entry(kv.mod_revision())
+                    .or_insert_with(|| (Instant::now(), 0))
+                    .1 += 1;
             }
         }
     });
@@ -666,8 +671,12 @@ fn run() -> bool {
     let mut md = heading("Cluster benchmark", &machine.date);
     let _ = writeln!(
         md,
-        "- CPU: {} × {} (shared VM, nothing pinned; 1-min load average at the start: {load_start}); kernel {}",
-        machine.nproc, machine.cpu, machine.kernel
+        "- CPU: {} × {} (VM, nothing pinned, the machine not reserved: 1-min load average {load_start} at the \
+         start, {} at the end, this run's processes included); kernel {}",
+        machine.nproc,
+        machine.cpu,
+        load_average(),
+        machine.kernel
     );
     let _ = writeln!(
         md,
@@ -680,8 +689,22 @@ fn run() -> bool {
     );
     let _ = writeln!(
         md,
-        "- Replicas: `reveille serve --etcd .. --etcd-prefix /lab-<part>/ --node nK --log-format json --access-log \
-         false` plus the flags given per part; all processes on loopback, one etcd member"
+        "- Replicas: `reveille serve --etcd .. --etcd-prefix /lab-<run>/ --node nK --log-format json --access-log \
+         false --log-level info` plus the flags given per part; all processes on loopback, one etcd member"
+    );
+    let _ = writeln!(
+        md,
+        "- Settings: tenants {}, activity intervals {}, load {} s × {} connections per replica, lease TTLs {} × {} \
+         rounds, cold start {} + {} rounds, wake {} rounds (`CLUSTER_BENCH_*`)",
+        settings.tenants,
+        settings.intervals.join(", "),
+        settings.seconds,
+        settings.connections,
+        settings.ttls.join(", "),
+        settings.failover_rounds,
+        settings.cold_warmup,
+        settings.cold_rounds,
+        settings.wake_rounds
     );
     let _ = writeln!(md);
     for s in &sections {
@@ -991,8 +1014,7 @@ fn writes_part(ctx: &Ctx, lab: &mut Lab) -> Part {
             );
         }
         let keys = |w: &Window| ["n1", "n2", "n3"].iter().map(|n| w.seen.keys(n) as f64 / w.seconds).sum::<f64>();
-        let reqs =
-            |w: &Window| w.wrk.iter().filter_map(|x| x.as_ref().ok()).map(|x| x.requests_per_sec).sum::<f64>();
+        let reqs = |w: &Window| w.wrk.iter().filter_map(|x| x.as_ref().ok()).map(|x| x.requests_per_sec).sum::<f64>();
         let _ = writeln!(
             md,
             "- keys/s ÷ req/s: full {:.3}, low {:.3}; requests fell {:.1}×, keys written {:.1}×.\n- Goal (writes \
@@ -1285,15 +1307,13 @@ fn cold_part(ctx: &Ctx, lab: &mut Lab) -> Part {
                 };
             }
         }
-        println!(
-            "    round {round}: direct {:?}, A {:?}, B {:?}, claimed by {}",
-            r.direct, r.a, r.b, r.claimed
-        );
+        println!("    round {round}: direct {:?}, A {:?}, B {:?}, claimed by {}", r.direct, r.a, r.b, r.claimed);
         if round >= s.cold_warmup {
             rounds.push(r);
         }
     }
-    let phases = (phase_means(&phases_before.0, &phase_totals(a.admin)), phase_means(&phases_before.1, &phase_totals(b.admin)));
+    let phases =
+        (phase_means(&phases_before.0, &phase_totals(a.admin)), phase_means(&phases_before.1, &phase_totals(b.admin)));
     let wakes_b = sample(&b.metrics(), "reveille_wakes_total", &[("service", "cold"), ("result", "ok")]);
     drop(replicas);
 
@@ -1404,7 +1424,10 @@ fn wake_part(ctx: &Ctx, lab: &mut Lab) -> Part {
     ctx.rt.block_on(fill(
         &mut client,
         &[
-            (format!("{prefix}services/pz"), service_json(&pz, ", \"idle_timeout\": \"0\", \"idle_action\": \"pause\"")),
+            (
+                format!("{prefix}services/pz"),
+                service_json(&pz, ", \"idle_timeout\": \"0\", \"idle_action\": \"pause\""),
+            ),
             (format!("{prefix}services/st"), service_json(&st, ", \"idle_timeout\": \"0\"")),
             (format!("{prefix}routes/pz.bench.test"), route_json("pz")),
             (format!("{prefix}routes/st.bench.test"), route_json("st")),
