@@ -77,8 +77,9 @@
 //!    `CLUSTER_BENCH_COLD_ROUNDS` (15) counted rounds, each measuring both ways once, the order alternating
 //!    (direct first in even rounds). Before each measurement both replicas must report `cold` stopped (if not,
 //!    `POST /api/services/cold/sleep` on A, retried while 409) and Docker must say stopped; then 300 ms pass.
-//!    - through the cluster: a `GET /` with `Connection: close` on a new connection to A, and 1 ms after it was
-//!      written, the same to B (two tokio tasks). Each time to first byte is from its own request's connect to
+//!    - through the cluster: a `GET /` with `Connection: close` on a new connection to A (a tokio task), and
+//!      1 ms (a tokio sleep) after that task was spawned, the same to B. Each time to first byte is from its
+//!      own request's connect to
 //!      its response head. Both must be 200 with `hello from ...`. Who started the container is read from the
 //!      replicas' logs (`start claimed for the cluster`, one line per claim), and Docker's `start` events since
 //!      the measurement began must be exactly one. Then `POST .../sleep` on A, and both replicas must report it
