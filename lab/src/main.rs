@@ -1,7 +1,7 @@
 //! reveille's load labs: programs, not benchmarks. Each drives real processes (reveille, nginx, HAProxy, wrk,
 //! etcd, Docker) on loopback and prints a markdown report, also written under `target/`.
 //!
-//! `cargo run --release -p reveille-lab -- load|tls|etcd|passivation|attack`. Each lab's method and tunables
+//! `cargo run --release -p reveille-lab -- load|tls|etcd|passivation|attack|cluster`. Each lab's method and tunables
 //! are in its module's header. The reveille binary measured is the workspace's, built with the same profile as
 //! this one (see [`reveille_bin`]).
 //!
@@ -13,12 +13,15 @@
 //!   requests.
 //! - [`attack`]: a bystander's requests while hostile clients or a stalling backend hold reveille's
 //!   connections, with the slow-client protections off and on.
+//! - [`cluster`]: three replicas sharing one etcd: etcd writes with 1,000 active tenants, failover of the
+//!   replica deciding idle stops, a cold start through the replica that does not start it, pause against stop.
 //! - [`onecore`]: what `load` and `tls` share: the proxy on one pinned CPU, the clients on another, nginx.
 //!
 //! Helpers shared with the integration tests (wrk, percentiles, the HTTP client, etcd, the busybox image, ...)
 //! are in the `testkit` crate.
 
 mod attack;
+mod cluster;
 mod etcd;
 mod load;
 mod onecore;
@@ -29,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-const USAGE: &str = "usage: reveille-lab load|tls|etcd|passivation|attack";
+const USAGE: &str = "usage: reveille-lab load|tls|etcd|passivation|attack|cluster";
 
 fn main() {
     let lab = std::env::args().nth(1).unwrap_or_default();
@@ -44,6 +47,7 @@ fn main() {
         "etcd" => etcd::main(),
         "passivation" => passivation::main(),
         "attack" => attack::main(),
+        "cluster" => cluster::main(),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);

@@ -105,13 +105,13 @@ use testkit::stats::{format_us, median, percentile};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 
-const WRK: &str = "/usr/bin/wrk";
+pub(crate) const WRK: &str = "/usr/bin/wrk";
 const WEB: &str = "web";
 const SLOW: &str = "slow";
 const WEB_HOST: &str = "web.bench.test";
 const SLOW_HOST: &str = "slow.bench.test";
 const PLAIN_HOST: &str = "plain.bench.test";
-const CONTAINER_PORT: u16 = 8080;
+pub(crate) const CONTAINER_PORT: u16 = 8080;
 const PLAIN_BODY: &[u8] = b"ok\n";
 /// The argument that makes this binary the `slow` container's HTTP server.
 pub(crate) const CONTAINER_BACKEND_ARG: &str = "--container-backend";
@@ -123,13 +123,13 @@ const WRK_CONNECTIONS: usize = 10;
 /// File descriptors left aside, beyond the held requests' own, in reveille and in this process.
 const FD_RESERVE: u64 = 200;
 /// Pause before each cold-start measurement, for Docker to finish with the previous stop.
-const SETTLE: Duration = Duration::from_millis(300);
+pub(crate) const SETTLE: Duration = Duration::from_millis(300);
 /// Pause between two batches of held requests.
 const BATCH_PAUSE: Duration = Duration::from_millis(2);
 /// How often the sampler reads `/metrics` and `/proc` during the hold.
 const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 /// How long reveille may take to report a state.
-const STATE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const STATE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs the lab; false if a measurement failed. Returns only after reveille is killed and the containers,
 /// image and temp dir are removed.
@@ -198,21 +198,21 @@ impl Settings {
     }
 }
 
-struct Machine {
-    date: String,
-    nproc: String,
-    cpu: String,
-    kernel: String,
-    reveille: String,
+pub(crate) struct Machine {
+    pub(crate) date: String,
+    pub(crate) nproc: String,
+    pub(crate) cpu: String,
+    pub(crate) kernel: String,
+    pub(crate) reveille: String,
     /// The commit benchmarked, with `(src/ modified)` when `src/` differs from it.
-    revision: String,
-    docker: String,
-    busybox: String,
-    wrk: Option<String>,
+    pub(crate) revision: String,
+    pub(crate) docker: String,
+    pub(crate) busybox: String,
+    pub(crate) wrk: Option<String>,
 }
 
 impl Machine {
-    fn describe() -> Self {
+    pub(crate) fn describe() -> Self {
         let wrk = Path::new(WRK).exists().then(|| first_line(Command::new(WRK).arg("-v")));
         Self {
             date: utc_date(),
@@ -236,15 +236,15 @@ impl Machine {
 /// The image and containers made for this run. Dropping it (also while unwinding from a panic) removes every
 /// container, then the image.
 #[derive(Default)]
-struct DockerThings {
-    image: Option<String>,
+pub(crate) struct DockerThings {
+    pub(crate) image: Option<String>,
     containers: Vec<String>,
 }
 
 impl DockerThings {
     /// Builds the `FROM scratch` busybox image in `dir`; its tag is unique to this process. With `backend`, the
     /// image also holds this binary at [`CONTAINER_BACKEND_PATH`] and the shared libraries it needs.
-    fn build_image(&mut self, dir: &Path, backend: bool) -> Result<String, String> {
+    pub(crate) fn build_image(&mut self, dir: &Path, backend: bool) -> Result<String, String> {
         let tag = format!("reveille-bench-image-{}", std::process::id());
         let ctx = dir.join("image");
         if backend {
@@ -257,7 +257,7 @@ impl DockerThings {
     }
 
     /// Creates (does not start) a container `reveille-bench-<kind>-<pid>` running `busybox sh -c <script>`.
-    fn create(&mut self, image: &str, kind: &str, script: &str) -> Result<String, String> {
+    pub(crate) fn create(&mut self, image: &str, kind: &str, script: &str) -> Result<String, String> {
         let name = format!("reveille-bench-{kind}-{}", std::process::id());
         self.containers.push(name.clone());
         docker(&["create", "--name", &name, image, "sh", "-c", script])?;
@@ -302,6 +302,11 @@ fn copy_self(root: &Path) -> Result<(), String> {
         std::fs::copy(&from, &dest).map_err(|e| format!("copy {}: {e}", from.display()))?;
     }
     Ok(())
+}
+
+/// The `web` container's script: `busybox httpd` serving /www on port 8080; exits at once on SIGTERM.
+pub(crate) fn web_script() -> String {
+    container_script(SlowServer::Busybox, None)
 }
 
 /// The container script: serve /www on port 8080 after `delay` seconds; exit at once on SIGTERM.
@@ -418,7 +423,7 @@ fn start_reveille(lab: &mut Lab, web: &str, slow: &str, plain: u16, s: &Settings
 // The admin API, from blocking code
 
 /// `METHOD path` on 127.0.0.1:port with `Connection: close`: `(status, body)`; `None` if there is no answer.
-fn http_request(port: u16, method: &str, path: &str) -> Option<(u16, Bytes)> {
+pub(crate) fn http_request(port: u16, method: &str, path: &str) -> Option<(u16, Bytes)> {
     testkit::http::fetch(port, method, "127.0.0.1", path, Duration::from_secs(10))
 }
 
@@ -443,7 +448,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// A service's `state` in `GET /api/services`.
-fn service_state(admin: u16, name: &str) -> Option<String> {
+pub(crate) fn service_state(admin: u16, name: &str) -> Option<String> {
     let (status, body) = http_request(admin, "GET", "/api/services")?;
     if status != 200 {
         return None;
@@ -453,7 +458,7 @@ fn service_state(admin: u16, name: &str) -> Option<String> {
 }
 
 /// Polls `/api/services` every 10 ms until `name` is in `state`.
-fn wait_state(admin: u16, name: &str, state: &str) -> Result<(), String> {
+pub(crate) fn wait_state(admin: u16, name: &str, state: &str) -> Result<(), String> {
     let deadline = Instant::now() + STATE_TIMEOUT;
     loop {
         let now = service_state(admin, name);
@@ -485,17 +490,17 @@ fn sleep_service(admin: u16, name: &str) -> Result<(), String> {
 }
 
 /// reveille's `/metrics`.
-fn metrics_text(admin: u16) -> Option<String> {
+pub(crate) fn metrics_text(admin: u16) -> Option<String> {
     match http_request(admin, "GET", "/metrics")? {
         (200, body) => Some(String::from_utf8_lossy(&body).into_owned()),
         _ => None,
     }
 }
 
-const PHASES: [&str; 4] = ["start_call", "running", "ready", "total"];
+pub(crate) const PHASES: [&str; 4] = ["start_call", "running", "ready", "total"];
 
 /// `(sum, count)` of `reveille_wake_phase_seconds` per phase, in [`PHASES`] order.
-fn phase_totals(admin: u16) -> Vec<(f64, f64)> {
+pub(crate) fn phase_totals(admin: u16) -> Vec<(f64, f64)> {
     let text = metrics_text(admin).unwrap_or_default();
     PHASES
         .iter()
@@ -510,7 +515,7 @@ fn phase_totals(admin: u16) -> Vec<(f64, f64)> {
 }
 
 /// Mean seconds and count per phase between two [`phase_totals`].
-fn phase_means(before: &[(f64, f64)], after: &[(f64, f64)]) -> Vec<(&'static str, f64, f64)> {
+pub(crate) fn phase_means(before: &[(f64, f64)], after: &[(f64, f64)]) -> Vec<(&'static str, f64, f64)> {
     PHASES
         .iter()
         .zip(before.iter().zip(after))
@@ -522,17 +527,17 @@ fn phase_means(before: &[(f64, f64)], after: &[(f64, f64)]) -> Vec<(&'static str
 // A minimal async HTTP/1.1 client for the proxied requests
 
 /// A proxied response.
-struct Reply {
-    status: u16,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
     /// When the response head had been read.
-    head_at: Instant,
+    pub(crate) head_at: Instant,
     /// When the body had been read.
-    done_at: Instant,
-    body: Vec<u8>,
+    pub(crate) done_at: Instant,
+    pub(crate) body: Vec<u8>,
 }
 
 /// Connects to reveille and sends `GET /` for `host` with `Connection: close`.
-async fn send_get(port: u16, host: &str) -> io::Result<tokio::net::TcpStream> {
+pub(crate) async fn send_get(port: u16, host: &str) -> io::Result<tokio::net::TcpStream> {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     stream.set_nodelay(true)?;
     stream.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
@@ -540,7 +545,7 @@ async fn send_get(port: u16, host: &str) -> io::Result<tokio::net::TcpStream> {
 }
 
 /// Reads one response: head, then the body (by `Content-Length`, chunked, or up to the end of the connection).
-async fn read_reply(mut stream: tokio::net::TcpStream) -> io::Result<Reply> {
+pub(crate) async fn read_reply(mut stream: tokio::net::TcpStream) -> io::Result<Reply> {
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
@@ -582,7 +587,7 @@ async fn read_reply(mut stream: tokio::net::TcpStream) -> io::Result<Reply> {
     Ok(Reply { status, head_at, done_at: Instant::now(), body })
 }
 
-fn is_hello(body: &[u8]) -> bool {
+pub(crate) fn is_hello(body: &[u8]) -> bool {
     body.starts_with(b"hello from ")
 }
 
@@ -634,48 +639,52 @@ fn ensure_stopped(
 }
 
 /// One direct cold start, by step.
-struct Direct {
-    total: Duration,
+pub(crate) struct Direct {
+    pub(crate) total: Duration,
     /// The start API call.
-    start: Duration,
+    pub(crate) start: Duration,
     /// The inspect call(s) for the IP.
-    inspect: Duration,
+    pub(crate) inspect: Duration,
     /// Connect attempts, the successful one included.
-    attempts: usize,
+    pub(crate) attempts: usize,
+}
+
+/// Docker start → inspect → first TCP connect to the container's port (1 ms pause after each refused attempt).
+/// The container is left running.
+pub(crate) async fn direct_start(dock: &DockerRuntime, container: &str) -> Result<Direct, String> {
+    let t0 = Instant::now();
+    dock.start(container).await.map_err(|e| format!("start: {e}"))?;
+    let started = t0.elapsed();
+    let ip: IpAddr = loop {
+        let info = dock.inspect(container, None).await.map_err(|e| format!("inspect: {e}"))?;
+        if let Some(ip) = info.ip {
+            break ip;
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            return Err(format!("no IP after 10 s (state {:?})", info.state));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    let inspected = t0.elapsed();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        if tokio::net::TcpStream::connect((ip, CONTAINER_PORT)).await.is_ok() {
+            let total = t0.elapsed();
+            return Ok(Direct { total, start: started, inspect: inspected - started, attempts });
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            return Err(format!("{ip}:{CONTAINER_PORT} still refused after 30 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// Docker start → inspect → first TCP connect to the container's port, then a stop through Docker.
 fn measure_direct(rt: &Runtime, dock: &DockerRuntime, admin: u16, container: &str) -> Result<Direct, String> {
     ensure_stopped(rt, dock, admin, WEB, container)?;
     std::thread::sleep(SETTLE);
-    let t0 = Instant::now();
-    let measured = rt.block_on(async {
-        dock.start(container).await.map_err(|e| format!("start: {e}"))?;
-        let started = t0.elapsed();
-        let ip: IpAddr = loop {
-            let info = dock.inspect(container, None).await.map_err(|e| format!("inspect: {e}"))?;
-            if let Some(ip) = info.ip {
-                break ip;
-            }
-            if t0.elapsed() > Duration::from_secs(10) {
-                return Err(format!("no IP after 10 s (state {:?})", info.state));
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        };
-        let inspected = t0.elapsed();
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            if tokio::net::TcpStream::connect((ip, CONTAINER_PORT)).await.is_ok() {
-                let total = t0.elapsed();
-                return Ok(Direct { total, start: started, inspect: inspected - started, attempts });
-            }
-            if t0.elapsed() > Duration::from_secs(30) {
-                return Err(format!("{ip}:{CONTAINER_PORT} still refused after 30 s"));
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    });
+    let measured = rt.block_on(direct_start(dock, container));
     let stopped = rt.block_on(dock.stop(container, Some(Duration::from_secs(5)))).map_err(|e| format!("stop: {e}"));
     let measured = measured?;
     stopped?;
