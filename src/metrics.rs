@@ -361,7 +361,8 @@ impl ClusterMetrics {
         let writes = Family::<WriteLabels, Counter>::default();
         registry.register(
             "cluster_writes",
-            "etcd coordination writes, by kind (status, activity, lease, decider) and result (ok, error)",
+            "etcd coordination writes, by kind (status, activity, lease, decider) and result (ok; conflict: a status \
+             compare-and-swap refused; error: etcd failed or did not answer)",
             writes.clone(),
         );
         let conflicts = Counter::default();
@@ -386,7 +387,10 @@ impl ClusterMetrics {
         self.writes.get_or_create(&WriteLabels { kind, result: if ok { "ok" } else { "error" } }).inc();
     }
 
+    /// A status transaction etcd refused because the key had changed: counted as a write with
+    /// `result="conflict"`, and in the conflicts counter.
     pub fn conflict(&self) {
+        self.writes.get_or_create(&WriteLabels { kind: "status", result: "conflict" }).inc();
         self.conflicts.inc();
     }
 }

@@ -174,6 +174,8 @@ pub(crate) struct Cluster {
     source: OnceLock<ActivitySource>,
     /// Signalled when the decider key is deleted (a campaign may win).
     vacant: Notify,
+    /// Tenants whose status key a repair is writing now (one at a time per tenant).
+    repairing: Mutex<std::collections::HashSet<Arc<str>>>,
     metrics: ClusterMetrics,
 }
 
@@ -208,6 +210,7 @@ impl Cluster {
             events_rx: Mutex::new(Some(rx)),
             source: OnceLock::new(),
             vacant: Notify::new(),
+            repairing: Mutex::new(std::collections::HashSet::new()),
             metrics,
         })
     }
@@ -326,8 +329,8 @@ impl Cluster {
                 return Err(EtcdError::Timeout(limit).into());
             }
         };
-        self.metrics.write("status", true);
         if resp.succeeded() {
+            self.metrics.write("status", true);
             let revision = resp.header().map_or(0, |h| h.revision());
             let status = TenantStatus {
                 state: state.to_string(),
@@ -361,6 +364,19 @@ impl Cluster {
             }
         }
         Ok(Transition::Conflict(current))
+    }
+
+    /// Writes `state` as the tenant's status in the background, from revision `expect`, unless a repair of the
+    /// same tenant is already on its way (its outcome updates what this replica knows first).
+    pub(crate) fn repair(self: &Arc<Self>, service: &Arc<str>, expect: Option<i64>, state: &'static str) {
+        if !self.repairing.lock().insert(service.clone()) {
+            return;
+        }
+        let (me, service) = (self.clone(), service.clone());
+        tokio::spawn(async move {
+            let _ = me.transition(&service, expect, state, SystemTime::now(), Duration::from_secs(3)).await;
+            me.repairing.lock().remove(&service);
+        });
     }
 
     /// What operators see of the cluster (admin API).

@@ -822,7 +822,10 @@ impl Tenant {
             Err(Refusal::Failed { .. }) if assumed.is_some() => act(inspect().await?.state).await?,
             Err(e) => return Err(e),
         }
-        metrics.phase(WakePhase::StartCall.as_str(), call.elapsed());
+        if !already_up {
+            // Only a wake that called Docker has a start call to time.
+            metrics.phase(WakePhase::StartCall.as_str(), call.elapsed());
+        }
 
         let mut info = inspect().await?;
         loop {

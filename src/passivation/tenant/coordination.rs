@@ -274,9 +274,6 @@ impl Tenant {
         if !repair {
             return;
         }
-        let (c, name, expect) = (c.clone(), self.name.clone(), current.map(|s| s.revision));
-        tokio::spawn(async move {
-            let _ = c.transition(&name, expect, state, SystemTime::now(), SETTLE_TIMEOUT).await;
-        });
+        c.repair(&self.name, current.map(|s| s.revision), state);
     }
 }
