@@ -289,6 +289,8 @@ pub(crate) struct UpstreamSection {
     pub pool_max_idle_per_backend: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     pub read_timeout: Option<Duration>,
+    /// Acknowledge backend data at once (`TCP_QUICKACK`) [default: true].
+    pub quickack: Option<bool>,
 }
 
 impl ConfigFile {
@@ -454,6 +456,10 @@ pub struct Overrides {
     /// Cut a response when its backend sends no byte of the body for this long [default: 60s]
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub upstream_read_timeout: Option<Duration>,
+    /// Acknowledge backend data at once (TCP_QUICKACK), so a backend with Nagle on is not delayed 40 ms per
+    /// response on a reused connection [default: true]
+    #[arg(long, value_name = "BOOL")]
+    pub upstream_quickack: Option<bool>,
     /// Time allowed to connect to a backend before trying the next [default: 5s]
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub connect_timeout: Option<Duration>,
@@ -558,6 +564,7 @@ impl Config {
                     .upstream_read_timeout
                     .or(file.upstream.read_timeout)
                     .unwrap_or(s.upstream_read_timeout),
+                upstream_quickack: flags.upstream_quickack.or(file.upstream.quickack).unwrap_or(s.upstream_quickack),
                 send_timeout: flags.send_timeout.or(file.limits.send_timeout).unwrap_or(s.send_timeout),
                 request_timeout: flags
                     .request_timeout
@@ -762,6 +769,22 @@ mod tests {
         let flags = Overrides { node: Some("a/b".into()), ..Default::default() };
         let e = Config::resolve(Some(&path), &flags).unwrap_err().to_string();
         assert!(e.contains("node name"), "{e}");
+    }
+
+    #[test]
+    fn upstream_quickack_from_file_and_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reveille.toml");
+        assert!(
+            Config::resolve(None, &Overrides { routes: Some("r.toml".into()), ..Default::default() })
+                .unwrap()
+                .proxy
+                .upstream_quickack
+        );
+        std::fs::write(&path, "[server]\nroutes = \"r.toml\"\n[upstream]\nquickack = false\n").unwrap();
+        assert!(!Config::resolve(Some(&path), &Overrides::default()).unwrap().proxy.upstream_quickack);
+        let flags = Overrides { upstream_quickack: Some(true), ..Default::default() };
+        assert!(Config::resolve(Some(&path), &flags).unwrap().proxy.upstream_quickack);
     }
 
     #[test]

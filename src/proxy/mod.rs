@@ -10,6 +10,7 @@
 
 mod body;
 mod conn;
+mod connector;
 mod error;
 mod handler;
 mod headers;
@@ -42,6 +43,7 @@ use crate::routes::RouteHandle;
 use crate::tls::TlsAcceptor;
 use body::{BodyLimits, RequestBody, ResponseBody};
 use conn::{ConnState, InFlight, Pressure};
+use connector::Connector;
 use headers::Peer;
 
 /// Limits, timeouts and trust of the data path. Every field has a `serve` flag and a config-file key.
@@ -78,6 +80,8 @@ pub struct Settings {
     /// No byte of a backend's response body for this long: the client's response is cut (its status line has
     /// gone out) and both connections are closed.
     pub upstream_read_timeout: Duration,
+    /// Acknowledge data from backends at once (`TCP_QUICKACK` after every read; see `connector`).
+    pub upstream_quickack: bool,
     /// A client that reads nothing of its response for this long is disconnected.
     pub send_timeout: Duration,
     /// Total time one request may take, from its head to its response's last byte; `None` = no limit.
@@ -110,6 +114,7 @@ impl Default for Settings {
             min_body_rate_grace: Duration::from_secs(5),
             request_buffer_size: 64 * 1024,
             upstream_read_timeout: Duration::from_secs(60),
+            upstream_quickack: true,
             send_timeout: Duration::from_secs(60),
             request_timeout: None,
             overload_timeout: Duration::from_secs(2),
@@ -132,7 +137,7 @@ pub(crate) struct Proxy {
     settings: Settings,
     /// How request bodies must arrive, from `settings`.
     body_limits: BodyLimits,
-    client: Client<HttpConnector, RequestBody>,
+    client: Client<Connector, RequestBody>,
     h1: http1::Builder,
     h2: http2::Builder<SpanExecutor>,
     /// HTTPS redirects of plain-HTTP requests; `None` when no service can ask for one.
@@ -179,7 +184,7 @@ impl Proxy {
             .pool_max_idle_per_host(settings.pool_max_idle_per_backend)
             // Keep the client's Host header: reveille routes by it and backends usually need it too.
             .set_host(false)
-            .build(connector);
+            .build(Connector::new(connector, settings.upstream_quickack));
 
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
