@@ -27,6 +27,7 @@ use tracing::warn;
 
 use super::conn::{ConnState, InFlight};
 use super::error::UpstreamErrorKind;
+use super::pool::Conn;
 use crate::routes::{Backend, Service};
 
 /// How a client's request body must arrive.
@@ -351,6 +352,11 @@ impl BodySlot {
         }
     }
 
+    /// The body was read whole: every attempt can send it again.
+    pub(crate) fn is_whole(&self) -> bool {
+        matches!(self, Self::Whole { .. })
+    }
+
     /// True while another attempt can still send the body: always for a body read whole, and for a streamed
     /// one while no attempt has started reading it.
     pub(crate) fn is_intact(&self) -> bool {
@@ -497,6 +503,8 @@ pub(crate) struct ResponseBody {
     guard: Option<InFlight>,
 }
 
+// Boxing the upstream variant would cost an allocation per response; the size is only moved a few times.
+#[allow(clippy::large_enum_variant)]
 enum Kind {
     Upstream(Upstream),
     Full(Option<Bytes>),
@@ -505,6 +513,8 @@ enum Kind {
 /// A backend's response body and what watches it.
 struct Upstream {
     body: Incoming,
+    /// The connection the body comes on: back to the pool once the body has been read to its end.
+    conn: Option<Conn>,
     stall: Stall,
     /// The request's total time limit, if one is set.
     deadline: Option<Instant>,
@@ -520,10 +530,17 @@ struct Upstream {
 
 impl ResponseBody {
     /// A backend's body; it fails when the backend sends nothing for `idle`, or at `deadline`.
-    pub(crate) fn upstream(body: Incoming, guard: InFlight, idle: Duration, deadline: Option<Instant>) -> Self {
+    pub(crate) fn upstream(
+        body: Incoming,
+        conn: Option<Conn>,
+        guard: InFlight,
+        idle: Duration,
+        deadline: Option<Instant>,
+    ) -> Self {
         let watched = guard.conn().is_h1();
-        let up = Upstream {
+        let mut up = Upstream {
             body,
+            conn,
             stall: Stall::new(idle),
             deadline,
             service: None,
@@ -531,6 +548,8 @@ impl ResponseBody {
             watched,
             reported: false,
         };
+        // A body that is empty from the start (HEAD, 204, 304) is never polled.
+        up.release_if_ended();
         Self { kind: Kind::Upstream(up), guard: Some(guard) }
     }
 
@@ -566,8 +585,27 @@ impl ResponseBody {
     }
 }
 
+impl Upstream {
+    /// Once the backend's body has ended, its connection can serve another request.
+    fn release_if_ended(&mut self) {
+        if self.body.is_end_stream() {
+            self.release();
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            conn.release();
+        }
+    }
+}
+
 impl Drop for ResponseBody {
     fn drop(&mut self) {
+        if let Kind::Upstream(up) = &mut self.kind {
+            // A body dropped before its end takes its connection with it (closed: it is mid-response).
+            up.release_if_ended();
+        }
         if let (Kind::Upstream(up), Some(g)) = (&mut self.kind, &self.guard) {
             if let Some(since) = up.stall.waiting_since {
                 g.conn().upstream_waiting(false);
@@ -604,10 +642,17 @@ impl Body for ResponseBody {
                 match res {
                     Poll::Ready(Some(Ok(frame))) => {
                         up.stall.on_frame(&frame);
+                        up.release_if_ended();
                         Poll::Ready(Some(Ok(frame)))
                     }
-                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Upstream(e)))),
-                    Poll::Ready(None) => Poll::Ready(None),
+                    Poll::Ready(Some(Err(e))) => {
+                        up.conn = None;
+                        Poll::Ready(Some(Err(BodyError::Upstream(e))))
+                    }
+                    Poll::Ready(None) => {
+                        up.release();
+                        Poll::Ready(None)
+                    }
                     Poll::Pending if up.watched && up.deadline.is_none() => {
                         up.stall.note_wait();
                         Poll::Pending

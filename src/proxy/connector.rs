@@ -12,7 +12,6 @@
 //! from then on; a fast one never pays, and the backend's time to answer does not count. The first stall on each connection is
 //! still paid. `[upstream] quickack = false` turns it off.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -20,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use http::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -41,23 +40,23 @@ impl Connector {
     }
 }
 
-type ConnectError = <HttpConnector as tower::Service<Uri>>::Error;
+/// A backend connection could not be opened (refused, timed out, unreachable); nothing was sent.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to the backend")]
+pub(crate) struct ConnectError(#[source] Box<dyn std::error::Error + Send + Sync>);
 
-impl tower::Service<Uri> for Connector {
-    type Response = Upstream;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<Upstream, ConnectError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        tower::Service::<Uri>::poll_ready(&mut self.inner, cx)
+impl ConnectError {
+    pub(crate) fn other(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self(Box::new(e))
     }
+}
 
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = tower::Service::<Uri>::call(&mut self.inner, uri);
-        let quickack = self.quickack;
-        Box::pin(async move {
-            Ok(Upstream { io: connecting.await?, quickack, acking: false, after_data: false, waiting: None })
-        })
+impl Connector {
+    /// Opens a TCP connection to `uri`'s authority.
+    pub(crate) async fn connect(&self, uri: Uri) -> Result<Upstream, ConnectError> {
+        let mut inner = self.inner.clone();
+        let io = tower::Service::<Uri>::call(&mut inner, uri).await.map_err(|e| ConnectError(Box::new(e)))?;
+        Ok(Upstream { io, quickack: self.quickack, acking: false, after_data: false, waiting: None })
     }
 }
 
@@ -134,11 +133,5 @@ impl Write for Upstream {
         self.after_data = false;
         self.waiting = None;
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-}
-
-impl Connection for Upstream {
-    fn connected(&self) -> Connected {
-        self.io.connected()
     }
 }

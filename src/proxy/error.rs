@@ -200,6 +200,9 @@ pub(crate) enum UpstreamErrorKind {
     Protocol,
     /// The backend stopped sending its response body for the upstream read timeout.
     BodyTimeout,
+    /// A kept-alive connection closed just as a request went out on it; the request went again on a new
+    /// connection when that was safe (see `handler::send_to`), and failed with 502 otherwise.
+    ReusedClosed,
 }
 
 impl UpstreamErrorKind {
@@ -211,6 +214,7 @@ impl UpstreamErrorKind {
             Self::ResponseTimeout => "response_timeout",
             Self::Protocol => "protocol",
             Self::BodyTimeout => "body_timeout",
+            Self::ReusedClosed => "reused_closed",
         }
     }
 }
@@ -223,6 +227,7 @@ impl LabelValue for UpstreamErrorKind {
         Self::ResponseTimeout,
         Self::Protocol,
         Self::BodyTimeout,
+        Self::ReusedClosed,
     ];
 
     fn as_label(self) -> &'static str {

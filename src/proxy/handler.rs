@@ -20,15 +20,17 @@ use http::header::{
     CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, LOCATION, RETRY_AFTER, STRICT_TRANSPORT_SECURITY,
     TRANSFER_ENCODING, UPGRADE,
 };
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use tracing::{debug, info, warn, Instrument};
 
 use super::body::{BodySlot, ClientFailure, RequestBody, ResponseBody};
 use super::conn::InFlight;
+use super::connector::ConnectError;
 use super::error::{ErrorMetric, UpstreamErrorKind};
 use super::headers::{add_forwarded, strip_hop_by_hop, upgrade_requested};
+use super::pool::Conn;
 use super::{tunnel, ProxyError, ProxyService, Response, Settings};
 use crate::passivation::{wants_page, Activity, Refusal};
 use crate::routes::{normalize_request_host, Backend, Lookup, Service};
@@ -210,7 +212,7 @@ async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, req: Request<Incoming
 
     ctx.forwarded = true;
     match forward(svc, service, target.as_ref(), activity, req, &mut ctx.backend).await {
-        Ok(upstream) => Ok(finish_response(upstream, guard, &proxy.settings, ctx.start)),
+        Ok((upstream, conn)) => Ok(finish_response(upstream, conn, guard, &proxy.settings, ctx.start)),
         Err(err) => {
             if let (ProxyError::AllBackendsFailed { .. }, Some(tenant)) = (&err, passivator.get(service.name())) {
                 // The container may have died under us: have its state checked.
@@ -230,7 +232,8 @@ type Upstream = http::Response<Incoming>;
 
 /// Sends the request to the service's backends in rotation until one answers. A backend that cannot be
 /// connected to is skipped (and counted, by attempt); nothing was sent to it, so the next one gets the same
-/// request. `last_backend` tells the exit which backend the last attempt went to.
+/// request. `last_backend` tells the exit which backend the last attempt went to. Returns the response and
+/// the connection it came on, which goes back to the pool once the response body has been read.
 async fn forward(
     svc: &ProxyService,
     service: &Service,
@@ -238,7 +241,7 @@ async fn forward(
     activity: Option<Activity>,
     mut req: Request<Incoming>,
     last_backend: &mut Option<Backend>,
-) -> Result<Upstream, ProxyError> {
+) -> Result<(Upstream, Option<Conn>), ProxyError> {
     let proxy = &*svc.proxy;
     let upgrade = if req.version() == Version::HTTP_11 { upgrade_requested(req.headers()) } else { None };
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
@@ -269,6 +272,7 @@ async fn forward(
         headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
     }
     add_forwarded(&mut headers, &svc.peer, &proxy.settings.trusted_proxies, svc.proto(), forwarded_host);
+    // Backends get the origin form (`/path?query`); the authority is in `Host`.
     let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
 
     // A passivated service without fixed backends has one: its container's address.
@@ -277,31 +281,20 @@ async fn forward(
         None => Backends::Rotation(service.rotation()),
     };
     let n = if target.is_some() { 1 } else { service.backends().len() };
-    let mut headers = Some(headers);
+    let mut template = Template {
+        // Safe to send twice (RFC 9110 §9.2.2), with a body that is still whole for a second time.
+        replayable: is_idempotent(&method) && body.as_ref().map_or(true, BodySlot::is_whole),
+        method,
+        path,
+        headers: Some(headers),
+        body: body.as_ref(),
+    };
     let mut client_upgrade = client_upgrade;
     let mut activity = activity;
     let timeout = proxy.settings.response_timeout;
     for (i, backend) in backends.enumerate() {
         let is_last = i + 1 == n;
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(backend.authority().clone());
-        uri.path_and_query = Some(path.clone());
         *last_backend = Some(backend.clone());
-        let Ok(uri) = Uri::from_parts(uri) else {
-            return Err(ProxyError::UpstreamProtocol { service: service.name().into() });
-        };
-        let attempt_body = match &body {
-            Some(b) => b.attempt(),
-            None => RequestBody::Empty,
-        };
-        let mut upstream_req = Request::new(attempt_body);
-        *upstream_req.method_mut() = method.clone();
-        *upstream_req.uri_mut() = uri;
-        *upstream_req.version_mut() = Version::HTTP_11;
-        // Only copy the headers when another attempt may need them.
-        *upstream_req.headers_mut() =
-            if is_last { headers.take().unwrap_or_default() } else { headers.clone().unwrap_or_default() };
 
         // The response timeout counts from the end of the request body, not from its start: a slow upload is
         // the client's time, not the backend's.
@@ -312,14 +305,16 @@ async fn forward(
             tokio::time::sleep(timeout).await;
         };
         let sent = tokio::select! {
-            r = proxy.client.request(upstream_req) => Some(r),
+            r = send_to(svc, service, backend, &mut template, !is_last) => Some(r),
             () = deadline => None,
         };
         match sent {
-            Some(Ok(mut resp)) => {
-                let tunnel =
-                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS { client_upgrade.take() } else { None };
-                if let Some(client) = tunnel {
+            Some(Ok((mut resp, conn))) => {
+                if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    return Ok((resp, Some(conn)));
+                }
+                // An upgraded connection is the tunnel's, never the pool's.
+                if let Some(client) = client_upgrade.take() {
                     let backend_side = hyper::upgrade::on(&mut resp);
                     let span = tracing::info_span!("tunnel", service = service.name());
                     let run = tunnel::run(
@@ -329,11 +324,17 @@ async fn forward(
                         svc.conn.clone(),
                         activity.take(),
                     );
-                    proxy.tasks.spawn(run.instrument(span));
+                    proxy.tasks.spawn(
+                        async move {
+                            run.await;
+                            drop(conn);
+                        }
+                        .instrument(span),
+                    );
                 }
-                return Ok(resp);
+                return Ok((resp, None));
             }
-            Some(Err(e)) if e.is_connect() => {
+            Some(Err(SendFailure::Connect(e))) => {
                 let kind = classify_connect(&e);
                 proxy.upstream_errors.inc(kind);
                 debug!(service = service.name(), backend = backend.as_str(), error = %source_chain(&e), kind = kind.as_str(), "backend unreachable");
@@ -341,7 +342,7 @@ async fn forward(
                     break;
                 }
             }
-            Some(Err(e)) => {
+            Some(Err(SendFailure::Upstream(e))) => {
                 if let Some(failure) = body.as_ref().and_then(BodySlot::client_failure) {
                     debug!(service = service.name(), error = %source_chain(&e), "the client's upload failed");
                     return Err(client_failure(failure));
@@ -353,6 +354,102 @@ async fn forward(
         }
     }
     Err(ProxyError::AllBackendsFailed { service: service.name().into() })
+}
+
+/// What each attempt's request is built from.
+struct Template<'a> {
+    method: Method,
+    path: PathAndQuery,
+    /// Taken by the last request built from it.
+    headers: Option<HeaderMap>,
+    body: Option<&'a BodySlot>,
+    /// The request may go out a second time after a backend closed a kept-alive connection under it.
+    replayable: bool,
+}
+
+impl Template<'_> {
+    /// A request to send; `keep` keeps the headers for another (they are copied only then).
+    fn request(&mut self, keep: bool) -> Request<RequestBody> {
+        let body = self.body.map_or(RequestBody::Empty, BodySlot::attempt);
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = Uri::from(self.path.clone());
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() =
+            if keep { self.headers.clone().unwrap_or_default() } else { self.headers.take().unwrap_or_default() };
+        req
+    }
+}
+
+/// Why one backend did not answer.
+enum SendFailure {
+    /// No connection: nothing was sent, another backend may get the request.
+    Connect(ConnectError),
+    /// The request (or part of it) may have reached the backend, which did not answer.
+    Upstream(hyper::Error),
+}
+
+/// One backend's attempt: on a pooled connection if there is one, else a new one. A backend may close a
+/// kept-alive connection just as a request goes out on it (its idle timer and our request cross). Then the
+/// request goes again, once, on a new connection — if hyper handed it back unsent (always safe), or if it is
+/// replayable (idempotent, body still whole) and the connection closed before any answer. A request that is
+/// not safe to repeat and may have been received is never sent twice: it fails with 502.
+async fn send_to(
+    svc: &ProxyService,
+    service: &Service,
+    backend: &Backend,
+    template: &mut Template<'_>,
+    keep: bool,
+) -> Result<(Upstream, Conn), SendFailure> {
+    let pool = &svc.proxy.pool;
+    let key = backend.authority();
+    let mut conn = match pool.checkout(key).await {
+        Some(c) => c,
+        None => pool.connect(key).await.map_err(SendFailure::Connect)?,
+    };
+    let replay = conn.is_reused() && template.replayable;
+    let err = match conn.send(template.request(keep || replay)).await {
+        Ok(resp) => return Ok((resp, conn)),
+        Err(e) => e,
+    };
+    let mut err = err;
+    let unsent = err.take_message();
+    if !conn.is_reused() || (unsent.is_none() && !closed_before_answer(err.error())) {
+        return Err(SendFailure::Upstream(err.into_error()));
+    }
+    svc.proxy.upstream_errors.inc(UpstreamErrorKind::ReusedClosed);
+    let again = match unsent {
+        Some(req) => req,
+        None if replay => template.request(keep),
+        None => return Err(SendFailure::Upstream(err.into_error())),
+    };
+    debug!(service = service.name(), backend = backend.as_str(), error = %source_chain(err.error()), "kept-alive backend connection closed under the request; sending it again on a new one");
+    let mut fresh = pool.connect(key).await.map_err(SendFailure::Connect)?;
+    match fresh.send(again).await {
+        Ok(resp) => Ok((resp, fresh)),
+        Err(e) => Err(SendFailure::Upstream(e.into_error())),
+    }
+}
+
+/// Methods a client may send twice with the effect of once (RFC 9110 §9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+}
+
+/// The connection ended (closed, reset) before the backend answered: not a malformed answer, not a timeout.
+fn closed_before_answer(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() || e.is_canceled() {
+        return true;
+    }
+    let mut src = e.source();
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+            return matches!(io.kind(), ConnectionReset | BrokenPipe | ConnectionAborted | UnexpectedEof);
+        }
+        src = s.source();
+    }
+    false
 }
 
 /// The backends one request may try.
@@ -410,7 +507,13 @@ fn client_failure(failure: ClientFailure) -> ProxyError {
 
 /// The backend's response as the client gets it. Its body is watched: no byte for the upstream read timeout,
 /// or the request's total time passing, ends it.
-fn finish_response(upstream: Upstream, guard: InFlight, settings: &Settings, start: Instant) -> Response {
+fn finish_response(
+    upstream: Upstream,
+    conn: Option<Conn>,
+    guard: InFlight,
+    settings: &Settings,
+    start: Instant,
+) -> Response {
     let (mut parts, body) = upstream.into_parts();
     // hyper writes the version we give; the client speaks HTTP/1.1 or h2 whatever the backend spoke.
     parts.version = Version::HTTP_11;
@@ -423,7 +526,10 @@ fn finish_response(upstream: Upstream, guard: InFlight, settings: &Settings, sta
     }
     strip_hop_by_hop(&mut parts.headers, upgrade.as_ref());
     let deadline = settings.request_timeout.map(|t| tokio::time::Instant::from_std(start + t));
-    http::Response::from_parts(parts, ResponseBody::upstream(body, guard, settings.upstream_read_timeout, deadline))
+    http::Response::from_parts(
+        parts,
+        ResponseBody::upstream(body, conn, guard, settings.upstream_read_timeout, deadline),
+    )
 }
 
 /// HTTP/2 lets clients split `Cookie` into several fields; HTTP/1.1 backends expect one (RFC 9113 §8.2.3).
@@ -449,7 +555,7 @@ fn error_response(err: &ProxyError, guard: InFlight) -> Response {
     resp
 }
 
-fn classify_connect(e: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {
+fn classify_connect(e: &ConnectError) -> UpstreamErrorKind {
     let mut src = e.source();
     while let Some(s) = src {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {

@@ -14,6 +14,7 @@ mod connector;
 mod error;
 mod handler;
 mod headers;
+mod pool;
 mod tunnel;
 
 use std::future::Future;
@@ -26,8 +27,7 @@ use http::HeaderValue;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -41,7 +41,7 @@ use crate::metrics::{LabeledCounters, Metrics};
 use crate::passivation::Passivator;
 use crate::routes::RouteHandle;
 use crate::tls::TlsAcceptor;
-use body::{BodyLimits, RequestBody, ResponseBody};
+use body::{BodyLimits, ResponseBody};
 use conn::{ConnState, InFlight, Pressure};
 use connector::Connector;
 use headers::Peer;
@@ -137,7 +137,8 @@ pub(crate) struct Proxy {
     settings: Settings,
     /// How request bodies must arrive, from `settings`.
     body_limits: BodyLimits,
-    client: Client<Connector, RequestBody>,
+    /// Backend connections kept for reuse.
+    pool: pool::Pool,
     h1: http1::Builder,
     h2: http2::Builder<SpanExecutor>,
     /// HTTPS redirects of plain-HTTP requests; `None` when no service can ask for one.
@@ -177,14 +178,11 @@ impl Proxy {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(settings.connect_timeout));
         connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(settings.pool_idle_timeout)
-            .pool_max_idle_per_host(settings.pool_max_idle_per_backend)
-            // Keep the client's Host header: reveille routes by it and backends usually need it too.
-            .set_host(false)
-            .build(Connector::new(connector, settings.upstream_quickack));
+        let pool = pool::Pool::new(
+            Connector::new(connector, settings.upstream_quickack),
+            settings.pool_max_idle_per_backend,
+            settings.pool_idle_timeout,
+        );
 
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
@@ -218,7 +216,7 @@ impl Proxy {
             passivator,
             settings,
             body_limits,
-            client,
+            pool,
             h1,
             h2,
             redirect,

@@ -1,0 +1,172 @@
+//! Backend connections kept for reuse: reveille's own pool on `hyper::client::conn::http1`.
+//!
+//! Why not hyper-util's legacy client: its pool checks a connection out and back through a shared pool with
+//! a waiter queue, a spawned task per response to notice when the connection is free again, and several
+//! allocations per request. Here a connection goes back to its backend's idle list the moment its response
+//! body has been read to the end ([`Conn::release`], called by the response body), and a request takes the
+//! most recently used one (LIFO: warm, and the least likely to have been closed by the backend's idle timer).
+//!
+//! It also lets the proxy see what the legacy client hides: whether a request went out on a reused connection,
+//! and whether hyper handed the request back unsent. The proxy uses both to replay what is safe to replay
+//! when a backend closes a kept-alive connection just as a request goes out (see `handler::forward`).
+//!
+//! Idle connections are kept up to `pool_max_idle_per_backend` per backend, for `pool_idle_timeout`. A sweep
+//! every few seconds closes the expired ones, so connections to backends nobody asks for any more do not
+//! linger.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, TrySendError};
+use parking_lot::Mutex;
+use tracing::{debug, debug_span, Instrument};
+
+use super::body::RequestBody;
+use super::connector::{ConnectError, Connector};
+
+/// How long a pooled connection that is still finishing its previous exchange may take to become ready.
+const READY_WAIT: Duration = Duration::from_secs(1);
+
+/// The pool of one proxy: idle HTTP/1.1 connections by backend.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    inner: Arc<Inner>,
+    connector: Connector,
+}
+
+#[derive(Debug)]
+struct Inner {
+    idle: Mutex<HashMap<Authority, Vec<Idle>>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+struct Idle {
+    sender: http1::SendRequest<RequestBody>,
+    since: Instant,
+}
+
+impl std::fmt::Debug for Idle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idle").field("since", &self.since).finish_non_exhaustive()
+    }
+}
+
+/// A backend connection checked out for one request; [`Conn::release`] puts it back.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    sender: http1::SendRequest<RequestBody>,
+    key: Authority,
+    pool: Weak<Inner>,
+    reused: bool,
+}
+
+impl Pool {
+    /// A pool that opens connections with `connector`. Starts the idle sweep when called on a runtime.
+    pub(crate) fn new(connector: Connector, max_idle: usize, idle_timeout: Duration) -> Self {
+        let inner = Arc::new(Inner { idle: Mutex::new(HashMap::new()), max_idle, idle_timeout });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(sweep(Arc::downgrade(&inner)));
+        }
+        Self { inner, connector }
+    }
+
+    /// The most recently released idle connection to `backend` that is still open, if there is one.
+    pub(crate) async fn checkout(&self, backend: &Authority) -> Option<Conn> {
+        loop {
+            let idle = {
+                let mut map = self.inner.idle.lock();
+                map.get_mut(backend)?.pop()?
+            };
+            if idle.sender.is_closed() || idle.since.elapsed() >= self.inner.idle_timeout {
+                continue;
+            }
+            let mut sender = idle.sender;
+            // A connection released as its response ended may still be a moment from accepting the next request.
+            if !sender.is_ready() && !matches!(tokio::time::timeout(READY_WAIT, sender.ready()).await, Ok(Ok(()))) {
+                continue;
+            }
+            return Some(Conn { sender, key: backend.clone(), pool: Arc::downgrade(&self.inner), reused: true });
+        }
+    }
+
+    /// Opens a new connection to `backend` (within the connect timeout).
+    pub(crate) async fn connect(&self, backend: &Authority) -> Result<Conn, ConnectError> {
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(backend.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| ConnectError::other(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+        let io = self.connector.connect(uri).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake::<_, RequestBody>(io)
+            .await
+            .map_err(|e| ConnectError::other(std::io::Error::other(e)))?;
+        let span = debug_span!("upstream", backend = %backend);
+        tokio::spawn(
+            async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    debug!(error = %e, "backend connection ended with an error");
+                }
+            }
+            .instrument(span),
+        );
+        Ok(Conn { sender, key: backend.clone(), pool: Arc::downgrade(&self.inner), reused: false })
+    }
+}
+
+impl Conn {
+    /// Whether this connection served a request before (a backend may close such a connection at any moment).
+    pub(crate) fn is_reused(&self) -> bool {
+        self.reused
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set). On failure, hyper hands the request back when it never went
+    /// out ([`TrySendError::take_message`]).
+    pub(crate) async fn send(
+        &mut self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<RequestBody>>> {
+        self.sender.try_send_request(req).await
+    }
+
+    /// Puts the connection back in its backend's idle list; call only once its response has been read to the
+    /// end. A closed connection, or one over the backend's idle limit, is dropped (and closed) instead.
+    pub(crate) fn release(self) {
+        let Some(pool) = self.pool.upgrade() else { return };
+        if self.sender.is_closed() {
+            return;
+        }
+        let idle = Idle { sender: self.sender, since: Instant::now() };
+        let mut map = pool.idle.lock();
+        match map.get_mut(&self.key) {
+            Some(list) if list.len() < pool.max_idle => list.push(idle),
+            Some(_) => {}
+            None if pool.max_idle > 0 => {
+                map.insert(self.key, vec![idle]);
+            }
+            None => {}
+        }
+    }
+}
+
+/// Closes idle connections past the idle timeout (or already closed by their backend), until the pool is gone.
+async fn sweep(pool: Weak<Inner>) {
+    let period = match pool.upgrade() {
+        Some(p) => (p.idle_timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(5)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(pool) = pool.upgrade() else { return };
+        pool.idle.lock().retain(|_, list| {
+            list.retain(|idle| !idle.sender.is_closed() && idle.since.elapsed() < pool.idle_timeout);
+            !list.is_empty()
+        });
+    }
+}
