@@ -197,7 +197,8 @@ async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, req: Request<Incoming
     let mut target = None;
     let mut activity = None;
     if let Some(tenant) = passivator.tenant(service) {
-        match tenant.admit(wants_page(&req)).await {
+        // Boxed: a wake's future is large, and every request's future would otherwise carry (and move) it.
+        match Box::pin(tenant.admit(wants_page(&req))).await {
             Ok((backend, a)) => {
                 target = backend;
                 activity = Some(a.clone());
@@ -261,9 +262,15 @@ async fn forward(
         join_cookies(&mut headers);
     }
     // Small bodies are read whole before any backend is contacted; a slow client holds none of its workers.
-    let body = match BodySlot::read(body, &proxy.body_limits, &svc.conn).await {
-        Ok(b) => b,
-        Err(failure) => return Err(client_failure(failure)),
+    // (Most requests have none: they skip the read, and its future, which is boxed so it does not enlarge
+    // every request's.)
+    let body = if http_body::Body::is_end_stream(&body) {
+        None
+    } else {
+        match Box::pin(BodySlot::read(body, &proxy.body_limits, &svc.conn)).await {
+            Ok(b) => b,
+            Err(failure) => return Err(client_failure(failure)),
+        }
     };
     // A body of unknown length would otherwise be dropped for methods like GET; say it is chunked.
     let chunked = body.as_ref().is_some_and(|b| b.exact_len().is_none()) && !headers.contains_key(CONTENT_LENGTH);
@@ -405,7 +412,8 @@ async fn send_to(
     let key = backend.authority();
     let mut conn = match pool.checkout(key).await {
         Some(c) => c,
-        None => pool.connect(key).await.map_err(SendFailure::Connect)?,
+        // Boxed, as a new connection is the rare case and its future is large.
+        None => Box::pin(pool.connect(key)).await.map_err(SendFailure::Connect)?,
     };
     let replay = conn.is_reused() && template.replayable;
     let err = match conn.send(template.request(keep || replay)).await {
@@ -424,7 +432,7 @@ async fn send_to(
         None => return Err(SendFailure::Upstream(err.into_error())),
     };
     debug!(service = service.name(), backend = backend.as_str(), error = %source_chain(err.error()), "kept-alive backend connection closed under the request; sending it again on a new one");
-    let mut fresh = pool.connect(key).await.map_err(SendFailure::Connect)?;
+    let mut fresh = Box::pin(pool.connect(key)).await.map_err(SendFailure::Connect)?;
     match fresh.send(again).await {
         Ok(resp) => Ok((resp, fresh)),
         Err(e) => Err(SendFailure::Upstream(e.into_error())),
