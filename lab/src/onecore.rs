@@ -122,13 +122,7 @@ impl Lab {
         mut ready: impl FnMut() -> bool,
     ) -> Result<(u32, PathBuf), String> {
         let log = self.path(&format!("{name}.log"));
-        // Appending, so that a lab can empty the log while the child writes to it (an access log on stdout).
-        let _ = std::fs::remove_file(&log);
-        let file = File::options()
-            .append(true)
-            .create(true)
-            .open(&log)
-            .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        let file = File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
         let out = file.try_clone().map_err(|e| format!("cannot clone a file handle: {e}"))?;
         cmd.stdin(Stdio::null()).stdout(out).stderr(file);
         let child = cmd.spawn().map_err(|e| format!("cannot start {name}: {e}"))?;

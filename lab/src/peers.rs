@@ -24,9 +24,9 @@
 //! - `1b`: the same with an access log written to a file by each proxy: nginx `access_log <file>` (the default
 //!   `combined` format, unbuffered); reveille `--access-log true` (its default text format through `tracing`'s
 //!   non-blocking writer to stdout, redirected to a file); HAProxy `log stdout format raw local0` with `option
-//!   httplog`, its stdout redirected to a file; Traefik `accessLog.filePath` (its default `common` format);
-//!   Caddy `log { output file ... }` (JSON, rolling off). Each run counts the lines each proxy wrote against the
-//!   requests wrk counted, so a logger that drops lines shows.
+//!   httplog` and `option dontlognull`, its stdout redirected to a file; Traefik `accessLog.filePath` (its
+//!   default `common` format); Caddy `log { output file ... }` (JSON, rolling off). Each run counts the lines
+//!   each proxy wrote against the requests wrk counted, so a logger that drops lines shows.
 //! - `2`: 500 keep-alive connections (`-c500`).
 //! - `3`: a new client connection per request: `wrk -c50 -H 'Connection: close'`.
 //! - `4`: 64 KiB responses (`/64k`), 50 keep-alive connections.
@@ -81,7 +81,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Read as _;
+use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -493,6 +493,8 @@ struct Running {
     error_log: Option<PathBuf>,
     /// The access log, `Variant::Log` only (reveille's and HAProxy's are their stdout, `log`).
     access_log: Option<PathBuf>,
+    /// How far the access log has been read.
+    access_offset: std::cell::Cell<u64>,
     /// What it was told to do about logging, for the report.
     logging: String,
 }
@@ -641,7 +643,9 @@ impl Bench<'_> {
                 let conf = lab.write(&format!("{name}/haproxy.cfg"), &conf);
                 let mut cmd = pinned(&t.taskset, &cpus, "sh");
                 cmd.arg("-c").arg(crate::RAISE_NOFILE).arg(&t.haproxy).arg("-db").arg("-f").arg(conf);
-                let logging = "`log stdout format raw local0` + `option httplog`, stdout redirected to a file";
+                let logging =
+                    "`log stdout format raw local0`, `option httplog`, `option dontlognull`; stdout redirected \
+                               to a file";
                 (cmd, None, logging)
             }
             "traefik" => {
@@ -679,10 +683,19 @@ impl Bench<'_> {
             "reveille" | "haproxy" => access_log.map(|_| log.clone()),
             _ => access_log,
         };
-        let running = Running { pid, http, https: tls.then_some(https), log, error_log, access_log, logging };
+        let running = Running {
+            pid,
+            http,
+            https: tls.then_some(https),
+            log,
+            error_log,
+            access_log,
+            access_offset: std::cell::Cell::new(0),
+            logging,
+        };
         // Nothing logged before the first measured run counts.
         if let Some(a) = &running.access_log {
-            count_and_truncate(a);
+            count_new_lines(a, &running.access_offset);
         }
         Ok(running)
     }
@@ -714,8 +727,11 @@ struct HaproxyConf<'a> {
 }
 
 fn haproxy_config(c: &HaproxyConf<'_>) -> String {
-    let (global_log, defaults_log) =
-        if c.log { ("    log stdout format raw local0\n", "    log global\n    option httplog\n") } else { ("", "") };
+    let (global_log, defaults_log) = if c.log {
+        ("    log stdout format raw local0\n", "    log global\n    option httplog\n    option dontlognull\n")
+    } else {
+        ("", "")
+    };
     let tls_bind = c
         .https
         .map(|p| format!("    bind 127.0.0.1:{p} ssl crt {} alpn h2,http/1.1\n", c.pem.display()))
@@ -814,21 +830,29 @@ http://:{http} {{
     )
 }
 
-/// The lines written to an access log since the last call, which empties it (every writer appends, so the
-/// next line goes to the start).
-fn count_and_truncate(path: &Path) -> Option<u64> {
-    let mut file = std::fs::OpenOptions::new().read(true).write(true).open(path).ok()?;
+/// The lines written to an access log after `offset` and the first of them; moves `offset` to the end. (The
+/// logs are not emptied between runs: HAProxy clears `O_APPEND` on its stdout, so it would go on writing at its
+/// old offset.)
+fn count_new_lines(path: &Path, offset: &std::cell::Cell<u64>) -> Option<(u64, String)> {
+    let mut file = std::fs::File::open(path).ok()?;
+    file.seek(SeekFrom::Start(offset.get())).ok()?;
     let mut lines = 0u64;
+    let mut read = 0u64;
+    let mut first = Vec::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = file.read(&mut buf).ok()?;
         if n == 0 {
             break;
         }
+        if lines == 0 {
+            first.extend_from_slice(buf[..n].split(|&b| b == b'\n').next().unwrap_or_default());
+        }
         lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+        read += n as u64;
     }
-    file.set_len(0).ok()?;
-    Some(lines)
+    offset.set(offset.get() + read);
+    Some((lines, String::from_utf8_lossy(&first).trim_matches('\0').to_string()))
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -851,6 +875,8 @@ struct Run {
     usage: Usage,
     /// Access-log lines written during the run.
     log_lines: Option<u64>,
+    /// The first of them.
+    log_sample: String,
     /// What was negotiated (h2load: protocol, TLS), if anything to say.
     note: String,
 }
@@ -935,6 +961,7 @@ impl Bench<'_> {
                         error_kinds: wrk.errors.to_string(),
                         usage: Usage::default(),
                         log_lines: None,
+                        log_sample: String::new(),
                         note: String::new(),
                     })
                 }
@@ -959,6 +986,7 @@ impl Bench<'_> {
                         error_kinds: tally.errors.to_string(),
                         usage: Usage::default(),
                         log_lines: None,
+                        log_sample: String::new(),
                         note,
                     })
                 }
@@ -984,6 +1012,7 @@ impl Bench<'_> {
                         error_kinds: h.errors.to_string(),
                         usage: Usage::default(),
                         log_lines: None,
+                        log_sample: String::new(),
                         note,
                     })
                 }
@@ -994,7 +1023,10 @@ impl Bench<'_> {
         if let Some(a) = proxy.and_then(|p| p.access_log.as_ref()) {
             // Let the writers catch up (reveille's non-blocking writer, buffered Go loggers).
             std::thread::sleep(Duration::from_millis(300));
-            run.log_lines = count_and_truncate(a);
+            if let Some((lines, first)) = count_new_lines(a, &proxy.unwrap().access_offset) {
+                run.log_lines = Some(lines);
+                run.log_sample = first;
+            }
         }
         Ok(run)
     }
@@ -1258,12 +1290,15 @@ fn notes(md: &mut String, bench: &Bench<'_>, cells: &[Cell], results: &Results, 
         );
         for i in log_instances {
             let Ok(r) = &i.state else { continue };
-            let (mut lines, mut requests) = (0u64, 0u64);
+            let (mut lines, mut requests, mut sample) = (0u64, 0u64, "");
             for (cell, runs) in results {
                 if cell.proxy == i.proxy && s.scenarios[cell.scenario].variant == Variant::Log {
                     for run in runs.iter().flatten() {
                         lines += run.log_lines.unwrap_or(0);
                         requests += run.requests;
+                        if sample.is_empty() {
+                            sample = &run.log_sample;
+                        }
                     }
                 }
             }
@@ -1276,6 +1311,11 @@ fn notes(md: &mut String, bench: &Bench<'_>, cells: &[Cell], results: &Results, 
                 thousands(requests as f64),
                 if requests > 0 { lines as f64 / requests as f64 * 100.0 } else { f64::NAN }
             );
+            if !sample.is_empty() {
+                let short: String = sample.replace('`', "'").chars().take(220).collect();
+                let more = if sample.chars().count() > 220 { " …" } else { "" };
+                let _ = writeln!(md, "    `{short}`{more}");
+            }
         }
     }
     let mut negotiated: Vec<String> = Vec::new();
@@ -1346,7 +1386,7 @@ fn notes(md: &mut String, bench: &Bench<'_>, cells: &[Cell], results: &Results, 
     }
 }
 
-/// Shows what each proxy logged (errors and warnings; two lines of each access log).
+/// Shows what each proxy logged (errors and warnings), but not the access logs.
 fn print_proxy_logs(instances: &[Instance]) {
     for i in instances {
         let Ok(r) = &i.state else { continue };
@@ -1354,22 +1394,8 @@ fn print_proxy_logs(instances: &[Instance]) {
         if let Some(e) = &r.error_log {
             print_log(&format!("{title} error log"), &read_log(e));
         }
-        if r.access_log.as_ref() == Some(&r.log) {
-            let log = read_log(&r.log);
-            let sample: Vec<&str> = log.lines().take(2).collect();
-            println!("{title}: stdout is its access log (emptied after each run); last run's first lines:");
-            for l in sample {
-                println!("    {l}");
-            }
-        } else {
+        if r.access_log.as_ref() != Some(&r.log) {
             print_log(&format!("{title} log"), &read_log(&r.log));
-            if let Some(a) = &r.access_log {
-                let log = read_log(a);
-                println!("{title} access log, last run's first lines:");
-                for l in log.lines().take(2) {
-                    println!("    {l}");
-                }
-            }
         }
     }
 }
