@@ -1059,8 +1059,16 @@ fn format_cpu_us(us: f64) -> String {
     }
 }
 
-fn first_line_of(s: &str) -> &str {
-    s.lines().next().unwrap_or("")
+/// An error in one line: its first line and, if it has more (a process's log), the last non-blank one, at most
+/// 200 characters.
+fn first_line_of(s: &str) -> String {
+    let mut lines = s.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or_default();
+    let line = match lines.next_back() {
+        Some(last) => format!("{first} {last}"),
+        None => first.to_string(),
+    };
+    line.replace('|', "/").chars().take(200).collect()
 }
 
 // ---------------------------------------------------------------------------------------------------------
