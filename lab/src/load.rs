@@ -154,7 +154,17 @@ fn start_reveille(lab: &mut Lab, tools: &Tools, s: &Settings, backend: u16, port
 }
 
 fn start_nginx(lab: &mut Lab, tools: &Tools, s: &Settings, backend: u16, port: u16) -> Proxy {
-    let site = NginxSite { host: HOST, backend, listen: format!("127.0.0.1:{port}"), http: "", server: String::new() };
+    let site = NginxSite {
+        name: "nginx",
+        workers: 1,
+        keepalive: 64,
+        host: HOST,
+        backend,
+        listen: format!("127.0.0.1:{port}"),
+        http: "",
+        server: String::new(),
+        location: "",
+    };
     let (cmd, log) = onecore::nginx(lab, &tools.taskset, &tools.nginx, s.proxy_cpu, &site);
     let mut proxy = start(lab, "nginx", cmd, &[(port, "/")]);
     proxy.log = log;

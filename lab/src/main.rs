@@ -1,7 +1,7 @@
 //! reveille's load labs: programs, not benchmarks. Each drives real processes (reveille, nginx, HAProxy, wrk,
 //! etcd, Docker) on loopback and prints a markdown report, also written under `target/`.
 //!
-//! `cargo run --release -p reveille-lab -- load|tls|etcd|passivation|attack|cluster`. Each lab's method and tunables
+//! `cargo run --release -p reveille-lab -- load|tls|etcd|passivation|attack|cluster|peers`. Each lab's method and tunables
 //! are in its module's header. The reveille binary measured is the workspace's, built with the same profile as
 //! this one (see [`reveille_bin`]).
 //!
@@ -15,7 +15,11 @@
 //!   connections, with the slow-client protections off and on.
 //! - [`cluster`]: three replicas sharing one etcd: etcd writes with 1,000 active tenants, failover of the
 //!   replica deciding idle stops, a cold start through the replica that does not start it, pause against stop.
-//! - [`onecore`]: what `load` and `tls` share: the proxy on one pinned CPU, the clients on another, nginx.
+//! - [`peers`]: reveille against nginx, HAProxy, Traefik and Caddy in every scenario of issue 13 (keep-alive,
+//!   access log, 500 connections, a connection per request, 64 KiB, TLS handshakes and keep-alive, HTTP/2, two
+//!   cores), with the backend reached directly beside them.
+//! - [`onecore`]: what `load`, `tls` and `peers` share: the proxy on one pinned CPU, the clients on another, nginx.
+//! - [`tlsclient`]: the TLS labs' certificate and handshake client.
 //!
 //! Helpers shared with the integration tests (wrk, percentiles, the HTTP client, etcd, the busybox image, ...)
 //! are in the `testkit` crate.
@@ -26,13 +30,15 @@ mod etcd;
 mod load;
 mod onecore;
 mod passivation;
+mod peers;
 mod tls;
+mod tlsclient;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-const USAGE: &str = "usage: reveille-lab load|tls|etcd|passivation|attack|cluster";
+const USAGE: &str = "usage: reveille-lab load|tls|etcd|passivation|attack|cluster|peers";
 
 fn main() {
     let lab = std::env::args().nth(1).unwrap_or_default();
@@ -48,6 +54,7 @@ fn main() {
         "passivation" => passivation::main(),
         "attack" => attack::main(),
         "cluster" => cluster::main(),
+        "peers" => peers::main(),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use testkit::env::{choose, env_or};
 use testkit::process::{find_tool, read_log, KillOnDrop};
-use testkit::procfs::{busy_pct, cpu_ticks, cpu_times, proc_status, status_kib};
+use testkit::procfs::{busy_pct, cpu_times, proc_status, status_kib, tree_cpu_ticks};
 
 /// The settings both one-core labs take, from `<PREFIX>_ROUNDS`, `_SECONDS`, `_WARMUP`, `_CONNECTIONS` (50),
 /// `_PROXY_CPU` (0), `_CLIENT_CPU` (1) and `_PROXIES` (all).
@@ -60,8 +60,8 @@ pub(crate) fn find_tools<const N: usize>(lab: &str, names: [&'static str; N]) ->
     Some(found.map(Option::unwrap))
 }
 
-/// `taskset -c <cpu> <program>`.
-pub(crate) fn pinned(taskset: &Path, cpu: usize, program: impl AsRef<OsStr>) -> Command {
+/// `taskset -c <cpus> <program>`: `cpus` is one CPU (`0`) or a list (`0-1`, `0,2`).
+pub(crate) fn pinned(taskset: &Path, cpu: impl std::fmt::Display, program: impl AsRef<OsStr>) -> Command {
     let mut cmd = Command::new(taskset);
     cmd.arg("-c").arg(cpu.to_string()).arg(program);
     cmd
@@ -108,26 +108,38 @@ impl Lab {
     }
 
     /// Spawns `cmd` with stdout and stderr going to `<name>.log`, then waits until `ready` (checked every
-    /// 50 ms, for up to 20 s) returns true. Returns the child's pid and its log.
-    pub(crate) fn start(&mut self, name: &str, mut cmd: Command, mut ready: impl FnMut() -> bool) -> (u32, PathBuf) {
+    /// 50 ms, for up to 20 s) returns true. Returns the child's pid and its log. Panics if it cannot start.
+    pub(crate) fn start(&mut self, name: &str, cmd: Command, ready: impl FnMut() -> bool) -> (u32, PathBuf) {
+        self.try_start(name, cmd, ready).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Self::start`], returning why the child could not be started or did not get ready (with its log);
+    /// such a child is killed at once.
+    pub(crate) fn try_start(
+        &mut self,
+        name: &str,
+        mut cmd: Command,
+        mut ready: impl FnMut() -> bool,
+    ) -> Result<(u32, PathBuf), String> {
         let log = self.path(&format!("{name}.log"));
-        let file = File::create(&log).expect("create a log file");
-        cmd.stdin(Stdio::null()).stdout(file.try_clone().unwrap()).stderr(file);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let file = File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        let out = file.try_clone().map_err(|e| format!("cannot clone a file handle: {e}"))?;
+        cmd.stdin(Stdio::null()).stdout(out).stderr(file);
+        let child = cmd.spawn().map_err(|e| format!("cannot start {name}: {e}"))?;
         let pid = child.id();
-        self.children.push(KillOnDrop(child));
-        let child = &mut self.children.last_mut().unwrap().0;
+        let mut child = KillOnDrop(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !ready() {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("{name} exited ({status}) before it was ready:\n{}", read_log(&log));
+                return Err(format!("{name} exited ({status}) before it was ready:\n{}", read_log(&log)));
             }
             if Instant::now() > deadline {
-                panic!("{name} not ready after 20s:\n{}", read_log(&log));
+                return Err(format!("{name} not ready after 20s:\n{}", read_log(&log)));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        (pid, log)
+        self.children.push(child);
+        Ok((pid, log))
     }
 }
 
@@ -148,14 +160,39 @@ pub(crate) fn reveille(
     http: u16,
     admin: u16,
 ) -> Command {
+    let opts = ReveilleOpts { file: "routes.toml", threads: 1, access_log: false };
+    reveille_with(lab, taskset, &cpu.to_string(), routes, (http, admin), &opts)
+}
+
+/// What [`reveille_with`] may change from [`reveille`]'s defaults.
+pub(crate) struct ReveilleOpts<'a> {
+    /// The routes file's name in the lab's dir (one per reveille started).
+    pub(crate) file: &'a str,
+    /// `--threads`.
+    pub(crate) threads: usize,
+    /// `--access-log true --log-level info` (the default level: the access log is written at `info`), else
+    /// `--access-log false --log-level warn`.
+    pub(crate) access_log: bool,
+}
+
+/// [`reveille`] on the CPUs `cpus` (`0`, `0-1`), listening on `ports` (HTTP, admin), as `opts` says.
+pub(crate) fn reveille_with(
+    lab: &Lab,
+    taskset: &Path,
+    cpus: &str,
+    routes: &[(&str, u16)],
+    (http, admin): (u16, u16),
+    opts: &ReveilleOpts<'_>,
+) -> Command {
     let mut services = String::new();
     let mut table = String::from("[routes]\n");
     for (i, (host, backend)) in routes.iter().enumerate() {
         let _ = writeln!(services, "[services.s{i}]\nbackends = [\"127.0.0.1:{backend}\"]");
         let _ = writeln!(table, "\"{host}\" = \"s{i}\"");
     }
-    let routes = lab.write("routes.toml", &(services + &table));
-    let mut cmd = pinned(taskset, cpu, "sh");
+    let routes = lab.write(opts.file, &(services + &table));
+    let mut cmd = pinned(taskset, cpus, "sh");
+    let (access_log, level) = if opts.access_log { ("true", "info") } else { ("false", "warn") };
     cmd.arg("-c")
         .arg(crate::RAISE_NOFILE)
         .arg(crate::reveille_bin())
@@ -164,34 +201,51 @@ pub(crate) fn reveille(
         .arg(&routes)
         .args(["--http", &format!("127.0.0.1:{http}")])
         .args(["--admin", &format!("127.0.0.1:{admin}")])
-        .args(["--threads", "1", "--access-log", "false", "--log-level", "warn"]);
+        .args(["--threads", &opts.threads.to_string(), "--access-log", access_log, "--log-level", level]);
     cmd
 }
 
 /// How nginx is set up beyond the shared part.
 pub(crate) struct NginxSite<'a> {
+    /// Its directory (prefix) in the lab's dir, one per nginx started: `nginx`.
+    pub(crate) name: &'a str,
+    /// `worker_processes`: 1 runs without a master process (`master_process off`), more with one.
+    pub(crate) workers: usize,
+    /// The upstream's `keepalive`: idle connections to the backend each worker keeps (64).
+    pub(crate) keepalive: usize,
     pub(crate) host: &'a str,
     pub(crate) backend: u16,
     /// What follows `listen` (`127.0.0.1:<port>`, then `ssl ...` for TLS).
     pub(crate) listen: String,
     /// Lines added to the `http` block (TLS settings).
     pub(crate) http: &'a str,
-    /// Lines added to the `server` block (certificate, `http2 on`).
+    /// Lines added to the `server` block (certificate, `http2 on`, `access_log`).
     pub(crate) server: String,
+    /// Lines added to the `location` block (more `proxy_set_header`s).
+    pub(crate) location: &'a str,
 }
 
-/// nginx on CPU `cpu` with one worker and no master process, under `<lab>/nginx`: its command and its error
-/// log. keepalive_requests: nginx closes a keep-alive connection after 1000 requests by default; reveille and
-/// haproxy do not, so the limit is lifted on both sides to compare like with like.
-pub(crate) fn nginx(lab: &Lab, taskset: &Path, nginx: &Path, cpu: usize, site: &NginxSite<'_>) -> (Command, PathBuf) {
-    let prefix = lab.path("nginx");
+/// nginx on the CPUs `cpu` (`0`, `0-1`), under `<lab>/<site.name>`, with one worker and no master process (or
+/// `site.workers` workers and a master process, `user root` so that they can reach the lab's dir): its command
+/// and its error log. keepalive_requests: nginx closes a keep-alive connection after 1000 requests by default;
+/// reveille and haproxy do not, so the limit is lifted on both sides to compare like with like. Its soft
+/// `RLIMIT_NOFILE` is raised ([`crate::RAISE_NOFILE`]).
+pub(crate) fn nginx(
+    lab: &Lab,
+    taskset: &Path,
+    nginx: &Path,
+    cpu: impl std::fmt::Display,
+    site: &NginxSite<'_>,
+) -> (Command, PathBuf) {
+    let prefix = lab.path(site.name);
     std::fs::create_dir_all(&prefix).unwrap();
     let p = prefix.display();
-    let NginxSite { host, backend, listen, http, server } = site;
+    let NginxSite { name, workers, keepalive, host, backend, listen, http, server, location } = site;
+    let master = if *workers > 1 { "on;\nuser root" } else { "off" };
     let conf = format!(
-        "worker_processes 1;
+        "worker_processes {workers};
 daemon off;
-master_process off;
+master_process {master};
 pid {p}/nginx.pid;
 error_log {p}/error.log warn;
 events {{ worker_connections 4096; }}
@@ -205,7 +259,7 @@ http {{
     keepalive_requests 1000000;
 {http}    upstream bench {{
         server 127.0.0.1:{backend};
-        keepalive 64;
+        keepalive {keepalive};
         keepalive_requests 1000000;
     }}
     server {{
@@ -215,13 +269,14 @@ http {{
             proxy_pass http://bench;
             proxy_http_version 1.1;
             proxy_set_header Connection \"\";
-        }}
+{location}        }}
     }}
 }}
 "
     );
-    let conf_path = lab.write("nginx/nginx.conf", &conf);
-    let mut cmd = pinned(taskset, cpu, nginx);
+    let conf_path = lab.write(&format!("{name}/nginx.conf"), &conf);
+    let mut cmd = pinned(taskset, cpu, "sh");
+    cmd.arg("-c").arg(crate::RAISE_NOFILE).arg(nginx);
     cmd.arg("-p").arg(&prefix).arg("-c").arg(&conf_path).arg("-e").arg(prefix.join("error.log"));
     (cmd, prefix.join("error.log"))
 }
@@ -236,22 +291,36 @@ pub(crate) struct Usage {
     pub(crate) cpu_busy_pct: (f64, f64),
     /// The proxy's resident memory after the run, in KiB.
     pub(crate) proxy_rss_kib: Option<u64>,
+    /// CPU time the proxy used over the run, in seconds (NaN if unknown).
+    pub(crate) proxy_cpu_secs: f64,
 }
 
-/// Runs `f` and measures what it cost the proxy `pid` (pinned to `proxy_cpu`) and the two CPUs.
+/// Runs `f` and measures what it cost the proxy `pid` (pinned to `proxy_cpu`) and the two CPUs. The proxy's CPU
+/// time includes its child processes' (nginx's workers).
 pub(crate) fn measure<T>(pid: u32, cpus: (usize, usize), ticks_per_sec: f64, f: impl FnOnce() -> T) -> (T, Usage) {
-    let ticks_before = cpu_ticks(pid);
+    measure_opt(Some(pid), cpus, ticks_per_sec, f)
+}
+
+/// [`measure`], also without a proxy (only the CPUs' load is then measured).
+pub(crate) fn measure_opt<T>(
+    pid: Option<u32>,
+    cpus: (usize, usize),
+    ticks_per_sec: f64,
+    f: impl FnOnce() -> T,
+) -> (T, Usage) {
+    let ticks_before = pid.and_then(tree_cpu_ticks);
     let cpus_before = (cpu_times(cpus.0), cpu_times(cpus.1));
     let started = Instant::now();
     let result = f();
     let wall = started.elapsed().as_secs_f64();
-    let ticks_after = cpu_ticks(pid);
+    let ticks_after = pid.and_then(tree_cpu_ticks);
     let cpus_after = (cpu_times(cpus.0), cpu_times(cpus.1));
-    let mut usage = Usage::default();
+    let mut usage = Usage { proxy_cpu_secs: f64::NAN, ..Usage::default() };
     if let (Some(a), Some(b)) = (ticks_before, ticks_after) {
-        usage.proxy_cpu_pct = (b - a) as f64 / ticks_per_sec / wall * 100.0;
+        usage.proxy_cpu_secs = b.saturating_sub(a) as f64 / ticks_per_sec;
+        usage.proxy_cpu_pct = usage.proxy_cpu_secs / wall * 100.0;
     }
-    usage.proxy_rss_kib = status_kib(&proc_status(pid), "VmRSS:");
+    usage.proxy_rss_kib = pid.and_then(|pid| status_kib(&proc_status(pid), "VmRSS:"));
     usage.cpu_busy_pct = (busy_pct(cpus_before.0, cpus_after.0), busy_pct(cpus_before.1, cpus_after.1));
     (result, usage)
 }

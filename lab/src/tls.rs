@@ -75,14 +75,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
-use rustls::client::Resumption;
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, HandshakeKind};
+use rustls::HandshakeKind;
 use testkit::backend::start_backend;
 use testkit::env::{env_or, list};
 use testkit::machine::{cpu_model, first_line_matching, locked_version, nproc, utc_date, version};
@@ -90,14 +85,12 @@ use testkit::ports::free_ports;
 use testkit::process::read_log;
 use testkit::procfs::clock_ticks_per_sec;
 use testkit::report::{heading, print_log, write_report};
-use testkit::stats::{counts, format_us, median, percentile};
-use testkit::tls::ServerCheck;
-use testkit::wrk::WrkErrors;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use testkit::stats::{format_us, median, percentile};
 use tokio::runtime::Runtime;
 use tokio_rustls::TlsConnector;
 
 use crate::onecore::{self, describe_usage, pin_all_threads, pinned, Lab, NginxSite, Rounds, Usage};
+use crate::tlsclient::{exchange, handshake_load, BenchCert, Clients, Errors, Target};
 
 /// The name in the certificate, the SNI of the handshake client and the `Host` of every request.
 const HOST: &str = "bench.test";
@@ -110,9 +103,6 @@ const BODY: &[u8; 100] =
     b"reveille TLS bench: a fixed response body from the upstream backend, one hundred bytes in all......\n";
 
 const PROXY_NAMES: [&str; 2] = ["reveille", "nginx"];
-
-/// Time allowed for one exchange (connect, handshake, request, response) of the handshake client.
-const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the lab; false if a measurement failed.
 pub(crate) fn main() -> bool {
@@ -129,14 +119,14 @@ pub(crate) fn main() -> bool {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("client runtime");
     let backend = start_backend(BODY);
     let mut lab = Lab::new("reveille-tls-");
-    let cert = BenchCert::generate();
+    let cert = BenchCert::generate(HOST);
     let certs_dir = lab.path("certs");
     std::fs::create_dir_all(&certs_dir).unwrap();
     let chain_path = certs_dir.join(format!("{CERT_NAME}.crt"));
     let key_path = certs_dir.join(format!("{CERT_NAME}.key"));
     std::fs::write(&chain_path, &cert.chain_pem).unwrap();
     std::fs::write(&key_path, &cert.key_pem).unwrap();
-    let clients = Clients::new(&cert, &settings);
+    let clients = Clients::new(&cert, settings.tls13, settings.check_signatures);
     let bench = Bench { rt: &rt, clients: &clients, tools: &tools, s: &settings };
 
     let ports: [u16; 4] = free_ports();
@@ -153,7 +143,7 @@ pub(crate) fn main() -> bool {
         proxies.iter().map(|p| format!("{} https://127.0.0.1:{}", p.name, p.port)).collect::<Vec<_>>().join(", ")
     );
     for p in &mut proxies {
-        let probe = rt.block_on(exchange(&clients.checked, p.port)).unwrap_or_else(|e| {
+        let probe = rt.block_on(exchange(&clients.checked, target(p.port))).unwrap_or_else(|e| {
             panic!("{}: the probe exchange failed ({}):\n{}", p.name, e.as_str(), read_log(&p.log))
         });
         println!("{}: {}", p.name, probe.describe());
@@ -309,220 +299,16 @@ impl Machine {
     }
 }
 
+/// What the handshake client connects to: the proxy on `port`.
+fn target(port: u16) -> Target {
+    Target { port, host: HOST, body: BODY }
+}
+
 /// "nginx/1.22.1" → (1, 22, 1); (0, 0, 0) if it cannot be read.
 fn parse_nginx_version(v: &str) -> (u32, u32, u32) {
     let v = v.rsplit('/').next().unwrap_or_default();
     let mut parts = v.split('.').map(|p| p.trim().parse().unwrap_or(0));
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0))
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// The certificate and the handshake client
-
-/// The certificate both proxies serve.
-struct BenchCert {
-    /// Leaf then CA, PEM.
-    chain_pem: String,
-    /// The leaf's key, PKCS#8 PEM.
-    key_pem: String,
-    /// The leaf, DER: the handshake client accepts this certificate and no other.
-    leaf_der: Vec<u8>,
-}
-
-impl BenchCert {
-    /// A CA and an ECDSA P-256 leaf it signs, for `bench.test` and 127.0.0.1.
-    fn generate() -> Self {
-        let alg = &rcgen::PKCS_ECDSA_P256_SHA256;
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-        ca.distinguished_name.push(DnType::CommonName, "reveille TLS bench CA");
-        let ca_key = KeyPair::generate_for(alg).unwrap();
-        let ca = ca.self_signed(&ca_key).unwrap();
-        let mut leaf = CertificateParams::new(vec![HOST.to_string(), "127.0.0.1".to_string()]).unwrap();
-        leaf.distinguished_name.push(DnType::CommonName, HOST);
-        leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        leaf.use_authority_key_identifier_extension = true;
-        let key = KeyPair::generate_for(alg).unwrap();
-        let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
-        Self { chain_pem: leaf.pem() + &ca.pem(), key_pem: key.serialize_pem(), leaf_der: leaf.der().to_vec() }
-    }
-}
-
-/// The handshake client's configurations.
-struct Clients {
-    /// Checks everything it can (the pinned certificate and the handshake signature), resumption disabled: for
-    /// readiness and the probe.
-    checked: TlsConnector,
-    /// Resumption disabled: every handshake is a full one.
-    full: TlsConnector,
-    provider: Arc<CryptoProvider>,
-    /// The pinned leaf, with the signature checked or not as `TLS_CLIENT_VERIFY` says.
-    verifier: Arc<ServerCheck>,
-    tls13: bool,
-}
-
-impl Clients {
-    fn new(cert: &BenchCert, s: &Settings) -> Self {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = |check_signatures| ServerCheck::pinned(&provider, cert.leaf_der.clone(), check_signatures);
-        let checked = connector(&provider, &verifier(true), s.tls13, Resumption::disabled());
-        let verifier = verifier(s.check_signatures);
-        let full = connector(&provider, &verifier, s.tls13, Resumption::disabled());
-        Self { checked, full, provider, verifier, tls13: s.tls13 }
-    }
-
-    /// A client with its own session store, as a browser has: rustls keeps at most 8 TLS 1.3 tickets per
-    /// server name, so tasks sharing one store would run out of tickets when many reconnect at once.
-    fn resuming(&self) -> TlsConnector {
-        connector(&self.provider, &self.verifier, self.tls13, Resumption::in_memory_sessions(32))
-    }
-}
-
-/// A client configuration: TLS 1.3 or 1.2 only, ALPN `http/1.1`, the pinned certificate.
-fn connector(
-    provider: &Arc<CryptoProvider>,
-    verifier: &Arc<ServerCheck>,
-    tls13: bool,
-    resumption: Resumption,
-) -> TlsConnector {
-    let version = if tls13 { &rustls::version::TLS13 } else { &rustls::version::TLS12 };
-    let mut c = ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[version])
-        .expect("protocol versions")
-        .dangerous()
-        .with_custom_certificate_verifier(verifier.clone())
-        .with_no_client_auth();
-    c.alpn_protocols = vec![b"http/1.1".to_vec()];
-    c.resumption = resumption;
-    TlsConnector::from(Arc::new(c))
-}
-
-/// What one exchange negotiated.
-struct Negotiated {
-    kind: Option<HandshakeKind>,
-    version: String,
-    suite: String,
-    group: String,
-    alpn: String,
-}
-
-impl Negotiated {
-    fn describe(&self) -> String {
-        format!(
-            "{}, {}, {}, ALPN {}, {} handshake",
-            self.version,
-            self.suite,
-            self.group,
-            self.alpn,
-            self.kind.map_or("?".into(), |k| format!("{k:?}").to_lowercase())
-        )
-    }
-}
-
-/// Why an exchange failed.
-#[derive(Clone, Copy, Debug)]
-enum Failure {
-    Connect,
-    Handshake,
-    Io,
-    /// Not `200` with the backend's body.
-    Response,
-    Timeout,
-}
-
-impl Failure {
-    fn as_str(self) -> &'static str {
-        match self {
-            Failure::Connect => "connect",
-            Failure::Handshake => "handshake",
-            Failure::Io => "io",
-            Failure::Response => "response",
-            Failure::Timeout => "timeout",
-        }
-    }
-}
-
-/// One exchange: a new TCP connection to 127.0.0.1:port, a TLS handshake with SNI `bench.test`, `GET /` with
-/// `Connection: close`, the response read until the proxy closes.
-async fn exchange(connector: &TlsConnector, port: u16) -> Result<Negotiated, Failure> {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|_| Failure::Connect)?;
-    tcp.set_nodelay(true).map_err(|_| Failure::Connect)?;
-    let name = ServerName::try_from(HOST).unwrap();
-    let mut tls = connector.connect(name, tcp).await.map_err(|_| Failure::Handshake)?;
-    let request = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
-    tls.write_all(request.as_bytes()).await.map_err(|_| Failure::Io)?;
-    let mut response = Vec::with_capacity(1024);
-    // Ends with an error if the proxy closes without close_notify: the response is checked either way.
-    let _ = tls.read_to_end(&mut response).await;
-    if !response.starts_with(b"HTTP/1.1 200") || !response.ends_with(BODY) {
-        return Err(Failure::Response);
-    }
-    let conn = tls.get_ref().1;
-    Ok(Negotiated {
-        kind: conn.handshake_kind(),
-        version: conn.protocol_version().map_or("?".into(), |v| format!("{v:?}")),
-        suite: conn.negotiated_cipher_suite().map_or("?".into(), |s| format!("{:?}", s.suite())),
-        group: conn.negotiated_key_exchange_group().map_or("?".into(), |g| format!("{:?}", g.name())),
-        alpn: conn.alpn_protocol().map_or("none".into(), |a| String::from_utf8_lossy(a).into_owned()),
-    })
-}
-
-/// What the handshake client counted in one run.
-#[derive(Default)]
-struct Tally {
-    ok: u64,
-    /// Completed exchanges whose handshake was not of the kind wanted (full, or resumed).
-    wrong_kind: u64,
-    latencies_us: Vec<u32>,
-    errors: Errors,
-}
-
-/// One task per connector, each doing [`exchange`]s back to back for `duration`.
-async fn handshake_load(
-    connectors: &[TlsConnector],
-    port: u16,
-    duration: Duration,
-    want: HandshakeKind,
-) -> (Tally, Duration) {
-    let started = Instant::now();
-    let deadline = started + duration;
-    let mut tasks = tokio::task::JoinSet::new();
-    for connector in connectors {
-        let connector = connector.clone();
-        tasks.spawn(async move {
-            let mut t = Tally::default();
-            while Instant::now() < deadline {
-                let t0 = Instant::now();
-                match tokio::time::timeout(EXCHANGE_TIMEOUT, exchange(&connector, port)).await {
-                    Ok(Ok(n)) => {
-                        t.ok += 1;
-                        t.latencies_us.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                        if n.kind != Some(want) {
-                            t.wrong_kind += 1;
-                        }
-                    }
-                    Ok(Err(f)) => {
-                        t.errors.count(f);
-                        // Do not spin on a refused or exhausted port.
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                    Err(_) => t.errors.count(Failure::Timeout),
-                }
-            }
-            t
-        });
-    }
-    let mut total = Tally::default();
-    while let Some(t) = tasks.join_next().await {
-        let t = t.expect("a handshake task panicked");
-        total.ok += t.ok;
-        total.wrong_kind += t.wrong_kind;
-        total.latencies_us.extend(t.latencies_us);
-        total.errors.add(&t.errors);
-    }
-    (total, started.elapsed())
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -566,7 +352,7 @@ struct Bench<'a> {
 impl Bench<'_> {
     /// Whether a TLS exchange (signature checked) with the proxy on `port` succeeds.
     fn tls_ready(&self, port: u16) -> bool {
-        let exchange = exchange(&self.clients.checked, port);
+        let exchange = exchange(&self.clients.checked, target(port));
         self.rt
             .block_on(async { tokio::time::timeout(Duration::from_secs(2), exchange).await })
             .is_ok_and(|r| r.is_ok())
@@ -593,6 +379,9 @@ impl Bench<'_> {
         let (listen_http2, http2_on) =
             if tools.nginx_version >= (1, 25, 1) { ("", "        http2 on;\n") } else { (" http2", "") };
         let site = NginxSite {
+            name: "nginx",
+            workers: 1,
+            keepalive: 64,
             host: HOST,
             backend,
             listen: format!("127.0.0.1:{port} ssl{listen_http2} default_server"),
@@ -602,6 +391,7 @@ impl Bench<'_> {
                 chain.display(),
                 key.display()
             ),
+            location: "",
         };
         let (cmd, log) = onecore::nginx(lab, &tools.taskset, &tools.nginx, s.proxy_cpu, &site);
         let (pid, _) = lab.start("nginx", cmd, || self.tls_ready(port));
@@ -676,47 +466,6 @@ struct Run {
     errors: Errors,
 }
 
-/// Errors of a run: wrk's, or the handshake client's.
-#[derive(Default, Clone, Copy)]
-struct Errors {
-    /// wrk's own; for the handshake client, `non_2xx_3xx` counts its unexpected responses and `write` its I/O
-    /// errors.
-    wrk: WrkErrors,
-    /// Handshake client only.
-    handshake: u64,
-}
-
-impl Errors {
-    fn count(&mut self, f: Failure) {
-        match f {
-            Failure::Connect => self.wrk.connect += 1,
-            Failure::Handshake => self.handshake += 1,
-            Failure::Io => self.wrk.write += 1,
-            Failure::Response => self.wrk.non_2xx_3xx += 1,
-            Failure::Timeout => self.wrk.timeout += 1,
-        }
-    }
-
-    fn add(&mut self, o: &Errors) {
-        self.wrk.add(&o.wrk);
-        self.handshake += o.handshake;
-    }
-}
-
-impl std::fmt::Display for Errors {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let w = &self.wrk;
-        f.write_str(&counts(&[
-            ("response", w.non_2xx_3xx),
-            ("connect", w.connect),
-            ("handshake", self.handshake),
-            ("read", w.read),
-            ("write", w.write),
-            ("timeout", w.timeout),
-        ]))
-    }
-}
-
 impl Bench<'_> {
     /// A warm-up of each measurement for each proxy, then `rounds` interleaved measured runs.
     fn measure(&self, proxies: &mut [Proxy]) {
@@ -752,7 +501,8 @@ impl Bench<'_> {
                     _ => (proxy.resuming.clone(), HandshakeKind::Resumed),
                 };
                 let duration = Duration::from_secs(seconds);
-                let (tally, elapsed) = self.rt.block_on(handshake_load(&connectors, proxy.port, duration, want));
+                let (tally, elapsed) =
+                    self.rt.block_on(handshake_load(&connectors, target(proxy.port), duration, want));
                 let latencies: Vec<f64> = tally.latencies_us.iter().map(|&us| f64::from(us)).collect();
                 Run {
                     per_sec: tally.ok as f64 / elapsed.as_secs_f64(),

@@ -1,4 +1,5 @@
-//! The labs' backends: a hyper HTTP/1.1 server answering every request 200 with a fixed body, a backend with a
+//! The labs' backends: a hyper HTTP/1.1 server answering every request 200 with a fixed body (or one chosen by
+//! path), a backend with a
 //! fixed number of one-connection-at-a-time workers, and one that stalls mid-body. The integration tests'
 //! general backends (with handlers and hit counters) are `tests/support`'s own.
 
@@ -21,31 +22,68 @@ use tokio::task::JoinSet;
 /// Starts a backend answering every request 200 with `body` (`text/plain`), on its own thread (single-threaded
 /// tokio runtime), and returns its port on 127.0.0.1. The thread inherits this process's CPU affinity.
 pub fn start_backend(body: &'static [u8]) -> u16 {
+    start_backend_bodies(Bodies { default: body, by_path: &[] }).port
+}
+
+/// What a backend started by [`start_backend_bodies`] answers: `by_path`'s body for a request whose path is one
+/// of its paths exactly, else `default`.
+#[derive(Clone, Copy)]
+pub struct Bodies {
+    pub default: &'static [u8],
+    pub by_path: &'static [(&'static str, &'static [u8])],
+}
+
+impl Bodies {
+    fn for_path(&self, path: &str) -> &'static [u8] {
+        self.by_path.iter().find(|(p, _)| *p == path).map_or(self.default, |(_, body)| body)
+    }
+}
+
+/// A backend started by [`start_backend_bodies`].
+#[derive(Clone, Copy, Debug)]
+pub struct Backend {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// The Linux thread id of its one thread (to pin it, or to read its CPU time), if known.
+    pub tid: Option<u32>,
+}
+
+/// [`start_backend`] with a body chosen by the request's path.
+pub fn start_backend_bodies(bodies: Bodies) -> Backend {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a backend");
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name(format!("backend-{port}"))
         .spawn(move || {
+            let _ = tid_tx.send(crate::procfs::thread_id());
             tokio::runtime::Builder::new_current_thread().enable_all().build().expect("backend runtime").block_on(
                 async move {
                     let listener = TcpListener::from_std(listener).unwrap();
-                    serve_fixed(listener, body, Some("text/plain")).await
+                    serve_bodies(listener, bodies, Some("text/plain")).await
                 },
             );
         })
         .unwrap();
-    port
+    let tid = tid_rx.recv().ok().flatten();
+    Backend { port, tid }
 }
 
 /// Serves every connection `listener` accepts (HTTP/1.1, `TCP_NODELAY`), answering every request 200 with
 /// `body`, with this `Content-Type` if any, once it has read the request's body (as an application does before
 /// it answers a `POST`; a body-less request costs nothing more). Runs until the task is dropped.
 pub async fn serve_fixed(listener: TcpListener, body: &'static [u8], content_type: Option<&'static str>) {
+    serve_bodies(listener, Bodies { default: body, by_path: &[] }, content_type).await
+}
+
+/// [`serve_fixed`] with a body chosen by the request's path.
+pub async fn serve_bodies(listener: TcpListener, bodies: Bodies, content_type: Option<&'static str>) {
     loop {
         let stream = accept(&listener).await;
         tokio::spawn(async move {
             let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| async move {
+                let body = bodies.for_path(req.uri().path());
                 let _ = req.into_body().collect().await;
                 let mut response = Response::builder();
                 if let Some(content_type) = content_type {

@@ -16,6 +16,7 @@
 //! - [`prometheus`]: reading a sample from reveille's `/metrics`.
 //! - [`wrk`]: running wrk and reading its output.
 //! - [`etcd`]: a throwaway etcd on free loopback ports.
+//! - [`h2load`]: running h2load (HTTP/2) and reading its output and per-request log.
 //! - [`docker`]: the docker CLI and the `FROM scratch` busybox image.
 //! - [`tls`]: a rustls server-certificate check for test clients.
 
@@ -23,6 +24,7 @@ pub mod backend;
 pub mod docker;
 pub mod env;
 pub mod etcd;
+pub mod h2load;
 pub mod http;
 pub mod machine;
 pub mod ports;

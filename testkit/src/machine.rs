@@ -29,6 +29,11 @@ pub fn nproc() -> String {
     first_line(&mut Command::new("nproc"))
 }
 
+/// The kernel's release (`uname -r`).
+pub fn kernel() -> String {
+    first_line(Command::new("uname").arg("-r"))
+}
+
 /// The 1-minute load average.
 pub fn load_average() -> String {
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();

@@ -25,6 +25,47 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// User + system CPU time so far of a process and all of its descendants (nginx's master and its workers), in
+/// clock ticks; `None` if `pid` itself cannot be read. Children are found by scanning `/proc` for their parent
+/// pid; a child that exits during a measurement takes its ticks with it.
+pub fn tree_cpu_ticks(pid: u32) -> Option<u64> {
+    let own = cpu_ticks(pid)?;
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Some(ppid) = parent_pid(child) {
+            parents.push((child, ppid));
+        }
+    }
+    let mut total = own;
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        for &(child, ppid) in &parents {
+            if ppid == parent {
+                total += cpu_ticks(child).unwrap_or(0);
+                frontier.push(child);
+            }
+        }
+    }
+    Some(total)
+}
+
+/// The parent pid of a process, from `/proc/<pid>/stat`.
+pub fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the parenthesised command name: state, ppid, ...
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The calling thread's Linux thread id (from `/proc/thread-self`), if known.
+pub fn thread_id() -> Option<u32> {
+    // "<pid>/task/<tid>"
+    let link = std::fs::read_link("/proc/thread-self").ok()?;
+    link.file_name()?.to_str()?.parse().ok()
+}
+
 /// Clock ticks per second (`getconf CLK_TCK`), 100 if unknown.
 pub fn clock_ticks_per_sec() -> f64 {
     first_line(Command::new("getconf").arg("CLK_TCK")).parse().unwrap_or(100.0)

@@ -56,15 +56,19 @@ impl std::fmt::Display for WrkErrors {
 
 /// wrk's arguments for one thread: `-t1 -c<connections> -d<seconds>s --latency -H 'Host: <host>' <url>`.
 pub fn args(connections: usize, seconds: u64, host: &str, url: &str) -> Vec<String> {
-    vec![
-        "-t1".into(),
-        format!("-c{connections}"),
-        format!("-d{seconds}s"),
-        "--latency".into(),
-        "-H".into(),
-        format!("Host: {host}"),
-        url.into(),
-    ]
+    args_with(1, connections, seconds, &[&format!("Host: {host}")], url)
+}
+
+/// wrk's arguments: `-t<threads> -c<connections> -d<seconds>s --latency`, `-H <header>` for each header, `<url>`.
+pub fn args_with(threads: usize, connections: usize, seconds: u64, headers: &[&str], url: &str) -> Vec<String> {
+    let mut args =
+        vec![format!("-t{threads}"), format!("-c{connections}"), format!("-d{seconds}s"), "--latency".into()];
+    for header in headers {
+        args.push("-H".into());
+        args.push((*header).into());
+    }
+    args.push(url.into());
+    args
 }
 
 /// Runs a prepared wrk command (its program and arguments set; see [`args`]) and reads its output.
