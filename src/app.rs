@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::access_log::AccessLog;
 use crate::admin::{self, AdminState};
 use crate::cluster::Cluster;
 use crate::config::Config;
@@ -30,6 +31,9 @@ use crate::tls::{CertStore, Source as CertSource, TlsAcceptor};
 /// How often the certificate snapshot is checked for a certificate that became valid or expired.
 const CERT_REFRESH: Duration = Duration::from_secs(30);
 
+/// How long the access log's last lines may take to be written, at exit.
+const ACCESS_LOG_CLOSE: Duration = Duration::from_secs(5);
+
 /// Why reveille could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -41,6 +45,8 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    AccessLog(#[from] crate::access_log::AccessLogError),
 }
 
 /// The listeners reveille serves on. Tests bind `127.0.0.1:0` and pass them in.
@@ -107,6 +113,8 @@ pub struct Running {
     /// The accept loops (HTTP, and HTTPS if any).
     accept: Vec<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
+    /// Closed last, so that every request's line is written before exit.
+    access_log: AccessLog,
 }
 
 /// The container runtimes the binary passivates tenants with: the default Docker Engine (`--docker`,
@@ -132,6 +140,7 @@ pub async fn start(
     let runtimes = runtimes.into();
     let routes = RouteHandle::new();
     let metrics = Arc::new(Metrics::new());
+    let access_log = AccessLog::open(config.proxy.access_log, &config.access_log, &metrics)?;
     let background = CancellationToken::new();
     let mut tasks = Vec::new();
     let mut sources = Vec::new();
@@ -235,7 +244,14 @@ pub async fn start(
 
     let redirect =
         Redirect { all: config.tls.redirect, port: config.tls.redirect_port.or(https_addr.map(|a| a.port())) };
-    let proxy = Proxy::new(routes.clone(), metrics.clone(), config.proxy.clone(), passivator.clone(), redirect);
+    let proxy = Proxy::new(
+        routes.clone(),
+        metrics.clone(),
+        config.proxy.clone(),
+        passivator.clone(),
+        redirect,
+        access_log.clone(),
+    );
     let shutdown = CancellationToken::new();
     let mut accept = vec![tokio::spawn(proxy.clone().serve(listeners.http, None, shutdown.clone()))];
     if let (Some(listener), Some((_, acceptor))) = (listeners.https, &tls) {
@@ -261,6 +277,7 @@ pub async fn start(
         background,
         accept,
         tasks,
+        access_log,
     })
 }
 
@@ -292,6 +309,8 @@ impl Running {
         for t in self.tasks {
             let _ = t.await;
         }
+        let log = self.access_log;
+        let _ = tokio::task::spawn_blocking(move || log.close(ACCESS_LOG_CLOSE)).await;
         drained
     }
 }

@@ -58,6 +58,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `tracing` filter directives, e.g. `info` or `info,reveille::access=off`.
     pub log_level: String,
+    /// Where and how the access log is written (its format follows `log_format`); whether it is written at
+    /// all is `proxy.access_log`.
+    pub access_log: crate::access_log::Settings,
     /// Time in-flight requests get to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
     /// Data-path limits and timeouts.
@@ -82,6 +85,7 @@ impl Default for Config {
             threads: 0,
             log_format: LogFormat::Text,
             log_level: "info".into(),
+            access_log: crate::access_log::Settings::default(),
             shutdown_grace: Duration::from_secs(30),
             proxy: Settings::default(),
             passivation: crate::passivation::Settings::default(),
@@ -247,6 +251,9 @@ pub(crate) struct LogSection {
     pub format: Option<LogFormat>,
     pub level: Option<String>,
     pub access_log: Option<bool>,
+    /// Relative to the config file's directory.
+    pub access_log_file: Option<PathBuf>,
+    pub access_log_buffer: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -304,7 +311,8 @@ impl ConfigFile {
             let page = &mut file.passivation.page_template;
             let certs = &mut file.tls.certs;
             let hosts = file.docker.hosts.values_mut().flat_map(|h| [&mut h.ca, &mut h.cert, &mut h.key]);
-            let paths = [&mut file.server.routes, &mut e.ca, &mut e.cert, &mut e.key, page, certs].into_iter();
+            let access = &mut file.log.access_log_file;
+            let paths = [&mut file.server.routes, &mut e.ca, &mut e.cert, &mut e.key, page, certs, access].into_iter();
             for p in paths.chain(hosts).flatten() {
                 if p.is_relative() {
                     *p = dir.join(&*p);
@@ -414,6 +422,13 @@ pub struct Overrides {
     /// Write an access-log line per request [default: true]
     #[arg(long, value_name = "BOOL")]
     pub access_log: Option<bool>,
+    /// Append the access log to this file (reopened on SIGHUP, or when moved away) [default: stdout]
+    #[arg(long, value_name = "PATH")]
+    pub access_log_file: Option<PathBuf>,
+    /// Bytes of access-log lines that may wait for the writer, per core; past it, lines are dropped and
+    /// counted in reveille_access_log_dropped_total [default: 4194304]
+    #[arg(long, value_name = "BYTES")]
+    pub access_log_buffer: Option<usize>,
     /// Time allowed to receive a request head (slowloris protection) [default: 10s]
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Option<Duration>,
@@ -524,6 +539,14 @@ impl Config {
             threads: flags.threads.or(file.server.threads).unwrap_or(d.threads),
             log_format: flags.log_format.or(file.log.format).unwrap_or(d.log_format),
             log_level: flags.log_level.clone().or(file.log.level).unwrap_or(d.log_level),
+            access_log: crate::access_log::Settings {
+                format: match flags.log_format.or(file.log.format).unwrap_or(d.log_format) {
+                    LogFormat::Text => crate::access_log::Format::Text,
+                    LogFormat::Json => crate::access_log::Format::Json,
+                },
+                file: flags.access_log_file.clone().or(file.log.access_log_file),
+                buffer: flags.access_log_buffer.or(file.log.access_log_buffer).unwrap_or(d.access_log.buffer),
+            },
             shutdown_grace: flags.shutdown_grace.or(file.server.shutdown_grace).unwrap_or(d.shutdown_grace),
             proxy: Settings {
                 header_read_timeout: flags
@@ -628,6 +651,9 @@ impl Config {
                 "max_connections must be at least 1 and max_header_size at least 1024".into(),
             ));
         }
+        if cfg.access_log.buffer < 1024 {
+            return Err(ConfigError::Invalid("access_log_buffer must be at least 1024 (bytes)".into()));
+        }
         Ok(cfg)
     }
 }
@@ -731,6 +757,35 @@ mod tests {
         assert_eq!(cfg.routes.unwrap(), dir.path().join("r.toml"));
         assert_eq!(cfg.proxy.idle_timeout, Duration::from_secs(5));
         assert_eq!(cfg.proxy.connect_timeout, Settings::default().connect_timeout);
+    }
+
+    #[test]
+    fn access_log_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reveille.toml");
+        std::fs::write(
+            &path,
+            "[server]\nroutes = \"r.toml\"\n[log]\nformat = \"json\"\naccess_log_file = \"logs/access.log\"\n\
+             access_log_buffer = 65536\n",
+        )
+        .unwrap();
+        let cfg = Config::resolve(Some(&path), &Overrides::default()).unwrap();
+        let a = &cfg.access_log;
+        assert_eq!(a.file.as_deref(), Some(dir.path().join("logs/access.log").as_path()));
+        assert_eq!((a.format, a.buffer), (crate::access_log::Format::Json, 65536));
+        let flags = Overrides {
+            log_format: Some(LogFormat::Text),
+            access_log_file: Some("/var/log/a.log".into()),
+            ..Default::default()
+        };
+        let cfg = Config::resolve(Some(&path), &flags).unwrap();
+        assert_eq!(cfg.access_log.file.as_deref(), Some(Path::new("/var/log/a.log")));
+        assert_eq!(cfg.access_log.format, crate::access_log::Format::Text);
+        let flags = Overrides { access_log_buffer: Some(100), ..Default::default() };
+        let e = Config::resolve(Some(&path), &flags).unwrap_err().to_string();
+        assert!(e.contains("access_log_buffer"), "{e}");
+        let cfg = Config::resolve(None, &Overrides { routes: Some("r.toml".into()), ..Default::default() }).unwrap();
+        assert_eq!((cfg.access_log.file, cfg.access_log.buffer), (None, 4 * 1024 * 1024));
     }
 
     #[test]

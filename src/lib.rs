@@ -13,7 +13,9 @@
 //! - `fswatch`: waiting for a file or directory to change (notify events, polling), for the routes file and
 //!   the certificates directory.
 //! - `proxy`: the data path — connections (plain or TLS), HTTP/1.1 and h2, forwarding, upgrades, HTTPS
-//!   redirects, limits and timeouts; one exit per request that counts it and writes its access-log line.
+//!   redirects, limits and timeouts; one exit per request that counts it and hands its access-log line over.
+//! - `access_log`: the access log — the line's format (text or JSON), per-core buffers, the writer thread
+//!   that writes them in batches to stdout or a file (reopened on SIGHUP), and the count of what it dropped.
 //! - `tls`: TLS termination — certificates from a directory and etcd as an `ArcSwap` snapshot, SNI selection,
 //!   hot reload, the handshake.
 //! - `runtime`: the container runtime — start, stop, pause and inspect tenant containers (Docker Engine API).
@@ -27,7 +29,7 @@
 //! - `metrics`: Prometheus metric definitions and exposition.
 //! - `config`: the config file, command-line overrides, defaults.
 //! - `cli`: the command line's definitions, the operator commands (`route`, `service`, `cert`) and `check`.
-//! - `telemetry`: logging setup (text or JSON).
+//! - `telemetry`: logging setup (text or JSON) for everything but the access log.
 //! - `app`: wiring it all together on bound listeners, and orderly shutdown.
 //!
 //! `main.rs` only parses the command line, sets up logging and the runtime, dispatches to `cli` or
@@ -38,6 +40,7 @@
 //! short list of re-exports below — what the binary, the tests, the labs and the benches use — so
 //! `unreachable_pub` flags anything else declared `pub`.
 
+mod access_log;
 mod admin;
 mod app;
 mod cli;
@@ -69,6 +72,10 @@ pub use proxy::Settings as ProxySettings;
 pub use tls::Settings as TlsSettings;
 
 // Parts that tests, labs and benches drive on their own.
+pub use access_log::{
+    AccessLog, AccessLogError, Entry as AccessLogEntry, Format as AccessLogFormat, Formatter as AccessLogFormatter,
+    Settings as AccessLogSettings,
+};
 pub use admin::{serve as serve_admin, AdminState};
 pub use etcd::connect as etcd_connect;
 pub use metrics::Metrics;

@@ -56,17 +56,30 @@ pub struct LabeledCounters<L> {
 }
 
 impl<L: LabelValue> LabeledCounters<L> {
-    fn new(family: &Family<KindLabels, Counter>) -> Self {
-        let counters =
-            L::ALL.iter().map(|v| family.get_or_create(&KindLabels { kind: v.as_label() }).clone()).collect();
+    /// The counters of `family`, one per value of `L`, labelled by `label`.
+    fn new<S>(family: &Family<S, Counter>, label: impl Fn(&'static str) -> S) -> Self
+    where
+        S: Clone + std::hash::Hash + Eq,
+    {
+        let counters = L::ALL.iter().map(|v| family.get_or_create(&label(v.as_label())).clone()).collect();
         Self { counters, _label: PhantomData }
     }
 
     #[inline]
     pub fn inc(&self, value: L) {
+        self.inc_by(value, 1);
+    }
+
+    #[inline]
+    pub fn inc_by(&self, value: L, n: u64) {
         if let Some(c) = self.counters.get(value.index()) {
-            c.inc();
+            c.inc_by(n);
         }
+    }
+
+    /// The count for `value` so far.
+    pub fn get(&self, value: L) -> u64 {
+        self.counters.get(value.index()).map_or(0, Counter::get)
     }
 }
 
@@ -514,6 +527,8 @@ pub struct Metrics {
     etcd_events: Counter,
     etcd_rejected: Counter,
     etcd_resyncs: Counter,
+    access_log_lines: Counter,
+    access_log_dropped: Family<ReasonLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -605,6 +620,19 @@ impl Metrics {
         );
         let etcd_resyncs = Counter::default();
         registry.register("etcd_resyncs", "Full re-lists of etcd after a broken watch", etcd_resyncs.clone());
+        let access_log_lines = Counter::default();
+        registry.register(
+            "access_log_lines",
+            "Access-log lines written to their destination",
+            access_log_lines.clone(),
+        );
+        let access_log_dropped = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "access_log_dropped",
+            "Access-log lines not written, by reason (overflow: the writer was behind and the buffer full; \
+             write_error: the destination refused them; closed: logged after shutdown)",
+            access_log_dropped.clone(),
+        );
         let passivation = PassivationMetrics::register(&mut registry);
         let tls = TlsMetrics::register(&mut registry);
         let cluster = ClusterMetrics::register(&mut registry);
@@ -631,6 +659,8 @@ impl Metrics {
             etcd_events,
             etcd_rejected,
             etcd_resyncs,
+            access_log_lines,
+            access_log_dropped,
         }
     }
 
@@ -644,7 +674,7 @@ impl Metrics {
 
     /// The counters of `reveille_unrouted_requests_total`, one per kind of `L`.
     pub fn unrouted<L: LabelValue>(&self) -> LabeledCounters<L> {
-        LabeledCounters::new(&self.unrouted)
+        LabeledCounters::new(&self.unrouted, |kind| KindLabels { kind })
     }
 
     #[inline]
@@ -675,7 +705,17 @@ impl Metrics {
 
     /// The counters of `reveille_upstream_errors_total`, one per kind of `L`.
     pub fn upstream_errors<L: LabelValue>(&self) -> LabeledCounters<L> {
-        LabeledCounters::new(&self.upstream_errors)
+        LabeledCounters::new(&self.upstream_errors, |kind| KindLabels { kind })
+    }
+
+    /// `reveille_access_log_lines_total`: the access log counts the lines it wrote.
+    pub fn access_log_lines(&self) -> Counter {
+        self.access_log_lines.clone()
+    }
+
+    /// The counters of `reveille_access_log_dropped_total`, one per reason of `L`.
+    pub fn access_log_dropped<L: LabelValue>(&self) -> LabeledCounters<L> {
+        LabeledCounters::new(&self.access_log_dropped, |reason| ReasonLabels { reason })
     }
 
     pub fn table_installed(&self, routes: usize, services: usize) {

@@ -1,5 +1,6 @@
 //! Logging setup: `tracing` to stdout, as text or JSON, through a non-blocking writer so a slow terminal or
-//! log collector never stalls the data path.
+//! log collector never stalls the data path. The access log is not a `tracing` event: `access_log` writes it,
+//! and is told here whether the filter lets `reveille::access` through.
 
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
@@ -23,6 +24,7 @@ pub fn init(format: LogFormat, level: &str) -> WorkerGuard {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init(),
     }
+    crate::access_log::filter_allows(tracing::enabled!(target: "reveille::access", tracing::Level::INFO));
     guard
 }
 

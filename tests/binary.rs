@@ -34,8 +34,19 @@ impl Drop for Proc {
 }
 
 impl Proc {
-    /// Starts the binary with JSON logs and reads the bound addresses from its "listening" line.
+    /// Starts the binary with JSON logs and reads the bound addresses from its "listening" line; then keeps
+    /// reading its stdout into `log`.
     fn start(routes: &Path, extra: &[&str]) -> Proc {
+        let (proc, lines) = Proc::start_unread(routes, extra);
+        // Keep draining stdout so the child never blocks on a full pipe.
+        let sink = proc.log.clone();
+        std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| sink.lock().unwrap().push(l)));
+        proc
+    }
+
+    /// Like [`Proc::start`], but stdout is left to the caller after the "listening" line: unread, its pipe
+    /// fills up.
+    fn start_unread(routes: &Path, extra: &[&str]) -> (Proc, std::io::Lines<BufReader<std::process::ChildStdout>>) {
         let mut child = Command::new(BIN)
             .args(["serve", "--routes"])
             .arg(routes)
@@ -53,11 +64,8 @@ impl Proc {
                 break (v["http"].as_str().unwrap().parse().unwrap(), v["admin"].as_str().unwrap().parse().unwrap());
             }
         };
-        // Keep draining stdout so the child never blocks on a full pipe.
         let log = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| sink.lock().unwrap().push(l)));
-        Proc { child, http, admin, log }
+        (Proc { child, http, admin, log }, lines)
     }
 
     fn signal(&self, sig: &str) {
@@ -275,6 +283,40 @@ async fn one_gib_upload_passes_with_flat_memory() {
     assert!(peak < baseline + 64 * 1024, "memory grew by {} KiB for a 1 GiB upload", peak - baseline);
 }
 
+/// The JSON access-log lines among `lines` (stdout or a file).
+fn access_lines(lines: &[String]) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "reveille::access")
+        .collect()
+}
+
+/// Waits until `proc`'s stdout holds `n` access-log lines, and returns them.
+async fn stdout_access_lines(proc: &Proc, n: usize) -> Vec<serde_json::Value> {
+    let log = proc.log.clone();
+    let mut found = Vec::new();
+    eventually(Duration::from_secs(5), "access log lines", || {
+        found = access_lines(&log.lock().unwrap());
+        let done = found.len() >= n;
+        async move { done }
+    })
+    .await;
+    found
+}
+
+/// One series of `/metrics` (`name{labels}` exactly as exposed), 0 when absent.
+async fn metric(admin: SocketAddr, series: &str) -> u64 {
+    let text = get(admin, "admin", "/metrics").await.text;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)
+}
+
+const LINES: &str = "reveille_access_log_lines_total";
+const OVERFLOW: &str = "reveille_access_log_dropped_total{reason=\"overflow\"}";
+const WRITE_ERROR: &str = "reveille_access_log_dropped_total{reason=\"write_error\"}";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_lines_in_json_and_text() {
     let backend = Backend::echo("a").await;
@@ -285,36 +327,23 @@ async fn access_log_lines_in_json_and_text() {
     let proc = Proc::start(&routes, &[]);
     assert_eq!(get(proc.http, "App.Test:80", "/hello?x=1").await.status, StatusCode::OK);
     assert_eq!(get(proc.http, "other.test", "/").await.status, StatusCode::NOT_FOUND);
-    let access = |proc: &Proc, n: usize| {
-        let log = proc.log.clone();
-        async move {
-            let mut found = Vec::new();
-            eventually(Duration::from_secs(5), "access log lines", || {
-                found = log
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                    .filter(|v| v["target"] == "reveille::access")
-                    .collect::<Vec<_>>();
-                let done = found.len() >= n;
-                async move { done }
-            })
-            .await;
-            found
-        }
-    };
-    let lines = access(&proc, 2).await;
-    let ok = &lines[0];
+    let lines = stdout_access_lines(&proc, 2).await;
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    // Lines logged on different threads may be written in either order.
+    let ok = lines.iter().find(|l| l["status"] == 200).unwrap();
     assert_eq!(ok["host"], "app.test");
     assert_eq!(ok["method"], "GET");
     assert_eq!(ok["path"], "/hello?x=1");
-    assert_eq!(ok["status"], 200);
     assert_eq!(ok["service"], "acme");
     assert_eq!(ok["backend"], backend.addr.to_string());
+    assert_eq!(ok["peer"], "127.0.0.1");
     assert!(ok["duration_ms"].as_f64().unwrap() >= 0.0);
-    assert_eq!(lines[1]["status"], 404);
-    assert_eq!(lines[1]["host"], "other.test");
+    let ts = ok["timestamp"].as_str().unwrap();
+    assert!(ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "{ts}");
+    let missing = lines.iter().find(|l| l["status"] == 404).unwrap();
+    assert_eq!(missing["host"], "other.test");
+    assert_eq!((missing["service"].as_str(), missing["backend"].as_str()), (Some("-"), Some("-")));
+    assert_eq!(metric(proc.admin, LINES).await, 2);
     drop(proc);
 
     // Text format: one line with the same fields.
@@ -334,11 +363,152 @@ async fn access_log_lines_in_json_and_text() {
     };
     let http: SocketAddr = listening.split("http=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
     assert_eq!(get(http, "app.test", "/text").await.status, StatusCode::OK);
-    let line = lines.find(|l| l.as_ref().unwrap().contains("reveille::access")).unwrap().unwrap();
+    let line = lines.find(|l| l.as_ref().unwrap().contains(" reveille::access ")).unwrap().unwrap();
     let _ = child.kill();
     let _ = child.wait();
-    for field in ["host=\"app.test\"", "method=GET", "path=\"/text\"", "status=200", "service=\"acme\"", "duration_ms="]
-    {
-        assert!(line.contains(field), "{field} missing in {line}");
+    let fields = " reveille::access peer=127.0.0.1 host=app.test method=GET path=/text status=200 duration_ms=";
+    assert!(line[24..].starts_with(fields), "{line}");
+    assert!(line.ends_with(&format!(" service=acme backend={}", backend.addr)), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_to_a_file_every_line_through_rotation_and_exit() {
+    let backend = Backend::echo("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    std::fs::write(&routes, routes_file(&[("acme", vec![backend.addr])], &[("app.test", "acme")])).unwrap();
+    let file = dir.path().join("access.log");
+    let mut proc = Proc::start(&routes, &["--access-log-file", file.to_str().unwrap()]);
+    let read = |p: &Path| {
+        access_lines(&std::fs::read_to_string(p).unwrap_or_default().lines().map(String::from).collect::<Vec<_>>())
+    };
+
+    // 400 requests over 8 connections at once: every one gets its line, in the file and not on stdout.
+    let http = proc.http;
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            tokio::spawn(async move {
+                for i in 0..50 {
+                    assert_eq!(get(http, "app.test", &format!("/c{c}/{i}")).await.status, StatusCode::OK);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+    eventually(Duration::from_secs(5), "400 lines in the file", || {
+        let n = read(&file).len();
+        async move { n >= 400 }
+    })
+    .await;
+    let lines = read(&file);
+    let mut paths: Vec<&str> = lines.iter().map(|l| l["path"].as_str().unwrap()).collect();
+    paths.sort_unstable();
+    paths.dedup();
+    assert_eq!((lines.len(), paths.len()), (400, 400), "each request exactly once");
+    for l in &lines {
+        assert_eq!(
+            (l["status"].as_u64(), l["service"].as_str(), l["host"].as_str()),
+            (Some(200), Some("acme"), Some("app.test"))
+        );
+        assert_eq!(l["backend"], backend.addr.to_string());
+    }
+    assert!(access_lines(&proc.log.lock().unwrap()).is_empty(), "no access line on stdout");
+    assert_eq!(metric(proc.admin, LINES).await, 400);
+
+    // Rotated: moved away, then SIGHUP (which must not stop reveille).
+    std::fs::rename(&file, dir.path().join("access.log.1")).unwrap();
+    proc.signal("HUP");
+    eventually(Duration::from_secs(5), "the file reopened", || {
+        let exists = file.exists();
+        async move { exists }
+    })
+    .await;
+    assert_eq!(get(proc.http, "app.test", "/after-rotation").await.status, StatusCode::OK);
+    eventually(Duration::from_secs(5), "the line in the new file", || {
+        let n = read(&file).len();
+        async move { n >= 1 }
+    })
+    .await;
+    assert_eq!(read(&file)[0]["path"], "/after-rotation");
+    assert_eq!(read(&dir.path().join("access.log.1")).len(), 400);
+
+    // The last lines before SIGTERM are written before reveille exits.
+    for i in 0..20 {
+        assert_eq!(get(proc.http, "app.test", &format!("/last/{i}")).await.status, StatusCode::OK);
+    }
+    proc.signal("TERM");
+    let status = tokio::task::spawn_blocking(move || proc.wait_exit(Duration::from_secs(10))).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(read(&file).len(), 21, "every line written at exit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stdout_costs_lines_that_are_all_counted() {
+    let backend = Backend::echo("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    std::fs::write(&routes, routes_file(&[("acme", vec![backend.addr])], &[("app.test", "acme")])).unwrap();
+    // Nobody reads stdout for now: its pipe (64 KiB) and the 4 KiB buffers fill up.
+    let (proc, stdout) = Proc::start_unread(&routes, &["--access-log-buffer", "4096"]);
+    const N: u64 = 2000;
+    let http = proc.http;
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            tokio::spawn(async move {
+                for i in 0..N / 4 {
+                    let path = format!("/c{c}/{i}/{}", "x".repeat(100));
+                    assert_eq!(
+                        get(http, "app.test", &path).await.status,
+                        StatusCode::OK,
+                        "requests never wait for the log"
+                    );
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+    let dropped = metric(proc.admin, OVERFLOW).await;
+    assert!(dropped > 0, "lines dropped while stdout was stalled");
+    assert!(metric(proc.admin, LINES).await + dropped < N, "lines still wait for the pipe");
+
+    // Now stdout is read: what was not dropped arrives, and the counts add up.
+    let read = std::thread::spawn(move || {
+        stdout
+            .map_while(Result::ok)
+            .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| v["target"] == "reveille::access"))
+            .count() as u64
+    });
+    let admin = proc.admin;
+    eventually(Duration::from_secs(10), "every line written or dropped", || async move {
+        metric(admin, LINES).await + metric(admin, OVERFLOW).await == N
+    })
+    .await;
+    assert_eq!(metric(admin, OVERFLOW).await, dropped, "nothing more dropped once stdout was read");
+    assert_eq!(metric(admin, WRITE_ERROR).await, 0);
+    let written = metric(admin, LINES).await;
+    drop(proc);
+    assert_eq!(read.join().unwrap(), written, "each line counted as written arrived");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_filter_without_reveille_access_turns_the_access_log_off() {
+    let backend = Backend::echo("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    std::fs::write(&routes, routes_file(&[("acme", vec![backend.addr])], &[("app.test", "acme")])).unwrap();
+    let file = dir.path().join("access.log");
+    for flags in [["--log-level", "info,reveille::access=off"], ["--access-log", "false"]] {
+        let mut args = vec!["--access-log-file", file.to_str().unwrap()];
+        args.extend(flags);
+        let proc = Proc::start(&routes, &args);
+        assert_eq!(get(proc.http, "app.test", "/").await.status, StatusCode::OK);
+        // A line would be written at once (the writer wakes on the first line after a quiet spell).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(metric(proc.admin, LINES).await, 0, "{flags:?}");
+        assert!(!file.exists(), "{flags:?}: the file is not even created");
     }
 }

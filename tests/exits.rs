@@ -3,34 +3,35 @@
 //! the tenant did not wake in time, it adds exactly one observation to `reveille_request_duration_seconds`
 //! and writes exactly one access-log line, with its service wherever one was routed.
 //!
-//! The access log is captured for real: a `tracing` subscriber installed for this test binary records every
-//! `reveille::access` event. The passivated tenant needs no Docker: a scripted runtime starts its "container",
-//! whose application never becomes ready, so a wake never ends in time.
+//! The access log is read for real, from the file reveille writes it to (JSON lines); reveille's warnings are
+//! captured by a `tracing` subscriber installed for this test binary. The passivated tenant needs no Docker: a
+//! scripted runtime starts its "container", whose application never becomes ready, so a wake never ends in
+//! time.
 
 mod support;
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use http::{Request, StatusCode};
+use reveille::{AccessLogFormat, Config};
 use support::runtime::ScriptedRuntime;
-use support::{full, get, send, Backend, Got, TestProxy};
+use support::{eventually, full, get, send, Backend, Got, TestProxy};
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::Layer;
 
-/// One access-log event's fields, as strings.
+/// One access-log line's or warning's fields, as strings.
 type Line = BTreeMap<String, String>;
 
-/// Records `reveille::access` events and reveille's warnings (with their target under `_target`), and ignores
-/// everything else.
+/// Records reveille's warnings (with their target under `_target`), and ignores everything else.
 struct Capture;
 
 impl<S: tracing::Subscriber> Layer<S> for Capture {
     fn enabled(&self, metadata: &tracing::Metadata<'_>, _: Context<'_, S>) -> bool {
-        metadata.target() == "reveille::access"
-            || (metadata.target().starts_with("reveille") && *metadata.level() <= tracing::Level::WARN)
+        metadata.target().starts_with("reveille") && *metadata.level() <= tracing::Level::WARN
     }
 
     fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
@@ -46,12 +47,12 @@ impl<S: tracing::Subscriber> Layer<S> for Capture {
         let mut fields = Fields(Line::new());
         fields.0.insert("_target".into(), event.metadata().target().to_string());
         event.record(&mut fields);
-        access_log().lock().unwrap().push(fields.0);
+        warnings().lock().unwrap().push(fields.0);
     }
 }
 
-/// The access-log lines of this test binary so far; the first call installs the capturing subscriber.
-fn access_log() -> &'static Mutex<Vec<Line>> {
+/// reveille's warnings in this test binary so far; the first call installs the capturing subscriber.
+fn warnings() -> &'static Mutex<Vec<Line>> {
     static LOG: OnceLock<Mutex<Vec<Line>>> = OnceLock::new();
     static INSTALL: OnceLock<()> = OnceLock::new();
     INSTALL.get_or_init(|| {
@@ -61,35 +62,64 @@ fn access_log() -> &'static Mutex<Vec<Line>> {
     LOG.get_or_init(|| Mutex::new(Vec::new()))
 }
 
-/// The access-log lines of requests to `host` with target `path`.
-fn lines_for(host: &str, path: &str) -> Vec<Line> {
-    access_log()
+/// reveille's warnings that name `service`.
+fn warnings_for(service: &str) -> Vec<Line> {
+    warnings()
         .lock()
         .unwrap()
         .iter()
-        .filter(|l| l["_target"] == "reveille::access")
-        .filter(|l| l.get("host").map(String::as_str) == Some(host) && l.get("path").map(String::as_str) == Some(path))
+        .filter(|l| l.get("service").map(String::as_str) == Some(service))
         .cloned()
+        .collect()
+}
+
+/// The access log of one test's reveille: a JSON-lines file in a temp dir.
+struct AccessLog {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl AccessLog {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self { path: dir.path().join("access.log"), _dir: dir }
+    }
+
+    /// Turns the access log on, written to this file.
+    fn configure(&self, c: &mut Config) {
+        c.proxy.access_log = true;
+        c.access_log.file = Some(self.path.clone());
+        c.access_log.format = AccessLogFormat::Json;
+    }
+
+    /// The lines of requests to `host` with target `path`, each field as a string.
+    fn lines_for(&self, host: &str, path: &str) -> Vec<Line> {
+        read_lines(&self.path)
+            .into_iter()
+            .filter(|l| {
+                l.get("host").map(String::as_str) == Some(host) && l.get("path").map(String::as_str) == Some(path)
+            })
+            .collect()
+    }
+}
+
+fn read_lines(path: &Path) -> Vec<Line> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(l).unwrap();
+            v.into_iter().map(|(k, v)| (k, v.as_str().map_or_else(|| v.to_string(), String::from))).collect()
+        })
         .collect()
 }
 
 const DURATION_COUNT: &str = "reveille_request_duration_seconds_count";
 
-/// reveille's warnings that name `service`.
-fn warnings_for(service: &str) -> Vec<Line> {
-    access_log()
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|l| l["_target"] != "reveille::access" && l.get("service").map(String::as_str) == Some(service))
-        .cloned()
-        .collect()
-}
-
 /// Sends `request()` and checks it added one duration observation and one access-log line for `host` and
 /// `path`, with `status` and `service`.
 async fn one_exit(
     proxy: &TestProxy,
+    log: &AccessLog,
     host: &str,
     path: &str,
     status: StatusCode,
@@ -102,7 +132,13 @@ async fn one_exit(
     let after = proxy.metric(DURATION_COUNT).await;
     assert_eq!(after - before, 1.0, "{host}{path}: one observation in the request-duration histogram");
 
-    let lines = lines_for(host, path);
+    // The line was handed over before the response went out; the writer writes it shortly after.
+    eventually(Duration::from_secs(5), "the access-log line", || {
+        let n = log.lines_for(host, path).len();
+        async move { n >= 1 }
+    })
+    .await;
+    let lines = log.lines_for(host, path);
     assert_eq!(lines.len(), 1, "{host}{path}: one access-log line, got {lines:?}");
     let line = &lines[0];
     assert_eq!(line["status"], status.as_u16().to_string(), "{line:?}");
@@ -114,7 +150,7 @@ async fn one_exit(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_response_is_timed_and_logged_once_with_its_service() {
-    access_log();
+    let log = AccessLog::new();
     let app = Backend::echo("app").await;
     let runtime = ScriptedRuntime::new();
     let port = runtime.add_stopped("reveille-exits-sleepy", Duration::from_secs(3600)).await;
@@ -127,39 +163,41 @@ async fn every_response_is_timed_and_logged_once_with_its_service() {
          \"sleepy.exits.test\" = \"sleepy\"\n",
         app = app.addr
     );
-    let proxy = TestProxy::start_with_runtime(&routes, |c| c.proxy.access_log = true, Arc::new(runtime)).await;
+    let proxy = TestProxy::start_with_runtime(&routes, |c| log.configure(c), Arc::new(runtime)).await;
 
     // Forwarded.
-    let got = one_exit(&proxy, "app.exits.test", "/forwarded", StatusCode::OK, "app", async {
+    let got = one_exit(&proxy, &log, "app.exits.test", "/forwarded", StatusCode::OK, "app", async {
         get(proxy.http, "app.exits.test", "/forwarded").await
     })
     .await;
     assert_eq!(got.backend(), "app");
-    let line = &lines_for("app.exits.test", "/forwarded")[0];
+    let line = &log.lines_for("app.exits.test", "/forwarded")[0];
+    assert_eq!(line["peer"], "127.0.0.1", "{line:?}");
     assert_eq!(line["backend"], app.addr.to_string(), "{line:?}");
 
     // Unknown host: no service.
-    one_exit(&proxy, "nobody.exits.test", "/unknown", StatusCode::NOT_FOUND, "-", async {
+    one_exit(&proxy, &log, "nobody.exits.test", "/unknown", StatusCode::NOT_FOUND, "-", async {
         get(proxy.http, "nobody.exits.test", "/unknown").await
     })
     .await;
 
     // HTTPS redirect, from the service's policy.
-    let got = one_exit(&proxy, "secure.exits.test", "/redirected", StatusCode::PERMANENT_REDIRECT, "secure", async {
-        get(proxy.http, "secure.exits.test", "/redirected").await
-    })
-    .await;
+    let got =
+        one_exit(&proxy, &log, "secure.exits.test", "/redirected", StatusCode::PERMANENT_REDIRECT, "secure", async {
+            get(proxy.http, "secure.exits.test", "/redirected").await
+        })
+        .await;
     assert_eq!(got.headers["location"], "https://secure.exits.test/redirected");
 
     // The status endpoint of a routed host.
-    let got = one_exit(&proxy, "sleepy.exits.test", "/__reveille/status", StatusCode::OK, "sleepy", async {
+    let got = one_exit(&proxy, &log, "sleepy.exits.test", "/__reveille/status", StatusCode::OK, "sleepy", async {
         get(proxy.http, "sleepy.exits.test", "/__reveille/status").await
     })
     .await;
     assert_eq!(got.json()["ready"], false, "{}", got.text);
 
     // A browser navigation to a tenant that is not ready within `page_after`: the starting page.
-    let got = one_exit(&proxy, "sleepy.exits.test", "/page", StatusCode::SERVICE_UNAVAILABLE, "sleepy", async {
+    let got = one_exit(&proxy, &log, "sleepy.exits.test", "/page", StatusCode::SERVICE_UNAVAILABLE, "sleepy", async {
         let req = Request::get("/page")
             .header("host", "sleepy.exits.test")
             .header("accept", "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8")
@@ -172,7 +210,7 @@ async fn every_response_is_timed_and_logged_once_with_its_service() {
     assert!(got.text.contains("sleepy.exits.test"), "{}", got.text);
 
     // Any other request waits for the wake, which does not end in time: refused.
-    let got = one_exit(&proxy, "sleepy.exits.test", "/refused", StatusCode::GATEWAY_TIMEOUT, "sleepy", async {
+    let got = one_exit(&proxy, &log, "sleepy.exits.test", "/refused", StatusCode::GATEWAY_TIMEOUT, "sleepy", async {
         get(proxy.http, "sleepy.exits.test", "/refused").await
     })
     .await;
@@ -181,7 +219,8 @@ async fn every_response_is_timed_and_logged_once_with_its_service() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cause_of_a_502_or_504_is_logged_at_warn_and_not_told_to_the_client() {
-    access_log();
+    warnings();
+    let log = AccessLog::new();
     let dead = support::dead_addr().await;
     let runtime = ScriptedRuntime::new();
     let port = runtime.add_stopped("reveille-exits-drowsy", Duration::from_secs(3600)).await;
@@ -191,7 +230,7 @@ async fn the_cause_of_a_502_or_504_is_logged_at_warn_and_not_told_to_the_client(
          wake_timeout = \"300ms\"\nidle_timeout = \"0\"\n\
          [routes]\n\"dead.warn.test\" = \"dead\"\n\"drowsy.warn.test\" = \"drowsy\"\n"
     );
-    let proxy = TestProxy::start_with_runtime(&routes, |c| c.proxy.access_log = true, Arc::new(runtime)).await;
+    let proxy = TestProxy::start_with_runtime(&routes, |c| log.configure(c), Arc::new(runtime)).await;
 
     let got = get(proxy.http, "dead.warn.test", "/").await;
     assert_eq!(got.status, StatusCode::BAD_GATEWAY);

@@ -19,10 +19,11 @@
 //!
 //! Environment: `LOAD_ROUNDS` (5), `LOAD_SECONDS` (10), `LOAD_WARMUP` (3, seconds per proxy),
 //! `LOAD_CONNECTIONS` (50), `LOAD_PROXIES` (`reveille,nginx,haproxy`), `LOAD_PROXY_CPU` (0),
-//! `LOAD_CLIENT_CPU` (1).
+//! `LOAD_CLIENT_CPU` (1), `LOAD_ACCESS_LOG` (off; see [`AccessLog`]).
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -54,6 +55,7 @@ pub(crate) fn main() -> bool {
     };
     let tools = Tools { wrk, nginx, haproxy, taskset };
     let settings = settings();
+    let access = AccessLog::from_env();
     // Before pinning ourselves: `nproc` follows the affinity of the process that runs it.
     let machine = Machine::describe(&tools);
     if !pin_all_threads("load", &tools.taskset, settings.client_cpu) {
@@ -65,8 +67,8 @@ pub(crate) fn main() -> bool {
     let mut proxies = Vec::new();
     for name in &settings.proxies {
         let proxy = match *name {
-            "reveille" => start_reveille(&mut lab, &tools, &settings, backend, ports[0], ports[1]),
-            "nginx" => start_nginx(&mut lab, &tools, &settings, backend, ports[2]),
+            "reveille" => start_reveille(&mut lab, &tools, &settings, access, backend, ports[0], ports[1]),
+            "nginx" => start_nginx(&mut lab, &tools, &settings, access, backend, ports[2]),
             _ => start_haproxy(&mut lab, &tools, &settings, backend, ports[3]),
         };
         proxies.push(proxy);
@@ -76,7 +78,7 @@ pub(crate) fn main() -> bool {
         proxies.iter().map(|p| format!("{} 127.0.0.1:{}", p.name, p.port)).collect::<Vec<_>>().join(", ")
     );
     measure(&tools, &settings, &mut proxies);
-    let report = report(&machine, &settings, &proxies);
+    let report = report(&machine, &settings, access, &proxies);
     println!("\n{report}");
     print_proxy_logs(&proxies);
     write_report("load-bench.md", &report);
@@ -91,6 +93,43 @@ type Settings = Rounds;
 
 fn settings() -> Settings {
     Rounds::from_env("LOAD", (5, 10, 3), &PROXY_NAMES)
+}
+
+/// `LOAD_ACCESS_LOG`: whether the proxies write an access log, to a file each.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AccessLog {
+    /// No access log (reveille `--access-log false`, nginx `access_log off`); the default.
+    Off,
+    /// `1`: reveille `--access-log true`, to `--access-log-file` (when the binary has it, else to its stdout,
+    /// which the lab sends to a file); nginx `access_log <file>` (its default `combined` format, unbuffered: a
+    /// `write` per request). haproxy logs nothing either way.
+    File,
+    /// `buffered`: as `File`, with nginx's `buffer=64k flush=1s`.
+    Buffered,
+}
+
+impl AccessLog {
+    fn from_env() -> Self {
+        match std::env::var("LOAD_ACCESS_LOG").unwrap_or_default().as_str() {
+            "" | "0" | "off" => Self::Off,
+            "buffered" => Self::Buffered,
+            _ => Self::File,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Off => "access log off",
+            Self::File => {
+                "access log on, to a file: reveille `--access-log-file` (text), nginx `access_log <file>` (combined, \
+                 unbuffered); haproxy none"
+            }
+            Self::Buffered => {
+                "access log on, to a file: reveille `--access-log-file` (text), nginx `access_log <file> buffer=64k \
+                 flush=1s` (combined); haproxy none"
+            }
+        }
+    }
 }
 
 fn describe(s: &Settings) -> String {
@@ -136,6 +175,12 @@ struct Proxy {
     port: u16,
     pid: u32,
     log: PathBuf,
+    /// Its access log, when `LOAD_ACCESS_LOG` is on.
+    access_log: Option<PathBuf>,
+    /// reveille's admin port, for its access-log counters.
+    admin: Option<u16>,
+    /// Requests of the warm-up run (they are logged too).
+    warmup_requests: u64,
     runs: Vec<Run>,
 }
 
@@ -145,15 +190,72 @@ fn start(lab: &mut Lab, name: &'static str, cmd: Command, ready: &[(u16, &str)])
     let (pid, log) = lab.start(name, cmd, || {
         ready.iter().all(|&(port, path)| onecore::get(port, HOST, path).is_some_and(|(status, _)| status == 200))
     });
-    Proxy { name, port: ready.last().map_or(0, |r| r.0), pid, log, runs: Vec::new() }
+    Proxy {
+        name,
+        port: ready.last().map_or(0, |r| r.0),
+        pid,
+        log,
+        access_log: None,
+        admin: None,
+        warmup_requests: 0,
+        runs: Vec::new(),
+    }
 }
 
-fn start_reveille(lab: &mut Lab, tools: &Tools, s: &Settings, backend: u16, port: u16, admin: u16) -> Proxy {
-    let cmd = onecore::reveille(lab, &tools.taskset, s.proxy_cpu, &[(HOST, backend)], port, admin);
-    start(lab, "reveille", cmd, &[(admin, "/readyz"), (port, "/")])
+fn start_reveille(
+    lab: &mut Lab,
+    tools: &Tools,
+    s: &Settings,
+    access: AccessLog,
+    backend: u16,
+    port: u16,
+    admin: u16,
+) -> Proxy {
+    let cmd = match access {
+        AccessLog::Off => onecore::reveille(lab, &tools.taskset, s.proxy_cpu, &[(HOST, backend)], port, admin),
+        AccessLog::File | AccessLog::Buffered => reveille_logging(lab, tools, s, backend, port, admin),
+    };
+    let mut proxy = start(lab, "reveille", cmd, &[(admin, "/readyz"), (port, "/")]);
+    proxy.admin = Some(admin);
+    if access != AccessLog::Off {
+        let file = lab.path("reveille-access.log");
+        proxy.access_log = Some(if file.exists() { file } else { proxy.log.clone() });
+    }
+    proxy
 }
 
-fn start_nginx(lab: &mut Lab, tools: &Tools, s: &Settings, backend: u16, port: u16) -> Proxy {
+/// reveille as [`onecore::reveille`] starts it, but with its access log on: to `reveille-access.log` in the
+/// lab's dir, or to stdout (the lab's `reveille.log`) with a binary that has no `--access-log-file`. The
+/// filter lets `reveille::access` through at `info`, which `--log-level warn` alone would not.
+fn reveille_logging(lab: &Lab, tools: &Tools, s: &Settings, backend: u16, port: u16, admin: u16) -> Command {
+    let routes = lab.write(
+        "routes.toml",
+        &format!("[services.s0]\nbackends = [\"127.0.0.1:{backend}\"]\n[routes]\n\"{HOST}\" = \"s0\"\n"),
+    );
+    let mut cmd = pinned(&tools.taskset, s.proxy_cpu, "sh");
+    cmd.arg("-c")
+        .arg(crate::RAISE_NOFILE)
+        .arg(crate::reveille_bin())
+        .arg("serve")
+        .arg("--routes")
+        .arg(&routes)
+        .args(["--http", &format!("127.0.0.1:{port}")])
+        .args(["--admin", &format!("127.0.0.1:{admin}")])
+        .args(["--threads", "1", "--access-log", "true", "--log-level", "warn,reveille::access=info"]);
+    let help = Command::new(crate::reveille_bin()).args(["serve", "--help"]).output();
+    if help.is_ok_and(|h| String::from_utf8_lossy(&h.stdout).contains("--access-log-file")) {
+        cmd.arg("--access-log-file").arg(lab.path("reveille-access.log"));
+    }
+    cmd
+}
+
+fn start_nginx(lab: &mut Lab, tools: &Tools, s: &Settings, access: AccessLog, backend: u16, port: u16) -> Proxy {
+    let file = lab.path("nginx-access.log");
+    let server = match access {
+        AccessLog::Off => String::new(),
+        AccessLog::File => format!("        access_log {};\n", file.display()),
+        AccessLog::Buffered => format!("        access_log {} combined buffer=64k flush=1s;\n", file.display()),
+    };
     let site = NginxSite {
         name: "nginx",
         workers: 1,
@@ -162,12 +264,13 @@ fn start_nginx(lab: &mut Lab, tools: &Tools, s: &Settings, backend: u16, port: u
         backend,
         listen: format!("127.0.0.1:{port}"),
         http: "",
-        server: String::new(),
+        server,
         location: "",
     };
     let (cmd, log) = onecore::nginx(lab, &tools.taskset, &tools.nginx, s.proxy_cpu, &site);
     let mut proxy = start(lab, "nginx", cmd, &[(port, "/")]);
     proxy.log = log;
+    proxy.access_log = (access != AccessLog::Off).then_some(file);
     proxy
 }
 
@@ -211,9 +314,10 @@ struct Run {
 fn measure(tools: &Tools, s: &Settings, proxies: &mut [Proxy]) {
     let ticks_per_sec = clock_ticks_per_sec();
     println!("{}", describe(s));
-    for p in proxies.iter() {
+    for p in proxies.iter_mut() {
         let run = run_wrk(tools, s, p, s.warmup, ticks_per_sec);
         println!("warm-up   {:<9} {}", p.name, summary(&run));
+        p.warmup_requests = run.wrk.requests;
     }
     for round in 1..=s.rounds {
         for p in proxies.iter_mut() {
@@ -248,7 +352,7 @@ fn run_wrk(tools: &Tools, s: &Settings, proxy: &Proxy, seconds: u64, ticks_per_s
 // Reporting
 
 /// The markdown report: machine, settings, the results table and the per-round numbers.
-fn report(machine: &Machine, s: &Settings, proxies: &[Proxy]) -> String {
+fn report(machine: &Machine, s: &Settings, access: AccessLog, proxies: &[Proxy]) -> String {
     let medians: Vec<(f64, f64, f64)> = proxies
         .iter()
         .map(|p| {
@@ -268,6 +372,12 @@ fn report(machine: &Machine, s: &Settings, proxies: &[Proxy]) -> String {
     let _ = writeln!(md, "- versions: {}", versions.join("; "));
     let _ = writeln!(md, "- {}", describe(s));
     let _ = writeln!(md, "- backend: in-process hyper HTTP/1.1 server, 100-byte 200 response");
+    let _ = writeln!(md, "- {}", access.describe());
+    for p in proxies {
+        if let Some(file) = &p.access_log {
+            let _ = writeln!(md, "  - {}: {}", p.name, access_log_summary(p, file));
+        }
+    }
     let _ = writeln!(md);
     let _ = writeln!(
         md,
@@ -298,6 +408,37 @@ fn report(machine: &Machine, s: &Settings, proxies: &[Proxy]) -> String {
         let _ = writeln!(md, "- {}: {}", p.name, rounds.join(", "));
     }
     md
+}
+
+/// What an access log holds against the requests wrk completed (warm-up included; a request wrk cut at the end
+/// of a run may be logged and not counted, or the other way round), and what reveille says it dropped.
+fn access_log_summary(p: &Proxy, file: &Path) -> String {
+    let requests: u64 = p.runs.iter().map(|r| r.wrk.requests).sum::<u64>() + p.warmup_requests;
+    let lines = count_lines(file);
+    let mut out = format!("{lines} access-log lines for {requests} requests (warm-up included)");
+    if let Some(admin) = p.admin {
+        let metrics = onecore::get(admin, "127.0.0.1", "/metrics").map(|(_, b)| b).unwrap_or_default();
+        let metrics = String::from_utf8_lossy(&metrics);
+        let dropped: Vec<_> = metrics.lines().filter(|l| l.starts_with("reveille_access_log_dropped_total")).collect();
+        if !dropped.is_empty() {
+            let _ = write!(out, "; {}", dropped.join(", "));
+        }
+    }
+    out
+}
+
+/// Lines in a file (read in chunks: an access log may be large).
+fn count_lines(path: &Path) -> u64 {
+    let Ok(mut f) = std::fs::File::open(path) else { return 0 };
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0;
+    while let Ok(k) = f.read(&mut buf) {
+        if k == 0 {
+            break;
+        }
+        n += buf[..k].iter().filter(|&&b| b == b'\n').count() as u64;
+    }
+    n
 }
 
 /// Shows what each proxy logged (reveille at `warn`, nginx's error log at `warn`, haproxy's stderr).

@@ -5,7 +5,8 @@
 //!
 //! Every response leaves through one exit, [`RequestCtx::finish`]: the per-service status counter, the
 //! request-duration histogram, the error counters (chosen by the error's source, see [`ProxyError::metric`])
-//! and exactly one access-log line (target `reveille::access`) are written there and nowhere else. Connect
+//! and exactly one access-log line (handed to [`AccessLog`](crate::access_log::AccessLog)) are written there
+//! and nowhere else. Connect
 //! failures are the exception by design: they are counted per attempt, as they happen, because a request may
 //! fail over and still succeed.
 
@@ -23,7 +24,7 @@ use http::header::{
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, warn, Instrument};
 
 use super::body::{BodySlot, ClientFailure, RequestBody, ResponseBody};
 use super::conn::InFlight;
@@ -32,12 +33,13 @@ use super::error::{ErrorMetric, UpstreamErrorKind};
 use super::headers::{add_forwarded, strip_hop_by_hop, upgrade_requested};
 use super::pool::Conn;
 use super::{tunnel, ProxyError, ProxyService, Response, Settings};
+use crate::access_log::Entry;
 use crate::passivation::{wants_page, Activity, Refusal};
 use crate::routes::{normalize_request_host, Backend, Lookup, Service};
 
 /// Handles one request end to end. Never fails: errors become responses.
 pub(super) async fn handle(svc: &ProxyService, req: Request<Incoming>, guard: InFlight) -> Response {
-    let mut ctx = RequestCtx::new(svc.proxy.settings.access_log, &req);
+    let mut ctx = RequestCtx::new(svc.proxy.access_log.is_on(), &req);
     let outcome = match svc.proxy.settings.request_timeout {
         None => respond(svc, &mut ctx, req, guard).await,
         Some(limit) => match tokio::time::timeout(limit, respond(svc, &mut ctx, req, guard)).await {
@@ -129,18 +131,19 @@ impl RequestCtx {
         if let Some(service) = &self.service {
             service.stats(|n| proxy.metrics.service_stats(n)).record(status.as_u16());
         }
-        proxy.metrics.observe_duration(self.start.elapsed());
+        let elapsed = self.start.elapsed();
+        proxy.metrics.observe_duration(elapsed);
         if let Some((method, path)) = &self.line {
-            info!(
-                target: "reveille::access",
-                host = self.host.as_deref().unwrap_or("-"),
-                method = %method,
-                path = path.as_ref().map_or("", |p| p.as_str()),
-                status = status.as_u16(),
-                duration_ms = millis(self.start),
-                service = self.service.as_ref().map_or("-", |s| s.name()),
-                backend = self.backend.as_ref().map_or("-", |b| b.as_str()),
-            );
+            proxy.access_log.log(&Entry {
+                peer: svc.peer.as_str(),
+                host: self.host.as_deref().unwrap_or("-"),
+                method: method.as_str(),
+                path: path.as_ref().map_or("", |p| p.as_str()),
+                status: status.as_u16(),
+                duration: elapsed,
+                service: self.service.as_ref().map_or("-", |s| s.name()),
+                backend: self.backend.as_ref().map_or("-", |b| b.as_str()),
+            });
         }
         // A backend that stalls mid-body is logged with its service and address.
         response.body_mut().set_origin(self.service, self.backend);
@@ -496,11 +499,6 @@ fn https_redirect(host: &str, port: Option<u16>, uri: &Uri, guard: InFlight) -> 
         resp.headers_mut().insert(LOCATION, v);
     }
     resp
-}
-
-/// Elapsed milliseconds, rounded to the microsecond so log lines stay short.
-fn millis(start: Instant) -> f64 {
-    start.elapsed().as_micros() as f64 / 1000.0
 }
 
 /// The answer to a client whose body could not be read.

@@ -80,6 +80,11 @@ impl Peer {
         let value = HeaderValue::try_from(ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
         Self { ip, value, trusted: is_trusted(trusted_proxies, ip) }
     }
+
+    /// The peer's address as text (the access log's `peer`).
+    pub(crate) fn as_str(&self) -> &str {
+        self.value.to_str().unwrap_or("-")
+    }
 }
 
 /// Whether `ip` is in one of `nets`; an IPv4-mapped IPv6 address matches the IPv4 networks too.

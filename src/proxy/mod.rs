@@ -37,6 +37,7 @@ use tracing::{error, info_span, Instrument};
 
 pub(crate) use error::{ProxyError, Unrouted, UpstreamErrorKind};
 
+use crate::access_log::AccessLog;
 use crate::metrics::{LabeledCounters, Metrics};
 use crate::passivation::Passivator;
 use crate::routes::RouteHandle;
@@ -149,6 +150,8 @@ pub(crate) struct Proxy {
     pressure: Arc<Pressure>,
     /// Connections and upgraded tunnels, so shutdown can wait for them.
     tasks: TaskTracker,
+    /// Where the exit hands each request's line (off unless `settings.access_log`).
+    access_log: AccessLog,
 }
 
 /// How plain-HTTP requests are redirected to HTTPS.
@@ -173,6 +176,7 @@ impl Proxy {
         settings: Settings,
         passivator: Arc<Passivator>,
         redirect: Redirect,
+        access_log: AccessLog,
     ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -223,6 +227,7 @@ impl Proxy {
             limit: Arc::new(Semaphore::new(settings_limit)),
             pressure,
             tasks: TaskTracker::new(),
+            access_log,
         })
     }
 
