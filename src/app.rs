@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use crate::access_log::AccessLog;
 use crate::admin::{self, AdminState};
 use crate::cluster::Cluster;
-use crate::config::Config;
+use crate::config::{Config, Scheduler};
 use crate::control::etcd::EtcdWatcher;
 use crate::control::{file, Composer, Source};
 use crate::metrics::Metrics;
@@ -47,6 +47,8 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     AccessLog(#[from] crate::access_log::AccessLogError),
+    #[error("cannot start the proxy's worker threads: {0}")]
+    Workers(std::io::Error),
 }
 
 /// The listeners reveille serves on. Tests bind `127.0.0.1:0` and pass them in.
@@ -244,6 +246,12 @@ pub async fn start(
 
     let redirect =
         Redirect { all: config.tls.redirect, port: config.tls.redirect_port.or(https_addr.map(|a| a.port())) };
+    // The per-core scheduler: this runtime is worker 0 and `workers` starts the others, each with its own
+    // shard of the backend pool.
+    let pool_shards = match config.scheduler {
+        Scheduler::PerCore => config.worker_threads(),
+        Scheduler::Shared => 1,
+    };
     let proxy = Proxy::new(
         routes.clone(),
         metrics.clone(),
@@ -251,9 +259,27 @@ pub async fn start(
         passivator.clone(),
         redirect,
         access_log.clone(),
+        pool_shards,
     );
     let shutdown = CancellationToken::new();
-    let mut accept = vec![tokio::spawn(proxy.clone().serve(listeners.http, None, shutdown.clone()))];
+    let mut accept = Vec::new();
+    if pool_shards > 1 {
+        let mut served = vec![(&listeners.http, None)];
+        if let (Some(listener), Some((_, acceptor))) = (&listeners.https, &tls) {
+            served.push((listener, Some(acceptor.clone())));
+        }
+        let workers = crate::proxy::workers::spawn(&proxy, &served, pool_shards, &shutdown, &background)
+            .map_err(StartError::Workers)?;
+        for w in workers {
+            accept.push(tokio::spawn(async move {
+                let _ = w.accepting.await;
+            }));
+            tasks.push(tokio::spawn(async move {
+                let _ = w.ended.await;
+            }));
+        }
+    }
+    accept.push(tokio::spawn(proxy.clone().serve(listeners.http, None, shutdown.clone())));
     if let (Some(listener), Some((_, acceptor))) = (listeners.https, &tls) {
         accept.push(tokio::spawn(proxy.clone().serve(listener, Some(acceptor.clone()), shutdown.clone())));
     }

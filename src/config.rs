@@ -38,6 +38,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// How the proxy's worker threads share the work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scheduler {
+    /// One single-threaded runtime per worker thread, each accepting and serving its own connections with its
+    /// own backend pool: no work stealing, no cross-thread wake-ups on the data path.
+    #[default]
+    PerCore,
+    /// tokio's work-stealing multi-thread runtime: a busy connection's work can move to an idle thread.
+    Shared,
+}
+
 /// The configuration in force, after file and flags are combined.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -55,6 +67,8 @@ pub struct Config {
     pub etcd: Option<EtcdConfig>,
     /// Runtime worker threads; 0 = one per core.
     pub threads: usize,
+    /// How worker threads share the work (when there is more than one).
+    pub scheduler: Scheduler,
     pub log_format: LogFormat,
     /// `tracing` filter directives, e.g. `info` or `info,reveille::access=off`.
     pub log_level: String,
@@ -83,6 +97,7 @@ impl Default for Config {
             routes: None,
             etcd: None,
             threads: 0,
+            scheduler: Scheduler::PerCore,
             log_format: LogFormat::Text,
             log_level: "info".into(),
             access_log: crate::access_log::Settings::default(),
@@ -224,6 +239,7 @@ pub(crate) struct ServerSection {
     /// Relative paths are relative to the config file's directory.
     pub routes: Option<PathBuf>,
     pub threads: Option<usize>,
+    pub scheduler: Option<Scheduler>,
     #[serde(default, with = "humantime_serde")]
     pub shutdown_grace: Option<Duration>,
     /// CIDRs or addresses of the proxies in front of reveille.
@@ -413,6 +429,10 @@ pub struct Overrides {
     /// Worker threads; 0 = one per core, 1 = a single-threaded runtime [default: 0]
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// How worker threads share the work: per-core (a single-threaded runtime per thread, each with its own
+    /// connections and backend pool) or shared (tokio's work-stealing scheduler) [default: per-core]
+    #[arg(long, value_enum, value_name = "MODEL")]
+    pub scheduler: Option<Scheduler>,
     /// Log format [default: text]
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -484,7 +504,7 @@ pub struct Overrides {
     /// Keep unused pooled backend connections this long [default: 90s]
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub pool_idle_timeout: Option<Duration>,
-    /// Idle pooled connections kept per backend [default: 64]
+    /// Idle pooled connections kept per backend [default: 1024]
     #[arg(long, value_name = "N")]
     pub pool_max_idle_per_backend: Option<usize>,
     /// Time in-flight requests get to finish on SIGTERM/SIGINT [default: 30s]
@@ -513,6 +533,14 @@ pub struct Overrides {
 }
 
 impl Config {
+    /// The number of worker threads `threads` asks for: itself, or one per core for 0.
+    pub fn worker_threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
     /// Combines defaults, an optional config file and flags (in rising precedence).
     pub fn resolve(file: Option<&Path>, flags: &Overrides) -> Result<Self, ConfigError> {
         let file = match file {
@@ -537,6 +565,7 @@ impl Config {
             routes: flags.routes.clone().or(file.server.routes),
             etcd: flags.etcd.resolve(&file.etcd),
             threads: flags.threads.or(file.server.threads).unwrap_or(d.threads),
+            scheduler: flags.scheduler.or(file.server.scheduler).unwrap_or(d.scheduler),
             log_format: flags.log_format.or(file.log.format).unwrap_or(d.log_format),
             log_level: flags.log_level.clone().or(file.log.level).unwrap_or(d.log_level),
             access_log: crate::access_log::Settings {

@@ -61,7 +61,7 @@ mod tls;
 // What the binary runs: the command line, logging, and the proxy on bound listeners.
 pub use app::{docker, start, Listeners, Running, StartError};
 pub use cli::{run as run_tool, Cli, Command};
-pub use config::{Config, Overrides};
+pub use config::{Config, Overrides, Scheduler};
 pub use telemetry::init as init_logging;
 
 // The settings a `Config` is made of, for tests and labs that build one.

@@ -32,6 +32,11 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    worker: usize,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
     source: &'static str,
     result: &'static str,
@@ -515,6 +520,7 @@ pub struct Metrics {
     duration: LatencyHistogram,
     open_connections: Gauge,
     connections: Counter,
+    worker_connections: Family<WorkerLabels, Counter>,
     header_timeouts: Counter,
     overloaded: Gauge,
     shed: Counter,
@@ -569,6 +575,12 @@ impl Metrics {
         registry.register("open_connections", "Client connections currently open", open_connections.clone());
         let connections = Counter::default();
         registry.register("connections", "Client connections accepted", connections.clone());
+        let worker_connections = Family::<WorkerLabels, Counter>::default();
+        registry.register(
+            "worker_connections",
+            "Client connections accepted, by the worker thread that serves them (per-core scheduler; 0 otherwise)",
+            worker_connections.clone(),
+        );
         let header_timeouts = Counter::default();
         registry.register(
             "header_timeouts",
@@ -647,6 +659,7 @@ impl Metrics {
             duration,
             open_connections,
             connections,
+            worker_connections,
             header_timeouts,
             overloaded,
             shed,
@@ -670,6 +683,12 @@ impl Metrics {
             self.requests.get_or_create(&ServiceClassLabels { service: service.to_string(), class }).clone()
         });
         ServiceStats { by_class }
+    }
+
+    /// The counter of `reveille_worker_connections_total` for worker `worker` (created at 0, so every worker
+    /// shows up from the start).
+    pub fn worker_connections(&self, worker: usize) -> Counter {
+        self.worker_connections.get_or_create(&WorkerLabels { worker }).clone()
     }
 
     /// The counters of `reveille_unrouted_requests_total`, one per kind of `L`.

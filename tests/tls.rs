@@ -160,6 +160,46 @@ async fn h2_by_alpn_http11_and_forwarded_proto() {
     assert_eq!(proxy.metric("reveille_requests_total{service=\"app\",class=\"2xx\"}").await, 15.0);
 }
 
+/// The per-core scheduler with an HTTPS listener: the second worker accepts TLS connections too (h2 and
+/// HTTP/1.1), and each worker's connections reach the backend through its own pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_core_workers_terminate_tls_and_speak_h2() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    ca.issue(&["app.test"]).write_pair(dir.path(), "app");
+    let backend = Backend::echo("app").await;
+    let routes = routes_file(&[("app", vec![backend.addr])], &[("app.test", "app")]);
+    let (proxy, https) = start_tls(&routes, dir.path(), |c| {
+        c.threads = 2;
+        c.scheduler = reveille::Scheduler::PerCore;
+    })
+    .await;
+    let worker = |w: usize| format!("reveille_worker_connections_total{{worker=\"{w}\"}}");
+    eventually(WAIT, "both workers accepted TLS connections", || async {
+        let mut tasks = Vec::new();
+        for i in 0..10 {
+            let client = ca.client(if i % 2 == 0 { &["h2"] } else { &["http/1.1"] });
+            tasks.push(tokio::spawn(async move {
+                let stream = connect(&client, https, Some("app.test")).await.unwrap();
+                if i % 2 == 0 {
+                    let mut sender = h2(stream).await;
+                    exchange2(&mut sender, Request::get("https://app.test/pc").body(full("")).unwrap()).await
+                } else {
+                    let mut sender = h1(stream).await;
+                    exchange1(&mut sender, get_req("app.test", "/pc")).await
+                }
+            }));
+        }
+        for t in tasks {
+            let got = t.await.unwrap();
+            assert_eq!(got.status, StatusCode::OK);
+            assert_eq!(got.json()["headers"]["x-forwarded-proto"], serde_json::json!(["https"]));
+        }
+        proxy.metric(&worker(0)).await > 0.0 && proxy.metric(&worker(1)).await > 0.0
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_over_tls() {
     let ca = TestCa::new();

@@ -51,7 +51,7 @@
 //! - Upstream keep-alive everywhere, with an idle pool large enough for 500 concurrent requests: nginx
 //!   `keepalive 1024` with `proxy_http_version 1.1` and `proxy_set_header Connection ""` (and
 //!   `keepalive_requests 1000000` both sides: reveille and HAProxy do not close after 1000 requests), HAProxy
-//!   `http-reuse always` (its idle pool is unbounded by default, like reveille's), Traefik
+//!   `http-reuse always` (its idle pool is unbounded by default; reveille keeps up to 1024 idle connections per backend by default), Traefik
 //!   `serversTransport.maxIdleConnsPerHost: 1024`, Caddy `keepalive_idle_conns_per_host 1024`.
 //! - nginx `proxy_buffers 8 16k`, so that a 64 KiB response is buffered in memory: with the defaults (8 × 4k)
 //!   nginx spools such responses to a temporary file whenever the client is slower than the backend, which an

@@ -16,6 +16,7 @@ mod handler;
 mod headers;
 mod pool;
 mod tunnel;
+pub(crate) mod workers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -108,7 +109,7 @@ impl Default for Settings {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(90),
-            pool_max_idle_per_backend: 64,
+            pool_max_idle_per_backend: 1024,
             tunnel_idle_timeout: Duration::from_secs(3600),
             body_timeout: Duration::from_secs(60),
             min_body_rate: 240,
@@ -140,6 +141,8 @@ pub(crate) struct Proxy {
     body_limits: BodyLimits,
     /// Backend connections kept for reuse.
     pool: pool::Pool,
+    /// `reveille_worker_connections_total`, by worker index.
+    worker_connections: Box<[prometheus_client::metrics::counter::Counter]>,
     h1: http1::Builder,
     h2: http2::Builder<SpanExecutor>,
     /// HTTPS redirects of plain-HTTP requests; `None` when no service can ask for one.
@@ -177,6 +180,7 @@ impl Proxy {
         passivator: Arc<Passivator>,
         redirect: Redirect,
         access_log: AccessLog,
+        workers: usize,
     ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -184,6 +188,7 @@ impl Proxy {
         connector.enforce_http(true);
         let pool = pool::Pool::new(
             Connector::new(connector, settings.upstream_quickack),
+            workers,
             settings.pool_max_idle_per_backend,
             settings.pool_idle_timeout,
         );
@@ -212,6 +217,7 @@ impl Proxy {
             grace: settings.min_body_rate_grace,
             buffer: settings.request_buffer_size,
         };
+        let worker_connections = (0..workers.max(1)).map(|w| metrics.worker_connections(w)).collect();
         Arc::new(Self {
             routes,
             unrouted: metrics.unrouted(),
@@ -221,6 +227,7 @@ impl Proxy {
             settings,
             body_limits,
             pool,
+            worker_connections,
             h1,
             h2,
             redirect,
@@ -276,6 +283,7 @@ impl Proxy {
             };
             self.pressure.update(limit.available_permits(), &self.metrics);
             let _ = stream.set_nodelay(true);
+            self.worker_connections[pool::worker() % self.worker_connections.len()].inc();
             let span = info_span!("conn", %peer, tls = tls.is_some());
             let conn = conn::serve(stream, peer, self.clone(), tls.clone(), shutdown.clone(), permit);
             self.tasks.spawn(conn.instrument(span));

@@ -10,10 +10,15 @@
 //! and whether hyper handed the request back unsent. The proxy uses both to replay what is safe to replay
 //! when a backend closes a kept-alive connection just as a request goes out (see `handler::forward`).
 //!
+//! With the per-core scheduler each worker thread has its own idle lists (a shard, chosen by the thread's
+//! [`worker`] index): a request takes a connection whose I/O is driven by its own thread's runtime, and no
+//! two threads contend for a lock.
+//!
 //! Idle connections are kept up to `pool_max_idle_per_backend` per backend, for `pool_idle_timeout`. A sweep
 //! every few seconds closes the expired ones, so connections to backends nobody asks for any more do not
 //! linger.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Weak};
@@ -32,6 +37,23 @@ use super::connector::{ConnectError, Connector};
 /// How long a pooled connection that is still finishing its previous exchange may take to become ready.
 const READY_WAIT: Duration = Duration::from_secs(1);
 
+thread_local! {
+    /// This thread's worker index (0 unless [`set_worker`] said otherwise).
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks the current thread as worker `index`: its requests use that shard of every pool.
+pub(crate) fn set_worker(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
+/// The current thread's worker index.
+pub(crate) fn worker() -> usize {
+    WORKER.with(Cell::get)
+}
+
+type IdleMap = HashMap<Box<str>, Vec<Idle>, foldhash::fast::RandomState>;
+
 /// The pool of one proxy: idle HTTP/1.1 connections by backend.
 #[derive(Debug)]
 pub(crate) struct Pool {
@@ -43,7 +65,8 @@ pub(crate) struct Pool {
 struct Inner {
     /// By backend authority. The keys are the operator's backends, never a client's input, so a fast hash is
     /// safe; hashed as one string (`Authority`'s own hash feeds the hasher a byte at a time).
-    idle: Mutex<HashMap<Box<str>, Vec<Idle>, foldhash::fast::RandomState>>,
+    /// One map per worker thread ([`worker`] modulo their number).
+    idle: Box<[Mutex<IdleMap>]>,
     max_idle: usize,
     idle_timeout: Duration,
 }
@@ -65,13 +88,17 @@ pub(crate) struct Conn {
     sender: http1::SendRequest<RequestBody>,
     key: Authority,
     pool: Weak<Inner>,
+    /// The shard it goes back to.
+    shard: usize,
     reused: bool,
 }
 
 impl Pool {
-    /// A pool that opens connections with `connector`. Starts the idle sweep when called on a runtime.
-    pub(crate) fn new(connector: Connector, max_idle: usize, idle_timeout: Duration) -> Self {
-        let inner = Arc::new(Inner { idle: Mutex::new(HashMap::default()), max_idle, idle_timeout });
+    /// A pool that opens connections with `connector`, with one shard per worker thread (`workers`, at least
+    /// one). Starts the idle sweep when called on a runtime.
+    pub(crate) fn new(connector: Connector, workers: usize, max_idle: usize, idle_timeout: Duration) -> Self {
+        let idle = (0..workers.max(1)).map(|_| Mutex::new(IdleMap::default())).collect();
+        let inner = Arc::new(Inner { idle, max_idle, idle_timeout });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(sweep(Arc::downgrade(&inner)));
         }
@@ -80,9 +107,10 @@ impl Pool {
 
     /// The most recently released idle connection to `backend` that is still open, if there is one.
     pub(crate) async fn checkout(&self, backend: &Authority) -> Option<Conn> {
+        let shard = self.inner.shard();
         loop {
             let idle = {
-                let mut map = self.inner.idle.lock();
+                let mut map = self.inner.idle[shard].lock();
                 map.get_mut(backend.as_str())?.pop()?
             };
             if idle.sender.is_closed() || idle.since.elapsed() >= self.inner.idle_timeout {
@@ -95,7 +123,8 @@ impl Pool {
             {
                 continue;
             }
-            return Some(Conn { sender, key: backend.clone(), pool: Arc::downgrade(&self.inner), reused: true });
+            let pool = Arc::downgrade(&self.inner);
+            return Some(Conn { sender, key: backend.clone(), pool, shard, reused: true });
         }
     }
 
@@ -121,7 +150,8 @@ impl Pool {
             }
             .instrument(span),
         );
-        Ok(Conn { sender, key: backend.clone(), pool: Arc::downgrade(&self.inner), reused: false })
+        let shard = self.inner.shard();
+        Ok(Conn { sender, key: backend.clone(), pool: Arc::downgrade(&self.inner), shard, reused: false })
     }
 }
 
@@ -149,7 +179,7 @@ impl Conn {
             return;
         }
         let idle = Idle { sender: self.sender, since: Instant::now() };
-        let mut map = pool.idle.lock();
+        let mut map = pool.idle[self.shard].lock();
         match map.get_mut(self.key.as_str()) {
             Some(list) if list.len() < pool.max_idle => list.push(idle),
             Some(_) => {}
@@ -158,6 +188,13 @@ impl Conn {
             }
             None => {}
         }
+    }
+}
+
+impl Inner {
+    /// The current thread's shard.
+    fn shard(&self) -> usize {
+        worker() % self.idle.len()
     }
 }
 
@@ -170,9 +207,11 @@ async fn sweep(pool: Weak<Inner>) {
     loop {
         tokio::time::sleep(period).await;
         let Some(pool) = pool.upgrade() else { return };
-        pool.idle.lock().retain(|_, list| {
-            list.retain(|idle| !idle.sender.is_closed() && idle.since.elapsed() < pool.idle_timeout);
-            !list.is_empty()
-        });
+        for shard in &pool.idle {
+            shard.lock().retain(|_, list| {
+                list.retain(|idle| !idle.sender.is_closed() && idle.since.elapsed() < pool.idle_timeout);
+                !list.is_empty()
+            });
+        }
     }
 }

@@ -217,6 +217,9 @@ impl TestProxy {
             admin: "127.0.0.1:0".parse().unwrap(),
             etcd: Some(etcd),
             proxy: Settings { access_log: false, ..Settings::default() },
+            // One worker: the test's runtime serves everything (the per-core workers are tested through the
+            // binary, `tests/binary.rs`).
+            threads: 1,
             ..Config::default()
         };
         let routes_path = dir.path().join("unused.toml");
@@ -246,6 +249,9 @@ impl TestProxy {
             admin: "127.0.0.1:0".parse().unwrap(),
             routes: Some(routes_path.clone()),
             proxy: Settings { access_log: false, ..Settings::default() },
+            // One worker: the test's runtime serves everything (the per-core workers are tested through the
+            // binary, `tests/binary.rs`).
+            threads: 1,
             ..Config::default()
         };
         f(&mut config);
