@@ -22,8 +22,8 @@
 //!
 //! - `1a`: 50 keep-alive connections, 100-byte responses, access log off (`wrk -t1 -c50`).
 //! - `1b`: the same with an access log written to a file by each proxy: nginx `access_log <file>` (the default
-//!   `combined` format, unbuffered); reveille `--access-log true` (its default text format through `tracing`'s
-//!   non-blocking writer to stdout, redirected to a file); HAProxy `log stdout format raw local0` with `option
+//!   `combined` format, unbuffered); reveille `--access-log true` (its default text format, formatted into
+//!   per-thread buffers that a writer thread writes to stdout, redirected to a file); HAProxy `log stdout format raw local0` with `option
 //!   httplog` and `option dontlognull`, its stdout redirected to a file; Traefik `accessLog.filePath` (its
 //!   default `common` format); Caddy `log { output file ... }` (JSON, rolling off). Each run counts the lines
 //!   each proxy wrote against the requests wrk counted, so a logger that drops lines shows.
@@ -51,7 +51,8 @@
 //! - Upstream keep-alive everywhere, with an idle pool large enough for 500 concurrent requests: nginx
 //!   `keepalive 1024` with `proxy_http_version 1.1` and `proxy_set_header Connection ""` (and
 //!   `keepalive_requests 1000000` both sides: reveille and HAProxy do not close after 1000 requests), HAProxy
-//!   `http-reuse always` (its idle pool is unbounded by default; reveille keeps up to 1024 idle connections per backend by default), Traefik
+//!   `http-reuse always` (its idle pool is unbounded by default; reveille keeps up to 1024 idle connections per
+//!   backend by default), Traefik
 //!   `serversTransport.maxIdleConnsPerHost: 1024`, Caddy `keepalive_idle_conns_per_host 1024`.
 //! - nginx `proxy_buffers 8 16k`, so that a 64 KiB response is buffered in memory: with the defaults (8 × 4k)
 //!   nginx spools such responses to a temporary file whenever the client is slower than the backend, which an
@@ -595,8 +596,8 @@ impl Bench<'_> {
                         .arg(lab.path("certs"))
                         .args(["--default-cert", CERT_NAME]);
                 }
-                let logging = "`--access-log true` (text, through tracing's non-blocking writer to stdout, \
-                               redirected to a file)";
+                let logging = "`--access-log true` (text, formatted into per-thread buffers that a writer thread \
+                               writes to stdout, redirected to a file)";
                 (cmd, None, logging)
             }
             "nginx" => {
@@ -1021,7 +1022,7 @@ impl Bench<'_> {
         let mut run: Run = run?;
         run.usage = usage;
         if let Some(a) = proxy.and_then(|p| p.access_log.as_ref()) {
-            // Let the writers catch up (reveille's non-blocking writer, buffered Go loggers).
+            // Let the writers catch up (reveille's writer thread, buffered Go loggers).
             std::thread::sleep(Duration::from_millis(300));
             if let Some((lines, first)) = count_new_lines(a, &proxy.unwrap().access_offset) {
                 run.log_lines = Some(lines);

@@ -212,6 +212,12 @@ impl Tenant {
             return;
         };
         if s.node == c.node() {
+            // This replica's own claim, left behind: its start or stop is over (the phase says so) but the status
+            // never moved on, e.g. etcd went away between the claim and its settle. Left as it is, the other
+            // replicas would take it for work in progress and wait; repair it from what this replica knows.
+            if s.transitional() && matches!(self.phase(), Phase::Running | Phase::Stopped | Phase::Paused) {
+                self.observe(self.phase(), spec);
+            }
             return;
         }
         let idle = self.idle_timeout(spec);
