@@ -80,6 +80,8 @@ async fn start_proxy(dir: &std::path::Path, small: u16, large: u16) -> Running {
         admin: "127.0.0.1:0".parse().unwrap(),
         routes: Some(routes),
         proxy: ProxySettings { access_log: false, ..ProxySettings::default() },
+        // One worker, on this runtime: the per-core scheduler would hand some connections to a second thread.
+        threads: 1,
         ..Config::default()
     };
     let listeners = Listeners::bind(&config).await.expect("bind");

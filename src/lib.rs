@@ -68,6 +68,8 @@ pub use telemetry::init as init_logging;
 pub use cluster::Settings as ClusterSettings;
 pub use etcd::{EtcdConfig, EtcdError};
 pub use passivation::Settings as PassivationSettings;
+#[doc(hidden)]
+pub use proxy::bench as header_bench;
 pub use proxy::Settings as ProxySettings;
 pub use tls::Settings as TlsSettings;
 

@@ -600,6 +600,9 @@ impl Upstream {
     }
 }
 
+/// How early, at most, the connection's watchdog (millisecond counters) may cut a stalled response.
+const WATCHDOG_SLACK: Duration = Duration::from_millis(2);
+
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         if let Kind::Upstream(up) = &mut self.kind {
@@ -609,7 +612,9 @@ impl Drop for ResponseBody {
         if let (Kind::Upstream(up), Some(g)) = (&mut self.kind, &self.guard) {
             if let Some(since) = up.stall.waiting_since {
                 g.conn().upstream_waiting(false);
-                if up.watched && !up.reported && since.elapsed() >= up.stall.idle {
+                // The watchdog counts whole milliseconds from the connection's epoch, so it may cut a millisecond
+                // or two before this body's own clock says the limit is reached.
+                if up.watched && !up.reported && since.elapsed() + WATCHDOG_SLACK >= up.stall.idle {
                     // The connection's watchdog cut the response at the idle limit.
                     Self::give_up(up, Some(g), Expired::Idle);
                 }

@@ -215,7 +215,9 @@ async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, req: Request<Incoming
     drop(raw_host);
 
     ctx.forwarded = true;
-    match forward(svc, service, target.as_ref(), activity, req, &mut ctx.backend).await {
+    // Boxed: forwarding's future is most of a request's async state, and every level above it would otherwise
+    // carry it and copy it when created (a few KiB of memcpy per request).
+    match Box::pin(forward(svc, service, target.as_ref(), activity, req, &mut ctx.backend)).await {
         Ok((upstream, conn)) => Ok(finish_response(upstream, conn, guard, &proxy.settings, ctx.start)),
         Err(err) => {
             if let (ProxyError::AllBackendsFailed { .. }, Some(tenant)) = (&err, passivator.get(service.name())) {

@@ -8,8 +8,7 @@ use http::header::{
 };
 use ipnet::IpNet;
 
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -35,32 +34,85 @@ pub(crate) fn upgrade_requested(headers: &HeaderMap) -> Option<HeaderValue> {
 /// Removes hop-by-hop headers: those named in `Connection`, the fixed list, and every `Proxy-*` header.
 /// When `upgrade` is given, `Connection: upgrade` and `Upgrade: <value>` are put back so the upgrade passes.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
-    if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            // `Connection: host` must not make the request lose its Host.
-            if name != HOST {
-                headers.remove(name);
-            }
-        }
-        headers.remove(CONNECTION);
+    // One pass over the names, without hashing any: most requests carry no hop-by-hop header, and then the
+    // removals (each a hash and a probe) are skipped. This was 7% of the instructions of a request.
+    if headers.keys().any(is_hop_by_hop) {
+        remove_hop_by_hop(headers);
     }
-    for name in [&KEEP_ALIVE, &TE, &TRAILER, &TRANSFER_ENCODING, &UPGRADE, &PROXY_CONNECTION] {
-        headers.remove(name);
-    }
-    // Proxy-Authorization, Proxy-Authenticate and friends are for the hop they were sent on.
-    remove_where(headers, |k| k.as_str().starts_with("proxy-"));
     if let Some(u) = upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(UPGRADE, u.clone());
     }
 }
+
+/// A header that never passes a hop by itself: `Connection` (which may name others), the fixed list, and
+/// every `Proxy-*` header.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    fixed_index(name).is_some() || name.as_str().starts_with("proxy-")
+}
+
+/// The position of `name` in [`FIXED`]: a match on the lowercase name (a length switch, then a compare).
+fn fixed_index(name: &HeaderName) -> Option<usize> {
+    match name.as_str() {
+        "connection" => Some(0),
+        "keep-alive" => Some(1),
+        "te" => Some(2),
+        "trailer" => Some(3),
+        "transfer-encoding" => Some(4),
+        "upgrade" => Some(5),
+        "proxy-connection" => Some(6),
+        _ => None,
+    }
+}
+
+/// [`strip_hop_by_hop`]'s removals, once there is something to remove. The usual case is a response's
+/// `Connection: keep-alive`: it removes that one header, with no allocation and no name parsed.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers that `Connection` names beyond the fixed list (rare): collected, then removed.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',').map(str::trim) {
+            if token.is_empty() || FIXED.iter().any(|f| token.eq_ignore_ascii_case(f.as_str())) {
+                continue;
+            }
+            // `close` is an option, not usually a header; a header by that name still goes.
+            if token.eq_ignore_ascii_case("close") && !headers.contains_key("close") {
+                continue;
+            }
+            // `Connection: host` must not make the request lose its Host.
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                if name != HOST {
+                    named.push(name);
+                }
+            }
+        }
+    }
+    for name in named {
+        headers.remove(name);
+    }
+    // Which of the fixed names are present, and whether any other `Proxy-*` header is: one pass over the
+    // names, so each removal below finds something.
+    let mut present = [false; FIXED.len()];
+    let mut other_proxy = false;
+    for name in headers.keys() {
+        match fixed_index(name) {
+            Some(i) => present[i] = true,
+            // Proxy-Authorization, Proxy-Authenticate and friends are for the hop they were sent on.
+            None => other_proxy |= name.as_str().starts_with("proxy-"),
+        }
+    }
+    for (name, _) in FIXED.iter().zip(present).filter(|(_, p)| *p) {
+        headers.remove(name);
+    }
+    if other_proxy {
+        remove_where(headers, |k| k.as_str().starts_with("proxy-"));
+    }
+}
+
+/// The hop-by-hop headers every message loses (RFC 9110 §7.6.1, and the obsolete `Proxy-Connection`).
+static FIXED: [HeaderName; 7] =
+    [CONNECTION, KEEP_ALIVE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, HeaderName::from_static("proxy-connection")];
 
 /// The connection's peer as the forwarding headers need it, prepared once per connection.
 #[derive(Clone, Debug)]
@@ -206,10 +258,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn fixed_index_matches_the_fixed_list() {
+        for (i, name) in FIXED.iter().enumerate() {
+            assert_eq!(fixed_index(name), Some(i), "{name}");
+        }
+        assert_eq!(fixed_index(&HOST), None);
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_alone_is_found_and_removed() {
+        // The one-pass check must see each of them without a `Connection` header beside it.
+        for name in ["keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization", "proxy-x"] {
+            let mut h = HeaderMap::new();
+            h.insert(HeaderName::from_static(name), "1".parse().unwrap());
+            h.insert("x-keep", "yes".parse().unwrap());
+            h.append("x-keep", "twice".parse().unwrap());
+            strip_hop_by_hop(&mut h, None);
+            assert_eq!(h.len(), 2, "{name}: {h:?}");
+            assert_eq!(h.get_all("x-keep").iter().count(), 2, "{name}");
+        }
+        let mut plain = HeaderMap::new();
+        plain.insert(HOST, "a.test".parse().unwrap());
+        plain.insert("accept", "*/*".parse().unwrap());
+        let before = plain.clone();
+        strip_hop_by_hop(&mut plain, None);
+        assert_eq!(plain, before);
+    }
+
+    #[test]
     fn strips_named_and_fixed() {
         let mut h = HeaderMap::new();
         h.insert(CONNECTION, "close, X-Secret".parse().unwrap());
+        h.append(CONNECTION, "keep-alive".parse().unwrap());
         h.insert("x-secret", "1".parse().unwrap());
+        h.insert("close", "named by Connection".parse().unwrap());
         h.insert("keep-alive", "timeout=5".parse().unwrap());
         h.insert(TE, "trailers".parse().unwrap());
         h.insert("proxy-authorization", "Basic x".parse().unwrap());

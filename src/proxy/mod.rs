@@ -18,6 +18,44 @@ mod pool;
 mod tunnel;
 pub(crate) mod workers;
 
+/// The header rewriting of the data path, for the criterion benchmark `benches/headers.rs` only: not an API.
+#[doc(hidden)]
+pub mod bench {
+    use std::net::IpAddr;
+
+    use http::{HeaderMap, HeaderValue};
+    use ipnet::IpNet;
+
+    use super::headers::{add_forwarded, strip_hop_by_hop, Peer};
+
+    /// What one connection's requests are rewritten with.
+    #[derive(Debug)]
+    pub struct Forwarding {
+        peer: Peer,
+        trusted: Vec<IpNet>,
+        proto: HeaderValue,
+    }
+
+    impl Forwarding {
+        /// A plain-HTTP connection from `ip`, with `trusted` as the trusted proxies.
+        pub fn new(ip: IpAddr, trusted: Vec<IpNet>) -> Self {
+            Self { peer: Peer::new(ip, &trusted), trusted, proto: HeaderValue::from_static("http") }
+        }
+
+        /// A request's headers as a backend gets them: hop-by-hop headers removed, forwarding headers set.
+        pub fn request(&self, headers: &mut HeaderMap) {
+            let host = headers.get(http::header::HOST).cloned();
+            strip_hop_by_hop(headers, None);
+            add_forwarded(headers, &self.peer, &self.trusted, &self.proto, host);
+        }
+    }
+
+    /// A response's headers as the client gets them: hop-by-hop headers removed.
+    pub fn response(headers: &mut HeaderMap) {
+        strip_hop_by_hop(headers, None);
+    }
+}
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
