@@ -124,6 +124,8 @@ impl Lab {
         let log = self.path(&format!("{name}.log"));
         let file = File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
         let out = file.try_clone().map_err(|e| format!("cannot clone a file handle: {e}"))?;
+        // Its own process group, killed whole when the lab ends (nginx's workers with their master).
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         cmd.stdin(Stdio::null()).stdout(out).stderr(file);
         let child = cmd.spawn().map_err(|e| format!("cannot start {name}: {e}"))?;
         let pid = child.id();

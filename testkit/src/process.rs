@@ -10,9 +10,26 @@ pub struct KillOnDrop(pub Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
+        // A child that leads its own process group (started with `process_group(0)`) takes the group with it:
+        // nginx's workers outlive a killed master otherwise, still holding its ports.
+        let pid = self.0.id();
+        if process_group(pid) == Some(pid) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The process group of `pid`, from `/proc/<pid>/stat` (the field after the state; the command name before it
+/// is in parentheses and may hold spaces).
+fn process_group(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(2)?.parse().ok()
 }
 
 impl Deref for KillOnDrop {
