@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::access_log::AccessLog;
+use crate::acme::{Acme, ChallengeWatcher, Store as AcmeStore};
 use crate::admin::{self, AdminState};
 use crate::cluster::Cluster;
 use crate::config::{Config, Scheduler};
@@ -19,14 +20,14 @@ use crate::control::etcd::EtcdWatcher;
 use crate::control::{file, Composer, Source};
 use crate::metrics::Metrics;
 use crate::passivation::{NetProbe, Passivator};
-use crate::proxy::{Proxy, Redirect};
+use crate::proxy::{PlainHttp, Proxy, Redirect};
 use crate::readiness::Readiness;
 use crate::routes::DockerHostNames;
 use crate::routes::RouteHandle;
 use crate::runtime::{DockerEndpoint, LazyDocker, Runtimes};
 use crate::tls::dir::DirWatcher;
 use crate::tls::etcd::CertWatcher;
-use crate::tls::{CertStore, Source as CertSource, TlsAcceptor};
+use crate::tls::{CertHook, CertStore, Source as CertSource, TlsAcceptor};
 
 /// How often the certificate snapshot is checked for a certificate that became valid or expired.
 const CERT_REFRESH: Duration = Duration::from_secs(30);
@@ -206,6 +207,7 @@ pub async fn start(
         None => None,
     };
     let mut tls = None;
+    let mut challenges = None;
     if https_addr.is_some() {
         // Readiness waits for etcd's certificates too: a replica must not take traffic it would refuse.
         let etcd_certs = config.etcd.is_some() && config.tls.etcd;
@@ -227,7 +229,32 @@ pub async fn start(
             let watcher = CertWatcher::new(etcd.clone(), store.clone(), metrics.tls().clone());
             tasks.push(tokio::spawn(watcher.run(background.clone())));
         }
-        let acceptor = TlsAcceptor::new(store.clone(), metrics.tls().clone(), config.tls.handshake_timeout)?;
+        let mut hook: Option<Arc<dyn CertHook>> = None;
+        if let Some(settings) = &config.acme {
+            // Certificates go where this replica's certificate sources load them: etcd, else the directory.
+            let acme_store = match (&etcd, &config.tls.certs_dir) {
+                (Some(etcd), _) => AcmeStore::Etcd(etcd.clone()),
+                (None, Some(dir)) => AcmeStore::Dir(dir.clone()),
+                (None, None) => unreachable!("the config check requires etcd or a certificates directory"),
+            };
+            let manager = Acme::new(
+                settings.clone(),
+                config.passivation.node.clone(),
+                acme_store,
+                store.clone(),
+                routes.clone(),
+                metrics.acme().clone(),
+            );
+            if let Some(etcd) = &etcd {
+                let watcher = ChallengeWatcher::new(etcd.clone(), manager.challenges().clone());
+                tasks.push(tokio::spawn(watcher.run(background.clone())));
+            }
+            tasks.push(tokio::spawn(manager.clone().run(background.clone())));
+            info!(directory = %settings.directory, challenge = settings.challenge.as_str(), "ACME on");
+            challenges = Some(manager.challenges().clone());
+            hook = Some(manager);
+        }
+        let acceptor = TlsAcceptor::new(store.clone(), metrics.tls().clone(), config.tls.handshake_timeout, hook)?;
         tls = Some((store, Arc::new(acceptor)));
     } else if config.tls.certs_dir.is_some() {
         warn!("a certificates directory is configured but no HTTPS listener (--https): it is not loaded");
@@ -236,11 +263,25 @@ pub async fn start(
         warn!("HTTPS redirects are on but this reveille has no HTTPS listener: TLS must be terminated in front of it, or clients will loop");
     }
 
+    if config.admin_token.is_none() && !admin_addr.ip().is_loopback() {
+        warn!(admin = %admin_addr, "the admin listener is reachable beyond this host and has no token: anyone who reaches it can wake and stop tenants; set [admin] token_file (or --admin-token-file)");
+    }
     let admin_state = AdminState {
         routes: routes.clone(),
         metrics: metrics.clone(),
         passivator: Some(passivator.clone()),
         readiness: readiness.clone(),
+        token: config.admin_token.clone(),
+        certificates: tls.as_ref().map(|(store, _)| {
+            let store = store.clone();
+            let view: crate::admin::CertificatesView = Arc::new(move || store.load().to_json(crate::tls::cert::now()));
+            view
+        }),
+        sources: Some({
+            let composer = composer.clone();
+            let view: crate::admin::SourcesView = Arc::new(move || composer.sources());
+            view
+        }),
     };
     tasks.push(tokio::spawn(admin::serve(listeners.admin, admin_state, background.clone())));
 
@@ -257,7 +298,7 @@ pub async fn start(
         metrics.clone(),
         config.proxy.clone(),
         passivator.clone(),
-        redirect,
+        PlainHttp { redirect, acme: challenges },
         access_log.clone(),
         pool_shards,
     );

@@ -85,6 +85,10 @@ pub struct Config {
     pub activity_interval: Duration,
     /// Coordination of several replicas through etcd (used whenever etcd is configured).
     pub cluster: crate::cluster::Settings,
+    /// Certificates by ACME, when configured.
+    pub acme: Option<crate::acme::Settings>,
+    /// The bearer token the admin API's commands require, if any.
+    pub admin_token: Option<String>,
 }
 
 impl Default for Config {
@@ -106,6 +110,8 @@ impl Default for Config {
             passivation: crate::passivation::Settings::default(),
             activity_interval: Duration::from_secs(5),
             cluster: crate::cluster::Settings::default(),
+            acme: None,
+            admin_token: None,
         }
     }
 }
@@ -132,6 +138,67 @@ pub(crate) struct ConfigFile {
     pub cluster: ClusterSection,
     #[serde(default)]
     pub docker: DockerSection,
+    /// Present: certificates by ACME.
+    pub acme: Option<AcmeSection>,
+    #[serde(default)]
+    pub admin: AdminSection,
+}
+
+/// `[admin]`: who may change things through the admin listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AdminSection {
+    /// Bearer token required by the admin API's commands (wake, sleep).
+    pub token: Option<String>,
+    /// A file holding that token (its first line); relative to the config file's directory.
+    pub token_file: Option<PathBuf>,
+}
+
+/// `[acme]`: certificates by ACME for routed hosts. Its presence turns ACME on.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AcmeSection {
+    /// The CA's directory URL [default: Let's Encrypt's production directory].
+    pub directory: Option<String>,
+    pub email: Option<String>,
+    /// External account binding: `{ kid = "...", hmac_key = "base64url" }`.
+    pub eab: Option<AcmeEabSection>,
+    /// PEM roots to trust for the CA's HTTPS (a test CA); relative to the config file's directory.
+    pub ca_roots: Option<PathBuf>,
+    /// `"flagged"` (services with `acme = true`) or `"all"` [default: flagged].
+    pub hosts: Option<crate::acme::Hosts>,
+    /// `"http-01"` or `"tls-alpn-01"` [default: http-01].
+    pub challenge: Option<crate::acme::Challenge>,
+    /// Order as soon as an allowed host's route appears; false: only at its first handshake [default: true].
+    pub eager: Option<bool>,
+    /// Order at the first handshake for an allowed name without a certificate [default: true].
+    pub on_demand: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    pub on_demand_wait: Option<Duration>,
+    /// Renew this long before expiry [default: once two thirds of the lifetime have passed].
+    #[serde(default, with = "humantime_serde")]
+    pub renew_before: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub check_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub retry_after: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub order_timeout: Option<Duration>,
+    /// New certificates per registered domain per `domain_window` [default: 40 per 7d].
+    pub max_per_domain: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub domain_window: Option<Duration>,
+    /// Orders per account per `account_window` [default: 250 per 3h].
+    pub max_orders: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub account_window: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AcmeEabSection {
+    pub kid: String,
+    pub hmac_key: String,
 }
 
 /// `[cluster]`: how replicas that share an etcd coordinate.
@@ -328,6 +395,16 @@ impl ConfigFile {
             let certs = &mut file.tls.certs;
             let hosts = file.docker.hosts.values_mut().flat_map(|h| [&mut h.ca, &mut h.cert, &mut h.key]);
             let access = &mut file.log.access_log_file;
+            if let Some(t) = file.admin.token_file.as_mut() {
+                if t.is_relative() {
+                    *t = dir.join(&*t);
+                }
+            }
+            if let Some(roots) = file.acme.as_mut().and_then(|a| a.ca_roots.as_mut()) {
+                if roots.is_relative() {
+                    *roots = dir.join(&*roots);
+                }
+            }
             let paths = [&mut file.server.routes, &mut e.ca, &mut e.cert, &mut e.key, page, certs, access].into_iter();
             for p in paths.chain(hosts).flatten() {
                 if p.is_relative() {
@@ -341,6 +418,7 @@ impl ConfigFile {
 
 /// How to reach etcd, on the command line (`serve` and the operator commands share these).
 #[derive(Debug, Default, Clone, clap::Args)]
+#[command(next_help_heading = "etcd")]
 pub struct EtcdFlags {
     /// etcd endpoints, comma-separated (e.g. http://127.0.0.1:2379)
     #[arg(long = "etcd", global = true, value_name = "URL[,URL...]", value_delimiter = ',', env = "REVEILLE_ETCD")]
@@ -397,139 +475,223 @@ pub struct Overrides {
     #[command(flatten)]
     pub etcd: EtcdFlags,
     /// Address of the plain-HTTP proxy listener [default: 0.0.0.0:8080]
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, help_heading = "Listeners", value_name = "ADDR")]
     pub http: Option<SocketAddr>,
     /// Address of the HTTPS proxy listener (needs certificates: --certs or etcd) [default: none]
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, help_heading = "Listeners", value_name = "ADDR")]
     pub https: Option<SocketAddr>,
     /// Directory of certificates (NAME.crt + NAME.key, or NAME.pem holding both), watched
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, help_heading = "TLS", value_name = "DIR")]
     pub certs: Option<PathBuf>,
     /// Certificate (by name) for TLS clients without SNI or asking for an unknown name [default: none, such
     /// handshakes fail with unrecognized_name]
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, help_heading = "TLS", value_name = "NAME")]
     pub default_cert: Option<String>,
     /// Redirect plain-HTTP requests of every service to HTTPS (308) [default: false]
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, help_heading = "TLS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub https_redirect: Option<bool>,
     /// Port written in HTTPS redirects, when clients reach HTTPS on another port than the listener's (e.g. 443
     /// mapped to 8443); 443 writes none [default: the HTTPS listener's port]
-    #[arg(long, value_name = "PORT")]
+    #[arg(long, help_heading = "TLS", value_name = "PORT")]
     pub https_redirect_port: Option<u16>,
     /// Address of the admin listener (health, metrics, API) [default: 127.0.0.1:9090]
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, help_heading = "Listeners", value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
+    /// File holding the bearer token the admin API's commands (wake, sleep) require [default: none: anyone who
+    /// reaches the admin listener may use them]
+    #[arg(long, help_heading = "Listeners", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// Routes file to load and watch
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, help_heading = "Routes", value_name = "FILE")]
     pub routes: Option<PathBuf>,
     /// Proxies in front of reveille (CIDRs or addresses), whose X-Forwarded-*, Forwarded and X-Real-IP are kept
     /// and extended; anyone else's are replaced [default: none]
-    #[arg(long, value_name = "CIDR[,CIDR...]", value_delimiter = ',', value_parser = parse_trusted_proxy)]
+    #[arg(long, help_heading = "Listeners", value_name = "CIDR[,CIDR...]", value_delimiter = ',', value_parser = parse_trusted_proxy)]
     pub trusted_proxies: Option<Vec<IpNet>>,
     /// Worker threads; 0 = one per core, 1 = a single-threaded runtime [default: 0]
-    #[arg(long, value_name = "N")]
+    #[arg(long, help_heading = "Workers", value_name = "N")]
     pub threads: Option<usize>,
     /// How worker threads share the work: per-core (a single-threaded runtime per thread, each with its own
     /// connections and backend pool) or shared (tokio's work-stealing scheduler) [default: per-core]
-    #[arg(long, value_enum, value_name = "MODEL")]
+    #[arg(long, help_heading = "Workers", value_enum, value_name = "MODEL")]
     pub scheduler: Option<Scheduler>,
     /// Log format [default: text]
-    #[arg(long, value_enum, value_name = "FORMAT")]
+    #[arg(long, help_heading = "Logging", value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
     /// Log filter, e.g. `info` or `debug,hyper=info` (RUST_LOG also works) [default: info]
-    #[arg(long, value_name = "FILTER")]
+    #[arg(long, help_heading = "Logging", value_name = "FILTER")]
     pub log_level: Option<String>,
     /// Write an access-log line per request [default: true]
-    #[arg(long, value_name = "BOOL")]
+    #[arg(long, help_heading = "Logging", value_name = "BOOL")]
     pub access_log: Option<bool>,
     /// Append the access log to this file (reopened on SIGHUP, or when moved away) [default: stdout]
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, help_heading = "Logging", value_name = "PATH")]
     pub access_log_file: Option<PathBuf>,
     /// Bytes of access-log lines that may wait for the writer, per core; past it, lines are dropped and
     /// counted in reveille_access_log_dropped_total [default: 4194304]
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, help_heading = "Logging", value_name = "BYTES")]
     pub access_log_buffer: Option<usize>,
     /// Time allowed to receive a request head (slowloris protection) [default: 10s]
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Client limits", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Option<Duration>,
     /// Largest request head accepted, in bytes; larger gets 431 [default: 65536]
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, help_heading = "Client limits", value_name = "BYTES")]
     pub max_header_size: Option<usize>,
     /// Close client connections idle this long [default: 60s]
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Client limits", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub idle_timeout: Option<Duration>,
     /// Client connections served at once [default: 10000]
-    #[arg(long, value_name = "N")]
+    #[arg(long, help_heading = "Client limits", value_name = "N")]
     pub max_connections: Option<usize>,
     /// Close a WebSocket (or other upgraded connection) idle this long [default: 1h]
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Client limits", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub tunnel_idle_timeout: Option<Duration>,
     /// Answer 408 when a client sends no byte of its request body for this long [default: 60s]
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Client limits", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub body_timeout: Option<Duration>,
     /// Answer 408 when a request body streams to a backend slower than this many bytes/s on average, after
     /// --min-body-rate-grace; 0 = no minimum [default: 240]
-    #[arg(long, value_name = "BYTES_PER_SEC")]
+    #[arg(long, help_heading = "Client limits", value_name = "BYTES_PER_SEC")]
     pub min_body_rate: Option<u64>,
     /// Time a streaming request body gets before --min-body-rate applies [default: 5s]
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Client limits", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub min_body_rate_grace: Option<Duration>,
     /// Read request bodies up to this size whole before taking a backend connection; larger ones have this
     /// much read first, then stream; 0 = stream at once [default: 65536]
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, help_heading = "Client limits", value_name = "BYTES")]
     pub request_buffer_size: Option<usize>,
     /// Disconnect a client that reads nothing of its response for this long [default: 60s]
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Client limits", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub send_timeout: Option<Duration>,
     /// While fewer than a tenth of --max-connections are free, cut idle, request-head, request-body and send
     /// waits to this; 0 = never [default: 2s]
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Client limits", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub overload_timeout: Option<Duration>,
     /// Limit on one request's total time, head to last response byte; 0 = none [default: 0]
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Client limits", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub request_timeout: Option<Duration>,
     /// Cut a response when its backend sends no byte of the body for this long [default: 60s]
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Backends", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub upstream_read_timeout: Option<Duration>,
     /// Acknowledge backend data at once (TCP_QUICKACK), so a backend with Nagle on is not delayed 40 ms per
     /// response on a reused connection [default: true]
-    #[arg(long, value_name = "BOOL")]
+    #[arg(long, help_heading = "Backends", value_name = "BOOL")]
     pub upstream_quickack: Option<bool>,
     /// Time allowed to connect to a backend before trying the next [default: 5s]
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Backends", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub connect_timeout: Option<Duration>,
     /// Time allowed for a backend's response headers; past it, 504 [default: 60s]
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Backends", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub response_timeout: Option<Duration>,
     /// Keep unused pooled backend connections this long [default: 90s]
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Backends", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub pool_idle_timeout: Option<Duration>,
     /// Idle pooled connections kept per backend [default: 1024]
-    #[arg(long, value_name = "N")]
+    #[arg(long, help_heading = "Backends", value_name = "N")]
     pub pool_max_idle_per_backend: Option<usize>,
     /// Time in-flight requests get to finish on SIGTERM/SIGINT [default: 30s]
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Listeners", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Option<Duration>,
     /// Docker Engine endpoint for passivated services (unix:///path or tcp://host:port) [default: DOCKER_HOST,
     /// else unix:///var/run/docker.sock]
-    #[arg(long, value_name = "URI")]
+    #[arg(long, help_heading = "Passivation and cluster", value_name = "URI")]
     pub docker: Option<String>,
     /// Default idle time before a passivated tenant is stopped; 0 = never [default: 15m]
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Passivation and cluster", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub passivation_idle_timeout: Option<Duration>,
     /// This replica's name, in etcd status keys, logs and metrics [default: the host name]
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, help_heading = "Passivation and cluster", value_name = "NAME")]
     pub node: Option<String>,
     /// The replica's etcd lease: after its death, its activity stops counting and another replica decides
     /// idle stops, within this [default: 10s]
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Passivation and cluster", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub lease_ttl: Option<Duration>,
     /// How often each replica writes its use of tenants to etcd [default: 5s]
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Passivation and cluster", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub activity_interval: Option<Duration>,
     /// Default time a request waits for its tenant to wake; past it, 504 [default: 60s]
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, help_heading = "Passivation and cluster", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub wake_timeout: Option<Duration>,
+}
+
+/// The admin token: from `--admin-token-file`, else `[admin] token_file`, else `[admin] token`.
+fn resolve_admin_token(flag: Option<&Path>, section: &AdminSection) -> Result<Option<String>, ConfigError> {
+    let token = match flag.or(section.token_file.as_deref()) {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::Invalid(format!("admin token file {}: {e}", path.display())))?;
+            Some(text.lines().next().unwrap_or("").trim().to_string())
+        }
+        None => section.token.clone(),
+    };
+    match token {
+        Some(t) if t.is_empty() => Err(ConfigError::Invalid("the admin token is empty".into())),
+        Some(t) if t.len() < 16 => {
+            Err(ConfigError::Invalid("the admin token is shorter than 16 characters: too easy to guess".into()))
+        }
+        t => Ok(t),
+    }
+}
+
+/// What ACME needs of the rest of the configuration.
+fn check_acme(a: &crate::acme::Settings, cfg: &Config) -> Result<(), ConfigError> {
+    let invalid = |m: &str| Err(ConfigError::Invalid(format!("[acme] {m}")));
+    if !a.directory.starts_with("https://") {
+        return invalid(&format!("directory {:?} is not an https:// URL (ACME is spoken over HTTPS)", a.directory));
+    }
+    if cfg.https.is_none() {
+        return invalid("needs an HTTPS listener (--https) to serve the certificates it obtains");
+    }
+    if cfg.etcd.is_none() && cfg.tls.certs_dir.is_none() {
+        return invalid("needs somewhere to keep certificates: etcd, or a certificates directory ([tls] certs)");
+    }
+    if cfg.etcd.is_some() && !cfg.tls.etcd {
+        return invalid("stores certificates in etcd, which [tls] etcd = false does not load");
+    }
+    for (name, d) in
+        [("check_interval", a.check_interval), ("retry_after", a.retry_after), ("order_timeout", a.order_timeout)]
+    {
+        if d.is_zero() {
+            return invalid(&format!("{name} must be greater than zero"));
+        }
+    }
+    if let Some(roots) = &a.ca_roots {
+        if !roots.is_file() {
+            return invalid(&format!("ca_roots {} is not a readable file", roots.display()));
+        }
+    }
+    if let Some(e) = &a.eab {
+        if e.kid.is_empty() || e.hmac_key.is_empty() {
+            return invalid("eab needs kid and hmac_key");
+        }
+    }
+    Ok(())
+}
+
+/// `[acme]` over the defaults.
+fn resolve_acme(a: AcmeSection) -> crate::acme::Settings {
+    let d = crate::acme::Settings::default();
+    crate::acme::Settings {
+        directory: a.directory.unwrap_or(d.directory),
+        email: a.email,
+        eab: a.eab.map(|e| crate::acme::Eab { kid: e.kid, hmac_key: e.hmac_key }),
+        ca_roots: a.ca_roots,
+        hosts: a.hosts.unwrap_or(d.hosts),
+        challenge: a.challenge.unwrap_or(d.challenge),
+        eager: a.eager.unwrap_or(d.eager),
+        on_demand: a.on_demand.unwrap_or(d.on_demand),
+        on_demand_wait: a.on_demand_wait.unwrap_or(d.on_demand_wait),
+        renew_before: a.renew_before,
+        check_interval: a.check_interval.unwrap_or(d.check_interval),
+        retry_after: a.retry_after.unwrap_or(d.retry_after),
+        order_timeout: a.order_timeout.unwrap_or(d.order_timeout),
+        budget: crate::acme::Budget {
+            per_domain: a.max_per_domain.unwrap_or(d.budget.per_domain),
+            domain_window: a.domain_window.unwrap_or(d.budget.domain_window),
+            per_account: a.max_orders.unwrap_or(d.budget.per_account),
+            account_window: a.account_window.unwrap_or(d.budget.account_window),
+        },
+    }
 }
 
 impl Config {
@@ -640,6 +802,8 @@ impl Config {
                 lease_ttl: flags.lease_ttl.or(file.cluster.lease_ttl).unwrap_or(d.cluster.lease_ttl),
                 stop_veto: file.cluster.stop_veto.unwrap_or(d.cluster.stop_veto),
             },
+            acme: file.acme.map(resolve_acme),
+            admin_token: resolve_admin_token(flags.admin_token_file.as_deref(), &file.admin)?,
         };
         if cfg.activity_interval.is_zero() {
             return Err(ConfigError::Invalid("activity_interval must be greater than zero".into()));
@@ -682,6 +846,9 @@ impl Config {
         }
         if cfg.access_log.buffer < 1024 {
             return Err(ConfigError::Invalid("access_log_buffer must be at least 1024 (bytes)".into()));
+        }
+        if let Some(a) = &cfg.acme {
+            check_acme(a, &cfg)?;
         }
         Ok(cfg)
     }
@@ -839,6 +1006,75 @@ mod tests {
         let flags = Overrides { upstream_read_timeout: Some(Duration::ZERO), ..Default::default() };
         let e = Config::resolve(Some(&path), &flags).unwrap_err().to_string();
         assert!(e.contains("upstream_read_timeout"), "{e}");
+    }
+
+    #[test]
+    fn acme_section_and_what_it_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reveille.toml");
+        std::fs::write(dir.path().join("ca.pem"), "").unwrap();
+        let base = "[server]\nroutes = \"r.toml\"\nhttps = \"127.0.0.1:8443\"\n[tls]\ncerts = \"certs\"\n";
+        std::fs::write(
+            &path,
+            format!(
+                "{base}[acme]\ndirectory = \"https://ca.test/dir\"\nca_roots = \"ca.pem\"\nhosts = \"all\"\n\
+                 challenge = \"tls-alpn-01\"\neager = false\nrenew_before = \"30d\"\n\
+                 eab = {{ kid = \"k1\", hmac_key = \"c2VjcmV0\" }}\n"
+            ),
+        )
+        .unwrap();
+        let cfg = Config::resolve(Some(&path), &Overrides::default()).unwrap();
+        let a = cfg.acme.unwrap();
+        assert_eq!(a.directory, "https://ca.test/dir");
+        assert_eq!(a.ca_roots.as_deref(), Some(dir.path().join("ca.pem").as_path()), "relative to the file");
+        assert_eq!(a.hosts, crate::acme::Hosts::All);
+        assert_eq!(a.challenge, crate::acme::Challenge::TlsAlpn01);
+        assert!(!a.eager && a.on_demand);
+        assert_eq!(a.renew_before, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(a.eab.unwrap().kid, "k1");
+
+        std::fs::write(&path, format!("{base}[acme]\n")).unwrap();
+        let a = Config::resolve(Some(&path), &Overrides::default()).unwrap().acme.unwrap();
+        assert_eq!(a.directory, crate::acme::LETS_ENCRYPT, "an empty section is Let's Encrypt, flagged services");
+        assert_eq!(a.hosts, crate::acme::Hosts::Flagged);
+
+        for (text, says) in [
+            ("[server]\nroutes = \"r.toml\"\n[tls]\ncerts = \"c\"\n[acme]\n", "HTTPS listener"),
+            ("[server]\nroutes = \"r.toml\"\nhttps = \"127.0.0.1:1\"\n[etcd]\nendpoints = [\"http://e:1\"]\n[tls]\ncerts = \"c\"\netcd = false\n[acme]\n", "[tls] etcd = false"),
+            (&format!("{base}[acme]\ndirectory = \"ftp://x\"\n"), "not an https:// URL"),
+            (&format!("{base}[acme]\nca_roots = \"missing.pem\"\n"), "not a readable file"),
+            (&format!("{base}[acme]\nchallenge = \"dns-01\"\n"), "unknown variant"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let e = Config::resolve(Some(&path), &Overrides::default()).unwrap_err().to_string();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn admin_token_from_the_file_flag_or_the_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reveille.toml");
+        std::fs::write(dir.path().join("token"), "from-the-token-file-0123\nignored\n").unwrap();
+        std::fs::write(&path, "[server]\nroutes = \"r.toml\"\n[admin]\ntoken_file = \"token\"\n").unwrap();
+        let cfg = Config::resolve(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(cfg.admin_token.as_deref(), Some("from-the-token-file-0123"), "relative to the file");
+        std::fs::write(&path, "[server]\nroutes = \"r.toml\"\n[admin]\ntoken = \"inline-token-0123456\"\n").unwrap();
+        let cfg = Config::resolve(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(cfg.admin_token.as_deref(), Some("inline-token-0123456"));
+        let flags = Overrides { admin_token_file: Some(dir.path().join("token")), ..Default::default() };
+        assert_eq!(
+            Config::resolve(Some(&path), &flags).unwrap().admin_token.as_deref(),
+            Some("from-the-token-file-0123")
+        );
+        std::fs::write(&path, "[server]\nroutes = \"r.toml\"\n[admin]\ntoken = \"short\"\n").unwrap();
+        let e = Config::resolve(Some(&path), &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("shorter than 16"), "{e}");
+        let flags = Overrides { admin_token_file: Some(dir.path().join("missing")), ..Default::default() };
+        let e = Config::resolve(Some(&path), &flags).unwrap_err().to_string();
+        assert!(e.contains("admin token file"), "{e}");
+        std::fs::write(&path, "[server]\nroutes = \"r.toml\"\n").unwrap();
+        assert_eq!(Config::resolve(Some(&path), &Overrides::default()).unwrap().admin_token, None);
     }
 
     #[test]

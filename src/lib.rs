@@ -10,6 +10,8 @@
 //!   force.
 //! - `etcd`: the one etcd client of the process, the key schema, and the list-then-watch session loop that
 //!   routes and certificates consume.
+//! - `events`: the events feed (tenant transitions, route and certificate changes) with resumable ids, for the
+//!   admin API's server-sent events.
 //! - `fswatch`: waiting for a file or directory to change (notify events, polling), for the routes file and
 //!   the certificates directory.
 //! - `proxy`: the data path — connections (plain or TLS), HTTP/1.1 and h2, forwarding, upgrades, HTTPS
@@ -18,6 +20,8 @@
 //!   that writes them in batches to stdout or a file (reopened on SIGHUP), and the count of what it dropped.
 //! - `tls`: TLS termination — certificates from a directory and etcd as an `ArcSwap` snapshot, SNI selection,
 //!   hot reload, the handshake.
+//! - `acme`: certificates by ACME for routed hosts — orders (at a route's arrival, at the first handshake, and
+//!   for renewal), HTTP-01 and TLS-ALPN-01 answers shared through etcd, one order per name across replicas.
 //! - `runtime`: the container runtime — start, stop, pause and inspect tenant containers (Docker Engine API).
 //! - `cluster`: several replicas through etcd — leases and replica keys, the decider lock, batched activity
 //!   per tenant and replica, compare-and-swap of tenants' status keys.
@@ -25,7 +29,8 @@
 //!   requests, readiness probes, its HTTP face (browser page decision, "starting" page, status endpoint, admin
 //!   view), and the cluster rules it follows when there are several replicas.
 //! - `readiness`: the gates `/readyz` waits for (route sources, certificates) and the draining flag.
-//! - `admin`: the admin listener — `/healthz`, `/readyz`, `/metrics`, `/api/routes`, `/api/services`.
+//! - `admin`: the admin listener — the dashboard at `/`, `/healthz`, `/readyz`, `/metrics`, `/api/routes`,
+//!   `/api/services`, `/api/certificates`, `/api/events`.
 //! - `metrics`: Prometheus metric definitions and exposition.
 //! - `config`: the config file, command-line overrides, defaults.
 //! - `cli`: the command line's definitions, the operator commands (`route`, `service`, `cert`) and `check`.
@@ -41,6 +46,7 @@
 //! `unreachable_pub` flags anything else declared `pub`.
 
 mod access_log;
+mod acme;
 mod admin;
 mod app;
 mod cli;
@@ -48,6 +54,7 @@ mod cluster;
 mod config;
 mod control;
 mod etcd;
+mod events;
 mod fswatch;
 mod metrics;
 mod passivation;
@@ -78,7 +85,10 @@ pub use access_log::{
     AccessLog, AccessLogError, Entry as AccessLogEntry, Format as AccessLogFormat, Formatter as AccessLogFormatter,
     Settings as AccessLogSettings,
 };
-pub use admin::{serve as serve_admin, AdminState};
+pub use acme::{
+    Budget as AcmeBudget, Challenge as AcmeChallenge, Eab as AcmeEab, Hosts as AcmeHosts, Settings as AcmeSettings,
+};
+pub use admin::{serve as serve_admin, AdminState, CertificatesView, SourcesView};
 pub use etcd::connect as etcd_connect;
 pub use metrics::Metrics;
 pub use readiness::Readiness;

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+
+use crate::events::Events;
 use prometheus_client::metrics::MetricType;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -88,19 +90,29 @@ impl<L: LabelValue> LabeledCounters<L> {
     }
 }
 
-/// Per-service counters by status class, resolved once per service.
+/// Per-service counters by status class and the service's latency histogram, resolved once per service.
 #[derive(Debug, Clone)]
 pub struct ServiceStats {
     by_class: [Counter; 5],
+    latency: LatencyHistogram,
 }
 
 impl ServiceStats {
-    /// Counts one response with this status.
+    /// Counts one response with this status, its head sent `elapsed` after the request arrived.
     #[inline]
-    pub fn record(&self, status: u16) {
+    pub fn record(&self, status: u16, elapsed: Duration) {
         let idx = (status / 100).clamp(1, 5) as usize - 1;
         self.by_class[idx].inc();
+        self.latency.observe(elapsed);
     }
+}
+
+/// The buckets of `reveille_service_request_duration_seconds`: fewer than the global histogram's, as there is
+/// one histogram per service; up to 30 s, so a request held through a wake lands in a bucket of its own.
+const SERVICE_LATENCY_BOUNDS: [f64; 8] = [0.005, 0.025, 0.1, 0.25, 1.0, 2.5, 10.0, 30.0];
+
+fn service_latency() -> LatencyHistogram {
+    LatencyHistogram::new(&SERVICE_LATENCY_BOUNDS)
 }
 
 /// A latency histogram updated with atomics only: prometheus-client's own takes a write lock per observation,
@@ -139,6 +151,10 @@ impl LatencyHistogram {
         self.sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+impl prometheus_client::metrics::TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
 }
 
 impl EncodeMetric for LatencyHistogram {
@@ -212,10 +228,11 @@ pub struct PassivationMetrics {
     stops: Family<ServiceActionLabels, Counter>,
     stop_failures: Family<ServiceLabels, Counter>,
     tenants: Family<StateLabels, Gauge>,
+    events: Events,
 }
 
 impl PassivationMetrics {
-    fn register(registry: &mut Registry) -> Self {
+    fn register(registry: &mut Registry, events: Events) -> Self {
         let wakes = Family::<ServiceResultLabels, Counter>::default();
         registry.register(
             "wakes",
@@ -284,7 +301,14 @@ impl PassivationMetrics {
             stops,
             stop_failures,
             tenants,
+            events,
         }
+    }
+
+    /// A tenant's state changed: the events feed's `tenant` event.
+    pub fn tenant_changed(&self, service: &str, from: &'static str, to: &'static str, node: &str) {
+        let data = serde_json::json!({ "service": service, "from": from, "state": to, "node": node });
+        self.events.publish("tenant", data);
     }
 
     /// A wake of `service`, whose container is on Docker host `host`, ended with `result`.
@@ -444,6 +468,72 @@ fn unix_now() -> i64 {
 }
 
 /// Metrics of TLS termination: certificates in force, their expiry, handshakes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AcmeLabels {
+    kind: &'static str,
+    result: &'static str,
+}
+
+/// Certificates by ACME: orders, challenges, renewals and refusals.
+#[derive(Clone, Debug)]
+pub struct AcmeMetrics {
+    orders: Family<AcmeLabels, Counter>,
+    challenges: Family<AcmeLabels, Counter>,
+    refused: Family<ReasonLabels, Counter>,
+    managed: Gauge,
+    renewal_due: Gauge,
+}
+
+impl AcmeMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let orders = Family::<AcmeLabels, Counter>::default();
+        registry.register(
+            "acme_orders",
+            "ACME orders by kind (new, renewal, on_demand) and result (issued, or the failure's reason)",
+            orders.clone(),
+        );
+        let challenges = Family::<AcmeLabels, Counter>::default();
+        registry.register(
+            "acme_challenges",
+            "ACME challenges answered by this replica, by kind (http-01, tls-alpn-01) and result (answered, unknown)",
+            challenges.clone(),
+        );
+        let refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "acme_refused",
+            "Certificates not ordered, by reason (no_route, opted_out, wildcard, backoff, budget_domain, \
+             budget_account, no_challenge)",
+            refused.clone(),
+        );
+        let managed = Gauge::default();
+        registry.register("acme_certificates", "Certificates managed by ACME and in force", managed.clone());
+        let renewal_due = Gauge::default();
+        registry.register(
+            "acme_renewals_due",
+            "Certificates managed by ACME past their renewal time and not yet renewed",
+            renewal_due.clone(),
+        );
+        Self { orders, challenges, refused, managed, renewal_due }
+    }
+
+    pub fn order(&self, kind: &'static str, result: &'static str) {
+        self.orders.get_or_create(&AcmeLabels { kind, result }).inc();
+    }
+
+    pub fn challenge(&self, kind: &'static str, result: &'static str) {
+        self.challenges.get_or_create(&AcmeLabels { kind, result }).inc();
+    }
+
+    pub fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    pub fn managed(&self, count: usize, due: usize) {
+        self.managed.set(count as i64);
+        self.renewal_due.set(due as i64);
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct TlsMetrics {
     certificates: Gauge,
@@ -452,10 +542,11 @@ pub struct TlsMetrics {
     rejected: Family<SourceLabels, Counter>,
     handshakes: Counter,
     failures: Family<ReasonLabels, Counter>,
+    events: Events,
 }
 
 impl TlsMetrics {
-    fn register(registry: &mut Registry) -> Self {
+    fn register(registry: &mut Registry, events: Events) -> Self {
         let certificates = Gauge::default();
         registry.register("tls_certificates", "TLS certificates loaded and in force", certificates.clone());
         let expiry_days = ExpiryDays(Arc::new(std::sync::atomic::AtomicI64::new(NO_EXPIRY)));
@@ -485,11 +576,12 @@ impl TlsMetrics {
              no_application_protocol, client_alert, invalid, timeout, closed, other)",
             failures.clone(),
         );
-        Self { certificates, expiry_days, expiry_timestamp, rejected, handshakes, failures }
+        Self { certificates, expiry_days, expiry_timestamp, rejected, handshakes, failures, events }
     }
 
     /// The certificates in force changed: `count` of them, the earliest expiring at `earliest` (epoch seconds).
     pub fn certificates(&self, count: usize, earliest: Option<i64>) {
+        self.events.publish("certificates", serde_json::json!({ "certificates": count, "earliest_expiry": earliest }));
         self.certificates.set(count as i64);
         self.expiry_days.0.store(earliest.unwrap_or(NO_EXPIRY), Ordering::Relaxed);
         self.expiry_timestamp.set(earliest.unwrap_or(0));
@@ -514,10 +606,14 @@ pub struct Metrics {
     registry: Registry,
     passivation: PassivationMetrics,
     tls: TlsMetrics,
+    /// The events feed (`/api/events`), published to by the parts that hold these metrics.
+    events: Events,
+    acme: AcmeMetrics,
     cluster: ClusterMetrics,
     requests: Family<ServiceClassLabels, Counter>,
     unrouted: Family<KindLabels, Counter>,
     duration: LatencyHistogram,
+    service_duration: Family<ServiceLabels, LatencyHistogram, fn() -> LatencyHistogram>,
     open_connections: Gauge,
     connections: Counter,
     worker_connections: Family<WorkerLabels, Counter>,
@@ -560,6 +656,14 @@ impl Metrics {
             "unrouted_requests",
             "Requests answered without a service: unknown host (404), missing/malformed Host (400), route to an undefined service (503)",
             unrouted.clone(),
+        );
+
+        let service_duration: Family<ServiceLabels, LatencyHistogram, fn() -> LatencyHistogram> =
+            Family::new_with_constructor(service_latency);
+        registry.register(
+            "service_request_duration_seconds",
+            "Time from request received to response headers sent, by service (created on its first request)",
+            service_duration.clone(),
         );
 
         let duration = LatencyHistogram::new(&[
@@ -645,18 +749,23 @@ impl Metrics {
              write_error: the destination refused them; closed: logged after shutdown)",
             access_log_dropped.clone(),
         );
-        let passivation = PassivationMetrics::register(&mut registry);
-        let tls = TlsMetrics::register(&mut registry);
+        let events = Events::new();
+        let passivation = PassivationMetrics::register(&mut registry, events.clone());
+        let tls = TlsMetrics::register(&mut registry, events.clone());
+        let acme = AcmeMetrics::register(&mut registry);
         let cluster = ClusterMetrics::register(&mut registry);
 
         Self {
             registry,
+            events,
             passivation,
             tls,
+            acme,
             cluster,
             requests,
             unrouted,
             duration,
+            service_duration,
             open_connections,
             connections,
             worker_connections,
@@ -682,7 +791,8 @@ impl Metrics {
         let by_class = ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
             self.requests.get_or_create(&ServiceClassLabels { service: service.to_string(), class }).clone()
         });
-        ServiceStats { by_class }
+        let latency = self.service_duration.get_or_create(&ServiceLabels { service: service.to_string() }).clone();
+        ServiceStats { by_class, latency }
     }
 
     /// The counter of `reveille_worker_connections_total` for worker `worker` (created at 0, so every worker
@@ -738,6 +848,7 @@ impl Metrics {
     }
 
     pub fn table_installed(&self, routes: usize, services: usize) {
+        self.events.publish("routes", serde_json::json!({ "routes": routes, "services": services }));
         self.routes.set(routes as i64);
         self.services.set(services as i64);
     }
@@ -775,6 +886,14 @@ impl Metrics {
         &self.tls
     }
 
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    pub fn acme(&self) -> &AcmeMetrics {
+        &self.acme
+    }
+
     pub fn cluster(&self) -> &ClusterMetrics {
         &self.cluster
     }
@@ -807,6 +926,27 @@ mod tests {
             "reveille_request_duration_seconds_bucket{le=\"60.0\"} 4",
             "reveille_request_duration_seconds_bucket{le=\"+Inf\"} 5",
             "reveille_request_duration_seconds_sum 70.046",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn each_service_has_its_latency_histogram() {
+        let m = Metrics::new();
+        let shop = m.service_stats("shop");
+        shop.record(200, Duration::from_millis(2));
+        shop.record(503, Duration::from_millis(1500));
+        m.service_stats("blog").record(200, Duration::from_millis(50));
+        let text = m.encode();
+        for line in [
+            "reveille_service_request_duration_seconds_count{service=\"shop\"} 2",
+            "reveille_service_request_duration_seconds_bucket{le=\"0.005\",service=\"shop\"} 1",
+            "reveille_service_request_duration_seconds_bucket{le=\"1.0\",service=\"shop\"} 1",
+            "reveille_service_request_duration_seconds_bucket{le=\"2.5\",service=\"shop\"} 2",
+            "reveille_service_request_duration_seconds_bucket{le=\"0.025\",service=\"blog\"} 0",
+            "reveille_service_request_duration_seconds_bucket{le=\"0.1\",service=\"blog\"} 1",
+            "reveille_requests_total{service=\"shop\",class=\"5xx\"} 1",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

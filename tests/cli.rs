@@ -103,6 +103,34 @@ async fn route_and_service_commands() {
     let (_, out, _) = reveille(url, &["service", "ls"]);
     assert!(out.lines().any(|l| l.starts_with("web") && l.contains("[container web-1:8080]")), "{out}");
 
+    // Fields can be removed: a fixed backend added, then the container's timeouts, then the backends again.
+    let (code, _, err) = reveille(url, &["service", "set", "web", "--backend", "10.0.0.9:8080"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) =
+        reveille(url, &["service", "set", "web", "--unset", "stop_timeout", "--unset", "idle_timeout"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        value(&etcd, "/reveille/services/web").await.unwrap(),
+        serde_json::json!({"container": "web-1", "port": 8080, "backends": ["10.0.0.9:8080"]})
+    );
+    let (code, out, err) = reveille(url, &["service", "set", "web", "--unset", "backends"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("service web: container web-1 (updated)"), "{out}");
+    assert_eq!(
+        value(&etcd, "/reveille/services/web").await.unwrap(),
+        serde_json::json!({"container": "web-1", "port": 8080})
+    );
+    // A removal that leaves an invalid service is refused, and writes nothing.
+    let (code, _, err) = reveille(url, &["service", "set", "web", "--unset", "container", "--unset", "port"]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        value(&etcd, "/reveille/services/web").await.unwrap(),
+        serde_json::json!({"container": "web-1", "port": 8080})
+    );
+    let (code, _, err) = reveille(url, &["service", "set", "web", "--unset", "colour"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("invalid value 'colour'"), "{err}");
+
     // A service in use is not removed without --force.
     let (code, _, err) = reveille(url, &["service", "rm", "acme"]);
     assert_eq!(code, 1);
@@ -130,6 +158,9 @@ fn unreachable_etcd_is_a_clear_error() {
     let (code, _, err) = reveille(&format!("http://127.0.0.1:{port}"), &["route", "ls"]);
     assert_eq!(code, 1);
     assert!(err.contains(&format!("cannot reach etcd at http://127.0.0.1:{port}")), "{err}");
+    // Said for a person: what failed and why, not the gRPC client's debug dump of the status.
+    assert!(err.contains("Connection refused"), "{err}");
+    assert!(!err.contains("MetadataMap") && !err.contains("details: ["), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,4 +201,50 @@ async fn service_set_docker_host_is_checked_against_the_config() {
         reveille(url, &["service", "set", "api", "--backend", "127.0.0.1:1", "--docker-host", "second"]);
     assert_eq!(code, 1);
     assert!(err.contains("`docker_host` needs `container`"), "{err}");
+}
+
+#[test]
+fn version_names_the_revision_and_completions_and_man_page_are_generated() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_reveille")).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let version = run(&["--version"]);
+    let revision = version.trim().rsplit_once(" (").map(|(_, r)| r.trim_end_matches(')')).unwrap_or("");
+    assert!(version.starts_with(&format!("reveille {} (", env!("CARGO_PKG_VERSION"))), "{version}");
+    assert!(
+        revision == "unknown" || revision.trim_end_matches("-dirty").chars().all(|c| c.is_ascii_hexdigit()),
+        "a git revision: {version}"
+    );
+    let bash = run(&["completions", "bash"]);
+    assert!(bash.contains("_reveille()") && bash.contains("serve") && bash.contains("--https"), "bash completion");
+    assert!(run(&["completions", "zsh"]).starts_with("#compdef reveille"));
+    let man = run(&["manpage"]);
+    assert!(man.contains(".TH reveille 1") && man.contains("multi\\-tenant"), "{man}");
+}
+
+#[test]
+fn check_shows_unknown_keys_and_help_is_grouped_by_concern() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    std::fs::write(
+        &routes,
+        "[services.web]\nbackend = [\"127.0.0.1:1\"]\nbackends = [\"127.0.0.1:2\"]\n[routes]\n\"a.test\" = \"web\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN).args(["check", "--routes"]).arg(&routes).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("warning: line 1: unknown field `backend` of service web ignored"), "{text}");
+
+    let help = Command::new(BIN).args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for heading in ["Listeners:", "TLS:", "etcd:", "Client limits:", "Backends:", "Passivation and cluster:"] {
+        assert!(help.lines().any(|l| l == heading), "{heading} in serve --help:\n{help}");
+    }
+    let help = Command::new(BIN).args(["service", "set", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    let etcd = help.find("\netcd:").expect("etcd flags under their own heading");
+    assert!(help[..etcd].contains("--container") && help[etcd..].contains("--etcd-prefix"), "{help}");
 }

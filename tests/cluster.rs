@@ -282,6 +282,8 @@ async fn a_request_during_another_replicas_stop_is_held_and_served_by_a_new_star
     assert_eq!(get(deciding.http, "web.test", "/index.html").await.status, StatusCode::OK);
 
     eventually(LONG, "the decider stopping it", || async { status(&etcd).await["state"] == "stopping" }).await;
+    // Past the veto window: Docker has sent the stop signal (a request before it would veto the stop instead).
+    eventually(LONG, "the stop signal sent", || async { event_count(&web.name, "kill", since) > 0 }).await;
     let got = get(other.http, "web.test", "/index.html").await;
     assert_eq!(got.status, StatusCode::OK, "{}", got.text);
     let seen = actions(&web, since);

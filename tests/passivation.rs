@@ -185,7 +185,13 @@ async fn wake_timeout_answers_504() {
     assert!(begin.elapsed() >= Duration::from_secs(1));
     assert_eq!(proxy.metric("reveille_rejected_holds_total{reason=\"timeout\"}").await, 1.0);
     state_becomes(&proxy, "slow", "failed").await;
-    assert!(proxy.service_view("slow").await["last_error"].as_str().unwrap().contains("within 1s"));
+    let view = proxy.service_view("slow").await;
+    assert!(view["last_error"].as_str().unwrap().contains("within 1s"), "{view}");
+    // The failed wake's timings: it ran (the container is up) but never became ready.
+    let wake = &view["last_wake"];
+    assert_eq!(wake["ok"], false, "{view}");
+    assert!(wake["running_ms"].is_number() && wake["ready_ms"].is_null(), "{view}");
+    assert!(wake["total_ms"].as_f64().unwrap() >= 1000.0, "{view}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -473,4 +479,52 @@ async fn health_path_decides_readiness() {
     assert_eq!(got.status, StatusCode::OK, "{}", got.text);
     assert_eq!(got.text, "up", "forwarded only once the health check passed");
     assert!(begin.elapsed() >= Duration::from_millis(1500), "{:?}", begin.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_commands_need_the_token_and_the_events_feed_shows_the_tenant_live() {
+    let image = TestImage::build();
+    let web = image.web_after("");
+    let r = routes(&[("web", container_fields(&web, "idle_timeout = \"0\""))]);
+    let token = "s3cret-token-for-tests";
+    let proxy = TestProxy::start_custom(&r, |c| {
+        c.proxy.access_log = false;
+        c.admin_token = Some(token.into());
+    })
+    .await;
+    state_becomes(&proxy, "web", "stopped").await;
+    let feed = support::EventStream::open(proxy.admin, "/api/events", &[]).await;
+
+    // No token, or a wrong one: refused, and nothing happens.
+    for auth in [None, Some("Bearer wrong-token-of-same-size!")] {
+        let mut req = Request::post("/api/services/web/wake").header("host", "admin");
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let got = send(proxy.admin, req.body(full("")).unwrap()).await;
+        assert_eq!(got.status, StatusCode::UNAUTHORIZED, "{}", got.text);
+        assert_eq!(got.headers["www-authenticate"], "Bearer");
+    }
+    assert_eq!(proxy.service_view("web").await["state"], "stopped");
+    // Reading stays open to anyone who reaches the listener.
+    assert_eq!(proxy.admin_get("/api/services").await.0, StatusCode::OK);
+
+    let bearer = format!("Bearer {token}");
+    let command = |path: &'static str| {
+        let bearer = bearer.clone();
+        async move {
+            let req = Request::post(path).header("host", "admin").header("authorization", bearer);
+            send(proxy.admin, req.body(full("")).unwrap()).await
+        }
+    };
+    let got = command("/api/services/web/wake").await;
+    assert_eq!(got.status, StatusCode::ACCEPTED, "{}", got.text);
+    let seen = feed.until("\"state\":\"running\"").await;
+    assert!(seen.contains("event: tenant") && seen.contains("\"service\":\"web\""), "{seen}");
+    assert!(seen.contains("\"state\":\"starting\""), "the wake's steps, live: {seen}");
+    assert_eq!(web.docker_state(), "running");
+    let got = command("/api/services/web/sleep").await;
+    assert_eq!(got.status, StatusCode::ACCEPTED, "{}", got.text);
+    feed.until("\"state\":\"stopped\"").await;
+    assert_eq!(web.docker_state(), "exited");
 }

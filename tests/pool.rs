@@ -14,7 +14,7 @@ use http::{Request, StatusCode};
 use parking_lot::Mutex;
 use reveille::ProxySettings as Settings;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// What the raw backend does with the n-th request (from 1) on a connection.
@@ -91,34 +91,15 @@ async fn serve_conn(
     let mut n = 0;
     loop {
         // Read one request head (and its Content-Length body).
-        let head_end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
+        let Some((head, head_end)) = read_request_head(&mut stream, &mut buf).await else {
+            if buf.is_empty() {
+                *closed_by_peer.lock() += 1;
             }
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => {
-                    if buf.is_empty() {
-                        *closed_by_peer.lock() += 1;
-                    }
-                    return;
-                }
-                Ok(k) => buf.extend_from_slice(&chunk[..k]),
-            }
+            return;
         };
-        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
-            .unwrap_or(0);
-        while buf.len() < head_end + len {
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(k) => buf.extend_from_slice(&chunk[..k]),
-            }
+        if !consume_request(&mut stream, &mut buf, &head, head_end).await {
+            return;
         }
-        buf.drain(..head_end + len);
         let mut words = head.split_whitespace();
         let method = words.next().unwrap_or_default().to_string();
         let path = words.next().unwrap_or_default().to_string();

@@ -579,6 +579,7 @@ async fn cert_cli_validates_writes_lists_and_removes() {
     assert!(ok, "{out}");
     let line = |name: &str| out.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or("").to_string();
     assert!(line("shop").contains("2090-01-01T00:00:00Z") && line("shop").contains("*.shop.test"), "{out}");
+    assert!(line("shop").contains("operator"), "not ACME's: {out}");
     assert!(line("combined").contains("x.test"), "{out}");
     assert!(line("junk").contains("INVALID"), "{out}");
     assert!(line("old").contains("EXPIRED") && line("old").contains("2021-01-01"), "{out}");
@@ -607,6 +608,29 @@ fn check_reports_each_certificate_of_a_directory() {
     assert!(out.contains("certificate good: ok, a.test, *.a.test until 2090-01-01T00:00:00Z"), "{out}");
     assert!(out.contains("certificate bad: the private key does not match the certificate"), "{out}");
     assert!(out.contains("certificate lonely:") && out.contains("has no certificate"), "{out}");
+    // Broken PEM and DER are said in words, not as the parsers' byte arrays and debug dumps.
+    let key = ca.issue(&["d.test"]).key_pem;
+    for (name, pem) in [
+        ("nobase64", "-----BEGIN CERTIFICATE-----\nMIIB!!!!\n-----END CERTIFICATE-----\n"),
+        ("noder", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"),
+        ("noend", "-----BEGIN CERTIFICATE-----\nAAAA\n"),
+    ] {
+        std::fs::write(dir.path().join(format!("{name}.crt")), pem).unwrap();
+        std::fs::write(dir.path().join(format!("{name}.key")), &key).unwrap();
+    }
+    let (ok, out) = run(&["check", "--certs", dir.path().to_str().unwrap()]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("certificate nobase64: the certificate PEM is malformed: the text between its BEGIN and END lines is not valid base64"), "{out}");
+    assert!(out.contains("certificate noder: the certificate cannot be parsed: it is not an X.509 certificate (its DER encoding is invalid)"), "{out}");
+    assert!(
+        out.contains("certificate noend: the certificate PEM is malformed: no -----END CERTIFICATE----- line"),
+        "{out}"
+    );
+    assert!(!out.contains("[45, 45") && !out.contains("Der(") && !out.contains("InvalidCharacter"), "{out}");
+    for name in ["nobase64", "noder", "noend"] {
+        std::fs::remove_file(dir.path().join(format!("{name}.crt"))).unwrap();
+        std::fs::remove_file(dir.path().join(format!("{name}.key"))).unwrap();
+    }
     std::fs::remove_file(dir.path().join("bad.key")).unwrap();
     std::fs::remove_file(dir.path().join("lonely.key")).unwrap();
     std::fs::remove_file(dir.path().join("bad.crt")).unwrap();

@@ -1,6 +1,7 @@
 //! TLS benchmark: reveille against nginx, each a one-core TLS-terminating reverse proxy in front of the same
 //! backend, with the same certificate: new (full) TLS handshakes per second, and requests per second over TLS
-//! keep-alive connections.
+//! keep-alive connections. A third proxy, `reveille-acme`, is reveille with ACME on and the certificate stored
+//! where ACME keeps it: its handshakes must cost what a directory certificate's do (`TLS_PROXIES` chooses).
 //!
 //! Run with `cargo run --release -p reveille-lab -- tls`. Needs `wrk`, `nginx` and `taskset`; without them it says which is
 //! missing and exits 0. Only 127.0.0.1 is used.
@@ -102,7 +103,10 @@ const CERT_NAME: &str = "bench";
 const BODY: &[u8; 100] =
     b"reveille TLS bench: a fixed response body from the upstream backend, one hundred bytes in all......\n";
 
-const PROXY_NAMES: [&str; 2] = ["reveille", "nginx"];
+/// `reveille-acme`: reveille with ACME on (`[acme] hosts = "all"`, a CA that is never contacted) and the
+/// certificate stored as ACME stores it (`acme-bench.test.pem`): a handshake for a name whose ACME certificate
+/// is stored must cost what a directory certificate's costs.
+const PROXY_NAMES: [&str; 3] = ["reveille", "nginx", "reveille-acme"];
 
 /// Runs the lab; false if a measurement failed.
 pub(crate) fn main() -> bool {
@@ -130,10 +134,12 @@ pub(crate) fn main() -> bool {
     let bench = Bench { rt: &rt, clients: &clients, tools: &tools, s: &settings };
 
     let ports: [u16; 4] = free_ports();
+    let acme_ports: [u16; 4] = free_ports();
     let mut proxies = Vec::new();
     for name in &settings.proxies {
         let proxy = match *name {
             "reveille" => bench.start_reveille(&mut lab, backend, ports),
+            "reveille-acme" => bench.start_reveille_acme(&mut lab, backend, acme_ports, &cert),
             _ => bench.start_nginx(&mut lab, backend, ports[3], &chain_path, &key_path),
         };
         proxies.push(proxy);
@@ -371,6 +377,37 @@ impl Bench<'_> {
                 && self.tls_ready(https)
         });
         Proxy::new("reveille", https, Some(admin), pid, log)
+    }
+
+    /// reveille with ACME on and the certificate where ACME keeps it without etcd.
+    fn start_reveille_acme(&self, lab: &mut Lab, backend: u16, ports: [u16; 4], cert: &BenchCert) -> Proxy {
+        let (tools, s) = (self.tools, self.s);
+        let [http, https, admin, unused] = ports;
+        let dir = lab.path("certs-acme");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("acme-{HOST}.pem")), format!("{}{}", cert.chain_pem, cert.key_pem)).unwrap();
+        // Every routed host is ACME's; bench.test has its (valid) certificate, so nothing is ever ordered and the
+        // CA (nothing listens there) is never contacted.
+        let config = lab.write(
+            "reveille-acme.toml",
+            &format!(
+                "[acme]\ndirectory = \"https://127.0.0.1:{unused}/dir\"\nhosts = \"all\"\ncheck_interval = \"1h\"\n"
+            ),
+        );
+        let opts = onecore::ReveilleOpts { file: "routes-acme.toml", threads: 1, access_log: false };
+        let cpu = s.proxy_cpu.to_string();
+        let mut cmd = onecore::reveille_with(lab, &tools.taskset, &cpu, &[(HOST, backend)], (http, admin), &opts);
+        cmd.arg("--config")
+            .arg(&config)
+            .args(["--https", &format!("127.0.0.1:{https}")])
+            .arg("--certs")
+            .arg(&dir)
+            .args(["--default-cert", &format!("acme-{HOST}")]);
+        let (pid, log) = lab.start("reveille-acme", cmd, || {
+            onecore::get(admin, "127.0.0.1", "/readyz").is_some_and(|(status, _)| status == 200)
+                && self.tls_ready(https)
+        });
+        Proxy::new("reveille-acme", https, Some(admin), pid, log)
     }
 
     fn start_nginx(&self, lab: &mut Lab, backend: u16, port: u16, chain: &Path, key: &Path) -> Proxy {

@@ -91,6 +91,9 @@ fn check_routes(routes_path: &std::path::Path, hosts: &DockerHostNames) -> ExitC
             if let Some(warning) = loaded.warning() {
                 println!("warning: {warning}");
             }
+            for unknown in &loaded.unknown_keys {
+                println!("warning: {unknown}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

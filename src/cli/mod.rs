@@ -21,7 +21,11 @@ use ops::{Ops, OpsError};
 use check::check;
 
 #[derive(Parser)]
-#[command(name = "reveille", version, about = "Edge reverse proxy for multi-tenant container platforms")]
+#[command(
+    name = "reveille",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("REVEILLE_GIT_REVISION"), ")"),
+    about = "Edge reverse proxy for multi-tenant container platforms"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -98,6 +102,13 @@ pub enum Tool {
         #[arg(long, value_name = "DIR")]
         certs: Option<PathBuf>,
     },
+    /// Print a shell completion script (e.g. `reveille completions bash > /etc/bash_completion.d/reveille`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `reveille manpage > /usr/local/share/man/man1/reveille.1`.
+    Manpage,
 }
 
 #[derive(Subcommand)]
@@ -159,9 +170,13 @@ pub enum CertCommand {
 /// The fields of `service set`.
 #[derive(clap::Args)]
 pub struct ServiceFields {
-    /// A backend address (repeat for several)
+    /// A backend address (repeat for several); the list given replaces the service's list
     #[arg(long = "backend", value_name = "ADDR")]
     pub backends: Vec<String>,
+    /// Remove a field from the service (repeat for several), e.g. `--unset backends` to serve only from the
+    /// container, `--unset container` to stop passivating it
+    #[arg(long, value_name = "FIELD", value_parser = UNSETTABLE)]
+    pub unset: Vec<String>,
     /// Docker container (name or id) that reveille starts on demand and stops when idle
     #[arg(long, value_name = "NAME")]
     pub container: Option<String>,
@@ -205,10 +220,33 @@ pub struct ServiceFields {
     /// Strict-Transport-Security value for responses over HTTPS, e.g. "max-age=31536000"
     #[arg(long, value_name = "VALUE")]
     pub hsts: Option<String>,
+    /// Certificates by ACME for the service's host names (true/false; unset follows `[acme] hosts`)
+    #[arg(long, value_name = "BOOL")]
+    pub acme: Option<bool>,
 }
 
+/// The fields `service set --unset` can remove: every field `service set` can set.
+const UNSETTABLE: [&str; 16] = [
+    "backends",
+    "container",
+    "port",
+    "network",
+    "docker_host",
+    "idle_timeout",
+    "wake_timeout",
+    "stop_timeout",
+    "health_path",
+    "idle_action",
+    "stop_after",
+    "max_held",
+    "page_after",
+    "https_redirect",
+    "hsts",
+    "acme",
+];
+
 impl ServiceFields {
-    /// The fields given, as the JSON object merged into the service's value.
+    /// The fields given, as the JSON object merged into the service's value (a removed field is `null`).
     pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
         use serde_json::Value;
         let mut m = serde_json::Map::new();
@@ -242,6 +280,13 @@ impl ServiceFields {
         if let Some(b) = self.https_redirect {
             m.insert("https_redirect".into(), Value::from(b));
         }
+        if let Some(b) = self.acme {
+            m.insert("acme".into(), Value::from(b));
+        }
+        // A field both given and removed is given.
+        for field in &self.unset {
+            m.entry(field.clone()).or_insert(Value::Null);
+        }
         m
     }
 }
@@ -254,6 +299,37 @@ pub fn run(tool: Tool) -> ExitCode {
         Tool::Service { command, etcd, config } => operate(config, etcd, Op::Service(command)),
         Tool::Cert { command, etcd, config } => operate(config, etcd, Op::Cert(command)),
         Tool::Status { json, etcd, config } => operate(config, etcd, Op::Status { json }),
+        Tool::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "reveille", &mut script);
+            print_out(&script)
+        }
+        Tool::Manpage => {
+            let command = <Cli as clap::CommandFactory>::command();
+            let mut page = Vec::new();
+            match clap_mangen::Man::new(command).render(&mut page) {
+                Ok(()) => print_out(&page),
+                Err(e) => {
+                    eprintln!("cannot render the man page: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Writes generated text to stdout; a reader that went away (`| head`) is not an error worth a panic.
+fn print_out(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cannot write to stdout: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

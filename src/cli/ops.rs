@@ -120,7 +120,9 @@ impl Ops {
     ) -> Result<String, OpsError> {
         validate_service_name(name)?;
         if fields.is_empty() {
-            return Err(OpsError::Refused("nothing to set: give --backend and/or --container with --port".into()));
+            return Err(OpsError::Refused(
+                "nothing to set: give --backend and/or --container with --port, or --unset FIELD".into(),
+            ));
         }
         let key = self.keys.service(name);
         let previous = self.object(&key).await?;
@@ -206,7 +208,7 @@ impl Ops {
     /// it is written as `{"cert": ..., "key": ...}`.
     pub(super) async fn cert_put(&mut self, name: &str, cert_pem: &str, key_pem: &str) -> Result<String, OpsError> {
         let key = self.keys.cert(name);
-        let value = serde_json::to_vec(&CertValue { cert: cert_pem.into(), key: key_pem.into() })
+        let value = serde_json::to_vec(&CertValue { cert: cert_pem.into(), key: key_pem.into(), acme: None })
             .map_err(|e| OpsError::Refused(e.to_string()))?;
         let cert = crate::tls::etcd::parse_value(name, &key, &value, None)?;
         let now = crate::tls::cert::now();
@@ -229,25 +231,55 @@ impl Ops {
     pub(super) async fn cert_ls(&mut self) -> Result<String, OpsError> {
         let (start, end) = self.keys.certs_range();
         let (_, kvs) = list_range(&self.client, &start, &end, self.timeout).await?;
+        // ACME's recorded failures per name (a failing renewal shows with its certificate).
+        let failures_prefix = self.keys.acme_failure("");
+        let failures_end = format!("{}0", failures_prefix.trim_end_matches('/'));
+        let (_, failure_kvs) = list_range(&self.client, &failures_prefix, &failures_end, self.timeout).await?;
+        let failures: BTreeMap<String, Value> = failure_kvs
+            .iter()
+            .filter_map(|kv| {
+                let host = String::from_utf8_lossy(kv.key()).strip_prefix(failures_prefix.as_str())?.to_string();
+                Some((host, serde_json::from_slice(kv.value()).ok()?))
+            })
+            .collect();
         let now = crate::tls::cert::now();
         let mut rows = Vec::new();
         for kv in &kvs {
             let key = String::from_utf8_lossy(kv.key());
             let Some(name) = self.keys.cert_name(&key) else { continue };
+            // Certificates ACME obtained say so; reveille renews them once two thirds of their lifetime have
+            // passed (or `[acme] renew_before` ahead of expiry, which this command does not read).
+            let acme = serde_json::from_slice::<Value>(kv.value()).ok().is_some_and(|v| v.get("acme").is_some());
             let row = match crate::tls::etcd::parse_value(name, &key, kv.value(), None) {
                 Ok(c) => {
                     let days = (c.not_after - now).div_euclid(86_400);
                     let left = if c.expired(now) { "EXPIRED".to_string() } else { format!("{days}d") };
-                    (name.to_string(), crate::tls::cert::format_time(c.not_after), left, c.names_display())
+                    let by = if acme {
+                        let renew = c.not_before + (c.not_after - c.not_before) * 2 / 3;
+                        let due = if now >= renew { " DUE" } else { "" };
+                        let failing = crate::acme::cert_host(name)
+                            .and_then(|host| failures.get(host))
+                            .map(|f| {
+                                let reason = f.get("reason").and_then(Value::as_str).unwrap_or("?");
+                                let times = f.get("failures").and_then(Value::as_u64).unwrap_or(1);
+                                format!(", failing: {reason} ({times}x)")
+                            })
+                            .unwrap_or_default();
+                        format!("acme, renews {}{due}{failing}", crate::tls::cert::format_time(renew))
+                    } else {
+                        "operator".to_string()
+                    };
+                    (name.to_string(), crate::tls::cert::format_time(c.not_after), left, by, c.names_display())
                 }
-                Err(e) => (name.to_string(), "-".into(), "INVALID".into(), e.to_string()),
+                Err(e) => (name.to_string(), "-".into(), "INVALID".into(), "-".into(), e.to_string()),
             };
             rows.push(row);
         }
         let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(4).max(4);
-        let mut out = format!("{:width$}  {:20}  {:>7}  NAMES\n", "NAME", "EXPIRES", "LEFT");
-        for (name, expires, left, names) in rows {
-            let _ = writeln!(out, "{name:width$}  {expires:20}  {left:>7}  {names}");
+        let by_width = rows.iter().map(|r| r.3.len()).max().unwrap_or(2).max(2);
+        let mut out = format!("{:width$}  {:20}  {:>7}  {:by_width$}  NAMES\n", "NAME", "EXPIRES", "LEFT", "BY");
+        for (name, expires, left, by, names) in rows {
+            let _ = writeln!(out, "{name:width$}  {expires:20}  {left:>7}  {by:by_width$}  {names}");
         }
         Ok(out)
     }

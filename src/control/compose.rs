@@ -27,6 +27,15 @@ pub(crate) enum Source {
     Etcd = 1,
 }
 
+impl Source {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Source::File => "file",
+            Source::Etcd => "etcd",
+        }
+    }
+}
+
 /// One key of a source set, changed: `None` deletes it.
 #[derive(Debug, Clone)]
 pub(crate) enum Change {
@@ -152,6 +161,25 @@ impl Composer {
         changes.len()
     }
 
+    /// Where each route and service in force comes from, for the admin API: `{"routes": {host: "file"|"etcd"},
+    /// "services": {name: ...}}`. Read when asked (under the composer's lock, off the request path).
+    pub(crate) fn sources(&self) -> serde_json::Value {
+        let state = self.state.lock();
+        let mut routes = serde_json::Map::new();
+        let mut services = serde_json::Map::new();
+        // Lowest precedence first, so the source that wins is the one left in the map.
+        for source in PRECEDENCE.iter().rev() {
+            let Some(set) = state.sets[*source as usize].as_ref() else { continue };
+            for host in set.routes.keys() {
+                routes.insert(host.to_string(), source.as_str().into());
+            }
+            for name in set.services.keys() {
+                services.insert(name.to_string(), source.as_str().into());
+            }
+        }
+        serde_json::json!({ "routes": routes, "services": services })
+    }
+
     /// The set `source` last handed over, if it has loaded.
     pub(crate) fn source_set(&self, source: Source) -> Option<RouteSet> {
         self.state.lock().sets[source as usize].clone()
@@ -229,9 +257,15 @@ mod tests {
         assert!(c.loaded.is_open());
         assert_eq!(port_of(&c, "a.test").as_deref(), Some("127.0.0.1:3"), "etcd route and etcd service");
         assert_eq!(port_of(&c, "b.test").as_deref(), Some("127.0.0.1:3"), "file route, etcd service");
+        let sources = c.sources();
+        assert_eq!(sources["routes"]["a.test"], "etcd", "{sources}");
+        assert_eq!(sources["routes"]["b.test"], "file", "{sources}");
+        assert_eq!(sources["services"]["a"], "file", "{sources}");
+        assert_eq!(sources["services"]["b"], "etcd", "{sources}");
 
         c.update(Source::Etcd, vec![Change::Route(HostPattern::parse("a.test").unwrap(), None)]);
         assert_eq!(port_of(&c, "a.test").as_deref(), Some("127.0.0.1:1"), "back to the file's route");
+        assert_eq!(c.sources()["routes"]["a.test"], "file");
         c.update(Source::Etcd, vec![Change::Service(Arc::from("b"), None)]);
         assert_eq!(port_of(&c, "b.test").as_deref(), Some("127.0.0.1:2"), "back to the file's service");
     }

@@ -177,6 +177,11 @@ impl Sink for EtcdWatcher {
         }
         let n = changes.len();
         if n > 0 {
+            // One line per watch response, naming what changed (the first few), so an operator's `etcdctl put`
+            // shows up in the log.
+            let named: Vec<String> = changes.iter().take(5).map(describe).collect();
+            let more = if n > named.len() { format!(" and {} more", n - named.len()) } else { String::new() };
+            info!(revision, changes = n, "etcd: {}{more}", named.join(", "));
             self.composer.update(Source::Etcd, changes);
             self.metrics.etcd_events(n as u64);
         }
@@ -191,6 +196,16 @@ impl Sink for EtcdWatcher {
 
     fn ended(&self) {
         self.metrics.etcd_connected(false);
+    }
+}
+
+/// A change as the log names it: `route a.example.com -> shop`, `service shop removed`.
+fn describe(change: &Change) -> String {
+    match change {
+        Change::Route(host, Some(service)) => format!("route {host} -> {service}"),
+        Change::Route(host, None) => format!("route {host} removed"),
+        Change::Service(name, Some(_)) => format!("service {name} set"),
+        Change::Service(name, None) => format!("service {name} removed"),
     }
 }
 

@@ -133,6 +133,8 @@ pub(crate) struct Loaded {
     pub set: RouteSet,
     /// `allow_empty = true`: a version without routes is applied even over one with routes.
     pub allow_empty: bool,
+    /// Keys this version does not know, ignored (a typo such as `backend =`), as `reveille check` shows them.
+    pub unknown_keys: Vec<String>,
 }
 
 impl Loaded {
@@ -175,8 +177,10 @@ pub(crate) fn parse(path: &Path, text: &str, hosts: &DockerHostNames) -> Result<
     let starts: Vec<usize> =
         std::iter::once(0).chain(text.bytes().enumerate().filter(|(_, b)| *b == b'\n').map(|(i, _)| i + 1)).collect();
     let line_of = |offset: usize| starts.partition_point(|s| *s <= offset);
+    let mut unknown_keys = Vec::new();
     for key in file.unknown.keys() {
         warn!(path = %path.display(), key, "unknown top-level key in routes file ignored");
+        unknown_keys.push(format!("unknown top-level key `{key}` ignored"));
     }
 
     let mut errors = Vec::new();
@@ -186,6 +190,7 @@ pub(crate) fn parse(path: &Path, text: &str, hosts: &DockerHostNames) -> Result<
         let spec = entry.get_ref();
         for key in spec.unknown.keys() {
             warn!(path = %path.display(), line, service = %name, key, "unknown service field ignored");
+            unknown_keys.push(format!("line {line}: unknown field `{key}` of service {name} ignored"));
         }
         let added =
             spec.to_service(name, hosts).and_then(|svc| builder.insert_service(svc).map(|_| ()).map_err(|e| (None, e)));
@@ -206,7 +211,7 @@ pub(crate) fn parse(path: &Path, text: &str, hosts: &DockerHostNames) -> Result<
         }
     }
     match builder.build() {
-        Ok(set) if errors.is_empty() => Ok(Loaded { set, allow_empty: file.allow_empty }),
+        Ok(set) if errors.is_empty() => Ok(Loaded { set, allow_empty: file.allow_empty, unknown_keys }),
         Ok(_) => Err(FileError::Invalid { path: path.to_owned(), errors }),
         Err(build_errors) => {
             for error in build_errors {

@@ -51,13 +51,13 @@ pub(crate) const DEFAULT_PREFIX: &str = "/reveille/";
 /// Errors talking to etcd.
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
-    #[error("cannot reach etcd at {endpoints}: {source}")]
+    #[error("cannot reach etcd at {endpoints}: {}", describe(source))]
     Connect { endpoints: String, source: Box<etcd_client::Error> },
     #[error("etcd at {endpoints} did not answer within {}", humantime::format_duration(*.timeout))]
     Unreachable { endpoints: String, timeout: Duration },
     #[error("etcd did not answer within {}", humantime::format_duration(*.0))]
     Timeout(Duration),
-    #[error("etcd request failed: {0}")]
+    #[error("etcd request failed: {}", describe(.0))]
     Request(Box<etcd_client::Error>),
     #[error("cannot read {path}: {source}")]
     ReadFile { path: PathBuf, source: std::io::Error },
@@ -65,6 +65,36 @@ pub enum EtcdError {
     Config(String),
     #[error("etcd watch ended: {0}")]
     WatchEnded(String),
+}
+
+/// An etcd client error as a person reads it: a gRPC status's message, its code and what caused it (the
+/// client's own `Display` of a status ends in `details: [], metadata: MetadataMap { headers: {} }`).
+pub(crate) fn describe(e: &etcd_client::Error) -> String {
+    let mut out = match e {
+        etcd_client::Error::GRpcStatus(status) => {
+            let code = format!("{:?}", status.code()).to_lowercase();
+            match status.message() {
+                "" => code,
+                message => format!("{message} ({code})"),
+            }
+        }
+        etcd_client::Error::TransportError(e) => e.to_string(),
+        other => other.to_string(),
+    };
+    let mut cause = match e {
+        etcd_client::Error::GRpcStatus(status) => std::error::Error::source(status),
+        etcd_client::Error::TransportError(e) => std::error::Error::source(e),
+        _ => None,
+    };
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !out.contains(&said) {
+            out.push_str(": ");
+            out.push_str(&said);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 impl From<etcd_client::Error> for EtcdError {

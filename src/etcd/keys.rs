@@ -10,7 +10,11 @@
 //!   the replicas alive, the one that decides idle stops, and each replica's use of each tenant, all under the
 //!   writing replica's lease (`cluster`).
 //! - `<prefix>certs/<name>` → `{"cert": "PEM chain", "key": "PEM key"}`, read by `tls::etcd`, written by
-//!   `reveille cert`.
+//!   `reveille cert`, and by ACME (`acme-<host>`).
+//! - `<prefix>acme/account` (the ACME account's credentials), `<prefix>acme/challenges/<kind>/<id>` (a pending
+//!   challenge's answer, under a lease), `<prefix>acme/orders/<host>` (the replica ordering a certificate,
+//!   under a lease), `<prefix>acme/ledger/<at>-<host>` (orders placed, for the budgets) and
+//!   `<prefix>acme/failures/<host>` (a name's recent failures: its backoff): `acme`.
 //!
 //! What the values mean is for those modules; this one only names keys and ranges.
 
@@ -131,6 +135,31 @@ impl Keys {
     /// The certificate name of a key in [`Keys::certs_range`].
     pub fn cert_name<'k>(&self, key: &'k str) -> Option<&'k str> {
         key.strip_prefix(self.prefix.as_str())?.strip_prefix("certs/")
+    }
+
+    /// `<prefix>acme/account`: the ACME account's credentials (JSON).
+    pub fn acme_account(&self) -> String {
+        format!("{}acme/account", self.prefix)
+    }
+
+    /// `<prefix>acme/challenges/<kind>/<id>`: a pending ACME challenge's answer.
+    pub fn acme_challenge(&self, kind: &str, id: &str) -> String {
+        format!("{}acme/challenges/{kind}/{id}", self.prefix)
+    }
+
+    /// `<prefix>acme/ledger/<at>-<host>`: an order placed, for the order budgets.
+    pub fn acme_ledger(&self, id: &str) -> String {
+        format!("{}acme/ledger/{id}", self.prefix)
+    }
+
+    /// `<prefix>acme/failures/<host>`: a name's recent order failures, its backoff for every replica.
+    pub fn acme_failure(&self, host: &str) -> String {
+        format!("{}acme/failures/{host}", self.prefix)
+    }
+
+    /// `<prefix>acme/orders/<host>`: held by the replica that orders a certificate for `host`.
+    pub fn acme_order(&self, host: &str) -> String {
+        format!("{}acme/orders/{host}", self.prefix)
     }
 
     /// The key range holding routes and services, and nothing that changes often (`activity/` sorts before

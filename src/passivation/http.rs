@@ -113,6 +113,17 @@ impl Passivator {
                     v["last_activity"] = json!(snap.last_activity.map(rfc3339));
                     v["last_error"] = json!(snap.last_error.map(|r| r.to_string()));
                     v["held"] = json!(snap.held);
+                    v["last_wake"] = json!(snap.last_wake.map(|w| {
+                        let ms = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+                        json!({
+                            "ok": w.ok,
+                            "ended": w.ended.map(rfc3339),
+                            "start_call_ms": ms(w.start_call),
+                            "running_ms": ms(w.running),
+                            "ready_ms": ms(w.ready),
+                            "total_ms": ms(w.total),
+                        })
+                    }));
                     v["idle_action"] = json!(spec.idle_action.as_str());
                     let idle = spec.idle_timeout.unwrap_or(self.settings().idle_timeout);
                     v["idle_timeout"] = json!(humantime::format_duration(idle).to_string());

@@ -149,6 +149,23 @@ pub struct Snapshot {
     pub last_error: Option<Refusal>,
     /// Requests held while the tenant wakes (clients that gave up excluded).
     pub held: usize,
+    /// How the last wake that ended went, phase by phase.
+    pub last_wake: Option<WakeTimes>,
+}
+
+/// How long one wake took, phase by phase (the phases of `reveille_wake_phase_seconds`). A phase the wake did
+/// not reach, or a start call it did not make (another replica started the container), is `None`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WakeTimes {
+    /// Wall-clock time the wake ended.
+    pub ended: Option<SystemTime>,
+    /// Whether the tenant became ready.
+    pub ok: bool,
+    pub start_call: Option<Duration>,
+    pub running: Option<Duration>,
+    pub ready: Option<Duration>,
+    /// From the first held request (or the wake request) to the end.
+    pub total: Option<Duration>,
 }
 
 /// Why an admin `sleep` was refused.
@@ -214,6 +231,10 @@ struct State {
     wake_requested_at: Option<Instant>,
     /// The last wake failure and when it happened.
     failure: Option<(Refusal, Instant)>,
+    /// The phases of the wake in progress, as they complete.
+    waking: WakeTimes,
+    /// The last wake that ended.
+    last_wake: Option<WakeTimes>,
     /// The driver waits for `active` to reach 0.
     idle_waiter: bool,
     /// Docker's id and name for the container, learnt on inspect, to match events.
@@ -295,6 +316,8 @@ impl Tenant {
             wake_pending: false,
             wake_requested_at: None,
             failure: None,
+            waking: WakeTimes::default(),
+            last_wake: None,
             idle_waiter: false,
             identity: None,
         };
@@ -490,6 +513,7 @@ impl Tenant {
             last_activity: st.last_activity,
             last_error: st.failure.as_ref().map(|(r, _)| r.clone()),
             held: st.queue.iter().filter(|tx| !tx.is_closed()).count(),
+            last_wake: st.last_wake,
         }
     }
 
@@ -530,6 +554,7 @@ impl Tenant {
         }
         debug!(from = st.phase.as_str(), to = phase.as_str(), "tenant state");
         self.shared.metrics.transition(Some(st.phase.as_str()), Some(phase.as_str()));
+        self.shared.metrics.tenant_changed(&self.name, st.phase.as_str(), phase.as_str(), &self.shared.settings.node);
         st.phase = phase;
         st.since = SystemTime::now();
         st.phase_at = Instant::now();
@@ -711,6 +736,7 @@ impl Tenant {
         let (requested, known) = {
             let mut st = self.state.lock();
             let known = st.phase;
+            st.waking = WakeTimes::default();
             self.set_phase(&mut st, Phase::Starting);
             (st.wake_requested_at.unwrap_or(started), known)
         };
@@ -735,6 +761,12 @@ impl Tenant {
             let mut st = self.state.lock();
             st.wake_pending = false;
             st.wake_requested_at = None;
+            st.last_wake = Some(WakeTimes {
+                ended: Some(SystemTime::now()),
+                ok: outcome.is_ok(),
+                total: Some(requested.elapsed()),
+                ..st.waking
+            });
             match &outcome {
                 Ok(backend) => {
                     st.backend = backend.clone();
@@ -779,7 +811,6 @@ impl Tenant {
         claim: &mut Option<StartClaim>,
     ) -> Outcome {
         let rt = self.runtime();
-        let metrics = &self.shared.metrics;
         let interval = self.shared.settings.probe_interval;
         let (name, network) = (spec.container.as_str(), spec.network.as_deref());
         let inspect = || async { rt.inspect(name, network).await.map_err(Refusal::from_runtime) };
@@ -824,7 +855,7 @@ impl Tenant {
         }
         if !already_up {
             // Only a wake that called Docker has a start call to time.
-            metrics.phase(WakePhase::StartCall.as_str(), call.elapsed());
+            self.phase_done(WakePhase::StartCall, call.elapsed());
         }
 
         let mut info = inspect().await?;
@@ -844,7 +875,7 @@ impl Tenant {
                 }
             }
         }
-        metrics.phase(WakePhase::Running.as_str(), started.elapsed());
+        self.phase_done(WakePhase::Running, started.elapsed());
         {
             let mut st = self.state.lock();
             st.identity = Some((info.id.clone(), info.name.clone()));
@@ -890,8 +921,22 @@ impl Tenant {
                 }
             }
         }
-        metrics.phase(WakePhase::Ready.as_str(), started.elapsed());
+        self.phase_done(WakePhase::Ready, started.elapsed());
         Ok(backend)
+    }
+
+    /// A phase of the wake in progress completed after `took`: counted in the metrics and kept for the
+    /// operator's views.
+    fn phase_done(&self, phase: WakePhase, took: Duration) {
+        self.shared.metrics.phase(phase.as_str(), took);
+        let mut st = self.state.lock();
+        let slot = match phase {
+            WakePhase::StartCall => &mut st.waking.start_call,
+            WakePhase::Running => &mut st.waking.running,
+            WakePhase::Ready => &mut st.waking.ready,
+            WakePhase::Total => &mut st.waking.total,
+        };
+        *slot = Some(took);
     }
 
     /// Stops (or pauses) the container if the tenant is idle: past its idle timeout, or at once when `forced`
@@ -945,7 +990,12 @@ impl Tenant {
                 }
                 self.shared.metrics.stopped(&self.name, action.as_str());
                 span.in_scope(|| {
-                    info!(forced, "idle: {}", if action == IdleAction::Pause { "paused" } else { "stopped" })
+                    let done = if action == IdleAction::Pause { "paused" } else { "stopped" };
+                    if forced {
+                        info!("{done} on request (admin sleep)")
+                    } else {
+                        info!("idle: {done}")
+                    }
                 });
                 if let Some(rev) = claim {
                     self.settle(rev, to.as_str()).await;

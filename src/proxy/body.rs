@@ -25,9 +25,9 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 use tracing::warn;
 
+use super::client::{UpBody, UpstreamError};
 use super::conn::{ConnState, InFlight};
 use super::error::UpstreamErrorKind;
-use super::pool::Conn;
 use crate::routes::{Backend, Service};
 
 /// How a client's request body must arrive.
@@ -59,7 +59,7 @@ pub(crate) enum BodyError {
     #[error("the request's time limit passed")]
     Deadline,
     #[error("reading the response body: {0}")]
-    Upstream(#[source] hyper::Error),
+    Upstream(#[source] UpstreamError),
 }
 
 /// How reading a client's body failed, as the handler answers it.
@@ -512,9 +512,8 @@ enum Kind {
 
 /// A backend's response body and what watches it.
 struct Upstream {
-    body: Incoming,
-    /// The connection the body comes on: back to the pool once the body has been read to its end.
-    conn: Option<Conn>,
+    /// It owns the connection it comes on, which goes back to the pool once the body has been read to its end.
+    body: UpBody,
     stall: Stall,
     /// The request's total time limit, if one is set.
     deadline: Option<Instant>,
@@ -530,17 +529,10 @@ struct Upstream {
 
 impl ResponseBody {
     /// A backend's body; it fails when the backend sends nothing for `idle`, or at `deadline`.
-    pub(crate) fn upstream(
-        body: Incoming,
-        conn: Option<Conn>,
-        guard: InFlight,
-        idle: Duration,
-        deadline: Option<Instant>,
-    ) -> Self {
+    pub(crate) fn upstream(body: UpBody, guard: InFlight, idle: Duration, deadline: Option<Instant>) -> Self {
         let watched = guard.conn().is_h1();
-        let mut up = Upstream {
+        let up = Upstream {
             body,
-            conn,
             stall: Stall::new(idle),
             deadline,
             service: None,
@@ -548,8 +540,6 @@ impl ResponseBody {
             watched,
             reported: false,
         };
-        // A body that is empty from the start (HEAD, 204, 304) is never polled.
-        up.release_if_ended();
         Self { kind: Kind::Upstream(up), guard: Some(guard) }
     }
 
@@ -585,30 +575,12 @@ impl ResponseBody {
     }
 }
 
-impl Upstream {
-    /// Once the backend's body has ended, its connection can serve another request.
-    fn release_if_ended(&mut self) {
-        if self.body.is_end_stream() {
-            self.release();
-        }
-    }
-
-    fn release(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            conn.release();
-        }
-    }
-}
-
 /// How early, at most, the connection's watchdog (millisecond counters) may cut a stalled response.
 const WATCHDOG_SLACK: Duration = Duration::from_millis(2);
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if let Kind::Upstream(up) = &mut self.kind {
-            // A body dropped before its end takes its connection with it (closed: it is mid-response).
-            up.release_if_ended();
-        }
+        // A body dropped before its end takes its connection with it (closed: it is mid-response).
         if let (Kind::Upstream(up), Some(g)) = (&mut self.kind, &self.guard) {
             if let Some(since) = up.stall.waiting_since {
                 g.conn().upstream_waiting(false);
@@ -647,17 +619,10 @@ impl Body for ResponseBody {
                 match res {
                     Poll::Ready(Some(Ok(frame))) => {
                         up.stall.on_frame(&frame);
-                        up.release_if_ended();
                         Poll::Ready(Some(Ok(frame)))
                     }
-                    Poll::Ready(Some(Err(e))) => {
-                        up.conn = None;
-                        Poll::Ready(Some(Err(BodyError::Upstream(e))))
-                    }
-                    Poll::Ready(None) => {
-                        up.release();
-                        Poll::Ready(None)
-                    }
+                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Upstream(e)))),
+                    Poll::Ready(None) => Poll::Ready(None),
                     Poll::Pending if up.watched && up.deadline.is_none() => {
                         up.stall.note_wait();
                         Poll::Pending

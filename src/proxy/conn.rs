@@ -637,9 +637,14 @@ pub(crate) async fn serve(
         _ = shutdown.cancelled() => return,
     };
     match handshake {
-        Ok(stream) => {
+        Ok(mut stream) => {
             let h2 = match stream.get_ref().1.alpn_protocol() {
                 Some(b"h2") => Some(true),
+                // A TLS-ALPN-01 validation: the handshake was all (RFC 8737 §3); no HTTP on it.
+                Some(b"acme-tls/1") => {
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+                    return;
+                }
                 Some(_) => Some(false),
                 // No ALPN: look at the first bytes, as on the plain listener.
                 None => None,

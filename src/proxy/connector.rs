@@ -18,9 +18,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::Uri;
-use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// A wait for backend data this long turns a connection's immediate ACKs on: Linux's shortest delayed ACK is
@@ -56,14 +55,14 @@ impl Connector {
     pub(crate) async fn connect(&self, uri: Uri) -> Result<Upstream, ConnectError> {
         let mut inner = self.inner.clone();
         let io = tower::Service::<Uri>::call(&mut inner, uri).await.map_err(|e| ConnectError(Box::new(e)))?;
-        Ok(Upstream { io, quickack: self.quickack, acking: false, after_data: false, waiting: None })
+        Ok(Upstream { io: io.into_inner(), quickack: self.quickack, acking: false, after_data: false, waiting: None })
     }
 }
 
 /// A backend connection.
 #[derive(Debug)]
 pub(crate) struct Upstream {
-    io: TokioIo<TcpStream>,
+    io: TcpStream,
     /// Immediate ACKs may be turned on.
     quickack: bool,
     /// They are on: this connection has stalled once.
@@ -75,8 +74,15 @@ pub(crate) struct Upstream {
     waiting: Option<Instant>,
 }
 
-impl Read for Upstream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
+impl Upstream {
+    /// The socket, for readiness checks.
+    pub(crate) fn stream(&self) -> &TcpStream {
+        &self.io
+    }
+}
+
+impl AsyncRead for Upstream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let read = Pin::new(&mut self.io).poll_read(cx, buf);
         if !self.quickack {
             return read;
@@ -96,7 +102,7 @@ impl Read for Upstream {
                 }
                 if self.acking {
                     // Best effort: a failure changes nothing but the ACK's timing.
-                    let _ = socket2::SockRef::from(self.io.inner()).set_tcp_quickack(true);
+                    let _ = socket2::SockRef::from(&self.io).set_tcp_quickack(true);
                 }
             }
             Poll::Ready(Err(_)) => {}
@@ -105,7 +111,7 @@ impl Read for Upstream {
     }
 }
 
-impl Write for Upstream {
+impl AsyncWrite for Upstream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         // A request goes out: waiting for its answer (or idle in the pool before it) is no stall.
         self.after_data = false;

@@ -19,7 +19,7 @@ use bytes::Bytes;
 
 use http::header::{
     CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, LOCATION, RETRY_AFTER, STRICT_TRANSPORT_SECURITY,
-    TRANSFER_ENCODING, UPGRADE,
+    TRANSFER_ENCODING,
 };
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
@@ -27,11 +27,11 @@ use hyper::body::Incoming;
 use tracing::{debug, warn, Instrument};
 
 use super::body::{BodySlot, ClientFailure, RequestBody, ResponseBody};
+use super::client::{self, RequestHead, SendError, UpBody, UpstreamError};
 use super::conn::InFlight;
 use super::connector::ConnectError;
 use super::error::{ErrorMetric, UpstreamErrorKind};
 use super::headers::{add_forwarded, strip_hop_by_hop, upgrade_requested};
-use super::pool::Conn;
 use super::{tunnel, ProxyError, ProxyService, Response, Settings};
 use crate::access_log::Entry;
 use crate::passivation::{wants_page, Activity, Refusal};
@@ -128,10 +128,10 @@ impl RequestCtx {
             }
         }
         let status = response.status();
-        if let Some(service) = &self.service {
-            service.stats(|n| proxy.metrics.service_stats(n)).record(status.as_u16());
-        }
         let elapsed = self.start.elapsed();
+        if let Some(service) = &self.service {
+            service.stats(|n| proxy.metrics.service_stats(n)).record(status.as_u16(), elapsed);
+        }
         proxy.metrics.observe_duration(elapsed);
         if let Some((method, path)) = &self.line {
             proxy.access_log.log(&Entry {
@@ -188,6 +188,18 @@ async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, req: Request<Incoming
     ctx.log_host(Some(&host));
     let service = &*ctx.service.insert(service);
 
+    if let Some(challenges) = &proxy.acme {
+        if let Some(token) = req.uri().path().strip_prefix(ACME_CHALLENGE) {
+            // Only tokens reveille published; any other is the tenant's own business, forwarded as usual.
+            if let Some(answer) = challenges.http01(token) {
+                let response = http::Response::builder()
+                    .header(http::header::CONTENT_TYPE, "text/plain")
+                    .body(answer)
+                    .expect("a static response");
+                return Ok(with_guard(response, guard));
+            }
+        }
+    }
     if !svc.tls && service.https().redirect.unwrap_or(proxy.redirect.all) && !is_acme_challenge(&req) {
         return Ok(https_redirect(&host, proxy.redirect.port, req.uri(), guard));
     }
@@ -218,7 +230,7 @@ async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, req: Request<Incoming
     // Boxed: forwarding's future is most of a request's async state, and every level above it would otherwise
     // carry it and copy it when created (a few KiB of memcpy per request).
     match Box::pin(forward(svc, service, target.as_ref(), activity, req, &mut ctx.backend)).await {
-        Ok((upstream, conn)) => Ok(finish_response(upstream, conn, guard, &proxy.settings, ctx.start)),
+        Ok(upstream) => Ok(finish_response(upstream, guard, &proxy.settings, ctx.start)),
         Err(err) => {
             if let (ProxyError::AllBackendsFailed { .. }, Some(tenant)) = (&err, passivator.get(service.name())) {
                 // The container may have died under us: have its state checked.
@@ -234,12 +246,12 @@ fn with_guard(response: http::Response<String>, guard: InFlight) -> Response {
     response.map(|body| ResponseBody::full(body, Some(guard)))
 }
 
-type Upstream = http::Response<Incoming>;
+type Upstream = http::Response<UpBody>;
 
 /// Sends the request to the service's backends in rotation until one answers. A backend that cannot be
 /// connected to is skipped (and counted, by attempt); nothing was sent to it, so the next one gets the same
-/// request. `last_backend` tells the exit which backend the last attempt went to. Returns the response and
-/// the connection it came on, which goes back to the pool once the response body has been read.
+/// request. `last_backend` tells the exit which backend the last attempt went to. Returns the response, whose
+/// body holds the connection it came on (back to the pool once the body has been read).
 async fn forward(
     svc: &ProxyService,
     service: &Service,
@@ -247,7 +259,7 @@ async fn forward(
     activity: Option<Activity>,
     mut req: Request<Incoming>,
     last_backend: &mut Option<Backend>,
-) -> Result<(Upstream, Option<Conn>), ProxyError> {
+) -> Result<Upstream, ProxyError> {
     let proxy = &*svc.proxy;
     let upgrade = if req.version() == Version::HTTP_11 { upgrade_requested(req.headers()) } else { None };
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
@@ -292,20 +304,16 @@ async fn forward(
         Some(b) => Backends::One(std::iter::once(b)),
         None => Backends::Rotation(service.rotation()),
     };
-    let n = if target.is_some() { 1 } else { service.backends().len() };
-    let mut template = Template {
+    let template = Template {
         // Safe to send twice (RFC 9110 §9.2.2), with a body that is still whole for a second time.
         replayable: is_idempotent(&method) && body.as_ref().map_or(true, BodySlot::is_whole),
-        method,
-        path,
-        headers: Some(headers),
+        head: RequestHead { method, path, headers, upgrade: upgrade.is_some() },
         body: body.as_ref(),
     };
     let mut client_upgrade = client_upgrade;
     let mut activity = activity;
     let timeout = proxy.settings.response_timeout;
-    for (i, backend) in backends.enumerate() {
-        let is_last = i + 1 == n;
+    for backend in backends {
         *last_backend = Some(backend.clone());
 
         // The response timeout counts from the end of the request body, not from its start: a slow upload is
@@ -317,34 +325,26 @@ async fn forward(
             tokio::time::sleep(timeout).await;
         };
         let sent = tokio::select! {
-            r = send_to(svc, service, backend, &mut template, !is_last) => Some(r),
+            r = send_to(svc, service, backend, &template) => Some(r),
             () = deadline => None,
         };
         match sent {
-            Some(Ok((mut resp, conn))) => {
-                if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-                    return Ok((resp, Some(conn)));
-                }
+            Some(Ok(mut resp)) => {
                 // An upgraded connection is the tunnel's, never the pool's.
-                if let Some(client) = client_upgrade.take() {
-                    let backend_side = hyper::upgrade::on(&mut resp);
-                    let span = tracing::info_span!("tunnel", service = service.name());
-                    let run = tunnel::run(
-                        client,
-                        backend_side,
-                        proxy.settings.tunnel_idle_timeout,
-                        svc.conn.clone(),
-                        activity.take(),
-                    );
-                    proxy.tasks.spawn(
-                        async move {
-                            run.await;
-                            drop(conn);
-                        }
-                        .instrument(span),
-                    );
+                if let Some(backend_side) = resp.body_mut().take_upgraded() {
+                    if let Some(client) = client_upgrade.take() {
+                        let span = tracing::info_span!("tunnel", service = service.name());
+                        let run = tunnel::run(
+                            client,
+                            backend_side,
+                            proxy.settings.tunnel_idle_timeout,
+                            svc.conn.clone(),
+                            activity.take(),
+                        );
+                        proxy.tasks.spawn(run.instrument(span));
+                    }
                 }
-                return Ok((resp, None));
+                return Ok(resp);
             }
             Some(Err(SendFailure::Connect(e))) => {
                 let kind = classify_connect(&e);
@@ -368,28 +368,19 @@ async fn forward(
     Err(ProxyError::AllBackendsFailed { service: service.name().into() })
 }
 
-/// What each attempt's request is built from.
+/// What each attempt's request is built from. The head is only borrowed by each attempt (written straight
+/// from here), so trying a second backend or replaying on a new connection copies nothing.
 struct Template<'a> {
-    method: Method,
-    path: PathAndQuery,
-    /// Taken by the last request built from it.
-    headers: Option<HeaderMap>,
+    head: RequestHead,
     body: Option<&'a BodySlot>,
     /// The request may go out a second time after a backend closed a kept-alive connection under it.
     replayable: bool,
 }
 
 impl Template<'_> {
-    /// A request to send; `keep` keeps the headers for another (they are copied only then).
-    fn request(&mut self, keep: bool) -> Request<RequestBody> {
-        let body = self.body.map_or(RequestBody::Empty, BodySlot::attempt);
-        let mut req = Request::new(body);
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = Uri::from(self.path.clone());
-        *req.version_mut() = Version::HTTP_11;
-        *req.headers_mut() =
-            if keep { self.headers.clone().unwrap_or_default() } else { self.headers.take().unwrap_or_default() };
-        req
+    /// A body for one attempt.
+    fn body(&self) -> RequestBody {
+        self.body.map_or(RequestBody::Empty, BodySlot::attempt)
     }
 }
 
@@ -398,71 +389,50 @@ enum SendFailure {
     /// No connection: nothing was sent, another backend may get the request.
     Connect(ConnectError),
     /// The request (or part of it) may have reached the backend, which did not answer.
-    Upstream(hyper::Error),
+    Upstream(UpstreamError),
 }
 
 /// One backend's attempt: on a pooled connection if there is one, else a new one. A backend may close a
 /// kept-alive connection just as a request goes out on it (its idle timer and our request cross). Then the
-/// request goes again, once, on a new connection — if hyper handed it back unsent (always safe), or if it is
+/// request goes again, once, on a new connection — if none of it went out (always safe), or if it is
 /// replayable (idempotent, body still whole) and the connection closed before any answer. A request that is
 /// not safe to repeat and may have been received is never sent twice: it fails with 502.
 async fn send_to(
     svc: &ProxyService,
     service: &Service,
     backend: &Backend,
-    template: &mut Template<'_>,
-    keep: bool,
-) -> Result<(Upstream, Conn), SendFailure> {
+    template: &Template<'_>,
+) -> Result<Upstream, SendFailure> {
     let pool = &svc.proxy.pool;
     let key = backend.authority();
-    let mut conn = match pool.checkout(key).await {
+    let conn = match pool.checkout(key) {
         Some(c) => c,
         // Boxed, as a new connection is the rare case and its future is large.
         None => Box::pin(pool.connect(key)).await.map_err(SendFailure::Connect)?,
     };
-    let replay = conn.is_reused() && template.replayable;
-    let err = match conn.send(template.request(keep || replay)).await {
-        Ok(resp) => return Ok((resp, conn)),
+    let reused = conn.is_reused();
+    let SendError { error, unsent, answered } = match client::send(conn, &template.head, template.body()).await {
+        Ok(resp) => return Ok(resp),
         Err(e) => e,
     };
-    let mut err = err;
-    let unsent = err.take_message();
-    if !conn.is_reused() || (unsent.is_none() && !closed_before_answer(err.error())) {
-        return Err(SendFailure::Upstream(err.into_error()));
+    // The backend closed a kept-alive connection under the request, before any answer.
+    let closed = unsent || (!answered && error.closed_before_answer());
+    if !reused || !closed {
+        return Err(SendFailure::Upstream(error));
     }
     svc.proxy.upstream_errors.inc(UpstreamErrorKind::ReusedClosed);
-    let again = match unsent {
-        Some(req) => req,
-        None if replay => template.request(keep),
-        None => return Err(SendFailure::Upstream(err.into_error())),
-    };
-    debug!(service = service.name(), backend = backend.as_str(), error = %source_chain(err.error()), "kept-alive backend connection closed under the request; sending it again on a new one");
-    let mut fresh = Box::pin(pool.connect(key)).await.map_err(SendFailure::Connect)?;
-    match fresh.send(again).await {
-        Ok(resp) => Ok((resp, fresh)),
-        Err(e) => Err(SendFailure::Upstream(e.into_error())),
+    // Safe to send again: nothing of it went out, or it may be repeated.
+    if !unsent && !template.replayable {
+        return Err(SendFailure::Upstream(error));
     }
+    debug!(service = service.name(), backend = backend.as_str(), error = %source_chain(&error), "kept-alive backend connection closed under the request; sending it again on a new one");
+    let fresh = Box::pin(pool.connect(key)).await.map_err(SendFailure::Connect)?;
+    client::send(fresh, &template.head, template.body()).await.map_err(|e| SendFailure::Upstream(e.error))
 }
 
 /// Methods a client may send twice with the effect of once (RFC 9110 §9.2.2).
 fn is_idempotent(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
-}
-
-/// The connection ended (closed, reset) before the backend answered: not a malformed answer, not a timeout.
-fn closed_before_answer(e: &hyper::Error) -> bool {
-    if e.is_incomplete_message() || e.is_canceled() {
-        return true;
-    }
-    let mut src = e.source();
-    while let Some(s) = src {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
-            return matches!(io.kind(), ConnectionReset | BrokenPipe | ConnectionAborted | UnexpectedEof);
-        }
-        src = s.source();
-    }
-    false
 }
 
 /// The backends one request may try.
@@ -481,9 +451,12 @@ impl<'a, R: Iterator<Item = &'a Backend>> Iterator for Backends<'a, R> {
     }
 }
 
+/// Where ACME CAs ask for HTTP-01 answers.
+const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
+
 /// ACME HTTP-01 challenges must stay reachable over plain HTTP, or a certificate could never be issued.
 fn is_acme_challenge(req: &Request<Incoming>) -> bool {
-    req.uri().path().starts_with("/.well-known/acme-challenge/")
+    req.uri().path().starts_with(ACME_CHALLENGE)
 }
 
 /// `308 Permanent Redirect` to the same host, path and query over HTTPS (308 keeps the method and body).
@@ -515,29 +488,14 @@ fn client_failure(failure: ClientFailure) -> ProxyError {
 
 /// The backend's response as the client gets it. Its body is watched: no byte for the upstream read timeout,
 /// or the request's total time passing, ends it.
-fn finish_response(
-    upstream: Upstream,
-    conn: Option<Conn>,
-    guard: InFlight,
-    settings: &Settings,
-    start: Instant,
-) -> Response {
+fn finish_response(upstream: Upstream, guard: InFlight, settings: &Settings, start: Instant) -> Response {
     let (mut parts, body) = upstream.into_parts();
     // hyper writes the version we give; the client speaks HTTP/1.1 or h2 whatever the backend spoke.
     parts.version = Version::HTTP_11;
-    // Only a 101 keeps the upgrade headers, whether or not the backend repeated `Connection: upgrade`.
-    let upgrade =
-        if parts.status == StatusCode::SWITCHING_PROTOCOLS { parts.headers.get(UPGRADE).cloned() } else { None };
-    if parts.headers.contains_key(TRANSFER_ENCODING) {
-        // The backend framed the body with chunks; a Content-Length beside it is wrong and would truncate it.
-        parts.headers.remove(CONTENT_LENGTH);
-    }
-    strip_hop_by_hop(&mut parts.headers, upgrade.as_ref());
+    // The backend side left out the hop-by-hop fields as it read the head (only a 101 keeps its `Upgrade`),
+    // and a `Content-Length` beside chunked framing.
     let deadline = settings.request_timeout.map(|t| tokio::time::Instant::from_std(start + t));
-    http::Response::from_parts(
-        parts,
-        ResponseBody::upstream(body, conn, guard, settings.upstream_read_timeout, deadline),
-    )
+    http::Response::from_parts(parts, ResponseBody::upstream(body, guard, settings.upstream_read_timeout, deadline))
 }
 
 /// HTTP/2 lets clients split `Cookie` into several fields; HTTP/1.1 backends expect one (RFC 9113 §8.2.3).

@@ -65,27 +65,33 @@ fn fixed_index(name: &HeaderName) -> Option<usize> {
     }
 }
 
+/// A header named by a `Connection` token that must go beyond the fixed list (which is removed anyway), if the
+/// token names one: never `Host` (`Connection: host` must not make a request lose its Host).
+pub(crate) fn connection_named(token: &[u8]) -> Option<HeaderName> {
+    let token = token.trim_ascii();
+    if token.is_empty() || FIXED.iter().any(|f| token.eq_ignore_ascii_case(f.as_str().as_bytes())) {
+        return None;
+    }
+    HeaderName::from_bytes(token).ok().filter(|name| *name != HOST)
+}
+
+/// A field dropped by the backend side's parser as it reads a response (see [`strip_hop_by_hop`]).
+pub(crate) fn is_hop_by_hop_field(name: &HeaderName) -> bool {
+    is_hop_by_hop(name)
+}
+
 /// [`strip_hop_by_hop`]'s removals, once there is something to remove. The usual case is a response's
 /// `Connection: keep-alive`: it removes that one header, with no allocation and no name parsed.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Headers that `Connection` names beyond the fixed list (rare): collected, then removed.
     let mut named: Vec<HeaderName> = Vec::new();
     for value in headers.get_all(CONNECTION) {
-        let Ok(value) = value.to_str() else { continue };
-        for token in value.split(',').map(str::trim) {
-            if token.is_empty() || FIXED.iter().any(|f| token.eq_ignore_ascii_case(f.as_str())) {
-                continue;
-            }
+        for token in value.as_bytes().split(|&b| b == b',') {
             // `close` is an option, not usually a header; a header by that name still goes.
-            if token.eq_ignore_ascii_case("close") && !headers.contains_key("close") {
+            if token.trim_ascii().eq_ignore_ascii_case(b"close") && !headers.contains_key("close") {
                 continue;
             }
-            // `Connection: host` must not make the request lose its Host.
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                if name != HOST {
-                    named.push(name);
-                }
-            }
+            named.extend(connection_named(token));
         }
     }
     for name in named {

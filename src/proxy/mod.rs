@@ -9,6 +9,7 @@
 //! the lifecycle behind it. TLS handshakes are `tls`'s; metric names and exposition are `metrics`'.
 
 mod body;
+mod client;
 mod conn;
 mod connector;
 mod error;
@@ -54,6 +55,25 @@ pub mod bench {
     pub fn response(headers: &mut HeaderMap) {
         strip_hop_by_hop(headers, None);
     }
+
+    /// The backend side's codec (`src/proxy/client.rs`): a request head written, a response head parsed.
+    pub mod upstream {
+        use bytes::BytesMut;
+        use http::{HeaderMap, Method};
+
+        use crate::proxy::body::RequestBody;
+        use crate::proxy::client;
+
+        /// Writes a bodiless request head into `out`.
+        pub fn encode_request(out: &mut BytesMut, method: &Method, target: &str, headers: &HeaderMap) {
+            client::bench_encode_head(out, method, target, headers, &RequestBody::Empty);
+        }
+
+        /// Parses the response head at the start of `buf` (taking it off); the number of header fields.
+        pub fn parse_response(buf: &mut BytesMut) -> Option<usize> {
+            client::bench_parse_head(buf)
+        }
+    }
 }
 
 use std::future::Future;
@@ -77,6 +97,7 @@ use tracing::{error, info_span, Instrument};
 pub(crate) use error::{ProxyError, Unrouted, UpstreamErrorKind};
 
 use crate::access_log::AccessLog;
+use crate::acme::Challenges;
 use crate::metrics::{LabeledCounters, Metrics};
 use crate::passivation::Passivator;
 use crate::routes::RouteHandle;
@@ -193,6 +214,16 @@ pub(crate) struct Proxy {
     tasks: TaskTracker,
     /// Where the exit hands each request's line (off unless `settings.access_log`).
     access_log: AccessLog,
+    /// Pending ACME HTTP-01 challenges, answered before routing to the service.
+    acme: Option<Arc<Challenges>>,
+}
+
+/// What requests get before they are routed: HTTPS redirects, ACME HTTP-01 answers.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PlainHttp {
+    pub redirect: Redirect,
+    /// Pending ACME HTTP-01 challenges, when ACME is on.
+    pub acme: Option<Arc<Challenges>>,
 }
 
 /// How plain-HTTP requests are redirected to HTTPS.
@@ -216,10 +247,11 @@ impl Proxy {
         metrics: Arc<Metrics>,
         settings: Settings,
         passivator: Arc<Passivator>,
-        redirect: Redirect,
+        plain: PlainHttp,
         access_log: AccessLog,
         workers: usize,
     ) -> Arc<Self> {
+        let PlainHttp { redirect, acme } = plain;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(settings.connect_timeout));
@@ -273,6 +305,7 @@ impl Proxy {
             pressure,
             tasks: TaskTracker::new(),
             access_log,
+            acme,
         })
     }
 

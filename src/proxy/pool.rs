@@ -1,4 +1,4 @@
-//! Backend connections kept for reuse: reveille's own pool on `hyper::client::conn::http1`.
+//! Backend connections kept for reuse: reveille's own pool of HTTP/1.1 connections (spoken by `client`).
 //!
 //! Why not hyper-util's legacy client: its pool checks a connection out and back through a shared pool with
 //! a waiter queue, a spawned task per response to notice when the connection is free again, and several
@@ -7,8 +7,10 @@
 //! most recently used one (LIFO: warm, and the least likely to have been closed by the backend's idle timer).
 //!
 //! It also lets the proxy see what the legacy client hides: whether a request went out on a reused connection,
-//! and whether hyper handed the request back unsent. The proxy uses both to replay what is safe to replay
-//! when a backend closes a kept-alive connection just as a request goes out (see `handler::forward`).
+//! and whether any of it went out at all. The proxy uses both to replay what is safe to replay when a backend
+//! closes a kept-alive connection just as a request goes out (see `handler::forward`). An idle connection the
+//! backend has closed (or sent unasked bytes on) is noticed when it is taken, from the socket's readiness,
+//! without a system call in the usual case.
 //!
 //! With the per-core scheduler each worker thread has its own idle lists (a shard, chosen by the thread's
 //! [`worker`] index): a request takes a connection whose I/O is driven by its own thread's runtime, and no
@@ -20,22 +22,15 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use http::uri::{Authority, Scheme};
-use http::{Request, Response, Uri};
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, TrySendError};
+use http::Uri;
 use parking_lot::Mutex;
-use tracing::{debug, debug_span, Instrument};
 
-use super::body::RequestBody;
+use super::client::Wire;
 use super::connector::{ConnectError, Connector};
-
-/// How long a pooled connection that is still finishing its previous exchange may take to become ready.
-const READY_WAIT: Duration = Duration::from_secs(1);
 
 thread_local! {
     /// This thread's worker index (0 unless [`set_worker`] said otherwise).
@@ -71,21 +66,17 @@ struct Inner {
     idle_timeout: Duration,
 }
 
+#[derive(Debug)]
 struct Idle {
-    sender: http1::SendRequest<RequestBody>,
+    wire: Box<Wire>,
     since: Instant,
-}
-
-impl std::fmt::Debug for Idle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Idle").field("since", &self.since).finish_non_exhaustive()
-    }
 }
 
 /// A backend connection checked out for one request; [`Conn::release`] puts it back.
 #[derive(Debug)]
 pub(crate) struct Conn {
-    sender: http1::SendRequest<RequestBody>,
+    /// Boxed: a checked-out connection moves through a request's futures, and a pointer moves cheaply.
+    wire: Box<Wire>,
     key: Authority,
     pool: Weak<Inner>,
     /// The shard it goes back to.
@@ -106,25 +97,19 @@ impl Pool {
     }
 
     /// The most recently released idle connection to `backend` that is still open, if there is one.
-    pub(crate) async fn checkout(&self, backend: &Authority) -> Option<Conn> {
+    pub(crate) fn checkout(&self, backend: &Authority) -> Option<Conn> {
         let shard = self.inner.shard();
         loop {
             let idle = {
                 let mut map = self.inner.idle[shard].lock();
                 map.get_mut(backend.as_str())?.pop()?
             };
-            if idle.sender.is_closed() || idle.since.elapsed() >= self.inner.idle_timeout {
-                continue;
-            }
-            let mut sender = idle.sender;
-            // A connection released as its response ended may still be a moment from accepting the next request.
-            if !sender.is_ready()
-                && !matches!(Box::pin(tokio::time::timeout(READY_WAIT, sender.ready())).await, Ok(Ok(())))
-            {
+            let mut idle = idle;
+            if idle.since.elapsed() >= self.inner.idle_timeout || !idle.wire.is_usable() {
                 continue;
             }
             let pool = Arc::downgrade(&self.inner);
-            return Some(Conn { sender, key: backend.clone(), pool, shard, reused: true });
+            return Some(Conn { wire: idle.wire, key: backend.clone(), pool, shard, reused: true });
         }
     }
 
@@ -137,21 +122,14 @@ impl Pool {
             .build()
             .map_err(|e| ConnectError::other(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
         let io = self.connector.connect(uri).await?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake::<_, RequestBody>(io)
-            .await
-            .map_err(|e| ConnectError::other(std::io::Error::other(e)))?;
-        let span = debug_span!("upstream", backend = %backend);
-        tokio::spawn(
-            async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    debug!(error = %e, "backend connection ended with an error");
-                }
-            }
-            .instrument(span),
-        );
         let shard = self.inner.shard();
-        Ok(Conn { sender, key: backend.clone(), pool: Arc::downgrade(&self.inner), shard, reused: false })
+        Ok(Conn {
+            wire: Box::new(Wire::new(io)),
+            key: backend.clone(),
+            pool: Arc::downgrade(&self.inner),
+            shard,
+            reused: false,
+        })
     }
 }
 
@@ -161,24 +139,21 @@ impl Conn {
         self.reused
     }
 
-    /// Sends `req` (origin-form URI, `Host` set). On failure, hyper hands the request back when it never went
-    /// out ([`TrySendError::take_message`]).
-    pub(crate) fn send(
-        &mut self,
-        req: Request<RequestBody>,
-    ) -> impl Future<Output = Result<Response<Incoming>, TrySendError<Request<RequestBody>>>> {
-        // hyper's future itself: one async layer less for every request to build and move.
-        self.sender.try_send_request(req)
+    /// The socket and buffers, for the exchange.
+    pub(crate) fn wire(&mut self) -> &mut Wire {
+        &mut self.wire
+    }
+
+    /// The socket and buffers, no longer the pool's (an upgraded connection).
+    pub(crate) fn into_wire(self) -> Wire {
+        *self.wire
     }
 
     /// Puts the connection back in its backend's idle list; call only once its response has been read to the
-    /// end. A closed connection, or one over the backend's idle limit, is dropped (and closed) instead.
+    /// end. A connection over the backend's idle limit is dropped (and closed) instead.
     pub(crate) fn release(self) {
         let Some(pool) = self.pool.upgrade() else { return };
-        if self.sender.is_closed() {
-            return;
-        }
-        let idle = Idle { sender: self.sender, since: Instant::now() };
+        let idle = Idle { wire: self.wire, since: Instant::now() };
         let mut map = pool.idle[self.shard].lock();
         match map.get_mut(self.key.as_str()) {
             Some(list) if list.len() < pool.max_idle => list.push(idle),
@@ -209,7 +184,7 @@ async fn sweep(pool: Weak<Inner>) {
         let Some(pool) = pool.upgrade() else { return };
         for shard in &pool.idle {
             shard.lock().retain(|_, list| {
-                list.retain(|idle| !idle.sender.is_closed() && idle.since.elapsed() < pool.idle_timeout);
+                list.retain_mut(|idle| idle.since.elapsed() < pool.idle_timeout && idle.wire.is_usable());
                 !list.is_empty()
             });
         }

@@ -11,26 +11,28 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::client::Upgraded;
 use super::conn::ConnState;
 
-/// Runs one tunnel to its end. `_conn` is held so the connection's slot stays taken while the tunnel lives, and
+/// Runs one tunnel to its end, between the client's upgraded connection and the backend's (with the bytes it
+/// sent past its `101`). `_conn` is held so the connection's slot stays taken while the tunnel lives, and
 /// `_activity` so a passivated tenant is never stopped under an open WebSocket.
 pub(crate) async fn run(
     client: OnUpgrade,
-    backend: OnUpgrade,
+    mut backend: Upgraded,
     idle: Duration,
     _conn: Arc<ConnState>,
     _activity: Option<crate::passivation::Activity>,
 ) {
     _conn.upgraded();
-    let (client, backend) = match tokio::try_join!(client, backend) {
-        Ok(pair) => pair,
+    let client = match client.await {
+        Ok(client) => client,
         Err(e) => {
             debug!(error = %e, "upgrade failed");
             return;
@@ -39,7 +41,6 @@ pub(crate) async fn run(
     let epoch = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
     let mut client = Tracked { inner: TokioIo::new(client), last: last.clone(), epoch };
-    let mut backend: TokioIo<Upgraded> = TokioIo::new(backend);
     let idle_ms = idle.as_millis() as u64;
     let watch = async {
         loop {

@@ -33,7 +33,7 @@ pub enum RouteError {
     BadBackend { addr: String, reason: String },
     #[error("invalid service name {name:?}: {reason}")]
     BadServiceName { name: String, reason: String },
-    #[error("service {service:?} has no backends")]
+    #[error("service {service:?} has no backends (and no container with a port to reach)")]
     NoBackends { service: String },
     #[error("route {host:?} points to undefined service {service:?}")]
     UnknownService { host: String, service: String },

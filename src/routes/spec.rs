@@ -63,6 +63,10 @@ pub(crate) struct ServiceSpec<S = String> {
     /// `Strict-Transport-Security` value added to responses sent over HTTPS, e.g. `max-age=31536000`.
     #[serde(default)]
     pub hsts: Option<String>,
+    /// Obtain and renew certificates for this service's exact host names by ACME (`true`), or never
+    /// (`false`, which also opts out of `[acme] hosts = "all"`); unset follows `[acme] hosts`.
+    #[serde(default)]
+    pub acme: Option<bool>,
     /// Fields this version does not know: accepted (forward compatibility), reported as warnings.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, IgnoredAny>,
@@ -86,6 +90,7 @@ impl<S> Default for ServiceSpec<S> {
             page_after: None,
             https_redirect: None,
             hsts: None,
+            acme: None,
             unknown: BTreeMap::new(),
         }
     }
@@ -175,6 +180,8 @@ pub struct HttpsPolicy {
     pub redirect: Option<bool>,
     /// `Strict-Transport-Security` for responses over HTTPS.
     pub hsts: Option<http::HeaderValue>,
+    /// Certificates by ACME for the service's host names; `None` follows `[acme] hosts`.
+    pub acme: Option<bool>,
 }
 
 /// A route value in etcd: `{"service": "acme"}`.
@@ -204,7 +211,11 @@ impl<S: Borrow<str>> ServiceSpec<S> {
         if backends.is_empty() && !container.as_ref().is_some_and(|c| c.port.is_some()) {
             return Err((None, RouteError::NoBackends { service: name.to_string() }));
         }
-        let https = HttpsPolicy { redirect: self.https_redirect, hsts: self.hsts_value(name).map_err(|e| (None, e))? };
+        let https = HttpsPolicy {
+            redirect: self.https_redirect,
+            hsts: self.hsts_value(name).map_err(|e| (None, e))?,
+            acme: self.acme,
+        };
         Ok(Service::with_container(name, backends, container).with_https(https))
     }
 

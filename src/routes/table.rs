@@ -151,6 +151,21 @@ impl RouteTable {
         }
     }
 
+    /// The service of an exact route for `host` (no wildcard match), if it exists.
+    pub fn exact_service(&self, host: &str) -> Option<&Arc<Service>> {
+        self.exact.get(host).and_then(|name| self.services.get(name))
+    }
+
+    /// Every exact route's host with its service, for routes whose service exists; in no particular order.
+    pub fn exact_routes(&self) -> impl Iterator<Item = (&str, &Arc<Service>)> {
+        self.exact.iter().filter_map(|(h, name)| self.services.get(name).map(|s| (&**h, s)))
+    }
+
+    /// Every wildcard route's pattern (`*.example.com`) with its service name, in no particular order.
+    pub fn wildcard_routes(&self) -> impl Iterator<Item = (String, &str)> {
+        self.wildcard.iter().map(|(h, s)| (format!("*.{h}"), &**s))
+    }
+
     #[inline]
     fn route_target(&self, host: &str) -> Option<&Arc<str>> {
         if let Some(s) = self.exact.get(host) {

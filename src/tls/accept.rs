@@ -6,7 +6,11 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::server::{Acceptor, ServerConfig, ServerSessionMemoryCache};
+use std::future::Future;
+use std::pin::Pin;
+
+use rustls::server::{Acceptor, ClientHello, ResolvesServerCert, ServerConfig, ServerSessionMemoryCache};
+use rustls::sign::CertifiedKey;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
@@ -72,12 +76,35 @@ fn classify(e: &io::Error) -> &'static str {
     }
 }
 
+/// The ALPN protocol of TLS-ALPN-01 challenges (RFC 8737).
+const ACME_TLS: &[u8] = b"acme-tls/1";
+
+/// What the handshake asks of certificate automation (ACME), when it is configured.
+pub(crate) trait CertHook: Send + Sync + 'static {
+    /// The certificate that answers a pending TLS-ALPN-01 challenge for `host`, if there is one.
+    fn tls_alpn01(&self, host: &str) -> Option<Arc<CertifiedKey>>;
+    /// A handshake for `host` found no certificate for it: obtain one if `host` may have one, waiting a bounded
+    /// time (that time does not count against the client's handshake timeout).
+    fn on_demand<'a>(&'a self, host: &'a str) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+}
+
+/// Serves one certificate whatever the client asks: the TLS-ALPN-01 answer.
+#[derive(Debug)]
+struct One(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for One {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
 /// Accepts TLS connections for one HTTPS listener.
 pub(crate) struct TlsAcceptor {
     store: Arc<CertStore>,
     config: Arc<ServerConfig>,
     metrics: TlsMetrics,
     timeout: Duration,
+    hook: Option<Arc<dyn CertHook>>,
 }
 
 impl std::fmt::Debug for TlsAcceptor {
@@ -90,7 +117,13 @@ impl TlsAcceptor {
     /// TLS 1.3 and 1.2 only, rustls's default (safe) cipher suites and groups, ALPN `h2`, then `http/1.1` (or
     /// `http/1.0`).
     /// A client gets `timeout` to complete the handshake.
-    pub(crate) fn new(store: Arc<CertStore>, metrics: TlsMetrics, timeout: Duration) -> Result<Self, TlsError> {
+    /// With a `hook`, handshakes also answer TLS-ALPN-01 challenges and may wait for a certificate on demand.
+    pub(crate) fn new(
+        store: Arc<CertStore>,
+        metrics: TlsMetrics,
+        timeout: Duration,
+        hook: Option<Arc<dyn CertHook>>,
+    ) -> Result<Self, TlsError> {
         let mut config = ServerConfig::builder_with_provider(provider().clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(TlsError::Config)?
@@ -101,7 +134,17 @@ impl TlsAcceptor {
         config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(TlsError::Config)?;
         // No 0-RTT: early data can be replayed, and reveille cannot know which requests are safe to replay.
         config.max_early_data_size = 0;
-        Ok(Self { store, config: Arc::new(config), metrics, timeout })
+        Ok(Self { store, config: Arc::new(config), metrics, timeout, hook })
+    }
+
+    /// The configuration of a TLS-ALPN-01 answer: that certificate, `acme-tls/1`, no resumption.
+    fn acme_tls_config(key: Arc<CertifiedKey>) -> Result<Arc<ServerConfig>, rustls::Error> {
+        let mut config = ServerConfig::builder_with_provider(provider().clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(One(key)));
+        config.alpn_protocols = vec![ACME_TLS.to_vec()];
+        Ok(Arc::new(config))
     }
 
     /// Runs the handshake on `io`, within the handshake timeout. Counts the result.
@@ -109,10 +152,7 @@ impl TlsAcceptor {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let result = match tokio::time::timeout(self.timeout, self.handshake(io)).await {
-            Ok(r) => r,
-            Err(_) => Err(HandshakeError::Timeout(self.timeout)),
-        };
+        let result = self.handshake(io).await;
         match &result {
             Ok(_) => self.metrics.handshake(),
             Err(e) => self.metrics.handshake_failed(e.reason()),
@@ -124,7 +164,31 @@ impl TlsAcceptor {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let mut start = LazyConfigAcceptor::new(Acceptor::default(), io).await.map_err(HandshakeError::Failed)?;
+        // The client has `timeout` for its part of the handshake; an on-demand certificate's wait is reveille's
+        // and moves the deadline by what it took.
+        let mut deadline = tokio::time::Instant::now() + self.timeout;
+        let timed_out = |_| HandshakeError::Timeout(self.timeout);
+        let hello = LazyConfigAcceptor::new(Acceptor::default(), io);
+        let mut start =
+            tokio::time::timeout_at(deadline, hello).await.map_err(timed_out)?.map_err(HandshakeError::Failed)?;
+        if let Some(hook) = &self.hook {
+            let hello = start.client_hello();
+            let sni = hello.server_name().map(|n| n.trim_end_matches('.').to_ascii_lowercase());
+            let acme_tls = hello.alpn().is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS));
+            if let (true, Some(host)) = (acme_tls, &sni) {
+                if let Some(key) = hook.tls_alpn01(host) {
+                    let config = Self::acme_tls_config(key).map_err(|e| HandshakeError::Failed(io::Error::other(e)))?;
+                    let done = tokio::time::timeout_at(deadline, start.into_stream(config));
+                    return done.await.map_err(timed_out)?.map_err(HandshakeError::Failed);
+                }
+            } else if let Some(host) = &sni {
+                if self.store.load().for_name(host).is_none() {
+                    let began = tokio::time::Instant::now();
+                    hook.on_demand(host).await;
+                    deadline += began.elapsed();
+                }
+            }
+        }
         let hello = start.client_hello();
         if self.store.load().resolve(hello.server_name()).is_none() {
             let name = hello.server_name().map(str::to_string);
@@ -133,6 +197,7 @@ impl TlsAcceptor {
             let _ = start.io.shutdown().await;
             return Err(HandshakeError::UnrecognizedName(name));
         }
-        start.into_stream(self.config.clone()).await.map_err(HandshakeError::Failed)
+        let done = tokio::time::timeout_at(deadline, start.into_stream(self.config.clone()));
+        done.await.map_err(timed_out)?.map_err(HandshakeError::Failed)
     }
 }

@@ -136,14 +136,14 @@ pub(crate) fn format_time(secs: i64) -> String {
 pub(crate) fn parse(name: &str, origin: Origin, cert_pem: &[u8], key_pem: &[u8]) -> Result<Certificate, CertError> {
     let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| CertError::CertPem(e.to_string()))?;
+        .map_err(|e| CertError::CertPem(pem_error(&e)))?;
     if chain.is_empty() {
         return Err(CertError::NoCertificate);
     }
     let key = match PrivateKeyDer::from_pem_slice(key_pem) {
         Ok(k) => k,
         Err(rustls_pki_types::pem::Error::NoItemsFound) => return Err(CertError::NoKey),
-        Err(e) => return Err(CertError::KeyPem(e.to_string())),
+        Err(e) => return Err(CertError::KeyPem(pem_error(&e))),
     };
     let (names, not_before, not_after) = describe(&chain[0])?;
     let signing = provider().key_provider.load_private_key(key).map_err(CertError::Key)?;
@@ -166,6 +166,32 @@ pub(crate) fn parse(name: &str, origin: Origin, cert_pem: &[u8], key_pem: &[u8])
     })
 }
 
+/// A PEM parser's error as a person reads it (its own `Display` shows the markers as byte arrays).
+fn pem_error(e: &rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error;
+    match e {
+        Error::MissingSectionEnd { end_marker } => {
+            format!("no -----END {}----- line", String::from_utf8_lossy(end_marker).trim())
+        }
+        Error::IllegalSectionStart { line } => format!("bad BEGIN line {:?}", String::from_utf8_lossy(line).trim()),
+        Error::Base64Decode(_) => "the text between its BEGIN and END lines is not valid base64".to_string(),
+        Error::NoItemsFound => "nothing found".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// An X.509 parser's error as a person reads it (its own `Display` is the DER parser's debug output).
+fn x509_error(e: &x509_parser::nom::Err<x509_parser::error::X509Error>) -> String {
+    use x509_parser::error::X509Error;
+    match e {
+        x509_parser::nom::Err::Incomplete(_) => "it is not an X.509 certificate (truncated)".to_string(),
+        x509_parser::nom::Err::Error(X509Error::Der(_)) | x509_parser::nom::Err::Failure(X509Error::Der(_)) => {
+            "it is not an X.509 certificate (its DER encoding is invalid)".to_string()
+        }
+        x509_parser::nom::Err::Error(x) | x509_parser::nom::Err::Failure(x) => x.to_string(),
+    }
+}
+
 /// A hash of a PEM pair.
 pub(crate) fn fingerprint(cert_pem: &[u8], key_pem: &[u8]) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -177,7 +203,7 @@ pub(crate) fn fingerprint(cert_pem: &[u8], key_pem: &[u8]) -> u64 {
 
 /// The leaf's DNS names and validity.
 fn describe(leaf: &CertificateDer<'_>) -> Result<(Vec<HostPattern>, i64, i64), CertError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| CertError::X509(e.to_string()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| CertError::X509(x509_error(&e)))?;
     let validity = cert.validity();
     let mut names = Vec::new();
     let san = cert.subject_alternative_name().map_err(|e| CertError::X509(format!("bad subjectAltName: {e}")))?;

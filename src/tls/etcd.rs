@@ -26,6 +26,20 @@ pub(crate) struct CertValue {
     pub cert: String,
     /// The private key, PEM.
     pub key: String,
+    /// Set when ACME obtained it (and renews it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acme: Option<AcmeOrigin>,
+}
+
+/// Where an ACME certificate came from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct AcmeOrigin {
+    /// The ACME directory URL.
+    pub directory: String,
+    /// When it was obtained (RFC 3339).
+    pub obtained: String,
+    /// The replica that obtained it.
+    pub node: String,
 }
 
 /// Why an etcd certificate value was not loaded.

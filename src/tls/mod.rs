@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
 
-pub(crate) use accept::TlsAcceptor;
+pub(crate) use accept::{CertHook, TlsAcceptor};
 pub(crate) use store::{CertStore, Source};
 
 /// The crypto provider of every TLS connection reveille makes or accepts.

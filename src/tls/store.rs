@@ -96,6 +96,16 @@ impl Snapshot {
         self.default.as_ref()
     }
 
+    /// The certificate that serves `name` itself (exact, then wildcard), never the default.
+    pub fn for_name(&self, name: &str) -> Option<&Arc<Certificate>> {
+        let name = normalize(name);
+        if let Some(c) = self.exact.get(name.as_ref()) {
+            return Some(c);
+        }
+        let (_, parent) = name.split_once('.')?;
+        self.wildcard.get(parent)
+    }
+
     /// Every certificate loaded, whatever names it serves.
     pub fn certificates(&self) -> &[Arc<Certificate>] {
         &self.certs
@@ -103,6 +113,34 @@ impl Snapshot {
 
     pub fn default_certificate(&self) -> Option<&Arc<Certificate>> {
         self.default.as_ref()
+    }
+
+    /// Every certificate as the admin API shows it: name, the names it serves, validity, days left, where it
+    /// comes from, whether ACME manages it, whether it is the default. Sorted by name.
+    pub fn to_json(&self, now: i64) -> serde_json::Value {
+        let mut certs: Vec<&Arc<Certificate>> = self.certs.iter().collect();
+        certs.sort_by(|a, b| (&a.name, &a.origin).cmp(&(&b.name, &b.origin)));
+        let list: Vec<serde_json::Value> = certs
+            .into_iter()
+            .map(|c| {
+                let source = match &c.origin {
+                    super::cert::Origin::File(p) => serde_json::json!({ "dir": p }),
+                    super::cert::Origin::Etcd(k) => serde_json::json!({ "etcd": k }),
+                };
+                serde_json::json!({
+                    "name": c.name,
+                    "names": c.names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+                    "not_before": format_time(c.not_before),
+                    "not_after": format_time(c.not_after),
+                    "days_left": (c.not_after - now).div_euclid(86_400),
+                    "expired": c.expired(now),
+                    "source": source,
+                    "acme": c.name.starts_with("acme-"),
+                    "default": self.default.as_ref().is_some_and(|d| Arc::ptr_eq(d, c)),
+                })
+            })
+            .collect();
+        serde_json::json!({ "certificates": list })
     }
 
     /// The soonest expiry among the loaded certificates, in seconds since the epoch.

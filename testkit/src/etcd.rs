@@ -74,7 +74,22 @@ impl Etcd {
             tls,
             auth: None,
         };
-        etcd.spawn().await;
+        // The ports were free when picked, but another process (a parallel test) can take one before etcd binds
+        // it: then etcd exits at once, and it is started again on new ports.
+        for attempt in 1.. {
+            match etcd.spawn().await {
+                Ok(()) => break,
+                Err(log) if attempt < 5 && log.contains("address already in use") => {
+                    // Whatever it wrote before it failed was for the old ports.
+                    let _ = std::fs::remove_dir_all(etcd.dir.path().join("data"));
+                    let [client_port, peer_port] = free_ports();
+                    etcd.client_port = client_port;
+                    etcd.peer_port = peer_port;
+                    etcd.url = format!("{scheme}://127.0.0.1:{client_port}");
+                }
+                Err(log) => panic!("{log}"),
+            }
+        }
         etcd
     }
 
@@ -105,7 +120,8 @@ impl Etcd {
         self.auth = Some(password.to_string());
     }
 
-    async fn spawn(&mut self) {
+    /// Starts etcd and waits until it answers; `Err` (with its log) when it exits first.
+    async fn spawn(&mut self) -> Result<(), String> {
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
         let child = Command::new(ETCD)
@@ -127,11 +143,12 @@ impl Etcd {
                 tokio::time::timeout(Duration::from_secs(1), Client::connect([&self.url], self.options())).await
             {
                 if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), c.get("probe", None)).await {
-                    return;
+                    return Ok(());
                 }
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("etcd exited ({status}) before it answered; its log:\n{}", self.log());
+                self.child = None;
+                return Err(format!("etcd exited ({status}) before it answered; its log:\n{}", self.log()));
             }
             assert!(Instant::now() < deadline, "etcd did not start; its log:\n{}", self.log());
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -158,7 +175,9 @@ impl Etcd {
     /// Starts again on the same ports and data.
     pub async fn restart(&mut self) {
         self.kill();
-        self.spawn().await;
+        if let Err(log) = self.spawn().await {
+            panic!("{log}");
+        }
     }
 
     pub async fn client(&self) -> Client {

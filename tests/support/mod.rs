@@ -5,6 +5,7 @@
 
 pub mod docker;
 pub mod etcd;
+pub mod pebble;
 pub mod runtime;
 pub mod tls;
 
@@ -388,4 +389,101 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -
 
 pub fn executor() -> TokioExecutor {
     TokioExecutor::new()
+}
+
+/// For raw test backends: reads one request head from `stream` into `buf` (which may already hold bytes of it)
+/// and returns it with its length, or `None` when the peer closes (or fails) first.
+pub async fn read_request_head(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<(String, usize)> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some((String::from_utf8_lossy(&buf[..i + 4]).into_owned(), i + 4));
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+        }
+    }
+}
+
+/// For raw test backends: reads the `Content-Length` body of the request whose head (`head_end` bytes) is at the
+/// start of `buf`, then takes both off `buf`. False when the peer closes first.
+pub async fn consume_request(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    head: &str,
+    head_end: usize,
+) -> bool {
+    use tokio::io::AsyncReadExt;
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        let mut chunk = [0u8; 65536];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+        }
+    }
+    buf.drain(..head_end + len);
+    true
+}
+
+/// A client of a server-sent events stream: what arrived so far, read by a background task.
+pub struct EventStream {
+    pub text: Arc<parking_lot::Mutex<String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EventStream {
+    /// `GET path` on `addr` with `headers` (name, value), reading the stream as it comes.
+    pub async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> EventStream {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nAccept: text/event-stream\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let text = Arc::new(parking_lot::Mutex::new(String::new()));
+        let sink = text.clone();
+        let task = tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = tcp.read(&mut buf).await {
+                if n == 0 {
+                    return;
+                }
+                sink.lock().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        // The response head arrives at once: the stream is subscribed from then on.
+        eventually(Duration::from_secs(5), "the event stream's head", || async {
+            text.lock().contains("text/event-stream")
+        })
+        .await;
+        EventStream { text, task }
+    }
+
+    /// Waits until the stream holds `what`; returns everything so far.
+    pub async fn until(&self, what: &str) -> String {
+        eventually(Duration::from_secs(20), &format!("{what:?} in the event stream"), || async {
+            self.text.lock().contains(what)
+        })
+        .await;
+        self.text.lock().clone()
+    }
+
+    /// The id of the last event received so far.
+    pub fn last_id(&self) -> Option<String> {
+        self.text.lock().lines().rev().find_map(|l| l.strip_prefix("id: ")).map(str::to_string)
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

@@ -18,8 +18,7 @@ use super::{BoxBody, Got};
 
 /// A certificate authority the test clients trust.
 pub struct TestCa {
-    cert: rcgen::Certificate,
-    key: KeyPair,
+    issuer: rcgen::CertifiedIssuer<'static, KeyPair>,
 }
 
 /// An issued certificate: PEM chain and key, and the leaf's DER to recognise it on the wire.
@@ -56,8 +55,7 @@ impl TestCa {
         p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
         p.distinguished_name.push(rcgen::DnType::CommonName, "reveille TLS test CA");
         let key = KeyPair::generate().unwrap();
-        let cert = p.self_signed(&key).unwrap();
-        TestCa { cert, key }
+        TestCa { issuer: rcgen::CertifiedIssuer::self_signed(p, key).unwrap() }
     }
 
     /// A certificate for `names` (DNS names, `*.` wildcards allowed), valid until the given year.
@@ -68,7 +66,7 @@ impl TestCa {
         p.not_after = rcgen::date_time_ymd(year, 1, 1);
         p.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
         TestCert { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().to_vec() }
     }
 
@@ -78,7 +76,7 @@ impl TestCa {
 
     /// The CA's own certificate, PEM.
     pub fn cert_pem(&self) -> String {
-        self.cert.pem()
+        self.issuer.pem()
     }
 
     /// A client that verifies the server against this CA.
@@ -93,7 +91,7 @@ impl TestCa {
         alpn: &[&str],
     ) -> tokio_rustls::TlsConnector {
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.cert.der().clone()).unwrap();
+        roots.add(self.issuer.der().clone()).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
