@@ -295,3 +295,61 @@ async fn idle_h2_client_that_ignores_goaway_is_dropped() {
     })
     .await;
 }
+
+/// A streamed request body of `chunks` × 256 KiB that never ends on its own (only the answer ends the exchange),
+/// fed as fast as the connection takes it.
+fn endless_upload(chunks: usize) -> (BoxBody, tokio::task::JoinHandle<()>) {
+    type Item = Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Item>(4);
+    let feeder = tokio::spawn(async move {
+        let chunk = Bytes::from(vec![b'x'; 256 * 1024]);
+        for _ in 0..chunks {
+            if tx.send(Ok(Frame::data(chunk.clone()))).await.is_err() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    (BodyExt::boxed(StreamBody::new(stream)), feeder)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_refused_unread_gets_its_answer_not_a_reset() {
+    let a = Backend::echo("a").await;
+    let proxy = TestProxy::start_with(&routes_file(&[("a", vec![a.addr])], &[("a.test", "a")]), settings()).await;
+    // reveille answers 404 without reading the body, and closes: with bytes of the upload still arriving, a
+    // plain close would reset the connection, and the client (hyper here, a browser or curl alike) would get a
+    // broken pipe instead of the answer. Several times: the reset is a race.
+    for round in 0..10 {
+        let (body, feeder) = endless_upload(1024);
+        let req = Request::post("/upload").header("host", "nobody.test").body(body).unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), testkit::http::send(proxy.http, req))
+            .await
+            .expect("answered before the upload would have ended");
+        feeder.abort();
+        let got = got.unwrap_or_else(|e| panic!("round {round}: the answer was lost: {e:?}"));
+        assert_eq!(got.status(), StatusCode::NOT_FOUND, "round {round}");
+    }
+    eventually(Duration::from_secs(5), "every slot released once its client closed", || async {
+        proxy.metric("reveille_open_connections").await == 0.0
+    })
+    .await;
+    // A client that stops sending without closing: the answer, then reveille's FIN; once the client closes,
+    // the lingering connection gives its slot back.
+    let mut c = TcpStream::connect(proxy.http).await.unwrap();
+    c.write_all(b"POST / HTTP/1.1\r\nHost: nobody.test\r\nContent-Length: 10000000\r\n\r\n").await.unwrap();
+    c.write_all(&[7u8; 1_000_000]).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut got))
+        .await
+        .expect("reveille closed its side after the answer")
+        .expect("a clean end, not a reset");
+    assert!(got.starts_with(b"HTTP/1.1 404"), "{}", String::from_utf8_lossy(&got));
+    assert_eq!(proxy.metric("reveille_open_connections").await, 1.0, "lingering, it still holds its slot");
+    drop(c);
+    eventually(Duration::from_secs(3), "slot released once the client closed", || async {
+        proxy.metric("reveille_open_connections").await == 0.0
+    })
+    .await;
+}

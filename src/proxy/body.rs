@@ -230,13 +230,19 @@ impl Body for ClientBody {
             Poll::Pending => {}
             Poll::Ready(_) => this.end_wait(),
         }
-        match res {
+        let res = match res {
             Poll::Ready(Some(Ok(frame))) => {
                 this.stall.on_frame(&frame);
+                if frame.is_trailers() || this.inner.is_end_stream() {
+                    this.conn.body_unread(false);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Client(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.conn.body_unread(false);
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 match this.stall.on_pending(cx, this.rate.map(|(r, g)| (r, this.conn.rate_grace(g))), None) {
                     Poll::Ready(Expired::TooSlow) => {
@@ -246,7 +252,13 @@ impl Body for ClientBody {
                     Poll::Pending => Poll::Pending,
                 }
             }
+        };
+        if let Poll::Ready(Some(Err(_))) = res {
+            // A client that stalled, trickled or broke its body is not lingered for (as nginx does not after a
+            // timeout): its connection closes at once.
+            this.conn.body_unread(false);
         }
+        res
     }
 
     fn is_end_stream(&self) -> bool {

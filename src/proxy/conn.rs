@@ -28,7 +28,7 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, Instrument};
 
 use super::{Proxy, ProxyService, SpanExecutor};
 use crate::tls::TlsAcceptor;
@@ -90,6 +90,12 @@ pub(crate) struct ConnState {
     /// Upgraded to a tunnel: doing work, never evicted.
     upgraded: AtomicBool,
     track_heads: AtomicBool,
+    /// HTTP/1.1: the current request has a body that has not been read to its end. Closing the socket then
+    /// would reset the connection, and the reset can destroy the response before the client reads it.
+    body_unread: AtomicBool,
+    /// hyper finished the connection itself (rather than reveille cutting it for a timeout or eviction): a
+    /// close that may linger.
+    finished: AtomicBool,
 }
 
 impl ConnState {
@@ -116,6 +122,8 @@ impl ConnState {
             upstream_wait: AtomicU64::new(0),
             pressure,
             track_heads: AtomicBool::new(false),
+            body_unread: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
         }
     }
 
@@ -164,6 +172,11 @@ impl ConnState {
     /// A request body starts (or stops) waiting for the client.
     pub(crate) fn body_waiting(&self, waiting: bool) {
         self.body_wait.store(if waiting { self.now_ms() + 1 } else { 0 }, Ordering::Relaxed);
+    }
+
+    /// An HTTP/1.1 request with a body starts (`true`), or its body was read to the end (`false`).
+    pub(crate) fn body_unread(&self, unread: bool) {
+        self.body_unread.store(unread, Ordering::Relaxed);
     }
 
     /// HTTP/1.1 (not h2): one request at a time, its bodies polled by the connection's own task.
@@ -226,9 +239,13 @@ impl Drop for InFlight {
 }
 
 /// The client socket (TCP, or TLS over TCP), replaying the bytes read during protocol detection and noting when
-/// a request head starts to arrive.
-pub(crate) struct ConnIo<S> {
-    inner: S,
+/// a request head starts to arrive. Dropped while the client may still be sending, it closes by lingering
+/// ([`linger`]).
+pub(crate) struct ConnIo<S: Stream> {
+    /// Taken only by `drop`, to linger.
+    inner: Option<S>,
+    /// The client closed its side: nothing can follow, no need to linger.
+    eof: bool,
     prefix: Bytes,
     state: Arc<ConnState>,
     /// Offer vectored writes to hyper. Off for TLS: rustls makes one record per slice, so a response's head
@@ -236,7 +253,77 @@ pub(crate) struct ConnIo<S> {
     vectored: bool,
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for ConnIo<S> {
+impl<S: Stream> ConnIo<S> {
+    fn new(inner: S, prefix: Bytes, state: Arc<ConnState>, vectored: bool) -> Self {
+        Self { inner: Some(inner), eof: false, prefix, state, vectored }
+    }
+
+    fn io(&mut self) -> Pin<&mut S> {
+        Pin::new(self.inner.as_mut().expect("the stream is only taken on drop"))
+    }
+}
+
+impl<S: Stream> Drop for ConnIo<S> {
+    fn drop(&mut self) {
+        let state = &self.state;
+        // Only an HTTP/1.1 connection that hyper finished itself, whose client has not closed: a connection
+        // reveille cut (timeouts, eviction) closes at once, and h2 ends with GOAWAY.
+        if self.eof || !state.is_h1() || !state.finished.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some(inner) = self.inner.take() else { return };
+        if !state.body_unread.load(Ordering::Relaxed) && !has_input(inner.tcp()) {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(linger(inner, state.clone()).in_current_span());
+        }
+    }
+}
+
+/// Whether the client has sent bytes nobody read (or closed: then a read returns at once, too).
+fn has_input(tcp: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    let mut buf = ReadBuf::new(&mut byte);
+    matches!(tcp.poll_peek(&mut Context::from_waker(futures_util::task::noop_waker_ref()), &mut buf), Poll::Ready(Ok(n)) if n > 0)
+}
+
+/// How long a lingering close waits for the client's next bytes, and how long it lingers at most: nginx's
+/// `lingering_timeout` and `lingering_time`.
+const LINGER_READ: Duration = Duration::from_secs(5);
+const LINGER_TOTAL: Duration = Duration::from_secs(30);
+
+/// Closes a connection whose client may still be sending (an upload the response came before, a request body
+/// nobody read, a pipelined request): the response is followed by a FIN, and what the client still sends is
+/// read and dropped until it closes, stops sending for [`LINGER_READ`], or [`LINGER_TOTAL`] has passed. Closed
+/// at once, the socket would answer the client's next bytes with a reset, and a reset can destroy the response
+/// in the client's buffers before it reads it (RFC 9112 §9.6). The connection keeps its slot meanwhile, and an
+/// eviction ends the wait.
+async fn linger<S: Stream>(mut stream: S, state: Arc<ConnState>) {
+    use tokio::io::AsyncWriteExt;
+    let wait = async {
+        let deadline = Instant::now() + LINGER_TOTAL;
+        // hyper shut the write side already when it closed; this is for a stream it did not.
+        if tokio::time::timeout(LINGER_READ, stream.shutdown()).await.is_err() {
+            return;
+        }
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let until = deadline.min(Instant::now() + LINGER_READ);
+            match tokio::time::timeout_at(until, stream.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+        }
+    };
+    tokio::select! {
+        () = wait => {}
+        () = state.evicted.cancelled() => {}
+    }
+    debug!("lingering close done");
+}
+
+impl<S: Stream> AsyncRead for ConnIo<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if !self.prefix.is_empty() {
             let n = self.prefix.len().min(buf.remaining());
@@ -250,17 +337,21 @@ impl<S: AsyncRead + Unpin> AsyncRead for ConnIo<S> {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.state.on_bytes_read();
+        let res = self.io().poll_read(cx, buf);
+        if matches!(res, Poll::Ready(Ok(()))) {
+            if buf.filled().len() > before {
+                self.state.on_bytes_read();
+            } else if buf.remaining() > 0 {
+                self.eof = true;
+            }
         }
         res
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
+impl<S: Stream> AsyncWrite for ConnIo<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        let res = self.io().poll_write(cx, buf);
         self.state.on_write(&res);
         res
     }
@@ -269,20 +360,20 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        let res = self.io().poll_write_vectored(cx, bufs);
         self.state.on_write(&res);
         res
     }
     fn is_write_vectored(&self) -> bool {
-        self.vectored && self.inner.is_write_vectored()
+        self.vectored && self.inner.as_ref().is_some_and(|s| s.is_write_vectored())
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let res = Pin::new(&mut self.inner).poll_flush(cx);
+        let res = self.io().poll_flush(cx);
         self.state.on_write(&res);
         res
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        self.io().poll_shutdown(cx)
     }
 }
 
@@ -592,8 +683,23 @@ trait ServerConn: Future<Output = Result<(), hyper::Error>> {
 type Io<S> = TokioIo<ConnIo<S>>;
 
 /// What a client connection is read from and written to.
-pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for S {}
+/// A client connection's stream: TCP, or TLS over TCP.
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The TCP socket under it.
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Stream for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Stream for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
 
 impl<S: Stream> ServerConn for hyper::server::conn::http1::UpgradeableConnection<Io<S>, ProxyService> {
     fn graceful(self: Pin<&mut Self>) {
@@ -701,7 +807,7 @@ async fn serve_http<S: Stream>(
     // timeout (later streams are covered by the idle timeout).
     state.head_started.store(1, Ordering::Relaxed);
     state.track_heads.store(!is_h2, Ordering::Relaxed);
-    let io = TokioIo::new(ConnIo { inner: stream, prefix, state: state.clone(), vectored: !tls });
+    let io = TokioIo::new(ConnIo::new(stream, prefix, state.clone(), !tls));
     let service = ProxyService::new(proxy.clone(), peer, state.clone(), tls);
     let dog = Watchdog::new(state, &proxy.pressure, settings);
     let result = if is_h2 {
@@ -744,7 +850,10 @@ async fn drive<C: ServerConn>(
         }));
         tokio::select! {
             biased;
-            res = conn.as_mut() => return res,
+            res = conn.as_mut() => {
+                dog.state.finished.store(true, Ordering::Relaxed);
+                return res;
+            }
             expiry = dog.as_mut(), if !closing => match expiry {
                 Expiry::Idle => {
                     debug!("idle timeout");

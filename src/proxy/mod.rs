@@ -423,6 +423,9 @@ impl hyper::service::Service<http::Request<Incoming>> for ProxyService {
 
     fn call(&self, req: http::Request<Incoming>) -> Self::Future {
         let guard = InFlight::new(&self.conn);
+        if self.conn.is_h1() {
+            self.conn.body_unread(!http_body::Body::is_end_stream(req.body()));
+        }
         let this = self.clone();
         Box::pin(async move { Ok(handler::handle(&this, req, guard).await) })
     }
