@@ -208,6 +208,11 @@ async fn the_dashboard_shows_a_tenant_live_and_wakes_it() {
     assert_eq!(listed["certificates"][0]["acme"], false);
     assert!(listed["certificates"][0]["days_left"].as_i64().unwrap() > 365);
 
+    // etcd's routes join the file's once reveille has read them (it serves the file's meanwhile).
+    eventually(LONG, "etcd's route in the table", || async {
+        proxy.admin_get("/api/routes").await.1.contains("api.test")
+    })
+    .await;
     let (_, listed) = proxy.admin_get("/api/routes").await;
     let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
     assert_eq!(listed["sources"]["routes"]["shop.test"], "file", "{listed}");
