@@ -118,6 +118,8 @@ pub struct Running {
     tasks: Vec<JoinHandle<()>>,
     /// Closed last, so that every request's line is written before exit.
     access_log: AccessLog,
+    /// Told when the shutdown begins, so its watchers do not warn of etcd stopping too.
+    etcd: Option<crate::etcd::Etcd>,
 }
 
 /// The container runtimes the binary passivates tenants with: the default Docker Engine (`--docker`,
@@ -345,6 +347,7 @@ pub async fn start(
         accept,
         tasks,
         access_log,
+        etcd,
     })
 }
 
@@ -364,6 +367,9 @@ impl Running {
     pub async fn wait(self, grace: Duration) -> bool {
         self.shutdown.cancelled().await;
         self.readiness.mark_draining();
+        if let Some(etcd) = &self.etcd {
+            etcd.drain();
+        }
         for a in self.accept {
             let _ = a.await;
         }

@@ -577,3 +577,51 @@ async fn a_log_filter_without_reveille_access_turns_the_access_log_off() {
         assert!(!file.exists(), "{flags:?}: the file is not even created");
     }
 }
+
+/// etcd stopping while reveille drains (both told to stop, as `docker compose down` does) is logged at info,
+/// not as a warning about reconnecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_stopping_during_the_drain_is_not_a_warning() {
+    let backend = Backend::echo("a").await;
+    let mut etcd = support::etcd::Etcd::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    std::fs::write(&routes, routes_file(&[("a", vec![backend.addr])], &[("app.test", "a")])).unwrap();
+    let proc = Proc::start(&routes, &["--etcd", &etcd.url, "--shutdown-grace", "10s", "--access-log", "false"]);
+    let admin = proc.admin;
+    eventually(Duration::from_secs(10), "ready with etcd", || async {
+        get(admin, "admin", "/readyz").await.status == StatusCode::OK
+    })
+    .await;
+    let http = proc.http;
+    let in_flight = tokio::spawn(async move { get(http, "app.test", "/sleep/2000").await });
+    eventually(Duration::from_secs(5), "request reached the backend", || async {
+        backend.hits.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    proc.signal("TERM");
+    eventually(Duration::from_secs(2), "draining", || async {
+        get(admin, "admin", "/readyz").await.status == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    etcd.kill();
+    assert_eq!(in_flight.await.unwrap().status, StatusCode::OK);
+    let mut proc = proc;
+    let status = tokio::task::spawn_blocking(move || {
+        let status = proc.wait_exit(Duration::from_secs(10));
+        (status, proc)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.0.code(), Some(0));
+    let lines: Vec<serde_json::Value> =
+        status.1.log.lock().unwrap().iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let about_watch = |v: &&serde_json::Value| v["message"].as_str().unwrap_or_default().contains("etcd watch of");
+    let watch_lines: Vec<_> = lines.iter().filter(about_watch).collect();
+    assert!(
+        watch_lines.iter().any(|v| v["level"] == "INFO"
+            && v["message"].as_str().unwrap().contains("interrupted while shutting down")),
+        "the interruption is logged, at info: {watch_lines:?}"
+    );
+    assert!(watch_lines.iter().all(|v| v["level"] != "WARN"), "no warning: {watch_lines:?}");
+}

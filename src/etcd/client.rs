@@ -218,6 +218,8 @@ struct Inner {
     /// Held while connecting, so consumers that find no client make one connection, not one each. Counts the
     /// connections made (the generations).
     connecting: tokio::sync::Mutex<u64>,
+    /// reveille is shutting down: a watch that breaks now (etcd stopping with it) is not worth a warning.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// A client handed out by [`Etcd::client`], with the generation that tells [`Etcd::failed`] which one it is.
@@ -231,9 +233,23 @@ impl Etcd {
     /// Does not connect: the first [`Etcd::client`] does.
     pub(crate) fn new(config: EtcdConfig) -> Self {
         let keys = config.keys();
-        let inner =
-            Inner { config, keys, current: parking_lot::Mutex::new(None), connecting: tokio::sync::Mutex::new(0) };
+        let inner = Inner {
+            config,
+            keys,
+            current: parking_lot::Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(0),
+            draining: std::sync::atomic::AtomicBool::new(false),
+        };
         Self { inner: Arc::new(inner) }
+    }
+
+    /// reveille's shutdown has begun (the watchers go on until the drain is over).
+    pub(crate) fn drain(&self) {
+        self.inner.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.inner.draining.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn config(&self) -> &EtcdConfig {

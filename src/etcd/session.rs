@@ -13,7 +13,7 @@ use std::time::Duration;
 use etcd_client::{Client, Event, KeyValue, WatchOptions};
 use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::client::{list_range, Etcd, EtcdError, MAX_MESSAGE};
 
@@ -48,7 +48,7 @@ pub(crate) async fn watch<S: Sink>(
     shutdown: CancellationToken,
 ) {
     let range = &range;
-    supervise(what, |n| session(etcd, range, sink, n), || sink.ended(), shutdown).await
+    supervise(what, |n| session(etcd, range, sink, n), || sink.ended(), || etcd.is_draining(), shutdown).await
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -64,8 +64,14 @@ struct SessionEnd {
 /// Runs watch sessions one after the other until `shutdown`: a session that ends (etcd restarted, leader lost,
 /// revision compacted, token expired, even a panic inside the etcd client) is followed by another, after a
 /// backoff that grows while sessions fail before loading anything. `ended` is called after each session.
-async fn supervise<F, Fut>(what: &str, mut session: F, ended: impl Fn(), shutdown: CancellationToken)
-where
+/// `draining`: reveille is shutting down, and an interruption is only logged at info.
+async fn supervise<F, Fut>(
+    what: &str,
+    mut session: F,
+    ended: impl Fn(),
+    draining: impl Fn() -> bool,
+    shutdown: CancellationToken,
+) where
     F: FnMut(u64) -> Fut,
     Fut: Future<Output = Result<(), SessionEnd>>,
 {
@@ -90,7 +96,11 @@ where
         if end.loaded {
             backoff = BACKOFF_MIN;
         }
-        warn!(error = %end.error, retry_in = ?backoff, "etcd watch of {what} interrupted; keeping what is in force and reconnecting");
+        if draining() {
+            info!(error = %end.error, "etcd watch of {what} interrupted while shutting down");
+        } else {
+            warn!(error = %end.error, retry_in = ?backoff, "etcd watch of {what} interrupted; keeping what is in force and reconnecting");
+        }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = shutdown.cancelled() => return,
