@@ -27,6 +27,8 @@ pub struct Pebble {
     dns_addr: String,
     env: Vec<(String, String)>,
     api: SocketAddr,
+    /// Its management interface (the issuing roots).
+    mgmt: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -44,82 +46,110 @@ impl Pebble {
         extra_env: &[(&str, &str)],
         eab: Option<(&str, &str)>,
     ) -> Pebble {
-        let dir = tempfile::tempdir().unwrap();
-        let [api_port, mgmt_port, dns_port, dns_mgmt_port] = testkit::ports::free_ports::<4>();
-        let ca = TestCa::new();
-        let leaf = ca.issue(&["127.0.0.1", "localhost"]);
-        let cert = dir.path().join("pebble.crt");
-        let key = dir.path().join("pebble.key");
-        let api_roots = dir.path().join("pebble-api-ca.pem");
-        std::fs::write(&cert, &leaf.cert_pem).unwrap();
-        std::fs::write(&key, &leaf.key_pem).unwrap();
-        std::fs::write(&api_roots, ca.cert_pem()).unwrap();
-        let config = dir.path().join("pebble.json");
-        let mut json = serde_json::json!({ "pebble": {
-            "listenAddress": format!("127.0.0.1:{api_port}"),
-            "managementListenAddress": format!("127.0.0.1:{mgmt_port}"),
-            "certificate": cert,
-            "privateKey": key,
-            "httpPort": http_port,
-            "tlsPort": tls_port,
-            "ocspResponderURL": "",
-            "externalAccountBindingRequired": false,
-        }});
-        if let Some((kid, key)) = eab {
-            json["pebble"]["externalAccountBindingRequired"] = true.into();
-            json["pebble"]["externalAccountMACKeys"] = serde_json::json!({ kid: key });
-        }
-        std::fs::write(&config, json.to_string()).unwrap();
-        let dns = Command::new("pebble-challtestsrv")
-            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
-            .args(["-dns01", &format!("127.0.0.1:{dns_port}")])
-            .args(["-management", &format!("127.0.0.1:{dns_mgmt_port}")])
-            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("pebble-challtestsrv (Debian's pebble package) must be installed");
-        let mut env: Vec<(String, String)> = vec![
-            // Validate at once, and never reject a good nonce: the tests time what reveille does, not Pebble.
-            ("PEBBLE_VA_NOSLEEP".into(), "1".into()),
-            ("PEBBLE_WFE_NONCEREJECT".into(), "0".into()),
-            ("PEBBLE_AUTHZREUSE".into(), "0".into()),
-        ];
-        env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let mut p = Pebble {
-            directory: format!("https://127.0.0.1:{api_port}/dir"),
-            api_roots,
-            issuer_root: String::new(),
-            pebble: None,
-            dns: Some(dns),
-            config,
-            dns_addr: format!("127.0.0.1:{dns_port}"),
-            env,
-            api: ([127, 0, 0, 1], api_port).into(),
-            _dir: dir,
+        // Pebble's own ports are picked free, then bound by Pebble: another process can take one in between.
+        // Pebble then exits at once, and is started again on other ports.
+        let mut attempt = 0;
+        let (mut p, ca) = loop {
+            let dir = tempfile::tempdir().unwrap();
+            let [api_port, mgmt_port, dns_port, dns_mgmt_port] = testkit::ports::free_ports::<4>();
+            let ca = TestCa::new();
+            let leaf = ca.issue(&["127.0.0.1", "localhost"]);
+            let cert = dir.path().join("pebble.crt");
+            let key = dir.path().join("pebble.key");
+            let api_roots = dir.path().join("pebble-api-ca.pem");
+            std::fs::write(&cert, &leaf.cert_pem).unwrap();
+            std::fs::write(&key, &leaf.key_pem).unwrap();
+            std::fs::write(&api_roots, ca.cert_pem()).unwrap();
+            let config = dir.path().join("pebble.json");
+            let mut json = serde_json::json!({ "pebble": {
+                "listenAddress": format!("127.0.0.1:{api_port}"),
+                "managementListenAddress": format!("127.0.0.1:{mgmt_port}"),
+                "certificate": cert,
+                "privateKey": key,
+                "httpPort": http_port,
+                "tlsPort": tls_port,
+                "ocspResponderURL": "",
+                "externalAccountBindingRequired": false,
+            }});
+            if let Some((kid, key)) = eab {
+                json["pebble"]["externalAccountBindingRequired"] = true.into();
+                json["pebble"]["externalAccountMACKeys"] = serde_json::json!({ kid: key });
+            }
+            std::fs::write(&config, json.to_string()).unwrap();
+            let dns = Command::new("pebble-challtestsrv")
+                .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+                .args(["-dns01", &format!("127.0.0.1:{dns_port}")])
+                .args(["-management", &format!("127.0.0.1:{dns_mgmt_port}")])
+                .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("pebble-challtestsrv (Debian's pebble package) must be installed");
+            let mut env: Vec<(String, String)> = vec![
+                // Validate at once, and never reject a good nonce: the tests time what reveille does, not Pebble.
+                ("PEBBLE_VA_NOSLEEP".into(), "1".into()),
+                ("PEBBLE_WFE_NONCEREJECT".into(), "0".into()),
+                ("PEBBLE_AUTHZREUSE".into(), "0".into()),
+            ];
+            env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            let mut p = Pebble {
+                directory: format!("https://127.0.0.1:{api_port}/dir"),
+                api_roots,
+                issuer_root: String::new(),
+                pebble: None,
+                dns: Some(dns),
+                config,
+                dns_addr: format!("127.0.0.1:{dns_port}"),
+                env,
+                api: ([127, 0, 0, 1], api_port).into(),
+                mgmt: ([127, 0, 0, 1], mgmt_port).into(),
+                _dir: dir,
+            };
+            match p.try_up().await {
+                Ok(()) => break (p, ca),
+                Err(log) if attempt < 2 => {
+                    eprintln!("Pebble exited at start ({log}); again on other ports");
+                    attempt += 1;
+                }
+                Err(log) => panic!("Pebble exited at start, three times: {log}"),
+            }
         };
-        p.up().await;
-        let mgmt: SocketAddr = ([127, 0, 0, 1], mgmt_port).into();
-        p.issuer_root = https_get(mgmt, "/roots/0", &ca).await;
+        p.issuer_root = https_get(p.mgmt, "/roots/0", &ca).await;
         assert!(p.issuer_root.contains("BEGIN CERTIFICATE"), "Pebble's root: {}", p.issuer_root);
         p
     }
 
     /// Starts Pebble (again, after [`Pebble::stop`]), and waits until its API accepts connections.
     pub async fn up(&mut self) {
+        if let Err(log) = self.try_up().await {
+            panic!("Pebble exited at start: {log}");
+        }
+    }
+
+    /// Starts Pebble and waits until its API accepts connections; `Err` with what it logged if it exits first.
+    async fn try_up(&mut self) -> Result<(), String> {
+        let log = self._dir.path().join("pebble.log");
         let child = Command::new("pebble")
             .args(["-config", self.config.to_str().unwrap(), "-dnsserver", &self.dns_addr])
             .envs(self.env.iter().cloned())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("pebble (Debian's pebble package) must be installed");
         self.pebble = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(self.api).await.is_err() {
-            assert!(Instant::now() < deadline, "Pebble did not start listening on {}", self.api);
+        // Both of its listeners: Pebble exits if it cannot bind either.
+        while TcpStream::connect(self.api).await.is_err() || TcpStream::connect(self.mgmt).await.is_err() {
+            if let Some(status) = self.pebble.as_mut().unwrap().try_wait().unwrap() {
+                self.pebble = None;
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let last: Vec<&str> = text.lines().rev().take(3).collect();
+                return Err(format!("{status}: {}", last.into_iter().rev().collect::<Vec<_>>().join(" | ")));
+            }
+            assert!(Instant::now() < deadline, "Pebble did not start listening on {} and {}", self.api, self.mgmt);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        Ok(())
     }
 
     /// Stops Pebble (the CA is unreachable until [`Pebble::up`]).
