@@ -345,9 +345,13 @@ pub(crate) struct LimitsSection {
     #[serde(default, with = "humantime_serde")]
     pub header_read_timeout: Option<Duration>,
     pub max_header_size: Option<usize>,
+    pub max_header_count: Option<usize>,
+    pub h2_max_concurrent_streams: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
     pub max_connections: Option<usize>,
+    /// 0 = no limit.
+    pub max_connections_per_address: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     pub tunnel_idle_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -537,12 +541,23 @@ pub struct Overrides {
     /// Largest request head accepted, in bytes; larger gets 431 [default: 65536]
     #[arg(long, help_heading = "Client limits", value_name = "BYTES")]
     pub max_header_size: Option<usize>,
+    /// Most header fields in one request, HTTP/1.1 and HTTP/2 alike; more gets 431 [default: 100]
+    #[arg(long, help_heading = "Client limits", value_name = "N")]
+    pub max_header_count: Option<usize>,
+    /// HTTP/2 streams one client connection may have open at once; each holds at most one backend
+    /// connection [default: 128]
+    #[arg(long, help_heading = "Client limits", value_name = "N")]
+    pub h2_max_concurrent_streams: Option<u32>,
     /// Close client connections idle this long [default: 60s]
     #[arg(long, help_heading = "Client limits", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub idle_timeout: Option<Duration>,
     /// Client connections served at once [default: 10000]
     #[arg(long, help_heading = "Client limits", value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Client connections one client address may have open at once; more are closed as they arrive;
+    /// 0 = no limit [default: 0]
+    #[arg(long, help_heading = "Client limits", value_name = "N")]
+    pub max_connections_per_address: Option<usize>,
     /// Close a WebSocket (or other upgraded connection) idle this long [default: 1h]
     #[arg(long, help_heading = "Client limits", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub tunnel_idle_timeout: Option<Duration>,
@@ -746,7 +761,16 @@ impl Config {
                     .unwrap_or(s.header_read_timeout),
                 max_header_size: flags.max_header_size.or(file.limits.max_header_size).unwrap_or(s.max_header_size),
                 idle_timeout: flags.idle_timeout.or(file.limits.idle_timeout).unwrap_or(s.idle_timeout),
+                max_header_count: flags.max_header_count.or(file.limits.max_header_count).unwrap_or(s.max_header_count),
+                h2_max_concurrent_streams: flags
+                    .h2_max_concurrent_streams
+                    .or(file.limits.h2_max_concurrent_streams)
+                    .unwrap_or(s.h2_max_concurrent_streams),
                 max_connections: flags.max_connections.or(file.limits.max_connections).unwrap_or(s.max_connections),
+                max_connections_per_address: flags
+                    .max_connections_per_address
+                    .or(file.limits.max_connections_per_address)
+                    .unwrap_or(s.max_connections_per_address),
                 connect_timeout: flags.connect_timeout.or(file.upstream.connect_timeout).unwrap_or(s.connect_timeout),
                 response_timeout: flags
                     .response_timeout
@@ -842,6 +866,11 @@ impl Config {
         if p.max_connections == 0 || p.max_header_size < 1024 {
             return Err(ConfigError::Invalid(
                 "max_connections must be at least 1 and max_header_size at least 1024".into(),
+            ));
+        }
+        if p.max_header_count < 8 || p.h2_max_concurrent_streams == 0 {
+            return Err(ConfigError::Invalid(
+                "max_header_count must be at least 8 and h2_max_concurrent_streams at least 1".into(),
             ));
         }
         if cfg.access_log.buffer < 1024 {

@@ -620,6 +620,9 @@ pub struct Metrics {
     header_timeouts: Counter,
     overloaded: Gauge,
     shed: Counter,
+    evicted: Counter,
+    refused_connections: Family<ReasonLabels, Counter>,
+    send_timeouts: Family<KindLabels, Counter>,
     upstream_errors: Family<KindLabels, Counter>,
     routes: Gauge,
     services: Gauge,
@@ -700,8 +703,26 @@ impl Metrics {
         let shed = Counter::default();
         registry.register(
             "connections_shed",
-            "Client connections closed at the overload timeout: idle, or slow to send a request head or body",
+            "Client connections closed to keep slots free: at the overload timeout (idle, or slow to send a request head or body), or evicted for a newcomer",
             shed.clone(),
+        );
+        let evicted = Counter::default();
+        registry.register(
+            "connections_evicted",
+            "Client connections closed because every slot was taken and a newcomer needed one (also counted in connections_shed)",
+            evicted.clone(),
+        );
+        let refused_connections = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Client connections closed as soon as they were accepted, by reason (per_address: the address already holds max_connections_per_address)",
+            refused_connections.clone(),
+        );
+        let send_timeouts = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "send_timeouts",
+            "Responses given up because the client read none of them within the send timeout (the overload timeout under pressure): kind=connection (HTTP/1.1, the connection closed), kind=stream (h2, the stream reset, its backend connection released)",
+            send_timeouts.clone(),
         );
 
         let upstream_errors = Family::<KindLabels, Counter>::default();
@@ -772,6 +793,9 @@ impl Metrics {
             header_timeouts,
             overloaded,
             shed,
+            evicted,
+            refused_connections,
+            send_timeouts,
             upstream_errors,
             routes,
             services,
@@ -830,6 +854,22 @@ impl Metrics {
 
     pub fn connection_shed(&self) {
         self.shed.inc();
+    }
+
+    /// A connection evicted for a newcomer: counted as evicted and as shed.
+    pub fn connection_evicted(&self) {
+        self.evicted.inc();
+        self.shed.inc();
+    }
+
+    /// A connection closed at once, for `reason`.
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.refused_connections.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// A response given up for a client that read none of it: `kind` is `connection` or `stream`.
+    pub fn send_timeout(&self, kind: &'static str) {
+        self.send_timeouts.get_or_create(&KindLabels { kind }).inc();
     }
 
     /// The counters of `reveille_upstream_errors_total`, one per kind of `L`.

@@ -28,6 +28,7 @@ use tracing::warn;
 use super::client::{UpBody, UpstreamError};
 use super::conn::{ConnState, InFlight};
 use super::error::UpstreamErrorKind;
+use super::stream::Progress;
 use crate::routes::{Backend, Service};
 
 /// How a client's request body must arrive.
@@ -537,12 +538,15 @@ struct Upstream {
     watched: bool,
     /// The stall was logged and counted.
     reported: bool,
+    /// h2: the stream's progress, for its send timeout (see `stream`).
+    progress: Option<Arc<Progress>>,
 }
 
 impl ResponseBody {
     /// A backend's body; it fails when the backend sends nothing for `idle`, or at `deadline`.
     pub(crate) fn upstream(body: UpBody, guard: InFlight, idle: Duration, deadline: Option<Instant>) -> Self {
         let watched = guard.conn().is_h1();
+        let progress = if watched { None } else { Progress::begin() };
         let up = Upstream {
             body,
             stall: Stall::new(idle),
@@ -551,6 +555,7 @@ impl ResponseBody {
             backend: None,
             watched,
             reported: false,
+            progress,
         };
         Self { kind: Kind::Upstream(up), guard: Some(guard) }
     }
@@ -626,6 +631,19 @@ impl Body for ResponseBody {
                         Poll::Pending if up.stall.waiting_since.is_none() => g.conn().upstream_waiting(true),
                         Poll::Ready(_) if up.stall.waiting_since.is_some() => g.conn().upstream_waiting(false),
                         _ => {}
+                    }
+                }
+                if let Some(p) = &up.progress {
+                    match &res {
+                        Poll::Pending if up.stall.waiting_since.is_none() => p.waiting_for_backend(true),
+                        Poll::Ready(Some(Ok(_))) => {
+                            if up.stall.waiting_since.is_some() {
+                                p.waiting_for_backend(false);
+                            }
+                            p.frame();
+                        }
+                        Poll::Ready(_) => p.end(),
+                        Poll::Pending => {}
                     }
                 }
                 match res {

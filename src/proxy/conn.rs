@@ -15,7 +15,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
@@ -30,6 +30,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, Instrument};
 
+use super::admission::AddressGuard;
 use super::{Proxy, ProxyService, SpanExecutor};
 use crate::tls::TlsAcceptor;
 
@@ -38,6 +39,8 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// A connection's place in the `max_connections` limit and the open-connections gauge, released on drop.
 pub(crate) struct Slot {
     _permit: OwnedSemaphorePermit,
+    /// The connection's place in its client address's count, when that is limited.
+    _address: Option<AddressGuard>,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -56,6 +59,10 @@ impl Drop for Slot {
 /// Eviction spares connections that have waited less than this: a newcomer that has not yet sent its request is
 /// not evicted by the next one.
 const EVICT_AFTER_MS: u64 = 50;
+
+/// An evicted connection normally ends within a millisecond; one still open after this no longer counts as an
+/// eviction in progress (see [`Pressure::evict_one`]).
+const EVICTION_SETTLE_MS: u64 = 1_000;
 
 /// How long an idle connection that was asked to close (GOAWAY sent) may take before it is dropped: an h2
 /// client that never acknowledges must not keep its slot.
@@ -87,6 +94,10 @@ pub(crate) struct ConnState {
     id: u64,
     /// Cancelled to evict the connection when a newcomer needs its slot (see [`Pressure::evict_one`]).
     evicted: CancellationToken,
+    /// When it was evicted, in ms since `epoch` plus one; 0 = not evicted.
+    evicted_at: AtomicU64,
+    /// Its response is done and it is closing by lingering ([`linger`]): first in line for eviction.
+    lingering: AtomicBool,
     /// Upgraded to a tunnel: doing work, never evicted.
     upgraded: AtomicBool,
     track_heads: AtomicBool,
@@ -111,6 +122,8 @@ impl ConnState {
         Self {
             id,
             evicted: CancellationToken::new(),
+            evicted_at: AtomicU64::new(0),
+            lingering: AtomicBool::new(false),
             upgraded: AtomicBool::new(false),
             epoch: Instant::now(),
             slot,
@@ -141,6 +154,10 @@ impl ConnState {
     fn waiting_ms(&self) -> Option<u64> {
         if self.upgraded.load(Ordering::Relaxed) || self.evicted.is_cancelled() {
             return None;
+        }
+        if self.lingering.load(Ordering::Relaxed) {
+            // Its response is out: it only waits for the client to stop sending. Evicted before anyone else.
+            return Some(u64::MAX);
         }
         let since = if self.in_flight.load(Ordering::Relaxed) == 0 {
             match self.head_started.load(Ordering::Relaxed) {
@@ -276,6 +293,7 @@ impl<S: Stream> Drop for ConnIo<S> {
             return;
         }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            state.lingering.store(true, Ordering::Relaxed);
             rt.spawn(linger(inner, state.clone()).in_current_span());
         }
     }
@@ -289,7 +307,7 @@ fn has_input(tcp: &TcpStream) -> bool {
 }
 
 /// How long a lingering close waits for the client's next bytes, and how long it lingers at most: nginx's
-/// `lingering_timeout` and `lingering_time`.
+/// `lingering_timeout` and `lingering_time`. Both are cut to the overload timeout under pressure.
 const LINGER_READ: Duration = Duration::from_secs(5);
 const LINGER_TOTAL: Duration = Duration::from_secs(30);
 
@@ -297,22 +315,30 @@ const LINGER_TOTAL: Duration = Duration::from_secs(30);
 /// nobody read, a pipelined request): the response is followed by a FIN, and what the client still sends is
 /// read and dropped until it closes, stops sending for [`LINGER_READ`], or [`LINGER_TOTAL`] has passed. Closed
 /// at once, the socket would answer the client's next bytes with a reset, and a reset can destroy the response
-/// in the client's buffers before it reads it (RFC 9112 §9.6). The connection keeps its slot meanwhile, and an
-/// eviction ends the wait.
+/// in the client's buffers before it reads it (RFC 9112 §9.6). The connection keeps its slot meanwhile; under
+/// pressure both waits are cut to the overload timeout (looked at again when pressure rises), and a newcomer
+/// that needs the slot evicts a lingering connection before any other.
 async fn linger<S: Stream>(mut stream: S, state: Arc<ConnState>) {
     use tokio::io::AsyncWriteExt;
+    let pressure = state.pressure.clone();
     let wait = async {
-        let deadline = Instant::now() + LINGER_TOTAL;
+        let start = Instant::now();
+        let limit = |d: Duration| Duration::from_millis(pressure.cap(d.as_millis() as u64));
         // hyper shut the write side already when it closed; this is for a stream it did not.
-        if tokio::time::timeout(LINGER_READ, stream.shutdown()).await.is_err() {
+        if tokio::time::timeout(limit(LINGER_READ), stream.shutdown()).await.is_err() {
             return;
         }
         let mut buf = vec![0u8; 16 * 1024];
         loop {
-            let until = deadline.min(Instant::now() + LINGER_READ);
-            match tokio::time::timeout_at(until, stream.read(&mut buf)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return,
+            let rose = pressure.rose.notified();
+            let until = (start + limit(LINGER_TOTAL)).min(Instant::now() + limit(LINGER_READ));
+            tokio::select! {
+                r = tokio::time::timeout_at(until, stream.read(&mut buf)) => match r {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return,
+                },
+                // Pressure rose: the limits are cut; look again.
+                () = rose => {}
             }
         }
     };
@@ -409,6 +435,17 @@ pub(crate) struct Pressure {
     slots: usize,
     /// The cut, in ms; 0 = never cut.
     cap_ms: u64,
+    /// Accept loops waiting for a slot for a client they accepted (see [`Pressure::waiter`]).
+    waiting: AtomicUsize,
+}
+
+/// An accept loop's wait for a slot, counted while it lasts.
+pub(crate) struct Waiter<'a>(&'a Pressure);
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Pressure {
@@ -420,7 +457,15 @@ impl Pressure {
             rose: tokio::sync::Notify::new(),
             slots,
             cap_ms: cap.as_millis() as u64,
+            waiting: AtomicUsize::new(0),
         }
+    }
+
+    /// Counts an accept loop waiting for a slot until the guard is dropped: as many evictions as waiters may be
+    /// in progress at once.
+    pub(crate) fn waiter(&self) -> Waiter<'_> {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiter(self)
     }
 
     /// Takes note of the free slots.
@@ -447,24 +492,46 @@ impl Pressure {
     }
 
     /// Every slot is taken and a client waits for one: evicts the connection that has waited longest on its
-    /// client (or on a quiet backend), if one has waited at least [`EVICT_AFTER`], so the newcomer is served
-    /// at once instead of after the attacker's next timeout. Connections doing work (a request waiting for its
-    /// response head, a response flowing, a tunnel) are never evicted. Returns whether one was.
-    pub(crate) fn evict_one(&self) -> bool {
+    /// client (or on a quiet backend), if one has waited at least [`EVICT_AFTER_MS`], so the newcomer is served
+    /// at once instead of after the attacker's next timeout. A lingering connection (its response is out) goes
+    /// first. Connections doing work (a request waiting for its response head, a response flowing, a tunnel)
+    /// are never evicted. Called again while the newcomer waits; evicts nobody while the evictions already
+    /// made for the waiting newcomers have not ended yet. Every eviction is counted. Returns whether one was.
+    pub(crate) fn evict_one(&self, metrics: &crate::metrics::Metrics) -> bool {
         if self.cap_ms == 0 {
             return false;
         }
         // Look at them outside the lock: dropping the last reference to a connection takes the lock again.
         let conns: Vec<std::sync::Weak<ConnState>> = self.conns.lock().values().cloned().collect();
-        let victim = conns
-            .iter()
-            .filter_map(std::sync::Weak::upgrade)
-            .filter_map(|c| c.waiting_ms().filter(|&w| w >= EVICT_AFTER_MS).map(|w| (w, c)))
-            .max_by_key(|(w, _)| *w);
+        let mut in_progress = 0;
+        let mut victim: Option<(u64, Arc<ConnState>)> = None;
+        for c in conns.iter().filter_map(std::sync::Weak::upgrade) {
+            let at = c.evicted_at.load(Ordering::Relaxed);
+            if at != 0 {
+                if c.now_ms() + 1 < at + EVICTION_SETTLE_MS {
+                    in_progress += 1;
+                }
+                continue;
+            }
+            if let Some(w) = c.waiting_ms().filter(|&w| w >= EVICT_AFTER_MS) {
+                if victim.as_ref().map_or(true, |(v, _)| w > *v) {
+                    victim = Some((w, c));
+                }
+            }
+        }
+        if in_progress >= self.waiting.load(Ordering::Relaxed).max(1) {
+            return false;
+        }
         match victim {
             Some((waited_ms, c)) => {
-                debug!(waited_ms, "every slot taken: evicting the connection that waited longest");
+                if waited_ms == u64::MAX {
+                    debug!("every slot taken: evicting a lingering connection");
+                } else {
+                    debug!(waited_ms, "every slot taken: evicting the connection that waited longest");
+                }
+                c.evicted_at.store(c.now_ms() + 1, Ordering::Relaxed);
                 c.evicted.cancel();
+                metrics.connection_evicted();
                 true
             }
             None => false,
@@ -493,7 +560,7 @@ impl Pressure {
     }
 
     /// `ms`, cut to the overload timeout while pressure is high.
-    fn cap(&self, ms: u64) -> u64 {
+    pub(super) fn cap(&self, ms: u64) -> u64 {
         if self.is_high() {
             ms.min(self.cap_ms)
         } else {
@@ -722,9 +789,10 @@ pub(crate) async fn serve(
     tls: Option<Arc<TlsAcceptor>>,
     shutdown: CancellationToken,
     permit: OwnedSemaphorePermit,
+    address: Option<AddressGuard>,
 ) {
     proxy.metrics.connection_opened();
-    let slot = Slot { _permit: permit, metrics: proxy.metrics.clone() };
+    let slot = Slot { _permit: permit, _address: address, metrics: proxy.metrics.clone() };
     let state = ConnState::register(slot, proxy.pressure.clone());
     let Some(acceptor) = tls else {
         return serve_http(stream, None, false, peer, proxy, state, shutdown).await;
@@ -736,10 +804,8 @@ pub(crate) async fn serve(
             proxy.metrics.connection_shed();
             return;
         }
-        () = state.evicted.cancelled() => {
-            proxy.metrics.connection_shed();
-            return;
-        }
+        // Counted by the eviction.
+        () = state.evicted.cancelled() => return,
         _ = shutdown.cancelled() => return,
     };
     match handshake {
@@ -782,10 +848,8 @@ async fn serve_http<S: Stream>(
                     proxy.metrics.connection_shed();
                     return;
                 }
-                () = state.evicted.cancelled() => {
-                    proxy.metrics.connection_shed();
-                    return;
-                }
+                // Counted by the eviction.
+                () = state.evicted.cancelled() => return,
                 _ = shutdown.cancelled() => return,
             };
             match detected {
@@ -885,14 +949,13 @@ async fn drive<C: ServerConn>(
                 }
                 Expiry::SendTimeout => {
                     debug!("the client read nothing of its response within the send timeout; closing");
+                    proxy.metrics.send_timeout("connection");
                     return Ok(());
                 }
             },
             r = &mut rare => match r {
-                Rare::Evicted => {
-                    proxy.metrics.connection_shed();
-                    return Ok(());
-                }
+                // Counted by the eviction.
+                Rare::Evicted => return Ok(()),
                 // Pressure rose: the watchdog is polled again on the next turn and applies the shorter limits.
                 Rare::PressureRose => {}
                 Rare::Shutdown => {

@@ -51,6 +51,9 @@ pub(crate) enum ProxyError {
     RequestTimeout { service: String, limit: Duration },
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// More header fields than `max_header_count` (h2: HTTP/1.1's are refused by hyper's parser).
+    #[error("{count} header fields, more than the {limit} allowed")]
+    TooManyHeaders { count: usize, limit: usize },
     /// A passivated service could not be woken in time, or not at all.
     #[error("service {service:?} is not available: {refusal}")]
     Wake { service: String, refusal: Refusal },
@@ -62,6 +65,7 @@ impl ProxyError {
             Self::BadHost | Self::BadBody => StatusCode::BAD_REQUEST,
             Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             // nginx's "client closed request": only ever seen in logs and metrics, the client is gone.
             Self::ClientAborted => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
             Self::UnknownHost { .. } => StatusCode::NOT_FOUND,
@@ -90,7 +94,8 @@ impl ProxyError {
             | Self::ClientAborted
             | Self::BadBody
             | Self::BodyTimeout { .. }
-            | Self::MethodNotAllowed => Fault::Downstream,
+            | Self::MethodNotAllowed
+            | Self::TooManyHeaders { .. } => Fault::Downstream,
             // The operator's configuration is incomplete: neither the client's fault nor a backend's.
             Self::MissingService { .. } => Fault::Internal,
             _ => Fault::Upstream,
@@ -129,9 +134,11 @@ impl ProxyError {
     fn public_reason(&self) -> std::borrow::Cow<'static, str> {
         let reason = match self {
             // The client's own input, echoed: nothing of reveille's.
-            Self::BadHost | Self::UnknownHost { .. } | Self::MethodNotAllowed | Self::BadBody => {
-                return self.to_string().into()
-            }
+            Self::BadHost
+            | Self::UnknownHost { .. }
+            | Self::MethodNotAllowed
+            | Self::BadBody
+            | Self::TooManyHeaders { .. } => return self.to_string().into(),
             Self::BodyTimeout { .. } => "request body not received in time",
             Self::ClientAborted => "request incomplete",
             Self::MissingService { .. } => "this host is not served at the moment",

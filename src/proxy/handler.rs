@@ -163,6 +163,9 @@ async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, req: Request<Incoming
     if req.headers().get_all(HOST).iter().nth(1).is_some() {
         return Err((ProxyError::BadHost, guard));
     }
+    if let Some(count) = too_many_headers(req.headers(), proxy.settings.max_header_count) {
+        return Err((ProxyError::TooManyHeaders { count, limit: proxy.settings.max_header_count }, guard));
+    }
 
     // HTTP/2 carries the host in `:authority` (and absolute-form HTTP/1.1 in the URI); otherwise `Host`.
     let raw_host: Option<Cow<'_, str>> = match req.uri().authority() {
@@ -239,6 +242,20 @@ async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, req: Request<Incoming
             Err((err, guard))
         }
     }
+}
+
+/// The number of header fields, when it is over `limit`. HTTP/1.1 heads never are (hyper's parser refuses
+/// them with 431 first); h2 header lists are only limited in bytes by the h2 layer. Cookie fields count as one:
+/// h2 clients may split the `cookie` header into one field per cookie (RFC 9113 §8.2.3), and they are joined
+/// into one before forwarding.
+fn too_many_headers(headers: &HeaderMap, limit: usize) -> Option<usize> {
+    let count = headers.len();
+    if count <= limit {
+        return None;
+    }
+    let cookies = headers.get_all(COOKIE).iter().count();
+    let count = count - cookies.saturating_sub(1);
+    (count > limit).then_some(count)
 }
 
 /// A response reveille wrote itself (passivation's pages), with the guard its body holds.

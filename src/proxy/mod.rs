@@ -8,6 +8,7 @@
 //! `Tenant::admit`, the page decision, the status endpoint and starting page responses) and knows nothing of
 //! the lifecycle behind it. TLS handshakes are `tls`'s; metric names and exposition are `metrics`'.
 
+mod admission;
 mod body;
 mod client;
 mod conn;
@@ -16,6 +17,7 @@ mod error;
 mod handler;
 mod headers;
 mod pool;
+mod stream;
 mod tunnel;
 pub(crate) mod workers;
 
@@ -92,7 +94,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info_span, Instrument};
+use tracing::{debug, error, info_span, Instrument};
 
 pub(crate) use error::{ProxyError, Unrouted, UpstreamErrorKind};
 
@@ -102,6 +104,7 @@ use crate::metrics::{LabeledCounters, Metrics};
 use crate::passivation::Passivator;
 use crate::routes::RouteHandle;
 use crate::tls::TlsAcceptor;
+use admission::AddressLimit;
 use body::{BodyLimits, ResponseBody};
 use conn::{ConnState, InFlight, Pressure};
 use connector::Connector;
@@ -114,10 +117,18 @@ pub struct Settings {
     pub header_read_timeout: Duration,
     /// Largest request head accepted (HTTP/1.1), or header list (h2); larger gets 431.
     pub max_header_size: usize,
+    /// Most header fields one request may carry, HTTP/1.1 and h2 alike; more gets 431.
+    pub max_header_count: usize,
+    /// h2: streams one client connection may have open at once. Each holds at most one backend connection,
+    /// so this also caps the backend connections one client connection can hold.
+    pub h2_max_concurrent_streams: u32,
     /// How long a client connection may sit with no request before it is closed.
     pub idle_timeout: Duration,
     /// Client connections served at once; further ones wait in the listen backlog.
     pub max_connections: usize,
+    /// Client connections one client address may hold open at once (nginx's `limit_conn`); more are closed at
+    /// once. 0 = no limit.
+    pub max_connections_per_address: usize,
     /// Time allowed to open a TCP connection to a backend before trying the next one.
     pub connect_timeout: Duration,
     /// Time allowed for a backend to send response headers: past it, 504.
@@ -163,8 +174,11 @@ impl Default for Settings {
         Self {
             header_read_timeout: Duration::from_secs(10),
             max_header_size: 64 * 1024,
+            max_header_count: 100,
+            h2_max_concurrent_streams: 128,
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
+            max_connections_per_address: 0,
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(90),
@@ -184,6 +198,12 @@ impl Default for Settings {
         }
     }
 }
+
+/// hyper's own limit on an HTTP/1.1 request's header fields.
+const DEFAULT_MAX_HEADERS: usize = 100;
+
+/// How often a newcomer waiting for a slot tries again to evict a connection.
+const EVICT_RETRY: Duration = Duration::from_millis(20);
 
 /// Everything a request needs, shared by all connections of one listener.
 pub(crate) struct Proxy {
@@ -210,6 +230,8 @@ pub(crate) struct Proxy {
     limit: Arc<Semaphore>,
     /// How close `limit` is to exhausted.
     pressure: Arc<Pressure>,
+    /// Connections per client address, when limited.
+    per_address: Option<Arc<AddressLimit>>,
     /// Connections and upgraded tunnels, so shutdown can wait for them.
     tasks: TaskTracker,
     /// Where the exit hands each request's line (off unless `settings.access_log`).
@@ -269,18 +291,25 @@ impl Proxy {
             // reveille's own watchdog applies the header timeout (see `conn`), so hyper's stays off.
             .header_read_timeout(None)
             .max_header_size(settings.max_header_size);
-        let mut h2 = http2::Builder::new(SpanExecutor);
+        if settings.max_header_count != DEFAULT_MAX_HEADERS {
+            // hyper's default needs no allocation per request; any other count is allocated on the heap.
+            h1.max_headers(settings.max_header_count);
+        }
+        let settings_limit = settings.max_connections.max(1);
+        let pressure = Arc::new(Pressure::new(settings_limit, settings.overload_timeout));
+        let streams =
+            stream::Limits { send: settings.send_timeout, pressure: pressure.clone(), metrics: metrics.clone() };
+        let mut h2 = http2::Builder::new(SpanExecutor(Arc::new(streams)));
         h2.timer(TokioTimer::new())
             .max_header_list_size(settings.max_header_size.min(u32::MAX as usize) as u32)
-            .max_concurrent_streams(128)
+            .max_concurrent_streams(settings.h2_max_concurrent_streams)
             // Bound what one slow-reading client can make reveille buffer per stream.
             .max_send_buf_size(256 * 1024)
             // Notice vanished h2 peers.
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));
 
-        let settings_limit = settings.max_connections.max(1);
-        let pressure = Arc::new(Pressure::new(settings_limit, settings.overload_timeout));
+        let per_address = AddressLimit::new(settings.max_connections_per_address);
         let body_limits = BodyLimits {
             idle: settings.body_timeout,
             min_rate: settings.min_body_rate,
@@ -303,6 +332,7 @@ impl Proxy {
             redirect,
             limit: Arc::new(Semaphore::new(settings_limit)),
             pressure,
+            per_address,
             tasks: TaskTracker::new(),
             access_log,
             acme,
@@ -319,13 +349,7 @@ impl Proxy {
         tls: Option<Arc<TlsAcceptor>>,
         shutdown: CancellationToken,
     ) {
-        let limit = self.limit.clone();
         loop {
-            let permit = match limit.clone().try_acquire_owned() {
-                Ok(p) => Some(p),
-                Err(tokio::sync::TryAcquireError::Closed) => break,
-                Err(tokio::sync::TryAcquireError::NoPermits) => None,
-            };
             let accepted = tokio::select! {
                 a = listener.accept() => a,
                 _ = shutdown.cancelled() => break,
@@ -339,25 +363,59 @@ impl Proxy {
                     continue;
                 }
             };
-            let permit = match permit {
-                Some(p) => p,
-                None => {
-                    // Every slot is taken and a client is here: make room by evicting one that keeps its slot
-                    // waiting, if there is one; else it waits for a slot, as in the backlog.
-                    self.pressure.update(0, &self.metrics);
-                    self.pressure.evict_one();
-                    tokio::select! {
-                        p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                        _ = shutdown.cancelled() => break,
+            // The per-address limit first: a refused connection takes no slot and evicts no one.
+            let address = match &self.per_address {
+                None => None,
+                Some(limit) => match limit.admit(peer.ip()) {
+                    Some(guard) => Some(guard),
+                    None => {
+                        debug!(%peer, max = limit.max(), "the client's address holds its maximum of connections; closing");
+                        self.metrics.connection_refused("per_address");
+                        continue;
                     }
-                }
+                },
             };
-            self.pressure.update(limit.available_permits(), &self.metrics);
+            // The slot is taken after the accept, not before: a loop waiting in `accept` holds no slot that
+            // another loop's newcomer needs.
+            let permit = match self.limit.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(tokio::sync::TryAcquireError::Closed) => break,
+                Err(tokio::sync::TryAcquireError::NoPermits) => match self.make_room(&shutdown).await {
+                    Some(p) => p,
+                    None => break,
+                },
+            };
+            self.pressure.update(self.limit.available_permits(), &self.metrics);
             let _ = stream.set_nodelay(true);
             self.worker_connections[pool::worker() % self.worker_connections.len()].inc();
             let span = info_span!("conn", %peer, tls = tls.is_some());
-            let conn = conn::serve(stream, peer, self.clone(), tls.clone(), shutdown.clone(), permit);
+            let conn = conn::serve(stream, peer, self.clone(), tls.clone(), shutdown.clone(), permit, address);
             self.tasks.spawn(conn.instrument(span));
+        }
+    }
+
+    /// Every slot is taken and a client is here: waits for a slot, evicting a connection that keeps its slot
+    /// waiting (on its client, or lingering) to make one. The eviction is tried again every [`EVICT_RETRY`]
+    /// while no slot comes, since a connection becomes evictable only after it has waited a little. The wait
+    /// for the slot starts before the first eviction, so the slot it frees comes to this newcomer (the
+    /// semaphore serves waiters in order) and not to an accept loop that has no client yet. `None` at shutdown.
+    async fn make_room(&self, shutdown: &CancellationToken) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.pressure.update(0, &self.metrics);
+        let acquire = self.limit.clone().acquire_owned();
+        tokio::pin!(acquire);
+        let _waiting = self.pressure.waiter();
+        let retry = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(retry);
+        loop {
+            tokio::select! {
+                biased;
+                p = &mut acquire => return p.ok(),
+                _ = shutdown.cancelled() => return None,
+                () = &mut retry => {
+                    self.pressure.evict_one(&self.metrics);
+                    retry.as_mut().reset(tokio::time::Instant::now() + EVICT_RETRY);
+                }
+            }
         }
     }
 
@@ -369,9 +427,9 @@ impl Proxy {
 }
 
 /// Spawns hyper's background tasks (h2 streams) inside the current span, so their logs carry the connection's
-/// fields.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct SpanExecutor;
+/// fields, each held to the send timeout by a [`stream::Guarded`].
+#[derive(Clone, Debug)]
+pub(crate) struct SpanExecutor(Arc<stream::Limits>);
 
 impl<F> hyper::rt::Executor<F> for SpanExecutor
 where
@@ -379,7 +437,7 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, fut: F) {
-        tokio::spawn(fut.in_current_span());
+        tokio::spawn(stream::Guarded::new(fut, self.0.clone()).in_current_span());
     }
 }
 
