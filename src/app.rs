@@ -162,7 +162,8 @@ pub async fn start(
     let etcd = config.etcd.clone().map(crate::etcd::Etcd::new);
 
     if let Some(path) = &config.routes {
-        let mut watcher = file::FileWatcher::new(path.clone(), composer.clone(), metrics.clone());
+        let reading = file::Reading { settle: config.routes_settle, max_size: config.max_file_size };
+        let mut watcher = file::FileWatcher::new(path.clone(), composer.clone(), metrics.clone(), reading);
         watcher.load()?;
         tasks.push(tokio::spawn(watcher.run(background.clone())));
     }
@@ -222,7 +223,7 @@ pub async fn start(
         );
         tasks.push(tokio::spawn(store.clone().run_refresh(CERT_REFRESH, background.clone())));
         if let Some(dir) = &config.tls.certs_dir {
-            let mut watcher = DirWatcher::new(dir.clone(), store.clone(), metrics.tls().clone());
+            let mut watcher = DirWatcher::new(dir.clone(), store.clone(), metrics.tls().clone(), config.max_file_size);
             let n = watcher.load()?;
             info!(dir = %dir.display(), certificates = n, "certificates directory loaded");
             tasks.push(tokio::spawn(watcher.run(background.clone())));

@@ -63,6 +63,12 @@ pub struct Config {
     pub admin: SocketAddr,
     /// Routes file, watched for changes.
     pub routes: Option<PathBuf>,
+    /// How long a changed routes file must stay unchanged (size, modification time, inode, content) before it
+    /// is applied, so a file written in place is not applied half-written.
+    pub routes_settle: Duration,
+    /// The largest file reveille reads (routes, certificates and keys, templates, token and TLS files);
+    /// larger ones are refused like invalid ones.
+    pub max_file_size: u64,
     /// etcd route source, if configured.
     pub etcd: Option<EtcdConfig>,
     /// Runtime worker threads; 0 = one per core.
@@ -99,6 +105,8 @@ impl Default for Config {
             tls: crate::tls::Settings::default(),
             admin: ([127, 0, 0, 1], 9090).into(),
             routes: None,
+            routes_settle: Duration::from_millis(100),
+            max_file_size: crate::fsread::DEFAULT_MAX_SIZE,
             etcd: None,
             threads: 0,
             scheduler: Scheduler::PerCore,
@@ -305,6 +313,11 @@ pub(crate) struct ServerSection {
     pub admin: Option<SocketAddr>,
     /// Relative paths are relative to the config file's directory.
     pub routes: Option<PathBuf>,
+    /// A changed routes file is applied once it has not changed for this long [default: 100ms].
+    #[serde(default, with = "humantime_serde")]
+    pub routes_settle: Option<Duration>,
+    /// Bytes; a larger routes file, certificate, key or other file reveille reads is refused [default: 64 MiB].
+    pub max_file_size: Option<u64>,
     pub threads: Option<usize>,
     pub scheduler: Option<Scheduler>,
     #[serde(default, with = "humantime_serde")]
@@ -388,9 +401,11 @@ pub(crate) struct UpstreamSection {
 }
 
 impl ConfigFile {
-    /// Reads a config file; relative paths in it are made relative to its directory.
-    pub(crate) fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    /// Reads a config file (a regular file of at most `max_size` bytes); relative paths in it are made relative
+    /// to its directory.
+    pub(crate) fn load(path: &Path, max_size: u64) -> Result<Self, ConfigError> {
+        let text = crate::fsread::read_to_string(path, max_size)
+            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
         let mut file: ConfigFile =
             toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
         if let Some(dir) = path.parent() {
@@ -508,6 +523,14 @@ pub struct Overrides {
     /// Routes file to load and watch
     #[arg(long, help_heading = "Routes", value_name = "FILE")]
     pub routes: Option<PathBuf>,
+    /// Apply a changed routes file once it has stayed unchanged this long (a file written in place is not
+    /// applied half-written) [default: 100ms]
+    #[arg(long, help_heading = "Routes", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub routes_settle: Option<Duration>,
+    /// Largest file reveille reads: the routes file, certificates and keys, the config file, the page template,
+    /// token and TLS files; larger ones are refused like invalid ones [default: 67108864]
+    #[arg(long, help_heading = "Routes", value_name = "BYTES")]
+    pub max_file_size: Option<u64>,
     /// Proxies in front of reveille (CIDRs or addresses), whose X-Forwarded-*, Forwarded and X-Real-IP are kept
     /// and extended; anyone else's are replaced [default: none]
     #[arg(long, help_heading = "Listeners", value_name = "CIDR[,CIDR...]", value_delimiter = ',', value_parser = parse_trusted_proxy)]
@@ -630,10 +653,14 @@ pub struct Overrides {
 }
 
 /// The admin token: from `--admin-token-file`, else `[admin] token_file`, else `[admin] token`.
-fn resolve_admin_token(flag: Option<&Path>, section: &AdminSection) -> Result<Option<String>, ConfigError> {
+fn resolve_admin_token(
+    flag: Option<&Path>,
+    section: &AdminSection,
+    max_size: u64,
+) -> Result<Option<String>, ConfigError> {
     let token = match flag.or(section.token_file.as_deref()) {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
+            let text = crate::fsread::read_to_string(path, max_size)
                 .map_err(|e| ConfigError::Invalid(format!("admin token file {}: {e}", path.display())))?;
             Some(text.lines().next().unwrap_or("").trim().to_string())
         }
@@ -720,11 +747,13 @@ impl Config {
 
     /// Combines defaults, an optional config file and flags (in rising precedence).
     pub fn resolve(file: Option<&Path>, flags: &Overrides) -> Result<Self, ConfigError> {
+        // The config file itself is read before its own `max_file_size` is known: the flag's, or the default.
         let file = match file {
-            Some(p) => ConfigFile::load(p)?,
+            Some(p) => ConfigFile::load(p, flags.max_file_size.unwrap_or(crate::fsread::DEFAULT_MAX_SIZE))?,
             None => ConfigFile::default(),
         };
         let d = Config::default();
+        let max_file_size = flags.max_file_size.or(file.server.max_file_size).unwrap_or(d.max_file_size);
         let s = Settings::default();
         let t = crate::tls::Settings::default();
         let cfg = Config {
@@ -740,7 +769,12 @@ impl Config {
             },
             admin: flags.admin.or(file.server.admin).unwrap_or(d.admin),
             routes: flags.routes.clone().or(file.server.routes),
-            etcd: flags.etcd.resolve(&file.etcd),
+            routes_settle: flags.routes_settle.or(file.server.routes_settle).unwrap_or(d.routes_settle),
+            max_file_size,
+            etcd: flags.etcd.resolve(&file.etcd).map(|mut e| {
+                e.max_file_size = max_file_size;
+                e
+            }),
             threads: flags.threads.or(file.server.threads).unwrap_or(d.threads),
             scheduler: flags.scheduler.or(file.server.scheduler).unwrap_or(d.scheduler),
             log_format: flags.log_format.or(file.log.format).unwrap_or(d.log_format),
@@ -817,7 +851,7 @@ impl Config {
                     .or(file.server.trusted_proxies)
                     .unwrap_or(s.trusted_proxies),
             },
-            passivation: resolve_passivation(&file.passivation, &file.docker, flags)?,
+            passivation: resolve_passivation(&file.passivation, &file.docker, flags, max_file_size)?,
             activity_interval: flags
                 .activity_interval
                 .or(file.passivation.activity_interval)
@@ -827,7 +861,7 @@ impl Config {
                 stop_veto: file.cluster.stop_veto.unwrap_or(d.cluster.stop_veto),
             },
             acme: file.acme.map(resolve_acme),
-            admin_token: resolve_admin_token(flags.admin_token_file.as_deref(), &file.admin)?,
+            admin_token: resolve_admin_token(flags.admin_token_file.as_deref(), &file.admin, max_file_size)?,
         };
         if cfg.activity_interval.is_zero() {
             return Err(ConfigError::Invalid("activity_interval must be greater than zero".into()));
@@ -844,6 +878,9 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "the HTTPS listener needs certificates: give --certs DIR (`certs` in [tls]) or etcd".into(),
             ));
+        }
+        if cfg.routes_settle.is_zero() || cfg.max_file_size == 0 {
+            return Err(ConfigError::Invalid("routes_settle and max_file_size must be greater than zero".into()));
         }
         if cfg.tls.handshake_timeout.is_zero() {
             return Err(ConfigError::Invalid("handshake_timeout must be greater than zero".into()));
@@ -887,10 +924,11 @@ fn resolve_passivation(
     file: &PassivationSection,
     docker: &DockerSection,
     flags: &Overrides,
+    max_file_size: u64,
 ) -> Result<crate::passivation::Settings, ConfigError> {
     let d = crate::passivation::Settings::default();
     let page = match &file.page_template {
-        Some(path) => crate::passivation::Page::load(path).map_err(ConfigError::Invalid)?,
+        Some(path) => crate::passivation::Page::load(path, max_file_size).map_err(ConfigError::Invalid)?,
         None => d.page,
     };
     let s = crate::passivation::Settings {
@@ -1314,6 +1352,40 @@ mod tests {
         let mut flags = flags;
         flags.etcd.endpoints = Some(vec!["http://127.0.0.1:2379".into()]);
         assert!(Config::resolve(None, &flags).is_ok());
+    }
+
+    #[test]
+    fn file_reading_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reveille.toml");
+        std::fs::write(
+            &path,
+            "[server]\nroutes = \"r.toml\"\nroutes_settle = \"250ms\"\nmax_file_size = 4096\n\
+             [etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n",
+        )
+        .unwrap();
+        let cfg = Config::resolve(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!((cfg.routes_settle, cfg.max_file_size), (Duration::from_millis(250), 4096));
+        assert_eq!(cfg.etcd.unwrap().max_file_size, 4096, "etcd's TLS files are read within it too");
+        let flags = Overrides { routes_settle: Some(Duration::from_millis(50)), ..Default::default() };
+        let cfg = Config::resolve(Some(&path), &flags).unwrap();
+        assert_eq!((cfg.routes_settle, cfg.max_file_size), (Duration::from_millis(50), 4096));
+        let d = Config::resolve(None, &Overrides { routes: Some("r.toml".into()), ..Default::default() }).unwrap();
+        assert_eq!((d.routes_settle, d.max_file_size), (Duration::from_millis(100), 64 * 1024 * 1024));
+
+        // The config file itself is read within the flag's limit; zero is refused.
+        let flags = Overrides { max_file_size: Some(16), ..Default::default() };
+        let e = Config::resolve(Some(&path), &flags).unwrap_err().to_string();
+        assert!(e.contains("cannot read config file") && e.contains("larger than 16 bytes"), "{e}");
+        let flags = Overrides { max_file_size: Some(0), routes: Some("r.toml".into()), ..Default::default() };
+        let e = Config::resolve(None, &flags).unwrap_err().to_string();
+        assert!(e.contains("max_file_size must be greater than zero"), "{e}");
+        // So are the files it names: a FIFO as the page template fails at once instead of hanging.
+        let fifo = dir.path().join("page.fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        std::fs::write(&path, "[server]\nroutes = \"r.toml\"\n[passivation]\npage_template = \"page.fifo\"\n").unwrap();
+        let e = Config::resolve(Some(&path), &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("page.fifo") && e.contains("not a regular file but a FIFO"), "{e}");
     }
 
     #[test]

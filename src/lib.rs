@@ -14,6 +14,8 @@
 //!   admin API's server-sent events.
 //! - `fswatch`: waiting for a file or directory to change (notify events, polling), for the routes file and
 //!   the certificates directory.
+//! - `fsread`: reading the files an operator points reveille at (routes, certificates, config, templates)
+//!   within bounds: regular files only, opened without blocking, at most `max_file_size` bytes.
 //! - `proxy`: the data path — connections (plain or TLS), HTTP/1.1 and h2, forwarding, upgrades, HTTPS
 //!   redirects, limits and timeouts; one exit per request that counts it and hands its access-log line over.
 //! - `access_log`: the access log — the line's format (text or JSON), per-core buffers, the writer thread
@@ -55,6 +57,7 @@ mod config;
 mod control;
 mod etcd;
 mod events;
+mod fsread;
 mod fswatch;
 mod metrics;
 mod passivation;

@@ -625,3 +625,312 @@ async fn etcd_stopping_during_the_drain_is_not_a_warning() {
     );
     assert!(watch_lines.iter().all(|v| v["level"] != "WARN"), "no warning: {watch_lines:?}");
 }
+
+// === The routes file read within bounds (issue 24, items 3 and 6) ===
+
+/// A routes file of `n` hosts `h0.test`..., all routed to `service` (one of `a` and `b`, both defined).
+fn hosts_file(backends: [SocketAddr; 2], n: usize, service: &str) -> String {
+    let routes: Vec<(String, &str)> = (0..n).map(|i| (format!("h{i}.test"), service)).collect();
+    let routes: Vec<(&str, &str)> = routes.iter().map(|(h, s)| (h.as_str(), *s)).collect();
+    routes_file(&[("a", vec![backends[0]]), ("b", vec![backends[1]])], &routes)
+}
+
+/// Points the symlink `link` at `target`, atomically (a new symlink renamed over it, as Kubernetes does).
+fn relink(link: &Path, target: &Path) {
+    let tmp = link.with_extension("link~");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).unwrap();
+    std::fs::rename(&tmp, link).unwrap();
+}
+
+/// Replaces `path` with a new FIFO, atomically.
+fn fifo_over(path: &Path) {
+    let tmp = path.with_extension("fifo~");
+    assert!(Command::new("mkfifo").arg(&tmp).status().unwrap().success());
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Runs the binary with `args`, killing it if it has not exited within `limit`: `None` then.
+fn run_within(args: &[&str], limit: Duration) -> Option<(i32, String)> {
+    let mut child = Command::new(BIN).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Some((out.status.code().unwrap_or(-1), text))
+}
+
+impl Proc {
+    /// The error lines logged so far whose message contains every one of `words`.
+    fn errors_with(&self, words: &[&str]) -> usize {
+        let log = self.log.lock().unwrap();
+        let lines = log.iter().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok());
+        lines
+            .filter(|v| v["level"] == "ERROR" && words.iter().all(|w| v["message"].as_str().unwrap_or("").contains(w)))
+            .count()
+    }
+
+    /// Waits until an error line holds every one of `words`, failing at once if the process has died.
+    async fn error_logged(&mut self, words: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.errors_with(words) == 0 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("reveille died ({status}) before logging {words:?}; last lines: {:?}", self.tail(5));
+            }
+            assert!(Instant::now() < deadline, "no error with {words:?} logged; last lines: {:?}", self.tail(5));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn tail(&self, n: usize) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        log.iter().rev().take(n).rev().cloned().collect()
+    }
+
+    /// Resident memory now (VmRSS) in KiB.
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: 0 kB");
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Caps the address space at its current size plus `extra` bytes (`prlimit` of util-linux): a process that
+    /// reads without bound then fails its allocations there instead of taking the machine's memory.
+    fn cap_address_space(&self, extra: u64) {
+        let pid = self.child.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmSize:")).unwrap();
+        let size_kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let cap = size_kib * 1024 + extra;
+        let ok = Command::new("prlimit").arg(format!("--pid={pid}")).arg(format!("--as={cap}")).status().unwrap();
+        assert!(ok.success(), "prlimit failed");
+    }
+}
+
+/// A bystander's `n` requests to `host` through the proxy, `gap` apart: how many got 200, and the p99 latency.
+async fn bystander(http: SocketAddr, host: &str, n: usize, gap: Duration) -> (usize, Duration) {
+    let mut ok = 0;
+    let mut took = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        let req = Request::get("/").header("host", host).body(full("")).unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), testkit::http::send(http, req)).await;
+        took.push(start.elapsed());
+        if matches!(got, Ok(Ok(r)) if r.status() == StatusCode::OK) {
+            ok += 1;
+        }
+        tokio::time::sleep(gap).await;
+    }
+    took.sort();
+    (ok, took[(n * 99 / 100).min(n - 1)])
+}
+
+/// The routes path, a symlink to a good file, switched to `/dev/zero` while reveille runs (under an
+/// address-space cap, so a reveille that reads without bound fails there instead of eating the machine): the
+/// switch is refused with an error naming the file, logged once, memory stays flat, the old routes keep being
+/// served, and a later good file still applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routes_symlink_switched_to_dev_zero_is_refused_with_memory_bounded() {
+    let (a, b) = (Backend::echo("a").await, Backend::echo("b").await);
+    let dir = tempfile::tempdir().unwrap();
+    let (v1, v2, link) = (dir.path().join("v1.toml"), dir.path().join("v2.toml"), dir.path().join("routes.toml"));
+    std::fs::write(&v1, hosts_file([a.addr, b.addr], 50, "a")).unwrap();
+    relink(&link, &v1);
+    let mut proc = Proc::start(&link, &["--access-log", "false"]);
+    assert_eq!(get(proc.http, "h49.test", "/").await.backend(), "a");
+    proc.cap_address_space(768 << 20);
+    let before = proc.peak_rss_kib();
+
+    relink(&link, Path::new("/dev/zero"));
+    let link_name = link.display().to_string();
+    let words = [link_name.as_str(), "not a regular file but a character device", "last route table stays"];
+    let http = proc.http;
+    let bystanding = tokio::spawn(async move { bystander(http, "h49.test", 1000, Duration::from_millis(2)).await });
+    proc.error_logged(&words).await;
+    let (ok, p99) = bystanding.await.unwrap();
+    let (peak, now) = (proc.peak_rss_kib(), proc.rss_kib());
+    eprintln!(
+        "/dev/zero: reveille peak RSS {before} KiB before, {peak} KiB after (now {now} KiB); bystander {ok}/1000 \
+         ok, p99 {p99:?}"
+    );
+    assert!(proc.child.try_wait().unwrap().is_none(), "reveille is still running");
+    assert!(peak < before + 32 * 1024, "memory grew by {} KiB", peak - before);
+    assert_eq!(ok, 1000, "the old routes kept being served (p99 {p99:?})");
+    // Once per change, not at every poll (every second).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(proc.errors_with(&words), 1, "logged once: {:?}", proc.tail(5));
+    assert_eq!(get(proc.http, "h0.test", "/").await.backend(), "a");
+
+    std::fs::write(&v2, hosts_file([a.addr, b.addr], 50, "b")).unwrap();
+    relink(&link, &v2);
+    eventually(Duration::from_secs(5), "a later good file applied", || async {
+        get(http, "h0.test", "/").await.status == StatusCode::OK && get(http, "h0.test", "/").await.backend() == "b"
+    })
+    .await;
+}
+
+/// A FIFO as the routes path: `check` and `serve` return at once with an error (an ordinary open would wait
+/// for a writer forever), and a FIFO put in place while reveille runs neither hangs its watcher nor changes
+/// the table: a later good file still applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_as_the_routes_path_hangs_neither_check_nor_the_watcher() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.toml");
+    fifo_over(&fifo);
+    let fifo_name = fifo.to_str().unwrap();
+    let limit = Duration::from_secs(10);
+    let (code, out) = run_within(&["check", "--routes", fifo_name], limit).expect("`check` returned");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("cannot read routes file {fifo_name}: not a regular file but a FIFO")), "{out}");
+    let serve = ["serve", "--routes", fifo_name, "--http", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
+    let (code, out) = run_within(&serve, limit).expect("`serve` returned");
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("not a regular file but a FIFO"), "{out}");
+
+    let (a, b) = (Backend::echo("a").await, Backend::echo("b").await);
+    let routes = dir.path().join("routes.toml");
+    std::fs::write(&routes, hosts_file([a.addr, b.addr], 20, "a")).unwrap();
+    let mut proc = Proc::start(&routes, &["--access-log", "false"]);
+    fifo_over(&routes);
+    let routes_name = routes.display().to_string();
+    proc.error_logged(&[routes_name.as_str(), "not a regular file but a FIFO"]).await;
+    assert_eq!(get(proc.http, "h19.test", "/").await.backend(), "a", "the table stays");
+    write_routes_atomically(&routes, &hosts_file([a.addr, b.addr], 20, "b"));
+    let http = proc.http;
+    eventually(Duration::from_secs(5), "a later good file applied", || async {
+        let got = get(http, "h19.test", "/").await;
+        got.status == StatusCode::OK && got.backend() == "b"
+    })
+    .await;
+}
+
+fn write_routes_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A routes file over `--max-file-size` is refused like an invalid one: at start (exit 1, the reason said),
+/// by `check`, and while running (the table in force stays, a later file within the limit applies).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routes_file_over_the_size_limit_is_refused() {
+    let (a, b) = (Backend::echo("a").await, Backend::echo("b").await);
+    let dir = tempfile::tempdir().unwrap();
+    let (big, routes) = (dir.path().join("big.toml"), dir.path().join("routes.toml"));
+    let big_text = hosts_file([a.addr, b.addr], 400, "b");
+    assert!(big_text.len() > 4096);
+    std::fs::write(&big, &big_text).unwrap();
+    let big_name = big.to_str().unwrap();
+    let refusal = format!("cannot read routes file {big_name}: larger than 4096 bytes");
+    let (code, out) = run(&["check", "--routes", big_name, "--max-file-size", "4096"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&refusal), "{out}");
+    let (code, _) = run(&["check", "--routes", big_name]);
+    assert_eq!(code, 0, "within the default limit");
+    let (code, out) = run(&[
+        "serve",
+        "--routes",
+        big_name,
+        "--max-file-size",
+        "4096",
+        "--http",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&refusal), "{out}");
+
+    std::fs::write(&routes, hosts_file([a.addr, b.addr], 20, "a")).unwrap();
+    let mut proc = Proc::start(&routes, &["--access-log", "false", "--max-file-size", "4096"]);
+    write_routes_atomically(&routes, &big_text);
+    let routes_name = routes.display().to_string();
+    proc.error_logged(&[routes_name.as_str(), "larger than 4096 bytes", "last route table stays"]).await;
+    assert_eq!(get(proc.http, "h0.test", "/").await.backend(), "a", "the table stays");
+    assert_eq!(get(proc.http, "h300.test", "/").await.status, StatusCode::NOT_FOUND);
+    write_routes_atomically(&routes, &hosts_file([a.addr, b.addr], 30, "b"));
+    let http = proc.http;
+    eventually(Duration::from_secs(5), "a file within the limit applied", || async {
+        let got = get(http, "h29.test", "/").await;
+        got.status == StatusCode::OK && got.backend() == "b"
+    })
+    .await;
+}
+
+/// A routes file rewritten in place, over and over (truncated, half written, a pause, the rest), as config
+/// managers and `cat new > routes.toml` do: a poller of `/api/routes` never sees a table with fewer hosts than
+/// the whole file has, and a bystander on the last host is always served; each version still applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routes_file_rewritten_in_place_is_never_applied_half_written() {
+    use std::io::Write;
+    const HOSTS: usize = 300;
+    const CYCLES: usize = 24;
+    let (a, b) = (Backend::echo("a").await, Backend::echo("b").await);
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    let versions = [hosts_file([a.addr, b.addr], HOSTS, "a"), hosts_file([a.addr, b.addr], HOSTS, "b")];
+    std::fs::write(&routes, &versions[0]).unwrap();
+    let proc = Proc::start(&routes, &["--access-log", "false"]);
+
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (routes, versions, done) = (routes.clone(), versions.clone(), done.clone());
+        std::thread::spawn(move || {
+            for i in 0..CYCLES {
+                let text = &versions[(i + 1) % 2];
+                // Cut at a line boundary inside [routes]: the first half is valid TOML with half the hosts.
+                let cut = text[..text.len() / 2].rfind('\n').unwrap() + 1;
+                let mut f = std::fs::File::create(&routes).unwrap();
+                f.write_all(&text.as_bytes()[..cut]).unwrap();
+                // Shorter and longer than the 30 ms debounce, both shorter than the settle.
+                std::thread::sleep(Duration::from_millis(if i % 2 == 0 { 20 } else { 50 }));
+                f.write_all(&text.as_bytes()[cut..]).unwrap();
+                drop(f);
+                std::thread::sleep(Duration::from_millis(220));
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
+    let http = proc.http;
+    let last = format!("h{}.test", HOSTS - 1);
+    let bystanding = tokio::spawn(async move { bystander(http, &last, 1000, Duration::from_millis(4)).await });
+    // The poller: every table it sees, by its number of hosts and the service they go to.
+    let (mut polls, mut partial, mut switches, mut current) = (0, 0, 0, "a".to_string());
+    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+        let view = get(proc.admin, "admin", "/api/routes").await.json();
+        let routes = view["routes"].as_object().unwrap();
+        polls += 1;
+        if routes.len() < HOSTS {
+            partial += 1;
+            continue;
+        }
+        let service = routes["h0.test"].as_str().unwrap();
+        if service != current {
+            switches += 1;
+            current = service.to_string();
+        }
+    }
+    writer.join().unwrap();
+    let (ok, p99) = bystanding.await.unwrap();
+    eprintln!(
+        "in-place rewrites: {partial} partial tables in {polls} polls, {switches} versions applied of {CYCLES} \
+         written; bystander on the last host {ok}/1000 ok, p99 {p99:?}"
+    );
+    assert_eq!(partial, 0, "tables with fewer than {HOSTS} hosts were seen");
+    assert_eq!(ok, 1000, "the bystander on the last host was refused (p99 {p99:?})");
+    assert!(switches >= 3, "the versions written applied ({switches} switches seen)");
+    // The last version written applies.
+    let expected = if CYCLES % 2 == 0 { "a" } else { "b" };
+    let admin = proc.admin;
+    eventually(Duration::from_secs(5), "the last version applied", || async {
+        get(admin, "admin", "/api/routes").await.json()["routes"]["h0.test"] == expected
+    })
+    .await;
+}

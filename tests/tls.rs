@@ -637,3 +637,53 @@ fn check_reports_each_certificate_of_a_directory() {
     let (ok, out) = run(&["check", "--certs", dir.path().to_str().unwrap()]);
     assert!(ok, "{out}");
 }
+
+/// A certificate file replaced by a symlink to `/dev/zero`, by a FIFO, or by a file over `max_file_size`
+/// (issue 24, item 3): each is rejected with its reason and counted, the certificate in force stays (it is not
+/// taken for a removal), and a good pair still applies after. `check` reports the same without hanging.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_files_that_are_not_regular_or_too_large_are_rejected_and_the_previous_stays() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = ca.issue(&["app.test"]);
+    v1.write_pair(dir.path(), "app");
+    let (proxy, https) = start_tls("[routes]\n", dir.path(), |c| c.max_file_size = 8192).await;
+    assert_eq!(served(https, Some("app.test")).await.unwrap(), v1.der);
+    let errors = || async { proxy.metric("reveille_tls_certificate_errors_total{source=\"dir\"}").await };
+    let crt = dir.path().join("app.crt");
+    let tmp = dir.path().join(".app.crt.tmp");
+
+    std::os::unix::fs::symlink("/dev/zero", &tmp).unwrap();
+    std::fs::rename(&tmp, &crt).unwrap();
+    let before = errors().await;
+    eventually(WAIT, "the symlink to /dev/zero rejected", || async { errors().await > before }).await;
+    assert_eq!(served(https, Some("app.test")).await.unwrap(), v1.der, "v1 stays");
+
+    assert!(std::process::Command::new("mkfifo").arg(&tmp).status().unwrap().success());
+    std::fs::rename(&tmp, &crt).unwrap();
+    let before = errors().await;
+    eventually(WAIT, "the FIFO rejected", || async { errors().await > before }).await;
+    assert_eq!(served(https, Some("app.test")).await.unwrap(), v1.der, "v1 stays");
+    let out = std::process::Command::new(BIN).args(["check", "--certs"]).arg(dir.path()).output().unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.contains("certificate app: cannot read") && out.contains("not a regular file but a FIFO"), "{out}");
+
+    // The same certificate, padded past the limit with text the PEM parser skips: refused for its size alone.
+    write_atomic(&crt, &format!("{}{}", "padding outside the PEM block\n".repeat(300), v1.cert_pem));
+    let before = errors().await;
+    eventually(WAIT, "the file over the limit rejected", || async { errors().await > before }).await;
+    assert_eq!(served(https, Some("app.test")).await.unwrap(), v1.der, "v1 stays");
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--max-file-size", "8192", "--certs"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.contains("certificate app: cannot read") && out.contains("larger than 8192 bytes"), "{out}");
+
+    let v2 = ca.issue(&["app.test"]);
+    v2.write_pair(dir.path(), "app");
+    eventually(WAIT, "v2 served", || async { served(https, Some("app.test")).await.ok() == Some(v2.der.clone()) })
+        .await;
+}

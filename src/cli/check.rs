@@ -9,14 +9,25 @@ use crate::control::file;
 use crate::routes::DockerHostNames;
 
 /// Validates a config file and/or a routes file and/or a certificates directory: 0 when all are valid, else 1.
-pub(super) fn check(config_path: Option<PathBuf>, routes: Option<PathBuf>, certs: Option<PathBuf>) -> ExitCode {
+/// Files are read as `serve` reads them: regular files of at most `max_file_size` bytes (the flag's, else the
+/// config file's, else the default).
+pub(super) fn check(
+    config_path: Option<PathBuf>,
+    routes: Option<PathBuf>,
+    certs: Option<PathBuf>,
+    max_file_size: Option<u64>,
+) -> ExitCode {
     let mut routes_path = routes;
     let mut certs_path = certs;
+    let mut limit = max_file_size.unwrap_or(crate::fsread::DEFAULT_MAX_SIZE);
     // With a config file, a service's `docker_host` must be one of its hosts; without, any name.
     let mut hosts = DockerHostNames::Any;
     if let Some(path) = &config_path {
-        match ConfigFile::load(path) {
+        match ConfigFile::load(path, limit) {
             Ok(file) => {
+                if max_file_size.is_none() {
+                    limit = file.server.max_file_size.unwrap_or(limit);
+                }
                 if let Err(e) = crate::config::docker_hosts(&file.docker) {
                     println!("{}: {e}", path.display());
                     return ExitCode::FAILURE;
@@ -37,7 +48,7 @@ pub(super) fn check(config_path: Option<PathBuf>, routes: Option<PathBuf>, certs
         }
     }
     let certs_ok = match &certs_path {
-        Some(dir) => check_certs(dir),
+        Some(dir) => check_certs(dir, limit),
         None => true,
     };
     let Some(routes_path) = routes_path else {
@@ -49,16 +60,16 @@ pub(super) fn check(config_path: Option<PathBuf>, routes: Option<PathBuf>, certs
     };
     if !certs_ok {
         // Still report the routes file's problems below, but fail.
-        let _ = check_routes(&routes_path, &hosts);
+        let _ = check_routes(&routes_path, &hosts, limit);
         return ExitCode::FAILURE;
     }
-    check_routes(&routes_path, &hosts)
+    check_routes(&routes_path, &hosts, limit)
 }
 
 /// Prints every certificate of `dir` (names, expiry) or why it does not load. True when all load.
-fn check_certs(dir: &std::path::Path) -> bool {
+fn check_certs(dir: &std::path::Path, max_file_size: u64) -> bool {
     let now = crate::tls::cert::now();
-    match crate::tls::dir::check(dir) {
+    match crate::tls::dir::check(dir, max_file_size) {
         Ok(results) => {
             let mut ok = true;
             for (name, result) in results {
@@ -83,8 +94,8 @@ fn check_certs(dir: &std::path::Path) -> bool {
     }
 }
 
-fn check_routes(routes_path: &std::path::Path, hosts: &DockerHostNames) -> ExitCode {
-    match file::load(routes_path, hosts) {
+fn check_routes(routes_path: &std::path::Path, hosts: &DockerHostNames, max_file_size: u64) -> ExitCode {
+    match file::load(routes_path, hosts, max_file_size) {
         Ok(loaded) => {
             let counts = loaded.counts();
             println!("{}: ok ({} routes, {} services)", routes_path.display(), counts.routes, counts.services);

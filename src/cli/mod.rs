@@ -101,6 +101,10 @@ pub enum Tool {
         /// Certificates directory to check (each pair parses, keys match; names and expiry are listed).
         #[arg(long, value_name = "DIR")]
         certs: Option<PathBuf>,
+        /// Largest file read; larger ones are refused, as `serve` refuses them [default: the config file's
+        /// `max_file_size`, else 67108864]
+        #[arg(long, value_name = "BYTES")]
+        max_file_size: Option<u64>,
     },
     /// Print a shell completion script (e.g. `reveille completions bash > /etc/bash_completion.d/reveille`).
     Completions {
@@ -294,7 +298,7 @@ impl ServiceFields {
 /// Runs a command other than `serve`: prints what it did or what is wrong; the exit code says which.
 pub fn run(tool: Tool) -> ExitCode {
     match tool {
-        Tool::Check { config, routes, certs } => check(config, routes, certs),
+        Tool::Check { config, routes, certs, max_file_size } => check(config, routes, certs, max_file_size),
         Tool::Route { command, etcd, config } => operate(config, etcd, Op::Route(command)),
         Tool::Service { command, etcd, config } => operate(config, etcd, Op::Service(command)),
         Tool::Cert { command, etcd, config } => operate(config, etcd, Op::Cert(command)),
@@ -343,7 +347,8 @@ enum Op {
 
 /// Runs one operator command against etcd; prints what it did, or why not (exit 1).
 fn operate(config_path: Option<PathBuf>, flags: EtcdFlags, op: Op) -> ExitCode {
-    let (section, hosts) = match config_path.as_deref().map(ConfigFile::load).transpose() {
+    let load = |path: &std::path::Path| ConfigFile::load(path, crate::fsread::DEFAULT_MAX_SIZE);
+    let (section, hosts) = match config_path.as_deref().map(load).transpose() {
         Ok(Some(f)) => {
             let hosts = DockerHostNames::known(f.docker.hosts.keys().map(String::as_str));
             (f.etcd, hosts)
@@ -367,7 +372,7 @@ fn operate(config_path: Option<PathBuf>, flags: EtcdFlags, op: Op) -> ExitCode {
             Op::Service(ServiceCommand::Ls) => ops.service_ls().await,
             Op::Cert(CertCommand::Put { name, cert, key }) => {
                 let read = |p: &PathBuf| {
-                    std::fs::read_to_string(p)
+                    crate::fsread::read_to_string(p, crate::fsread::DEFAULT_MAX_SIZE)
                         .map_err(|e| OpsError::Refused(format!("cannot read {}: {e}", p.display())))
                 };
                 let cert_pem = read(&cert)?;

@@ -12,6 +12,18 @@
 //! A file that does not parse or validate is rejected whole: the previous table stays in force (or, at start,
 //! reveille refuses to start). Every problem is reported with its line. Waiting for the file to change (events,
 //! polling) is `crate::fswatch`'s; this module decides which events concern the file and when it really changed.
+//! Reading it is `crate::fsread`'s: a regular file (a symlink to one is followed) of at most `max_file_size`
+//! bytes; a FIFO, a device (a symlink to `/dev/zero`), a directory or a larger file is refused like an invalid
+//! file.
+//!
+//! # A changed file is applied once it holds still
+//!
+//! A file written in place (truncated, then written in pieces) can be read between two pieces; cut at a line
+//! boundary inside `[routes]`, it is valid TOML that drops every host after the cut. So a change is applied
+//! only once two reads, `routes_settle` apart, agree: the same size, modification time and inode, and the same
+//! content. A writer that pauses longer than the settle can still be read half-way, which is why operators
+//! should write a new file and rename it over the old one (atomic); in-place writes are applied once the file
+//! has been stable for the settle.
 //!
 //! # An emptied file is refused
 //!
@@ -40,7 +52,7 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use toml::Spanned;
-use tracing::{error, info, warn, Instrument};
+use tracing::{debug, error, info, warn, Instrument};
 
 use super::compose::{Composer, Source};
 use crate::fswatch::FsWatch;
@@ -229,10 +241,23 @@ pub(crate) fn parse(path: &Path, text: &str, hosts: &DockerHostNames) -> Result<
     }
 }
 
-/// Reads and validates a routes file.
-pub(crate) fn load(path: &Path, hosts: &DockerHostNames) -> Result<Loaded, FileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| FileError::Read { path: path.to_owned(), source })?;
+/// Reads (a regular file of at most `max_size` bytes) and validates a routes file.
+pub(crate) fn load(path: &Path, hosts: &DockerHostNames, max_size: u64) -> Result<Loaded, FileError> {
+    let text = read(path, max_size)?;
     parse(path, &text, hosts)
+}
+
+fn read(path: &Path, max_size: u64) -> Result<String, FileError> {
+    crate::fsread::read_to_string(path, max_size).map_err(|source| FileError::Read { path: path.to_owned(), source })
+}
+
+/// How the routes file is read while reveille runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reading {
+    /// A change is applied once two reads this far apart agree (see the module docs).
+    pub settle: Duration,
+    /// A larger file is refused (`max_file_size`).
+    pub max_size: u64,
 }
 
 /// Watches a routes file and installs each valid new version.
@@ -241,13 +266,16 @@ pub(crate) struct FileWatcher {
     composer: Arc<Composer>,
     metrics: Arc<Metrics>,
     watch: FsWatch,
+    reading: Reading,
+    /// The stamp of the version last acted on: a poll that sees another one reads the file again.
     stamp: Option<Stamp>,
     /// The fingerprint of the last content read (applied or refused), so an unchanged file is not re-applied.
     last_seen: Option<u64>,
     /// What the version in force defines, for the emptiness rule.
     applied: Counts,
-    /// Why the last read failed (the file missing, unreadable); reported once, until it reads again.
-    unreadable: Option<std::io::ErrorKind>,
+    /// The version (stamp) and the error of the last read that failed (the file missing, not a regular file,
+    /// too large): reported once per version, until it reads again.
+    unreadable: Option<(Option<Stamp>, String)>,
 }
 
 /// What identifies a version of the file cheaply, before reading it.
@@ -273,10 +301,38 @@ fn fingerprint(text: &str) -> u64 {
     h.finish()
 }
 
+/// One read of the file: its stamp just before, and what the read gave.
+struct Snapshot {
+    stamp: Option<Stamp>,
+    /// The text with its fingerprint, or why it could not be read.
+    read: std::io::Result<(u64, String)>,
+}
+
+impl Snapshot {
+    fn take(path: &Path, max_size: u64) -> Self {
+        let stamp = stamp(path);
+        let read = crate::fsread::read_to_string(path, max_size).map(|text| (fingerprint(&text), text));
+        Self { stamp, read }
+    }
+
+    /// Whether a later read `next` saw the same version: the same stamp, and the same content (or failure).
+    fn agrees(&self, next: &Snapshot) -> bool {
+        self.stamp == next.stamp
+            && match (&self.read, &next.read) {
+                (Ok((a, _)), Ok((b, _))) => a == b,
+                (Err(a), Err(b)) => a.kind() == b.kind() && a.to_string() == b.to_string(),
+                _ => false,
+            }
+    }
+}
+
+/// A file that has not held still for this long is reported (at warn, once per change), then still waited for.
+const RESTLESS: Duration = Duration::from_secs(5);
+
 impl FileWatcher {
     /// Starts watching right away, before [`Self::load`] reads the file for the first table, so no change made
     /// after that read can be missed.
-    pub(crate) fn new(path: PathBuf, composer: Arc<Composer>, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(path: PathBuf, composer: Arc<Composer>, metrics: Arc<Metrics>, reading: Reading) -> Self {
         // Watch the directory, not the file: editors and config managers replace files by rename, and
         // Kubernetes swaps a symlink, which a watch on the file itself would miss.
         let dir = match path.parent() {
@@ -299,14 +355,15 @@ impl FileWatcher {
             FsWatch::polling(POLL_INTERVAL, DEBOUNCE)
         });
         let stamp = stamp(&path);
-        Self { path, composer, metrics, watch, stamp, last_seen: None, applied: Counts::default(), unreadable: None }
+        let applied = Counts::default();
+        Self { path, composer, metrics, watch, reading, stamp, last_seen: None, applied, unreadable: None }
     }
 
     /// Loads the file for the first table. Unreadable or invalid is an error (reveille does not start); a file
     /// without routes is accepted, with a warning: there is no previous table to protect yet.
     pub(crate) fn load(&mut self) -> Result<(), FileError> {
         let path = &self.path;
-        let text = std::fs::read_to_string(path).map_err(|source| FileError::Read { path: path.clone(), source })?;
+        let text = read(path, self.reading.max_size)?;
         let loaded = parse(path, &text, self.composer.docker_hosts())?;
         if let Some(warning) = loaded.warning() {
             warn!(path = %path.display(), "{warning}");
@@ -330,8 +387,47 @@ impl FileWatcher {
             if !self.watch.next_change(&shutdown, || stamp(path) != seen).await {
                 return;
             }
-            self.stamp = stamp(&self.path);
-            self.reload().await;
+            self.reload(&shutdown).await;
+        }
+    }
+
+    /// Reads the file until it holds still (see the module docs): two reads `settle` apart that agree. `None`
+    /// at shutdown.
+    async fn settled(&self, shutdown: &CancellationToken) -> Option<Snapshot> {
+        let started = tokio::time::Instant::now();
+        let mut restless_reported = false;
+        let mut previous = self.snapshot().await?;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(self.reading.settle) => {}
+            }
+            let next = self.snapshot().await?;
+            if previous.agrees(&next) {
+                return Some(next);
+            }
+            if !restless_reported && started.elapsed() >= RESTLESS {
+                warn!(
+                    "the routes file has kept changing for {RESTLESS:?}; it is applied once it holds still for {:?} \
+                     (write a new file and rename it over the old one to apply it at once)",
+                    self.reading.settle
+                );
+                restless_reported = true;
+            }
+            debug!(settle = ?self.reading.settle, "routes file still changing; reading it again");
+            previous = next;
+        }
+    }
+
+    /// One read, off the threads that serve requests (a large file takes a while).
+    async fn snapshot(&self) -> Option<Snapshot> {
+        let (path, max_size) = (self.path.clone(), self.reading.max_size);
+        match tokio::task::spawn_blocking(move || Snapshot::take(&path, max_size)).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                error!(error = %e, "routes file read task failed");
+                None
+            }
         }
     }
 
@@ -349,34 +445,31 @@ impl FileWatcher {
         self.metrics.reload("file", e.result());
     }
 
-    /// Reads the file; if its content differs from the last version seen (applied or refused), validates and
-    /// installs it or reports why not.
-    async fn reload(&mut self) {
-        // Reading and parsing a large file takes a while: keep it off the threads that serve requests.
-        let path = self.path.clone();
-        let seen = self.last_seen;
-        let hosts = self.composer.docker_hosts().clone();
-        let work = tokio::task::spawn_blocking(move || {
-            let text = std::fs::read_to_string(&path)?;
-            let fp = fingerprint(&text);
-            if seen == Some(fp) {
-                return Ok((fp, text.len(), None));
-            }
-            Ok::<_, std::io::Error>((fp, text.len(), Some(parse(&path, &text, &hosts))))
-        });
-        let (fp, bytes, parsed) = match work.await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => return self.unreadable(e),
+    /// Reads the file once it holds still; if its content differs from the last version seen (applied or
+    /// refused), validates and installs it or reports why not.
+    async fn reload(&mut self, shutdown: &CancellationToken) {
+        let Some(snapshot) = self.settled(shutdown).await else { return };
+        self.stamp = snapshot.stamp;
+        let (fp, text) = match snapshot.read {
+            Ok(read) => read,
+            Err(e) => return self.unreadable(snapshot.stamp, e),
+        };
+        if self.unreadable.take().is_some() {
+            info!("routes file readable again");
+        }
+        if self.last_seen == Some(fp) {
+            return;
+        }
+        self.last_seen = Some(fp);
+        // Parsing a large file takes a while: keep it off the threads that serve requests.
+        let (path, hosts, bytes) = (self.path.clone(), self.composer.docker_hosts().clone(), text.len());
+        let parsed = match tokio::task::spawn_blocking(move || parse(&path, &text, &hosts)).await {
+            Ok(parsed) => parsed,
             Err(e) => {
                 error!(error = %e, "routes file reload task failed");
                 return;
             }
         };
-        if self.unreadable.take().is_some() {
-            info!("routes file readable again");
-        }
-        self.last_seen = Some(fp);
-        let Some(parsed) = parsed else { return };
         let previous = self.applied;
         let checked = parsed.and_then(|loaded| {
             if loaded.empties(previous) {
@@ -401,12 +494,15 @@ impl FileWatcher {
         }
     }
 
-    /// A read that failed: the file missing (deleted, or renamed away and not back yet) or unreadable. Reported
-    /// once until the file reads again; the table in force stays.
-    fn unreadable(&mut self, e: std::io::Error) {
-        if self.unreadable.replace(e.kind()) == Some(e.kind()) {
+    /// A read that failed: the file missing (deleted, or renamed away and not back yet), unreadable, not a
+    /// regular file or too large. Reported once per version of the path (`stamp`) until the file reads again;
+    /// the table in force stays.
+    fn unreadable(&mut self, stamp: Option<Stamp>, e: std::io::Error) {
+        let seen = Some((stamp, e.to_string()));
+        if self.unreadable == seen {
             return;
         }
+        self.unreadable = seen;
         let path = self.path.clone();
         let e = match e.kind() {
             std::io::ErrorKind::NotFound => FileError::Missing { path, previous: self.applied },

@@ -25,6 +25,8 @@ pub struct EtcdConfig {
     pub key: Option<PathBuf>,
     /// Time allowed to connect and for each request (not for the watch stream itself).
     pub timeout: Duration,
+    /// The largest of the TLS files read (`max_file_size`).
+    pub max_file_size: u64,
 }
 
 impl EtcdConfig {
@@ -38,6 +40,7 @@ impl EtcdConfig {
             cert: None,
             key: None,
             timeout: Duration::from_secs(5),
+            max_file_size: crate::fsread::DEFAULT_MAX_SIZE,
         }
     }
 
@@ -120,7 +123,10 @@ pub async fn connect(config: &EtcdConfig) -> Result<Client, EtcdError> {
         (None, None) => {}
     }
     if config.ca.is_some() || config.cert.is_some() {
-        let read = |p: &PathBuf| std::fs::read(p).map_err(|source| EtcdError::ReadFile { path: p.clone(), source });
+        let read = |p: &PathBuf| {
+            crate::fsread::read(p, config.max_file_size)
+                .map_err(|source| EtcdError::ReadFile { path: p.clone(), source })
+        };
         let mut tls = etcd_client::TlsOptions::new();
         if let Some(ca) = &config.ca {
             tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));

@@ -35,9 +35,11 @@ pub struct PageValues<'a> {
 }
 
 impl Page {
-    /// Reads a template file. It must mention `{{status_path}}`, or the page could never reload itself.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    /// Reads a template file (a regular file of at most `max_size` bytes). It must mention `{{status_path}}`, or
+    /// the page could never reload itself.
+    pub fn load(path: &Path, max_size: u64) -> Result<Self, String> {
+        let text = crate::fsread::read_to_string(path, max_size)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         if !text.contains("{{status_path}}") {
             return Err(format!(
                 "{}: the page template must use {{{{status_path}}}} to know when the tenant is ready",

@@ -93,7 +93,9 @@ impl DockerEndpoint {
             (None, false) => Ok(()),
             (Some(tls), true) => {
                 for (what, path) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
-                    std::fs::File::open(path).map_err(|e| EndpointError::TlsFile {
+                    // Read, not only opened: bollard reads them at connect, so a FIFO or a device is refused
+                    // here, with its name, rather than hanging or filling memory there.
+                    crate::fsread::read(path, crate::fsread::DEFAULT_MAX_SIZE).map_err(|e| EndpointError::TlsFile {
                         endpoint: uri.clone(),
                         what,
                         path: path.clone(),

@@ -7,7 +7,9 @@
 //! The names a certificate serves come from its subject alternative names. Files whose name starts with `.`
 //! and subdirectories are ignored (Kubernetes secret volumes keep their real files in `..data/`, and the
 //! visible names are symlinks to them, which are followed). A pair that does not load is reported with its
-//! files and reason, counted, and the previous version of `NAME` (if any) stays in force. Waiting for the
+//! files and reason, counted, and the previous version of `NAME` (if any) stays in force: among the reasons, a
+//! file that is not a regular one (a FIFO, a device such as a symlink to `/dev/zero`) or is larger than
+//! `max_file_size` (`crate::fsread`). Waiting for the
 //! directory to change (events, polling) is `crate::fswatch`'s.
 
 use std::collections::{BTreeMap, HashMap};
@@ -59,7 +61,9 @@ fn group(dir: &Path) -> std::io::Result<Grouped> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else { continue };
-        if file_name.starts_with('.') || !path.is_file() {
+        // Anything but a directory is a candidate, so that a FIFO or a device in a certificate's place is
+        // reported (and the previous version kept) rather than taken for a removal.
+        if file_name.starts_with('.') || path.is_dir() {
             continue;
         }
         let (Some(stem), Some(ext)) = (path.file_stem().and_then(|s| s.to_str()), path.extension()) else {
@@ -97,15 +101,20 @@ fn group(dir: &Path) -> std::io::Result<Grouped> {
     Ok(Grouped { pairs, problems, orphans })
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, CertError> {
-    std::fs::read(path).map_err(|source| CertError::Read { path: path.display().to_string(), source })
+fn read(path: &Path, max_size: u64) -> Result<Vec<u8>, CertError> {
+    crate::fsread::read(path, max_size).map_err(|source| CertError::Read { path: path.display().to_string(), source })
 }
 
-/// Loads one pair, reusing `previous` when the files have not changed.
-fn load_pair(name: &str, files: &Files, previous: Option<&Arc<Certificate>>) -> Result<Arc<Certificate>, CertError> {
-    let cert_pem = read(&files.cert)?;
+/// Loads one pair (files of at most `max_size` bytes), reusing `previous` when the files have not changed.
+fn load_pair(
+    name: &str,
+    files: &Files,
+    previous: Option<&Arc<Certificate>>,
+    max_size: u64,
+) -> Result<Arc<Certificate>, CertError> {
+    let cert_pem = read(&files.cert, max_size)?;
     let key_pem = match &files.key {
-        Some(k) => read(k)?,
+        Some(k) => read(k, max_size)?,
         None => cert_pem.clone(),
     };
     if let Some(p) = previous {
@@ -131,14 +140,14 @@ pub(crate) type CertResult = Result<Arc<Certificate>, CertError>;
 
 /// Loads every pair of `dir` without installing anything (for `reveille check`): each name with its
 /// certificate or the reason it does not load.
-pub(crate) fn check(dir: &Path) -> Result<Vec<(String, CertResult)>, TlsError> {
+pub(crate) fn check(dir: &Path, max_file_size: u64) -> Result<Vec<(String, CertResult)>, TlsError> {
     let g = group(dir).map_err(|source| TlsError::Dir { path: dir.to_path_buf(), source })?;
     let mut out: Vec<_> = g.problems.into_iter().map(|(name, e)| (name, Err(e))).collect();
     out.extend(g.orphans.into_iter().map(|(name, key)| {
         let e = CertError::Layout(format!("{} has no certificate ({name}.crt or {name}.pem)", key.display()));
         (name, Err(e))
     }));
-    out.extend(g.pairs.iter().map(|(name, files)| (name.clone(), load_pair(name, files, None))));
+    out.extend(g.pairs.iter().map(|(name, files)| (name.clone(), load_pair(name, files, None, max_file_size))));
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
@@ -183,18 +192,28 @@ struct DirLoader {
     reported: HashMap<String, u64>,
     /// A pair failed to load while its files were still changing: load again after [`SETTLE`].
     unsettled: bool,
+    /// The largest certificate or key file read (`max_file_size`).
+    max_file_size: u64,
 }
 
 impl DirWatcher {
-    /// Starts watching `dir` (before the first load, so no change can slip between the two).
-    pub(crate) fn new(dir: PathBuf, store: Arc<CertStore>, metrics: TlsMetrics) -> Self {
+    /// Starts watching `dir` (before the first load, so no change can slip between the two). Certificate and
+    /// key files larger than `max_file_size` bytes are refused.
+    pub(crate) fn new(dir: PathBuf, store: Arc<CertStore>, metrics: TlsMetrics, max_file_size: u64) -> Self {
         // Every file of the directory matters (a certificate, its key, Kubernetes' `..data` swap).
         let watch = FsWatch::new(&dir, |_| true, POLL_INTERVAL, DEBOUNCE).unwrap_or_else(|e| {
             warn!(dir = %dir.display(), error = %e, "cannot watch the certificates directory; polling every {POLL_INTERVAL:?} instead");
             FsWatch::polling(POLL_INTERVAL, DEBOUNCE)
         });
-        let loader =
-            DirLoader { dir: dir.clone(), store, metrics, stamp: None, reported: HashMap::new(), unsettled: false };
+        let loader = DirLoader {
+            dir: dir.clone(),
+            store,
+            metrics,
+            stamp: None,
+            reported: HashMap::new(),
+            unsettled: false,
+            max_file_size,
+        };
         Self { loader: Some(loader), watch, dir }
     }
 
@@ -278,7 +297,7 @@ impl DirLoader {
         for (name, files) in &g.pairs {
             seen.push(name.clone());
             let before = previous.get(name);
-            match load_pair(name, files, before) {
+            match load_pair(name, files, before, self.max_file_size) {
                 Ok(c) => {
                     if !before.is_some_and(|b| Arc::ptr_eq(b, &c)) {
                         log_loaded(&c, before.is_some());
