@@ -19,10 +19,11 @@
 //! past its renewal time (two thirds of its lifetime, or `renew_before` its expiry); a handshake for an
 //! allowed name without a certificate orders at once and waits up to `on_demand_wait`, then falls back to the
 //! default certificate; on-demand orders are limited per client address and per minute, and may use only part
-//! of the budget (`on_demand_share`), so that no client can leave the scan nothing. One order per name at a time in the process, and across replicas through an etcd lock
-//! (`<prefix>acme/orders/<host>`, on a lease): a replica that finds it taken waits for the certificate to
-//! arrive through its certificate watch. A failed name is retried after a delay that doubles per failure. A
-//! renewal that fails leaves the current certificate in force until it expires.
+//! of the budget (`on_demand_share`), so that no client can leave the scan nothing. One order per name at a
+//! time in the process, and across replicas through an etcd lock (`<prefix>acme/orders/<host>`, on a lease): a
+//! replica that finds it taken waits for the certificate to arrive through its certificate watch. A failed
+//! name is retried after a delay that doubles per failure. A renewal that fails leaves the current certificate
+//! in force until it expires.
 
 mod ari;
 mod budget;
@@ -403,17 +404,16 @@ impl Acme {
                 let result = this.obtain(&host, kind).await;
                 this.inflight.lock().remove(&host);
                 if let Err(failed) = &result {
-                    match &failed.error {
-                        AcmeError::Backoff { failures } => {
+                    match (&failed.error, client) {
+                        (AcmeError::Backoff { failures }, _) => {
                             this.metrics.refused("backoff");
                             info!(failures = failures.failures, reason = %failures.reason, retry_in = %humantime::format_duration(failed.delay), "a recent order for this name failed (on another replica): waiting");
                         }
-                        AcmeError::Budget(refusal) if client.is_some() => {
+                        (AcmeError::Budget(refusal), Some(client)) => {
                             this.metrics.order(kind, refusal.reason);
-                            let client = client.expect("checked");
                             this.refused_on_demand(refusal.reason, &host, client, &refusal.detail);
                         }
-                        e => {
+                        (e, _) => {
                             this.metrics.order(kind, e.reason());
                             warn!(error = %e, failures = failed.failures, retry_in = %humantime::format_duration(failed.delay), "no certificate");
                         }
