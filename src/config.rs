@@ -183,6 +183,14 @@ pub(crate) struct AcmeSection {
     pub on_demand: Option<bool>,
     #[serde(default, with = "humantime_serde")]
     pub on_demand_wait: Option<Duration>,
+    /// On-demand orders one client address (IPv6: its /64) may start per minute, per replica; 0: no limit
+    /// [default: 5].
+    pub on_demand_per_client: Option<u32>,
+    /// On-demand orders per minute, per replica; 0: no limit [default: 30].
+    pub on_demand_per_minute: Option<u32>,
+    /// The part of each budget (0 to 1) on-demand orders may use; the rest is kept for eager orders and
+    /// renewals [default: 0.5].
+    pub on_demand_share: Option<f64>,
     /// Renew this long before expiry [default: once two thirds of the lifetime have passed].
     #[serde(default, with = "humantime_serde")]
     pub renew_before: Option<Duration>,
@@ -697,6 +705,21 @@ fn check_acme(a: &crate::acme::Settings, cfg: &Config) -> Result<(), ConfigError
             return invalid(&format!("{name} must be greater than zero"));
         }
     }
+    let b = &a.budget;
+    if !(0.0..=1.0).contains(&b.on_demand_share) {
+        return invalid(&format!("on_demand_share {} is not between 0 and 1", b.on_demand_share));
+    }
+    if a.on_demand && b.on_demand_share > 0.0 {
+        for (name, max) in [("max_per_domain", b.per_domain), ("max_orders", b.per_account)] {
+            if b.on_demand_part(max) == 0 {
+                return invalid(&format!(
+                    "on_demand_share {} of {name} {max} leaves on-demand orders none: raise {name}, or set \
+                     on_demand_share = 0 (no on-demand orders) or 1 (no reserve for eager orders and renewals)",
+                    b.on_demand_share
+                ));
+            }
+        }
+    }
     if let Some(roots) = &a.ca_roots {
         if !roots.is_file() {
             return invalid(&format!("ca_roots {} is not a readable file", roots.display()));
@@ -723,6 +746,8 @@ fn resolve_acme(a: AcmeSection) -> crate::acme::Settings {
         eager: a.eager.unwrap_or(d.eager),
         on_demand: a.on_demand.unwrap_or(d.on_demand),
         on_demand_wait: a.on_demand_wait.unwrap_or(d.on_demand_wait),
+        on_demand_per_client: a.on_demand_per_client.unwrap_or(d.on_demand_per_client),
+        on_demand_per_minute: a.on_demand_per_minute.unwrap_or(d.on_demand_per_minute),
         renew_before: a.renew_before,
         check_interval: a.check_interval.unwrap_or(d.check_interval),
         retry_after: a.retry_after.unwrap_or(d.retry_after),
@@ -732,6 +757,7 @@ fn resolve_acme(a: AcmeSection) -> crate::acme::Settings {
             domain_window: a.domain_window.unwrap_or(d.budget.domain_window),
             per_account: a.max_orders.unwrap_or(d.budget.per_account),
             account_window: a.account_window.unwrap_or(d.budget.account_window),
+            on_demand_share: a.on_demand_share.unwrap_or(d.budget.on_demand_share),
         },
     }
 }
@@ -1086,6 +1112,7 @@ mod tests {
             format!(
                 "{base}[acme]\ndirectory = \"https://ca.test/dir\"\nca_roots = \"ca.pem\"\nhosts = \"all\"\n\
                  challenge = \"tls-alpn-01\"\neager = false\nrenew_before = \"30d\"\n\
+                 on_demand_per_client = 3\non_demand_per_minute = 10\non_demand_share = 0.25\n\
                  eab = {{ kid = \"k1\", hmac_key = \"c2VjcmV0\" }}\n"
             ),
         )
@@ -1099,11 +1126,13 @@ mod tests {
         assert!(!a.eager && a.on_demand);
         assert_eq!(a.renew_before, Some(Duration::from_secs(30 * 86_400)));
         assert_eq!(a.eab.unwrap().kid, "k1");
+        assert_eq!((a.on_demand_per_client, a.on_demand_per_minute, a.budget.on_demand_share), (3, 10, 0.25));
 
         std::fs::write(&path, format!("{base}[acme]\n")).unwrap();
         let a = Config::resolve(Some(&path), &Overrides::default()).unwrap().acme.unwrap();
         assert_eq!(a.directory, crate::acme::LETS_ENCRYPT, "an empty section is Let's Encrypt, flagged services");
         assert_eq!(a.hosts, crate::acme::Hosts::Flagged);
+        assert_eq!((a.on_demand_per_client, a.on_demand_per_minute, a.budget.on_demand_share), (5, 30, 0.5));
 
         for (text, says) in [
             ("[server]\nroutes = \"r.toml\"\n[tls]\ncerts = \"c\"\n[acme]\n", "HTTPS listener"),
@@ -1111,6 +1140,8 @@ mod tests {
             (&format!("{base}[acme]\ndirectory = \"ftp://x\"\n"), "not an https:// URL"),
             (&format!("{base}[acme]\nca_roots = \"missing.pem\"\n"), "not a readable file"),
             (&format!("{base}[acme]\nchallenge = \"dns-01\"\n"), "unknown variant"),
+            (&format!("{base}[acme]\non_demand_share = 1.5\n"), "on_demand_share 1.5 is not between 0 and 1"),
+            (&format!("{base}[acme]\nmax_per_domain = 1\n"), "of max_per_domain 1 leaves on-demand orders none"),
         ] {
             std::fs::write(&path, text).unwrap();
             let e = Config::resolve(Some(&path), &Overrides::default()).unwrap_err().to_string();

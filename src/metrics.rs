@@ -480,6 +480,7 @@ pub struct AcmeMetrics {
     orders: Family<AcmeLabels, Counter>,
     challenges: Family<AcmeLabels, Counter>,
     refused: Family<ReasonLabels, Counter>,
+    on_demand_refused: Family<ReasonLabels, Counter>,
     managed: Gauge,
     renewal_due: Gauge,
 }
@@ -502,8 +503,16 @@ impl AcmeMetrics {
         registry.register(
             "acme_refused",
             "Certificates not ordered, by reason (no_route, opted_out, wildcard, backoff, budget_domain, \
-             budget_account, no_challenge)",
+             budget_account, on_demand_domain, on_demand_account, per_client, per_minute, no_challenge)",
             refused.clone(),
+        );
+        let on_demand_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "acme_on_demand_refused",
+            "On-demand orders (started by a handshake) refused, by reason: per_client, per_minute (the per-minute \
+             limits); on_demand_domain, on_demand_account (the on-demand share of a budget); budget_domain, \
+             budget_account (the whole budget)",
+            on_demand_refused.clone(),
         );
         let managed = Gauge::default();
         registry.register("acme_certificates", "Certificates managed by ACME and in force", managed.clone());
@@ -513,7 +522,7 @@ impl AcmeMetrics {
             "Certificates managed by ACME past their renewal time and not yet renewed",
             renewal_due.clone(),
         );
-        Self { orders, challenges, refused, managed, renewal_due }
+        Self { orders, challenges, refused, on_demand_refused, managed, renewal_due }
     }
 
     pub fn order(&self, kind: &'static str, result: &'static str) {
@@ -526,6 +535,10 @@ impl AcmeMetrics {
 
     pub fn refused(&self, reason: &'static str) {
         self.refused.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    pub fn on_demand_refused(&self, reason: &'static str) {
+        self.on_demand_refused.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     pub fn managed(&self, count: usize, due: usize) {

@@ -492,3 +492,209 @@ async fn on_demand_falls_back_to_the_default_certificate_and_respects_opt_outs()
     assert_eq!(sum_of(running.admin_addr, "reveille_acme_orders_total{", "").await, 1.0);
     running.shutdown();
 }
+
+/// A TLS handshake for `host` from the client address `from` (another loopback address), with `connector`.
+async fn handshake_from(
+    from: [u8; 4],
+    connector: &tokio_rustls::TlsConnector,
+    https: SocketAddr,
+    host: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((from, 0)))?;
+    let tcp = socket.connect(https).await?;
+    connector.connect(rustls_pki_types::ServerName::try_from(host.to_string()).unwrap(), tcp).await
+}
+
+/// How many orders the cluster's ledger holds (every order placed with the CA, whoever placed it).
+async fn ledger_len(etcd: &support::etcd::Etcd) -> usize {
+    let mut client = etcd.client().await;
+    let options = etcd_client::GetOptions::new().with_prefix().with_count_only();
+    client.get("/reveille/acme/ledger/", Some(options)).await.unwrap().count() as usize
+}
+
+/// The warnings and errors this test binary's servers log, from the first call on (for tests that read the
+/// log: each looks for lines that name its own hosts).
+fn captured_log() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOG: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = log.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+            .with_ansi(false)
+            .with_writer(move || Sink(sink.clone()))
+            .init();
+        log
+    })
+    .clone()
+}
+
+/// The captured log's lines that contain every one of `words`.
+fn log_lines(log: &std::sync::Mutex<Vec<u8>>, words: &[&str]) -> Vec<String> {
+    let text = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
+    text.lines().filter(|l| words.iter().all(|w| l.contains(w))).map(str::to_string).collect()
+}
+
+/// With `eager = false` and the default on-demand limits, one client address makes a handshake for each of
+/// many routed names, within a minute: before, each started an order until the domain's budget was gone for
+/// everyone (4 of 4 here, 40 of 40 by default), and an eager order then got nothing. Now its orders stop at the
+/// per-client limit (5 a minute) and at the on-demand share of the budget (half: 2 of 4), each refusal counted
+/// by reason and logged with the name, the limit and the address, a flood of them in a few lines; another
+/// address still gets its certificate; and a replica with `eager = true` sharing the budget through etcd
+/// orders the rest of the budget and gets its certificates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_spends_only_the_on_demand_share_and_an_eager_order_still_gets_its_certificate() {
+    let log = captured_log();
+    let etcd = support::etcd::Etcd::start().await;
+    let backend = Backend::fixed("flooded").await;
+    etcd.put("/reveille/services/web", &format!("{{\"backends\": [\"{}\"], \"acme\": true}}", backend.addr)).await;
+    let names: Vec<String> = (0..8).map(|i| format!("n{i}.shop.test")).collect();
+    for host in names.iter().map(String::as_str).chain(["other.test"]) {
+        etcd.put(&format!("/reveille/routes/{host}"), "{\"service\": \"web\"}").await;
+    }
+    let (bound_a, bound_b) = (Bound::new().await, Bound::new().await);
+    // The CA reaches replica a only; it answers b's challenges too (through etcd).
+    let pebble = Pebble::start(Bound::port(&bound_a.http), Bound::port(&bound_a.https)).await;
+    let config = |node: &str, acme: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[etcd]\nendpoints = [\"{}\"]\n[passivation]\nnode = \"{node}\"\n{}",
+            etcd.url,
+            acme_section(&pebble, &format!("challenge = \"http-01\"\nmax_per_domain = 4\n{acme}"))
+        );
+        std::fs::write(dir.path().join("config.toml"), text).unwrap();
+        dir
+    };
+    // Replica a orders only on demand; shop.test may have 4 new certificates a week.
+    let dir_a = config("a", "eager = false\ncheck_interval = \"1h\"");
+    let a = start(dir_a.path(), bound_a).await;
+    let https = a.https_addr.unwrap();
+    // Ready: the routes and the certificates loaded (before, a handshake orders nothing).
+    support::eventually(LONG, "replica a ready", || async {
+        support::get(a.admin_addr, "admin", "/readyz").await.status == http::StatusCode::OK
+    })
+    .await;
+    assert_eq!(support::get(a.http_addr, "n7.shop.test", "/").await.text, "flooded");
+
+    // The hostile client, 127.0.0.2: one handshake per name.
+    let any = support::tls::any_cert_client();
+    let began = Instant::now();
+    for host in &names {
+        let _ = handshake_from([127, 0, 0, 2], &any, https, host).await;
+    }
+    let took = began.elapsed();
+    let orders = ledger_len(&etcd).await;
+    eprintln!("one client address, {} handshakes for new names in {took:?}: {orders} orders", names.len());
+    assert!(took < Duration::from_secs(50), "all within the per-client limit's minute: {took:?}");
+    assert_eq!(orders, 2, "the on-demand share of shop.test's budget: 2 of 4");
+    let admin = a.admin_addr;
+    assert_eq!(metric(admin, &issued("on_demand")).await, 2.0);
+    let refused = |reason: &'static str| async move {
+        metric(admin, &format!("reveille_acme_on_demand_refused_total{{reason=\"{reason}\"}}")).await
+    };
+    assert_eq!(refused("on_demand_domain").await, 3.0, "5 admitted by the per-client limit, 2 ordered");
+    assert_eq!(refused("per_client").await, 3.0, "the 6th to 8th handshakes");
+    // Each limit is said in the log: which name, which limit, which client.
+    let per_client = log_lines(&log, &["on-demand certificate order for n5.shop.test", "127.0.0.2", "per_client"]);
+    assert_eq!(per_client.len(), 1, "{per_client:?}");
+    assert!(per_client[0].contains("on_demand_per_client = 5"), "{}", per_client[0]);
+    let share = log_lines(&log, &["on-demand certificate order for n2.shop.test", "127.0.0.2", "on_demand_domain"]);
+    assert_eq!(share.len(), 1, "{share:?}");
+    assert!(share[0].contains("on-demand share 2 of its budget of 4"), "{}", share[0]);
+
+    // A flood of refused handshakes (for the names without a certificate): every one counted, a line every ten
+    // seconds at most.
+    let flood = Instant::now();
+    for i in 0..200 {
+        let _ = handshake_from([127, 0, 0, 2], &any, https, &names[2 + i % 6]).await;
+    }
+    let lines = log_lines(&log, &["on-demand certificate order for", "127.0.0.2"]).len();
+    let allowed = 2 + 2 * (1 + flood.elapsed().as_secs() as usize / 10);
+    eprintln!("200 more refused handshakes in {:?}: {lines} log lines in all", flood.elapsed());
+    assert!(lines <= allowed, "{lines} lines, at most {allowed}");
+    assert_eq!(refused("per_client").await, 203.0);
+    assert_eq!(ledger_len(&etcd).await, 2, "no more orders");
+
+    // Another address, another domain: its handshake is not the hostile client's to refuse.
+    let got = handshake_from([127, 0, 0, 3], &pebble.client(), https, "other.test").await;
+    assert!(got.is_ok(), "127.0.0.3 got a valid certificate for other.test on demand: {got:?}");
+
+    // A replica with eager ordering, sharing the budget: it orders the names still without a certificate, up to
+    // the budget: the 2 the share kept.
+    let dir_b = config("b", "check_interval = \"1s\"");
+    let b = start(dir_b.path(), bound_b).await;
+    support::eventually(LONG, "b's eager orders issued", || async {
+        metric(b.admin_addr, &issued("new")).await >= 2.0
+    })
+    .await;
+    let served_b = b.https_addr.unwrap();
+    let mut valid = 0;
+    for host in &names {
+        if verified(&pebble, served_b, host).await.is_ok() {
+            valid += 1;
+        }
+    }
+    assert_eq!(valid, 4, "2 on demand, 2 eager: shop.test's budget, and no more");
+    assert_eq!(metric(b.admin_addr, &issued("new")).await, 2.0);
+    a.shutdown();
+    b.shutdown();
+}
+
+/// The overall per-minute limit on on-demand orders: three addresses' handshakes order (the CA is unreachable
+/// here: they fail, which costs as much), a fourth's is refused at once, falling back to the default
+/// certificate, and said so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_demand_orders_per_minute_are_limited_whatever_the_address() {
+    let log = captured_log();
+    let backend = Backend::fixed("limited").await;
+    let dead = support::dead_addr().await;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    let ca = support::tls::TestCa::new();
+    let fallback = ca.issue(&["fallback.test"]);
+    fallback.write_pair(&certs, "fallback");
+    let mut routes = format!("[services.web]\nbackends = [\"{}\"]\n[routes]\n", backend.addr);
+    for i in 0..4 {
+        routes.push_str(&format!("\"m{i}.minute.test\" = \"web\"\n"));
+    }
+    std::fs::write(dir.path().join("routes.toml"), routes).unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        format!(
+            "[server]\nroutes = \"routes.toml\"\n[tls]\ncerts = \"certs\"\ndefault_cert = \"fallback\"\n\
+             [acme]\ndirectory = \"https://{dead}/dir\"\nhosts = \"all\"\neager = false\n\
+             on_demand_per_minute = 3\non_demand_per_client = 0\n"
+        ),
+    )
+    .unwrap();
+    let running = start(dir.path(), Bound::new().await).await;
+    let https = running.https_addr.unwrap();
+    support::eventually(LONG, "ready", || async {
+        support::get(running.admin_addr, "admin", "/readyz").await.status == http::StatusCode::OK
+    })
+    .await;
+    let any = support::tls::any_cert_client();
+    for i in 0..4u8 {
+        let tls = handshake_from([127, 0, 0, 10 + i], &any, https, &format!("m{i}.minute.test")).await.unwrap();
+        assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0].as_ref(), fallback.der.as_slice());
+    }
+    let admin = running.admin_addr;
+    assert_eq!(sum_of(admin, "reveille_acme_orders_total{", "kind=\"on_demand\"").await, 3.0);
+    assert_eq!(metric(admin, "reveille_acme_on_demand_refused_total{reason=\"per_minute\"}").await, 1.0);
+    assert_eq!(metric(admin, "reveille_acme_refused_total{reason=\"per_minute\"}").await, 1.0);
+    let lines = log_lines(&log, &["m3.minute.test from 127.0.0.13 refused (per_minute)", "on_demand_per_minute = 3"]);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    running.shutdown();
+}

@@ -5,6 +5,9 @@
 //! - `challenge`: the answers to pending HTTP-01 and TLS-ALPN-01 challenges, mirrored from etcd so that any
 //!   replica the CA reaches answers.
 //! - `order`: one order for one host, with `instant-acme`.
+//! - `budget`: how many orders the account and each registered domain may have, and the part of it on-demand
+//!   orders may use.
+//! - `on_demand`: the per-minute limits on the orders handshakes start, per client address and overall.
 //!
 //! Which names: the exact routes of services with `acme = true`, or of every service with `[acme] hosts =
 //! "all"` (a service's `acme = false` opts out). Wildcard routes never: they need DNS-01, which reveille does
@@ -15,19 +18,23 @@
 //! false`), asks the CA for its suggested renewal windows (ARI, where the CA has it) and renews what is
 //! past its renewal time (two thirds of its lifetime, or `renew_before` its expiry); a handshake for an
 //! allowed name without a certificate orders at once and waits up to `on_demand_wait`, then falls back to the
-//! default certificate. One order per name at a time in the process, and across replicas through an etcd lock
-//! (`<prefix>acme/orders/<host>`, on a lease): a replica that finds it taken waits for the certificate to
-//! arrive through its certificate watch. A failed name is retried after a delay that doubles per failure. A
-//! renewal that fails leaves the current certificate in force until it expires.
+//! default certificate; on-demand orders are limited per client address and per minute, and may use only part
+//! of the budget (`on_demand_share`), so that no client can leave the scan nothing. One order per name at a
+//! time in the process, and across replicas through an etcd lock (`<prefix>acme/orders/<host>`, on a lease): a
+//! replica that finds it taken waits for the certificate to arrive through its certificate watch. A failed
+//! name is retried after a delay that doubles per failure. A renewal that fails leaves the current certificate
+//! in force until it expires.
 
 mod ari;
 mod budget;
 mod challenge;
+mod on_demand;
 mod order;
 mod store;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -112,6 +119,10 @@ pub struct Settings {
     pub on_demand: bool,
     /// How long such a handshake waits for its certificate.
     pub on_demand_wait: Duration,
+    /// On-demand orders one client address (an IPv6 /64) may start per minute, in this replica; 0: no limit.
+    pub on_demand_per_client: u32,
+    /// On-demand orders per minute in this replica, whatever the client; 0: no limit.
+    pub on_demand_per_minute: u32,
     /// Renew this long before expiry; unset: once two thirds of the lifetime have passed.
     pub renew_before: Option<Duration>,
     /// How often to look for missing and expiring certificates (route changes also trigger a look).
@@ -136,6 +147,12 @@ impl Default for Settings {
             eager: true,
             on_demand: true,
             on_demand_wait: Duration::from_secs(10),
+            // A visitor (or an office behind one address) opening a tenant's few names in a minute gets them all;
+            // one hostile address gets a sixth of the overall rate.
+            on_demand_per_client: 5,
+            // A first deployment's burst of new names is served within minutes (the account's on-demand share,
+            // 125 orders, in four); a flood costs at most one etcd lock and ledger read every two seconds.
+            on_demand_per_minute: 30,
             renew_before: None,
             check_interval: Duration::from_secs(60),
             retry_after: Duration::from_secs(60),
@@ -247,6 +264,10 @@ pub(crate) struct Acme {
     ari: ari::Ari,
     /// Held from reading the order ledger to recording an order in it.
     budget_lock: tokio::sync::Mutex<()>,
+    /// The per-minute limits on orders handshakes start.
+    limiter: on_demand::Limiter,
+    /// Keeps the refusals of on-demand orders from flooding the log.
+    log_gate: on_demand::LogGate,
     /// This manager, for the handshake hook (called on `&self`) to start orders that outlive the handshake.
     me: std::sync::Weak<Acme>,
 }
@@ -268,6 +289,8 @@ impl Acme {
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
+            limiter: on_demand::Limiter::new(settings.on_demand_per_client, settings.on_demand_per_minute),
+            log_gate: on_demand::LogGate::default(),
             challenges: Challenges::new(metrics.clone()),
             settings,
             node,
@@ -343,8 +366,14 @@ impl Acme {
         }
     }
 
-    /// Starts an order for `host` unless one runs already; returns what to wait on.
-    fn ensure(self: &Arc<Self>, host: &str, kind: &'static str) -> Option<watch::Receiver<Outcome>> {
+    /// Starts an order for `host` unless one runs already; returns what to wait on. `client`: the address of
+    /// the handshake that asks for it (an on-demand order), which the per-minute limits count.
+    fn ensure(
+        self: &Arc<Self>,
+        host: &str,
+        kind: &'static str,
+        client: Option<IpAddr>,
+    ) -> Option<watch::Receiver<Outcome>> {
         let mut inflight = self.inflight.lock();
         if let Some(rx) = inflight.get(host) {
             return Some(rx.clone());
@@ -355,22 +384,36 @@ impl Acme {
                 return None;
             }
         }
+        if let Some(client) = client {
+            if let Err(refusal) = self.limiter.admit(client, tokio::time::Instant::now()) {
+                self.metrics.refused(refusal.reason);
+                self.refused_on_demand(refusal.reason, host, client, &refusal.detail);
+                return None;
+            }
+        }
         let (tx, rx) = watch::channel(None);
         inflight.insert(host.to_string(), rx.clone());
         let this = self.clone();
         let host = host.to_string();
-        let span = info_span!("acme", host = %host, kind, node = %self.node);
+        let span = info_span!("acme", host = %host, kind, node = %self.node, client = tracing::field::Empty);
+        if let Some(client) = client {
+            span.record("client", tracing::field::display(client));
+        }
         tokio::spawn(
             async move {
                 let result = this.obtain(&host, kind).await;
                 this.inflight.lock().remove(&host);
                 if let Err(failed) = &result {
-                    match &failed.error {
-                        AcmeError::Backoff { failures } => {
+                    match (&failed.error, client) {
+                        (AcmeError::Backoff { failures }, _) => {
                             this.metrics.refused("backoff");
                             info!(failures = failures.failures, reason = %failures.reason, retry_in = %humantime::format_duration(failed.delay), "a recent order for this name failed (on another replica): waiting");
                         }
-                        e => {
+                        (AcmeError::Budget(refusal), Some(client)) => {
+                            this.metrics.order(kind, refusal.reason);
+                            this.refused_on_demand(refusal.reason, &host, client, &refusal.detail);
+                        }
+                        (e, _) => {
                             this.metrics.order(kind, e.reason());
                             warn!(error = %e, failures = failed.failures, retry_in = %humantime::format_duration(failed.delay), "no certificate");
                         }
@@ -381,6 +424,22 @@ impl Acme {
             .instrument(span),
         );
         Some(rx)
+    }
+
+    /// Counts an on-demand order refused (by a per-minute limit or the budget) and says so in the log, at most
+    /// once per reason every ten seconds, with how many refusals the previous lines left out.
+    fn refused_on_demand(&self, reason: &'static str, host: &str, client: IpAddr, detail: &str) {
+        self.metrics.on_demand_refused(reason);
+        if let Some(held_back) = self.log_gate.admit(reason, tokio::time::Instant::now()) {
+            warn!(
+                limit = reason,
+                %host,
+                %client,
+                held_back,
+                "on-demand certificate order for {host} from {client} refused ({reason}): {detail}; the handshake \
+                 goes on with the default certificate"
+            );
+        }
     }
 
     /// Obtains a certificate for `host` (true), or finds that another replica did (false). A failure sets the
@@ -407,6 +466,11 @@ impl Acme {
                 Ok(done)
             }
             Err(AcmeError::Backoff { failures }) => Err(self.waiting(host, failures)),
+            // The name is not at fault, nor the budget used up: an eager order or a renewal may go at once, and
+            // the next handshake tries again (the per-minute limits bound how often).
+            Err(AcmeError::Budget(refusal)) if refusal.on_demand_share() => {
+                Err(Failed { error: AcmeError::Budget(refusal), failures: 0, delay: Duration::ZERO })
+            }
             Err(error) => {
                 let failed = self.failed(host, error, remote.map_or(0, |f| f.failures));
                 let record = store::Failure {
@@ -498,12 +562,22 @@ impl Acme {
         if need == Need::Nothing {
             return Ok(false);
         }
-        let renewal = need == Need::Renewal;
-        if let Err(refusal) = budget::check(&self.settings.budget, &ledger, host, renewal, at) {
+        let purpose = match need {
+            Need::Renewal => budget::Purpose::Renewal,
+            _ if kind == "on_demand" => budget::Purpose::OnDemand,
+            _ => budget::Purpose::New,
+        };
+        if let Err(refusal) = budget::check(&self.settings.budget, &ledger, host, purpose, at) {
             self.metrics.refused(refusal.reason);
             return Err(AcmeError::Budget(refusal));
         }
-        let entry = budget::Entry { host: host.to_string(), domain: budget::registered_domain(host), at, renewal };
+        let entry = budget::Entry {
+            host: host.to_string(),
+            domain: budget::registered_domain(host),
+            at,
+            renewal: purpose == budget::Purpose::Renewal,
+            on_demand: purpose == budget::Purpose::OnDemand,
+        };
         self.store.record(&self.settings.budget, &entry).await?;
         drop(budget_guard);
         let timeout = self.settings.order_timeout;
@@ -627,7 +701,7 @@ impl Acme {
                     "renewal"
                 }
             };
-            if !self.inflight.lock().contains_key(host.as_str()) && self.ensure(host, kind).is_some() {
+            if !self.inflight.lock().contains_key(host.as_str()) && self.ensure(host, kind, None).is_some() {
                 started += 1;
             }
         }
@@ -679,7 +753,7 @@ impl CertHook for Acme {
         self.challenges.tls_alpn01(host)
     }
 
-    fn on_demand<'a>(&'a self, host: &'a str) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+    fn on_demand<'a>(&'a self, host: &'a str, client: IpAddr) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
             if !self.settings.on_demand || !self.certs.is_ready() {
                 return;
@@ -696,7 +770,7 @@ impl CertHook for Acme {
             }
             // `ensure` needs the Arc; the hook is always installed as one.
             let Some(this) = self.me.upgrade() else { return };
-            let Some(mut rx) = this.ensure(host, "on_demand") else { return };
+            let Some(mut rx) = this.ensure(host, "on_demand", Some(client)) else { return };
             let _ = tokio::time::timeout(self.settings.on_demand_wait, rx.wait_for(Option::is_some)).await;
         })
     }

@@ -798,7 +798,7 @@ pub(crate) async fn serve(
         return serve_http(stream, None, false, peer, proxy, state, shutdown).await;
     };
     let handshake = tokio::select! {
-        r = acceptor.accept(stream) => r,
+        r = acceptor.accept(stream, peer.ip()) => r,
         () = proxy.pressure.cut_after(state.epoch) => {
             debug!("under pressure, the TLS handshake took longer than the overload timeout; closing");
             proxy.metrics.connection_shed();

@@ -3,6 +3,7 @@
 //! the shared [`ServerConfig`], whose resolver picks the certificate from the store's snapshot.
 
 use std::io;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,9 +84,10 @@ const ACME_TLS: &[u8] = b"acme-tls/1";
 pub(crate) trait CertHook: Send + Sync + 'static {
     /// The certificate that answers a pending TLS-ALPN-01 challenge for `host`, if there is one.
     fn tls_alpn01(&self, host: &str) -> Option<Arc<CertifiedKey>>;
-    /// A handshake for `host` found no certificate for it: obtain one if `host` may have one, waiting a bounded
-    /// time (that time does not count against the client's handshake timeout).
-    fn on_demand<'a>(&'a self, host: &'a str) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+    /// A handshake for `host` from `client` found no certificate for it: obtain one if `host` may have one (and
+    /// the client's limits allow), waiting a bounded time (that time does not count against the client's
+    /// handshake timeout).
+    fn on_demand<'a>(&'a self, host: &'a str, client: IpAddr) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 }
 
 /// Serves one certificate whatever the client asks: the TLS-ALPN-01 answer.
@@ -147,12 +149,12 @@ impl TlsAcceptor {
         Ok(Arc::new(config))
     }
 
-    /// Runs the handshake on `io`, within the handshake timeout. Counts the result.
-    pub(crate) async fn accept<IO>(&self, io: IO) -> Result<TlsStream<IO>, HandshakeError>
+    /// Runs the handshake on `io`, from `client`, within the handshake timeout. Counts the result.
+    pub(crate) async fn accept<IO>(&self, io: IO, client: IpAddr) -> Result<TlsStream<IO>, HandshakeError>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let result = self.handshake(io).await;
+        let result = self.handshake(io, client).await;
         match &result {
             Ok(_) => self.metrics.handshake(),
             Err(e) => self.metrics.handshake_failed(e.reason()),
@@ -160,7 +162,7 @@ impl TlsAcceptor {
         result
     }
 
-    async fn handshake<IO>(&self, io: IO) -> Result<TlsStream<IO>, HandshakeError>
+    async fn handshake<IO>(&self, io: IO, client: IpAddr) -> Result<TlsStream<IO>, HandshakeError>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
@@ -184,7 +186,7 @@ impl TlsAcceptor {
             } else if let Some(host) = &sni {
                 if self.store.load().for_name(host).is_none() {
                     let began = tokio::time::Instant::now();
-                    hook.on_demand(host).await;
+                    hook.on_demand(host, client).await;
                     deadline += began.elapsed();
                 }
             }
