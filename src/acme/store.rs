@@ -128,7 +128,7 @@ impl Store {
             }
             Store::Dir(dir) => {
                 let path = Self::account_path(dir);
-                match tokio::fs::read_to_string(&path).await {
+                match read_bounded(&path).await.and_then(|b| String::from_utf8(b).map_err(std::io::Error::other)) {
                     Ok(s) => Ok(Some(s)),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                     Err(source) => Err(StoreError::Io { path, source }),
@@ -335,7 +335,7 @@ impl Store {
             }
             Store::Dir(dir) => {
                 let path = Self::ledger_path(dir);
-                match tokio::fs::read(&path).await {
+                match read_bounded(&path).await {
                     Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
                     Err(source) => return Err(StoreError::Io { path, source }),
@@ -399,4 +399,13 @@ async fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     .map_err(|e| io(std::io::Error::other(e)))?
     .map_err(io)?;
     tokio::fs::rename(&tmp, path).await.map_err(io)
+}
+
+/// Reads one of the store's own files off the runtime's threads, regular files only and within the size limit
+/// of every file reveille reads (`fsread`).
+async fn read_bounded(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || crate::fsread::read(&path, crate::fsread::DEFAULT_MAX_SIZE))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
