@@ -546,7 +546,7 @@ impl ResponseBody {
     /// A backend's body; it fails when the backend sends nothing for `idle`, or at `deadline`.
     pub(crate) fn upstream(body: UpBody, guard: InFlight, idle: Duration, deadline: Option<Instant>) -> Self {
         let watched = guard.conn().is_h1();
-        let progress = if watched { None } else { Progress::begin() };
+        let progress = if watched { None } else { Progress::begin(guard.state()) };
         let up = Upstream {
             body,
             stall: Stall::new(idle),

@@ -107,6 +107,8 @@ pub(crate) struct ConnState {
     /// hyper finished the connection itself (rather than reveille cutting it for a timeout or eviction): a
     /// close that may linger.
     finished: AtomicBool,
+    /// h2: streams reset because their client took nothing of the response within the send timeout.
+    stream_stalls: AtomicU64,
 }
 
 impl ConnState {
@@ -137,6 +139,7 @@ impl ConnState {
             track_heads: AtomicBool::new(false),
             body_unread: AtomicBool::new(false),
             finished: AtomicBool::new(false),
+            stream_stalls: AtomicU64::new(0),
         }
     }
 
@@ -201,6 +204,16 @@ impl ConnState {
         self.track_heads.load(Ordering::Relaxed)
     }
 
+    /// h2: a stream of this connection was reset for the send timeout.
+    pub(crate) fn stream_stalled(&self) {
+        self.stream_stalls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// h2: how many streams of this connection were reset for the send timeout so far.
+    pub(crate) fn stream_stalls(&self) -> u64 {
+        self.stream_stalls.load(Ordering::Relaxed)
+    }
+
     /// A response body starts (or stops) waiting for its backend.
     pub(crate) fn upstream_waiting(&self, waiting: bool) {
         self.upstream_wait.store(if waiting { self.now_ms() + 1 } else { 0 }, Ordering::Relaxed);
@@ -243,6 +256,11 @@ impl InFlight {
     }
 
     pub(crate) fn conn(&self) -> &ConnState {
+        &self.0
+    }
+
+    /// The connection's state, to keep.
+    pub(crate) fn state(&self) -> &Arc<ConnState> {
         &self.0
     }
 }

@@ -14,6 +14,12 @@
 //! closes the backend connection mid-body. Responses reveille wrote itself hold no backend and are not watched.
 //! The checks are made on a timer every quarter of the limit, so a stream is reset between 1 and 1.25 times the
 //! limit after its last frame.
+//!
+//! A reset gives the connection-level flow-control capacity the stream held back to its siblings, and they
+//! send a frame with it: capacity the client granted long ago, not a sign it reads. Counted as progress, it
+//! restarted every sibling's clock with each reset, and a client that read nothing kept its backends for
+//! several times the limit (256 streams: 3 at 5 s, 237 at 10 s, the last 16 at 15 s). So frames a stream sent
+//! during a step in which a sibling was reset for the send timeout do not count as progress.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -27,7 +33,7 @@ use tokio::task::futures::TaskLocalFuture;
 use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
-use super::conn::Pressure;
+use super::conn::{ConnState, Pressure};
 use crate::metrics::Metrics;
 
 tokio::task_local! {
@@ -42,19 +48,28 @@ const FLOWING: u8 = 1;
 const UPSTREAM: u8 = 2;
 
 /// How a response body from a backend is moving, shared by the body and its stream's [`Guarded`] task.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Progress {
     /// Frames the body handed to hyper.
     frames: AtomicU64,
     phase: AtomicU8,
+    /// The connection the stream is on, once its body began: its count of streams reset for a stall.
+    conn: std::sync::OnceLock<Arc<ConnState>>,
 }
 
 impl Progress {
-    /// The progress of the h2 stream whose task is running, if this is one; the body starts being watched.
-    pub(crate) fn begin() -> Option<Arc<Self>> {
+    /// The progress of the h2 stream whose task is running, if this is one; the body (on the connection of
+    /// `conn`) starts being watched.
+    pub(crate) fn begin(conn: &Arc<ConnState>) -> Option<Arc<Self>> {
         let progress = STREAM.try_with(Arc::clone).ok()?;
+        let _ = progress.conn.set(conn.clone());
         progress.phase.store(FLOWING, Ordering::Relaxed);
         Some(progress)
+    }
+
+    /// Streams of the same connection reset for a stall so far.
+    fn sibling_stalls(&self) -> u64 {
+        self.conn.get().map_or(0, |c| c.stream_stalls())
     }
 
     /// The body handed a frame to hyper.
@@ -107,6 +122,8 @@ pin_project! {
         check: Option<Pin<Box<Sleep>>>,
         // The frame count at the last check, and since how long (ms) it has not moved while flowing.
         seen: u64,
+        // The connection's count of streams reset for a stall, at the last check.
+        stalls_seen: u64,
         quiet_ms: u64,
         // The interval the armed check was set to, in ms.
         step_ms: u64,
@@ -122,6 +139,7 @@ impl<F: Future> Guarded<F> {
             limits,
             check: None,
             seen: 0,
+            stalls_seen: 0,
             quiet_ms: 0,
             step_ms: 0,
         }
@@ -145,6 +163,7 @@ impl<F: Future> Future for Guarded<F> {
                 Some(c) => c,
                 None => {
                     *this.seen = this.progress.frames.load(Ordering::Relaxed);
+                    *this.stalls_seen = this.progress.sibling_stalls();
                     *this.step_ms = step(this.limits.limit_ms());
                     this.check.insert(Box::pin(tokio::time::sleep(Duration::from_millis(*this.step_ms))))
                 }
@@ -153,12 +172,15 @@ impl<F: Future> Future for Guarded<F> {
                 return Poll::Pending;
             }
             let frames = this.progress.frames.load(Ordering::Relaxed);
-            if frames != *this.seen {
-                *this.seen = frames;
+            let stalls = this.progress.sibling_stalls();
+            // Frames sent with the capacity a sibling's reset gave back are not the client's doing.
+            if frames != *this.seen && stalls == *this.stalls_seen {
                 *this.quiet_ms = 0;
             } else {
                 *this.quiet_ms += *this.step_ms;
             }
+            *this.seen = frames;
+            *this.stalls_seen = stalls;
             let limit = this.limits.limit_ms();
             if *this.quiet_ms >= limit {
                 debug!(
@@ -167,6 +189,9 @@ impl<F: Future> Future for Guarded<F> {
                      window); resetting the stream and releasing its backend connection"
                 );
                 this.limits.metrics.send_timeout("stream");
+                if let Some(conn) = this.progress.conn.get() {
+                    conn.stream_stalled();
+                }
                 return Poll::Ready(());
             }
             *this.step_ms = step(limit);
