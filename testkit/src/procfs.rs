@@ -127,3 +127,21 @@ pub fn listen_backlog(port: u16) -> Option<u32> {
     // "LISTEN 0 128 127.0.0.1:39111 0.0.0.0:*"
     String::from_utf8_lossy(&out.stdout).split_whitespace().nth(2)?.parse().ok()
 }
+
+/// TCP connections in this network namespace whose local end is 127.0.0.1:`port` and that are established
+/// (`/proc/net/tcp`): a server's accepted connections and those waiting in its listen backlog alike.
+pub fn established_to(port: u16) -> Option<usize> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let local = format!("0100007F:{port:04X}");
+    // "  0: 0100007F:1F90 0100007F:A2B4 01 ...": local address, remote address, state (01 = ESTABLISHED).
+    Some(
+        table
+            .lines()
+            .skip(1)
+            .filter(|l| {
+                let mut fields = l.split_whitespace().skip(1);
+                fields.next() == Some(local.as_str()) && fields.nth(1) == Some("01")
+            })
+            .count(),
+    )
+}
