@@ -17,6 +17,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
@@ -50,6 +51,9 @@ pub(super) struct Activity {
     idle_since: AtomicU64,
     /// 1 + when the first byte after `idle_since` arrived (a request head begins); 0: none yet.
     head_since: AtomicU64,
+    /// The connection's task, when its socket waited for bytes with no deadline (a request in flight): woken
+    /// when the last request ends, so that the wait gets its deadline.
+    reader: AtomicWaker,
 }
 
 impl Activity {
@@ -60,6 +64,7 @@ impl Activity {
             served: AtomicBool::new(false),
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
+            reader: AtomicWaker::new(),
         })
     }
 
@@ -111,7 +116,9 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let a = &self.0;
         a.idle_since.store(a.now(), Ordering::Release);
-        a.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if a.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            a.reader.wake();
+        }
     }
 }
 
@@ -209,6 +216,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
                 Poll::Ready(r)
             }
             Poll::Pending => {
+                this.activity.reader.register(cx.waker());
                 let Some((deadline, kind)) = this.activity.read_deadline(&this.timeouts) else {
                     return Poll::Pending;
                 };
