@@ -536,7 +536,7 @@ pub struct Overrides {
     #[arg(long, help_heading = "Listeners", value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
     /// File holding the bearer token the admin API's commands (wake, sleep) require [default: none: anyone who
-    /// reaches the admin listener may use them]
+    /// reaches the admin listener may use them, with the header X-Reveille: 1]
     #[arg(long, help_heading = "Listeners", value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
     /// Host names the admin listener answers to besides IP addresses and localhost (other Host headers get
