@@ -128,7 +128,11 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             metrics.admin().connection_refused();
             if !std::mem::replace(&mut warned, true) {
-                warn!(limit = server.state.settings.max_connections, "admin connections at their limit: new ones are closed at once ([admin] max_connections); said once");
+                warn!(
+                    limit = server.state.settings.max_connections,
+                    "admin connections at their limit ([admin] max_connections): new ones are closed at once; \
+                     logged once, counted in reveille_admin_connections_refused_total"
+                );
             }
             refuse(stream, server.state.settings.max_connections);
             continue;
