@@ -143,6 +143,7 @@ pub async fn start(
     runtimes: impl Into<Runtimes>,
 ) -> Result<Running, StartError> {
     let runtimes = runtimes.into();
+    crate::open_files::raise();
     let routes = RouteHandle::new();
     let metrics = Arc::new(Metrics::new());
     let access_log = AccessLog::open(config.proxy.access_log, &config.access_log, &metrics)?;
@@ -285,6 +286,7 @@ pub async fn start(
             let view: crate::admin::SourcesView = Arc::new(move || composer.sources());
             view
         }),
+        settings: config.admin_settings.clone(),
     };
     tasks.push(tokio::spawn(admin::serve(listeners.admin, admin_state, background.clone())));
 

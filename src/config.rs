@@ -95,6 +95,8 @@ pub struct Config {
     pub acme: Option<crate::acme::Settings>,
     /// The bearer token the admin API's commands require, if any.
     pub admin_token: Option<String>,
+    /// The admin listener's limits and the host names it answers to.
+    pub admin_settings: crate::admin::Settings,
 }
 
 impl Default for Config {
@@ -120,6 +122,7 @@ impl Default for Config {
             cluster: crate::cluster::Settings::default(),
             acme: None,
             admin_token: None,
+            admin_settings: crate::admin::Settings::default(),
         }
     }
 }
@@ -152,7 +155,7 @@ pub(crate) struct ConfigFile {
     pub admin: AdminSection,
 }
 
-/// `[admin]`: who may change things through the admin listener.
+/// `[admin]`: who may change things through the admin listener, the names it answers to, and its limits.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AdminSection {
@@ -160,6 +163,41 @@ pub(crate) struct AdminSection {
     pub token: Option<String>,
     /// A file holding that token (its first line); relative to the config file's directory.
     pub token_file: Option<PathBuf>,
+    /// Host names accepted in `Host` besides IP literals and `localhost`.
+    #[serde(default, deserialize_with = "de_allowed_hosts")]
+    pub allowed_hosts: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde")]
+    pub header_read_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    pub max_connections: Option<usize>,
+    pub max_event_subscribers: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub send_timeout: Option<Duration>,
+}
+
+/// `allowed_hosts` in the file; a bad entry is an error that names it.
+fn de_allowed_hosts<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    let list = Vec::<String>::deserialize(d)?;
+    list.iter().map(|s| parse_allowed_host(s)).collect::<Result<_, _>>().map(Some).map_err(serde::de::Error::custom)
+}
+
+/// A host name the admin listener answers to: a DNS name without scheme, port or path, kept in lowercase.
+fn parse_allowed_host(s: &str) -> Result<String, String> {
+    let name = s.trim().to_ascii_lowercase();
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if valid {
+        Ok(name)
+    } else {
+        Err(format!(
+            "admin allowed host {s:?} is not a host name (like admin.example.com: no scheme, port or path; IP \
+             addresses and localhost are always accepted)"
+        ))
+    }
 }
 
 /// `[acme]`: certificates by ACME for routed hosts. Its presence turns ACME on.
@@ -525,9 +563,28 @@ pub struct Overrides {
     #[arg(long, help_heading = "Listeners", value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
     /// File holding the bearer token the admin API's commands (wake, sleep) require [default: none: anyone who
-    /// reaches the admin listener may use them]
+    /// reaches the admin listener may use them, with the header X-Reveille: 1]
     #[arg(long, help_heading = "Listeners", value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// Host names the admin listener answers to besides IP addresses and localhost (other Host headers get
+    /// 421, except on /healthz, /readyz and /metrics) [default: none]
+    #[arg(long, help_heading = "Admin listener", value_name = "NAME[,NAME...]", value_delimiter = ',', value_parser = parse_allowed_host)]
+    pub admin_allowed_hosts: Option<Vec<String>>,
+    /// Time to receive a request head on the admin listener [default: 10s]
+    #[arg(long, help_heading = "Admin listener", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub admin_header_read_timeout: Option<Duration>,
+    /// Close admin connections without a request for this long [default: 60s]
+    #[arg(long, help_heading = "Admin listener", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub admin_idle_timeout: Option<Duration>,
+    /// Admin connections served at once; more are closed at once [default: 256]
+    #[arg(long, help_heading = "Admin listener", value_name = "N")]
+    pub admin_max_connections: Option<usize>,
+    /// Clients following /api/events at once; more get 503 [default: 64]
+    #[arg(long, help_heading = "Admin listener", value_name = "N")]
+    pub admin_max_event_subscribers: Option<usize>,
+    /// Drop an admin client that reads nothing of its answer (an events stream too) for this long [default: 30s]
+    #[arg(long, help_heading = "Admin listener", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub admin_send_timeout: Option<Duration>,
     /// Routes file to load and watch
     #[arg(long, help_heading = "Routes", value_name = "FILE")]
     pub routes: Option<PathBuf>,
@@ -681,6 +738,37 @@ fn resolve_admin_token(
         }
         t => Ok(t),
     }
+}
+
+/// `[admin]`'s limits and names over the defaults, flags winning; checked.
+fn resolve_admin(a: &AdminSection, flags: &Overrides) -> Result<crate::admin::Settings, ConfigError> {
+    let d = crate::admin::Settings::default();
+    let s = crate::admin::Settings {
+        header_read_timeout: flags.admin_header_read_timeout.or(a.header_read_timeout).unwrap_or(d.header_read_timeout),
+        idle_timeout: flags.admin_idle_timeout.or(a.idle_timeout).unwrap_or(d.idle_timeout),
+        max_connections: flags.admin_max_connections.or(a.max_connections).unwrap_or(d.max_connections),
+        max_event_subscribers: flags
+            .admin_max_event_subscribers
+            .or(a.max_event_subscribers)
+            .unwrap_or(d.max_event_subscribers),
+        send_timeout: flags.admin_send_timeout.or(a.send_timeout).unwrap_or(d.send_timeout),
+        allowed_hosts: flags.admin_allowed_hosts.clone().or(a.allowed_hosts.clone()).unwrap_or(d.allowed_hosts),
+    };
+    for (name, v) in [
+        ("header_read_timeout", s.header_read_timeout),
+        ("idle_timeout", s.idle_timeout),
+        ("send_timeout", s.send_timeout),
+    ] {
+        if v.is_zero() {
+            return Err(ConfigError::Invalid(format!("[admin] {name} must be greater than zero")));
+        }
+    }
+    if s.max_connections == 0 || s.max_event_subscribers == 0 {
+        return Err(ConfigError::Invalid(
+            "[admin] max_connections and max_event_subscribers must be at least 1".into(),
+        ));
+    }
+    Ok(s)
 }
 
 /// What ACME needs of the rest of the configuration.
@@ -888,6 +976,7 @@ impl Config {
             },
             acme: file.acme.map(resolve_acme),
             admin_token: resolve_admin_token(flags.admin_token_file.as_deref(), &file.admin, max_file_size)?,
+            admin_settings: resolve_admin(&file.admin, flags)?,
         };
         if cfg.activity_interval.is_zero() {
             return Err(ConfigError::Invalid("activity_interval must be greater than zero".into()));
@@ -1173,6 +1262,48 @@ mod tests {
         assert!(e.contains("admin token file"), "{e}");
         std::fs::write(&path, "[server]\nroutes = \"r.toml\"\n").unwrap();
         assert_eq!(Config::resolve(Some(&path), &Overrides::default()).unwrap().admin_token, None);
+    }
+
+    #[test]
+    fn admin_limits_and_names_from_the_section_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reveille.toml");
+        let cfg = Config::resolve(None, &Overrides { routes: Some("r.toml".into()), ..Default::default() }).unwrap();
+        let a = &cfg.admin_settings;
+        assert_eq!((a.header_read_timeout, a.idle_timeout, a.send_timeout), (secs(10), secs(60), secs(30)));
+        assert_eq!((a.max_connections, a.max_event_subscribers), (256, 64));
+        assert!(a.allowed_hosts.is_empty());
+        std::fs::write(
+            &path,
+            "[server]\nroutes = \"r.toml\"\n[admin]\nheader_read_timeout = \"3s\"\nidle_timeout = \"20s\"\n\
+             max_connections = 32\nmax_event_subscribers = 4\nsend_timeout = \"5s\"\n\
+             allowed_hosts = [\"Admin.Example.com\", \"reveille-admin\"]\n",
+        )
+        .unwrap();
+        let cfg = Config::resolve(Some(&path), &Overrides::default()).unwrap();
+        let a = &cfg.admin_settings;
+        assert_eq!((a.header_read_timeout, a.idle_timeout, a.send_timeout), (secs(3), secs(20), secs(5)));
+        assert_eq!((a.max_connections, a.max_event_subscribers), (32, 4));
+        assert_eq!(a.allowed_hosts, ["admin.example.com", "reveille-admin"]);
+        let flags = Overrides {
+            admin_max_connections: Some(8),
+            admin_allowed_hosts: Some(vec!["other".into()]),
+            ..Default::default()
+        };
+        let cfg = Config::resolve(Some(&path), &flags).unwrap();
+        assert_eq!((cfg.admin_settings.max_connections, cfg.admin_settings.max_event_subscribers), (8, 4));
+        assert_eq!(cfg.admin_settings.allowed_hosts, ["other"]);
+
+        for (text, says) in [
+            ("max_connections = 0", "at least 1"),
+            ("send_timeout = \"0s\"", "send_timeout must be greater than zero"),
+            ("allowed_hosts = [\"http://admin.example.com\"]", "admin allowed host \"http://admin.example.com\""),
+            ("allowed_hosts = [\"admin.example.com:9090\"]", "no scheme, port or path"),
+        ] {
+            std::fs::write(&path, format!("[server]\nroutes = \"r.toml\"\n[admin]\n{text}\n")).unwrap();
+            let e = Config::resolve(Some(&path), &Overrides::default()).unwrap_err().to_string();
+            assert!(e.contains(says), "{text}: {e}");
+        }
     }
 
     #[test]

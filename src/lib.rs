@@ -32,8 +32,10 @@
 //!   view), and the cluster rules it follows when there are several replicas.
 //! - `readiness`: the gates `/readyz` waits for (route sources, certificates) and the draining flag.
 //! - `admin`: the admin listener — the dashboard at `/`, `/healthz`, `/readyz`, `/metrics`, `/api/routes`,
-//!   `/api/services`, `/api/certificates`, `/api/events`.
+//!   `/api/services`, `/api/certificates`, `/api/events`; its limits (timeouts, connection and subscriber caps)
+//!   and the rules that keep other web sites out (Host, Origin, the command header).
 //! - `metrics`: Prometheus metric definitions and exposition.
+//! - `open_files`: the open-files limit, raised to its hard limit at start.
 //! - `config`: the config file, command-line overrides, defaults.
 //! - `cli`: the command line's definitions, the operator commands (`route`, `service`, `cert`) and `check`.
 //! - `telemetry`: logging setup (text or JSON) for everything but the access log.
@@ -60,6 +62,7 @@ mod events;
 mod fsread;
 mod fswatch;
 mod metrics;
+mod open_files;
 mod passivation;
 mod proxy;
 mod readiness;
@@ -75,6 +78,7 @@ pub use config::{Config, Overrides, Scheduler};
 pub use telemetry::init as init_logging;
 
 // The settings a `Config` is made of, for tests and labs that build one.
+pub use admin::Settings as AdminSettings;
 pub use cluster::Settings as ClusterSettings;
 pub use etcd::{EtcdConfig, EtcdError};
 pub use passivation::Settings as PassivationSettings;

@@ -497,7 +497,7 @@ async fn admin_commands_need_the_token_and_the_events_feed_shows_the_tenant_live
 
     // No token, or a wrong one: refused, and nothing happens.
     for auth in [None, Some("Bearer wrong-token-of-same-size!")] {
-        let mut req = Request::post("/api/services/web/wake").header("host", "admin");
+        let mut req = Request::post("/api/services/web/wake").header("host", proxy.admin.to_string());
         if let Some(a) = auth {
             req = req.header("authorization", a);
         }
@@ -513,7 +513,7 @@ async fn admin_commands_need_the_token_and_the_events_feed_shows_the_tenant_live
     let command = |path: &'static str| {
         let bearer = bearer.clone();
         async move {
-            let req = Request::post(path).header("host", "admin").header("authorization", bearer);
+            let req = Request::post(path).header("host", proxy.admin.to_string()).header("authorization", bearer);
             send(proxy.admin, req.body(full("")).unwrap()).await
         }
     };

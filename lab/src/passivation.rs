@@ -422,9 +422,21 @@ fn start_reveille(lab: &mut Lab, web: &str, slow: &str, plain: u16, s: &Settings
 // ---------------------------------------------------------------------------------------------------------
 // The admin API, from blocking code
 
-/// `METHOD path` on 127.0.0.1:port with `Connection: close`: `(status, body)`; `None` if there is no answer.
+/// `METHOD path` on 127.0.0.1:port with `Connection: close` and `X-Reveille: 1` (which the admin API's commands
+/// need when no token is set): `(status, body)`; `None` if there is no answer.
 pub(crate) fn http_request(port: u16, method: &str, path: &str) -> Option<(u16, Bytes)> {
-    testkit::http::fetch(port, method, "127.0.0.1", path, Duration::from_secs(10))
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "127.0.0.1")
+        .header("connection", "close")
+        .header("x-reveille", "1")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .ok()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let send = tokio::time::timeout(Duration::from_secs(10), testkit::http::send(addr, req));
+    let resp = testkit::http::block_on(send).ok()?.ok()?;
+    Some((resp.status().as_u16(), resp.into_body()))
 }
 
 /// The payload of a chunked body.

@@ -2,7 +2,8 @@
 //! (`tenant`, `routes`, `certificates`) and a JSON object as data. A client that reconnects with
 //! `Last-Event-ID` (browsers' `EventSource` does it by itself) gets what it missed; when that cannot be known
 //! (an id from before a restart, or older than what is kept) it gets a `reset` event: reload the state, then
-//! follow. A comment every 15 s keeps idle connections open through proxies.
+//! follow. A comment every 15 s keeps idle connections open through proxies. Each stream holds one of the
+//! listener's subscriber slots until it ends.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -16,6 +17,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Incoming;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::events::{Event, Events, Resume};
 use crate::metrics::Metrics;
@@ -33,8 +35,22 @@ fn reset(position: &str) -> Bytes {
     Bytes::from(format!("id: {position}\nevent: reset\ndata: {{}}\n\n"))
 }
 
-/// The response to `GET /api/events`.
-pub(super) fn stream(metrics: &Metrics, req: &Request<Incoming>) -> Response<AdminBody> {
+/// A subscriber's slot, and its place in the subscribers gauge, until its stream ends.
+struct Subscriber {
+    metrics: crate::metrics::AdminMetrics,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.metrics.subscribers(-1);
+    }
+}
+
+/// The response to `GET /api/events`; the stream holds `slot` until it ends.
+pub(super) fn stream(metrics: &Metrics, req: &Request<Incoming>, slot: OwnedSemaphorePermit) -> Response<AdminBody> {
+    metrics.admin().subscribers(1);
+    let subscriber = Subscriber { metrics: metrics.admin().clone(), _slot: slot };
     let events = metrics.events().clone();
     let last = req.headers().get("last-event-id").and_then(|v| v.to_str().ok());
     let (resume, rx, position) = events.subscribe(last);
@@ -46,10 +62,11 @@ pub(super) fn stream(metrics: &Metrics, req: &Request<Incoming>) -> Response<Adm
         Resume::Reset => queue.push_back(reset(&position)),
     }
     let tick = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
-    let body = futures_util::stream::unfold((queue, rx, events, tick), |(mut queue, mut rx, events, mut tick)| async {
+    let state = (queue, rx, events, tick, subscriber);
+    let body = futures_util::stream::unfold(state, |(mut queue, mut rx, events, mut tick, subscriber)| async {
         loop {
             if let Some(chunk) = queue.pop_front() {
-                return Some((Ok::<_, Infallible>(Frame::data(chunk)), (queue, rx, events, tick)));
+                return Some((Ok::<_, Infallible>(Frame::data(chunk)), (queue, rx, events, tick, subscriber)));
             }
             tokio::select! {
                 got = rx.recv() => match got {

@@ -1,26 +1,31 @@
 //! The admin endpoint, on its own listener: health, readiness, Prometheus metrics, the route table, and the
 //! passivated services (their view and the wake/sleep commands).
 //!
-//! Owns the admin HTTP surface only: routing admin requests and shaping their answers. It reads state through
-//! the small APIs of `routes`, `metrics`, `readiness` (what `/readyz` says) and `passivation` (whose HTTP face
-//! builds the services view); it decides nothing about them.
+//! Owns the admin HTTP surface only: routing admin requests and shaping their answers, the listener's limits
+//! (`conn`: timeouts; here: the connection and subscriber caps) and its access rules (`access`). It reads state
+//! through the small APIs of `routes`, `metrics`, `readiness` (what `/readyz` says) and `passivation` (whose HTTP
+//! face builds the services view); it decides nothing about them.
 
+mod access;
+mod conn;
 mod events;
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, Instrument};
+use tracing::{debug, error, warn, Instrument};
 
 use crate::metrics::Metrics;
 use crate::passivation::Passivator;
@@ -30,6 +35,37 @@ use crate::routes::RouteHandle;
 /// The dashboard at `/`: one self-contained page (no CDN, nothing fetched from outside), embedded in the binary.
 /// It reads `/api/services` and `/api/routes`, follows `/api/events`, and posts wake and sleep commands.
 const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// The admin listener's limits, and the names it answers to besides its addresses.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Time to receive a whole request head: the first from the connection's start, later ones from their
+    /// first byte.
+    pub header_read_timeout: Duration,
+    /// Close a connection after this long without a request.
+    pub idle_timeout: Duration,
+    /// Connections served at once; more are closed at once (each holds a file descriptor the proxy may need).
+    pub max_connections: usize,
+    /// Clients following `/api/events` at once; more get 503.
+    pub max_event_subscribers: usize,
+    /// Drop a client that reads nothing of its answer (an events stream included) for this long.
+    pub send_timeout: Duration,
+    /// Host names accepted in `Host` besides IP literals and `localhost` (lowercase, without port).
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 256,
+            max_event_subscribers: 64,
+            send_timeout: Duration::from_secs(30),
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
 
 /// What the admin endpoint reports on.
 #[derive(Clone)]
@@ -47,6 +83,8 @@ pub struct AdminState {
     pub certificates: Option<CertificatesView>,
     /// The source of each route and service, for `/api/routes` (none: not said).
     pub sources: Option<SourcesView>,
+    /// Limits and accepted names.
+    pub settings: Settings,
 }
 
 /// What `/api/certificates` answers: `{"certificates": [...]}`, read when asked.
@@ -56,9 +94,25 @@ pub type CertificatesView = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 /// read when asked; `/api/routes` answers it as `"sources"`.
 pub type SourcesView = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
+/// The listener's state while it serves: what it reports on, and its slots.
+struct Server {
+    state: AdminState,
+    /// One per `/api/events` stream, held by the stream's body.
+    subscribers: Arc<Semaphore>,
+}
+
 /// Serves the admin endpoint on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
-    let state = Arc::new(state);
+    let settings = &state.settings;
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let timeouts = conn::Timeouts {
+        header: settings.header_read_timeout,
+        idle: settings.idle_timeout,
+        send: settings.send_timeout,
+    };
+    let server = Arc::new(Server { subscribers: Arc::new(Semaphore::new(settings.max_event_subscribers)), state });
+    let metrics = server.state.metrics.clone();
+    let mut warned = false;
     loop {
         let (stream, peer) = tokio::select! {
             a = listener.accept() => match a {
@@ -71,35 +125,105 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
             },
             _ = shutdown.cancelled() => return,
         };
-        let state = state.clone();
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.admin().connection_refused();
+            if !std::mem::replace(&mut warned, true) {
+                warn!(
+                    limit = server.state.settings.max_connections,
+                    "admin connections at their limit ([admin] max_connections): new ones are closed at once; \
+                     logged once, counted in reveille_admin_connections_refused_total"
+                );
+            }
+            refuse(stream, server.state.settings.max_connections);
+            continue;
+        };
+        metrics.admin().connection_opened();
+        let server = server.clone();
         let shutdown = shutdown.clone();
+        let metrics = metrics.clone();
         tokio::spawn(
             async move {
+                let activity = conn::Activity::new();
+                let io = conn::Watched::new(stream, activity.clone(), timeouts, metrics.clone());
                 let svc = service_fn(move |req| {
-                    let state = state.clone();
+                    let in_flight = conn::InFlight::new(&activity);
+                    let server = server.clone();
                     async move {
-                        if req.uri().path() == "/api/events" && req.method() == Method::GET {
-                            return Ok::<_, Infallible>(events::stream(&state.metrics, &req));
-                        }
-                        Ok::<_, Infallible>(handle(&state, req).map(|b| b.boxed()))
+                        let resp = respond(&server, req).map(|body| conn::Tracked::new(body, in_flight));
+                        Ok::<_, Infallible>(resp)
                     }
                 });
                 let builder = auto::Builder::new(TokioExecutor::new());
-                let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                let conn = builder.serve_connection(TokioIo::new(io), svc);
                 tokio::pin!(conn);
                 tokio::select! {
                     r = conn.as_mut() => if let Err(e) = r { debug!(error = %e, "admin connection error") },
                     _ = shutdown.cancelled() => {}
                 }
+                metrics.admin().connection_closed();
+                drop(slot);
             }
             .instrument(tracing::debug_span!("admin_conn", %peer)),
         );
     }
 }
 
+/// A connection past `max_connections`: told so if its socket takes the bytes at once, then closed.
+fn refuse(stream: TcpStream, limit: usize) {
+    let body = format!("too many admin connections (the limit is {limit}: [admin] max_connections)\n");
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.try_write(format!("{head}{body}").as_bytes());
+}
+
+/// Every admin answer: the access rules, then the path's answer, with the headers that keep it out of frames
+/// and sniffing.
+fn respond(server: &Server, req: Request<Incoming>) -> Response<events::AdminBody> {
+    let state = &server.state;
+    let mut resp = match access::check(&req, &state.settings.allowed_hosts, state.token.is_some()) {
+        Err(refused) => {
+            state.metrics.admin().request_refused(refused.reason());
+            match refused {
+                access::Refused::Host(_) => text(StatusCode::MISDIRECTED_REQUEST, refused.message()),
+                _ => json(StatusCode::FORBIDDEN, &serde_json::json!({ "error": refused.message() })),
+            }
+            .map(|b| b.boxed())
+        }
+        Ok(()) if req.uri().path() == "/api/events" && req.method() == Method::GET => events(server, &req),
+        Ok(()) => handle(state, req).map(|b| b.boxed()),
+    };
+    let headers = resp.headers_mut();
+    headers.insert(http::header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(http::header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    if !headers.contains_key(http::header::CONTENT_SECURITY_POLICY) {
+        headers.insert(http::header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("frame-ancestors 'none'"));
+    }
+    resp
+}
+
+/// `GET /api/events`, while fewer than `max_event_subscribers` follow it.
+fn events(server: &Server, req: &Request<Incoming>) -> Response<events::AdminBody> {
+    let metrics = &server.state.metrics;
+    let Ok(slot) = server.subscribers.clone().try_acquire_owned() else {
+        metrics.admin().events_refused();
+        let limit = server.state.settings.max_event_subscribers;
+        let mut resp = text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("too many clients follow /api/events (the limit is {limit}: [admin] max_event_subscribers)\n"),
+        );
+        resp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("10"));
+        return resp.map(|b| b.boxed());
+    };
+    events::stream(metrics, req, slot)
+}
+
 fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if let Some(rest) = req.uri().path().strip_prefix("/api/services/") {
         if req.method() == Method::POST && !authorized(state, &req) {
+            state.metrics.admin().request_refused("token");
             let mut resp = json(
                 StatusCode::UNAUTHORIZED,
                 &serde_json::json!({ "error": "this command needs the admin token: Authorization: Bearer <token>" }),
@@ -121,7 +245,8 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             headers.insert(
                 http::header::CONTENT_SECURITY_POLICY,
                 http::HeaderValue::from_static(
-                    "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:",
+                    "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:; \
+                     frame-ancestors 'none'",
                 ),
             );
             resp

@@ -191,9 +191,10 @@ impl TestProxy {
         Self::start_routes(routes, f, None).await
     }
 
-    /// `POST path` on the admin listener.
+    /// `POST path` on the admin listener, as curl does it (`X-Reveille: 1`, which commands need without a token).
     pub async fn admin_post(&self, path: &str) -> (StatusCode, String) {
-        let r = send(self.admin, Request::post(path).header("host", "admin").body(full("")).unwrap()).await;
+        let req = Request::post(path).header("host", self.admin.to_string()).header("x-reveille", "1");
+        let r = send(self.admin, req.body(full("")).unwrap()).await;
         (r.status, r.text)
     }
 
@@ -295,7 +296,8 @@ impl TestProxy {
     }
 
     pub async fn admin_get(&self, path: &str) -> (StatusCode, String) {
-        let r = send(self.admin, Request::get(path).header("host", "admin").body(full("")).unwrap()).await;
+        let r =
+            send(self.admin, Request::get(path).header("host", self.admin.to_string()).body(full("")).unwrap()).await;
         (r.status, r.text)
     }
 
@@ -442,7 +444,7 @@ impl EventStream {
     pub async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> EventStream {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nAccept: text/event-stream\r\n");
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
