@@ -904,7 +904,7 @@ async fn a_routes_file_rewritten_in_place_is_never_applied_half_written() {
     // The poller: every table it sees, by its number of hosts and the service they go to.
     let (mut polls, mut partial, mut switches, mut current) = (0, 0, 0, "a".to_string());
     while !done.load(std::sync::atomic::Ordering::SeqCst) {
-        let view = get(proc.admin, "admin", "/api/routes").await.json();
+        let view = get(proc.admin, &proc.admin.to_string(), "/api/routes").await.json();
         let routes = view["routes"].as_object().unwrap();
         polls += 1;
         if routes.len() < HOSTS {
@@ -930,7 +930,7 @@ async fn a_routes_file_rewritten_in_place_is_never_applied_half_written() {
     let expected = if CYCLES % 2 == 0 { "a" } else { "b" };
     let admin = proc.admin;
     eventually(Duration::from_secs(5), "the last version applied", || async {
-        get(admin, "admin", "/api/routes").await.json()["routes"]["h0.test"] == expected
+        get(admin, &admin.to_string(), "/api/routes").await.json()["routes"]["h0.test"] == expected
     })
     .await;
 }

@@ -136,7 +136,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use testkit::backend::{serve_few_workers, serve_stalling, start_backend};
+use testkit::backend::{accept, serve_few_workers, serve_stalling, start_backend};
 use testkit::env::{choose, env_at_least, env_or};
 use testkit::machine::{cpu_model, git_revision, nproc, utc_date, version};
 use testkit::ports::free_ports;
@@ -630,20 +630,6 @@ fn start_attack_backend(rt: &Runtime, s: &Settings, attack: Attack) -> Option<At
 /// body, written as fast as it is taken until the connection fails; `endless` counts the connections being sent
 /// one. Runs until the future is dropped, which also ends the connections.
 async fn serve_endless(listener: TcpListener, workers: usize, endless: Arc<AtomicUsize>) {
-    async fn accept(listener: &TcpListener) -> TcpStream {
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    return stream;
-                }
-                Err(e) => {
-                    eprintln!("big backend: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        }
-    }
     let listener = Arc::new(listener);
     let mut set = JoinSet::new();
     if workers == 0 {

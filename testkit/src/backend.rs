@@ -146,7 +146,7 @@ pub async fn serve_stalling(listener: TcpListener, sent: usize, released: Option
 
 /// The next connection `listener` accepts, with `TCP_NODELAY` set. An accept error (out of file descriptors,
 /// say) is logged and retried 10 ms later.
-async fn accept(listener: &TcpListener) -> tokio::net::TcpStream {
+pub async fn accept(listener: &TcpListener) -> tokio::net::TcpStream {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
