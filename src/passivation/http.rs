@@ -105,6 +105,10 @@ impl Passivator {
             match (service.container(), tenants.get(name)) {
                 (Some(spec), Some(t)) => {
                     let snap = t.snapshot();
+                    // The tenant's own container and host: until `reconcile` replaces a tenant whose service moved
+                    // to another container or host, the state shown is the old tenant's, and so is its host.
+                    let own = t.service();
+                    let spec = own.container().unwrap_or(spec);
                     v["container"] = json!(spec.container);
                     v["docker_host"] = json!(spec.docker_host());
                     v["state"] = json!(snap.phase.as_str());
