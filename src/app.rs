@@ -123,7 +123,7 @@ pub struct Running {
 }
 
 /// The container runtimes the binary passivates tenants with: the default Docker Engine (`--docker`,
-/// `[passivation] docker`) and each of `[docker.hosts]`, each contacted only once a service needs it.
+/// `[docker] endpoint`) and each of `[docker.hosts]`, each contacted only once a service needs it.
 pub fn docker(config: &Config) -> Runtimes {
     let p = &config.passivation;
     let default = LazyDocker::new(DockerEndpoint::plain(p.docker.clone()), p.docker_timeout);

@@ -36,7 +36,7 @@
 //!   and the rules that keep other web sites out (Host, Origin, the command header).
 //! - `metrics`: Prometheus metric definitions and exposition.
 //! - `open_files`: the open-files limit, raised to its hard limit at start.
-//! - `config`: the config file, command-line overrides, defaults.
+//! - `config`: the config file and `serve`'s flags (one type per section), how they merge, defaults.
 //! - `cli`: the command line's definitions, the operator commands (`route`, `service`, `cert`) and `check`.
 //! - `telemetry`: logging setup (text or JSON) for everything but the access log.
 //! - `app`: wiring it all together on bound listeners, and orderly shutdown.
@@ -74,7 +74,7 @@ mod tls;
 // What the binary runs: the command line, logging, and the proxy on bound listeners.
 pub use app::{docker, start, Listeners, Running, StartError};
 pub use cli::{run as run_tool, Cli, Command};
-pub use config::{Config, Overrides, Scheduler};
+pub use config::{Config, ConfigFile, Scheduler};
 pub use telemetry::init as init_logging;
 
 // The settings a `Config` is made of, for tests and labs that build one.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use reveille::{Cli, Command, Config, Listeners, Overrides, Scheduler};
+use reveille::{Cli, Command, Config, ConfigFile, Listeners, Scheduler};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config_path: Option<PathBuf>, flags: Box<Overrides>) -> ExitCode {
+fn serve(config_path: Option<PathBuf>, flags: Box<ConfigFile>) -> ExitCode {
     let config = match Config::resolve(config_path.as_deref(), &flags) {
         Ok(c) => c,
         Err(e) => {

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use reveille::{Config, Listeners, Overrides, Running};
+use reveille::{Config, ConfigFile, Listeners, Running};
 use support::pebble::Pebble;
 use support::{full, Backend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,14 +36,12 @@ impl Bound {
 
 /// A reveille on `config.toml` in `dir`, serving on `bound`.
 async fn start(dir: &Path, bound: Bound) -> Running {
-    let flags = Overrides {
-        http: Some(bound.http.local_addr().unwrap()),
-        https: Some(bound.https.local_addr().unwrap()),
-        admin: Some(bound.admin.local_addr().unwrap()),
-        threads: Some(1),
-        access_log: Some(false),
-        ..Overrides::default()
-    };
+    let mut flags = ConfigFile::default();
+    flags.server.http = Some(bound.http.local_addr().unwrap());
+    flags.server.https = Some(bound.https.local_addr().unwrap());
+    flags.server.admin = Some(bound.admin.local_addr().unwrap());
+    flags.server.threads = Some(1);
+    flags.log.access_log = Some(false);
     let config = Config::resolve(Some(&dir.join("config.toml")), &flags).unwrap();
     let listeners = Listeners { http: bound.http, https: Some(bound.https), admin: bound.admin };
     reveille::start(&config, listeners, reveille::docker(&config)).await.unwrap()
@@ -273,7 +271,7 @@ async fn three_replicas_sharing_etcd_order_once_and_all_serve_it() {
     for (i, bound) in bounds.into_iter().enumerate() {
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
-            "[etcd]\nendpoints = [\"{}\"]\n[passivation]\nnode = \"r{i}\"\n{}",
+            "[etcd]\nendpoints = [\"{}\"]\n[cluster]\nnode = \"r{i}\"\n{}",
             etcd.url,
             acme_section(&pebble, "challenge = \"http-01\"\ncheck_interval = \"1s\"")
         );
@@ -386,7 +384,7 @@ async fn a_failed_name_backs_off_on_every_replica() {
     for i in 0..2 {
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
-            "[etcd]\nendpoints = [\"{}\"]\n[passivation]\nnode = \"r{i}\"\n[acme]\ndirectory = \"https://{dead}/dir\"\n\
+            "[etcd]\nendpoints = [\"{}\"]\n[cluster]\nnode = \"r{i}\"\n[acme]\ndirectory = \"https://{dead}/dir\"\n\
              check_interval = \"200ms\"\nretry_after = \"1h\"\n",
             etcd.url
         );
@@ -569,7 +567,7 @@ async fn one_client_spends_only_the_on_demand_share_and_an_eager_order_still_get
     let config = |node: &str, acme: &str| {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
-            "[etcd]\nendpoints = [\"{}\"]\n[passivation]\nnode = \"{node}\"\n{}",
+            "[etcd]\nendpoints = [\"{}\"]\n[cluster]\nnode = \"{node}\"\n{}",
             etcd.url,
             acme_section(&pebble, &format!("challenge = \"http-01\"\nmax_per_domain = 4\n{acme}"))
         );

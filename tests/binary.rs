@@ -123,6 +123,11 @@ fn check_reports_problems_with_lines_and_exit_codes() {
     let (code, out) = run(&["check", "--config", cfg.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("unknown field") && out.contains("bogus"), "{out}");
+    // A key in the place it moved from is refused, with its new place.
+    std::fs::write(&cfg, "[server]\nroutes = \"good.toml\"\n[passivation]\nnode = \"edge-1\"\n").unwrap();
+    let (code, out) = run(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("line 4") && out.contains("write it as `node` in [cluster]"), "{out}");
 
     // A file without routes is valid, with a warning: a running reveille would refuse it over routes.
     let empty = dir.path().join("empty.toml");

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{ConfigFile, EtcdFlags, Overrides};
+use crate::config::{ConfigFile, EtcdSection, Merge};
 use crate::etcd::EtcdConfig;
 use crate::routes::DockerHostNames;
 use ops::{Ops, OpsError};
@@ -39,7 +39,7 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
         #[command(flatten)]
-        flags: Box<Overrides>,
+        flags: Box<ConfigFile>,
     },
     #[command(flatten)]
     Tool(Box<Tool>),
@@ -53,7 +53,7 @@ pub enum Tool {
         #[command(subcommand)]
         command: RouteCommand,
         #[command(flatten)]
-        etcd: EtcdFlags,
+        etcd: EtcdSection,
         /// Config file whose [etcd] section to use (flags override it).
         #[arg(long, value_name = "FILE", global = true)]
         config: Option<PathBuf>,
@@ -63,7 +63,7 @@ pub enum Tool {
         #[command(subcommand)]
         command: ServiceCommand,
         #[command(flatten)]
-        etcd: EtcdFlags,
+        etcd: EtcdSection,
         /// Config file whose [etcd] section to use (flags override it).
         #[arg(long, value_name = "FILE", global = true)]
         config: Option<PathBuf>,
@@ -73,7 +73,7 @@ pub enum Tool {
         #[command(subcommand)]
         command: CertCommand,
         #[command(flatten)]
-        etcd: EtcdFlags,
+        etcd: EtcdSection,
         /// Config file whose [etcd] section to use (flags override it).
         #[arg(long, value_name = "FILE", global = true)]
         config: Option<PathBuf>,
@@ -85,7 +85,7 @@ pub enum Tool {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        etcd: EtcdFlags,
+        etcd: EtcdSection,
         /// Config file whose [etcd] section to use (flags override it).
         #[arg(long, value_name = "FILE", global = true)]
         config: Option<PathBuf>,
@@ -346,9 +346,9 @@ enum Op {
 }
 
 /// Runs one operator command against etcd; prints what it did, or why not (exit 1).
-fn operate(config_path: Option<PathBuf>, flags: EtcdFlags, op: Op) -> ExitCode {
+fn operate(config_path: Option<PathBuf>, flags: EtcdSection, op: Op) -> ExitCode {
     let load = |path: &std::path::Path| ConfigFile::load(path, crate::fsread::DEFAULT_MAX_SIZE);
-    let (section, hosts) = match config_path.as_deref().map(load).transpose() {
+    let (mut section, hosts) = match config_path.as_deref().map(load).transpose() {
         Ok(Some(f)) => {
             let hosts = DockerHostNames::known(f.docker.hosts.keys().map(String::as_str));
             (f.etcd, hosts)
@@ -359,7 +359,8 @@ fn operate(config_path: Option<PathBuf>, flags: EtcdFlags, op: Op) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let etcd = flags.resolve(&section).unwrap_or_else(|| EtcdConfig::new(vec!["http://127.0.0.1:2379".into()]));
+    section.merge(flags);
+    let etcd = section.resolve().unwrap_or_else(|| EtcdConfig::new(vec!["http://127.0.0.1:2379".into()]));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let result = runtime.block_on(async {
         let mut ops = Ops::connect(&etcd).await?;

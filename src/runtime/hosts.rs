@@ -1,6 +1,6 @@
 //! Several Docker hosts: where each one is ([`DockerEndpoint`], checked when the config is read) and the
 //! registry of their runtimes by name ([`Runtimes`]). The host named [`DEFAULT_HOST`] is the one of `--docker` /
-//! `[passivation] docker`; the others come from `[docker.hosts.<name>]`.
+//! `[docker] endpoint`; the others come from `[docker.hosts.<name>]`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::ContainerRuntime;
 
-/// The name of the Docker host of services that name none (`--docker`, `[passivation] docker`).
+/// The name of the Docker host of services that name none (`--docker`, `[docker] endpoint`).
 pub const DEFAULT_HOST: &str = "default";
 
 /// Why a Docker host definition was refused.
