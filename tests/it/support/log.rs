@@ -26,8 +26,10 @@ fn captured() -> &'static Captured {
     CAPTURED.get_or_init(|| {
         let text = Arc::new(Mutex::new(Vec::new()));
         let sink = text.clone();
-        let fields =
-            Fields.with_filter(filter_fn(|m| m.target().starts_with("reveille") && *m.level() <= tracing::Level::WARN));
+        // The level hint keeps every more verbose callsite off at its first check, as with no subscriber.
+        let reveille_warnings = filter_fn(|m| m.target().starts_with("reveille") && *m.level() <= tracing::Level::WARN)
+            .with_max_level_hint(LevelFilter::WARN);
+        let fields = Fields.with_filter(reveille_warnings);
         let formatted = tracing_subscriber::fmt::layer()
             .with_ansi(false)
             .with_writer(move || Sink(sink.clone()))
