@@ -1,0 +1,37 @@
+//! reveille's integration tests: real sockets, real backends, etcd, Docker, TLS and the real binary. One test
+//! binary with a module per concern (as cargo's own `tests/testsuite`): one link instead of one per file.
+//!
+//! Every test shares this process with all the others, running in parallel threads: nothing here may set
+//! process-wide state of its own (environment, current directory, a global `tracing` subscriber: the log
+//! capture is `support::log`'s, installed once for all), and every port, container, image and etcd is the
+//! test's own (port 0, unique names, throwaway data dirs).
+
+mod support;
+
+mod acme;
+mod admin;
+mod balancing;
+mod binary;
+mod cli;
+mod cluster;
+mod dashboard;
+mod docker;
+mod docker_hosts;
+mod etcd;
+mod exits;
+mod h2c;
+mod hardening;
+mod headers;
+mod limits;
+mod nagle;
+mod passivation;
+mod pool;
+mod pressure;
+mod reload;
+mod routing;
+mod stalls;
+mod streaming;
+mod tls;
+mod upstream_h1;
+mod wake;
+mod websocket;
