@@ -12,6 +12,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::coordination::StartClaim;
 use super::{sleep_opt, Msg, Outcome, Phase, Refusal, Tenant, WakePhase, WakeTimes};
+use crate::cluster::TenantState;
 use crate::routes::{Backend, ContainerSpec, IdleAction, Service};
 use crate::runtime::{ContainerInfo, ContainerState, RuntimeError};
 
@@ -256,7 +257,9 @@ impl Tenant {
         }
         // The cluster learns the outcome (its watchers among the other replicas release their held requests).
         match claim {
-            Some(StartClaim::Mine(rev)) => self.settle(rev, if outcome.is_ok() { "running" } else { "failed" }).await,
+            Some(StartClaim::Mine(rev)) => {
+                self.settle(rev, if outcome.is_ok() { TenantState::Running } else { TenantState::Failed }).await
+            }
             _ if outcome.is_ok() => self.observe(Phase::Running, spec),
             _ => {}
         }
@@ -459,7 +462,8 @@ impl Tenant {
                     }
                 });
                 if let Some(rev) = claim {
-                    self.settle(rev, to.as_str()).await;
+                    self.settle(rev, if to == Phase::Paused { TenantState::Paused } else { TenantState::Stopped })
+                        .await;
                 }
             }
             Err(e) => {
@@ -507,7 +511,7 @@ impl Tenant {
         );
         let result = self.runtime().stop(&spec.container, self.stop_timeout(spec)).instrument(span.clone()).await;
         if let (Ok(()), Some(rev)) = (&result, claim) {
-            self.settle(rev, "stopped").await;
+            self.settle(rev, TenantState::Stopped).await;
         }
         let mut st = self.state.lock();
         match result {
