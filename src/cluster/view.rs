@@ -127,7 +127,7 @@ pub(crate) async fn read(
             }
             ClusterKey::Decider => decider = Some(kv.value_str().unwrap_or_default().to_string()),
             ClusterKey::Activity { service, node } => {
-                if let Some(u) = super::parse_use(kv.value()) {
+                if let Some(u) = super::activity::parse_use(kv.value()) {
                     activity.entry(service.to_string()).or_default().insert(node.to_string(), u);
                 }
             }
@@ -138,11 +138,11 @@ pub(crate) async fn read(
     let mut tenants: BTreeMap<String, TenantView> = BTreeMap::new();
     for kv in &statuses {
         let Some(name) = kv.key_str().ok().and_then(|k| keys.status_name(k)) else { continue };
-        let s = super::parse_status(kv);
+        let s = super::status::parse_status(kv);
         tenants.insert(
             name.to_string(),
             TenantView {
-                state: s.as_ref().map(|s| s.state.clone()),
+                state: s.as_ref().map(|s| s.state.to_string()),
                 node: s.as_ref().map(|s| s.node.clone()),
                 since: s.and_then(|s| s.since).map(rfc3339),
                 activity: Vec::new(),

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::{Msg, Phase, Refusal, State, Tenant};
-use crate::cluster::{Cluster, TenantStatus, Transition};
+use crate::cluster::{Cluster, TenantState, TenantStatus, Transition};
 use crate::routes::ContainerSpec;
 use crate::runtime::ContainerState;
 
@@ -67,7 +67,7 @@ impl Tenant {
             }
             let current = c.status(&self.name);
             if let Some(s) = current.as_ref().filter(|s| self.peer_at_work(c, s, spec)) {
-                if s.state == "starting" && self.docker_runs(spec).await? {
+                if s.state == TenantState::Starting && self.docker_runs(spec).await? {
                     info!(node = %s.node, "another replica started it: probing it from here");
                     return Ok(StartClaim::AlreadyUp);
                 }
@@ -81,11 +81,11 @@ impl Tenant {
                 }
                 continue;
             }
-            if current.as_ref().is_some_and(|s| s.state == "running") && self.docker_runs(spec).await? {
+            if current.as_ref().is_some_and(|s| s.state == TenantState::Running) && self.docker_runs(spec).await? {
                 return Ok(StartClaim::AlreadyUp);
             }
             let expect = current.as_ref().map(|s| s.revision);
-            match c.transition(&self.name, expect, "starting", SystemTime::now(), CLAIM_TIMEOUT).await {
+            match c.transition(&self.name, expect, TenantState::Starting, SystemTime::now(), CLAIM_TIMEOUT).await {
                 Ok(Transition::Done(rev)) => {
                     info!("start claimed for the cluster");
                     return Ok(StartClaim::Mine(rev));
@@ -108,14 +108,14 @@ impl Tenant {
 
     /// After a claimed start or stop: moves the status from the claim's revision to `state`. A failure is
     /// logged; the next observation repairs the key.
-    pub(super) async fn settle(&self, claim: i64, state: &str) {
+    pub(super) async fn settle(&self, claim: i64, state: TenantState) {
         let Some(c) = self.cluster() else { return };
-        match c.transition(&self.name, Some(claim), state, SystemTime::now(), SETTLE_TIMEOUT).await {
+        match c.transition(&self.name, Some(claim), state.clone(), SystemTime::now(), SETTLE_TIMEOUT).await {
             Ok(Transition::Done(_)) => {}
             Ok(Transition::Conflict(now)) => {
-                debug!(state, now = ?now.map(|s| (s.state, s.node)), "status changed by another replica meanwhile")
+                debug!(state = %state, now = ?now.map(|s| (s.state, s.node)), "status changed by another replica meanwhile")
             }
-            Err(e) => warn!(error = %e, state, "cannot write the tenant's status to etcd"),
+            Err(e) => warn!(error = %e, state = %state, "cannot write the tenant's status to etcd"),
         }
     }
 
@@ -163,7 +163,8 @@ impl Tenant {
             return None;
         }
         let expect = current.as_ref().map(|s| s.revision);
-        let rev = match c.transition(&self.name, expect, "stopping", SystemTime::now(), CLAIM_TIMEOUT).await {
+        let rev = match c.transition(&self.name, expect, TenantState::Stopping, SystemTime::now(), CLAIM_TIMEOUT).await
+        {
             Ok(Transition::Done(rev)) => rev,
             Ok(Transition::Conflict(_)) => return None,
             Err(e) => {
@@ -185,7 +186,7 @@ impl Tenant {
             return None;
         }
         if wanted_here {
-            self.settle(rev, "running").await;
+            self.settle(rev, TenantState::Running).await;
             return None;
         }
         Some(Some(rev))
@@ -222,15 +223,15 @@ impl Tenant {
         }
         let idle = self.idle_timeout(spec);
         let phase = self.phase();
-        match s.state.as_str() {
-            "stopping" if phase == Phase::Running => {
+        match s.state {
+            TenantState::Stopping if phase == Phase::Running => {
                 let in_use = {
                     let st = self.state.lock();
                     st.active > 0 || st.wake_pending || (!idle.is_zero() && st.last_release.elapsed() < idle)
                 };
                 if in_use {
                     info!(node = %s.node, "vetoing a stop: the tenant is in use on this replica");
-                    self.settle(s.revision, "running").await;
+                    self.settle(s.revision, TenantState::Running).await;
                 } else {
                     // Hold requests from now on, until the stop is over and a wake can start it again.
                     let mut st = self.state.lock();
@@ -239,11 +240,13 @@ impl Tenant {
                 }
             }
             // Docker is the truth: a status may be stale (written before an etcd outage), so look.
-            "stopped" | "paused" if matches!(phase, Phase::Running | Phase::Stopping | Phase::Unknown) => {
+            TenantState::Stopped | TenantState::Paused
+                if matches!(phase, Phase::Running | Phase::Stopping | Phase::Unknown) =>
+            {
                 debug!(node = %s.node, state = %s.state, "stopped by another replica? asking Docker");
                 let _ = self.refresh().await;
             }
-            "running" if phase != Phase::Running && phase != Phase::Starting => {
+            TenantState::Running if phase != Phase::Running && phase != Phase::Starting => {
                 let _ = self.refresh().await;
             }
             _ => {}
@@ -254,7 +257,7 @@ impl Tenant {
     /// answers that replica's probe (its `running` status says so).
     pub(super) fn peer_starting(&self, spec: &ContainerSpec) -> bool {
         let Some(c) = self.cluster() else { return false };
-        c.status(&self.name).is_some_and(|s| s.state == "starting" && self.peer_at_work(c, &s, spec))
+        c.status(&self.name).is_some_and(|s| s.state == TenantState::Starting && self.peer_at_work(c, &s, spec))
     }
 
     /// This replica saw the container settled in `phase` (an inspect): repairs the status key if it is missing
@@ -266,9 +269,9 @@ impl Tenant {
             return;
         }
         let state = match phase {
-            Phase::Running => "running",
-            Phase::Stopped => "stopped",
-            Phase::Paused => "paused",
+            Phase::Running => TenantState::Running,
+            Phase::Stopped => TenantState::Stopped,
+            Phase::Paused => TenantState::Paused,
             _ => return,
         };
         let current = c.status(&self.name);

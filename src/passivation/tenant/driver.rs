@@ -1,0 +1,568 @@
+//! The driver of a tenant: the single task that makes every Docker call and every phase change of one tenant
+//! (adoption at startup, wakes, idle stops, pause then stop), so two wakes or a wake and a stop never overlap.
+//! The request path only queues itself and sends a [`Msg`]; the cluster rules it applies around its Docker
+//! calls are `coordination.rs`'s.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use super::coordination::StartClaim;
+use super::{sleep_opt, Msg, Outcome, Phase, Refusal, Tenant, WakePhase, WakeTimes};
+use crate::cluster::TenantState;
+use crate::routes::{Backend, ContainerSpec, IdleAction, Service};
+use crate::runtime::{ContainerInfo, ContainerState, RuntimeError};
+
+/// How often a `failed` tenant's container is inspected again.
+const FAILED_RECHECK: Duration = Duration::from_secs(5);
+
+/// Probe interval during the first [`FAST_PROBING`] of a wake.
+const FAST_PROBE: Duration = Duration::from_millis(5);
+const FAST_PROBING: Duration = Duration::from_secs(1);
+
+impl Tenant {
+    pub(super) async fn drive(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Msg>) {
+        const BACKOFF_MIN: Duration = Duration::from_millis(500);
+        const BACKOFF_MAX: Duration = Duration::from_secs(30);
+        let mut backoff = BACKOFF_MIN;
+        // Adopt whatever the container is doing now; a running one starts its idle timer here.
+        if self.refresh().await.is_err() {
+            backoff = BACKOFF_MIN;
+        }
+        loop {
+            if self.cancel.is_cancelled() {
+                break;
+            }
+            if self.take_wake() {
+                self.wake(&mut rx).await;
+                continue;
+            }
+            let (phase, timer) = {
+                let mut st = self.state.lock();
+                let timer = match st.phase {
+                    Phase::Unknown => Some(backoff),
+                    // A wake that timed out may have left the container running (an app slower than
+                    // `wake_timeout`): look again now and then, so it is adopted (and later stopped when idle).
+                    Phase::Failed => Some(FAILED_RECHECK),
+                    Phase::Running => {
+                        let service = self.service();
+                        let idle = Self::spec_of(&service).map_or(Duration::ZERO, |s| self.idle_timeout(s));
+                        if idle.is_zero() {
+                            None
+                        } else if st.active > 0 {
+                            st.idle_waiter = true;
+                            None
+                        } else {
+                            let local = (st.last_release + idle).saturating_duration_since(Instant::now());
+                            // With several replicas: only the decider stops, and the others' use counts too.
+                            self.cluster_idle_timer(local, idle)
+                        }
+                    }
+                    // Pause, then stop: a paused tenant is stopped after `stop_after` more.
+                    Phase::Paused => {
+                        let service = self.service();
+                        Self::spec_of(&service).and_then(|s| s.stop_after).and_then(|after| {
+                            let left = (st.phase_at + after).saturating_duration_since(Instant::now());
+                            if self.cluster().is_some_and(|c| !c.is_decider()) {
+                                None
+                            } else {
+                                Some(left)
+                            }
+                        })
+                    }
+                    _ => None,
+                };
+                (st.phase, timer)
+            };
+            let msg = tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => break,
+                m = rx.recv() => match m {
+                    Some(m) => Some(m),
+                    None => break,
+                },
+                () = sleep_opt(timer) => None,
+            };
+            match msg {
+                None if phase == Phase::Unknown => {
+                    backoff = if self.refresh().await.is_ok() { BACKOFF_MIN } else { (backoff * 2).min(BACKOFF_MAX) };
+                }
+                None if phase == Phase::Running => self.passivate(false).await,
+                None if phase == Phase::Paused => self.stop_paused().await,
+                None if phase == Phase::Failed => {
+                    let _ = self.refresh().await;
+                }
+                None | Some(Msg::Wake | Msg::Idle) => {}
+                Some(Msg::Sleep) => self.passivate(true).await,
+                Some(Msg::Event | Msg::Resync) => {
+                    let _ = self.refresh().await;
+                }
+                Some(Msg::Cluster) => self.on_cluster().await,
+            }
+        }
+        let mut st = self.state.lock();
+        for tx in st.queue.drain(..) {
+            let _ = tx.send(Err(Refusal::Removed));
+        }
+        self.shared.metrics.transition(Some(st.phase.as_str()), None);
+    }
+
+    /// True when a wake must run now. A wake asked for while running is answered at once.
+    fn take_wake(&self) -> bool {
+        let mut st = self.state.lock();
+        if !st.wake_pending {
+            return false;
+        }
+        if st.phase == Phase::Running {
+            st.wake_pending = false;
+            st.wake_requested_at = None;
+            let backend = st.backend.clone();
+            for tx in st.queue.drain(..) {
+                let _ = tx.send(Ok(backend.clone()));
+            }
+            return false;
+        }
+        true
+    }
+
+    /// Inspects the container and takes its state as the tenant's (adoption at startup, events, resyncs).
+    pub(super) async fn refresh(&self) -> Result<(), RuntimeError> {
+        let service = self.service();
+        let Some(spec) = Self::spec_of(&service) else { return Ok(()) };
+        let info = match self.runtime().inspect(&spec.container, spec.network.as_deref()).await {
+            Ok(info) => info,
+            Err(e @ RuntimeError::NoSuchContainer(_)) => {
+                warn!(container = %spec.container, "no such container");
+                let mut st = self.state.lock();
+                st.backend = None;
+                st.failure = Some((Refusal::from_runtime(e), Instant::now()));
+                self.set_phase(&mut st, Phase::Failed);
+                return Ok(());
+            }
+            Err(e) => {
+                debug!(error = %e, "cannot inspect the container");
+                return Err(e);
+            }
+        };
+        let backend = container_backend(&service, spec, &info);
+        let mut st = self.state.lock();
+        st.identity = Some((info.id.clone(), info.name.clone()));
+        match info.state {
+            // Another replica is starting it: adopted once that replica's probe has passed (its status says
+            // `running`), not before the application listens.
+            ContainerState::Running if st.phase != Phase::Running && self.peer_starting(spec) => {}
+            ContainerState::Running => match backend {
+                Ok(backend) => {
+                    st.backend = backend;
+                    if st.phase != Phase::Running {
+                        if st.active == 0 {
+                            st.last_release = Instant::now();
+                        }
+                        info!(container = %spec.container, "container is running: adopted");
+                        self.set_phase(&mut st, Phase::Running);
+                    }
+                }
+                Err(refusal) => {
+                    st.backend = None;
+                    st.failure = Some((refusal, Instant::now()));
+                    self.set_phase(&mut st, Phase::Failed);
+                }
+            },
+            ContainerState::Paused => {
+                st.backend = None;
+                self.set_phase(&mut st, Phase::Paused);
+            }
+            ContainerState::Stopped | ContainerState::Restarting | ContainerState::Dead => {
+                st.backend = None;
+                if st.phase != Phase::Failed {
+                    self.set_phase(&mut st, Phase::Stopped);
+                }
+            }
+        }
+        let phase = st.phase;
+        drop(st);
+        self.observe(phase, spec);
+        Ok(())
+    }
+
+    /// Starts (or unpauses) the container, waits until it accepts connections, and releases the held requests
+    /// in arrival order; or fails them all with the reason.
+    async fn wake(&self, rx: &mut mpsc::UnboundedReceiver<Msg>) {
+        let service = self.service();
+        let Some(spec) = Self::spec_of(&service) else { return };
+        let timeout = self.wake_timeout(spec);
+        let started = Instant::now();
+        let (requested, known) = {
+            let mut st = self.state.lock();
+            let known = st.phase;
+            st.waking = WakeTimes::default();
+            self.set_phase(&mut st, Phase::Starting);
+            (st.wake_requested_at.unwrap_or(started), known)
+        };
+        let span =
+            info_span!("wake", service = %self.name, container = %spec.container, node = %self.shared.settings.node);
+        let mut claim = None;
+        let outcome = async {
+            info!("waking");
+            let bring_up = tokio::time::timeout(timeout, self.bring_up(&service, spec, rx, started, known, &mut claim));
+            tokio::select! {
+                r = bring_up => match r {
+                    Ok(r) => r,
+                    Err(_) => Err(Refusal::Timeout { after: timeout }),
+                },
+                () = self.cancel.cancelled() => Err(Refusal::Removed),
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        {
+            let metrics = &self.shared.metrics;
+            let mut st = self.state.lock();
+            st.wake_pending = false;
+            st.wake_requested_at = None;
+            st.last_wake = Some(WakeTimes {
+                ended: Some(SystemTime::now()),
+                ok: outcome.is_ok(),
+                total: Some(requested.elapsed()),
+                ..st.waking
+            });
+            match &outcome {
+                Ok(backend) => {
+                    st.backend = backend.clone();
+                    st.failure = None;
+                    if st.active == 0 {
+                        st.last_release = Instant::now();
+                    }
+                    self.set_phase(&mut st, Phase::Running);
+                    metrics.wake(&self.name, &self.host.name, "ok");
+                    metrics.phase(WakePhase::Total.as_str(), requested.elapsed());
+                    span.in_scope(|| {
+                        info!(ms = requested.elapsed().as_millis() as u64, held = st.queue.len(), "ready")
+                    });
+                }
+                Err(refusal) => {
+                    st.backend = None;
+                    st.failure = Some((refusal.clone(), Instant::now()));
+                    self.set_phase(&mut st, Phase::Failed);
+                    metrics.wake(&self.name, &self.host.name, refusal.reason());
+                    span.in_scope(|| warn!(error = %refusal, held = st.queue.len(), "wake failed"));
+                }
+            }
+            for tx in st.queue.drain(..) {
+                let _ = tx.send(outcome.clone());
+            }
+        }
+        // The cluster learns the outcome (its watchers among the other replicas release their held requests).
+        match claim {
+            Some(StartClaim::Mine(rev)) => {
+                self.settle(rev, if outcome.is_ok() { TenantState::Running } else { TenantState::Failed }).await
+            }
+            _ if outcome.is_ok() => self.observe(Phase::Running, spec),
+            _ => {}
+        }
+    }
+
+    async fn bring_up(
+        &self,
+        service: &Service,
+        spec: &ContainerSpec,
+        rx: &mut mpsc::UnboundedReceiver<Msg>,
+        started: Instant,
+        known: Phase,
+        claim: &mut Option<StartClaim>,
+    ) -> Outcome {
+        let rt = self.runtime();
+        let interval = self.shared.settings.probe_interval;
+        let (name, network) = (spec.container.as_str(), spec.network.as_deref());
+        let inspect = || async { rt.inspect(name, network).await.map_err(Refusal::from_runtime) };
+
+        // With several replicas, the start is claimed cluster-wide first: one replica starts the container,
+        // the others wait for it and only probe.
+        let claimed = self.claim_start(spec, rx).await?;
+        let already_up = matches!(claimed, StartClaim::AlreadyUp);
+        *claim = Some(claimed);
+
+        // When reveille itself stopped or paused the container (or saw it so), it acts at once; otherwise, or if
+        // that knowledge turns out stale, it asks Docker first. Another replica may have changed it: then always
+        // ask.
+        let assumed = match known {
+            _ if self.cluster().is_some() => None,
+            Phase::Stopped => Some(ContainerState::Stopped),
+            Phase::Paused => Some(ContainerState::Paused),
+            _ => None,
+        };
+        let state = match (already_up, assumed) {
+            (true, _) => ContainerState::Running,
+            (false, Some(s)) => s,
+            (false, None) => inspect().await?.state,
+        };
+        let call = Instant::now();
+        let act = |state: ContainerState| async move {
+            match state {
+                ContainerState::Running => Ok(()),
+                ContainerState::Paused => rt.unpause(name).await.map_err(Refusal::from_runtime),
+                ContainerState::Stopped | ContainerState::Restarting => {
+                    rt.start(name).await.map_err(Refusal::from_runtime)
+                }
+                ContainerState::Dead => {
+                    Err(Refusal::Failed { reason: "the container is dead or being removed".into() })
+                }
+            }
+        };
+        match act(state).await {
+            Ok(()) => {}
+            Err(Refusal::Failed { .. }) if assumed.is_some() => act(inspect().await?.state).await?,
+            Err(e) => return Err(e),
+        }
+        if !already_up {
+            // Only a wake that called Docker has a start call to time.
+            self.phase_done(WakePhase::StartCall, call.elapsed());
+        }
+
+        let mut info = inspect().await?;
+        loop {
+            match info.state {
+                ContainerState::Running => break,
+                ContainerState::Stopped | ContainerState::Dead => return Err(exited(&info)),
+                // Restarting right after our start: it exited and Docker's restart policy is at work.
+                ContainerState::Restarting => {
+                    return Err(Refusal::Failed {
+                        reason: format!("{} (Docker is restarting it)", exited(&info)).into(),
+                    })
+                }
+                ContainerState::Paused => {
+                    tokio::time::sleep(interval).await;
+                    info = inspect().await?;
+                }
+            }
+        }
+        self.phase_done(WakePhase::Running, started.elapsed());
+        {
+            let mut st = self.state.lock();
+            st.identity = Some((info.id.clone(), info.name.clone()));
+        }
+        let backend = container_backend(service, spec, &info)?;
+        let target = match (&backend, service.backends().first()) {
+            (Some(b), _) | (None, Some(b)) => b.clone(),
+            (None, None) => return Err(Refusal::Failed { reason: "the service has no address to probe".into() }),
+        };
+
+        // Probe until the application answers: every 5 ms during the first second (a refused connect costs
+        // microseconds, and most applications are ready within it), then every `probe_interval`. Docker's events
+        // (or, every 20 probes, an inspect) tell if the container died meanwhile, so a crash fails the wake at
+        // once.
+        let probing = Instant::now();
+        let mut probes: u32 = 0;
+        loop {
+            let gap = if probing.elapsed() < FAST_PROBING { interval.min(FAST_PROBE) } else { interval };
+            let next = Instant::now() + gap;
+            if self.shared.probe.ready(&target, spec.health_path.as_deref()).await {
+                break;
+            }
+            probes += 1;
+            if probes % 20 == 0 {
+                let info = inspect().await?;
+                if info.state != ContainerState::Running {
+                    return Err(exited(&info));
+                }
+            }
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep_until(next) => break,
+                    m = rx.recv() => match m {
+                        Some(Msg::Event) => {
+                            let info = inspect().await?;
+                            if info.state != ContainerState::Running {
+                                return Err(exited(&info));
+                            }
+                        }
+                        Some(_) => {}
+                        None => return Err(Refusal::Removed),
+                    },
+                }
+            }
+        }
+        self.phase_done(WakePhase::Ready, started.elapsed());
+        Ok(backend)
+    }
+
+    /// A phase of the wake in progress completed after `took`: counted in the metrics and kept for the
+    /// operator's views.
+    fn phase_done(&self, phase: WakePhase, took: Duration) {
+        self.shared.metrics.phase(phase.as_str(), took);
+        let mut st = self.state.lock();
+        let slot = match phase {
+            WakePhase::StartCall => &mut st.waking.start_call,
+            WakePhase::Running => &mut st.waking.running,
+            WakePhase::Ready => &mut st.waking.ready,
+            WakePhase::Total => &mut st.waking.total,
+        };
+        *slot = Some(took);
+    }
+
+    /// Stops (or pauses) the container if the tenant is idle: past its idle timeout, or at once when `forced`
+    /// (admin `sleep`). Never while a request or connection is active, or a wake is pending.
+    async fn passivate(&self, forced: bool) {
+        let service = self.service();
+        let Some(spec) = Self::spec_of(&service) else { return };
+        {
+            let mut st = self.state.lock();
+            if st.phase != Phase::Running || st.active > 0 || st.wake_pending {
+                return;
+            }
+            let idle = self.idle_timeout(spec);
+            if !forced && (idle.is_zero() || st.last_release.elapsed() < idle) {
+                return;
+            }
+            if !self.cluster_allows_stop(idle, forced) {
+                return;
+            }
+            self.set_phase(&mut st, Phase::Stopping);
+        }
+        let Some(claim) = self.claim_stop(spec).await else {
+            let mut st = self.state.lock();
+            self.stop_abandoned(&mut st, self.idle_timeout(spec));
+            return;
+        };
+        let action = spec.idle_action;
+        let span = info_span!(
+            "passivate",
+            service = %self.name,
+            container = %spec.container,
+            action = action.as_str(),
+            node = %self.shared.settings.node
+        );
+        let rt = self.runtime();
+        let result = async {
+            match action {
+                IdleAction::Stop => rt.stop(&spec.container, self.stop_timeout(spec)).await,
+                IdleAction::Pause => rt.pause(&spec.container).await,
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        match result {
+            Ok(()) => {
+                let to = if action == IdleAction::Pause { Phase::Paused } else { Phase::Stopped };
+                {
+                    let mut st = self.state.lock();
+                    st.backend = None;
+                    self.set_phase(&mut st, to);
+                }
+                self.shared.metrics.stopped(&self.name, action.as_str());
+                span.in_scope(|| {
+                    let done = if action == IdleAction::Pause { "paused" } else { "stopped" };
+                    if forced {
+                        info!("{done} on request (admin sleep)")
+                    } else {
+                        info!("idle: {done}")
+                    }
+                });
+                if let Some(rev) = claim {
+                    self.settle(rev, if to == Phase::Paused { TenantState::Paused } else { TenantState::Stopped })
+                        .await;
+                }
+            }
+            Err(e) => {
+                self.shared.metrics.stop_failed(&self.name);
+                span.in_scope(|| warn!(error = %e, "could not passivate; will try again after another idle period"));
+                {
+                    let mut st = self.state.lock();
+                    st.last_release = Instant::now();
+                    self.set_phase(&mut st, Phase::Running);
+                }
+                let _ = self.refresh().await;
+            }
+        }
+    }
+
+    /// Pause, then stop: stops a container that has stayed paused for its service's `stop_after`, freeing its
+    /// memory. The next wake is then a start instead of an unpause. A wake asked for meanwhile waits for the
+    /// stop to finish (the tenant is `stopping`), as with any stop.
+    async fn stop_paused(&self) {
+        let service = self.service();
+        let Some(spec) = Self::spec_of(&service) else { return };
+        let Some(after) = spec.stop_after else { return };
+        {
+            let mut st = self.state.lock();
+            if st.phase != Phase::Paused || st.wake_pending || st.phase_at.elapsed() < after {
+                return;
+            }
+            if self.cluster().is_some_and(|c| !c.is_decider()) {
+                return;
+            }
+            self.set_phase(&mut st, Phase::Stopping);
+        }
+        let Some(claim) = self.claim_stop(spec).await else {
+            // Tried again after another `stop_after`.
+            let mut st = self.state.lock();
+            self.set_phase(&mut st, Phase::Paused);
+            return;
+        };
+        let span = info_span!(
+            "passivate",
+            service = %self.name,
+            container = %spec.container,
+            action = "stop",
+            node = %self.shared.settings.node
+        );
+        let result = self.runtime().stop(&spec.container, self.stop_timeout(spec)).instrument(span.clone()).await;
+        if let (Ok(()), Some(rev)) = (&result, claim) {
+            self.settle(rev, TenantState::Stopped).await;
+        }
+        let mut st = self.state.lock();
+        match result {
+            Ok(()) => {
+                st.backend = None;
+                self.set_phase(&mut st, Phase::Stopped);
+                self.shared.metrics.stopped(&self.name, "stop");
+                span.in_scope(|| info!(after = %humantime::format_duration(after), "paused long enough: stopped"));
+            }
+            Err(e) => {
+                self.shared.metrics.stop_failed(&self.name);
+                span.in_scope(|| warn!(error = %e, "could not stop the paused container; it stays paused"));
+                // Try again after another `stop_after`.
+                self.set_phase(&mut st, Phase::Paused);
+            }
+        }
+    }
+}
+
+/// The backend of a running container: `Some(address:port)` when the service has no fixed backends,
+/// `None` when it has (they are used as they are).
+fn container_backend(
+    service: &Service,
+    spec: &ContainerSpec,
+    info: &ContainerInfo,
+) -> Result<Option<Backend>, Refusal> {
+    if !service.backends().is_empty() {
+        return Ok(None);
+    }
+    let Some(port) = spec.port else {
+        return Err(Refusal::Failed { reason: "the service has neither `backends` nor `port`".into() });
+    };
+    match info.ip {
+        Some(ip) => Ok(Some(Backend::from_addr((ip, port).into()))),
+        None => Err(Refusal::Failed {
+            reason: match &spec.network {
+                Some(n) => format!("the container has no address on network {n:?}").into(),
+                None => "the container has no network address".into(),
+            },
+        }),
+    }
+}
+
+fn exited(info: &ContainerInfo) -> Refusal {
+    let mut reason = match info.exit_code {
+        Some(code) => format!("the container exited with code {code}"),
+        None => "the container stopped".to_string(),
+    };
+    if let Some(e) = &info.error {
+        reason.push_str(": ");
+        reason.push_str(e);
+    }
+    Refusal::Failed { reason: reason.into() }
+}

@@ -1,0 +1,528 @@
+//! One client connection: protocol detection (HTTP/1.1 or h2c prior knowledge), the header-read, idle and
+//! send timers, shedding slow connections when the slots run out ([`Pressure`]), and graceful shutdown.
+//!
+//! hyper's own `header_read_timeout` also runs while an HTTP/1.1 connection waits for its next request, so it
+//! would cap the keep-alive idle time at the header timeout. reveille keeps the two apart: [`ConnState`] knows
+//! whether the connection is idle, reading a request head, or busy, and [`Watchdog`] applies the matching limit.
+//! An h2 connection gets the header timeout until its first stream opens. While a request is in flight the
+//! watchdog only watches for a client that reads nothing (`send_timeout`) and, under pressure, for a body that
+//! waits on its client or its backend; the bodies' own timers are `body`'s.
+//!
+//! [`ConnState`] also holds the connection's slot (the `max_connections` permit and the open-connections gauge):
+//! an upgraded connection (WebSocket) keeps it for as long as its tunnel lives.
+//!
+//! The files: this one holds the connection's state ([`ConnState`], [`InFlight`]) and its task (`serve`, the
+//! `drive` loop); `io.rs` the socket wrapper and the lingering close; `pressure.rs` the slots' pressure and
+//! evictions; `watchdog.rs` the timer that applies the limits; `on_wake.rs` the wrapper that keeps the rare
+//! branch of `drive` cheap.
+
+mod io;
+mod on_wake;
+mod pressure;
+mod watchdog;
+
+use std::future::Future;
+use std::io as std_io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+pub(crate) use pressure::Pressure;
+
+use super::admission::AddressGuard;
+use super::{Proxy, ProxyService, SpanExecutor};
+use crate::tls::TlsAcceptor;
+use io::ConnIo;
+use on_wake::OnWake;
+use watchdog::{Expiry, Watchdog};
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A connection's place in the `max_connections` limit and the open-connections gauge, released on drop.
+pub(crate) struct Slot {
+    _permit: OwnedSemaphorePermit,
+    /// The connection's place in its client address's count, when that is limited.
+    _address: Option<AddressGuard>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.metrics.connection_closed();
+    }
+}
+/// How long an idle connection that was asked to close (GOAWAY sent) may take before it is dropped: an h2
+/// client that never acknowledges must not keep its slot.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// What the watchdog and the request path share about one connection.
+pub(crate) struct ConnState {
+    epoch: Instant,
+    /// Held by the connection task, its requests and its tunnel, if upgraded.
+    slot: Slot,
+    /// Requests whose response has not finished (0 or 1 for HTTP/1.1, any number for h2).
+    in_flight: AtomicU32,
+    /// When the first bytes of the next request head arrived, in ms since `epoch` plus one; 0 = not reading a
+    /// head. Only tracked for HTTP/1.1.
+    head_started: AtomicU64,
+    /// When `in_flight` last dropped to zero, in ms since `epoch`.
+    idle_since: AtomicU64,
+    /// Since when a write to the client has been waiting for the socket, in ms since `epoch` plus one; 0 = not
+    /// waiting.
+    write_blocked: AtomicU64,
+    /// Since when a request body has been waiting for the client's next bytes, in ms since `epoch` plus one;
+    /// 0 = not waiting. With h2, the last stream to start or stop waiting sets it.
+    body_wait: AtomicU64,
+    /// The same for a response body waiting on its backend.
+    upstream_wait: AtomicU64,
+    /// Whether the connection slots are nearly exhausted.
+    pressure: Arc<Pressure>,
+    /// This connection's key in `pressure`'s registry.
+    id: u64,
+    /// Cancelled to evict the connection when a newcomer needs its slot (see [`Pressure::evict_one`]).
+    evicted: CancellationToken,
+    /// When it was evicted, in ms since `epoch` plus one; 0 = not evicted.
+    evicted_at: AtomicU64,
+    /// Its response is done and it is closing by lingering (`io::linger`): first in line for eviction.
+    lingering: AtomicBool,
+    /// Upgraded to a tunnel: doing work, never evicted.
+    upgraded: AtomicBool,
+    track_heads: AtomicBool,
+    /// HTTP/1.1: the current request has a body that has not been read to its end. Closing the socket then
+    /// would reset the connection, and the reset can destroy the response before the client reads it.
+    body_unread: AtomicBool,
+    /// hyper finished the connection itself (rather than reveille cutting it for a timeout or eviction): a
+    /// close that may linger.
+    finished: AtomicBool,
+    /// h2: streams reset because their client took nothing of the response within the send timeout.
+    stream_stalls: AtomicU64,
+}
+
+impl ConnState {
+    fn new(slot: Slot, pressure: Arc<Pressure>, id: u64) -> Self {
+        Self {
+            id,
+            evicted: CancellationToken::new(),
+            evicted_at: AtomicU64::new(0),
+            lingering: AtomicBool::new(false),
+            upgraded: AtomicBool::new(false),
+            epoch: Instant::now(),
+            slot,
+            in_flight: AtomicU32::new(0),
+            head_started: AtomicU64::new(0),
+            idle_since: AtomicU64::new(0),
+            write_blocked: AtomicU64::new(0),
+            body_wait: AtomicU64::new(0),
+            upstream_wait: AtomicU64::new(0),
+            pressure,
+            track_heads: AtomicBool::new(false),
+            body_unread: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
+            stream_stalls: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The connection now carries a tunnel (WebSocket): it is doing work and is never evicted.
+    pub(crate) fn upgraded(&self) {
+        self.upgraded.store(true, Ordering::Relaxed);
+    }
+
+    /// How long the connection has been waiting on its client (for a first request, a request head, the rest
+    /// of a body, or to read its response) or on a backend gone quiet mid-body; `None` while it is doing work.
+    fn waiting_ms(&self) -> Option<u64> {
+        if self.upgraded.load(Ordering::Relaxed) || self.evicted.is_cancelled() {
+            return None;
+        }
+        if self.lingering.load(Ordering::Relaxed) {
+            // Its response is out: it only waits for the client to stop sending. Evicted before anyone else.
+            return Some(u64::MAX);
+        }
+        let since = if self.in_flight.load(Ordering::Relaxed) == 0 {
+            match self.head_started.load(Ordering::Relaxed) {
+                0 => self.idle_since.load(Ordering::Relaxed),
+                started => started - 1,
+            }
+        } else {
+            [&self.body_wait, &self.upstream_wait, &self.write_blocked]
+                .iter()
+                .map(|a| a.load(Ordering::Relaxed))
+                .filter(|&t| t != 0)
+                .min()?
+                - 1
+        };
+        Some(self.now_ms().saturating_sub(since))
+    }
+
+    /// Notes whether a write to the client could proceed; a client that reads nothing is found by the watchdog.
+    #[inline]
+    fn on_write<T>(&self, res: &Poll<T>) {
+        let blocked = self.write_blocked.load(Ordering::Relaxed);
+        match res {
+            Poll::Pending if blocked == 0 => self.write_blocked.store(self.now_ms() + 1, Ordering::Relaxed),
+            Poll::Ready(_) if blocked != 0 => self.write_blocked.store(0, Ordering::Relaxed),
+            _ => {}
+        }
+    }
+
+    /// A request body starts (or stops) waiting for the client.
+    pub(crate) fn body_waiting(&self, waiting: bool) {
+        self.body_wait.store(if waiting { self.now_ms() + 1 } else { 0 }, Ordering::Relaxed);
+    }
+
+    /// An HTTP/1.1 request with a body starts (`true`), or its body was read to the end (`false`).
+    pub(crate) fn body_unread(&self, unread: bool) {
+        self.body_unread.store(unread, Ordering::Relaxed);
+    }
+
+    /// HTTP/1.1 (not h2): one request at a time, its bodies polled by the connection's own task.
+    pub(crate) fn is_h1(&self) -> bool {
+        self.track_heads.load(Ordering::Relaxed)
+    }
+
+    /// h2: a stream of this connection was reset for the send timeout.
+    pub(crate) fn stream_stalled(&self) {
+        self.stream_stalls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// h2: how many streams of this connection were reset for the send timeout so far.
+    pub(crate) fn stream_stalls(&self) -> u64 {
+        self.stream_stalls.load(Ordering::Relaxed)
+    }
+
+    /// A response body starts (or stops) waiting for its backend.
+    pub(crate) fn upstream_waiting(&self, waiting: bool) {
+        self.upstream_wait.store(if waiting { self.now_ms() + 1 } else { 0 }, Ordering::Relaxed);
+    }
+
+    /// The minimum body rate's grace, cut to the overload timeout while the slots are nearly exhausted.
+    pub(crate) fn rate_grace(&self, grace: Duration) -> Duration {
+        Duration::from_millis(self.pressure.cap(grace.as_millis() as u64))
+    }
+
+    fn on_bytes_read(&self) {
+        if self.track_heads.load(Ordering::Relaxed)
+            && self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_started.load(Ordering::Relaxed) == 0
+        {
+            self.head_started.store(self.now_ms() + 1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Held from the moment a request is handed to reveille until its response body is done (or dropped).
+/// For a passivated service it also carries the tenant's activity guard, so the tenant counts as active until
+/// the response body is done.
+pub(crate) struct InFlight(Arc<ConnState>, Option<crate::passivation::Activity>);
+
+impl InFlight {
+    pub(crate) fn new(state: &Arc<ConnState>) -> Self {
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        state.head_started.store(0, Ordering::Relaxed);
+        Self(state.clone(), None)
+    }
+
+    pub(crate) fn with_activity(mut self, activity: crate::passivation::Activity) -> Self {
+        self.1 = Some(activity);
+        self
+    }
+
+    pub(crate) fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.0.slot.metrics
+    }
+
+    pub(crate) fn conn(&self) -> &ConnState {
+        &self.0
+    }
+
+    /// The connection's state, to keep.
+    pub(crate) fn state(&self) -> &Arc<ConnState> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.idle_since.store(self.0.now_ms(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// Reads until the first bytes tell HTTP/1.x from the h2 preface. Returns whether it is h2, and what was read.
+async fn detect<S: AsyncRead + Unpin>(stream: &mut S) -> std_io::Result<(bool, Bytes)> {
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err(std_io::ErrorKind::UnexpectedEof.into());
+        }
+        let n = buf.len().min(H2_PREFACE.len());
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok((false, buf.freeze()));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok((true, buf.freeze()));
+        }
+    }
+}
+/// What [`drive`]'s rare branch saw.
+enum Rare {
+    Evicted,
+    PressureRose,
+    Shutdown,
+}
+/// What hyper's HTTP/1 and HTTP/2 connections have in common for us.
+trait ServerConn: Future<Output = Result<(), hyper::Error>> {
+    fn graceful(self: Pin<&mut Self>);
+}
+
+type Io<S> = TokioIo<ConnIo<S>>;
+
+/// What a client connection is read from and written to.
+/// A client connection's stream: TCP, or TLS over TCP.
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The TCP socket under it.
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Stream for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Stream for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+impl<S: Stream> ServerConn for hyper::server::conn::http1::UpgradeableConnection<Io<S>, ProxyService> {
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<S: Stream> ServerConn for hyper::server::conn::http2::Connection<Io<S>, ProxyService, SpanExecutor> {
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Serves one accepted connection until it closes, times out, or shutdown completes it. With `tls`, the
+/// connection starts with a handshake, and ALPN (when the client offered it) decides between h2 and HTTP/1.1.
+pub(crate) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    proxy: Arc<Proxy>,
+    tls: Option<Arc<TlsAcceptor>>,
+    shutdown: CancellationToken,
+    permit: OwnedSemaphorePermit,
+    address: Option<AddressGuard>,
+) {
+    proxy.metrics.connection_opened();
+    let slot = Slot { _permit: permit, _address: address, metrics: proxy.metrics.clone() };
+    let state = ConnState::register(slot, proxy.pressure.clone());
+    let Some(acceptor) = tls else {
+        return serve_http(stream, None, false, peer, proxy, state, shutdown).await;
+    };
+    let shed = "under pressure, the TLS handshake took longer than the overload timeout; closing";
+    let Some(handshake) = guarded(acceptor.accept(stream, peer.ip()), &proxy, &state, &shutdown, shed).await else {
+        return;
+    };
+    match handshake {
+        Ok(mut stream) => {
+            let h2 = match stream.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Some(true),
+                // A TLS-ALPN-01 validation: the handshake was all (RFC 8737 §3); no HTTP on it.
+                Some(b"acme-tls/1") => {
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+                    return;
+                }
+                Some(_) => Some(false),
+                // No ALPN: look at the first bytes, as on the plain listener.
+                None => None,
+            };
+            serve_http(stream, h2, true, peer, proxy, state, shutdown).await
+        }
+        Err(e) => debug!(reason = e.reason(), error = %e, "TLS handshake failed"),
+    }
+}
+
+/// The waits before HTTP begins (the TLS handshake, the protocol detection): `fut`'s output, or `None` when the
+/// connection is cut first: under pressure past the overload timeout (logged as `shed`, counted), evicted, or
+/// shut down.
+async fn guarded<T>(
+    fut: impl Future<Output = T>,
+    proxy: &Proxy,
+    state: &ConnState,
+    shutdown: &CancellationToken,
+    shed: &'static str,
+) -> Option<T> {
+    tokio::select! {
+        r = fut => Some(r),
+        () = proxy.pressure.cut_after(state.epoch) => {
+            debug!("{shed}");
+            proxy.metrics.connection_shed();
+            None
+        }
+        // Counted by the eviction.
+        () = state.evicted.cancelled() => None,
+        _ = shutdown.cancelled() => None,
+    }
+}
+
+/// Serves HTTP on an established stream. `h2`: the protocol, when ALPN chose it; `None` detects it.
+async fn serve_http<S: Stream>(
+    mut stream: S,
+    h2: Option<bool>,
+    tls: bool,
+    peer: SocketAddr,
+    proxy: Arc<Proxy>,
+    state: Arc<ConnState>,
+    shutdown: CancellationToken,
+) {
+    let settings = &proxy.settings;
+    let (is_h2, prefix) = match h2 {
+        Some(h2) => (h2, Bytes::new()),
+        None => {
+            let detect = tokio::time::timeout(settings.header_read_timeout, detect(&mut stream));
+            let shed = "under pressure, no request within the overload timeout; closing";
+            let Some(detected) = guarded(detect, &proxy, &state, &shutdown, shed).await else { return };
+            match detected {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
+                    debug!(error = %e, "connection closed before a request");
+                    return;
+                }
+                Err(_) => {
+                    debug!("no request within the header timeout");
+                    proxy.metrics.header_timeout();
+                    return;
+                }
+            }
+        }
+    };
+
+    // HTTP/1.1: the head began arriving during detection. h2: the first stream must open within the header
+    // timeout (later streams are covered by the idle timeout).
+    state.head_started.store(1, Ordering::Relaxed);
+    state.track_heads.store(!is_h2, Ordering::Relaxed);
+    let io = TokioIo::new(ConnIo::new(stream, prefix, state.clone(), !tls));
+    let service = ProxyService::new(proxy.clone(), peer, state.clone(), tls);
+    let dog = Watchdog::new(state, &proxy.pressure, settings);
+    let result = if is_h2 {
+        drive(proxy.h2.serve_connection(io, service), dog, &proxy, shutdown).await
+    } else {
+        drive(proxy.h1.serve_connection(io, service).with_upgrades(), dog, &proxy, shutdown).await
+    };
+    if let Err(e) = result {
+        // Client resets and half-finished requests are routine at an edge proxy: debug, not warn.
+        debug!(error = %e, "connection ended with an error");
+    }
+}
+
+async fn drive<C: ServerConn>(
+    conn: C,
+    dog: Watchdog<'_>,
+    proxy: &Proxy,
+    shutdown: CancellationToken,
+) -> Result<(), hyper::Error> {
+    let evicted = dog.state.evicted.clone();
+    tokio::pin!(conn);
+    tokio::pin!(dog);
+    let mut closing = false;
+    // Armed when an idle connection was asked to close: past it, the connection is dropped.
+    let hard_close = tokio::time::sleep(Duration::MAX / 4);
+    tokio::pin!(hard_close);
+    let mut hard_armed = false;
+    loop {
+        // The rare events, in one future polled only when one of them woke it: as separate `select!` branches
+        // they took a lock and re-registered a waiter every time the connection's task ran (about 1 000
+        // instructions per request).
+        let (ev, sd, pressure, was_closing) = (&evicted, &shutdown, &proxy.pressure, closing);
+        let mut rare = OnWake::new(Box::pin(async move {
+            tokio::select! {
+                biased;
+                () = ev.cancelled() => Rare::Evicted,
+                _ = pressure.rose.notified(), if !was_closing => Rare::PressureRose,
+                _ = sd.cancelled(), if !was_closing => Rare::Shutdown,
+            }
+        }));
+        tokio::select! {
+            biased;
+            res = conn.as_mut() => {
+                dog.state.finished.store(true, Ordering::Relaxed);
+                return res;
+            }
+            expiry = dog.as_mut(), if !closing => match expiry {
+                Expiry::Idle => {
+                    debug!("idle timeout");
+                    if proxy.pressure.is_high() {
+                        proxy.metrics.connection_shed();
+                    }
+                    closing = true;
+                    conn.as_mut().graceful();
+                    hard_close.as_mut().reset(Instant::now() + CLOSE_GRACE);
+                    hard_armed = true;
+                }
+                Expiry::HeaderTimeout => {
+                    debug!("request headers not received in time; closing");
+                    proxy.metrics.header_timeout();
+                    if proxy.pressure.is_high() {
+                        proxy.metrics.connection_shed();
+                    }
+                    return Ok(());
+                }
+                Expiry::Shed => {
+                    debug!("under pressure, a body waited on its client or backend for the overload timeout; closing");
+                    proxy.metrics.connection_shed();
+                    return Ok(());
+                }
+                Expiry::UpstreamIdle => {
+                    // The response body, dropped with the connection, logs and counts it with its service.
+                    debug!("the backend sent no body byte within the upstream read timeout; closing");
+                    return Ok(());
+                }
+                Expiry::SendTimeout => {
+                    debug!("the client read nothing of its response within the send timeout; closing");
+                    proxy.metrics.send_timeout("connection");
+                    return Ok(());
+                }
+            },
+            r = &mut rare => match r {
+                // Counted by the eviction.
+                Rare::Evicted => return Ok(()),
+                // Pressure rose: the watchdog is polled again on the next turn and applies the shorter limits.
+                Rare::PressureRose => {}
+                Rare::Shutdown => {
+                    closing = true;
+                    conn.as_mut().graceful();
+                }
+            },
+            _ = hard_close.as_mut(), if hard_armed => {
+                if dog.state.in_flight.load(Ordering::Relaxed) == 0 {
+                    debug!("peer did not close after GOAWAY; dropping the connection");
+                    return Ok(());
+                }
+                // A request slipped in: let it finish, look again later.
+                hard_close.as_mut().reset(Instant::now() + CLOSE_GRACE);
+            }
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Pressure on the connection slots: while nearly every slot is taken, the waits a client imposes are cut to the
+//! overload timeout, and a newcomer with no free slot evicts the connection that has waited longest on its
+//! client. Every open connection is entered in [`Pressure`]'s registry for that.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::{ConnState, Slot};
+
+/// Eviction spares connections that have waited less than this: a newcomer that has not yet sent its request is
+/// not evicted by the next one.
+const EVICT_AFTER_MS: u64 = 50;
+
+/// An evicted connection normally ends within a millisecond; one still open after this no longer counts as an
+/// eviction in progress (see [`Pressure::evict_one`]).
+const EVICTION_SETTLE_MS: u64 = 1_000;
+/// Whether nearly every connection slot is taken. While it is, the waits a client imposes (idle keep-alive,
+/// request head, request body, not reading its response) are cut to the overload timeout, so a flood of slow
+/// clients turns over in seconds instead of holding every slot for a minute each (Envoy's overload manager
+/// does the same with `reduce_timeouts`). Re-evaluated at each accept: on when fewer than a tenth of the slots
+/// are free, off again once a fifth are.
+pub(crate) struct Pressure {
+    /// Every open connection, so that one waiting on its client can be evicted for a newcomer.
+    pub(super) conns: parking_lot::Mutex<std::collections::HashMap<u64, std::sync::Weak<ConnState>>>,
+    pub(super) next_id: AtomicU64,
+    high: AtomicBool,
+    /// Woken when pressure rises, so connections apply the shorter limits at once.
+    pub(super) rose: tokio::sync::Notify,
+    slots: usize,
+    /// The cut, in ms; 0 = never cut.
+    pub(super) cap_ms: u64,
+    /// Accept loops waiting for a slot for a client they accepted (see [`Pressure::waiter`]).
+    waiting: AtomicUsize,
+}
+
+/// An accept loop's wait for a slot, counted while it lasts.
+pub(crate) struct Waiter<'a>(&'a Pressure);
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Pressure {
+    pub(crate) fn new(slots: usize, cap: Duration) -> Self {
+        Self {
+            conns: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            next_id: AtomicU64::new(0),
+            high: AtomicBool::new(false),
+            rose: tokio::sync::Notify::new(),
+            slots,
+            cap_ms: cap.as_millis() as u64,
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
+    /// Counts an accept loop waiting for a slot until the guard is dropped: as many evictions as waiters may be
+    /// in progress at once.
+    pub(crate) fn waiter(&self) -> Waiter<'_> {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiter(self)
+    }
+
+    /// Takes note of the free slots.
+    pub(crate) fn update(&self, free: usize, metrics: &crate::metrics::Metrics) {
+        if self.cap_ms == 0 {
+            return;
+        }
+        let was = self.high.load(Ordering::Relaxed);
+        let high = if was { free < (self.slots / 5).max(1) } else { free < (self.slots / 10).max(1) };
+        if high != was {
+            self.high.store(high, Ordering::Relaxed);
+            metrics.set_overloaded(high);
+            if high {
+                tracing::warn!(
+                    free,
+                    slots = self.slots,
+                    "nearly every connection slot is taken: client waits are cut to the overload timeout"
+                );
+                self.rose.notify_waiters();
+            } else {
+                tracing::info!(free, slots = self.slots, "connection slots available again: normal timeouts");
+            }
+        }
+    }
+
+    /// Every slot is taken and a client waits for one: evicts the connection that has waited longest on its
+    /// client (or on a quiet backend), if one has waited at least [`EVICT_AFTER_MS`], so the newcomer is served
+    /// at once instead of after the attacker's next timeout. A lingering connection (its response is out) goes
+    /// first. Connections doing work (a request waiting for its response head, a response flowing, a tunnel)
+    /// are never evicted. Called again while the newcomer waits; evicts nobody while the evictions already
+    /// made for the waiting newcomers have not ended yet. Every eviction is counted. Returns whether one was.
+    pub(crate) fn evict_one(&self, metrics: &crate::metrics::Metrics) -> bool {
+        if self.cap_ms == 0 {
+            return false;
+        }
+        // Look at them outside the lock: dropping the last reference to a connection takes the lock again.
+        let conns: Vec<std::sync::Weak<ConnState>> = self.conns.lock().values().cloned().collect();
+        let mut in_progress = 0;
+        let mut victim: Option<(u64, Arc<ConnState>)> = None;
+        for c in conns.iter().filter_map(std::sync::Weak::upgrade) {
+            let at = c.evicted_at.load(Ordering::Relaxed);
+            if at != 0 {
+                if c.now_ms() + 1 < at + EVICTION_SETTLE_MS {
+                    in_progress += 1;
+                }
+                continue;
+            }
+            if let Some(w) = c.waiting_ms().filter(|&w| w >= EVICT_AFTER_MS) {
+                if victim.as_ref().map_or(true, |(v, _)| w > *v) {
+                    victim = Some((w, c));
+                }
+            }
+        }
+        if in_progress >= self.waiting.load(Ordering::Relaxed).max(1) {
+            return false;
+        }
+        match victim {
+            Some((waited_ms, c)) => {
+                if waited_ms == u64::MAX {
+                    debug!("every slot taken: evicting a lingering connection");
+                } else {
+                    debug!(waited_ms, "every slot taken: evicting the connection that waited longest");
+                }
+                c.evicted_at.store(c.now_ms() + 1, Ordering::Relaxed);
+                c.evicted.cancel();
+                metrics.connection_evicted();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(super) fn is_high(&self) -> bool {
+        self.high.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once pressure is high and the overload timeout has passed since `since`: a connection still
+    /// waiting for its client's first bytes or TLS handshake then is cut. Never resolves with the cut off.
+    pub(super) async fn cut_after(&self, since: Instant) {
+        if self.cap_ms == 0 {
+            return std::future::pending().await;
+        }
+        loop {
+            let rose = self.rose.notified();
+            tokio::pin!(rose);
+            rose.as_mut().enable();
+            if self.is_high() {
+                return tokio::time::sleep_until(since + Duration::from_millis(self.cap_ms)).await;
+            }
+            rose.await;
+        }
+    }
+
+    /// `ms`, cut to the overload timeout while pressure is high.
+    pub(crate) fn cap(&self, ms: u64) -> u64 {
+        if self.is_high() {
+            ms.min(self.cap_ms)
+        } else {
+            ms
+        }
+    }
+}
+
+impl ConnState {
+    /// A new connection's state, entered in `pressure`'s registry.
+    pub(super) fn register(slot: Slot, pressure: Arc<Pressure>) -> Arc<Self> {
+        let id = pressure.next_id.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(Self::new(slot, pressure, id));
+        state.pressure.conns.lock().insert(id, Arc::downgrade(&state));
+        state
+    }
+}
+
+impl Drop for ConnState {
+    fn drop(&mut self) {
+        self.pressure.conns.lock().remove(&self.id);
+    }
+}

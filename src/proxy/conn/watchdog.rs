@@ -1,0 +1,135 @@
+//! The connection's timer: fires when the connection has been idle too long, has spent too long reading one
+//! request head, or has waited too long for its client (or, over HTTP/1.1 or under pressure, its backend) while a
+//! request is in flight; every limit cut to the overload timeout under pressure.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::Sleep;
+
+use super::pressure::Pressure;
+use super::ConnState;
+
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Expiry {
+    Idle,
+    HeaderTimeout,
+    /// The client read nothing of a response for the send timeout.
+    SendTimeout,
+    /// Under pressure: a request body waited on its client, or a response body on its backend, for the
+    /// overload timeout.
+    Shed,
+    /// HTTP/1.1: the response body waited on its backend for the upstream read timeout.
+    UpstreamIdle,
+}
+
+/// Fires when the connection has been idle for `idle`, has spent `header` reading one request head, or has
+/// waited `send` for a client to read its response.
+pub(super) struct Watchdog<'a> {
+    pub(super) state: Arc<ConnState>,
+    pressure: &'a Pressure,
+    idle_ms: u64,
+    header_ms: u64,
+    send_ms: u64,
+    read_ms: u64,
+    sleep: Pin<Box<Sleep>>,
+    /// Deadline the sleep is set to, in ms since the connection's epoch.
+    armed_ms: u64,
+}
+
+impl<'a> Watchdog<'a> {
+    pub(super) fn new(state: Arc<ConnState>, pressure: &'a Pressure, settings: &crate::proxy::Settings) -> Self {
+        let (idle, header, send) = (settings.idle_timeout, settings.header_read_timeout, settings.send_timeout);
+        let epoch = state.epoch;
+        Self {
+            state,
+            pressure,
+            idle_ms: idle.as_millis() as u64,
+            header_ms: header.as_millis() as u64,
+            send_ms: send.as_millis() as u64,
+            read_ms: settings.upstream_read_timeout.as_millis() as u64,
+            sleep: Box::pin(tokio::time::sleep_until(epoch)),
+            armed_ms: 0,
+        }
+    }
+
+    /// Sets the timer for `deadline_ms`, unless it is already set to fire before it (and after `now_ms`):
+    /// then it is kept, and on firing the state is looked at again. Deadlines move with every request;
+    /// an occasional early wake-up costs less than resetting a timer each time.
+    fn arm(&mut self, deadline_ms: u64, now_ms: u64) {
+        if self.armed_ms > now_ms && self.armed_ms <= deadline_ms {
+            return;
+        }
+        if deadline_ms != self.armed_ms {
+            self.armed_ms = deadline_ms;
+            self.sleep.as_mut().reset(self.state.epoch + Duration::from_millis(deadline_ms));
+        }
+    }
+}
+
+impl Future for Watchdog<'_> {
+    type Output = Expiry;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Expiry> {
+        loop {
+            let s = &self.state;
+            let now = s.now_ms();
+            let p = self.pressure;
+            let (deadline, expiry) = if s.in_flight.load(Ordering::Relaxed) > 0 {
+                // The earliest of: a client not reading; a response body waiting on its backend (HTTP/1.1, whose
+                // bodies keep no timer of their own, or anyone under pressure); a request body waiting on its
+                // client, under pressure.
+                let mut next: Option<(u64, Expiry)> = None;
+                let mut consider = |at: u64, e: Expiry| {
+                    if next.as_ref().map_or(true, |(n, _)| at < *n) {
+                        next = Some((at, e));
+                    }
+                };
+                let blocked = s.write_blocked.load(Ordering::Relaxed);
+                if blocked != 0 {
+                    consider(blocked - 1 + p.cap(self.send_ms), Expiry::SendTimeout);
+                }
+                let upstream = s.upstream_wait.load(Ordering::Relaxed);
+                if upstream != 0 && p.is_high() {
+                    consider(upstream - 1 + p.cap_ms.min(self.read_ms), Expiry::Shed);
+                } else if upstream != 0 && s.is_h1() {
+                    consider(upstream - 1 + self.read_ms, Expiry::UpstreamIdle);
+                }
+                let body = s.body_wait.load(Ordering::Relaxed);
+                if body != 0 && p.is_high() {
+                    consider(body - 1 + p.cap_ms, Expiry::Shed);
+                }
+                match next {
+                    Some((at, e)) => (at, Some(e)),
+                    // Busy: the body and upstream timeouts apply, not ours. Look again later (nothing wakes the
+                    // watchdog when a write or a body starts to wait on another task, so it looks at least
+                    // every `send`, and every overload timeout under pressure).
+                    None => {
+                        let every = p.cap(self.idle_ms.min(self.send_ms)).max(100);
+                        (now + every, None)
+                    }
+                }
+            } else {
+                match s.head_started.load(Ordering::Relaxed) {
+                    0 => (s.idle_since.load(Ordering::Relaxed) + p.cap(self.idle_ms), Some(Expiry::Idle)),
+                    started => (started - 1 + p.cap(self.header_ms), Some(Expiry::HeaderTimeout)),
+                }
+            };
+            if let Some(e) = expiry {
+                if now >= deadline {
+                    return Poll::Ready(e);
+                }
+            }
+            self.arm(deadline, now);
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // The sleep fired: re-evaluate with fresh state (the deadline may have moved on).
+            self.armed_ms = 0;
+        }
+    }
+}
