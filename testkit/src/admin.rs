@@ -23,7 +23,8 @@ pub fn http_request(port: u16, method: &str, path: &str) -> Option<(u16, Bytes)>
         .body(http_body_util::Empty::<Bytes>::new())
         .ok()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let send = tokio::time::timeout(Duration::from_secs(10), crate::http::send(addr, req));
+    // The timeout is made inside the runtime: made outside one, it panics (no timer to register with).
+    let send = async { tokio::time::timeout(Duration::from_secs(10), crate::http::send(addr, req)).await };
     let resp = crate::http::block_on(send).ok()?.ok()?;
     Some((resp.status().as_u16(), resp.into_body()))
 }
