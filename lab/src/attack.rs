@@ -143,7 +143,7 @@ use testkit::ports::free_ports;
 use testkit::process::read_log;
 use testkit::procfs::{established_to, nofile_limit, proc_status, status_kib};
 use testkit::prometheus::sample;
-use testkit::report::{heading, print_log, write_report};
+use testkit::report::{heading, print_log, write_report, Table};
 use testkit::stats::{counts, format_us, median, percentile};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -1180,32 +1180,34 @@ fn report(date: &str, machine: &str, s: &Settings, runs: &[Run]) -> String {
 
     for &attack in &s.attacks {
         let _ = writeln!(md, "\n#### {}\n", attack.title(s));
-        let _ = writeln!(
-            md,
-            "| phase | protection | bystander tenant | bystander requests | success | p50 | p99 | max | failures \
-             | reveille conns | backend conns | endless bodies |"
+        let mut table = Table::new(
+            "phase | protection | bystander tenant | bystander requests | success | p50 | p99 | max | \
+             failures | reveille conns | backend conns | endless bodies",
+            "lllrrrrrlrrr",
         );
-        let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|");
         let of_attack: Vec<_> = runs.iter().filter(|r| r.attack == attack).collect();
         for r in &of_attack {
             for (name, p) in [("baseline", &r.measured.baseline), ("attack", &r.measured.attack_phase)] {
                 let (backend, endless) = p.backend();
                 for (host, seen) in &p.seen {
-                    let _ = writeln!(
-                        md,
-                        "| {name} | {} | {host} | {} | {:.1}% | {} | {} | {} | {} | {:.0} | {backend} | {endless} |",
-                        r.protection.name(),
-                        seen.requests,
-                        seen.success_pct(),
+                    table.row([
+                        name.to_string(),
+                        r.protection.name().to_string(),
+                        host.to_string(),
+                        seen.requests.to_string(),
+                        format!("{:.1}%", seen.success_pct()),
                         format_us(percentile(&seen.ok_us, 50.0)),
                         format_us(percentile(&seen.ok_us, 99.0)),
                         format_us(percentile(&seen.ok_us, 100.0)),
-                        seen.failures(),
-                        median(&p.open),
-                    );
+                        seen.failures().to_string(),
+                        format!("{:.0}", median(&p.open)),
+                        backend.to_string(),
+                        endless.to_string(),
+                    ]);
                 }
             }
         }
+        md.push_str(&table.to_string());
         let _ = writeln!(md);
         for r in &of_attack {
             let m = &r.measured;
@@ -1232,24 +1234,23 @@ fn report(date: &str, machine: &str, s: &Settings, runs: &[Run]) -> String {
     let memory: Vec<_> = runs.iter().filter(|r| r.attack.memory() && r.protection == Protection::On).collect();
     if !memory.is_empty() {
         let _ = writeln!(md, "\n#### Memory per held connection (ON)\n");
-        let _ = writeln!(
-            md,
-            "| attack | RSS, bystander alone | RSS, attack | connections held | KiB per held connection |"
+        let mut table = Table::new(
+            "attack | RSS, bystander alone | RSS, attack | connections held | KiB per held connection",
+            "lrrrr",
         );
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|");
         for r in memory {
             let m = &r.measured;
             let (alone, under) = (median(&m.baseline.rss_kib), median(&m.attack_phase.rss_kib));
             let held = median(&m.attack_phase.open) - median(&m.baseline.open);
-            let _ = writeln!(
-                md,
-                "| {} | {:.1} MiB | {:.1} MiB | {held:.0} | {:.1} |",
-                r.attack.name(),
-                alone / 1024.0,
-                under / 1024.0,
-                (under - alone) / held
-            );
+            table.row([
+                r.attack.name().to_string(),
+                format!("{:.1} MiB", alone / 1024.0),
+                format!("{:.1} MiB", under / 1024.0),
+                format!("{held:.0}"),
+                format!("{:.1}", (under - alone) / held),
+            ]);
         }
+        md.push_str(&table.to_string());
     }
     md
 }

@@ -119,21 +119,22 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use etcd_client::{Client, EventType, GetOptions, Txn, TxnOp, WatchOptions};
 use reveille::{ContainerState, DockerRuntime};
-use testkit::docker::{docker, BUSYBOX};
+use testkit::admin::{
+    http_request, metrics_text, phase_means, phase_totals, service_state, wait_state, PHASES, STATE_TIMEOUT,
+};
+use testkit::docker::{docker, is_hello, unusable, web_script, DockerThings, BUSYBOX, CONTAINER_PORT, SETTLE};
 use testkit::env::{choose, env_at_least, env_or, list};
 use testkit::etcd::{Etcd, ETCD};
-use testkit::machine::{first_line, load_average};
+use testkit::machine::{first_line, load_average, Machine};
 use testkit::process::{read_log, tail, KillOnDrop};
 use testkit::prometheus::sample;
-use testkit::report::{heading, write_report};
+use testkit::report::{heading, timing_row, write_report, Table, TIMING_ALIGN, TIMING_COLUMNS};
 use testkit::stats::{format_us, median, percentile};
-use testkit::wrk::WrkReport;
+use testkit::wire::{read_reply, send_get};
+use testkit::wrk::{WrkReport, WRK};
 use tokio::runtime::Runtime;
 
-use crate::passivation::{
-    direct_start, http_request, is_hello, metrics_text, phase_means, phase_totals, read_reply, send_get, service_state,
-    wait_state, web_script, DockerThings, Machine, CONTAINER_PORT, SETTLE, STATE_TIMEOUT, WRK,
-};
+use crate::passivation::direct_start;
 
 const PARTS: [&str; 4] = ["writes", "failover", "cold", "wake"];
 /// Puts per transaction when the lab fills etcd.
@@ -147,18 +148,13 @@ const CLAIM_LINE: &str = "start claimed for the cluster";
 /// Runs the lab; false if a measurement failed. Returns only after every child is killed and the containers,
 /// image, etcd and temp dir are removed.
 pub(crate) fn main() -> bool {
-    for (path, what) in [
+    let needs = [
         (BUSYBOX, "install Debian's busybox-static"),
         (ETCD, "install Debian's etcd-server"),
         (WRK, "install Debian's wrk"),
-    ] {
-        if !Path::new(path).exists() {
-            println!("cluster: skipped, {path} not found ({what})");
-            return true;
-        }
-    }
-    if let Err(e) = docker(&["version", "--format", "{{.Server.Version}}"]) {
-        println!("cluster: skipped, Docker is not usable: {e}");
+    ];
+    if let Some(why) = unusable(&needs) {
+        println!("cluster: skipped, {why}");
         return true;
     }
     run()
@@ -628,7 +624,7 @@ impl Ctx<'_> {
 
 fn run() -> bool {
     let settings = Settings::from_env();
-    let machine = Machine::describe();
+    let machine = Machine::describe(crate::reveille_bin());
     let etcd_version = first_line(Command::new(ETCD).arg("--version")).replace("Version: ", "");
     let load_start = load_average();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
@@ -637,7 +633,7 @@ fn run() -> bool {
     let etcd = rt.block_on(Etcd::start());
     let (etcd_url, etcd_port) = (etcd.url.clone(), etcd.port());
     lab.etcd = Some(etcd);
-    let image = match lab.docker.build_image(lab.dir.path(), false) {
+    let image = match lab.docker.build_image(lab.dir.path(), None) {
         Ok(tag) => tag,
         Err(e) => {
             println!("cluster: setup failed: {e}");
@@ -679,15 +675,7 @@ fn run() -> bool {
         load_average(),
         machine.kernel
     );
-    let _ = writeln!(
-        md,
-        "- {} at commit {}; {etcd_version}; Docker Engine {}; image `FROM scratch` + {}; {}",
-        machine.reveille,
-        machine.revision,
-        machine.docker,
-        machine.busybox,
-        machine.wrk.as_deref().unwrap_or("wrk ?")
-    );
+    let _ = writeln!(md, "- {}; {etcd_version}", machine.versions());
     let _ = writeln!(
         md,
         "- Replicas: `reveille serve --etcd .. --etcd-prefix /lab-<run>/ --node nK --log-format json --access-log \
@@ -730,17 +718,6 @@ fn ms(d: Duration) -> String {
 
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
-}
-
-fn summary(v: &[f64]) -> String {
-    format!(
-        "{} | {} | {} | {} | {}",
-        v.len(),
-        format_us(median(v)),
-        format_us(percentile(v, 90.0)),
-        format_us(percentile(v, 0.0)),
-        format_us(percentile(v, 100.0))
-    )
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -942,13 +919,13 @@ fn writes_part(ctx: &Ctx, lab: &mut Lab) -> Part {
                 .join("; ")
         );
         let _ = writeln!(md);
-        let _ = writeln!(
-            md,
-            "| window | replica | req/s | wrk errors | activity txn/s (metric) | txn/s (etcd watch) | keys/s (etcd \
-             watch) | keys (etcd watch) | bound: keys | publications | keys per publication, mean / max | long-run bound \
-             keys/s | status txns / activity errors / CAS conflicts |"
+        let mut table = Table::new(
+            "window | replica | req/s | wrk errors | activity txn/s (metric) | txn/s (etcd watch) | \
+             keys/s (etcd watch) | keys (etcd watch) | bound: keys | publications | \
+             keys per publication, mean / max | long-run bound keys/s | \
+             status txns / activity errors / CAS conflicts",
+            "llrrrrrrrrrrr",
         );
-        let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         let mut exceeded = false;
         // The largest publication of any replica, per window.
         let mut largest_of: [u64; 2] = [0, 0];
@@ -983,20 +960,24 @@ fn writes_part(ctx: &Ctx, lab: &mut Lab) -> Part {
                 let kpp = keys as f64 / publications.max(1) as f64;
                 let largest = sizes.iter().copied().max().unwrap_or(0);
                 largest_of[wi] = largest_of[wi].max(largest);
-                let _ = writeln!(
-                    md,
-                    "| {} | {r} | {rps:.0} | {errs} | {:.2} | {:.2} | {:.0} | {keys} | {bound:.0} | {publications} | \
-                     {kpp:.0} / {largest} | {long_run:.0} | {:.0} / {:.0} / {:.0} |",
-                    w.label,
-                    c.activity_ok / w.seconds,
-                    w.seen.txns(r) as f64 / w.seconds,
-                    keys as f64 / w.seconds,
-                    c.status_ok + c.status_err,
-                    c.activity_err,
-                    c.conflicts
-                );
+                table.row([
+                    w.label.to_string(),
+                    r.to_string(),
+                    format!("{rps:.0}"),
+                    errs,
+                    format!("{:.2}", c.activity_ok / w.seconds),
+                    format!("{:.2}", w.seen.txns(r) as f64 / w.seconds),
+                    format!("{:.0}", keys as f64 / w.seconds),
+                    keys.to_string(),
+                    format!("{bound:.0}"),
+                    publications.to_string(),
+                    format!("{kpp:.0} / {largest}"),
+                    format!("{long_run:.0}"),
+                    format!("{:.0} / {:.0} / {:.0}", c.status_ok + c.status_err, c.activity_err, c.conflicts),
+                ]);
             }
         }
+        md.push_str(&table.to_string());
         let _ = writeln!(md);
         for w in [&full, &low] {
             let total_rps: f64 = w.wrk.iter().filter_map(|x| x.as_ref().ok()).map(|x| x.requests_per_sec).sum();
@@ -1073,11 +1054,10 @@ fn failover_part(ctx: &Ctx, lab: &mut Lab) -> Part {
          response→kill)."
     );
     let _ = writeln!(md);
-    let _ = writeln!(
-        md,
-        "| lease TTL | rounds | kill→die median | max | kill→new decider median | max | goal met (rounds) |"
+    let mut table = Table::new(
+        "lease TTL | rounds | kill→die median | max | kill→new decider median | max | goal met (rounds)",
+        "lrrrrrr",
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
     let mut detail = String::new();
     for ttl_text in &s.ttls {
         let ttl = dur(ttl_text);
@@ -1178,16 +1158,15 @@ fn failover_part(ctx: &Ctx, lab: &mut Lab) -> Part {
                 r.kill_to_die.is_some_and(|d| d <= goal)
             })
             .count();
-        let _ = writeln!(
-            md,
-            "| {ttl_text} | {} | {} | {} | {} | {} | {met} of {} |",
-            rounds.len(),
+        table.row([
+            ttl_text.to_string(),
+            rounds.len().to_string(),
             format_us(median(&die)),
             format_us(percentile(&die, 100.0)),
             format_us(median(&dec)),
             format_us(percentile(&dec, 100.0)),
-            rounds.len()
-        );
+            format!("{met} of {}", rounds.len()),
+        ]);
         let per: Vec<String> = rounds
             .iter()
             .map(|r| {
@@ -1205,6 +1184,7 @@ fn failover_part(ctx: &Ctx, lab: &mut Lab) -> Part {
             .collect();
         let _ = writeln!(detail, "- TTL {ttl_text}: {}", per.join("; "));
     }
+    md.push_str(&table.to_string());
     let _ = writeln!(md);
     md.push_str(&detail);
     Ok((md, errors))
@@ -1339,12 +1319,16 @@ fn cold_part(ctx: &Ctx, lab: &mut Lab) -> Part {
         rounds.iter().map(|r| r.starts.to_string()).collect::<Vec<_>>().join(" ")
     );
     let _ = writeln!(md);
-    let _ = writeln!(md, "| path | n | median | p90 | min | max |");
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
-    let _ = writeln!(md, "| direct: Docker start → inspect → first TCP connect | {} |", summary(&direct));
-    let _ = writeln!(md, "| B, not the starter (rounds A claimed) | {} |", summary(&b_non));
-    let _ = writeln!(md, "| A, the starter (rounds A claimed) | {} |", summary(&a_starter));
-    let _ = writeln!(md, "| B, every round | {} |", summary(&b_all));
+    let mut table = Table::new(&format!("path | {TIMING_COLUMNS}"), &format!("l{TIMING_ALIGN}"));
+    for (path, v) in [
+        ("direct: Docker start → inspect → first TCP connect", &direct),
+        ("B, not the starter (rounds A claimed)", &b_non),
+        ("A, the starter (rounds A claimed)", &a_starter),
+        ("B, every round", &b_all),
+    ] {
+        table.row(timing_row(path, v));
+    }
+    md.push_str(&table.to_string());
     let _ = writeln!(md);
     let verdict = |o: f64| {
         if o.is_nan() {
@@ -1480,17 +1464,20 @@ fn wake_part(ctx: &Ctx, lab: &mut Lab) -> Part {
         s.wake_rounds
     );
     let _ = writeln!(md);
-    let _ = writeln!(md, "| wake from | n | median | p90 | min | max | phases (mean) |");
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---|");
+    let header = format!("wake from | {TIMING_COLUMNS} | phases (mean)");
+    let mut table = Table::new(&header, &format!("l{TIMING_ALIGN}l"));
     for (k, label) in ["pause (`idle_action = \"pause\"`)", "stop"].iter().enumerate() {
-        let phases: Vec<String> = crate::passivation::PHASES
+        let phases: Vec<String> = PHASES
             .iter()
             .zip(&phase_sums[k])
             .filter(|(_, (_, c))| *c > 0.0)
             .map(|(p, (sum, c))| format!("{p} {}", format_us(sum / c * 1e6)))
             .collect();
-        let _ = writeln!(md, "| {label} | {} | {} |", summary(&times[k]), or_none(phases.join(", ")));
+        let mut row = timing_row(label, &times[k]).to_vec();
+        row.push(or_none(phases.join(", ")));
+        table.row(row);
     }
+    md.push_str(&table.to_string());
     let _ = writeln!(md);
     let _ = writeln!(
         md,

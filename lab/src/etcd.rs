@@ -53,7 +53,7 @@ use testkit::machine::{cpu_model, first_line, git_revision, load_average, nproc,
 use testkit::ports::free_ports;
 use testkit::process::{read_log, tail, KillOnDrop};
 use testkit::procfs::{cpu_secs, proc_status, status_kib};
-use testkit::report::{heading, print_log, write_report};
+use testkit::report::{heading, print_log, write_report, Table};
 use testkit::stats::{format_us, median, percentile};
 use tokio::runtime::Runtime;
 
@@ -746,45 +746,49 @@ fn report(
         WARMUP_CHANGES + s.changes
     );
     let _ = writeln!(md);
-    let _ = writeln!(
-        md,
-        "| routes loaded | change | n | p50 | p90 | p99 | max | timeouts | poll RTT 404 p50 / p99 | proxied 200 RTT p50 | \
-         polls per change p50 | seen on 1st poll | put p50 | put start → served p50 / p99 |"
+    let mut table = Table::new(
+        "routes loaded | change | n | p50 | p90 | p99 | max | timeouts | poll RTT 404 p50 / p99 | \
+         proxied 200 RTT p50 | polls per change p50 | seen on 1st poll | put p50 | \
+         put start → served p50 / p99",
+        "rlrrrrrrrrrrrr",
     );
-    let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for phase in phases {
         for (kind, p) in &phase.changes {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {:.0} | {:.0}% | {} | {} / {} |",
-                phase.routes,
-                kind.describe(),
-                p.samples_us.len(),
+            table.row([
+                phase.routes.to_string(),
+                kind.describe().to_string(),
+                p.samples_us.len().to_string(),
                 format_us(percentile(&p.samples_us, 50.0)),
                 format_us(percentile(&p.samples_us, 90.0)),
                 format_us(percentile(&p.samples_us, 99.0)),
                 format_us(percentile(&p.samples_us, 100.0)),
-                p.timeouts,
-                format_us(percentile(&phase.rtt.not_found_us, 50.0)),
-                format_us(percentile(&phase.rtt.not_found_us, 99.0)),
+                p.timeouts.to_string(),
+                format!(
+                    "{} / {}",
+                    format_us(percentile(&phase.rtt.not_found_us, 50.0)),
+                    format_us(percentile(&phase.rtt.not_found_us, 99.0))
+                ),
                 format_us(percentile(&phase.rtt.routed_us, 50.0)),
-                percentile(&p.polls, 50.0),
-                first_poll_pct(&p.polls),
+                format!("{:.0}", percentile(&p.polls, 50.0)),
+                format!("{:.0}%", first_poll_pct(&p.polls)),
                 format_us(percentile(&p.put_us, 50.0)),
-                format_us(percentile(&p.end_to_end_us, 50.0)),
-                format_us(percentile(&p.end_to_end_us, 99.0)),
-            );
+                format!(
+                    "{} / {}",
+                    format_us(percentile(&p.end_to_end_us, 50.0)),
+                    format_us(percentile(&p.end_to_end_us, 99.0))
+                ),
+            ]);
         }
     }
+    md.push_str(&table.to_string());
     let _ = writeln!(md);
     let _ = writeln!(md, "Initial load (spawn → `/readyz` 200, polled every 5 ms; memory right after ready):");
     let _ = writeln!(md);
-    let _ = writeln!(
-        md,
-        "| routes in etcd | runs | ready after (median) | all runs | VmRSS (median) | VmHWM (median) | CPU to ready \
-         (median) | reveille_routes |"
+    let mut table = Table::new(
+        "routes in etcd | runs | ready after (median) | all runs | VmRSS (median) | VmHWM (median) | \
+         CPU to ready (median) | reveille_routes",
+        "rrrlrrrr",
     );
-    let _ = writeln!(md, "|---:|---:|---:|---|---:|---:|---:|---:|");
     for l in loads {
         let ready: Vec<f64> = l.runs.iter().map(|r| r.ready.as_secs_f64()).collect();
         let rss: Vec<f64> = l.runs.iter().map(|r| r.rss_kib as f64).collect();
@@ -792,26 +796,25 @@ fn report(
         let cpu: Vec<f64> = l.runs.iter().map(|r| r.cpu_secs).collect();
         let mut all = ready.iter().map(|r| format!("{r:.3} s")).collect::<Vec<_>>().join(", ");
         if let Some(e) = &l.error {
-            let _ = write!(all, "{}FAILED: {}", if all.is_empty() { "" } else { "; " }, e.replace('|', "/"));
+            let _ = write!(all, "{}FAILED: {e}", if all.is_empty() { "" } else { "; " });
         }
         let routes = l.runs.last().and_then(|r| r.routes).map_or("—".into(), |r| r.to_string());
         if l.runs.is_empty() {
-            let _ = writeln!(md, "| {} | 0 | — | {all} | — | — | — | {routes} |", l.routes);
+            table.row([l.routes.to_string(), "0".into(), "—".into(), all, "—".into(), "—".into(), "—".into(), routes]);
             continue;
         }
-        let _ = writeln!(
-            md,
-            "| {} | {} | {:.3} s | {} | {} | {} | {:.2} s | {} |",
-            l.routes,
-            l.runs.len(),
-            median(&ready),
+        table.row([
+            l.routes.to_string(),
+            l.runs.len().to_string(),
+            format!("{:.3} s", median(&ready)),
             all,
             mib(median(&rss)),
             mib(median(&hwm)),
-            median(&cpu),
-            routes
-        );
+            format!("{:.2} s", median(&cpu)),
+            routes,
+        ]);
     }
+    md.push_str(&table.to_string());
     if let [base, big] = loads {
         if !base.runs.is_empty() && !big.runs.is_empty() {
             let per_route = |f: fn(&Load) -> u64| {

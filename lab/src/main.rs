@@ -1,13 +1,11 @@
 //! reveille's load labs: programs, not benchmarks. Each drives real processes (reveille, nginx, HAProxy, wrk,
 //! etcd, Docker) on loopback and prints a markdown report, also written under `target/`.
 //!
-//! `cargo run --release -p reveille-lab -- load|tls|etcd|passivation|attack|cluster|peers`. Each lab's method and tunables
+//! `cargo run --release -p reveille-lab -- etcd|passivation|attack|cluster|peers`. Each lab's method and tunables
 //! are in its module's header. The reveille binary measured is the workspace's, built with the same profile as
 //! this one (see [`reveille_bin`]).
 //!
 //! # Layout
-//! - [`load`]: reveille against nginx and HAProxy on one core each, driven by wrk.
-//! - [`tls`]: reveille against nginx terminating TLS: new handshakes per second, requests over keep-alive.
 //! - [`etcd`]: how fast a change in etcd reaches the proxy, and what loading 100,000 routes costs.
 //! - [`passivation`]: waking a stopped container through reveille against starting it directly; 10,000 held
 //!   requests.
@@ -17,9 +15,10 @@
 //!   replica deciding idle stops, a cold start through the replica that does not start it, pause against stop.
 //! - [`peers`]: reveille against nginx, HAProxy, Traefik and Caddy in every scenario of issue 13 (keep-alive,
 //!   access log, 500 connections, a connection per request, 64 KiB, TLS handshakes and keep-alive, HTTP/2, two
-//!   cores), with the backend reached directly beside them.
-//! - [`onecore`]: what `load`, `tls` and `peers` share: the proxy on one pinned CPU, the clients on another, nginx.
-//! - [`tlsclient`]: the TLS labs' certificate and handshake client.
+//!   cores, resumed handshakes, reveille serving an ACME certificate), with the backend reached directly beside
+//!   them.
+//! - [`onecore`]: what `peers` and `attack` share: the proxy on one pinned CPU, the clients on another, nginx.
+//! - [`tlsclient`]: the peers lab's certificate and handshake client.
 //!
 //! Helpers shared with the integration tests (wrk, percentiles, the HTTP client, etcd, the busybox image, ...)
 //! are in the `testkit` crate.
@@ -27,18 +26,33 @@
 mod attack;
 mod cluster;
 mod etcd;
-mod load;
 mod onecore;
 mod passivation;
 mod peers;
-mod tls;
 mod tlsclient;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-const USAGE: &str = "usage: reveille-lab load|tls|etcd|passivation|attack|cluster|peers";
+const USAGE: &str = "usage: reveille-lab etcd|passivation|attack|cluster|peers";
+
+/// Names of labs whose measurements are scenarios of `peers`: the command that runs them, for the error.
+const MOVED: [(&str, &str); 2] = [
+    (
+        "load",
+        "PEERS_SCENARIOS=1 PEERS_PROXIES=reveille,nginx,haproxy reveille-lab peers (scenario 1a; 1b and 1c with \
+         the access log, which LOAD_ACCESS_LOG chose; LOAD_ROUNDS, LOAD_SECONDS, ... are PEERS_ROUNDS, \
+         PEERS_SECONDS, ...)",
+    ),
+    (
+        "tls",
+        "PEERS_SCENARIOS=5a,5b,5c PEERS_PROXIES=reveille,nginx,reveille-acme reveille-lab peers (5a full \
+         handshakes, 5b keep-alive, 5c resumed, which TLS_MEASURE chose; TLS_VERSION and TLS_CLIENT_VERIFY are \
+         PEERS_TLS_VERSION and PEERS_CLIENT_VERIFY; TLS_ROUNDS, TLS_SECONDS, ... are PEERS_ROUNDS, PEERS_SECONDS, \
+         ...)",
+    ),
+];
 
 fn main() {
     let lab = std::env::args().nth(1).unwrap_or_default();
@@ -48,15 +62,16 @@ fn main() {
             passivation::container_backend();
             true
         }
-        "load" => load::main(),
-        "tls" => tls::main(),
         "etcd" => etcd::main(),
         "passivation" => passivation::main(),
         "attack" => attack::main(),
         "cluster" => cluster::main(),
         "peers" => peers::main(),
-        _ => {
-            eprintln!("{USAGE}");
+        other => {
+            match MOVED.iter().find(|(name, _)| *name == other) {
+                Some((name, how)) => eprintln!("reveille-lab {name}: this lab is part of the peers lab now: {how}"),
+                None => eprintln!("{USAGE}"),
+            }
             std::process::exit(2);
         }
     };
@@ -69,6 +84,20 @@ fn main() {
 /// `sh -c RAISE_NOFILE <program> <args>...` raises the soft `RLIMIT_NOFILE` to 65536 (to the hard limit if that
 /// is lower), then becomes `<program>` (`exec "$0" "$@"`), so the child's pid is the program's.
 pub(crate) const RAISE_NOFILE: &str = "ulimit -n 65536 2>/dev/null || ulimit -n \"$(ulimit -Hn)\"; exec \"$0\" \"$@\"";
+
+/// Adds `-c RAISE_NOFILE <reveille> serve --routes <routes> --http 127.0.0.1:<http> --admin 127.0.0.1:<admin>`
+/// to `cmd`, a `sh` (or a `taskset ... sh`): how the labs start reveille with a raised fd limit
+/// ([`RAISE_NOFILE`]). The caller adds its own flags.
+pub(crate) fn serve<'a>(cmd: &'a mut Command, routes: &Path, http: u16, admin: u16) -> &'a mut Command {
+    cmd.arg("-c")
+        .arg(RAISE_NOFILE)
+        .arg(reveille_bin())
+        .arg("serve")
+        .arg("--routes")
+        .arg(routes)
+        .args(["--http", &format!("127.0.0.1:{http}")])
+        .args(["--admin", &format!("127.0.0.1:{admin}")])
+}
 
 /// The reveille binary the labs start: `REVEILLE_BIN` if set, else `reveille` next to this executable. Run by
 /// `cargo run`, this first has cargo build it with this executable's profile, so it is never stale (building a

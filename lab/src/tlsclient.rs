@@ -1,9 +1,28 @@
-//! The TLS labs' client side (`tls`, `peers`): a certificate made for the run (an ECDSA P-256 leaf signed by a
-//! CA of its own), and a rustls client that opens new connections back to back, each with a TLS handshake and one
-//! `GET` (`Connection: close`), counting completed exchanges, their latency and each kind of failure. See the
-//! `tls` lab's header for why it is not wrk (wrk resumes sessions) and why, under load, the client pins the
-//! leaf and may skip checking the server's handshake signature.
+//! The peers lab's TLS client side (scenarios 5a and 5c): a certificate made for the run (an ECDSA P-256 leaf
+//! signed by a CA of its own, for `bench.test` and 127.0.0.1; the proxies serve the chain leaf + CA, so the
+//! Certificate message has the size of a usual leaf + intermediate chain), a rustls client that opens new
+//! connections back to back, each with a TLS handshake and one `GET` (`Connection: close`), counting completed
+//! exchanges, their latency and each kind of failure, and reveille's own handshake counters.
+//!
+//! Why not wrk: wrk (4.1, OpenSSL) with `Connection: close` reconnects for every request, but it resumes the TLS
+//! session on every reconnection (checked with nginx's `$ssl_session_reused`: all but the first connection of
+//! each wrk connection slot were resumed), and reveille has no switch to turn resumption off on the server side.
+//! So the client here is a single-threaded tokio runtime with one task per connection slot, each opening a TCP
+//! connection, doing a handshake with rustls (ring; with resumption disabled every handshake is a full one, and
+//! each is checked with `handshake_kind()`), with SNI `bench.test` and ALPN `http/1.1`, sending `GET /` and
+//! reading the response to the end (the proxy closes), then starting over.
+//!
+//! The client must not be the limit, and on two cores it easily is: with all checks, its half of a handshake
+//! (X25519, the key schedule, and the ECDSA P-256 verification of the server's CertificateVerify, about a third
+//! of its CPU) costs about as much as the proxy's half, and the backend shares its core. So under load it pins
+//! the leaf certificate (the proxy must present exactly it; no path building) and may skip checking the
+//! CertificateVerify signature. The proxy's work is the same either way: it signs every handshake. Readiness
+//! checks and probes do check the signature.
+//!
+//! wrk over TLS (5b) offers no ALPN, so it is HTTP/1.1; its SNI "127.0.0.1" is ignored by rustls (an IP address
+//! is not a valid SNI name), so reveille answers with its `--default-cert`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -286,5 +305,52 @@ impl std::fmt::Display for Errors {
             ("write", w.write),
             ("timeout", w.timeout),
         ]))
+    }
+}
+
+/// reveille's handshake counters, from its metrics.
+#[derive(Default, Clone)]
+pub(crate) struct ServerHandshakes {
+    done: f64,
+    /// Failed handshakes by reason.
+    failed: BTreeMap<String, f64>,
+}
+
+impl ServerHandshakes {
+    pub(crate) fn read(admin: u16) -> Option<Self> {
+        let (_, body) = testkit::http::fetch(admin, "GET", "127.0.0.1", "/metrics", Duration::from_secs(2))?;
+        let text = String::from_utf8_lossy(&body);
+        let value = |line: &str| line.rsplit(' ').next().and_then(|v| v.trim().parse::<f64>().ok());
+        let done = text.lines().find(|l| l.starts_with("reveille_tls_handshakes_total ")).and_then(value)?;
+        let mut failed = BTreeMap::new();
+        // reveille_tls_handshake_failures_total{reason="closed"} 1
+        for line in text.lines().filter(|l| l.starts_with("reveille_tls_handshake_failures_total{")) {
+            let reason = line.split('"').nth(1).unwrap_or("?").to_string();
+            *failed.entry(reason).or_default() += value(line).unwrap_or(0.0);
+        }
+        Some(Self { done, failed })
+    }
+
+    /// The counts from `before` to `self`.
+    pub(crate) fn since(&self, before: &Self) -> Self {
+        let mut failed = BTreeMap::new();
+        for (reason, n) in &self.failed {
+            let n = n - before.failed.get(reason).copied().unwrap_or(0.0);
+            if n > 0.0 {
+                failed.insert(reason.clone(), n);
+            }
+        }
+        Self { done: self.done - before.done, failed }
+    }
+}
+
+impl std::fmt::Display for ServerHandshakes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.0}", self.done)?;
+        if !self.failed.is_empty() {
+            let failed: Vec<_> = self.failed.iter().map(|(r, n)| format!("{r} {n:.0}")).collect();
+            write!(f, " (failed: {})", failed.join(", "))?;
+        }
+        Ok(())
     }
 }

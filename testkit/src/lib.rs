@@ -13,13 +13,16 @@
 //! - [`backend`]: the in-process backends: a hyper server answering a fixed body, a few-workers backend, a
 //!   backend that stalls mid-body.
 //! - [`http`]: a hyper HTTP/1.1 client, async and blocking.
+//! - [`wire`]: an HTTP/1.1 client writing its own bytes, timing a response's head and body.
+//! - [`admin`]: reveille's admin API: services' states, `/metrics`, the wake phases.
 //! - [`prometheus`]: reading a sample from reveille's `/metrics`.
 //! - [`wrk`]: running wrk and reading its output.
 //! - [`etcd`]: a throwaway etcd on free loopback ports.
 //! - [`h2load`]: running h2load (HTTP/2) and reading its output and per-request log.
-//! - [`docker`]: the docker CLI and the `FROM scratch` busybox image.
+//! - [`docker`]: the docker CLI, the `FROM scratch` busybox image, the labs' containers.
 //! - [`tls`]: a rustls server-certificate check for test clients.
 
+pub mod admin;
 pub mod backend;
 pub mod docker;
 pub mod env;
@@ -34,4 +37,5 @@ pub mod prometheus;
 pub mod report;
 pub mod stats;
 pub mod tls;
+pub mod wire;
 pub mod wrk;

@@ -3,6 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::docker::{docker, BUSYBOX};
+use crate::wrk::WRK;
+
 /// The workspace's root directory (where `Cargo.lock` and `target/` are).
 pub fn workspace_root() -> PathBuf {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -98,5 +101,51 @@ pub fn locked_version(package: &str) -> String {
     match (found.next(), found.next()) {
         (Some(rest), None) => rest.split('"').next().unwrap_or("?").to_string(),
         _ => "?".into(),
+    }
+}
+
+/// What a lab that runs reveille, Docker and wrk reports about the machine.
+pub struct Machine {
+    pub date: String,
+    pub nproc: String,
+    pub cpu: String,
+    pub kernel: String,
+    pub reveille: String,
+    /// The commit benchmarked, with `(src/ modified)` when `src/` differs from it.
+    pub revision: String,
+    pub docker: String,
+    pub busybox: String,
+    pub wrk: Option<String>,
+}
+
+impl Machine {
+    /// The versions, for a report: reveille and its commit, Docker Engine, the image's busybox, wrk.
+    pub fn versions(&self) -> String {
+        format!(
+            "{} at commit {}; Docker Engine {}; image `FROM scratch` + {}; {}",
+            self.reveille,
+            self.revision,
+            self.docker,
+            self.busybox,
+            self.wrk.as_deref().unwrap_or("wrk: not found")
+        )
+    }
+
+    /// Reads it all; `reveille` is the binary measured.
+    pub fn describe(reveille: &Path) -> Self {
+        let wrk = Path::new(WRK).exists().then(|| first_line(Command::new(WRK).arg("-v")));
+        Self {
+            date: utc_date(),
+            nproc: nproc(),
+            cpu: cpu_model(),
+            kernel: first_line(Command::new("uname").arg("-r")),
+            reveille: first_line(Command::new(reveille).arg("--version")),
+            revision: git_revision(),
+            docker: docker(&["version", "--format", "{{.Server.Version}}"]).unwrap_or_else(|_| "unknown".into()),
+            // "BusyBox v1.35.0 (Debian 1:1.35.0-4+deb12u1+b1) multi-call binary."
+            busybox: first_line(&mut Command::new(BUSYBOX)).replace(" multi-call binary.", ""),
+            // "wrk 4.1.0 [epoll] Copyright (C) 2012 Will Glozer"
+            wrk: wrk.map(|w| w.split(" Copyright").next().unwrap_or(&w).trim().to_string()),
+        }
     }
 }

@@ -4,6 +4,9 @@ use std::process::{Command, Stdio};
 
 use crate::stats::counts;
 
+/// Debian's wrk, where the labs that need no other tool look for it.
+pub const WRK: &str = "/usr/bin/wrk";
+
 /// What one wrk run printed.
 #[derive(Debug, Default, Clone)]
 pub struct WrkReport {
