@@ -203,8 +203,8 @@ pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, UpstreamErr
         let name = header_name(&head[ns as usize..ne as usize])?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
             .map_err(|_| UpstreamError::Framing("header value"))?;
-        // Hop-by-hop fields never reach the client: they are read here, and not put in the map (a second
-        // pass over the map to remove them cost a twentieth of a request's instructions).
+        // Hop-by-hop fields never pass downstream: they are read here, and not put in the map (a second pass
+        // over the map to remove them cost a twentieth of a request's instructions).
         if is_hop_by_hop(&name) {
             if name == CONNECTION {
                 for token in value.as_bytes().split(|&b| b == b',') {
@@ -277,7 +277,7 @@ pub(super) fn response_framing(method: &Method, head: &mut Head, upgrade: bool) 
         if !upgrade {
             return Err(UpstreamError::UnexpectedUpgrade);
         }
-        // The upgrade passes: its fields go on to the client.
+        // The upgrade passes: its fields go on downstream.
         if let Some(u) = head.upgrade.take() {
             head.parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
             head.parts.headers.insert(UPGRADE, u);

@@ -55,7 +55,7 @@ pub(crate) struct RequestHead {
     pub(crate) path: PathAndQuery,
     /// As they are to be sent (`Host` set, hop-by-hop fields gone).
     pub(crate) headers: HeaderMap,
-    /// The client asked for an upgrade: a `101` is expected, not an error.
+    /// The downstream request asked for an upgrade: a `101` is expected, not an error.
     pub(crate) upgrade: bool,
 }
 
