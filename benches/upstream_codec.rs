@@ -1,16 +1,16 @@
-//! reveille's own HTTP/1.1 client side (`src/proxy/client.rs`), the two steps every proxied request takes on
-//! the backend side: the request head written into the connection's buffer, and the backend's response head
-//! parsed in place (header values are slices of the bytes read). The response is nginx's for a static file:
-//! eight fields. Before this codec, hyper's client did both, and handed every request and response between the
-//! request's task and a task per backend connection; see the README ("The upstream pool and what a request
-//! costs").
+//! The codec of reveille's own HTTP/1.1 client side (`src/upstream/codec.rs`): the two steps every proxied
+//! request takes on the backend side, the request head written into the connection's buffer and the backend's
+//! response head parsed in place (header values are slices of the bytes read). The response is nginx's for a
+//! static file: eight fields. Before this codec, hyper's client did both, and handed every request and response
+//! between the request's task and a task per backend connection; see `docs/design/upstream.md` and the
+//! benchmarks ("The upstream pool and what a request costs").
 
 use std::hint::black_box;
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::{HeaderMap, Method};
-use reveille::header_bench::upstream::{encode_request, parse_response};
+use reveille::upstream_codec_bench::{encode_request, parse_response};
 
 const NGINX_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\n\
 Server: nginx/1.22.1\r\n\

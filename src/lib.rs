@@ -16,8 +16,13 @@
 //!   the certificates directory.
 //! - `fsread`: reading the files an operator points reveille at (routes, certificates, config, templates)
 //!   within bounds: regular files only, opened without blocking, at most `max_file_size` bytes.
-//! - `proxy`: the data path — connections (plain or TLS), HTTP/1.1 and h2, forwarding, upgrades, HTTPS
-//!   redirects, limits and timeouts; one exit per request that counts it and hands its access-log line over.
+//! - `proxy`: the data path — downstream connections (plain or TLS), HTTP/1.1 and h2, forwarding, upgrades,
+//!   HTTPS redirects, limits and timeouts; one exit per request that counts it and hands its access-log line
+//!   over. It puts a backend connection back in the pool once its response has been read.
+//! - `upstream`: the backend side, below `proxy` — reveille's own HTTP/1.1 client: the codec (heads, framing,
+//!   chunks, trailers, hop-by-hop names), a connection's socket and buffers, one exchange (`send` and the
+//!   response body), the pool of idle connections (generic, knows no HTTP), opening connections. It knows
+//!   nothing of the proxy (`docs/design/upstream.md`).
 //! - `access_log`: the access log — the line's format (text or JSON), per-core buffers, the writer thread
 //!   that writes them in batches to stdout or a file (reopened on SIGHUP), and the count of what it dropped.
 //! - `tls`: TLS termination — certificates from a directory and etcd as an `ArcSwap` snapshot, SNI selection,
@@ -45,7 +50,8 @@
 //! `app`, and maps errors to exit codes.
 //!
 //! The modules are private: a module reaches another only through what that one declares `pub(crate)`, and
-//! `scripts/check-modules` (run by CI) fails on an import cycle between them. The crate's public face is the
+//! `scripts/check-modules` (run by CI) fails on an import cycle between them, and between the files of one
+//! module. The crate's public face is the
 //! short list of re-exports below — what the binary, the tests, the labs and the benches use — so
 //! `unreachable_pub` flags anything else declared `pub`.
 
@@ -70,6 +76,7 @@ mod routes;
 mod runtime;
 mod telemetry;
 mod tls;
+mod upstream;
 
 // What the binary runs: the command line, logging, and the proxy on bound listeners.
 pub use app::{docker, start, Listeners, Running, StartError};
@@ -86,6 +93,8 @@ pub use passivation::Settings as PassivationSettings;
 pub use proxy::bench as header_bench;
 pub use proxy::Settings as ProxySettings;
 pub use tls::Settings as TlsSettings;
+#[doc(hidden)]
+pub use upstream::bench as upstream_codec_bench;
 
 // Parts that tests, labs and benches drive on their own.
 pub use access_log::{

@@ -25,11 +25,11 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 use tracing::warn;
 
-use super::client::{UpBody, UpstreamError};
 use super::conn::{ConnState, InFlight};
 use super::error::UpstreamErrorKind;
 use super::stream::Progress;
 use crate::routes::{Backend, Service};
+use crate::upstream::{SendBody, UpstreamBody, UpstreamError};
 
 /// How a client's request body must arrive.
 #[derive(Debug, Clone, Copy)]
@@ -45,16 +45,16 @@ pub(crate) struct BodyLimits {
     pub buffer: usize,
 }
 
-/// Why a body failed. The client-side kinds are also recorded in the request's [`BodySlot`], so the handler
+/// Why a body failed. The downstream kinds are also recorded in the request's [`BodySlot`], so the handler
 /// can answer with the right status.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BodyError {
     #[error("no byte of the request body for {}", humantime::format_duration(*.0))]
-    ClientIdle(Duration),
+    DownstreamIdle(Duration),
     #[error("request body slower than {0} bytes/s")]
-    ClientTooSlow(u64),
+    DownstreamTooSlow(u64),
     #[error("reading the request body: {0}")]
-    Client(#[source] hyper::Error),
+    Downstream(#[source] hyper::Error),
     #[error("no byte of the response body from the backend for {}", humantime::format_duration(*.0))]
     UpstreamIdle(Duration),
     #[error("the request's time limit passed")]
@@ -65,7 +65,7 @@ pub(crate) enum BodyError {
 
 /// How reading a client's body failed, as the handler answers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ClientFailure {
+pub(crate) enum DownstreamFailure {
     /// The client went away (499, for logs only).
     Aborted,
     /// The body's framing was invalid, e.g. a bad chunk size (400).
@@ -76,12 +76,12 @@ pub(crate) enum ClientFailure {
     TooSlow,
 }
 
-impl ClientFailure {
+impl DownstreamFailure {
     fn of(e: &BodyError) -> Self {
         match e {
-            BodyError::ClientIdle(_) => Self::Idle,
-            BodyError::ClientTooSlow(_) => Self::TooSlow,
-            BodyError::Client(e) if is_malformed(e) => Self::Malformed,
+            BodyError::DownstreamIdle(_) => Self::Idle,
+            BodyError::DownstreamTooSlow(_) => Self::TooSlow,
+            BodyError::Downstream(e) if is_malformed(e) => Self::Malformed,
             _ => Self::Aborted,
         }
     }
@@ -191,7 +191,7 @@ impl Stall {
 
 /// The client's body as it is read: its buffered first part, then the rest from the connection, under the
 /// limits.
-pub(crate) struct ClientBody {
+pub(crate) struct DownstreamBody {
     prefix: Option<Bytes>,
     inner: Incoming,
     stall: Stall,
@@ -201,7 +201,7 @@ pub(crate) struct ClientBody {
     conn: Arc<ConnState>,
 }
 
-impl ClientBody {
+impl DownstreamBody {
     /// Tells the connection the wait is over, if one was on.
     fn end_wait(&mut self) {
         if self.stall.waiting_since.is_some() {
@@ -210,13 +210,13 @@ impl ClientBody {
     }
 }
 
-impl Drop for ClientBody {
+impl Drop for DownstreamBody {
     fn drop(&mut self) {
         self.end_wait();
     }
 }
 
-impl Body for ClientBody {
+impl Body for DownstreamBody {
     type Data = Bytes;
     type Error = BodyError;
 
@@ -239,7 +239,7 @@ impl Body for ClientBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Client(e)))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Downstream(e)))),
             Poll::Ready(None) => {
                 this.conn.body_unread(false);
                 Poll::Ready(None)
@@ -247,9 +247,9 @@ impl Body for ClientBody {
             Poll::Pending => {
                 match this.stall.on_pending(cx, this.rate.map(|(r, g)| (r, this.conn.rate_grace(g))), None) {
                     Poll::Ready(Expired::TooSlow) => {
-                        Poll::Ready(Some(Err(BodyError::ClientTooSlow(this.rate.map_or(0, |r| r.0)))))
+                        Poll::Ready(Some(Err(BodyError::DownstreamTooSlow(this.rate.map_or(0, |r| r.0)))))
                     }
-                    Poll::Ready(_) => Poll::Ready(Some(Err(BodyError::ClientIdle(this.stall.idle)))),
+                    Poll::Ready(_) => Poll::Ready(Some(Err(BodyError::DownstreamIdle(this.stall.idle)))),
                     Poll::Pending => Poll::Pending,
                 }
             }
@@ -291,9 +291,9 @@ pub(crate) enum BodySlot {
 }
 
 pub(crate) struct Shared {
-    slot: Mutex<Option<ClientBody>>,
+    slot: Mutex<Option<DownstreamBody>>,
     sent: AtomicBool,
-    /// A [`ClientFailure`] code; 0 = none.
+    /// A [`DownstreamFailure`] code; 0 = none.
     failure: AtomicU8,
     sent_notify: Notify,
 }
@@ -305,13 +305,13 @@ impl BodySlot {
         body: Incoming,
         limits: &BodyLimits,
         conn: &Arc<ConnState>,
-    ) -> Result<Option<Self>, ClientFailure> {
+    ) -> Result<Option<Self>, DownstreamFailure> {
         if body.is_end_stream() {
             return Ok(None);
         }
         let rate = Some((limits.min_rate, limits.grace));
         let mut body =
-            ClientBody { prefix: None, inner: body, stall: Stall::new(limits.idle), rate, conn: conn.clone() };
+            DownstreamBody { prefix: None, inner: body, stall: Stall::new(limits.idle), rate, conn: conn.clone() };
         let mut data = Gather::default();
         let mut trailers = None;
         let complete = loop {
@@ -332,7 +332,7 @@ impl BodySlot {
                         break true;
                     }
                 },
-                Some(Err(e)) => return Err(ClientFailure::of(&e)),
+                Some(Err(e)) => return Err(DownstreamFailure::of(&e)),
             }
         };
         let data = data.finish();
@@ -390,10 +390,10 @@ impl BodySlot {
     }
 
     /// How reading the client's body failed, if it did.
-    pub(crate) fn client_failure(&self) -> Option<ClientFailure> {
+    pub(crate) fn downstream_failure(&self) -> Option<DownstreamFailure> {
         match self {
             Self::Whole { .. } => None,
-            Self::Streamed { shared, .. } => ClientFailure::from_code(shared.failure.load(Ordering::Acquire)),
+            Self::Streamed { shared, .. } => DownstreamFailure::from_code(shared.failure.load(Ordering::Acquire)),
         }
     }
 
@@ -441,7 +441,7 @@ impl Gather {
 }
 
 impl Shared {
-    fn finish(&self, failure: Option<ClientFailure>) {
+    fn finish(&self, failure: Option<DownstreamFailure>) {
         if let Some(f) = failure {
             self.failure.store(f.code(), Ordering::Release);
         }
@@ -454,7 +454,7 @@ impl Shared {
 pub(crate) enum RequestBody {
     Empty,
     Whole { data: Option<Bytes>, trailers: Option<HeaderMap> },
-    Streaming { shared: Arc<Shared>, body: Option<ClientBody>, hint: SizeHint },
+    Streaming { shared: Arc<Shared>, body: Option<DownstreamBody>, hint: SizeHint },
 }
 
 impl Body for RequestBody {
@@ -476,7 +476,7 @@ impl Body for RequestBody {
                 let res = Pin::new(&mut *b).poll_frame(cx);
                 match &res {
                     Poll::Ready(None) => shared.finish(None),
-                    Poll::Ready(Some(Err(e))) => shared.finish(Some(ClientFailure::of(e))),
+                    Poll::Ready(Some(Err(e))) => shared.finish(Some(DownstreamFailure::of(e))),
                     // hyper stops polling once `is_end_stream` says so: the last frame is the end.
                     Poll::Ready(Some(Ok(_))) if b.is_end_stream() => shared.finish(None),
                     _ => {}
@@ -508,6 +508,15 @@ impl Body for RequestBody {
     }
 }
 
+impl SendBody for RequestBody {
+    fn take_whole(&mut self) -> Option<(Bytes, Option<HeaderMap>)> {
+        match self {
+            RequestBody::Whole { data, trailers } => Some((data.take().unwrap_or_default(), trailers.take())),
+            _ => None,
+        }
+    }
+}
+
 /// The body sent to the client: an upstream's streamed body, or a short text reveille wrote itself. Carries the
 /// request's in-flight guard, released when the body is finished or dropped, which is when a request stops
 /// being "in flight".
@@ -525,8 +534,9 @@ enum Kind {
 
 /// A backend's response body and what watches it.
 struct Upstream {
-    /// It owns the connection it comes on, which goes back to the pool once the body has been read to its end.
-    body: UpBody,
+    /// It owns the connection it comes on, which goes back to the pool once the body has been read to its end
+    /// ([`release`]).
+    body: UpstreamBody,
     stall: Stall,
     /// The request's total time limit, if one is set.
     deadline: Option<Instant>,
@@ -544,7 +554,9 @@ struct Upstream {
 
 impl ResponseBody {
     /// A backend's body; it fails when the backend sends nothing for `idle`, or at `deadline`.
-    pub(crate) fn upstream(body: UpBody, guard: InFlight, idle: Duration, deadline: Option<Instant>) -> Self {
+    pub(crate) fn upstream(mut body: UpstreamBody, guard: InFlight, idle: Duration, deadline: Option<Instant>) -> Self {
+        // A body with nothing to read (HEAD, 204, 304, a length of zero) is at its end already.
+        release(&mut body);
         let watched = guard.conn().is_h1();
         let progress = if watched { None } else { Progress::begin(guard.state()) };
         let up = Upstream {
@@ -592,6 +604,14 @@ impl ResponseBody {
     }
 }
 
+/// Puts a backend's connection back in the pool once its response has been read to the end, as pingora's
+/// `release_http_session`: the exchange only says when the connection can serve again, the proxy decides.
+fn release(body: &mut UpstreamBody) {
+    if let Some(conn) = body.take_reusable() {
+        conn.release();
+    }
+}
+
 /// How early, at most, the connection's watchdog (millisecond counters) may cut a stalled response.
 const WATCHDOG_SLACK: Duration = Duration::from_millis(2);
 
@@ -625,6 +645,11 @@ impl Body for ResponseBody {
                     return Poll::Ready(Some(Err(Self::give_up(up, this.guard.as_ref(), Expired::Deadline))));
                 }
                 let res = Pin::new(&mut up.body).poll_frame(cx);
+                if res.is_ready() {
+                    // Before the last frame is passed on: the client may send its next request as soon as it has
+                    // the response, and that request should find the connection idle.
+                    release(&mut up.body);
+                }
                 if let Some(g) = &this.guard {
                     // Under pressure, the connection's watchdog cuts a backend that keeps the body waiting.
                     match &res {

@@ -26,16 +26,15 @@ use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use tracing::{debug, warn, Instrument};
 
-use super::body::{BodySlot, ClientFailure, RequestBody, ResponseBody};
-use super::client::{self, RequestHead, SendError, UpBody, UpstreamError};
+use super::body::{BodySlot, DownstreamFailure, RequestBody, ResponseBody};
 use super::conn::InFlight;
-use super::connector::ConnectError;
 use super::error::{ErrorMetric, UpstreamErrorKind};
 use super::headers::{add_forwarded, strip_hop_by_hop, upgrade_requested};
 use super::{tunnel, ProxyError, ProxyService, Response, Settings};
 use crate::access_log::Entry;
 use crate::passivation::{wants_page, Activity, Refusal};
 use crate::routes::{normalize_request_host, Backend, Lookup, Service};
+use crate::upstream::{self, ConnectError, RequestHead, SendError, UpstreamBody, UpstreamError};
 
 /// Handles one request end to end. Never fails: errors become responses.
 pub(super) async fn handle(svc: &ProxyService, req: Request<Incoming>, guard: InFlight) -> Response {
@@ -263,7 +262,7 @@ fn with_guard(response: http::Response<String>, guard: InFlight) -> Response {
     response.map(|body| ResponseBody::full(body, Some(guard)))
 }
 
-type Upstream = http::Response<UpBody>;
+type Upstream = http::Response<UpstreamBody>;
 
 /// Sends the request to the service's backends in rotation until one answers. A backend that cannot be
 /// connected to is skipped (and counted, by attempt); nothing was sent to it, so the next one gets the same
@@ -279,7 +278,7 @@ async fn forward(
 ) -> Result<Upstream, ProxyError> {
     let proxy = &*svc.proxy;
     let upgrade = if req.version() == Version::HTTP_11 { upgrade_requested(req.headers()) } else { None };
-    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
 
     let (parts, body) = req.into_parts();
     let method: Method = parts.method;
@@ -303,7 +302,7 @@ async fn forward(
     } else {
         match Box::pin(BodySlot::read(body, &proxy.body_limits, &svc.conn)).await {
             Ok(b) => b,
-            Err(failure) => return Err(client_failure(failure)),
+            Err(failure) => return Err(downstream_failure(failure)),
         }
     };
     // A body of unknown length would otherwise be dropped for methods like GET; say it is chunked.
@@ -327,7 +326,7 @@ async fn forward(
         head: RequestHead { method, path, headers, upgrade: upgrade.is_some() },
         body: body.as_ref(),
     };
-    let mut client_upgrade = client_upgrade;
+    let mut downstream_upgrade = downstream_upgrade;
     let mut activity = activity;
     let timeout = proxy.settings.response_timeout;
     for backend in backends {
@@ -349,10 +348,10 @@ async fn forward(
             Some(Ok(mut resp)) => {
                 // An upgraded connection is the tunnel's, never the pool's.
                 if let Some(backend_side) = resp.body_mut().take_upgraded() {
-                    if let Some(client) = client_upgrade.take() {
+                    if let Some(downstream) = downstream_upgrade.take() {
                         let span = tracing::info_span!("tunnel", service = service.name());
                         let run = tunnel::run(
-                            client,
+                            downstream,
                             backend_side,
                             proxy.settings.tunnel_idle_timeout,
                             svc.conn.clone(),
@@ -372,9 +371,9 @@ async fn forward(
                 }
             }
             Some(Err(SendFailure::Upstream(e))) => {
-                if let Some(failure) = body.as_ref().and_then(BodySlot::client_failure) {
+                if let Some(failure) = body.as_ref().and_then(BodySlot::downstream_failure) {
                     debug!(service = service.name(), error = %source_chain(&e), "the client's upload failed");
-                    return Err(client_failure(failure));
+                    return Err(downstream_failure(failure));
                 }
                 warn!(service = service.name(), backend = backend.as_str(), error = %source_chain(&e), "backend failed to answer");
                 return Err(ProxyError::UpstreamProtocol { service: service.name().into() });
@@ -420,7 +419,7 @@ async fn send_to(
     backend: &Backend,
     template: &Template<'_>,
 ) -> Result<Upstream, SendFailure> {
-    let pool = &svc.proxy.pool;
+    let pool = &svc.proxy.upstream;
     let key = backend.authority();
     let conn = match pool.checkout(key) {
         Some(c) => c,
@@ -428,7 +427,7 @@ async fn send_to(
         None => Box::pin(pool.connect(key)).await.map_err(SendFailure::Connect)?,
     };
     let reused = conn.is_reused();
-    let SendError { error, unsent, answered } = match client::send(conn, &template.head, template.body()).await {
+    let SendError { error, unsent, answered } = match upstream::send(conn, &template.head, template.body()).await {
         Ok(resp) => return Ok(resp),
         Err(e) => e,
     };
@@ -444,7 +443,7 @@ async fn send_to(
     }
     debug!(service = service.name(), backend = backend.as_str(), error = %source_chain(&error), "kept-alive backend connection closed under the request; sending it again on a new one");
     let fresh = Box::pin(pool.connect(key)).await.map_err(SendFailure::Connect)?;
-    client::send(fresh, &template.head, template.body()).await.map_err(|e| SendFailure::Upstream(e.error))
+    upstream::send(fresh, &template.head, template.body()).await.map_err(|e| SendFailure::Upstream(e.error))
 }
 
 /// Methods a client may send twice with the effect of once (RFC 9110 §9.2.2).
@@ -494,12 +493,12 @@ fn https_redirect(host: &str, port: Option<u16>, uri: &Uri, guard: InFlight) -> 
 }
 
 /// The answer to a client whose body could not be read.
-fn client_failure(failure: ClientFailure) -> ProxyError {
+fn downstream_failure(failure: DownstreamFailure) -> ProxyError {
     match failure {
-        ClientFailure::Aborted => ProxyError::ClientAborted,
-        ClientFailure::Malformed => ProxyError::BadBody,
-        ClientFailure::Idle => ProxyError::BodyTimeout { reason: "no byte within the body timeout" },
-        ClientFailure::TooSlow => ProxyError::BodyTimeout { reason: "slower than the minimum body rate" },
+        DownstreamFailure::Aborted => ProxyError::ClientAborted,
+        DownstreamFailure::Malformed => ProxyError::BadBody,
+        DownstreamFailure::Idle => ProxyError::BodyTimeout { reason: "no byte within the body timeout" },
+        DownstreamFailure::TooSlow => ProxyError::BodyTimeout { reason: "slower than the minimum body rate" },
     }
 }
 

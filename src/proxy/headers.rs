@@ -3,12 +3,11 @@
 
 use std::net::IpAddr;
 
-use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, FORWARDED, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
-};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, FORWARDED, UPGRADE};
 use ipnet::IpNet;
 
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+use crate::upstream::{connection_named, hop_by_hop_index, is_hop_by_hop, HOP_BY_HOP};
+
 pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -45,41 +44,6 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderV
     }
 }
 
-/// A header that never passes a hop by itself: `Connection` (which may name others), the fixed list, and
-/// every `Proxy-*` header.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    fixed_index(name).is_some() || name.as_str().starts_with("proxy-")
-}
-
-/// The position of `name` in [`FIXED`]: a match on the lowercase name (a length switch, then a compare).
-fn fixed_index(name: &HeaderName) -> Option<usize> {
-    match name.as_str() {
-        "connection" => Some(0),
-        "keep-alive" => Some(1),
-        "te" => Some(2),
-        "trailer" => Some(3),
-        "transfer-encoding" => Some(4),
-        "upgrade" => Some(5),
-        "proxy-connection" => Some(6),
-        _ => None,
-    }
-}
-
-/// A header named by a `Connection` token that must go beyond the fixed list (which is removed anyway), if the
-/// token names one: never `Host` (`Connection: host` must not make a request lose its Host).
-pub(crate) fn connection_named(token: &[u8]) -> Option<HeaderName> {
-    let token = token.trim_ascii();
-    if token.is_empty() || FIXED.iter().any(|f| token.eq_ignore_ascii_case(f.as_str().as_bytes())) {
-        return None;
-    }
-    HeaderName::from_bytes(token).ok().filter(|name| *name != HOST)
-}
-
-/// A field dropped by the backend side's parser as it reads a response (see [`strip_hop_by_hop`]).
-pub(crate) fn is_hop_by_hop_field(name: &HeaderName) -> bool {
-    is_hop_by_hop(name)
-}
-
 /// [`strip_hop_by_hop`]'s removals, once there is something to remove. The usual case is a response's
 /// `Connection: keep-alive`: it removes that one header, with no allocation and no name parsed.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
@@ -99,26 +63,22 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
     // Which of the fixed names are present, and whether any other `Proxy-*` header is: one pass over the
     // names, so each removal below finds something.
-    let mut present = [false; FIXED.len()];
+    let mut present = [false; HOP_BY_HOP.len()];
     let mut other_proxy = false;
     for name in headers.keys() {
-        match fixed_index(name) {
+        match hop_by_hop_index(name) {
             Some(i) => present[i] = true,
             // Proxy-Authorization, Proxy-Authenticate and friends are for the hop they were sent on.
             None => other_proxy |= name.as_str().starts_with("proxy-"),
         }
     }
-    for (name, _) in FIXED.iter().zip(present).filter(|(_, p)| *p) {
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
     }
     if other_proxy {
         remove_where(headers, |k| k.as_str().starts_with("proxy-"));
     }
 }
-
-/// The hop-by-hop headers every message loses (RFC 9110 §7.6.1, and the obsolete `Proxy-Connection`).
-static FIXED: [HeaderName; 7] =
-    [CONNECTION, KEEP_ALIVE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, HeaderName::from_static("proxy-connection")];
 
 /// The connection's peer as the forwarding headers need it, prepared once per connection.
 #[derive(Clone, Debug)]
@@ -261,15 +221,9 @@ fn remove_where(headers: &mut HeaderMap, pred: impl Fn(&HeaderName) -> bool) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use http::header::{HOST, TE};
 
-    #[test]
-    fn fixed_index_matches_the_fixed_list() {
-        for (i, name) in FIXED.iter().enumerate() {
-            assert_eq!(fixed_index(name), Some(i), "{name}");
-        }
-        assert_eq!(fixed_index(&HOST), None);
-    }
+    use super::*;
 
     #[test]
     fn each_hop_by_hop_header_alone_is_found_and_removed() {

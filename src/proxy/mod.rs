@@ -1,22 +1,22 @@
-//! The data path: accepts client connections, routes each request by hostname and forwards it to a backend.
+//! The data path: accepts client (downstream) connections, routes each request by hostname and forwards it to
+//! a backend.
 //!
-//! Owns connection handling (`conn`), the request's way through and its single exit (`handler`: metrics and
-//! the access-log line of every response are written there), the error vocabulary and the label values of its
-//! error counters (`error`), header rewriting (`headers`), body streaming (`body`) and upgraded connections
-//! (`tunnel`). Reads the route table through [`RouteHandle`] and never changes it; knows nothing of where
+//! Owns downstream connection handling (`conn`), the request's way through and its single exit (`handler`:
+//! metrics and the access-log line of every response are written there), the error vocabulary and the label
+//! values of its error counters (`error`), header rewriting (`headers`), body streaming (`body`) and upgraded
+//! connections (`tunnel`). The backend side is `upstream`'s: the handler takes a connection from its
+//! [`Connector`], sends on it, and `body` puts the connection back in the pool once the response has been read
+//! to its end. Reads the route table through [`RouteHandle`] and never changes it; knows nothing of where
 //! routes come from. For passivated services it calls passivation's small API ([`Passivator::tenant`],
 //! `Tenant::admit`, the page decision, the status endpoint and starting page responses) and knows nothing of
 //! the lifecycle behind it. TLS handshakes are `tls`'s; metric names and exposition are `metrics`'.
 
 mod admission;
 mod body;
-mod client;
 mod conn;
-mod connector;
 mod error;
 mod handler;
 mod headers;
-mod pool;
 mod stream;
 mod tunnel;
 pub(crate) mod workers;
@@ -57,25 +57,6 @@ pub mod bench {
     pub fn response(headers: &mut HeaderMap) {
         strip_hop_by_hop(headers, None);
     }
-
-    /// The backend side's codec (`src/proxy/client.rs`): a request head written, a response head parsed.
-    pub mod upstream {
-        use bytes::BytesMut;
-        use http::{HeaderMap, Method};
-
-        use crate::proxy::body::RequestBody;
-        use crate::proxy::client;
-
-        /// Writes a bodiless request head into `out`.
-        pub fn encode_request(out: &mut BytesMut, method: &Method, target: &str, headers: &HeaderMap) {
-            client::bench_encode_head(out, method, target, headers, &RequestBody::Empty);
-        }
-
-        /// Parses the response head at the start of `buf` (taking it off); the number of header fields.
-        pub fn parse_response(buf: &mut BytesMut) -> Option<usize> {
-            client::bench_parse_head(buf)
-        }
-    }
 }
 
 use std::future::Future;
@@ -87,7 +68,6 @@ use std::time::Duration;
 use http::HeaderValue;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioTimer;
 use ipnet::IpNet;
 use tokio::net::TcpListener;
@@ -104,10 +84,10 @@ use crate::metrics::{LabeledCounters, Metrics};
 use crate::passivation::Passivator;
 use crate::routes::RouteHandle;
 use crate::tls::TlsAcceptor;
+use crate::upstream::{self, ConnectSettings, Connector};
 use admission::AddressLimit;
 use body::{BodyLimits, ResponseBody};
 use conn::{ConnState, InFlight, Pressure};
-use connector::Connector;
 use headers::Peer;
 
 /// Limits, timeouts and trust of the data path. Every field has a `serve` flag and a config-file key.
@@ -218,8 +198,8 @@ pub(crate) struct Proxy {
     settings: Settings,
     /// How request bodies must arrive, from `settings`.
     body_limits: BodyLimits,
-    /// Backend connections kept for reuse.
-    pool: pool::Pool,
+    /// Backend connections: opened, and kept for reuse.
+    upstream: Connector,
     /// `reveille_worker_connections_total`, by worker index.
     worker_connections: Box<[prometheus_client::metrics::counter::Counter]>,
     h1: http1::Builder,
@@ -274,16 +254,13 @@ impl Proxy {
         workers: usize,
     ) -> Arc<Self> {
         let PlainHttp { redirect, acme } = plain;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.enforce_http(true);
-        let pool = pool::Pool::new(
-            Connector::new(connector, settings.upstream_quickack),
+        let upstream = Connector::new(ConnectSettings {
+            connect_timeout: settings.connect_timeout,
+            quickack: settings.upstream_quickack,
             workers,
-            settings.pool_max_idle_per_backend,
-            settings.pool_idle_timeout,
-        );
+            max_idle_per_backend: settings.pool_max_idle_per_backend,
+            idle_timeout: settings.pool_idle_timeout,
+        });
 
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
@@ -325,7 +302,7 @@ impl Proxy {
             passivator,
             settings,
             body_limits,
-            pool,
+            upstream,
             worker_connections,
             h1,
             h2,
@@ -387,7 +364,7 @@ impl Proxy {
             };
             self.pressure.update(self.limit.available_permits(), &self.metrics);
             let _ = stream.set_nodelay(true);
-            self.worker_connections[pool::worker() % self.worker_connections.len()].inc();
+            self.worker_connections[upstream::worker() % self.worker_connections.len()].inc();
             let span = info_span!("conn", %peer, tls = tls.is_some());
             let conn = conn::serve(stream, peer, self.clone(), tls.clone(), shutdown.clone(), permit, address);
             self.tasks.spawn(conn.instrument(span));

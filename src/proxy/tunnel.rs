@@ -17,8 +17,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::client::Upgraded;
 use super::conn::ConnState;
+use crate::upstream::Upgraded;
 
 /// Runs one tunnel to its end, between the client's upgraded connection and the backend's (with the bytes it
 /// sent past its `101`). `_conn` is held so the connection's slot stays taken while the tunnel lives, and

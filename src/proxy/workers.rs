@@ -19,8 +19,9 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info_span, Instrument as _};
 
-use super::{pool, Proxy};
+use super::Proxy;
 use crate::tls::TlsAcceptor;
+use crate::upstream;
 
 /// A started worker thread.
 pub(crate) struct Worker {
@@ -50,7 +51,7 @@ pub(crate) fn spawn(
         let (ended_tx, ended) = oneshot::channel();
         let (proxy, shutdown, stop) = (proxy.clone(), shutdown.clone(), stop.clone());
         std::thread::Builder::new().name(format!("reveille-worker-{index}")).spawn(move || {
-            pool::set_worker(index);
+            upstream::set_worker(index);
             let span = info_span!("worker", index);
             runtime.block_on(
                 async move {

@@ -1,0 +1,55 @@
+//! Why the backend side failed: a connection that could not be opened ([`ConnectError`]), and an exchange that
+//! went wrong ([`UpstreamError`]). Neither holds the proxy's errors: a request body that failed is carried as
+//! the body's own error, boxed, whatever its type.
+
+use std::io;
+
+/// A request body's error, whatever the body.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A backend connection could not be opened (refused, timed out, unreachable); nothing was sent.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to the backend")]
+pub(crate) struct ConnectError(#[source] BoxError);
+
+impl ConnectError {
+    pub(crate) fn other(e: impl Into<BoxError>) -> Self {
+        Self(e.into())
+    }
+}
+
+/// Why an exchange with a backend failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    #[error("the backend closed the connection before answering")]
+    Closed,
+    #[error("backend connection: {0}")]
+    Io(#[source] io::Error),
+    #[error("malformed response head from the backend: {0}")]
+    Head(#[source] httparse::Error),
+    /// The limit, in bytes.
+    #[error("the backend's response head is over {} KiB", .0 / 1024)]
+    HeadTooLarge(usize),
+    #[error("the backend's response has an invalid {0}")]
+    Framing(&'static str),
+    #[error("malformed chunked body from the backend: {0}")]
+    Chunk(&'static str),
+    #[error("the backend closed the connection in the middle of the response")]
+    Incomplete,
+    #[error("the backend answered 101 Switching Protocols to a request that asked for no upgrade")]
+    UnexpectedUpgrade,
+    #[error("sending the request body: {0}")]
+    RequestBody(#[source] BoxError),
+}
+
+impl UpstreamError {
+    /// The connection ended (closed, reset) before the backend answered anything.
+    pub(crate) fn closed_before_answer(&self) -> bool {
+        use io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+        match self {
+            Self::Closed => true,
+            Self::Io(e) => matches!(e.kind(), ConnectionReset | BrokenPipe | ConnectionAborted | UnexpectedEof),
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! The backend side: reveille's own HTTP/1.1 client, its connections and their pool.
+//!
+//! Cut by what each part does, as pingora's layout is: the codec (`codec`: heads, framing, chunks, trailers,
+//! hop-by-hop names; pure), a connection's bytes (`wire`: the socket and its buffers), one exchange (`exchange`:
+//! [`send`] and the response body), the pool (`pool`: generic, knows no HTTP), opening connections
+//! (`connect`: checkout or connect) and the errors (`error`). The files import downwards only (`codec` and
+//! `pool` below `wire`, below `exchange` and `connect`), and nothing here knows the proxy: the proxy takes a
+//! connection ([`Connector`]), sends on it, and puts it back in the pool once the response has been read to
+//! its end ([`UpstreamBody::take_reusable`], [`Pooled::release`](pool::Pooled::release)).
+//! `docs/design/upstream.md` says why.
+
+mod codec;
+mod connect;
+mod error;
+mod exchange;
+mod pool;
+mod wire;
+
+pub(crate) use codec::{connection_named, hop_by_hop_index, is_hop_by_hop, HOP_BY_HOP};
+pub(crate) use connect::{ConnectSettings, Connector};
+pub(crate) use error::{ConnectError, UpstreamError};
+pub(crate) use exchange::{send, RequestHead, SendBody, SendError, UpstreamBody};
+pub(crate) use pool::{set_worker, worker};
+pub(crate) use wire::Upgraded;
+
+/// The codec's two steps every proxied request takes, for the criterion benchmark `benches/upstream_codec.rs`
+/// only: not an API.
+#[doc(hidden)]
+pub mod bench {
+    use bytes::BytesMut;
+    use http::{HeaderMap, Method};
+
+    use super::codec::{encode_head, parse_head};
+
+    /// Writes a bodiless request head into `out`.
+    pub fn encode_request(out: &mut BytesMut, method: &Method, target: &str, headers: &HeaderMap) {
+        encode_head(out, method, target, headers, Some(0));
+    }
+
+    /// Parses the response head at the start of `buf` (taking it off); the number of header fields.
+    pub fn parse_response(buf: &mut BytesMut) -> Option<usize> {
+        parse_head(buf).ok().flatten().map(|h| h.parts.headers.len())
+    }
+}
