@@ -5,7 +5,7 @@
 //! read the backend, or queue itself and ask for a wake). Every Docker call and every phase change is made by the
 //! tenant's single driver task, so two wakes or a wake and a stop can never overlap. The state stays private to
 //! this file: the operator's views (admin API, status endpoint, etcd activity) read a [`Snapshot`]. How a tenant
-//! looks over HTTP is `http.rs`'s; the etcd keys are `status.rs`'s.
+//! looks over HTTP is `http.rs`'s; its etcd keys are `crate::cluster`'s, its cluster rules `tenant/coordination.rs`'s.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
