@@ -2,8 +2,8 @@
 //! removal (RFC 9110 §7.6.1) and the forwarding headers. Inputs: a load generator's bare request, a browser's
 //! request (with `Connection: keep-alive`), a request from a trusted proxy (its `X-Forwarded-For` extended), and
 //! a backend's response (`Connection: keep-alive`). Each iteration rewrites a fresh copy (the copy is not
-//! timed). Before the one-pass check, the hop-by-hop removal hashed every fixed name on every message; see the
-//! README ("What each change bought").
+//! timed). Before the one-pass check, the hop-by-hop removal hashed every fixed name on every message; see
+//! docs/design/performance.md ("What each change bought").
 
 use std::hint::black_box;
 use std::net::IpAddr;

@@ -2,8 +2,8 @@
 //! request takes on the backend side, the request head written into the connection's buffer and the backend's
 //! response head parsed in place (header values are slices of the bytes read). The response is nginx's for a
 //! static file: eight fields. Before this codec, hyper's client did both, and handed every request and response
-//! between the request's task and a task per backend connection; see `docs/design/upstream.md` and the
-//! benchmarks ("The upstream pool and what a request costs").
+//! between the request's task and a task per backend connection; see `docs/design/upstream.md` and
+//! `docs/design/performance.md` ("The upstream pool and what a request costs").
 
 use std::hint::black_box;
 

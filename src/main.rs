@@ -78,6 +78,7 @@ async fn wait_for_signal() {
     }
 }
 
-/// mimalloc: per-thread free lists without glibc's locking and trimming; measured in the peer benchmark (README).
+/// mimalloc: per-thread free lists without glibc's locking and trimming; measured in the peer benchmark
+/// (docs/benchmarks.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -2,8 +2,8 @@
 //! formatted once per second.
 //!
 //! Text lines are `key=value` pairs (logfmt) after the time and `reveille::access`; a value is quoted only
-//! when it has to be. JSON lines are one object per line. Both carry the same fields, in the same order; the
-//! README documents them.
+//! when it has to be. JSON lines are one object per line. Both carry the same fields, in the same order;
+//! docs/operations.md documents them.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -1,5 +1,5 @@
 //! The tenant state machine against a scripted runtime, on tokio's paused clock: the timers (idle, wake
-//! timeout, page_after) are exercised exactly and instantly. The real-Docker tests are in `tests/passivation.rs`.
+//! timeout, page_after) are exercised exactly and instantly. The real-Docker tests are in `tests/it/passivation.rs`.
 
 use std::net::IpAddr;
 use std::sync::Arc;

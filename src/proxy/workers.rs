@@ -3,8 +3,8 @@
 //! end, with its own shard of the backend pool.
 //!
 //! Why: tokio's multi-thread scheduler steals work between threads and wakes tasks across them, which costs
-//! on every request when each request is a few microseconds of work (see the README's peer benchmark for
-//! both models measured). The caller's runtime is worker 0; this module starts workers 1 to n-1.
+//! on every request when each request is a few microseconds of work (see docs/design/performance.md, "The
+//! runtime model", for both models measured). The caller's runtime is worker 0; this module starts workers 1 to n-1.
 //!
 //! Each worker accepts from a duplicate of the listening socket (the same kernel accept queue): whichever
 //! worker is free first takes the next connection. Shutdown: a worker stops accepting when `shutdown` is

@@ -1,7 +1,7 @@
 //! The labs' backends: a hyper HTTP/1.1 server answering every request 200 with a fixed body (or one chosen by
 //! path), a backend with a
 //! fixed number of one-connection-at-a-time workers, and one that stalls mid-body. The integration tests'
-//! general backends (with handlers and hit counters) are `tests/support`'s own.
+//! general backends (with handlers and hit counters) are `tests/it/support`'s own.
 
 use std::convert::Infallible;
 use std::sync::Arc;

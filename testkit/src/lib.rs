@@ -1,4 +1,4 @@
-//! Helpers shared by reveille's load labs (`lab/`) and its integration tests (`tests/support/`): what both
+//! Helpers shared by reveille's load labs (`lab/`) and its integration tests (`tests/it/support/`): what both
 //! need to run real processes on loopback and read what they did. It owns no proxy logic and does not depend on
 //! reveille, so reveille's tests can depend on it without a cycle.
 //!
