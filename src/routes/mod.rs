@@ -10,6 +10,7 @@
 //! builds a whole new table and swaps it in, so a request sees either the old table or the new one, never a mix.
 mod backend;
 mod host;
+mod service;
 mod shard;
 mod spec;
 mod table;
@@ -20,9 +21,10 @@ use arc_swap::ArcSwap;
 
 pub use backend::Backend;
 pub use host::{normalize_request_host, HostPattern};
-pub(crate) use spec::{ContainerSpec, DockerHostNames, HttpsPolicy, IdleAction, RouteSpec, ServiceSpec};
+pub(crate) use service::{ContainerSpec, IdleAction, Service};
+pub(crate) use spec::{DockerHostNames, RouteSpec, ServiceSpec};
 pub use table::RouteTable;
-pub(crate) use table::{Lookup, RouteSet, Service};
+pub(crate) use table::{Lookup, RouteSet};
 
 /// Errors in route definitions. Every variant names the offending item, so a log line is enough to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -9,7 +9,8 @@ use std::time::Duration;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use super::{validate_service_name, Backend, RouteError, Service};
+use super::service::{ContainerSpec, HttpsPolicy, IdleAction, Service};
+use super::{validate_service_name, Backend, RouteError};
 use crate::runtime::DEFAULT_HOST;
 
 /// A service definition: `{"backends": [...]}` in etcd, `[services.<name>] backends = [...]` in the file.
@@ -96,54 +97,6 @@ impl<S> Default for ServiceSpec<S> {
     }
 }
 
-/// What happens to an idle tenant's container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum IdleAction {
-    /// `docker stop`: frees memory; the next wake is a full start.
-    #[default]
-    Stop,
-    /// `docker pause`: keeps memory; the next wake is an unpause (milliseconds).
-    Pause,
-}
-
-impl IdleAction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IdleAction::Stop => "stop",
-            IdleAction::Pause => "pause",
-        }
-    }
-}
-
-/// A service backed by a container that reveille starts on demand and stops when idle. Unset fields take the
-/// `[passivation]` defaults of the config.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContainerSpec {
-    pub container: String,
-    pub port: Option<u16>,
-    pub network: Option<String>,
-    /// The Docker host it runs on, as written; `None` = [`DEFAULT_HOST`] (see [`Self::docker_host`]).
-    pub docker_host: Option<String>,
-    pub idle_timeout: Option<Duration>,
-    pub wake_timeout: Option<Duration>,
-    /// `docker stop`'s grace; `None` = `[passivation] stop_timeout`, else the container's own.
-    pub stop_timeout: Option<Duration>,
-    pub health_path: Option<String>,
-    pub idle_action: IdleAction,
-    /// With [`IdleAction::Pause`]: a paused container is stopped after this much more idleness.
-    pub stop_after: Option<Duration>,
-    pub max_held: Option<usize>,
-    pub page_after: Option<Duration>,
-}
-
-impl ContainerSpec {
-    /// The name of the Docker host the container runs on.
-    pub fn docker_host(&self) -> &str {
-        self.docker_host.as_deref().unwrap_or(DEFAULT_HOST)
-    }
-}
-
 /// The Docker host names a service's `docker_host` may take: the configured hosts when serving, or any name
 /// where the config is not known (`reveille check` of a lone routes file, `service set` without `--config`).
 #[derive(Debug, Clone, Default)]
@@ -171,17 +124,6 @@ impl DockerHostNames {
             _ => Ok(()),
         }
     }
-}
-
-/// How a service is served over HTTPS.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct HttpsPolicy {
-    /// Redirect plain HTTP to HTTPS; `None` follows the global setting.
-    pub redirect: Option<bool>,
-    /// `Strict-Transport-Security` for responses over HTTPS.
-    pub hsts: Option<http::HeaderValue>,
-    /// Certificates by ACME for the service's host names; `None` follows `[acme] hosts`.
-    pub acme: Option<bool>,
 }
 
 /// A route value in etcd: `{"service": "acme"}`.

@@ -2,94 +2,13 @@
 //! set.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::service::Service;
 use super::shard::ShardMap;
-use super::{validate_service_name, Backend, ContainerSpec, HostPattern, HttpsPolicy, RouteError};
-use crate::metrics::ServiceStats;
-
-/// A named set of backends.
-#[derive(Debug)]
-pub struct Service {
-    name: Arc<str>,
-    backends: Box<[Backend]>,
-    /// Round-robin cursor. Lives with the definition, so redefining a service restarts the rotation.
-    cursor: AtomicUsize,
-    /// Per-service metric handles, resolved on the first request so idle services cost no series and the
-    /// request path only touches atomics.
-    stats: OnceLock<ServiceStats>,
-    /// Set when a container serves this service and reveille passivates it.
-    container: Option<Box<ContainerSpec>>,
-    https: HttpsPolicy,
-}
-
-impl Service {
-    /// Builds a service; `name` must already be validated.
-    pub fn new(name: &str, backends: Vec<Backend>) -> Self {
-        Self::with_container(name, backends, None)
-    }
-
-    /// Builds a service that may be backed by a container; `name` must already be validated. Without
-    /// `backends`, the container's address is the backend.
-    pub fn with_container(name: &str, backends: Vec<Backend>, container: Option<ContainerSpec>) -> Self {
-        Self {
-            name: Arc::from(name),
-            backends: backends.into(),
-            cursor: AtomicUsize::new(0),
-            stats: OnceLock::new(),
-            container: container.map(Box::new),
-            https: HttpsPolicy::default(),
-        }
-    }
-
-    /// Sets how the service is served over HTTPS (redirect, HSTS).
-    pub fn with_https(mut self, https: HttpsPolicy) -> Self {
-        self.https = https;
-        self
-    }
-
-    /// How the service is served over HTTPS.
-    pub fn https(&self) -> &HttpsPolicy {
-        &self.https
-    }
-
-    /// The container that serves this service, when it is passivated.
-    pub fn container(&self) -> Option<&ContainerSpec> {
-        self.container.as_deref()
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn backends(&self) -> &[Backend] {
-        &self.backends
-    }
-
-    /// True when both define the same thing (used to skip no-op changes).
-    pub fn same_definition(&self, other: &Service) -> bool {
-        self.name == other.name
-            && self.backends == other.backends
-            && self.container == other.container
-            && self.https == other.https
-    }
-
-    /// The backends in the order this request should try them: round-robin start, then the others in turn, so
-    /// a refused connection moves on to the next backend.
-    pub fn rotation(&self) -> impl Iterator<Item = &Backend> + '_ {
-        let n = self.backends.len();
-        let start = if n > 1 { self.cursor.fetch_add(1, Ordering::Relaxed) % n } else { 0 };
-        (0..n).map(move |i| &self.backends[(start + i) % n])
-    }
-
-    /// This service's metric handles, created on first use.
-    pub fn stats(&self, init: impl FnOnce(&str) -> ServiceStats) -> &ServiceStats {
-        self.stats.get_or_init(|| init(&self.name))
-    }
-}
+use super::{validate_service_name, Backend, HostPattern, RouteError};
 
 /// What a hostname resolves to.
 #[derive(Debug)]
@@ -260,7 +179,7 @@ impl RouteTable {
                 .services
                 .iter()
                 .map(|(n, s)| {
-                    let backends = s.backends.iter().map(Backend::as_str).collect();
+                    let backends = s.backends().iter().map(Backend::as_str).collect();
                     (&**n, ServiceView { backends, container: s.container().map(|c| c.container.as_str()) })
                 })
                 .collect(),
