@@ -18,6 +18,7 @@ use crate::cluster::Cluster;
 use crate::config::{Config, Scheduler};
 use crate::control::etcd::EtcdWatcher;
 use crate::control::{file, Composer, Source};
+use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::passivation::{NetProbe, Passivator};
 use crate::proxy::{PlainHttp, Proxy, Redirect};
@@ -105,6 +106,8 @@ pub struct Running {
     pub certs: Option<Arc<CertStore>>,
     pub routes: RouteHandle,
     pub metrics: Arc<Metrics>,
+    /// The admin API's events feed (`/api/events`).
+    pub events: Events,
     pub passivator: Arc<Passivator>,
     /// What `/readyz` reports; marked draining at shutdown.
     readiness: Readiness,
@@ -146,6 +149,8 @@ pub async fn start(
     crate::open_files::raise();
     let routes = RouteHandle::new();
     let metrics = Arc::new(Metrics::new());
+    // The admin API's events feed: the composer, the certificate store and the tenants publish to it.
+    let events = Events::new();
     let access_log = AccessLog::open(config.proxy.access_log, &config.access_log, &metrics)?;
     let background = CancellationToken::new();
     let mut tasks = Vec::new();
@@ -158,7 +163,14 @@ pub async fn start(
     }
     let readiness = Readiness::new();
     let hosts = DockerHostNames::known(runtimes.names());
-    let composer = Composer::new(routes.clone(), metrics.clone(), &sources, readiness.gate("route sources"), hosts);
+    let composer = Composer::new(
+        routes.clone(),
+        metrics.clone(),
+        events.clone(),
+        &sources,
+        readiness.gate("route sources"),
+        hosts,
+    );
     // One etcd client for the route watcher, the certificate watcher and the status writer.
     let etcd = config.etcd.clone().map(crate::etcd::Etcd::new);
 
@@ -194,8 +206,14 @@ pub async fn start(
             metrics.cluster().clone(),
         )
     });
-    let passivator =
-        Passivator::new(config.passivation.clone(), runtimes, Arc::new(NetProbe::default()), &metrics, cluster.clone());
+    let passivator = Passivator::new(
+        config.passivation.clone(),
+        runtimes,
+        Arc::new(NetProbe::default()),
+        &metrics,
+        events.clone(),
+        cluster.clone(),
+    );
     tasks.push(tokio::spawn(passivator.clone().run(routes.clone(), background.clone())));
     if let Some(cluster) = cluster {
         tasks.push(tokio::spawn(cluster.run(background.clone())));
@@ -219,6 +237,7 @@ pub async fn start(
         let store = CertStore::new(
             config.tls.default_cert.clone(),
             metrics.tls().clone(),
+            events.clone(),
             awaited,
             readiness.gate("certificates"),
         );
@@ -273,6 +292,7 @@ pub async fn start(
     let admin_state = AdminState {
         routes: routes.clone(),
         metrics: metrics.clone(),
+        events: events.clone(),
         passivator: Some(passivator.clone()),
         readiness: readiness.clone(),
         token: config.admin_token.clone(),
@@ -342,6 +362,7 @@ pub async fn start(
         certs: tls.map(|(store, _)| store),
         routes,
         metrics,
+        events,
         passivator,
         readiness,
         proxy,

@@ -1,7 +1,8 @@
 //! The events feed: what changed, in order, for the admin API's `GET /api/events` (server-sent events) and
 //! whatever watches it (the dashboard).
 //!
-//! Parts publish through the handles they already hold (their metrics); each event gets an id
+//! `app::start` makes one feed and hands it to its publishers: the route composer (`routes`), the certificate
+//! store (`certificates`) and the tenants (`tenant`); the admin listener follows it. Each event gets an id
 //! `<boot>-<seq>`: `boot` names this process (its start time), `seq` counts from 1. The last [`KEPT`] events are
 //! kept, so a client that reconnects with `Last-Event-ID` gets what it missed — or, when its id is from another
 //! process or too old, a `reset` event telling it to reload the state it shows.

@@ -106,6 +106,7 @@ pub use acme::{
 };
 pub use admin::{serve as serve_admin, AdminState, CertificatesView, SourcesView};
 pub use etcd::connect as etcd_connect;
+pub use events::Events;
 pub use metrics::Metrics;
 pub use readiness::Readiness;
 pub use routes::{normalize_request_host, Backend, HostPattern, RouteHandle, RouteTable};

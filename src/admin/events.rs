@@ -48,10 +48,15 @@ impl Drop for Subscriber {
 }
 
 /// The response to `GET /api/events`; the stream holds `slot` until it ends.
-pub(super) fn stream(metrics: &Metrics, req: &Request<Incoming>, slot: OwnedSemaphorePermit) -> Response<AdminBody> {
+pub(super) fn stream(
+    metrics: &Metrics,
+    events: &Events,
+    req: &Request<Incoming>,
+    slot: OwnedSemaphorePermit,
+) -> Response<AdminBody> {
     metrics.admin().subscribers(1);
     let subscriber = Subscriber { metrics: metrics.admin().clone(), _slot: slot };
-    let events = metrics.events().clone();
+    let events = events.clone();
     let last = req.headers().get("last-event-id").and_then(|v| v.to_str().ok());
     let (resume, rx, position) = events.subscribe(last);
     // Browsers reconnect after this many milliseconds.

@@ -27,6 +27,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn, Instrument};
 
+use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::passivation::Passivator;
 use crate::readiness::{self, Readiness};
@@ -72,6 +73,8 @@ impl Default for Settings {
 pub struct AdminState {
     pub routes: RouteHandle,
     pub metrics: Arc<Metrics>,
+    /// The feed `/api/events` follows.
+    pub events: Events,
     /// Passivated services, for `/api/services`.
     pub passivator: Option<Arc<Passivator>>,
     /// What `/readyz` reports.
@@ -217,7 +220,7 @@ fn events(server: &Server, req: &Request<Incoming>) -> Response<events::AdminBod
         resp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_static("10"));
         return resp.map(|b| b.boxed());
     };
-    events::stream(metrics, req, slot)
+    events::stream(metrics, &server.state.events, req, slot)
 }
 
 fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {

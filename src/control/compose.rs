@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::readiness::Gate;
 use crate::routes::{DockerHostNames, HostPattern, RouteHandle, RouteSet, RouteTable, Service};
@@ -48,6 +49,8 @@ pub(crate) struct Composer {
     state: Mutex<State>,
     routes: RouteHandle,
     metrics: Arc<Metrics>,
+    /// The events feed: each table installed is a `routes` event.
+    events: Events,
     /// Opened once every configured source has loaded.
     loaded: Gate,
     /// The Docker hosts services may name: each source validates its definitions against them.
@@ -70,6 +73,7 @@ impl Composer {
     pub(crate) fn new(
         routes: RouteHandle,
         metrics: Arc<Metrics>,
+        events: Events,
         sources: &[Source],
         loaded: Gate,
         docker_hosts: DockerHostNames,
@@ -79,7 +83,7 @@ impl Composer {
             expected[*s as usize] = true;
         }
         let state = Mutex::new(State { sets: [None, None], expected });
-        Arc::new(Self { state, routes, metrics, loaded, docker_hosts })
+        Arc::new(Self { state, routes, metrics, events, loaded, docker_hosts })
     }
 
     /// The Docker host names the sources validate `docker_host` against.
@@ -186,7 +190,9 @@ impl Composer {
     }
 
     fn publish(&self, state: &State, table: RouteTable) {
-        self.metrics.table_installed(table.route_count(), table.service_count());
+        let (routes, services) = (table.route_count(), table.service_count());
+        self.metrics.table_installed(routes, services);
+        self.events.publish("routes", serde_json::json!({ "routes": routes, "services": services }));
         self.routes.store(table);
         let ready = state.expected.iter().zip(&state.sets).all(|(expected, set)| !expected || set.is_some());
         if ready {
@@ -247,6 +253,7 @@ mod tests {
         let c = Composer::new(
             RouteHandle::new(),
             Arc::new(Metrics::new()),
+            Events::new(),
             &[Source::File, Source::Etcd],
             Gate::detached(),
             DockerHostNames::Any,
@@ -275,6 +282,7 @@ mod tests {
         let c = Composer::new(
             RouteHandle::new(),
             Arc::new(Metrics::new()),
+            Events::new(),
             &[Source::Etcd],
             Gate::detached(),
             DockerHostNames::Any,

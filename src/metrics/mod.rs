@@ -34,7 +34,6 @@ pub(crate) use labels::{LabelValue, LabeledCounters};
 pub(crate) use passivation::PassivationMetrics;
 pub(crate) use tls::TlsMetrics;
 
-use crate::events::Events;
 use histogram::{service_latency, LatencyHistogram};
 use labels::{KindLabels, ReasonLabels, ServiceLabels};
 
@@ -60,8 +59,6 @@ pub struct Metrics {
     registry: Registry,
     passivation: PassivationMetrics,
     tls: TlsMetrics,
-    /// The events feed (`/api/events`), published to by the parts that hold these metrics.
-    events: Events,
     acme: AcmeMetrics,
     cluster: ClusterMetrics,
     admin: AdminMetrics,
@@ -225,16 +222,14 @@ impl Metrics {
              write_error: the destination refused them; closed: logged after shutdown)",
             access_log_dropped.clone(),
         );
-        let events = Events::new();
-        let passivation = PassivationMetrics::register(&mut registry, events.clone());
-        let tls = TlsMetrics::register(&mut registry, events.clone());
+        let passivation = PassivationMetrics::register(&mut registry);
+        let tls = TlsMetrics::register(&mut registry);
         let acme = AcmeMetrics::register(&mut registry);
         let cluster = ClusterMetrics::register(&mut registry);
         let admin = AdminMetrics::register(&mut registry);
 
         Self {
             registry,
-            events,
             passivation,
             tls,
             acme,
@@ -345,7 +340,6 @@ impl Metrics {
     }
 
     pub fn table_installed(&self, routes: usize, services: usize) {
-        self.events.publish("routes", serde_json::json!({ "routes": routes, "services": services }));
         self.routes.set(routes as i64);
         self.services.set(services as i64);
     }
@@ -381,10 +375,6 @@ impl Metrics {
 
     pub fn tls(&self) -> &TlsMetrics {
         &self.tls
-    }
-
-    pub fn events(&self) -> &Events {
-        &self.events
     }
 
     pub fn acme(&self) -> &AcmeMetrics {

@@ -9,7 +9,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::labels::{ReasonLabels, ServiceLabels};
-use crate::events::Events;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceResultLabels {
@@ -59,11 +58,10 @@ pub struct PassivationMetrics {
     stops: Family<ServiceActionLabels, Counter>,
     stop_failures: Family<ServiceLabels, Counter>,
     tenants: Family<StateLabels, Gauge>,
-    events: Events,
 }
 
 impl PassivationMetrics {
-    pub(super) fn register(registry: &mut Registry, events: Events) -> Self {
+    pub(super) fn register(registry: &mut Registry) -> Self {
         let wakes = Family::<ServiceResultLabels, Counter>::default();
         registry.register(
             "wakes",
@@ -132,14 +130,7 @@ impl PassivationMetrics {
             stops,
             stop_failures,
             tenants,
-            events,
         }
-    }
-
-    /// A tenant's state changed: the events feed's `tenant` event.
-    pub fn tenant_changed(&self, service: &str, from: &'static str, to: &'static str, node: &str) {
-        let data = serde_json::json!({ "service": service, "from": from, "state": to, "node": node });
-        self.events.publish("tenant", data);
     }
 
     /// A wake of `service`, whose container is on Docker host `host`, ended with `result`.

@@ -11,7 +11,6 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::labels::ReasonLabels;
-use crate::events::Events;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabels {
@@ -52,11 +51,10 @@ pub struct TlsMetrics {
     rejected: Family<SourceLabels, Counter>,
     handshakes: Counter,
     failures: Family<ReasonLabels, Counter>,
-    events: Events,
 }
 
 impl TlsMetrics {
-    pub(super) fn register(registry: &mut Registry, events: Events) -> Self {
+    pub(super) fn register(registry: &mut Registry) -> Self {
         let certificates = Gauge::default();
         registry.register("tls_certificates", "TLS certificates loaded and in force", certificates.clone());
         let expiry_days = ExpiryDays(Arc::new(std::sync::atomic::AtomicI64::new(NO_EXPIRY)));
@@ -86,12 +84,11 @@ impl TlsMetrics {
              no_application_protocol, client_alert, invalid, timeout, closed, other)",
             failures.clone(),
         );
-        Self { certificates, expiry_days, expiry_timestamp, rejected, handshakes, failures, events }
+        Self { certificates, expiry_days, expiry_timestamp, rejected, handshakes, failures }
     }
 
     /// The certificates in force changed: `count` of them, the earliest expiring at `earliest` (epoch seconds).
     pub fn certificates(&self, count: usize, earliest: Option<i64>) {
-        self.events.publish("certificates", serde_json::json!({ "certificates": count, "earliest_expiry": earliest }));
         self.certificates.set(count as i64);
         self.expiry_days.0.store(earliest.unwrap_or(NO_EXPIRY), Ordering::Relaxed);
         self.expiry_timestamp.set(earliest.unwrap_or(0));

@@ -40,6 +40,7 @@ pub(crate) use probe::{NetProbe, Probe};
 pub(crate) use tenant::{Activity, Phase, Refusal, Tenant};
 
 use crate::cluster::{self, Cluster, Use};
+use crate::events::Events;
 use crate::metrics::{Metrics, PassivationMetrics};
 use crate::routes::{RouteHandle, RouteTable, Service};
 use crate::runtime::{ContainerRuntime, DockerEndpoint, Runtimes};
@@ -113,6 +114,8 @@ pub(crate) struct Shared {
     hosts: DockerHosts,
     probe: Arc<dyn Probe>,
     metrics: PassivationMetrics,
+    /// The events feed: each tenant state change is a `tenant` event.
+    events: Events,
     /// The cluster, when etcd is configured (even with one replica).
     cluster: Option<Arc<Cluster>>,
 }
@@ -143,11 +146,12 @@ impl Passivator {
         runtimes: impl Into<Runtimes>,
         probe: Arc<dyn Probe>,
         metrics: &Metrics,
+        events: Events,
         cluster: Option<Arc<Cluster>>,
     ) -> Arc<Self> {
         let metrics = metrics.passivation().clone();
         let hosts = DockerHosts::new(&runtimes.into(), &metrics);
-        let shared = Arc::new(Shared { settings, hosts, probe, metrics, cluster: cluster.clone() });
+        let shared = Arc::new(Shared { settings, hosts, probe, metrics, events, cluster: cluster.clone() });
         let passivator = Arc::new(Self {
             shared,
             tenants: ArcSwap::from_pointee(HashMap::new()),

@@ -547,7 +547,10 @@ impl Tenant {
         }
         debug!(from = st.phase.as_str(), to = phase.as_str(), "tenant state");
         self.shared.metrics.transition(Some(st.phase.as_str()), Some(phase.as_str()));
-        self.shared.metrics.tenant_changed(&self.name, st.phase.as_str(), phase.as_str(), &self.shared.settings.node);
+        let (from, to, node) = (st.phase.as_str(), phase.as_str(), &self.shared.settings.node);
+        self.shared
+            .events
+            .publish("tenant", serde_json::json!({ "service": &*self.name, "from": from, "state": to, "node": node }));
         st.phase = phase;
         st.since = SystemTime::now();
         st.phase_at = Instant::now();

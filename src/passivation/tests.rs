@@ -169,7 +169,7 @@ fn passivator(fake: &Fake) -> Arc<Passivator> {
 
 fn passivator_with(fake: &Fake, settings: Settings) -> Arc<Passivator> {
     let metrics = Metrics::new();
-    Passivator::new(settings, Arc::new(fake.clone()), Arc::new(fake.clone()), &metrics, None)
+    Passivator::new(settings, Arc::new(fake.clone()), Arc::new(fake.clone()), &metrics, Events::new(), None)
 }
 
 /// Lets the driver run until everything waits on the (paused) clock.
@@ -613,7 +613,7 @@ async fn each_tenant_uses_its_docker_host_and_a_host_down_fails_only_its_tenants
     let metrics = Metrics::new();
     let runtimes = Runtimes::single(Arc::new(default.clone())).with("second", Arc::new(second.clone()));
     let probe = Arc::new(AnyReady(vec![default.clone(), second.clone()]));
-    let p = Passivator::new(Settings::default(), runtimes, probe, &metrics, None);
+    let p = Passivator::new(Settings::default(), runtimes, probe, &metrics, Events::new(), None);
     let on_default = p.tenant(&spec(|_| {})).unwrap();
     let on_second = p
         .tenant(&Arc::new(Service::with_container(

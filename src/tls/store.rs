@@ -19,6 +19,7 @@ use rustls::sign::CertifiedKey;
 use tracing::{debug, warn};
 
 use super::cert::{format_time, now, Certificate};
+use crate::events::Events;
 use crate::metrics::TlsMetrics;
 use crate::readiness::Gate;
 use crate::routes::HostPattern;
@@ -178,6 +179,8 @@ pub struct CertStore {
     current: ArcSwap<Snapshot>,
     default_name: Option<String>,
     metrics: TlsMetrics,
+    /// The events feed: each change of the certificates in force is a `certificates` event.
+    events: Events,
     /// When the snapshot must be rebuilt because a certificate becomes valid or expires (epoch seconds).
     boundary: std::sync::atomic::AtomicI64,
     /// Sources whose first load is still awaited.
@@ -196,7 +199,13 @@ impl CertStore {
     /// An empty store. `default_name` names the certificate served without SNI or for an unknown name;
     /// `awaited` are the sources that must have loaded once before the store counts as ready: `loaded` is
     /// opened then.
-    pub fn new(default_name: Option<String>, metrics: TlsMetrics, awaited: &[Source], loaded: Gate) -> Arc<Self> {
+    pub fn new(
+        default_name: Option<String>,
+        metrics: TlsMetrics,
+        events: Events,
+        awaited: &[Source],
+        loaded: Gate,
+    ) -> Arc<Self> {
         if awaited.is_empty() {
             loaded.open();
         }
@@ -205,6 +214,7 @@ impl CertStore {
             current: ArcSwap::from_pointee(Snapshot::default()),
             default_name,
             metrics,
+            events,
             boundary: std::sync::atomic::AtomicI64::new(i64::MAX),
             pending: Mutex::new(awaited.to_vec()),
             loaded,
@@ -297,7 +307,9 @@ impl CertStore {
                 warn!(default_cert = %name, "the default certificate is not loaded: clients without SNI or with an unknown name are refused");
             }
         }
-        self.metrics.certificates(snap.certs.len(), snap.earliest_expiry());
+        let (count, earliest) = (snap.certs.len(), snap.earliest_expiry());
+        self.metrics.certificates(count, earliest);
+        self.events.publish("certificates", serde_json::json!({ "certificates": count, "earliest_expiry": earliest }));
         if let Some(c) = snap.certs.iter().min_by_key(|c| c.not_after) {
             if c.expired(now) {
                 warn!(name = %c.name, origin = %c.origin, not_after = %format_time(c.not_after), "a certificate in force has expired");
@@ -317,6 +329,7 @@ impl ResolvesServerCert for CertStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Metrics;
     use crate::tls::cert::Origin;
 
     fn cert(name: &str, names: &[&str], not_after: i64) -> Arc<Certificate> {
@@ -335,7 +348,7 @@ mod tests {
     }
 
     fn store(default: Option<&str>) -> Arc<CertStore> {
-        CertStore::new(default.map(String::from), crate::metrics::Metrics::new().tls().clone(), &[], Gate::detached())
+        CertStore::new(default.map(String::from), Metrics::new().tls().clone(), Events::new(), &[], Gate::detached())
     }
 
     fn one(name: &str, cert: Arc<Certificate>) -> Vec<(String, Option<Arc<Certificate>>)> {
@@ -387,7 +400,7 @@ mod tests {
 
     #[test]
     fn ready_once_every_awaited_source_loaded() {
-        let s = CertStore::new(None, crate::metrics::Metrics::new().tls().clone(), &[Source::Etcd], Gate::detached());
+        let s = CertStore::new(None, Metrics::new().tls().clone(), Events::new(), &[Source::Etcd], Gate::detached());
         assert!(!s.is_ready());
         s.replace(Source::Dir, BTreeMap::new());
         assert!(!s.is_ready(), "the directory is not what is awaited");

@@ -11,7 +11,7 @@ use crate::support::serve::{Serve, BIN, SERVE};
 use crate::support::*;
 use http::StatusCode;
 use hyper_util::rt::TokioIo;
-use reveille::{AdminState, Metrics, Readiness, RouteHandle};
+use reveille::{AdminState, Events, Metrics, Readiness, RouteHandle};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -68,6 +68,7 @@ async fn readyz_is_503_until_a_table_is_loaded() {
         AdminState {
             routes: routes.clone(),
             metrics: Arc::new(Metrics::new()),
+            events: Events::new(),
             passivator: None,
             readiness,
             token: None,
@@ -324,7 +325,7 @@ async fn an_events_subscriber_that_never_reads_is_dropped_at_the_send_timeout() 
     // Events it does not read: 8 MB, far more than the socket buffers hold.
     let pad = "x".repeat(32 * 1024);
     for _ in 0..256 {
-        proxy.running().metrics.events().publish("routes", serde_json::json!({ "pad": pad }));
+        proxy.running().events.publish("routes", serde_json::json!({ "pad": pad }));
     }
     let published = Instant::now();
     eventually(Duration::from_secs(10), "the never-reading subscriber dropped", || async {
@@ -337,7 +338,7 @@ async fn an_events_subscriber_that_never_reads_is_dropped_at_the_send_timeout() 
     assert!(closed_after(&mut s, published, Duration::from_secs(10)).await.is_some(), "still open");
     // A client that reads follows the feed as before.
     let feed = EventStream::open(proxy.admin, "/api/events", &[]).await;
-    proxy.running().metrics.events().publish("routes", serde_json::json!({ "routes": 99 }));
+    proxy.running().events.publish("routes", serde_json::json!({ "routes": 99 }));
     feed.until("\"routes\":99").await;
 }
 
