@@ -73,45 +73,49 @@ async fn services_have_a_health_from_their_backends() {
     let dead = dead_addr().await;
     let proxy = TestProxy::start(&routes_file(
         &[
-            ("dead", vec![dead]),
-            ("live", vec![live.addr]),
-            ("mixed", vec![live.addr, dead]),
-            ("broken", vec![failing.addr]),
-            ("idle", vec![live.addr]),
+            ("health-dead", vec![dead]),
+            ("health-live", vec![live.addr]),
+            ("health-mixed", vec![live.addr, dead]),
+            ("health-broken", vec![failing.addr]),
+            ("health-idle", vec![live.addr]),
         ],
         &[
-            ("dead.test", "dead"),
-            ("live.test", "live"),
-            ("mixed.test", "mixed"),
-            ("broken.test", "broken"),
-            ("idle.test", "idle"),
+            ("health-dead.test", "health-dead"),
+            ("health-live.test", "health-live"),
+            ("health-mixed.test", "health-mixed"),
+            ("health-broken.test", "health-broken"),
+            ("health-idle.test", "health-idle"),
         ],
     ))
     .await;
     for _ in 0..4 {
-        assert_eq!(get(proxy.http, "dead.test", "/").await.status, StatusCode::BAD_GATEWAY);
-        assert_eq!(get(proxy.http, "live.test", "/").await.status, StatusCode::OK);
+        assert_eq!(get(proxy.http, "health-dead.test", "/").await.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(get(proxy.http, "health-live.test", "/").await.status, StatusCode::OK);
         // Round-robin from each backend in turn: the refusing one is tried (and passed over) every other time.
-        assert_eq!(get(proxy.http, "mixed.test", "/").await.status, StatusCode::OK);
-        assert_eq!(get(proxy.http, "broken.test", "/").await.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(get(proxy.http, "health-mixed.test", "/").await.status, StatusCode::OK);
+        assert_eq!(get(proxy.http, "health-broken.test", "/").await.status, StatusCode::INTERNAL_SERVER_ERROR);
     }
 
     let (status, body) = proxy.admin_get("/api/services").await;
     assert_eq!(status, StatusCode::OK);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let services = &v["services"];
-    for (name, health) in
-        [("dead", "down"), ("live", "up"), ("mixed", "degraded"), ("broken", "down"), ("idle", "unknown")]
-    {
+    for (name, health) in [
+        ("health-dead", "down"),
+        ("health-live", "up"),
+        ("health-mixed", "degraded"),
+        ("health-broken", "down"),
+        ("health-idle", "unknown"),
+    ] {
         assert_eq!(services[name]["health"], health, "{name}: {}", services[name]);
     }
-    let dead_backend = &services["dead"]["backend_health"][0];
+    let dead_backend = &services["health-dead"]["backend_health"][0];
     assert_eq!(dead_backend["address"], dead.to_string());
     assert_eq!(dead_backend["health"], "down", "{dead_backend}");
     assert_eq!(dead_backend["last_failure"]["kind"], "connect_refused", "{dead_backend}");
     assert_eq!(dead_backend["failures"], 4, "{dead_backend}");
     assert!(dead_backend["last_answer"].is_null(), "{dead_backend}");
-    let mixed: std::collections::HashMap<String, String> = services["mixed"]["backend_health"]
+    let mixed: std::collections::HashMap<String, String> = services["health-mixed"]["backend_health"]
         .as_array()
         .unwrap()
         .iter()
@@ -119,21 +123,21 @@ async fn services_have_a_health_from_their_backends() {
         .collect();
     assert_eq!(mixed[&live.addr.to_string()], "up", "{mixed:?}");
     assert_eq!(mixed[&dead.to_string()], "down", "{mixed:?}");
-    assert_eq!(services["broken"]["backend_health"][0]["last_failure"]["kind"], "5xx");
-    assert_eq!(services["idle"]["backend_health"][0]["health"], "unknown");
+    assert_eq!(services["health-broken"]["backend_health"][0]["last_failure"]["kind"], "5xx");
+    assert_eq!(services["health-idle"]["backend_health"][0]["health"], "unknown");
     // A plain service has no lifecycle: its state stays what it was; the health says whether it is served.
-    assert_eq!(services["dead"]["state"], "running");
+    assert_eq!(services["health-dead"]["state"], "running");
 
     // Rates, from the counters read every 5 s: live answered 4 requests and broken 4 errors within the window.
     eventually(Duration::from_secs(20), "rates over two samples", || async {
-        proxy.service_view("live").await["requests_per_s"].as_f64().is_some_and(|r| r > 0.0)
+        proxy.service_view("health-live").await["requests_per_s"].as_f64().is_some_and(|r| r > 0.0)
     })
     .await;
-    let (live_view, broken_view) = (proxy.service_view("live").await, proxy.service_view("broken").await);
+    let (live_view, broken_view) = (proxy.service_view("health-live").await, proxy.service_view("health-broken").await);
     assert_eq!(live_view["errors_per_s"], 0.0, "{live_view}");
     assert!(broken_view["errors_per_s"].as_f64().unwrap() > 0.0, "{broken_view}");
     assert_eq!(broken_view["errors_per_s"], broken_view["requests_per_s"], "{broken_view}");
-    assert_eq!(proxy.service_view("idle").await["requests_per_s"], 0.0);
+    assert_eq!(proxy.service_view("health-idle").await["requests_per_s"], 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

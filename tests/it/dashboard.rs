@@ -341,8 +341,8 @@ async fn plain_services_show_their_health_and_missing_services_are_flagged() {
     let live = support::Backend::echo("live").await;
     let dead = support::dead_addr().await;
     let routes = support::routes_file(
-        &[("dead", vec![dead]), ("live", vec![live.addr]), ("mixed", vec![live.addr, dead])],
-        &[("dead.test", "dead"), ("live.test", "live"), ("mixed.test", "mixed")],
+        &[("refusing", vec![dead]), ("answering", vec![live.addr]), ("half", vec![live.addr, dead])],
+        &[("refusing.test", "refusing"), ("answering.test", "answering"), ("half.test", "half")],
     );
     let etcd = support::etcd::Etcd::start().await;
     etcd.put("/reveille/routes/ghost.test", "{\"service\": \"ghost\"}").await;
@@ -358,9 +358,9 @@ async fn plain_services_show_their_health_and_missing_services_are_flagged() {
     })
     .await;
     for _ in 0..4 {
-        assert_eq!(support::get(proxy.http, "dead.test", "/").await.status, http::StatusCode::BAD_GATEWAY);
-        assert_eq!(support::get(proxy.http, "live.test", "/").await.status, http::StatusCode::OK);
-        assert_eq!(support::get(proxy.http, "mixed.test", "/").await.status, http::StatusCode::OK);
+        assert_eq!(support::get(proxy.http, "refusing.test", "/").await.status, http::StatusCode::BAD_GATEWAY);
+        assert_eq!(support::get(proxy.http, "answering.test", "/").await.status, http::StatusCode::OK);
+        assert_eq!(support::get(proxy.http, "half.test", "/").await.status, http::StatusCode::OK);
     }
 
     let browser = Chromium::start().await;
@@ -370,11 +370,11 @@ async fn plain_services_show_their_health_and_missing_services_are_flagged() {
     let cell = |service: &str, class: &str| {
         format!("document.querySelector('tr[data-service=\"{service}\"] .{class}')?.textContent ?? ''")
     };
-    page.until(&cell("dead", "health"), "down").await;
-    page.until(&cell("live", "health"), "up").await;
-    page.until(&cell("mixed", "health"), "degraded").await;
+    page.until(&cell("refusing", "health"), "down").await;
+    page.until(&cell("answering", "health"), "up").await;
+    page.until(&cell("half", "health"), "degraded").await;
     // Not "running": a plain service has no lifecycle, and its health is not a state.
-    assert_eq!(page.eval(&cell("dead", "state")).await, "no container");
+    assert_eq!(page.eval(&cell("refusing", "state")).await, "no container");
     let summary = page.eval("document.getElementById('summary').textContent").await;
     let summary = summary.as_str().unwrap();
     assert!(!summary.contains("running"), "{summary}");
@@ -385,27 +385,30 @@ async fn plain_services_show_their_health_and_missing_services_are_flagged() {
     // Each backend with its own health.
     let backend = |h: &str| {
         format!(
-            "document.querySelector('tr[data-service=\"mixed\"] .backend[data-health=\"{h}\"]')?.dataset.backend ?? ''"
+            "document.querySelector('tr[data-service=\"half\"] .backend[data-health=\"{h}\"]')?.dataset.backend ?? ''"
         )
     };
     assert_eq!(page.eval(&backend("down")).await, dead.to_string());
     assert_eq!(page.eval(&backend("up")).await, live.addr.to_string());
-    let title = page.eval("document.querySelector('tr[data-service=\"dead\"] .backend').title").await;
+    let title = page.eval("document.querySelector('tr[data-service=\"refusing\"] .backend').title").await;
     assert!(title.as_str().unwrap().contains("connect_refused"), "{title}");
     // No commands for a plain service.
-    assert_eq!(page.eval("String(document.querySelectorAll('tr[data-service=\"dead\"] button').length)").await, "0");
+    assert_eq!(
+        page.eval("String(document.querySelectorAll('tr[data-service=\"refusing\"] button').length)").await,
+        "0"
+    );
     // The route to a missing service, flagged where it is listed and counted in the header.
     let ghost = "document.querySelector('tr[data-route=\"ghost.test\"]')?.className ?? ''";
     page.until(ghost, "missing").await;
     let flag = page.eval("document.querySelector('tr[data-route=\"ghost.test\"] .flag')?.textContent ?? ''").await;
     assert_eq!(flag, "missing service");
-    assert_eq!(page.eval("document.querySelector('tr[data-route=\"live.test\"]').className").await, "");
+    assert_eq!(page.eval("document.querySelector('tr[data-route=\"answering.test\"]').className").await, "");
     let missing = page.eval("document.querySelector('#summary .missing')?.textContent ?? ''").await;
     assert_eq!(missing, "1 route to a missing service");
     // Rates arrive once the counters have been read twice (5 s apart), at the page's next reading.
-    page.until_with(&cell("live", "rps"), "a rate above 0", |t| t.parse::<f64>().is_ok_and(|r| r > 0.0)).await;
-    page.until_with(&cell("dead", "eps"), "a 5xx rate above 0", |t| t.parse::<f64>().is_ok_and(|r| r > 0.0)).await;
-    assert_eq!(page.eval(&cell("live", "eps")).await, "0");
+    page.until_with(&cell("answering", "rps"), "a rate above 0", |t| t.parse::<f64>().is_ok_and(|r| r > 0.0)).await;
+    page.until_with(&cell("refusing", "eps"), "a 5xx rate above 0", |t| t.parse::<f64>().is_ok_and(|r| r > 0.0)).await;
+    assert_eq!(page.eval(&cell("answering", "eps")).await, "0");
     // The page uses the window's width.
     let width = page.eval("Math.round(document.querySelector('main').getBoundingClientRect().width)").await;
     assert!(width.as_i64().unwrap() >= 1700, "the page is {width} px wide in an 1800 px window");
