@@ -5,7 +5,8 @@
 //!
 //! # Layout
 //!
-//! - `routes`: the routing model and the immutable route table snapshot (`ArcSwap`), hostname matching.
+//! - `routes`: the routing model and the immutable route table snapshot (`ArcSwap`), hostname matching, and
+//!   each backend's health (what the proxy saw of its last attempts, atomics only).
 //! - `control`: route sources — the routes file and etcd's route and service keys — combined into the table in
 //!   force.
 //! - `etcd`: the one etcd client of the process, the key schema, and the list-then-watch session loop that
@@ -37,8 +38,9 @@
 //!   view), and the cluster rules it follows when there are several replicas.
 //! - `readiness`: the gates `/readyz` waits for (route sources, certificates) and the draining flag.
 //! - `admin`: the admin listener — the dashboard at `/`, `/healthz`, `/readyz`, `/metrics`, `/api/routes`,
-//!   `/api/services`, `/api/certificates`, `/api/events`; its limits (timeouts, connection and subscriber caps)
-//!   and the rules that keep other web sites out (Host, Origin, the command header).
+//!   `/api/services` (with each service's requests and 5xx per second over the last minute), `/api/certificates`,
+//!   `/api/events`; its limits (timeouts, connection and subscriber caps) and the rules that keep other web
+//!   sites out (Host, Origin, the command header).
 //! - `metrics`: Prometheus metric definitions and exposition.
 //! - `open_files`: the open-files limit, raised to its hard limit at start.
 //! - `config`: the config file and `serve`'s flags (one type per section), how they merge, defaults.

@@ -9,6 +9,7 @@
 mod access;
 mod conn;
 mod events;
+mod rates;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -102,6 +103,8 @@ struct Server {
     state: AdminState,
     /// One per `/api/events` stream, held by the stream's body.
     subscribers: Arc<Semaphore>,
+    /// Each service's requests and 5xx per second over the last minute, for `/api/services`.
+    rates: rates::Rates,
 }
 
 /// Serves the admin endpoint on `listener` until `shutdown`.
@@ -113,7 +116,10 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
         idle: settings.idle_timeout,
         send: settings.send_timeout,
     };
-    let server = Arc::new(Server { subscribers: Arc::new(Semaphore::new(settings.max_event_subscribers)), state });
+    let rates = rates::Rates::default();
+    tokio::spawn(rates.clone().run(state.routes.clone(), shutdown.clone()));
+    let server =
+        Arc::new(Server { subscribers: Arc::new(Semaphore::new(settings.max_event_subscribers)), state, rates });
     let metrics = server.state.metrics.clone();
     let mut warned = false;
     loop {
@@ -196,7 +202,7 @@ fn respond(server: &Server, req: Request<Incoming>) -> Response<events::AdminBod
             .map(|b| b.boxed())
         }
         Ok(()) if req.uri().path() == "/api/events" && req.method() == Method::GET => events(server, &req),
-        Ok(()) => handle(state, req).map(|b| b.boxed()),
+        Ok(()) => handle(server, req).map(|b| b.boxed()),
     };
     let headers = resp.headers_mut();
     headers.insert(http::header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
@@ -223,7 +229,8 @@ fn events(server: &Server, req: &Request<Incoming>) -> Response<events::AdminBod
     events::stream(metrics, &server.state.events, req, slot)
 }
 
-fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn handle(server: &Server, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let state = &server.state;
     if let Some(rest) = req.uri().path().strip_prefix("/api/services/") {
         if req.method() == Method::POST && !authorized(state, &req) {
             state.metrics.admin().request_refused("token");
@@ -283,14 +290,28 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
         },
         "/api/services" => {
             let table = state.routes.snapshot();
-            let view = match &state.passivator {
+            let mut view = match &state.passivator {
                 Some(p) => p.services_json(&table),
                 None => serde_json::json!({ "services": {} }),
             };
+            if let Some(services) = view["services"].as_object_mut() {
+                for (name, v) in services.iter_mut() {
+                    add_rates(v, server.rates.of(name));
+                }
+            }
             json(StatusCode::OK, &view)
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// A service's requests and 5xx per second over the last minute (`null` in the first seconds after start), to
+/// two decimals, and the seconds they cover.
+fn add_rates(view: &mut serde_json::Value, rate: Option<rates::Rate>) {
+    let two = |x: f64| (x * 100.0).round() / 100.0;
+    view["requests_per_s"] = serde_json::json!(rate.map(|r| two(r.requests)));
+    view["errors_per_s"] = serde_json::json!(rate.map(|r| two(r.errors)));
+    view["rates_over_s"] = serde_json::json!(rate.map(|r| r.over.as_secs()));
 }
 
 /// Whether the request may run a command: no token configured, or the right bearer token (compared in constant

@@ -24,6 +24,11 @@ impl ServiceStats {
         self.by_class[idx].inc();
         self.latency.observe(elapsed);
     }
+
+    /// Responses counted so far: all of them, and those of class 5xx (what the admin API's rates are made of).
+    pub fn totals(&self) -> (u64, u64) {
+        (self.by_class.iter().map(Counter::get).sum(), self.by_class[4].get())
+    }
 }
 
 /// The buckets of `reveille_service_request_duration_seconds`: fewer than the global histogram's, as there is

@@ -6,6 +6,7 @@
 //! proxy wraps it in its own body type, writes the access-log line and counts the metrics; nothing here does.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, UPGRADE, VARY};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -13,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::{PageValues, Passivator, Phase, Tenant};
 use crate::cluster::rfc3339;
-use crate::routes::{RouteTable, Service};
+use crate::routes::{Backend, Health, RouteTable, Service};
 
 /// `Retry-After` of the starting page, in seconds (the page itself reloads sooner, when ready).
 const PAGE_RETRY_AFTER: u64 = 2;
@@ -94,17 +95,25 @@ impl Passivator {
         resp
     }
 
-    /// Every service of `table` as the admin API's `/api/services` shows it, passivated or not.
+    /// Every service of `table` as the admin API's `/api/services` shows it, passivated or not: its backends
+    /// with what the proxy saw of each, its `health` (see [`service_health`]) and, for a tenant, its state.
+    /// Durations are whole milliseconds.
     pub fn services_json(&self, table: &RouteTable) -> Value {
         let tenants = self.tenants.load();
         let cluster = self.cluster().map(|c| (c, c.view()));
+        let (now, wall) = (Instant::now(), SystemTime::now());
         let mut out = serde_json::Map::new();
         for (name, service) in table.services() {
             let backends: Vec<&str> = service.backends().iter().map(|b| b.as_str()).collect();
             let mut v = json!({ "backends": backends });
-            match (service.container(), tenants.get(name)) {
+            // What the proxy saw of each backend it tries: the fixed ones, or the container's address.
+            let mut seen: Vec<Backend> = service.backends().to_vec();
+            let health = match (service.container(), tenants.get(name)) {
                 (Some(spec), Some(t)) => {
                     let snap = t.snapshot();
+                    if seen.is_empty() {
+                        seen.extend(snap.backend.clone());
+                    }
                     // The tenant's own container and host: until `reconcile` replaces a tenant whose service moved
                     // to another container or host, the state shown is the old tenant's, and so is its host.
                     let own = t.service();
@@ -113,19 +122,21 @@ impl Passivator {
                     v["docker_host"] = json!(spec.docker_host());
                     v["state"] = json!(snap.phase.as_str());
                     v["since"] = json!(rfc3339(snap.since));
+                    if matches!(snap.phase, Phase::Stopped | Phase::Paused) {
+                        v["stopped_since"] = json!(rfc3339(snap.since));
+                    }
                     v["in_flight"] = json!(snap.in_flight);
                     v["last_activity"] = json!(snap.last_activity.map(rfc3339));
-                    v["last_error"] = json!(snap.last_error.map(|r| r.to_string()));
+                    v["last_error"] = json!(snap.last_error.as_ref().map(|r| r.to_string()));
                     v["held"] = json!(snap.held);
                     v["last_wake"] = json!(snap.last_wake.map(|w| {
-                        let ms = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
                         json!({
                             "ok": w.ok,
                             "ended": w.ended.map(rfc3339),
-                            "start_call_ms": ms(w.start_call),
-                            "running_ms": ms(w.running),
-                            "ready_ms": ms(w.ready),
-                            "total_ms": ms(w.total),
+                            "start_call_ms": w.start_call.map(whole_ms),
+                            "running_ms": w.running.map(whole_ms),
+                            "ready_ms": w.ready.map(whole_ms),
+                            "total_ms": w.total.map(whole_ms),
                         })
                     }));
                     v["idle_action"] = json!(spec.idle_action.as_str());
@@ -141,14 +152,23 @@ impl Passivator {
                             "activity": view.activity.get(&**name).cloned().unwrap_or_default(),
                         });
                     }
+                    tenant_health(snap.phase, service_health(&seen, now))
                 }
                 (Some(spec), None) => {
                     v["container"] = json!(spec.container);
                     v["docker_host"] = json!(spec.docker_host());
                     v["state"] = json!(Phase::Unknown.as_str());
+                    tenant_health(Phase::Unknown, service_health(&seen, now))
                 }
-                (None, _) => v["state"] = json!("running"),
-            }
+                // A plain service is served whenever its backends are: its state is always `running`, its health
+                // says whether they answer.
+                (None, _) => {
+                    v["state"] = json!("running");
+                    service_health(&seen, now).as_str()
+                }
+            };
+            v["health"] = json!(health);
+            v["backend_health"] = seen.iter().map(|b| backend_json(b, now, wall)).collect();
             out.insert(name.to_string(), v);
         }
         match cluster {
@@ -156,6 +176,45 @@ impl Passivator {
             None => json!({ "services": out }),
         }
     }
+}
+
+/// A service's health from its backends' (see [`Health::of_service`]).
+fn service_health(backends: &[Backend], now: Instant) -> Health {
+    Health::of_service(backends.iter().map(|b| b.health(now).health))
+}
+
+/// A tenant's health: while it runs, its backends' (`up` when nothing was tried within the window: reveille saw
+/// it running, by its wake's readiness check or Docker's inspect); otherwise what it is, never `down` for a tenant
+/// put to sleep: `asleep` (stopped, paused or stopping), `waking` (starting), `down` (its last wake failed),
+/// `unknown` (not inspected yet).
+fn tenant_health(phase: Phase, seen: Health) -> &'static str {
+    match phase {
+        Phase::Running if seen == Health::Unknown => Health::Up.as_str(),
+        Phase::Running => seen.as_str(),
+        Phase::Stopped | Phase::Paused | Phase::Stopping => "asleep",
+        Phase::Starting => "waking",
+        Phase::Failed => Health::Down.as_str(),
+        Phase::Unknown => Health::Unknown.as_str(),
+    }
+}
+
+/// One backend as `/api/services` shows it: its address, health, when it last answered and when and why an
+/// attempt last failed (wall-clock times), and the failures since its last answer.
+fn backend_json(backend: &Backend, now: Instant, wall: SystemTime) -> Value {
+    let view = backend.health(now);
+    let at = |ago: Duration| rfc3339(wall.checked_sub(ago).unwrap_or(wall));
+    json!({
+        "address": backend.as_str(),
+        "health": view.health.as_str(),
+        "last_answer": view.last_ok.map(at),
+        "last_failure": view.last_failure.map(|(ago, why)| json!({ "at": at(ago), "kind": why.as_str() })),
+        "failures": view.failures,
+    })
+}
+
+/// A duration in whole milliseconds (rounded), as the admin API shows every duration.
+fn whole_ms(d: Duration) -> u64 {
+    (d.as_secs_f64() * 1000.0).round() as u64
 }
 
 fn no_store(h: &mut HeaderMap, content_type: &'static str) {
@@ -186,5 +245,20 @@ mod tests {
         assert!(!wants_page(&req(Method::GET, &[html, ("sec-fetch-dest", "image")])));
         assert!(!wants_page(&req(Method::GET, &[html, ("x-requested-with", "XMLHttpRequest")])));
         assert!(!wants_page(&req(Method::GET, &[html, ("upgrade", "websocket")])));
+    }
+
+    #[test]
+    fn durations_are_whole_milliseconds() {
+        assert_eq!(whole_ms(Duration::from_nanos(188_950_497)), 189);
+        assert_eq!(json!(whole_ms(Duration::from_micros(1_400))).to_string(), "1");
+    }
+
+    #[test]
+    fn a_sleeping_tenant_is_not_down() {
+        assert_eq!(tenant_health(Phase::Stopped, Health::Down), "asleep");
+        assert_eq!(tenant_health(Phase::Paused, Health::Unknown), "asleep");
+        assert_eq!(tenant_health(Phase::Running, Health::Unknown), "up");
+        assert_eq!(tenant_health(Phase::Running, Health::Down), "down");
+        assert_eq!(tenant_health(Phase::Failed, Health::Unknown), "down");
     }
 }

@@ -151,6 +151,8 @@ pub struct Snapshot {
     pub held: usize,
     /// How the last wake that ended went, phase by phase.
     pub last_wake: Option<WakeTimes>,
+    /// The container's address while it runs (when the service has no fixed backends), with its health.
+    pub backend: Option<Backend>,
 }
 
 /// How long one wake took, phase by phase (the phases of `reveille_wake_phase_seconds`). A phase the wake did
@@ -507,6 +509,7 @@ impl Tenant {
             last_error: st.failure.as_ref().map(|(r, _)| r.clone()),
             held: st.queue.iter().filter(|tx| !tx.is_closed()).count(),
             last_wake: st.last_wake,
+            backend: st.backend.clone(),
         }
     }
 

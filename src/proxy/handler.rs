@@ -33,7 +33,7 @@ use super::headers::{add_forwarded, strip_hop_by_hop, upgrade_requested};
 use super::{tunnel, ProxyError, ProxyService, Response, Settings};
 use crate::access_log::Entry;
 use crate::passivation::{wants_page, Activity, Refusal};
-use crate::routes::{normalize_request_host, Backend, Lookup, Service};
+use crate::routes::{normalize_request_host, Backend, Failure, Lookup, Service};
 use crate::upstream::{self, ConnectError, RequestHead, SendError, UpstreamBody, UpstreamError};
 
 /// Handles one request end to end. Never fails: errors become responses.
@@ -231,7 +231,7 @@ async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, req: Request<Incoming
     ctx.forwarded = true;
     // Boxed: forwarding's future is most of a request's async state, and every level above it would otherwise
     // carry it and copy it when created (a few KiB of memcpy per request).
-    match Box::pin(forward(svc, service, target.as_ref(), activity, req, &mut ctx.backend)).await {
+    match Box::pin(forward(svc, service, target.as_ref(), activity, req, &mut ctx.backend, ctx.start)).await {
         Ok(upstream) => Ok(finish_response(upstream, guard, &proxy.settings, ctx.start)),
         Err(err) => {
             if let (ProxyError::AllBackendsFailed { .. }, Some(tenant)) = (&err, passivator.get(service.name())) {
@@ -266,8 +266,10 @@ type Upstream = http::Response<UpstreamBody>;
 
 /// Sends the request to the service's backends in rotation until one answers. A backend that cannot be
 /// connected to is skipped (and counted, by attempt); nothing was sent to it, so the next one gets the same
-/// request. `last_backend` tells the exit which backend the last attempt went to. Returns the response, whose
-/// body holds the connection it came on (back to the pool once the body has been read).
+/// request. `last_backend` tells the exit which backend the last attempt went to. Each attempt's outcome goes
+/// into its backend's health (an answer below 500 with the request's `start` as its time: no clock read).
+/// Returns the response, whose body holds the connection it came on (back to the pool once the body has been
+/// read).
 async fn forward(
     svc: &ProxyService,
     service: &Service,
@@ -275,6 +277,7 @@ async fn forward(
     activity: Option<Activity>,
     mut req: Request<Incoming>,
     last_backend: &mut Option<Backend>,
+    start: Instant,
 ) -> Result<Upstream, ProxyError> {
     let proxy = &*svc.proxy;
     let upgrade = if req.version() == Version::HTTP_11 { upgrade_requested(req.headers()) } else { None };
@@ -346,6 +349,11 @@ async fn forward(
         };
         match sent {
             Some(Ok(mut resp)) => {
+                if resp.status().is_server_error() {
+                    backend.failed(Failure::ServerError);
+                } else {
+                    backend.answered(start);
+                }
                 // An upgraded connection is the tunnel's, never the pool's.
                 if let Some(backend_side) = resp.body_mut().take_upgraded() {
                     if let Some(downstream) = downstream_upgrade.take() {
@@ -365,6 +373,11 @@ async fn forward(
             Some(Err(SendFailure::Connect(e))) => {
                 let kind = classify_connect(&e);
                 proxy.upstream_errors.inc(kind);
+                backend.failed(match kind {
+                    UpstreamErrorKind::ConnectRefused => Failure::Refused,
+                    UpstreamErrorKind::ConnectTimeout => Failure::ConnectTimeout,
+                    _ => Failure::Connect,
+                });
                 debug!(service = service.name(), backend = backend.as_str(), error = %source_chain(&e), kind = kind.as_str(), "backend unreachable");
                 if body.as_ref().is_some_and(|b| !b.is_intact()) {
                     break;
@@ -375,10 +388,14 @@ async fn forward(
                     debug!(service = service.name(), error = %source_chain(&e), "the client's upload failed");
                     return Err(downstream_failure(failure));
                 }
+                backend.failed(Failure::Protocol);
                 warn!(service = service.name(), backend = backend.as_str(), error = %source_chain(&e), "backend failed to answer");
                 return Err(ProxyError::UpstreamProtocol { service: service.name().into() });
             }
-            None => return Err(ProxyError::UpstreamTimeout { service: service.name().into(), timeout }),
+            None => {
+                backend.failed(Failure::Timeout);
+                return Err(ProxyError::UpstreamTimeout { service: service.name().into(), timeout });
+            }
         }
     }
     Err(ProxyError::AllBackendsFailed { service: service.name().into() })

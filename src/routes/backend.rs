@@ -1,28 +1,192 @@
 //! Backend addresses: `host:port` or `http://host:port`, parsed once when a table is built so the request path
-//! only copies a ready `Authority`.
+//! only copies a ready `Authority`; and each backend's health, what the proxy saw of its last attempts at it
+//! (answers, refused or timed-out connections, timeouts, 5xx), which the admin API and the dashboard show.
+//!
+//! The health is written on the request path, so it is atomics only: a response below 500 refreshes one
+//! timestamp (at most every [`OK_RESOLUTION_MS`], so a busy backend's cache line is mostly read, not written),
+//! and a failure, the rare case, writes its time and kind. Reading it turns those times into a state over
+//! [`HEALTH_WINDOW`]; see [`Health`].
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use http::uri::Authority;
 
 use super::RouteError;
 
-/// One upstream address of a service.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Backend {
+/// How long what reveille saw of a backend counts towards its health: a backend that nobody tried for this long
+/// is `unknown` again.
+pub(crate) const HEALTH_WINDOW: Duration = Duration::from_secs(60);
+
+/// A backend's answer refreshes its "last answered" time at most this often (in milliseconds): the write is
+/// what costs on a busy backend, shared by every worker thread.
+const OK_RESOLUTION_MS: u64 = 250;
+
+/// One upstream address of a service. Cloned once per request (for the access log and the error messages):
+/// one reference count, whatever it holds.
+#[derive(Clone)]
+pub struct Backend(Arc<Inner>);
+
+struct Inner {
     /// What the request URI to the backend is built from.
     authority: Authority,
     /// The address as the operator wrote it, for logs, metrics and the admin API.
     display: Arc<str>,
+    /// What the proxy saw of it; it lives with the definition, so a redefined service starts again from `unknown`.
+    seen: Seen,
+}
+
+impl PartialEq for Backend {
+    /// The same address, written the same way; what was seen of it does not count.
+    fn eq(&self, other: &Self) -> bool {
+        self.0.authority == other.0.authority && self.0.display == other.0.display
+    }
+}
+
+impl Eq for Backend {}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend").field("authority", &self.0.authority).field("display", &self.0.display).finish()
+    }
+}
+
+/// Why an attempt at a backend failed, as its health says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Failure {
+    /// The connection was refused.
+    Refused = 1,
+    /// The connection was not made within the connect timeout.
+    ConnectTimeout = 2,
+    /// The connection failed otherwise (no route, DNS...).
+    Connect = 3,
+    /// No response head within the response timeout.
+    Timeout = 4,
+    /// The backend closed or broke the exchange without an answer.
+    Protocol = 5,
+    /// It answered 500 or above.
+    ServerError = 6,
+}
+
+impl Failure {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Failure::Refused => "connect_refused",
+            Failure::ConnectTimeout => "connect_timeout",
+            Failure::Connect => "connect_failed",
+            Failure::Timeout => "timeout",
+            Failure::Protocol => "protocol",
+            Failure::ServerError => "5xx",
+        }
+    }
+
+    fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Failure::Refused,
+            2 => Failure::ConnectTimeout,
+            3 => Failure::Connect,
+            4 => Failure::Timeout,
+            5 => Failure::Protocol,
+            6 => Failure::ServerError,
+            _ => return None,
+        })
+    }
+}
+
+/// What reveille saw of one backend: times in milliseconds since [`clock_base`], plus one (0: never).
+#[derive(Debug, Default)]
+struct Seen {
+    last_ok: AtomicU64,
+    last_failure: AtomicU64,
+    failure: AtomicU8,
+    /// Failed attempts since its last answer.
+    failures: AtomicU32,
+}
+
+/// The health of a backend, or of a service from its backends'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Health {
+    /// It answered within the window, and did not fail in it.
+    Up,
+    /// It answered last, but failed within the window (a backend); some backends are up or degraded and some
+    /// down, or all degraded (a service).
+    Degraded,
+    /// Its last attempt failed, within the window (a backend); every backend tried within the window is down
+    /// (a service).
+    Down,
+    /// Nothing tried within the window.
+    Unknown,
+}
+
+impl Health {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Health::Up => "up",
+            Health::Degraded => "degraded",
+            Health::Down => "down",
+            Health::Unknown => "unknown",
+        }
+    }
+
+    /// A service's health from its backends': the ones tried within the window decide (a backend nobody tried
+    /// says nothing); all down is down, all up is up, anything else degraded.
+    pub(crate) fn of_service(backends: impl IntoIterator<Item = Health>) -> Health {
+        let (mut up, mut down, mut seen) = (0usize, 0usize, 0usize);
+        for h in backends {
+            match h {
+                Health::Up => up += 1,
+                Health::Down => down += 1,
+                Health::Degraded => {}
+                Health::Unknown => continue,
+            }
+            seen += 1;
+        }
+        match seen {
+            0 => Health::Unknown,
+            n if n == up => Health::Up,
+            n if n == down => Health::Down,
+            _ => Health::Degraded,
+        }
+    }
+}
+
+/// A backend's health as read at one time, for the admin API.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HealthView {
+    pub(crate) health: Health,
+    /// How long ago it last answered (below 500).
+    pub(crate) last_ok: Option<Duration>,
+    /// How long ago, and why, an attempt last failed.
+    pub(crate) last_failure: Option<(Duration, Failure)>,
+    /// Failed attempts since its last answer.
+    pub(crate) failures: u32,
+}
+
+/// The instant the health times count from: the first time anything asks.
+fn clock_base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+/// `at` as a health time (milliseconds since the base, plus one so that 0 stays "never").
+#[inline]
+fn stamp(at: Instant) -> u64 {
+    at.saturating_duration_since(clock_base()).as_millis() as u64 + 1
 }
 
 impl Backend {
+    fn new(authority: Authority, display: Arc<str>) -> Self {
+        Self(Arc::new(Inner { authority, display, seen: Seen::default() }))
+    }
+
     /// A backend at a socket address (a container's address, found at run time).
     pub fn from_addr(addr: std::net::SocketAddr) -> Self {
         let text = addr.to_string();
         // A formatted socket address is always a valid authority.
         let authority = text.parse().unwrap_or_else(|_| Authority::from_static("0.0.0.0:1"));
-        Self { authority, display: Arc::from(text) }
+        Self::new(authority, Arc::from(text))
     }
 
     /// Parses `host:port` or `http://host:port` (port 80 by default with the scheme). Anything else — another
@@ -57,23 +221,74 @@ impl Backend {
             (None, Some(p)) => format!("{}:{p}", authority.host()).parse().map_err(|e| bad(&format!("{e}")))?,
             (None, None) => return Err(bad("missing port (write host:port)")),
         };
-        Ok(Self { authority, display: Arc::from(trimmed) })
+        Ok(Self::new(authority, Arc::from(trimmed)))
     }
 
     /// `host:port` to connect to.
     pub fn authority(&self) -> &Authority {
-        &self.authority
+        &self.0.authority
     }
 
     /// The address as configured.
     pub fn as_str(&self) -> &str {
-        &self.display
+        &self.0.display
+    }
+
+    /// It answered (below 500) a request that started `at`. Cheap: two loads, and a store at most every
+    /// [`OK_RESOLUTION_MS`] or after a failure.
+    #[inline]
+    pub(crate) fn answered(&self, at: Instant) {
+        let seen = &self.0.seen;
+        let t = stamp(at);
+        let last = seen.last_ok.load(Ordering::Relaxed);
+        let failed = seen.last_failure.load(Ordering::Relaxed);
+        if t >= last + OK_RESOLUTION_MS || failed >= last {
+            // After a failure, the answer must read as later than it (a request started before the failure
+            // may answer after it): the greater of the two times.
+            seen.last_ok.store(t.max(failed + 1).max(last), Ordering::Relaxed);
+            if failed != 0 {
+                seen.failures.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// An attempt at it failed, now.
+    pub(crate) fn failed(&self, why: Failure) {
+        let seen = &self.0.seen;
+        seen.failure.store(why as u8, Ordering::Relaxed);
+        seen.last_failure.fetch_max(stamp(Instant::now()), Ordering::Relaxed);
+        seen.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Its health at `now` (see [`Health`]): down if its last attempt within [`HEALTH_WINDOW`] failed, degraded
+    /// if it answered since a failure within the window, up if it answered within the window without failing,
+    /// unknown if nothing was tried within it.
+    pub(crate) fn health(&self, now: Instant) -> HealthView {
+        let seen = &self.0.seen;
+        let now = stamp(now);
+        let ago = |t: u64| (t != 0).then(|| Duration::from_millis(now.saturating_sub(t)));
+        let ok = seen.last_ok.load(Ordering::Relaxed);
+        let failed = seen.last_failure.load(Ordering::Relaxed);
+        let window = HEALTH_WINDOW.as_millis() as u64;
+        let recent = |t: u64| t != 0 && now.saturating_sub(t) <= window;
+        let health = match (recent(ok), recent(failed)) {
+            (_, true) if failed >= ok => Health::Down,
+            (true, true) => Health::Degraded,
+            (true, false) => Health::Up,
+            (false, _) => Health::Unknown,
+        };
+        HealthView {
+            health,
+            last_ok: ago(ok),
+            last_failure: ago(failed).zip(Failure::from_u8(seen.failure.load(Ordering::Relaxed))),
+            failures: seen.failures.load(Ordering::Relaxed),
+        }
     }
 }
 
 impl std::fmt::Display for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.display)
+        f.write_str(&self.0.display)
     }
 }
 
@@ -90,5 +305,46 @@ mod tests {
         for bad in ["", "10.0.0.5", "https://a:1", "a:1/x", "u@a:1", "a:0", "a:99999", "a b:1", "http://"] {
             assert!(Backend::parse(bad).is_err(), "{bad:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn health_follows_the_last_attempts() {
+        let b = Backend::parse("127.0.0.1:1").unwrap();
+        let now = Instant::now();
+        assert_eq!(b.health(now).health, Health::Unknown);
+        b.failed(Failure::Refused);
+        let v = b.health(Instant::now());
+        assert_eq!((v.health, v.failures), (Health::Down, 1));
+        assert_eq!(v.last_failure.map(|(_, f)| f), Some(Failure::Refused));
+        // Answered since: degraded while the failure is within the window, up after it.
+        std::thread::sleep(Duration::from_millis(3));
+        b.answered(Instant::now());
+        assert_eq!(b.health(Instant::now()).health, Health::Degraded);
+        assert_eq!(b.health(Instant::now()).failures, 0);
+        assert_eq!(b.health(Instant::now() + HEALTH_WINDOW + Duration::from_secs(1)).health, Health::Unknown);
+        b.failed(Failure::ServerError);
+        assert_eq!(b.health(Instant::now()).health, Health::Down);
+        // A request that started before the failure and answered after it: the backend answers again.
+        b.answered(now);
+        assert_eq!(b.health(Instant::now()).health, Health::Degraded);
+
+        let up = Backend::parse("127.0.0.1:2").unwrap();
+        up.answered(Instant::now());
+        assert_eq!(up.health(Instant::now()).health, Health::Up);
+        // Equality ignores what was seen.
+        assert_eq!(up, Backend::parse("127.0.0.1:2").unwrap());
+    }
+
+    #[test]
+    fn a_service_is_as_healthy_as_the_backends_tried() {
+        use Health::*;
+        assert_eq!(Health::of_service([]), Unknown);
+        assert_eq!(Health::of_service([Unknown, Unknown]), Unknown);
+        assert_eq!(Health::of_service([Up, Unknown]), Up);
+        assert_eq!(Health::of_service([Down, Down]), Down);
+        assert_eq!(Health::of_service([Down, Unknown]), Down);
+        assert_eq!(Health::of_service([Up, Down]), Degraded);
+        assert_eq!(Health::of_service([Degraded]), Degraded);
+        assert_eq!(Health::of_service([Up, Degraded]), Degraded);
     }
 }

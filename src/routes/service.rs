@@ -90,6 +90,11 @@ impl Service {
     pub fn stats(&self, init: impl FnOnce(&str) -> ServiceStats) -> &ServiceStats {
         self.stats.get_or_init(|| init(&self.name))
     }
+
+    /// This service's metric handles if a request created them (none: it answered nothing yet).
+    pub fn stats_if_any(&self) -> Option<&ServiceStats> {
+        self.stats.get()
+    }
 }
 
 /// What happens to an idle tenant's container.

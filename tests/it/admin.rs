@@ -55,6 +55,91 @@ async fn health_ready_metrics_and_routes() {
     assert!(text.contains("reveille_open_connections "), "{text}");
 }
 
+/// `/api/services` gives every service a health from what the proxy saw of its backends: a plain service whose
+/// only backend refuses is down (not "running" and healthy), one whose backend answers is up, one with a live and a
+/// refusing backend degraded, one whose backend answers 500 down, and one nobody reached unknown; each backend's
+/// own health and last failure; and requests and 5xx per second over the last minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_have_a_health_from_their_backends() {
+    let live = Backend::echo("live").await;
+    let failing = Backend::start(Arc::new(|_req| {
+        Box::pin(async {
+            let mut r = http::Response::new(full("broken"));
+            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            r
+        })
+    }))
+    .await;
+    let dead = dead_addr().await;
+    let proxy = TestProxy::start(&routes_file(
+        &[
+            ("health-dead", vec![dead]),
+            ("health-live", vec![live.addr]),
+            ("health-mixed", vec![live.addr, dead]),
+            ("health-broken", vec![failing.addr]),
+            ("health-idle", vec![live.addr]),
+        ],
+        &[
+            ("health-dead.test", "health-dead"),
+            ("health-live.test", "health-live"),
+            ("health-mixed.test", "health-mixed"),
+            ("health-broken.test", "health-broken"),
+            ("health-idle.test", "health-idle"),
+        ],
+    ))
+    .await;
+    for _ in 0..4 {
+        assert_eq!(get(proxy.http, "health-dead.test", "/").await.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(get(proxy.http, "health-live.test", "/").await.status, StatusCode::OK);
+        // Round-robin from each backend in turn: the refusing one is tried (and passed over) every other time.
+        assert_eq!(get(proxy.http, "health-mixed.test", "/").await.status, StatusCode::OK);
+        assert_eq!(get(proxy.http, "health-broken.test", "/").await.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    let (status, body) = proxy.admin_get("/api/services").await;
+    assert_eq!(status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let services = &v["services"];
+    for (name, health) in [
+        ("health-dead", "down"),
+        ("health-live", "up"),
+        ("health-mixed", "degraded"),
+        ("health-broken", "down"),
+        ("health-idle", "unknown"),
+    ] {
+        assert_eq!(services[name]["health"], health, "{name}: {}", services[name]);
+    }
+    let dead_backend = &services["health-dead"]["backend_health"][0];
+    assert_eq!(dead_backend["address"], dead.to_string());
+    assert_eq!(dead_backend["health"], "down", "{dead_backend}");
+    assert_eq!(dead_backend["last_failure"]["kind"], "connect_refused", "{dead_backend}");
+    assert_eq!(dead_backend["failures"], 4, "{dead_backend}");
+    assert!(dead_backend["last_answer"].is_null(), "{dead_backend}");
+    let mixed: std::collections::HashMap<String, String> = services["health-mixed"]["backend_health"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["address"].as_str().unwrap().to_string(), b["health"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(mixed[&live.addr.to_string()], "up", "{mixed:?}");
+    assert_eq!(mixed[&dead.to_string()], "down", "{mixed:?}");
+    assert_eq!(services["health-broken"]["backend_health"][0]["last_failure"]["kind"], "5xx");
+    assert_eq!(services["health-idle"]["backend_health"][0]["health"], "unknown");
+    // A plain service has no lifecycle: its state stays what it was; the health says whether it is served.
+    assert_eq!(services["health-dead"]["state"], "running");
+
+    // Rates, from the counters read every 5 s: live answered 4 requests and broken 4 errors within the window.
+    eventually(Duration::from_secs(20), "rates over two samples", || async {
+        proxy.service_view("health-live").await["requests_per_s"].as_f64().is_some_and(|r| r > 0.0)
+    })
+    .await;
+    let (live_view, broken_view) = (proxy.service_view("health-live").await, proxy.service_view("health-broken").await);
+    assert_eq!(live_view["errors_per_s"], 0.0, "{live_view}");
+    assert!(broken_view["errors_per_s"].as_f64().unwrap() > 0.0, "{broken_view}");
+    assert_eq!(broken_view["errors_per_s"], broken_view["requests_per_s"], "{broken_view}");
+    assert_eq!(proxy.service_view("health-idle").await["requests_per_s"], 0.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_is_503_until_a_table_is_loaded() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

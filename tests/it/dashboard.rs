@@ -1,7 +1,9 @@
 //! The dashboard in a real browser: headless Chromium (Debian's `chromium`), driven over the DevTools protocol,
 //! loads the admin listener's `/`, sees a real Docker tenant change state live (through `/api/events`) with its
 //! wake timings, presses its wake button, shows where each route comes from (file or etcd) and the replicas; and
-//! pages through 10 000 services on a phone-sized window. Screenshots of the page are written to
+//! pages through 10 000 services on a phone-sized window; plain services with the health their backends earned
+//! (a refusing backend is down, not green "running"), their rates, and a route to a missing service flagged, on
+//! a wide window the page fills. Screenshots of the page are written to
 //! `target/dashboard.png` and `target/dashboard-phone.png`.
 
 use std::process::{Child, Command, Stdio};
@@ -232,6 +234,15 @@ async fn the_dashboard_shows_a_tenant_live_and_wakes_it() {
     assert!(replica.as_str().unwrap().contains("this replica"), "{replica}");
     let wake = "document.querySelector('tr[data-service=\"web\"] .wake')?.firstChild?.textContent ?? ''";
     assert_eq!(page.eval(wake).await, "", "no wake yet");
+    // Asleep, not down; stopped since when; it can wake, not sleep.
+    let health = "document.querySelector('tr[data-service=\"web\"] .health')?.textContent ?? ''";
+    page.until(health, "asleep").await;
+    let since = page.eval("document.querySelector('tr[data-service=\"web\"] .stopped-since')?.textContent ?? ''").await;
+    assert!(since.as_str().unwrap().starts_with("stopped since "), "{since}");
+    let enabled =
+        |c: &str| format!("String(!(document.querySelector('tr[data-service=\"web\"] button.{c}')?.disabled ?? true))");
+    assert_eq!(page.eval(&enabled("wake")).await, "true");
+    assert_eq!(page.eval(&enabled("sleep")).await, "false");
     let cert = page.eval("document.querySelector('tr[data-certificate=\"shop\"]')?.textContent ?? ''").await;
     let cert = cert.as_str().unwrap();
     assert!(
@@ -243,9 +254,18 @@ async fn the_dashboard_shows_a_tenant_live_and_wakes_it() {
     let (status, body) = proxy.admin_post("/api/services/web/wake").await;
     assert_eq!(status, http::StatusCode::ACCEPTED, "{body}");
     page.until(state, "running").await;
+    page.until(health, "up").await;
+    page.until(&enabled("sleep"), "true").await;
+    assert_eq!(page.eval(&enabled("wake")).await, "false");
     // The wake's timings arrive with it: the total, and the phases in the cell's title.
     let view = proxy.service_view("web").await;
     assert_eq!(view["last_wake"]["ok"], true, "{view}");
+    // The container's address is its backend, with its health.
+    assert_eq!(view["backend_health"].as_array().map(Vec::len), Some(1), "{view}");
+    // Whole milliseconds.
+    for phase in ["start_call_ms", "running_ms", "ready_ms", "total_ms"] {
+        assert!(view["last_wake"][phase].is_u64(), "{phase}: {view}");
+    }
     let total = view["last_wake"]["total_ms"].as_f64().unwrap();
     assert!(total > 0.0 && view["last_wake"]["ready_ms"].as_f64().unwrap() <= total, "{view}");
     page.until_with(wake, "a time such as 312 ms or 1.20 s", |t| t.ends_with(" ms") || t.ends_with(" s")).await;
@@ -310,4 +330,89 @@ async fn ten_thousand_services_are_paged_and_searchable_on_a_phone() {
     let overflow = page.eval("document.documentElement.scrollWidth - window.innerWidth").await;
     assert!(overflow.as_i64().unwrap() <= 0, "the page is {overflow} px wider than a 390 px screen");
     page.screenshot("dashboard-phone.png").await;
+}
+
+/// Plain services (backends, no container) through the page: one whose only backend refuses shows `down`, is
+/// counted as down in the header and is never shown "running"; a live one `up`; one with a live and a refusing
+/// backend `degraded`, with each backend's health; requests and 5xx per second; no wake or sleep button. A route
+/// (from etcd) to a service that does not exist is flagged, and the page fills a wide window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_services_show_their_health_and_missing_services_are_flagged() {
+    let live = support::Backend::echo("live").await;
+    let dead = support::dead_addr().await;
+    let routes = support::routes_file(
+        &[("refusing", vec![dead]), ("answering", vec![live.addr]), ("half", vec![live.addr, dead])],
+        &[("refusing.test", "refusing"), ("answering.test", "answering"), ("half.test", "half")],
+    );
+    let etcd = support::etcd::Etcd::start().await;
+    etcd.put("/reveille/routes/ghost.test", "{\"service\": \"ghost\"}").await;
+    let proxy = TestProxy::start_custom(&routes, |c| {
+        c.proxy.access_log = false;
+        let mut e = reveille::EtcdConfig::new(vec![etcd.url.clone()]);
+        e.timeout = Duration::from_secs(2);
+        c.etcd = Some(e);
+    })
+    .await;
+    eventually(LONG, "etcd's route in the table", || async {
+        proxy.admin_get("/api/routes").await.1.contains("ghost.test")
+    })
+    .await;
+    for _ in 0..4 {
+        assert_eq!(support::get(proxy.http, "refusing.test", "/").await.status, http::StatusCode::BAD_GATEWAY);
+        assert_eq!(support::get(proxy.http, "answering.test", "/").await.status, http::StatusCode::OK);
+        assert_eq!(support::get(proxy.http, "half.test", "/").await.status, http::StatusCode::OK);
+    }
+
+    let browser = Chromium::start().await;
+    let mut page = browser.dashboard(proxy.admin).await;
+    let wide = serde_json::json!({ "width": 1800, "height": 900, "deviceScaleFactor": 1, "mobile": false });
+    page.call("Emulation.setDeviceMetricsOverride", wide).await;
+    let cell = |service: &str, class: &str| {
+        format!("document.querySelector('tr[data-service=\"{service}\"] .{class}')?.textContent ?? ''")
+    };
+    page.until(&cell("refusing", "health"), "down").await;
+    page.until(&cell("answering", "health"), "up").await;
+    page.until(&cell("half", "health"), "degraded").await;
+    // Not "running": a plain service has no lifecycle, and its health is not a state.
+    assert_eq!(page.eval(&cell("refusing", "state")).await, "no container");
+    let summary = page.eval("document.getElementById('summary').textContent").await;
+    let summary = summary.as_str().unwrap();
+    assert!(!summary.contains("running"), "{summary}");
+    let count = |h: &str| format!("document.querySelector('#summary [data-health=\"{h}\"]')?.textContent ?? ''");
+    assert_eq!(page.eval(&count("down")).await, "1 down");
+    assert_eq!(page.eval(&count("up")).await, "1 up");
+    assert_eq!(page.eval(&count("degraded")).await, "1 degraded");
+    // Each backend with its own health.
+    let backend = |h: &str| {
+        format!(
+            "document.querySelector('tr[data-service=\"half\"] .backend[data-health=\"{h}\"]')?.dataset.backend ?? ''"
+        )
+    };
+    assert_eq!(page.eval(&backend("down")).await, dead.to_string());
+    assert_eq!(page.eval(&backend("up")).await, live.addr.to_string());
+    let title = page.eval("document.querySelector('tr[data-service=\"refusing\"] .backend').title").await;
+    assert!(title.as_str().unwrap().contains("connect_refused"), "{title}");
+    // No commands for a plain service.
+    assert_eq!(
+        page.eval("String(document.querySelectorAll('tr[data-service=\"refusing\"] button').length)").await,
+        "0"
+    );
+    // The route to a missing service, flagged where it is listed and counted in the header.
+    let ghost = "document.querySelector('tr[data-route=\"ghost.test\"]')?.className ?? ''";
+    page.until(ghost, "missing").await;
+    let flag = page.eval("document.querySelector('tr[data-route=\"ghost.test\"] .flag')?.textContent ?? ''").await;
+    assert_eq!(flag, "missing service");
+    assert_eq!(page.eval("document.querySelector('tr[data-route=\"answering.test\"]').className").await, "");
+    let missing = page.eval("document.querySelector('#summary .missing')?.textContent ?? ''").await;
+    assert_eq!(missing, "1 route to a missing service");
+    // Rates arrive once the counters have been read twice (5 s apart), at the page's next reading.
+    page.until_with(&cell("answering", "rps"), "a rate above 0", |t| t.parse::<f64>().is_ok_and(|r| r > 0.0)).await;
+    page.until_with(&cell("refusing", "eps"), "a 5xx rate above 0", |t| t.parse::<f64>().is_ok_and(|r| r > 0.0)).await;
+    assert_eq!(page.eval(&cell("answering", "eps")).await, "0");
+    // The page uses the window's width.
+    let width = page.eval("Math.round(document.querySelector('main').getBoundingClientRect().width)").await;
+    assert!(width.as_i64().unwrap() >= 1700, "the page is {width} px wide in an 1800 px window");
+    page.screenshot("dashboard-health.png").await;
+    drop(proxy);
+    drop(etcd);
 }

@@ -156,7 +156,11 @@ impl Tenant {
             ContainerState::Running if st.phase != Phase::Running && self.peer_starting(spec) => {}
             ContainerState::Running => match backend {
                 Ok(backend) => {
-                    st.backend = backend;
+                    // The same address keeps its backend, and with it what the proxy saw of it (its health):
+                    // an inspect after any Docker event must not reset that to `unknown`.
+                    if st.backend != backend {
+                        st.backend = backend;
+                    }
                     if st.phase != Phase::Running {
                         if st.active == 0 {
                             st.last_release = Instant::now();
