@@ -13,7 +13,7 @@ use super::{validate_service_name, Backend, RouteError};
 use crate::runtime::DEFAULT_HOST;
 
 /// A service definition: `{"backends": [...]}` in etcd, `[services.<name>] backends = [...]` in the file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub(crate) struct ServiceSpec {
     #[serde(default = "Vec::new")]
     pub backends: Vec<String>,
@@ -68,30 +68,6 @@ pub(crate) struct ServiceSpec {
     /// Fields this version does not know: accepted (forward compatibility), reported as warnings.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, IgnoredAny>,
-}
-
-impl Default for ServiceSpec {
-    fn default() -> Self {
-        Self {
-            backends: Vec::new(),
-            container: None,
-            port: None,
-            network: None,
-            docker_host: None,
-            idle_timeout: None,
-            wake_timeout: None,
-            stop_timeout: None,
-            health_path: None,
-            idle_action: None,
-            stop_after: None,
-            max_held: None,
-            page_after: None,
-            https_redirect: None,
-            hsts: None,
-            acme: None,
-            unknown: BTreeMap::new(),
-        }
-    }
 }
 
 /// The fields of [`ServiceSpec`] as written: what a misspelt field is compared with ("did you mean"). A field
