@@ -67,8 +67,9 @@ struct SessionEnd {
 ///
 /// What is logged: while reveille shuts down (`etcd` draining), an interruption at info. etcd gone (stopped,
 /// restarted, unreachable) is one warning for the process, a line a person reads ("etcd at X went away:
-/// connection refused; retrying"), not one per watch and retry with the transport's internals (those are at
-/// debug); any other end (a compacted revision, a permission denied) is a warning with its details.
+/// connection refused; …retrying", or "cannot be reached" when it never answered), not one per watch and retry
+/// with the transport's internals (those are at debug); any other end (a compacted revision, a permission
+/// denied) is a warning with its details.
 async fn supervise<F, Fut>(what: &str, mut session: F, ended: impl Fn(), etcd: &Etcd, shutdown: CancellationToken)
 where
     F: FnMut(u64) -> Fut,
@@ -76,6 +77,8 @@ where
 {
     let mut backoff = BACKOFF_MIN;
     let mut sessions = 0u64;
+    // Whether a session of this watch ever loaded: etcd then went away, else it was never reached.
+    let mut reached = false;
     loop {
         // A panic inside the etcd client (it asserts on some server answers) must not end the watcher.
         let run = std::panic::AssertUnwindSafe(session(sessions)).catch_unwind();
@@ -94,13 +97,18 @@ where
         };
         if end.loaded {
             backoff = BACKOFF_MIN;
+            reached = true;
         }
         if etcd.is_draining() {
             info!(error = %end.error, "etcd watch of {what} interrupted while shutting down");
         } else if let Some(how) = end.error.gone() {
             if etcd.went_away() {
                 let endpoints = etcd.config().endpoints.join(",");
-                warn!("etcd at {endpoints} went away: {how}; keeping what is in force and retrying");
+                if reached {
+                    warn!("etcd at {endpoints} went away: {how}; keeping what is in force and retrying");
+                } else {
+                    warn!("etcd at {endpoints} cannot be reached: {how}; retrying");
+                }
             }
             debug!(error = %end.error, retry_in = ?backoff, "etcd watch of {what} still without etcd");
         } else {

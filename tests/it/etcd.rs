@@ -499,3 +499,30 @@ async fn etcd_going_away_is_one_line_a_person_reads() {
     })
     .await;
 }
+
+/// etcd not there when reveille starts: one warning that says it cannot be reached (not that it "went away"),
+/// for all the watches and their retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_never_reached_is_one_line_too() {
+    use crate::support::serve::Serve;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    std::fs::write(&routes, "[services.a]\nbackends = [\"127.0.0.1:1\"]\n[routes]\n\"a.test\" = \"a\"\n").unwrap();
+    let args = ["--etcd", url.as_str(), "--access-log", "false"];
+    let proc = Serve::start("reveille", Serve::command().arg("--routes").arg(&routes).args(args));
+    // Long enough for several retries of each watch (backoff 0.1 s, doubling).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let lines: Vec<serde_json::Value> = proc
+        .startup
+        .iter()
+        .cloned()
+        .chain(proc.log.lock().unwrap().iter().filter_map(|l| serde_json::from_str(l).ok()))
+        .collect();
+    let about_watches: Vec<&serde_json::Value> =
+        lines.iter().filter(|v| v["target"] == "reveille::etcd::session" && v["level"] != "DEBUG").collect();
+    assert_eq!(about_watches.len(), 1, "{about_watches:#?}");
+    assert_eq!(about_watches[0]["message"], format!("etcd at {url} cannot be reached: connection refused; retrying"));
+}
