@@ -43,6 +43,7 @@
 //!   sites out (Host, Origin, the command header).
 //! - `metrics`: Prometheus metric definitions and exposition.
 //! - `open_files`: the open-files limit, raised to its hard limit at start.
+//! - `suggest`: the known name nearest to a misspelt key ("did you mean `container`?").
 //! - `config`: the config file and `serve`'s flags (one type per section), how they merge, defaults.
 //! - `cli`: the command line's definitions, the operator commands (`route`, `service`, `cert`) and `check`.
 //! - `telemetry`: logging setup (text or JSON) for everything but the access log.
@@ -76,6 +77,7 @@ mod proxy;
 mod readiness;
 mod routes;
 mod runtime;
+mod suggest;
 mod telemetry;
 mod tls;
 mod upstream;

@@ -46,8 +46,13 @@ fn serve(config_path: Option<PathBuf>, flags: Box<ConfigFile>) -> ExitCode {
         let running = match started.await {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!("{e}");
-                eprintln!("reveille: {e}");
+                // Said once: in the log, where the rest of the startup is (a multi-line error kept on one line,
+                // see `telemetry`), or on stderr when the log filter lets no error through.
+                if tracing::enabled!(tracing::Level::ERROR) {
+                    tracing::error!("cannot start: {e}");
+                } else {
+                    eprintln!("reveille: {e}");
+                }
                 return ExitCode::FAILURE;
             }
         };

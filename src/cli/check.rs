@@ -94,22 +94,34 @@ fn check_certs(dir: &std::path::Path, max_file_size: u64) -> bool {
     }
 }
 
+/// Prints whether the routes file is valid, every problem with its line, then the warnings (also when there are
+/// errors). An unknown key fails the check: serving ignores it, and a misspelt key is a setting silently off.
 fn check_routes(routes_path: &std::path::Path, hosts: &DockerHostNames, max_file_size: u64) -> ExitCode {
-    match file::load(routes_path, hosts, max_file_size) {
-        Ok(loaded) => {
+    let warnings = match file::load(routes_path, hosts, max_file_size) {
+        Ok(loaded) if loaded.unknown_keys.is_empty() => {
             let counts = loaded.counts();
             println!("{}: ok ({} routes, {} services)", routes_path.display(), counts.routes, counts.services);
             if let Some(warning) = loaded.warning() {
                 println!("warning: {warning}");
             }
-            for unknown in &loaded.unknown_keys {
-                println!("warning: {unknown}");
-            }
-            ExitCode::SUCCESS
+            return ExitCode::SUCCESS;
+        }
+        Ok(loaded) => {
+            let warnings = loaded.warning().into_iter().collect();
+            let path = routes_path.to_owned();
+            println!("{}", file::FileError::Invalid { path, errors: loaded.unknown_keys, warnings: Vec::new() });
+            warnings
         }
         Err(e) => {
             println!("{e}");
-            ExitCode::FAILURE
+            match e {
+                file::FileError::Invalid { warnings, .. } => warnings,
+                _ => Vec::new(),
+            }
         }
+    };
+    for warning in warnings {
+        println!("warning: {warning}");
     }
+    ExitCode::FAILURE
 }

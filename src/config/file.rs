@@ -14,7 +14,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
-use super::error::ConfigError;
+use super::error::{explain, ConfigError};
 
 /// Lays one layer of settings over another: each key `over` gives replaces `self`'s.
 pub(crate) trait Merge {
@@ -125,8 +125,8 @@ impl ConfigFile {
     pub(crate) fn load(path: &Path, max_size: u64) -> Result<Self, ConfigError> {
         let text = crate::fsread::read_to_string(path, max_size)
             .map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let mut file: ConfigFile =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        let mut file: ConfigFile = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.into(), message: explain(&e.to_string()) })?;
         if let Some(dir) = path.parent() {
             let e = &mut file.etcd;
             let page = &mut file.passivation.page_template;

@@ -248,6 +248,13 @@ fn unknown_keys_and_missing_routes_are_errors() {
     std::fs::write(&path, "[server]\nhtp = \"127.0.0.1:1000\"\n").unwrap();
     let e = Config::resolve(Some(&path), &ConfigFile::default()).unwrap_err().to_string();
     assert!(e.contains("unknown field") && e.contains("htp"), "{e}");
+    assert!(e.contains("unknown field `htp`, expected one of") && e.contains("(did you mean `http`?)"), "{e}");
+    std::fs::write(&path, "[passivation]\nidle_timout = \"5m\"\n").unwrap();
+    let e = Config::resolve(Some(&path), &ConfigFile::default()).unwrap_err().to_string();
+    assert!(e.contains("(did you mean `idle_timeout`?)"), "{e}");
+    std::fs::write(&path, "[passivation]\nidle_timeout = \"5\"\n").unwrap();
+    let e = Config::resolve(Some(&path), &ConfigFile::default()).unwrap_err().to_string();
+    assert!(e.contains("for example \"5s\" or \"5m\""), "{e}");
     let e = Config::resolve(None, &ConfigFile::default()).unwrap_err();
     assert!(matches!(e, ConfigError::NoRouteSource));
 }

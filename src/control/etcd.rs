@@ -3,8 +3,9 @@
 //!
 //! `<prefix>routes/<hostname>` → `{"service": "acme"}` (`<hostname>` may be `*.example.com`) and
 //! `<prefix>services/<name>` → `{"backends": ["10.0.0.5:8080", "http://10.0.0.6:8080"]}`: one JSON value per key,
-//! so a single `put` is never half-applied. Unknown JSON fields are accepted with a warning; wrong types are
-//! errors, and a value that does not parse keeps the key's previous value (if any) in force.
+//! so a single `put` is never half-applied. Unknown JSON fields are ignored and logged at error, with the
+//! nearest known field; wrong types are errors, and a value that does not parse keeps the key's previous value
+//! (if any) in force.
 //!
 //! The watcher is a [`Sink`] of the shared session loop (`crate::etcd`): the listing at one revision becomes the
 //! [`Composer`]'s etcd set, each watch response one batch of [`Change`]s, so a transaction that writes a route
@@ -15,12 +16,15 @@ use std::sync::Arc;
 
 use etcd_client::{Event, EventType, KeyValue};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, error, info, warn, Instrument};
 
 use super::compose::{Change, Composer, Source};
 use crate::etcd::{Etcd, EtcdError, KeyKind, Keys, Sink};
 use crate::metrics::Metrics;
-use crate::routes::{DockerHostNames, HostPattern, RouteError, RouteSet, RouteSpec, Service, ServiceSpec};
+use crate::routes::{
+    check_field, DockerHostNames, HostPattern, RouteError, RouteSet, RouteSpec, Service, ServiceSpec, ROUTE_FIELDS,
+    SERVICE_FIELDS,
+};
 
 /// Why an etcd value was not applied.
 #[derive(Debug, thiserror::Error)]
@@ -54,21 +58,42 @@ pub(crate) fn parse_kv(
             let pattern = HostPattern::parse(host)?;
             let spec: RouteSpec = serde_json::from_slice(value)?;
             for field in spec.unknown.keys() {
-                warn!(key, field, "unknown field in etcd route value ignored");
+                let hint = crate::suggest::did_you_mean(field, ROUTE_FIELDS.iter().copied());
+                let e = RouteError::UnknownKey { place: "field of the route value", key: field.clone(), hint };
+                error!(key, "etcd: {e}; ignored");
             }
             crate::routes::validate_service_name(&spec.service)?;
             Ok(Some(Parsed::Route(pattern, Arc::from(spec.service))))
         }
         KeyKind::Service(name) => {
-            let spec: ServiceSpec = serde_json::from_slice(value)?;
+            let spec: ServiceSpec =
+                serde_json::from_slice(value).map_err(|e| field_error(name, value).unwrap_or(e.into()))?;
             for field in spec.unknown.keys() {
-                warn!(key, field, "unknown field in etcd service value ignored");
+                let hint = crate::suggest::did_you_mean(field, SERVICE_FIELDS.iter().copied());
+                let e = RouteError::UnknownField { service: name.to_string(), field: field.clone(), hint };
+                error!(key, "etcd: {e}; ignored");
             }
             let service = spec.to_service(name, hosts).map_err(|(_, e)| e)?;
             Ok(Some(Parsed::Service(Arc::from(name), Arc::new(service))))
         }
         KeyKind::Other => Ok(None),
     }
+}
+
+/// Why a service value that serde refused is wrong, said of the field (`port`: invalid type, a duration without
+/// a unit) rather than at a JSON column; `None` when no single field is at fault (not an object, say).
+fn field_error(name: &str, value: &[u8]) -> Option<ValueError> {
+    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(value).ok()?;
+    object.iter().find_map(|(field, v)| {
+        let read = || {
+            let alone = serde_json::Value::Object(serde_json::Map::from_iter([(field.clone(), v.clone())]));
+            serde_json::from_value::<ServiceSpec>(alone).map(|_| ()).map_err(|e| e.to_string())
+        };
+        match check_field(name, field, v.as_str(), read) {
+            Err(e @ RouteError::BadField { .. }) => Some(ValueError::Route(e)),
+            _ => None,
+        }
+    })
 }
 
 /// Parses a deleted key into the change that removes it.
@@ -233,5 +258,13 @@ mod tests {
         assert!(parse_kv(&k, b"/r/services/s", svc("second").as_bytes(), &known).unwrap().is_some());
         let e = parse_kv(&k, b"/r/services/s", svc("third").as_bytes(), &known).unwrap_err();
         assert!(e.to_string().contains("unknown `docker_host` \"third\""), "{e}");
+        // A wrong field is named, and a duration without a unit says what one looks like.
+        let e = parse_kv(&k, b"/r/services/s", br#"{"container":"c","port":80,"idle_timeout":"5"}"#, &any).unwrap_err();
+        assert!(
+            e.to_string().contains("`idle_timeout` \"5\" has no unit") && e.to_string().contains("5s or 5m"),
+            "{e}"
+        );
+        let e = parse_kv(&k, b"/r/services/s", br#"{"backends":["127.0.0.1:1"],"port":"x"}"#, &any).unwrap_err();
+        assert!(e.to_string().starts_with("service \"s\": `port`: invalid type"), "{e}");
     }
 }

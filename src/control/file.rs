@@ -57,7 +57,7 @@ use tracing::{debug, error, info, warn, Instrument};
 use super::compose::{Composer, Source};
 use crate::fswatch::FsWatch;
 use crate::metrics::Metrics;
-use crate::routes::{DockerHostNames, HostPattern, RouteError, RouteSet, RouteTable, ServiceSpec};
+use crate::routes::{check_field, DockerHostNames, HostPattern, RouteError, RouteSet, RouteTable, ServiceSpec};
 
 /// How often the file's metadata is checked even without a file-system event: a safety net for file systems
 /// and editors that notify poorly. Events normally apply a change in a few milliseconds.
@@ -73,7 +73,12 @@ pub enum FileError {
     #[error("routes file {path} is not valid TOML: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("routes file {path} is invalid:\n{}", format_located(.errors))]
-    Invalid { path: PathBuf, errors: Vec<Located> },
+    Invalid {
+        path: PathBuf,
+        errors: Vec<Located>,
+        /// What `reveille check` shows besides the errors (see [`Loaded::warning`]); not part of the message.
+        warnings: Vec<&'static str>,
+    },
     #[error(
         "routes file {path} defines no routes ({bytes} bytes, {services} services) but the file in force defines \
          {previous}: refused as a likely truncated or half-written file (to really remove every route, write \
@@ -126,18 +131,23 @@ fn format_located(errors: &[Located]) -> String {
         .join("\n")
 }
 
+/// The file as TOML reads it, before each service and route is checked on its own (so that every wrong one is
+/// reported in one pass, not the first type error alone), each field with its place in the text.
 #[derive(Deserialize)]
 struct RoutesFile {
     /// The operator really means a file without routes (see the module docs).
     #[serde(default)]
     allow_empty: bool,
     #[serde(default)]
-    services: BTreeMap<String, Spanned<ServiceSpec<Spanned<String>>>>,
+    services: BTreeMap<String, Spanned<BTreeMap<String, Spanned<toml::Value>>>>,
     #[serde(default)]
-    routes: BTreeMap<String, Spanned<String>>,
+    routes: BTreeMap<String, Spanned<toml::Value>>,
     #[serde(flatten)]
     unknown: BTreeMap<String, toml::Value>,
 }
+
+/// The top-level keys of a routes file.
+const TOP_LEVEL_KEYS: &[&str] = &["allow_empty", "services", "routes"];
 
 /// A valid version of the routes file.
 #[derive(Debug)]
@@ -145,8 +155,9 @@ pub(crate) struct Loaded {
     pub set: RouteSet,
     /// `allow_empty = true`: a version without routes is applied even over one with routes.
     pub allow_empty: bool,
-    /// Keys this version does not know, ignored (a typo such as `backend =`), as `reveille check` shows them.
-    pub unknown_keys: Vec<String>,
+    /// Keys this version does not know (a typo such as `contaner =`), with the nearest known one: ignored when
+    /// serving (and logged at error, see [`Loaded::log_unknown_keys`]), refused by `reveille check`.
+    pub unknown_keys: Vec<Located>,
 }
 
 impl Loaded {
@@ -161,82 +172,213 @@ impl Loaded {
         !self.allow_empty && now.routes == 0 && (previous.routes > 0 || (now.services == 0 && previous.services > 0))
     }
 
-    /// What an operator should hear about this version's emptiness, if anything: a file without routes that does
-    /// not say `allow_empty = true`, or one that says it while defining routes (so a half-written version of it
-    /// would be applied).
+    /// What an operator should hear about this version's emptiness, if anything (see [`emptiness_warning`]).
     pub(crate) fn warning(&self) -> Option<&'static str> {
-        match (self.set.routes.is_empty(), self.allow_empty) {
-            (true, false) => Some(
-                "the routes file defines no routes, so it serves no host; once routes are in force, a version \
-                 without routes is refused (the last table kept) unless the file says `allow_empty = true`",
-            ),
-            (false, true) => Some(
-                "the routes file says `allow_empty = true` but defines routes: remove the key once the table is \
-                 emptied, or a truncated version of this file would be applied",
-            ),
-            _ => None,
+        emptiness_warning(self.set.routes.is_empty(), self.allow_empty)
+    }
+
+    /// Logs each unknown key at error: the rest of the file is applied, but a misspelt key is a setting the
+    /// operator believes in force (`contaner = "x"` turns passivation off), so it must stand out.
+    fn log_unknown_keys(&self, path: &Path) {
+        for unknown in &self.unknown_keys {
+            error!(path = %path.display(), line = unknown.line, "routes file: {}; ignored", unknown.error);
+        }
+    }
+}
+
+/// What an operator should hear about a version's emptiness: a file without routes that does not say
+/// `allow_empty = true`, or one that says it while defining routes (so a half-written version of it would be
+/// applied).
+fn emptiness_warning(no_routes: bool, allow_empty: bool) -> Option<&'static str> {
+    match (no_routes, allow_empty) {
+        (true, false) => Some(
+            "the routes file defines no routes, so it serves no host; once routes are in force, a version \
+             without routes is refused (the last table kept) unless the file says `allow_empty = true`",
+        ),
+        (false, true) => Some(
+            "the routes file says `allow_empty = true` but defines routes: remove the key once the table is \
+             emptied, or a truncated version of this file would be applied",
+        ),
+        _ => None,
+    }
+}
+
+/// Line numbers of byte offsets in a text.
+struct Lines {
+    /// The offset where each line starts, once: a line number is then a binary search, so a file of a million
+    /// routes parses in linear time.
+    starts: Vec<usize>,
+}
+
+impl Lines {
+    fn new(text: &str) -> Self {
+        let newlines = text.bytes().enumerate().filter(|(_, b)| *b == b'\n').map(|(i, _)| i + 1);
+        Self { starts: std::iter::once(0).chain(newlines).collect() }
+    }
+
+    /// The 1-based line of `offset`.
+    fn of(&self, offset: usize) -> usize {
+        self.starts.partition_point(|s| *s <= offset)
+    }
+}
+
+/// The line where top-level key `key` is written (`key = …`, `[key]`, `[key.x]`), or 0. Only for the rare
+/// unknown key: serde's `flatten` keeps no place for it.
+fn top_level_line(text: &str, key: &str) -> usize {
+    let starts_key = |t: &str| {
+        let t = t.trim_start();
+        let rest = t.strip_prefix(key).or_else(|| t.strip_prefix(&format!("\"{key}\"")));
+        rest.is_some_and(|r| r.is_empty() || r.starts_with([' ', '\t', '=', '.', ']']))
+    };
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            starts_key(l) || l.strip_prefix('[').is_some_and(|r| !r.starts_with('[') && starts_key(r))
+        })
+        .map_or(0, |i| i + 1)
+}
+
+/// The line of backend `index` in a `backends` array written at `span` of `text`: the array is read again on
+/// its own, with its elements' places.
+fn backend_line(text: &str, span: std::ops::Range<usize>, index: usize, lines: &Lines) -> Option<usize> {
+    #[derive(Deserialize)]
+    struct Array {
+        v: Vec<Spanned<toml::Value>>,
+    }
+    const PREFIX: &str = "v = ";
+    let array: Array = toml::from_str(&format!("{PREFIX}{}", text.get(span.clone())?)).ok()?;
+    let element = array.v.get(index)?;
+    Some(lines.of(span.start + element.span().start - PREFIX.len()))
+}
+
+/// Reads service `name` field by field, then as a whole. Every wrong field is an error at its line; unknown
+/// fields go to `unknown` (the service still loads without them).
+fn read_service(
+    name: &str,
+    entry: &Spanned<BTreeMap<String, Spanned<toml::Value>>>,
+    hosts: &DockerHostNames,
+    text: &str,
+    lines: &Lines,
+    errors: &mut Vec<Located>,
+    unknown: &mut Vec<Located>,
+) -> Option<crate::routes::Service> {
+    let mut table = toml::Table::new();
+    let mut bad = false;
+    for (field, value) in entry.get_ref() {
+        let line = lines.of(value.span().start);
+        let read = || {
+            let alone = toml::Table::from_iter([(field.clone(), value.get_ref().clone())]);
+            toml::Value::Table(alone).try_into::<ServiceSpec>().map(|_| ()).map_err(|e| e.to_string())
+        };
+        match check_field(name, field, value.get_ref().as_str(), read) {
+            Ok(()) => {
+                table.insert(field.clone(), value.get_ref().clone());
+            }
+            Err(error @ RouteError::UnknownField { .. }) => unknown.push(Located { line, error }),
+            Err(error) => {
+                bad = true;
+                errors.push(Located { line, error });
+            }
+        }
+    }
+    if bad {
+        return None;
+    }
+    let line = lines.of(entry.span().start);
+    let spec: ServiceSpec = match toml::Value::Table(table).try_into() {
+        Ok(spec) => spec,
+        Err(e) => {
+            // Each field read on its own; together they still read (no field depends on another's type).
+            let error = RouteError::BadField { service: name.to_string(), reason: e.to_string() };
+            errors.push(Located { line, error });
+            return None;
+        }
+    };
+    match spec.to_service(name, hosts) {
+        Ok(service) => Some(service),
+        Err((backend, error)) => {
+            let backends = entry.get_ref().get("backends");
+            let line = backend
+                .zip(backends)
+                .and_then(|(i, b)| backend_line(text, b.span(), i, lines))
+                .or_else(|| backends.filter(|_| backend.is_some()).map(|b| lines.of(b.span().start)))
+                .unwrap_or(line);
+            errors.push(Located { line, error });
+            None
         }
     }
 }
 
 /// Parses and validates routes-file text; a service's `docker_host` must be one of `hosts`. `path` is only
-/// used in messages.
+/// used in messages. Every service and route is checked on its own, so every problem is reported at once.
 pub(crate) fn parse(path: &Path, text: &str, hosts: &DockerHostNames) -> Result<Loaded, FileError> {
     let file: RoutesFile =
         toml::from_str(text).map_err(|e| FileError::Parse { path: path.to_owned(), message: e.to_string() })?;
-    // Line starts, once: a line number is then a binary search, so a file of a million routes parses in
-    // linear time.
-    let starts: Vec<usize> =
-        std::iter::once(0).chain(text.bytes().enumerate().filter(|(_, b)| *b == b'\n').map(|(i, _)| i + 1)).collect();
-    let line_of = |offset: usize| starts.partition_point(|s| *s <= offset);
+    let lines = Lines::new(text);
     let mut unknown_keys = Vec::new();
     for key in file.unknown.keys() {
-        warn!(path = %path.display(), key, "unknown top-level key in routes file ignored");
-        unknown_keys.push(format!("unknown top-level key `{key}` ignored"));
+        let hint = crate::suggest::did_you_mean(key, TOP_LEVEL_KEYS.iter().copied());
+        let error = RouteError::UnknownKey { place: "top-level key", key: key.clone(), hint };
+        unknown_keys.push(Located { line: top_level_line(text, key), error });
     }
 
     let mut errors = Vec::new();
     let mut builder = RouteTable::builder();
     for (name, entry) in &file.services {
-        let line = line_of(entry.span().start);
-        let spec = entry.get_ref();
-        for key in spec.unknown.keys() {
-            warn!(path = %path.display(), line, service = %name, key, "unknown service field ignored");
-            unknown_keys.push(format!("line {line}: unknown field `{key}` of service {name} ignored"));
-        }
-        let added =
-            spec.to_service(name, hosts).and_then(|svc| builder.insert_service(svc).map(|_| ()).map_err(|e| (None, e)));
-        if let Err((backend, error)) = added {
-            let line = backend.map_or(line, |i| line_of(spec.backends[i].span().start));
-            errors.push(Located { line, error });
+        match read_service(name, entry, hosts, text, &lines, &mut errors, &mut unknown_keys) {
+            Some(service) => {
+                if let Err(error) = builder.insert_service(service) {
+                    errors.push(Located { line: lines.of(entry.span().start), error });
+                }
+            }
+            None => {
+                builder.invalid_service(name);
+            }
         }
     }
-    let mut route_lines = BTreeMap::new();
-    for (host, service) in &file.routes {
-        let line = line_of(service.span().start);
+    // In the file's order, so that the second of two routes for one host is the duplicate.
+    let mut routes: Vec<_> = file.routes.iter().collect();
+    routes.sort_by_key(|(_, service)| service.span().start);
+    // Each host's lines: a route's error is at the first, a duplicate's at the last.
+    let mut route_lines: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (host, service) in routes {
+        let line = lines.of(service.span().start);
+        let Some(service) = service.get_ref().as_str() else {
+            let reason = format!("the value is the service's name, a string (\"{host}\" = \"acme\")");
+            errors.push(Located { line, error: RouteError::BadRoute { host: host.clone(), reason } });
+            continue;
+        };
         match HostPattern::parse(host) {
             Ok(pattern) => {
-                route_lines.insert(pattern.to_string(), line);
-                builder.route(pattern, service.get_ref());
+                route_lines.entry(pattern.to_string()).or_default().push(line);
+                builder.route(pattern, service);
             }
             Err(error) => errors.push(Located { line, error }),
         }
     }
+    unknown_keys.sort_by_key(|e| e.line);
+    let invalid = |mut errors: Vec<Located>, unknown_keys: Vec<Located>| {
+        errors.extend(unknown_keys);
+        errors.sort_by_key(|e| e.line);
+        let warnings = emptiness_warning(file.routes.is_empty(), file.allow_empty).into_iter().collect();
+        Err(FileError::Invalid { path: path.to_owned(), errors, warnings })
+    };
     match builder.build() {
         Ok(set) if errors.is_empty() => Ok(Loaded { set, allow_empty: file.allow_empty, unknown_keys }),
-        Ok(_) => Err(FileError::Invalid { path: path.to_owned(), errors }),
+        Ok(_) => invalid(errors, unknown_keys),
         Err(build_errors) => {
             for error in build_errors {
+                let lines = |host: &str| route_lines.get(host).map(Vec::as_slice).unwrap_or_default();
                 let line = match &error {
-                    RouteError::UnknownService { host, .. } | RouteError::DuplicateRoute { host } => {
-                        route_lines.get(host).copied().unwrap_or(0)
+                    RouteError::UnknownService { host, .. } | RouteError::InvalidService { host, .. } => {
+                        lines(host).first().copied().unwrap_or(0)
                     }
+                    RouteError::DuplicateRoute { host } => lines(host).last().copied().unwrap_or(0),
                     _ => 0,
                 };
                 errors.push(Located { line, error });
             }
-            errors.sort_by_key(|e| e.line);
-            Err(FileError::Invalid { path: path.to_owned(), errors })
+            invalid(errors, unknown_keys)
         }
     }
 }
@@ -365,6 +507,7 @@ impl FileWatcher {
         let path = &self.path;
         let text = read(path, self.reading.max_size)?;
         let loaded = parse(path, &text, self.composer.docker_hosts())?;
+        loaded.log_unknown_keys(path);
         if let Some(warning) = loaded.warning() {
             warn!(path = %path.display(), "{warning}");
         }
@@ -480,6 +623,7 @@ impl FileWatcher {
         });
         match checked {
             Ok(loaded) => {
+                loaded.log_unknown_keys(&self.path);
                 if let Some(warning) = loaded.warning() {
                     warn!("{warning}");
                 }
@@ -592,5 +736,73 @@ backends = ["127.0.0.1:1", "http://127.0.0.1:2"]
         assert!(e.contains("line 2"), "{e}");
         let e = errs("[services.a]\nbackends = []\n");
         assert!(e.contains("no backends"), "{e}");
+    }
+
+    #[test]
+    fn every_error_of_a_file_in_one_pass() {
+        let text = r#"[services.a]
+port = "x"
+container = "a"
+idle_timeout = "5"
+
+[services.b]
+backends = [
+  "127.0.0.1:1",
+  "127.0.0.1:99999",
+]
+
+[services.c]
+backends = ["127.0.0.1:3"]
+
+[routes]
+"a.test" = "a"
+"A.test" = "a"
+"b.test" = "b"
+"c.test" = 3
+"d.test" = "nowhere"
+"#;
+        let e = errs(text);
+        let lines: Vec<&str> = e.lines().skip(1).map(str::trim).collect();
+        assert_eq!(
+            lines,
+            [
+                "line 2: service \"a\": `port`: invalid type: string \"x\", expected u16",
+                "line 4: service \"a\": `idle_timeout` \"5\" has no unit: write a duration with one, for example 5s or 5m",
+                "line 9: invalid backend address \"127.0.0.1:99999\": port out of range (1-65535)",
+                "line 16: route \"a.test\" points to service \"a\", which is invalid",
+                "line 17: route \"a.test\" is defined twice (hostnames are case-insensitive)",
+                "line 18: route \"b.test\" points to service \"b\", which is invalid",
+                "line 19: route \"c.test\": the value is the service's name, a string (\"c.test\" = \"acme\")",
+                "line 20: route \"d.test\" points to undefined service \"nowhere\"",
+            ],
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_found_with_their_line_and_the_key_meant() {
+        let text = "allow_emty = true\n[services.w]\ncontaner = \"x\"\nbackends = [\"127.0.0.1:1\"]\nidle_timout = \"5m\"\n[routes]\n\"w.test\" = \"w\"\n";
+        let loaded = parse(Path::new("r.toml"), text, &DockerHostNames::Any).unwrap();
+        assert_eq!(loaded.counts(), Counts { routes: 1, services: 1 }, "the rest loads");
+        let said: Vec<String> = loaded.unknown_keys.iter().map(|u| format!("{}: {}", u.line, u.error)).collect();
+        assert_eq!(
+            said,
+            [
+                "1: unknown top-level key `allow_emty` (did you mean `allow_empty`?)",
+                "3: service \"w\": unknown field `contaner` (did you mean `container`?)",
+                "5: service \"w\": unknown field `idle_timout` (did you mean `idle_timeout`?)",
+            ]
+        );
+        // With errors besides, the unknown keys are listed with them, and the warnings kept apart.
+        let Err(FileError::Invalid { errors, warnings, .. }) = parse(
+            Path::new("r.toml"),
+            "[services.w]\ncontaner = \"x\"\nbackends = [\"nope\"]\n",
+            &DockerHostNames::Any,
+        ) else {
+            panic!("invalid")
+        };
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(matches!(errors[0].error, RouteError::UnknownField { .. }) && errors[0].line == 2, "{errors:?}");
+        assert_eq!(warnings.len(), 1, "no routes: {warnings:?}");
     }
 }

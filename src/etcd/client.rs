@@ -100,6 +100,44 @@ pub(crate) fn describe(e: &etcd_client::Error) -> String {
     out
 }
 
+impl EtcdError {
+    /// How etcd went away, when that is what this error says, as a person says it: the connection refused or
+    /// closed (etcd stopped, restarted, or its host went down), or no answer. `None` for an error of another kind
+    /// (a compacted revision, a permission denied), which is worth its details.
+    pub(crate) fn gone(&self) -> Option<&'static str> {
+        let text = match self {
+            EtcdError::Unreachable { .. } | EtcdError::Timeout(_) => return Some("no answer"),
+            EtcdError::WatchEnded(why) if why == STREAM_CLOSED => return Some("connection closed"),
+            EtcdError::Connect { source, .. } | EtcdError::Request(source) => describe(source).to_lowercase(),
+            _ => return None,
+        };
+        // The same outage reaches us in many words (tonic's transport error, h2's broken pipe or GOAWAY, a gRPC
+        // status "unavailable"): what they share is one of these.
+        if text.contains("connection refused") {
+            Some("connection refused")
+        } else if [
+            "broken pipe",
+            "connection reset",
+            "connection closed",
+            "stream closed",
+            "h2 protocol error",
+            "goaway",
+        ]
+        .iter()
+        .any(|w| text.contains(w))
+        {
+            Some("connection closed")
+        } else if text.contains("(unavailable)") || text.contains("transport error") {
+            Some("unavailable")
+        } else {
+            None
+        }
+    }
+}
+
+/// [`EtcdError::WatchEnded`]'s reason when etcd closed the watch stream.
+pub(crate) const STREAM_CLOSED: &str = "stream closed by etcd";
+
 impl From<etcd_client::Error> for EtcdError {
     fn from(e: etcd_client::Error) -> Self {
         EtcdError::Request(Box::new(e))
@@ -226,6 +264,9 @@ struct Inner {
     connecting: tokio::sync::Mutex<u64>,
     /// reveille is shutting down: a watch that breaks now (etcd stopping with it) is not worth a warning.
     draining: std::sync::atomic::AtomicBool,
+    /// etcd went away and that was said: every watch sees the same outage, and each of its retries fails too,
+    /// but an operator needs one line, then one when it is back.
+    gone: std::sync::atomic::AtomicBool,
 }
 
 /// A client handed out by [`Etcd::client`], with the generation that tells [`Etcd::failed`] which one it is.
@@ -245,6 +286,7 @@ impl Etcd {
             current: parking_lot::Mutex::new(None),
             connecting: tokio::sync::Mutex::new(0),
             draining: std::sync::atomic::AtomicBool::new(false),
+            gone: std::sync::atomic::AtomicBool::new(false),
         };
         Self { inner: Arc::new(inner) }
     }
@@ -256,6 +298,16 @@ impl Etcd {
 
     pub(crate) fn is_draining(&self) -> bool {
         self.inner.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Notes that etcd went away; true for the first consumer to notice (the one to say so).
+    pub(crate) fn went_away(&self) -> bool {
+        !self.inner.gone.swap(true, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Notes that etcd answers again; true when it had gone away (and this consumer is the one to say so).
+    pub(crate) fn came_back(&self) -> bool {
+        self.inner.gone.swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn config(&self) -> &EtcdConfig {

@@ -13,9 +13,9 @@ use std::time::Duration;
 use etcd_client::{Client, Event, KeyValue, WatchOptions};
 use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use super::client::{list_range, Etcd, EtcdError, MAX_MESSAGE};
+use super::client::{list_range, Etcd, EtcdError, MAX_MESSAGE, STREAM_CLOSED};
 
 /// A consumer of a watched key range: what it is given of etcd, in order.
 pub(crate) trait Sink: Sync {
@@ -48,7 +48,7 @@ pub(crate) async fn watch<S: Sink>(
     shutdown: CancellationToken,
 ) {
     let range = &range;
-    supervise(what, |n| session(etcd, range, sink, n), || sink.ended(), || etcd.is_draining(), shutdown).await
+    supervise(what, |n| session(etcd, what, range, sink, n), || sink.ended(), etcd, shutdown).await
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -64,19 +64,21 @@ struct SessionEnd {
 /// Runs watch sessions one after the other until `shutdown`: a session that ends (etcd restarted, leader lost,
 /// revision compacted, token expired, even a panic inside the etcd client) is followed by another, after a
 /// backoff that grows while sessions fail before loading anything. `ended` is called after each session.
-/// `draining`: reveille is shutting down, and an interruption is only logged at info.
-async fn supervise<F, Fut>(
-    what: &str,
-    mut session: F,
-    ended: impl Fn(),
-    draining: impl Fn() -> bool,
-    shutdown: CancellationToken,
-) where
+///
+/// What is logged: while reveille shuts down (`etcd` draining), an interruption at info. etcd gone (stopped,
+/// restarted, unreachable) is one warning for the process, a line a person reads ("etcd at X went away:
+/// connection refused; …retrying", or "cannot be reached" when it never answered), not one per watch and retry
+/// with the transport's internals (those are at debug); any other end (a compacted revision, a permission
+/// denied) is a warning with its details.
+async fn supervise<F, Fut>(what: &str, mut session: F, ended: impl Fn(), etcd: &Etcd, shutdown: CancellationToken)
+where
     F: FnMut(u64) -> Fut,
     Fut: Future<Output = Result<(), SessionEnd>>,
 {
     let mut backoff = BACKOFF_MIN;
     let mut sessions = 0u64;
+    // Whether a session of this watch ever loaded: etcd then went away, else it was never reached.
+    let mut reached = false;
     loop {
         // A panic inside the etcd client (it asserts on some server answers) must not end the watcher.
         let run = std::panic::AssertUnwindSafe(session(sessions)).catch_unwind();
@@ -95,9 +97,20 @@ async fn supervise<F, Fut>(
         };
         if end.loaded {
             backoff = BACKOFF_MIN;
+            reached = true;
         }
-        if draining() {
+        if etcd.is_draining() {
             info!(error = %end.error, "etcd watch of {what} interrupted while shutting down");
+        } else if let Some(how) = end.error.gone() {
+            if etcd.went_away() {
+                let endpoints = etcd.config().endpoints.join(",");
+                if reached {
+                    warn!("etcd at {endpoints} went away: {how}; keeping what is in force and retrying");
+                } else {
+                    warn!("etcd at {endpoints} cannot be reached: {how}; retrying");
+                }
+            }
+            debug!(error = %end.error, retry_in = ?backoff, "etcd watch of {what} still without etcd");
         } else {
             warn!(error = %end.error, retry_in = ?backoff, "etcd watch of {what} interrupted; keeping what is in force and reconnecting");
         }
@@ -109,14 +122,21 @@ async fn supervise<F, Fut>(
     }
 }
 
-async fn session<S: Sink>(etcd: &Etcd, range: &(String, String), sink: &S, n: u64) -> Result<(), SessionEnd> {
+async fn session<S: Sink>(
+    etcd: &Etcd,
+    what: &str,
+    range: &(String, String),
+    sink: &S,
+    n: u64,
+) -> Result<(), SessionEnd> {
     let mut loaded = false;
-    session_inner(etcd, range, sink, n, &mut loaded).await.map_err(|error| SessionEnd { error, loaded })
+    session_inner(etcd, what, range, sink, n, &mut loaded).await.map_err(|error| SessionEnd { error, loaded })
 }
 
 /// One session: list, hand over, watch until something breaks.
 async fn session_inner<S: Sink>(
     etcd: &Etcd,
+    what: &str,
     (start, end): &(String, String),
     sink: &S,
     n: u64,
@@ -130,6 +150,9 @@ async fn session_inner<S: Sink>(
     sink.replace(revision, kvs, n == 0).await?;
     // A successful load resets the backoff.
     *loaded = true;
+    if etcd.came_back() {
+        info!("etcd at {} is back; {what} reloaded", etcd.config().endpoints.join(","));
+    }
 
     let (_watcher, mut stream) = watch_from(client, start.clone(), end.clone(), revision).await?;
     loop {
@@ -174,7 +197,7 @@ async fn next_response(
     from: i64,
 ) -> Result<etcd_client::WatchResponse, EtcdError> {
     let Some(resp) = stream.message().await? else {
-        return Err(EtcdError::WatchEnded("stream closed by etcd".into()));
+        return Err(EtcdError::WatchEnded(STREAM_CLOSED.into()));
     };
     if resp.canceled() {
         let reason = match resp.compact_revision() {

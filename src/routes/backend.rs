@@ -215,6 +215,12 @@ impl Backend {
         if authority.host().is_empty() {
             return Err(bad("missing host"));
         }
+        // `Authority` takes any digits after the colon, and `port_u16` is `None` both without a port and with one
+        // past 65535: tell them apart, or `host:99999` reads as "missing port".
+        let digits = authority.as_str().rsplit_once(':').map(|(_, p)| p).filter(|p| !p.is_empty());
+        if authority.port_u16().is_none() && digits.is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())) {
+            return Err(bad("port out of range (1-65535)"));
+        }
         let authority = match (authority.port_u16(), default_port) {
             (Some(0), _) => return Err(bad("port 0")),
             (Some(_), _) => authority,
@@ -305,6 +311,9 @@ mod tests {
         for bad in ["", "10.0.0.5", "https://a:1", "a:1/x", "u@a:1", "a:0", "a:99999", "a b:1", "http://"] {
             assert!(Backend::parse(bad).is_err(), "{bad:?} should be rejected");
         }
+        let e = Backend::parse("127.0.0.1:99999").unwrap_err().to_string();
+        assert!(e.contains("port out of range") && !e.contains("missing port"), "{e}");
+        assert!(Backend::parse("10.0.0.5").unwrap_err().to_string().contains("missing port"));
     }
 
     #[test]

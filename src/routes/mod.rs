@@ -23,7 +23,7 @@ pub use backend::Backend;
 pub(crate) use backend::{Failure, Health};
 pub use host::{normalize_request_host, HostPattern};
 pub(crate) use service::{ContainerSpec, IdleAction, Service};
-pub(crate) use spec::{DockerHostNames, RouteSpec, ServiceSpec};
+pub(crate) use spec::{check_field, DockerHostNames, RouteSpec, ServiceSpec, ROUTE_FIELDS, SERVICE_FIELDS};
 pub use table::RouteTable;
 pub(crate) use table::{Lookup, RouteSet};
 
@@ -46,6 +46,19 @@ pub enum RouteError {
     DuplicateService { service: String },
     #[error("service {service:?}: {reason}")]
     BadField { service: String, reason: String },
+    /// A key this version does not know: ignored when serving (logged at error), refused by `reveille check`.
+    /// `hint` is empty or ` (did you mean `container`?)`.
+    #[error("service {service:?}: unknown field `{field}`{hint}")]
+    UnknownField { service: String, field: String, hint: String },
+    /// A key this version does not know, elsewhere than in a service: `place` says where ("top-level key").
+    #[error("unknown {place} `{key}`{hint}")]
+    UnknownKey { place: &'static str, key: String, hint: String },
+    #[error("route {host:?}: {reason}")]
+    BadRoute { host: String, reason: String },
+    /// The service is defined but invalid (its own error says why): not "undefined", which would send the
+    /// operator looking for a missing definition.
+    #[error("route {host:?} points to service {service:?}, which is invalid")]
+    InvalidService { host: String, service: String },
 }
 
 /// Checks a service name: it becomes a metric label and (later) an etcd key, so keep it to a safe alphabet.

@@ -1,7 +1,6 @@
 //! Route and service definitions as operators write them, before validation. The routes file (TOML) and etcd
 //! (JSON) share these structs, so a field added later exists in both sources at once.
 
-use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,12 +13,10 @@ use super::{validate_service_name, Backend, RouteError};
 use crate::runtime::DEFAULT_HOST;
 
 /// A service definition: `{"backends": [...]}` in etcd, `[services.<name>] backends = [...]` in the file.
-///
-/// `S` is `String`, or `toml::Spanned<String>` where the file wants line numbers in its errors.
-#[derive(Debug, Deserialize)]
-pub(crate) struct ServiceSpec<S = String> {
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ServiceSpec {
     #[serde(default = "Vec::new")]
-    pub backends: Vec<S>,
+    pub backends: Vec<String>,
     /// The Docker container (name or id) serving this service; reveille starts and stops it.
     #[serde(default)]
     pub container: Option<String>,
@@ -73,28 +70,69 @@ pub(crate) struct ServiceSpec<S = String> {
     pub unknown: BTreeMap<String, IgnoredAny>,
 }
 
-impl<S> Default for ServiceSpec<S> {
-    fn default() -> Self {
-        Self {
-            backends: Vec::new(),
-            container: None,
-            port: None,
-            network: None,
-            docker_host: None,
-            idle_timeout: None,
-            wake_timeout: None,
-            stop_timeout: None,
-            health_path: None,
-            idle_action: None,
-            stop_after: None,
-            max_held: None,
-            page_after: None,
-            https_redirect: None,
-            hsts: None,
-            acme: None,
-            unknown: BTreeMap::new(),
-        }
+/// The fields of [`ServiceSpec`] as written: what a misspelt field is compared with ("did you mean"). A field
+/// added to the struct is added here too (the `fields_are_listed` test checks that each one listed is read).
+pub(crate) const SERVICE_FIELDS: &[&str] = &[
+    "backends",
+    "container",
+    "port",
+    "network",
+    "docker_host",
+    "idle_timeout",
+    "wake_timeout",
+    "stop_timeout",
+    "health_path",
+    "idle_action",
+    "stop_after",
+    "max_held",
+    "page_after",
+    "https_redirect",
+    "hsts",
+    "acme",
+];
+
+/// The fields of [`RouteSpec`] as written.
+pub(crate) const ROUTE_FIELDS: &[&str] = &["service"];
+
+/// The fields of [`ServiceSpec`] that are durations (`"5m"`).
+pub(crate) const DURATION_FIELDS: &[&str] =
+    &["idle_timeout", "wake_timeout", "stop_timeout", "stop_after", "page_after"];
+
+/// Checks one field of service `service` on its own, so that every wrong field of a definition is reported, not
+/// the first: an unknown field is [`RouteError::UnknownField`] (with the nearest known name); a known one is
+/// read by `read` (a definition of that field alone, giving serde's message on failure), and a failure is
+/// [`RouteError::BadField`] naming the field. `text` is the value when it is a string.
+pub(crate) fn check_field(
+    service: &str,
+    field: &str,
+    text: Option<&str>,
+    read: impl FnOnce() -> Result<(), String>,
+) -> Result<(), RouteError> {
+    if !SERVICE_FIELDS.contains(&field) {
+        let hint = crate::suggest::did_you_mean(field, SERVICE_FIELDS.iter().copied());
+        return Err(RouteError::UnknownField { service: service.to_string(), field: field.to_string(), hint });
     }
+    read().map_err(|message| RouteError::BadField {
+        service: service.to_string(),
+        reason: field_reason(field, &message, text),
+    })
+}
+
+/// Why a field's value is refused, as an operator reads it: serde's message without the deserializer's location
+/// (`in `port``, `at line 1 column 9`), and for a duration, what one looks like.
+fn field_reason(field: &str, message: &str, text: Option<&str>) -> String {
+    let message = message.lines().next().unwrap_or(message);
+    let message = message.split(" at line ").next().unwrap_or(message);
+    if DURATION_FIELDS.contains(&field) {
+        return match text.map(|t| (t, humantime::parse_duration(t))) {
+            Some((t, Err(humantime::DurationError::UnknownUnit { unit, .. }))) if unit.is_empty() => {
+                format!("`{field}` {t:?} has no unit: write a duration with one, for example 5s or 5m")
+            }
+            Some((t, Err(e))) => format!("`{field}` {t:?} is not a duration ({e}); for example 5s or 5m"),
+            _ => format!("`{field}`: {message}: write a duration as a string, for example \"5s\" or \"5m\""),
+        };
+    }
+    format!("`{field}`: {message}")
 }
 
 /// The Docker host names a service's `docker_host` may take: the configured hosts when serving, or any name
@@ -134,7 +172,7 @@ pub(crate) struct RouteSpec {
     pub unknown: BTreeMap<String, IgnoredAny>,
 }
 
-impl<S: Borrow<str>> ServiceSpec<S> {
+impl ServiceSpec {
     /// Validates the definition of service `name`; its `docker_host` must be one of `hosts`. On error, also says
     /// which backend (by index) was wrong, so the file source can point at its line.
     pub(crate) fn to_service(
@@ -147,7 +185,7 @@ impl<S: Borrow<str>> ServiceSpec<S> {
             .backends
             .iter()
             .enumerate()
-            .map(|(i, b)| Backend::parse(b.borrow()).map_err(|e| (Some(i), e)))
+            .map(|(i, b)| Backend::parse(b).map_err(|e| (Some(i), e)))
             .collect::<Result<Vec<_>, _>>()?;
         let container = self.container_spec(name, hosts).map_err(|e| (None, e))?;
         if backends.is_empty() && !container.as_ref().is_some_and(|c| c.port.is_some()) {
@@ -258,6 +296,47 @@ mod tests {
         assert!(matches!(spec.to_service("a", &DockerHostNames::Any), Err((Some(0), RouteError::BadBackend { .. }))));
         let spec: ServiceSpec = serde_json::from_str(r#"{"backends": []}"#).unwrap();
         assert!(matches!(spec.to_service("a", &DockerHostNames::Any), Err((None, RouteError::NoBackends { .. }))));
+    }
+
+    #[test]
+    fn fields_are_listed() {
+        // Each listed field is one the struct reads: a wrong type fails, where an unknown field would be
+        // accepted among the unknown ones.
+        for field in SERVICE_FIELDS {
+            let spec = serde_json::from_str::<ServiceSpec>(&format!(r#"{{"{field}": [[1]]}}"#));
+            assert!(spec.is_err(), "{field} is read by the struct");
+        }
+        for field in DURATION_FIELDS {
+            assert!(SERVICE_FIELDS.contains(field), "{field}");
+        }
+    }
+
+    #[test]
+    fn field_errors_name_the_field_and_say_what_a_duration_is() {
+        let check = |field: &str, json: &str| {
+            let text = serde_json::from_str::<serde_json::Value>(json).unwrap().as_str().map(str::to_string);
+            let read = || {
+                serde_json::from_str::<ServiceSpec>(&format!(r#"{{"{field}": {json}}}"#))
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            };
+            check_field("web", field, text.as_deref(), read).map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            check("contaner", r#""x""#).unwrap_err(),
+            "service \"web\": unknown field `contaner` (did you mean `container`?)"
+        );
+        assert_eq!(check("colour", r#""x""#).unwrap_err(), "service \"web\": unknown field `colour`");
+        let e = check("idle_timeout", r#""5""#).unwrap_err();
+        assert!(e.contains("`idle_timeout` \"5\" has no unit") && e.contains("for example 5s or 5m"), "{e}");
+        let e = check("idle_timeout", r#""5 parsecs""#).unwrap_err();
+        assert!(e.contains("for example 5s or 5m"), "{e}");
+        let e = check("idle_timeout", "5").unwrap_err();
+        assert!(e.contains("for example \"5s\""), "{e}");
+        let e = check("port", r#""x""#).unwrap_err();
+        assert!(e.starts_with("service \"web\": `port`: invalid type") && !e.contains("line"), "{e}");
+        assert!(check("idle_timeout", r#""0""#).is_ok());
+        assert!(check("port", "8080").is_ok());
     }
 
     #[test]

@@ -215,6 +215,8 @@ impl RouteSet {
 #[derive(Default)]
 pub struct RouteSetBuilder {
     services: BTreeMap<Arc<str>, Arc<Service>>,
+    /// Services defined but refused (their own errors say why): a route to one is not "undefined".
+    invalid: std::collections::BTreeSet<String>,
     routes: Vec<(HostPattern, String)>,
 }
 
@@ -237,6 +239,13 @@ impl RouteSetBuilder {
         Ok(self)
     }
 
+    /// Notes a service that is defined but invalid, whose error the caller reports: a route to it is then
+    /// [`RouteError::InvalidService`], not [`RouteError::UnknownService`], and the set is still refused.
+    pub fn invalid_service(&mut self, name: &str) -> &mut Self {
+        self.invalid.insert(name.to_string());
+        self
+    }
+
     /// Adds a route; its service is resolved in [`Self::build`], so services and routes can come in any order.
     pub fn route(&mut self, pattern: HostPattern, service: &str) -> &mut Self {
         self.routes.push((pattern, service.to_string()));
@@ -248,16 +257,23 @@ impl RouteSetBuilder {
     pub fn build(self) -> Result<RouteSet, Vec<RouteError>> {
         let mut errors = Vec::new();
         let mut set = RouteSet { services: self.services, routes: BTreeMap::new() };
+        // Hosts seen so far, whatever their service: a duplicate is reported even when the service is wrong too.
+        let mut seen = std::collections::BTreeSet::new();
         for (pattern, service) in self.routes {
+            let host = pattern.to_string();
+            if !seen.insert(pattern.clone()) {
+                errors.push(RouteError::DuplicateRoute { host });
+                continue;
+            }
             let Some((name, _)) = set.services.get_key_value(service.as_str()) else {
-                errors.push(RouteError::UnknownService { host: pattern.to_string(), service });
+                errors.push(if self.invalid.contains(&service) {
+                    RouteError::InvalidService { host, service }
+                } else {
+                    RouteError::UnknownService { host, service }
+                });
                 continue;
             };
-            let name = name.clone();
-            let host = pattern.to_string();
-            if set.routes.insert(pattern, name).is_some() {
-                errors.push(RouteError::DuplicateRoute { host });
-            }
+            set.routes.insert(pattern, name.clone());
         }
         if errors.is_empty() {
             Ok(set)
@@ -328,6 +344,18 @@ mod tests {
         assert_eq!(errs.len(), 2, "{errs:?}");
         assert!(matches!(errs[0], RouteError::DuplicateRoute { .. }));
         assert!(matches!(errs[1], RouteError::UnknownService { .. }));
+    }
+
+    #[test]
+    fn a_route_to_an_invalid_service_says_so_and_its_duplicate_is_still_found() {
+        let mut b = RouteTable::builder();
+        b.invalid_service("web");
+        b.route(HostPattern::parse("x.com").unwrap(), "web");
+        b.route(HostPattern::parse("X.com").unwrap(), "web");
+        let errs = b.build().unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(matches!(&errs[0], RouteError::InvalidService { service, .. } if service == "web"), "{errs:?}");
+        assert!(matches!(errs[1], RouteError::DuplicateRoute { .. }), "{errs:?}");
     }
 
     #[test]

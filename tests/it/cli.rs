@@ -1,4 +1,4 @@
-//! The operator CLI against a real etcd: `reveille route|service set|rm|ls`.
+//! The operator CLI: `reveille route|service set|rm|ls` against a real etcd, and `reveille check` of files.
 
 use std::process::Command;
 
@@ -233,8 +233,9 @@ fn check_shows_unknown_keys_and_help_is_grouped_by_concern() {
     .unwrap();
     let out = Command::new(BIN).args(["check", "--routes"]).arg(&routes).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
-    assert!(text.contains("warning: line 1: unknown field `backend` of service web ignored"), "{text}");
+    // An unknown key fails the check (serving ignores it: a setting the operator believes in force is not).
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("line 2: service \"web\": unknown field `backend` (did you mean `backends`?)"), "{text}");
 
     let help = Command::new(BIN).args(["serve", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
@@ -245,4 +246,73 @@ fn check_shows_unknown_keys_and_help_is_grouped_by_concern() {
     let help = String::from_utf8_lossy(&help.stdout);
     let etcd = help.find("\netcd:").expect("etcd flags under their own heading");
     assert!(help[..etcd].contains("--container") && help[etcd..].contains("--etcd-prefix"), "{help}");
+}
+
+fn check(args: &[&std::ffi::OsStr]) -> (i32, String) {
+    let out = Command::new(BIN).arg("check").args(args).output().unwrap();
+    assert!(out.stderr.is_empty(), "check prints to stdout: {}", String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The first hour's typos (issue 26): each is refused by `check`, every one in one pass, each said so that the
+/// operator knows what to write instead.
+#[test]
+fn check_refuses_typos_and_says_every_error_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    let flag = std::ffi::OsStr::new("--routes");
+
+    // A typo that silently turned passivation off: the service still has a backend, so it was valid.
+    std::fs::write(
+        &routes,
+        "[services.web]\nbackends = [\"127.0.0.1:1\"]\ncontaner = \"x\"\nidle_timout = \"5m\"\n\
+         [routes]\n\"a.test\" = \"web\"\n",
+    )
+    .unwrap();
+    let (code, out) = check(&[flag, routes.as_os_str()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("line 3: service \"web\": unknown field `contaner` (did you mean `container`?)"), "{out}");
+    assert!(
+        out.contains("line 4: service \"web\": unknown field `idle_timout` (did you mean `idle_timeout`?)"),
+        "{out}"
+    );
+
+    // Every error at once, each with its line; a warning is shown with them.
+    std::fs::write(
+        &routes,
+        "[services.a]\ncontainer = \"a\"\nport = \"x\"\nidle_timeout = \"5\"\n\
+         [services.b]\nbackends = [\"127.0.0.1:99999\"]\n\
+         [services.c]\nbackends = [\"127.0.0.1:1\"]\n",
+    )
+    .unwrap();
+    let (code, out) = check(&[flag, routes.as_os_str()]);
+    assert_eq!(code, 1, "{out}");
+    for said in [
+        "line 3: service \"a\": `port`: invalid type: string \"x\", expected u16",
+        "line 4: service \"a\": `idle_timeout` \"5\" has no unit: write a duration with one, for example 5s or 5m",
+        "line 6: invalid backend address \"127.0.0.1:99999\": port out of range (1-65535)",
+        "warning: the routes file defines no routes",
+    ] {
+        assert!(out.contains(said), "{said}:\n{out}");
+    }
+
+    // A service defined but invalid is not "undefined", and does not hide a duplicate route to it.
+    std::fs::write(&routes, "[services.a]\nbackends = [\"nope\"]\n[routes]\n\"a.test\" = \"a\"\n\"A.test\" = \"a\"\n")
+        .unwrap();
+    let (code, out) = check(&[flag, routes.as_os_str()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("line 2: invalid backend address \"nope\": missing port"), "{out}");
+    assert!(out.contains("points to service \"a\", which is invalid") && !out.contains("undefined"), "{out}");
+    assert!(out.contains("line 5: route \"a.test\" is defined twice"), "{out}");
+
+    // The config file says which key was meant too, and what a duration looks like.
+    let config = dir.path().join("reveille.toml");
+    std::fs::write(&config, "[passivation]\nidle_timout = \"5m\"\n").unwrap();
+    let (code, out) = check(&[std::ffi::OsStr::new("--config"), config.as_os_str()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("unknown field `idle_timout`") && out.contains("(did you mean `idle_timeout`?)"), "{out}");
+    std::fs::write(&config, "[passivation]\nidle_timeout = \"5\"\n").unwrap();
+    let (code, out) = check(&[std::ffi::OsStr::new("--config"), config.as_os_str()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("for example \"5s\" or \"5m\""), "{out}");
 }

@@ -444,3 +444,85 @@ async fn a_service_naming_an_unknown_docker_host_keeps_its_previous_value() {
     .await;
     assert_eq!(proxy.metric("reveille_etcd_rejected_values_total").await, 1.0);
 }
+
+/// etcd stopped under a running reveille (an outage, or a walkthrough's `kill` in the wrong order): one warning a
+/// person reads for the whole process, not one per watch and retry with h2's internals, and one line when it is
+/// back. A service value with a misspelt field is applied without it, the field logged at error with the one
+/// meant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_going_away_is_one_line_a_person_reads() {
+    use crate::support::serve::Serve;
+
+    let mut etcd = Etcd::start().await;
+    let backend = Backend::echo("b").await;
+    etcd.put("/reveille/services/b", &format!(r#"{{"backends": ["{}"], "contaner": "x"}}"#, backend.addr)).await;
+    etcd.put("/reveille/routes/b.test", &route_json("b")).await;
+    let proc = Serve::start("reveille", Serve::command().args(["--etcd", &etcd.url, "--access-log", "false"]));
+    let lines = || -> Vec<serde_json::Value> {
+        proc.log.lock().unwrap().iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    };
+    let message = |v: &serde_json::Value| v["message"].as_str().unwrap_or_default().to_string();
+    eventually(Duration::from_secs(10), "b.test served from etcd", || async {
+        get(proc.http, "b.test", "/").await.status == StatusCode::OK
+    })
+    .await;
+    let all: Vec<serde_json::Value> = proc.startup.iter().cloned().chain(lines()).collect();
+    assert!(
+        all.iter()
+            .any(|v| v["level"] == "ERROR"
+                && message(v).contains("unknown field `contaner` (did you mean `container`?)")),
+        "{all:?}"
+    );
+
+    etcd.kill();
+    eventually(Duration::from_secs(10), "the outage said", || {
+        let found = lines().iter().any(|v| message(v).contains("went away"));
+        async move { found }
+    })
+    .await;
+    // Long enough for several retries of each watch (backoff 0.1 s, doubling).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let about_watches: Vec<serde_json::Value> =
+        lines().into_iter().filter(|v| v["target"] == "reveille::etcd::session" && v["level"] != "DEBUG").collect();
+    assert_eq!(about_watches.len(), 1, "{about_watches:#?}");
+    let said = message(&about_watches[0]);
+    assert_eq!(about_watches[0]["level"], "WARN");
+    assert!(said.starts_with(&format!("etcd at {} went away: connection ", etcd.url)), "{said}");
+    assert!(said.ends_with("; keeping what is in force and retrying"), "{said}");
+    assert!(about_watches[0].get("error").is_none(), "no transport internals: {:?}", about_watches[0]);
+    assert_eq!(get(proc.http, "b.test", "/").await.backend(), "b", "what is in force stays");
+
+    etcd.restart().await;
+    eventually(Duration::from_secs(15), "etcd back, said once", || {
+        let back = lines().iter().filter(|v| message(v).contains(&format!("etcd at {} is back", etcd.url))).count();
+        async move { back == 1 }
+    })
+    .await;
+}
+
+/// etcd not there when reveille starts: one warning that says it cannot be reached (not that it "went away"),
+/// for all the watches and their retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_never_reached_is_one_line_too() {
+    use crate::support::serve::Serve;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    std::fs::write(&routes, "[services.a]\nbackends = [\"127.0.0.1:1\"]\n[routes]\n\"a.test\" = \"a\"\n").unwrap();
+    let args = ["--etcd", url.as_str(), "--access-log", "false"];
+    let proc = Serve::start("reveille", Serve::command().arg("--routes").arg(&routes).args(args));
+    // Long enough for several retries of each watch (backoff 0.1 s, doubling).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let lines: Vec<serde_json::Value> = proc
+        .startup
+        .iter()
+        .cloned()
+        .chain(proc.log.lock().unwrap().iter().filter_map(|l| serde_json::from_str(l).ok()))
+        .collect();
+    let about_watches: Vec<&serde_json::Value> =
+        lines.iter().filter(|v| v["target"] == "reveille::etcd::session" && v["level"] != "DEBUG").collect();
+    assert_eq!(about_watches.len(), 1, "{about_watches:#?}");
+    assert_eq!(about_watches[0]["message"], format!("etcd at {url} cannot be reached: connection refused; retrying"));
+}
