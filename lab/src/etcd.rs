@@ -212,11 +212,12 @@ fn start_reveille(lab: &Lab, tag: &str, timeout: Duration) -> Result<(Reveille, 
         if let Ok(Some(status)) = proc.child.try_wait() {
             return Err(format!("reveille exited ({status}) before it was ready; its log:\n{}", read_log(&proc.log)));
         }
-        // etcd errors are retried forever with backoff; five in a row before the first load will not go away.
+        // etcd errors are retried forever with backoff: an etcd that was never reached (said once, the retries at
+        // debug), or five interruptions before the first load, will not go away.
         let log = read_log(&proc.log);
-        if log.matches("etcd watch interrupted").count() >= 5 {
+        if log.contains("cannot be reached") || log.matches("interrupted; keeping what is in force").count() >= 5 {
             return Err(format!(
-                "reveille not ready after {:.1}s: the etcd load failed 5 times; {}\nits log:\n{}",
+                "reveille not ready after {:.1}s: the etcd load failed; {}\nits log:\n{}",
                 spawned.elapsed().as_secs_f64(),
                 log_error(&log),
                 tail(&log, 20)
