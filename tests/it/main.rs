@@ -12,6 +12,7 @@ mod acme;
 mod admin;
 mod balancing;
 mod binary;
+mod build_script;
 mod cli;
 mod cluster;
 mod dashboard;
