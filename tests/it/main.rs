@@ -24,6 +24,7 @@ mod h2c;
 mod hardening;
 mod headers;
 mod limits;
+mod manpage;
 mod nagle;
 mod passivation;
 mod pool;
