@@ -497,7 +497,7 @@ impl Acme {
             }
             // Its order may fail: then its failure record says so (checked every second).
             polls += 1;
-            if polls % 10 == 0 {
+            if polls.is_multiple_of(10) {
                 if let Some(failures) = self.store.failure(host).await? {
                     if failures.until > now() {
                         return Err(AcmeError::Backoff { failures });

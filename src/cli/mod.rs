@@ -1,11 +1,12 @@
 //! The command line: clap's definitions of every subcommand and flag, and the commands that are not `serve`:
-//! the operator commands against etcd (`route`, `service`, `cert`, `status`, in `ops`) and `check` (in
-//! `check`).
+//! the operator commands against etcd (`route`, `service`, `cert`, `status`, in `ops`), `check` (in `check`) and
+//! `manpage` (in `manpage`).
 //!
 //! `main.rs` parses, dispatches and runs `serve`; the route sources (`control`) and certificates (`tls`) know
 //! nothing of the command line: the commands here call their parsing and validation.
 
 mod check;
+mod manpage;
 mod ops;
 
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use crate::routes::DockerHostNames;
 use ops::{Ops, OpsError};
 
 use check::check;
+use manpage::manpage;
 
 #[derive(Parser)]
 #[command(
@@ -111,8 +113,14 @@ pub enum Tool {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff), e.g. `reveille manpage > /usr/local/share/man/man1/reveille.1`.
-    Manpage,
+    /// Print the main man page (roff), e.g. `reveille manpage > /usr/local/share/man/man1/reveille.1`, or write
+    /// one page per command and subcommand into a directory (`reveille manpage --dir /usr/local/share/man/man1`).
+    Manpage {
+        /// Write every page (reveille.1, reveille-serve.1, reveille-route-set.1, ...) into DIR, created if
+        /// missing, and list the files written.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -309,17 +317,7 @@ pub fn run(tool: Tool) -> ExitCode {
             clap_complete::generate(shell, &mut command, "reveille", &mut script);
             print_out(&script)
         }
-        Tool::Manpage => {
-            let command = <Cli as clap::CommandFactory>::command();
-            let mut page = Vec::new();
-            match clap_mangen::Man::new(command).render(&mut page) {
-                Ok(()) => print_out(&page),
-                Err(e) => {
-                    eprintln!("cannot render the man page: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Tool::Manpage { dir } => manpage(dir),
     }
 }
 

@@ -230,7 +230,7 @@ trait OlderThan {
 
 impl OlderThan for Option<&TenantStatus> {
     fn is_none_or_older(&self, revision: i64) -> bool {
-        self.map_or(true, |s| s.revision < revision)
+        self.is_none_or(|s| s.revision < revision)
     }
 }
 

@@ -325,7 +325,7 @@ async fn forward(
     };
     let template = Template {
         // Safe to send twice (RFC 9110 §9.2.2), with a body that is still whole for a second time.
-        replayable: is_idempotent(&method) && body.as_ref().map_or(true, BodySlot::is_whole),
+        replayable: is_idempotent(&method) && body.as_ref().is_none_or(BodySlot::is_whole),
         head: RequestHead { method, path, headers, upgrade: upgrade.is_some() },
         body: body.as_ref(),
     };

@@ -188,7 +188,7 @@ impl ServiceSpec {
             .map(|(i, b)| Backend::parse(b).map_err(|e| (Some(i), e)))
             .collect::<Result<Vec<_>, _>>()?;
         let container = self.container_spec(name, hosts).map_err(|e| (None, e))?;
-        if backends.is_empty() && !container.as_ref().is_some_and(|c| c.port.is_some()) {
+        if backends.is_empty() && container.as_ref().is_none_or(|c| c.port.is_none()) {
             return Err((None, RouteError::NoBackends { service: name.to_string() }));
         }
         let https = HttpsPolicy {

@@ -236,7 +236,7 @@ impl DirWatcher {
         loop {
             let loader = &self.loader;
             let unsettled = loader.as_ref().is_some_and(|l| l.unsettled);
-            let changed = || !loader.as_ref().is_some_and(|l| stamp(&l.dir) == l.stamp);
+            let changed = || loader.as_ref().is_none_or(|l| stamp(&l.dir) != l.stamp);
             let next = self.watch.next_change(&shutdown, changed);
             let go = if unsettled {
                 tokio::select! {

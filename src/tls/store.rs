@@ -73,7 +73,7 @@ impl Snapshot {
                 }
             }
             if default_name == Some(cert.name.as_str())
-                && snap.default.as_ref().map_or(true, |current| preferred(cert, current))
+                && snap.default.as_ref().is_none_or(|current| preferred(cert, current))
             {
                 snap.default = Some(cert.clone());
             }

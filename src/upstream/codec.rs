@@ -237,7 +237,7 @@ pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, UpstreamErr
     parts.headers = headers;
     if let Some((start, len)) = reason {
         let reason = head.slice(start as usize..(start + len) as usize);
-        if status.canonical_reason().map_or(true, |c| c.as_bytes() != &reason[..]) {
+        if status.canonical_reason().is_none_or(|c| c.as_bytes() != &reason[..]) {
             if let Ok(r) = hyper::ext::ReasonPhrase::try_from(reason) {
                 parts.extensions.insert(r);
             }

@@ -853,7 +853,7 @@ async fn a_routes_file_rewritten_in_place_is_never_applied_half_written() {
     assert_eq!(ok, 1000, "the bystander on the last host was refused (p99 {p99:?})");
     assert!(switches >= 3, "the versions written applied ({switches} switches seen)");
     // The last version written applies.
-    let expected = if CYCLES % 2 == 0 { "a" } else { "b" };
+    let expected = if CYCLES.is_multiple_of(2) { "a" } else { "b" };
     let admin = proc.admin;
     eventually(Duration::from_secs(5), "the last version applied", || async {
         get(admin, &admin.to_string(), "/api/routes").await.json()["routes"]["h0.test"] == expected

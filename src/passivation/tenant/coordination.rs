@@ -131,7 +131,7 @@ impl Tenant {
             return false;
         }
         let remote = c.remote_use(&self.name);
-        !remote.busy && remote.last.map_or(true, |l| l.elapsed().unwrap_or_default() >= idle)
+        !remote.busy && remote.last.is_none_or(|l| l.elapsed().unwrap_or_default() >= idle)
     }
 
     /// The idle timer of a running tenant (`local`: from this replica's own use), pushed back by the other

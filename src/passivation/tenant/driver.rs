@@ -367,7 +367,7 @@ impl Tenant {
                 break;
             }
             probes += 1;
-            if probes % 20 == 0 {
+            if probes.is_multiple_of(20) {
                 let info = inspect().await?;
                 if info.state != ContainerState::Running {
                     return Err(exited(&info));

@@ -112,7 +112,7 @@ impl Pressure {
                 continue;
             }
             if let Some(w) = c.waiting_ms().filter(|&w| w >= EVICT_AFTER_MS) {
-                if victim.as_ref().map_or(true, |(v, _)| w > *v) {
+                if victim.as_ref().is_none_or(|(v, _)| w > *v) {
                     victim = Some((w, c));
                 }
             }

@@ -85,7 +85,7 @@ impl Future for Watchdog<'_> {
                 // client, under pressure.
                 let mut next: Option<(u64, Expiry)> = None;
                 let mut consider = |at: u64, e: Expiry| {
-                    if next.as_ref().map_or(true, |(n, _)| at < *n) {
+                    if next.as_ref().is_none_or(|(n, _)| at < *n) {
                         next = Some((at, e));
                     }
                 };
