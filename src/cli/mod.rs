@@ -12,11 +12,12 @@ mod ops;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::builder::PossibleValuesParser;
 use clap::{Parser, Subcommand};
 
 use crate::config::{ConfigFile, EtcdSection, Merge};
 use crate::etcd::EtcdConfig;
-use crate::routes::DockerHostNames;
+use crate::routes::{DockerHostNames, SERVICE_FIELDS};
 use ops::{Ops, OpsError};
 
 use check::check;
@@ -187,7 +188,8 @@ pub struct ServiceFields {
     pub backends: Vec<String>,
     /// Remove a field from the service (repeat for several), e.g. `--unset backends` to serve only from the
     /// container, `--unset container` to stop passivating it
-    #[arg(long, value_name = "FIELD", value_parser = UNSETTABLE)]
+    // Any field of a service: the list `check` suggests from, so the two cannot drift apart.
+    #[arg(long, value_name = "FIELD", value_parser = PossibleValuesParser::new(SERVICE_FIELDS.iter().copied()))]
     pub unset: Vec<String>,
     /// Docker container (name or id) that reveille starts on demand and stops when idle
     #[arg(long, value_name = "NAME")]
@@ -236,26 +238,6 @@ pub struct ServiceFields {
     #[arg(long, value_name = "BOOL")]
     pub acme: Option<bool>,
 }
-
-/// The fields `service set --unset` can remove: every field `service set` can set.
-const UNSETTABLE: [&str; 16] = [
-    "backends",
-    "container",
-    "port",
-    "network",
-    "docker_host",
-    "idle_timeout",
-    "wake_timeout",
-    "stop_timeout",
-    "health_path",
-    "idle_action",
-    "stop_after",
-    "max_held",
-    "page_after",
-    "https_redirect",
-    "hsts",
-    "acme",
-];
 
 impl ServiceFields {
     /// The fields given, as the JSON object merged into the service's value (a removed field is `null`).
