@@ -1,4 +1,5 @@
-//! Backend addresses: `host:port` or `http://host:port`, parsed once when a table is built so the request path
+//! Backend addresses: `host:port` or `http://host:port` (HTTP/1.1), `h2c://host:port` (HTTP/2 with prior
+//! knowledge) or `https://host:port` (TLS, HTTP/2 or HTTP/1.1 by ALPN), parsed once when a table is built so the request path
 //! only copies a ready `Authority`; and each backend's health, what the proxy saw of its last attempts at it
 //! (answers, refused or timed-out connections, timeouts, 5xx), which the admin API and the dashboard show.
 //!
@@ -31,6 +32,8 @@ pub struct Backend(Arc<Inner>);
 struct Inner {
     /// What the request URI to the backend is built from.
     authority: Authority,
+    /// How reveille speaks to it.
+    protocol: Protocol,
     /// The address as the operator wrote it, for logs, metrics and the admin API.
     display: Arc<str>,
     /// What the proxy saw of it; it lives with the definition, so a redefined service starts again from `unknown`.
@@ -40,7 +43,9 @@ struct Inner {
 impl PartialEq for Backend {
     /// The same address, written the same way; what was seen of it does not count.
     fn eq(&self, other: &Self) -> bool {
-        self.0.authority == other.0.authority && self.0.display == other.0.display
+        self.0.authority == other.0.authority
+            && self.0.protocol == other.0.protocol
+            && self.0.display == other.0.display
     }
 }
 
@@ -48,7 +53,41 @@ impl Eq for Backend {}
 
 impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Backend").field("authority", &self.0.authority).field("display", &self.0.display).finish()
+        f.debug_struct("Backend")
+            .field("authority", &self.0.authority)
+            .field("protocol", &self.0.protocol)
+            .field("display", &self.0.display)
+            .finish()
+    }
+}
+
+/// How reveille speaks to a backend, from its address's scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Protocol {
+    /// `host:port` or `http://`: HTTP/1.1 over TCP, reveille's own client (`upstream`).
+    Http1,
+    /// `h2c://`: HTTP/2 over TCP with prior knowledge (RFC 9113 §3.3).
+    H2c,
+    /// `https://`: TLS; HTTP/2 or HTTP/1.1, as the backend picks by ALPN.
+    Https,
+}
+
+impl Protocol {
+    /// The scheme as written in a backend address.
+    pub(crate) fn scheme(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http",
+            Protocol::H2c => "h2c",
+            Protocol::Https => "https",
+        }
+    }
+
+    /// The port an address of this scheme without one gets.
+    fn default_port(self) -> u16 {
+        match self {
+            Protocol::Http1 | Protocol::H2c => 80,
+            Protocol::Https => 443,
+        }
     }
 }
 
@@ -177,8 +216,8 @@ fn stamp(at: Instant) -> u64 {
 }
 
 impl Backend {
-    fn new(authority: Authority, display: Arc<str>) -> Self {
-        Self(Arc::new(Inner { authority, display, seen: Seen::default() }))
+    fn new(authority: Authority, protocol: Protocol, display: Arc<str>) -> Self {
+        Self(Arc::new(Inner { authority, protocol, display, seen: Seen::default() }))
     }
 
     /// A backend at a socket address (a container's address, found at run time).
@@ -186,20 +225,26 @@ impl Backend {
         let text = addr.to_string();
         // A formatted socket address is always a valid authority.
         let authority = text.parse().unwrap_or_else(|_| Authority::from_static("0.0.0.0:1"));
-        Self::new(authority, Arc::from(text))
+        Self::new(authority, Protocol::Http1, Arc::from(text))
     }
 
-    /// Parses `host:port` or `http://host:port` (port 80 by default with the scheme). Anything else — another
-    /// scheme, a path, user info, a missing port — is an error naming the reason.
+    /// Parses `host:port`, or `http://`, `h2c://` or `https://` followed by `host[:port]` (port 80, 80 and 443
+    /// by default with the scheme). Anything else — another scheme, a path, user info, a missing port — is an
+    /// error naming the reason.
     pub fn parse(raw: &str) -> Result<Self, RouteError> {
         let bad = |reason: &str| RouteError::BadBackend { addr: raw.to_string(), reason: reason.to_string() };
         let trimmed = raw.trim();
-        let (rest, default_port) = if let Some(rest) = trimmed.strip_prefix("http://") {
-            (rest, Some(80))
-        } else if trimmed.contains("://") {
-            return Err(bad("only http:// backends are supported"));
-        } else {
-            (trimmed, None)
+        let (protocol, rest, default_port) = match trimmed.split_once("://") {
+            None => (Protocol::Http1, trimmed, None),
+            Some((scheme, rest)) => {
+                let protocol = match scheme.to_ascii_lowercase().as_str() {
+                    "http" => Protocol::Http1,
+                    "h2c" => Protocol::H2c,
+                    "https" => Protocol::Https,
+                    _ => return Err(bad("the scheme is http://, h2c:// or https:// (or none: host:port is HTTP/1.1)")),
+                };
+                (protocol, rest, Some(protocol.default_port()))
+            }
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.is_empty() {
@@ -227,12 +272,17 @@ impl Backend {
             (None, Some(p)) => format!("{}:{p}", authority.host()).parse().map_err(|e| bad(&format!("{e}")))?,
             (None, None) => return Err(bad("missing port (write host:port)")),
         };
-        Ok(Self::new(authority, Arc::from(trimmed)))
+        Ok(Self::new(authority, protocol, Arc::from(trimmed)))
     }
 
     /// `host:port` to connect to.
     pub fn authority(&self) -> &Authority {
         &self.0.authority
+    }
+
+    /// How reveille speaks to it.
+    pub(crate) fn protocol(&self) -> Protocol {
+        self.0.protocol
     }
 
     /// The address as configured.
@@ -308,7 +358,28 @@ mod tests {
         assert_eq!(Backend::parse("http://10.0.0.6:8080").unwrap().authority().as_str(), "10.0.0.6:8080");
         assert_eq!(Backend::parse("http://app.internal").unwrap().authority().as_str(), "app.internal:80");
         assert_eq!(Backend::parse("http://[::1]:81/").unwrap().authority().as_str(), "[::1]:81");
-        for bad in ["", "10.0.0.5", "https://a:1", "a:1/x", "u@a:1", "a:0", "a:99999", "a b:1", "http://"] {
+        let h2c = Backend::parse("h2c://grpc.internal").unwrap();
+        assert_eq!((h2c.authority().as_str(), h2c.protocol()), ("grpc.internal:80", Protocol::H2c));
+        let tls = Backend::parse("HTTPS://api.internal").unwrap();
+        assert_eq!((tls.authority().as_str(), tls.protocol()), ("api.internal:443", Protocol::Https));
+        assert_eq!(Backend::parse("https://10.0.0.7:8443").unwrap().authority().as_str(), "10.0.0.7:8443");
+        assert_eq!(Backend::parse("10.0.0.5:8080").unwrap().protocol(), Protocol::Http1);
+        // The same address spoken to differently is another backend.
+        assert_ne!(Backend::parse("h2c://a:1").unwrap(), Backend::parse("http://a:1").unwrap());
+        assert!(Backend::parse("ftp://a:1").unwrap_err().to_string().contains("h2c://"));
+        for bad in [
+            "",
+            "10.0.0.5",
+            "ftp://a:1",
+            "h2c://",
+            "https://a:1/x",
+            "a:1/x",
+            "u@a:1",
+            "a:0",
+            "a:99999",
+            "a b:1",
+            "http://",
+        ] {
             assert!(Backend::parse(bad).is_err(), "{bad:?} should be rejected");
         }
         let e = Backend::parse("127.0.0.1:99999").unwrap_err().to_string();

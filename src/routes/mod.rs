@@ -20,7 +20,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 pub use backend::Backend;
-pub(crate) use backend::{Failure, Health};
+pub(crate) use backend::{Failure, Health, Protocol};
 pub use host::{normalize_request_host, HostPattern};
 pub(crate) use service::{ContainerSpec, IdleAction, Service};
 pub(crate) use spec::{check_field, DockerHostNames, RouteSpec, ServiceSpec, ROUTE_FIELDS, SERVICE_FIELDS};
