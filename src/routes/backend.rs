@@ -7,6 +7,10 @@
 //! timestamp (at most every [`OK_RESOLUTION_MS`], so a busy backend's cache line is mostly read, not written),
 //! and a failure, the rare case, writes its time and kind. Reading it turns those times into a state over
 //! [`HEALTH_WINDOW`]; see [`Health`].
+//!
+//! A backend may also be ejected: taken out of its service's rotation for a while after failing too often in a
+//! row (the policy is the service's, `balance.rs`; the state is here, atomics too, as the rotation reads it on
+//! every step: one relaxed load while it is not ejected).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -38,6 +42,8 @@ struct Inner {
     display: Arc<str>,
     /// What the proxy saw of it; it lives with the definition, so a redefined service starts again from `unknown`.
     seen: Seen,
+    /// Whether, until when and how often it was taken out of the rotation.
+    ejection: EjectionState,
 }
 
 impl PartialEq for Backend {
@@ -144,6 +150,17 @@ struct Seen {
     failures: AtomicU32,
 }
 
+/// A backend's ejections: times as in [`Seen`].
+#[derive(Debug, Default)]
+struct EjectionState {
+    /// Until when the rotation passes it over; 0: it is in.
+    until: AtomicU64,
+    /// Ejections since it last answered: each one doubles the next one's length.
+    repeats: AtomicU32,
+    /// Ejections in all, for the admin API.
+    total: AtomicU32,
+}
+
 /// The health of a backend, or of a service from its backends'.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Health {
@@ -201,6 +218,10 @@ pub(crate) struct HealthView {
     pub(crate) last_failure: Option<(Duration, Failure)>,
     /// Failed attempts since its last answer.
     pub(crate) failures: u32,
+    /// How long it stays out of the rotation, when it is ejected.
+    pub(crate) ejected_for: Option<Duration>,
+    /// How often it was ejected.
+    pub(crate) ejections: u32,
 }
 
 /// The instant the health times count from: the first time anything asks.
@@ -211,13 +232,19 @@ fn clock_base() -> Instant {
 
 /// `at` as a health time (milliseconds since the base, plus one so that 0 stays "never").
 #[inline]
-fn stamp(at: Instant) -> u64 {
+pub(super) fn stamp(at: Instant) -> u64 {
     at.saturating_duration_since(clock_base()).as_millis() as u64 + 1
 }
 
 impl Backend {
     fn new(authority: Authority, protocol: Protocol, display: Arc<str>) -> Self {
-        Self(Arc::new(Inner { authority, protocol, display, seen: Seen::default() }))
+        Self(Arc::new(Inner {
+            authority,
+            protocol,
+            display,
+            seen: Seen::default(),
+            ejection: EjectionState::default(),
+        }))
     }
 
     /// A backend at a socket address (a container's address, found at run time).
@@ -304,16 +331,46 @@ impl Backend {
             seen.last_ok.store(t.max(failed + 1).max(last), Ordering::Relaxed);
             if failed != 0 {
                 seen.failures.store(0, Ordering::Relaxed);
+                // It answers: its next ejection, if any, is a first one again.
+                self.0.ejection.repeats.store(0, Ordering::Relaxed);
             }
         }
     }
 
-    /// An attempt at it failed, now.
-    pub(crate) fn failed(&self, why: Failure) {
+    /// An attempt at it failed, now. Returns its failures since its last answer (or its last ejection).
+    pub(crate) fn failed(&self, why: Failure) -> u32 {
         let seen = &self.0.seen;
         seen.failure.store(why as u8, Ordering::Relaxed);
         seen.last_failure.fetch_max(stamp(Instant::now()), Ordering::Relaxed);
-        seen.failures.fetch_add(1, Ordering::Relaxed);
+        seen.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1)
+    }
+
+    /// Until when (a health time, see [`stamp`]) it is ejected; 0 when it is in. The rotation's one load.
+    #[inline]
+    pub(super) fn ejected_until(&self) -> u64 {
+        self.0.ejection.until.load(Ordering::Relaxed)
+    }
+
+    /// Ejects it from `now` for `length(repeats)`, where `repeats` counts its ejections since it last answered;
+    /// its failures count from 0 again. Returns the length. The caller (its service) decides that it may.
+    pub(super) fn eject(&self, now: Instant, length: impl FnOnce(u32) -> Duration) -> Duration {
+        let e = &self.0.ejection;
+        let d = length(e.repeats.fetch_add(1, Ordering::Relaxed));
+        e.until.store(stamp(now + d).max(1), Ordering::Relaxed);
+        e.total.fetch_add(1, Ordering::Relaxed);
+        self.0.seen.failures.store(0, Ordering::Relaxed);
+        d
+    }
+
+    /// Ends an ejection that lasted until `until` (as [`Self::ejected_until`] read it): back in, it gets
+    /// `consecutive_failures` attempts again (what requests sent before its ejection saw while it was out does
+    /// not count). True for the one caller that ended it, when several notice at once.
+    pub(super) fn end_ejection(&self, until: u64) -> bool {
+        let ended = self.0.ejection.until.compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok();
+        if ended {
+            self.0.seen.failures.store(0, Ordering::Relaxed);
+        }
+        ended
     }
 
     /// Its health at `now` (see [`Health`]): down if its last attempt within [`HEALTH_WINDOW`] failed, degraded
@@ -338,6 +395,11 @@ impl Backend {
             last_ok: ago(ok),
             last_failure: ago(failed).zip(Failure::from_u8(seen.failure.load(Ordering::Relaxed))),
             failures: seen.failures.load(Ordering::Relaxed),
+            ejected_for: match self.ejected_until() {
+                0 => None,
+                until => until.checked_sub(now).filter(|d| *d > 0).map(Duration::from_millis),
+            },
+            ejections: self.0.ejection.total.load(Ordering::Relaxed),
         }
     }
 }

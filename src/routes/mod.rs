@@ -1,14 +1,16 @@
 //! The route table: which service answers a hostname, and which backends serve a service.
 //!
 //! Owns the routing model shared by every route source (the routes file and etcd): hostname patterns
-//! ([`HostPattern`]), backend addresses ([`Backend`]), services ([`Service`], with their container and HTTPS
-//! policy), the immutable [`RouteTable`] snapshot built from them, and [`RouteSet`], what one source defines.
+//! ([`HostPattern`]), backend addresses ([`Backend`]), services ([`Service`], with their container, HTTPS
+//! and balancing policies: weights, ejection, retries), the immutable [`RouteTable`] snapshot built from them, and [`RouteSet`], what one source defines.
 //! It does not know where routes come from (that is `control/`), how requests are forwarded (`proxy/`) or
 //! whether the process is ready (`readiness`).
 //!
 //! Readers get the table through [`RouteHandle`], an `ArcSwap`: a lookup never takes a lock, and a reload
 //! builds a whole new table and swaps it in, so a request sees either the old table or the new one, never a mix.
 mod backend;
+mod balance;
+mod budget;
 mod host;
 mod service;
 mod shard;
@@ -21,7 +23,10 @@ use arc_swap::ArcSwap;
 
 pub use backend::Backend;
 pub(crate) use backend::{Failure, Health, Protocol};
+pub(crate) use balance::Retries;
+pub(crate) use budget::RetryBudget;
 pub use host::{normalize_request_host, HostPattern};
+pub(crate) use service::Rotation;
 pub(crate) use service::{ContainerSpec, IdleAction, Service};
 pub(crate) use spec::{check_field, DockerHostNames, RouteSpec, ServiceSpec, ROUTE_FIELDS, SERVICE_FIELDS};
 pub use table::RouteTable;
