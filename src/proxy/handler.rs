@@ -34,7 +34,7 @@ use super::{tunnel, ProxyError, ProxyService, Response, Settings};
 use crate::access_log::Entry;
 use crate::passivation::{wants_page, Activity, Refusal};
 use crate::routes::{
-    normalize_request_host, Backend, Failure, Lookup, Protocol, Retries, RetryBudget, Rotation, Service,
+    normalize_request_host, Backend, Failure, Load, Lookup, Protocol, Retries, RetryBudget, Rotation, Service,
 };
 use crate::upstream::{self, ConnectError, RequestHead, SendError, UpstreamBody, UpstreamError};
 
@@ -350,10 +350,14 @@ async fn forward(
             }
             tokio::time::sleep(timeout).await;
         };
-        let sent = tokio::select! {
+        let load = if service.counts_load() { Some(Load::start(backend)) } else { None };
+        let mut sent = tokio::select! {
             r = send_to(svc, service, backend, &template) => Some(r),
             () = deadline => None,
         };
+        if let (Some(load), Some(Ok(resp))) = (load, &mut sent) {
+            resp.extensions_mut().insert(load);
+        }
         match sent {
             Some(Ok(mut resp)) => {
                 if resp.status().is_server_error() {
@@ -608,7 +612,10 @@ fn finish_response(upstream: Upstream, guard: InFlight, settings: &Settings, sta
     // The backend side left out the hop-by-hop fields as it read the head (only a 101 keeps its `Upgrade`),
     // and a `Content-Length` beside chunked framing.
     let deadline = settings.request_timeout.map(|t| tokio::time::Instant::from_std(start + t));
-    http::Response::from_parts(parts, ResponseBody::upstream(body, guard, settings.upstream_read_timeout, deadline))
+    // `least_request`: the backend counts the request in flight until its body ends (one branch otherwise).
+    let load = parts.extensions.remove::<Load>();
+    let body = ResponseBody::upstream(body, guard, settings.upstream_read_timeout, deadline).with_load(load);
+    http::Response::from_parts(parts, body)
 }
 
 /// HTTP/2 lets clients split `Cookie` into several fields; HTTP/1.1 backends expect one (RFC 9113 §8.2.3).

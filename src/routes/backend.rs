@@ -44,6 +44,9 @@ struct Inner {
     seen: Seen,
     /// Whether, until when and how often it was taken out of the rotation.
     ejection: EjectionState,
+    /// Requests sent to it whose response has not ended, counted only for services that balance by
+    /// `least_request` (see [`Load`]).
+    in_flight: AtomicU32,
 }
 
 impl PartialEq for Backend {
@@ -244,6 +247,7 @@ impl Backend {
             display,
             seen: Seen::default(),
             ejection: EjectionState::default(),
+            in_flight: AtomicU32::new(0),
         }))
     }
 
@@ -345,6 +349,12 @@ impl Backend {
         seen.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1)
     }
 
+    /// Requests in flight at it, when its service balances by `least_request`.
+    #[inline]
+    pub(crate) fn in_flight(&self) -> u32 {
+        self.0.in_flight.load(Ordering::Relaxed)
+    }
+
     /// Until when (a health time, see [`stamp`]) it is ejected; 0 when it is in. The rotation's one load.
     #[inline]
     pub(super) fn ejected_until(&self) -> u64 {
@@ -401,6 +411,31 @@ impl Backend {
             },
             ejections: self.0.ejection.total.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// One request in flight at a backend, for `least_request`: counted from the attempt's start until the guard is
+/// dropped, which the response body does when it ends or is dropped. A clone is one more request in flight.
+#[derive(Debug)]
+pub(crate) struct Load(Backend);
+
+impl Load {
+    /// Counts one more request at `backend`.
+    pub(crate) fn start(backend: &Backend) -> Self {
+        backend.0.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(backend.clone())
+    }
+}
+
+impl Clone for Load {
+    fn clone(&self) -> Self {
+        Self::start(&self.0)
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.0 .0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -158,6 +158,28 @@ impl Retries {
     }
 }
 
+/// How a service picks the backend a request starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// In turn; by smooth weighted round robin (nginx's) when weights differ.
+    #[default]
+    RoundRobin,
+    /// The one with fewer requests in flight of two picked at random (power of two choices, as Envoy's
+    /// `LEAST_REQUEST`); weights are not used.
+    LeastRequest,
+}
+
+/// A step of splitmix64: a well-mixed 64-bit value from a counter, for the two random picks of
+/// [`Strategy::LeastRequest`] (no generator state to share between threads: the service's cursor is the seed).
+#[inline]
+pub(crate) fn mix(counter: u64) -> u64 {
+    let mut z = counter.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// The smooth weighted round-robin order of backends with `weights` (nginx's `ngx_http_upstream_get_peer`),
 /// computed once: one period, as many steps as the weights (divided by their greatest common divisor) add up to.
 /// `None` when all weights are equal: plain rotation gives the same order without the table.

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 pub use backend::Backend;
-pub(crate) use backend::{Failure, Health, Protocol};
+pub(crate) use backend::{Failure, Health, Load, Protocol};
 pub(crate) use balance::Retries;
 pub(crate) use budget::RetryBudget;
 pub use host::{normalize_request_host, HostPattern};

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use tracing::info;
 
 use super::backend::stamp;
-use super::balance::{schedule, Ejection, Retries};
+use super::balance::{mix, schedule, Ejection, Retries, Strategy};
 use super::budget::RetryBudget;
 use super::{Backend, Failure};
 use crate::metrics::ServiceStats;
@@ -50,12 +50,14 @@ pub struct Balance {
     pub ejection: Option<Ejection>,
     /// `None`: no retries beyond the replay of a request a kept-alive connection lost unsent.
     pub retries: Option<Retries>,
+    /// How a request's first backend is picked.
+    pub strategy: Strategy,
 }
 
 impl Default for Balance {
     /// Equal weights, ejection with its defaults, no retries.
     fn default() -> Self {
-        Self { weights: Vec::new(), ejection: Some(Ejection::default()), retries: None }
+        Self { weights: Vec::new(), ejection: Some(Ejection::default()), retries: None, strategy: Strategy::RoundRobin }
     }
 }
 
@@ -143,10 +145,34 @@ impl Service {
         let n = self.backends.len();
         let start = match (&self.schedule, n) {
             (_, 0 | 1) => 0,
+            _ if self.balance.strategy == Strategy::LeastRequest => self.least_request(),
             (None, n) => self.cursor.fetch_add(1, Ordering::Relaxed) % n,
             (Some(s), _) => s[self.cursor.fetch_add(1, Ordering::Relaxed) % s.len()] as usize,
         };
         Rotation { service: self, start, step: 0, now, stamp: 0, skipped: false }
+    }
+
+    /// Power of two choices: of two backends picked at random (two different ones), the index of the one with
+    /// fewer requests in flight (the first on a tie). At least two backends.
+    fn least_request(&self) -> usize {
+        let n = self.backends.len() as u64;
+        let r = mix(self.cursor.fetch_add(1, Ordering::Relaxed) as u64);
+        let a = (r % n) as usize;
+        let mut b = ((r >> 32) % (n - 1)) as usize;
+        if b >= a {
+            b += 1;
+        }
+        if self.backends[b].in_flight() < self.backends[a].in_flight() {
+            b
+        } else {
+            a
+        }
+    }
+
+    /// True when a request's attempts at backends are counted in flight (`least_request`).
+    #[inline]
+    pub(crate) fn counts_load(&self) -> bool {
+        self.balance.strategy == Strategy::LeastRequest
     }
 
     /// Records a failed attempt at `backend` (one of this service's, or its container's address) and ejects it
@@ -353,6 +379,23 @@ mod tests {
             Service::new("s", vec![Backend::parse("127.0.0.1:1").unwrap(), Backend::parse("127.0.0.1:2").unwrap()])
                 .with_balance(Balance { ejection: None, ..Balance::default() });
         assert!((0..10).all(|_| off.failed(&off.backends()[0], Failure::Refused).is_none()));
+    }
+
+    #[test]
+    fn least_request_starts_with_the_less_loaded_of_two() {
+        let backends = vec![Backend::parse("127.0.0.1:1").unwrap(), Backend::parse("127.0.0.1:2").unwrap()];
+        let s = Service::new("s", backends)
+            .with_balance(Balance { strategy: Strategy::LeastRequest, ..Balance::default() });
+        let busy = super::super::Load::start(&s.backends()[0]);
+        let also = busy.clone();
+        assert_eq!(s.backends()[0].in_flight(), 2);
+        let now = Instant::now();
+        assert!((0..20).all(|_| order(&s, now)[0] == "127.0.0.1:2"));
+        drop((busy, also));
+        assert_eq!(s.backends()[0].in_flight(), 0);
+        // Equal loads: both are picked, about as often.
+        let firsts = (0..200).filter(|_| order(&s, now)[0] == "127.0.0.1:1").count();
+        assert!((60..140).contains(&firsts), "{firsts}");
     }
 
     #[test]

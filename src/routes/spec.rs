@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use super::balance::{EjectionSpec, Retries, MAX_WEIGHT};
+use super::balance::{EjectionSpec, Retries, Strategy, MAX_WEIGHT};
 use super::service::{Balance, ContainerSpec, HttpsPolicy, IdleAction, Service};
 use super::{validate_service_name, Backend, RouteError};
 use crate::runtime::DEFAULT_HOST;
@@ -77,6 +77,9 @@ pub(crate) struct ServiceSpec {
     /// The retries allowed, as a percentage of the requests over 10 s (plus 3 a second); unset: 20.
     #[serde(default)]
     pub retry_budget: Option<u32>,
+    /// `round_robin` (unset) or `least_request`.
+    #[serde(default)]
+    pub balance: Option<Strategy>,
     /// Fields this version does not know: accepted (forward compatibility), reported as warnings.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, IgnoredAny>,
@@ -104,6 +107,7 @@ pub(crate) const SERVICE_FIELDS: &[&str] = &[
     "ejection",
     "retry_on",
     "retry_budget",
+    "balance",
 ];
 
 /// One backend as written: `"host:port"`, or `{ address = "host:port", weight = 3 }`.
@@ -275,7 +279,14 @@ impl ServiceSpec {
         };
         let on = self.retry_on.as_deref().unwrap_or_default();
         let retries = Retries::parse(on, self.retry_budget).map_err(|e| bad(None, e))?;
-        Ok(Balance { weights, ejection, retries })
+        let strategy = self.balance.unwrap_or_default();
+        if strategy == Strategy::LeastRequest && !weights.is_empty() {
+            return Err(bad(
+                None,
+                "`weight` is for `balance = \"round_robin\"`; `least_request` does not use it".into(),
+            ));
+        }
+        Ok(Balance { weights, ejection, retries, strategy })
     }
 
     fn hsts_value(&self, name: &str) -> Result<Option<http::HeaderValue>, RouteError> {

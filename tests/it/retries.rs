@@ -99,3 +99,28 @@ async fn weights_share_requests_exactly() {
     assert!(order.starts_with("babbbabb") || order.starts_with("bab"), "{}", &order[..16]);
     assert!(!order.contains("aa") && !order.contains("bbbb"), "{}", &order[..32]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_request_sends_fewer_to_a_slow_backend() {
+    let slow = Backend::start(std::sync::Arc::new(|_req| {
+        Box::pin(async {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            http::Response::new(full(r#"{"backend": "slow"}"#))
+        })
+    }))
+    .await;
+    let fast = Backend::echo("fast").await;
+    let file = service_file(&[&slow, &fast], "balance = \"least_request\"");
+    let proxy = TestProxy::start(&file).await;
+    // 10 clients, 10 requests each: the slow backend keeps its requests in flight longer, and gets fewer.
+    let clients = (0..10).map(|_| async {
+        for _ in 0..10 {
+            assert_eq!(get(proxy.http, "app.test", "/").await.status, StatusCode::OK);
+        }
+    });
+    futures::future::join_all(clients).await;
+    let (s, f) = (slow.hits.load(Ordering::SeqCst), fast.hits.load(Ordering::SeqCst));
+    println!("least_request: slow backend {s} requests, fast {f}");
+    assert_eq!(s + f, 100);
+    assert!(s * 4 < f, "slow {s}, fast {f}");
+}
