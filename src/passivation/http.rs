@@ -213,6 +213,8 @@ fn backend_json(backend: &Backend, now: Instant, wall: SystemTime) -> Value {
         // Out of its service's rotation until then (passive ejection), and how often it was.
         "ejected_until": view.ejected_for.map(|left| rfc3339(wall + left)),
         "ejections": view.ejections,
+        // Its active health check fails: out until one passes.
+        "check_failing": view.check_failing,
     })
 }
 

@@ -153,6 +153,10 @@ struct Seen {
     failures: AtomicU32,
 }
 
+/// The ejection time of a backend that an active health check took out: never over by time, only by a check that
+/// passes.
+const CHECK_FAILING: u64 = u64::MAX;
+
 /// A backend's ejections: times as in [`Seen`].
 #[derive(Debug, Default)]
 struct EjectionState {
@@ -225,6 +229,8 @@ pub(crate) struct HealthView {
     pub(crate) ejected_for: Option<Duration>,
     /// How often it was ejected.
     pub(crate) ejections: u32,
+    /// Its active health check fails: it is out until one passes.
+    pub(crate) check_failing: bool,
 }
 
 /// The instant the health times count from: the first time anything asks.
@@ -349,6 +355,26 @@ impl Backend {
         seen.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1)
     }
 
+    /// Its identity while it lives (not its address: a redefined service's backend is another one).
+    pub(crate) fn id(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
+
+    /// An active health check failed: it is out of the rotation until one passes. True when that takes it out
+    /// (it was in, or only passively ejected).
+    pub(crate) fn check_failed(&self) -> bool {
+        self.0.ejection.until.swap(CHECK_FAILING, Ordering::Relaxed) != CHECK_FAILING
+    }
+
+    /// An active health check passed: back in if a failed one had taken it out. True when that puts it back.
+    pub(crate) fn check_passed(&self) -> bool {
+        let back = self.end_ejection(CHECK_FAILING);
+        if back {
+            self.0.ejection.repeats.store(0, Ordering::Relaxed);
+        }
+        back
+    }
+
     /// Requests in flight at it, when its service balances by `least_request`.
     #[inline]
     pub(crate) fn in_flight(&self) -> u32 {
@@ -406,9 +432,10 @@ impl Backend {
             last_failure: ago(failed).zip(Failure::from_u8(seen.failure.load(Ordering::Relaxed))),
             failures: seen.failures.load(Ordering::Relaxed),
             ejected_for: match self.ejected_until() {
-                0 => None,
+                0 | CHECK_FAILING => None,
                 until => until.checked_sub(now).filter(|d| *d > 0).map(Duration::from_millis),
             },
+            check_failing: self.ejected_until() == CHECK_FAILING,
             ejections: self.0.ejection.total.load(Ordering::Relaxed),
         }
     }

@@ -158,6 +158,48 @@ impl Retries {
     }
 }
 
+/// A service's active health check: `GET path` to each backend every `interval`; an answer from 200 to 399
+/// within `timeout` passes, anything else fails and takes the backend out until a check passes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub path: String,
+    #[serde(default = "default_check_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default = "default_check_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_check_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl HealthCheck {
+    /// Why the check is refused, if it is.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        let p = &self.path;
+        if !p.starts_with('/') || p.contains(|c: char| c.is_ascii_whitespace() || c.is_ascii_control()) {
+            return Err(format!("`health_check.path` {p:?} must be a path starting with '/'"));
+        }
+        if p.parse::<http::uri::PathAndQuery>().is_err() {
+            return Err(format!("`health_check.path` {p:?} is not a valid request path"));
+        }
+        if self.interval.is_zero() || self.timeout.is_zero() {
+            return Err("`health_check.interval` and `timeout` must be more than 0".into());
+        }
+        Ok(())
+    }
+
+    /// True when a check that got `status` passes.
+    pub(crate) fn passes(status: u16) -> bool {
+        (200..400).contains(&status)
+    }
+}
+
 /// How a service picks the backend a request starts with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -23,7 +23,7 @@ use arc_swap::ArcSwap;
 
 pub use backend::Backend;
 pub(crate) use backend::{Failure, Health, Load, Protocol};
-pub(crate) use balance::Retries;
+pub(crate) use balance::{HealthCheck, Retries};
 pub(crate) use budget::RetryBudget;
 pub use host::{normalize_request_host, HostPattern};
 pub(crate) use service::Rotation;

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use tracing::info;
 
 use super::backend::stamp;
-use super::balance::{mix, schedule, Ejection, Retries, Strategy};
+use super::balance::{mix, schedule, Ejection, HealthCheck, Retries, Strategy};
 use super::budget::RetryBudget;
 use super::{Backend, Failure};
 use crate::metrics::ServiceStats;
@@ -52,12 +52,20 @@ pub struct Balance {
     pub retries: Option<Retries>,
     /// How a request's first backend is picked.
     pub strategy: Strategy,
+    /// The active health check of its backends, if any.
+    pub health_check: Option<HealthCheck>,
 }
 
 impl Default for Balance {
     /// Equal weights, ejection with its defaults, no retries.
     fn default() -> Self {
-        Self { weights: Vec::new(), ejection: Some(Ejection::default()), retries: None, strategy: Strategy::RoundRobin }
+        Self {
+            weights: Vec::new(),
+            ejection: Some(Ejection::default()),
+            retries: None,
+            strategy: Strategy::RoundRobin,
+            health_check: None,
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use super::balance::{EjectionSpec, Retries, Strategy, MAX_WEIGHT};
+use super::balance::{EjectionSpec, HealthCheck, Retries, Strategy, MAX_WEIGHT};
 use super::service::{Balance, ContainerSpec, HttpsPolicy, IdleAction, Service};
 use super::{validate_service_name, Backend, RouteError};
 use crate::runtime::DEFAULT_HOST;
@@ -80,6 +80,9 @@ pub(crate) struct ServiceSpec {
     /// `round_robin` (unset) or `least_request`.
     #[serde(default)]
     pub balance: Option<Strategy>,
+    /// `{ path = "/healthz", interval = "5s", timeout = "2s" }`: each backend is checked (not with `container`).
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
     /// Fields this version does not know: accepted (forward compatibility), reported as warnings.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, IgnoredAny>,
@@ -108,6 +111,7 @@ pub(crate) const SERVICE_FIELDS: &[&str] = &[
     "retry_on",
     "retry_budget",
     "balance",
+    "health_check",
 ];
 
 /// One backend as written: `"host:port"`, or `{ address = "host:port", weight = 3 }`.
@@ -286,7 +290,11 @@ impl ServiceSpec {
                 "`weight` is for `balance = \"round_robin\"`; `least_request` does not use it".into(),
             ));
         }
-        Ok(Balance { weights, ejection, retries, strategy })
+        if let Some(check) = &self.health_check {
+            check.validate().map_err(|e| bad(None, e))?;
+        }
+        let health_check = self.health_check.clone();
+        Ok(Balance { weights, ejection, retries, strategy, health_check })
     }
 
     fn hsts_value(&self, name: &str) -> Result<Option<http::HeaderValue>, RouteError> {
@@ -470,6 +478,16 @@ mod tests {
             let e = serde_json::from_str::<ServiceSpec>(bad).unwrap_err().to_string();
             assert!(!e.is_empty(), "{bad}");
         }
+        let svc = parse(r#"{"backends": ["127.0.0.1:1"], "health_check": {"path": "/healthz"}}"#).unwrap();
+        let check = svc.balance().health_check.clone().unwrap();
+        assert_eq!((check.interval, check.timeout), (Duration::from_secs(5), Duration::from_secs(2)));
+        for bad in [r#"{"path": "healthz"}"#, r#"{"path": "/h", "interval": "0s"}"#] {
+            let e = parse(&format!(r#"{{"backends": ["127.0.0.1:1"], "health_check": {bad}}}"#)).unwrap_err().1;
+            assert!(e.to_string().contains("health_check"), "{e}");
+        }
+        let e = parse(r#"{"backends": [{"address": "127.0.0.1:1", "weight": 2}], "balance": "least_request"}"#);
+        assert!(e.unwrap_err().1.to_string().contains("least_request"));
+        assert!(serde_json::from_str::<ServiceSpec>(r#"{"balance": "random"}"#).is_err());
         let e = serde_json::from_str::<ServiceSpec>(r#"{"backends": [{"addr": "x"}]}"#).unwrap_err().to_string();
         assert!(e.contains("unknown field `addr`"), "{e}");
     }

@@ -25,6 +25,7 @@ mod exits;
 mod h2c;
 mod hardening;
 mod headers;
+mod health_checks;
 mod limits;
 mod manpage;
 mod nagle;
