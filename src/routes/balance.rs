@@ -52,11 +52,32 @@ impl Ejection {
 }
 
 /// An `ejection` value as written: `false` (off), `true` (the defaults), or a table of settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub(crate) enum EjectionSpec {
     On(bool),
     Table(EjectionTable),
+}
+
+impl<'de> Deserialize<'de> for EjectionSpec {
+    /// By hand rather than `untagged`, so that a wrong key or value in the table is named in the error.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = EjectionSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "true, false or a table { consecutive_failures, base_ejection, max_ejection, max_ejected_percent }",
+                )
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<EjectionSpec, E> {
+                Ok(EjectionSpec::On(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<EjectionSpec, A::Error> {
+                EjectionTable::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(EjectionSpec::Table)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// `ejection = { consecutive_failures = 5, base_ejection = "30s", max_ejection = "5m", max_ejected_percent = 50 }`.
