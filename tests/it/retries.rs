@@ -124,3 +124,45 @@ async fn least_request_sends_fewer_to_a_slow_backend() {
     assert_eq!(s + f, 100);
     assert!(s * 4 < f, "slow {s}, fast {f}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_and_balancing_fields_from_etcd_json() {
+    let etcd = crate::support::etcd::Etcd::start().await;
+    let (a, b) = (Backend::echo("a").await, Backend::echo("b").await);
+    let service = serde_json::json!({
+        "backends": [a.addr.to_string(), {"address": b.addr.to_string(), "weight": 3}],
+        "retry_on": ["503"],
+    });
+    etcd.put("/reveille/services/s", &service.to_string()).await;
+    etcd.put("/reveille/routes/app.test", r#"{"service": "s"}"#).await;
+    let proxy = TestProxy::start_etcd(&etcd.url).await;
+    eventually(std::time::Duration::from_secs(10), "the etcd table", || async {
+        get(proxy.http, "app.test", "/").await.status == StatusCode::OK
+    })
+    .await;
+    let before = (a.hits.load(Ordering::SeqCst), b.hits.load(Ordering::SeqCst));
+    for _ in 0..40 {
+        get(proxy.http, "app.test", "/").await;
+    }
+    let after = (a.hits.load(Ordering::SeqCst) - before.0, b.hits.load(Ordering::SeqCst) - before.1);
+    assert_eq!(after, (10, 30));
+    // The operator's listing shows the weight.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_reveille"))
+        .args(["service", "ls", "--etcd", etcd.url.as_str()])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(out.contains(&format!("{} (weight 3)", b.addr)), "{out}");
+    // A bad weight is refused with its key, and the service keeps its previous value.
+    let bad = serde_json::json!({"backends": [{"address": a.addr.to_string(), "weight": 500}]});
+    etcd.put("/reveille/services/s", &bad.to_string()).await;
+    eventually(std::time::Duration::from_secs(10), "the bad value to be rejected", || async {
+        proxy.metric("reveille_etcd_rejected_values_total").await >= 1.0
+    })
+    .await;
+    let before = b.hits.load(Ordering::SeqCst);
+    for _ in 0..4 {
+        get(proxy.http, "app.test", "/").await;
+    }
+    assert_eq!(b.hits.load(Ordering::SeqCst) - before, 3, "the previous definition, weights and all");
+}
