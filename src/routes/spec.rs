@@ -160,7 +160,7 @@ impl TlsSpec {
         for (field, path) in [("ca", &self.ca), ("client_cert", &self.client_cert), ("client_key", &self.client_key)] {
             if path.is_some() {
                 return Err(bad(format!(
-                    "`tls.{field}` names a file, which only the routes file can do: give the PEM text as                      `tls.{field}_pem`"
+                    "`tls.{field}` names a file, which only the routes file can do: give the PEM text as `tls.{field}_pem`"
                 )));
             }
         }
@@ -463,6 +463,28 @@ mod tests {
             assert!(e.to_string().contains("hsts"), "{bad}: {e}");
         }
         assert!(serde_json::from_str::<ServiceSpec>(r#"{"https_redirect": "yes"}"#).is_err());
+    }
+
+    #[test]
+    fn tls_block() {
+        let parse = |j: &str| serde_json::from_str::<ServiceSpec>(j).unwrap().to_service("a", &DockerHostNames::Any);
+        // An https:// backend gets TLS with the defaults; a plain service none.
+        assert!(parse(r#"{"backends": ["https://api.test"]}"#).unwrap().backend_tls().unwrap().verifies());
+        assert!(parse(r#"{"backends": ["http://api.test"]}"#).unwrap().backend_tls().is_none());
+        let insecure = r#"{"backends": ["https://api.test"], "tls": {"verify": false}}"#;
+        assert!(!parse(insecure).unwrap().backend_tls().unwrap().verifies());
+        // A path is the routes file's to read: elsewhere, the PEM text.
+        let e = parse(r#"{"backends": ["https://api.test"], "tls": {"ca": "/etc/ca.pem"}}"#).unwrap_err().1;
+        assert!(e.to_string().contains("give the PEM text as `tls.ca_pem`"), "{e}");
+        let e = parse(r#"{"backends": ["https://api.test"], "tls": {"server_name": "a b"}}"#).unwrap_err().1;
+        assert_eq!(e.to_string(), "service \"a\": `tls.server_name` \"a b\" is neither a DNS name nor an IP address");
+        assert!(serde_json::from_str::<ServiceSpec>(r#"{"tls": {"verfy": false}}"#).is_err(), "unknown tls field");
+        // A changed block is another definition; the same one is not.
+        let a = parse(insecure).unwrap();
+        assert!(a.same_definition(&parse(insecure).unwrap()));
+        let named = r#"{"backends": ["https://api.test"], "tls": {"verify": false, "server_name": "x.test"}}"#;
+        assert!(!a.same_definition(&parse(named).unwrap()));
+        assert!(!a.same_definition(&parse(r#"{"backends": ["https://api.test"]}"#).unwrap()));
     }
 
     #[test]

@@ -48,28 +48,7 @@ impl TlsFront {
     /// Serves `cert` and forwards to `plain`; asks for a client certificate from `client_ca` when given;
     /// offers `alpn`.
     async fn start(cert: &TestCert, client_ca: Option<&TestCa>, alpn: &[&str], plain: SocketAddr) -> TlsFront {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes()).collect::<Result<_, _>>().unwrap();
-        let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
-        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap();
-        let builder = match client_ca {
-            None => builder.with_no_client_auth(),
-            Some(ca) => {
-                let mut roots = rustls::RootCertStore::empty();
-                roots.add(CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap()).unwrap();
-                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .unwrap();
-                builder.with_client_cert_verifier(verifier)
-            }
-        };
-        let mut config = builder.with_single_cert(chain, key).unwrap();
-        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-
+        let acceptor = tokio_rustls::TlsAcceptor::from(server_config(cert, client_ca, alpn));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let front = TlsFront {
@@ -106,6 +85,29 @@ impl TlsFront {
         });
         front
     }
+}
+
+/// A TLS server's settings: `cert`, a client certificate from `client_ca` required when given, `alpn` offered.
+fn server_config(cert: &TestCert, client_ca: Option<&TestCa>, alpn: &[&str]) -> Arc<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes()).collect::<Result<_, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
+    let builder =
+        rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().unwrap();
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap()).unwrap();
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(chain, key).unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Arc::new(config)
 }
 
 /// A test CA, and a certificate from it for `names` served in front of an echo backend named `name`.
@@ -249,7 +251,11 @@ async fn a_backend_that_asks_for_a_client_certificate_gets_it() {
     applied(&proxy, 2.0).await;
     let got = get(proxy.http, "mtls.test", "/").await;
     assert_eq!(got.status, StatusCode::OK, "{}", got.text);
-    assert_eq!(*front.client_certs.lock().unwrap(), [client.der.clone()], "the backend saw reveille's certificate");
+    assert_eq!(
+        *front.client_certs.lock().unwrap(),
+        std::slice::from_ref(&client.der),
+        "the backend saw reveille's certificate"
+    );
 
     // Without it, the backend refuses the handshake, and no request reaches it.
     proxy.write_routes(&tls_routes("mtls", front.addr, Some("ca = \"ca.pem\"")));
@@ -404,4 +410,53 @@ async fn from_etcd_with_the_ca_inline() {
         .await;
     }
     assert!(backend.hits.load(Ordering::SeqCst) >= 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_the_backend_closed_with_close_notify_is_not_reused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = TestCa::new();
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_config(&ca.issue(&["127.0.0.1"]), None, &["http/1.1"]));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (accepts, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (a, c) = (accepts.clone(), closed.clone());
+    // Answers one request, keep-alive as far as HTTP says, then ends TLS (`close_notify`) and leaves TCP open.
+    let server = tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            a.fetch_add(1, Ordering::SeqCst);
+            let (acceptor, c) = (acceptor.clone(), c.clone());
+            tokio::spawn(async move {
+                let mut tls = acceptor.accept(tcp).await.unwrap();
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = tls.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "a whole request head");
+                    head.extend_from_slice(&buf[..n]);
+                }
+                tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+                tls.shutdown().await.unwrap();
+                c.fetch_add(1, Ordering::SeqCst);
+                // Hold the TCP connection until the proxy drops it.
+                let _ = tls.get_mut().0.read(&mut buf).await;
+            });
+        }
+    });
+    let proxy =
+        proxy_with_files(&tls_routes("notified", addr, Some("ca = \"ca.pem\"")), &[("ca.pem", &ca.cert_pem())]).await;
+    applied(&proxy, 2.0).await;
+    assert_eq!(get(proxy.http, "notified.test", "/").await.text, "ok");
+    eventually(Duration::from_secs(5), "close_notify sent", || async { closed.load(Ordering::SeqCst) == 1 }).await;
+    // The alert is on its way over loopback: give the proxy's reactor a moment to see the socket readable.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(get(proxy.http, "notified.test", "/").await.text, "ok");
+    assert_eq!(accepts.load(Ordering::SeqCst), 2, "a new connection for the second request");
+    assert_eq!(
+        proxy.metric("reveille_upstream_errors_total{kind=\"reused_closed\"}").await,
+        0.0,
+        "the closed connection was found idle, not under the request"
+    );
+    server.abort();
 }
