@@ -413,22 +413,26 @@ async fn from_etcd_with_the_ca_inline() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_connection_the_backend_closed_with_close_notify_is_not_reused() {
+async fn an_idle_connection_the_backend_closed_with_close_notify_is_not_reused_and_its_session_resumes() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let ca = TestCa::new();
     let acceptor = tokio_rustls::TlsAcceptor::from(server_config(&ca.issue(&["127.0.0.1"]), None, &["http/1.1"]));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (accepts, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let (a, c) = (accepts.clone(), closed.clone());
+    let (accepts, closed, resumed) =
+        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (a, c, r) = (accepts.clone(), closed.clone(), resumed.clone());
     // Answers one request, keep-alive as far as HTTP says, then ends TLS (`close_notify`) and leaves TCP open.
     let server = tokio::spawn(async move {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
             a.fetch_add(1, Ordering::SeqCst);
-            let (acceptor, c) = (acceptor.clone(), c.clone());
+            let (acceptor, c, r) = (acceptor.clone(), c.clone(), r.clone());
             tokio::spawn(async move {
                 let mut tls = acceptor.accept(tcp).await.unwrap();
+                if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                    r.fetch_add(1, Ordering::SeqCst);
+                }
                 let mut head = Vec::new();
                 let mut buf = [0u8; 4096];
                 while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -453,6 +457,7 @@ async fn an_idle_connection_the_backend_closed_with_close_notify_is_not_reused()
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(get(proxy.http, "notified.test", "/").await.text, "ok");
     assert_eq!(accepts.load(Ordering::SeqCst), 2, "a new connection for the second request");
+    assert_eq!(resumed.load(Ordering::SeqCst), 1, "the service's session cache resumed the first session");
     assert_eq!(
         proxy.metric("reveille_upstream_errors_total{kind=\"reused_closed\"}").await,
         0.0,
