@@ -503,7 +503,7 @@ async fn open(
     let Some(tls) = tls else {
         return pool.connect(key).await.map_err(SendFailure::Connect);
     };
-    let connected = pool.connect_tls(tls, key).await.map_err(SendFailure::Connect)?;
+    let connected: upstream::TlsConnected = pool.connect_tls(tls, key).await.map_err(SendFailure::Connect)?;
     match connected.alpn {
         Alpn::Http1 => Ok(pool.adopt_tls(tls, key, connected.stream)),
         Alpn::H2 => {

@@ -19,7 +19,7 @@ mod tls;
 mod wire;
 
 pub(crate) use codec::{connection_named, hop_by_hop_index, is_hop_by_hop, HOP_BY_HOP};
-pub(crate) use connect::{Conn, ConnectSettings, Connector};
+pub(crate) use connect::{Conn, ConnectSettings, Connector, TlsConnected};
 pub(crate) use error::{ConnectError, UpstreamError};
 pub(crate) use exchange::{send, RequestHead, SendBody, SendError, UpstreamBody};
 pub(crate) use pool::{set_worker, worker};
