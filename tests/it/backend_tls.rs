@@ -465,3 +465,47 @@ async fn an_idle_connection_the_backend_closed_with_close_notify_is_not_reused_a
     );
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_delimited_by_the_close_needs_close_notify() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = TestCa::new();
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_config(&ca.issue(&["127.0.0.1"]), None, &["http/1.1"]));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // A body without a length, ended by the close: with `close_notify` on `/notify`, by a bare TCP close else.
+    let server = tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let mut tls = acceptor.accept(tcp).await.unwrap();
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = tls.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "a whole request head");
+                    head.extend_from_slice(&buf[..n]);
+                }
+                tls.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the end").await.unwrap();
+                tls.flush().await.unwrap();
+                if head.starts_with(b"GET /notify ") {
+                    tls.shutdown().await.unwrap();
+                } else {
+                    // Only TCP's FIN: the TLS session is never closed.
+                    tls.get_mut().0.shutdown().await.unwrap();
+                }
+            });
+        }
+    });
+    let proxy =
+        proxy_with_files(&tls_routes("closing", addr, Some("ca = \"ca.pem\"")), &[("ca.pem", &ca.cert_pem())]).await;
+    applied(&proxy, 2.0).await;
+    let got = get(proxy.http, "closing.test", "/notify").await;
+    assert_eq!((got.status, got.text.as_str()), (StatusCode::OK, "until the end"));
+
+    let req = http::Request::get("/bare").header("host", "closing.test").body(full("")).unwrap();
+    let cut = testkit::http::send(proxy.http, req).await;
+    assert!(cut.is_err(), "the client sees the response cut short, not a whole one: {cut:?}");
+    server.abort();
+}
