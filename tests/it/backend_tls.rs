@@ -412,6 +412,19 @@ async fn from_etcd_with_the_ca_inline() {
     assert!(backend.hits.load(Ordering::SeqCst) >= 4);
 }
 
+/// For the raw TLS backends: reads one request head (and what came with it).
+async fn read_head(tls: &mut tokio_rustls::server::TlsStream<TcpStream>) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tls.read(&mut buf).await.unwrap();
+        assert!(n > 0, "a whole request head");
+        head.extend_from_slice(&buf[..n]);
+    }
+    head
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_the_backend_closed_with_close_notify_is_not_reused_and_its_session_resumes() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -433,18 +446,12 @@ async fn an_idle_connection_the_backend_closed_with_close_notify_is_not_reused_a
                 if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
                     r.fetch_add(1, Ordering::SeqCst);
                 }
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let n = tls.read(&mut buf).await.unwrap();
-                    assert!(n > 0, "a whole request head");
-                    head.extend_from_slice(&buf[..n]);
-                }
+                read_head(&mut tls).await;
                 tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
                 tls.shutdown().await.unwrap();
                 c.fetch_add(1, Ordering::SeqCst);
                 // Hold the TCP connection until the proxy drops it.
-                let _ = tls.get_mut().0.read(&mut buf).await;
+                let _ = tls.get_mut().0.read(&mut [0u8; 64]).await;
             });
         }
     });
@@ -468,7 +475,7 @@ async fn an_idle_connection_the_backend_closed_with_close_notify_is_not_reused_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_delimited_by_the_close_needs_close_notify() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let ca = TestCa::new();
     let acceptor = tokio_rustls::TlsAcceptor::from(server_config(&ca.issue(&["127.0.0.1"]), None, &["http/1.1"]));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -480,13 +487,7 @@ async fn a_response_delimited_by_the_close_needs_close_notify() {
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let mut tls = acceptor.accept(tcp).await.unwrap();
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let n = tls.read(&mut buf).await.unwrap();
-                    assert!(n > 0, "a whole request head");
-                    head.extend_from_slice(&buf[..n]);
-                }
+                let head = read_head(&mut tls).await;
                 tls.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the end").await.unwrap();
                 tls.flush().await.unwrap();
                 if head.starts_with(b"GET /notify ") {
