@@ -17,6 +17,7 @@ use super::budget::RetryBudget;
 use super::{Backend, Failure};
 use crate::metrics::ServiceStats;
 use crate::runtime::DEFAULT_HOST;
+use crate::upstream::BackendTls;
 
 /// A named set of backends.
 #[derive(Debug)]
@@ -39,6 +40,10 @@ pub struct Service {
     /// Taken to decide an ejection (the rare case), so that two backends failing at once cannot both pass
     /// the `max_ejected` check.
     ejecting: Mutex<()>,
+    /// TLS to its `https://` backends (its `tls` block, or the defaults when it has none): set when it has such
+    /// a backend or a `tls` block. Built once per definition, so its session cache and its connections live as
+    /// long as the definition does.
+    tls: Option<Arc<BackendTls>>,
 }
 
 /// How a service balances: its backends' weights, when it ejects a backend, what it retries.
@@ -89,6 +94,7 @@ impl Service {
             schedule: None,
             budget: None,
             ejecting: Mutex::new(()),
+            tls: None,
         }
     }
 
@@ -108,6 +114,17 @@ impl Service {
     /// The weight of backend `i` (1 unless set).
     pub fn weight(&self, i: usize) -> u32 {
         self.balance.weights.get(i).copied().unwrap_or(1)
+    }
+
+    /// Sets how the service reaches its `https://` backends.
+    pub(crate) fn with_tls(mut self, tls: Option<BackendTls>) -> Self {
+        self.tls = tls.map(Arc::new);
+        self
+    }
+
+    /// How the service reaches its `https://` backends; `None` when it has none and no `tls` block.
+    pub(crate) fn backend_tls(&self) -> Option<&BackendTls> {
+        self.tls.as_deref()
     }
 
     /// Sets how the service is served over HTTPS (redirect, HSTS).
@@ -141,6 +158,11 @@ impl Service {
             && self.container == other.container
             && self.https == other.https
             && self.balance == other.balance
+            && match (&self.tls, &other.tls) {
+                (None, None) => true,
+                (Some(a), Some(b)) => a.same_settings(b),
+                _ => false,
+            }
     }
 
     /// The backends in the order a request that started at `now` should try them: a round-robin start (smooth
