@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::readiness::Gate;
-use crate::routes::{DockerHostNames, HostPattern, RouteHandle, RouteSet, RouteTable, Service};
+use crate::routes::{DockerHostNames, RouteHandle, RouteKey, RouteSet, RouteTable, Service, Target};
 
 /// Where a definition comes from. Later in this list wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +40,7 @@ impl Source {
 /// One key of a source set, changed: `None` deletes it.
 #[derive(Debug, Clone)]
 pub(crate) enum Change {
-    Route(HostPattern, Option<Arc<str>>),
+    Route(RouteKey, Option<Target>),
     Service(Arc<str>, Option<Arc<Service>>),
 }
 
@@ -202,7 +202,7 @@ impl Composer {
 }
 
 impl State {
-    fn effective_route(&self, k: &HostPattern) -> Option<Arc<str>> {
+    fn effective_route(&self, k: &RouteKey) -> Option<Target> {
         PRECEDENCE.iter().find_map(|s| self.sets[*s as usize].as_ref()?.routes.get(k).cloned())
     }
 
@@ -239,7 +239,10 @@ mod tests {
 
     fn set(routes: &[(&str, &str)], services: &[(&str, u16)]) -> RouteSet {
         RouteSet {
-            routes: routes.iter().map(|(h, s)| (HostPattern::parse(h).unwrap(), Arc::from(*s))).collect(),
+            routes: routes
+                .iter()
+                .map(|(h, s)| (RouteKey::parse(h).unwrap(), Target::service(Arc::from(*s))))
+                .collect(),
             services: services.iter().map(|(n, p)| (Arc::from(*n), svc(n, *p))).collect(),
         }
     }
@@ -270,7 +273,7 @@ mod tests {
         assert_eq!(sources["services"]["a"], "file", "{sources}");
         assert_eq!(sources["services"]["b"], "etcd", "{sources}");
 
-        c.update(Source::Etcd, vec![Change::Route(HostPattern::parse("a.test").unwrap(), None)]);
+        c.update(Source::Etcd, vec![Change::Route(RouteKey::parse("a.test").unwrap(), None)]);
         assert_eq!(port_of(&c, "a.test").as_deref(), Some("127.0.0.1:1"), "back to the file's route");
         assert_eq!(c.sources()["routes"]["a.test"], "file");
         c.update(Source::Etcd, vec![Change::Service(Arc::from("b"), None)]);

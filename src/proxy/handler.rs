@@ -175,14 +175,19 @@ async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, req: Request<Incoming
         ctx.log_host(raw_host.as_deref());
         return Err((ProxyError::BadHost, guard));
     };
-    let service = match proxy.routes.load().lookup(&host) {
-        Lookup::Found(s) => s.clone(),
-        Lookup::MissingService(name) => {
+    // The path matters only for hosts that have path routes; `strip` is how much of it the route strips.
+    let (service, strip) = match proxy.routes.load().lookup_request(&host, || req.uri().path()) {
+        (Lookup::Found(s), strip) => (s.clone(), strip),
+        (Lookup::DotSegment, _) => {
+            ctx.log_host(raw_host.as_deref());
+            return Err((ProxyError::DotSegment, guard));
+        }
+        (Lookup::MissingService(name), _) => {
             ctx.log_host(raw_host.as_deref());
             let err = ProxyError::MissingService { host: host.into_owned(), service: name.to_string() };
             return Err((err, guard));
         }
-        Lookup::NoRoute => {
+        (Lookup::NoRoute, _) => {
             ctx.log_host(raw_host.as_deref());
             return Err((ProxyError::UnknownHost { host: host.into_owned() }, guard));
         }
@@ -227,6 +232,7 @@ async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, req: Request<Incoming
     }
     drop(host);
     drop(raw_host);
+    let req = if strip == 0 { req } else { strip_prefix(req, strip) };
 
     ctx.forwarded = true;
     // Boxed: forwarding's future is most of a request's async state, and every level above it would otherwise
@@ -241,6 +247,19 @@ async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, req: Request<Incoming
             Err((err, guard))
         }
     }
+}
+
+/// The request with `strip` bytes of its path's prefix taken off (a path route's `strip_prefix`): `/api/x?q`
+/// as `/x?q`, `/api` as `/`. The authority (absolute form, h2) stays.
+#[cold]
+fn strip_prefix(req: Request<Incoming>, strip: usize) -> Request<Incoming> {
+    let (mut parts, body) = req.into_parts();
+    let path = crate::routes::stripped_path(parts.uri.path(), parts.uri.query(), strip);
+    let mut uri = parts.uri.into_parts();
+    // A tail of a path that parsed, with its query: it parses too.
+    uri.path_and_query = PathAndQuery::try_from(path).ok();
+    parts.uri = Uri::from_parts(uri).unwrap_or_default();
+    Request::from_parts(parts, body)
 }
 
 /// The number of header fields, when it is over `limit`. HTTP/1.1 heads never are (hyper's parser refuses
