@@ -113,7 +113,9 @@ pub use etcd::connect as etcd_connect;
 pub use events::Events;
 pub use metrics::Metrics;
 pub use readiness::Readiness;
-pub use routes::{normalize_request_host, Backend, HostPattern, RouteHandle, RouteKey, RouteTable, Target as RouteTarget};
+pub use routes::{
+    normalize_request_host, Backend, HostPattern, RouteHandle, RouteKey, RouteTable, Target as RouteTarget,
+};
 pub use runtime::{
     ClientTls, ContainerEvent, ContainerInfo, ContainerRuntime, ContainerState, DockerEndpoint, DockerRuntime,
     EndpointError, EventStream, RuntimeError, RuntimeFuture, Runtimes, DEFAULT_HOST,

@@ -131,7 +131,8 @@ impl Ops {
         let mut out = format!("{:width$}  SERVICE\n", "HOST");
         for (host, value) in &routes {
             let service = value.get("service").and_then(Value::as_str).unwrap_or("?");
-            let strips = if value.get("strip_prefix") == Some(&Value::Bool(true)) { "  (strips the prefix)" } else { "" };
+            let strips =
+                if value.get("strip_prefix") == Some(&Value::Bool(true)) { "  (strips the prefix)" } else { "" };
             let note = if services.contains_key(service) { "" } else { "  (service not defined: answers 503)" };
             let _ = writeln!(out, "{host:width$}  {service}{strips}{note}");
         }

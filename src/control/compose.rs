@@ -239,10 +239,7 @@ mod tests {
 
     fn set(routes: &[(&str, &str)], services: &[(&str, u16)]) -> RouteSet {
         RouteSet {
-            routes: routes
-                .iter()
-                .map(|(h, s)| (RouteKey::parse(h).unwrap(), Target::service(Arc::from(*s))))
-                .collect(),
+            routes: routes.iter().map(|(h, s)| (RouteKey::parse(h).unwrap(), Target::service(Arc::from(*s)))).collect(),
             services: services.iter().map(|(n, p)| (Arc::from(*n), svc(n, *p))).collect(),
         }
     }

@@ -336,9 +336,8 @@ fn route_value(
             Err(e) => {
                 let message = e.to_string();
                 let message = message.lines().next().unwrap_or_default().to_string();
-                errors.push(bad(format!(
-                    "{message} (a route's table is {{ service = \"acme\", strip_prefix = true }})"
-                )));
+                errors
+                    .push(bad(format!("{message} (a route's table is {{ service = \"acme\", strip_prefix = true }})")));
                 None
             }
         },

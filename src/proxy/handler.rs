@@ -189,6 +189,17 @@ async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, req: Request<Incoming
         }
         (Lookup::NoRoute, _) => {
             ctx.log_host(raw_host.as_deref());
+            // A host with path routes alone still answers its certificate's HTTP-01 challenges.
+            if let Some(answer) = proxy.acme.as_ref().and_then(|c| {
+                let token = req.uri().path().strip_prefix(ACME_CHALLENGE)?;
+                proxy.routes.load().exact_service(&host).and_then(|_| c.http01(token))
+            }) {
+                let response = http::Response::builder()
+                    .header(http::header::CONTENT_TYPE, "text/plain")
+                    .body(answer)
+                    .expect("a static response");
+                return Ok(with_guard(response, guard));
+            }
             return Err((ProxyError::UnknownHost { host: host.into_owned() }, guard));
         }
     };

@@ -533,7 +533,12 @@ mod tests {
         let plain = table(&[("x.com", "a")]);
         assert_eq!(routed(&plain, "x.com", "/a/../b"), Some(("a", 0)));
         assert_eq!(t.exact_service("only.test").unwrap().name(), "b", "a path-only host, for ACME");
-        assert_eq!(t.exact_routes().count(), 3, "one per host: {:?}", t.exact_routes().map(|r| r.0).collect::<Vec<_>>());
+        assert_eq!(
+            t.exact_routes().count(),
+            3,
+            "one per host: {:?}",
+            t.exact_routes().map(|r| r.0).collect::<Vec<_>>()
+        );
         let json = t.to_json();
         assert_eq!(json["routes"]["shop.test/api/v2/"], "c", "{json}");
         assert_eq!(json["strip_prefix"], serde_json::json!(["*.shop.test/api/", "shop.test/api/v2/"]));

@@ -35,7 +35,12 @@ backends = ["{}"]
 }
 
 async fn shop() -> (TestProxy, [Backend; 4]) {
-    let b = [Backend::echo("web").await, Backend::echo("api").await, Backend::echo("v2").await, Backend::echo("docs").await];
+    let b = [
+        Backend::echo("web").await,
+        Backend::echo("api").await,
+        Backend::echo("v2").await,
+        Backend::echo("docs").await,
+    ];
     let proxy = TestProxy::start(&shop_routes(&b[0], &b[1], &b[2], &b[3])).await;
     (proxy, b)
 }
