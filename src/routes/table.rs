@@ -117,6 +117,15 @@ impl RouteTable {
         }
     }
 
+    /// Shorthand for tests and tools: the service a request for `host` and `path` reaches, if any, and how many
+    /// bytes of the path its route strips.
+    pub fn find_request(&self, host: &str, path: &str) -> Option<(&Arc<Service>, usize)> {
+        match self.lookup_request(host, || path) {
+            (Lookup::Found(s), strip) => Some((s, strip)),
+            _ => None,
+        }
+    }
+
     /// The service of an exact route for `host` (no wildcard match), if it exists. For a host with only path
     /// routes, the service of its shortest prefix: certificates are per host, and that route speaks for it.
     pub fn exact_service(&self, host: &str) -> Option<&Arc<Service>> {
