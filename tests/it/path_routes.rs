@@ -264,3 +264,35 @@ async fn route_commands_take_a_path() {
     let (code, _, err) = reveille(url, &["route", "rm", "shop.test/api/"]);
     assert_eq!(code, 1, "{err}");
 }
+
+#[test]
+fn check_validates_path_routes_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.toml");
+    let run = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        let out = Command::new(BIN).args(["check", "--routes"]).arg(&file).output().unwrap();
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code().unwrap_or(-1), said)
+    };
+    let head = "[services.a]\nbackends = [\"127.0.0.1:1\"]\n[routes]\n";
+    let (code, out) =
+        run(&format!("{head}\"a.test\" = \"a\"\n\"a.test/api/\" = {{ service = \"a\", strip_prefix = true }}\n"));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ok (2 routes, 1 services)"), "{out}");
+    for (key, why) in [
+        ("a.test/api/../x", "a '.' or '..' segment"),
+        ("a.test/a b", "invalid character ' '"),
+        ("a.test/q?x=1", "invalid character '?'"),
+        ("a.test/f#x", "invalid character '#'"),
+        ("a.test/", "the prefix '/' is the host route itself"),
+        ("a.test//x", "empty segment"),
+    ] {
+        let (code, out) = run(&format!("{head}\"{key}\" = \"a\"\n"));
+        assert_eq!(code, 1, "{key}: {out}");
+        assert!(out.contains(&format!("line 4: route \"{key}\": invalid path prefix: {why}")), "{key}: {out}");
+    }
+    let (code, out) = run(&format!("{head}\"a.test\" = {{ service = \"a\", strip_prefix = true }}\n"));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("`strip_prefix` needs a path prefix"), "{out}");
+}
