@@ -3,9 +3,10 @@
 //! Each source hands over either its complete set ([`Composer::replace`]: the file on every reload, etcd on its
 //! first load and on every resync) or a batch of changes ([`Composer::update`]: one etcd watch response). The
 //! composer works out which keys changed, resolves each against the sources in precedence order (**etcd wins
-//! over the file** when both define the same hostname or service name) and publishes a new table in one swap,
-//! so a batch is never seen half-applied. Only the changed keys are touched: the table's shards are shared with
-//! the previous snapshot.
+//! over the file** when both define the same route key — a hostname, or a hostname and path prefix — or service
+//! name) and publishes a new table in one swap, so a batch is never seen half-applied. Only the changed keys are
+//! touched: the table's shards are shared with the previous snapshot (a path route copies its host's path
+//! routes, not the others').
 //!
 //! The composer applies whatever a source hands over, an empty set included. Guarding against a set emptied by
 //! accident is the source's own business, about its own contribution: the routes file refuses a version without
@@ -275,6 +276,37 @@ mod tests {
         assert_eq!(c.sources()["routes"]["a.test"], "file");
         c.update(Source::Etcd, vec![Change::Service(Arc::from("b"), None)]);
         assert_eq!(port_of(&c, "b.test").as_deref(), Some("127.0.0.1:2"), "back to the file's service");
+    }
+
+    #[test]
+    fn a_path_route_and_the_host_route_may_come_from_different_sources() {
+        let c = Composer::new(
+            RouteHandle::new(),
+            Arc::new(Metrics::new()),
+            Events::new(),
+            &[Source::File, Source::Etcd],
+            Gate::detached(),
+            DockerHostNames::Any,
+        );
+        c.replace(Source::File, set(&[("a.test/api/", "a")], &[("a", 1), ("b", 2)]));
+        c.replace(Source::Etcd, set(&[("a.test", "b")], &[]));
+        let backend = |path: &str| {
+            c.routes.snapshot().find_request("a.test", path).map(|(s, _)| s.backends()[0].as_str().to_string())
+        };
+        assert_eq!(backend("/api/x").as_deref(), Some("127.0.0.1:1"), "the file's path route");
+        assert_eq!(backend("/x").as_deref(), Some("127.0.0.1:2"), "etcd's host route");
+        assert_eq!(c.routes.snapshot().route_count(), 2);
+        // etcd takes the path route over; deleting it there gives it back to the file.
+        let api = RouteKey::parse("a.test/api").unwrap();
+        c.update(Source::Etcd, vec![Change::Route(api.clone(), Some(Target::service(Arc::from("b"))))]);
+        assert_eq!(backend("/api/x").as_deref(), Some("127.0.0.1:2"));
+        assert_eq!(c.sources()["routes"]["a.test/api/"], "etcd");
+        c.update(Source::Etcd, vec![Change::Route(api, None)]);
+        assert_eq!(backend("/api/x").as_deref(), Some("127.0.0.1:1"));
+        // The file drops its path route: the host route takes its paths.
+        c.replace(Source::File, set(&[], &[("a", 1), ("b", 2)]));
+        assert_eq!(backend("/api/x").as_deref(), Some("127.0.0.1:2"));
+        assert_eq!(c.routes.snapshot().route_count(), 1);
     }
 
     #[test]

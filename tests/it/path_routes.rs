@@ -296,3 +296,45 @@ fn check_validates_path_routes_naming_the_key() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("`strip_prefix` needs a path prefix"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_and_websocket_follow_path_routes_and_their_strip() {
+    use futures::{SinkExt, StreamExt};
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (web, api, chat) = (Backend::echo("web").await, Backend::echo("api").await, Backend::websocket_echo().await);
+    let routes = format!(
+        "[services.web]\nbackends = [\"{}\"]\n[services.api]\nbackends = [\"{}\"]\n[services.chat]\nbackends = [\"{}\"]\n\
+         [routes]\n\"shop.test\" = \"web\"\n\"shop.test/api/\" = {{ service = \"api\", strip_prefix = true }}\n\
+         \"shop.test/ws\" = {{ service = \"chat\", strip_prefix = true }}\n",
+        web.addr, api.addr, chat.addr
+    );
+    let proxy = TestProxy::start(&routes).await;
+
+    // h2c: the path comes from the request target, with its authority; the backend gets the stripped one.
+    let stream = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    for (target, backend, path) in
+        [("http://shop.test/api/v1/x?q=1", "api", "/v1/x?q=1"), ("http://shop.test/apix", "web", "/apix")]
+    {
+        let resp = sender.send_request(http::Request::get(target).body(full("")).unwrap()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{target}");
+        let json: serde_json::Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!((json["backend"].as_str(), json["path"].as_str()), (Some(backend), Some(path)), "{target}");
+        assert_eq!(json["headers"]["host"][0], "shop.test");
+    }
+
+    // A WebSocket upgrade under a stripped prefix reaches its service and echoes.
+    let stream = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async("ws://shop.test/ws/room", stream).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("echo: hi"));
+    ws.close(None).await.unwrap();
+    assert_eq!(proxy.metric("reveille_requests_total{service=\"chat\",class=\"1xx\"}").await, 1.0);
+}
