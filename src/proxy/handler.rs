@@ -152,7 +152,7 @@ impl RequestCtx {
 
 /// The request's phases up to its response: checks, routing, what reveille answers itself (HTTPS redirect,
 /// status endpoint), passivation (wake, starting page), forwarding. Leaves metrics and logs to the exit.
-async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, req: Request<Incoming>, guard: InFlight) -> Outcome {
+async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, mut req: Request<Incoming>, guard: InFlight) -> Outcome {
     let proxy = &*svc.proxy;
 
     if req.method() == Method::CONNECT {
@@ -243,7 +243,9 @@ async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, req: Request<Incoming
     }
     drop(host);
     drop(raw_host);
-    let req = if strip == 0 { req } else { strip_prefix(req, strip) };
+    if strip != 0 {
+        strip_prefix(req.uri_mut(), strip);
+    }
 
     ctx.forwarded = true;
     // Boxed: forwarding's future is most of a request's async state, and every level above it would otherwise
@@ -260,17 +262,18 @@ async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, req: Request<Incoming
     }
 }
 
-/// The request with `strip` bytes of its path's prefix taken off (a path route's `strip_prefix`): `/api/x?q`
-/// as `/x?q`, `/api` as `/`. The authority (absolute form, h2) stays.
+/// Takes `strip` bytes of prefix off the request target's path (a path route's `strip_prefix`): `/api/x?q` as
+/// `/x?q`, `/api` as `/`. The scheme and authority (absolute form, h2) stay. In place: the request is not moved.
 #[cold]
-fn strip_prefix(req: Request<Incoming>, strip: usize) -> Request<Incoming> {
-    let (mut parts, body) = req.into_parts();
-    let path = crate::routes::stripped_path(parts.uri.path(), parts.uri.query(), strip);
-    let mut uri = parts.uri.into_parts();
-    // A tail of a path that parsed, with its query: it parses too.
-    uri.path_and_query = PathAndQuery::try_from(path).ok();
-    parts.uri = Uri::from_parts(uri).unwrap_or_default();
-    Request::from_parts(parts, body)
+fn strip_prefix(uri: &mut Uri, strip: usize) {
+    let path = crate::routes::stripped_path(uri.path(), uri.query(), strip);
+    // The tail of a path that parsed, with its query: it parses too, and so does the target rebuilt with it.
+    let Ok(path) = PathAndQuery::try_from(path) else { return };
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = Some(path);
+    if let Ok(stripped) = Uri::from_parts(parts) {
+        *uri = stripped;
+    }
 }
 
 /// The number of header fields, when it is over `limit`. HTTP/1.1 heads never are (hyper's parser refuses
