@@ -1,6 +1,8 @@
 //! Routes by path against the real proxy: the routes file (longest prefix, whole segments, fallback to the host
 //! route, wildcards with prefixes, `strip_prefix`, live changes), dot segments, a real etcd (put, delete,
-//! `strip_prefix` in JSON, a malformed value refused), `reveille route set|ls|rm` with a path, `/api/routes`.
+//! `strip_prefix` in JSON, a malformed value refused), `reveille route set|ls|rm` with a path, `reveille check`,
+//! `/api/routes`, h2c and WebSocket through a stripped prefix, and a tenant woken by a path route. ACME for a
+//! host with path routes alone is in `acme.rs`, the dashboard's view in `dashboard.rs`.
 
 use std::process::Command;
 use std::time::Duration;
@@ -337,4 +339,32 @@ async fn h2c_and_websocket_follow_path_routes_and_their_strip() {
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("echo: hi"));
     ws.close(None).await.unwrap();
     assert_eq!(proxy.metric("reveille_requests_total{service=\"chat\",class=\"1xx\"}").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sleeping_tenant_reached_by_a_path_route_is_woken() {
+    use crate::support::runtime::ScriptedRuntime;
+
+    let web = Backend::echo("web").await;
+    let runtime = ScriptedRuntime::new();
+    let port = runtime.add_stopped("api-ctr", Duration::from_millis(100)).await;
+    let routes = format!(
+        "[services.web]\nbackends = [\"{}\"]\n[services.api]\ncontainer = \"api-ctr\"\nport = {port}\nidle_timeout = \"0\"\n\
+         [routes]\n\"shop.test\" = \"web\"\n\"shop.test/api/\" = {{ service = \"api\", strip_prefix = true }}\n",
+        web.addr
+    );
+    let proxy = TestProxy::start_with_runtime(&routes, |_| {}, std::sync::Arc::new(runtime.clone())).await;
+    eventually(Duration::from_secs(10), "api stopped", || async {
+        proxy.service_view("api").await["state"] == "stopped"
+    })
+    .await;
+    // The host route does not wake the path route's tenant.
+    assert_eq!(reached(&proxy, "shop.test", "/").await.0, "web");
+    assert_eq!(runtime.count("api-ctr", "start"), 0);
+
+    let got = get(proxy.http, "shop.test", "/api/x").await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+    assert_eq!(got.text, "hello from api-ctr");
+    assert_eq!(runtime.count("api-ctr", "start"), 1);
+    assert_eq!(proxy.service_view("api").await["state"], "running");
 }
