@@ -766,7 +766,7 @@ backends = ["127.0.0.1:2"]
                 "line 5: route \"a.test/x/../y\": invalid path prefix: a '.' or '..' segment",
                 "line 6: route \"a.test/q?x\": invalid path prefix: invalid character '?' (a prefix is a path, without query or fragment)",
                 "line 7: route \"a.test/z\": missing field `service` (a route's table is { service = \"acme\", strip_prefix = true })",
-                "line 9: route \"a.test/w/\" is defined twice (hostnames are case-insensitive)",
+                "line 9: route \"a.test/w/\" is defined twice (hostnames are case-insensitive, and a path prefix's trailing slash is optional)",
             ],
             "{e}"
         );

@@ -45,7 +45,7 @@ pub enum RouteError {
     NoBackends { service: String },
     #[error("route {host:?} points to undefined service {service:?}")]
     UnknownService { host: String, service: String },
-    #[error("route {host:?} is defined twice (hostnames are case-insensitive)")]
+    #[error("route {host:?} is defined twice (hostnames are case-insensitive{})", if host.contains('/') { ", and a path prefix's trailing slash is optional" } else { "" })]
     DuplicateRoute { host: String },
     #[error("service {service:?} is defined twice")]
     DuplicateService { service: String },
