@@ -245,20 +245,19 @@ mod tests {
         }
     }
 
+    /// A composer of `sources`, with a table of its own.
+    fn composer(sources: &[Source]) -> Arc<Composer> {
+        let metrics = Arc::new(Metrics::new());
+        Composer::new(RouteHandle::new(), metrics, Events::new(), sources, Gate::detached(), DockerHostNames::Any)
+    }
+
     fn port_of(c: &Composer, host: &str) -> Option<String> {
         c.routes.snapshot().find(host).map(|s| s.backends()[0].as_str().to_string())
     }
 
     #[test]
     fn etcd_wins_over_file_and_falls_back_when_removed() {
-        let c = Composer::new(
-            RouteHandle::new(),
-            Arc::new(Metrics::new()),
-            Events::new(),
-            &[Source::File, Source::Etcd],
-            Gate::detached(),
-            DockerHostNames::Any,
-        );
+        let c = composer(&[Source::File, Source::Etcd]);
         c.replace(Source::File, set(&[("a.test", "a"), ("b.test", "b")], &[("a", 1), ("b", 2)]));
         assert!(!c.loaded.is_open(), "not ready before etcd loaded");
         c.replace(Source::Etcd, set(&[("a.test", "b")], &[("b", 3)]));
@@ -280,14 +279,7 @@ mod tests {
 
     #[test]
     fn a_path_route_and_the_host_route_may_come_from_different_sources() {
-        let c = Composer::new(
-            RouteHandle::new(),
-            Arc::new(Metrics::new()),
-            Events::new(),
-            &[Source::File, Source::Etcd],
-            Gate::detached(),
-            DockerHostNames::Any,
-        );
+        let c = composer(&[Source::File, Source::Etcd]);
         c.replace(Source::File, set(&[("a.test/api/", "a")], &[("a", 1), ("b", 2)]));
         c.replace(Source::Etcd, set(&[("a.test", "b")], &[]));
         let backend = |path: &str| {
@@ -311,14 +303,7 @@ mod tests {
 
     #[test]
     fn replace_keeps_unchanged_service_instances() {
-        let c = Composer::new(
-            RouteHandle::new(),
-            Arc::new(Metrics::new()),
-            Events::new(),
-            &[Source::Etcd],
-            Gate::detached(),
-            DockerHostNames::Any,
-        );
+        let c = composer(&[Source::Etcd]);
         c.replace(Source::Etcd, set(&[("a.test", "a")], &[("a", 1)]));
         let before = c.routes.snapshot().service("a").unwrap().clone();
         let n = c.replace(Source::Etcd, set(&[("a.test", "a"), ("x.test", "a")], &[("a", 1)]));

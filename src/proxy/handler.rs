@@ -194,11 +194,7 @@ async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, mut req: Request<Inco
                 let token = req.uri().path().strip_prefix(ACME_CHALLENGE)?;
                 proxy.routes.load().exact_service(&host).and_then(|_| c.http01(token))
             }) {
-                let response = http::Response::builder()
-                    .header(http::header::CONTENT_TYPE, "text/plain")
-                    .body(answer)
-                    .expect("a static response");
-                return Ok(with_guard(response, guard));
+                return Ok(acme_answer(answer, guard));
             }
             return Err((ProxyError::UnknownHost { host: host.into_owned() }, guard));
         }
@@ -210,11 +206,7 @@ async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, mut req: Request<Inco
         if let Some(token) = req.uri().path().strip_prefix(ACME_CHALLENGE) {
             // Only tokens reveille published; any other is the tenant's own business, forwarded as usual.
             if let Some(answer) = challenges.http01(token) {
-                let response = http::Response::builder()
-                    .header(http::header::CONTENT_TYPE, "text/plain")
-                    .body(answer)
-                    .expect("a static response");
-                return Ok(with_guard(response, guard));
+                return Ok(acme_answer(answer, guard));
             }
         }
     }
@@ -260,6 +252,13 @@ async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, mut req: Request<Inco
             Err((err, guard))
         }
     }
+}
+
+/// The answer to an HTTP-01 challenge reveille published: its key authorization, as text.
+fn acme_answer(answer: String, guard: InFlight) -> Response {
+    let response =
+        http::Response::builder().header(CONTENT_TYPE, "text/plain").body(answer).expect("a static response");
+    with_guard(response, guard)
 }
 
 /// Takes `strip` bytes of prefix off the request target's path (a path route's `strip_prefix`): `/api/x?q` as

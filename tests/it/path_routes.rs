@@ -7,7 +7,9 @@
 use std::process::Command;
 use std::time::Duration;
 
+use crate::cli::{reveille, value};
 use crate::support::etcd::Etcd;
+use crate::support::serve::BIN;
 use crate::support::*;
 use http::StatusCode;
 
@@ -198,22 +200,6 @@ async fn etcd_path_routes_put_deleted_and_malformed() {
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(json["routes"], serde_json::json!({"shop.test/api/": "api"}), "{json}");
     assert_eq!(json["sources"]["routes"]["shop.test/api/"], "etcd", "{json}");
-}
-
-const BIN: &str = env!("CARGO_BIN_EXE_reveille");
-
-fn reveille(etcd: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN).args(args).args(["--etcd", etcd]).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-async fn value(etcd: &Etcd, key: &str) -> Option<serde_json::Value> {
-    let resp = etcd.client().await.get(key, None).await.unwrap();
-    resp.kvs().first().map(|kv| serde_json::from_slice(kv.value()).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
