@@ -34,7 +34,9 @@ use super::{tunnel, ProxyError, ProxyService, Response, Settings};
 use crate::access_log::Entry;
 use crate::passivation::{wants_page, Activity, Refusal};
 use crate::routes::{normalize_request_host, Backend, Failure, Lookup, Protocol, Service};
-use crate::upstream::{self, ConnectError, RequestHead, SendError, UpstreamBody, UpstreamError};
+use crate::upstream::{
+    self, Alpn, BackendTls, ConnectError, Connector, RequestHead, SendError, UpstreamBody, UpstreamError,
+};
 
 /// Handles one request end to end. Never fails: errors become responses.
 pub(super) async fn handle(svc: &ProxyService, req: Request<Incoming>, guard: InFlight) -> Response {
@@ -408,9 +410,15 @@ async fn forward(
                 backend.failed(match kind {
                     UpstreamErrorKind::ConnectRefused => Failure::Refused,
                     UpstreamErrorKind::ConnectTimeout => Failure::ConnectTimeout,
+                    UpstreamErrorKind::Tls => Failure::Tls,
                     _ => Failure::Connect,
                 });
-                debug!(service = service.name(), backend = backend.as_str(), error = %source_chain(&e), kind = kind.as_str(), "backend unreachable");
+                if kind == UpstreamErrorKind::Tls {
+                    // A certificate that does not verify is the operator's to fix, and its reason is only here.
+                    warn!(service = service.name(), backend = backend.as_str(), error = %source_chain(&e), kind = kind.as_str(), "backend TLS handshake failed");
+                } else {
+                    debug!(service = service.name(), backend = backend.as_str(), error = %source_chain(&e), kind = kind.as_str(), "backend unreachable");
+                }
                 if body.as_ref().is_some_and(|b| !b.is_intact()) {
                     break;
                 }
@@ -468,17 +476,18 @@ async fn send_to(
     backend: &Backend,
     template: &Template<'_>,
 ) -> Result<Upstream, SendFailure> {
-    if backend.protocol() != Protocol::Http1 {
-        // Parsed, not spoken yet (issue 27 is under way): refused like an unreachable backend, nothing sent.
-        let scheme = backend.protocol().scheme();
-        return Err(SendFailure::Connect(ConnectError::other(format!("{scheme}:// backends are not supported yet"))));
-    }
+    // Plain HTTP/1.1 pays this one branch; `https://` backends take their service's TLS settings and pool.
+    let tls = if backend.protocol() == Protocol::Http1 { None } else { Some(backend_tls(service, backend)?) };
     let pool = &svc.proxy.upstream;
     let key = backend.authority();
-    let conn = match pool.checkout(key) {
+    let checked_out = match tls {
+        None => pool.checkout(key),
+        Some(tls) => pool.checkout_tls(tls, key),
+    };
+    let conn = match checked_out {
         Some(c) => c,
         // Boxed, as a new connection is the rare case and its future is large.
-        None => Box::pin(pool.connect(key)).await.map_err(SendFailure::Connect)?,
+        None => Box::pin(open(pool, service, backend, tls)).await?,
     };
     let reused = conn.is_reused();
     let SendError { error, unsent, answered } = match upstream::send(conn, &template.head, template.body()).await {
@@ -496,8 +505,49 @@ async fn send_to(
         return Err(SendFailure::Upstream(error));
     }
     debug!(service = service.name(), backend = backend.as_str(), error = %source_chain(&error), "kept-alive backend connection closed under the request; sending it again on a new one");
-    let fresh = Box::pin(pool.connect(key)).await.map_err(SendFailure::Connect)?;
+    let fresh = Box::pin(open(pool, service, backend, tls)).await?;
     upstream::send(fresh, &template.head, template.body()).await.map_err(|e| SendFailure::Upstream(e.error))
+}
+
+/// The TLS settings an `https://` backend is reached with; any other scheme but HTTP/1.1 is refused like an
+/// unreachable backend (nothing sent) until its client lands (issue 27).
+fn backend_tls<'a>(service: &'a Service, backend: &Backend) -> Result<&'a BackendTls, SendFailure> {
+    match (backend.protocol(), service.backend_tls()) {
+        (Protocol::Https, Some(tls)) => Ok(tls),
+        // A service built without `ServiceSpec::to_service` (none is): no settings to verify with.
+        (Protocol::Https, None) => Err(SendFailure::Connect(ConnectError::tls("the service has no TLS settings"))),
+        (protocol, _) => {
+            let scheme = protocol.scheme();
+            Err(SendFailure::Connect(ConnectError::other(format!("{scheme}:// backends are not supported yet"))))
+        }
+    }
+}
+
+/// A new connection to `backend`: TCP, or TLS when `tls` is given (a TLS backend that picks HTTP/1.1 by ALPN;
+/// one that picks h2 is refused for now).
+async fn open(
+    pool: &Connector,
+    service: &Service,
+    backend: &Backend,
+    tls: Option<&BackendTls>,
+) -> Result<upstream::Conn, SendFailure> {
+    let key = backend.authority();
+    let Some(tls) = tls else {
+        return pool.connect(key).await.map_err(SendFailure::Connect);
+    };
+    let connected: upstream::TlsConnected = pool.connect_tls(tls, key).await.map_err(SendFailure::Connect)?;
+    match connected.alpn {
+        Alpn::Http1 => Ok(pool.adopt_tls(tls, key, connected.stream)),
+        Alpn::H2 => {
+            // The HTTP/2 client takes `connected.stream` here once it lands.
+            warn!(
+                service = service.name(),
+                backend = backend.as_str(),
+                "h2 over TLS not wired yet: the backend picked h2 by ALPN"
+            );
+            Err(SendFailure::Connect(ConnectError::other("h2 over TLS not wired yet")))
+        }
+    }
 }
 
 /// Methods a client may send twice with the effect of once (RFC 9110 §9.2.2).
@@ -592,6 +642,9 @@ fn error_response(err: &ProxyError, guard: InFlight) -> Response {
 }
 
 fn classify_connect(e: &ConnectError) -> UpstreamErrorKind {
+    if e.is_tls() {
+        return UpstreamErrorKind::Tls;
+    }
     let mut src = e.source();
     while let Some(s) = src {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
