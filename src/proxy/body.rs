@@ -580,9 +580,8 @@ impl ResponseBody {
     }
 
     /// Holds `load` (a request in flight at its backend) until the body ends or is dropped.
-    pub(crate) fn with_load(mut self, load: Option<Load>) -> Self {
-        self.load = load;
-        self
+    pub(crate) fn set_load(&mut self, load: Load) {
+        self.load = Some(load);
     }
 
     /// Names the service and backend a stall is logged with.

@@ -694,9 +694,11 @@ fn finish_response(upstream: Upstream, guard: InFlight, settings: &Settings, sta
     // The backend side left out the hop-by-hop fields as it read the head (only a 101 keeps its `Upgrade`),
     // and a `Content-Length` beside chunked framing.
     let deadline = settings.request_timeout.map(|t| tokio::time::Instant::from_std(start + t));
+    let mut body = ResponseBody::upstream(body, guard, settings.upstream_read_timeout, deadline);
     // `least_request`: the backend counts the request in flight until its body ends (one branch otherwise).
-    let load = parts.extensions.remove::<Load>();
-    let body = ResponseBody::upstream(body, guard, settings.upstream_read_timeout, deadline).with_load(load);
+    if let Some(load) = parts.extensions.remove::<Load>() {
+        body.set_load(load);
+    }
     http::Response::from_parts(parts, body)
 }
 

@@ -393,14 +393,18 @@ impl Backend {
     }
 
     /// Ejects it from `now` for `length(repeats)`, where `repeats` counts its ejections since it last answered;
-    /// its failures count from 0 again. Returns the length. The caller (its service) decides that it may.
-    pub(super) fn eject(&self, now: Instant, length: impl FnOnce(u32) -> Duration) -> Duration {
+    /// its failures count from 0 again. Returns the length; `None` when it was out already (a failed health
+    /// check took it out meanwhile, which only a passing check ends). The caller (its service) decides that it
+    /// may.
+    pub(super) fn eject(&self, now: Instant, length: impl FnOnce(u32) -> Duration) -> Option<Duration> {
         let e = &self.0.ejection;
-        let d = length(e.repeats.fetch_add(1, Ordering::Relaxed));
-        e.until.store(stamp(now + d).max(1), Ordering::Relaxed);
+        let repeats = e.repeats.load(Ordering::Relaxed);
+        let d = length(repeats);
+        e.until.compare_exchange(0, stamp(now + d).max(1), Ordering::Relaxed, Ordering::Relaxed).ok()?;
+        e.repeats.store(repeats.saturating_add(1), Ordering::Relaxed);
         e.total.fetch_add(1, Ordering::Relaxed);
         self.0.seen.failures.store(0, Ordering::Relaxed);
-        d
+        Some(d)
     }
 
     /// Ends an ejection that lasted until `until` (as [`Self::ejected_until`] read it): back in, it gets
@@ -542,6 +546,26 @@ mod tests {
         assert_eq!(up.health(Instant::now()).health, Health::Up);
         // Equality ignores what was seen.
         assert_eq!(up, Backend::parse("127.0.0.1:2").unwrap());
+    }
+
+    #[test]
+    fn a_failed_check_keeps_it_out_until_one_passes() {
+        let b = Backend::parse("127.0.0.1:3").unwrap();
+        assert!(b.check_failed(), "taken out");
+        assert!(!b.check_failed(), "already out: no second warning");
+        let v = b.health(Instant::now());
+        assert!(v.check_failing && v.ejected_for.is_none());
+        // A passive ejection does not replace it: only a passing check ends it.
+        assert_eq!(b.eject(Instant::now(), |_| Duration::from_secs(1)), None);
+        assert_eq!(b.ejected_until(), CHECK_FAILING);
+        assert!(b.check_passed());
+        assert!(!b.check_passed());
+        assert_eq!(b.ejected_until(), 0);
+        // A passing check leaves a passive ejection to its time.
+        assert_eq!(b.eject(Instant::now(), |_| Duration::from_secs(30)), Some(Duration::from_secs(30)));
+        assert!(!b.check_passed());
+        assert!(b.health(Instant::now()).ejected_for.is_some_and(|d| d > Duration::from_secs(29)));
+        assert_eq!(b.health(Instant::now()).ejections, 1);
     }
 
     #[test]

@@ -223,7 +223,7 @@ impl Service {
         if backend.ejected_until() != 0 || self.backends.iter().filter(|b| b.ejected_until() > t).count() >= max {
             return None;
         }
-        Some(backend.eject(now, |repeats| policy.length(repeats)))
+        backend.eject(now, |repeats| policy.length(repeats))
     }
 
     /// What the service retries, and the budget it retries within.
