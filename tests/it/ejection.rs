@@ -47,7 +47,7 @@ async fn a_failing_backend_is_ejected_then_tried_again_for_twice_as_long() {
     let bad = answering("bad", 500).await;
     let file = service_file(
         &[&good[0], &good[1], &bad, &good[2]],
-        r#"ejection = { consecutive_failures = 3, base_ejection = "1s" }"#,
+        r#"ejection = { consecutive_failures = 3, base_ejection = "2s" }"#,
     );
     let proxy = TestProxy::start(&file).await;
     // Round robin: every fourth request reaches it; its third 500 in a row ejects it.
@@ -62,25 +62,25 @@ async fn a_failing_backend_is_ejected_then_tried_again_for_twice_as_long() {
     assert_eq!(bad.hits.load(Ordering::SeqCst), 3, "ejected: no request for base_ejection");
     let v = backend_view(&proxy, &bad).await;
     assert_eq!(v["ejections"], 1, "{v}");
-    assert!(left(&v["ejected_until"]) > Duration::ZERO && left(&v["ejected_until"]) <= Duration::from_secs(1), "{v}");
+    assert!(left(&v["ejected_until"]) > Duration::ZERO && left(&v["ejected_until"]) <= Duration::from_secs(2), "{v}");
     assert!(backend_view(&proxy, &good[0]).await["ejected_until"].is_null());
     let series = format!("reveille_backend_ejections_total{{service=\"s\",backend=\"{}\"}}", bad.addr);
     assert_eq!(proxy.metric(&series).await, 1.0);
     let warned = log::warnings().lock().unwrap().iter().any(|l| {
-        l.get("message").is_some_and(|m| m.contains("backend ejected for 1s"))
+        l.get("message").is_some_and(|m| m.contains("backend ejected for 2s"))
             && l.get("backend") == Some(&bad.addr.to_string())
     });
     assert!(warned, "one warn line per ejection");
 
     // Its time is up: it is tried again, fails three times more, and is ejected for twice as long.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     for _ in 0..12 {
         get(proxy.http, "app.test", "/").await;
     }
     assert_eq!(bad.hits.load(Ordering::SeqCst), 6);
     let v = backend_view(&proxy, &bad).await;
     assert_eq!(v["ejections"], 2, "{v}");
-    assert!(left(&v["ejected_until"]) > Duration::from_millis(1500), "doubled: {v}");
+    assert!(left(&v["ejected_until"]) > Duration::from_millis(3000), "doubled: {v}");
     assert_eq!(proxy.metric(&series).await, 2.0);
 }
 
