@@ -89,3 +89,34 @@ async fn a_service_with_a_container_is_never_checked() {
     assert_eq!(runtime.count("tenant-hc", "start"), 0);
     drop(proxy);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_backend_is_checked_over_tls() {
+    let (healthy, checks) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+    let sick = switchable(healthy.clone(), checks.clone()).await;
+    let ca = crate::support::tls::TestCa::new();
+    // The front offers h2 first: the check offers http/1.1 alone, and speaks it.
+    let front =
+        crate::backend_tls::TlsFront::start(&ca.issue(&["127.0.0.1"]), None, &["h2", "http/1.1"], sick.addr).await;
+    let good = Backend::echo("good").await;
+    let pem = ca.cert_pem().replace('\n', "\\n");
+    let file = format!(
+        "[services.s]\nbackends = [\"https://{}\", \"{}\"]\nejection = false\n\
+         health_check = {{ path = \"/healthz\", interval = \"100ms\" }}\n[services.s.tls]\nca_pem = \"{pem}\"\n\
+         [routes]\n\"app.test\" = \"s\"\n",
+        front.addr, good.addr
+    );
+    let proxy = TestProxy::start(&file).await;
+    let view = || async {
+        let v = proxy.service_view("s").await;
+        let address = format!("https://{}", front.addr);
+        v["backend_health"].as_array().unwrap().iter().find(|b| b["address"] == address).unwrap().clone()
+    };
+    eventually(Duration::from_secs(5), "the TLS backend's check to fail", || async {
+        view().await["check_failing"] == true
+    })
+    .await;
+    assert!(checks.load(Ordering::SeqCst) >= 1, "the check reached the backend through TLS");
+    healthy.store(true, Ordering::SeqCst);
+    eventually(Duration::from_secs(5), "the check to pass", || async { view().await["check_failing"] == false }).await;
+}
