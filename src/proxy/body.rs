@@ -556,7 +556,15 @@ struct Upstream {
 
 impl ResponseBody {
     /// A backend's body; it fails when the backend sends nothing for `idle`, or at `deadline`.
-    pub(crate) fn upstream(mut body: UpstreamBody, guard: InFlight, idle: Duration, deadline: Option<Instant>) -> Self {
+    /// A backend's response body; `load` (`least_request`: a request in flight at its backend) is held until the
+    /// body ends or is dropped.
+    pub(crate) fn upstream(
+        mut body: UpstreamBody,
+        guard: InFlight,
+        idle: Duration,
+        deadline: Option<Instant>,
+        load: Option<Load>,
+    ) -> Self {
         // A body with nothing to read (HEAD, 204, 304, a length of zero) is at its end already.
         release(&mut body);
         let watched = guard.conn().is_h1();
@@ -571,17 +579,12 @@ impl ResponseBody {
             reported: false,
             progress,
         };
-        Self { kind: Kind::Upstream(up), guard: Some(guard), load: None }
+        Self { kind: Kind::Upstream(up), guard: Some(guard), load }
     }
 
     pub(crate) fn full(bytes: impl Into<Bytes>, guard: Option<InFlight>) -> Self {
         let b = bytes.into();
         Self { kind: Kind::Full(if b.is_empty() { None } else { Some(b) }), guard, load: None }
-    }
-
-    /// Holds `load` (a request in flight at its backend) until the body ends or is dropped.
-    pub(crate) fn set_load(&mut self, load: Load) {
-        self.load = Some(load);
     }
 
     /// Names the service and backend a stall is logged with.

@@ -385,15 +385,15 @@ async fn forward(
             tokio::time::sleep(timeout).await;
         };
         let load = if service.counts_load() { Some(Load::start(backend)) } else { None };
-        let mut sent = tokio::select! {
+        let sent = tokio::select! {
             r = send_to(svc, service, backend, &template) => Some(r),
             () = deadline => None,
         };
-        if let (Some(load), Some(Ok(resp))) = (load, &mut sent) {
-            resp.extensions_mut().insert(load);
-        }
         match sent {
             Some(Ok(mut resp)) => {
+                if let Some(load) = load {
+                    resp.extensions_mut().insert(load);
+                }
                 if resp.status().is_server_error() {
                     failed(svc, service, backend, Failure::ServerError);
                     let status = resp.status().as_u16();
@@ -694,12 +694,13 @@ fn finish_response(upstream: Upstream, guard: InFlight, settings: &Settings, sta
     // The backend side left out the hop-by-hop fields as it read the head (only a 101 keeps its `Upgrade`),
     // and a `Content-Length` beside chunked framing.
     let deadline = settings.request_timeout.map(|t| tokio::time::Instant::from_std(start + t));
-    let mut body = ResponseBody::upstream(body, guard, settings.upstream_read_timeout, deadline);
     // `least_request`: the backend counts the request in flight until its body ends (one branch otherwise).
-    if let Some(load) = parts.extensions.remove::<Load>() {
-        body.set_load(load);
-    }
-    http::Response::from_parts(parts, body)
+    let load = parts.extensions.remove::<Load>();
+    // Built in place: the body is large, and a move is a copy.
+    http::Response::from_parts(
+        parts,
+        ResponseBody::upstream(body, guard, settings.upstream_read_timeout, deadline, load),
+    )
 }
 
 /// HTTP/2 lets clients split `Cookie` into several fields; HTTP/1.1 backends expect one (RFC 9113 §8.2.3).
