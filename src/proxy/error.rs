@@ -77,6 +77,37 @@ impl ProxyError {
         }
     }
 
+    /// The gRPC status a gRPC client is told instead (`grpc-status`, see `doc/statuscodes.md` of gRPC): 12
+    /// UNIMPLEMENTED for no route, 14 UNAVAILABLE when no backend could answer, 4 DEADLINE_EXCEEDED for a
+    /// timeout, and gRPC's own mapping of the HTTP status for the rest.
+    pub(crate) fn grpc_status(&self) -> u8 {
+        match self {
+            Self::UnknownHost { .. } | Self::MethodNotAllowed => 12,
+            Self::MissingService { .. } | Self::AllBackendsFailed { .. } | Self::UpstreamProtocol { .. } => 14,
+            Self::UpstreamTimeout { .. } | Self::RequestTimeout { .. } | Self::BodyTimeout { .. } => 4,
+            Self::Wake { refusal: Refusal::Timeout { .. }, .. } => 4,
+            Self::Wake { .. } => 14,
+            Self::ClientAborted => 1,
+            Self::TooManyHeaders { .. } => 8,
+            Self::BadHost | Self::BadBody => 13,
+        }
+    }
+
+    /// The `grpc-message` a gRPC client is told: the same reason as the text body, percent-encoded as gRPC
+    /// asks (only printable ASCII other than `%` goes as is).
+    pub(crate) fn grpc_message(&self) -> String {
+        let reason = self.public_reason();
+        let mut out = String::with_capacity(reason.len());
+        for b in reason.bytes() {
+            if (0x20..0x7f).contains(&b) && b != b'%' {
+                out.push(char::from(b));
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out
+    }
+
     /// Seconds for `Retry-After`, where trying again soon can work.
     pub(crate) fn retry_after(&self) -> Option<u64> {
         match self {

@@ -18,15 +18,16 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use http::header::{
-    CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, LOCATION, RETRY_AFTER, STRICT_TRANSPORT_SECURITY,
+    CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, LOCATION, RETRY_AFTER, STRICT_TRANSPORT_SECURITY, TE,
     TRANSFER_ENCODING,
 };
-use http::uri::PathAndQuery;
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tracing::{debug, warn, Instrument};
 
-use super::body::{BodySlot, DownstreamFailure, RequestBody, ResponseBody};
+use super::body::{BodyLimits, BodySlot, DownstreamFailure, RequestBody, ResponseBody};
 use super::conn::InFlight;
 use super::error::{ErrorMetric, UpstreamErrorKind};
 use super::headers::{add_forwarded, strip_hop_by_hop, upgrade_requested};
@@ -34,7 +35,9 @@ use super::{tunnel, ProxyError, ProxyService, Response, Settings};
 use crate::access_log::Entry;
 use crate::passivation::{wants_page, Activity, Refusal};
 use crate::routes::{normalize_request_host, Backend, Failure, Lookup, Protocol, Service};
-use crate::upstream::{self, ConnectError, RequestHead, SendError, UpstreamBody, UpstreamError};
+use crate::upstream::{
+    self, ConnectError, H2Failure, H2RequestBody, H2SendError, RequestHead, SendError, UpstreamBody, UpstreamError,
+};
 
 /// Handles one request end to end. Never fails: errors become responses.
 pub(super) async fn handle(svc: &ProxyService, req: Request<Incoming>, guard: InFlight) -> Response {
@@ -69,6 +72,8 @@ struct RequestCtx {
     backend: Option<Backend>,
     /// The request went to the forwarding phase: whatever its response, it gets the service's HSTS policy.
     forwarded: bool,
+    /// A gRPC call (h2, `content-type: application/grpc...`): reveille's own errors answer it in gRPC's terms.
+    grpc: bool,
 }
 
 /// How a request ended: a response to send, or an error the exit turns into one (with the connection's
@@ -84,6 +89,8 @@ impl RequestCtx {
             service: None,
             backend: None,
             forwarded: false,
+            // gRPC is h2 only: HTTP/1.1 requests pay one branch, no header lookup.
+            grpc: req.version() == Version::HTTP_2 && is_grpc(req.headers()),
         }
     }
 
@@ -99,6 +106,8 @@ impl RequestCtx {
     /// writes the request's one access-log line.
     fn finish(self, svc: &ProxyService, outcome: Outcome) -> Response {
         let proxy = &*svc.proxy;
+        // A gRPC error goes out as 200; metrics and the access log count the status it stands for.
+        let mut counted = None;
         let mut response = match outcome {
             Ok(response) => response,
             Err((err, guard)) => {
@@ -117,7 +126,12 @@ impl RequestCtx {
                 } else {
                     debug!(status = err.status().as_u16(), "{err}");
                 }
-                error_response(&err, guard)
+                if self.grpc {
+                    counted = Some(err.status());
+                    grpc_error_response(&err, guard)
+                } else {
+                    error_response(&err, guard)
+                }
             }
         };
         if svc.tls && self.forwarded {
@@ -126,7 +140,7 @@ impl RequestCtx {
                 response.headers_mut().entry(STRICT_TRANSPORT_SECURITY).or_insert_with(|| hsts.clone());
             }
         }
-        let status = response.status();
+        let status = counted.unwrap_or_else(|| response.status());
         let elapsed = self.start.elapsed();
         if let Some(service) = &self.service {
             service.stats(|n| proxy.metrics.service_stats(n)).record(status.as_u16(), elapsed);
@@ -294,16 +308,24 @@ async fn forward(
         }
     }
     let forwarded_host = headers.get(HOST).cloned();
+    let mut te_trailers = false;
+    let mut grpc = false;
     if parts.version == Version::HTTP_2 {
         join_cookies(&mut headers);
+        te_trailers = headers.get(TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        grpc = is_grpc(&headers);
     }
     // Small bodies are read whole before any backend is contacted; a slow client holds none of its workers.
     // (Most requests have none: they skip the read, and its future, which is boxed so it does not enlarge
-    // every request's.)
+    // every request's.) A gRPC call's body streams from its first byte: a client-streaming or bidirectional
+    // call may send its next message only after an answer, or never end; and its messages come as the
+    // client has them, so there is no minimum rate.
     let body = if http_body::Body::is_end_stream(&body) {
         None
     } else {
-        match Box::pin(BodySlot::read(body, &proxy.body_limits, &svc.conn)).await {
+        let stream = BodyLimits { buffer: 0, min_rate: 0, ..proxy.body_limits };
+        let limits = if grpc { &stream } else { &proxy.body_limits };
+        match Box::pin(BodySlot::read(body, limits, &svc.conn)).await {
             Ok(b) => b,
             Err(failure) => return Err(downstream_failure(failure)),
         }
@@ -328,6 +350,7 @@ async fn forward(
         replayable: is_idempotent(&method) && body.as_ref().is_none_or(BodySlot::is_whole),
         head: RequestHead { method, path, headers, upgrade: upgrade.is_some() },
         body: body.as_ref(),
+        te_trailers,
     };
     let mut downstream_upgrade = downstream_upgrade;
     let mut activity = activity;
@@ -408,6 +431,8 @@ struct Template<'a> {
     body: Option<&'a BodySlot>,
     /// The request may go out a second time after a backend closed a kept-alive connection under it.
     replayable: bool,
+    /// The client sent `te: trailers` (gRPC does): kept towards h2 backends, dropped as hop-by-hop for h1.
+    te_trailers: bool,
 }
 
 impl Template<'_> {
@@ -436,10 +461,14 @@ async fn send_to(
     backend: &Backend,
     template: &Template<'_>,
 ) -> Result<Upstream, SendFailure> {
-    if backend.protocol() != Protocol::Http1 {
-        // Parsed, not spoken yet (issue 27 is under way): refused like an unreachable backend, nothing sent.
-        let scheme = backend.protocol().scheme();
-        return Err(SendFailure::Connect(ConnectError::other(format!("{scheme}:// backends are not supported yet"))));
+    match backend.protocol() {
+        Protocol::Http1 => {}
+        Protocol::H2c => return Box::pin(send_h2c(svc, service, backend, template)).await,
+        Protocol::Https => {
+            // Parsed, not spoken yet (issue 27 is under way): refused like an unreachable backend, nothing sent.
+            let scheme = Protocol::Https.scheme();
+            return Err(SendFailure::Connect(ConnectError::other(format!("{scheme}:// backends are not supported yet"))));
+        }
     }
     let pool = &svc.proxy.upstream;
     let key = backend.authority();
@@ -466,6 +495,66 @@ async fn send_to(
     debug!(service = service.name(), backend = backend.as_str(), error = %source_chain(&error), "kept-alive backend connection closed under the request; sending it again on a new one");
     let fresh = Box::pin(pool.connect(key)).await.map_err(SendFailure::Connect)?;
     upstream::send(fresh, &template.head, template.body()).await.map_err(|e| SendFailure::Upstream(e.error))
+}
+
+/// Times a request an h2 backend did not process (GOAWAY, `REFUSED_STREAM`) is sent again.
+const H2_RESENDS: usize = 3;
+
+/// One attempt on an `h2c://` backend: a stream on one of its multiplexed connections. A request the backend
+/// says it did not process (a GOAWAY under it, a refused stream) goes again on another connection, whatever
+/// its method (RFC 9113 §8.7), as long as its body can be sent again (in memory, or not yet touched).
+async fn send_h2c(
+    svc: &ProxyService,
+    service: &Service,
+    backend: &Backend,
+    template: &Template<'_>,
+) -> Result<Upstream, SendFailure> {
+    let mut resends = 0;
+    loop {
+        let req = h2_request(backend.authority(), template);
+        match svc.proxy.upstream.send_h2c(backend.authority(), req).await {
+            Ok(resp) => return Ok(resp.map(UpstreamBody::h2)),
+            Err(H2Failure::Connect(e)) => return Err(SendFailure::Connect(e)),
+            Err(H2Failure::Send(H2SendError { error, unprocessed })) => {
+                let again = unprocessed && resends < H2_RESENDS && template.body.is_none_or(BodySlot::is_intact);
+                if !again {
+                    return Err(SendFailure::Upstream(error));
+                }
+                resends += 1;
+                debug!(service = service.name(), backend = backend.as_str(), error = %source_chain(&error), "the backend did not process the request; sending it again on another connection");
+            }
+        }
+    }
+}
+
+/// The request as an h2 backend gets it: `Host` becomes `:authority` (the URI's), the framing is h2's own
+/// (no `Transfer-Encoding`), and `te: trailers` stays when the client sent it.
+fn h2_request(backend: &Authority, template: &Template<'_>) -> Request<H2RequestBody> {
+    let head = &template.head;
+    let mut headers = head.headers.clone();
+    let authority = headers
+        .remove(HOST)
+        .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+        .unwrap_or_else(|| backend.clone());
+    headers.remove(TRANSFER_ENCODING);
+    if template.te_trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+    let uri = Uri::from_parts({
+        let mut p = http::uri::Parts::default();
+        p.scheme = Some(http::uri::Scheme::HTTP);
+        p.authority = Some(authority);
+        p.path_and_query = Some(head.path.clone());
+        p
+    })
+    .unwrap_or_else(|_| Uri::from_static("/"));
+    let body = H2RequestBody::new(template.body().map_err(Into::into));
+    let mut req = Request::new(body);
+    *req.method_mut() = head.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_2;
+    *req.headers_mut() = headers;
+    req
 }
 
 /// Methods a client may send twice with the effect of once (RFC 9110 §9.2.2).
@@ -546,6 +635,31 @@ fn join_cookies(headers: &mut HeaderMap) {
     if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
         headers.insert(COOKIE, v);
     }
+}
+
+/// A gRPC call (`content-type: application/grpc`, `application/grpc+proto` and the like).
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers.get(CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.len() >= GRPC.len()
+            && v[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+            && matches!(v.get(GRPC.len()), None | Some(b'+' | b';'))
+    })
+}
+
+const GRPC: &[u8] = b"application/grpc";
+
+/// reveille's own error as a gRPC client reads it: 200, trailers-only (`grpc-status` and `grpc-message` in the
+/// headers, no body), as gRPC's HTTP/2 protocol has servers answer a call they fail at once.
+fn grpc_error_response(err: &ProxyError, guard: InFlight) -> Response {
+    let mut resp = http::Response::new(ResponseBody::full(Bytes::new(), Some(guard)));
+    let headers = resp.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", HeaderValue::from(u16::from(err.grpc_status())));
+    if let Ok(v) = HeaderValue::from_str(&err.grpc_message()) {
+        headers.insert("grpc-message", v);
+    }
+    resp
 }
 
 fn error_response(err: &ProxyError, guard: InFlight) -> Response {

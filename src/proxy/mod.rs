@@ -182,6 +182,15 @@ impl Default for Settings {
 /// hyper's own limit on an HTTP/1.1 request's header fields.
 const DEFAULT_MAX_HEADERS: usize = 100;
 
+/// HTTP/2 connections to one `h2c://` backend per worker thread, at most: each carries as many streams as the
+/// backend allows (`SETTINGS_MAX_CONCURRENT_STREAMS`), so a few serve any load.
+const H2_CONNECTIONS_PER_BACKEND: usize = 4;
+
+/// PINGs on backend h2 connections, as on the downstream ones: a backend that stops answering them is found
+/// within the two together, and its connection closed.
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// How often a newcomer waiting for a slot tries again to evict a connection.
 const EVICT_RETRY: Duration = Duration::from_millis(20);
 
@@ -260,6 +269,9 @@ impl Proxy {
             workers,
             max_idle_per_backend: settings.pool_max_idle_per_backend,
             idle_timeout: settings.pool_idle_timeout,
+            h2_connections_per_backend: H2_CONNECTIONS_PER_BACKEND,
+            h2_keep_alive_interval: H2_KEEP_ALIVE_INTERVAL,
+            h2_keep_alive_timeout: H2_KEEP_ALIVE_TIMEOUT,
         });
 
         let mut h1 = http1::Builder::new();
