@@ -21,6 +21,8 @@ mod docker;
 mod docker_hosts;
 mod etcd;
 mod exits;
+mod grpc;
+mod h2_backend;
 mod h2c;
 mod hardening;
 mod headers;

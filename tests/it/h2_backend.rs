@@ -1,0 +1,131 @@
+//! HTTP/2 to `h2c://` backends: what the backend receives, few connections for many requests (multiplexed),
+//! and a backend that goes away (GOAWAY) under a steady load without losing a request.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::support::grpc::*;
+use crate::support::*;
+
+/// An h2 backend that answers with a JSON description of the request (as `Backend::echo`), after `/sleep/MS`
+/// waits, and with `goaway_after` as [`H2Backend::start`] takes it.
+async fn h2_echo(goaway_after: Option<usize>) -> H2Backend {
+    H2Backend::start(
+        Arc::new(|req: Request<Incoming>| {
+            Box::pin(async move {
+                if let Some(ms) = req.uri().path().strip_prefix("/sleep/") {
+                    tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+                }
+                let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+                for (k, v) in req.headers() {
+                    headers.entry(k.to_string()).or_default().push(v.to_str().unwrap_or("?").to_string());
+                }
+                let (parts, body) = req.into_parts();
+                let body = body.collect().await.map(|b| b.to_bytes().len()).unwrap_or(usize::MAX);
+                let json = serde_json::json!({
+                    "method": parts.method.as_str(),
+                    "uri": parts.uri.to_string(),
+                    "version": format!("{:?}", parts.version),
+                    "headers": headers,
+                    "body": body,
+                });
+                h2_text(json.to_string())
+            })
+        }),
+        goaway_after,
+    )
+    .await
+}
+
+fn h2c_routes(backend: &H2Backend) -> String {
+    format!("[services.h]\nbackends = [\"h2c://{}\"]\n[routes]\n\"h2.test\" = \"h\"\n", backend.addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http11_request_reaches_an_h2c_backend_as_http2() {
+    let backend = h2_echo(None).await;
+    let proxy = TestProxy::start(&h2c_routes(&backend)).await;
+
+    let req = Request::post("/submit?x=1")
+        .header("host", "h2.test")
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "gone")
+        .header("x-end", "kept")
+        .body(full("y".repeat(200_000)))
+        .unwrap();
+    let got = send(proxy.http, req).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+    let json = got.json();
+    assert_eq!(json["version"], "HTTP/2.0");
+    assert_eq!(json["method"], "POST");
+    // `Host` went as `:authority`.
+    assert_eq!(json["uri"], "http://h2.test/submit?x=1");
+    assert!(json["headers"].get("host").is_none(), "{json}");
+    assert!(json["headers"].get("x-hop").is_none() && json["headers"].get("connection").is_none(), "{json}");
+    assert_eq!(json["headers"]["x-end"][0], "kept");
+    assert_eq!(json["headers"]["x-forwarded-host"][0], "h2.test");
+    assert_eq!(json["body"], 200_000, "the whole body went through");
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_share_a_few_connections() {
+    let backend = h2_echo(None).await;
+    let proxy = TestProxy::start(&h2c_routes(&backend)).await;
+
+    // 60 requests at once from 60 client connections, each held 200 ms by the backend: they overlap.
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let addr = proxy.http;
+        tasks.push(tokio::spawn(async move { get(addr, "h2.test", &format!("/sleep/200?i={i}")).await }));
+    }
+    for t in tasks {
+        let got = t.await.unwrap();
+        assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+    }
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 60);
+    let conns = backend.connections.load(Ordering::SeqCst);
+    // The backend allows 200 streams per connection (hyper's default): one connection carries them all.
+    assert!((1..=4).contains(&conns), "{conns} connections for 60 concurrent requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_goes_away_under_load_loses_no_request() {
+    // Every connection is shut down gracefully (GOAWAY) after 25 requests.
+    let backend = h2_echo(Some(25)).await;
+    let proxy = TestProxy::start(&h2c_routes(&backend)).await;
+
+    // 16 clients, 25 requests each, back to back: GETs and POSTs with a body.
+    let mut tasks = Vec::new();
+    for c in 0..16 {
+        let addr = proxy.http;
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0;
+            for i in 0..25 {
+                let req = if i % 2 == 0 {
+                    Request::get(format!("/sleep/5?c={c}&i={i}")).header("host", "h2.test").body(full("")).unwrap()
+                } else {
+                    Request::post(format!("/?c={c}&i={i}")).header("host", "h2.test").body(full("z".repeat(1000))).unwrap()
+                };
+                let got = send(addr, req).await;
+                assert_eq!(got.status, StatusCode::OK, "client {c} request {i}: {}", got.text);
+                ok += 1;
+            }
+            ok
+        }));
+    }
+    let mut answered = 0;
+    for t in tasks {
+        answered += t.await.unwrap();
+    }
+    assert_eq!(answered, 400, "every request answered");
+    let conns = backend.connections.load(Ordering::SeqCst);
+    assert!(conns >= 2, "the backend went away: requests moved to new connections ({conns})");
+    assert_eq!(proxy.metric("reveille_upstream_errors_total{kind=\"protocol\"}").await, 0.0);
+}
