@@ -467,7 +467,9 @@ async fn send_to(
         Protocol::Https => {
             // Parsed, not spoken yet (issue 27 is under way): refused like an unreachable backend, nothing sent.
             let scheme = Protocol::Https.scheme();
-            return Err(SendFailure::Connect(ConnectError::other(format!("{scheme}:// backends are not supported yet"))));
+            return Err(SendFailure::Connect(ConnectError::other(format!(
+                "{scheme}:// backends are not supported yet"
+            ))));
         }
     }
     let pool = &svc.proxy.upstream;
@@ -532,10 +534,8 @@ async fn send_h2c(
 fn h2_request(backend: &Authority, template: &Template<'_>) -> Request<H2RequestBody> {
     let head = &template.head;
     let mut headers = head.headers.clone();
-    let authority = headers
-        .remove(HOST)
-        .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-        .unwrap_or_else(|| backend.clone());
+    let authority =
+        headers.remove(HOST).and_then(|h| Authority::try_from(h.as_bytes()).ok()).unwrap_or_else(|| backend.clone());
     headers.remove(TRANSFER_ENCODING);
     if template.te_trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));

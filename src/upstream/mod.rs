@@ -17,11 +17,11 @@ mod h2;
 mod pool;
 mod wire;
 
+pub(crate) use self::h2::{H2Failure, H2RequestBody, H2SendError};
 pub(crate) use codec::{connection_named, hop_by_hop_index, is_hop_by_hop, HOP_BY_HOP};
 pub(crate) use connect::{ConnectSettings, Connector};
 pub(crate) use error::{ConnectError, UpstreamError};
 pub(crate) use exchange::{send, RequestHead, SendBody, SendError, UpstreamBody};
-pub(crate) use self::h2::{H2Failure, H2RequestBody, H2SendError};
 pub(crate) use pool::{set_worker, worker};
 pub(crate) use wire::Upgraded;
 

@@ -111,7 +111,10 @@ async fn a_backend_that_goes_away_under_load_loses_no_request() {
                 let req = if i % 2 == 0 {
                     Request::get(format!("/sleep/5?c={c}&i={i}")).header("host", "h2.test").body(full("")).unwrap()
                 } else {
-                    Request::post(format!("/?c={c}&i={i}")).header("host", "h2.test").body(full("z".repeat(1000))).unwrap()
+                    Request::post(format!("/?c={c}&i={i}"))
+                        .header("host", "h2.test")
+                        .body(full("z".repeat(1000)))
+                        .unwrap()
                 };
                 let got = send(addr, req).await;
                 assert_eq!(got.status, StatusCode::OK, "client {c} request {i}: {}", got.text);

@@ -2,6 +2,8 @@
 //! `prost::Message`, its routes as tonic's own generated code would route them) served over h2c by hyper's h2
 //! server, which counts the connections it accepts and can send GOAWAY; and tonic clients over h2c and TLS
 //! (ALPN h2) that reach reveille whatever the host they ask for.
+// tonic's service traits take `Result<_, tonic::Status>`, a large error by design.
+#![allow(clippy::result_large_err)]
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -88,9 +90,8 @@ impl Echo {
             }),
             "/test.Echo/Chat" => Box::pin(async move {
                 let svc = tower::service_fn(move |r: tonic::Request<Streaming<Msg>>| async move {
-                    let out: MsgStream = Box::pin(
-                        r.into_inner().map(move |m| m.map(|m| msg(&format!("{name} heard {}", m.text), m.n))),
-                    );
+                    let out: MsgStream =
+                        Box::pin(r.into_inner().map(move |m| m.map(|m| msg(&format!("{name} heard {}", m.text), m.n))));
                     Ok::<_, Status>(tonic::Response::new(out))
                 });
                 tonic::server::Grpc::new(codec()).streaming(svc, req).await
