@@ -21,7 +21,9 @@
 //! connection itself; for the others it tells the caller, who has the body to make again.
 //!
 //! Flow control is hyper's and h2's, per stream: the request body is polled as the peer's window opens, the
-//! response body as the downstream side reads it. Nothing is buffered whole.
+//! response body as the downstream side reads it, and a stream's window opens again only as its client
+//! takes the data. Nothing is buffered whole, and the windows are sized so that clients who stop reading
+//! hold up their own streams, not the connection ([`STREAM_WINDOW`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -53,6 +55,14 @@ pub(crate) type H2RequestBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Streams a connection is assumed to take before the peer's SETTINGS say otherwise (hyper's own default).
 const INITIAL_STREAMS: usize = 100;
+
+/// Flow-control windows towards the backend. A stream whose client stops reading keeps its window's worth of
+/// the backend's data in reveille, and that much of the connection's window too: with hyper's defaults (2 MiB
+/// per stream, 5 MiB per connection) three such clients stopped every other stream on the connection. Here it
+/// takes 32 stalled streams on one connection (each bounded in time by the downstream send timeout), and a
+/// stalled stream holds at most 256 KiB, the downstream side's own send buffer per stream.
+const STREAM_WINDOW: u32 = 256 * 1024;
+const CONNECTION_WINDOW: u32 = 32 * STREAM_WINDOW;
 
 /// Times a request sent back unsent by a closing connection is tried again on another one.
 const RESENDS: usize = 3;
@@ -125,6 +135,8 @@ impl H2Pool {
             .timer(TokioTimer::new())
             .keep_alive_interval(settings.keep_alive_interval)
             .keep_alive_timeout(settings.keep_alive_timeout)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
             // A connection kept for later requests is checked while idle too.
             .keep_alive_while_idle(true);
         let shards = (0..settings.workers.max(1)).map(|_| Mutex::new(Slots::default())).collect();

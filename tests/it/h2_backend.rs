@@ -22,6 +22,9 @@ async fn h2_echo(goaway_after: Option<usize>) -> H2Backend {
                 if let Some(ms) = req.uri().path().strip_prefix("/sleep/") {
                     tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
                 }
+                if let Some(mib) = req.uri().path().strip_prefix("/big/") {
+                    return h2_text(vec![b'x'; mib.parse::<usize>().unwrap() << 20]);
+                }
                 let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
                 for (k, v) in req.headers() {
                     headers.entry(k.to_string()).or_default().push(v.to_str().unwrap_or("?").to_string());
@@ -131,4 +134,35 @@ async fn a_backend_that_goes_away_under_load_loses_no_request() {
     let conns = backend.connections.load(Ordering::SeqCst);
     assert!(conns >= 2, "the backend went away: requests moved to new connections ({conns})");
     assert_eq!(proxy.metric("reveille_upstream_errors_total{kind=\"protocol\"}").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stop_reading_slow_their_own_streams_only() {
+    let backend = h2_echo(None).await;
+    let proxy = TestProxy::start(&h2c_routes(&backend)).await;
+
+    // Four clients ask for 16 MiB each and read none of it: far more than the socket buffers take, so each
+    // stream's flow-control window at reveille fills and stays full.
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut s, b"GET /big/16 HTTP/1.1\r\nHost: h2.test\r\n\r\n").await.unwrap();
+        stalled.push(s);
+    }
+    eventually(Duration::from_secs(5), "the backend took the four requests", || {
+        let n = backend.requests.load(Ordering::SeqCst);
+        async move { n == 4 }
+    })
+    .await;
+    // What the windows let through is on its way; there is no event to wait on for it to arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Another request on the same backend connection still gets its whole answer.
+    let got = tokio::time::timeout(Duration::from_secs(5), get(proxy.http, "h2.test", "/big/2"))
+        .await
+        .expect("a stalled client held up another client's stream");
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.text.len(), 2 << 20);
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 1, "all on one connection");
+    drop(stalled);
 }
