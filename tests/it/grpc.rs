@@ -142,3 +142,31 @@ async fn server_stream_messages_arrive_as_they_are_sent() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_quiet_for_longer_than_the_upstream_read_timeout_is_cut() {
+    // What the timeouts do to a long call: the response timeout ends at the response head, but the upstream
+    // read timeout still applies between the backend's messages.
+    let backend = H2Backend::grpc("b1").await;
+    let settings = reveille::ProxySettings {
+        access_log: false,
+        upstream_read_timeout: Duration::from_millis(400),
+        ..reveille::ProxySettings::default()
+    };
+    let proxy = TestProxy::start_with(&grpc_routes(&[format!("h2c://{}", backend.addr)]), settings).await;
+    let mut client = EchoClient::new(h2c_channel(proxy.http, "grpc.test").await);
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    let mut replies = client.chat(rx).await.unwrap();
+    // Messages within the timeout keep the call going past it.
+    for i in 0..4u32 {
+        tx.unbounded_send(msg(&format!("m{i}"), i)).unwrap();
+        assert_eq!(replies.message().await.unwrap().unwrap().n, i);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Silence past it ends the call with an error (the stream is reset), not an OK status.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let _ = tx.unbounded_send(msg("late", 9));
+    let end = tokio::time::timeout(Duration::from_secs(5), replies.message()).await.unwrap();
+    let err = end.expect_err("the quiet call was cut");
+    assert_eq!(err.code(), tonic::Code::Internal, "{err:?}");
+}

@@ -166,3 +166,29 @@ async fn clients_that_stop_reading_slow_their_own_streams_only() {
     assert_eq!(backend.connections.load(Ordering::SeqCst), 1, "all on one connection");
     drop(stalled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_connection_that_stops_answering_pings_is_replaced() {
+    let backend = h2_echo(None).await;
+    let settings = reveille::ProxySettings {
+        access_log: false,
+        upstream_h2_keep_alive_interval: Duration::from_millis(100),
+        upstream_h2_keep_alive_timeout: Duration::from_millis(200),
+        response_timeout: Duration::from_secs(3),
+        ..reveille::ProxySettings::default()
+    };
+    let proxy = TestProxy::start_with(&h2c_routes(&backend), settings).await;
+    assert_eq!(get(proxy.http, "h2.test", "/first").await.status, StatusCode::OK);
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
+
+    // The connection goes silent without closing (a peer that hangs, a network that drops everything). Its
+    // PINGs go unanswered, and it is closed; the next request opens a new one instead of waiting on it for
+    // the response timeout.
+    backend.freeze();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let started = std::time::Instant::now();
+    let got = get(proxy.http, "h2.test", "/second").await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 2);
+}

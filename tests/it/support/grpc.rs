@@ -108,6 +108,8 @@ pub struct H2Backend {
     pub connections: Arc<AtomicUsize>,
     /// Requests served.
     pub requests: Arc<AtomicUsize>,
+    /// Wakes the connections open now to freeze: they stop reading and writing, their sockets left open.
+    freeze: Arc<tokio::sync::Notify>,
     stop: CancellationToken,
 }
 
@@ -135,7 +137,8 @@ impl H2Backend {
         let addr = listener.local_addr().unwrap();
         let (connections, requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let stop = CancellationToken::new();
-        let (conns, reqs, s) = (connections.clone(), requests.clone(), stop.clone());
+        let freeze = Arc::new(tokio::sync::Notify::new());
+        let (conns, reqs, s, f) = (connections.clone(), requests.clone(), stop.clone(), freeze.clone());
         tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
@@ -143,7 +146,7 @@ impl H2Backend {
                     _ = s.cancelled() => return,
                 };
                 conns.fetch_add(1, Ordering::SeqCst);
-                let (handler, reqs, s) = (handler.clone(), reqs.clone(), s.clone());
+                let (handler, reqs, s, f) = (handler.clone(), reqs.clone(), s.clone(), f.clone());
                 tokio::spawn(async move {
                     let taken = Arc::new(AtomicUsize::new(0));
                     let enough = Arc::new(tokio::sync::Notify::new());
@@ -162,13 +165,23 @@ impl H2Backend {
                     tokio::select! {
                         _ = conn.as_mut() => return,
                         _ = enough.notified() => conn.as_mut().graceful_shutdown(),
+                        _ = f.notified() => {
+                            // Held, never polled again: a peer that is there and answers nothing.
+                            s.cancelled().await;
+                            return;
+                        }
                         _ = s.cancelled() => return,
                     }
                     tokio::select! { _ = conn => {}, _ = s.cancelled() => {} }
                 });
             }
         });
-        H2Backend { addr, connections, requests, stop }
+        H2Backend { addr, connections, requests, freeze, stop }
+    }
+
+    /// Freezes the connections open now (see `freeze`); later ones are served as usual.
+    pub fn freeze(&self) {
+        self.freeze.notify_waiters();
     }
 }
 
