@@ -122,6 +122,14 @@ async fn reveilles_own_failures_answer_in_grpc_terms() {
     assert_eq!(proxy.metric("reveille_unrouted_requests_total{kind=\"unknown_host\"}").await, 1.0);
     assert!(proxy.metric("reveille_upstream_errors_total{kind=\"response_timeout\"}").await >= 1.0);
 
+    // h2 attempts feed the backends' health as h1 ones do.
+    assert_eq!(proxy.metric("reveille_upstream_errors_total{kind=\"connect_refused\"}").await, 1.0);
+    let down = &proxy.service_view("down").await["backend_health"][0];
+    assert_eq!((&down["health"], &down["last_failure"]["kind"]), (&"down".into(), &"connect_refused".into()), "{down}");
+    let slow = &proxy.service_view("slow").await["backend_health"][0];
+    assert_eq!(slow["last_failure"]["kind"], "timeout", "{slow}");
+    assert!(!slow["last_answer"].is_null(), "answered after its timeout: {slow}");
+
     // A plain HTTP client still gets the plain answer.
     let got = get(proxy.http, "nowhere.test", "/").await;
     assert_eq!(got.status, http::StatusCode::NOT_FOUND);
