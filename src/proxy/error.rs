@@ -330,7 +330,10 @@ mod tests {
         assert_eq!(unknown.grpc_status(), 12);
         assert_eq!(unknown.grpc_message(), "no route for host \"50%25-caf%C3%A9.test\"");
         assert_eq!(ProxyError::AllBackendsFailed { service: service() }.grpc_status(), 14);
-        assert_eq!(ProxyError::UpstreamTimeout { service: service(), timeout: Duration::from_secs(1) }.grpc_status(), 4);
+        assert_eq!(
+            ProxyError::UpstreamTimeout { service: service(), timeout: Duration::from_secs(1) }.grpc_status(),
+            4
+        );
         assert_eq!(ProxyError::Wake { service: service(), refusal: Refusal::Removed }.grpc_status(), 14);
     }
 }

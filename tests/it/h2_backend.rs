@@ -14,8 +14,8 @@ use crate::support::grpc::*;
 use crate::support::*;
 
 /// An h2 backend that answers with a JSON description of the request (as `Backend::echo`), after `/sleep/MS`
-/// waits, and with `goaway_after` as [`H2Backend::start`] takes it.
-async fn h2_echo(goaway_after: Option<usize>) -> H2Backend {
+/// waits and `/big/MIB` answers that many MiB, served as `options` say.
+async fn h2_echo(options: H2Options) -> H2Backend {
     H2Backend::start(
         Arc::new(|req: Request<Incoming>| {
             Box::pin(async move {
@@ -41,7 +41,7 @@ async fn h2_echo(goaway_after: Option<usize>) -> H2Backend {
                 h2_text(json.to_string())
             })
         }),
-        goaway_after,
+        options,
     )
     .await
 }
@@ -52,7 +52,7 @@ fn h2c_routes(backend: &H2Backend) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http11_request_reaches_an_h2c_backend_as_http2() {
-    let backend = h2_echo(None).await;
+    let backend = h2_echo(H2Options::default()).await;
     let proxy = TestProxy::start(&h2c_routes(&backend)).await;
 
     let req = Request::post("/submit?x=1")
@@ -79,7 +79,7 @@ async fn an_http11_request_reaches_an_h2c_backend_as_http2() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_share_a_few_connections() {
-    let backend = h2_echo(None).await;
+    let backend = h2_echo(H2Options::default()).await;
     let proxy = TestProxy::start(&h2c_routes(&backend)).await;
 
     // 60 requests at once from 60 client connections, each held 200 ms by the backend: they overlap.
@@ -99,9 +99,31 @@ async fn concurrent_requests_share_a_few_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_allows_few_streams_gets_more_connections() {
+    // 10 streams per connection: 30 requests at once need three connections (and get no more than four).
+    let backend = h2_echo(H2Options { max_streams: Some(10), ..H2Options::default() }).await;
+    let proxy = TestProxy::start(&h2c_routes(&backend)).await;
+    // A first request brings the backend's SETTINGS: the limit is known before the burst.
+    assert_eq!(get(proxy.http, "h2.test", "/").await.status, StatusCode::OK);
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let addr = proxy.http;
+        tasks.push(tokio::spawn(async move { get(addr, "h2.test", &format!("/sleep/300?i={i}")).await }));
+    }
+    let started = std::time::Instant::now();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().status, StatusCode::OK);
+    }
+    let conns = backend.connections.load(Ordering::SeqCst);
+    assert!((3..=4).contains(&conns), "{conns} connections for 30 requests at 10 streams each");
+    // Side by side, not queued behind each other on one connection (three rounds of 300 ms).
+    assert!(started.elapsed() < Duration::from_millis(850), "{:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_goes_away_under_load_loses_no_request() {
     // Every connection is shut down gracefully (GOAWAY) after 25 requests.
-    let backend = h2_echo(Some(25)).await;
+    let backend = h2_echo(H2Options { goaway_after: Some(25), ..H2Options::default() }).await;
     let proxy = TestProxy::start(&h2c_routes(&backend)).await;
 
     // 16 clients, 25 requests each, back to back: GETs and POSTs with a body.
@@ -138,7 +160,7 @@ async fn a_backend_that_goes_away_under_load_loses_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_stop_reading_slow_their_own_streams_only() {
-    let backend = h2_echo(None).await;
+    let backend = h2_echo(H2Options::default()).await;
     let proxy = TestProxy::start(&h2c_routes(&backend)).await;
 
     // Four clients ask for 16 MiB each and read none of it: far more than the socket buffers take, so each
@@ -169,7 +191,7 @@ async fn clients_that_stop_reading_slow_their_own_streams_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_connection_that_stops_answering_pings_is_replaced() {
-    let backend = h2_echo(None).await;
+    let backend = h2_echo(H2Options::default()).await;
     let settings = reveille::ProxySettings {
         access_log: false,
         upstream_h2_keep_alive_interval: Duration::from_millis(100),

@@ -119,6 +119,16 @@ impl Drop for H2Backend {
     }
 }
 
+/// How an [`H2Backend`] serves.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct H2Options {
+    /// Each connection is shut down gracefully (GOAWAY, then the streams it took run to their end) once it has
+    /// taken this many requests.
+    pub goaway_after: Option<usize>,
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` (hyper's default: 200).
+    pub max_streams: Option<u32>,
+}
+
 /// What an [`H2Backend`] answers.
 pub type H2Handler =
     Arc<dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<tonic::body::Body>> + Send>> + Send + Sync>;
@@ -127,12 +137,12 @@ impl H2Backend {
     /// Serves `test.Echo` as `name`.
     pub async fn grpc(name: &'static str) -> H2Backend {
         let echo = Echo { name };
-        Self::start(Arc::new(move |req| echo.route(req)), None).await
+        Self::start(Arc::new(move |req| echo.route(req)), H2Options::default()).await
     }
 
-    /// Serves `handler`. With `goaway_after`, each connection is shut down gracefully (GOAWAY, then the
-    /// streams it took run to their end) once it has taken that many requests.
-    pub async fn start(handler: H2Handler, goaway_after: Option<usize>) -> H2Backend {
+    /// Serves `handler`, as `options` say.
+    pub async fn start(handler: H2Handler, options: H2Options) -> H2Backend {
+        let H2Options { goaway_after, max_streams } = options;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (connections, requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -159,8 +169,11 @@ impl H2Backend {
                         let fut = handler(req);
                         async move { Ok::<_, Infallible>(fut.await) }
                     });
-                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc);
+                    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                    if let Some(n) = max_streams {
+                        builder.max_concurrent_streams(n);
+                    }
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
                     tokio::pin!(conn);
                     tokio::select! {
                         _ = conn.as_mut() => return,
