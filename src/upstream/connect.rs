@@ -65,6 +65,7 @@ impl Connector {
             connections: settings.h2_connections_per_backend,
             keep_alive_interval: settings.h2_keep_alive_interval,
             keep_alive_timeout: settings.h2_keep_alive_timeout,
+            idle_timeout: settings.idle_timeout,
         });
         Self { http, quickack: settings.quickack, pool, h2c }
     }

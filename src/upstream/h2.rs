@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -77,6 +77,8 @@ pub(crate) struct H2Settings {
     /// A PING every this long; no answer within `keep_alive_timeout` closes the connection.
     pub keep_alive_interval: Duration,
     pub keep_alive_timeout: Duration,
+    /// A connection with no stream for about this long is closed (the h1 pool's idle timeout).
+    pub idle_timeout: Duration,
 }
 
 /// A connection to a backend, as the streams see it.
@@ -84,6 +86,9 @@ struct Slot {
     state: watch::Receiver<State>,
     /// Streams leased on it.
     streams: AtomicUsize,
+    /// Streams ever leased on it: the connection's task closes it when this has not moved, and no stream is
+    /// open, for the idle timeout.
+    leases: AtomicU64,
     /// The peer's `SETTINGS_MAX_CONCURRENT_STREAMS`, as the connection's task last read it.
     limit: Arc<AtomicUsize>,
 }
@@ -119,6 +124,7 @@ type Slots = HashMap<Box<str>, Vec<Arc<Slot>>, foldhash::fast::RandomState>;
 pub(crate) struct H2Pool {
     shards: Box<[Mutex<Slots>]>,
     connections: usize,
+    idle_timeout: Duration,
     builder: Builder<TokioExecutor>,
 }
 
@@ -140,7 +146,7 @@ impl H2Pool {
             // A connection kept for later requests is checked while idle too.
             .keep_alive_while_idle(true);
         let shards = (0..settings.workers.max(1)).map(|_| Mutex::new(Slots::default())).collect();
-        Self { shards, connections: settings.connections.max(1), builder }
+        Self { shards, connections: settings.connections.max(1), idle_timeout: settings.idle_timeout, builder }
     }
 
     /// A stream on a connection under `key`: an open one with room, else a new one opened with `open` (in a
@@ -170,6 +176,7 @@ impl H2Pool {
             },
         };
         slot.streams.fetch_add(1, Ordering::Relaxed);
+        slot.leases.fetch_add(1, Ordering::Relaxed);
         Lease { slot }
     }
 
@@ -181,9 +188,12 @@ impl H2Pool {
     {
         let (tx, rx) = watch::channel(State::Connecting);
         let limit = Arc::new(AtomicUsize::new(INITIAL_STREAMS));
-        let slot = Arc::new(Slot { state: rx, streams: AtomicUsize::new(0), limit: limit.clone() });
+        let slot =
+            Arc::new(Slot { state: rx, streams: AtomicUsize::new(0), leases: AtomicU64::new(0), limit: limit.clone() });
         let connecting = open();
         let builder = self.builder.clone();
+        let watched = Arc::downgrade(&slot);
+        let idle_timeout = self.idle_timeout;
         tokio::spawn(async move {
             let io = match connecting.await {
                 Ok(io) => io,
@@ -201,17 +211,45 @@ impl H2Pool {
             };
             let _ = tx.send(State::Ready(send));
             // Drive the connection, noting the peer's stream limit as its SETTINGS arrive.
-            let result = std::future::poll_fn(|cx| {
+            let drive = std::future::poll_fn(|cx| {
                 let r = Pin::new(&mut conn).poll(cx);
                 limit.store(conn.current_max_send_streams(), Ordering::Relaxed);
                 r
-            })
-            .await;
-            if let Err(e) = result {
-                debug!(error = %source_chain(&e), "backend h2 connection ended");
+            });
+            tokio::select! {
+                result = drive => {
+                    if let Err(e) = result {
+                        debug!(error = %source_chain(&e), "backend h2 connection ended");
+                    }
+                }
+                // Dropping the connection closes it; a request that leased a stream on it just now gets its
+                // request back unsent, and `send` takes it to another connection.
+                () = idle(watched, idle_timeout) => debug!("backend h2 connection idle; closing it"),
             }
         });
         slot
+    }
+}
+
+/// Resolves once the connection has had no stream and no new lease for a whole check period (half the idle
+/// timeout, twice over), or nobody can lease on it any more.
+async fn idle(slot: std::sync::Weak<Slot>, idle_timeout: Duration) {
+    let period = (idle_timeout / 2).max(Duration::from_millis(50));
+    let mut seen = None;
+    let mut quiet = 0;
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(slot) = slot.upgrade() else { return };
+        let leases = slot.leases.load(Ordering::Relaxed);
+        if slot.streams.load(Ordering::Relaxed) == 0 && seen == Some(leases) {
+            quiet += 1;
+            if quiet >= 2 {
+                return;
+            }
+        } else {
+            quiet = 0;
+        }
+        seen = Some(leases);
     }
 }
 

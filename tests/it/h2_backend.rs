@@ -214,3 +214,28 @@ async fn a_backend_connection_that_stops_answering_pings_is_replaced() {
     assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
     assert_eq!(backend.connections.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unused_backend_connection_is_closed_after_the_idle_timeout() {
+    let backend = h2_echo(H2Options::default()).await;
+    let settings = reveille::ProxySettings {
+        access_log: false,
+        pool_idle_timeout: Duration::from_millis(300),
+        ..reveille::ProxySettings::default()
+    };
+    let proxy = TestProxy::start_with(&h2c_routes(&backend), settings).await;
+    // In use, it stays open across several idle periods.
+    for i in 0..6 {
+        assert_eq!(get(proxy.http, "h2.test", &format!("/sleep/100?i={i}")).await.status, StatusCode::OK);
+    }
+    assert_eq!((backend.connections.load(Ordering::SeqCst), backend.closed.load(Ordering::SeqCst)), (1, 0));
+    // Unused, it is closed.
+    eventually(Duration::from_secs(3), "the idle connection closed", || {
+        let closed = backend.closed.load(Ordering::SeqCst);
+        async move { closed == 1 }
+    })
+    .await;
+    // And the next request opens another.
+    assert_eq!(get(proxy.http, "h2.test", "/again").await.status, StatusCode::OK);
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 2);
+}

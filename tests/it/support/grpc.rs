@@ -108,6 +108,8 @@ pub struct H2Backend {
     pub connections: Arc<AtomicUsize>,
     /// Requests served.
     pub requests: Arc<AtomicUsize>,
+    /// Connections ended (closed by either side, or shut down).
+    pub closed: Arc<AtomicUsize>,
     /// Wakes the connections open now to freeze: they stop reading and writing, their sockets left open.
     freeze: Arc<tokio::sync::Notify>,
     stop: CancellationToken,
@@ -148,7 +150,9 @@ impl H2Backend {
         let (connections, requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let stop = CancellationToken::new();
         let freeze = Arc::new(tokio::sync::Notify::new());
+        let closed = Arc::new(AtomicUsize::new(0));
         let (conns, reqs, s, f) = (connections.clone(), requests.clone(), stop.clone(), freeze.clone());
+        let ended = closed.clone();
         tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
@@ -157,7 +161,9 @@ impl H2Backend {
                 };
                 conns.fetch_add(1, Ordering::SeqCst);
                 let (handler, reqs, s, f) = (handler.clone(), reqs.clone(), s.clone(), f.clone());
+                let ended = Ended(ended.clone());
                 tokio::spawn(async move {
+                    let _ended = ended;
                     let taken = Arc::new(AtomicUsize::new(0));
                     let enough = Arc::new(tokio::sync::Notify::new());
                     let (t, e) = (taken.clone(), enough.clone());
@@ -189,12 +195,21 @@ impl H2Backend {
                 });
             }
         });
-        H2Backend { addr, connections, requests, freeze, stop }
+        H2Backend { addr, connections, requests, closed, freeze, stop }
     }
 
     /// Freezes the connections open now (see `freeze`); later ones are served as usual.
     pub fn freeze(&self) {
         self.freeze.notify_waiters();
+    }
+}
+
+/// Counts a connection's end when dropped, however its task ends.
+struct Ended(Arc<AtomicUsize>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
     }
 }
 
