@@ -1,7 +1,7 @@
 //! reveille's load labs: programs, not benchmarks. Each drives real processes (reveille, nginx, HAProxy, wrk,
 //! etcd, Docker) on loopback and prints a markdown report, also written under `target/`.
 //!
-//! `cargo run --release -p reveille-lab -- etcd|passivation|attack|cluster|peers`. Each lab's method and tunables
+//! `cargo run --release -p reveille-lab -- etcd|passivation|attack|cluster|peers|backends`. Each lab's method and tunables
 //! are in its module's header. The reveille binary measured is the workspace's, built with the same profile as
 //! this one (see [`reveille_bin`]).
 //!
@@ -17,6 +17,8 @@
 //!   access log, 500 connections, a connection per request, 64 KiB, TLS handshakes and keep-alive, HTTP/2, two
 //!   cores, resumed handshakes, reveille serving an ACME certificate), with the backend reached directly beside
 //!   them.
+//! - [`backends`]: reveille against nginx and HAProxy with backends that are not plain HTTP/1.1 (issue 27):
+//!   gRPC unary over h2c end to end, HTTPS backends with keep-alive.
 //! - [`onecore`]: what `peers` and `attack` share: the proxy on one pinned CPU, the clients on another, nginx.
 //! - [`tlsclient`]: the peers lab's certificate and handshake client.
 //!
@@ -24,6 +26,7 @@
 //! are in the `testkit` crate.
 
 mod attack;
+mod backends;
 mod cluster;
 mod etcd;
 mod onecore;
@@ -35,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-const USAGE: &str = "usage: reveille-lab etcd|passivation|attack|cluster|peers";
+const USAGE: &str = "usage: reveille-lab etcd|passivation|attack|cluster|peers|backends";
 
 /// Names of labs whose measurements are scenarios of `peers`: the command that runs them, for the error.
 const MOVED: [(&str, &str); 2] = [
@@ -67,6 +70,7 @@ fn main() {
         "attack" => attack::main(),
         "cluster" => cluster::main(),
         "peers" => peers::main(),
+        "backends" => backends::main(),
         other => {
             match MOVED.iter().find(|(name, _)| *name == other) {
                 Some((name, how)) => eprintln!("reveille-lab {name}: this lab is part of the peers lab now: {how}"),

@@ -6,7 +6,7 @@ use std::time::Duration;
 use etcd_client::{Compare, CompareOp, EventType, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::activity::parse_use;
 use super::{rfc3339, Cluster, ClusterError, Event, State};
@@ -16,6 +16,9 @@ impl Cluster {
     /// Holds a lease and the replica key, keeps them alive, and campaigns for the decider key.
     pub(super) async fn membership(&self, cancel: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
+        // An outage is said once (here, that the lease is lost; the watches say that etcd went away), not at
+        // every retry.
+        let mut said = false;
         loop {
             match self.hold_lease(&cancel).await {
                 Ok(()) => return,
@@ -23,11 +26,15 @@ impl Cluster {
                     if self.state.lock().lease.is_some() {
                         // It had joined: a new outage starts the backoff over.
                         backoff = Duration::from_millis(100);
+                        said = false;
                     }
                     self.lost_lease();
+                    let gone = matches!(&e, ClusterError::Etcd(ee) if ee.gone().is_some());
                     match e {
                         ClusterError::NodeTaken(_) => error!(error = %e, "cannot join the cluster"),
+                        e if gone && said => debug!(error = %e, retry_in = ?backoff, "etcd lease: still without etcd"),
                         e => {
+                            said = true;
                             warn!(error = %e, retry_in = ?backoff, "etcd lease lost or not granted: this replica stops no tenant until it has one again")
                         }
                     }
@@ -74,8 +81,20 @@ impl Cluster {
             let key = self.keys.replica(&self.node);
             let join = Txn::new()
                 .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(key.as_str(), value.to_string(), Some(PutOptions::new().with_lease(lease)))]);
-            if !within(timeout, kv.txn(join)).await?.succeeded() {
+                .and_then([TxnOp::put(key.as_str(), value.to_string(), Some(PutOptions::new().with_lease(lease)))])
+                .or_else([TxnOp::get(key.as_str(), None)]);
+            let mut joined = within(timeout, kv.txn(join.clone())).await?;
+            let previous = self.state.lock().previous_lease;
+            if !joined.succeeded() && previous.is_some() && holder_lease(&joined) == previous {
+                // etcd kept the key under this replica's own previous lease (etcd restarted with its data, which
+                // keeps leases, and the keep-alive stream broke): that lease is this process's, not another
+                // replica's. Revoking it frees the name (and whatever else it held: the decider key, activity).
+                let old = previous.unwrap_or_default();
+                within(timeout, leases.revoke(old)).await?;
+                info!(lease = format!("{old:x}"), "etcd still held this replica's key under its previous lease: revoked it");
+                joined = within(timeout, kv.txn(join)).await?;
+            }
+            if !joined.succeeded() {
                 let _ = within(timeout, leases.revoke(lease)).await;
                 return Err(ClusterError::NodeTaken(self.node.to_string()));
             }
@@ -83,6 +102,7 @@ impl Cluster {
             {
                 let mut st = self.state.lock();
                 st.lease = Some(lease);
+                st.previous_lease = Some(lease);
                 st.lease_until = Some(granted_at + ttl);
             }
             info!(lease = format!("{lease:x}"), ttl = ?ttl, "joined the cluster");
@@ -210,6 +230,14 @@ impl Cluster {
             ClusterKey::Other => false,
         }
     }
+}
+
+/// The lease of the key a failed join transaction read (its `or_else` get), if the key exists.
+fn holder_lease(resp: &etcd_client::TxnResponse) -> Option<i64> {
+    resp.op_responses().into_iter().find_map(|op| match op {
+        TxnOpResponse::Get(g) => g.kvs().first().map(KeyValue::lease),
+        _ => None,
+    })
 }
 
 /// The watch of `<prefix>cluster/`: replicas, decider, activity.

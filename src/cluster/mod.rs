@@ -95,6 +95,9 @@ pub(crate) enum ClusterError {
 #[derive(Default)]
 struct State {
     lease: Option<i64>,
+    /// The last lease this replica joined with, kept after it is lost: a key etcd still holds under it is this
+    /// process's own, not another replica's.
+    previous_lease: Option<i64>,
     /// Until when the lease is known to be alive (last keep-alive + TTL).
     lease_until: Option<Instant>,
     /// This replica holds the decider key (under its current lease).

@@ -251,12 +251,21 @@ fn backend_line(text: &str, span: std::ops::Range<usize>, index: usize, lines: &
     Some(lines.of(span.start + element.span().start - PREFIX.len()))
 }
 
-/// Reads service `name` field by field, then as a whole. Every wrong field is an error at its line; unknown
-/// fields go to `unknown` (the service still loads without them).
+/// Where a service's `tls` files are read from, and how much of each.
+struct TlsFiles<'a> {
+    /// The routes file's directory: relative paths start there.
+    dir: &'a Path,
+    max_size: u64,
+}
+
+/// Reads service `name` field by field, then as a whole (with the files its `tls` block names). Every wrong
+/// field is an error at its line; unknown fields go to `unknown` (the service still loads without them).
+#[allow(clippy::too_many_arguments)]
 fn read_service(
     name: &str,
     entry: &Spanned<BTreeMap<String, Spanned<toml::Value>>>,
     hosts: &DockerHostNames,
+    files: &TlsFiles<'_>,
     text: &str,
     lines: &Lines,
     errors: &mut Vec<Located>,
@@ -285,7 +294,7 @@ fn read_service(
         return None;
     }
     let line = lines.of(entry.span().start);
-    let spec: ServiceSpec = match toml::Value::Table(table).try_into() {
+    let mut spec: ServiceSpec = match toml::Value::Table(table).try_into() {
         Ok(spec) => spec,
         Err(e) => {
             // Each field read on its own; together they still read (no field depends on another's type).
@@ -294,6 +303,13 @@ fn read_service(
             return None;
         }
     };
+    if let Some(tls) = &mut spec.tls {
+        if let Err(error) = tls.read_files(name, files.dir, files.max_size) {
+            let line = entry.get_ref().get("tls").map_or(line, |t| lines.of(t.span().start));
+            errors.push(Located { line, error });
+            return None;
+        }
+    }
     match spec.to_service(name, hosts) {
         Ok(service) => Some(service),
         Err((backend, error)) => {
@@ -309,9 +325,11 @@ fn read_service(
     }
 }
 
-/// Parses and validates routes-file text; a service's `docker_host` must be one of `hosts`. `path` is only
-/// used in messages. Every service and route is checked on its own, so every problem is reported at once.
-pub(crate) fn parse(path: &Path, text: &str, hosts: &DockerHostNames) -> Result<Loaded, FileError> {
+/// Parses and validates routes-file text; a service's `docker_host` must be one of `hosts`. `path` is used in
+/// messages, and its directory is where a service's `tls` files (`ca`, `client_cert`, `client_key`) are read
+/// from when relative (each at most `max_size` bytes). Every service and route is checked on its own, so every
+/// problem is reported at once.
+pub(crate) fn parse(path: &Path, text: &str, hosts: &DockerHostNames, max_size: u64) -> Result<Loaded, FileError> {
     let file: RoutesFile =
         toml::from_str(text).map_err(|e| FileError::Parse { path: path.to_owned(), message: e.to_string() })?;
     let lines = Lines::new(text);
@@ -324,8 +342,10 @@ pub(crate) fn parse(path: &Path, text: &str, hosts: &DockerHostNames) -> Result<
 
     let mut errors = Vec::new();
     let mut builder = RouteTable::builder();
+    let files =
+        TlsFiles { dir: path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")), max_size };
     for (name, entry) in &file.services {
-        match read_service(name, entry, hosts, text, &lines, &mut errors, &mut unknown_keys) {
+        match read_service(name, entry, hosts, &files, text, &lines, &mut errors, &mut unknown_keys) {
             Some(service) => {
                 if let Err(error) = builder.insert_service(service) {
                     errors.push(Located { line: lines.of(entry.span().start), error });
@@ -386,7 +406,7 @@ pub(crate) fn parse(path: &Path, text: &str, hosts: &DockerHostNames) -> Result<
 /// Reads (a regular file of at most `max_size` bytes) and validates a routes file.
 pub(crate) fn load(path: &Path, hosts: &DockerHostNames, max_size: u64) -> Result<Loaded, FileError> {
     let text = read(path, max_size)?;
-    parse(path, &text, hosts)
+    parse(path, &text, hosts, max_size)
 }
 
 fn read(path: &Path, max_size: u64) -> Result<String, FileError> {
@@ -506,7 +526,7 @@ impl FileWatcher {
     pub(crate) fn load(&mut self) -> Result<(), FileError> {
         let path = &self.path;
         let text = read(path, self.reading.max_size)?;
-        let loaded = parse(path, &text, self.composer.docker_hosts())?;
+        let loaded = parse(path, &text, self.composer.docker_hosts(), self.reading.max_size)?;
         loaded.log_unknown_keys(path);
         if let Some(warning) = loaded.warning() {
             warn!(path = %path.display(), "{warning}");
@@ -606,7 +626,8 @@ impl FileWatcher {
         self.last_seen = Some(fp);
         // Parsing a large file takes a while: keep it off the threads that serve requests.
         let (path, hosts, bytes) = (self.path.clone(), self.composer.docker_hosts().clone(), text.len());
-        let parsed = match tokio::task::spawn_blocking(move || parse(&path, &text, &hosts)).await {
+        let max_size = self.reading.max_size;
+        let parsed = match tokio::task::spawn_blocking(move || parse(&path, &text, &hosts, max_size)).await {
             Ok(parsed) => parsed,
             Err(e) => {
                 error!(error = %e, "routes file reload task failed");
@@ -660,8 +681,10 @@ impl FileWatcher {
 mod tests {
     use super::*;
 
+    const LIMIT: u64 = crate::fsread::DEFAULT_MAX_SIZE;
+
     fn errs(text: &str) -> String {
-        parse(Path::new("r.toml"), text, &DockerHostNames::Any).unwrap_err().to_string()
+        parse(Path::new("r.toml"), text, &DockerHostNames::Any, LIMIT).unwrap_err().to_string()
     }
 
     #[test]
@@ -676,6 +699,7 @@ backends = ["127.0.0.1:1", "http://127.0.0.1:2"]
 "*.example.com" = "a"
 "#,
             &DockerHostNames::Any,
+            LIMIT,
         )
         .unwrap();
         assert_eq!(t.set.routes.len(), 2);
@@ -687,6 +711,7 @@ backends = ["127.0.0.1:1", "http://127.0.0.1:2"]
             Path::new("r.toml"),
             "[services.w]\ncontainer = \"w-1\"\nport = 80\nstop_timeout = \"2s\"\n",
             &DockerHostNames::Any,
+            LIMIT,
         )
         .unwrap();
         let w = t.set.services.values().next().unwrap().container().unwrap().clone();
@@ -695,7 +720,7 @@ backends = ["127.0.0.1:1", "http://127.0.0.1:2"]
 
     #[test]
     fn a_version_without_routes_is_refused_unless_allowed() {
-        let load = |text: &str| parse(Path::new("r.toml"), text, &DockerHostNames::Any).unwrap();
+        let load = |text: &str| parse(Path::new("r.toml"), text, &DockerHostNames::Any, LIMIT).unwrap();
         let counts = |routes, services| Counts { routes, services };
         let blank = load("");
         let services_only = load("[services.a]\nbackends = [\"127.0.0.1:1\"]\n");
@@ -782,7 +807,7 @@ backends = ["127.0.0.1:3"]
     #[test]
     fn unknown_keys_are_found_with_their_line_and_the_key_meant() {
         let text = "allow_emty = true\n[services.w]\ncontaner = \"x\"\nbackends = [\"127.0.0.1:1\"]\nidle_timout = \"5m\"\n[routes]\n\"w.test\" = \"w\"\n";
-        let loaded = parse(Path::new("r.toml"), text, &DockerHostNames::Any).unwrap();
+        let loaded = parse(Path::new("r.toml"), text, &DockerHostNames::Any, LIMIT).unwrap();
         assert_eq!(loaded.counts(), Counts { routes: 1, services: 1 }, "the rest loads");
         let said: Vec<String> = loaded.unknown_keys.iter().map(|u| format!("{}: {}", u.line, u.error)).collect();
         assert_eq!(
@@ -798,6 +823,7 @@ backends = ["127.0.0.1:3"]
             Path::new("r.toml"),
             "[services.w]\ncontaner = \"x\"\nbackends = [\"nope\"]\n",
             &DockerHostNames::Any,
+            LIMIT,
         ) else {
             panic!("invalid")
         };

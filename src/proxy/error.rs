@@ -241,6 +241,9 @@ pub(crate) enum UpstreamErrorKind {
     /// A kept-alive connection closed just as a request went out on it; the request went again on a new
     /// connection when that was safe (see `handler::send_to`), and failed with 502 otherwise.
     ReusedClosed,
+    /// The TLS handshake with an `https://` backend failed (a certificate that does not verify, say); nothing
+    /// was sent, and the next backend may take the request.
+    Tls,
 }
 
 impl UpstreamErrorKind {
@@ -253,6 +256,7 @@ impl UpstreamErrorKind {
             Self::Protocol => "protocol",
             Self::BodyTimeout => "body_timeout",
             Self::ReusedClosed => "reused_closed",
+            Self::Tls => "tls",
         }
     }
 }
@@ -266,6 +270,7 @@ impl LabelValue for UpstreamErrorKind {
         Self::Protocol,
         Self::BodyTimeout,
         Self::ReusedClosed,
+        Self::Tls,
     ];
 
     fn as_label(self) -> &'static str {

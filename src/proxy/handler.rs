@@ -36,7 +36,8 @@ use crate::access_log::Entry;
 use crate::passivation::{wants_page, Activity, Refusal};
 use crate::routes::{normalize_request_host, Backend, Failure, Lookup, Protocol, Service};
 use crate::upstream::{
-    self, ConnectError, H2Failure, H2RequestBody, H2SendError, RequestHead, SendError, UpstreamBody, UpstreamError,
+    self, Alpn, BackendTls, ConnectError, Connector, H2Failure, H2RequestBody, H2SendError, RequestHead, SendError,
+    UpstreamBody, UpstreamError,
 };
 
 /// Handles one request end to end. Never fails: errors become responses.
@@ -399,9 +400,15 @@ async fn forward(
                 backend.failed(match kind {
                     UpstreamErrorKind::ConnectRefused => Failure::Refused,
                     UpstreamErrorKind::ConnectTimeout => Failure::ConnectTimeout,
+                    UpstreamErrorKind::Tls => Failure::Tls,
                     _ => Failure::Connect,
                 });
-                debug!(service = service.name(), backend = backend.as_str(), error = %source_chain(&e), kind = kind.as_str(), "backend unreachable");
+                if kind == UpstreamErrorKind::Tls {
+                    // A certificate that does not verify is the operator's to fix, and its reason is only here.
+                    warn!(service = service.name(), backend = backend.as_str(), error = %source_chain(&e), kind = kind.as_str(), "backend TLS handshake failed");
+                } else {
+                    debug!(service = service.name(), backend = backend.as_str(), error = %source_chain(&e), kind = kind.as_str(), "backend unreachable");
+                }
                 if body.as_ref().is_some_and(|b| !b.is_intact()) {
                     break;
                 }
@@ -461,23 +468,23 @@ async fn send_to(
     backend: &Backend,
     template: &Template<'_>,
 ) -> Result<Upstream, SendFailure> {
-    match backend.protocol() {
-        Protocol::Http1 => {}
+    // Plain HTTP/1.1 pays this one branch; `h2c://` backends go to the HTTP/2 client, `https://` ones take
+    // their service's TLS settings and pool.
+    let tls = match backend.protocol() {
+        Protocol::Http1 => None,
         Protocol::H2c => return Box::pin(send_h2c(svc, service, backend, template)).await,
-        Protocol::Https => {
-            // Parsed, not spoken yet (issue 27 is under way): refused like an unreachable backend, nothing sent.
-            let scheme = Protocol::Https.scheme();
-            return Err(SendFailure::Connect(ConnectError::other(format!(
-                "{scheme}:// backends are not supported yet"
-            ))));
-        }
-    }
+        Protocol::Https => Some(backend_tls(service, backend)?),
+    };
     let pool = &svc.proxy.upstream;
     let key = backend.authority();
-    let conn = match pool.checkout(key) {
+    let checked_out = match tls {
+        None => pool.checkout(key),
+        Some(tls) => pool.checkout_tls(tls, key),
+    };
+    let conn = match checked_out {
         Some(c) => c,
         // Boxed, as a new connection is the rare case and its future is large.
-        None => Box::pin(pool.connect(key)).await.map_err(SendFailure::Connect)?,
+        None => Box::pin(open(pool, service, backend, tls)).await?,
     };
     let reused = conn.is_reused();
     let SendError { error, unsent, answered } = match upstream::send(conn, &template.head, template.body()).await {
@@ -495,8 +502,22 @@ async fn send_to(
         return Err(SendFailure::Upstream(error));
     }
     debug!(service = service.name(), backend = backend.as_str(), error = %source_chain(&error), "kept-alive backend connection closed under the request; sending it again on a new one");
-    let fresh = Box::pin(pool.connect(key)).await.map_err(SendFailure::Connect)?;
+    let fresh = Box::pin(open(pool, service, backend, tls)).await?;
     upstream::send(fresh, &template.head, template.body()).await.map_err(|e| SendFailure::Upstream(e.error))
+}
+
+/// The TLS settings an `https://` backend is reached with; any other scheme but HTTP/1.1 is refused like an
+/// unreachable backend (nothing sent) until its client lands (issue 27).
+fn backend_tls<'a>(service: &'a Service, backend: &Backend) -> Result<&'a BackendTls, SendFailure> {
+    match (backend.protocol(), service.backend_tls()) {
+        (Protocol::Https, Some(tls)) => Ok(tls),
+        // A service built without `ServiceSpec::to_service` (none is): no settings to verify with.
+        (Protocol::Https, None) => Err(SendFailure::Connect(ConnectError::tls("the service has no TLS settings"))),
+        (protocol, _) => {
+            let scheme = protocol.scheme();
+            Err(SendFailure::Connect(ConnectError::other(format!("{scheme}:// backends are not supported yet"))))
+        }
+    }
 }
 
 /// Times a request an h2 backend did not process (GOAWAY, `REFUSED_STREAM`) is sent again.
@@ -525,6 +546,33 @@ async fn send_h2c(
                 resends += 1;
                 debug!(service = service.name(), backend = backend.as_str(), error = %source_chain(&error), "the backend did not process the request; sending it again on another connection");
             }
+        }
+    }
+}
+
+/// A new connection to `backend`: TCP, or TLS when `tls` is given (a TLS backend that picks HTTP/1.1 by ALPN;
+/// one that picks h2 is refused for now).
+async fn open(
+    pool: &Connector,
+    service: &Service,
+    backend: &Backend,
+    tls: Option<&BackendTls>,
+) -> Result<upstream::Conn, SendFailure> {
+    let key = backend.authority();
+    let Some(tls) = tls else {
+        return pool.connect(key).await.map_err(SendFailure::Connect);
+    };
+    let connected: upstream::TlsConnected = pool.connect_tls(tls, key).await.map_err(SendFailure::Connect)?;
+    match connected.alpn {
+        Alpn::Http1 => Ok(pool.adopt_tls(tls, key, connected.stream)),
+        Alpn::H2 => {
+            // The HTTP/2 client takes `connected.stream` here once it lands.
+            warn!(
+                service = service.name(),
+                backend = backend.as_str(),
+                "h2 over TLS not wired yet: the backend picked h2 by ALPN"
+            );
+            Err(SendFailure::Connect(ConnectError::other("h2 over TLS not wired yet")))
         }
     }
 }
@@ -674,6 +722,9 @@ fn error_response(err: &ProxyError, guard: InFlight) -> Response {
 }
 
 fn classify_connect(e: &ConnectError) -> UpstreamErrorKind {
+    if e.is_tls() {
+        return UpstreamErrorKind::Tls;
+    }
     let mut src = e.source();
     while let Some(s) = src {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {

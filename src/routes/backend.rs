@@ -107,6 +107,9 @@ pub(crate) enum Failure {
     Protocol = 5,
     /// It answered 500 or above.
     ServerError = 6,
+    /// The TLS handshake failed (its certificate does not verify, say): the address answers, the backend cannot
+    /// be trusted. Apart from `Connect`, as it asks the operator for another fix.
+    Tls = 7,
 }
 
 impl Failure {
@@ -118,6 +121,7 @@ impl Failure {
             Failure::Timeout => "timeout",
             Failure::Protocol => "protocol",
             Failure::ServerError => "5xx",
+            Failure::Tls => "tls",
         }
     }
 
@@ -129,6 +133,7 @@ impl Failure {
             4 => Failure::Timeout,
             5 => Failure::Protocol,
             6 => Failure::ServerError,
+            7 => Failure::Tls,
             _ => return None,
         })
     }

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use super::Backend;
 use crate::metrics::ServiceStats;
 use crate::runtime::DEFAULT_HOST;
+use crate::upstream::BackendTls;
 
 /// A named set of backends.
 #[derive(Debug)]
@@ -25,6 +26,10 @@ pub struct Service {
     /// Set when a container serves this service and reveille passivates it.
     container: Option<Box<ContainerSpec>>,
     https: HttpsPolicy,
+    /// TLS to its `https://` backends (its `tls` block, or the defaults when it has none): set when it has such
+    /// a backend or a `tls` block. Built once per definition, so its session cache and its connections live as
+    /// long as the definition does.
+    tls: Option<Arc<BackendTls>>,
 }
 
 impl Service {
@@ -43,7 +48,19 @@ impl Service {
             stats: OnceLock::new(),
             container: container.map(Box::new),
             https: HttpsPolicy::default(),
+            tls: None,
         }
+    }
+
+    /// Sets how the service reaches its `https://` backends.
+    pub(crate) fn with_tls(mut self, tls: Option<BackendTls>) -> Self {
+        self.tls = tls.map(Arc::new);
+        self
+    }
+
+    /// How the service reaches its `https://` backends; `None` when it has none and no `tls` block.
+    pub(crate) fn backend_tls(&self) -> Option<&BackendTls> {
+        self.tls.as_deref()
     }
 
     /// Sets how the service is served over HTTPS (redirect, HSTS).
@@ -76,6 +93,11 @@ impl Service {
             && self.backends == other.backends
             && self.container == other.container
             && self.https == other.https
+            && match (&self.tls, &other.tls) {
+                (None, None) => true,
+                (Some(a), Some(b)) => a.same_settings(b),
+                _ => false,
+            }
     }
 
     /// The backends in the order this request should try them: round-robin start, then the others in turn, so

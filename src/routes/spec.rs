@@ -2,6 +2,7 @@
 //! (JSON) share these structs, so a field added later exists in both sources at once.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,8 +10,9 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use super::service::{ContainerSpec, HttpsPolicy, IdleAction, Service};
-use super::{validate_service_name, Backend, RouteError};
+use super::{validate_service_name, Backend, Protocol, RouteError};
 use crate::runtime::DEFAULT_HOST;
+use crate::upstream::{BackendTls, TlsOptions};
 
 /// A service definition: `{"backends": [...]}` in etcd, `[services.<name>] backends = [...]` in the file.
 #[derive(Debug, Default, Deserialize)]
@@ -65,6 +67,9 @@ pub(crate) struct ServiceSpec {
     /// (`false`, which also opts out of `[acme] hosts = "all"`); unset follows `[acme] hosts`.
     #[serde(default)]
     pub acme: Option<bool>,
+    /// How `https://` backends are reached: CA, server name, client certificate, `verify = false`.
+    #[serde(default)]
+    pub tls: Option<TlsSpec>,
     /// Fields this version does not know: accepted (forward compatibility), reported as warnings.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, IgnoredAny>,
@@ -89,7 +94,85 @@ pub(crate) const SERVICE_FIELDS: &[&str] = &[
     "https_redirect",
     "hsts",
     "acme",
+    "tls",
 ];
+
+/// A service's `tls` block: how reveille reaches its `https://` backends. The routes file names files (`ca`,
+/// `client_cert`, `client_key`, relative to the file) or gives the PEM text (`ca_pem`, ...); etcd gives the
+/// PEM text only (a path in etcd would name a file on whichever replica reads it). An unknown field is an
+/// error, not a warning: a misspelt `verfy = false` or `ca` must not quietly leave the defaults in force.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsSpec {
+    /// A file of CA certificates (PEM): backends are verified against these only.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// The same, as PEM text.
+    #[serde(default)]
+    pub ca_pem: Option<String>,
+    /// The name backends' certificates must carry; default: each backend's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// A file with the client certificate chain (PEM) for backends that ask for one.
+    #[serde(default)]
+    pub client_cert: Option<String>,
+    /// The same, as PEM text.
+    #[serde(default)]
+    pub client_cert_pem: Option<String>,
+    /// A file with the client certificate's private key (PEM).
+    #[serde(default)]
+    pub client_key: Option<String>,
+    /// The same, as PEM text.
+    #[serde(default)]
+    pub client_key_pem: Option<String>,
+    /// `false`: backends' certificates are not verified (logged at warn at every load). Default `true`.
+    #[serde(default)]
+    pub verify: Option<bool>,
+}
+
+impl TlsSpec {
+    /// Reads the files the block names (`ca`, `client_cert`, `client_key`; relative paths from `dir`, at most
+    /// `limit` bytes each) into their `_pem` fields: what the routes file does before [`ServiceSpec::to_service`].
+    pub(crate) fn read_files(&mut self, service: &str, dir: &Path, limit: u64) -> Result<(), RouteError> {
+        let fields = [
+            ("ca", &mut self.ca, &mut self.ca_pem),
+            ("client_cert", &mut self.client_cert, &mut self.client_cert_pem),
+            ("client_key", &mut self.client_key, &mut self.client_key_pem),
+        ];
+        for (field, path, pem) in fields {
+            let Some(file) = path.take() else { continue };
+            let bad = |reason: String| RouteError::BadField { service: service.to_string(), reason };
+            if pem.is_some() {
+                return Err(bad(format!("`tls.{field}` and `tls.{field}_pem` both given: write one")));
+            }
+            let full = dir.join(&file);
+            let text = crate::fsread::read_to_string(&full, limit)
+                .map_err(|e| bad(format!("`tls.{field}`: cannot read {}: {e}", full.display())))?;
+            *pem = Some(text);
+        }
+        Ok(())
+    }
+
+    /// The settings, checked for what needs no parsing: files already read (a path left means a source that
+    /// reads none), `verify` written out.
+    fn options(&self, service: &str) -> Result<TlsOptions, RouteError> {
+        let bad = |reason: String| RouteError::BadField { service: service.to_string(), reason };
+        for (field, path) in [("ca", &self.ca), ("client_cert", &self.client_cert), ("client_key", &self.client_key)] {
+            if path.is_some() {
+                return Err(bad(format!(
+                    "`tls.{field}` names a file, which only the routes file can do: give the PEM text as `tls.{field}_pem`"
+                )));
+            }
+        }
+        Ok(TlsOptions {
+            ca_pem: self.ca_pem.clone(),
+            server_name: self.server_name.clone(),
+            client_cert_pem: self.client_cert_pem.clone(),
+            client_key_pem: self.client_key_pem.clone(),
+            verify: self.verify.unwrap_or(true),
+        })
+    }
+}
 
 /// The fields of [`RouteSpec`] as written.
 pub(crate) const ROUTE_FIELDS: &[&str] = &["service"];
@@ -196,7 +279,35 @@ impl ServiceSpec {
             hsts: self.hsts_value(name).map_err(|e| (None, e))?,
             acme: self.acme,
         };
-        Ok(Service::with_container(name, backends, container).with_https(https))
+        let tls = self.backend_tls(name, &backends).map_err(|e| (None, e))?;
+        Ok(Service::with_container(name, backends, container).with_https(https).with_tls(tls))
+    }
+
+    /// TLS for the service's `https://` backends, built once here: from its `tls` block, or the defaults
+    /// (system roots, each backend's host) when it has `https://` backends and no block. `None` when it has
+    /// neither. `verify = false` is logged at warn each time (every load of the definition).
+    fn backend_tls(&self, name: &str, backends: &[Backend]) -> Result<Option<BackendTls>, RouteError> {
+        let https = || backends.iter().filter(|b| b.protocol() == Protocol::Https);
+        let options = match &self.tls {
+            Some(spec) => spec.options(name)?,
+            None if https().next().is_some() => TlsOptions { verify: true, ..TlsOptions::default() },
+            None => return Ok(None),
+        };
+        let bad = |e: crate::upstream::TlsSetupError| RouteError::BadField {
+            service: name.to_string(),
+            reason: e.to_string(),
+        };
+        let tls = BackendTls::new(options).map_err(bad)?;
+        for backend in https() {
+            tls.server_name_for(backend.authority()).map_err(bad)?;
+        }
+        if !tls.verifies() {
+            tracing::warn!(
+                service = name,
+                "service {name}: backend certificates are not verified (`tls.verify = false`)"
+            );
+        }
+        Ok(Some(tls))
     }
 
     fn hsts_value(&self, name: &str) -> Result<Option<http::HeaderValue>, RouteError> {
@@ -352,6 +463,28 @@ mod tests {
             assert!(e.to_string().contains("hsts"), "{bad}: {e}");
         }
         assert!(serde_json::from_str::<ServiceSpec>(r#"{"https_redirect": "yes"}"#).is_err());
+    }
+
+    #[test]
+    fn tls_block() {
+        let parse = |j: &str| serde_json::from_str::<ServiceSpec>(j).unwrap().to_service("a", &DockerHostNames::Any);
+        // An https:// backend gets TLS with the defaults; a plain service none.
+        assert!(parse(r#"{"backends": ["https://api.test"]}"#).unwrap().backend_tls().unwrap().verifies());
+        assert!(parse(r#"{"backends": ["http://api.test"]}"#).unwrap().backend_tls().is_none());
+        let insecure = r#"{"backends": ["https://api.test"], "tls": {"verify": false}}"#;
+        assert!(!parse(insecure).unwrap().backend_tls().unwrap().verifies());
+        // A path is the routes file's to read: elsewhere, the PEM text.
+        let e = parse(r#"{"backends": ["https://api.test"], "tls": {"ca": "/etc/ca.pem"}}"#).unwrap_err().1;
+        assert!(e.to_string().contains("give the PEM text as `tls.ca_pem`"), "{e}");
+        let e = parse(r#"{"backends": ["https://api.test"], "tls": {"server_name": "a b"}}"#).unwrap_err().1;
+        assert_eq!(e.to_string(), "service \"a\": `tls.server_name` \"a b\" is neither a DNS name nor an IP address");
+        assert!(serde_json::from_str::<ServiceSpec>(r#"{"tls": {"verfy": false}}"#).is_err(), "unknown tls field");
+        // A changed block is another definition; the same one is not.
+        let a = parse(insecure).unwrap();
+        assert!(a.same_definition(&parse(insecure).unwrap()));
+        let named = r#"{"backends": ["https://api.test"], "tls": {"verify": false, "server_name": "x.test"}}"#;
+        assert!(!a.same_definition(&parse(named).unwrap()));
+        assert!(!a.same_definition(&parse(r#"{"backends": ["https://api.test"]}"#).unwrap()));
     }
 
     #[test]

@@ -4,6 +4,11 @@
 //! connection goes back to the pool from the proxy's side, once its response has been read to the end
 //! (`Pooled::release`), never from here.
 //!
+//! TLS backends (`https://`) take the same steps with the service's [`BackendTls`]: its pool
+//! ([`Connector::checkout_tls`]), else a TCP connection and a handshake ([`Connector::connect_tls`], within the
+//! same connect timeout), which gives the TLS stream and what the backend picked by ALPN; an HTTP/1.1 stream
+//! becomes a pooled connection with [`Connector::adopt_tls`].
+//!
 //! HTTP/2 backends (`h2c://`) have their own connections, multiplexed ([`H2Pool`], in `h2`):
 //! [`Connector::send_h2c`] sends a request on a stream of one, opened over TCP by the same `HttpConnector`.
 //! Connections are kept apart by protocol (one pool per protocol) and, within it, by the backend's authority.
@@ -15,10 +20,12 @@ use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use super::error::ConnectError;
 use super::h2::{self as h2c, H2Body, H2Failure, H2Pool, H2RequestBody, H2Settings};
 use super::pool::{Pool, Pooled};
+use super::tls::{Alpn, BackendTls};
 use super::wire::{Socket, Wire};
 
 /// A backend connection checked out (or opened) for one exchange.
@@ -42,11 +49,20 @@ pub(crate) struct ConnectSettings {
     pub h2_keep_alive_timeout: Duration,
 }
 
+/// A TLS connection just opened: the stream, and what the backend picked by ALPN (the HTTP/2 client takes an
+/// `h2` one, `adopt_tls` an HTTP/1.1 one).
+#[derive(Debug)]
+pub(crate) struct TlsConnected {
+    pub stream: TlsStream<TcpStream>,
+    pub alpn: Alpn,
+}
+
 /// Opens backend connections and keeps the idle ones.
 #[derive(Debug)]
 pub(crate) struct Connector {
     http: HttpConnector,
-    quickack: bool,
+    settings: ConnectSettings,
+    /// Plain TCP connections (`http://` backends); TLS ones are in each service's `BackendTls`.
     pool: Pool<Authority, Wire>,
     /// Connections to `h2c://` backends.
     h2c: H2Pool,
@@ -67,7 +83,7 @@ impl Connector {
             keep_alive_timeout: settings.h2_keep_alive_timeout,
             idle_timeout: settings.idle_timeout,
         });
-        Self { http, quickack: settings.quickack, pool, h2c }
+        Self { http, settings, pool, h2c }
     }
 
     /// Sends `req` (its URI absolute, `http://` and the backend's authority) to the `h2c://` backend
@@ -80,7 +96,57 @@ impl Connector {
         h2c::send(&self.h2c, backend.as_str(), || self.tcp(backend), req).await
     }
 
-    /// A TCP connection to `backend` (within the connect timeout), opened by a future that owns what it needs.
+    /// The most recently released idle connection to `backend` that is still open, if there is one.
+    pub(crate) fn checkout(&self, backend: &Authority) -> Option<Conn> {
+        self.pool.checkout(backend)
+    }
+
+    /// Opens a new connection to `backend` (within the connect timeout).
+    pub(crate) async fn connect(&self, backend: &Authority) -> Result<Conn, ConnectError> {
+        let io = self.tcp(backend).await?;
+        let wire = Wire::new(Socket::new(io, self.settings.quickack));
+        Ok(self.pool.adopt(backend, wire))
+    }
+
+    /// The most recently released idle TLS connection to `backend` under `tls` that is still open, if any.
+    pub(crate) fn checkout_tls(&self, tls: &BackendTls, backend: &Authority) -> Option<Conn> {
+        tls.pool.get()?.checkout(backend)
+    }
+
+    /// Opens a TCP connection to `backend` and makes a TLS handshake on it, both within the connect timeout.
+    /// A handshake that fails (a certificate that does not verify: rustls' reason is in the error's source) is
+    /// a [`ConnectError::is_tls`] error; nothing was sent.
+    pub(crate) async fn connect_tls(
+        &self,
+        tls: &BackendTls,
+        backend: &Authority,
+    ) -> Result<TlsConnected, ConnectError> {
+        let name = tls.server_name_for(backend).map_err(ConnectError::tls)?;
+        let started = tokio::time::Instant::now();
+        let tcp = self.tcp(backend).await?;
+        let left = self.settings.connect_timeout.saturating_sub(started.elapsed());
+        let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+        let stream = match tokio::time::timeout(left, connector.connect(name, tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(ConnectError::tls(e)),
+            Err(_) => {
+                let timeout = humantime::format_duration(self.settings.connect_timeout);
+                return Err(ConnectError::tls(format!("no TLS handshake within the connect timeout ({timeout})")));
+            }
+        };
+        let alpn = Alpn::from_negotiated(stream.get_ref().1.alpn_protocol());
+        Ok(TlsConnected { stream, alpn })
+    }
+
+    /// A TLS connection that speaks HTTP/1.1, as a connection of `tls`'s pool.
+    pub(crate) fn adopt_tls(&self, tls: &BackendTls, backend: &Authority, stream: TlsStream<TcpStream>) -> Conn {
+        let s = &self.settings;
+        let pool = tls.pool.get_or_init(|| Pool::new(s.workers, s.max_idle_per_backend, s.idle_timeout));
+        pool.adopt(backend, Wire::new(Socket::tls(stream, s.quickack)))
+    }
+
+    /// A TCP connection to `backend` (within the connect timeout), opened by a future that owns what it needs
+    /// (an h2 connection is opened in a task of its own).
     fn tcp(&self, backend: &Authority) -> impl Future<Output = Result<TcpStream, ConnectError>> + Send + 'static {
         let uri = Uri::builder().scheme(Scheme::HTTP).authority(backend.clone()).path_and_query("/").build();
         let mut http = self.http.clone();
@@ -89,24 +155,5 @@ impl Connector {
             let io = tower::Service::<Uri>::call(&mut http, uri).await.map_err(ConnectError::other)?;
             Ok(io.into_inner())
         }
-    }
-
-    /// The most recently released idle connection to `backend` that is still open, if there is one.
-    pub(crate) fn checkout(&self, backend: &Authority) -> Option<Conn> {
-        self.pool.checkout(backend)
-    }
-
-    /// Opens a new connection to `backend` (within the connect timeout).
-    pub(crate) async fn connect(&self, backend: &Authority) -> Result<Conn, ConnectError> {
-        let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(backend.clone())
-            .path_and_query("/")
-            .build()
-            .map_err(|e| ConnectError::other(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
-        let mut http = self.http.clone();
-        let io = tower::Service::<Uri>::call(&mut http, uri).await.map_err(ConnectError::other)?;
-        let wire = Wire::new(Socket::new(io.into_inner(), self.quickack));
-        Ok(self.pool.adopt(backend, wire))
     }
 }

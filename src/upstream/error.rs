@@ -7,14 +7,32 @@ use std::io;
 /// A request body's error, whatever the body.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A backend connection could not be opened (refused, timed out, unreachable); nothing was sent.
+/// A backend connection could not be opened (refused, timed out, unreachable, or its TLS handshake failed);
+/// nothing was sent.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot connect to the backend")]
-pub(crate) struct ConnectError(#[source] BoxError);
+#[error("{}", if *.tls { "TLS handshake with the backend failed" } else { "cannot connect to the backend" })]
+pub(crate) struct ConnectError {
+    /// The TCP connection was made; the TLS handshake on it failed (a certificate that does not verify, no
+    /// common protocol, a handshake past the connect timeout).
+    tls: bool,
+    #[source]
+    source: BoxError,
+}
 
 impl ConnectError {
+    /// No TCP connection, or another reason before TLS.
     pub(crate) fn other(e: impl Into<BoxError>) -> Self {
-        Self(e.into())
+        Self { tls: false, source: e.into() }
+    }
+
+    /// The TLS handshake failed.
+    pub(crate) fn tls(e: impl Into<BoxError>) -> Self {
+        Self { tls: true, source: e.into() }
+    }
+
+    /// Whether it was the TLS handshake that failed.
+    pub(crate) fn is_tls(&self) -> bool {
+        self.tls
     }
 }
 

@@ -4,7 +4,8 @@
 //! Cut by what each part does, as pingora's layout is: the codec (`codec`: heads, framing, chunks, trailers,
 //! hop-by-hop names; pure), a connection's bytes (`wire`: the socket and its buffers), one exchange (`exchange`:
 //! [`send`] and the response body), the pool (`pool`: generic, knows no HTTP), opening connections
-//! (`connect`: checkout or connect) and the errors (`error`). The files import downwards only (`codec` and
+//! (`connect`: checkout or connect; `tls`: a service's TLS settings and pool, for `https://` backends) and the
+//! errors (`error`). The files import downwards only (`codec` and
 //! `pool` below `wire`, below `exchange` and `connect`), and nothing here knows the proxy: the proxy takes a
 //! connection ([`Connector`]), sends on it, and puts it back in the pool once the response has been read to
 //! its end ([`UpstreamBody::take_reusable`], [`Pooled::release`](pool::Pooled::release)).
@@ -16,14 +17,16 @@ mod error;
 mod exchange;
 mod h2;
 mod pool;
+mod tls;
 mod wire;
 
 pub(crate) use self::h2::{H2Failure, H2RequestBody, H2SendError};
 pub(crate) use codec::{connection_named, hop_by_hop_index, is_hop_by_hop, HOP_BY_HOP};
-pub(crate) use connect::{ConnectSettings, Connector};
+pub(crate) use connect::{Conn, ConnectSettings, Connector, TlsConnected};
 pub(crate) use error::{ConnectError, UpstreamError};
 pub(crate) use exchange::{send, RequestHead, SendBody, SendError, UpstreamBody};
 pub(crate) use pool::{set_worker, worker};
+pub(crate) use tls::{Alpn, BackendTls, TlsOptions, TlsSetupError};
 pub(crate) use wire::Upgraded;
 
 /// The codec's two steps every proxied request takes, for the criterion benchmark `benches/upstream_codec.rs`

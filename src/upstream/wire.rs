@@ -1,5 +1,5 @@
-//! One backend connection's bytes: its socket ([`Socket`], which acknowledges at once what a stalling backend
-//! sends), the buffers an exchange reads into and writes from ([`Wire`], kept with the socket in the pool
+//! One backend connection's bytes: its socket ([`Socket`], TCP or TLS over TCP, which acknowledges at once what
+//! a stalling backend sends), the buffers an exchange reads into and writes from ([`Wire`], kept with the socket in the pool
 //! between requests), and an upgraded connection handed to a tunnel ([`Upgraded`]).
 //!
 //! Why the immediate ACKs: a backend that leaves Nagle's algorithm on and writes a response's head and body in
@@ -12,6 +12,12 @@
 //! request written since): a backend that stalls like this (or streams slowly anyway) gets an immediate ACK
 //! after every read from then on; a fast one never pays, and the backend's time to answer does not count. The
 //! first stall on each connection is still paid. `[upstream] quickack = false` turns it off.
+//!
+//! TLS (`https://` backends) is a second variant of the socket's stream, not a boxed trait object: the plain
+//! path pays one match per read and write. Under TLS a readable TCP socket says nothing about the HTTP
+//! bytes (it may hold a session ticket, a `close_notify`, or a record not complete yet), so whether an idle
+//! TLS connection is usable, and what a failed write left to read, are asked of the TLS stream, never of the
+//! TCP socket under it.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -22,6 +28,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use super::codec::{is_interim, parse_head, Head};
 use super::pool::Reusable;
@@ -60,7 +67,7 @@ impl Wire {
     pub(super) fn salvage_head(&mut self) -> Option<Head> {
         loop {
             self.read.reserve(READ_MIN);
-            match self.io.stream().try_read_buf(&mut self.read) {
+            match self.io.try_read_buf(&mut self.read) {
                 Ok(n) if n > 0 => {}
                 _ => break,
             }
@@ -81,7 +88,8 @@ impl Wire {
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
     }
 
-    /// Writes what is queued. `sent` is set once a byte went out.
+    /// Writes what is queued, and flushes it (TLS may hold a record back otherwise). `sent` is set once a byte
+    /// went out.
     pub(super) fn poll_flush_queue(&mut self, cx: &mut Context<'_>, sent: &mut bool) -> Poll<io::Result<()>> {
         while !self.queue.is_empty() {
             let mut slices = [IoSlice::new(&[]); 4];
@@ -111,6 +119,9 @@ impl Wire {
                 }
             }
         }
+        if self.io.is_tls() {
+            ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -123,13 +134,42 @@ impl Reusable for Wire {
             return false;
         }
         let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
-        match self.io.stream().poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            // Readable: closed, reset, unasked bytes — or only readiness left over from the last read.
-            Poll::Ready(Ok(())) => {
-                matches!(self.io.stream().try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        match &mut self.io.io {
+            Stream::Tcp(tcp) => match tcp.poll_read_ready(&mut cx) {
+                Poll::Pending => true,
+                Poll::Ready(Err(_)) => false,
+                // Readable: closed, reset, unasked bytes — or only readiness left over from the last read.
+                Poll::Ready(Ok(())) => {
+                    matches!(tcp.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+                }
+            },
+            // Through rustls: a session ticket (or a record not complete yet) reads as nothing, and the
+            // connection stays usable; a `close_notify` reads as the end, an alert as an error, and plaintext
+            // nobody asked for as data: all three close it. rustls' buffered plaintext is seen too, and the TCP
+            // socket is only read (a system call) when it was reported readable.
+            Stream::Tls(tls) => {
+                let mut byte = [0u8; 1];
+                let mut buf = ReadBuf::new(&mut byte);
+                Pin::new(tls.as_mut()).poll_read(&mut cx, &mut buf).is_pending()
             }
+        }
+    }
+}
+
+/// What a backend connection's bytes travel on.
+#[derive(Debug)]
+enum Stream {
+    Tcp(TcpStream),
+    /// Boxed: a TLS session is a few KiB, and plain connections should not carry its size.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// The TCP socket (under TLS, the one TLS runs on).
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Tcp(s) => s,
+            Stream::Tls(s) => s.get_ref().0,
         }
     }
 }
@@ -137,7 +177,7 @@ impl Reusable for Wire {
 /// A backend connection's socket (see the module docs).
 #[derive(Debug)]
 pub(crate) struct Socket {
-    io: TcpStream,
+    io: Stream,
     /// Immediate ACKs may be turned on.
     quickack: bool,
     /// They are on: this connection has stalled once.
@@ -152,12 +192,85 @@ pub(crate) struct Socket {
 impl Socket {
     /// `io` as a backend connection; `quickack`: immediate ACKs after a stall.
     pub(crate) fn new(io: TcpStream, quickack: bool) -> Self {
-        Self { io, quickack, acking: false, after_data: false, waiting: None }
+        Self { io: Stream::Tcp(io), quickack, acking: false, after_data: false, waiting: None }
     }
 
-    /// The socket, for readiness checks.
-    pub(crate) fn stream(&self) -> &TcpStream {
-        &self.io
+    /// A TLS stream (over TCP) as a backend connection.
+    pub(crate) fn tls(io: TlsStream<TcpStream>, quickack: bool) -> Self {
+        Self { io: Stream::Tls(Box::new(io)), quickack, acking: false, after_data: false, waiting: None }
+    }
+
+    /// Whether the connection is TLS.
+    fn is_tls(&self) -> bool {
+        matches!(self.io, Stream::Tls(_))
+    }
+
+    /// Reads what is there without waiting: `WouldBlock` when nothing is.
+    fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        match &mut self.io {
+            Stream::Tcp(s) => s.try_read_buf(buf),
+            Stream::Tls(s) => {
+                let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+                match tokio_util::io::poll_read_buf(Pin::new(s.as_mut()), &mut cx, buf) {
+                    Poll::Ready(r) => r,
+                    Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    #[inline]
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    #[inline]
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    #[inline]
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Tcp(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    #[inline]
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
     }
 }
 
@@ -182,7 +295,7 @@ impl AsyncRead for Socket {
                 }
                 if self.acking {
                     // Best effort: a failure changes nothing but the ACK's timing.
-                    let _ = socket2::SockRef::from(&self.io).set_tcp_quickack(true);
+                    let _ = socket2::SockRef::from(self.io.tcp()).set_tcp_quickack(true);
                 }
             }
             Poll::Ready(Err(_)) => {}

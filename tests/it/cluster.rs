@@ -16,7 +16,10 @@ const LONG: Duration = Duration::from_secs(20);
 /// A `reveille serve` replica named `node`, reading routes from etcd.
 fn replica(etcd: &support::etcd::Etcd, node: &str, extra: &[&str]) -> Serve {
     let url = format!("http://127.0.0.1:{}", etcd.port());
-    let mut defaults = vec!["--lease-ttl", "2s"];
+    let mut defaults = vec![];
+    if !extra.contains(&"--lease-ttl") {
+        defaults.extend(["--lease-ttl", "2s"]);
+    }
     if !extra.contains(&"--activity-interval") {
         defaults.extend(["--activity-interval", "200ms"]);
     }
@@ -411,4 +414,29 @@ async fn a_second_replica_with_the_same_node_name_waits_until_the_name_is_free()
     let replicas = keys(&etcd, "/reveille/cluster/replicas/").await;
     assert_eq!(replicas.len(), 1, "{replicas:?}");
     assert_eq!(decider(&etcd).await.as_deref(), Some("twin"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_takes_its_own_key_back_when_etcd_restarts_with_its_lease() {
+    let mut etcd = support::etcd::Etcd::start().await;
+    // etcd restarted with its data keeps the lease (and the replica key under it) alive for another TTL: only
+    // recognising it as its own lets the replica join again at once, without taking itself for another replica.
+    let r = replica(&etcd, "solo", &["--lease-ttl", "6s"]);
+    eventually(LONG, "joined", || async { r.log_has("joined the cluster") }).await;
+    eventually(LONG, "the decider", || async { decider(&etcd).await.as_deref() == Some("solo") }).await;
+
+    // Down for a few seconds: several retries, one warning.
+    etcd.kill();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(r.log_count("etcd lease lost or not granted"), 1, "{:#?}", r.tail(30));
+
+    etcd.restart().await;
+    let back = Instant::now();
+    eventually(LONG, "joined again", || async { r.log_count("joined the cluster") == 2 }).await;
+    assert!(back.elapsed() < Duration::from_secs(20), "rejoined only after {:?}", back.elapsed());
+    assert!(r.log_has("under its previous lease: revoked it"), "{:#?}", r.tail(30));
+    assert!(!r.log_has("another live replica is named"), "{:#?}", r.tail(30));
+    let replicas = keys(&etcd, "/reveille/cluster/replicas/").await;
+    assert_eq!(replicas.len(), 1, "{replicas:?}");
+    eventually(LONG, "the decider again", || async { decider(&etcd).await.as_deref() == Some("solo") }).await;
 }

@@ -10,6 +10,7 @@ mod support;
 
 mod acme;
 mod admin;
+mod backend_tls;
 mod balancing;
 mod binary;
 mod build_script;

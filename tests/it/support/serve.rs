@@ -97,6 +97,11 @@ impl Serve {
         self.log.lock().unwrap().iter().any(|l| l.contains(text))
     }
 
+    /// How many log lines so far contain `text`.
+    pub fn log_count(&self, text: &str) -> usize {
+        self.log.lock().unwrap().iter().filter(|l| l.contains(text)).count()
+    }
+
     /// The last `n` log lines.
     pub fn tail(&self, n: usize) -> Vec<String> {
         let log = self.log.lock().unwrap();
