@@ -21,10 +21,12 @@ use http::header::{
     CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, LOCATION, RETRY_AFTER, STRICT_TRANSPORT_SECURITY, TE,
     TRANSFER_ENCODING,
 };
-use http::uri::{Authority, PathAndQuery};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 use tracing::{debug, warn, Instrument};
 
 use super::body::{BodyLimits, BodySlot, DownstreamFailure, RequestBody, ResponseBody};
@@ -470,13 +472,19 @@ async fn send_to(
 ) -> Result<Upstream, SendFailure> {
     // Plain HTTP/1.1 pays this one branch; `h2c://` backends go to the HTTP/2 client, `https://` ones take
     // their service's TLS settings and pool.
-    let tls = match backend.protocol() {
-        Protocol::Http1 => None,
-        Protocol::H2c => return Box::pin(send_h2c(svc, service, backend, template)).await,
-        Protocol::Https => Some(backend_tls(service, backend)?),
-    };
     let pool = &svc.proxy.upstream;
     let key = backend.authority();
+    let tls = match backend.protocol() {
+        Protocol::Http1 => None,
+        Protocol::H2c => return Box::pin(send_h2(svc, service, backend, template, Via::H2c)).await,
+        Protocol::Https => {
+            let tls = backend_tls(service, backend)?;
+            if pool.tls_speaks_h2(tls, key) {
+                return Box::pin(send_h2(svc, service, backend, template, Via::Tls(tls, None))).await;
+            }
+            Some(tls)
+        }
+    };
     let checked_out = match tls {
         None => pool.checkout(key),
         Some(tls) => pool.checkout_tls(tls, key),
@@ -484,7 +492,12 @@ async fn send_to(
     let conn = match checked_out {
         Some(c) => c,
         // Boxed, as a new connection is the rare case and its future is large.
-        None => Box::pin(open(pool, service, backend, tls)).await?,
+        None => match Box::pin(open(pool, backend, tls)).await? {
+            Opened::Http1(c) => c,
+            Opened::H2(tls, stream) => {
+                return Box::pin(send_h2(svc, service, backend, template, Via::Tls(tls, Some(stream)))).await
+            }
+        },
     };
     let reused = conn.is_reused();
     let SendError { error, unsent, answered } = match upstream::send(conn, &template.head, template.body()).await {
@@ -502,7 +515,12 @@ async fn send_to(
         return Err(SendFailure::Upstream(error));
     }
     debug!(service = service.name(), backend = backend.as_str(), error = %source_chain(&error), "kept-alive backend connection closed under the request; sending it again on a new one");
-    let fresh = Box::pin(open(pool, service, backend, tls)).await?;
+    let fresh = match Box::pin(open(pool, backend, tls)).await? {
+        Opened::Http1(c) => c,
+        Opened::H2(tls, stream) => {
+            return Box::pin(send_h2(svc, service, backend, template, Via::Tls(tls, Some(stream)))).await
+        }
+    };
     upstream::send(fresh, &template.head, template.body()).await.map_err(|e| SendFailure::Upstream(e.error))
 }
 
@@ -523,19 +541,35 @@ fn backend_tls<'a>(service: &'a Service, backend: &Backend) -> Result<&'a Backen
 /// Times a request an h2 backend did not process (GOAWAY, `REFUSED_STREAM`) is sent again.
 const H2_RESENDS: usize = 3;
 
-/// One attempt on an `h2c://` backend: a stream on one of its multiplexed connections. A request the backend
+/// How an HTTP/2 backend is reached.
+enum Via<'a> {
+    /// `h2c://`: TCP, prior knowledge.
+    H2c,
+    /// `https://` whose ALPN picked `h2`: the service's TLS settings, and the connection just opened, if any.
+    Tls(&'a BackendTls, Option<TlsStream<TcpStream>>),
+}
+
+/// One attempt on an HTTP/2 backend: a stream on one of its multiplexed connections. A request the backend
 /// says it did not process (a GOAWAY under it, a refused stream) goes again on another connection, whatever
 /// its method (RFC 9113 §8.7), as long as its body can be sent again (in memory, or not yet touched).
-async fn send_h2c(
+async fn send_h2(
     svc: &ProxyService,
     service: &Service,
     backend: &Backend,
     template: &Template<'_>,
+    mut via: Via<'_>,
 ) -> Result<Upstream, SendFailure> {
+    let pool = &svc.proxy.upstream;
+    let key = backend.authority();
     let mut resends = 0;
     loop {
-        let req = h2_request(backend.authority(), template);
-        match svc.proxy.upstream.send_h2c(backend.authority(), req).await {
+        let sent = match &mut via {
+            Via::H2c => pool.send_h2c(key, h2_request(key, template, Scheme::HTTP)).await,
+            Via::Tls(tls, first) => {
+                pool.send_h2_tls(tls, key, first.take(), h2_request(key, template, Scheme::HTTPS)).await
+            }
+        };
+        match sent {
             Ok(resp) => return Ok(resp.map(UpstreamBody::h2)),
             Err(H2Failure::Connect(e)) => return Err(SendFailure::Connect(e)),
             Err(H2Failure::Send(H2SendError { error, unprocessed })) => {
@@ -550,36 +584,29 @@ async fn send_h2c(
     }
 }
 
-/// A new connection to `backend`: TCP, or TLS when `tls` is given (a TLS backend that picks HTTP/1.1 by ALPN;
-/// one that picks h2 is refused for now).
-async fn open(
-    pool: &Connector,
-    service: &Service,
-    backend: &Backend,
-    tls: Option<&BackendTls>,
-) -> Result<upstream::Conn, SendFailure> {
+/// A connection just opened: HTTP/1.1 (TCP, or TLS whose ALPN picked `http/1.1` or nothing), or TLS whose
+/// ALPN picked `h2`, for the HTTP/2 client.
+enum Opened<'a> {
+    Http1(upstream::Conn),
+    H2(&'a BackendTls, TlsStream<TcpStream>),
+}
+
+/// A new connection to `backend`: TCP, or TLS when `tls` is given.
+async fn open<'a>(pool: &Connector, backend: &Backend, tls: Option<&'a BackendTls>) -> Result<Opened<'a>, SendFailure> {
     let key = backend.authority();
     let Some(tls) = tls else {
-        return pool.connect(key).await.map_err(SendFailure::Connect);
+        return pool.connect(key).await.map(Opened::Http1).map_err(SendFailure::Connect);
     };
     let connected: upstream::TlsConnected = pool.connect_tls(tls, key).await.map_err(SendFailure::Connect)?;
-    match connected.alpn {
-        Alpn::Http1 => Ok(pool.adopt_tls(tls, key, connected.stream)),
-        Alpn::H2 => {
-            // The HTTP/2 client takes `connected.stream` here once it lands.
-            warn!(
-                service = service.name(),
-                backend = backend.as_str(),
-                "h2 over TLS not wired yet: the backend picked h2 by ALPN"
-            );
-            Err(SendFailure::Connect(ConnectError::other("h2 over TLS not wired yet")))
-        }
-    }
+    Ok(match connected.alpn {
+        Alpn::Http1 => Opened::Http1(pool.adopt_tls(tls, key, connected.stream)),
+        Alpn::H2 => Opened::H2(tls, connected.stream),
+    })
 }
 
 /// The request as an h2 backend gets it: `Host` becomes `:authority` (the URI's), the framing is h2's own
 /// (no `Transfer-Encoding`), and `te: trailers` stays when the client sent it.
-fn h2_request(backend: &Authority, template: &Template<'_>) -> Request<H2RequestBody> {
+fn h2_request(backend: &Authority, template: &Template<'_>, scheme: Scheme) -> Request<H2RequestBody> {
     let head = &template.head;
     let mut headers = head.headers.clone();
     let authority =
@@ -590,7 +617,7 @@ fn h2_request(backend: &Authority, template: &Template<'_>) -> Request<H2Request
     }
     let uri = Uri::from_parts({
         let mut p = http::uri::Parts::default();
-        p.scheme = Some(http::uri::Scheme::HTTP);
+        p.scheme = Some(scheme);
         p.authority = Some(authority);
         p.path_and_query = Some(head.path.clone());
         p

@@ -76,13 +76,7 @@ impl Connector {
         http.set_connect_timeout(Some(settings.connect_timeout));
         http.enforce_http(true);
         let pool = Pool::new(settings.workers, settings.max_idle_per_backend, settings.idle_timeout);
-        let h2c = H2Pool::new(H2Settings {
-            workers: settings.workers,
-            connections: settings.h2_connections_per_backend,
-            keep_alive_interval: settings.h2_keep_alive_interval,
-            keep_alive_timeout: settings.h2_keep_alive_timeout,
-            idle_timeout: settings.idle_timeout,
-        });
+        let h2c = H2Pool::new(h2_settings(&settings));
         Self { http, settings, pool, h2c }
     }
 
@@ -121,21 +115,74 @@ impl Connector {
         tls: &BackendTls,
         backend: &Authority,
     ) -> Result<TlsConnected, ConnectError> {
-        let name = tls.server_name_for(backend).map_err(ConnectError::tls)?;
-        let started = tokio::time::Instant::now();
-        let tcp = self.tcp(backend).await?;
-        let left = self.settings.connect_timeout.saturating_sub(started.elapsed());
-        let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
-        let stream = match tokio::time::timeout(left, connector.connect(name, tcp)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(ConnectError::tls(e)),
-            Err(_) => {
-                let timeout = humantime::format_duration(self.settings.connect_timeout);
-                return Err(ConnectError::tls(format!("no TLS handshake within the connect timeout ({timeout})")));
+        self.tls_handshake(tls, backend).await
+    }
+
+    /// [`connect_tls`](Self::connect_tls) as a future that owns what it needs (an h2 connection is opened in a
+    /// task of its own).
+    fn tls_handshake(
+        &self,
+        tls: &BackendTls,
+        backend: &Authority,
+    ) -> impl Future<Output = Result<TlsConnected, ConnectError>> + Send + 'static {
+        let name = tls.server_name_for(backend);
+        let tcp = self.tcp(backend);
+        let config = tls.config.clone();
+        let connect_timeout = self.settings.connect_timeout;
+        async move {
+            let name = name.map_err(ConnectError::tls)?;
+            let started = tokio::time::Instant::now();
+            let tcp = tcp.await?;
+            let left = connect_timeout.saturating_sub(started.elapsed());
+            let connector = tokio_rustls::TlsConnector::from(config);
+            let stream = match tokio::time::timeout(left, connector.connect(name, tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(ConnectError::tls(e)),
+                Err(_) => {
+                    let timeout = humantime::format_duration(connect_timeout);
+                    return Err(ConnectError::tls(format!("no TLS handshake within the connect timeout ({timeout})")));
+                }
+            };
+            let alpn = Alpn::from_negotiated(stream.get_ref().1.alpn_protocol());
+            Ok(TlsConnected { stream, alpn })
+        }
+    }
+
+    /// Whether `backend` of `tls`'s service speaks HTTP/2 (it picked `h2` by ALPN, and its connection is still
+    /// up): then its requests go by [`send_h2_tls`](Self::send_h2_tls). Free for a service none of whose
+    /// backends ever picked h2.
+    pub(crate) fn tls_speaks_h2(&self, tls: &BackendTls, backend: &Authority) -> bool {
+        tls.h2.get().is_some_and(|pool| pool.has(backend.as_str()))
+    }
+
+    /// Sends `req` (its URI absolute, `https://`) to the `https://` backend `backend` over HTTP/2, on a stream
+    /// of one of the service's connections to it: `first` (a connection just opened whose ALPN picked `h2`)
+    /// becomes one when a new one is needed, and later ones are opened with a handshake that must pick `h2`
+    /// again.
+    pub(crate) async fn send_h2_tls(
+        &self,
+        tls: &BackendTls,
+        backend: &Authority,
+        first: Option<TlsStream<TcpStream>>,
+        req: Request<H2RequestBody>,
+    ) -> Result<Response<H2Body>, H2Failure> {
+        let pool = tls.h2.get_or_init(|| H2Pool::new(h2_settings(&self.settings)));
+        let first = parking_lot::Mutex::new(first);
+        let open = || {
+            let first = first.lock().take();
+            let fresh = self.tls_handshake(tls, backend);
+            async move {
+                if let Some(stream) = first {
+                    return Ok(stream);
+                }
+                let connected = fresh.await?;
+                match connected.alpn {
+                    Alpn::H2 => Ok(connected.stream),
+                    Alpn::Http1 => Err(ConnectError::other("the backend no longer picks h2 by ALPN")),
+                }
             }
         };
-        let alpn = Alpn::from_negotiated(stream.get_ref().1.alpn_protocol());
-        Ok(TlsConnected { stream, alpn })
+        h2c::send(pool, backend.as_str(), open, req).await
     }
 
     /// A TLS connection that speaks HTTP/1.1, as a connection of `tls`'s pool.
@@ -155,5 +202,16 @@ impl Connector {
             let io = tower::Service::<Uri>::call(&mut http, uri).await.map_err(ConnectError::other)?;
             Ok(io.into_inner())
         }
+    }
+}
+
+/// What the HTTP/2 pools are built with.
+fn h2_settings(s: &ConnectSettings) -> H2Settings {
+    H2Settings {
+        workers: s.workers,
+        connections: s.h2_connections_per_backend,
+        keep_alive_interval: s.h2_keep_alive_interval,
+        keep_alive_timeout: s.h2_keep_alive_timeout,
+        idle_timeout: s.idle_timeout,
     }
 }

@@ -180,6 +180,12 @@ impl H2Pool {
         Lease { slot }
     }
 
+    /// Whether `key` has a connection that can take streams (open, or being opened) on this worker's shard.
+    pub(crate) fn has(&self, key: &str) -> bool {
+        let map = self.shards[worker() % self.shards.len()].lock();
+        map.get(key).is_some_and(|list| list.iter().any(|s| s.alive()))
+    }
+
     /// A new connection, opened and then driven by a task of its own.
     fn open<F, I>(&self, open: impl FnOnce() -> F) -> Arc<Slot>
     where

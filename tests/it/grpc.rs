@@ -19,7 +19,7 @@ fn grpc_routes(backends: &[String]) -> String {
 }
 
 /// Every call kind on `client`, against the `test.Echo` named `name`.
-async fn all_four_kinds(client: &mut EchoClient, name: &str) {
+pub(crate) async fn all_four_kinds(client: &mut EchoClient, name: &str) {
     // Unary, and a non-OK status with its message (trailers-only from tonic) reaching the client.
     let got = client.unary(msg("hello", 7)).await.unwrap();
     assert_eq!((got.text.as_str(), got.n), (&*format!("{name}: hello"), 7));
