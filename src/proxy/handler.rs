@@ -546,7 +546,7 @@ enum Via<'a> {
     /// `h2c://`: TCP, prior knowledge.
     H2c,
     /// `https://` whose ALPN picked `h2`: the service's TLS settings, and the connection just opened, if any.
-    Tls(&'a BackendTls, Option<TlsStream<TcpStream>>),
+    Tls(&'a BackendTls, Option<Box<TlsStream<TcpStream>>>),
 }
 
 /// One attempt on an HTTP/2 backend: a stream on one of its multiplexed connections. A request the backend
@@ -588,7 +588,7 @@ async fn send_h2(
 /// ALPN picked `h2`, for the HTTP/2 client.
 enum Opened<'a> {
     Http1(upstream::Conn),
-    H2(&'a BackendTls, TlsStream<TcpStream>),
+    H2(&'a BackendTls, Box<TlsStream<TcpStream>>),
 }
 
 /// A new connection to `backend`: TCP, or TLS when `tls` is given.
@@ -600,7 +600,7 @@ async fn open<'a>(pool: &Connector, backend: &Backend, tls: Option<&'a BackendTl
     let connected: upstream::TlsConnected = pool.connect_tls(tls, key).await.map_err(SendFailure::Connect)?;
     Ok(match connected.alpn {
         Alpn::Http1 => Opened::Http1(pool.adopt_tls(tls, key, connected.stream)),
-        Alpn::H2 => Opened::H2(tls, connected.stream),
+        Alpn::H2 => Opened::H2(tls, Box::new(connected.stream)),
     })
 }
 

@@ -163,7 +163,7 @@ impl Connector {
         &self,
         tls: &BackendTls,
         backend: &Authority,
-        first: Option<TlsStream<TcpStream>>,
+        first: Option<Box<TlsStream<TcpStream>>>,
         req: Request<H2RequestBody>,
     ) -> Result<Response<H2Body>, H2Failure> {
         let pool = tls.h2.get_or_init(|| H2Pool::new(h2_settings(&self.settings)));
@@ -177,7 +177,7 @@ impl Connector {
                 }
                 let connected = fresh.await?;
                 match connected.alpn {
-                    Alpn::H2 => Ok(connected.stream),
+                    Alpn::H2 => Ok(Box::new(connected.stream)),
                     Alpn::Http1 => Err(ConnectError::other("the backend no longer picks h2 by ALPN")),
                 }
             }

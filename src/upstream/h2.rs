@@ -53,7 +53,8 @@ use super::pool::worker;
 /// none on the HTTP/1.1 path).
 pub(crate) type H2RequestBody = UnsyncBoxBody<Bytes, BoxError>;
 
-/// Streams a connection is assumed to take before the peer's SETTINGS say otherwise (hyper's own default).
+/// Streams the first connection to a backend is assumed to take before the peer's SETTINGS say otherwise
+/// (hyper's own default); later ones are assumed to take what the others do.
 const INITIAL_STREAMS: usize = 100;
 
 /// Flow-control windows towards the backend. A stream whose client stops reading keeps its window's worth of
@@ -165,14 +166,16 @@ impl H2Pool {
         let slot = match list.iter().find(|s| s.has_room()) {
             Some(s) => s.clone(),
             None if list.len() < self.connections => {
-                let slot = self.open(open);
+                // Until its SETTINGS come, a new connection is taken to allow what the others to the backend do.
+                let limit = list.iter().map(|s| s.limit.load(Ordering::Relaxed)).max().unwrap_or(INITIAL_STREAMS);
+                let slot = self.open(open, limit);
                 list.push(slot.clone());
                 slot
             }
             None => match list.iter().min_by_key(|s| s.streams.load(Ordering::Relaxed)) {
                 Some(s) => s.clone(),
                 // `connections` is at least one: a full list is never empty.
-                None => self.open(open),
+                None => self.open(open, INITIAL_STREAMS),
             },
         };
         slot.streams.fetch_add(1, Ordering::Relaxed);
@@ -187,13 +190,13 @@ impl H2Pool {
     }
 
     /// A new connection, opened and then driven by a task of its own.
-    fn open<F, I>(&self, open: impl FnOnce() -> F) -> Arc<Slot>
+    fn open<F, I>(&self, open: impl FnOnce() -> F, limit: usize) -> Arc<Slot>
     where
         F: Future<Output = Result<I, ConnectError>> + Send + 'static,
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let (tx, rx) = watch::channel(State::Connecting);
-        let limit = Arc::new(AtomicUsize::new(INITIAL_STREAMS));
+        let limit = Arc::new(AtomicUsize::new(limit));
         let slot =
             Arc::new(Slot { state: rx, streams: AtomicUsize::new(0), leases: AtomicU64::new(0), limit: limit.clone() });
         let connecting = open();
