@@ -478,7 +478,7 @@ async fn send_to(
         Protocol::Http1 => None,
         Protocol::H2c => return Box::pin(send_h2(svc, service, backend, template, Via::H2c)).await,
         Protocol::Https => {
-            let tls = backend_tls(service, backend)?;
+            let tls = backend_tls(service)?;
             if pool.tls_speaks_h2(tls, key) {
                 return Box::pin(send_h2(svc, service, backend, template, Via::Tls(tls, None))).await;
             }
@@ -524,18 +524,10 @@ async fn send_to(
     upstream::send(fresh, &template.head, template.body()).await.map_err(|e| SendFailure::Upstream(e.error))
 }
 
-/// The TLS settings an `https://` backend is reached with; any other scheme but HTTP/1.1 is refused like an
-/// unreachable backend (nothing sent) until its client lands (issue 27).
-fn backend_tls<'a>(service: &'a Service, backend: &Backend) -> Result<&'a BackendTls, SendFailure> {
-    match (backend.protocol(), service.backend_tls()) {
-        (Protocol::Https, Some(tls)) => Ok(tls),
-        // A service built without `ServiceSpec::to_service` (none is): no settings to verify with.
-        (Protocol::Https, None) => Err(SendFailure::Connect(ConnectError::tls("the service has no TLS settings"))),
-        (protocol, _) => {
-            let scheme = protocol.scheme();
-            Err(SendFailure::Connect(ConnectError::other(format!("{scheme}:// backends are not supported yet"))))
-        }
-    }
+/// The TLS settings an `https://` backend is reached with: its service's.
+fn backend_tls(service: &Service) -> Result<&BackendTls, SendFailure> {
+    // A service built without `ServiceSpec::to_service` (none is): no settings to verify with.
+    service.backend_tls().ok_or_else(|| SendFailure::Connect(ConnectError::tls("the service has no TLS settings")))
 }
 
 /// Times a request an h2 backend did not process (GOAWAY, `REFUSED_STREAM`) is sent again.
@@ -578,7 +570,7 @@ async fn send_h2(
                     return Err(SendFailure::Upstream(error));
                 }
                 resends += 1;
-                debug!(service = service.name(), backend = backend.as_str(), error = %source_chain(&error), "the backend did not process the request; sending it again on another connection");
+                debug!(service = service.name(), backend = backend.as_str(), scheme = backend.protocol().scheme(), error = %source_chain(&error), "the backend did not process the request; sending it again on another connection");
             }
         }
     }
