@@ -5,8 +5,8 @@
 //!
 //! # Layout
 //!
-//! - `routes`: the routing model and the immutable route table snapshot (`ArcSwap`), hostname matching, and
-//!   each backend's health (what the proxy saw of its last attempts, atomics only).
+//! - `routes`: the routing model and the immutable route table snapshot (`ArcSwap`), hostname and path-prefix
+//!   matching, and each backend's health (what the proxy saw of its last attempts, atomics only).
 //! - `control`: route sources — the routes file and etcd's route and service keys — combined into the table in
 //!   force.
 //! - `etcd`: the one etcd client of the process, the key schema, and the list-then-watch session loop that
@@ -115,7 +115,9 @@ pub use etcd::connect as etcd_connect;
 pub use events::Events;
 pub use metrics::Metrics;
 pub use readiness::Readiness;
-pub use routes::{normalize_request_host, Backend, HostPattern, RouteHandle, RouteTable};
+pub use routes::{
+    normalize_request_host, Backend, HostPattern, RouteHandle, RouteKey, RouteTable, Target as RouteTarget,
+};
 pub use runtime::{
     ClientTls, ContainerEvent, ContainerInfo, ContainerRuntime, ContainerState, DockerEndpoint, DockerRuntime,
     EndpointError, EventStream, RuntimeError, RuntimeFuture, Runtimes, DEFAULT_HOST,

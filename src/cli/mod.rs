@@ -51,7 +51,7 @@ pub enum Command {
 /// The commands other than `serve`, which [`run`] carries out.
 #[derive(Subcommand)]
 pub enum Tool {
-    /// Manage routes in etcd (hostname -> service).
+    /// Manage routes in etcd (hostname, or hostname and path prefix -> service).
     Route {
         #[command(subcommand)]
         command: RouteCommand,
@@ -126,15 +126,20 @@ pub enum Tool {
 
 #[derive(Subcommand)]
 pub enum RouteCommand {
-    /// Point HOST (e.g. acme.example.com or *.acme.example.com) at SERVICE.
+    /// Point HOST (e.g. acme.example.com or *.acme.example.com), optionally followed by a path prefix
+    /// (acme.example.com/api/), at SERVICE.
     Set {
         host: String,
         service: String,
         /// Write even if SERVICE is not defined (the route answers 503 until it is).
         #[arg(long)]
         force: bool,
+        /// Send the path without the route's prefix (/api/x as /x); a path route only. Without it, the path is
+        /// sent as the client sent it.
+        #[arg(long)]
+        strip_prefix: bool,
     },
-    /// Remove the route for HOST.
+    /// Remove the route for HOST (with its path prefix, for a path route).
     Rm { host: String },
     /// List routes.
     Ls,
@@ -345,7 +350,9 @@ fn operate(config_path: Option<PathBuf>, flags: EtcdSection, op: Op) -> ExitCode
     let result = runtime.block_on(async {
         let mut ops = Ops::connect(&etcd).await?;
         match op {
-            Op::Route(RouteCommand::Set { host, service, force }) => ops.route_set(&host, &service, force).await,
+            Op::Route(RouteCommand::Set { host, service, force, strip_prefix }) => {
+                ops.route_set(&host, &service, force, strip_prefix).await
+            }
             Op::Route(RouteCommand::Rm { host }) => ops.route_rm(&host).await,
             Op::Route(RouteCommand::Ls) => ops.route_ls().await,
             Op::Service(ServiceCommand::Set { name, fields }) => ops.service_set(&name, fields.to_json(), &hosts).await,

@@ -13,7 +13,9 @@ use etcd_client::{Client, Compare, CompareOp, DeleteOptions, Txn, TxnOp};
 use serde_json::{Map, Value};
 
 use crate::etcd::{connect, list_range, within, EtcdConfig, EtcdError, KeyKind, Keys};
-use crate::routes::{validate_service_name, ContainerSpec, DockerHostNames, HostPattern, RouteError, ServiceSpec};
+use crate::routes::{
+    strip_without_prefix, validate_service_name, ContainerSpec, DockerHostNames, RouteError, RouteKey, ServiceSpec,
+};
 use crate::tls::etcd::CertValue;
 
 /// Why an operator command did nothing.
@@ -59,16 +61,32 @@ impl Ops {
         }))
     }
 
-    /// `route set HOST SERVICE`: refuses a service that does not exist unless `force`. The check and the write
-    /// are one transaction, so the service cannot disappear in between.
-    pub(super) async fn route_set(&mut self, host: &str, service: &str, force: bool) -> Result<String, OpsError> {
-        let pattern = HostPattern::parse(host)?;
+    /// `route set HOST[/PREFIX/] SERVICE [--strip-prefix]`: refuses a service that does not exist unless `force`.
+    /// The check and the write are one transaction, so the service cannot disappear in between. The key is
+    /// written in its canonical form (`shop.test/api/`), the one `route ls` and `/api/routes` show.
+    pub(super) async fn route_set(
+        &mut self,
+        host: &str,
+        service: &str,
+        force: bool,
+        strip_prefix: bool,
+    ) -> Result<String, OpsError> {
+        let pattern = RouteKey::parse(host)?;
         validate_service_name(service)?;
+        if strip_prefix && pattern.path.is_none() {
+            return Err(strip_without_prefix(pattern.to_string()).into());
+        }
         let key = self.keys.route(&pattern.to_string());
         let previous = self.object(&key).await?;
         let old_service = previous.as_ref().and_then(|m| m.get("service")).and_then(Value::as_str).map(str::to_string);
+        let old_strip = previous.as_ref().and_then(|m| m.get("strip_prefix")).and_then(Value::as_bool) == Some(true);
         let mut value = previous.unwrap_or_default();
         value.insert("service".into(), Value::String(service.into()));
+        if strip_prefix {
+            value.insert("strip_prefix".into(), Value::Bool(true));
+        } else {
+            value.remove("strip_prefix");
+        }
         let put = TxnOp::put(key.clone(), Value::Object(value).to_string(), None);
         if force {
             within(self.timeout, self.client.txn(Txn::new().and_then(vec![put]))).await?;
@@ -81,17 +99,27 @@ impl Ops {
                 )));
             }
         }
+        let strips = if strip_prefix { ", strips the prefix" } else { "" };
         Ok(match old_service {
-            Some(old) if old == service => format!("route {pattern} -> {service} (unchanged)"),
-            Some(old) => format!("route {pattern} -> {service} (was {old})"),
-            None => format!("route {pattern} -> {service} (new)"),
+            Some(old) if old == service && old_strip == strip_prefix => {
+                format!("route {pattern} -> {service} (unchanged{strips})")
+            }
+            Some(old) if old == service => format!("route {pattern} -> {service} (changed{strips})"),
+            Some(old) => format!("route {pattern} -> {service} (was {old}{strips})"),
+            None => format!("route {pattern} -> {service} (new{strips})"),
         })
     }
 
+    /// `route rm HOST[/PREFIX/]`: removes the route's key, in its canonical form and, for a path route, as
+    /// written by hand without the trailing slash (both mean the same route).
     pub(super) async fn route_rm(&mut self, host: &str) -> Result<String, OpsError> {
-        let pattern = HostPattern::parse(host)?;
-        let resp = within(self.timeout, self.client.delete(self.keys.route(&pattern.to_string()), None)).await?;
-        if resp.deleted() == 0 {
+        let pattern = RouteKey::parse(host)?;
+        let canonical = pattern.to_string();
+        let mut deleted = within(self.timeout, self.client.delete(self.keys.route(&canonical), None)).await?.deleted();
+        if let Some(bare) = canonical.strip_suffix('/').filter(|_| pattern.path.is_some()) {
+            deleted += within(self.timeout, self.client.delete(self.keys.route(bare), None)).await?.deleted();
+        }
+        if deleted == 0 {
             return Err(OpsError::NotFound(format!("no route for {pattern}")));
         }
         Ok(format!("route {pattern} removed"))
@@ -103,8 +131,10 @@ impl Ops {
         let mut out = format!("{:width$}  SERVICE\n", "HOST");
         for (host, value) in &routes {
             let service = value.get("service").and_then(Value::as_str).unwrap_or("?");
+            let strips =
+                if value.get("strip_prefix") == Some(&Value::Bool(true)) { "  (strips the prefix)" } else { "" };
             let note = if services.contains_key(service) { "" } else { "  (service not defined: answers 503)" };
-            let _ = writeln!(out, "{host:width$}  {service}{note}");
+            let _ = writeln!(out, "{host:width$}  {service}{strips}{note}");
         }
         Ok(out)
     }

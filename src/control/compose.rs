@@ -3,9 +3,10 @@
 //! Each source hands over either its complete set ([`Composer::replace`]: the file on every reload, etcd on its
 //! first load and on every resync) or a batch of changes ([`Composer::update`]: one etcd watch response). The
 //! composer works out which keys changed, resolves each against the sources in precedence order (**etcd wins
-//! over the file** when both define the same hostname or service name) and publishes a new table in one swap,
-//! so a batch is never seen half-applied. Only the changed keys are touched: the table's shards are shared with
-//! the previous snapshot.
+//! over the file** when both define the same route key — a hostname, or a hostname and path prefix — or service
+//! name) and publishes a new table in one swap, so a batch is never seen half-applied. Only the changed keys are
+//! touched: the table's shards are shared with the previous snapshot (a path route copies its host's path
+//! routes, not the others').
 //!
 //! The composer applies whatever a source hands over, an empty set included. Guarding against a set emptied by
 //! accident is the source's own business, about its own contribution: the routes file refuses a version without
@@ -19,7 +20,7 @@ use parking_lot::Mutex;
 use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::readiness::Gate;
-use crate::routes::{DockerHostNames, HostPattern, RouteHandle, RouteSet, RouteTable, Service};
+use crate::routes::{DockerHostNames, RouteHandle, RouteKey, RouteSet, RouteTable, Service, Target};
 
 /// Where a definition comes from. Later in this list wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +41,7 @@ impl Source {
 /// One key of a source set, changed: `None` deletes it.
 #[derive(Debug, Clone)]
 pub(crate) enum Change {
-    Route(HostPattern, Option<Arc<str>>),
+    Route(RouteKey, Option<Target>),
     Service(Arc<str>, Option<Arc<Service>>),
 }
 
@@ -202,7 +203,7 @@ impl Composer {
 }
 
 impl State {
-    fn effective_route(&self, k: &HostPattern) -> Option<Arc<str>> {
+    fn effective_route(&self, k: &RouteKey) -> Option<Target> {
         PRECEDENCE.iter().find_map(|s| self.sets[*s as usize].as_ref()?.routes.get(k).cloned())
     }
 
@@ -239,9 +240,15 @@ mod tests {
 
     fn set(routes: &[(&str, &str)], services: &[(&str, u16)]) -> RouteSet {
         RouteSet {
-            routes: routes.iter().map(|(h, s)| (HostPattern::parse(h).unwrap(), Arc::from(*s))).collect(),
+            routes: routes.iter().map(|(h, s)| (RouteKey::parse(h).unwrap(), Target::service(Arc::from(*s)))).collect(),
             services: services.iter().map(|(n, p)| (Arc::from(*n), svc(n, *p))).collect(),
         }
+    }
+
+    /// A composer of `sources`, with a table of its own.
+    fn composer(sources: &[Source]) -> Arc<Composer> {
+        let metrics = Arc::new(Metrics::new());
+        Composer::new(RouteHandle::new(), metrics, Events::new(), sources, Gate::detached(), DockerHostNames::Any)
     }
 
     fn port_of(c: &Composer, host: &str) -> Option<String> {
@@ -250,14 +257,7 @@ mod tests {
 
     #[test]
     fn etcd_wins_over_file_and_falls_back_when_removed() {
-        let c = Composer::new(
-            RouteHandle::new(),
-            Arc::new(Metrics::new()),
-            Events::new(),
-            &[Source::File, Source::Etcd],
-            Gate::detached(),
-            DockerHostNames::Any,
-        );
+        let c = composer(&[Source::File, Source::Etcd]);
         c.replace(Source::File, set(&[("a.test", "a"), ("b.test", "b")], &[("a", 1), ("b", 2)]));
         assert!(!c.loaded.is_open(), "not ready before etcd loaded");
         c.replace(Source::Etcd, set(&[("a.test", "b")], &[("b", 3)]));
@@ -270,7 +270,7 @@ mod tests {
         assert_eq!(sources["services"]["a"], "file", "{sources}");
         assert_eq!(sources["services"]["b"], "etcd", "{sources}");
 
-        c.update(Source::Etcd, vec![Change::Route(HostPattern::parse("a.test").unwrap(), None)]);
+        c.update(Source::Etcd, vec![Change::Route(RouteKey::parse("a.test").unwrap(), None)]);
         assert_eq!(port_of(&c, "a.test").as_deref(), Some("127.0.0.1:1"), "back to the file's route");
         assert_eq!(c.sources()["routes"]["a.test"], "file");
         c.update(Source::Etcd, vec![Change::Service(Arc::from("b"), None)]);
@@ -278,15 +278,32 @@ mod tests {
     }
 
     #[test]
+    fn a_path_route_and_the_host_route_may_come_from_different_sources() {
+        let c = composer(&[Source::File, Source::Etcd]);
+        c.replace(Source::File, set(&[("a.test/api/", "a")], &[("a", 1), ("b", 2)]));
+        c.replace(Source::Etcd, set(&[("a.test", "b")], &[]));
+        let backend = |path: &str| {
+            c.routes.snapshot().find_request("a.test", path).map(|(s, _)| s.backends()[0].as_str().to_string())
+        };
+        assert_eq!(backend("/api/x").as_deref(), Some("127.0.0.1:1"), "the file's path route");
+        assert_eq!(backend("/x").as_deref(), Some("127.0.0.1:2"), "etcd's host route");
+        assert_eq!(c.routes.snapshot().route_count(), 2);
+        // etcd takes the path route over; deleting it there gives it back to the file.
+        let api = RouteKey::parse("a.test/api").unwrap();
+        c.update(Source::Etcd, vec![Change::Route(api.clone(), Some(Target::service(Arc::from("b"))))]);
+        assert_eq!(backend("/api/x").as_deref(), Some("127.0.0.1:2"));
+        assert_eq!(c.sources()["routes"]["a.test/api/"], "etcd");
+        c.update(Source::Etcd, vec![Change::Route(api, None)]);
+        assert_eq!(backend("/api/x").as_deref(), Some("127.0.0.1:1"));
+        // The file drops its path route: the host route takes its paths.
+        c.replace(Source::File, set(&[], &[("a", 1), ("b", 2)]));
+        assert_eq!(backend("/api/x").as_deref(), Some("127.0.0.1:2"));
+        assert_eq!(c.routes.snapshot().route_count(), 1);
+    }
+
+    #[test]
     fn replace_keeps_unchanged_service_instances() {
-        let c = Composer::new(
-            RouteHandle::new(),
-            Arc::new(Metrics::new()),
-            Events::new(),
-            &[Source::Etcd],
-            Gate::detached(),
-            DockerHostNames::Any,
-        );
+        let c = composer(&[Source::Etcd]);
         c.replace(Source::Etcd, set(&[("a.test", "a")], &[("a", 1)]));
         let before = c.routes.snapshot().service("a").unwrap().clone();
         let n = c.replace(Source::Etcd, set(&[("a.test", "a"), ("x.test", "a")], &[("a", 1)]));

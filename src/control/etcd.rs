@@ -1,7 +1,8 @@
 //! Routes from etcd: what the route and service keys mean, and the [`EtcdWatcher`] that keeps the etcd part of
 //! the route table in step with them.
 //!
-//! `<prefix>routes/<hostname>` → `{"service": "acme"}` (`<hostname>` may be `*.example.com`) and
+//! `<prefix>routes/<hostname>` → `{"service": "acme"}` (`<hostname>` may be `*.example.com`, and may be followed
+//! by a path prefix: `<prefix>routes/shop.test/api/` → `{"service": "api", "strip_prefix": true}`) and
 //! `<prefix>services/<name>` → `{"backends": ["10.0.0.5:8080", "http://10.0.0.6:8080"]}`: one JSON value per key,
 //! so a single `put` is never half-applied. Unknown JSON fields are ignored and logged at error, with the
 //! nearest known field; wrong types are errors, and a value that does not parse keeps the key's previous value
@@ -22,8 +23,8 @@ use super::compose::{Change, Composer, Source};
 use crate::etcd::{Etcd, EtcdError, KeyKind, Keys, Sink};
 use crate::metrics::Metrics;
 use crate::routes::{
-    check_field, DockerHostNames, HostPattern, RouteError, RouteSet, RouteSpec, Service, ServiceSpec, ROUTE_FIELDS,
-    SERVICE_FIELDS,
+    check_field, DockerHostNames, RouteError, RouteKey, RouteSet, RouteSpec, Service, ServiceSpec, Target,
+    ROUTE_FIELDS, SERVICE_FIELDS,
 };
 
 /// Why an etcd value was not applied.
@@ -40,7 +41,7 @@ pub(crate) enum ValueError {
 /// A parsed `put`.
 #[derive(Debug)]
 pub(crate) enum Parsed {
-    Route(HostPattern, Arc<str>),
+    Route(RouteKey, Target),
     Service(Arc<str>, Arc<Service>),
 }
 
@@ -55,7 +56,7 @@ pub(crate) fn parse_kv(
     let key = std::str::from_utf8(key).map_err(|_| ValueError::KeyNotUtf8)?;
     match keys.kind(key) {
         KeyKind::Route(host) => {
-            let pattern = HostPattern::parse(host)?;
+            let pattern = RouteKey::parse(host)?;
             let spec: RouteSpec = serde_json::from_slice(value)?;
             for field in spec.unknown.keys() {
                 let hint = crate::suggest::did_you_mean(field, ROUTE_FIELDS.iter().copied());
@@ -63,7 +64,11 @@ pub(crate) fn parse_kv(
                 error!(key, "etcd: {e}; ignored");
             }
             crate::routes::validate_service_name(&spec.service)?;
-            Ok(Some(Parsed::Route(pattern, Arc::from(spec.service))))
+            if spec.strip_prefix && pattern.path.is_none() {
+                return Err(crate::routes::strip_without_prefix(pattern.to_string()).into());
+            }
+            let target = Target { service: Arc::from(spec.service), strip_prefix: spec.strip_prefix };
+            Ok(Some(Parsed::Route(pattern, target)))
         }
         KeyKind::Service(name) => {
             let spec: ServiceSpec =
@@ -100,7 +105,7 @@ fn field_error(name: &str, value: &[u8]) -> Option<ValueError> {
 fn deletion(keys: &Keys, key: &[u8]) -> Option<Change> {
     let key = std::str::from_utf8(key).ok()?;
     match keys.kind(key) {
-        KeyKind::Route(host) => HostPattern::parse(host).ok().map(|p| Change::Route(p, None)),
+        KeyKind::Route(host) => RouteKey::parse(host).ok().map(|p| Change::Route(p, None)),
         KeyKind::Service(name) => Some(Change::Service(Arc::from(name), None)),
         KeyKind::Other => None,
     }
@@ -146,7 +151,7 @@ impl EtcdWatcher {
                     match self.keys.kind(key) {
                         KeyKind::Route(h) => {
                             if let Some((p, s)) =
-                                HostPattern::parse(h).ok().and_then(|p| previous.routes.get_key_value(&p))
+                                RouteKey::parse(h).ok().and_then(|p| previous.routes.get_key_value(&p))
                             {
                                 set.routes.insert(p.clone(), s.clone());
                             }
@@ -227,7 +232,10 @@ impl Sink for EtcdWatcher {
 /// A change as the log names it: `route a.example.com -> shop`, `service shop removed`.
 fn describe(change: &Change) -> String {
     match change {
-        Change::Route(host, Some(service)) => format!("route {host} -> {service}"),
+        Change::Route(host, Some(target)) if target.strip_prefix => {
+            format!("route {host} -> {} (strip_prefix)", target.service)
+        }
+        Change::Route(host, Some(target)) => format!("route {host} -> {}", target.service),
         Change::Route(host, None) => format!("route {host} removed"),
         Change::Service(name, Some(_)) => format!("service {name} set"),
         Change::Service(name, None) => format!("service {name} removed"),
@@ -243,8 +251,18 @@ mod tests {
         let k = Keys::new("/r/");
         let any = DockerHostNames::Any;
         assert!(
-            matches!(parse_kv(&k, b"/r/routes/A.com", br#"{"service":"s"}"#, &any), Ok(Some(Parsed::Route(HostPattern::Exact(h), _))) if h == "a.com")
+            matches!(parse_kv(&k, b"/r/routes/A.com", br#"{"service":"s"}"#, &any), Ok(Some(Parsed::Route(RouteKey { host: crate::routes::HostPattern::Exact(h), path: None }, _))) if h == "a.com")
         );
+        let path = parse_kv(&k, b"/r/routes/a.com/api/", br#"{"service":"s","strip_prefix":true}"#, &any);
+        assert!(
+            matches!(&path, Ok(Some(Parsed::Route(key, t))) if key.to_string() == "a.com/api/" && t.strip_prefix),
+            "{path:?}"
+        );
+        let e = parse_kv(&k, b"/r/routes/a.com", br#"{"service":"s","strip_prefix":true}"#, &any).unwrap_err();
+        assert!(e.to_string().contains("`strip_prefix` needs a path prefix"), "{e}");
+        let e = parse_kv(&k, b"/r/routes/a.com/../x", br#"{"service":"s"}"#, &any).unwrap_err();
+        assert!(e.to_string().contains("route \"a.com/../x\": invalid path prefix"), "{e}");
+        assert!(parse_kv(&k, b"/r/routes/a.com/api", br#"{"service":"s","strip_prefix":"yes"}"#, &any).is_err());
         assert!(matches!(parse_kv(&k, b"/r/routes/a.com", br#"{"service":"s","extra":1}"#, &any), Ok(Some(_))));
         assert!(parse_kv(&k, b"/r/routes/a.com", br#"{"service":1}"#, &any).is_err());
         assert!(parse_kv(&k, b"/r/routes/a.com", b"not json", &any).is_err());

@@ -7,6 +7,7 @@
 //! [routes]
 //! "acme.example.com" = "acme"
 //! "*.acme.example.com" = "acme"
+//! "acme.example.com/api/" = { service = "acme", strip_prefix = true }
 //! ```
 //!
 //! A file that does not parse or validate is rejected whole: the previous table stays in force (or, at start,
@@ -57,7 +58,9 @@ use tracing::{debug, error, info, warn, Instrument};
 use super::compose::{Composer, Source};
 use crate::fswatch::FsWatch;
 use crate::metrics::Metrics;
-use crate::routes::{check_field, DockerHostNames, HostPattern, RouteError, RouteSet, RouteTable, ServiceSpec};
+use crate::routes::{
+    check_field, DockerHostNames, RouteError, RouteKey, RouteSet, RouteSpec, RouteTable, ServiceSpec, ROUTE_FIELDS,
+};
 
 /// How often the file's metadata is checked even without a file-system event: a safety net for file systems
 /// and editors that notify poorly. Events normally apply a change in a few milliseconds.
@@ -325,6 +328,46 @@ fn read_service(
     }
 }
 
+/// Reads a route's value: the service's name (`"acme"`) or a table (`{ service = "acme", strip_prefix = true }`).
+/// A wrong value is an error at `line`; an unknown field of the table goes to `unknown` (the route still loads).
+fn route_value(
+    host: &str,
+    value: &toml::Value,
+    line: usize,
+    errors: &mut Vec<Located>,
+    unknown: &mut Vec<Located>,
+) -> Option<(String, bool)> {
+    let bad = |reason: String| Located { line, error: RouteError::BadRoute { host: host.to_string(), reason } };
+    match value {
+        toml::Value::String(service) => Some((service.clone(), false)),
+        toml::Value::Table(_) => match value.clone().try_into::<RouteSpec>() {
+            Ok(spec) => {
+                for field in spec.unknown.keys() {
+                    let hint = crate::suggest::did_you_mean(field, ROUTE_FIELDS.iter().copied());
+                    let error = RouteError::UnknownKey { place: "field of a route", key: field.clone(), hint };
+                    unknown.push(Located { line, error });
+                }
+                Some((spec.service, spec.strip_prefix))
+            }
+            Err(e) => {
+                let message = e.to_string();
+                let message = message.lines().next().unwrap_or_default().to_string();
+                errors
+                    .push(bad(format!("{message} (a route's table is {{ service = \"acme\", strip_prefix = true }})")));
+                None
+            }
+        },
+        _ => {
+            let reason = format!(
+                "the value is the service's name, a string (\"{host}\" = \"acme\"), or a table \
+                 ({{ service = \"acme\", strip_prefix = true }})"
+            );
+            errors.push(bad(reason));
+            None
+        }
+    }
+}
+
 /// Parses and validates routes-file text; a service's `docker_host` must be one of `hosts`. `path` is used in
 /// messages, and its directory is where a service's `tls` files (`ca`, `client_cert`, `client_key`) are read
 /// from when relative (each at most `max_size` bytes). Every service and route is checked on its own, so every
@@ -361,17 +404,16 @@ pub(crate) fn parse(path: &Path, text: &str, hosts: &DockerHostNames, max_size: 
     routes.sort_by_key(|(_, service)| service.span().start);
     // Each host's lines: a route's error is at the first, a duplicate's at the last.
     let mut route_lines: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for (host, service) in routes {
-        let line = lines.of(service.span().start);
-        let Some(service) = service.get_ref().as_str() else {
-            let reason = format!("the value is the service's name, a string (\"{host}\" = \"acme\")");
-            errors.push(Located { line, error: RouteError::BadRoute { host: host.clone(), reason } });
+    for (host, value) in routes {
+        let line = lines.of(value.span().start);
+        let Some((service, strip_prefix)) = route_value(host, value.get_ref(), line, &mut errors, &mut unknown_keys)
+        else {
             continue;
         };
-        match HostPattern::parse(host) {
+        match RouteKey::parse(host) {
             Ok(pattern) => {
                 route_lines.entry(pattern.to_string()).or_default().push(line);
-                builder.route(pattern, service);
+                builder.route_with(pattern, &service, strip_prefix);
             }
             Err(error) => errors.push(Located { line, error }),
         }
@@ -390,9 +432,9 @@ pub(crate) fn parse(path: &Path, text: &str, hosts: &DockerHostNames, max_size: 
             for error in build_errors {
                 let lines = |host: &str| route_lines.get(host).map(Vec::as_slice).unwrap_or_default();
                 let line = match &error {
-                    RouteError::UnknownService { host, .. } | RouteError::InvalidService { host, .. } => {
-                        lines(host).first().copied().unwrap_or(0)
-                    }
+                    RouteError::UnknownService { host, .. }
+                    | RouteError::InvalidService { host, .. }
+                    | RouteError::BadRoute { host, .. } => lines(host).first().copied().unwrap_or(0),
                     RouteError::DuplicateRoute { host } => lines(host).last().copied().unwrap_or(0),
                     _ => 0,
                 };
@@ -719,6 +761,43 @@ backends = ["127.0.0.1:1", "http://127.0.0.1:2"]
     }
 
     #[test]
+    fn path_routes_and_their_tables() {
+        let text = r#"[services.web]
+backends = ["127.0.0.1:1"]
+[services.api]
+backends = ["127.0.0.1:2"]
+[routes]
+"shop.test" = "web"
+"shop.test/api/" = { service = "api", strip_prefix = true }
+"*.shop.test/docs" = { service = "web", colour = "x" }
+"#;
+        let t = parse(Path::new("r.toml"), text, &DockerHostNames::Any, LIMIT).unwrap();
+        assert_eq!(t.counts(), Counts { routes: 3, services: 2 });
+        let said: Vec<String> = t.unknown_keys.iter().map(|u| format!("{}: {}", u.line, u.error)).collect();
+        assert_eq!(said, ["8: unknown field of a route `colour`"]);
+        let table = t.set.to_table();
+        let (found, strip) = table.lookup_request("shop.test", || "/api/x");
+        assert!(matches!(found, crate::routes::Lookup::Found(s) if s.name() == "api") && strip == 4);
+
+        let e = errs(
+            "[services.a]\nbackends = [\"127.0.0.1:1\"]\n[routes]\n\"a.test\" = { service = \"a\", strip_prefix = true }\n\
+             \"a.test/x/../y\" = \"a\"\n\"a.test/q?x\" = \"a\"\n\"a.test/z\" = { strip_prefix = true }\n\"a.test/w\" = \"a\"\n\"a.test/w/\" = \"a\"\n",
+        );
+        let lines: Vec<&str> = e.lines().skip(1).map(str::trim).collect();
+        assert_eq!(
+            lines,
+            [
+                "line 4: route \"a.test\": `strip_prefix` needs a path prefix in the key (as in shop.test/api/)",
+                "line 5: route \"a.test/x/../y\": invalid path prefix: a '.' or '..' segment",
+                "line 6: route \"a.test/q?x\": invalid path prefix: invalid character '?' (a prefix is a path, without query or fragment)",
+                "line 7: route \"a.test/z\": missing field `service` (a route's table is { service = \"acme\", strip_prefix = true })",
+                "line 9: route \"a.test/w/\" is defined twice (hostnames are case-insensitive, and a path prefix's trailing slash is optional)",
+            ],
+            "{e}"
+        );
+    }
+
+    #[test]
     fn a_version_without_routes_is_refused_unless_allowed() {
         let load = |text: &str| parse(Path::new("r.toml"), text, &DockerHostNames::Any, LIMIT).unwrap();
         let counts = |routes, services| Counts { routes, services };
@@ -797,7 +876,7 @@ backends = ["127.0.0.1:3"]
                 "line 16: route \"a.test\" points to service \"a\", which is invalid",
                 "line 17: route \"a.test\" is defined twice (hostnames are case-insensitive)",
                 "line 18: route \"b.test\" points to service \"b\", which is invalid",
-                "line 19: route \"c.test\": the value is the service's name, a string (\"c.test\" = \"acme\")",
+                "line 19: route \"c.test\": the value is the service's name, a string (\"c.test\" = \"acme\"), or a table ({ service = \"acme\", strip_prefix = true })",
                 "line 20: route \"d.test\" points to undefined service \"nowhere\"",
             ],
             "{e}"

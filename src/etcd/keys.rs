@@ -1,7 +1,7 @@
 //! The key schema under one prefix (default `/reveille/`): every key any part of reveille reads or writes.
 //!
-//! - `<prefix>routes/<hostname>` → `{"service": "acme"}` (`<hostname>` may be `*.example.com`), read by
-//!   `control::etcd`, written by `reveille route`.
+//! - `<prefix>routes/<hostname>` → `{"service": "acme"}` (`<hostname>` may be `*.example.com`, and may go on
+//!   with a path prefix: `routes/shop.test/api/`), read by `control::etcd`, written by `reveille route`.
 //! - `<prefix>services/<name>` → `{"backends": [...], ...}`, read by `control::etcd`, written by
 //!   `reveille service`.
 //! - `<prefix>status/<name>` → `{"state", "since", "node"}`: a passivated service's state, changed by

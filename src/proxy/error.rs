@@ -29,6 +29,10 @@ pub(crate) enum ProxyError {
     BadHost,
     #[error("no route for host {host:?}")]
     UnknownHost { host: String },
+    /// A request path with a `.` or `..` segment, to a host that has path routes (it could reach a backend
+    /// under another prefix than the one matched).
+    #[error("the request path has a '.' or '..' segment")]
+    DotSegment,
     #[error("host {host:?} is routed to service {service:?}, which does not exist")]
     MissingService { host: String, service: String },
     #[error("no backend of service {service:?} could be reached")]
@@ -62,7 +66,7 @@ pub(crate) enum ProxyError {
 impl ProxyError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            Self::BadHost | Self::BadBody => StatusCode::BAD_REQUEST,
+            Self::BadHost | Self::BadBody | Self::DotSegment => StatusCode::BAD_REQUEST,
             Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -89,7 +93,7 @@ impl ProxyError {
             Self::Wake { .. } => 14,
             Self::ClientAborted => 1,
             Self::TooManyHeaders { .. } => 8,
-            Self::BadHost | Self::BadBody => 13,
+            Self::BadHost | Self::BadBody | Self::DotSegment => 13,
         }
     }
 
@@ -122,6 +126,7 @@ impl ProxyError {
         match self {
             Self::BadHost
             | Self::UnknownHost { .. }
+            | Self::DotSegment
             | Self::ClientAborted
             | Self::BadBody
             | Self::BodyTimeout { .. }
@@ -167,6 +172,7 @@ impl ProxyError {
             // The client's own input, echoed: nothing of reveille's.
             Self::BadHost
             | Self::UnknownHost { .. }
+            | Self::DotSegment
             | Self::MethodNotAllowed
             | Self::BadBody
             | Self::TooManyHeaders { .. } => return self.to_string().into(),

@@ -169,7 +169,7 @@ impl RequestCtx {
 
 /// The request's phases up to its response: checks, routing, what reveille answers itself (HTTPS redirect,
 /// status endpoint), passivation (wake, starting page), forwarding. Leaves metrics and logs to the exit.
-async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, req: Request<Incoming>, guard: InFlight) -> Outcome {
+async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, mut req: Request<Incoming>, guard: InFlight) -> Outcome {
     let proxy = &*svc.proxy;
 
     if req.method() == Method::CONNECT {
@@ -192,15 +192,27 @@ async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, req: Request<Incoming
         ctx.log_host(raw_host.as_deref());
         return Err((ProxyError::BadHost, guard));
     };
-    let service = match proxy.routes.load().lookup(&host) {
-        Lookup::Found(s) => s.clone(),
-        Lookup::MissingService(name) => {
+    // The path matters only for hosts that have path routes; `strip` is how much of it the route strips.
+    let (service, strip) = match proxy.routes.load().lookup_request(&host, || req.uri().path()) {
+        (Lookup::Found(s), strip) => (s.clone(), strip),
+        (Lookup::DotSegment, _) => {
+            ctx.log_host(raw_host.as_deref());
+            return Err((ProxyError::DotSegment, guard));
+        }
+        (Lookup::MissingService(name), _) => {
             ctx.log_host(raw_host.as_deref());
             let err = ProxyError::MissingService { host: host.into_owned(), service: name.to_string() };
             return Err((err, guard));
         }
-        Lookup::NoRoute => {
+        (Lookup::NoRoute, _) => {
             ctx.log_host(raw_host.as_deref());
+            // A host with path routes alone still answers its certificate's HTTP-01 challenges.
+            if let Some(answer) = proxy.acme.as_ref().and_then(|c| {
+                let token = req.uri().path().strip_prefix(ACME_CHALLENGE)?;
+                proxy.routes.load().exact_service(&host).and_then(|_| c.http01(token))
+            }) {
+                return Ok(acme_answer(answer, guard));
+            }
             return Err((ProxyError::UnknownHost { host: host.into_owned() }, guard));
         }
     };
@@ -211,11 +223,7 @@ async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, req: Request<Incoming
         if let Some(token) = req.uri().path().strip_prefix(ACME_CHALLENGE) {
             // Only tokens reveille published; any other is the tenant's own business, forwarded as usual.
             if let Some(answer) = challenges.http01(token) {
-                let response = http::Response::builder()
-                    .header(http::header::CONTENT_TYPE, "text/plain")
-                    .body(answer)
-                    .expect("a static response");
-                return Ok(with_guard(response, guard));
+                return Ok(acme_answer(answer, guard));
             }
         }
     }
@@ -244,6 +252,9 @@ async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, req: Request<Incoming
     }
     drop(host);
     drop(raw_host);
+    if strip != 0 {
+        strip_prefix(req.uri_mut(), strip);
+    }
 
     ctx.forwarded = true;
     // Boxed: forwarding's future is most of a request's async state, and every level above it would otherwise
@@ -257,6 +268,27 @@ async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, req: Request<Incoming
             }
             Err((err, guard))
         }
+    }
+}
+
+/// The answer to an HTTP-01 challenge reveille published: its key authorization, as text.
+fn acme_answer(answer: String, guard: InFlight) -> Response {
+    let response =
+        http::Response::builder().header(CONTENT_TYPE, "text/plain").body(answer).expect("a static response");
+    with_guard(response, guard)
+}
+
+/// Takes `strip` bytes of prefix off the request target's path (a path route's `strip_prefix`): `/api/x?q` as
+/// `/x?q`, `/api` as `/`. The scheme and authority (absolute form, h2) stay. In place: the request is not moved.
+#[cold]
+fn strip_prefix(uri: &mut Uri, strip: usize) {
+    let path = crate::routes::stripped_path(uri.path(), uri.query(), strip);
+    // The tail of a path that parsed, with its query: it parses too, and so does the target rebuilt with it.
+    let Ok(path) = PathAndQuery::try_from(path) else { return };
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = Some(path);
+    if let Ok(stripped) = Uri::from_parts(parts) {
+        *uri = stripped;
     }
 }
 

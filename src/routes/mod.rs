@@ -1,7 +1,9 @@
-//! The route table: which service answers a hostname, and which backends serve a service.
+//! The route table: which service answers a hostname (and, for hosts that have path routes, a path prefix),
+//! and which backends serve a service.
 //!
 //! Owns the routing model shared by every route source (the routes file and etcd): hostname patterns
-//! ([`HostPattern`]), backend addresses ([`Backend`]), services ([`Service`], with their container and HTTPS
+//! ([`HostPattern`]), route keys with their optional path prefix and the path matcher ([`RouteKey`], `path.rs`),
+//! backend addresses ([`Backend`]), services ([`Service`], with their container and HTTPS
 //! policy), the immutable [`RouteTable`] snapshot built from them, and [`RouteSet`], what one source defines.
 //! It does not know where routes come from (that is `control/`), how requests are forwarded (`proxy/`) or
 //! whether the process is ready (`readiness`).
@@ -10,6 +12,7 @@
 //! builds a whole new table and swaps it in, so a request sees either the old table or the new one, never a mix.
 mod backend;
 mod host;
+mod path;
 mod service;
 mod shard;
 mod spec;
@@ -22,10 +25,12 @@ use arc_swap::ArcSwap;
 pub use backend::Backend;
 pub(crate) use backend::{Failure, Health, Protocol};
 pub use host::{normalize_request_host, HostPattern};
+pub(crate) use path::stripped as stripped_path;
+pub use path::{RouteKey, Target};
 pub(crate) use service::{ContainerSpec, IdleAction, Service};
 pub(crate) use spec::{check_field, DockerHostNames, RouteSpec, ServiceSpec, ROUTE_FIELDS, SERVICE_FIELDS};
 pub use table::RouteTable;
-pub(crate) use table::{Lookup, RouteSet};
+pub(crate) use table::{strip_without_prefix, Lookup, RouteSet};
 
 /// Errors in route definitions. Every variant names the offending item, so a log line is enough to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,7 +45,7 @@ pub enum RouteError {
     NoBackends { service: String },
     #[error("route {host:?} points to undefined service {service:?}")]
     UnknownService { host: String, service: String },
-    #[error("route {host:?} is defined twice (hostnames are case-insensitive)")]
+    #[error("route {host:?} is defined twice (hostnames are case-insensitive{})", if host.contains('/') { ", and a path prefix's trailing slash is optional" } else { "" })]
     DuplicateRoute { host: String },
     #[error("service {service:?} is defined twice")]
     DuplicateService { service: String },
@@ -55,6 +60,9 @@ pub enum RouteError {
     UnknownKey { place: &'static str, key: String, hint: String },
     #[error("route {host:?}: {reason}")]
     BadRoute { host: String, reason: String },
+    /// A route key's path prefix that no request could match as meant (see `PathPrefix::parse`).
+    #[error("route {route:?}: invalid path prefix: {reason}")]
+    BadPath { route: String, reason: String },
     /// The service is defined but invalid (its own error says why): not "undefined", which would send the
     /// operator looking for a missing definition.
     #[error("route {host:?} points to service {service:?}, which is invalid")]

@@ -175,7 +175,7 @@ impl TlsSpec {
 }
 
 /// The fields of [`RouteSpec`] as written.
-pub(crate) const ROUTE_FIELDS: &[&str] = &["service"];
+pub(crate) const ROUTE_FIELDS: &[&str] = &["service", "strip_prefix"];
 
 /// The fields of [`ServiceSpec`] that are durations (`"5m"`).
 pub(crate) const DURATION_FIELDS: &[&str] =
@@ -247,10 +247,14 @@ impl DockerHostNames {
     }
 }
 
-/// A route value in etcd: `{"service": "acme"}`.
+/// A route value: `{"service": "acme"}` in etcd, `{ service = "acme", strip_prefix = true }` (or the service's
+/// name alone) in the routes file.
 #[derive(Debug, Deserialize)]
 pub(crate) struct RouteSpec {
     pub service: String,
+    /// Send the path without the route's prefix (path routes only).
+    #[serde(default)]
+    pub strip_prefix: bool,
     #[serde(flatten)]
     pub unknown: BTreeMap<String, IgnoredAny>,
 }

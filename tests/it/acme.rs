@@ -668,3 +668,29 @@ async fn on_demand_orders_per_minute_are_limited_whatever_the_address() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     running.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_with_path_routes_alone_gets_one_certificate_by_http01() {
+    let backend = Backend::fixed("hello from the api").await;
+    let bound = Bound::new().await;
+    let pebble = Pebble::start(Bound::port(&bound.http), Bound::port(&bound.https)).await;
+    // Two path routes and no host route for shop.test: certificates are per host, so one order, one name.
+    let routes = format!(
+        "[services.api]\nbackends = [\"{0}\"]\nacme = true\n[services.docs]\nbackends = [\"{0}\"]\nacme = true\n\
+         [routes]\n\"shop.test/api/\" = \"api\"\n\"shop.test/docs/\" = \"docs\"\n",
+        backend.addr
+    );
+    let (_dir, running) =
+        start_with_dir(&pebble, bound, &routes, "challenge = \"http-01\"\ncheck_interval = \"1s\"").await;
+    let https = running.https_addr.unwrap();
+    until_verified(&pebble, https, "shop.test").await;
+    assert_eq!(get_tls(&pebble, https, "shop.test", "/api/x").await, "hello from the api");
+    assert!(
+        metric(running.admin_addr, "reveille_acme_challenges_total{kind=\"http-01\",result=\"answered\"}").await >= 1.0
+    );
+    assert_eq!(sum_of(running.admin_addr, "reveille_acme_orders_total{", "").await, 1.0, "one order in all");
+    // Its other paths are still no route, challenge tokens reveille did not publish included.
+    let got = support::get(running.http_addr, "shop.test", "/.well-known/acme-challenge/made-up").await;
+    assert_eq!(got.status, http::StatusCode::NOT_FOUND);
+    running.shutdown();
+}

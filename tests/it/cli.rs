@@ -6,7 +6,8 @@ use crate::support::etcd::Etcd;
 
 const BIN: &str = env!("CARGO_BIN_EXE_reveille");
 
-fn reveille(etcd: &str, args: &[&str]) -> (i32, String, String) {
+/// `reveille ARGS --etcd ETCD`: its exit code, stdout and stderr.
+pub(crate) fn reveille(etcd: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(BIN).args(args).args(["--etcd", etcd]).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
@@ -15,7 +16,8 @@ fn reveille(etcd: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-async fn value(etcd: &Etcd, key: &str) -> Option<serde_json::Value> {
+/// The JSON value at `key`, if any.
+pub(crate) async fn value(etcd: &Etcd, key: &str) -> Option<serde_json::Value> {
     let resp = etcd.client().await.get(key, None).await.unwrap();
     resp.kvs().first().map(|kv| serde_json::from_slice(kv.value()).unwrap())
 }

@@ -335,7 +335,8 @@ async fn ten_thousand_services_are_paged_and_searchable_on_a_phone() {
 /// Plain services (backends, no container) through the page: one whose only backend refuses shows `down`, is
 /// counted as down in the header and is never shown "running"; a live one `up`; one with a live and a refusing
 /// backend `degraded`, with each backend's health; requests and 5xx per second; no wake or sleep button. A route
-/// (from etcd) to a service that does not exist is flagged, and the page fills a wide window.
+/// (from etcd) to a service that does not exist is flagged, so is a path route that strips its prefix, and the
+/// page fills a wide window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_services_show_their_health_and_missing_services_are_flagged() {
     let live = support::Backend::echo("live").await;
@@ -346,6 +347,7 @@ async fn plain_services_show_their_health_and_missing_services_are_flagged() {
     );
     let etcd = support::etcd::Etcd::start().await;
     etcd.put("/reveille/routes/ghost.test", "{\"service\": \"ghost\"}").await;
+    etcd.put("/reveille/routes/answering.test/api/", "{\"service\": \"answering\", \"strip_prefix\": true}").await;
     let proxy = TestProxy::start_custom(&routes, |c| {
         c.proxy.access_log = false;
         let mut e = reveille::EtcdConfig::new(vec![etcd.url.clone()]);
@@ -405,6 +407,9 @@ async fn plain_services_show_their_health_and_missing_services_are_flagged() {
     assert_eq!(page.eval("document.querySelector('tr[data-route=\"answering.test\"]').className").await, "");
     let missing = page.eval("document.querySelector('#summary .missing')?.textContent ?? ''").await;
     assert_eq!(missing, "1 route to a missing service");
+    // A path route, listed by its key, flagged when it strips its prefix.
+    let api = "document.querySelector('tr[data-route=\"answering.test/api/\"] .flag')?.textContent ?? ''";
+    assert_eq!(page.eval(api).await, "strips the prefix");
     // Rates arrive once the counters have been read twice (5 s apart), at the page's next reading.
     page.until_with(&cell("answering", "rps"), "a rate above 0", |t| t.parse::<f64>().is_ok_and(|r| r > 0.0)).await;
     page.until_with(&cell("refusing", "eps"), "a 5xx rate above 0", |t| t.parse::<f64>().is_ok_and(|r| r > 0.0)).await;

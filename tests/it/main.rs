@@ -31,6 +31,7 @@ mod limits;
 mod manpage;
 mod nagle;
 mod passivation;
+mod path_routes;
 mod pool;
 mod pressure;
 mod reload;
