@@ -178,3 +178,28 @@ async fn a_stream_quiet_for_longer_than_the_upstream_read_timeout_is_cut() {
     let err = end.expect_err("the quiet call was cut");
     assert_eq!(err.code(), tonic::Code::Internal, "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sleeping_tenant_holds_a_grpc_call_while_it_wakes() {
+    // A passivated service whose container only gives the lifecycle; its backend is a fixed h2c address.
+    let runtime = crate::support::runtime::ScriptedRuntime::new();
+    let port = runtime.add_stopped("grpc-ctr", Duration::from_millis(200)).await;
+    let backend = H2Backend::grpc("woken").await;
+    let routes = format!(
+        "[services.g]\ncontainer = \"grpc-ctr\"\nport = {port}\nidle_timeout = \"0\"\nbackends = [\"h2c://{}\"]\n\
+         [routes]\n\"grpc.test\" = \"g\"\n",
+        backend.addr
+    );
+    let proxy = TestProxy::start_with_runtime(&routes, |_| {}, std::sync::Arc::new(runtime.clone())).await;
+    eventually(Duration::from_secs(10), "the tenant seen stopped", || async {
+        proxy.service_view("g").await["state"] == "stopped"
+    })
+    .await;
+    assert_eq!(runtime.count("grpc-ctr", "start"), 0);
+
+    let mut client = EchoClient::new(h2c_channel(proxy.http, "grpc.test").await);
+    let got = client.unary(msg("wake up", 1)).await.unwrap();
+    assert_eq!(got.text, "woken: wake up");
+    assert_eq!(runtime.count("grpc-ctr", "start"), 1, "the call woke the tenant");
+    assert_eq!(proxy.service_view("g").await["state"], "running");
+}
