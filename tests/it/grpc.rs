@@ -181,12 +181,14 @@ async fn a_stream_quiet_for_longer_than_the_upstream_read_timeout_is_cut() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sleeping_tenant_holds_a_grpc_call_while_it_wakes() {
-    // A passivated service whose container only gives the lifecycle; its backend is a fixed h2c address.
+    // A passivated service whose container only gives the lifecycle; its backend is a fixed h2c address, whose
+    // readiness is a `GET` of `health_path` over HTTP/2 (it speaks nothing else).
     let runtime = crate::support::runtime::ScriptedRuntime::new();
     let port = runtime.add_stopped("grpc-ctr", Duration::from_millis(200)).await;
     let backend = H2Backend::grpc("woken").await;
     let routes = format!(
         "[services.g]\ncontainer = \"grpc-ctr\"\nport = {port}\nidle_timeout = \"0\"\nbackends = [\"h2c://{}\"]\n\
+         health_path = \"/healthz\"\n\
          [routes]\n\"grpc.test\" = \"g\"\n",
         backend.addr
     );
