@@ -215,6 +215,7 @@ pub async fn start(
         cluster.clone(),
     );
     tasks.push(tokio::spawn(passivator.clone().run(routes.clone(), background.clone())));
+    tasks.push(tokio::spawn(crate::health_check::run(routes.clone(), background.clone())));
     if let Some(cluster) = cluster {
         tasks.push(tokio::spawn(cluster.run(background.clone())));
     }

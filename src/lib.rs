@@ -17,6 +17,8 @@
 //!   the certificates directory.
 //! - `fsread`: reading the files an operator points reveille at (routes, certificates, config, templates)
 //!   within bounds: regular files only, opened without blocking, at most `max_file_size` bytes.
+//! - `health_check`: active health checks of backends (a task per checked backend, following the route table);
+//!   a failed check takes a backend out of its service's rotation until one passes.
 //! - `proxy`: the data path — downstream connections (plain or TLS), HTTP/1.1 and h2, forwarding, upgrades,
 //!   HTTPS redirects, limits and timeouts; one exit per request that counts it and hands its access-log line
 //!   over. It puts a backend connection back in the pool once its response has been read.
@@ -72,6 +74,7 @@ mod etcd;
 mod events;
 mod fsread;
 mod fswatch;
+mod health_check;
 mod metrics;
 mod open_files;
 mod passivation;

@@ -206,10 +206,22 @@ impl Ops {
         let width = services.keys().map(String::len).max().unwrap_or(7).max(7);
         let mut out = format!("{:width$}  ROUTES  BACKENDS\n", "SERVICE");
         for (name, value) in &services {
-            let backends: Vec<&str> = value
+            // A backend is an address, or `{"address", "weight"}`.
+            let backends: Vec<String> = value
                 .get("backends")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|b| match (b.as_str(), b.get("address").and_then(Value::as_str)) {
+                            (Some(addr), _) => Some(addr.to_string()),
+                            (None, Some(addr)) => Some(match b.get("weight").and_then(Value::as_u64) {
+                                Some(w) => format!("{addr} (weight {w})"),
+                                None => addr.to_string(),
+                            }),
+                            (None, None) => None,
+                        })
+                        .collect()
+                })
                 .unwrap_or_default();
             let n = routes.values().filter(|v| v.get("service").and_then(Value::as_str) == Some(name)).count();
             let container = value.get("container").and_then(Value::as_str);

@@ -6,12 +6,13 @@
 //! vocabulary as label values (`&'static str`, or an enum implementing [`LabelValue`], such as the proxy's
 //! unrouted and upstream error kinds).
 //!
-//! One file per domain: `passivation.rs`, `cluster.rs`, `tls.rs`, `acme.rs`, `admin.rs`; the data path, the
+//! One file per domain: `passivation.rs`, `cluster.rs`, `tls.rs`, `acme.rs`, `admin.rs`, `balancer.rs`; the data path, the
 //! route table, etcd and the access log are here. `labels.rs` holds the labels several domains use,
 //! `histogram.rs` the latency histograms.
 
 mod acme;
 mod admin;
+mod balancer;
 mod cluster;
 mod histogram;
 mod labels;
@@ -28,6 +29,7 @@ use prometheus_client::registry::Registry;
 
 pub(crate) use acme::AcmeMetrics;
 pub(crate) use admin::AdminMetrics;
+pub(crate) use balancer::BalancerMetrics;
 pub(crate) use cluster::ClusterMetrics;
 pub(crate) use histogram::ServiceStats;
 pub(crate) use labels::{LabelValue, LabeledCounters};
@@ -62,6 +64,7 @@ pub struct Metrics {
     acme: AcmeMetrics,
     cluster: ClusterMetrics,
     admin: AdminMetrics,
+    balancer: BalancerMetrics,
     requests: Family<ServiceClassLabels, Counter>,
     unrouted: Family<KindLabels, Counter>,
     duration: LatencyHistogram,
@@ -227,6 +230,7 @@ impl Metrics {
         let acme = AcmeMetrics::register(&mut registry);
         let cluster = ClusterMetrics::register(&mut registry);
         let admin = AdminMetrics::register(&mut registry);
+        let balancer = BalancerMetrics::register(&mut registry);
 
         Self {
             registry,
@@ -235,6 +239,7 @@ impl Metrics {
             acme,
             cluster,
             admin,
+            balancer,
             requests,
             unrouted,
             duration,
@@ -383,6 +388,11 @@ impl Metrics {
 
     pub fn cluster(&self) -> &ClusterMetrics {
         &self.cluster
+    }
+
+    /// The balancer's metrics: ejections and retries.
+    pub fn balancer(&self) -> &BalancerMetrics {
+        &self.balancer
     }
 
     pub fn admin(&self) -> &AdminMetrics {

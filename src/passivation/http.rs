@@ -199,7 +199,8 @@ fn tenant_health(phase: Phase, seen: Health) -> &'static str {
 }
 
 /// One backend as `/api/services` shows it: its address, health, when it last answered and when and why an
-/// attempt last failed (wall-clock times), and the failures since its last answer.
+/// attempt last failed (wall-clock times), the failures since its last answer, and its ejections (until when
+/// it is out of the rotation, how often it was).
 fn backend_json(backend: &Backend, now: Instant, wall: SystemTime) -> Value {
     let view = backend.health(now);
     let at = |ago: Duration| rfc3339(wall.checked_sub(ago).unwrap_or(wall));
@@ -209,6 +210,11 @@ fn backend_json(backend: &Backend, now: Instant, wall: SystemTime) -> Value {
         "last_answer": view.last_ok.map(at),
         "last_failure": view.last_failure.map(|(ago, why)| json!({ "at": at(ago), "kind": why.as_str() })),
         "failures": view.failures,
+        // Out of its service's rotation until then (passive ejection), and how often it was.
+        "ejected_until": view.ejected_for.map(|left| rfc3339(wall + left)),
+        "ejections": view.ejections,
+        // Its active health check fails: out until one passes.
+        "check_failing": view.check_failing,
     })
 }
 

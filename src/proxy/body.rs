@@ -28,7 +28,7 @@ use tracing::warn;
 use super::conn::{ConnState, InFlight};
 use super::error::UpstreamErrorKind;
 use super::stream::Progress;
-use crate::routes::{Backend, Service};
+use crate::routes::{Backend, Load, Service};
 use crate::upstream::{SendBody, UpstreamBody, UpstreamError};
 
 /// How a client's request body must arrive.
@@ -523,6 +523,8 @@ impl SendBody for RequestBody {
 pub(crate) struct ResponseBody {
     kind: Kind,
     guard: Option<InFlight>,
+    /// The backend's count of requests in flight, for `least_request`: released with the body, as the guard.
+    load: Option<Load>,
 }
 
 // Boxing the upstream variant would cost an allocation per response; the size is only moved a few times.
@@ -569,12 +571,17 @@ impl ResponseBody {
             reported: false,
             progress,
         };
-        Self { kind: Kind::Upstream(up), guard: Some(guard) }
+        Self { kind: Kind::Upstream(up), guard: Some(guard), load: None }
     }
 
     pub(crate) fn full(bytes: impl Into<Bytes>, guard: Option<InFlight>) -> Self {
         let b = bytes.into();
-        Self { kind: Kind::Full(if b.is_empty() { None } else { Some(b) }), guard }
+        Self { kind: Kind::Full(if b.is_empty() { None } else { Some(b) }), guard, load: None }
+    }
+
+    /// Holds `load` (a request in flight at its backend) until the body ends or is dropped.
+    pub(crate) fn set_load(&mut self, load: Load) {
+        self.load = Some(load);
     }
 
     /// Names the service and backend a stall is logged with.
@@ -692,6 +699,7 @@ impl Body for ResponseBody {
         if let Poll::Ready(None) = res {
             // Release the guard as soon as the body ends, not when hyper gets round to dropping it.
             this.guard = None;
+            this.load = None;
         }
         res
     }

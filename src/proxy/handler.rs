@@ -36,7 +36,9 @@ use super::headers::{add_forwarded, strip_hop_by_hop, upgrade_requested};
 use super::{tunnel, ProxyError, ProxyService, Response, Settings};
 use crate::access_log::Entry;
 use crate::passivation::{wants_page, Activity, Refusal};
-use crate::routes::{normalize_request_host, Backend, Failure, Lookup, Protocol, Service};
+use crate::routes::{
+    normalize_request_host, Backend, Failure, Load, Lookup, Protocol, Retries, RetryBudget, Rotation, Service,
+};
 use crate::upstream::{
     self, Alpn, BackendTls, ConnectError, Connector, H2Failure, H2RequestBody, H2SendError, RequestHead, SendError,
     UpstreamBody, UpstreamError,
@@ -376,9 +378,9 @@ async fn forward(
     let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
 
     // A passivated service without fixed backends has one: its container's address.
-    let backends = match target {
-        Some(b) => Backends::One(std::iter::once(b)),
-        None => Backends::Rotation(service.rotation()),
+    let mut backends = match target {
+        Some(b) => Backends::One(Some(b)),
+        None => Backends::Rotation { rotation: service.rotation(start), peeked: None },
     };
     let template = Template {
         // Safe to send twice (RFC 9110 §9.2.2), with a body that is still whole for a second time.
@@ -390,7 +392,12 @@ async fn forward(
     let mut downstream_upgrade = downstream_upgrade;
     let mut activity = activity;
     let timeout = proxy.settings.response_timeout;
-    for backend in backends {
+    // A service that retries counts its requests for its budget (one branch for the others).
+    let retries = if target.is_none() { service.retries() } else { None };
+    if let Some((_, budget)) = retries {
+        budget.deposit(start);
+    }
+    while let Some(backend) = backends.next() {
         *last_backend = Some(backend.clone());
 
         // The response timeout counts from the end of the request body, not from its start: a slow upload is
@@ -401,14 +408,30 @@ async fn forward(
             }
             tokio::time::sleep(timeout).await;
         };
-        let sent = tokio::select! {
+        let load = if service.counts_load() { Some(Load::start(backend)) } else { None };
+        let mut sent = tokio::select! {
             r = send_to(svc, service, backend, &template) => Some(r),
             () = deadline => None,
         };
+        if let (Some(load), Some(Ok(resp))) = (load, &mut sent) {
+            resp.extensions_mut().insert(load);
+        }
         match sent {
             Some(Ok(mut resp)) => {
                 if resp.status().is_server_error() {
-                    backend.failed(Failure::ServerError);
+                    failed(svc, service, backend, Failure::ServerError);
+                    let status = resp.status().as_u16();
+                    let another = backends.peek();
+                    if template.replayable && may_retry(svc, service, retries, another, |r| r.on_status(status)) {
+                        // Its body is dropped unread: the connection closes, it never goes back to the pool mid-body.
+                        debug!(
+                            service = service.name(),
+                            backend = backend.as_str(),
+                            status = resp.status().as_u16(),
+                            "retrying on another backend"
+                        );
+                        continue;
+                    }
                 } else {
                     backend.answered(start);
                 }
@@ -431,12 +454,13 @@ async fn forward(
             Some(Err(SendFailure::Connect(e))) => {
                 let kind = classify_connect(&e);
                 proxy.upstream_errors.inc(kind);
-                backend.failed(match kind {
+                let why = match kind {
                     UpstreamErrorKind::ConnectRefused => Failure::Refused,
                     UpstreamErrorKind::ConnectTimeout => Failure::ConnectTimeout,
                     UpstreamErrorKind::Tls => Failure::Tls,
                     _ => Failure::Connect,
-                });
+                };
+                failed(svc, service, backend, why);
                 if kind == UpstreamErrorKind::Tls {
                     // A certificate that does not verify is the operator's to fix, and its reason is only here.
                     warn!(service = service.name(), backend = backend.as_str(), error = %source_chain(&e), kind = kind.as_str(), "backend TLS handshake failed");
@@ -452,17 +476,56 @@ async fn forward(
                     debug!(service = service.name(), error = %source_chain(&e), "the client's upload failed");
                     return Err(downstream_failure(failure));
                 }
-                backend.failed(Failure::Protocol);
+                failed(svc, service, backend, Failure::Protocol);
+                let another = backends.peek();
+                let reset = e.closed_before_answer();
+                if template.replayable && may_retry(svc, service, retries, another, |r| r.reset && reset) {
+                    debug!(service = service.name(), backend = backend.as_str(), error = %source_chain(&e), "backend closed the connection without an answer; retrying on another backend");
+                    continue;
+                }
                 warn!(service = service.name(), backend = backend.as_str(), error = %source_chain(&e), "backend failed to answer");
                 return Err(ProxyError::UpstreamProtocol { service: service.name().into() });
             }
             None => {
-                backend.failed(Failure::Timeout);
+                failed(svc, service, backend, Failure::Timeout);
                 return Err(ProxyError::UpstreamTimeout { service: service.name().into(), timeout });
             }
         }
     }
     Err(ProxyError::AllBackendsFailed { service: service.name().into() })
+}
+
+/// Records a failed attempt at `backend` in its health, and when that ejects it, says so: one warn line and
+/// `reveille_backend_ejections_total`.
+fn failed(svc: &ProxyService, service: &Service, backend: &Backend, why: Failure) {
+    if let Some(length) = service.failed(backend, why) {
+        svc.proxy.metrics.balancer().ejected(service.name(), backend.as_str());
+        warn!(
+            service = service.name(),
+            backend = backend.as_str(),
+            last_failure = why.as_str(),
+            "backend ejected for {} after failing too often in a row",
+            humantime::format_duration(length)
+        );
+    }
+}
+
+/// Whether a replayable request is retried on the next backend (`another`: there is one): when the service
+/// retries what happened (`on`), its budget decides, and the decision is counted in `reveille_retries_total`.
+fn may_retry(
+    svc: &ProxyService,
+    service: &Service,
+    retries: Option<(&Retries, &RetryBudget)>,
+    another: bool,
+    on: impl FnOnce(&Retries) -> bool,
+) -> bool {
+    let Some((policy, budget)) = retries else { return false };
+    if !another || !on(policy) {
+        return false;
+    }
+    let ok = budget.withdraw();
+    svc.proxy.metrics.balancer().retry(service.name(), if ok { "retried" } else { "budget_exhausted" });
+    ok
 }
 
 /// What each attempt's request is built from. The head is only borrowed by each attempt (written straight
@@ -661,18 +724,34 @@ fn is_idempotent(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
 }
 
-/// The backends one request may try.
-enum Backends<'a, R> {
-    One(std::iter::Once<&'a Backend>),
-    Rotation(R),
+/// The backends one request may try: its container's address, or its service's rotation (whose next backend
+/// a retry looks at before it gives up a response).
+enum Backends<'a> {
+    One(Option<&'a Backend>),
+    Rotation { rotation: Rotation<'a>, peeked: Option<&'a Backend> },
 }
 
-impl<'a, R: Iterator<Item = &'a Backend>> Iterator for Backends<'a, R> {
+impl<'a> Backends<'a> {
+    /// True when there is another backend to try.
+    fn peek(&mut self) -> bool {
+        match self {
+            Backends::One(b) => b.is_some(),
+            Backends::Rotation { rotation, peeked } => {
+                if peeked.is_none() {
+                    *peeked = rotation.next();
+                }
+                peeked.is_some()
+            }
+        }
+    }
+}
+
+impl<'a> Iterator for Backends<'a> {
     type Item = &'a Backend;
     fn next(&mut self) -> Option<&'a Backend> {
         match self {
-            Backends::One(i) => i.next(),
-            Backends::Rotation(r) => r.next(),
+            Backends::One(b) => b.take(),
+            Backends::Rotation { rotation, peeked } => peeked.take().or_else(|| rotation.next()),
         }
     }
 }
@@ -721,7 +800,12 @@ fn finish_response(upstream: Upstream, guard: InFlight, settings: &Settings, sta
     // The backend side left out the hop-by-hop fields as it read the head (only a 101 keeps its `Upgrade`),
     // and a `Content-Length` beside chunked framing.
     let deadline = settings.request_timeout.map(|t| tokio::time::Instant::from_std(start + t));
-    http::Response::from_parts(parts, ResponseBody::upstream(body, guard, settings.upstream_read_timeout, deadline))
+    let mut body = ResponseBody::upstream(body, guard, settings.upstream_read_timeout, deadline);
+    // `least_request`: the backend counts the request in flight until its body ends (one branch otherwise).
+    if let Some(load) = parts.extensions.remove::<Load>() {
+        body.set_load(load);
+    }
+    http::Response::from_parts(parts, body)
 }
 
 /// HTTP/2 lets clients split `Cookie` into several fields; HTTP/1.1 backends expect one (RFC 9113 §8.2.3).

@@ -7,6 +7,10 @@
 //! timestamp (at most every [`OK_RESOLUTION_MS`], so a busy backend's cache line is mostly read, not written),
 //! and a failure, the rare case, writes its time and kind. Reading it turns those times into a state over
 //! [`HEALTH_WINDOW`]; see [`Health`].
+//!
+//! A backend may also be ejected: taken out of its service's rotation for a while after failing too often in a
+//! row (the policy is the service's, `balance.rs`; the state is here, atomics too, as the rotation reads it on
+//! every step: one relaxed load while it is not ejected).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -38,6 +42,11 @@ struct Inner {
     display: Arc<str>,
     /// What the proxy saw of it; it lives with the definition, so a redefined service starts again from `unknown`.
     seen: Seen,
+    /// Whether, until when and how often it was taken out of the rotation.
+    ejection: EjectionState,
+    /// Requests sent to it whose response has not ended, counted only for services that balance by
+    /// `least_request` (see [`Load`]).
+    in_flight: AtomicU32,
 }
 
 impl PartialEq for Backend {
@@ -149,6 +158,21 @@ struct Seen {
     failures: AtomicU32,
 }
 
+/// The ejection time of a backend that an active health check took out: never over by time, only by a check that
+/// passes.
+const CHECK_FAILING: u64 = u64::MAX;
+
+/// A backend's ejections: times as in [`Seen`].
+#[derive(Debug, Default)]
+struct EjectionState {
+    /// Until when the rotation passes it over; 0: it is in.
+    until: AtomicU64,
+    /// Ejections since it last answered: each one doubles the next one's length.
+    repeats: AtomicU32,
+    /// Ejections in all, for the admin API.
+    total: AtomicU32,
+}
+
 /// The health of a backend, or of a service from its backends'.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Health {
@@ -206,6 +230,12 @@ pub(crate) struct HealthView {
     pub(crate) last_failure: Option<(Duration, Failure)>,
     /// Failed attempts since its last answer.
     pub(crate) failures: u32,
+    /// How long it stays out of the rotation, when it is ejected.
+    pub(crate) ejected_for: Option<Duration>,
+    /// How often it was ejected.
+    pub(crate) ejections: u32,
+    /// Its active health check fails: it is out until one passes.
+    pub(crate) check_failing: bool,
 }
 
 /// The instant the health times count from: the first time anything asks.
@@ -216,13 +246,20 @@ fn clock_base() -> Instant {
 
 /// `at` as a health time (milliseconds since the base, plus one so that 0 stays "never").
 #[inline]
-fn stamp(at: Instant) -> u64 {
+pub(super) fn stamp(at: Instant) -> u64 {
     at.saturating_duration_since(clock_base()).as_millis() as u64 + 1
 }
 
 impl Backend {
     fn new(authority: Authority, protocol: Protocol, display: Arc<str>) -> Self {
-        Self(Arc::new(Inner { authority, protocol, display, seen: Seen::default() }))
+        Self(Arc::new(Inner {
+            authority,
+            protocol,
+            display,
+            seen: Seen::default(),
+            ejection: EjectionState::default(),
+            in_flight: AtomicU32::new(0),
+        }))
     }
 
     /// A backend at a socket address (a container's address, found at run time).
@@ -309,16 +346,76 @@ impl Backend {
             seen.last_ok.store(t.max(failed + 1).max(last), Ordering::Relaxed);
             if failed != 0 {
                 seen.failures.store(0, Ordering::Relaxed);
+                // It answers: its next ejection, if any, is a first one again.
+                self.0.ejection.repeats.store(0, Ordering::Relaxed);
             }
         }
     }
 
-    /// An attempt at it failed, now.
-    pub(crate) fn failed(&self, why: Failure) {
+    /// An attempt at it failed, now. Returns its failures since its last answer (or its last ejection).
+    pub(crate) fn failed(&self, why: Failure) -> u32 {
         let seen = &self.0.seen;
         seen.failure.store(why as u8, Ordering::Relaxed);
         seen.last_failure.fetch_max(stamp(Instant::now()), Ordering::Relaxed);
-        seen.failures.fetch_add(1, Ordering::Relaxed);
+        seen.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1)
+    }
+
+    /// Its identity while it lives (not its address: a redefined service's backend is another one).
+    pub(crate) fn id(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
+
+    /// An active health check failed: it is out of the rotation until one passes. True when that takes it out
+    /// (it was in, or only passively ejected).
+    pub(crate) fn check_failed(&self) -> bool {
+        self.0.ejection.until.swap(CHECK_FAILING, Ordering::Relaxed) != CHECK_FAILING
+    }
+
+    /// An active health check passed: back in if a failed one had taken it out. True when that puts it back.
+    pub(crate) fn check_passed(&self) -> bool {
+        let back = self.end_ejection(CHECK_FAILING);
+        if back {
+            self.0.ejection.repeats.store(0, Ordering::Relaxed);
+        }
+        back
+    }
+
+    /// Requests in flight at it, when its service balances by `least_request`.
+    #[inline]
+    pub(crate) fn in_flight(&self) -> u32 {
+        self.0.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Until when (a health time, see [`stamp`]) it is ejected; 0 when it is in. The rotation's one load.
+    #[inline]
+    pub(super) fn ejected_until(&self) -> u64 {
+        self.0.ejection.until.load(Ordering::Relaxed)
+    }
+
+    /// Ejects it from `now` for `length(repeats)`, where `repeats` counts its ejections since it last answered;
+    /// its failures count from 0 again. Returns the length; `None` when it was out already (a failed health
+    /// check took it out meanwhile, which only a passing check ends). The caller (its service) decides that it
+    /// may.
+    pub(super) fn eject(&self, now: Instant, length: impl FnOnce(u32) -> Duration) -> Option<Duration> {
+        let e = &self.0.ejection;
+        let repeats = e.repeats.load(Ordering::Relaxed);
+        let d = length(repeats);
+        e.until.compare_exchange(0, stamp(now + d).max(1), Ordering::Relaxed, Ordering::Relaxed).ok()?;
+        e.repeats.store(repeats.saturating_add(1), Ordering::Relaxed);
+        e.total.fetch_add(1, Ordering::Relaxed);
+        self.0.seen.failures.store(0, Ordering::Relaxed);
+        Some(d)
+    }
+
+    /// Ends an ejection that lasted until `until` (as [`Self::ejected_until`] read it): back in, it gets
+    /// `consecutive_failures` attempts again (what requests sent before its ejection saw while it was out does
+    /// not count). True for the one caller that ended it, when several notice at once.
+    pub(super) fn end_ejection(&self, until: u64) -> bool {
+        let ended = self.0.ejection.until.compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok();
+        if ended {
+            self.0.seen.failures.store(0, Ordering::Relaxed);
+        }
+        ended
     }
 
     /// Its health at `now` (see [`Health`]): down if its last attempt within [`HEALTH_WINDOW`] failed, degraded
@@ -343,7 +440,38 @@ impl Backend {
             last_ok: ago(ok),
             last_failure: ago(failed).zip(Failure::from_u8(seen.failure.load(Ordering::Relaxed))),
             failures: seen.failures.load(Ordering::Relaxed),
+            ejected_for: match self.ejected_until() {
+                0 | CHECK_FAILING => None,
+                until => until.checked_sub(now).filter(|d| *d > 0).map(Duration::from_millis),
+            },
+            check_failing: self.ejected_until() == CHECK_FAILING,
+            ejections: self.0.ejection.total.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// One request in flight at a backend, for `least_request`: counted from the attempt's start until the guard is
+/// dropped, which the response body does when it ends or is dropped. A clone is one more request in flight.
+#[derive(Debug)]
+pub(crate) struct Load(Backend);
+
+impl Load {
+    /// Counts one more request at `backend`.
+    pub(crate) fn start(backend: &Backend) -> Self {
+        backend.0.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(backend.clone())
+    }
+}
+
+impl Clone for Load {
+    fn clone(&self) -> Self {
+        Self::start(&self.0)
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.0 .0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -418,6 +546,26 @@ mod tests {
         assert_eq!(up.health(Instant::now()).health, Health::Up);
         // Equality ignores what was seen.
         assert_eq!(up, Backend::parse("127.0.0.1:2").unwrap());
+    }
+
+    #[test]
+    fn a_failed_check_keeps_it_out_until_one_passes() {
+        let b = Backend::parse("127.0.0.1:3").unwrap();
+        assert!(b.check_failed(), "taken out");
+        assert!(!b.check_failed(), "already out: no second warning");
+        let v = b.health(Instant::now());
+        assert!(v.check_failing && v.ejected_for.is_none());
+        // A passive ejection does not replace it: only a passing check ends it.
+        assert_eq!(b.eject(Instant::now(), |_| Duration::from_secs(1)), None);
+        assert_eq!(b.ejected_until(), CHECK_FAILING);
+        assert!(b.check_passed());
+        assert!(!b.check_passed());
+        assert_eq!(b.ejected_until(), 0);
+        // A passing check leaves a passive ejection to its time.
+        assert_eq!(b.eject(Instant::now(), |_| Duration::from_secs(30)), Some(Duration::from_secs(30)));
+        assert!(!b.check_passed());
+        assert!(b.health(Instant::now()).ejected_for.is_some_and(|d| d > Duration::from_secs(29)));
+        assert_eq!(b.health(Instant::now()).ejections, 1);
     }
 
     #[test]

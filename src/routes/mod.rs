@@ -3,14 +3,17 @@
 //!
 //! Owns the routing model shared by every route source (the routes file and etcd): hostname patterns
 //! ([`HostPattern`]), route keys with their optional path prefix and the path matcher ([`RouteKey`], `path.rs`),
-//! backend addresses ([`Backend`]), services ([`Service`], with their container and HTTPS
-//! policy), the immutable [`RouteTable`] snapshot built from them, and [`RouteSet`], what one source defines.
+//! backend addresses ([`Backend`]), services ([`Service`], with their container, HTTPS and balancing policies:
+//! weights, ejection, retries, health checks; `balance.rs`, `budget.rs`), the immutable [`RouteTable`] snapshot
+//! built from them, and [`RouteSet`], what one source defines.
 //! It does not know where routes come from (that is `control/`), how requests are forwarded (`proxy/`) or
 //! whether the process is ready (`readiness`).
 //!
 //! Readers get the table through [`RouteHandle`], an `ArcSwap`: a lookup never takes a lock, and a reload
 //! builds a whole new table and swaps it in, so a request sees either the old table or the new one, never a mix.
 mod backend;
+mod balance;
+mod budget;
 mod host;
 mod path;
 mod service;
@@ -23,10 +26,13 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 pub use backend::Backend;
-pub(crate) use backend::{Failure, Health, Protocol};
+pub(crate) use backend::{Failure, Health, Load, Protocol};
+pub(crate) use balance::{HealthCheck, Retries};
+pub(crate) use budget::RetryBudget;
 pub use host::{normalize_request_host, HostPattern};
 pub(crate) use path::stripped as stripped_path;
 pub use path::{RouteKey, Target};
+pub(crate) use service::Rotation;
 pub(crate) use service::{ContainerSpec, IdleAction, Service};
 pub(crate) use spec::{check_field, DockerHostNames, RouteSpec, ServiceSpec, ROUTE_FIELDS, SERVICE_FIELDS};
 pub use table::RouteTable;

@@ -9,7 +9,8 @@ use std::time::Duration;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use super::service::{ContainerSpec, HttpsPolicy, IdleAction, Service};
+use super::balance::{EjectionSpec, HealthCheck, Retries, Strategy, MAX_WEIGHT};
+use super::service::{Balance, ContainerSpec, HttpsPolicy, IdleAction, Service};
 use super::{validate_service_name, Backend, Protocol, RouteError};
 use crate::runtime::DEFAULT_HOST;
 use crate::upstream::{BackendTls, TlsOptions};
@@ -17,8 +18,9 @@ use crate::upstream::{BackendTls, TlsOptions};
 /// A service definition: `{"backends": [...]}` in etcd, `[services.<name>] backends = [...]` in the file.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct ServiceSpec {
+    /// Addresses, each a string or `{ address, weight }`.
     #[serde(default = "Vec::new")]
-    pub backends: Vec<String>,
+    pub backends: Vec<BackendSpec>,
     /// The Docker container (name or id) serving this service; reveille starts and stops it.
     #[serde(default)]
     pub container: Option<String>,
@@ -67,6 +69,22 @@ pub(crate) struct ServiceSpec {
     /// (`false`, which also opts out of `[acme] hosts = "all"`); unset follows `[acme] hosts`.
     #[serde(default)]
     pub acme: Option<bool>,
+    /// Passive ejection: `false` turns it off, a table sets it (see `balance::EjectionTable`); unset: on, with
+    /// its defaults.
+    #[serde(default)]
+    pub ejection: Option<EjectionSpec>,
+    /// What is retried on another backend: statuses (`"503"`) and `"reset"`; unset: nothing.
+    #[serde(default)]
+    pub retry_on: Option<Vec<String>>,
+    /// The retries allowed, as a percentage of the requests over 10 s (plus 3 a second); unset: 20.
+    #[serde(default)]
+    pub retry_budget: Option<u32>,
+    /// `round_robin` (unset) or `least_request`.
+    #[serde(default)]
+    pub balance: Option<Strategy>,
+    /// `{ path = "/healthz", interval = "5s", timeout = "2s" }`: each backend is checked (not with `container`).
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
     /// How `https://` backends are reached: CA, server name, client certificate, `verify = false`.
     #[serde(default)]
     pub tls: Option<TlsSpec>,
@@ -94,8 +112,50 @@ pub(crate) const SERVICE_FIELDS: &[&str] = &[
     "https_redirect",
     "hsts",
     "acme",
+    "ejection",
+    "retry_on",
+    "retry_budget",
+    "balance",
+    "health_check",
     "tls",
 ];
+
+/// One backend as written: `"host:port"`, or `{ address = "host:port", weight = 3 }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BackendSpec {
+    pub address: String,
+    /// 1 to [`MAX_WEIGHT`]; unset: 1.
+    pub weight: Option<u32>,
+}
+
+impl<'de> Deserialize<'de> for BackendSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// The table form, whose unknown keys are refused by name.
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            address: String,
+            #[serde(default)]
+            weight: Option<u32>,
+        }
+
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = BackendSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an address (\"host:port\") or a table { address, weight }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<BackendSpec, E> {
+                Ok(BackendSpec { address: v.to_string(), weight: None })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<BackendSpec, A::Error> {
+                let t = Table::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(BackendSpec { address: t.address, weight: t.weight })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
 
 /// A service's `tls` block: how reveille reaches its `https://` backends. The routes file names files (`ca`,
 /// `client_cert`, `client_key`, relative to the file) or gives the PEM text (`ca_pem`, ...); etcd gives the
@@ -272,8 +332,9 @@ impl ServiceSpec {
             .backends
             .iter()
             .enumerate()
-            .map(|(i, b)| Backend::parse(b).map_err(|e| (Some(i), e)))
+            .map(|(i, b)| Backend::parse(&b.address).map_err(|e| (Some(i), e)))
             .collect::<Result<Vec<_>, _>>()?;
+        let balance = self.balance(name)?;
         let container = self.container_spec(name, hosts).map_err(|e| (None, e))?;
         if backends.is_empty() && container.as_ref().is_none_or(|c| c.port.is_none()) {
             return Err((None, RouteError::NoBackends { service: name.to_string() }));
@@ -284,7 +345,44 @@ impl ServiceSpec {
             acme: self.acme,
         };
         let tls = self.backend_tls(name, &backends).map_err(|e| (None, e))?;
-        Ok(Service::with_container(name, backends, container).with_https(https).with_tls(tls))
+        Ok(Service::with_container(name, backends, container).with_https(https).with_tls(tls).with_balance(balance))
+    }
+
+    /// The weights, ejection and retry policies, or the first one that is wrong (a weight: with its backend's
+    /// index).
+    fn balance(&self, name: &str) -> Result<Balance, (Option<usize>, RouteError)> {
+        let bad = |i: Option<usize>, reason: String| (i, RouteError::BadField { service: name.to_string(), reason });
+        let mut weights = Vec::new();
+        if self.backends.iter().any(|b| b.weight.is_some()) {
+            for (i, b) in self.backends.iter().enumerate() {
+                let w = b.weight.unwrap_or(1);
+                if !(1..=MAX_WEIGHT).contains(&w) {
+                    return Err(bad(
+                        Some(i),
+                        format!("backend {:?}: `weight` {w} is not 1 to {MAX_WEIGHT}", b.address),
+                    ));
+                }
+                weights.push(w);
+            }
+        }
+        let ejection = match &self.ejection {
+            None => Balance::default().ejection,
+            Some(spec) => spec.policy().map_err(|e| bad(None, e))?,
+        };
+        let on = self.retry_on.as_deref().unwrap_or_default();
+        let retries = Retries::parse(on, self.retry_budget).map_err(|e| bad(None, e))?;
+        let strategy = self.balance.unwrap_or_default();
+        if strategy == Strategy::LeastRequest && !weights.is_empty() {
+            return Err(bad(
+                None,
+                "`weight` is for `balance = \"round_robin\"`; `least_request` does not use it".into(),
+            ));
+        }
+        if let Some(check) = &self.health_check {
+            check.validate().map_err(|e| bad(None, e))?;
+        }
+        let health_check = self.health_check.clone();
+        Ok(Balance { weights, ejection, retries, strategy, health_check })
     }
 
     /// TLS for the service's `https://` backends, built once here: from its `tls` block, or the defaults
@@ -399,6 +497,7 @@ impl ServiceSpec {
 
 #[cfg(test)]
 mod tests {
+    use super::super::balance::Ejection;
     use super::*;
 
     #[test]
@@ -467,6 +566,45 @@ mod tests {
             assert!(e.to_string().contains("hsts"), "{bad}: {e}");
         }
         assert!(serde_json::from_str::<ServiceSpec>(r#"{"https_redirect": "yes"}"#).is_err());
+    }
+
+    #[test]
+    fn balance_fields() {
+        let parse = |j: &str| serde_json::from_str::<ServiceSpec>(j).unwrap().to_service("a", &DockerHostNames::Any);
+        let svc = parse(r#"{"backends": ["127.0.0.1:1", {"address": "127.0.0.1:2", "weight": 3}]}"#).unwrap();
+        assert_eq!((svc.weight(0), svc.weight(1)), (1, 3));
+        assert_eq!(svc.balance().ejection, Some(Ejection::default()), "on by default");
+        assert_eq!(svc.balance().retries, None, "off by default");
+        let svc = parse(r#"{"backends": ["127.0.0.1:1"], "ejection": false, "retry_on": ["503"], "retry_budget": 10}"#)
+            .unwrap();
+        assert_eq!(svc.balance().ejection, None);
+        assert!(svc.retries().is_some_and(|(r, _)| r.on_status(503) && r.budget_percent == 10));
+        let e = parse(r#"{"backends": ["127.0.0.1:1", {"address": "127.0.0.1:2", "weight": 0}]}"#).unwrap_err();
+        assert_eq!(e.0, Some(1));
+        assert!(e.1.to_string().contains("`weight` 0 is not 1 to 100"), "{}", e.1);
+        let e = parse(r#"{"backends": ["127.0.0.1:1"], "retry_on": ["418"]}"#).unwrap_err().1;
+        assert!(e.to_string().contains("retry_on"), "{e}");
+        for bad in [
+            r#"{"backends": [{"addr": "127.0.0.1:1"}]}"#,
+            r#"{"backends": [{"address": "127.0.0.1:1", "weight": "x"}]}"#,
+            r#"{"backends": [1]}"#,
+            r#"{"ejection": {"consecutive": 1}}"#,
+        ] {
+            let e = serde_json::from_str::<ServiceSpec>(bad).unwrap_err().to_string();
+            assert!(!e.is_empty(), "{bad}");
+        }
+        let svc = parse(r#"{"backends": ["127.0.0.1:1"], "health_check": {"path": "/healthz"}}"#).unwrap();
+        let check = svc.balance().health_check.clone().unwrap();
+        assert_eq!((check.interval, check.timeout), (Duration::from_secs(5), Duration::from_secs(2)));
+        for bad in [r#"{"path": "healthz"}"#, r#"{"path": "/h", "interval": "0s"}"#] {
+            let e = parse(&format!(r#"{{"backends": ["127.0.0.1:1"], "health_check": {bad}}}"#)).unwrap_err().1;
+            assert!(e.to_string().contains("health_check"), "{e}");
+        }
+        let e = parse(r#"{"backends": [{"address": "127.0.0.1:1", "weight": 2}], "balance": "least_request"}"#);
+        assert!(e.unwrap_err().1.to_string().contains("least_request"));
+        assert!(serde_json::from_str::<ServiceSpec>(r#"{"balance": "random"}"#).is_err());
+        let e = serde_json::from_str::<ServiceSpec>(r#"{"backends": [{"addr": "x"}]}"#).unwrap_err().to_string();
+        assert!(e.contains("unknown field `addr`"), "{e}");
     }
 
     #[test]

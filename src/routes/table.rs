@@ -635,9 +635,10 @@ mod tests {
         b.service("a", backends.to_vec()).unwrap();
         let t = b.build_table().unwrap();
         let svc = t.service("a").unwrap();
-        let firsts: Vec<_> = (0..3).map(|_| svc.rotation().next().unwrap().as_str().to_string()).collect();
+        let firsts: Vec<_> =
+            (0..3).map(|_| svc.rotation(std::time::Instant::now()).next().unwrap().as_str().to_string()).collect();
         assert_eq!(firsts, ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
-        let all: Vec<_> = svc.rotation().map(|b| b.as_str()).collect();
+        let all: Vec<_> = svc.rotation(std::time::Instant::now()).map(|b| b.as_str()).collect();
         assert_eq!(all, ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
     }
 }

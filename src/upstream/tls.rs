@@ -190,6 +190,15 @@ impl BackendTls {
         self.options == other.options
     }
 
+    /// A connector with these settings that offers HTTP/1.1 alone by ALPN: for a client other than the proxy's
+    /// (the active health checks), which speaks HTTP/1.1 whatever the backend prefers. A copy of the client
+    /// configuration, made once per caller.
+    pub(crate) fn http1_connector(&self) -> tokio_rustls::TlsConnector {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+
     /// Whether backends' certificates are verified.
     pub(crate) fn verifies(&self) -> bool {
         self.options.verify

@@ -27,8 +27,8 @@ use crate::support::tls::{TestCa, TestCert};
 use crate::support::*;
 
 /// A TLS server in front of a plain backend: counts what it saw.
-struct TlsFront {
-    addr: SocketAddr,
+pub(crate) struct TlsFront {
+    pub(crate) addr: SocketAddr,
     /// TCP connections accepted.
     accepts: Arc<AtomicUsize>,
     /// Handshakes completed.
@@ -47,7 +47,12 @@ impl Drop for TlsFront {
 impl TlsFront {
     /// Serves `cert` and forwards to `plain`; asks for a client certificate from `client_ca` when given;
     /// offers `alpn`.
-    async fn start(cert: &TestCert, client_ca: Option<&TestCa>, alpn: &[&str], plain: SocketAddr) -> TlsFront {
+    pub(crate) async fn start(
+        cert: &TestCert,
+        client_ca: Option<&TestCa>,
+        alpn: &[&str],
+        plain: SocketAddr,
+    ) -> TlsFront {
         let acceptor = tokio_rustls::TlsAcceptor::from(server_config(cert, client_ca, alpn));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -335,8 +335,8 @@ async fn ten_thousand_services_are_paged_and_searchable_on_a_phone() {
 /// Plain services (backends, no container) through the page: one whose only backend refuses shows `down`, is
 /// counted as down in the header and is never shown "running"; a live one `up`; one with a live and a refusing
 /// backend `degraded`, with each backend's health; requests and 5xx per second; no wake or sleep button. A route
-/// (from etcd) to a service that does not exist is flagged, so is a path route that strips its prefix, and the
-/// page fills a wide window.
+/// (from etcd) to a service that does not exist is flagged, so is a path route that strips its prefix and an
+/// ejected backend, and the page fills a wide window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_services_show_their_health_and_missing_services_are_flagged() {
     let live = support::Backend::echo("live").await;
@@ -345,6 +345,14 @@ async fn plain_services_show_their_health_and_missing_services_are_flagged() {
         &[("refusing", vec![dead]), ("answering", vec![live.addr]), ("half", vec![live.addr, dead])],
         &[("refusing.test", "refusing"), ("answering.test", "answering"), ("half.test", "half")],
     );
+    // A service whose failing backend is ejected at its first 500.
+    let sick = crate::ejection::answering("sick", 500).await;
+    let ejecting = format!(
+        "[services.ejecting]\nbackends = [\"{}\", \"{}\"]\nejection = {{ consecutive_failures = 1 }}\n[routes]\n\
+         \"ejecting.test\" = \"ejecting\"\n",
+        sick.addr, live.addr
+    );
+    let routes = routes.replacen("[routes]\n", &ejecting, 1);
     let etcd = support::etcd::Etcd::start().await;
     etcd.put("/reveille/routes/ghost.test", "{\"service\": \"ghost\"}").await;
     etcd.put("/reveille/routes/answering.test/api/", "{\"service\": \"answering\", \"strip_prefix\": true}").await;
@@ -363,6 +371,7 @@ async fn plain_services_show_their_health_and_missing_services_are_flagged() {
         assert_eq!(support::get(proxy.http, "refusing.test", "/").await.status, http::StatusCode::BAD_GATEWAY);
         assert_eq!(support::get(proxy.http, "answering.test", "/").await.status, http::StatusCode::OK);
         assert_eq!(support::get(proxy.http, "half.test", "/").await.status, http::StatusCode::OK);
+        support::get(proxy.http, "ejecting.test", "/").await;
     }
 
     let browser = Chromium::start().await;
@@ -383,7 +392,10 @@ async fn plain_services_show_their_health_and_missing_services_are_flagged() {
     let count = |h: &str| format!("document.querySelector('#summary [data-health=\"{h}\"]')?.textContent ?? ''");
     assert_eq!(page.eval(&count("down")).await, "1 down");
     assert_eq!(page.eval(&count("up")).await, "1 up");
-    assert_eq!(page.eval(&count("degraded")).await, "1 degraded");
+    assert_eq!(page.eval(&count("degraded")).await, "2 degraded");
+    // The ejected backend says so in its cell.
+    let ejected = "document.querySelector('tr[data-service=\"ejecting\"] .backend.ejected')?.textContent ?? ''";
+    assert_eq!(page.eval(ejected).await, format!("{} ejected", sick.addr));
     // Each backend with its own health.
     let backend = |h: &str| {
         format!(
