@@ -239,3 +239,48 @@ async fn an_unused_backend_connection_is_closed_after_the_idle_timeout() {
     assert_eq!(get(proxy.http, "h2.test", "/again").await.status, StatusCode::OK);
     assert_eq!(backend.connections.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_backend_is_health_checked_over_http2() {
+    // A backend that speaks HTTP/2 only and fails its check; another that passes it.
+    let sick = H2Backend::start(
+        Arc::new(|req: Request<Incoming>| {
+            Box::pin(async move {
+                let mut resp = h2_text("sick");
+                if req.uri().path() == "/healthz" {
+                    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                }
+                resp
+            })
+        }),
+        H2Options::default(),
+    )
+    .await;
+    let good = h2_echo(H2Options::default()).await;
+    let routes = format!(
+        "[services.h]\nbackends = [\"h2c://{}\", \"h2c://{}\"]\nejection = false\n\
+         health_check = {{ path = \"/healthz\", interval = \"100ms\", timeout = \"1s\" }}\n\
+         [routes]\n\"h2.test\" = \"h\"\n",
+        sick.addr, good.addr
+    );
+    let proxy = TestProxy::start(&routes).await;
+    eventually(Duration::from_secs(5), "the sick backend's check to fail", || async {
+        let view = proxy.service_view("h").await;
+        let sick_view = view["backend_health"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["address"] == format!("h2c://{}", sick.addr) || b["address"] == sick.addr.to_string())
+            .cloned()
+            .unwrap_or_default();
+        sick_view["check_failing"] == true
+    })
+    .await;
+    let checks = sick.requests.load(Ordering::SeqCst);
+    for i in 0..10 {
+        assert_eq!(get(proxy.http, "h2.test", &format!("/?i={i}")).await.status, StatusCode::OK);
+    }
+    // Only checks reached the sick backend (a check or two more may have come meanwhile).
+    assert!(sick.requests.load(Ordering::SeqCst) <= checks + 3);
+    assert!(good.requests.load(Ordering::SeqCst) >= 10);
+}
