@@ -110,14 +110,11 @@ async fn a_backend_that_allows_few_streams_gets_more_connections() {
         let addr = proxy.http;
         tasks.push(tokio::spawn(async move { get(addr, "h2.test", &format!("/sleep/300?i={i}")).await }));
     }
-    let started = std::time::Instant::now();
     for t in tasks {
         assert_eq!(t.await.unwrap().status, StatusCode::OK);
     }
     let conns = backend.connections.load(Ordering::SeqCst);
     assert!((3..=4).contains(&conns), "{conns} connections for 30 requests at 10 streams each");
-    // Side by side, not queued behind each other on one connection (three rounds of 300 ms).
-    assert!(started.elapsed() < Duration::from_millis(850), "{:?}", started.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
