@@ -331,7 +331,7 @@ where
                     req = back;
                 }
                 _ => {
-                    let unprocessed = is_unprocessed(e.error());
+                    let unprocessed = is_unprocessed(e.error()) || is_dropped_unopened(e.error(), &sender);
                     let error = UpstreamError::H2(e.into_error());
                     return Err(H2Failure::Send(H2SendError { error, unprocessed }));
                 }
@@ -350,6 +350,15 @@ fn is_unprocessed(e: &hyper::Error) -> bool {
         src = s.source();
     }
     e.is_canceled()
+}
+
+/// hyper's dispatch task went away with the request still its own: a request whose stream was still waiting to
+/// open (hyper keeps the last one it took while h2 has not sent it yet) when a GOAWAY ended the connection is
+/// dropped with a "dispatch gone" error of its own (a user error with no cause), not handed back. The
+/// connection is closed by then. Taken as not processed; a request that fails this way for another reason
+/// fails again on its next connection, and the resends are bounded.
+fn is_dropped_unopened(e: &hyper::Error, sender: &SendRequest<H2RequestBody>) -> bool {
+    e.is_user() && std::error::Error::source(e).is_none() && sender.is_closed()
 }
 
 /// A response body from an h2 backend: hyper's, holding the stream's lease until it ends or is dropped.

@@ -100,19 +100,41 @@ async fn concurrent_requests_share_a_few_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_allows_few_streams_gets_more_connections() {
-    // 10 streams per connection: 30 requests at once need three connections (and get no more than four).
-    let backend = h2_echo(H2Options { max_streams: Some(10), ..H2Options::default() }).await;
+    // 10 streams per connection, and each request held until all 30 are in (or 5 s pass): 30 requests at once
+    // need three connections (and get no more than four).
+    let arrived = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let all_in = Arc::new(tokio::sync::Notify::new());
+    let (a, n) = (arrived.clone(), all_in.clone());
+    let backend = H2Backend::start(
+        Arc::new(move |req: Request<Incoming>| {
+            let (a, n) = (a.clone(), n.clone());
+            Box::pin(async move {
+                if req.uri().path() == "/hold" {
+                    let wait = n.notified();
+                    if a.fetch_add(1, Ordering::SeqCst) + 1 >= 30 {
+                        n.notify_waiters();
+                    } else {
+                        let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
+                    }
+                }
+                h2_text("ok")
+            })
+        }),
+        H2Options { max_streams: Some(10), ..H2Options::default() },
+    )
+    .await;
     let proxy = TestProxy::start(&h2c_routes(&backend)).await;
     // A first request brings the backend's SETTINGS: the limit is known before the burst.
     assert_eq!(get(proxy.http, "h2.test", "/").await.status, StatusCode::OK);
     let mut tasks = Vec::new();
     for i in 0..30 {
         let addr = proxy.http;
-        tasks.push(tokio::spawn(async move { get(addr, "h2.test", &format!("/sleep/300?i={i}")).await }));
+        tasks.push(tokio::spawn(async move { get(addr, "h2.test", &format!("/hold?i={i}")).await }));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap().status, StatusCode::OK);
     }
+    assert_eq!(arrived.load(Ordering::SeqCst), 30);
     let conns = backend.connections.load(Ordering::SeqCst);
     assert!((3..=4).contains(&conns), "{conns} connections for 30 requests at 10 streams each");
 }
@@ -121,7 +143,13 @@ async fn a_backend_that_allows_few_streams_gets_more_connections() {
 async fn a_backend_that_goes_away_under_load_loses_no_request() {
     // Every connection is shut down gracefully (GOAWAY) after 25 requests.
     let backend = h2_echo(H2Options { goaway_after: Some(25), ..H2Options::default() }).await;
-    let proxy = TestProxy::start(&h2c_routes(&backend)).await;
+    // A request stuck on a closing connection would show as a 504 in 5 s, not after a minute.
+    let settings = reveille::ProxySettings {
+        access_log: false,
+        response_timeout: Duration::from_secs(5),
+        ..reveille::ProxySettings::default()
+    };
+    let proxy = TestProxy::start_with(&h2c_routes(&backend), settings).await;
 
     // 16 clients, 25 requests each, back to back: GETs and POSTs with a body.
     let mut tasks = Vec::new();
