@@ -1,13 +1,13 @@
 //! Active health checks of backends: for each service with a `health_check`, one task per backend that asks
 //! `GET path` every `interval` over HTTP/1.1 (a connection per check, closed after the answer's head; over TLS
-//! for `https://` backends, with the service's `tls` settings and only `http/1.1` offered by ALPN); a failed
+//! for `https://` backends, with the service's `tls` settings and only `http/1.1` offered by ALPN; over HTTP/2
+//! with prior knowledge for `h2c://` backends, which speak nothing else); a failed
 //! check takes the backend out of its service's rotation until a check passes. Each replica checks for
 //! itself, as nginx and HAProxy do.
 //!
 //! Tasks follow the route table: spawned for a backend that appears, stopped for one that goes (a redefined
 //! service's backends are new ones, checked afresh). Services with a `container` are never checked: whether
 //! their tenant runs is passivation's business, and a check must not wake it or count as its activity.
-//! `h2c://` backends are not checked (HTTP/1.1 is not theirs to speak).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -77,7 +77,7 @@ fn reconcile(table: &RouteTable, running: &mut HashMap<usize, Running>, cancel: 
         }
         for b in service.backends() {
             let tls = match (b.protocol(), service.backend_tls()) {
-                (Protocol::Http1, _) => None,
+                (Protocol::Http1 | Protocol::H2c, _) => None,
                 (Protocol::Https, Some(tls)) => match tls.server_name_for(b.authority()) {
                     Ok(name) => Some(Tls { connector: tls.http1_connector(), name }),
                     Err(_) => continue,
@@ -152,11 +152,35 @@ async fn probe(backend: &Backend, tls: Option<&Tls>, path: &str) -> Result<(), C
     let stream = TcpStream::connect(authority).await.map_err(CheckError::Connect)?;
     let _ = stream.set_nodelay(true);
     match tls {
+        None if backend.protocol() == Protocol::H2c => exchange_h2c(stream, authority, path).await,
         None => exchange(stream, authority, path).await,
         Some(t) => {
             let stream = t.connector.connect(t.name.clone(), stream).await.map_err(CheckError::Tls)?;
             exchange(stream, authority, path).await
         }
+    }
+}
+
+/// `GET path` over HTTP/2 with prior knowledge (an `h2c://` backend), to the answer's head.
+async fn exchange_h2c(io: TcpStream, authority: &str, path: &str) -> Result<(), CheckError> {
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(io)).await?;
+    let req = Request::get(format!("http://{authority}{path}"))
+        .header(USER_AGENT, "reveille-health-check")
+        .body(Empty::<Bytes>::new())?;
+    let mut conn = std::pin::pin!(conn);
+    let resp = tokio::select! {
+        r = sender.send_request(req) => r?,
+        r = &mut conn => {
+            r?;
+            return Err(CheckError::Closed);
+        }
+    };
+    let status = resp.status().as_u16();
+    if HealthCheck::passes(status) {
+        Ok(())
+    } else {
+        Err(CheckError::Status(status))
     }
 }
 

@@ -25,7 +25,8 @@
 //! - `upstream`: the backend side, below `proxy` — reveille's own HTTP/1.1 client: the codec (heads, framing,
 //!   chunks, trailers, hop-by-hop names), a connection's socket (TCP, or TLS for `https://` backends) and
 //!   buffers, one exchange (`send` and the response body), the pool of idle connections (generic, knows no
-//!   HTTP), opening connections, and a service's TLS settings for its backends. It knows nothing of the proxy
+//!   HTTP), opening connections, and a service's TLS settings for its backends; and HTTP/2 to `h2c://`
+//!   backends (hyper's client, a few multiplexed connections per backend). It knows nothing of the proxy
 //!   (`docs/design/upstream.md`).
 //! - `access_log`: the access log — the line's format (text or JSON), per-core buffers, the writer thread
 //!   that writes them in batches to stdout or a file (reopened on SIGHUP), and the count of what it dropped.

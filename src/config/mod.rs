@@ -287,6 +287,8 @@ fn resolve_proxy(
         request_buffer_size: l.request_buffer_size.unwrap_or(d.request_buffer_size),
         upstream_read_timeout: u.read_timeout.unwrap_or(d.upstream_read_timeout),
         upstream_quickack: u.quickack.unwrap_or(d.upstream_quickack),
+        upstream_h2_keep_alive_interval: d.upstream_h2_keep_alive_interval,
+        upstream_h2_keep_alive_timeout: d.upstream_h2_keep_alive_timeout,
         send_timeout: l.send_timeout.unwrap_or(d.send_timeout),
         // "0" is written for "no limit".
         request_timeout: l.request_timeout.or(d.request_timeout).filter(|t| !t.is_zero()),

@@ -1,7 +1,7 @@
 //! Readiness probes: is the woken application really accepting requests?
 //!
 //! Owns the [`Probe`] trait the wake loop calls and [`NetProbe`], the real one (a TCP connect, or an HTTP `GET`
-//! of the service's `health_path`). It does not decide when to probe nor what a failure means: the tenant's
+//! of the service's `health_path`: HTTP/2 to an `h2c://` backend, HTTP/1.1 otherwise). It does not decide when to probe nor what a failure means: the tenant's
 //! driver does.
 
 use std::future::Future;
@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use http::header::{HOST, USER_AGENT};
 use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-use crate::routes::Backend;
+use crate::routes::{Backend, Protocol};
 
 /// Answers "is this backend ready?" once.
 pub(crate) trait Probe: Send + Sync + 'static {
@@ -48,6 +48,9 @@ impl Probe for NetProbe {
                 let stream = TcpStream::connect(target.authority().as_str()).await.ok()?;
                 let Some(path) = health_path else { return Some(true) };
                 let _ = stream.set_nodelay(true);
+                if target.protocol() == Protocol::H2c {
+                    return h2c_get(stream, target, path).await;
+                }
                 let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
                 let conn = tokio::spawn(conn);
                 let req = http::Request::get(path)
@@ -62,4 +65,18 @@ impl Probe for NetProbe {
             matches!(tokio::time::timeout(self.timeout, attempt).await, Ok(Some(true)))
         })
     }
+}
+
+/// The health `GET` to an `h2c://` backend, which speaks HTTP/2 only: an answer below 500 is ready.
+async fn h2c_get(stream: TcpStream, target: &Backend, path: &str) -> Option<bool> {
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.ok()?;
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}{path}", target.authority()))
+        .header(USER_AGENT, "reveille-probe")
+        .body(Empty::<bytes::Bytes>::new())
+        .ok()?;
+    let resp = send.send_request(req).await.ok();
+    conn.abort();
+    Some(resp?.status().as_u16() < 500)
 }

@@ -81,6 +81,37 @@ impl ProxyError {
         }
     }
 
+    /// The gRPC status a gRPC client is told instead (`grpc-status`, see `doc/statuscodes.md` of gRPC): 12
+    /// UNIMPLEMENTED for no route, 14 UNAVAILABLE when no backend could answer, 4 DEADLINE_EXCEEDED for a
+    /// timeout, and gRPC's own mapping of the HTTP status for the rest.
+    pub(crate) fn grpc_status(&self) -> u8 {
+        match self {
+            Self::UnknownHost { .. } | Self::MethodNotAllowed => 12,
+            Self::MissingService { .. } | Self::AllBackendsFailed { .. } | Self::UpstreamProtocol { .. } => 14,
+            Self::UpstreamTimeout { .. } | Self::RequestTimeout { .. } | Self::BodyTimeout { .. } => 4,
+            Self::Wake { refusal: Refusal::Timeout { .. }, .. } => 4,
+            Self::Wake { .. } => 14,
+            Self::ClientAborted => 1,
+            Self::TooManyHeaders { .. } => 8,
+            Self::BadHost | Self::BadBody | Self::DotSegment => 13,
+        }
+    }
+
+    /// The `grpc-message` a gRPC client is told: the same reason as the text body, percent-encoded as gRPC
+    /// asks (only printable ASCII other than `%` goes as is).
+    pub(crate) fn grpc_message(&self) -> String {
+        let reason = self.public_reason();
+        let mut out = String::with_capacity(reason.len());
+        for b in reason.bytes() {
+            if (0x20..0x7f).contains(&b) && b != b'%' {
+                out.push(char::from(b));
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out
+    }
+
     /// Seconds for `Retry-After`, where trying again soon can work.
     pub(crate) fn retry_after(&self) -> Option<u64> {
         match self {
@@ -301,5 +332,19 @@ mod tests {
         ] {
             assert_eq!(uncounted.metric(), None, "{uncounted}");
         }
+    }
+
+    #[test]
+    fn grpc_clients_get_grpcs_codes_and_a_percent_encoded_message() {
+        let service = || "s".to_string();
+        let unknown = ProxyError::UnknownHost { host: "50%-caf\u{e9}.test".into() };
+        assert_eq!(unknown.grpc_status(), 12);
+        assert_eq!(unknown.grpc_message(), "no route for host \"50%25-caf%C3%A9.test\"");
+        assert_eq!(ProxyError::AllBackendsFailed { service: service() }.grpc_status(), 14);
+        assert_eq!(
+            ProxyError::UpstreamTimeout { service: service(), timeout: Duration::from_secs(1) }.grpc_status(),
+            4
+        );
+        assert_eq!(ProxyError::Wake { service: service(), refusal: Refusal::Removed }.grpc_status(), 14);
     }
 }

@@ -18,15 +18,18 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use http::header::{
-    CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, LOCATION, RETRY_AFTER, STRICT_TRANSPORT_SECURITY,
+    CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, LOCATION, RETRY_AFTER, STRICT_TRANSPORT_SECURITY, TE,
     TRANSFER_ENCODING,
 };
-use http::uri::PathAndQuery;
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 use tracing::{debug, warn, Instrument};
 
-use super::body::{BodySlot, DownstreamFailure, RequestBody, ResponseBody};
+use super::body::{BodyLimits, BodySlot, DownstreamFailure, RequestBody, ResponseBody};
 use super::conn::InFlight;
 use super::error::{ErrorMetric, UpstreamErrorKind};
 use super::headers::{add_forwarded, strip_hop_by_hop, upgrade_requested};
@@ -37,7 +40,8 @@ use crate::routes::{
     normalize_request_host, Backend, Failure, Load, Lookup, Protocol, Retries, RetryBudget, Rotation, Service,
 };
 use crate::upstream::{
-    self, Alpn, BackendTls, ConnectError, Connector, RequestHead, SendError, UpstreamBody, UpstreamError,
+    self, Alpn, BackendTls, ConnectError, Connector, H2Failure, H2RequestBody, H2SendError, RequestHead, SendError,
+    UpstreamBody, UpstreamError,
 };
 
 /// Handles one request end to end. Never fails: errors become responses.
@@ -73,6 +77,8 @@ struct RequestCtx {
     backend: Option<Backend>,
     /// The request went to the forwarding phase: whatever its response, it gets the service's HSTS policy.
     forwarded: bool,
+    /// A gRPC call (h2, `content-type: application/grpc...`): reveille's own errors answer it in gRPC's terms.
+    grpc: bool,
 }
 
 /// How a request ended: a response to send, or an error the exit turns into one (with the connection's
@@ -88,6 +94,8 @@ impl RequestCtx {
             service: None,
             backend: None,
             forwarded: false,
+            // gRPC is h2 only: HTTP/1.1 requests pay one branch, no header lookup.
+            grpc: req.version() == Version::HTTP_2 && is_grpc(req.headers()),
         }
     }
 
@@ -103,6 +111,8 @@ impl RequestCtx {
     /// writes the request's one access-log line.
     fn finish(self, svc: &ProxyService, outcome: Outcome) -> Response {
         let proxy = &*svc.proxy;
+        // A gRPC error goes out as 200; metrics and the access log count the status it stands for.
+        let mut counted = None;
         let mut response = match outcome {
             Ok(response) => response,
             Err((err, guard)) => {
@@ -121,7 +131,12 @@ impl RequestCtx {
                 } else {
                     debug!(status = err.status().as_u16(), "{err}");
                 }
-                error_response(&err, guard)
+                if self.grpc {
+                    counted = Some(err.status());
+                    grpc_error_response(&err, guard)
+                } else {
+                    error_response(&err, guard)
+                }
             }
         };
         if svc.tls && self.forwarded {
@@ -130,7 +145,7 @@ impl RequestCtx {
                 response.headers_mut().entry(STRICT_TRANSPORT_SECURITY).or_insert_with(|| hsts.clone());
             }
         }
-        let status = response.status();
+        let status = counted.unwrap_or_else(|| response.status());
         let elapsed = self.start.elapsed();
         if let Some(service) = &self.service {
             service.stats(|n| proxy.metrics.service_stats(n)).record(status.as_u16(), elapsed);
@@ -330,16 +345,24 @@ async fn forward(
         }
     }
     let forwarded_host = headers.get(HOST).cloned();
+    let mut te_trailers = false;
+    let mut grpc = false;
     if parts.version == Version::HTTP_2 {
         join_cookies(&mut headers);
+        te_trailers = headers.get(TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        grpc = is_grpc(&headers);
     }
     // Small bodies are read whole before any backend is contacted; a slow client holds none of its workers.
     // (Most requests have none: they skip the read, and its future, which is boxed so it does not enlarge
-    // every request's.)
+    // every request's.) A gRPC call's body streams from its first byte: a client-streaming or bidirectional
+    // call may send its next message only after an answer, or never end; and its messages come as the
+    // client has them, so there is no minimum rate.
     let body = if http_body::Body::is_end_stream(&body) {
         None
     } else {
-        match Box::pin(BodySlot::read(body, &proxy.body_limits, &svc.conn)).await {
+        let stream = BodyLimits { buffer: 0, min_rate: 0, ..proxy.body_limits };
+        let limits = if grpc { &stream } else { &proxy.body_limits };
+        match Box::pin(BodySlot::read(body, limits, &svc.conn)).await {
             Ok(b) => b,
             Err(failure) => return Err(downstream_failure(failure)),
         }
@@ -364,6 +387,7 @@ async fn forward(
         replayable: is_idempotent(&method) && body.as_ref().is_none_or(BodySlot::is_whole),
         head: RequestHead { method, path, headers, upgrade: upgrade.is_some() },
         body: body.as_ref(),
+        te_trailers,
     };
     let mut downstream_upgrade = downstream_upgrade;
     let mut activity = activity;
@@ -511,6 +535,8 @@ struct Template<'a> {
     body: Option<&'a BodySlot>,
     /// The request may go out a second time after a backend closed a kept-alive connection under it.
     replayable: bool,
+    /// The client sent `te: trailers` (gRPC does): kept towards h2 backends, dropped as hop-by-hop for h1.
+    te_trailers: bool,
 }
 
 impl Template<'_> {
@@ -539,10 +565,21 @@ async fn send_to(
     backend: &Backend,
     template: &Template<'_>,
 ) -> Result<Upstream, SendFailure> {
-    // Plain HTTP/1.1 pays this one branch; `https://` backends take their service's TLS settings and pool.
-    let tls = if backend.protocol() == Protocol::Http1 { None } else { Some(backend_tls(service, backend)?) };
+    // Plain HTTP/1.1 pays this one branch; `h2c://` backends go to the HTTP/2 client, `https://` ones take
+    // their service's TLS settings and pool.
     let pool = &svc.proxy.upstream;
     let key = backend.authority();
+    let tls = match backend.protocol() {
+        Protocol::Http1 => None,
+        Protocol::H2c => return Box::pin(send_h2(svc, service, backend, template, Via::H2c)).await,
+        Protocol::Https => {
+            let tls = backend_tls(service)?;
+            if pool.tls_speaks_h2(tls, key) {
+                return Box::pin(send_h2(svc, service, backend, template, Via::Tls(tls, None))).await;
+            }
+            Some(tls)
+        }
+    };
     let checked_out = match tls {
         None => pool.checkout(key),
         Some(tls) => pool.checkout_tls(tls, key),
@@ -550,7 +587,12 @@ async fn send_to(
     let conn = match checked_out {
         Some(c) => c,
         // Boxed, as a new connection is the rare case and its future is large.
-        None => Box::pin(open(pool, service, backend, tls)).await?,
+        None => match Box::pin(open(pool, backend, tls)).await? {
+            Opened::Http1(c) => c,
+            Opened::H2(tls, stream) => {
+                return Box::pin(send_h2(svc, service, backend, template, Via::Tls(tls, Some(stream)))).await
+            }
+        },
     };
     let reused = conn.is_reused();
     let SendError { error, unsent, answered } = match upstream::send(conn, &template.head, template.body()).await {
@@ -568,49 +610,113 @@ async fn send_to(
         return Err(SendFailure::Upstream(error));
     }
     debug!(service = service.name(), backend = backend.as_str(), error = %source_chain(&error), "kept-alive backend connection closed under the request; sending it again on a new one");
-    let fresh = Box::pin(open(pool, service, backend, tls)).await?;
+    let fresh = match Box::pin(open(pool, backend, tls)).await? {
+        Opened::Http1(c) => c,
+        Opened::H2(tls, stream) => {
+            return Box::pin(send_h2(svc, service, backend, template, Via::Tls(tls, Some(stream)))).await
+        }
+    };
     upstream::send(fresh, &template.head, template.body()).await.map_err(|e| SendFailure::Upstream(e.error))
 }
 
-/// The TLS settings an `https://` backend is reached with; any other scheme but HTTP/1.1 is refused like an
-/// unreachable backend (nothing sent) until its client lands (issue 27).
-fn backend_tls<'a>(service: &'a Service, backend: &Backend) -> Result<&'a BackendTls, SendFailure> {
-    match (backend.protocol(), service.backend_tls()) {
-        (Protocol::Https, Some(tls)) => Ok(tls),
-        // A service built without `ServiceSpec::to_service` (none is): no settings to verify with.
-        (Protocol::Https, None) => Err(SendFailure::Connect(ConnectError::tls("the service has no TLS settings"))),
-        (protocol, _) => {
-            let scheme = protocol.scheme();
-            Err(SendFailure::Connect(ConnectError::other(format!("{scheme}:// backends are not supported yet"))))
+/// The TLS settings an `https://` backend is reached with: its service's.
+fn backend_tls(service: &Service) -> Result<&BackendTls, SendFailure> {
+    // A service built without `ServiceSpec::to_service` (none is): no settings to verify with.
+    service.backend_tls().ok_or_else(|| SendFailure::Connect(ConnectError::tls("the service has no TLS settings")))
+}
+
+/// Times a request an h2 backend did not process (GOAWAY, `REFUSED_STREAM`) is sent again.
+const H2_RESENDS: usize = 3;
+
+/// How an HTTP/2 backend is reached.
+enum Via<'a> {
+    /// `h2c://`: TCP, prior knowledge.
+    H2c,
+    /// `https://` whose ALPN picked `h2`: the service's TLS settings, and the connection just opened, if any.
+    Tls(&'a BackendTls, Option<Box<TlsStream<TcpStream>>>),
+}
+
+/// One attempt on an HTTP/2 backend: a stream on one of its multiplexed connections. A request the backend
+/// says it did not process (a GOAWAY under it, a refused stream) goes again on another connection, whatever
+/// its method (RFC 9113 §8.7), as long as its body can be sent again (in memory, or not yet touched).
+async fn send_h2(
+    svc: &ProxyService,
+    service: &Service,
+    backend: &Backend,
+    template: &Template<'_>,
+    mut via: Via<'_>,
+) -> Result<Upstream, SendFailure> {
+    let pool = &svc.proxy.upstream;
+    let key = backend.authority();
+    let mut resends = 0;
+    loop {
+        let sent = match &mut via {
+            Via::H2c => pool.send_h2c(key, h2_request(key, template, Scheme::HTTP)).await,
+            Via::Tls(tls, first) => {
+                pool.send_h2_tls(tls, key, first.take(), h2_request(key, template, Scheme::HTTPS)).await
+            }
+        };
+        match sent {
+            Ok(resp) => return Ok(resp.map(UpstreamBody::h2)),
+            Err(H2Failure::Connect(e)) => return Err(SendFailure::Connect(e)),
+            Err(H2Failure::Send(H2SendError { error, unprocessed })) => {
+                let again = unprocessed && resends < H2_RESENDS && template.body.is_none_or(BodySlot::is_intact);
+                if !again {
+                    return Err(SendFailure::Upstream(error));
+                }
+                resends += 1;
+                debug!(service = service.name(), backend = backend.as_str(), scheme = backend.protocol().scheme(), error = %source_chain(&error), "the backend did not process the request; sending it again on another connection");
+            }
         }
     }
 }
 
-/// A new connection to `backend`: TCP, or TLS when `tls` is given (a TLS backend that picks HTTP/1.1 by ALPN;
-/// one that picks h2 is refused for now).
-async fn open(
-    pool: &Connector,
-    service: &Service,
-    backend: &Backend,
-    tls: Option<&BackendTls>,
-) -> Result<upstream::Conn, SendFailure> {
+/// A connection just opened: HTTP/1.1 (TCP, or TLS whose ALPN picked `http/1.1` or nothing), or TLS whose
+/// ALPN picked `h2`, for the HTTP/2 client.
+enum Opened<'a> {
+    Http1(upstream::Conn),
+    H2(&'a BackendTls, Box<TlsStream<TcpStream>>),
+}
+
+/// A new connection to `backend`: TCP, or TLS when `tls` is given.
+async fn open<'a>(pool: &Connector, backend: &Backend, tls: Option<&'a BackendTls>) -> Result<Opened<'a>, SendFailure> {
     let key = backend.authority();
     let Some(tls) = tls else {
-        return pool.connect(key).await.map_err(SendFailure::Connect);
+        return pool.connect(key).await.map(Opened::Http1).map_err(SendFailure::Connect);
     };
     let connected: upstream::TlsConnected = pool.connect_tls(tls, key).await.map_err(SendFailure::Connect)?;
-    match connected.alpn {
-        Alpn::Http1 => Ok(pool.adopt_tls(tls, key, connected.stream)),
-        Alpn::H2 => {
-            // The HTTP/2 client takes `connected.stream` here once it lands.
-            warn!(
-                service = service.name(),
-                backend = backend.as_str(),
-                "h2 over TLS not wired yet: the backend picked h2 by ALPN"
-            );
-            Err(SendFailure::Connect(ConnectError::other("h2 over TLS not wired yet")))
-        }
+    Ok(match connected.alpn {
+        Alpn::Http1 => Opened::Http1(pool.adopt_tls(tls, key, connected.stream)),
+        Alpn::H2 => Opened::H2(tls, Box::new(connected.stream)),
+    })
+}
+
+/// The request as an h2 backend gets it: `Host` becomes `:authority` (the URI's), the framing is h2's own
+/// (no `Transfer-Encoding`), and `te: trailers` stays when the client sent it.
+fn h2_request(backend: &Authority, template: &Template<'_>, scheme: Scheme) -> Request<H2RequestBody> {
+    let head = &template.head;
+    let mut headers = head.headers.clone();
+    let authority =
+        headers.remove(HOST).and_then(|h| Authority::try_from(h.as_bytes()).ok()).unwrap_or_else(|| backend.clone());
+    headers.remove(TRANSFER_ENCODING);
+    if template.te_trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
     }
+    let uri = Uri::from_parts({
+        let mut p = http::uri::Parts::default();
+        p.scheme = Some(scheme);
+        p.authority = Some(authority);
+        p.path_and_query = Some(head.path.clone());
+        p
+    })
+    .unwrap_or_else(|_| Uri::from_static("/"));
+    let body = H2RequestBody::new(template.body().map_err(Into::into));
+    let mut req = Request::new(body);
+    *req.method_mut() = head.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_2;
+    *req.headers_mut() = headers;
+    req
 }
 
 /// Methods a client may send twice with the effect of once (RFC 9110 §9.2.2).
@@ -713,6 +819,31 @@ fn join_cookies(headers: &mut HeaderMap) {
     if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
         headers.insert(COOKIE, v);
     }
+}
+
+/// A gRPC call (`content-type: application/grpc`, `application/grpc+proto` and the like).
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers.get(CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.len() >= GRPC.len()
+            && v[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+            && matches!(v.get(GRPC.len()), None | Some(b'+' | b';'))
+    })
+}
+
+const GRPC: &[u8] = b"application/grpc";
+
+/// reveille's own error as a gRPC client reads it: 200, trailers-only (`grpc-status` and `grpc-message` in the
+/// headers, no body), as gRPC's HTTP/2 protocol has servers answer a call they fail at once.
+fn grpc_error_response(err: &ProxyError, guard: InFlight) -> Response {
+    let mut resp = http::Response::new(ResponseBody::full(Bytes::new(), Some(guard)));
+    let headers = resp.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", HeaderValue::from(u16::from(err.grpc_status())));
+    if let Ok(v) = HeaderValue::from_str(&err.grpc_message()) {
+        headers.insert("grpc-message", v);
+    }
+    resp
 }
 
 fn error_response(err: &ProxyError, guard: InFlight) -> Response {

@@ -134,6 +134,11 @@ pub struct Settings {
     pub upstream_read_timeout: Duration,
     /// Acknowledge data from backends at once (`TCP_QUICKACK` after every read; see `connector`).
     pub upstream_quickack: bool,
+    /// HTTP/2 backends: a PING on each connection this often; one not answered within
+    /// `upstream_h2_keep_alive_timeout` closes the connection (its streams fail, later requests open another).
+    /// Not in the config file yet: the defaults are the downstream side's.
+    pub upstream_h2_keep_alive_interval: Duration,
+    pub upstream_h2_keep_alive_timeout: Duration,
     /// A client that reads nothing of its response for this long is disconnected.
     pub send_timeout: Duration,
     /// Total time one request may take, from its head to its response's last byte; `None` = no limit.
@@ -170,6 +175,8 @@ impl Default for Settings {
             request_buffer_size: 64 * 1024,
             upstream_read_timeout: Duration::from_secs(60),
             upstream_quickack: true,
+            upstream_h2_keep_alive_interval: Duration::from_secs(30),
+            upstream_h2_keep_alive_timeout: Duration::from_secs(20),
             send_timeout: Duration::from_secs(60),
             request_timeout: None,
             overload_timeout: Duration::from_secs(2),
@@ -181,6 +188,10 @@ impl Default for Settings {
 
 /// hyper's own limit on an HTTP/1.1 request's header fields.
 const DEFAULT_MAX_HEADERS: usize = 100;
+
+/// HTTP/2 connections to one `h2c://` backend per worker thread, at most: each carries as many streams as the
+/// backend allows (`SETTINGS_MAX_CONCURRENT_STREAMS`), so a few serve any load.
+const H2_CONNECTIONS_PER_BACKEND: usize = 4;
 
 /// How often a newcomer waiting for a slot tries again to evict a connection.
 const EVICT_RETRY: Duration = Duration::from_millis(20);
@@ -260,6 +271,9 @@ impl Proxy {
             workers,
             max_idle_per_backend: settings.pool_max_idle_per_backend,
             idle_timeout: settings.pool_idle_timeout,
+            h2_connections_per_backend: H2_CONNECTIONS_PER_BACKEND,
+            h2_keep_alive_interval: settings.upstream_h2_keep_alive_interval,
+            h2_keep_alive_timeout: settings.upstream_h2_keep_alive_timeout,
         });
 
         let mut h1 = http1::Builder::new();

@@ -8,16 +8,22 @@
 //! ([`Connector::checkout_tls`]), else a TCP connection and a handshake ([`Connector::connect_tls`], within the
 //! same connect timeout), which gives the TLS stream and what the backend picked by ALPN; an HTTP/1.1 stream
 //! becomes a pooled connection with [`Connector::adopt_tls`].
+//!
+//! HTTP/2 backends (`h2c://`) have their own connections, multiplexed ([`H2Pool`], in `h2`):
+//! [`Connector::send_h2c`] sends a request on a stream of one, opened over TCP by the same `HttpConnector`.
+//! Connections are kept apart by protocol (one pool per protocol) and, within it, by the backend's authority.
 
+use std::future::Future;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
-use http::Uri;
+use http::{Request, Response, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::error::ConnectError;
+use super::h2::{self as h2c, H2Body, H2Failure, H2Pool, H2RequestBody, H2Settings};
 use super::pool::{Pool, Pooled};
 use super::tls::{Alpn, BackendTls};
 use super::wire::{Socket, Wire};
@@ -35,6 +41,12 @@ pub(crate) struct ConnectSettings {
     pub workers: usize,
     pub max_idle_per_backend: usize,
     pub idle_timeout: Duration,
+    /// HTTP/2 connections to one backend per worker, at most.
+    pub h2_connections_per_backend: usize,
+    /// HTTP/2 PING keep-alive: a PING every `h2_keep_alive_interval`; no answer within
+    /// `h2_keep_alive_timeout` closes the connection (its streams fail, new requests go on another).
+    pub h2_keep_alive_interval: Duration,
+    pub h2_keep_alive_timeout: Duration,
 }
 
 /// A TLS connection just opened: the stream, and what the backend picked by ALPN (the HTTP/2 client takes an
@@ -52,6 +64,8 @@ pub(crate) struct Connector {
     settings: ConnectSettings,
     /// Plain TCP connections (`http://` backends); TLS ones are in each service's `BackendTls`.
     pool: Pool<Authority, Wire>,
+    /// Connections to `h2c://` backends.
+    h2c: H2Pool,
 }
 
 impl Connector {
@@ -62,7 +76,18 @@ impl Connector {
         http.set_connect_timeout(Some(settings.connect_timeout));
         http.enforce_http(true);
         let pool = Pool::new(settings.workers, settings.max_idle_per_backend, settings.idle_timeout);
-        Self { http, settings, pool }
+        let h2c = H2Pool::new(h2_settings(&settings));
+        Self { http, settings, pool, h2c }
+    }
+
+    /// Sends `req` (its URI absolute, `http://` and the backend's authority) to the `h2c://` backend
+    /// `backend` on a stream of one of its connections, and waits for the response head.
+    pub(crate) async fn send_h2c(
+        &self,
+        backend: &Authority,
+        req: Request<H2RequestBody>,
+    ) -> Result<Response<H2Body>, H2Failure> {
+        h2c::send(&self.h2c, backend.as_str(), || self.tcp(backend), req).await
     }
 
     /// The most recently released idle connection to `backend` that is still open, if there is one.
@@ -90,21 +115,74 @@ impl Connector {
         tls: &BackendTls,
         backend: &Authority,
     ) -> Result<TlsConnected, ConnectError> {
-        let name = tls.server_name_for(backend).map_err(ConnectError::tls)?;
-        let started = tokio::time::Instant::now();
-        let tcp = self.tcp(backend).await?;
-        let left = self.settings.connect_timeout.saturating_sub(started.elapsed());
-        let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
-        let stream = match tokio::time::timeout(left, connector.connect(name, tcp)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(ConnectError::tls(e)),
-            Err(_) => {
-                let timeout = humantime::format_duration(self.settings.connect_timeout);
-                return Err(ConnectError::tls(format!("no TLS handshake within the connect timeout ({timeout})")));
+        self.tls_handshake(tls, backend).await
+    }
+
+    /// [`connect_tls`](Self::connect_tls) as a future that owns what it needs (an h2 connection is opened in a
+    /// task of its own).
+    fn tls_handshake(
+        &self,
+        tls: &BackendTls,
+        backend: &Authority,
+    ) -> impl Future<Output = Result<TlsConnected, ConnectError>> + Send + 'static {
+        let name = tls.server_name_for(backend);
+        let tcp = self.tcp(backend);
+        let config = tls.config.clone();
+        let connect_timeout = self.settings.connect_timeout;
+        async move {
+            let name = name.map_err(ConnectError::tls)?;
+            let started = tokio::time::Instant::now();
+            let tcp = tcp.await?;
+            let left = connect_timeout.saturating_sub(started.elapsed());
+            let connector = tokio_rustls::TlsConnector::from(config);
+            let stream = match tokio::time::timeout(left, connector.connect(name, tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(ConnectError::tls(e)),
+                Err(_) => {
+                    let timeout = humantime::format_duration(connect_timeout);
+                    return Err(ConnectError::tls(format!("no TLS handshake within the connect timeout ({timeout})")));
+                }
+            };
+            let alpn = Alpn::from_negotiated(stream.get_ref().1.alpn_protocol());
+            Ok(TlsConnected { stream, alpn })
+        }
+    }
+
+    /// Whether `backend` of `tls`'s service speaks HTTP/2 (it picked `h2` by ALPN, and its connection is still
+    /// up): then its requests go by [`send_h2_tls`](Self::send_h2_tls). Free for a service none of whose
+    /// backends ever picked h2.
+    pub(crate) fn tls_speaks_h2(&self, tls: &BackendTls, backend: &Authority) -> bool {
+        tls.h2.get().is_some_and(|pool| pool.has(backend.as_str()))
+    }
+
+    /// Sends `req` (its URI absolute, `https://`) to the `https://` backend `backend` over HTTP/2, on a stream
+    /// of one of the service's connections to it: `first` (a connection just opened whose ALPN picked `h2`)
+    /// becomes one when a new one is needed, and later ones are opened with a handshake that must pick `h2`
+    /// again.
+    pub(crate) async fn send_h2_tls(
+        &self,
+        tls: &BackendTls,
+        backend: &Authority,
+        first: Option<Box<TlsStream<TcpStream>>>,
+        req: Request<H2RequestBody>,
+    ) -> Result<Response<H2Body>, H2Failure> {
+        let pool = tls.h2.get_or_init(|| H2Pool::new(h2_settings(&self.settings)));
+        let first = parking_lot::Mutex::new(first);
+        let open = || {
+            let first = first.lock().take();
+            let fresh = self.tls_handshake(tls, backend);
+            async move {
+                if let Some(stream) = first {
+                    return Ok(stream);
+                }
+                let connected = fresh.await?;
+                match connected.alpn {
+                    Alpn::H2 => Ok(Box::new(connected.stream)),
+                    Alpn::Http1 => Err(ConnectError::other("the backend no longer picks h2 by ALPN")),
+                }
             }
         };
-        let alpn = Alpn::from_negotiated(stream.get_ref().1.alpn_protocol());
-        Ok(TlsConnected { stream, alpn })
+        h2c::send(pool, backend.as_str(), open, req).await
     }
 
     /// A TLS connection that speaks HTTP/1.1, as a connection of `tls`'s pool.
@@ -114,16 +192,26 @@ impl Connector {
         pool.adopt(backend, Wire::new(Socket::tls(stream, s.quickack)))
     }
 
-    /// A TCP connection to `backend` (within the connect timeout).
-    async fn tcp(&self, backend: &Authority) -> Result<TcpStream, ConnectError> {
-        let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(backend.clone())
-            .path_and_query("/")
-            .build()
-            .map_err(|e| ConnectError::other(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+    /// A TCP connection to `backend` (within the connect timeout), opened by a future that owns what it needs
+    /// (an h2 connection is opened in a task of its own).
+    fn tcp(&self, backend: &Authority) -> impl Future<Output = Result<TcpStream, ConnectError>> + Send + 'static {
+        let uri = Uri::builder().scheme(Scheme::HTTP).authority(backend.clone()).path_and_query("/").build();
         let mut http = self.http.clone();
-        let io = tower::Service::<Uri>::call(&mut http, uri).await.map_err(ConnectError::other)?;
-        Ok(io.into_inner())
+        async move {
+            let uri = uri.map_err(|e| ConnectError::other(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+            let io = tower::Service::<Uri>::call(&mut http, uri).await.map_err(ConnectError::other)?;
+            Ok(io.into_inner())
+        }
+    }
+}
+
+/// What the HTTP/2 pools are built with.
+fn h2_settings(s: &ConnectSettings) -> H2Settings {
+    H2Settings {
+        workers: s.workers,
+        connections: s.h2_connections_per_backend,
+        keep_alive_interval: s.h2_keep_alive_interval,
+        keep_alive_timeout: s.h2_keep_alive_timeout,
+        idle_timeout: s.idle_timeout,
     }
 }

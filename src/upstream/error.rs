@@ -58,6 +58,9 @@ pub(crate) enum UpstreamError {
     UnexpectedUpgrade,
     #[error("sending the request body: {0}")]
     RequestBody(#[source] BoxError),
+    /// An h2 stream or connection failed (hyper's error, with h2's reason under it).
+    #[error("backend h2 stream: {0}")]
+    H2(#[source] hyper::Error),
 }
 
 impl UpstreamError {

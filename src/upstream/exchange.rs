@@ -34,6 +34,7 @@ use super::codec::{
 };
 use super::connect::Conn;
 use super::error::{BoxError, UpstreamError};
+use super::h2::H2Body;
 use super::wire::{Upgraded, Wire, READ_MAX};
 
 /// A whole request body up to this size goes out in the head's `write`.
@@ -142,7 +143,7 @@ where
         Framing::Eof => State::Eof,
         Framing::Upgrade => State::Upgrade,
     };
-    let mut body = UpstreamBody { conn: Some(conn), state, reusable };
+    let mut body = UpstreamBody { conn: Some(conn), state, reusable, h2: None };
     if body.state == State::Done {
         body.finish();
     }
@@ -274,6 +275,8 @@ enum State {
     /// A 101: no body; the connection goes to the tunnel.
     Upgrade,
     Done,
+    /// The body comes from an h2 stream (`UpstreamBody::h2`), not from this connection.
+    H2,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,16 +293,25 @@ enum Chunk {
 
 /// A backend's response body, read from its connection as it is polled. At its end the connection can be taken
 /// back for the pool ([`take_reusable`](Self::take_reusable)), when it can serve again; dropped with the body
-/// (before its end, or never taken), it is closed.
+/// (before its end, or never taken), it is closed. From an h2 backend it is the stream's body instead
+/// ([`UpstreamBody::h2`]): the proxy handles both alike, at the cost of one branch.
 #[derive(Debug)]
 pub(crate) struct UpstreamBody {
     conn: Option<Conn>,
     state: State,
     /// The connection may serve another request once this body ends.
     reusable: bool,
+    /// The h2 stream's body (`State::H2`); boxed, so an HTTP/1.1 body carries one empty pointer only.
+    h2: Option<Box<H2Body>>,
 }
 
 impl UpstreamBody {
+    /// An h2 stream's body: read as the downstream side polls it, its stream's lease held until it ends. It
+    /// never has a connection to give back (the connection stays with its other streams).
+    pub(crate) fn h2(body: H2Body) -> Self {
+        Self { conn: None, state: State::H2, reusable: false, h2: Some(Box::new(body)) }
+    }
+
     /// The connection of a `101` response, for the tunnel (taken once).
     pub(crate) fn take_upgraded(&mut self) -> Option<Upgraded> {
         if self.state != State::Upgrade {
@@ -403,6 +415,15 @@ impl Body for UpstreamBody {
         loop {
             match this.state {
                 State::Done | State::Upgrade => return Poll::Ready(None),
+                State::H2 => {
+                    let Some(h2) = this.h2.as_mut() else { return Poll::Ready(None) };
+                    let res = Pin::new(&mut **h2).poll_frame(cx);
+                    if let Poll::Ready(None | Some(Err(_))) = res {
+                        // The stream's lease goes at once, not when the body is dropped.
+                        this.h2 = None;
+                    }
+                    return res;
+                }
                 State::Chunked(chunk) => return this.poll_chunked(cx, chunk),
                 State::Length(left) => {
                     let Some(conn) = this.conn.as_mut() else { return Poll::Ready(None) };
@@ -444,12 +465,17 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.state, State::Done | State::Upgrade)
+        match self.state {
+            State::Done | State::Upgrade => true,
+            State::H2 => self.h2.as_ref().is_none_or(|b| b.is_end_stream()),
+            _ => false,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self.state {
             State::Done | State::Upgrade => SizeHint::with_exact(0),
+            State::H2 => self.h2.as_ref().map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint()),
             State::Length(n) => SizeHint::with_exact(n),
             _ => SizeHint::default(),
         }

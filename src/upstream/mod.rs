@@ -1,4 +1,5 @@
-//! The backend side: reveille's own HTTP/1.1 client, its connections and their pool.
+//! The backend side: reveille's own HTTP/1.1 client, its connections and their pool; and HTTP/2 to backends
+//! (`h2`: hyper's client on a few multiplexed connections per backend, a stream leased per request).
 //!
 //! Cut by what each part does, as pingora's layout is: the codec (`codec`: heads, framing, chunks, trailers,
 //! hop-by-hop names; pure), a connection's bytes (`wire`: the socket and its buffers), one exchange (`exchange`:
@@ -14,10 +15,12 @@ mod codec;
 mod connect;
 mod error;
 mod exchange;
+mod h2;
 mod pool;
 mod tls;
 mod wire;
 
+pub(crate) use self::h2::{H2Failure, H2RequestBody, H2SendError};
 pub(crate) use codec::{connection_named, hop_by_hop_index, is_hop_by_hop, HOP_BY_HOP};
 pub(crate) use connect::{Conn, ConnectSettings, Connector, TlsConnected};
 pub(crate) use error::{ConnectError, UpstreamError};

@@ -27,6 +27,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
+use super::h2::H2Pool;
 use super::pool::Pool;
 use super::wire::Wire;
 
@@ -108,6 +109,8 @@ pub(crate) struct BackendTls {
     options: TlsOptions,
     /// The service's idle TLS connections, made on first use with the `Connector`'s settings.
     pub(super) pool: OnceLock<Pool<Authority, Wire>>,
+    /// The service's HTTP/2 connections, to backends that picked `h2` by ALPN; made on first use.
+    pub(super) h2: OnceLock<H2Pool>,
 }
 
 impl fmt::Debug for BackendTls {
@@ -179,7 +182,7 @@ impl BackendTls {
             }
         };
         config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
-        Ok(Self { config: Arc::new(config), server_name, options, pool: OnceLock::new() })
+        Ok(Self { config: Arc::new(config), server_name, options, pool: OnceLock::new(), h2: OnceLock::new() })
     }
 
     /// Whether both were built from the same settings (a table change that leaves them alone).

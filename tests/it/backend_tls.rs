@@ -323,18 +323,24 @@ async fn websocket_through_an_https_backend() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backend_that_picks_h2_is_refused_until_the_h2_client_lands() {
-    log::warnings();
+async fn a_backend_that_picks_h2_gets_http2_and_grpc_calls_of_every_kind() {
+    // A gRPC service (HTTP/2 only) behind TLS that offers only `h2` by ALPN.
     let ca = TestCa::new();
-    let backend = Backend::echo("h2only").await;
+    let backend = crate::support::grpc::H2Backend::grpc("tls-grpc").await;
     let front = TlsFront::start(&ca.issue(&["127.0.0.1"]), None, &["h2"], backend.addr).await;
     let proxy =
         proxy_with_files(&tls_routes("tls-h2", front.addr, Some("ca = \"ca.pem\"")), &[("ca.pem", &ca.cert_pem())])
             .await;
     applied(&proxy, 2.0).await;
-    assert_eq!(get(proxy.http, "tls-h2.test", "/").await.status, StatusCode::BAD_GATEWAY);
-    assert!(warned("h2 over TLS not wired yet").iter().any(|l| l.contains("service=tls-h2")));
-    assert_eq!(backend.hits.load(Ordering::SeqCst), 0);
+    let channel = crate::support::grpc::h2c_channel(proxy.http, "tls-h2.test").await;
+    let mut client = crate::support::grpc::EchoClient::new(channel);
+    crate::grpc::all_four_kinds(&mut client, "tls-grpc").await;
+    for i in 0..10 {
+        client.unary(crate::support::grpc::msg("again", i)).await.unwrap();
+    }
+    // Every call on streams of one TLS connection: the one whose handshake picked h2.
+    assert_eq!(front.handshakes.load(Ordering::SeqCst), 1);
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
 }
 
 /// The `tls` blocks a routes file must refuse, each with what its message must say.

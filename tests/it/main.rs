@@ -23,6 +23,8 @@ mod docker_hosts;
 mod ejection;
 mod etcd;
 mod exits;
+mod grpc;
+mod h2_backend;
 mod h2c;
 mod hardening;
 mod headers;

@@ -5,6 +5,7 @@
 
 pub mod docker;
 pub mod etcd;
+pub mod grpc;
 pub mod log;
 pub mod pebble;
 pub mod runtime;
