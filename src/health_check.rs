@@ -12,11 +12,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::header::{HOST, USER_AGENT};
-use http::Request;
-use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -25,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::routes::{Backend, HealthCheck, Protocol, RouteHandle, RouteTable};
+use crate::upstream::{get_status, GetError};
 
 /// Why one check failed.
 #[derive(Debug, thiserror::Error)]
@@ -34,15 +30,11 @@ enum CheckError {
     #[error("TLS handshake: {0}")]
     Tls(#[source] std::io::Error),
     #[error("{0}")]
-    Http(#[from] hyper::Error),
+    Get(#[from] GetError),
     #[error("no answer within {}", humantime::format_duration(*.0))]
     Timeout(std::time::Duration),
     #[error("answered {0}")]
     Status(u16),
-    #[error("the connection closed before an answer")]
-    Closed,
-    #[error("the request could not be built: {0}")]
-    Request(#[from] http::Error),
 }
 
 /// One running check: its backend (kept alive, so its identity is not reused) and what stops it.
@@ -152,57 +144,20 @@ async fn probe(backend: &Backend, tls: Option<&Tls>, path: &str) -> Result<(), C
     let stream = TcpStream::connect(authority).await.map_err(CheckError::Connect)?;
     let _ = stream.set_nodelay(true);
     match tls {
-        None if backend.protocol() == Protocol::H2c => exchange_h2c(stream, authority, path).await,
-        None => exchange(stream, authority, path).await,
+        None => exchange(stream, backend.protocol() == Protocol::H2c, authority, path).await,
         Some(t) => {
             let stream = t.connector.connect(t.name.clone(), stream).await.map_err(CheckError::Tls)?;
-            exchange(stream, authority, path).await
+            exchange(stream, false, authority, path).await
         }
     }
 }
 
-/// `GET path` over HTTP/2 with prior knowledge (an `h2c://` backend), to the answer's head.
-async fn exchange_h2c(io: TcpStream, authority: &str, path: &str) -> Result<(), CheckError> {
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(io)).await?;
-    let req = Request::get(format!("http://{authority}{path}"))
-        .header(USER_AGENT, "reveille-health-check")
-        .body(Empty::<Bytes>::new())?;
-    let mut conn = std::pin::pin!(conn);
-    let resp = tokio::select! {
-        r = sender.send_request(req) => r?,
-        r = &mut conn => {
-            r?;
-            return Err(CheckError::Closed);
-        }
-    };
-    let status = resp.status().as_u16();
-    if HealthCheck::passes(status) {
-        Ok(())
-    } else {
-        Err(CheckError::Status(status))
-    }
-}
-
-/// `GET path` over `io`, to the answer's head.
-async fn exchange<I>(io: I, authority: &str, path: &str) -> Result<(), CheckError>
+/// `GET path` over `io` (HTTP/2 with prior knowledge when `h2`), to the answer's head; passes on 200 to 399.
+async fn exchange<I>(io: I, h2: bool, authority: &str, path: &str) -> Result<(), CheckError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
-    let req = Request::get(path)
-        .header(HOST, authority)
-        .header(USER_AGENT, "reveille-health-check")
-        .body(Empty::<Bytes>::new())?;
-    let mut conn = std::pin::pin!(conn);
-    let resp = tokio::select! {
-        r = sender.send_request(req) => r?,
-        r = &mut conn => {
-            r?;
-            return Err(CheckError::Closed);
-        }
-    };
-    let status = resp.status().as_u16();
+    let status = get_status(io, h2, authority, path, "reveille-health-check").await?.as_u16();
     if HealthCheck::passes(status) {
         Ok(())
     } else {

@@ -8,12 +8,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use http::header::{HOST, USER_AGENT};
-use http_body_util::Empty;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use crate::routes::{Backend, Protocol};
+use crate::upstream::get_status;
 
 /// Answers "is this backend ready?" once.
 pub(crate) trait Probe: Send + Sync + 'static {
@@ -48,35 +46,11 @@ impl Probe for NetProbe {
                 let stream = TcpStream::connect(target.authority().as_str()).await.ok()?;
                 let Some(path) = health_path else { return Some(true) };
                 let _ = stream.set_nodelay(true);
-                if target.protocol() == Protocol::H2c {
-                    return h2c_get(stream, target, path).await;
-                }
-                let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
-                let conn = tokio::spawn(conn);
-                let req = http::Request::get(path)
-                    .header(HOST, target.authority().as_str())
-                    .header(USER_AGENT, "reveille-probe")
-                    .body(Empty::<bytes::Bytes>::new())
-                    .ok()?;
-                let resp = send.send_request(req).await.ok();
-                conn.abort();
-                Some(resp?.status().as_u16() < 500)
+                let h2 = target.protocol() == Protocol::H2c;
+                let status = get_status(stream, h2, target.authority().as_str(), path, "reveille-probe").await.ok()?;
+                Some(status.as_u16() < 500)
             };
             matches!(tokio::time::timeout(self.timeout, attempt).await, Ok(Some(true)))
         })
     }
-}
-
-/// The health `GET` to an `h2c://` backend, which speaks HTTP/2 only: an answer below 500 is ready.
-async fn h2c_get(stream: TcpStream, target: &Backend, path: &str) -> Option<bool> {
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.ok()?;
-    let conn = tokio::spawn(conn);
-    let req = http::Request::get(format!("http://{}{path}", target.authority()))
-        .header(USER_AGENT, "reveille-probe")
-        .body(Empty::<bytes::Bytes>::new())
-        .ok()?;
-    let resp = send.send_request(req).await.ok();
-    conn.abort();
-    Some(resp?.status().as_u16() < 500)
 }

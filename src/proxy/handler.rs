@@ -40,8 +40,8 @@ use crate::routes::{
     normalize_request_host, Backend, Failure, Load, Lookup, Protocol, Retries, RetryBudget, Rotation, Service,
 };
 use crate::upstream::{
-    self, Alpn, BackendTls, ConnectError, Connector, H2Failure, H2RequestBody, H2SendError, RequestHead, SendError,
-    UpstreamBody, UpstreamError,
+    self, source_chain, Alpn, BackendTls, ConnectError, Connector, H2Failure, H2RequestBody, H2SendError, RequestHead,
+    SendError, UpstreamBody, UpstreamError,
 };
 
 /// Handles one request end to end. Never fails: errors become responses.
@@ -873,16 +873,4 @@ fn classify_connect(e: &ConnectError) -> UpstreamErrorKind {
         src = s.source();
     }
     UpstreamErrorKind::ConnectOther
-}
-
-/// `error: cause: cause` in one line.
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        src = s.source();
-    }
-    out
 }

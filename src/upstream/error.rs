@@ -74,3 +74,15 @@ impl UpstreamError {
         }
     }
 }
+
+/// `error: cause: cause` in one line, for the log.
+pub(crate) fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}

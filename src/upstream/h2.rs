@@ -46,7 +46,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tracing::debug;
 
-use super::error::{BoxError, ConnectError, UpstreamError};
+use super::error::{source_chain, BoxError, ConnectError, UpstreamError};
 use super::pool::worker;
 
 /// A request body as an h2 connection takes it: any body of `Bytes`, boxed (one allocation per h2 request,
@@ -400,16 +400,4 @@ fn io_kind(e: &(dyn std::error::Error + 'static)) -> io::ErrorKind {
         src = s.source();
     }
     io::ErrorKind::Other
-}
-
-/// `error: cause: cause` in one line.
-fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        src = s.source();
-    }
-    out
 }
