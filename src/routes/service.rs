@@ -259,9 +259,26 @@ pub struct Rotation<'a> {
 impl<'a> Iterator for Rotation<'a> {
     type Item = &'a Backend;
 
-    /// Inlined: the first step (a backend not ejected) is the whole of it on nearly every request.
+    /// The first step, a backend not ejected, is nearly every request's whole rotation: inlined, the rest not.
     #[inline]
     fn next(&mut self) -> Option<&'a Backend> {
+        let backends = &self.service.backends;
+        if self.step == 0 {
+            if let Some(b) = backends.get(self.start).filter(|b| b.ejected_until() == 0) {
+                self.step = 1;
+                return Some(b);
+            }
+        }
+        self.next_slow()
+    }
+}
+
+impl<'a> Rotation<'a> {
+    /// [`Iterator::next`] past its first step: ejected backends passed over (or back in when their time is up),
+    /// then the ejected ones as a last resort.
+    #[cold]
+    #[inline(never)]
+    fn next_slow(&mut self) -> Option<&'a Backend> {
         let backends = &self.service.backends;
         let n = backends.len();
         while self.step < n {
