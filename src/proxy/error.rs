@@ -61,6 +61,10 @@ pub(crate) enum ProxyError {
     /// A passivated service could not be woken in time, or not at all.
     #[error("service {service:?} is not available: {refusal}")]
     Wake { service: String, refusal: Refusal },
+    /// An HTTP/1.1 upgrade (WebSocket) to a backend spoken to over HTTP/2, which has no upgrade (RFC 8441's
+    /// extended CONNECT is not implemented): refused, never sent as a plain request.
+    #[error("service {service:?}: an HTTP/1.1 upgrade (WebSocket) cannot be forwarded to its HTTP/2 backend")]
+    UpgradeToH2 { service: String },
 }
 
 impl ProxyError {
@@ -78,6 +82,7 @@ impl ProxyError {
             Self::MissingService { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Wake { refusal: Refusal::Timeout { .. }, .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Wake { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpgradeToH2 { .. } => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -86,7 +91,7 @@ impl ProxyError {
     /// timeout, and gRPC's own mapping of the HTTP status for the rest.
     pub(crate) fn grpc_status(&self) -> u8 {
         match self {
-            Self::UnknownHost { .. } | Self::MethodNotAllowed => 12,
+            Self::UnknownHost { .. } | Self::MethodNotAllowed | Self::UpgradeToH2 { .. } => 12,
             Self::MissingService { .. } | Self::AllBackendsFailed { .. } | Self::UpstreamProtocol { .. } => 14,
             Self::UpstreamTimeout { .. } | Self::RequestTimeout { .. } | Self::BodyTimeout { .. } => 4,
             Self::Wake { refusal: Refusal::Timeout { .. }, .. } => 4,
@@ -132,8 +137,9 @@ impl ProxyError {
             | Self::BodyTimeout { .. }
             | Self::MethodNotAllowed
             | Self::TooManyHeaders { .. } => Fault::Downstream,
-            // The operator's configuration is incomplete: neither the client's fault nor a backend's.
-            Self::MissingService { .. } => Fault::Internal,
+            // The operator's configuration is incomplete (or routes WebSocket to an HTTP/2 backend): neither the
+            // client's fault nor a backend's.
+            Self::MissingService { .. } | Self::UpgradeToH2 { .. } => Fault::Internal,
             _ => Fault::Upstream,
         }
     }
@@ -183,6 +189,7 @@ impl ProxyError {
             Self::UpstreamTimeout { .. } | Self::RequestTimeout { .. } => "the service did not answer in time",
             Self::UpstreamProtocol { .. } => "the service failed to answer",
             Self::Wake { refusal, .. } => refusal.public_reason(),
+            Self::UpgradeToH2 { .. } => "this service does not take WebSocket connections",
         };
         reason.into()
     }

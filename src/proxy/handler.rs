@@ -486,6 +486,9 @@ async fn forward(
                 warn!(service = service.name(), backend = backend.as_str(), error = %source_chain(&e), "backend failed to answer");
                 return Err(ProxyError::UpstreamProtocol { service: service.name().into() });
             }
+            Some(Err(SendFailure::UpgradeToH2)) => {
+                return Err(ProxyError::UpgradeToH2 { service: service.name().into() });
+            }
             None => {
                 failed(svc, service, backend, Failure::Timeout);
                 return Err(ProxyError::UpstreamTimeout { service: service.name().into(), timeout });
@@ -552,6 +555,8 @@ enum SendFailure {
     Connect(ConnectError),
     /// The request (or part of it) may have reached the backend, which did not answer.
     Upstream(UpstreamError),
+    /// An upgrade (WebSocket) to a backend spoken to over HTTP/2: nothing sent, nothing wrong with the backend.
+    UpgradeToH2,
 }
 
 /// One backend's attempt: on a pooled connection if there is one, else a new one. A backend may close a
@@ -646,6 +651,9 @@ async fn send_h2(
     template: &Template<'_>,
     mut via: Via<'_>,
 ) -> Result<Upstream, SendFailure> {
+    if template.head.upgrade {
+        return Err(SendFailure::UpgradeToH2);
+    }
     let pool = &svc.proxy.upstream;
     let key = backend.authority();
     let mut resends = 0;

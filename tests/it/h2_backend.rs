@@ -309,3 +309,27 @@ async fn an_h2c_backend_is_health_checked_over_http2() {
     assert!(sick.requests.load(Ordering::SeqCst) <= checks + 3);
     assert!(good.requests.load(Ordering::SeqCst) >= 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_upgrade_to_an_h2c_backend_is_refused_not_sent_as_a_plain_request() {
+    let backend = h2_echo(H2Options::default()).await;
+    let proxy = TestProxy::start(&h2c_routes(&backend)).await;
+
+    let req = Request::get("/chat")
+        .header("host", "h2.test")
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .body(full(""))
+        .unwrap();
+    let got = send(proxy.http, req).await;
+    assert_eq!(got.status, StatusCode::NOT_IMPLEMENTED, "{}", got.text);
+    assert!(got.text.contains("does not take WebSocket connections"), "{}", got.text);
+    // Nothing reached the backend, and its health is not the worse for it.
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 0);
+    let view = proxy.service_view("h").await;
+    assert_eq!(view["backend_health"][0]["health"], "unknown", "{view}");
+    // A plain request still goes through.
+    assert_eq!(get(proxy.http, "h2.test", "/after").await.status, StatusCode::OK);
+}
