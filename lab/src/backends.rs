@@ -39,6 +39,7 @@ use std::path::{Path, PathBuf};
 
 use rustls::pki_types::pem::PemObject;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -80,15 +81,18 @@ const NAMES: [&str; 4] = ["direct", "nginx", "haproxy", "reveille"];
 enum Scenario {
     Grpc,
     Https,
+    /// reveille alone: its two balancing strategies over four h2c backends, one slow.
+    Balance,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 2] = [Scenario::Grpc, Scenario::Https];
+    const ALL: [Scenario; 3] = [Scenario::Grpc, Scenario::Https, Scenario::Balance];
 
     fn id(self) -> &'static str {
         match self {
             Scenario::Grpc => "grpc",
             Scenario::Https => "https",
+            Scenario::Balance => "balance",
         }
     }
 
@@ -96,9 +100,16 @@ impl Scenario {
         match self {
             Scenario::Grpc => "gRPC unary over h2c end to end, 50 conns × 10 streams",
             Scenario::Https => "HTTPS backend (TLS 1.3, keep-alive), 50 client conns over HTTP/1.1, 100 B",
+            Scenario::Balance => {
+                "reveille's round_robin against least_request: gRPC unary as in `grpc`, to four h2c backends, one \
+                 answering 20 ms late"
+            }
         }
     }
 }
+
+/// How late the slow backend of the `balance` scenario answers.
+const SLOW: Duration = Duration::from_millis(20);
 
 /// Runs the lab; false if no measurement succeeded.
 pub(crate) fn main() -> bool {
@@ -115,7 +126,10 @@ pub(crate) fn main() -> bool {
         Ok(wanted) => {
             let wanted: Vec<&str> = list(&wanted).collect();
             for w in &wanted {
-                assert!(Scenario::ALL.iter().any(|s| s.id() == *w), "BACKENDS_SCENARIOS: unknown {w:?} (grpc, https)");
+                assert!(
+                    Scenario::ALL.iter().any(|s| s.id() == *w),
+                    "BACKENDS_SCENARIOS: unknown {w:?} (grpc, https, balance)"
+                );
             }
             Scenario::ALL.into_iter().filter(|s| wanted.contains(&s.id())).collect()
         }
@@ -138,6 +152,9 @@ pub(crate) fn main() -> bool {
     let env = Env { tools: &tools, rounds: &rounds, ca: &ca, grpc_backend, tls_backend };
     let mut cells: Vec<(Scenario, &'static str)> = Vec::new();
     for &sc in &scenarios {
+        if sc == Scenario::Balance {
+            continue;
+        }
         for &p in &NAMES {
             if rounds.proxies.contains(&p) {
                 cells.push((sc, p));
@@ -235,6 +252,9 @@ pub(crate) fn main() -> bool {
     let _ = writeln!(md, "\nScenarios:\n");
     for &sc in &scenarios {
         let _ = writeln!(md, "- `{}`: {}", sc.id(), sc.title());
+    }
+    if scenarios.contains(&Scenario::Balance) {
+        balance(&mut lab, &tools, &rounds, &mut md);
     }
     let saturated: Vec<String> = results
         .iter()
@@ -354,7 +374,9 @@ impl Env<'_> {
         let cmd = match proxy {
             "reveille" => {
                 let service = match sc {
-                    Scenario::Grpc => format!("[services.s]\nbackends = [\"h2c://127.0.0.1:{}\"]\n", self.grpc_backend),
+                    Scenario::Grpc | Scenario::Balance => {
+                        format!("[services.s]\nbackends = [\"h2c://127.0.0.1:{}\"]\n", self.grpc_backend)
+                    }
                     Scenario::Https => format!(
                         "[services.s]\nbackends = [\"https://127.0.0.1:{}\"]\n[services.s.tls]\nca = \"{ca}\"\n\
                          server_name = \"{HOST}\"\n",
@@ -377,7 +399,9 @@ impl Env<'_> {
             "nginx" => {
                 let p = dir.display();
                 let (upstream_port, listen, location) = match sc {
-                    Scenario::Grpc => (self.grpc_backend, " http2", "            grpc_pass grpc://up;\n".to_string()),
+                    Scenario::Grpc | Scenario::Balance => {
+                        (self.grpc_backend, " http2", "            grpc_pass grpc://up;\n".to_string())
+                    }
                     Scenario::Https => (
                         self.tls_backend,
                         "",
@@ -407,7 +431,9 @@ impl Env<'_> {
             }
             "haproxy" => {
                 let (bind, server) = match sc {
-                    Scenario::Grpc => (" proto h2", format!("127.0.0.1:{} proto h2", self.grpc_backend)),
+                    Scenario::Grpc | Scenario::Balance => {
+                        (" proto h2", format!("127.0.0.1:{} proto h2", self.grpc_backend))
+                    }
                     Scenario::Https => (
                         "",
                         format!(
@@ -430,7 +456,7 @@ impl Env<'_> {
             other => return Err(format!("unknown proxy {other}")),
         };
         let (pid, _log) = lab.try_start(&name, cmd, || match sc {
-            Scenario::Grpc => grpc_call(port).is_ok(),
+            Scenario::Grpc | Scenario::Balance => grpc_call(port).is_ok(),
             Scenario::Https => onecore::get(port, HOST, "/").is_some_and(|(s, body)| s == 200 && body[..] == SMALL[..]),
         })?;
         Ok(Proxy { pid, port })
@@ -443,35 +469,8 @@ impl Env<'_> {
         let (run, usage) =
             onecore::measure(proxy.map(|p| p.pid), (r.proxy_cpu, r.client_cpu), ticks, || -> Result<Run, String> {
                 match sc {
-                    Scenario::Grpc => {
-                        let port = proxy.map_or(self.grpc_backend, |p| p.port);
-                        let log =
-                            std::env::temp_dir().join(format!("reveille-backends-h2load-{}.log", std::process::id()));
-                        let data =
-                            std::env::temp_dir().join(format!("reveille-backends-grpc-{}.bin", std::process::id()));
-                        std::fs::write(&data, grpc_frame(MESSAGE)).map_err(|e| e.to_string())?;
-                        let url = format!("http://127.0.0.1:{port}{GRPC_PATH}");
-                        let headers = [
-                            format!(":authority: {HOST}"),
-                            "content-type: application/grpc".to_string(),
-                            "te: trailers".to_string(),
-                        ];
-                        let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
-                        let mut args = testkit::h2load::args(50, 10, seconds, &headers, &log, &url);
-                        args.insert(args.len() - 1, format!("--data={}", data.display()));
-                        let mut cmd = pinned(&t.taskset, r.client_cpu, "sh");
-                        cmd.arg("-c").arg(crate::RAISE_NOFILE).arg(&t.h2load).args(args);
-                        let h = testkit::h2load::run(&mut cmd, &log)?;
-                        let ok = h.succeeded.saturating_sub(h.errors.non_2xx);
-                        let all = h.succeeded + h.errors.failed;
-                        let share = if all > 0 { ok as f64 / all as f64 } else { 0.0 };
-                        Ok(Run {
-                            per_sec: h.requests_per_sec * share,
-                            p99_us: h.p99_us,
-                            ok,
-                            errors: h.errors.to_string(),
-                            usage: Usage::default(),
-                        })
+                    Scenario::Grpc | Scenario::Balance => {
+                        grpc_load(t, r, proxy.map_or(self.grpc_backend, |p| p.port), seconds)
                     }
                     Scenario::Https => {
                         let url = match proxy {
@@ -499,6 +498,127 @@ impl Env<'_> {
         run.usage = usage;
         Ok(run)
     }
+}
+
+/// The `balance` scenario: one reveille per strategy in front of the same four h2c backends (the first
+/// answering [`SLOW`] late), measured in alternating rounds; adds its table to `md`.
+fn balance(lab: &mut Lab, t: &Tools, r: &Rounds, md: &mut String) {
+    let calls: Vec<Arc<AtomicU64>> = (0..4).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let ports: Vec<u16> = calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| start_grpc_backend_with(if i == 0 { SLOW } else { Duration::ZERO }, c.clone()))
+        .collect();
+    let backends: Vec<String> = ports.iter().map(|p| format!("\"h2c://127.0.0.1:{p}\"")).collect();
+    let mut proxies = Vec::new();
+    for strategy in ["round_robin", "least_request"] {
+        let [port, admin] = free_ports();
+        let routes = lab.write(
+            &format!("balance-{strategy}.toml"),
+            &format!(
+                "[services.s]\nbackends = [{}]\nbalance = \"{strategy}\"\n[routes]\n\"{HOST}\" = \"s\"\n",
+                backends.join(", ")
+            ),
+        );
+        let mut cmd = pinned(&t.taskset, r.proxy_cpu, "sh");
+        crate::serve(&mut cmd, &routes, port, admin).args([
+            "--threads",
+            "1",
+            "--access-log",
+            "false",
+            "--log-level",
+            "warn",
+        ]);
+        match lab.try_start(&format!("reveille-{strategy}"), cmd, || grpc_call(port).is_ok()) {
+            Ok((pid, _)) => proxies.push((strategy, pid, port)),
+            Err(e) => {
+                let _ = writeln!(
+                    md,
+                    "\n`balance`: reveille ({strategy}) did not start: {}",
+                    e.lines().next().unwrap_or_default()
+                );
+                return;
+            }
+        }
+    }
+    let ticks = clock_ticks_per_sec();
+    let mut results: BTreeMap<&str, Vec<(Run, f64)>> = BTreeMap::new();
+    for round in 0..=r.rounds {
+        let seconds = if round == 0 { r.warmup } else { r.seconds };
+        for &(strategy, pid, port) in &proxies {
+            let before: Vec<u64> = calls.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+            let (run, usage) =
+                onecore::measure(Some(pid), (r.proxy_cpu, r.client_cpu), ticks, || grpc_load(t, r, port, seconds));
+            let after: Vec<u64> = calls.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+            let total: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
+            let slow = if total > 0 { (after[0] - before[0]) as f64 / total as f64 } else { f64::NAN };
+            match run {
+                Ok(mut run) => {
+                    run.usage = usage;
+                    println!(
+                        "balance {strategy:<13} {:>9.0} req/s p99 {:>9}  slow backend {:.1}% of calls  errors {}",
+                        run.per_sec,
+                        format_us(run.p99_us),
+                        slow * 100.0,
+                        run.errors
+                    );
+                    if round > 0 {
+                        results.entry(strategy).or_default().push((run, slow));
+                    }
+                }
+                Err(e) => println!("balance {strategy}: FAILED: {}", e.lines().next().unwrap_or_default()),
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\n`balance`: gRPC unary calls (50 conns × 10 streams) through reveille to four h2c backends, the first \
+         answering {} ms late; medians:\n",
+        SLOW.as_millis()
+    );
+    let mut table = Table::new("balance | req/s | p99 | calls to the slow backend | CPU/req | errors", "lrrrrl");
+    for (strategy, runs) in &results {
+        let just: Vec<Run> = runs.iter().map(|(r, _)| Run { errors: r.errors.clone(), ..*r }).collect();
+        let m = Medians::of(&just);
+        let slow = median(&runs.iter().map(|(_, s)| *s).collect::<Vec<_>>());
+        table.row([
+            strategy.to_string(),
+            format!("{:.0}", m.per_sec),
+            format_us(m.p99_us),
+            format!("{:.1}%", slow * 100.0),
+            cpu_us(m.cpu_per_req_us),
+            m.errors,
+        ]);
+    }
+    md.push_str(&table.to_string());
+}
+
+/// h2load's gRPC unary calls (50 connections × 10 streams, one framed message each) to 127.0.0.1:`port` for
+/// `seconds`, from the client CPU.
+fn grpc_load(t: &Tools, r: &Rounds, port: u16, seconds: u64) -> Result<Run, String> {
+    let log = std::env::temp_dir().join(format!("reveille-backends-h2load-{}.log", std::process::id()));
+    let data = std::env::temp_dir().join(format!("reveille-backends-grpc-{}.bin", std::process::id()));
+    std::fs::write(&data, grpc_frame(MESSAGE)).map_err(|e| e.to_string())?;
+    let url = format!("http://127.0.0.1:{port}{GRPC_PATH}");
+    let headers =
+        [format!(":authority: {HOST}"), "content-type: application/grpc".to_string(), "te: trailers".to_string()];
+    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+    let mut args = testkit::h2load::args(50, 10, seconds, &headers, &log, &url);
+    args.insert(args.len() - 1, format!("--data={}", data.display()));
+    let mut cmd = pinned(&t.taskset, r.client_cpu, "sh");
+    cmd.arg("-c").arg(crate::RAISE_NOFILE).arg(&t.h2load).args(args);
+    let h = testkit::h2load::run(&mut cmd, &log)?;
+    let ok = h.succeeded.saturating_sub(h.errors.non_2xx);
+    let all = h.succeeded + h.errors.failed;
+    let share = if all > 0 { ok as f64 / all as f64 } else { 0.0 };
+    Ok(Run {
+        per_sec: h.requests_per_sec * share,
+        p99_us: h.p99_us,
+        ok,
+        errors: h.errors.to_string(),
+        usage: Usage::default(),
+    })
 }
 
 /// `message` as one gRPC length-prefixed message: uncompressed flag, 4-byte big-endian length, the bytes.
@@ -568,6 +688,11 @@ impl Body for GrpcReply {
 /// A gRPC-shaped h2c backend on its own thread (inheriting this process's CPU): reads each request's body,
 /// answers 200 with one framed message and `grpc-status: 0`. Returns its port.
 fn start_grpc_backend() -> u16 {
+    start_grpc_backend_with(Duration::ZERO, Arc::new(AtomicU64::new(0)))
+}
+
+/// [`start_grpc_backend`] answering each call `delay` late, counting calls in `calls`.
+fn start_grpc_backend_with(delay: Duration, calls: Arc<AtomicU64>) -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the gRPC backend");
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -578,15 +703,23 @@ fn start_grpc_backend() -> u16 {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let _ = stream.set_nodelay(true);
+                let calls = calls.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(|req: Request<Incoming>| async move {
-                        let _ = req.into_body().collect().await;
-                        let mut trailers = HeaderMap::new();
-                        trailers.insert("grpc-status", HeaderValue::from_static("0"));
-                        let reply = GrpcReply { data: Some(grpc_frame(MESSAGE)), trailers: Some(trailers) };
-                        let mut resp = Response::new(reply);
-                        resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-                        Ok::<_, Infallible>(resp)
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let calls = calls.clone();
+                        async move {
+                            calls.fetch_add(1, Ordering::Relaxed);
+                            let _ = req.into_body().collect().await;
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
+                            let mut trailers = HeaderMap::new();
+                            trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                            let reply = GrpcReply { data: Some(grpc_frame(MESSAGE)), trailers: Some(trailers) };
+                            let mut resp = Response::new(reply);
+                            resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+                            Ok::<_, Infallible>(resp)
+                        }
                     });
                     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                         .max_concurrent_streams(1000)

@@ -334,7 +334,7 @@ impl ServiceSpec {
             .enumerate()
             .map(|(i, b)| Backend::parse(&b.address).map_err(|e| (Some(i), e)))
             .collect::<Result<Vec<_>, _>>()?;
-        let balance = self.balance(name)?;
+        let balance = self.balance(name, &backends)?;
         let container = self.container_spec(name, hosts).map_err(|e| (None, e))?;
         if backends.is_empty() && container.as_ref().is_none_or(|c| c.port.is_none()) {
             return Err((None, RouteError::NoBackends { service: name.to_string() }));
@@ -349,8 +349,9 @@ impl ServiceSpec {
     }
 
     /// The weights, ejection and retry policies, or the first one that is wrong (a weight: with its backend's
-    /// index).
-    fn balance(&self, name: &str) -> Result<Balance, (Option<usize>, RouteError)> {
+    /// index). Without `balance`, a service whose backends are all `h2c://` and carry no weights takes
+    /// `least_request`, any other `round_robin` (why: docs/routing.md, Balancing).
+    fn balance(&self, name: &str, backends: &[Backend]) -> Result<Balance, (Option<usize>, RouteError)> {
         let bad = |i: Option<usize>, reason: String| (i, RouteError::BadField { service: name.to_string(), reason });
         let mut weights = Vec::new();
         if self.backends.iter().any(|b| b.weight.is_some()) {
@@ -371,7 +372,14 @@ impl ServiceSpec {
         };
         let on = self.retry_on.as_deref().unwrap_or_default();
         let retries = Retries::parse(on, self.retry_budget).map_err(|e| bad(None, e))?;
-        let strategy = self.balance.unwrap_or_default();
+        let all_h2c = !backends.is_empty() && backends.iter().all(|b| b.protocol() == Protocol::H2c);
+        let strategy = match self.balance {
+            Some(s) => s,
+            // Streams of very different lengths share each HTTP/2 backend (a unary call, a stream held open):
+            // requests in flight say more of a backend's load than a turn does (benchmarks.md, `balance`).
+            None if all_h2c && weights.is_empty() => Strategy::LeastRequest,
+            None => Strategy::RoundRobin,
+        };
         if strategy == Strategy::LeastRequest && !weights.is_empty() {
             return Err(bad(
                 None,
@@ -603,6 +611,17 @@ mod tests {
         let e = parse(r#"{"backends": [{"address": "127.0.0.1:1", "weight": 2}], "balance": "least_request"}"#);
         assert!(e.unwrap_err().1.to_string().contains("least_request"));
         assert!(serde_json::from_str::<ServiceSpec>(r#"{"balance": "random"}"#).is_err());
+        // HTTP/2 backends without weights default to least_request; anything else, or a choice written out, not.
+        let strategy = |json: &str| parse(json).unwrap().balance().strategy;
+        assert_eq!(strategy(r#"{"backends": ["h2c://a:1", "h2c://b:1"]}"#), Strategy::LeastRequest);
+        assert_eq!(strategy(r#"{"backends": ["h2c://a:1", "http://b:1"]}"#), Strategy::RoundRobin);
+        assert_eq!(
+            strategy(r#"{"backends": ["h2c://a:1", "h2c://b:1"], "balance": "round_robin"}"#),
+            Strategy::RoundRobin
+        );
+        let weighted = r#"{"backends": [{"address": "h2c://a:1", "weight": 2}, "h2c://b:1"]}"#;
+        assert_eq!(strategy(weighted), Strategy::RoundRobin);
+        assert_eq!(strategy(r#"{"backends": ["a:1", "b:1"]}"#), Strategy::RoundRobin);
         let e = serde_json::from_str::<ServiceSpec>(r#"{"backends": [{"addr": "x"}]}"#).unwrap_err().to_string();
         assert!(e.contains("unknown field `addr`"), "{e}");
     }
