@@ -693,43 +693,31 @@ fn start_grpc_backend() -> u16 {
 
 /// [`start_grpc_backend`] answering each call `delay` late, counting calls in `calls`.
 fn start_grpc_backend_with(delay: Duration, calls: Arc<AtomicU64>) -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the gRPC backend");
-    listener.set_nonblocking(true).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            let listener = TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let _ = stream.set_nodelay(true);
+    serve_on_thread(move |stream| {
+        let calls = calls.clone();
+        async move {
+            let service = service_fn(move |req: Request<Incoming>| {
                 let calls = calls.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<Incoming>| {
-                        let calls = calls.clone();
-                        async move {
-                            calls.fetch_add(1, Ordering::Relaxed);
-                            let _ = req.into_body().collect().await;
-                            if !delay.is_zero() {
-                                tokio::time::sleep(delay).await;
-                            }
-                            let mut trailers = HeaderMap::new();
-                            trailers.insert("grpc-status", HeaderValue::from_static("0"));
-                            let reply = GrpcReply { data: Some(grpc_frame(MESSAGE)), trailers: Some(trailers) };
-                            let mut resp = Response::new(reply);
-                            resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-                            Ok::<_, Infallible>(resp)
-                        }
-                    });
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .max_concurrent_streams(1000)
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-    });
-    port
+                async move {
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    let _ = req.into_body().collect().await;
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    let mut trailers = HeaderMap::new();
+                    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                    let reply = GrpcReply { data: Some(grpc_frame(MESSAGE)), trailers: Some(trailers) };
+                    let mut resp = Response::new(reply);
+                    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .max_concurrent_streams(1000)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        }
+    })
 }
 
 /// An HTTPS backend (rustls, TLS 1.3, ALPN `http/1.1`, the bench certificate) on its own thread: HTTP/1.1,
@@ -746,7 +734,29 @@ fn start_tls_backend(cert: &BenchCert) -> u16 {
         .expect("the bench certificate");
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the HTTPS backend");
+    serve_on_thread(move |stream| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(tls) = acceptor.accept(stream).await else { return };
+            let service = service_fn(|req: Request<Incoming>| async move {
+                let _ = req.into_body().collect().await;
+                let mut resp = Response::new(Full::new(Bytes::from_static(SMALL)));
+                resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                Ok::<_, Infallible>(resp)
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
+        }
+    })
+}
+
+/// Serves every connection a listener on 127.0.0.1 accepts (`TCP_NODELAY`) with `serve`, each in a task of a
+/// single-threaded runtime on a thread of its own (inheriting this process's CPU affinity). Returns the port.
+fn serve_on_thread<F, Fut>(serve: F) -> u16
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a lab backend");
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -756,18 +766,7 @@ fn start_tls_backend(cert: &BenchCert) -> u16 {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let _ = stream.set_nodelay(true);
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(stream).await else { return };
-                    let service = service_fn(|req: Request<Incoming>| async move {
-                        let _ = req.into_body().collect().await;
-                        let mut resp = Response::new(Full::new(Bytes::from_static(SMALL)));
-                        resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-                        Ok::<_, Infallible>(resp)
-                    });
-                    let _ =
-                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
-                });
+                tokio::spawn(serve(stream));
             }
         });
     });
