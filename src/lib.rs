@@ -46,6 +46,8 @@
 //!   `/api/events`; its limits (timeouts, connection and subscriber caps) and the rules that keep other web
 //!   sites out (Host, Origin, the command header).
 //! - `metrics`: Prometheus metric definitions and exposition.
+//! - `pki`: what TLS termination and TLS to backends share — the process's one crypto provider, PEM errors in
+//!   words.
 //! - `open_files`: the open-files limit, raised to its hard limit at start.
 //! - `suggest`: the known name nearest to a misspelt key ("did you mean `container`?").
 //! - `config`: the config file and `serve`'s flags (one type per section), how they merge, defaults.
@@ -78,6 +80,7 @@ mod health_check;
 mod metrics;
 mod open_files;
 mod passivation;
+mod pki;
 mod proxy;
 mod readiness;
 mod routes;

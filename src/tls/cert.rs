@@ -12,6 +12,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::{info, warn};
 
 use super::provider;
+use crate::pki::pem_error;
 use crate::routes::HostPattern;
 
 /// Why a certificate/key pair was not loaded.
@@ -164,20 +165,6 @@ pub(crate) fn parse(name: &str, origin: Origin, cert_pem: &[u8], key_pem: &[u8])
         not_after,
         fingerprint: fingerprint(cert_pem, key_pem),
     })
-}
-
-/// A PEM parser's error as a person reads it (its own `Display` shows the markers as byte arrays).
-fn pem_error(e: &rustls_pki_types::pem::Error) -> String {
-    use rustls_pki_types::pem::Error;
-    match e {
-        Error::MissingSectionEnd { end_marker } => {
-            format!("no -----END {}----- line", String::from_utf8_lossy(end_marker).trim())
-        }
-        Error::IllegalSectionStart { line } => format!("bad BEGIN line {:?}", String::from_utf8_lossy(line).trim()),
-        Error::Base64Decode(_) => "the text between its BEGIN and END lines is not valid base64".to_string(),
-        Error::NoItemsFound => "nothing found".to_string(),
-        other => other.to_string(),
-    }
 }
 
 /// An X.509 parser's error as a person reads it (its own `Display` is the DER parser's debug output).

@@ -15,19 +15,11 @@ pub(crate) mod etcd;
 mod store;
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use rustls::crypto::CryptoProvider;
-
+pub(crate) use crate::pki::provider;
 pub(crate) use accept::{CertHook, TlsAcceptor};
 pub(crate) use store::{CertStore, Source};
-
-/// The crypto provider of every TLS connection reveille makes or accepts.
-pub(crate) fn provider() -> &'static Arc<CryptoProvider> {
-    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
-}
 
 /// Errors setting TLS up.
 #[derive(Debug, thiserror::Error)]

@@ -22,7 +22,7 @@ use std::sync::{Arc, OnceLock};
 use http::uri::Authority;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -30,6 +30,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use super::h2::H2Pool;
 use super::pool::Pool;
 use super::wire::Wire;
+use crate::pki::{pem_error, provider};
 
 /// The ALPN protocols offered to a backend, most preferred first.
 const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -222,13 +223,6 @@ fn server_name(name: &str) -> Option<ServerName<'static>> {
     ServerName::try_from(name.to_string()).ok()
 }
 
-/// The crypto provider of backend connections: ring, the one provider of the whole tree (as `tls::provider`,
-/// which this module cannot reach: `upstream` sits below the modules that use `tls`).
-fn provider() -> &'static Arc<CryptoProvider> {
-    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
-}
-
 /// A service's own CA certificates as trust anchors.
 fn ca_roots(pem: &str) -> Result<RootCertStore, TlsSetupError> {
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
@@ -263,20 +257,6 @@ fn system_roots() -> Result<Arc<RootCertStore>, &'static String> {
         })
         .as_ref()
         .map(Arc::clone)
-}
-
-/// A PEM parser's error as a person reads it (its own `Display` shows the markers as byte arrays).
-fn pem_error(e: &rustls_pki_types::pem::Error) -> String {
-    use rustls_pki_types::pem::Error;
-    match e {
-        Error::MissingSectionEnd { end_marker } => {
-            format!("no -----END {}----- line", String::from_utf8_lossy(end_marker).trim())
-        }
-        Error::IllegalSectionStart { line } => format!("bad BEGIN line {:?}", String::from_utf8_lossy(line).trim()),
-        Error::Base64Decode(_) => "the text between its BEGIN and END lines is not valid base64".to_string(),
-        Error::NoItemsFound => "nothing found in it".to_string(),
-        other => other.to_string(),
-    }
 }
 
 /// `verify = false`: any certificate is accepted, but the handshake's signatures are still checked (the peer
