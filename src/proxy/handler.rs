@@ -262,7 +262,7 @@ async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, mut req: Request<Inco
     // Boxed: forwarding's future is most of a request's async state, and every level above it would otherwise
     // carry it and copy it when created (a few KiB of memcpy per request).
     match Box::pin(forward(svc, service, target.as_ref(), activity, req, &mut ctx.backend, ctx.start)).await {
-        Ok(upstream) => Ok(finish_response(upstream, guard, &proxy.settings, ctx.start)),
+        Ok((upstream, load)) => Ok(finish_response(upstream, load, guard, &proxy.settings, ctx.start)),
         Err(err) => {
             if let (ProxyError::AllBackendsFailed { .. }, Some(tenant)) = (&err, passivator.get(service.name())) {
                 // The container may have died under us: have its state checked.
@@ -320,7 +320,7 @@ type Upstream = http::Response<UpstreamBody>;
 /// request. `last_backend` tells the exit which backend the last attempt went to. Each attempt's outcome goes
 /// into its backend's health (an answer below 500 with the request's `start` as its time: no clock read).
 /// Returns the response, whose body holds the connection it came on (back to the pool once the body has been
-/// read).
+/// read), and with `least_request` the request's count in flight at the backend that answered.
 async fn forward(
     svc: &ProxyService,
     service: &Service,
@@ -329,7 +329,7 @@ async fn forward(
     mut req: Request<Incoming>,
     last_backend: &mut Option<Backend>,
     start: Instant,
-) -> Result<Upstream, ProxyError> {
+) -> Result<(Upstream, Option<Load>), ProxyError> {
     let proxy = &*svc.proxy;
     let upgrade = if req.version() == Version::HTTP_11 { upgrade_requested(req.headers()) } else { None };
     let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
@@ -415,9 +415,6 @@ async fn forward(
         };
         match sent {
             Some(Ok(mut resp)) => {
-                if let Some(load) = load {
-                    resp.extensions_mut().insert(load);
-                }
                 if resp.status().is_server_error() {
                     failed(svc, service, backend, Failure::ServerError);
                     let status = resp.status().as_u16();
@@ -449,7 +446,7 @@ async fn forward(
                         proxy.tasks.spawn(run.instrument(span));
                     }
                 }
-                return Ok(resp);
+                return Ok((resp, load));
             }
             Some(Err(SendFailure::Connect(e))) => {
                 let kind = classify_connect(&e);
@@ -800,16 +797,21 @@ fn downstream_failure(failure: DownstreamFailure) -> ProxyError {
 }
 
 /// The backend's response as the client gets it. Its body is watched: no byte for the upstream read timeout,
-/// or the request's total time passing, ends it.
-fn finish_response(upstream: Upstream, guard: InFlight, settings: &Settings, start: Instant) -> Response {
+/// or the request's total time passing, ends it. `load` (`least_request`: the request in flight at its backend)
+/// is held by the body until it ends.
+fn finish_response(
+    upstream: Upstream,
+    load: Option<Load>,
+    guard: InFlight,
+    settings: &Settings,
+    start: Instant,
+) -> Response {
     let (mut parts, body) = upstream.into_parts();
     // hyper writes the version we give; the client speaks HTTP/1.1 or h2 whatever the backend spoke.
     parts.version = Version::HTTP_11;
     // The backend side left out the hop-by-hop fields as it read the head (only a 101 keeps its `Upgrade`),
     // and a `Content-Length` beside chunked framing.
     let deadline = settings.request_timeout.map(|t| tokio::time::Instant::from_std(start + t));
-    // `least_request`: the backend counts the request in flight until its body ends (one branch otherwise).
-    let load = parts.extensions.remove::<Load>();
     // Built in place: the body is large, and a move is a copy.
     http::Response::from_parts(
         parts,
