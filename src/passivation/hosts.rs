@@ -47,6 +47,9 @@ impl ContainerRuntime for DockerHost {
     fn start<'a>(&'a self, container: &'a str) -> RuntimeFuture<'a, ()> {
         Box::pin(async move { self.record(self.runtime.start(container).await) })
     }
+    fn start_replicas<'a>(&'a self, container: &'a str, replicas: u32) -> RuntimeFuture<'a, ()> {
+        Box::pin(async move { self.record(self.runtime.start_replicas(container, replicas).await) })
+    }
     fn stop<'a>(&'a self, container: &'a str, grace: Option<Duration>) -> RuntimeFuture<'a, ()> {
         Box::pin(async move { self.record(self.runtime.stop(container, grace).await) })
     }

@@ -75,6 +75,7 @@ impl ContainerRuntime for Fake {
                 ip: running.then(|| IpAddr::from([10, 0, 0, 1])),
                 exit_code: if s.state == ContainerState::Stopped { s.exit_on_start } else { None },
                 error: None,
+                published: None,
             })
         })
     }
@@ -158,6 +159,7 @@ fn spec(f: impl FnOnce(&mut ContainerSpec)) -> Arc<Service> {
         stop_after: None,
         max_held: None,
         page_after: None,
+        swarm: None,
     };
     f(&mut c);
     Arc::new(Service::with_container("acme", vec![], Some(c)))

@@ -353,6 +353,8 @@ pub struct ContainerSpec {
     pub stop_after: Option<Duration>,
     pub max_held: Option<usize>,
     pub page_after: Option<Duration>,
+    /// Set when `container` is a Swarm service (`swarm_service`): woken by scaling it up.
+    pub swarm: Option<SwarmSpec>,
 }
 
 impl ContainerSpec {
@@ -360,6 +362,20 @@ impl ContainerSpec {
     pub fn docker_host(&self) -> &str {
         self.docker_host.as_deref().unwrap_or(DEFAULT_HOST)
     }
+
+    /// How many instances a wake starts: a Swarm service's `replicas`, else the one container.
+    pub fn replicas(&self) -> u32 {
+        self.swarm.as_ref().map_or(1, |s| s.replicas)
+    }
+}
+
+/// What a Swarm service adds to a container's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwarmSpec {
+    /// The replicas a wake scales it to (at least 1).
+    pub replicas: u32,
+    /// Where its published port is reached; `None`: the runtime's node address.
+    pub backend_host: Option<String>,
 }
 
 /// How a service is served over HTTPS.

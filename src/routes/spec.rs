@@ -10,7 +10,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use super::balance::{EjectionSpec, HealthCheck, Retries, Strategy, MAX_WEIGHT};
-use super::service::{Balance, ContainerSpec, HttpsPolicy, IdleAction, Service};
+use super::service::{Balance, ContainerSpec, HttpsPolicy, IdleAction, Service, SwarmSpec};
 use super::{validate_service_name, Backend, Protocol, RouteError};
 use crate::runtime::DEFAULT_HOST;
 use crate::upstream::{BackendTls, TlsOptions};
@@ -34,6 +34,17 @@ pub(crate) struct ServiceSpec {
     /// The Docker host the container runs on (a `[docker.hosts.<name>]` of the config); unset = `default`.
     #[serde(default)]
     pub docker_host: Option<String>,
+    /// The Swarm service serving this service (instead of `container`): woken by scaling it to `replicas`,
+    /// stopped by scaling it to 0.
+    #[serde(default)]
+    pub swarm_service: Option<String>,
+    /// With `swarm_service`: how many replicas a wake scales it to; unset: 1.
+    #[serde(default)]
+    pub replicas: Option<u32>,
+    /// With `swarm_service`: where its published port is reached; unset: 127.0.0.1 for a unix endpoint, else
+    /// the endpoint's host.
+    #[serde(default)]
+    pub backend_host: Option<String>,
     /// Stop (or pause) the container after this long without activity; `"0"` = never.
     #[serde(default, with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
@@ -101,6 +112,9 @@ pub(crate) const SERVICE_FIELDS: &[&str] = &[
     "port",
     "network",
     "docker_host",
+    "swarm_service",
+    "replicas",
+    "backend_host",
     "idle_timeout",
     "wake_timeout",
     "stop_timeout",
@@ -119,6 +133,9 @@ pub(crate) const SERVICE_FIELDS: &[&str] = &[
     "health_check",
     "tls",
 ];
+
+/// The most replicas a wake scales a Swarm service to.
+const MAX_REPLICAS: u32 = 1000;
 
 /// One backend as written: `"host:port"`, or `{ address = "host:port", weight = 3 }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -336,7 +353,8 @@ impl ServiceSpec {
             .collect::<Result<Vec<_>, _>>()?;
         let balance = self.balance(name, &backends)?;
         let container = self.container_spec(name, hosts).map_err(|e| (None, e))?;
-        if backends.is_empty() && container.as_ref().is_none_or(|c| c.port.is_none()) {
+        // A Swarm service publishing one port needs no `port`: that one is the backend.
+        if backends.is_empty() && container.as_ref().is_none_or(|c| c.port.is_none() && c.swarm.is_none()) {
             return Err((None, RouteError::NoBackends { service: name.to_string() }));
         }
         let https = HttpsPolicy {
@@ -436,7 +454,11 @@ impl ServiceSpec {
 
     fn container_spec(&self, name: &str, hosts: &DockerHostNames) -> Result<Option<ContainerSpec>, RouteError> {
         let bad = |reason: String| RouteError::BadField { service: name.to_string(), reason };
-        let Some(container) = &self.container else {
+        if self.container.is_some() && self.swarm_service.is_some() {
+            return Err(bad("`container` and `swarm_service` exclude each other: name one".into()));
+        }
+        let swarm = self.swarm_spec().map_err(bad)?;
+        let Some(container) = self.container.as_ref().or(self.swarm_service.as_ref()) else {
             let set = [
                 ("port", self.port.is_some()),
                 ("network", self.network.is_some()),
@@ -459,7 +481,8 @@ impl ServiceSpec {
             || container.len() > 255
             || !container.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         {
-            return Err(bad(format!("invalid container name {container:?}")));
+            let what = if swarm.is_some() { "swarm_service" } else { "container" };
+            return Err(bad(format!("`{what}`: invalid name {container:?}")));
         }
         if let Some(host) = &self.docker_host {
             hosts.check(host).map_err(bad)?;
@@ -499,7 +522,38 @@ impl ServiceSpec {
             stop_after: self.stop_after,
             max_held: self.max_held,
             page_after: self.page_after,
+            swarm,
         }))
+    }
+
+    /// The Swarm settings when the service names a `swarm_service`; `replicas` and `backend_host` need one, and
+    /// a service can be neither paused nor given a network.
+    fn swarm_spec(&self) -> Result<Option<SwarmSpec>, String> {
+        if self.swarm_service.is_none() {
+            let set = [("replicas", self.replicas.is_some()), ("backend_host", self.backend_host.is_some())];
+            if let Some((field, _)) = set.iter().find(|(_, set)| *set) {
+                return Err(format!("`{field}` needs `swarm_service`"));
+            }
+            return Ok(None);
+        }
+        if self.network.is_some() {
+            return Err("`network` is for `container`: a swarm service is reached at its published port".into());
+        }
+        if self.idle_action == Some(IdleAction::Pause) {
+            return Err("`idle_action = \"pause\"`: a swarm service cannot be paused (it is scaled to 0)".into());
+        }
+        let replicas = self.replicas.unwrap_or(1);
+        if !(1..=MAX_REPLICAS).contains(&replicas) {
+            return Err(format!("`replicas` {replicas} is not 1 to {MAX_REPLICAS}"));
+        }
+        if let Some(host) = &self.backend_host {
+            let ok = host.parse::<std::net::IpAddr>().is_ok()
+                || format!("{host}:1").parse::<http::uri::Authority>().is_ok_and(|a| a.host() == host);
+            if !ok || host.is_empty() {
+                return Err(format!("`backend_host` {host:?} is not a host name or an IP address"));
+            }
+        }
+        Ok(Some(SwarmSpec { replicas, backend_host: self.backend_host.clone() }))
     }
 }
 
@@ -646,6 +700,36 @@ mod tests {
         let named = r#"{"backends": ["https://api.test"], "tls": {"verify": false, "server_name": "x.test"}}"#;
         assert!(!a.same_definition(&parse(named).unwrap()));
         assert!(!a.same_definition(&parse(r#"{"backends": ["https://api.test"]}"#).unwrap()));
+    }
+
+    #[test]
+    fn swarm_fields() {
+        let parse = |j: &str| serde_json::from_str::<ServiceSpec>(j).unwrap().to_service("a", &DockerHostNames::Any);
+        // One published port needs no `port`; replicas default to 1.
+        let svc = parse(r#"{"swarm_service": "shop"}"#).unwrap();
+        let c = svc.container().unwrap();
+        assert_eq!((c.container.as_str(), c.port, c.replicas()), ("shop", None, 1));
+        assert_eq!(c.swarm, Some(SwarmSpec { replicas: 1, backend_host: None }));
+        let svc = parse(r#"{"swarm_service": "shop", "port": 8080, "replicas": 3, "backend_host": "node-1.lan"}"#);
+        let c = svc.unwrap().container().unwrap().clone();
+        assert_eq!(c.port, Some(8080));
+        assert_eq!(c.swarm, Some(SwarmSpec { replicas: 3, backend_host: Some("node-1.lan".into()) }));
+        assert!(parse(r#"{"swarm_service": "shop", "backend_host": "10.0.0.5"}"#).is_ok());
+        assert_eq!(parse(r#"{"container": "c", "port": 1}"#).unwrap().container().unwrap().replicas(), 1);
+        for (bad, says) in [
+            (r#"{"container": "c", "swarm_service": "s"}"#, "`container` and `swarm_service` exclude each other"),
+            (r#"{"container": "c", "port": 1, "replicas": 2}"#, "`replicas` needs `swarm_service`"),
+            (r#"{"backends": ["127.0.0.1:1"], "backend_host": "h"}"#, "`backend_host` needs `swarm_service`"),
+            (r#"{"swarm_service": "s", "replicas": 0}"#, "`replicas` 0 is not 1 to 1000"),
+            (r#"{"swarm_service": "s", "network": "n"}"#, "`network` is for `container`"),
+            (r#"{"swarm_service": "s", "idle_action": "pause"}"#, "a swarm service cannot be paused"),
+            (r#"{"swarm_service": "s", "backend_host": "a b"}"#, "`backend_host` \"a b\" is not a host name"),
+            (r#"{"swarm_service": "s", "backend_host": "h:80"}"#, "`backend_host` \"h:80\" is not a host name"),
+            (r#"{"swarm_service": "a/b"}"#, "`swarm_service`: invalid name \"a/b\""),
+        ] {
+            let e = parse(bad).unwrap_err().1.to_string();
+            assert!(e.starts_with("service \"a\": ") && e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

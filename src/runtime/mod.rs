@@ -9,6 +9,7 @@
 //! client certificates) and its own lazily connected [`LazyDocker`]; [`Runtimes`] names them.
 
 mod hosts;
+mod swarm;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -23,6 +24,7 @@ use futures_util::{Stream, StreamExt};
 
 pub(crate) use hosts::check_host_name;
 pub use hosts::{ClientTls, DockerEndpoint, EndpointError, Runtimes, DEFAULT_HOST};
+pub use swarm::SwarmRuntime;
 
 /// Why a runtime operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +66,18 @@ pub struct ContainerInfo {
     pub exit_code: Option<i64>,
     /// Docker's error for the last start, if any.
     pub error: Option<String>,
+    /// For what is reached only through ports published on its node (a Swarm service): those ports, and `ip`
+    /// is the node's address. `None` for a container, reached at its own address and port.
+    pub published: Option<Vec<PublishedPort>>,
+}
+
+/// A port published on the node for a port of the container (Swarm's host mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishedPort {
+    /// The port inside the container.
+    pub target: u16,
+    /// The port on the node.
+    pub published: u16,
 }
 
 /// A container lifecycle event from Docker's event stream.
@@ -155,7 +169,7 @@ impl DockerRuntime {
         let exit_code = if state == ContainerState::Stopped { st.exit_code } else { None };
         let id = info.id.unwrap_or_default();
         let name = info.name.unwrap_or_default().trim_start_matches('/').to_string();
-        Ok(ContainerInfo { id, name, state, ip, exit_code, error })
+        Ok(ContainerInfo { id, name, state, ip, exit_code, error, published: None })
     }
 
     /// Starts a stopped container. Already running is not an error.
@@ -279,6 +293,11 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<ContainerEvent, RuntimeE
 pub trait ContainerRuntime: Send + Sync + 'static {
     fn inspect<'a>(&'a self, container: &'a str, network: Option<&'a str>) -> RuntimeFuture<'a, ContainerInfo>;
     fn start<'a>(&'a self, container: &'a str) -> RuntimeFuture<'a, ()>;
+    /// Starts `replicas` instances of it, for a runtime that scales (Swarm); one container is just started.
+    fn start_replicas<'a>(&'a self, container: &'a str, replicas: u32) -> RuntimeFuture<'a, ()> {
+        let _ = replicas;
+        self.start(container)
+    }
     /// Stops a container, killing it after `grace`; `None` leaves the grace to the container's own settings.
     fn stop<'a>(&'a self, container: &'a str, grace: Option<Duration>) -> RuntimeFuture<'a, ()>;
     fn pause<'a>(&'a self, container: &'a str) -> RuntimeFuture<'a, ()>;

@@ -14,7 +14,7 @@ use super::coordination::StartClaim;
 use super::{sleep_opt, Msg, Outcome, Phase, Refusal, Tenant, WakePhase, WakeTimes};
 use crate::cluster::TenantState;
 use crate::routes::{Backend, ContainerSpec, IdleAction, Service};
-use crate::runtime::{ContainerInfo, ContainerState, RuntimeError};
+use crate::runtime::{ContainerInfo, ContainerState, PublishedPort, RuntimeError};
 
 /// How often a `failed` tenant's container is inspected again.
 const FAILED_RECHECK: Duration = Duration::from_secs(5);
@@ -309,7 +309,7 @@ impl Tenant {
                 ContainerState::Running => Ok(()),
                 ContainerState::Paused => rt.unpause(name).await.map_err(Refusal::from_runtime),
                 ContainerState::Stopped | ContainerState::Restarting => {
-                    rt.start(name).await.map_err(Refusal::from_runtime)
+                    rt.start_replicas(name, spec.replicas()).await.map_err(Refusal::from_runtime)
                 }
                 ContainerState::Dead => {
                     Err(Refusal::Failed { reason: "the container is dead or being removed".into() })
@@ -545,6 +545,9 @@ fn container_backend(
     if !service.backends().is_empty() {
         return Ok(None);
     }
+    if let Some(published) = &info.published {
+        return published_backend(spec, info, published).map(Some);
+    }
     let Some(port) = spec.port else {
         return Err(Refusal::Failed { reason: "the service has neither `backends` nor `port`".into() });
     };
@@ -556,6 +559,36 @@ fn container_backend(
                 None => "the container has no network address".into(),
             },
         }),
+    }
+}
+
+/// The backend of what is reached through a port published on its node (a Swarm service): `backend_host`, else
+/// the node's address, at the port published for `port` (or the only one published).
+fn published_backend(
+    spec: &ContainerSpec,
+    info: &ContainerInfo,
+    published: &[PublishedPort],
+) -> Result<Backend, Refusal> {
+    let failed = |reason: String| Refusal::Failed { reason: reason.into() };
+    let port = match (spec.port, published) {
+        (Some(port), _) => match published.iter().find(|p| p.target == port) {
+            Some(p) => p.published,
+            None => return Err(failed(format!("the service publishes no port for {port} in host mode"))),
+        },
+        (None, [only]) => only.published,
+        (None, []) => return Err(failed("the service publishes no port in host mode".into())),
+        (None, _) => {
+            return Err(failed("the service publishes several ports in host mode: say which with `port`".into()))
+        }
+    };
+    let host = spec.swarm.as_ref().and_then(|s| s.backend_host.as_deref());
+    match (host, info.ip) {
+        (Some(host), _) => match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(Backend::from_addr((ip, port).into())),
+            Err(_) => Backend::parse(&format!("{host}:{port}")).map_err(|e| failed(e.to_string())),
+        },
+        (None, Some(ip)) => Ok(Backend::from_addr((ip, port).into())),
+        (None, None) => Err(failed("the runtime gave no address for the service's node".into())),
     }
 }
 

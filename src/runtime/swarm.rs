@@ -1,0 +1,385 @@
+//! Docker Swarm services as tenants: the "container" a tenant names is a replicated Swarm service, woken by
+//! scaling it from 0 to its `replicas` and put to sleep by scaling it back to 0 (what `docker service scale`
+//! does: inspect the service, change its replica count, update it at the version read).
+//!
+//! Owns the mapping of a service and its tasks onto [`ContainerState`]; it never creates or removes services.
+//! A service is reached at the port it publishes in host mode (`PublishMode: host`), on the node's address
+//! ([`ContainerInfo::ip`]: 127.0.0.1 for a unix endpoint, else the endpoint's host): the ingress mesh's ports
+//! are not published on loopback, and the tasks' own addresses are on overlay networks reveille is usually
+//! not on.
+//!
+//! | Swarm                                   | state        |
+//! |-----------------------------------------|--------------|
+//! | replicas = 0                            | `Stopped` (tasks still shutting down included) |
+//! | replicas > 0, that many tasks `running` | `Running`    |
+//! | replicas > 0, fewer tasks `running`     | `Restarting` (Swarm is (re)scheduling them)    |
+//!
+//! `start` scales up and returns once that many tasks run (as `docker start` returns once the process runs),
+//! or at once with the error of a task Swarm failed or rejected (a port in use, a missing image); `stop` scales
+//! to 0 and returns once no task runs. A service cannot be paused: `pause` and `unpause` are refused with a
+//! reason, so `idle_action = "pause"` is refused for a swarm service when the config is read.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use bollard::errors::Error as DockerError;
+use bollard::models::{EndpointPortConfigPublishModeEnum, Task, TaskState};
+use bollard::query_parameters::{
+    EventsOptionsBuilder, InspectServiceOptions, ListTasksOptionsBuilder, UpdateServiceOptionsBuilder,
+};
+use futures_util::StreamExt;
+
+use super::{
+    ContainerEvent, ContainerInfo, ContainerRuntime, ContainerState, DockerEndpoint, DockerRuntime, EventStream,
+    PublishedPort, RuntimeError, RuntimeFuture,
+};
+
+/// How often a scale is checked for its tasks (a task takes about a second to run here).
+const POLL: Duration = Duration::from_millis(20);
+/// The longest `start` waits for its tasks; a wake gives up sooner, after its `wake_timeout`.
+const START_LIMIT: Duration = Duration::from_secs(300);
+/// A stop's grace when none is given: Swarm's default `StopGracePeriod`.
+const SWARM_STOP_GRACE: Duration = Duration::from_secs(10);
+/// The label Swarm puts on a task's container: which service it belongs to.
+const SERVICE_NAME_LABEL: &str = "com.docker.swarm.service.name";
+const SERVICE_ID_LABEL: &str = "com.docker.swarm.service.id";
+
+/// The Swarm services of one Docker Engine (a manager node). Connects on first use and, until a connection has
+/// succeeded, tries again on every call, as [`super::LazyDocker`] does.
+pub struct SwarmRuntime {
+    endpoint: DockerEndpoint,
+    name: String,
+    timeout: Duration,
+    docker: tokio::sync::OnceCell<DockerRuntime>,
+}
+
+/// What one look at a service gave.
+struct Look {
+    id: String,
+    name: String,
+    desired: u64,
+    running: Vec<Task>,
+    published: Vec<PublishedPort>,
+}
+
+impl SwarmRuntime {
+    /// `endpoint` as for [`DockerRuntime::connect_to`] (a manager node's Engine); `timeout` bounds every call but
+    /// the waits of `start` and `stop` for their tasks.
+    pub fn new(endpoint: DockerEndpoint, timeout: Duration) -> Self {
+        let name = endpoint.display();
+        Self { endpoint, name, timeout, docker: tokio::sync::OnceCell::new() }
+    }
+
+    async fn get(&self) -> Result<&DockerRuntime, RuntimeError> {
+        self.docker.get_or_try_init(|| DockerRuntime::connect_to(&self.endpoint, self.timeout)).await
+    }
+
+    /// The state of service `service`: see the module's table. `ip` is the node's address (see the module).
+    pub async fn inspect_service(&self, service: &str) -> Result<ContainerInfo, RuntimeError> {
+        let look = self.look(service).await?;
+        let state = match (look.desired, look.running.len() as u64) {
+            (0, _) => ContainerState::Stopped,
+            (desired, running) if running >= desired => ContainerState::Running,
+            _ => ContainerState::Restarting,
+        };
+        let ip = self.node_address().await?;
+        Ok(ContainerInfo {
+            id: look.id,
+            name: look.name,
+            state,
+            ip: Some(ip),
+            exit_code: None,
+            error: None,
+            published: Some(look.published),
+        })
+    }
+
+    /// Scales `service` to `replicas` and waits until that many of its tasks run; fails at once with the error
+    /// of a new task that Swarm failed or rejected.
+    pub async fn scale_up(&self, service: &str, replicas: u32) -> Result<(), RuntimeError> {
+        let before: HashSet<String> = self.tasks(service, false).await?.into_iter().filter_map(|t| t.id).collect();
+        self.scale(service, u64::from(replicas)).await?;
+        let deadline = tokio::time::Instant::now() + START_LIMIT;
+        loop {
+            let tasks = self.tasks(service, false).await?;
+            let running = tasks.iter().filter(|t| task_state(t) == Some(TaskState::RUNNING)).count();
+            if running >= replicas as usize {
+                return Ok(());
+            }
+            let failed = tasks.iter().find(|t| {
+                t.id.as_ref().is_some_and(|id| !before.contains(id))
+                    && matches!(task_state(t), Some(TaskState::FAILED | TaskState::REJECTED))
+            });
+            if let Some(task) = failed {
+                let status = task.status.clone().unwrap_or_default();
+                let reason = status.err.or(status.message).unwrap_or_else(|| "its task failed".into());
+                return Err(refused("start", service, format!("its task failed: {reason}")));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RuntimeError::Timeout(START_LIMIT));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Scales `service` to 0 and waits (up to `grace`, else Swarm's default 10 s, plus the call timeout) until
+    /// none of its tasks runs.
+    pub async fn scale_down(&self, service: &str, grace: Option<Duration>) -> Result<(), RuntimeError> {
+        self.scale(service, 0).await?;
+        let limit = self.timeout + grace.unwrap_or(SWARM_STOP_GRACE);
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let tasks = self.tasks(service, false).await?;
+            if !tasks.iter().any(|t| task_state(t) == Some(TaskState::RUNNING)) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RuntimeError::Timeout(limit));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Sets the service's replica count, at the version just read (a concurrent update makes Docker refuse,
+    /// and it is tried once more).
+    async fn scale(&self, service: &str, replicas: u64) -> Result<(), RuntimeError> {
+        let rt = self.get().await?;
+        let mut attempt = 0;
+        loop {
+            let current = self
+                .call(rt, "inspect", service, rt.docker.inspect_service(service, None::<InspectServiceOptions>))
+                .await?;
+            let version = current.version.and_then(|v| v.index).unwrap_or_default();
+            let mut spec = current.spec.unwrap_or_default();
+            let mode = spec.mode.get_or_insert_with(Default::default);
+            let Some(replicated) = mode.replicated.as_mut() else {
+                return Err(refused("scale", service, "it is not a replicated service (global or job mode)".into()));
+            };
+            if replicated.replicas == Some(replicas as i64) {
+                return Ok(());
+            }
+            replicated.replicas = Some(replicas as i64);
+            let Ok(version) = i32::try_from(version) else {
+                return Err(refused("scale", service, format!("its version {version} is out of range")));
+            };
+            let options = UpdateServiceOptionsBuilder::new().version(version).build();
+            match self.call(rt, "scale", service, rt.docker.update_service(service, spec, options, None)).await {
+                Ok(_) => return Ok(()),
+                // "update out of sequence": someone else updated it between our inspect and our update.
+                Err(RuntimeError::Refused { reason, .. }) if attempt == 0 && reason.contains("out of sequence") => {
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The service, its desired replicas, its running tasks and its host-mode ports.
+    async fn look(&self, service: &str) -> Result<Look, RuntimeError> {
+        let rt = self.get().await?;
+        let svc = self
+            .call(rt, "inspect", service, rt.docker.inspect_service(service, None::<InspectServiceOptions>))
+            .await?;
+        let spec = svc.spec.clone().unwrap_or_default();
+        let Some(desired) = spec.mode.as_ref().and_then(|m| m.replicated.as_ref()) else {
+            return Err(refused("inspect", service, "it is not a replicated service (global or job mode)".into()));
+        };
+        let desired = desired.replicas.unwrap_or(1).max(0) as u64;
+        let running: Vec<Task> = self
+            .tasks(service, true)
+            .await?
+            .into_iter()
+            .filter(|t| task_state(t) == Some(TaskState::RUNNING))
+            .collect();
+        let declared = spec.endpoint_spec.and_then(|e| e.ports).unwrap_or_default();
+        // A host-mode port published without a number gets one per task: the running tasks say which.
+        let assigned = running.iter().filter_map(|t| t.status.as_ref()?.port_status.as_ref()?.ports.clone()).flatten();
+        let mut published: Vec<PublishedPort> = Vec::new();
+        for p in declared.into_iter().chain(assigned) {
+            if p.publish_mode != Some(EndpointPortConfigPublishModeEnum::HOST) {
+                continue;
+            }
+            let (Some(target), Some(port)) = (p.target_port, p.published_port) else { continue };
+            let (Ok(target), Ok(port)) = (u16::try_from(target), u16::try_from(port)) else { continue };
+            if port != 0 && !published.iter().any(|q| q.target == target) {
+                published.push(PublishedPort { target, published: port });
+            }
+        }
+        Ok(Look {
+            id: svc.id.unwrap_or_default(),
+            name: spec.name.unwrap_or_else(|| service.into()),
+            desired,
+            running,
+            published,
+        })
+    }
+
+    /// The service's tasks (only those Swarm wants running, when `desired_running`).
+    async fn tasks(&self, service: &str, desired_running: bool) -> Result<Vec<Task>, RuntimeError> {
+        let rt = self.get().await?;
+        let mut filters = HashMap::from([("service", vec![service])]);
+        if desired_running {
+            filters.insert("desired-state", vec!["running"]);
+        }
+        let options = ListTasksOptionsBuilder::new().filters(&filters).build();
+        self.call(rt, "list the tasks of", service, rt.docker.list_tasks(Some(options))).await
+    }
+
+    /// Where the node's published ports are reached: 127.0.0.1 for a unix endpoint, else the endpoint's host
+    /// (resolved when it is a name).
+    async fn node_address(&self) -> Result<IpAddr, RuntimeError> {
+        let uri = self.endpoint.display();
+        let Some(host) = endpoint_host(&uri) else { return Ok(IpAddr::V4(Ipv4Addr::LOCALHOST)) };
+        if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+            return Ok(ip);
+        }
+        let unavailable = |reason: String| RuntimeError::Unavailable { endpoint: uri.clone(), reason };
+        let mut addrs =
+            tokio::net::lookup_host((host, 0)).await.map_err(|e| unavailable(format!("cannot resolve {host}: {e}")))?;
+        addrs.next().map(|a| a.ip()).ok_or_else(|| unavailable(format!("{host} has no address")))
+    }
+
+    /// Lifecycle events of the services' tasks, as events of their service (its id and name): a task's
+    /// container starting or dying, and the service's removal (as `destroy`).
+    pub fn events(&self, rt: &DockerRuntime) -> EventStream {
+        let filters = HashMap::from([("type", vec!["container", "service"])]);
+        let options = EventsOptionsBuilder::new().filters(&filters).build();
+        let endpoint = self.name.clone();
+        let stream = rt.docker.events(Some(options)).filter_map(move |r| {
+            let out = match r {
+                Ok(ev) => service_event(ev).map(Ok),
+                Err(e) => Some(Err(RuntimeError::Unavailable { endpoint: endpoint.clone(), reason: e.to_string() })),
+            };
+            std::future::ready(out)
+        });
+        Box::pin(stream)
+    }
+
+    /// Runs one Docker call within the timeout; a node that is not a swarm manager (503) is "unavailable".
+    async fn call<T: Default>(
+        &self,
+        rt: &DockerRuntime,
+        action: &'static str,
+        service: &str,
+        fut: impl std::future::Future<Output = Result<T, DockerError>>,
+    ) -> Result<T, RuntimeError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Err(_) => Err(RuntimeError::Timeout(self.timeout)),
+            Ok(Err(DockerError::DockerResponseServerError { status_code: 503, message })) => {
+                Err(RuntimeError::Unavailable { endpoint: self.name.clone(), reason: format!("swarm: {message}") })
+            }
+            Ok(r) => rt.classify(action, service, r),
+        }
+    }
+}
+
+fn task_state(t: &Task) -> Option<TaskState> {
+    t.status.as_ref().and_then(|s| s.state)
+}
+
+fn refused(action: &'static str, service: &str, reason: String) -> RuntimeError {
+    RuntimeError::Refused { action, container: service.to_string(), reason }
+}
+
+/// The host of a `tcp://`, `http://` or `https://` endpoint; `None` for a unix socket.
+fn endpoint_host(uri: &str) -> Option<&str> {
+    let rest =
+        uri.strip_prefix("tcp://").or_else(|| uri.strip_prefix("http://")).or_else(|| uri.strip_prefix("https://"))?;
+    let rest = rest.split('/').next().unwrap_or(rest);
+    match rest.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => Some(host),
+        _ => Some(rest),
+    }
+}
+
+/// A Docker event as an event of the Swarm service it concerns, if any.
+fn service_event(ev: bollard::models::EventMessage) -> Option<ContainerEvent> {
+    use bollard::models::EventMessageTypeEnum as Type;
+    let actor = ev.actor.unwrap_or_default();
+    let mut attributes = actor.attributes.unwrap_or_default();
+    let action = ev.action.unwrap_or_default();
+    match ev.typ {
+        Some(Type::CONTAINER) => {
+            let name = attributes.remove(SERVICE_NAME_LABEL)?;
+            let id = attributes.remove(SERVICE_ID_LABEL).unwrap_or_default();
+            Some(ContainerEvent { id, container: name, action })
+        }
+        Some(Type::SERVICE) => {
+            let name = attributes.remove("name").unwrap_or_default();
+            let action = if action == "remove" { "destroy".to_string() } else { action };
+            Some(ContainerEvent { id: actor.id.unwrap_or_default(), container: name, action })
+        }
+        _ => None,
+    }
+}
+
+impl ContainerRuntime for SwarmRuntime {
+    fn inspect<'a>(&'a self, service: &'a str, _network: Option<&'a str>) -> RuntimeFuture<'a, ContainerInfo> {
+        Box::pin(self.inspect_service(service))
+    }
+    /// One replica; the passivation asks for the service's own count through [`Self::start_replicas`].
+    fn start<'a>(&'a self, service: &'a str) -> RuntimeFuture<'a, ()> {
+        Box::pin(self.scale_up(service, 1))
+    }
+    fn start_replicas<'a>(&'a self, service: &'a str, replicas: u32) -> RuntimeFuture<'a, ()> {
+        Box::pin(self.scale_up(service, replicas))
+    }
+    fn stop<'a>(&'a self, service: &'a str, grace: Option<Duration>) -> RuntimeFuture<'a, ()> {
+        Box::pin(self.scale_down(service, grace))
+    }
+    fn pause<'a>(&'a self, service: &'a str) -> RuntimeFuture<'a, ()> {
+        Box::pin(async move { Err(refused("pause", service, "a swarm service cannot be paused".into())) })
+    }
+    fn unpause<'a>(&'a self, service: &'a str) -> RuntimeFuture<'a, ()> {
+        Box::pin(async move { Err(refused("unpause", service, "a swarm service cannot be paused".into())) })
+    }
+    fn events(&self) -> RuntimeFuture<'_, EventStream> {
+        Box::pin(async move {
+            let rt = self.get().await?;
+            Ok(SwarmRuntime::events(self, rt))
+        })
+    }
+    fn endpoint(&self) -> &str {
+        &self.name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_hosts() {
+        assert_eq!(endpoint_host("unix:///var/run/docker.sock"), None);
+        assert_eq!(endpoint_host("/run/docker.sock"), None);
+        assert_eq!(endpoint_host("tcp://10.0.0.5:2375"), Some("10.0.0.5"));
+        assert_eq!(endpoint_host("https://manager-1.lan:2376/"), Some("manager-1.lan"));
+        assert_eq!(endpoint_host("tcp://[fd00::5]:2375"), Some("[fd00::5]"));
+    }
+
+    #[test]
+    fn task_events_are_their_services() {
+        use bollard::models::{EventActor, EventMessage, EventMessageTypeEnum as Type};
+        let ev = |typ, action: &str, id: &str, attrs: &[(&str, &str)]| EventMessage {
+            typ: Some(typ),
+            action: Some(action.into()),
+            actor: Some(EventActor {
+                id: Some(id.into()),
+                attributes: Some(attrs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            }),
+            ..Default::default()
+        };
+        let task = ev(
+            Type::CONTAINER,
+            "die",
+            "c0ffee",
+            &[("name", "shop.1.abc"), (SERVICE_NAME_LABEL, "shop"), (SERVICE_ID_LABEL, "s1")],
+        );
+        let expected = ContainerEvent { id: "s1".into(), container: "shop".into(), action: "die".into() };
+        assert_eq!(service_event(task), Some(expected));
+        assert_eq!(service_event(ev(Type::CONTAINER, "start", "c1", &[("name", "plain")])), None, "not a task");
+        let removed = service_event(ev(Type::SERVICE, "remove", "s1", &[("name", "shop")])).unwrap();
+        assert_eq!((removed.container.as_str(), removed.action.as_str()), ("shop", "destroy"));
+    }
+}
