@@ -11,20 +11,22 @@
 //! | Swarm                                   | state        |
 //! |-----------------------------------------|--------------|
 //! | replicas = 0                            | `Stopped` (tasks still shutting down included) |
-//! | replicas > 0, that many tasks `running` | `Running`    |
-//! | replicas > 0, fewer tasks `running`     | `Restarting` (Swarm is (re)scheduling them)    |
+//! | replicas > 0, that many tasks up       | `Running`    |
+//! | replicas > 0, fewer tasks up           | `Restarting` (Swarm is (re)scheduling them)    |
 //!
-//! `start` scales up and returns once that many tasks run (as `docker start` returns once the process runs),
+//! A task is up when Swarm says `starting` or `running` (see [`is_up`]). `start` scales up and returns once
+//! that many tasks are up (as `docker start` returns once the process runs),
 //! or at once with the error of a task Swarm failed or rejected (a port in use, a missing image); `stop` scales
 //! to 0 and returns once no task runs. A service cannot be paused: `pause` and `unpause` are refused with a
-//! reason, so `idle_action = "pause"` is refused for a swarm service when the config is read.
+//! reason, so `idle_action = "pause"` is refused for a swarm service when the config is read. A service whose
+//! restart condition is `none` is refused at `start`: Swarm runs no task for it again once it was scaled to 0.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use bollard::errors::Error as DockerError;
-use bollard::models::{EndpointPortConfigPublishModeEnum, Task, TaskState};
+use bollard::models::{EndpointPortConfigPublishModeEnum, Task, TaskSpecRestartPolicyConditionEnum, TaskState};
 use bollard::query_parameters::{
     EventsOptionsBuilder, InspectServiceOptions, ListTasksOptionsBuilder, UpdateServiceOptionsBuilder,
 };
@@ -103,8 +105,7 @@ impl SwarmRuntime {
         let deadline = tokio::time::Instant::now() + START_LIMIT;
         loop {
             let tasks = self.tasks(service, false).await?;
-            let running = tasks.iter().filter(|t| task_state(t) == Some(TaskState::RUNNING)).count();
-            if running >= replicas as usize {
+            if tasks.iter().filter(|t| is_up(t)).count() >= replicas as usize {
                 return Ok(());
             }
             let failed = tasks.iter().find(|t| {
@@ -131,7 +132,7 @@ impl SwarmRuntime {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let tasks = self.tasks(service, false).await?;
-            if !tasks.iter().any(|t| task_state(t) == Some(TaskState::RUNNING)) {
+            if !tasks.iter().any(is_up) {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
@@ -158,6 +159,18 @@ impl SwarmRuntime {
             };
             if replicated.replicas == Some(replicas as i64) {
                 return Ok(());
+            }
+            // Seen with Docker 20.10: once scaled to 0, such a service gets no task when scaled up again (its
+            // slots count as done), so the wake would wait for nothing.
+            let restart = spec.task_template.as_ref().and_then(|t| t.restart_policy.as_ref()?.condition);
+            if replicas > 0 && restart == Some(TaskSpecRestartPolicyConditionEnum::NONE) {
+                return Err(refused(
+                    "start",
+                    service,
+                    "its restart condition is `none`, with which Swarm runs no task again after a scale to 0: \
+                     use `on-failure` or `any`"
+                        .into(),
+                ));
             }
             replicated.replicas = Some(replicas as i64);
             let Ok(version) = i32::try_from(version) else {
@@ -186,12 +199,7 @@ impl SwarmRuntime {
             return Err(refused("inspect", service, "it is not a replicated service (global or job mode)".into()));
         };
         let desired = desired.replicas.unwrap_or(1).max(0) as u64;
-        let running: Vec<Task> = self
-            .tasks(service, true)
-            .await?
-            .into_iter()
-            .filter(|t| task_state(t) == Some(TaskState::RUNNING))
-            .collect();
+        let running: Vec<Task> = self.tasks(service, true).await?.into_iter().filter(is_up).collect();
         let declared = spec.endpoint_spec.and_then(|e| e.ports).unwrap_or_default();
         // A host-mode port published without a number gets one per task: the running tasks say which.
         let assigned = running.iter().filter_map(|t| t.status.as_ref()?.port_status.as_ref()?.ports.clone()).flatten();
@@ -276,6 +284,13 @@ impl SwarmRuntime {
 
 fn task_state(t: &Task) -> Option<TaskState> {
     t.status.as_ref().and_then(|s| s.state)
+}
+
+/// A task whose container runs. Swarm reports `starting` as the container starts and `running` only some
+/// 400 ms later (measured here, Docker 20.10: the application accepted connections at `starting`): waiting
+/// for `running` would add that to every wake, when the readiness probe is what says the application is up.
+fn is_up(t: &Task) -> bool {
+    matches!(task_state(t), Some(TaskState::STARTING | TaskState::RUNNING))
 }
 
 fn refused(action: &'static str, service: &str, reason: String) -> RuntimeError {

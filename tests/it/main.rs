@@ -41,6 +41,7 @@ mod retries;
 mod routing;
 mod stalls;
 mod streaming;
+mod swarm;
 mod tls;
 mod upstream_h1;
 mod wake;

@@ -1,0 +1,278 @@
+//! Docker Swarm services as tenants, against a real one-node swarm on this machine's Docker Engine: a request to
+//! a service scaled to 0 scales it to its `replicas` and is served through the port it publishes in host mode;
+//! idle, it is scaled back to 0; scaled behind reveille's back, the tasks' events make the tenant re-inspect; a
+//! missing service or an unreachable swarm is a clear 503 while other routes keep serving.
+//!
+//! The test makes the node a swarm manager (`docker swarm init --advertise-addr 127.0.0.1`) unless it already is
+//! one, and then leaves the swarm and removes `docker_gwbridge` at the end, only if it created the swarm. Other
+//! tests share the Docker Engine: every check against the swarm is in the one test below, and it touches only
+//! the service and image it created (unique names), removed on drop, failure or not.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::support::docker::{DockerSocketProxy, TestImage};
+use crate::support::{eventually, get, Backend, TestProxy};
+use http::StatusCode;
+use reveille::{ContainerRuntime, ContainerState, DockerEndpoint, SwarmRuntime};
+
+const LONG: Duration = Duration::from_secs(30);
+const T: Duration = Duration::from_secs(10);
+
+fn docker(args: &[&str]) -> Result<String, String> {
+    testkit::docker::docker(args)
+}
+
+/// The node as a swarm manager for the test's duration; it leaves the swarm on drop only if it joined it.
+struct Swarm {
+    created: bool,
+}
+
+impl Swarm {
+    fn join() -> Swarm {
+        let state = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]).unwrap();
+        if state == "active" {
+            let manager = docker(&["info", "--format", "{{.Swarm.ControlAvailable}}"]).unwrap();
+            assert_eq!(manager, "true", "this node is in a swarm but not a manager: cannot run services");
+            return Swarm { created: false };
+        }
+        docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"]).unwrap();
+        Swarm { created: true }
+    }
+}
+
+impl Drop for Swarm {
+    fn drop(&mut self) {
+        if self.created {
+            let _ = docker(&["swarm", "leave", "--force"]);
+            let _ = docker(&["network", "rm", "docker_gwbridge"]);
+        }
+    }
+}
+
+/// A replicated service of the test image, 0 replicas, serving /www on 8080 published in host mode on `port`.
+struct TestService {
+    name: String,
+    port: u16,
+}
+
+impl TestService {
+    fn create(image: &TestImage, port: u16, options: &[&str]) -> TestService {
+        let name = format!("reveille-test-swarm-{}-{port}", std::process::id());
+        let publish = format!("mode=host,target=8080,published={port}");
+        let service = TestService { name: name.clone(), port };
+        let mut create = vec![
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            &name,
+            "--replicas",
+            "0",
+            "--no-resolve-image",
+            "--publish",
+            &publish,
+            "--stop-grace-period",
+            "1s",
+        ];
+        create.extend_from_slice(options);
+        create.extend_from_slice(&[&image.tag, "httpd", "-f", "-p", "8080", "-h", "/www"]);
+        docker(&create).unwrap();
+        service
+    }
+    fn replicas(&self) -> String {
+        docker(&["service", "inspect", "--format", "{{.Spec.Mode.Replicated.Replicas}}", &self.name]).unwrap()
+    }
+
+    /// What a scale must leave as it was: the task template and the published ports.
+    fn template(&self) -> String {
+        docker(&[
+            "service",
+            "inspect",
+            "--format",
+            "{{json .Spec.TaskTemplate}} {{json .Spec.EndpointSpec}}",
+            &self.name,
+        ])
+        .unwrap()
+    }
+
+    /// The ids of the service's task containers that run.
+    fn running_containers(&self) -> Vec<String> {
+        let filter = format!("label=com.docker.swarm.service.name={}", self.name);
+        docker(&["ps", "-q", "--filter", &filter]).unwrap().lines().map(str::to_string).collect()
+    }
+}
+
+impl Drop for TestService {
+    fn drop(&mut self) {
+        let _ = docker(&["service", "rm", &self.name]);
+        // The tasks' containers go after the service: wait for them, so the image can be removed next.
+        let filter = format!("label=com.docker.swarm.service.name={}", self.name);
+        let deadline = Instant::now() + LONG;
+        while Instant::now() < deadline {
+            match docker(&["ps", "-aq", "--filter", &filter]) {
+                Ok(ids) if ids.is_empty() => break,
+                Err(_) => break,
+                Ok(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+}
+
+/// A port free on this machine now (bound, then released), for the service to publish.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// From the call that scales the service up to the first answer of its application on its published port, asked
+/// every 5 ms from the start. (A TCP accept is not enough: Docker's userland proxy accepts on a published port
+/// before the application listens.)
+async fn direct_cold_start(rt: &Arc<SwarmRuntime>, service: &TestService) -> Duration {
+    let begin = Instant::now();
+    let (rt, name) = (rt.clone(), service.name.clone());
+    let scale = tokio::spawn(async move { rt.scale_up(&name, 1).await });
+    let took = loop {
+        if http_ok(service.port).await {
+            break begin.elapsed();
+        }
+        assert!(begin.elapsed() < LONG, "the service never answered");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    scale.await.unwrap().unwrap();
+    took
+}
+
+/// True when `GET /index.html` on 127.0.0.1:`port` answers 200.
+async fn http_ok(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return false };
+    if s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").await.is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).await.is_ok() && head.ends_with(b"200")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swarm_service_is_scaled_up_on_request_and_down_when_idle() {
+    // Drop order (reverse of declaration): reveille, the service, the image, then the swarm.
+    let swarm = Swarm::join();
+    let image = TestImage::build();
+    let service = TestService::create(&image, free_port(), &[]);
+    let created = service.template();
+    let no_restart = TestService::create(&image, free_port(), &["--restart-condition", "none"]);
+    let mut socket = DockerSocketProxy::start();
+    let endpoint = DockerEndpoint::plain(Some(socket.endpoint()));
+    let rt = Arc::new(SwarmRuntime::new(endpoint, T));
+    let other = Backend::fixed("other").await;
+    let missing = format!("{}-missing", service.name);
+    let routes = format!(
+        "[services.shop]\nswarm_service = \"{}\"\nidle_timeout = \"2s\"\nwake_timeout = \"20s\"\n\
+         [services.gone]\nswarm_service = \"{missing}\"\n\
+         [services.once]\nswarm_service = \"{}\"\n\
+         [services.other]\nbackends = [\"{}\"]\n\
+         [routes]\n\"shop.test\" = \"shop\"\n\"gone.test\" = \"gone\"\n\"once.test\" = \"once\"\n\
+         \"other.test\" = \"other\"\n",
+        service.name, no_restart.name, other.addr
+    );
+
+    // The runtime's own view: scaled to 0 is stopped, and the node's address is where its port is published.
+    let info = rt.inspect(&service.name, None).await.unwrap();
+    assert_eq!(info.state, ContainerState::Stopped);
+    assert_eq!(info.ip, Some([127, 0, 0, 1].into()));
+    let published = info.published.expect("a swarm service reports its published ports");
+    assert_eq!(published.len(), 1);
+    assert_eq!((published[0].target, published[0].published), (8080, service.port));
+    assert!(rt.pause(&service.name).await.unwrap_err().to_string().contains("cannot be paused"));
+
+    let proxy = TestProxy::start_with_runtime(&routes, |_| {}, rt.clone()).await;
+
+    // A request to the sleeping service scales it to 1 and is served by it.
+    let r = get(proxy.http, "shop.test", "/index.html").await;
+    assert_eq!(r.status, StatusCode::OK, "{}: {}", r.text, proxy.service_view("shop").await);
+    assert!(r.text.contains(&format!("hello from {}", image.tag)), "{}", r.text);
+    assert_eq!(service.replicas(), "1");
+    assert_eq!(service.running_containers().len(), 1);
+    assert_eq!(service.template(), created, "scaling changed nothing else in the service's spec");
+    assert_eq!(proxy.service_view("shop").await["state"], "running");
+
+    // Idle for 2 s: scaled back to 0, its task gone.
+    eventually(LONG, "shop scaled to 0", || async { service.replicas() == "0" }).await;
+    eventually(LONG, "shop's task stopped", || async { service.running_containers().is_empty() }).await;
+    eventually(LONG, "shop stopped", || async { proxy.service_view("shop").await["state"] == "stopped" }).await;
+
+    // Woken again.
+    let r = get(proxy.http, "shop.test", "/index.html").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(service.replicas(), "1");
+
+    // Scaled to 0 behind reveille's back: its task's events make the tenant re-inspect and see it stopped.
+    docker(&["service", "scale", "--detach", &format!("{}=0", service.name)]).unwrap();
+    eventually(LONG, "shop seen stopped", || async { proxy.service_view("shop").await["state"] == "stopped" }).await;
+    let r = get(proxy.http, "shop.test", "/index.html").await;
+    assert_eq!(r.status, StatusCode::OK, "woken after an outside scale to 0: {}", r.text);
+
+    // A service the swarm does not have: a clear 503, naming nothing internal; other routes keep serving.
+    let r = get(proxy.http, "gone.test", "/").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    assert!(!r.text.contains(&missing), "the body names nothing internal: {}", r.text);
+    let view = proxy.service_view("gone").await;
+    assert!(view["last_error"].as_str().unwrap_or_default().contains("no such"), "{view}");
+    assert_eq!(get(proxy.http, "other.test", "/").await.status, StatusCode::OK);
+    // A service Swarm would not run again after a scale to 0 (`--restart-condition none`) is refused, with why.
+    let r = get(proxy.http, "once.test", "/").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    let view = proxy.service_view("once").await;
+    assert!(view["last_error"].as_str().unwrap_or_default().contains("restart condition is `none`"), "{view}");
+    assert_eq!(no_restart.replicas(), "0");
+
+    // The swarm unreachable: a wake fails at once with 503, the others keep serving; reachable again, it wakes.
+    eventually(LONG, "shop scaled to 0", || async { service.replicas() == "0" }).await;
+    eventually(LONG, "shop stopped", || async { proxy.service_view("shop").await["state"] == "stopped" }).await;
+    socket.cut();
+    let begin = Instant::now();
+    let r = get(proxy.http, "shop.test", "/index.html").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    assert!(begin.elapsed() < Duration::from_secs(5), "failed at once, not after the wake timeout");
+    assert_eq!(get(proxy.http, "other.test", "/").await.status, StatusCode::OK);
+    socket.restore();
+    eventually(LONG, "shop served again", || async {
+        get(proxy.http, "shop.test", "/index.html").await.status == StatusCode::OK
+    })
+    .await;
+
+    // The figure: Swarm's scale → first accept, against a wake through reveille, alternately, three of each; on
+    // the Docker socket itself (the forwarder above would slow reveille's calls, not Swarm's).
+    drop(proxy);
+    let direct_rt = Arc::new(SwarmRuntime::new(DockerEndpoint::plain(None), T));
+    let routes = format!(
+        "[services.shop]\nswarm_service = \"{}\"\nidle_timeout = \"1s\"\nhealth_path = \"/index.html\"\n\
+         [routes]\n\"shop.test\" = \"shop\"\n",
+        service.name
+    );
+    let proxy = TestProxy::start_with_runtime(&routes, |_| {}, direct_rt.clone()).await;
+    let (mut direct, mut proxied) = (Vec::new(), Vec::new());
+    let mut phases = Vec::new();
+    for _ in 0..3 {
+        let stopped = || async {
+            service.running_containers().is_empty() && proxy.service_view("shop").await["state"] == "stopped"
+        };
+        eventually(LONG, "shop stopped", stopped).await;
+        direct.push(direct_cold_start(&direct_rt, &service).await);
+        direct_rt.scale_down(&service.name, None).await.unwrap();
+        eventually(LONG, "shop stopped", stopped).await;
+        let begin = Instant::now();
+        assert_eq!(get(proxy.http, "shop.test", "/index.html").await.status, StatusCode::OK);
+        proxied.push(begin.elapsed());
+        phases.push(proxy.service_view("shop").await["last_wake"].clone());
+    }
+    direct.sort();
+    proxied.sort();
+    eprintln!(
+        "swarm cold start: scale → first answer {direct:?}; through reveille {proxied:?}; overhead of the medians \
+         {:?}; reveille's wake phases: {phases:?}",
+        proxied[1].saturating_sub(direct[1])
+    );
+    let _ = &swarm;
+}
