@@ -126,5 +126,5 @@ pub use routes::{
 };
 pub use runtime::{
     ClientTls, ContainerEvent, ContainerInfo, ContainerRuntime, ContainerState, DockerEndpoint, DockerRuntime,
-    EndpointError, EventStream, RuntimeError, RuntimeFuture, Runtimes, DEFAULT_HOST,
+    EndpointError, EventStream, RuntimeConfig, RuntimeError, RuntimeFuture, RuntimeKind, Runtimes, DEFAULT_HOST,
 };
