@@ -202,7 +202,7 @@ impl DockerRuntime {
         Ok(ContainerInfo { id, name, state, ip, exit_code, error })
     }
 
-    /// Starts a stopped container. Already running is not an error.
+    /// Starts a stopped container. Already running is not an error (304, from Docker and Podman alike).
     pub async fn start(&self, container: &str) -> Result<(), RuntimeError> {
         self.call(
             "start",
@@ -241,6 +241,8 @@ impl DockerRuntime {
         let info = self
             .call("inspect", container, self.docker.inspect_container(container, None::<InspectContainerOptions>))
             .await?;
+        // Docker leaves `StopTimeout` out unless the container sets one; Podman always gives it (its default is
+        // 10 s too), so both come to the same grace.
         Ok(match info.config.and_then(|c| c.stop_timeout) {
             None => DOCKER_STOP_TIMEOUT,
             Some(secs) if secs < 0 => UNBOUNDED_STOP,
@@ -302,7 +304,8 @@ impl DockerRuntime {
     {
         match r {
             Ok(v) => Ok(v),
-            // 304: already started / already stopped.
+            // 304: already started / already stopped (Podman too). Pausing a paused container is 409 from Docker
+            // and 500 "container state improper" from Podman: a refusal either way, as below.
             Err(DockerError::DockerResponseServerError { status_code: 304, .. }) => Ok(T::default()),
             Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {
                 Err(RuntimeError::NoSuchContainer(container.to_string()))

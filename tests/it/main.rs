@@ -34,6 +34,7 @@ mod manpage;
 mod nagle;
 mod passivation;
 mod path_routes;
+mod podman;
 mod pool;
 mod pressure;
 mod reload;
