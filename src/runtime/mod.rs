@@ -397,7 +397,10 @@ impl ContainerRuntime for LazyDocker {
 
 /// An event's action in Docker's words. Podman's compatible API already says `die` where its own log says
 /// `died`, but it says `remove` where Docker says `destroy`: passivation reads `destroy` (a tenant's container
-/// is gone), so Podman's is renamed.
+/// is gone), so Podman's is renamed. A health check's event is `health_status: healthy` from Docker but a bare
+/// `health_status` from Podman, without the result (in the action or the attributes): a reader matches the
+/// prefix and inspects. (Podman also runs health checks from systemd timers: without systemd, as in this
+/// sandbox, they run only when `podman healthcheck run` is called, and the status stays `starting`.)
 fn event_action(kind: RuntimeKind, action: String) -> String {
     match (kind, action.as_str()) {
         (RuntimeKind::Podman, "remove") => "destroy".into(),

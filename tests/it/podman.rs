@@ -386,6 +386,24 @@ async fn podman_answers_are_read_as_dockers() {
     let e = rt.start("reveille-no-such-container").await.unwrap_err();
     assert!(matches!(e, RuntimeError::NoSuchContainer(_)), "{e:?}");
 
+    // A health check's event: Docker says `health_status: healthy`, Podman a bare `health_status` (read as a
+    // prefix). Podman runs checks from systemd timers, absent here: the test runs one by hand.
+    let checked = image.container_with(&["--health-cmd", r#"["/bin/busybox","true"]"#], &["sleep", "100000"]);
+    let since_health = std::time::SystemTime::now() - Duration::from_secs(1);
+    rt.start(&checked.name).await.unwrap();
+    podman.cli(&["healthcheck", "run", &checked.name]);
+    let mut events = Box::pin(rt.events(Some(since_health)));
+    let deadline = tokio::time::Instant::now() + LONG;
+    let action = loop {
+        let ev = tokio::time::timeout_at(deadline, events.next()).await.expect("a health_status event");
+        let ev = ev.expect("stream open").unwrap();
+        if ev.container == checked.name && ev.action.starts_with("health_status") {
+            break ev.action;
+        }
+    };
+    assert_eq!(action, "health_status", "Podman's has no result: inspect for it");
+    drop(events);
+
     // Events, replayed from `since`: Docker's actions and fields (`name` among the actor's attributes).
     podman.cli(&["rm", "-f", "-t", "0", &web.name]);
     let mut events = Box::pin(rt.events(Some(since)));
@@ -403,4 +421,56 @@ async fn podman_answers_are_read_as_dockers() {
         assert!(seen.iter().any(|a| a == want), "{want} in {seen:?}");
     }
     assert!(!seen.iter().any(|a| a == "remove" || a == "died"), "Podman's own words are not passed on: {seen:?}");
+}
+
+/// The figure for issue 28's note (run by hand: `cargo test --test it podman::cold_start_figure -- --ignored
+/// --nocapture`): Podman `start` → first accepted connection, against the first request to a stopped tenant on
+/// Podman through reveille → its response. Medians of 7 rounds each, alternated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand"]
+async fn cold_start_figure() {
+    const ROUNDS: usize = 7;
+    let podman = Podman::start();
+    let image = podman.image();
+    let (direct, tenant) = (image.web(), image.web());
+    let rt =
+        DockerRuntime::connect_kind(&podman.endpoint(), Duration::from_secs(10), RuntimeKind::Podman).await.unwrap();
+    let r = routes(&[(
+        "pod",
+        format!("container = \"{}\"\nport = 8080\nidle_timeout = \"0\"\nruntime = \"pod\"", tenant.name),
+    )]);
+    let runtime = podman_runtime(&podman);
+    let proxy = TestProxy::start_custom(&r, |c| {
+        c.passivation.runtimes.insert("pod".into(), runtime);
+    })
+    .await;
+    let (mut bare, mut through) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        tokio::time::sleep(testkit::docker::SETTLE).await;
+        let begin = Instant::now();
+        rt.start(&direct.name).await.unwrap();
+        let ip = rt.inspect(&direct.name, None).await.unwrap().ip.expect("an address");
+        while tokio::net::TcpStream::connect((ip, 8080)).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        bare.push(begin.elapsed());
+        rt.stop(&direct.name, Some(Duration::ZERO)).await.unwrap();
+
+        state_becomes(&proxy, "pod", "stopped").await;
+        tokio::time::sleep(testkit::docker::SETTLE).await;
+        let begin = Instant::now();
+        let got = get(proxy.http, "pod.test", "/index.html").await;
+        through.push(begin.elapsed());
+        assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+        podman.cli(&["stop", "-t", "0", &tenant.name]);
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (b, t) = (median(&mut bare), median(&mut through));
+    eprintln!("podman start -> first accept: median {b:?} of {bare:?}");
+    eprintln!("first request through reveille -> response: median {t:?} of {through:?}");
+    let overhead = t.as_secs_f64() * 1e3 - b.as_secs_f64() * 1e3;
+    eprintln!("reveille's overhead (difference of the medians): {overhead:+.1} ms");
 }
