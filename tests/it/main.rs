@@ -40,6 +40,7 @@ mod pressure;
 mod reload;
 mod retries;
 mod routing;
+mod runtimes;
 mod stalls;
 mod streaming;
 mod tls;
