@@ -126,13 +126,18 @@ pub struct Running {
 }
 
 /// The container runtimes the binary passivates tenants with: the default Docker Engine (`--docker`,
-/// `[docker] endpoint`) and each of `[docker.hosts]`, each contacted only once a service needs it.
+/// `[docker] endpoint`), each of `[docker.hosts]` and each of `[runtimes]`, each contacted only once a service
+/// needs it.
 pub fn docker(config: &Config) -> Runtimes {
     let p = &config.passivation;
     let default = LazyDocker::new(DockerEndpoint::plain(p.docker.clone()), p.docker_timeout);
     let mut runtimes = Runtimes::single(Arc::new(default));
     for (name, endpoint) in &p.docker_hosts {
         runtimes = runtimes.with(name.clone(), Arc::new(LazyDocker::new(endpoint.clone(), p.docker_timeout)));
+    }
+    for (name, r) in &p.runtimes {
+        let runtime = crate::runtime::build_runtime(r.kind, &r.endpoint, p.docker_timeout);
+        runtimes = runtimes.with_kind(name.clone(), r.kind, runtime);
     }
     runtimes
 }
@@ -162,7 +167,7 @@ pub async fn start(
         sources.push(Source::Etcd);
     }
     let readiness = Readiness::new();
-    let hosts = DockerHostNames::known(runtimes.names());
+    let hosts = DockerHostNames::with_kinds(runtimes.names().filter_map(|n| Some((n, runtimes.kind(n)?))));
     let composer = Composer::new(
         routes.clone(),
         metrics.clone(),

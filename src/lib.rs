@@ -126,5 +126,6 @@ pub use routes::{
 };
 pub use runtime::{
     ClientTls, ContainerEvent, ContainerInfo, ContainerRuntime, ContainerState, DockerEndpoint, DockerRuntime,
-    EndpointError, EventStream, PublishedPort, RuntimeError, RuntimeFuture, Runtimes, SwarmRuntime, DEFAULT_HOST,
+    EndpointError, EventStream, PublishedPort, RuntimeConfig, RuntimeError, RuntimeFuture, RuntimeKind, Runtimes,
+    SwarmRuntime, DEFAULT_HOST,
 };

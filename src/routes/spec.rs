@@ -1,7 +1,7 @@
 //! Route and service definitions as operators write them, before validation. The routes file (TOML) and etcd
 //! (JSON) share these structs, so a field added later exists in both sources at once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::balance::{EjectionSpec, HealthCheck, Retries, Strategy, MAX_WEIGHT};
 use super::service::{Balance, ContainerSpec, HttpsPolicy, IdleAction, Service, SwarmSpec};
 use super::{validate_service_name, Backend, Protocol, RouteError};
-use crate::runtime::DEFAULT_HOST;
+use crate::runtime::{RuntimeKind, DEFAULT_HOST};
 use crate::upstream::{BackendTls, TlsOptions};
 
 /// A service definition: `{"backends": [...]}` in etcd, `[services.<name>] backends = [...]` in the file.
@@ -32,8 +32,13 @@ pub(crate) struct ServiceSpec {
     #[serde(default)]
     pub network: Option<String>,
     /// The Docker host the container runs on (a `[docker.hosts.<name>]` of the config); unset = `default`.
+    /// The older name of `runtime`: a service gives one or the other.
     #[serde(default)]
     pub docker_host: Option<String>,
+    /// The runtime the container runs on (a `[runtimes.<name>]` or `[docker.hosts.<name>]` of the config);
+    /// unset = `default`.
+    #[serde(default)]
+    pub runtime: Option<String>,
     /// The Swarm service serving this service (instead of `container`): woken by scaling it to `replicas`,
     /// stopped by scaling it to 0.
     #[serde(default)]
@@ -112,6 +117,7 @@ pub(crate) const SERVICE_FIELDS: &[&str] = &[
     "port",
     "network",
     "docker_host",
+    "runtime",
     "swarm_service",
     "replicas",
     "backend_host",
@@ -297,27 +303,47 @@ fn field_reason(field: &str, message: &str, text: Option<&str>) -> String {
 
 /// The Docker host names a service's `docker_host` may take: the configured hosts when serving, or any name
 /// where the config is not known (`reveille check` of a lone routes file, `service set` without `--config`).
+/// With their kinds, when known: a `swarm_service` needs a runtime of kind swarm, a `container` another.
 #[derive(Debug, Clone, Default)]
 pub(crate) enum DockerHostNames {
     #[default]
     Any,
-    Known(Arc<BTreeSet<String>>),
+    Known(Arc<BTreeMap<String, Option<RuntimeKind>>>),
 }
 
 impl DockerHostNames {
-    /// The given names; [`DEFAULT_HOST`] is always one of them.
+    /// The given names, of kinds not known; [`DEFAULT_HOST`] (Docker) is always one of them.
+    #[cfg(test)]
     pub(crate) fn known<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
-        let mut set: BTreeSet<String> = names.into_iter().map(str::to_string).collect();
-        set.insert(DEFAULT_HOST.to_string());
-        Self::Known(Arc::new(set))
+        Self::with_kinds_of(names.into_iter().map(|n| (n, None)))
     }
 
-    fn check(&self, host: &str) -> Result<(), String> {
-        crate::runtime::check_host_name(host).map_err(|e| e.to_string())?;
+    /// The given names and their kinds; [`DEFAULT_HOST`] (Docker, unless given) is always one of them.
+    pub(crate) fn with_kinds<'a>(names: impl IntoIterator<Item = (&'a str, RuntimeKind)>) -> Self {
+        Self::with_kinds_of(names.into_iter().map(|(n, k)| (n, Some(k))))
+    }
+
+    fn with_kinds_of<'a>(names: impl Iterator<Item = (&'a str, Option<RuntimeKind>)>) -> Self {
+        let mut map: BTreeMap<String, Option<RuntimeKind>> = names.map(|(n, k)| (n.to_string(), k)).collect();
+        map.entry(DEFAULT_HOST.to_string()).or_insert(Some(RuntimeKind::Docker));
+        Self::Known(Arc::new(map))
+    }
+
+    /// The kind of runtime `name`, when known.
+    fn kind(&self, name: &str) -> Option<RuntimeKind> {
         match self {
-            Self::Known(set) if !set.contains(host) => Err(format!(
-                "unknown `docker_host` {host:?} (configured: {})",
-                set.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
+            Self::Known(map) => map.get(name).copied().flatten(),
+            Self::Any => None,
+        }
+    }
+
+    /// Checks `host`, the value of `field` (`runtime` or `docker_host`).
+    fn check(&self, field: &str, host: &str) -> Result<(), String> {
+        crate::runtime::check_host_name(host).map_err(|e| format!("`{field}`: {e}"))?;
+        match self {
+            Self::Known(map) if !map.contains_key(host) => Err(format!(
+                "unknown `{field}` {host:?} (configured: {})",
+                map.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
             )),
             _ => Ok(()),
         }
@@ -463,6 +489,7 @@ impl ServiceSpec {
                 ("port", self.port.is_some()),
                 ("network", self.network.is_some()),
                 ("docker_host", self.docker_host.is_some()),
+                ("runtime", self.runtime.is_some()),
                 ("idle_timeout", self.idle_timeout.is_some()),
                 ("wake_timeout", self.wake_timeout.is_some()),
                 ("stop_timeout", self.stop_timeout.is_some()),
@@ -484,8 +511,31 @@ impl ServiceSpec {
             let what = if swarm.is_some() { "swarm_service" } else { "container" };
             return Err(bad(format!("`{what}`: invalid name {container:?}")));
         }
-        if let Some(host) = &self.docker_host {
-            hosts.check(host).map_err(bad)?;
+        let runtime = match (&self.runtime, &self.docker_host) {
+            (Some(_), Some(_)) => {
+                return Err(bad("`runtime` and `docker_host` both name the runtime (`docker_host` is its older \
+                                name): give one"
+                    .into()))
+            }
+            (Some(name), None) => Some(("runtime", name)),
+            (None, Some(name)) => Some(("docker_host", name)),
+            (None, None) => None,
+        };
+        if let Some((field, name)) = runtime {
+            hosts.check(field, name).map_err(bad)?;
+        }
+        let (field, name) = runtime.map_or(("runtime", DEFAULT_HOST), |(f, n)| (f, n.as_str()));
+        match (hosts.kind(name), &swarm) {
+            (Some(kind), Some(_)) if kind != RuntimeKind::Swarm => {
+                return Err(bad(format!(
+                    "`swarm_service` needs a runtime of kind \"swarm\": `{field}` {name:?} is {kind} (name one with \
+                     `runtime`)"
+                )))
+            }
+            (Some(RuntimeKind::Swarm), None) => {
+                return Err(bad(format!("`{field}` {name:?} is a swarm: it runs a `swarm_service`, not a `container`")))
+            }
+            _ => {}
         }
         if self.port == Some(0) {
             return Err(bad("`port` must be 1-65535".into()));
@@ -513,7 +563,7 @@ impl ServiceSpec {
             container: container.clone(),
             port: self.port,
             network: self.network.clone(),
-            docker_host: self.docker_host.clone(),
+            docker_host: runtime.map(|(_, name)| name.clone()),
             idle_timeout: self.idle_timeout,
             wake_timeout: self.wake_timeout,
             stop_timeout: self.stop_timeout,
@@ -730,6 +780,26 @@ mod tests {
             let e = parse(bad).unwrap_err().1.to_string();
             assert!(e.starts_with("service \"a\": ") && e.contains(says), "{bad}: {e}");
         }
+        // Where the kinds are known: a swarm service on a swarm runtime, a container on any other.
+        let kinds = DockerHostNames::with_kinds([("sw", RuntimeKind::Swarm), ("pod", RuntimeKind::Podman)]);
+        let on = |j: &str| serde_json::from_str::<ServiceSpec>(j).unwrap().to_service("a", &kinds).map_err(|e| e.1);
+        assert!(on(r#"{"swarm_service": "shop", "runtime": "sw"}"#).is_ok());
+        assert!(on(r#"{"swarm_service": "shop", "docker_host": "sw"}"#).is_ok());
+        assert!(on(r#"{"container": "c", "port": 1, "runtime": "pod"}"#).is_ok());
+        for (bad, says) in [
+            (
+                r#"{"swarm_service": "shop"}"#,
+                r#"`swarm_service` needs a runtime of kind "swarm": `runtime` "default" is docker"#,
+            ),
+            (r#"{"swarm_service": "shop", "runtime": "pod"}"#, r#"`runtime` "pod" is podman"#),
+            (
+                r#"{"container": "c", "port": 1, "runtime": "sw"}"#,
+                r#"`runtime` "sw" is a swarm: it runs a `swarm_service`, not a `container`"#,
+            ),
+        ] {
+            let e = on(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]
@@ -772,6 +842,25 @@ mod tests {
         }
         assert!(serde_json::from_str::<ServiceSpec>(r#"{"container": "c", "idle_timeout": "soon"}"#).is_err());
         assert!(serde_json::from_str::<ServiceSpec>(r#"{"container": "c", "idle_action": "freeze"}"#).is_err());
+    }
+
+    #[test]
+    fn runtime_field() {
+        let known = DockerHostNames::known(["pod"]);
+        let parse =
+            |j: &str, hosts: &DockerHostNames| serde_json::from_str::<ServiceSpec>(j).unwrap().to_service("a", hosts);
+        let svc = parse(r#"{"container": "c", "port": 1, "runtime": "pod"}"#, &known).unwrap();
+        assert_eq!(svc.container().unwrap().runtime(), "pod");
+        assert_eq!(svc.container().unwrap().docker_host(), "pod", "one setting, two names");
+        let e = parse(r#"{"container": "c", "port": 1, "runtime": "nope"}"#, &known).unwrap_err().1;
+        assert_eq!(e.to_string(), "service \"a\": unknown `runtime` \"nope\" (configured: default, pod)");
+        let both = r#"{"container": "c", "port": 1, "runtime": "pod", "docker_host": "pod"}"#;
+        let e = parse(both, &DockerHostNames::Any).unwrap_err().1;
+        assert!(e.to_string().contains("`runtime` and `docker_host` both name the runtime"), "{e}");
+        let e = parse(r#"{"container": "c", "port": 1, "runtime": "a/b"}"#, &DockerHostNames::Any).unwrap_err().1;
+        assert!(e.to_string().contains("`runtime`: docker host name \"a/b\""), "{e}");
+        let e = parse(r#"{"backends": ["127.0.0.1:1"], "runtime": "pod"}"#, &known).unwrap_err().1;
+        assert!(e.to_string().contains("`runtime` needs `container`"), "{e}");
     }
 
     #[test]

@@ -5,16 +5,20 @@
 //! a tenant should wake or sleep (that is `passivation/`), and it never creates or removes containers: the
 //! platform does, reveille only starts and stops them.
 //!
-//! Several Docker hosts (`hosts`): each has its own [`DockerEndpoint`] (unix socket, plain TCP, or HTTPS with
-//! client certificates) and its own lazily connected [`LazyDocker`]; [`Runtimes`] names them.
+//! Several runtimes (`hosts`): each has its own [`DockerEndpoint`] (unix socket, plain TCP, or HTTPS with
+//! client certificates) and its own lazily connected [`LazyDocker`]; [`Runtimes`] names them, with their
+//! [`RuntimeKind`] (`kind`). Podman is the same client through its Docker-compatible API: where its answers
+//! differ from Docker's, the difference is handled here, each with a comment saying what Podman does.
 
 mod hosts;
+mod kind;
 mod swarm;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::errors::Error as DockerError;
@@ -23,8 +27,23 @@ use bollard::Docker;
 use futures_util::{Stream, StreamExt};
 
 pub(crate) use hosts::check_host_name;
-pub use hosts::{ClientTls, DockerEndpoint, EndpointError, Runtimes, DEFAULT_HOST};
+pub use hosts::{ClientTls, DockerEndpoint, EndpointError, RuntimeConfig, Runtimes, DEFAULT_HOST};
+pub use kind::RuntimeKind;
 pub use swarm::SwarmRuntime;
+
+/// The runtime of `kind` at `endpoint`, each call bounded by `timeout`: the one place that turns a configured
+/// runtime into a [`ContainerRuntime`]. Nothing is contacted here: each connects at its first call (see
+/// [`LazyDocker`], [`SwarmRuntime`]).
+pub(crate) fn build_runtime(
+    kind: RuntimeKind,
+    endpoint: &DockerEndpoint,
+    timeout: Duration,
+) -> Arc<dyn ContainerRuntime> {
+    match kind {
+        RuntimeKind::Docker | RuntimeKind::Podman => Arc::new(LazyDocker::of_kind(endpoint.clone(), timeout, kind)),
+        RuntimeKind::Swarm => Arc::new(SwarmRuntime::new(endpoint.clone(), timeout)),
+    }
+}
 
 /// Why a runtime operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +121,8 @@ pub struct DockerRuntime {
     docker: Docker,
     endpoint: String,
     timeout: Duration,
+    /// Docker, or Podman's Docker-compatible API, whose answers differ in a few places.
+    kind: RuntimeKind,
 }
 
 impl DockerRuntime {
@@ -114,6 +135,17 @@ impl DockerRuntime {
     /// Connects to `endpoint`, `https://` ones with their client certificates, and agrees on an API version.
     /// Fails fast when Docker does not answer.
     pub async fn connect_to(endpoint: &DockerEndpoint, timeout: Duration) -> Result<Self, RuntimeError> {
+        Self::connect_kind(endpoint, timeout, RuntimeKind::Docker).await
+    }
+
+    /// Connects to `endpoint`, a Docker Engine or Podman's Docker-compatible API (`kind`), as
+    /// [`Self::connect_to`]. Podman 4 answers `/version` with `ApiVersion` 1.41, and bollard's negotiation
+    /// steps down to it; Podman serves any `/v1.x/` prefix, so nothing else differs here.
+    pub async fn connect_kind(
+        endpoint: &DockerEndpoint,
+        timeout: Duration,
+        kind: RuntimeKind,
+    ) -> Result<Self, RuntimeError> {
         let name = endpoint.display();
         let unavailable = |reason: String| RuntimeError::Unavailable { endpoint: name.clone(), reason };
         let secs = timeout.as_secs().max(1);
@@ -139,11 +171,16 @@ impl DockerRuntime {
             Ok(Err(e)) => return Err(unavailable(e.to_string())),
             Err(_) => return Err(unavailable(format!("no answer within {}", humantime::format_duration(timeout)))),
         };
-        Ok(Self { docker, endpoint: name, timeout })
+        Ok(Self { docker, endpoint: name, timeout, kind })
     }
 
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// Docker or Podman.
+    pub fn kind(&self) -> RuntimeKind {
+        self.kind
     }
 
     /// Inspects a container; `network` picks which network's address to report.
@@ -172,7 +209,7 @@ impl DockerRuntime {
         Ok(ContainerInfo { id, name, state, ip, exit_code, error, published: None })
     }
 
-    /// Starts a stopped container. Already running is not an error.
+    /// Starts a stopped container. Already running is not an error (304, from Docker and Podman alike).
     pub async fn start(&self, container: &str) -> Result<(), RuntimeError> {
         self.call(
             "start",
@@ -211,6 +248,8 @@ impl DockerRuntime {
         let info = self
             .call("inspect", container, self.docker.inspect_container(container, None::<InspectContainerOptions>))
             .await?;
+        // Docker leaves `StopTimeout` out unless the container sets one; Podman always gives it (its default is
+        // 10 s too), so both come to the same grace.
         Ok(match info.config.and_then(|c| c.stop_timeout) {
             None => DOCKER_STOP_TIMEOUT,
             Some(secs) if secs < 0 => UNBOUNDED_STOP,
@@ -241,12 +280,14 @@ impl DockerRuntime {
         }
         let options = options.build();
         let endpoint = self.endpoint.clone();
+        let kind = self.kind;
         self.docker.events(Some(options)).map(move |r| match r {
             Ok(ev) => {
                 let actor = ev.actor.unwrap_or_default();
                 let name = actor.attributes.unwrap_or_default().remove("name").unwrap_or_default();
                 let id = actor.id.unwrap_or_default();
-                Ok(ContainerEvent { id, container: name, action: ev.action.unwrap_or_default() })
+                let action = event_action(kind, ev.action.unwrap_or_default());
+                Ok(ContainerEvent { id, container: name, action })
             }
             Err(e) => Err(RuntimeError::Unavailable { endpoint: endpoint.clone(), reason: e.to_string() }),
         })
@@ -270,7 +311,8 @@ impl DockerRuntime {
     {
         match r {
             Ok(v) => Ok(v),
-            // 304: already started / already stopped.
+            // 304: already started / already stopped (Podman too). Pausing a paused container is 409 from Docker
+            // and 500 "container state improper" from Podman: a refusal either way, as below.
             Err(DockerError::DockerResponseServerError { status_code: 304, .. }) => Ok(T::default()),
             Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {
                 Err(RuntimeError::NoSuchContainer(container.to_string()))
@@ -315,18 +357,25 @@ pub(crate) struct LazyDocker {
     endpoint: DockerEndpoint,
     name: String,
     timeout: Duration,
+    /// Docker or Podman.
+    kind: RuntimeKind,
     docker: tokio::sync::OnceCell<DockerRuntime>,
 }
 
 impl LazyDocker {
     /// `endpoint` as for [`DockerRuntime::connect_to`]; `timeout` bounds every call.
     pub(crate) fn new(endpoint: DockerEndpoint, timeout: Duration) -> Self {
+        Self::of_kind(endpoint, timeout, RuntimeKind::Docker)
+    }
+
+    /// A Docker Engine or Podman's Docker-compatible API, as `kind` says.
+    pub(crate) fn of_kind(endpoint: DockerEndpoint, timeout: Duration, kind: RuntimeKind) -> Self {
         let name = endpoint.display();
-        Self { endpoint, name, timeout, docker: tokio::sync::OnceCell::new() }
+        Self { endpoint, name, timeout, kind, docker: tokio::sync::OnceCell::new() }
     }
 
     async fn get(&self) -> Result<&DockerRuntime, RuntimeError> {
-        self.docker.get_or_try_init(|| DockerRuntime::connect_to(&self.endpoint, self.timeout)).await
+        self.docker.get_or_try_init(|| DockerRuntime::connect_kind(&self.endpoint, self.timeout, self.kind)).await
     }
 }
 
@@ -355,6 +404,19 @@ impl ContainerRuntime for LazyDocker {
     }
     fn endpoint(&self) -> &str {
         &self.name
+    }
+}
+
+/// An event's action in Docker's words. Podman's compatible API already says `die` where its own log says
+/// `died`, but it says `remove` where Docker says `destroy`: passivation reads `destroy` (a tenant's container
+/// is gone), so Podman's is renamed. A health check's event is `health_status: healthy` from Docker but a bare
+/// `health_status` from Podman, without the result (in the action or the attributes): a reader matches the
+/// prefix and inspects. (Podman also runs health checks from systemd timers: without systemd, as in this
+/// sandbox, they run only when `podman healthcheck run` is called, and the status stays `starting`.)
+fn event_action(kind: RuntimeKind, action: String) -> String {
+    match (kind, action.as_str()) {
+        (RuntimeKind::Podman, "remove") => "destroy".into(),
+        _ => action,
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::support::docker::{DockerSocketProxy, TestImage};
 use crate::support::{eventually, get, Backend, TestProxy};
 use http::StatusCode;
-use reveille::{ContainerRuntime, ContainerState, DockerEndpoint, SwarmRuntime};
+use reveille::{Config, ContainerRuntime, ContainerState, DockerEndpoint, RuntimeConfig, RuntimeKind, SwarmRuntime};
 
 const LONG: Duration = Duration::from_secs(30);
 const T: Duration = Duration::from_secs(10);
@@ -119,6 +119,11 @@ impl Drop for TestService {
     }
 }
 
+/// The config's runtime `swarm`: the Swarm manager at `endpoint`.
+fn on_swarm(config: &mut Config, endpoint: DockerEndpoint) {
+    config.passivation.runtimes.insert("swarm".into(), RuntimeConfig { kind: RuntimeKind::Swarm, endpoint });
+}
+
 /// A port free on this machine now (bound, then released), for the service to publish.
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
@@ -164,13 +169,13 @@ async fn a_swarm_service_is_scaled_up_on_request_and_down_when_idle() {
     let no_restart = TestService::create(&image, free_port(), &["--restart-condition", "none"]);
     let mut socket = DockerSocketProxy::start();
     let endpoint = DockerEndpoint::plain(Some(socket.endpoint()));
-    let rt = Arc::new(SwarmRuntime::new(endpoint, T));
+    let rt = SwarmRuntime::new(endpoint.clone(), T);
     let other = Backend::fixed("other").await;
     let missing = format!("{}-missing", service.name);
     let routes = format!(
-        "[services.shop]\nswarm_service = \"{}\"\nidle_timeout = \"2s\"\nwake_timeout = \"20s\"\n\
-         [services.gone]\nswarm_service = \"{missing}\"\n\
-         [services.once]\nswarm_service = \"{}\"\n\
+        "[services.shop]\nswarm_service = \"{}\"\nruntime = \"swarm\"\nidle_timeout = \"2s\"\nwake_timeout = \"20s\"\n\
+         [services.gone]\nswarm_service = \"{missing}\"\nruntime = \"swarm\"\n\
+         [services.once]\nswarm_service = \"{}\"\nruntime = \"swarm\"\n\
          [services.other]\nbackends = [\"{}\"]\n\
          [routes]\n\"shop.test\" = \"shop\"\n\"gone.test\" = \"gone\"\n\"once.test\" = \"once\"\n\
          \"other.test\" = \"other\"\n",
@@ -186,7 +191,7 @@ async fn a_swarm_service_is_scaled_up_on_request_and_down_when_idle() {
     assert_eq!((published[0].target, published[0].published), (8080, service.port));
     assert!(rt.pause(&service.name).await.unwrap_err().to_string().contains("cannot be paused"));
 
-    let proxy = TestProxy::start_with_runtime(&routes, |_| {}, rt.clone()).await;
+    let proxy = TestProxy::start_custom(&routes, |c| on_swarm(c, endpoint)).await;
 
     // A request to the sleeping service scales it to 1 and is served by it.
     let r = get(proxy.http, "shop.test", "/index.html").await;
@@ -247,11 +252,11 @@ async fn a_swarm_service_is_scaled_up_on_request_and_down_when_idle() {
     drop(proxy);
     let direct_rt = Arc::new(SwarmRuntime::new(DockerEndpoint::plain(None), T));
     let routes = format!(
-        "[services.shop]\nswarm_service = \"{}\"\nidle_timeout = \"1s\"\nhealth_path = \"/index.html\"\n\
+        "[services.shop]\nswarm_service = \"{}\"\nruntime = \"swarm\"\nidle_timeout = \"1s\"\nhealth_path = \"/index.html\"\n\
          [routes]\n\"shop.test\" = \"shop\"\n",
         service.name
     );
-    let proxy = TestProxy::start_with_runtime(&routes, |_| {}, direct_rt.clone()).await;
+    let proxy = TestProxy::start_custom(&routes, |c| on_swarm(c, DockerEndpoint::plain(None))).await;
     let (mut direct, mut proxied) = (Vec::new(), Vec::new());
     let mut phases = Vec::new();
     for _ in 0..3 {
