@@ -33,6 +33,8 @@ pub use host::{normalize_request_host, HostPattern};
 pub(crate) use path::stripped as stripped_path;
 pub use path::{RouteKey, Target};
 pub(crate) use service::Rotation;
+#[cfg(test)]
+pub(crate) use service::SwarmSpec;
 pub(crate) use service::{ContainerSpec, IdleAction, Service};
 pub(crate) use spec::{check_field, DockerHostNames, RouteSpec, ServiceSpec, ROUTE_FIELDS, SERVICE_FIELDS};
 pub use table::RouteTable;

@@ -603,3 +603,73 @@ fn exited(info: &ContainerInfo) -> Refusal {
     }
     Refusal::Failed { reason: reason.into() }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::SwarmSpec;
+
+    fn swarm_spec(port: Option<u16>, backend_host: Option<&str>) -> ContainerSpec {
+        ContainerSpec {
+            container: "shop".into(),
+            port,
+            network: None,
+            docker_host: None,
+            idle_timeout: None,
+            wake_timeout: None,
+            stop_timeout: None,
+            health_path: None,
+            idle_action: IdleAction::Stop,
+            stop_after: None,
+            max_held: None,
+            page_after: None,
+            swarm: Some(SwarmSpec { replicas: 1, backend_host: backend_host.map(str::to_string) }),
+        }
+    }
+
+    fn info(published: &[(u16, u16)]) -> ContainerInfo {
+        ContainerInfo {
+            id: "s1".into(),
+            name: "shop".into(),
+            state: ContainerState::Running,
+            ip: Some([127, 0, 0, 1].into()),
+            exit_code: None,
+            error: None,
+            published: Some(published.iter().map(|&(target, published)| PublishedPort { target, published }).collect()),
+        }
+    }
+
+    fn backend(spec: &ContainerSpec, info: &ContainerInfo) -> Result<String, String> {
+        let service = Service::with_container("shop", vec![], Some(spec.clone()));
+        match container_backend(&service, spec, info) {
+            Ok(b) => Ok(b.map(|b| b.as_str().to_string()).unwrap_or_default()),
+            Err(Refusal::Failed { reason }) => Err(reason.to_string()),
+            Err(other) => Err(format!("{other:?}")),
+        }
+    }
+
+    #[test]
+    fn a_published_port_and_the_node_address_are_the_backend() {
+        let one = info(&[(8080, 18080)]);
+        assert_eq!(backend(&swarm_spec(None, None), &one), Ok("127.0.0.1:18080".into()), "the only one");
+        assert_eq!(backend(&swarm_spec(Some(8080), None), &one), Ok("127.0.0.1:18080".into()));
+        let host = swarm_spec(None, Some("node-1.lan"));
+        assert_eq!(backend(&host, &one), Ok("node-1.lan:18080".into()), "backend_host wins");
+        assert_eq!(backend(&swarm_spec(None, Some("10.0.0.5")), &one), Ok("10.0.0.5:18080".into()));
+
+        let two = info(&[(8080, 18080), (9090, 19090)]);
+        assert_eq!(backend(&swarm_spec(Some(9090), None), &two), Ok("127.0.0.1:19090".into()));
+        let e = backend(&swarm_spec(None, None), &two).unwrap_err();
+        assert!(e.contains("several ports") && e.contains("`port`"), "{e}");
+        let e = backend(&swarm_spec(Some(7070), None), &two).unwrap_err();
+        assert!(e.contains("no port for 7070"), "{e}");
+        let e = backend(&swarm_spec(None, None), &info(&[])).unwrap_err();
+        assert!(e.contains("publishes no port in host mode"), "{e}");
+
+        // A container (no published ports reported) keeps its own address and port.
+        let mut plain = swarm_spec(Some(8080), None);
+        plain.swarm = None;
+        let ctr = ContainerInfo { published: None, ip: Some([10, 0, 0, 2].into()), ..one };
+        assert_eq!(backend(&plain, &ctr), Ok("10.0.0.2:8080".into()));
+    }
+}
