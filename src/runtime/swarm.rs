@@ -124,11 +124,12 @@ impl SwarmRuntime {
         }
     }
 
-    /// Scales `service` to 0 and waits (up to `grace`, else Swarm's default 10 s, plus the call timeout) until
-    /// none of its tasks runs.
+    /// Scales `service` to 0 and waits until none of its tasks runs. Swarm gives its tasks the service's own
+    /// stop grace period (`--stop-grace-period`, else 10 s), whatever `grace` says: the wait allows for the longer
+    /// of the two, plus the call timeout.
     pub async fn scale_down(&self, service: &str, grace: Option<Duration>) -> Result<(), RuntimeError> {
-        self.scale(service, 0).await?;
-        let limit = self.timeout + grace.unwrap_or(SWARM_STOP_GRACE);
+        let own = self.scale(service, 0).await?.unwrap_or(SWARM_STOP_GRACE);
+        let limit = self.timeout + grace.map_or(own, |g| g.max(own));
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let tasks = self.tasks(service, false).await?;
@@ -143,8 +144,8 @@ impl SwarmRuntime {
     }
 
     /// Sets the service's replica count, at the version just read (a concurrent update makes Docker refuse,
-    /// and it is tried once more).
-    async fn scale(&self, service: &str, replicas: u64) -> Result<(), RuntimeError> {
+    /// and it is tried once more). Returns the service's own stop grace period, if it sets one.
+    async fn scale(&self, service: &str, replicas: u64) -> Result<Option<Duration>, RuntimeError> {
         let rt = self.get().await?;
         let mut attempt = 0;
         loop {
@@ -153,12 +154,18 @@ impl SwarmRuntime {
                 .await?;
             let version = current.version.and_then(|v| v.index).unwrap_or_default();
             let mut spec = current.spec.unwrap_or_default();
+            let grace = spec
+                .task_template
+                .as_ref()
+                .and_then(|t| t.container_spec.as_ref()?.stop_grace_period)
+                .and_then(|ns| u64::try_from(ns).ok())
+                .map(Duration::from_nanos);
             let mode = spec.mode.get_or_insert_with(Default::default);
             let Some(replicated) = mode.replicated.as_mut() else {
                 return Err(refused("scale", service, "it is not a replicated service (global or job mode)".into()));
             };
             if replicated.replicas == Some(replicas as i64) {
-                return Ok(());
+                return Ok(grace);
             }
             // Seen with Docker 20.10: once scaled to 0, such a service gets no task when scaled up again (its
             // slots count as done), so the wake would wait for nothing.
@@ -178,7 +185,7 @@ impl SwarmRuntime {
             };
             let options = UpdateServiceOptionsBuilder::new().version(version).build();
             match self.call(rt, "scale", service, rt.docker.update_service(service, spec, options, None)).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(grace),
                 // "update out of sequence": someone else updated it between our inspect and our update.
                 Err(RuntimeError::Refused { reason, .. }) if attempt == 0 && reason.contains("out of sequence") => {
                     attempt += 1;
