@@ -8,18 +8,19 @@
 //! are not published on loopback, and the tasks' own addresses are on overlay networks reveille is usually
 //! not on.
 //!
-//! | Swarm                                   | state        |
-//! |-----------------------------------------|--------------|
-//! | replicas = 0                            | `Stopped` (tasks still shutting down included) |
-//! | replicas > 0, that many tasks up       | `Running`    |
-//! | replicas > 0, fewer tasks up           | `Restarting` (Swarm is (re)scheduling them)    |
+//! | Swarm                                  | state                                        |
+//! |----------------------------------------|----------------------------------------------|
+//! | replicas = 0                           | `Stopped` (tasks still shutting down too)    |
+//! | replicas > 0, that many tasks running  | `Running`                                    |
+//! | replicas > 0, fewer tasks running      | `Restarting` (Swarm is (re)scheduling them)  |
 //!
-//! A task is up when Swarm says `starting` or `running` (see [`is_up`]). `start` scales up and returns once
-//! that many tasks are up (as `docker start` returns once the process runs),
-//! or at once with the error of a task Swarm failed or rejected (a port in use, a missing image); `stop` scales
-//! to 0 and returns once no task runs. A service cannot be paused: `pause` and `unpause` are refused with a
-//! reason, so `idle_action = "pause"` is refused for a swarm service when the config is read. A service whose
-//! restart condition is `none` is refused at `start`: Swarm runs no task for it again once it was scaled to 0.
+//! A task is up when Swarm says `running` (see [`is_up`]). `start` scales up and returns once that many tasks
+//! are up (as `docker start` returns once the process runs), or at once with the error of a task Swarm failed or
+//! rejected (a port in use, a missing image; the service is then scaled back to 0); `stop` scales to 0 and
+//! returns once no task runs. When the service is not running, inspect reports its last failed task's error and
+//! exit code. A service cannot be paused: `pause` and `unpause` are refused with a reason, so `idle_action =
+//! "pause"` is refused for a swarm service when the config is read. A service whose restart condition is `none`
+//! is refused at `start`: Swarm runs no task for it again once it was scaled to 0.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -63,6 +64,8 @@ struct Look {
     desired: u64,
     running: Vec<Task>,
     published: Vec<PublishedPort>,
+    /// The status of its last failed or rejected task.
+    failed: Option<bollard::models::TaskStatus>,
 }
 
 impl SwarmRuntime {
@@ -86,25 +89,26 @@ impl SwarmRuntime {
             _ => ContainerState::Restarting,
         };
         let ip = self.node_address().await?;
+        let failed = look.failed.filter(|_| state != ContainerState::Running).unwrap_or_default();
         Ok(ContainerInfo {
             id: look.id,
             name: look.name,
             state,
             ip: Some(ip),
-            exit_code: None,
-            error: None,
+            exit_code: failed.container_status.and_then(|c| c.exit_code),
+            error: failed.err.filter(|e| !e.is_empty()),
             published: Some(look.published),
         })
     }
 
     /// Scales `service` to `replicas` and waits until that many of its tasks run; fails at once with the error
-    /// of a new task that Swarm failed or rejected.
+    /// of a new task that Swarm failed or rejected, after scaling it back to 0.
     pub async fn scale_up(&self, service: &str, replicas: u32) -> Result<(), RuntimeError> {
-        let before: HashSet<String> = self.tasks(service, false).await?.into_iter().filter_map(|t| t.id).collect();
+        let before: HashSet<String> = self.tasks(service).await?.into_iter().filter_map(|t| t.id).collect();
         self.scale(service, u64::from(replicas)).await?;
         let deadline = tokio::time::Instant::now() + START_LIMIT;
         loop {
-            let tasks = self.tasks(service, false).await?;
+            let tasks = self.tasks(service).await?;
             if tasks.iter().filter(|t| is_up(t)).count() >= replicas as usize {
                 return Ok(());
             }
@@ -115,6 +119,10 @@ impl SwarmRuntime {
             if let Some(task) = failed {
                 let status = task.status.clone().unwrap_or_default();
                 let reason = status.err.or(status.message).unwrap_or_else(|| "its task failed".into());
+                // Back to 0, as a container that exited stays stopped: not left for Swarm to restart for ever.
+                if let Err(e) = self.scale(service, 0).await {
+                    tracing::warn!(service, error = %e, "could not scale back to 0 after a failed task");
+                }
                 return Err(refused("start", service, format!("its task failed: {reason}")));
             }
             if tokio::time::Instant::now() >= deadline {
@@ -132,7 +140,7 @@ impl SwarmRuntime {
         let limit = self.timeout + grace.map_or(own, |g| g.max(own));
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let tasks = self.tasks(service, false).await?;
+            let tasks = self.tasks(service).await?;
             if !tasks.iter().any(is_up) {
                 return Ok(());
             }
@@ -206,7 +214,15 @@ impl SwarmRuntime {
             return Err(refused("inspect", service, "it is not a replicated service (global or job mode)".into()));
         };
         let desired = desired.replicas.unwrap_or(1).max(0) as u64;
-        let running: Vec<Task> = self.tasks(service, true).await?.into_iter().filter(is_up).collect();
+        let tasks = self.tasks(service).await?;
+        // The last task that failed, for what a stopped or restarting service says of its last run.
+        let failed = tasks
+            .iter()
+            .filter(|t| matches!(task_state(t), Some(TaskState::FAILED | TaskState::REJECTED)))
+            .max_by(|a, b| status_time(a).cmp(status_time(b)))
+            .and_then(|t| t.status.clone());
+        let running: Vec<Task> =
+            tasks.into_iter().filter(|t| t.desired_state == Some(TaskState::RUNNING) && is_up(t)).collect();
         let declared = spec.endpoint_spec.and_then(|e| e.ports).unwrap_or_default();
         // A host-mode port published without a number gets one per task: the running tasks say which.
         let assigned = running.iter().filter_map(|t| t.status.as_ref()?.port_status.as_ref()?.ports.clone()).flatten();
@@ -227,16 +243,14 @@ impl SwarmRuntime {
             desired,
             running,
             published,
+            failed,
         })
     }
 
-    /// The service's tasks (only those Swarm wants running, when `desired_running`).
-    async fn tasks(&self, service: &str, desired_running: bool) -> Result<Vec<Task>, RuntimeError> {
+    /// The service's tasks, whatever their state.
+    async fn tasks(&self, service: &str) -> Result<Vec<Task>, RuntimeError> {
         let rt = self.get().await?;
-        let mut filters = HashMap::from([("service", vec![service])]);
-        if desired_running {
-            filters.insert("desired-state", vec!["running"]);
-        }
+        let filters = HashMap::from([("service", vec![service])]);
         let options = ListTasksOptionsBuilder::new().filters(&filters).build();
         self.call(rt, "list the tasks of", service, rt.docker.list_tasks(Some(options))).await
     }
@@ -289,15 +303,21 @@ impl SwarmRuntime {
     }
 }
 
+/// When the task's status was last set (RFC 3339 in UTC, so the text orders as the time).
+fn status_time(t: &Task) -> &str {
+    t.status.as_ref().and_then(|s| s.timestamp.as_deref()).unwrap_or_default()
+}
+
 fn task_state(t: &Task) -> Option<TaskState> {
     t.status.as_ref().and_then(|s| s.state)
 }
 
-/// A task whose container runs. Swarm reports `starting` as the container starts and `running` only some
-/// 400 ms later (measured here, Docker 20.10: the application accepted connections at `starting`): waiting
-/// for `running` would add that to every wake, when the readiness probe is what says the application is up.
+/// A task whose container runs: Swarm says `running`. It says `starting` some 400 ms earlier (Docker 20.10
+/// here), when Docker's userland proxy already accepts on the published port though the application may not
+/// listen yet, and a task that exits at once goes from there to `failed`: waiting for `running` costs a wake
+/// nothing (the application answered some 600 ms after it here) and lets `start` report such a task's error.
 fn is_up(t: &Task) -> bool {
-    matches!(task_state(t), Some(TaskState::STARTING | TaskState::RUNNING))
+    task_state(t) == Some(TaskState::RUNNING)
 }
 
 fn refused(action: &'static str, service: &str, reason: String) -> RuntimeError {

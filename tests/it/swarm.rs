@@ -50,14 +50,18 @@ impl Drop for Swarm {
     }
 }
 
-/// A replicated service of the test image, 0 replicas, serving /www on 8080 published in host mode on `port`.
+/// busybox httpd serving /www on 8080.
+const WEB: &[&str] = &["httpd", "-f", "-p", "8080", "-h", "/www"];
+
+/// A replicated service of the test image, 0 replicas, running `busybox <command>` (e.g. [`WEB`]) with 8080
+/// published in host mode on `port`.
 struct TestService {
     name: String,
     port: u16,
 }
 
 impl TestService {
-    fn create(image: &TestImage, port: u16, options: &[&str]) -> TestService {
+    fn create(image: &TestImage, port: u16, options: &[&str], command: &[&str]) -> TestService {
         let name = format!("reveille-test-swarm-{}-{port}", std::process::id());
         let publish = format!("mode=host,target=8080,published={port}");
         let service = TestService { name: name.clone(), port };
@@ -76,10 +80,12 @@ impl TestService {
             "1s",
         ];
         create.extend_from_slice(options);
-        create.extend_from_slice(&[&image.tag, "httpd", "-f", "-p", "8080", "-h", "/www"]);
+        create.push(&image.tag);
+        create.extend_from_slice(command);
         docker(&create).unwrap();
         service
     }
+
     fn replicas(&self) -> String {
         docker(&["service", "inspect", "--format", "{{.Spec.Mode.Replicated.Replicas}}", &self.name]).unwrap()
     }
@@ -138,7 +144,8 @@ async fn direct_cold_start(rt: &Arc<SwarmRuntime>, service: &TestService) -> Dur
     let (rt, name) = (rt.clone(), service.name.clone());
     let scale = tokio::spawn(async move { rt.scale_up(&name, 1).await });
     let took = loop {
-        if http_ok(service.port).await {
+        // Each try bounded: Docker's userland proxy may accept before the task runs, then hold the connection.
+        if tokio::time::timeout(Duration::from_millis(100), http_ok(service.port)).await == Ok(true) {
             break begin.elapsed();
         }
         assert!(begin.elapsed() < LONG, "the service never answered");
@@ -164,9 +171,10 @@ async fn a_swarm_service_is_scaled_up_on_request_and_down_when_idle() {
     // Drop order (reverse of declaration): reveille, the service, the image, then the swarm.
     let swarm = Swarm::join();
     let image = TestImage::build();
-    let service = TestService::create(&image, free_port(), &[]);
+    let service = TestService::create(&image, free_port(), &[], WEB);
     let created = service.template();
-    let no_restart = TestService::create(&image, free_port(), &["--restart-condition", "none"]);
+    let no_restart = TestService::create(&image, free_port(), &["--restart-condition", "none"], WEB);
+    let crashing = TestService::create(&image, free_port(), &[], &["false"]);
     let mut socket = DockerSocketProxy::start();
     let endpoint = DockerEndpoint::plain(Some(socket.endpoint()));
     let rt = SwarmRuntime::new(endpoint.clone(), T);
@@ -174,12 +182,14 @@ async fn a_swarm_service_is_scaled_up_on_request_and_down_when_idle() {
     let missing = format!("{}-missing", service.name);
     let routes = format!(
         "[services.shop]\nswarm_service = \"{}\"\nruntime = \"swarm\"\nidle_timeout = \"2s\"\nwake_timeout = \"20s\"\n\
+         health_path = \"/index.html\"\n\
          [services.gone]\nswarm_service = \"{missing}\"\nruntime = \"swarm\"\n\
          [services.once]\nswarm_service = \"{}\"\nruntime = \"swarm\"\n\
+         [services.crash]\nswarm_service = \"{}\"\nruntime = \"swarm\"\nhealth_path = \"/\"\n\
          [services.other]\nbackends = [\"{}\"]\n\
-         [routes]\n\"shop.test\" = \"shop\"\n\"gone.test\" = \"gone\"\n\"once.test\" = \"once\"\n\
+         [routes]\n\"shop.test\" = \"shop\"\n\"gone.test\" = \"gone\"\n\"once.test\" = \"once\"\n\"crash.test\" = \"crash\"\n\
          \"other.test\" = \"other\"\n",
-        service.name, no_restart.name, other.addr
+        service.name, no_restart.name, crashing.name, other.addr
     );
 
     // The runtime's own view: scaled to 0 is stopped, and the node's address is where its port is published.
@@ -231,6 +241,14 @@ async fn a_swarm_service_is_scaled_up_on_request_and_down_when_idle() {
     let view = proxy.service_view("once").await;
     assert!(view["last_error"].as_str().unwrap_or_default().contains("restart condition is `none`"), "{view}");
     assert_eq!(no_restart.replicas(), "0");
+    // A service whose task exits at once: the wake fails with Swarm's error for the task, not at the timeout.
+    let begin = Instant::now();
+    let r = get(proxy.http, "crash.test", "/").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    assert!(begin.elapsed() < Duration::from_secs(15), "failed with the task, not after the wake timeout");
+    let view = proxy.service_view("crash").await;
+    let error = view["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("exit"), "Swarm's error for the task: {view}");
 
     // The swarm unreachable: a wake fails at once with 503, the others keep serving; reachable again, it wakes.
     eventually(LONG, "shop scaled to 0", || async { service.replicas() == "0" }).await;
