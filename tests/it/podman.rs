@@ -250,6 +250,32 @@ async fn a_tenant_on_podman_is_woken_served_stopped_when_idle_and_woken_again() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_on_podman_paused_when_idle_is_unpaused_by_a_request() {
+    let podman = Podman::start();
+    let image = podman.image();
+    let web = image.web();
+    web.podman.cli(&["start", &web.name]);
+    let fields = format!(
+        "container = \"{}\"\nport = 8080\nidle_timeout = \"1s\"\nidle_action = \"pause\"\nruntime = \"pod\"",
+        web.name
+    );
+    let runtime = podman_runtime(&podman);
+    let proxy = TestProxy::start_custom(&routes(&[("pod", fields)]), |c| {
+        c.passivation.runtimes.insert("pod".into(), runtime);
+    })
+    .await;
+    state_becomes(&proxy, "pod", "paused").await;
+    assert_eq!(web.state(), "paused", "paused through Podman when idle");
+
+    let got = get(proxy.http, "pod.test", "/index.html").await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+    assert_eq!(got.text, format!("hello from {}\n", image.tag));
+    assert_eq!(proxy.metric("reveille_wakes_total{service=\"pod\",result=\"ok\"}").await, 1.0);
+    state_becomes(&proxy, "pod", "paused").await;
+    assert_eq!(proxy.metric("reveille_stops_total{service=\"pod\",action=\"pause\"}").await, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podman_down_answers_503_at_once_while_other_routes_serve() {
     let podman = Podman::start();
     let image = podman.image();
