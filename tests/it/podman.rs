@@ -123,7 +123,9 @@ impl Podman {
             "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\nENTRYPOINT [\"/bin/busybox\"]\n",
         )
         .unwrap();
-        self.cli(&["build", "-q", "-t", &image.tag, ctx.path().to_str().unwrap()]);
+        // --no-cache: concurrent builds of the same layers, one of which removes its image, must not take a
+        // cached parent layer from under another (as with Docker, see `support::docker`).
+        self.cli(&["build", "--no-cache", "-q", "-t", &image.tag, ctx.path().to_str().unwrap()]);
         image
     }
 }
