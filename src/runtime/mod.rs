@@ -418,3 +418,36 @@ fn pick_network<'a>(
         None => networks.iter().min_by(|a, b| a.0.cmp(b.0)).map(|(_, v)| v),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtimes_carry_their_kinds_and_swarm_is_not_built() {
+        let endpoint = DockerEndpoint::plain(Some("unix:///run/podman/podman.sock".into()));
+        let timeout = Duration::from_secs(1);
+        let podman = build_runtime(RuntimeKind::Podman, &endpoint, timeout).unwrap();
+        assert_eq!(podman.endpoint(), "unix:///run/podman/podman.sock");
+        let docker = build_runtime(RuntimeKind::Docker, &DockerEndpoint::plain(None), timeout).unwrap();
+        let runtimes =
+            Runtimes::single(docker).with_kind("pods", RuntimeKind::Podman, podman.clone()).with("rack2", podman);
+        assert_eq!(runtimes.kind(DEFAULT_HOST), Some(RuntimeKind::Docker));
+        assert_eq!(runtimes.kind("pods"), Some(RuntimeKind::Podman));
+        assert_eq!(runtimes.kind("rack2"), Some(RuntimeKind::Docker), "`with` adds a Docker runtime");
+        assert_eq!(runtimes.kind("nope"), None);
+        assert_eq!(runtimes.get("pods").unwrap().endpoint(), "unix:///run/podman/podman.sock");
+        assert_eq!(runtimes.names().collect::<Vec<_>>(), ["default", "pods", "rack2"]);
+
+        let e = build_runtime(RuntimeKind::Swarm, &endpoint, timeout).err().unwrap();
+        assert_eq!(e, BuildError::NotBuilt(RuntimeKind::Swarm));
+        assert_eq!(e.to_string(), "runtime kind \"swarm\" is not built in this version (use \"docker\" or \"podman\")");
+    }
+
+    #[test]
+    fn podman_events_in_dockers_words() {
+        assert_eq!(event_action(RuntimeKind::Podman, "remove".into()), "destroy");
+        assert_eq!(event_action(RuntimeKind::Podman, "die".into()), "die");
+        assert_eq!(event_action(RuntimeKind::Docker, "remove".into()), "remove", "Docker's own are kept");
+    }
+}
