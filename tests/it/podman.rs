@@ -502,3 +502,50 @@ async fn cold_start_figure() {
     let overhead = t.as_secs_f64() * 1e3 - b.as_secs_f64() * 1e3;
     eprintln!("reveille's overhead (difference of the medians): {overhead:+.1} ms");
 }
+
+/// A service defined in etcd (`"runtime": "pod"`, written by `reveille service set --runtime`) is woken on
+/// Podman by a reveille whose config names that runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_from_etcd_names_its_podman_runtime() {
+    let etcd = crate::support::etcd::Etcd::start().await;
+    let url = etcd.url.as_str();
+    let podman = Podman::start();
+    let image = podman.image();
+    let web = image.web();
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("reveille.toml");
+    let text = format!("[runtimes.pod]\nkind = \"podman\"\nendpoint = \"unix://{}\"\n", podman.socket().display());
+    std::fs::write(&file, text).unwrap();
+    let config_arg = file.to_str().unwrap();
+    let set = ["service", "set", "web", "--container", &web.name, "--port", "8080", "--runtime", "pod"];
+    let (code, _, err) =
+        crate::cli::reveille(url, &[&set[..], &["--idle-timeout", "0", "--config", config_arg]].concat());
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = crate::cli::reveille(url, &["route", "set", "pod.test", "web"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(crate::cli::value(&etcd, "/reveille/services/web").await.unwrap()["runtime"], "pod");
+
+    // The runtimes from the config file (with etcd as its route source), the listeners on port 0.
+    let mut flags = reveille::ConfigFile::default();
+    flags.etcd.endpoints = Some(vec![url.to_string()]);
+    let mut config = reveille::Config::resolve(Some(&file), &flags).unwrap();
+    assert_eq!(config.passivation.runtimes["pod"].kind, RuntimeKind::Podman);
+    config.http = "127.0.0.1:0".parse().unwrap();
+    config.admin = "127.0.0.1:0".parse().unwrap();
+    config.threads = 1;
+    config.proxy.access_log = false;
+    let listeners = reveille::Listeners::bind(&config).await.unwrap();
+    let running = reveille::start(&config, listeners, reveille::docker(&config)).await.unwrap();
+    let http = running.http_addr;
+
+    eventually(LONG, "the route from etcd to serve from Podman", || async {
+        get(http, "pod.test", "/index.html").await.status == StatusCode::OK
+    })
+    .await;
+    let got = get(http, "pod.test", "/index.html").await;
+    assert_eq!(got.text, format!("hello from {}\n", image.tag));
+    assert_eq!(web.state(), "running");
+    running.shutdown();
+    running.wait(Duration::from_secs(5)).await;
+}
