@@ -503,6 +503,8 @@ pub(crate) fn named_runtimes(
     docker: &DockerSection,
 ) -> Result<BTreeMap<String, RuntimeConfig>, ConfigError> {
     let mut out = BTreeMap::new();
+    // Building one contacts nothing: this only asks whether this version can build its kind.
+    let timeout = docker.timeout.unwrap_or(crate::passivation::Settings::default().docker_timeout);
     for (name, r) in runtimes {
         let table = format!("[runtimes.{name}]");
         if docker.hosts.contains_key(name) {
@@ -511,7 +513,6 @@ pub(crate) fn named_runtimes(
             )));
         }
         let endpoint = named_endpoint(&table, name, &r.endpoint, [&r.ca, &r.cert, &r.key])?;
-        let timeout = docker.timeout.unwrap_or(crate::passivation::Settings::default().docker_timeout);
         crate::runtime::build_runtime(r.kind, &endpoint, timeout)
             .map_err(|e| ConfigError::Invalid(format!("{table} kind: {e}")))?;
         out.insert(name.clone(), RuntimeConfig { kind: r.kind, endpoint });
