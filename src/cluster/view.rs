@@ -131,7 +131,7 @@ pub(crate) async fn read(
                     activity.entry(service.to_string()).or_default().insert(node.to_string(), u);
                 }
             }
-            ClusterKey::Other => {}
+            ClusterKey::KeepAwake(_) | ClusterKey::Other => {}
         }
     }
     let view = build("", &replicas, decider.as_deref(), None, &activity, false);

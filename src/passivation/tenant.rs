@@ -25,6 +25,10 @@ use crate::runtime::{ContainerRuntime, RuntimeError};
 
 mod coordination;
 mod driver;
+mod keep_awake;
+
+pub(crate) use keep_awake::KeepAwakeError;
+pub(super) use keep_awake::LocalKeepAwake;
 
 /// Where a tenant is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

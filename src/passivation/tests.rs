@@ -158,6 +158,7 @@ fn spec(f: impl FnOnce(&mut ContainerSpec)) -> Arc<Service> {
         stop_after: None,
         max_held: None,
         page_after: None,
+        stop_check: None,
     };
     f(&mut c);
     Arc::new(Service::with_container("acme", vec![], Some(c)))
