@@ -159,7 +159,7 @@ pub enum ServiceCommand {
     KeepAwake {
         name: String,
         /// How long from now, e.g. 30m or 2h; 0s ends the keep-awake
-        #[arg(long = "for", value_name = "DURATION")]
+        #[arg(long = "for", value_name = "DURATION", allow_hyphen_values = true)]
         time: String,
         /// Write even if etcd does not hold service NAME (one of a routes file)
         #[arg(long)]
