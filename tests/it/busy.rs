@@ -193,8 +193,11 @@ fn replica(etcd: &Etcd, node: &str) -> Serve {
     Serve::start(node, &mut command)
 }
 
+/// The tenant's state as a replica's status endpoint says it (empty until the replica has loaded the route).
 async fn cluster_state(r: &Serve) -> String {
-    get(r.http, "web.test", "/__reveille/status").await.json()["state"].as_str().unwrap_or_default().to_string()
+    let got = get(r.http, "web.test", "/__reveille/status").await;
+    let v: serde_json::Value = serde_json::from_str(&got.text).unwrap_or_default();
+    v["state"].as_str().unwrap_or_default().to_string()
 }
 
 async fn decider(etcd: &Etcd) -> Option<String> {
@@ -294,4 +297,51 @@ async fn the_keep_awake_command_writes_the_key_and_refuses_bad_input() {
     assert_eq!(code, 0);
     assert_eq!(out.trim(), "service web: no longer kept awake");
     assert!(etcd.client().await.get(key, None).await.unwrap().kvs().is_empty());
+}
+
+async fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {
+    let (_, text) = admin_get(addr, "/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_busy_tenant_causes_no_status_churn_in_etcd() {
+    let etcd = Etcd::start().await;
+    let image = TestImage::build();
+    let web = busy_web(&image);
+    let service = format!(
+        "{{\"container\": \"{}\", \"port\": 8080, \"idle_timeout\": \"1s\", \"stop_check\": \"/cgi-bin/check\"}}",
+        web.name
+    );
+    etcd.put("/reveille/services/web", &service).await;
+    etcd.put("/reveille/routes/web.test", "{\"service\": \"web\"}").await;
+    let replicas = [replica(&etcd, "n1"), replica(&etcd, "n2")];
+    eventually(LONG, "a decider", || async { decider(&etcd).await.is_some() }).await;
+    for r in &replicas {
+        eventually(LONG, "stopped", || async { cluster_state(r).await == "stopped" }).await;
+    }
+    assert_eq!(get(replicas[0].http, "web.test", "/index.html").await.status, StatusCode::OK);
+    let decides = decider(&etcd).await.unwrap();
+    let decider_admin = replicas.iter().find(|r| r.name == decides).unwrap().admin;
+    let status_revision = || async {
+        let resp = etcd.client().await.get("/reveille/status/web", None).await.unwrap();
+        let kv = resp.kvs().first().cloned().expect("a status key");
+        (serde_json::from_slice::<serde_json::Value>(kv.value()).unwrap()["state"].clone(), kv.mod_revision())
+    };
+    eventually(LONG, "status running", || async { status_revision().await.0 == "running" }).await;
+    let before = status_revision().await;
+
+    eventually(LONG, "the decider asked twice and heard busy", || async {
+        metric(decider_admin, "reveille_stop_checks_total{service=\"web\",result=\"busy\"}").await >= 2.0
+    })
+    .await;
+    assert_eq!(status_revision().await, before, "busy: the status key was not touched");
+    assert_eq!(web.docker_state(), "running");
+
+    docker_cli(&["exec", &web.name, "/bin/busybox", "rm", "/www/busy"]);
+    eventually(LONG, "status stopped", || async { status_revision().await.0 == "stopped" }).await;
+    assert_eq!(web.docker_state(), "exited");
 }
