@@ -740,3 +740,27 @@ async fn keep_awake_puts_the_idle_stop_off_until_it_ends() {
     assert!(begin.elapsed() < Duration::from_secs(291), "{:?}", begin.elapsed());
     assert_eq!(fake.count("stop"), 1);
 }
+
+/// Pause, then stop: a keep-awake set while paused holds off the stop too, until it ends.
+#[tokio::test(start_paused = true)]
+async fn keep_awake_holds_off_the_stop_of_a_paused_tenant() {
+    let fake = Fake::new(ContainerState::Running);
+    let p = passivator(&fake);
+    let t = p
+        .tenant(&spec(|c| {
+            c.idle_action = IdleAction::Pause;
+            c.idle_timeout = Some(Duration::from_secs(30));
+            c.stop_after = Some(Duration::from_secs(60));
+        }))
+        .unwrap();
+    phase_becomes(&t, Phase::Running).await;
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    phase_becomes(&t, Phase::Paused).await;
+    t.set_keep_awake(Duration::from_secs(3600)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(t.phase(), Phase::Paused);
+    assert_eq!(fake.count("stop"), 0);
+    t.set_keep_awake(Duration::ZERO).await.unwrap();
+    phase_becomes(&t, Phase::Stopped).await;
+    assert_eq!(fake.count("stop"), 1);
+}

@@ -69,6 +69,7 @@ impl Tenant {
                         let service = self.service();
                         Self::spec_of(&service).and_then(|s| s.stop_after).and_then(|after| {
                             let left = (st.phase_at + after).saturating_duration_since(Instant::now());
+                            let left = left.max(self.keep_awake_left().unwrap_or_default());
                             if self.cluster().is_some_and(|c| !c.is_decider()) {
                                 None
                             } else {
@@ -547,6 +548,10 @@ impl Tenant {
         {
             let mut st = self.state.lock();
             if st.phase != Phase::Paused || st.wake_pending || st.phase_at.elapsed() < after {
+                return;
+            }
+            if self.keep_awake_left().is_some() {
+                // Kept awake: not stopped either (it stays paused, and unpauses in milliseconds).
                 return;
             }
             if self.cluster().is_some_and(|c| !c.is_decider()) {
