@@ -65,6 +65,11 @@ impl Cluster {
         service: &Arc<str>,
         until: Option<SystemTime>,
     ) -> Result<Option<KeepAwake>, ClusterError> {
+        // To the millisecond, as the key holds it: what the watch reads back is then the same entry.
+        let until = until.map(|t| {
+            let ms = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+            SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+        });
         let key = self.keys.keep_awake(service);
         let timeout = self.etcd.config().timeout;
         let connection = self.etcd.client().await?;

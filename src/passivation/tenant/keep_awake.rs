@@ -50,7 +50,8 @@ impl Tenant {
             Some(t.ok_or_else(|| KeepAwakeError::TooLong(humantime::format_duration(time).to_string()))?)
         };
         let entry = match self.cluster() {
-            Some(c) => c.set_keep_awake(&self.name, until).await?,
+            // The cluster tells the passivator, which tells this tenant (as for a change by another replica).
+            Some(c) => return Ok(c.set_keep_awake(&self.name, until).await?),
             None => {
                 let mut local = self.shared.keep_awake.lock();
                 match until {
@@ -70,9 +71,19 @@ impl Tenant {
         Ok(entry)
     }
 
-    /// The keep-awake changed: the driver recomputes its idle timer.
+    /// The keep-awake changed: the driver recomputes its idle timer, and the events feed says so (a
+    /// `keep_awake` event, `{"service", "until", "by"}`, `until` null when it ended).
     pub(in crate::passivation) fn notify_keep_awake(&self) {
         let _ = self.tx.send(Msg::Idle);
+        let kept = self.keep_awake();
+        self.shared.events.publish(
+            "keep_awake",
+            serde_json::json!({
+                "service": &*self.name,
+                "until": kept.as_ref().map(|k| crate::cluster::rfc3339(k.until)),
+                "by": kept.map(|k| k.by),
+            }),
+        );
     }
 }
 
