@@ -290,6 +290,15 @@ async fn the_keep_awake_command_writes_the_key_and_refuses_bad_input() {
     let ttl = etcd.client().await.lease_time_to_live(kv.lease(), None).await.unwrap().ttl();
     assert!((1790..=1802).contains(&ttl), "the lease ends with the keep-awake: {ttl}");
 
+    // `reveille status` shows it, with its end and who set it.
+    let (code, out, err) = reveille(url, &["status"]);
+    assert_eq!(code, 0, "{err}");
+    let line = out.lines().find(|l| l.starts_with("web ")).unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("kept awake until 20") && line.contains("(by cli)"), "{out}");
+    let (_, json, _) = reveille(url, &["status", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["tenants"]["web"]["keep_awake_by"], "cli", "{json}");
+
     // A service of a routes file only: with --force.
     let (code, _, err) = reveille(url, &["service", "keep-awake", "nope", "--for", "1m", "--force"]);
     assert_eq!(code, 0, "{err}");
@@ -344,4 +353,27 @@ async fn a_busy_tenant_causes_no_status_churn_in_etcd() {
     docker_cli(&["exec", &web.name, "/bin/busybox", "rm", "/www/busy"]);
     eventually(LONG, "status stopped", || async { status_revision().await.0 == "stopped" }).await;
     assert_eq!(web.docker_state(), "exited");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_set_writes_stop_check_and_refuses_a_relative_one() {
+    let etcd = Etcd::start().await;
+    let url = etcd.url.as_str();
+    let (code, _, err) =
+        reveille(url, &["service", "set", "web", "--container", "c", "--port", "80", "--stop-check", "busy"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("`stop_check` \"busy\" must be a path starting with '/'"), "{err}");
+    let (code, _, err) =
+        reveille(url, &["service", "set", "plain", "--backend", "127.0.0.1:9", "--stop-check", "/busy"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("`stop_check` needs `container`"), "{err}");
+    let (code, _, err) =
+        reveille(url, &["service", "set", "web", "--container", "c", "--port", "80", "--stop-check", "/cgi-bin/check"]);
+    assert_eq!(code, 0, "{err}");
+    let v = crate::cli::value(&etcd, "/reveille/services/web").await.unwrap();
+    assert_eq!(v["stop_check"], "/cgi-bin/check", "{v}");
+    let (code, _, err) = reveille(url, &["service", "set", "web", "--unset", "stop_check"]);
+    assert_eq!(code, 0, "{err}");
+    let v = crate::cli::value(&etcd, "/reveille/services/web").await.unwrap();
+    assert!(v.get("stop_check").is_none(), "{v}");
 }
