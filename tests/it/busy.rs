@@ -222,10 +222,10 @@ async fn keep_awake_set_on_one_replica_is_honoured_by_the_decider() {
     let decides = decider(&etcd).await.unwrap();
     let other = replicas.iter().find(|r| r.name != decides).unwrap();
     assert_eq!(get(other.http, "web.test", "/index.html").await.status, StatusCode::OK);
+    let kept = Instant::now();
     let got = admin(other.admin, "POST", "/api/services/web/keep-awake", r#"{"for": "5s"}"#, None).await;
     assert_eq!(got.status, StatusCode::OK, "{}", got.text);
     assert_eq!(got.json()["by"], other.name.as_str());
-    let kept = Instant::now();
     let key = etcd.client().await.get("/reveille/cluster/keep-awake/web", None).await.unwrap();
     let kv = key.kvs().first().expect("the keep-awake key");
     assert_ne!(kv.lease(), 0, "under a lease of its own, so etcd removes it once over");
