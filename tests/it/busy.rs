@@ -87,7 +87,29 @@ async fn a_busy_tenant_is_kept_up_until_its_stop_check_says_idle() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stop_check_that_does_not_answer_lets_the_tenant_stop() {
+async fn a_stop_check_without_an_answer_within_two_seconds_lets_the_tenant_stop() {
+    let image = TestImage::build();
+    // The check hangs (a CGI that sleeps): after 2 s without an answer, the tenant is stopped anyway.
+    let script = concat!(
+        "mkdir -p /www/cgi-bin; ",
+        "printf '#!/bin/busybox sh\\nsleep 30\\n' > /www/cgi-bin/hang; chmod +x /www/cgi-bin/hang; "
+    );
+    let web = image.web_after(script);
+    let fields =
+        format!("container = \"{}\"\nport = 8080\nidle_timeout = \"1s\"\nstop_check = \"/cgi-bin/hang\"", web.name);
+    let proxy = TestProxy::start(&routes(&fields)).await;
+    state_becomes(&proxy, "stopped").await;
+    assert_eq!(get(proxy.http, "web.test", "/index.html").await.status, StatusCode::OK);
+    let served = Instant::now();
+    state_becomes(&proxy, "stopped").await;
+    let took = served.elapsed();
+    assert!(took >= Duration::from_secs(3), "1 s idle, then 2 s without an answer: {took:?}");
+    assert_eq!(proxy.metric("reveille_stop_checks_total{service=\"web\",result=\"no_answer\"}").await, 1.0);
+    assert_eq!(web.docker_state(), "exited");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_check_that_answers_neither_idle_nor_busy_lets_the_tenant_stop() {
     let image = TestImage::build();
     let web = image.web_after("");
     // No such CGI: busybox httpd answers 404, neither idle nor busy: stopped anyway (and logged).
