@@ -399,3 +399,36 @@ async fn service_set_writes_stop_check_and_refuses_a_relative_one() {
     let v = crate::cli::value(&etcd, "/reveille/services/web").await.unwrap();
     assert!(v.get("stop_check").is_none(), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_awake_with_etcd_gone_answers_503_and_keeps_nothing() {
+    let mut etcd = Etcd::start().await;
+    let runtime = ScriptedRuntime::new();
+    let port = runtime.add_stopped("down-ctr", Duration::from_millis(10)).await;
+    let fields = format!("container = \"down-ctr\"\nport = {port}\nidle_timeout = \"0\"");
+    let url = etcd.url.clone();
+    let proxy = TestProxy::start_with_runtime(
+        &routes(&fields),
+        |c| {
+            let mut e = reveille::EtcdConfig::new(vec![url]);
+            e.timeout = Duration::from_secs(1);
+            c.etcd = Some(e);
+        },
+        Arc::new(runtime.clone()),
+    )
+    .await;
+    let path = "/api/services/web/keep-awake";
+    let got = admin(proxy.admin, "POST", path, r#"{"for": "1h"}"#, None).await;
+    assert_eq!(got.status, StatusCode::OK, "with etcd: {}", got.text);
+    let got = admin(proxy.admin, "DELETE", path, "", None).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+
+    etcd.kill();
+    let begin = Instant::now();
+    let got = admin(proxy.admin, "POST", path, r#"{"for": "1h"}"#, None).await;
+    assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE, "{}", got.text);
+    let error = got.json()["error"].as_str().unwrap().to_string();
+    assert!(error.starts_with("cannot write the keep-awake to etcd"), "{error}");
+    assert!(begin.elapsed() < Duration::from_secs(5), "bounded by the etcd timeout: {:?}", begin.elapsed());
+    assert_eq!(proxy.service_view("web").await["keep_awake_until"], serde_json::Value::Null);
+}
