@@ -266,7 +266,8 @@ impl Sink for ClusterSink<'_> {
         let mut st = c.state.lock();
         st.replicas.clear();
         st.activity.clear();
-        // Each tenant kept awake before and after the resync is told again: harmless, its timer is recomputed.
+        // Every tenant kept awake before the resync is told (its entry may be gone), and every one after it (as
+        // new): a tenant told twice only recomputes its timer twice.
         for service in std::mem::take(&mut st.keep_awake).into_keys() {
             let _ = c.events.send(Event::KeepAwake(service.into()));
         }
