@@ -354,6 +354,8 @@ pub struct ContainerSpec {
     pub stop_after: Option<Duration>,
     pub max_held: Option<usize>,
     pub page_after: Option<Duration>,
+    /// Asked before an idle stop (`GET`): 409 or 423 = busy, ask again after the idle timeout.
+    pub stop_check: Option<String>,
 }
 
 impl ContainerSpec {
