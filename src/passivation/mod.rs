@@ -36,8 +36,8 @@ use tracing::{debug, info, warn, Instrument};
 
 pub(crate) use self::http::wants_page;
 pub(crate) use page::{Page, PageValues};
-pub(crate) use probe::{NetProbe, Probe};
-pub(crate) use tenant::{Activity, Phase, Refusal, Tenant};
+pub(crate) use probe::{NetProbe, Probe, StopCheck};
+pub(crate) use tenant::{Activity, KeepAwakeError, Phase, Refusal, Tenant};
 
 use crate::cluster::{self, Cluster, Use};
 use crate::events::Events;
@@ -122,6 +122,8 @@ pub(crate) struct Shared {
     events: Events,
     /// The cluster, when etcd is configured (even with one replica).
     cluster: Option<Arc<Cluster>>,
+    /// Tenants kept awake, without etcd (with it, the cluster keeps them).
+    keep_awake: tenant::LocalKeepAwake,
 }
 
 /// The registry of passivated tenants, one per service that names a container. Kept in step with the route
@@ -155,7 +157,8 @@ impl Passivator {
     ) -> Arc<Self> {
         let metrics = metrics.passivation().clone();
         let hosts = DockerHosts::new(&runtimes.into(), &metrics);
-        let shared = Arc::new(Shared { settings, hosts, probe, metrics, events, cluster: cluster.clone() });
+        let keep_awake = tenant::LocalKeepAwake::default();
+        let shared = Arc::new(Shared { settings, hosts, probe, metrics, events, cluster: cluster.clone(), keep_awake });
         let passivator = Arc::new(Self {
             shared,
             tenants: ArcSwap::from_pointee(HashMap::new()),
@@ -288,6 +291,11 @@ impl Passivator {
                     cluster::Event::Cluster => {
                         for t in self.tenants.load().values() {
                             t.notify_cluster();
+                        }
+                    }
+                    cluster::Event::KeepAwake(name) => {
+                        if let Some(t) = self.get(&name) {
+                            t.notify_keep_awake();
                         }
                     }
                 },

@@ -356,6 +356,8 @@ pub struct ContainerSpec {
     pub page_after: Option<Duration>,
     /// Set when `container` is a Swarm service (`swarm_service`): woken by scaling it up.
     pub swarm: Option<SwarmSpec>,
+    /// Asked before an idle stop (`GET`): 409 or 423 = busy, ask again after the idle timeout.
+    pub stop_check: Option<String>,
 }
 
 impl ContainerSpec {

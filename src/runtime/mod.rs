@@ -430,3 +430,36 @@ fn pick_network<'a>(
         None => networks.iter().min_by(|a, b| a.0.cmp(b.0)).map(|(_, v)| v),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtimes_carry_their_kinds() {
+        let endpoint = DockerEndpoint::plain(Some("unix:///run/podman/podman.sock".into()));
+        let timeout = Duration::from_secs(1);
+        let podman = build_runtime(RuntimeKind::Podman, &endpoint, timeout);
+        assert_eq!(podman.endpoint(), "unix:///run/podman/podman.sock");
+        let docker = build_runtime(RuntimeKind::Docker, &DockerEndpoint::plain(None), timeout);
+        let runtimes =
+            Runtimes::single(docker).with_kind("pods", RuntimeKind::Podman, podman.clone()).with("rack2", podman);
+        assert_eq!(runtimes.kind(DEFAULT_HOST), Some(RuntimeKind::Docker));
+        assert_eq!(runtimes.kind("pods"), Some(RuntimeKind::Podman));
+        assert_eq!(runtimes.kind("rack2"), Some(RuntimeKind::Docker), "`with` adds a Docker runtime");
+        assert_eq!(runtimes.kind("nope"), None);
+        assert_eq!(runtimes.get("pods").unwrap().endpoint(), "unix:///run/podman/podman.sock");
+        assert_eq!(runtimes.names().collect::<Vec<_>>(), ["default", "pods", "rack2"]);
+
+        let swarm =
+            build_runtime(RuntimeKind::Swarm, &DockerEndpoint::plain(Some("tcp://10.0.0.5:2375".into())), timeout);
+        assert_eq!(swarm.endpoint(), "tcp://10.0.0.5:2375");
+    }
+
+    #[test]
+    fn podman_events_in_dockers_words() {
+        assert_eq!(event_action(RuntimeKind::Podman, "remove".into()), "destroy");
+        assert_eq!(event_action(RuntimeKind::Podman, "die".into()), "die");
+        assert_eq!(event_action(RuntimeKind::Docker, "remove".into()), "remove", "Docker's own are kept");
+    }
+}

@@ -123,7 +123,9 @@ impl Podman {
             "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\nENTRYPOINT [\"/bin/busybox\"]\n",
         )
         .unwrap();
-        self.cli(&["build", "-q", "-t", &image.tag, ctx.path().to_str().unwrap()]);
+        // --no-cache: concurrent builds of the same layers, one of which removes its image, must not take a
+        // cached parent layer from under another (as with Docker, see `support::docker`).
+        self.cli(&["build", "--no-cache", "-q", "-t", &image.tag, ctx.path().to_str().unwrap()]);
         image
     }
 }
@@ -247,6 +249,32 @@ async fn a_tenant_on_podman_is_woken_served_stopped_when_idle_and_woken_again() 
     // ...and removed, it is seen gone (Podman's `remove`, Docker's `destroy`).
     podman.cli(&["rm", "-f", "-t", "0", &web.name]);
     state_becomes(&proxy, "pod", "failed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_on_podman_paused_when_idle_is_unpaused_by_a_request() {
+    let podman = Podman::start();
+    let image = podman.image();
+    let web = image.web();
+    web.podman.cli(&["start", &web.name]);
+    let fields = format!(
+        "container = \"{}\"\nport = 8080\nidle_timeout = \"1s\"\nidle_action = \"pause\"\nruntime = \"pod\"",
+        web.name
+    );
+    let runtime = podman_runtime(&podman);
+    let proxy = TestProxy::start_custom(&routes(&[("pod", fields)]), |c| {
+        c.passivation.runtimes.insert("pod".into(), runtime);
+    })
+    .await;
+    state_becomes(&proxy, "pod", "paused").await;
+    assert_eq!(web.state(), "paused", "paused through Podman when idle");
+
+    let got = get(proxy.http, "pod.test", "/index.html").await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+    assert_eq!(got.text, format!("hello from {}\n", image.tag));
+    assert_eq!(proxy.metric("reveille_wakes_total{service=\"pod\",result=\"ok\"}").await, 1.0);
+    state_becomes(&proxy, "pod", "paused").await;
+    assert_eq!(proxy.metric("reveille_stops_total{service=\"pod\",action=\"pause\"}").await, 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -473,4 +501,51 @@ async fn cold_start_figure() {
     eprintln!("first request through reveille -> response: median {t:?} of {through:?}");
     let overhead = t.as_secs_f64() * 1e3 - b.as_secs_f64() * 1e3;
     eprintln!("reveille's overhead (difference of the medians): {overhead:+.1} ms");
+}
+
+/// A service defined in etcd (`"runtime": "pod"`, written by `reveille service set --runtime`) is woken on
+/// Podman by a reveille whose config names that runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_from_etcd_names_its_podman_runtime() {
+    let etcd = crate::support::etcd::Etcd::start().await;
+    let url = etcd.url.as_str();
+    let podman = Podman::start();
+    let image = podman.image();
+    let web = image.web();
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("reveille.toml");
+    let text = format!("[runtimes.pod]\nkind = \"podman\"\nendpoint = \"unix://{}\"\n", podman.socket().display());
+    std::fs::write(&file, text).unwrap();
+    let config_arg = file.to_str().unwrap();
+    let set = ["service", "set", "web", "--container", &web.name, "--port", "8080", "--runtime", "pod"];
+    let (code, _, err) =
+        crate::cli::reveille(url, &[&set[..], &["--idle-timeout", "0", "--config", config_arg]].concat());
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = crate::cli::reveille(url, &["route", "set", "pod.test", "web"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(crate::cli::value(&etcd, "/reveille/services/web").await.unwrap()["runtime"], "pod");
+
+    // The runtimes from the config file (with etcd as its route source), the listeners on port 0.
+    let mut flags = reveille::ConfigFile::default();
+    flags.etcd.endpoints = Some(vec![url.to_string()]);
+    let mut config = reveille::Config::resolve(Some(&file), &flags).unwrap();
+    assert_eq!(config.passivation.runtimes["pod"].kind, RuntimeKind::Podman);
+    config.http = "127.0.0.1:0".parse().unwrap();
+    config.admin = "127.0.0.1:0".parse().unwrap();
+    config.threads = 1;
+    config.proxy.access_log = false;
+    let listeners = reveille::Listeners::bind(&config).await.unwrap();
+    let running = reveille::start(&config, listeners, reveille::docker(&config)).await.unwrap();
+    let http = running.http_addr;
+
+    eventually(LONG, "the route from etcd to serve from Podman", || async {
+        get(http, "pod.test", "/index.html").await.status == StatusCode::OK
+    })
+    .await;
+    let got = get(http, "pod.test", "/index.html").await;
+    assert_eq!(got.text, format!("hello from {}\n", image.tag));
+    assert_eq!(web.state(), "running");
+    running.shutdown();
+    running.wait(Duration::from_secs(5)).await;
 }
