@@ -171,9 +171,10 @@ impl Ops {
             .map_err(|e| OpsError::Refused(format!("service {name}: invalid value: {e}")))?;
         let service = spec.to_service(name, hosts).map_err(|(_, e)| e)?;
         within(self.timeout, self.client.put(key, merged.to_string(), None)).await?;
+        let kind = |c: &ContainerSpec| if c.swarm.is_some() { "swarm service" } else { "container" };
         let what = match (service.backends(), service.container()) {
-            ([], Some(c)) => format!("container {}{}", c.container, on_host(c)),
-            (b, Some(c)) => format!("{} (container {}{})", join(b), c.container, on_host(c)),
+            ([], Some(c)) => format!("{} {}{}", kind(c), c.container, on_host(c)),
+            (b, Some(c)) => format!("{} ({} {}{})", join(b), kind(c), c.container, on_host(c)),
             (b, None) => join(b),
         };
         Ok(format!("service {name}: {what} ({})", if existed { "updated" } else { "new" }))
@@ -225,7 +226,9 @@ impl Ops {
                 })
                 .unwrap_or_default();
             let n = routes.values().filter(|v| v.get("service").and_then(Value::as_str) == Some(name)).count();
-            let container = value.get("container").and_then(Value::as_str);
+            // A container, or a Swarm service (`swarm_service`), named the same way.
+            let kind = if value.get("swarm_service").is_some() { "swarm service" } else { "container" };
+            let container = value.get("container").or_else(|| value.get("swarm_service")).and_then(Value::as_str);
             let mut shown = backends.join(", ");
             if let Some(c) = container {
                 let port = value.get("port").and_then(Value::as_u64).map(|p| format!(":{p}")).unwrap_or_default();
@@ -239,7 +242,7 @@ impl Ops {
                     .filter(|h| *h != crate::runtime::DEFAULT_HOST)
                     .map(|h| format!(" on {h}"))
                     .unwrap_or_default();
-                shown.push_str(&format!("[container {c}{port}{host}]"));
+                shown.push_str(&format!("[{kind} {c}{port}{host}]"));
             }
             let _ = writeln!(out, "{name:width$}  {n:>6}  {shown}");
         }

@@ -63,6 +63,17 @@ async fn service_set_runtime_is_checked_against_the_config_and_replaces_docker_h
     let (code, _, err) = reveille(url, &["service", "set", "web", "--port", "8081"]);
     assert_eq!(code, 1);
     assert!(err.contains("`runtime` and `docker_host` both name the runtime"), "{err}");
+
+    // A Swarm service (written as JSON): listed as one, and `service set` keeps its fields.
+    let shop = r#"{"swarm_service": "shop", "port": 8080, "runtime": "sw", "replicas": 2}"#;
+    etcd.client().await.put("/reveille/services/shop", shop, None).await.unwrap();
+    let (_, out, _) = reveille(url, &["service", "ls"]);
+    assert!(out.lines().any(|l| l.starts_with("shop") && l.contains("[swarm service shop:8080 on sw]")), "{out}");
+    let (code, out, err) = reveille(url, &["service", "set", "shop", "--port", "8081"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("swarm service shop"), "{out}");
+    let want = serde_json::json!({"swarm_service": "shop", "port": 8081, "runtime": "sw", "replicas": 2});
+    assert_eq!(value(&etcd, "/reveille/services/shop").await.unwrap(), want);
 }
 
 #[test]
