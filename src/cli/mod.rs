@@ -224,6 +224,17 @@ pub struct ServiceFields {
     /// when --config is given); replaces `docker_host`, its older name [default: default]
     #[arg(long, value_name = "NAME", conflicts_with = "docker_host")]
     pub runtime: Option<String>,
+    /// Docker Swarm service that reveille scales up on demand and to 0 when idle, instead of a container (its
+    /// runtime is of kind swarm)
+    #[arg(long, value_name = "NAME", conflicts_with = "container")]
+    pub swarm_service: Option<String>,
+    /// With --swarm-service: the replicas a wake scales it to [default: 1]
+    #[arg(long, value_name = "N")]
+    pub replicas: Option<u32>,
+    /// With --swarm-service: where its published port is reached [default: 127.0.0.1 for a unix endpoint, else
+    /// the endpoint's host]
+    #[arg(long, value_name = "HOST")]
+    pub backend_host: Option<String>,
     /// Stop the container after this long without requests; 0 = never
     #[arg(long, value_name = "DURATION")]
     pub idle_timeout: Option<String>,
@@ -275,6 +286,8 @@ impl ServiceFields {
             ("network", &self.network),
             ("docker_host", &self.docker_host),
             ("runtime", &self.runtime),
+            ("swarm_service", &self.swarm_service),
+            ("backend_host", &self.backend_host),
             ("idle_timeout", &self.idle_timeout),
             ("wake_timeout", &self.wake_timeout),
             ("stop_timeout", &self.stop_timeout),
@@ -292,6 +305,9 @@ impl ServiceFields {
         }
         if let Some(p) = self.port {
             m.insert("port".into(), Value::from(p));
+        }
+        if let Some(n) = self.replicas {
+            m.insert("replicas".into(), Value::from(n));
         }
         if let Some(n) = self.max_held {
             m.insert("max_held".into(), Value::from(n));
@@ -425,6 +441,15 @@ mod tests {
         let Command::Tool(tool) = cli.command else { panic!("not a tool") };
         let Tool::Service { command: ServiceCommand::Set { fields, .. }, .. } = *tool else { panic!("not set") };
         Ok(fields.to_json())
+    }
+
+    #[test]
+    fn swarm_fields() {
+        let json = service_set(&["--swarm-service", "shop", "--replicas", "2", "--backend-host", "node-1"]).unwrap();
+        let want = serde_json::json!({"swarm_service": "shop", "replicas": 2, "backend_host": "node-1"});
+        assert_eq!(serde_json::Value::Object(json), want);
+        let e = service_set(&["--swarm-service", "shop", "--container", "c"]).err().unwrap().to_string();
+        assert!(e.contains("--swarm-service") && e.contains("--container"), "{e}");
     }
 
     #[test]

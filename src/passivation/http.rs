@@ -120,6 +120,10 @@ impl Passivator {
                     let spec = own.container().unwrap_or(spec);
                     v["container"] = json!(spec.container);
                     v["docker_host"] = json!(spec.docker_host());
+                    if let Some(swarm) = &spec.swarm {
+                        v["swarm_service"] = json!(spec.container);
+                        v["replicas"] = json!(swarm.replicas);
+                    }
                     v["state"] = json!(snap.phase.as_str());
                     v["since"] = json!(rfc3339(snap.since));
                     if matches!(snap.phase, Phase::Stopped | Phase::Paused) {
@@ -157,6 +161,10 @@ impl Passivator {
                 (Some(spec), None) => {
                     v["container"] = json!(spec.container);
                     v["docker_host"] = json!(spec.docker_host());
+                    if let Some(swarm) = &spec.swarm {
+                        v["swarm_service"] = json!(spec.container);
+                        v["replicas"] = json!(swarm.replicas);
+                    }
                     v["state"] = json!(Phase::Unknown.as_str());
                     tenant_health(Phase::Unknown, service_health(&seen, now))
                 }

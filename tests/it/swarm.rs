@@ -210,7 +210,12 @@ async fn a_swarm_service_is_scaled_up_on_request_and_down_when_idle() {
     assert_eq!(service.replicas(), "1");
     assert_eq!(service.running_containers().len(), 1);
     assert_eq!(service.template(), created, "scaling changed nothing else in the service's spec");
-    assert_eq!(proxy.service_view("shop").await["state"], "running");
+    let view = proxy.service_view("shop").await;
+    assert_eq!(
+        (&view["state"], &view["swarm_service"], &view["replicas"]),
+        (&"running".into(), &service.name.as_str().into(), &1.into()),
+        "{view}"
+    );
 
     // Idle for 2 s: scaled back to 0, its task gone.
     eventually(LONG, "shop scaled to 0", || async { service.replicas() == "0" }).await;
