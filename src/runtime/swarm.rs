@@ -38,7 +38,7 @@ use super::{
     PublishedPort, RuntimeError, RuntimeFuture,
 };
 
-/// How often a scale is checked for its tasks (a task takes about a second to run here).
+/// How often a scale is checked for its tasks (a task takes about half a second to run here).
 const POLL: Duration = Duration::from_millis(20);
 /// The longest `start` waits for its tasks; a wake gives up sooner, after its `wake_timeout`.
 const START_LIMIT: Duration = Duration::from_secs(300);
@@ -109,7 +109,7 @@ impl SwarmRuntime {
         let deadline = tokio::time::Instant::now() + START_LIMIT;
         loop {
             let tasks = self.tasks(service).await?;
-            if tasks.iter().filter(|t| is_up(t)).count() >= replicas as usize {
+            if tasks.iter().filter(|t| serving(t)).count() >= replicas as usize {
                 return Ok(());
             }
             let failed = tasks.iter().find(|t| {
@@ -221,8 +221,7 @@ impl SwarmRuntime {
             .filter(|t| matches!(task_state(t), Some(TaskState::FAILED | TaskState::REJECTED)))
             .max_by(|a, b| status_time(a).cmp(status_time(b)))
             .and_then(|t| t.status.clone());
-        let running: Vec<Task> =
-            tasks.into_iter().filter(|t| t.desired_state == Some(TaskState::RUNNING) && is_up(t)).collect();
+        let running: Vec<Task> = tasks.into_iter().filter(serving).collect();
         let declared = spec.endpoint_spec.and_then(|e| e.ports).unwrap_or_default();
         // A host-mode port published without a number gets one per task: the running tasks say which.
         let assigned = running.iter().filter_map(|t| t.status.as_ref()?.port_status.as_ref()?.ports.clone()).flatten();
@@ -318,6 +317,11 @@ fn task_state(t: &Task) -> Option<TaskState> {
 /// nothing (the application answered some 600 ms after it here) and lets `start` report such a task's error.
 fn is_up(t: &Task) -> bool {
     task_state(t) == Some(TaskState::RUNNING)
+}
+
+/// A task that is up and that Swarm means to keep (not one a scale down is stopping).
+fn serving(t: &Task) -> bool {
+    t.desired_state == Some(TaskState::RUNNING) && is_up(t)
 }
 
 fn refused(action: &'static str, service: &str, reason: String) -> RuntimeError {
