@@ -75,6 +75,8 @@ impl ContainerRuntime for Fake {
                 ip: running.then(|| IpAddr::from([10, 0, 0, 1])),
                 exit_code: if s.state == ContainerState::Stopped { s.exit_on_start } else { None },
                 error: None,
+                health: None,
+                exposed_ports: Vec::new(),
             })
         })
     }
@@ -158,6 +160,7 @@ fn spec(f: impl FnOnce(&mut ContainerSpec)) -> Arc<Service> {
         stop_after: None,
         max_held: None,
         page_after: None,
+        depends_on: Vec::new(),
     };
     f(&mut c);
     Arc::new(Service::with_container("acme", vec![], Some(c)))

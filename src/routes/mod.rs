@@ -33,7 +33,7 @@ pub use host::{normalize_request_host, HostPattern};
 pub(crate) use path::stripped as stripped_path;
 pub use path::{RouteKey, Target};
 pub(crate) use service::Rotation;
-pub(crate) use service::{ContainerSpec, IdleAction, Service};
+pub(crate) use service::{ContainerSpec, Dependency, IdleAction, Service};
 pub(crate) use spec::{check_field, DockerHostNames, RouteSpec, ServiceSpec, ROUTE_FIELDS, SERVICE_FIELDS};
 pub use table::RouteTable;
 pub(crate) use table::{strip_without_prefix, Lookup, RouteSet};

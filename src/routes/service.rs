@@ -353,6 +353,9 @@ pub struct ContainerSpec {
     pub stop_after: Option<Duration>,
     pub max_held: Option<usize>,
     pub page_after: Option<Duration>,
+    /// Containers started, in this order and each waited for, before this one (`depends_on`); on the same
+    /// Docker host.
+    pub depends_on: Vec<Dependency>,
 }
 
 impl ContainerSpec {
@@ -360,6 +363,14 @@ impl ContainerSpec {
     pub fn docker_host(&self) -> &str {
         self.docker_host.as_deref().unwrap_or(DEFAULT_HOST)
     }
+}
+
+/// A container a service's own container needs running first (`depends_on`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dependency {
+    pub container: String,
+    /// The port that says it is ready when it has no Docker healthcheck; `None`: the only port it exposes.
+    pub port: Option<u16>,
 }
 
 /// How a service is served over HTTPS.
