@@ -38,11 +38,12 @@ pub(crate) use self::http::wants_page;
 pub(crate) use page::{Page, PageValues};
 pub(crate) use probe::{NetProbe, Probe};
 pub(crate) use tenant::{Activity, Phase, Refusal, Tenant};
+use tenant::{dependency_name, dependency_service};
 
 use crate::cluster::{self, Cluster, Use};
 use crate::events::Events;
 use crate::metrics::{Metrics, PassivationMetrics};
-use crate::routes::{RouteHandle, RouteTable, Service};
+use crate::routes::{ContainerSpec, Dependency, RouteHandle, RouteTable, Service};
 use crate::runtime::{ContainerRuntime, DockerEndpoint, Runtimes};
 use hosts::{DockerHost, DockerHosts};
 
@@ -118,6 +119,20 @@ pub(crate) struct Shared {
     events: Events,
     /// The cluster, when etcd is configured (even with one replica).
     cluster: Option<Arc<Cluster>>,
+}
+
+/// Gives each service's tenant the tenants of its `depends_on`, in order.
+fn link_dependencies(map: &HashMap<Arc<str>, Arc<Tenant>>) {
+    for t in map.values().filter(|t| !t.dependency) {
+        let service = t.service();
+        let Some(spec) = service.container() else { continue };
+        let deps = spec
+            .depends_on
+            .iter()
+            .filter_map(|d| map.get(dependency_name(&d.container, spec.docker_host()).as_str()).cloned())
+            .collect();
+        t.set_dependencies(deps);
+    }
 }
 
 /// The registry of passivated tenants, one per service that names a container. Kept in step with the route
@@ -201,6 +216,18 @@ impl Passivator {
         }
         let mut map = HashMap::clone(&self.tenants.load());
         let tenant = self.upsert(&mut map, service);
+        // Its dependencies as this definition alone describes them, if they have no tenant yet; the next
+        // reconcile sees every dependant.
+        if let Some(spec) = service.container() {
+            for d in &spec.depends_on {
+                let name = dependency_name(&d.container, spec.docker_host());
+                if !map.contains_key(name.as_str()) {
+                    let dep = Arc::new(dependency_service(&name, &[(spec, d)], &self.shared.settings));
+                    self.upsert_dependency(&mut map, dep);
+                }
+            }
+        }
+        link_dependencies(&map);
         self.tenants.store(Arc::new(map));
         self.changed.notify_waiters();
         tenant
@@ -220,9 +247,28 @@ impl Passivator {
             // 503.
             t.cancel.cancel();
         }
-        let t = Tenant::spawn(service.clone(), self.shared.clone(), self.cancel.child_token());
+        let t = Tenant::spawn(service.clone(), self.shared.clone(), self.cancel.child_token(), false);
         map.insert(Arc::from(service.name()), t.clone());
         t
+    }
+
+    /// The tenant of a dependency, created or given its new definition.
+    fn upsert_dependency(&self, map: &mut HashMap<Arc<str>, Arc<Tenant>>, service: Arc<Service>) -> bool {
+        let container = service.container().map(|c| (c.container.clone(), c.docker_host().to_string()));
+        if let Some(t) = map.get(service.name()) {
+            let own = t.service();
+            if own.container().map(|c| (c.container.clone(), c.docker_host().to_string())) == container {
+                if own.same_definition(&service) {
+                    return false;
+                }
+                t.update(service);
+                return true;
+            }
+            t.cancel.cancel();
+        }
+        let t = Tenant::spawn(service.clone(), self.shared.clone(), self.cancel.child_token(), true);
+        map.insert(Arc::from(service.name()), t);
+        true
     }
 
     /// Brings the tenants in line with `table`.
@@ -244,6 +290,24 @@ impl Passivator {
                 self.upsert(&mut map, service);
             }
         }
+        // Dependencies: one tenant per container (and host) however many services depend on it.
+        let mut groups: BTreeMap<String, Vec<(&ContainerSpec, &Dependency)>> = BTreeMap::new();
+        for (_, service) in table.services() {
+            let Some(spec) = service.container() else { continue };
+            for d in &spec.depends_on {
+                groups.entry(dependency_name(&d.container, spec.docker_host())).or_default().push((spec, d));
+            }
+        }
+        for (name, dependants) in &groups {
+            if let Some(t) = current.get(name.as_str()).filter(|t| t.dependency) {
+                map.insert(t.name.clone(), t.clone());
+            }
+            let dep = Arc::new(dependency_service(name, dependants, &self.shared.settings));
+            if self.upsert_dependency(&mut map, dep) {
+                unchanged = false;
+            }
+        }
+        link_dependencies(&map);
         for (name, t) in current.iter() {
             if !map.contains_key(name) {
                 unchanged = false;
