@@ -125,6 +125,6 @@ pub use routes::{
     normalize_request_host, Backend, HostPattern, RouteHandle, RouteKey, RouteTable, Target as RouteTarget,
 };
 pub use runtime::{
-    ClientTls, ContainerEvent, ContainerInfo, ContainerRuntime, ContainerState, DockerEndpoint, DockerRuntime, Health as ContainerHealth,
-    EndpointError, EventStream, RuntimeError, RuntimeFuture, Runtimes, DEFAULT_HOST,
+    ClientTls, ContainerEvent, ContainerInfo, ContainerRuntime, ContainerState, DockerEndpoint, DockerRuntime,
+    EndpointError, EventStream, Health as ContainerHealth, RuntimeError, RuntimeFuture, Runtimes, DEFAULT_HOST,
 };

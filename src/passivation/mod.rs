@@ -37,8 +37,8 @@ use tracing::{debug, info, warn, Instrument};
 pub(crate) use self::http::wants_page;
 pub(crate) use page::{Page, PageValues};
 pub(crate) use probe::{NetProbe, Probe};
-pub(crate) use tenant::{Activity, Phase, Refusal, Tenant};
 use tenant::{dependency_name, dependency_service};
+pub(crate) use tenant::{Activity, Phase, Refusal, Tenant};
 
 use crate::cluster::{self, Cluster, Use};
 use crate::events::Events;

@@ -762,10 +762,13 @@ mod tests {
 
     #[test]
     fn depends_on_field() {
-        let parse = |j: &str| serde_json::from_str::<ServiceSpec>(j).and_then(|s| Ok(s.to_service("a", &DockerHostNames::Any)));
-        let svc = parse(r#"{"container": "web", "port": 80, "depends_on": ["shop-db", {"container": "cache", "port": 6379}]}"#)
-            .unwrap()
-            .unwrap();
+        let parse =
+            |j: &str| serde_json::from_str::<ServiceSpec>(j).and_then(|s| Ok(s.to_service("a", &DockerHostNames::Any)));
+        let svc = parse(
+            r#"{"container": "web", "port": 80, "depends_on": ["shop-db", {"container": "cache", "port": 6379}]}"#,
+        )
+        .unwrap()
+        .unwrap();
         let deps = &svc.container().unwrap().depends_on;
         assert_eq!(
             deps,

@@ -35,7 +35,11 @@ pub(crate) fn dependency_name(container: &str, host: &str) -> String {
 /// at least one): on their Docker host and their network (the first dependant's), the first `port` given,
 /// the longest of their `wake_timeout`s, and the shortest of their idle timeouts (never-idle ones aside), which
 /// counts from the moment the last dependant went to sleep.
-pub(crate) fn dependency_service(name: &str, dependants: &[(&ContainerSpec, &Dependency)], defaults: &super::super::Settings) -> Service {
+pub(crate) fn dependency_service(
+    name: &str,
+    dependants: &[(&ContainerSpec, &Dependency)],
+    defaults: &super::super::Settings,
+) -> Service {
     let (first, entry) = dependants[0];
     let port = dependants.iter().find_map(|(_, d)| d.port);
     let wake_timeout = dependants.iter().map(|(c, _)| c.wake_timeout.unwrap_or(defaults.wake_timeout)).max();
@@ -167,6 +171,12 @@ impl Tenant {
                 },
                 Some(b) => {
                     if self.shared.probe.ready(b, None).await {
+                        // A container that died at once frees its address for another one, which may listen on
+                        // the same port: the answer counts only if Docker still runs this one.
+                        info = self.runtime().inspect(&spec.container, network).await.map_err(Refusal::from_runtime)?;
+                        if info.state != ContainerState::Running {
+                            return Err(super::driver::exited(&info));
+                        }
                         return Ok(());
                     }
                 }
@@ -205,8 +215,11 @@ fn probe_target(spec: &ContainerSpec, info: &ContainerInfo) -> Result<Backend, R
         }
         (None, ports) => {
             return Err(Refusal::Failed {
-                reason: format!("it has no healthcheck and exposes {} ports: give the dependency a `port`", ports.len())
-                    .into(),
+                reason: format!(
+                    "it has no healthcheck and exposes {} ports: give the dependency a `port`",
+                    ports.len()
+                )
+                .into(),
             })
         }
     };

@@ -93,8 +93,8 @@ impl ScriptedRuntime {
             ip: (c.state == ContainerState::Running).then_some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
             exit_code: (c.state == ContainerState::Stopped).then_some(0),
             error: None,
-                health: None,
-                exposed_ports: Vec::new(),
+            health: None,
+            exposed_ports: Vec::new(),
         })
     }
 }

@@ -1,0 +1,182 @@
+//! A tenant of several containers (`depends_on`) against the real Docker Engine: a dependency started and
+//! waited for (its port, the only port it exposes, or its healthcheck) before the service's own container; a
+//! dependency that cannot start fails the wake with a 503 naming nothing internal; a dependency shared by two
+//! services is started once, kept while either runs, and stopped once both sleep.
+//!
+//! Every test builds its own `FROM scratch` busybox image and uniquely named containers, removed on drop.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::support::docker::{docker_cli, event_count, TestContainer, TestImage};
+use crate::support::{eventually, get, TestProxy};
+use http::StatusCode;
+
+const LONG: Duration = Duration::from_secs(20);
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// Routes: `<name>.test` → service `<name>` with the given TOML fields.
+fn routes(services: &[(&str, String)]) -> String {
+    let mut out = String::new();
+    for (name, fields) in services {
+        out.push_str(&format!("[services.{name}]\n{fields}\n"));
+    }
+    out.push_str("[routes]\n");
+    for (name, _) in services {
+        out.push_str(&format!("\"{name}.test\" = \"{name}\"\n"));
+    }
+    out
+}
+
+/// A dependency that listens on `port` (HTTP, but only its TCP accept counts) after `delay`, and exits at once
+/// on `docker stop`; created with `options`.
+fn database(image: &TestImage, options: &[&str], delay: &str, port: u16) -> TestContainer {
+    let cmd = format!("trap 'exit 0' TERM; sleep {delay}; httpd -f -p {port} -h /www & wait");
+    image.container_with(options, &["sh", "-c", &cmd])
+}
+
+/// Docker's `State.StartedAt` (RFC 3339, nanoseconds, UTC: ordered as strings).
+fn started_at(c: &TestContainer) -> String {
+    docker_cli(&["inspect", "-f", "{{.State.StartedAt}}", &c.name])
+}
+
+async fn state_becomes(proxy: &TestProxy, service: &str, want: &str) {
+    eventually(LONG, &format!("{service} to be {want}"), || async {
+        proxy.service_view(service).await["state"] == want
+    })
+    .await;
+}
+
+async fn docker_state_becomes(c: &TestContainer, want: &str) {
+    eventually(LONG, &format!("{} to be {want} in Docker", c.name), || async { c.docker_state() == want }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependency_is_started_and_waited_for_before_the_service() {
+    let image = TestImage::build();
+    // Listens half a second after its start: the service's container must not start before.
+    let db = database(&image, &[], "0.5", 5432);
+    let web = image.web_after("");
+    let fields = format!(
+        "container = \"{}\"\nport = 8080\nidle_timeout = \"0\"\ndepends_on = [{{ container = \"{}\", port = 5432 }}]",
+        web.name, db.name
+    );
+    let proxy = TestProxy::start(&routes(&[("web", fields)])).await;
+    state_becomes(&proxy, "web", "stopped").await;
+    let view = proxy.service_view("web").await;
+    assert_eq!(view["depends_on"][0]["container"], db.name.as_str(), "{view}");
+    assert_eq!(view["depends_on"][0]["state"], "stopped", "{view}");
+
+    let begin = Instant::now();
+    let got = get(proxy.http, "web.test", "/index.html").await;
+    let took = begin.elapsed();
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+    assert!(got.text.starts_with("hello from"), "{}", got.text);
+    assert_eq!((db.docker_state(), web.docker_state()), ("running".into(), "running".into()));
+    let (db_at, web_at) = (started_at(&db), started_at(&web));
+    assert!(db_at < web_at, "the dependency first: {db_at} then {web_at}");
+    assert!(took >= Duration::from_millis(500), "waited for the dependency's port: {took:?}");
+    let view = proxy.service_view("web").await;
+    assert_eq!(view["state"], "running");
+    assert_eq!(view["depends_on"][0]["state"], "running", "{view}");
+    assert_eq!(view["depends_on"][0]["held_by"], 1, "the running dependant holds it: {view}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependency_with_a_healthcheck_is_waited_for_until_healthy() {
+    let image = TestImage::build();
+    // Its port is open at once, but it says healthy only after a second: the healthcheck is what counts. The
+    // image has no /bin/sh for Docker's CMD-SHELL check: the container links one first. It exposes one port,
+    // and the dependency names none.
+    let script =
+        "ln -s /bin/busybox /bin/sh; trap 'exit 0' TERM; httpd -f -p 5432 -h /www & sleep 1; touch /ready; wait";
+    let health =
+        ["--health-cmd", "test -f /ready", "--health-interval", "200ms", "--health-retries", "50", "--expose", "5432"];
+    let db = image.container_with(&health, &["sh", "-c", script]);
+    let web = image.web_after("");
+    let fields =
+        format!("container = \"{}\"\nport = 8080\nidle_timeout = \"0\"\ndepends_on = [\"{}\"]", web.name, db.name);
+    let proxy = TestProxy::start(&routes(&[("web", fields)])).await;
+    state_becomes(&proxy, "web", "stopped").await;
+
+    let got = get(proxy.http, "web.test", "/index.html").await;
+    assert_eq!(got.status, StatusCode::OK, "{} {}", got.text, proxy.service_view("web").await);
+    let health = docker_cli(&["inspect", "-f", "{{.State.Health.Status}}", &db.name]);
+    assert_eq!(health, "healthy");
+    // The service's container started only once the dependency was healthy: a second or more after it.
+    let parse = |s: String| humantime::parse_rfc3339(&s).unwrap();
+    let (db_at, web_at) = (parse(started_at(&db)), parse(started_at(&web)));
+    let gap = web_at.duration_since(db_at).unwrap();
+    assert!(gap >= Duration::from_secs(1), "started {gap:?} after the dependency");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependency_that_cannot_start_fails_the_wake_with_503() {
+    let image = TestImage::build();
+    let db = image.container(&["sh", "-c", "exit 3"]);
+    let web = image.web_after("");
+    let fields = format!(
+        "container = \"{}\"\nport = 8080\nwake_timeout = \"10s\"\ndepends_on = [{{ container = \"{}\", port = 5439 }}]",
+        web.name, db.name
+    );
+    let proxy = TestProxy::start(&routes(&[("web", fields)])).await;
+    state_becomes(&proxy, "web", "stopped").await;
+
+    let begin = Instant::now();
+    let got = get(proxy.http, "web.test", "/").await;
+    assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE, "{}", got.text);
+    assert!(begin.elapsed() < Duration::from_secs(5), "at once, not at the timeout: {:?}", begin.elapsed());
+    // The client learns nothing internal; the operator learns which dependency and why.
+    assert!(!got.text.contains(&db.name) && !got.text.contains("exit"), "{}", got.text);
+    assert_eq!(web.docker_state(), "created", "the service's own container is not started");
+    let view = proxy.service_view("web").await;
+    assert_eq!(view["state"], "failed");
+    let error = view["last_error"].as_str().unwrap();
+    assert!(error.contains(&format!("dependency {}", db.name)) && error.contains("code 3"), "{error}");
+    assert_eq!(view["depends_on"][0]["state"], "failed", "{view}");
+    assert_eq!(view["depends_on"][0]["held_by"], 0, "a failed dependant holds nothing: {view}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_dependency_starts_once_and_stops_only_when_every_dependant_sleeps() {
+    let image = TestImage::build();
+    let db = database(&image, &[], "0.5", 5432);
+    let (a, b) = (image.web_after(""), image.web_after(""));
+    let dep = format!("depends_on = [{{ container = \"{}\", port = 5432 }}]", db.name);
+    // `a` sleeps after 1 s idle; `b` never on its own (it is put to sleep by the admin API below). The
+    // dependency's own idle timeout is the shortest of its dependants': 1 s after the last one sleeps.
+    let fa = format!("container = \"{}\"\nport = 8080\nidle_timeout = \"1s\"\n{dep}", a.name);
+    let fb = format!("container = \"{}\"\nport = 8080\nidle_timeout = \"0\"\n{dep}", b.name);
+    let proxy = TestProxy::start(&routes(&[("a", fa), ("b", fb)])).await;
+    state_becomes(&proxy, "a", "stopped").await;
+    state_becomes(&proxy, "b", "stopped").await;
+    let since = now_secs();
+
+    // Both woken at the same time: the dependency is started once.
+    let (ra, rb) = tokio::join!(get(proxy.http, "a.test", "/index.html"), get(proxy.http, "b.test", "/index.html"));
+    assert_eq!((ra.status, rb.status), (StatusCode::OK, StatusCode::OK), "{} / {}", ra.text, rb.text);
+    assert_eq!(event_count(&db.name, "start", since), 1, "one start for two dependants");
+    assert_eq!(proxy.service_view("a").await["depends_on"][0]["held_by"], 2);
+
+    // `a` goes to sleep; `b` still runs, so the dependency stays up, well past its own idle timeout.
+    docker_state_becomes(&a, "exited").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(db.docker_state(), "running", "never stopped while a dependant runs");
+    assert_eq!(b.docker_state(), "running");
+    assert_eq!(proxy.service_view("b").await["depends_on"][0]["held_by"], 1);
+
+    // `b` sleeps too: the dependency is stopped after its idle timeout.
+    let (status, body) = proxy.admin_post("/api/services/b/sleep").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    docker_state_becomes(&b, "exited").await;
+    docker_state_becomes(&db, "exited").await;
+    assert_eq!(event_count(&db.name, "start", since), 1);
+
+    // The next request wakes the group again, the dependency first.
+    let got = get(proxy.http, "a.test", "/index.html").await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+    assert_eq!(db.docker_state(), "running");
+    assert!(started_at(&db) < started_at(&a));
+}
