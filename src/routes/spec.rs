@@ -762,8 +762,7 @@ mod tests {
 
     #[test]
     fn depends_on_field() {
-        let parse =
-            |j: &str| serde_json::from_str::<ServiceSpec>(j).and_then(|s| Ok(s.to_service("a", &DockerHostNames::Any)));
+        let parse = |j: &str| serde_json::from_str::<ServiceSpec>(j).map(|s| s.to_service("a", &DockerHostNames::Any));
         let svc = parse(
             r#"{"container": "web", "port": 80, "depends_on": ["shop-db", {"container": "cache", "port": 6379}]}"#,
         )
