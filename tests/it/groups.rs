@@ -7,9 +7,12 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::support;
 use crate::support::docker::{docker_cli, event_count, TestContainer, TestImage};
+use crate::support::serve::Serve;
 use crate::support::{eventually, get, TestProxy};
 use http::StatusCode;
+use serde_json::json;
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -179,4 +182,96 @@ async fn a_shared_dependency_starts_once_and_stops_only_when_every_dependant_sle
     assert_eq!(got.status, StatusCode::OK, "{}", got.text);
     assert_eq!(db.docker_state(), "running");
     assert!(started_at(&db) < started_at(&a));
+}
+
+/// A `reveille serve` replica named `node`, reading routes from etcd (as in `cluster.rs`).
+fn replica(etcd: &support::etcd::Etcd, node: &str) -> Serve {
+    let url = format!("http://127.0.0.1:{}", etcd.port());
+    let mut command = Serve::command();
+    command
+        .args(["--etcd", &url, "--node", node, "--lease-ttl", "2s", "--activity-interval", "200ms"])
+        .env("RUST_LOG", std::env::var("CLUSTER_LOG").unwrap_or("info,reveille::access=off".into()));
+    Serve::start(node, &mut command)
+}
+
+async fn etcd_raw(etcd: &support::etcd::Etcd, key: &str) -> Option<String> {
+    let mut c = etcd.client().await;
+    let r = c.get(key, None).await.unwrap();
+    r.kvs().first().map(|kv| kv.value_str().unwrap().to_string())
+}
+
+async fn etcd_value(etcd: &support::etcd::Etcd, key: &str) -> Option<serde_json::Value> {
+    etcd_raw(etcd, key).await.map(|v| serde_json::from_str(&v).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shared_dependency_across_three_replicas_is_kept_while_a_dependant_runs_on_any() {
+    let etcd = support::etcd::Etcd::start().await;
+    let image = TestImage::build();
+    let db = database(&image, &[], "0.5", 5432);
+    let (a, b) = (image.web_after(""), image.web_after(""));
+    for (name, c, idle) in [("a", &a, "1s"), ("b", &b, "3s")] {
+        let value = json!({
+            "container": c.name, "port": 8080, "idle_timeout": idle,
+            "depends_on": [{"container": db.name, "port": 5432}],
+        });
+        etcd.put(&format!("/reveille/services/{name}"), &value.to_string()).await;
+        etcd.put(&format!("/reveille/routes/{name}.test"), &json!({"service": name}).to_string()).await;
+    }
+    let replicas: Vec<Serve> = ["n1", "n2", "n3"].iter().map(|n| replica(&etcd, n)).collect();
+    for r in &replicas {
+        for host in ["a.test", "b.test"] {
+            eventually(LONG, "the route is loaded and the tenant stopped", || async {
+                get(r.http, host, "/__reveille/status").await.json()["state"] == "stopped"
+            })
+            .await;
+        }
+    }
+    let decider = || async { etcd_raw(&etcd, "/reveille/cluster/decider").await };
+    eventually(LONG, "a decider", || async { decider().await.is_some() }).await;
+    let boss = decider().await.unwrap();
+    let other = replicas.iter().find(|r| r.name != boss).unwrap();
+    let since = now_secs();
+
+    // Every replica wakes both services at the same time: one start of the shared dependency.
+    let mut requests = Vec::new();
+    for r in &replicas {
+        for host in ["a.test", "b.test", "a.test", "b.test"] {
+            let addr = r.http;
+            requests.push(tokio::spawn(async move { get(addr, host, "/index.html").await }));
+        }
+    }
+    for req in requests {
+        let got = req.await.unwrap();
+        assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+    }
+    let starts = |c: &TestContainer| event_count(&c.name, "start", since);
+    assert_eq!(
+        (starts(&db), starts(&a), starts(&b)),
+        (1, 1, 1),
+        "one start each for twelve requests on three replicas"
+    );
+
+    // `b` used on a replica that does not decide, for 4 s; `a` idle everywhere: the decider stops `a`, never
+    // the dependency.
+    let begin = std::time::Instant::now();
+    while begin.elapsed() < Duration::from_secs(4) {
+        let got = get(other.http, "b.test", "/index.html").await;
+        assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(a.docker_state(), "exited", "`a` was idle everywhere");
+    assert_eq!(event_count(&db.name, "die", since), 0, "the dependency was stopped while `b` ran");
+    let status_key = format!("/reveille/status/dep:{}", db.name);
+    assert_eq!(etcd_value(&etcd, &status_key).await.unwrap()["state"], "running");
+
+    // `b` idle too: it is stopped, then the dependency, by the decider.
+    docker_state_becomes(&b, "exited").await;
+    docker_state_becomes(&db, "exited").await;
+    eventually(LONG, "the dependency's status stopped", || async {
+        etcd_value(&etcd, &status_key).await.is_some_and(|s| s["state"] == "stopped")
+    })
+    .await;
+    assert_eq!(etcd_value(&etcd, &status_key).await.unwrap()["node"], boss.as_str());
+    assert_eq!(starts(&db), 1);
 }
