@@ -5,10 +5,12 @@
 //!
 //! Every test builds its own `FROM scratch` busybox image and uniquely named containers, removed on drop.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::support;
 use crate::support::docker::{docker_cli, event_count, TestContainer, TestImage};
+use crate::support::runtime::ScriptedRuntime;
 use crate::support::serve::Serve;
 use crate::support::{eventually, get, TestProxy};
 use http::StatusCode;
@@ -274,4 +276,42 @@ async fn a_shared_dependency_across_three_replicas_is_kept_while_a_dependant_run
     .await;
     assert_eq!(etcd_value(&etcd, &status_key).await.unwrap()["node"], boss.as_str());
     assert_eq!(starts(&db), 1);
+}
+
+/// The state machine alone (scripted containers, no Docker): ten services sharing one dependency, all woken at
+/// once, make one start of it, and each holds it while it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_services_woken_at_once_start_their_shared_dependency_once() {
+    let runtime = ScriptedRuntime::new();
+    let db_port = runtime.add_stopped("db", Duration::from_millis(300)).await;
+    let mut services = Vec::new();
+    for i in 0..10 {
+        let port = runtime.add_stopped(&format!("app-{i}"), Duration::from_millis(20)).await;
+        let fields = format!(
+            "container = \"app-{i}\"\nport = {port}\nidle_timeout = \"0\"\ndepends_on = [{{ container = \"db\", port = {db_port} }}]"
+        );
+        services.push((format!("app{i}"), fields));
+    }
+    let refs: Vec<(&str, String)> = services.iter().map(|(n, f)| (n.as_str(), f.clone())).collect();
+    let proxy = TestProxy::start_with_runtime(&routes(&refs), |_| {}, Arc::new(runtime.clone())).await;
+    for (name, _) in &services {
+        state_becomes(&proxy, name, "stopped").await;
+    }
+
+    let addr = proxy.http;
+    let requests: Vec<_> =
+        (0..30).map(|i| tokio::spawn(async move { get(addr, &format!("app{}.test", i % 10), "/").await })).collect();
+    for (i, r) in requests.into_iter().enumerate() {
+        let got = r.await.unwrap();
+        assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+        assert_eq!(got.text, format!("hello from app-{}", i % 10));
+    }
+    assert_eq!(runtime.count("db", "start"), 1, "one start of the shared dependency");
+    for i in 0..10 {
+        assert_eq!(runtime.count(&format!("app-{i}"), "start"), 1);
+    }
+    let view = proxy.service_view("app0").await;
+    assert_eq!(view["depends_on"][0]["state"], "running", "{view}");
+    assert_eq!(view["depends_on"][0]["held_by"], 10, "every running dependant holds it: {view}");
+    assert_eq!(view["depends_on"][0]["tenant"], "dep:db");
 }
