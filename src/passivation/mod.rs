@@ -121,16 +121,65 @@ pub(crate) struct Shared {
     cluster: Option<Arc<Cluster>>,
 }
 
-/// Gives each service's tenant the tenants of its `depends_on`, in order.
-fn link_dependencies(map: &HashMap<Arc<str>, Arc<Tenant>>) {
+/// The services' tenants by their container and Docker host: a dependency that is some service's container is
+/// that service's tenant, not one of its own (two tenants would drive one container).
+fn service_containers(map: &HashMap<Arc<str>, Arc<Tenant>>) -> HashMap<(String, String), Arc<Tenant>> {
+    let mut out = HashMap::new();
     for t in map.values().filter(|t| !t.dependency) {
+        if let Some(c) = t.service().container() {
+            out.insert((c.container.clone(), c.docker_host().to_string()), t.clone());
+        }
+    }
+    out
+}
+
+/// Gives each service's tenant the tenants of its `depends_on`, in order: another service's tenant when the
+/// dependency is that service's container, else the dependency's own. An entry that would close a cycle of
+/// services (a waits for b, which waits for a) is left out, with an error in the log: such a wake could only
+/// time out.
+fn link_dependencies(map: &HashMap<Arc<str>, Arc<Tenant>>) {
+    let services = service_containers(map);
+    let mut tenants: Vec<&Arc<Tenant>> = map.values().filter(|t| !t.dependency).collect();
+    tenants.sort_by(|a, b| a.name.cmp(&b.name));
+    // The links kept so far between services, to find cycles.
+    let mut edges: HashMap<Arc<str>, Vec<Arc<str>>> = HashMap::new();
+    let reaches = |edges: &HashMap<Arc<str>, Vec<Arc<str>>>, from: &Arc<str>, to: &Arc<str>| {
+        let mut stack = vec![from.clone()];
+        let mut seen = std::collections::HashSet::new();
+        while let Some(n) = stack.pop() {
+            if n == *to {
+                return true;
+            }
+            if seen.insert(n.clone()) {
+                stack.extend(edges.get(&n).into_iter().flatten().cloned());
+            }
+        }
+        false
+    };
+    for t in tenants {
         let service = t.service();
         let Some(spec) = service.container() else { continue };
-        let deps = spec
-            .depends_on
-            .iter()
-            .filter_map(|d| map.get(dependency_name(&d.container, spec.docker_host()).as_str()).cloned())
-            .collect();
+        let mut deps = Vec::new();
+        for d in &spec.depends_on {
+            let host = spec.docker_host().to_string();
+            if let Some(other) = services.get(&(d.container.clone(), host.clone())) {
+                if reaches(&edges, &other.name, &t.name) {
+                    tracing::error!(
+                        service = %t.name,
+                        dependency = %d.container,
+                        "depends_on: {} is the container of service {}, which depends on {} itself: left out",
+                        d.container,
+                        other.name,
+                        t.name
+                    );
+                    continue;
+                }
+                edges.entry(t.name.clone()).or_default().push(other.name.clone());
+                deps.push(other.clone());
+            } else if let Some(dep) = map.get(dependency_name(&d.container, &host).as_str()) {
+                deps.push(dep.clone());
+            }
+        }
         t.set_dependencies(deps);
     }
 }
@@ -219,9 +268,11 @@ impl Passivator {
         // Its dependencies as this definition alone describes them, if they have no tenant yet; the next
         // reconcile sees every dependant.
         if let Some(spec) = service.container() {
+            let services = service_containers(&map);
             for d in &spec.depends_on {
                 let name = dependency_name(&d.container, spec.docker_host());
-                if !map.contains_key(name.as_str()) {
+                let served = services.contains_key(&(d.container.clone(), spec.docker_host().to_string()));
+                if !served && !map.contains_key(name.as_str()) {
                     let dep = Arc::new(dependency_service(&name, &[(spec, d)], &self.shared.settings));
                     self.upsert_dependency(&mut map, dep);
                 }
@@ -290,11 +341,16 @@ impl Passivator {
                 self.upsert(&mut map, service);
             }
         }
-        // Dependencies: one tenant per container (and host) however many services depend on it.
+        // Dependencies: one tenant per container (and host) however many services depend on it, unless it is a
+        // service's own container.
+        let services = service_containers(&map);
         let mut groups: BTreeMap<String, Vec<(&ContainerSpec, &Dependency)>> = BTreeMap::new();
         for (_, service) in table.services() {
             let Some(spec) = service.container() else { continue };
             for d in &spec.depends_on {
+                if services.contains_key(&(d.container.clone(), spec.docker_host().to_string())) {
+                    continue;
+                }
                 groups.entry(dependency_name(&d.container, spec.docker_host())).or_default().push((spec, d));
             }
         }

@@ -224,7 +224,8 @@ async fn a_shared_dependency_across_three_replicas_is_kept_while_a_dependant_run
     for r in &replicas {
         for host in ["a.test", "b.test"] {
             eventually(LONG, "the route is loaded and the tenant stopped", || async {
-                get(r.http, host, "/__reveille/status").await.json()["state"] == "stopped"
+                let got = get(r.http, host, "/__reveille/status").await;
+                got.status == StatusCode::OK && got.json()["state"] == "stopped"
             })
             .await;
         }
@@ -314,4 +315,37 @@ async fn ten_services_woken_at_once_start_their_shared_dependency_once() {
     assert_eq!(view["depends_on"][0]["state"], "running", "{view}");
     assert_eq!(view["depends_on"][0]["held_by"], 10, "every running dependant holds it: {view}");
     assert_eq!(view["depends_on"][0]["tenant"], "dep:db");
+}
+
+/// A dependency that is another service's container is that service's tenant (one tenant per container): it is
+/// woken first and held while its dependant runs, past its own idle timeout. An entry that would close a cycle
+/// (b on a's container, while a depends on b's) is left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependency_on_another_services_container_is_that_services_tenant() {
+    let runtime = ScriptedRuntime::new();
+    let a_port = runtime.add_stopped("a-ctr", Duration::from_millis(20)).await;
+    let b_port = runtime.add_stopped("b-ctr", Duration::from_millis(200)).await;
+    let fa = format!("container = \"a-ctr\"\nport = {a_port}\nidle_timeout = \"0\"\ndepends_on = [\"b-ctr\"]");
+    let fb = format!("container = \"b-ctr\"\nport = {b_port}\nidle_timeout = \"1s\"\ndepends_on = [\"a-ctr\"]");
+    let proxy =
+        TestProxy::start_with_runtime(&routes(&[("a", fa), ("b", fb)]), |_| {}, Arc::new(runtime.clone())).await;
+    state_becomes(&proxy, "a", "stopped").await;
+    state_becomes(&proxy, "b", "stopped").await;
+    let (va, vb) = (proxy.service_view("a").await, proxy.service_view("b").await);
+    assert_eq!(va["depends_on"][0]["tenant"], "b", "{va}");
+    assert!(vb.get("depends_on").is_none(), "the cycle's second link is left out: {vb}");
+
+    let got = get(proxy.http, "a.test", "/").await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+    assert_eq!((runtime.count("b-ctr", "start"), runtime.count("a-ctr", "start")), (1, 1));
+    assert_eq!(proxy.service_view("b").await["state"], "running");
+    // b's own idle timeout passes twice over: a still runs, so b is not stopped.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(runtime.count("b-ctr", "stop"), 0, "never stopped while its dependant runs");
+    assert_eq!(proxy.service_view("b").await["state"], "running");
+    // a put to sleep: b is stopped after its idle timeout.
+    let (status, body) = proxy.admin_post("/api/services/a/sleep").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    state_becomes(&proxy, "b", "stopped").await;
+    assert_eq!(runtime.count("b-ctr", "stop"), 1);
 }

@@ -1,5 +1,6 @@
 //! A tenant of several containers (`depends_on`): each dependency is a tenant of its own, with no route, the
-//! same driver and the same cluster rules as any other. A dependant wakes its dependencies first, in order,
+//! same driver and the same cluster rules as any other (or, when it is another service's container, that
+//! service's tenant; the registry links them, `link_dependencies`). A dependant wakes its dependencies first, in order,
 //! each through its tenant's single-flight wake, and holds an activity guard on each while it is starting,
 //! running or stopping. So a dependency shared by several services is started once however many wake at once,
 //! and the ordinary idle rules (local guards, the `busy` activity other replicas publish, the decider's veto)
@@ -92,28 +93,29 @@ impl Tenant {
     }
 
     /// Holds a guard on each dependency while this tenant is starting, running or stopping, and none otherwise
-    /// (stopped, paused, failed, removed); `unknown` keeps what it holds. Called by the driver only. Lock
-    /// order: a dependant's state, then a dependency's (a dependency has no dependencies).
+    /// (stopped, paused, failed, removed); `unknown` keeps what it holds. Called by its driver only, so nothing
+    /// else changes `holds` meanwhile; no two tenants' locks are ever held together (a dependency may be another
+    /// service's tenant).
     pub(super) fn sync_holds(&self) {
-        let deps = self.deps.load();
-        let mut st = self.state.lock();
-        let want = match st.phase {
-            _ if self.cancel.is_cancelled() => false,
-            Phase::Starting | Phase::Running | Phase::Stopping => true,
-            Phase::Unknown => return,
-            Phase::Stopped | Phase::Paused | Phase::Failed => false,
+        let deps = self.deps.load_full();
+        let (want, same) = {
+            let st = self.state.lock();
+            let want = match st.phase {
+                _ if self.cancel.is_cancelled() => false,
+                Phase::Starting | Phase::Running | Phase::Stopping => true,
+                Phase::Unknown => return,
+                Phase::Stopped | Phase::Paused | Phase::Failed => false,
+            };
+            let same =
+                st.holds.len() == deps.len() && st.holds.iter().zip(deps.iter()).all(|(h, d)| Arc::ptr_eq(&h.0, d));
+            (want, same)
         };
         if !want {
-            let released = std::mem::take(&mut st.holds);
-            drop(st);
+            let released = std::mem::take(&mut self.state.lock().holds);
             drop(released);
-            return;
-        }
-        let same = st.holds.len() == deps.len() && st.holds.iter().zip(deps.iter()).all(|(h, d)| Arc::ptr_eq(&h.0, d));
-        if !same {
-            let old = std::mem::take(&mut st.holds);
-            st.holds = deps.iter().map(|d| d.hold()).collect();
-            drop(st);
+        } else if !same {
+            let holds = deps.iter().map(|d| d.hold()).collect();
+            let old = std::mem::replace(&mut self.state.lock().holds, holds);
             drop(old);
         }
     }
