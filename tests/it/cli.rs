@@ -209,8 +209,11 @@ async fn service_set_depends_on() {
     let url = etcd.url.as_str();
     let args = ["service", "set", "shop", "--container", "shop-1", "--port", "8080"];
     let deps = ["--depends-on", "shop-db", "--depends-on", "cache:6379"];
-    let (code, _, err) = reveille(url, &[&args[..], &deps[..]].concat());
+    let (code, out, err) = reveille(url, &[&args[..], &deps[..]].concat());
     assert_eq!(code, 0, "{err}");
+    assert!(out.contains("service shop: container shop-1 after shop-db, cache (new)"), "{out}");
+    let (_, out, _) = reveille(url, &["service", "ls"]);
+    assert!(out.contains("[container shop-1:8080 after shop-db, cache]"), "{out}");
     assert_eq!(
         value(&etcd, "/reveille/services/shop").await.unwrap()["depends_on"],
         serde_json::json!(["shop-db", {"container": "cache", "port": 6379}])

@@ -237,7 +237,9 @@ fn dependency_failed(dep: &Tenant, refusal: Refusal) -> Refusal {
     let service = dep.service();
     let container = service.container().map_or(&*dep.name, |c| c.container.as_str());
     match refusal {
-        Refusal::Removed => Refusal::Removed,
+        Refusal::Removed => Refusal::Failed {
+            reason: format!("dependency {container}: removed from the configuration during the wake").into(),
+        },
         Refusal::Unavailable { reason } => {
             Refusal::Unavailable { reason: format!("dependency {container}: {reason}").into() }
         }
