@@ -1,5 +1,5 @@
 //! The admin endpoint, on its own listener: health, readiness, Prometheus metrics, the route table, and the
-//! passivated services (their view and the wake/sleep commands).
+//! passivated services (their view and the wake, sleep and keep-awake commands).
 //!
 //! Owns the admin HTTP surface only: routing admin requests and shaping their answers, the listener's limits
 //! (`conn`: timeouts; here: the connection and subscriber caps) and its access rules (`access`). It reads state
@@ -9,6 +9,7 @@
 mod access;
 mod conn;
 mod events;
+mod keep_awake;
 mod rates;
 
 use std::convert::Infallible;
@@ -28,6 +29,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn, Instrument};
 
+use crate::cluster::rfc3339;
 use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::passivation::Passivator;
@@ -80,7 +82,7 @@ pub struct AdminState {
     pub passivator: Option<Arc<Passivator>>,
     /// What `/readyz` reports.
     pub readiness: Readiness,
-    /// When set, the commands (`POST /api/services/<name>/wake` and `/sleep`) require
+    /// When set, the commands (`POST /api/services/<name>/wake`, `/sleep`, `/keep-awake`) require
     /// `Authorization: Bearer <token>`.
     pub token: Option<String>,
     /// The certificates in force, for `/api/certificates` (none without an HTTPS listener).
@@ -158,7 +160,7 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
                     let in_flight = conn::InFlight::new(&activity);
                     let server = server.clone();
                     async move {
-                        let resp = respond(&server, req).map(|body| conn::Tracked::new(body, in_flight));
+                        let resp = respond(&server, req).await.map(|body| conn::Tracked::new(body, in_flight));
                         Ok::<_, Infallible>(resp)
                     }
                 });
@@ -190,7 +192,7 @@ fn refuse(stream: TcpStream, limit: usize) {
 
 /// Every admin answer: the access rules, then the path's answer, with the headers that keep it out of frames
 /// and sniffing.
-fn respond(server: &Server, req: Request<Incoming>) -> Response<events::AdminBody> {
+async fn respond(server: &Server, req: Request<Incoming>) -> Response<events::AdminBody> {
     let state = &server.state;
     let mut resp = match access::check(&req, &state.settings.allowed_hosts, state.token.is_some()) {
         Err(refused) => {
@@ -202,7 +204,11 @@ fn respond(server: &Server, req: Request<Incoming>) -> Response<events::AdminBod
             .map(|b| b.boxed())
         }
         Ok(()) if req.uri().path() == "/api/events" && req.method() == Method::GET => events(server, &req),
-        Ok(()) => handle(server, req).map(|b| b.boxed()),
+        Ok(()) => match keep_awake::target(req.uri().path()).map(str::to_string) {
+            Some(_) if !authorized(state, &req) => needs_token(state).map(|b| b.boxed()),
+            Some(name) => keep_awake::command(state, &name, req).await.map(|b| b.boxed()),
+            None => handle(server, req).map(|b| b.boxed()),
+        },
     };
     let headers = resp.headers_mut();
     headers.insert(http::header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
@@ -233,13 +239,7 @@ fn handle(server: &Server, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let state = &server.state;
     if let Some(rest) = req.uri().path().strip_prefix("/api/services/") {
         if req.method() == Method::POST && !authorized(state, &req) {
-            state.metrics.admin().request_refused("token");
-            let mut resp = json(
-                StatusCode::UNAUTHORIZED,
-                &serde_json::json!({ "error": "this command needs the admin token: Authorization: Bearer <token>" }),
-            );
-            resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
-            return resp;
+            return needs_token(state);
         }
         return service_command(state, req.method(), rest);
     }
@@ -297,6 +297,11 @@ fn handle(server: &Server, req: Request<Incoming>) -> Response<Full<Bytes>> {
             if let Some(services) = view["services"].as_object_mut() {
                 for (name, v) in services.iter_mut() {
                     add_rates(v, server.rates.of(name));
+                    if let Some(t) = state.passivator.as_ref().and_then(|p| p.get(name)) {
+                        let kept = t.keep_awake();
+                        v["keep_awake_until"] = serde_json::json!(kept.as_ref().map(|k| rfc3339(k.until)));
+                        v["keep_awake_by"] = serde_json::json!(kept.map(|k| k.by));
+                    }
                 }
             }
             json(StatusCode::OK, &view)
@@ -312,6 +317,17 @@ fn add_rates(view: &mut serde_json::Value, rate: Option<rates::Rate>) {
     view["requests_per_s"] = serde_json::json!(rate.map(|r| two(r.requests)));
     view["errors_per_s"] = serde_json::json!(rate.map(|r| two(r.errors)));
     view["rates_over_s"] = serde_json::json!(rate.map(|r| r.over.as_secs()));
+}
+
+/// A command without the right token: 401.
+fn needs_token(state: &AdminState) -> Response<Full<Bytes>> {
+    state.metrics.admin().request_refused("token");
+    let mut resp = json(
+        StatusCode::UNAUTHORIZED,
+        &serde_json::json!({ "error": "this command needs the admin token: Authorization: Bearer <token>" }),
+    );
+    resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+    resp
 }
 
 /// Whether the request may run a command: no token configured, or the right bearer token (compared in constant
@@ -331,10 +347,10 @@ fn authorized(state: &AdminState, req: &Request<Incoming>) -> bool {
 /// `POST /api/services/<name>/wake` and `POST /api/services/<name>/sleep`.
 fn service_command(state: &AdminState, method: &Method, rest: &str) -> Response<Full<Bytes>> {
     let Some((name, command)) = rest.split_once('/') else {
-        return text(StatusCode::NOT_FOUND, "not found: use /api/services/<name>/wake or /sleep\n");
+        return text(StatusCode::NOT_FOUND, "not found: use /api/services/<name>/wake, /sleep or /keep-awake\n");
     };
     if !matches!(command, "wake" | "sleep") {
-        return text(StatusCode::NOT_FOUND, "not found: use /api/services/<name>/wake or /sleep\n");
+        return text(StatusCode::NOT_FOUND, "not found: use /api/services/<name>/wake, /sleep or /keep-awake\n");
     }
     if method != Method::POST {
         return text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");

@@ -154,6 +154,17 @@ pub enum ServiceCommand {
         #[command(flatten)]
         fields: Box<ServiceFields>,
     },
+    /// Keep service NAME awake (not stopped or paused for idleness) for DURATION, on every replica; 0s ends
+    /// it. Does not wake it.
+    KeepAwake {
+        name: String,
+        /// How long from now, e.g. 30m or 2h; 0s ends the keep-awake
+        #[arg(long = "for", value_name = "DURATION", allow_hyphen_values = true)]
+        time: String,
+        /// Write even if etcd does not hold service NAME (one of a routes file)
+        #[arg(long)]
+        force: bool,
+    },
     /// Remove service NAME.
     Rm {
         name: String,
@@ -233,6 +244,9 @@ pub struct ServiceFields {
     /// How long browsers wait before the "starting" page
     #[arg(long, value_name = "DURATION")]
     pub page_after: Option<String>,
+    /// Path asked (GET) before an idle stop: 409 or 423 means busy, ask again after the idle timeout
+    #[arg(long, value_name = "PATH")]
+    pub stop_check: Option<String>,
     /// Redirect plain-HTTP requests to HTTPS (true/false; unset follows the global setting)
     #[arg(long, value_name = "BOOL")]
     pub https_redirect: Option<bool>,
@@ -282,6 +296,7 @@ impl ServiceFields {
             ("idle_action", &self.idle_action),
             ("stop_after", &self.stop_after),
             ("page_after", &self.page_after),
+            ("stop_check", &self.stop_check),
             ("hsts", &self.hsts),
         ];
         for (k, v) in strings {
@@ -382,6 +397,9 @@ fn operate(config_path: Option<PathBuf>, flags: EtcdSection, op: Op) -> ExitCode
             Op::Route(RouteCommand::Rm { host }) => ops.route_rm(&host).await,
             Op::Route(RouteCommand::Ls) => ops.route_ls().await,
             Op::Service(ServiceCommand::Set { name, fields }) => ops.service_set(&name, fields.to_json(), &hosts).await,
+            Op::Service(ServiceCommand::KeepAwake { name, time, force }) => {
+                ops.service_keep_awake(&name, &time, force).await
+            }
             Op::Service(ServiceCommand::Rm { name, force }) => ops.service_rm(&name, force).await,
             Op::Service(ServiceCommand::Ls) => ops.service_ls().await,
             Op::Cert(CertCommand::Put { name, cert, key }) => {

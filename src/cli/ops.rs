@@ -9,9 +9,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, DeleteOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, DeleteOptions, PutOptions, Txn, TxnOp};
 use serde_json::{Map, Value};
 
+use crate::cluster::{keep_awake_lease_ttl, rfc3339, KeepAwakeValue};
 use crate::etcd::{connect, list_range, within, EtcdConfig, EtcdError, KeyKind, Keys};
 use crate::routes::{
     strip_without_prefix, validate_service_name, ContainerSpec, DockerHostNames, RouteError, RouteKey, ServiceSpec,
@@ -253,6 +254,48 @@ impl Ops {
 }
 
 impl Ops {
+    /// `service keep-awake NAME --for DURATION`: writes the service's keep-awake key (`crate::cluster`'s) under a
+    /// lease that ends with it; `0s` removes it. Refused for a service etcd holds without a container, and, unless
+    /// `force`, for one etcd does not hold (a service of a routes file: the admin API's `keep-awake` also works
+    /// without etcd).
+    pub(super) async fn service_keep_awake(&mut self, name: &str, time: &str, force: bool) -> Result<String, OpsError> {
+        validate_service_name(name)?;
+        let bad = |why: String| OpsError::Refused(format!("--for {time:?} {why}"));
+        if time.trim_start().starts_with('-') {
+            return Err(bad("is negative: use 0s to end the keep-awake".into()));
+        }
+        let time = humantime::parse_duration(time.trim())
+            .map_err(|e| bad(format!("is not a duration ({e}): for example 30m or 2h")))?;
+        match self.object(&self.keys.service(name)).await? {
+            Some(service) if !service.contains_key("container") => {
+                return Err(OpsError::Refused(format!(
+                    "service {name:?} has no container: it is never stopped, nothing to keep awake"
+                )));
+            }
+            Some(_) => {}
+            None if force => {}
+            None => {
+                return Err(OpsError::NotFound(format!(
+                    "no service {name:?} in etcd (one of a routes file? use --force, or the admin API's keep-awake)"
+                )));
+            }
+        }
+        let key = self.keys.keep_awake(name);
+        if time.is_zero() {
+            let resp = within(self.timeout, self.client.delete(key, None::<DeleteOptions>)).await?;
+            return Ok(if resp.deleted() == 0 {
+                format!("service {name}: was not kept awake")
+            } else {
+                format!("service {name}: no longer kept awake")
+            });
+        }
+        let until = std::time::SystemTime::now().checked_add(time).ok_or_else(|| bad("is too long".into()))?;
+        let lease = within(self.timeout, self.client.lease_grant(keep_awake_lease_ttl(until), None)).await?.id();
+        let value = KeepAwakeValue::new(until, "cli").to_json();
+        within(self.timeout, self.client.put(key, value, Some(PutOptions::new().with_lease(lease)))).await?;
+        Ok(format!("service {name}: kept awake until {}", rfc3339(until)))
+    }
+
     /// `cert put NAME --cert FILE --key FILE`: the pair is checked (parses, key matches the certificate) before
     /// it is written as `{"cert": ..., "key": ...}`.
     pub(super) async fn cert_put(&mut self, name: &str, cert_pem: &str, key_pem: &str) -> Result<String, OpsError> {

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::activity::parse_use;
+use super::keep_awake::parse_keep_awake;
 use super::{rfc3339, Cluster, ClusterError, Event, State};
 use crate::etcd::{within, ClusterKey, EtcdError, Sink};
 
@@ -198,6 +199,16 @@ impl Cluster {
                 let Some(u) = parse_use(kv.value()) else { return };
                 st.activity.entry(service.to_string()).or_default().insert(node.to_string(), u);
             }
+            ClusterKey::KeepAwake(service) => {
+                let entry = parse_keep_awake(kv.value());
+                let changed = match entry {
+                    Some(e) => st.keep_awake.insert(service.to_string(), e.clone()) != Some(e),
+                    None => st.keep_awake.remove(service).is_some(),
+                };
+                if changed {
+                    let _ = self.events.send(Event::KeepAwake(service.into()));
+                }
+            }
             ClusterKey::Other => {}
         }
     }
@@ -227,6 +238,12 @@ impl Cluster {
                 }
                 false
             }
+            ClusterKey::KeepAwake(service) => {
+                if st.keep_awake.remove(service).is_some() {
+                    let _ = self.events.send(Event::KeepAwake(service.into()));
+                }
+                false
+            }
             ClusterKey::Other => false,
         }
     }
@@ -249,6 +266,11 @@ impl Sink for ClusterSink<'_> {
         let mut st = c.state.lock();
         st.replicas.clear();
         st.activity.clear();
+        // Every tenant kept awake before the resync is told (its entry may be gone), and every one after it (as
+        // new): a tenant told twice only recomputes its timer twice.
+        for service in std::mem::take(&mut st.keep_awake).into_keys() {
+            let _ = c.events.send(Event::KeepAwake(service.into()));
+        }
         st.decider_node = None;
         for kv in &kvs {
             c.apply_cluster_kv(&mut st, kv);

@@ -10,6 +10,8 @@
 //! - **One decider.** `<prefix>cluster/decider` is a lease-backed lock: created only if absent, it names the
 //!   replica that decides idle stops. When that replica's lease ends the key goes, every other replica sees the
 //!   deletion on its watch, and one of them takes it.
+//! - **Keep awake.** `<prefix>cluster/keep-awake/<name>` → `{"until", "by"}`: the decider stops no tenant kept
+//!   awake. Written under a lease of its own whose TTL ends with it, so etcd removes it once it is over.
 //! - **Status transitions.** `<prefix>status/<name>` is changed only by compare-and-swap on the key's
 //!   revision ([`Cluster::transition`]): two replicas can never both move a tenant from `stopped` to
 //!   `starting`, nor a tenant be stopped by one while another starts it.
@@ -19,6 +21,7 @@
 //! It knows nothing of containers: the tenant state machines (`passivation`) decide what to do with this.
 
 mod activity;
+mod keep_awake;
 mod membership;
 mod status;
 mod view;
@@ -34,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info_span, Instrument};
 
 pub(crate) use activity::{ActivitySource, Use};
+pub(crate) use keep_awake::{keep_awake_left, lease_ttl as keep_awake_lease_ttl, KeepAwake, KeepAwakeValue};
 pub(crate) use status::{TenantState, TenantStatus, Transition};
 pub(crate) use view::{read as read_status, ClusterView};
 
@@ -79,6 +83,8 @@ pub(crate) enum Event {
     Status(Arc<str>),
     /// This replica started or stopped being the decider, or regained etcd after an outage.
     Cluster,
+    /// A tenant's keep-awake key was written or removed.
+    KeepAwake(Arc<str>),
 }
 
 /// Why a coordination step could not be taken.
@@ -110,6 +116,8 @@ struct State {
     activity: HashMap<String, HashMap<String, Use>>,
     /// Node → (lease, value of its replica key).
     replicas: HashMap<String, (i64, String)>,
+    /// Service → its keep-awake key, as read (expired ones included until etcd removes them).
+    keep_awake: HashMap<String, KeepAwake>,
 }
 
 /// This replica's side of the cluster. Shared; the background work runs in [`Cluster::run`].

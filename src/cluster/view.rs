@@ -95,6 +95,9 @@ pub(crate) struct TenantView {
     pub(crate) since: Option<String>,
     /// The replicas that hold activity for it.
     pub(crate) activity: Vec<ActivityView>,
+    /// Until when it is kept awake (a keep-awake key in force), and by whom.
+    pub(crate) keep_awake_until: Option<String>,
+    pub(crate) keep_awake_by: Option<String>,
 }
 
 /// The whole cluster, read from etcd by `reveille status` (no replica needs to be reachable).
@@ -119,6 +122,7 @@ pub(crate) async fn read(
     let mut replicas = HashMap::new();
     let mut decider = None;
     let mut activity: HashMap<String, HashMap<String, Use>> = HashMap::new();
+    let mut kept = HashMap::new();
     for kv in &cluster {
         let Ok(key) = kv.key_str() else { continue };
         match keys.cluster_kind(key) {
@@ -129,6 +133,12 @@ pub(crate) async fn read(
             ClusterKey::Activity { service, node } => {
                 if let Some(u) = super::activity::parse_use(kv.value()) {
                     activity.entry(service.to_string()).or_default().insert(node.to_string(), u);
+                }
+            }
+            ClusterKey::KeepAwake(service) => {
+                let entry = super::keep_awake::parse_keep_awake(kv.value());
+                if let Some(k) = entry.filter(|k| k.until > std::time::SystemTime::now()) {
+                    kept.insert(service.to_string(), k);
                 }
             }
             ClusterKey::Other => {}
@@ -146,14 +156,26 @@ pub(crate) async fn read(
                 node: s.as_ref().map(|s| s.node.clone()),
                 since: s.and_then(|s| s.since).map(rfc3339),
                 activity: Vec::new(),
+                keep_awake_until: None,
+                keep_awake_by: None,
             },
         );
     }
+    let empty = || TenantView {
+        state: None,
+        node: None,
+        since: None,
+        activity: Vec::new(),
+        keep_awake_until: None,
+        keep_awake_by: None,
+    };
     for (service, list) in view.activity {
-        tenants
-            .entry(service)
-            .or_insert_with(|| TenantView { state: None, node: None, since: None, activity: Vec::new() })
-            .activity = list;
+        tenants.entry(service).or_insert_with(empty).activity = list;
+    }
+    for (service, k) in kept {
+        let t = tenants.entry(service).or_insert_with(empty);
+        t.keep_awake_until = Some(rfc3339(k.until));
+        t.keep_awake_by = Some(k.by);
     }
     Ok(ClusterStatus { decider, replicas: view.replicas, tenants })
 }
@@ -201,7 +223,11 @@ impl ClusterStatus {
                     }
                 })
                 .collect();
-            let activity = if activity.is_empty() { "-".to_string() } else { activity.join(", ") };
+            let mut activity = if activity.is_empty() { "-".to_string() } else { activity.join(", ") };
+            if let Some(until) = &t.keep_awake_until {
+                let by = t.keep_awake_by.as_deref().unwrap_or("-");
+                let _ = write!(activity, "; kept awake until {until} (by {by})");
+            }
             let _ = writeln!(
                 out,
                 "{name:width$}  {:9}  {:8}  {:29}  {activity}",

@@ -24,6 +24,7 @@ pub enum ClusterKey<'a> {
     Replica(&'a str),
     Decider,
     Activity { service: &'a str, node: &'a str },
+    KeepAwake(&'a str),
     Other,
 }
 
@@ -105,6 +106,11 @@ impl Keys {
         format!("{}cluster/activity/{name}/{node}", self.prefix)
     }
 
+    /// `<prefix>cluster/keep-awake/<name>`: a tenant kept awake, under a lease that ends with it.
+    pub fn keep_awake(&self, name: &str) -> String {
+        format!("{}cluster/keep-awake/{name}", self.prefix)
+    }
+
     /// What a key in [`Keys::cluster_range`] is.
     pub fn cluster_kind<'k>(&self, key: &'k str) -> ClusterKey<'k> {
         let Some(rest) = key.strip_prefix(self.prefix.as_str()).and_then(|r| r.strip_prefix("cluster/")) else {
@@ -118,6 +124,9 @@ impl Keys {
         }
         if let Some((service, node)) = rest.strip_prefix("activity/").and_then(|r| r.rsplit_once('/')) {
             return ClusterKey::Activity { service, node };
+        }
+        if let Some(service) = rest.strip_prefix("keep-awake/") {
+            return ClusterKey::KeepAwake(service);
         }
         ClusterKey::Other
     }
@@ -204,6 +213,7 @@ mod tests {
         assert_eq!(k.cluster_kind(&k.activity("acme", "n1")), ClusterKey::Activity { service: "acme", node: "n1" });
         assert_eq!(k.cluster_kind(&k.replica("n1")), ClusterKey::Replica("n1"));
         assert_eq!(k.cluster_kind(&k.decider()), ClusterKey::Decider);
+        assert_eq!(k.cluster_kind(&k.keep_awake("acme")), ClusterKey::KeepAwake("acme"));
         assert_eq!(k.status_name(&k.status("acme")), Some("acme"));
         let (start, end) = k.cluster_range();
         assert!(k.activity("a", "b") > start && k.activity("a", "b") < end && k.status("a") > end);

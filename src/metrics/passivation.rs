@@ -57,6 +57,7 @@ pub struct PassivationMetrics {
     rejected: Family<ReasonLabels, Counter>,
     stops: Family<ServiceActionLabels, Counter>,
     stop_failures: Family<ServiceLabels, Counter>,
+    stop_checks: Family<ServiceResultLabels, Counter>,
     tenants: Family<StateLabels, Gauge>,
 }
 
@@ -116,6 +117,13 @@ impl PassivationMetrics {
         registry.register("stops", "Idle tenants stopped or paused, by service and action", stops.clone());
         let stop_failures = Family::<ServiceLabels, Counter>::default();
         registry.register("stop_failures", "Failed attempts to stop or pause an idle tenant", stop_failures.clone());
+        let stop_checks = Family::<ServiceResultLabels, Counter>::default();
+        registry.register(
+            "stop_checks",
+            "Answers of a tenant's stop_check before an idle stop: idle (2xx), busy (409, 423: not stopped), \
+             unexpected (another status) and no_answer (both stopped)",
+            stop_checks.clone(),
+        );
         let tenants = Family::<StateLabels, Gauge>::default();
         registry.register("tenants", "Passivated tenants, by state", tenants.clone());
         Self {
@@ -129,6 +137,7 @@ impl PassivationMetrics {
             rejected,
             stops,
             stop_failures,
+            stop_checks,
             tenants,
         }
     }
@@ -172,6 +181,11 @@ impl PassivationMetrics {
 
     pub fn stop_failed(&self, service: &str) {
         self.stop_failures.get_or_create(&ServiceLabels { service: service.to_string() }).inc();
+    }
+
+    /// A tenant's `stop_check` answered `result` (`idle`, `busy`, `unexpected`, `no_answer`).
+    pub fn stop_check(&self, service: &str, result: &'static str) {
+        self.stop_checks.get_or_create(&ServiceResultLabels { service: service.to_string(), result }).inc();
     }
 
     /// A tenant moved from state `from` (`None`: it is new) to `to` (`None`: it is gone).

@@ -36,9 +36,9 @@ use tracing::{debug, info, warn, Instrument};
 
 pub(crate) use self::http::wants_page;
 pub(crate) use page::{Page, PageValues};
-pub(crate) use probe::{NetProbe, Probe};
+pub(crate) use probe::{NetProbe, Probe, StopCheck};
 use tenant::{dependency_name, dependency_service};
-pub(crate) use tenant::{Activity, Phase, Refusal, Tenant};
+pub(crate) use tenant::{Activity, KeepAwakeError, Phase, Refusal, Tenant};
 
 use crate::cluster::{self, Cluster, Use};
 use crate::events::Events;
@@ -119,6 +119,8 @@ pub(crate) struct Shared {
     events: Events,
     /// The cluster, when etcd is configured (even with one replica).
     cluster: Option<Arc<Cluster>>,
+    /// Tenants kept awake, without etcd (with it, the cluster keeps them).
+    keep_awake: tenant::LocalKeepAwake,
 }
 
 /// The services' tenants by their container and Docker host: a dependency that is some service's container is
@@ -215,7 +217,8 @@ impl Passivator {
     ) -> Arc<Self> {
         let metrics = metrics.passivation().clone();
         let hosts = DockerHosts::new(&runtimes.into(), &metrics);
-        let shared = Arc::new(Shared { settings, hosts, probe, metrics, events, cluster: cluster.clone() });
+        let keep_awake = tenant::LocalKeepAwake::default();
+        let shared = Arc::new(Shared { settings, hosts, probe, metrics, events, cluster: cluster.clone(), keep_awake });
         let passivator = Arc::new(Self {
             shared,
             tenants: ArcSwap::from_pointee(HashMap::new()),
@@ -404,6 +407,11 @@ impl Passivator {
                     cluster::Event::Cluster => {
                         for t in self.tenants.load().values() {
                             t.notify_cluster();
+                        }
+                    }
+                    cluster::Event::KeepAwake(name) => {
+                        if let Some(t) = self.get(&name) {
+                            t.notify_keep_awake();
                         }
                     }
                 },

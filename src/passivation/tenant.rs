@@ -28,6 +28,10 @@ mod driver;
 mod group;
 
 pub(super) use group::{dependency_name, dependency_service};
+mod keep_awake;
+
+pub(crate) use keep_awake::KeepAwakeError;
+pub(super) use keep_awake::LocalKeepAwake;
 
 /// Where a tenant is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,8 +200,8 @@ pub(super) enum Msg {
     Wake,
     /// Passivate now if idle (admin `sleep`).
     Sleep,
-    /// The last activity guard was released while the driver waited for it: the driver recomputes its idle
-    /// timer.
+    /// The last activity guard was released while the driver waited for it, or a keep-awake changed: the
+    /// driver recomputes its idle timer.
     Idle,
     /// Docker reported something about this container.
     Event,

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::passivation::tenant::SleepRefused;
+use crate::passivation::StopCheck;
 use crate::routes::{Backend, ContainerSpec, IdleAction, Service};
 use crate::runtime::{ContainerEvent, ContainerInfo, ContainerState, EventStream, RuntimeError, RuntimeFuture};
 
@@ -28,6 +29,8 @@ struct Script {
     calls: Vec<&'static str>,
     /// The grace of each stop call.
     graces: Vec<Option<Duration>>,
+    /// What the stop check answers, in turn (the last one from then on).
+    stop_checks: Vec<StopCheck>,
 }
 
 #[derive(Clone)]
@@ -45,6 +48,7 @@ impl Fake {
             unavailable: false,
             calls: Vec::new(),
             graces: Vec::new(),
+            stop_checks: vec![StopCheck::Idle],
         })))
     }
 
@@ -144,6 +148,26 @@ impl Probe for Fake {
             }
         })
     }
+
+    fn stop_check<'a>(
+        &'a self,
+        _: &'a Backend,
+        _: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = StopCheck> + Send + 'a>> {
+        Box::pin(async move { self.stop_check_answer() })
+    }
+}
+
+impl Fake {
+    fn stop_check_answer(&self) -> StopCheck {
+        let mut s = self.0.lock();
+        s.calls.push("stop_check");
+        if s.stop_checks.len() > 1 {
+            s.stop_checks.remove(0)
+        } else {
+            s.stop_checks[0]
+        }
+    }
 }
 
 fn spec(f: impl FnOnce(&mut ContainerSpec)) -> Arc<Service> {
@@ -161,6 +185,7 @@ fn spec(f: impl FnOnce(&mut ContainerSpec)) -> Arc<Service> {
         max_held: None,
         page_after: None,
         depends_on: Vec::new(),
+        stop_check: None,
     };
     f(&mut c);
     Arc::new(Service::with_container("acme", vec![], Some(c)))
@@ -648,4 +673,97 @@ async fn each_tenant_uses_its_docker_host_and_a_host_down_fails_only_its_tenants
     default.0.lock().unavailable = false;
     assert!(on_default.admit(false).await.is_ok());
     assert_eq!(default.count("start"), 1);
+}
+
+/// A busy tenant (its `stop_check` answers 409) is asked again after each idle timeout, stays `running` meanwhile
+/// (no `stopping`, so no status churn in etcd), and is stopped at the first idle answer.
+#[tokio::test(start_paused = true)]
+async fn a_busy_stop_check_puts_the_stop_off_by_an_idle_timeout_each_time() {
+    let fake = Fake::new(ContainerState::Running);
+    fake.0.lock().stop_checks = vec![StopCheck::Busy(409), StopCheck::Busy(423), StopCheck::Idle];
+    let p = passivator(&fake);
+    let t = p
+        .tenant(&spec(|c| {
+            c.idle_timeout = Some(Duration::from_secs(60));
+            c.stop_check = Some("/busy".into());
+        }))
+        .unwrap();
+    phase_becomes(&t, Phase::Running).await;
+    let begin = Instant::now();
+    let (_, mut events, _) = p.shared.events.subscribe(None);
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    assert_eq!(fake.count("stop_check"), 1);
+    assert_eq!(t.phase(), Phase::Running);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(fake.count("stop_check"), 2, "asked again one idle timeout later");
+    assert_eq!(t.phase(), Phase::Running);
+    assert_eq!(fake.count("stop"), 0);
+    tokio::time::sleep(Duration::from_secs(59)).await;
+    phase_becomes(&t, Phase::Stopped).await;
+    assert_eq!(fake.count("stop_check"), 3);
+    let took = begin.elapsed();
+    assert!(took >= Duration::from_secs(180) && took < Duration::from_secs(181), "{took:?}");
+    // While busy, the tenant never left `running`: its first change is the stop.
+    let first = events.try_recv().expect("a state change");
+    assert_eq!(first.data["state"], "stopping", "{first:?}");
+}
+
+/// An admin `sleep` does not ask: it stops the tenant whatever it says.
+#[tokio::test(start_paused = true)]
+async fn an_admin_sleep_does_not_ask_the_stop_check() {
+    let fake = Fake::new(ContainerState::Running);
+    fake.0.lock().stop_checks = vec![StopCheck::Busy(409)];
+    let p = passivator(&fake);
+    let t = p.tenant(&spec(|c| c.stop_check = Some("/busy".into()))).unwrap();
+    phase_becomes(&t, Phase::Running).await;
+    t.request_sleep().expect("idle");
+    phase_becomes(&t, Phase::Stopped).await;
+    assert_eq!(fake.count("stop_check"), 0);
+}
+
+/// Without etcd, a keep-awake is this replica's: the idle stop waits for its end, then happens at once; ending
+/// it early lets the idle timer fire at once.
+#[tokio::test(start_paused = true)]
+async fn keep_awake_puts_the_idle_stop_off_until_it_ends() {
+    let fake = Fake::new(ContainerState::Running);
+    let p = passivator(&fake);
+    let t = p.tenant(&spec(|c| c.idle_timeout = Some(Duration::from_secs(60)))).unwrap();
+    phase_becomes(&t, Phase::Running).await;
+    let begin = Instant::now();
+    let kept = t.set_keep_awake(Duration::from_secs(300)).await.unwrap().expect("in force");
+    assert_eq!(kept.by, p.settings().node);
+    assert!(t.keep_awake().is_some());
+    tokio::time::sleep(Duration::from_secs(290)).await;
+    assert_eq!(t.phase(), Phase::Running);
+    assert_eq!(fake.count("stop"), 0);
+    // The paused clock moves tokio's timers, not the wall clock the keep-awake's end is written in: end it.
+    assert_eq!(t.set_keep_awake(Duration::ZERO).await.unwrap(), None);
+    assert!(t.keep_awake().is_none());
+    phase_becomes(&t, Phase::Stopped).await;
+    assert!(begin.elapsed() < Duration::from_secs(291), "{:?}", begin.elapsed());
+    assert_eq!(fake.count("stop"), 1);
+}
+
+/// Pause, then stop: a keep-awake set while paused holds off the stop too, until it ends.
+#[tokio::test(start_paused = true)]
+async fn keep_awake_holds_off_the_stop_of_a_paused_tenant() {
+    let fake = Fake::new(ContainerState::Running);
+    let p = passivator(&fake);
+    let t = p
+        .tenant(&spec(|c| {
+            c.idle_action = IdleAction::Pause;
+            c.idle_timeout = Some(Duration::from_secs(30));
+            c.stop_after = Some(Duration::from_secs(60));
+        }))
+        .unwrap();
+    phase_becomes(&t, Phase::Running).await;
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    phase_becomes(&t, Phase::Paused).await;
+    t.set_keep_awake(Duration::from_secs(3600)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(t.phase(), Phase::Paused);
+    assert_eq!(fake.count("stop"), 0);
+    t.set_keep_awake(Duration::ZERO).await.unwrap();
+    phase_becomes(&t, Phase::Stopped).await;
+    assert_eq!(fake.count("stop"), 1);
 }

@@ -356,6 +356,8 @@ pub struct ContainerSpec {
     /// Containers started, in this order and each waited for, before this one (`depends_on`); on the same
     /// Docker host.
     pub depends_on: Vec<Dependency>,
+    /// Asked before an idle stop (`GET`): 409 or 423 = busy, ask again after the idle timeout.
+    pub stop_check: Option<String>,
 }
 
 impl ContainerSpec {

@@ -59,6 +59,9 @@ pub(crate) struct ServiceSpec {
     /// How long a browser page request is held before it gets the "starting" page.
     #[serde(default, with = "humantime_serde")]
     pub page_after: Option<Duration>,
+    /// Asked before an idle stop: a `GET` of this path on the container's backend; 409 or 423 = busy, not now.
+    #[serde(default)]
+    pub stop_check: Option<String>,
     /// Redirect plain-HTTP requests to HTTPS (308); unset follows the global `[tls] redirect`.
     #[serde(default)]
     pub https_redirect: Option<bool>,
@@ -112,6 +115,7 @@ pub(crate) const SERVICE_FIELDS: &[&str] = &[
     "stop_after",
     "max_held",
     "page_after",
+    "stop_check",
     "https_redirect",
     "hsts",
     "acme",
@@ -497,6 +501,7 @@ impl ServiceSpec {
                 ("max_held", self.max_held.is_some()),
                 ("page_after", self.page_after.is_some()),
                 ("depends_on", self.depends_on.is_some()),
+                ("stop_check", self.stop_check.is_some()),
             ];
             if let Some((field, _)) = set.iter().find(|(_, set)| *set) {
                 return Err(bad(format!("`{field}` needs `container`")));
@@ -516,6 +521,11 @@ impl ServiceSpec {
         if let Some(p) = &self.health_path {
             if !p.starts_with('/') || p.contains(|c: char| c.is_ascii_whitespace() || c.is_ascii_control()) {
                 return Err(bad(format!("`health_path` {p:?} must be a path starting with '/'")));
+            }
+        }
+        if let Some(p) = &self.stop_check {
+            if !p.starts_with('/') || p.contains(|c: char| c.is_ascii_whitespace() || c.is_ascii_control()) {
+                return Err(bad(format!("`stop_check` {p:?} must be a path starting with '/'")));
             }
         }
         if self.wake_timeout == Some(Duration::ZERO) {
@@ -546,6 +556,7 @@ impl ServiceSpec {
             max_held: self.max_held,
             page_after: self.page_after,
             depends_on,
+            stop_check: self.stop_check.clone(),
         }))
     }
 
@@ -741,6 +752,8 @@ mod tests {
         }
         let grace = parse(r#"{"container": "c", "port": 1, "stop_timeout": "2s"}"#).unwrap();
         assert_eq!(grace.container().unwrap().stop_timeout, Some(Duration::from_secs(2)));
+        let check = parse(r#"{"container": "c", "port": 1, "stop_check": "/busy"}"#).unwrap();
+        assert_eq!(check.container().unwrap().stop_check.as_deref(), Some("/busy"));
         let never = parse(r#"{"container": "c", "port": 1, "idle_timeout": "0"}"#).unwrap();
         assert_eq!(never.container().unwrap().idle_timeout, Some(Duration::ZERO));
         // A container with explicit backends needs no port.
@@ -751,6 +764,8 @@ mod tests {
             (r#"{"stop_timeout": "5s", "backends": ["127.0.0.1:9"]}"#, "stop_timeout without container"),
             (r#"{"container": "a b", "port": 80}"#, "bad container name"),
             (r#"{"container": "c", "port": 80, "health_path": "health"}"#, "relative health path"),
+            (r#"{"container": "c", "port": 80, "stop_check": "busy"}"#, "relative stop_check"),
+            (r#"{"backends": ["127.0.0.1:9"], "stop_check": "/busy"}"#, "stop_check without container"),
             (r#"{"container": "c", "port": 80, "max_held": 0}"#, "max_held 0"),
             (r#"{"container": "c", "port": 80, "wake_timeout": "0"}"#, "wake_timeout 0"),
         ] {

@@ -269,6 +269,18 @@ async fn the_dashboard_shows_a_tenant_live_and_wakes_it() {
     let total = view["last_wake"]["total_ms"].as_f64().unwrap();
     assert!(total > 0.0 && view["last_wake"]["ready_ms"].as_f64().unwrap() <= total, "{view}");
     page.until_with(wake, "a time such as 312 ms or 1.20 s", |t| t.ends_with(" ms") || t.ends_with(" s")).await;
+    // A keep-awake shows with its end, live (its `keep_awake` event), and goes when it is ended.
+    let kept = "document.querySelector('tr[data-service=\"web\"] .keep-awake')?.textContent ?? ''";
+    let keep = |body: &'static str| {
+        let req = http::Request::post("/api/services/web/keep-awake")
+            .header("host", proxy.admin.to_string())
+            .header("x-reveille", "1");
+        support::send(proxy.admin, req.body(support::full(body)).unwrap())
+    };
+    assert_eq!(keep(r#"{"for": "2h"}"#).await.status, http::StatusCode::OK);
+    page.until_with(kept, "kept awake until <time>", |t| t.starts_with("kept awake until ")).await;
+    assert_eq!(keep(r#"{"for": "0s"}"#).await.status, http::StatusCode::OK);
+    page.until(kept, "").await;
     let title = page.eval("document.querySelector('tr[data-service=\"web\"] .wake').title").await;
     assert!(title.as_str().unwrap().starts_with("Docker start call "), "{title}");
     let (status, body) = proxy.admin_post("/api/services/web/sleep").await;

@@ -14,6 +14,7 @@ mod backend_tls;
 mod balancing;
 mod binary;
 mod build_script;
+mod busy;
 mod check;
 mod cli;
 mod cluster;

@@ -13,6 +13,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use super::coordination::StartClaim;
 use super::{sleep_opt, Msg, Outcome, Phase, Refusal, Tenant, WakePhase, WakeTimes};
 use crate::cluster::TenantState;
+use crate::passivation::StopCheck;
 use crate::routes::{Backend, ContainerSpec, IdleAction, Service};
 use crate::runtime::{ContainerInfo, ContainerState, RuntimeError};
 
@@ -59,6 +60,8 @@ impl Tenant {
                             None
                         } else {
                             let local = (st.last_release + idle).saturating_duration_since(Instant::now());
+                            // Kept awake: not before the keep-awake ends.
+                            let local = local.max(self.keep_awake_left().unwrap_or_default());
                             // With several replicas: only the decider stops, and the others' use counts too.
                             self.cluster_idle_timer(local, idle)
                         }
@@ -68,6 +71,7 @@ impl Tenant {
                         let service = self.service();
                         Self::spec_of(&service).and_then(|s| s.stop_after).and_then(|after| {
                             let left = (st.phase_at + after).saturating_duration_since(Instant::now());
+                            let left = left.max(self.keep_awake_left().unwrap_or_default());
                             if self.cluster().is_some_and(|c| !c.is_decider()) {
                                 None
                             } else {
@@ -426,8 +430,18 @@ impl Tenant {
     async fn passivate(&self, forced: bool) {
         let service = self.service();
         let Some(spec) = Self::spec_of(&service) else { return };
-        {
-            let mut st = self.state.lock();
+        let action = spec.idle_action;
+        let span = info_span!(
+            "passivate",
+            service = %self.name,
+            container = %spec.container,
+            action = action.as_str(),
+            node = %self.shared.settings.node
+        );
+        // Whether it may stop now: idle, and (unless an admin asked for it) not kept awake and not busy by its
+        // own `stop_check`, asked before the claim so that a busy tenant changes nothing in etcd.
+        let idle_since = {
+            let st = self.state.lock();
             if st.phase != Phase::Running || st.active > 0 || st.wake_pending {
                 return;
             }
@@ -438,6 +452,26 @@ impl Tenant {
             if !self.cluster_allows_stop(idle, forced) {
                 return;
             }
+            st.last_release
+        };
+        if !forced {
+            if let Some(left) = self.keep_awake_left() {
+                debug!(left = %humantime::format_duration(left), "kept awake: not stopped");
+                return;
+            }
+            if let Some(path) = &spec.stop_check {
+                if !self.stop_check_allows(&service, path).instrument(span.clone()).await {
+                    return;
+                }
+            }
+        }
+        {
+            let mut st = self.state.lock();
+            // A request may have come (and gone) while the check waited: then the idle timer starts over.
+            let moved = st.last_release != idle_since;
+            if st.phase != Phase::Running || st.active > 0 || st.wake_pending || moved {
+                return;
+            }
             self.set_phase(&mut st, Phase::Stopping);
         }
         let Some(claim) = self.claim_stop(spec).await else {
@@ -445,14 +479,6 @@ impl Tenant {
             self.stop_abandoned(&mut st, self.idle_timeout(spec));
             return;
         };
-        let action = spec.idle_action;
-        let span = info_span!(
-            "passivate",
-            service = %self.name,
-            container = %spec.container,
-            action = action.as_str(),
-            node = %self.shared.settings.node
-        );
         let rt = self.runtime();
         let result = async {
             match action {
@@ -497,6 +523,35 @@ impl Tenant {
         }
     }
 
+    /// Asks the tenant's `stop_check` whether it may stop now: 2xx yes; 409 or 423 no (busy: the idle timer
+    /// starts over, so it is asked again after the idle timeout); any other answer, or none within 2 s, yes
+    /// (logged: a broken check must not keep a tenant up forever).
+    async fn stop_check_allows(&self, service: &Service, path: &str) -> bool {
+        let backend = self.state.lock().backend.clone();
+        let Some(target) = backend.or_else(|| service.backends().first().cloned()) else { return true };
+        let answer = self.shared.probe.stop_check(&target, path).await;
+        self.shared.metrics.stop_check(&self.name, answer.as_str());
+        match answer {
+            StopCheck::Idle => {
+                debug!(path, "stop_check: idle");
+                true
+            }
+            StopCheck::Busy(status) => {
+                info!(path, status, "stop_check: busy; asking again after the idle timeout");
+                self.state.lock().last_release = Instant::now();
+                false
+            }
+            StopCheck::Unexpected(status) => {
+                warn!(path, status, "stop_check answered neither 2xx nor 409/423: stopping it anyway");
+                true
+            }
+            StopCheck::NoAnswer => {
+                warn!(path, "stop_check: no answer within 2 s: stopping it anyway");
+                true
+            }
+        }
+    }
+
     /// Pause, then stop: stops a container that has stayed paused for its service's `stop_after`, freeing its
     /// memory. The next wake is then a start instead of an unpause. A wake asked for meanwhile waits for the
     /// stop to finish (the tenant is `stopping`), as with any stop.
@@ -507,6 +562,10 @@ impl Tenant {
         {
             let mut st = self.state.lock();
             if st.phase != Phase::Paused || st.wake_pending || st.phase_at.elapsed() < after {
+                return;
+            }
+            if self.keep_awake_left().is_some() {
+                // Kept awake: not stopped either (it stays paused, and unpauses in milliseconds).
                 return;
             }
             if self.cluster().is_some_and(|c| !c.is_decider()) {

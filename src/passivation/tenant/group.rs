@@ -64,6 +64,8 @@ pub(crate) fn dependency_service(
         max_held: None,
         page_after: None,
         depends_on: Vec::new(),
+        // A dependency has no HTTP face to ask.
+        stop_check: None,
     };
     Service::with_container(name, Vec::new(), Some(spec))
 }
