@@ -349,3 +349,76 @@ async fn a_dependency_on_another_services_container_is_that_services_tenant() {
     state_becomes(&proxy, "b", "stopped").await;
     assert_eq!(runtime.count("b-ctr", "stop"), 1);
 }
+
+/// Without a healthcheck or a `port`, the only port the dependency exposes is waited for; none exposed is a
+/// clear error; a healthcheck that fails fails the wake at once, without waiting for the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependencys_exposed_port_or_failing_healthcheck() {
+    let image = TestImage::build();
+    let exposed = database(&image, &["--expose", "5433"], "0.5", 5433);
+    let bare = database(&image, &[], "0", 5433);
+    let script = "ln -s /bin/busybox /bin/sh; trap 'exit 0' TERM; sleep 100000 & wait";
+    let sick = image.container_with(
+        &["--health-cmd", "exit 1", "--health-interval", "100ms", "--health-retries", "1"],
+        &["sh", "-c", script],
+    );
+    let (w1, w2, w3) = (image.web_after(""), image.web_after(""), image.web_after(""));
+    let fields = |web: &TestContainer, dep: &TestContainer| {
+        format!("container = \"{}\"\nport = 8080\nwake_timeout = \"15s\"\ndepends_on = [\"{}\"]", web.name, dep.name)
+    };
+    let proxy = TestProxy::start(&routes(&[
+        ("w1", fields(&w1, &exposed)),
+        ("w2", fields(&w2, &bare)),
+        ("w3", fields(&w3, &sick)),
+    ]))
+    .await;
+    for s in ["w1", "w2", "w3"] {
+        state_becomes(&proxy, s, "stopped").await;
+    }
+
+    let begin = Instant::now();
+    let got = get(proxy.http, "w1.test", "/index.html").await;
+    assert_eq!(got.status, StatusCode::OK, "{} {}", got.text, proxy.service_view("w1").await);
+    assert!(begin.elapsed() >= Duration::from_millis(500), "waited for the exposed port: {:?}", begin.elapsed());
+    assert!(started_at(&exposed) < started_at(&w1));
+
+    let got = get(proxy.http, "w2.test", "/index.html").await;
+    assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE, "{}", got.text);
+    let error = proxy.service_view("w2").await["last_error"].as_str().unwrap().to_string();
+    assert!(error.contains("exposes no port: give the dependency a `port`"), "{error}");
+    assert_eq!(w2.docker_state(), "created");
+
+    let begin = Instant::now();
+    let got = get(proxy.http, "w3.test", "/index.html").await;
+    assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE, "{}", got.text);
+    assert!(begin.elapsed() < Duration::from_secs(10), "not the timeout: {:?}", begin.elapsed());
+    let error = proxy.service_view("w3").await["last_error"].as_str().unwrap().to_string();
+    assert!(error.contains(&format!("dependency {}: its healthcheck reports unhealthy", sick.name)), "{error}");
+    assert_eq!(w3.docker_state(), "created");
+}
+
+/// Against Docker: a dependency that is another service's container is that service's tenant, started first and
+/// kept while its dependant runs, past its own idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_whose_container_another_depends_on_is_kept_while_it_runs() {
+    let image = TestImage::build();
+    let (app, api) = (image.web_after(""), image.web_after("sleep 0.3;"));
+    let fa =
+        format!("container = \"{}\"\nport = 8080\nidle_timeout = \"0\"\ndepends_on = [\"{}\"]", app.name, api.name);
+    let fb = format!("container = \"{}\"\nport = 8080\nidle_timeout = \"1s\"", api.name);
+    let proxy = TestProxy::start(&routes(&[("app", fa), ("api", fb)])).await;
+    state_becomes(&proxy, "app", "stopped").await;
+    state_becomes(&proxy, "api", "stopped").await;
+    assert_eq!(proxy.service_view("app").await["depends_on"][0]["tenant"], "api");
+    let since = now_secs();
+
+    let got = get(proxy.http, "app.test", "/index.html").await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+    assert!(started_at(&api) < started_at(&app));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(api.docker_state(), "running", "kept while its dependant runs");
+    assert_eq!(event_count(&api.name, "die", since), 0);
+    let (status, body) = proxy.admin_post("/api/services/app/sleep").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    docker_state_becomes(&api, "exited").await;
+}

@@ -21,6 +21,8 @@ use crate::runtime::{ContainerInfo, ContainerState, Health, DEFAULT_HOST};
 /// Probe interval during the first [`FAST_WAITING`] of a dependency's wake.
 const FAST_WAIT: Duration = Duration::from_millis(5);
 const FAST_WAITING: Duration = Duration::from_secs(1);
+/// The longest one connect to a dependency's port may take.
+const PROBE_LIMIT: Duration = Duration::from_secs(1);
 
 /// The name of a dependency's tenant: its status key, its activity keys and its line in `reveille status`.
 /// `dep:` cannot begin a service name, so it never meets a service's tenant.
@@ -156,6 +158,14 @@ impl Tenant {
     ) -> Result<(), Refusal> {
         let interval = self.shared.settings.probe_interval;
         let network = spec.network.as_deref();
+        // Docker's view now; an error when it no longer runs the container.
+        let running = || async {
+            let info = self.runtime().inspect(&spec.container, network).await.map_err(Refusal::from_runtime)?;
+            match info.state {
+                ContainerState::Running => Ok(info),
+                _ => Err(super::driver::exited(&info)),
+            }
+        };
         let target = match info.health {
             Some(_) => None,
             None => Some(probe_target(spec, &info)?),
@@ -174,34 +184,38 @@ impl Tenant {
                     Some(Health::Starting) => {}
                 },
                 Some(b) => {
-                    if self.shared.probe.ready(b, None).await {
+                    // A connect to the address of a container that has just exited gets no answer at all (the
+                    // address is gone): bounded, and cut short by Docker's `die` event.
+                    let ready = tokio::select! {
+                        r = tokio::time::timeout(PROBE_LIMIT, self.shared.probe.ready(b, None)) => r.unwrap_or(false),
+                        m = rx.recv() => match m {
+                            None => return Err(Refusal::Removed),
+                            Some(Msg::Event) => {
+                                info = running().await?;
+                                false
+                            }
+                            Some(_) => false,
+                        },
+                    };
+                    if ready {
                         // A container that died at once frees its address for another one, which may listen on
                         // the same port: the answer counts only if Docker still runs this one.
-                        info = self.runtime().inspect(&spec.container, network).await.map_err(Refusal::from_runtime)?;
-                        if info.state != ContainerState::Running {
-                            return Err(super::driver::exited(&info));
-                        }
+                        running().await?;
                         return Ok(());
                     }
                 }
             }
             probes += 1;
-            // The health status is only seen by inspecting; the port's probe inspects now and then, so a crash
-            // fails the wake without waiting for the timeout.
-            if target.is_none() || probes.is_multiple_of(20) {
-                tokio::select! {
-                    () = tokio::time::sleep_until(next) => {}
-                    m = rx.recv() => if m.is_none() { return Err(Refusal::Removed) },
-                }
-                info = self.runtime().inspect(&spec.container, network).await.map_err(Refusal::from_runtime)?;
-                if info.state != ContainerState::Running {
-                    return Err(super::driver::exited(&info));
-                }
-                continue;
-            }
+            // Until the next look: Docker's `die` event (or, for the health status, which only an inspect shows,
+            // every time; for the port, every 20 probes) ends the wait at once.
+            let look = target.is_none() || probes.is_multiple_of(20);
             tokio::select! {
-                () = tokio::time::sleep_until(next) => {}
-                m = rx.recv() => if m.is_none() { return Err(Refusal::Removed) },
+                () = tokio::time::sleep_until(next) => if look { info = running().await? },
+                m = rx.recv() => match m {
+                    None => return Err(Refusal::Removed),
+                    Some(Msg::Event) => info = running().await?,
+                    Some(_) => {}
+                },
             }
         }
     }
