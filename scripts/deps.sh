@@ -4,8 +4,9 @@
 # Needed to build reveille.
 BUILD_PACKAGES=(protobuf-compiler)
 # Needed to run the test suite (besides the build packages): etcd, busybox for test images, Pebble (an ACME CA
-# and its DNS server, pebble-challtestsrv), chromium (headless, for the dashboard test).
-TEST_PACKAGES=(etcd-server busybox-static pebble chromium)
+# and its DNS server, pebble-challtestsrv), chromium (headless, for the dashboard test), podman (the Podman
+# runtime's tests start their own `podman system service`).
+TEST_PACKAGES=(etcd-server busybox-static pebble chromium podman)
 # Needed by the walkthroughs of README.md and docs/ (scripts/check-readme), besides the build packages: etcd,
 # busybox for the passivation tenant, openssl for the TLS certificate, curl for every request.
 README_PACKAGES=(etcd-server busybox-static openssl curl)

@@ -126,13 +126,21 @@ pub struct Running {
 }
 
 /// The container runtimes the binary passivates tenants with: the default Docker Engine (`--docker`,
-/// `[docker] endpoint`) and each of `[docker.hosts]`, each contacted only once a service needs it.
+/// `[docker] endpoint`), each of `[docker.hosts]` and each of `[runtimes]`, each contacted only once a service
+/// needs it. A runtime this version cannot build was refused when the config was read; one in a `Config` made
+/// by hand is left out, with an error in the log (a service naming it is refused as naming an unknown runtime).
 pub fn docker(config: &Config) -> Runtimes {
     let p = &config.passivation;
     let default = LazyDocker::new(DockerEndpoint::plain(p.docker.clone()), p.docker_timeout);
     let mut runtimes = Runtimes::single(Arc::new(default));
     for (name, endpoint) in &p.docker_hosts {
         runtimes = runtimes.with(name.clone(), Arc::new(LazyDocker::new(endpoint.clone(), p.docker_timeout)));
+    }
+    for (name, r) in &p.runtimes {
+        match crate::runtime::build_runtime(r.kind, &r.endpoint, p.docker_timeout) {
+            Ok(runtime) => runtimes = runtimes.with_kind(name.clone(), r.kind, runtime),
+            Err(e) => tracing::error!(runtime = %name, "{e}"),
+        }
     }
     runtimes
 }

@@ -34,7 +34,8 @@
 //!   hot reload, the handshake.
 //! - `acme`: certificates by ACME for routed hosts — orders (at a route's arrival, at the first handshake, and
 //!   for renewal), HTTP-01 and TLS-ALPN-01 answers shared through etcd, one order per name across replicas.
-//! - `runtime`: the container runtime — start, stop, pause and inspect tenant containers (Docker Engine API).
+//! - `runtime`: the container runtimes — start, stop, pause and inspect tenant containers (Docker Engine API, and
+//!   Podman through its Docker-compatible one), and the registry of named runtimes with their kinds.
 //! - `cluster`: several replicas through etcd — leases and replica keys, the decider lock, batched activity
 //!   per tenant and replica, compare-and-swap of tenants' status keys.
 //! - `passivation`: wake-on-request and idle stop of tenant containers — per-tenant state machines, held
@@ -126,5 +127,6 @@ pub use routes::{
 };
 pub use runtime::{
     ClientTls, ContainerEvent, ContainerInfo, ContainerRuntime, ContainerState, DockerEndpoint, DockerRuntime,
-    EndpointError, EventStream, Health as ContainerHealth, RuntimeError, RuntimeFuture, Runtimes, DEFAULT_HOST,
+    EndpointError, EventStream, Health as ContainerHealth, RuntimeConfig, RuntimeError, RuntimeFuture, RuntimeKind,
+    Runtimes, DEFAULT_HOST,
 };

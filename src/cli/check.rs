@@ -20,7 +20,7 @@ pub(super) fn check(
     let mut routes_path = routes;
     let mut certs_path = certs;
     let mut limit = max_file_size.unwrap_or(crate::fsread::DEFAULT_MAX_SIZE);
-    // With a config file, a service's `docker_host` must be one of its hosts; without, any name.
+    // With a config file, a service's `runtime` (`docker_host`) must be one of its runtimes; without, any name.
     let mut hosts = DockerHostNames::Any;
     if let Some(path) = &config_path {
         match ConfigFile::load(path, limit) {
@@ -28,12 +28,14 @@ pub(super) fn check(
                 if max_file_size.is_none() {
                     limit = file.server.max_file_size.unwrap_or(limit);
                 }
-                if let Err(e) = crate::config::docker_hosts(&file.docker) {
+                let runtimes = crate::config::docker_hosts(&file.docker)
+                    .and_then(|_| crate::config::named_runtimes(&file.runtimes, &file.docker));
+                if let Err(e) = runtimes {
                     println!("{}: {e}", path.display());
                     return ExitCode::FAILURE;
                 }
                 println!("{}: ok", path.display());
-                hosts = DockerHostNames::known(file.docker.hosts.keys().map(String::as_str));
+                hosts = DockerHostNames::known(crate::config::runtime_names(&file));
                 if routes_path.is_none() {
                     routes_path = file.server.routes;
                 }

@@ -220,6 +220,10 @@ pub struct ServiceFields {
     /// given) [default: default]
     #[arg(long, value_name = "NAME")]
     pub docker_host: Option<String>,
+    /// Runtime the container runs on, a `[runtimes.<name>]` or `[docker.hosts.<name>]` of the config (checked
+    /// when --config is given); replaces `docker_host`, its older name [default: default]
+    #[arg(long, value_name = "NAME", conflicts_with = "docker_host")]
+    pub runtime: Option<String>,
     /// Stop the container after this long without requests; 0 = never
     #[arg(long, value_name = "DURATION")]
     pub idle_timeout: Option<String>,
@@ -289,6 +293,7 @@ impl ServiceFields {
             ("container", &self.container),
             ("network", &self.network),
             ("docker_host", &self.docker_host),
+            ("runtime", &self.runtime),
             ("idle_timeout", &self.idle_timeout),
             ("wake_timeout", &self.wake_timeout),
             ("stop_timeout", &self.stop_timeout),
@@ -322,6 +327,12 @@ impl ServiceFields {
                 None => Value::from(name.clone()),
             });
             m.insert("depends_on".into(), Value::Array(deps.collect()));
+        }
+        // `runtime` and its older name `docker_host` are one setting: giving one removes the other.
+        if self.runtime.is_some() {
+            m.insert("docker_host".into(), Value::Null);
+        } else if self.docker_host.is_some() {
+            m.insert("runtime".into(), Value::Null);
         }
         // A field both given and removed is given.
         for field in &self.unset {
@@ -376,7 +387,7 @@ fn operate(config_path: Option<PathBuf>, flags: EtcdSection, op: Op) -> ExitCode
     let load = |path: &std::path::Path| ConfigFile::load(path, crate::fsread::DEFAULT_MAX_SIZE);
     let (mut section, hosts) = match config_path.as_deref().map(load).transpose() {
         Ok(Some(f)) => {
-            let hosts = DockerHostNames::known(f.docker.hosts.keys().map(String::as_str));
+            let hosts = DockerHostNames::known(crate::config::runtime_names(&f));
             (f.etcd, hosts)
         }
         Ok(None) => Default::default(),
@@ -428,5 +439,29 @@ fn operate(config_path: Option<PathBuf>, flags: EtcdSection, op: Op) -> ExitCode
             eprintln!("reveille: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service_set(args: &[&str]) -> Result<serde_json::Map<String, serde_json::Value>, clap::Error> {
+        let cli = <Cli as clap::Parser>::try_parse_from(["reveille", "service", "set", "web"].iter().chain(args))?;
+        let Command::Tool(tool) = cli.command else { panic!("not a tool") };
+        let Tool::Service { command: ServiceCommand::Set { fields, .. }, .. } = *tool else { panic!("not set") };
+        Ok(fields.to_json())
+    }
+
+    #[test]
+    fn runtime_replaces_its_older_name() {
+        let json = service_set(&["--container", "c", "--runtime", "pod"]).unwrap();
+        assert_eq!(json["runtime"], "pod");
+        assert_eq!(json["docker_host"], serde_json::Value::Null, "the older name is removed");
+        let json = service_set(&["--docker-host", "second"]).unwrap();
+        assert_eq!((&json["docker_host"], &json["runtime"]), (&"second".into(), &serde_json::Value::Null));
+        let e = service_set(&["--runtime", "pod", "--docker-host", "second"]).err().unwrap().to_string();
+        assert!(e.contains("--runtime") && e.contains("--docker-host"), "{e}");
+        assert!(!service_set(&["--container", "c"]).unwrap().contains_key("runtime"), "untouched unless given");
     }
 }

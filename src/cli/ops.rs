@@ -142,7 +142,7 @@ impl Ops {
 
     /// `service set NAME [--backend ADDR...] [--container C --port N ...]`: the given fields are merged into the
     /// existing value (other fields are kept), and the result is validated like the routes file before it is
-    /// written (its `docker_host` against `hosts`, the config's Docker hosts when `--config` is given).
+    /// written (its `runtime` or `docker_host` against `hosts`, the config's runtimes when `--config` is given).
     pub(super) async fn service_set(
         &mut self,
         name: &str,
@@ -233,7 +233,8 @@ impl Ops {
                     shown.push(' ');
                 }
                 let host = value
-                    .get("docker_host")
+                    .get("runtime")
+                    .or_else(|| value.get("docker_host"))
                     .and_then(Value::as_str)
                     .filter(|h| *h != crate::runtime::DEFAULT_HOST)
                     .map(|h| format!(" on {h}"))

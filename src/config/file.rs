@@ -107,6 +107,11 @@ section! {
         #[serde(default)]
         #[command(flatten)]
         pub docker: DockerSection,
+        /// `[runtimes.<name>]`: container runtimes by name (Docker, Podman, Swarm); a service runs on one with
+        /// `runtime = "<name>"`.
+        #[arg(skip)]
+        #[serde(default)]
+        pub runtimes: BTreeMap<String, RuntimeSection>,
         #[serde(default)]
         #[command(flatten)]
         pub passivation: PassivationSection,
@@ -132,11 +137,12 @@ impl ConfigFile {
             let page = &mut file.passivation.page_template;
             let certs = &mut file.tls.certs;
             let hosts = file.docker.hosts.values_mut().flat_map(|h| [&mut h.ca, &mut h.cert, &mut h.key]);
+            let runtimes = file.runtimes.values_mut().flat_map(|r| [&mut r.ca, &mut r.cert, &mut r.key]);
             let access = &mut file.log.access_log_file;
             let token = &mut file.admin.token_file;
             let roots = file.acme.as_mut().map(|a| &mut a.ca_roots);
             let paths = [&mut file.server.routes, &mut e.ca, &mut e.cert, &mut e.key, page, certs, access, token];
-            for p in paths.into_iter().chain(roots).chain(hosts).flatten() {
+            for p in paths.into_iter().chain(roots).chain(hosts).chain(runtimes).flatten() {
                 if p.is_relative() {
                     *p = dir.join(&*p);
                 }
@@ -484,6 +490,20 @@ section! {
 #[serde(deny_unknown_fields)]
 pub struct DockerHostSection {
     /// `unix:///path`, `tcp://host:port`, `http://host:port` or `https://host:port` (with `ca`, `cert`, `key`).
+    pub endpoint: String,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// `[runtimes.<name>]`: what that runtime is and where. TLS files are relative to the config file's directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSection {
+    /// `docker`, `podman` (its Docker-compatible API, `podman system service`) or `swarm`.
+    pub kind: crate::runtime::RuntimeKind,
+    /// As `[docker.hosts.<name>] endpoint`: `unix:///path`, `tcp://host:port`, `http://host:port` or
+    /// `https://host:port` (with `ca`, `cert`, `key`).
     pub endpoint: String,
     pub ca: Option<PathBuf>,
     pub cert: Option<PathBuf>,

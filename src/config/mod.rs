@@ -18,12 +18,12 @@ use std::time::Duration;
 
 use crate::etcd::EtcdConfig;
 use crate::proxy::Settings;
-use crate::runtime::{check_host_name, ClientTls, DockerEndpoint, DEFAULT_HOST};
+use crate::runtime::{check_host_name, ClientTls, DockerEndpoint, RuntimeConfig, DEFAULT_HOST};
 
 pub(crate) use error::ConfigError;
 pub(crate) use file::{
     AcmeSection, AdminSection, DockerSection, EtcdSection, LimitsSection, LogFormat, Merge, PassivationSection,
-    TlsSection, UpstreamSection,
+    RuntimeSection, TlsSection, UpstreamSection,
 };
 pub use file::{ConfigFile, Scheduler};
 
@@ -155,7 +155,7 @@ impl Config {
             },
             shutdown_grace: f.server.shutdown_grace.unwrap_or(d.shutdown_grace),
             proxy: resolve_proxy(f.limits, f.upstream, f.log.access_log, f.server.trusted_proxies),
-            passivation: resolve_passivation(f.passivation, &f.docker, f.cluster.node, max_file_size)?,
+            passivation: resolve_passivation(f.passivation, &f.docker, &f.runtimes, f.cluster.node, max_file_size)?,
             activity_interval: f.cluster.activity_interval.unwrap_or(d.activity_interval),
             cluster: crate::cluster::Settings {
                 lease_ttl: f.cluster.lease_ttl.unwrap_or(d.cluster.lease_ttl),
@@ -428,6 +428,7 @@ fn resolve_acme(a: AcmeSection) -> crate::acme::Settings {
 fn resolve_passivation(
     p: PassivationSection,
     docker: &DockerSection,
+    runtimes: &BTreeMap<String, RuntimeSection>,
     node: Option<String>,
     max_file_size: u64,
 ) -> Result<crate::passivation::Settings, ConfigError> {
@@ -447,6 +448,7 @@ fn resolve_passivation(
         page,
         docker: docker.endpoint.clone(),
         docker_hosts: docker_hosts(docker)?,
+        runtimes: named_runtimes(runtimes, docker)?,
         docker_timeout: docker.timeout.unwrap_or(d.docker_timeout),
         node: node.unwrap_or(d.node),
     };
@@ -488,21 +490,60 @@ fn resolve_passivation(
 pub(crate) fn docker_hosts(docker: &DockerSection) -> Result<BTreeMap<String, DockerEndpoint>, ConfigError> {
     let mut out = BTreeMap::new();
     for (name, h) in &docker.hosts {
-        let invalid = |e: &dyn std::fmt::Display| ConfigError::Invalid(format!("[docker.hosts.{name}] {e}"));
-        check_host_name(name).map_err(|e| invalid(&e))?;
-        if name == DEFAULT_HOST {
-            return Err(invalid(&"`default` is the host of --docker / [docker] endpoint: pick another name"));
-        }
-        let tls = match (&h.ca, &h.cert, &h.key) {
-            (None, None, None) => None,
-            (Some(ca), Some(cert), Some(key)) => {
-                Some(ClientTls { ca: ca.clone(), cert: cert.clone(), key: key.clone() })
-            }
-            _ => return Err(invalid(&"`ca`, `cert` and `key` go together (all three, for an https:// endpoint)")),
-        };
-        let endpoint = DockerEndpoint { uri: Some(h.endpoint.clone()), tls };
-        endpoint.check().map_err(|e| invalid(&e))?;
+        let endpoint = named_endpoint(&format!("[docker.hosts.{name}]"), name, &h.endpoint, [&h.ca, &h.cert, &h.key])?;
         out.insert(name.clone(), endpoint);
     }
     Ok(out)
+}
+
+/// `[runtimes.<name>]`, checked as Docker hosts are, and against them: a name is defined in one table only.
+/// A kind this version cannot build is refused here, when the config is read.
+pub(crate) fn named_runtimes(
+    runtimes: &BTreeMap<String, RuntimeSection>,
+    docker: &DockerSection,
+) -> Result<BTreeMap<String, RuntimeConfig>, ConfigError> {
+    let mut out = BTreeMap::new();
+    // Building one contacts nothing: this only asks whether this version can build its kind.
+    let timeout = docker.timeout.unwrap_or(crate::passivation::Settings::default().docker_timeout);
+    for (name, r) in runtimes {
+        let table = format!("[runtimes.{name}]");
+        if docker.hosts.contains_key(name) {
+            return Err(ConfigError::Invalid(format!(
+                "{table} and [docker.hosts.{name}] both define runtime {name:?}: keep one"
+            )));
+        }
+        let endpoint = named_endpoint(&table, name, &r.endpoint, [&r.ca, &r.cert, &r.key])?;
+        crate::runtime::build_runtime(r.kind, &endpoint, timeout)
+            .map_err(|e| ConfigError::Invalid(format!("{table} kind: {e}")))?;
+        out.insert(name.clone(), RuntimeConfig { kind: r.kind, endpoint });
+    }
+    Ok(out)
+}
+
+/// The names services may give as `runtime` (or `docker_host`): `[docker.hosts]` and `[runtimes]`.
+pub(crate) fn runtime_names(file: &ConfigFile) -> impl Iterator<Item = &str> {
+    file.docker.hosts.keys().chain(file.runtimes.keys()).map(String::as_str)
+}
+
+/// One named endpoint of `table`, checked: its name, its URI, and its TLS files (`ca`, `cert`, `key`: all or
+/// none, readable, and only with https).
+fn named_endpoint(
+    table: &str,
+    name: &str,
+    uri: &str,
+    [ca, cert, key]: [&Option<PathBuf>; 3],
+) -> Result<DockerEndpoint, ConfigError> {
+    let invalid = |e: &dyn std::fmt::Display| ConfigError::Invalid(format!("{table} {e}"));
+    check_host_name(name).map_err(|e| invalid(&e))?;
+    if name == DEFAULT_HOST {
+        return Err(invalid(&"`default` is the host of --docker / [docker] endpoint: pick another name"));
+    }
+    let tls = match (ca, cert, key) {
+        (None, None, None) => None,
+        (Some(ca), Some(cert), Some(key)) => Some(ClientTls { ca: ca.clone(), cert: cert.clone(), key: key.clone() }),
+        _ => return Err(invalid(&"`ca`, `cert` and `key` go together (all three, for an https:// endpoint)")),
+    };
+    let endpoint = DockerEndpoint { uri: Some(uri.to_string()), tls };
+    endpoint.check().map_err(|e| invalid(&e))?;
+    Ok(endpoint)
 }

@@ -504,3 +504,60 @@ fn moved_keys_are_refused_in_their_old_place_with_the_new_one_named() {
         assert!(e.contains("unknown field `nope`"), "[{section}]: {e}");
     }
 }
+
+#[test]
+fn runtimes_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reveille.toml");
+    for f in ["ca.pem", "cert.pem", "key.pem"] {
+        std::fs::write(dir.path().join(f), "pem").unwrap();
+    }
+    let write = |text: &str| std::fs::write(&path, format!("[server]\nroutes = \"r.toml\"\n{text}")).unwrap();
+    write(
+        "[runtimes.pod]\nkind = \"podman\"\nendpoint = \"unix:///run/podman/podman.sock\"\n\
+         [runtimes.dc2]\nkind = \"docker\"\nendpoint = \"https://docker-2.lan:2376\"\nca = \"ca.pem\"\n\
+         cert = \"cert.pem\"\nkey = \"key.pem\"\n\
+         [docker.hosts.second]\nendpoint = \"tcp://127.0.0.1:2375\"\n",
+    );
+    let cfg = Config::resolve(Some(&path), &ConfigFile::default()).unwrap();
+    let p = &cfg.passivation;
+    assert_eq!(p.runtimes.keys().collect::<Vec<_>>(), ["dc2", "pod"]);
+    assert_eq!(p.runtimes["pod"].kind, crate::runtime::RuntimeKind::Podman);
+    assert_eq!(p.runtimes["pod"].endpoint, DockerEndpoint::plain(Some("unix:///run/podman/podman.sock".into())));
+    assert_eq!(p.runtimes["dc2"].kind, crate::runtime::RuntimeKind::Docker);
+    let tls = p.runtimes["dc2"].endpoint.tls.as_ref().unwrap();
+    assert_eq!(tls.cert, dir.path().join("cert.pem"), "relative to the config file");
+    assert_eq!(p.docker_hosts.keys().collect::<Vec<_>>(), ["second"], "the older table still works beside it");
+    let file = ConfigFile::load(&path, 1 << 20).unwrap();
+    let mut names = runtime_names(&file).collect::<Vec<_>>();
+    names.sort();
+    assert_eq!(names, ["dc2", "pod", "second"]);
+
+    let refused = |text: &str| {
+        write(text);
+        Config::resolve(Some(&path), &ConfigFile::default()).unwrap_err().to_string()
+    };
+    let cases = [
+        (
+            "[runtimes.sw]\nkind = \"swarm\"\nendpoint = \"unix:///var/run/docker.sock\"\n",
+            "[runtimes.sw] kind: runtime kind \"swarm\" is not built in this version",
+        ),
+        ("[runtimes.x]\nkind = \"nomad\"\nendpoint = \"tcp://h:1\"\n", "unknown variant `nomad`"),
+        ("[runtimes.x]\nendpoint = \"tcp://h:1\"\n", "missing field `kind`"),
+        ("[runtimes.x]\nkind = \"podman\"\n", "missing field `endpoint`"),
+        ("[runtimes.x]\nkind = \"podman\"\nendpoint = \"tcp://h:1\"\nport = 2\n", "unknown field `port`"),
+        ("[runtimes.x]\nkind = \"podman\"\nendpoint = \"ftp://h:1\"\n", "[runtimes.x] docker endpoint \"ftp://h:1\""),
+        ("[runtimes.x]\nkind = \"podman\"\nendpoint = \"https://h:2376\"\n", "[runtimes.x] docker endpoint"),
+        ("[runtimes.x]\nkind = \"docker\"\nendpoint = \"https://h:2376\"\nca = \"ca.pem\"\n", "go together"),
+        ("[runtimes.default]\nkind = \"podman\"\nendpoint = \"tcp://h:1\"\n", "[runtimes.default] `default` is"),
+        ("[runtimes.\"a b\"]\nkind = \"podman\"\nendpoint = \"tcp://h:1\"\n", "name \"a b\""),
+        (
+            "[runtimes.two]\nkind = \"podman\"\nendpoint = \"tcp://h:1\"\n[docker.hosts.two]\nendpoint = \"tcp://h:2\"\n",
+            "[runtimes.two] and [docker.hosts.two] both define runtime \"two\"",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = refused(text);
+        assert!(e.contains(want), "{text}: {e}");
+    }
+}

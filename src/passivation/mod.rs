@@ -44,7 +44,7 @@ use crate::cluster::{self, Cluster, Use};
 use crate::events::Events;
 use crate::metrics::{Metrics, PassivationMetrics};
 use crate::routes::{ContainerSpec, Dependency, RouteHandle, RouteTable, Service};
-use crate::runtime::{ContainerRuntime, DockerEndpoint, Runtimes};
+use crate::runtime::{ContainerRuntime, DockerEndpoint, RuntimeConfig, Runtimes};
 use hosts::{DockerHost, DockerHosts};
 
 /// Defaults and knobs of passivation (`[passivation]` in the config). Per-service fields override the first
@@ -74,6 +74,9 @@ pub struct Settings {
     pub docker: Option<String>,
     /// The other Docker hosts (`[docker.hosts.<name>]`), by name; a service picks one with `docker_host`.
     pub docker_hosts: BTreeMap<String, DockerEndpoint>,
+    /// The named runtimes of `[runtimes.<name>]` (Docker, Podman...), by name; a service picks one with
+    /// `runtime` (or `docker_host`). A name is in `docker_hosts` or here, not both.
+    pub runtimes: BTreeMap<String, RuntimeConfig>,
     /// Time allowed for one Docker API call.
     pub docker_timeout: Duration,
     /// This instance's name in the etcd status keys.
@@ -93,6 +96,7 @@ impl Default for Settings {
             page: Page::default(),
             docker: None,
             docker_hosts: BTreeMap::new(),
+            runtimes: BTreeMap::new(),
             docker_timeout: Duration::from_secs(10),
             node: default_node_name(),
         }

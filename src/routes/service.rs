@@ -341,7 +341,8 @@ pub struct ContainerSpec {
     pub container: String,
     pub port: Option<u16>,
     pub network: Option<String>,
-    /// The Docker host it runs on, as written; `None` = [`DEFAULT_HOST`] (see [`Self::docker_host`]).
+    /// The runtime it runs on, as written in `runtime` or in its older name `docker_host`; `None` =
+    /// [`DEFAULT_HOST`] (see [`Self::docker_host`]).
     pub docker_host: Option<String>,
     pub idle_timeout: Option<Duration>,
     pub wake_timeout: Option<Duration>,
@@ -361,9 +362,14 @@ pub struct ContainerSpec {
 }
 
 impl ContainerSpec {
-    /// The name of the Docker host the container runs on.
+    /// The name of the runtime (Docker host) the container runs on.
     pub fn docker_host(&self) -> &str {
         self.docker_host.as_deref().unwrap_or(DEFAULT_HOST)
+    }
+
+    /// The name of the runtime the container runs on: the same as [`Self::docker_host`].
+    pub fn runtime(&self) -> &str {
+        self.docker_host()
     }
 }
 

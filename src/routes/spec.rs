@@ -32,8 +32,13 @@ pub(crate) struct ServiceSpec {
     #[serde(default)]
     pub network: Option<String>,
     /// The Docker host the container runs on (a `[docker.hosts.<name>]` of the config); unset = `default`.
+    /// The older name of `runtime`: a service gives one or the other.
     #[serde(default)]
     pub docker_host: Option<String>,
+    /// The runtime the container runs on (a `[runtimes.<name>]` or `[docker.hosts.<name>]` of the config);
+    /// unset = `default`.
+    #[serde(default)]
+    pub runtime: Option<String>,
     /// Stop (or pause) the container after this long without activity; `"0"` = never.
     #[serde(default, with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
@@ -107,6 +112,7 @@ pub(crate) const SERVICE_FIELDS: &[&str] = &[
     "port",
     "network",
     "docker_host",
+    "runtime",
     "idle_timeout",
     "wake_timeout",
     "stop_timeout",
@@ -346,11 +352,12 @@ impl DockerHostNames {
         Self::Known(Arc::new(set))
     }
 
-    fn check(&self, host: &str) -> Result<(), String> {
-        crate::runtime::check_host_name(host).map_err(|e| e.to_string())?;
+    /// Checks `host`, the value of `field` (`runtime` or `docker_host`).
+    fn check(&self, field: &str, host: &str) -> Result<(), String> {
+        crate::runtime::check_host_name(host).map_err(|e| format!("`{field}`: {e}"))?;
         match self {
             Self::Known(set) if !set.contains(host) => Err(format!(
-                "unknown `docker_host` {host:?} (configured: {})",
+                "unknown `{field}` {host:?} (configured: {})",
                 set.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
             )),
             _ => Ok(()),
@@ -492,6 +499,7 @@ impl ServiceSpec {
                 ("port", self.port.is_some()),
                 ("network", self.network.is_some()),
                 ("docker_host", self.docker_host.is_some()),
+                ("runtime", self.runtime.is_some()),
                 ("idle_timeout", self.idle_timeout.is_some()),
                 ("wake_timeout", self.wake_timeout.is_some()),
                 ("stop_timeout", self.stop_timeout.is_some()),
@@ -512,8 +520,18 @@ impl ServiceSpec {
             return Err(bad(format!("invalid container name {container:?}")));
         }
         let depends_on = self.dependencies(container).map_err(bad)?;
-        if let Some(host) = &self.docker_host {
-            hosts.check(host).map_err(bad)?;
+        let runtime = match (&self.runtime, &self.docker_host) {
+            (Some(_), Some(_)) => {
+                return Err(bad("`runtime` and `docker_host` both name the runtime (`docker_host` is its older \
+                                name): give one"
+                    .into()))
+            }
+            (Some(name), None) => Some(("runtime", name)),
+            (None, Some(name)) => Some(("docker_host", name)),
+            (None, None) => None,
+        };
+        if let Some((field, name)) = runtime {
+            hosts.check(field, name).map_err(bad)?;
         }
         if self.port == Some(0) {
             return Err(bad("`port` must be 1-65535".into()));
@@ -546,7 +564,7 @@ impl ServiceSpec {
             container: container.clone(),
             port: self.port,
             network: self.network.clone(),
-            docker_host: self.docker_host.clone(),
+            docker_host: runtime.map(|(_, name)| name.clone()),
             idle_timeout: self.idle_timeout,
             wake_timeout: self.wake_timeout,
             stop_timeout: self.stop_timeout,
@@ -816,6 +834,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown field `prot`"), "{e}");
+    }
+
+    #[test]
+    fn runtime_field() {
+        let known = DockerHostNames::known(["pod"]);
+        let parse =
+            |j: &str, hosts: &DockerHostNames| serde_json::from_str::<ServiceSpec>(j).unwrap().to_service("a", hosts);
+        let svc = parse(r#"{"container": "c", "port": 1, "runtime": "pod"}"#, &known).unwrap();
+        assert_eq!(svc.container().unwrap().runtime(), "pod");
+        assert_eq!(svc.container().unwrap().docker_host(), "pod", "one setting, two names");
+        let e = parse(r#"{"container": "c", "port": 1, "runtime": "nope"}"#, &known).unwrap_err().1;
+        assert_eq!(e.to_string(), "service \"a\": unknown `runtime` \"nope\" (configured: default, pod)");
+        let both = r#"{"container": "c", "port": 1, "runtime": "pod", "docker_host": "pod"}"#;
+        let e = parse(both, &DockerHostNames::Any).unwrap_err().1;
+        assert!(e.to_string().contains("`runtime` and `docker_host` both name the runtime"), "{e}");
+        let e = parse(r#"{"container": "c", "port": 1, "runtime": "a/b"}"#, &DockerHostNames::Any).unwrap_err().1;
+        assert!(e.to_string().contains("`runtime`: docker host name \"a/b\""), "{e}");
+        let e = parse(r#"{"backends": ["127.0.0.1:1"], "runtime": "pod"}"#, &known).unwrap_err().1;
+        assert!(e.to_string().contains("`runtime` needs `container`"), "{e}");
     }
 
     #[test]

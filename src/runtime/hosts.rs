@@ -1,12 +1,13 @@
-//! Several Docker hosts: where each one is ([`DockerEndpoint`], checked when the config is read) and the
-//! registry of their runtimes by name ([`Runtimes`]). The host named [`DEFAULT_HOST`] is the one of `--docker` /
-//! `[docker] endpoint`; the others come from `[docker.hosts.<name>]`.
+//! Several runtimes: where each one is ([`DockerEndpoint`], checked when the config is read), what it is
+//! ([`RuntimeConfig`]) and the registry of their runtimes by name, with their kinds ([`Runtimes`]). The runtime
+//! named [`DEFAULT_HOST`] is the Docker Engine of `--docker` / `[docker] endpoint`; the others come from
+//! `[runtimes.<name>]` and from its older form for Docker alone, `[docker.hosts.<name>]`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::ContainerRuntime;
+use super::{ContainerRuntime, RuntimeKind};
 
 /// The name of the Docker host of services that name none (`--docker`, `[docker] endpoint`).
 pub const DEFAULT_HOST: &str = "default";
@@ -108,6 +109,13 @@ impl DockerEndpoint {
     }
 }
 
+/// A named runtime as configured (`[runtimes.<name>]`): its kind and where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    pub kind: RuntimeKind,
+    pub endpoint: DockerEndpoint,
+}
+
 /// Checks a Docker host name (it is a metrics label and a routes-file value).
 pub(crate) fn check_host_name(name: &str) -> Result<(), EndpointError> {
     if name.is_empty() || name.contains(|c: char| c == '/' || c.is_whitespace() || c.is_control()) {
@@ -116,42 +124,53 @@ pub(crate) fn check_host_name(name: &str) -> Result<(), EndpointError> {
     Ok(())
 }
 
-/// The container runtimes by Docker host name; [`DEFAULT_HOST`] is always there.
+/// The container runtimes by name (a service's `runtime`, or its older `docker_host`), each with its kind;
+/// [`DEFAULT_HOST`] is always there. The one place that maps a name to a runtime.
 #[derive(Clone)]
 pub struct Runtimes {
-    hosts: BTreeMap<String, Arc<dyn ContainerRuntime>>,
+    hosts: BTreeMap<String, (RuntimeKind, Arc<dyn ContainerRuntime>)>,
 }
 
 impl std::fmt::Debug for Runtimes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map().entries(self.hosts.iter().map(|(n, rt)| (n, rt.endpoint()))).finish()
+        f.debug_map().entries(self.hosts.iter().map(|(n, (kind, rt))| (n, (kind, rt.endpoint())))).finish()
     }
 }
 
 impl Runtimes {
-    /// One host, the default.
+    /// One Docker runtime, the default.
     pub fn single(default: Arc<dyn ContainerRuntime>) -> Self {
-        Self { hosts: BTreeMap::from([(DEFAULT_HOST.to_string(), default)]) }
+        Self { hosts: BTreeMap::from([(DEFAULT_HOST.to_string(), (RuntimeKind::Docker, default))]) }
     }
 
-    /// Adds (or replaces) host `name`.
-    pub fn with(mut self, name: impl Into<String>, runtime: Arc<dyn ContainerRuntime>) -> Self {
-        self.hosts.insert(name.into(), runtime);
+    /// Adds (or replaces) Docker runtime `name`.
+    pub fn with(self, name: impl Into<String>, runtime: Arc<dyn ContainerRuntime>) -> Self {
+        self.with_kind(name, RuntimeKind::Docker, runtime)
+    }
+
+    /// Adds (or replaces) runtime `name`, of `kind`.
+    pub fn with_kind(mut self, name: impl Into<String>, kind: RuntimeKind, runtime: Arc<dyn ContainerRuntime>) -> Self {
+        self.hosts.insert(name.into(), (kind, runtime));
         self
     }
 
-    /// The runtime of host `name`.
+    /// The runtime named `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<dyn ContainerRuntime>> {
-        self.hosts.get(name)
+        self.hosts.get(name).map(|(_, rt)| rt)
     }
 
-    /// The host names, in order.
+    /// The kind of runtime `name`.
+    pub fn kind(&self, name: &str) -> Option<RuntimeKind> {
+        self.hosts.get(name).map(|(kind, _)| *kind)
+    }
+
+    /// The runtime names, in order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.hosts.keys().map(String::as_str)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<dyn ContainerRuntime>)> {
-        self.hosts.iter().map(|(n, rt)| (n.as_str(), rt))
+        self.hosts.iter().map(|(n, (_, rt))| (n.as_str(), rt))
     }
 }
 

@@ -5,15 +5,19 @@
 //! a tenant should wake or sleep (that is `passivation/`), and it never creates or removes containers: the
 //! platform does, reveille only starts and stops them.
 //!
-//! Several Docker hosts (`hosts`): each has its own [`DockerEndpoint`] (unix socket, plain TCP, or HTTPS with
-//! client certificates) and its own lazily connected [`LazyDocker`]; [`Runtimes`] names them.
+//! Several runtimes (`hosts`): each has its own [`DockerEndpoint`] (unix socket, plain TCP, or HTTPS with
+//! client certificates) and its own lazily connected [`LazyDocker`]; [`Runtimes`] names them, with their
+//! [`RuntimeKind`] (`kind`). Podman is the same client through its Docker-compatible API: where its answers
+//! differ from Docker's, the difference is handled here, each with a comment saying what Podman does.
 
 mod hosts;
+mod kind;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::errors::Error as DockerError;
@@ -22,7 +26,29 @@ use bollard::Docker;
 use futures_util::{Stream, StreamExt};
 
 pub(crate) use hosts::check_host_name;
-pub use hosts::{ClientTls, DockerEndpoint, EndpointError, Runtimes, DEFAULT_HOST};
+pub use hosts::{ClientTls, DockerEndpoint, EndpointError, RuntimeConfig, Runtimes, DEFAULT_HOST};
+pub use kind::RuntimeKind;
+
+/// Why a configured runtime could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum BuildError {
+    #[error("runtime kind \"{0}\" is not built in this version (use \"docker\" or \"podman\")")]
+    NotBuilt(RuntimeKind),
+}
+
+/// The runtime of `kind` at `endpoint`, each call bounded by `timeout`: the one place that turns a configured
+/// runtime into a [`ContainerRuntime`]. Nothing is contacted here: Docker and Podman connect at their first
+/// call (see [`LazyDocker`]).
+pub(crate) fn build_runtime(
+    kind: RuntimeKind,
+    endpoint: &DockerEndpoint,
+    timeout: Duration,
+) -> Result<Arc<dyn ContainerRuntime>, BuildError> {
+    match kind {
+        RuntimeKind::Docker | RuntimeKind::Podman => Ok(Arc::new(LazyDocker::of_kind(endpoint.clone(), timeout, kind))),
+        RuntimeKind::Swarm => Err(BuildError::NotBuilt(kind)),
+    }
+}
 
 /// Why a runtime operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +127,8 @@ pub struct DockerRuntime {
     docker: Docker,
     endpoint: String,
     timeout: Duration,
+    /// Docker, or Podman's Docker-compatible API, whose answers differ in a few places.
+    kind: RuntimeKind,
 }
 
 impl DockerRuntime {
@@ -113,6 +141,17 @@ impl DockerRuntime {
     /// Connects to `endpoint`, `https://` ones with their client certificates, and agrees on an API version.
     /// Fails fast when Docker does not answer.
     pub async fn connect_to(endpoint: &DockerEndpoint, timeout: Duration) -> Result<Self, RuntimeError> {
+        Self::connect_kind(endpoint, timeout, RuntimeKind::Docker).await
+    }
+
+    /// Connects to `endpoint`, a Docker Engine or Podman's Docker-compatible API (`kind`), as
+    /// [`Self::connect_to`]. Podman 4 answers `/version` with `ApiVersion` 1.41, and bollard's negotiation
+    /// steps down to it; Podman serves any `/v1.x/` prefix, so nothing else differs here.
+    pub async fn connect_kind(
+        endpoint: &DockerEndpoint,
+        timeout: Duration,
+        kind: RuntimeKind,
+    ) -> Result<Self, RuntimeError> {
         let name = endpoint.display();
         let unavailable = |reason: String| RuntimeError::Unavailable { endpoint: name.clone(), reason };
         let secs = timeout.as_secs().max(1);
@@ -138,11 +177,16 @@ impl DockerRuntime {
             Ok(Err(e)) => return Err(unavailable(e.to_string())),
             Err(_) => return Err(unavailable(format!("no answer within {}", humantime::format_duration(timeout)))),
         };
-        Ok(Self { docker, endpoint: name, timeout })
+        Ok(Self { docker, endpoint: name, timeout, kind })
     }
 
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// Docker or Podman.
+    pub fn kind(&self) -> RuntimeKind {
+        self.kind
     }
 
     /// Inspects a container; `network` picks which network's address to report.
@@ -182,7 +226,7 @@ impl DockerRuntime {
         Ok(ContainerInfo { id, name, state, ip, exit_code, error, health, exposed_ports })
     }
 
-    /// Starts a stopped container. Already running is not an error.
+    /// Starts a stopped container. Already running is not an error (304, from Docker and Podman alike).
     pub async fn start(&self, container: &str) -> Result<(), RuntimeError> {
         self.call(
             "start",
@@ -221,6 +265,8 @@ impl DockerRuntime {
         let info = self
             .call("inspect", container, self.docker.inspect_container(container, None::<InspectContainerOptions>))
             .await?;
+        // Docker leaves `StopTimeout` out unless the container sets one; Podman always gives it (its default is
+        // 10 s too), so both come to the same grace.
         Ok(match info.config.and_then(|c| c.stop_timeout) {
             None => DOCKER_STOP_TIMEOUT,
             Some(secs) if secs < 0 => UNBOUNDED_STOP,
@@ -251,12 +297,14 @@ impl DockerRuntime {
         }
         let options = options.build();
         let endpoint = self.endpoint.clone();
+        let kind = self.kind;
         self.docker.events(Some(options)).map(move |r| match r {
             Ok(ev) => {
                 let actor = ev.actor.unwrap_or_default();
                 let name = actor.attributes.unwrap_or_default().remove("name").unwrap_or_default();
                 let id = actor.id.unwrap_or_default();
-                Ok(ContainerEvent { id, container: name, action: ev.action.unwrap_or_default() })
+                let action = event_action(kind, ev.action.unwrap_or_default());
+                Ok(ContainerEvent { id, container: name, action })
             }
             Err(e) => Err(RuntimeError::Unavailable { endpoint: endpoint.clone(), reason: e.to_string() }),
         })
@@ -280,7 +328,8 @@ impl DockerRuntime {
     {
         match r {
             Ok(v) => Ok(v),
-            // 304: already started / already stopped.
+            // 304: already started / already stopped (Podman too). Pausing a paused container is 409 from Docker
+            // and 500 "container state improper" from Podman: a refusal either way, as below.
             Err(DockerError::DockerResponseServerError { status_code: 304, .. }) => Ok(T::default()),
             Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {
                 Err(RuntimeError::NoSuchContainer(container.to_string()))
@@ -320,18 +369,25 @@ pub(crate) struct LazyDocker {
     endpoint: DockerEndpoint,
     name: String,
     timeout: Duration,
+    /// Docker or Podman.
+    kind: RuntimeKind,
     docker: tokio::sync::OnceCell<DockerRuntime>,
 }
 
 impl LazyDocker {
     /// `endpoint` as for [`DockerRuntime::connect_to`]; `timeout` bounds every call.
     pub(crate) fn new(endpoint: DockerEndpoint, timeout: Duration) -> Self {
+        Self::of_kind(endpoint, timeout, RuntimeKind::Docker)
+    }
+
+    /// A Docker Engine or Podman's Docker-compatible API, as `kind` says.
+    pub(crate) fn of_kind(endpoint: DockerEndpoint, timeout: Duration, kind: RuntimeKind) -> Self {
         let name = endpoint.display();
-        Self { endpoint, name, timeout, docker: tokio::sync::OnceCell::new() }
+        Self { endpoint, name, timeout, kind, docker: tokio::sync::OnceCell::new() }
     }
 
     async fn get(&self) -> Result<&DockerRuntime, RuntimeError> {
-        self.docker.get_or_try_init(|| DockerRuntime::connect_to(&self.endpoint, self.timeout)).await
+        self.docker.get_or_try_init(|| DockerRuntime::connect_kind(&self.endpoint, self.timeout, self.kind)).await
     }
 }
 
@@ -363,6 +419,19 @@ impl ContainerRuntime for LazyDocker {
     }
 }
 
+/// An event's action in Docker's words. Podman's compatible API already says `die` where its own log says
+/// `died`, but it says `remove` where Docker says `destroy`: passivation reads `destroy` (a tenant's container
+/// is gone), so Podman's is renamed. A health check's event is `health_status: healthy` from Docker but a bare
+/// `health_status` from Podman, without the result (in the action or the attributes): a reader matches the
+/// prefix and inspects. (Podman also runs health checks from systemd timers: without systemd, as in this
+/// sandbox, they run only when `podman healthcheck run` is called, and the status stays `starting`.)
+fn event_action(kind: RuntimeKind, action: String) -> String {
+    match (kind, action.as_str()) {
+        (RuntimeKind::Podman, "remove") => "destroy".into(),
+        _ => action,
+    }
+}
+
 fn pick_network<'a>(
     networks: &'a HashMap<String, bollard::models::EndpointSettings>,
     wanted: Option<&str>,
@@ -371,5 +440,38 @@ fn pick_network<'a>(
         Some(w) => networks.get(w),
         // "First network": the map has no order, so take the first by name, which is stable.
         None => networks.iter().min_by(|a, b| a.0.cmp(b.0)).map(|(_, v)| v),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtimes_carry_their_kinds_and_swarm_is_not_built() {
+        let endpoint = DockerEndpoint::plain(Some("unix:///run/podman/podman.sock".into()));
+        let timeout = Duration::from_secs(1);
+        let podman = build_runtime(RuntimeKind::Podman, &endpoint, timeout).unwrap();
+        assert_eq!(podman.endpoint(), "unix:///run/podman/podman.sock");
+        let docker = build_runtime(RuntimeKind::Docker, &DockerEndpoint::plain(None), timeout).unwrap();
+        let runtimes =
+            Runtimes::single(docker).with_kind("pods", RuntimeKind::Podman, podman.clone()).with("rack2", podman);
+        assert_eq!(runtimes.kind(DEFAULT_HOST), Some(RuntimeKind::Docker));
+        assert_eq!(runtimes.kind("pods"), Some(RuntimeKind::Podman));
+        assert_eq!(runtimes.kind("rack2"), Some(RuntimeKind::Docker), "`with` adds a Docker runtime");
+        assert_eq!(runtimes.kind("nope"), None);
+        assert_eq!(runtimes.get("pods").unwrap().endpoint(), "unix:///run/podman/podman.sock");
+        assert_eq!(runtimes.names().collect::<Vec<_>>(), ["default", "pods", "rack2"]);
+
+        let e = build_runtime(RuntimeKind::Swarm, &endpoint, timeout).err().unwrap();
+        assert_eq!(e, BuildError::NotBuilt(RuntimeKind::Swarm));
+        assert_eq!(e.to_string(), "runtime kind \"swarm\" is not built in this version (use \"docker\" or \"podman\")");
+    }
+
+    #[test]
+    fn podman_events_in_dockers_words() {
+        assert_eq!(event_action(RuntimeKind::Podman, "remove".into()), "destroy");
+        assert_eq!(event_action(RuntimeKind::Podman, "die".into()), "die");
+        assert_eq!(event_action(RuntimeKind::Docker, "remove".into()), "remove", "Docker's own are kept");
     }
 }
