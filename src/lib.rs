@@ -127,6 +127,6 @@ pub use routes::{
 };
 pub use runtime::{
     ClientTls, ContainerEvent, ContainerInfo, ContainerRuntime, ContainerState, DockerEndpoint, DockerRuntime,
-    EndpointError, EventStream, PublishedPort, RuntimeConfig, RuntimeError, RuntimeFuture, RuntimeKind, Runtimes,
-    SwarmRuntime, DEFAULT_HOST,
+    EndpointError, EventStream, Health as ContainerHealth, PublishedPort, RuntimeConfig, RuntimeError, RuntimeFuture,
+    RuntimeKind, Runtimes, SwarmRuntime, DEFAULT_HOST,
 };

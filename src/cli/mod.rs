@@ -271,6 +271,25 @@ pub struct ServiceFields {
     /// Certificates by ACME for the service's host names (true/false; unset follows `[acme] hosts`)
     #[arg(long, value_name = "BOOL")]
     pub acme: Option<bool>,
+    /// A container started (and waited for: its healthcheck, else PORT or the only port it exposes) before the
+    /// service's own; repeat for several, in order; the list given replaces the service's list
+    #[arg(long = "depends-on", value_name = "NAME[:PORT]", value_parser = parse_dependency)]
+    pub depends_on: Vec<(String, Option<u16>)>,
+}
+
+/// `--depends-on NAME[:PORT]`.
+fn parse_dependency(s: &str) -> Result<(String, Option<u16>), String> {
+    let (name, port) = match s.split_once(':') {
+        Some((name, port)) => {
+            let port = port.parse::<u16>().ok().filter(|p| *p != 0);
+            (name, Some(port.ok_or_else(|| format!("{s:?}: the port after ':' must be 1-65535"))?))
+        }
+        None => (s, None),
+    };
+    if name.is_empty() {
+        return Err(format!("{s:?}: no container name before ':'"));
+    }
+    Ok((name.to_string(), port))
 }
 
 impl ServiceFields {
@@ -317,6 +336,13 @@ impl ServiceFields {
         }
         if let Some(b) = self.acme {
             m.insert("acme".into(), Value::from(b));
+        }
+        if !self.depends_on.is_empty() {
+            let deps = self.depends_on.iter().map(|(name, port)| match port {
+                Some(p) => serde_json::json!({ "container": name, "port": p }),
+                None => Value::from(name.clone()),
+            });
+            m.insert("depends_on".into(), Value::Array(deps.collect()));
         }
         // `runtime` and its older name `docker_host` are one setting: giving one removes the other.
         if self.runtime.is_some() {

@@ -173,8 +173,8 @@ impl Ops {
         within(self.timeout, self.client.put(key, merged.to_string(), None)).await?;
         let kind = |c: &ContainerSpec| if c.swarm.is_some() { "swarm service" } else { "container" };
         let what = match (service.backends(), service.container()) {
-            ([], Some(c)) => format!("{} {}{}", kind(c), c.container, on_host(c)),
-            (b, Some(c)) => format!("{} ({} {}{})", join(b), kind(c), c.container, on_host(c)),
+            ([], Some(c)) => format!("{} {}{}{}", kind(c), c.container, on_host(c), after(c)),
+            (b, Some(c)) => format!("{} ({} {}{}{})", join(b), kind(c), c.container, on_host(c), after(c)),
             (b, None) => join(b),
         };
         Ok(format!("service {name}: {what} ({})", if existed { "updated" } else { "new" }))
@@ -242,7 +242,14 @@ impl Ops {
                     .filter(|h| *h != crate::runtime::DEFAULT_HOST)
                     .map(|h| format!(" on {h}"))
                     .unwrap_or_default();
-                shown.push_str(&format!("[{kind} {c}{port}{host}]"));
+                // `depends_on`, as written: names, or tables with a container.
+                let deps: Vec<&str> = value
+                    .get("depends_on")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(|d| d.as_str().or_else(|| d["container"].as_str())).collect())
+                    .unwrap_or_default();
+                let after = if deps.is_empty() { String::new() } else { format!(" after {}", deps.join(", ")) };
+                shown.push_str(&format!("[{kind} {c}{port}{host}{after}]"));
             }
             let _ = writeln!(out, "{name:width$}  {n:>6}  {shown}");
         }
@@ -424,6 +431,15 @@ impl Ops {
 
 fn join(backends: &[crate::routes::Backend]) -> String {
     backends.iter().map(|b| b.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// " after A, B" for a container with `depends_on`.
+fn after(c: &ContainerSpec) -> String {
+    if c.depends_on.is_empty() {
+        return String::new();
+    }
+    let names: Vec<&str> = c.depends_on.iter().map(|d| d.container.as_str()).collect();
+    format!(" after {}", names.join(", "))
 }
 
 /// " on docker host X" for a container off the default host.

@@ -143,6 +143,26 @@ impl Passivator {
                             "total_ms": w.total.map(whole_ms),
                         })
                     }));
+                    // A group's members: each dependency's tenant, in the order it is started.
+                    let deps: Vec<Value> = t
+                        .dependencies()
+                        .iter()
+                        .map(|d| {
+                            let snap = d.snapshot();
+                            let own = d.service();
+                            json!({
+                                "container": own.container().map(|c| c.container.as_str()),
+                                "tenant": d.name(),
+                                "state": snap.phase.as_str(),
+                                "since": rfc3339(snap.since),
+                                "held_by": snap.in_flight,
+                                "last_error": snap.last_error.as_ref().map(|r| r.to_string()),
+                            })
+                        })
+                        .collect();
+                    if !deps.is_empty() {
+                        v["depends_on"] = json!(deps);
+                    }
                     v["idle_action"] = json!(spec.idle_action.as_str());
                     let idle = spec.idle_timeout.unwrap_or(self.settings().idle_timeout);
                     v["idle_timeout"] = json!(humantime::format_duration(idle).to_string());

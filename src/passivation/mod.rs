@@ -37,12 +37,13 @@ use tracing::{debug, info, warn, Instrument};
 pub(crate) use self::http::wants_page;
 pub(crate) use page::{Page, PageValues};
 pub(crate) use probe::{NetProbe, Probe, StopCheck};
+use tenant::{dependency_name, dependency_service};
 pub(crate) use tenant::{Activity, KeepAwakeError, Phase, Refusal, Tenant};
 
 use crate::cluster::{self, Cluster, Use};
 use crate::events::Events;
 use crate::metrics::{Metrics, PassivationMetrics};
-use crate::routes::{RouteHandle, RouteTable, Service};
+use crate::routes::{ContainerSpec, Dependency, RouteHandle, RouteTable, Service};
 use crate::runtime::{ContainerRuntime, DockerEndpoint, RuntimeConfig, Runtimes};
 use hosts::{DockerHost, DockerHosts};
 
@@ -124,6 +125,69 @@ pub(crate) struct Shared {
     cluster: Option<Arc<Cluster>>,
     /// Tenants kept awake, without etcd (with it, the cluster keeps them).
     keep_awake: tenant::LocalKeepAwake,
+}
+
+/// The services' tenants by their container and Docker host: a dependency that is some service's container is
+/// that service's tenant, not one of its own (two tenants would drive one container).
+fn service_containers(map: &HashMap<Arc<str>, Arc<Tenant>>) -> HashMap<(String, String), Arc<Tenant>> {
+    let mut out = HashMap::new();
+    for t in map.values().filter(|t| !t.dependency) {
+        if let Some(c) = t.service().container() {
+            out.insert((c.container.clone(), c.docker_host().to_string()), t.clone());
+        }
+    }
+    out
+}
+
+/// Gives each service's tenant the tenants of its `depends_on`, in order: another service's tenant when the
+/// dependency is that service's container, else the dependency's own. An entry that would close a cycle of
+/// services (a waits for b, which waits for a) is left out, with an error in the log: such a wake could only
+/// time out.
+fn link_dependencies(map: &HashMap<Arc<str>, Arc<Tenant>>) {
+    let services = service_containers(map);
+    let mut tenants: Vec<&Arc<Tenant>> = map.values().filter(|t| !t.dependency).collect();
+    tenants.sort_by(|a, b| a.name.cmp(&b.name));
+    // The links kept so far between services, to find cycles.
+    let mut edges: HashMap<Arc<str>, Vec<Arc<str>>> = HashMap::new();
+    let reaches = |edges: &HashMap<Arc<str>, Vec<Arc<str>>>, from: &Arc<str>, to: &Arc<str>| {
+        let mut stack = vec![from.clone()];
+        let mut seen = std::collections::HashSet::new();
+        while let Some(n) = stack.pop() {
+            if n == *to {
+                return true;
+            }
+            if seen.insert(n.clone()) {
+                stack.extend(edges.get(&n).into_iter().flatten().cloned());
+            }
+        }
+        false
+    };
+    for t in tenants {
+        let service = t.service();
+        let Some(spec) = service.container() else { continue };
+        let mut deps = Vec::new();
+        for d in &spec.depends_on {
+            let host = spec.docker_host().to_string();
+            if let Some(other) = services.get(&(d.container.clone(), host.clone())) {
+                if reaches(&edges, &other.name, &t.name) {
+                    tracing::error!(
+                        service = %t.name,
+                        dependency = %d.container,
+                        "depends_on: {} is the container of service {}, which depends on {} itself: left out",
+                        d.container,
+                        other.name,
+                        t.name
+                    );
+                    continue;
+                }
+                edges.entry(t.name.clone()).or_default().push(other.name.clone());
+                deps.push(other.clone());
+            } else if let Some(dep) = map.get(dependency_name(&d.container, &host).as_str()) {
+                deps.push(dep.clone());
+            }
+        }
+        t.set_dependencies(deps);
+    }
 }
 
 /// The registry of passivated tenants, one per service that names a container. Kept in step with the route
@@ -208,6 +272,20 @@ impl Passivator {
         }
         let mut map = HashMap::clone(&self.tenants.load());
         let tenant = self.upsert(&mut map, service);
+        // Its dependencies as this definition alone describes them, if they have no tenant yet; the next
+        // reconcile sees every dependant.
+        if let Some(spec) = service.container() {
+            let services = service_containers(&map);
+            for d in &spec.depends_on {
+                let name = dependency_name(&d.container, spec.docker_host());
+                let served = services.contains_key(&(d.container.clone(), spec.docker_host().to_string()));
+                if !served && !map.contains_key(name.as_str()) {
+                    let dep = Arc::new(dependency_service(&name, &[(spec, d)], &self.shared.settings));
+                    self.upsert_dependency(&mut map, dep);
+                }
+            }
+        }
+        link_dependencies(&map);
         self.tenants.store(Arc::new(map));
         self.changed.notify_waiters();
         tenant
@@ -227,9 +305,28 @@ impl Passivator {
             // 503.
             t.cancel.cancel();
         }
-        let t = Tenant::spawn(service.clone(), self.shared.clone(), self.cancel.child_token());
+        let t = Tenant::spawn(service.clone(), self.shared.clone(), self.cancel.child_token(), false);
         map.insert(Arc::from(service.name()), t.clone());
         t
+    }
+
+    /// The tenant of a dependency, created or given its new definition.
+    fn upsert_dependency(&self, map: &mut HashMap<Arc<str>, Arc<Tenant>>, service: Arc<Service>) -> bool {
+        let container = service.container().map(|c| (c.container.clone(), c.docker_host().to_string()));
+        if let Some(t) = map.get(service.name()) {
+            let own = t.service();
+            if own.container().map(|c| (c.container.clone(), c.docker_host().to_string())) == container {
+                if own.same_definition(&service) {
+                    return false;
+                }
+                t.update(service);
+                return true;
+            }
+            t.cancel.cancel();
+        }
+        let t = Tenant::spawn(service.clone(), self.shared.clone(), self.cancel.child_token(), true);
+        map.insert(Arc::from(service.name()), t);
+        true
     }
 
     /// Brings the tenants in line with `table`.
@@ -251,6 +348,29 @@ impl Passivator {
                 self.upsert(&mut map, service);
             }
         }
+        // Dependencies: one tenant per container (and host) however many services depend on it, unless it is a
+        // service's own container.
+        let services = service_containers(&map);
+        let mut groups: BTreeMap<String, Vec<(&ContainerSpec, &Dependency)>> = BTreeMap::new();
+        for (_, service) in table.services() {
+            let Some(spec) = service.container() else { continue };
+            for d in &spec.depends_on {
+                if services.contains_key(&(d.container.clone(), spec.docker_host().to_string())) {
+                    continue;
+                }
+                groups.entry(dependency_name(&d.container, spec.docker_host())).or_default().push((spec, d));
+            }
+        }
+        for (name, dependants) in &groups {
+            if let Some(t) = current.get(name.as_str()).filter(|t| t.dependency) {
+                map.insert(t.name.clone(), t.clone());
+            }
+            let dep = Arc::new(dependency_service(name, dependants, &self.shared.settings));
+            if self.upsert_dependency(&mut map, dep) {
+                unchanged = false;
+            }
+        }
+        link_dependencies(&map);
         for (name, t) in current.iter() {
             if !map.contains_key(name) {
                 unchanged = false;

@@ -25,6 +25,9 @@ use crate::runtime::{ContainerRuntime, RuntimeError};
 
 mod coordination;
 mod driver;
+mod group;
+
+pub(super) use group::{dependency_name, dependency_service};
 mod keep_awake;
 
 pub(crate) use keep_awake::KeepAwakeError;
@@ -238,6 +241,9 @@ struct State {
     idle_waiter: bool,
     /// Docker's id and name for the container, learnt on inspect, to match events.
     identity: Option<(String, String)>,
+    /// Activity guards on its dependencies' tenants, held while it is starting, running or stopping: a
+    /// dependency is not stopped for idleness while a dependant may use it (see `tenant/group.rs`).
+    holds: Vec<Activity>,
 }
 
 /// One passivated service.
@@ -250,6 +256,11 @@ pub struct Tenant {
     /// The Docker host its container runs on (its service's `docker_host`).
     host: Arc<DockerHost>,
     pub(super) cancel: CancellationToken,
+    /// True for a dependency's tenant (`depends_on`): no route of its own; ready when its healthcheck says
+    /// `healthy`, else when its port accepts connections.
+    pub(super) dependency: bool,
+    /// The tenants of its service's `depends_on`, in order (set by the registry; empty for a dependency).
+    deps: ArcSwap<Vec<Arc<Tenant>>>,
 }
 
 impl std::fmt::Debug for Tenant {
@@ -301,7 +312,12 @@ impl Drop for HeldGauge<'_> {
 
 impl Tenant {
     /// Creates the tenant and spawns its driver; `cancel` stops the driver.
-    pub(super) fn spawn(service: Arc<Service>, shared: Arc<Shared>, cancel: CancellationToken) -> Arc<Self> {
+    pub(super) fn spawn(
+        service: Arc<Service>,
+        shared: Arc<Shared>,
+        cancel: CancellationToken,
+        dependency: bool,
+    ) -> Arc<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
         let state = State {
             phase: Phase::Unknown,
@@ -319,6 +335,7 @@ impl Tenant {
             last_wake: None,
             idle_waiter: false,
             identity: None,
+            holds: Vec::new(),
         };
         shared.metrics.transition(None, Some(Phase::Unknown.as_str()));
         let host = shared.host(service.container().and_then(|c| c.docker_host.as_deref()));
@@ -330,6 +347,8 @@ impl Tenant {
             tx,
             shared,
             cancel,
+            dependency,
+            deps: ArcSwap::from_pointee(Vec::new()),
         });
         let span = info_span!("tenant", service = %tenant.name, node = %tenant.shared.settings.node);
         tokio::spawn(tenant.clone().drive(rx).instrument(span));

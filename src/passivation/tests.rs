@@ -80,6 +80,8 @@ impl ContainerRuntime for Fake {
                 exit_code: if s.state == ContainerState::Stopped { s.exit_on_start } else { None },
                 error: None,
                 published: None,
+                health: None,
+                exposed_ports: Vec::new(),
             })
         })
     }
@@ -184,6 +186,7 @@ fn spec(f: impl FnOnce(&mut ContainerSpec)) -> Arc<Service> {
         max_held: None,
         page_after: None,
         swarm: None,
+        depends_on: Vec::new(),
         stop_check: None,
     };
     f(&mut c);

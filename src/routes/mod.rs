@@ -35,7 +35,7 @@ pub use path::{RouteKey, Target};
 pub(crate) use service::Rotation;
 #[cfg(test)]
 pub(crate) use service::SwarmSpec;
-pub(crate) use service::{ContainerSpec, IdleAction, Service};
+pub(crate) use service::{ContainerSpec, Dependency, IdleAction, Service};
 pub(crate) use spec::{check_field, DockerHostNames, RouteSpec, ServiceSpec, ROUTE_FIELDS, SERVICE_FIELDS};
 pub use table::RouteTable;
 pub(crate) use table::{strip_without_prefix, Lookup, RouteSet};

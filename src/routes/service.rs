@@ -356,6 +356,9 @@ pub struct ContainerSpec {
     pub page_after: Option<Duration>,
     /// Set when `container` is a Swarm service (`swarm_service`): woken by scaling it up.
     pub swarm: Option<SwarmSpec>,
+    /// Containers started, in this order and each waited for, before this one (`depends_on`); on the same
+    /// Docker host.
+    pub depends_on: Vec<Dependency>,
     /// Asked before an idle stop (`GET`): 409 or 423 = busy, ask again after the idle timeout.
     pub stop_check: Option<String>,
 }
@@ -384,6 +387,14 @@ pub struct SwarmSpec {
     pub replicas: u32,
     /// Where its published port is reached; `None`: the runtime's node address.
     pub backend_host: Option<String>,
+}
+
+/// A container a service's own container needs running first (`depends_on`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dependency {
+    pub container: String,
+    /// The port that says it is ready when it has no Docker healthcheck; `None`: the only port it exposes.
+    pub port: Option<u16>,
 }
 
 /// How a service is served over HTTPS.

@@ -1,7 +1,7 @@
 //! Route and service definitions as operators write them, before validation. The routes file (TOML) and etcd
 //! (JSON) share these structs, so a field added later exists in both sources at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use super::balance::{EjectionSpec, HealthCheck, Retries, Strategy, MAX_WEIGHT};
-use super::service::{Balance, ContainerSpec, HttpsPolicy, IdleAction, Service, SwarmSpec};
+use super::service::{Balance, ContainerSpec, Dependency, HttpsPolicy, IdleAction, Service, SwarmSpec};
 use super::{validate_service_name, Backend, Protocol, RouteError};
 use crate::runtime::{RuntimeKind, DEFAULT_HOST};
 use crate::upstream::{BackendTls, TlsOptions};
@@ -107,6 +107,9 @@ pub(crate) struct ServiceSpec {
     /// How `https://` backends are reached: CA, server name, client certificate, `verify = false`.
     #[serde(default)]
     pub tls: Option<TlsSpec>,
+    /// Containers started (in order, each waited for) before `container`: names, or `{ container, port }`.
+    #[serde(default)]
+    pub depends_on: Option<Vec<DependencySpec>>,
     /// Fields this version does not know: accepted (forward compatibility), reported as warnings.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, IgnoredAny>,
@@ -142,6 +145,7 @@ pub(crate) const SERVICE_FIELDS: &[&str] = &[
     "balance",
     "health_check",
     "tls",
+    "depends_on",
 ];
 
 /// The most replicas a wake scales a Swarm service to.
@@ -182,6 +186,49 @@ impl<'de> Deserialize<'de> for BackendSpec {
         }
         d.deserialize_any(Visitor)
     }
+}
+
+/// One `depends_on` entry as written: `"shop-db"`, or `{ container = "cache", port = 6379 }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DependencySpec {
+    pub container: String,
+    pub port: Option<u16>,
+}
+
+impl<'de> Deserialize<'de> for DependencySpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// The table form, whose unknown keys are refused by name.
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            container: String,
+            #[serde(default)]
+            port: Option<u16>,
+        }
+
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = DependencySpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a container name or a table { container, port }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DependencySpec, E> {
+                Ok(DependencySpec { container: v.to_string(), port: None })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<DependencySpec, A::Error> {
+                let t = Table::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(DependencySpec { container: t.container, port: t.port })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// True for a name Docker accepts for a container (and that reveille can put in its keys).
+fn valid_container_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// A service's `tls` block: how reveille reaches its `https://` backends. The routes file names files (`ca`,
@@ -502,6 +549,7 @@ impl ServiceSpec {
                 ("stop_after", self.stop_after.is_some()),
                 ("max_held", self.max_held.is_some()),
                 ("page_after", self.page_after.is_some()),
+                ("depends_on", self.depends_on.is_some()),
                 ("stop_check", self.stop_check.is_some()),
             ];
             if let Some((field, _)) = set.iter().find(|(_, set)| *set) {
@@ -509,13 +557,11 @@ impl ServiceSpec {
             }
             return Ok(None);
         };
-        if container.is_empty()
-            || container.len() > 255
-            || !container.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
+        if !valid_container_name(container) {
             let what = if swarm.is_some() { "swarm_service" } else { "container" };
             return Err(bad(format!("`{what}`: invalid name {container:?}")));
         }
+        let depends_on = self.dependencies(container).map_err(bad)?;
         let runtime = match (&self.runtime, &self.docker_host) {
             (Some(_), Some(_)) => {
                 return Err(bad("`runtime` and `docker_host` both name the runtime (`docker_host` is its older \
@@ -583,6 +629,7 @@ impl ServiceSpec {
             max_held: self.max_held,
             page_after: self.page_after,
             swarm,
+            depends_on,
             stop_check: self.stop_check.clone(),
         }))
     }
@@ -600,6 +647,11 @@ impl ServiceSpec {
         if self.network.is_some() {
             return Err("`network` is for `container`: a swarm service is reached at its published port".into());
         }
+        if self.depends_on.as_ref().is_some_and(|d| !d.is_empty()) {
+            return Err(
+                "`depends_on` is for `container`: a swarm service's dependencies are not started by reveille".into()
+            );
+        }
         if self.idle_action == Some(IdleAction::Pause) {
             return Err("`idle_action = \"pause\"`: a swarm service cannot be paused (it is scaled to 0)".into());
         }
@@ -615,6 +667,29 @@ impl ServiceSpec {
             }
         }
         Ok(Some(SwarmSpec { replicas, backend_host: self.backend_host.clone() }))
+    }
+
+    /// `depends_on`, checked: well-formed names, a port of 1-65535, no container twice, not `own` itself.
+    fn dependencies(&self, own: &str) -> Result<Vec<Dependency>, String> {
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for (i, d) in self.depends_on.iter().flatten().enumerate() {
+            let at = format!("`depends_on[{i}]`");
+            if !valid_container_name(&d.container) {
+                return Err(format!("{at}: invalid container name {:?}", d.container));
+            }
+            if d.port == Some(0) {
+                return Err(format!("{at} ({}): `port` must be 1-65535", d.container));
+            }
+            if d.container == own {
+                return Err(format!("{at}: {own:?} is the service's own container"));
+            }
+            if !seen.insert(d.container.as_str()) {
+                return Err(format!("{at}: {:?} is listed twice", d.container));
+            }
+            out.push(Dependency { container: d.container.clone(), port: d.port });
+        }
+        Ok(out)
     }
 }
 
@@ -783,6 +858,7 @@ mod tests {
             (r#"{"backends": ["127.0.0.1:1"], "backend_host": "h"}"#, "`backend_host` needs `swarm_service`"),
             (r#"{"swarm_service": "s", "replicas": 0}"#, "`replicas` 0 is not 1 to 1000"),
             (r#"{"swarm_service": "s", "network": "n"}"#, "`network` is for `container`"),
+            (r#"{"swarm_service": "s", "depends_on": ["db"]}"#, "`depends_on` is for `container`"),
             (r#"{"swarm_service": "s", "idle_action": "pause"}"#, "a swarm service cannot be paused"),
             (r#"{"swarm_service": "s", "backend_host": "a b"}"#, "`backend_host` \"a b\" is not a host name"),
             (r#"{"swarm_service": "s", "backend_host": "h:80"}"#, "`backend_host` \"h:80\" is not a host name"),
@@ -857,6 +933,49 @@ mod tests {
         }
         assert!(serde_json::from_str::<ServiceSpec>(r#"{"container": "c", "idle_timeout": "soon"}"#).is_err());
         assert!(serde_json::from_str::<ServiceSpec>(r#"{"container": "c", "idle_action": "freeze"}"#).is_err());
+    }
+
+    #[test]
+    fn depends_on_field() {
+        let parse = |j: &str| serde_json::from_str::<ServiceSpec>(j).map(|s| s.to_service("a", &DockerHostNames::Any));
+        let svc = parse(
+            r#"{"container": "web", "port": 80, "depends_on": ["shop-db", {"container": "cache", "port": 6379}]}"#,
+        )
+        .unwrap()
+        .unwrap();
+        let deps = &svc.container().unwrap().depends_on;
+        assert_eq!(
+            deps,
+            &[
+                Dependency { container: "shop-db".into(), port: None },
+                Dependency { container: "cache".into(), port: Some(6379) }
+            ]
+        );
+        let err = |j: &str| parse(j).unwrap().unwrap_err().1.to_string();
+        assert_eq!(
+            err(r#"{"container": "web", "port": 80, "depends_on": ["db", "a b"]}"#),
+            "service \"a\": `depends_on[1]`: invalid container name \"a b\""
+        );
+        assert!(err(r#"{"container": "web", "port": 80, "depends_on": [{"container": "db", "port": 0}]}"#)
+            .contains("`depends_on[0]` (db): `port` must be 1-65535"));
+        assert!(err(r#"{"container": "web", "port": 80, "depends_on": ["db", "db"]}"#).contains("listed twice"));
+        assert!(err(r#"{"container": "web", "port": 80, "depends_on": ["web"]}"#).contains("own container"));
+        assert_eq!(
+            err(r#"{"backends": ["127.0.0.1:1"], "depends_on": ["db"]}"#),
+            "service \"a\": `depends_on` needs `container`"
+        );
+        for bad in [
+            r#"{"container": "web", "port": 80, "depends_on": "db"}"#,
+            r#"{"container": "web", "port": 80, "depends_on": [{"container": "db", "prot": 1}]}"#,
+            r#"{"container": "web", "port": 80, "depends_on": [{"port": 1}]}"#,
+            r#"{"container": "web", "port": 80, "depends_on": [{"container": "db", "port": 70000}]}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        let e = serde_json::from_str::<ServiceSpec>(r#"{"depends_on": [{"container": "db", "prot": 1}]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `prot`"), "{e}");
     }
 
     #[test]

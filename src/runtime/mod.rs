@@ -88,6 +88,11 @@ pub struct ContainerInfo {
     /// For what is reached only through ports published on its node (a Swarm service): those ports, and `ip`
     /// is the node's address. `None` for a container, reached at its own address and port.
     pub published: Option<Vec<PublishedPort>>,
+    /// Its healthcheck's status (`State.Health.Status`); `None` when it has no healthcheck.
+    pub health: Option<Health>,
+    /// The TCP ports it exposes (`Config.ExposedPorts`), ascending: a dependency without a `port` is waited for
+    /// on the only one.
+    pub exposed_ports: Vec<u16>,
 }
 
 /// A port published on the node for a port of the container (Swarm's host mode).
@@ -97,6 +102,14 @@ pub struct PublishedPort {
     pub target: u16,
     /// The port on the node.
     pub published: u16,
+}
+
+/// A container's healthcheck status, as Docker reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Starting,
+    Healthy,
+    Unhealthy,
 }
 
 /// A container lifecycle event from Docker's event stream.
@@ -206,7 +219,18 @@ impl DockerRuntime {
         let exit_code = if state == ContainerState::Stopped { st.exit_code } else { None };
         let id = info.id.unwrap_or_default();
         let name = info.name.unwrap_or_default().trim_start_matches('/').to_string();
-        Ok(ContainerInfo { id, name, state, ip, exit_code, error, published: None })
+        use bollard::models::HealthStatusEnum as H;
+        let health = match st.health.and_then(|h| h.status) {
+            Some(H::STARTING) => Some(Health::Starting),
+            Some(H::HEALTHY) => Some(Health::Healthy),
+            Some(H::UNHEALTHY) => Some(Health::Unhealthy),
+            Some(H::NONE | H::EMPTY) | None => None,
+        };
+        let mut exposed_ports: Vec<u16> = (info.config.and_then(|c| c.exposed_ports).unwrap_or_default().keys())
+            .filter_map(|k| k.strip_suffix("/tcp").unwrap_or(k).parse().ok())
+            .collect();
+        exposed_ports.sort_unstable();
+        Ok(ContainerInfo { id, name, state, ip, exit_code, error, health, exposed_ports, published: None })
     }
 
     /// Starts a stopped container. Already running is not an error (304, from Docker and Podman alike).

@@ -98,6 +98,8 @@ impl SwarmRuntime {
             exit_code: failed.container_status.and_then(|c| c.exit_code),
             error: failed.err.filter(|e| !e.is_empty()),
             published: Some(look.published),
+            health: None,
+            exposed_ports: Vec::new(),
         })
     }
 

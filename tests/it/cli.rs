@@ -203,6 +203,37 @@ async fn service_set_docker_host_is_checked_against_the_config() {
     assert!(err.contains("`docker_host` needs `container`"), "{err}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_set_depends_on() {
+    let etcd = Etcd::start().await;
+    let url = etcd.url.as_str();
+    let args = ["service", "set", "shop", "--container", "shop-1", "--port", "8080"];
+    let deps = ["--depends-on", "shop-db", "--depends-on", "cache:6379"];
+    let (code, out, err) = reveille(url, &[&args[..], &deps[..]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("service shop: container shop-1 after shop-db, cache (new)"), "{out}");
+    let (_, out, _) = reveille(url, &["service", "ls"]);
+    assert!(out.contains("[container shop-1:8080 after shop-db, cache]"), "{out}");
+    assert_eq!(
+        value(&etcd, "/reveille/services/shop").await.unwrap()["depends_on"],
+        serde_json::json!(["shop-db", {"container": "cache", "port": 6379}])
+    );
+    // Bad entries name the field; nothing is written.
+    let (code, _, err) = reveille(url, &["service", "set", "shop", "--depends-on", "cache:x"]);
+    assert_eq!(code, 2, "clap refuses it: {err}");
+    assert!(err.contains("--depends-on") && err.contains("the port after ':' must be 1-65535"), "{err}");
+    let (code, _, err) = reveille(url, &["service", "set", "shop", "--depends-on", "shop-1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("`depends_on[0]`: \"shop-1\" is the service's own container"), "{err}");
+    let (code, _, err) = reveille(url, &["service", "set", "shop", "--depends-on", "a b"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("`depends_on[0]`: invalid container name \"a b\""), "{err}");
+    assert_eq!(value(&etcd, "/reveille/services/shop").await.unwrap()["depends_on"][0], "shop-db");
+    let (code, _, err) = reveille(url, &["service", "set", "shop", "--unset", "depends_on"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(value(&etcd, "/reveille/services/shop").await.unwrap().get("depends_on").is_none());
+}
+
 #[test]
 fn version_names_the_revision_and_completions_and_man_page_are_generated() {
     let run = |args: &[&str]| {

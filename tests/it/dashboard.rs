@@ -445,3 +445,38 @@ async fn plain_services_show_their_health_and_missing_services_are_flagged() {
     drop(proxy);
     drop(etcd);
 }
+
+/// A group: the service's row lists its dependencies under its container, each with its state, and follows
+/// them live (a dependency's `tenant` event).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_a_groups_members_and_their_states() {
+    let image = TestImage::build();
+    let web = image.web_after("");
+    let db = image.web_after("");
+    let routes = format!(
+        "[services.web]\ncontainer = \"{}\"\nport = 8080\nidle_timeout = \"0\"\n\
+         depends_on = [{{ container = \"{}\", port = 8080 }}]\n[routes]\n\"web.test\" = \"web\"\n",
+        web.name, db.name
+    );
+    let proxy = TestProxy::start(&routes).await;
+    eventually(LONG, "web stopped", || async { proxy.service_view("web").await["state"] == "stopped" }).await;
+
+    let browser = Chromium::start().await;
+    let mut page = browser.dashboard(proxy.admin).await;
+    let member = format!(
+        "document.querySelector('tr[data-service=\"web\"] .member[data-dependency=\"{}\"]')?.textContent ?? ''",
+        db.name
+    );
+    page.until(&member, &format!("{} stopped", db.name)).await;
+    page.until("document.getElementById('live').textContent", "live").await;
+    let (status, body) = proxy.admin_post("/api/services/web/wake").await;
+    assert_eq!(status, http::StatusCode::ACCEPTED, "{body}");
+    page.until(&member, &format!("{} running", db.name)).await;
+    assert_eq!(db.docker_state(), "running");
+    // Once the wake is over (while it waits, the dependency's own wake holds it too), the one dependant.
+    let title = format!(
+        "document.querySelector('tr[data-service=\"web\"] .member[data-dependency=\"{}\"]')?.title ?? ''",
+        db.name
+    );
+    page.until_with(&title, "held by its one dependant", |t| t.contains("held by 1 running dependant")).await;
+}

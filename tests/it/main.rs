@@ -24,6 +24,7 @@ mod docker_hosts;
 mod ejection;
 mod etcd;
 mod exits;
+mod groups;
 mod grpc;
 mod h2_backend;
 mod h2c;

@@ -37,6 +37,8 @@ impl Tenant {
             if self.cancel.is_cancelled() {
                 break;
             }
+            // Guards on its dependencies follow its phase (a dependant that went to sleep releases them).
+            self.sync_holds();
             if self.take_wake() {
                 self.wake(&mut rx).await;
                 continue;
@@ -112,6 +114,9 @@ impl Tenant {
             let _ = tx.send(Err(Refusal::Removed));
         }
         self.shared.metrics.transition(Some(st.phase.as_str()), None);
+        let released = std::mem::take(&mut st.holds);
+        drop(st);
+        drop(released);
     }
 
     /// True when a wake must run now. A wake asked for while running is answered at once.
@@ -151,7 +156,8 @@ impl Tenant {
                 return Err(e);
             }
         };
-        let backend = container_backend(&service, spec, &info);
+        // A dependency has no backend: it is waited for, never forwarded to.
+        let backend = if self.dependency { Ok(None) } else { container_backend(&service, spec, &info) };
         let mut st = self.state.lock();
         st.identity = Some((info.id.clone(), info.name.clone()));
         match info.state {
@@ -287,6 +293,9 @@ impl Tenant {
         let (name, network) = (spec.container.as_str(), spec.network.as_deref());
         let inspect = || async { rt.inspect(name, network).await.map_err(Refusal::from_runtime) };
 
+        // Its dependencies first, in order, each ready before the next.
+        self.wake_dependencies().await?;
+
         // With several replicas, the start is claimed cluster-wide first: one replica starts the container,
         // the others wait for it and only probe.
         let claimed = self.claim_start(spec, rx).await?;
@@ -351,6 +360,11 @@ impl Tenant {
         {
             let mut st = self.state.lock();
             st.identity = Some((info.id.clone(), info.name.clone()));
+        }
+        if self.dependency {
+            self.dependency_ready(spec, info, rx).await?;
+            self.phase_done(WakePhase::Ready, started.elapsed());
+            return Ok(None);
         }
         let backend = container_backend(service, spec, &info)?;
         let target = match (&backend, service.backends().first()) {
@@ -651,7 +665,7 @@ fn published_backend(
     }
 }
 
-fn exited(info: &ContainerInfo) -> Refusal {
+pub(super) fn exited(info: &ContainerInfo) -> Refusal {
     let mut reason = match info.exit_code {
         Some(code) => format!("the container exited with code {code}"),
         None => "the container stopped".to_string(),
@@ -683,6 +697,7 @@ mod tests {
             max_held: None,
             page_after: None,
             swarm: Some(SwarmSpec { replicas: 1, backend_host: backend_host.map(str::to_string) }),
+            depends_on: Vec::new(),
             stop_check: None,
         }
     }
@@ -696,6 +711,8 @@ mod tests {
             exit_code: None,
             error: None,
             published: Some(published.iter().map(|&(target, published)| PublishedPort { target, published }).collect()),
+            health: None,
+            exposed_ports: Vec::new(),
         }
     }
 

@@ -94,6 +94,8 @@ impl ScriptedRuntime {
             exit_code: (c.state == ContainerState::Stopped).then_some(0),
             error: None,
             published: None,
+            health: None,
+            exposed_ports: Vec::new(),
         })
     }
 }
