@@ -35,7 +35,8 @@
 //! - `acme`: certificates by ACME for routed hosts — orders (at a route's arrival, at the first handshake, and
 //!   for renewal), HTTP-01 and TLS-ALPN-01 answers shared through etcd, one order per name across replicas.
 //! - `runtime`: the container runtimes — start, stop, pause and inspect tenant containers (Docker Engine API, and
-//!   Podman through its Docker-compatible one), and the registry of named runtimes with their kinds.
+//!   Podman through its Docker-compatible one), Docker Swarm services scaled 0 ↔ N as tenants, and the registry
+//!   of named runtimes with their kinds.
 //! - `cluster`: several replicas through etcd — leases and replica keys, the decider lock, batched activity
 //!   per tenant and replica, compare-and-swap of tenants' status keys.
 //! - `passivation`: wake-on-request and idle stop of tenant containers — per-tenant state machines, held
