@@ -15,8 +15,8 @@
 //! | replicas > 0, fewer tasks running      | `Restarting` (Swarm is (re)scheduling them)  |
 //!
 //! A task is up when Swarm says `running` (see [`is_up`]). `start` scales up and returns once that many tasks
-//! are up (as `docker start` returns once the process runs), or at once with the error of a task Swarm failed or
-//! rejected (a port in use, a missing image; the service is then scaled back to 0); `stop` scales to 0 and
+//! are up (as `docker start` returns once the process runs), or at once with the error of a task Swarm failed,
+//! rejected or cannot place (a port in use, a missing image; the service is then scaled back to 0); `stop` scales to 0 and
 //! returns once no task runs. When the service is not running, inspect reports its last failed task's error and
 //! exit code. A service cannot be paused: `pause` and `unpause` are refused with a reason, so `idle_action =
 //! "pause"` is refused for a swarm service when the config is read. A service whose restart condition is `none`
@@ -114,18 +114,25 @@ impl SwarmRuntime {
             if tasks.iter().filter(|t| serving(t)).count() >= replicas as usize {
                 return Ok(());
             }
-            let failed = tasks.iter().find(|t| {
-                t.id.as_ref().is_some_and(|id| !before.contains(id))
-                    && matches!(task_state(t), Some(TaskState::FAILED | TaskState::REJECTED))
+            // A new task that failed, or that Swarm cannot place (pending with an error: a host-mode port already
+            // bound on every node, no node with the resources), fails the start now rather than at the wake's
+            // timeout.
+            let new = |t: &&Task| t.id.as_ref().is_some_and(|id| !before.contains(id));
+            let err = |t: &Task| t.status.as_ref().and_then(|s| s.err.clone()).filter(|e| !e.is_empty());
+            let failed = tasks.iter().filter(new).find_map(|t| match task_state(t) {
+                Some(TaskState::FAILED | TaskState::REJECTED) => {
+                    let message = t.status.as_ref().and_then(|s| s.message.clone());
+                    Some(format!("its task failed: {}", err(t).or(message).unwrap_or_else(|| "no reason given".into())))
+                }
+                Some(TaskState::PENDING) => err(t).map(|e| format!("Swarm cannot place its task: {e}")),
+                _ => None,
             });
-            if let Some(task) = failed {
-                let status = task.status.clone().unwrap_or_default();
-                let reason = status.err.or(status.message).unwrap_or_else(|| "its task failed".into());
-                // Back to 0, as a container that exited stays stopped: not left for Swarm to restart for ever.
+            if let Some(reason) = failed {
+                // Back to 0, as a container that exited stays stopped: not left for Swarm to retry for ever.
                 if let Err(e) = self.scale(service, 0).await {
                     tracing::warn!(service, error = %e, "could not scale back to 0 after a failed task");
                 }
-                return Err(refused("start", service, format!("its task failed: {reason}")));
+                return Err(refused("start", service, reason));
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(RuntimeError::Timeout(START_LIMIT));

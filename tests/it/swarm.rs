@@ -172,6 +172,7 @@ async fn a_swarm_service_is_scaled_up_on_request_and_down_when_idle() {
     let created = service.template();
     let no_restart = TestService::create(&image, free_port(), &["--restart-condition", "none"], WEB);
     let crashing = TestService::create(&image, free_port(), &[], &["false"]);
+    let pair = TestService::create(&image, free_port(), &[], WEB);
     let mut socket = DockerSocketProxy::start();
     let endpoint = DockerEndpoint::plain(Some(socket.endpoint()));
     let rt = SwarmRuntime::new(endpoint.clone(), T);
@@ -183,10 +184,11 @@ async fn a_swarm_service_is_scaled_up_on_request_and_down_when_idle() {
          [services.gone]\nswarm_service = \"{missing}\"\nruntime = \"swarm\"\n\
          [services.once]\nswarm_service = \"{}\"\nruntime = \"swarm\"\n\
          [services.crash]\nswarm_service = \"{}\"\nruntime = \"swarm\"\nhealth_path = \"/\"\n\
+         [services.pair]\nswarm_service = \"{}\"\nruntime = \"swarm\"\nreplicas = 2\n\
          [services.other]\nbackends = [\"{}\"]\n\
-         [routes]\n\"shop.test\" = \"shop\"\n\"gone.test\" = \"gone\"\n\"once.test\" = \"once\"\n\"crash.test\" = \"crash\"\n\
+         [routes]\n\"shop.test\" = \"shop\"\n\"gone.test\" = \"gone\"\n\"once.test\" = \"once\"\n\"crash.test\" = \"crash\"\n\"pair.test\" = \"pair\"\n\
          \"other.test\" = \"other\"\n",
-        service.name, no_restart.name, crashing.name, other.addr
+        service.name, no_restart.name, crashing.name, pair.name, other.addr
     );
 
     // The runtime's own view: scaled to 0 is stopped, and the node's address is where its port is published.
@@ -251,6 +253,15 @@ async fn a_swarm_service_is_scaled_up_on_request_and_down_when_idle() {
     let view = proxy.service_view("crash").await;
     let error = view["last_error"].as_str().unwrap_or_default();
     assert!(error.contains("exit"), "Swarm's error for the task: {view}");
+    // Two replicas publishing one host-mode port on one node: the second cannot be placed. Said at once, and the
+    // service is scaled back to 0.
+    let begin = Instant::now();
+    let r = get(proxy.http, "pair.test", "/").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    assert!(begin.elapsed() < Duration::from_secs(15), "failed with the task, not after the wake timeout");
+    let view = proxy.service_view("pair").await;
+    assert!(view["last_error"].as_str().unwrap_or_default().contains("Swarm cannot place its task"), "{view}");
+    assert_eq!(pair.replicas(), "0", "scaled back to 0");
 
     // The swarm unreachable: a wake fails at once with 503, the others keep serving; reachable again, it wakes.
     eventually(LONG, "shop scaled to 0", || async { service.replicas() == "0" }).await;
