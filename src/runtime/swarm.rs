@@ -16,11 +16,11 @@
 //!
 //! A task is up when Swarm says `running` (see [`is_up`]). `start` scales up and returns once that many tasks
 //! are up (as `docker start` returns once the process runs), or at once with the error of a task Swarm failed,
-//! rejected or cannot place (a port in use, a missing image; the service is then scaled back to 0); `stop` scales to 0 and
-//! returns once no task runs. When the service is not running, inspect reports its last failed task's error and
-//! exit code. A service cannot be paused: `pause` and `unpause` are refused with a reason, so `idle_action =
-//! "pause"` is refused for a swarm service when the config is read. A service whose restart condition is `none`
-//! is refused at `start`: Swarm runs no task for it again once it was scaled to 0.
+//! rejected or cannot place (a port in use, a missing image; the service is then scaled back to 0); `stop`
+//! scales to 0 and returns once no task runs. When the service is not running, inspect reports its last failed
+//! task's error and exit code. A service cannot be paused: `pause` and `unpause` are refused with a reason, so
+//! `idle_action = "pause"` is refused for a swarm service when the config is read. A service whose restart
+//! condition is `none` is refused at `start`: Swarm runs no task for it again once it was scaled to 0.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};

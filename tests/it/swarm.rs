@@ -186,7 +186,8 @@ async fn a_swarm_service_is_scaled_up_on_request_and_down_when_idle() {
          [services.crash]\nswarm_service = \"{}\"\nruntime = \"swarm\"\nhealth_path = \"/\"\n\
          [services.pair]\nswarm_service = \"{}\"\nruntime = \"swarm\"\nreplicas = 2\n\
          [services.other]\nbackends = [\"{}\"]\n\
-         [routes]\n\"shop.test\" = \"shop\"\n\"gone.test\" = \"gone\"\n\"once.test\" = \"once\"\n\"crash.test\" = \"crash\"\n\"pair.test\" = \"pair\"\n\
+         [routes]\n\"shop.test\" = \"shop\"\n\"gone.test\" = \"gone\"\n\"once.test\" = \"once\"\n\
+         \"crash.test\" = \"crash\"\n\"pair.test\" = \"pair\"\n\
          \"other.test\" = \"other\"\n",
         service.name, no_restart.name, crashing.name, pair.name, other.addr
     );
@@ -283,7 +284,8 @@ async fn a_swarm_service_is_scaled_up_on_request_and_down_when_idle() {
     drop(proxy);
     let direct_rt = Arc::new(SwarmRuntime::new(DockerEndpoint::plain(None), T));
     let routes = format!(
-        "[services.shop]\nswarm_service = \"{}\"\nruntime = \"swarm\"\nidle_timeout = \"1s\"\nhealth_path = \"/index.html\"\n\
+        "[services.shop]\nswarm_service = \"{}\"\nruntime = \"swarm\"\nidle_timeout = \"1s\"\n\
+         health_path = \"/index.html\"\n\
          [routes]\n\"shop.test\" = \"shop\"\n",
         service.name
     );
