@@ -1,14 +1,16 @@
 //! reveille's load labs: programs, not benchmarks. Each drives real processes (reveille, nginx, HAProxy, wrk,
 //! etcd, Docker) on loopback and prints a markdown report, also written under `target/`.
 //!
-//! `cargo run --release -p reveille-lab -- etcd|passivation|attack|cluster|peers|backends`. Each lab's method and tunables
-//! are in its module's header. The reveille binary measured is the workspace's, built with the same profile as
+//! `cargo run --release -p reveille-lab -- etcd|passivation|groups|attack|cluster|peers|backends`. Each lab's
+//! method and tunables are in its module's header. The reveille binary measured is the workspace's, built with the same profile as
 //! this one (see [`reveille_bin`]).
 //!
 //! # Layout
 //! - [`etcd`]: how fast a change in etcd reaches the proxy, and what loading 100,000 routes costs.
 //! - [`passivation`]: waking a stopped container through reveille against starting it directly; 10,000 held
 //!   requests.
+//! - [`groups`]: waking a tenant with a dependency (`depends_on`) through reveille against starting both
+//!   directly; 20 tenants sharing one dependency woken at once, the dependency started once.
 //! - [`attack`]: a bystander's requests while hostile clients or a stalling backend hold reveille's
 //!   connections, with the slow-client protections off and on.
 //! - [`cluster`]: three replicas sharing one etcd: etcd writes with 1,000 active tenants, failover of the
@@ -29,6 +31,7 @@ mod attack;
 mod backends;
 mod cluster;
 mod etcd;
+mod groups;
 mod onecore;
 mod passivation;
 mod peers;
@@ -38,7 +41,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-const USAGE: &str = "usage: reveille-lab etcd|passivation|attack|cluster|peers|backends";
+const USAGE: &str = "usage: reveille-lab etcd|passivation|groups|attack|cluster|peers|backends";
 
 /// Names of labs whose measurements are scenarios of `peers`: the command that runs them, for the error.
 const MOVED: [(&str, &str); 2] = [
@@ -67,6 +70,7 @@ fn main() {
         }
         "etcd" => etcd::main(),
         "passivation" => passivation::main(),
+        "groups" => groups::main(),
         "attack" => attack::main(),
         "cluster" => cluster::main(),
         "peers" => peers::main(),
@@ -136,4 +140,16 @@ pub(crate) fn reveille_bin() -> &'static Path {
         }
         bin
     })
+}
+
+/// The cargo profile [`reveille_bin`] was built with, from its directory's name: `debug`, `release`, another
+/// profile's name, or `unknown` (a `REVEILLE_BIN` elsewhere).
+pub(crate) fn reveille_profile() -> String {
+    let dir = reveille_bin().parent().and_then(|d| d.file_name()).and_then(|n| n.to_str());
+    match dir {
+        Some(name) if std::env::var_os("REVEILLE_BIN").is_none() || ["debug", "release"].contains(&name) => {
+            name.to_string()
+        }
+        _ => "unknown".to_string(),
+    }
 }

@@ -131,8 +131,14 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 /// Runs the lab; false if a measurement failed. Returns only after reveille is killed and the containers,
 /// image and temp dir are removed.
 pub(crate) fn main() -> bool {
+    unless_unusable("passivation", run)
+}
+
+/// Runs `run`, a Docker lab needing `/bin/busybox`, unless Docker or busybox cannot be used here: then says
+/// `<lab>: skipped, <why>` and returns true.
+pub(crate) fn unless_unusable(lab: &str, run: fn() -> bool) -> bool {
     if let Some(why) = unusable(&[(BUSYBOX, "install Debian's busybox-static")]) {
-        println!("passivation: skipped, {why}");
+        println!("{lab}: skipped, {why}");
         return true;
     }
     run()
@@ -221,15 +227,15 @@ pub(crate) fn container_backend() {
 // reveille
 
 /// A running reveille: killed and reaped on drop.
-struct Reveille {
+pub(crate) struct Reveille {
     child: KillOnDrop,
-    http: u16,
-    admin: u16,
-    log: PathBuf,
+    pub(crate) http: u16,
+    pub(crate) admin: u16,
+    pub(crate) log: PathBuf,
 }
 
 impl Reveille {
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
@@ -240,16 +246,23 @@ impl Reveille {
 
 /// Everything the run made. Field order is drop order: reveille, then the containers and image, then the temp
 /// dir reveille writes its log into.
-struct Lab {
-    reveille: Option<Reveille>,
-    docker: DockerThings,
-    dir: tempfile::TempDir,
+pub(crate) struct Lab {
+    pub(crate) reveille: Option<Reveille>,
+    pub(crate) docker: DockerThings,
+    pub(crate) dir: tempfile::TempDir,
+}
+
+impl Lab {
+    /// A lab with nothing made yet but its temp dir, `<prefix>XXXXXX`.
+    pub(crate) fn new(prefix: &str) -> Self {
+        let dir = tempfile::Builder::new().prefix(prefix).tempdir().expect("create a temp dir");
+        Lab { reveille: None, docker: DockerThings::default(), dir }
+    }
 }
 
 /// Writes the routes file and starts reveille with a raised fd limit, then waits for `/readyz` 200 and for
 /// both tenants to have a known state.
 fn start_reveille(lab: &mut Lab, web: &str, slow: &str, plain: u16, s: &Settings) -> Result<(), String> {
-    let routes = lab.dir.path().join("routes.toml");
     let text = format!(
         "[services.{WEB}]\ncontainer = \"{web}\"\nport = {CONTAINER_PORT}\nidle_timeout = \"0\"\n\
          wake_timeout = \"60s\"\n\n\
@@ -259,7 +272,16 @@ fn start_reveille(lab: &mut Lab, web: &str, slow: &str, plain: u16, s: &Settings
          [routes]\n\"{WEB_HOST}\" = \"{WEB}\"\n\"{SLOW_HOST}\" = \"{SLOW}\"\n\"{PLAIN_HOST}\" = \"plain\"\n",
         s.held.max(20_000)
     );
-    std::fs::write(&routes, text).map_err(|e| format!("write {}: {e}", routes.display()))?;
+    launch_reveille(lab, &text, &[WEB, SLOW])
+}
+
+/// Writes `routes` to the temp dir and starts reveille on it, as `sh -c 'ulimit -n 65536 || ...; exec reveille
+/// serve --routes FILE --http .. --admin .. --access-log false --log-level warn --max-connections 30000'`, its
+/// output to `reveille.log` in the temp dir; then waits for `/readyz` 200 and for each of `services` to have a
+/// known state.
+pub(crate) fn launch_reveille(lab: &mut Lab, routes_text: &str, services: &[&str]) -> Result<(), String> {
+    let routes = lab.dir.path().join("routes.toml");
+    std::fs::write(&routes, routes_text).map_err(|e| format!("write {}: {e}", routes.display()))?;
     let [http, admin] = free_ports();
     let log = lab.dir.path().join("reveille.log");
     let file = File::create(&log).map_err(|e| e.to_string())?;
@@ -281,7 +303,7 @@ fn start_reveille(lab: &mut Lab, web: &str, slow: &str, plain: u16, s: &Settings
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    for name in [WEB, SLOW] {
+    for &name in services {
         let deadline = Instant::now() + STATE_TIMEOUT;
         loop {
             match service_state(admin, name) {
@@ -296,12 +318,18 @@ fn start_reveille(lab: &mut Lab, web: &str, slow: &str, plain: u16, s: &Settings
     Ok(())
 }
 
+/// reveille's own Docker runtime client, for the labs' direct starts and stops.
+pub(crate) fn docker_client(rt: &Runtime) -> Result<DockerRuntime, String> {
+    rt.block_on(DockerRuntime::connect(None, Duration::from_secs(10)))
+        .map_err(|e| format!("cannot connect to Docker: {e}"))
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // The admin API, from blocking code
 
 /// Has reveille stop `name` (`POST /api/services/<name>/sleep`, retried while requests are in flight), then
 /// waits until reveille reports it stopped.
-fn sleep_service(admin: u16, name: &str) -> Result<(), String> {
+pub(crate) fn sleep_service(admin: u16, name: &str) -> Result<(), String> {
     let deadline = Instant::now() + STATE_TIMEOUT;
     loop {
         match http_request(admin, "POST", &format!("/api/services/{name}/sleep")) {
@@ -347,8 +375,8 @@ enum Way {
     Reveille,
 }
 
-/// Waits until the container is stopped for Docker and for reveille.
-fn ensure_stopped(
+/// Waits until the container is stopped for Docker and for reveille (has reveille stop it if it runs).
+pub(crate) fn ensure_stopped(
     rt: &Runtime,
     dock: &DockerRuntime,
     admin: u16,
@@ -424,22 +452,26 @@ fn measure_direct(rt: &Runtime, dock: &DockerRuntime, admin: u16, container: &st
 fn measure_reveille(rt: &Runtime, dock: &DockerRuntime, rev: &Reveille, container: &str) -> Result<Duration, String> {
     ensure_stopped(rt, dock, rev.admin, WEB, container)?;
     std::thread::sleep(SETTLE);
+    let checked = rt.block_on(get_hello(rev.http, WEB_HOST));
+    sleep_service(rev.admin, WEB)?;
+    checked
+}
+
+/// `GET /` for `host` through reveille on a fresh connection: the time to the response head, which must be 200
+/// with the image's page (`hello from ...`); 90 s at most.
+pub(crate) async fn get_hello(http: u16, host: &str) -> Result<Duration, String> {
     let t0 = Instant::now();
-    let reply = rt.block_on(async {
-        let stream = send_get(rev.http, WEB_HOST).await?;
+    let reply = async {
+        let stream = send_get(http, host).await?;
         tokio::time::timeout(Duration::from_secs(90), read_reply(stream))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no response within 90 s"))?
-    });
-    let reply = reply.map_err(|e| format!("GET {WEB_HOST}: {e}"))?;
-    let ttfb = reply.head_at - t0;
-    let checked = if reply.status != 200 || !is_hello(&reply.body) {
-        Err(format!("GET {WEB_HOST}: {} {:?}", reply.status, String::from_utf8_lossy(&reply.body)))
-    } else {
-        Ok(ttfb)
     };
-    sleep_service(rev.admin, WEB)?;
-    checked
+    let reply = reply.await.map_err(|e| format!("GET {host}: {e}"))?;
+    if reply.status != 200 || !is_hello(&reply.body) {
+        return Err(format!("GET {host}: {} {:?}", reply.status, String::from_utf8_lossy(&reply.body)));
+    }
+    Ok(reply.head_at - t0)
 }
 
 fn cold_start(rt: &Runtime, dock: &DockerRuntime, rev: &Reveille, container: &str, s: &Settings) -> ColdStart {
@@ -793,8 +825,7 @@ fn run() -> bool {
     let settings = Settings::from_env();
     let machine = Machine::describe(crate::reveille_bin());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let dir = tempfile::Builder::new().prefix("reveille-passivation-bench-").tempdir().expect("create a temp dir");
-    let mut lab = Lab { reveille: None, docker: DockerThings::default(), dir };
+    let mut lab = Lab::new("reveille-passivation-bench-");
     let mut failures = Vec::new();
 
     let setup = (|| -> Result<(String, String), String> {
@@ -814,14 +845,10 @@ fn run() -> bool {
         }
     };
     let plain = start_backend(PLAIN_BODY);
-    if let Err(e) = start_reveille(&mut lab, &web, &slow, plain, &settings) {
-        println!("passivation: {e}");
-        return false;
-    }
-    let dock = match rt.block_on(DockerRuntime::connect(None, Duration::from_secs(10))) {
+    let dock = match start_reveille(&mut lab, &web, &slow, plain, &settings).and_then(|()| docker_client(&rt)) {
         Ok(d) => d,
         Err(e) => {
-            println!("passivation: cannot connect to Docker: {e}");
+            println!("passivation: {e}");
             return false;
         }
     };
@@ -862,6 +889,35 @@ fn run() -> bool {
 // ---------------------------------------------------------------------------------------------------------
 // Reporting
 
+/// "Per round, ms, in the order measured ...: D247.1/255.3 R..." for rounds of (direct µs, reveille µs, direct
+/// first).
+pub(crate) fn rounds_in_order(rounds: &[(Option<f64>, Option<f64>, bool)]) -> String {
+    let rounds: Vec<_> = rounds
+        .iter()
+        .map(|(d, r, direct_first)| {
+            let f = |v: &Option<f64>| v.map_or("failed".into(), |v| format!("{:.1}", v / 1000.0));
+            let (first, second) = if *direct_first { (f(d), f(r)) } else { (f(r), f(d)) };
+            format!("{}{first}/{second}", if *direct_first { "D" } else { "R" })
+        })
+        .collect();
+    format!(
+        "Per round, ms, in the order measured (`D` = direct first, then reveille; `R` = the reverse): {}",
+        rounds.join(" ")
+    )
+}
+
+/// A Docker lab's report up to its settings: the heading, the machine (`more` after the kernel) and the versions.
+pub(crate) fn report_head(title: &str, machine: &Machine, more: &str) -> String {
+    let mut md = heading(title, &machine.date);
+    let _ = writeln!(
+        md,
+        "- CPU: {} × {} (shared VM, nothing pinned); kernel {}{more}",
+        machine.nproc, machine.cpu, machine.kernel
+    );
+    let _ = writeln!(md, "- {}", machine.versions());
+    md
+}
+
 fn mib(kib: Option<u64>) -> String {
     kib.map_or("?".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
 }
@@ -871,13 +927,7 @@ fn secs(d: Option<Duration>) -> String {
 }
 
 fn report(machine: &Machine, s: &Settings, cold: &ColdStart, held: &Held, failures: &[String]) -> String {
-    let mut md = heading("Passivation benchmark", &machine.date);
-    let _ = writeln!(
-        md,
-        "- CPU: {} × {} (shared VM, nothing pinned); kernel {}",
-        machine.nproc, machine.cpu, machine.kernel
-    );
-    let _ = writeln!(md, "- {}", machine.versions());
+    let mut md = report_head("Passivation benchmark", machine, "");
     let _ = writeln!(
         md,
         "- reveille: `serve --routes .. --access-log false --log-level warn --max-connections 30000`, default threads \
@@ -944,21 +994,8 @@ fn report(machine: &Machine, s: &Settings, cold: &ColdStart, held: &Held, failur
     let _ = writeln!(md);
     let _ =
         writeln!(md, "`reveille_wakes_total{{service=\"web\"}}` at the end (warm-up included): {}", wakes.join(", "));
-    let rounds: Vec<_> = cold
-        .rounds
-        .iter()
-        .map(|(d, r, direct_first)| {
-            let f = |v: &Option<f64>| v.map_or("failed".into(), |v| format!("{:.1}", v / 1000.0));
-            let (first, second) = if *direct_first { (f(d), f(r)) } else { (f(r), f(d)) };
-            format!("{}{first}/{second}", if *direct_first { "D" } else { "R" })
-        })
-        .collect();
     let _ = writeln!(md);
-    let _ = writeln!(
-        md,
-        "Per round, ms, in the order measured (`D` = direct first, then reveille; `R` = the reverse): {}",
-        rounds.join(" ")
-    );
+    let _ = writeln!(md, "{}", rounds_in_order(&cold.rounds));
     let _ = writeln!(md);
 
     // 2.

@@ -31,24 +31,35 @@ pub fn http_request(port: u16, method: &str, path: &str) -> Option<(u16, Bytes)>
 
 /// A service's `state` in `GET /api/services`.
 pub fn service_state(admin: u16, name: &str) -> Option<String> {
+    service_field(admin, name, "/state")
+}
+
+/// A string in service `name`'s view in `GET /api/services`, by JSON pointer into it: `/state`, or
+/// `/depends_on/0/state` for its first dependency's.
+pub fn service_field(admin: u16, name: &str, pointer: &str) -> Option<String> {
     let (status, body) = http_request(admin, "GET", "/api/services")?;
     if status != 200 {
         return None;
     }
     let json: serde_json::Value = serde_json::from_slice(&body).ok()?;
-    json["services"][name]["state"].as_str().map(str::to_string)
+    json["services"][name].pointer(pointer)?.as_str().map(str::to_string)
 }
 
 /// Polls `/api/services` every 10 ms until `name` is in `state`.
 pub fn wait_state(admin: u16, name: &str, state: &str) -> Result<(), String> {
+    wait_field(admin, name, "/state", state)
+}
+
+/// Polls `/api/services` every 10 ms until [`service_field`] is `want`.
+pub fn wait_field(admin: u16, name: &str, pointer: &str, want: &str) -> Result<(), String> {
     let deadline = Instant::now() + STATE_TIMEOUT;
     loop {
-        let now = service_state(admin, name);
-        if now.as_deref() == Some(state) {
+        let now = service_field(admin, name, pointer);
+        if now.as_deref() == Some(want) {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(format!("service {name}: still {now:?} after {STATE_TIMEOUT:?}, expected {state:?}"));
+            return Err(format!("service {name}: {pointer} still {now:?} after {STATE_TIMEOUT:?}, expected {want:?}"));
         }
         std::thread::sleep(Duration::from_millis(10));
     }

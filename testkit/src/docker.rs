@@ -88,6 +88,25 @@ pub fn container_script(serve: &str, delay: Option<u64>) -> String {
     format!("trap \"exit 0\" TERM; {sleep}{serve} & wait")
 }
 
+/// How many times Docker reported `event` (`start`, `die`, ...) for `container` from `since` to `until` (Unix
+/// seconds, with their fraction): `docker events --since .. --until .. --filter ..`.
+pub fn event_count(container: &str, event: &str, since: f64, until: f64) -> Result<usize, String> {
+    let out = docker(&[
+        "events",
+        "--since",
+        &format!("{since:.6}"),
+        "--until",
+        &format!("{until:.6}"),
+        "--filter",
+        &format!("container={container}"),
+        "--filter",
+        &format!("event={event}"),
+        "--format",
+        "{{.Action}}",
+    ])?;
+    Ok(out.lines().filter(|l| !l.trim().is_empty()).count())
+}
+
 /// Whether a body is the image's `/www/index.html` ("hello from <tag>").
 pub fn is_hello(body: &[u8]) -> bool {
     body.starts_with(b"hello from ")

@@ -26,11 +26,11 @@ pub fn percentile(values: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// Microseconds as "635 µs" or "2.51 ms"; "n/a" for NaN.
+/// Microseconds as "635 µs" or "2.51 ms" ("-53.83 ms" below zero: a difference); "n/a" for NaN.
 pub fn format_us(us: f64) -> String {
     if us.is_nan() {
         "n/a".into()
-    } else if us >= 1000.0 {
+    } else if us.abs() >= 1000.0 {
         format!("{:.2} ms", us / 1000.0)
     } else {
         format!("{us:.0} µs")

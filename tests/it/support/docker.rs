@@ -70,20 +70,7 @@ impl TestImage {
 /// How many times Docker reports `event` for `container` since `since` (Unix seconds).
 pub fn event_count(container: &str, event: &str, since: u64) -> usize {
     let until = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1;
-    let out = docker(&[
-        "events",
-        "--since",
-        &since.to_string(),
-        "--until",
-        &until.to_string(),
-        "--filter",
-        &format!("container={container}"),
-        "--filter",
-        &format!("event={event}"),
-        "--format",
-        "{{.Action}}",
-    ]);
-    out.lines().filter(|l| !l.trim().is_empty()).count()
+    testkit::docker::event_count(container, event, since as f64, until as f64).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Runs a docker CLI command that must succeed.
