@@ -131,7 +131,7 @@ impl DockerThings {
         }
         // Registered before the build: a half-built image is removed as well.
         self.image = Some(tag.clone());
-        BusyboxImage { tag: &tag, overlay: self_at.is_some(), no_cache: false }.build(&ctx)?;
+        BusyboxImage { tag: &tag, overlay: self_at.is_some(), no_cache: true }.build(&ctx)?;
         Ok(tag)
     }
 
