@@ -6,34 +6,17 @@
 //! Every test builds its own `FROM scratch` busybox image and uniquely named containers, removed on drop.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::support;
 use crate::support::docker::{docker_cli, event_count, TestContainer, TestImage};
 use crate::support::runtime::ScriptedRuntime;
 use crate::support::serve::Serve;
-use crate::support::{eventually, get, TestProxy};
+use crate::support::{eventually, get, now_secs, services_file, TestProxy};
 use http::StatusCode;
 use serde_json::json;
 
 const LONG: Duration = Duration::from_secs(20);
-
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
-
-/// Routes: `<name>.test` → service `<name>` with the given TOML fields.
-fn routes(services: &[(&str, String)]) -> String {
-    let mut out = String::new();
-    for (name, fields) in services {
-        out.push_str(&format!("[services.{name}]\n{fields}\n"));
-    }
-    out.push_str("[routes]\n");
-    for (name, _) in services {
-        out.push_str(&format!("\"{name}.test\" = \"{name}\"\n"));
-    }
-    out
-}
 
 /// A dependency that listens on `port` (HTTP, but only its TCP accept counts) after `delay`, and exits at once
 /// on `docker stop`; created with `options`.
@@ -68,7 +51,7 @@ async fn a_dependency_is_started_and_waited_for_before_the_service() {
         "container = \"{}\"\nport = 8080\nidle_timeout = \"0\"\ndepends_on = [{{ container = \"{}\", port = 5432 }}]",
         web.name, db.name
     );
-    let proxy = TestProxy::start(&routes(&[("web", fields)])).await;
+    let proxy = TestProxy::start(&services_file(&[("web", fields)])).await;
     state_becomes(&proxy, "web", "stopped").await;
     let view = proxy.service_view("web").await;
     assert_eq!(view["depends_on"][0]["container"], db.name.as_str(), "{view}");
@@ -103,7 +86,7 @@ async fn a_dependency_with_a_healthcheck_is_waited_for_until_healthy() {
     let web = image.web_after("");
     let fields =
         format!("container = \"{}\"\nport = 8080\nidle_timeout = \"0\"\ndepends_on = [\"{}\"]", web.name, db.name);
-    let proxy = TestProxy::start(&routes(&[("web", fields)])).await;
+    let proxy = TestProxy::start(&services_file(&[("web", fields)])).await;
     state_becomes(&proxy, "web", "stopped").await;
 
     let got = get(proxy.http, "web.test", "/index.html").await;
@@ -126,7 +109,7 @@ async fn a_dependency_that_cannot_start_fails_the_wake_with_503() {
         "container = \"{}\"\nport = 8080\nwake_timeout = \"10s\"\ndepends_on = [{{ container = \"{}\", port = 5439 }}]",
         web.name, db.name
     );
-    let proxy = TestProxy::start(&routes(&[("web", fields)])).await;
+    let proxy = TestProxy::start(&services_file(&[("web", fields)])).await;
     state_becomes(&proxy, "web", "stopped").await;
 
     let begin = Instant::now();
@@ -154,7 +137,7 @@ async fn a_shared_dependency_starts_once_and_stops_only_when_every_dependant_sle
     // dependency's own idle timeout is the shortest of its dependants': 1 s after the last one sleeps.
     let fa = format!("container = \"{}\"\nport = 8080\nidle_timeout = \"1s\"\n{dep}", a.name);
     let fb = format!("container = \"{}\"\nport = 8080\nidle_timeout = \"0\"\n{dep}", b.name);
-    let proxy = TestProxy::start(&routes(&[("a", fa), ("b", fb)])).await;
+    let proxy = TestProxy::start(&services_file(&[("a", fa), ("b", fb)])).await;
     state_becomes(&proxy, "a", "stopped").await;
     state_becomes(&proxy, "b", "stopped").await;
     let since = now_secs();
@@ -294,7 +277,7 @@ async fn ten_services_woken_at_once_start_their_shared_dependency_once() {
         services.push((format!("app{i}"), fields));
     }
     let refs: Vec<(&str, String)> = services.iter().map(|(n, f)| (n.as_str(), f.clone())).collect();
-    let proxy = TestProxy::start_with_runtime(&routes(&refs), |_| {}, Arc::new(runtime.clone())).await;
+    let proxy = TestProxy::start_with_runtime(&services_file(&refs), |_| {}, Arc::new(runtime.clone())).await;
     for (name, _) in &services {
         state_becomes(&proxy, name, "stopped").await;
     }
@@ -328,7 +311,7 @@ async fn a_dependency_on_another_services_container_is_that_services_tenant() {
     let fa = format!("container = \"a-ctr\"\nport = {a_port}\nidle_timeout = \"0\"\ndepends_on = [\"b-ctr\"]");
     let fb = format!("container = \"b-ctr\"\nport = {b_port}\nidle_timeout = \"1s\"\ndepends_on = [\"a-ctr\"]");
     let proxy =
-        TestProxy::start_with_runtime(&routes(&[("a", fa), ("b", fb)]), |_| {}, Arc::new(runtime.clone())).await;
+        TestProxy::start_with_runtime(&services_file(&[("a", fa), ("b", fb)]), |_| {}, Arc::new(runtime.clone())).await;
     state_becomes(&proxy, "a", "stopped").await;
     state_becomes(&proxy, "b", "stopped").await;
     let (va, vb) = (proxy.service_view("a").await, proxy.service_view("b").await);
@@ -366,7 +349,7 @@ async fn a_dependencys_exposed_port_or_failing_healthcheck() {
     let fields = |web: &TestContainer, dep: &TestContainer| {
         format!("container = \"{}\"\nport = 8080\nwake_timeout = \"15s\"\ndepends_on = [\"{}\"]", web.name, dep.name)
     };
-    let proxy = TestProxy::start(&routes(&[
+    let proxy = TestProxy::start(&services_file(&[
         ("w1", fields(&w1, &exposed)),
         ("w2", fields(&w2, &bare)),
         ("w3", fields(&w3, &sick)),
@@ -406,7 +389,7 @@ async fn a_service_whose_container_another_depends_on_is_kept_while_it_runs() {
     let fa =
         format!("container = \"{}\"\nport = 8080\nidle_timeout = \"0\"\ndepends_on = [\"{}\"]", app.name, api.name);
     let fb = format!("container = \"{}\"\nport = 8080\nidle_timeout = \"1s\"", api.name);
-    let proxy = TestProxy::start(&routes(&[("app", fa), ("api", fb)])).await;
+    let proxy = TestProxy::start(&services_file(&[("app", fa), ("api", fb)])).await;
     state_becomes(&proxy, "app", "stopped").await;
     state_becomes(&proxy, "api", "stopped").await;
     assert_eq!(proxy.service_view("app").await["depends_on"][0]["tenant"], "api");

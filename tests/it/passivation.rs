@@ -4,33 +4,16 @@
 //!
 //! Every test builds its own `FROM scratch` busybox image and uniquely named containers, removed on drop.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::support;
 use crate::support::docker::{event_count, DockerSocketProxy, TestContainer, TestImage};
-use crate::support::{eventually, full, get, send, Backend, TestProxy};
+use crate::support::{eventually, full, get, now_secs, send, services_file, Backend, TestProxy};
 use futures::{SinkExt, StreamExt};
 use http::{Request, StatusCode};
 use tokio_tungstenite::tungstenite::Message;
 
 const LONG: Duration = Duration::from_secs(20);
-
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
-
-/// Routes: `<name>.test` → service `<name>` with the given TOML fields.
-fn routes(services: &[(&str, String)]) -> String {
-    let mut out = String::new();
-    for (name, fields) in services {
-        out.push_str(&format!("[services.{name}]\n{fields}\n"));
-    }
-    out.push_str("[routes]\n");
-    for (name, _) in services {
-        out.push_str(&format!("\"{name}.test\" = \"{name}\"\n"));
-    }
-    out
-}
 
 fn container_fields(c: &TestContainer, extra: &str) -> String {
     format!("container = \"{}\"\nport = 8080\n{extra}", c.name)
@@ -47,7 +30,7 @@ async fn state_becomes(proxy: &TestProxy, service: &str, want: &str) {
 async fn a_stopped_tenant_is_woken_and_the_request_served() {
     let image = TestImage::build();
     let web = image.web_after("");
-    let proxy = TestProxy::start(&routes(&[("web", container_fields(&web, "idle_timeout = \"0\""))])).await;
+    let proxy = TestProxy::start(&services_file(&[("web", container_fields(&web, "idle_timeout = \"0\""))])).await;
     state_becomes(&proxy, "web", "stopped").await;
 
     let begin = Instant::now();
@@ -72,7 +55,7 @@ async fn fifty_concurrent_requests_cause_one_start() {
     let image = TestImage::build();
     // Ready about 1 s after the start, so every request arrives during the wake.
     let web = image.web_after("sleep 1;");
-    let proxy = TestProxy::start(&routes(&[("web", container_fields(&web, "idle_timeout = \"0\""))])).await;
+    let proxy = TestProxy::start(&services_file(&[("web", container_fields(&web, "idle_timeout = \"0\""))])).await;
     state_becomes(&proxy, "web", "stopped").await;
     let since = now_secs();
 
@@ -94,7 +77,7 @@ async fn fifty_concurrent_requests_cause_one_start() {
 async fn an_idle_tenant_is_stopped_and_woken_again() {
     let image = TestImage::build();
     let web = image.web_after("");
-    let proxy = TestProxy::start(&routes(&[("web", container_fields(&web, "idle_timeout = \"1s\""))])).await;
+    let proxy = TestProxy::start(&services_file(&[("web", container_fields(&web, "idle_timeout = \"1s\""))])).await;
     assert_eq!(get(proxy.http, "web.test", "/index.html").await.status, StatusCode::OK);
     let served = Instant::now();
     state_becomes(&proxy, "web", "stopped").await;
@@ -113,7 +96,7 @@ async fn an_open_websocket_keeps_the_tenant_up() {
     let ctr = image.idle();
     let ws_backend = Backend::websocket_echo().await;
     let fields = format!("container = \"{}\"\nbackends = [\"{}\"]\nidle_timeout = \"1s\"", ctr.name, ws_backend.addr);
-    let proxy = TestProxy::start(&routes(&[("chat", fields)])).await;
+    let proxy = TestProxy::start(&services_file(&[("chat", fields)])).await;
 
     let url = format!("ws://{}/ws", proxy.http);
     let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
@@ -144,7 +127,7 @@ async fn a_request_during_stopping_is_held_and_served() {
     // Ignores SIGTERM: `docker stop` takes the whole stop timeout (the service's 2 s), a wide window to arrive in.
     let web = image.container(&["sh", "-c", "trap '' TERM; httpd -f -p 8080 -h /www"]);
     let fields = container_fields(&web, "idle_timeout = \"1s\"\nstop_timeout = \"2s\"");
-    let proxy = TestProxy::start(&routes(&[("web", fields)])).await;
+    let proxy = TestProxy::start(&services_file(&[("web", fields)])).await;
     assert_eq!(get(proxy.http, "web.test", "/index.html").await.status, StatusCode::OK);
     state_becomes(&proxy, "web", "stopping").await;
     let got = get(proxy.http, "web.test", "/index.html").await;
@@ -160,7 +143,7 @@ async fn the_containers_own_stop_timeout_is_used_by_default() {
     // busybox httpd as PID 1 ignores SIGTERM, so only the kill after the stop timeout ends it: with the
     // container's own 1 s instead of a 10 s default, the idle stop takes about a second.
     let web = image.container_with(&["--stop-timeout", "1"], &["httpd", "-f", "-p", "8080", "-h", "/www"]);
-    let proxy = TestProxy::start(&routes(&[("web", container_fields(&web, "idle_timeout = \"1s\""))])).await;
+    let proxy = TestProxy::start(&services_file(&[("web", container_fields(&web, "idle_timeout = \"1s\""))])).await;
     assert_eq!(get(proxy.http, "web.test", "/index.html").await.status, StatusCode::OK);
     state_becomes(&proxy, "web", "stopping").await;
     let stopping = Instant::now();
@@ -176,7 +159,7 @@ async fn the_containers_own_stop_timeout_is_used_by_default() {
 async fn wake_timeout_answers_504() {
     let image = TestImage::build();
     let ctr = image.idle(); // runs, never listens
-    let proxy = TestProxy::start(&routes(&[("slow", container_fields(&ctr, "wake_timeout = \"3s\""))])).await;
+    let proxy = TestProxy::start(&services_file(&[("slow", container_fields(&ctr, "wake_timeout = \"3s\""))])).await;
     let begin = Instant::now();
     let got = get(proxy.http, "slow.test", "/").await;
     assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT, "{}", got.text);
@@ -199,7 +182,7 @@ async fn wake_timeout_answers_504() {
 async fn a_container_that_exits_at_once_answers_503_fast() {
     let image = TestImage::build();
     let ctr = image.container(&["sh", "-c", "exit 3"]);
-    let proxy = TestProxy::start(&routes(&[("crash", container_fields(&ctr, "wake_timeout = \"60s\""))])).await;
+    let proxy = TestProxy::start(&services_file(&[("crash", container_fields(&ctr, "wake_timeout = \"60s\""))])).await;
     let begin = Instant::now();
     let got = get(proxy.http, "crash.test", "/").await;
     assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE, "{}", got.text);
@@ -218,7 +201,7 @@ async fn hold_overflow_answers_503_with_retry_after() {
     let image = TestImage::build();
     let ctr = image.idle();
     let fields = container_fields(&ctr, "max_held = 2\nwake_timeout = \"4s\"");
-    let proxy = TestProxy::start(&routes(&[("busy", fields)])).await;
+    let proxy = TestProxy::start(&services_file(&[("busy", fields)])).await;
     let held: Vec<_> = (0..2)
         .map(|_| {
             let addr = proxy.http;
@@ -243,7 +226,7 @@ async fn browsers_get_the_starting_page_and_other_requests_are_held() {
     let image = TestImage::build();
     let web = image.web_after("sleep 2;");
     let fields = container_fields(&web, "page_after = \"300ms\"\nidle_timeout = \"0\"");
-    let proxy = TestProxy::start(&routes(&[("web", fields)])).await;
+    let proxy = TestProxy::start(&services_file(&[("web", fields)])).await;
     state_becomes(&proxy, "web", "stopped").await;
 
     let addr = proxy.http;
@@ -301,7 +284,7 @@ async fn pause_mode_pauses_and_unpauses() {
     let image = TestImage::build();
     let web = image.web_after("");
     let fields = container_fields(&web, "idle_timeout = \"1s\"\nidle_action = \"pause\"");
-    let proxy = TestProxy::start(&routes(&[("web", fields)])).await;
+    let proxy = TestProxy::start(&services_file(&[("web", fields)])).await;
     assert_eq!(get(proxy.http, "web.test", "/index.html").await.status, StatusCode::OK);
     state_becomes(&proxy, "web", "paused").await;
     assert_eq!(web.docker_state(), "paused");
@@ -322,7 +305,7 @@ async fn pause_then_stop_frees_the_container_and_the_next_wake_starts_it() {
         &web,
         "idle_timeout = \"1s\"\nidle_action = \"pause\"\nstop_after = \"2s\"\nstop_timeout = \"1s\"",
     );
-    let proxy = TestProxy::start(&routes(&[("web", fields)])).await;
+    let proxy = TestProxy::start(&services_file(&[("web", fields)])).await;
     assert_eq!(get(proxy.http, "web.test", "/index.html").await.status, StatusCode::OK);
     state_becomes(&proxy, "web", "paused").await;
     assert_eq!(web.docker_state(), "paused");
@@ -347,7 +330,7 @@ async fn docker_unreachable_fails_wakes_fast_and_spares_running_tenants() {
     support::docker::docker_cli(&["start", &up.name]);
     let mut socket = DockerSocketProxy::start();
     let endpoint = socket.endpoint();
-    let r = routes(&[
+    let r = services_file(&[
         ("up", container_fields(&up, "idle_timeout = \"0\"")),
         ("down", container_fields(&down, "idle_timeout = \"0\"")),
     ]);
@@ -380,7 +363,7 @@ async fn running_containers_are_adopted_at_startup_and_stopped_when_idle() {
     let image = TestImage::build();
     let web = image.web_after("");
     support::docker::docker_cli(&["start", &web.name]);
-    let proxy = TestProxy::start(&routes(&[("web", container_fields(&web, "idle_timeout = \"2s\""))])).await;
+    let proxy = TestProxy::start(&services_file(&[("web", container_fields(&web, "idle_timeout = \"2s\""))])).await;
     state_becomes(&proxy, "web", "running").await;
     let adopted = Instant::now();
     state_becomes(&proxy, "web", "stopped").await;
@@ -394,7 +377,7 @@ async fn admin_api_wakes_and_sleeps_services() {
     let image = TestImage::build();
     let web = image.web_after("");
     let plain = Backend::fixed("plain").await;
-    let r = routes(&[
+    let r = services_file(&[
         ("web", container_fields(&web, "idle_timeout = \"0\"")),
         ("plain", format!("backends = [\"{}\"]", plain.addr)),
     ]);
@@ -473,7 +456,7 @@ async fn health_path_decides_readiness() {
     );
     let web = image.web_after(script);
     let fields = container_fields(&web, "health_path = \"/cgi-bin/health\"\nidle_timeout = \"0\"");
-    let proxy = TestProxy::start(&routes(&[("web", fields)])).await;
+    let proxy = TestProxy::start(&services_file(&[("web", fields)])).await;
     state_becomes(&proxy, "web", "stopped").await;
     let begin = Instant::now();
     let got = get(proxy.http, "web.test", "/cgi-bin/health").await;
@@ -486,7 +469,7 @@ async fn health_path_decides_readiness() {
 async fn admin_commands_need_the_token_and_the_events_feed_shows_the_tenant_live() {
     let image = TestImage::build();
     let web = image.web_after("");
-    let r = routes(&[("web", container_fields(&web, "idle_timeout = \"0\""))]);
+    let r = services_file(&[("web", container_fields(&web, "idle_timeout = \"0\""))]);
     let token = "s3cret-token-for-tests";
     let proxy = TestProxy::start_custom(&r, |c| {
         c.proxy.access_log = false;

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::support::docker::TestImage;
-use crate::support::{eventually, get, Backend, TestProxy};
+use crate::support::{eventually, get, services_file, Backend, TestProxy};
 use futures::StreamExt;
 use http::StatusCode;
 use reveille::{ContainerState, DockerEndpoint, DockerRuntime, RuntimeConfig, RuntimeError, RuntimeKind};
@@ -187,19 +187,6 @@ impl Drop for PodContainer<'_> {
     }
 }
 
-/// Routes: `<name>.test` → service `<name>` with the given TOML fields.
-fn routes(services: &[(&str, String)]) -> String {
-    let mut out = String::new();
-    for (name, fields) in services {
-        out.push_str(&format!("[services.{name}]\n{fields}\n"));
-    }
-    out.push_str("[routes]\n");
-    for (name, _) in services {
-        out.push_str(&format!("\"{name}.test\" = \"{name}\"\n"));
-    }
-    out
-}
-
 fn podman_runtime(podman: &Podman) -> RuntimeConfig {
     RuntimeConfig { kind: RuntimeKind::Podman, endpoint: podman.endpoint() }
 }
@@ -216,7 +203,7 @@ async fn a_tenant_on_podman_is_woken_served_stopped_when_idle_and_woken_again() 
     let podman = Podman::start();
     let image = podman.image();
     let web = image.web();
-    let r = routes(&[(
+    let r = services_file(&[(
         "pod",
         format!("container = \"{}\"\nport = 8080\nidle_timeout = \"1s\"\nruntime = \"pod\"", web.name),
     )]);
@@ -262,7 +249,7 @@ async fn a_tenant_on_podman_paused_when_idle_is_unpaused_by_a_request() {
         web.name
     );
     let runtime = podman_runtime(&podman);
-    let proxy = TestProxy::start_custom(&routes(&[("pod", fields)]), |c| {
+    let proxy = TestProxy::start_custom(&services_file(&[("pod", fields)]), |c| {
         c.passivation.runtimes.insert("pod".into(), runtime);
     })
     .await;
@@ -283,7 +270,7 @@ async fn podman_down_answers_503_at_once_while_other_routes_serve() {
     let image = podman.image();
     let web = image.web();
     let plain = Backend::fixed("plain").await;
-    let r = routes(&[
+    let r = services_file(&[
         ("pod", format!("container = \"{}\"\nport = 8080\nidle_timeout = \"0\"\nruntime = \"pod\"", web.name)),
         ("plain", format!("backends = [\"{}\"]", plain.addr)),
     ]);
@@ -340,7 +327,7 @@ async fn a_podman_tenant_beside_a_docker_tenant_in_one_config_file() {
     let runtimes = resolved.passivation.runtimes;
     assert_eq!(runtimes["pod"].kind, RuntimeKind::Podman);
 
-    let r = routes(&[
+    let r = services_file(&[
         ("dock", format!("container = \"{}\"\nport = 8080\nidle_timeout = \"0\"", docker_web.name)),
         ("pod", format!("container = \"{}\"\nport = 8080\nidle_timeout = \"0\"\nruntime = \"pod\"", pod_web.name)),
     ]);
@@ -463,7 +450,7 @@ async fn cold_start_figure() {
     let (direct, tenant) = (image.web(), image.web());
     let rt =
         DockerRuntime::connect_kind(&podman.endpoint(), Duration::from_secs(10), RuntimeKind::Podman).await.unwrap();
-    let r = routes(&[(
+    let r = services_file(&[(
         "pod",
         format!("container = \"{}\"\nport = 8080\nidle_timeout = \"0\"\nruntime = \"pod\"", tenant.name),
     )]);

@@ -382,6 +382,24 @@ pub fn routes_file(services: &[(&str, Vec<SocketAddr>)], routes: &[(&str, &str)]
     out
 }
 
+/// A routes file: `<name>.test` → service `<name>`, each service with the given TOML fields.
+pub fn services_file(services: &[(&str, String)]) -> String {
+    let mut out = String::new();
+    for (name, fields) in services {
+        out.push_str(&format!("[services.{name}]\n{fields}\n"));
+    }
+    out.push_str("[routes]\n");
+    for (name, _) in services {
+        out.push_str(&format!("\"{name}.test\" = \"{name}\"\n"));
+    }
+    out
+}
+
+/// Seconds since the Unix epoch (for `docker events --since`).
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
 /// Writes raw bytes on a new connection and reads until the server closes it or `timeout` passes.
 pub async fn raw_exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
