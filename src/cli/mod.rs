@@ -235,6 +235,10 @@ pub struct ServiceFields {
     /// the endpoint's host]
     #[arg(long, value_name = "HOST")]
     pub backend_host: Option<String>,
+    /// With --swarm-service and --port, instead of --backend-host: the overlay network (name or id) reveille runs
+    /// on; the backend is a running task's address on it at --port
+    #[arg(long, value_name = "NETWORK", conflicts_with = "backend_host")]
+    pub swarm_network: Option<String>,
     /// Stop the container after this long without requests; 0 = never
     #[arg(long, value_name = "DURATION")]
     pub idle_timeout: Option<String>,
@@ -307,6 +311,7 @@ impl ServiceFields {
             ("runtime", &self.runtime),
             ("swarm_service", &self.swarm_service),
             ("backend_host", &self.backend_host),
+            ("swarm_network", &self.swarm_network),
             ("idle_timeout", &self.idle_timeout),
             ("wake_timeout", &self.wake_timeout),
             ("stop_timeout", &self.stop_timeout),
@@ -474,6 +479,11 @@ mod tests {
         let json = service_set(&["--swarm-service", "shop", "--replicas", "2", "--backend-host", "node-1"]).unwrap();
         let want = serde_json::json!({"swarm_service": "shop", "replicas": 2, "backend_host": "node-1"});
         assert_eq!(serde_json::Value::Object(json), want);
+        let json = service_set(&["--swarm-service", "shop", "--port", "8080", "--swarm-network", "front"]).unwrap();
+        let want = serde_json::json!({"swarm_service": "shop", "port": 8080, "swarm_network": "front"});
+        assert_eq!(serde_json::Value::Object(json), want);
+        let e = service_set(&["--swarm-network", "front", "--backend-host", "h"]).err().unwrap().to_string();
+        assert!(e.contains("--swarm-network") && e.contains("--backend-host"), "{e}");
         let e = service_set(&["--swarm-service", "shop", "--container", "c"]).err().unwrap().to_string();
         assert!(e.contains("--swarm-service") && e.contains("--container"), "{e}");
     }

@@ -123,6 +123,9 @@ impl Passivator {
                     if let Some(swarm) = &spec.swarm {
                         v["swarm_service"] = json!(spec.container);
                         v["replicas"] = json!(swarm.replicas);
+                        if let Some(network) = &swarm.network {
+                            v["swarm_network"] = json!(network);
+                        }
                     }
                     v["state"] = json!(snap.phase.as_str());
                     v["since"] = json!(rfc3339(snap.since));
@@ -184,6 +187,9 @@ impl Passivator {
                     if let Some(swarm) = &spec.swarm {
                         v["swarm_service"] = json!(spec.container);
                         v["replicas"] = json!(swarm.replicas);
+                        if let Some(network) = &swarm.network {
+                            v["swarm_network"] = json!(network);
+                        }
                     }
                     v["state"] = json!(Phase::Unknown.as_str());
                     tenant_health(Phase::Unknown, service_health(&seen, now))

@@ -387,6 +387,9 @@ pub struct SwarmSpec {
     pub replicas: u32,
     /// Where its published port is reached; `None`: the runtime's node address.
     pub backend_host: Option<String>,
+    /// `swarm_network`: the overlay network whose task address is the backend (at `port`), instead of a
+    /// published port. Also the spec's `network`, which the runtime's inspect is given.
+    pub network: Option<String>,
 }
 
 /// A container a service's own container needs running first (`depends_on`).

@@ -50,6 +50,10 @@ pub(crate) struct ServiceSpec {
     /// the endpoint's host.
     #[serde(default)]
     pub backend_host: Option<String>,
+    /// With `swarm_service`, instead of `backend_host`: the overlay network (name or id) reveille runs on; the
+    /// backend is a running task's address on it at `port`.
+    #[serde(default)]
+    pub swarm_network: Option<String>,
     /// Stop (or pause) the container after this long without activity; `"0"` = never.
     #[serde(default, with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
@@ -127,6 +131,7 @@ pub(crate) const SERVICE_FIELDS: &[&str] = &[
     "swarm_service",
     "replicas",
     "backend_host",
+    "swarm_network",
     "idle_timeout",
     "wake_timeout",
     "stop_timeout",
@@ -618,7 +623,9 @@ impl ServiceSpec {
         Ok(Some(ContainerSpec {
             container: container.clone(),
             port: self.port,
-            network: self.network.clone(),
+            // A swarm service's tasks are inspected for their address on `swarm_network`, as a container's on
+            // `network`.
+            network: self.network.clone().or_else(|| swarm.as_ref().and_then(|s| s.network.clone())),
             docker_host: runtime.map(|(_, name)| name.clone()),
             idle_timeout: self.idle_timeout,
             wake_timeout: self.wake_timeout,
@@ -634,18 +641,24 @@ impl ServiceSpec {
         }))
     }
 
-    /// The Swarm settings when the service names a `swarm_service`; `replicas` and `backend_host` need one, and
-    /// a service can be neither paused nor given a network.
+    /// The Swarm settings when the service names a `swarm_service`; `replicas`, `backend_host` and `swarm_network`
+    /// need one, and a service can be neither paused nor given a `network` (its network is `swarm_network`).
     fn swarm_spec(&self) -> Result<Option<SwarmSpec>, String> {
         if self.swarm_service.is_none() {
-            let set = [("replicas", self.replicas.is_some()), ("backend_host", self.backend_host.is_some())];
+            let set = [
+                ("replicas", self.replicas.is_some()),
+                ("backend_host", self.backend_host.is_some()),
+                ("swarm_network", self.swarm_network.is_some()),
+            ];
             if let Some((field, _)) = set.iter().find(|(_, set)| *set) {
                 return Err(format!("`{field}` needs `swarm_service`"));
             }
             return Ok(None);
         }
         if self.network.is_some() {
-            return Err("`network` is for `container`: a swarm service is reached at its published port".into());
+            return Err("`network` is for `container`: a swarm service is reached at its published port, or at a \
+                        task's address on `swarm_network`"
+                .into());
         }
         if self.depends_on.as_ref().is_some_and(|d| !d.is_empty()) {
             return Err(
@@ -666,7 +679,20 @@ impl ServiceSpec {
                 return Err(format!("`backend_host` {host:?} is not a host name or an IP address"));
             }
         }
-        Ok(Some(SwarmSpec { replicas, backend_host: self.backend_host.clone() }))
+        if let Some(network) = &self.swarm_network {
+            if self.backend_host.is_some() {
+                return Err("`swarm_network` and `backend_host` exclude each other: the backend is a task's address \
+                            on the network, or the published port on `backend_host`"
+                    .into());
+            }
+            if network.is_empty() || network.contains(|c: char| c.is_ascii_whitespace() || c.is_ascii_control()) {
+                return Err(format!("`swarm_network` {network:?} is not a network name or id"));
+            }
+            if self.port.is_none() {
+                return Err("`swarm_network` needs `port`: the port the service's tasks listen on".into());
+            }
+        }
+        Ok(Some(SwarmSpec { replicas, backend_host: self.backend_host.clone(), network: self.swarm_network.clone() }))
     }
 
     /// `depends_on`, checked: well-formed names, a port of 1-65535, no container twice, not `own` itself.
@@ -845,14 +871,27 @@ mod tests {
         let svc = parse(r#"{"swarm_service": "shop"}"#).unwrap();
         let c = svc.container().unwrap();
         assert_eq!((c.container.as_str(), c.port, c.replicas()), ("shop", None, 1));
-        assert_eq!(c.swarm, Some(SwarmSpec { replicas: 1, backend_host: None }));
+        assert_eq!(c.swarm, Some(SwarmSpec { replicas: 1, backend_host: None, network: None }));
         let svc = parse(r#"{"swarm_service": "shop", "port": 8080, "replicas": 3, "backend_host": "node-1.lan"}"#);
         let c = svc.unwrap().container().unwrap().clone();
         assert_eq!(c.port, Some(8080));
-        assert_eq!(c.swarm, Some(SwarmSpec { replicas: 3, backend_host: Some("node-1.lan".into()) }));
+        assert_eq!(c.swarm, Some(SwarmSpec { replicas: 3, backend_host: Some("node-1.lan".into()), network: None }));
         assert!(parse(r#"{"swarm_service": "shop", "backend_host": "10.0.0.5"}"#).is_ok());
         assert_eq!(parse(r#"{"container": "c", "port": 1}"#).unwrap().container().unwrap().replicas(), 1);
+        // On the swarm's overlay network: the tasks' address there, at `port`; the network is what inspect is given.
+        let svc = parse(r#"{"swarm_service": "shop", "port": 8080, "swarm_network": "front"}"#).unwrap();
+        let c = svc.container().unwrap();
+        assert_eq!(c.swarm, Some(SwarmSpec { replicas: 1, backend_host: None, network: Some("front".into()) }));
+        assert_eq!(c.network.as_deref(), Some("front"));
         for (bad, says) in [
+            (r#"{"container": "c", "port": 1, "swarm_network": "n"}"#, "`swarm_network` needs `swarm_service`"),
+            (
+                r#"{"swarm_service": "s", "port": 1, "swarm_network": "n", "backend_host": "h"}"#,
+                "`swarm_network` and `backend_host` exclude each other",
+            ),
+            (r#"{"swarm_service": "s", "swarm_network": "n"}"#, "`swarm_network` needs `port`"),
+            (r#"{"swarm_service": "s", "port": 1, "swarm_network": ""}"#, "`swarm_network` \"\" is not a network"),
+            (r#"{"swarm_service": "s", "port": 1, "swarm_network": "a b"}"#, "`swarm_network` \"a b\" is not"),
             (r#"{"container": "c", "swarm_service": "s"}"#, "`container` and `swarm_service` exclude each other"),
             (r#"{"container": "c", "port": 1, "replicas": 2}"#, "`replicas` needs `swarm_service`"),
             (r#"{"backends": ["127.0.0.1:1"], "backend_host": "h"}"#, "`backend_host` needs `swarm_service`"),

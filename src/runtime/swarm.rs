@@ -80,24 +80,30 @@ impl SwarmRuntime {
         self.docker.get_or_try_init(|| DockerRuntime::connect_to(&self.endpoint, self.timeout)).await
     }
 
-    /// The state of service `service`: see the module's table. `ip` is the node's address (see the module).
-    pub async fn inspect_service(&self, service: &str) -> Result<ContainerInfo, RuntimeError> {
+    /// The state of service `service`: see the module's table. Without `network`, `ip` is the node's address
+    /// and `published` its host-mode ports (see the module); with it, `ip` is a running task's address on that
+    /// network (name or id) and `published` is `None`, the backend being that address at the service's `port`.
+    pub async fn inspect_service(&self, service: &str, network: Option<&str>) -> Result<ContainerInfo, RuntimeError> {
         let look = self.look(service).await?;
         let state = match (look.desired, look.running.len() as u64) {
             (0, _) => ContainerState::Stopped,
             (desired, running) if running >= desired => ContainerState::Running,
             _ => ContainerState::Restarting,
         };
-        let ip = self.node_address().await?;
+        let (ip, published) = match network {
+            None => (Some(self.node_address().await?), Some(look.published)),
+            Some(_) if look.running.is_empty() => (None, None),
+            Some(network) => (self.task_address(service, network, &look.running).await?, None),
+        };
         let failed = look.failed.filter(|_| state != ContainerState::Running).unwrap_or_default();
         Ok(ContainerInfo {
             id: look.id,
             name: look.name,
             state,
-            ip: Some(ip),
+            ip,
             exit_code: failed.container_status.and_then(|c| c.exit_code),
             error: failed.err.filter(|e| !e.is_empty()),
-            published: Some(look.published),
+            published,
             health: None,
             exposed_ports: Vec::new(),
         })
@@ -263,6 +269,75 @@ impl SwarmRuntime {
         self.call(rt, "list the tasks of", service, rt.docker.list_tasks(Some(options))).await
     }
 
+    /// The address on `network` (name, id or id prefix) of one of the `running` tasks, from the tasks'
+    /// `NetworksAttachments` (`10.0.1.3/24`, without its prefix length); `None` when none has one. With several
+    /// replicas, the first running task's: spreading over all of them is the design note's "several addresses".
+    async fn task_address(
+        &self,
+        service: &str,
+        network: &str,
+        running: &[Task],
+    ) -> Result<Option<IpAddr>, RuntimeError> {
+        let filters = serde_json::json!({"service": [service], "desired-state": ["running"]}).to_string();
+        let body = self.raw_get(&format!("/tasks?filters={}", percent_encode(&filters))).await?;
+        let tasks: Vec<TaskAttachments> = serde_json::from_slice(&body)
+            .map_err(|e| refused("inspect", service, format!("Docker's list of its tasks is not understood: {e}")))?;
+        let running: HashSet<&str> = running.iter().filter_map(|t| t.id.as_deref()).collect();
+        Ok(tasks.iter().filter(|t| running.contains(t.id.as_str())).find_map(|t| t.address_on(network)))
+    }
+
+    /// `GET path` on the Engine, its body: bollard's models leave out what [`Self::task_address`] needs. Over a
+    /// unix socket or plain TCP (`tcp://`, `http://`); an `https://` endpoint is refused, with why.
+    async fn raw_get(&self, path: &str) -> Result<Vec<u8>, RuntimeError> {
+        use http_body_util::BodyExt;
+        use hyper_util::rt::TokioIo;
+        let endpoint = self.endpoint.uri.clone().or_else(|| std::env::var("DOCKER_HOST").ok());
+        let endpoint = endpoint.unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+        let unavailable = |reason: String| RuntimeError::Unavailable { endpoint: self.name.clone(), reason };
+        let get = async {
+            type Sender = hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>;
+            let handshake_failed = |e: hyper::Error| unavailable(e.to_string());
+            let unix = endpoint.strip_prefix("unix://").or(endpoint.starts_with('/').then_some(endpoint.as_str()));
+            let mut sender: Sender = if let Some(socket) = unix {
+                let s = tokio::net::UnixStream::connect(socket).await.map_err(|e| unavailable(e.to_string()))?;
+                let (sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(s)).await.map_err(handshake_failed)?;
+                tokio::spawn(conn);
+                sender
+            } else if let Some(host) = endpoint_host(&endpoint).filter(|_| !endpoint.starts_with("https://")) {
+                let port = endpoint.rsplit_once(':').and_then(|(_, p)| p.trim_end_matches('/').parse().ok());
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let s = tokio::net::TcpStream::connect((host, port.unwrap_or(2375)))
+                    .await
+                    .map_err(|e| unavailable(e.to_string()))?;
+                let (sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(s)).await.map_err(handshake_failed)?;
+                tokio::spawn(conn);
+                sender
+            } else {
+                return Err(RuntimeError::Refused {
+                    action: "inspect",
+                    container: path.into(),
+                    reason: "`swarm_network` needs a unix, tcp:// or http:// endpoint (https:// is not supported \
+                             for it in this version)"
+                        .into(),
+                });
+            };
+            let request = http::Request::get(path)
+                .header(http::header::HOST, "docker")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .map_err(|e| unavailable(e.to_string()))?;
+            let response = sender.send_request(request).await.map_err(|e| unavailable(e.to_string()))?;
+            let status = response.status();
+            let body = response.into_body().collect().await.map_err(|e| unavailable(e.to_string()))?.to_bytes();
+            if !status.is_success() {
+                return Err(unavailable(format!("GET {path}: {status}: {}", String::from_utf8_lossy(&body).trim())));
+            }
+            Ok(body.to_vec())
+        };
+        tokio::time::timeout(self.timeout, get).await.map_err(|_| RuntimeError::Timeout(self.timeout))?
+    }
+
     /// Where the node's published ports are reached: 127.0.0.1 for a unix endpoint, else the endpoint's host
     /// (resolved when it is a name).
     async fn node_address(&self) -> Result<IpAddr, RuntimeError> {
@@ -309,6 +384,53 @@ impl SwarmRuntime {
             Ok(r) => rt.classify(action, service, r),
         }
     }
+}
+
+/// What [`SwarmRuntime::task_address`] reads of a task: its id and its addresses on its networks.
+#[derive(serde::Deserialize, Default)]
+struct TaskAttachments {
+    #[serde(rename = "ID", default)]
+    id: String,
+    #[serde(rename = "NetworksAttachments", default)]
+    networks: Vec<Attachment>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct Attachment {
+    #[serde(rename = "Network", default)]
+    network: AttachedNetwork,
+    #[serde(rename = "Addresses", default)]
+    addresses: Vec<String>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct AttachedNetwork {
+    #[serde(rename = "ID", default)]
+    id: String,
+    #[serde(rename = "Spec", default)]
+    spec: NetworkName,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct NetworkName {
+    #[serde(rename = "Name", default)]
+    name: String,
+}
+
+impl TaskAttachments {
+    /// Its address on `network`: matched by name, id or id prefix; `10.0.1.3/24` without the `/24`.
+    fn address_on(&self, network: &str) -> Option<IpAddr> {
+        let n = self.networks.iter().find(|a| {
+            let net = &a.network;
+            net.spec.name == network || (!net.id.is_empty() && net.id.starts_with(network))
+        })?;
+        n.addresses.iter().find_map(|a| a.split('/').next()?.parse().ok())
+    }
+}
+
+/// `s` with every byte but ASCII letters and digits as `%XX`, for a query string.
+fn percent_encode(s: &str) -> String {
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
 }
 
 /// When the task's status was last set (RFC 3339 in UTC, so the text orders as the time).
@@ -370,8 +492,8 @@ fn service_event(ev: bollard::models::EventMessage) -> Option<ContainerEvent> {
 }
 
 impl ContainerRuntime for SwarmRuntime {
-    fn inspect<'a>(&'a self, service: &'a str, _network: Option<&'a str>) -> RuntimeFuture<'a, ContainerInfo> {
-        Box::pin(self.inspect_service(service))
+    fn inspect<'a>(&'a self, service: &'a str, network: Option<&'a str>) -> RuntimeFuture<'a, ContainerInfo> {
+        Box::pin(self.inspect_service(service, network))
     }
     /// One replica; the passivation asks for the service's own count through [`Self::start_replicas`].
     fn start<'a>(&'a self, service: &'a str) -> RuntimeFuture<'a, ()> {
@@ -411,6 +533,23 @@ mod tests {
         assert_eq!(endpoint_host("tcp://10.0.0.5:2375"), Some("10.0.0.5"));
         assert_eq!(endpoint_host("https://manager-1.lan:2376/"), Some("manager-1.lan"));
         assert_eq!(endpoint_host("tcp://[fd00::5]:2375"), Some("[fd00::5]"));
+    }
+
+    #[test]
+    fn a_task_address_on_a_network() {
+        let json = r#"{"ID": "t1", "NetworksAttachments": [
+            {"Network": {"ID": "ingressid", "Spec": {"Name": "ingress"}}, "Addresses": ["10.0.0.7/24"]},
+            {"Network": {"ID": "kguzz2k0yrcg", "Spec": {"Name": "front"}}, "Addresses": ["10.0.1.3/24"]}
+        ]}"#;
+        let task: TaskAttachments = serde_json::from_str(json).unwrap();
+        let front = Some(IpAddr::from([10, 0, 1, 3]));
+        assert_eq!(task.address_on("front"), front, "by name, without the prefix length");
+        assert_eq!(task.address_on("kguzz2k0yrcg"), front, "by id");
+        assert_eq!(task.address_on("kguzz"), front, "by id prefix");
+        assert_eq!(task.address_on("back"), None);
+        let none: TaskAttachments = serde_json::from_str(r#"{"ID": "t2"}"#).unwrap();
+        assert_eq!(none.address_on("front"), None, "a task not yet attached");
+        assert_eq!(percent_encode(r#"{"a":["b-1"]}"#), "%7B%22a%22%3A%5B%22b%2D1%22%5D%7D");
     }
 
     #[test]

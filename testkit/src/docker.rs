@@ -163,6 +163,13 @@ impl Drop for DockerThings {
 /// `root`, so that it runs in a `FROM scratch` image.
 fn copy_self(root: &Path, path: &str) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    copy_binary(root, &exe, path)
+}
+
+/// Copies the executable `exe` to `root/<path>` and the shared libraries `ldd` lists for it to the same paths
+/// under `root` (e.g. a [`BusyboxImage`]'s `overlay/`), so that it runs in a `FROM scratch` image.
+pub fn copy_binary(root: &Path, exe: &Path, path: &str) -> Result<(), String> {
+    let exe = exe.to_path_buf();
     let out = Command::new("ldd").arg(&exe).output().map_err(|e| format!("cannot run ldd: {e}"))?;
     if !out.status.success() {
         return Err(format!("ldd {}: {}", exe.display(), String::from_utf8_lossy(&out.stderr).trim()));

@@ -3,10 +3,14 @@
 //! idle, it is scaled back to 0; scaled behind reveille's back, the tasks' events make the tenant re-inspect; a
 //! missing service or an unreachable swarm is a clear 503 while other routes keep serving.
 //!
-//! The test makes the node a swarm manager (`docker swarm init --advertise-addr 127.0.0.1`) unless it already is
+//! A second test runs reveille itself in a container on an attachable overlay network: a service on that
+//! network (`swarm_network`), publishing no port, is reached at its task's overlay address.
+//!
+//! Each test makes the node a swarm manager (`docker swarm init --advertise-addr 127.0.0.1`) unless it already is
 //! one, and then leaves the swarm and removes `docker_gwbridge` at the end, only if it created the swarm. Other
-//! tests share the Docker Engine: every check against the swarm is in the one test below, and it touches only
-//! the service and image it created (unique names), removed on drop, failure or not.
+//! tests share the Docker Engine: every check against the swarm is in these two tests, which take [`SWARM_LOCK`]
+//! in turn (one swarm lifecycle at a time), and they touch only the services, networks, containers and images
+//! they created (unique names), removed on drop, failure or not.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +21,9 @@ use http::StatusCode;
 use reveille::{Config, ContainerRuntime, ContainerState, DockerEndpoint, RuntimeConfig, RuntimeKind, SwarmRuntime};
 
 const LONG: Duration = Duration::from_secs(30);
+
+/// Held for a whole test: one joins and leaves the swarm while the other waits.
+static SWARM_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const T: Duration = Duration::from_secs(10);
 
 fn docker(args: &[&str]) -> Result<String, String> {
@@ -165,7 +172,8 @@ async fn http_ok(port: u16) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_swarm_service_is_scaled_up_on_request_and_down_when_idle() {
-    // Drop order (reverse of declaration): reveille, the service, the image, then the swarm.
+    // Drop order (reverse of declaration): reveille, the service, the image, the swarm, then the lock.
+    let _lock = SWARM_LOCK.lock().await;
     let swarm = Swarm::join();
     let image = TestImage::build();
     let service = TestService::create(&image, free_port(), &[], WEB);
@@ -313,4 +321,192 @@ async fn a_swarm_service_is_scaled_up_on_request_and_down_when_idle() {
         proxied[1].saturating_sub(direct[1])
     );
     let _ = &swarm;
+}
+
+/// An attachable overlay network, removed on drop.
+struct Overlay {
+    name: String,
+}
+
+impl Overlay {
+    fn create() -> Overlay {
+        let name = format!("reveille-test-overlay-{}", std::process::id());
+        if let Err(e) = docker(&["network", "create", "-d", "overlay", "--attachable", &name]) {
+            panic!("overlay networks do not work here: {e}");
+        }
+        Overlay { name }
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let _ = docker(&["network", "rm", &self.name]);
+    }
+}
+
+impl TestService {
+    /// A replicated service of the test image on `network`, 0 replicas, publishing no port, running
+    /// `busybox <command>`.
+    fn on_network(image: &TestImage, network: &str, command: &[&str]) -> TestService {
+        let name = format!("reveille-test-swarm-{}-overlay", std::process::id());
+        let service = TestService { name: name.clone(), port: 0 };
+        let mut create = vec![
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            &name,
+            "--replicas",
+            "0",
+            "--no-resolve-image",
+            "--network",
+            network,
+            "--stop-grace-period",
+            "1s",
+            &image.tag,
+        ];
+        create.extend_from_slice(command);
+        docker(&create).unwrap();
+        service
+    }
+
+    /// The address on `network` of its running task (`NetworksAttachments`, without the prefix length).
+    fn task_address(&self, network: &str) -> String {
+        let task = docker(&["service", "ps", "-q", "--filter", "desired-state=running", &self.name]).unwrap();
+        let task = task.lines().next().expect("a running task");
+        let format = format!(
+            "{{{{range .NetworksAttachments}}}}{{{{if eq .Network.Spec.Name \"{network}\"}}}}{{{{index .Addresses \
+             0}}}}{{{{end}}}}{{{{end}}}}"
+        );
+        let address = docker(&["inspect", "--format", &format, task]).unwrap();
+        address.split('/').next().unwrap().to_string()
+    }
+}
+
+/// reveille's debug binary in a container: a `FROM scratch` image with the binary, its `ldd` libraries, its
+/// config and routes; the Docker socket mounted; on `network` and on the default bridge, its proxy and admin
+/// ports published on 127.0.0.1. The container and the image are removed on drop.
+struct ReveilleContainer {
+    name: String,
+    image: String,
+    http: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+}
+
+impl ReveilleContainer {
+    fn start(network: &str, config: &str, routes: &str) -> ReveilleContainer {
+        let pid = std::process::id();
+        let (http, admin) = (free_port(), free_port());
+        let rev = ReveilleContainer {
+            name: format!("reveille-test-swarm-proxy-{pid}"),
+            image: format!("reveille-test-swarm-proxy-image-{pid}"),
+            http: ([127, 0, 0, 1], http).into(),
+            admin: ([127, 0, 0, 1], admin).into(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let overlay = dir.path().join("overlay");
+        testkit::docker::copy_binary(&overlay, std::path::Path::new(env!("CARGO_BIN_EXE_reveille")), "/reveille")
+            .unwrap();
+        std::fs::create_dir_all(overlay.join("etc/reveille")).unwrap();
+        std::fs::write(overlay.join("etc/reveille/reveille.toml"), config).unwrap();
+        std::fs::write(overlay.join("etc/reveille/routes.toml"), routes).unwrap();
+        let build = testkit::docker::BusyboxImage { tag: &rev.image, overlay: true, no_cache: true };
+        build.build(dir.path()).unwrap_or_else(|e| panic!("building reveille's image: {e}"));
+        let (http_publish, admin_publish) = (format!("127.0.0.1:{http}:8080"), format!("127.0.0.1:{admin}:9090"));
+        docker(&[
+            "create",
+            "--name",
+            &rev.name,
+            "-p",
+            &http_publish,
+            "-p",
+            &admin_publish,
+            "-v",
+            "/var/run/docker.sock:/var/run/docker.sock",
+            "--entrypoint",
+            "/reveille",
+            &rev.image,
+            "serve",
+            "--config",
+            "/etc/reveille/reveille.toml",
+            "--routes",
+            "/etc/reveille/routes.toml",
+            "--http",
+            "0.0.0.0:8080",
+            "--admin",
+            "0.0.0.0:9090",
+        ])
+        .unwrap();
+        docker(&["network", "connect", network, &rev.name]).unwrap();
+        docker(&["start", &rev.name]).unwrap();
+        rev
+    }
+
+    fn logs(&self) -> String {
+        let out = std::process::Command::new("docker").args(["logs", "--tail", "40", &self.name]).output().unwrap();
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    }
+
+    async fn service_view(&self, name: &str) -> serde_json::Value {
+        let r = get(self.admin, &self.admin.to_string(), "/api/services").await;
+        let v: serde_json::Value = serde_json::from_str(&r.text).unwrap_or_default();
+        v["services"][name].clone()
+    }
+}
+
+impl Drop for ReveilleContainer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("reveille's log:\n{}", self.logs());
+        }
+        let _ = docker(&["rm", "-f", &self.name]);
+        let _ = docker(&["rmi", "-f", &self.image]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swarm_service_on_an_overlay_network_is_reached_at_its_task_address() {
+    // Drop order (reverse of declaration): reveille's container and image, the service, the network, the test
+    // image, the swarm, then the lock.
+    let _lock = SWARM_LOCK.lock().await;
+    let _swarm = Swarm::join();
+    let image = TestImage::build();
+    let network = Overlay::create();
+    let service = TestService::on_network(&image, &network.name, WEB);
+    let config = "[runtimes.swarm]\nkind = \"swarm\"\nendpoint = \"unix:///var/run/docker.sock\"\n";
+    let routes = format!(
+        "[services.shop]\nswarm_service = \"{}\"\nruntime = \"swarm\"\nswarm_network = \"{}\"\nport = 8080\n\
+         idle_timeout = \"2s\"\nwake_timeout = \"20s\"\nhealth_path = \"/index.html\"\n\
+         [routes]\n\"shop.test\" = \"shop\"\n",
+        service.name, network.name
+    );
+    let reveille = ReveilleContainer::start(&network.name, config, &routes);
+
+    // Listening: a host it has no route for is answered (Docker's proxy accepts before reveille listens).
+    eventually(LONG, "reveille answering in its container", || async {
+        let req = http::Request::get("/").header("host", "none.test").body(crate::support::full("")).unwrap();
+        testkit::http::send(reveille.http, req).await.is_ok()
+    })
+    .await;
+    assert_eq!(service.replicas(), "0");
+
+    // A request scales the service to 1 and is served by its task, over the overlay network.
+    let r = get(reveille.http, "shop.test", "/index.html").await;
+    assert_eq!(r.status, StatusCode::OK, "{}: {}\n{}", r.text, reveille.service_view("shop").await, reveille.logs());
+    assert!(r.text.contains(&format!("hello from {}", image.tag)), "{}", r.text);
+    assert_eq!(service.replicas(), "1");
+    let address = service.task_address(&network.name);
+    let view = reveille.service_view("shop").await;
+    assert!(view.to_string().contains(&format!("{address}:8080")), "the task's overlay address: {view}");
+    assert_eq!(view["swarm_network"], network.name.as_str(), "{view}");
+
+    // Idle for 2 s: scaled back to 0, its task gone.
+    eventually(LONG, "shop scaled to 0", || async { service.replicas() == "0" }).await;
+    eventually(LONG, "shop's task stopped", || async { service.running_containers().is_empty() }).await;
+    eventually(LONG, "shop stopped", || async { reveille.service_view("shop").await["state"] == "stopped" }).await;
+
+    // Woken again, by a new task (a new address, maybe).
+    let r = get(reveille.http, "shop.test", "/index.html").await;
+    assert_eq!(r.status, StatusCode::OK, "{}\n{}", r.text, reveille.logs());
+    assert_eq!(service.replicas(), "1");
 }

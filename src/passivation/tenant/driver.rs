@@ -609,7 +609,8 @@ impl Tenant {
 }
 
 /// The backend of a running container: `Some(address:port)` when the service has no fixed backends,
-/// `None` when it has (they are used as they are).
+/// `None` when it has (they are used as they are). A swarm service on `swarm_network` is reached as a container
+/// is: the runtime gives a task's address on it (and no published ports), at `port`.
 fn container_backend(
     service: &Service,
     spec: &ContainerSpec,
@@ -628,6 +629,8 @@ fn container_backend(
         Some(ip) => Ok(Some(Backend::from_addr((ip, port).into()))),
         None => Err(Refusal::Failed {
             reason: match &spec.network {
+                // A swarm service on `swarm_network`: the runtime looked at its running tasks' attachments.
+                Some(n) if spec.swarm.is_some() => format!("no running task has an address on network {n:?}").into(),
                 Some(n) => format!("the container has no address on network {n:?}").into(),
                 None => "the container has no network address".into(),
             },
@@ -696,7 +699,7 @@ mod tests {
             stop_after: None,
             max_held: None,
             page_after: None,
-            swarm: Some(SwarmSpec { replicas: 1, backend_host: backend_host.map(str::to_string) }),
+            swarm: Some(SwarmSpec { replicas: 1, backend_host: backend_host.map(str::to_string), network: None }),
             depends_on: Vec::new(),
             stop_check: None,
         }
@@ -746,7 +749,16 @@ mod tests {
         // A container (no published ports reported) keeps its own address and port.
         let mut plain = swarm_spec(Some(8080), None);
         plain.swarm = None;
-        let ctr = ContainerInfo { published: None, ip: Some([10, 0, 0, 2].into()), ..one };
+        let ctr = ContainerInfo { published: None, ip: Some([10, 0, 0, 2].into()), ..one.clone() };
         assert_eq!(backend(&plain, &ctr), Ok("10.0.0.2:8080".into()));
+
+        // A swarm service on `swarm_network`: its task's address there (no published ports) at `port`.
+        let mut overlay = swarm_spec(Some(8080), None);
+        overlay.network = Some("front".into());
+        overlay.swarm.as_mut().unwrap().network = Some("front".into());
+        let task = ContainerInfo { published: None, ip: Some([10, 0, 1, 3].into()), ..one.clone() };
+        assert_eq!(backend(&overlay, &task), Ok("10.0.1.3:8080".into()));
+        let e = backend(&overlay, &ContainerInfo { published: None, ip: None, ..one }).unwrap_err();
+        assert!(e.contains("no running task has an address on network \"front\""), "{e}");
     }
 }
