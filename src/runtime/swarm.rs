@@ -3,10 +3,15 @@
 //! does: inspect the service, change its replica count, update it at the version read).
 //!
 //! Owns the mapping of a service and its tasks onto [`ContainerState`]; it never creates or removes services.
-//! A service is reached at the port it publishes in host mode (`PublishMode: host`), on the node's address
-//! ([`ContainerInfo::ip`]: 127.0.0.1 for a unix endpoint, else the endpoint's host): the ingress mesh's ports
-//! are not published on loopback, and the tasks' own addresses are on overlay networks reveille is usually
-//! not on.
+//! A service is reached one of two ways:
+//! - at the port it publishes in host mode (`PublishMode: host`), on the node's address ([`ContainerInfo::ip`]:
+//!   127.0.0.1 for a unix endpoint, else the endpoint's host; the ports in [`ContainerInfo::published`]): the
+//!   ingress mesh's ports are not published on loopback;
+//! - when inspect is given a network (the service's `swarm_network`: reveille runs on that overlay network), at
+//!   a running task's address on it ([`ContainerInfo::ip`], `published` being `None`), read from the tasks'
+//!   `NetworksAttachments` with a plain `GET /tasks` (bollard's `Task` leaves them out; unix and plain-TCP
+//!   endpoints only). With several replicas, one task's address: the backend is that address at the service's
+//!   `port`.
 //!
 //! | Swarm                                  | state                                        |
 //! |----------------------------------------|----------------------------------------------|
@@ -279,7 +284,7 @@ impl SwarmRuntime {
         running: &[Task],
     ) -> Result<Option<IpAddr>, RuntimeError> {
         let filters = serde_json::json!({"service": [service], "desired-state": ["running"]}).to_string();
-        let body = self.raw_get(&format!("/tasks?filters={}", percent_encode(&filters))).await?;
+        let body = self.raw_get(service, &format!("/tasks?filters={}", percent_encode(&filters))).await?;
         let tasks: Vec<TaskAttachments> = serde_json::from_slice(&body)
             .map_err(|e| refused("inspect", service, format!("Docker's list of its tasks is not understood: {e}")))?;
         let running: HashSet<&str> = running.iter().filter_map(|t| t.id.as_deref()).collect();
@@ -287,8 +292,9 @@ impl SwarmRuntime {
     }
 
     /// `GET path` on the Engine, its body: bollard's models leave out what [`Self::task_address`] needs. Over a
-    /// unix socket or plain TCP (`tcp://`, `http://`); an `https://` endpoint is refused, with why.
-    async fn raw_get(&self, path: &str) -> Result<Vec<u8>, RuntimeError> {
+    /// unix socket or plain TCP (`tcp://`, `http://`); with an `https://` endpoint, inspecting `service` is
+    /// refused, with why.
+    async fn raw_get(&self, service: &str, path: &str) -> Result<Vec<u8>, RuntimeError> {
         use http_body_util::BodyExt;
         use hyper_util::rt::TokioIo;
         let endpoint = self.endpoint.uri.clone().or_else(|| std::env::var("DOCKER_HOST").ok());
@@ -315,13 +321,9 @@ impl SwarmRuntime {
                 tokio::spawn(conn);
                 sender
             } else {
-                return Err(RuntimeError::Refused {
-                    action: "inspect",
-                    container: path.into(),
-                    reason: "`swarm_network` needs a unix, tcp:// or http:// endpoint (https:// is not supported \
-                             for it in this version)"
-                        .into(),
-                });
+                let reason = "`swarm_network` needs a unix, tcp:// or http:// endpoint (https:// is not supported for \
+                              it in this version)";
+                return Err(refused("inspect", service, reason.into()));
             };
             let request = http::Request::get(path)
                 .header(http::header::HOST, "docker")
