@@ -442,10 +442,11 @@ fn after(c: &ContainerSpec) -> String {
     format!(" after {}", names.join(", "))
 }
 
-/// " on docker host X" for a container off the default host.
+/// " on runtime X" for a container off the default runtime (a Docker host, Podman or a swarm: `runtime` or its
+/// older name `docker_host`).
 fn on_host(c: &ContainerSpec) -> String {
     match &c.docker_host {
-        Some(h) if h != crate::runtime::DEFAULT_HOST => format!(" on docker host {h}"),
+        Some(h) if h != crate::runtime::DEFAULT_HOST => format!(" on runtime {h}"),
         _ => String::new(),
     }
 }

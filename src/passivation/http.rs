@@ -119,6 +119,8 @@ impl Passivator {
                     let own = t.service();
                     let spec = own.container().unwrap_or(spec);
                     v["container"] = json!(spec.container);
+                    // `runtime` is the name's own key; `docker_host` its older name, kept for existing readers.
+                    v["runtime"] = json!(spec.docker_host());
                     v["docker_host"] = json!(spec.docker_host());
                     if let Some(swarm) = &spec.swarm {
                         v["swarm_service"] = json!(spec.container);
@@ -183,6 +185,8 @@ impl Passivator {
                 }
                 (Some(spec), None) => {
                     v["container"] = json!(spec.container);
+                    // `runtime` is the name's own key; `docker_host` its older name, kept for existing readers.
+                    v["runtime"] = json!(spec.docker_host());
                     v["docker_host"] = json!(spec.docker_host());
                     if let Some(swarm) = &spec.swarm {
                         v["swarm_service"] = json!(spec.container);

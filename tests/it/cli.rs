@@ -175,7 +175,7 @@ async fn service_set_docker_host_is_checked_against_the_config() {
     let args = ["service", "set", "web", "--container", "web-1", "--port", "8080", "--docker-host", "second"];
     let (code, out, err) = reveille(url, &[&args[..], &["--config", config]].concat());
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("container web-1 on docker host second (new)"), "{out}");
+    assert!(out.contains("container web-1 on runtime second (new)"), "{out}");
     assert_eq!(
         value(&etcd, "/reveille/services/web").await.unwrap(),
         serde_json::json!({"container": "web-1", "port": 8080, "docker_host": "second"})

@@ -214,6 +214,7 @@ async fn a_tenant_on_podman_is_woken_served_stopped_when_idle_and_woken_again() 
     .await;
     state_becomes(&proxy, "pod", "stopped").await;
     assert_eq!(proxy.service_view("pod").await["docker_host"], "pod");
+    assert_eq!(proxy.service_view("pod").await["runtime"], "pod");
 
     let got = get(proxy.http, "pod.test", "/index.html").await;
     assert_eq!(got.status, StatusCode::OK, "{}", got.text);
