@@ -54,11 +54,15 @@ where
     C: std::future::Future<Output = Result<(), hyper::Error>>,
 {
     let mut conn = std::pin::pin!(conn);
+    let mut response = std::pin::pin!(response);
     tokio::select! {
-        r = response => Ok(r?.status()),
+        biased;
+        r = &mut response => Ok(r?.status()),
         r = &mut conn => {
             r?;
-            Err(GetError::Closed)
+            // The connection ended, cleanly. A backend that answers and closes at once (`Connection: close`)
+            // ends it in the same poll as its answer, which is then waiting for us: not a missing answer.
+            response.await.map(|r| r.status()).map_err(|_| GetError::Closed)
         }
     }
 }

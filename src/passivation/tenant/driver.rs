@@ -376,12 +376,20 @@ impl Tenant {
         // microseconds, and most applications are ready within it), then every `probe_interval`. Docker's events
         // (or, every 20 probes, an inspect) tell if the container died meanwhile, so a crash fails the wake at
         // once.
+        // Through a port Docker publishes (a Swarm service's), its userland proxy accepts before the application
+        // listens: without a `health_path`, readiness is then any HTTP answer, not a connect.
+        let via_published_port = info.published.is_some() && spec.health_path.is_none();
         let probing = Instant::now();
         let mut probes: u32 = 0;
         loop {
             let gap = if probing.elapsed() < FAST_PROBING { interval.min(FAST_PROBE) } else { interval };
             let next = Instant::now() + gap;
-            if self.shared.probe.ready(&target, spec.health_path.as_deref()).await {
+            let ready = if via_published_port {
+                self.shared.probe.answers(&target).await
+            } else {
+                self.shared.probe.ready(&target, spec.health_path.as_deref()).await
+            };
+            if ready {
                 break;
             }
             probes += 1;
