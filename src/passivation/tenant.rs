@@ -243,7 +243,10 @@ struct State {
     identity: Option<(String, String)>,
     /// Activity guards on its dependencies' tenants, held while it is starting, running or stopping: a
     /// dependency is not stopped for idleness while a dependant may use it (see `tenant/group.rs`).
-    holds: Vec<Activity>,
+    holds: Vec<Hold>,
+    /// How many dependants hold it now (their [`Hold`]s, counted in `active` too): while any does, it is
+    /// started again if it stops (see `Tenant::restart_if_held`).
+    held: usize,
 }
 
 /// One passivated service.
@@ -301,6 +304,23 @@ impl Drop for Activity {
     }
 }
 
+/// A dependant's guard on its dependency (`tenant/group.rs`): an [`Activity`] that also counts in the
+/// dependency's `held`.
+pub(super) struct Hold(Activity);
+
+impl Hold {
+    fn tenant(&self) -> &Arc<Tenant> {
+        &self.0 .0
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        // Before the activity guard's own drop (the fields drop after this): two short locks, one tenant.
+        self.tenant().state.lock().held -= 1;
+    }
+}
+
 /// Counts a request in `reveille_held_requests` while it waits.
 struct HeldGauge<'a>(&'a Shared);
 
@@ -336,6 +356,7 @@ impl Tenant {
             idle_waiter: false,
             identity: None,
             holds: Vec::new(),
+            held: 0,
         };
         shared.metrics.transition(None, Some(Phase::Unknown.as_str()));
         let host = shared.host(service.container().and_then(|c| c.docker_host.as_deref()));

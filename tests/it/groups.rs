@@ -72,6 +72,34 @@ async fn a_dependency_is_started_and_waited_for_before_the_service() {
     assert_eq!(view["depends_on"][0]["held_by"], 1, "the running dependant holds it: {view}");
 }
 
+/// A dependency must run while a dependant does: stopped behind reveille's back (a crash, an operator's
+/// `docker stop`) while its dependant runs, it is started again, and the dependant stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependency_stopped_while_its_dependant_runs_is_started_again() {
+    let image = TestImage::build();
+    let db = database(&image, &[], "0", 5432);
+    let web = image.web_after("");
+    let fields = format!(
+        "container = \"{}\"\nport = 8080\nidle_timeout = \"0\"\ndepends_on = [{{ container = \"{}\", port = 5432 }}]",
+        web.name, db.name
+    );
+    let proxy = TestProxy::start(&services_file(&[("web", fields)])).await;
+    state_becomes(&proxy, "web", "stopped").await;
+    assert_eq!(get(proxy.http, "web.test", "/index.html").await.status, StatusCode::OK);
+    let first_start = started_at(&db);
+
+    docker_cli(&["stop", "-t", "1", &db.name]);
+    eventually(LONG, "the dependency started again", || async { started_at(&db) != first_start }).await;
+    docker_state_becomes(&db, "running").await;
+    eventually(LONG, "reveille to see it running again", || async {
+        proxy.service_view("web").await["depends_on"][0]["state"] == "running"
+    })
+    .await;
+    assert_eq!(web.docker_state(), "running", "the dependant was left running");
+    assert_eq!(proxy.service_view("web").await["state"], "running");
+    assert_eq!(get(proxy.http, "web.test", "/index.html").await.status, StatusCode::OK);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dependency_with_a_healthcheck_is_waited_for_until_healthy() {
     let image = TestImage::build();

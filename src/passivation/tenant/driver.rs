@@ -39,6 +39,8 @@ impl Tenant {
             }
             // Guards on its dependencies follow its phase (a dependant that went to sleep releases them).
             self.sync_holds();
+            // A dependency found stopped while a dependant holds it is started again.
+            self.restart_if_held(&mut self.state.lock());
             if self.take_wake() {
                 self.wake(&mut rx).await;
                 continue;
@@ -569,7 +571,8 @@ impl Tenant {
         let Some(after) = spec.stop_after else { return };
         {
             let mut st = self.state.lock();
-            if st.phase != Phase::Paused || st.wake_pending || st.phase_at.elapsed() < after {
+            // Held by a running dependant (`tenant/group.rs`): not stopped; it is unpaused instead.
+            if st.phase != Phase::Paused || st.wake_pending || st.active > 0 || st.phase_at.elapsed() < after {
                 return;
             }
             if self.keep_awake_left().is_some() {

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, info_span, Instrument};
 
-use super::{Activity, Msg, Phase, Refusal, Tenant};
+use super::{Activity, Hold, Msg, Phase, Refusal, State, Tenant};
 use crate::routes::{Backend, ContainerSpec, Dependency, Service};
 use crate::runtime::{ContainerInfo, ContainerState, Health, DEFAULT_HOST};
 
@@ -90,12 +90,27 @@ impl Tenant {
         self.deps.load_full()
     }
 
-    /// An activity guard taken without waking the tenant (a dependant holding its dependency).
-    fn hold(self: &Arc<Self>) -> Activity {
+    /// A dependant's guard on this dependency: not stopped for idleness while it is held, and started again if
+    /// it is found stopped or paused (behind reveille's back, by a crash, or found so at startup).
+    fn hold(self: &Arc<Self>) -> Hold {
         let mut st = self.state.lock();
         st.active += 1;
+        st.held += 1;
         st.last_activity = Some(SystemTime::now());
-        Activity(self.clone())
+        self.restart_if_held(&mut st);
+        Hold(Activity(self.clone()))
+    }
+
+    /// Asks its driver for a wake when a dependant holds it and it is stopped or paused: a dependency must run
+    /// while a dependant does. Not after a failed wake (`failed`): that waits for a dependant's next wake, so a
+    /// dependency that cannot start is not retried in a loop.
+    pub(super) fn restart_if_held(&self, st: &mut State) {
+        if st.held > 0 && matches!(st.phase, Phase::Stopped | Phase::Paused) && !st.wake_pending {
+            info!(held_by = st.held, state = st.phase.as_str(), "a dependant runs: starting its dependency again");
+            st.wake_pending = true;
+            st.wake_requested_at = Some(Instant::now());
+            let _ = self.tx.send(Msg::Wake);
+        }
     }
 
     /// Holds a guard on each dependency while this tenant is starting, running or stopping, and none otherwise
@@ -112,8 +127,8 @@ impl Tenant {
                 Phase::Unknown => return,
                 Phase::Stopped | Phase::Paused | Phase::Failed => false,
             };
-            let same =
-                st.holds.len() == deps.len() && st.holds.iter().zip(deps.iter()).all(|(h, d)| Arc::ptr_eq(&h.0, d));
+            let same = st.holds.len() == deps.len()
+                && st.holds.iter().zip(deps.iter()).all(|(h, d)| Arc::ptr_eq(h.tenant(), d));
             (want, same)
         };
         if !want {
