@@ -271,7 +271,7 @@ impl Ops {
         let time = humantime::parse_duration(time.trim())
             .map_err(|e| bad(format!("is not a duration ({e}): for example 30m or 2h")))?;
         match self.object(&self.keys.service(name)).await? {
-            Some(service) if !service.contains_key("container") => {
+            Some(service) if !service.contains_key("container") && !service.contains_key("swarm_service") => {
                 return Err(OpsError::Refused(format!(
                     "service {name:?} has no container: it is never stopped, nothing to keep awake"
                 )));
@@ -285,8 +285,16 @@ impl Ops {
             }
         }
         let key = self.keys.keep_awake(name);
+        // Each keep-awake has a lease of its own, ending with it: the one it replaces (or ends) is revoked, and
+        // so is a new one whose put failed, so leases do not pile up over renewals.
         if time.is_zero() {
-            let resp = within(self.timeout, self.client.delete(key, None::<DeleteOptions>)).await?;
+            let resp =
+                within(self.timeout, self.client.delete(key, Some(DeleteOptions::new().with_prev_key()))).await?;
+            for kv in resp.prev_kvs() {
+                if kv.lease() != 0 {
+                    let _ = within(self.timeout, self.client.lease_revoke(kv.lease())).await;
+                }
+            }
             return Ok(if resp.deleted() == 0 {
                 format!("service {name}: was not kept awake")
             } else {
@@ -296,7 +304,17 @@ impl Ops {
         let until = std::time::SystemTime::now().checked_add(time).ok_or_else(|| bad("is too long".into()))?;
         let lease = within(self.timeout, self.client.lease_grant(keep_awake_lease_ttl(until), None)).await?.id();
         let value = KeepAwakeValue::new(until, "cli").to_json();
-        within(self.timeout, self.client.put(key, value, Some(PutOptions::new().with_lease(lease)))).await?;
+        let options = PutOptions::new().with_lease(lease).with_prev_key();
+        let put = match within(self.timeout, self.client.put(key, value, Some(options))).await {
+            Ok(put) => put,
+            Err(e) => {
+                let _ = within(self.timeout, self.client.lease_revoke(lease)).await;
+                return Err(e.into());
+            }
+        };
+        if let Some(old) = put.prev_key().map(|kv| kv.lease()).filter(|&l| l != 0) {
+            let _ = within(self.timeout, self.client.lease_revoke(old)).await;
+        }
         Ok(format!("service {name}: kept awake until {}", rfc3339(until)))
     }
 

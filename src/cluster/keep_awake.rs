@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use etcd_client::PutOptions;
+use etcd_client::{DeleteOptions, PutOptions};
 use serde::{Deserialize, Serialize};
 
 use super::{parse_time, rfc3339, Cluster, ClusterError, Event};
@@ -75,16 +75,33 @@ impl Cluster {
         let connection = self.etcd.client().await?;
         let client = &connection.client;
         let written = async {
+            // Each keep-awake has a lease of its own, ending with it: the one it replaces (or ends) is revoked,
+            // and so is a new one whose put failed, so leases do not pile up over renewals.
+            let revoke = |lease: i64| async move {
+                if lease != 0 {
+                    let _ = within(timeout, client.lease_client().revoke(lease)).await;
+                }
+            };
             match until {
                 Some(until) => {
                     let lease = within(timeout, client.lease_client().grant(lease_ttl(until), None)).await?.id();
                     let value = KeepAwakeValue::new(until, &self.node).to_json();
-                    let options = PutOptions::new().with_lease(lease);
-                    within(timeout, client.kv_client().put(key.as_str(), value, Some(options))).await?;
+                    let options = PutOptions::new().with_lease(lease).with_prev_key();
+                    match within(timeout, client.kv_client().put(key.as_str(), value, Some(options))).await {
+                        Ok(put) => revoke(put.prev_key().map_or(0, |kv| kv.lease())).await,
+                        Err(e) => {
+                            revoke(lease).await;
+                            return Err(e);
+                        }
+                    }
                     Ok::<_, EtcdError>(Some(KeepAwake { until, by: self.node.to_string() }))
                 }
                 None => {
-                    within(timeout, client.kv_client().delete(key.as_str(), None)).await?;
+                    let options = DeleteOptions::new().with_prev_key();
+                    let deleted = within(timeout, client.kv_client().delete(key.as_str(), Some(options))).await?;
+                    for kv in deleted.prev_kvs() {
+                        revoke(kv.lease()).await;
+                    }
                     Ok(None)
                 }
             }

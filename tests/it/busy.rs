@@ -253,6 +253,12 @@ async fn keep_awake_set_on_one_replica_is_honoured_by_the_decider() {
     assert_ne!(kv.lease(), 0, "under a lease of its own, so etcd removes it once over");
     let v: serde_json::Value = serde_json::from_slice(kv.value()).unwrap();
     assert_eq!(v["by"], other.name.as_str());
+    // Set again: a new lease, the old one revoked (they do not pile up over renewals).
+    let leases = || async { etcd.client().await.leases().await.unwrap().leases().len() };
+    let before = leases().await;
+    let got = admin(other.admin, "POST", "/api/services/web/keep-awake", r#"{"for": "5s"}"#, None).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+    assert_eq!(leases().await, before, "the replaced keep-awake's lease is revoked");
     for r in &replicas {
         eventually(LONG, "keep-awake seen by every replica", || async {
             let (_, text) = admin_get(r.admin, "/api/services").await;
@@ -321,13 +327,29 @@ async fn the_keep_awake_command_writes_the_key_and_refuses_bad_input() {
     let json: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(json["tenants"]["web"]["keep_awake_by"], "cli", "{json}");
 
+    // Renewed, it gets a new lease and the old one is revoked: leases do not pile up.
+    let leases = || async { etcd.client().await.leases().await.unwrap().leases().len() };
+    let before = leases().await;
+    let (code, _, err) = reveille(url, &["service", "keep-awake", "web", "--for", "1h"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(leases().await, before, "the renewed keep-awake's old lease is revoked");
+    let renewed = etcd.client().await.get(key, None).await.unwrap().kvs()[0].lease();
+    assert_ne!(renewed, kv.lease());
+
+    // A Swarm service can be kept awake too.
+    etcd.put("/reveille/services/swarmed", r#"{"swarm_service": "shop", "port": 8080, "runtime": "sw"}"#).await;
+    let (code, _, err) = reveille(url, &["service", "keep-awake", "swarmed", "--for", "1m"]);
+    assert_eq!(code, 0, "{err}");
+
     // A service of a routes file only: with --force.
     let (code, _, err) = reveille(url, &["service", "keep-awake", "nope", "--for", "1m", "--force"]);
     assert_eq!(code, 0, "{err}");
+    let before = leases().await;
     let (code, out, _) = reveille(url, &["service", "keep-awake", "web", "--for", "0s"]);
     assert_eq!(code, 0);
     assert_eq!(out.trim(), "service web: no longer kept awake");
     assert!(etcd.client().await.get(key, None).await.unwrap().kvs().is_empty());
+    assert_eq!(leases().await, before - 1, "an ended keep-awake's lease is revoked");
 }
 
 async fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {

@@ -479,7 +479,10 @@ impl Tenant {
             let mut st = self.state.lock();
             // A request may have come (and gone) while the check waited: then the idle timer starts over.
             let moved = st.last_release != idle_since;
-            if st.phase != Phase::Running || st.active > 0 || st.wake_pending || moved {
+            // A keep-awake set while the stop check waited counts too (the keep-awake map after the tenant's
+            // lock, the one order they are taken in).
+            let kept = !forced && self.keep_awake_left().is_some();
+            if st.phase != Phase::Running || st.active > 0 || st.wake_pending || moved || kept {
                 return;
             }
             self.set_phase(&mut st, Phase::Stopping);
