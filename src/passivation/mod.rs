@@ -180,6 +180,17 @@ fn link_dependencies(map: &HashMap<Arc<str>, Arc<Tenant>>) {
                     );
                     continue;
                 }
+                if let Some(port) = d.port {
+                    tracing::warn!(
+                        service = %t.name,
+                        dependency = %d.container,
+                        port,
+                        "depends_on: {} is the container of service {}, waited for as that service is (its own \
+                         port and health_path): the port given here is not used",
+                        d.container,
+                        other.name
+                    );
+                }
                 edges.entry(t.name.clone()).or_default().push(other.name.clone());
                 deps.push(other.clone());
             } else if let Some(dep) = map.get(dependency_name(&d.container, &host).as_str()) {
