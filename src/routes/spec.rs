@@ -174,23 +174,45 @@ impl<'de> Deserialize<'de> for BackendSpec {
             #[serde(default)]
             weight: Option<u32>,
         }
-
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = BackendSpec;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an address (\"host:port\") or a table { address, weight }")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<BackendSpec, E> {
-                Ok(BackendSpec { address: v.to_string(), weight: None })
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<BackendSpec, A::Error> {
-                let t = Table::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-                Ok(BackendSpec { address: t.address, weight: t.weight })
-            }
-        }
-        d.deserialize_any(Visitor)
+        string_or_table(
+            d,
+            "an address (\"host:port\") or a table { address, weight }",
+            |v| BackendSpec { address: v.to_string(), weight: None },
+            |t: Table| BackendSpec { address: t.address, weight: t.weight },
+        )
     }
+}
+
+/// A value written as a string or as a table (`Tbl`, whose unknown keys it refuses by name: serde's untagged
+/// enums would say only "did not match any variant"); `expecting` names both forms.
+fn string_or_table<'de, D, Tbl, T>(
+    d: D,
+    expecting: &'static str,
+    from_str: fn(&str) -> T,
+    from_table: fn(Tbl) -> T,
+) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    Tbl: Deserialize<'de>,
+{
+    struct Visitor<Tbl, T> {
+        expecting: &'static str,
+        from_str: fn(&str) -> T,
+        from_table: fn(Tbl) -> T,
+    }
+    impl<'de, Tbl: Deserialize<'de>, T> serde::de::Visitor<'de> for Visitor<Tbl, T> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.expecting)
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+            Ok((self.from_str)(v))
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            Tbl::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(self.from_table)
+        }
+    }
+    d.deserialize_any(Visitor { expecting, from_str, from_table })
 }
 
 /// One `depends_on` entry as written: `"shop-db"`, or `{ container = "cache", port = 6379 }`.
@@ -210,22 +232,12 @@ impl<'de> Deserialize<'de> for DependencySpec {
             #[serde(default)]
             port: Option<u16>,
         }
-
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = DependencySpec;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a container name or a table { container, port }")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DependencySpec, E> {
-                Ok(DependencySpec { container: v.to_string(), port: None })
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<DependencySpec, A::Error> {
-                let t = Table::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-                Ok(DependencySpec { container: t.container, port: t.port })
-            }
-        }
-        d.deserialize_any(Visitor)
+        string_or_table(
+            d,
+            "a container name or a table { container, port }",
+            |v| DependencySpec { container: v.to_string(), port: None },
+            |t: Table| DependencySpec { container: t.container, port: t.port },
+        )
     }
 }
 
