@@ -175,19 +175,10 @@ fn spec(f: impl FnOnce(&mut ContainerSpec)) -> Arc<Service> {
     let mut c = ContainerSpec {
         container: "ctr".into(),
         port: Some(8080),
-        network: None,
-        docker_host: None,
         idle_timeout: Some(Duration::from_secs(600)),
         wake_timeout: Some(Duration::from_secs(30)),
-        stop_timeout: None,
-        health_path: None,
         idle_action: IdleAction::Stop,
-        stop_after: None,
-        max_held: None,
-        page_after: None,
-        swarm: None,
-        depends_on: Vec::new(),
-        stop_check: None,
+        ..Default::default()
     };
     f(&mut c);
     Arc::new(Service::with_container("acme", vec![], Some(c)))

@@ -336,7 +336,7 @@ impl IdleAction {
 
 /// A service backed by a container that reveille starts on demand and stops when idle. Unset fields take the
 /// `[passivation]` defaults of the config.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ContainerSpec {
     pub container: String,
     pub port: Option<u16>,

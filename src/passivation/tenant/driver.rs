@@ -703,19 +703,9 @@ mod tests {
         ContainerSpec {
             container: "shop".into(),
             port,
-            network: None,
-            docker_host: None,
-            idle_timeout: None,
-            wake_timeout: None,
-            stop_timeout: None,
-            health_path: None,
             idle_action: IdleAction::Stop,
-            stop_after: None,
-            max_held: None,
-            page_after: None,
             swarm: Some(SwarmSpec { replicas: 1, backend_host: backend_host.map(str::to_string), network: None }),
-            depends_on: Vec::new(),
-            stop_check: None,
+            ..Default::default()
         }
     }
 

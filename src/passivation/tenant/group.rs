@@ -60,16 +60,9 @@ pub(crate) fn dependency_service(
         idle_timeout: Some(idle_timeout),
         wake_timeout,
         stop_timeout: first.stop_timeout,
-        health_path: None,
-        idle_action: Default::default(),
-        stop_after: None,
-        max_held: None,
-        page_after: None,
-        // A dependency is a container.
-        swarm: None,
-        depends_on: Vec::new(),
-        // A dependency has no HTTP face to ask.
-        stop_check: None,
+        // The rest unset: no HTTP face to ask (`health_path`, `stop_check`), always stopped (never paused), a
+        // container (not a Swarm service), nothing of its own to wait for.
+        ..Default::default()
     };
     Service::with_container(name, Vec::new(), Some(spec))
 }
