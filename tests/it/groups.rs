@@ -37,6 +37,14 @@ async fn state_becomes(proxy: &TestProxy, service: &str, want: &str) {
     .await;
 }
 
+/// The fields of a service `web` that never sleeps by itself and waits for `db`'s port 5432 first.
+fn web_after_db(web: &TestContainer, db: &TestContainer) -> String {
+    format!(
+        "container = \"{}\"\nport = 8080\nidle_timeout = \"0\"\ndepends_on = [{{ container = \"{}\", port = 5432 }}]",
+        web.name, db.name
+    )
+}
+
 async fn docker_state_becomes(c: &TestContainer, want: &str) {
     eventually(LONG, &format!("{} to be {want} in Docker", c.name), || async { c.docker_state() == want }).await;
 }
@@ -47,10 +55,7 @@ async fn a_dependency_is_started_and_waited_for_before_the_service() {
     // Listens half a second after its start: the service's container must not start before.
     let db = database(&image, &[], "0.5", 5432);
     let web = image.web_after("");
-    let fields = format!(
-        "container = \"{}\"\nport = 8080\nidle_timeout = \"0\"\ndepends_on = [{{ container = \"{}\", port = 5432 }}]",
-        web.name, db.name
-    );
+    let fields = web_after_db(&web, &db);
     let proxy = TestProxy::start(&services_file(&[("web", fields)])).await;
     state_becomes(&proxy, "web", "stopped").await;
     let view = proxy.service_view("web").await;
@@ -79,10 +84,7 @@ async fn a_dependency_stopped_while_its_dependant_runs_is_started_again() {
     let image = TestImage::build();
     let db = database(&image, &[], "0", 5432);
     let web = image.web_after("");
-    let fields = format!(
-        "container = \"{}\"\nport = 8080\nidle_timeout = \"0\"\ndepends_on = [{{ container = \"{}\", port = 5432 }}]",
-        web.name, db.name
-    );
+    let fields = web_after_db(&web, &db);
     let proxy = TestProxy::start(&services_file(&[("web", fields)])).await;
     state_becomes(&proxy, "web", "stopped").await;
     assert_eq!(get(proxy.http, "web.test", "/index.html").await.status, StatusCode::OK);
