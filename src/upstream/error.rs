@@ -58,9 +58,9 @@ pub(crate) enum UpstreamError {
     UnexpectedUpgrade,
     #[error("sending the request body: {0}")]
     RequestBody(#[source] BoxError),
-    /// An h2 stream or connection failed (hyper's error, with h2's reason under it).
+    /// An h2 stream or connection failed (h2's error: a reset with its reason, a GOAWAY, the connection's I/O).
     #[error("backend h2 stream: {0}")]
-    H2(#[source] hyper::Error),
+    H2(#[source] h2::Error),
 }
 
 impl UpstreamError {

@@ -1,5 +1,5 @@
-//! HTTP/2 to backends: a few multiplexed connections per backend, each a hyper
-//! `client::conn::http2` connection driven by a task of its own, and one stream per request.
+//! HTTP/2 to backends: a few multiplexed connections per backend, each an `h2` crate client connection driven by
+//! a task of its own, and one stream per request, sent and read from the request's own task.
 //!
 //! Unlike HTTP/1.1 (`exchange`), an h2 connection serves many requests at once, so it is not checked out and
 //! released: a request leases a stream on it ([`Lease`], counted) and the connection stays in the list. A
@@ -12,39 +12,49 @@
 //!
 //! The connection is opened by a spawned task (the caller's `open`: TCP for `h2c://`, anything that is
 //! `AsyncRead + AsyncWrite` for others), so a request that gives up while it waits does not leave the others
-//! waiting on nothing. Dead connections leave the list at the next lease: closed (GOAWAY, an error, PING
-//! keep-alive found the peer gone) or never opened.
+//! waiting on nothing. The same task then drives the connection, sends its PING keep-alive and closes it when
+//! idle. Dead connections leave the list at the next lease: closed (GOAWAY, an error, PING keep-alive found the
+//! peer gone, idle) or never opened.
 //!
-//! GOAWAY: hyper stops taking new streams on the connection; a request still in its queue comes back unsent
-//! ([`H2SendError::unprocessed`] and the request itself), and so does a stream above the peer's last stream id
-//! (RFC 9113 §8.7: not processed, safe to send again). [`send`] sends a request it got back whole on another
-//! connection itself; for the others it tells the caller, who has the body to make again.
+//! One call is one future in the request's task, no task spawned for it ([`send`]): it opens the stream, sends
+//! the request body as the peer's window allows while it waits for the response head, and hands back the
+//! response with the stream's receiving half as its body ([`H2Body`]). Only when the head comes before the
+//! request body has ended (a client-streaming or bidirectional call answered early) does the rest of the body
+//! go on in a task of its own, as the response is then the caller's to read at its own pace and the two
+//! directions must not wait on each other.
 //!
-//! Flow control is hyper's and h2's, per stream: the request body is polled as the peer's window opens, the
-//! response body as the downstream side reads it, and a stream's window opens again only as its client
-//! takes the data. Nothing is buffered whole, and the windows are sized so that clients who stop reading
-//! hold up their own streams, not the connection ([`STREAM_WINDOW`]).
+//! GOAWAY: a connection that got one takes no new stream; a request that finds it so (h2 refuses to open the
+//! stream) goes to another connection, and so does one whose stream the peer did not process (above the
+//! GOAWAY's last stream id, or `REFUSED_STREAM`: RFC 9113 §8.7), when nothing of its body was taken yet.
+//! Otherwise the caller hears it was not processed ([`H2SendError::unprocessed`]) and, having the body, may
+//! send it again.
+//!
+//! Flow control is h2's, per stream: the request body is polled as the peer's window opens, the response body
+//! as the downstream side reads it, and a stream's window opens again only as its client takes each data
+//! frame. Nothing is buffered whole, and the windows are sized so that clients who stop reading hold up their
+//! own streams, not the connection ([`STREAM_WINDOW`]).
 
 use std::collections::HashMap;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use h2::client::{Builder, ResponseFuture, SendRequest};
+use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
+use http::header::CONTENT_LENGTH;
+use http::{HeaderValue, Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper::body::Incoming;
-use hyper::client::conn::http2::{Builder, SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
-use tracing::debug;
+use tokio::task::AbortHandle;
+use tracing::{debug, Instrument};
 
 use super::error::{source_chain, BoxError, ConnectError, UpstreamError};
 use super::pool::worker;
@@ -54,7 +64,7 @@ use super::pool::worker;
 pub(crate) type H2RequestBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Streams the first connection to a backend is assumed to take before the peer's SETTINGS say otherwise
-/// (hyper's own default); later ones are assumed to take what the others do.
+/// (RFC 9113's recommended minimum, hyper's default too); later ones are assumed to take what the others do.
 const INITIAL_STREAMS: usize = 100;
 
 /// Flow-control windows towards the backend. A stream whose client stops reading keeps its window's worth of
@@ -65,7 +75,14 @@ const INITIAL_STREAMS: usize = 100;
 const STREAM_WINDOW: u32 = 256 * 1024;
 const CONNECTION_WINDOW: u32 = 32 * STREAM_WINDOW;
 
-/// Times a request sent back unsent by a closing connection is tried again on another one.
+/// The largest response head taken from a backend (decoded header list, RFC 9113 §6.5.2), as hyper's client
+/// took before.
+const MAX_HEADER_LIST: u32 = 16 * 1024;
+
+/// Request data h2 may hold for a connection beyond what the peer's windows let out (hyper's figure).
+const MAX_SEND_BUFFER: usize = 1024 * 1024;
+
+/// Times a request is taken to another connection because the one it leased was closing.
 const RESENDS: usize = 3;
 
 /// What [`H2Pool`] is built with.
@@ -75,7 +92,7 @@ pub(crate) struct H2Settings {
     pub workers: usize,
     /// Connections to one backend per worker shard, at most.
     pub connections: usize,
-    /// A PING every this long; no answer within `keep_alive_timeout` closes the connection.
+    /// A PING every this long (zero: none); no answer within `keep_alive_timeout` closes the connection.
     pub keep_alive_interval: Duration,
     pub keep_alive_timeout: Duration,
     /// A connection with no stream for about this long is closed (the h1 pool's idle timeout).
@@ -85,6 +102,10 @@ pub(crate) struct H2Settings {
 /// A connection to a backend, as the streams see it.
 struct Slot {
     state: watch::Receiver<State>,
+    /// Takes no new stream: its task ended, a request found it going away, or it is being closed as idle. Set
+    /// before the idle close looks at `streams`, and a lease looks at it after counting itself in `streams`,
+    /// so a stream is never leased on a connection that is dropped under it.
+    closed: AtomicBool,
     /// Streams leased on it.
     streams: AtomicUsize,
     /// Streams ever leased on it: the connection's task closes it when this has not moved, and no stream is
@@ -98,7 +119,7 @@ struct Slot {
 #[derive(Clone)]
 enum State {
     Connecting,
-    Ready(SendRequest<H2RequestBody>),
+    Ready(SendRequest<Bytes>),
     /// It could not be opened: the error's kind (for the proxy's metrics) and text.
     Failed(io::ErrorKind, Arc<str>),
 }
@@ -106,11 +127,7 @@ enum State {
 impl Slot {
     /// Can still take streams: being opened, or open and not closed.
     fn alive(&self) -> bool {
-        match &*self.state.borrow() {
-            State::Connecting => true,
-            State::Ready(s) => !s.is_closed(),
-            State::Failed(..) => false,
-        }
+        !self.closed.load(Ordering::SeqCst) && !matches!(&*self.state.borrow(), State::Failed(..))
     }
 
     fn has_room(&self) -> bool {
@@ -126,7 +143,16 @@ pub(crate) struct H2Pool {
     shards: Box<[Mutex<Slots>]>,
     connections: usize,
     idle_timeout: Duration,
-    builder: Builder<TokioExecutor>,
+    keep_alive: Option<KeepAlive>,
+    builder: Builder,
+}
+
+/// PING keep-alive: a PING every `interval`, while busy and while idle; no PONG within `timeout` closes the
+/// connection.
+#[derive(Debug, Clone, Copy)]
+struct KeepAlive {
+    interval: Duration,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for H2Pool {
@@ -137,22 +163,47 @@ impl std::fmt::Debug for H2Pool {
 
 impl H2Pool {
     pub(crate) fn new(settings: H2Settings) -> Self {
-        let mut builder = Builder::new(TokioExecutor::new());
+        let mut builder = Builder::new();
         builder
-            .timer(TokioTimer::new())
-            .keep_alive_interval(settings.keep_alive_interval)
-            .keep_alive_timeout(settings.keep_alive_timeout)
-            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_max_send_streams(INITIAL_STREAMS)
+            .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
-            // A connection kept for later requests is checked while idle too.
-            .keep_alive_while_idle(true);
+            .max_header_list_size(MAX_HEADER_LIST)
+            .max_send_buffer_size(MAX_SEND_BUFFER)
+            .enable_push(false);
+        let keep_alive = (!settings.keep_alive_interval.is_zero())
+            .then_some(KeepAlive { interval: settings.keep_alive_interval, timeout: settings.keep_alive_timeout });
         let shards = (0..settings.workers.max(1)).map(|_| Mutex::new(Slots::default())).collect();
-        Self { shards, connections: settings.connections.max(1), idle_timeout: settings.idle_timeout, builder }
+        Self {
+            shards,
+            connections: settings.connections.max(1),
+            idle_timeout: settings.idle_timeout,
+            keep_alive,
+            builder,
+        }
     }
 
     /// A stream on a connection under `key`: an open one with room, else a new one opened with `open` (in a
     /// task of its own), else the least loaded one.
-    pub(crate) fn lease<F, I>(&self, key: &str, open: impl FnOnce() -> F) -> Lease
+    pub(crate) fn lease<F, I>(&self, key: &str, open: impl Fn() -> F) -> Lease
+    where
+        F: Future<Output = Result<I, ConnectError>> + Send + 'static,
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        loop {
+            let slot = self.pick(key, &open);
+            slot.streams.fetch_add(1, Ordering::SeqCst);
+            // The idle close marks the connection closed, then looks for streams: one of the two sees the other.
+            if !slot.closed.load(Ordering::SeqCst) {
+                slot.leases.fetch_add(1, Ordering::Relaxed);
+                return Lease { slot };
+            }
+            // Closed since `pick` looked: the next pick drops it from the list.
+            slot.streams.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn pick<F, I>(&self, key: &str, open: impl FnOnce() -> F) -> Arc<Slot>
     where
         F: Future<Output = Result<I, ConnectError>> + Send + 'static,
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -163,7 +214,7 @@ impl H2Pool {
             None => map.entry(key.into()).or_default(),
         };
         list.retain(|s| s.alive());
-        let slot = match list.iter().find(|s| s.has_room()) {
+        match list.iter().find(|s| s.has_room()) {
             Some(s) => s.clone(),
             None if list.len() < self.connections => {
                 // Until its SETTINGS come, a new connection is taken to allow what the others to the backend do.
@@ -177,10 +228,7 @@ impl H2Pool {
                 // `connections` is at least one: a full list is never empty.
                 None => self.open(open, INITIAL_STREAMS),
             },
-        };
-        slot.streams.fetch_add(1, Ordering::Relaxed);
-        slot.leases.fetch_add(1, Ordering::Relaxed);
-        Lease { slot }
+        }
     }
 
     /// Whether `key` has a connection that can take streams (open, or being opened) on this worker's shard.
@@ -197,12 +245,18 @@ impl H2Pool {
     {
         let (tx, rx) = watch::channel(State::Connecting);
         let limit = Arc::new(AtomicUsize::new(limit));
-        let slot =
-            Arc::new(Slot { state: rx, streams: AtomicUsize::new(0), leases: AtomicU64::new(0), limit: limit.clone() });
+        let slot = Arc::new(Slot {
+            state: rx,
+            closed: AtomicBool::new(false),
+            streams: AtomicUsize::new(0),
+            leases: AtomicU64::new(0),
+            limit: limit.clone(),
+        });
         let connecting = open();
         let builder = self.builder.clone();
         let watched = Arc::downgrade(&slot);
         let idle_timeout = self.idle_timeout;
+        let keep_alive = self.keep_alive;
         tokio::spawn(async move {
             let io = match connecting.await {
                 Ok(io) => io,
@@ -211,18 +265,22 @@ impl H2Pool {
                     return;
                 }
             };
-            let (send, mut conn) = match builder.handshake::<_, H2RequestBody>(TokioIo::new(io)).await {
+            let (send, mut conn) = match builder.handshake::<_, Bytes>(io).await {
                 Ok(pair) => pair,
                 Err(e) => {
-                    let _ = tx.send(State::Failed(io::ErrorKind::Other, source_chain(&e).into()));
+                    let _ = tx.send(State::Failed(io_kind(&e), source_chain(&e).into()));
                     return;
                 }
             };
+            let pings = conn.ping_pong();
             let _ = tx.send(State::Ready(send));
             // Drive the connection, noting the peer's stream limit as its SETTINGS arrive.
-            let drive = std::future::poll_fn(|cx| {
+            let drive = poll_fn(|cx| {
                 let r = Pin::new(&mut conn).poll(cx);
-                limit.store(conn.current_max_send_streams(), Ordering::Relaxed);
+                let max = conn.max_concurrent_send_streams();
+                if limit.load(Ordering::Relaxed) != max {
+                    limit.store(max, Ordering::Relaxed);
+                }
                 r
             });
             tokio::select! {
@@ -231,9 +289,12 @@ impl H2Pool {
                         debug!(error = %source_chain(&e), "backend h2 connection ended");
                     }
                 }
-                // Dropping the connection closes it; a request that leased a stream on it just now gets its
-                // request back unsent, and `send` takes it to another connection.
-                () = idle(watched, idle_timeout) => debug!("backend h2 connection idle; closing it"),
+                // Dropping the connection closes it; no stream is leased on it any more (`idle` saw to that).
+                () = idle(watched.clone(), idle_timeout) => debug!("backend h2 connection idle; closing it"),
+                () = ping(pings, keep_alive) => debug!("backend h2 connection: no answer to PING; closing it"),
+            }
+            if let Some(slot) = watched.upgrade() {
+                slot.closed.store(true, Ordering::SeqCst);
             }
         });
         slot
@@ -241,24 +302,55 @@ impl H2Pool {
 }
 
 /// Resolves once the connection has had no stream and no new lease for a whole check period (half the idle
-/// timeout, twice over), or nobody can lease on it any more.
-async fn idle(slot: std::sync::Weak<Slot>, idle_timeout: Duration) {
+/// timeout, twice over), or nobody can lease on it any more. It marks the connection closed first, so no
+/// stream is leased on it as it goes; a stream leased just before waits out here.
+async fn idle(slot: Weak<Slot>, idle_timeout: Duration) {
     let period = (idle_timeout / 2).max(Duration::from_millis(50));
     let mut seen = None;
     let mut quiet = 0;
     loop {
         tokio::time::sleep(period).await;
         let Some(slot) = slot.upgrade() else { return };
+        if quiet >= 2 {
+            // Closed already: waiting for a stream leased just before to end.
+            if slot.streams.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            continue;
+        }
         let leases = slot.leases.load(Ordering::Relaxed);
         if slot.streams.load(Ordering::Relaxed) == 0 && seen == Some(leases) {
             quiet += 1;
             if quiet >= 2 {
-                return;
+                slot.closed.store(true, Ordering::SeqCst);
+                if slot.streams.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
             }
         } else {
             quiet = 0;
         }
         seen = Some(leases);
+    }
+}
+
+/// Resolves when a PING went unanswered for the keep-alive timeout; never without keep-alive. A connection
+/// that ends otherwise ends its task's `drive` first.
+async fn ping(pings: Option<PingPong>, keep_alive: Option<KeepAlive>) {
+    let (Some(mut pings), Some(keep_alive)) = (pings, keep_alive) else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(keep_alive.interval).await;
+        if pings.send_ping(Ping::opaque()).is_err() {
+            // The connection is closing: `drive` ends it.
+            return std::future::pending().await;
+        }
+        match tokio::time::timeout(keep_alive.timeout, poll_fn(|cx| pings.poll_pong(cx))).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return std::future::pending().await,
+            Err(_) => return,
+        }
     }
 }
 
@@ -270,13 +362,16 @@ pub(crate) struct Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.slot.streams.fetch_sub(1, Ordering::Relaxed);
+        self.slot.streams.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 impl Lease {
     /// The connection's sender, once it is open.
-    async fn sender(&self) -> Result<SendRequest<H2RequestBody>, ConnectError> {
+    async fn sender(&self) -> Result<SendRequest<Bytes>, ConnectError> {
+        if let State::Ready(send) = &*self.slot.state.borrow() {
+            return Ok(send.clone());
+        }
         let mut state = self.slot.state.clone();
         let current = state.wait_for(|s| !matches!(s, State::Connecting)).await.map(|s| s.clone());
         match current {
@@ -286,14 +381,19 @@ impl Lease {
             Ok(State::Connecting) | Err(_) => Err(ConnectError::other(io::Error::other("connection task ended"))),
         }
     }
+
+    /// The connection takes no new stream: a request found it going away or failed.
+    fn close(&self) {
+        self.slot.closed.store(true, Ordering::SeqCst);
+    }
 }
 
 /// A failed h2 send.
 #[derive(Debug)]
 pub(crate) struct H2SendError {
     pub(crate) error: UpstreamError,
-    /// The backend did not process the request (a GOAWAY or `REFUSED_STREAM` said so): it may go again,
-    /// whatever its method, if its body can be made again.
+    /// The backend did not process the request (a GOAWAY or `REFUSED_STREAM` said so, or the stream was
+    /// never opened): it may go again, whatever its method, if its body can be made again.
     pub(crate) unprocessed: bool,
 }
 
@@ -305,66 +405,243 @@ pub(crate) enum H2Failure {
     Send(H2SendError),
 }
 
+impl H2Failure {
+    fn send(error: UpstreamError, unprocessed: bool) -> Self {
+        Self::Send(H2SendError { error, unprocessed })
+    }
+}
+
 /// Sends `req` on a stream to the backend under `key` (connections opened with `open`) and waits for the
-/// response head. A request a closing connection gives back unsent goes to another connection, a few times.
-/// The response's body holds the stream's lease.
+/// response head, sending the request body meanwhile. A request a closing connection does not take goes to
+/// another connection, a few times. The response's body holds the stream's lease.
 pub(crate) async fn send<F, I>(
     pool: &H2Pool,
     key: &str,
     open: impl Fn() -> F,
-    mut req: Request<H2RequestBody>,
+    req: Request<H2RequestBody>,
 ) -> Result<Response<H2Body>, H2Failure>
 where
     F: Future<Output = Result<I, ConnectError>> + Send + 'static,
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    let (mut head, body) = req.into_parts();
+    let end_of_stream = body.is_end_stream();
+    // As hyper's client did: a body of known length carries it, unless the request says it already.
+    if let Some(len) = body.size_hint().exact() {
+        if len != 0 || !matches!(head.method, Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT) {
+            head.headers.entry(CONTENT_LENGTH).or_insert_with(|| HeaderValue::from(len));
+        }
+    }
+    let mut pump = Pump { body, stream: None, pending: None };
     let mut tries = 0;
     loop {
         let lease = pool.lease(key, &open);
-        let mut sender = lease.sender().await.map_err(H2Failure::Connect)?;
-        match sender.try_send_request(req).await {
-            Ok(resp) => return Ok(resp.map(|body| H2Body { body, _lease: lease })),
-            Err(mut e) => match e.take_message() {
-                Some(back) if tries < RESENDS => {
-                    debug!(error = %source_chain(e.error()), "backend h2 connection closing; the request goes on another");
+        let sender = lease.sender().await.map_err(H2Failure::Connect)?;
+        let mut sender = match sender.ready().await {
+            Ok(s) => s,
+            // The connection went away (GOAWAY, closed) since it was leased: nothing was sent.
+            Err(e) => {
+                lease.close();
+                if tries < RESENDS {
                     tries += 1;
-                    req = back;
+                    debug!(error = %e, "backend h2 connection closing; the request goes on another");
+                    continue;
                 }
-                _ => {
-                    let unprocessed = is_unprocessed(e.error()) || is_dropped_unopened(e.error(), &sender);
-                    let error = UpstreamError::H2(e.into_error());
-                    return Err(H2Failure::Send(H2SendError { error, unprocessed }));
+                return Err(H2Failure::send(UpstreamError::H2(e), true));
+            }
+        };
+        let (response, stream) = match sender.send_request(Request::from_parts(head, ()), end_of_stream) {
+            Ok(pair) => pair,
+            // Nothing was sent. A connection that failed between `ready` and here is rare: the caller, who can
+            // make the request again, sends it again; a request h2 refuses (a malformed head) fails.
+            Err(e) => {
+                let connection = is_connection_error(&e);
+                if connection {
+                    lease.close();
                 }
-            },
+                return Err(H2Failure::send(UpstreamError::H2(e), connection));
+            }
+        };
+        if !end_of_stream {
+            pump.stream = Some(stream);
         }
+        return exchange(response, pump, lease).await;
     }
 }
 
-/// A GOAWAY from the peer, or a stream it refused: the request was not processed (RFC 9113 §8.7).
-fn is_unprocessed(e: &hyper::Error) -> bool {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+/// The response head, while the request body goes out; then the rest of the body, if any, in a task of its own.
+async fn exchange(mut response: ResponseFuture, mut pump: Pump, lease: Lease) -> Result<Response<H2Body>, H2Failure> {
+    let mut sending = pump.stream.is_some();
+    let head = poll_fn(|cx| {
+        if sending {
+            match pump.poll(cx) {
+                Poll::Ready(Ok(())) => sending = false,
+                // The stream failed under the body (reset, connection gone): its response says why.
+                Poll::Ready(Err(PumpError::Stream(_))) => sending = false,
+                Poll::Ready(Err(PumpError::Body(e))) => return Poll::Ready(Err(H2Failure::send(e, false))),
+                Poll::Pending => {}
+            }
+        }
+        Pin::new(&mut response).poll(cx).map_err(|e| {
+            let unprocessed = is_unprocessed(&e);
+            if unprocessed || is_connection_error(&e) {
+                lease.close();
+            }
+            H2Failure::send(UpstreamError::H2(e), unprocessed)
+        })
+    })
+    .await?;
+    // The backend answered before the request body ended (a call that streams both ways, or an early answer):
+    // the body goes on beside the response, which the caller reads at its own pace.
+    let pumping = sending.then(|| {
+        let task = async move {
+            match poll_fn(|cx| pump.poll(cx)).await {
+                Ok(()) => {}
+                Err(PumpError::Body(e)) => debug!(error = %source_chain(&e), "request body to the h2 backend failed"),
+                Err(PumpError::Stream(e)) => debug!(error = %e, "h2 backend stream ended under the request body"),
+            }
+        };
+        tokio::spawn(task.in_current_span()).abort_handle()
+    });
+    let content_length = head.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+    Ok(head.map(|recv| H2Body { recv, phase: Phase::Data, content_length, pumping, _lease: lease }))
+}
+
+/// Why the request body stopped.
+enum PumpError {
+    /// The stream failed (reset by the peer, the connection gone): the response carries the error.
+    Stream(h2::Error),
+    /// The body itself failed (the downstream client went away): the stream is reset.
+    Body(UpstreamError),
+}
+
+/// Sends a request body on its stream as the peer's flow-control window lets it.
+struct Pump {
+    body: H2RequestBody,
+    /// Until the body has ended.
+    stream: Option<SendStream<Bytes>>,
+    /// A data frame taken from the body, waiting for send capacity, and whether it ends the body.
+    pending: Option<(Bytes, bool)>,
+}
+
+impl Pump {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PumpError>> {
+        let Some(stream) = self.stream.as_mut() else { return Poll::Ready(Ok(())) };
+        let done = loop {
+            // Woken by a reset while waiting for the body or for capacity.
+            if let Poll::Ready(reset) = stream.poll_reset(cx) {
+                break Err(PumpError::Stream(match reset {
+                    Ok(reason) => h2::Error::from(reason),
+                    Err(e) => e,
+                }));
+            }
+            if let Some((data, eos)) = self.pending.take() {
+                // A window of at least a byte, then the whole frame: h2 sends it as the window allows. Asking for
+                // the whole frame would pin that much of the connection's window on this stream (hyper#4003).
+                if stream.capacity() == 0 {
+                    stream.reserve_capacity(1);
+                    match stream.poll_capacity(cx) {
+                        Poll::Pending => {
+                            self.pending = Some((data, eos));
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(Some(Ok(_))) => {
+                            self.pending = Some((data, eos));
+                            continue;
+                        }
+                        Poll::Ready(Some(Err(e))) => break Err(PumpError::Stream(e)),
+                        Poll::Ready(None) => break Err(PumpError::Stream(h2::Error::from(Reason::CANCEL))),
+                    }
+                }
+                if let Err(e) = stream.send_data(data, eos) {
+                    break Err(PumpError::Stream(e));
+                }
+                if eos {
+                    break Ok(());
+                }
+                continue;
+            }
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        let eos = self.body.is_end_stream();
+                        if data.is_empty() {
+                            if eos {
+                                break stream.send_data(data, true).map_err(PumpError::Stream);
+                            }
+                        } else {
+                            self.pending = Some((data, eos));
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            stream.reserve_capacity(0);
+                            break stream.send_trailers(trailers).map_err(PumpError::Stream);
+                        }
+                    }
+                },
+                Some(Err(e)) => {
+                    stream.send_reset(reason_under(&*e).unwrap_or(Reason::INTERNAL_ERROR));
+                    break Err(PumpError::Body(UpstreamError::RequestBody(e)));
+                }
+                None => break stream.send_data(Bytes::new(), true).map_err(PumpError::Stream),
+            }
+        };
+        self.stream = None;
+        Poll::Ready(done)
+    }
+}
+
+/// The h2 reason under an error, if it is an h2 error (a downstream client's reset, passed on as it is).
+fn reason_under(e: &(dyn std::error::Error + 'static)) -> Option<Reason> {
+    let mut src = Some(e);
     while let Some(s) = src {
-        if let Some(h2) = s.downcast_ref::<::h2::Error>() {
-            return (h2.is_go_away() && h2.is_remote()) || h2.reason() == Some(::h2::Reason::REFUSED_STREAM);
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.reason();
         }
         src = s.source();
     }
-    e.is_canceled()
+    None
 }
 
-/// hyper's dispatch task went away with the request still its own: a request whose stream was still waiting to
-/// open (hyper keeps the last one it took while h2 has not sent it yet) when a GOAWAY ended the connection is
-/// dropped with a "dispatch gone" error of its own (a user error with no cause), not handed back. The
-/// connection is closed by then. Taken as not processed; a request that fails this way for another reason
-/// fails again on its next connection, and the resends are bounded.
-fn is_dropped_unopened(e: &hyper::Error, sender: &SendRequest<H2RequestBody>) -> bool {
-    e.is_user() && std::error::Error::source(e).is_none() && sender.is_closed()
+/// A GOAWAY from the peer over the stream, or a stream it refused: the request was not processed (RFC 9113
+/// §8.7).
+fn is_unprocessed(e: &h2::Error) -> bool {
+    (e.is_go_away() && e.is_remote()) || e.reason() == Some(Reason::REFUSED_STREAM)
 }
 
-/// A response body from an h2 backend: hyper's, holding the stream's lease until it ends or is dropped.
+/// The connection failed or is going away, not just one stream.
+fn is_connection_error(e: &h2::Error) -> bool {
+    e.is_go_away() || e.is_io()
+}
+
+/// A response body from an h2 backend: the stream's receiving half, holding the stream's lease until it ends or
+/// is dropped.
 pub(crate) struct H2Body {
-    body: Incoming,
+    recv: RecvStream,
+    phase: Phase,
+    /// The response's `content-length`, for the size hint.
+    content_length: Option<u64>,
+    /// The task sending the rest of the request body, if the response came first: stopped with the response (a
+    /// stream whose response is over or abandoned takes no more request data).
+    pumping: Option<AbortHandle>,
     _lease: Lease,
+}
+
+/// What an [`H2Body`] reads next.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Data,
+    Trailers,
+    Done,
+}
+
+impl Drop for H2Body {
+    fn drop(&mut self) {
+        if let Some(task) = &self.pumping {
+            task.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for H2Body {
@@ -378,15 +655,43 @@ impl Body for H2Body {
     type Error = UpstreamError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
-        Pin::new(&mut self.body).poll_frame(cx).map_err(UpstreamError::H2)
+        let this = &mut *self;
+        if this.phase == Phase::Data {
+            match ready!(this.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    // The downstream side has the frame: the backend may send as much again.
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => {
+                    this.phase = Phase::Done;
+                    return Poll::Ready(Some(Err(UpstreamError::H2(e))));
+                }
+                None => this.phase = Phase::Trailers,
+            }
+        }
+        if this.phase == Phase::Trailers {
+            let trailers = ready!(this.recv.poll_trailers(cx));
+            this.phase = Phase::Done;
+            return Poll::Ready(match trailers {
+                Ok(Some(t)) => Some(Ok(Frame::trailers(t))),
+                Ok(None) => None,
+                Err(e) => Some(Err(UpstreamError::H2(e))),
+            });
+        }
+        Poll::Ready(None)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.phase == Phase::Done || self.recv.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match self.content_length {
+            Some(n) => SizeHint::with_exact(n),
+            None if self.recv.is_end_stream() => SizeHint::with_exact(0),
+            None => SizeHint::default(),
+        }
     }
 }
 
@@ -395,6 +700,9 @@ fn io_kind(e: &(dyn std::error::Error + 'static)) -> io::ErrorKind {
     let mut src = Some(e);
     while let Some(s) = src {
         if let Some(io) = s.downcast_ref::<io::Error>() {
+            return io.kind();
+        }
+        if let Some(io) = s.downcast_ref::<h2::Error>().and_then(h2::Error::get_io) {
             return io.kind();
         }
         src = s.source();

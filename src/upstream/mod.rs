@@ -1,5 +1,5 @@
 //! The backend side: reveille's own HTTP/1.1 client, its connections and their pool; and HTTP/2 to backends
-//! (`h2`: hyper's client on a few multiplexed connections per backend, a stream leased per request).
+//! (`h2`: the `h2` crate's client on a few multiplexed connections per backend, a stream leased per request).
 //!
 //! Cut by what each part does, as pingora's layout is: the codec (`codec`: heads, framing, chunks, trailers,
 //! hop-by-hop names; pure), a connection's bytes (`wire`: the socket and its buffers), one exchange (`exchange`:

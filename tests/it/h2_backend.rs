@@ -1,14 +1,18 @@
 //! HTTP/2 to `h2c://` backends: what the backend receives, few connections for many requests (multiplexed),
-//! and a backend that goes away (GOAWAY) under a steady load without losing a request.
+//! a backend that goes away (GOAWAY) under a steady load without losing a request, request bodies that stream
+//! beside an early response or past every window, clients that stop reading, PING keep-alive and the idle close.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, StatusCode};
-use http_body_util::BodyExt;
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 
 use crate::support::grpc::*;
 use crate::support::*;
@@ -181,6 +185,87 @@ async fn a_backend_that_goes_away_under_load_loses_no_request() {
     let conns = backend.connections.load(Ordering::SeqCst);
     assert!(conns >= 2, "the backend went away: requests moved to new connections ({conns})");
     assert_eq!(proxy.metric("reveille_upstream_errors_total{kind=\"protocol\"}").await, 0.0);
+}
+
+/// An h2 backend that answers at once, before it reads anything of the request, and echoes the request body
+/// back as it comes.
+async fn h2_early_echo() -> H2Backend {
+    H2Backend::start(
+        Arc::new(|req: Request<Incoming>| {
+            Box::pin(async move { hyper::Response::new(tonic::body::Body::new(req.into_body())) })
+        }),
+        H2Options::default(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_answers_before_reading_the_request_still_gets_its_body_as_it_comes() {
+    // The response head comes before the request body has ended, and the backend then waits for more of it:
+    // reveille must go on sending the body beside the response (a bidirectional stream), in lockstep.
+    let backend = h2_early_echo().await;
+    let proxy = TestProxy::start(&h2c_routes(&backend)).await;
+    let stream = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(executor(), TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+
+    let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Frame<Bytes>, std::convert::Infallible>>();
+    tx.unbounded_send(Ok(Frame::data(Bytes::from("chunk 0")))).unwrap();
+    // As a gRPC call, so that reveille streams the body from its first byte (it holds other bodies up to its
+    // buffer, to send them again if a backend fails).
+    let req = Request::post("http://h2.test/echo")
+        .header("content-type", "application/grpc")
+        .body(StreamBody::new(rx))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
+        .await
+        .expect("the response head while the request body is still open")
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    for i in 0..5 {
+        // Each chunk is sent only once the one before came back.
+        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("chunk {i} never came back"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame.into_data().unwrap(), format!("chunk {i}"));
+        if i < 4 {
+            tx.unbounded_send(Ok(Frame::data(Bytes::from(format!("chunk {}", i + 1))))).unwrap();
+        }
+    }
+    // The request body ends, and so does the echo.
+    drop(tx);
+    let end = tokio::time::timeout(Duration::from_secs(5), body.collect()).await.unwrap().unwrap();
+    assert!(end.to_bytes().is_empty());
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_larger_than_every_window_arrive_whole_side_by_side() {
+    // Four 3 MiB uploads at once on one backend connection: each is more than the backend's windows (hyper's
+    // server defaults: 1 MiB per stream and per connection), so each goes out as the backend opens them, and no
+    // stream's body holds the connection's window from the others.
+    let backend = h2_echo(H2Options::default()).await;
+    let proxy = TestProxy::start(&h2c_routes(&backend)).await;
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let addr = proxy.http;
+        tasks.push(tokio::spawn(async move {
+            let req = Request::post(format!("/upload?i={i}"))
+                .header("host", "h2.test")
+                .body(full(vec![b'u'; 3 << 20]))
+                .unwrap();
+            tokio::time::timeout(Duration::from_secs(20), send(addr, req)).await.expect("upload stalled")
+        }));
+    }
+    for t in tasks {
+        let got = t.await.unwrap();
+        assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+        assert_eq!(got.json()["body"], 3 << 20);
+    }
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 1, "all on one connection");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
