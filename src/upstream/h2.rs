@@ -82,6 +82,10 @@ const MAX_HEADER_LIST: u32 = 16 * 1024;
 /// Request data h2 may hold for a connection beyond what the peer's windows let out (hyper's figure).
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
 
+/// The largest first data frame of a request body sent before the peer's window is known to take it: one
+/// frame at the default `SETTINGS_MAX_FRAME_SIZE`, a unary gRPC call's whole body as a rule.
+const FIRST_FRAME: usize = 16 * 1024;
+
 /// Times a request is taken to another connection because the one it leased was closing.
 const RESENDS: usize = 3;
 
@@ -432,7 +436,7 @@ where
             head.headers.entry(CONTENT_LENGTH).or_insert_with(|| HeaderValue::from(len));
         }
     }
-    let mut pump = Pump { body, stream: None, pending: None };
+    let mut pump = Pump { body, stream: None, pending: None, first: true };
     let mut tries = 0;
     loop {
         let lease = pool.lease(key, &open);
@@ -522,6 +526,8 @@ struct Pump {
     stream: Option<SendStream<Bytes>>,
     /// A data frame taken from the body, waiting for send capacity, and whether it ends the body.
     pending: Option<(Bytes, bool)>,
+    /// No data frame has been sent yet.
+    first: bool,
 }
 
 impl Pump {
@@ -538,7 +544,12 @@ impl Pump {
             if let Some((data, eos)) = self.pending.take() {
                 // A window of at least a byte, then the whole frame: h2 sends it as the window allows. Asking for
                 // the whole frame would pin that much of the connection's window on this stream (hyper#4003).
-                if stream.capacity() == 0 {
+                // The body's first frame, if small, goes at once: h2 gives no window to a stream before the
+                // connection's task has opened it, and waiting for one would cost a round of wake-ups through
+                // that task on every call; sent now, it goes out with the stream's HEADERS. h2 holds it (one
+                // frame a stream at most) until the peer's window takes it.
+                let first = std::mem::replace(&mut self.first, false);
+                if stream.capacity() == 0 && !(first && data.len() <= FIRST_FRAME) {
                     stream.reserve_capacity(1);
                     match stream.poll_capacity(cx) {
                         Poll::Pending => {
