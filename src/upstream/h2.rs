@@ -39,7 +39,7 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -105,8 +105,12 @@ pub(crate) struct H2Settings {
 
 /// A connection to a backend, as the streams see it.
 struct Slot {
+    /// For a request that leased a stream while the connection was being opened, to wait on.
     state: watch::Receiver<State>,
-    /// Takes no new stream: its task ended, a request found it going away, or it is being closed as idle. Set
+    /// Once the connection is open: read by every request without a lock (the watch's is a lock).
+    sender: OnceLock<SendRequest<Bytes>>,
+    /// Takes no new stream: it could not be opened, its task ended, a request found it going away, or it is
+    /// being closed as idle. Set
     /// before the idle close looks at `streams`, and a lease looks at it after counting itself in `streams`,
     /// so a stream is never leased on a connection that is dropped under it.
     closed: AtomicBool,
@@ -123,7 +127,8 @@ struct Slot {
 #[derive(Clone)]
 enum State {
     Connecting,
-    Ready(SendRequest<Bytes>),
+    /// Open: its sender is in `Slot::sender`.
+    Ready,
     /// It could not be opened: the error's kind (for the proxy's metrics) and text.
     Failed(io::ErrorKind, Arc<str>),
 }
@@ -131,7 +136,7 @@ enum State {
 impl Slot {
     /// Can still take streams: being opened, or open and not closed.
     fn alive(&self) -> bool {
-        !self.closed.load(Ordering::SeqCst) && !matches!(&*self.state.borrow(), State::Failed(..))
+        !self.closed.load(Ordering::SeqCst)
     }
 
     fn has_room(&self) -> bool {
@@ -251,6 +256,7 @@ impl H2Pool {
         let limit = Arc::new(AtomicUsize::new(limit));
         let slot = Arc::new(Slot {
             state: rx,
+            sender: OnceLock::new(),
             closed: AtomicBool::new(false),
             streams: AtomicUsize::new(0),
             leases: AtomicU64::new(0),
@@ -262,22 +268,26 @@ impl H2Pool {
         let idle_timeout = self.idle_timeout;
         let keep_alive = self.keep_alive;
         tokio::spawn(async move {
+            let failed = |kind, text: String| {
+                if let Some(slot) = watched.upgrade() {
+                    slot.closed.store(true, Ordering::SeqCst);
+                }
+                let _ = tx.send(State::Failed(kind, text.into()));
+            };
             let io = match connecting.await {
                 Ok(io) => io,
-                Err(e) => {
-                    let _ = tx.send(State::Failed(io_kind(&e), source_chain(&e).into()));
-                    return;
-                }
+                Err(e) => return failed(io_kind(&e), source_chain(&e)),
             };
             let (send, mut conn) = match builder.handshake::<_, Bytes>(io).await {
                 Ok(pair) => pair,
-                Err(e) => {
-                    let _ = tx.send(State::Failed(io_kind(&e), source_chain(&e).into()));
-                    return;
-                }
+                Err(e) => return failed(io_kind(&e), source_chain(&e)),
             };
             let pings = conn.ping_pong();
-            let _ = tx.send(State::Ready(send));
+            // Nobody holds the slot any more (every request that leased it gave up): nothing to serve.
+            let Some(slot) = watched.upgrade() else { return };
+            let _ = slot.sender.set(send);
+            drop(slot);
+            let _ = tx.send(State::Ready);
             // Drive the connection, noting the peer's stream limit as its SETTINGS arrive.
             let drive = poll_fn(|cx| {
                 let r = Pin::new(&mut conn).poll(cx);
@@ -373,16 +383,16 @@ impl Drop for Lease {
 impl Lease {
     /// The connection's sender, once it is open.
     async fn sender(&self) -> Result<SendRequest<Bytes>, ConnectError> {
-        if let State::Ready(send) = &*self.slot.state.borrow() {
+        if let Some(send) = self.slot.sender.get() {
             return Ok(send.clone());
         }
         let mut state = self.slot.state.clone();
         let current = state.wait_for(|s| !matches!(s, State::Connecting)).await.map(|s| s.clone());
-        match current {
-            Ok(State::Ready(send)) => Ok(send),
-            Ok(State::Failed(kind, text)) => Err(ConnectError::other(io::Error::new(kind, text.to_string()))),
+        match (current, self.slot.sender.get()) {
+            (Ok(State::Ready), Some(send)) => Ok(send.clone()),
+            (Ok(State::Failed(kind, text)), _) => Err(ConnectError::other(io::Error::new(kind, text.to_string()))),
             // The task went away without a word (the runtime is shutting down).
-            Ok(State::Connecting) | Err(_) => Err(ConnectError::other(io::Error::other("connection task ended"))),
+            _ => Err(ConnectError::other(io::Error::other("connection task ended"))),
         }
     }
 
@@ -534,13 +544,6 @@ impl Pump {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PumpError>> {
         let Some(stream) = self.stream.as_mut() else { return Poll::Ready(Ok(())) };
         let done = loop {
-            // Woken by a reset while waiting for the body or for capacity.
-            if let Poll::Ready(reset) = stream.poll_reset(cx) {
-                break Err(PumpError::Stream(match reset {
-                    Ok(reason) => h2::Error::from(reason),
-                    Err(e) => e,
-                }));
-            }
             if let Some((data, eos)) = self.pending.take() {
                 // A window of at least a byte, then the whole frame: h2 sends it as the window allows. Asking for
                 // the whole frame would pin that much of the connection's window on this stream (hyper#4003).
@@ -554,7 +557,10 @@ impl Pump {
                     match stream.poll_capacity(cx) {
                         Poll::Pending => {
                             self.pending = Some((data, eos));
-                            return Poll::Pending;
+                            match waiting(stream, cx) {
+                                Poll::Ready(e) => break Err(e),
+                                Poll::Pending => return Poll::Pending,
+                            }
                         }
                         Poll::Ready(Some(Ok(_))) => {
                             self.pending = Some((data, eos));
@@ -572,7 +578,14 @@ impl Pump {
                 }
                 continue;
             }
-            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+            let frame = match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => match waiting(stream, cx) {
+                    Poll::Ready(e) => break Err(e),
+                    Poll::Pending => return Poll::Pending,
+                },
+            };
+            match frame {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
                         let eos = self.body.is_end_stream();
@@ -601,6 +614,17 @@ impl Pump {
         self.stream = None;
         Poll::Ready(done)
     }
+}
+
+/// Before the pump waits (for the body, for a window): a reset of the stream wakes it too. Asked only then, so
+/// that a body sent whole in one poll (a unary call's) does not pay for it.
+fn waiting(stream: &mut SendStream<Bytes>, cx: &mut Context<'_>) -> Poll<PumpError> {
+    stream.poll_reset(cx).map(|reset| {
+        PumpError::Stream(match reset {
+            Ok(reason) => h2::Error::from(reason),
+            Err(e) => e,
+        })
+    })
 }
 
 /// The h2 reason under an error, if it is an h2 error (a downstream client's reset, passed on as it is).
