@@ -563,7 +563,6 @@ impl Tenant {
     async fn witness_look(&self) {
         let service = self.service();
         let Some(spec) = Self::spec_of(&service) else { return };
-        let at = Instant::now();
         let traffic = match self.runtime().traffic(&spec.container).await {
             Ok(t) => t,
             Err(e) => {
@@ -571,6 +570,11 @@ impl Tenant {
                 None
             }
         };
+        // Docker answers at its stats collector's next tick (up to a second, even with `one-shot`): the counters
+        // are of the call's end, and so is the look (taken before the call, a slow answer would always be out of
+        // the window, and the driver would look again and again).
+        let at = Instant::now();
+        debug!(packets = traffic.map(|t| t.packets()), "traffic witness: the window starts");
         let mut st = self.state.lock();
         let checks = st.witness.checks;
         st.witness.look = Some(Look { at, traffic, checks });
@@ -582,7 +586,6 @@ impl Tenant {
     /// witness cannot tell (no counters, a failed call, no look before), true: a broken witness never keeps a
     /// tenant up.
     async fn witness_allows(&self, spec: &ContainerSpec) -> bool {
-        let at = Instant::now();
         let now = match self.runtime().traffic(&spec.container).await {
             Ok(Some(t)) => t,
             Ok(None) => {
@@ -594,7 +597,7 @@ impl Tenant {
                 return true;
             }
         };
-        let verdict = self.state.lock().witness.verdict(now, at);
+        let verdict = self.state.lock().witness.verdict(now, Instant::now());
         match verdict {
             Verdict::Used { moved, window, checks } => {
                 info!(

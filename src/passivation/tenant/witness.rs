@@ -56,7 +56,7 @@ pub(super) fn window(idle: Duration) -> Duration {
 /// What the witness saw at one look.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Look {
-    /// When the look was taken (before the runtime call).
+    /// When the look was taken (when the runtime's answer came: its counters are of then).
     pub(super) at: Instant,
     /// The counters then; `None`: no witness this time (the runtime has none, or the call failed).
     pub(super) traffic: Option<Traffic>,
