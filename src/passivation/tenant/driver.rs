@@ -71,7 +71,7 @@ impl Tenant {
                             let timer = self.cluster_idle_timer(local, idle);
                             // And the container's own counters are looked at across the end of the idle timeout.
                             match timer {
-                                Some(t) if self.shared.traffic_witness => {
+                                Some(t) if self.shared.traffic_witness && !self.busy_elsewhere() => {
                                     match st.witness.next(Instant::now(), t, idle, st.phase_at) {
                                         Next::Look(after) => {
                                             look = true;
