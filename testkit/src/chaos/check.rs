@@ -1,0 +1,1 @@
+//! The checker over a chaos run's history (issue 29's four invariants) and its report.
