@@ -7,15 +7,16 @@
 //! 2. **One start per wake.** No two Docker `start`s of a tenant without a `die` or `stop` between them.
 //! 3. **No stop under use.** A tenant's stop (its `kill` or `pause` event, which opens a `docker stop`/`pause`)
 //!    never happens while a request for it is in flight on any replica, nor within the idle timeout (minus the
-//!    tolerance) of the last request any replica served for it. A replica cut off from etcd past its lease (see
-//!    [`cut_off`]) does not count: LIFECYCLE.md, "A replica cut off from etcd while the others are not".
+//!    tolerance) of the last request any replica served for it. The requests of a replica cut off from etcd past
+//!    its lease do not count (see [`unseen`]): LIFECYCLE.md, "A replica cut off from etcd while the others are
+//!    not".
 //! 4. **Convergence.** After each heal, within `converge_bound`: exactly one decider, every status key equal to
 //!    Docker's state, no tenant `starting` or `stopping`, every replica serving. The time it took is measured
 //!    from the samples.
 //!
 //! Each violation carries its printout: the seed, the fault schedule and the history ±2 s around it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::{self, Write as _};
 
 use super::history::{Event, FaultKind, FaultWindow, History, RunConfig};
@@ -176,6 +177,21 @@ fn reason_is(r: &FailedRequest<'_>, reason: &str) -> bool {
     r.reveille_error.is_some_and(|e| e.contains(reason))
 }
 
+/// Whether a request via `replica` that began at `began` is one the decider could not know of at `at_ms`, for
+/// invariant 3: its replica was cut off from etcd past its lease ([`cut_off`]) and the request came before the
+/// heal, or the request was served by a replica's incarnation that was killed and whose lease has lapsed since
+/// (the restarted process does not remember it, and nothing documents that it should).
+pub fn unseen(history: &History, replica: &str, began: u64, at_ms: u64) -> bool {
+    let c = &history.config;
+    history.faults.iter().any(|f| {
+        CUTTING_OFF.contains(&f.kind)
+            && f.target == replica
+            && at_ms + c.tolerance_ms >= f.start_ms + c.lease_ttl_ms * 2 / 3
+            && began <= f.healed_ms + c.tolerance_ms
+            && (at_ms <= f.healed_ms + c.tolerance_ms || f.kind == FaultKind::ReplicaKill && began <= f.start_ms)
+    })
+}
+
 /// The label of failures no cause accepts.
 pub const UNEXCUSED: &str = "not excused";
 
@@ -210,18 +226,60 @@ impl Row {
     fn new(fault: Option<FaultKind>, label: &str) -> Row {
         Row { fault, label: label.to_string(), ..Row::default() }
     }
+
+    /// Where the row goes in the table: the kinds in [`FaultKind::ALL`]'s order, then "no fault", then "all".
+    fn order(&self) -> usize {
+        match self.fault {
+            Some(kind) => FaultKind::ALL.iter().position(|k| *k == kind).unwrap_or(0),
+            None if self.label == "all" => FaultKind::ALL.len() + 1,
+            None => FaultKind::ALL.len(),
+        }
+    }
+
+    fn add(&mut self, other: &Row) {
+        self.runs += other.runs;
+        self.requests += other.requests;
+        for (cause, n) in &other.failed {
+            *self.failed.entry(cause).or_default() += n;
+        }
+        self.starts += other.starts;
+        self.wakes += other.wakes;
+        self.stops_under_use += other.stops_under_use;
+        self.stops_cut_off += other.stops_cut_off;
+        self.converge_ms.extend(&other.converge_ms);
+        self.converge_unmeasured += other.converge_unmeasured;
+        for (mine, theirs) in self.violations.iter_mut().zip(other.violations) {
+            *mine += theirs;
+        }
+    }
 }
 
 /// What the checker found: the violations (empty when the run kept every promise) and the table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
-    pub seed: u64,
+    /// The run's seed; several for a [`Report::merge`] of runs.
+    pub seeds: Vec<u64>,
     pub violations: Vec<Violation>,
     /// One row per fault kind injected (in [`FaultKind::ALL`]'s order), then "no fault", then "all".
     pub table: Vec<Row>,
 }
 
 impl Report {
+    /// Several runs' reports as one (the long run's seeds): every violation, and the rows of each kind added up.
+    pub fn merge(reports: impl IntoIterator<Item = Report>) -> Report {
+        let mut seeds = Vec::new();
+        let mut violations = Vec::new();
+        let mut rows: BTreeMap<usize, Row> = BTreeMap::new();
+        for report in reports {
+            seeds.extend(report.seeds);
+            violations.extend(report.violations);
+            for row in report.table {
+                rows.entry(row.order()).or_insert_with(|| Row::new(row.fault, &row.label)).add(&row);
+            }
+        }
+        Report { seeds, violations, table: rows.into_values().collect() }
+    }
+
     pub fn passed(&self) -> bool {
         self.violations.is_empty()
     }
@@ -234,11 +292,11 @@ impl Report {
     /// The table, fault by invariant, in markdown.
     pub fn markdown(&self) -> String {
         let mut out = format!(
-            "Seed {}: {} violation(s).\n\n\
+            "Seed(s) {}: {} violation(s).\n\n\
              | fault | runs | requests | failed requests by cause | starts per wake | stops under use | \
              converge after heal (median, max) | violations (1/2/3/4) |\n\
              |---|---:|---:|---|---:|---:|---|---|\n",
-            self.seed,
+            self.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
             self.violations.len()
         );
         for row in &self.table {
@@ -279,6 +337,19 @@ impl Report {
                 v[3]
             );
         }
+        out.push_str(
+            "\nA fault's row counts what happened from its injection to its heal plus the convergence bound; \
+             \"+N cut off\": stops within the idle timeout of a use the decider could not see, its replica cut off \
+             from etcd past its lease (not violations).\n",
+        );
+        let seen: Vec<&Cause> =
+            CAUSES.iter().filter(|c| self.table.iter().any(|r| r.failed.contains_key(c.name))).collect();
+        if !seen.is_empty() {
+            out.push_str("\nCauses:\n");
+            for cause in seen {
+                let _ = writeln!(out, "- {}: {}.", cause.name, cause.documented);
+            }
+        }
         out
     }
 }
@@ -291,7 +362,7 @@ pub fn check(history: &History) -> Report {
     c.stops();
     c.convergence();
     c.violations.sort_by_key(|v| (v.at_ms, v.invariant));
-    Report { seed: history.seed, violations: c.violations, table: c.rows }
+    Report { seeds: vec![history.seed], violations: c.violations, table: c.rows }
 }
 
 // === impl Checker ===
@@ -393,23 +464,25 @@ impl<'h> Checker<'h> {
 
     /// Invariant 2, and the starts and wakes of the table.
     fn starts(&mut self) {
-        // Per tenant: whether a start is due (none yet, or a die or stop since the last one), and when the
-        // container was last started.
-        let mut may_start: HashMap<&str, Option<u64>> = HashMap::new();
+        // Per tenant: when its running container was started; none when a start is due (first, or after a die or
+        // stop).
+        let mut started: HashMap<&str, Option<u64>> = HashMap::new();
         for e in self.events.clone() {
             let Event::Docker { tenant, action, at_ms } = e else { continue };
-            let last = may_start.entry(tenant).or_insert(None);
+            let last = started.entry(tenant).or_insert(None);
             match action.as_str() {
                 "start" => {
                     let previous = last.replace(*at_ms);
                     self.count(*at_ms, *at_ms, |row| row.starts += 1);
                     match previous {
                         None => self.count(*at_ms, *at_ms, |row| row.wakes += 1),
-                        Some(before) => self.violate(
-                            Invariant::OneStartPerWake,
-                            *at_ms,
-                            format!("{tenant} started at {at_ms} ms, already started at {before} ms without a die or stop since"),
-                        ),
+                        Some(before) => {
+                            let what = format!(
+                                "{tenant} started at {at_ms} ms, already started at {before} ms with no die or stop \
+                                 since"
+                            );
+                            self.violate(Invariant::OneStartPerWake, *at_ms, what);
+                        }
                     }
                 }
                 "die" | "stop" => *last = None,
@@ -422,11 +495,16 @@ impl<'h> Checker<'h> {
     fn stops(&mut self) {
         let c = &self.h.config;
         for (tenant, at) in stops(&self.events) {
-            let requests: Vec<Request<'_>> = self.events.iter().filter_map(|e| Request::of(e, tenant)).collect();
+            // Only requests begun before the stop and ended less than an idle timeout before it can be its use.
+            let requests: Vec<Request<'_>> = self
+                .events
+                .iter()
+                .filter_map(|e| Request::of(e, tenant))
+                .filter(|r| r.start_ms < at && r.end_ms + c.idle_timeout_ms >= at)
+                .collect();
             let next_wake = next_wake(&self.events, tenant, at);
-            let judge = |counted: &dyn Fn(&str) -> bool| under_use(c, &requests, at, next_wake, counted);
-            let cut: HashSet<&str> = c.replicas.iter().map(String::as_str).filter(|r| cut_off(self.h, r, at)).collect();
-            match judge(&|r| !cut.contains(r)) {
+            let judge = |counted: &dyn Fn(&Request<'_>) -> bool| under_use(c, &requests, at, next_wake, counted);
+            match judge(&|r| !unseen(self.h, r.replica, r.start_ms, at)) {
                 Some(why) => {
                     self.count(at, at, |row| row.stops_under_use += 1);
                     self.violate(Invariant::NoStopUnderUse, at, format!("{tenant} stopped at {at} ms {why}"));
@@ -520,11 +598,12 @@ impl<'a> Request<'a> {
 /// unpaused (a `docker stop` sends `kill`, then Docker reports `die` and `stop`; a second `kill` after the grace
 /// is the same stop). A `die` alone is a crash, not a stop, and ends the running period.
 fn stops<'h>(events: &[&'h Event]) -> Vec<(&'h str, u64)> {
-    let mut stopping: HashMap<&str, bool> = HashMap::new();
+    // Per tenant: whether its running period already ended (a stop opened, or a crash).
+    let mut ended: HashMap<&str, bool> = HashMap::new();
     let mut out = Vec::new();
     for e in events {
         let Event::Docker { tenant, action, at_ms } = e else { continue };
-        let done = stopping.entry(tenant.as_str()).or_insert(false);
+        let done = ended.entry(tenant.as_str()).or_insert(false);
         match action.as_str() {
             "start" | "unpause" => *done = false,
             "kill" | "pause" | "stop" if !*done => {
@@ -548,7 +627,7 @@ fn next_wake(events: &[&Event], of_tenant: &str, at: u64) -> Option<u64> {
     })
 }
 
-/// Why a stop at `at` was under use by the requests of the replicas `counted` says count, if it was.
+/// Why a stop at `at` was under use by the requests `counted` says count, if it was.
 ///
 /// In flight: a request that began more than the tolerance before the stop and ended after it, before the next
 /// wake (one that ended after the next wake was held by reveille through the stop, as LIFECYCLE.md's "Race with
@@ -559,9 +638,9 @@ fn under_use(
     requests: &[Request<'_>],
     at: u64,
     next_wake: Option<u64>,
-    counted: &dyn Fn(&str) -> bool,
+    counted: &dyn Fn(&Request<'_>) -> bool,
 ) -> Option<String> {
-    let counted: Vec<&Request<'_>> = requests.iter().filter(|r| counted(r.replica)).collect();
+    let counted: Vec<&Request<'_>> = requests.iter().filter(|r| counted(r)).collect();
     let held_through = |r: &Request<'_>| next_wake.is_some_and(|w| r.end_ms >= w);
     if let Some(r) = counted.iter().find(|r| r.start_ms + c.tolerance_ms < at && r.end_ms > at && !held_through(r)) {
         return Some(format!("while a request via {} was in flight ({}..{} ms)", r.replica, r.start_ms, r.end_ms));
@@ -779,7 +858,8 @@ mod tests {
         assert!(text.contains("seed 4242"), "{text}");
         assert!(text.contains("1000..8000 ms  etcd_majority_stop on etcd1,etcd2"), "{text}");
         assert!(text.contains("history 3000..7000 ms"), "{text}");
-        assert!(text.contains("5000..5020 ms  request via r1 for t1: 503 [reveille: the service could not be started]"));
+        let line = "5000..5020 ms  request via r1 for t1: 503 [reveille: the service could not be started]";
+        assert!(text.contains(line), "{text}");
         // The slice is ±2 s: the requests at 2900 and 7100 are outside it.
         assert!(!text.contains("2900..") && !text.contains("7100.."), "{text}");
         assert_eq!(row(&report, "etcd_majority_stop").failed[UNEXCUSED], 1);
@@ -800,7 +880,9 @@ mod tests {
         let frozen = row(&report, "replica_freeze");
         assert_eq!(frozen.failed.get("replica frozen, no answer"), Some(&1));
         assert_eq!(frozen.requests, 2);
-        assert!(report.markdown().contains("| replica_freeze | 1 | 2 | 1 (replica frozen, no answer 1) |"));
+        let table = report.markdown();
+        assert!(table.contains("| replica_freeze | 1 | 2 | 1 (replica frozen, no answer 1) |"), "{table}");
+        assert!(table.contains("- replica frozen, no answer: a frozen process answers nothing"), "{table}");
 
         let elsewhere = settled(freeze(), vec![failed("r1", 2000, 4000, 0, Some("timeout"), None)]);
         let v = only(&check(&elsewhere), Invariant::Answers);
@@ -902,6 +984,27 @@ mod tests {
         only(&check(&other), Invariant::NoStopUnderUse);
     }
 
+    #[test]
+    fn a_killed_replicas_use_does_not_count_once_its_lease_has_lapsed_even_after_its_restart() {
+        let events = || {
+            let mut events = vec![docker("start", 0), ok("r2", 900, 910)];
+            // Past r2's lease (killed at 1000, TTL 5 s) but within a 10 s idle timeout of its last request.
+            events.extend(docker_stop(1000 + TTL + 500));
+            events
+        };
+        let with = |faults: Vec<FaultWindow>| {
+            let mut h = settled(faults, events());
+            h.config.idle_timeout_ms = 10_000;
+            check(&h)
+        };
+        let report = with(vec![fault(FaultKind::ReplicaKill, "r2", 1000, 3000)]);
+        assert!(report.passed(), "{}", report.violations_text());
+        assert_eq!(row(&report, "replica_kill").stops_cut_off, 1);
+        // A partition healed before the stop: r2 republished its use, which counts again.
+        let v = only(&with(vec![fault(FaultKind::EtcdPartition, "r2", 1000, 3000)]), Invariant::NoStopUnderUse);
+        assert!(v.what.contains("via r2, ended at 910 ms"), "{v}");
+    }
+
     // === invariant 4 ===
 
     #[test]
@@ -979,6 +1082,35 @@ mod tests {
         let ends_early = history(vec![fault(FaultKind::EtcdMinorityStop, "etcd3", 1000, 5000)], vec![unsettled(5000)]);
         let v = only(&check(&ends_early), Invariant::Converges);
         assert!(v.what.contains("the history ends at 5000 ms"), "{v}");
+    }
+
+    #[test]
+    fn reports_of_several_runs_merge_row_by_row() {
+        let run = |seed: u64, faults: Vec<FaultWindow>, heal_sample: u64| {
+            let mut h =
+                history(faults, vec![ok("r1", 100, 110), failed("r2", 2000, 2010, 0, None, None), good(heal_sample)]);
+            h.seed = seed;
+            check(&h)
+        };
+        let a = run(1, vec![fault(FaultKind::ReplicaFreeze, "r2", 1000, 5000)], 5250);
+        let b = run(
+            2,
+            vec![fault(FaultKind::ReplicaFreeze, "r2", 1000, 3000), fault(FaultKind::EtcdLinkDelay, "r1", 9000, 9500)],
+            3500,
+        );
+        // b's link delay heals at 9500 ms with no sample after it: a convergence violation.
+        assert!(a.passed() && b.violations.len() == 1, "{}\n{}", a.violations_text(), b.violations_text());
+        let both = Report::merge([a, b]);
+        assert_eq!(both.seeds, vec![1, 2]);
+        assert_eq!(both.violations.len(), 1);
+        let labels: Vec<&str> = both.table.iter().map(|r| r.label.as_str()).collect();
+        assert_eq!(labels, ["replica_freeze", "etcd_link_delay", "no fault", "all"]);
+        let frozen = row(&both, "replica_freeze");
+        assert_eq!((frozen.runs, frozen.requests, frozen.failed["replica frozen, no answer"]), (2, 2, 2));
+        assert_eq!(row(&both, "no fault").requests, 2);
+        assert_eq!(frozen.converge_ms, vec![250, 500]);
+        assert_eq!(row(&both, "all").runs, 3);
+        assert!(both.markdown().starts_with("Seed(s) 1, 2: 1 violation(s)."), "{}", both.markdown());
     }
 
     #[test]
