@@ -92,7 +92,7 @@ pub struct Cause {
     pub matches: fn(&FailedRequest<'_>, &History) -> bool,
 }
 
-/// A request that got no 2xx, as the causes look at it.
+/// A request that did not succeed (no 2xx, or a 2xx the client found wrong), as the causes look at it.
 #[derive(Debug, Clone, Copy)]
 pub struct FailedRequest<'a> {
     pub replica: &'a str,
@@ -438,7 +438,7 @@ impl<'h> Checker<'h> {
                 continue;
             };
             self.count(*start_ms, *end_ms, |row| row.requests += 1);
-            if (200..300).contains(status) {
+            if succeeded(*status, error.as_deref()) {
                 continue;
             }
             let failed = FailedRequest {
@@ -575,6 +575,12 @@ impl<'h> Checker<'h> {
     }
 }
 
+/// Whether a request succeeded: a 2xx that the client found nothing wrong with (the harness sets `error` on a 2xx
+/// that is not the tenant's own answer).
+fn succeeded(status: u16, error: Option<&str>) -> bool {
+    (200..300).contains(&status) && error.is_none()
+}
+
 /// A request of one tenant, as invariant 3 looks at it.
 struct Request<'a> {
     replica: &'a str,
@@ -586,8 +592,9 @@ struct Request<'a> {
 impl<'a> Request<'a> {
     fn of(e: &'a Event, of_tenant: &str) -> Option<Request<'a>> {
         match e {
-            Event::Request { replica, tenant, start_ms, end_ms, status, .. } if tenant == of_tenant => {
-                Some(Request { replica, start_ms: *start_ms, end_ms: *end_ms, served: (200..300).contains(status) })
+            Event::Request { replica, tenant, start_ms, end_ms, status, error, .. } if tenant == of_tenant => {
+                let served = succeeded(*status, error.as_deref());
+                Some(Request { replica, start_ms: *start_ms, end_ms: *end_ms, served })
             }
             _ => None,
         }
@@ -869,6 +876,15 @@ mod tests {
         assert_eq!(row(&report, "no fault").requests, 1);
         assert_eq!(row(&report, "all").requests, 5);
         assert!(!report.passed());
+    }
+
+    #[test]
+    fn a_2xx_that_the_client_found_wrong_is_a_failure() {
+        let wrong = Some("a 200 that is not the tenant's page: \"nginx\"");
+        let report = check(&settled(vec![], vec![ok("r1", 100, 110), failed("r1", 200, 210, 200, wrong, None)]));
+        let v = only(&report, Invariant::Answers);
+        assert!(v.what.contains("got 200 (a 200 that is not the tenant's page"), "{v}");
+        assert_eq!(row(&report, "all").failed[UNEXCUSED], 1);
     }
 
     #[test]
