@@ -145,8 +145,12 @@ pub const CAUSES: &[Cause] = &[
     },
 ];
 
-/// The fault kinds that cut their target replica off from etcd: its lease lapses while the others' live.
-const CUTTING_OFF: [FaultKind; 3] = [FaultKind::EtcdPartition, FaultKind::ReplicaFreeze, FaultKind::ReplicaKill];
+/// The fault kinds that cut their target replica off from etcd: its lease lapses while the others' live. A peer
+/// partition is one: replicas talk to each other only through etcd, and the harness leaves the replica only an
+/// etcd member cut off from the other two, which keeps no lease. Loss and delay on the link are not: a lease
+/// that lapses under them is a finding, and so is a stop during a majority loss (LIFECYCLE.md: nothing is stopped).
+const CUTTING_OFF: [FaultKind; 4] =
+    [FaultKind::EtcdPartition, FaultKind::PeerPartition, FaultKind::ReplicaFreeze, FaultKind::ReplicaKill];
 
 /// Whether `replica` was cut off from etcd at `at_ms` long enough for its lease to have lapsed: inside a fault of
 /// [`CUTTING_OFF`] on it, from two thirds of the lease TTL after the cut (reveille renews its lease every third of
@@ -988,13 +992,17 @@ mod tests {
             events.push(docker("start", 7000));
             events
         };
-        let cut = settled(vec![fault(FaultKind::EtcdPartition, "r2", 1000, 15_000)], events());
-        let report = check(&cut);
-        assert!(report.passed(), "{}", report.violations_text());
-        assert_eq!(row(&report, "etcd_partition").stops_cut_off, 1);
-        assert!(report.markdown().contains("| 0 (+1 cut off) |"), "{}", report.markdown());
-        // The same stop without the partition: r2's use counts.
+        for kind in [FaultKind::EtcdPartition, FaultKind::PeerPartition, FaultKind::ReplicaFreeze] {
+            let report = check(&settled(vec![fault(kind, "r2", 1000, 15_000)], events()));
+            assert!(report.passed(), "{kind}: {}", report.violations_text());
+            assert_eq!(row(&report, kind.as_str()).stops_cut_off, 1);
+            assert!(report.markdown().contains("| 0 (+1 cut off) |"), "{}", report.markdown());
+        }
+        // The same stop without the partition: r2's use counts; and under faults that leave it a quorum.
         only(&check(&settled(vec![], events())), Invariant::NoStopUnderUse);
+        for kind in [FaultKind::EtcdLinkLoss, FaultKind::EtcdLinkDelay, FaultKind::EtcdMajorityStop] {
+            only(&check(&settled(vec![fault(kind, "r2", 1000, 15_000)], events())), Invariant::NoStopUnderUse);
+        }
         // With a partition on another replica: r2's use still counts.
         let other = settled(vec![fault(FaultKind::EtcdPartition, "r3", 1000, 15_000)], events());
         only(&check(&other), Invariant::NoStopUnderUse);

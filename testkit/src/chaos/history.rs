@@ -49,7 +49,8 @@ pub struct RunConfig {
 pub enum FaultKind {
     /// A replica's etcd network disconnected; its clients still reach it.
     EtcdPartition,
-    /// A replica cut off from the other replicas.
+    /// A replica partitioned from its peers: replicas meet only through etcd, so it is left with one etcd member
+    /// that is itself cut off from the other two (no quorum).
     PeerPartition,
     /// The etcd leader killed, then restarted.
     EtcdLeaderKill,
