@@ -60,7 +60,8 @@ impl Invariant {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
     pub invariant: Invariant,
-    /// When it happened (a request: its start; a stop or start: its event; convergence: the heal's deadline).
+    /// When it happened (a request: its start; a stop or start: its event; convergence: the last sample within
+    /// the bound).
     pub at_ms: u64,
     /// What was wrong, in one line.
     pub what: String,
@@ -557,24 +558,20 @@ impl<'h> Checker<'h> {
                 continue;
             }
             let last_sample = samples.last().map(|(at, _)| *at);
-            let what = match (after.last(), last_sample) {
-                (_, Some(last)) if last < deadline => format!(
-                    "{} on {} healed at {heal} ms; the history ends at {last} ms, before the bound ({bound} ms), \
-                     not converged",
-                    fault.kind, fault.target
+            // The printout's slice is centred on the last sample that could have shown convergence.
+            let healed = format!("{} on {} healed at {heal} ms", fault.kind, fault.target);
+            let (at, what) = match (after.last(), last_sample) {
+                (_, Some(last)) if last < deadline => (
+                    last,
+                    format!("{healed}; the history ends at {last} ms, before the bound ({bound} ms), not converged"),
                 ),
-                (None, _) => format!(
-                    "{} on {} healed at {heal} ms; no sample within the bound ({bound} ms)",
-                    fault.kind, fault.target
-                ),
-                (Some((at, wrong)), _) => format!(
-                    "{} on {} healed at {heal} ms; not converged within {bound} ms (last sample at {at} ms: {})",
-                    fault.kind,
-                    fault.target,
-                    wrong.join("; ")
+                (None, _) => (heal, format!("{healed}; no sample within the bound ({bound} ms)")),
+                (Some((at, wrong)), _) => (
+                    *at,
+                    format!("{healed}; not converged within {bound} ms (last sample at {at} ms: {})", wrong.join("; ")),
                 ),
             };
-            self.violate(Invariant::Converges, deadline, what);
+            self.violate(Invariant::Converges, at, what);
         }
     }
 }
@@ -1106,6 +1103,7 @@ mod tests {
         let ends_early = history(vec![fault(FaultKind::EtcdMinorityStop, "etcd3", 1000, 5000)], vec![unsettled(5000)]);
         let v = only(&check(&ends_early), Invariant::Converges);
         assert!(v.what.contains("the history ends at 5000 ms"), "{v}");
+        assert!(v.printout.contains("5000 ms  sample: deciders [], status t1=running"), "{v}");
     }
 
     #[test]

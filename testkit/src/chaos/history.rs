@@ -22,7 +22,8 @@ pub struct History {
     pub config: RunConfig,
     /// Every fault injected, with when it was healed.
     pub faults: Vec<FaultWindow>,
-    /// In time order (a request by its start).
+    /// As recorded; in time order ideally, but the checker sorts them itself (a request by its start), since a
+    /// request is recorded when it ends and a Docker event when the stream delivers it.
     pub events: Vec<Event>,
 }
 
