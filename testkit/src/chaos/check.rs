@@ -433,7 +433,7 @@ impl<'h> Checker<'h> {
 
     fn violate(&mut self, invariant: Invariant, at_ms: u64, what: String) {
         self.count(at_ms, at_ms, |row| row.violations[invariant as usize] += 1);
-        self.violations.push(Violation { invariant, at_ms, what, printout: printout(self.h, at_ms) });
+        self.violations.push(Violation { invariant, at_ms, what, printout: printout(self.h, &self.events, at_ms) });
     }
 
     /// Invariant 1.
@@ -708,8 +708,9 @@ fn describe_answer(status: u16, error: Option<&str>, reveille_error: Option<&str
     s
 }
 
-/// A violation's printout: the seed, the fault schedule, and every event within [`SLICE_MS`] of `at_ms`.
-fn printout(h: &History, at_ms: u64) -> String {
+/// A violation's printout: the seed, the fault schedule, and every event (of `events`, sorted) within
+/// [`SLICE_MS`] of `at_ms`.
+fn printout(h: &History, events: &[&Event], at_ms: u64) -> String {
     let mut out = format!("  seed {} (replay with this seed)\n  fault schedule:\n", h.seed);
     if h.faults.is_empty() {
         out.push_str("    (none)\n");
@@ -719,7 +720,7 @@ fn printout(h: &History, at_ms: u64) -> String {
     }
     let (from, to) = (at_ms.saturating_sub(SLICE_MS), at_ms + SLICE_MS);
     let _ = writeln!(out, "  history {from}..{to} ms:");
-    for e in h.events.iter().filter(|e| e.end_ms() >= from && e.at_ms() <= to) {
+    for e in events.iter().filter(|e| e.end_ms() >= from && e.at_ms() <= to) {
         let _ = writeln!(out, "    {}", describe_event(e));
     }
     out
@@ -1146,6 +1147,10 @@ mod tests {
         let again = History::read_jsonl(text.as_slice()).unwrap();
         let (a, b) = (check(&h), check(&again));
         assert_eq!(a, b);
+        // Recorded out of order (a request is pushed when it ends): the same report.
+        let mut shuffled = h.clone();
+        shuffled.events.reverse();
+        assert_eq!(check(&shuffled), a);
         // The reset request (nothing documents a failure for a peer partition) and the stop 800 ms after use.
         let found: Vec<Invariant> = a.violations.iter().map(|v| v.invariant).collect();
         assert_eq!(found, vec![Invariant::Answers, Invariant::NoStopUnderUse], "{}", a.violations_text());
