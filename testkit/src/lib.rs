@@ -21,9 +21,11 @@
 //! - [`h2load`]: running h2load (HTTP/2) and reading its output and per-request log.
 //! - [`docker`]: the docker CLI, the `FROM scratch` busybox image, the labs' containers.
 //! - [`tls`]: a rustls server-certificate check for test clients.
+//! - [`chaos`]: the fault-injection suite (issue 29): its history, its checker.
 
 pub mod admin;
 pub mod backend;
+pub mod chaos;
 pub mod docker;
 pub mod env;
 pub mod etcd;
