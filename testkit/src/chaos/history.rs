@@ -22,7 +22,8 @@ pub struct History {
     pub config: RunConfig,
     /// Every fault injected, with when it was healed.
     pub faults: Vec<FaultWindow>,
-    /// In time order (a request by its start).
+    /// As recorded; in time order ideally, but the checker sorts them itself (a request by its start), since a
+    /// request is recorded when it ends and a Docker event when the stream delivers it.
     pub events: Vec<Event>,
 }
 
@@ -49,7 +50,8 @@ pub struct RunConfig {
 pub enum FaultKind {
     /// A replica's etcd network disconnected; its clients still reach it.
     EtcdPartition,
-    /// A replica cut off from the other replicas.
+    /// A replica partitioned from its peers: replicas meet only through etcd, so it is left with one etcd member
+    /// that is itself cut off from the other two (no quorum).
     PeerPartition,
     /// The etcd leader killed, then restarted.
     EtcdLeaderKill,
