@@ -1,6 +1,6 @@
 //! Recording a chaos run: the [`Recorder`] that every source appends to (one clock: the host's wall clock, in
 //! ms since the run's start), Docker's events of the tenants' containers, and the sampler (every ~250 ms: the
-//! decider and status keys from etcd, each tenant's Docker state, whether each replica answers). It owns what
+//! decider and status keys from etcd, each tenant's Docker state, whether each replica answers its admin `/readyz`: what a load balancer would ask). It owns what
 //! goes into the history's events; it does not judge them (`check.rs`).
 
 use std::collections::HashMap;
@@ -163,7 +163,7 @@ pub async fn sample(topo: &Topology, rec: &Recorder, etcd: &mut Option<etcd_clie
             Some(ip) => {
                 addresses.lock().unwrap().insert(r.clone(), SocketAddr::new(ip, HTTP_PORT));
                 let admin = SocketAddr::new(ip, ADMIN_PORT);
-                matches!(request(admin, "localhost", "/healthz", Duration::from_millis(500)).await, Ok((200, _, _)))
+                matches!(request(admin, "localhost", "/readyz", Duration::from_millis(500)).await, Ok((200, _, _)))
             }
             None => false,
         };
