@@ -173,7 +173,7 @@ pub async fn inject(topo: &Topology, p: &Planned, rng: &mut Rng) -> Result<Injec
             (p.replica.clone(), Undo::Start(vec![replica]))
         }
         FaultKind::EtcdLinkLoss => {
-            let rules = loss_rules(topo, p.amount as f64 / 100.0);
+            let rules = loss_rules(topo.etcd_gateway, p.amount as f64 / 100.0);
             iptables(&replica, "-A", &rules).await?;
             (p.replica.clone(), Undo::Iptables { container: replica, rules })
         }
@@ -187,8 +187,8 @@ pub async fn inject(topo: &Topology, p: &Planned, rng: &mut Rng) -> Result<Injec
 
 /// The rules dropping a share `p` of a replica's etcd traffic (to and from the etcd network's gateway, where
 /// its relays are); `p` = 1 black-holes it.
-pub fn loss_rules(topo: &Topology, p: f64) -> Vec<Vec<String>> {
-    let gw = topo.etcd_gateway.to_string();
+pub fn loss_rules(etcd_gateway: std::net::IpAddr, p: f64) -> Vec<Vec<String>> {
+    let gw = etcd_gateway.to_string();
     let p = format!("{p:.3}");
     let rule = |chain: &str, dir: &str| {
         let mut r: Vec<String> = [chain, dir, &gw].map(String::from).to_vec();
@@ -248,4 +248,53 @@ pub async fn iptables(container: &str, op: &str, rules: &[Vec<String>]) -> Resul
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replicas() -> Vec<String> {
+        ["r1", "r2", "r3"].map(String::from).to_vec()
+    }
+
+    #[test]
+    fn a_deck_holds_every_kind_once_and_a_seed_replays_it() {
+        let ttl = Duration::from_secs(2);
+        let gap = Duration::from_secs(10);
+        let plan = schedule(29, &replicas(), 1, ttl, gap);
+        let mut kinds: Vec<FaultKind> = plan.iter().map(|p| p.kind).collect();
+        kinds.sort();
+        assert_eq!(kinds, FaultKind::ALL.to_vec());
+        let again: Vec<(FaultKind, String, Duration)> =
+            schedule(29, &replicas(), 1, ttl, gap).into_iter().map(|p| (p.kind, p.replica, p.hold)).collect();
+        let first: Vec<(FaultKind, String, Duration)> =
+            plan.iter().map(|p| (p.kind, p.replica.clone(), p.hold)).collect();
+        assert_eq!(first, again, "the same seed deals the same schedule");
+        let other: Vec<FaultKind> = schedule(30, &replicas(), 1, ttl, gap).iter().map(|p| p.kind).collect();
+        assert_ne!(plan.iter().map(|p| p.kind).collect::<Vec<_>>(), other, "another seed, another order");
+        for p in schedule(29, &replicas(), 5, ttl, gap) {
+            if p.kind == FaultKind::ReplicaFreeze {
+                assert!(p.hold > ttl, "a freeze outlasts the lease: {p:?}");
+            }
+            assert!(replicas().contains(&p.replica));
+            assert_eq!(p.gap, gap);
+        }
+    }
+
+    #[test]
+    fn loss_rules_only_touch_the_etcd_gateway() {
+        let gw: std::net::IpAddr = "172.30.0.1".parse().unwrap();
+        let rules = loss_rules(gw, 0.25);
+        let text: Vec<String> = rules.iter().map(|r| r.join(" ")).collect();
+        assert_eq!(
+            text,
+            [
+                "OUTPUT -d 172.30.0.1 -m statistic --mode random --probability 0.250 -j DROP",
+                "INPUT -s 172.30.0.1 -m statistic --mode random --probability 0.250 -j DROP",
+            ]
+        );
+        let black_hole: Vec<String> = loss_rules(gw, 1.0).iter().map(|r| r.join(" ")).collect();
+        assert_eq!(black_hole, ["OUTPUT -d 172.30.0.1 -j DROP", "INPUT -s 172.30.0.1 -j DROP"]);
+    }
 }

@@ -217,7 +217,7 @@ pub async fn partition_scenario(reveille: PathBuf) -> Result<PartitionOutcome, S
     workload::one(tenant.clone(), replica.clone(), recording.addresses.clone(), recording.rec.clone()).await;
 
     let container = recording.topo.container(&replica);
-    let rules = faults::loss_rules(&recording.topo, 1.0);
+    let rules = faults::loss_rules(recording.topo.etcd_gateway, 1.0);
     let start_ms = recording.rec.now_ms();
     let cut = faults::iptables(&container, "-A", &rules).await;
     let result = match cut {
