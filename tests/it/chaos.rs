@@ -62,11 +62,11 @@ async fn every_fault_once_on_a_fixed_seed() {
     assert!(history.faults.iter().all(|f| f.healed_ms > f.start_ms), "{:?}", history.faults);
     for replica in &history.config.replicas {
         for tenant in &history.config.tenants {
-            let n = history
-                .events
-                .iter()
-                .filter(|e| matches!(e, Event::Request { replica: r, tenant: t, status: 200, .. } if r == replica && t == tenant))
-                .count();
+            let ok = |e: &&Event| match e {
+                Event::Request { replica: r, tenant: t, status, .. } => r == replica && t == tenant && *status == 200,
+                _ => false,
+            };
+            let n = history.events.iter().filter(ok).count();
             assert!(n > 0, "no 200 from {tenant} through {replica}");
         }
     }

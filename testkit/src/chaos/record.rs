@@ -1,7 +1,8 @@
 //! Recording a chaos run: the [`Recorder`] that every source appends to (one clock: the host's wall clock, in
 //! ms since the run's start), Docker's events of the tenants' containers, and the sampler (every ~250 ms: the
-//! decider and status keys from etcd, each tenant's Docker state, whether each replica answers its admin `/readyz`: what a load balancer would ask). It owns what
-//! goes into the history's events; it does not judge them (`check.rs`).
+//! decider and status keys from etcd, each tenant's Docker state, whether each replica answers its admin
+//! `/readyz`, what a load balancer would ask). It owns what goes into the history's events; it does not judge
+//! them (`check.rs`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -98,10 +99,9 @@ pub type Addresses = Arc<Mutex<HashMap<String, SocketAddr>>>;
 
 /// One sample's Docker view: each container's state and its address on the clients network.
 async fn inspect_all(topo: &Topology, names: &[String]) -> HashMap<String, (String, Option<std::net::IpAddr>)> {
-    let format = format!(
-        "{{{{.Name}}}} {{{{.State.Status}}}} {{{{with index .NetworkSettings.Networks \"{}\"}}}}{{{{.IPAddress}}}}{{{{end}}}}",
-        topo.clients_network()
-    );
+    let net = topo.clients_network();
+    let ip = format!("{{{{with index .NetworkSettings.Networks \"{net}\"}}}}{{{{.IPAddress}}}}{{{{end}}}}");
+    let format = format!("{{{{.Name}}}} {{{{.State.Status}}}} {ip}");
     let mut args = vec!["inspect", "-f", &format];
     let containers: Vec<String> = names.iter().map(|n| topo.container(n)).collect();
     args.extend(containers.iter().map(String::as_str));
