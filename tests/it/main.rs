@@ -51,3 +51,4 @@ mod tls;
 mod upstream_h1;
 mod wake;
 mod websocket;
+mod witness;
