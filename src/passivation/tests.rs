@@ -959,3 +959,23 @@ async fn a_single_replica_does_not_ask_the_counters() {
     phase_becomes(&t, Phase::Stopped).await;
     assert_eq!(fake.count("traffic"), 0);
 }
+
+/// `traffic_witness = false`: a tenant whose own outbound traffic moves its counters is stopped on etcd's view
+/// alone, and the counters are never read.
+#[tokio::test(start_paused = true)]
+async fn a_service_without_the_witness_is_stopped_whatever_its_counters_say() {
+    let fake = Fake::new(ContainerState::Running);
+    fake.unseen_use(100);
+    let (p, metrics) = witnessed(&fake);
+    let t = p
+        .tenant(&spec(|c| {
+            c.idle_timeout = Some(Duration::from_secs(10));
+            c.no_traffic_witness = true;
+        }))
+        .unwrap();
+    phase_becomes(&t, Phase::Running).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    phase_becomes(&t, Phase::Stopped).await;
+    assert_eq!(fake.count("traffic"), 0);
+    assert_eq!(vetoes(&metrics), 0);
+}

@@ -71,7 +71,7 @@ impl Tenant {
                             let timer = self.cluster_idle_timer(local, idle);
                             // And the container's own counters are looked at across the end of the idle timeout.
                             match timer {
-                                Some(t) if self.shared.traffic_witness && !self.busy_elsewhere() => {
+                                Some(t) if self.witnessed(&service) && !self.busy_elsewhere() => {
                                     match st.witness.next(Instant::now(), t, idle, st.phase_at) {
                                         Next::Look(after) => {
                                             look = true;
@@ -488,7 +488,7 @@ impl Tenant {
             }
             // The second witness before the stop check: it makes no traffic of its own, and a tenant used unseen
             // is not asked.
-            if self.shared.traffic_witness && !self.witness_allows(spec).instrument(span.clone()).await {
+            if self.witnessed(&service) && !self.witness_allows(spec).instrument(span.clone()).await {
                 return;
             }
             if let Some(path) = &spec.stop_check {
@@ -623,6 +623,12 @@ impl Tenant {
                 true
             }
         }
+    }
+
+    /// Whether the container's traffic counters are read before an idle stop: with a cluster, unless the service
+    /// says `traffic_witness = false` (a tenant whose own outbound traffic would otherwise keep it awake).
+    fn witnessed(&self, service: &Service) -> bool {
+        self.shared.traffic_witness && Self::spec_of(service).is_some_and(|s| !s.no_traffic_witness)
     }
 
     /// Asks the tenant's `stop_check` whether it may stop now: 2xx yes; 409 or 423 no (busy: the idle timer
