@@ -1,7 +1,7 @@
 //! reveille's load labs: programs, not benchmarks. Each drives real processes (reveille, nginx, HAProxy, wrk,
 //! etcd, Docker) on loopback and prints a markdown report, also written under `target/`.
 //!
-//! `cargo run --release -p reveille-lab -- etcd|passivation|groups|attack|cluster|peers|backends`. Each lab's
+//! `cargo run --release -p reveille-lab -- etcd|passivation|groups|attack|cluster|peers|backends|chaos`. Each lab's
 //! method and tunables are in its module's header. The reveille binary measured is the workspace's, built with the same profile as
 //! this one (see [`reveille_bin`]).
 //!
@@ -21,6 +21,8 @@
 //!   them.
 //! - [`backends`]: reveille against nginx and HAProxy with backends that are not plain HTTP/1.1 (issue 27):
 //!   gRPC unary over h2c end to end, HTTPS backends with keep-alive.
+//! - [`chaos`]: the chaos suite's long run (issue 29): faults on a seeded schedule against three replicas and a
+//!   three-member etcd in containers, the history checked, the table fault by invariant; the partition scenario.
 //! - [`onecore`]: what `peers` and `attack` share: the proxy on one pinned CPU, the clients on another, nginx.
 //! - [`tlsclient`]: the peers lab's certificate and handshake client.
 //!
@@ -29,6 +31,7 @@
 
 mod attack;
 mod backends;
+mod chaos;
 mod cluster;
 mod etcd;
 mod groups;
@@ -41,7 +44,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-const USAGE: &str = "usage: reveille-lab etcd|passivation|groups|attack|cluster|peers|backends";
+const USAGE: &str = "usage: reveille-lab etcd|passivation|groups|attack|cluster|peers|backends|chaos";
 
 /// Names of labs whose measurements are scenarios of `peers`: the command that runs them, for the error.
 const MOVED: [(&str, &str); 2] = [
@@ -75,6 +78,7 @@ fn main() {
         "cluster" => cluster::main(),
         "peers" => peers::main(),
         "backends" => backends::main(),
+        "chaos" => chaos::main(),
         other => {
             match MOVED.iter().find(|(name, _)| *name == other) {
                 Some((name, how)) => eprintln!("reveille-lab {name}: this lab is part of the peers lab now: {how}"),

@@ -15,6 +15,7 @@ mod balancing;
 mod binary;
 mod build_script;
 mod busy;
+mod chaos;
 mod check;
 mod cli;
 mod cluster;
