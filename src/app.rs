@@ -186,8 +186,9 @@ pub async fn start(
         tasks.push(tokio::spawn(watcher.run(background.clone())));
     }
     if let Some(etcd) = &etcd {
-        // Not awaited: reveille serves (the file's routes, or 404s) and reports not-ready until etcd has
-        // loaded, instead of refusing to start when etcd is briefly unreachable.
+        // Not awaited: reveille serves (the file's routes; other hosts 503 with `Retry-After`, as their routes may be
+        // in etcd) and reports not-ready until etcd has loaded, instead of refusing to start when etcd is briefly
+        // unreachable.
         let watcher = EtcdWatcher::new(etcd.clone(), composer.clone(), metrics.clone());
         tasks.push(tokio::spawn(watcher.run(background.clone())));
     }

@@ -84,6 +84,7 @@ impl Composer {
             expected[*s as usize] = true;
         }
         let state = Mutex::new(State { sets: [None, None], expected });
+        routes.set_complete(!expected.iter().any(|e| *e));
         Arc::new(Self { state, routes, metrics, events, loaded, docker_hosts })
     }
 
@@ -197,6 +198,7 @@ impl Composer {
         self.routes.store(table);
         let ready = state.expected.iter().zip(&state.sets).all(|(expected, set)| !expected || set.is_some());
         if ready {
+            self.routes.set_complete(true);
             self.loaded.open();
         }
     }

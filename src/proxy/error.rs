@@ -29,6 +29,9 @@ pub(crate) enum ProxyError {
     BadHost,
     #[error("no route for host {host:?}")]
     UnknownHost { host: String },
+    /// No route for the host yet, and a route source (etcd) has not loaded: the route may exist there.
+    #[error("no route for host {host:?} yet: the routes are still loading")]
+    RoutesLoading { host: String },
     /// A request path with a `.` or `..` segment, to a host that has path routes (it could reach a backend
     /// under another prefix than the one matched).
     #[error("the request path has a '.' or '..' segment")]
@@ -79,7 +82,7 @@ impl ProxyError {
             Self::UnknownHost { .. } => StatusCode::NOT_FOUND,
             Self::AllBackendsFailed { .. } | Self::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } | Self::RequestTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Self::MissingService { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::MissingService { .. } | Self::RoutesLoading { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Wake { refusal: Refusal::Timeout { .. }, .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Wake { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpgradeToH2 { .. } => StatusCode::NOT_IMPLEMENTED,
@@ -92,7 +95,10 @@ impl ProxyError {
     pub(crate) fn grpc_status(&self) -> u8 {
         match self {
             Self::UnknownHost { .. } | Self::MethodNotAllowed | Self::UpgradeToH2 { .. } => 12,
-            Self::MissingService { .. } | Self::AllBackendsFailed { .. } | Self::UpstreamProtocol { .. } => 14,
+            Self::MissingService { .. }
+            | Self::RoutesLoading { .. }
+            | Self::AllBackendsFailed { .. }
+            | Self::UpstreamProtocol { .. } => 14,
             Self::UpstreamTimeout { .. } | Self::RequestTimeout { .. } | Self::BodyTimeout { .. } => 4,
             Self::Wake { refusal: Refusal::Timeout { .. }, .. } => 4,
             Self::Wake { .. } => 14,
@@ -120,6 +126,7 @@ impl ProxyError {
     /// Seconds for `Retry-After`, where trying again soon can work.
     pub(crate) fn retry_after(&self) -> Option<u64> {
         match self {
+            Self::RoutesLoading { .. } => Some(1),
             Self::Wake { refusal: Refusal::Overflow { .. } | Refusal::Removed, .. } => Some(2),
             Self::Wake { refusal: Refusal::Failed { .. } | Refusal::Unavailable { .. }, .. } => Some(5),
             _ => None,
@@ -139,7 +146,7 @@ impl ProxyError {
             | Self::TooManyHeaders { .. } => Fault::Downstream,
             // The operator's configuration is incomplete (or routes WebSocket to an HTTP/2 backend): neither the
             // client's fault nor a backend's.
-            Self::MissingService { .. } | Self::UpgradeToH2 { .. } => Fault::Internal,
+            Self::MissingService { .. } | Self::RoutesLoading { .. } | Self::UpgradeToH2 { .. } => Fault::Internal,
             _ => Fault::Upstream,
         }
     }
@@ -154,6 +161,7 @@ impl ProxyError {
                 Self::BadHost => Some(ErrorMetric::Unrouted(Unrouted::BadHost)),
                 Self::UnknownHost { .. } => Some(ErrorMetric::Unrouted(Unrouted::UnknownHost)),
                 Self::MissingService { .. } => Some(ErrorMetric::Unrouted(Unrouted::MissingService)),
+                Self::RoutesLoading { .. } => Some(ErrorMetric::Unrouted(Unrouted::RoutesLoading)),
                 _ => None,
             },
             Fault::Upstream => match self {
@@ -185,6 +193,7 @@ impl ProxyError {
             Self::BodyTimeout { .. } => "request body not received in time",
             Self::ClientAborted => "request incomplete",
             Self::MissingService { .. } => "this host is not served at the moment",
+            Self::RoutesLoading { .. } => "the routes are still loading; try again",
             Self::AllBackendsFailed { .. } => "the service could not be reached",
             Self::UpstreamTimeout { .. } | Self::RequestTimeout { .. } => "the service did not answer in time",
             Self::UpstreamProtocol { .. } => "the service failed to answer",
@@ -217,16 +226,19 @@ pub(crate) enum Unrouted {
     BadHost,
     /// A route exists but its service does not (503).
     MissingService,
+    /// No route yet, before every route source has loaded (503).
+    RoutesLoading,
 }
 
 impl LabelValue for Unrouted {
-    const ALL: &'static [Self] = &[Self::UnknownHost, Self::BadHost, Self::MissingService];
+    const ALL: &'static [Self] = &[Self::UnknownHost, Self::BadHost, Self::MissingService, Self::RoutesLoading];
 
     fn as_label(self) -> &'static str {
         match self {
             Self::UnknownHost => "unknown_host",
             Self::BadHost => "bad_host",
             Self::MissingService => "missing_service",
+            Self::RoutesLoading => "routes_loading",
         }
     }
 

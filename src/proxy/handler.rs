@@ -215,6 +215,10 @@ async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, mut req: Request<Inco
             }) {
                 return Ok(acme_answer(answer, guard));
             }
+            // Before every route source has loaded, the route may only be unread yet: try again, not "unknown".
+            if !proxy.routes.is_complete() {
+                return Err((ProxyError::RoutesLoading { host: host.into_owned() }, guard));
+            }
             return Err((ProxyError::UnknownHost { host: host.into_owned() }, guard));
         }
     };

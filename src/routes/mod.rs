@@ -98,6 +98,10 @@ pub struct RouteHandle {
     current: Arc<ArcSwap<RouteTable>>,
     /// Bumped on every store, so other parts (passivation) can follow the table without polling it.
     version: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Whether every configured route source has loaded: until then a host without a route may only be one not
+    /// read yet (a replica starting while etcd is slow), so it is answered 503, not 404. `true` for a handle
+    /// filled by hand; the route sources' composer holds it down until its first complete load.
+    complete: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for RouteHandle {
@@ -112,7 +116,19 @@ impl RouteHandle {
         Self {
             current: Arc::new(ArcSwap::from_pointee(RouteTable::empty())),
             version: Arc::new(tokio::sync::watch::Sender::new(0)),
+            complete: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         }
+    }
+
+    /// Whether every route source has loaded (see the field). One relaxed load, asked only for a host
+    /// without a route.
+    pub fn is_complete(&self) -> bool {
+        self.complete.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Set by the route sources' composer: `false` while a source it waits for has not loaded.
+    pub(crate) fn set_complete(&self, complete: bool) {
+        self.complete.store(complete, std::sync::atomic::Ordering::Release);
     }
 
     /// The current snapshot. Cheap; hold it for the duration of one lookup, not across awaits.

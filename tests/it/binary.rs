@@ -860,3 +860,37 @@ async fn a_routes_file_rewritten_in_place_is_never_applied_half_written() {
     })
     .await;
 }
+
+/// Until every route source has loaded, a host without a route may only be one not read yet (a replica
+/// starting while etcd is unreachable): it is answered 503 with `Retry-After`, not 404, while the routes file's
+/// hosts are served. Once etcd has loaded, an unknown host is a 404 again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_without_a_route_is_503_until_etcd_has_loaded_then_404() {
+    let backend = Backend::echo("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.toml");
+    std::fs::write(&routes, routes_file(&[("a", vec![backend.addr])], &[("app.test", "a")])).unwrap();
+
+    // etcd at a port nothing listens on.
+    let nowhere = format!("http://127.0.0.1:{}", testkit::ports::free_port());
+    let proc = reveille(&routes, &["--etcd", &nowhere, "--access-log", "false"]);
+    assert_eq!(get(proc.admin, "admin", "/readyz").await.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(get(proc.http, "app.test", "/").await.status, StatusCode::OK, "the file's routes are served");
+    let early = get(proc.http, "other.test", "/").await;
+    assert_eq!(early.status, StatusCode::SERVICE_UNAVAILABLE, "{}", early.text);
+    assert_eq!(early.headers.get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));
+    assert!(early.text.contains("still loading"), "{}", early.text);
+    assert_eq!(metric(proc.admin, "reveille_unrouted_requests_total{kind=\"routes_loading\"}").await, 1);
+    assert_eq!(metric(proc.admin, "reveille_unrouted_requests_total{kind=\"unknown_host\"}").await, 0);
+    drop(proc);
+
+    let etcd = support::etcd::Etcd::start().await;
+    let proc = reveille(&routes, &["--etcd", &etcd.url, "--access-log", "false"]);
+    let admin = proc.admin;
+    eventually(Duration::from_secs(10), "ready with etcd", || async {
+        get(admin, "admin", "/readyz").await.status == StatusCode::OK
+    })
+    .await;
+    assert_eq!(get(proc.http, "other.test", "/").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(metric(proc.admin, "reveille_unrouted_requests_total{kind=\"routes_loading\"}").await, 0);
+}
