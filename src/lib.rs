@@ -129,5 +129,5 @@ pub use routes::{
 pub use runtime::{
     ClientTls, ContainerEvent, ContainerInfo, ContainerRuntime, ContainerState, DockerEndpoint, DockerRuntime,
     EndpointError, EventStream, Health as ContainerHealth, PublishedPort, RuntimeConfig, RuntimeError, RuntimeFuture,
-    RuntimeKind, Runtimes, SwarmRuntime, DEFAULT_HOST,
+    RuntimeKind, Runtimes, SwarmRuntime, Traffic, DEFAULT_HOST,
 };

@@ -266,6 +266,9 @@ pub struct ServiceFields {
     /// Path asked (GET) before an idle stop: 409 or 423 means busy, ask again after the idle timeout
     #[arg(long, value_name = "PATH")]
     pub stop_check: Option<String>,
+    /// With a cluster, read the container's traffic counters before an idle stop (true/false; default true)
+    #[arg(long, value_name = "BOOL")]
+    pub traffic_witness: Option<bool>,
     /// Redirect plain-HTTP requests to HTTPS (true/false; unset follows the global setting)
     #[arg(long, value_name = "BOOL")]
     pub https_redirect: Option<bool>,
@@ -338,6 +341,9 @@ impl ServiceFields {
         }
         if let Some(b) = self.https_redirect {
             m.insert("https_redirect".into(), Value::from(b));
+        }
+        if let Some(b) = self.traffic_witness {
+            m.insert("traffic_witness".into(), Value::from(b));
         }
         if let Some(b) = self.acme {
             m.insert("acme".into(), Value::from(b));

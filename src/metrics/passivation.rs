@@ -34,6 +34,12 @@ struct ServiceActionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceReasonLabels {
+    service: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabels {
     phase: &'static str,
 }
@@ -58,6 +64,7 @@ pub struct PassivationMetrics {
     stops: Family<ServiceActionLabels, Counter>,
     stop_failures: Family<ServiceLabels, Counter>,
     stop_checks: Family<ServiceResultLabels, Counter>,
+    idle_stop_vetoes: Family<ServiceReasonLabels, Counter>,
     tenants: Family<StateLabels, Gauge>,
 }
 
@@ -124,6 +131,14 @@ impl PassivationMetrics {
              unexpected (another status) and no_answer (both stopped)",
             stop_checks.clone(),
         );
+        let idle_stop_vetoes = Family::<ServiceReasonLabels, Counter>::default();
+        registry.register(
+            "idle_stop_vetoes",
+            "Idle stops put off by an idle timeout before any claim, by service and reason: traffic (the \
+             container's network counters moved more than reveille's own checks explain: used where the cluster \
+             cannot see)",
+            idle_stop_vetoes.clone(),
+        );
         let tenants = Family::<StateLabels, Gauge>::default();
         registry.register("tenants", "Passivated tenants, by state", tenants.clone());
         Self {
@@ -138,6 +153,7 @@ impl PassivationMetrics {
             stops,
             stop_failures,
             stop_checks,
+            idle_stop_vetoes,
             tenants,
         }
     }
@@ -186,6 +202,11 @@ impl PassivationMetrics {
     /// A tenant's `stop_check` answered `result` (`idle`, `busy`, `unexpected`, `no_answer`).
     pub fn stop_check(&self, service: &str, result: &'static str) {
         self.stop_checks.get_or_create(&ServiceResultLabels { service: service.to_string(), result }).inc();
+    }
+
+    /// An idle stop of `service` was put off for `reason` (`traffic`).
+    pub fn idle_stop_vetoed(&self, service: &str, reason: &'static str) {
+        self.idle_stop_vetoes.get_or_create(&ServiceReasonLabels { service: service.to_string(), reason }).inc();
     }
 
     /// A tenant moved from state `from` (`None`: it is new) to `to` (`None`: it is gone).

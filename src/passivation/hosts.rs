@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::Shared;
 use crate::metrics::PassivationMetrics;
 use crate::runtime::{
-    ContainerInfo, ContainerRuntime, EventStream, RuntimeError, RuntimeFuture, Runtimes, DEFAULT_HOST,
+    ContainerInfo, ContainerRuntime, EventStream, RuntimeError, RuntimeFuture, Runtimes, Traffic, DEFAULT_HOST,
 };
 
 /// One Docker host: its name (the metrics label) and its runtime.
@@ -69,6 +69,9 @@ impl ContainerRuntime for DockerHost {
             }
             r
         })
+    }
+    fn traffic<'a>(&'a self, container: &'a str) -> RuntimeFuture<'a, Option<Traffic>> {
+        Box::pin(async move { self.record(self.runtime.traffic(container).await) })
     }
     fn endpoint(&self) -> &str {
         self.runtime.endpoint()

@@ -125,6 +125,9 @@ pub(crate) struct Shared {
     cluster: Option<Arc<Cluster>>,
     /// Tenants kept awake, without etcd (with it, the cluster keeps them).
     keep_awake: tenant::LocalKeepAwake,
+    /// Whether an idle stop asks the runtime's traffic counters first (`tenant/witness.rs`): with a cluster,
+    /// where a replica cut off from etcd uses tenants unseen; a single replica's own activity is exact.
+    traffic_witness: bool,
 }
 
 /// The services' tenants by their container and Docker host: a dependency that is some service's container is
@@ -230,10 +233,34 @@ impl Passivator {
         events: Events,
         cluster: Option<Arc<Cluster>>,
     ) -> Arc<Self> {
+        let traffic_witness = cluster.is_some();
+        Self::build(settings, runtimes, probe, metrics, events, cluster, traffic_witness)
+    }
+
+    /// [`Self::new`], with the traffic witness on or off whatever the cluster (the state machine's tests turn
+    /// it on without etcd).
+    fn build(
+        settings: Settings,
+        runtimes: impl Into<Runtimes>,
+        probe: Arc<dyn Probe>,
+        metrics: &Metrics,
+        events: Events,
+        cluster: Option<Arc<Cluster>>,
+        traffic_witness: bool,
+    ) -> Arc<Self> {
         let metrics = metrics.passivation().clone();
         let hosts = DockerHosts::new(&runtimes.into(), &metrics);
         let keep_awake = tenant::LocalKeepAwake::default();
-        let shared = Arc::new(Shared { settings, hosts, probe, metrics, events, cluster: cluster.clone(), keep_awake });
+        let shared = Arc::new(Shared {
+            settings,
+            hosts,
+            probe,
+            metrics,
+            events,
+            cluster: cluster.clone(),
+            keep_awake,
+            traffic_witness,
+        });
         let passivator = Arc::new(Self {
             shared,
             tenants: ArcSwap::from_pointee(HashMap::new()),

@@ -26,6 +26,7 @@ use crate::runtime::{ContainerRuntime, RuntimeError};
 mod coordination;
 mod driver;
 mod group;
+mod witness;
 
 pub(super) use group::{dependency_name, dependency_service};
 mod keep_awake;
@@ -247,6 +248,9 @@ struct State {
     /// How many dependants hold it now (their [`Hold`]s, counted in `active` too): while any does, it is
     /// started again if it stops (see `Tenant::restart_if_held`).
     held: usize,
+    /// The second witness of use before an idle stop: the last look at the container's traffic counters
+    /// (`tenant/witness.rs`).
+    witness: witness::Witness,
 }
 
 /// One passivated service.
@@ -357,6 +361,7 @@ impl Tenant {
             identity: None,
             holds: Vec::new(),
             held: 0,
+            witness: witness::Witness::default(),
         };
         shared.metrics.transition(None, Some(Phase::Unknown.as_str()));
         let host = shared.host(service.container().and_then(|c| c.docker_host.as_deref()));

@@ -12,7 +12,9 @@ use super::*;
 use crate::passivation::tenant::SleepRefused;
 use crate::passivation::StopCheck;
 use crate::routes::{Backend, ContainerSpec, IdleAction, Service};
-use crate::runtime::{ContainerEvent, ContainerInfo, ContainerState, EventStream, RuntimeError, RuntimeFuture};
+use crate::runtime::{
+    ContainerEvent, ContainerInfo, ContainerState, EventStream, RuntimeError, RuntimeFuture, Traffic,
+};
 
 #[derive(Debug)]
 struct Script {
@@ -31,6 +33,17 @@ struct Script {
     graces: Vec<Option<Duration>>,
     /// What the stop check answers, in turn (the last one from then on).
     stop_checks: Vec<StopCheck>,
+    /// The container's traffic counters: `None`, no witness (as a runtime without counters).
+    traffic: Option<Traffic>,
+    /// Someone the cluster cannot see sends this many packets a second to the container (counted in
+    /// `traffic` as the paused clock moves).
+    unseen_rate: u64,
+    /// Since when `unseen_rate` has applied.
+    unseen_since: Instant,
+    /// Packets each stop check adds to the counters (its own connection).
+    stop_check_packets: u64,
+    /// The stats call fails.
+    traffic_fails: bool,
 }
 
 #[derive(Clone)]
@@ -49,7 +62,31 @@ impl Fake {
             calls: Vec::new(),
             graces: Vec::new(),
             stop_checks: vec![StopCheck::Idle],
+            traffic: None,
+            unseen_rate: 0,
+            unseen_since: Instant::now(),
+            stop_check_packets: 0,
+            traffic_fails: false,
         })))
+    }
+
+    /// Counters from now on, moved by `rate` packets a second of use nobody sees.
+    fn unseen_use(&self, rate: u64) {
+        let mut s = self.0.lock();
+        let t = Self::counters(&s);
+        s.traffic = Some(t);
+        s.unseen_rate = rate;
+        s.unseen_since = Instant::now();
+    }
+
+    fn counters(s: &Script) -> Traffic {
+        let mut t = s.traffic.unwrap_or_default();
+        let moved = s.unseen_rate * s.unseen_since.elapsed().as_millis() as u64 / 1000;
+        t.rx_packets += moved / 2;
+        t.tx_packets += moved - moved / 2;
+        t.rx_bytes += moved / 2 * 100;
+        t.tx_bytes += (moved - moved / 2) * 200;
+        t
     }
 
     fn count(&self, call: &str) -> usize {
@@ -130,6 +167,16 @@ impl ContainerRuntime for Fake {
             Ok(stream)
         })
     }
+    fn traffic<'a>(&'a self, _: &'a str) -> RuntimeFuture<'a, Option<Traffic>> {
+        Box::pin(async move {
+            self.check("traffic")?;
+            let s = self.0.lock();
+            if s.traffic_fails {
+                return Err(RuntimeError::Refused { action: "stats", container: "ctr".into(), reason: "no".into() });
+            }
+            Ok(s.traffic.map(|_| Self::counters(&s)))
+        })
+    }
     fn endpoint(&self) -> &str {
         "fake"
     }
@@ -163,6 +210,11 @@ impl Fake {
     fn stop_check_answer(&self) -> StopCheck {
         let mut s = self.0.lock();
         s.calls.push("stop_check");
+        let own = s.stop_check_packets;
+        if let Some(t) = s.traffic.as_mut() {
+            t.rx_packets += own / 2;
+            t.tx_packets += own - own / 2;
+        }
         if s.stop_checks.len() > 1 {
             s.stop_checks.remove(0)
         } else {
@@ -191,6 +243,14 @@ fn passivator(fake: &Fake) -> Arc<Passivator> {
 fn passivator_with(fake: &Fake, settings: Settings) -> Arc<Passivator> {
     let metrics = Metrics::new();
     Passivator::new(settings, Arc::new(fake.clone()), Arc::new(fake.clone()), &metrics, Events::new(), None)
+}
+
+/// With the traffic witness on, as with a cluster (here without etcd: the state machine is the same).
+/// Returns the metrics too, to read `reveille_idle_stop_vetoes_total`.
+fn witnessed(fake: &Fake) -> (Arc<Passivator>, Metrics) {
+    let metrics = Metrics::new();
+    let (runtime, probe) = (Arc::new(fake.clone()), Arc::new(fake.clone()));
+    (Passivator::build(Settings::default(), runtime, probe, &metrics, Events::new(), None, true), metrics)
 }
 
 /// Lets the driver run until everything waits on the (paused) clock.
@@ -759,4 +819,163 @@ async fn keep_awake_holds_off_the_stop_of_a_paused_tenant() {
     t.set_keep_awake(Duration::ZERO).await.unwrap();
     phase_becomes(&t, Phase::Stopped).await;
     assert_eq!(fake.count("stop"), 1);
+}
+
+// === the traffic witness (issue 29) ===
+
+fn vetoes(metrics: &Metrics) -> u64 {
+    metrics
+        .encode()
+        .lines()
+        .find(|l| l.starts_with("reveille_idle_stop_vetoes_total{") && l.contains("reason=\"traffic\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Used unseen (a replica cut off from etcd, every 0.5 s): the counters moved across the window, so the stop is
+/// put off by an idle timeout, each time, without leaving `running`; once the use ends, the next check stops it.
+#[tokio::test(start_paused = true)]
+async fn counters_that_moved_put_the_stop_off_by_an_idle_timeout() {
+    let fake = Fake::new(ContainerState::Running);
+    fake.unseen_use(4);
+    let (p, metrics) = witnessed(&fake);
+    let t = p.tenant(&spec(|c| c.idle_timeout = Some(Duration::from_secs(10)))).unwrap();
+    phase_becomes(&t, Phase::Running).await;
+    let begin = Instant::now();
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert_eq!(t.phase(), Phase::Running);
+    assert_eq!(fake.count("stop"), 0);
+    // A look at 5 s and the check at 10 s, then each idle timeout again: 15/20, 25/30.
+    assert_eq!(fake.count("traffic"), 6);
+    assert_eq!(vetoes(&metrics), 3);
+    // The use ends at 31 s: the window 35..40 is quiet, and the check at 40 s stops it.
+    fake.unseen_use(0);
+    tokio::time::sleep(Duration::from_millis(8_900)).await;
+    assert_eq!(t.phase(), Phase::Running, "not before the check an idle timeout after the last veto");
+    phase_becomes(&t, Phase::Stopped).await;
+    let took = begin.elapsed();
+    assert!(took >= Duration::from_secs(40) && took < Duration::from_secs(41), "{took:?}");
+    assert_eq!(vetoes(&metrics), 3);
+}
+
+/// Counters still: stopped at the idle timeout, as without the witness (a look in the middle of it).
+#[tokio::test(start_paused = true)]
+async fn counters_that_did_not_move_let_the_stop_go() {
+    let fake = Fake::new(ContainerState::Running);
+    fake.unseen_use(0);
+    let (p, metrics) = witnessed(&fake);
+    let t = p.tenant(&spec(|c| c.idle_timeout = Some(Duration::from_secs(10)))).unwrap();
+    phase_becomes(&t, Phase::Running).await;
+    let begin = Instant::now();
+    tokio::time::sleep(Duration::from_millis(9_900)).await;
+    assert_eq!(t.phase(), Phase::Running);
+    assert_eq!(fake.count("traffic"), 1, "the look at the window's start");
+    phase_becomes(&t, Phase::Stopped).await;
+    assert!(begin.elapsed() < Duration::from_millis(10_200), "{:?}", begin.elapsed());
+    assert_eq!(fake.count("traffic"), 2);
+    assert_eq!(vetoes(&metrics), 0);
+}
+
+/// reveille's own traffic is no use: a busy `stop_check` (12 packets on its own connection each time) puts the
+/// stop off by itself, and the witness does not turn its packets into a veto.
+#[tokio::test(start_paused = true)]
+async fn only_reveilles_own_stop_check_traffic_lets_the_stop_go() {
+    let fake = Fake::new(ContainerState::Running);
+    fake.unseen_use(0);
+    {
+        let mut s = fake.0.lock();
+        s.stop_checks = vec![StopCheck::Busy(409), StopCheck::Idle];
+        s.stop_check_packets = 12;
+    }
+    let (p, metrics) = witnessed(&fake);
+    let t = p
+        .tenant(&spec(|c| {
+            c.idle_timeout = Some(Duration::from_secs(10));
+            c.stop_check = Some("/busy".into());
+        }))
+        .unwrap();
+    phase_becomes(&t, Phase::Running).await;
+    let begin = Instant::now();
+    tokio::time::sleep(Duration::from_millis(10_100)).await;
+    assert_eq!(fake.count("stop_check"), 1);
+    assert_eq!(t.phase(), Phase::Running);
+    tokio::time::sleep(Duration::from_millis(9_800)).await;
+    assert_eq!(t.phase(), Phase::Running, "asked again an idle timeout after the busy answer");
+    phase_becomes(&t, Phase::Stopped).await;
+    let took = begin.elapsed();
+    assert!(took >= Duration::from_secs(20) && took < Duration::from_millis(20_300), "{took:?}");
+    assert_eq!(fake.count("stop_check"), 2);
+    assert_eq!(vetoes(&metrics), 0, "its own checks are not use");
+}
+
+/// A witness that cannot tell never keeps a tenant up: a failed stats call, or a runtime without counters
+/// (Swarm), and the stop goes on etcd's view at the idle timeout.
+#[tokio::test(start_paused = true)]
+async fn a_broken_or_missing_witness_stops_as_before() {
+    for broken in [true, false] {
+        let fake = Fake::new(ContainerState::Running);
+        if broken {
+            fake.unseen_use(50);
+            fake.0.lock().traffic_fails = true;
+        }
+        let (p, metrics) = witnessed(&fake);
+        let t = p.tenant(&spec(|c| c.idle_timeout = Some(Duration::from_secs(10)))).unwrap();
+        phase_becomes(&t, Phase::Running).await;
+        let begin = Instant::now();
+        tokio::time::sleep(Duration::from_millis(9_900)).await;
+        assert_eq!(t.phase(), Phase::Running, "broken {broken}");
+        phase_becomes(&t, Phase::Stopped).await;
+        assert!(begin.elapsed() < Duration::from_millis(10_200), "broken {broken}: {:?}", begin.elapsed());
+        assert_eq!(fake.count("traffic"), 2, "broken {broken}: one look, one check");
+        assert_eq!(vetoes(&metrics), 0);
+    }
+}
+
+/// An admin `sleep` is not asked about: the counters may move, it stops at once.
+#[tokio::test(start_paused = true)]
+async fn an_admin_sleep_skips_the_witness() {
+    let fake = Fake::new(ContainerState::Running);
+    fake.unseen_use(100);
+    let (p, metrics) = witnessed(&fake);
+    let t = p.tenant(&spec(|c| c.idle_timeout = Some(Duration::from_secs(10)))).unwrap();
+    phase_becomes(&t, Phase::Running).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let looked = fake.count("traffic");
+    t.request_sleep().expect("idle");
+    phase_becomes(&t, Phase::Stopped).await;
+    assert_eq!(fake.count("traffic"), looked, "no look for the sleep");
+    assert_eq!(vetoes(&metrics), 0);
+}
+
+/// Without a cluster the witness is off: a single replica sees every use itself.
+#[tokio::test(start_paused = true)]
+async fn a_single_replica_does_not_ask_the_counters() {
+    let fake = Fake::new(ContainerState::Running);
+    fake.unseen_use(100);
+    let p = passivator(&fake);
+    let t = p.tenant(&spec(|c| c.idle_timeout = Some(Duration::from_secs(10)))).unwrap();
+    phase_becomes(&t, Phase::Running).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    phase_becomes(&t, Phase::Stopped).await;
+    assert_eq!(fake.count("traffic"), 0);
+}
+
+/// `traffic_witness = false`: a tenant whose own outbound traffic moves its counters is stopped on etcd's view
+/// alone, and the counters are never read.
+#[tokio::test(start_paused = true)]
+async fn a_service_without_the_witness_is_stopped_whatever_its_counters_say() {
+    let fake = Fake::new(ContainerState::Running);
+    fake.unseen_use(100);
+    let (p, metrics) = witnessed(&fake);
+    let t = p
+        .tenant(&spec(|c| {
+            c.idle_timeout = Some(Duration::from_secs(10));
+            c.no_traffic_witness = true;
+        }))
+        .unwrap();
+    phase_becomes(&t, Phase::Running).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    phase_becomes(&t, Phase::Stopped).await;
+    assert_eq!(fake.count("traffic"), 0);
+    assert_eq!(vetoes(&metrics), 0);
 }

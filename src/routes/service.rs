@@ -361,6 +361,9 @@ pub struct ContainerSpec {
     pub depends_on: Vec<Dependency>,
     /// Asked before an idle stop (`GET`): 409 or 423 = busy, ask again after the idle timeout.
     pub stop_check: Option<String>,
+    /// `traffic_witness = false`: with a cluster, the container's traffic counters are not read before an idle
+    /// stop (etcd's view of use only). Negative so that the default (and `Default`) is the witness on.
+    pub no_traffic_witness: bool,
 }
 
 impl ContainerSpec {

@@ -82,6 +82,10 @@ pub(crate) struct ServiceSpec {
     /// Asked before an idle stop: a `GET` of this path on the container's backend; 409 or 423 = busy, not now.
     #[serde(default)]
     pub stop_check: Option<String>,
+    /// With a cluster, the container's traffic counters are a second witness of use before an idle stop;
+    /// `false` leaves etcd's view alone (for a tenant whose own outbound traffic would keep it awake).
+    #[serde(default)]
+    pub traffic_witness: Option<bool>,
     /// Redirect plain-HTTP requests to HTTPS (308); unset follows the global `[tls] redirect`.
     #[serde(default)]
     pub https_redirect: Option<bool>,
@@ -141,6 +145,7 @@ pub(crate) const SERVICE_FIELDS: &[&str] = &[
     "max_held",
     "page_after",
     "stop_check",
+    "traffic_witness",
     "https_redirect",
     "hsts",
     "acme",
@@ -568,6 +573,7 @@ impl ServiceSpec {
                 ("page_after", self.page_after.is_some()),
                 ("depends_on", self.depends_on.is_some()),
                 ("stop_check", self.stop_check.is_some()),
+                ("traffic_witness", self.traffic_witness.is_some()),
             ];
             if let Some((field, _)) = set.iter().find(|(_, set)| *set) {
                 return Err(bad(format!("`{field}` needs `container`")));
@@ -650,6 +656,7 @@ impl ServiceSpec {
             swarm,
             depends_on,
             stop_check: self.stop_check.clone(),
+            no_traffic_witness: self.traffic_witness == Some(false),
         }))
     }
 
@@ -965,6 +972,9 @@ mod tests {
         assert_eq!(grace.container().unwrap().stop_timeout, Some(Duration::from_secs(2)));
         let check = parse(r#"{"container": "c", "port": 1, "stop_check": "/busy"}"#).unwrap();
         assert_eq!(check.container().unwrap().stop_check.as_deref(), Some("/busy"));
+        assert!(!check.container().unwrap().no_traffic_witness, "the witness is on unless written off");
+        let unwitnessed = parse(r#"{"container": "c", "port": 1, "traffic_witness": false}"#).unwrap();
+        assert!(unwitnessed.container().unwrap().no_traffic_witness);
         let never = parse(r#"{"container": "c", "port": 1, "idle_timeout": "0"}"#).unwrap();
         assert_eq!(never.container().unwrap().idle_timeout, Some(Duration::ZERO));
         // A container with explicit backends needs no port.
@@ -977,6 +987,7 @@ mod tests {
             (r#"{"container": "c", "port": 80, "health_path": "health"}"#, "relative health path"),
             (r#"{"container": "c", "port": 80, "stop_check": "busy"}"#, "relative stop_check"),
             (r#"{"backends": ["127.0.0.1:9"], "stop_check": "/busy"}"#, "stop_check without container"),
+            (r#"{"backends": ["127.0.0.1:9"], "traffic_witness": false}"#, "traffic_witness without container"),
             (r#"{"container": "c", "port": 80, "max_held": 0}"#, "max_held 0"),
             (r#"{"container": "c", "port": 80, "wake_timeout": "0"}"#, "wake_timeout 0"),
         ] {

@@ -22,7 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::errors::Error as DockerError;
-use bollard::query_parameters::{EventsOptionsBuilder, InspectContainerOptions, StopContainerOptionsBuilder};
+use bollard::query_parameters::{
+    EventsOptionsBuilder, InspectContainerOptions, StatsOptionsBuilder, StopContainerOptionsBuilder,
+};
 use bollard::Docker;
 use futures_util::{Stream, StreamExt};
 
@@ -110,6 +112,35 @@ pub enum Health {
     Starting,
     Healthy,
     Unhealthy,
+}
+
+/// A container's network traffic counters since it started, summed over its interfaces (Docker's stats API:
+/// `networks.*.{rx,tx}_{bytes,packets}`). Passivation's second witness of use: counters that moved while no
+/// replica saw a request mean someone used the container unseen (see `passivation/LIFECYCLE.md`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+}
+
+impl Traffic {
+    /// Packets both ways.
+    pub fn packets(&self) -> u64 {
+        self.rx_packets.saturating_add(self.tx_packets)
+    }
+
+    /// What moved since `earlier`; `None` when a counter went back (the container restarted, its interfaces
+    /// are new): nothing can be said about the interval then.
+    pub fn since(&self, earlier: &Traffic) -> Option<Traffic> {
+        Some(Traffic {
+            rx_bytes: self.rx_bytes.checked_sub(earlier.rx_bytes)?,
+            tx_bytes: self.tx_bytes.checked_sub(earlier.tx_bytes)?,
+            rx_packets: self.rx_packets.checked_sub(earlier.rx_packets)?,
+            tx_packets: self.tx_packets.checked_sub(earlier.tx_packets)?,
+        })
+    }
 }
 
 /// A container lifecycle event from Docker's event stream.
@@ -289,6 +320,33 @@ impl DockerRuntime {
         self.call("unpause", container, self.docker.unpause_container(container)).await
     }
 
+    /// The container's traffic counters now, summed over its interfaces (`GET /containers/{id}/stats` with
+    /// `stream=false` and `one-shot=true`: one sample at once, instead of Docker's two a second apart for the
+    /// CPU figures). `None` when the answer has no network counters: a container on the host's network, or
+    /// with none, or a runtime that does not report them.
+    pub async fn traffic(&self, container: &str) -> Result<Option<Traffic>, RuntimeError> {
+        let options = StatsOptionsBuilder::new().stream(false).one_shot(true).build();
+        let first = async {
+            match self.docker.stats(container, Some(options)).next().await {
+                Some(r) => r.map(Some),
+                None => Ok(None),
+            }
+        };
+        let Some(stats) = self.call("stats", container, first).await? else { return Ok(None) };
+        let networks = stats.networks.unwrap_or_default();
+        if networks.is_empty() {
+            return Ok(None);
+        }
+        let mut sum = Traffic::default();
+        for n in networks.values() {
+            sum.rx_bytes += n.rx_bytes.unwrap_or(0);
+            sum.tx_bytes += n.tx_bytes.unwrap_or(0);
+            sum.rx_packets += n.rx_packets.unwrap_or(0);
+            sum.tx_packets += n.tx_packets.unwrap_or(0);
+        }
+        Ok(Some(sum))
+    }
+
     /// Lifecycle events of containers. The request is made when the stream is first polled; `since` (a
     /// time) has Docker replay what happened from then on, so a subscriber that re-subscribes after a broken
     /// connection, or subscribes just after acting, misses nothing. The stream ends (or yields an error) when
@@ -370,6 +428,12 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     fn unpause<'a>(&'a self, container: &'a str) -> RuntimeFuture<'a, ()>;
     /// Container lifecycle events from now on; ends or errors when the connection breaks.
     fn events(&self) -> RuntimeFuture<'_, EventStream>;
+    /// The container's traffic counters now, a witness of use that does not depend on etcd. `Ok(None)`: this
+    /// runtime has no such witness (the default; a Swarm service's tasks run on other nodes).
+    fn traffic<'a>(&'a self, container: &'a str) -> RuntimeFuture<'a, Option<Traffic>> {
+        let _ = container;
+        Box::pin(async { Ok(None) })
+    }
     /// Where the runtime is, for messages.
     fn endpoint(&self) -> &str;
 }
@@ -425,6 +489,9 @@ impl ContainerRuntime for LazyDocker {
             let stream: EventStream = Box::pin(docker.events(None));
             Ok(stream)
         })
+    }
+    fn traffic<'a>(&'a self, container: &'a str) -> RuntimeFuture<'a, Option<Traffic>> {
+        Box::pin(async move { self.get().await?.traffic(container).await })
     }
     fn endpoint(&self) -> &str {
         &self.name

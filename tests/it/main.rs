@@ -50,3 +50,4 @@ mod tls;
 mod upstream_h1;
 mod wake;
 mod websocket;
+mod witness;

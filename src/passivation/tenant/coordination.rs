@@ -149,6 +149,13 @@ impl Tenant {
         Some(local.max(remote_left))
     }
 
+    /// True when another replica has a request or connection open on the tenant (published `busy`): no idle
+    /// check can stop it then, so the traffic witness takes no look either (an open WebSocket elsewhere would
+    /// otherwise have the decider read the counters at every `activity_interval`).
+    pub(super) fn busy_elsewhere(&self) -> bool {
+        self.cluster().is_some_and(|c| c.remote_use(&self.name).busy)
+    }
+
     /// Claims a stop cluster-wide (status → `stopping`), then gives the other replicas `stop_veto` to refuse
     /// it. Returns the claim's revision, or `None` when the stop must not happen (claim refused, vetoed, a
     /// request arrived here meanwhile, or etcd unreachable: nothing is stopped without etcd).

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::coordination::StartClaim;
+use super::witness::{Look, Next, Verdict};
 use super::{sleep_opt, Msg, Outcome, Phase, Refusal, Tenant, WakePhase, WakeTimes};
 use crate::cluster::TenantState;
 use crate::passivation::StopCheck;
@@ -45,6 +46,8 @@ impl Tenant {
                 self.wake(&mut rx).await;
                 continue;
             }
+            // `look`: the timer is for a look at the traffic counters (the witness's window starts), not the check.
+            let mut look = false;
             let (phase, timer) = {
                 let mut st = self.state.lock();
                 let timer = match st.phase {
@@ -65,7 +68,20 @@ impl Tenant {
                             // Kept awake: not before the keep-awake ends.
                             let local = local.max(self.keep_awake_left().unwrap_or_default());
                             // With several replicas: only the decider stops, and the others' use counts too.
-                            self.cluster_idle_timer(local, idle)
+                            let timer = self.cluster_idle_timer(local, idle);
+                            // And the container's own counters are looked at across the end of the idle timeout.
+                            match timer {
+                                Some(t) if self.witnessed(&service) && !self.busy_elsewhere() => {
+                                    match st.witness.next(Instant::now(), t, idle, st.phase_at) {
+                                        Next::Look(after) => {
+                                            look = true;
+                                            Some(after)
+                                        }
+                                        Next::Check(after) => Some(after),
+                                    }
+                                }
+                                timer => timer,
+                            }
                         }
                     }
                     // Pause, then stop: a paused tenant is stopped after `stop_after` more.
@@ -98,6 +114,7 @@ impl Tenant {
                 None if phase == Phase::Unknown => {
                     backoff = if self.refresh().await.is_ok() { BACKOFF_MIN } else { (backoff * 2).min(BACKOFF_MAX) };
                 }
+                None if phase == Phase::Running && look => self.witness_look().await,
                 None if phase == Phase::Running => self.passivate(false).await,
                 None if phase == Phase::Paused => self.stop_paused().await,
                 None if phase == Phase::Failed => {
@@ -469,6 +486,11 @@ impl Tenant {
                 debug!(left = %humantime::format_duration(left), "kept awake: not stopped");
                 return;
             }
+            // The second witness before the stop check: it makes no traffic of its own, and a tenant used unseen
+            // is not asked.
+            if self.witnessed(&service) && !self.witness_allows(spec).instrument(span.clone()).await {
+                return;
+            }
             if let Some(path) = &spec.stop_check {
                 if !self.stop_check_allows(&service, path).instrument(span.clone()).await {
                     return;
@@ -536,12 +558,87 @@ impl Tenant {
         }
     }
 
+    /// Takes a look at the container's traffic counters: the start of the witness's window. A failed call is a
+    /// look without counters, so the stop goes ahead on etcd's view alone.
+    async fn witness_look(&self) {
+        let service = self.service();
+        let Some(spec) = Self::spec_of(&service) else { return };
+        let traffic = match self.runtime().traffic(&spec.container).await {
+            Ok(t) => t,
+            Err(e) => {
+                debug!(error = %e, "traffic witness: cannot read the counters; the stop will go on etcd's view");
+                None
+            }
+        };
+        // Docker answers at its stats collector's next tick (up to a second, even with `one-shot`): the counters
+        // are of the call's end, and so is the look (taken before the call, a slow answer would always be out of
+        // the window, and the driver would look again and again).
+        let at = Instant::now();
+        debug!(packets = traffic.map(|t| t.packets()), "traffic witness: the window starts");
+        let mut st = self.state.lock();
+        let checks = st.witness.checks;
+        st.witness.look = Some(Look { at, traffic, checks });
+    }
+
+    /// The second witness of use, at the idle check: false when the container's counters moved across the window
+    /// by more than reveille's own traffic explains — used where the cluster cannot see (a replica cut off from
+    /// etcd) — and then the stop is put off by an idle timeout, as a busy `stop_check` does. Whenever the
+    /// witness cannot tell (no counters, a failed call, no look before), true: a broken witness never keeps a
+    /// tenant up.
+    async fn witness_allows(&self, spec: &ContainerSpec) -> bool {
+        let now = match self.runtime().traffic(&spec.container).await {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                debug!("traffic witness: the runtime gives no counters; stopping on etcd's view");
+                return true;
+            }
+            Err(e) => {
+                debug!(error = %e, "traffic witness: cannot read the counters; stopping on etcd's view");
+                return true;
+            }
+        };
+        let verdict = self.state.lock().witness.verdict(now, Instant::now());
+        match verdict {
+            Verdict::Used { moved, window, checks } => {
+                info!(
+                    rx_packets = moved.rx_packets,
+                    tx_packets = moved.tx_packets,
+                    rx_bytes = moved.rx_bytes,
+                    tx_bytes = moved.tx_bytes,
+                    window_ms = window.as_millis() as u64,
+                    own_checks = checks,
+                    "traffic witness: the container was used where the cluster cannot see; stop put off by an idle \
+                     timeout"
+                );
+                self.shared.metrics.idle_stop_vetoed(&self.name, "traffic");
+                self.state.lock().last_release = Instant::now();
+                false
+            }
+            Verdict::Quiet { moved } => {
+                debug!(packets = moved.packets(), "traffic witness: quiet");
+                true
+            }
+            Verdict::Unknown(why) => {
+                debug!(why, "traffic witness: cannot tell; stopping on etcd's view");
+                true
+            }
+        }
+    }
+
+    /// Whether the container's traffic counters are read before an idle stop: with a cluster, unless the service
+    /// says `traffic_witness = false` (a tenant whose own outbound traffic would otherwise keep it awake).
+    fn witnessed(&self, service: &Service) -> bool {
+        self.shared.traffic_witness && Self::spec_of(service).is_some_and(|s| !s.no_traffic_witness)
+    }
+
     /// Asks the tenant's `stop_check` whether it may stop now: 2xx yes; 409 or 423 no (busy: the idle timer
     /// starts over, so it is asked again after the idle timeout); any other answer, or none within 2 s, yes
     /// (logged: a broken check must not keep a tenant up forever).
     async fn stop_check_allows(&self, service: &Service, path: &str) -> bool {
         let backend = self.state.lock().backend.clone();
         let Some(target) = backend.or_else(|| service.backends().first().cloned()) else { return true };
+        // Its packets are reveille's own in the traffic witness's window.
+        self.state.lock().witness.checks += 1;
         let answer = self.shared.probe.stop_check(&target, path).await;
         self.shared.metrics.stop_check(&self.name, answer.as_str());
         match answer {
