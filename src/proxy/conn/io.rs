@@ -27,18 +27,47 @@ pub(crate) struct ConnIo<S: Stream> {
     eof: bool,
     prefix: Bytes,
     state: Arc<ConnState>,
-    /// Offer vectored writes to hyper. Off for TLS: rustls makes one record per slice, so a response's head
-    /// and body would go out as two records (two AEAD operations); hyper then gathers them into one buffer.
-    vectored: bool,
+    /// Plain TCP (not TLS). Offers vectored writes to hyper: off for TLS, where rustls makes one record per
+    /// slice, so a response's head and body would go out as two records (two AEAD operations); hyper then
+    /// gathers them into one buffer. Also decides `TCP_NODELAY` and the write side's shutdown, below.
+    plain: bool,
+    /// Plain TCP: `TCP_NODELAY` is not set yet. It is set before the second write instead of at accept: Nagle
+    /// never holds a connection's first write (nothing is unacknowledged yet), so the wire sees the same
+    /// segments, and a connection that writes once (a `Connection: close` exchange) saves the `setsockopt`.
+    /// TLS connections get it at accept: their handshake writes before this wrapper exists.
+    nodelay_unset: bool,
+    /// A write went out (counted only while `nodelay_unset`).
+    wrote: bool,
 }
 
 impl<S: Stream> ConnIo<S> {
-    pub(super) fn new(inner: S, prefix: Bytes, state: Arc<ConnState>, vectored: bool) -> Self {
-        Self { inner: Some(inner), eof: false, prefix, state, vectored }
+    pub(super) fn new(inner: S, prefix: Bytes, state: Arc<ConnState>, tls: bool) -> Self {
+        Self { inner: Some(inner), eof: false, prefix, state, plain: !tls, nodelay_unset: !tls, wrote: false }
     }
 
     fn io(&mut self) -> Pin<&mut S> {
         Pin::new(self.inner.as_mut().expect("the stream is only taken on drop"))
+    }
+
+    /// Before a write: the second write of a plain TCP connection sets `TCP_NODELAY` first (see
+    /// `nodelay_unset`).
+    #[inline]
+    fn before_write(&mut self) {
+        if self.nodelay_unset && self.wrote {
+            self.nodelay_unset = false;
+            if let Some(s) = &self.inner {
+                let _ = s.tcp().set_nodelay(true);
+            }
+        }
+    }
+
+    /// After a write: notes that one went out, and whether the client keeps up.
+    #[inline]
+    fn after_write<T>(&mut self, res: &Poll<io::Result<T>>) {
+        if self.nodelay_unset && matches!(res, Poll::Ready(Ok(_))) {
+            self.wrote = true;
+        }
+        self.state.on_write(res);
     }
 }
 
@@ -86,7 +115,8 @@ async fn linger<S: Stream>(mut stream: S, state: Arc<ConnState>) {
     let wait = async {
         let start = Instant::now();
         let limit = |d: Duration| Duration::from_millis(pressure.cap(d.as_millis() as u64));
-        // hyper shut the write side already when it closed; this is for a stream it did not.
+        // The FIN after the response: `ConnIo::poll_shutdown` left it to the close for plain TCP (and TLS
+        // streams were shut down by hyper already, which makes this one return at once).
         if tokio::time::timeout(limit(LINGER_READ), stream.shutdown()).await.is_err() {
             return;
         }
@@ -139,8 +169,9 @@ impl<S: Stream> AsyncRead for ConnIo<S> {
 
 impl<S: Stream> AsyncWrite for ConnIo<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.before_write();
         let res = self.io().poll_write(cx, buf);
-        self.state.on_write(&res);
+        self.after_write(&res);
         res
     }
     fn poll_write_vectored(
@@ -148,12 +179,13 @@ impl<S: Stream> AsyncWrite for ConnIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.before_write();
         let res = self.io().poll_write_vectored(cx, bufs);
-        self.state.on_write(&res);
+        self.after_write(&res);
         res
     }
     fn is_write_vectored(&self) -> bool {
-        self.vectored && self.inner.as_ref().is_some_and(|s| s.is_write_vectored())
+        self.plain && self.inner.as_ref().is_some_and(|s| s.is_write_vectored())
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let res = self.io().poll_flush(cx);
@@ -161,6 +193,98 @@ impl<S: Stream> AsyncWrite for ConnIo<S> {
         res
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // hyper shuts the write side when it ends an HTTP/1.1 connection, and drops the socket right after: for
+        // plain TCP the close (or the lingering close, which shuts the write side itself) sends the same FIN,
+        // one system call fewer per connection. A tunnel (WebSocket) half-closes towards the client while the
+        // other way may still flow: its shutdown is real, as is TLS's (close_notify) and h2's.
+        if self.plain && self.state.is_h1() && !self.state.upgraded.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
         self.io().poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::proxy::conn::{Pressure, Slot};
+
+    /// A connected pair over loopback: (reveille's side, the client's).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        (listener.accept().await.unwrap().0, client)
+    }
+
+    /// An HTTP/1.1 connection's state, as `serve_http` leaves it.
+    fn h1_state() -> Arc<ConnState> {
+        let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap();
+        let slot = Slot { _permit: permit, _address: None, metrics: Arc::new(crate::metrics::Metrics::new()) };
+        let state = ConnState::register(slot, Arc::new(Pressure::new(1, Duration::ZERO)));
+        state.track_heads.store(true, Ordering::Relaxed);
+        state
+    }
+
+    fn nodelay(io: &ConnIo<TcpStream>) -> bool {
+        io.inner.as_ref().unwrap().nodelay().unwrap()
+    }
+
+    #[tokio::test]
+    async fn plain_tcp_gets_nodelay_before_its_second_write_tls_at_accept() {
+        let (server, mut client) = pair().await;
+        let mut io = ConnIo::new(server, Bytes::new(), h1_state(), false);
+        io.write_all(b"first").await.unwrap();
+        assert!(!nodelay(&io), "one write: no setsockopt");
+        io.write_all(b"second").await.unwrap();
+        assert!(nodelay(&io), "set before the second write");
+        let mut got = [0u8; 11];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"firstsecond");
+        // A TLS connection's socket had it set at accept; the wrapper does not touch it.
+        let (server, _client) = pair().await;
+        let mut io = ConnIo::new(server, Bytes::new(), h1_state(), true);
+        io.write_all(b"a").await.unwrap();
+        io.write_all(b"b").await.unwrap();
+        assert!(!io.nodelay_unset && !nodelay(&io), "left as the accept loop set it");
+    }
+
+    #[tokio::test]
+    async fn an_ending_http1_connection_leaves_its_fin_to_the_close() {
+        let (server, mut client) = pair().await;
+        let mut io = ConnIo::new(server, Bytes::new(), h1_state(), false);
+        io.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await.unwrap();
+        io.shutdown().await.unwrap();
+        let mut got = vec![0u8; 1024];
+        let n = client.read(&mut got).await.unwrap();
+        assert!(got[..n].starts_with(b"HTTP/1.1 200"));
+        // No FIN yet: the shutdown was left to the close, which follows at once in `drive`.
+        let early = tokio::time::timeout(Duration::from_millis(200), client.read(&mut got)).await;
+        assert!(early.is_err(), "no FIN before the close: {early:?}");
+        drop(io);
+        let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut got)).await.unwrap().unwrap();
+        assert_eq!(n, 0, "the close sent the FIN");
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_half_closes_for_real() {
+        let (server, mut client) = pair().await;
+        let state = h1_state();
+        state.upgraded();
+        let mut io = ConnIo::new(server, Bytes::new(), state, false);
+        io.write_all(b"last from the backend").await.unwrap();
+        io.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got)).await.unwrap().unwrap();
+        assert_eq!(got, b"last from the backend", "the FIN came at the shutdown, the socket still open");
+        // The other way still flows.
+        client.write_all(b"more from the client").await.unwrap();
+        let mut more = [0u8; 20];
+        io.read_exact(&mut more).await.unwrap();
+        assert_eq!(&more, b"more from the client");
     }
 }

@@ -328,10 +328,13 @@ impl<S: Stream> ServerConn for hyper::server::conn::http2::Connection<Io<S>, Pro
 /// `None` when the connection is cut first: under pressure past the overload timeout (logged as the message
 /// given, counted), evicted, or shut down. A macro, not an `async fn`: as a function of its own, its future's
 /// layer cost every later poll of the connection's task about 40 instructions per request (measured with
-/// `scripts/instructions-per-request`), though it only runs before the first request.
+/// `scripts/instructions-per-request`), though it only runs before the first request. Biased, the wait first:
+/// a client's first bytes are usually there by the time its task runs, and then the other arms are never
+/// polled, so they register no waiter (a lock each on notifiers every connection shares) only to drop it.
 macro_rules! guarded {
     ($fut:expr, $proxy:expr, $state:expr, $shutdown:expr, $shed:literal) => {
         tokio::select! {
+            biased;
             r = $fut => Some(r),
             () = $proxy.pressure.cut_after($state.epoch) => {
                 debug!($shed);
@@ -362,6 +365,20 @@ pub(crate) async fn serve(
     let Some(acceptor) = tls else {
         return serve_http(stream, None, false, peer, proxy, state, shutdown).await;
     };
+    // In a box of its own: the handshake's future and a TLS stream are large, and inline they would make every
+    // plain connection's future (copied once into its task) as large as a TLS one.
+    Box::pin(serve_tls(stream, acceptor, peer, proxy, state, shutdown)).await
+}
+
+/// [`serve`]'s TLS connections: the handshake, then HTTP over the TLS stream.
+async fn serve_tls(
+    stream: TcpStream,
+    acceptor: Arc<TlsAcceptor>,
+    peer: SocketAddr,
+    proxy: Arc<Proxy>,
+    state: Arc<ConnState>,
+    shutdown: CancellationToken,
+) {
     let handshake = guarded!(
         acceptor.accept(stream, peer.ip()),
         proxy,
@@ -431,11 +448,13 @@ async fn serve_http<S: Stream>(
     // timeout (later streams are covered by the idle timeout).
     state.head_started.store(1, Ordering::Relaxed);
     state.track_heads.store(!is_h2, Ordering::Relaxed);
-    let io = TokioIo::new(ConnIo::new(stream, prefix, state.clone(), !tls));
+    let io = TokioIo::new(ConnIo::new(stream, prefix, state.clone(), tls));
     let service = ProxyService::new(proxy.clone(), peer, state.clone(), tls);
     let dog = Watchdog::new(state, &proxy.pressure, settings);
     let result = if is_h2 {
-        drive(proxy.h2.serve_connection(io, service), dog, &proxy, shutdown).await
+        // Boxed: hyper's h2 connection is much larger than its HTTP/1.1 one, and inline it would size every
+        // HTTP/1.1 connection's future.
+        Box::pin(drive(proxy.h2.serve_connection(io, service), dog, &proxy, shutdown)).await
     } else {
         drive(proxy.h1.serve_connection(io, service).with_upgrades(), dog, &proxy, shutdown).await
     };
