@@ -144,6 +144,12 @@ pub const CAUSES: &[Cause] = &[
                 && cut_off(h, r.replica, r.start_ms)
         },
     },
+    Cause {
+        name: "routes still loading, 503",
+        documented: "docs/routing.md: before every route source has loaded (a replica restarted while etcd is slow, \
+                     its /readyz still 503), a host without a route is 503 with Retry-After, not 404",
+        matches: |r, _| r.status == 503 && reason_is(r, "the routes are still loading"),
+    },
 ];
 
 /// The fault kinds that cut their target replica off from etcd: its lease lapses while the others' live. A peer
@@ -922,6 +928,17 @@ mod tests {
         // Nor is a 502 from the backend itself (no reveille reason) excused.
         let backend = settled(cut(), vec![failed("r2", 1000 + TTL, 1000 + TTL + 3, 502, None, None)]);
         only(&check(&backend), Invariant::Answers);
+    }
+
+    #[test]
+    fn a_503_while_the_routes_load_is_documented_and_a_404_is_not() {
+        let kill = || vec![fault(FaultKind::ReplicaKill, "r2", 1000, 3000)];
+        let loading = Some("the routes are still loading; try again");
+        let report = check(&settled(kill(), vec![failed("r2", 4000, 4002, 503, None, loading)]));
+        assert!(report.passed(), "{}", report.violations_text());
+        assert_eq!(row(&report, "replica_kill").failed.get("routes still loading, 503"), Some(&1));
+        let unknown = Some("no route for host \"t1.test\"");
+        only(&check(&settled(kill(), vec![failed("r2", 4000, 4002, 404, None, unknown)])), Invariant::Answers);
     }
 
     // === invariant 2 ===
