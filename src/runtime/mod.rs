@@ -339,10 +339,10 @@ impl DockerRuntime {
         }
         let mut sum = Traffic::default();
         for n in networks.values() {
-            sum.rx_bytes += n.rx_bytes.unwrap_or(0);
-            sum.tx_bytes += n.tx_bytes.unwrap_or(0);
-            sum.rx_packets += n.rx_packets.unwrap_or(0);
-            sum.tx_packets += n.tx_packets.unwrap_or(0);
+            sum.rx_bytes = sum.rx_bytes.saturating_add(n.rx_bytes.unwrap_or(0));
+            sum.tx_bytes = sum.tx_bytes.saturating_add(n.tx_bytes.unwrap_or(0));
+            sum.rx_packets = sum.rx_packets.saturating_add(n.rx_packets.unwrap_or(0));
+            sum.tx_packets = sum.tx_packets.saturating_add(n.tx_packets.unwrap_or(0));
         }
         Ok(Some(sum))
     }

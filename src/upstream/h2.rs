@@ -79,7 +79,7 @@ const CONNECTION_WINDOW: u32 = 32 * STREAM_WINDOW;
 /// took before.
 const MAX_HEADER_LIST: u32 = 16 * 1024;
 
-/// Request data h2 may hold for a connection beyond what the peer's windows let out (hyper's figure).
+/// Request data h2 may hold per stream beyond what the peer's window lets out (hyper's figure).
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
 
 /// The largest first data frame of a request body sent before the peer's window is known to take it: one
@@ -498,7 +498,10 @@ async fn exchange(mut response: ResponseFuture, mut pump: Pump, lease: Lease) ->
         }
         Pin::new(&mut response).poll(cx).map_err(|e| {
             let unprocessed = is_unprocessed(&e);
-            if unprocessed || is_connection_error(&e) {
+            // A GOAWAY or a broken connection closes it to new streams; a stream the peer refused alone
+            // (`REFUSED_STREAM`: over its stream limit, say, before its SETTINGS were read) leaves the connection
+            // in use, or a burst to a new backend would abandon one connection after another.
+            if is_connection_error(&e) {
                 lease.close();
             }
             H2Failure::send(UpstreamError::H2(e), unprocessed)

@@ -60,6 +60,10 @@ pub(crate) fn dependency_service(
         idle_timeout: Some(idle_timeout),
         wake_timeout,
         stop_timeout: first.stop_timeout,
+        // No traffic witness: a dependency's use is its dependants', which hold it while they run (and their own
+        // witness keeps them running while a replica cut off from etcd uses them); its own counters would only
+        // see its dependants' and its own chatter (replication, keep-alives), and it would never sleep.
+        no_traffic_witness: true,
         // The rest unset: no HTTP face to ask (`health_path`, `stop_check`), always stopped (never paused), a
         // container (not a Swarm service), nothing of its own to wait for.
         ..Default::default()
@@ -271,5 +275,23 @@ fn dependency_failed(dep: &Tenant, refusal: Refusal) -> Refusal {
         }
         Refusal::Failed { reason } => Refusal::Failed { reason: format!("dependency {container}: {reason}").into() },
         other => Refusal::Failed { reason: format!("dependency {container}: {other}").into() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dependency's tenant never reads its own traffic counters: its use is its dependants' (who hold it), and
+    /// its own chatter would keep it up for ever on a cluster.
+    #[test]
+    fn a_dependency_is_not_witnessed_by_its_counters() {
+        let app = ContainerSpec { container: "shop".into(), port: Some(80), ..Default::default() };
+        let db = Dependency { container: "shop-db".into(), port: Some(5432) };
+        let service = dependency_service("dep:shop-db", &[(&app, &db)], &crate::passivation::Settings::default());
+        let spec = service.container().unwrap();
+        assert_eq!(spec.container, "shop-db");
+        assert!(spec.no_traffic_witness);
+        assert!(!app.no_traffic_witness, "a service's own tenant is witnessed unless it says otherwise");
     }
 }

@@ -147,8 +147,18 @@ pub const CAUSES: &[Cause] = &[
     Cause {
         name: "routes still loading, 503",
         documented: "docs/routing.md: before every route source has loaded (a replica restarted while etcd is slow, \
-                     its /readyz still 503), a host without a route is 503 with Retry-After, not 404",
-        matches: |r, _| r.status == 503 && reason_is(r, "the routes are still loading"),
+                     its /readyz still 503), a host without a route is 503 with Retry-After, not 404; accepted \
+                     from a replica killed and restarted, until the convergence bound after its restart",
+        matches: |r, h| {
+            r.status == 503
+                && reason_is(r, "the routes are still loading")
+                && h.faults.iter().any(|f| {
+                    f.kind == FaultKind::ReplicaKill
+                        && f.target == r.replica
+                        && r.start_ms >= f.start_ms
+                        && r.start_ms <= f.healed_ms + h.config.converge_bound_ms
+                })
+        },
     },
 ];
 
@@ -939,6 +949,10 @@ mod tests {
         assert_eq!(row(&report, "replica_kill").failed.get("routes still loading, 503"), Some(&1));
         let unknown = Some("no route for host \"t1.test\"");
         only(&check(&settled(kill(), vec![failed("r2", 4000, 4002, 404, None, unknown)])), Invariant::Answers);
+        // From a replica that was not restarted, or long after the restart, the routes have no excuse.
+        only(&check(&settled(kill(), vec![failed("r1", 4000, 4002, 503, None, loading)])), Invariant::Answers);
+        let late = 3000 + settled(vec![], vec![]).config.converge_bound_ms + 1;
+        only(&check(&settled(kill(), vec![failed("r2", late, late + 2, 503, None, loading)])), Invariant::Answers);
     }
 
     // === invariant 2 ===
