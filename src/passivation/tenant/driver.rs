@@ -597,7 +597,24 @@ impl Tenant {
                 return true;
             }
         };
-        let verdict = self.state.lock().witness.verdict(now, Instant::now());
+        let verdict = {
+            let mut st = self.state.lock();
+            let at = Instant::now();
+            if st.witness.look.is_some_and(|l| l.at >= st.phase_at) {
+                st.witness.verdict(now, at)
+            } else {
+                // No look in this run of the container yet (its idle timer was set while another replica had it
+                // busy, or it was adopted or woken just now): this read is the window's start, and the idle
+                // check comes a whole window later. Stopping on etcd's view here would stop a tenant that a
+                // replica whose lease just lapsed is still using.
+                let checks = st.witness.checks;
+                st.witness.look = Some(Look { at, traffic: Some(now), checks });
+                let idle = self.idle_timeout(spec);
+                st.last_release = at.checked_sub(idle.saturating_sub(super::witness::window(idle))).unwrap_or(at);
+                debug!("traffic witness: no look in this run yet; looked now, the idle check comes a window later");
+                return false;
+            }
+        };
         match verdict {
             Verdict::Used { moved, window, checks } => {
                 info!(
