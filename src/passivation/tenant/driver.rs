@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::coordination::StartClaim;
-use super::witness::{Look, Next, Verdict};
+use super::witness::{Next, Verdict};
 use super::{sleep_opt, Msg, Outcome, Phase, Refusal, Tenant, WakePhase, WakeTimes};
 use crate::cluster::TenantState;
 use crate::passivation::StopCheck;
@@ -575,9 +575,7 @@ impl Tenant {
         // the window, and the driver would look again and again).
         let at = Instant::now();
         debug!(packets = traffic.map(|t| t.packets()), "traffic witness: the window starts");
-        let mut st = self.state.lock();
-        let checks = st.witness.checks;
-        st.witness.look = Some(Look { at, traffic, checks });
+        self.state.lock().witness.look(at, traffic);
     }
 
     /// The second witness of use, at the idle check: false when the container's counters moved across the window
@@ -607,8 +605,7 @@ impl Tenant {
                 // busy, or it was adopted or woken just now): this read is the window's start, and the idle
                 // check comes a whole window later. Stopping on etcd's view here would stop a tenant that a
                 // replica whose lease just lapsed is still using.
-                let checks = st.witness.checks;
-                st.witness.look = Some(Look { at, traffic: Some(now), checks });
+                st.witness.look(at, Some(now));
                 let idle = self.idle_timeout(spec);
                 st.last_release = at.checked_sub(idle.saturating_sub(super::witness::window(idle))).unwrap_or(at);
                 debug!("traffic witness: no look in this run yet; looked now, the idle check comes a window later");

@@ -94,6 +94,11 @@ pub(super) enum Verdict {
 }
 
 impl Witness {
+    /// Takes a look: the counters read at `at` start the window, with the checks made so far.
+    pub(super) fn look(&mut self, at: Instant, traffic: Option<Traffic>) {
+        self.look = Some(Look { at, traffic, checks: self.checks });
+    }
+
     /// When the driver's timer fires next and for what. `until_check`: when the idle check is due without the
     /// witness; `run_since`: the tenant's last phase change (a look from before it belongs to another run, whose
     /// counters may have been reset).

@@ -175,12 +175,14 @@ const CUTTING_OFF: [FaultKind; 4] =
 /// tolerance.
 pub fn cut_off(history: &History, replica: &str, at_ms: u64) -> bool {
     let c = &history.config;
-    history.faults.iter().any(|f| {
-        CUTTING_OFF.contains(&f.kind)
-            && f.target == replica
-            && at_ms + c.tolerance_ms >= f.start_ms + c.lease_ttl_ms * 2 / 3
-            && at_ms <= f.healed_ms + c.tolerance_ms
-    })
+    history.faults.iter().any(|f| lease_lapsed(c, f, replica, at_ms) && at_ms <= f.healed_ms + c.tolerance_ms)
+}
+
+/// Whether `f` cuts `replica` off from etcd and had lasted, at `at_ms`, long enough for its lease to lapse.
+fn lease_lapsed(c: &RunConfig, f: &FaultWindow, replica: &str, at_ms: u64) -> bool {
+    CUTTING_OFF.contains(&f.kind)
+        && f.target == replica
+        && at_ms + c.tolerance_ms >= f.start_ms + c.lease_ttl_ms * 2 / 3
 }
 
 /// Whether the request overlapped a fault of `kind` on its own replica (until the heal, plus the tolerance: a
@@ -205,9 +207,7 @@ fn reason_is(r: &FailedRequest<'_>, reason: &str) -> bool {
 pub fn unseen(history: &History, replica: &str, began: u64, at_ms: u64) -> bool {
     let c = &history.config;
     history.faults.iter().any(|f| {
-        CUTTING_OFF.contains(&f.kind)
-            && f.target == replica
-            && at_ms + c.tolerance_ms >= f.start_ms + c.lease_ttl_ms * 2 / 3
+        lease_lapsed(c, f, replica, at_ms)
             && began <= f.healed_ms + c.tolerance_ms
             && (at_ms <= f.healed_ms + c.tolerance_ms || f.kind == FaultKind::ReplicaKill && began <= f.start_ms)
     })

@@ -486,26 +486,14 @@ fn remove_labelled(label: &str) {
 /// Removes what runs of processes that no longer exist left behind (a run killed by SIGKILL cannot clean up).
 /// Another live process's run is left alone.
 pub async fn sweep() {
-    let out = docker(&[
-        "ps",
-        "-a",
-        "--filter",
-        &format!("label={LABEL}"),
-        "--format",
-        &format!("{{{{.Label \"{PID_LABEL}\"}}}}"),
-    ])
-    .await
-    .unwrap_or_default();
-    let nets = docker(&[
-        "network",
-        "ls",
-        "--filter",
-        &format!("label={LABEL}"),
-        "--format",
-        &format!("{{{{.Label \"{PID_LABEL}\"}}}}"),
-    ])
-    .await
-    .unwrap_or_default();
+    // The pids labelled on the runs' containers and networks.
+    let labelled = |list: &'static [&'static str]| async move {
+        let (filter, format) = (format!("label={LABEL}"), format!("{{{{.Label \"{PID_LABEL}\"}}}}"));
+        let args: Vec<&str> = list.iter().copied().chain(["--filter", &filter, "--format", &format]).collect();
+        docker(&args).await.unwrap_or_default()
+    };
+    let out = labelled(&["ps", "-a"]).await;
+    let nets = labelled(&["network", "ls"]).await;
     let mut pids: Vec<&str> = out.lines().chain(nets.lines()).collect();
     pids.sort();
     pids.dedup();
