@@ -202,7 +202,25 @@ impl Tenant {
             self.settle(rev, TenantState::Running).await;
             return None;
         }
-        Some(Some(rev))
+        if c.peers() == 0 {
+            return Some(Some(rev));
+        }
+        // The view above may be stale: a replica frozen during the veto window (a VM steal, a long pause) wakes
+        // with its timer fired and its watch not yet caught up, and would stop a tenant the others had vetoed
+        // meanwhile (the chaos long run, seed 2903: a stop 10 ms after a thaw, 299 ms after a request through
+        // another replica). So the claim is confirmed in etcd itself, by compare-and-swap on its revision.
+        match c.transition(&self.name, Some(rev), TenantState::Stopping, SystemTime::now(), CLAIM_TIMEOUT).await {
+            Ok(Transition::Done(confirmed)) => Some(Some(confirmed)),
+            Ok(Transition::Conflict(now)) => {
+                info!(now = ?now.map(|s| (s.state, s.node)), "stop vetoed (seen in etcd): another replica uses the tenant");
+                None
+            }
+            Err(e) => {
+                debug!(error = %e, "cannot confirm the stop in etcd: not stopping");
+                c.repair(&self.name, Some(rev), TenantState::Running);
+                None
+            }
+        }
     }
 
     /// A stop did not happen: back to `running`, and the idle check is tried again after `retry` (not at once,
