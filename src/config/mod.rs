@@ -294,6 +294,7 @@ fn resolve_proxy(
         request_timeout: l.request_timeout.or(d.request_timeout).filter(|t| !t.is_zero()),
         overload_timeout: l.overload_timeout.unwrap_or(d.overload_timeout),
         access_log: access_log.unwrap_or(d.access_log),
+        http1_server: d.http1_server,
         trusted_proxies: trusted_proxies.unwrap_or(d.trusted_proxies),
     }
 }

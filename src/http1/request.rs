@@ -61,9 +61,6 @@ pub(crate) enum BodyFraming {
 /// A request head, parsed: the request (its fields all there, hop-by-hop ones included, as hyper hands them
 /// over) and what the connection needs to know about it.
 #[derive(Debug)]
-// The server side's connection loop that reads the framing, keep-alive, `Expect` and upgrade is the next step
-// of issue 30; until it lands only the tests and the benchmark read them.
-#[allow(dead_code)]
 pub(crate) struct ParsedRequest {
     pub(crate) request: Request<()>,
     pub(crate) body: BodyFraming,
