@@ -184,7 +184,7 @@ impl Default for Settings {
             request_timeout: None,
             overload_timeout: Duration::from_secs(2),
             access_log: true,
-            http1_server: Http1Server::Hyper,
+            http1_server: Http1Server::default(),
             trusted_proxies: Vec::new(),
         }
     }
@@ -194,8 +194,8 @@ impl Default for Settings {
 /// one under its HTTP/1.1 client too) in the connection's own task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Http1Server {
-    #[default]
     Hyper,
+    #[default]
     Reveille,
 }
 

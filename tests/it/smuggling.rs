@@ -294,5 +294,6 @@ async fn hyper_server_side_refuses_every_smuggling_attempt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reveille_server_side_refuses_every_smuggling_attempt() {
-    run_table(Settings { access_log: false, http1_server: reveille::Http1Server::Reveille, ..Settings::default() }).await;
+    run_table(Settings { access_log: false, http1_server: reveille::Http1Server::Reveille, ..Settings::default() })
+        .await;
 }

@@ -248,14 +248,24 @@ pub(super) struct H1Conn {
     fut: Pin<Box<dyn Future<Output = io::Result<()>> + Send>>,
     /// Asked to close: no new request is read once the one in flight (if any) is answered.
     closing: Arc<AtomicBool>,
+    /// The socket, kept until the connection is dropped rather than when its loop ends: `drive` marks the
+    /// connection finished in between, and only a finished connection's close may linger (`ConnIo`'s drop).
+    _socket: Arc<dyn ReadBody>,
 }
 
 impl H1Conn {
     pub(super) fn new<S: Stream>(io: ConnIo<S>, svc: ProxyService, limits: HeadLimits) -> Self {
         let closing = Arc::new(AtomicBool::new(false));
-        let inner = Inner { io: Some(io), buf: BytesMut::new(), body: BodyRead::Done, continue_owed: false, interim: Bytes::new() };
-        let fut = Box::pin(serve(Arc::new(Mutex::new(inner)), svc, limits, closing.clone()));
-        Self { fut, closing }
+        let inner = Inner {
+            io: Some(io),
+            buf: BytesMut::new(),
+            body: BodyRead::Done,
+            continue_owed: false,
+            interim: Bytes::new(),
+        };
+        let shared = Arc::new(Mutex::new(inner));
+        let fut = Box::pin(serve(shared.clone(), svc, limits, closing.clone()));
+        Self { fut, closing, _socket: shared }
     }
 }
 

@@ -458,7 +458,8 @@ async fn serve_http<S: Stream>(
         // HTTP/1.1 connection's future.
         Box::pin(drive(proxy.h2.serve_connection(io, service), dog, &proxy, shutdown)).await.map_err(|e| e.to_string())
     } else if settings.http1_server == super::Http1Server::Reveille {
-        let limits = crate::http1::HeadLimits { max_size: settings.max_header_size, max_fields: settings.max_header_count };
+        let limits =
+            crate::http1::HeadLimits { max_size: settings.max_header_size, max_fields: settings.max_header_count };
         let conn = h1::H1Conn::new(io.into_inner(), service, limits);
         drive(conn, dog, &proxy, shutdown).await.map_err(|e| e.to_string())
     } else {
