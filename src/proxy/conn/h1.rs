@@ -427,15 +427,17 @@ fn write_status_line(out: &mut BytesMut, version: Version, status: StatusCode) {
 /// they are but the framing ones, which follow `out`, and `Connection` and `Date` when needed.
 fn encode_head(out: &mut BytesMut, parts: &http::response::Parts, http11: bool, framing: Out, keep_alive: bool) {
     out.reserve(256);
+    // An HTTP/1.0 client gets an HTTP/1.0 status line, as hyper answers it.
+    let version = if http11 { Version::HTTP_11 } else { Version::HTTP_10 };
     match parts.extensions.get::<hyper::ext::ReasonPhrase>() {
         Some(reason) => {
-            out.extend_from_slice(b"HTTP/1.1 ");
+            out.extend_from_slice(if http11 { b"HTTP/1.1 " } else { b"HTTP/1.0 " });
             out.extend_from_slice(parts.status.as_str().as_bytes());
             out.extend_from_slice(b" ");
             out.extend_from_slice(reason.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        None => write_status_line(out, Version::HTTP_11, parts.status),
+        None => write_status_line(out, version, parts.status),
     }
     let no_length = parts.status.is_informational() || parts.status == StatusCode::NO_CONTENT;
     let mut wrote_length = false;
@@ -689,6 +691,7 @@ mod tests {
         let mut out = BytesMut::new();
         encode_head(&mut out, &parts, false, Out::Close, false);
         let text = String::from_utf8(out.to_vec()).unwrap();
+        assert!(text.starts_with("HTTP/1.0 200 OK\r\n"), "{text}");
         assert!(text.contains("connection: close\r\n") && !text.contains("content-length"), "{text}");
         assert_eq!(framing(&parts, SizeHint::default(), false, true), Out::Chunked);
         assert_eq!(framing(&parts, SizeHint::default(), false, false), Out::Close);
