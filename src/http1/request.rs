@@ -131,7 +131,7 @@ pub(crate) fn parse_request(buf: &mut BytesMut, limits: HeadLimits) -> Result<Op
     let mut expect_continue = false;
     let mut wants_upgrade = method == Method::CONNECT;
     for &(ns, nl, vs, vl) in at.iter() {
-        let name = HeaderName::from_bytes(&head[ns..ns + nl]).map_err(|_| HeadError::Malformed("field name"))?;
+        let name = field_name(&head[ns..ns + nl])?;
         let value =
             HeaderValue::from_maybe_shared(head.slice(vs..vs + vl)).map_err(|_| HeadError::Malformed("field value"))?;
         if name == TRANSFER_ENCODING {
@@ -186,6 +186,30 @@ pub(crate) fn parse_request(buf: &mut BytesMut, limits: HeadLimits) -> Result<Op
     *request.version_mut() = if http11 { Version::HTTP_11 } else { Version::HTTP_10 };
     *request.headers_mut() = headers;
     Ok(Some(ParsedRequest { request, body, keep_alive, expect_continue, wants_upgrade }))
+}
+
+/// A request field's name. The names clients send on nearly every request, spelled as browsers, curl and load
+/// generators send them, are matched as they are (a length switch and a compare); others go through
+/// `HeaderName::from_bytes`, which lowercases and checks every byte (as the backend side's response names).
+fn field_name(raw: &[u8]) -> Result<HeaderName, HeadError> {
+    use http::header;
+    Ok(match raw {
+        b"Host" | b"host" => header::HOST,
+        b"User-Agent" | b"user-agent" => header::USER_AGENT,
+        b"Accept" | b"accept" => header::ACCEPT,
+        b"Accept-Encoding" | b"accept-encoding" => header::ACCEPT_ENCODING,
+        b"Accept-Language" | b"accept-language" => header::ACCEPT_LANGUAGE,
+        b"Connection" | b"connection" => CONNECTION,
+        b"Content-Length" | b"content-length" => CONTENT_LENGTH,
+        b"Content-Type" | b"content-type" => header::CONTENT_TYPE,
+        b"Cookie" | b"cookie" => header::COOKIE,
+        b"Referer" | b"referer" => header::REFERER,
+        b"Authorization" | b"authorization" => header::AUTHORIZATION,
+        b"Cache-Control" | b"cache-control" => header::CACHE_CONTROL,
+        b"Origin" | b"origin" => header::ORIGIN,
+        b"Transfer-Encoding" | b"transfer-encoding" => TRANSFER_ENCODING,
+        _ => HeaderName::from_bytes(raw).map_err(|_| HeadError::Malformed("field name"))?,
+    })
 }
 
 #[cfg(test)]
@@ -271,6 +295,33 @@ mod tests {
             let err = parse(bad).expect_err(&String::from_utf8_lossy(bad));
             assert_eq!(err.status(), 400, "{:?}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn common_names_are_the_same_names_as_parsed() {
+        for raw in [
+            "Host",
+            "User-Agent",
+            "Accept",
+            "Accept-Encoding",
+            "Accept-Language",
+            "Connection",
+            "Content-Length",
+            "Content-Type",
+            "Cookie",
+            "Referer",
+            "Authorization",
+            "Cache-Control",
+            "Origin",
+            "Transfer-Encoding",
+        ] {
+            for spelled in [raw.to_string(), raw.to_ascii_lowercase()] {
+                let fast = field_name(spelled.as_bytes()).unwrap();
+                assert_eq!(fast, HeaderName::from_bytes(spelled.as_bytes()).unwrap(), "{spelled}");
+            }
+        }
+        assert_eq!(field_name(b"X-Custom").unwrap(), "x-custom");
+        assert!(field_name(b"bad name").is_err());
     }
 
     #[test]

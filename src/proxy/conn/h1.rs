@@ -588,8 +588,12 @@ async fn write_all<S: Stream>(shared: &Arc<Mutex<Inner<S>>>, out: &mut Vec<Bytes
             let n = if out.len() == 1 {
                 ready!(io.as_mut().poll_write(cx, &out[0]))?
             } else {
-                let slices: Vec<io::IoSlice<'_>> = out.iter().take(64).map(|b| io::IoSlice::new(b)).collect();
-                ready!(io.as_mut().poll_write_vectored(cx, &slices))?
+                let mut slices = [io::IoSlice::new(&[]); 16];
+                let k = out.len().min(slices.len());
+                for (slice, b) in slices.iter_mut().zip(out.iter()) {
+                    *slice = io::IoSlice::new(b);
+                }
+                ready!(io.as_mut().poll_write_vectored(cx, &slices[..k]))?
             };
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
