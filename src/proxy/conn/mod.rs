@@ -11,10 +11,13 @@
 //! [`ConnState`] also holds the connection's slot (the `max_connections` permit and the open-connections gauge):
 //! an upgraded connection (WebSocket) keeps it for as long as its tunnel lives.
 //!
+//! HTTP/1.1 is served by reveille's own server side (`h1.rs`, on the codec in `crate::http1`) unless
+//! `[server] http1 = "hyper"` asks for hyper's; h2 is hyper's. Both run under the same `drive` loop.
+//!
 //! The files: this one holds the connection's state ([`ConnState`], [`InFlight`]) and its task (`serve`, the
-//! `drive` loop); `io.rs` the socket wrapper and the lingering close; `pressure.rs` the slots' pressure and
-//! evictions; `watchdog.rs` the timer that applies the limits; `on_wake.rs` the wrapper that keeps the rare
-//! branch of `drive` cheap.
+//! `drive` loop); `h1.rs` reveille's own HTTP/1.1 server side; `io.rs` the socket wrapper and the lingering
+//! close; `pressure.rs` the slots' pressure and evictions; `watchdog.rs` the timer that applies the limits;
+//! `on_wake.rs` the wrapper that keeps the rare branch of `drive` cheap.
 
 mod h1;
 mod io;
