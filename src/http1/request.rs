@@ -19,6 +19,8 @@ use super::fields::has_token;
 const MAX_URI_LEN: usize = (u16::MAX - 1) as usize;
 /// Field slots on the stack; a higher limit takes them from the heap.
 const STACK_FIELDS: usize = 100;
+/// Fields whose offsets are kept on the stack; a head with more keeps them on the heap.
+const OFFSETS_ON_STACK: usize = 32;
 
 /// How much of a request head the server side accepts.
 #[derive(Debug, Clone, Copy)]
@@ -104,25 +106,29 @@ pub(crate) fn parse_request(buf: &mut BytesMut, limits: HeadLimits) -> Result<Op
     let http11 = req.version == Some(1);
     // Offsets into the head, as `httparse`'s slices borrow `buf`: the target, then each field's name and value.
     let base = buf.as_ptr() as usize;
-    let offset = |s: &[u8]| s.as_ptr() as usize - base;
-    let target = (offset(path.as_bytes()), path.len());
+    let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+    let target = (offset(path.as_bytes()) as usize, path.len());
+    // The offsets of each field's name and value, as u32 (a head is far below 4 GiB): a few fields' worth on
+    // the stack, zeroed on every request (100 slots of four words cost 3 200 instructions of memset per request
+    // under callgrind), more from the heap.
     let count = req.headers.len();
-    let mut at_stack = [(0usize, 0usize, 0usize, 0usize); STACK_FIELDS];
+    let mut at_stack = [(0u32, 0u32, 0u32, 0u32); OFFSETS_ON_STACK];
     let mut at_heap = Vec::new();
-    let at: &mut [(usize, usize, usize, usize)] = if count <= STACK_FIELDS {
+    let at: &mut [(u32, u32, u32, u32)] = if count <= OFFSETS_ON_STACK {
         &mut at_stack[..count]
     } else {
         at_heap.resize(count, (0, 0, 0, 0));
         &mut at_heap
     };
     for (slot, h) in at.iter_mut().zip(req.headers.iter()) {
-        *slot = (offset(h.name.as_bytes()), h.name.len(), offset(h.value), h.value.len());
+        *slot = (offset(h.name.as_bytes()), h.name.len() as u32, offset(h.value), h.value.len() as u32);
     }
 
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
         .map_err(|_| HeadError::Malformed("target"))?;
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for the forwarding fields the proxy adds, so the map does not grow on the way.
+    let mut headers = HeaderMap::with_capacity(count + 6);
     let mut keep_alive = http11;
     let mut saw_close = false;
     let mut length: Option<u64> = None;
@@ -131,6 +137,7 @@ pub(crate) fn parse_request(buf: &mut BytesMut, limits: HeadLimits) -> Result<Op
     let mut expect_continue = false;
     let mut wants_upgrade = method == Method::CONNECT;
     for &(ns, nl, vs, vl) in at.iter() {
+        let (ns, nl, vs, vl) = (ns as usize, nl as usize, vs as usize, vl as usize);
         let name = field_name(&head[ns..ns + nl])?;
         let value =
             HeaderValue::from_maybe_shared(head.slice(vs..vs + vl)).map_err(|_| HeadError::Malformed("field value"))?;

@@ -426,7 +426,7 @@ fn write_status_line(out: &mut BytesMut, version: Version, status: StatusCode) {
 /// The response head: the status line (with the backend's own reason phrase, if it had one), the fields as
 /// they are but the framing ones, which follow `out`, and `Connection` and `Date` when needed.
 fn encode_head(out: &mut BytesMut, parts: &http::response::Parts, http11: bool, framing: Out, keep_alive: bool) {
-    out.reserve(256);
+    out.reserve(512);
     // An HTTP/1.0 client gets an HTTP/1.0 status line, as hyper answers it.
     let version = if http11 { Version::HTTP_11 } else { Version::HTTP_10 };
     match parts.extensions.get::<hyper::ext::ReasonPhrase>() {
@@ -441,10 +441,13 @@ fn encode_head(out: &mut BytesMut, parts: &http::response::Parts, http11: bool, 
     }
     let no_length = parts.status.is_informational() || parts.status == StatusCode::NO_CONTENT;
     let mut wrote_length = false;
+    let (mut has_connection, mut has_date) = (false, false);
     for (name, value) in &parts.headers {
         if *name == TRANSFER_ENCODING {
             continue;
         }
+        has_connection |= *name == CONNECTION;
+        has_date |= *name == DATE;
         if *name == CONTENT_LENGTH {
             if no_length || wrote_length || matches!(framing, Out::Chunked | Out::Close) {
                 continue;
@@ -465,14 +468,14 @@ fn encode_head(out: &mut BytesMut, parts: &http::response::Parts, http11: bool, 
         Out::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         _ => {}
     }
-    if !parts.headers.contains_key(CONNECTION) {
+    if !has_connection {
         if !keep_alive {
             out.extend_from_slice(b"connection: close\r\n");
         } else if !http11 {
             out.extend_from_slice(b"connection: keep-alive\r\n");
         }
     }
-    if !parts.headers.contains_key(DATE) {
+    if !has_date {
         write_date(out);
     }
     out.extend_from_slice(b"\r\n");
@@ -491,9 +494,10 @@ where
     B: Body<Data = Bytes>,
     B::Error: std::fmt::Display,
 {
-    let mut head = BytesMut::with_capacity(256);
+    let mut head = BytesMut::with_capacity(512);
     encode_head(&mut head, parts, http11, framing, keep_alive);
-    let mut out = vec![head.freeze()];
+    let mut out = Vec::with_capacity(4);
+    out.push(head.freeze());
     if framing == Out::None {
         return write_all(shared, &mut out).await;
     }
