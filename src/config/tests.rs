@@ -206,6 +206,19 @@ fn node_flag_wins_and_is_checked() {
 }
 
 #[test]
+fn http1_server_from_file_and_flag() {
+    use crate::proxy::Http1Server;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reveille.toml");
+    let side = |c: Config| c.proxy.http1_server;
+    assert_eq!(side(Config::resolve(None, &cli(&["--routes", "r.toml"])).unwrap()), Http1Server::Reveille);
+    std::fs::write(&path, "[server]\nroutes = \"r.toml\"\nhttp1 = \"hyper\"\n").unwrap();
+    assert_eq!(side(Config::resolve(Some(&path), &ConfigFile::default()).unwrap()), Http1Server::Hyper);
+    assert_eq!(side(Config::resolve(Some(&path), &cli(&["--http1", "reveille"])).unwrap()), Http1Server::Reveille);
+    assert!(try_cli(&["--http1", "nginx"]).is_err());
+}
+
+#[test]
 fn upstream_quickack_from_file_and_flag() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("reveille.toml");

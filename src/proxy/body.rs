@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 use tracing::warn;
 
-use super::conn::{ConnState, InFlight};
+use super::conn::{ConnState, H1Body, InFlight};
 use super::error::UpstreamErrorKind;
 use super::stream::Progress;
 use crate::routes::{Backend, Load, Service};
@@ -54,7 +54,7 @@ pub(crate) enum BodyError {
     #[error("request body slower than {0} bytes/s")]
     DownstreamTooSlow(u64),
     #[error("reading the request body: {0}")]
-    Downstream(#[source] hyper::Error),
+    Downstream(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("no byte of the response body from the backend for {}", humantime::format_duration(*.0))]
     UpstreamIdle(Duration),
     #[error("the request's time limit passed")]
@@ -81,7 +81,7 @@ impl DownstreamFailure {
         match e {
             BodyError::DownstreamIdle(_) => Self::Idle,
             BodyError::DownstreamTooSlow(_) => Self::TooSlow,
-            BodyError::Downstream(e) if is_malformed(e) => Self::Malformed,
+            BodyError::Downstream(e) if is_malformed(&**e) => Self::Malformed,
             _ => Self::Aborted,
         }
     }
@@ -95,10 +95,11 @@ impl DownstreamFailure {
     }
 }
 
-/// hyper reports a bad chunk size, an overlong chunk extension and the like as `InvalidData`/`InvalidInput`
-/// I/O errors of the body; a vanished client as `UnexpectedEof`, a reset, or an h2 stream error.
-fn is_malformed(e: &hyper::Error) -> bool {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+/// hyper (and reveille's own HTTP/1.1 side) report a bad chunk size, an overlong chunk extension and the like
+/// as `InvalidData`/`InvalidInput` I/O errors of the body; a vanished client as `UnexpectedEof`, a reset, or an
+/// h2 stream error.
+fn is_malformed(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = src {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             return matches!(io.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput);
@@ -189,11 +190,44 @@ impl Stall {
     }
 }
 
+/// A request body as a server side hands it over: hyper's (h2, and HTTP/1.1 when hyper serves it), or reveille's
+/// own HTTP/1.1 server side's.
+pub(crate) enum ClientBody {
+    Hyper(Incoming),
+    Own(H1Body),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ClientBody::Own(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(b) => b.is_end_stream(),
+            ClientBody::Own(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(b) => b.size_hint(),
+            ClientBody::Own(b) => b.size_hint(),
+        }
+    }
+}
+
 /// The client's body as it is read: its buffered first part, then the rest from the connection, under the
 /// limits.
 pub(crate) struct DownstreamBody {
     prefix: Option<Bytes>,
-    inner: Incoming,
+    inner: ClientBody,
     stall: Stall,
     /// The minimum rate and its grace.
     rate: Option<(u64, Duration)>,
@@ -302,7 +336,7 @@ impl BodySlot {
     /// Reads the first `limits.buffer` bytes of `body` (all of a body that fits). `Ok(None)` when the body is
     /// empty: such requests are always retryable.
     pub(crate) async fn read(
-        body: Incoming,
+        body: ClientBody,
         limits: &BodyLimits,
         conn: &Arc<ConnState>,
     ) -> Result<Option<Self>, DownstreamFailure> {

@@ -86,7 +86,7 @@ use crate::routes::RouteHandle;
 use crate::tls::TlsAcceptor;
 use crate::upstream::{self, ConnectSettings, Connector};
 use admission::AddressLimit;
-use body::{BodyLimits, ResponseBody};
+use body::{BodyLimits, ClientBody, ResponseBody};
 use conn::{ConnState, InFlight, Pressure};
 use headers::Peer;
 
@@ -148,6 +148,9 @@ pub struct Settings {
     pub overload_timeout: Duration,
     /// Write an access-log line per request.
     pub access_log: bool,
+    /// Which HTTP/1.1 server side serves clients: hyper's, or reveille's own (`conn::h1`). h2 is hyper's either
+    /// way.
+    pub http1_server: Http1Server,
     /// Peers (networks) whose forwarding headers (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`) are kept and
     /// extended. Any other peer's are replaced, so a client cannot choose the address a backend sees. Empty:
     /// trust no one.
@@ -181,9 +184,19 @@ impl Default for Settings {
             request_timeout: None,
             overload_timeout: Duration::from_secs(2),
             access_log: true,
+            http1_server: Http1Server::default(),
             trusted_proxies: Vec::new(),
         }
     }
+}
+
+/// The HTTP/1.1 server side (issue 30): hyper's `http1::Builder`, or reveille's own codec (`crate::http1`, the
+/// one under its HTTP/1.1 client too) in the connection's own task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Http1Server {
+    Hyper,
+    #[default]
+    Reveille,
 }
 
 /// hyper's own limit on an HTTP/1.1 request's header fields.
@@ -484,6 +497,18 @@ impl hyper::service::Service<http::Request<Incoming>> for ProxyService {
             self.conn.body_unread(!http_body::Body::is_end_stream(req.body()));
         }
         let this = self.clone();
+        let req = req.map(ClientBody::Hyper);
         Box::pin(async move { Ok(handler::handle(&this, req, guard).await) })
+    }
+}
+
+impl ProxyService {
+    /// A request from reveille's own HTTP/1.1 server side (`conn::h1`): the same way through as hyper's, its
+    /// future boxed as hyper's is (the connection's own future stays small).
+    fn call_h1(&self, req: http::Request<conn::H1Body>) -> Pin<Box<dyn Future<Output = Response> + Send + '_>> {
+        let guard = InFlight::new(&self.conn);
+        self.conn.body_unread(!http_body::Body::is_end_stream(req.body()));
+        let req = req.map(ClientBody::Own);
+        Box::pin(handler::handle(self, req, guard))
     }
 }

@@ -44,6 +44,7 @@ mod reload;
 mod retries;
 mod routing;
 mod runtimes;
+mod smuggling;
 mod stalls;
 mod streaming;
 mod swarm;

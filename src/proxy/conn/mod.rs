@@ -11,11 +11,15 @@
 //! [`ConnState`] also holds the connection's slot (the `max_connections` permit and the open-connections gauge):
 //! an upgraded connection (WebSocket) keeps it for as long as its tunnel lives.
 //!
+//! HTTP/1.1 is served by reveille's own server side (`h1.rs`, on the codec in `crate::http1`) unless
+//! `[server] http1 = "hyper"` asks for hyper's; h2 is hyper's. Both run under the same `drive` loop.
+//!
 //! The files: this one holds the connection's state ([`ConnState`], [`InFlight`]) and its task (`serve`, the
-//! `drive` loop); `io.rs` the socket wrapper and the lingering close; `pressure.rs` the slots' pressure and
-//! evictions; `watchdog.rs` the timer that applies the limits; `on_wake.rs` the wrapper that keeps the rare
-//! branch of `drive` cheap.
+//! `drive` loop); `h1.rs` reveille's own HTTP/1.1 server side; `io.rs` the socket wrapper and the lingering
+//! close; `pressure.rs` the slots' pressure and evictions; `watchdog.rs` the timer that applies the limits;
+//! `on_wake.rs` the wrapper that keeps the rare branch of `drive` cheap.
 
+mod h1;
 mod io;
 mod on_wake;
 mod pressure;
@@ -39,6 +43,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+pub(crate) use h1::{H1Body, H1Upgrade};
 pub(crate) use pressure::Pressure;
 
 use super::admission::AddressGuard;
@@ -286,8 +291,8 @@ enum Rare {
     PressureRose,
     Shutdown,
 }
-/// What hyper's HTTP/1 and HTTP/2 connections have in common for us.
-trait ServerConn: Future<Output = Result<(), hyper::Error>> {
+/// What hyper's HTTP/1 and HTTP/2 connections, and reveille's own HTTP/1.1 one, have in common for us.
+trait ServerConn {
     fn graceful(self: Pin<&mut Self>);
 }
 
@@ -454,9 +459,16 @@ async fn serve_http<S: Stream>(
     let result = if is_h2 {
         // Boxed: hyper's h2 connection is much larger than its HTTP/1.1 one, and inline it would size every
         // HTTP/1.1 connection's future.
-        Box::pin(drive(proxy.h2.serve_connection(io, service), dog, &proxy, shutdown)).await
+        Box::pin(drive(proxy.h2.serve_connection(io, service), dog, &proxy, shutdown)).await.map_err(|e| e.to_string())
+    } else if settings.http1_server == super::Http1Server::Reveille {
+        let limits =
+            crate::http1::HeadLimits { max_size: settings.max_header_size, max_fields: settings.max_header_count };
+        let conn = h1::H1Conn::new(io.into_inner(), service, limits);
+        drive(conn, dog, &proxy, shutdown).await.map_err(|e| e.to_string())
     } else {
-        drive(proxy.h1.serve_connection(io, service).with_upgrades(), dog, &proxy, shutdown).await
+        drive(proxy.h1.serve_connection(io, service).with_upgrades(), dog, &proxy, shutdown)
+            .await
+            .map_err(|e| e.to_string())
     };
     if let Err(e) = result {
         // Client resets and half-finished requests are routine at an edge proxy: debug, not warn.
@@ -464,12 +476,10 @@ async fn serve_http<S: Stream>(
     }
 }
 
-async fn drive<C: ServerConn>(
-    conn: C,
-    dog: Watchdog<'_>,
-    proxy: &Proxy,
-    shutdown: CancellationToken,
-) -> Result<(), hyper::Error> {
+async fn drive<C, E>(conn: C, dog: Watchdog<'_>, proxy: &Proxy, shutdown: CancellationToken) -> Result<(), E>
+where
+    C: ServerConn + Future<Output = Result<(), E>>,
+{
     let evicted = dog.state.evicted.clone();
     tokio::pin!(conn);
     tokio::pin!(dog);
