@@ -105,7 +105,7 @@ pub use etcd::{EtcdConfig, EtcdError};
 pub use passivation::Settings as PassivationSettings;
 #[doc(hidden)]
 pub use proxy::bench as header_bench;
-pub use proxy::Settings as ProxySettings;
+pub use proxy::{Http2Server, Settings as ProxySettings};
 pub use tls::Settings as TlsSettings;
 #[doc(hidden)]
 pub use upstream::bench as upstream_codec_bench;

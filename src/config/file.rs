@@ -234,6 +234,10 @@ section! {
         /// connections and backend pool) or shared (tokio's work-stealing scheduler) [default: per-core]
         #[arg(long, help_heading = "Workers", value_enum, value_name = "MODEL")]
         pub scheduler: Option<Scheduler>,
+        /// Which HTTP/2 server speaks to h2 clients: reveille (its own, on the h2 crate, every stream served in
+        /// its connection's task) or hyper (hyper's, a task per stream) [default: reveille]
+        #[arg(long, help_heading = "Listeners", value_enum, value_name = "SERVER")]
+        pub http2: Option<crate::proxy::Http2Server>,
     }
 }
 

@@ -16,6 +16,7 @@
 //! evictions; `watchdog.rs` the timer that applies the limits; `on_wake.rs` the wrapper that keeps the rare
 //! branch of `drive` cheap.
 
+mod h2;
 mod io;
 mod on_wake;
 mod pressure;
@@ -42,7 +43,7 @@ use tracing::debug;
 pub(crate) use pressure::Pressure;
 
 use super::admission::AddressGuard;
-use super::{Proxy, ProxyService, SpanExecutor};
+use super::{Http2Server, Proxy, ProxyService, SpanExecutor};
 use crate::tls::TlsAcceptor;
 use io::ConnIo;
 use on_wake::OnWake;
@@ -286,8 +287,9 @@ enum Rare {
     PressureRose,
     Shutdown,
 }
-/// What hyper's HTTP/1 and HTTP/2 connections have in common for us.
-trait ServerConn: Future<Output = Result<(), hyper::Error>> {
+/// What hyper's HTTP/1 and HTTP/2 connections, and reveille's own h2 one, have in common for us.
+trait ServerConn: Future<Output = Result<(), Self::Error>> {
+    type Error: std::fmt::Display;
     fn graceful(self: Pin<&mut Self>);
 }
 
@@ -313,12 +315,14 @@ impl Stream for tokio_rustls::server::TlsStream<TcpStream> {
 }
 
 impl<S: Stream> ServerConn for hyper::server::conn::http1::UpgradeableConnection<Io<S>, ProxyService> {
+    type Error = hyper::Error;
     fn graceful(self: Pin<&mut Self>) {
         self.graceful_shutdown();
     }
 }
 
 impl<S: Stream> ServerConn for hyper::server::conn::http2::Connection<Io<S>, ProxyService, SpanExecutor> {
+    type Error = hyper::Error;
     fn graceful(self: Pin<&mut Self>) {
         self.graceful_shutdown();
     }
@@ -448,19 +452,27 @@ async fn serve_http<S: Stream>(
     // timeout (later streams are covered by the idle timeout).
     state.head_started.store(1, Ordering::Relaxed);
     state.track_heads.store(!is_h2, Ordering::Relaxed);
-    let io = TokioIo::new(ConnIo::new(stream, prefix, state.clone(), tls));
+    let io = ConnIo::new(stream, prefix, state.clone(), tls);
     let service = ProxyService::new(proxy.clone(), peer, state.clone(), tls);
     let dog = Watchdog::new(state, &proxy.pressure, settings);
+    // Client resets and half-finished requests are routine at an edge proxy: debug, not warn.
+    let ended = |e: &dyn std::fmt::Display| debug!(error = %e, "connection ended with an error");
+    // Boxed: an h2 connection is much larger than an HTTP/1.1 one, and inline it would size every HTTP/1.1
+    // connection's future.
+    if is_h2 && settings.http2 == Http2Server::Reveille {
+        if let Err(e) = Box::pin(drive(h2::serve(io, service, settings), dog, &proxy, shutdown)).await {
+            ended(&e);
+        }
+        return;
+    }
+    let io = TokioIo::new(io);
     let result = if is_h2 {
-        // Boxed: hyper's h2 connection is much larger than its HTTP/1.1 one, and inline it would size every
-        // HTTP/1.1 connection's future.
         Box::pin(drive(proxy.h2.serve_connection(io, service), dog, &proxy, shutdown)).await
     } else {
         drive(proxy.h1.serve_connection(io, service).with_upgrades(), dog, &proxy, shutdown).await
     };
     if let Err(e) = result {
-        // Client resets and half-finished requests are routine at an edge proxy: debug, not warn.
-        debug!(error = %e, "connection ended with an error");
+        ended(&e);
     }
 }
 
@@ -469,7 +481,7 @@ async fn drive<C: ServerConn>(
     dog: Watchdog<'_>,
     proxy: &Proxy,
     shutdown: CancellationToken,
-) -> Result<(), hyper::Error> {
+) -> Result<(), C::Error> {
     let evicted = dog.state.evicted.clone();
     tokio::pin!(conn);
     tokio::pin!(dog);
