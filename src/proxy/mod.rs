@@ -485,7 +485,9 @@ impl ProxyService {
         req: http::Request<h2::RecvStream>,
         respond: h2::server::SendResponse<bytes::Bytes>,
     ) -> impl Future<Output = ()> + Send + '_ {
-        stream::Guarded::new(h2_stream::serve(self, req, respond), self.proxy.streams.clone())
+        // Boxed: the request's future is a few KiB, and on its way into the connection's set of streams it is
+        // moved several times (wrapped, instrumented, pushed); boxed once, they move a pointer.
+        stream::Guarded::new(Box::pin(h2_stream::serve(self, req, respond)), self.proxy.streams.clone())
     }
 
     /// `X-Forwarded-Proto` of this connection's requests.
