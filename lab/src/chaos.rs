@@ -6,24 +6,29 @@
 //!
 //! `reveille-lab chaos --partition` runs the issue's partition scenario alone (one replica's etcd link
 //! black-holed, a tenant used through it every 0.5 s for 20 s) and prints its stops and failed requests.
+//! `reveille-lab chaos --election [--samples N]` times a wake and a new route's propagation to every replica on
+//! a quiet cluster and right after the etcd leader is killed (N of each, interleaved; default 10) and prints
+//! the table (also written to `target/chaos-election.md`).
 //! `reveille-lab chaos --check FILE...` checks saved histories again (after a change to the checker).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use testkit::chaos::check::{check, Report};
+use testkit::chaos::election::{election_latency, markdown};
 use testkit::chaos::history::History;
 use testkit::chaos::{partition_scenario, run, ChaosConfig};
 use testkit::docker::{unusable, BUSYBOX};
 use testkit::etcd::ETCD;
 use testkit::report::{heading, write_report};
 
-const USAGE: &str = "usage: reveille-lab chaos [--seed N] [--duration 30m] [--runs K] | --partition | --check FILE...";
+const USAGE: &str = "usage: reveille-lab chaos [--seed N] [--duration 30m] [--runs K] | --partition | --election [--samples N] | --check FILE...";
 
 /// What the command line asked for.
 enum Mode {
     Runs { seed: u64, duration: Duration, runs: usize },
     Partition,
+    Election(usize),
     Check(Vec<PathBuf>),
 }
 
@@ -39,6 +44,14 @@ fn parse(args: &[String]) -> Result<Mode, String> {
             "--duration" => duration = parse_duration(value()?).ok_or("--duration: like 90s, 30m or 1h")?,
             "--runs" => runs = value()?.parse().map_err(|e| format!("--runs: {e}"))?,
             "--partition" => return Ok(Mode::Partition),
+            "--election" => {
+                let samples = match (it.next().map(String::as_str), it.next()) {
+                    (None, _) => 10,
+                    (Some("--samples"), Some(n)) => n.parse().map_err(|e| format!("--samples: {e}"))?,
+                    _ => return Err("--election takes only --samples N".into()),
+                };
+                return Ok(Mode::Election(samples));
+            }
             "--check" => return Ok(Mode::Check(it.map(PathBuf::from).collect())),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -83,6 +96,7 @@ pub(crate) fn main() -> bool {
     let bin = crate::reveille_bin().to_path_buf();
     match mode {
         Mode::Partition => rt.block_on(partition(bin)),
+        Mode::Election(samples) => rt.block_on(election(bin, samples)),
         Mode::Runs { seed, duration, runs } => rt.block_on(long(bin, seed, duration, runs)),
         Mode::Check(_) => unreachable!("handled above"),
     }
@@ -105,6 +119,30 @@ async fn partition(bin: PathBuf) -> bool {
         }
         Err(e) => {
             eprintln!("partition scenario: {e}");
+            false
+        }
+    }
+}
+
+async fn election(bin: PathBuf, samples: usize) -> bool {
+    match election_latency(ChaosConfig::short(0, bin), samples).await {
+        Ok(s) => {
+            let mut out = heading("Latency during an etcd leader election (issue 29)", &testkit::machine::utc_date());
+            out.push_str(&format!(
+                "Three etcd members, three replicas (lease TTL 2 s), one tenant (idle timeout 3 s), reveille {} \
+                 build. {samples} samples of each kind, interleaved. A sample waits for the tenant's idle stop, \
+                 then (election: kills the etcd leader and) at once sends one request for the sleeping tenant \
+                 through a replica (the wake) and puts a new route through a follower (propagation: from the put \
+                 being sent until the slowest replica routes it, polled every 5 ms).\n\n",
+                crate::reveille_profile()
+            ));
+            out.push_str(&markdown(&s));
+            println!("{out}");
+            write_report("chaos-election.md", &out);
+            s.iter().all(|s| s.wake_status == 200 && s.route_ms.iter().all(Option::is_some))
+        }
+        Err(e) => {
+            eprintln!("election latency: {e}");
             false
         }
     }

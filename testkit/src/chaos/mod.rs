@@ -10,9 +10,11 @@
 //! - [`workload`]: the clients, every request recorded.
 //! - [`record`]: the recorder's clock, Docker's events of the tenants, the periodic sampler.
 //! - [`run`]: a whole run, and the partition scenario.
+//! - [`election`]: wake and route-propagation latency during an etcd leader election against a quiet cluster.
 
 pub mod check;
 pub mod cluster;
+pub mod election;
 pub mod faults;
 pub mod history;
 pub mod record;

@@ -3,7 +3,7 @@
 //! real proxy, the real passivation driver and the real readiness probe see a real application come and go.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +22,9 @@ struct Container {
     state: ContainerState,
     /// The port its application listens on while running.
     port: u16,
+    /// Holds `port` between runs: bound, never listening, so no other test's listener takes it (connections to it
+    /// are refused) while each run binds its own listener beside it (both with SO_REUSEADDR).
+    _reserved: Arc<socket2::Socket>,
     /// How long after a start the application accepts connections.
     ready_after: Duration,
     /// Stops the application of the current run.
@@ -50,9 +53,12 @@ impl ScriptedRuntime {
     /// Adds a stopped container whose application answers `hello from <name>` on a free loopback port,
     /// `ready_after` after each start. Returns the port (the service's `port`).
     pub async fn add_stopped(&self, name: &str, ready_after: Duration) -> u16 {
-        // A port nothing listens on until the container runs.
-        let port = super::dead_addr().await.port();
-        let c = Container { state: ContainerState::Stopped, port, ready_after, run: None };
+        // A port nothing listens on until the container runs, reserved for it meanwhile.
+        let reserved = reusable_socket();
+        reserved.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into()).expect("bind a container port");
+        let port = reserved.local_addr().unwrap().as_socket().unwrap().port();
+        let c =
+            Container { state: ContainerState::Stopped, port, _reserved: Arc::new(reserved), ready_after, run: None };
         self.containers.lock().insert(name.to_string(), c);
         port
     }
@@ -100,13 +106,25 @@ impl ScriptedRuntime {
     }
 }
 
+/// A TCP socket with SO_REUSEADDR, so a run's listener binds the port its reservation holds (Linux allows it
+/// while the reservation does not listen).
+fn reusable_socket() -> socket2::Socket {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s
+}
+
 /// The container's application: `hello from <name>` on `port`, from `ready_after` on, until `stop`.
 async fn application(name: String, port: u16, ready_after: Duration, stop: CancellationToken) {
     tokio::select! {
         () = tokio::time::sleep(ready_after) => {}
         () = stop.cancelled() => return,
     }
-    let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("container port still free");
+    let socket = reusable_socket();
+    socket.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)).into()).expect("bind beside the reserved port");
+    socket.listen(128).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let listener = TcpListener::from_std(socket.into()).unwrap();
     let body = format!("hello from {name}");
     let _app = Backend::start_on(
         listener,
