@@ -154,6 +154,7 @@ async fn long(bin: PathBuf, seed: u64, duration: Duration, runs: usize) -> bool 
     for i in 0..runs {
         let mut config = ChaosConfig::short(seed.wrapping_add(i as u64), bin.clone());
         config.duration = Some(duration);
+        config.keep_logs = true;
         println!("chaos: run {} of {runs}, seed {}, {duration:?}, reveille {}", i + 1, config.seed, bin.display());
         match run(&config).await {
             Ok(history) => {

@@ -10,8 +10,16 @@ use etcd_client::{Compare, CompareOp, EventType, KeyValue, Txn, TxnOp, TxnOpResp
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use tracing::{debug, warn};
+
 use super::{parse_time, rfc3339, Cluster, ClusterError, Event};
 use crate::etcd::{within, EtcdError, Sink};
+
+/// How often a status repair is tried, how long each try may take, and the pause between tries: about 20 s in
+/// all, longer than an etcd leader election.
+const REPAIR_ATTEMPTS: u32 = 5;
+const REPAIR_TIMEOUT: Duration = Duration::from_secs(3);
+const REPAIR_RETRY: Duration = Duration::from_secs(1);
 
 /// A tenant's state as its status key holds it. The strings ([`TenantState::as_str`]) are what every version of
 /// reveille writes and reads: replicas of an older and a newer version read each other's keys.
@@ -196,16 +204,25 @@ impl Cluster {
             _ => None,
         });
         let current = current.flatten();
-        let mut st = self.state.lock();
-        match &current {
-            Some(s) => {
-                if st.statuses.get(&**service).is_none_or_older(s.revision) {
-                    st.statuses.insert(service.clone(), s.clone());
+        let learnt = {
+            let mut st = self.state.lock();
+            match &current {
+                Some(s) => {
+                    let newer = st.statuses.get(&**service).is_none_or_older(s.revision);
+                    if newer {
+                        st.statuses.insert(service.clone(), s.clone());
+                    }
+                    newer
                 }
+                None => st.statuses.remove(&**service).is_some(),
             }
-            None => {
-                st.statuses.remove(&**service);
-            }
+        };
+        if learnt {
+            // The watch will bring this revision too, but as nothing new (it is in already): the tenant is told
+            // now, as the watch would have told it. Without this a claim of this replica's own that the watch had
+            // not yet delivered (a claim whose answer was lost, then an unclaimed wake) was learnt here and
+            // never followed: its key stayed `starting` (seen in the chaos run, seed 2901).
+            let _ = self.events.send(Event::Status(service.clone()));
         }
         Ok(Transition::Conflict(current))
     }
@@ -218,7 +235,24 @@ impl Cluster {
         }
         let (me, service) = (self.clone(), service.clone());
         tokio::spawn(async move {
-            let _ = me.transition(&service, expect, state, SystemTime::now(), Duration::from_secs(3)).await;
+            // An etcd that fails the write (a member down under the client, a timeout) is tried again while
+            // the key is still where it was expected: a status left behind would otherwise stay until the next
+            // change of the key, which may never come (a settled tenant writes nothing).
+            for attempt in 0..REPAIR_ATTEMPTS {
+                let written = me.transition(&service, expect, state.clone(), SystemTime::now(), REPAIR_TIMEOUT).await;
+                let unmoved = me.status(&service).map(|s| s.revision) == expect;
+                match written {
+                    Err(e) if unmoved && attempt + 1 < REPAIR_ATTEMPTS => {
+                        debug!(service = %service, error = %e, "status repair failed: trying again");
+                        tokio::time::sleep(REPAIR_RETRY).await;
+                    }
+                    Err(e) => {
+                        warn!(service = %service, error = %e, state = %state, "cannot repair the tenant's status in etcd");
+                        break;
+                    }
+                    Ok(_) => break,
+                }
+            }
             me.repairing.lock().remove(&service);
         });
     }

@@ -106,8 +106,9 @@ impl Tenant {
         Ok(info.map_err(Refusal::from_runtime)?.state == ContainerState::Running)
     }
 
-    /// After a claimed start or stop: moves the status from the claim's revision to `state`. A failure is
-    /// logged; the next observation repairs the key.
+    /// After a claimed start or stop: moves the status from the claim's revision to `state`. A failed write is
+    /// tried again in the background (`Cluster::repair`) while the key still holds the claim: nothing else would
+    /// move it on, and the other replicas would take it for work in progress.
     pub(super) async fn settle(&self, claim: i64, state: TenantState) {
         let Some(c) = self.cluster() else { return };
         match c.transition(&self.name, Some(claim), state.clone(), SystemTime::now(), SETTLE_TIMEOUT).await {
@@ -115,7 +116,12 @@ impl Tenant {
             Ok(Transition::Conflict(now)) => {
                 debug!(state = %state, now = ?now.map(|s| (s.state, s.node)), "status changed by another replica meanwhile")
             }
-            Err(e) => warn!(error = %e, state = %state, "cannot write the tenant's status to etcd"),
+            Err(e) => {
+                warn!(error = %e, state = %state, "cannot write the tenant's status to etcd: trying again in the background");
+                if c.status(&self.name).is_some_and(|s| s.revision == claim) {
+                    c.repair(&self.name, Some(claim), state);
+                }
+            }
         }
     }
 

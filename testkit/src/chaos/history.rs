@@ -63,9 +63,9 @@ pub enum FaultKind {
     ReplicaFreeze,
     /// A replica killed (SIGKILL) and restarted under the same node name.
     ReplicaKill,
-    /// Packet loss on a replica's etcd link (`tc netem loss`).
+    /// Packet loss on a replica's etcd link (iptables `statistic` drops in its namespace: this kernel has no netem).
     EtcdLinkLoss,
-    /// Latency on a replica's etcd link (`tc netem delay`).
+    /// Latency on a replica's etcd link (its relays hold each chunk: this kernel has no netem).
     EtcdLinkDelay,
 }
 

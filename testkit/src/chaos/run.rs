@@ -30,6 +30,8 @@ pub struct ChaosConfig {
     pub rounds: usize,
     /// With `Some`, decks are dealt until this much time has passed (the long run).
     pub duration: Option<Duration>,
+    /// Keep each replica's log in the temp dir (the long run; the tests leave nothing behind).
+    pub keep_logs: bool,
 }
 
 impl ChaosConfig {
@@ -46,6 +48,7 @@ impl ChaosConfig {
             tolerance: Duration::from_millis(500),
             rounds: 1,
             duration: None,
+            keep_logs: false,
         }
     }
 
@@ -104,16 +107,33 @@ impl Recording {
     }
 
     /// Stops sampling, waits for Docker's last events, and removes the topology.
-    async fn stop(self) -> Vec<Event> {
+    async fn stop(self, keep: bool) -> Vec<Event> {
         self.sampler.abort();
         let _ = self.sampler.await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         self.docker.abort();
         let _ = self.docker.await;
         let events = self.rec.events();
+        if keep {
+            keep_logs(&self.topo).await;
+        }
         remove(self.topo).await;
         events
     }
+}
+
+/// Keeps each replica's log (`docker logs`, JSON lines) in the temp dir before the containers go: a violation's
+/// cause is in them.
+async fn keep_logs(topo: &Topology) {
+    let mut kept = Vec::new();
+    for r in &topo.config.replicas {
+        let path = std::env::temp_dir().join(format!("{}-{r}.log", topo.id));
+        let log = super::cluster::logs(&topo.container(r), 1_000_000).await;
+        if std::fs::write(&path, log).is_ok() {
+            kept.push(path.display().to_string());
+        }
+    }
+    eprintln!("chaos: the replicas' logs are in {}", kept.join(", "));
 }
 
 /// Removes the topology off the runtime's threads (its removal blocks on the docker CLI).
@@ -147,7 +167,7 @@ pub async fn run(config: &ChaosConfig) -> Result<History, String> {
     let result = inject_all(config, &recording).await;
     let _ = stop_tx.send(true);
     let _ = workload.await;
-    let events = recording.stop().await;
+    let events = recording.stop(config.keep_logs).await;
     let faults = result?;
     Ok(History { seed: config.seed, config: rc, faults, events })
 }
@@ -236,7 +256,7 @@ pub async fn partition_scenario(reveille: PathBuf) -> Result<PartitionOutcome, S
         Err(e) => Err(e),
     };
     let healed_ms = recording.rec.now_ms();
-    let events = recording.stop().await;
+    let events = recording.stop(false).await;
     result?;
     let inside = |at: u64| at >= start_ms && at <= healed_ms;
     let (mut requests, mut failed, mut stops, mut starts) = (0, 0, 0, 0);
