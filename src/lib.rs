@@ -111,7 +111,7 @@ pub use http1::bench as http1_bench;
 pub use passivation::Settings as PassivationSettings;
 #[doc(hidden)]
 pub use proxy::bench as header_bench;
-pub use proxy::{Http1Server, Settings as ProxySettings};
+pub use proxy::{Http1Server, Http2Server, Settings as ProxySettings};
 pub use tls::Settings as TlsSettings;
 #[doc(hidden)]
 pub use upstream::bench as upstream_codec_bench;

@@ -77,7 +77,7 @@ pub enum Scheduler {
     Shared,
 }
 
-/// Which HTTP/1.1 server side serves clients (h2 is hyper's either way).
+/// Which HTTP/1.1 server side serves clients (`http2` chooses h2's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Http1 {
@@ -249,6 +249,10 @@ section! {
         /// or hyper [default: reveille]
         #[arg(long, help_heading = "Listeners", value_enum, value_name = "SIDE")]
         pub http1: Option<Http1>,
+        /// Which HTTP/2 server speaks to h2 clients: reveille (its own, on the h2 crate, every stream served in
+        /// its connection's task) or hyper (hyper's, a task per stream) [default: hyper]
+        #[arg(long, help_heading = "Listeners", value_enum, value_name = "SERVER")]
+        pub http2: Option<crate::proxy::Http2Server>,
     }
 }
 

@@ -278,6 +278,8 @@ impl Future for H1Conn {
 }
 
 impl ServerConn for H1Conn {
+    type Error = io::Error;
+
     fn graceful(self: Pin<&mut Self>) {
         self.closing.store(true, Ordering::Relaxed);
     }
