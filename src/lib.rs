@@ -22,6 +22,9 @@
 //! - `proxy`: the data path — downstream connections (plain or TLS), HTTP/1.1 and h2, forwarding, upgrades,
 //!   HTTPS redirects, limits and timeouts; one exit per request that counts it and hands its access-log line
 //!   over. It puts a backend connection back in the pool once its response has been read.
+//! - `http1`: HTTP/1.1 on the wire for both sides, below `proxy` and `upstream` (pure, no socket): the
+//!   hop-by-hop names, body framing (`Content-Length`, the chunked decoder and encoder's pieces) and the server
+//!   side's strict request-head parser.
 //! - `upstream`: the backend side, below `proxy` — reveille's own HTTP/1.1 client: the codec (heads, framing,
 //!   chunks, trailers, hop-by-hop names), a connection's socket (TCP, or TLS for `https://` backends) and
 //!   buffers, one exchange (`send` and the response body), the pool of idle connections (generic, knows no
@@ -79,6 +82,7 @@ mod events;
 mod fsread;
 mod fswatch;
 mod health_check;
+mod http1;
 mod metrics;
 mod open_files;
 mod passivation;
@@ -102,10 +106,12 @@ pub use telemetry::init as init_logging;
 pub use admin::Settings as AdminSettings;
 pub use cluster::Settings as ClusterSettings;
 pub use etcd::{EtcdConfig, EtcdError};
+#[doc(hidden)]
+pub use http1::bench as http1_bench;
 pub use passivation::Settings as PassivationSettings;
 #[doc(hidden)]
 pub use proxy::bench as header_bench;
-pub use proxy::Settings as ProxySettings;
+pub use proxy::{Http1Server, Http2Server, Settings as ProxySettings};
 pub use tls::Settings as TlsSettings;
 #[doc(hidden)]
 pub use upstream::bench as upstream_codec_bench;

@@ -77,6 +77,17 @@ pub enum Scheduler {
     Shared,
 }
 
+/// Which HTTP/1.1 server side serves clients (`http2` chooses h2's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Http1 {
+    /// reveille's own codec, the one under its HTTP/1.1 client too, in the connection's own task.
+    #[default]
+    Reveille,
+    /// hyper's `http1` server.
+    Hyper,
+}
+
 section! {
     /// `reveille.toml`, or `serve`'s flags. Every key is optional; see `config/reveille.toml` for the documented
     /// example.
@@ -234,6 +245,14 @@ section! {
         /// connections and backend pool) or shared (tokio's work-stealing scheduler) [default: per-core]
         #[arg(long, help_heading = "Workers", value_enum, value_name = "MODEL")]
         pub scheduler: Option<Scheduler>,
+        /// Which HTTP/1.1 server side serves clients: reveille (its own codec, shared with its HTTP/1.1 client)
+        /// or hyper [default: reveille]
+        #[arg(long, help_heading = "Listeners", value_enum, value_name = "SIDE")]
+        pub http1: Option<Http1>,
+        /// Which HTTP/2 server speaks to h2 clients: reveille (its own, on the h2 crate, every stream served in
+        /// its connection's task) or hyper (hyper's, a task per stream) [default: hyper]
+        #[arg(long, help_heading = "Listeners", value_enum, value_name = "SERVER")]
+        pub http2: Option<crate::proxy::Http2Server>,
     }
 }
 

@@ -154,7 +154,14 @@ impl Config {
                 buffer: f.log.access_log_buffer.unwrap_or(d.access_log.buffer),
             },
             shutdown_grace: f.server.shutdown_grace.unwrap_or(d.shutdown_grace),
-            proxy: resolve_proxy(f.limits, f.upstream, f.log.access_log, f.server.trusted_proxies),
+            proxy: resolve_proxy(
+                f.limits,
+                f.upstream,
+                f.log.access_log,
+                f.server.trusted_proxies,
+                f.server.http1,
+                f.server.http2,
+            ),
             passivation: resolve_passivation(f.passivation, &f.docker, &f.runtimes, f.cluster.node, max_file_size)?,
             activity_interval: f.cluster.activity_interval.unwrap_or(d.activity_interval),
             cluster: crate::cluster::Settings {
@@ -266,6 +273,8 @@ fn resolve_proxy(
     u: UpstreamSection,
     access_log: Option<bool>,
     trusted_proxies: Option<Vec<ipnet::IpNet>>,
+    http1: Option<file::Http1>,
+    http2: Option<crate::proxy::Http2Server>,
 ) -> Settings {
     let d = Settings::default();
     Settings {
@@ -294,6 +303,12 @@ fn resolve_proxy(
         request_timeout: l.request_timeout.or(d.request_timeout).filter(|t| !t.is_zero()),
         overload_timeout: l.overload_timeout.unwrap_or(d.overload_timeout),
         access_log: access_log.unwrap_or(d.access_log),
+        http1_server: match http1 {
+            None => d.http1_server,
+            Some(file::Http1::Reveille) => crate::proxy::Http1Server::Reveille,
+            Some(file::Http1::Hyper) => crate::proxy::Http1Server::Hyper,
+        },
+        http2: http2.unwrap_or(d.http2),
         trusted_proxies: trusted_proxies.unwrap_or(d.trusted_proxies),
     }
 }

@@ -206,6 +206,19 @@ fn node_flag_wins_and_is_checked() {
 }
 
 #[test]
+fn http1_server_from_file_and_flag() {
+    use crate::proxy::Http1Server;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reveille.toml");
+    let side = |c: Config| c.proxy.http1_server;
+    assert_eq!(side(Config::resolve(None, &cli(&["--routes", "r.toml"])).unwrap()), Http1Server::Reveille);
+    std::fs::write(&path, "[server]\nroutes = \"r.toml\"\nhttp1 = \"hyper\"\n").unwrap();
+    assert_eq!(side(Config::resolve(Some(&path), &ConfigFile::default()).unwrap()), Http1Server::Hyper);
+    assert_eq!(side(Config::resolve(Some(&path), &cli(&["--http1", "reveille"])).unwrap()), Http1Server::Reveille);
+    assert!(try_cli(&["--http1", "nginx"]).is_err());
+}
+
+#[test]
 fn upstream_quickack_from_file_and_flag() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("reveille.toml");
@@ -556,4 +569,19 @@ fn runtimes_section() {
         let e = refused(text);
         assert!(e.contains(want), "{text}: {e}");
     }
+}
+
+#[test]
+fn http2_server_from_file_and_flag() {
+    use crate::proxy::Http2Server;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reveille.toml");
+    // hyper's by default: reveille's own is opt-in until its writes are batched across streams.
+    assert_eq!(Config::resolve(None, &cli(&["--routes", "r.toml"])).unwrap().proxy.http2, Http2Server::Hyper);
+    std::fs::write(&path, "[server]\nroutes = \"r.toml\"\nhttp2 = \"reveille\"\n").unwrap();
+    assert_eq!(Config::resolve(Some(&path), &ConfigFile::default()).unwrap().proxy.http2, Http2Server::Reveille);
+    let flags = cli(&["--http2", "hyper"]);
+    assert_eq!(Config::resolve(Some(&path), &flags).unwrap().proxy.http2, Http2Server::Hyper);
+    std::fs::write(&path, "[server]\nroutes = \"r.toml\"\nhttp2 = \"h3\"\n").unwrap();
+    assert!(Config::resolve(Some(&path), &ConfigFile::default()).is_err());
 }

@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 use tracing::warn;
 
-use super::conn::{ConnState, InFlight};
+use super::conn::{ConnState, H1Body, InFlight};
 use super::error::UpstreamErrorKind;
 use super::stream::Progress;
 use crate::routes::{Backend, Load, Service};
@@ -54,7 +54,7 @@ pub(crate) enum BodyError {
     #[error("request body slower than {0} bytes/s")]
     DownstreamTooSlow(u64),
     #[error("reading the request body: {0}")]
-    Downstream(#[source] hyper::Error),
+    Downstream(#[source] DownstreamError),
     #[error("no byte of the response body from the backend for {}", humantime::format_duration(*.0))]
     UpstreamIdle(Duration),
     #[error("the request's time limit passed")]
@@ -81,7 +81,8 @@ impl DownstreamFailure {
         match e {
             BodyError::DownstreamIdle(_) => Self::Idle,
             BodyError::DownstreamTooSlow(_) => Self::TooSlow,
-            BodyError::Downstream(e) if is_malformed(e) => Self::Malformed,
+            BodyError::Downstream(DownstreamError::Hyper(e)) if is_malformed(e) => Self::Malformed,
+            BodyError::Downstream(DownstreamError::H1(e)) if is_malformed(e) => Self::Malformed,
             _ => Self::Aborted,
         }
     }
@@ -95,10 +96,11 @@ impl DownstreamFailure {
     }
 }
 
-/// hyper reports a bad chunk size, an overlong chunk extension and the like as `InvalidData`/`InvalidInput`
-/// I/O errors of the body; a vanished client as `UnexpectedEof`, a reset, or an h2 stream error.
-fn is_malformed(e: &hyper::Error) -> bool {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+/// hyper (and reveille's own HTTP/1.1 side) report a bad chunk size, an overlong chunk extension and the like
+/// as `InvalidData`/`InvalidInput` I/O errors of the body; a vanished client as `UnexpectedEof`, a reset, or an
+/// h2 stream error.
+fn is_malformed(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = src {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             return matches!(io.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput);
@@ -106,6 +108,106 @@ fn is_malformed(e: &hyper::Error) -> bool {
         src = s.source();
     }
     false
+}
+
+/// How a client's body failed to arrive: hyper's error, reveille's own HTTP/1.1 side's (an I/O error, with
+/// bad framing as `InvalidData`), or the h2 crate's on reveille's own h2 server (a reset stream, a broken
+/// connection; h2 itself refuses a body that does not match its `content-length`).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DownstreamError {
+    #[error(transparent)]
+    Hyper(hyper::Error),
+    #[error(transparent)]
+    H1(std::io::Error),
+    #[error(transparent)]
+    H2(h2::Error),
+}
+
+/// A client's request body as a server side hands it over: hyper's (HTTP/1.1 or h2, when hyper serves it),
+/// reveille's own HTTP/1.1 side's, or an h2 stream of reveille's own h2 server.
+pub(crate) enum ClientBody {
+    Hyper(Incoming),
+    H1(H1Body),
+    H2(H2RequestBody),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = DownstreamError;
+
+    #[inline]
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, DownstreamError>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(DownstreamError::Hyper),
+            ClientBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(DownstreamError::H1),
+            ClientBody::H2(b) => b.poll_frame(cx),
+        }
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(b) => b.is_end_stream(),
+            ClientBody::H1(b) => b.is_end_stream(),
+            ClientBody::H2(b) => b.recv.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(b) => b.size_hint(),
+            ClientBody::H1(b) => b.size_hint(),
+            ClientBody::H2(b) => match b.len {
+                Some(n) => SizeHint::with_exact(n),
+                None if b.recv.is_end_stream() => SizeHint::with_exact(0),
+                None => SizeHint::default(),
+            },
+        }
+    }
+}
+
+/// An h2 stream's request body: its data frames, each given back to the client's flow-control window as it is
+/// taken (so a backend that reads slowly slows this stream only), then its trailers.
+pub(crate) struct H2RequestBody {
+    recv: h2::RecvStream,
+    /// The data frames have ended; trailers may follow.
+    data_done: bool,
+    /// The `content-length` the client declared (h2 checks the data against it).
+    len: Option<u64>,
+}
+
+impl H2RequestBody {
+    pub(crate) fn new(recv: h2::RecvStream, len: Option<u64>) -> Self {
+        Self { recv, data_done: false, len }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, DownstreamError>>> {
+        if !self.data_done {
+            match std::task::ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(h2_end(e)),
+                None => self.data_done = true,
+            }
+        }
+        match std::task::ready!(self.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(h2_end(e)),
+        }
+    }
+}
+
+/// A client that resets its stream with `NO_ERROR` after sending what it meant to send (RFC 9113 §8.1: it may,
+/// once the response is complete) ended the body; any other reset failed it.
+fn h2_end(e: h2::Error) -> Option<Result<Frame<Bytes>, DownstreamError>> {
+    if e.reason() == Some(h2::Reason::NO_ERROR) {
+        None
+    } else {
+        Some(Err(DownstreamError::H2(e)))
+    }
 }
 
 /// Times the waits of one body: fires when no frame has come for `idle` while the body was being waited on,
@@ -193,7 +295,7 @@ impl Stall {
 /// limits.
 pub(crate) struct DownstreamBody {
     prefix: Option<Bytes>,
-    inner: Incoming,
+    inner: ClientBody,
     stall: Stall,
     /// The minimum rate and its grace.
     rate: Option<(u64, Duration)>,
@@ -302,7 +404,7 @@ impl BodySlot {
     /// Reads the first `limits.buffer` bytes of `body` (all of a body that fits). `Ok(None)` when the body is
     /// empty: such requests are always retryable.
     pub(crate) async fn read(
-        body: Incoming,
+        body: ClientBody,
         limits: &BodyLimits,
         conn: &Arc<ConnState>,
     ) -> Result<Option<Self>, DownstreamFailure> {

@@ -24,12 +24,11 @@ use http::header::{
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tracing::{debug, warn, Instrument};
 
-use super::body::{BodyLimits, BodySlot, DownstreamFailure, RequestBody, ResponseBody};
+use super::body::{BodyLimits, BodySlot, ClientBody, DownstreamFailure, RequestBody, ResponseBody};
 use super::conn::InFlight;
 use super::error::{ErrorMetric, UpstreamErrorKind};
 use super::headers::{add_forwarded, strip_hop_by_hop, upgrade_requested};
@@ -45,7 +44,7 @@ use crate::upstream::{
 };
 
 /// Handles one request end to end. Never fails: errors become responses.
-pub(super) async fn handle(svc: &ProxyService, req: Request<Incoming>, guard: InFlight) -> Response {
+pub(super) async fn handle(svc: &ProxyService, req: Request<ClientBody>, guard: InFlight) -> Response {
     let mut ctx = RequestCtx::new(svc.proxy.access_log.is_on(), &req);
     let outcome = match svc.proxy.settings.request_timeout {
         None => respond(svc, &mut ctx, req, guard).await,
@@ -86,7 +85,7 @@ struct RequestCtx {
 type Outcome = Result<Response, (ProxyError, InFlight)>;
 
 impl RequestCtx {
-    fn new(access_log: bool, req: &Request<Incoming>) -> Self {
+    fn new(access_log: bool, req: &Request<ClientBody>) -> Self {
         Self {
             start: Instant::now(),
             line: access_log.then(|| (req.method().clone(), req.uri().path_and_query().cloned())),
@@ -171,7 +170,7 @@ impl RequestCtx {
 
 /// The request's phases up to its response: checks, routing, what reveille answers itself (HTTPS redirect,
 /// status endpoint), passivation (wake, starting page), forwarding. Leaves metrics and logs to the exit.
-async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, mut req: Request<Incoming>, guard: InFlight) -> Outcome {
+async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, mut req: Request<ClientBody>, guard: InFlight) -> Outcome {
     let proxy = &*svc.proxy;
 
     if req.method() == Method::CONNECT {
@@ -330,13 +329,13 @@ async fn forward(
     service: &Service,
     target: Option<&Backend>,
     activity: Option<Activity>,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     last_backend: &mut Option<Backend>,
     start: Instant,
 ) -> Result<(Upstream, Option<Load>), ProxyError> {
     let proxy = &*svc.proxy;
     let upgrade = if req.version() == Version::HTTP_11 { upgrade_requested(req.headers()) } else { None };
-    let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let downstream_upgrade = upgrade.as_ref().map(|_| tunnel::ClientUpgrade::of(&mut req));
 
     let (parts, body) = req.into_parts();
     let method: Method = parts.method;
@@ -769,7 +768,7 @@ impl<'a> Iterator for Backends<'a> {
 const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
 
 /// ACME HTTP-01 challenges must stay reachable over plain HTTP, or a certificate could never be issued.
-fn is_acme_challenge(req: &Request<Incoming>) -> bool {
+fn is_acme_challenge(req: &Request<ClientBody>) -> bool {
     req.uri().path().starts_with(ACME_CHALLENGE)
 }
 

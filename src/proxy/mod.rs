@@ -15,6 +15,7 @@ mod admission;
 mod body;
 mod conn;
 mod error;
+mod h2_stream;
 mod handler;
 mod headers;
 mod stream;
@@ -86,7 +87,7 @@ use crate::routes::RouteHandle;
 use crate::tls::TlsAcceptor;
 use crate::upstream::{self, ConnectSettings, Connector};
 use admission::AddressLimit;
-use body::{BodyLimits, ResponseBody};
+use body::{BodyLimits, ClientBody, ResponseBody};
 use conn::{ConnState, InFlight, Pressure};
 use headers::Peer;
 
@@ -148,6 +149,10 @@ pub struct Settings {
     pub overload_timeout: Duration,
     /// Write an access-log line per request.
     pub access_log: bool,
+    /// Which HTTP/1.1 server side serves clients: hyper's, or reveille's own (`conn::h1`).
+    pub http1_server: Http1Server,
+    /// Which HTTP/2 server speaks to h2 clients (TLS with ALPN `h2`, and h2c with prior knowledge).
+    pub http2: Http2Server,
     /// Peers (networks) whose forwarding headers (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`) are kept and
     /// extended. Any other peer's are replaced, so a client cannot choose the address a backend sees. Empty:
     /// trust no one.
@@ -181,9 +186,33 @@ impl Default for Settings {
             request_timeout: None,
             overload_timeout: Duration::from_secs(2),
             access_log: true,
+            http1_server: Http1Server::default(),
+            http2: Http2Server::default(),
             trusted_proxies: Vec::new(),
         }
     }
+}
+
+/// The HTTP/1.1 server side (issue 30): hyper's `http1::Builder`, or reveille's own codec (`crate::http1`, the
+/// one under its HTTP/1.1 client too) in the connection's own task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Http1Server {
+    Hyper,
+    #[default]
+    Reveille,
+}
+
+/// The HTTP/2 server of the downstream side (issue 27). hyper's is the default: reveille's own cut instructions
+/// per gRPC call but made more `writev`s, and cost more CPU per call in the peer lab; it is opt-in until its
+/// writes are batched across streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Http2Server {
+    /// reveille's own, on the `h2` crate: every stream served in its connection's task (`conn::h2`).
+    Reveille,
+    /// hyper's: a task spawned per stream.
+    #[default]
+    Hyper,
 }
 
 /// hyper's own limit on an HTTP/1.1 request's header fields.
@@ -215,6 +244,8 @@ pub(crate) struct Proxy {
     worker_connections: Box<[prometheus_client::metrics::counter::Counter]>,
     h1: http1::Builder,
     h2: http2::Builder<SpanExecutor>,
+    /// What every h2 stream is held to (the send timeout), on either HTTP/2 server.
+    streams: Arc<stream::Limits>,
     /// HTTPS redirects of plain-HTTP requests; `None` when no service can ask for one.
     redirect: Redirect,
     /// Client connections served at once, over every listener.
@@ -290,7 +321,8 @@ impl Proxy {
         let pressure = Arc::new(Pressure::new(settings_limit, settings.overload_timeout));
         let streams =
             stream::Limits { send: settings.send_timeout, pressure: pressure.clone(), metrics: metrics.clone() };
-        let mut h2 = http2::Builder::new(SpanExecutor(Arc::new(streams)));
+        let streams = Arc::new(streams);
+        let mut h2 = http2::Builder::new(SpanExecutor(streams.clone()));
         h2.timer(TokioTimer::new())
             .max_header_list_size(settings.max_header_size.min(u32::MAX as usize) as u32)
             .max_concurrent_streams(settings.h2_max_concurrent_streams)
@@ -320,6 +352,7 @@ impl Proxy {
             worker_connections,
             h1,
             h2,
+            streams,
             redirect,
             limit: Arc::new(Semaphore::new(settings_limit)),
             pressure,
@@ -459,6 +492,18 @@ impl ProxyService {
         Self { proxy, peer, conn, tls }
     }
 
+    /// One stream of reveille's own h2 server (`conn::h2`), to be driven in the connection's task: the request
+    /// through the handler, the response sent; held to the send timeout as hyper's stream tasks are.
+    fn h2_stream(
+        &self,
+        req: http::Request<h2::RecvStream>,
+        respond: h2::server::SendResponse<bytes::Bytes>,
+    ) -> impl Future<Output = ()> + Send + '_ {
+        // Boxed: the request's future is a few KiB, and on its way into the connection's set of streams it is
+        // moved several times (wrapped, instrumented, pushed); boxed once, they move a pointer.
+        stream::Guarded::new(Box::pin(h2_stream::serve(self, req, respond)), self.proxy.streams.clone())
+    }
+
     /// `X-Forwarded-Proto` of this connection's requests.
     fn proto(&self) -> &'static HeaderValue {
         static HTTP: HeaderValue = HeaderValue::from_static("http");
@@ -484,6 +529,18 @@ impl hyper::service::Service<http::Request<Incoming>> for ProxyService {
             self.conn.body_unread(!http_body::Body::is_end_stream(req.body()));
         }
         let this = self.clone();
+        let req = req.map(ClientBody::Hyper);
         Box::pin(async move { Ok(handler::handle(&this, req, guard).await) })
+    }
+}
+
+impl ProxyService {
+    /// A request from reveille's own HTTP/1.1 server side (`conn::h1`): the same way through as hyper's, its
+    /// future boxed as hyper's is (the connection's own future stays small).
+    fn call_h1(&self, req: http::Request<conn::H1Body>) -> Pin<Box<dyn Future<Output = Response> + Send + '_>> {
+        let guard = InFlight::new(&self.conn);
+        self.conn.body_unread(!http_body::Body::is_end_stream(req.body()));
+        let req = req.map(ClientBody::H1);
+        Box::pin(handler::handle(self, req, guard))
     }
 }

@@ -17,21 +17,48 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::conn::ConnState;
+use super::conn::{ConnState, H1Upgrade};
 use crate::upstream::Upgraded;
+
+/// The client's side of an upgrade, from whichever HTTP/1.1 server side served the request.
+pub(crate) enum ClientUpgrade {
+    Hyper(OnUpgrade),
+    Own(H1Upgrade),
+}
+
+/// An upgraded client connection.
+trait ClientIo: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> ClientIo for T {}
+
+impl ClientUpgrade {
+    /// The upgrade of `req`: reveille's own server side puts its [`H1Upgrade`] in the request's extensions.
+    pub(crate) fn of<B>(req: &mut http::Request<B>) -> Self {
+        match req.extensions_mut().remove::<H1Upgrade>() {
+            Some(own) => Self::Own(own),
+            None => Self::Hyper(hyper::upgrade::on(req)),
+        }
+    }
+
+    async fn upgraded(self) -> Result<Box<dyn ClientIo>, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(match self {
+            Self::Hyper(on) => Box::new(TokioIo::new(on.await?)),
+            Self::Own(own) => Box::new(own.upgraded().await?),
+        })
+    }
+}
 
 /// Runs one tunnel to its end, between the client's upgraded connection and the backend's (with the bytes it
 /// sent past its `101`). `_conn` is held so the connection's slot stays taken while the tunnel lives, and
 /// `_activity` so a passivated tenant is never stopped under an open WebSocket.
 pub(crate) async fn run(
-    client: OnUpgrade,
+    client: ClientUpgrade,
     mut backend: Upgraded,
     idle: Duration,
     _conn: Arc<ConnState>,
     _activity: Option<crate::passivation::Activity>,
 ) {
     _conn.upgraded();
-    let client = match client.await {
+    let client = match client.upgraded().await {
         Ok(client) => client,
         Err(e) => {
             debug!(error = %e, "upgrade failed");
@@ -40,7 +67,7 @@ pub(crate) async fn run(
     };
     let epoch = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
-    let mut client = Tracked { inner: TokioIo::new(client), last: last.clone(), epoch };
+    let mut client = Tracked { inner: client, last: last.clone(), epoch };
     let idle_ms = idle.as_millis() as u64;
     let watch = async {
         loop {

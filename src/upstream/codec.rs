@@ -1,67 +1,26 @@
 //! The HTTP/1.1 codec of the backend side, pure: no socket, no pool. Request heads encoded, response heads
-//! parsed in place (header values are slices of the bytes read, not copies), the response's framing (RFC 9112
-//! §6.3), chunk-size lines, the last chunk and trailers, and the names of the hop-by-hop fields that never pass
-//! a hop (the downstream side strips requests with the same list, in `proxy::headers`).
+//! parsed in place (header values are slices of the bytes read, not copies) and the response's framing (RFC 9112
+//! §6.3). What both sides share — chunked bodies, `Content-Length` values, the hop-by-hop names — is
+//! `crate::http1`'s, below this and the server side alike.
 //!
-//! Like pingora's `protocols/http/v1/body.rs`, it sits under whoever speaks HTTP/1.1: [`exchange`](super::exchange)
-//! drives it over a backend connection, the benchmarks call it on buffers.
+//! [`exchange`](super::exchange) drives it over a backend connection, the benchmarks call it on buffers.
 
 use std::mem::MaybeUninit;
 
-use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use bytes::BytesMut;
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 
 use super::error::UpstreamError;
+use crate::http1::parse_decimal;
 
 /// Most header fields in a response head (hyper's default too).
 const MAX_HEADERS: usize = 100;
 /// Largest response head (status line and fields).
 const MAX_HEAD: usize = 64 * 1024;
-/// Longest chunk-size line (with extensions), and most trailer bytes.
-pub(super) const MAX_CHUNK_LINE: usize = 4 * 1024;
-const MAX_TRAILERS: usize = 16 * 1024;
 
-/// The hop-by-hop fields every message loses (RFC 9110 §7.6.1, and the obsolete `Proxy-Connection`).
-pub(crate) static HOP_BY_HOP: [HeaderName; 7] = [
-    CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    TE,
-    TRAILER,
-    TRANSFER_ENCODING,
-    UPGRADE,
-    HeaderName::from_static("proxy-connection"),
-];
-
-/// The position of `name` in [`HOP_BY_HOP`]: a match on the lowercase name (a length switch, then a compare).
-pub(crate) fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
-    match name.as_str() {
-        "connection" => Some(0),
-        "keep-alive" => Some(1),
-        "te" => Some(2),
-        "trailer" => Some(3),
-        "transfer-encoding" => Some(4),
-        "upgrade" => Some(5),
-        "proxy-connection" => Some(6),
-        _ => None,
-    }
-}
-
-/// A field that never passes a hop by itself: `Connection` (which may name others), the fixed list, and every
-/// `Proxy-*` field.
-pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
-    hop_by_hop_index(name).is_some() || name.as_str().starts_with("proxy-")
-}
-
-/// A field named by a `Connection` token that must go beyond the fixed list (which goes anyway), if the token
-/// names one: never `Host` (`Connection: host` must not make a request lose its Host).
-pub(crate) fn connection_named(token: &[u8]) -> Option<HeaderName> {
-    let token = token.trim_ascii();
-    if token.is_empty() || HOP_BY_HOP.iter().any(|f| token.eq_ignore_ascii_case(f.as_str().as_bytes())) {
-        return None;
-    }
-    HeaderName::from_bytes(token).ok().filter(|name| *name != HOST)
-}
+// The hop-by-hop names are both sides' (`crate::http1`); the module's face passes them on from here.
+pub(crate) use crate::http1::{connection_named, hop_by_hop_index, is_hop_by_hop, HOP_BY_HOP};
 
 /// How the request body is framed on the wire.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -118,26 +77,6 @@ pub(super) fn encode_head(
     });
     out.extend_from_slice(b"\r\n");
     framing
-}
-
-/// A chunk's size line.
-pub(super) fn chunk_size_line(len: usize) -> Bytes {
-    Bytes::from(format!("{len:X}\r\n"))
-}
-
-/// The last chunk and the trailers.
-pub(super) fn last_chunk(trailers: Option<&HeaderMap>) -> Bytes {
-    let Some(t) = trailers else { return Bytes::from_static(b"0\r\n\r\n") };
-    let mut out = BytesMut::with_capacity(64);
-    out.extend_from_slice(b"0\r\n");
-    for (name, value) in t {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.freeze()
 }
 
 /// How the response body is delimited.
@@ -318,69 +257,9 @@ pub(super) fn response_framing(method: &Method, head: &mut Head, upgrade: bool) 
     }
 }
 
-fn parse_decimal(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(s.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')))
-}
-
 /// 1xx other than 101: skipped, the final response follows.
 pub(super) fn is_interim(status: StatusCode) -> bool {
     status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS
-}
-
-/// The length of the first line in `buf` (with its line ending), if it is complete.
-pub(super) fn find_line(buf: &[u8], max: usize) -> Result<Option<usize>, UpstreamError> {
-    match buf.iter().position(|&b| b == b'\n') {
-        Some(i) => Ok(Some(i + 1)),
-        None if buf.len() > max => Err(UpstreamError::Chunk("chunk-size line too long")),
-        None => Ok(None),
-    }
-}
-
-/// A chunk-size line: hex digits, optional extensions after `;`, CRLF.
-pub(super) fn parse_chunk_size(line: &[u8]) -> Result<u64, UpstreamError> {
-    let line = line.strip_suffix(b"\r\n").ok_or(UpstreamError::Chunk("chunk-size line without CRLF"))?;
-    let digits = line.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
-    if digits.is_empty() || digits.len() > 15 {
-        return Err(UpstreamError::Chunk("invalid chunk size"));
-    }
-    digits.iter().try_fold(0u64, |n, &d| {
-        let v = (d as char).to_digit(16).ok_or(UpstreamError::Chunk("invalid chunk size"))?;
-        Ok(n * 16 + u64::from(v))
-    })
-}
-
-/// The length of the trailer section (up to and with its empty line), if it is complete.
-pub(super) fn find_trailers_end(buf: &[u8]) -> Result<Option<usize>, UpstreamError> {
-    if buf.starts_with(b"\r\n") {
-        return Ok(Some(2));
-    }
-    match buf.windows(4).position(|w| w == b"\r\n\r\n") {
-        Some(i) => Ok(Some(i + 4)),
-        None if buf.len() > MAX_TRAILERS => Err(UpstreamError::Chunk("trailers too large")),
-        None => Ok(None),
-    }
-}
-
-/// The trailer fields, if there are any.
-pub(super) fn parse_trailers(block: &[u8]) -> Result<Option<HeaderMap>, UpstreamError> {
-    if block == b"\r\n" {
-        return Ok(None);
-    }
-    let mut slots = [httparse::EMPTY_HEADER; 32];
-    let fields = match httparse::parse_headers(block, &mut slots) {
-        Ok(httparse::Status::Complete((_, fields))) => fields,
-        _ => return Err(UpstreamError::Chunk("malformed trailers")),
-    };
-    let mut map = HeaderMap::with_capacity(fields.len());
-    for f in fields {
-        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(f.name.as_bytes()), HeaderValue::from_bytes(f.value)) {
-            map.append(n, v);
-        }
-    }
-    Ok(Some(map))
 }
 
 #[cfg(test)]
@@ -506,15 +385,6 @@ mod tests {
     }
 
     #[test]
-    fn chunk_sizes() {
-        assert_eq!(parse_chunk_size(b"1A\r\n").unwrap(), 26);
-        assert_eq!(parse_chunk_size(b"0;ext=1\r\n").unwrap(), 0);
-        assert!(parse_chunk_size(b"zz\r\n").is_err());
-        assert!(parse_chunk_size(b"10").is_err());
-        assert!(parse_chunk_size(b"FFFFFFFFFFFFFFFFF\r\n").is_err(), "no overflow");
-    }
-
-    #[test]
     fn request_heads_frame_their_bodies() {
         let mut out = BytesMut::new();
         let mut headers = HeaderMap::new();
@@ -538,13 +408,5 @@ mod tests {
         out.clear();
         headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         assert!(encode_head(&mut out, &Method::POST, "/", &headers, None) == ReqFraming::Chunked);
-    }
-
-    #[test]
-    fn hop_by_hop_index_matches_the_list() {
-        for (i, name) in HOP_BY_HOP.iter().enumerate() {
-            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
-        }
-        assert_eq!(hop_by_hop_index(&HOST), None);
     }
 }

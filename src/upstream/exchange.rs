@@ -23,19 +23,17 @@
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Response};
 use http_body::{Body, Frame, SizeHint};
 
-use super::codec::{
-    chunk_size_line, encode_head, find_line, find_trailers_end, is_interim, last_chunk, parse_chunk_size, parse_head,
-    parse_trailers, response_framing, Framing, Head, ReqFraming, MAX_CHUNK_LINE,
-};
+use super::codec::{encode_head, is_interim, parse_head, response_framing, Framing, Head, ReqFraming};
 use super::connect::Conn;
 use super::error::{BoxError, UpstreamError};
 use super::h2::H2Body;
 use super::wire::{Upgraded, Wire, READ_MAX};
+use crate::http1::{chunk_size_line, last_chunk, Chunked, Decoded};
 
 /// A whole request body up to this size goes out in the head's `write`.
 const INLINE_BODY: usize = 16 * 1024;
@@ -139,7 +137,7 @@ where
     let state = match framing {
         Framing::Empty => State::Done,
         Framing::Length(n) => State::Length(n),
-        Framing::Chunked => State::Chunked(Chunk::Size),
+        Framing::Chunked => State::Chunked(Chunked::Size),
         Framing::Eof => State::Eof,
         Framing::Upgrade => State::Upgrade,
     };
@@ -269,7 +267,7 @@ async fn read_head(wire: &mut Wire, answered: &mut bool) -> Result<Head, Upstrea
 enum State {
     /// This many bytes to go.
     Length(u64),
-    Chunked(Chunk),
+    Chunked(Chunked),
     /// Until the backend closes.
     Eof,
     /// A 101: no body; the connection goes to the tunnel.
@@ -277,18 +275,6 @@ enum State {
     Done,
     /// The body comes from an h2 stream (`UpstreamBody::h2`), not from this connection.
     H2,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    /// Reading a chunk-size line.
-    Size,
-    /// This many bytes of chunk data to go.
-    Data(u64),
-    /// The CRLF after a chunk's data.
-    DataEnd,
-    /// Trailer fields after the last chunk, up to an empty line.
-    Trailers,
 }
 
 /// A backend's response body, read from its connection as it is polled. At its end the connection can be taken
@@ -342,64 +328,27 @@ impl UpstreamBody {
     fn poll_chunked(
         &mut self,
         cx: &mut Context<'_>,
-        mut chunk: Chunk,
+        mut chunk: Chunked,
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let Some(conn) = self.conn.as_mut() else { return Poll::Ready(None) };
         let wire = conn.get_mut();
         loop {
-            let buf = &mut wire.read;
-            let need_more = match chunk {
-                Chunk::Size => match find_line(buf, MAX_CHUNK_LINE)? {
-                    Some(line_len) => {
-                        let line = buf.split_to(line_len);
-                        let size = parse_chunk_size(&line)?;
-                        chunk = if size == 0 { Chunk::Trailers } else { Chunk::Data(size) };
-                        false
-                    }
-                    None => true,
-                },
-                Chunk::Data(left) => {
-                    if buf.is_empty() {
-                        true
-                    } else {
-                        let take = (buf.len() as u64).min(left) as usize;
-                        let data = buf.split_to(take).freeze();
-                        let left = left - take as u64;
-                        self.state = State::Chunked(if left == 0 { Chunk::DataEnd } else { Chunk::Data(left) });
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
+            match chunk.decode(&mut wire.read).map_err(|e| UpstreamError::Chunk(e.0))? {
+                Decoded::Data(data) => {
+                    self.state = State::Chunked(chunk);
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Chunk::DataEnd => {
-                    if buf.len() < 2 {
-                        true
-                    } else if &buf[..2] == b"\r\n" {
-                        buf.advance(2);
-                        chunk = Chunk::Size;
-                        false
-                    } else {
-                        return Poll::Ready(Some(Err(UpstreamError::Chunk("no CRLF after a chunk's data"))));
-                    }
+                Decoded::End(trailers) => {
+                    self.finish();
+                    return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
                 }
-                Chunk::Trailers => match find_trailers_end(buf)? {
-                    Some(len) => {
-                        let block = buf.split_to(len);
-                        let trailers = parse_trailers(&block)?;
-                        self.finish();
-                        return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
+                Decoded::More(want) => {
+                    self.state = State::Chunked(chunk);
+                    match ready!(wire.poll_fill(cx, want)) {
+                        Ok(0) => return Poll::Ready(Some(Err(UpstreamError::Incomplete))),
+                        Ok(_) => {}
+                        Err(e) => return Poll::Ready(Some(Err(UpstreamError::Io(e)))),
                     }
-                    None => true,
-                },
-            };
-            if need_more {
-                self.state = State::Chunked(chunk);
-                let want = match chunk {
-                    Chunk::Data(left) => usize::try_from(left).unwrap_or(usize::MAX),
-                    _ => 0,
-                };
-                match ready!(wire.poll_fill(cx, want)) {
-                    Ok(0) => return Poll::Ready(Some(Err(UpstreamError::Incomplete))),
-                    Ok(_) => {}
-                    Err(e) => return Poll::Ready(Some(Err(UpstreamError::Io(e)))),
                 }
             }
         }

@@ -11,11 +11,17 @@
 //! [`ConnState`] also holds the connection's slot (the `max_connections` permit and the open-connections gauge):
 //! an upgraded connection (WebSocket) keeps it for as long as its tunnel lives.
 //!
+//! HTTP/1.1 is served by reveille's own server side (`h1.rs`, on the codec in `crate::http1`) unless
+//! `[server] http1 = "hyper"` asks for hyper's; h2 by hyper's unless `[server] http2 = "reveille"` asks for
+//! reveille's own (`h2.rs`, on the h2 crate). All of them run under the same `drive` loop.
+//!
 //! The files: this one holds the connection's state ([`ConnState`], [`InFlight`]) and its task (`serve`, the
-//! `drive` loop); `io.rs` the socket wrapper and the lingering close; `pressure.rs` the slots' pressure and
-//! evictions; `watchdog.rs` the timer that applies the limits; `on_wake.rs` the wrapper that keeps the rare
-//! branch of `drive` cheap.
+//! `drive` loop); `h1.rs` reveille's own HTTP/1.1 server side; `h2.rs` reveille's own h2 server; `io.rs` the
+//! socket wrapper and the lingering close; `pressure.rs` the slots' pressure and evictions; `watchdog.rs` the timer that applies the limits;
+//! `on_wake.rs` the wrapper that keeps the rare branch of `drive` cheap.
 
+mod h1;
+mod h2;
 mod io;
 mod on_wake;
 mod pressure;
@@ -39,10 +45,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+pub(crate) use h1::{H1Body, H1Upgrade};
 pub(crate) use pressure::Pressure;
 
 use super::admission::AddressGuard;
-use super::{Proxy, ProxyService, SpanExecutor};
+use super::{Http1Server, Http2Server, Proxy, ProxyService, SpanExecutor};
 use crate::tls::TlsAcceptor;
 use io::ConnIo;
 use on_wake::OnWake;
@@ -286,8 +293,9 @@ enum Rare {
     PressureRose,
     Shutdown,
 }
-/// What hyper's HTTP/1 and HTTP/2 connections have in common for us.
-trait ServerConn: Future<Output = Result<(), hyper::Error>> {
+/// What hyper's HTTP/1 and HTTP/2 connections, and reveille's own HTTP/1.1 and h2 ones, have in common for us.
+trait ServerConn: Future<Output = Result<(), Self::Error>> {
+    type Error: std::fmt::Display;
     fn graceful(self: Pin<&mut Self>);
 }
 
@@ -313,12 +321,14 @@ impl Stream for tokio_rustls::server::TlsStream<TcpStream> {
 }
 
 impl<S: Stream> ServerConn for hyper::server::conn::http1::UpgradeableConnection<Io<S>, ProxyService> {
+    type Error = hyper::Error;
     fn graceful(self: Pin<&mut Self>) {
         self.graceful_shutdown();
     }
 }
 
 impl<S: Stream> ServerConn for hyper::server::conn::http2::Connection<Io<S>, ProxyService, SpanExecutor> {
+    type Error = hyper::Error;
     fn graceful(self: Pin<&mut Self>) {
         self.graceful_shutdown();
     }
@@ -448,19 +458,35 @@ async fn serve_http<S: Stream>(
     // timeout (later streams are covered by the idle timeout).
     state.head_started.store(1, Ordering::Relaxed);
     state.track_heads.store(!is_h2, Ordering::Relaxed);
-    let io = TokioIo::new(ConnIo::new(stream, prefix, state.clone(), tls));
+    let io = ConnIo::new(stream, prefix, state.clone(), tls);
     let service = ProxyService::new(proxy.clone(), peer, state.clone(), tls);
     let dog = Watchdog::new(state, &proxy.pressure, settings);
-    let result = if is_h2 {
-        // Boxed: hyper's h2 connection is much larger than its HTTP/1.1 one, and inline it would size every
-        // HTTP/1.1 connection's future.
-        Box::pin(drive(proxy.h2.serve_connection(io, service), dog, &proxy, shutdown)).await
+    // Client resets and half-finished requests are routine at an edge proxy: debug, not warn.
+    let ended = |e: &dyn std::fmt::Display| debug!(error = %e, "connection ended with an error");
+    if is_h2 {
+        // Boxed: an h2 connection is much larger than an HTTP/1.1 one, and inline it would size every HTTP/1.1
+        // connection's future.
+        if settings.http2 == Http2Server::Reveille {
+            if let Err(e) = Box::pin(drive(h2::serve(io, service, settings), dog, &proxy, shutdown)).await {
+                ended(&e);
+            }
+        } else {
+            let conn = proxy.h2.serve_connection(TokioIo::new(io), service);
+            if let Err(e) = Box::pin(drive(conn, dog, &proxy, shutdown)).await {
+                ended(&e);
+            }
+        }
+    } else if settings.http1_server == Http1Server::Reveille {
+        let limits =
+            crate::http1::HeadLimits { max_size: settings.max_header_size, max_fields: settings.max_header_count };
+        if let Err(e) = drive(h1::H1Conn::new(io, service, limits), dog, &proxy, shutdown).await {
+            ended(&e);
+        }
     } else {
-        drive(proxy.h1.serve_connection(io, service).with_upgrades(), dog, &proxy, shutdown).await
-    };
-    if let Err(e) = result {
-        // Client resets and half-finished requests are routine at an edge proxy: debug, not warn.
-        debug!(error = %e, "connection ended with an error");
+        let conn = proxy.h1.serve_connection(TokioIo::new(io), service).with_upgrades();
+        if let Err(e) = drive(conn, dog, &proxy, shutdown).await {
+            ended(&e);
+        }
     }
 }
 
@@ -469,7 +495,7 @@ async fn drive<C: ServerConn>(
     dog: Watchdog<'_>,
     proxy: &Proxy,
     shutdown: CancellationToken,
-) -> Result<(), hyper::Error> {
+) -> Result<(), C::Error> {
     let evicted = dog.state.evicted.clone();
     tokio::pin!(conn);
     tokio::pin!(dog);

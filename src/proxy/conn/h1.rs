@@ -1,0 +1,710 @@
+//! reveille's own HTTP/1.1 server side (issue 30), in the connection's own task: the request head read into
+//! the connection's buffer and parsed in place (`crate::http1::parse_request`, hyper's rules), the request
+//! handed to the handler with a body read from the same buffer and socket as it is polled ([`H1Body`]), the
+//! response head encoded once and written with the response's first bytes, the body streamed (by its length,
+//! chunked, or to the close for HTTP/1.0), then the next request: keep-alive and pipelining in order,
+//! `Expect: 100-continue` (the interim answer when the body is first read, as hyper sends it), upgrades (the
+//! socket and the bytes read past the head go to the tunnel once the `101` is out).
+//!
+//! The loop and the body share the socket and its buffer through one lock, never contended: both are polled by
+//! the connection's task. Timers, eviction, shutdown and the lingering close are the connection's, as with
+//! hyper's side (`drive`, the watchdog, `ConnIo`).
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::{Method, Request, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::oneshot;
+
+use super::io::ConnIo;
+use super::{ServerConn, Stream};
+use crate::http1::{chunk_size_line, has_token, last_chunk, parse_request, BodyFraming, Chunked, Decoded, HeadLimits};
+use crate::proxy::ProxyService;
+
+/// Most bytes one read of a request body asks for.
+const READ_MAX: usize = 64 * 1024;
+/// A response's first data frame up to this size goes out in the head's write.
+const INLINE_BODY: usize = 16 * 1024;
+
+/// The connection's socket and what was read from it, shared by the connection's loop and the body of the
+/// request in flight.
+struct Inner<S: Stream> {
+    /// Taken by an upgrade.
+    io: Option<ConnIo<S>>,
+    /// Bytes read and not yet taken: the rest of a head, a body, pipelined requests.
+    buf: BytesMut,
+    body: BodyRead,
+    /// `Expect: 100-continue`: the interim answer is owed before the body is first read.
+    continue_owed: bool,
+    /// What is left to write of a `100 Continue`.
+    interim: Bytes,
+}
+
+/// How far the current request's body has been read.
+#[derive(Debug, Clone, Copy)]
+enum BodyRead {
+    Length(u64),
+    Chunked(Chunked),
+    Done,
+    Failed,
+}
+
+impl<S: Stream> Inner<S> {
+    fn io(&mut self) -> io::Result<Pin<&mut ConnIo<S>>> {
+        self.io.as_mut().map(Pin::new).ok_or_else(|| io::ErrorKind::NotConnected.into())
+    }
+
+    /// Reads more of the client's bytes into `buf`; `Ok(0)` when the client closed its side.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        let want = want.clamp(8 * 1024, READ_MAX);
+        if self.buf.capacity() - self.buf.len() < want / 2 {
+            self.buf.reserve(want);
+        }
+        let Inner { io, buf, .. } = self;
+        let io = io.as_mut().ok_or(io::ErrorKind::NotConnected)?;
+        tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+    }
+
+    /// Writes the `100 Continue` owed, if one is.
+    fn poll_continue(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.continue_owed {
+            self.continue_owed = false;
+            self.interim = Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
+        while !self.interim.is_empty() {
+            let interim = self.interim.clone();
+            let n = ready!(self.io()?.poll_write(cx, &interim))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.interim.advance(n);
+            if self.interim.is_empty() {
+                ready!(self.io()?.poll_flush(cx))?;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// What the request body reads through, whatever the connection's stream.
+trait ReadBody: Send + Sync {
+    fn poll_body(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>>;
+    fn is_done(&self) -> bool;
+    fn left(&self) -> Option<u64>;
+}
+
+impl<S: Stream> ReadBody for Mutex<Inner<S>> {
+    fn poll_body(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        if let Err(e) = ready!(inner.poll_continue(cx)) {
+            inner.body = BodyRead::Failed;
+            return Poll::Ready(Some(Err(e)));
+        }
+        loop {
+            let want = match inner.body {
+                BodyRead::Done => return Poll::Ready(None),
+                BodyRead::Failed => {
+                    return Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::InvalidData, "request body failed"))))
+                }
+                BodyRead::Length(left) => {
+                    if !inner.buf.is_empty() {
+                        let take = (inner.buf.len() as u64).min(left) as usize;
+                        let left = left - take as u64;
+                        inner.body = if left == 0 { BodyRead::Done } else { BodyRead::Length(left) };
+                        return Poll::Ready(Some(Ok(Frame::data(inner.buf.split_to(take).freeze()))));
+                    }
+                    usize::try_from(left).unwrap_or(usize::MAX)
+                }
+                BodyRead::Chunked(mut chunked) => match chunked.decode(&mut inner.buf) {
+                    Ok(Decoded::Data(data)) => {
+                        inner.body = BodyRead::Chunked(chunked);
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    Ok(Decoded::End(trailers)) => {
+                        inner.body = BodyRead::Done;
+                        return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
+                    }
+                    Ok(Decoded::More(want)) => {
+                        inner.body = BodyRead::Chunked(chunked);
+                        want
+                    }
+                    Err(e) => {
+                        inner.body = BodyRead::Failed;
+                        return Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::InvalidData, e))));
+                    }
+                },
+            };
+            match ready!(inner.poll_fill(cx, want)) {
+                Ok(0) => {
+                    inner.body = BodyRead::Failed;
+                    return Poll::Ready(Some(Err(io::ErrorKind::UnexpectedEof.into())));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    inner.body = BodyRead::Failed;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        matches!(self.lock().body, BodyRead::Done)
+    }
+
+    fn left(&self) -> Option<u64> {
+        match self.lock().body {
+            BodyRead::Length(n) => Some(n),
+            BodyRead::Done => Some(0),
+            _ => None,
+        }
+    }
+}
+
+/// A request body on reveille's own HTTP/1.1 server side, read from the connection as it is polled.
+pub(crate) struct H1Body {
+    src: Arc<dyn ReadBody>,
+}
+
+impl Body for H1Body {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.src.poll_body(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.src.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.src.left() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+/// What an upgraded client connection is.
+trait UpgradeIo: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> UpgradeIo for T {}
+
+/// The client's side of an upgrade on reveille's own HTTP/1.1 server side, in the request's extensions: the
+/// connection and the bytes the client sent past its head, handed over once the `101` is out.
+#[derive(Clone)]
+pub(crate) struct H1Upgrade(Arc<Mutex<Option<oneshot::Receiver<Upgraded>>>>);
+
+impl H1Upgrade {
+    /// The connection, once the `101` has been written.
+    pub(crate) async fn upgraded(self) -> io::Result<Upgraded> {
+        let rx = self.0.lock().take().ok_or(io::ErrorKind::NotConnected)?;
+        rx.await.map_err(|_| io::Error::new(io::ErrorKind::NotConnected, "the connection ended before the 101"))
+    }
+}
+
+/// An upgraded client connection: the bytes read past the head first, then the socket.
+pub(crate) struct Upgraded {
+    io: Box<dyn UpgradeIo>,
+    read: Bytes,
+}
+
+impl AsyncRead for Upgraded {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read[..n]);
+            self.read.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Upgraded {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// One connection served by reveille's own HTTP/1.1 side, as [`drive`](super::drive) runs it.
+pub(super) struct H1Conn {
+    fut: Pin<Box<dyn Future<Output = io::Result<()>> + Send>>,
+    /// Asked to close: no new request is read once the one in flight (if any) is answered.
+    closing: Arc<AtomicBool>,
+    /// The socket, kept until the connection is dropped rather than when its loop ends: `drive` marks the
+    /// connection finished in between, and only a finished connection's close may linger (`ConnIo`'s drop).
+    _socket: Arc<dyn ReadBody>,
+}
+
+impl H1Conn {
+    pub(super) fn new<S: Stream>(io: ConnIo<S>, svc: ProxyService, limits: HeadLimits) -> Self {
+        let closing = Arc::new(AtomicBool::new(false));
+        let inner = Inner {
+            io: Some(io),
+            buf: BytesMut::new(),
+            body: BodyRead::Done,
+            continue_owed: false,
+            interim: Bytes::new(),
+        };
+        let shared = Arc::new(Mutex::new(inner));
+        let fut = Box::pin(serve(shared.clone(), svc, limits, closing.clone()));
+        Self { fut, closing, _socket: shared }
+    }
+}
+
+impl Future for H1Conn {
+    type Output = io::Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.fut.as_mut().poll(cx)
+    }
+}
+
+impl ServerConn for H1Conn {
+    type Error = io::Error;
+
+    fn graceful(self: Pin<&mut Self>) {
+        self.closing.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The connection's loop: a request head, the handler, the response; again while the connection stays open.
+async fn serve<S: Stream>(
+    shared: Arc<Mutex<Inner<S>>>,
+    svc: ProxyService,
+    limits: HeadLimits,
+    closing: Arc<AtomicBool>,
+) -> io::Result<()> {
+    loop {
+        let parsed = poll_fn(|cx| {
+            let mut guard = shared.lock();
+            let inner = &mut *guard;
+            loop {
+                if !inner.buf.is_empty() {
+                    match parse_request(&mut inner.buf, limits) {
+                        Ok(Some(p)) => return Poll::Ready(Ok(Some(p))),
+                        Ok(None) => {}
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                } else if closing.load(Ordering::Relaxed) {
+                    return Poll::Ready(Ok(None));
+                }
+                match ready!(inner.poll_fill(cx, 0)) {
+                    // The client closed: between requests, or with half a head (nothing to answer).
+                    Ok(0) | Err(_) => return Poll::Ready(Ok(None)),
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        let parsed = match parsed {
+            Ok(Some(p)) => p,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                tracing::debug!(error = %e, "request head refused");
+                let mut out = BytesMut::with_capacity(128);
+                write_status_line(&mut out, Version::HTTP_11, e.status());
+                out.extend_from_slice(b"content-length: 0\r\nconnection: close\r\n");
+                write_date(&mut out);
+                out.extend_from_slice(b"\r\n");
+                return write_all(&shared, &mut vec![out.freeze()]).await;
+            }
+        };
+        let http11 = parsed.request.version() == Version::HTTP_11;
+        let head_request = parsed.request.method() == Method::HEAD;
+        let mut keep_alive = parsed.keep_alive;
+        {
+            let mut inner = shared.lock();
+            inner.body = match parsed.body {
+                BodyFraming::Length(0) => BodyRead::Done,
+                BodyFraming::Length(n) => BodyRead::Length(n),
+                BodyFraming::Chunked => BodyRead::Chunked(Chunked::Size),
+            };
+            inner.continue_owed = parsed.expect_continue && !matches!(inner.body, BodyRead::Done);
+        }
+        let (parts, ()) = parsed.request.into_parts();
+        let mut req = Request::from_parts(parts, H1Body { src: shared.clone() });
+        let upgrade = parsed.wants_upgrade.then(|| {
+            let (tx, rx) = oneshot::channel();
+            req.extensions_mut().insert(H1Upgrade(Arc::new(Mutex::new(Some(rx)))));
+            tx
+        });
+        let response = svc.call_h1(req).await;
+        let (parts, body) = response.into_parts();
+        if parts.headers.get_all(CONNECTION).iter().any(|v| has_token(v.as_bytes(), b"close")) {
+            keep_alive = false;
+        }
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(tx) = upgrade {
+                let mut out = BytesMut::with_capacity(256);
+                encode_head(&mut out, &parts, http11, Out::None, true);
+                write_all(&shared, &mut vec![out.freeze()]).await?;
+                let mut inner = shared.lock();
+                let io = inner.io.take().ok_or(io::ErrorKind::NotConnected)?;
+                let read = inner.buf.split().freeze();
+                let _ = tx.send(Upgraded { io: Box::new(io), read });
+                return Ok(());
+            }
+        }
+        let out = framing(&parts, body.size_hint(), head_request, http11);
+        if out == Out::Close {
+            keep_alive = false;
+        }
+        if closing.load(Ordering::Relaxed) {
+            keep_alive = false;
+        }
+        write_response(&shared, &parts, body, out, http11, keep_alive).await?;
+        let body_done = matches!(shared.lock().body, BodyRead::Done);
+        // A body nobody read to its end: the connection cannot serve again (the lingering close takes the rest).
+        if !keep_alive || !body_done {
+            return Ok(());
+        }
+    }
+}
+
+/// How a response body goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Out {
+    /// No body (HEAD, 1xx, 204, 304).
+    None,
+    Length(u64),
+    Chunked,
+    /// To the close: an HTTP/1.0 client and a body of unknown length.
+    Close,
+}
+
+/// RFC 9112 §6.3 from the server's side, as hyper decides it.
+fn framing(parts: &http::response::Parts, hint: SizeHint, head_request: bool, http11: bool) -> Out {
+    let status = parts.status;
+    if head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Out::None;
+    }
+    if let Some(n) = hint.exact() {
+        return Out::Length(n);
+    }
+    if let Some(n) = parts.headers.get(CONTENT_LENGTH).and_then(|v| crate::http1::parse_decimal(v.as_bytes())) {
+        return Out::Length(n);
+    }
+    if http11 {
+        Out::Chunked
+    } else {
+        Out::Close
+    }
+}
+
+fn write_status_line(out: &mut BytesMut, version: Version, status: StatusCode) {
+    if version == Version::HTTP_11 && status == StatusCode::OK {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        return;
+    }
+    out.extend_from_slice(if version == Version::HTTP_10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The response head: the status line (with the backend's own reason phrase, if it had one), the fields as
+/// they are but the framing ones, which follow `out`, and `Connection` and `Date` when needed.
+fn encode_head(out: &mut BytesMut, parts: &http::response::Parts, http11: bool, framing: Out, keep_alive: bool) {
+    out.reserve(512);
+    // An HTTP/1.0 client gets an HTTP/1.0 status line, as hyper answers it.
+    let version = if http11 { Version::HTTP_11 } else { Version::HTTP_10 };
+    match parts.extensions.get::<hyper::ext::ReasonPhrase>() {
+        Some(reason) => {
+            out.extend_from_slice(if http11 { b"HTTP/1.1 " } else { b"HTTP/1.0 " });
+            out.extend_from_slice(parts.status.as_str().as_bytes());
+            out.extend_from_slice(b" ");
+            out.extend_from_slice(reason.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        None => write_status_line(out, version, parts.status),
+    }
+    let no_length = parts.status.is_informational() || parts.status == StatusCode::NO_CONTENT;
+    let mut wrote_length = false;
+    let (mut has_connection, mut has_date) = (false, false);
+    for (name, value) in &parts.headers {
+        if *name == TRANSFER_ENCODING {
+            continue;
+        }
+        has_connection |= *name == CONNECTION;
+        has_date |= *name == DATE;
+        if *name == CONTENT_LENGTH {
+            if no_length || wrote_length || matches!(framing, Out::Chunked | Out::Close) {
+                continue;
+            }
+            wrote_length = true;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Out::Length(n) if !wrote_length => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Out::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        _ => {}
+    }
+    if !has_connection {
+        if !keep_alive {
+            out.extend_from_slice(b"connection: close\r\n");
+        } else if !http11 {
+            out.extend_from_slice(b"connection: keep-alive\r\n");
+        }
+    }
+    if !has_date {
+        write_date(out);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the response: its head with the first bytes of its body, then the rest as the body gives it.
+async fn write_response<S: Stream, B>(
+    shared: &Arc<Mutex<Inner<S>>>,
+    parts: &http::response::Parts,
+    body: B,
+    framing: Out,
+    http11: bool,
+    keep_alive: bool,
+) -> io::Result<()>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let mut head = BytesMut::with_capacity(512);
+    encode_head(&mut head, parts, http11, framing, keep_alive);
+    let mut out = Vec::with_capacity(4);
+    out.push(head.freeze());
+    if framing == Out::None {
+        return write_all(shared, &mut out).await;
+    }
+    let mut body = std::pin::pin!(body);
+    let mut left = match framing {
+        Out::Length(n) => n,
+        _ => u64::MAX,
+    };
+    let mut queued = 0usize;
+    loop {
+        // A frame ready now joins what is queued; when none is, what is queued goes out first.
+        let next = poll_fn(|cx| match body.as_mut().poll_frame(cx) {
+            Poll::Pending if !out.is_empty() => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(frame) => Poll::Ready(Some(frame)),
+        })
+        .await;
+        let frame = match next {
+            None => {
+                write_all(shared, &mut out).await?;
+                queued = 0;
+                continue;
+            }
+            Some(frame) => frame,
+        };
+        match frame {
+            None => {
+                if framing == Out::Chunked {
+                    out.push(last_chunk(None));
+                } else if matches!(framing, Out::Length(_)) && left != 0 {
+                    let _ = write_all(shared, &mut out).await;
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "response body shorter than its length"));
+                }
+                return write_all(shared, &mut out).await;
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "response body failed; closing");
+                let _ = write_all(shared, &mut out).await;
+                return Err(io::Error::other("response body failed"));
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    if data.is_empty() {
+                        continue;
+                    }
+                    match framing {
+                        Out::Chunked => {
+                            out.push(chunk_size_line(data.len()));
+                            queued += data.len();
+                            out.push(data);
+                            out.push(Bytes::from_static(b"\r\n"));
+                        }
+                        _ => {
+                            let n = (data.len() as u64).min(left);
+                            left -= n;
+                            queued += n as usize;
+                            out.push(data.slice(..n as usize));
+                        }
+                    }
+                    if queued > INLINE_BODY {
+                        write_all(shared, &mut out).await?;
+                        queued = 0;
+                    }
+                }
+                Err(frame) => {
+                    if let (Out::Chunked, Ok(trailers)) = (framing, frame.into_trailers()) {
+                        out.push(last_chunk(Some(&trailers)));
+                        return write_all(shared, &mut out).await;
+                    }
+                }
+            },
+        }
+        if matches!(framing, Out::Length(_)) && left == 0 && body.is_end_stream() {
+            return write_all(shared, &mut out).await;
+        }
+    }
+}
+
+/// Writes `out` whole (vectored on plain TCP; gathered into one buffer for TLS, one record), then flushes.
+async fn write_all<S: Stream>(shared: &Arc<Mutex<Inner<S>>>, out: &mut Vec<Bytes>) -> io::Result<()> {
+    poll_fn(|cx| {
+        let mut guard = shared.lock();
+        let mut io = guard.io()?;
+        if out.len() > 1 && !io.is_write_vectored() {
+            let mut one = BytesMut::with_capacity(out.iter().map(Bytes::len).sum());
+            for b in out.drain(..) {
+                one.extend_from_slice(&b);
+            }
+            out.push(one.freeze());
+        }
+        while !out.is_empty() {
+            let n = if out.len() == 1 {
+                ready!(io.as_mut().poll_write(cx, &out[0]))?
+            } else {
+                let mut slices = [io::IoSlice::new(&[]); 16];
+                let k = out.len().min(slices.len());
+                for (slice, b) in slices.iter_mut().zip(out.iter()) {
+                    *slice = io::IoSlice::new(b);
+                }
+                ready!(io.as_mut().poll_write_vectored(cx, &slices[..k]))?
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            let mut n = n;
+            while n > 0 {
+                if n >= out[0].len() {
+                    n -= out[0].len();
+                    out.remove(0);
+                } else {
+                    out[0].advance(n);
+                    n = 0;
+                }
+            }
+        }
+        io.as_mut().poll_flush(cx)
+    })
+    .await
+}
+
+/// The `Date` field, formatted once a second per thread (as hyper caches it).
+fn write_date(out: &mut BytesMut) {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static CACHED: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHED.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != now {
+            *c = (now, imf_fixdate(now));
+        }
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(&c.1);
+        out.extend_from_slice(b"\r\n");
+    });
+}
+
+/// `Sun, 06 Nov 1994 08:49:37 GMT` (RFC 9110 §5.6.7) for seconds since the epoch.
+fn imf_fixdate(secs: u64) -> [u8; 29] {
+    const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
+    const MONTHS: [&[u8; 3]; 12] =
+        [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"];
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil from days (Howard Hinnant's algorithm), days since 1970-01-01.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let mut out = [0u8; 29];
+    let two = |n: i64| [b'0' + (n / 10) as u8, b'0' + (n % 10) as u8];
+    out[..3].copy_from_slice(DAYS[(days % 7) as usize]);
+    out[3..5].copy_from_slice(b", ");
+    out[5..7].copy_from_slice(&two(day));
+    out[7] = b' ';
+    out[8..11].copy_from_slice(MONTHS[(month - 1) as usize]);
+    out[11] = b' ';
+    out[12..14].copy_from_slice(&two(year / 100));
+    out[14..16].copy_from_slice(&two(year % 100));
+    out[16] = b' ';
+    out[17..19].copy_from_slice(&two((rem / 3600) as i64));
+    out[19] = b':';
+    out[20..22].copy_from_slice(&two((rem / 60 % 60) as i64));
+    out[22] = b':';
+    out[23..25].copy_from_slice(&two((rem % 60) as i64));
+    out[25..29].copy_from_slice(b" GMT");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Response;
+
+    #[test]
+    fn dates_are_imf_fixdate() {
+        assert_eq!(&imf_fixdate(784_111_777), b"Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(&imf_fixdate(0), b"Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(&imf_fixdate(1_709_164_800), b"Thu, 29 Feb 2024 00:00:00 GMT");
+    }
+
+    #[test]
+    fn heads_frame_their_bodies() {
+        let mut resp = Response::new(());
+        resp.headers_mut().insert("x-a", "b".parse().unwrap());
+        let (parts, ()) = resp.into_parts();
+        let mut out = BytesMut::new();
+        encode_head(&mut out, &parts, true, Out::Length(5), true);
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\nx-a: b\r\ncontent-length: 5\r\ndate: "), "{text}");
+        assert!(text.ends_with(" GMT\r\n\r\n"), "{text}");
+        let mut out = BytesMut::new();
+        encode_head(&mut out, &parts, false, Out::Close, false);
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        assert!(text.starts_with("HTTP/1.0 200 OK\r\n"), "{text}");
+        assert!(text.contains("connection: close\r\n") && !text.contains("content-length"), "{text}");
+        assert_eq!(framing(&parts, SizeHint::default(), false, true), Out::Chunked);
+        assert_eq!(framing(&parts, SizeHint::default(), false, false), Out::Close);
+        assert_eq!(framing(&parts, SizeHint::with_exact(3), true, true), Out::None);
+    }
+}

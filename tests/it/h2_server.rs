@@ -1,0 +1,181 @@
+//! reveille's own HTTP/2 server for clients (`[server] http2 = "reveille"`, opt-in) against what hyper's server
+//! does (`"hyper"`, the default): gRPC in all four call kinds on both; one access-log line per
+//! stream; a stream in flight finishing across a graceful shutdown (GOAWAY); a client that resets streams as fast
+//! as it opens them (the rapid-reset attack) sent away with `ENHANCE_YOUR_CALM`.
+
+use std::time::Duration;
+
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use reveille::{AccessLogFormat, Http2Server, ProxySettings as Settings};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::grpc::all_four_kinds;
+use crate::support::grpc::*;
+use crate::support::*;
+
+fn settings(http2: Http2Server) -> Settings {
+    Settings { access_log: false, http2, ..Settings::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_http2_servers_carry_all_four_grpc_call_kinds() {
+    let backend = H2Backend::grpc("b1").await;
+    let routes = format!("[services.g]\nbackends = [\"h2c://{}\"]\n[routes]\n\"grpc.test\" = \"g\"\n", backend.addr);
+    for server in [Http2Server::Reveille, Http2Server::Hyper] {
+        let proxy = TestProxy::start_with(&routes, settings(server)).await;
+        let mut client = EchoClient::new(h2c_channel(proxy.http, "grpc.test").await);
+        all_four_kinds(&mut client, "b1").await;
+        let got = client.unary(msg(&format!("{server:?}"), 1)).await.unwrap();
+        assert_eq!(got.text, format!("b1: {server:?}"));
+    }
+}
+
+/// An h2c connection to `proxy` (hyper's client), its driver spawned.
+async fn h2c(proxy: std::net::SocketAddr) -> hyper::client::conn::http2::SendRequest<BoxBody> {
+    let stream = TcpStream::connect(proxy).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stream_of_a_connection_gets_one_access_log_line() {
+    let a = Backend::echo("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let path = log.clone();
+    let proxy = TestProxy::start_custom(&routes_file(&[("a", vec![a.addr])], &[("a.test", "a")]), move |c| {
+        c.proxy.access_log = true;
+        c.proxy.http2 = Http2Server::Reveille;
+        c.access_log.file = Some(path);
+        c.access_log.format = AccessLogFormat::Json;
+    })
+    .await;
+    let sender = h2c(proxy.http).await;
+    let mut calls = Vec::new();
+    for i in 0..30 {
+        let mut sender = sender.clone();
+        calls.push(tokio::spawn(async move {
+            let host = if i % 3 == 0 { "nowhere.test" } else { "a.test" };
+            let req = Request::get(format!("http://{host}/sleep/20?i={i}")).body(full("")).unwrap();
+            let resp = sender.send_request(req).await.unwrap();
+            let status = resp.status();
+            resp.into_body().collect().await.unwrap();
+            status
+        }));
+    }
+    for (i, call) in calls.into_iter().enumerate() {
+        let want = if i % 3 == 0 { StatusCode::NOT_FOUND } else { StatusCode::OK };
+        assert_eq!(call.await.unwrap(), want, "stream {i}");
+    }
+    let lines = || -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    eventually(Duration::from_secs(5), "30 access-log lines", || {
+        let n = lines().len();
+        async move { n >= 30 }
+    })
+    .await;
+    let lines = lines();
+    assert_eq!(lines.len(), 30, "{lines:?}");
+    for i in 0..30 {
+        let target = format!("/sleep/20?i={i}");
+        let mine: Vec<_> = lines.iter().filter(|l| l["path"] == target.as_str()).collect();
+        assert_eq!(mine.len(), 1, "stream {i}: {mine:?}");
+        let (status, service) = if i % 3 == 0 { ("404", "-") } else { ("200", "a") };
+        assert_eq!(mine[0]["status"].to_string().trim_matches('"'), status, "{:?}", mine[0]);
+        assert_eq!(mine[0]["service"], service, "{:?}", mine[0]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_in_flight_finishes_across_a_graceful_shutdown() {
+    let a = Backend::echo("a").await;
+    let proxy = TestProxy::start_with(
+        &routes_file(&[("a", vec![a.addr])], &[("a.test", "a")]),
+        settings(Http2Server::Reveille),
+    )
+    .await;
+    let mut sender = h2c(proxy.http).await;
+    let slow = tokio::spawn(async move {
+        let resp = sender.send_request(Request::get("http://a.test/sleep/800").body(full("")).unwrap()).await;
+        let resp = resp.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, body, sender)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stop = tokio::spawn(proxy.stop(Duration::from_secs(10)));
+    let (status, body, mut sender) = slow.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["path"], "/sleep/800");
+    assert!(stop.await.unwrap(), "the proxy drained");
+    // The connection was asked to go away: no new stream is served on it.
+    let again = sender.send_request(Request::get("http://a.test/").body(full("")).unwrap()).await;
+    assert!(again.is_err(), "a stream opened after the GOAWAY: {again:?}");
+}
+
+/// One h2 frame: its 9-byte header and `payload`.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resetting_streams_as_fast_as_it_opens_them_is_sent_away() {
+    let a = Backend::echo("a").await;
+    for server in [Http2Server::Reveille, Http2Server::Hyper] {
+        let proxy =
+            TestProxy::start_with(&routes_file(&[("a", vec![a.addr])], &[("a.test", "a")]), settings(server)).await;
+        let mut c = TcpStream::connect(proxy.http).await.unwrap();
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(frame(0x4, 0, 0, &[]));
+        // GET http://a.test/ in HPACK: :method GET, :scheme http, :path / (static table), :authority a.test.
+        let block = [&[0x82, 0x86, 0x84, 0x01, 6][..], b"a.test"].concat();
+        for i in 0..200u32 {
+            let id = 2 * i + 1;
+            out.extend(frame(0x1, 0x5, id, &block));
+            // RST_STREAM(CANCEL) at once.
+            out.extend(frame(0x3, 0, id, &8u32.to_be_bytes()));
+        }
+        c.write_all(&out).await.unwrap();
+        // Read frames until a GOAWAY, which must say ENHANCE_YOUR_CALM (0xb).
+        let mut buf = Vec::new();
+        let goaway = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let mut at = 0;
+                while buf.len() >= at + 9 {
+                    let len = (usize::from(buf[at]) << 16) | (usize::from(buf[at + 1]) << 8) | usize::from(buf[at + 2]);
+                    if buf.len() < at + 9 + len {
+                        break;
+                    }
+                    if buf[at + 3] == 0x7 {
+                        let p = &buf[at + 9..at + 9 + len];
+                        return Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+                    }
+                    at += 9 + len;
+                }
+                let mut chunk = [0u8; 4096];
+                match c.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await
+        .expect("the connection must end");
+        assert_eq!(goaway, Some(0xb), "{server:?}: GOAWAY(ENHANCE_YOUR_CALM)");
+        // The proxy still serves others.
+        let resp = h2c(proxy.http).await.send_request(Request::get("http://a.test/").body(full("")).unwrap()).await;
+        assert_eq!(resp.unwrap().status(), StatusCode::OK, "{server:?}");
+    }
+}
