@@ -134,8 +134,9 @@ pub(crate) struct Cluster {
     source: OnceLock<ActivitySource>,
     /// Signalled when the decider key is deleted (a campaign may win).
     vacant: Notify,
-    /// Tenants whose status key a repair is writing now (one at a time per tenant).
-    repairing: Mutex<std::collections::HashSet<Arc<str>>>,
+    /// Tenants whose status key a repair is writing now (one task at a time per tenant), each with the latest
+    /// repair asked of it (from which revision, to which state): a newer ask replaces an older one.
+    repairing: Mutex<HashMap<Arc<str>, (Option<i64>, TenantState)>>,
     metrics: ClusterMetrics,
 }
 
@@ -167,7 +168,7 @@ impl Cluster {
             events_rx: Mutex::new(Some(rx)),
             source: OnceLock::new(),
             vacant: Notify::new(),
-            repairing: Mutex::new(std::collections::HashSet::new()),
+            repairing: Mutex::new(HashMap::new()),
             metrics,
         })
     }

@@ -227,33 +227,55 @@ impl Cluster {
         Ok(Transition::Conflict(current))
     }
 
-    /// Writes `state` as the tenant's status in the background, from revision `expect`, unless a repair of the
-    /// same tenant is already on its way (its outcome updates what this replica knows first).
+    /// Writes `state` as the tenant's status in the background, from revision `expect`. While a repair of the
+    /// same tenant is on its way, this ask replaces what it will write next (the latest observation wins).
     pub(crate) fn repair(self: &Arc<Self>, service: &Arc<str>, expect: Option<i64>, state: TenantState) {
-        if !self.repairing.lock().insert(service.clone()) {
-            return;
+        {
+            let mut repairing = self.repairing.lock();
+            if let Some(wanted) = repairing.get_mut(service) {
+                *wanted = (expect, state);
+                return;
+            }
+            repairing.insert(service.clone(), (expect, state));
         }
         let (me, service) = (self.clone(), service.clone());
         tokio::spawn(async move {
             // An etcd that fails the write (a member down under the client, a timeout) is tried again while
             // the key is still where it was expected: a status left behind would otherwise stay until the next
-            // change of the key, which may never come (a settled tenant writes nothing).
-            for attempt in 0..REPAIR_ATTEMPTS {
+            // change of the key, which may never come (a settled tenant writes nothing). A newer ask made
+            // meanwhile is written instead.
+            let mut failures = 0;
+            loop {
+                let Some(wanted) = me.repairing.lock().get(&service).cloned() else { break };
+                let (expect, state) = wanted.clone();
                 let written = me.transition(&service, expect, state.clone(), SystemTime::now(), REPAIR_TIMEOUT).await;
-                let unmoved = me.status(&service).map(|s| s.revision) == expect;
-                match written {
-                    Err(e) if unmoved && attempt + 1 < REPAIR_ATTEMPTS => {
-                        debug!(service = %service, error = %e, "status repair failed: trying again");
-                        tokio::time::sleep(REPAIR_RETRY).await;
-                    }
+                let finished = match written {
+                    Ok(_) => true,
                     Err(e) => {
-                        warn!(service = %service, error = %e, state = %state, "cannot repair the tenant's status in etcd");
+                        failures += 1;
+                        let unmoved = me.status(&service).map(|s| s.revision) == expect;
+                        let give_up = !unmoved || failures >= REPAIR_ATTEMPTS;
+                        if give_up {
+                            warn!(service = %service, error = %e, state = %state, "cannot repair the tenant's status in etcd");
+                        } else {
+                            debug!(service = %service, error = %e, "status repair failed: trying again");
+                        }
+                        give_up
+                    }
+                };
+                {
+                    let mut repairing = me.repairing.lock();
+                    let asked_again = repairing.get(&service) != Some(&wanted);
+                    if finished && !asked_again {
+                        repairing.remove(&service);
                         break;
                     }
-                    Ok(_) => break,
+                    if asked_again {
+                        continue;
+                    }
                 }
+                tokio::time::sleep(REPAIR_RETRY).await;
             }
-            me.repairing.lock().remove(&service);
         });
     }
 }

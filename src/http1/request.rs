@@ -171,7 +171,8 @@ pub(crate) fn parse_request(buf: &mut BytesMut, limits: HeadLimits) -> Result<Op
                 keep_alive = has_token(value.as_bytes(), b"keep-alive");
             }
         } else if name == EXPECT {
-            expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+            // RFC 9110 §10.1.1: ignored in an HTTP/1.0 request (as hyper does).
+            expect_continue = http11 && value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         } else if name == UPGRADE {
             wants_upgrade = http11;
         }

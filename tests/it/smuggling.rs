@@ -209,6 +209,12 @@ fn cases() -> Vec<Case> {
         case("101 fields", many, "431; closed"),
         // Expect: 100-continue.
         case("Expect: 100-continue", post("Content-Length: 3\r\nExpect: 100-continue\r\n", "abc"), "100, 200 /; open"),
+        // RFC 9110 §10.1.1: an HTTP/1.0 client's expectation is ignored (a 100 would be its final response).
+        case(
+            "Expect: 100-continue from HTTP/1.0 gets no 100",
+            "POST / HTTP/1.0\r\nHost: a.test\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\nabc",
+            "200 /; closed",
+        ),
     ]
 }
 

@@ -303,7 +303,11 @@ async fn serve<S: Stream>(
                         Ok(None) => {}
                         Err(e) => return Poll::Ready(Err(e)),
                     }
-                } else if closing.load(Ordering::Relaxed) {
+                }
+                // Closing between requests: a head not whole yet (a stray CRLF, a client half-way through its
+                // next head) is not waited for — hyper's graceful shutdown closes such a connection too; waiting
+                // would hold the drain for its whole grace (the header timeout is off while closing).
+                if closing.load(Ordering::Relaxed) {
                     return Poll::Ready(Ok(None));
                 }
                 match ready!(inner.poll_fill(cx, 0)) {
@@ -348,6 +352,11 @@ async fn serve<S: Stream>(
         });
         let response = svc.call_h1(req).await;
         let (parts, body) = response.into_parts();
+        // The response starts: a `100 Continue` not yet begun is owed no more (as hyper's `Writing::Init` rule),
+        // and one a body poll began (the body may be pumped by another task, for an h2 backend) is finished
+        // first, so that it never lands inside the response.
+        shared.lock().continue_owed = false;
+        std::future::poll_fn(|cx| shared.lock().poll_continue(cx)).await?;
         if parts.headers.get_all(CONNECTION).iter().any(|v| has_token(v.as_bytes(), b"close")) {
             keep_alive = false;
         }
