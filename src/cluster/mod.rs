@@ -120,6 +120,9 @@ struct State {
     keep_awake: HashMap<String, KeepAwake>,
 }
 
+/// A status repair asked: from which revision (`None`: the key absent), to which state.
+type Repair = (Option<i64>, TenantState);
+
 /// This replica's side of the cluster. Shared; the background work runs in [`Cluster::run`].
 pub(crate) struct Cluster {
     etcd: Etcd,
@@ -136,7 +139,7 @@ pub(crate) struct Cluster {
     vacant: Notify,
     /// Tenants whose status key a repair is writing now (one task at a time per tenant), each with the latest
     /// repair asked of it (from which revision, to which state): a newer ask replaces an older one.
-    repairing: Mutex<HashMap<Arc<str>, (Option<i64>, TenantState)>>,
+    repairing: Mutex<HashMap<Arc<str>, Repair>>,
     metrics: ClusterMetrics,
 }
 
