@@ -29,7 +29,7 @@ pub(crate) use exchange::{send, RequestHead, SendBody, SendError, UpstreamBody};
 pub(crate) use get::{get_status, GetError};
 pub(crate) use pool::{set_worker, worker};
 pub(crate) use tls::{Alpn, BackendTls, TlsOptions, TlsSetupError};
-pub(crate) use wire::Upgraded;
+pub(crate) use wire::{Prefixed, Upgraded};
 
 /// The codec's two steps every proxied request takes, for the criterion benchmark `benches/upstream_codec.rs`
 /// only: not an API.

@@ -60,7 +60,7 @@ impl Wire {
 
     /// The socket and the bytes already read past the response head: a `101`'s tunnel.
     pub(crate) fn into_upgraded(self) -> Upgraded {
-        Upgraded { io: self.io, prefix: self.read.freeze() }
+        Prefixed::new(self.io, self.read.freeze())
     }
 
     /// A final response head among the bytes the socket already holds (read without waiting), if there is one.
@@ -336,13 +336,23 @@ impl AsyncWrite for Socket {
 }
 
 /// An upgraded backend connection: first the bytes read past the `101`'s head, then the socket.
+pub(crate) type Upgraded = Prefixed<Socket>;
+
+/// A connection handed to a tunnel: first the bytes already read past a head, then the stream itself (a backend's
+/// socket after its `101`, a client's after reveille's `101`).
 #[derive(Debug)]
-pub(crate) struct Upgraded {
-    io: Socket,
+pub(crate) struct Prefixed<T> {
+    io: T,
     prefix: Bytes,
 }
 
-impl AsyncRead for Upgraded {
+impl<T> Prefixed<T> {
+    pub(crate) fn new(io: T, prefix: Bytes) -> Self {
+        Self { io, prefix }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if !self.prefix.is_empty() {
             let n = self.prefix.len().min(buf.remaining());
@@ -354,7 +364,7 @@ impl AsyncRead for Upgraded {
     }
 }
 
-impl AsyncWrite for Upgraded {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }

@@ -22,7 +22,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{Method, Request, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
 use super::io::ConnIo;
@@ -197,7 +197,7 @@ impl Body for H1Body {
 }
 
 /// What an upgraded client connection is.
-trait UpgradeIo: AsyncRead + AsyncWrite + Send + Unpin {}
+pub(crate) trait UpgradeIo: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> UpgradeIo for T {}
 
 /// The client's side of an upgrade on reveille's own HTTP/1.1 server side, in the request's extensions: the
@@ -214,34 +214,7 @@ impl H1Upgrade {
 }
 
 /// An upgraded client connection: the bytes read past the head first, then the socket.
-pub(crate) struct Upgraded {
-    io: Box<dyn UpgradeIo>,
-    read: Bytes,
-}
-
-impl AsyncRead for Upgraded {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if !self.read.is_empty() {
-            let n = self.read.len().min(buf.remaining());
-            buf.put_slice(&self.read[..n]);
-            self.read.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Upgraded {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
+pub(crate) type Upgraded = crate::upstream::Prefixed<Box<dyn UpgradeIo>>;
 
 /// One connection served by reveille's own HTTP/1.1 side, as [`drive`](super::drive) runs it.
 pub(super) struct H1Conn {
@@ -368,7 +341,7 @@ async fn serve<S: Stream>(
                 let mut inner = shared.lock();
                 let io = inner.io.take().ok_or(io::ErrorKind::NotConnected)?;
                 let read = inner.buf.split().freeze();
-                let _ = tx.send(Upgraded { io: Box::new(io), read });
+                let _ = tx.send(Upgraded::new(Box::new(io), read));
                 return Ok(());
             }
         }
