@@ -138,10 +138,13 @@ pub const CAUSES: &[Cause] = &[
         documented: "LIFECYCLE.md, Several replicas, \"A replica cut off from etcd while the others are not\": \
                      the decider may stop a tenant it still uses; its requests get 502 until its inspect sees \
                      the stop",
+        // Judged when the 502 was given (the request's end) as well as when the request was sent: a request sent
+        // to a replica just frozen is read only at its thaw, long past its lease, and answered then (seed 2914:
+        // sent 0.6 s into a 5.5 s freeze, a 502 at the thaw while the decider's stop, made meanwhile, went on).
         matches: |r, h| {
             r.status == 502
                 && (reason_is(r, "the service could not be reached") || reason_is(r, "the service failed to answer"))
-                && cut_off(h, r.replica, r.start_ms)
+                && (cut_off(h, r.replica, r.start_ms) || cut_off(h, r.replica, r.end_ms))
         },
     },
     Cause {
@@ -938,6 +941,20 @@ mod tests {
         // Nor is a 502 from the backend itself (no reveille reason) excused.
         let backend = settled(cut(), vec![failed("r2", 1000 + TTL, 1000 + TTL + 3, 502, None, None)]);
         only(&check(&backend), Invariant::Answers);
+    }
+
+    #[test]
+    fn a_502_given_at_the_thaw_of_a_freeze_past_the_lease_is_documented_and_one_given_later_is_not() {
+        let freeze = || vec![fault(FaultKind::ReplicaFreeze, "r2", 1000, 1000 + 2 * TTL)];
+        let reached = Some("the service could not be reached");
+        // Sent before the lease could lapse, answered at the thaw: the replica held it, cut off, the whole time.
+        let thaw = settled(freeze(), vec![failed("r2", 1500, 1000 + 2 * TTL, 502, None, reached)]);
+        let report = check(&thaw);
+        assert!(report.passed(), "{}", report.violations_text());
+        assert_eq!(row(&report, "replica_freeze").failed.get("replica cut off past its lease, 502"), Some(&1));
+        // A 502 given well after the thaw is the replica's own doing again.
+        let late = settled(freeze(), vec![failed("r2", 1500, 1000 + 2 * TTL + 3 * TOL, 502, None, reached)]);
+        only(&check(&late), Invariant::Answers);
     }
 
     #[test]
