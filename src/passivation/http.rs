@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, UPGRADE, VARY};
+use http::header::{HeaderName, ACCEPT, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, UPGRADE, VARY};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
@@ -19,6 +19,9 @@ use crate::routes::{Backend, Health, RouteTable, Service};
 /// `Retry-After` of the starting page, in seconds (the page itself reloads sooner, when ready).
 const PAGE_RETRY_AFTER: u64 = 2;
 
+const SEC_FETCH_DEST: HeaderName = HeaderName::from_static("sec-fetch-dest");
+const X_REQUESTED_WITH: HeaderName = HeaderName::from_static("x-requested-with");
+
 /// A `GET` for a page a browser shows (not a script, image, XHR or upgrade): the only kind of request that may
 /// get the "starting" page instead of waiting.
 pub(crate) fn wants_page<B>(req: &Request<B>) -> bool {
@@ -26,13 +29,12 @@ pub(crate) fn wants_page<B>(req: &Request<B>) -> bool {
         return false;
     }
     let h = req.headers();
-    let header = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
-    if let Some(dest) = header("sec-fetch-dest") {
+    if let Some(dest) = h.get(SEC_FETCH_DEST).and_then(|v| v.to_str().ok()) {
         if !matches!(dest, "document" | "iframe") {
             return false;
         }
     }
-    if header("x-requested-with").is_some() {
+    if h.contains_key(X_REQUESTED_WITH) {
         return false;
     }
     h.get_all(ACCEPT)

@@ -132,7 +132,7 @@ pub(crate) struct Shared {
 
 /// The services' tenants by their container and Docker host: a dependency that is some service's container is
 /// that service's tenant, not one of its own (two tenants would drive one container).
-fn service_containers(map: &HashMap<Arc<str>, Arc<Tenant>>) -> HashMap<(String, String), Arc<Tenant>> {
+fn service_containers(map: &TenantMap) -> HashMap<(String, String), Arc<Tenant>> {
     let mut out = HashMap::new();
     for t in map.values().filter(|t| !t.dependency) {
         if let Some(c) = t.service().container() {
@@ -146,7 +146,7 @@ fn service_containers(map: &HashMap<Arc<str>, Arc<Tenant>>) -> HashMap<(String, 
 /// dependency is that service's container, else the dependency's own. An entry that would close a cycle of
 /// services (a waits for b, which waits for a) is left out, with an error in the log: such a wake could only
 /// time out.
-fn link_dependencies(map: &HashMap<Arc<str>, Arc<Tenant>>) {
+fn link_dependencies(map: &TenantMap) {
     let services = service_containers(map);
     let mut tenants: Vec<&Arc<Tenant>> = map.values().filter(|t| !t.dependency).collect();
     tenants.sort_by(|a, b| a.name.cmp(&b.name));
@@ -204,11 +204,15 @@ fn link_dependencies(map: &HashMap<Arc<str>, Arc<Tenant>>) {
     }
 }
 
+/// Service name → tenant: looked up on every request to a passivated service, so a fast hash (names are the
+/// operator's, not the client's).
+type TenantMap = HashMap<Arc<str>, Arc<Tenant>, foldhash::fast::RandomState>;
+
 /// The registry of passivated tenants, one per service that names a container. Kept in step with the route
 /// table: a new service gets a tenant (and its container is adopted), a removed one loses it.
 pub struct Passivator {
     shared: Arc<Shared>,
-    tenants: ArcSwap<HashMap<Arc<str>, Arc<Tenant>>>,
+    tenants: ArcSwap<TenantMap>,
     /// Serialises changes to `tenants`.
     write: Mutex<()>,
     /// Signalled when the first tenant appears (the Docker event stream is only opened when needed).
@@ -263,7 +267,7 @@ impl Passivator {
         });
         let passivator = Arc::new(Self {
             shared,
-            tenants: ArcSwap::from_pointee(HashMap::new()),
+            tenants: ArcSwap::from_pointee(TenantMap::default()),
             write: Mutex::new(()),
             changed: Notify::new(),
             cancel: CancellationToken::new(),
@@ -329,7 +333,7 @@ impl Passivator {
         tenant
     }
 
-    fn upsert(&self, map: &mut HashMap<Arc<str>, Arc<Tenant>>, service: &Arc<Service>) -> Arc<Tenant> {
+    fn upsert(&self, map: &mut TenantMap, service: &Arc<Service>) -> Arc<Tenant> {
         // A tenant is one container on one Docker host.
         let container = service.container().map(|c| (c.container.as_str(), c.docker_host()));
         if let Some(t) = map.get(service.name()) {
@@ -349,7 +353,7 @@ impl Passivator {
     }
 
     /// The tenant of a dependency, created or given its new definition.
-    fn upsert_dependency(&self, map: &mut HashMap<Arc<str>, Arc<Tenant>>, service: Arc<Service>) -> bool {
+    fn upsert_dependency(&self, map: &mut TenantMap, service: Arc<Service>) -> bool {
         let container = service.container().map(|c| (c.container.clone(), c.docker_host().to_string()));
         if let Some(t) = map.get(service.name()) {
             let own = t.service();
@@ -371,7 +375,7 @@ impl Passivator {
     pub fn reconcile(&self, table: &RouteTable) {
         let _w = self.write.lock();
         let current = self.tenants.load();
-        let mut map = HashMap::with_capacity(current.len());
+        let mut map = TenantMap::with_capacity_and_hasher(current.len(), Default::default());
         let mut unchanged = true;
         for (name, service) in table.services() {
             if service.container().is_none() {

@@ -445,6 +445,26 @@ impl Tenant {
         self.service().container().and_then(|c| c.page_after).unwrap_or(self.shared.settings.page_after)
     }
 
+    /// The request path's warm case, with no future: a running tenant's backend (`None` inside: the service's
+    /// own backends) and an activity guard. `None`: not running (or removed), and the request goes through
+    /// [`Self::admit`]. A request to a running tenant then costs a lock and a clock read more than one to a plain
+    /// service, not an allocation and a future (issue 30: the warm path of scale-to-zero must be free).
+    #[inline]
+    pub fn admit_running(self: &Arc<Self>) -> Option<(Option<Backend>, Activity)> {
+        if self.cancel.is_cancelled() {
+            return None;
+        }
+        let mut st = self.state.lock();
+        if st.phase != Phase::Running {
+            return None;
+        }
+        st.active += 1;
+        st.last_activity = Some(SystemTime::now());
+        let backend = st.backend.clone();
+        drop(st);
+        Some((backend, Activity(self.clone())))
+    }
+
     /// The request path: takes an activity guard and returns the backend to forward to (`None`: use the
     /// service's own backends), waking the tenant first if it is not running. A browser page request
     /// (`page` = true) waits at most `page_after`, then gets [`Refusal::Starting`].

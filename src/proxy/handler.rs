@@ -242,13 +242,15 @@ async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, mut req: Request<Clie
 
     let mut guard = guard;
     let mut target = None;
-    let mut activity = None;
     if let Some(tenant) = passivator.tenant(service) {
-        // Boxed: a wake's future is large, and every request's future would otherwise carry (and move) it.
-        match Box::pin(tenant.admit(wants_page(&req))).await {
+        let admitted = match tenant.admit_running() {
+            Some(running) => Ok(running),
+            // Boxed: a wake's future is large, and every request's future would otherwise carry (and move) it.
+            None => Box::pin(tenant.admit(wants_page(&req))).await,
+        };
+        match admitted {
             Ok((backend, a)) => {
                 target = backend;
-                activity = Some(a.clone());
                 guard = guard.with_activity(a);
             }
             Err(Refusal::Starting) => return Ok(with_guard(passivator.starting_page(&tenant, &host), guard)),
@@ -264,7 +266,9 @@ async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, mut req: Request<Clie
     ctx.forwarded = true;
     // Boxed: forwarding's future is most of a request's async state, and every level above it would otherwise
     // carry it and copy it when created (a few KiB of memcpy per request).
-    match Box::pin(forward(svc, service, target.as_ref(), activity, req, &mut ctx.backend, ctx.start)).await {
+    let forwarded =
+        Box::pin(forward(svc, service, target.as_ref(), guard.activity(), req, &mut ctx.backend, ctx.start)).await;
+    match forwarded {
         Ok((upstream, load)) => Ok(finish_response(upstream, load, guard, &proxy.settings, ctx.start)),
         Err(err) => {
             if let (ProxyError::AllBackendsFailed { .. }, Some(tenant)) = (&err, passivator.get(service.name())) {
@@ -328,7 +332,7 @@ async fn forward(
     svc: &ProxyService,
     service: &Service,
     target: Option<&Backend>,
-    activity: Option<Activity>,
+    activity: Option<&Activity>,
     mut req: Request<ClientBody>,
     last_backend: &mut Option<Backend>,
     start: Instant,
@@ -393,7 +397,6 @@ async fn forward(
         te_trailers,
     };
     let mut downstream_upgrade = downstream_upgrade;
-    let mut activity = activity;
     let timeout = proxy.settings.response_timeout;
     // A service that retries counts its requests for its budget (one branch for the others).
     let retries = if target.is_none() { service.retries() } else { None };
@@ -444,7 +447,8 @@ async fn forward(
                             backend_side,
                             proxy.settings.tunnel_idle_timeout,
                             svc.conn.clone(),
-                            activity.take(),
+                            // The tunnel outlives the response, and keeps the tenant in use as long as it is open.
+                            activity.cloned(),
                         );
                         proxy.tasks.spawn(run.instrument(span));
                     }

@@ -249,6 +249,11 @@ impl InFlight {
         self
     }
 
+    /// The tenant's activity guard this request holds, if its service is passivated.
+    pub(crate) fn activity(&self) -> Option<&crate::passivation::Activity> {
+        self.1.as_ref()
+    }
+
     pub(crate) fn metrics(&self) -> &crate::metrics::Metrics {
         &self.0.slot.metrics
     }
