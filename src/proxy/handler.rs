@@ -376,7 +376,7 @@ async fn forward(
     if chunked {
         headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
     }
-    add_forwarded(&mut headers, &svc.peer, &proxy.settings.trusted_proxies, svc.proto(), forwarded_host);
+    let appended = add_forwarded(&mut headers, &svc.peer, &proxy.settings.trusted_proxies, svc.proto(), forwarded_host);
     // Backends get the origin form (`/path?query`); the authority is in `Host`.
     let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
 
@@ -388,7 +388,7 @@ async fn forward(
     let template = Template {
         // Safe to send twice (RFC 9110 §9.2.2), with a body that is still whole for a second time.
         replayable: is_idempotent(&method) && body.as_ref().is_none_or(BodySlot::is_whole),
-        head: RequestHead { method, path, headers, upgrade: upgrade.is_some() },
+        head: RequestHead { method, path, headers, upgrade: upgrade.is_some(), appended },
         body: body.as_ref(),
         te_trailers,
     };
@@ -704,6 +704,7 @@ async fn open<'a>(pool: &Connector, backend: &Backend, tls: Option<&'a BackendTl
 fn h2_request(backend: &Authority, template: &Template<'_>, scheme: Scheme) -> Request<H2RequestBody> {
     let head = &template.head;
     let mut headers = head.headers.clone();
+    head.appended.insert_into(&mut headers);
     let authority =
         headers.remove(HOST).and_then(|h| Authority::try_from(h.as_bytes()).ok()).unwrap_or_else(|| backend.clone());
     headers.remove(TRANSFER_ENCODING);

@@ -12,6 +12,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 
 use super::error::UpstreamError;
+use super::exchange::Appended;
 use crate::http1::parse_decimal;
 
 /// Most header fields in a response head (hyper's default too).
@@ -37,6 +38,7 @@ pub(super) fn encode_head(
     method: &Method,
     target: &str,
     headers: &HeaderMap,
+    appended: &Appended,
     body_len: Option<u64>,
 ) -> ReqFraming {
     out.reserve(256);
@@ -51,6 +53,12 @@ pub(super) fn encode_head(
         } else if name == CONTENT_LENGTH && framing.is_none() {
             framing = Some(ReqFraming::Plain);
         }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in appended.iter() {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -389,24 +397,24 @@ mod tests {
         let mut out = BytesMut::new();
         let mut headers = HeaderMap::new();
         headers.insert("host", HeaderValue::from_static("a.test"));
-        let f = encode_head(&mut out, &Method::GET, "/x?y", &headers, Some(0));
+        let f = encode_head(&mut out, &Method::GET, "/x?y", &headers, &Appended::default(), Some(0));
         assert!(f == ReqFraming::Plain);
         assert_eq!(&out[..], b"GET /x?y HTTP/1.1\r\nhost: a.test\r\n\r\n");
 
         out.clear();
-        encode_head(&mut out, &Method::POST, "/", &headers, Some(3));
+        encode_head(&mut out, &Method::POST, "/", &headers, &Appended::default(), Some(3));
         assert_eq!(&out[..], b"POST / HTTP/1.1\r\nhost: a.test\r\ncontent-length: 3\r\n\r\n");
 
         out.clear();
-        encode_head(&mut out, &Method::POST, "/", &headers, Some(0));
+        encode_head(&mut out, &Method::POST, "/", &headers, &Appended::default(), Some(0));
         assert_eq!(&out[..], b"POST / HTTP/1.1\r\nhost: a.test\r\ncontent-length: 0\r\n\r\n");
 
         out.clear();
-        assert!(encode_head(&mut out, &Method::POST, "/", &headers, None) == ReqFraming::Chunked);
+        assert!(encode_head(&mut out, &Method::POST, "/", &headers, &Appended::default(), None) == ReqFraming::Chunked);
         assert!(out.ends_with(b"transfer-encoding: chunked\r\n\r\n"));
 
         out.clear();
         headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        assert!(encode_head(&mut out, &Method::POST, "/", &headers, None) == ReqFraming::Chunked);
+        assert!(encode_head(&mut out, &Method::POST, "/", &headers, &Appended::default(), None) == ReqFraming::Chunked);
     }
 }
