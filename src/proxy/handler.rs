@@ -177,7 +177,10 @@ async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, mut req: Request<Clie
         // reveille forwards to its own backends only; it is not a tunnel to arbitrary hosts.
         return Err((ProxyError::MethodNotAllowed, guard));
     }
-    if req.headers().get_all(HOST).iter().nth(1).is_some() {
+    // One lookup of `Host` for both checks: a second field is refused, the first is the host.
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host_field = hosts.next();
+    if hosts.next().is_some() {
         return Err((ProxyError::BadHost, guard));
     }
     if let Some(count) = too_many_headers(req.headers(), proxy.settings.max_header_count) {
@@ -187,7 +190,7 @@ async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, mut req: Request<Clie
     // HTTP/2 carries the host in `:authority` (and absolute-form HTTP/1.1 in the URI); otherwise `Host`.
     let raw_host: Option<Cow<'_, str>> = match req.uri().authority() {
         Some(a) => Some(Cow::Borrowed(a.as_str())),
-        None => req.headers().get(HOST).and_then(|v| v.to_str().ok()).map(Cow::Borrowed),
+        None => host_field.and_then(|v| v.to_str().ok()).map(Cow::Borrowed),
     };
     let Some(host) = raw_host.as_deref().and_then(normalize_request_host) else {
         ctx.log_host(raw_host.as_deref());
