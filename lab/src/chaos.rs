@@ -2,7 +2,9 @@
 //! suite of `testkit::chaos` K times (seeds N, N+1, ...), each dealing decks of every fault kind for the
 //! duration, against the release build; checks each history, prints every violation (seed, schedule, slice of
 //! history) and the merged table (markdown, for docs/benchmarks.md, also written to `target/chaos-bench.md`).
-//! Each history is kept as JSON lines in the temp dir (its path printed).
+//! Each history is kept as JSON lines in the temp dir (its path printed), and so are the replicas' logs
+//! (`<run id>-<replica>.log`, paths printed); `CHAOS_LOG` sets their filter (default `info,reveille::access=off`;
+//! chasing a violation, add `reveille::cluster=debug,reveille::passivation=debug`).
 //!
 //! `reveille-lab chaos --partition` runs the partition scenario alone (one replica's etcd link
 //! black-holed, a tenant used through it every 0.5 s for 20 s) and prints its stops and failed requests.

@@ -298,6 +298,8 @@ fn resolve_proxy(
         upstream_quickack: u.quickack.unwrap_or(d.upstream_quickack),
         upstream_h2_keep_alive_interval: d.upstream_h2_keep_alive_interval,
         upstream_h2_keep_alive_timeout: d.upstream_h2_keep_alive_timeout,
+        h2_keep_alive_interval: d.h2_keep_alive_interval,
+        h2_keep_alive_timeout: d.h2_keep_alive_timeout,
         send_timeout: l.send_timeout.unwrap_or(d.send_timeout),
         // "0" is written for "no limit".
         request_timeout: l.request_timeout.or(d.request_timeout).filter(|t| !t.is_zero()),

@@ -140,6 +140,11 @@ pub struct Settings {
     /// Not in the config file yet: the defaults are the downstream side's.
     pub upstream_h2_keep_alive_interval: Duration,
     pub upstream_h2_keep_alive_timeout: Duration,
+    /// h2 clients: a PING on each connection this often; one not answered within `h2_keep_alive_timeout`
+    /// closes the connection (a vanished peer). Zero: no PINGs. Not in the config file: what hyper's server was
+    /// given, made settable for the tests.
+    pub h2_keep_alive_interval: Duration,
+    pub h2_keep_alive_timeout: Duration,
     /// A client that reads nothing of its response for this long is disconnected.
     pub send_timeout: Duration,
     /// Total time one request may take, from its head to its response's last byte; `None` = no limit.
@@ -182,6 +187,8 @@ impl Default for Settings {
             upstream_quickack: true,
             upstream_h2_keep_alive_interval: Duration::from_secs(30),
             upstream_h2_keep_alive_timeout: Duration::from_secs(20),
+            h2_keep_alive_interval: Duration::from_secs(30),
+            h2_keep_alive_timeout: Duration::from_secs(20),
             send_timeout: Duration::from_secs(60),
             request_timeout: None,
             overload_timeout: Duration::from_secs(2),
@@ -329,8 +336,8 @@ impl Proxy {
             // Bound what one slow-reading client can make reveille buffer per stream.
             .max_send_buf_size(256 * 1024)
             // Notice vanished h2 peers.
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-            .keep_alive_timeout(Duration::from_secs(20));
+            .keep_alive_interval(Some(settings.h2_keep_alive_interval).filter(|i| !i.is_zero()))
+            .keep_alive_timeout(settings.h2_keep_alive_timeout);
 
         let per_address = AddressLimit::new(settings.max_connections_per_address);
         let body_limits = BodyLimits {

@@ -445,3 +445,81 @@ async fn a_replica_takes_its_own_key_back_when_etcd_restarts_with_its_lease() {
     assert_eq!(replicas.len(), 1, "{replicas:?}");
     eventually(LONG, "the decider again", || async { decider(&etcd).await.as_deref() == Some("solo") }).await;
 }
+
+/// The chaos long run's open violation (seed 2913): a replica killed and restarted under its name served requests
+/// in its first seconds, and the decider stopped the tenant 2 s later, inside the idle timeout. Here the same
+/// sequence, without the chaos topology: the decider's idle timer runs out soon after the restarted replica's
+/// last request; the stop must wait for that request's idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_restarted_under_its_name_counts_its_first_requests() {
+    restarted_replica_uses_the_tenant(false).await;
+}
+
+/// The same, the killed replica being the decider: another one takes over while it is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_decider_restarted_under_its_name_counts_its_first_requests() {
+    restarted_replica_uses_the_tenant(true).await;
+}
+
+async fn restarted_replica_uses_the_tenant(kill_decider: bool) {
+    let etcd = support::etcd::Etcd::start().await;
+    let image = TestImage::build();
+    let web = image.web_after("");
+    define(&etcd, &web, ", \"idle_timeout\": \"3s\", \"traffic_witness\": false").await;
+    let mut replicas = three(&etcd, &[]).await;
+    let boss = decider(&etcd).await.unwrap();
+    let killed = replicas.iter().position(|r| (r.name == boss) == kill_decider).unwrap();
+    let user = replicas.iter().position(|r| r.name != boss && r.name != replicas[killed].name).unwrap();
+    let name = replicas[killed].name.clone();
+
+    let got = get(replicas[killed].http, "web.test", "/index.html").await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+    // Killed; its lease expires (TTL 2 s) and its keys go.
+    replicas[killed].kill();
+    eventually(LONG, "the killed replica's key gone", || async {
+        !keys(&etcd, "/reveille/cluster/replicas/").await.iter().any(|(k, _)| k.ends_with(&format!("/{name}")))
+    })
+    .await;
+    eventually(LONG, "a decider", || async { decider(&etcd).await.is_some_and(|d| d != name) }).await;
+    // Another replica's use: the decider's idle timer runs out 3 s after this request.
+    let got = get(replicas[user].http, "web.test", "/index.html").await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+    let since = unix_now();
+    let other_use = Instant::now();
+    let epoch = |at: Instant| {
+        let wall = SystemTime::now() - at.elapsed();
+        wall.duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let old = std::mem::replace(&mut replicas[killed], replica(&etcd, &name, &[]));
+    let restarted = &replicas[killed];
+    // Its first requests, as soon as it answers, for 0.6 s.
+    let mut last = None;
+    let begin = Instant::now();
+    while begin.elapsed() < Duration::from_millis(600) || last.is_none() {
+        let got = get(restarted.http, "web.test", "/index.html").await;
+        if got.status == StatusCode::OK {
+            last = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(begin.elapsed() < LONG, "the restarted replica never served: {}", got.text);
+    }
+    let last = last.unwrap();
+    eprintln!("restarted replica's last request {} ms after the other's", last.duration_since(other_use).as_millis());
+    // Not stopped within the idle timeout of that last request (less half a second of slack for the events).
+    let until = last + Duration::from_millis(2500);
+    tokio::time::sleep_until(until.into()).await;
+    let died = testkit::docker::event_count(&web.name, "die", since as f64, epoch(until)).unwrap();
+    if died > 0 {
+        old.dump();
+        dump(&replicas);
+        let until = (unix_now() + 1).to_string();
+        let filter = format!("container={}", web.name);
+        let format = "{{.TimeNano}} {{.Action}}";
+        let args =
+            ["events", "--since", &since.to_string(), "--until", &until, "--filter", &filter, "--format", format];
+        eprintln!("{}", docker_cli(&args));
+    }
+    assert_eq!(died, 0, "stopped inside the idle timeout of {name}'s requests: {:?}", actions(&web, since));
+    eventually(LONG, "stopped once idle everywhere", || async { web.docker_state() == "exited" }).await;
+}

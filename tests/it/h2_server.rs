@@ -179,3 +179,65 @@ async fn a_client_resetting_streams_as_fast_as_it_opens_them_is_sent_away() {
         assert_eq!(resp.unwrap().status(), StatusCode::OK, "{server:?}");
     }
 }
+
+/// Reads h2 frames from a client that answers nothing (not the server's SETTINGS, not its PINGs) until the server
+/// closes the connection or `limit` passes: the PINGs seen, and whether it was closed.
+async fn silent_client(proxy: std::net::SocketAddr, limit: Duration) -> (usize, bool) {
+    let mut conn = TcpStream::connect(proxy).await.unwrap();
+    // The preface, then an empty SETTINGS frame.
+    conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.unwrap();
+    let (mut pings, mut buf, mut chunk) = (0, Vec::new(), [0u8; 4096]);
+    let closed = tokio::time::timeout(limit, async {
+        loop {
+            let n = conn.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            // Frame header: length (24 bits), type, flags, stream id. A PING is type 6; its ACK has flag 1.
+            while buf.len() >= 9 {
+                let len = usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
+                if buf.len() < 9 + len {
+                    break;
+                }
+                if buf[3] == 6 && buf[4] & 1 == 0 {
+                    pings += 1;
+                }
+                buf.drain(..9 + len);
+            }
+        }
+    })
+    .await;
+    (pings, closed.is_ok())
+}
+
+/// Both servers PING every `h2_keep_alive_interval` and close a connection whose peer left one unanswered for
+/// `h2_keep_alive_timeout` (a vanished client holds nothing for long); a client that answers keeps its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_http2_servers_close_a_connection_whose_peer_stops_answering_pings() {
+    let a = Backend::echo("a").await;
+    let routes = routes_file(&[("a", vec![a.addr])], &[("a.test", "a")]);
+    for server in [Http2Server::Reveille, Http2Server::Hyper] {
+        let settings = Settings {
+            h2_keep_alive_interval: Duration::from_millis(300),
+            h2_keep_alive_timeout: Duration::from_millis(300),
+            ..settings(server)
+        };
+        let proxy = TestProxy::start_with(&routes, settings).await;
+        let begin = std::time::Instant::now();
+        let (pings, closed) = silent_client(proxy.http, Duration::from_secs(10)).await;
+        let after = begin.elapsed();
+        assert!(closed, "{server:?}: a client that answers no PING still connected after 10 s ({pings} PINGs)");
+        assert!(pings >= 1, "{server:?}: closed after {after:?} without a PING");
+        assert!(
+            after >= Duration::from_millis(500),
+            "{server:?}: closed after {after:?}, before a PING could time out"
+        );
+
+        // The same time and more, answering (hyper's client answers PINGs): still connected, and served.
+        let mut sender = h2c(proxy.http).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let resp = sender.send_request(Request::get("http://a.test/").body(full("")).unwrap()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{server:?}");
+    }
+}

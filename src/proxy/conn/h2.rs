@@ -37,9 +37,6 @@ const CONNECTION_WINDOW: u32 = 1024 * 1024;
 const MAX_SEND_BUFFER: usize = 256 * 1024;
 /// Streams reset by reveille for the client's errors before the connection is closed (hyper's figure).
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
-/// A PING this often; one not answered within [`KEEP_ALIVE_TIMEOUT`] closes the connection (vanished peers).
-const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
-const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The h2 server's settings, as hyper's server had them (`Proxy::new` configures hyper's).
 fn builder(settings: &Settings) -> h2::server::Builder {
@@ -86,7 +83,8 @@ pub(super) fn serve<S: Stream>(
     settings: &Settings,
 ) -> H2Conn<impl Future<Output = Result<(), h2::Error>>> {
     let graceful = Arc::new(AtomicBool::new(false));
-    let fut = run(io, svc, builder(settings), graceful.clone());
+    let keep_alive = (settings.h2_keep_alive_interval, settings.h2_keep_alive_timeout);
+    let fut = run(io, svc, builder(settings), keep_alive, graceful.clone());
     H2Conn { fut, graceful }
 }
 
@@ -94,10 +92,12 @@ async fn run<S: Stream>(
     io: ConnIo<S>,
     svc: ProxyService,
     builder: h2::server::Builder,
+    (interval, timeout): (Duration, Duration),
     graceful: Arc<AtomicBool>,
 ) -> Result<(), h2::Error> {
     let mut conn = builder.handshake::<_, Bytes>(io).await?;
-    let mut keep_alive = KeepAlive::new(conn.ping_pong());
+    let pings = if interval.is_zero() { None } else { conn.ping_pong() };
+    let mut keep_alive = KeepAlive::new(pings, interval, timeout);
     // The streams borrow the service, which lives as long as this future: no clone per stream.
     let svc = &svc;
     let mut streams = FuturesUnordered::new();
@@ -130,17 +130,20 @@ async fn run<S: Stream>(
     .await
 }
 
-/// A PING every [`KEEP_ALIVE_INTERVAL`]; ready when one went unanswered for [`KEEP_ALIVE_TIMEOUT`].
+/// A PING every `interval` (`Settings::h2_keep_alive_interval`, as hyper's server was given); ready when one went
+/// unanswered for `timeout`: the peer vanished.
 struct KeepAlive {
     pings: Option<PingPong>,
+    interval: Duration,
+    timeout: Duration,
     timer: Pin<Box<Sleep>>,
     /// A PING is out, unanswered.
     waiting: bool,
 }
 
 impl KeepAlive {
-    fn new(pings: Option<PingPong>) -> Self {
-        Self { pings, timer: Box::pin(tokio::time::sleep(KEEP_ALIVE_INTERVAL)), waiting: false }
+    fn new(pings: Option<PingPong>, interval: Duration, timeout: Duration) -> Self {
+        Self { pings, interval, timeout, timer: Box::pin(tokio::time::sleep(interval)), waiting: false }
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
@@ -150,7 +153,7 @@ impl KeepAlive {
                 match pings.poll_pong(cx) {
                     Poll::Ready(Ok(_)) => {
                         self.waiting = false;
-                        self.timer.as_mut().reset(Instant::now() + KEEP_ALIVE_INTERVAL);
+                        self.timer.as_mut().reset(Instant::now() + self.interval);
                     }
                     // The connection is ending: `poll_accept` says so.
                     Poll::Ready(Err(_)) => {
@@ -171,7 +174,7 @@ impl KeepAlive {
                 return Poll::Pending;
             }
             self.waiting = true;
-            self.timer.as_mut().reset(Instant::now() + KEEP_ALIVE_TIMEOUT);
+            self.timer.as_mut().reset(Instant::now() + self.timeout);
         }
     }
 }

@@ -195,8 +195,21 @@ async fn inject_all(config: &ChaosConfig, recording: &Recording) -> Result<Vec<F
             eprintln!("chaos: {start_ms} ms: {} on {} for {:?}", p.kind, p.replica, p.hold);
             let injected = faults::inject(topo, &p, &mut rng).await?;
             let target = injected.target.clone();
+            let killed = p.kind == FaultKind::ReplicaKill;
+            if killed {
+                // Its address is free now, and Docker gives it to the next container started on the network (a
+                // tenant woken meanwhile): no request is sent there until the replica is back.
+                recording.addresses.lock().unwrap().remove(&target);
+            }
             tokio::time::sleep(p.hold).await;
             faults::heal(topo, injected).await?;
+            if killed {
+                // Restarted with a new address (see `HTTP_PORT`): the requests go there from now on, not only after
+                // the sampler's next look.
+                if let Some(addr) = topo.replica_http(&target).await {
+                    recording.addresses.lock().unwrap().insert(target.clone(), addr);
+                }
+            }
             let healed_ms = rec.now_ms();
             windows.push(FaultWindow { kind: p.kind, target, start_ms, healed_ms });
             tokio::time::sleep(p.gap).await;
