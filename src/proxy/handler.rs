@@ -177,7 +177,10 @@ async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, mut req: Request<Clie
         // reveille forwards to its own backends only; it is not a tunnel to arbitrary hosts.
         return Err((ProxyError::MethodNotAllowed, guard));
     }
-    if req.headers().get_all(HOST).iter().nth(1).is_some() {
+    // One lookup of `Host` for both checks: a second field is refused, the first is the host.
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host_field = hosts.next();
+    if hosts.next().is_some() {
         return Err((ProxyError::BadHost, guard));
     }
     if let Some(count) = too_many_headers(req.headers(), proxy.settings.max_header_count) {
@@ -187,7 +190,7 @@ async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, mut req: Request<Clie
     // HTTP/2 carries the host in `:authority` (and absolute-form HTTP/1.1 in the URI); otherwise `Host`.
     let raw_host: Option<Cow<'_, str>> = match req.uri().authority() {
         Some(a) => Some(Cow::Borrowed(a.as_str())),
-        None => req.headers().get(HOST).and_then(|v| v.to_str().ok()).map(Cow::Borrowed),
+        None => host_field.and_then(|v| v.to_str().ok()).map(Cow::Borrowed),
     };
     let Some(host) = raw_host.as_deref().and_then(normalize_request_host) else {
         ctx.log_host(raw_host.as_deref());
@@ -380,7 +383,7 @@ async fn forward(
     if chunked {
         headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
     }
-    add_forwarded(&mut headers, &svc.peer, &proxy.settings.trusted_proxies, svc.proto(), forwarded_host);
+    let appended = add_forwarded(&mut headers, &svc.peer, &proxy.settings.trusted_proxies, svc.proto(), forwarded_host);
     // Backends get the origin form (`/path?query`); the authority is in `Host`.
     let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
 
@@ -392,7 +395,7 @@ async fn forward(
     let template = Template {
         // Safe to send twice (RFC 9110 §9.2.2), with a body that is still whole for a second time.
         replayable: is_idempotent(&method) && body.as_ref().is_none_or(BodySlot::is_whole),
-        head: RequestHead { method, path, headers, upgrade: upgrade.is_some() },
+        head: RequestHead { method, path, headers, upgrade: upgrade.is_some(), appended },
         body: body.as_ref(),
         te_trailers,
     };
@@ -708,6 +711,7 @@ async fn open<'a>(pool: &Connector, backend: &Backend, tls: Option<&'a BackendTl
 fn h2_request(backend: &Authority, template: &Template<'_>, scheme: Scheme) -> Request<H2RequestBody> {
     let head = &template.head;
     let mut headers = head.headers.clone();
+    head.appended.insert_into(&mut headers);
     let authority =
         headers.remove(HOST).and_then(|h| Authority::try_from(h.as_bytes()).ok()).unwrap_or_else(|| backend.clone());
     headers.remove(TRANSFER_ENCODING);

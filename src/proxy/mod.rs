@@ -50,7 +50,7 @@ pub mod bench {
         pub fn request(&self, headers: &mut HeaderMap) {
             let host = headers.get(http::header::HOST).cloned();
             strip_hop_by_hop(headers, None);
-            add_forwarded(headers, &self.peer, &self.trusted, &self.proto, host);
+            add_forwarded(headers, &self.peer, &self.trusted, &self.proto, host).insert_into(headers);
         }
     }
 

@@ -12,10 +12,13 @@ use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 
 use super::error::UpstreamError;
+use super::exchange::Appended;
 use crate::http1::parse_decimal;
 
 /// Most header fields in a response head (hyper's default too).
 const MAX_HEADERS: usize = 100;
+/// Response fields whose offsets fit on the stack (nginx sends five or six).
+const OFFSETS_ON_STACK: usize = 16;
 /// Largest response head (status line and fields).
 const MAX_HEAD: usize = 64 * 1024;
 
@@ -37,6 +40,7 @@ pub(super) fn encode_head(
     method: &Method,
     target: &str,
     headers: &HeaderMap,
+    appended: &Appended,
     body_len: Option<u64>,
 ) -> ReqFraming {
     out.reserve(256);
@@ -51,6 +55,12 @@ pub(super) fn encode_head(
         } else if name == CONTENT_LENGTH && framing.is_none() {
             framing = Some(ReqFraming::Plain);
         }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in appended.iter() {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -105,8 +115,6 @@ pub(super) struct Head {
 /// Parses a response head at the start of `buf`, taking it off `buf`. `None`: not complete yet.
 pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, UpstreamError> {
     let mut slots = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
-    // Offsets into the head (it is at most MAX_HEAD long): name start and end, value start and end.
-    let mut at = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let mut res = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut res, buf, &mut slots) {
         Ok(httparse::Status::Complete(n)) => n,
@@ -121,6 +129,17 @@ pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, UpstreamErr
     let base = buf.as_ptr() as usize;
     let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
     let count = res.headers.len();
+    // Offsets into the head (it is at most MAX_HEAD long): name start and end, value start and end. A few
+    // fields' worth on the stack, more from the heap, as the server side's request parse does: all
+    // MAX_HEADERS slots zeroed on every response were about 100 instructions of memset.
+    let mut at_stack = [(0u32, 0u32, 0u32, 0u32); OFFSETS_ON_STACK];
+    let mut at_heap = Vec::new();
+    let at: &mut [(u32, u32, u32, u32)] = if count <= OFFSETS_ON_STACK {
+        &mut at_stack[..count]
+    } else {
+        at_heap.resize(count, (0, 0, 0, 0));
+        &mut at_heap
+    };
     for (slot, h) in at.iter_mut().zip(res.headers.iter()) {
         let (n, v) = (offset(h.name.as_bytes()), offset(h.value));
         *slot = (n, n + h.name.len() as u32, v, v + h.value.len() as u32);
@@ -138,7 +157,7 @@ pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, UpstreamErr
     let mut upgrade = None;
     // Fields a `Connection` header names beyond the fixed list (rare).
     let mut named = Vec::new();
-    for &(ns, ne, vs, ve) in &at[..count] {
+    for &(ns, ne, vs, ve) in at.iter() {
         let name = header_name(&head[ns as usize..ne as usize])?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
             .map_err(|_| UpstreamError::Framing("header value"))?;
@@ -389,24 +408,24 @@ mod tests {
         let mut out = BytesMut::new();
         let mut headers = HeaderMap::new();
         headers.insert("host", HeaderValue::from_static("a.test"));
-        let f = encode_head(&mut out, &Method::GET, "/x?y", &headers, Some(0));
+        let f = encode_head(&mut out, &Method::GET, "/x?y", &headers, &Appended::default(), Some(0));
         assert!(f == ReqFraming::Plain);
         assert_eq!(&out[..], b"GET /x?y HTTP/1.1\r\nhost: a.test\r\n\r\n");
 
         out.clear();
-        encode_head(&mut out, &Method::POST, "/", &headers, Some(3));
+        encode_head(&mut out, &Method::POST, "/", &headers, &Appended::default(), Some(3));
         assert_eq!(&out[..], b"POST / HTTP/1.1\r\nhost: a.test\r\ncontent-length: 3\r\n\r\n");
 
         out.clear();
-        encode_head(&mut out, &Method::POST, "/", &headers, Some(0));
+        encode_head(&mut out, &Method::POST, "/", &headers, &Appended::default(), Some(0));
         assert_eq!(&out[..], b"POST / HTTP/1.1\r\nhost: a.test\r\ncontent-length: 0\r\n\r\n");
 
         out.clear();
-        assert!(encode_head(&mut out, &Method::POST, "/", &headers, None) == ReqFraming::Chunked);
+        assert!(encode_head(&mut out, &Method::POST, "/", &headers, &Appended::default(), None) == ReqFraming::Chunked);
         assert!(out.ends_with(b"transfer-encoding: chunked\r\n\r\n"));
 
         out.clear();
         headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        assert!(encode_head(&mut out, &Method::POST, "/", &headers, None) == ReqFraming::Chunked);
+        assert!(encode_head(&mut out, &Method::POST, "/", &headers, &Appended::default(), None) == ReqFraming::Chunked);
     }
 }

@@ -25,7 +25,7 @@ pub(crate) use self::h2::{H2Failure, H2RequestBody, H2SendError};
 pub(crate) use codec::{connection_named, hop_by_hop_index, is_hop_by_hop, HOP_BY_HOP};
 pub(crate) use connect::{Conn, ConnectSettings, Connector, TlsConnected};
 pub(crate) use error::{source_chain, ConnectError, UpstreamError};
-pub(crate) use exchange::{send, RequestHead, SendBody, SendError, UpstreamBody};
+pub(crate) use exchange::{send, Appended, RequestHead, SendBody, SendError, UpstreamBody};
 pub(crate) use get::{get_status, GetError};
 pub(crate) use pool::{set_worker, worker};
 pub(crate) use tls::{Alpn, BackendTls, TlsOptions, TlsSetupError};
@@ -42,7 +42,7 @@ pub mod bench {
 
     /// Writes a bodiless request head into `out`.
     pub fn encode_request(out: &mut BytesMut, method: &Method, target: &str, headers: &HeaderMap) {
-        encode_head(out, method, target, headers, Some(0));
+        encode_head(out, method, target, headers, &super::Appended::default(), Some(0));
     }
 
     /// Parses the response head at the start of `buf` (taking it off); the number of header fields.

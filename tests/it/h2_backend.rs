@@ -76,7 +76,11 @@ async fn an_http11_request_reaches_an_h2c_backend_as_http2() {
     assert!(json["headers"].get("host").is_none(), "{json}");
     assert!(json["headers"].get("x-hop").is_none() && json["headers"].get("connection").is_none(), "{json}");
     assert_eq!(json["headers"]["x-end"][0], "kept");
+    // The forwarding fields, which travel beside the request's map (`upstream::Appended`), are in the h2 one.
     assert_eq!(json["headers"]["x-forwarded-host"][0], "h2.test");
+    assert_eq!(json["headers"]["x-forwarded-for"][0], "127.0.0.1");
+    assert_eq!(json["headers"]["x-real-ip"][0], "127.0.0.1");
+    assert_eq!(json["headers"]["x-forwarded-proto"][0], "http");
     assert_eq!(json["body"], 200_000, "the whole body went through");
     assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
 }

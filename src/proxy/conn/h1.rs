@@ -227,15 +227,11 @@ pub(super) struct H1Conn {
 }
 
 impl H1Conn {
-    pub(super) fn new<S: Stream>(io: ConnIo<S>, svc: ProxyService, limits: HeadLimits) -> Self {
+    /// `read`: what the connection's protocol detection read (the start of the first head), and its buffer.
+    pub(super) fn new<S: Stream>(io: ConnIo<S>, read: BytesMut, svc: ProxyService, limits: HeadLimits) -> Self {
         let closing = Arc::new(AtomicBool::new(false));
-        let inner = Inner {
-            io: Some(io),
-            buf: BytesMut::new(),
-            body: BodyRead::Done,
-            continue_owed: false,
-            interim: Bytes::new(),
-        };
+        let inner =
+            Inner { io: Some(io), buf: read, body: BodyRead::Done, continue_owed: false, interim: Bytes::new() };
         let shared = Arc::new(Mutex::new(inner));
         let fut = Box::pin(serve(shared.clone(), svc, limits, closing.clone()));
         Self { fut, closing, _socket: shared }

@@ -277,18 +277,19 @@ impl Drop for InFlight {
 }
 
 /// Reads until the first bytes tell HTTP/1.x from the h2 preface. Returns whether it is h2, and what was read.
-async fn detect<S: AsyncRead + Unpin>(stream: &mut S) -> std_io::Result<(bool, Bytes)> {
-    let mut buf = BytesMut::with_capacity(4096);
+/// The buffer is the size of one read of reveille's own HTTP/1.1 side, which keeps it as its read buffer.
+async fn detect<S: AsyncRead + Unpin>(stream: &mut S) -> std_io::Result<(bool, BytesMut)> {
+    let mut buf = BytesMut::with_capacity(8 * 1024);
     loop {
         if stream.read_buf(&mut buf).await? == 0 {
             return Err(std_io::ErrorKind::UnexpectedEof.into());
         }
         let n = buf.len().min(H2_PREFACE.len());
         if buf[..n] != H2_PREFACE[..n] {
-            return Ok((false, buf.freeze()));
+            return Ok((false, buf));
         }
         if n == H2_PREFACE.len() {
-            return Ok((true, buf.freeze()));
+            return Ok((true, buf));
         }
     }
 }
@@ -433,7 +434,7 @@ async fn serve_http<S: Stream>(
 ) {
     let settings = &proxy.settings;
     let (is_h2, prefix) = match h2 {
-        Some(h2) => (h2, Bytes::new()),
+        Some(h2) => (h2, BytesMut::new()),
         None => {
             let detect = tokio::time::timeout(settings.header_read_timeout, detect(&mut stream));
             let detected = guarded!(
@@ -463,6 +464,10 @@ async fn serve_http<S: Stream>(
     // timeout (later streams are covered by the idle timeout).
     state.head_started.store(1, Ordering::Relaxed);
     state.track_heads.store(!is_h2, Ordering::Relaxed);
+    // reveille's own HTTP/1.1 side parses what detection read in place, in the same buffer (one allocation and
+    // one copy fewer per connection); the others read it again through `ConnIo`.
+    let own_h1 = !is_h2 && settings.http1_server == Http1Server::Reveille;
+    let (prefix, read) = if own_h1 { (Bytes::new(), prefix) } else { (prefix.freeze(), BytesMut::new()) };
     let io = ConnIo::new(stream, prefix, state.clone(), tls);
     let service = ProxyService::new(proxy.clone(), peer, state.clone(), tls);
     let dog = Watchdog::new(state, &proxy.pressure, settings);
@@ -481,10 +486,10 @@ async fn serve_http<S: Stream>(
                 ended(&e);
             }
         }
-    } else if settings.http1_server == Http1Server::Reveille {
+    } else if own_h1 {
         let limits =
             crate::http1::HeadLimits { max_size: settings.max_header_size, max_fields: settings.max_header_count };
-        if let Err(e) = drive(h1::H1Conn::new(io, service, limits), dog, &proxy, shutdown).await {
+        if let Err(e) = drive(h1::H1Conn::new(io, read, service, limits), dog, &proxy, shutdown).await {
             ended(&e);
         }
     } else {

@@ -24,8 +24,10 @@ const EVICTION_SETTLE_MS: u64 = 1_000;
 /// does the same with `reduce_timeouts`). Re-evaluated at each accept: on when fewer than a tenth of the slots
 /// are free, off again once a fifth are.
 pub(crate) struct Pressure {
-    /// Every open connection, so that one waiting on its client can be evicted for a newcomer.
-    pub(super) conns: parking_lot::Mutex<std::collections::HashMap<u64, std::sync::Weak<ConnState>>>,
+    /// Every open connection, so that one waiting on its client can be evicted for a newcomer. Hashed with
+    /// foldhash: the keys are our own counter, not a client's choice, and SipHash's insert and remove were
+    /// about 160 instructions of every connection.
+    pub(super) conns: parking_lot::Mutex<Registry>,
     pub(super) next_id: AtomicU64,
     high: AtomicBool,
     /// Woken when pressure rises, so connections apply the shorter limits at once.
@@ -36,6 +38,9 @@ pub(crate) struct Pressure {
     /// Accept loops waiting for a slot for a client they accepted (see [`Pressure::waiter`]).
     waiting: AtomicUsize,
 }
+
+/// The open connections by id.
+pub(super) type Registry = std::collections::HashMap<u64, std::sync::Weak<ConnState>, foldhash::fast::RandomState>;
 
 /// An accept loop's wait for a slot, counted while it lasts.
 pub(crate) struct Waiter<'a>(&'a Pressure);
@@ -49,7 +54,7 @@ impl Drop for Waiter<'_> {
 impl Pressure {
     pub(crate) fn new(slots: usize, cap: Duration) -> Self {
         Self {
-            conns: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            conns: parking_lot::Mutex::new(Registry::default()),
             next_id: AtomicU64::new(0),
             high: AtomicBool::new(false),
             rose: tokio::sync::Notify::new(),
