@@ -12,8 +12,37 @@ use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 
 use super::error::UpstreamError;
-use super::exchange::Appended;
 use crate::http1::parse_decimal;
+
+/// Up to four fields sent after a request's header map and kept out of it: the forwarding fields set on nearly
+/// every request (`X-Forwarded-For`, `-Proto`, `-Host`, `X-Real-IP`). Inserted into the map they cost about
+/// 1 400 instructions a request (each name hashed, the table probed and grown, the entries dropped), written
+/// straight after the map's fields the same bytes go out with none of it.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Appended {
+    fields: [Option<(&'static HeaderName, HeaderValue)>; 4],
+}
+
+impl Appended {
+    /// Adds a field after the others; past four, into nothing (no caller sets more).
+    pub(crate) fn push(&mut self, name: &'static HeaderName, value: HeaderValue) {
+        if let Some(slot) = self.fields.iter_mut().find(|f| f.is_none()) {
+            *slot = Some((name, value));
+        }
+    }
+
+    /// The fields, in the order they were added.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&'static HeaderName, &HeaderValue)> {
+        self.fields.iter().map_while(|f| f.as_ref().map(|(n, v)| (*n, v)))
+    }
+
+    /// Puts the fields into `headers` (an h2 request's map, a test's): what a map of the request holds.
+    pub(crate) fn insert_into(&self, headers: &mut HeaderMap) {
+        for (name, value) in self.iter() {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+}
 
 /// Most header fields in a response head (hyper's default too).
 const MAX_HEADERS: usize = 100;

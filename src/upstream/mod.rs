@@ -22,10 +22,11 @@ mod tls;
 mod wire;
 
 pub(crate) use self::h2::{H2Failure, H2RequestBody, H2SendError};
+pub(crate) use codec::Appended;
 pub(crate) use codec::{connection_named, hop_by_hop_index, is_hop_by_hop, HOP_BY_HOP};
 pub(crate) use connect::{Conn, ConnectSettings, Connector, TlsConnected};
 pub(crate) use error::{source_chain, ConnectError, UpstreamError};
-pub(crate) use exchange::{send, Appended, RequestHead, SendBody, SendError, UpstreamBody};
+pub(crate) use exchange::{send, RequestHead, SendBody, SendError, UpstreamBody};
 pub(crate) use get::{get_status, GetError};
 pub(crate) use pool::{set_worker, worker};
 pub(crate) use tls::{Alpn, BackendTls, TlsOptions, TlsSetupError};
