@@ -38,10 +38,7 @@ pub(crate) fn last_chunk(trailers: Option<&HeaderMap>) -> Bytes {
     let mut out = BytesMut::with_capacity(64);
     out.extend_from_slice(b"0\r\n");
     for (name, value) in t {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        super::fields::put_field(&mut out, name, value);
     }
     out.extend_from_slice(b"\r\n");
     out.freeze()

@@ -2,8 +2,38 @@
 //! writes it. The backend side drops them from responses as it parses them (`upstream::codec`), the downstream
 //! side strips them from requests (`proxy::headers`).
 
+use bytes::BytesMut;
 use http::header::{CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
-use http::HeaderName;
+use http::{HeaderName, HeaderValue};
+
+/// Writes one field of a head: `name: value` and CRLF (request and response heads, trailers).
+#[inline]
+pub(crate) fn put_field(out: &mut BytesMut, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Where a parsed field's name and value are in its head, as `u32`s (a head is far below 4 GiB): each parser
+/// keeps its own four numbers (starts and ends, or starts and lengths).
+pub(crate) type FieldAt = (u32, u32, u32, u32);
+
+/// `count` zeroed places for a head's fields: in `stack` when they fit, else in `heap`. Zeroing a table for the
+/// most fields a head may have, on every head, cost up to 3 200 instructions of `memset` a request.
+#[inline]
+pub(crate) fn field_places<'a, const N: usize>(
+    stack: &'a mut [FieldAt; N],
+    heap: &'a mut Vec<FieldAt>,
+    count: usize,
+) -> &'a mut [FieldAt] {
+    if count <= N {
+        &mut stack[..count]
+    } else {
+        heap.resize(count, (0, 0, 0, 0));
+        heap
+    }
+}
 
 /// The hop-by-hop fields every message loses (RFC 9110 §7.6.1, and the obsolete `Proxy-Connection`).
 pub(crate) static HOP_BY_HOP: [HeaderName; 7] = [

@@ -13,7 +13,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, UPGRAD
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
 
 use super::body::parse_decimal;
-use super::fields::has_token;
+use super::fields::{field_places, has_token};
 
 /// hyper's limit on a request target.
 const MAX_URI_LEN: usize = (u16::MAX - 1) as usize;
@@ -112,14 +112,8 @@ pub(crate) fn parse_request(buf: &mut BytesMut, limits: HeadLimits) -> Result<Op
     // the stack, zeroed on every request (100 slots of four words cost 3 200 instructions of memset per request
     // under callgrind), more from the heap.
     let count = req.headers.len();
-    let mut at_stack = [(0u32, 0u32, 0u32, 0u32); OFFSETS_ON_STACK];
-    let mut at_heap = Vec::new();
-    let at: &mut [(u32, u32, u32, u32)] = if count <= OFFSETS_ON_STACK {
-        &mut at_stack[..count]
-    } else {
-        at_heap.resize(count, (0, 0, 0, 0));
-        &mut at_heap
-    };
+    let (mut at_stack, mut at_heap) = ([(0, 0, 0, 0); OFFSETS_ON_STACK], Vec::new());
+    let at = field_places(&mut at_stack, &mut at_heap, count);
     for (slot, h) in at.iter_mut().zip(req.headers.iter()) {
         *slot = (offset(h.name.as_bytes()), h.name.len() as u32, offset(h.value), h.value.len() as u32);
     }

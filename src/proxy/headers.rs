@@ -111,20 +111,16 @@ impl Peer {
     }
 }
 
-/// An IPv4 address in dotted decimal (`Ipv4Addr`'s own `Display` text), with no formatter.
+/// An IPv4 address in dotted decimal (`Ipv4Addr`'s own `Display` text), with no formatter (`itoa`'s digits).
 fn ipv4_text(ip: std::net::Ipv4Addr) -> ArrayText {
     let mut out = ArrayText { buf: [0; 15], len: 0 };
     for (i, octet) in ip.octets().into_iter().enumerate() {
         if i > 0 {
             out.push(b'.');
         }
-        if octet >= 100 {
-            out.push(b'0' + octet / 100);
+        for &digit in itoa::Buffer::new().format(octet).as_bytes() {
+            out.push(digit);
         }
-        if octet >= 10 {
-            out.push(b'0' + octet / 10 % 10);
-        }
-        out.push(b'0' + octet % 10);
     }
     out
 }

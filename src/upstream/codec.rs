@@ -12,7 +12,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 
 use super::error::UpstreamError;
-use crate::http1::parse_decimal;
+use crate::http1::{field_places, parse_decimal, put_field};
 
 /// Up to four fields sent after a request's header map and kept out of it: the forwarding fields set on nearly
 /// every request (`X-Forwarded-For`, `-Proto`, `-Host`, `X-Real-IP`). Inserted into the map they cost about
@@ -84,16 +84,10 @@ pub(super) fn encode_head(
         } else if name == CONTENT_LENGTH && framing.is_none() {
             framing = Some(ReqFraming::Plain);
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_field(out, name, value);
     }
     for (name, value) in appended.iter() {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_field(out, name, value);
     }
     let framing = framing.unwrap_or_else(|| match body_len {
         // No body: a method that defines one still says so (as hyper does), the others say nothing.
@@ -161,14 +155,8 @@ pub(super) fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, UpstreamErr
     // Offsets into the head (it is at most MAX_HEAD long): name start and end, value start and end. A few
     // fields' worth on the stack, more from the heap, as the server side's request parse does: all
     // MAX_HEADERS slots zeroed on every response were about 100 instructions of memset.
-    let mut at_stack = [(0u32, 0u32, 0u32, 0u32); OFFSETS_ON_STACK];
-    let mut at_heap = Vec::new();
-    let at: &mut [(u32, u32, u32, u32)] = if count <= OFFSETS_ON_STACK {
-        &mut at_stack[..count]
-    } else {
-        at_heap.resize(count, (0, 0, 0, 0));
-        &mut at_heap
-    };
+    let (mut at_stack, mut at_heap) = ([(0, 0, 0, 0); OFFSETS_ON_STACK], Vec::new());
+    let at = field_places(&mut at_stack, &mut at_heap, count);
     for (slot, h) in at.iter_mut().zip(res.headers.iter()) {
         let (n, v) = (offset(h.name.as_bytes()), offset(h.value));
         *slot = (n, n + h.name.len() as u32, v, v + h.value.len() as u32);

@@ -27,7 +27,9 @@ use tokio::sync::oneshot;
 
 use super::io::ConnIo;
 use super::{ServerConn, Stream};
-use crate::http1::{chunk_size_line, has_token, last_chunk, parse_request, BodyFraming, Chunked, Decoded, HeadLimits};
+use crate::http1::{
+    chunk_size_line, has_token, last_chunk, parse_request, put_field, BodyFraming, Chunked, Decoded, HeadLimits,
+};
 use crate::proxy::ProxyService;
 
 /// Most bytes one read of a request body asks for.
@@ -434,10 +436,7 @@ fn encode_head(out: &mut BytesMut, parts: &http::response::Parts, http11: bool, 
             }
             wrote_length = true;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_field(out, name, value);
     }
     match framing {
         Out::Length(n) if !wrote_length => {
