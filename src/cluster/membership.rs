@@ -213,11 +213,26 @@ impl Cluster {
         }
     }
 
+    /// `node`'s replica key is gone (its lease expired or was revoked): the tenants whose status is a start or
+    /// stop of its are told, so that they ask Docker and repair the key (`Tenant::on_cluster`). Nothing else
+    /// would look at such a key until its next change: a replica cut off from etcd between its start and the
+    /// `running` write left a tenant that Docker ran and the decider took for stopped, so never stopped it (the
+    /// partition test of issue 29, 2 runs in 8).
+    fn replica_gone(&self, st: &State, node: &str) {
+        for (service, s) in &st.statuses {
+            if s.node == node && s.transitional() {
+                let _ = self.events.send(Event::Status(service.clone()));
+            }
+        }
+    }
+
     /// A cluster key was deleted (its lease expired or was revoked, or an operator removed it).
     fn remove_cluster_key(&self, st: &mut State, key: &str) -> bool {
         match self.keys.cluster_kind(key) {
             ClusterKey::Replica(node) => {
-                st.replicas.remove(node);
+                if st.replicas.remove(node).is_some() {
+                    self.replica_gone(st, node);
+                }
                 false
             }
             ClusterKey::Decider => {
@@ -264,7 +279,7 @@ impl Sink for ClusterSink<'_> {
     async fn replace(&self, _revision: i64, kvs: Vec<KeyValue>, _first: bool) -> Result<(), EtcdError> {
         let c = self.0;
         let mut st = c.state.lock();
-        st.replicas.clear();
+        let before = std::mem::take(&mut st.replicas);
         st.activity.clear();
         // Every tenant kept awake before the resync is told (its entry may be gone), and every one after it (as
         // new): a tenant told twice only recomputes its timer twice.
@@ -274,6 +289,9 @@ impl Sink for ClusterSink<'_> {
         st.decider_node = None;
         for kv in &kvs {
             c.apply_cluster_kv(&mut st, kv);
+        }
+        for node in before.keys().filter(|n| !st.replicas.contains_key(*n)) {
+            c.replica_gone(&st, node);
         }
         let vacant = st.decider_node.is_none();
         drop(st);

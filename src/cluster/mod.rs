@@ -206,6 +206,11 @@ impl Cluster {
         node == &*self.node || self.state.lock().replicas.contains_key(node) || seen.elapsed() < self.settings.lease_ttl
     }
 
+    /// True while `node` has a replica key, as far as the watch tells.
+    pub(crate) fn is_replica(&self, node: &str) -> bool {
+        self.state.lock().replicas.contains_key(node)
+    }
+
     /// Other live replicas than this one.
     pub(crate) fn peers(&self) -> usize {
         let st = self.state.lock();

@@ -251,6 +251,9 @@ struct State {
     /// The second witness of use before an idle stop: the last look at the container's traffic counters
     /// (`tenant/witness.rs`).
     witness: witness::Witness,
+    /// Another replica's start or stop is in progress as far as this one knows: when to look at its status
+    /// again if nothing changes it (`coordination.rs`, `on_cluster`).
+    peer_recheck: Option<Instant>,
 }
 
 /// One passivated service.
@@ -362,6 +365,7 @@ impl Tenant {
             holds: Vec::new(),
             held: 0,
             witness: witness::Witness::default(),
+            peer_recheck: None,
         };
         shared.metrics.transition(None, Some(Phase::Unknown.as_str()));
         let host = shared.host(service.container().and_then(|c| c.docker_host.as_deref()));

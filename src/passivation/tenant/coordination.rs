@@ -51,6 +51,28 @@ impl Tenant {
         s.node != c.node() && s.transitional() && c.alive(&s.node, s.seen) && s.seen.elapsed() < self.wake_timeout(spec)
     }
 
+    /// Until when another replica's transition `s` counts as work in progress ([`Self::peer_at_work`]) by time
+    /// alone: `wake_timeout` after it was seen, or a lease TTL after while its writer has no replica key.
+    /// `None`: it does not count now. (A replica key that goes tells the tenant: `Cluster::replica_gone`.)
+    fn peer_work_until(&self, c: &Cluster, s: &TenantStatus, spec: &ContainerSpec) -> Option<Instant> {
+        if !self.peer_at_work(c, s, spec) {
+            return None;
+        }
+        let until = s.seen + self.wake_timeout(spec);
+        Some(if c.is_replica(&s.node) { until } else { until.min(s.seen + c.settings().lease_ttl) })
+    }
+
+    /// True once the look again that [`Self::on_cluster`] set for another replica's transition is due (and
+    /// then it is taken).
+    pub(super) fn take_peer_recheck(&self) -> bool {
+        let mut st = self.state.lock();
+        let due = st.peer_recheck.is_some_and(|at| at <= Instant::now());
+        if due {
+            st.peer_recheck = None;
+        }
+        due
+    }
+
     /// Before a wake's Docker call: claims the start cluster-wide, or waits while another replica starts or
     /// stops the container. Never refuses for etcd's sake: unreachable, the wake goes on unclaimed.
     pub(super) async fn claim_start(
@@ -251,6 +273,21 @@ impl Tenant {
                 self.observe(self.phase(), spec);
             }
             return;
+        }
+        if s.transitional() {
+            // Another replica's start or stop. While it counts as work in progress it is followed (below), and
+            // looked at again when it would stop counting by time alone. Once it does not count (its replica
+            // gone: lease lapsed, cut off from etcd or dead; or older than `wake_timeout`), nothing else would
+            // move the key on: Docker is asked, and the repair after the inspect writes what it says.
+            let until = self.peer_work_until(c, &s, spec);
+            self.state.lock().peer_recheck = until;
+            if until.is_none() {
+                info!(node = %s.node, state = %s.state, "a transition left by a replica no longer at work: asking Docker");
+                let _ = self.refresh().await;
+                return;
+            }
+        } else {
+            self.state.lock().peer_recheck = None;
         }
         let idle = self.idle_timeout(spec);
         let phase = self.phase();

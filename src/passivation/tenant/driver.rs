@@ -99,6 +99,12 @@ impl Tenant {
                     }
                     _ => None,
                 };
+                // And a look again at another replica's transition, if one is due before.
+                let recheck = st.peer_recheck.map(|at| at.saturating_duration_since(Instant::now()));
+                let timer = match (timer, recheck) {
+                    (Some(t), Some(r)) => Some(t.min(r)),
+                    (t, r) => t.or(r),
+                };
                 (st.phase, timer)
             };
             let msg = tokio::select! {
@@ -110,6 +116,10 @@ impl Tenant {
                 },
                 () = sleep_opt(timer) => None,
             };
+            if msg.is_none() && self.take_peer_recheck() {
+                self.on_cluster().await;
+                continue;
+            }
             match msg {
                 None if phase == Phase::Unknown => {
                     backoff = if self.refresh().await.is_ok() { BACKOFF_MIN } else { (backoff * 2).min(BACKOFF_MAX) };
