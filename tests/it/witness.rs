@@ -272,16 +272,21 @@ async fn a_start_left_unsettled_by_a_replica_cut_off_is_taken_over_by_the_decide
     link.cut();
     let got = request.await.unwrap();
     assert_eq!(got.status, StatusCode::OK, "the wake goes on without etcd: {}", got.text);
+    // n2's `running` never reached etcd: the key still holds its claim, or already the decider's take-over (on a
+    // slow Docker, n2's lease may lapse before its wake ends).
     let left = status(&etcd).await;
-    assert_eq!((&left["state"], &left["node"]), (&"starting".into(), &"n2".into()), "the write was lost: {left}");
+    assert!(left["node"] != "n2" || left["state"] == "starting", "the write was lost: {left}");
 
-    // n2's lease lapses (2 s): the decider takes the start over from what Docker says.
+    // n2's lease lapses (2 s): the decider takes the start over, probing the application before it says
+    // `running`.
     eventually(LONG, "the decider wrote running", || async {
         let s = status(&etcd).await;
         s["state"] == "running" && s["node"] == "n1"
     })
     .await;
     assert!(n1.log_has("a transition left by a replica no longer at work"), "{:?}", n1.tail(20));
+    // Taken over as a wake of n1's: claimed, and the application probed before `running`.
+    assert!(n1.log_has("start claimed for the cluster") && n1.log_has("\"message\":\"ready\""), "{:?}", n1.tail(20));
     assert_eq!(web.docker_state(), "running");
 
     // Unused from then on: stopped by the decider, once.

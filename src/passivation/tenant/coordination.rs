@@ -29,6 +29,8 @@ const CLAIM_TIMEOUT: Duration = Duration::from_secs(1);
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often a replica waiting for another one's start or stop looks again on its own.
 const WAIT_RECHECK: Duration = Duration::from_millis(500);
+/// When a take-over of another replica's transition left behind tries again after a failed Docker call.
+const TAKE_OVER_RETRY: Duration = Duration::from_secs(2);
 
 /// What a wake may do after [`Tenant::claim_start`].
 #[derive(Debug)]
@@ -60,6 +62,33 @@ impl Tenant {
         }
         let until = s.seen + self.wake_timeout(spec);
         Some(if c.is_replica(&s.node) { until } else { until.min(s.seen + c.settings().lease_ttl) })
+    }
+
+    /// Another replica's start or stop, left behind (`on_cluster`): a start that left the container running is
+    /// finished as a wake of this replica's (claimed, and the application probed before anything is forwarded
+    /// to it: it may not listen yet); anything else is what Docker says, adopted, and the key repaired after the
+    /// inspect. A failed Docker call is tried again later: nothing else would look at the key again.
+    async fn take_over(&self, s: &TenantStatus, spec: &ContainerSpec) {
+        if s.state == TenantState::Starting && self.phase() != Phase::Running {
+            match self.docker_runs(spec).await {
+                Ok(true) => {
+                    let mut st = self.state.lock();
+                    if !st.wake_pending {
+                        st.wake_pending = true;
+                        st.wake_requested_at = Some(Instant::now());
+                    }
+                    return;
+                }
+                Ok(false) => {}
+                Err(_) => {
+                    self.state.lock().peer_recheck = Some(Instant::now() + TAKE_OVER_RETRY);
+                    return;
+                }
+            }
+        }
+        if self.refresh().await.is_err() {
+            self.state.lock().peer_recheck = Some(Instant::now() + TAKE_OVER_RETRY);
+        }
     }
 
     /// True once the look again that [`Self::on_cluster`] set for another replica's transition is due (and
@@ -262,10 +291,12 @@ impl Tenant {
         let Some(spec) = service.container() else { return };
         let Some(s) = c.status(&self.name) else {
             // No status yet (a new tenant, or this replica just joined): write what Docker said.
+            self.state.lock().peer_recheck = None;
             self.observe(self.phase(), spec);
             return;
         };
         if s.node == c.node() {
+            self.state.lock().peer_recheck = None;
             // This replica's own claim, left behind: its start or stop is over (the phase says so) but the status
             // never moved on, e.g. etcd went away between the claim and its settle. Left as it is, the other
             // replicas would take it for work in progress and wait; repair it from what this replica knows.
@@ -278,12 +309,12 @@ impl Tenant {
             // Another replica's start or stop. While it counts as work in progress it is followed (below), and
             // looked at again when it would stop counting by time alone. Once it does not count (its replica
             // gone: lease lapsed, cut off from etcd or dead; or older than `wake_timeout`), nothing else would
-            // move the key on: Docker is asked, and the repair after the inspect writes what it says.
+            // move the key on: this replica takes it over.
             let until = self.peer_work_until(c, &s, spec);
             self.state.lock().peer_recheck = until;
             if until.is_none() {
-                info!(node = %s.node, state = %s.state, "a transition left by a replica no longer at work: asking Docker");
-                let _ = self.refresh().await;
+                info!(node = %s.node, state = %s.state, "a transition left by a replica no longer at work: taking it over");
+                self.take_over(&s, spec).await;
                 return;
             }
         } else {
