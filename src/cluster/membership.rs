@@ -214,7 +214,7 @@ impl Cluster {
     }
 
     /// `node`'s replica key is gone (its lease expired or was revoked): the tenants whose status is a start or
-    /// stop of its are told, so that they ask Docker and repair the key (`Tenant::on_cluster`). Nothing else
+    /// stop of its are told, so that they take it over (`Tenant::on_cluster`). Nothing else
     /// would look at such a key until its next change: a replica cut off from etcd between its start and the
     /// `running` write left a tenant that Docker ran and the decider took for stopped, so never stopped it (the
     /// partition test of issue 29, 2 runs in 8).

@@ -72,11 +72,7 @@ impl Tenant {
         if s.state == TenantState::Starting && self.phase() != Phase::Running {
             match self.docker_runs(spec).await {
                 Ok(true) => {
-                    let mut st = self.state.lock();
-                    if !st.wake_pending {
-                        st.wake_pending = true;
-                        st.wake_requested_at = Some(Instant::now());
-                    }
+                    self.request_wake();
                     return;
                 }
                 Ok(false) => {}
@@ -289,14 +285,14 @@ impl Tenant {
         let Some(c) = self.cluster() else { return };
         let service = self.service();
         let Some(spec) = service.container() else { return };
+        // A look again is set below only while another replica's transition is in progress.
+        self.state.lock().peer_recheck = None;
         let Some(s) = c.status(&self.name) else {
             // No status yet (a new tenant, or this replica just joined): write what Docker said.
-            self.state.lock().peer_recheck = None;
             self.observe(self.phase(), spec);
             return;
         };
         if s.node == c.node() {
-            self.state.lock().peer_recheck = None;
             // This replica's own claim, left behind: its start or stop is over (the phase says so) but the status
             // never moved on, e.g. etcd went away between the claim and its settle. Left as it is, the other
             // replicas would take it for work in progress and wait; repair it from what this replica knows.
@@ -310,15 +306,12 @@ impl Tenant {
             // looked at again when it would stop counting by time alone. Once it does not count (its replica
             // gone: lease lapsed, cut off from etcd or dead; or older than `wake_timeout`), nothing else would
             // move the key on: this replica takes it over.
-            let until = self.peer_work_until(c, &s, spec);
-            self.state.lock().peer_recheck = until;
-            if until.is_none() {
+            let Some(until) = self.peer_work_until(c, &s, spec) else {
                 info!(node = %s.node, state = %s.state, "a transition left by a replica no longer at work: taking it over");
                 self.take_over(&s, spec).await;
                 return;
-            }
-        } else {
-            self.state.lock().peer_recheck = None;
+            };
+            self.state.lock().peer_recheck = Some(until);
         }
         let idle = self.idle_timeout(spec);
         let phase = self.phase();
