@@ -14,7 +14,7 @@ mod request;
 
 pub(crate) use body::{chunk_size_line, last_chunk, parse_decimal, Chunked, Decoded};
 pub(crate) use fields::{
-    connection_named, field_places, has_token, hop_by_hop_index, is_hop_by_hop, put_field, HOP_BY_HOP,
+    connection_named, field_places, has_token, hop_by_hop_index, is_hop_by_hop, put_field, FieldAt, HOP_BY_HOP,
 };
 pub(crate) use request::{parse_request, BodyFraming, HeadLimits};
 

@@ -29,7 +29,7 @@ use super::conn::{ConnState, H1Body, InFlight};
 use super::error::UpstreamErrorKind;
 use super::stream::Progress;
 use crate::routes::{Backend, Load, Service};
-use crate::upstream::{SendBody, UpstreamBody, UpstreamError};
+use crate::upstream::{RawFields, SendBody, UpstreamBody, UpstreamError};
 
 /// How a client's request body must arrive.
 #[derive(Debug, Clone, Copy)]
@@ -687,6 +687,23 @@ impl ResponseBody {
     pub(crate) fn full(bytes: impl Into<Bytes>, guard: Option<InFlight>) -> Self {
         let b = bytes.into();
         Self { kind: Kind::Full(if b.is_empty() { None } else { Some(b) }), guard, load: None }
+    }
+
+    /// The backend's fields as it wrote them, when they were kept so: they are not in the response's map then,
+    /// and reveille's own HTTP/1.1 side writes them (see `upstream::RawFields`).
+    pub(crate) fn raw_fields(&self) -> Option<&RawFields> {
+        match &self.kind {
+            Kind::Upstream(up) => up.body.raw_fields(),
+            Kind::Full(_) => None,
+        }
+    }
+
+    /// Takes them, to write them.
+    pub(crate) fn take_raw_fields(&mut self) -> Option<RawFields> {
+        match &mut self.kind {
+            Kind::Upstream(up) => up.body.take_raw_fields(),
+            Kind::Full(_) => None,
+        }
     }
 
     /// Names the service and backend a stall is logged with.

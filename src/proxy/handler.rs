@@ -141,7 +141,9 @@ impl RequestCtx {
         if svc.tls && self.forwarded {
             if let Some(hsts) = self.service.as_ref().and_then(|s| s.https().hsts.as_ref()) {
                 // The backend's own policy, if it sends one, wins.
-                response.headers_mut().entry(STRICT_TRANSPORT_SECURITY).or_insert_with(|| hsts.clone());
+                if !response.body().raw_fields().is_some_and(|raw| raw.has_sts()) {
+                    response.headers_mut().entry(STRICT_TRANSPORT_SECURITY).or_insert_with(|| hsts.clone());
+                }
             }
         }
         let status = counted.unwrap_or_else(|| response.status());
@@ -346,6 +348,8 @@ async fn forward(
 
     let (parts, body) = req.into_parts();
     let method: Method = parts.method;
+    // reveille's own HTTP/1.1 side writes a backend's fields as they came (a `HEAD` answer's length is its own).
+    let raw_fields = matches!(body, ClientBody::H1(_)) && method != Method::HEAD;
     let mut headers: HeaderMap = parts.headers;
     // One authority for routing and for the backend: when the request target carries one (HTTP/2
     // `:authority`, HTTP/1.1 absolute-form), it replaces whatever `Host` said (RFC 9112 §3.2.2).
@@ -395,7 +399,7 @@ async fn forward(
     let template = Template {
         // Safe to send twice (RFC 9110 §9.2.2), with a body that is still whole for a second time.
         replayable: is_idempotent(&method) && body.as_ref().is_none_or(BodySlot::is_whole),
-        head: RequestHead { method, path, headers, upgrade: upgrade.is_some(), appended },
+        head: RequestHead { method, path, headers, upgrade: upgrade.is_some(), appended, raw_fields },
         body: body.as_ref(),
         te_trailers,
     };

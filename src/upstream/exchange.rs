@@ -28,7 +28,9 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Response};
 use http_body::{Body, Frame, SizeHint};
 
-use super::codec::{encode_head, is_interim, parse_head, response_framing, Appended, Framing, Head, ReqFraming};
+use super::codec::{
+    encode_head, is_interim, parse_head, response_framing, Appended, Framing, Head, RawFields, ReqFraming,
+};
 use super::connect::Conn;
 use super::error::{BoxError, UpstreamError};
 use super::h2::H2Body;
@@ -58,6 +60,9 @@ pub(crate) struct RequestHead {
     pub(crate) upgrade: bool,
     /// Fields sent after `headers` (the forwarding fields of an untrusted client's request).
     pub(crate) appended: Appended,
+    /// The response's fields may be kept as the backend wrote them ([`RawFields`], in the response's body):
+    /// its client is served by reveille's own HTTP/1.1 side, which writes them so, and this is not a `HEAD`.
+    pub(crate) raw_fields: bool,
 }
 
 /// A failed send: the error, and whether none of the request went out (then it can go to another connection
@@ -133,7 +138,7 @@ where
     drop(body);
     let mut head = match early {
         Some(h) => h,
-        None => match read_head(conn.get_mut(), &mut answered).await {
+        None => match read_head(conn.get_mut(), &mut answered, req.raw_fields).await {
             Ok(h) => h,
             Err(error) => return Err(SendError { error, unsent: false, answered }),
         },
@@ -150,7 +155,8 @@ where
         Framing::Eof => State::Eof,
         Framing::Upgrade => State::Upgrade,
     };
-    let mut body = UpstreamBody { conn: Some(conn), state, reusable, h2: None };
+    let raw = head.take_raw();
+    let mut body = UpstreamBody { conn: Some(conn), state, reusable, h2: None, raw };
     if body.state == State::Done {
         body.finish();
     }
@@ -241,7 +247,7 @@ fn poll_early(wire: &mut Wire, cx: &mut Context<'_>, p: &mut Progress) -> Poll<R
             Poll::Ready(Ok(0)) => return Poll::Pending,
             Poll::Ready(Ok(_)) => {
                 p.answered = true;
-                while let Some(head) = parse_head(&mut wire.read)? {
+                while let Some(head) = parse_head(&mut wire.read, false)? {
                     if is_interim(head.parts.status) {
                         continue;
                     }
@@ -255,11 +261,11 @@ fn poll_early(wire: &mut Wire, cx: &mut Context<'_>, p: &mut Progress) -> Poll<R
 }
 
 /// Reads until a final response head is complete.
-async fn read_head(wire: &mut Wire, answered: &mut bool) -> Result<Head, UpstreamError> {
+async fn read_head(wire: &mut Wire, answered: &mut bool, keep_raw: bool) -> Result<Head, UpstreamError> {
     loop {
         while !wire.read.is_empty() {
             *answered = true;
-            match parse_head(&mut wire.read)? {
+            match parse_head(&mut wire.read, keep_raw)? {
                 Some(h) if is_interim(h.parts.status) => {}
                 Some(h) => return Ok(h),
                 None => break,
@@ -298,13 +304,25 @@ pub(crate) struct UpstreamBody {
     reusable: bool,
     /// The h2 stream's body (`State::H2`); boxed, so an HTTP/1.1 body carries one empty pointer only.
     h2: Option<Box<H2Body>>,
+    /// The response's fields, when they were kept as the backend wrote them (its parts have none then).
+    raw: Option<RawFields>,
 }
 
 impl UpstreamBody {
     /// An h2 stream's body: read as the downstream side polls it, its stream's lease held until it ends. It
     /// never has a connection to give back (the connection stays with its other streams).
     pub(crate) fn h2(body: H2Body) -> Self {
-        Self { conn: None, state: State::H2, reusable: false, h2: Some(Box::new(body)) }
+        Self { conn: None, state: State::H2, reusable: false, h2: Some(Box::new(body)), raw: None }
+    }
+
+    /// The response's fields as the backend wrote them, if they were kept so (see [`RequestHead::raw_fields`]).
+    pub(crate) fn raw_fields(&self) -> Option<&RawFields> {
+        self.raw.as_ref()
+    }
+
+    /// Takes them, to write them.
+    pub(crate) fn take_raw_fields(&mut self) -> Option<RawFields> {
+        self.raw.take()
     }
 
     /// The connection of a `101` response, for the tunnel (taken once).

@@ -22,8 +22,8 @@ mod tls;
 mod wire;
 
 pub(crate) use self::h2::{H2Failure, H2RequestBody, H2SendError};
-pub(crate) use codec::Appended;
 pub(crate) use codec::{connection_named, hop_by_hop_index, is_hop_by_hop, HOP_BY_HOP};
+pub(crate) use codec::{Appended, RawFields};
 pub(crate) use connect::{Conn, ConnectSettings, Connector, TlsConnected};
 pub(crate) use error::{source_chain, ConnectError, UpstreamError};
 pub(crate) use exchange::{send, RequestHead, SendBody, SendError, UpstreamBody};
@@ -48,6 +48,6 @@ pub mod bench {
 
     /// Parses the response head at the start of `buf` (taking it off); the number of header fields.
     pub fn parse_response(buf: &mut BytesMut) -> Option<usize> {
-        parse_head(buf).ok().flatten().map(|h| h.parts.headers.len())
+        parse_head(buf, false).ok().flatten().map(|h| h.parts.headers.len())
     }
 }

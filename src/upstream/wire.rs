@@ -72,7 +72,7 @@ impl Wire {
                 _ => break,
             }
         }
-        while let Ok(Some(head)) = parse_head(&mut self.read) {
+        while let Ok(Some(head)) = parse_head(&mut self.read, false) {
             if !is_interim(head.parts.status) {
                 return Some(head);
             }

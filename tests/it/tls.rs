@@ -220,6 +220,49 @@ async fn websocket_over_tls() {
     ws.close(None).await.unwrap();
 }
 
+/// HSTS is added to a backend's response only when the backend sends no policy of its own, whichever side
+/// serves the client: reveille's own HTTP/1.1 side (which passes the backend's fields on as it wrote them, and
+/// writes the added field after them) and HTTP/2 (through a header map).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backends_own_hsts_wins_and_the_configured_one_is_added_otherwise() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    ca.issue(&["own.test", "added.test"]).write_pair(dir.path(), "all");
+    let own = Backend::start(std::sync::Arc::new(|_req: Request<hyper::body::Incoming>| {
+        Box::pin(async move {
+            let mut resp = http::Response::new(full("own"));
+            resp.headers_mut().insert("strict-transport-security", "max-age=60".parse().unwrap());
+            resp.headers_mut().insert("x-from", "backend".parse().unwrap());
+            resp
+        })
+    }))
+    .await;
+    let plain = Backend::echo("plain").await;
+    let routes = format!(
+        "[services.own]\nbackends = [\"{own}\"]\nhsts = \"max-age=31536000\"\n\
+         [services.added]\nbackends = [\"{plain}\"]\nhsts = \"max-age=31536000\"\n\
+         [routes]\n\"own.test\" = \"own\"\n\"added.test\" = \"added\"\n",
+        own = own.addr,
+        plain = plain.addr
+    );
+    let (_proxy, https) = start_tls(&routes, dir.path(), |_| {}).await;
+    let h1_client = ca.client(&["http/1.1"]);
+    let h2_client = ca.client(&["h2"]);
+    for (host, expected) in [("own.test", "max-age=60"), ("added.test", "max-age=31536000")] {
+        let mut s = h1(connect(&h1_client, https, Some(host)).await.unwrap()).await;
+        let req = Request::get("/").header("host", host).body(full("")).unwrap();
+        let got = exchange1(&mut s, req).await;
+        assert_eq!(got.status, StatusCode::OK, "{host} over HTTP/1.1");
+        let sts: Vec<_> = got.headers.get_all("strict-transport-security").iter().collect();
+        assert_eq!(sts, [expected], "{host} over HTTP/1.1: {:?}", got.headers);
+        let mut s = h2(connect(&h2_client, https, Some(host)).await.unwrap()).await;
+        let got = exchange2(&mut s, Request::get(format!("https://{host}/")).body(full("")).unwrap()).await;
+        assert_eq!(got.status, StatusCode::OK, "{host} over HTTP/2");
+        let sts: Vec<_> = got.headers.get_all("strict-transport-security").iter().collect();
+        assert_eq!(sts, [expected], "{host} over HTTP/2: {:?}", got.headers);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_redirect_per_service_and_global_with_hsts() {
     let ca = TestCa::new();

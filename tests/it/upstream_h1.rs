@@ -119,6 +119,70 @@ async fn get_path(proxy: &TestProxy, path: &str) -> Got {
     get(proxy.http, "app.test", path).await
 }
 
+/// A backend's fields as the client gets them: reveille's own HTTP/1.1 side passes them on as the backend wrote
+/// them (its spelling and order, repeated fields kept), hyper's side through a header map (lowercase); both
+/// without the hop-by-hop ones, with one `Content-Length` and the backend's `Date`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backends_fields_reach_the_client_as_it_wrote_them_without_the_hop_by_hop_ones() {
+    let backend = RawBackend::start(|_| {
+        answer(
+            b"HTTP/1.1 200 OK\r\nServer: Raw/1\r\nX-Mixed-Case: Value\r\nKeep-Alive: timeout=5\r\nSet-Cookie: a=1\r\n\
+              Proxy-Authenticate: Basic\r\nSet-Cookie: b=2\r\nContent-Length: 2\r\nTE: trailers\r\n\
+              Connection: keep-alive\r\nDate: Sun, 06 Dec 2026 00:00:00 GMT\r\n\r\nok",
+            After::KeepOpen,
+        )
+    })
+    .await;
+    for side in [reveille::Http1Server::Reveille, reveille::Http1Server::Hyper] {
+        let settings = Settings { access_log: false, http1_server: side, ..Settings::default() };
+        let proxy =
+            TestProxy::start_with(&routes_file(&[("s", vec![backend.addr])], &[("app.test", "s")]), settings).await;
+        for _ in 0..2 {
+            let text = raw_exchange(
+                proxy.http,
+                b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+                Duration::from_secs(5),
+            )
+            .await;
+            let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{side:?}: {text:?}"));
+            assert_eq!(body, "ok", "{side:?}");
+            assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{side:?}: {head}");
+            let fields: Vec<(String, &str)> = head
+                .split("\r\n")
+                .skip(1)
+                .map(|line| {
+                    let (name, value) = line.split_once(':').unwrap_or_else(|| panic!("{side:?}: {line:?}"));
+                    (name.to_ascii_lowercase(), value.trim())
+                })
+                .collect();
+            let passed: Vec<(&str, &str)> = fields
+                .iter()
+                .filter(|(n, _)| n != "content-length" && n != "connection")
+                .map(|(n, v)| (n.as_str(), *v))
+                .collect();
+            assert_eq!(
+                passed,
+                [
+                    ("server", "Raw/1"),
+                    ("x-mixed-case", "Value"),
+                    ("set-cookie", "a=1"),
+                    ("set-cookie", "b=2"),
+                    ("date", "Sun, 06 Dec 2026 00:00:00 GMT"),
+                ],
+                "{side:?}: {head}"
+            );
+            let lengths: Vec<&str> = fields.iter().filter(|(n, _)| n == "content-length").map(|(_, v)| *v).collect();
+            assert_eq!(lengths, ["2"], "{side:?}: {head}");
+            let connection: Vec<&str> = fields.iter().filter(|(n, _)| n == "connection").map(|(_, v)| *v).collect();
+            assert_eq!(connection, ["close"], "{side:?}: {head}");
+            if side == reveille::Http1Server::Reveille {
+                assert!(head.contains("\r\nServer: Raw/1\r\nX-Mixed-Case: Value\r\n"), "spelled as sent: {head}");
+            }
+        }
+    }
+    assert_eq!(backend.accepted(), 2, "one kept-alive backend connection per proxy");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunked_response_cut_at_every_byte_arrives_whole_and_the_connection_is_reused() {
     let backend = RawBackend::start(|_| {

@@ -31,6 +31,7 @@ use crate::http1::{
     chunk_size_line, has_token, last_chunk, parse_request, put_field, BodyFraming, Chunked, Decoded, HeadLimits,
 };
 use crate::proxy::ProxyService;
+use crate::upstream::RawFields;
 
 /// Most bytes one read of a request body asks for.
 const READ_MAX: usize = 64 * 1024;
@@ -322,7 +323,8 @@ async fn serve<S: Stream>(
             tx
         });
         let response = svc.call_h1(req).await;
-        let (parts, body) = response.into_parts();
+        let (parts, mut body) = response.into_parts();
+        let raw = body.take_raw_fields();
         // The response starts: a `100 Continue` not yet begun is owed no more (as hyper's `Writing::Init` rule),
         // and one a body poll began (the body may be pumped by another task, for an h2 backend) is finished
         // first, so that it never lands inside the response.
@@ -334,7 +336,7 @@ async fn serve<S: Stream>(
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(tx) = upgrade {
                 let mut out = BytesMut::with_capacity(256);
-                encode_head(&mut out, &parts, http11, Out::None, true);
+                encode_head(&mut out, &parts, None, http11, Out::None, true);
                 write_all(&shared, &mut vec![out.freeze()]).await?;
                 let mut inner = shared.lock();
                 let io = inner.io.take().ok_or(io::ErrorKind::NotConnected)?;
@@ -350,7 +352,7 @@ async fn serve<S: Stream>(
         if closing.load(Ordering::Relaxed) {
             keep_alive = false;
         }
-        write_response(&shared, &parts, body, out, http11, keep_alive).await?;
+        write_response(&shared, &parts, raw.as_ref(), body, out, http11, keep_alive).await?;
         let body_done = matches!(shared.lock().body, BodyRead::Done);
         // A body nobody read to its end: the connection cannot serve again (the lingering close takes the rest).
         if !keep_alive || !body_done {
@@ -407,7 +409,14 @@ fn write_status_line(out: &mut BytesMut, version: Version, status: StatusCode) {
 
 /// The response head: the status line (with the backend's own reason phrase, if it had one), the fields as
 /// they are but the framing ones, which follow `out`, and `Connection` and `Date` when needed.
-fn encode_head(out: &mut BytesMut, parts: &http::response::Parts, http11: bool, framing: Out, keep_alive: bool) {
+fn encode_head(
+    out: &mut BytesMut,
+    parts: &http::response::Parts,
+    raw: Option<&RawFields>,
+    http11: bool,
+    framing: Out,
+    keep_alive: bool,
+) {
     out.reserve(512);
     // An HTTP/1.0 client gets an HTTP/1.0 status line, as hyper answers it.
     let version = if http11 { Version::HTTP_11 } else { Version::HTTP_10 };
@@ -424,6 +433,12 @@ fn encode_head(out: &mut BytesMut, parts: &http::response::Parts, http11: bool, 
     let no_length = parts.status.is_informational() || parts.status == StatusCode::NO_CONTENT;
     let mut wrote_length = false;
     let (mut has_connection, mut has_date) = (false, false);
+    // The backend's fields as it wrote them, when they were kept so (none of them framing or hop-by-hop); the
+    // map then holds only what reveille adds.
+    if let Some(raw) = raw {
+        raw.write(out);
+        has_date = raw.has_date();
+    }
     for (name, value) in &parts.headers {
         if *name == TRANSFER_ENCODING {
             continue;
@@ -464,6 +479,7 @@ fn encode_head(out: &mut BytesMut, parts: &http::response::Parts, http11: bool, 
 async fn write_response<S: Stream, B>(
     shared: &Arc<Mutex<Inner<S>>>,
     parts: &http::response::Parts,
+    raw: Option<&RawFields>,
     body: B,
     framing: Out,
     http11: bool,
@@ -474,7 +490,7 @@ where
     B::Error: std::fmt::Display,
 {
     let mut head = BytesMut::with_capacity(512);
-    encode_head(&mut head, parts, http11, framing, keep_alive);
+    encode_head(&mut head, parts, raw, http11, framing, keep_alive);
     let mut out = Vec::with_capacity(4);
     out.push(head.freeze());
     if framing == Out::None {
@@ -671,12 +687,12 @@ mod tests {
         resp.headers_mut().insert("x-a", "b".parse().unwrap());
         let (parts, ()) = resp.into_parts();
         let mut out = BytesMut::new();
-        encode_head(&mut out, &parts, true, Out::Length(5), true);
+        encode_head(&mut out, &parts, None, true, Out::Length(5), true);
         let text = String::from_utf8(out.to_vec()).unwrap();
         assert!(text.starts_with("HTTP/1.1 200 OK\r\nx-a: b\r\ncontent-length: 5\r\ndate: "), "{text}");
         assert!(text.ends_with(" GMT\r\n\r\n"), "{text}");
         let mut out = BytesMut::new();
-        encode_head(&mut out, &parts, false, Out::Close, false);
+        encode_head(&mut out, &parts, None, false, Out::Close, false);
         let text = String::from_utf8(out.to_vec()).unwrap();
         assert!(text.starts_with("HTTP/1.0 200 OK\r\n"), "{text}");
         assert!(text.contains("connection: close\r\n") && !text.contains("content-length"), "{text}");
