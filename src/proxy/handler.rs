@@ -32,7 +32,7 @@ use super::body::{BodyLimits, BodySlot, ClientBody, DownstreamFailure, RequestBo
 use super::conn::InFlight;
 use super::error::{ErrorMetric, UpstreamErrorKind};
 use super::headers::{add_forwarded, strip_hop_by_hop, upgrade_requested};
-use super::{tunnel, ProxyError, ProxyService, Response, Settings};
+use super::{boxed, tunnel, ProxyError, ProxyService, Response, Settings};
 use crate::access_log::Entry;
 use crate::passivation::{wants_page, Activity, Refusal};
 use crate::routes::{
@@ -251,7 +251,7 @@ async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, mut req: Request<Clie
         let admitted = match tenant.admit_running() {
             Some(running) => Ok(running),
             // Boxed: a wake's future is large, and every request's future would otherwise carry (and move) it.
-            None => Box::pin(tenant.admit(wants_page(&req))).await,
+            None => boxed(|| tenant.admit(wants_page(&req))).await,
         };
         match admitted {
             Ok((backend, a)) => {
@@ -272,7 +272,7 @@ async fn respond(svc: &ProxyService, ctx: &mut RequestCtx, mut req: Request<Clie
     // Boxed: forwarding's future is most of a request's async state, and every level above it would otherwise
     // carry it and copy it when created (a few KiB of memcpy per request).
     let forwarded =
-        Box::pin(forward(svc, service, target.as_ref(), guard.activity(), req, &mut ctx.backend, ctx.start)).await;
+        boxed(|| forward(svc, service, target.as_ref(), guard.activity(), req, &mut ctx.backend, ctx.start)).await;
     match forwarded {
         Ok((upstream, load)) => Ok(finish_response(upstream, load, guard, &proxy.settings, ctx.start)),
         Err(err) => {
@@ -376,7 +376,7 @@ async fn forward(
     } else {
         let stream = BodyLimits { buffer: 0, min_rate: 0, ..proxy.body_limits };
         let limits = if grpc { &stream } else { &proxy.body_limits };
-        match Box::pin(BodySlot::read(body, limits, &svc.conn)).await {
+        match boxed(|| BodySlot::read(body, limits, &svc.conn)).await {
             Ok(b) => b,
             Err(failure) => return Err(downstream_failure(failure)),
         }
@@ -587,11 +587,11 @@ async fn send_to(
     let key = backend.authority();
     let tls = match backend.protocol() {
         Protocol::Http1 => None,
-        Protocol::H2c => return Box::pin(send_h2(svc, service, backend, template, Via::H2c)).await,
+        Protocol::H2c => return boxed(|| send_h2(svc, service, backend, template, Via::H2c)).await,
         Protocol::Https => {
             let tls = backend_tls(service)?;
             if pool.tls_speaks_h2(tls, key) {
-                return Box::pin(send_h2(svc, service, backend, template, Via::Tls(tls, None))).await;
+                return boxed(|| send_h2(svc, service, backend, template, Via::Tls(tls, None))).await;
             }
             Some(tls)
         }
@@ -603,10 +603,10 @@ async fn send_to(
     let conn = match checked_out {
         Some(c) => c,
         // Boxed, as a new connection is the rare case and its future is large.
-        None => match Box::pin(open(pool, backend, tls)).await? {
+        None => match boxed(|| open(pool, backend, tls)).await? {
             Opened::Http1(c) => c,
             Opened::H2(tls, stream) => {
-                return Box::pin(send_h2(svc, service, backend, template, Via::Tls(tls, Some(stream)))).await
+                return boxed(|| send_h2(svc, service, backend, template, Via::Tls(tls, Some(stream)))).await
             }
         },
     };
@@ -626,10 +626,10 @@ async fn send_to(
         return Err(SendFailure::Upstream(error));
     }
     debug!(service = service.name(), backend = backend.as_str(), error = %source_chain(&error), "kept-alive backend connection closed under the request; sending it again on a new one");
-    let fresh = match Box::pin(open(pool, backend, tls)).await? {
+    let fresh = match boxed(|| open(pool, backend, tls)).await? {
         Opened::Http1(c) => c,
         Opened::H2(tls, stream) => {
-            return Box::pin(send_h2(svc, service, backend, template, Via::Tls(tls, Some(stream)))).await
+            return boxed(|| send_h2(svc, service, backend, template, Via::Tls(tls, Some(stream)))).await
         }
     };
     upstream::send(fresh, &template.head, template.body()).await.map_err(|e| SendFailure::Upstream(e.error))

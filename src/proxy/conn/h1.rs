@@ -236,7 +236,7 @@ impl H1Conn {
         let inner =
             Inner { io: Some(io), buf: read, body: BodyRead::Done, continue_owed: false, interim: Bytes::new() };
         let shared = Arc::new(Mutex::new(inner));
-        let fut = Box::pin(serve(shared.clone(), svc, limits, closing.clone()));
+        let fut = crate::proxy::boxed(|| serve(shared.clone(), svc, limits, closing.clone()));
         Self { fut, closing, _socket: shared }
     }
 }

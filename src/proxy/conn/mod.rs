@@ -49,7 +49,7 @@ pub(crate) use h1::{H1Body, H1Upgrade};
 pub(crate) use pressure::Pressure;
 
 use super::admission::AddressGuard;
-use super::{Http1Server, Http2Server, Proxy, ProxyService, SpanExecutor};
+use super::{boxed, Http1Server, Http2Server, Proxy, ProxyService, SpanExecutor};
 use crate::tls::TlsAcceptor;
 use io::ConnIo;
 use on_wake::OnWake;
@@ -383,7 +383,7 @@ pub(crate) async fn serve(
     };
     // In a box of its own: the handshake's future and a TLS stream are large, and inline they would make every
     // plain connection's future (copied once into its task) as large as a TLS one.
-    Box::pin(serve_tls(stream, acceptor, peer, proxy, state, shutdown)).await
+    boxed(|| serve_tls(stream, acceptor, peer, proxy, state, shutdown)).await
 }
 
 /// [`serve`]'s TLS connections: the handshake, then HTTP over the TLS stream.
@@ -477,12 +477,12 @@ async fn serve_http<S: Stream>(
         // Boxed: an h2 connection is much larger than an HTTP/1.1 one, and inline it would size every HTTP/1.1
         // connection's future.
         if settings.http2 == Http2Server::Reveille {
-            if let Err(e) = Box::pin(drive(h2::serve(io, service, settings), dog, &proxy, shutdown)).await {
+            if let Err(e) = boxed(|| drive(h2::serve(io, service, settings), dog, &proxy, shutdown)).await {
                 ended(&e);
             }
         } else {
             let conn = proxy.h2.serve_connection(TokioIo::new(io), service);
-            if let Err(e) = Box::pin(drive(conn, dog, &proxy, shutdown)).await {
+            if let Err(e) = boxed(|| drive(conn, dog, &proxy, shutdown)).await {
                 ended(&e);
             }
         }
@@ -519,7 +519,7 @@ async fn drive<C: ServerConn>(
         // they took a lock and re-registered a waiter every time the connection's task ran (about 1 000
         // instructions per request).
         let (ev, sd, pressure, was_closing) = (&evicted, &shutdown, &proxy.pressure, closing);
-        let mut rare = OnWake::new(Box::pin(async move {
+        let mut rare = OnWake::new(boxed(|| async move {
             tokio::select! {
                 biased;
                 () = ev.cancelled() => Rare::Evicted,
