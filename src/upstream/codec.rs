@@ -171,6 +171,9 @@ impl Head {
 /// Most runs of lines [`RawFields`] keeps; a head that would need more is parsed into a map.
 const RAW_RUNS: usize = 4;
 
+// A run ends at most two bytes before the head's end (its last CRLF), and a head is at most `MAX_HEAD` long.
+const _: () = assert!(MAX_HEAD - 2 <= u16::MAX as usize);
+
 /// A response's fields kept as the backend wrote them, to be written to a client as they are: the lines of its
 /// head that pass (runs of whole `name: value` CRLF lines, the hop-by-hop ones and `Content-Length` left out),
 /// not a `HeaderMap`. This is how nginx and HAProxy pass a head on. Built for a client of reveille's own
@@ -185,7 +188,8 @@ const RAW_RUNS: usize = 4;
 #[derive(Debug, Clone)]
 pub(crate) struct RawFields {
     head: Bytes,
-    /// Start and end of each run of lines in `head` (at most [`MAX_HEAD`] long, so within a `u16`).
+    /// Start and end of each run of lines in `head`: at most its length less the final CRLF, so at most
+    /// [`MAX_HEAD`] - 2, which fits a `u16` (checked below).
     runs: [(u16, u16); RAW_RUNS],
     count: u8,
     has_date: bool,
@@ -233,6 +237,8 @@ fn raw_name(name: &[u8]) -> RawName {
         4 if is(b"date") => RawName::Date,
         7 if is(b"trailer") => RawName::Drop,
         7 if is(b"upgrade") => RawName::Refuse,
+        // A field named `close` goes when `Connection: close` names it: the map's way knows.
+        5 if is(b"close") => RawName::Refuse,
         10 if is(b"connection") => RawName::Connection,
         10 if is(b"keep-alive") => RawName::Drop,
         14 if is(b"content-length") => RawName::ContentLength,
@@ -705,6 +711,8 @@ mod tests {
             "HTTP/1.1 304 Not Modified\r\nA: 1\r\n\r\n",
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nA: 1\r\n\r\n",
             "HTTP/1.1 200 OK\r\nUpgrade: h2c\r\nA: 1\r\n\r\n",
+            // `Connection: close` names a field called `close`, which goes (RFC 9110 §7.6.1).
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nClose: x\r\nA: 1\r\n\r\n",
             // More runs of lines than it keeps.
             "HTTP/1.1 200 OK\r\nA: 1\r\nTE: x\r\nB: 1\r\nTE: x\r\nC: 1\r\nTE: x\r\nD: 1\r\nTE: x\r\nE: 1\r\n\r\n",
         ] {
@@ -719,6 +727,8 @@ mod tests {
                 Err(e) => assert!(parse_head(&mut BytesMut::from(text.as_bytes()), false).is_err(), "{e}"),
             }
         }
+        let close = head("HTTP/1.1 200 OK\r\nConnection: close\r\nClose: x\r\nA: 1\r\n\r\n");
+        assert!(!close.parts.headers.contains_key("close") && !close.keep_alive);
         // Four runs are kept.
         let four = "HTTP/1.1 200 OK\r\nA: 1\r\nTE: x\r\nB: 1\r\nTE: x\r\nC: 1\r\nTE: x\r\nD: 1\r\n\r\n";
         assert_eq!(passed_on(&raw_head(four)), passed_on(&head(four)));
