@@ -143,20 +143,16 @@ enum Fields {
     },
     /// Kept as the backend wrote them; `parts.headers` is empty. `length`: the `Content-Length` they held.
     Raw { raw: RawFields, length: Option<u64> },
-    /// Taken by [`Head::take_raw`].
-    Taken,
 }
 
 impl Head {
-    /// The fields as the backend wrote them, if they were kept so (taken once).
-    pub(super) fn take_raw(&mut self) -> Option<RawFields> {
-        match std::mem::replace(&mut self.fields, Fields::Taken) {
+    /// The head's parts, and its fields as the backend wrote them if they were kept so.
+    pub(super) fn into_parts(self) -> (http::response::Parts, Option<RawFields>) {
+        let raw = match self.fields {
             Fields::Raw { raw, .. } => Some(raw),
-            other => {
-                self.fields = other;
-                None
-            }
-        }
+            Fields::Map { .. } => None,
+        };
+        (self.parts, raw)
     }
 
     #[cfg(test)]
@@ -404,17 +400,12 @@ pub(super) fn parse_head(buf: &mut BytesMut, keep_raw: bool) -> Result<Option<He
     let version = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
     let plain =
         keep_raw && status.as_u16() >= 200 && status != StatusCode::NO_CONTENT && status != StatusCode::NOT_MODIFIED;
-    if let Some((mut raw, raw_length, conn_close, conn_keep_alive)) =
-        plain.then(|| raw_fields(&buf[..len], at)).flatten()
-    {
+    if let Some((mut raw, length, conn_close, conn_keep_alive)) = plain.then(|| raw_fields(&buf[..len], at)).flatten() {
         let head = buf.split_to(len).freeze();
-        let mut parts = Response::new(()).into_parts().0;
-        parts.status = status;
-        parts.version = version;
-        reason_phrase(&mut parts, &head, reason);
+        let parts = head_parts(status, version, HeaderMap::new(), &head, reason);
         raw.head = head;
-        let keep_alive = !conn_close && (version == Version::HTTP_11 || conn_keep_alive);
-        return Ok(Some(Head { parts, keep_alive, fields: Fields::Raw { raw, length: raw_length } }));
+        let keep_alive = keeps_alive(version, conn_close, conn_keep_alive);
+        return Ok(Some(Head { parts, keep_alive, fields: Fields::Raw { raw, length } }));
     }
 
     let head = buf.split_to(len).freeze();
@@ -455,17 +446,29 @@ pub(super) fn parse_head(buf: &mut BytesMut, keep_raw: bool) -> Result<Option<He
     for name in named {
         headers.remove(name);
     }
-    let keep_alive = !conn_close && (version == Version::HTTP_11 || conn_keep_alive);
+    let parts = head_parts(status, version, headers, &head, reason);
+    let keep_alive = keeps_alive(version, conn_close, conn_keep_alive);
+    Ok(Some(Head { parts, keep_alive, fields: Fields::Map { transfer_encoding, upgrade } }))
+}
+
+/// Whether the connection may serve again, by the response's version and its `Connection` tokens.
+fn keeps_alive(version: Version, close: bool, keep_alive: bool) -> bool {
+    !close && (version == Version::HTTP_11 || keep_alive)
+}
+
+/// A response head's parts, with the backend's reason phrase (at `reason` in `head`) when it is not the status's
+/// own.
+fn head_parts(
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    head: &Bytes,
+    reason: Option<(u32, u32)>,
+) -> http::response::Parts {
     let mut parts = Response::new(()).into_parts().0;
     parts.status = status;
     parts.version = version;
     parts.headers = headers;
-    reason_phrase(&mut parts, &head, reason);
-    Ok(Some(Head { parts, keep_alive, fields: Fields::Map { transfer_encoding, upgrade } }))
-}
-
-/// Keeps the backend's reason phrase (at `reason` in `head`) when it is not the status's own.
-fn reason_phrase(parts: &mut http::response::Parts, head: &Bytes, reason: Option<(u32, u32)>) {
     if let Some((start, len)) = reason {
         let reason = head.slice(start as usize..(start + len) as usize);
         if parts.status.canonical_reason().is_none_or(|c| c.as_bytes() != &reason[..]) {
@@ -474,6 +477,7 @@ fn reason_phrase(parts: &mut http::response::Parts, head: &Bytes, reason: Option
             }
         }
     }
+    parts
 }
 
 /// A response field's name. The names servers send on nearly every response, spelled as they send them, are

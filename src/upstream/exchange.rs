@@ -155,12 +155,12 @@ where
         Framing::Eof => State::Eof,
         Framing::Upgrade => State::Upgrade,
     };
-    let raw = head.take_raw();
+    let (parts, raw) = head.into_parts();
     let mut body = UpstreamBody { conn: Some(conn), state, reusable, h2: None, raw };
     if body.state == State::Done {
         body.finish();
     }
-    Ok(Response::from_parts(head.parts, body))
+    Ok(Response::from_parts(parts, body))
 }
 
 /// How far a request has gone out.
