@@ -402,7 +402,7 @@ pub(super) fn parse_head(buf: &mut BytesMut, keep_raw: bool) -> Result<Option<He
         keep_raw && status.as_u16() >= 200 && status != StatusCode::NO_CONTENT && status != StatusCode::NOT_MODIFIED;
     if let Some((mut raw, length, conn_close, conn_keep_alive)) = plain.then(|| raw_fields(&buf[..len], at)).flatten() {
         let head = buf.split_to(len).freeze();
-        let parts = head_parts(status, version, HeaderMap::new(), &head, reason);
+        let parts = head_parts(status, version, &head, reason);
         raw.head = head;
         let keep_alive = keeps_alive(version, conn_close, conn_keep_alive);
         return Ok(Some(Head { parts, keep_alive, fields: Fields::Raw { raw, length } }));
@@ -446,7 +446,8 @@ pub(super) fn parse_head(buf: &mut BytesMut, keep_raw: bool) -> Result<Option<He
     for name in named {
         headers.remove(name);
     }
-    let parts = head_parts(status, version, headers, &head, reason);
+    let mut parts = head_parts(status, version, &head, reason);
+    parts.headers = headers;
     let keep_alive = keeps_alive(version, conn_close, conn_keep_alive);
     Ok(Some(Head { parts, keep_alive, fields: Fields::Map { transfer_encoding, upgrade } }))
 }
@@ -456,19 +457,13 @@ fn keeps_alive(version: Version, close: bool, keep_alive: bool) -> bool {
     !close && (version == Version::HTTP_11 || keep_alive)
 }
 
-/// A response head's parts, with the backend's reason phrase (at `reason` in `head`) when it is not the status's
-/// own.
-fn head_parts(
-    status: StatusCode,
-    version: Version,
-    headers: HeaderMap,
-    head: &Bytes,
-    reason: Option<(u32, u32)>,
-) -> http::response::Parts {
+/// A response head's parts but its fields, with the backend's reason phrase (at `reason` in `head`) when it is
+/// not the status's own. Inlined, and the map set only by the map's way: otherwise about 80 instructions more.
+#[inline(always)]
+fn head_parts(status: StatusCode, version: Version, head: &Bytes, reason: Option<(u32, u32)>) -> http::response::Parts {
     let mut parts = Response::new(()).into_parts().0;
     parts.status = status;
     parts.version = version;
-    parts.headers = headers;
     if let Some((start, len)) = reason {
         let reason = head.slice(start as usize..(start + len) as usize);
         if parts.status.canonical_reason().is_none_or(|c| c.as_bytes() != &reason[..]) {
