@@ -576,12 +576,12 @@ fn http2_server_from_file_and_flag() {
     use crate::proxy::Http2Server;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("reveille.toml");
-    // hyper's by default: reveille's own is opt-in until its writes are batched across streams.
-    assert_eq!(Config::resolve(None, &cli(&["--routes", "r.toml"])).unwrap().proxy.http2, Http2Server::Hyper);
-    std::fs::write(&path, "[server]\nroutes = \"r.toml\"\nhttp2 = \"reveille\"\n").unwrap();
-    assert_eq!(Config::resolve(Some(&path), &ConfigFile::default()).unwrap().proxy.http2, Http2Server::Reveille);
-    let flags = cli(&["--http2", "hyper"]);
-    assert_eq!(Config::resolve(Some(&path), &flags).unwrap().proxy.http2, Http2Server::Hyper);
+    // reveille's own by default; hyper's when the file or a flag asks, the flag winning over the file.
+    assert_eq!(Config::resolve(None, &cli(&["--routes", "r.toml"])).unwrap().proxy.http2, Http2Server::Reveille);
+    std::fs::write(&path, "[server]\nroutes = \"r.toml\"\nhttp2 = \"hyper\"\n").unwrap();
+    assert_eq!(Config::resolve(Some(&path), &ConfigFile::default()).unwrap().proxy.http2, Http2Server::Hyper);
+    let flags = cli(&["--http2", "reveille"]);
+    assert_eq!(Config::resolve(Some(&path), &flags).unwrap().proxy.http2, Http2Server::Reveille);
     std::fs::write(&path, "[server]\nroutes = \"r.toml\"\nhttp2 = \"h3\"\n").unwrap();
     assert!(Config::resolve(Some(&path), &ConfigFile::default()).is_err());
 }

@@ -24,6 +24,10 @@ use super::conn::InFlight;
 use super::handler;
 use super::ProxyService;
 
+/// The largest first data frame of a response sent before the client's window is known to take it: one frame
+/// at the default `SETTINGS_MAX_FRAME_SIZE`, a unary gRPC answer's whole body as a rule.
+const FIRST_FRAME: usize = 16 * 1024;
+
 /// Serves one stream to its end: the request through the handler, then its response.
 pub(super) async fn serve(svc: &ProxyService, req: Request<RecvStream>, mut respond: SendResponse<Bytes>) {
     let guard = InFlight::new(&svc.conn);
@@ -113,12 +117,14 @@ where
 {
     // A data frame taken from the body, waiting for window; and whether it ends the body.
     let mut held: Option<(Bytes, bool)> = None;
+    // No data frame has been taken yet.
+    let mut first = true;
     poll_fn(|cx| loop {
         if let Poll::Ready(reason) = send.poll_reset(cx) {
             return Poll::Ready(Err(reason.map_or_else(PipeError::H2, PipeError::Reset)));
         }
         if held.is_some() {
-            while send.capacity() == 0 {
+            while !first && send.capacity() == 0 {
                 match ready!(send.poll_capacity(cx)) {
                     Some(Ok(0)) => {}
                     Some(Ok(_)) => break,
@@ -127,6 +133,7 @@ where
                 }
             }
             let (data, eos) = held.take().expect("checked above");
+            first = false;
             send.send_data(data, eos)?;
             if eos {
                 return Poll::Ready(Ok(()));
@@ -144,7 +151,15 @@ where
                         }
                         continue;
                     }
-                    send.reserve_capacity(1);
+                    // The body's first frame, if small, goes at once: h2 holds it until the client's window
+                    // takes it (one frame a stream at most). Asking for window first would wake this stream's own
+                    // task from inside its poll (h2 notifies the waker `poll_reset` left), and the connection's
+                    // stream set takes two such wakes as its cue to yield: the backend's connection then wrote the
+                    // requests of the streams polled so far, a write for every two or three of them (issue 27).
+                    first &= data.len() <= FIRST_FRAME;
+                    if !first {
+                        send.reserve_capacity(1);
+                    }
                     held = Some((data, eos));
                 }
                 Err(frame) => {

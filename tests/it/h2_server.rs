@@ -1,5 +1,5 @@
-//! reveille's own HTTP/2 server for clients (`[server] http2 = "reveille"`, opt-in) against what hyper's server
-//! does (`"hyper"`, the default): gRPC in all four call kinds on both; one access-log line per
+//! reveille's own HTTP/2 server for clients (`[server] http2 = "reveille"`, the default) against what hyper's
+//! server does (`"hyper"`): gRPC in all four call kinds on both; one access-log line per
 //! stream; a stream in flight finishing across a graceful shutdown (GOAWAY); a client that resets streams as fast
 //! as it opens them (the rapid-reset attack) sent away with `ENHANCE_YOUR_CALM`.
 

@@ -35,6 +35,8 @@ const STREAM_WINDOW: u32 = 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 1024 * 1024;
 /// What one slow-reading client can make reveille buffer per stream (hyper was given the same).
 const MAX_SEND_BUFFER: usize = 256 * 1024;
+/// Times the connection's stream set is polled again after it yielded, in one poll of the connection.
+const STREAM_ROUNDS: usize = 4;
 /// Streams reset by reveille for the client's errors before the connection is closed (hyper's figure).
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
@@ -120,7 +122,25 @@ async fn run<S: Stream>(
                 Poll::Pending => break,
             }
         }
-        while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+        // The stream set yields (wakes this task and returns `Pending`) once it has made as many polls as it holds
+        // streams while some are ready again, and one stream's progress readies others (h2 wakes the streams
+        // of a connection when it moves their frames or windows). Each yield let the backend connection's task
+        // run and write the requests of the streams polled so far: two or three requests a write. Asked again
+        // at once, a few times, it polls every stream ready now before that task runs: one write for all of
+        // them. Bounded, so a connection whose streams are always ready still lets the others run.
+        let mut rounds = 0;
+        loop {
+            match streams.poll_next_unpin(cx) {
+                Poll::Ready(Some(())) => {}
+                Poll::Ready(None) => break,
+                Poll::Pending => {
+                    rounds += 1;
+                    if rounds == STREAM_ROUNDS {
+                        break;
+                    }
+                }
+            }
+        }
         if keep_alive.poll(cx).is_ready() {
             debug!("h2: the client did not answer a keep-alive PING; closing");
             return Poll::Ready(Ok(()));
