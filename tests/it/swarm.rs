@@ -137,10 +137,30 @@ fn on_swarm(config: &mut Config, endpoint: DockerEndpoint) {
     config.passivation.runtimes.insert("swarm".into(), RuntimeConfig { kind: RuntimeKind::Swarm, endpoint });
 }
 
-/// A port free on this machine now (bound, then released), for the service to publish.
+/// A port free on this machine now, for the service to publish, taken below the kernel's ephemeral range: the
+/// service publishes it only when it is scaled up, seconds later, and a port from `bind(0)` could meanwhile be
+/// the local port of any other test's outgoing connection or listener (a run failed so, Docker's `address
+/// already in use`). Below that range only a port someone names is taken.
 fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
-    l.local_addr().unwrap().port()
+    use std::sync::Mutex;
+    const LOW: u16 = 20_000;
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|&h| h > LOW + 1_000)
+        .unwrap_or(32_768);
+    // Each call starts past the last one's port (the services do not bind theirs before they are scaled up);
+    // where the first starts depends on the process, so that two runs on one machine try different ports.
+    static NEXT: Mutex<Option<u16>> = Mutex::new(None);
+    let span = high - LOW;
+    let mut next = NEXT.lock().unwrap();
+    let start = next.unwrap_or((std::process::id() % u32::from(span)) as u16);
+    let offset = (0..span)
+        .map(|i| (start + i) % span)
+        .find(|&o| std::net::TcpListener::bind(("0.0.0.0", LOW + o)).is_ok())
+        .expect("a free port below the ephemeral range");
+    *next = Some((offset + 1) % span);
+    LOW + offset
 }
 
 /// From the call that scales the service up to the first answer of its application on its published port: the
