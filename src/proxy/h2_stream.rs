@@ -5,7 +5,7 @@
 //! As on hyper's server: a client's `RST_STREAM` while the handler runs drops the request (and its backend
 //! stream or connection); a response whose client takes nothing of it within the send timeout is reset
 //! (`stream::Guarded`, the same watch as hyper's spawned stream tasks had); a body of known length gets its
-//! `content-length` when the backend gave none.
+//! `content-length` when the backend gave none, and a `date` when the response has none.
 
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
@@ -14,19 +14,15 @@ use std::task::{ready, Poll};
 use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
-use http::header::CONTENT_LENGTH;
+use http::header::{CONTENT_LENGTH, DATE};
 use http::{HeaderMap, HeaderValue, Request};
 use http_body::Body;
 use tracing::debug;
 
 use super::body::{ClientBody, H2RequestBody};
-use super::conn::InFlight;
+use super::conn::{date_now, InFlight};
 use super::handler;
 use super::ProxyService;
-
-/// The largest first data frame of a response sent before the client's window is known to take it: one frame
-/// at the default `SETTINGS_MAX_FRAME_SIZE`, a unary gRPC answer's whole body as a rule.
-const FIRST_FRAME: usize = 16 * 1024;
 
 /// Serves one stream to its end: the request through the handler, then its response.
 pub(super) async fn serve(svc: &ProxyService, req: Request<RecvStream>, mut respond: SendResponse<Bytes>) {
@@ -56,6 +52,8 @@ pub(super) async fn serve(svc: &ProxyService, req: Request<RecvStream>, mut resp
     let Some(response) = response else { return };
     let (head, mut body) = response.into_parts();
     let mut head = http::Response::from_parts(head, ());
+    // As hyper's server did, and reveille's HTTP/1.1 side does: a response without a `Date` gets one.
+    head.headers_mut().entry(DATE).or_insert_with(date_now);
     if body.is_end_stream() {
         if let Err(e) = respond.send_response(head, true) {
             debug!(error = %e, "h2: sending the response failed");
@@ -117,14 +115,12 @@ where
 {
     // A data frame taken from the body, waiting for window; and whether it ends the body.
     let mut held: Option<(Bytes, bool)> = None;
-    // No data frame has been taken yet.
-    let mut first = true;
     poll_fn(|cx| loop {
         if let Poll::Ready(reason) = send.poll_reset(cx) {
             return Poll::Ready(Err(reason.map_or_else(PipeError::H2, PipeError::Reset)));
         }
         if held.is_some() {
-            while !first && send.capacity() == 0 {
+            while send.capacity() == 0 {
                 match ready!(send.poll_capacity(cx)) {
                     Some(Ok(0)) => {}
                     Some(Ok(_)) => break,
@@ -133,7 +129,6 @@ where
                 }
             }
             let (data, eos) = held.take().expect("checked above");
-            first = false;
             send.send_data(data, eos)?;
             if eos {
                 return Poll::Ready(Ok(()));
@@ -151,15 +146,7 @@ where
                         }
                         continue;
                     }
-                    // The body's first frame, if small, goes at once: h2 holds it until the client's window
-                    // takes it (one frame a stream at most). Asking for window first would wake this stream's own
-                    // task from inside its poll (h2 notifies the waker `poll_reset` left), and the connection's
-                    // stream set takes two such wakes as its cue to yield: the backend's connection then wrote the
-                    // requests of the streams polled so far, a write for every two or three of them (issue 27).
-                    first &= data.len() <= FIRST_FRAME;
-                    if !first {
-                        send.reserve_capacity(1);
-                    }
+                    send.reserve_capacity(1);
                     held = Some((data, eos));
                 }
                 Err(frame) => {

@@ -209,9 +209,10 @@ pub enum Http1Server {
     Reveille,
 }
 
-/// The HTTP/2 server of the downstream side (issue 27). reveille's own is the default: per gRPC call it runs 5.5%
-/// fewer instructions than hyper's and makes no more system calls, now that a connection's ready streams are all
-/// polled before the backend connection's task writes their requests (docs/design/performance.md).
+/// The HTTP/2 server of the downstream side (issue 27). reveille's own is the default: per gRPC call it runs
+/// fewer instructions than hyper's and makes no more system calls, now that a connection asks its stream set
+/// again when it yields, so the ready streams' requests reach the backend connection before its task writes
+/// them (docs/design/performance.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Http2Server {

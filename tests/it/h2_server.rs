@@ -241,3 +241,30 @@ async fn both_http2_servers_close_a_connection_whose_peer_stops_answering_pings(
         assert_eq!(resp.status(), StatusCode::OK, "{server:?}");
     }
 }
+
+/// True for an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`, RFC 9110 §5.6.7), checked by the class of each byte.
+fn is_imf_fixdate(v: &[u8]) -> bool {
+    const SHAPE: &[u8; 29] = b"Aaa, 00 Aaa 0000 00:00:00 GMT";
+    v.len() == SHAPE.len()
+        && v.iter().zip(SHAPE).all(|(&b, &s)| match s {
+            b'A' => b.is_ascii_uppercase(),
+            b'a' => b.is_ascii_lowercase(),
+            b'0' => b.is_ascii_digit(),
+            _ => b == s,
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_http2_servers_date_the_answers_that_come_without_one() {
+    assert!(is_imf_fixdate(b"Sun, 06 Nov 1994 08:49:37 GMT") && !is_imf_fixdate(b"Sun, 6 Nov 1994 08:49:37 GMT"));
+    for server in [Http2Server::Reveille, Http2Server::Hyper] {
+        let proxy = TestProxy::start_with("[routes]\n", settings(server)).await;
+        let mut sender = h2c(proxy.http).await;
+        // reveille's own answer (no route): no backend gave it a Date.
+        let resp = sender.send_request(Request::get("http://nowhere.test/").body(full("")).unwrap()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{server:?}");
+        let dates: Vec<_> = resp.headers().get_all("date").iter().collect();
+        assert_eq!(dates.len(), 1, "{server:?}: {:?}", resp.headers());
+        assert!(is_imf_fixdate(dates[0].as_bytes()), "{server:?}: {:?}", dates[0]);
+    }
+}

@@ -137,30 +137,34 @@ fn on_swarm(config: &mut Config, endpoint: DockerEndpoint) {
     config.passivation.runtimes.insert("swarm".into(), RuntimeConfig { kind: RuntimeKind::Swarm, endpoint });
 }
 
-/// A port free on this machine now, for the service to publish, taken below the kernel's ephemeral range: the
+/// A port free on this machine now, for the service to publish, taken outside the kernel's ephemeral range: the
 /// service publishes it only when it is scaled up, seconds later, and a port from `bind(0)` could meanwhile be
 /// the local port of any other test's outgoing connection or listener (a run failed so, Docker's `address
-/// already in use`). Below that range only a port someone names is taken.
+/// already in use`). Outside that range only a port someone names is taken. Below the range if there is room
+/// (Linux's default range starts at 32768), else above it.
 fn free_port() -> u16 {
     use std::sync::Mutex;
-    const LOW: u16 = 20_000;
-    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+    let (low, high) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .filter(|&h| h > LOW + 1_000)
-        .unwrap_or(32_768);
+        .and_then(|r| {
+            let mut bounds = r.split_whitespace().map(|b| b.parse::<u32>().ok());
+            Some((bounds.next()??, bounds.next()??))
+        })
+        .unwrap_or((32_768, 60_999));
+    let (first, span) = if low > 21_000 { (20_000, low - 20_000) } else { (high + 1, 65_535 - high) };
+    assert!(span >= 100, "no room outside the ephemeral range {low}-{high} for a port to publish");
     // Each call starts past the last one's port (the services do not bind theirs before they are scaled up);
-    // where the first starts depends on the process, so that two runs on one machine try different ports.
-    static NEXT: Mutex<Option<u16>> = Mutex::new(None);
-    let span = high - LOW;
+    // where the first starts depends on the process, scattered, so that two runs on one machine try different
+    // ports.
+    static NEXT: Mutex<Option<u32>> = Mutex::new(None);
     let mut next = NEXT.lock().unwrap();
-    let start = next.unwrap_or((std::process::id() % u32::from(span)) as u16);
+    let start = next.unwrap_or(std::process::id().wrapping_mul(2_654_435_761) % span);
     let offset = (0..span)
         .map(|i| (start + i) % span)
-        .find(|&o| std::net::TcpListener::bind(("0.0.0.0", LOW + o)).is_ok())
-        .expect("a free port below the ephemeral range");
+        .find(|&o| std::net::TcpListener::bind(("0.0.0.0", (first + o) as u16)).is_ok())
+        .expect("a free port outside the ephemeral range");
     *next = Some((offset + 1) % span);
-    LOW + offset
+    (first + offset) as u16
 }
 
 /// From the call that scales the service up to the first answer of its application on its published port: the

@@ -19,7 +19,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
-use http::{Method, Request, StatusCode, Version};
+use http::{HeaderValue, Method, Request, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -615,21 +615,48 @@ async fn write_all<S: Stream>(shared: &Arc<Mutex<Inner<S>>>, out: &mut Vec<Bytes
 
 /// The `Date` field, formatted once a second per thread (as hyper caches it).
 fn write_date(out: &mut BytesMut) {
+    with_date(|date| {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(&date.text);
+        out.extend_from_slice(b"\r\n");
+    });
+}
+
+/// Now as a `Date` value for a response head built as a map (HTTP/2): the same cache as [`write_date`]'s, its
+/// `HeaderValue` made once a second and cloned (a reference count) the rest of it. A response that comes without
+/// a `Date` gets one, on either protocol (RFC 9110 §6.6.1: a recipient with a clock adds it).
+pub(in crate::proxy) fn date_now() -> HeaderValue {
+    with_date(|date| {
+        date.value
+            .get_or_insert_with(|| {
+                HeaderValue::from_maybe_shared(Bytes::copy_from_slice(&date.text))
+                    .expect("an IMF-fixdate is a field value")
+            })
+            .clone()
+    })
+}
+
+/// This second's `Date`, per thread.
+struct CachedDate {
+    secs: u64,
+    text: [u8; 29],
+    value: Option<HeaderValue>,
+}
+
+fn with_date<R>(f: impl FnOnce(&mut CachedDate) -> R) -> R {
     use std::cell::RefCell;
     use std::time::{SystemTime, UNIX_EPOCH};
     thread_local! {
-        static CACHED: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+        static CACHED: RefCell<CachedDate> = const { RefCell::new(CachedDate { secs: u64::MAX, text: [0; 29], value: None }) };
     }
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     CACHED.with(|c| {
         let mut c = c.borrow_mut();
-        if c.0 != now {
-            *c = (now, imf_fixdate(now));
+        if c.secs != now {
+            *c = CachedDate { secs: now, text: imf_fixdate(now), value: None };
         }
-        out.extend_from_slice(b"date: ");
-        out.extend_from_slice(&c.1);
-        out.extend_from_slice(b"\r\n");
-    });
+        f(&mut c)
+    })
 }
 
 /// `Sun, 06 Nov 1994 08:49:37 GMT` (RFC 9110 §5.6.7) for seconds since the epoch.

@@ -122,12 +122,13 @@ async fn run<S: Stream>(
                 Poll::Pending => break,
             }
         }
-        // The stream set yields (wakes this task and returns `Pending`) once it has made as many polls as it holds
-        // streams while some are ready again, and one stream's progress readies others (h2 wakes the streams
-        // of a connection when it moves their frames or windows). Each yield let the backend connection's task
-        // run and write the requests of the streams polled so far: two or three requests a write. Asked again
-        // at once, a few times, it polls every stream ready now before that task runs: one write for all of
-        // them. Bounded, so a connection whose streams are always ready still lets the others run.
+        // The stream set yields (wakes this task and returns `Pending` with streams still ready) once it has made
+        // as many polls as it holds streams, or two of them woke themselves while polled; and one stream's
+        // progress readies others (h2 wakes the streams of a connection when it moves their frames or windows).
+        // Each yield let the backend connection's task run and write the requests of the streams polled so far:
+        // two or three requests a write. Asked again at once, up to `STREAM_ROUNDS` times, it polls the streams
+        // ready now before that task runs: one write for them all, as a rule. Bounded, so a connection whose
+        // streams are always ready still lets the others run.
         let mut rounds = 0;
         loop {
             match streams.poll_next_unpin(cx) {

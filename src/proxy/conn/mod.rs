@@ -21,6 +21,7 @@
 //! `on_wake.rs` the wrapper that keeps the rare branch of `drive` cheap.
 
 mod h1;
+pub(super) use h1::date_now;
 mod h2;
 mod io;
 mod on_wake;
