@@ -18,10 +18,11 @@
 //! The files: this one holds the connection's state ([`ConnState`], [`InFlight`]) and its task (`serve`, the
 //! `drive` loop); `h1.rs` reveille's own HTTP/1.1 server side; `h2.rs` reveille's own h2 server; `io.rs` the
 //! socket wrapper and the lingering close; `pressure.rs` the slots' pressure and evictions; `watchdog.rs` the timer that applies the limits;
-//! `on_wake.rs` the wrapper that keeps the rare branch of `drive` cheap.
+//! `on_wake.rs` the wrapper that keeps the rare branch of `drive` cheap; `date.rs` the `Date` both servers add.
 
+mod date;
 mod h1;
-pub(super) use h1::date_now;
+pub(super) use date::date_now;
 mod h2;
 mod io;
 mod on_wake;
