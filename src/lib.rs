@@ -25,6 +25,9 @@
 //! - `http1`: HTTP/1.1 on the wire for both sides, below `proxy` and `upstream` (pure, no socket): the
 //!   hop-by-hop names, body framing (`Content-Length`, the chunked decoder and encoder's pieces) and the server
 //!   side's strict request-head parser.
+//! - `http2`: HTTP/2 on the wire (pure, no socket): frames parsed and written, and HPACK — a decoder that hands
+//!   out fields as slices, an encoder of static indexes and plain literals. The codec reveille's own HTTP/2
+//!   connections are to be built on; only its tests use it so far.
 //! - `upstream`: the backend side, below `proxy` — reveille's own HTTP/1.1 client: the codec (heads, framing,
 //!   chunks, trailers, hop-by-hop names), a connection's socket (TCP, or TLS for `https://` backends) and
 //!   buffers, one exchange (`send` and the response body), the pool of idle connections (generic, knows no
@@ -83,6 +86,7 @@ mod fsread;
 mod fswatch;
 mod health_check;
 mod http1;
+mod http2;
 mod metrics;
 mod open_files;
 mod passivation;

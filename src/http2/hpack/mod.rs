@@ -1,0 +1,188 @@
+//! HPACK, HTTP/2's header compression (RFC 7541).
+//!
+//! The decoder hands each field to a callback as slices — of the header block itself, of the dynamic table, or
+//! of a scratch buffer a Huffman-coded string was decoded into — so a request's fields go from the wire to
+//! their destination with no list built in between (HAProxy's `hpack-dec.c` decodes into a caller's array
+//! the same way). The encoder writes no Huffman and uses no dynamic table of its own: a field is a static-table
+//! index, or a literal that is not indexed, as HAProxy's `hpack-enc.c` does. That costs some octets on the wire
+//! and no table state to keep in step with the peer.
+
+mod encode;
+mod huffman;
+mod table;
+
+pub(crate) use encode::{put_field, put_status};
+use table::{Dynamic, STATIC};
+
+/// The size of the dynamic table a decoder allows by default (`SETTINGS_HEADER_TABLE_SIZE`'s initial value).
+pub(crate) const DEFAULT_TABLE_SIZE: usize = 4096;
+
+/// A header block that does not decode. Each is a connection error of type `COMPRESSION_ERROR` (RFC 9113 §4.3):
+/// the decoder's table can no longer be trusted to match the peer's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DecodeError {
+    #[error("the header block ends inside a field")]
+    Truncated,
+    #[error("an integer in the header block is too large")]
+    Integer,
+    #[error("index {0} is in neither table")]
+    Index(usize),
+    #[error("a string's Huffman code does not decode")]
+    Huffman,
+    #[error("a table size update to {0} octets, above the {1} allowed")]
+    TableSize(usize, usize),
+    #[error("a table size update after a field")]
+    LateSizeUpdate,
+}
+
+/// One decoded field. `sensitive` is the never-indexed representation (§6.2.3): an intermediary must pass it
+/// on the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Field<'a> {
+    pub(crate) name: &'a [u8],
+    pub(crate) value: &'a [u8],
+    pub(crate) sensitive: bool,
+}
+
+/// A connection's HPACK decoder: the dynamic table the peer's encoder fills, and two scratch buffers for
+/// Huffman-coded strings.
+pub(crate) struct Decoder {
+    table: Dynamic,
+    /// The largest table the peer may ask for: the `SETTINGS_HEADER_TABLE_SIZE` this side advertised.
+    limit: usize,
+    name: Vec<u8>,
+    value: Vec<u8>,
+}
+
+impl Decoder {
+    pub(crate) fn new(limit: usize) -> Decoder {
+        Decoder { table: Dynamic::new(limit), limit, name: Vec::new(), value: Vec::new() }
+    }
+
+    /// Decodes one whole header block (HEADERS and its CONTINUATIONs, put together), handing every field to
+    /// `each` in order. The whole block is always decoded, whatever the callback does with the fields: the
+    /// table must follow every insertion the peer made. After an error the decoder must not be used again.
+    pub(crate) fn decode(&mut self, mut src: &[u8], mut each: impl FnMut(Field<'_>)) -> Result<(), DecodeError> {
+        let Decoder { table, limit, name: name_buf, value: value_buf } = self;
+        let mut fields = false;
+        while let Some(&first) = src.first() {
+            if first & 0x80 != 0 {
+                // Indexed field (§6.1).
+                let index = integer(&mut src, 7)?;
+                let (name, value) = lookup(table, index)?;
+                each(Field { name, value, sensitive: false });
+            } else if first & 0xe0 == 0x20 {
+                // Dynamic table size update (§6.3): only before the block's first field (§4.2).
+                if fields {
+                    return Err(DecodeError::LateSizeUpdate);
+                }
+                let size = integer(&mut src, 5)?;
+                if size > *limit {
+                    return Err(DecodeError::TableSize(size, *limit));
+                }
+                table.set_max_size(size);
+                continue;
+            } else {
+                // A literal (§6.2): with incremental indexing (01), never indexed (0001) or not indexed (0000).
+                let (prefix, indexing, sensitive) = match first {
+                    _ if first & 0x40 != 0 => (6, true, false),
+                    _ if first & 0x10 != 0 => (4, false, true),
+                    _ => (4, false, false),
+                };
+                let index = integer(&mut src, prefix)?;
+                let name: &[u8] = if index == 0 {
+                    match string(&mut src, name_buf)? {
+                        Some(raw) => raw,
+                        None => name_buf.as_slice(),
+                    }
+                } else if index <= STATIC.len() {
+                    STATIC[index - 1].0.as_bytes()
+                } else {
+                    // Copied out of the table, which the insertion below may change.
+                    let (name, _) = lookup(table, index)?;
+                    name_buf.clear();
+                    name_buf.extend_from_slice(name);
+                    name_buf.as_slice()
+                };
+                let value: &[u8] = match string(&mut src, value_buf)? {
+                    Some(raw) => raw,
+                    None => value_buf.as_slice(),
+                };
+                each(Field { name, value, sensitive });
+                if indexing {
+                    table.insert(name, value);
+                }
+            }
+            fields = true;
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn table(&self) -> &Dynamic {
+        &self.table
+    }
+
+    /// The entries in the dynamic table (for the tests).
+    #[cfg(test)]
+    pub(crate) fn entries(&self) -> usize {
+        self.table.len()
+    }
+}
+
+fn lookup(table: &Dynamic, index: usize) -> Result<(&[u8], &[u8]), DecodeError> {
+    match index {
+        0 => Err(DecodeError::Index(0)),
+        1..=61 => {
+            let (name, value) = STATIC[index - 1];
+            Ok((name.as_bytes(), value.as_bytes()))
+        }
+        _ => table.get(index - STATIC.len()).ok_or(DecodeError::Index(index)),
+    }
+}
+
+/// An integer with an N-bit prefix (§5.1), taken off the front of `src`. Values stop below 2^28 plus the prefix:
+/// larger ones describe nothing a header block of reveille's sizes can hold.
+fn integer(src: &mut &[u8], prefix: u8) -> Result<usize, DecodeError> {
+    let mask = (1u8 << prefix) - 1;
+    let (&first, mut rest) = src.split_first().ok_or(DecodeError::Truncated)?;
+    let mut value = usize::from(first & mask);
+    if value == usize::from(mask) {
+        let mut shift = 0;
+        loop {
+            let (&b, r) = rest.split_first().ok_or(DecodeError::Truncated)?;
+            rest = r;
+            if shift > 21 {
+                return Err(DecodeError::Integer);
+            }
+            value += usize::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+    }
+    *src = rest;
+    Ok(value)
+}
+
+/// A string literal (§5.2) taken off the front of `src`: the raw octets when it is not Huffman-coded, `None`
+/// when it was decoded into `buf`.
+fn string<'s>(src: &mut &'s [u8], buf: &mut Vec<u8>) -> Result<Option<&'s [u8]>, DecodeError> {
+    let huffman = src.first().ok_or(DecodeError::Truncated)? & 0x80 != 0;
+    let len = integer(src, 7)?;
+    if len > src.len() {
+        return Err(DecodeError::Truncated);
+    }
+    let (raw, rest) = src.split_at(len);
+    *src = rest;
+    if !huffman {
+        return Ok(Some(raw));
+    }
+    buf.clear();
+    huffman::decode(raw, buf).map_err(|_| DecodeError::Huffman)?;
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests;
