@@ -25,9 +25,10 @@
 //! - `http1`: HTTP/1.1 on the wire for both sides, below `proxy` and `upstream` (pure, no socket): the
 //!   hop-by-hop names, body framing (`Content-Length`, the chunked decoder and encoder's pieces) and the server
 //!   side's strict request-head parser.
-//! - `http2`: HTTP/2 on the wire (pure, no socket): frames parsed and written, and HPACK — a decoder that hands
-//!   out fields as slices, an encoder of static indexes and plain literals. The codec reveille's own HTTP/2
-//!   connections are to be built on; only its tests use it so far.
+//! - `http2`: HTTP/2 on the wire (no socket, no timer): frames parsed and written, HPACK (a decoder that hands
+//!   out fields as slices, an encoder of static indexes and plain literals), and the server side of a
+//!   connection — streams, flow control, the requests HTTP/2 refuses and the protections against abuse — with
+//!   the handles a stream's request body and response go through. Below `proxy`, whose h2 server it is.
 //! - `upstream`: the backend side, below `proxy` — reveille's own HTTP/1.1 client: the codec (heads, framing,
 //!   chunks, trailers, hop-by-hop names), a connection's socket (TCP, or TLS for `https://` backends) and
 //!   buffers, one exchange (`send` and the response body), the pool of idle connections (generic, knows no

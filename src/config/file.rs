@@ -249,8 +249,8 @@ section! {
         /// or hyper [default: reveille]
         #[arg(long, help_heading = "Listeners", value_enum, value_name = "SIDE")]
         pub http1: Option<Http1>,
-        /// Which HTTP/2 server speaks to h2 clients: reveille (its own, on the h2 crate, every stream served in
-        /// its connection's task) or hyper (hyper's, a task per stream) [default: reveille]
+        /// Which HTTP/2 server speaks to h2 clients: reveille (its own, on its own HTTP/2 codec, every stream
+        /// served in its connection's task) or hyper (hyper's, a task per stream) [default: reveille]
         #[arg(long, help_heading = "Listeners", value_enum, value_name = "SERVER")]
         pub http2: Option<crate::proxy::Http2Server>,
     }

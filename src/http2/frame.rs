@@ -15,6 +15,8 @@ pub(crate) const HEAD_LEN: usize = 9;
 pub(crate) const DEFAULT_MAX_FRAME_SIZE: u32 = 16_384;
 /// The most `SETTINGS_MAX_FRAME_SIZE` may be set to.
 pub(crate) const MAX_MAX_FRAME_SIZE: u32 = (1 << 24) - 1;
+/// A flow-control window's initial size, for streams and the connection (§6.9.2).
+pub(crate) const DEFAULT_WINDOW: u32 = 65_535;
 /// The largest flow-control window (§6.9.1).
 pub(crate) const MAX_WINDOW: u32 = (1 << 31) - 1;
 
@@ -49,16 +51,12 @@ impl Reason {
     pub(crate) const PROTOCOL_ERROR: Reason = Reason(0x1);
     pub(crate) const INTERNAL_ERROR: Reason = Reason(0x2);
     pub(crate) const FLOW_CONTROL_ERROR: Reason = Reason(0x3);
-    pub(crate) const SETTINGS_TIMEOUT: Reason = Reason(0x4);
     pub(crate) const STREAM_CLOSED: Reason = Reason(0x5);
     pub(crate) const FRAME_SIZE_ERROR: Reason = Reason(0x6);
     pub(crate) const REFUSED_STREAM: Reason = Reason(0x7);
     pub(crate) const CANCEL: Reason = Reason(0x8);
     pub(crate) const COMPRESSION_ERROR: Reason = Reason(0x9);
-    pub(crate) const CONNECT_ERROR: Reason = Reason(0xa);
     pub(crate) const ENHANCE_YOUR_CALM: Reason = Reason(0xb);
-    pub(crate) const INADEQUATE_SECURITY: Reason = Reason(0xc);
-    pub(crate) const HTTP_1_1_REQUIRED: Reason = Reason(0xd);
 
     fn name(self) -> Option<&'static str> {
         const NAMES: [&str; 14] = [

@@ -5,17 +5,17 @@
 //!   writes static indexes and plain literals.
 //! - `frame`: frames (RFC 9113 §4 and §6) — the 9-octet head, each frame's payload checked and parsed, and the
 //!   frames reveille sends, written into a buffer.
+//! - `server`: the server side of a connection, without I/O — the client's frames in, requests handed over
+//!   with their body and response handles, frames to write out (`proxy::conn::h2` owns the socket and the
+//!   tasks).
 //!
-//! This is the codec an HTTP/2 connection of reveille's own is to be built on, in place of the `h2` crate (issue
-//! 27, docs/design/performance.md): the `h2` crate's framing, HPACK and header maps were about half of a gRPC
-//! call's instructions.
-
-// Nothing outside the tests calls the codec yet (the connection built on it is the next step), and the tests do
-// not use every error code.
-#![allow(dead_code, unused_imports)]
+//! reveille's own h2 server runs on it in place of the `h2` crate (issue 27, docs/design/performance.md): the
+//! `h2` crate's framing, HPACK and header maps were about half of a gRPC call's instructions. The backend side
+//! (`upstream::h2`) is still the `h2` crate's client.
 
 pub(crate) mod frame;
 pub(crate) mod hpack;
+pub(crate) mod server;
 
 #[cfg(test)]
 mod peer_tests;

@@ -111,8 +111,8 @@ fn is_malformed(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
 }
 
 /// How a client's body failed to arrive: hyper's error, reveille's own HTTP/1.1 side's (an I/O error, with
-/// bad framing as `InvalidData`), or the h2 crate's on reveille's own h2 server (a reset stream, a broken
-/// connection; h2 itself refuses a body that does not match its `content-length`).
+/// bad framing as `InvalidData`), or a stream's on reveille's own h2 server (reset, or the connection closed;
+/// a body that does not match its `content-length` is reset by the server).
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DownstreamError {
     #[error(transparent)]
@@ -120,7 +120,7 @@ pub(crate) enum DownstreamError {
     #[error(transparent)]
     H1(std::io::Error),
     #[error(transparent)]
-    H2(h2::Error),
+    H2(crate::http2::server::StreamError),
 }
 
 /// A client's request body as a server side hands it over: hyper's (HTTP/1.1 or h2, when hyper serves it),
@@ -128,7 +128,7 @@ pub(crate) enum DownstreamError {
 pub(crate) enum ClientBody {
     Hyper(Incoming),
     H1(H1Body),
-    H2(H2RequestBody),
+    H2(crate::http2::server::RequestBody),
 }
 
 impl Body for ClientBody {
@@ -140,7 +140,7 @@ impl Body for ClientBody {
         match self.get_mut() {
             ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(DownstreamError::Hyper),
             ClientBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(DownstreamError::H1),
-            ClientBody::H2(b) => b.poll_frame(cx),
+            ClientBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(DownstreamError::H2),
         }
     }
 
@@ -149,7 +149,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Hyper(b) => b.is_end_stream(),
             ClientBody::H1(b) => b.is_end_stream(),
-            ClientBody::H2(b) => b.recv.is_end_stream(),
+            ClientBody::H2(b) => b.is_end_stream(),
         }
     }
 
@@ -157,56 +157,8 @@ impl Body for ClientBody {
         match self {
             ClientBody::Hyper(b) => b.size_hint(),
             ClientBody::H1(b) => b.size_hint(),
-            ClientBody::H2(b) => match b.len {
-                Some(n) => SizeHint::with_exact(n),
-                None if b.recv.is_end_stream() => SizeHint::with_exact(0),
-                None => SizeHint::default(),
-            },
+            ClientBody::H2(b) => b.size_hint(),
         }
-    }
-}
-
-/// An h2 stream's request body: its data frames, each given back to the client's flow-control window as it is
-/// taken (so a backend that reads slowly slows this stream only), then its trailers.
-pub(crate) struct H2RequestBody {
-    recv: h2::RecvStream,
-    /// The data frames have ended; trailers may follow.
-    data_done: bool,
-    /// The `content-length` the client declared (h2 checks the data against it).
-    len: Option<u64>,
-}
-
-impl H2RequestBody {
-    pub(crate) fn new(recv: h2::RecvStream, len: Option<u64>) -> Self {
-        Self { recv, data_done: false, len }
-    }
-
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, DownstreamError>>> {
-        if !self.data_done {
-            match std::task::ready!(self.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let _ = self.recv.flow_control().release_capacity(data.len());
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Some(Err(e)) => return Poll::Ready(h2_end(e)),
-                None => self.data_done = true,
-            }
-        }
-        match std::task::ready!(self.recv.poll_trailers(cx)) {
-            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
-            Ok(None) => Poll::Ready(None),
-            Err(e) => Poll::Ready(h2_end(e)),
-        }
-    }
-}
-
-/// A client that resets its stream with `NO_ERROR` after sending what it meant to send (RFC 9113 §8.1: it may,
-/// once the response is complete) ended the body; any other reset failed it.
-fn h2_end(e: h2::Error) -> Option<Result<Frame<Bytes>, DownstreamError>> {
-    if e.reason() == Some(h2::Reason::NO_ERROR) {
-        None
-    } else {
-        Some(Err(DownstreamError::H2(e)))
     }
 }
 

@@ -216,7 +216,8 @@ pub enum Http1Server {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Http2Server {
-    /// reveille's own, on the `h2` crate: every stream served in its connection's task (`conn::h2`).
+    /// reveille's own, on its own HTTP/2 codec (`crate::http2`): every stream served in its connection's task
+    /// (`conn::h2`).
     #[default]
     Reveille,
     /// hyper's: a task spawned per stream.
@@ -506,8 +507,8 @@ impl ProxyService {
     /// through the handler, the response sent; held to the send timeout as hyper's stream tasks are.
     fn h2_stream(
         &self,
-        req: http::Request<h2::RecvStream>,
-        respond: h2::server::SendResponse<bytes::Bytes>,
+        req: http::Request<crate::http2::server::RequestBody>,
+        respond: crate::http2::server::Respond,
     ) -> impl Future<Output = ()> + Send + '_ {
         // Boxed: the request's future is a few KiB, and on its way into the connection's set of streams it is
         // moved several times (wrapped, instrumented, pushed); boxed once, they move a pointer.

@@ -28,6 +28,7 @@ mod exits;
 mod groups;
 mod grpc;
 mod h2_backend;
+mod h2_frames;
 mod h2_server;
 mod h2c;
 mod hardening;

@@ -1,16 +1,13 @@
-//! reveille's own HTTP/2 server for one client connection, on the `h2` crate: the handshake with the SETTINGS
-//! hyper's server was given (see [`builder`]), then streams accepted and each request's future driven in the
-//! connection's own task ([`FuturesUnordered`]), no task spawned per stream; PING keep-alive; GOAWAY when the
-//! connection is asked to close ([`H2Conn`]'s `graceful`, from `drive`: idle, shutdown, drain).
+//! reveille's own HTTP/2 server for one client connection, on the codec in `crate::http2` (its server
+//! connection, `http2::server::Connection`, holds the protocol; this file the socket, the timers and the
+//! streams' futures): frames read and handed to the connection, each request's future driven in the
+//! connection's own task ([`FuturesUnordered`], no task spawned per stream), what they queue written once they
+//! have all been polled; PING keep-alive; GOAWAY when the connection is asked to close ([`H2Conn`]'s `graceful`,
+//! from `drive`: idle, shutdown, drain).
 //!
 //! What a stream does (the handler, the response sent as flow control allows, trailers, the send timeout) is
-//! `ProxyService::h2_stream`'s; this file only owns the connection. `[server] http2 = "hyper"` serves h2 with
-//! hyper's server instead.
-//!
-//! Protection against rapid resets (CVE-2023-44487) is h2's own, with hyper's figures: streams reset by the
-//! client before they were accepted are capped (`max_pending_accept_reset_streams`, h2's default of 20, as hyper
-//! left it), and so are streams the server had to reset for the client's errors
-//! (`max_local_error_reset_streams`, 1024); past either, h2 ends the connection with `ENHANCE_YOUR_CALM`.
+//! `ProxyService::h2_stream`'s. `[server] http2 = "hyper"` serves h2 with hyper's server instead. The protections
+//! (rapid reset, CONTINUATION flood, floods of SETTINGS, PING or empty DATA) are the codec's.
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -19,37 +16,49 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use h2::{Ping, PingPong};
 use pin_project_lite::pin_project;
+use tokio::io::AsyncWrite;
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, debug_span, Instrument};
 
 use super::io::ConnIo;
 use super::{ServerConn, Stream};
+use crate::http2::server::{Config, ConnError, Connection};
 use crate::proxy::{ProxyService, Settings};
 
 /// The flow-control windows hyper's server opened (its defaults): 1 MiB per stream and per connection.
 const STREAM_WINDOW: u32 = 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 1024 * 1024;
-/// What one slow-reading client can make reveille buffer per stream (hyper was given the same).
+/// What one slow-reading client can make reveille buffer (hyper was given the same, per stream).
 const MAX_SEND_BUFFER: usize = 256 * 1024;
 /// Times the connection's stream set is polled again after it yielded, in one poll of the connection.
 const STREAM_ROUNDS: usize = 4;
 /// Streams reset by reveille for the client's errors before the connection is closed (hyper's figure).
-const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+const MAX_LOCAL_ERROR_RESETS: u32 = 1024;
+/// What a read asks the socket for, at least.
+const READ_SIZE: usize = 16 * 1024;
 
-/// The h2 server's settings, as hyper's server had them (`Proxy::new` configures hyper's).
-fn builder(settings: &Settings) -> h2::server::Builder {
-    let mut b = h2::server::Builder::new();
-    b.initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_header_list_size(settings.max_header_size.min(u32::MAX as usize) as u32)
-        .max_concurrent_streams(settings.h2_max_concurrent_streams)
-        .max_send_buffer_size(MAX_SEND_BUFFER)
-        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS));
-    b
+/// The connection's settings, as hyper's server had them (`Proxy::new` configures hyper's).
+fn config(settings: &Settings) -> Config {
+    Config {
+        max_concurrent_streams: settings.h2_max_concurrent_streams,
+        stream_window: STREAM_WINDOW,
+        connection_window: CONNECTION_WINDOW,
+        max_header_list_size: settings.max_header_size.min(u32::MAX as usize) as u32,
+        max_send_buffer: MAX_SEND_BUFFER,
+        max_local_resets: MAX_LOCAL_ERROR_RESETS,
+    }
+}
+
+/// How an h2 connection ended badly.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum H2Error {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Protocol(#[from] ConnError),
 }
 
 pin_project! {
@@ -61,7 +70,7 @@ pin_project! {
     }
 }
 
-impl<F: Future<Output = Result<(), h2::Error>>> Future for H2Conn<F> {
+impl<F: Future<Output = Result<(), H2Error>>> Future for H2Conn<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
@@ -69,8 +78,8 @@ impl<F: Future<Output = Result<(), h2::Error>>> Future for H2Conn<F> {
     }
 }
 
-impl<F: Future<Output = Result<(), h2::Error>>> ServerConn for H2Conn<F> {
-    type Error = h2::Error;
+impl<F: Future<Output = Result<(), H2Error>>> ServerConn for H2Conn<F> {
+    type Error = H2Error;
 
     fn graceful(self: Pin<&mut Self>) {
         // Read at the connection's next poll, which `drive` makes right after (it loops to poll it again).
@@ -83,68 +92,121 @@ pub(super) fn serve<S: Stream>(
     io: ConnIo<S>,
     svc: ProxyService,
     settings: &Settings,
-) -> H2Conn<impl Future<Output = Result<(), h2::Error>>> {
+) -> H2Conn<impl Future<Output = Result<(), H2Error>>> {
     let graceful = Arc::new(AtomicBool::new(false));
-    let keep_alive = (settings.h2_keep_alive_interval, settings.h2_keep_alive_timeout);
-    let fut = run(io, svc, builder(settings), keep_alive, graceful.clone());
+    let keep_alive = KeepAlive::new(settings.h2_keep_alive_interval, settings.h2_keep_alive_timeout);
+    let fut = run(io, svc, config(settings), keep_alive, graceful.clone());
     H2Conn { fut, graceful }
 }
 
 async fn run<S: Stream>(
-    io: ConnIo<S>,
+    mut io: ConnIo<S>,
     svc: ProxyService,
-    builder: h2::server::Builder,
-    (interval, timeout): (Duration, Duration),
+    config: Config,
+    mut keep_alive: KeepAlive,
     graceful: Arc<AtomicBool>,
-) -> Result<(), h2::Error> {
-    let mut conn = builder.handshake::<_, Bytes>(io).await?;
-    let pings = if interval.is_zero() { None } else { conn.ping_pong() };
-    let mut keep_alive = KeepAlive::new(pings, interval, timeout);
+) -> Result<(), H2Error> {
+    let mut conn = Connection::new(config);
     // The streams borrow the service, which lives as long as this future: no clone per stream.
     let svc = &svc;
     let mut streams = FuturesUnordered::new();
-    let mut closing = false;
+    let mut read = BytesMut::with_capacity(READ_SIZE);
+    // What is being written: taken from the connection, written before more is taken.
+    let mut write = Bytes::new();
+    // A protocol error: its GOAWAY is written, then the connection ends.
+    let mut failed: Option<ConnError> = None;
     poll_fn(|cx| {
-        if !closing && graceful.load(Ordering::Relaxed) {
-            closing = true;
-            conn.graceful_shutdown();
+        conn.set_waker(cx.waker());
+        if !conn.is_going_away() && graceful.load(Ordering::Relaxed) {
+            conn.go_away();
         }
-        // Reads frames, writes what the streams queued, and hands over the streams that opened.
-        loop {
-            match conn.poll_accept(cx) {
-                Poll::Ready(Some(Ok((req, respond)))) => {
-                    let span = debug_span!("stream", id = respond.stream_id().as_u32());
-                    streams.push(svc.h2_stream(req, respond).instrument(span));
+        // Reads frames, and hands over the streams that opened; not while the frames to write pile up (a client
+        // that sends and does not read), until the writes below have made room.
+        let mut paused = false;
+        while failed.is_none() {
+            if !conn.wants_read() {
+                paused = true;
+                break;
+            }
+            if read.capacity() - read.len() < READ_SIZE / 4 {
+                read.reserve(READ_SIZE);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut io), cx, &mut read) {
+                // The client closed the connection: its streams end with it.
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(_)) => {
+                    let mut accept = |req, respond: crate::http2::server::Respond| {
+                        let span = debug_span!("stream", id = respond.stream_id());
+                        streams.push(svc.h2_stream(req, respond).instrument(span));
+                    };
+                    if let Err(e) = conn.recv(&mut read, &mut accept) {
+                        debug!(error = %e, "h2: closing the connection");
+                        failed = Some(e);
+                    }
                 }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
-                // Closed: GOAWAY done with no stream left, or the client went away.
-                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
                 Poll::Pending => break,
             }
         }
-        // The stream set yields (wakes this task and returns `Pending` with streams still ready) once it has made
-        // as many polls as it holds streams, or two of them woke themselves while polled; and one stream's
-        // progress readies others (h2 wakes the streams of a connection when it moves their frames or windows).
-        // Each yield let the backend connection's task run and write the requests of the streams polled so far:
-        // two or three requests a write. Asked again at once, up to `STREAM_ROUNDS` times, it polls the streams
-        // ready now before that task runs: one write for them all, as a rule. Bounded, so a connection whose
-        // streams are always ready still lets the others run.
-        let mut rounds = 0;
-        loop {
-            match streams.poll_next_unpin(cx) {
-                Poll::Ready(Some(())) => {}
-                Poll::Ready(None) => break,
-                Poll::Pending => {
-                    rounds += 1;
-                    if rounds == STREAM_ROUNDS {
-                        break;
+        if failed.is_none() {
+            // The stream set yields (wakes this task and returns `Pending` with streams still ready) once it has
+            // made as many polls as it holds streams, or two of them woke themselves while polled. Asked again at
+            // once, up to `STREAM_ROUNDS` times, it polls the streams ready now before the backend connection's
+            // task writes their requests: one write for them all, as a rule. Bounded, so a connection whose
+            // streams are always ready still lets the others run.
+            conn.polling(true);
+            let mut rounds = 0;
+            loop {
+                match streams.poll_next_unpin(cx) {
+                    Poll::Ready(Some(())) => {}
+                    Poll::Ready(None) => break,
+                    Poll::Pending => {
+                        rounds += 1;
+                        if rounds == STREAM_ROUNDS {
+                            break;
+                        }
                     }
                 }
             }
+            conn.polling(false);
+            if keep_alive.poll(cx, &mut conn).is_ready() {
+                debug!("h2: the client did not answer a keep-alive PING; closing");
+                return Poll::Ready(Ok(()));
+            }
         }
-        if keep_alive.poll(cx).is_ready() {
-            debug!("h2: the client did not answer a keep-alive PING; closing");
+        // Writes what the connection and its streams queued.
+        loop {
+            if write.is_empty() {
+                match conn.take_output() {
+                    Some(out) => write = out,
+                    None => break,
+                }
+            }
+            match Pin::new(&mut io).poll_write(cx, &write) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()))
+                }
+                Poll::Ready(Ok(n)) => write.advance(n),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                Poll::Pending => break,
+            }
+        }
+        conn.unflushed(write.len());
+        if !write.is_empty() {
+            return Poll::Pending;
+        }
+        if let Poll::Ready(Err(e)) = Pin::new(&mut io).poll_flush(cx) {
+            return Poll::Ready(Err(e.into()));
+        }
+        if let Some(e) = failed {
+            return Poll::Ready(Err(e.into()));
+        }
+        if conn.is_going_away() && streams.is_empty() {
             return Poll::Ready(Ok(()));
+        }
+        if paused && conn.wants_read() {
+            // Nothing waits on the socket's reads: poll again to read.
+            cx.waker().wake_by_ref();
         }
         Poll::Pending
     })
@@ -152,50 +214,39 @@ async fn run<S: Stream>(
 }
 
 /// A PING every `interval` (`Settings::h2_keep_alive_interval`, as hyper's server was given); ready when one went
-/// unanswered for `timeout`: the peer vanished.
+/// unanswered for `timeout`: the peer vanished. An interval of zero sends none.
 struct KeepAlive {
-    pings: Option<PingPong>,
     interval: Duration,
     timeout: Duration,
-    timer: Pin<Box<Sleep>>,
+    timer: Option<Pin<Box<Sleep>>>,
     /// A PING is out, unanswered.
     waiting: bool,
+    sent: u64,
 }
 
 impl KeepAlive {
-    fn new(pings: Option<PingPong>, interval: Duration, timeout: Duration) -> Self {
-        Self { pings, interval, timeout, timer: Box::pin(tokio::time::sleep(interval)), waiting: false }
+    fn new(interval: Duration, timeout: Duration) -> Self {
+        let timer = (!interval.is_zero()).then(|| Box::pin(tokio::time::sleep(interval)));
+        Self { interval, timeout, timer, waiting: false, sent: 0 }
     }
 
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(pings) = &mut self.pings else { return Poll::Pending };
+    fn poll(&mut self, cx: &mut Context<'_>, conn: &mut Connection) -> Poll<()> {
+        let Some(timer) = &mut self.timer else { return Poll::Pending };
         loop {
-            if self.waiting {
-                match pings.poll_pong(cx) {
-                    Poll::Ready(Ok(_)) => {
-                        self.waiting = false;
-                        self.timer.as_mut().reset(Instant::now() + self.interval);
-                    }
-                    // The connection is ending: `poll_accept` says so.
-                    Poll::Ready(Err(_)) => {
-                        self.pings = None;
-                        return Poll::Pending;
-                    }
-                    Poll::Pending => {}
-                }
+            if self.waiting && conn.take_pong() {
+                self.waiting = false;
+                timer.as_mut().reset(Instant::now() + self.interval);
             }
-            if self.timer.as_mut().poll(cx).is_pending() {
+            if timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
             if self.waiting {
                 return Poll::Ready(());
             }
-            if pings.send_ping(Ping::opaque()).is_err() {
-                self.pings = None;
-                return Poll::Pending;
-            }
+            self.sent += 1;
+            conn.ping(self.sent.to_be_bytes());
             self.waiting = true;
-            self.timer.as_mut().reset(Instant::now() + self.timeout);
+            timer.as_mut().reset(Instant::now() + self.timeout);
         }
     }
 }

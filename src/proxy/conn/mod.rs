@@ -12,7 +12,7 @@
 //! an upgraded connection (WebSocket) keeps it for as long as its tunnel lives.
 //!
 //! HTTP/1.1 is served by reveille's own server side (`h1.rs`, on the codec in `crate::http1`) unless
-//! `[server] http1 = "hyper"` asks for hyper's; h2 by reveille's own (`h2.rs`, on the h2 crate) unless
+//! `[server] http1 = "hyper"` asks for hyper's; h2 by reveille's own (`h2.rs`, on the codec in `crate::http2`) unless
 //! `[server] http2 = "hyper"` asks for hyper's. All of them run under the same `drive` loop.
 //!
 //! The files: this one holds the connection's state ([`ConnState`], [`InFlight`]) and its task (`serve`, the

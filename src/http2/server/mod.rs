@@ -1,0 +1,580 @@
+//! The server side of an HTTP/2 connection (RFC 9113), without I/O: [`Connection::recv`] takes the bytes the
+//! client sent and hands over each request that opens, with its two handles ([`RequestBody`], [`Respond`]);
+//! [`Connection::take_output`] gives the bytes to write. The socket, the timers and the tasks are the caller's
+//! (`proxy::conn::h2`).
+//!
+//! What it keeps from the `h2` crate's server, which it replaces: the settings and windows hyper's server had,
+//! the same requests refused the same way (`request.rs`), and the protections — a cap on streams reset by the
+//! client before their response (rapid reset, CVE-2023-44487), on streams reset for the client's errors, on a
+//! header block's size across CONTINUATION frames (CONTINUATION flood), on empty DATA frames; and no reading
+//! while the frames to write pile up (SETTINGS and PING floods answer into a bounded buffer).
+
+mod core;
+mod request;
+mod stream;
+
+use std::sync::Arc;
+use std::task::Waker;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::CONTENT_LENGTH;
+use http::Request;
+use parking_lot::Mutex;
+
+use self::core::{Core, Recv, Send, Shared, StreamCore};
+use self::request::{Fields, Refused};
+pub(crate) use self::stream::{RequestBody, Respond, StreamError};
+use super::frame::{self, Frame, FrameError, Head, Reason, Settings};
+use super::hpack::{self, DecodeError, Decoder};
+
+/// A connection's settings.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Config {
+    pub(crate) max_concurrent_streams: u32,
+    /// The flow-control window given to each stream, and to the connection.
+    pub(crate) stream_window: u32,
+    pub(crate) connection_window: u32,
+    pub(crate) max_header_list_size: u32,
+    /// The frames waiting to be written past which streams wait to send data.
+    pub(crate) max_send_buffer: usize,
+    /// Streams this side may reset for the client's errors before it closes the connection.
+    pub(crate) max_local_resets: u32,
+}
+
+/// Streams the client may reset before their response has ended, beyond those whose response ended since.
+const MAX_PREMATURE_RESETS: u32 = 100;
+/// Empty DATA frames that do not end their stream: nothing to carry, only work.
+const MAX_EMPTY_DATA: u32 = 100;
+/// The write buffer's size past which the client's frames are not read until it drains.
+const READ_PAUSE_FACTOR: usize = 4;
+
+/// Why the connection ended with an error (the socket's aside). Each has been sent in a GOAWAY.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ConnError {
+    #[error("the client did not start with HTTP/2's preface")]
+    Preface,
+    #[error("the client broke HTTP/2: {0}")]
+    Frame(FrameError),
+    #[error("a header block does not decode ({0})")]
+    Compression(DecodeError),
+    #[error("the client abused the connection: {0}")]
+    Calm(&'static str),
+}
+
+impl ConnError {
+    fn reason(&self) -> Reason {
+        match self {
+            ConnError::Preface => Reason::PROTOCOL_ERROR,
+            ConnError::Frame(e) => e.reason,
+            ConnError::Compression(_) => Reason::COMPRESSION_ERROR,
+            ConnError::Calm(_) => Reason::ENHANCE_YOUR_CALM,
+        }
+    }
+}
+
+fn protocol_error(what: &'static str) -> ConnError {
+    ConnError::Frame(FrameError { reason: Reason::PROTOCOL_ERROR, stream: None, what })
+}
+
+/// One server connection's protocol state.
+pub(crate) struct Connection {
+    shared: Shared,
+    config: Config,
+    decoder: Decoder,
+    preface: bool,
+    /// A header block being put together, for (stream, END_STREAM), until its END_HEADERS.
+    block: BytesMut,
+    continuing: Option<(u32, bool)>,
+    /// The highest stream the client opened.
+    last_id: u32,
+    /// GOAWAY sent or received: no new stream.
+    going_away: bool,
+    local_resets: u32,
+    empty_data: u32,
+    /// The payload of the keep-alive PING out, and whether its answer came.
+    ping: Option<[u8; 8]>,
+    pong: bool,
+}
+
+impl Connection {
+    /// A connection whose first frames (SETTINGS, and the connection's window opened) are queued.
+    pub(crate) fn new(config: Config) -> Connection {
+        let mut core = Core::new(config.stream_window, config.connection_window, config.max_send_buffer);
+        let settings = Settings {
+            max_concurrent_streams: Some(config.max_concurrent_streams),
+            initial_window_size: Some(config.stream_window),
+            max_header_list_size: Some(config.max_header_list_size),
+            ..Settings::default()
+        };
+        frame::put_settings(&mut core.out, &settings);
+        if config.connection_window > frame::DEFAULT_WINDOW {
+            frame::put_window_update(&mut core.out, 0, config.connection_window - frame::DEFAULT_WINDOW);
+        }
+        Connection {
+            shared: Arc::new(Mutex::new(core)),
+            config,
+            decoder: Decoder::new(hpack::DEFAULT_TABLE_SIZE),
+            preface: false,
+            block: BytesMut::new(),
+            continuing: None,
+            last_id: 0,
+            going_away: false,
+            local_resets: 0,
+            empty_data: 0,
+            ping: None,
+            pong: false,
+        }
+    }
+
+    /// Takes the complete frames at the front of `buf`, handing each request that opens to `accept`. Bytes of
+    /// an incomplete frame stay in `buf`. An error has its GOAWAY queued: write what [`Self::take_output`]
+    /// gives, then close.
+    pub(crate) fn recv(
+        &mut self,
+        buf: &mut BytesMut,
+        accept: &mut dyn FnMut(Request<RequestBody>, Respond),
+    ) -> Result<(), ConnError> {
+        let result = self.frames(buf, accept);
+        if let Err(e) = &result {
+            let mut core = self.shared.lock();
+            frame::put_goaway(&mut core.out, self.last_id, e.reason(), e.to_string().as_bytes());
+            self.going_away = true;
+        }
+        result
+    }
+
+    fn frames(
+        &mut self,
+        buf: &mut BytesMut,
+        accept: &mut dyn FnMut(Request<RequestBody>, Respond),
+    ) -> Result<(), ConnError> {
+        if !self.preface {
+            let n = buf.len().min(frame::PREFACE.len());
+            if buf[..n] != frame::PREFACE[..n] {
+                return Err(ConnError::Preface);
+            }
+            if n < frame::PREFACE.len() {
+                return Ok(());
+            }
+            buf.advance(n);
+            self.preface = true;
+        }
+        let shared = self.shared.clone();
+        let mut core = shared.lock();
+        while buf.len() >= frame::HEAD_LEN {
+            let head = Head::parse(buf[..frame::HEAD_LEN].try_into().expect("nine octets"));
+            if head.len > frame::DEFAULT_MAX_FRAME_SIZE as usize {
+                return Err(ConnError::Frame(FrameError {
+                    reason: Reason::FRAME_SIZE_ERROR,
+                    stream: None,
+                    what: "a frame larger than SETTINGS_MAX_FRAME_SIZE",
+                }));
+            }
+            if buf.len() < frame::HEAD_LEN + head.len {
+                buf.reserve(frame::HEAD_LEN + head.len - buf.len());
+                break;
+            }
+            let bytes = buf.split_to(frame::HEAD_LEN + head.len).freeze();
+            self.frame(&mut core, head, bytes, accept)?;
+        }
+        Ok(())
+    }
+
+    fn frame(
+        &mut self,
+        core: &mut Core,
+        head: Head,
+        bytes: Bytes,
+        accept: &mut dyn FnMut(Request<RequestBody>, Respond),
+    ) -> Result<(), ConnError> {
+        let payload = &bytes[frame::HEAD_LEN..];
+        if let Some((id, _)) = self.continuing {
+            if head.kind != frame::CONTINUATION || head.stream != id {
+                return Err(protocol_error("a frame other than CONTINUATION inside a header block"));
+            }
+        }
+        let parsed = match frame::parse(head, payload) {
+            Ok(f) => f,
+            Err(FrameError { stream: Some(id), reason, .. }) => {
+                self.stream_error(core, id, reason)?;
+                return Ok(());
+            }
+            Err(e) => return Err(ConnError::Frame(e)),
+        };
+        match parsed {
+            Frame::Data { stream, data, end_stream, flow } => {
+                let data = bytes.slice_ref(data);
+                self.data(core, stream, data, end_stream, flow)?;
+            }
+            Frame::Headers { stream, block, end_stream, end_headers } => {
+                if stream % 2 == 0 {
+                    return Err(protocol_error("HEADERS on a stream a client may not open"));
+                }
+                self.block.clear();
+                self.block.extend_from_slice(block);
+                self.continuing = Some((stream, end_stream));
+                if end_headers {
+                    self.headers(core, accept)?;
+                }
+            }
+            Frame::Continuation { stream, block, end_headers } => {
+                let Some((id, _)) = self.continuing else {
+                    return Err(protocol_error("CONTINUATION without HEADERS"));
+                };
+                debug_assert_eq!(id, stream);
+                // A header block may not grow without bound (CONTINUATION flood): twice the header list
+                // size allowed is more than any compressed block of an acceptable list needs.
+                if self.block.len() + block.len() > 2 * self.config.max_header_list_size as usize + 1024 {
+                    return Err(ConnError::Calm("a header block larger than twice the header list size allowed"));
+                }
+                self.block.extend_from_slice(block);
+                if end_headers {
+                    self.headers(core, accept)?;
+                }
+            }
+            Frame::Priority { .. } | Frame::Unknown => {}
+            Frame::RstStream { stream, reason } => {
+                if stream > self.last_id {
+                    return Err(protocol_error("RST_STREAM on a stream that was never opened"));
+                }
+                let Some(s) = core.streams.get_mut(&stream) else { return Ok(()) };
+                if s.reset.is_some() {
+                    return Ok(());
+                }
+                if s.send != Send::Ended {
+                    core.premature_resets += 1;
+                    if core.premature_resets > MAX_PREMATURE_RESETS {
+                        return Err(ConnError::Calm("streams reset as fast as they were opened"));
+                    }
+                }
+                s.reset = Some(reason);
+                if s.recv == Recv::Open {
+                    s.recv = Recv::Failed(reason);
+                }
+                s.wake();
+                core.settle(stream);
+            }
+            Frame::Settings { ack: false, settings } => {
+                self.settings(core, settings)?;
+                frame::put_settings_ack(&mut core.out);
+            }
+            Frame::Settings { ack: true, .. } => {}
+            Frame::PushPromise { .. } => return Err(protocol_error("PUSH_PROMISE from a client")),
+            Frame::Ping { ack: false, payload } => frame::put_ping(&mut core.out, true, payload),
+            Frame::Ping { ack: true, payload } => {
+                if self.ping == Some(payload) {
+                    self.ping = None;
+                    self.pong = true;
+                }
+            }
+            Frame::GoAway { .. } => self.going_away = true,
+            Frame::WindowUpdate { stream: 0, increment } => {
+                core.send_window += i64::from(increment);
+                if core.send_window > i64::from(frame::MAX_WINDOW) {
+                    return Err(ConnError::Frame(FrameError {
+                        reason: Reason::FLOW_CONTROL_ERROR,
+                        stream: None,
+                        what: "the connection's window past 2^31-1",
+                    }));
+                }
+                core.wake_blocked();
+            }
+            Frame::WindowUpdate { stream, increment } => {
+                if stream > self.last_id {
+                    return Err(protocol_error("WINDOW_UPDATE on a stream that was never opened"));
+                }
+                let Some(s) = core.streams.get_mut(&stream) else { return Ok(()) };
+                s.send_window += i64::from(increment);
+                if s.send_window > i64::from(frame::MAX_WINDOW) {
+                    self.stream_error(core, stream, Reason::FLOW_CONTROL_ERROR)?;
+                    return Ok(());
+                }
+                if let Some(w) = s.send_waker.take() {
+                    w.wake();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn settings(&mut self, core: &mut Core, settings: Settings) -> Result<(), ConnError> {
+        if let Some(window) = settings.initial_window_size {
+            let delta = i64::from(window) - i64::from(core.peer_initial_window);
+            core.peer_initial_window = window;
+            for s in core.streams.values_mut() {
+                s.send_window += delta;
+                if s.send_window > i64::from(frame::MAX_WINDOW) {
+                    return Err(ConnError::Frame(FrameError {
+                        reason: Reason::FLOW_CONTROL_ERROR,
+                        stream: None,
+                        what: "SETTINGS_INITIAL_WINDOW_SIZE took a stream's window past 2^31-1",
+                    }));
+                }
+                if delta > 0 {
+                    s.wake();
+                }
+            }
+        }
+        if let Some(size) = settings.max_frame_size {
+            core.peer_max_frame_size = size;
+        }
+        Ok(())
+    }
+
+    fn data(&mut self, core: &mut Core, id: u32, data: Bytes, end: bool, flow: u32) -> Result<(), ConnError> {
+        if id > self.last_id {
+            return Err(protocol_error("DATA on a stream that was never opened"));
+        }
+        if i64::from(flow) > core.recv_window {
+            return Err(ConnError::Frame(FrameError {
+                reason: Reason::FLOW_CONTROL_ERROR,
+                stream: None,
+                what: "DATA beyond the connection's window",
+            }));
+        }
+        core.recv_window -= i64::from(flow);
+        if data.is_empty() && !end {
+            self.empty_data += 1;
+            if self.empty_data > MAX_EMPTY_DATA {
+                return Err(ConnError::Calm("empty DATA frames"));
+            }
+        }
+        let Some(s) = core.streams.get_mut(&id) else {
+            // A stream already forgotten (reset, or done): its data only goes back to the connection's window.
+            core.release_connection(flow);
+            return Ok(());
+        };
+        if s.recv != Recv::Open {
+            let reset = s.reset.is_some();
+            core.release_connection(flow);
+            if !reset {
+                self.stream_error(core, id, Reason::STREAM_CLOSED)?;
+            }
+            return Ok(());
+        }
+        if i64::from(flow) > s.recv_window {
+            core.release_connection(flow);
+            self.stream_error(core, id, Reason::FLOW_CONTROL_ERROR)?;
+            return Ok(());
+        }
+        s.recv_window -= i64::from(flow);
+        s.received += data.len() as u64;
+        let too_long = s.content_length.is_some_and(|n| s.received > n);
+        let too_short = end && s.content_length.is_some_and(|n| s.received != n);
+        if too_long || too_short {
+            core.release_connection(flow);
+            self.stream_error(core, id, Reason::PROTOCOL_ERROR)?;
+            return Ok(());
+        }
+        let padding = flow - data.len() as u32;
+        let n = data.len() as u32;
+        if s.body_gone {
+            core.release_connection(flow);
+        } else {
+            s.held += n;
+            if !data.is_empty() {
+                s.data.push_back(data);
+            }
+            core.release(id, padding);
+        }
+        let s = core.streams.get_mut(&id).expect("looked up above");
+        if end {
+            s.recv = Recv::Ended;
+        }
+        if let Some(w) = s.recv_waker.take() {
+            w.wake();
+        }
+        if end {
+            core.settle(id);
+        }
+        Ok(())
+    }
+
+    /// A complete header block: a new request, or a stream's trailers.
+    fn headers(
+        &mut self,
+        core: &mut Core,
+        accept: &mut dyn FnMut(Request<RequestBody>, Respond),
+    ) -> Result<(), ConnError> {
+        let (id, end_stream) = self.continuing.take().expect("a header block in progress");
+        // Decoded whatever becomes of it: the decoder's table must follow the client's.
+        let mut fields = Fields::new(self.config.max_header_list_size as usize);
+        self.decoder.decode(&self.block, |f| fields.push(f)).map_err(ConnError::Compression)?;
+        if let Some(s) = core.streams.get_mut(&id) {
+            // Trailers.
+            if s.recv != Recv::Open {
+                if s.reset.is_none() {
+                    self.stream_error(core, id, Reason::STREAM_CLOSED)?;
+                }
+                return Ok(());
+            }
+            if !end_stream {
+                return self.stream_error(core, id, Reason::PROTOCOL_ERROR);
+            }
+            match fields.into_trailers() {
+                Ok(trailers) => {
+                    let too_short = s.content_length.is_some_and(|n| s.received != n);
+                    if too_short {
+                        return self.stream_error(core, id, Reason::PROTOCOL_ERROR);
+                    }
+                    s.trailers = Some(trailers);
+                    s.recv = Recv::Ended;
+                    if let Some(w) = s.recv_waker.take() {
+                        w.wake();
+                    }
+                    core.settle(id);
+                    Ok(())
+                }
+                Err(_) => self.stream_error(core, id, Reason::PROTOCOL_ERROR),
+            }
+        } else if id <= self.last_id {
+            // A stream already over: what it sends is ignored.
+            Ok(())
+        } else {
+            self.last_id = id;
+            if self.going_away {
+                frame::put_rst_stream(&mut core.out, id, Reason::REFUSED_STREAM);
+                return Ok(());
+            }
+            if core.active >= self.config.max_concurrent_streams {
+                frame::put_rst_stream(&mut core.out, id, Reason::REFUSED_STREAM);
+                return Ok(());
+            }
+            let req = match fields.into_request() {
+                Ok(req) => req,
+                Err(Refused::TooLarge) => {
+                    // As the h2 crate answers it: 431, then the rest of the request refused.
+                    let start = frame::begin_headers(&mut core.out);
+                    hpack::put_status(&mut core.out, 431);
+                    frame::finish_headers(&mut core.out, start, id, true, core.peer_max_frame_size);
+                    if !end_stream {
+                        frame::put_rst_stream(&mut core.out, id, Reason::REFUSED_STREAM);
+                    }
+                    return self.local_reset();
+                }
+                Err(Refused::Malformed(_)) => {
+                    frame::put_rst_stream(&mut core.out, id, Reason::PROTOCOL_ERROR);
+                    return self.local_reset();
+                }
+            };
+            let content_length = match req.headers().get(CONTENT_LENGTH) {
+                None => None,
+                Some(v) => match v.to_str().ok().and_then(|s| s.parse::<u64>().ok()) {
+                    Some(n) if end_stream && n != 0 => {
+                        frame::put_rst_stream(&mut core.out, id, Reason::PROTOCOL_ERROR);
+                        return self.local_reset();
+                    }
+                    Some(n) => Some(n),
+                    None => {
+                        frame::put_rst_stream(&mut core.out, id, Reason::PROTOCOL_ERROR);
+                        return self.local_reset();
+                    }
+                },
+            };
+            let recv = if end_stream { Recv::Ended } else { Recv::Open };
+            let stream = StreamCore::new(recv, self.config.stream_window, core.peer_initial_window, content_length);
+            core.open(id, stream);
+            let body = RequestBody::new(self.shared.clone(), id, content_length, end_stream);
+            accept(req.map(|()| body), Respond::new(self.shared.clone(), id));
+            Ok(())
+        }
+    }
+
+    /// An error of one stream: it is reset; too many such resets end the connection.
+    fn stream_error(&mut self, core: &mut Core, id: u32, reason: Reason) -> Result<(), ConnError> {
+        if core.streams.contains_key(&id) {
+            core.reset(id, reason);
+        } else {
+            frame::put_rst_stream(&mut core.out, id, reason);
+        }
+        self.local_reset()
+    }
+
+    fn local_reset(&mut self) -> Result<(), ConnError> {
+        self.local_resets += 1;
+        if self.local_resets > self.config.max_local_resets {
+            return Err(ConnError::Calm("too many streams reset for the client's errors"));
+        }
+        Ok(())
+    }
+
+    /// The bytes to write next, if any: the caller writes them before it asks again, and says how many are
+    /// left unwritten with [`Self::unflushed`].
+    pub(crate) fn take_output(&self) -> Option<Bytes> {
+        let mut core = self.shared.lock();
+        if core.out.is_empty() {
+            return None;
+        }
+        let out = core.out.split().freeze();
+        core.unflushed += out.len();
+        Some(out)
+    }
+
+    /// Of the bytes taken, `n` are still to write. Streams waiting for room are woken when there is some.
+    pub(crate) fn unflushed(&self, n: usize) {
+        let mut core = self.shared.lock();
+        core.unflushed = n;
+        if core.has_room() {
+            core.wake_blocked();
+        }
+    }
+
+    /// Whether to read the client's frames now: not while the frames to write pile up.
+    pub(crate) fn wants_read(&self) -> bool {
+        let core = self.shared.lock();
+        core.out.len() + core.unflushed < core.max_send_buffer * READ_PAUSE_FACTOR
+    }
+
+    /// The connection's task, to wake when streams queue frames while it is not polling them; and whether it is.
+    pub(crate) fn set_waker(&self, waker: &Waker) {
+        let mut core = self.shared.lock();
+        if !core.conn_waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            core.conn_waker = Some(waker.clone());
+        }
+    }
+
+    pub(crate) fn polling(&self, polling: bool) {
+        self.shared.lock().polling = polling;
+    }
+
+    /// Sends GOAWAY: streams open so far are served, no new one is.
+    pub(crate) fn go_away(&mut self) {
+        if self.going_away {
+            return;
+        }
+        self.going_away = true;
+        let mut core = self.shared.lock();
+        frame::put_goaway(&mut core.out, self.last_id, Reason::NO_ERROR, b"");
+    }
+
+    pub(crate) fn is_going_away(&self) -> bool {
+        self.going_away
+    }
+
+    /// A keep-alive PING; [`Self::take_pong`] says when its answer came.
+    pub(crate) fn ping(&mut self, payload: [u8; 8]) {
+        self.ping = Some(payload);
+        self.pong = false;
+        let mut core = self.shared.lock();
+        frame::put_ping(&mut core.out, false, payload);
+    }
+
+    pub(crate) fn take_pong(&mut self) -> bool {
+        std::mem::take(&mut self.pong)
+    }
+}
+
+impl Drop for Connection {
+    /// The streams' handles that outlive the connection fail from now on.
+    fn drop(&mut self) {
+        let mut core = self.shared.lock();
+        core.closed = true;
+        for s in core.streams.values_mut() {
+            s.wake();
+        }
+        core.wake_blocked();
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,271 @@
+//! A request's head from its decoded fields (RFC 9113 §8.3.1), judged as the `h2` crate judges it, so that what
+//! it refused stays refused: pseudo-header fields first, each once, the known ones only; no connection-specific
+//! field; `te` only as `trailers`; names in lowercase; a method, a scheme and a non-empty path (CONNECT aside).
+//! A malformed request is an error of its stream alone (`PROTOCOL_ERROR`); a header list over the size allowed
+//! is answered 431.
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, Method, Request, Uri, Version};
+
+use crate::http2::hpack::Field;
+
+/// The size a field counts for in `SETTINGS_MAX_HEADER_LIST_SIZE` (§6.5.2).
+fn field_size(name: &[u8], value: &[u8]) -> usize {
+    name.len() + value.len() + 32
+}
+
+/// A header block's fields as they are decoded: a request head, or trailers.
+pub(super) struct Fields {
+    max_size: usize,
+    size: usize,
+    /// A regular field has been seen: no pseudo-header field may follow.
+    regular: bool,
+    method: Option<Method>,
+    scheme: Option<Bytes>,
+    authority: Option<Bytes>,
+    path: Option<Bytes>,
+    protocol: bool,
+    headers: HeaderMap,
+    malformed: Option<&'static str>,
+}
+
+/// Why a header block gives no request (or trailers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refused {
+    /// Larger than `SETTINGS_MAX_HEADER_LIST_SIZE`: answered 431.
+    TooLarge,
+    /// Malformed (§8.1.1): the stream is reset with `PROTOCOL_ERROR`.
+    Malformed(&'static str),
+}
+
+impl Fields {
+    pub(super) fn new(max_size: usize) -> Fields {
+        Fields {
+            max_size,
+            size: 0,
+            regular: false,
+            method: None,
+            scheme: None,
+            authority: None,
+            path: None,
+            protocol: false,
+            headers: HeaderMap::new(),
+            malformed: None,
+        }
+    }
+
+    fn malformed(&mut self, why: &'static str) {
+        self.malformed.get_or_insert(why);
+    }
+
+    /// Takes one decoded field. Once the block is over size or malformed, fields are only counted.
+    pub(super) fn push(&mut self, f: Field<'_>) {
+        self.size += field_size(f.name, f.value);
+        if self.size > self.max_size || self.malformed.is_some() {
+            return;
+        }
+        if let Some(pseudo) = f.name.strip_prefix(b":") {
+            if self.regular {
+                return self.malformed("a pseudo-header field after a regular one");
+            }
+            let value = || Bytes::copy_from_slice(f.value);
+            match pseudo {
+                b"method" if self.method.is_none() => match Method::from_bytes(f.value) {
+                    Ok(m) => self.method = Some(m),
+                    Err(_) => self.malformed("an invalid :method"),
+                },
+                b"scheme" if self.scheme.is_none() => self.scheme = Some(value()),
+                b"authority" if self.authority.is_none() => self.authority = Some(value()),
+                b"path" if self.path.is_none() => self.path = Some(value()),
+                b"protocol" if !self.protocol => {
+                    // Extended CONNECT (RFC 8441) is not offered: `SETTINGS_ENABLE_CONNECT_PROTOCOL` is not sent.
+                    self.protocol = true;
+                    self.malformed(":protocol, which this server does not offer");
+                }
+                b"method" | b"scheme" | b"authority" | b"path" | b"protocol" => {
+                    self.malformed("a pseudo-header field twice")
+                }
+                b"status" => self.malformed(":status in a request"),
+                _ => self.malformed("an unknown pseudo-header field"),
+            }
+            return;
+        }
+        self.regular = true;
+        if f.name.iter().any(u8::is_ascii_uppercase) {
+            return self.malformed("a field name with uppercase letters");
+        }
+        let Ok(name) = HeaderName::from_bytes(f.name) else {
+            return self.malformed("an invalid field name");
+        };
+        if name == CONNECTION
+            || name == TRANSFER_ENCODING
+            || name == UPGRADE
+            || name == "keep-alive"
+            || name == "proxy-connection"
+        {
+            return self.malformed("a connection-specific field");
+        }
+        if name == TE && f.value != b"trailers" {
+            return self.malformed("te other than \"trailers\"");
+        }
+        let Ok(mut value) = HeaderValue::from_bytes(f.value) else {
+            return self.malformed("an invalid field value");
+        };
+        value.set_sensitive(f.sensitive);
+        self.headers.append(name, value);
+    }
+
+    fn check(&self) -> Result<(), Refused> {
+        if self.size > self.max_size {
+            return Err(Refused::TooLarge);
+        }
+        self.malformed.map_or(Ok(()), |why| Err(Refused::Malformed(why)))
+    }
+
+    /// The request the block's fields make, as the `h2` crate builds it (`Request<()>`, version HTTP/2; the
+    /// URI with the scheme only when there is an authority).
+    pub(super) fn into_request(self) -> Result<Request<()>, Refused> {
+        self.check()?;
+        let malformed = |why| Err(Refused::Malformed(why));
+        let Some(method) = self.method else { return malformed("no :method") };
+        let connect = method == Method::CONNECT;
+        let mut parts = http::uri::Parts::default();
+        if let Some(authority) = self.authority {
+            match Authority::from_maybe_shared(authority) {
+                Ok(a) => parts.authority = Some(a),
+                Err(_) => return malformed("an invalid :authority"),
+            }
+        }
+        match self.scheme {
+            Some(_) if connect => return malformed(":scheme in CONNECT"),
+            Some(scheme) => match Scheme::try_from(&scheme[..]) {
+                Ok(s) if parts.authority.is_some() => parts.scheme = Some(s),
+                Ok(_) => {}
+                Err(_) => return malformed("an invalid :scheme"),
+            },
+            None if !connect => return malformed("no :scheme"),
+            None => {}
+        }
+        match self.path {
+            Some(_) if connect => return malformed(":path in CONNECT"),
+            Some(path) if path.is_empty() => return malformed("an empty :path"),
+            Some(path) => match PathAndQuery::from_maybe_shared(path) {
+                Ok(p) => parts.path_and_query = Some(p),
+                Err(_) => return malformed("an invalid :path"),
+            },
+            None if !connect => return malformed("no :path"),
+            None => {}
+        }
+        let Ok(uri) = Uri::from_parts(parts) else { return malformed("no URI can be made of the request") };
+        let mut req = Request::new(());
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_2;
+        *req.headers_mut() = self.headers;
+        Ok(req)
+    }
+
+    /// The block as trailers: regular fields only.
+    pub(super) fn into_trailers(self) -> Result<HeaderMap, Refused> {
+        self.check()?;
+        if self.method.is_some() || self.scheme.is_some() || self.authority.is_some() || self.path.is_some() {
+            return Err(Refused::Malformed("a pseudo-header field in trailers"));
+        }
+        Ok(self.headers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(list: &[(&str, &str)]) -> Fields {
+        let mut f = Fields::new(16 * 1024);
+        for (name, value) in list {
+            f.push(Field { name: name.as_bytes(), value: value.as_bytes(), sensitive: false });
+        }
+        f
+    }
+
+    const GET: [(&str, &str); 4] =
+        [(":method", "GET"), (":scheme", "https"), (":authority", "a.test"), (":path", "/x?y")];
+
+    #[test]
+    fn a_request_is_built_as_the_h2_crate_builds_it() {
+        let mut list = GET.to_vec();
+        list.extend([("accept", "*/*"), ("cookie", "a=1"), ("cookie", "b=2"), ("te", "trailers")]);
+        let req = fields(&list).into_request().unwrap();
+        assert_eq!(req.method(), Method::GET);
+        assert_eq!(req.uri(), "https://a.test/x?y");
+        assert_eq!(req.version(), Version::HTTP_2);
+        assert_eq!(req.headers().get_all("cookie").iter().count(), 2);
+        assert_eq!(req.headers()["te"], "trailers");
+        // Without :authority, the URI is the path alone.
+        let req = fields(&[(":method", "GET"), (":scheme", "http"), (":path", "/")]).into_request().unwrap();
+        assert_eq!(req.uri(), "/");
+        // CONNECT: an authority, no scheme, no path.
+        let req = fields(&[(":method", "CONNECT"), (":authority", "a.test:443")]).into_request().unwrap();
+        assert_eq!(req.uri().authority().unwrap(), "a.test:443");
+    }
+
+    #[test]
+    fn malformed_requests_are_refused() {
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut list = GET.to_vec();
+            list.extend_from_slice(extra);
+            fields(&list).into_request().unwrap_err()
+        };
+        for (extra, why) in [
+            (&[("connection", "close")][..], "a connection-specific field"),
+            (&[("transfer-encoding", "chunked")], "a connection-specific field"),
+            (&[("upgrade", "h2c")], "a connection-specific field"),
+            (&[("keep-alive", "1")], "a connection-specific field"),
+            (&[("proxy-connection", "x")], "a connection-specific field"),
+            (&[("te", "gzip")], "te other than \"trailers\""),
+            (&[("Accept", "x")], "a field name with uppercase letters"),
+            (&[("a b", "x")], "an invalid field name"),
+            (&[("x", "a\nb")], "an invalid field value"),
+            (&[("accept", "x"), (":path", "/")], "a pseudo-header field after a regular one"),
+            (&[(":path", "/again")], "a pseudo-header field twice"),
+            (&[(":status", "200")], ":status in a request"),
+            (&[(":foo", "x")], "an unknown pseudo-header field"),
+            (&[(":protocol", "websocket")], ":protocol, which this server does not offer"),
+        ] {
+            assert_eq!(with(extra), Refused::Malformed(why), "{extra:?}");
+        }
+        let refused = |list: &[(&str, &str)]| fields(list).into_request().unwrap_err();
+        assert_eq!(refused(&[(":scheme", "http"), (":path", "/")]), Refused::Malformed("no :method"));
+        assert_eq!(refused(&[(":method", "GET"), (":path", "/")]), Refused::Malformed("no :scheme"));
+        assert_eq!(refused(&[(":method", "GET"), (":scheme", "http")]), Refused::Malformed("no :path"));
+        assert_eq!(
+            refused(&[(":method", "GET"), (":scheme", "http"), (":path", "")]),
+            Refused::Malformed("an empty :path")
+        );
+        assert_eq!(
+            refused(&[(":method", "CONNECT"), (":scheme", "http"), (":authority", "a:1")]),
+            Refused::Malformed(":scheme in CONNECT")
+        );
+    }
+
+    #[test]
+    fn a_header_list_over_its_size_is_too_large_whatever_else_it_holds() {
+        let mut f = Fields::new(100);
+        for (n, v) in GET {
+            f.push(Field { name: n.as_bytes(), value: v.as_bytes(), sensitive: false });
+        }
+        f.push(Field { name: b"x", value: &[b'v'; 100], sensitive: false });
+        f.push(Field { name: b"Bad", value: b"", sensitive: false });
+        assert_eq!(f.into_request().unwrap_err(), Refused::TooLarge);
+    }
+
+    #[test]
+    fn trailers_take_regular_fields_only() {
+        assert_eq!(fields(&[("grpc-status", "0")]).into_trailers().unwrap()["grpc-status"], "0");
+        assert_eq!(
+            fields(&[(":path", "/")]).into_trailers().unwrap_err(),
+            Refused::Malformed("a pseudo-header field in trailers")
+        );
+    }
+}

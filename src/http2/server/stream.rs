@@ -1,0 +1,298 @@
+//! A stream's two handles, as the connection hands them to whoever serves the request: [`RequestBody`], the
+//! client's body (an `http_body::Body`), and [`Respond`], which sends the response as the client's windows allow.
+//! Both work on the connection's shared state; the connection's task writes what they queue.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{HeaderName, CONNECTION, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, HeaderValue};
+use http_body::{Frame, SizeHint};
+
+use super::core::{Core, Recv, Send, Shared};
+use crate::http2::frame::{self, Reason};
+use crate::http2::hpack;
+
+/// Why a stream's handle could not do what it was asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum StreamError {
+    /// Reset by the client, or by this side (a body that broke its `content-length`, a stream error).
+    #[error("the stream was reset ({0})")]
+    Reset(Reason),
+    /// The connection ended.
+    #[error("the connection is closed")]
+    Closed,
+}
+
+/// The client's request body.
+pub(crate) struct RequestBody {
+    shared: Shared,
+    id: u32,
+    /// The declared `content-length`.
+    len: Option<u64>,
+    /// Nothing more will come (END_STREAM seen, or the body failed).
+    done: bool,
+}
+
+impl RequestBody {
+    pub(super) fn new(shared: Shared, id: u32, len: Option<u64>, done: bool) -> Self {
+        RequestBody { shared, id, len, done }
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let mut core = self.shared.lock();
+        let core = &mut *core;
+        let Some(s) = core.streams.get_mut(&self.id) else {
+            self.done = true;
+            return Poll::Ready(Some(Err(StreamError::Closed)));
+        };
+        if let Some(data) = s.data.pop_front() {
+            let n = data.len() as u32;
+            core.release(self.id, n);
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        match s.recv {
+            Recv::Open if core.closed => {
+                self.done = true;
+                Poll::Ready(Some(Err(StreamError::Closed)))
+            }
+            Recv::Open => {
+                s.recv_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            Recv::Ended => match s.trailers.take() {
+                Some(trailers) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+                None => {
+                    self.done = true;
+                    Poll::Ready(None)
+                }
+            },
+            // A client may reset with NO_ERROR once it has sent what it meant to (RFC 9113 §8.1): the end.
+            Recv::Failed(Reason::NO_ERROR) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Recv::Failed(reason) => {
+                self.done = true;
+                Poll::Ready(Some(Err(StreamError::Reset(reason))))
+            }
+        }
+    }
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = StreamError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
+        self.get_mut().poll_next(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.len {
+            _ if self.done => SizeHint::with_exact(0),
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        let mut core = self.shared.lock();
+        if let Some(s) = core.streams.get_mut(&self.id) {
+            s.body_gone = true;
+            s.recv_waker = None;
+            let held = std::mem::take(&mut s.held);
+            s.data.clear();
+            core.release_connection(held);
+            core.settle(self.id);
+        }
+    }
+}
+
+/// The sending half: the response's head, its data as the windows allow, its trailers.
+pub(crate) struct Respond {
+    shared: Shared,
+    id: u32,
+}
+
+impl Respond {
+    pub(super) fn new(shared: Shared, id: u32) -> Self {
+        Respond { shared, id }
+    }
+
+    pub(crate) fn stream_id(&self) -> u32 {
+        self.id
+    }
+
+    /// Ready with the reason once the stream is reset (by the client, or by this side) or the connection is gone.
+    pub(crate) fn poll_reset(&mut self, cx: &mut Context<'_>) -> Poll<Reason> {
+        let mut core = self.shared.lock();
+        let closed = core.closed;
+        match core.streams.get_mut(&self.id) {
+            Some(s) if s.reset.is_some() => Poll::Ready(s.reset.unwrap_or(Reason::CANCEL)),
+            Some(_) if closed => Poll::Ready(Reason::CANCEL),
+            Some(s) => {
+                s.send_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            None => Poll::Ready(Reason::CANCEL),
+        }
+    }
+
+    /// The response's head; `end` when it has no body.
+    pub(crate) fn send_response(&mut self, head: &http::response::Parts, end: bool) -> Result<(), StreamError> {
+        let mut core = self.shared.lock();
+        let core = &mut *core;
+        writable(core, self.id, Send::Idle)?;
+        let max = core.peer_max_frame_size;
+        let start = frame::begin_headers(&mut core.out);
+        hpack::put_status(&mut core.out, head.status.as_u16());
+        put_fields(&mut core.out, &head.headers);
+        frame::finish_headers(&mut core.out, start, self.id, end, max);
+        self.sent(core, end);
+        Ok(())
+    }
+
+    /// Sends `data` (taking it off the front as it goes) as the windows and the write buffer allow: ready once
+    /// all of it is queued, with END_STREAM after it when `end`.
+    pub(crate) fn poll_send_data(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut Bytes,
+        end: bool,
+    ) -> Poll<Result<(), StreamError>> {
+        let mut core = self.shared.lock();
+        let core = &mut *core;
+        loop {
+            writable(core, self.id, Send::Open)?;
+            if data.is_empty() {
+                if end {
+                    frame::put_data_head(&mut core.out, self.id, 0, true);
+                    self.sent(core, true);
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if !core.has_room() {
+                core.block(cx.waker());
+                return Poll::Pending;
+            }
+            let s = core.streams.get_mut(&self.id).expect("checked by writable");
+            let window = s.send_window.min(core.send_window).min(i64::from(core.peer_max_frame_size));
+            if window <= 0 {
+                // A WINDOW_UPDATE of the stream wakes `send_waker`, one of the connection's wakes `blocked`.
+                s.send_waker = Some(cx.waker().clone());
+                if core.send_window <= 0 {
+                    core.block(cx.waker());
+                }
+                return Poll::Pending;
+            }
+            let n = (window as usize).min(data.len());
+            let chunk = data.split_to(n);
+            s.send_window -= n as i64;
+            core.send_window -= n as i64;
+            let last = end && data.is_empty();
+            frame::put_data_head(&mut core.out, self.id, n, last);
+            core.out.extend_from_slice(&chunk);
+            if last {
+                self.sent(core, true);
+                return Poll::Ready(Ok(()));
+            }
+            core.wake_conn();
+        }
+    }
+
+    /// The trailers, which end the stream.
+    pub(crate) fn send_trailers(&mut self, trailers: &HeaderMap) -> Result<(), StreamError> {
+        let mut core = self.shared.lock();
+        let core = &mut *core;
+        writable(core, self.id, Send::Open)?;
+        let max = core.peer_max_frame_size;
+        let start = frame::begin_headers(&mut core.out);
+        put_fields(&mut core.out, trailers);
+        frame::finish_headers(&mut core.out, start, self.id, true, max);
+        self.sent(core, true);
+        Ok(())
+    }
+
+    /// Resets the stream (RST_STREAM with `reason`), unless it is over.
+    pub(crate) fn reset(&mut self, reason: Reason) {
+        self.shared.lock().reset(self.id, reason);
+    }
+
+    fn sent(&self, core: &mut Core, end: bool) {
+        if let Some(s) = core.streams.get_mut(&self.id) {
+            s.send = if end { Send::Ended } else { Send::Open };
+        }
+        core.wake_conn();
+        if end {
+            core.premature_resets = core.premature_resets.saturating_sub(1);
+            core.settle(self.id);
+        }
+    }
+}
+
+/// The stream may send in state `state`: not reset, the connection not closed.
+fn writable(core: &mut Core, id: u32, state: Send) -> Result<(), StreamError> {
+    if core.closed {
+        return Err(StreamError::Closed);
+    }
+    match core.streams.get(&id) {
+        Some(s) if s.reset.is_some() => Err(StreamError::Reset(s.reset.unwrap_or(Reason::CANCEL))),
+        Some(s) if s.send == state => Ok(()),
+        Some(_) => Err(StreamError::Reset(Reason::INTERNAL_ERROR)),
+        None => Err(StreamError::Closed),
+    }
+}
+
+impl Drop for Respond {
+    fn drop(&mut self) {
+        let mut core = self.shared.lock();
+        let Some(s) = core.streams.get_mut(&self.id) else { return };
+        s.respond_gone = true;
+        s.send_waker = None;
+        // Dropped before the response ended: the stream is cancelled (before its head: an internal error).
+        let reason = match s.send {
+            Send::Idle => Some(Reason::INTERNAL_ERROR),
+            Send::Open => Some(Reason::CANCEL),
+            Send::Ended => None,
+        };
+        match reason {
+            Some(reason) => core.reset(self.id, reason),
+            None => core.settle(self.id),
+        }
+        // `reset` settles too, but only a stream not over yet: make sure a finished one is forgotten.
+        core.settle(self.id);
+    }
+}
+
+/// A head's or trailers' fields, without the connection-specific ones HTTP/2 forbids (RFC 9113 §8.2.2).
+fn put_fields(out: &mut bytes::BytesMut, headers: &HeaderMap) {
+    for (name, value) in headers {
+        if is_connection_specific(name) {
+            continue;
+        }
+        put_field(out, name, value);
+    }
+}
+
+fn put_field(out: &mut bytes::BytesMut, name: &HeaderName, value: &HeaderValue) {
+    hpack::put_field(out, name.as_str().as_bytes(), value.as_bytes(), value.is_sensitive());
+}
+
+fn is_connection_specific(name: &HeaderName) -> bool {
+    *name == CONNECTION
+        || *name == TRANSFER_ENCODING
+        || *name == UPGRADE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}

@@ -1,0 +1,325 @@
+//! reveille's own HTTP/2 server (the default, on its own codec) against a client that writes frames by hand:
+//! requests HTTP/2 forbids are reset and the connection goes on; what abuses the connection (a header block
+//! that never ends, empty DATA frames, a window pushed past its maximum, frames for streams never opened) ends it
+//! with the GOAWAY code RFC 9113 names; a header list over its size is answered 431; streams past the
+//! concurrency limit are refused; PINGs and SETTINGS are answered; a response larger than the client's window
+//! waits for its WINDOW_UPDATEs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use reveille::ProxySettings as Settings;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const WINDOW_UPDATE: u8 = 0x8;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
+const PROTOCOL_ERROR: u32 = 0x1;
+const FLOW_CONTROL_ERROR: u32 = 0x3;
+const REFUSED_STREAM: u32 = 0x7;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An HPACK string of fewer than 127 octets, not Huffman-coded.
+fn string(s: &[u8]) -> Vec<u8> {
+    assert!(s.len() < 127);
+    [&[s.len() as u8][..], s].concat()
+}
+
+/// A field as a literal without indexing, its name a literal too.
+fn field(name: &str, value: &str) -> Vec<u8> {
+    [&[0x00][..], &string(name.as_bytes()), &string(value.as_bytes())].concat()
+}
+
+/// `:method`, `:scheme http`, `:path` and `:authority` (static table entries 2/3, 6, 4 and 1), then `extra`.
+fn request(method: &str, path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = vec![if method == "POST" { 0x83 } else { 0x82 }, 0x86];
+    block.extend([0x04]);
+    block.extend(string(path.as_bytes()));
+    block.extend([0x01]);
+    block.extend(string(b"a.test"));
+    for (n, v) in extra {
+        block.extend(field(n, v));
+    }
+    block
+}
+
+#[derive(Debug)]
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+impl Frame {
+    fn code(&self) -> u32 {
+        let p = &self.payload;
+        match self.kind {
+            RST_STREAM => u32::from_be_bytes([p[0], p[1], p[2], p[3]]),
+            GOAWAY => u32::from_be_bytes([p[4], p[5], p[6], p[7]]),
+            _ => panic!("no error code in {self:?}"),
+        }
+    }
+
+    /// The `:status` of a response's HEADERS, as reveille's encoder writes it: a static index, or a literal
+    /// with name index 8.
+    fn status(&self) -> u16 {
+        match self.payload[0] {
+            0x88 => 200,
+            0x89 => 204,
+            0x8c => 400,
+            0x8d => 404,
+            0x8e => 500,
+            0x08 => std::str::from_utf8(&self.payload[2..5]).unwrap().parse().unwrap(),
+            b => panic!("a block that does not start with :status ({b:#x})"),
+        }
+    }
+}
+
+/// A client connection, its preface and SETTINGS sent (`settings`: the payload).
+struct Raw {
+    conn: TcpStream,
+    buf: Vec<u8>,
+    frames: Vec<Frame>,
+    closed: bool,
+}
+
+impl Raw {
+    async fn open(proxy: SocketAddr, settings: &[u8]) -> Raw {
+        let mut conn = TcpStream::connect(proxy).await.unwrap();
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(frame(SETTINGS, 0, 0, settings));
+        conn.write_all(&out).await.unwrap();
+        Raw { conn, buf: Vec::new(), frames: Vec::new(), closed: false }
+    }
+
+    async fn send(&mut self, frames: &[Vec<u8>]) {
+        // A server that closed may refuse the rest: what it answered before is what the tests look at.
+        let _ = self.conn.write_all(&frames.concat()).await;
+    }
+
+    /// Reads frames until one satisfies `done`, the connection closes, or 5 s pass; true when one did.
+    async fn until(&mut self, done: impl Fn(&Frame) -> bool) -> bool {
+        let read = async {
+            loop {
+                while self.buf.len() >= 9 {
+                    let len =
+                        (usize::from(self.buf[0]) << 16) | (usize::from(self.buf[1]) << 8) | usize::from(self.buf[2]);
+                    if self.buf.len() < 9 + len {
+                        break;
+                    }
+                    let f = Frame {
+                        kind: self.buf[3],
+                        flags: self.buf[4],
+                        stream: u32::from_be_bytes([self.buf[5], self.buf[6], self.buf[7], self.buf[8]]),
+                        payload: self.buf[9..9 + len].to_vec(),
+                    };
+                    self.buf.drain(..9 + len);
+                    let hit = done(&f);
+                    self.frames.push(f);
+                    if hit {
+                        return true;
+                    }
+                }
+                let mut chunk = [0u8; 16384];
+                match self.conn.read(&mut chunk).await {
+                    Ok(0) | Err(_) => {
+                        self.closed = true;
+                        return false;
+                    }
+                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), read).await.unwrap_or(false)
+    }
+
+    async fn goaway(&mut self) -> u32 {
+        assert!(self.until(|f| f.kind == GOAWAY).await, "no GOAWAY: {:?}", self.frames);
+        self.frames.last().unwrap().code()
+    }
+
+    async fn reset(&mut self, stream: u32) -> u32 {
+        assert!(
+            self.until(|f| f.kind == RST_STREAM && f.stream == stream).await,
+            "no RST_STREAM on {stream}: {:?}",
+            self.frames
+        );
+        self.frames.last().unwrap().code()
+    }
+
+    async fn status(&mut self, stream: u32) -> u16 {
+        assert!(
+            self.until(|f| f.kind == HEADERS && f.stream == stream).await,
+            "no HEADERS on {stream}: {:?}",
+            self.frames
+        );
+        self.frames.last().unwrap().status()
+    }
+}
+
+async fn proxy_with(settings: Settings) -> (TestProxy, Backend) {
+    let a = Backend::echo("a").await;
+    let proxy = TestProxy::start_with(&routes_file(&[("a", vec![a.addr])], &[("a.test", "a")]), settings).await;
+    (proxy, a)
+}
+
+fn settings() -> Settings {
+    Settings { access_log: false, ..Settings::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_reset_and_the_connection_goes_on() {
+    let (proxy, _a) = proxy_with(settings()).await;
+    let mut c = Raw::open(proxy.http, &[]).await;
+    let cases: [(u32, &[(&str, &str)]); 5] = [
+        (1, &[("Accept", "*/*")]),
+        (3, &[("connection", "close")]),
+        (5, &[("te", "gzip")]),
+        (7, &[("transfer-encoding", "chunked")]),
+        (9, &[("x", "a\x01b")]),
+    ];
+    for (id, extra) in cases {
+        c.send(&[frame(HEADERS, END_STREAM | END_HEADERS, id, &request("GET", "/", extra))]).await;
+        assert_eq!(c.reset(id).await, PROTOCOL_ERROR, "stream {id}: {extra:?}");
+    }
+    // A body shorter than its content-length.
+    c.send(&[
+        frame(HEADERS, END_HEADERS, 11, &request("POST", "/", &[("content-length", "5")])),
+        frame(DATA, END_STREAM, 11, b"abc"),
+    ])
+    .await;
+    assert_eq!(c.reset(11).await, PROTOCOL_ERROR);
+    // The connection still serves.
+    c.send(&[frame(HEADERS, END_STREAM | END_HEADERS, 13, &request("GET", "/", &[]))]).await;
+    assert_eq!(c.status(13).await, 200);
+    assert!(!c.frames.iter().any(|f| f.kind == GOAWAY), "{:?}", c.frames);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_block_that_never_ends_is_refused() {
+    let (proxy, _a) = proxy_with(settings()).await;
+    let mut c = Raw::open(proxy.http, &[]).await;
+    // CONTINUATION frames of 16 KiB without END_HEADERS, well past twice the 64 KiB header list allowed.
+    let mut frames = vec![frame(HEADERS, 0, 1, &request("GET", "/", &[]))];
+    for _ in 0..12 {
+        frames.push(frame(CONTINUATION, 0, 1, &[0x82; 16384]));
+    }
+    c.send(&frames).await;
+    assert_eq!(c.goaway().await, ENHANCE_YOUR_CALM);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_list_over_its_size_gets_431() {
+    let (proxy, _a) = proxy_with(Settings { max_header_size: 4096, ..settings() }).await;
+    let mut c = Raw::open(proxy.http, &[]).await;
+    let mut block = request("GET", "/", &[]);
+    for i in 0..50 {
+        block.extend(field(&format!("x-field-{i}"), &"v".repeat(100)));
+    }
+    c.send(&[frame(HEADERS, END_STREAM | END_HEADERS, 1, &block)]).await;
+    assert_eq!(c.status(1).await, 431);
+    c.send(&[frame(HEADERS, END_STREAM | END_HEADERS, 3, &request("GET", "/", &[]))]).await;
+    assert_eq!(c.status(3).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_past_the_concurrency_limit_are_refused() {
+    let (proxy, _a) = proxy_with(Settings { h2_max_concurrent_streams: 2, ..settings() }).await;
+    let mut c = Raw::open(proxy.http, &[]).await;
+    // Two uploads that do not end hold their streams open; a third is refused, retryable.
+    let post = request("POST", "/", &[]);
+    c.send(&[frame(HEADERS, END_HEADERS, 1, &post), frame(HEADERS, END_HEADERS, 3, &post)]).await;
+    c.send(&[frame(HEADERS, END_HEADERS | END_STREAM, 5, &request("GET", "/", &[]))]).await;
+    assert_eq!(c.reset(5).await, REFUSED_STREAM);
+    // One ends: its slot is free again.
+    c.send(&[frame(DATA, END_STREAM, 1, b"x")]).await;
+    assert_eq!(c.status(1).await, 200);
+    assert!(c.until(|f| f.kind == DATA && f.stream == 1 && f.flags & END_STREAM != 0).await);
+    c.send(&[frame(HEADERS, END_HEADERS | END_STREAM, 7, &request("GET", "/", &[]))]).await;
+    assert_eq!(c.status(7).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_are_answered_and_settings_acknowledged() {
+    let (proxy, _a) = proxy_with(settings()).await;
+    let mut c = Raw::open(proxy.http, &[]).await;
+    assert!(c.until(|f| f.kind == SETTINGS && f.flags == 1).await, "our SETTINGS acknowledged");
+    c.send(&[frame(PING, 0, 0, b"8 octets")]).await;
+    assert!(c.until(|f| f.kind == PING && f.flags == 1).await);
+    assert_eq!(c.frames.last().unwrap().payload, b"8 octets");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_abuses_end_it_with_their_code() {
+    let (proxy, _a) = proxy_with(settings()).await;
+    // Empty DATA frames that do not end their stream.
+    let mut c = Raw::open(proxy.http, &[]).await;
+    let mut frames = vec![frame(HEADERS, END_HEADERS, 1, &request("POST", "/", &[]))];
+    frames.extend((0..150).map(|_| frame(DATA, 0, 1, b"")));
+    c.send(&frames).await;
+    assert_eq!(c.goaway().await, ENHANCE_YOUR_CALM);
+    // The connection's window pushed past 2^31-1.
+    let mut c = Raw::open(proxy.http, &[]).await;
+    c.send(&[frame(WINDOW_UPDATE, 0, 0, &0x7fff_ffffu32.to_be_bytes())]).await;
+    assert_eq!(c.goaway().await, FLOW_CONTROL_ERROR);
+    // DATA on a stream never opened.
+    let mut c = Raw::open(proxy.http, &[]).await;
+    c.send(&[frame(DATA, 0, 11, b"x")]).await;
+    assert_eq!(c.goaway().await, PROTOCOL_ERROR);
+    // A stream's window pushed past 2^31-1 is that stream's error.
+    let mut c = Raw::open(proxy.http, &[]).await;
+    c.send(&[
+        frame(HEADERS, END_HEADERS, 1, &request("POST", "/", &[])),
+        frame(WINDOW_UPDATE, 0, 1, &0x7fff_ffffu32.to_be_bytes()),
+    ])
+    .await;
+    assert_eq!(c.reset(1).await, FLOW_CONTROL_ERROR);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_larger_than_the_clients_window_waits_for_it() {
+    let body = vec![b'x'; 10_000];
+    let sent = body.clone();
+    let big = Backend::start(Arc::new(move |_: Request<Incoming>| {
+        let body = sent.clone();
+        Box::pin(async move { Response::new(full(body)) })
+    }))
+    .await;
+    let proxy = TestProxy::start_with(&routes_file(&[("b", vec![big.addr])], &[("a.test", "b")]), settings()).await;
+    // SETTINGS_INITIAL_WINDOW_SIZE = 1000.
+    let mut c = Raw::open(proxy.http, &[0, 4, 0, 0, 0x03, 0xe8]).await;
+    c.send(&[frame(HEADERS, END_STREAM | END_HEADERS, 1, &request("GET", "/", &[]))]).await;
+    assert_eq!(c.status(1).await, 200);
+    let data =
+        |c: &Raw| c.frames.iter().filter(|f| f.kind == DATA && f.stream == 1).map(|f| f.payload.len()).sum::<usize>();
+    // What the window allows arrives; then nothing until the window grows.
+    assert!(!c.until(|f| f.kind == DATA && f.flags & END_STREAM != 0).await);
+    assert!(!c.closed);
+    assert_eq!(data(&c), 1000);
+    c.send(&[frame(WINDOW_UPDATE, 0, 1, &9000u32.to_be_bytes())]).await;
+    assert!(c.until(|f| f.kind == DATA && f.flags & END_STREAM != 0).await);
+    assert_eq!(data(&c), 10_000);
+}
