@@ -139,12 +139,15 @@ pub(crate) enum Frame<'a> {
         end_stream: bool,
         flow: u32,
     },
-    /// A HEADERS frame's field block fragment, its padding and priority taken off.
+    /// A HEADERS frame's field block fragment, its padding and priority taken off. `self_dependent`: its
+    /// priority makes the stream depend on itself, an error of the stream (§5.3.1) that the connection raises
+    /// once it has decoded the block (HPACK's state must follow every block).
     Headers {
         stream: u32,
         block: &'a [u8],
         end_stream: bool,
         end_headers: bool,
+        self_dependent: bool,
     },
     Priority {
         stream: u32,
@@ -268,14 +271,21 @@ pub(crate) fn parse(head: Head, payload: &[u8]) -> Result<Frame<'_>, FrameError>
         HEADERS => {
             on_stream("HEADERS on stream 0")?;
             let mut block = unpad(flags, payload)?;
+            let mut self_dependent = false;
             if flags & PRIORITY_FLAG != 0 {
                 let Some((priority, rest)) = block.split_first_chunk::<5>() else {
                     return Err(connection_error(Reason::FRAME_SIZE_ERROR, "HEADERS too short for its priority"));
                 };
-                depends_on_itself(stream, priority)?;
+                self_dependent = depends_on_itself(stream, priority).is_err();
                 block = rest;
             }
-            Frame::Headers { stream, block, end_stream: flags & END_STREAM != 0, end_headers: flags & END_HEADERS != 0 }
+            Frame::Headers {
+                stream,
+                block,
+                end_stream: flags & END_STREAM != 0,
+                end_headers: flags & END_HEADERS != 0,
+                self_dependent,
+            }
         }
         PRIORITY => {
             on_stream("PRIORITY on stream 0")?;
@@ -502,7 +512,9 @@ mod tests {
         // Padding and priority both, on HEADERS.
         let payload = [1, 0, 0, 0, 0, 16, 0x82, 0];
         let got = frame(HEADERS, PADDED | PRIORITY_FLAG | END_HEADERS, 3, &payload).unwrap();
-        assert_eq!(got, Frame::Headers { stream: 3, block: &[0x82], end_stream: false, end_headers: true });
+        let want =
+            Frame::Headers { stream: 3, block: &[0x82], end_stream: false, end_headers: true, self_dependent: false };
+        assert_eq!(got, want);
     }
 
     #[test]
@@ -523,8 +535,10 @@ mod tests {
         assert_eq!(err(frame(WINDOW_UPDATE, 0, 5, &[0; 4])), (Reason::PROTOCOL_ERROR, Some(5)));
         assert_eq!(err(frame(PRIORITY, 0, 5, &[0; 4])), (Reason::FRAME_SIZE_ERROR, Some(5)));
         assert_eq!(err(frame(PRIORITY, 0, 5, &[0, 0, 0, 5, 16])), (Reason::PROTOCOL_ERROR, Some(5)));
+        // HEADERS that depends on itself is parsed, flagged: its block must still be decoded.
         let headers = [0, 0, 0, 7, 16, 0x82];
-        assert_eq!(err(frame(HEADERS, PRIORITY_FLAG, 7, &headers)), (Reason::PROTOCOL_ERROR, Some(7)));
+        let got = frame(HEADERS, PRIORITY_FLAG, 7, &headers).unwrap();
+        assert!(matches!(got, Frame::Headers { self_dependent: true, block: [0x82], .. }), "{got:?}");
         // Unknown types are ignored, whatever they carry.
         assert_eq!(frame(0xfa, 0xff, 0, b"anything").unwrap(), Frame::Unknown);
     }

@@ -30,18 +30,14 @@ pub(super) async fn serve(svc: &ProxyService, req: Request<RequestBody>, mut res
     let guard = InFlight::new(&svc.conn);
     let req = req.map(ClientBody::H2);
     let mut handled = pin!(handler::handle(svc, req, guard));
-    // The client may reset the stream while the request is on its way: then it is dropped.
+    // The client may reset the stream while the request is on its way: then it is dropped. Looked at before the
+    // handler runs, so that a stream opened and reset in one read (the rapid-reset attack) starts no work.
     let response = poll_fn(|cx| {
-        if let Poll::Ready(r) = handled.as_mut().poll(cx) {
-            return Poll::Ready(Some(r));
+        if let Poll::Ready(reason) = respond.poll_reset(cx) {
+            debug!(%reason, "h2: the stream was reset before its response");
+            return Poll::Ready(None);
         }
-        match respond.poll_reset(cx) {
-            Poll::Ready(reason) => {
-                debug!(%reason, "h2: the stream was reset before its response");
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        handled.as_mut().poll(cx).map(Some)
     })
     .await;
     let Some(response) = response else { return };

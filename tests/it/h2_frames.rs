@@ -1,9 +1,10 @@
 //! reveille's own HTTP/2 server (the default, on its own codec) against a client that writes frames by hand:
-//! requests HTTP/2 forbids are reset and the connection goes on; what abuses the connection (a header block
-//! that never ends, empty DATA frames, a window pushed past its maximum, frames for streams never opened) ends it
-//! with the GOAWAY code RFC 9113 names; a header list over its size is answered 431; streams past the
-//! concurrency limit are refused; PINGs and SETTINGS are answered; a response larger than the client's window
-//! waits for its WINDOW_UPDATEs.
+//! requests HTTP/2 forbids are reset and the connection goes on (a block refused for its priority still feeds the
+//! HPACK table); what abuses the connection (a header block that never ends, empty DATA frames, a window pushed
+//! past its maximum, frames for streams never opened, a first frame that is not SETTINGS) ends it with the GOAWAY
+//! code RFC 9113 names; a header list over its size is answered 431; streams past the concurrency limit are
+//! refused; PINGs and SETTINGS are answered; a response larger than the client's window waits for its
+//! WINDOW_UPDATEs.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -205,16 +206,22 @@ async fn malformed_requests_are_reset_and_the_connection_goes_on() {
         c.send(&[frame(HEADERS, END_STREAM | END_HEADERS, id, &request("GET", "/", extra))]).await;
         assert_eq!(c.reset(id).await, PROTOCOL_ERROR, "stream {id}: {extra:?}");
     }
+    // content-length: two that differ, or not digits only.
+    let post = |id: u32, extra: &[(&str, &str)]| frame(HEADERS, END_HEADERS, id, &request("POST", "/", extra));
+    c.send(&[post(11, &[("content-length", "5"), ("content-length", "100")])]).await;
+    assert_eq!(c.reset(11).await, PROTOCOL_ERROR);
+    c.send(&[post(13, &[("content-length", "+5")])]).await;
+    assert_eq!(c.reset(13).await, PROTOCOL_ERROR);
     // A body shorter than its content-length.
     c.send(&[
-        frame(HEADERS, END_HEADERS, 11, &request("POST", "/", &[("content-length", "5")])),
-        frame(DATA, END_STREAM, 11, b"abc"),
+        frame(HEADERS, END_HEADERS, 15, &request("POST", "/", &[("content-length", "5")])),
+        frame(DATA, END_STREAM, 15, b"abc"),
     ])
     .await;
-    assert_eq!(c.reset(11).await, PROTOCOL_ERROR);
+    assert_eq!(c.reset(15).await, PROTOCOL_ERROR);
     // The connection still serves.
-    c.send(&[frame(HEADERS, END_STREAM | END_HEADERS, 13, &request("GET", "/", &[]))]).await;
-    assert_eq!(c.status(13).await, 200);
+    c.send(&[frame(HEADERS, END_STREAM | END_HEADERS, 17, &request("GET", "/", &[]))]).await;
+    assert_eq!(c.status(17).await, 200);
     assert!(!c.frames.iter().any(|f| f.kind == GOAWAY), "{:?}", c.frames);
 }
 
@@ -322,4 +329,33 @@ async fn a_response_larger_than_the_clients_window_waits_for_it() {
     c.send(&[frame(WINDOW_UPDATE, 0, 1, &9000u32.to_be_bytes())]).await;
     assert!(c.until(|f| f.kind == DATA && f.flags & END_STREAM != 0).await);
     assert_eq!(data(&c), 10_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_block_refused_for_its_priority_still_updates_the_hpack_table() {
+    let (proxy, _a) = proxy_with(settings()).await;
+    let mut c = Raw::open(proxy.http, &[]).await;
+    // Stream 1 depends on itself (a stream error), and its block indexes `x-indexed: 1` into the dynamic table.
+    let mut payload = vec![0, 0, 0, 1, 16];
+    payload.extend(request("GET", "/", &[]));
+    payload.extend([&[0x40][..], &string(b"x-indexed"), &string(b"1")].concat());
+    c.send(&[frame(HEADERS, END_STREAM | END_HEADERS | 0x20, 1, &payload)]).await;
+    assert_eq!(c.reset(1).await, PROTOCOL_ERROR);
+    // Stream 3 refers to that entry (index 62): the server's table must have it.
+    let mut block = request("GET", "/", &[]);
+    block.push(0xbe);
+    c.send(&[frame(HEADERS, END_STREAM | END_HEADERS, 3, &block)]).await;
+    assert_eq!(c.status(3).await, 200);
+    assert!(!c.frames.iter().any(|f| f.kind == GOAWAY), "{:?}", c.frames);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_first_frame_is_not_settings_is_refused() {
+    let (proxy, _a) = proxy_with(settings()).await;
+    let mut conn = TcpStream::connect(proxy.http).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(PING, 0, 0, b"8 octets"));
+    conn.write_all(&out).await.unwrap();
+    let mut c = Raw { conn, buf: Vec::new(), frames: Vec::new(), closed: false };
+    assert_eq!(c.goaway().await, PROTOCOL_ERROR);
 }

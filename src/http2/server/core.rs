@@ -113,7 +113,7 @@ pub(super) struct Core {
     pub(super) send_window: i64,
     /// What the client may still send on the connection.
     pub(super) recv_window: i64,
-    recv_unacked: u32,
+    pub(super) recv_unacked: u32,
     /// The windows this side gives: a stream's, the connection's.
     pub(super) stream_window: u32,
     pub(super) connection_window: u32,
@@ -122,8 +122,11 @@ pub(super) struct Core {
     /// The connection's task, to wake when frames were queued while it was not polling the streams.
     pub(super) conn_waker: Option<Waker>,
     pub(super) polling: bool,
-    /// Streams' tasks waiting for the connection's window or room in the write buffer.
-    pub(super) blocked: Vec<Waker>,
+    /// Streams' tasks waiting for the connection's window (woken by its WINDOW_UPDATE), and for room in the write
+    /// buffer (woken once the connection's task has written some): two lists, so that neither kind is woken for
+    /// what the other waits on (a task woken for room while the window stays shut would spin).
+    pub(super) window_blocked: Vec<Waker>,
+    pub(super) room_blocked: Vec<Waker>,
     /// The connection is gone: every handle fails.
     pub(super) closed: bool,
     /// Streams the client reset before their response ended, less those whose response ended since.
@@ -147,7 +150,8 @@ impl Core {
             peer_max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
             conn_waker: None,
             polling: false,
-            blocked: Vec::new(),
+            window_blocked: Vec::new(),
+            room_blocked: Vec::new(),
             closed: false,
             premature_resets: 0,
         }
@@ -168,15 +172,24 @@ impl Core {
         self.out.len() + self.unflushed < self.max_send_buffer
     }
 
-    /// A stream's task waits for the connection's window or for room in the write buffer.
-    pub(super) fn block(&mut self, waker: &Waker) {
-        if !self.blocked.iter().any(|w| w.will_wake(waker)) {
-            self.blocked.push(waker.clone());
+    /// A stream's task waits for the connection's window (`window`) or for room in the write buffer.
+    pub(super) fn block(&mut self, waker: &Waker, window: bool) {
+        let list = if window { &mut self.window_blocked } else { &mut self.room_blocked };
+        if !list.iter().any(|w| w.will_wake(waker)) {
+            list.push(waker.clone());
         }
     }
 
-    pub(super) fn wake_blocked(&mut self) {
-        for w in self.blocked.drain(..) {
+    /// The connection's window grew: the streams waiting on it try again.
+    pub(super) fn wake_window_blocked(&mut self) {
+        for w in self.window_blocked.drain(..) {
+            w.wake();
+        }
+    }
+
+    /// The write buffer has room again.
+    pub(super) fn wake_room_blocked(&mut self) {
+        for w in self.room_blocked.drain(..) {
             w.wake();
         }
     }
@@ -186,6 +199,13 @@ impl Core {
     pub(super) fn release(&mut self, id: u32, n: u32) {
         if let Some(s) = self.streams.get_mut(&id) {
             s.held = s.held.saturating_sub(n);
+        }
+        self.credit(id, n);
+    }
+
+    /// `n` octets of stream `id`'s flow control given back that were never held for its body (padding).
+    pub(super) fn credit(&mut self, id: u32, n: u32) {
+        if let Some(s) = self.streams.get_mut(&id) {
             if s.recv == Recv::Open {
                 s.recv_unacked += n;
                 if s.recv_unacked >= self.stream_window / 2 {

@@ -45,6 +45,8 @@ pub(crate) struct Config {
 const MAX_PREMATURE_RESETS: u32 = 100;
 /// Empty DATA frames that do not end their stream: nothing to carry, only work.
 const MAX_EMPTY_DATA: u32 = 100;
+/// DATA payloads shorter than this are copied out of the read buffer (see `frame`).
+const COPY_BELOW: usize = 8 * 1024;
 /// The write buffer's size past which the client's frames are not read until it drains.
 const READ_PAUSE_FACTOR: usize = 4;
 
@@ -82,9 +84,12 @@ pub(crate) struct Connection {
     config: Config,
     decoder: Decoder,
     preface: bool,
-    /// A header block being put together, for (stream, END_STREAM), until its END_HEADERS.
+    /// A header block being put together until its END_HEADERS, and its HEADERS frame's stream, END_STREAM and
+    /// whether its priority made the stream depend on itself.
     block: BytesMut,
-    continuing: Option<(u32, bool)>,
+    continuing: Option<(u32, bool, bool)>,
+    /// The client's first frame, which must be SETTINGS (§3.4), has come.
+    settings_seen: bool,
     /// The highest stream the client opened.
     last_id: u32,
     /// GOAWAY sent or received: no new stream.
@@ -117,6 +122,7 @@ impl Connection {
             preface: false,
             block: BytesMut::new(),
             continuing: None,
+            settings_seen: false,
             last_id: 0,
             going_away: false,
             local_resets: 0,
@@ -188,7 +194,13 @@ impl Connection {
         accept: &mut dyn FnMut(Request<RequestBody>, Respond),
     ) -> Result<(), ConnError> {
         let payload = &bytes[frame::HEAD_LEN..];
-        if let Some((id, _)) = self.continuing {
+        if !self.settings_seen {
+            if head.kind != frame::SETTINGS || head.flags & frame::ACK != 0 {
+                return Err(protocol_error("the client's first frame is not SETTINGS"));
+            }
+            self.settings_seen = true;
+        }
+        if let Some((id, _, _)) = self.continuing {
             if head.kind != frame::CONTINUATION || head.stream != id {
                 return Err(protocol_error("a frame other than CONTINUATION inside a header block"));
             }
@@ -203,28 +215,32 @@ impl Connection {
         };
         match parsed {
             Frame::Data { stream, data, end_stream, flow } => {
-                let data = bytes.slice_ref(data);
+                // A small payload is copied out of the read buffer: queued as a slice of it, it would keep the
+                // whole buffer alive while the body waits (a client sending one small frame per read could pin
+                // a read buffer per octet of its window).
+                let data = if data.len() < COPY_BELOW { Bytes::copy_from_slice(data) } else { bytes.slice_ref(data) };
                 self.data(core, stream, data, end_stream, flow)?;
             }
-            Frame::Headers { stream, block, end_stream, end_headers } => {
+            Frame::Headers { stream, block, end_stream, end_headers, self_dependent } => {
                 if stream % 2 == 0 {
                     return Err(protocol_error("HEADERS on a stream a client may not open"));
                 }
                 self.block.clear();
                 self.block.extend_from_slice(block);
-                self.continuing = Some((stream, end_stream));
+                self.continuing = Some((stream, end_stream, self_dependent));
                 if end_headers {
                     self.headers(core, accept)?;
                 }
             }
             Frame::Continuation { stream, block, end_headers } => {
-                let Some((id, _)) = self.continuing else {
+                let Some((id, _, _)) = self.continuing else {
                     return Err(protocol_error("CONTINUATION without HEADERS"));
                 };
                 debug_assert_eq!(id, stream);
                 // A header block may not grow without bound (CONTINUATION flood): twice the header list
                 // size allowed is more than any compressed block of an acceptable list needs.
-                if self.block.len() + block.len() > 2 * self.config.max_header_list_size as usize + 1024 {
+                let limit = (self.config.max_header_list_size as usize).saturating_mul(2).saturating_add(1024);
+                if self.block.len() + block.len() > limit {
                     return Err(ConnError::Calm("a header block larger than twice the header list size allowed"));
                 }
                 self.block.extend_from_slice(block);
@@ -277,7 +293,7 @@ impl Connection {
                         what: "the connection's window past 2^31-1",
                     }));
                 }
-                core.wake_blocked();
+                core.wake_window_blocked();
             }
             Frame::WindowUpdate { stream, increment } => {
                 if stream > self.last_id {
@@ -338,6 +354,8 @@ impl Connection {
             if self.empty_data > MAX_EMPTY_DATA {
                 return Err(ConnError::Calm("empty DATA frames"));
             }
+        } else {
+            self.empty_data = 0;
         }
         let Some(s) = core.streams.get_mut(&id) else {
             // A stream already forgotten (reset, or done): its data only goes back to the connection's window.
@@ -375,7 +393,7 @@ impl Connection {
             if !data.is_empty() {
                 s.data.push_back(data);
             }
-            core.release(id, padding);
+            core.credit(id, padding);
         }
         let s = core.streams.get_mut(&id).expect("looked up above");
         if end {
@@ -396,10 +414,14 @@ impl Connection {
         core: &mut Core,
         accept: &mut dyn FnMut(Request<RequestBody>, Respond),
     ) -> Result<(), ConnError> {
-        let (id, end_stream) = self.continuing.take().expect("a header block in progress");
+        let (id, end_stream, self_dependent) = self.continuing.take().expect("a header block in progress");
         // Decoded whatever becomes of it: the decoder's table must follow the client's.
         let mut fields = Fields::new(self.config.max_header_list_size as usize);
         self.decoder.decode(&self.block, |f| fields.push(f)).map_err(ConnError::Compression)?;
+        if self_dependent {
+            self.last_id = self.last_id.max(id);
+            return self.stream_error(core, id, Reason::PROTOCOL_ERROR);
+        }
         if let Some(s) = core.streams.get_mut(&id) {
             // Trailers.
             if s.recv != Recv::Open {
@@ -457,19 +479,14 @@ impl Connection {
                     return self.local_reset();
                 }
             };
-            let content_length = match req.headers().get(CONTENT_LENGTH) {
-                None => None,
-                Some(v) => match v.to_str().ok().and_then(|s| s.parse::<u64>().ok()) {
-                    Some(n) if end_stream && n != 0 => {
-                        frame::put_rst_stream(&mut core.out, id, Reason::PROTOCOL_ERROR);
-                        return self.local_reset();
-                    }
-                    Some(n) => Some(n),
-                    None => {
-                        frame::put_rst_stream(&mut core.out, id, Reason::PROTOCOL_ERROR);
-                        return self.local_reset();
-                    }
-                },
+            // Digits only, every field giving the same; and none but 0 on a request without a body.
+            let content_length = match content_length(req.headers()) {
+                Ok(Some(n)) if end_stream && n != 0 => Err(()),
+                other => other,
+            };
+            let Ok(content_length) = content_length else {
+                frame::put_rst_stream(&mut core.out, id, Reason::PROTOCOL_ERROR);
+                return self.local_reset();
             };
             let recv = if end_stream { Recv::Ended } else { Recv::Open };
             let stream = StreamCore::new(recv, self.config.stream_window, core.peer_initial_window, content_length);
@@ -515,7 +532,7 @@ impl Connection {
         let mut core = self.shared.lock();
         core.unflushed = n;
         if core.has_room() {
-            core.wake_blocked();
+            core.wake_room_blocked();
         }
     }
 
@@ -564,6 +581,24 @@ impl Connection {
     }
 }
 
+/// The request's `content-length`, as the `h2` crate judges it: digits only, and every field that gives one
+/// giving the same.
+fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>, ()> {
+    let mut len = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        let digits = value.as_bytes();
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return Err(());
+        }
+        let n = std::str::from_utf8(digits).ok().and_then(|s| s.parse::<u64>().ok()).ok_or(())?;
+        if len.is_some_and(|l| l != n) {
+            return Err(());
+        }
+        len = Some(n);
+    }
+    Ok(len)
+}
+
 impl Drop for Connection {
     /// The streams' handles that outlive the connection fail from now on.
     fn drop(&mut self) {
@@ -572,7 +607,8 @@ impl Drop for Connection {
         for s in core.streams.values_mut() {
             s.wake();
         }
-        core.wake_blocked();
+        core.wake_window_blocked();
+        core.wake_room_blocked();
     }
 }
 

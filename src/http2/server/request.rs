@@ -62,7 +62,7 @@ impl Fields {
 
     /// Takes one decoded field. Once the block is over size or malformed, fields are only counted.
     pub(super) fn push(&mut self, f: Field<'_>) {
-        self.size += field_size(f.name, f.value);
+        self.size = self.size.saturating_add(field_size(f.name, f.value));
         if self.size > self.max_size || self.malformed.is_some() {
             return;
         }
@@ -114,7 +114,11 @@ impl Fields {
             return self.malformed("an invalid field value");
         };
         value.set_sensitive(f.sensitive);
-        self.headers.append(name, value);
+        // A map holds at most 24 576 distinct names: past that (a header list size set very large) the list is
+        // too large, not a panic.
+        if self.headers.try_append(name, value).is_err() {
+            self.size = usize::MAX;
+        }
     }
 
     fn check(&self) -> Result<(), Refused> {

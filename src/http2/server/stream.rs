@@ -71,11 +71,8 @@ impl RequestBody {
                     Poll::Ready(None)
                 }
             },
-            // A client may reset with NO_ERROR once it has sent what it meant to (RFC 9113 §8.1): the end.
-            Recv::Failed(Reason::NO_ERROR) => {
-                self.done = true;
-                Poll::Ready(None)
-            }
+            // Even with NO_ERROR: RFC 9113 §8.1 lets a server stop a client's body so, not a client end one. A
+            // body cut short must not reach the backend as if whole.
             Recv::Failed(reason) => {
                 self.done = true;
                 Poll::Ready(Some(Err(StreamError::Reset(reason))))
@@ -182,20 +179,21 @@ impl Respond {
                 }
                 return Poll::Ready(Ok(()));
             }
-            if !core.has_room() {
-                core.block(cx.waker());
-                return Poll::Pending;
-            }
+            let room = core.has_room();
+            let connection_window = core.send_window;
             let s = core.streams.get_mut(&self.id).expect("checked by writable");
-            let window = s.send_window.min(core.send_window).min(i64::from(core.peer_max_frame_size));
-            if window <= 0 {
-                // A WINDOW_UPDATE of the stream wakes `send_waker`, one of the connection's wakes `blocked`.
+            if !room || s.send_window <= 0 || connection_window <= 0 {
+                // Whatever it waits for, a reset of the stream wakes it too, as does a WINDOW_UPDATE of the
+                // stream's own (`send_waker`).
                 s.send_waker = Some(cx.waker().clone());
-                if core.send_window <= 0 {
-                    core.block(cx.waker());
+                if !room {
+                    core.block(cx.waker(), false);
+                } else if connection_window <= 0 {
+                    core.block(cx.waker(), true);
                 }
                 return Poll::Pending;
             }
+            let window = s.send_window.min(core.send_window).min(i64::from(core.peer_max_frame_size));
             let n = (window as usize).min(data.len());
             let chunk = data.split_to(n);
             s.send_window -= n as i64;

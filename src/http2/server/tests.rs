@@ -3,7 +3,9 @@
 //! tested in `tests/it/`: `h2_frames`, `h2_server`, `grpc`, `h2c`.)
 
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::task::noop_waker_ref;
@@ -204,4 +206,67 @@ fn a_connection_error_queues_its_goaway() {
     let mut conn = Connection::new(config(100));
     let mut input = BytesMut::from(&b"GET / HTTP/1.1\r\n\r\n"[..]);
     assert_eq!(conn.recv(&mut input, &mut |_, _| {}).unwrap_err(), ConnError::Preface);
+}
+
+/// A waker that counts its wakes.
+struct Counter(AtomicUsize);
+
+impl Wake for Counter {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn a_stream_waiting_for_the_connections_window_is_woken_by_it_alone() {
+    // The client gives streams 1 MiB but leaves the connection's window at 65 535.
+    let mut conn = open(100, Settings { initial_window_size: Some(1 << 20), ..Settings::default() });
+    let (_req, mut respond) = feed(&mut conn, headers(1, true, &POST)).pop().unwrap();
+    respond.send_response(&http::Response::new(()).into_parts().0, false).unwrap();
+    let counter = Arc::new(Counter(AtomicUsize::new(0)));
+    let waker = Waker::from(counter.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut body = Bytes::from(vec![b'z'; 70_000]);
+    assert!(respond.poll_send_data(&mut cx, &mut body, true).is_pending());
+    assert_eq!(body.len(), 70_000 - 65_535);
+    // The writes drain: room in the buffer, but no window. Woken for it, the stream would spin.
+    output(&conn);
+    output(&conn);
+    assert_eq!(counter.0.load(Ordering::Relaxed), 0, "woken without window");
+    let mut update = BytesMut::new();
+    frame::put_window_update(&mut update, 0, 10_000);
+    feed(&mut conn, update);
+    assert_eq!(counter.0.load(Ordering::Relaxed), 1);
+    assert!(respond.poll_send_data(&mut cx, &mut body, true).is_ready());
+}
+
+#[test]
+fn padding_and_the_data_of_a_reset_stream_go_back_to_the_connections_window_whole() {
+    let mut conn = open(1 << 20, Settings::default());
+    let (req, _respond) = feed(&mut conn, headers(1, false, &POST)).pop().unwrap();
+    // 100 octets of data and 50 of padding (151 with the pad length), never read; then the client resets.
+    let mut input = BytesMut::new();
+    let mut payload = vec![50u8];
+    payload.extend([b'd'; 100]);
+    payload.extend([0u8; 50]);
+    input.extend_from_slice(&[0, 0, payload.len() as u8, frame::DATA, frame::PADDED, 0, 0, 0, 1]);
+    input.extend_from_slice(&payload);
+    frame::put_rst_stream(&mut input, 1, Reason::CANCEL);
+    feed(&mut conn, input);
+    let core = conn.shared.lock();
+    assert_eq!(core.recv_window + i64::from(core.recv_unacked), i64::from(frame::DEFAULT_WINDOW), "all 151 given back");
+    drop(core);
+    drop(req);
+}
+
+#[test]
+fn a_client_reset_with_no_error_fails_the_body_it_cut_short() {
+    let mut conn = open(100, Settings::default());
+    let (req, _respond) = feed(&mut conn, headers(1, false, &POST)).pop().unwrap();
+    let mut body = req.into_body();
+    let mut input = data(1, 5, false);
+    frame::put_rst_stream(&mut input, 1, Reason::NO_ERROR);
+    feed(&mut conn, input);
+    let got = poll_body(&mut body).map(|f| f.unwrap().unwrap_err());
+    assert_eq!(got, Poll::Ready(StreamError::Reset(Reason::NO_ERROR)));
 }

@@ -13,7 +13,7 @@ use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -195,14 +195,18 @@ async fn run<S: Stream>(
         if !write.is_empty() {
             return Poll::Pending;
         }
-        if let Poll::Ready(Err(e)) = Pin::new(&mut io).poll_flush(cx) {
+        let flushed = Pin::new(&mut io).poll_flush(cx);
+        if let Poll::Ready(Err(e)) = flushed {
             return Poll::Ready(Err(e.into()));
         }
-        if let Some(e) = failed {
-            return Poll::Ready(Err(e.into()));
-        }
-        if conn.is_going_away() && streams.is_empty() {
-            return Poll::Ready(Ok(()));
+        if failed.is_some() || (conn.is_going_away() && streams.is_empty()) {
+            // The last frames (the GOAWAY, the end of the last response) must leave before the socket is
+            // dropped: TLS holds them until flushed. Then the close (TLS's close_notify, TCP's FIN).
+            if flushed.is_pending() {
+                return Poll::Pending;
+            }
+            let _ = ready!(Pin::new(&mut io).poll_shutdown(cx));
+            return Poll::Ready(failed.map_or(Ok(()), |e| Err(e.into())));
         }
         if paused && conn.wants_read() {
             // Nothing waits on the socket's reads: poll again to read.
