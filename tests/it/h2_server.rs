@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::grpc::all_four_kinds;
+use crate::h2_frames::frame;
 use crate::support::grpc::*;
 use crate::support::*;
 
@@ -119,15 +120,6 @@ async fn a_stream_in_flight_finishes_across_a_graceful_shutdown() {
     // The connection was asked to go away: no new stream is served on it.
     let again = sender.send_request(Request::get("http://a.test/").body(full("")).unwrap()).await;
     assert!(again.is_err(), "a stream opened after the GOAWAY: {again:?}");
-}
-
-/// One h2 frame: its 9-byte header and `payload`.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -233,19 +233,18 @@ impl Core {
         }
     }
 
-    /// Resets stream `id` from this side (RST_STREAM), unless it is over already.
+    /// Resets stream `id` from this side (RST_STREAM), unless it is over already; settles it either way.
     pub(super) fn reset(&mut self, id: u32, reason: Reason) {
         let Some(s) = self.streams.get_mut(&id) else { return };
-        if s.reset.is_some() || (s.send == Send::Ended && s.recv != Recv::Open) {
-            return;
+        if !s.is_over() {
+            frame::put_rst_stream(&mut self.out, id, reason);
+            s.reset = Some(reason);
+            if s.recv == Recv::Open {
+                s.recv = Recv::Failed(reason);
+            }
+            s.wake();
+            self.wake_conn();
         }
-        frame::put_rst_stream(&mut self.out, id, reason);
-        s.reset = Some(reason);
-        if s.recv == Recv::Open {
-            s.recv = Recv::Failed(reason);
-        }
-        s.wake();
-        self.wake_conn();
         self.settle(id);
     }
 

@@ -581,22 +581,28 @@ impl Connection {
     }
 }
 
-/// The request's `content-length`, as the `h2` crate judges it: digits only, and every field that gives one
-/// giving the same.
+/// The request's `content-length`, as the `h2` crate judges it: digits only (HTTP/1.1's parser), and every
+/// field that gives one giving the same.
 fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>, ()> {
     let mut len = None;
     for value in headers.get_all(CONTENT_LENGTH) {
-        let digits = value.as_bytes();
-        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-            return Err(());
-        }
-        let n = std::str::from_utf8(digits).ok().and_then(|s| s.parse::<u64>().ok()).ok_or(())?;
+        let n = crate::http1::parse_decimal(value.as_bytes()).ok_or(())?;
         if len.is_some_and(|l| l != n) {
             return Err(());
         }
         len = Some(n);
     }
     Ok(len)
+}
+
+/// The fields HTTP/2 forbids (RFC 9113 §8.2.2): refused in a request, left out of a response.
+fn is_connection_specific(name: &http::header::HeaderName) -> bool {
+    use http::header::{CONNECTION, TRANSFER_ENCODING, UPGRADE};
+    *name == CONNECTION
+        || *name == TRANSFER_ENCODING
+        || *name == UPGRADE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
 }
 
 impl Drop for Connection {

@@ -5,7 +5,7 @@
 //! is answered 431.
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{HeaderName, HeaderValue, TE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Uri, Version};
 
@@ -99,12 +99,7 @@ impl Fields {
         let Ok(name) = HeaderName::from_bytes(f.name) else {
             return self.malformed("an invalid field name");
         };
-        if name == CONNECTION
-            || name == TRANSFER_ENCODING
-            || name == UPGRADE
-            || name == "keep-alive"
-            || name == "proxy-connection"
-        {
+        if super::is_connection_specific(&name) {
             return self.malformed("a connection-specific field");
         }
         if name == TE && f.value != b"trailers" {

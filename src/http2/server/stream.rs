@@ -6,11 +6,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{HeaderName, CONNECTION, TRANSFER_ENCODING, UPGRADE};
+use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue};
 use http_body::{Frame, SizeHint};
 
 use super::core::{Core, Recv, Send, Shared};
+use super::is_connection_specific;
 use crate::http2::frame::{self, Reason};
 use crate::http2::hpack;
 
@@ -268,8 +269,6 @@ impl Drop for Respond {
             Some(reason) => core.reset(self.id, reason),
             None => core.settle(self.id),
         }
-        // `reset` settles too, but only a stream not over yet: make sure a finished one is forgotten.
-        core.settle(self.id);
     }
 }
 
@@ -285,12 +284,4 @@ fn put_fields(out: &mut bytes::BytesMut, headers: &HeaderMap) {
 
 fn put_field(out: &mut bytes::BytesMut, name: &HeaderName, value: &HeaderValue) {
     hpack::put_field(out, name.as_str().as_bytes(), value.as_bytes(), value.is_sensitive());
-}
-
-fn is_connection_specific(name: &HeaderName) -> bool {
-    *name == CONNECTION
-        || *name == TRANSFER_ENCODING
-        || *name == UPGRADE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
 }
