@@ -25,15 +25,16 @@
 //! - `http1`: HTTP/1.1 on the wire for both sides, below `proxy` and `upstream` (pure, no socket): the
 //!   hop-by-hop names, body framing (`Content-Length`, the chunked decoder and encoder's pieces) and the server
 //!   side's strict request-head parser.
-//! - `http2`: HTTP/2 on the wire (no socket, no timer): frames parsed and written, HPACK (a decoder that hands
-//!   out fields as slices, an encoder of static indexes and plain literals), and the server side of a
-//!   connection — streams, flow control, the requests HTTP/2 refuses and the protections against abuse — with
-//!   the handles a stream's request body and response go through. Below `proxy`, whose h2 server it is.
+//! - `http2`: HTTP/2 on the wire (no socket; one timer, the keep-alive PING's): frames parsed and written, HPACK
+//!   (a decoder that hands out fields as slices, an encoder of static indexes and plain literals), and both
+//!   sides of a connection — streams, flow control, the heads HTTP/2 refuses and the protections against abuse
+//!   — with the handles a stream's bodies go through. Below `proxy` (its h2 server) and `upstream` (its h2
+//!   client).
 //! - `upstream`: the backend side, below `proxy` — reveille's own HTTP/1.1 client: the codec (heads, framing,
 //!   chunks, trailers, hop-by-hop names), a connection's socket (TCP, or TLS for `https://` backends) and
 //!   buffers, one exchange (`send` and the response body), the pool of idle connections (generic, knows no
 //!   HTTP), opening connections, and a service's TLS settings for its backends; and HTTP/2 to `h2c://`
-//!   backends (hyper's client, a few multiplexed connections per backend). It knows nothing of the proxy
+//!   and `https://` backends (`http2`'s client, a few multiplexed connections per backend). It knows nothing of the proxy
 //!   (`docs/design/upstream.md`).
 //! - `access_log`: the access log — the line's format (text or JSON), per-core buffers, the writer thread
 //!   that writes them in batches to stdout or a file (reopened on SIGHUP), and the count of what it dropped.

@@ -107,7 +107,7 @@ impl Head {
         }
     }
 
-    fn put(self, out: &mut BytesMut) {
+    pub(crate) fn put(self, out: &mut BytesMut) {
         debug_assert!(self.len <= MAX_MAX_FRAME_SIZE as usize);
         let len = (self.len as u32).to_be_bytes();
         out.put_slice(&[len[1], len[2], len[3], self.kind, self.flags]);

@@ -62,13 +62,13 @@ pub(super) async fn serve(svc: &ProxyService, req: Request<RequestBody>, mut res
     }
 }
 
-/// The reset reason a failed body passes on: an HTTP/2 reason under it (a backend's reset stream, from the h2
-/// crate's client), as hyper's server did, else `INTERNAL_ERROR`.
+/// The reset reason a failed body passes on: a backend's reset stream's reason under it, as hyper's server did,
+/// else `INTERNAL_ERROR`.
 fn reason_of(e: &(dyn std::error::Error + 'static)) -> Reason {
     let mut src = Some(e);
     while let Some(s) = src {
-        if let Some(reason) = s.downcast_ref::<h2::Error>().and_then(h2::Error::reason) {
-            return Reason(u32::from(reason));
+        if let Some(StreamError::Reset(reason)) = s.downcast_ref::<StreamError>() {
+            return *reason;
         }
         src = s.source();
     }

@@ -21,7 +21,7 @@ use http::header::{
     CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, LOCATION, RETRY_AFTER, STRICT_TRANSPORT_SECURITY, TE,
     TRANSFER_ENCODING,
 };
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use tokio::net::TcpStream;
@@ -39,8 +39,8 @@ use crate::routes::{
     normalize_request_host, Backend, Failure, Load, Lookup, Protocol, Retries, RetryBudget, Rotation, Service,
 };
 use crate::upstream::{
-    self, source_chain, Alpn, BackendTls, ConnectError, Connector, H2Failure, H2RequestBody, H2SendError, RequestHead,
-    SendError, UpstreamBody, UpstreamError,
+    self, source_chain, Alpn, BackendTls, ConnectError, Connector, H2Failure, H2Head, H2RequestBody, H2SendError,
+    PutField, RequestHead, SendError, UpstreamBody, UpstreamError,
 };
 
 /// Handles one request end to end. Never fails: errors become responses.
@@ -670,9 +670,13 @@ async fn send_h2(
     let mut resends = 0;
     loop {
         let sent = match &mut via {
-            Via::H2c => pool.send_h2c(key, h2_request(key, template, Scheme::HTTP)).await,
+            Via::H2c => {
+                let (head, body) = h2_request(key, template, "http");
+                pool.send_h2c(key, &head, body).await
+            }
             Via::Tls(tls, first) => {
-                pool.send_h2_tls(tls, key, first.take(), h2_request(key, template, Scheme::HTTPS)).await
+                let (head, body) = h2_request(key, template, "https");
+                pool.send_h2_tls(tls, key, first.take(), &head, body).await
             }
         };
         match sent {
@@ -710,33 +714,66 @@ async fn open<'a>(pool: &Connector, backend: &Backend, tls: Option<&'a BackendTl
     })
 }
 
-/// The request as an h2 backend gets it: `Host` becomes `:authority` (the URI's), the framing is h2's own
-/// (no `Transfer-Encoding`), and `te: trailers` stays when the client sent it.
-fn h2_request(backend: &Authority, template: &Template<'_>, scheme: Scheme) -> Request<H2RequestBody> {
-    let head = &template.head;
-    let mut headers = head.headers.clone();
-    head.appended.insert_into(&mut headers);
-    let authority =
-        headers.remove(HOST).and_then(|h| Authority::try_from(h.as_bytes()).ok()).unwrap_or_else(|| backend.clone());
-    headers.remove(TRANSFER_ENCODING);
-    if template.te_trailers {
-        headers.insert(TE, HeaderValue::from_static("trailers"));
+/// The request as an h2 backend gets it: its head written straight from the template (no map copied), and a
+/// body for this attempt.
+fn h2_request<'t>(
+    backend: &'t Authority,
+    template: &'t Template<'t>,
+    scheme: &'static str,
+) -> (ToH2<'t>, H2RequestBody) {
+    let body = template.body();
+    // As hyper's client did: a body of known length carries it, unless the request says it already.
+    let content_length = http_body::Body::size_hint(&body).exact().filter(|&len| {
+        (len != 0 || !matches!(template.head.method, Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT))
+            && !template.head.headers.contains_key(CONTENT_LENGTH)
+    });
+    let head = ToH2 { template, backend, scheme, content_length };
+    (head, H2RequestBody::new(body.map_err(Into::into)))
+}
+
+/// A request's head towards an h2 backend: `Host` becomes `:authority` (the backend's when the request's is not
+/// an authority), the framing is h2's own (the client leaves `Transfer-Encoding` out), `te: trailers` stays when
+/// the client sent it, the appended forwarding fields take the place of any of the same name.
+struct ToH2<'t> {
+    template: &'t Template<'t>,
+    backend: &'t Authority,
+    scheme: &'static str,
+    content_length: Option<u64>,
+}
+
+impl H2Head for ToH2<'_> {
+    fn method(&self) -> &Method {
+        &self.template.head.method
     }
-    let uri = Uri::from_parts({
-        let mut p = http::uri::Parts::default();
-        p.scheme = Some(scheme);
-        p.authority = Some(authority);
-        p.path_and_query = Some(head.path.clone());
-        p
-    })
-    .unwrap_or_else(|_| Uri::from_static("/"));
-    let body = H2RequestBody::new(template.body().map_err(Into::into));
-    let mut req = Request::new(body);
-    *req.method_mut() = head.method.clone();
-    *req.uri_mut() = uri;
-    *req.version_mut() = Version::HTTP_2;
-    *req.headers_mut() = headers;
-    req
+
+    fn fields(&self, put: &mut PutField<'_>) {
+        let head = &self.template.head;
+        let host = head.headers.get(HOST).map(HeaderValue::as_bytes).filter(|h| is_authority(h));
+        put(b":method", head.method.as_str().as_bytes(), false);
+        put(b":scheme", self.scheme.as_bytes(), false);
+        put(b":authority", host.unwrap_or(self.backend.as_str().as_bytes()), false);
+        put(b":path", head.path.as_str().as_bytes(), false);
+        for (name, value) in &head.headers {
+            if head.appended.iter().any(|(n, _)| n == name) {
+                continue;
+            }
+            put(name.as_str().as_bytes(), value.as_bytes(), value.is_sensitive());
+        }
+        for (name, value) in head.appended.iter() {
+            put(name.as_str().as_bytes(), value.as_bytes(), value.is_sensitive());
+        }
+        if self.template.te_trailers {
+            put(b"te", b"trailers", false);
+        }
+        if let Some(len) = self.content_length {
+            put(b"content-length", itoa::Buffer::new().format(len).as_bytes(), false);
+        }
+    }
+}
+
+/// Whether a `Host` value can be an `:authority` (RFC 3986's characters, no user info, not empty).
+fn is_authority(host: &[u8]) -> bool {
+    !host.is_empty() && host.iter().all(|&b| b.is_ascii_alphanumeric() || b".-_~!$&'()*+,;=:[]%".contains(&b))
 }
 
 /// Methods a client may send twice with the effect of once (RFC 9110 §9.2.2).

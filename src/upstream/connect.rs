@@ -17,13 +17,13 @@ use std::future::Future;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
-use http::{Request, Response, Uri};
+use http::{Response, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::error::ConnectError;
-use super::h2::{self as h2c, H2Body, H2Failure, H2Pool, H2RequestBody, H2Settings};
+use super::h2::{self as h2c, H2Body, H2Failure, H2Head, H2Pool, H2RequestBody, H2Settings};
 use super::pool::{Pool, Pooled};
 use super::tls::{Alpn, BackendTls};
 use super::wire::{Socket, Wire};
@@ -80,14 +80,15 @@ impl Connector {
         Self { http, settings, pool, h2c }
     }
 
-    /// Sends `req` (its URI absolute, `http://` and the backend's authority) to the `h2c://` backend
-    /// `backend` on a stream of one of its connections, and waits for the response head.
+    /// Sends a request (`head`, its scheme `http`, and `body`) to the `h2c://` backend `backend` on a stream of
+    /// one of its connections, and waits for the response head.
     pub(crate) async fn send_h2c(
         &self,
         backend: &Authority,
-        req: Request<H2RequestBody>,
+        head: &(impl H2Head + Sync + ?Sized),
+        body: H2RequestBody,
     ) -> Result<Response<H2Body>, H2Failure> {
-        h2c::send(&self.h2c, backend.as_str(), || self.tcp(backend), req).await
+        h2c::send(&self.h2c, backend.as_str(), || self.tcp(backend), head, body).await
     }
 
     /// The most recently released idle connection to `backend` that is still open, if there is one.
@@ -155,7 +156,7 @@ impl Connector {
         tls.h2.get().is_some_and(|pool| pool.has(backend.as_str()))
     }
 
-    /// Sends `req` (its URI absolute, `https://`) to the `https://` backend `backend` over HTTP/2, on a stream
+    /// Sends a request (`head`, its scheme `https`, and `body`) to the `https://` backend `backend` over HTTP/2, on a stream
     /// of one of the service's connections to it: `first` (a connection just opened whose ALPN picked `h2`)
     /// becomes one when a new one is needed, and later ones are opened with a handshake that must pick `h2`
     /// again.
@@ -164,7 +165,8 @@ impl Connector {
         tls: &BackendTls,
         backend: &Authority,
         first: Option<Box<TlsStream<TcpStream>>>,
-        req: Request<H2RequestBody>,
+        head: &(impl H2Head + Sync + ?Sized),
+        body: H2RequestBody,
     ) -> Result<Response<H2Body>, H2Failure> {
         let pool = tls.h2.get_or_init(|| H2Pool::new(h2_settings(&self.settings)));
         let first = parking_lot::Mutex::new(first);
@@ -182,7 +184,7 @@ impl Connector {
                 }
             }
         };
-        h2c::send(pool, backend.as_str(), open, req).await
+        h2c::send(pool, backend.as_str(), open, head, body).await
     }
 
     /// A TLS connection that speaks HTTP/1.1, as a connection of `tls`'s pool.

@@ -58,9 +58,10 @@ pub(crate) enum UpstreamError {
     UnexpectedUpgrade,
     #[error("sending the request body: {0}")]
     RequestBody(#[source] BoxError),
-    /// An h2 stream or connection failed (h2's error: a reset with its reason, a GOAWAY, the connection's I/O).
+    /// An h2 stream failed: reset (by the backend, or by reveille for the backend's error), or its connection
+    /// gone.
     #[error("backend h2 stream: {0}")]
-    H2(#[source] h2::Error),
+    H2(#[source] crate::http2::server::StreamError),
 }
 
 impl UpstreamError {

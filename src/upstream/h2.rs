@@ -1,13 +1,14 @@
-//! HTTP/2 to backends: a few multiplexed connections per backend, each an `h2` crate client connection driven by
-//! a task of its own, and one stream per request, sent and read from the request's own task.
+//! HTTP/2 to backends: a few multiplexed connections per backend, each a client connection of reveille's own
+//! codec (`http2::client`) driven by a task of its own ([`drive`]: the socket, PING keep-alive), and one stream
+//! per request, sent and read from the request's own task.
 //!
 //! Unlike HTTP/1.1 (`exchange`), an h2 connection serves many requests at once, so it is not checked out and
 //! released: a request leases a stream on it ([`Lease`], counted) and the connection stays in the list. A
 //! request takes the first connection to its backend with a stream free (below the peer's
 //! `SETTINGS_MAX_CONCURRENT_STREAMS`, as the connection's task last read it); only when every connection is
 //! full is another opened, up to `connections` per backend per worker shard (the same sharding as the h1
-//! pool, [`worker`]). Past that, the least loaded connection takes the stream and h2 queues it until the peer
-//! frees one. A connection being opened counts as one with every stream free, so a burst of requests to a
+//! pool, [`worker`]). Past that, the least loaded connection takes the stream, which waits to open until the
+//! peer frees one. A connection being opened counts as one with every stream free, so a burst of requests to a
 //! new backend waits for one connection instead of opening one each.
 //!
 //! The connection is opened by a spawned task (the caller's `open`: TCP for `h2c://`, anything that is
@@ -23,13 +24,13 @@
 //! go on in a task of its own, as the response is then the caller's to read at its own pace and the two
 //! directions must not wait on each other.
 //!
-//! GOAWAY: a connection that got one takes no new stream; a request that finds it so (h2 refuses to open the
-//! stream) goes to another connection, and so does one whose stream the peer did not process (above the
+//! GOAWAY: a connection that got one takes no new stream (its task marks it closed); a request that finds it
+//! so (the stream is refused before anything is sent) goes to another connection, and so does one whose stream the peer did not process (above the
 //! GOAWAY's last stream id, or `REFUSED_STREAM`: RFC 9113 §8.7), when nothing of its body was taken yet.
 //! Otherwise the caller hears it was not processed ([`H2SendError::unprocessed`]) and, having the body, may
 //! send it again.
 //!
-//! Flow control is h2's, per stream: the request body is polled as the peer's window opens, the response body
+//! Flow control is per stream: the request body is polled as the peer's window opens, the response body
 //! as the downstream side reads it, and a stream's window opens again only as its client takes each data
 //! frame. Nothing is buffered whole, and the windows are sized so that clients who stop reading hold up their
 //! own streams, not the connection ([`STREAM_WINDOW`]).
@@ -43,11 +44,8 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use h2::client::{Builder, ResponseFuture, SendRequest};
-use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
-use http::header::CONTENT_LENGTH;
-use http::{HeaderValue, Method, Request, Response};
+use bytes::{Buf, Bytes, BytesMut};
+use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use parking_lot::Mutex;
@@ -58,6 +56,11 @@ use tracing::{debug, Instrument};
 
 use super::error::{source_chain, BoxError, ConnectError, UpstreamError};
 use super::pool::worker;
+use crate::http2::client::{self, ConnError, Connection, Handle, RequestSender, ResponseBody, ResponseFuture};
+pub(crate) use crate::http2::client::{PutField, RequestHead as H2Head};
+use crate::http2::frame::Reason;
+use crate::http2::keep_alive::KeepAlive;
+use crate::http2::server::StreamError;
 
 /// A request body as an h2 connection takes it: any body of `Bytes`, boxed (one allocation per h2 request,
 /// none on the HTTP/1.1 path).
@@ -79,12 +82,12 @@ const CONNECTION_WINDOW: u32 = 32 * STREAM_WINDOW;
 /// took before.
 const MAX_HEADER_LIST: u32 = 16 * 1024;
 
-/// Request data h2 may hold per stream beyond what the peer's window lets out (hyper's figure).
-const MAX_SEND_BUFFER: usize = 1024 * 1024;
+/// The frames waiting to be written on a connection past which its request bodies wait (the server side's
+/// figure per connection).
+const MAX_SEND_BUFFER: usize = 256 * 1024;
 
-/// The largest first data frame of a request body sent before the peer's window is known to take it: one
-/// frame at the default `SETTINGS_MAX_FRAME_SIZE`, a unary gRPC call's whole body as a rule.
-const FIRST_FRAME: usize = 16 * 1024;
+/// What a read asks the socket for, at least.
+const READ_SIZE: usize = 16 * 1024;
 
 /// Times a request is taken to another connection because the one it leased was closing.
 const RESENDS: usize = 3;
@@ -108,11 +111,10 @@ struct Slot {
     /// For a request that leased a stream while the connection was being opened, to wait on.
     state: watch::Receiver<State>,
     /// Once the connection is open: read by every request without a lock (the watch's is a lock).
-    sender: OnceLock<SendRequest<Bytes>>,
-    /// Takes no new stream: it could not be opened, its task ended, a request found it going away, or it is
-    /// being closed as idle. Set
-    /// before the idle close looks at `streams`, and a lease looks at it after counting itself in `streams`,
-    /// so a stream is never leased on a connection that is dropped under it.
+    handle: OnceLock<Handle>,
+    /// Takes no new stream: it could not be opened, its task ended, a GOAWAY came, a request found it gone, or
+    /// it is being closed as idle. Set before the idle close looks at `streams`, and a lease looks at it after
+    /// counting itself in `streams`, so a stream is never leased on a connection that is dropped under it.
     closed: AtomicBool,
     /// Streams leased on it.
     streams: AtomicUsize,
@@ -120,14 +122,14 @@ struct Slot {
     /// open, for the idle timeout.
     leases: AtomicU64,
     /// The peer's `SETTINGS_MAX_CONCURRENT_STREAMS`, as the connection's task last read it.
-    limit: Arc<AtomicUsize>,
+    limit: AtomicUsize,
 }
 
 /// Where a connection is in its life.
 #[derive(Clone)]
 enum State {
     Connecting,
-    /// Open: its sender is in `Slot::sender`.
+    /// Open: its handle is in `Slot::handle`.
     Ready,
     /// It could not be opened: the error's kind (for the proxy's metrics) and text.
     Failed(io::ErrorKind, Arc<str>),
@@ -152,16 +154,8 @@ pub(crate) struct H2Pool {
     shards: Box<[Mutex<Slots>]>,
     connections: usize,
     idle_timeout: Duration,
-    keep_alive: Option<KeepAlive>,
-    builder: Builder,
-}
-
-/// PING keep-alive: a PING every `interval`, while busy and while idle; no PONG within `timeout` closes the
-/// connection.
-#[derive(Debug, Clone, Copy)]
-struct KeepAlive {
-    interval: Duration,
-    timeout: Duration,
+    keep_alive_interval: Duration,
+    keep_alive_timeout: Duration,
 }
 
 impl std::fmt::Debug for H2Pool {
@@ -172,23 +166,13 @@ impl std::fmt::Debug for H2Pool {
 
 impl H2Pool {
     pub(crate) fn new(settings: H2Settings) -> Self {
-        let mut builder = Builder::new();
-        builder
-            .initial_max_send_streams(INITIAL_STREAMS)
-            .initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_header_list_size(MAX_HEADER_LIST)
-            .max_send_buffer_size(MAX_SEND_BUFFER)
-            .enable_push(false);
-        let keep_alive = (!settings.keep_alive_interval.is_zero())
-            .then_some(KeepAlive { interval: settings.keep_alive_interval, timeout: settings.keep_alive_timeout });
         let shards = (0..settings.workers.max(1)).map(|_| Mutex::new(Slots::default())).collect();
         Self {
             shards,
             connections: settings.connections.max(1),
             idle_timeout: settings.idle_timeout,
-            keep_alive,
-            builder,
+            keep_alive_interval: settings.keep_alive_interval,
+            keep_alive_timeout: settings.keep_alive_timeout,
         }
     }
 
@@ -253,59 +237,48 @@ impl H2Pool {
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let (tx, rx) = watch::channel(State::Connecting);
-        let limit = Arc::new(AtomicUsize::new(limit));
         let slot = Arc::new(Slot {
             state: rx,
-            sender: OnceLock::new(),
+            handle: OnceLock::new(),
             closed: AtomicBool::new(false),
             streams: AtomicUsize::new(0),
             leases: AtomicU64::new(0),
-            limit: limit.clone(),
+            limit: AtomicUsize::new(limit),
         });
         let connecting = open();
-        let builder = self.builder.clone();
         let watched = Arc::downgrade(&slot);
         let idle_timeout = self.idle_timeout;
-        let keep_alive = self.keep_alive;
+        let keep_alive = KeepAlive::new(self.keep_alive_interval, self.keep_alive_timeout);
         tokio::spawn(async move {
-            let failed = |kind, text: String| {
-                if let Some(slot) = watched.upgrade() {
-                    slot.closed.store(true, Ordering::SeqCst);
-                }
-                let _ = tx.send(State::Failed(kind, text.into()));
-            };
             let io = match connecting.await {
                 Ok(io) => io,
-                Err(e) => return failed(io_kind(&e), source_chain(&e)),
+                Err(e) => {
+                    if let Some(slot) = watched.upgrade() {
+                        slot.closed.store(true, Ordering::SeqCst);
+                    }
+                    let _ = tx.send(State::Failed(io_kind(&e), source_chain(&e).into()));
+                    return;
+                }
             };
-            let (send, mut conn) = match builder.handshake::<_, Bytes>(io).await {
-                Ok(pair) => pair,
-                Err(e) => return failed(io_kind(&e), source_chain(&e)),
-            };
-            let pings = conn.ping_pong();
+            let (conn, handle) = Connection::new(client::Config {
+                stream_window: STREAM_WINDOW,
+                connection_window: CONNECTION_WINDOW,
+                max_header_list_size: MAX_HEADER_LIST,
+                max_send_buffer: MAX_SEND_BUFFER,
+                initial_max_streams: limit.min(u32::MAX as usize) as u32,
+            });
             // Nobody holds the slot any more (every request that leased it gave up): nothing to serve.
             let Some(slot) = watched.upgrade() else { return };
-            let _ = slot.sender.set(send);
+            let _ = slot.handle.set(handle);
             drop(slot);
             let _ = tx.send(State::Ready);
-            // Drive the connection, noting the peer's stream limit as its SETTINGS arrive.
-            let drive = poll_fn(|cx| {
-                let r = Pin::new(&mut conn).poll(cx);
-                let max = conn.max_concurrent_send_streams();
-                if limit.load(Ordering::Relaxed) != max {
-                    limit.store(max, Ordering::Relaxed);
-                }
-                r
-            });
             tokio::select! {
-                result = drive => {
-                    if let Err(e) = result {
-                        debug!(error = %source_chain(&e), "backend h2 connection ended");
-                    }
-                }
+                result = drive(io, conn, &watched, keep_alive) => match result {
+                    Ok(()) => debug!("backend h2 connection ended"),
+                    Err(e) => debug!(error = %e, "backend h2 connection failed"),
+                },
                 // Dropping the connection closes it; no stream is leased on it any more (`idle` saw to that).
                 () = idle(watched.clone(), idle_timeout) => debug!("backend h2 connection idle; closing it"),
-                () = ping(pings, keep_alive) => debug!("backend h2 connection: no answer to PING; closing it"),
             }
             if let Some(slot) = watched.upgrade() {
                 slot.closed.store(true, Ordering::SeqCst);
@@ -313,6 +286,107 @@ impl H2Pool {
         });
         slot
     }
+}
+
+/// How a backend connection ended badly.
+#[derive(Debug, thiserror::Error)]
+enum DriveError {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Protocol(#[from] ConnError),
+    #[error("no answer to a keep-alive PING")]
+    KeepAlive,
+}
+
+/// Drives a client connection on `io`: the backend's frames read and handed to the connection (its streams'
+/// handles see them), what the streams queue written, PING keep-alive. The slot learns the peer's stream limit
+/// and is closed to new streams once a GOAWAY came. Ends when the backend closes, a GOAWAY's streams are all
+/// over, or on an error (its GOAWAY written first).
+async fn drive<I>(
+    mut io: I,
+    mut conn: Connection,
+    slot: &Weak<Slot>,
+    mut keep_alive: KeepAlive,
+) -> Result<(), DriveError>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut read = BytesMut::with_capacity(READ_SIZE);
+    // What is being written: taken from the connection, written before more is taken.
+    let mut write = Bytes::new();
+    let mut failed: Option<ConnError> = None;
+    poll_fn(|cx| {
+        conn.set_waker(cx.waker());
+        let mut paused = false;
+        while failed.is_none() {
+            if !conn.wants_read() {
+                paused = true;
+                break;
+            }
+            if read.capacity() - read.len() < READ_SIZE / 4 {
+                read.reserve(READ_SIZE);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut io), cx, &mut read) {
+                // The backend closed the connection: its streams end with it.
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(_)) => {
+                    if let Err(e) = conn.recv(&mut read) {
+                        failed = Some(e);
+                    }
+                    if let Some(slot) = slot.upgrade() {
+                        let limit = conn.max_streams() as usize;
+                        if slot.limit.load(Ordering::Relaxed) != limit {
+                            slot.limit.store(limit, Ordering::Relaxed);
+                        }
+                        if conn.is_going_away() {
+                            slot.closed.store(true, Ordering::SeqCst);
+                        }
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                Poll::Pending => break,
+            }
+        }
+        if failed.is_none() && keep_alive.poll(cx, &mut conn).is_ready() {
+            return Poll::Ready(Err(DriveError::KeepAlive));
+        }
+        loop {
+            if write.is_empty() {
+                match conn.take_output() {
+                    Some(out) => write = out,
+                    None => break,
+                }
+            }
+            match Pin::new(&mut io).poll_write(cx, &write) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into())),
+                Poll::Ready(Ok(n)) => write.advance(n),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                Poll::Pending => break,
+            }
+        }
+        conn.unflushed(write.len());
+        if !write.is_empty() {
+            return Poll::Pending;
+        }
+        let flushed = Pin::new(&mut io).poll_flush(cx);
+        if let Poll::Ready(Err(e)) = flushed {
+            return Poll::Ready(Err(e.into()));
+        }
+        if failed.is_some() || (conn.is_going_away() && conn.active() == 0) {
+            // The GOAWAY, or the last stream's last frames, leave before the socket is closed.
+            if flushed.is_pending() {
+                return Poll::Pending;
+            }
+            let _ = ready!(Pin::new(&mut io).poll_shutdown(cx));
+            return Poll::Ready(failed.map_or(Ok(()), |e| Err(e.into())));
+        }
+        if paused && conn.wants_read() {
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Resolves once the connection has had no stream and no new lease for a whole check period (half the idle
@@ -348,26 +422,6 @@ async fn idle(slot: Weak<Slot>, idle_timeout: Duration) {
     }
 }
 
-/// Resolves when a PING went unanswered for the keep-alive timeout; never without keep-alive. A connection
-/// that ends otherwise ends its task's `drive` first.
-async fn ping(pings: Option<PingPong>, keep_alive: Option<KeepAlive>) {
-    let (Some(mut pings), Some(keep_alive)) = (pings, keep_alive) else {
-        return std::future::pending().await;
-    };
-    loop {
-        tokio::time::sleep(keep_alive.interval).await;
-        if pings.send_ping(Ping::opaque()).is_err() {
-            // The connection is closing: `drive` ends it.
-            return std::future::pending().await;
-        }
-        match tokio::time::timeout(keep_alive.timeout, poll_fn(|cx| pings.poll_pong(cx))).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => return std::future::pending().await,
-            Err(_) => return,
-        }
-    }
-}
-
 /// A stream's place on a connection, held for the request and its response (its body holds it): counted
 /// against the connection's streams until dropped.
 pub(crate) struct Lease {
@@ -381,15 +435,15 @@ impl Drop for Lease {
 }
 
 impl Lease {
-    /// The connection's sender, once it is open.
-    async fn sender(&self) -> Result<SendRequest<Bytes>, ConnectError> {
-        if let Some(send) = self.slot.sender.get() {
-            return Ok(send.clone());
+    /// The connection's handle, once it is open.
+    async fn handle(&self) -> Result<&Handle, ConnectError> {
+        if let Some(handle) = self.slot.handle.get() {
+            return Ok(handle);
         }
         let mut state = self.slot.state.clone();
         let current = state.wait_for(|s| !matches!(s, State::Connecting)).await.map(|s| s.clone());
-        match (current, self.slot.sender.get()) {
-            (Ok(State::Ready), Some(send)) => Ok(send.clone()),
+        match (current, self.slot.handle.get()) {
+            (Ok(State::Ready), Some(handle)) => Ok(handle),
             (Ok(State::Failed(kind, text)), _) => Err(ConnectError::other(io::Error::new(kind, text.to_string()))),
             // The task went away without a word (the runtime is shutting down).
             _ => Err(ConnectError::other(io::Error::other("connection task ended"))),
@@ -425,34 +479,28 @@ impl H2Failure {
     }
 }
 
-/// Sends `req` on a stream to the backend under `key` (connections opened with `open`) and waits for the
-/// response head, sending the request body meanwhile. A request a closing connection does not take goes to
-/// another connection, a few times. The response's body holds the stream's lease.
+/// Sends a request (`head`, written straight into its HEADERS frame, and `body`) on a stream to the backend
+/// under `key` (connections opened with `open`) and waits for the response head, sending the request body
+/// meanwhile. A request a closing connection does not take goes to another connection, a few times. The
+/// response's body holds the stream's lease.
 pub(crate) async fn send<F, I>(
     pool: &H2Pool,
     key: &str,
     open: impl Fn() -> F,
-    req: Request<H2RequestBody>,
+    head: &(impl H2Head + Sync + ?Sized),
+    body: H2RequestBody,
 ) -> Result<Response<H2Body>, H2Failure>
 where
     F: Future<Output = Result<I, ConnectError>> + Send + 'static,
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let (mut head, body) = req.into_parts();
     let end_of_stream = body.is_end_stream();
-    // As hyper's client did: a body of known length carries it, unless the request says it already.
-    if let Some(len) = body.size_hint().exact() {
-        if len != 0 || !matches!(head.method, Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT) {
-            head.headers.entry(CONTENT_LENGTH).or_insert_with(|| HeaderValue::from(len));
-        }
-    }
-    let mut pump = Pump { body, stream: None, pending: None, first: true };
     let mut tries = 0;
     loop {
         let lease = pool.lease(key, &open);
-        let sender = lease.sender().await.map_err(H2Failure::Connect)?;
-        let mut sender = match sender.ready().await {
-            Ok(s) => s,
+        let handle = lease.handle().await.map_err(H2Failure::Connect)?;
+        let (response, sender) = match poll_fn(|cx| handle.poll_open(cx, head, end_of_stream)).await {
+            Ok(pair) => pair,
             // The connection went away (GOAWAY, closed) since it was leased: nothing was sent.
             Err(e) => {
                 lease.close();
@@ -464,28 +512,14 @@ where
                 return Err(H2Failure::send(UpstreamError::H2(e), true));
             }
         };
-        let (response, stream) = match sender.send_request(Request::from_parts(head, ()), end_of_stream) {
-            Ok(pair) => pair,
-            // Nothing was sent. A connection that failed between `ready` and here is rare: the caller, who can
-            // make the request again, sends it again; a request h2 refuses (a malformed head) fails.
-            Err(e) => {
-                let connection = is_connection_error(&e);
-                if connection {
-                    lease.close();
-                }
-                return Err(H2Failure::send(UpstreamError::H2(e), connection));
-            }
-        };
-        if !end_of_stream {
-            pump.stream = Some(stream);
-        }
+        let pump = Pump { body, sender, pending: None };
         return exchange(response, pump, lease).await;
     }
 }
 
 /// The response head, while the request body goes out; then the rest of the body, if any, in a task of its own.
 async fn exchange(mut response: ResponseFuture, mut pump: Pump, lease: Lease) -> Result<Response<H2Body>, H2Failure> {
-    let mut sending = pump.stream.is_some();
+    let mut sending = pump.sender.is_some();
     let head = poll_fn(|cx| {
         if sending {
             match pump.poll(cx) {
@@ -496,15 +530,14 @@ async fn exchange(mut response: ResponseFuture, mut pump: Pump, lease: Lease) ->
                 Poll::Pending => {}
             }
         }
-        Pin::new(&mut response).poll(cx).map_err(|e| {
-            let unprocessed = is_unprocessed(&e);
-            // A GOAWAY or a broken connection closes it to new streams; a stream the peer refused alone
-            // (`REFUSED_STREAM`: over its stream limit, say, before its SETTINGS were read) leaves the connection
-            // in use, or a burst to a new backend would abandon one connection after another.
-            if is_connection_error(&e) {
+        response.poll_response(cx).map_err(|e| {
+            // A stream refused alone (`REFUSED_STREAM`: over the peer's stream limit, say, before its SETTINGS
+            // were read) leaves the connection in use, or a burst to a new backend would abandon one connection
+            // after another; a GOAWAY closed it already (the connection's task).
+            if e == StreamError::Closed {
                 lease.close();
             }
-            H2Failure::send(UpstreamError::H2(e), unprocessed)
+            H2Failure::send(UpstreamError::H2(e), e == StreamError::Reset(Reason::REFUSED_STREAM))
         })
     })
     .await?;
@@ -520,71 +553,50 @@ async fn exchange(mut response: ResponseFuture, mut pump: Pump, lease: Lease) ->
         };
         tokio::spawn(task.in_current_span()).abort_handle()
     });
-    let content_length = head.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
-    Ok(head.map(|recv| H2Body { recv, phase: Phase::Data, content_length, pumping, _lease: lease }))
+    Ok(head.map(|recv| H2Body { recv, pumping, _lease: lease }))
 }
 
 /// Why the request body stopped.
 enum PumpError {
     /// The stream failed (reset by the peer, the connection gone): the response carries the error.
-    Stream(h2::Error),
+    Stream(StreamError),
     /// The body itself failed (the downstream client went away): the stream is reset.
     Body(UpstreamError),
 }
 
-/// Sends a request body on its stream as the peer's flow-control window lets it.
+/// Sends a request body on its stream as the peer's flow-control windows let it.
 struct Pump {
     body: H2RequestBody,
     /// Until the body has ended.
-    stream: Option<SendStream<Bytes>>,
-    /// A data frame taken from the body, waiting for send capacity, and whether it ends the body.
+    sender: Option<RequestSender>,
+    /// A data frame taken from the body, not all sent yet, and whether it ends the body.
     pending: Option<(Bytes, bool)>,
-    /// No data frame has been sent yet.
-    first: bool,
 }
 
 impl Pump {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PumpError>> {
-        let Some(stream) = self.stream.as_mut() else { return Poll::Ready(Ok(())) };
+        let Some(sender) = self.sender.as_mut() else { return Poll::Ready(Ok(())) };
         let done = loop {
-            if let Some((data, eos)) = self.pending.take() {
-                // A window of at least a byte, then the whole frame: h2 sends it as the window allows. Asking for
-                // the whole frame would pin that much of the connection's window on this stream (hyper#4003).
-                // The body's first frame, if small, goes at once: h2 gives no window to a stream before the
-                // connection's task has opened it, and waiting for one would cost a round of wake-ups through
-                // that task on every call; sent now, it goes out with the stream's HEADERS. h2 holds it (one
-                // frame a stream at most) until the peer's window takes it.
-                let first = std::mem::replace(&mut self.first, false);
-                if stream.capacity() == 0 && !(first && data.len() <= FIRST_FRAME) {
-                    stream.reserve_capacity(1);
-                    match stream.poll_capacity(cx) {
-                        Poll::Pending => {
-                            self.pending = Some((data, eos));
-                            match waiting(stream, cx) {
-                                Poll::Ready(e) => break Err(e),
-                                Poll::Pending => return Poll::Pending,
-                            }
+            if let Some((data, eos)) = self.pending.as_mut() {
+                // As the windows allow; a reset of the stream wakes it too.
+                match sender.poll_send_data(cx, data, *eos) {
+                    Poll::Ready(Ok(())) => {
+                        let eos = *eos;
+                        self.pending = None;
+                        if eos {
+                            break Ok(());
                         }
-                        Poll::Ready(Some(Ok(_))) => {
-                            self.pending = Some((data, eos));
-                            continue;
-                        }
-                        Poll::Ready(Some(Err(e))) => break Err(PumpError::Stream(e)),
-                        Poll::Ready(None) => break Err(PumpError::Stream(h2::Error::from(Reason::CANCEL))),
                     }
+                    Poll::Ready(Err(e)) => break Err(PumpError::Stream(e)),
+                    Poll::Pending => return Poll::Pending,
                 }
-                if let Err(e) = stream.send_data(data, eos) {
-                    break Err(PumpError::Stream(e));
-                }
-                if eos {
-                    break Ok(());
-                }
-                continue;
             }
             let frame = match Pin::new(&mut self.body).poll_frame(cx) {
                 Poll::Ready(frame) => frame,
-                Poll::Pending => match waiting(stream, cx) {
-                    Poll::Ready(e) => break Err(e),
+                // Waiting on the body: a reset of the stream (asked only now, so that a body sent whole in one
+                // poll, a unary call's, does not pay for it) ends the wait.
+                Poll::Pending => match sender.poll_reset(cx) {
+                    Poll::Ready(reason) => break Err(PumpError::Stream(StreamError::Reset(reason))),
                     Poll::Pending => return Poll::Pending,
                 },
             };
@@ -592,86 +604,51 @@ impl Pump {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
                         let eos = self.body.is_end_stream();
-                        if data.is_empty() {
-                            if eos {
-                                break stream.send_data(data, true).map_err(PumpError::Stream);
-                            }
-                        } else {
+                        if !data.is_empty() || eos {
                             self.pending = Some((data, eos));
                         }
                     }
                     Err(frame) => {
                         if let Ok(trailers) = frame.into_trailers() {
-                            stream.reserve_capacity(0);
-                            break stream.send_trailers(trailers).map_err(PumpError::Stream);
+                            break sender.send_trailers(&trailers).map_err(PumpError::Stream);
                         }
                     }
                 },
                 Some(Err(e)) => {
-                    stream.send_reset(reason_under(&*e).unwrap_or(Reason::INTERNAL_ERROR));
+                    sender.reset(reason_under(&*e).unwrap_or(Reason::INTERNAL_ERROR));
                     break Err(PumpError::Body(UpstreamError::RequestBody(e)));
                 }
-                None => break stream.send_data(Bytes::new(), true).map_err(PumpError::Stream),
+                None => self.pending = Some((Bytes::new(), true)),
             }
         };
-        self.stream = None;
+        self.sender = None;
         Poll::Ready(done)
     }
 }
 
-/// Before the pump waits (for the body, for a window): a reset of the stream wakes it too. Asked only then, so
-/// that a body sent whole in one poll (a unary call's) does not pay for it.
-fn waiting(stream: &mut SendStream<Bytes>, cx: &mut Context<'_>) -> Poll<PumpError> {
-    stream.poll_reset(cx).map(|reset| {
-        PumpError::Stream(match reset {
-            Ok(reason) => h2::Error::from(reason),
-            Err(e) => e,
-        })
-    })
-}
-
-/// The h2 reason under an error, if it is an h2 error (a downstream client's reset, passed on as it is).
+/// The HTTP/2 reason under an error, if it is a stream's reset (a downstream client's, passed on as it is).
 fn reason_under(e: &(dyn std::error::Error + 'static)) -> Option<Reason> {
     let mut src = Some(e);
     while let Some(s) = src {
-        if let Some(h2) = s.downcast_ref::<h2::Error>() {
-            return h2.reason();
+        if let Some(StreamError::Reset(reason)) = s.downcast_ref::<StreamError>() {
+            return Some(*reason);
+        }
+        if let Some(reason) = s.downcast_ref::<h2::Error>().and_then(h2::Error::reason) {
+            return Some(Reason(u32::from(reason)));
         }
         src = s.source();
     }
     None
 }
 
-/// A GOAWAY from the peer over the stream, or a stream it refused: the request was not processed (RFC 9113
-/// §8.7).
-fn is_unprocessed(e: &h2::Error) -> bool {
-    (e.is_go_away() && e.is_remote()) || e.reason() == Some(Reason::REFUSED_STREAM)
-}
-
-/// The connection failed or is going away, not just one stream.
-fn is_connection_error(e: &h2::Error) -> bool {
-    e.is_go_away() || e.is_io()
-}
-
 /// A response body from an h2 backend: the stream's receiving half, holding the stream's lease until it ends or
 /// is dropped.
 pub(crate) struct H2Body {
-    recv: RecvStream,
-    phase: Phase,
-    /// The response's `content-length`, for the size hint.
-    content_length: Option<u64>,
+    recv: ResponseBody,
     /// The task sending the rest of the request body, if the response came first: stopped with the response (a
     /// stream whose response is over or abandoned takes no more request data).
     pumping: Option<AbortHandle>,
     _lease: Lease,
-}
-
-/// What an [`H2Body`] reads next.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Data,
-    Trailers,
-    Done,
 }
 
 impl Drop for H2Body {
@@ -693,43 +670,15 @@ impl Body for H2Body {
     type Error = UpstreamError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
-        let this = &mut *self;
-        if this.phase == Phase::Data {
-            match ready!(this.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    // The downstream side has the frame: the backend may send as much again.
-                    let _ = this.recv.flow_control().release_capacity(data.len());
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Some(Err(e)) => {
-                    this.phase = Phase::Done;
-                    return Poll::Ready(Some(Err(UpstreamError::H2(e))));
-                }
-                None => this.phase = Phase::Trailers,
-            }
-        }
-        if this.phase == Phase::Trailers {
-            let trailers = ready!(this.recv.poll_trailers(cx));
-            this.phase = Phase::Done;
-            return Poll::Ready(match trailers {
-                Ok(Some(t)) => Some(Ok(Frame::trailers(t))),
-                Ok(None) => None,
-                Err(e) => Some(Err(UpstreamError::H2(e))),
-            });
-        }
-        Poll::Ready(None)
+        Pin::new(&mut self.recv).poll_frame(cx).map_err(UpstreamError::H2)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.phase == Phase::Done || self.recv.is_end_stream()
+        self.recv.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.content_length {
-            Some(n) => SizeHint::with_exact(n),
-            None if self.recv.is_end_stream() => SizeHint::with_exact(0),
-            None => SizeHint::default(),
-        }
+        self.recv.size_hint()
     }
 }
 
@@ -738,9 +687,6 @@ fn io_kind(e: &(dyn std::error::Error + 'static)) -> io::ErrorKind {
     let mut src = Some(e);
     while let Some(s) = src {
         if let Some(io) = s.downcast_ref::<io::Error>() {
-            return io.kind();
-        }
-        if let Some(io) = s.downcast_ref::<h2::Error>().and_then(h2::Error::get_io) {
             return io.kind();
         }
         src = s.source();

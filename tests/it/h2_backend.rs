@@ -247,6 +247,36 @@ async fn a_backend_that_answers_before_reading_the_request_still_gets_its_body_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_answers_and_resets_the_request_body_it_does_not_want_is_still_heard_whole() {
+    // The backend answers at once and never reads the request: once its response has ended it resets the stream
+    // with NO_ERROR to stop the body (RFC 9113 §8.1, as nginx's `return` and hyper's server do). The response
+    // must reach the client whole, not dropped with the stream.
+    let backend = H2Backend::start(
+        Arc::new(|_req: Request<Incoming>| Box::pin(async move { h2_text("answered without reading") })),
+        H2Options::default(),
+    )
+    .await;
+    let proxy = TestProxy::start(&h2c_routes(&backend)).await;
+    let stream = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(executor(), TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    for i in 0..3 {
+        // A body that stays open: the backend's reset comes while reveille still has it to send.
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Frame<Bytes>, std::convert::Infallible>>();
+        tx.unbounded_send(Ok(Frame::data(Bytes::from("unwanted")))).unwrap();
+        let req = Request::post("http://h2.test/")
+            .header("content-type", "application/grpc")
+            .body(StreamBody::new(rx))
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req)).await.unwrap().unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "call {i}");
+        let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect()).await.unwrap();
+        assert_eq!(body.unwrap().to_bytes(), "answered without reading", "call {i}");
+        drop(tx);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_bodies_larger_than_every_window_arrive_whole_side_by_side() {
     // Four 3 MiB uploads at once on one backend connection: each is more than the backend's windows (hyper's
     // server defaults: 1 MiB per stream and per connection), so each goes out as the backend opens them, and no

@@ -9,23 +9,24 @@
 //! header block's size across CONTINUATION frames (CONTINUATION flood), on empty DATA frames; and no reading
 //! while the frames to write pile up (SETTINGS and PING floods answer into a bounded buffer).
 
-mod core;
-mod request;
-mod stream;
-
 use std::sync::Arc;
 use std::task::Waker;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::CONTENT_LENGTH;
 use http::Request;
 use parking_lot::Mutex;
 
-use self::core::{Core, Recv, Send, Shared, StreamCore};
-use self::request::{Fields, Refused};
-pub(crate) use self::stream::{RequestBody, Respond, StreamError};
+pub(crate) use super::core::ConnError;
+use super::core::{protocol_error, Core, Recv, Shared, StreamCore, COPY_BELOW};
+use super::fields::{content_length, Fields, Refused};
 use super::frame::{self, Frame, FrameError, Head, Reason, Settings};
-use super::hpack::{self, DecodeError, Decoder};
+use super::hpack::{self, Decoder};
+pub(crate) use super::stream::StreamError;
+
+/// A request's body, as the client sends it.
+pub(crate) type RequestBody = super::stream::RecvBody;
+/// A request's response: its head, then its body as the client's windows allow.
+pub(crate) type Respond = super::stream::SendHalf;
 
 /// A connection's settings.
 #[derive(Debug, Clone, Copy)]
@@ -43,40 +44,6 @@ pub(crate) struct Config {
 
 /// Streams the client may reset before their response has ended, beyond those whose response ended since.
 const MAX_PREMATURE_RESETS: u32 = 100;
-/// Empty DATA frames that do not end their stream: nothing to carry, only work.
-const MAX_EMPTY_DATA: u32 = 100;
-/// DATA payloads shorter than this are copied out of the read buffer (see `frame`).
-const COPY_BELOW: usize = 8 * 1024;
-/// The write buffer's size past which the client's frames are not read until it drains.
-const READ_PAUSE_FACTOR: usize = 4;
-
-/// Why the connection ended with an error (the socket's aside). Each has been sent in a GOAWAY.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum ConnError {
-    #[error("the client did not start with HTTP/2's preface")]
-    Preface,
-    #[error("the client broke HTTP/2: {0}")]
-    Frame(FrameError),
-    #[error("a header block does not decode ({0})")]
-    Compression(DecodeError),
-    #[error("the client abused the connection: {0}")]
-    Calm(&'static str),
-}
-
-impl ConnError {
-    fn reason(&self) -> Reason {
-        match self {
-            ConnError::Preface => Reason::PROTOCOL_ERROR,
-            ConnError::Frame(e) => e.reason,
-            ConnError::Compression(_) => Reason::COMPRESSION_ERROR,
-            ConnError::Calm(_) => Reason::ENHANCE_YOUR_CALM,
-        }
-    }
-}
-
-fn protocol_error(what: &'static str) -> ConnError {
-    ConnError::Frame(FrameError { reason: Reason::PROTOCOL_ERROR, stream: None, what })
-}
 
 /// One server connection's protocol state.
 pub(crate) struct Connection {
@@ -95,7 +62,6 @@ pub(crate) struct Connection {
     /// GOAWAY sent or received: no new stream.
     going_away: bool,
     local_resets: u32,
-    empty_data: u32,
     /// The payload of the keep-alive PING out, and whether its answer came.
     ping: Option<[u8; 8]>,
     pong: bool,
@@ -126,7 +92,6 @@ impl Connection {
             last_id: 0,
             going_away: false,
             local_resets: 0,
-            empty_data: 0,
             ping: None,
             pong: false,
         }
@@ -215,9 +180,6 @@ impl Connection {
         };
         match parsed {
             Frame::Data { stream, data, end_stream, flow } => {
-                // A small payload is copied out of the read buffer: queued as a slice of it, it would keep the
-                // whole buffer alive while the body waits (a client sending one small frame per read could pin
-                // a read buffer per octet of its window).
                 let data = if data.len() < COPY_BELOW { Bytes::copy_from_slice(data) } else { bytes.slice_ref(data) };
                 self.data(core, stream, data, end_stream, flow)?;
             }
@@ -253,25 +215,16 @@ impl Connection {
                 if stream > self.last_id {
                     return Err(protocol_error("RST_STREAM on a stream that was never opened"));
                 }
-                let Some(s) = core.streams.get_mut(&stream) else { return Ok(()) };
-                if s.reset.is_some() {
-                    return Ok(());
-                }
-                if s.send != Send::Ended {
+                if core.recv_reset(stream, reason) {
                     core.premature_resets += 1;
                     if core.premature_resets > MAX_PREMATURE_RESETS {
                         return Err(ConnError::Calm("streams reset as fast as they were opened"));
                     }
                 }
-                s.reset = Some(reason);
-                if s.recv == Recv::Open {
-                    s.recv = Recv::Failed(reason);
-                }
-                s.wake();
-                core.settle(stream);
             }
             Frame::Settings { ack: false, settings } => {
-                self.settings(core, settings)?;
+                // The client's stream limit is not the server's to heed.
+                core.recv_settings(&Settings { max_concurrent_streams: None, ..settings })?;
                 frame::put_settings_ack(&mut core.out);
             }
             Frame::Settings { ack: true, .. } => {}
@@ -284,55 +237,14 @@ impl Connection {
                 }
             }
             Frame::GoAway { .. } => self.going_away = true,
-            Frame::WindowUpdate { stream: 0, increment } => {
-                core.send_window += i64::from(increment);
-                if core.send_window > i64::from(frame::MAX_WINDOW) {
-                    return Err(ConnError::Frame(FrameError {
-                        reason: Reason::FLOW_CONTROL_ERROR,
-                        stream: None,
-                        what: "the connection's window past 2^31-1",
-                    }));
-                }
-                core.wake_window_blocked();
-            }
             Frame::WindowUpdate { stream, increment } => {
                 if stream > self.last_id {
                     return Err(protocol_error("WINDOW_UPDATE on a stream that was never opened"));
                 }
-                let Some(s) = core.streams.get_mut(&stream) else { return Ok(()) };
-                s.send_window += i64::from(increment);
-                if s.send_window > i64::from(frame::MAX_WINDOW) {
-                    self.stream_error(core, stream, Reason::FLOW_CONTROL_ERROR)?;
-                    return Ok(());
-                }
-                if let Some(w) = s.send_waker.take() {
-                    w.wake();
+                if let Some(reason) = core.recv_window_update(stream, increment)? {
+                    self.stream_error(core, stream, reason)?;
                 }
             }
-        }
-        Ok(())
-    }
-
-    fn settings(&mut self, core: &mut Core, settings: Settings) -> Result<(), ConnError> {
-        if let Some(window) = settings.initial_window_size {
-            let delta = i64::from(window) - i64::from(core.peer_initial_window);
-            core.peer_initial_window = window;
-            for s in core.streams.values_mut() {
-                s.send_window += delta;
-                if s.send_window > i64::from(frame::MAX_WINDOW) {
-                    return Err(ConnError::Frame(FrameError {
-                        reason: Reason::FLOW_CONTROL_ERROR,
-                        stream: None,
-                        what: "SETTINGS_INITIAL_WINDOW_SIZE took a stream's window past 2^31-1",
-                    }));
-                }
-                if delta > 0 {
-                    s.wake();
-                }
-            }
-        }
-        if let Some(size) = settings.max_frame_size {
-            core.peer_max_frame_size = size;
         }
         Ok(())
     }
@@ -341,69 +253,8 @@ impl Connection {
         if id > self.last_id {
             return Err(protocol_error("DATA on a stream that was never opened"));
         }
-        if i64::from(flow) > core.recv_window {
-            return Err(ConnError::Frame(FrameError {
-                reason: Reason::FLOW_CONTROL_ERROR,
-                stream: None,
-                what: "DATA beyond the connection's window",
-            }));
-        }
-        core.recv_window -= i64::from(flow);
-        if data.is_empty() && !end {
-            self.empty_data += 1;
-            if self.empty_data > MAX_EMPTY_DATA {
-                return Err(ConnError::Calm("empty DATA frames"));
-            }
-        } else {
-            self.empty_data = 0;
-        }
-        let Some(s) = core.streams.get_mut(&id) else {
-            // A stream already forgotten (reset, or done): its data only goes back to the connection's window.
-            core.release_connection(flow);
-            return Ok(());
-        };
-        if s.recv != Recv::Open {
-            let reset = s.reset.is_some();
-            core.release_connection(flow);
-            if !reset {
-                self.stream_error(core, id, Reason::STREAM_CLOSED)?;
-            }
-            return Ok(());
-        }
-        if i64::from(flow) > s.recv_window {
-            core.release_connection(flow);
-            self.stream_error(core, id, Reason::FLOW_CONTROL_ERROR)?;
-            return Ok(());
-        }
-        s.recv_window -= i64::from(flow);
-        s.received += data.len() as u64;
-        let too_long = s.content_length.is_some_and(|n| s.received > n);
-        let too_short = end && s.content_length.is_some_and(|n| s.received != n);
-        if too_long || too_short {
-            core.release_connection(flow);
-            self.stream_error(core, id, Reason::PROTOCOL_ERROR)?;
-            return Ok(());
-        }
-        let padding = flow - data.len() as u32;
-        let n = data.len() as u32;
-        if s.body_gone {
-            core.release_connection(flow);
-        } else {
-            s.held += n;
-            if !data.is_empty() {
-                s.data.push_back(data);
-            }
-            core.credit(id, padding);
-        }
-        let s = core.streams.get_mut(&id).expect("looked up above");
-        if end {
-            s.recv = Recv::Ended;
-        }
-        if let Some(w) = s.recv_waker.take() {
-            w.wake();
-        }
-        if end {
-            core.settle(id);
+        if let Some(reason) = core.recv_data(id, data, end, flow)? {
+            self.stream_error(core, id, reason)?;
         }
         Ok(())
     }
@@ -422,32 +273,10 @@ impl Connection {
             self.last_id = self.last_id.max(id);
             return self.stream_error(core, id, Reason::PROTOCOL_ERROR);
         }
-        if let Some(s) = core.streams.get_mut(&id) {
-            // Trailers.
-            if s.recv != Recv::Open {
-                if s.reset.is_none() {
-                    self.stream_error(core, id, Reason::STREAM_CLOSED)?;
-                }
-                return Ok(());
-            }
-            if !end_stream {
-                return self.stream_error(core, id, Reason::PROTOCOL_ERROR);
-            }
-            match fields.into_trailers() {
-                Ok(trailers) => {
-                    let too_short = s.content_length.is_some_and(|n| s.received != n);
-                    if too_short {
-                        return self.stream_error(core, id, Reason::PROTOCOL_ERROR);
-                    }
-                    s.trailers = Some(trailers);
-                    s.recv = Recv::Ended;
-                    if let Some(w) = s.recv_waker.take() {
-                        w.wake();
-                    }
-                    core.settle(id);
-                    Ok(())
-                }
-                Err(_) => self.stream_error(core, id, Reason::PROTOCOL_ERROR),
+        if core.streams.contains_key(&id) {
+            match core.recv_trailers(id, end_stream, fields.into_trailers()) {
+                Some(reason) => self.stream_error(core, id, reason),
+                None => Ok(()),
             }
         } else if id <= self.last_id {
             // A stream already over: what it sends is ignored.
@@ -518,36 +347,22 @@ impl Connection {
     /// The bytes to write next, if any: the caller writes them before it asks again, and says how many are
     /// left unwritten with [`Self::unflushed`].
     pub(crate) fn take_output(&self) -> Option<Bytes> {
-        let mut core = self.shared.lock();
-        if core.out.is_empty() {
-            return None;
-        }
-        let out = core.out.split().freeze();
-        core.unflushed += out.len();
-        Some(out)
+        self.shared.lock().take_output()
     }
 
     /// Of the bytes taken, `n` are still to write. Streams waiting for room are woken when there is some.
     pub(crate) fn unflushed(&self, n: usize) {
-        let mut core = self.shared.lock();
-        core.unflushed = n;
-        if core.has_room() {
-            core.wake_room_blocked();
-        }
+        self.shared.lock().set_unflushed(n);
     }
 
     /// Whether to read the client's frames now: not while the frames to write pile up.
     pub(crate) fn wants_read(&self) -> bool {
-        let core = self.shared.lock();
-        core.out.len() + core.unflushed < core.max_send_buffer * READ_PAUSE_FACTOR
+        self.shared.lock().wants_read()
     }
 
     /// The connection's task, to wake when streams queue frames while it is not polling them; and whether it is.
     pub(crate) fn set_waker(&self, waker: &Waker) {
-        let mut core = self.shared.lock();
-        if !core.conn_waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            core.conn_waker = Some(waker.clone());
-        }
+        self.shared.lock().set_waker(waker);
     }
 
     pub(crate) fn polling(&self, polling: bool) {
@@ -567,54 +382,25 @@ impl Connection {
     pub(crate) fn is_going_away(&self) -> bool {
         self.going_away
     }
+}
 
-    /// A keep-alive PING; [`Self::take_pong`] says when its answer came.
-    pub(crate) fn ping(&mut self, payload: [u8; 8]) {
+impl super::keep_alive::Pings for Connection {
+    fn ping(&mut self, payload: [u8; 8]) {
         self.ping = Some(payload);
         self.pong = false;
         let mut core = self.shared.lock();
         frame::put_ping(&mut core.out, false, payload);
     }
 
-    pub(crate) fn take_pong(&mut self) -> bool {
+    fn take_pong(&mut self) -> bool {
         std::mem::take(&mut self.pong)
     }
-}
-
-/// The request's `content-length`, as the `h2` crate judges it: digits only (HTTP/1.1's parser), and every
-/// field that gives one giving the same.
-fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>, ()> {
-    let mut len = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        let n = crate::http1::parse_decimal(value.as_bytes()).ok_or(())?;
-        if len.is_some_and(|l| l != n) {
-            return Err(());
-        }
-        len = Some(n);
-    }
-    Ok(len)
-}
-
-/// The fields HTTP/2 forbids (RFC 9113 §8.2.2): refused in a request, left out of a response.
-fn is_connection_specific(name: &http::header::HeaderName) -> bool {
-    use http::header::{CONNECTION, TRANSFER_ENCODING, UPGRADE};
-    *name == CONNECTION
-        || *name == TRANSFER_ENCODING
-        || *name == UPGRADE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
 }
 
 impl Drop for Connection {
     /// The streams' handles that outlive the connection fail from now on.
     fn drop(&mut self) {
-        let mut core = self.shared.lock();
-        core.closed = true;
-        for s in core.streams.values_mut() {
-            s.wake();
-        }
-        core.wake_window_blocked();
-        core.wake_room_blocked();
+        self.shared.lock().close();
     }
 }
 

@@ -14,17 +14,16 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use pin_project_lite::pin_project;
 use tokio::io::AsyncWrite;
-use tokio::time::{Instant, Sleep};
 use tracing::{debug, debug_span, Instrument};
 
 use super::io::ConnIo;
 use super::{ServerConn, Stream};
+use crate::http2::keep_alive::KeepAlive;
 use crate::http2::server::{Config, ConnError, Connection};
 use crate::proxy::{ProxyService, Settings};
 
@@ -215,42 +214,4 @@ async fn run<S: Stream>(
         Poll::Pending
     })
     .await
-}
-
-/// A PING every `interval` (`Settings::h2_keep_alive_interval`, as hyper's server was given); ready when one went
-/// unanswered for `timeout`: the peer vanished. An interval of zero sends none.
-struct KeepAlive {
-    interval: Duration,
-    timeout: Duration,
-    timer: Option<Pin<Box<Sleep>>>,
-    /// A PING is out, unanswered.
-    waiting: bool,
-    sent: u64,
-}
-
-impl KeepAlive {
-    fn new(interval: Duration, timeout: Duration) -> Self {
-        let timer = (!interval.is_zero()).then(|| Box::pin(tokio::time::sleep(interval)));
-        Self { interval, timeout, timer, waiting: false, sent: 0 }
-    }
-
-    fn poll(&mut self, cx: &mut Context<'_>, conn: &mut Connection) -> Poll<()> {
-        let Some(timer) = &mut self.timer else { return Poll::Pending };
-        loop {
-            if self.waiting && conn.take_pong() {
-                self.waiting = false;
-                timer.as_mut().reset(Instant::now() + self.interval);
-            }
-            if timer.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            if self.waiting {
-                return Poll::Ready(());
-            }
-            self.sent += 1;
-            conn.ping(self.sent.to_be_bytes());
-            self.waiting = true;
-            timer.as_mut().reset(Instant::now() + self.timeout);
-        }
-    }
 }

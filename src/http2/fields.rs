@@ -5,7 +5,7 @@
 //! is answered 431.
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, TE};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, TE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Uri, Version};
 
@@ -27,6 +27,7 @@ pub(super) struct Fields {
     authority: Option<Bytes>,
     path: Option<Bytes>,
     protocol: bool,
+    status: Option<http::StatusCode>,
     headers: HeaderMap,
     malformed: Option<&'static str>,
 }
@@ -51,6 +52,7 @@ impl Fields {
             authority: None,
             path: None,
             protocol: false,
+            status: None,
             headers: HeaderMap::new(),
             malformed: None,
         }
@@ -87,7 +89,11 @@ impl Fields {
                 b"method" | b"scheme" | b"authority" | b"path" | b"protocol" => {
                     self.malformed("a pseudo-header field twice")
                 }
-                b"status" => self.malformed(":status in a request"),
+                b"status" if self.status.is_none() => match http::StatusCode::from_bytes(f.value) {
+                    Ok(status) => self.status = Some(status),
+                    Err(_) => self.malformed("an invalid :status"),
+                },
+                b"status" => self.malformed("a pseudo-header field twice"),
                 _ => self.malformed("an unknown pseudo-header field"),
             }
             return;
@@ -99,7 +105,7 @@ impl Fields {
         let Ok(name) = HeaderName::from_bytes(f.name) else {
             return self.malformed("an invalid field name");
         };
-        if super::is_connection_specific(&name) {
+        if is_connection_specific(&name) {
             return self.malformed("a connection-specific field");
         }
         if name == TE && f.value != b"trailers" {
@@ -128,6 +134,9 @@ impl Fields {
     pub(super) fn into_request(self) -> Result<Request<()>, Refused> {
         self.check()?;
         let malformed = |why| Err(Refused::Malformed(why));
+        if self.status.is_some() {
+            return malformed(":status in a request");
+        }
         let Some(method) = self.method else { return malformed("no :method") };
         let connect = method == Method::CONNECT;
         let mut parts = http::uri::Parts::default();
@@ -169,11 +178,52 @@ impl Fields {
     /// The block as trailers: regular fields only.
     pub(super) fn into_trailers(self) -> Result<HeaderMap, Refused> {
         self.check()?;
-        if self.method.is_some() || self.scheme.is_some() || self.authority.is_some() || self.path.is_some() {
+        if self.has_request_fields() || self.status.is_some() {
             return Err(Refused::Malformed("a pseudo-header field in trailers"));
         }
         Ok(self.headers)
     }
+
+    fn has_request_fields(&self) -> bool {
+        self.method.is_some() || self.scheme.is_some() || self.authority.is_some() || self.path.is_some()
+    }
+
+    /// The block as a response head: `:status` and regular fields.
+    pub(super) fn into_response(self) -> Result<http::response::Parts, Refused> {
+        self.check()?;
+        if self.has_request_fields() || self.protocol {
+            return Err(Refused::Malformed("a request's pseudo-header field in a response"));
+        }
+        let Some(status) = self.status else { return Err(Refused::Malformed("no :status")) };
+        let (mut head, ()) = http::Response::new(()).into_parts();
+        head.status = status;
+        head.version = Version::HTTP_2;
+        head.headers = self.headers;
+        Ok(head)
+    }
+}
+
+/// A head's `content-length`, as the `h2` crate judges it: digits only (HTTP/1.1's parser), and every
+/// field that gives one giving the same.
+pub(super) fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>, ()> {
+    let mut len = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        let n = crate::http1::parse_decimal(value.as_bytes()).ok_or(())?;
+        if len.is_some_and(|l| l != n) {
+            return Err(());
+        }
+        len = Some(n);
+    }
+    Ok(len)
+}
+
+/// The fields HTTP/2 forbids (RFC 9113 §8.2.2): refused in what the peer sends, left out of what this side sends.
+pub(super) fn is_connection_specific(name: &http::header::HeaderName) -> bool {
+    is_connection_specific_name(name.as_str().as_bytes())
+}
+
+pub(super) fn is_connection_specific_name(name: &[u8]) -> bool {
+    matches!(name, b"connection" | b"transfer-encoding" | b"upgrade" | b"keep-alive" | b"proxy-connection")
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
-//! A stream's two handles, as the connection hands them to whoever serves the request: [`RequestBody`], the
-//! client's body (an `http_body::Body`), and [`Respond`], which sends the response as the client's windows allow.
-//! Both work on the connection's shared state; the connection's task writes what they queue.
+//! A stream's two handles: [`RecvBody`], the peer's body (an `http_body::Body`: a server's request body, a
+//! client's response body), and [`SendHalf`], which sends this side's body as the peer's windows allow (a
+//! server's response, its head included; a client's request body). Both work on the connection's shared state;
+//! the connection's task writes what they queue.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -11,14 +12,14 @@ use http::{HeaderMap, HeaderValue};
 use http_body::{Frame, SizeHint};
 
 use super::core::{Core, Recv, Send, Shared};
-use super::is_connection_specific;
+use super::fields::is_connection_specific;
 use crate::http2::frame::{self, Reason};
 use crate::http2::hpack;
 
 /// Why a stream's handle could not do what it was asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum StreamError {
-    /// Reset by the client, or by this side (a body that broke its `content-length`, a stream error).
+    /// Reset by the peer, or by this side (a body that broke its `content-length`, a stream error).
     #[error("the stream was reset ({0})")]
     Reset(Reason),
     /// The connection ended.
@@ -26,8 +27,8 @@ pub(crate) enum StreamError {
     Closed,
 }
 
-/// The client's request body.
-pub(crate) struct RequestBody {
+/// The peer's body.
+pub(crate) struct RecvBody {
     shared: Shared,
     id: u32,
     /// The declared `content-length`.
@@ -36,9 +37,15 @@ pub(crate) struct RequestBody {
     done: bool,
 }
 
-impl RequestBody {
+impl RecvBody {
     pub(super) fn new(shared: Shared, id: u32, len: Option<u64>, done: bool) -> Self {
-        RequestBody { shared, id, len, done }
+        RecvBody { shared, id, len, done }
+    }
+
+    /// A client's response head came: the body's declared length, and whether it is over already.
+    pub(super) fn set_head(&mut self, len: Option<u64>, done: bool) {
+        self.len = len;
+        self.done = done;
     }
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
@@ -82,7 +89,7 @@ impl RequestBody {
     }
 }
 
-impl http_body::Body for RequestBody {
+impl http_body::Body for RecvBody {
     type Data = Bytes;
     type Error = StreamError;
 
@@ -103,7 +110,7 @@ impl http_body::Body for RequestBody {
     }
 }
 
-impl Drop for RequestBody {
+impl Drop for RecvBody {
     fn drop(&mut self) {
         let mut core = self.shared.lock();
         if let Some(s) = core.streams.get_mut(&self.id) {
@@ -118,14 +125,14 @@ impl Drop for RequestBody {
 }
 
 /// The sending half: the response's head, its data as the windows allow, its trailers.
-pub(crate) struct Respond {
+pub(crate) struct SendHalf {
     shared: Shared,
     id: u32,
 }
 
-impl Respond {
+impl SendHalf {
     pub(super) fn new(shared: Shared, id: u32) -> Self {
-        Respond { shared, id }
+        SendHalf { shared, id }
     }
 
     pub(crate) fn stream_id(&self) -> u32 {
@@ -253,7 +260,7 @@ fn writable(core: &mut Core, id: u32, state: Send) -> Result<(), StreamError> {
     }
 }
 
-impl Drop for Respond {
+impl Drop for SendHalf {
     fn drop(&mut self) {
         let mut core = self.shared.lock();
         let Some(s) = core.streams.get_mut(&self.id) else { return };
