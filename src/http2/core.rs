@@ -13,7 +13,7 @@ use http::HeaderMap;
 use parking_lot::Mutex;
 
 use crate::http2::fields::Refused;
-use crate::http2::frame::{self, FrameError, Reason, Settings};
+use crate::http2::frame::{self, FrameError, Head, Reason, Settings};
 use crate::http2::hpack::DecodeError;
 
 pub(super) type Shared = Arc<Mutex<Core>>;
@@ -190,6 +190,27 @@ impl ConnError {
 
 pub(super) fn protocol_error(what: &'static str) -> ConnError {
     ConnError::Frame(FrameError { reason: Reason::PROTOCOL_ERROR, stream: None, what })
+}
+
+/// The next whole frame at the front of `buf`, taken off it: its head, and its bytes with the head. None until
+/// it has all come (room for it is reserved meanwhile).
+pub(super) fn next_frame(buf: &mut BytesMut) -> Result<Option<(Head, Bytes)>, ConnError> {
+    if buf.len() < frame::HEAD_LEN {
+        return Ok(None);
+    }
+    let head = Head::parse(buf[..frame::HEAD_LEN].try_into().expect("nine octets"));
+    if head.len > frame::DEFAULT_MAX_FRAME_SIZE as usize {
+        return Err(ConnError::Frame(FrameError {
+            reason: Reason::FRAME_SIZE_ERROR,
+            stream: None,
+            what: "a frame larger than SETTINGS_MAX_FRAME_SIZE",
+        }));
+    }
+    if buf.len() < frame::HEAD_LEN + head.len {
+        buf.reserve(frame::HEAD_LEN + head.len - buf.len());
+        return Ok(None);
+    }
+    Ok(Some((head, buf.split_to(frame::HEAD_LEN + head.len).freeze())))
 }
 
 fn flow_control_error(what: &'static str) -> ConnError {

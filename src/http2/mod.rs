@@ -26,6 +26,7 @@ mod fields;
 pub(crate) mod frame;
 pub(crate) mod hpack;
 pub(crate) mod keep_alive;
+pub(crate) mod output;
 pub(crate) mod server;
 mod stream;
 

@@ -44,7 +44,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -317,10 +317,10 @@ where
     let mut write = Bytes::new();
     let mut failed: Option<ConnError> = None;
     poll_fn(|cx| {
-        conn.set_waker(cx.waker());
+        conn.output.set_waker(cx.waker());
         let mut paused = false;
         while failed.is_none() {
-            if !conn.wants_read() {
+            if !conn.output.wants_read() {
                 paused = true;
                 break;
             }
@@ -351,23 +351,8 @@ where
         if failed.is_none() && keep_alive.poll(cx, &mut conn).is_ready() {
             return Poll::Ready(Err(DriveError::KeepAlive));
         }
-        loop {
-            if write.is_empty() {
-                match conn.take_output() {
-                    Some(out) => write = out,
-                    None => break,
-                }
-            }
-            match Pin::new(&mut io).poll_write(cx, &write) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into())),
-                Poll::Ready(Ok(n)) => write.advance(n),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
-                Poll::Pending => break,
-            }
-        }
-        conn.unflushed(write.len());
-        if !write.is_empty() {
-            return Poll::Pending;
+        if let Err(e) = ready!(conn.output.poll_write(cx, &mut io, &mut write)) {
+            return Poll::Ready(Err(e.into()));
         }
         let flushed = Pin::new(&mut io).poll_flush(cx);
         if let Poll::Ready(Err(e)) = flushed {
@@ -381,7 +366,7 @@ where
             let _ = ready!(Pin::new(&mut io).poll_shutdown(cx));
             return Poll::Ready(failed.map_or(Ok(()), |e| Err(e.into())));
         }
-        if paused && conn.wants_read() {
+        if paused && conn.output.wants_read() {
             cx.waker().wake_by_ref();
         }
         Poll::Pending

@@ -1,7 +1,7 @@
 //! The client side of an HTTP/2 connection (RFC 9113), without I/O, for reveille's HTTP/2 backends:
 //! [`Handle::poll_open`] writes a request's head on a new stream and hands back the response to wait for
 //! ([`ResponseFuture`]) and the request body's sending half; [`Connection::recv`] takes the bytes the backend
-//! sent; [`Connection::take_output`] gives the bytes to write. The socket, the timers and the connection's task
+//! sent; [`Connection::output`] writes what it queued. The socket, the timers and the connection's task
 //! are the caller's (`upstream::h2`).
 //!
 //! What it keeps from the `h2` crate's client, which it replaces: no server push (`SETTINGS_ENABLE_PUSH` 0), the
@@ -11,17 +11,18 @@
 //! server side (`fields`), its `content-length` held to the body.
 
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::{Method, StatusCode};
 use parking_lot::Mutex;
 
 pub(crate) use super::core::ConnError;
-use super::core::{protocol_error, Core, Recv, Send, Shared, StreamCore, COPY_BELOW};
+use super::core::{next_frame, protocol_error, Core, Recv, Send, Shared, StreamCore, COPY_BELOW};
 use super::fields::{content_length, is_connection_specific_name, Fields};
 use super::frame::{self, Frame, FrameError, Head, Reason, Settings};
 use super::hpack::{self, Decoder};
+use super::output::Output;
 pub(crate) use super::stream::StreamError;
 use super::stream::{RecvBody, SendHalf};
 
@@ -49,6 +50,8 @@ pub(crate) struct Config {
 /// One client connection's protocol state, owned by its task.
 pub(crate) struct Connection {
     shared: Shared,
+    /// What the connection's task writes.
+    pub(crate) output: Output,
     max_header_list_size: usize,
     decoder: Decoder,
     /// A header block being put together until its END_HEADERS, and its HEADERS frame's stream and END_STREAM.
@@ -87,6 +90,7 @@ impl Connection {
         }
         let shared = Arc::new(Mutex::new(core));
         let conn = Connection {
+            output: Output::new(shared.clone()),
             shared: shared.clone(),
             max_header_list_size: config.max_header_list_size as usize,
             decoder: Decoder::new(hpack::DEFAULT_TABLE_SIZE),
@@ -100,7 +104,7 @@ impl Connection {
     }
 
     /// Takes the complete frames at the front of `buf`. Bytes of an incomplete frame stay in `buf`. An error
-    /// has its GOAWAY queued: write what [`Self::take_output`] gives, then close.
+    /// has its GOAWAY queued: write the output, then close.
     pub(crate) fn recv(&mut self, buf: &mut BytesMut) -> Result<(), ConnError> {
         let shared = self.shared.clone();
         let mut core = shared.lock();
@@ -114,20 +118,7 @@ impl Connection {
     }
 
     fn frames(&mut self, core: &mut Core, buf: &mut BytesMut) -> Result<(), ConnError> {
-        while buf.len() >= frame::HEAD_LEN {
-            let head = Head::parse(buf[..frame::HEAD_LEN].try_into().expect("nine octets"));
-            if head.len > frame::DEFAULT_MAX_FRAME_SIZE as usize {
-                return Err(ConnError::Frame(FrameError {
-                    reason: Reason::FRAME_SIZE_ERROR,
-                    stream: None,
-                    what: "a frame larger than SETTINGS_MAX_FRAME_SIZE",
-                }));
-            }
-            if buf.len() < frame::HEAD_LEN + head.len {
-                buf.reserve(frame::HEAD_LEN + head.len - buf.len());
-                break;
-            }
-            let bytes = buf.split_to(frame::HEAD_LEN + head.len).freeze();
+        while let Some((head, bytes)) = next_frame(buf)? {
             self.frame(core, head, bytes)?;
         }
         Ok(())
@@ -280,26 +271,6 @@ impl Connection {
             core.settle(id);
         }
         Ok(())
-    }
-
-    /// The bytes to write next, if any: the caller writes them before it asks again, and says how many are
-    /// left unwritten with [`Self::unflushed`].
-    pub(crate) fn take_output(&self) -> Option<Bytes> {
-        self.shared.lock().take_output()
-    }
-
-    pub(crate) fn unflushed(&self, n: usize) {
-        self.shared.lock().set_unflushed(n);
-    }
-
-    /// Whether to read the server's frames now: not while the frames to write pile up.
-    pub(crate) fn wants_read(&self) -> bool {
-        self.shared.lock().wants_read()
-    }
-
-    /// The connection's task, to wake when streams queue frames.
-    pub(crate) fn set_waker(&self, waker: &Waker) {
-        self.shared.lock().set_waker(waker);
     }
 
     /// The peer's `SETTINGS_MAX_CONCURRENT_STREAMS` as last read (what the first SETTINGS assumed until then).

@@ -27,8 +27,8 @@ fn config() -> Config {
 /// A connection whose server has sent its SETTINGS (`settings`); the client's first output checked and read.
 fn connect(settings: Settings) -> (Connection, Handle) {
     let (mut conn, handle) = Connection::new(config());
-    let out = conn.take_output().unwrap();
-    conn.unflushed(0);
+    let out = conn.output.take_output().unwrap();
+    conn.output.unflushed(0);
     assert!(out.starts_with(frame::PREFACE));
     let first = frames(&out[frame::PREFACE.len()..]);
     assert_eq!(first[0], Owned::Settings(false), "{first:?}");
@@ -89,8 +89,8 @@ fn frames(mut rest: &[u8]) -> Vec<Owned> {
 }
 
 fn output(conn: &Connection) -> Vec<Owned> {
-    let Some(out) = conn.take_output() else { return Vec::new() };
-    conn.unflushed(0);
+    let Some(out) = conn.output.take_output() else { return Vec::new() };
+    conn.output.unflushed(0);
     frames(&out)
 }
 

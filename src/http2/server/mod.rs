@@ -1,6 +1,6 @@
 //! The server side of an HTTP/2 connection (RFC 9113), without I/O: [`Connection::recv`] takes the bytes the
 //! client sent and hands over each request that opens, with its two handles ([`RequestBody`], [`Respond`]);
-//! [`Connection::take_output`] gives the bytes to write. The socket, the timers and the tasks are the caller's
+//! [`Connection::output`] writes what it queued. The socket, the timers and the tasks are the caller's
 //! (`proxy::conn::h2`).
 //!
 //! What it keeps from the `h2` crate's server, which it replaces: the settings and windows hyper's server had,
@@ -10,17 +10,17 @@
 //! while the frames to write pile up (SETTINGS and PING floods answer into a bounded buffer).
 
 use std::sync::Arc;
-use std::task::Waker;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::Request;
 use parking_lot::Mutex;
 
 pub(crate) use super::core::ConnError;
-use super::core::{protocol_error, Core, Recv, Shared, StreamCore, COPY_BELOW};
+use super::core::{next_frame, protocol_error, Core, Recv, Shared, StreamCore, COPY_BELOW};
 use super::fields::{content_length, Fields, Refused};
 use super::frame::{self, Frame, FrameError, Head, Reason, Settings};
 use super::hpack::{self, Decoder};
+use super::output::Output;
 pub(crate) use super::stream::StreamError;
 
 /// A request's body, as the client sends it.
@@ -48,6 +48,8 @@ const MAX_PREMATURE_RESETS: u32 = 100;
 /// One server connection's protocol state.
 pub(crate) struct Connection {
     shared: Shared,
+    /// What the connection's task writes.
+    pub(crate) output: Output,
     config: Config,
     decoder: Decoder,
     preface: bool,
@@ -81,8 +83,10 @@ impl Connection {
         if config.connection_window > frame::DEFAULT_WINDOW {
             frame::put_window_update(&mut core.out, 0, config.connection_window - frame::DEFAULT_WINDOW);
         }
+        let shared = Arc::new(Mutex::new(core));
         Connection {
-            shared: Arc::new(Mutex::new(core)),
+            output: Output::new(shared.clone()),
+            shared,
             config,
             decoder: Decoder::new(hpack::DEFAULT_TABLE_SIZE),
             preface: false,
@@ -98,7 +102,7 @@ impl Connection {
     }
 
     /// Takes the complete frames at the front of `buf`, handing each request that opens to `accept`. Bytes of
-    /// an incomplete frame stay in `buf`. An error has its GOAWAY queued: write what [`Self::take_output`]
+    /// an incomplete frame stay in `buf`. An error has its GOAWAY queued: write the output
     /// gives, then close.
     pub(crate) fn recv(
         &mut self,
@@ -132,20 +136,7 @@ impl Connection {
         }
         let shared = self.shared.clone();
         let mut core = shared.lock();
-        while buf.len() >= frame::HEAD_LEN {
-            let head = Head::parse(buf[..frame::HEAD_LEN].try_into().expect("nine octets"));
-            if head.len > frame::DEFAULT_MAX_FRAME_SIZE as usize {
-                return Err(ConnError::Frame(FrameError {
-                    reason: Reason::FRAME_SIZE_ERROR,
-                    stream: None,
-                    what: "a frame larger than SETTINGS_MAX_FRAME_SIZE",
-                }));
-            }
-            if buf.len() < frame::HEAD_LEN + head.len {
-                buf.reserve(frame::HEAD_LEN + head.len - buf.len());
-                break;
-            }
-            let bytes = buf.split_to(frame::HEAD_LEN + head.len).freeze();
+        while let Some((head, bytes)) = next_frame(buf)? {
             self.frame(&mut core, head, bytes, accept)?;
         }
         Ok(())
@@ -342,27 +333,6 @@ impl Connection {
             return Err(ConnError::Calm("too many streams reset for the client's errors"));
         }
         Ok(())
-    }
-
-    /// The bytes to write next, if any: the caller writes them before it asks again, and says how many are
-    /// left unwritten with [`Self::unflushed`].
-    pub(crate) fn take_output(&self) -> Option<Bytes> {
-        self.shared.lock().take_output()
-    }
-
-    /// Of the bytes taken, `n` are still to write. Streams waiting for room are woken when there is some.
-    pub(crate) fn unflushed(&self, n: usize) {
-        self.shared.lock().set_unflushed(n);
-    }
-
-    /// Whether to read the client's frames now: not while the frames to write pile up.
-    pub(crate) fn wants_read(&self) -> bool {
-        self.shared.lock().wants_read()
-    }
-
-    /// The connection's task, to wake when streams queue frames while it is not polling them; and whether it is.
-    pub(crate) fn set_waker(&self, waker: &Waker) {
-        self.shared.lock().set_waker(waker);
     }
 
     pub(crate) fn polling(&self, polling: bool) {

@@ -60,8 +60,8 @@ enum Owned {
 }
 
 fn output(conn: &Connection) -> Vec<Owned> {
-    let Some(out) = conn.take_output() else { return Vec::new() };
-    conn.unflushed(0);
+    let Some(out) = conn.output.take_output() else { return Vec::new() };
+    conn.output.unflushed(0);
     let mut rest = &out[..];
     let mut frames = Vec::new();
     while !rest.is_empty() {

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use pin_project_lite::pin_project;
 use tokio::io::AsyncWrite;
@@ -115,7 +115,7 @@ async fn run<S: Stream>(
     // A protocol error: its GOAWAY is written, then the connection ends.
     let mut failed: Option<ConnError> = None;
     poll_fn(|cx| {
-        conn.set_waker(cx.waker());
+        conn.output.set_waker(cx.waker());
         if !conn.is_going_away() && graceful.load(Ordering::Relaxed) {
             conn.go_away();
         }
@@ -123,7 +123,7 @@ async fn run<S: Stream>(
         // that sends and does not read), until the writes below have made room.
         let mut paused = false;
         while failed.is_none() {
-            if !conn.wants_read() {
+            if !conn.output.wants_read() {
                 paused = true;
                 break;
             }
@@ -174,25 +174,8 @@ async fn run<S: Stream>(
             }
         }
         // Writes what the connection and its streams queued.
-        loop {
-            if write.is_empty() {
-                match conn.take_output() {
-                    Some(out) => write = out,
-                    None => break,
-                }
-            }
-            match Pin::new(&mut io).poll_write(cx, &write) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()))
-                }
-                Poll::Ready(Ok(n)) => write.advance(n),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
-                Poll::Pending => break,
-            }
-        }
-        conn.unflushed(write.len());
-        if !write.is_empty() {
-            return Poll::Pending;
+        if let Err(e) = ready!(conn.output.poll_write(cx, &mut io, &mut write)) {
+            return Poll::Ready(Err(e.into()));
         }
         let flushed = Pin::new(&mut io).poll_flush(cx);
         if let Poll::Ready(Err(e)) = flushed {
@@ -207,7 +190,7 @@ async fn run<S: Stream>(
             let _ = ready!(Pin::new(&mut io).poll_shutdown(cx));
             return Poll::Ready(failed.map_or(Ok(()), |e| Err(e.into())));
         }
-        if paused && conn.wants_read() {
+        if paused && conn.output.wants_read() {
             // Nothing waits on the socket's reads: poll again to read.
             cx.waker().wake_by_ref();
         }
