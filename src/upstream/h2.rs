@@ -5,7 +5,8 @@
 //! Unlike HTTP/1.1 (`exchange`), an h2 connection serves many requests at once, so it is not checked out and
 //! released: a request leases a stream on it ([`Lease`], counted) and the connection stays in the list. A
 //! request takes the first connection to its backend with a stream free (below the peer's
-//! `SETTINGS_MAX_CONCURRENT_STREAMS`, as the connection's task last read it); only when every connection is
+//! `SETTINGS_MAX_CONCURRENT_STREAMS`, as the connection's task last read it, and below
+//! [`STREAMS_PER_CONNECTION`]); only when every connection is
 //! full is another opened, up to `connections` per backend per worker shard (the same sharding as the h1
 //! pool, [`worker`]). Past that, the least loaded connection takes the stream, which waits to open until the
 //! peer frees one. A connection being opened counts as one with every stream free, so a burst of requests to a
@@ -65,6 +66,14 @@ use crate::http2::server::StreamError;
 /// A request body as an h2 connection takes it: any body of `Bytes`, boxed (one allocation per h2 request,
 /// none on the HTTP/1.1 path).
 pub(crate) type H2RequestBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Streams a connection takes before another is opened (up to `connections`; past them all, the least loaded
+/// takes more, up to the peer's limit). A backend frames each connection in one task (hyper's, tonic's and
+/// nginx's do), so 500 streams on one connection wait on one loop there: through the peer lab's gRPC
+/// scenario (50 connections × 10 streams), one connection left both CPUs a third idle, reveille at 0.76-0.81×
+/// HAProxy's rate; at 100 a connection (HAProxy opened 5 for the same load) the load generator's CPU was the
+/// limit again, reveille at 0.95-0.96× (docs/benchmarks.md).
+const STREAMS_PER_CONNECTION: usize = 100;
 
 /// Streams the first connection to a backend is assumed to take before the peer's SETTINGS say otherwise
 /// (RFC 9113's recommended minimum, hyper's default too); later ones are assumed to take what the others do.
@@ -142,7 +151,7 @@ impl Slot {
     }
 
     fn has_room(&self) -> bool {
-        self.streams.load(Ordering::Relaxed) < self.limit.load(Ordering::Relaxed).max(1)
+        self.streams.load(Ordering::Relaxed) < self.limit.load(Ordering::Relaxed).clamp(1, STREAMS_PER_CONNECTION)
     }
 }
 
