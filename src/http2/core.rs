@@ -520,7 +520,12 @@ impl Core {
             return;
         }
         self.recv_unacked += n;
-        if self.recv_unacked >= self.connection_window.max(frame::DEFAULT_WINDOW) / 2 {
+        // Half the connection's window; on a client, a stream's whole window if less: with streams holding data
+        // no one reads, the rest of the window must still come back (with upstream::h2's 8 MiB and 256 KiB, half
+        // would wait on 4 MiB given back, which 17 stalled streams would make impossible).
+        let half = self.connection_window.max(frame::DEFAULT_WINDOW) / 2;
+        let threshold = if self.client { half.min(self.stream_window.max(1)) } else { half };
+        if self.recv_unacked >= threshold {
             frame::put_window_update(&mut self.out, 0, self.recv_unacked);
             self.recv_window += i64::from(self.recv_unacked);
             self.recv_unacked = 0;

@@ -367,7 +367,7 @@ where
         if let Poll::Ready(Err(e)) = flushed {
             return Poll::Ready(Err(e.into()));
         }
-        if failed.is_some() || (conn.is_going_away() && conn.active() == 0) {
+        if failed.is_some() || conn.is_done() {
             // The GOAWAY, or the last stream's last frames, leave before the socket is closed.
             if flushed.is_pending() {
                 return Poll::Pending;

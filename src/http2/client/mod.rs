@@ -140,16 +140,24 @@ impl Connection {
         let opened = |id: u32| id % 2 == 1 && id < core.next_id;
         let parsed = match frame::parse(head, payload) {
             Ok(f) => f,
-            Err(FrameError { stream: Some(id), reason, .. }) => {
+            // On a stream never opened, an error of the stream would be a RST_STREAM on an idle one (§5.1).
+            Err(FrameError { stream: Some(id), reason, .. }) if opened(id) => {
                 stream_error(core, id, reason);
                 return Ok(());
             }
+            Err(FrameError { stream: Some(_), what, .. }) => return Err(protocol_error(what)),
             Err(e) => return Err(ConnError::Frame(e)),
         };
         match parsed {
             Frame::Data { stream, data, end_stream, flow } => {
                 if !opened(stream) {
                     return Err(protocol_error("DATA on a stream this client never opened"));
+                }
+                if core.streams.get(&stream).is_some_and(|s| !s.responded) {
+                    // DATA before the response's head: a malformed response (§8.1). Its flow control still counts.
+                    core.recv_data(stream, Bytes::new(), false, flow)?;
+                    stream_error(core, stream, Reason::PROTOCOL_ERROR);
+                    return Ok(());
                 }
                 let data = if data.len() < COPY_BELOW { Bytes::copy_from_slice(data) } else { bytes.slice_ref(data) };
                 if let Some(reason) = core.recv_data(stream, data, end_stream, flow)? {
@@ -279,8 +287,15 @@ impl Connection {
     }
 
     /// Streams open now.
+    #[cfg(test)]
     pub(crate) fn active(&self) -> u32 {
         self.shared.lock().active
+    }
+
+    /// Going away, with no stream left and nothing left to write: the connection may close.
+    pub(crate) fn is_done(&self) -> bool {
+        let core = self.shared.lock();
+        (core.goaway.is_some() || core.next_id > MAX_STREAM_ID) && core.active == 0 && core.out.is_empty()
     }
 
     /// Takes no new stream: a GOAWAY came (or was sent), or the stream ids ran out.
@@ -314,7 +329,8 @@ fn refuse_above(core: &mut Core, last: u32) {
     let ids: Vec<u32> = core.streams.keys().copied().filter(|&id| id > last).collect();
     for id in ids {
         let Some(s) = core.streams.get_mut(&id) else { continue };
-        if s.reset.is_none() {
+        // A stream already answered was processed, whatever the GOAWAY says: it is not refused.
+        if s.reset.is_none() && !s.responded {
             s.reset = Some(Reason::REFUSED_STREAM);
             if s.recv == Recv::Open {
                 s.recv = Recv::Failed(Reason::REFUSED_STREAM);

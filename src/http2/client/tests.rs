@@ -332,3 +332,59 @@ fn a_reset_after_a_whole_response_stops_the_request_body_and_keeps_the_response(
     assert_eq!(f.into_data().unwrap().len(), 5);
     assert!(matches!(frame_of(&mut body), Poll::Ready(None)));
 }
+
+#[test]
+fn data_before_the_response_head_fails_the_stream() {
+    let (mut conn, handle) = connect(Settings::default());
+    let (mut response, _) = open(&handle, &request("GET", &[]), true);
+    output(&conn);
+    feed(&mut conn, data(1, 3, true)).unwrap();
+    assert!(matches!(poll_response(&mut response), Poll::Ready(Err(StreamError::Reset(Reason::PROTOCOL_ERROR)))));
+    assert_eq!(output(&conn), [Owned::Reset { stream: 1, reason: Reason::PROTOCOL_ERROR }]);
+    // A frame error naming a stream never opened ends the connection (no RST_STREAM on an idle stream).
+    let mut input = BytesMut::new();
+    frame::put_rst_stream(&mut input, 1, Reason::CANCEL);
+    Head { len: 4, kind: frame::WINDOW_UPDATE, flags: 0, stream: 7 }.put(&mut input);
+    input.extend_from_slice(&0u32.to_be_bytes());
+    assert_eq!(feed(&mut conn, input).unwrap_err().reason(), Reason::PROTOCOL_ERROR);
+}
+
+#[test]
+fn a_goaway_does_not_refuse_a_stream_already_answered() {
+    let (mut conn, handle) = connect(Settings::default());
+    let head = request("GET", &[]);
+    let _first = open(&handle, &head, true);
+    let (mut answered, _) = open(&handle, &head, true);
+    let mut input = head_frame(3, false, &[(":status", "200")]);
+    frame::put_goaway(&mut input, 1, Reason::NO_ERROR, b"");
+    feed(&mut conn, input).unwrap();
+    let Poll::Ready(Ok(resp)) = poll_response(&mut answered) else { panic!("the answered stream was refused") };
+    let mut body = resp.into_body();
+    assert!(frame_of(&mut body).is_pending());
+    feed(&mut conn, data(3, 2, true)).unwrap();
+    assert!(matches!(frame_of(&mut body), Poll::Ready(Some(Ok(_)))));
+}
+
+#[test]
+fn the_connections_window_comes_back_while_other_streams_hold_theirs_unread() {
+    // Windows of 64 KiB a stream and 1 MiB the connection: a stream whose body is not read holds 64 KiB; the
+    // connection's window must come back by the stream's window, not wait for half of it (512 KiB) given back.
+    let (mut conn, handle) = connect(Settings::default());
+    let head = request("GET", &[]);
+    let (mut stalled, _) = open(&handle, &head, true);
+    let (mut read, _) = open(&handle, &head, true);
+    output(&conn);
+    let mut input = head_frame(1, false, &[(":status", "200")]);
+    input.extend_from_slice(&head_frame(3, false, &[(":status", "200")]));
+    for _ in 0..4 {
+        input.extend_from_slice(&data(1, 16_384, false));
+        input.extend_from_slice(&data(3, 16_384, false));
+    }
+    feed(&mut conn, input).unwrap();
+    let Poll::Ready(Ok(_stalled)) = poll_response(&mut stalled) else { panic!() };
+    let Poll::Ready(Ok(resp)) = poll_response(&mut read) else { panic!() };
+    let mut body = resp.into_body();
+    while let Poll::Ready(Some(Ok(_))) = frame_of(&mut body) {}
+    let windows = output(&conn);
+    assert!(windows.contains(&Owned::Window { stream: 0, increment: 65_536 }), "{windows:?}");
+}
