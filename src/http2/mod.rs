@@ -14,6 +14,8 @@
 //!   tasks).
 //! - `client`: the client side, without I/O — streams opened with a request's head, the backend's frames in,
 //!   responses handed to the requests that wait for them (`upstream::h2` owns the socket, the task and the pool).
+//! - `output`: what a connection's task does with what the connection queued, for both: written to the socket
+//!   (anything `AsyncWrite`) in batches, streams told when there is room, reads paused while writes pile up.
 //! - `keep_alive`: PING keep-alive for both, the one part with a timer.
 //!
 //! reveille's HTTP/2 server and its HTTP/2 client to backends both run on it in place of the `h2` crate (issue
