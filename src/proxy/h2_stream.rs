@@ -70,6 +70,9 @@ fn reason_of(e: &(dyn std::error::Error + 'static)) -> Reason {
         if let Some(StreamError::Reset(reason)) = s.downcast_ref::<StreamError>() {
             return *reason;
         }
+        if let Some(reason) = s.downcast_ref::<h2::Error>().and_then(h2::Error::reason) {
+            return Reason(u32::from(reason));
+        }
         src = s.source();
     }
     Reason::INTERNAL_ERROR

@@ -62,6 +62,11 @@ pub(crate) enum UpstreamError {
     /// gone.
     #[error("backend h2 stream: {0}")]
     H2(#[source] crate::http2::server::StreamError),
+    /// The backend reset its h2 stream once the response had begun: the reason as the `h2` crate's error, which
+    /// hyper's server (`--http2 hyper`) looks for to reset its client's stream with the same reason, as
+    /// reveille's own server does.
+    #[error("backend h2 stream reset: {0}")]
+    H2Reset(#[source] h2::Error),
 }
 
 impl UpstreamError {

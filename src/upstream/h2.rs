@@ -664,7 +664,10 @@ impl Body for H2Body {
     type Error = UpstreamError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
-        Pin::new(&mut self.recv).poll_frame(cx).map_err(UpstreamError::H2)
+        Pin::new(&mut self.recv).poll_frame(cx).map_err(|e| match e {
+            StreamError::Reset(reason) => UpstreamError::H2Reset(h2::Error::from(h2::Reason::from(reason.0))),
+            e => UpstreamError::H2(e),
+        })
     }
 
     fn is_end_stream(&self) -> bool {

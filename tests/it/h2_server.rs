@@ -260,3 +260,44 @@ async fn both_http2_servers_date_the_answers_that_come_without_one() {
         assert!(is_imf_fixdate(dates[0].as_bytes()), "{server:?}: {:?}", dates[0]);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_http2_servers_pass_a_backends_reset_reason_on_to_the_client() {
+    // The backend sends a head and some data, then resets the stream with ENHANCE_YOUR_CALM: the client's stream
+    // is reset with the same reason (as hyper's server did with the h2 crate's client behind it), not with a
+    // reason of reveille's making.
+    let backend = H2Backend::start(
+        std::sync::Arc::new(|_req: Request<hyper::body::Incoming>| {
+            Box::pin(async move {
+                // The reset comes a little after the data: reveille has begun the response by then.
+                let body = http_body_util::StreamBody::new(futures::stream::unfold(0, |step| async move {
+                    match step {
+                        0 => Some((Ok(http_body::Frame::data(bytes::Bytes::from_static(b"partial"))), 1)),
+                        1 => {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            Some((Err(h2::Error::from(h2::Reason::ENHANCE_YOUR_CALM)), 2))
+                        }
+                        _ => None,
+                    }
+                }));
+                hyper::Response::new(tonic::body::Body::new(body))
+            })
+        }),
+        H2Options::default(),
+    )
+    .await;
+    let routes = format!("[services.h]\nbackends = [\"h2c://{}\"]\n[routes]\n\"h2.test\" = \"h\"\n", backend.addr);
+    for server in [Http2Server::Reveille, Http2Server::Hyper] {
+        let proxy = TestProxy::start_with(&routes, settings(server)).await;
+        let mut sender = h2c(proxy.http).await;
+        let resp = sender.send_request(Request::get("http://h2.test/").body(full("")).unwrap()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{server:?}");
+        let err = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
+            .await
+            .unwrap()
+            .expect_err("the body should end with the backend's reset");
+        let reason =
+            std::error::Error::source(&err).and_then(|s| s.downcast_ref::<h2::Error>()).and_then(h2::Error::reason);
+        assert_eq!(reason, Some(h2::Reason::ENHANCE_YOUR_CALM), "{server:?}: {err:?}");
+    }
+}
