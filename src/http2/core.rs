@@ -68,8 +68,9 @@ pub(super) struct StreamCore {
     pub(super) respond_gone: bool,
     /// Counted in `Core::active` (until the stream is over).
     active: bool,
-    /// A client's stream: its response head came (what follows is data, or trailers); its request was HEAD (the
-    /// response's `content-length` describes no body).
+    /// The peer's head came: what follows is data, or trailers (a server's stream opens with it; a client's
+    /// waits for its response's). A client's request was HEAD: the response's `content-length` describes no
+    /// body.
     pub(super) responded: bool,
     pub(super) head_request: bool,
 }
@@ -277,6 +278,11 @@ impl Core {
             let reset = s.reset.is_some();
             self.release_connection(flow);
             return Ok((!reset).then_some(Reason::STREAM_CLOSED));
+        }
+        if !s.responded {
+            // DATA before the peer's head (a client's stream before its response's): malformed (§8.1).
+            self.release_connection(flow);
+            return Ok(Some(Reason::PROTOCOL_ERROR));
         }
         if i64::from(flow) > s.recv_window {
             self.release_connection(flow);

@@ -339,20 +339,21 @@ where
             match tokio_util::io::poll_read_buf(Pin::new(&mut io), cx, &mut read) {
                 // The backend closed the connection: its streams end with it.
                 Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
-                Poll::Ready(Ok(_)) => {
-                    if let Err(e) = conn.recv(&mut read) {
-                        failed = Some(e);
-                    }
-                    if let Some(slot) = slot.upgrade() {
-                        let limit = conn.max_streams() as usize;
-                        if slot.limit.load(Ordering::Relaxed) != limit {
-                            slot.limit.store(limit, Ordering::Relaxed);
+                Poll::Ready(Ok(_)) => match conn.recv(&mut read) {
+                    Ok(received) => {
+                        if let Some(slot) = slot.upgrade() {
+                            let limit = received.max_streams as usize;
+                            if slot.limit.load(Ordering::Relaxed) != limit {
+                                slot.limit.store(limit, Ordering::Relaxed);
+                            }
+                            if received.going_away {
+                                slot.closed.store(true, Ordering::SeqCst);
+                            }
                         }
-                        if conn.is_going_away() {
-                            slot.closed.store(true, Ordering::SeqCst);
-                        }
                     }
-                }
+                    // Its GOAWAY is written below; the task's end marks the slot closed.
+                    Err(e) => failed = Some(e),
+                },
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
                 Poll::Pending => break,
             }

@@ -103,9 +103,10 @@ impl Connection {
         (conn, Handle { shared })
     }
 
-    /// Takes the complete frames at the front of `buf`. Bytes of an incomplete frame stay in `buf`. An error
-    /// has its GOAWAY queued: write the output, then close.
-    pub(crate) fn recv(&mut self, buf: &mut BytesMut) -> Result<(), ConnError> {
+    /// Takes the complete frames at the front of `buf`. Bytes of an incomplete frame stay in `buf`. Says, as
+    /// the frames left the connection, what a pool needs: the peer's stream limit, and whether it takes new
+    /// streams. An error has its GOAWAY queued: write the output, then close.
+    pub(crate) fn recv(&mut self, buf: &mut BytesMut) -> Result<Received, ConnError> {
         let shared = self.shared.clone();
         let mut core = shared.lock();
         let result = self.frames(&mut core, buf);
@@ -114,7 +115,7 @@ impl Connection {
             frame::put_goaway(&mut core.out, 0, e.reason(), e.to_string().as_bytes());
             core.goaway.get_or_insert(0);
         }
-        result
+        result.map(|()| Received { max_streams: core.peer_max_streams, going_away: is_going_away(&core) })
     }
 
     fn frames(&mut self, core: &mut Core, buf: &mut BytesMut) -> Result<(), ConnError> {
@@ -152,12 +153,6 @@ impl Connection {
             Frame::Data { stream, data, end_stream, flow } => {
                 if !opened(stream) {
                     return Err(protocol_error("DATA on a stream this client never opened"));
-                }
-                if core.streams.get(&stream).is_some_and(|s| !s.responded) {
-                    // DATA before the response's head: a malformed response (§8.1). Its flow control still counts.
-                    core.recv_data(stream, Bytes::new(), false, flow)?;
-                    stream_error(core, stream, Reason::PROTOCOL_ERROR);
-                    return Ok(());
                 }
                 let data = if data.len() < COPY_BELOW { Bytes::copy_from_slice(data) } else { bytes.slice_ref(data) };
                 if let Some(reason) = core.recv_data(stream, data, end_stream, flow)? {
@@ -282,6 +277,7 @@ impl Connection {
     }
 
     /// The peer's `SETTINGS_MAX_CONCURRENT_STREAMS` as last read (what the first SETTINGS assumed until then).
+    #[cfg(test)]
     pub(crate) fn max_streams(&self) -> u32 {
         self.shared.lock().peer_max_streams
     }
@@ -295,13 +291,13 @@ impl Connection {
     /// Going away, with no stream left and nothing left to write: the connection may close.
     pub(crate) fn is_done(&self) -> bool {
         let core = self.shared.lock();
-        (core.goaway.is_some() || core.next_id > MAX_STREAM_ID) && core.active == 0 && core.out.is_empty()
+        is_going_away(&core) && core.active == 0 && core.out.is_empty()
     }
 
     /// Takes no new stream: a GOAWAY came (or was sent), or the stream ids ran out.
+    #[cfg(test)]
     pub(crate) fn is_going_away(&self) -> bool {
-        let core = self.shared.lock();
-        core.goaway.is_some() || core.next_id > MAX_STREAM_ID
+        is_going_away(&self.shared.lock())
     }
 }
 
@@ -322,6 +318,19 @@ impl Drop for Connection {
     fn drop(&mut self) {
         self.shared.lock().close();
     }
+}
+
+/// What a batch of the peer's frames left: the peer's `SETTINGS_MAX_CONCURRENT_STREAMS`, and whether the
+/// connection takes no new stream.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Received {
+    pub(crate) max_streams: u32,
+    pub(crate) going_away: bool,
+}
+
+/// Takes no new stream: a GOAWAY came (or was sent), or the stream ids ran out.
+fn is_going_away(core: &Core) -> bool {
+    core.goaway.is_some() || core.next_id > MAX_STREAM_ID
 }
 
 /// Streams above `last` were not processed (a GOAWAY, §6.8): they fail as refused, so their requests may go again.
@@ -366,7 +375,7 @@ impl Handle {
         if core.closed {
             return Poll::Ready(Err(StreamError::Closed));
         }
-        if core.goaway.is_some() || core.next_id > MAX_STREAM_ID {
+        if is_going_away(core) {
             return Poll::Ready(Err(StreamError::Reset(Reason::REFUSED_STREAM)));
         }
         if core.active >= core.peer_max_streams {

@@ -309,7 +309,8 @@ impl Connection {
                 return self.local_reset();
             };
             let recv = if end_stream { Recv::Ended } else { Recv::Open };
-            let stream = StreamCore::new(recv, self.config.stream_window, core.peer_initial_window, content_length);
+            let mut stream = StreamCore::new(recv, self.config.stream_window, core.peer_initial_window, content_length);
+            stream.responded = true;
             core.open(id, stream);
             let body = RequestBody::new(self.shared.clone(), id, content_length, end_stream);
             accept(req.map(|()| body), Respond::new(self.shared.clone(), id));
