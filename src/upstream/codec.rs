@@ -36,7 +36,8 @@ impl Appended {
         self.fields.iter().map_while(|f| f.as_ref().map(|(n, v)| (*n, v)))
     }
 
-    /// Puts the fields into `headers` (an h2 request's map, a test's): what a map of the request holds.
+    /// Puts the fields into `headers` (the map the forwarding benches and tests look at): what a map of the
+    /// request holds. An h2 backend's HEADERS take them from [`Self::iter`] instead.
     pub(crate) fn insert_into(&self, headers: &mut HeaderMap) {
         for (name, value) in self.iter() {
             headers.insert(name.clone(), value.clone());
