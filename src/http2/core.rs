@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 
 use crate::http2::fields::Refused;
 use crate::http2::frame::{self, FrameError, Head, Reason, Settings};
-use crate::http2::hpack::DecodeError;
+use crate::http2::hpack::{self, DecodeError};
 
 pub(super) type Shared = Arc<Mutex<Core>>;
 
@@ -117,6 +117,9 @@ impl StreamCore {
 pub(super) struct Core {
     /// Frames waiting to be taken by the connection's task.
     pub(super) out: BytesMut,
+    /// The HPACK table this side's header blocks are encoded with, in step with the peer's decoder: every block
+    /// is encoded straight into `out`, under the lock, so the peer decodes them in the order they were encoded.
+    pub(super) encoder: hpack::Encoder,
     /// What the connection's task took and has not written yet.
     pub(super) unflushed: usize,
     pub(super) max_send_buffer: usize,
@@ -222,6 +225,7 @@ impl Core {
     pub(super) fn new(stream_window: u32, connection_window: u32, max_send_buffer: usize) -> Core {
         Core {
             out: BytesMut::with_capacity(4096),
+            encoder: hpack::Encoder::new(),
             unflushed: 0,
             max_send_buffer,
             streams: Streams::default(),
@@ -359,6 +363,9 @@ impl Core {
         }
         if let Some(size) = settings.max_frame_size {
             self.peer_max_frame_size = size;
+        }
+        if let Some(size) = settings.header_table_size {
+            self.encoder.set_peer_limit(size as usize);
         }
         if let Some(n) = settings.max_concurrent_streams {
             self.peer_max_streams = n;

@@ -9,7 +9,9 @@ use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, TE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Uri, Version};
 
-use crate::http2::hpack::Field;
+use std::sync::OnceLock;
+
+use crate::http2::hpack::{Field, Known, STATIC};
 
 /// The size a field counts for in `SETTINGS_MAX_HEADER_LIST_SIZE` (§6.5.2).
 fn field_size(name: &[u8], value: &[u8]) -> usize {
@@ -29,7 +31,58 @@ pub(super) struct Fields {
     protocol: bool,
     status: Option<http::StatusCode>,
     headers: HeaderMap,
+    /// What the `content-length` fields say, read as they come: see [`Fields::content_length`].
+    content_length: Result<Option<u64>, ()>,
     malformed: Option<&'static str>,
+}
+
+/// What [`Fields::push`] makes of a field, kept as the memo of the HPACK table entry it came from
+/// ([`Known::Entry`]): a field the peer sends again by index is not judged, parsed or copied again. An entry's
+/// name and value never change, and neither does what they are judged to be.
+#[derive(Debug, Clone)]
+pub(super) enum Judged {
+    /// A regular field, checked.
+    Regular(HeaderName, HeaderValue),
+    /// A pseudo-header field's value, copied once (its name is judged at every use: it says where it goes).
+    Pseudo(Bytes),
+    /// A field no request or response may carry.
+    Malformed(&'static str),
+}
+
+/// A regular field's name and value, checked as `push` checks them; `name` already parsed when it is the
+/// static table's.
+fn judge(name_bytes: &[u8], value: &[u8], parsed: Option<&HeaderName>) -> Judged {
+    let name = name_bytes;
+    let name = match parsed {
+        Some(name) => name.clone(),
+        None => {
+            if name.iter().any(u8::is_ascii_uppercase) {
+                return Judged::Malformed("a field name with uppercase letters");
+            }
+            let Ok(name) = HeaderName::from_bytes(name) else {
+                return Judged::Malformed("an invalid field name");
+            };
+            name
+        }
+    };
+    // A name that parses is the octets it came as (lowercase), with no need to spell a standard name out again.
+    if is_connection_specific_name(name_bytes) {
+        return Judged::Malformed("a connection-specific field");
+    }
+    if name == TE && value != b"trailers" {
+        return Judged::Malformed("te other than \"trailers\"");
+    }
+    match HeaderValue::from_bytes(value) {
+        Ok(value) => Judged::Regular(name, value),
+        Err(_) => Judged::Malformed("an invalid field value"),
+    }
+}
+
+/// The static table's regular names, parsed once (`None` for the pseudo-header fields').
+fn static_name(index: usize) -> Option<&'static HeaderName> {
+    static NAMES: OnceLock<Vec<Option<HeaderName>>> = OnceLock::new();
+    let names = NAMES.get_or_init(|| STATIC.iter().map(|(n, _)| HeaderName::from_bytes(n.as_bytes()).ok()).collect());
+    names.get(index.checked_sub(1)?)?.as_ref()
 }
 
 /// Why a header block gives no request (or trailers).
@@ -54,6 +107,7 @@ impl Fields {
             protocol: false,
             status: None,
             headers: HeaderMap::new(),
+            content_length: Ok(None),
             malformed: None,
         }
     }
@@ -63,7 +117,7 @@ impl Fields {
     }
 
     /// Takes one decoded field. Once the block is over size or malformed, fields are only counted.
-    pub(super) fn push(&mut self, f: Field<'_>) {
+    pub(super) fn push(&mut self, f: Field<'_, Judged>) {
         self.size = self.size.saturating_add(field_size(f.name, f.value));
         if self.size > self.max_size || self.malformed.is_some() {
             return;
@@ -72,7 +126,13 @@ impl Fields {
             if self.regular {
                 return self.malformed("a pseudo-header field after a regular one");
             }
-            let value = || Bytes::copy_from_slice(f.value);
+            let value = || match f.known {
+                Known::Entry(memo) => match memo.get_or_init(|| Judged::Pseudo(Bytes::copy_from_slice(f.value))) {
+                    Judged::Pseudo(value) => value.clone(),
+                    _ => Bytes::copy_from_slice(f.value),
+                },
+                _ => Bytes::copy_from_slice(f.value),
+            };
             match pseudo {
                 b"method" if self.method.is_none() => match Method::from_bytes(f.value) {
                     Ok(m) => self.method = Some(m),
@@ -99,27 +159,43 @@ impl Fields {
             return;
         }
         self.regular = true;
-        if f.name.iter().any(u8::is_ascii_uppercase) {
-            return self.malformed("a field name with uppercase letters");
-        }
-        let Ok(name) = HeaderName::from_bytes(f.name) else {
-            return self.malformed("an invalid field name");
+        let judged = match f.known {
+            // An indexed field is never sensitive: what the memo holds is the field as it is.
+            Known::Entry(memo) => memo.get_or_init(|| judge(f.name, f.value, None)).clone(),
+            Known::StaticName(index) => judge(f.name, f.value, static_name(index)),
+            Known::Literal => judge(f.name, f.value, None),
         };
-        if is_connection_specific(&name) {
-            return self.malformed("a connection-specific field");
-        }
-        if name == TE && f.value != b"trailers" {
-            return self.malformed("te other than \"trailers\"");
-        }
-        let Ok(mut value) = HeaderValue::from_bytes(f.value) else {
-            return self.malformed("an invalid field value");
+        let (name, mut value) = match judged {
+            Judged::Regular(name, value) => (name, value),
+            Judged::Malformed(why) => return self.malformed(why),
+            Judged::Pseudo(_) => return self.malformed("an invalid field name"),
         };
         value.set_sensitive(f.sensitive);
+        if name == CONTENT_LENGTH {
+            self.content_length_field(&value);
+        }
         // A map holds at most 24 576 distinct names: past that (a header list size set very large) the list is
         // too large, not a panic.
         if self.headers.try_append(name, value).is_err() {
             self.size = usize::MAX;
         }
+    }
+
+    /// One `content-length` field's value, as the `h2` crate judges it: digits only (HTTP/1.1's parser), and
+    /// every field that gives one giving the same.
+    fn content_length_field(&mut self, value: &HeaderValue) {
+        let n = crate::http1::parse_decimal(value.as_bytes()).ok_or(());
+        self.content_length = match (self.content_length, n) {
+            (Ok(None), Ok(n)) => Ok(Some(n)),
+            (Ok(Some(l)), Ok(n)) if l == n => Ok(Some(n)),
+            _ => Err(()),
+        };
+    }
+
+    /// The head's length, from its `content-length` fields, learned as they came (no lookup in the map after):
+    /// `Err` when one is not digits or they disagree.
+    pub(super) fn content_length(&self) -> Result<Option<u64>, ()> {
+        self.content_length
     }
 
     fn check(&self) -> Result<(), Refused> {
@@ -203,20 +279,6 @@ impl Fields {
     }
 }
 
-/// A head's `content-length`, as the `h2` crate judges it: digits only (HTTP/1.1's parser), and every
-/// field that gives one giving the same.
-pub(super) fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>, ()> {
-    let mut len = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        let n = crate::http1::parse_decimal(value.as_bytes()).ok_or(())?;
-        if len.is_some_and(|l| l != n) {
-            return Err(());
-        }
-        len = Some(n);
-    }
-    Ok(len)
-}
-
 /// The fields HTTP/2 forbids (RFC 9113 §8.2.2): refused in what the peer sends, left out of what this side sends.
 pub(super) fn is_connection_specific(name: &http::header::HeaderName) -> bool {
     is_connection_specific_name(name.as_str().as_bytes())
@@ -233,7 +295,7 @@ mod tests {
     fn fields(list: &[(&str, &str)]) -> Fields {
         let mut f = Fields::new(16 * 1024);
         for (name, value) in list {
-            f.push(Field { name: name.as_bytes(), value: value.as_bytes(), sensitive: false });
+            f.push(Field { name: name.as_bytes(), value: value.as_bytes(), sensitive: false, known: Known::Literal });
         }
         f
     }
@@ -302,11 +364,70 @@ mod tests {
     fn a_header_list_over_its_size_is_too_large_whatever_else_it_holds() {
         let mut f = Fields::new(100);
         for (n, v) in GET {
-            f.push(Field { name: n.as_bytes(), value: v.as_bytes(), sensitive: false });
+            f.push(Field { name: n.as_bytes(), value: v.as_bytes(), sensitive: false, known: Known::Literal });
         }
-        f.push(Field { name: b"x", value: &[b'v'; 100], sensitive: false });
-        f.push(Field { name: b"Bad", value: b"", sensitive: false });
+        f.push(Field { name: b"x", value: &[b'v'; 100], sensitive: false, known: Known::Literal });
+        f.push(Field { name: b"Bad", value: b"", sensitive: false, known: Known::Literal });
         assert_eq!(f.into_request().unwrap_err(), Refused::TooLarge);
+    }
+
+    #[test]
+    fn a_memo_judges_a_field_once_and_is_trusted_after() {
+        let memo = std::cell::OnceCell::new();
+        let entry = |name: &'static str, value: &'static str, memo| Field {
+            name: name.as_bytes(),
+            value: value.as_bytes(),
+            sensitive: false,
+            known: Known::Entry(memo),
+        };
+        let mut f = fields(&GET);
+        f.push(entry("x-kept", "1", &memo));
+        assert!(matches!(memo.get(), Some(Judged::Regular(n, v)) if n == "x-kept" && v == "1"));
+        // What the memo holds is what the entry's next reference gives.
+        f.push(entry("x-kept", "1", &memo));
+        assert_eq!(f.into_request().unwrap().headers().get_all("x-kept").iter().count(), 2);
+        // A field judged malformed stays malformed at every reference.
+        let bad = std::cell::OnceCell::new();
+        for _ in 0..2 {
+            let mut f = fields(&GET);
+            f.push(entry("te", "gzip", &bad));
+            assert_eq!(f.into_request().unwrap_err(), Refused::Malformed("te other than \"trailers\""));
+        }
+        // A pseudo-header field's memo is its value, copied once.
+        let path = std::cell::OnceCell::new();
+        let mut f = fields(&GET[..3]);
+        f.push(entry(":path", "/p", &path));
+        assert!(matches!(path.get(), Some(Judged::Pseudo(v)) if v == "/p"));
+        assert_eq!(f.into_request().unwrap().uri(), "https://a.test/p");
+        // A static name (31: content-type) is taken parsed; the static table's transfer-encoding (57) is still
+        // connection-specific.
+        let named = |index: usize, value: &'static str| Field {
+            name: STATIC[index - 1].0.as_bytes(),
+            value: value.as_bytes(),
+            sensitive: false,
+            known: Known::StaticName(index),
+        };
+        let mut f = fields(&GET);
+        f.push(named(31, "text/plain"));
+        assert_eq!(f.into_request().unwrap().headers()["content-type"], "text/plain");
+        let mut f = fields(&GET);
+        f.push(named(57, "chunked"));
+        assert_eq!(f.into_request().unwrap_err(), Refused::Malformed("a connection-specific field"));
+    }
+
+    #[test]
+    fn the_content_length_is_learned_as_the_fields_come() {
+        let length = |list: &[(&str, &str)]| {
+            let mut all = GET.to_vec();
+            all.extend_from_slice(list);
+            fields(&all).content_length()
+        };
+        assert_eq!(length(&[]), Ok(None));
+        assert_eq!(length(&[("content-length", "5")]), Ok(Some(5)));
+        assert_eq!(length(&[("content-length", "5"), ("content-length", "5")]), Ok(Some(5)));
+        assert_eq!(length(&[("content-length", "5"), ("content-length", "6")]), Err(()));
+        assert_eq!(length(&[("content-length", "+5")]), Err(()));
+        assert_eq!(length(&[("content-length", "")]), Err(()));
     }
 
     #[test]

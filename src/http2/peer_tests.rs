@@ -100,7 +100,7 @@ async fn serve(mut socket: TcpStream) -> Vec<Seen> {
     frame::put_settings(&mut out, &Settings { max_concurrent_streams: Some(10), ..Settings::default() });
     socket.write_all(&out).await.unwrap();
 
-    let mut decoder = Decoder::new(hpack::DEFAULT_TABLE_SIZE);
+    let mut decoder: Decoder = Decoder::new(hpack::DEFAULT_TABLE_SIZE);
     let mut seen: Vec<Seen> = Vec::new();
     let mut block = Vec::new();
     let mut calls = 0;

@@ -7,8 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::HeaderName;
-use http::{HeaderMap, HeaderValue};
+use http::HeaderMap;
 use http_body::{Frame, SizeHint};
 
 use super::core::{Core, Recv, Send, Shared};
@@ -59,6 +58,9 @@ impl RecvBody {
             return Poll::Ready(Some(Err(StreamError::Closed)));
         };
         if let Some(data) = s.data.pop_front() {
+            // The last of a body that ended with no trailers: said now, so that whoever passes it on can end
+            // the body with this frame (one DATA frame with END_STREAM, not one more frame that is empty).
+            self.done = s.data.is_empty() && s.recv == Recv::Ended && s.trailers.is_none();
             let n = data.len() as u32;
             core.release(self.id, n);
             return Poll::Ready(Some(Ok(Frame::data(data))));
@@ -161,8 +163,9 @@ impl SendHalf {
         writable(core, self.id, Send::Idle)?;
         let max = core.peer_max_frame_size;
         let start = frame::begin_headers(&mut core.out);
+        core.encoder.begin(&mut core.out);
         hpack::put_status(&mut core.out, head.status.as_u16());
-        put_fields(&mut core.out, &head.headers);
+        put_fields(&mut core.encoder, &mut core.out, &head.headers);
         frame::finish_headers(&mut core.out, start, self.id, end, max);
         self.sent(core, end);
         Ok(())
@@ -224,7 +227,8 @@ impl SendHalf {
         writable(core, self.id, Send::Open)?;
         let max = core.peer_max_frame_size;
         let start = frame::begin_headers(&mut core.out);
-        put_fields(&mut core.out, trailers);
+        core.encoder.begin(&mut core.out);
+        put_fields(&mut core.encoder, &mut core.out, trailers);
         frame::finish_headers(&mut core.out, start, self.id, true, max);
         self.sent(core, true);
         Ok(())
@@ -280,15 +284,11 @@ impl Drop for SendHalf {
 }
 
 /// A head's or trailers' fields, without the connection-specific ones HTTP/2 forbids (RFC 9113 §8.2.2).
-fn put_fields(out: &mut bytes::BytesMut, headers: &HeaderMap) {
+fn put_fields(encoder: &mut hpack::Encoder, out: &mut bytes::BytesMut, headers: &HeaderMap) {
     for (name, value) in headers {
         if is_connection_specific(name) {
             continue;
         }
-        put_field(out, name, value);
+        encoder.put_field(out, name.as_str().as_bytes(), value.as_bytes(), value.is_sensitive());
     }
-}
-
-fn put_field(out: &mut bytes::BytesMut, name: &HeaderName, value: &HeaderValue) {
-    hpack::put_field(out, name.as_str().as_bytes(), value.as_bytes(), value.is_sensitive());
 }

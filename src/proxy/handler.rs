@@ -363,7 +363,9 @@ async fn forward(
     let mut grpc = false;
     if parts.version == Version::HTTP_2 {
         join_cookies(&mut headers);
-        te_trailers = headers.get(TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        // `te` is hop-by-hop: taken out here (the one removal `strip_hop_by_hop` would make on every gRPC call),
+        // and put back for an HTTP/2 backend.
+        te_trailers = headers.remove(TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
         grpc = is_grpc(&headers);
     }
     // Small bodies are read whole before any backend is contacted; a slow client holds none of its workers.

@@ -85,6 +85,35 @@ async fn an_http11_request_reaches_an_h2c_backend_as_http2() {
     assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
 }
 
+/// reveille indexes the fields it repeats into the backend's HPACK table, no larger than the backend allows:
+/// every request arrives whole whatever that is — no table at all, one that holds a few fields and evicts as it
+/// goes (a field that changes with every request is a new entry each time), or the default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_arrive_whole_whatever_hpack_table_the_backend_allows() {
+    for size in [0, 400, 4096] {
+        let backend = h2_echo(H2Options { header_table_size: Some(size), ..H2Options::default() }).await;
+        let proxy = TestProxy::start(&h2c_routes(&backend)).await;
+        for i in 0..30 {
+            let req = Request::get(format!("/r?i={i}"))
+                .header("host", "h2.test")
+                .header("x-same", "s")
+                .header("x-each", format!("v{i}"))
+                .header("x-third", format!("t{}", i % 3))
+                .body(full(""))
+                .unwrap();
+            let got = send(proxy.http, req).await;
+            assert_eq!(got.status, StatusCode::OK, "table {size}, request {i}: {}", got.text);
+            let json = got.json();
+            assert_eq!(json["uri"], format!("http://h2.test/r?i={i}"), "table {size}");
+            let h = &json["headers"];
+            assert_eq!((&h["x-same"][0], &h["x-each"][0]), (&"s".into(), &format!("v{i}").into()), "table {size}: {h}");
+            assert_eq!(h["x-third"][0], format!("t{}", i % 3), "table {size}: {h}");
+            assert_eq!(h["x-forwarded-host"][0], "h2.test", "table {size}: {h}");
+        }
+        assert!(backend.connections.load(Ordering::SeqCst) <= 2, "the requests shared a connection (and its table)");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_share_a_few_connections() {
     let backend = h2_echo(H2Options::default()).await;

@@ -4,7 +4,7 @@
 //! past its maximum, frames for streams never opened, a first frame that is not SETTINGS) ends it with the GOAWAY
 //! code RFC 9113 names; a header list over its size is answered 431; streams past the concurrency limit are
 //! refused; PINGs and SETTINGS are answered; a response larger than the client's window waits for its
-//! WINDOW_UPDATEs.
+//! WINDOW_UPDATEs; fields sent again by index are judged as they were the first time.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -170,6 +170,13 @@ impl Raw {
             self.frames
         );
         self.frames.last().unwrap().code()
+    }
+
+    /// The body of `stream`'s response: its DATA frames, up to the one that ends it.
+    async fn body(&mut self, stream: u32) -> Vec<u8> {
+        let end = |f: &Frame| f.kind == DATA && f.stream == stream && f.flags & END_STREAM != 0;
+        assert!(self.until(end).await, "no end of the body on {stream}: {:?}", self.frames);
+        self.frames.iter().filter(|f| f.kind == DATA && f.stream == stream).flat_map(|f| f.payload.clone()).collect()
     }
 
     async fn status(&mut self, stream: u32) -> u16 {
@@ -347,6 +354,57 @@ async fn a_header_block_refused_for_its_priority_still_updates_the_hpack_table()
     block.push(0xbe);
     c.send(&[frame(HEADERS, END_STREAM | END_HEADERS, 3, &block)]).await;
     assert_eq!(c.status(3).await, 200);
+    assert!(!c.frames.iter().any(|f| f.kind == GOAWAY), "{:?}", c.frames);
+}
+
+/// A field as a literal with incremental indexing (§6.2.1), its name a literal.
+fn indexed(name: &str, value: &str) -> Vec<u8> {
+    [&[0x40][..], &string(name.as_bytes()), &string(value.as_bytes())].concat()
+}
+
+/// The server keeps what it made of a dynamic-table entry (a memo beside the entry): a field sent again by index
+/// must be judged as it was when it came as a literal — refused, passed on, or counted as a length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_sent_again_by_index_are_judged_as_they_were_first() {
+    let (proxy, _a) = proxy_with(settings()).await;
+    let mut c = Raw::open(proxy.http, &[]).await;
+    // Stream 1 indexes `x-kept: 1` and then `te: gzip` (now 62, `x-kept` 63); `te: gzip` gets it reset.
+    let mut block = request("GET", "/", &[]);
+    block.extend(indexed("x-kept", "1"));
+    block.extend(indexed("te", "gzip"));
+    c.send(&[frame(HEADERS, END_STREAM | END_HEADERS, 1, &block)]).await;
+    assert_eq!(c.reset(1).await, PROTOCOL_ERROR);
+    // `te: gzip` by index: refused again, twice.
+    for id in [3, 5] {
+        let mut block = request("GET", "/", &[]);
+        block.push(0x80 | 62);
+        c.send(&[frame(HEADERS, END_STREAM | END_HEADERS, id, &block)]).await;
+        assert_eq!(c.reset(id).await, PROTOCOL_ERROR, "stream {id}");
+    }
+    // `x-kept: 1` by index, twice in one request and again in the next: the backend gets it each time.
+    for id in [7, 9] {
+        let mut block = request("GET", "/", &[]);
+        block.extend([0x80 | 63, 0x80 | 63]);
+        c.send(&[frame(HEADERS, END_STREAM | END_HEADERS, id, &block)]).await;
+        assert_eq!(c.status(id).await, 200, "stream {id}");
+        let seen: serde_json::Value = serde_json::from_slice(&c.body(id).await).unwrap();
+        assert_eq!(seen["headers"]["x-kept"], serde_json::json!(["1", "1"]), "stream {id}: {seen}");
+    }
+    // `content-length: 3`, indexed (62) with a body of 3 octets: answered.
+    let mut block = request("POST", "/", &[]);
+    block.extend(indexed("content-length", "3"));
+    c.send(&[frame(HEADERS, END_HEADERS, 11, &block), frame(DATA, END_STREAM, 11, b"abc")]).await;
+    assert_eq!(c.status(11).await, 200);
+    // By index with 4 octets: the length is the entry's, and the body does not match it.
+    let mut block = request("POST", "/", &[]);
+    block.push(0x80 | 62);
+    c.send(&[frame(HEADERS, END_HEADERS, 13, &block), frame(DATA, END_STREAM, 13, b"abcd")]).await;
+    assert_eq!(c.reset(13).await, PROTOCOL_ERROR);
+    // By index beside a literal `content-length: 4`: two lengths that differ.
+    let mut block = request("POST", "/", &[("content-length", "4")]);
+    block.push(0x80 | 62);
+    c.send(&[frame(HEADERS, END_HEADERS, 15, &block)]).await;
+    assert_eq!(c.reset(15).await, PROTOCOL_ERROR);
     assert!(!c.frames.iter().any(|f| f.kind == GOAWAY), "{:?}", c.frames);
 }
 

@@ -43,6 +43,40 @@ async fn h2c(proxy: std::net::SocketAddr) -> hyper::client::conn::http2::SendReq
     sender
 }
 
+/// reveille's server indexes the response fields it repeats into the client's HPACK table, no larger than the
+/// client allows (none, one that holds a field or two and evicts as it goes, the default): every response
+/// decodes, answers of the backend and reveille's own 404 taking turns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_decode_whatever_hpack_table_the_client_allows() {
+    let a = Backend::echo("a").await;
+    let routes = routes_file(&[("a", vec![a.addr])], &[("a.test", "a")]);
+    let proxy = TestProxy::start_with(&routes, settings(Http2Server::Reveille)).await;
+    for size in [0, 200, 4096] {
+        let stream = TcpStream::connect(proxy.http).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .header_table_size(size)
+            .handshake::<_, BoxBody>(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        for i in 0..20 {
+            let host = if i % 3 == 0 { "nowhere.test" } else { "a.test" };
+            let req = Request::get(format!("http://{host}/p{i}")).body(full("")).unwrap();
+            let resp = sender.send_request(req).await.unwrap();
+            let (status, headers) = (resp.status(), resp.headers().clone());
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            if i % 3 == 0 {
+                assert_eq!(status, StatusCode::NOT_FOUND, "table {size}, stream {i}");
+                continue;
+            }
+            assert_eq!(status, StatusCode::OK, "table {size}, stream {i}");
+            assert_eq!(headers["content-type"], "application/json", "table {size}, stream {i}");
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(json["path"], format!("/p{i}"), "table {size}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_stream_of_a_connection_gets_one_access_log_line() {
     let a = Backend::echo("a").await;

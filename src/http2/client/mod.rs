@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 
 pub(crate) use super::core::ConnError;
 use super::core::{next_frame, protocol_error, Core, Recv, Send, Shared, StreamCore, COPY_BELOW};
-use super::fields::{content_length, is_connection_specific_name, Fields};
+use super::fields::{is_connection_specific_name, Fields, Judged};
 use super::frame::{self, Frame, FrameError, Head, Reason, Settings};
 use super::hpack::{self, Decoder};
 use super::output::Output;
@@ -53,7 +53,7 @@ pub(crate) struct Connection {
     /// What the connection's task writes.
     pub(crate) output: Output,
     max_header_list_size: usize,
-    decoder: Decoder,
+    decoder: Decoder<Judged>,
     /// A header block being put together until its END_HEADERS, and its HEADERS frame's stream and END_STREAM.
     block: BytesMut,
     continuing: Option<(u32, bool)>,
@@ -240,6 +240,7 @@ impl Connection {
             }
             return Ok(());
         }
+        let content_length = fields.content_length();
         let Ok(head) = fields.into_response() else {
             stream_error(core, id, Reason::PROTOCOL_ERROR);
             return Ok(());
@@ -251,7 +252,7 @@ impl Connection {
             }
             return Ok(());
         }
-        let Ok(len) = content_length(&head.headers) else {
+        let Ok(len) = content_length else {
             stream_error(core, id, Reason::PROTOCOL_ERROR);
             return Ok(());
         };
@@ -388,12 +389,13 @@ impl Handle {
         core.next_id += 2;
         let max = core.peer_max_frame_size;
         let start = frame::begin_headers(&mut core.out);
-        let out = &mut core.out;
+        core.encoder.begin(&mut core.out);
+        let (out, encoder) = (&mut core.out, &mut core.encoder);
         head.fields(&mut |name, value, sensitive| {
             if !name.starts_with(b":") && is_forbidden(name, value) {
                 return;
             }
-            hpack::put_field(out, name, value, sensitive);
+            encoder.put_field(out, name, value, sensitive);
         });
         frame::finish_headers(&mut core.out, start, id, end, max);
         let mut stream = StreamCore::new(Recv::Open, core.stream_window, core.peer_initial_window, None);

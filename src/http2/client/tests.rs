@@ -26,6 +26,7 @@ fn config() -> Config {
 
 /// A connection whose server has sent its SETTINGS (`settings`); the client's first output checked and read.
 fn connect(settings: Settings) -> (Connection, Handle) {
+    DECODER.set(Decoder::new(hpack::DEFAULT_TABLE_SIZE));
     let (mut conn, handle) = Connection::new(config());
     let out = conn.output.take_output().unwrap();
     conn.output.unflushed(0);
@@ -57,8 +58,17 @@ enum Owned {
     Other,
 }
 
-fn frames(mut rest: &[u8]) -> Vec<Owned> {
-    let mut decoder = Decoder::new(hpack::DEFAULT_TABLE_SIZE);
+thread_local! {
+    /// The peer's HPACK decoder, in step with the connection's encoder: one connection per test (each test has
+    /// its thread), the decoder made new by `connect`.
+    static DECODER: std::cell::RefCell<Decoder> = std::cell::RefCell::new(Decoder::new(hpack::DEFAULT_TABLE_SIZE));
+}
+
+fn frames(rest: &[u8]) -> Vec<Owned> {
+    DECODER.with_borrow_mut(|decoder| frames_with(decoder, rest))
+}
+
+fn frames_with(decoder: &mut Decoder, mut rest: &[u8]) -> Vec<Owned> {
     let mut frames = Vec::new();
     while !rest.is_empty() {
         let head = Head::parse(rest[..HEAD_LEN].try_into().unwrap());

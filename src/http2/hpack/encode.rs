@@ -1,8 +1,181 @@
 //! HPACK's encoder side: a field as a static-table index where the static table holds it whole, else as a
-//! literal that is not indexed (§6.2.2), its name a static index where the table has the name. No Huffman, no
-//! dynamic table: nothing to keep in step with the peer's decoder, and every field costs what it says.
+//! literal (§6.2), its name a static index where the table has the name. No Huffman.
+//!
+//! [`put_field`] keeps no state: a literal that is not indexed (§6.2.2). A connection's [`Encoder`] keeps a
+//! dynamic table in step with the peer's decoder: a field it has sent before is one index (§6.1), and a field
+//! worth keeping is sent the first time as a literal with incremental indexing (§6.2.1). Requests to a backend
+//! and responses to a client repeat most of their fields (`:authority`, `content-type`, `te`, `user-agent`, the
+//! forwarding fields, `grpc-status`), and a field sent by index is the cheapest there is for the peer to decode:
+//! the `h2` crate and nghttp2 clone it out of their table instead of parsing and checking it again.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 
 use bytes::{BufMut, BytesMut};
+
+use super::DEFAULT_TABLE_SIZE;
+
+/// What an entry costs in the table beside its octets (§4.1).
+const ENTRY_OVERHEAD: usize = 32;
+
+/// A connection's encoder: its dynamic table, as the peer's decoder holds it.
+pub(crate) struct Encoder {
+    /// The newest first, as the indices count (§2.3.3): index 62 is the front.
+    entries: VecDeque<Entry>,
+    size: usize,
+    /// The table's size, at most the peer's `SETTINGS_HEADER_TABLE_SIZE` and at most [`DEFAULT_TABLE_SIZE`].
+    max_size: usize,
+    /// Changes of `max_size` the peer has not been told of, as the smallest and the last: the next header block
+    /// starts with them (§4.2: the smallest first, since the table was evicted down to it).
+    update: Option<(usize, usize)>,
+    /// Entries ever inserted: an entry's number is the count before it.
+    inserted: u64,
+    /// Each entry's number by the hash of its name and value (an entry whose hash another took is not found:
+    /// it is sent as a literal, which is always correct).
+    by_hash: HashMap<u64, u64, foldhash::fast::RandomState>,
+    hasher: foldhash::fast::RandomState,
+}
+
+struct Entry {
+    bytes: Box<[u8]>,
+    name_len: usize,
+    hash: u64,
+}
+
+impl Default for Encoder {
+    fn default() -> Self {
+        Encoder::new()
+    }
+}
+
+impl Encoder {
+    /// An empty table of the size every peer allows until its SETTINGS say otherwise.
+    pub(crate) fn new() -> Encoder {
+        Encoder {
+            entries: VecDeque::new(),
+            size: 0,
+            max_size: DEFAULT_TABLE_SIZE,
+            update: None,
+            inserted: 0,
+            by_hash: HashMap::default(),
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+
+    /// The peer's `SETTINGS_HEADER_TABLE_SIZE`: the table shrinks to it at once (the peer's decoder applies it
+    /// once it has this side's acknowledgement, which goes out before any header block encoded from now on),
+    /// and the next header block says so.
+    pub(crate) fn set_peer_limit(&mut self, limit: usize) {
+        let max = limit.min(DEFAULT_TABLE_SIZE);
+        if max != self.max_size {
+            self.max_size = max;
+            self.evict_to(max);
+            let smallest = self.update.map_or(max, |(smallest, _)| smallest.min(max));
+            self.update = Some((smallest, max));
+        }
+    }
+
+    /// Starts a header block: a size change the peer has not been told of goes first (§4.2).
+    pub(crate) fn begin(&mut self, out: &mut BytesMut) {
+        if let Some((smallest, last)) = self.update.take() {
+            if smallest != last {
+                put_integer(out, smallest, 5, 0x20);
+            }
+            put_integer(out, last, 5, 0x20);
+        }
+    }
+
+    /// Writes one field, as [`put_field`] does, but by index when the dynamic table holds it, and indexed for
+    /// next time when it is worth keeping.
+    pub(crate) fn put_field(&mut self, out: &mut BytesMut, name: &[u8], value: &[u8], sensitive: bool) {
+        if sensitive || !worth_indexing(name) {
+            return put_field(out, name, value, sensitive);
+        }
+        if let Some(index) = static_field(name, value) {
+            out.put_u8(0x80 | index);
+            return;
+        }
+        let size = name.len() + value.len() + ENTRY_OVERHEAD;
+        // A field that would take more than a quarter of the table would push out the fields that repeat.
+        if size > self.max_size / 4 {
+            return put_field(out, name, value, false);
+        }
+        let hash = self.hasher.hash_one((name, value));
+        if let Some(index) = self.find(hash, name, value) {
+            return put_integer(out, index, 7, 0x80);
+        }
+        match static_name(name) {
+            Some(index) => put_integer(out, usize::from(index), 6, 0x40),
+            None => {
+                out.put_u8(0x40);
+                put_integer(out, name.len(), 7, 0);
+                out.put_slice(name);
+            }
+        }
+        put_integer(out, value.len(), 7, 0);
+        out.put_slice(value);
+        self.insert(hash, name, value, size);
+    }
+
+    /// The index of the entry holding `name` and `value`, if there is one.
+    fn find(&self, hash: u64, name: &[u8], value: &[u8]) -> Option<usize> {
+        let number = *self.by_hash.get(&hash)?;
+        // The newest entry's number is `inserted - 1`, at index 62.
+        let position = usize::try_from(self.inserted - 1 - number).ok()?;
+        let e = self.entries.get(position)?;
+        let same = e.hash == hash && e.bytes.len() == name.len() + value.len() && e.bytes[..e.name_len] == *name;
+        (same && e.bytes[e.name_len..] == *value).then_some(super::STATIC.len() + 1 + position)
+    }
+
+    /// Adds an entry as the peer's decoder does on a literal with incremental indexing (§4.4): the oldest go
+    /// until it fits. `size` is never above `max_size` here.
+    fn insert(&mut self, hash: u64, name: &[u8], value: &[u8], size: usize) {
+        self.evict_to(self.max_size - size);
+        let mut bytes = Vec::with_capacity(name.len() + value.len());
+        bytes.extend_from_slice(name);
+        bytes.extend_from_slice(value);
+        self.entries.push_front(Entry { bytes: bytes.into_boxed_slice(), name_len: name.len(), hash });
+        self.by_hash.insert(hash, self.inserted);
+        self.inserted += 1;
+        self.size += size;
+    }
+
+    fn evict_to(&mut self, limit: usize) {
+        while self.size > limit {
+            let Some(old) = self.entries.pop_back() else { break };
+            self.size -= old.bytes.len() + ENTRY_OVERHEAD;
+            // The oldest entry's number: the newest's, less the entries left after it.
+            let number = self.inserted - 1 - self.entries.len() as u64;
+            if self.by_hash.get(&old.hash) == Some(&number) {
+                self.by_hash.remove(&old.hash);
+            }
+        }
+    }
+
+    /// The entries in the table (for the tests).
+    #[cfg(test)]
+    pub(crate) fn entries(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// Whether a field is worth a place in the table: not one whose value changes from one message to the next
+/// (the `h2` crate's list: a request's path, lengths, validators, cookies, dates of a resource).
+fn worth_indexing(name: &[u8]) -> bool {
+    !matches!(
+        name,
+        b":path"
+            | b"age"
+            | b"authorization"
+            | b"content-length"
+            | b"etag"
+            | b"if-modified-since"
+            | b"if-none-match"
+            | b"location"
+            | b"cookie"
+            | b"set-cookie"
+    )
+}
 
 /// Writes `:status` (§8.3.2 of RFC 9113): one octet for the seven codes the static table holds.
 pub(crate) fn put_status(out: &mut BytesMut, status: u16) {

@@ -6,13 +6,23 @@
 //! the same way). The encoder writes no Huffman and uses no dynamic table of its own: a field is a static-table
 //! index, or a literal that is not indexed, as HAProxy's `hpack-enc.c` does. That costs some octets on the wire
 //! and no table state to keep in step with the peer.
+//!
+//! Each table entry keeps a memo beside it (a `OnceCell` of the decoder's user's type): what the user made of the
+//! field the first time (for reveille, a checked `HeaderName` and `HeaderValue`), handed back with every later
+//! reference to the entry. A peer's encoder indexes the fields it repeats, so on a busy connection most fields
+//! are references, and each is judged once per entry instead of once per request.
 
 mod encode;
 mod huffman;
 mod table;
 
-pub(crate) use encode::{put_field, put_status};
-use table::{Dynamic, STATIC};
+#[cfg(test)]
+pub(crate) use encode::put_field;
+pub(crate) use encode::{put_status, Encoder};
+use std::cell::OnceCell;
+
+pub(crate) use table::STATIC;
+use table::{Dynamic, EntryRef};
 
 /// The size of the dynamic table a decoder allows by default (`SETTINGS_HEADER_TABLE_SIZE`'s initial value).
 pub(crate) const DEFAULT_TABLE_SIZE: usize = 4096;
@@ -37,40 +47,66 @@ pub(crate) enum DecodeError {
 
 /// One decoded field. `sensitive` is the never-indexed representation (§6.2.3): an intermediary must pass it
 /// on the same way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Field<'a> {
+#[derive(Debug)]
+pub(crate) struct Field<'a, M = ()> {
     pub(crate) name: &'a [u8],
     pub(crate) value: &'a [u8],
     pub(crate) sensitive: bool,
+    /// What the tables know of the field.
+    pub(crate) known: Known<'a, M>,
 }
 
-/// A connection's HPACK decoder: the dynamic table the peer's encoder fills, and two scratch buffers for
-/// Huffman-coded strings.
-pub(crate) struct Decoder {
-    table: Dynamic,
+/// Where a decoded field came from, so that its user need not judge it again.
+#[derive(Debug)]
+pub(crate) enum Known<'a, M> {
+    /// A literal name and value.
+    Literal,
+    /// The whole field is a table entry (an indexed field, §6.1): the entry's memo. It lives as long as the entry
+    /// and always stands for the same name and value; whatever a user puts in it is handed back at the entry's
+    /// next reference.
+    Entry(&'a OnceCell<M>),
+    /// A literal value under the name of the static table's entry at this index (1 for the first).
+    StaticName(usize),
+}
+
+impl<M> Clone for Known<'_, M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<M> Copy for Known<'_, M> {}
+
+/// A connection's HPACK decoder: the dynamic table the peer's encoder fills (with a memo of type `M` beside each
+/// entry), the static table's memos, and two scratch buffers for Huffman-coded strings.
+pub(crate) struct Decoder<M = ()> {
+    table: Dynamic<M>,
+    /// A memo for each entry of the static table.
+    statics: Box<[OnceCell<M>]>,
     /// The largest table the peer may ask for: the `SETTINGS_HEADER_TABLE_SIZE` this side advertised.
     limit: usize,
     name: Vec<u8>,
     value: Vec<u8>,
 }
 
-impl Decoder {
-    pub(crate) fn new(limit: usize) -> Decoder {
-        Decoder { table: Dynamic::new(limit), limit, name: Vec::new(), value: Vec::new() }
+impl<M> Decoder<M> {
+    pub(crate) fn new(limit: usize) -> Decoder<M> {
+        let statics = STATIC.iter().map(|_| OnceCell::new()).collect();
+        Decoder { table: Dynamic::new(limit), statics, limit, name: Vec::new(), value: Vec::new() }
     }
 
     /// Decodes one whole header block (HEADERS and its CONTINUATIONs, put together), handing every field to
     /// `each` in order. The whole block is always decoded, whatever the callback does with the fields: the
     /// table must follow every insertion the peer made. After an error the decoder must not be used again.
-    pub(crate) fn decode(&mut self, mut src: &[u8], mut each: impl FnMut(Field<'_>)) -> Result<(), DecodeError> {
-        let Decoder { table, limit, name: name_buf, value: value_buf } = self;
+    pub(crate) fn decode(&mut self, mut src: &[u8], mut each: impl FnMut(Field<'_, M>)) -> Result<(), DecodeError> {
+        let Decoder { table, statics, limit, name: name_buf, value: value_buf } = self;
         let mut fields = false;
         while let Some(&first) = src.first() {
             if first & 0x80 != 0 {
                 // Indexed field (§6.1).
                 let index = integer(&mut src, 7)?;
-                let (name, value) = lookup(table, index)?;
-                each(Field { name, value, sensitive: false });
+                let (name, value, memo) = lookup(table, statics, index)?;
+                each(Field { name, value, sensitive: false, known: Known::Entry(memo) });
             } else if first & 0xe0 == 0x20 {
                 // Dynamic table size update (§6.3): only before the block's first field (§4.2).
                 if fields {
@@ -90,16 +126,18 @@ impl Decoder {
                     _ => (4, false, false),
                 };
                 let index = integer(&mut src, prefix)?;
+                let mut known = Known::Literal;
                 let name: &[u8] = if index == 0 {
                     match string(&mut src, name_buf)? {
                         Some(raw) => raw,
                         None => name_buf.as_slice(),
                     }
                 } else if index <= STATIC.len() {
+                    known = Known::StaticName(index);
                     STATIC[index - 1].0.as_bytes()
                 } else {
                     // Copied out of the table, which the insertion below may change.
-                    let (name, _) = lookup(table, index)?;
+                    let (name, _, _) = lookup(table, statics, index)?;
                     name_buf.clear();
                     name_buf.extend_from_slice(name);
                     name_buf.as_slice()
@@ -108,7 +146,7 @@ impl Decoder {
                     Some(raw) => raw,
                     None => value_buf.as_slice(),
                 };
-                each(Field { name, value, sensitive });
+                each(Field { name, value, sensitive, known });
                 if indexing {
                     table.insert(name, value);
                 }
@@ -119,7 +157,7 @@ impl Decoder {
     }
 
     #[cfg(test)]
-    fn table(&self) -> &Dynamic {
+    fn table(&self) -> &Dynamic<M> {
         &self.table
     }
 
@@ -130,12 +168,17 @@ impl Decoder {
     }
 }
 
-fn lookup(table: &Dynamic, index: usize) -> Result<(&[u8], &[u8]), DecodeError> {
+/// The entry at `index` in either table (1 for the static table's first), with its memo.
+fn lookup<'t, M>(
+    table: &'t Dynamic<M>,
+    statics: &'t [OnceCell<M>],
+    index: usize,
+) -> Result<EntryRef<'t, M>, DecodeError> {
     match index {
         0 => Err(DecodeError::Index(0)),
         1..=61 => {
             let (name, value) = STATIC[index - 1];
-            Ok((name.as_bytes(), value.as_bytes()))
+            Ok((name.as_bytes(), value.as_bytes(), &statics[index - 1]))
         }
         _ => table.get(index - STATIC.len()).ok_or(DecodeError::Index(index)),
     }

@@ -1,5 +1,6 @@
 //! HPACK's two tables (RFC 7541 §2.3): the static table of Appendix A, and a connection's dynamic table.
 
+use std::cell::OnceCell;
 use std::collections::VecDeque;
 
 /// RFC 7541, Appendix A: index 1 is the first entry.
@@ -67,16 +68,20 @@ pub(crate) const STATIC: [(&str, &str); 61] = [
     ("www-authenticate", ""),
 ];
 
+/// An entry as a lookup gives it: name, value, and its user's memo.
+pub(crate) type EntryRef<'t, M> = (&'t [u8], &'t [u8], &'t OnceCell<M>);
+
 /// What an entry costs in the table beside its octets (§4.1).
 const ENTRY_OVERHEAD: usize = 32;
 
-/// One entry: its name and value in one allocation.
-struct Entry {
+/// One entry: its name and value in one allocation, and its user's memo.
+struct Entry<M> {
     bytes: Box<[u8]>,
     name_len: usize,
+    memo: OnceCell<M>,
 }
 
-impl Entry {
+impl<M> Entry<M> {
     fn name(&self) -> &[u8] {
         &self.bytes[..self.name_len]
     }
@@ -91,21 +96,21 @@ impl Entry {
 }
 
 /// A decoder's dynamic table: the newest entry first (index 62), the oldest evicted first.
-pub(crate) struct Dynamic {
-    entries: VecDeque<Entry>,
+pub(crate) struct Dynamic<M> {
+    entries: VecDeque<Entry<M>>,
     size: usize,
     max_size: usize,
 }
 
-impl Dynamic {
-    pub(crate) fn new(max_size: usize) -> Dynamic {
+impl<M> Dynamic<M> {
+    pub(crate) fn new(max_size: usize) -> Dynamic<M> {
         Dynamic { entries: VecDeque::new(), size: 0, max_size }
     }
 
-    /// The entry at `index` (1 for the newest), as name and value.
-    pub(crate) fn get(&self, index: usize) -> Option<(&[u8], &[u8])> {
+    /// The entry at `index` (1 for the newest), as name, value and memo.
+    pub(crate) fn get(&self, index: usize) -> Option<EntryRef<'_, M>> {
         let e = self.entries.get(index.checked_sub(1)?)?;
-        Some((e.name(), e.value()))
+        Some((e.name(), e.value(), &e.memo))
     }
 
     /// Adds an entry, evicting the oldest until it fits; an entry larger than the whole table empties it and is
@@ -119,7 +124,7 @@ impl Dynamic {
         let mut bytes = Vec::with_capacity(name.len() + value.len());
         bytes.extend_from_slice(name);
         bytes.extend_from_slice(value);
-        self.entries.push_front(Entry { bytes: bytes.into_boxed_slice(), name_len: name.len() });
+        self.entries.push_front(Entry { bytes: bytes.into_boxed_slice(), name_len: name.len(), memo: OnceCell::new() });
         self.size += size;
     }
 

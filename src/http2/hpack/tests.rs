@@ -201,3 +201,139 @@ fn what_the_encoder_writes_decodes_to_what_it_was_given() {
     // :status 200, :method POST and :scheme https are one octet each.
     assert_eq!(&out[..1], [0x88]);
 }
+
+/// Decodes `block` with a decoder whose memo is a `String`: each field's memo as it was found (`None` for a
+/// literal or an empty memo), then filled with "name: value" so that the next reference shows it.
+fn memos(d: &mut Decoder<String>, block: &[u8]) -> Vec<(String, Option<String>)> {
+    let mut seen = Vec::new();
+    d.decode(block, |f| {
+        let field = format!("{}: {}", String::from_utf8_lossy(f.name), String::from_utf8_lossy(f.value));
+        let memo = match f.known {
+            Known::Entry(memo) => {
+                let found = memo.get().cloned();
+                memo.get_or_init(|| field.clone());
+                found
+            }
+            Known::StaticName(i) => Some(format!("static name {i}")),
+            Known::Literal => None,
+        };
+        seen.push((field, memo));
+    })
+    .unwrap();
+    seen
+}
+
+#[test]
+fn an_entrys_memo_comes_back_with_every_reference_and_goes_with_the_entry() {
+    // Room for one entry ("custom-key: a" is 32 + 11 octets).
+    let mut d: Decoder<String> = Decoder::new(32 + 11);
+    let key = |v: &str| format!("custom-key: {v}");
+    // Inserted with incremental indexing (a literal: no memo yet), then referenced twice (62): the first
+    // reference fills the memo, the second finds it. The static entry 2 (:method GET) keeps one too.
+    let mut block = hex("400a 6375 7374 6f6d 2d6b 6579 0161");
+    block.extend(hex("be be 82 82"));
+    assert_eq!(
+        memos(&mut d, &block),
+        [
+            (key("a"), None),
+            (key("a"), None),
+            (key("a"), Some(key("a"))),
+            (":method: GET".into(), None),
+            (":method: GET".into(), Some(":method: GET".into())),
+        ]
+    );
+    assert_eq!(
+        memos(&mut d, &hex("be 82")),
+        [(key("a"), Some(key("a"))), (":method: GET".into(), Some(":method: GET".into()))]
+    );
+    // "custom-key: b" under the name of entry 62 evicts "custom-key: a" and takes index 62: its memo starts
+    // empty, whatever the entry before it held.
+    assert_eq!(memos(&mut d, &hex("7e 0162 be")), [(key("b"), None), (key("b"), None)]);
+    assert_eq!(memos(&mut d, &hex("be")), [(key("b"), Some(key("b")))]);
+    // A literal under a static name says which (58: user-agent).
+    assert_eq!(memos(&mut d, &hex("0f2b 0178")), [("user-agent: x".into(), Some("static name 58".into()))]);
+}
+
+/// Encodes one block of `fields` with `e`, decodes it with `d` (the peer's decoder), and gives the block's size.
+fn round_trip(e: &mut Encoder, d: &mut Decoder, fields: &[(&str, &str, bool)]) -> usize {
+    let mut out = BytesMut::new();
+    e.begin(&mut out);
+    for (n, v, s) in fields {
+        e.put_field(&mut out, n.as_bytes(), v.as_bytes(), *s);
+    }
+    let got = decode(d, &out).unwrap();
+    let want: Vec<_> = fields.iter().map(|(n, v, s)| (n.to_string(), v.to_string(), *s)).collect();
+    assert_eq!(got, want);
+    assert_eq!(e.entries(), d.table().len(), "the two tables stay in step");
+    out.len()
+}
+
+#[test]
+fn the_encoder_sends_a_repeated_field_by_index_and_keeps_its_table_in_step() {
+    let mut e = Encoder::new();
+    let mut d = Decoder::new(DEFAULT_TABLE_SIZE);
+    let fields = [
+        (":method", "POST", false),
+        (":scheme", "http", false),
+        (":authority", "grpc.test", false),
+        (":path", "/helloworld.Greeter/SayHello", false),
+        ("content-type", "application/grpc", false),
+        ("te", "trailers", false),
+        ("authorization", "Bearer x", true),
+        ("content-length", "5", false),
+        ("x-long", &"v".repeat(1100), false),
+    ];
+    let first = round_trip(&mut e, &mut d, &fields);
+    // :authority, content-type and te were indexed; :path, content-length, the sensitive field and one over a
+    // quarter of the table were not.
+    assert_eq!(e.entries(), 3);
+    let second = round_trip(&mut e, &mut d, &fields);
+    assert_eq!(
+        first - second,
+        "grpc.test".len() + 1 + "application/grpc".len() + 1 + "te".len() + "trailers".len() + 2
+    );
+    // Fields that change every time: each a new entry, the oldest evicted as the table fills, in step throughout.
+    for i in 0..500 {
+        round_trip(&mut e, &mut d, &[(":authority", "grpc.test", false), ("x-each", &format!("value {i}"), false)]);
+    }
+    assert!(d.table().size() <= DEFAULT_TABLE_SIZE);
+    assert!(e.entries() > 50, "{}", e.entries());
+}
+
+#[test]
+fn a_smaller_table_the_peer_allows_is_said_at_the_next_block_and_kept() {
+    let mut e = Encoder::new();
+    let mut d = Decoder::new(DEFAULT_TABLE_SIZE);
+    let fields = [("x-a", "1", false), ("x-b", "2", false)];
+    round_trip(&mut e, &mut d, &fields);
+    assert_eq!(d.table().len(), 2);
+    // The peer allows none (its decoder: the new limit, once acknowledged): the next block starts with a size
+    // update to 0, and nothing is indexed after it.
+    e.set_peer_limit(0);
+    let mut out = BytesMut::new();
+    e.begin(&mut out);
+    assert_eq!(&out[..], [0x20]);
+    let mut d0 = Decoder::new(0);
+    decode(&mut d0, &[0x20]).unwrap();
+    round_trip(&mut e, &mut d0, &fields);
+    assert_eq!(e.entries(), 0);
+    // Down to 0 and back up to 4096 between two blocks: both updates, the smallest first (§4.2), and the entries
+    // the smaller size evicted are gone on both sides.
+    let mut e = Encoder::new();
+    let mut d = Decoder::new(DEFAULT_TABLE_SIZE);
+    round_trip(&mut e, &mut d, &fields);
+    e.set_peer_limit(0);
+    e.set_peer_limit(8192);
+    let mut out = BytesMut::new();
+    e.begin(&mut out);
+    assert_eq!(&out[..], hex("20 3f e1 1f"));
+    decode(&mut d, &out).unwrap();
+    assert_eq!(d.table().len(), 0);
+    round_trip(&mut e, &mut d, &fields);
+    assert_eq!(e.entries(), 2);
+    // A limit above 4096 changes nothing: the table stays at the default size, and no update is sent.
+    let mut out = BytesMut::new();
+    e.set_peer_limit(65536);
+    e.begin(&mut out);
+    assert!(out.is_empty());
+}

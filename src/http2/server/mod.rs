@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 
 pub(crate) use super::core::ConnError;
 use super::core::{next_frame, protocol_error, Core, Recv, Shared, StreamCore, COPY_BELOW};
-use super::fields::{content_length, Fields, Refused};
+use super::fields::{Fields, Judged, Refused};
 use super::frame::{self, Frame, FrameError, Head, Reason, Settings};
 use super::hpack::{self, Decoder};
 use super::output::Output;
@@ -51,7 +51,7 @@ pub(crate) struct Connection {
     /// What the connection's task writes.
     pub(crate) output: Output,
     config: Config,
-    decoder: Decoder,
+    decoder: Decoder<Judged>,
     preface: bool,
     /// A header block being put together until its END_HEADERS, and its HEADERS frame's stream, END_STREAM and
     /// whether its priority made the stream depend on itself.
@@ -282,11 +282,13 @@ impl Connection {
                 frame::put_rst_stream(&mut core.out, id, Reason::REFUSED_STREAM);
                 return Ok(());
             }
+            let content_length = fields.content_length();
             let req = match fields.into_request() {
                 Ok(req) => req,
                 Err(Refused::TooLarge) => {
                     // As the h2 crate answers it: 431, then the rest of the request refused.
                     let start = frame::begin_headers(&mut core.out);
+                    core.encoder.begin(&mut core.out);
                     hpack::put_status(&mut core.out, 431);
                     frame::finish_headers(&mut core.out, start, id, true, core.peer_max_frame_size);
                     if !end_stream {
@@ -300,7 +302,7 @@ impl Connection {
                 }
             };
             // Digits only, every field giving the same; and none but 0 on a request without a body.
-            let content_length = match content_length(req.headers()) {
+            let content_length = match content_length {
                 Ok(Some(n)) if end_stream && n != 0 => Err(()),
                 other => other,
             };

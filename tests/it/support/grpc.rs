@@ -129,6 +129,8 @@ pub struct H2Options {
     pub goaway_after: Option<usize>,
     /// `SETTINGS_MAX_CONCURRENT_STREAMS` (hyper's default: 200).
     pub max_streams: Option<u32>,
+    /// `SETTINGS_HEADER_TABLE_SIZE`: the HPACK table the backend's decoder allows (hyper's default: 4096).
+    pub header_table_size: Option<u32>,
 }
 
 /// What an [`H2Backend`] answers.
@@ -144,7 +146,7 @@ impl H2Backend {
 
     /// Serves `handler`, as `options` say.
     pub async fn start(handler: H2Handler, options: H2Options) -> H2Backend {
-        let H2Options { goaway_after, max_streams } = options;
+        let H2Options { goaway_after, max_streams, header_table_size } = options;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (connections, requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -178,6 +180,9 @@ impl H2Backend {
                     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
                     if let Some(n) = max_streams {
                         builder.max_concurrent_streams(n);
+                    }
+                    if let Some(n) = header_table_size {
+                        builder.header_table_size(n);
                     }
                     let conn = builder.serve_connection(TokioIo::new(stream), svc);
                     tokio::pin!(conn);
