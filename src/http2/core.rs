@@ -222,10 +222,15 @@ fn flow_control_error(what: &'static str) -> ConnError {
 }
 
 impl Core {
-    pub(super) fn new(stream_window: u32, connection_window: u32, max_send_buffer: usize) -> Core {
+    pub(super) fn new(
+        stream_window: u32,
+        connection_window: u32,
+        max_send_buffer: usize,
+        indexing: hpack::Indexing,
+    ) -> Core {
         Core {
             out: BytesMut::with_capacity(4096),
-            encoder: hpack::Encoder::new(),
+            encoder: hpack::Encoder::new(indexing),
             unflushed: 0,
             max_send_buffer,
             streams: Streams::default(),

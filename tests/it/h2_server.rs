@@ -44,14 +44,14 @@ async fn h2c(proxy: std::net::SocketAddr) -> hyper::client::conn::http2::SendReq
 }
 
 /// reveille's server indexes the response fields it repeats into the client's HPACK table, no larger than the
-/// client allows (none, one that holds a field or two and evicts as it goes, the default): every response
+/// client allows (none, one that holds a few fields and evicts as it goes, the default): every response
 /// decodes, answers of the backend and reveille's own 404 taking turns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn responses_decode_whatever_hpack_table_the_client_allows() {
     let a = Backend::echo("a").await;
     let routes = routes_file(&[("a", vec![a.addr])], &[("a.test", "a")]);
     let proxy = TestProxy::start_with(&routes, settings(Http2Server::Reveille)).await;
-    for size in [0, 200, 4096] {
+    for size in [0, 400, 4096] {
         let stream = TcpStream::connect(proxy.http).await.unwrap();
         let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .header_table_size(size)

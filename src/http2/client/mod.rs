@@ -74,7 +74,12 @@ impl Connection {
     /// A connection whose first bytes (the preface, SETTINGS, the connection's window opened) are queued, and
     /// its handle.
     pub(crate) fn new(config: Config) -> (Connection, Handle) {
-        let mut core = Core::new(config.stream_window, config.connection_window, config.max_send_buffer);
+        let mut core = Core::new(
+            config.stream_window,
+            config.connection_window,
+            config.max_send_buffer,
+            hpack::Indexing::Requests,
+        );
         core.client = true;
         core.peer_max_streams = config.initial_max_streams;
         core.out.extend_from_slice(frame::PREFACE);

@@ -398,3 +398,46 @@ fn the_connections_window_comes_back_while_other_streams_hold_theirs_unread() {
     let windows = output(&conn);
     assert!(windows.contains(&Owned::Window { stream: 0, increment: 65_536 }), "{windows:?}");
 }
+
+/// The HEADERS blocks among the frames of `rest`, as they are on the wire.
+fn header_blocks(mut rest: &[u8]) -> Vec<Vec<u8>> {
+    let mut blocks = Vec::new();
+    while !rest.is_empty() {
+        let head = Head::parse(rest[..HEAD_LEN].try_into().unwrap());
+        if let Frame::Headers { block, .. } = frame::parse(head, &rest[HEAD_LEN..HEAD_LEN + head.len]).unwrap() {
+            blocks.push(block.to_vec());
+        }
+        rest = &rest[HEAD_LEN + head.len..];
+    }
+    blocks
+}
+
+#[test]
+fn a_server_that_allows_no_hpack_table_is_told_so_and_gets_no_field_indexed() {
+    let (mut conn, handle) = connect(Settings::default());
+    let head = request("POST", &[("content-type", "application/grpc"), ("te", "trailers")]);
+    let _first = open(&handle, &head, true);
+    let first = header_blocks(&conn.output.take_output().unwrap());
+    conn.output.unflushed(0);
+    // Three fields went as literals with incremental indexing: :authority, content-type, te.
+    let mut peer: Decoder = Decoder::new(hpack::DEFAULT_TABLE_SIZE);
+    peer.decode(&first[0], |_| {}).unwrap();
+    assert_eq!(peer.entries(), 3);
+    // The server now allows none: the next block starts with a size update to 0 (001 00000), and from then on
+    // every field is a literal that is not indexed, as the stateless encoder writes it.
+    let mut input = BytesMut::new();
+    frame::put_settings(&mut input, &Settings { header_table_size: Some(0), ..Settings::default() });
+    feed(&mut conn, input).unwrap();
+    let (_second, _third) = (open(&handle, &head, true), open(&handle, &head, true));
+    let blocks = header_blocks(&conn.output.take_output().unwrap());
+    let mut stateless = BytesMut::new();
+    head.fields(&mut |n, v, s| {
+        if n.starts_with(b":") || !super::is_forbidden(n, v) {
+            hpack::put_field(&mut stateless, n, v, s);
+        }
+    });
+    assert_eq!(blocks.len(), 2);
+    assert_eq!(blocks[0][0], 0x20);
+    assert_eq!(blocks[0][1..], stateless[..]);
+    assert_eq!(blocks[1][..], stateless[..]);
+}

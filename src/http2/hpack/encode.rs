@@ -18,8 +18,24 @@ use super::DEFAULT_TABLE_SIZE;
 /// What an entry costs in the table beside its octets (§4.1).
 const ENTRY_OVERHEAD: usize = 32;
 
+/// Which fields an encoder puts in its table. A connection's table is shared by everything sent on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Indexing {
+    /// Responses to one client: every field but those whose values change from one message to the next (the `h2`
+    /// crate's list), and never a sensitive one.
+    Responses,
+    /// Requests to a backend, from every client whose requests the connection carries: only the fields named in
+    /// [`indexed_in_requests`], whose values are no secret and repeat across clients. A field in a table shared
+    /// between clients is a side channel (RFC 7541 §7.1): one who can send requests and see the size of what goes
+    /// to the backend could tell whether a guess of another client's value is in the table (an index is shorter
+    /// than a literal). Per-request values (`x-forwarded-for`, trace ids, tokens) also stay out, and do not push
+    /// out the fields that repeat.
+    Requests,
+}
+
 /// A connection's encoder: its dynamic table, as the peer's decoder holds it.
 pub(crate) struct Encoder {
+    indexing: Indexing,
     /// The newest first, as the indices count (§2.3.3): index 62 is the front.
     entries: VecDeque<Entry>,
     size: usize,
@@ -42,16 +58,11 @@ struct Entry {
     hash: u64,
 }
 
-impl Default for Encoder {
-    fn default() -> Self {
-        Encoder::new()
-    }
-}
-
 impl Encoder {
     /// An empty table of the size every peer allows until its SETTINGS say otherwise.
-    pub(crate) fn new() -> Encoder {
+    pub(crate) fn new(indexing: Indexing) -> Encoder {
         Encoder {
+            indexing,
             entries: VecDeque::new(),
             size: 0,
             max_size: DEFAULT_TABLE_SIZE,
@@ -88,7 +99,11 @@ impl Encoder {
     /// Writes one field, as [`put_field`] does, but by index when the dynamic table holds it, and indexed for
     /// next time when it is worth keeping.
     pub(crate) fn put_field(&mut self, out: &mut BytesMut, name: &[u8], value: &[u8], sensitive: bool) {
-        if sensitive || !worth_indexing(name) {
+        let worth = match self.indexing {
+            Indexing::Responses => worth_indexing(name),
+            Indexing::Requests => indexed_in_requests(name),
+        };
+        if sensitive || !worth {
             return put_field(out, name, value, sensitive);
         }
         if let Some(index) = static_field(name, value) {
@@ -157,10 +172,39 @@ impl Encoder {
     pub(crate) fn entries(&self) -> usize {
         self.entries.len()
     }
+
+    /// The entry at `index` (1 for the newest), as name and value (for the tests).
+    #[cfg(test)]
+    pub(crate) fn entry(&self, index: usize) -> (&[u8], &[u8]) {
+        let e = &self.entries[index - 1];
+        (&e.bytes[..e.name_len], &e.bytes[e.name_len..])
+    }
 }
 
-/// Whether a field is worth a place in the table: not one whose value changes from one message to the next
-/// (the `h2` crate's list: a request's path, lengths, validators, cookies, dates of a resource).
+/// The fields a request to a backend indexes (see [`Indexing::Requests`]): what describes the request's kind and
+/// the proxy's own, the same for every client of a service.
+fn indexed_in_requests(name: &[u8]) -> bool {
+    matches!(
+        name,
+        b":authority"
+            | b":method"
+            | b":scheme"
+            | b"accept"
+            | b"accept-encoding"
+            | b"accept-language"
+            | b"cache-control"
+            | b"content-type"
+            | b"grpc-accept-encoding"
+            | b"grpc-encoding"
+            | b"te"
+            | b"user-agent"
+            | b"x-forwarded-host"
+            | b"x-forwarded-proto"
+    )
+}
+
+/// Whether a response's field is worth a place in the table: not one whose value changes from one message to the
+/// next (the `h2` crate's list: a request's path, lengths, validators, cookies, dates of a resource).
 fn worth_indexing(name: &[u8]) -> bool {
     !matches!(
         name,

@@ -7,9 +7,10 @@
 //! index, or a literal that is not indexed, as HAProxy's `hpack-enc.c` does. That costs some octets on the wire
 //! and no table state to keep in step with the peer.
 //!
-//! Each table entry keeps a memo beside it (a `OnceCell` of the decoder's user's type): what the user made of the
-//! field the first time (for reveille, a checked `HeaderName` and `HeaderValue`), handed back with every later
-//! reference to the entry. A peer's encoder indexes the fields it repeats, so on a busy connection most fields
+//! Each dynamic table entry keeps a memo beside it (a `OnceCell` of the decoder's user's type): what the user made
+//! of the field the first time (for reveille, a checked `HeaderName` and `HeaderValue`), handed back with every
+//! later reference to the entry. A static entry is handed out by its index, for the user to keep what it knows of
+//! the static table once per process. A peer's encoder indexes the fields it repeats, so on a busy connection most fields
 //! are references, and each is judged once per entry instead of once per request.
 
 mod encode;
@@ -18,11 +19,11 @@ mod table;
 
 #[cfg(test)]
 pub(crate) use encode::put_field;
-pub(crate) use encode::{put_status, Encoder};
+pub(crate) use encode::{put_status, Encoder, Indexing};
 use std::cell::OnceCell;
 
+use table::Dynamic;
 pub(crate) use table::STATIC;
-use table::{Dynamic, EntryRef};
 
 /// The size of the dynamic table a decoder allows by default (`SETTINGS_HEADER_TABLE_SIZE`'s initial value).
 pub(crate) const DEFAULT_TABLE_SIZE: usize = 4096;
@@ -61,11 +62,12 @@ pub(crate) struct Field<'a, M = ()> {
 pub(crate) enum Known<'a, M> {
     /// A literal name and value.
     Literal,
-    /// The whole field is a table entry (an indexed field, §6.1): the entry's memo. It lives as long as the entry
-    /// and always stands for the same name and value; whatever a user puts in it is handed back at the entry's
-    /// next reference.
+    /// The whole field is a dynamic table entry (an indexed field, §6.1): the entry's memo. It lives as long as
+    /// the entry and always stands for the same name and value; whatever a user puts in it is handed back at the
+    /// entry's next reference.
     Entry(&'a OnceCell<M>),
-    /// A literal value under the name of the static table's entry at this index (1 for the first).
+    /// The name (and, for an indexed field, the value too) of the static table's entry at this index (1 for the
+    /// first).
     StaticName(usize),
 }
 
@@ -78,11 +80,9 @@ impl<M> Clone for Known<'_, M> {
 impl<M> Copy for Known<'_, M> {}
 
 /// A connection's HPACK decoder: the dynamic table the peer's encoder fills (with a memo of type `M` beside each
-/// entry), the static table's memos, and two scratch buffers for Huffman-coded strings.
+/// entry), and two scratch buffers for Huffman-coded strings.
 pub(crate) struct Decoder<M = ()> {
     table: Dynamic<M>,
-    /// A memo for each entry of the static table.
-    statics: Box<[OnceCell<M>]>,
     /// The largest table the peer may ask for: the `SETTINGS_HEADER_TABLE_SIZE` this side advertised.
     limit: usize,
     name: Vec<u8>,
@@ -91,22 +91,20 @@ pub(crate) struct Decoder<M = ()> {
 
 impl<M> Decoder<M> {
     pub(crate) fn new(limit: usize) -> Decoder<M> {
-        let statics = STATIC.iter().map(|_| OnceCell::new()).collect();
-        Decoder { table: Dynamic::new(limit), statics, limit, name: Vec::new(), value: Vec::new() }
+        Decoder { table: Dynamic::new(limit), limit, name: Vec::new(), value: Vec::new() }
     }
 
     /// Decodes one whole header block (HEADERS and its CONTINUATIONs, put together), handing every field to
     /// `each` in order. The whole block is always decoded, whatever the callback does with the fields: the
     /// table must follow every insertion the peer made. After an error the decoder must not be used again.
     pub(crate) fn decode(&mut self, mut src: &[u8], mut each: impl FnMut(Field<'_, M>)) -> Result<(), DecodeError> {
-        let Decoder { table, statics, limit, name: name_buf, value: value_buf } = self;
+        let Decoder { table, limit, name: name_buf, value: value_buf } = self;
         let mut fields = false;
         while let Some(&first) = src.first() {
             if first & 0x80 != 0 {
                 // Indexed field (§6.1).
                 let index = integer(&mut src, 7)?;
-                let (name, value, memo) = lookup(table, statics, index)?;
-                each(Field { name, value, sensitive: false, known: Known::Entry(memo) });
+                each(lookup(table, index)?);
             } else if first & 0xe0 == 0x20 {
                 // Dynamic table size update (§6.3): only before the block's first field (§4.2).
                 if fields {
@@ -137,7 +135,7 @@ impl<M> Decoder<M> {
                     STATIC[index - 1].0.as_bytes()
                 } else {
                     // Copied out of the table, which the insertion below may change.
-                    let (name, _, _) = lookup(table, statics, index)?;
+                    let name = lookup(table, index)?.name;
                     name_buf.clear();
                     name_buf.extend_from_slice(name);
                     name_buf.as_slice()
@@ -168,20 +166,21 @@ impl<M> Decoder<M> {
     }
 }
 
-/// The entry at `index` in either table (1 for the static table's first), with its memo.
-fn lookup<'t, M>(
-    table: &'t Dynamic<M>,
-    statics: &'t [OnceCell<M>],
-    index: usize,
-) -> Result<EntryRef<'t, M>, DecodeError> {
-    match index {
-        0 => Err(DecodeError::Index(0)),
+/// The entry at `index` in either table (1 for the static table's first), as an indexed field: its name, its
+/// value, and what is known of it (a dynamic entry's memo, or the static index).
+fn lookup<M>(table: &Dynamic<M>, index: usize) -> Result<Field<'_, M>, DecodeError> {
+    let (name, value, known) = match index {
+        0 => return Err(DecodeError::Index(0)),
         1..=61 => {
             let (name, value) = STATIC[index - 1];
-            Ok((name.as_bytes(), value.as_bytes(), &statics[index - 1]))
+            (name.as_bytes(), value.as_bytes(), Known::StaticName(index))
         }
-        _ => table.get(index - STATIC.len()).ok_or(DecodeError::Index(index)),
-    }
+        _ => {
+            let (name, value, memo) = table.get(index - STATIC.len()).ok_or(DecodeError::Index(index))?;
+            (name, value, Known::Entry(memo))
+        }
+    };
+    Ok(Field { name, value, sensitive: false, known })
 }
 
 /// An integer with an N-bit prefix (§5.1), taken off the front of `src`. Values stop below 2^28 plus the prefix:

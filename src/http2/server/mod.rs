@@ -72,7 +72,12 @@ pub(crate) struct Connection {
 impl Connection {
     /// A connection whose first frames (SETTINGS, and the connection's window opened) are queued.
     pub(crate) fn new(config: Config) -> Connection {
-        let mut core = Core::new(config.stream_window, config.connection_window, config.max_send_buffer);
+        let mut core = Core::new(
+            config.stream_window,
+            config.connection_window,
+            config.max_send_buffer,
+            hpack::Indexing::Responses,
+        );
         let settings = Settings {
             max_concurrent_streams: Some(config.max_concurrent_streams),
             initial_window_size: Some(config.stream_window),
