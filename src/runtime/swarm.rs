@@ -128,17 +128,7 @@ impl SwarmRuntime {
             // A new task that failed, or that Swarm cannot place (pending with an error: a host-mode port already
             // bound on every node, no node with the resources), fails the start now rather than at the wake's
             // timeout.
-            let new = |t: &&Task| t.id.as_ref().is_some_and(|id| !before.contains(id));
-            let err = |t: &Task| t.status.as_ref().and_then(|s| s.err.clone()).filter(|e| !e.is_empty());
-            let failed = tasks.iter().filter(new).find_map(|t| match task_state(t) {
-                Some(TaskState::FAILED | TaskState::REJECTED) => {
-                    let message = t.status.as_ref().and_then(|s| s.message.clone());
-                    Some(format!("its task failed: {}", err(t).or(message).unwrap_or_else(|| "no reason given".into())))
-                }
-                Some(TaskState::PENDING) => err(t).map(|e| format!("Swarm cannot place its task: {e}")),
-                _ => None,
-            });
-            if let Some(reason) = failed {
+            if let Some(reason) = start_failure(&tasks, &before) {
                 // Back to 0, as a container that exited stays stopped: not left for Swarm to retry for ever.
                 if let Err(e) = self.scale(service, 0).await {
                     tracing::warn!(service, error = %e, "could not scale back to 0 after a failed task");
@@ -440,6 +430,28 @@ fn status_time(t: &Task) -> &str {
     t.status.as_ref().and_then(|s| s.timestamp.as_deref()).unwrap_or_default()
 }
 
+/// Why a scale-up has failed, from the tasks that are new since (not in `before`): a task that failed or was
+/// rejected, else one that Swarm cannot place (pending with an error). A task that failed is the cause to give
+/// before a pending one: when a task exits, Swarm starts another, which may wait on the port its predecessor
+/// still holds ("host-mode port already in use").
+fn start_failure(tasks: &[Task], before: &HashSet<String>) -> Option<String> {
+    let new = || tasks.iter().filter(|t| t.id.as_ref().is_some_and(|id| !before.contains(id)));
+    let err = |t: &Task| t.status.as_ref().and_then(|s| s.err.clone()).filter(|e| !e.is_empty());
+    let failed = new().find_map(|t| match task_state(t) {
+        Some(TaskState::FAILED | TaskState::REJECTED) => {
+            let message = t.status.as_ref().and_then(|s| s.message.clone());
+            Some(format!("its task failed: {}", err(t).or(message).unwrap_or_else(|| "no reason given".into())))
+        }
+        _ => None,
+    });
+    failed.or_else(|| {
+        new().find_map(|t| match task_state(t) {
+            Some(TaskState::PENDING) => err(t).map(|e| format!("Swarm cannot place its task: {e}")),
+            _ => None,
+        })
+    })
+}
+
 fn task_state(t: &Task) -> Option<TaskState> {
     t.status.as_ref().and_then(|s| s.state)
 }
@@ -527,6 +539,29 @@ impl ContainerRuntime for SwarmRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_task_is_the_cause_given_before_a_pending_one() {
+        let task = |id: &str, state: &str, err: &str| -> Task {
+            serde_json::from_value(serde_json::json!({"ID": id, "Status": {"State": state, "Err": err}})).unwrap()
+        };
+        let before: HashSet<String> = ["old".to_string()].into();
+        // The restart of a task that exited waits on the port its predecessor holds: listed first, it is not
+        // the cause.
+        let tasks = [
+            task("t2", "pending", "no suitable node (host-mode port already in use on 1 node)"),
+            task("t1", "failed", "task: non-zero exit (1)"),
+            task("old", "failed", "an earlier failure"),
+        ];
+        assert_eq!(start_failure(&tasks, &before).as_deref(), Some("its task failed: task: non-zero exit (1)"));
+        // A task that cannot be placed, with nothing failed: said as Swarm says it.
+        assert_eq!(
+            start_failure(&tasks[..1], &before).as_deref(),
+            Some("Swarm cannot place its task: no suitable node (host-mode port already in use on 1 node)")
+        );
+        // A task from before the scale-up, or one still starting, is no failure of this one.
+        assert_eq!(start_failure(&[tasks[2].clone(), task("t3", "starting", "")], &before), None);
+    }
 
     #[test]
     fn endpoint_hosts() {
