@@ -4,12 +4,12 @@
 //! A malformed request is an error of its stream alone (`PROTOCOL_ERROR`); a header list over the size allowed
 //! is answered 431.
 
+use std::sync::OnceLock;
+
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, TE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Uri, Version};
-
-use std::sync::OnceLock;
 
 use crate::http2::hpack::{Field, Known, STATIC};
 
@@ -51,22 +51,21 @@ pub(super) enum Judged {
 
 /// A regular field's name and value, checked as `push` checks them; `name` already parsed when it is the
 /// static table's.
-fn judge(name_bytes: &[u8], value: &[u8], parsed: Option<&HeaderName>) -> Judged {
-    let name = name_bytes;
+fn judge(raw_name: &[u8], value: &[u8], parsed: Option<&HeaderName>) -> Judged {
     let name = match parsed {
         Some(name) => name.clone(),
         None => {
-            if name.iter().any(u8::is_ascii_uppercase) {
+            if raw_name.iter().any(u8::is_ascii_uppercase) {
                 return Judged::Malformed("a field name with uppercase letters");
             }
-            let Ok(name) = HeaderName::from_bytes(name) else {
+            let Ok(name) = HeaderName::from_bytes(raw_name) else {
                 return Judged::Malformed("an invalid field name");
             };
             name
         }
     };
     // A name that parses is the octets it came as (lowercase), with no need to spell a standard name out again.
-    if is_connection_specific_name(name_bytes) {
+    if is_connection_specific_name(raw_name) {
         return Judged::Malformed("a connection-specific field");
     }
     if name == TE && value != b"trailers" {

@@ -13,10 +13,8 @@ use std::hash::BuildHasher;
 
 use bytes::{BufMut, BytesMut};
 
+use super::table::ENTRY_OVERHEAD;
 use super::DEFAULT_TABLE_SIZE;
-
-/// What an entry costs in the table beside its octets (§4.1).
-const ENTRY_OVERHEAD: usize = 32;
 
 /// Which fields an encoder puts in its table. A connection's table is shared by everything sent on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

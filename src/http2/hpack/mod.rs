@@ -3,15 +3,14 @@
 //! The decoder hands each field to a callback as slices — of the header block itself, of the dynamic table, or
 //! of a scratch buffer a Huffman-coded string was decoded into — so a request's fields go from the wire to
 //! their destination with no list built in between (HAProxy's `hpack-dec.c` decodes into a caller's array
-//! the same way). The encoder writes no Huffman and uses no dynamic table of its own: a field is a static-table
-//! index, or a literal that is not indexed, as HAProxy's `hpack-enc.c` does. That costs some octets on the wire
-//! and no table state to keep in step with the peer.
+//! the same way). The encoder writes no Huffman. A connection's [`Encoder`] keeps a dynamic table in step with the
+//! peer's decoder and sends a field it has sent before as one index (see `encode.rs` for which fields it keeps).
 //!
 //! Each dynamic table entry keeps a memo beside it (a `OnceCell` of the decoder's user's type): what the user made
 //! of the field the first time (for reveille, a checked `HeaderName` and `HeaderValue`), handed back with every
 //! later reference to the entry. A static entry is handed out by its index, for the user to keep what it knows of
-//! the static table once per process. A peer's encoder indexes the fields it repeats, so on a busy connection most fields
-//! are references, and each is judged once per entry instead of once per request.
+//! the static table once per process. A peer's encoder indexes the fields it repeats, so on a busy connection
+//! most fields are references, and each is judged once per entry instead of once per request.
 
 mod encode;
 mod huffman;

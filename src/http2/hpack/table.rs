@@ -71,8 +71,8 @@ pub(crate) const STATIC: [(&str, &str); 61] = [
 /// An entry as a lookup gives it: name, value, and its user's memo.
 pub(crate) type EntryRef<'t, M> = (&'t [u8], &'t [u8], &'t OnceCell<M>);
 
-/// What an entry costs in the table beside its octets (§4.1).
-const ENTRY_OVERHEAD: usize = 32;
+/// What an entry costs in the table beside its octets (§4.1), in a decoder's table and an encoder's alike.
+pub(super) const ENTRY_OVERHEAD: usize = 32;
 
 /// One entry: its name and value in one allocation, and its user's memo.
 struct Entry<M> {
