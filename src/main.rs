@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use reveille::{Cli, Command, Config, ConfigFile, Listeners, Scheduler};
 
+mod allocator;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -84,6 +86,6 @@ async fn wait_for_signal() {
 }
 
 /// mimalloc: per-thread free lists without glibc's locking and trimming; measured in the peer benchmark
-/// (docs/benchmarks.md).
+/// (docs/benchmarks.md). Through [`allocator::Allocator`], which asks it the cheap way for common layouts.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::Allocator = allocator::Allocator;

@@ -431,10 +431,11 @@ impl Proxy {
             // KiB each before: 104 000 of the 141 000 instructions of a `Connection: close` request, measured
             // with `MODE=close scripts/instructions-per-request`). Boxed, they move a pointer; built in its box
             // (`boxed`), it is not copied at all in an optimised build.
-            let conn =
-                boxed(|| conn::serve(stream, peer, self.clone(), tls.clone(), shutdown.clone(), permit, address));
+            let conn = boxed(|| conn::serve(stream, peer, self.clone(), tls.clone(), permit, address));
             self.tasks.spawn(conn.instrument(span));
         }
+        // Every way out of the loop is the shutdown: the open connections finish what is in flight and close.
+        self.pressure.shut_down();
     }
 
     /// Every slot is taken and a client is here: waits for a slot, evicting a connection that keeps its slot

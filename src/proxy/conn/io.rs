@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, Instrument};
 
-use super::{ConnState, Stream};
+use super::{ConnState, Signal, Stream};
 
 /// The client socket (TCP, or TLS over TCP), replaying the bytes read during protocol detection and noting when
 /// a request head starts to arrive. Dropped while the client may still be sending, it closes by lingering
@@ -136,7 +136,7 @@ async fn linger<S: Stream>(mut stream: S, state: Arc<ConnState>) {
     };
     tokio::select! {
         () = wait => {}
-        () = state.evicted.cancelled() => {}
+        _ = state.signalled(Signal::EVICTED) => {}
     }
     debug!("lingering close done");
 }

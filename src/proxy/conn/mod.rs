@@ -18,14 +18,13 @@
 //! The files: this one holds the connection's state ([`ConnState`], [`InFlight`]) and its task (`serve`, the
 //! `drive` loop); `h1.rs` reveille's own HTTP/1.1 server side; `h2.rs` reveille's own h2 server; `io.rs` the
 //! socket wrapper and the lingering close; `pressure.rs` the slots' pressure and evictions; `watchdog.rs` the timer that applies the limits;
-//! `on_wake.rs` the wrapper that keeps the rare branch of `drive` cheap; `date.rs` the `Date` both servers add.
+//! `date.rs` the `Date` both servers add.
 
 mod date;
 mod h1;
 pub(super) use date::date_now;
 mod h2;
 mod io;
-mod on_wake;
 mod pressure;
 mod watchdog;
 
@@ -33,18 +32,18 @@ use std::future::Future;
 use std::io as std_io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::task::AtomicWaker;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 pub(crate) use h1::{H1Body, H1Upgrade};
@@ -54,7 +53,6 @@ use super::admission::AddressGuard;
 use super::{boxed, Http1Server, Http2Server, Proxy, ProxyService, SpanExecutor};
 use crate::tls::TlsAcceptor;
 use io::ConnIo;
-use on_wake::OnWake;
 use watchdog::{Expiry, Watchdog};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -100,8 +98,10 @@ pub(crate) struct ConnState {
     pressure: Arc<Pressure>,
     /// This connection's key in `pressure`'s registry.
     id: u64,
-    /// Cancelled to evict the connection when a newcomer needs its slot (see [`Pressure::evict_one`]).
-    evicted: CancellationToken,
+    /// What others told the connection ([`Signal`]): set by an eviction, the shutdown, a rise of pressure.
+    signals: AtomicU8,
+    /// Woken when a signal is set: the task of the connection's wait that looked at `signals` last.
+    signal_waker: AtomicWaker,
     /// When it was evicted, in ms since `epoch` plus one; 0 = not evicted.
     evicted_at: AtomicU64,
     /// Its response is done and it is closing by lingering (`io::linger`): first in line for eviction.
@@ -119,11 +119,28 @@ pub(crate) struct ConnState {
     stream_stalls: AtomicU64,
 }
 
+/// What the rest of the proxy tells a connection, as bits of [`ConnState`]'s `signals`. They were a
+/// cancellation token per connection and waiters on notifiers every connection shares (the shutdown token,
+/// pressure's `rose`); registered and dropped by every connection, they cost about 800 instructions of each
+/// (`MODE=close scripts/instructions-per-request`). The registry of connections that eviction keeps anyway
+/// ([`Pressure`]) now reaches each connection instead.
+struct Signal;
+
+impl Signal {
+    /// A newcomer needs the slot: end now (see [`Pressure::evict_one`]).
+    const EVICTED: u8 = 1;
+    /// The proxy is shutting down: finish what is in flight and close ([`Pressure::shut_down`]).
+    const SHUTDOWN: u8 = 2;
+    /// Pressure rose: the waits are cut, look at the limits again.
+    const ROSE: u8 = 4;
+}
+
 impl ConnState {
     fn new(slot: Slot, pressure: Arc<Pressure>, id: u64) -> Self {
         Self {
             id,
-            evicted: CancellationToken::new(),
+            signals: AtomicU8::new(0),
+            signal_waker: AtomicWaker::new(),
             evicted_at: AtomicU64::new(0),
             lingering: AtomicBool::new(false),
             upgraded: AtomicBool::new(false),
@@ -147,6 +164,36 @@ impl ConnState {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// Tells the connection `signal` and wakes the wait that looks for it.
+    fn signal(&self, signal: u8) {
+        self.signals.fetch_or(signal, Ordering::AcqRel);
+        self.signal_waker.wake();
+    }
+
+    fn is_evicted(&self) -> bool {
+        self.signals.load(Ordering::Acquire) & Signal::EVICTED != 0
+    }
+
+    /// Ready with those of `wanted` that were signalled, once one was; a [`Signal::ROSE`] it returns is
+    /// consumed (each rise is told once). One waiter at a time: the connection's task, or its lingering close
+    /// after it.
+    fn poll_signals(&self, cx: &mut Context<'_>, wanted: u8) -> Poll<u8> {
+        self.signal_waker.register(cx.waker());
+        let got = self.signals.load(Ordering::Acquire) & wanted;
+        if got == 0 {
+            return Poll::Pending;
+        }
+        if got & Signal::ROSE != 0 {
+            self.signals.fetch_and(!Signal::ROSE, Ordering::AcqRel);
+        }
+        Poll::Ready(got)
+    }
+
+    /// [`ConnState::poll_signals`] as a future.
+    async fn signalled(&self, wanted: u8) -> u8 {
+        std::future::poll_fn(|cx| self.poll_signals(cx, wanted)).await
+    }
+
     /// The connection now carries a tunnel (WebSocket): it is doing work and is never evicted.
     pub(crate) fn upgraded(&self) {
         self.upgraded.store(true, Ordering::Relaxed);
@@ -155,7 +202,7 @@ impl ConnState {
     /// How long the connection has been waiting on its client (for a first request, a request head, the rest
     /// of a body, or to read its response) or on a backend gone quiet mid-body; `None` while it is doing work.
     fn waiting_ms(&self) -> Option<u64> {
-        if self.upgraded.load(Ordering::Relaxed) || self.evicted.is_cancelled() {
+        if self.upgraded.load(Ordering::Relaxed) || self.is_evicted() {
             return None;
         }
         if self.lingering.load(Ordering::Relaxed) {
@@ -348,9 +395,9 @@ impl<S: Stream> ServerConn for hyper::server::conn::http2::Connection<Io<S>, Pro
 /// layer cost every later poll of the connection's task about 40 instructions per request (measured with
 /// `scripts/instructions-per-request`), though it only runs before the first request. Biased, the wait first:
 /// a client's first bytes are usually there by the time its task runs, and then the other arms are never
-/// polled, so they register no waiter (a lock each on notifiers every connection shares) only to drop it.
+/// polled, so pressure's cut registers no waiter (a lock on a notifier every connection shares) only to drop it.
 macro_rules! guarded {
-    ($fut:expr, $proxy:expr, $state:expr, $shutdown:expr, $shed:literal) => {
+    ($fut:expr, $proxy:expr, $state:expr, $shed:literal) => {
         tokio::select! {
             biased;
             r = $fut => Some(r),
@@ -359,9 +406,8 @@ macro_rules! guarded {
                 $proxy.metrics.connection_shed();
                 None
             }
-            // Counted by the eviction.
-            () = $state.evicted.cancelled() => None,
-            _ = $shutdown.cancelled() => None,
+            // Evicted (counted by the eviction), or shut down.
+            _ = $state.signalled(Signal::EVICTED | Signal::SHUTDOWN) => None,
         }
     };
 }
@@ -373,7 +419,6 @@ pub(crate) async fn serve(
     peer: SocketAddr,
     proxy: Arc<Proxy>,
     tls: Option<Arc<TlsAcceptor>>,
-    shutdown: CancellationToken,
     permit: OwnedSemaphorePermit,
     address: Option<AddressGuard>,
 ) {
@@ -381,11 +426,11 @@ pub(crate) async fn serve(
     let slot = Slot { _permit: permit, _address: address, metrics: proxy.metrics.clone() };
     let state = ConnState::register(slot, proxy.pressure.clone());
     let Some(acceptor) = tls else {
-        return serve_http(stream, None, false, peer, proxy, state, shutdown).await;
+        return serve_http(stream, None, false, peer, proxy, state).await;
     };
     // In a box of its own: the handshake's future and a TLS stream are large, and inline they would make every
     // plain connection's future (copied once into its task) as large as a TLS one.
-    boxed(|| serve_tls(stream, acceptor, peer, proxy, state, shutdown)).await
+    boxed(|| serve_tls(stream, acceptor, peer, proxy, state)).await
 }
 
 /// [`serve`]'s TLS connections: the handshake, then HTTP over the TLS stream.
@@ -395,13 +440,11 @@ async fn serve_tls(
     peer: SocketAddr,
     proxy: Arc<Proxy>,
     state: Arc<ConnState>,
-    shutdown: CancellationToken,
 ) {
     let handshake = guarded!(
         acceptor.accept(stream, peer.ip()),
         proxy,
         state,
-        shutdown,
         "under pressure, the TLS handshake took longer than the overload timeout; closing"
     );
     let Some(handshake) = handshake else { return };
@@ -418,7 +461,7 @@ async fn serve_tls(
                 // No ALPN: look at the first bytes, as on the plain listener.
                 None => None,
             };
-            serve_http(stream, h2, true, peer, proxy, state, shutdown).await
+            serve_http(stream, h2, true, peer, proxy, state).await
         }
         Err(e) => debug!(reason = e.reason(), error = %e, "TLS handshake failed"),
     }
@@ -432,20 +475,14 @@ async fn serve_http<S: Stream>(
     peer: SocketAddr,
     proxy: Arc<Proxy>,
     state: Arc<ConnState>,
-    shutdown: CancellationToken,
 ) {
     let settings = &proxy.settings;
     let (is_h2, prefix) = match h2 {
         Some(h2) => (h2, BytesMut::new()),
         None => {
             let detect = tokio::time::timeout(settings.header_read_timeout, detect(&mut stream));
-            let detected = guarded!(
-                detect,
-                proxy,
-                state,
-                shutdown,
-                "under pressure, no request within the overload timeout; closing"
-            );
+            let detected =
+                guarded!(detect, proxy, state, "under pressure, no request within the overload timeout; closing");
             let Some(detected) = detected else { return };
             match detected {
                 Ok(Ok(v)) => v,
@@ -479,36 +516,31 @@ async fn serve_http<S: Stream>(
         // Boxed: an h2 connection is much larger than an HTTP/1.1 one, and inline it would size every HTTP/1.1
         // connection's future.
         if settings.http2 == Http2Server::Reveille {
-            if let Err(e) = boxed(|| drive(h2::serve(io, service, settings), dog, &proxy, shutdown)).await {
+            if let Err(e) = boxed(|| drive(h2::serve(io, service, settings), dog, &proxy)).await {
                 ended(&e);
             }
         } else {
             let conn = proxy.h2.serve_connection(TokioIo::new(io), service);
-            if let Err(e) = boxed(|| drive(conn, dog, &proxy, shutdown)).await {
+            if let Err(e) = boxed(|| drive(conn, dog, &proxy)).await {
                 ended(&e);
             }
         }
     } else if own_h1 {
         let limits =
             crate::http1::HeadLimits { max_size: settings.max_header_size, max_fields: settings.max_header_count };
-        if let Err(e) = drive(h1::H1Conn::new(io, read, service, limits), dog, &proxy, shutdown).await {
+        if let Err(e) = drive(h1::H1Conn::new(io, read, service, limits), dog, &proxy).await {
             ended(&e);
         }
     } else {
         let conn = proxy.h1.serve_connection(TokioIo::new(io), service).with_upgrades();
-        if let Err(e) = drive(conn, dog, &proxy, shutdown).await {
+        if let Err(e) = drive(conn, dog, &proxy).await {
             ended(&e);
         }
     }
 }
 
-async fn drive<C: ServerConn>(
-    conn: C,
-    dog: Watchdog<'_>,
-    proxy: &Proxy,
-    shutdown: CancellationToken,
-) -> Result<(), C::Error> {
-    let evicted = dog.state.evicted.clone();
+async fn drive<C: ServerConn>(conn: C, dog: Watchdog<'_>, proxy: &Proxy) -> Result<(), C::Error> {
+    let state = dog.state.clone();
     tokio::pin!(conn);
     tokio::pin!(dog);
     let mut closing = false;
@@ -517,18 +549,20 @@ async fn drive<C: ServerConn>(
     tokio::pin!(hard_close);
     let mut hard_armed = false;
     loop {
-        // The rare events, in one future polled only when one of them woke it: as separate `select!` branches
-        // they took a lock and re-registered a waiter every time the connection's task ran (about 1 000
-        // instructions per request).
-        let (ev, sd, pressure, was_closing) = (&evicted, &shutdown, &proxy.pressure, closing);
-        let mut rare = OnWake::new(boxed(|| async move {
-            tokio::select! {
-                biased;
-                () = ev.cancelled() => Rare::Evicted,
-                _ = pressure.rose.notified(), if !was_closing => Rare::PressureRose,
-                _ = sd.cancelled(), if !was_closing => Rare::Shutdown,
-            }
-        }));
+        // The rare events, as the connection's signals: a load and a waker registration each time the task
+        // runs. Once closing, only an eviction still matters.
+        let wanted = if closing { Signal::EVICTED } else { Signal::EVICTED | Signal::ROSE | Signal::SHUTDOWN };
+        let rare = std::future::poll_fn(|cx| {
+            state.poll_signals(cx, wanted).map(|got| {
+                if got & Signal::EVICTED != 0 {
+                    Rare::Evicted
+                } else if got & Signal::ROSE != 0 {
+                    Rare::PressureRose
+                } else {
+                    Rare::Shutdown
+                }
+            })
+        });
         tokio::select! {
             biased;
             res = conn.as_mut() => {
@@ -570,7 +604,7 @@ async fn drive<C: ServerConn>(
                     return Ok(());
                 }
             },
-            r = &mut rare => match r {
+            r = rare => match r {
                 // Counted by the eviction.
                 Rare::Evicted => return Ok(()),
                 // Pressure rose: the watchdog is polled again on the next turn and applies the shorter limits.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::{ConnState, Slot};
+use super::{ConnState, Signal, Slot};
 
 /// Eviction spares connections that have waited less than this: a newcomer that has not yet sent its request is
 /// not evicted by the next one.
@@ -30,8 +30,11 @@ pub(crate) struct Pressure {
     pub(super) conns: parking_lot::Mutex<Registry>,
     pub(super) next_id: AtomicU64,
     high: AtomicBool,
-    /// Woken when pressure rises, so connections apply the shorter limits at once.
+    /// Woken when pressure rises, so the waits before a request and the lingering closes apply the shorter
+    /// limits at once (connections serving HTTP are told through their signals).
     pub(super) rose: tokio::sync::Notify,
+    /// The proxy is shutting down: every connection is told, those registered after it too.
+    shutting_down: AtomicBool,
     slots: usize,
     /// The cut, in ms; 0 = never cut.
     pub(super) cap_ms: u64,
@@ -58,6 +61,7 @@ impl Pressure {
             next_id: AtomicU64::new(0),
             high: AtomicBool::new(false),
             rose: tokio::sync::Notify::new(),
+            shutting_down: AtomicBool::new(false),
             slots,
             cap_ms: cap.as_millis() as u64,
             waiting: AtomicUsize::new(0),
@@ -88,9 +92,26 @@ impl Pressure {
                     "nearly every connection slot is taken: client waits are cut to the overload timeout"
                 );
                 self.rose.notify_waiters();
+                self.tell_all(Signal::ROSE);
             } else {
                 tracing::info!(free, slots = self.slots, "connection slots available again: normal timeouts");
             }
+        }
+    }
+
+    /// Tells every open connection that the proxy is shutting down (they finish what is in flight and close), and
+    /// every connection registered from now on. Called by each accept loop as it stops.
+    pub(crate) fn shut_down(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.tell_all(Signal::SHUTDOWN);
+    }
+
+    /// Sets `signal` on every open connection.
+    fn tell_all(&self, signal: u8) {
+        // Outside the lock: dropping the last reference to a connection takes the lock again.
+        let conns: Vec<std::sync::Weak<ConnState>> = self.conns.lock().values().cloned().collect();
+        for c in conns.iter().filter_map(std::sync::Weak::upgrade) {
+            c.signal(signal);
         }
     }
 
@@ -133,7 +154,7 @@ impl Pressure {
                     debug!(waited_ms, "every slot taken: evicting the connection that waited longest");
                 }
                 c.evicted_at.store(c.now_ms() + 1, Ordering::Relaxed);
-                c.evicted.cancel();
+                c.signal(Signal::EVICTED);
                 metrics.connection_evicted();
                 true
             }
@@ -178,6 +199,11 @@ impl ConnState {
         let id = pressure.next_id.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(Self::new(slot, pressure, id));
         state.pressure.conns.lock().insert(id, Arc::downgrade(&state));
+        // After the insert: a shutdown that began before it did not see this connection in the registry, and
+        // its flag is visible here (the registry's lock orders the two).
+        if state.pressure.shutting_down.load(Ordering::SeqCst) {
+            state.signal(Signal::SHUTDOWN);
+        }
         state
     }
 }
@@ -185,5 +211,65 @@ impl ConnState {
 impl Drop for ConnState {
     fn drop(&mut self) {
         self.pressure.conns.lock().remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::task::{Context, Poll, Wake, Waker};
+
+    use super::*;
+
+    /// A waker that counts its wakes.
+    struct Wakes(AtomicUsize);
+
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn connection(pressure: &Arc<Pressure>) -> Arc<ConnState> {
+        let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap();
+        let slot = Slot { _permit: permit, _address: None, metrics: Arc::new(crate::metrics::Metrics::new()) };
+        ConnState::register(slot, pressure.clone())
+    }
+
+    #[test]
+    fn connections_are_told_of_a_rise_the_shutdown_and_their_eviction_and_woken() {
+        let pressure = Arc::new(Pressure::new(10, Duration::from_secs(1)));
+        let metrics = crate::metrics::Metrics::new();
+        let first = connection(&pressure);
+        let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let all = Signal::EVICTED | Signal::SHUTDOWN | Signal::ROSE;
+        assert_eq!(first.poll_signals(&mut cx, all), Poll::Pending);
+
+        // Every slot taken: pressure rises, the connection is woken and told once.
+        pressure.update(0, &metrics);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        assert_eq!(first.poll_signals(&mut cx, all), Poll::Ready(Signal::ROSE));
+        assert_eq!(first.poll_signals(&mut cx, all), Poll::Pending);
+
+        // The shutdown: told, and it stays told; not to a wait that does not look for it.
+        pressure.shut_down();
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 2);
+        assert_eq!(first.poll_signals(&mut cx, all), Poll::Ready(Signal::SHUTDOWN));
+        assert_eq!(first.poll_signals(&mut cx, all), Poll::Ready(Signal::SHUTDOWN));
+        assert_eq!(first.poll_signals(&mut cx, Signal::EVICTED), Poll::Pending);
+        // A connection registered after the shutdown began is told at once (later, so that it has waited less).
+        std::thread::sleep(Duration::from_millis(5));
+        let late = connection(&pressure);
+        assert_eq!(late.poll_signals(&mut cx, all), Poll::Ready(Signal::SHUTDOWN));
+
+        // A newcomer needs a slot: the connection that waited longest (past EVICT_AFTER_MS) is evicted and woken.
+        std::thread::sleep(Duration::from_millis(EVICT_AFTER_MS + 20));
+        assert!(pressure.evict_one(&metrics));
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 3);
+        assert!(first.is_evicted() && !late.is_evicted());
+        assert_eq!(first.poll_signals(&mut cx, Signal::EVICTED), Poll::Ready(Signal::EVICTED));
+        assert_eq!(first.waiting_ms(), None, "an evicted connection is not evicted again");
     }
 }
