@@ -10,11 +10,12 @@
 #![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout};
-use std::ffi::c_void;
 
+use libmimalloc_sys::{mi_malloc, mi_realloc, mi_zalloc};
 use mimalloc::MiMalloc;
 
-/// The largest alignment a `mi_malloc` block of at least that size has (`MI_MAX_ALIGN_SIZE`, `max_align_t`).
+/// The alignment mimalloc guarantees a `mi_malloc` block of at least that size (`MI_MAX_ALIGN_SIZE`,
+/// `max_align_t`); blocks of a power-of-two size are aligned to more.
 const PLAIN_ALIGN: usize = 16;
 
 /// Whether `mi_malloc` of `size` bytes is aligned enough for `align`.
@@ -23,21 +24,15 @@ fn plain(align: usize, size: usize) -> bool {
     align <= PLAIN_ALIGN && align <= size
 }
 
-// mimalloc's own C entry points (`mimalloc.h`), linked by the `mimalloc` crate's `libmimalloc-sys`.
-unsafe extern "C" {
-    fn mi_malloc(size: usize) -> *mut c_void;
-    fn mi_zalloc(size: usize) -> *mut c_void;
-    fn mi_realloc(p: *mut c_void, newsize: usize) -> *mut c_void;
-}
-
 /// mimalloc, by `mi_malloc` where its alignment suffices ([`plain`]) and by `MiMalloc` otherwise.
 pub(crate) struct Allocator;
 
 // SAFETY: every block comes from mimalloc and goes back to it. `mi_malloc`, `mi_zalloc` and `mi_realloc` return
 // null (which `GlobalAlloc` allows) or a block aligned to 16 bytes when it is at least 16 bytes and to 8 when
 // smaller, so they are used only where that satisfies the layout ([`plain`], on the new size for `realloc`).
-// `MiMalloc::dealloc` is `mi_free`, and `mi_free`, `mi_realloc` and `mi_realloc_aligned` take a block of either
-// family.
+// `mi_realloc` may keep the block where it is, which keeps the old pointer and its alignment (the layout's, which
+// `plain` allowed). `MiMalloc::dealloc` is `mi_free`, and `mi_free`, `mi_realloc` and `mi_realloc_aligned` take
+// a block of either family (a `mi_malloc_aligned` block of alignment 16 or less is the start of its block).
 unsafe impl GlobalAlloc for Allocator {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -83,30 +78,58 @@ unsafe impl GlobalAlloc for Allocator {
 mod tests {
     use super::*;
 
+    /// Allocates `live` blocks of `layout` at once (so that their places in a page differ), checks that each is
+    /// aligned and keeps its bytes, then frees them.
+    fn check(layout: Layout, live: usize) {
+        let (size, align) = (layout.size(), layout.align());
+        let mut blocks = Vec::with_capacity(live);
+        for i in 0..live {
+            // SAFETY: `size` is non-zero; the block is written within its size.
+            unsafe {
+                let p = if i % 2 == 0 { Allocator.alloc(layout) } else { Allocator.alloc_zeroed(layout) };
+                assert!(!p.is_null(), "{size} bytes");
+                assert_eq!(p as usize % align, 0, "block {i} of {size} bytes aligned to {align}");
+                if i % 2 == 1 {
+                    assert!(std::slice::from_raw_parts(p, size).iter().all(|&b| b == 0), "zeroed, {size} bytes");
+                }
+                p.write_bytes(i as u8, size);
+                blocks.push(p);
+            }
+        }
+        for (i, p) in blocks.into_iter().enumerate() {
+            // SAFETY: `p` is a live block of `layout`; each realloc's result is freed with its own layout.
+            unsafe {
+                assert!(std::slice::from_raw_parts(p, size).iter().all(|&b| b == i as u8));
+                let grown = Allocator.realloc(p, layout, size * 3);
+                assert!(!grown.is_null());
+                assert_eq!(grown as usize % align, 0, "realloc of {size} to {} bytes aligned to {align}", size * 3);
+                assert!(std::slice::from_raw_parts(grown, size).iter().all(|&b| b == i as u8));
+                let shrunk = Allocator.realloc(grown, Layout::from_size_align(size * 3, align).unwrap(), 1);
+                assert!(!shrunk.is_null());
+                assert_eq!(shrunk as usize % align, 0, "realloc to 1 byte aligned to {align}");
+                assert_eq!(*shrunk, i as u8);
+                Allocator.dealloc(shrunk, Layout::from_size_align(1, align).unwrap());
+            }
+        }
+    }
+
     #[test]
     fn every_layout_gets_its_alignment_and_keeps_its_bytes() {
-        for align in [1, 2, 4, 8, 16, 32, 64, 4096] {
-            for size in [1, 7, 8, 12, 15, 16, 24, 40, 1000, 1024, 1025, 3000, 70_000] {
-                let layout = Layout::from_size_align(size, align).unwrap();
-                let grown = Layout::from_size_align(size * 3, align).unwrap();
-                // SAFETY: sizes are non-zero; each block is written within its size and freed with its layout.
-                unsafe {
-                    let p = Allocator.alloc(layout);
-                    assert!(!p.is_null());
-                    assert_eq!(p as usize % align, 0, "alloc of {size} bytes aligned to {align}");
-                    p.write_bytes(0xab, size);
-                    let z = Allocator.alloc_zeroed(layout);
-                    assert_eq!(z as usize % align, 0, "alloc_zeroed of {size} bytes aligned to {align}");
-                    assert!(std::slice::from_raw_parts(z, size).iter().all(|&b| b == 0));
-                    let q = Allocator.realloc(p, layout, grown.size());
-                    assert_eq!(q as usize % align, 0, "realloc to {} bytes aligned to {align}", grown.size());
-                    assert!(std::slice::from_raw_parts(q, size).iter().all(|&b| b == 0xab));
-                    let r = Allocator.realloc(q, grown, 1);
-                    assert_eq!(r as usize % align, 0, "realloc to 1 byte aligned to {align}");
-                    assert_eq!(*r, 0xab);
-                    Allocator.dealloc(r, Layout::from_size_align(1, align).unwrap());
-                    Allocator.dealloc(z, layout);
-                }
+        // The alignments `mi_malloc` serves, then larger blocks and larger alignments.
+        // Every size through the small bins (up to 1 KiB), then a size in every 15 bytes up to 4 KiB.
+        for size in (1..=1100).chain((1101..=4096).step_by(15)) {
+            for align in [1, 2, 4, 8, 16] {
+                check(Layout::from_size_align(size, align).unwrap(), if size <= 256 { 32 } else { 4 });
+            }
+        }
+        for size in [8 << 10, 64 << 10, 70_000, 1 << 20, 3 << 20] {
+            for align in [8, 16, 32, 4096] {
+                check(Layout::from_size_align(size, align).unwrap(), 4);
+            }
+        }
+        for size in [1, 24, 48, 100, 1024, 1025, 3000] {
+            for align in [32, 64, 4096] {
+                check(Layout::from_size_align(size, align).unwrap(), 64);
             }
         }
     }

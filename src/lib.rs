@@ -73,6 +73,7 @@
 //! module. The crate's public face is the
 //! short list of re-exports below — what the binary, the tests, the labs and the benches use — so
 //! `unreachable_pub` flags anything else declared `pub`.
+#![forbid(unsafe_code)]
 
 mod access_log;
 mod acme;

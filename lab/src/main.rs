@@ -28,6 +28,7 @@
 //!
 //! Helpers shared with the integration tests (wrk, percentiles, the HTTP client, etcd, the busybox image, ...)
 //! are in the `testkit` crate.
+#![forbid(unsafe_code)]
 
 mod attack;
 mod backends;

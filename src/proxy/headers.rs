@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, FORWARDED, UPGRADE};
 use ipnet::IpNet;
 
-use crate::upstream::{connection_named, hop_by_hop_index, is_hop_by_hop, Appended, HOP_BY_HOP};
+use crate::upstream::{connection_named, hop_by_hop_index, Appended, HOP_BY_HOP};
 
 pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -35,8 +35,9 @@ pub(crate) fn upgrade_requested(headers: &HeaderMap) -> Option<HeaderValue> {
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
     // One pass over the names, without hashing any: most requests carry no hop-by-hop header, and then the
     // removals (each a hash and a probe) are skipped. This was 7% of the instructions of a request.
-    if headers.keys().any(is_hop_by_hop) {
-        remove_hop_by_hop(headers);
+    let found = HopByHop::find(headers);
+    if found.any() {
+        remove_hop_by_hop(headers, &found);
     }
     if let Some(u) = upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
@@ -44,38 +45,63 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderV
     }
 }
 
-/// [`strip_hop_by_hop`]'s removals, once there is something to remove. The usual case is a response's
-/// `Connection: keep-alive`: it removes that one header, with no allocation and no name parsed.
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers that `Connection` names beyond the fixed list (rare): collected, then removed.
-    let mut named: Vec<HeaderName> = Vec::new();
-    for value in headers.get_all(CONNECTION) {
-        for token in value.as_bytes().split(|&b| b == b',') {
-            // `close` is an option, not usually a header; a header by that name still goes.
-            if token.trim_ascii().eq_ignore_ascii_case(b"close") && !headers.contains_key("close") {
-                continue;
+/// What one pass over a message's field names found for [`strip_hop_by_hop`].
+struct HopByHop {
+    /// Which of the fixed names are present, so that each removal finds something.
+    present: [bool; HOP_BY_HOP.len()],
+    /// Another `Proxy-*` field: Proxy-Authorization, Proxy-Authenticate and friends are for the hop they were
+    /// sent on.
+    other_proxy: bool,
+    /// A field named `close`, which `Connection: close` then names (the token is an option otherwise).
+    close_field: bool,
+}
+
+impl HopByHop {
+    fn find(headers: &HeaderMap) -> Self {
+        let mut found = Self { present: [false; HOP_BY_HOP.len()], other_proxy: false, close_field: false };
+        for name in headers.keys() {
+            match hop_by_hop_index(name) {
+                Some(i) => found.present[i] = true,
+                None => {
+                    let name = name.as_str();
+                    found.other_proxy |= name.starts_with("proxy-");
+                    found.close_field |= name == "close";
+                }
             }
-            named.extend(connection_named(token));
+        }
+        found
+    }
+
+    fn any(&self) -> bool {
+        self.present.contains(&true) || self.other_proxy
+    }
+}
+
+/// [`strip_hop_by_hop`]'s removals, once there is something to remove. The usual cases are a response's
+/// `Connection: keep-alive` and a request's `Connection: close`: each removes that one field, with no
+/// allocation and no name parsed.
+fn remove_hop_by_hop(headers: &mut HeaderMap, found: &HopByHop) {
+    // Fields that `Connection` names beyond the fixed list (rare): collected, then removed.
+    if found.present[0] {
+        // `HOP_BY_HOP[0]`: `Connection`.
+        let mut named: Vec<HeaderName> = Vec::new();
+        for value in headers.get_all(CONNECTION) {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                // `close` is an option, not usually a field; a field by that name still goes.
+                if token.trim_ascii().eq_ignore_ascii_case(b"close") && !found.close_field {
+                    continue;
+                }
+                named.extend(connection_named(token));
+            }
+        }
+        for name in named {
+            headers.remove(name);
         }
     }
-    for name in named {
+    for (name, _) in HOP_BY_HOP.iter().zip(found.present).filter(|(_, p)| *p) {
         headers.remove(name);
     }
-    // Which of the fixed names are present, and whether any other `Proxy-*` header is: one pass over the
-    // names, so each removal below finds something.
-    let mut present = [false; HOP_BY_HOP.len()];
-    let mut other_proxy = false;
-    for name in headers.keys() {
-        match hop_by_hop_index(name) {
-            Some(i) => present[i] = true,
-            // Proxy-Authorization, Proxy-Authenticate and friends are for the hop they were sent on.
-            None => other_proxy |= name.as_str().starts_with("proxy-"),
-        }
-    }
-    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
-        headers.remove(name);
-    }
-    if other_proxy {
+    if found.other_proxy {
         remove_where(headers, |k| k.as_str().starts_with("proxy-"));
     }
 }
@@ -315,6 +341,17 @@ mod tests {
         strip_hop_by_hop(&mut h, None);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn connection_close_goes_alone_when_no_field_is_named_close() {
+        let mut h = HeaderMap::new();
+        h.insert(HOST, "a.test".parse().unwrap());
+        h.insert(CONNECTION, "Close".parse().unwrap());
+        h.insert("x-close", "kept".parse().unwrap());
+        strip_hop_by_hop(&mut h, None);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert!(h.contains_key(HOST) && h.contains_key("x-close"));
     }
 
     #[test]

@@ -382,6 +382,9 @@ impl Proxy {
         tls: Option<Arc<TlsAcceptor>>,
         shutdown: CancellationToken,
     ) {
+        // Every way out of the loop is the shutdown (or a panic): the open connections are told, and finish what
+        // is in flight and close.
+        let _tell = conn::ShutDownOnExit(&self.pressure);
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
@@ -434,8 +437,6 @@ impl Proxy {
             let conn = boxed(|| conn::serve(stream, peer, self.clone(), tls.clone(), permit, address));
             self.tasks.spawn(conn.instrument(span));
         }
-        // Every way out of the loop is the shutdown: the open connections finish what is in flight and close.
-        self.pressure.shut_down();
     }
 
     /// Every slot is taken and a client is here: waits for a slot, evicting a connection that keeps its slot

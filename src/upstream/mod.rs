@@ -22,7 +22,7 @@ mod tls;
 mod wire;
 
 pub(crate) use self::h2::{H2Failure, H2Head, H2RequestBody, H2SendError, PutField};
-pub(crate) use codec::{connection_named, hop_by_hop_index, is_hop_by_hop, HOP_BY_HOP};
+pub(crate) use codec::{connection_named, hop_by_hop_index, HOP_BY_HOP};
 pub(crate) use codec::{Appended, RawFields};
 pub(crate) use connect::{Conn, ConnectSettings, Connector, TlsConnected};
 pub(crate) use error::{source_chain, ConnectError, UpstreamError};

@@ -22,6 +22,7 @@
 //! - [`docker`]: the docker CLI, the `FROM scratch` busybox image, the labs' containers.
 //! - [`tls`]: a rustls server-certificate check for test clients.
 //! - [`chaos`]: the fault-injection suite (issue 29): its history, its checker.
+#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod backend;

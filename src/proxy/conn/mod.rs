@@ -47,7 +47,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 pub(crate) use h1::{H1Body, H1Upgrade};
-pub(crate) use pressure::Pressure;
+pub(crate) use pressure::{Pressure, ShutDownOnExit};
 
 use super::admission::AddressGuard;
 use super::{boxed, Http1Server, Http2Server, Proxy, ProxyService, SpanExecutor};
@@ -100,7 +100,9 @@ pub(crate) struct ConnState {
     id: u64,
     /// What others told the connection ([`Signal`]): set by an eviction, the shutdown, a rise of pressure.
     signals: AtomicU8,
-    /// Woken when a signal is set: the task of the connection's wait that looked at `signals` last.
+    /// Woken when a signal is set: the task of the connection's wait that looked at `signals` last. One waiter
+    /// at a time (a second would silently replace the first): the connection's task (`guarded!`, then `drive`),
+    /// then its lingering close, which starts once `drive` has ended.
     signal_waker: AtomicWaker,
     /// When it was evicted, in ms since `epoch` plus one; 0 = not evicted.
     evicted_at: AtomicU64,

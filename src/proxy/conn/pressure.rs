@@ -1,6 +1,7 @@
 //! Pressure on the connection slots: while nearly every slot is taken, the waits a client imposes are cut to the
 //! overload timeout, and a newcomer with no free slot evicts the connection that has waited longest on its
-//! client. Every open connection is entered in [`Pressure`]'s registry for that.
+//! client. Every open connection is entered in [`Pressure`]'s registry for that, which also carries a rise of
+//! pressure and the shutdown to each connection (its signals).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -24,7 +25,8 @@ const EVICTION_SETTLE_MS: u64 = 1_000;
 /// does the same with `reduce_timeouts`). Re-evaluated at each accept: on when fewer than a tenth of the slots
 /// are free, off again once a fifth are.
 pub(crate) struct Pressure {
-    /// Every open connection, so that one waiting on its client can be evicted for a newcomer. Hashed with
+    /// Every open connection, so that one waiting on its client can be evicted for a newcomer, and each can be
+    /// told of a rise of pressure and of the shutdown. Hashed with
     /// foldhash: the keys are our own counter, not a client's choice, and SipHash's insert and remove were
     /// about 160 instructions of every connection.
     pub(super) conns: parking_lot::Mutex<Registry>,
@@ -102,8 +104,10 @@ impl Pressure {
     /// Tells every open connection that the proxy is shutting down (they finish what is in flight and close), and
     /// every connection registered from now on. Called by each accept loop as it stops.
     pub(crate) fn shut_down(&self) {
-        self.shutting_down.store(true, Ordering::SeqCst);
-        self.tell_all(Signal::SHUTDOWN);
+        // Once: every accept loop calls it, and a connection registered later sees the flag.
+        if !self.shutting_down.swap(true, Ordering::SeqCst) {
+            self.tell_all(Signal::SHUTDOWN);
+        }
     }
 
     /// Sets `signal` on every open connection.
@@ -211,6 +215,15 @@ impl ConnState {
 impl Drop for ConnState {
     fn drop(&mut self) {
         self.pressure.conns.lock().remove(&self.id);
+    }
+}
+
+/// Calls [`Pressure::shut_down`] when dropped: an accept loop that ends, however it ends, tells the connections.
+pub(crate) struct ShutDownOnExit<'a>(pub(crate) &'a Pressure);
+
+impl Drop for ShutDownOnExit<'_> {
+    fn drop(&mut self) {
+        self.0.shut_down();
     }
 }
 
