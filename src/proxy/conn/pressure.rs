@@ -112,11 +112,16 @@ impl Pressure {
 
     /// Sets `signal` on every open connection.
     fn tell_all(&self, signal: u8) {
-        // Outside the lock: dropping the last reference to a connection takes the lock again.
-        let conns: Vec<std::sync::Weak<ConnState>> = self.conns.lock().values().cloned().collect();
-        for c in conns.iter().filter_map(std::sync::Weak::upgrade) {
+        for c in self.open() {
             c.signal(signal);
         }
+    }
+
+    /// The open connections, looked at outside the registry's lock: dropping the last reference to a connection
+    /// takes the lock again.
+    fn open(&self) -> impl Iterator<Item = Arc<ConnState>> {
+        let conns: Vec<std::sync::Weak<ConnState>> = self.conns.lock().values().cloned().collect();
+        conns.into_iter().filter_map(|c| c.upgrade())
     }
 
     /// Every slot is taken and a client waits for one: evicts the connection that has waited longest on its
@@ -129,11 +134,9 @@ impl Pressure {
         if self.cap_ms == 0 {
             return false;
         }
-        // Look at them outside the lock: dropping the last reference to a connection takes the lock again.
-        let conns: Vec<std::sync::Weak<ConnState>> = self.conns.lock().values().cloned().collect();
         let mut in_progress = 0;
         let mut victim: Option<(u64, Arc<ConnState>)> = None;
-        for c in conns.iter().filter_map(std::sync::Weak::upgrade) {
+        for c in self.open() {
             let at = c.evicted_at.load(Ordering::Relaxed);
             if at != 0 {
                 if c.now_ms() + 1 < at + EVICTION_SETTLE_MS {
