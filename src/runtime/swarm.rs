@@ -20,8 +20,9 @@
 //! | replicas > 0, fewer tasks running      | `Restarting` (Swarm is (re)scheduling them)  |
 //!
 //! A task is up when Swarm says `running` (see [`is_up`]). `start` scales up and returns once that many tasks
-//! are up (as `docker start` returns once the process runs), or at once with the error of a task Swarm failed,
-//! rejected or cannot place (a port in use, a missing image; the service is then scaled back to 0); `stop`
+//! are up (as `docker start` returns once the process runs), or at once with the error of a task Swarm failed or
+//! rejected, or within 2 s with that of one it cannot place (a port in use, a missing image; the service is then
+//! scaled back to 0); `stop`
 //! scales to 0 and returns once no task runs. When the service is not running, inspect reports its last failed
 //! task's error and exit code. A service cannot be paused: `pause` and `unpause` are refused with a reason, so
 //! `idle_action = "pause"` is refused for a swarm service when the config is read. A service whose restart
@@ -49,6 +50,10 @@ const POLL: Duration = Duration::from_millis(20);
 const START_LIMIT: Duration = Duration::from_secs(300);
 /// A stop's grace when none is given: Swarm's default `StopGracePeriod`.
 const SWARM_STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a new task must stay pending with a placement error before the start fails with it. Swarm's own
+/// books can lag: a run saw the first task of a service whose command exits at once refused "host-mode port
+/// already in use" by a task of its own, with no failed task listed yet; the port is free again a moment later.
+const PLACE_GRACE: Duration = Duration::from_secs(2);
 /// The label Swarm puts on a task's container: which service it belongs to.
 const SERVICE_NAME_LABEL: &str = "com.docker.swarm.service.name";
 const SERVICE_ID_LABEL: &str = "com.docker.swarm.service.id";
@@ -114,21 +119,33 @@ impl SwarmRuntime {
         })
     }
 
-    /// Scales `service` to `replicas` and waits until that many of its tasks run; fails at once with the error
-    /// of a new task that Swarm failed or rejected, after scaling it back to 0.
+    /// Scales `service` to `replicas` and waits until that many of its tasks run; fails with the error of a new
+    /// task that Swarm failed or rejected (at once) or cannot place (after `PLACE_GRACE`), after scaling it back
+    /// to 0.
     pub async fn scale_up(&self, service: &str, replicas: u32) -> Result<(), RuntimeError> {
         let before: HashSet<String> = self.tasks(service).await?.into_iter().filter_map(|t| t.id).collect();
         self.scale(service, u64::from(replicas)).await?;
         let deadline = tokio::time::Instant::now() + START_LIMIT;
+        // When each new task was first seen pending with a placement error.
+        let mut unplaced: HashMap<String, tokio::time::Instant> = HashMap::new();
         loop {
             let tasks = self.tasks(service).await?;
             if tasks.iter().filter(|t| serving(t)).count() >= replicas as usize {
                 return Ok(());
             }
-            // A new task that failed, or that Swarm cannot place (pending with an error: a host-mode port already
-            // bound on every node, no node with the resources), fails the start now rather than at the wake's
-            // timeout.
-            if let Some(reason) = start_failure(&tasks, &before) {
+            // A new task that failed fails the start now rather than at the wake's timeout; so does one that
+            // Swarm cannot place (pending with an error: a host-mode port already bound on every node, no node
+            // with the resources) once it has stayed so for `PLACE_GRACE`.
+            let now = tokio::time::Instant::now();
+            let failure = match start_failure(&tasks, &before) {
+                Some(StartFailure::Failed(reason)) => Some(reason),
+                Some(StartFailure::Unplaced { task, reason }) => {
+                    let since = *unplaced.entry(task).or_insert(now);
+                    (now.duration_since(since) >= PLACE_GRACE).then_some(reason)
+                }
+                None => None,
+            };
+            if let Some(reason) = failure {
                 // Back to 0, as a container that exited stays stopped: not left for Swarm to retry for ever.
                 if let Err(e) = self.scale(service, 0).await {
                     tracing::warn!(service, error = %e, "could not scale back to 0 after a failed task");
@@ -430,23 +447,36 @@ fn status_time(t: &Task) -> &str {
     t.status.as_ref().and_then(|s| s.timestamp.as_deref()).unwrap_or_default()
 }
 
+/// Why a scale-up has failed, or may have.
+#[derive(Debug, PartialEq)]
+enum StartFailure {
+    /// A new task failed or was rejected.
+    Failed(String),
+    /// A new task is pending with an error: Swarm cannot place it, for now at least.
+    Unplaced { task: String, reason: String },
+}
+
 /// Why a scale-up has failed, from the tasks that are new since (not in `before`): a task that failed or was
 /// rejected, else one that Swarm cannot place (pending with an error). A task that failed is the cause to give
 /// before a pending one: when a task exits, Swarm starts another, which may wait on the port its predecessor
 /// still holds ("host-mode port already in use").
-fn start_failure(tasks: &[Task], before: &HashSet<String>) -> Option<String> {
+fn start_failure(tasks: &[Task], before: &HashSet<String>) -> Option<StartFailure> {
     let new = || tasks.iter().filter(|t| t.id.as_ref().is_some_and(|id| !before.contains(id)));
     let err = |t: &Task| t.status.as_ref().and_then(|s| s.err.clone()).filter(|e| !e.is_empty());
     let failed = new().find_map(|t| match task_state(t) {
         Some(TaskState::FAILED | TaskState::REJECTED) => {
             let message = t.status.as_ref().and_then(|s| s.message.clone());
-            Some(format!("its task failed: {}", err(t).or(message).unwrap_or_else(|| "no reason given".into())))
+            let why = err(t).or(message).unwrap_or_else(|| "no reason given".into());
+            Some(StartFailure::Failed(format!("its task failed: {why}")))
         }
         _ => None,
     });
     failed.or_else(|| {
-        new().find_map(|t| match task_state(t) {
-            Some(TaskState::PENDING) => err(t).map(|e| format!("Swarm cannot place its task: {e}")),
+        new().find_map(|t| match (task_state(t), &t.id) {
+            (Some(TaskState::PENDING), Some(id)) => err(t).map(|e| StartFailure::Unplaced {
+                task: id.clone(),
+                reason: format!("Swarm cannot place its task: {e}"),
+            }),
             _ => None,
         })
     })
@@ -553,11 +583,19 @@ mod tests {
             task("t1", "failed", "task: non-zero exit (1)"),
             task("old", "failed", "an earlier failure"),
         ];
-        assert_eq!(start_failure(&tasks, &before).as_deref(), Some("its task failed: task: non-zero exit (1)"));
-        // A task that cannot be placed, with nothing failed: said as Swarm says it.
         assert_eq!(
-            start_failure(&tasks[..1], &before).as_deref(),
-            Some("Swarm cannot place its task: no suitable node (host-mode port already in use on 1 node)")
+            start_failure(&tasks, &before),
+            Some(StartFailure::Failed("its task failed: task: non-zero exit (1)".into()))
+        );
+        // A task that cannot be placed, with nothing failed: said as Swarm says it, naming the task (the start
+        // fails once it has stayed so for `PLACE_GRACE`).
+        assert_eq!(
+            start_failure(&tasks[..1], &before),
+            Some(StartFailure::Unplaced {
+                task: "t2".into(),
+                reason: "Swarm cannot place its task: no suitable node (host-mode port already in use on 1 node)"
+                    .into()
+            })
         );
         // A task from before the scale-up, or one still starting, is no failure of this one.
         assert_eq!(start_failure(&[tasks[2].clone(), task("t3", "starting", "")], &before), None);
