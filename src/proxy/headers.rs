@@ -124,7 +124,9 @@ impl Peer {
         // through the formatting machinery (padding, a `Formatter` per octet), about 1 300 instructions of
         // every new connection, and a connection per request pays it every time.
         let value = match ip {
-            IpAddr::V4(v4) => HeaderValue::from_bytes(ipv4_text(v4).as_slice()).ok(),
+            // Its bytes owned by the value's own shared block: the first clone (every request's
+            // `X-Forwarded-For`) shares it, where copied into a plain buffer it would allocate once more then.
+            IpAddr::V4(v4) => HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(ipv4_text(v4))).ok(),
             IpAddr::V6(_) => HeaderValue::try_from(ip.to_string()).ok(),
         };
         let value = value.unwrap_or(HeaderValue::from_static("unknown"));
@@ -162,8 +164,10 @@ impl ArrayText {
         self.buf[self.len] = b;
         self.len += 1;
     }
+}
 
-    fn as_slice(&self) -> &[u8] {
+impl AsRef<[u8]> for ArrayText {
+    fn as_ref(&self) -> &[u8] {
         &self.buf[..self.len]
     }
 }
@@ -299,7 +303,7 @@ mod tests {
     fn ipv4_text_is_display_text() {
         for ip in ["0.0.0.0", "127.0.0.1", "10.9.99.100", "255.255.255.255", "1.20.199.5"] {
             let v4: std::net::Ipv4Addr = ip.parse().unwrap();
-            assert_eq!(ipv4_text(v4).as_slice(), ip.as_bytes());
+            assert_eq!(ipv4_text(v4).as_ref(), ip.as_bytes());
         }
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
         assert_eq!(Peer::new(mapped, &[]).as_str(), "192.0.2.7");

@@ -334,19 +334,74 @@ async fn an_upload_refused_unread_gets_its_answer_not_a_reset() {
     })
     .await;
     // A client that stops sending without closing: the answer, then reveille's FIN; once the client closes,
-    // the lingering connection gives its slot back.
+    // the lingering connection gives its slot back. With `Connection: close` too: its body is unread all the
+    // same.
+    for close in ["", "Connection: close\r\n"] {
+        let mut c = TcpStream::connect(proxy.http).await.unwrap();
+        let head = format!("POST / HTTP/1.1\r\nHost: nobody.test\r\n{close}Content-Length: 10000000\r\n\r\n");
+        c.write_all(head.as_bytes()).await.unwrap();
+        c.write_all(&[7u8; 1_000_000]).await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut got))
+            .await
+            .expect("reveille closed its side after the answer")
+            .expect("a clean end, not a reset");
+        assert!(got.starts_with(b"HTTP/1.1 404"), "{close}: {}", String::from_utf8_lossy(&got));
+        assert_eq!(proxy.metric("reveille_open_connections").await, 1.0, "{close}: lingering, it holds its slot");
+        drop(c);
+        eventually(Duration::from_secs(3), "slot released once the client closed", || async {
+            proxy.metric("reveille_open_connections").await == 0.0
+        })
+        .await;
+    }
+}
+
+/// A request that asks for the close and is read whole ends the connection at once: its client sends nothing
+/// more (RFC 9112 §9.6), so there is nothing to linger for. One that sends bytes after it anyway (a pipelined
+/// request, which it must not) does not keep its slot either, as with nginx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_asking_for_the_close_ends_its_connection_without_lingering() {
+    let a = Backend::echo("a").await;
+    let proxy = TestProxy::start_with(&routes_file(&[("a", vec![a.addr])], &[("a.test", "a")]), settings()).await;
+    for (what, request) in [
+        ("a GET", &b"GET /one HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n"[..]),
+        (
+            "a POST read whole",
+            b"POST /one HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\nContent-Length: 3\r\n\r\nabc",
+        ),
+        ("HTTP/1.0", b"GET /one HTTP/1.0\r\nHost: a.test\r\n\r\n"),
+    ] {
+        let mut c = TcpStream::connect(proxy.http).await.unwrap();
+        c.write_all(request).await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut got))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: reveille closed after the answer"))
+            .unwrap_or_else(|e| panic!("{what}: a clean end, not a reset: {e}"));
+        assert!(
+            got.starts_with(b"HTTP/1.1 200") || got.starts_with(b"HTTP/1.0 200"),
+            "{what}: {}",
+            String::from_utf8_lossy(&got)
+        );
+        // The client has not closed: the slot is given back all the same.
+        eventually(Duration::from_secs(3), "slot released with the client still connected", || async {
+            proxy.metric("reveille_open_connections").await == 0.0
+        })
+        .await;
+        drop(c);
+    }
+    // Bytes after a `Connection: close` request, sent with it: answered, and no slot held for the client.
     let mut c = TcpStream::connect(proxy.http).await.unwrap();
-    c.write_all(b"POST / HTTP/1.1\r\nHost: nobody.test\r\nContent-Length: 10000000\r\n\r\n").await.unwrap();
-    c.write_all(&[7u8; 1_000_000]).await.unwrap();
+    c.write_all(
+        b"GET /one HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\nGET /two HTTP/1.1\r\nHost: a.test\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut got))
-        .await
-        .expect("reveille closed its side after the answer")
-        .expect("a clean end, not a reset");
-    assert!(got.starts_with(b"HTTP/1.1 404"), "{}", String::from_utf8_lossy(&got));
-    assert_eq!(proxy.metric("reveille_open_connections").await, 1.0, "lingering, it still holds its slot");
-    drop(c);
-    eventually(Duration::from_secs(3), "slot released once the client closed", || async {
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut got)).await.expect("closed");
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+    assert!(!String::from_utf8_lossy(&got).contains("/two"), "nothing after the close is served");
+    eventually(Duration::from_secs(3), "slot released with the client still connected", || async {
         proxy.metric("reveille_open_connections").await == 0.0
     })
     .await;

@@ -13,7 +13,7 @@
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 
 use super::date::write_date;
 use super::io::ConnIo;
-use super::{ServerConn, Stream};
+use super::{ConnState, ServerConn, Stream};
 use crate::http1::{
     chunk_size_line, has_token, last_chunk, parse_request, put_field, BodyFraming, Chunked, Decoded, HeadLimits,
 };
@@ -223,8 +223,8 @@ pub(crate) type Upgraded = crate::upstream::Prefixed<Box<dyn UpgradeIo>>;
 /// One connection served by reveille's own HTTP/1.1 side, as [`drive`](super::drive) runs it.
 pub(super) struct H1Conn {
     fut: Pin<Box<dyn Future<Output = io::Result<()>> + Send>>,
-    /// Asked to close: no new request is read once the one in flight (if any) is answered.
-    closing: Arc<AtomicBool>,
+    /// Its `closing`: asked to close, no new request is read once the one in flight (if any) is answered.
+    state: Arc<ConnState>,
     /// The socket, kept until the connection is dropped rather than when its loop ends: `drive` marks the
     /// connection finished in between, and only a finished connection's close may linger (`ConnIo`'s drop).
     _socket: Arc<dyn ReadBody>,
@@ -233,12 +233,12 @@ pub(super) struct H1Conn {
 impl H1Conn {
     /// `read`: what the connection's protocol detection read (the start of the first head), and its buffer.
     pub(super) fn new<S: Stream>(io: ConnIo<S>, read: BytesMut, svc: ProxyService, limits: HeadLimits) -> Self {
-        let closing = Arc::new(AtomicBool::new(false));
+        let state = svc.conn.clone();
         let inner =
             Inner { io: Some(io), buf: read, body: BodyRead::Done, continue_owed: false, interim: Bytes::new() };
         let shared = Arc::new(Mutex::new(inner));
-        let fut = crate::proxy::boxed(|| serve(shared.clone(), svc, limits, closing.clone()));
-        Self { fut, closing, _socket: shared }
+        let fut = crate::proxy::boxed(|| serve(shared.clone(), svc, limits));
+        Self { fut, state, _socket: shared }
     }
 }
 
@@ -254,17 +254,13 @@ impl ServerConn for H1Conn {
     type Error = io::Error;
 
     fn graceful(self: Pin<&mut Self>) {
-        self.closing.store(true, Ordering::Relaxed);
+        self.state.closing.store(true, Ordering::Relaxed);
     }
 }
 
 /// The connection's loop: a request head, the handler, the response; again while the connection stays open.
-async fn serve<S: Stream>(
-    shared: Arc<Mutex<Inner<S>>>,
-    svc: ProxyService,
-    limits: HeadLimits,
-    closing: Arc<AtomicBool>,
-) -> io::Result<()> {
+async fn serve<S: Stream>(shared: Arc<Mutex<Inner<S>>>, svc: ProxyService, limits: HeadLimits) -> io::Result<()> {
+    let closing = &svc.conn.closing;
     loop {
         let parsed = poll_fn(|cx| {
             let mut guard = shared.lock();
@@ -307,6 +303,7 @@ async fn serve<S: Stream>(
         let http11 = parsed.request.version() == Version::HTTP_11;
         let head_request = parsed.request.method() == Method::HEAD;
         let mut keep_alive = parsed.keep_alive;
+        let client_closes = parsed.client_closes;
         {
             let mut inner = shared.lock();
             inner.body = match parsed.body {
@@ -355,6 +352,9 @@ async fn serve<S: Stream>(
         }
         write_response(&shared, &parts, raw.as_ref(), body, out, http11, keep_alive).await?;
         let body_done = matches!(shared.lock().body, BodyRead::Done);
+        if client_closes && body_done {
+            svc.conn.client_done();
+        }
         // A body nobody read to its end: the connection cannot serve again (the lingering close takes the rest).
         if !keep_alive || !body_done {
             return Ok(());

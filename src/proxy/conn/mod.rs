@@ -114,6 +114,12 @@ pub(crate) struct ConnState {
     /// HTTP/1.1: the current request has a body that has not been read to its end. Closing the socket then
     /// would reset the connection, and the reset can destroy the response before the client reads it.
     body_unread: AtomicBool,
+    /// HTTP/1.1 (reveille's own side): the last request asked for the close itself and was read to its end, so
+    /// its client sends nothing more; the close need not look for unread input.
+    client_done: AtomicBool,
+    /// Reveille's own HTTP/1.1 side, asked to close (idle, or shutting down): no new request is read once the
+    /// one in flight (if any) is answered.
+    closing: AtomicBool,
     /// hyper finished the connection itself (rather than reveille cutting it for a timeout or eviction): a
     /// close that may linger.
     finished: AtomicBool,
@@ -157,6 +163,8 @@ impl ConnState {
             pressure,
             track_heads: AtomicBool::new(false),
             body_unread: AtomicBool::new(false),
+            client_done: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             stream_stalls: AtomicU64::new(0),
         }
@@ -244,6 +252,11 @@ impl ConnState {
     }
 
     /// An HTTP/1.1 request with a body starts (`true`), or its body was read to the end (`false`).
+    /// The client asked for the close with its last request, which was read to its end: it sends nothing more.
+    pub(crate) fn client_done(&self) {
+        self.client_done.store(true, Ordering::Relaxed);
+    }
+
     pub(crate) fn body_unread(&self, unread: bool) {
         self.body_unread.store(unread, Ordering::Relaxed);
     }
@@ -546,10 +559,10 @@ async fn drive<C: ServerConn>(conn: C, dog: Watchdog<'_>, proxy: &Proxy) -> Resu
     tokio::pin!(conn);
     tokio::pin!(dog);
     let mut closing = false;
-    // Armed when an idle connection was asked to close: past it, the connection is dropped.
-    let hard_close = tokio::time::sleep(Duration::MAX / 4);
+    // Set when an idle connection was asked to close: past it, the connection is dropped. Made only then: a
+    // timer made and dropped unused was some 300 instructions of every connection.
+    let hard_close = None::<tokio::time::Sleep>;
     tokio::pin!(hard_close);
-    let mut hard_armed = false;
     loop {
         // The rare events, as the connection's signals: a load and a waker registration each time the task
         // runs. Once closing, only an eviction still matters.
@@ -579,8 +592,7 @@ async fn drive<C: ServerConn>(conn: C, dog: Watchdog<'_>, proxy: &Proxy) -> Resu
                     }
                     closing = true;
                     conn.as_mut().graceful();
-                    hard_close.as_mut().reset(Instant::now() + CLOSE_GRACE);
-                    hard_armed = true;
+                    hard_close.set(Some(tokio::time::sleep(CLOSE_GRACE)));
                 }
                 Expiry::HeaderTimeout => {
                     debug!("request headers not received in time; closing");
@@ -616,13 +628,16 @@ async fn drive<C: ServerConn>(conn: C, dog: Watchdog<'_>, proxy: &Proxy) -> Resu
                     conn.as_mut().graceful();
                 }
             },
-            _ = hard_close.as_mut(), if hard_armed => {
+            () = std::future::poll_fn(|cx| hard_close.as_mut().as_pin_mut().map_or(Poll::Pending, |s| s.poll(cx))),
+                if hard_close.is_some() => {
                 if dog.state.in_flight.load(Ordering::Relaxed) == 0 {
                     debug!("peer did not close after GOAWAY; dropping the connection");
                     return Ok(());
                 }
                 // A request slipped in: let it finish, look again later.
-                hard_close.as_mut().reset(Instant::now() + CLOSE_GRACE);
+                if let Some(s) = hard_close.as_mut().as_pin_mut() {
+                    s.reset(Instant::now() + CLOSE_GRACE);
+                }
             }
         }
     }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
 use super::pressure::Pressure;
@@ -27,21 +28,25 @@ pub(super) enum Expiry {
     UpstreamIdle,
 }
 
-/// Fires when the connection has been idle for `idle`, has spent `header` reading one request head, or has
-/// waited `send` for a client to read its response.
-pub(super) struct Watchdog<'a> {
-    pub(super) state: Arc<ConnState>,
-    pressure: &'a Pressure,
-    idle_ms: u64,
-    header_ms: u64,
-    send_ms: u64,
-    read_ms: u64,
-    sleep: Pin<Box<Sleep>>,
-    /// Deadline the sleep is set to, in ms since the connection's epoch.
-    armed_ms: u64,
-    /// The sleep was polled since it was last set and is waiting with the task's waker: until it fires, a poll
-    /// that finds its deadline still good need not read the clock or poll the sleep again.
-    registered: bool,
+pin_project! {
+    /// Fires when the connection has been idle for `idle`, has spent `header` reading one request head, or has
+    /// waited `send` for a client to read its response. Its timer is inline (the connection's future pins it):
+    /// not a heap block of every connection.
+    pub(super) struct Watchdog<'a> {
+        pub(super) state: Arc<ConnState>,
+        pressure: &'a Pressure,
+        idle_ms: u64,
+        header_ms: u64,
+        send_ms: u64,
+        read_ms: u64,
+        #[pin]
+        sleep: Sleep,
+        // Deadline the sleep is set to, in ms since the connection's epoch.
+        armed_ms: u64,
+        // The sleep was polled since it was last set and is waiting with the task's waker: until it fires, a
+        // poll that finds its deadline still good need not read the clock or poll the sleep again.
+        registered: bool,
+    }
 }
 
 impl<'a> Watchdog<'a> {
@@ -55,7 +60,7 @@ impl<'a> Watchdog<'a> {
             header_ms: header.as_millis() as u64,
             send_ms: send.as_millis() as u64,
             read_ms: settings.upstream_read_timeout.as_millis() as u64,
-            sleep: Box::pin(tokio::time::sleep_until(epoch)),
+            sleep: tokio::time::sleep_until(epoch),
             armed_ms: 0,
             registered: false,
         }
@@ -64,14 +69,15 @@ impl<'a> Watchdog<'a> {
     /// Sets the timer for `deadline_ms`, unless it is already set to fire before it (and after `now_ms`):
     /// then it is kept, and on firing the state is looked at again. Deadlines move with every request;
     /// an occasional early wake-up costs less than resetting a timer each time.
-    fn arm(&mut self, deadline_ms: u64, now_ms: u64) {
-        if self.armed_ms > now_ms && self.armed_ms <= deadline_ms {
+    fn arm(self: Pin<&mut Self>, deadline_ms: u64, now_ms: u64) {
+        let this = self.project();
+        if *this.armed_ms > now_ms && *this.armed_ms <= deadline_ms {
             return;
         }
-        if deadline_ms != self.armed_ms {
-            self.armed_ms = deadline_ms;
-            self.registered = false;
-            self.sleep.as_mut().reset(self.state.epoch + Duration::from_millis(deadline_ms));
+        if deadline_ms != *this.armed_ms {
+            *this.armed_ms = deadline_ms;
+            *this.registered = false;
+            this.sleep.reset(this.state.epoch + Duration::from_millis(deadline_ms));
         }
     }
 }
@@ -132,14 +138,15 @@ impl Future for Watchdog<'_> {
                     return Poll::Ready(e);
                 }
             }
-            self.arm(deadline, now);
-            if self.sleep.as_mut().poll(cx).is_pending() {
-                self.registered = true;
+            self.as_mut().arm(deadline, now);
+            let this = self.as_mut().project();
+            if this.sleep.poll(cx).is_pending() {
+                *this.registered = true;
                 return Poll::Pending;
             }
             // The sleep fired: re-evaluate with fresh state (the deadline may have moved on).
-            self.armed_ms = 0;
-            self.registered = false;
+            *this.armed_ms = 0;
+            *this.registered = false;
         }
     }
 }
