@@ -421,7 +421,13 @@ async fn forward(
             if let Some(b) = &body {
                 b.sent().await;
             }
-            tokio::time::sleep(timeout).await;
+            if svc.conn.is_h1() {
+                // One request at a time, polled by the connection's task: its watchdog keeps the time.
+                let due = svc.conn.response_due(timeout);
+                std::future::poll_fn(|_| due.poll_late()).await;
+            } else {
+                tokio::time::sleep(timeout).await;
+            }
         };
         let load = if service.counts_load() { Some(Load::start(backend)) } else { None };
         let sent = tokio::select! {

@@ -64,19 +64,81 @@ async fn all_backends_down_is_502_naming_nothing_internal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_backend_is_504() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let slow = Backend::echo("slow").await;
+    // Both HTTP/1.1 server sides (the connection's watchdog keeps the response's time), then h2 (a timer).
+    for side in [reveille::Http1Server::Reveille, reveille::Http1Server::Hyper] {
+        let settings = Settings {
+            response_timeout: Duration::from_millis(300),
+            access_log: false,
+            http1_server: side,
+            ..Settings::default()
+        };
+        let routes = routes_file(&[("slowpoke", vec![slow.addr])], &[("app.test", "slowpoke")]);
+        let proxy = TestProxy::start_with(&routes, settings).await;
+        let started = std::time::Instant::now();
+        let got = get(proxy.http, "app.test", "/sleep/3000").await;
+        assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT, "{side:?}");
+        assert_eq!(got.text, "504 Gateway Timeout: the service did not answer in time\n");
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(300), "{side:?}: not before the timeout: {took:?}");
+        assert!(took < Duration::from_secs(3), "{side:?}: answered before the backend did: {took:?}");
+        assert_eq!(proxy.metric("reveille_upstream_errors_total{kind=\"response_timeout\"}").await, 1.0);
+        // A fast request on the same service still works.
+        assert_eq!(get(proxy.http, "app.test", "/").await.status, StatusCode::OK);
+
+        // On one kept-alive connection: the 504, then the next request is served whole, twice, though each
+        // takes longer than a timeout would have been left over from the first.
+        let mut c = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
+        let mut read = Vec::new();
+        for (path, want, wait) in [("/sleep/3000", "504", 0), ("/sleep/200", "200", 200), ("/sleep/200", "200", 200)] {
+            c.write_all(format!("GET {path} HTTP/1.1\r\nHost: app.test\r\n\r\n").as_bytes()).await.unwrap();
+            read.clear();
+            let begin = std::time::Instant::now();
+            // The head, then as many body bytes as its Content-Length says.
+            let whole = |read: &[u8]| {
+                let text = String::from_utf8_lossy(read);
+                let (head, body) = text.split_once("\r\n\r\n")?;
+                let length = head
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_string))?;
+                (body.len() >= length.trim().parse::<usize>().ok()?).then_some(())
+            };
+            while whole(&read).is_none() {
+                let mut buf = [0u8; 4096];
+                let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+                    .await
+                    .unwrap_or_else(|_| panic!("{side:?} {path}: no whole answer: {}", String::from_utf8_lossy(&read)))
+                    .unwrap();
+                assert!(n > 0, "{side:?} {path}: the connection closed: {}", String::from_utf8_lossy(&read));
+                read.extend_from_slice(&buf[..n]);
+            }
+            let text = String::from_utf8_lossy(&read);
+            assert!(text.starts_with(&format!("HTTP/1.1 {want}")), "{side:?} {path}: {text}");
+            assert!(begin.elapsed() >= Duration::from_millis(wait), "{side:?} {path}");
+        }
+        // Shutting down with the request in flight: its response is still due in time, and the drain ends.
+        let addr = proxy.http;
+        let slow_one = tokio::spawn(async move { get(addr, "app.test", "/sleep/3000").await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = std::time::Instant::now();
+        assert!(proxy.stop(Duration::from_secs(10)).await, "{side:?}: drained");
+        let got = slow_one.await.unwrap();
+        assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT, "{side:?}: while shutting down");
+        assert!(started.elapsed() < Duration::from_secs(2), "{side:?}: at the response timeout, not the backend");
+    }
     let settings = Settings { response_timeout: Duration::from_millis(300), access_log: false, ..Settings::default() };
-    let proxy =
-        TestProxy::start_with(&routes_file(&[("slowpoke", vec![slow.addr])], &[("app.test", "slowpoke")]), settings)
-            .await;
+    let routes = routes_file(&[("slowpoke", vec![slow.addr])], &[("app.test", "slowpoke")]);
+    let proxy = TestProxy::start_with(&routes, settings).await;
     let started = std::time::Instant::now();
-    let got = get(proxy.http, "app.test", "/sleep/3000").await;
-    assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT);
-    assert_eq!(got.text, "504 Gateway Timeout: the service did not answer in time\n");
-    assert!(started.elapsed() < Duration::from_secs(3), "answered before the backend did");
-    assert_eq!(proxy.metric("reveille_upstream_errors_total{kind=\"response_timeout\"}").await, 1.0);
-    // A fast request on the same service still works.
-    assert_eq!(get(proxy.http, "app.test", "/").await.status, StatusCode::OK);
+    let stream = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(executor(), hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("http://app.test/sleep/3000").body(full("")).unwrap();
+    let got = sender.send_request(req).await.unwrap();
+    assert_eq!(got.status(), StatusCode::GATEWAY_TIMEOUT, "h2");
+    assert!(started.elapsed() < Duration::from_secs(3), "h2: answered before the backend did");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

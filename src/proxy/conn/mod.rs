@@ -94,6 +94,10 @@ pub(crate) struct ConnState {
     body_wait: AtomicU64,
     /// The same for a response body waiting on its backend.
     upstream_wait: AtomicU64,
+    /// HTTP/1.1: when the response head of the request in flight is due from its backend (ms since `epoch`,
+    /// + 1), 0 when none is awaited; and whether the watchdog found it late.
+    response_due: AtomicU64,
+    response_late: AtomicBool,
     /// Whether the connection slots are nearly exhausted.
     pressure: Arc<Pressure>,
     /// This connection's key in `pressure`'s registry.
@@ -160,6 +164,8 @@ impl ConnState {
             write_blocked: AtomicU64::new(0),
             body_wait: AtomicU64::new(0),
             upstream_wait: AtomicU64::new(0),
+            response_due: AtomicU64::new(0),
+            response_late: AtomicBool::new(false),
             pressure,
             track_heads: AtomicBool::new(false),
             body_unread: AtomicBool::new(false),
@@ -251,12 +257,12 @@ impl ConnState {
         self.body_wait.store(if waiting { self.now_ms() + 1 } else { 0 }, Ordering::Relaxed);
     }
 
-    /// An HTTP/1.1 request with a body starts (`true`), or its body was read to the end (`false`).
     /// The client asked for the close with its last request, which was read to its end: it sends nothing more.
     pub(crate) fn client_done(&self) {
         self.client_done.store(true, Ordering::Relaxed);
     }
 
+    /// An HTTP/1.1 request with a body starts (`true`), or its body was read to the end (`false`).
     pub(crate) fn body_unread(&self, unread: bool) {
         self.body_unread.store(unread, Ordering::Relaxed);
     }
@@ -276,6 +282,17 @@ impl ConnState {
         self.stream_stalls.load(Ordering::Relaxed)
     }
 
+    /// HTTP/1.1: the response head is due from the backend within `timeout` from now, until the guard is
+    /// dropped. The connection's watchdog keeps the time, with the timer it already has: a timer of its own
+    /// for every request (made, registered, cancelled) was some 600 instructions of each. When the time is up,
+    /// [`ResponseDue::poll_late`] says so.
+    pub(crate) fn response_due(&self, timeout: Duration) -> ResponseDue<'_> {
+        let due = self.now_ms().saturating_add(timeout.as_millis() as u64).saturating_add(1);
+        self.response_late.store(false, Ordering::Relaxed);
+        self.response_due.store(due, Ordering::Relaxed);
+        ResponseDue(self)
+    }
+
     /// A response body starts (or stops) waiting for its backend.
     pub(crate) fn upstream_waiting(&self, waiting: bool) {
         self.upstream_wait.store(if waiting { self.now_ms() + 1 } else { 0 }, Ordering::Relaxed);
@@ -293,6 +310,28 @@ impl ConnState {
         {
             self.head_started.store(self.now_ms() + 1, Ordering::Relaxed);
         }
+    }
+}
+
+/// The response head a request waits for is due: see [`ConnState::response_due`].
+pub(crate) struct ResponseDue<'a>(&'a ConnState);
+
+impl ResponseDue<'_> {
+    /// Ready once the watchdog found the response late. No waker is kept: the watchdog runs in the
+    /// connection's task, which polls the request again right after it marks the response late (`drive`).
+    pub(crate) fn poll_late(&self) -> Poll<()> {
+        if self.0.response_late.load(Ordering::Relaxed) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl Drop for ResponseDue<'_> {
+    fn drop(&mut self) {
+        self.0.response_due.store(0, Ordering::Relaxed);
+        self.0.response_late.store(false, Ordering::Relaxed);
     }
 }
 
@@ -584,7 +623,13 @@ async fn drive<C: ServerConn>(conn: C, dog: Watchdog<'_>, proxy: &Proxy) -> Resu
                 dog.state.finished.store(true, Ordering::Relaxed);
                 return res;
             }
-            expiry = dog.as_mut(), if !closing => match expiry {
+            // Closing, the limits of a request still in flight apply (its response head's due time among them).
+            expiry = dog.as_mut(), if !closing || state.in_flight.load(Ordering::Relaxed) > 0 => match expiry {
+                Expiry::ResponseDue => {
+                    // The request, polled again on the next turn, finds it late and answers 504.
+                    state.response_due.store(0, Ordering::Relaxed);
+                    state.response_late.store(true, Ordering::Relaxed);
+                }
                 Expiry::Idle => {
                     debug!("idle timeout");
                     if proxy.pressure.is_high() {

@@ -26,6 +26,9 @@ pub(super) enum Expiry {
     Shed,
     /// HTTP/1.1: the response body waited on its backend for the upstream read timeout.
     UpstreamIdle,
+    /// HTTP/1.1: the response head of the request in flight is late (`response_timeout`); the request is
+    /// answered, the connection stays.
+    ResponseDue,
 }
 
 pin_project! {
@@ -117,6 +120,10 @@ impl Future for Watchdog<'_> {
                 if body != 0 && p.is_high() {
                     consider(body - 1 + p.cap_ms, Expiry::Shed);
                 }
+                let due = s.response_due.load(Ordering::Relaxed);
+                if due != 0 {
+                    consider(due - 1, Expiry::ResponseDue);
+                }
                 match next {
                     Some((at, e)) => (at, Some(e)),
                     // Busy: the body and upstream timeouts apply, not ours. Look again later (nothing wakes the
@@ -177,6 +184,10 @@ impl Watchdog<'_> {
             }
             let upstream = s.upstream_wait.load(Ordering::Relaxed);
             if upstream != 0 && upstream - 1 + self.read_ms < armed {
+                return false;
+            }
+            let due = s.response_due.load(Ordering::Relaxed);
+            if due != 0 && due - 1 < armed {
                 return false;
             }
             return true;
