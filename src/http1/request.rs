@@ -68,9 +68,6 @@ pub(crate) struct ParsedRequest {
     pub(crate) body: BodyFraming,
     /// The connection may serve another request after this one.
     pub(crate) keep_alive: bool,
-    /// The client itself ends the connection with this request (`Connection: close`, or HTTP/1.0 without
-    /// `keep-alive`): it sends nothing more (RFC 9112 §9.6).
-    pub(crate) client_closes: bool,
     /// `Expect: 100-continue`.
     pub(crate) expect_continue: bool,
     /// HTTP/1.1 with an `Upgrade` field (or CONNECT).
@@ -175,7 +172,6 @@ pub(crate) fn parse_request(buf: &mut BytesMut, limits: HeadLimits) -> Result<Op
         }
         headers.append(name, value);
     }
-    let client_closes = !keep_alive;
     let body = match te {
         Some(false) => return Err(HeadError::Malformed("Transfer-Encoding not ending in chunked")),
         Some(true) => {
@@ -191,7 +187,7 @@ pub(crate) fn parse_request(buf: &mut BytesMut, limits: HeadLimits) -> Result<Op
     *request.uri_mut() = uri;
     *request.version_mut() = if http11 { Version::HTTP_11 } else { Version::HTTP_10 };
     *request.headers_mut() = headers;
-    Ok(Some(ParsedRequest { request, body, keep_alive, client_closes, expect_continue, wants_upgrade }))
+    Ok(Some(ParsedRequest { request, body, keep_alive, expect_continue, wants_upgrade }))
 }
 
 /// A request field's name. The names clients send on nearly every request, spelled as browsers, curl and load

@@ -141,6 +141,38 @@ async fn slow_backend_is_504() {
     assert!(started.elapsed() < Duration::from_secs(3), "h2: answered before the backend did");
 }
 
+/// hyper's HTTP/1.1 side goes on reading a request head begun before a shutdown; when the head ends after the
+/// header timeout has passed (which a closing connection no longer applies), the request's response is still due
+/// at its time: the watchdog, polled in every turn, sees the due time the request sets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_head_ends_during_a_shutdown_still_gets_its_response_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let slow = Backend::echo("slow").await;
+    let settings = Settings {
+        response_timeout: Duration::from_millis(300),
+        header_read_timeout: Duration::from_millis(200),
+        access_log: false,
+        http1_server: reveille::Http1Server::Hyper,
+        ..Settings::default()
+    };
+    let routes = routes_file(&[("slowpoke", vec![slow.addr])], &[("app.test", "slowpoke")]);
+    let proxy = TestProxy::start_with(&routes, settings).await;
+    let mut c = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
+    c.write_all(b"GET /sleep/5000 HTTP/1.1\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let stop = tokio::spawn(proxy.stop(Duration::from_secs(10)));
+    // Past the header timeout, which no longer applies: the head ends.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    c.write_all(b"Host: app.test\r\n\r\n").await.unwrap();
+    let begin = std::time::Instant::now();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(8), c.read_to_end(&mut got)).await.expect("answered");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+    assert!(begin.elapsed() < Duration::from_secs(3), "at the response timeout, not the backend's 5 s");
+    assert!(stop.await.unwrap(), "drained");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_that_closes_without_answering_is_502() {
     // Accepts, reads the request, closes.

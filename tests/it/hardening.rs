@@ -356,9 +356,10 @@ async fn an_upload_refused_unread_gets_its_answer_not_a_reset() {
     }
 }
 
-/// A request that asks for the close and is read whole ends the connection at once: its client sends nothing
-/// more (RFC 9112 §9.6), so there is nothing to linger for. One that sends bytes after it anyway (a pipelined
-/// request, which it must not) does not keep its slot either, as with nginx.
+/// A request that asks for the close and is read whole ends the connection at once, with a clean end: its
+/// client sends nothing more (RFC 9112 §9.6), so there is nothing to linger for and its slot is given back with
+/// the client still connected. Bytes it sent along after that request (a pipelined request, which it must not
+/// send) are not served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_asking_for_the_close_ends_its_connection_without_lingering() {
     let a = Backend::echo("a").await;

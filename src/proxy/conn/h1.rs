@@ -303,7 +303,6 @@ async fn serve<S: Stream>(shared: Arc<Mutex<Inner<S>>>, svc: ProxyService, limit
         let http11 = parsed.request.version() == Version::HTTP_11;
         let head_request = parsed.request.method() == Method::HEAD;
         let mut keep_alive = parsed.keep_alive;
-        let client_closes = parsed.client_closes;
         {
             let mut inner = shared.lock();
             inner.body = match parsed.body {
@@ -352,9 +351,6 @@ async fn serve<S: Stream>(shared: Arc<Mutex<Inner<S>>>, svc: ProxyService, limit
         }
         write_response(&shared, &parts, raw.as_ref(), body, out, http11, keep_alive).await?;
         let body_done = matches!(shared.lock().body, BodyRead::Done);
-        if client_closes && body_done {
-            svc.conn.client_done();
-        }
         // A body nobody read to its end: the connection cannot serve again (the lingering close takes the rest).
         if !keep_alive || !body_done {
             return Ok(());

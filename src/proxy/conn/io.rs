@@ -80,12 +80,7 @@ impl<S: Stream> Drop for ConnIo<S> {
             return;
         }
         let Some(inner) = self.inner.take() else { return };
-        // A client that asked for the close sends nothing after its request (RFC 9112 §9.6): nothing to look
-        // for. nginx lingers on no more (its `read->ready`, a flag, no system call); a look is some 400
-        // instructions of every connection a client closes.
-        if !state.body_unread.load(Ordering::Relaxed)
-            && (state.client_done.load(Ordering::Relaxed) || !has_input(inner.tcp()))
-        {
+        if !state.body_unread.load(Ordering::Relaxed) && !has_input(inner.tcp()) {
             return;
         }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {

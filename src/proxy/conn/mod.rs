@@ -118,9 +118,6 @@ pub(crate) struct ConnState {
     /// HTTP/1.1: the current request has a body that has not been read to its end. Closing the socket then
     /// would reset the connection, and the reset can destroy the response before the client reads it.
     body_unread: AtomicBool,
-    /// HTTP/1.1 (reveille's own side): the last request asked for the close itself and was read to its end, so
-    /// its client sends nothing more; the close need not look for unread input.
-    client_done: AtomicBool,
     /// Reveille's own HTTP/1.1 side, asked to close (idle, or shutting down): no new request is read once the
     /// one in flight (if any) is answered.
     closing: AtomicBool,
@@ -169,7 +166,6 @@ impl ConnState {
             pressure,
             track_heads: AtomicBool::new(false),
             body_unread: AtomicBool::new(false),
-            client_done: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             stream_stalls: AtomicU64::new(0),
@@ -257,11 +253,6 @@ impl ConnState {
         self.body_wait.store(if waiting { self.now_ms() + 1 } else { 0 }, Ordering::Relaxed);
     }
 
-    /// The client asked for the close with its last request, which was read to its end: it sends nothing more.
-    pub(crate) fn client_done(&self) {
-        self.client_done.store(true, Ordering::Relaxed);
-    }
-
     /// An HTTP/1.1 request with a body starts (`true`), or its body was read to the end (`false`).
     pub(crate) fn body_unread(&self, unread: bool) {
         self.body_unread.store(unread, Ordering::Relaxed);
@@ -287,7 +278,8 @@ impl ConnState {
     /// for every request (made, registered, cancelled) was some 600 instructions of each. When the time is up,
     /// [`ResponseDue::poll_late`] says so.
     pub(crate) fn response_due(&self, timeout: Duration) -> ResponseDue<'_> {
-        let due = self.now_ms().saturating_add(timeout.as_millis() as u64).saturating_add(1);
+        // + 1 for "none" being 0, and 1 more: the clock is read in whole ms, and the limit must not come early.
+        let due = self.now_ms().saturating_add(timeout.as_millis() as u64).saturating_add(2);
         self.response_late.store(false, Ordering::Relaxed);
         self.response_due.store(due, Ordering::Relaxed);
         ResponseDue(self)
@@ -623,8 +615,10 @@ async fn drive<C: ServerConn>(conn: C, dog: Watchdog<'_>, proxy: &Proxy) -> Resu
                 dog.state.finished.store(true, Ordering::Relaxed);
                 return res;
             }
-            // Closing, the limits of a request still in flight apply (its response head's due time among them).
-            expiry = dog.as_mut(), if !closing || state.in_flight.load(Ordering::Relaxed) > 0 => match expiry {
+            // Closing, the limits of a request still in flight apply (its response head's due time among them):
+            // the watchdog knows (`Watchdog::closing`), and is polled in every turn, since a request may start
+            // in the turn that polls the connection.
+            expiry = dog.as_mut() => match expiry {
                 Expiry::ResponseDue => {
                     // The request, polled again on the next turn, finds it late and answers 504.
                     state.response_due.store(0, Ordering::Relaxed);
@@ -636,6 +630,7 @@ async fn drive<C: ServerConn>(conn: C, dog: Watchdog<'_>, proxy: &Proxy) -> Resu
                         proxy.metrics.connection_shed();
                     }
                     closing = true;
+                    dog.as_mut().closing();
                     conn.as_mut().graceful();
                     hard_close.set(Some(tokio::time::sleep(CLOSE_GRACE)));
                 }
@@ -670,6 +665,7 @@ async fn drive<C: ServerConn>(conn: C, dog: Watchdog<'_>, proxy: &Proxy) -> Resu
                 Rare::PressureRose => {}
                 Rare::Shutdown => {
                     closing = true;
+                    dog.as_mut().closing();
                     conn.as_mut().graceful();
                 }
             },

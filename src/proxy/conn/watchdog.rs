@@ -49,6 +49,9 @@ pin_project! {
         // The sleep was polled since it was last set and is waiting with the task's waker: until it fires, a
         // poll that finds its deadline still good need not read the clock or poll the sleep again.
         registered: bool,
+        // The connection was asked to close: only the limits of a request in flight still apply (no idle or
+        // header timeout; the close has its own).
+        closing: bool,
     }
 }
 
@@ -66,7 +69,13 @@ impl<'a> Watchdog<'a> {
             sleep: tokio::time::sleep_until(epoch),
             armed_ms: 0,
             registered: false,
+            closing: false,
         }
+    }
+
+    /// The connection was asked to close: from now on the watchdog only watches a request in flight.
+    pub(super) fn closing(self: Pin<&mut Self>) {
+        *self.project().closing = true;
     }
 
     /// Sets the timer for `deadline_ms`, unless it is already set to fire before it (and after `now_ms`):
@@ -134,6 +143,9 @@ impl Future for Watchdog<'_> {
                         (now + every, None)
                     }
                 }
+            } else if self.closing {
+                // Nothing in flight: no limit of the watchdog's applies any more.
+                return Poll::Pending;
             } else {
                 match s.head_started.load(Ordering::Relaxed) {
                     0 => (s.idle_since.load(Ordering::Relaxed) + p.cap(self.idle_ms), Some(Expiry::Idle)),
