@@ -64,7 +64,6 @@ async fn all_backends_down_is_502_naming_nothing_internal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_backend_is_504() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let slow = Backend::echo("slow").await;
     // Both HTTP/1.1 server sides (the connection's watchdog keeps the response's time), then h2 (a timer).
     for side in [reveille::Http1Server::Reveille, reveille::Http1Server::Hyper] {
@@ -89,34 +88,16 @@ async fn slow_backend_is_504() {
 
         // On one kept-alive connection: the 504, then the next request is served whole, twice, though each
         // takes longer than a timeout would have been left over from the first.
-        let mut c = tokio::net::TcpStream::connect(proxy.http).await.unwrap();
-        let mut read = Vec::new();
-        for (path, want, wait) in [("/sleep/3000", "504", 0), ("/sleep/200", "200", 200), ("/sleep/200", "200", 200)] {
-            c.write_all(format!("GET {path} HTTP/1.1\r\nHost: app.test\r\n\r\n").as_bytes()).await.unwrap();
-            read.clear();
+        let accepted = proxy.metric("reveille_connections_total").await;
+        let mut c = testkit::http::KeepAlive::new(proxy.http.port(), Duration::from_secs(5));
+        for (path, want, wait) in [("/sleep/3000", 504, 0), ("/sleep/200", 200, 200), ("/sleep/200", 200, 200)] {
             let begin = std::time::Instant::now();
-            // The head, then as many body bytes as its Content-Length says.
-            let whole = |read: &[u8]| {
-                let text = String::from_utf8_lossy(read);
-                let (head, body) = text.split_once("\r\n\r\n")?;
-                let length = head
-                    .lines()
-                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_string))?;
-                (body.len() >= length.trim().parse::<usize>().ok()?).then_some(())
-            };
-            while whole(&read).is_none() {
-                let mut buf = [0u8; 4096];
-                let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
-                    .await
-                    .unwrap_or_else(|_| panic!("{side:?} {path}: no whole answer: {}", String::from_utf8_lossy(&read)))
-                    .unwrap();
-                assert!(n > 0, "{side:?} {path}: the connection closed: {}", String::from_utf8_lossy(&read));
-                read.extend_from_slice(&buf[..n]);
-            }
-            let text = String::from_utf8_lossy(&read);
-            assert!(text.starts_with(&format!("HTTP/1.1 {want}")), "{side:?} {path}: {text}");
+            let (status, _) = c.get("app.test", path).await.unwrap_or_else(|e| panic!("{side:?} {path}: {e}"));
+            assert_eq!(status, want, "{side:?} {path}");
             assert!(begin.elapsed() >= Duration::from_millis(wait), "{side:?} {path}");
         }
+        assert_eq!(c.reconnects, 0, "{side:?}: the connection stayed open");
+        assert_eq!(proxy.metric("reveille_connections_total").await, accepted + 1.0, "{side:?}: one connection");
         // Shutting down with the request in flight: its response is still due in time, and the drain ends.
         let addr = proxy.http;
         let slow_one = tokio::spawn(async move { get(addr, "app.test", "/sleep/3000").await });

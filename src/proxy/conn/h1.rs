@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 
 use super::date::write_date;
 use super::io::ConnIo;
-use super::{ConnState, ServerConn, Stream};
+use super::{ServerConn, Stream};
 use crate::http1::{
     chunk_size_line, has_token, last_chunk, parse_request, put_field, BodyFraming, Chunked, Decoded, HeadLimits,
 };
@@ -223,8 +223,6 @@ pub(crate) type Upgraded = crate::upstream::Prefixed<Box<dyn UpgradeIo>>;
 /// One connection served by reveille's own HTTP/1.1 side, as [`drive`](super::drive) runs it.
 pub(super) struct H1Conn {
     fut: Pin<Box<dyn Future<Output = io::Result<()>> + Send>>,
-    /// Its `closing`: asked to close, no new request is read once the one in flight (if any) is answered.
-    state: Arc<ConnState>,
     /// The socket, kept until the connection is dropped rather than when its loop ends: `drive` marks the
     /// connection finished in between, and only a finished connection's close may linger (`ConnIo`'s drop).
     _socket: Arc<dyn ReadBody>,
@@ -233,12 +231,11 @@ pub(super) struct H1Conn {
 impl H1Conn {
     /// `read`: what the connection's protocol detection read (the start of the first head), and its buffer.
     pub(super) fn new<S: Stream>(io: ConnIo<S>, read: BytesMut, svc: ProxyService, limits: HeadLimits) -> Self {
-        let state = svc.conn.clone();
         let inner =
             Inner { io: Some(io), buf: read, body: BodyRead::Done, continue_owed: false, interim: Bytes::new() };
         let shared = Arc::new(Mutex::new(inner));
         let fut = crate::proxy::boxed(|| serve(shared.clone(), svc, limits));
-        Self { fut, state, _socket: shared }
+        Self { fut, _socket: shared }
     }
 }
 
@@ -253,9 +250,8 @@ impl Future for H1Conn {
 impl ServerConn for H1Conn {
     type Error = io::Error;
 
-    fn graceful(self: Pin<&mut Self>) {
-        self.state.closing.store(true, Ordering::Relaxed);
-    }
+    /// Nothing to do: the loop reads `ConnState::closing`, which `drive` has set, when it is polled next.
+    fn graceful(self: Pin<&mut Self>) {}
 }
 
 /// The connection's loop: a request head, the handler, the response; again while the connection stays open.

@@ -118,8 +118,8 @@ pub(crate) struct ConnState {
     /// HTTP/1.1: the current request has a body that has not been read to its end. Closing the socket then
     /// would reset the connection, and the reset can destroy the response before the client reads it.
     body_unread: AtomicBool,
-    /// Reveille's own HTTP/1.1 side, asked to close (idle, or shutting down): no new request is read once the
-    /// one in flight (if any) is answered.
+    /// Asked to close (idle, or shutting down; set by `drive`): no new request is read once the one in flight
+    /// (if any) is answered, and the watchdog watches only that request.
     closing: AtomicBool,
     /// hyper finished the connection itself (rather than reveille cutting it for a timeout or eviction): a
     /// close that may linger.
@@ -585,11 +585,16 @@ async fn serve_http<S: Stream>(
     }
 }
 
+/// Asks the connection to close once the request in flight (if any) is answered.
+fn close_gracefully<C: ServerConn>(state: &ConnState, conn: Pin<&mut C>) {
+    state.closing.store(true, Ordering::Relaxed);
+    conn.graceful();
+}
+
 async fn drive<C: ServerConn>(conn: C, dog: Watchdog<'_>, proxy: &Proxy) -> Result<(), C::Error> {
     let state = dog.state.clone();
     tokio::pin!(conn);
     tokio::pin!(dog);
-    let mut closing = false;
     // Set when an idle connection was asked to close: past it, the connection is dropped. Made only then: a
     // timer made and dropped unused was some 300 instructions of every connection.
     let hard_close = None::<tokio::time::Sleep>;
@@ -597,6 +602,7 @@ async fn drive<C: ServerConn>(conn: C, dog: Watchdog<'_>, proxy: &Proxy) -> Resu
     loop {
         // The rare events, as the connection's signals: a load and a waker registration each time the task
         // runs. Once closing, only an eviction still matters.
+        let closing = state.closing.load(Ordering::Relaxed);
         let wanted = if closing { Signal::EVICTED } else { Signal::EVICTED | Signal::ROSE | Signal::SHUTDOWN };
         let rare = std::future::poll_fn(|cx| {
             state.poll_signals(cx, wanted).map(|got| {
@@ -616,7 +622,7 @@ async fn drive<C: ServerConn>(conn: C, dog: Watchdog<'_>, proxy: &Proxy) -> Resu
                 return res;
             }
             // Closing, the limits of a request still in flight apply (its response head's due time among them):
-            // the watchdog knows (`Watchdog::closing`), and is polled in every turn, since a request may start
+            // the watchdog knows (`ConnState::closing`), and is polled in every turn, since a request may start
             // in the turn that polls the connection.
             expiry = dog.as_mut() => match expiry {
                 Expiry::ResponseDue => {
@@ -629,9 +635,7 @@ async fn drive<C: ServerConn>(conn: C, dog: Watchdog<'_>, proxy: &Proxy) -> Resu
                     if proxy.pressure.is_high() {
                         proxy.metrics.connection_shed();
                     }
-                    closing = true;
-                    dog.as_mut().closing();
-                    conn.as_mut().graceful();
+                    close_gracefully(&state, conn.as_mut());
                     hard_close.set(Some(tokio::time::sleep(CLOSE_GRACE)));
                 }
                 Expiry::HeaderTimeout => {
@@ -663,11 +667,7 @@ async fn drive<C: ServerConn>(conn: C, dog: Watchdog<'_>, proxy: &Proxy) -> Resu
                 Rare::Evicted => return Ok(()),
                 // Pressure rose: the watchdog is polled again on the next turn and applies the shorter limits.
                 Rare::PressureRose => {}
-                Rare::Shutdown => {
-                    closing = true;
-                    dog.as_mut().closing();
-                    conn.as_mut().graceful();
-                }
+                Rare::Shutdown => close_gracefully(&state, conn.as_mut()),
             },
             () = std::future::poll_fn(|cx| hard_close.as_mut().as_pin_mut().map_or(Poll::Pending, |s| s.poll(cx))),
                 if hard_close.is_some() => {

@@ -49,9 +49,6 @@ pin_project! {
         // The sleep was polled since it was last set and is waiting with the task's waker: until it fires, a
         // poll that finds its deadline still good need not read the clock or poll the sleep again.
         registered: bool,
-        // The connection was asked to close: only the limits of a request in flight still apply (no idle or
-        // header timeout; the close has its own).
-        closing: bool,
     }
 }
 
@@ -69,13 +66,7 @@ impl<'a> Watchdog<'a> {
             sleep: tokio::time::sleep_until(epoch),
             armed_ms: 0,
             registered: false,
-            closing: false,
         }
-    }
-
-    /// The connection was asked to close: from now on the watchdog only watches a request in flight.
-    pub(super) fn closing(self: Pin<&mut Self>) {
-        *self.project().closing = true;
     }
 
     /// Sets the timer for `deadline_ms`, unless it is already set to fire before it (and after `now_ms`):
@@ -143,8 +134,9 @@ impl Future for Watchdog<'_> {
                         (now + every, None)
                     }
                 }
-            } else if self.closing {
-                // Nothing in flight: no limit of the watchdog's applies any more.
+            } else if s.closing.load(Ordering::Relaxed) {
+                // Asked to close, nothing in flight: no limit of the watchdog's applies any more (no idle or
+                // header timeout; the close has its own).
                 return Poll::Pending;
             } else {
                 match s.head_started.load(Ordering::Relaxed) {
