@@ -56,6 +56,8 @@
 //!   `/api/events`; its limits (timeouts, connection and subscriber caps) and the rules that keep other web
 //!   sites out (Host, Origin, the command header).
 //! - `metrics`: Prometheus metric definitions and exposition.
+//! - `clock`: the time a connection's task reads once per poll (as nginx reads it once per turn of its event
+//!   loop), for the proxy's and the backend pool's timestamps.
 //! - `pki`: what TLS termination and TLS to backends share — the process's one crypto provider, PEM errors in
 //!   words.
 //! - `open_files`: the open-files limit, raised to its hard limit at start.
@@ -80,6 +82,7 @@ mod acme;
 mod admin;
 mod app;
 mod cli;
+mod clock;
 mod cluster;
 mod config;
 mod control;

@@ -87,7 +87,7 @@ type Outcome = Result<Response, (ProxyError, InFlight)>;
 impl RequestCtx {
     fn new(access_log: bool, req: &Request<ClientBody>) -> Self {
         Self {
-            start: Instant::now(),
+            start: crate::clock::now(),
             line: access_log.then(|| (req.method().clone(), req.uri().path_and_query().cloned())),
             host: None,
             service: None,
@@ -147,6 +147,7 @@ impl RequestCtx {
             }
         }
         let status = counted.unwrap_or_else(|| response.status());
+        // The clock itself, not the poll's time: a request answered within one poll still took its time.
         let elapsed = self.start.elapsed();
         if let Some(service) = &self.service {
             service.stats(|n| proxy.metrics.service_stats(n)).record(status.as_u16(), elapsed);

@@ -112,7 +112,9 @@ impl<K: AsRef<str> + Clone, T: Reusable + Send + 'static> Pool<K, T> {
                 let mut map = self.inner.idle[shard].lock();
                 map.get_mut(key.as_ref())?.pop()?
             };
-            if idle.since.elapsed() >= self.inner.idle_timeout || !idle.conn.is_usable() {
+            if crate::clock::now().saturating_duration_since(idle.since) >= self.inner.idle_timeout
+                || !idle.conn.is_usable()
+            {
                 continue;
             }
             let pool = Arc::downgrade(&self.inner);
@@ -148,7 +150,7 @@ impl<K: AsRef<str>, T> Pooled<K, T> {
     /// instead.
     pub(crate) fn release(self) {
         let Some(pool) = self.pool.upgrade() else { return };
-        let idle = Idle { conn: self.conn, since: Instant::now() };
+        let idle = Idle { conn: self.conn, since: crate::clock::now() };
         let mut map = pool.idle[self.shard].lock();
         match map.get_mut(self.key.as_ref()) {
             Some(list) if list.len() < pool.max_idle => list.push(idle),

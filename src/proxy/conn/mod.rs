@@ -101,7 +101,7 @@ pub(crate) struct ConnState {
     /// Whether the connection slots are nearly exhausted.
     pressure: Arc<Pressure>,
     /// This connection's key in `pressure`'s registry.
-    id: u64,
+    id: usize,
     /// What others told the connection ([`Signal`]): set by an eviction, the shutdown, a rise of pressure.
     signals: AtomicU8,
     /// Woken when a signal is set: the task of the connection's wait that looked at `signals` last. One waiter
@@ -145,7 +145,7 @@ impl Signal {
 }
 
 impl ConnState {
-    fn new(slot: Slot, pressure: Arc<Pressure>, id: u64) -> Self {
+    fn new(slot: Slot, pressure: Arc<Pressure>, id: usize) -> Self {
         Self {
             id,
             signals: AtomicU8::new(0),
@@ -153,7 +153,7 @@ impl ConnState {
             evicted_at: AtomicU64::new(0),
             lingering: AtomicBool::new(false),
             upgraded: AtomicBool::new(false),
-            epoch: Instant::now(),
+            epoch: Instant::from_std(crate::clock::now()),
             slot,
             in_flight: AtomicU32::new(0),
             head_started: AtomicU64::new(0),
@@ -173,7 +173,7 @@ impl ConnState {
     }
 
     fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        crate::clock::now().saturating_duration_since(self.epoch.into_std()).as_millis() as u64
     }
 
     /// Tells the connection `signal` and wakes the wait that looks for it.
@@ -526,9 +526,24 @@ async fn serve_http<S: Stream>(
     let (is_h2, prefix) = match h2 {
         Some(h2) => (h2, BytesMut::new()),
         None => {
-            let detect = tokio::time::timeout(settings.header_read_timeout, detect(&mut stream));
-            let detected =
-                guarded!(detect, proxy, state, "under pressure, no request within the overload timeout; closing");
+            let detected = {
+                let mut detect = std::pin::pin!(detect(&mut stream));
+                // Nearly always the first bytes are here by the time the connection's task first runs: then no
+                // timer is made for the wait (one made and dropped unused was about 150 instructions of every
+                // connection).
+                match std::future::poll_fn(|cx| Poll::Ready(detect.as_mut().poll(cx))).await {
+                    Poll::Ready(first) => Some(Ok(first)),
+                    Poll::Pending => {
+                        let detect = tokio::time::timeout(settings.header_read_timeout, detect);
+                        guarded!(
+                            detect,
+                            proxy,
+                            state,
+                            "under pressure, no request within the overload timeout; closing"
+                        )
+                    }
+                }
+            };
             let Some(detected) = detected else { return };
             match detected {
                 Ok(Ok(v)) => v,

@@ -92,9 +92,13 @@ impl Future for Watchdog<'_> {
         if self.still_armed() {
             return Poll::Pending;
         }
+        // The least the time can be: the deadline of a sleep that fired in this poll. The poll's time (`clock`)
+        // was read when it began, and may be earlier: taken alone, it would find the deadline not yet come,
+        // set the timer for it again, and the timer would fire again at once.
+        let mut fired_ms = 0;
         loop {
             let s = &self.state;
-            let now = s.now_ms();
+            let now = s.now_ms().max(fired_ms);
             let p = self.pressure;
             let (deadline, expiry) = if s.in_flight.load(Ordering::Relaxed) > 0 {
                 // The earliest of: a client not reading; a response body waiting on its backend (HTTP/1.1, whose
@@ -156,6 +160,7 @@ impl Future for Watchdog<'_> {
                 return Poll::Pending;
             }
             // The sleep fired: re-evaluate with fresh state (the deadline may have moved on).
+            fired_ms = fired_ms.max(*this.armed_ms);
             *this.armed_ms = 0;
             *this.registered = false;
         }
