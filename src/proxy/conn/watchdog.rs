@@ -208,3 +208,49 @@ impl Watchdog<'_> {
         armed <= deadline
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::conn::Slot;
+
+    /// The poll's time (`clock`) is read as the poll begins. When the timer fires during the poll (another
+    /// worker's driver ran it), the deadline it fired for is the least the time can be: the watchdog expires,
+    /// where taking the poll's older time alone it set the timer again for a deadline already past, which
+    /// fired again at once, round and round until the task's budget ran out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_timer_that_fires_during_a_poll_expires_though_the_polls_time_is_older() {
+        let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap();
+        let slot = Slot { _permit: permit, _address: None, metrics: Arc::new(crate::metrics::Metrics::new()) };
+        let pressure = Arc::new(Pressure::new(1, Duration::ZERO));
+        let state = ConnState::register(slot, pressure.clone());
+        state.track_heads.store(true, Ordering::Relaxed);
+        // A head began at the connection's start: the header timeout is due 20 ms after it.
+        state.head_started.store(1, Ordering::Relaxed);
+        let settings = crate::proxy::Settings { header_read_timeout: Duration::from_millis(20), ..Default::default() };
+        let task = crate::clock::Clocked::new(async move {
+            let mut dog = std::pin::pin!(Watchdog::new(state, &pressure, &settings));
+            let mut polls = 0;
+            std::future::poll_fn(|cx| {
+                polls += 1;
+                match polls {
+                    // Sets the timer, and asks for the next poll at once.
+                    1 => {
+                        assert!(dog.as_mut().poll(cx).is_pending(), "not due yet");
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                    // Begins well before the deadline, and looks at the watchdog well after it: the timer has
+                    // fired meanwhile, on the other worker.
+                    _ => {
+                        std::thread::sleep(Duration::from_millis(300));
+                        Poll::Ready(dog.as_mut().poll(cx))
+                    }
+                }
+            })
+            .await
+        });
+        let seen = tokio::time::timeout(Duration::from_secs(10), tokio::spawn(task)).await.unwrap().unwrap();
+        assert_eq!(seen, Poll::Ready(Expiry::HeaderTimeout));
+    }
+}
