@@ -212,7 +212,7 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
-    use crate::proxy::conn::{Pressure, Slot};
+    use crate::proxy::conn::Pressure;
 
     /// A connected pair over loopback: (reveille's side, the client's).
     async fn pair() -> (TcpStream, TcpStream) {
@@ -223,9 +223,7 @@ mod tests {
 
     /// An HTTP/1.1 connection's state, as `serve_http` leaves it.
     fn h1_state() -> Arc<ConnState> {
-        let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap();
-        let slot = Slot { _permit: permit, _address: None, metrics: Arc::new(crate::metrics::Metrics::new()) };
-        let state = ConnState::register(slot, Arc::new(Pressure::new(1, Duration::ZERO)));
+        let state = ConnState::for_test(&Arc::new(Pressure::new(1, Duration::ZERO)));
         state.track_heads.store(true, Ordering::Relaxed);
         state
     }

@@ -215,6 +215,16 @@ impl ConnState {
     }
 }
 
+#[cfg(test)]
+impl ConnState {
+    /// A connection's state for a unit test: its own one slot, registered with `pressure`.
+    pub(super) fn for_test(pressure: &Arc<Pressure>) -> Arc<Self> {
+        let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap();
+        let slot = Slot { _permit: permit, _address: None, metrics: Arc::new(crate::metrics::Metrics::new()) };
+        Self::register(slot, pressure.clone())
+    }
+}
+
 impl Drop for ConnState {
     fn drop(&mut self) {
         self.pressure.conns.lock().remove(self.id);
@@ -247,9 +257,7 @@ mod tests {
     }
 
     fn connection(pressure: &Arc<Pressure>) -> Arc<ConnState> {
-        let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap();
-        let slot = Slot { _permit: permit, _address: None, metrics: Arc::new(crate::metrics::Metrics::new()) };
-        ConnState::register(slot, pressure.clone())
+        ConnState::for_test(pressure)
     }
 
     #[test]

@@ -212,7 +212,6 @@ impl Watchdog<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::conn::Slot;
 
     /// The poll's time (`clock`) is read as the poll begins. When the timer fires during the poll (another
     /// worker's driver ran it), the deadline it fired for is the least the time can be: the watchdog expires,
@@ -220,10 +219,8 @@ mod tests {
     /// fired again at once, round and round until the task's budget ran out.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_timer_that_fires_during_a_poll_expires_though_the_polls_time_is_older() {
-        let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap();
-        let slot = Slot { _permit: permit, _address: None, metrics: Arc::new(crate::metrics::Metrics::new()) };
         let pressure = Arc::new(Pressure::new(1, Duration::ZERO));
-        let state = ConnState::register(slot, pressure.clone());
+        let state = ConnState::for_test(&pressure);
         state.track_heads.store(true, Ordering::Relaxed);
         // A head began at the connection's start: the header timeout is due 20 ms after it.
         state.head_started.store(1, Ordering::Relaxed);
