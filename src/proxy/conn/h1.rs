@@ -257,6 +257,10 @@ impl ServerConn for H1Conn {
 /// The connection's loop: a request head, the handler, the response; again while the connection stays open.
 async fn serve<S: Stream>(shared: Arc<Mutex<Inner<S>>>, svc: ProxyService, limits: HeadLimits) -> io::Result<()> {
     let closing = &svc.conn.closing;
+    // What a response's writes gather (its head, body frames, chunk framing): one per connection, emptied by
+    // each write. Made per response, it was the block whose pages mimalloc most often emptied and made anew
+    // with hundreds of connections (`crate::allocator` says why that costs).
+    let mut queue: Vec<Bytes> = Vec::with_capacity(4);
     loop {
         let parsed = poll_fn(|cx| {
             let mut guard = shared.lock();
@@ -345,7 +349,11 @@ async fn serve<S: Stream>(shared: Arc<Mutex<Inner<S>>>, svc: ProxyService, limit
         if closing.load(Ordering::Relaxed) {
             keep_alive = false;
         }
-        write_response(&shared, &parts, raw.as_ref(), body, out, http11, keep_alive).await?;
+        write_response(&shared, &mut queue, &parts, raw.as_ref(), body, out, http11, keep_alive).await?;
+        // A body of many small frames ready at once may have grown it: an idle connection does not keep that.
+        if queue.capacity() > 16 {
+            queue = Vec::with_capacity(4);
+        }
         let body_done = matches!(shared.lock().body, BodyRead::Done);
         // A body nobody read to its end: the connection cannot serve again (the lingering close takes the rest).
         if !keep_alive || !body_done {
@@ -469,8 +477,10 @@ fn encode_head(
 }
 
 /// Writes the response: its head with the first bytes of its body, then the rest as the body gives it.
+#[allow(clippy::too_many_arguments)]
 async fn write_response<S: Stream, B>(
     shared: &Arc<Mutex<Inner<S>>>,
+    out: &mut Vec<Bytes>,
     parts: &http::response::Parts,
     raw: Option<&RawFields>,
     body: B,
@@ -484,10 +494,10 @@ where
 {
     let mut head = BytesMut::with_capacity(512);
     encode_head(&mut head, parts, raw, http11, framing, keep_alive);
-    let mut out = Vec::with_capacity(4);
+    out.clear();
     out.push(head.freeze());
     if framing == Out::None {
-        return write_all(shared, &mut out).await;
+        return write_all(shared, out).await;
     }
     let mut body = std::pin::pin!(body);
     let mut left = match framing {
@@ -505,7 +515,7 @@ where
         .await;
         let frame = match next {
             None => {
-                write_all(shared, &mut out).await?;
+                write_all(shared, out).await?;
                 queued = 0;
                 continue;
             }
@@ -516,14 +526,14 @@ where
                 if framing == Out::Chunked {
                     out.push(last_chunk(None));
                 } else if matches!(framing, Out::Length(_)) && left != 0 {
-                    let _ = write_all(shared, &mut out).await;
+                    let _ = write_all(shared, out).await;
                     return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "response body shorter than its length"));
                 }
-                return write_all(shared, &mut out).await;
+                return write_all(shared, out).await;
             }
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "response body failed; closing");
-                let _ = write_all(shared, &mut out).await;
+                let _ = write_all(shared, out).await;
                 return Err(io::Error::other("response body failed"));
             }
             Some(Ok(frame)) => match frame.into_data() {
@@ -546,20 +556,20 @@ where
                         }
                     }
                     if queued > INLINE_BODY {
-                        write_all(shared, &mut out).await?;
+                        write_all(shared, out).await?;
                         queued = 0;
                     }
                 }
                 Err(frame) => {
                     if let (Out::Chunked, Ok(trailers)) = (framing, frame.into_trailers()) {
                         out.push(last_chunk(Some(&trailers)));
-                        return write_all(shared, &mut out).await;
+                        return write_all(shared, out).await;
                     }
                 }
             },
         }
         if matches!(framing, Out::Length(_)) && left == 0 && body.is_end_stream() {
-            return write_all(shared, &mut out).await;
+            return write_all(shared, out).await;
         }
     }
 }
