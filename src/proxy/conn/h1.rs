@@ -177,7 +177,10 @@ impl<S: Stream> ReadBody for Mutex<Inner<S>> {
 
 /// A request body on reveille's own HTTP/1.1 server side, read from the connection as it is polled.
 pub(crate) struct H1Body {
-    src: Arc<dyn ReadBody>,
+    /// `None` for a request whose framing is a length of 0 (no `Content-Length` nor `Transfer-Encoding`, as a
+    /// GET's, or `Content-Length: 0`): ended from the start, it takes neither the connection's lock nor a
+    /// reference to it, and never reads the state of a later request if it outlives its own.
+    src: Option<Arc<dyn ReadBody>>,
 }
 
 impl Body for H1Body {
@@ -185,15 +188,18 @@ impl Body for H1Body {
     type Error = io::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        self.src.poll_body(cx)
+        match &self.src {
+            Some(src) => src.poll_body(cx),
+            None => Poll::Ready(None),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.src.is_done()
+        self.src.as_ref().is_none_or(|src| src.is_done())
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.src.left() {
+        match self.src.as_ref().map_or(Some(0), |src| src.left()) {
             Some(n) => SizeHint::with_exact(n),
             None => SizeHint::default(),
         }
@@ -312,8 +318,10 @@ async fn serve<S: Stream>(shared: Arc<Mutex<Inner<S>>>, svc: ProxyService, limit
             };
             inner.continue_owed = parsed.expect_continue && !matches!(inner.body, BodyRead::Done);
         }
+        let empty = matches!(parsed.body, BodyFraming::Length(0));
         let (parts, ()) = parsed.request.into_parts();
-        let mut req = Request::from_parts(parts, H1Body { src: shared.clone() });
+        let src = (!empty).then(|| shared.clone() as Arc<dyn ReadBody>);
+        let mut req = Request::from_parts(parts, H1Body { src });
         let upgrade = parsed.wants_upgrade.then(|| {
             let (tx, rx) = oneshot::channel();
             req.extensions_mut().insert(H1Upgrade(Arc::new(Mutex::new(Some(rx)))));
@@ -325,8 +333,14 @@ async fn serve<S: Stream>(shared: Arc<Mutex<Inner<S>>>, svc: ProxyService, limit
         // The response starts: a `100 Continue` not yet begun is owed no more (as hyper's `Writing::Init` rule),
         // and one a body poll began (the body may be pumped by another task, for an h2 backend) is finished
         // first, so that it never lands inside the response.
-        shared.lock().continue_owed = false;
-        std::future::poll_fn(|cx| shared.lock().poll_continue(cx)).await?;
+        let interim_begun = {
+            let mut inner = shared.lock();
+            inner.continue_owed = false;
+            !inner.interim.is_empty()
+        };
+        if interim_begun {
+            std::future::poll_fn(|cx| shared.lock().poll_continue(cx)).await?;
+        }
         if parts.headers.get_all(CONNECTION).iter().any(|v| has_token(v.as_bytes(), b"close")) {
             keep_alive = false;
         }
@@ -354,7 +368,7 @@ async fn serve<S: Stream>(shared: Arc<Mutex<Inner<S>>>, svc: ProxyService, limit
         if queue.capacity() > 16 {
             queue = Vec::with_capacity(4);
         }
-        let body_done = matches!(shared.lock().body, BodyRead::Done);
+        let body_done = empty || matches!(shared.lock().body, BodyRead::Done);
         // A body nobody read to its end: the connection cannot serve again (the lingering close takes the rest).
         if !keep_alive || !body_done {
             return Ok(());
