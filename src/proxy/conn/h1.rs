@@ -327,9 +327,10 @@ async fn serve<S: Stream>(shared: Arc<Mutex<Inner<S>>>, svc: ProxyService, limit
             req.extensions_mut().insert(H1Upgrade(Arc::new(Mutex::new(Some(rx)))));
             tx
         });
-        let response = svc.call_h1(req).await;
-        let (parts, mut body) = response.into_parts();
-        let raw = body.take_raw_fields();
+        // Kept whole, its head read in place and its body polled in place (a `Response` moved apart and its body
+        // moved into the writer were four copies of a few hundred bytes a request).
+        let mut response = svc.call_h1(req).await;
+        let raw = response.body_mut().take_raw_fields();
         // The response starts: a `100 Continue` not yet begun is owed no more (as hyper's `Writing::Init` rule),
         // and one a body poll began (the body may be pumped by another task, for an h2 backend) is finished
         // first, so that it never lands inside the response.
@@ -341,13 +342,13 @@ async fn serve<S: Stream>(shared: Arc<Mutex<Inner<S>>>, svc: ProxyService, limit
         if interim_begun {
             std::future::poll_fn(|cx| shared.lock().poll_continue(cx)).await?;
         }
-        if parts.headers.get_all(CONNECTION).iter().any(|v| has_token(v.as_bytes(), b"close")) {
+        if response.headers().get_all(CONNECTION).iter().any(|v| has_token(v.as_bytes(), b"close")) {
             keep_alive = false;
         }
-        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(tx) = upgrade {
                 let mut out = BytesMut::with_capacity(256);
-                encode_head(&mut out, &parts, None, http11, Out::None, true);
+                encode_head(&mut out, &response, None, http11, Out::None, true);
                 write_all(&shared, &mut vec![out.freeze()]).await?;
                 let mut inner = shared.lock();
                 let io = inner.io.take().ok_or(io::ErrorKind::NotConnected)?;
@@ -356,14 +357,17 @@ async fn serve<S: Stream>(shared: Arc<Mutex<Inner<S>>>, svc: ProxyService, limit
                 return Ok(());
             }
         }
-        let out = framing(&parts, body.size_hint(), head_request, http11);
+        let out = framing(&response, response.body().size_hint(), head_request, http11);
         if out == Out::Close {
             keep_alive = false;
         }
         if closing.load(Ordering::Relaxed) {
             keep_alive = false;
         }
-        write_response(&shared, &mut queue, &parts, raw.as_ref(), body, out, http11, keep_alive).await?;
+        write_response(&shared, &mut queue, &mut response, raw.as_ref(), out, http11, keep_alive).await?;
+        // The body ends with its write, as when it was moved into the writer: its backend connection goes back to
+        // the pool and its guard is released before the next request is read.
+        drop(response);
         // A body of many small frames ready at once may have grown it: an idle connection does not keep that.
         if queue.capacity() > 16 {
             queue = Vec::with_capacity(4);
@@ -388,8 +392,8 @@ enum Out {
 }
 
 /// RFC 9112 §6.3 from the server's side, as hyper decides it.
-fn framing(parts: &http::response::Parts, hint: SizeHint, head_request: bool, http11: bool) -> Out {
-    let status = parts.status;
+fn framing<B>(response: &http::Response<B>, hint: SizeHint, head_request: bool, http11: bool) -> Out {
+    let status = response.status();
     if head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -400,7 +404,7 @@ fn framing(parts: &http::response::Parts, hint: SizeHint, head_request: bool, ht
     if let Some(n) = hint.exact() {
         return Out::Length(n);
     }
-    if let Some(n) = parts.headers.get(CONTENT_LENGTH).and_then(|v| crate::http1::parse_decimal(v.as_bytes())) {
+    if let Some(n) = response.headers().get(CONTENT_LENGTH).and_then(|v| crate::http1::parse_decimal(v.as_bytes())) {
         return Out::Length(n);
     }
     if http11 {
@@ -424,9 +428,9 @@ fn write_status_line(out: &mut BytesMut, version: Version, status: StatusCode) {
 
 /// The response head: the status line (with the backend's own reason phrase, if it had one), the fields as
 /// they are but the framing ones, which follow `out`, and `Connection` and `Date` when needed.
-fn encode_head(
+fn encode_head<B>(
     out: &mut BytesMut,
-    parts: &http::response::Parts,
+    response: &http::Response<B>,
     raw: Option<&RawFields>,
     http11: bool,
     framing: Out,
@@ -435,17 +439,17 @@ fn encode_head(
     out.reserve(512);
     // An HTTP/1.0 client gets an HTTP/1.0 status line, as hyper answers it.
     let version = if http11 { Version::HTTP_11 } else { Version::HTTP_10 };
-    match parts.extensions.get::<hyper::ext::ReasonPhrase>() {
+    match response.extensions().get::<hyper::ext::ReasonPhrase>() {
         Some(reason) => {
             out.extend_from_slice(if http11 { b"HTTP/1.1 " } else { b"HTTP/1.0 " });
-            out.extend_from_slice(parts.status.as_str().as_bytes());
+            out.extend_from_slice(response.status().as_str().as_bytes());
             out.extend_from_slice(b" ");
             out.extend_from_slice(reason.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        None => write_status_line(out, version, parts.status),
+        None => write_status_line(out, version, response.status()),
     }
-    let no_length = parts.status.is_informational() || parts.status == StatusCode::NO_CONTENT;
+    let no_length = response.status().is_informational() || response.status() == StatusCode::NO_CONTENT;
     let mut wrote_length = false;
     let (mut has_connection, mut has_date) = (false, false);
     // The backend's fields as it wrote them, when they were kept so (none of them framing or hop-by-hop); the
@@ -454,7 +458,7 @@ fn encode_head(
         raw.write(out);
         has_date = raw.has_date();
     }
-    for (name, value) in &parts.headers {
+    for (name, value) in response.headers() {
         if *name == TRANSFER_ENCODING {
             continue;
         }
@@ -491,29 +495,27 @@ fn encode_head(
 }
 
 /// Writes the response: its head with the first bytes of its body, then the rest as the body gives it.
-#[allow(clippy::too_many_arguments)]
 async fn write_response<S: Stream, B>(
     shared: &Arc<Mutex<Inner<S>>>,
     out: &mut Vec<Bytes>,
-    parts: &http::response::Parts,
+    response: &mut http::Response<B>,
     raw: Option<&RawFields>,
-    body: B,
     framing: Out,
     http11: bool,
     keep_alive: bool,
 ) -> io::Result<()>
 where
-    B: Body<Data = Bytes>,
+    B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
     let mut head = BytesMut::with_capacity(512);
-    encode_head(&mut head, parts, raw, http11, framing, keep_alive);
+    encode_head(&mut head, response, raw, http11, framing, keep_alive);
     out.clear();
     out.push(head.freeze());
     if framing == Out::None {
         return write_all(shared, out).await;
     }
-    let mut body = std::pin::pin!(body);
+    let mut body = Pin::new(response.body_mut());
     let mut left = match framing {
         Out::Length(n) => n,
         _ => u64::MAX,
@@ -639,7 +641,7 @@ mod tests {
     fn heads_frame_their_bodies() {
         let mut resp = Response::new(());
         resp.headers_mut().insert("x-a", "b".parse().unwrap());
-        let (parts, ()) = resp.into_parts();
+        let parts = resp;
         let mut out = BytesMut::new();
         encode_head(&mut out, &parts, None, true, Out::Length(5), true);
         let text = String::from_utf8(out.to_vec()).unwrap();
